@@ -1,0 +1,19 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+if not torch.cuda.is_available():
+    # Triton's own library functions are decorated when triton is first imported, so the interpreter
+    # (which runs the kernels on CPU tensors) must be chosen before any test imports it.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+TINY = dict(dims=(8, 16, 32, 64), d_state=4)

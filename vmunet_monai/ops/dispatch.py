@@ -1,0 +1,213 @@
+"""Backend registry and selection for the selective scan."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+from vmunet_monai.ops.cross_scan import cross_merge, cross_scan, to_scan_order
+
+__all__ = ["BACKENDS", "BackendStatus", "backend_status", "resolve_backend", "selective_scan", "cross_selective_scan"]
+
+ENV_VAR = "VMUNET_SCAN_BACKEND"
+
+# name -> (module implementing it, devices it runs on)
+BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "reference": ("vmunet_monai.ops.reference_backend", ("cpu", "cuda")),
+    "torch": ("vmunet_monai.ops.torch_backend", ("cpu", "cuda")),
+    "cpu": ("vmunet_monai.ops.cpu_kernel", ("cpu",)),
+    "triton": ("vmunet_monai.ops.triton_scan", ("cuda",)),
+    "mamba_ssm": ("vmunet_monai.ops.mamba_ssm_backend", ("cuda",)),
+}
+AUTO_ORDER = {"cuda": ("triton", "mamba_ssm", "torch"), "cpu": ("cpu", "torch")}
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """Whether a backend can run here; ``detail`` says why (not), ``fix`` what to do about it."""
+
+    name: str
+    available: bool
+    detail: str
+    fix: str = ""
+    devices: tuple[str, ...] = ()
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str):
+    """Import a backend module; returns (module or None, BackendStatus). Never raises for a broken backend."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown scan backend {name!r}; choose one of {sorted(BACKENDS)}")
+    module_name, devices = BACKENDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # a backend that cannot even be imported is reported, not raised
+        return None, BackendStatus(name, False, f"import of {module_name} failed: {exc!r}", "", devices)
+    try:
+        ok, detail, fix = module.status()
+    except Exception as exc:
+        ok, detail, fix = False, f"status check failed: {exc!r}", ""
+    return (module if ok else None), BackendStatus(name, bool(ok), detail, fix, devices)
+
+
+def backend_status(name: str | None = None):
+    """Status of one backend, or a list of all of them (as ``doctor`` prints them)."""
+    if name is not None:
+        return _load(name)[1]
+    return [_load(n)[1] for n in BACKENDS]
+
+
+def _exporting() -> bool:
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return True
+    onnx = getattr(torch, "onnx", None)
+    return bool(onnx is not None and hasattr(onnx, "is_in_onnx_export") and onnx.is_in_onnx_export())
+
+
+def resolve_backend(device: torch.device | str, backend: str | None = None) -> str:
+    """The backend that will run for tensors on ``device``: argument > $VMUNET_SCAN_BACKEND > automatic."""
+    device_type = torch.device(device).type
+    requested, source = backend, "backend argument"
+    if requested is None and os.environ.get(ENV_VAR):
+        requested, source = os.environ[ENV_VAR].strip(), f"${ENV_VAR}"
+    if requested is not None and requested != "auto":
+        if requested not in BACKENDS:
+            raise ValueError(f"{source}={requested!r} is not a scan backend; choose one of {sorted(BACKENDS)} or 'auto'")
+        _, st = _load(requested)
+        if device_type not in st.devices:
+            raise RuntimeError(
+                f"{source}={requested!r} runs on {'/'.join(st.devices)} tensors, but the input is on {device_type}; "
+                f"use one of {[n for n, (_, d) in BACKENDS.items() if device_type in d]}"
+            )
+        if not st.available:
+            raise RuntimeError(f"scan backend {requested!r} ({source}) is not available: {st.detail}. Fix: {st.fix}")
+        return requested
+    if _exporting():
+        return "torch"
+    for name in AUTO_ORDER.get(device_type, ("torch",)):
+        if _load(name)[1].available:
+            return name
+    return "torch"
+
+
+def _module(name: str):
+    module, st = _load(name)
+    if module is None:
+        raise RuntimeError(f"scan backend {name!r} is not available: {st.detail}. Fix: {st.fix}")
+    return module
+
+
+def _check_scan_args(u, delta, A, B, C, D, z, delta_bias):
+    if u.dim() != 3:
+        raise ValueError(f"u must be (batch, dim, L), got shape {tuple(u.shape)}")
+    batch, dim, length = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"A must be (dim={dim}, N), got {tuple(A.shape)}")
+    n_state = A.shape[1]
+    for label, t in (("B", B), ("C", C)):
+        if t.dim() == 2:
+            ok = tuple(t.shape) == (dim, n_state)
+        elif t.dim() == 3:
+            ok = tuple(t.shape) == (batch, n_state, length)
+        elif t.dim() == 4:
+            ok = t.shape[0] == batch and t.shape[2:] == (n_state, length) and dim % t.shape[1] == 0
+        else:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{label} has shape {tuple(t.shape)}; expected ({dim}, {n_state}), ({batch}, {n_state}, {length}) "
+                f"or ({batch}, G, {n_state}, {length}) with G dividing {dim}"
+            )
+    for label, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and tuple(t.shape) != (dim,):
+            raise ValueError(f"{label} must be ({dim},), got {tuple(t.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
+
+
+def selective_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, *, backend=None
+):
+    """Selective scan with the semantics of mamba-ssm's ``selective_scan_fn``.
+
+    ``h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t`` and ``y_t = <C_t, h_t> + D * u_t`` with
+    ``dt = softplus(delta + delta_bias)`` (softplus only if ``delta_softplus``), then ``y * silu(z)``.
+
+    Args:
+        u: (batch, dim, L) input.
+        delta: (batch, dim, L) step sizes.
+        A: (dim, N) state matrix (diagonal, real).
+        B: (dim, N) constant, (batch, N, L) variable or (batch, G, N, L) grouped input projection;
+            with G groups channel ``d`` uses group ``d // (dim // G)``.
+        C: same layouts as ``B``, output projection.
+        D: optional (dim,) skip connection.
+        z: optional (batch, dim, L) gate.
+        delta_bias: optional (dim,) bias added to ``delta``.
+        delta_softplus: apply softplus to ``delta + delta_bias``.
+        return_last_state: also return the final state, (batch, dim, N).
+        backend: ``"reference"``, ``"torch"``, ``"cpu"``, ``"triton"``, ``"mamba_ssm"`` or None (automatic).
+
+    Returns:
+        y (batch, dim, L) in u's dtype, and the last state if asked for.
+
+    Raises:
+        ValueError: shapes that do not fit together (the message names them).
+        RuntimeError: an explicitly requested backend that cannot run here (the message says why and how to fix it).
+    """
+    _check_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    name = resolve_backend(u.device, backend)
+    return _module(name).selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def cross_selective_scan_composed(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *, scan=None):
+    """Cross-scan, selective scan, merge, composed from the generic pieces (the semantics every fused kernel matches)."""
+    b, di, h, w = u.shape
+    length = h * w
+    xs = cross_scan(u).reshape(b, 4 * di, length)
+    dts = to_scan_order(delta).reshape(b, 4 * di, length)
+    Bs = to_scan_order(B)
+    Cs = to_scan_order(C)
+    ys = scan(xs, dts, A, Bs, Cs, D, None, delta_bias, delta_softplus, False)
+    return cross_merge(ys.reshape(b, 4, di, length), h, w).reshape(b, di, h, w)
+
+
+def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *, backend=None):
+    """SS2D's scan: the four directions of a feature map, scanned and merged back.
+
+    Args:
+        u: (batch, Di, H, W) feature map.
+        delta: (batch, 4, Di, H, W) step sizes of each direction, laid out on the map (row-major).
+        A: (4*Di, N); direction k owns rows k*Di .. (k+1)*Di-1.
+        B, C: (batch, 4, N, H, W), one per direction, laid out on the map.
+        D, delta_bias: optional (4*Di,).
+        delta_softplus: apply softplus to ``delta + delta_bias`` (SS2D does).
+        backend: as for :func:`selective_scan`.
+
+    Returns:
+        (batch, Di, H, W): the sum over the four directions of the scan output put back on the map,
+        in float32 for low-precision inputs (the official SS2D computes its scan in float32).
+    """
+    if u.dim() != 4:
+        raise ValueError(f"u must be (batch, Di, H, W), got shape {tuple(u.shape)}")
+    b, di, h, w = u.shape
+    n_state = A.shape[1]
+    expect = {"delta": (b, 4, di, h, w), "B": (b, 4, n_state, h, w), "C": (b, 4, n_state, h, w)}
+    for label, t in (("delta", delta), ("B", B), ("C", C)):
+        if tuple(t.shape) != expect[label]:
+            raise ValueError(f"{label} must be {expect[label]}, got {tuple(t.shape)}")
+    if tuple(A.shape) != (4 * di, n_state):
+        raise ValueError(f"A must be ({4 * di}, N), got {tuple(A.shape)}")
+    name = resolve_backend(u.device, backend)
+    module = _module(name)
+    fused = getattr(module, "cross_selective_scan", None)
+    if fused is not None:
+        return fused(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    if u.dtype in (torch.float16, torch.bfloat16):
+        u, delta, B, C = u.float(), delta.float(), B.float(), C.float()
+    return cross_selective_scan_composed(u, delta, A, B, C, D, delta_bias, delta_softplus, scan=module.selective_scan)
