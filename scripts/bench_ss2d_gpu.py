@@ -1,0 +1,267 @@
+"""Benchmark of SS2D's fused stage-1 scan (cross-scan + selective scan + merge) on one CUDA GPU.
+
+Shape: VM-UNet's first stage at batch 32, 256x256 input: u (32, 192, 64, 64), four directions,
+N = 16, i.e. the official (32, 768, 4096) scan. Everything is measured in this one run:
+
+* the card's copy bandwidth (``clone`` of a 2 GiB tensor, bytes read + written / time);
+* the triton backend's fused forward, for a few tile configurations, and forward + backward;
+* bandwidth achieved = bytes that must move (read u, delta, B, C once, write y once) / time;
+* the composed path (cross_scan copies + generic scan + merge) on the ``torch`` backend and, when
+  its compiled kernel loads, on ``mamba_ssm``;
+* agreement of the fused result and gradients with the composed torch path in float32.
+
+Usage: ``python scripts/bench_ss2d_gpu.py [--batch 32] [--out results.json]``. Prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+
+def _args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--dim", type=int, default=192, help="Di, channels of the map (4*Di scanned rows)")
+    p.add_argument("--size", type=int, default=64, help="H = W of the map")
+    p.add_argument("--state", type=int, default=16, help="N")
+    p.add_argument("--sweep", action="store_true", help="time several tile configurations")
+    p.add_argument("--out", default="", help="write all numbers to this JSON file")
+    p.add_argument("--config-from", default="", help="use the best tiles recorded in this JSON file")
+    return p.parse_args()
+
+
+def make_inputs(batch, di, size, n, dtype, requires_grad=False, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, device="cuda") * scale).to(dtype)
+
+    x = dict(
+        u=r(batch, di, size, size),
+        delta=r(batch, 4, di, size, size, scale=0.5) - 1.0,
+        A=-torch.exp(torch.log(torch.arange(1, n + 1, device="cuda", dtype=torch.float32)).repeat(4 * di, 1)),
+        B=r(batch, 4, n, size, size),
+        C=r(batch, 4, n, size, size),
+        D=torch.ones(4 * di, device="cuda"),
+        delta_bias=torch.rand(4 * di, generator=g, device="cuda") * 0.1,
+    )
+    if requires_grad:
+        for v in x.values():
+            v.requires_grad_()
+    return x
+
+
+def bench(fn, warmup=25, rep=100):
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def copy_bandwidth():
+    x = torch.randn(2**29 // 2, device="cuda")  # 1 GiB of float32
+    ms = bench(lambda: x.clone())
+    return 2 * x.numel() * 4 / (ms * 1e-3)
+
+
+def moved_bytes(batch, di, size, n, in_bytes):
+    L = size * size
+    return (batch * di * L + batch * 4 * di * L + 2 * batch * 4 * n * L) * in_bytes + batch * di * L * 4
+
+
+def raw_mamba_scan():
+    """selective_scan_cuda called directly, for when the mamba_ssm package itself does not import."""
+    try:
+        import selective_scan_cuda
+    except Exception:
+        return None
+
+    class Scan(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, u, delta, A, B, C, D, bias):
+            out, x, *_ = selective_scan_cuda.fwd(u, delta, A, B, C, D, None, bias, True)
+            ctx.save_for_backward(u, delta, A, B, C, D, bias, x)
+            return out
+
+        @staticmethod
+        def backward(ctx, dout):
+            u, delta, A, B, C, D, bias, x = ctx.saved_tensors
+            grads = selective_scan_cuda.bwd(u, delta, A, B, C, D, None, bias, dout.contiguous(), x, None, None,
+                                            True, False)
+            return tuple(grads[:7])
+
+    def scan(u, delta, A, B, C, D, z, bias, softplus, last):
+        return Scan.apply(u.contiguous(), delta.contiguous(), A.float().contiguous(), B.contiguous(),
+                          C.contiguous(), D.float().contiguous(), bias.float().contiguous())
+
+    return scan
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def main():
+    a = _args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_ss2d_gpu.py needs a CUDA device")
+    from vmunet_monai.ops import dispatch
+    from vmunet_monai.ops import triton_scan as ts
+
+    dev = torch.cuda.get_device_name()
+    res = {"device": dev, "torch": torch.__version__, "shape": [a.batch, a.dim, a.size, a.size, a.state]}
+    import triton
+
+    res["triton"] = triton.__version__
+    bw = copy_bandwidth()
+    res["copy_GBps"] = bw / 1e9
+    print(f"{dev}: copy bandwidth {bw / 1e9:.0f} GB/s (read + write)", flush=True)
+    lines = []
+
+    def fused(x):
+        return ts.cross_selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["delta_bias"], True)
+
+    raw = raw_mamba_scan()
+
+    def composed(x, backend):
+        scan = raw if backend == "mamba_ssm_raw" else dispatch._module(backend).selective_scan
+        return dispatch.cross_selective_scan_composed(
+            x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["delta_bias"], True, scan=scan)
+
+    # 1. correctness of the fused kernel against the composed torch path, float32
+    x = make_inputs(a.batch, a.dim, a.size, a.state, torch.float32)
+    y = fused(x)
+    y_ref = composed(x, "torch")
+    res["fwd_rel_err_vs_torch"] = rel(y, y_ref)
+    del y_ref
+    torch.cuda.empty_cache()
+    xb = make_inputs(2, a.dim, a.size, a.state, torch.float32, requires_grad=True, seed=1)
+    gy = torch.randn(2, a.dim, a.size, a.size, device="cuda")
+    g1 = torch.autograd.grad((fused(xb) * gy).sum(), list(xb.values()))
+    g2 = torch.autograd.grad((composed(xb, "torch") * gy).sum(), list(xb.values()))
+    res["grad_rel_err_vs_torch"] = {k: rel(p, q) for k, p, q in zip(xb, g1, g2)}
+    print("fused vs composed torch (fp32): fwd", f"{res['fwd_rel_err_vs_torch']:.2e}", "grads",
+          {k: f"{v:.1e}" for k, v in res["grad_rel_err_vs_torch"].items()}, flush=True)
+    del xb, g1, g2
+    torch.cuda.empty_cache()
+
+    # 2. forward timings, tile sweep
+    configs = [ts.KernelConfig()]
+    if a.config_from:
+        with open(a.config_from) as f:
+            configs = [eval(json.load(f)["best_config"], {"KernelConfig": ts.KernelConfig})]
+    if a.sweep:
+        configs = [ts.KernelConfig(bd, 16, w) for bd, w in [(32, 1), (64, 2), (128, 4), (16, 1), (8, 1)]]
+        configs.append(ts.KernelConfig(4, 16, 2, stepwise=False))
+    best = None
+    res["fwd_sweep"] = []
+    for cfg in configs:
+        ts.kernel_config(cfg)
+        t0 = time.time()
+        try:
+            fused(x)
+            torch.cuda.synchronize()
+            ms = bench(lambda: fused(x))
+        except Exception as exc:  # a tile that does not compile is reported and skipped
+            print(f"  {cfg}: failed {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+            continue
+        res["fwd_sweep"].append({"config": repr(cfg), "ms": ms, "compile_s": time.time() - t0})
+        print(f"  fwd {cfg}: {ms:.3f} ms", flush=True)
+        if best is None or ms < best[1]:
+            best = (cfg, ms)
+    ts.kernel_config(best[0])
+    if a.sweep:  # backward tiles, timed as forward + backward
+        xg = make_inputs(a.batch, a.dim, a.size, a.state, torch.float32, requires_grad=True)
+        gy = torch.randn(a.batch, a.dim, a.size, a.size, device="cuda")
+        bwd_best = None
+        for bbd, bw_ in [(4, 2), (2, 1), (8, 4), (4, 1)]:
+            cfg = ts.KernelConfig(best[0].block_d, 16, best[0].num_warps, bbd, bw_, best[0].stepwise)
+            ts.kernel_config(cfg)
+            try:
+                ms = bench(lambda: torch.autograd.grad((fused(xg) * gy).sum(), list(xg.values())), warmup=3, rep=15)
+            except Exception as exc:
+                print(f"  {cfg}: failed {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+                continue
+            print(f"  fwd+bwd {cfg}: {ms:.3f} ms", flush=True)
+            if bwd_best is None or ms < bwd_best[1]:
+                bwd_best = (cfg, ms)
+        best = (bwd_best[0], best[1])
+        ts.kernel_config(best[0])
+        del xg
+    res["best_config"] = repr(best[0])
+
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).replace("torch.", "")
+        x = make_inputs(a.batch, a.dim, a.size, a.state, dtype)
+        ms = bench(lambda: fused(x))
+        nbytes = moved_bytes(a.batch, a.dim, a.size, a.state, x["u"].element_size())
+        gbps = nbytes / (ms * 1e-3) / 1e9
+        res[f"fused_fwd_{name}"] = {"ms": ms, "GBps": gbps, "pct_copy": 100 * gbps * 1e9 / bw, "bytes": nbytes}
+        lines.append((f"triton fused fwd {name}", ms, f"{gbps:.0f} GB/s = {100 * gbps * 1e9 / bw:.0f}% of copy"))
+        xg = make_inputs(a.batch, a.dim, a.size, a.state, dtype, requires_grad=True)
+        gy = torch.randn(a.batch, a.dim, a.size, a.size, device="cuda")
+
+        def fwd_bwd():
+            return torch.autograd.grad((fused(xg) * gy).sum(), list(xg.values()))
+
+        fwd_bwd()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        ms_fb = bench(fwd_bwd, warmup=5, rep=30)
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**30
+        res[f"fused_fwd_bwd_{name}"] = {"ms": ms_fb, "extra_peak_GiB": peak}
+        lines.append((f"triton fused fwd+bwd {name}", ms_fb, f"+{peak:.2f} GiB peak over inputs"))
+        del x, xg
+        torch.cuda.empty_cache()
+
+    # 3. the composed paths
+    x = make_inputs(a.batch, a.dim, a.size, a.state, torch.float32)
+    fused_ms = res["fused_fwd_float32"]["ms"]
+    for backend in ("torch", "mamba_ssm", "mamba_ssm_raw"):
+        if backend == "mamba_ssm_raw":
+            if raw is None or dispatch.backend_status("mamba_ssm").available:
+                continue
+            st = None
+        else:
+            st = dispatch.backend_status(backend)
+        if st is not None and not st.available:
+            res[f"composed_{backend}"] = f"unavailable: {st.detail}"
+            lines.append((f"composed {backend} fwd float32", float("nan"), f"unavailable: {st.detail[:80]}"))
+            continue
+        try:
+            ms = bench(lambda: composed(x, backend), warmup=5, rep=20)
+        except torch.cuda.OutOfMemoryError as exc:
+            res[f"composed_{backend}"] = f"out of memory: {exc}"
+            continue
+        res[f"composed_{backend}_fwd_float32_ms"] = ms
+        lines.append((f"composed {backend} fwd float32", ms, f"fused is {ms / fused_ms:.1f}x faster"))
+        if backend.startswith("mamba_ssm"):
+            y1, y2 = fused(x), composed(x, backend)
+            res["fwd_rel_err_vs_mamba_ssm"] = rel(y1, y2)
+            xg = make_inputs(a.batch, a.dim, a.size, a.state, torch.float32, requires_grad=True)
+            gy = torch.randn(a.batch, a.dim, a.size, a.size, device="cuda")
+            ms_fb = bench(lambda: torch.autograd.grad((composed(xg, backend) * gy).sum(), list(xg.values())),
+                          warmup=3, rep=20)
+            res["composed_mamba_ssm_fwd_bwd_float32_ms"] = ms_fb
+            lines.append((f"composed {backend} fwd+bwd float32", ms_fb,
+                          f"fused is {ms_fb / res['fused_fwd_bwd_float32']['ms']:.1f}x faster"))
+            del xg
+        torch.cuda.empty_cache()
+
+    print(f"\n{dev}, torch {torch.__version__}, triton {triton.__version__}; stage-1 SS2D scan "
+          f"{a.batch}x{a.dim}x{a.size}x{a.size}, N={a.state}; copy bandwidth {bw / 1e9:.0f} GB/s; "
+          f"tiles {best[0]}")
+    for label, ms, note in lines:
+        print(f"  {label:36s} {ms:9.3f} ms   {note}")
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()

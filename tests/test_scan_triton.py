@@ -1,0 +1,188 @@
+"""The triton scan backend against the sequential reference, forward and gradients of every input.
+
+On a CPU machine the kernels run through Triton's interpreter (``TRITON_INTERPRET=1``, small shapes);
+on a CUDA machine the compiled kernels are also checked at VM-UNet's stage-1 shape.
+"""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from vmunet_monai.ops import triton_scan
+from vmunet_monai.ops.dispatch import cross_selective_scan_composed
+from vmunet_monai.ops.reference import selective_scan_reference
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def cross_inputs(batch, di, h, w, n, dtype=torch.float64, device="cpu", with_d=True, seed=None):
+    g = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31, ()).item()) if seed is None else seed)
+
+    def r(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, device=device, dtype=torch.float64) * scale
+
+    x = dict(
+        u=r(batch, di, h, w),
+        delta=r(batch, 4, di, h, w, scale=0.5),
+        A=-torch.rand(4 * di, n, generator=g, device=device, dtype=torch.float64) * 2 - 0.1,
+        B=r(batch, 4, n, h, w),
+        C=r(batch, 4, n, h, w),
+        D=r(4 * di) if with_d else None,
+        delta_bias=r(4 * di, scale=0.3) if with_d else None,
+    )
+    return {k: (v.to(dtype) if k in ("u", "delta", "B", "C") else v) if v is not None else None for k, v in x.items()}
+
+
+def leaf(x, dtype=None):
+    return {k: None if v is None else v.detach().to(dtype or v.dtype).requires_grad_() for k, v in x.items()}
+
+
+def fwd_and_grads(fn, x, gy_seed=0):
+    y = fn(x)
+    gy = torch.randn(y.shape, generator=torch.Generator(device=y.device).manual_seed(gy_seed), device=y.device)
+    names = [k for k in NAMES if x[k] is not None]
+    grads = torch.autograd.grad((y * gy.to(y.dtype)).sum(), [x[k] for k in names])
+    return y, dict(zip(names, grads))
+
+
+def fused(x, softplus=True):
+    return triton_scan.cross_selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["delta_bias"],
+                                            softplus)
+
+
+def composed_reference(x, softplus=True):
+    return cross_selective_scan_composed(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["delta_bias"],
+                                         softplus, scan=selective_scan_reference)
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    """triton_scan driving a private copy of the kernels compiled for Triton's CPU interpreter."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("needs the triton package (its interpreter runs the kernels on the CPU)")
+    saved_env = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are decorated and by triton_scan's device check
+    path = os.path.join(os.path.dirname(triton_scan.__file__), "triton_kernels", "scan.py")
+    spec = importlib.util.spec_from_file_location("_vmunet_scan_kernels_interpreted", path)
+    kernels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernels)
+    saved_kernels, saved_config = triton_scan._kernels, triton_scan.kernel_config()
+    triton_scan._kernels = lambda: kernels
+    yield triton_scan
+    triton_scan._kernels = saved_kernels
+    triton_scan.kernel_config(saved_config)
+    if saved_env is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = saved_env
+
+
+@pytest.mark.parametrize(
+    "shape,config,with_d,softplus",
+    [
+        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16), True, True),  # 3 chunks, 2 channel blocks
+        ((1, 5, 3, 9, 3), dict(block_d=8, chunk=16), False, False),  # masked channels and states
+        ((1, 3, 6, 4, 4), dict(block_d=2, chunk=32), True, True),  # one chunk longer than the map
+        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, stepwise=False), True, True),  # chunked forward
+    ],
+)
+def test_cross_scan_matches_reference_interpreted(interpreted, shape, config, with_d, softplus):
+    interpreted.kernel_config(triton_scan.KernelConfig(**config))
+    x = cross_inputs(*shape, with_d=with_d)
+    y_ref, g_ref = fwd_and_grads(lambda v: composed_reference(v, softplus), leaf(x))
+    y, g = fwd_and_grads(lambda v: fused(v, softplus), leaf(x, torch.float32))
+    assert y.dtype == torch.float32 and y.shape == shape[:4]
+    assert rel_err(y, y_ref) <= 1e-4
+    assert set(g) == set(g_ref)
+    for k in g_ref:
+        assert g[k].dtype == torch.float32 and g[k].shape == g_ref[k].shape, k
+        assert rel_err(g[k], g_ref[k]) <= 1e-4, k
+
+
+def test_cross_scan_bf16_inputs_interpreted(interpreted):
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16))
+    x = cross_inputs(2, 8, 5, 7, 4, dtype=torch.bfloat16)
+    # same bf16 values, upcast: the kernel computes in float32, so only the gradients' rounding differs
+    y_ref, g_ref = fwd_and_grads(composed_reference, leaf({k: None if v is None else v.double() for k, v in x.items()}))
+    y, g = fwd_and_grads(fused, leaf(x))
+    assert y.dtype == torch.float32
+    assert rel_err(y, y_ref) <= 1e-4
+    for k in g_ref:
+        assert g[k].dtype == x[k].dtype, k
+        assert rel_err(g[k], g_ref[k]) <= 2e-2, k
+
+
+@pytest.mark.parametrize("bc", ["grouped", "variable", "constant"])
+def test_generic_scan_matches_reference_interpreted(interpreted, bc):
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16))
+    batch, dim, length, n = 2, 8, 37, 4
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
+
+    def r(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    shapes = {"grouped": (batch, 2, n, length), "variable": (batch, n, length), "constant": (dim, n)}[bc]
+    x = dict(u=r(batch, dim, length), delta=r(batch, dim, length, scale=0.5),
+             A=-torch.rand(dim, n, generator=g, dtype=torch.float64) * 2 - 0.1, B=r(*shapes), C=r(*shapes),
+             D=r(dim), z=r(batch, dim, length), delta_bias=r(dim, scale=0.3))
+
+    def run(fn, v):
+        y, last = fn(**v, delta_softplus=True, return_last_state=True)
+        gy = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
+        grads = torch.autograd.grad((y * gy).sum(), list(v.values()))
+        return y, last, dict(zip(v, grads))
+
+    y_ref, h_ref, g_ref = run(selective_scan_reference, leaf(x))
+    y, h, g_ = run(interpreted.selective_scan, leaf(x, torch.float32))
+    assert y.dtype == torch.float32 and h.shape == (batch, dim, n)
+    assert rel_err(y, y_ref) <= 1e-4 and rel_err(h, h_ref) <= 1e-4
+    for k in g_ref:
+        assert g_[k].shape == g_ref[k].shape, k
+        assert rel_err(g_[k], g_ref[k]) <= 1e-4, k
+
+
+def test_status_and_errors():
+    ok, detail, fix = triton_scan.status()
+    assert isinstance(ok, bool) and detail
+    if not ok:
+        assert fix
+    x = cross_inputs(1, 4, 3, 3, 2, dtype=torch.float32)
+    with pytest.raises(ValueError, match="delta must be"):
+        triton_scan.cross_selective_scan(x["u"], x["delta"][:, :2], x["A"], x["B"], x["C"])
+    with pytest.raises(ValueError, match="A must be"):
+        triton_scan.cross_selective_scan(x["u"], x["delta"], x["A"][:4], x["B"], x["C"])
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+        with pytest.raises(RuntimeError, match="CUDA tensors"):
+            triton_scan.cross_selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"])
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cross_scan_gpu_stage1_shape(dtype):
+    """VM-UNet stage 1 at batch 32 (forward) against the composed torch path in float32."""
+    from vmunet_monai.ops import dispatch
+
+    def composed_torch(v):
+        return cross_selective_scan_composed(*(None if v[k] is None else v[k].float() for k in NAMES), True,
+                                             scan=dispatch._module("torch").selective_scan)
+
+    x = cross_inputs(32, 192, 64, 64, 16, dtype=dtype, device="cuda", seed=3)
+    x = {k: v.float() if k not in ("u", "delta", "B", "C") else v for k, v in x.items()}
+    with torch.no_grad():
+        assert rel_err(fused(x), composed_torch(x)) <= 1e-4
+    # gradients at batch 2 (the composed path's autograd graph at batch 32 does not fit beside it)
+    x = leaf({k: v[:2] if k in ("u", "delta", "B", "C") else v for k, v in x.items()})
+    y, g = fwd_and_grads(fused, x)
+    y_ref, g_ref = fwd_and_grads(composed_torch, x)
+    assert rel_err(y, y_ref) <= 1e-4
+    for k in g_ref:
+        assert rel_err(g[k], g_ref[k]) <= (1e-4 if dtype == torch.float32 else 1e-2), k

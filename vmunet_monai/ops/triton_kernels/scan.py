@@ -1,0 +1,437 @@
+"""Selective-scan kernels: forward with chunk checkpoints, backward by recomputation.
+
+One program owns (batch b, group k, a block of BD channels) and walks the sequence in chunks of T
+steps. Inside a chunk the recurrence ``h_t = a_t h_{t-1} + b_t`` runs as an associative scan over
+the (BD, N, T) tile, in float32 whatever the input dtype; the state entering each chunk is carried
+in registers and, when a backward will follow, written out as a checkpoint.
+
+Two geometries share the kernels:
+
+* ``CROSS``: SS2D's four directions of one (H, W) map. Group k is the direction; the program reads
+  the map where direction k is at each step (index arithmetic instead of a fourfold copy) and adds its
+  output into the shared (batch, Di, H, W) result with atomics. Reversed directions load their chunk
+  in map order and run the scan backwards, so every load walks memory forwards.
+* generic: k is the B/C group of mamba-ssm's ``selective_scan_fn``; each output is written once.
+
+Backward, per chunk in reverse order: recompute the states from the checkpoint, run the adjoint
+recurrence ``g_t = C_t dy_t + a_{t+1} g_{t+1}`` backwards, and form every gradient from ``h`` and
+``g``. Reductions over channels (dB, dC), over directions (du) and over batch and time (dA, dD,
+d delta_bias) use float32 atomics, so their last bits depend on the order the GPU runs programs in.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+__all__ = ["scan_fwd_kernel", "scan_bwd_kernel"]
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    # (a1, b1) then (a2, b2): h -> a2 * (a1 * h + b1) + b2
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    # log1p(exp(x)) without log1p: log(w) * e / (w - 1) is exact to rounding even when w rounds to 1
+    e = tl.exp(x)
+    w = 1.0 + e
+    lp = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
+    return tl.where(x > 20.0, x, lp)
+
+
+@triton.jit
+def _positions(c, L, H, W, T: tl.constexpr, REV: tl.constexpr, COL: tl.constexpr):
+    """Scan indices ``s`` of chunk ``c`` in increasing order, their map positions, and validity."""
+    if REV:
+        s = L - (c + 1) * T + tl.arange(0, T)
+        valid = s >= 0
+    else:
+        s = c * T + tl.arange(0, T)
+        valid = s < L
+    if COL:
+        pos = (s % H) * W + s // H  # walking the transposed map row by row
+    else:
+        pos = s
+    return s, pos, valid
+
+
+@triton.jit
+def _position_of(s, H, W, COL: tl.constexpr):
+    if COL:
+        return (s % H) * W + s // H
+    else:
+        return s
+
+
+@triton.jit
+def _fwd_run(
+    u_base, dl_base, B_base, C_base, y_base, hs_base, last_base,
+    d, dmask, A2, Dv, bias, L, H, W, nchunks,
+    s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
+    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
+    REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
+    ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr,
+):
+    n = tl.arange(0, NP)
+    nmask = n < N
+    tt = tl.arange(0, T)
+    hmask = dmask[:, None] & nmask[None, :]
+    h = tl.zeros([BD, NP], dtype=tl.float32)
+    for c in range(nchunks):
+        s, pos, valid = _positions(c, L, H, W, T, REV, COL)
+        m2 = dmask[:, None] & valid[None, :]
+        mb = nmask[:, None] & valid[None, :]
+        u = tl.load(u_base + d[:, None] * s_ud + pos[None, :], mask=m2, other=0.0).to(tl.float32)
+        x = tl.load(dl_base + d[:, None] * s_dd + pos[None, :], mask=m2, other=0.0).to(tl.float32)
+        x = x + bias[:, None]
+        if SOFTPLUS:
+            dt = _softplus(x)
+        else:
+            dt = x
+        dt = tl.where(m2, dt, 0.0)  # padded steps: a = 1, b = 0, the state passes through
+        Bt = tl.load(B_base + n[:, None] * s_Bn + pos[None, :] * s_Bt, mask=mb, other=0.0).to(tl.float32)
+        Ct = tl.load(C_base + n[:, None] * s_Cn + pos[None, :] * s_Ct, mask=mb, other=0.0).to(tl.float32)
+        if SAVE_STATES:
+            tl.store(hs_base + d[:, None] * (nchunks * N) + c * N + n[None, :], h, mask=hmask)
+        a = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        bx = (dt * u)[:, None, :] * Bt[None, :, :]
+        P, S = tl.associative_scan((a, bx), 2, _combine, reverse=REV)
+        hh = P * h[:, :, None] + S
+        y = tl.sum(hh * Ct[None, :, :], axis=1)
+        if HAS_D:
+            y += Dv[:, None] * u
+        if REV:
+            last = tt == 0
+        else:
+            last = tt == T - 1
+        h = tl.sum(tl.where(last[None, None, :], hh, 0.0), axis=2)
+        if ATOMIC:
+            tl.atomic_add(y_base + d[:, None] * s_yd + pos[None, :], y, mask=m2, sem="relaxed")
+        else:
+            tl.store(y_base + d[:, None] * s_yd + pos[None, :], y, mask=m2)
+    if SAVE_LAST:
+        tl.store(last_base + d[:, None] * N + n[None, :], h, mask=hmask)
+
+
+@triton.jit
+def _step_position(t, L, H, W, REV: tl.constexpr, COL: tl.constexpr):
+    if REV:
+        s = L - 1 - t
+    else:
+        s = t
+    return _position_of(s, H, W, COL)
+
+
+@triton.jit
+def _step_loads(u_base, dl_base, B_base, C_base, dd, dm, n, nm, pos, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct):
+    u = tl.load(u_base + dd * s_ud + pos, mask=dm, other=0.0).to(tl.float32)
+    x = tl.load(dl_base + dd * s_dd + pos, mask=dm, other=0.0).to(tl.float32)
+    Bv = tl.load(B_base + n * s_Bn + pos * s_Bt, mask=nm, other=0.0).to(tl.float32)
+    Cv = tl.load(C_base + n * s_Cn + pos * s_Ct, mask=nm, other=0.0).to(tl.float32)
+    return u, x, Bv, Cv
+
+
+@triton.jit
+def _fwd_steps(
+    u_base, dl_base, B_base, C_base, y_base, hs_base, last_base,
+    d, dmask, A2, Dv, bias, L, H, W, nchunks,
+    s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
+    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
+    REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
+    ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr,
+):
+    """One step at a time; the state tile is (N, channels) so the sum over N stays inside a thread
+    when a thread owns a whole channel. The next step's inputs are loaded before this step computes."""
+    n = tl.arange(0, NP)[:, None]
+    nm = n < N
+    dd = d[None, :]
+    dm = dmask[None, :]
+    A2t = tl.trans(A2)
+    bias2 = bias[None, :]
+    Dv2 = Dv[None, :]
+    h = tl.zeros([NP, BD], dtype=tl.float32)
+    pos = _step_position(0, L, H, W, REV, COL)
+    u, x, Bv, Cv = _step_loads(u_base, dl_base, B_base, C_base, dd, dm, n, nm, pos, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct)
+    for t in range(L):
+        if SAVE_STATES:
+            if t % T == 0:
+                tl.store(hs_base + dd * (nchunks * N) + (t // T) * N + n, h, mask=dm & nm)
+        nxt = _step_position(tl.minimum(t + 1, L - 1), L, H, W, REV, COL)
+        u1, x1, B1, C1 = _step_loads(u_base, dl_base, B_base, C_base, dd, dm, n, nm, nxt,
+                                     s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct)
+        xb = x + bias2
+        if SOFTPLUS:
+            dt = _softplus(xb)
+        else:
+            dt = xb
+        h = tl.exp2(dt * A2t) * h + (dt * u) * Bv
+        y = tl.sum(h * Cv, axis=0, keep_dims=True)
+        if HAS_D:
+            y += Dv2 * u
+        if ATOMIC:
+            tl.atomic_add(y_base + dd * s_yd + pos, y, mask=dm, sem="relaxed")
+        else:
+            tl.store(y_base + dd * s_yd + pos, y, mask=dm)
+        pos = nxt
+        u, x, Bv, Cv = u1, x1, B1, C1
+    if SAVE_LAST:
+        tl.store(last_base + dd * N + n, h, mask=dm & nm)
+
+
+
+@triton.jit
+def scan_fwd_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr, last_ptr,
+    L, H, W, Dk, nchunks,
+    s_ub, s_uk, s_ud, s_db, s_dk, s_dd,
+    s_Bb, s_Bk, s_Bn, s_Bt, s_Cb, s_Ck, s_Cn, s_Ct,
+    s_yb, s_yk, s_yd,
+    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
+    CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr, STEPWISE: tl.constexpr,
+):
+    """Grid (ceil(Dk / BD), K, batch); see the module docstring. ``STEPWISE``: step loop, not chunk scans."""
+    pid_d = tl.program_id(0)
+    k = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    K = tl.num_programs(1)
+    d = pid_d * BD + tl.arange(0, BD)
+    dmask = d < Dk
+    row = k * Dk + d  # this channel's row of A, D and delta_bias
+    n = tl.arange(0, NP)
+    A2 = tl.load(A_ptr + row[:, None] * N + n[None, :], mask=dmask[:, None] & (n[None, :] < N), other=0.0)
+    A2 = A2.to(tl.float32) * LOG2E
+    if HAS_D:
+        Dv = tl.load(D_ptr + row, mask=dmask, other=0.0).to(tl.float32)
+    else:
+        Dv = tl.zeros([BD], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + row, mask=dmask, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BD], dtype=tl.float32)
+    u_base = u_ptr + b * s_ub + k * s_uk
+    dl_base = dl_ptr + b * s_db + k * s_dk
+    B_base = B_ptr + b * s_Bb + k * s_Bk
+    C_base = C_ptr + b * s_Cb + k * s_Ck
+    y_base = y_ptr + b * s_yb + k * s_yk
+    hs_base = hs_ptr + (b * K + k) * Dk * nchunks * N
+    last_base = last_ptr + (b * K + k) * Dk * N
+    if STEPWISE:
+        if CROSS:
+            if k == 0:
+                _fwd_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
+                         L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
+                         N, NP, BD, T, False, False, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
+            elif k == 1:
+                _fwd_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
+                         L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
+                         N, NP, BD, T, False, True, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
+            elif k == 2:
+                _fwd_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
+                         L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
+                         N, NP, BD, T, True, False, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
+            else:
+                _fwd_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
+                         L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
+                         N, NP, BD, T, True, True, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
+        else:
+            _fwd_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
+                     L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
+                     N, NP, BD, T, False, False, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
+    else:
+        if CROSS:
+            if k == 0:
+                _fwd_run(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
+                         L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
+                         N, NP, BD, T, False, False, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
+            elif k == 1:
+                _fwd_run(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
+                         L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
+                         N, NP, BD, T, False, True, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
+            elif k == 2:
+                _fwd_run(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
+                         L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
+                         N, NP, BD, T, True, False, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
+            else:
+                _fwd_run(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
+                         L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
+                         N, NP, BD, T, True, True, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
+        else:
+            _fwd_run(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
+                     L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
+                     N, NP, BD, T, False, False, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
+
+
+@triton.jit
+def _bwd_run(
+    u_base, dl_base, B_base, C_base, dy_base, hs_base,
+    du_base, ddl_base, dB_base, dC_base, dA_rows, dD_rows, dbias_rows,
+    d, dmask, A2, Dv, bias, L, H, W, nchunks,
+    s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_dud, s_dBn, s_dCn,
+    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
+    REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, ATOMIC: tl.constexpr,
+):
+    n = tl.arange(0, NP)
+    nmask = n < N
+    tt = tl.arange(0, T)
+    hmask = dmask[:, None] & nmask[None, :]
+    A_nat = A2 / LOG2E
+    g = tl.zeros([BD, NP], dtype=tl.float32)  # adjoint of the state entering the chunk after this one
+    dA_acc = tl.zeros([BD, NP], dtype=tl.float32)
+    dD_acc = tl.zeros([BD], dtype=tl.float32)
+    dbias_acc = tl.zeros([BD], dtype=tl.float32)
+    for i in range(nchunks):
+        c = nchunks - 1 - i
+        s, pos, valid = _positions(c, L, H, W, T, REV, COL)
+        m2 = dmask[:, None] & valid[None, :]
+        mb = nmask[:, None] & valid[None, :]
+        u = tl.load(u_base + d[:, None] * s_ud + pos[None, :], mask=m2, other=0.0).to(tl.float32)
+        x = tl.load(dl_base + d[:, None] * s_dd + pos[None, :], mask=m2, other=0.0).to(tl.float32)
+        x = x + bias[:, None]
+        if SOFTPLUS:
+            dt = _softplus(x)
+        else:
+            dt = x
+        dt = tl.where(m2, dt, 0.0)
+        Bt = tl.load(B_base + n[:, None] * s_Bn + pos[None, :] * s_Bt, mask=mb, other=0.0).to(tl.float32)
+        Ct = tl.load(C_base + n[:, None] * s_Cn + pos[None, :] * s_Ct, mask=mb, other=0.0).to(tl.float32)
+        dy = tl.load(dy_base + d[:, None] * s_yd + pos[None, :], mask=m2, other=0.0).to(tl.float32)
+        h0 = tl.load(hs_base + d[:, None] * (nchunks * N) + c * N + n[None, :], mask=hmask, other=0.0)
+        # recompute the states of this chunk from its checkpoint
+        a = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        dtu = dt * u
+        bx = dtu[:, None, :] * Bt[None, :, :]
+        P, S = tl.associative_scan((a, bx), 2, _combine, reverse=REV)
+        hh = P * h0[:, :, None] + S
+        # decay of the step after each step, in scan order (zero past the end of the sequence)
+        if REV:
+            s1 = s - 1
+        else:
+            s1 = s + 1
+        valid1 = (s1 >= 0) & (s1 < L)
+        pos1 = _position_of(s1, H, W, COL)
+        m21 = dmask[:, None] & valid1[None, :]
+        x1 = tl.load(dl_base + d[:, None] * s_dd + pos1[None, :], mask=m21, other=0.0).to(tl.float32)
+        x1 = x1 + bias[:, None]
+        if SOFTPLUS:
+            dt1 = _softplus(x1)
+        else:
+            dt1 = x1
+        dt1 = tl.where(m21, dt1, 0.0)
+        a1 = tl.where(valid1[None, None, :], tl.exp2(dt1[:, None, :] * A2[:, :, None]), 0.0)
+        # adjoint recurrence, backwards in scan order: g_t = C_t dy_t + a_{t+1} g_{t+1}
+        xg = Ct[None, :, :] * dy[:, None, :]
+        Pg, G = tl.associative_scan((a1, xg), 2, _combine, reverse=not REV)
+        gg = G + Pg * g[:, :, None]
+        if REV:
+            first = tt == T - 1
+        else:
+            first = tt == 0
+        g = tl.sum(tl.where(first[None, None, :], gg, 0.0), axis=2)
+        hb = hh - bx  # a_t * h_{t-1}, without dividing by a_t
+        ddt = tl.sum(gg * (hb * A_nat[:, :, None] + Bt[None, :, :] * u[:, None, :]), axis=1)
+        du = dt * tl.sum(gg * Bt[None, :, :], axis=1)
+        if HAS_D:
+            du += Dv[:, None] * dy
+            dD_acc += tl.sum(dy * u, axis=1)
+        dA_acc += tl.sum(gg * hb * dt[:, None, :], axis=2)
+        dBp = tl.sum(gg * dtu[:, None, :], axis=0)
+        dCp = tl.sum(hh * dy[:, None, :], axis=0)
+        if SOFTPLUS:
+            ddx = ddt / (1.0 + tl.exp(-x))
+        else:
+            ddx = ddt
+        ddx = tl.where(m2, ddx, 0.0)
+        if HAS_BIAS:
+            dbias_acc += tl.sum(ddx, axis=1)
+        tl.store(ddl_base + d[:, None] * s_dd + pos[None, :], ddx, mask=m2)
+        tl.atomic_add(dB_base + n[:, None] * s_dBn + pos[None, :], dBp, mask=mb, sem="relaxed")
+        tl.atomic_add(dC_base + n[:, None] * s_dCn + pos[None, :], dCp, mask=mb, sem="relaxed")
+        if ATOMIC:
+            tl.atomic_add(du_base + d[:, None] * s_dud + pos[None, :], du, mask=m2, sem="relaxed")
+        else:
+            tl.store(du_base + d[:, None] * s_dud + pos[None, :], du, mask=m2)
+    tl.atomic_add(dA_rows[:, None] + n[None, :], dA_acc, mask=hmask, sem="relaxed")
+    if HAS_D:
+        tl.atomic_add(dD_rows, dD_acc, mask=dmask, sem="relaxed")
+    if HAS_BIAS:
+        tl.atomic_add(dbias_rows, dbias_acc, mask=dmask, sem="relaxed")
+
+
+@triton.jit
+def scan_bwd_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, hs_ptr,
+    du_ptr, ddl_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    L, H, W, Dk, nchunks,
+    s_ub, s_uk, s_ud, s_db, s_dk, s_dd,
+    s_Bb, s_Bk, s_Bn, s_Bt, s_Cb, s_Ck, s_Cn, s_Ct,
+    s_yb, s_yk, s_yd, s_dub, s_duk, s_dud,
+    s_dBb, s_dBk, s_dBn, s_dCb, s_dCk, s_dCn,
+    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
+    CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    ATOMIC: tl.constexpr,
+):
+    """Grid (ceil(Dk / BD), K, batch). ``ddl`` has delta's strides; dA, dD, d bias start at zero."""
+    pid_d = tl.program_id(0)
+    k = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    K = tl.num_programs(1)
+    d = pid_d * BD + tl.arange(0, BD)
+    dmask = d < Dk
+    row = k * Dk + d
+    n = tl.arange(0, NP)
+    A2 = tl.load(A_ptr + row[:, None] * N + n[None, :], mask=dmask[:, None] & (n[None, :] < N), other=0.0)
+    A2 = A2.to(tl.float32) * LOG2E
+    if HAS_D:
+        Dv = tl.load(D_ptr + row, mask=dmask, other=0.0).to(tl.float32)
+    else:
+        Dv = tl.zeros([BD], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + row, mask=dmask, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BD], dtype=tl.float32)
+    u_base = u_ptr + b * s_ub + k * s_uk
+    dl_base = dl_ptr + b * s_db + k * s_dk
+    B_base = B_ptr + b * s_Bb + k * s_Bk
+    C_base = C_ptr + b * s_Cb + k * s_Ck
+    dy_base = dy_ptr + b * s_yb + k * s_yk
+    hs_base = hs_ptr + (b * K + k) * Dk * nchunks * N
+    du_base = du_ptr + b * s_dub + k * s_duk
+    ddl_base = ddl_ptr + b * s_db + k * s_dk
+    dB_base = dB_ptr + b * s_dBb + k * s_dBk
+    dC_base = dC_ptr + b * s_dCb + k * s_dCk
+    dA_rows = dA_ptr + row * N
+    dD_rows = dD_ptr + row
+    dbias_rows = dbias_ptr + row
+    if CROSS:
+        if k == 0:
+            _bwd_run(u_base, dl_base, B_base, C_base, dy_base, hs_base, du_base, ddl_base, dB_base, dC_base,
+                     dA_rows, dD_rows, dbias_rows, d, dmask, A2, Dv, bias, L, H, W, nchunks,
+                     s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_dud, s_dBn, s_dCn,
+                     N, NP, BD, T, False, False, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC)
+        elif k == 1:
+            _bwd_run(u_base, dl_base, B_base, C_base, dy_base, hs_base, du_base, ddl_base, dB_base, dC_base,
+                     dA_rows, dD_rows, dbias_rows, d, dmask, A2, Dv, bias, L, H, W, nchunks,
+                     s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_dud, s_dBn, s_dCn,
+                     N, NP, BD, T, False, True, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC)
+        elif k == 2:
+            _bwd_run(u_base, dl_base, B_base, C_base, dy_base, hs_base, du_base, ddl_base, dB_base, dC_base,
+                     dA_rows, dD_rows, dbias_rows, d, dmask, A2, Dv, bias, L, H, W, nchunks,
+                     s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_dud, s_dBn, s_dCn,
+                     N, NP, BD, T, True, False, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC)
+        else:
+            _bwd_run(u_base, dl_base, B_base, C_base, dy_base, hs_base, du_base, ddl_base, dB_base, dC_base,
+                     dA_rows, dD_rows, dbias_rows, d, dmask, A2, Dv, bias, L, H, W, nchunks,
+                     s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_dud, s_dBn, s_dCn,
+                     N, NP, BD, T, True, True, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC)
+    else:
+        _bwd_run(u_base, dl_base, B_base, C_base, dy_base, hs_base, du_base, ddl_base, dB_base, dC_base,
+                 dA_rows, dD_rows, dbias_rows, d, dmask, A2, Dv, bias, L, H, W, nchunks,
+                 s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_dud, s_dBn, s_dCn,
+                 N, NP, BD, T, False, False, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC)

@@ -1,0 +1,337 @@
+"""The ``triton`` scan backend: fused SS2D cross-scan + selective scan + merge, forward and backward.
+
+:func:`cross_selective_scan` reads the feature map once, walks SS2D's four scan directions by index
+arithmetic (no fourfold copy of the input), applies delta_bias, softplus and the D skip inside the
+kernel, keeps the state in float32 and adds the four directions into one float32 output. Training
+saves only the state at every chunk boundary and recomputes the rest in the backward kernel, so
+memory stays proportional to the input. :func:`selective_scan` is mamba-ssm's ``selective_scan_fn``
+on the same kernels.
+
+Importing this module never raises: Triton is imported when a kernel is first needed, and
+:func:`status` says why the backend cannot run and what to do about it. Setting
+``TRITON_INTERPRET=1`` before the first use runs the kernels on CPU tensors through Triton's
+interpreter (slow; for tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["status", "selective_scan", "cross_selective_scan", "KernelConfig", "kernel_config"]
+
+INSTALL_HINT = "pip install triton (it comes with CUDA builds of torch on Linux)"
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def status():
+    """(available, detail, fix): Triton imports and a CUDA device is present (or the interpreter is on)."""
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed", INSTALL_HINT
+    try:
+        import triton
+    except Exception as exc:  # a broken install is reported, not raised
+        return False, f"import triton failed: {type(exc).__name__}: {exc}", INSTALL_HINT
+    if _interpreting():
+        return True, f"triton {triton.__version__} interpreter (TRITON_INTERPRET=1: CPU tensors, slow)", ""
+    if not torch.cuda.is_available():
+        return False, (
+            f"triton {triton.__version__} is installed but no CUDA device is visible "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})"
+        ), "run on a machine with an NVIDIA GPU and a CUDA build of torch"
+    name = torch.cuda.get_device_name()
+    major, minor = torch.cuda.get_device_capability()
+    if major < 7:
+        return False, f"{name} (sm_{major}{minor}) is older than Triton supports", "use a GPU of compute capability 7.0+"
+    return True, f"triton {triton.__version__} on {name} (sm_{major}{minor})", ""
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    return importlib.import_module("vmunet_monai.ops.triton_kernels.scan")
+
+
+class KernelConfig:
+    """Tile sizes of the scan kernels.
+
+    Args:
+        block_d: channels per program of the forward kernel.
+        chunk: steps per chunk (the backward's tile length and the spacing of the state checkpoints).
+        num_warps: warps per forward program.
+        bwd_block_d, bwd_num_warps: the same for the backward kernel.
+        stepwise: forward as a loop of single steps (True) or as associative scans over chunks.
+    """
+
+    def __init__(self, block_d: int = 64, chunk: int = 16, num_warps: int = 2, bwd_block_d: int = 4,
+                 bwd_num_warps: int = 2, stepwise: bool = True):
+        for label, v in (("block_d", block_d), ("chunk", chunk), ("bwd_block_d", bwd_block_d)):
+            if v < 1 or v & (v - 1):
+                raise ValueError(f"KernelConfig.{label}={v} must be a power of two")
+        self.block_d, self.chunk, self.num_warps = block_d, chunk, num_warps
+        self.bwd_block_d, self.bwd_num_warps, self.stepwise = bwd_block_d, bwd_num_warps, stepwise
+
+    def __repr__(self):
+        return (f"KernelConfig(block_d={self.block_d}, chunk={self.chunk}, num_warps={self.num_warps}, "
+                f"bwd_block_d={self.bwd_block_d}, bwd_num_warps={self.bwd_num_warps}, stepwise={self.stepwise})")
+
+
+_CONFIG = KernelConfig()
+
+
+def kernel_config(config: KernelConfig | None = None) -> KernelConfig:
+    """Return the tile configuration in use; with an argument, replace it first (benchmarks tune it)."""
+    global _CONFIG
+    if config is not None:
+        _CONFIG = config
+    return _CONFIG
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+class _Geometry:
+    """How the kernels see one call: K groups of Dk channels, sequence length L on an (H, W) map."""
+
+    def __init__(self, cross: bool, batch: int, K: int, Dk: int, N: int, H: int, W: int):
+        self.cross, self.batch, self.K, self.Dk, self.N, self.H, self.W = cross, batch, K, Dk, N, H, W
+        self.L = H * W
+
+
+def _strides_bkn_t(t: torch.Tensor):
+    """Strides (batch, group, state, step) of a (batch, K, N, L) view."""
+    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _delta_strides(geo, delta):
+    # cross: delta is (b, 4, Di, L); generic: delta is (b, K*Dk, L) and group k starts at row k*Dk
+    if geo.cross:
+        return delta.stride(0), delta.stride(1), delta.stride(2)
+    return delta.stride(0), delta.stride(1) * geo.Dk, delta.stride(1)
+
+
+class _ScanFunction(torch.autograd.Function):
+    """Both geometries: u, delta contiguous along L; Bv, Cv (batch, K, N, L) views (any strides)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, Bv, Cv, D, bias, geo, softplus, return_last):
+        needs_grad = any(ctx.needs_input_grad[:7])
+        if geo.cross:
+            y = torch.zeros((geo.batch, geo.Dk, geo.L), device=u.device, dtype=torch.float32)
+            y_strides = (y.stride(0), 0, y.stride(1))
+            u_strides = (u.stride(0), 0, u.stride(1))
+        else:
+            y = torch.empty((geo.batch, geo.K * geo.Dk, geo.L), device=u.device, dtype=torch.float32)
+            y_strides = (y.stride(0), y.stride(1) * geo.Dk, y.stride(1))
+            u_strides = (u.stride(0), u.stride(1) * geo.Dk, u.stride(1))
+        kern = _kernels()
+        cfg = _CONFIG
+        T = min(cfg.chunk, max(16, _next_pow2(geo.L)))
+        nchunks = triton_cdiv(geo.L, T)
+        hs = torch.empty((geo.batch, geo.K, geo.Dk, nchunks, geo.N) if needs_grad else (1,), device=u.device,
+                         dtype=torch.float32)
+        last = torch.empty((geo.batch, geo.K * geo.Dk, geo.N) if return_last else (1,), device=u.device,
+                           dtype=torch.float32)
+        grid = (triton_cdiv(geo.Dk, cfg.block_d), geo.K, geo.batch)
+        kern.scan_fwd_kernel[grid](
+            u, delta, A, Bv, Cv, D if D is not None else A, bias if bias is not None else A, y, hs, last,
+            geo.L, geo.H, geo.W, geo.Dk, nchunks,
+            *u_strides, *_delta_strides(geo, delta),
+            *_strides_bkn_t(Bv), *_strides_bkn_t(Cv),
+            *y_strides,
+            N=geo.N, NP=_next_pow2(geo.N), BD=cfg.block_d, T=T, CROSS=geo.cross, HAS_D=D is not None,
+            HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus), ATOMIC=geo.cross, SAVE_STATES=needs_grad,
+            SAVE_LAST=bool(return_last), STEPWISE=cfg.stepwise, num_warps=cfg.num_warps,
+        )
+        ctx.geo, ctx.softplus, ctx.T, ctx.nchunks = geo, softplus, T, nchunks
+        ctx.u_strides, ctx.y_strides = u_strides, y_strides
+        ctx.has_D, ctx.has_bias = D is not None, bias is not None
+        if needs_grad:
+            ctx.save_for_backward(u, delta, A, Bv, Cv, D, bias, hs)
+        if return_last:
+            ctx.mark_non_differentiable(last)
+            return y, last
+        return y
+
+    @staticmethod
+    def backward(ctx, dy, *_unused_last):
+        u, delta, A, Bv, Cv, D, bias, hs = ctx.saved_tensors
+        geo = ctx.geo
+        dy = dy.float().contiguous()
+        kern = _kernels()
+        cfg = _CONFIG
+        dev = u.device
+        f32 = torch.float32
+        du = (torch.zeros if geo.cross else torch.empty)(u.shape, device=dev, dtype=f32)
+        ddelta = torch.empty(delta.shape, device=dev, dtype=f32)
+        dA = torch.zeros(A.shape, device=dev, dtype=f32)
+        dB = torch.zeros((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)
+        dC = torch.zeros((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)
+        dD = torch.zeros((geo.K * geo.Dk,), device=dev, dtype=f32)
+        dbias = torch.zeros((geo.K * geo.Dk,), device=dev, dtype=f32)
+        if geo.cross:
+            du_strides = (du.stride(0), 0, du.stride(1))
+        else:
+            du_strides = (du.stride(0), du.stride(1) * geo.Dk, du.stride(1))
+        grid = (triton_cdiv(geo.Dk, cfg.bwd_block_d), geo.K, geo.batch)
+        kern.scan_bwd_kernel[grid](
+            u, delta, A, Bv, Cv, D if D is not None else A, bias if bias is not None else A, dy, hs,
+            du, ddelta, dA, dB, dC, dD, dbias,
+            geo.L, geo.H, geo.W, geo.Dk, ctx.nchunks,
+            *ctx.u_strides, *_delta_strides(geo, delta),
+            *_strides_bkn_t(Bv), *_strides_bkn_t(Cv),
+            *ctx.y_strides, *du_strides,
+            dB.stride(0), dB.stride(1), dB.stride(2), dC.stride(0), dC.stride(1), dC.stride(2),
+            N=geo.N, NP=_next_pow2(geo.N), BD=cfg.bwd_block_d, T=ctx.T, CROSS=geo.cross, HAS_D=ctx.has_D,
+            HAS_BIAS=ctx.has_bias, SOFTPLUS=bool(ctx.softplus), ATOMIC=geo.cross, num_warps=cfg.bwd_num_warps,
+        )
+        return (du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB, dC,
+                dD.to(D.dtype) if ctx.has_D else None, dbias.to(bias.dtype) if ctx.has_bias else None,
+                None, None, None)
+
+
+def _check_device(*tensors):
+    for t in tensors:
+        if t is not None and t.device.type != "cuda" and not _interpreting():
+            raise RuntimeError(
+                f"the triton scan backend runs on CUDA tensors, got a {t.device.type} tensor; "
+                "use backend='torch' or 'cpu' for CPU tensors"
+            )
+
+
+def _param(t):
+    # A, D and delta_bias enter the kernels in float32 (as in the official scan); autograd casts back
+    return None if t is None else t.float().contiguous()
+
+
+def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
+    """SS2D's fused four-direction selective scan (semantics of ``dispatch.cross_selective_scan_composed``).
+
+    Args:
+        u: (batch, Di, H, W) feature map; float32, float16 or bfloat16.
+        delta: (batch, 4, Di, H, W) step sizes of each direction, laid out on the map.
+        A: (4*Di, N); direction k owns rows k*Di .. (k+1)*Di-1.
+        B, C: (batch, 4, N, H, W), one per direction, laid out on the map.
+        D, delta_bias: optional (4*Di,).
+        delta_softplus: apply softplus to ``delta + delta_bias``.
+
+    Returns:
+        (batch, Di, H, W) float32: the four directions' outputs summed on the map.
+
+    Raises:
+        ValueError: shapes that do not fit together.
+        RuntimeError: tensors not on a CUDA device (unless ``TRITON_INTERPRET=1``).
+    """
+    if u.dim() != 4:
+        raise ValueError(f"u must be (batch, Di, H, W), got shape {tuple(u.shape)}")
+    b, di, h, w = u.shape
+    n_state = A.shape[-1]
+    expect = {"delta": (b, 4, di, h, w), "B": (b, 4, n_state, h, w), "C": (b, 4, n_state, h, w),
+              "A": (4 * di, n_state)}
+    for label, t in (("delta", delta), ("B", B), ("C", C), ("A", A)):
+        if tuple(t.shape) != expect[label]:
+            raise ValueError(f"{label} must be {expect[label]}, got {tuple(t.shape)}")
+    for label, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and tuple(t.shape) != (4 * di,):
+            raise ValueError(f"{label} must be ({4 * di},), got {tuple(t.shape)}")
+    _check_device(u, delta, A, B, C, D, delta_bias)
+    length = h * w
+    geo = _Geometry(True, b, 4, di, n_state, h, w)
+    Bv = B.reshape(b, 4, n_state, length)
+    Cv = C.reshape(b, 4, n_state, length)
+    if Bv.stride(3) != 1:
+        Bv = Bv.contiguous()
+    if Cv.stride(3) != 1:
+        Cv = Cv.contiguous()
+    y = _ScanFunction.apply(
+        u.contiguous().reshape(b, di, length), delta.contiguous().reshape(b, 4, di, length), _param(A),
+        Bv, Cv, _param(D), _param(delta_bias), geo, delta_softplus, False,
+    )
+    return y.reshape(b, di, h, w)
+
+
+def _as_groups(t, batch, dim, length, K):
+    """B or C as a (batch, K, N, L) view, and the function that folds its gradient back to t's shape."""
+    if t.dim() == 2:  # constant (dim, N): one group per channel, never copied
+        n = t.shape[1]
+        view = t[None, :, :, None].expand(batch, dim, n, length)
+        return view, lambda g: g.sum(dim=(0, 3))
+    grouped = t if t.dim() == 4 else t.unsqueeze(1)
+    groups, n = grouped.shape[1], grouped.shape[2]
+    if groups == K:
+        fold = (lambda g: g) if t.dim() == 4 else (lambda g: g[:, 0])
+        return grouped, fold
+    rep = K // groups
+    view = grouped.repeat_interleave(rep, dim=1)
+
+    def fold(g):
+        g = g.reshape(batch, groups, rep, n, length).sum(2)
+        return g if t.dim() == 4 else g[:, 0]
+
+    return view, fold
+
+
+class _FoldGrad(torch.autograd.Function):
+    """Identity forward; backward folds a (batch, K, N, L) gradient back to the input's layout."""
+
+    @staticmethod
+    def forward(ctx, original, view, fold):
+        ctx.fold = fold
+        return view.detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.fold(grad).to(grad.dtype), None, None
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False):
+    """mamba-ssm's ``selective_scan_fn`` on the Triton kernels (see ``dispatch.selective_scan``).
+
+    Returns y (batch, dim, L) in u's dtype, and the last state (batch, dim, N) in float32 if asked for.
+    """
+    _check_device(u, delta, A, B, C, D, z, delta_bias)
+    batch, dim, length = u.shape
+    n_state = A.shape[1]
+
+    def n_groups(t):
+        return dim if t.dim() == 2 else (t.shape[1] if t.dim() == 4 else 1)
+
+    gb, gc = n_groups(B), n_groups(C)
+    K = gb * gc // _gcd(gb, gc)
+    if dim % K:
+        raise ValueError(f"the channel count {dim} is not a multiple of the {K} groups of B/C")
+    Bv, fold_b = _as_groups(B, batch, dim, length, K)
+    Cv, fold_c = _as_groups(C, batch, dim, length, K)
+    if B.requires_grad:
+        Bv = _FoldGrad.apply(B, Bv, fold_b)
+    if C.requires_grad:
+        Cv = _FoldGrad.apply(C, Cv, fold_c)
+    geo = _Geometry(False, batch, K, dim // K, n_state, 1, length)
+    out = _ScanFunction.apply(
+        u.contiguous(), delta.contiguous(), _param(A), Bv, Cv, _param(D), _param(delta_bias), geo,
+        delta_softplus, return_last_state,
+    )
+    y, last = out if return_last_state else (out, None)
+    if z is not None:
+        y = y * F.silu(z.float())
+    y = y.to(u.dtype)
+    return (y, last) if return_last_state else y
+
+
+def _gcd(a: int, b: int) -> int:
+    while b:
+        a, b = b, a % b
+    return a
