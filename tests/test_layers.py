@@ -1,0 +1,106 @@
+"""Building blocks: layouts that pretrained weights depend on, SS2D semantics and initialisation."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vmunet_monai import ops
+from vmunet_monai.layers import SDI, SS2D, ChannelAttention, Mixer, PatchExpand2D, PatchMerging2D, SpatialAttention
+
+
+def test_patch_merging_swin_order():
+    m = PatchMerging2D(2)
+    seen = {}
+    m.norm = torch.nn.Identity()
+    m.reduction = torch.nn.Identity()
+    x = torch.randn(1, 4, 6, 2)
+    y = m(x)
+    assert y.shape == (1, 2, 3, 8)
+    for i in range(2):
+        for j in range(3):
+            want = torch.cat([x[0, 2 * i, 2 * j], x[0, 2 * i + 1, 2 * j], x[0, 2 * i, 2 * j + 1], x[0, 2 * i + 1, 2 * j + 1]])
+            seen[(i, j)] = torch.equal(y[0, i, j], want)
+    assert all(seen.values())
+    with pytest.raises(ValueError, match="even height and width"):
+        PatchMerging2D(2)(torch.randn(1, 3, 4, 2))
+
+
+def test_patch_expand_channel_order_is_p1_p2_c():
+    m = PatchExpand2D(in_dim=3, out_dim=2, scale=2)
+    m.norm = torch.nn.Identity()
+    x = torch.randn(1, 2, 3, 3)
+    y = m(x)
+    e = m.expand(x)  # (1, 2, 3, 8): channel index = (p1 * 2 + p2) * c_out + c
+    assert y.shape == (1, 4, 6, 2)
+    for i in range(2):
+        for j in range(3):
+            for p1 in range(2):
+                for p2 in range(2):
+                    for c in range(2):
+                        assert y[0, 2 * i + p1, 2 * j + p2, c] == e[0, i, j, (p1 * 2 + p2) * 2 + c]
+
+
+def _official_order_ss2d_scan(layer: SS2D, x: torch.Tensor) -> torch.Tensor:
+    """The official computation order: cross-scan first, projections on the scanned sequences."""
+    b, di, h, w = x.shape
+    n, r = layer.d_state, layer.dt_rank
+    xs = ops.cross_scan(x)  # (b, 4, di, L)
+    x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, layer.x_proj_weight)
+    dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
+    dts = torch.einsum("bkrl,kdr->bkdl", dts, layer.dt_projs_weight)
+    y = ops.selective_scan_reference(
+        xs.reshape(b, -1, h * w), dts.reshape(b, -1, h * w), -torch.exp(layer.A_logs), Bs, Cs, layer.Ds, None,
+        layer.dt_projs_bias.reshape(-1), True,
+    )
+    return ops.cross_merge(y.reshape(b, 4, di, h * w), h, w).reshape(b, di, h, w)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_ss2d_scan_matches_official_order(backend):
+    layer = SS2D(d_model=8, d_state=4, scan_backend=backend).double()
+    x = torch.randn(2, layer.d_inner, 5, 6, dtype=torch.float64)
+    assert torch.allclose(layer.scan(x), _official_order_ss2d_scan(layer, x), atol=1e-10)
+    y = layer(torch.randn(2, 5, 6, 8, dtype=torch.float64))
+    assert y.shape == (2, 5, 6, 8)
+
+
+def test_ss2d_initialisation():
+    layer = SS2D(d_model=96, d_state=16)
+    di, r = 192, 6
+    assert layer.dt_rank == r and layer.d_inner == di
+    assert layer.x_proj_weight.shape == (4, r + 32, di)
+    assert torch.allclose(layer.A_logs, torch.log(torch.arange(1, 17.0)).expand(4 * di, 16))
+    assert torch.equal(layer.Ds, torch.ones(4 * di))
+    dt = F.softplus(layer.dt_projs_bias)
+    assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001
+    assert layer.dt_projs_weight.abs().max() <= r**-0.5
+    assert layer.x_proj_weight.abs().max() <= 1 / math.sqrt(di)
+    assert layer.A_logs._no_weight_decay and layer.Ds._no_weight_decay
+    assert [k for k in layer.state_dict()] == [
+        "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds", "in_proj.weight", "conv2d.weight",
+        "conv2d.bias", "out_norm.weight", "out_norm.bias", "out_proj.weight",
+    ]
+
+
+def test_mixer_factory():
+    assert Mixer["ss2d", 2] is SS2D
+    assert Mixer.SS2D == "SS2D"
+    with pytest.raises(ValueError, match="spatial_dims=3"):
+        Mixer["ss2d", 3]
+
+
+def test_attention_and_sdi():
+    x = torch.randn(2, 32, 8, 8)
+    ca, sa = ChannelAttention(32), SpatialAttention()
+    assert ca(x).shape == (2, 32, 1, 1) and sa(x).shape == (2, 1, 8, 8)
+    assert ca.fc1.weight.shape == (2, 32, 1, 1)
+    sdi = SDI(4)
+    feats = [torch.randn(1, 4, s, s) for s in (16, 8, 4, 2)]
+    out = sdi(feats, feats[1])
+    assert out.shape == (1, 4, 8, 8)
+    # the Hadamard product: zeroing one conv's output zeroes the result
+    torch.nn.init.zeros_(sdi.convs[2].weight)
+    torch.nn.init.zeros_(sdi.convs[2].bias)
+    assert torch.count_nonzero(sdi(feats, feats[1])) == 0

@@ -1,0 +1,137 @@
+"""Networks: official sizes and key names, any input size, gradients everywhere, tracing, registration."""
+
+import pathlib
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+import vmunet_monai
+from vmunet_monai.layers import SS2D, Mixer
+from vmunet_monai.networks import MambaUNet, VMUNet, VMUNetV2
+
+DATA = pathlib.Path(__file__).parent / "data"
+TINY = dict(dims=(8, 16, 32, 64), d_state=4)
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_official_parameter_counts():
+    assert n_params(VMUNet(out_channels=1)) == 27_427_561
+    assert n_params(VMUNet(out_channels=9)) == 27_427_761
+    assert n_params(MambaUNet(out_channels=4)) == 19_121_664
+    # official VM-UNetV2 (22,770,934) minus its never-used stage 4 (8,911,872) and deconv5 (36,864)
+    assert n_params(VMUNetV2()) == 22_770_934 - 8_911_872 - 36_864
+
+
+def test_vmunet_state_dict_matches_official_names_and_shapes():
+    want = {}
+    for line in (DATA / "official_vmunet_state_dict.txt").read_text().splitlines():
+        key, shape = line.split(" ", 1)
+        want[key[len("vmunet."):]] = tuple(int(s) for s in shape.strip("()").split(",") if s)
+    got = {k: tuple(v.shape) for k, v in VMUNet().state_dict().items()}
+    assert got == want
+    assert list(got) == list(want)  # same order too
+
+
+def test_drop_path_rates_follow_the_official_schedule():
+    m = VMUNet()
+    enc = [b.drop_path.drop_prob if hasattr(b.drop_path, "drop_prob") else 0.0 for l in m.layers for b in l.blocks]
+    dec = [b.drop_path.drop_prob if hasattr(b.drop_path, "drop_prob") else 0.0 for l in m.layers_up for b in l.blocks]
+    assert enc == pytest.approx(torch.linspace(0, 0.2, 8).tolist())
+    assert dec == pytest.approx(torch.linspace(0, 0.2, 7).flip(0).tolist())
+
+
+@pytest.mark.parametrize("cls,kw", [(VMUNet, {}), (MambaUNet, {}), (VMUNetV2, {"mid_channels": 8})])
+@pytest.mark.parametrize("size", [(32, 32), (45, 70), (17, 33)])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_any_size_and_channels(cls, kw, size, channels):
+    net = cls(in_channels=3, out_channels=2, depths=(1, 1, 1, 1), **TINY, **kw).eval()
+    with torch.no_grad():
+        y = net(torch.randn(1, channels, *size))
+    assert y.shape == (1, 2, *size)
+    assert torch.isfinite(y).all()
+
+
+def test_padding_does_not_change_interior_for_multiple_of_32():
+    net = VMUNet(depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), **TINY).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(net(x), net(x))
+
+
+def test_wrong_channel_count_is_a_clear_error():
+    net = VMUNet(depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), **TINY)
+    with pytest.raises(ValueError, match="3-channel input .* got 4 channels"):
+        net(torch.randn(1, 4, 32, 32))
+    with pytest.raises(ValueError, match=r"\(batch, channels, H, W\)"):
+        net(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match="dims must double"):
+        VMUNet(dims=(8, 16, 24, 64))
+    with pytest.raises(ValueError, match="2D network"):
+        VMUNet(spatial_dims=3)
+
+
+@pytest.mark.parametrize("cls,kw", [(VMUNet, {"depths_decoder": (1, 1, 1, 1)}), (MambaUNet, {}),
+                                    (VMUNetV2, {"mid_channels": 8})])
+def test_every_parameter_gets_a_gradient(cls, kw):
+    net = cls(out_channels=2, depths=(1, 1, 1, 1), **TINY, **kw).train()
+    out = net(torch.randn(2, 3, 64, 64))
+    outs = out if isinstance(out, list) else [out]
+    sum(o.square().mean() for o in outs).backward()
+    assert [n for n, p in net.named_parameters() if p.grad is None] == []
+
+
+def test_vmunet_v2_deep_supervision_with_monai_loss():
+    from monai.losses import DeepSupervisionLoss, DiceCELoss
+
+    net = VMUNetV2(out_channels=1, depths=(1, 1, 1, 1), mid_channels=8, **TINY).train()
+    heads = net(torch.randn(2, 3, 64, 64))
+    assert isinstance(heads, list) and [h.shape[-1] for h in heads] == [64, 32, 16, 8]
+    target = (torch.rand(2, 1, 64, 64) > 0.5).float()
+    loss = DeepSupervisionLoss(DiceCELoss(sigmoid=True))(heads, target)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in net.seg_outs.parameters())
+    net.eval()
+    assert net(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+    flat = VMUNetV2(deep_supervision=False, depths=(1, 1, 1, 1), mid_channels=8, **TINY).train()
+    assert isinstance(flat(torch.randn(2, 3, 64, 64)), torch.Tensor)
+
+
+@pytest.mark.parametrize("cls,kw", [(VMUNet, {"depths_decoder": (1, 1, 1, 1)}), (MambaUNet, {}),
+                                    (VMUNetV2, {"mid_channels": 8})])
+def test_trace_on_torch_backend_equals_eager(cls, kw):
+    net = cls(out_channels=2, depths=(1, 1, 1, 1), scan_backend="torch", **TINY, **kw).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        traced = torch.jit.trace(net, x, check_trace=False)
+        x2 = torch.randn(1, 3, 64, 64)
+        assert torch.allclose(traced(x2), net(x2), atol=1e-5)
+
+
+def test_registration_and_dotted_targets():
+    assert Mixer["ss2d", 2] is SS2D
+    parser = ConfigParser({
+        "imports": ["$import vmunet_monai"],
+        "net": {"_target_": "vmunet_monai.networks.VMUNet", "in_channels": 1, "out_channels": 9,
+                "dims": [8, 16, 32, 64], "d_state": 4, "depths": [1, 1, 1, 1], "depths_decoder": [1, 1, 1, 1]},
+    })
+    net = parser.get_parsed_content("net")
+    assert isinstance(net, vmunet_monai.VMUNet) and net.out_channels == 9
+
+
+def test_custom_mixer_through_the_factory():
+    class Identity2D(torch.nn.Module):
+        def __init__(self, d_model, d_state=16, **_):
+            super().__init__()
+            self.proj = torch.nn.Linear(d_model, d_model)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    Mixer.add_factory_callable("test_identity_mixer", lambda spatial_dims=2: Identity2D)
+    net = VMUNet(depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), mixer="test_identity_mixer", **TINY)
+    assert not any(isinstance(m, SS2D) for m in net.modules())
+    assert net(torch.randn(1, 3, 32, 32)).shape == (1, 1, 32, 32)

@@ -1,0 +1,132 @@
+"""SS2D: the 2D selective-scan token mixer of VMamba v0, as used by VM-UNet, VM-UNetV2 and Mamba-UNet."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vmunet_monai import ops
+
+__all__ = ["SS2D"]
+
+K_DIRECTIONS = 4
+
+
+class SS2D(nn.Module):
+    """Four-direction selective scan over a channels-last feature map.
+
+    in_proj splits into a branch x (depthwise conv, SiLU, cross-scan, selective scan, merge,
+    LayerNorm) and a gate z (SiLU); their product goes through out_proj. Parameter names, shapes
+    and initialisation follow the official v0 code, so its checkpoints load unchanged.
+
+    Args:
+        d_model: channels C of the input (B, H, W, C).
+        d_state: state size N per channel.
+        d_conv: depthwise convolution kernel size.
+        expand: inner channels Di = expand * C.
+        dt_rank: rank R of the step-size projection; "auto" gives ceil(C / 16).
+        dt_min, dt_max: range of the initial step sizes (log-uniform).
+        dt_init: "random" (uniform in +-R^-0.5 * dt_scale) or "constant" for the dt projection weight.
+        dt_scale: scale of that initial weight.
+        dt_init_floor: smallest initial step size.
+        conv_bias: bias in the depthwise convolution.
+        bias: bias in in_proj and out_proj.
+        dropout: dropout after out_proj (0 keeps no module, as the official code).
+        scan_backend: scan backend name, or None for the automatic choice (see :mod:`vmunet_monai.ops`).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 3,
+        expand: float = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        dropout: float = 0.0,
+        scan_backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.scan_backend = scan_backend
+        di, n, r = self.d_inner, d_state, self.dt_rank
+
+        # the official code registers these raw parameters first; kept in that order
+        self.x_proj_weight = nn.Parameter(torch.empty(K_DIRECTIONS, r + 2 * n, di))
+        self.dt_projs_weight = nn.Parameter(torch.empty(K_DIRECTIONS, di, r))
+        self.dt_projs_bias = nn.Parameter(torch.empty(K_DIRECTIONS, di))
+        self.A_logs = nn.Parameter(torch.empty(K_DIRECTIONS * di, n))
+        self.Ds = nn.Parameter(torch.empty(K_DIRECTIONS * di))
+        self.A_logs._no_weight_decay = True
+        self.Ds._no_weight_decay = True
+
+        self.in_proj = nn.Linear(d_model, 2 * di, bias=bias)
+        self.conv2d = nn.Conv2d(di, di, kernel_size=d_conv, padding=(d_conv - 1) // 2, groups=di, bias=conv_bias)
+        self.out_norm = nn.LayerNorm(di)
+        self.out_proj = nn.Linear(di, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._init_ssm(dt_min, dt_max, dt_init, dt_scale, dt_init_floor)
+
+    @torch.no_grad()
+    def _init_ssm(self, dt_min, dt_max, dt_init, dt_scale, dt_init_floor) -> None:
+        di, n, r = self.d_inner, self.d_state, self.dt_rank
+        # x_proj: nn.Linear's default init (kaiming-uniform, a=sqrt(5)) = U(+-1/sqrt(fan_in))
+        bound = 1.0 / math.sqrt(di)
+        self.x_proj_weight.uniform_(-bound, bound)
+        std = r**-0.5 * dt_scale
+        if dt_init == "constant":
+            self.dt_projs_weight.fill_(std)
+        elif dt_init == "random":
+            self.dt_projs_weight.uniform_(-std, std)
+        else:
+            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        # bias = softplus^-1(dt) with dt log-uniform in [dt_min, dt_max], floored
+        dt = torch.exp(torch.rand(K_DIRECTIONS, di) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        # S4D-real: A = -(1..N) for every channel and direction
+        self.A_logs.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(K_DIRECTIONS * di, 1))
+        self.Ds.fill_(1.0)
+
+    def scan(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, Di, H, W) after the conv -> merged scan output (B, Di, H, W), float32."""
+        b, di, h, w = x.shape
+        n, r = self.d_state, self.dt_rank
+        flat = x.reshape(b, di, h * w)
+        # per-direction projections computed on the map; the scan kernels walk each direction's order
+        x_dbl = torch.einsum("bdl,kcd->bkcl", flat, self.x_proj_weight.to(flat.dtype))
+        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(dts.dtype))
+        A = -torch.exp(self.A_logs.float())
+        return ops.cross_selective_scan(
+            x,
+            dts.reshape(b, K_DIRECTIONS, di, h, w),
+            A,
+            Bs.reshape(b, K_DIRECTIONS, n, h, w),
+            Cs.reshape(b, K_DIRECTIONS, n, h, w),
+            self.Ds.float(),
+            self.dt_projs_bias.float().reshape(-1),
+            delta_softplus=True,
+            backend=self.scan_backend,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, C) channels-last -> (B, H, W, C)."""
+        xz = self.in_proj(x)
+        x, z = xz.chunk(2, dim=-1)
+        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
+        y = self.scan(x).permute(0, 2, 3, 1)
+        y = self.out_norm(y) * F.silu(z)
+        return self.dropout(self.out_proj(y))

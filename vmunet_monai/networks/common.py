@@ -1,0 +1,70 @@
+"""Helpers shared by the networks: input checks, padding to the network's stride, official init."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.layers import trunc_normal_
+
+__all__ = ["check_dims", "prepare_input", "crop_output", "init_linear_and_norm", "drop_path_rates"]
+
+
+def check_dims(dims: Sequence[int], depths: Sequence[int], name: str = "depths") -> tuple[int, ...]:
+    dims = tuple(int(d) for d in dims)
+    if len(dims) != 4:
+        raise ValueError(f"dims must list 4 stage widths, got {dims}")
+    for a, b in zip(dims, dims[1:]):
+        if b != 2 * a:
+            raise ValueError(f"dims must double from stage to stage (patch merging does), got {dims}")
+    if len(depths) != 4 or any(int(d) < 0 for d in depths):
+        raise ValueError(f"{name} must list 4 block counts >= 0, got {tuple(depths)}")
+    return dims
+
+
+def prepare_input(x: torch.Tensor, stem_channels: int, multiple: int, name: str) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Check the input, repeat a 1-channel image to the stem's channels, zero-pad H and W to ``multiple``."""
+    if x.dim() != 4:
+        raise ValueError(f"{name} takes (batch, channels, H, W) input, got shape {tuple(x.shape)}")
+    c = x.shape[1]
+    if c != stem_channels:
+        if c != 1:
+            raise ValueError(
+                f"{name} was built for {stem_channels}-channel input (or 1 channel, repeated); got {c} channels"
+            )
+        x = x.expand(-1, stem_channels, -1, -1)
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h))
+    return x, (h, w)
+
+
+def crop_output(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if y.shape[-2:] != size:
+        y = y[..., : size[0], : size[1]]
+    return y
+
+
+def init_linear_and_norm(module: nn.Module) -> None:
+    """The official ``_init_weights``: Linear ~ trunc_normal(std 0.02) with zero bias; LayerNorm = (1, 0)."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def drop_path_rates(rate: float, depths: Sequence[int]) -> list[list[float]]:
+    """Stochastic-depth rates rising linearly from 0 to ``rate`` over all blocks, split per stage."""
+    total = sum(depths)
+    flat = torch.linspace(0, rate, total).tolist() if total else []
+    out, start = [], 0
+    for d in depths:
+        out.append(flat[start : start + d])
+        start += d
+    return out

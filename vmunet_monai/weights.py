@@ -1,0 +1,195 @@
+"""Load official checkpoints into our networks, with an explicit key mapping and a full report.
+
+Supported sources (detected from the key names):
+
+- official training checkpoints of VM-UNet, VM-UNetV2 and Mamba-UNet (with or without a ``model``
+  entry, a DataParallel ``module.`` prefix and the wrapper prefixes ``vmunet.`` / ``mamba_unet.``);
+- VMamba v0 ImageNet checkpoints (``vssmsmall``/``vssmtiny``, e.g. ``vmamba_small_e238_ema.pth``),
+  which initialise each network the way its paper did:
+
+  * VM-UNet: the encoder from the same keys, then decoder stage ``3 - k`` from encoder stage ``k``;
+  * VM-UNetV2: the encoder only;
+  * Mamba-UNet: the encoder and its final norm, then decoder stage ``3 - k`` from encoder stage ``k``.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: no code in them runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+__all__ = ["CheckpointError", "LoadReport", "load_official_checkpoint", "read_checkpoint", "detect_checkpoint_kind"]
+
+_NESTED_KEYS = ("model", "state_dict", "model_state_dict", "network")
+_WRAPPER_PREFIXES = ("module.", "vmunet.", "mamba_unet.")
+# parameters the official VM-UNetV2 builds but never uses; ours does not build them
+_V2_DEAD = re.compile(r"^(vmunet\.layers\.3\.|deconv5\.|vmunet\.norm\.|vmunet\.head\.)")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, is not one we know, or does not fit under ``strict=True``."""
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_official_checkpoint` did, key by key (model-side names)."""
+
+    source: str
+    kind: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self, limit: int = 5) -> str:
+        def few(items):
+            items = [str(i) for i in items]
+            more = f" ... (+{len(items) - limit})" if len(items) > limit else ""
+            return ", ".join(items[:limit]) + more
+
+        lines = [
+            f"checkpoint {self.source} ({self.kind}): {len(self.loaded)} tensors loaded",
+            f"  missing (left as initialised): {len(self.missing)}" + (f": {few(self.missing)}" if self.missing else ""),
+            f"  unexpected (not used): {len(self.unexpected)}" + (f": {few(self.unexpected)}" if self.unexpected else ""),
+            f"  shape mismatch (not loaded): {len(self.mismatched)}"
+            + (f": {few(f'{k} {a}->{b}' for k, a, b in self.mismatched)}" if self.mismatched else ""),
+        ]
+        if self.ignored:
+            lines.append(f"  ignored (unused by the official network too): {len(self.ignored)}")
+        return "\n".join(lines)
+
+    __str__ = summary
+
+
+def read_checkpoint(checkpoint) -> dict[str, torch.Tensor]:
+    """A flat state dict from a path or a mapping, unwrapped from ``model``/``state_dict`` and wrapper prefixes."""
+    source = "<state dict>"
+    if isinstance(checkpoint, (str, os.PathLike)):
+        source = os.fspath(checkpoint)
+        if not os.path.isfile(source):
+            raise CheckpointError(f"{source}: no such checkpoint file")
+        if os.path.getsize(source) == 0:
+            raise CheckpointError(f"{source}: the file is empty (an interrupted download or copy?)")
+        try:
+            checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(
+                f"{source}: cannot be read as a PyTorch checkpoint with weights_only=True ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); it may be truncated, not a checkpoint, or pickle "
+                "objects other than tensors"
+            ) from None
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"{source}: holds a {type(checkpoint).__name__}, not a state dict")
+    for key in _NESTED_KEYS:
+        if key in checkpoint and isinstance(checkpoint[key], Mapping):
+            checkpoint = checkpoint[key]
+            break
+    state = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise CheckpointError(f"{source}: contains no tensors (keys: {list(checkpoint)[:8]})")
+    for prefix in _WRAPPER_PREFIXES:
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def detect_checkpoint_kind(state: Mapping[str, torch.Tensor]) -> str:
+    """'vmunet', 'vmunet_v2', 'mamba_unet', 'vmamba_v0' (ImageNet classifier) or 'unknown'."""
+    keys = set(state)
+    if any(k.startswith(("sdi_", "ca_1.", "Translayer_")) for k in keys):
+        return "vmunet_v2"
+    if any(k.startswith("concat_back_dim.") for k in keys):
+        return "mamba_unet"
+    if "final_up.expand.weight" in keys or any(k.startswith("layers_up.") for k in keys):
+        return "vmunet"
+    if any(k.startswith("layers.0.blocks.0.self_attention.") for k in keys):
+        return "vmamba_v0"
+    return "unknown"
+
+
+def _network_kind(network: nn.Module) -> str:
+    from vmunet_monai.networks import MambaUNet, VMUNet, VMUNetV2
+
+    for cls, name in ((VMUNetV2, "vmunet_v2"), (MambaUNet, "mamba_unet"), (VMUNet, "vmunet")):
+        if isinstance(network, cls):
+            return name
+    raise TypeError(f"load_official_checkpoint supports VMUNet, VMUNetV2 and MambaUNet, not {type(network).__name__}")
+
+
+def _mirror_stage(key: str) -> str | None:
+    """``layers.k.rest`` -> ``layers_up.(3-k).rest`` (the papers' decoder initialisation)."""
+    m = re.match(r"^layers\.(\d+)\.(.*)$", key)
+    if not m or int(m.group(1)) > 3:
+        return None
+    return f"layers_up.{3 - int(m.group(1))}.{m.group(2)}"
+
+
+def _candidates(net_kind: str, ckpt_kind: str, key: str) -> list[str]:
+    """Model keys that checkpoint ``key`` initialises."""
+    if ckpt_kind == "vmamba_v0":
+        if net_kind == "vmunet_v2":
+            return [f"encoder.{key}"] if key.startswith(("patch_embed.", "layers.")) else []
+        out = [key]
+        mirrored = _mirror_stage(key)
+        if mirrored is not None:
+            out.append(mirrored)
+        return out
+    if net_kind == "vmunet_v2" and key.startswith("vmunet."):
+        return ["encoder." + key[len("vmunet.") :]]
+    return [key]
+
+
+def load_official_checkpoint(network: nn.Module, checkpoint, *, strict: bool = False) -> LoadReport:
+    """Load an official VM-UNet / VM-UNetV2 / Mamba-UNet or VMamba v0 checkpoint into ``network``.
+
+    Args:
+        network: a :class:`~vmunet_monai.networks.VMUNet`, ``VMUNetV2`` or ``MambaUNet``.
+        checkpoint: a path, or a state dict (optionally under ``model``, optionally prefixed).
+        strict: raise :class:`CheckpointError` if any model key is left missing, any checkpoint key is
+            unused, or any shape differs (a VMamba initialisation is never complete, by design).
+
+    Returns:
+        A :class:`LoadReport` naming every loaded, missing, unexpected, mismatched and ignored key.
+    """
+    source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "<state dict>"
+    state = read_checkpoint(checkpoint)
+    ckpt_kind = detect_checkpoint_kind(state)
+    net_kind = _network_kind(network)
+    report = LoadReport(source=source, kind=ckpt_kind)
+    target = network.state_dict()
+    assigned: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if net_kind == "vmunet_v2" and ckpt_kind == "vmunet_v2" and _V2_DEAD.match(key):
+            report.ignored.append(key)
+            continue
+        used = False
+        for cand in _candidates(net_kind, ckpt_kind, key):
+            if cand not in target or cand in assigned:
+                continue
+            used = True
+            if tuple(target[cand].shape) != tuple(value.shape):
+                report.mismatched.append((cand, tuple(value.shape), tuple(target[cand].shape)))
+                continue
+            assigned[cand] = value
+        if not used:
+            report.unexpected.append(key)
+    with torch.no_grad():
+        for key, value in assigned.items():
+            target[key].copy_(value.to(target[key].dtype))
+    report.loaded = sorted(assigned)
+    mismatched = {k for k, _, _ in report.mismatched}
+    report.missing = [k for k in target if k not in assigned and k not in mismatched]
+    if strict and not report.ok:
+        raise CheckpointError("strict loading failed:\n" + report.summary())
+    return report
