@@ -1,0 +1,240 @@
+"""``python -m vmunet_monai benchmark``: speed and memory of our networks and scan backends, as ratios
+measured in one run (optionally beside the official VM-UNet built from a local checkout)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+__all__ = ["run_benchmark", "time_scan", "time_forward"]
+
+NETWORKS = {"vmunet": "VMUNet", "vmunet_v2": "VMUNetV2", "mamba_unet": "MambaUNet"}
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_time(fn, repeats, device, warmup=1):
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _stage1_inputs(batch, device, dim=768, length=4096, n_state=16, groups=4, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def r(*s, scale=1.0):
+        return (torch.randn(*s, generator=g) * scale).to(device)
+
+    return dict(u=r(batch, dim, length), delta=r(batch, dim, length, scale=0.5),
+                A=-torch.arange(1, n_state + 1.0).repeat(dim, 1).to(device), B=r(batch, groups, n_state, length),
+                C=r(batch, groups, n_state, length), D=torch.ones(dim, device=device), delta_bias=r(dim, scale=0.1))
+
+
+def time_scan(backend, device="cpu", batch=1, repeats=3, backward=False, **shape):
+    """Median seconds of one stage-1 selective scan (forward, or forward + backward)."""
+    from vmunet_monai.ops import selective_scan
+
+    inputs = _stage1_inputs(batch, device, **shape)
+    if backward:
+        for k in ("u", "delta", "B", "C"):
+            inputs[k].requires_grad_(True)
+
+    def step():
+        y = selective_scan(**inputs, delta_softplus=True, backend=backend)
+        if backward:
+            y.sum().backward()
+
+    return _median_time(step, repeats, device, warmup=1 if backend != "reference" else 0)
+
+
+def _build(name, backend, device, out_channels=1):
+    import vmunet_monai.networks as nets
+
+    return getattr(nets, NETWORKS[name])(out_channels=out_channels, scan_backend=backend).to(device)
+
+
+def time_forward(model, x, repeats, device, autocast_dtype=None):
+    model.eval()
+
+    def step():
+        with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=autocast_dtype,
+                                             enabled=autocast_dtype is not None):
+            model(x)
+
+    return _median_time(step, repeats, device)
+
+
+def time_train_step(model, x, repeats, device, autocast_dtype=None, sigmoid_output=False):
+    """Median seconds of forward + backward + AdamW step, and the peak memory (bytes, CUDA only)."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    target = (torch.rand(x.shape[0], 1, *x.shape[-2:], device=device) > 0.5).float()
+    loss_fn = torch.nn.BCELoss() if sigmoid_output else torch.nn.BCEWithLogitsLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = model(x)
+            out = out[0] if isinstance(out, list) else out
+        loss_fn(out.float(), target).backward()
+        opt.step()
+
+    step()
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t = _median_time(step, repeats, device, warmup=1)
+    peak = torch.cuda.max_memory_allocated() if torch.device(device).type == "cuda" else None
+    return t, peak
+
+
+def _machine(device):
+    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine()}
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _progress(total, desc):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False)
+
+
+def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5, backends="auto", reference=None,
+                  scan_only=False, out=None):
+    """Run the benchmark and print a table; see ``python -m vmunet_monai benchmark --help``."""
+    from vmunet_monai.ops import backend_status, resolve_backend
+
+    device = str(device)
+    dev_type = torch.device(device).type
+    if dev_type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmark --device cuda: no CUDA device is visible here (see `python -m vmunet_monai doctor`)")
+    if backends == "auto":
+        names = [resolve_backend(device)]
+    else:
+        names = [b.strip() for b in (backends.split(",") if isinstance(backends, str) else backends)]
+    usable = [b for b in names if backend_status(b).available and dev_type in backend_status(b).devices]
+    for b in set(names) - set(usable):
+        print(f"skipping backend {b}: {backend_status(b).detail}")
+    results = {"machine": _machine(device), "device": device, "scan": {}, "networks": []}
+    print(f"machine: {results['machine']}")
+
+    # stage-1 scan of VM-UNet: (batch, 768, 4096), N = 16, 4 groups
+    scan_batch = 1 if dev_type == "cpu" else 32
+    scan_backends = list(dict.fromkeys(usable + (["reference"] if dev_type == "cpu" else [])))
+    bar = _progress(len(scan_backends), "stage-1 scan")
+    for b in scan_backends:
+        results["scan"][b] = time_scan(b, device, batch=scan_batch, repeats=1 if b == "reference" else repeats)
+        bar.update()
+    bar.close()
+    if dev_type == "cpu":  # what the official code falls back to without mamba-ssm's kernel
+        from vmunet_monai.official import mamba_style_reference_scan
+
+        inputs = _stage1_inputs(scan_batch, device)
+        with torch.no_grad():
+            results["scan"]["mamba_ssm_reference_algorithm"] = _median_time(
+                lambda: mamba_style_reference_scan(**inputs, delta_softplus=True), 1, device, warmup=0)
+    print(f"\nstage-1 selective scan, forward, batch {scan_batch} x 768 x 4096, N=16 (median seconds)")
+    ref_t = results["scan"].get("reference")
+    for b, t in results["scan"].items():
+        ratio = f"  {ref_t / t:6.1f}x faster than reference" if ref_t and b != "reference" else ""
+        print(f"  {b:<30} {t * 1e3:10.2f} ms{ratio}")
+    if scan_only:
+        return _finish(results, out)
+
+    nets = [n.strip() for n in networks.split(",")] if isinstance(networks, str) else list(networks)
+    for name in nets:
+        if name not in NETWORKS:
+            raise SystemExit(f"unknown network {name!r}; choose from {', '.join(NETWORKS)}")
+    x1 = torch.randn(1, 3, size, size, device=device)
+    xb = torch.randn(batch, 3, size, size, device=device)
+    dtypes = [None] if dev_type == "cpu" else [None, torch.bfloat16]
+    jobs = [(n, b) for n in nets for b in usable]
+    bar = _progress(len(jobs), "networks")
+    for name, b in jobs:
+        model = _build(name, b, device)
+        for dt in dtypes:
+            row = {"network": name, "backend": b, "precision": "bf16-autocast" if dt else "fp32"}
+            row["latency_b1_s"] = time_forward(model, x1, repeats, device, dt)
+            if dev_type == "cuda":
+                row["infer_img_s"] = batch / time_forward(model, xb, repeats, device, dt)
+                t, peak = time_train_step(model, xb, repeats, device, dt)
+                row["train_img_s"], row["train_peak_gib"] = batch / t, peak / 2**30
+            results["networks"].append(row)
+        del model
+        bar.update()
+    bar.close()
+
+    if reference:
+        _official_rows(results, reference, device, size, batch, repeats, dtypes, x1, xb)
+    _print_networks(results)
+    return _finish(results, out)
+
+
+def _official_rows(results, reference, device, size, batch, repeats, dtypes, x1, xb):
+    from vmunet_monai.networks import VMUNet
+    from vmunet_monai.official import copy_weights_to_official, load_official_vmunet, mamba_style_reference_scan
+
+    official, scan_name = load_official_vmunet(reference, scan_fn=mamba_style_reference_scan)
+    official = official.to(device)
+    ours = VMUNet(out_channels=1).to(device).eval()
+    copy_weights_to_official(ours, official)
+    official.eval()
+    with torch.no_grad():
+        check = torch.randn(1, 3, 64, 64, device=device)
+        diff = (torch.sigmoid(ours(check)) - official(check)).abs().max().item()
+    print(f"\nofficial VM-UNet from {reference} ({scan_name}); same weights as ours, max |sigmoid(ours) - official| = {diff:.2e}")
+    results["official_parity_max_abs_diff"] = diff
+    slow = torch.device(device).type == "cpu"
+    for dt in dtypes:
+        row = {"network": "official_vmunet", "backend": scan_name, "precision": "bf16-autocast" if dt else "fp32"}
+        row["latency_b1_s"] = time_forward(official, x1, 1 if slow else repeats, device, dt)
+        if torch.device(device).type == "cuda":
+            row["infer_img_s"] = batch / time_forward(official, xb, repeats, device, dt)
+            t, peak = time_train_step(official, xb, repeats, device, dt, sigmoid_output=True)
+            row["train_img_s"], row["train_peak_gib"] = batch / t, peak / 2**30
+        results["networks"].append(row)
+
+
+def _print_networks(results):
+    rows = results["networks"]
+    official = {r["precision"]: r for r in rows if r["network"] == "official_vmunet"}
+    print("\nnetwork          backend        precision       batch-1 latency   infer img/s   train img/s   train peak GiB")
+    for r in rows:
+        line = (f"{r['network']:<16} {r['backend'][:14]:<14} {r['precision']:<15} {r['latency_b1_s'] * 1e3:12.1f} ms"
+                f"   {r.get('infer_img_s', float('nan')):11.1f}   {r.get('train_img_s', float('nan')):11.1f}"
+                f"   {r.get('train_peak_gib', float('nan')):14.2f}")
+        print(line)
+    for r in rows:
+        o = official.get(r["precision"])
+        if o is None or r is o or r["network"] != "vmunet":
+            continue
+        parts = [f"latency {o['latency_b1_s'] / r['latency_b1_s']:.1f}x faster"]
+        if "infer_img_s" in r:
+            parts.append(f"inference {r['infer_img_s'] / o['infer_img_s']:.2f}x")
+            parts.append(f"training {r['train_img_s'] / o['train_img_s']:.2f}x")
+            parts.append(f"peak memory {r['train_peak_gib'] / o['train_peak_gib']:.2f}x")
+        print(f"ratio ours({r['backend']}, {r['precision']}) / official: " + ", ".join(parts))
+
+
+def _finish(results, out):
+    if out:
+        with open(out, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"results written to {out}")
+    return results

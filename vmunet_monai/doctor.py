@@ -1,0 +1,84 @@
+"""``python -m vmunet_monai doctor``: what this machine can run, and how to fix what it cannot."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import importlib.metadata as md
+import os
+import platform
+import sys
+
+__all__ = ["report"]
+
+_PACKAGES = ("torch", "monai", "pytorch-ignite", "numpy", "nibabel", "SimpleITK", "itk", "triton", "mamba-ssm",
+             "causal-conv1d")
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "not installed"
+
+
+def _devices() -> list[str]:
+    import torch
+
+    lines = [f"CPU: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            lines.append(f"cuda:{i}: {p.name}, {p.total_memory / 2**30:.1f} GiB, sm_{p.major}{p.minor}")
+    else:
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        lines.append(f"CUDA: no device visible (torch is {build})")
+    return lines
+
+
+def report() -> str:
+    """The full doctor report as text."""
+    import torch
+
+    from vmunet_monai import __version__
+    from vmunet_monai.ops import backend_status, resolve_backend
+    from vmunet_monai.ops.dispatch import ENV_VAR
+
+    out = [f"vmunet_monai {__version__}  python {platform.python_version()} ({sys.executable})", "", "packages:"]
+    out += [f"  {name:<15} {_version(name)}" for name in _PACKAGES]
+    out += ["", "devices:"] + [f"  {line}" for line in _devices()]
+    out += ["", "selective-scan backends:"]
+    for st in backend_status():
+        mark = "available  " if st.available else "unavailable"
+        out.append(f"  {st.name:<10} {mark} [{'/'.join(st.devices)}] {st.detail}")
+        if not st.available and st.fix:
+            out.append(f"  {'':<10} fix: {st.fix}")
+    env = os.environ.get(ENV_VAR)
+    out.append("")
+    out.append(f"${ENV_VAR} = {env!r}" if env else f"${ENV_VAR} is not set (automatic choice)")
+    try:
+        out.append(f"CPU tensors use: {resolve_backend('cpu')}")
+        if torch.cuda.is_available():
+            out.append(f"CUDA tensors use: {resolve_backend('cuda')}")
+    except Exception as exc:  # a bad $VMUNET_SCAN_BACKEND is reported, not raised
+        out.append(f"backend selection fails: {exc}")
+    out.append("")
+    out.append(_mamba_note())
+    return "\n".join(out)
+
+
+def _mamba_note() -> str:
+    import torch
+
+    if importlib.util.find_spec("mamba_ssm") is None:
+        return (
+            "mamba-ssm: not installed, and not needed. The torch/cpu backends run everywhere and the triton backend "
+            "is the fast GPU path. mamba-ssm's CUDA kernel is an optional extra: released mamba-ssm 2.3.x imports its "
+            "compiled selective_scan_cuda unconditionally, so without a CUDA build even its pure-PyTorch reference "
+            "cannot be imported; building it needs nvcc and a CUDA torch "
+            + ("(this torch is CPU-only)." if not torch.version.cuda else "(`bash scripts/build_mamba_ssm.sh`).")
+        )
+    from vmunet_monai.ops.mamba_ssm_backend import status
+
+    ok, detail, fix = status()
+    return f"mamba-ssm: {detail}" + ("" if ok else f"\n  fix: {fix}")
