@@ -1,0 +1,200 @@
+"""isic_skin_lesion bundle: config properties, network I/O, resume and pretrained loading in-process;
+then the CLI the way users and the model zoo run it (train -> evaluate -> infer, torchrun with gloo)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import (
+    PYTHON,
+    bundle_run,
+    config_path,
+    copy_bundle,
+    make_prepared,
+    run,
+    tiny_overrides,
+    workflow,
+)
+from ignite.engine import Events
+from PIL import Image
+
+BUNDLE = "isic_skin_lesion"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return make_prepared(BUNDLE, tmp_path_factory.mktemp("isic_data"), num=8)
+
+
+def test_metadata_follows_the_zoo_rules():
+    meta = json.loads(open(config_path(BUNDLE, "metadata.json")).read())
+    assert meta["version"] in meta["changelog"]
+    assert int(meta["numpy_version"].split(".")[0]) < 2  # the zoo CI runs Python 3.10 and MONAI Label needs numpy<2
+    image, pred = meta["network_data_format"]["inputs"]["image"], meta["network_data_format"]["outputs"]["pred"]
+    assert (image["num_channels"], image["format"]) == (3, "RGB")
+    assert pred["num_channels"] == len(pred["channel_def"]) == 1
+    train = json.loads(open(config_path(BUNDLE, "train.json")).read())
+    assert train["training"] == "%run" and isinstance(train["train"]["handlers"], list)
+    assert (train["epochs"], train["batch_size"], train["learning_rate"], train["weight_decay"]) == (300, 32, 1e-3, 1e-2)
+    assert train["lr_scheduler"]["eta_min"] == "@min_learning_rate" and train["min_learning_rate"] == 1e-5
+    assert train["image_size"] == [256, 256]
+
+
+@pytest.mark.parametrize("configs,kind", [(["train.json"], "train"), (["train.json", "multi_gpu_train.json"], "train"),
+                                          (["inference.json"], "infer")])
+def test_check_properties_is_empty(configs, kind, prepared, monkeypatch):
+    if "multi_gpu_train.json" in configs:  # a one-process group is enough to resolve the DDP config
+        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": "29517"}.items():
+            monkeypatch.setenv(key, value)
+    wf = workflow(BUNDLE, configs, kind, dataset_dir=str(prepared))
+    wf.initialize()
+    try:
+        assert wf.check_properties() == []
+    finally:
+        wf.finalize()
+        import ignite.distributed as idist
+
+        idist.sync()  # ignite caches the (now destroyed) process group; make it see a serial run again
+
+
+def test_verify_net_in_out():
+    from monai.bundle import verify_net_in_out
+
+    tiny = {k: v for k, v in tiny_overrides(BUNDLE).items() if k.startswith("network_def")}
+    verify_net_in_out(net_id="network_def", meta_file=config_path(BUNDLE, "metadata.json"),
+                      config_file=config_path(BUNDLE, "inference.json"), device="cpu", **tiny)
+
+
+def test_train_resume_and_pretrained_in_process(prepared, tmp_path):
+    root = copy_bundle(BUNDLE, tmp_path)
+    over = tiny_overrides(BUNDLE, epochs=1)
+    wf = workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    latest = root / "models" / "checkpoint_latest.pt"
+    assert (root / "models" / "model.pt").is_file() and latest.is_file()
+    saved = torch.load(latest, weights_only=True)
+    assert saved["trainer"]["iteration"] == 2 and set(saved) == {"model", "optimizer", "lr_scheduler", "trainer"}
+
+    # resuming continues at epoch 1 up to the new epoch count, with the saved weights
+    over2 = dict(over, epochs=2, resume_checkpoint=str(latest))
+    wf = workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over2)
+    wf.initialize()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    epochs_run = []
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs_run.append(e.state.epoch))
+    wf.run()
+    assert epochs_run == [2]
+    assert torch.load(latest, weights_only=True)["trainer"]["iteration"] == 4
+
+    # an official-format checkpoint given as pretrained_checkpoint initialises the network
+    source = workflow(BUNDLE, ["train.json"], "train", **over).parser.get_parsed_content("network_def")
+    ckpt = tmp_path / "official.pth"
+    torch.save({"model": source.state_dict()}, ckpt)
+    wf = workflow(BUNDLE, ["train.json"], "train", dataset_dir=str(prepared), pretrained_checkpoint=str(ckpt), **over)
+    net = wf.parser.get_parsed_content("network")
+    for key, value in source.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value), key
+    with pytest.raises(RuntimeError) as failure:  # the bundle parser wraps the cause
+        workflow(BUNDLE, ["train.json"], "train", pretrained_checkpoint=str(tmp_path / "none.pth"),
+                 **over).parser.get_parsed_content("network")
+    assert "none.pth: no such file" in str(failure.value.__cause__)
+
+
+def test_predict_and_demo_bundle(prepared, tmp_path):
+    """``make_demo_bundle`` writes a self-consistent bundle; ``predict`` segments a raw folder with it."""
+    from monai.bundle import ConfigWorkflow
+
+    from vmunet_monai.demo import make_demo_bundle
+    from vmunet_monai.predict import predict
+
+    tiny = {k.split("#")[1]: v for k, v in tiny_overrides(BUNDLE).items() if k.startswith("network_def")}
+    root = make_demo_bundle(tmp_path / "bundle", size=32, epochs=1, batch_size=4, network=tiny)
+    wf = ConfigWorkflow(config_file=str(root / "configs" / "train.json"), workflow_type="train",
+                        meta_file=str(root / "configs" / "metadata.json"), bundle_root=str(root),
+                        dataset_dir=str(prepared), device="cpu")
+    wf.initialize()
+    wf.run()
+    raw_test = prepared.parent / f"{BUNDLE}_raw" / "ISIC-2017_Test_v2_Data"
+    written = predict(str(root), str(raw_test), str(tmp_path / "pred"), device="cpu")
+    images = sorted(p for p in raw_test.glob("*.jpg"))
+    assert len(written["masks"]) == len(images) == len(written["overlays"])
+    for image in images:
+        mask = Image.open(tmp_path / "pred" / "masks" / f"{image.stem}_mask.png")
+        overlay = Image.open(tmp_path / "pred" / "overlays" / f"{image.stem}_overlay.png")
+        assert mask.size == overlay.size == Image.open(image).size
+        assert set(np.unique(np.asarray(mask))) <= {0, 255}
+    with pytest.raises(FileNotFoundError, match="--checkpoint"):
+        predict(str(root), str(raw_test), str(tmp_path / "p2"), checkpoint=str(tmp_path / "missing.pt"))
+
+
+@pytest.mark.slow
+def test_cli_train_evaluate_infer(prepared, tmp_path):
+    root = copy_bundle(BUNDLE, tmp_path)
+    over = tiny_overrides(BUNDLE, epochs=1)
+    over.pop("epochs")
+    train = bundle_run(BUNDLE, ["train.json"], root, prepared, dict(over, epochs=1), run_id="training")
+    assert "val_mean_dice" in train.stdout + train.stderr
+    assert (root / "models" / "model.pt").is_file()
+
+    bundle_run(BUNDLE, ["train.json", "evaluate.json"], root, prepared, over)
+    summary = json.loads((root / "eval" / "metrics_test_summary.json").read_text())
+    with open(root / "eval" / "metrics_test_per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    test_items = json.loads((prepared / "datalist.json").read_text())["test"]
+    assert len(rows) == len(test_items) == summary["overall"]["n_images"]
+    dice = [float(r["dice"]) for r in rows]
+    assert summary["overall"]["per_image"]["dice_mean"] == pytest.approx(np.mean(dice))
+    assert set(summary["overall"]["pooled"]) == {"miou", "dsc", "accuracy", "sensitivity", "specificity"}
+    assert (root / "eval" / "metrics_test.png").is_file() and (root / "eval" / "metrics.csv").is_file()
+
+    infer_over = {k: v for k, v in over.items() if k.startswith("network_def") or k in ("image_size", "device")}
+    bundle_run(BUNDLE, ["inference.json"], root, prepared, dict(infer_over, num_workers=0), run_id="inferring")
+    for item in test_items:
+        source = (prepared / item["image"]).resolve()
+        mask = Image.open(root / "eval" / "masks" / f"{source.stem}_mask.png")
+        assert mask.size == Image.open(source).size
+        assert (root / "eval" / "overlays" / f"{source.stem}_overlay.png").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(prepared, tmp_path):
+    root = copy_bundle(BUNDLE, tmp_path)
+    files = "['" + config_path(BUNDLE, "train.json") + "','" + config_path(BUNDLE, "multi_gpu_train.json") + "']"
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
+           "-m", "monai.bundle", "run", "--config_file", files, "--bundle_root", str(root),
+           "--dataset_dir", str(prepared)]
+    for key, value in tiny_overrides(BUNDLE, epochs=1).items():
+        if key != "device":  # the multi-GPU config picks cpu + gloo itself when there is no GPU
+            cmd += [f"--{key}", json.dumps(value)]
+    proc = run(cmd, root)
+    assert (root / "models" / "model.pt").is_file(), proc.stdout[-3000:]
+    assert "val_mean_dice" in proc.stdout + proc.stderr
+
+
+def test_demo_runs_and_prints_dice(tmp_path, capsys, monkeypatch):
+    """The README's main command on the smallest settings: it must finish and print the validation Dice."""
+    import vmunet_monai.demo as demo
+
+    monkeypatch.setattr(demo, "DEMO_NETWORK", {k.split("#")[1]: v for k, v in tiny_overrides(BUNDLE).items()
+                                               if k.startswith("network_def")})
+    result = demo.run_demo(out=str(tmp_path / "demo"), epochs=1, num=4, size=32)
+    printed = capsys.readouterr().out
+    assert f"validation Dice (best, epoch 1 of 1): {result['best_val_dice']:.4f}" in printed
+    assert 0.0 <= result["best_val_dice"] <= 1.0 and result["test_summary"]["n_images"] == 2
+    assert (tmp_path / "demo" / BUNDLE / "models" / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_verify_net_in_out_full_size_network():
+    """The bundle's own network (the paper's size) at the metadata's 256x256 on CPU, as the zoo CI runs it."""
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(net_id="network_def", meta_file=config_path(BUNDLE, "metadata.json"),
+                      config_file=config_path(BUNDLE, "inference.json"), device="cpu")

@@ -1,0 +1,115 @@
+"""polyp_seg bundle (VMUNetV2 with deep supervision): properties, network I/O, a deep-supervised training
+epoch and the per-test-set evaluation in-process; then the CLI (train -> evaluate -> infer, torchrun with gloo)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from bundle_helpers import PYTHON, bundle_run, config_path, copy_bundle, make_prepared, run, tiny_overrides, workflow
+from PIL import Image
+
+from vmunet_monai.data.polyp import TEST_SETS
+
+BUNDLE = "polyp_seg"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return make_prepared(BUNDLE, tmp_path_factory.mktemp("polyp_data"), num=16)  # 2 validation images for 2 ranks
+
+
+def test_metadata_and_recipe():
+    meta = json.loads(open(config_path(BUNDLE, "metadata.json")).read())
+    assert meta["version"] in meta["changelog"] and int(meta["numpy_version"].split(".")[0]) < 2
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 3
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "polyp"}
+    train = json.loads(open(config_path(BUNDLE, "train.json")).read())
+    assert train["network_def"]["_target_"] == "vmunet_monai.networks.VMUNetV2"
+    assert train["network_def"]["deep_supervision"] is True and train["network_def"]["depths"] == [2, 2, 9, 2]
+    assert train["loss"]["_target_"] == "DeepSupervisionLoss"
+
+
+@pytest.mark.parametrize("configs,kind", [(["train.json"], "train"), (["inference.json"], "infer")])
+def test_check_properties_is_empty(configs, kind, prepared):
+    wf = workflow(BUNDLE, configs, kind, dataset_dir=str(prepared))
+    wf.initialize()
+    assert wf.check_properties() == []
+
+
+def test_verify_net_in_out_and_training_heads():
+    from monai.bundle import verify_net_in_out
+
+    tiny = {k: v for k, v in tiny_overrides(BUNDLE).items() if k.startswith("network_def")}
+    verify_net_in_out(net_id="network_def", meta_file=config_path(BUNDLE, "metadata.json"),
+                      config_file=config_path(BUNDLE, "inference.json"), device="cpu", **tiny)
+    # in training mode the network gives every head, and the bundle's loss trains all of them
+    wf = workflow(BUNDLE, ["train.json"], "train", **tiny)
+    net, loss = wf.parser.get_parsed_content("network_def").train(), wf.parser.get_parsed_content("loss")
+    heads = net(torch.rand(2, 3, 64, 64))
+    assert isinstance(heads, list) and [h.shape[-1] for h in heads] == [64, 32, 16, 8]
+    loss(heads, (torch.rand(2, 1, 64, 64) > 0.5).float()).backward()
+    assert all(head.weight.grad is not None and head.weight.grad.abs().sum() > 0 for head in net.seg_outs[1:])
+
+
+def test_train_then_evaluate_per_test_set(prepared, tmp_path):
+    root = copy_bundle(BUNDLE, tmp_path)
+    over = tiny_overrides(BUNDLE, epochs=1)
+    for configs, kind in ((["train.json"], "train"), (["train.json", "evaluate.json"], "eval")):
+        wf = workflow(BUNDLE, configs, kind, bundle_root=str(root), dataset_dir=str(prepared), **over)
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+    summary = json.loads((root / "eval" / "metrics_test_summary.json").read_text())
+    assert list(summary["groups"]) == list(TEST_SETS)
+    assert all(summary["groups"][s]["n_images"] == 2 for s in TEST_SETS)
+    assert summary["overall"]["n_images"] == 10
+    with open(root / "eval" / "metrics_test_per_image.csv") as f:
+        assert {row["group"] for row in csv.DictReader(f)} == set(TEST_SETS)
+
+
+@pytest.mark.slow
+def test_cli_train_evaluate_infer(prepared, tmp_path):
+    root = copy_bundle(BUNDLE, tmp_path)
+    over = tiny_overrides(BUNDLE, epochs=1)
+    bundle_run(BUNDLE, ["train.json"], root, prepared, over, run_id="training")
+    assert (root / "models" / "model.pt").is_file() and (root / "models" / "checkpoint_latest.pt").is_file()
+    over.pop("epochs")
+    bundle_run(BUNDLE, ["train.json", "evaluate.json"], root, prepared, over, run_id="evaluating")
+    assert (root / "eval" / "metrics_test_summary.json").is_file()
+    infer_over = {k: v for k, v in over.items() if k.startswith("network_def") or k in ("image_size", "device")}
+    bundle_run(BUNDLE, ["inference.json"], root, prepared, dict(infer_over, num_workers=0), run_id="inferring")
+    # masks keep the test-set folders, so the recurring file names of different sets do not collide
+    for name in TEST_SETS:
+        folder = root / "eval" / "masks" / name / "images"
+        masks = sorted(folder.glob("*_mask.png"))
+        assert [m.name for m in masks] == ["1_mask.png", "2_mask.png"]
+        source = next((prepared.parent / f"{BUNDLE}_raw" / "TestDataset" / name / "images").glob("1.*"))
+        assert Image.open(masks[0]).size == Image.open(source).size
+        assert (root / "eval" / "overlays" / name / "images" / "1_overlay.png").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(prepared, tmp_path):
+    root = copy_bundle(BUNDLE, tmp_path)
+    files = "['" + config_path(BUNDLE, "train.json") + "','" + config_path(BUNDLE, "multi_gpu_train.json") + "']"
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
+           "-m", "monai.bundle", "run", "--config_file", files, "--bundle_root", str(root),
+           "--dataset_dir", str(prepared)]
+    for key, value in tiny_overrides(BUNDLE, epochs=1).items():
+        if key != "device":
+            cmd += [f"--{key}", json.dumps(value)]
+    proc = run(cmd, root)
+    assert (root / "models" / "model.pt").is_file()
+    assert "val_mean_dice" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_verify_net_in_out_full_size_network():
+    """The bundle's own network (the paper's size) at the metadata's 256x256 on CPU, as the zoo CI runs it."""
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(net_id="network_def", meta_file=config_path(BUNDLE, "metadata.json"),
+                      config_file=config_path(BUNDLE, "inference.json"), device="cpu")

@@ -1,0 +1,229 @@
+"""Importers, synthetic raw layouts, datalists, mask transforms and binary metrics of the 2D bundles."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from vmunet_monai.data import common, demo_data, isic, polyp, prepare
+from vmunet_monai.data.common import DatasetLayoutError, load_datalist
+from vmunet_monai.engine import BinarizeMaskd, FirstOutputd
+from vmunet_monai.evaluation import binary
+
+
+def _names(items):
+    return {(it["dataset"], it["name"]) for it in items}
+
+
+@pytest.fixture(scope="module")
+def isic_raw(tmp_path_factory):
+    return tmp_path_factory.mktemp("isic") / "raw"
+
+
+@pytest.fixture(scope="module")
+def isic_2017(isic_raw):
+    demo_data("isic_skin_lesion", str(isic_raw), num=12, seed=3)
+    return isic_raw
+
+
+@pytest.fixture(scope="module")
+def polyp_raw(tmp_path_factory):
+    raw = tmp_path_factory.mktemp("polyp") / "raw"
+    demo_data("polyp_seg", str(raw), num=16, seed=1)
+    return raw
+
+
+def test_isic_demo_layout_is_the_challenge_layout(isic_2017):
+    assert sorted(p.name for p in isic_2017.iterdir()) == [
+        "ISIC-2017_Test_v2_Data", "ISIC-2017_Test_v2_Part1_GroundTruth", "ISIC-2017_Training_Data",
+        "ISIC-2017_Training_Part1_GroundTruth", "ISIC-2017_Validation_Data", "ISIC-2017_Validation_Part1_GroundTruth",
+    ]
+    image = isic_2017 / "ISIC-2017_Training_Data" / "ISIC_0000000.jpg"
+    mask = isic_2017 / "ISIC-2017_Training_Part1_GroundTruth" / "ISIC_0000000_segmentation.png"
+    assert (isic_2017 / "ISIC-2017_Training_Data" / "ISIC_0000000_superpixels.png").is_file()
+    with Image.open(image) as im, Image.open(mask) as m:
+        assert im.mode == "RGB" and m.mode == "L" and im.size == m.size
+        values = np.unique(np.asarray(m))
+    assert set(values) == {0, 255}
+    # lesions are darker than the skin around them, as in dermoscopy
+    rgb = np.asarray(Image.open(image), dtype=np.float32).mean(-1)
+    fg = np.asarray(Image.open(mask)) > 127
+    assert rgb[fg].mean() < rgb[~fg].mean() - 20
+
+
+def test_isic_official_split(isic_2017, tmp_path):
+    path = prepare("isic_skin_lesion", str(isic_2017), str(tmp_path / "out"))
+    doc = json.loads(open(path).read())
+    assert doc["meta"]["split"] == "official"
+    assert doc["meta"]["counts"] == {"training": 12, "validation": 3, "test": 3}
+    train, val, test = (load_datalist(tmp_path / "out", k) for k in ("training", "validation", "test"))
+    for item in train + val + test:  # stored relative, loaded absolute; masks paired by name
+        assert item["label"].endswith(item["name"] + "_segmentation.png")
+        assert "superpixels" not in item["image"]
+    assert {i["image"].split("/")[-2] for i in test} == {"ISIC-2017_Test_v2_Data"}
+    assert {i["image"].split("/")[-2] for i in val} == {"ISIC-2017_Validation_Data"}
+    # carving instead of the challenge validation set
+    prepare("isic_skin_lesion", str(isic_2017), str(tmp_path / "carve"), validation="carve", val_fraction=0.25)
+    carved = load_datalist(tmp_path / "carve", "validation")
+    assert len(carved) == 3 and {i["image"].split("/")[-2] for i in carved} == {"ISIC-2017_Training_Data"}
+
+
+def test_isic_paper_split_is_seeded_and_disjoint(isic_2017, tmp_path):
+    splits = {}
+    for seed in (0, 0, 1):
+        out = tmp_path / f"s{seed}_{len(splits)}"
+        prepare("isic_skin_lesion", str(isic_2017), str(out), split="paper", seed=seed)
+        splits[str(out)] = [_names(load_datalist(out, k)) for k in ("training", "validation", "test")]
+    (a, b, c) = splits.values()
+    assert a == b and a != c
+    train, val, test = a
+    assert not (train & val or train & test or val & test)
+    assert len(train | val | test) == 15  # the papers pool the labelled training and validation images
+    assert len(test) == round(0.3 * 15)
+
+
+def test_isic_2018_names_and_errors(tmp_path):
+    raw = tmp_path / "raw18"
+    isic.demo_data(str(raw), num=4, seed=0, year=2018)
+    prepare("isic_skin_lesion", str(raw), str(tmp_path / "o18"))
+    assert len(load_datalist(tmp_path / "o18", "test")) == 2
+    # both years present: the importer asks which
+    isic.demo_data(str(raw), num=4, seed=0, year=2017)
+    with pytest.raises(DatasetLayoutError, match="choose one with --year"):
+        prepare("isic_skin_lesion", str(raw), str(tmp_path / "both"))
+    prepare("isic_skin_lesion", str(raw), str(tmp_path / "y17"), year=2017)
+    # a missing mask is named
+    (raw / "ISIC2018_Task1_Training_GroundTruth" / "ISIC_0000001_segmentation.png").unlink()
+    with pytest.raises(DatasetLayoutError, match="ISIC_0000001.jpg"):
+        prepare("isic_skin_lesion", str(raw), str(tmp_path / "bad"), year=2018)
+    # an official split without test ground truth is refused, the paper split still works
+    shutil.rmtree(raw / "ISIC-2017_Test_v2_Part1_GroundTruth")
+    with pytest.raises(DatasetLayoutError, match="split='paper'"):
+        prepare("isic_skin_lesion", str(raw), str(tmp_path / "x"), year=2017, split="official")
+    prepare("isic_skin_lesion", str(raw), str(tmp_path / "auto"), year=2017)
+    assert json.loads((tmp_path / "auto" / "datalist.json").read_text())["meta"]["split"] == "paper"
+    with pytest.raises(DatasetLayoutError, match="no ISIC training images"):
+        prepare("isic_skin_lesion", str(tmp_path / "o18"), str(tmp_path / "y"))
+
+
+def test_polyp_pranet_layout(polyp_raw, tmp_path):
+    assert sorted(p.name for p in (polyp_raw / "TestDataset").iterdir()) == sorted(polyp.TEST_SETS)
+    path = prepare("polyp_seg", str(polyp_raw.parent), str(tmp_path / "out"), val_fraction=0.25)
+    doc = json.loads(open(path).read())
+    assert doc["meta"]["test_sets"] == {name: 2 for name in polyp.TEST_SETS}
+    train, val, test = (load_datalist(tmp_path / "out", k) for k in ("training", "validation", "test"))
+    assert len(val) == 4 and len(train) == 12
+    assert not ({i["image"] for i in train} & {i["image"] for i in val})
+    assert all("TrainDataset" in i["image"] for i in train + val)
+    assert {i["dataset"] for i in test} == set(polyp.TEST_SETS)
+    # the same file names recur across sets and stay distinct items
+    assert len({i["image"] for i in test}) == 10 and len({i["name"] for i in test}) == 2
+    kvasir = [i for i in test if i["dataset"] == "Kvasir"]
+    assert all(i["image"].endswith(".jpg") and i["label"].endswith(".png") for i in kvasir)
+    with pytest.raises(DatasetLayoutError, match="TrainDataset"):
+        prepare("polyp_seg", str(polyp_raw / "TestDataset"), str(tmp_path / "bad"))
+
+
+def test_polyp_synthetic_images_show_the_polyp(polyp_raw):
+    image = np.asarray(Image.open(polyp_raw / "TrainDataset" / "images" / "1.png"), dtype=np.float32)
+    mask = np.asarray(Image.open(polyp_raw / "TrainDataset" / "masks" / "1.png")) > 127
+    assert image.shape[:2] == mask.shape and 0.02 < mask.mean() < 0.5
+    # polyps are paler (more green) than the surrounding mucosa
+    assert image[mask][:, 1].mean() > image[~mask][:, 1].mean() + 10
+
+
+def test_load_datalist_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="vmunet_monai prepare"):
+        load_datalist(tmp_path)
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [], "test": [{"image": "a.png"}]}))
+    with pytest.raises(KeyError, match="validation"):
+        load_datalist(tmp_path, "validation")
+    with pytest.raises(ValueError, match="empty"):
+        load_datalist(tmp_path, "training")
+    assert load_datalist(tmp_path, "test")[0]["image"] == str((tmp_path / "a.png").resolve())
+
+
+def test_inference_items_skip_masks(isic_2017, polyp_raw, tmp_path):
+    items = common.inference_items(None, str(isic_2017))
+    assert len(items) == 18 and not any("_segmentation" in i["image"] or "superpixels" in i["image"] for i in items)
+    items = common.inference_items(None, str(polyp_raw / "TestDataset"))
+    assert len(items) == 10 and all("/images/" in i["image"] for i in items)
+    root = common.common_folder(items)
+    assert root.endswith("TestDataset")
+    one = common.inference_items(None, items[0]["image"])
+    assert one == [{"image": items[0]["image"], "name": items[0]["name"]}]
+    with pytest.raises(FileNotFoundError):
+        common.inference_items(None, str(tmp_path / "nothing"))
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(0, 60), fractions=st.lists(st.floats(0, 0.45), min_size=1, max_size=2), seed=st.integers(0, 9))
+def test_split_items_partitions(n, fractions, seed):
+    parts = common.split_items(range(n), fractions, seed)
+    assert len(parts) == len(fractions) + 1
+    flat = [x for p in parts for x in p]
+    assert sorted(flat) == list(range(n))
+    assert parts == common.split_items(range(n), fractions, seed)
+    if n > 3 * len(fractions):
+        assert all(len(p) >= 1 for p, f in zip(parts, fractions) if f > 0)
+
+
+def test_binarize_mask_scales():
+    jpeg_like = torch.tensor([[0.0, 3.0, 120.0, 140.0, 252.0, 255.0]])
+    assert BinarizeMaskd("m")({"m": jpeg_like})["m"].tolist() == [[0, 0, 0, 1, 1, 1]]
+    unit = np.array([[0.0, 0.4, 0.6, 1.0]])
+    assert BinarizeMaskd("m")({"m": unit})["m"].tolist() == [[0, 0, 1, 1]]
+    heads = [torch.ones(1, 4, 4), torch.zeros(1, 2, 2)]
+    assert FirstOutputd("pred")({"pred": heads})["pred"] is heads[0]
+
+
+def test_binary_metrics_match_direct_computation():
+    rng = np.random.default_rng(0)
+    preds = [rng.random((20, 24)) for _ in range(5)]
+    gts = [rng.random((20, 24)) > 0.6 for _ in range(5)]
+    records = [binary.make_record(f"i{k}", p, g, group="a" if k < 3 else "b") for k, (p, g) in enumerate(zip(preds, gts))]
+    summary = binary.summarize(records)
+    p_all = np.concatenate([(p >= 0.5).ravel() for p in preds])
+    g_all = np.concatenate([g.ravel() for g in gts])
+    tp, fp = np.sum(p_all & g_all), np.sum(p_all & ~g_all)
+    fn, tn = np.sum(~p_all & g_all), np.sum(~p_all & ~g_all)
+    pooled = summary["overall"]["pooled"]
+    assert pooled["dsc"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert pooled["miou"] == pytest.approx(tp / (tp + fp + fn))
+    assert pooled["accuracy"] == pytest.approx((tp + tn) / p_all.size)
+    assert pooled["sensitivity"] == pytest.approx(tp / (tp + fn))
+    assert pooled["specificity"] == pytest.approx(tn / (tn + fp))
+    # per-image Dice agrees with MONAI's DiceMetric
+    from monai.metrics import DiceMetric
+
+    dice = [DiceMetric()(torch.tensor(p >= 0.5)[None, None].float(), torch.tensor(g)[None, None].float()).item()
+            for p, g in zip(preds, gts)]
+    assert summary["overall"]["per_image"]["dice_mean"] == pytest.approx(np.mean(dice), abs=1e-6)
+    assert summary["overall"]["per_image"]["dice_sd"] == pytest.approx(np.std(dice, ddof=1), abs=1e-6)
+    assert summary["groups"]["a"]["n_images"] == 3 and summary["groups"]["b"]["n_images"] == 2
+    # the paper's conventions at the edges: empty/empty image scores 1, zero denominators give 0
+    assert binary.image_dice_iou(0, 0, 0) == (1.0, 1.0)
+    assert binary.pooled_metrics(0, 0, 0, 10) == {"miou": 0.0, "dsc": 0.0, "accuracy": 1.0, "sensitivity": 0.0,
+                                                  "specificity": 1.0}
+    with pytest.raises(ValueError, match="elements"):
+        binary.confusion_counts(np.zeros(4), np.zeros(5))
+
+
+def test_write_report_files(tmp_path):
+    records = [binary.make_record(f"i{k}", np.eye(6) * (k % 2), np.eye(6), group=g)
+               for k, g in enumerate(["x", "y", "x", "y"])]
+    paths = binary.write_report(records, tmp_path, prefix="m", title="t")
+    rows = open(paths["csv"]).read().splitlines()
+    assert rows[0].startswith("name,group,dice,iou") and len(rows) == 5
+    saved = json.loads(open(paths["json"]).read())
+    assert saved["groups"]["x"]["per_image"]["dice_mean"] == 0.0 and saved["groups"]["y"]["pooled"]["dsc"] == 1.0
+    assert "pooled" in saved["labels"] and (tmp_path / "m.png").stat().st_size > 1000
+    table = binary.format_summary(saved)
+    assert "all sets together" in table and "paper-compatible" in table

@@ -1,0 +1,307 @@
+"""Shared pieces of the dataset importers: finding and pairing files, seeded splits, the datalist file.
+
+Every importer writes ``OUT/datalist.json`` in MONAI's Decathlon style: top-level lists such as
+``"training"``, ``"validation"`` and ``"test"`` of dicts with ``"image"`` and ``"label"`` paths
+(relative to the datalist's folder when possible, so a dataset folder can be moved as a whole), plus
+a ``"meta"`` dict saying how the splits were made (importer, options, seed, counts). Bundles read it
+with :func:`load_datalist` (or ``monai.data.load_decathlon_datalist``) from ``--dataset_dir OUT``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+__all__ = [
+    "DATALIST_NAME",
+    "IMAGE_EXTENSIONS",
+    "DatasetLayoutError",
+    "list_images",
+    "pair_images_and_masks",
+    "split_items",
+    "write_datalist",
+    "load_datalist",
+    "inference_items",
+    "common_folder",
+    "relative_to",
+    "smooth_noise",
+    "random_blob_mask",
+    "soft_edges",
+    "save_rgb",
+    "save_mask",
+]
+
+DATALIST_NAME = "datalist.json"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class DatasetLayoutError(ValueError):
+    """A raw dataset folder does not have the layout an importer expects (the message names the path and rule)."""
+
+
+def list_images(folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                exclude: Iterable[str] = ()) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name.
+
+    Args:
+        folder: the folder to list.
+        extensions: accepted suffixes (case-insensitive).
+        exclude: regular expressions; a file whose stem matches any of them is skipped
+            (for example ISIC 2017's ``_superpixels`` companions).
+
+    Raises:
+        DatasetLayoutError: if ``folder`` is not a directory.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetLayoutError(f"{folder}: expected a folder of images, found none")
+    patterns = [re.compile(p) for p in exclude]
+    exts = {e.lower() for e in extensions}
+    files = [
+        p for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in exts and not any(r.search(p.stem) for r in patterns)
+    ]
+    return sorted(files, key=lambda p: p.name)
+
+
+def pair_images_and_masks(images: Sequence[Path], mask_folder: str | os.PathLike, mask_suffix: str = "",
+                          mask_extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[tuple[Path, Path]]:
+    """Match every image with the mask named ``<image stem><mask_suffix>.<ext>`` in ``mask_folder``.
+
+    Pairing is by name, never by sorted position (a missing file would silently shift every pair).
+
+    Raises:
+        DatasetLayoutError: naming the first images without a mask, if any image has none.
+    """
+    mask_folder = Path(mask_folder)
+    if not mask_folder.is_dir():
+        raise DatasetLayoutError(f"{mask_folder}: expected a folder of masks, found none")
+    by_stem: dict[str, Path] = {}
+    exts = {e.lower() for e in mask_extensions}
+    for p in mask_folder.iterdir():
+        if p.is_file() and p.suffix.lower() in exts:
+            # prefer PNG when the same stem exists twice (lossless masks)
+            if p.stem not in by_stem or p.suffix.lower() == ".png":
+                by_stem[p.stem] = p
+    pairs, missing = [], []
+    for img in images:
+        mask = by_stem.get(img.stem + mask_suffix)
+        if mask is None:
+            missing.append(img.name)
+        else:
+            pairs.append((img, mask))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DatasetLayoutError(
+            f"{mask_folder}: no mask named '<image stem>{mask_suffix}.<png|jpg|...>' for {len(missing)} image(s): {shown}"
+        )
+    return pairs
+
+
+def split_items(items: Sequence, fractions: Sequence[float], seed: int) -> list[list]:
+    """Shuffle ``items`` with ``seed`` and cut off parts of the given fractions; the remainder comes last.
+
+    ``split_items(cases, [0.3], seed=0)`` returns ``[test, rest]``. Every positive fraction gets at
+    least one item while enough remain, so a small dataset never yields an empty validation split.
+
+    Returns:
+        ``len(fractions) + 1`` lists.
+
+    Raises:
+        ValueError: if a fraction is negative or they sum to 1 or more (the remainder would be empty).
+    """
+    if any(f < 0 for f in fractions) or sum(fractions) >= 1:
+        raise ValueError(f"split fractions must be >= 0 and sum to < 1, got {list(fractions)}")
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    parts, start = [], 0
+    for f in fractions:
+        size = int(round(f * len(order)))
+        if f > 0 and size == 0 and len(order) - start > 1:
+            size = 1
+        size = min(size, max(len(order) - start - 1, 0))
+        parts.append(order[start:start + size])
+        start += size
+    parts.append(order[start:])
+    return parts
+
+
+def relative_to(path: str | os.PathLike, folder: str | os.PathLike) -> str:
+    """``path`` relative to ``folder`` when both are on the same drive, else absolute (POSIX separators)."""
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    try:
+        return Path(os.path.relpath(path, folder)).as_posix()
+    except ValueError:  # different drives on Windows
+        return Path(path).as_posix()
+
+
+def write_datalist(out: str | os.PathLike, splits: dict[str, list[dict]], meta: dict) -> str:
+    """Write ``out/datalist.json``; image/label paths are stored relative to ``out``.
+
+    Args:
+        out: output folder (created).
+        splits: split name -> list of dicts with absolute or cwd-relative ``image``/``label`` paths.
+        meta: how the splits were made; ``counts`` is added.
+
+    Returns:
+        the path of the datalist file.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc: dict = {"meta": dict(meta)}
+    doc["meta"]["counts"] = {k: len(v) for k, v in splits.items()}
+    for name, items in splits.items():
+        doc[name] = [
+            {k: relative_to(v, out) if k in ("image", "label") else v for k, v in item.items()} for item in items
+        ]
+    path = out / DATALIST_NAME
+    path.write_text(json.dumps(doc, indent=4) + "\n")
+    return str(path)
+
+
+def load_datalist(dataset_dir: str | os.PathLike, key: str = "training") -> list[dict]:
+    """The ``key`` split of ``dataset_dir/datalist.json`` with paths made absolute.
+
+    Raises:
+        FileNotFoundError: when there is no datalist (the message gives the command that writes one).
+        KeyError: when the split is missing (the message lists the splits present).
+        ValueError: when the split is empty.
+    """
+    path = Path(dataset_dir) / DATALIST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: --dataset_dir must be the OUT folder of "
+            f"`python -m vmunet_monai prepare <bundle> RAW OUT` (or of `demo_data` followed by `prepare`)"
+        )
+    doc = json.loads(path.read_text())
+    if key not in doc or not isinstance(doc[key], list):
+        present = [k for k, v in doc.items() if isinstance(v, list)]
+        raise KeyError(f"{path}: no split {key!r}; the datalist has {present}")
+    if not doc[key]:
+        raise ValueError(f"{path}: split {key!r} is empty")
+    base = path.parent
+    return [
+        {k: str((base / v).resolve()) if k in ("image", "label") else v for k, v in item.items()} for item in doc[key]
+    ]
+
+
+def inference_items(dataset_dir: str | os.PathLike | None = None, input_path: str | os.PathLike | None = None,
+                    key: str = "test") -> list[dict]:
+    """Images to segment: every image under ``input_path`` (a file or a folder, searched recursively),
+    or else the ``key`` split of the datalist in ``dataset_dir``.
+
+    Files inside folders named like masks (``mask``, ``masks``, ``*GroundTruth*``) and files whose
+    stem ends in ``_segmentation`` or ``_superpixels`` are skipped, so a raw dataset folder can be
+    given as it is.
+
+    Raises:
+        FileNotFoundError: if ``input_path`` does not exist or holds no image.
+    """
+    if input_path is None or str(input_path) in ("", "None"):
+        if dataset_dir is None:
+            raise ValueError("give an input file or folder, or a dataset_dir holding datalist.json")
+        return [{k: v for k, v in item.items() if k != "label"} for item in load_datalist(dataset_dir, key)]
+    root = Path(input_path)
+    if root.is_file():
+        return [{"image": str(root.resolve()), "name": root.stem}]
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such file or folder")
+    skip_dir = re.compile(r"^(masks?|labels?|gt)$|groundtruth", re.IGNORECASE)
+    skip_stem = re.compile(r"_(segmentation|superpixels)$")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not skip_dir.search(d))
+        for f in sorted(filenames):
+            p = Path(dirpath) / f
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not skip_stem.search(p.stem):
+                found.append({"image": str(p.resolve()), "name": p.stem})
+    if not found:
+        raise FileNotFoundError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+    return found
+
+
+def common_folder(items: Sequence[dict], key: str = "image") -> str:
+    """The deepest folder containing every ``item[key]``: output writers keep paths below it, so
+    images with the same name in different folders (e.g. two polyp test sets) do not overwrite each other."""
+    paths = [os.path.abspath(item[key]) for item in items]
+    if not paths:
+        return ""
+    return os.path.commonpath([os.path.dirname(p) for p in paths])
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic image pieces shared by the 2D demo datasets
+
+
+def smooth_noise(height: int, width: int, cell: int, rng) -> "np.ndarray":
+    """Value noise in [-1, 1] varying over about ``cell`` pixels (a coarse random grid, bicubic-upsampled)."""
+    import numpy as np
+    from PIL import Image
+
+    grid = rng.uniform(-1, 1, size=(max(2, height // cell + 2), max(2, width // cell + 2))).astype(np.float32)
+    up = Image.fromarray(grid).resize((width, height), Image.BICUBIC)
+    return np.clip(np.asarray(up, dtype=np.float32), -1.5, 1.5) / 1.5
+
+
+def random_blob_mask(height: int, width: int, rng, area_fraction: tuple[float, float] = (0.1, 0.3),
+                     roughness: float = 0.12, center_jitter: float = 0.2) -> "np.ndarray":
+    """A boolean mask of one irregular, star-convex blob (an ellipse with a wavy radius).
+
+    Args:
+        height: mask height.
+        width: mask width.
+        rng: a ``numpy.random.Generator``.
+        area_fraction: range of the blob's share of the image area.
+        roughness: amplitude of the radius harmonics (0 gives an ellipse).
+        center_jitter: how far (fraction of the size) the centre may move from the image centre.
+    """
+    import numpy as np
+
+    area = rng.uniform(*area_fraction) * height * width
+    aspect = rng.uniform(0.7, 1.3)
+    r0 = np.sqrt(area / np.pi)
+    ry, rx = r0 * aspect ** 0.5, r0 / aspect ** 0.5
+    cy = height / 2 + rng.uniform(-center_jitter, center_jitter) * height
+    cx = width / 2 + rng.uniform(-center_jitter, center_jitter) * width
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, np.pi)
+    dy, dx = yy - cy, xx - cx
+    u = dx * np.cos(angle) + dy * np.sin(angle)
+    v = -dx * np.sin(angle) + dy * np.cos(angle)
+    theta = np.arctan2(v / ry, u / rx)
+    radius = np.ones_like(theta)
+    for k in range(2, 6):
+        radius += rng.uniform(0, roughness) / (k - 1) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    return np.sqrt((u / rx) ** 2 + (v / ry) ** 2) <= radius
+
+
+def soft_edges(mask: "np.ndarray", sigma: float) -> "np.ndarray":
+    """The mask as float alpha with a Gaussian-blurred border (the blurred mask still crosses 0.5 at the mask edge)."""
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(mask.astype(np.float32), sigma) if sigma > 0 else mask.astype(np.float32)
+
+
+def save_rgb(array: "np.ndarray", path: str | os.PathLike, quality: int = 95) -> None:
+    """Save an (H, W, 3) float/uint8 array as PNG or JPEG (by suffix), creating the folder."""
+    import numpy as np
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(path, quality=quality)
+
+
+def save_mask(mask: "np.ndarray", path: str | os.PathLike) -> None:
+    """Save a boolean (H, W) mask as an 8-bit 0/255 image (PNG, or JPEG for lossy layouts)."""
+    import numpy as np
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path)

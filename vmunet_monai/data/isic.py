@@ -1,0 +1,254 @@
+"""ISIC 2017 / ISIC 2018 lesion segmentation (task 1) as the challenge distributes it, and a synthetic stand-in.
+
+Folders recognised anywhere up to three levels below RAW (names as in the challenge zips):
+
+=============  =====================================  ==============================================
+split          ISIC 2017                              ISIC 2018
+=============  =====================================  ==============================================
+training       ``ISIC-2017_Training_Data``            ``ISIC2018_Task1-2_Training_Input``
+               ``ISIC-2017_Training_Part1_GroundTruth`` ``ISIC2018_Task1_Training_GroundTruth``
+validation     ``ISIC-2017_Validation_Data`` (+ GT)   ``ISIC2018_Task1-2_Validation_Input`` (+ GT)
+test           ``ISIC-2017_Test_v2_Data`` (+ GT)      ``ISIC2018_Task1-2_Test_Input`` (+ GT)
+=============  =====================================  ==============================================
+
+Images are ``ISIC_<id>.jpg``; masks are ``ISIC_<id>_segmentation.png`` (0/255). ISIC 2017's
+``*_superpixels.png`` companions are skipped. Splits (``split=``):
+
+- ``"official"``: train on the challenge training set; validate on the challenge validation set
+  (or, with ``validation="carve"`` or when it is absent, on ``val_fraction`` of training); test on
+  the challenge test set. Needs the test ground truth.
+- ``"paper"``: the VM-UNet papers' random 7:3 split of the released labelled images (training plus
+  validation: 2,150 for ISIC 2017, 2,694 for ISIC 2018), seeded; the validation split for
+  checkpoint selection is then carved from the 70 %, never taken from the 30 % test part.
+- ``"auto"`` (default): official when the test ground truth is present, else paper.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from vmunet_monai.data.common import (
+    DatasetLayoutError,
+    list_images,
+    pair_images_and_masks,
+    random_blob_mask,
+    save_mask,
+    save_rgb,
+    smooth_noise,
+    soft_edges,
+    split_items,
+    write_datalist,
+)
+
+__all__ = ["prepare", "demo_data", "find_isic_folders"]
+
+_YEAR = re.compile(r"ISIC[-_]?(\d{4})", re.IGNORECASE)
+_ROLES = (("train", re.compile(r"training", re.I)), ("val", re.compile(r"validation", re.I)),
+          ("test", re.compile(r"test", re.I)))
+_SEG_GT = re.compile(r"groundtruth", re.I)
+_TASK1 = re.compile(r"part1|task1_", re.I)
+_DATA = re.compile(r"data|input", re.I)
+_EXCLUDE = (r"_superpixels$", r"_segmentation$")
+
+
+def _classify(name: str) -> tuple[int, str, str] | None:
+    """(year, role, kind) of a challenge folder name, kind being 'image' or 'mask'; None if not one."""
+    m = _YEAR.search(name)
+    if not m:
+        return None
+    role = next((r for r, pattern in _ROLES if pattern.search(name)), None)
+    if role is None:
+        return None
+    if _SEG_GT.search(name):
+        return (int(m.group(1)), role, "mask") if _TASK1.search(name) else None
+    if _DATA.search(name):
+        return int(m.group(1)), role, "image"
+    return None
+
+
+def _has_files(folder: Path) -> bool:
+    return any(p.is_file() for p in folder.iterdir())
+
+
+def find_isic_folders(raw: str | os.PathLike, max_depth: int = 3) -> dict[int, dict[tuple[str, str], Path]]:
+    """Challenge folders under ``raw`` by year, then by (role, kind); a zip extracted into a folder of
+    the same name is handled by taking the deepest match that holds files.
+
+    Raises:
+        DatasetLayoutError: if ``raw`` is not a folder.
+    """
+    raw = Path(raw)
+    if not raw.is_dir():
+        raise DatasetLayoutError(f"{raw}: not a folder (expected the folder holding the ISIC challenge downloads)")
+    found: dict[int, dict[tuple[str, str], Path]] = {}
+    for dirpath, dirnames, _ in os.walk(raw):
+        depth = len(Path(dirpath).relative_to(raw).parts)
+        if depth >= max_depth:
+            dirnames[:] = []
+        for d in sorted(dirnames):
+            info = _classify(d)
+            if info is None:
+                continue
+            folder = Path(dirpath) / d
+            year, role, kind = info
+            if _has_files(folder):
+                found.setdefault(year, {})[(role, kind)] = folder
+    return found
+
+
+def _pairs(folders: dict[tuple[str, str], Path], role: str) -> list[tuple[Path, Path]] | None:
+    images, masks = folders.get((role, "image")), folders.get((role, "mask"))
+    if images is None or masks is None:
+        return None
+    return pair_images_and_masks(list_images(images, exclude=_EXCLUDE), masks, mask_suffix="_segmentation")
+
+
+def _items(pairs, year: int) -> list[dict]:
+    return [{"image": str(i), "label": str(m), "name": i.stem, "dataset": f"ISIC{year}"} for i, m in pairs]
+
+
+def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, val_fraction: float = 0.2,
+            test_fraction: float = 0.3, validation: str = "auto", seed: int = 0) -> str:
+    """Write ``out/datalist.json`` (training / validation / test) from ISIC challenge downloads in ``raw``.
+
+    Args:
+        raw: folder holding the extracted challenge folders.
+        out: output folder.
+        split: ``"official"``, ``"paper"`` (seeded 7:3) or ``"auto"`` (see the module docstring).
+        year: 2017 or 2018; needed only when both are present.
+        val_fraction: share of the training part carved out for validation when carving.
+        test_fraction: test share of the paper split.
+        validation: ``"auto"`` (the challenge validation set when present in an official split, else
+            carved) or ``"carve"`` (always carved from training).
+        seed: seed of every random split.
+
+    Returns:
+        the path of the datalist.
+
+    Raises:
+        DatasetLayoutError: when no usable training folders are found, when both years are present
+            and ``year`` is not given, or when an official split lacks the test ground truth.
+        ValueError: for an unknown ``split`` or ``validation`` value.
+    """
+    if split not in ("auto", "official", "paper"):
+        raise ValueError(f"split must be 'auto', 'official' or 'paper', got {split!r}")
+    if validation not in ("auto", "carve"):
+        raise ValueError(f"validation must be 'auto' or 'carve', got {validation!r}")
+    found = find_isic_folders(raw)
+    usable = {y: f for y, f in found.items() if ("train", "image") in f and ("train", "mask") in f}
+    if not usable:
+        raise DatasetLayoutError(
+            f"{raw}: no ISIC training images and masks found; expected e.g. ISIC-2017_Training_Data/ with "
+            f"ISIC-2017_Training_Part1_GroundTruth/*_segmentation.png, or ISIC2018_Task1-2_Training_Input/ with "
+            f"ISIC2018_Task1_Training_GroundTruth/ (found: {sorted(str(p) for f in found.values() for p in f.values())})"
+        )
+    if year is None:
+        if len(usable) > 1:
+            raise DatasetLayoutError(f"{raw}: both {sorted(usable)} are present; choose one with --year")
+        year = next(iter(usable))
+    if int(year) not in usable:
+        raise DatasetLayoutError(f"{raw}: no ISIC {year} training folders (found years {sorted(usable)})")
+    year = int(year)
+    folders = usable[year]
+    train = _items(_pairs(folders, "train"), year)
+    official_val = _pairs(folders, "val")
+    official_test = _pairs(folders, "test")
+    if split == "auto":
+        split = "official" if official_test else "paper"
+    if split == "official":
+        if not official_test:
+            raise DatasetLayoutError(
+                f"{raw}: split='official' needs the ISIC {year} test images and test ground truth folders; "
+                f"use split='paper' for the papers' 7:3 split of the labelled images"
+            )
+        test = _items(official_test, year)
+        if official_val and validation == "auto":
+            val, how_val = _items(official_val, year), "challenge validation set"
+        else:
+            val, train = split_items(train, [val_fraction], seed)
+            how_val = f"{val_fraction:g} of the challenge training set (seed {seed})"
+        how = f"ISIC {year} challenge training / test sets; validation: {how_val}"
+    else:
+        pool = train + (_items(official_val, year) if official_val else [])
+        test, rest = split_items(pool, [test_fraction], seed)
+        val, train = split_items(rest, [val_fraction], seed + 1)
+        how = (f"papers' random split of the {len(pool)} labelled ISIC {year} images: {test_fraction:g} test "
+               f"(seed {seed}); validation = {val_fraction:g} of the rest (seed {seed + 1}), never the test part")
+    path = write_datalist(
+        out, {"training": train, "validation": val, "test": test},
+        {"dataset": f"ISIC {year} task 1 (lesion segmentation)", "importer": "vmunet_monai.data.isic",
+         "raw": str(Path(raw).resolve()), "split": split, "how": how, "seed": seed},
+    )
+    print(f"ISIC {year}: {len(train)} training, {len(val)} validation, {len(test)} test images -> {path}")
+    return path
+
+
+def _lesion_image(height: int, width: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """A dermoscopy-like RGB image (skin texture, hairs, dark vignette) and its lesion mask."""
+    skin = np.array([rng.uniform(200, 240), rng.uniform(150, 190), rng.uniform(120, 160)], dtype=np.float32)
+    shade = 1 + 0.08 * smooth_noise(height, width, max(8, width // 4), rng)
+    grain = 6 * rng.standard_normal((height, width, 1)).astype(np.float32)
+    image = skin * shade[..., None] + grain
+    mask = random_blob_mask(height, width, rng, area_fraction=(0.12, 0.35), roughness=0.25)
+    lesion = np.array([rng.uniform(90, 150), rng.uniform(50, 90), rng.uniform(35, 70)], dtype=np.float32)
+    mottling = 1 + 0.25 * smooth_noise(height, width, max(4, width // 12), rng)
+    alpha = soft_edges(mask, sigma=rng.uniform(0.8, 2.0))[..., None]
+    image = (1 - alpha) * image + alpha * lesion * mottling[..., None]
+    for _ in range(rng.integers(0, 4)):  # hairs: thin dark curves across the image
+        t = np.linspace(0, 1, 4 * max(height, width))
+        y0, x0, y1, x1 = rng.uniform(0, 1, 4) * [height, width, height, width]
+        bend = rng.uniform(-0.2, 0.2) * min(height, width)
+        ys = np.clip(y0 + (y1 - y0) * t + bend * np.sin(np.pi * t), 0, height - 1).astype(int)
+        xs = np.clip(x0 + (x1 - x0) * t, 0, width - 1).astype(int)
+        image[ys, xs] = image[ys, xs] * 0.35
+    yy, xx = np.mgrid[0:height, 0:width]
+    r = np.sqrt(((yy - height / 2) / (height / 2)) ** 2 + ((xx - width / 2) / (width / 2)) ** 2)
+    image *= np.clip(1.25 - 0.45 * r, 0.2, 1)[..., None]  # dermatoscope vignette
+    return image, mask
+
+
+def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017) -> str:
+    """Write a synthetic ISIC dataset in the challenge layout under ``out`` (lesion-like blobs on skin texture).
+
+    Args:
+        out: output folder (the RAW argument of :func:`prepare`).
+        num: training images; the validation and test folders get ``max(2, num // 4)`` each.
+        seed: random seed (the same seed writes the same files).
+        year: 2017 or 2018 folder naming.
+
+    Returns:
+        ``out``.
+    """
+    if year not in (2017, 2018):
+        raise ValueError(f"year must be 2017 or 2018, got {year}")
+    if num < 2:
+        raise ValueError(f"num must be at least 2, got {num}")
+    rng = np.random.default_rng(seed)
+    root = Path(out)
+    if year == 2017:
+        names = {"train": ("ISIC-2017_Training_Data", "ISIC-2017_Training_Part1_GroundTruth"),
+                 "val": ("ISIC-2017_Validation_Data", "ISIC-2017_Validation_Part1_GroundTruth"),
+                 "test": ("ISIC-2017_Test_v2_Data", "ISIC-2017_Test_v2_Part1_GroundTruth")}
+    else:
+        names = {"train": ("ISIC2018_Task1-2_Training_Input", "ISIC2018_Task1_Training_GroundTruth"),
+                 "val": ("ISIC2018_Task1-2_Validation_Input", "ISIC2018_Task1_Validation_GroundTruth"),
+                 "test": ("ISIC2018_Task1-2_Test_Input", "ISIC2018_Task1_Test_GroundTruth")}
+    counts = {"train": num, "val": max(2, num // 4), "test": max(2, num // 4)}
+    index = 0
+    for role, (image_dir, mask_dir) in names.items():
+        for k in range(counts[role]):
+            width = int(rng.integers(112, 176))
+            height = int(width * rng.uniform(0.7, 0.9))
+            image, mask = _lesion_image(height, width, rng)
+            stem = f"ISIC_{index:07d}"
+            save_rgb(image, root / image_dir / f"{stem}.jpg")
+            save_mask(mask, root / mask_dir / f"{stem}_segmentation.png")
+            if year == 2017 and k == 0:  # the 2017 zips ship superpixel maps beside the images
+                save_rgb(rng.integers(0, 255, (height, width, 3)), root / image_dir / f"{stem}_superpixels.png")
+            index += 1
+    print(f"synthetic ISIC {year}: {sum(counts.values())} images ({counts}) -> {root}")
+    return str(root)

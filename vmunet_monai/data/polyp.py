@@ -1,0 +1,177 @@
+"""Colonoscopy polyp segmentation in the PraNet layout, and a synthetic stand-in.
+
+The PraNet release (used by VM-UNetV2) ships::
+
+    TrainDataset/{image|images}/*.png   TrainDataset/{mask|masks}/*.png        (900 Kvasir + 550 CVC-ClinicDB)
+    TestDataset/<set>/{images|image}/   TestDataset/<set>/{masks|mask}/         (5 sets)
+
+with the test sets CVC-300 (60), CVC-ClinicDB (62), Kvasir (100), CVC-ColonDB (380) and
+ETIS-LaribPolypDB (196). Images and masks share a file name (masks may be JPEG, binarised at
+half scale by the bundles). :func:`prepare` writes ``training`` and a seeded ``validation`` split
+carved from TrainDataset (the official code picked its checkpoint on the test sets; here the test
+sets are never seen before the final evaluation), and ``test`` with each item's ``dataset`` field
+naming its set, so evaluation reports every set separately.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from vmunet_monai.data.common import (
+    DatasetLayoutError,
+    list_images,
+    pair_images_and_masks,
+    random_blob_mask,
+    save_mask,
+    save_rgb,
+    smooth_noise,
+    soft_edges,
+    split_items,
+    write_datalist,
+)
+
+__all__ = ["TEST_SETS", "prepare", "demo_data", "find_pranet_root"]
+
+TEST_SETS = ("CVC-300", "CVC-ClinicDB", "Kvasir", "CVC-ColonDB", "ETIS-LaribPolypDB")
+_IMAGE_DIRS = ("images", "image", "Images", "Image")
+_MASK_DIRS = ("masks", "mask", "Masks", "Mask", "GT", "gt")
+
+
+def find_pranet_root(raw: str | os.PathLike, max_depth: int = 3) -> Path:
+    """The folder holding ``TrainDataset`` and ``TestDataset`` (``raw`` itself or a folder below it).
+
+    Raises:
+        DatasetLayoutError: if none is found.
+    """
+    raw = Path(raw)
+    if not raw.is_dir():
+        raise DatasetLayoutError(f"{raw}: not a folder (expected the PraNet TrainDataset/TestDataset download)")
+    for dirpath, dirnames, _ in os.walk(raw):
+        if "TrainDataset" in dirnames and "TestDataset" in dirnames:
+            return Path(dirpath)
+        if len(Path(dirpath).relative_to(raw).parts) >= max_depth:
+            dirnames[:] = []
+    raise DatasetLayoutError(
+        f"{raw}: no folder holding both TrainDataset/ and TestDataset/ (the PraNet layout: "
+        f"TrainDataset/images, TrainDataset/masks, TestDataset/<set>/images, TestDataset/<set>/masks)"
+    )
+
+
+def _sub(folder: Path, names) -> Path:
+    for n in names:
+        if (folder / n).is_dir():
+            return folder / n
+    raise DatasetLayoutError(f"{folder}: expected one of the subfolders {', '.join(names)}")
+
+
+def _pairs(folder: Path, dataset: str) -> list[dict]:
+    images = list_images(_sub(folder, _IMAGE_DIRS))
+    if not images:
+        raise DatasetLayoutError(f"{folder}: the image folder is empty")
+    pairs = pair_images_and_masks(images, _sub(folder, _MASK_DIRS))
+    return [{"image": str(i), "label": str(m), "name": i.stem, "dataset": dataset} for i, m in pairs]
+
+
+def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0) -> str:
+    """Write ``out/datalist.json`` from the PraNet polyp layout in ``raw``.
+
+    Args:
+        raw: the folder holding TrainDataset/ and TestDataset/ (or a folder above it).
+        out: output folder.
+        val_fraction: share of TrainDataset carved out (seeded) for validation and checkpoint selection.
+        seed: split seed.
+
+    Returns:
+        the path of the datalist.
+
+    Raises:
+        DatasetLayoutError: for a missing folder, an empty set or an image without a mask.
+    """
+    root = find_pranet_root(raw)
+    everything = _pairs(root / "TrainDataset", "TrainDataset")
+    val, train = split_items(everything, [val_fraction], seed)
+    test_root = root / "TestDataset"
+    present = sorted(p.name for p in test_root.iterdir() if p.is_dir())
+    if not present:
+        raise DatasetLayoutError(f"{test_root}: no test set folders (expected {', '.join(TEST_SETS)})")
+    order = [s for s in TEST_SETS if s in present] + [s for s in present if s not in TEST_SETS]
+    test, counts = [], {}
+    for name in order:
+        items = _pairs(test_root / name, name)
+        counts[name] = len(items)
+        test += items
+    missing = [s for s in TEST_SETS if s not in present]
+    path = write_datalist(
+        out, {"training": train, "validation": val, "test": test},
+        {"dataset": "polyp segmentation, PraNet protocol", "importer": "vmunet_monai.data.polyp",
+         "raw": str(root.resolve()), "test_sets": counts, "missing_test_sets": missing,
+         "how": f"training = TrainDataset minus validation ({val_fraction:g}, seed {seed}); test = each TestDataset set",
+         "seed": seed},
+    )
+    note = f" (missing: {', '.join(missing)})" if missing else ""
+    print(f"polyp: {len(train)} training, {len(val)} validation, test sets {counts}{note} -> {path}")
+    return path
+
+
+def _polyp_image(height: int, width: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """An endoscopy-like RGB frame (reddish mucosa, vessels, highlights, dark lumen) and its polyp mask."""
+    mucosa = np.array([rng.uniform(170, 215), rng.uniform(70, 105), rng.uniform(60, 90)], dtype=np.float32)
+    shade = 1 + 0.2 * smooth_noise(height, width, max(8, width // 3), rng)
+    image = mucosa * shade[..., None] + 5 * rng.standard_normal((height, width, 1)).astype(np.float32)
+    vessels = np.abs(smooth_noise(height, width, max(4, width // 10), rng)) < 0.04
+    image[vessels] *= np.array([0.8, 0.6, 0.6], dtype=np.float32)
+    mask = random_blob_mask(height, width, rng, area_fraction=(0.06, 0.25), roughness=0.1, center_jitter=0.25)
+    ys, xs = np.nonzero(mask)
+    cy, cx = ys.mean(), xs.mean()
+    radius = max(np.sqrt(mask.sum() / np.pi), 1.0)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    # dome lighting: brighter toward one side of the polyp, like a protrusion lit from the scope
+    ly, lx = rng.uniform(-0.5, 0.5, 2)
+    dome = 1.1 + 0.15 * (((yy - cy) * ly + (xx - cx) * lx) / radius) - 0.12 * (((yy - cy) ** 2 + (xx - cx) ** 2) / radius ** 2)
+    polyp = np.array([rng.uniform(200, 240), rng.uniform(110, 150), rng.uniform(90, 130)], dtype=np.float32)
+    texture = 1 + 0.1 * smooth_noise(height, width, max(3, width // 16), rng)
+    alpha = soft_edges(mask, sigma=rng.uniform(1.0, 2.0))[..., None]
+    image = (1 - alpha) * image + alpha * polyp * (dome * texture)[..., None]
+    for _ in range(rng.integers(2, 7)):  # specular highlights anywhere
+        hy, hx = rng.uniform(0, height), rng.uniform(0, width)
+        spot = ((yy - hy) ** 2 + (xx - hx) ** 2) < rng.uniform(1, 9)
+        image[spot] = 250
+    r = np.sqrt(((yy - height / 2) / (height / 2)) ** 2 + ((xx - width / 2) / (width / 2)) ** 2)
+    image *= np.clip(1.3 - 0.5 * r, 0.15, 1)[..., None]
+    return image, mask
+
+
+def demo_data(out: str, num: int = 48, seed: int = 0) -> str:
+    """Write a synthetic polyp dataset in the PraNet layout under ``out`` (polyp-like blobs on mucosa texture).
+
+    Args:
+        out: output folder (the RAW argument of :func:`prepare`).
+        num: TrainDataset images; each of the five test sets gets ``max(2, num // 8)``.
+        seed: random seed.
+
+    Returns:
+        ``out``.
+    """
+    if num < 2:
+        raise ValueError(f"num must be at least 2, got {num}")
+    rng = np.random.default_rng(seed)
+    root = Path(out)
+
+    def write(folder: Path, stem: str, ext: str = ".png") -> None:
+        width = int(rng.integers(112, 160))
+        height = int(width * rng.uniform(0.8, 1.0))
+        image, mask = _polyp_image(height, width, rng)
+        save_rgb(image, folder / "images" / f"{stem}{ext}")
+        save_mask(mask, folder / "masks" / f"{stem}.png")
+
+    for k in range(num):  # Kvasir-like hashed names and ClinicDB-like numbers, as in the real TrainDataset
+        write(root / "TrainDataset", f"cju{k:04x}kvsr" if k % 2 else str(k + 1))
+    per_set = max(2, num // 8)
+    for name in TEST_SETS:
+        for k in range(per_set):  # the same names recur across sets, as in the real release
+            write(root / "TestDataset" / name, str(k + 1), ".jpg" if name == "Kvasir" else ".png")
+    print(f"synthetic polyp data: {num} training images, {per_set} per test set x {len(TEST_SETS)} -> {root}")
+    return str(root)

@@ -1,0 +1,33 @@
+"""Shared MONAI training and evaluation pieces for the bundles (transforms, handlers, config helpers).
+
+Bundle configs reference these by dotted path, e.g. ``"_target_": "vmunet_monai.engine.TqdmProgressBar"``
+or ``"$vmunet_monai.engine.load_pretrained(@network_def, @pretrained_checkpoint)"``.
+"""
+
+from vmunet_monai.engine.handlers import (
+    BinarySegmentationReport,
+    OverlayWriter,
+    TqdmProgressBar,
+    TrainingCheckpoint,
+    item_name,
+)
+from vmunet_monai.engine.inferers import PlainTensorInferer
+from vmunet_monai.engine.transforms import BinarizeMaskd, FirstOutputd, gray_converter, rgb_converter
+from vmunet_monai.engine.utils import amp_dtype, amp_enabled, find_bundle, load_pretrained
+
+__all__ = [
+    "BinarizeMaskd",
+    "BinarySegmentationReport",
+    "FirstOutputd",
+    "OverlayWriter",
+    "PlainTensorInferer",
+    "TqdmProgressBar",
+    "TrainingCheckpoint",
+    "amp_dtype",
+    "amp_enabled",
+    "find_bundle",
+    "gray_converter",
+    "item_name",
+    "load_pretrained",
+    "rgb_converter",
+]

@@ -1,0 +1,72 @@
+"""Dictionary transforms the bundle configs use beside MONAI's own.
+
+All are MONAI ``MapTransform`` subclasses, so they compose with ``monai.transforms.Compose`` and
+travel through ``Invertd`` untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+__all__ = ["BinarizeMaskd", "FirstOutputd", "rgb_converter", "gray_converter"]
+
+
+def rgb_converter(image):
+    """PIL converter for ``PILReader(converter=...)``: any mode (L, P, RGBA, CMYK) to 3-channel RGB."""
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def gray_converter(image):
+    """PIL converter for masks: palette, RGB or RGBA masks to one 8-bit channel."""
+    return image if image.mode in ("L", "1", "I", "I;16") else image.convert("L")
+
+
+class BinarizeMaskd(MapTransform):
+    """Turn a stored mask into a 0/1 float mask.
+
+    Datasets store foreground as 255 (ISIC PNGs), as 1, or as lossy-JPEG grey levels around 255
+    (Kvasir). A value counts as foreground when it is at least half the mask's scale: 128 for
+    masks whose maximum is above 1, else 0.5. The same rule serves resized soft masks.
+
+    Args:
+        keys: keys of the masks.
+        allow_missing_keys: skip absent keys instead of raising.
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            mask = d[key]
+            scale_is_255 = bool((mask.max() > 1) if isinstance(mask, torch.Tensor) else np.max(mask) > 1)
+            threshold = 127.5 if scale_is_255 else 0.5
+            binary = mask >= threshold
+            d[key] = binary.to(torch.float32) if isinstance(binary, torch.Tensor) else binary.astype(np.float32)
+        return d
+
+
+class FirstOutputd(MapTransform):
+    """Keep the first element of a list/tuple output (the full-resolution head of a deep-supervision
+    network), so the usual post-processing and metrics apply; tensors pass through unchanged.
+
+    Args:
+        keys: output keys, usually ``"pred"``.
+        allow_missing_keys: skip absent keys instead of raising.
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor | Sequence[torch.Tensor]]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if isinstance(d[key], (list, tuple)):
+                d[key] = d[key][0]
+        return d

@@ -1,0 +1,83 @@
+"""Small helpers that bundle configs call in ``$`` expressions, and locating bundle folders."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+__all__ = ["load_pretrained", "amp_enabled", "amp_dtype", "find_bundle", "BUNDLES_ENV"]
+
+logger = logging.getLogger(__name__)
+
+BUNDLES_ENV = "VMUNET_BUNDLES_DIR"
+
+
+def load_pretrained(network: nn.Module, checkpoint: str | os.PathLike | None) -> nn.Module:
+    """Initialise ``network`` from an official checkpoint (VMamba v0 ImageNet weights such as
+    ``vmamba_small_e238_ema.pth``, or an official VM-UNet/VM-UNetV2 training checkpoint) and log what loaded.
+
+    Used in train.json as ``"$vmunet_monai.engine.load_pretrained(@network_def, @pretrained_checkpoint)"``;
+    a ``None`` or empty path returns the network untouched.
+
+    Raises:
+        FileNotFoundError: if the path does not exist.
+        vmunet_monai.weights.CheckpointError: if nothing in the checkpoint fits the network.
+    """
+    if checkpoint in (None, "", "None"):
+        return network
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained_checkpoint {path}: no such file")
+    from vmunet_monai.weights import CheckpointError, load_official_checkpoint
+
+    report = load_official_checkpoint(network, path, strict=False)
+    if not report.loaded:
+        raise CheckpointError(f"{path}: no tensor of this checkpoint fits {type(network).__name__}\n{report.summary()}")
+    logger.info("initialised %s from %s: %d tensors loaded\n%s", type(network).__name__, path, len(report.loaded),
+                report.summary())
+    return network
+
+
+def amp_enabled(amp: bool, device) -> bool:
+    """MONAI's engines autocast on CUDA only: AMP is on when asked for and the device is a GPU."""
+    return bool(amp) and torch.device(device).type == "cuda"
+
+
+def amp_dtype(name: str = "bfloat16") -> torch.dtype:
+    """``"bfloat16"`` or ``"float16"`` to the torch dtype for ``amp_kwargs``.
+
+    Raises:
+        ValueError: for any other name.
+    """
+    if name not in ("bfloat16", "float16"):
+        raise ValueError(f"amp_dtype must be 'bfloat16' or 'float16', got {name!r}")
+    return getattr(torch, name)
+
+
+def find_bundle(bundle: str | os.PathLike) -> Path:
+    """The folder of a bundle given by path or by name.
+
+    A name is looked up in ``$VMUNET_BUNDLES_DIR``, then in ``bundles/`` beside the installed
+    package (a source checkout), then in ``./bundles``.
+
+    Raises:
+        FileNotFoundError: naming every place searched.
+    """
+    candidate = Path(bundle)
+    if (candidate / "configs").is_dir():
+        return candidate.resolve()
+    roots = []
+    if os.environ.get(BUNDLES_ENV):
+        roots.append(Path(os.environ[BUNDLES_ENV]))
+    roots += [Path(__file__).resolve().parents[2] / "bundles", Path.cwd() / "bundles"]
+    for root in roots:
+        if (root / str(bundle) / "configs").is_dir():
+            return (root / str(bundle)).resolve()
+    searched = ", ".join(str(r / str(bundle)) for r in roots)
+    raise FileNotFoundError(
+        f"bundle {bundle!r} not found (searched {searched}); pass a bundle folder or set ${BUNDLES_ENV}"
+    )

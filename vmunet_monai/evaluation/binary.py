@@ -1,0 +1,223 @@
+"""Binary segmentation metrics the way the VM-UNet papers report them, and the per-image view beside them.
+
+Two families, always labelled:
+
+- **pooled** (paper-compatible): one confusion matrix over every pixel of every image in a test set,
+  prediction and ground truth binarised at 0.5; DSC = 2TP/(2TP+FP+FN), "mIoU" = TP/(TP+FP+FN)
+  (foreground IoU, which the papers call mIoU), Acc, Sen (recall), Spe. A ratio whose denominator is
+  zero is reported as 0, as the official code does.
+- **per-image**: Dice and IoU of each image, then mean and sample standard deviation over images.
+  An image whose ground truth and prediction are both empty scores 1 (nothing to find, nothing found).
+
+Records are plain dicts (``name``, ``group``, ``tp``, ``fp``, ``fn``, ``tn``), so the same functions
+serve an ignite handler, a script or a notebook.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "POOLED_LABEL",
+    "PER_IMAGE_LABEL",
+    "confusion_counts",
+    "pooled_metrics",
+    "image_dice_iou",
+    "make_record",
+    "summarize",
+    "format_summary",
+    "write_report",
+]
+
+POOLED_LABEL = (
+    "pooled over all pixels of the set (paper-compatible): one confusion matrix at threshold 0.5; "
+    "miou is the foreground IoU TP/(TP+FP+FN) that the papers call mIoU"
+)
+PER_IMAGE_LABEL = "per image, then mean and sample standard deviation over images (both-empty image scores 1)"
+
+
+def _as_bool(x, threshold: float) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32) >= threshold
+
+
+def confusion_counts(pred, target, threshold: float = 0.5) -> tuple[int, int, int, int]:
+    """Pixel counts (TP, FP, FN, TN) of one prediction against its ground truth.
+
+    Args:
+        pred: probabilities or a binary mask (tensor or array, any shape).
+        target: ground truth of the same number of elements (0/1, or soft values).
+        threshold: both are foreground where ``>= threshold``.
+
+    Raises:
+        ValueError: if the sizes differ.
+    """
+    p, t = _as_bool(pred, threshold), _as_bool(target, threshold)
+    if p.size != t.size:
+        raise ValueError(f"prediction has {p.size} elements ({p.shape}) but ground truth has {t.size} ({t.shape})")
+    p, t = p.reshape(-1), t.reshape(-1)
+    tp = int(np.count_nonzero(p & t))
+    fp = int(np.count_nonzero(p & ~t))
+    fn = int(np.count_nonzero(~p & t))
+    return tp, fp, fn, int(p.size - tp - fp - fn)
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den else 0.0
+
+
+def pooled_metrics(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
+    """The paper's metrics from one confusion matrix: ``miou`` (foreground IoU), ``dsc``, ``accuracy``,
+    ``sensitivity``, ``specificity``; a zero denominator gives 0."""
+    return {
+        "miou": _ratio(tp, tp + fp + fn),
+        "dsc": _ratio(2 * tp, 2 * tp + fp + fn),
+        "accuracy": _ratio(tp + tn, tp + fp + fn + tn),
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+    }
+
+
+def image_dice_iou(tp: int, fp: int, fn: int) -> tuple[float, float]:
+    """Dice and IoU of one image; both 1 when ground truth and prediction are empty."""
+    if tp + fp + fn == 0:
+        return 1.0, 1.0
+    return 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)
+
+
+def make_record(name: str, pred, target, group: str = "all", threshold: float = 0.5) -> dict:
+    """One per-image record: name, group, confusion counts, Dice and IoU."""
+    tp, fp, fn, tn = confusion_counts(pred, target, threshold)
+    dice, iou = image_dice_iou(tp, fp, fn)
+    return {"name": str(name), "group": str(group), "tp": tp, "fp": fp, "fn": fn, "tn": tn, "dice": dice, "iou": iou}
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def _summarize_one(records: Sequence[dict]) -> dict:
+    counts = {k: int(sum(r[k] for r in records)) for k in ("tp", "fp", "fn", "tn")}
+    dice_mean, dice_sd = _mean_sd([r["dice"] for r in records])
+    iou_mean, iou_sd = _mean_sd([r["iou"] for r in records])
+    return {
+        "n_images": len(records),
+        "pooled": pooled_metrics(**counts),
+        "per_image": {"dice_mean": dice_mean, "dice_sd": dice_sd, "iou_mean": iou_mean, "iou_sd": iou_sd},
+        "confusion_matrix": counts,
+    }
+
+
+def summarize(records: Iterable[dict], title: str = "") -> dict:
+    """Pooled and per-image metrics for all records and for each ``group`` (e.g. each polyp test set).
+
+    Returns:
+        ``{"title", "labels", "overall", "groups": {group: ...}}`` where each entry holds
+        ``n_images``, ``pooled`` (miou, dsc, accuracy, sensitivity, specificity), ``per_image``
+        (dice_mean, dice_sd, iou_mean, iou_sd) and the ``confusion_matrix`` counts.
+
+    Raises:
+        ValueError: if there are no records.
+    """
+    records = list(records)
+    if not records:
+        raise ValueError("no per-image records to summarise: the evaluated split was empty")
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r["group"], []).append(r)
+    return {
+        "title": title,
+        "labels": {"pooled": POOLED_LABEL, "per_image": PER_IMAGE_LABEL},
+        "overall": _summarize_one(records),
+        "groups": {g: _summarize_one(rs) for g, rs in groups.items()},
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """A fixed-width table of a :func:`summarize` result, one row per group (and one for all when several)."""
+    head = (f"{'set':<22}{'n':>5} | pooled: {'mIoU':>6} {'DSC':>6} {'Acc':>6} {'Sen':>6} {'Spe':>6} "
+            f"| per image: {'Dice mean±sd':>15} {'IoU mean±sd':>15}")
+    rows = ([summary["title"]] if summary.get("title") else []) + [head, "-" * len(head)]
+    entries = list(summary["groups"].items())
+    if len(entries) > 1:
+        entries.append(("all sets together", summary["overall"]))
+    for name, s in entries:
+        p, q = s["pooled"], s["per_image"]
+        rows.append(
+            f"{name[:22]:<22}{s['n_images']:>5} | pooled: {p['miou']:6.4f} {p['dsc']:6.4f} {p['accuracy']:6.4f} "
+            f"{p['sensitivity']:6.4f} {p['specificity']:6.4f} | per image: "
+            f"{q['dice_mean']:7.4f}±{q['dice_sd']:.4f} {q['iou_mean']:7.4f}±{q['iou_sd']:.4f}"
+        )
+    rows.append("pooled = " + POOLED_LABEL)
+    rows.append("per image = " + PER_IMAGE_LABEL)
+    return "\n".join(rows)
+
+
+def _plot(summary: dict, records: Sequence[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    names = list(summary["groups"])
+    fig, (ax_bar, ax_box) = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(names) + 4), 4))
+    x = np.arange(len(names))
+    width = 0.27
+    pooled_dsc = [summary["groups"][n]["pooled"]["dsc"] for n in names]
+    pooled_iou = [summary["groups"][n]["pooled"]["miou"] for n in names]
+    img_dice = [summary["groups"][n]["per_image"]["dice_mean"] for n in names]
+    img_sd = [summary["groups"][n]["per_image"]["dice_sd"] for n in names]
+    ax_bar.bar(x - width, pooled_dsc, width, label="pooled DSC")
+    ax_bar.bar(x, pooled_iou, width, label="pooled mIoU (foreground IoU)")
+    ax_bar.bar(x + width, img_dice, width, yerr=img_sd, capsize=3, label="per-image Dice (mean ± sd)")
+    ax_bar.set_xticks(x, names, rotation=20, ha="right")
+    ax_bar.set_ylim(0, 1.05)
+    ax_bar.set_title("metrics per set")
+    ax_bar.legend(fontsize=7, loc="lower right")
+    ax_box.boxplot([[r["dice"] for r in records if r["group"] == n] for n in names])
+    ax_box.set_xticks(np.arange(1, len(names) + 1), names, rotation=20, ha="right")
+    ax_box.set_ylim(0, 1.05)
+    ax_box.set_title("per-image Dice")
+    if summary.get("title"):
+        fig.suptitle(summary["title"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(records: Sequence[dict], output_dir: str | os.PathLike, prefix: str = "metrics",
+                 title: str = "", plot: bool = True) -> dict[str, str]:
+    """Write ``<prefix>_per_image.csv``, ``<prefix>_summary.json`` and ``<prefix>.png`` under ``output_dir``.
+
+    Returns:
+        paths by kind (``csv``, ``json``, ``plot``) and the ``summary`` dict itself under ``summary``.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(records, title)
+    csv_path = out / f"{prefix}_per_image.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["name", "group", "dice", "iou", "tp", "fp", "fn", "tn"])
+        writer.writeheader()
+        for r in records:
+            writer.writerow({k: r[k] for k in writer.fieldnames})
+    json_path = out / f"{prefix}_summary.json"
+    json_path.write_text(json.dumps(summary, indent=4) + "\n")
+    paths = {"csv": str(csv_path), "json": str(json_path), "summary": summary}
+    if plot:
+        plot_path = out / f"{prefix}.png"
+        _plot(summary, records, plot_path)
+        paths["plot"] = str(plot_path)
+    return paths
