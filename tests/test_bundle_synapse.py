@@ -1,0 +1,326 @@
+"""The synapse_multiorgan bundle: config properties, the input-space round trip (NIfTI and DICOM), and
+train -> evaluate -> infer through ``python -m monai.bundle`` plus a two-process gloo run, on tiny volumes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from vmunet_monai.data import synapse
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLE = os.path.join(REPO, "bundles", "synapse_multiorgan")
+CONFIGS = os.path.join(BUNDLE, "configs")
+TINY_NET = {
+    "network_def#dims": [8, 16, 32, 64],
+    "network_def#depths": [1, 1, 1, 1],
+    "network_def#depths_decoder": [1, 1, 1, 1],
+    "network_def#d_state": 4,
+}
+SMALL_RUN = {
+    "epochs": 1,
+    "iterations_per_epoch": 2,
+    "val_interval": 1,
+    "num_workers": 0,
+    "roi_size": [32, 32],
+    "slices_per_volume": 2,
+    "volumes_per_batch": 2,
+    "sw_batch_size": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Six synthetic 48x48x12 CT cases: 2 training, 2 validation, 2 test."""
+    root = tmp_path_factory.mktemp("synapse")
+    raw = synapse.demo_data(str(root / "raw"), num=6, seed=0, shape=(48, 48, 12))
+    synapse.prepare(raw, str(root / "prepared"), num_val=2)
+    return {
+        "root": root,
+        "raw": raw,
+        "images": os.path.join(raw, "Training", "img"),
+        "prepared": str(root / "prepared"),
+    }
+
+
+def _workflow(config_file, workflow_type, **overrides):
+    from monai.bundle import ConfigWorkflow
+
+    return ConfigWorkflow(
+        config_file=config_file,
+        meta_file=os.path.join(CONFIGS, "metadata.json"),
+        logging_file=os.path.join(CONFIGS, "logging.conf"),
+        workflow_type=workflow_type,
+        **overrides,
+    )
+
+
+def test_configs_are_formatted_as_the_model_zoo_requires():
+    for name in sorted(os.listdir(CONFIGS)):
+        if name.endswith(".json"):
+            text = open(os.path.join(CONFIGS, name)).read()
+            assert text == json.dumps(json.loads(text), indent=4) + "\n", f"{name}: not 4-space JSON"
+    meta = json.load(open(os.path.join(CONFIGS, "metadata.json")))
+    assert meta["version"] in meta["changelog"]
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 1
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [224, 224]
+    channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    assert channels["0"] == "background" and len(channels) == 9
+    assert [channels[str(k)] for k in synapse.ORGANS] == [v.replace("_", " ") for v in synapse.ORGANS.values()]
+    for name in ("LICENSE", "large_files.yml", os.path.join("docs", "README.md")):
+        assert os.path.isfile(os.path.join(BUNDLE, name)), name
+
+
+def test_check_properties_is_empty(data, tmp_path):
+    common = dict(bundle_root=str(tmp_path), dataset_dir=data["prepared"], **TINY_NET, **SMALL_RUN)
+    train = _workflow(os.path.join(CONFIGS, "train.json"), "train", **common)
+    train.initialize()
+    assert train.check_properties() == []
+    evaluate = _workflow(
+        [os.path.join(CONFIGS, "train.json"), os.path.join(CONFIGS, "evaluate.json")], "train", **common
+    )
+    evaluate.initialize()
+    assert evaluate.check_properties() == []
+    infer = _workflow(
+        os.path.join(CONFIGS, "inference.json"),
+        "infer",
+        bundle_root=str(tmp_path),
+        dataset_dir=data["images"],
+        **TINY_NET,
+    )
+    infer.initialize()
+    assert infer.check_properties() == []
+    assert type(infer.parser.get_parsed_content("inferer")).__name__ == "SliceInferer"
+    assert infer.parser.get_parsed_content("inferer").spatial_dim == 2
+
+
+class IntensityBands(torch.nn.Module):
+    """A stand-in segmenter that labels each pixel by its windowed intensity: 1 below -112.5 HU (gas),
+    0 from there to 0 HU, 5 above. Its output in the input space can be checked voxel by voxel."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("edges", torch.tensor([-112.5, 0.0]).add(125.0).div(400.0))  # HU -> [0, 1]
+
+    def forward(self, x):
+        x = x[:, :1]
+        low, high = self.edges
+        logits = torch.full((x.shape[0], 9, *x.shape[2:]), -50.0, dtype=x.dtype, device=x.device)
+        logits[:, 1:2] = 400.0 * (low - x)
+        logits[:, 0:1] = 400.0 * torch.minimum(x - low, high - x)
+        logits[:, 5:6] = 400.0 * (x - high)
+        return logits
+
+
+def _bands(hu):
+    return np.where(hu < -112.5, 1, np.where(hu < 0, 0, 5))
+
+
+def _dice(a, b):
+    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def _checkpoint(tmp_path, network):
+    path = str(tmp_path / "bands.pt")
+    torch.save(network.state_dict(), path)
+    return path
+
+
+def _asymmetric_volume(path):
+    """A 48x44x10 volume (0.8 x 0.7 x 3 mm, stored LPS-like) of fat (-100 HU) with an off-centre block
+    of soft tissue (60 HU) and one of gas (-1000 HU); no intensity path between them crosses a third band."""
+    hu = np.full((48, 44, 10), -100, dtype=np.int16)
+    hu[4:18, 4:16, 1:4] = 60
+    hu[30:42, 26:40, 6:9] = -1000
+    affine = np.diag([-0.8, -0.7, 3.0, 1.0])
+    affine[:3, 3] = [20.0, 15.0, -12.0]
+    nib.save(nib.Nifti1Image(hu, affine), path)
+    return path
+
+
+def test_prediction_returns_to_the_input_space(tmp_path):
+    """Orientation, resampling and Invertd: the segmentation lands on the input's voxels, not a flipped copy."""
+    from vmunet_monai.predict_volume import predict_volumes
+
+    network = IntensityBands()
+    image_path = _asymmetric_volume(str(tmp_path / "blocks.nii.gz"))
+    written = predict_volumes(
+        image_path,
+        str(tmp_path / "out"),
+        checkpoint=_checkpoint(tmp_path, network),
+        device="cpu",
+        network_def=network,
+        roi_size=[32, 32],
+        num_workers=0,
+    )
+    assert [os.path.basename(w) for w in written] == ["blocks_seg.nii.gz"]
+    source, seg = nib.load(image_path), nib.load(written[0])
+    assert seg.shape == source.shape and np.allclose(seg.affine, source.affine, atol=1e-5)
+    assert nib.aff2axcodes(seg.affine) == nib.aff2axcodes(source.affine) == ("L", "P", "S")
+    expected, got = _bands(np.asarray(source.dataobj)), np.asarray(seg.dataobj)
+    for organ in (1, 5):  # resampled to 1.8 mm in-plane and back: only the block borders may move
+        assert _dice(got == organ, expected == organ) > 0.85
+        for axis in range(3):  # any flip of an axis would be caught
+            assert _dice(np.flip(got, axis) == organ, expected == organ) < 0.3
+
+
+def _write_dicom_series(nifti_path, folder):
+    import SimpleITK as sitk
+
+    volume = sitk.ReadImage(nifti_path)
+    os.makedirs(folder)
+    direction = volume.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    tags = {
+        "0008|0060": "CT",
+        "0020|000d": "1.2.826.0.1.3680043.2.1125.1.1",
+        "0020|000e": "1.2.826.0.1.3680043.2.1125.1.2",
+        "0020|0037": "\\".join(
+            f"{v:.6f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7])
+        ),
+        "0018|0050": f"{volume.GetSpacing()[2]:.4f}",
+    }
+    for z in range(volume.GetDepth()):
+        sl = volume[:, :, z]
+        for tag, value in tags.items():
+            sl.SetMetaData(tag, value)
+        sl.SetMetaData("0020|0032", "\\".join(f"{v:.5f}" for v in volume.TransformIndexToPhysicalPoint((0, 0, z))))
+        sl.SetMetaData("0020|0013", str(z + 1))
+        sl.SetMetaData("0008|0018", f"1.2.826.0.1.3680043.2.1125.1.3.{z + 1}")
+        writer.SetFileName(os.path.join(folder, f"slice{z:03d}.dcm"))
+        writer.Execute(sl)
+
+
+def test_dicom_series_through_itk(tmp_path):
+    from monai.transforms import LoadImage
+
+    from vmunet_monai.predict_volume import find_volumes, predict_volumes
+
+    series = str(tmp_path / "series" / "ct_series")
+    _write_dicom_series(_asymmetric_volume(str(tmp_path / "blocks.nii.gz")), series)
+    assert find_volumes(str(tmp_path / "series")) == [series]
+    network = IntensityBands()
+    written = predict_volumes(
+        str(tmp_path / "series"),
+        str(tmp_path / "out"),
+        checkpoint=_checkpoint(tmp_path, network),
+        device="cpu",
+        network_def=network,
+        roi_size=[32, 32],
+        spacing=[1.0, 1.0, -1.0],
+        num_workers=0,
+    )
+    assert [os.path.basename(w) for w in written] == ["ct_series_seg.nii.gz"]
+    loaded = LoadImage(reader="ITKReader", image_only=True)(series)
+    seg = nib.load(written[0])
+    assert seg.shape == tuple(loaded.shape) and np.allclose(seg.affine, loaded.affine.numpy(), atol=1e-3)
+    assert _dice(np.asarray(seg.dataobj) == 1, _bands(loaded.numpy()) == 1) > 0.85
+    assert (
+        _dice(np.asarray(seg.dataobj) == 1, _bands(np.asarray(nib.load(str(tmp_path / "blocks.nii.gz")).dataobj)) == 1)
+        > 0.85
+    )
+
+
+def test_find_volumes_rejects_empty_folders(tmp_path):
+    from vmunet_monai.predict_volume import find_volumes
+
+    with pytest.raises(FileNotFoundError, match="no volumes"):
+        find_volumes(str(tmp_path))
+
+
+def _cli_args(overrides):
+    args = []
+    for key, value in overrides.items():
+        args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+    return args
+
+
+def _run(cmd, cwd, timeout=300):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    env["PYTHONIOENCODING"] = "utf-8"  # progress bars print non-ASCII characters
+    result = subprocess.run(
+        cmd, cwd=cwd, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout
+    )
+    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+@pytest.mark.slow
+def test_train_evaluate_infer_through_monai_bundle(data, tmp_path):
+    root = str(tmp_path / "bundle")
+    common = _cli_args({"bundle_root": root, "dataset_dir": data["prepared"], **TINY_NET, **SMALL_RUN})
+    train_json, eval_json = os.path.join(CONFIGS, "train.json"), os.path.join(CONFIGS, "evaluate.json")
+    _run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", train_json] + common, tmp_path)
+    assert os.path.isfile(os.path.join(root, "models", "model.pt"))
+
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "evaluating",
+            "--config_file",
+            json.dumps([train_json, eval_json]),
+        ]
+        + common,
+        tmp_path,
+    )
+    summary = json.load(open(os.path.join(root, "eval", "summary.json")))
+    assert summary["num_cases"] == 2 and "hd95_mm" in summary and "transunet_hd95_voxel" in summary
+    with open(os.path.join(root, "eval", "per_case.csv")) as f:
+        cases = [line.split(",")[0] for line in f.read().splitlines()[1:]]
+    test_cases = json.load(open(os.path.join(data["prepared"], "datalist.json")))["split"]["test"]
+    assert cases == [f"img{c}" for c in test_cases]
+    assert os.path.isfile(os.path.join(root, "eval", "organ_boxplot.png"))
+    assert os.path.isfile(os.path.join(root, "eval", f"montage_img{test_cases[0]}.png"))
+
+    out = str(tmp_path / "segmentations")
+    infer = _cli_args(
+        {
+            "bundle_root": root,
+            "dataset_dir": data["images"],
+            "output_dir": out,
+            "roi_size": [32, 32],
+            "num_workers": 0,
+            **TINY_NET,
+        }
+    )
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "inferring",
+            "--config_file",
+            os.path.join(CONFIGS, "inference.json"),
+        ]
+        + infer,
+        tmp_path,
+    )
+    for name in sorted(os.listdir(data["images"])):
+        source = nib.load(os.path.join(data["images"], name))
+        seg = nib.load(os.path.join(out, name.replace(".nii.gz", "_seg.nii.gz")))
+        assert seg.shape == source.shape
+        assert np.allclose(seg.affine, source.affine, atol=1e-5)
+        assert nib.aff2axcodes(seg.affine) == nib.aff2axcodes(source.affine)
+        assert set(np.unique(np.asarray(seg.dataobj))) <= set(range(9))
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_with_two_gloo_processes(data, tmp_path):
+    root = str(tmp_path / "bundle")
+    configs = json.dumps([os.path.join(CONFIGS, "train.json"), os.path.join(CONFIGS, "multi_gpu_train.json")])
+    args = _cli_args(
+        {"bundle_root": root, "dataset_dir": data["prepared"], **TINY_NET, **SMALL_RUN, "volumes_per_batch": 1}
+    )
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2"]
+    result = _run(torchrun + ["-m", "monai.bundle", "run", "training", "--config_file", configs] + args, tmp_path)
+    assert os.path.isfile(os.path.join(root, "models", "model.pt")), result.stdout[-2000:]

@@ -1,0 +1,154 @@
+"""Per-organ CT metrics: HD95 in millimetres against hand-computed values and a brute-force reference."""
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy.ndimage import binary_erosion
+
+from vmunet_monai.evaluation import ct
+
+SPACING = (0.5, 0.8, 4.0)  # anisotropic: voxels and millimetres disagree
+
+
+def _surface(mask):
+    return mask & ~binary_erosion(mask)
+
+
+def _brute_distances(a, b, spacing):
+    """Distances from every surface voxel of a to the nearest surface voxel of b, by exhaustive search."""
+    pa = np.argwhere(_surface(a)) * np.asarray(spacing, dtype=np.float64)
+    pb = np.argwhere(_surface(b)) * np.asarray(spacing, dtype=np.float64)
+    return np.sqrt(((pa[:, None, :] - pb[None, :, :]) ** 2).sum(-1)).min(axis=1)
+
+
+def test_hd95_in_mm_single_voxels_hand_computed():
+    gt = np.zeros((8, 8, 6), bool)
+    pred = np.zeros_like(gt)
+    gt[2, 2, 1] = True
+    pred[2, 4, 3] = True
+    # two voxels apart along y (0.8 mm each) and two along z (4 mm each)
+    assert ct.hd95_mm(pred, gt, SPACING) == pytest.approx(np.hypot(2 * 0.8, 2 * 4.0), rel=1e-6)  # 8.158 mm
+    assert ct.hd95_transunet(pred, gt) == pytest.approx(np.sqrt(8), rel=1e-6)  # 2.83 voxels
+
+
+def test_hd95_percentile_conventions_hand_computed():
+    gt = np.zeros((8, 8, 6), bool)
+    gt[2, 2, 1] = True
+    pred = gt.copy()
+    pred[6, 6, 5] = True  # one stray voxel 4 voxels away along every axis
+    d_mm = np.sqrt((4 * 0.5) ** 2 + (4 * 0.8) ** 2 + (4 * 4.0) ** 2)
+    # MONAI: max over directions of the 95th percentile; pred->gt distances are [0, d] -> 0.95 d
+    assert ct.hd95_mm(pred, gt, SPACING) == pytest.approx(0.95 * d_mm, rel=1e-6)
+    # medpy/TransUNet: 95th percentile of both directions pooled, [0, d, 0] -> 0.9 d, in voxels
+    assert ct.hd95_transunet(pred, gt) == pytest.approx(0.9 * np.sqrt(48), rel=1e-6)
+
+
+def test_hd95_matches_brute_force_on_random_masks():
+    rng = np.random.default_rng(1234)
+    for _ in range(5):
+        shape = tuple(rng.integers(6, 14, size=3))
+        spacing = tuple(rng.uniform(0.4, 5.0, size=3))
+        pred = rng.random(shape) < 0.15
+        gt = rng.random(shape) < 0.15
+        to_gt, to_pred = _brute_distances(pred, gt, spacing), _brute_distances(gt, pred, spacing)
+        expected_mm = max(np.percentile(to_gt, 95), np.percentile(to_pred, 95))
+        assert ct.hd95_mm(pred, gt, spacing) == pytest.approx(expected_mm, rel=1e-5)
+        pooled = np.concatenate([_brute_distances(pred, gt, (1, 1, 1)), _brute_distances(gt, pred, (1, 1, 1))])
+        assert ct.hd95_transunet(pred, gt) == pytest.approx(np.percentile(pooled, 95), rel=1e-5)
+
+
+def test_dice_of_shifted_boxes():
+    gt = np.zeros((10, 10, 10), bool)
+    gt[2:6, 2:6, 2:6] = True
+    pred = np.roll(gt, 1, axis=2)
+    assert ct.dice(pred, gt) == pytest.approx(2 * 48 / 128)
+    assert np.isnan(ct.dice(np.zeros_like(gt), np.zeros_like(gt)))
+
+
+def test_case_scores_edge_rules():
+    label = np.zeros((12, 12, 6), np.uint8)
+    label[1:4, 1:4, 1:3] = 1  # aorta: predicted exactly
+    label[6:9, 6:9, 2:4] = 5  # liver: missed
+    pred = np.zeros_like(label)
+    pred[1:4, 1:4, 1:3] = 1
+    pred[8:11, 1:3, 1:2] = 7  # spleen: predicted, absent from the ground truth
+    scores = ct.case_scores(pred[None], label, SPACING)
+    assert scores["status"]["aorta"] == "scored" and scores["dice"]["aorta"] == 1.0 and scores["hd95_mm"]["aorta"] == 0
+    assert (
+        scores["status"]["liver"] == "missed" and scores["dice"]["liver"] == 0 and np.isnan(scores["hd95_mm"]["liver"])
+    )
+    assert scores["status"]["spleen"] == "false_positive" and scores["dice"]["spleen"] == 0
+    assert scores["status"]["pancreas"] == "absent" and np.isnan(scores["dice"]["pancreas"])
+    # TransUNet table: missed (0, 0); predicted but absent (1, 0); not predicted and absent (0, 0)
+    assert (scores["transunet_dice"]["liver"], scores["transunet_hd95_voxel"]["liver"]) == (0.0, 0.0)
+    assert (scores["transunet_dice"]["spleen"], scores["transunet_hd95_voxel"]["spleen"]) == (1.0, 0.0)
+    assert (scores["transunet_dice"]["pancreas"], scores["transunet_hd95_voxel"]["pancreas"]) == (0.0, 0.0)
+    # one-hot channels are accepted and argmaxed
+    onehot = np.eye(9, dtype=np.float32)[pred].transpose(3, 0, 1, 2)
+    again = ct.case_scores(onehot, label, SPACING)["dice"]
+    np.testing.assert_equal(
+        [again[o] for o in ct.DEFAULT_ORGANS.values()], [scores["dice"][o] for o in ct.DEFAULT_ORGANS.values()]
+    )
+    with pytest.raises(ValueError, match="differs from label shape"):
+        ct.case_scores(pred[:-1], label, SPACING)
+
+
+def test_summary_means_and_writers(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(3):
+        label = np.zeros((16, 16, 6), np.uint8)
+        for organ in range(1, 9):
+            x, y = divmod(organ - 1, 4)
+            label[1 + 7 * x : 5 + 7 * x, 1 + 4 * y : 4 + 4 * y, 1:5] = organ
+        pred = label.copy()
+        pred[rng.random(label.shape) < 0.05] = 0
+        if i == 0:
+            pred[pred == 2] = 0  # gallbladder missed in case 0
+        scores = ct.case_scores(pred, label, SPACING)
+        scores["case"] = f"case{i}"
+        rows.append(scores)
+    summary = ct.summarize(rows)
+    gall = [r["dice"]["gallbladder"] for r in rows]
+    assert summary["dice"]["per_organ"]["gallbladder"]["mean"] == pytest.approx(np.mean(gall))
+    assert summary["hd95_mm"]["per_organ"]["gallbladder"]["n"] == 2  # undefined for the miss
+    assert summary["counts"]["missed"]["gallbladder"] == 1
+    organ_means = [summary["dice"]["per_organ"][o]["mean"] for o in summary["organs"]]
+    assert summary["dice"]["mean_over_organs"] == pytest.approx(np.mean(organ_means))
+    csv_path = ct.write_case_csv(rows, str(tmp_path / "per_case.csv"))
+    lines = open(csv_path).read().splitlines()
+    assert len(lines) == 4 and "hd95_mm_liver" in lines[0] and "transunet_hd95_voxel_liver" in lines[0]
+    assert os.path.getsize(ct.plot_organ_boxes(rows, str(tmp_path / "box.png"))) > 1000
+
+
+def test_evaluate_files_writes_everything(tmp_path):
+    affine = np.diag([-0.7, -0.7, 3.0, 1.0])
+    label = np.zeros((20, 20, 6), np.uint8)
+    label[3:9, 3:9, 1:5] = 5
+    label[12:15, 12:15, 2:4] = 1
+    pred = label.copy()
+    pred[12:15, 12:15, 2:4] = 0  # aorta missed
+    image = np.where(label > 0, 60, -100).astype(np.int16)
+    for name, arr in (("pred.nii.gz", pred), ("label.nii.gz", label), ("img.nii.gz", image)):
+        nib.save(nib.Nifti1Image(arr, affine), str(tmp_path / name))
+    out = tmp_path / "eval"
+    summary = ct.evaluate_files(
+        [str(tmp_path / "pred.nii.gz")],
+        [str(tmp_path / "label.nii.gz")],
+        str(out),
+        montage_image=str(tmp_path / "img.nii.gz"),
+    )
+    assert summary["dice"]["per_organ"]["liver"]["mean"] == 1.0
+    assert summary["counts"]["missed"]["aorta"] == 1
+    saved = json.load(open(out / "summary.json"))
+    assert saved["hd95_mm"]["per_organ"]["aorta"]["mean"] is None  # undefined, written as null
+    assert saved["transunet_hd95_voxel"]["per_organ"]["aorta"]["mean"] == 0.0  # the inherited rule scores 0
+    assert {"per_case.csv", "summary.json", "organ_boxplot.png", "montage_label.png"} <= set(os.listdir(out))
+
+
+def test_spacing_from_affine():
+    affine = np.array([[0, -0.7, 0, 1], [0.8, 0, 0, 2], [0, 0, 3.0, 3], [0, 0, 0, 1]])
+    assert ct.spacing_from_affine(affine) == pytest.approx((0.8, 0.7, 3.0))

@@ -1,0 +1,113 @@
+"""Synapse importer (RawData and the TransUNet release) and the synthetic CT demo volumes."""
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from vmunet_monai.data import synapse
+
+
+def _load_list(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_btcv_label_map_keeps_the_eight_organs():
+    btcv = np.arange(14).reshape(2, 7)
+    mapped = synapse.map_btcv_labels(btcv)
+    expected = {0: 0, 1: 7, 2: 4, 3: 3, 4: 2, 5: 0, 6: 5, 7: 8, 8: 1, 9: 0, 10: 0, 11: 6, 12: 0, 13: 0}
+    assert {int(b): int(m) for b, m in zip(btcv.ravel(), mapped.ravel())} == expected
+    assert mapped.dtype == np.uint8
+    with pytest.raises(ValueError, match="0-13"):
+        synapse.map_btcv_labels(np.array([0, 14]))
+
+
+def test_demo_then_prepare_rawdata(tmp_path):
+    raw = synapse.demo_data(str(tmp_path / "demo"), num=5, seed=3, shape=(32, 32, 8))
+    assert raw.endswith("RawData")
+    out = tmp_path / "prepared"
+    datalist = _load_list(synapse.prepare(str(tmp_path / "demo"), str(out)))  # the parent of RawData works too
+    train, val, test = (set(e["case"] for e in datalist[k]) for k in ("training", "validation", "test"))
+    assert train and val and test
+    assert not (train & val) and not (train & test) and not (val & test)
+    assert {int(c) for c in test} <= set(synapse.STANDARD_TEST_CASES)
+    assert {int(c) for c in train | val} <= set(synapse.STANDARD_TRAIN_CASES)
+    entry = datalist["training"][0]
+    image = nib.load(os.path.join(out, entry["image"]))
+    label = nib.load(os.path.join(out, entry["label"]))
+    raw_label = nib.load(os.path.join(raw, "Training", "label", f"label{entry['case']}.nii.gz"))
+    zooms = image.header.get_zooms()
+    assert zooms[2] > 2 * zooms[0]  # anisotropic: slices much thicker than the in-plane spacing
+    assert image.shape == label.shape == (32, 32, 8) and np.allclose(image.affine, label.affine)
+    hu = np.asarray(image.dataobj)
+    assert hu.min() <= -900 and 40 < np.median(hu[np.asarray(raw_label.dataobj) == 6]) < 80  # air; liver ~60 HU
+    mapped, btcv = np.asarray(label.dataobj), np.asarray(raw_label.dataobj)
+    assert set(np.unique(mapped)) <= set(range(9))
+    for btcv_value, organ in synapse.BTCV_TO_SYNAPSE.items():
+        assert np.array_equal(mapped == organ, btcv == btcv_value)
+
+
+def test_standard_split_and_seeded_validation(tmp_path):
+    synapse.demo_data(str(tmp_path / "demo"), num=30, shape=(8, 8, 8))
+    a = _load_list(synapse.prepare(str(tmp_path / "demo" / "RawData"), str(tmp_path / "a"), seed=1))
+    b = _load_list(synapse.prepare(str(tmp_path / "demo" / "RawData"), str(tmp_path / "b"), seed=1))
+    c = _load_list(synapse.prepare(str(tmp_path / "demo" / "RawData"), str(tmp_path / "c"), seed=2, num_val=4))
+    assert [int(x) for x in a["split"]["test"]] == list(synapse.STANDARD_TEST_CASES)
+    assert sorted(int(x) for x in a["split"]["training"] + a["split"]["validation"]) == list(
+        synapse.STANDARD_TRAIN_CASES
+    )
+    assert len(a["split"]["validation"]) == 3 and a["split"] == b["split"]
+    assert len(c["split"]["validation"]) == 4
+    with pytest.raises(ValueError, match="num_val"):
+        synapse.prepare(str(tmp_path / "demo"), str(tmp_path / "d"), num_val=18)
+
+
+def test_transunet_release_converted_with_stated_spacing(tmp_path):
+    h5py = pytest.importorskip("h5py", reason="the TransUNet test volumes are HDF5 files (pip install h5py)")
+    rng = np.random.default_rng(0)
+    root = tmp_path / "Synapse"
+    (root / "train_npz").mkdir(parents=True)
+    (root / "test_vol_h5").mkdir()
+    volumes = {}
+    for case in (5, 6, 7):
+        image = rng.random((4, 16, 16)).astype(np.float32)
+        label = rng.integers(0, 9, size=(4, 16, 16)).astype(np.uint8)
+        volumes[case] = (image, label)
+        for z in range(4):
+            np.savez(root / "train_npz" / f"case{case:04d}_slice{z:03d}.npz", image=image[z], label=label[z])
+    image = rng.random((3, 16, 16)).astype(np.float32)
+    label = rng.integers(0, 9, size=(3, 16, 16)).astype(np.uint8)
+    volumes[1] = (image, label)
+    with h5py.File(root / "test_vol_h5" / "case0001.npy.h5", "w") as f:
+        f["image"], f["label"] = image, label
+    out = tmp_path / "out"
+    datalist = _load_list(synapse.prepare(str(tmp_path), str(out), spacing="0.7,0.7,2.5"))
+    assert datalist["spacing_mm"] == [0.7, 0.7, 2.5]
+    assert [e["case"] for e in datalist["test"]] == ["0001"]
+    entries = {e["case"]: e for k in ("training", "validation", "test") for e in datalist[k]}
+    assert sorted(entries) == ["0001", "0005", "0006", "0007"]
+    for case, (image, label) in volumes.items():
+        img = nib.load(os.path.join(out, entries[f"{case:04d}"]["image"]))
+        lab = nib.load(os.path.join(out, entries[f"{case:04d}"]["label"]))
+        assert img.shape == (16, 16, image.shape[0])
+        assert np.allclose(img.header.get_zooms(), (0.7, 0.7, 2.5))
+        # HU restored so that the bundle's [-125, 275] window gives the released values back
+        restored = (np.asarray(img.dataobj) + 125) / 400
+        assert np.allclose(np.transpose(restored, (2, 0, 1)), image, atol=1e-5)
+        assert np.array_equal(np.transpose(np.asarray(lab.dataobj), (2, 0, 1)), label)
+
+
+def test_unknown_layout_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a Synapse dataset"):
+        synapse.prepare(str(tmp_path), str(tmp_path / "out"))
+
+
+def test_cli_dispatch(tmp_path):
+    from vmunet_monai.data import demo_data, prepare
+
+    demo_data("synapse_multiorgan", str(tmp_path / "raw"), num=4)
+    path = prepare("synapse_multiorgan", str(tmp_path / "raw"), str(tmp_path / "out"))
+    assert len(_load_list(path)["test"]) == 2

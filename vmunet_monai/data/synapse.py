@@ -1,0 +1,411 @@
+"""Synapse multi-organ CT (BTCV): importer for the two layouts people hold, and synthetic demo volumes.
+
+Layouts read by :func:`prepare`:
+
+* **RawData** as downloaded from synapse.org (``RawData.zip``): ``Training/img/img00XX.nii.gz`` and
+  ``Training/label/label00XX.nii.gz`` with the 13 BTCV labels. The images are referenced in place;
+  the labels are mapped to the 8 evaluated organs and written to ``OUT/labels``.
+* **TransUNet release** (``train_npz/caseXXXX_sliceYYY.npz`` and ``test_vol_h5/caseXXXX.npy.h5``):
+  slices and volumes already windowed to [-125, 275] HU and scaled to [0, 1], without spacing.
+  They are converted back to Hounsfield units (``x * 400 - 125``, so the bundle's window gives the
+  same values again) and written as NIfTI volumes with a spacing the caller states.
+
+Both write ``OUT/datalist.json`` with ``training``, ``validation`` and ``test`` lists of
+``{"case", "image", "label"}`` (paths relative to ``OUT`` where possible), the standard 18/12 case
+split, and a seeded validation split drawn from the training cases only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "BTCV_TO_SYNAPSE",
+    "ORGANS",
+    "STANDARD_TEST_CASES",
+    "STANDARD_TRAIN_CASES",
+    "TRANSUNET_DEFAULT_SPACING",
+    "demo_data",
+    "map_btcv_labels",
+    "prepare",
+]
+
+# channel / label value -> organ, as evaluated by TransUNet and the VM-UNet papers
+ORGANS = {
+    1: "aorta",
+    2: "gallbladder",
+    3: "left_kidney",
+    4: "right_kidney",
+    5: "liver",
+    6: "pancreas",
+    7: "spleen",
+    8: "stomach",
+}
+# BTCV label values: 1 spleen, 2 right kidney, 3 left kidney, 4 gallbladder, 5 esophagus, 6 liver,
+# 7 stomach, 8 aorta, 9 inferior vena cava, 10 portal and splenic veins, 11 pancreas,
+# 12 right adrenal gland, 13 left adrenal gland. Unlisted values become background.
+BTCV_TO_SYNAPSE = {8: 1, 4: 2, 3: 3, 2: 4, 6: 5, 11: 6, 1: 7, 7: 8}
+
+STANDARD_TRAIN_CASES = (5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28, 30, 31, 33, 34, 37, 39, 40)
+STANDARD_TEST_CASES = (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38)
+
+# The TransUNet release drops the spacing. 0.76 mm is close to the in-plane median of the 30 labelled
+# BTCV scans (0.54-0.98 mm) and 3 mm to their slice thickness median (2.5-5 mm); pass the real values if known.
+TRANSUNET_DEFAULT_SPACING = (0.76, 0.76, 3.0)
+HU_WINDOW = (-125.0, 275.0)
+
+_RAW_IMAGE = re.compile(r"^img(\d+)\.nii(\.gz)?$")
+_NPZ_SLICE = re.compile(r"^case(\d+)_slice(\d+)\.npz$")
+_H5_VOLUME = re.compile(r"^case(\d+)\.npy\.h5$")
+
+
+def map_btcv_labels(label: np.ndarray) -> np.ndarray:
+    """Map BTCV label values (0-13) to the 8 evaluated organs (0 = background), as ``uint8``.
+
+    Raises:
+        ValueError: if the array holds values outside 0-13 (not a BTCV label map).
+    """
+    values = np.unique(label)
+    bad = values[(values < 0) | (values > 13) | (values != np.round(values))]
+    if bad.size:
+        raise ValueError(f"BTCV labels must be integers 0-13, found {bad[:5].tolist()}")
+    lut = np.zeros(14, dtype=np.uint8)
+    for btcv, organ in BTCV_TO_SYNAPSE.items():
+        lut[btcv] = organ
+    return lut[np.asarray(label).astype(np.int64)]
+
+
+def _find_layout(raw: str) -> tuple[str, str]:
+    """('rawdata', folder holding Training/) or ('transunet', folder holding train_npz/ and test_vol_h5/)."""
+    for candidate in (raw, os.path.join(raw, "RawData"), os.path.join(raw, "Abdomen", "RawData")):
+        if os.path.isdir(os.path.join(candidate, "Training", "img")):
+            return "rawdata", candidate
+    for candidate in (raw, os.path.join(raw, "Synapse"), os.path.join(raw, "data", "Synapse")):
+        if os.path.isdir(os.path.join(candidate, "train_npz")) or os.path.isdir(os.path.join(candidate, "test_vol_h5")):
+            return "transunet", candidate
+    raise FileNotFoundError(
+        f"{raw}: not a Synapse dataset. Expected either RawData (Training/img/img00XX.nii.gz and "
+        "Training/label/label00XX.nii.gz, possibly under RawData/) or the TransUNet release "
+        "(train_npz/caseXXXX_sliceYYY.npz and test_vol_h5/caseXXXX.npy.h5)."
+    )
+
+
+def _relative(path: str, out: str) -> str:
+    """Path relative to ``out`` when it lies inside it, else absolute (the datalist's base dir is ``out``)."""
+    path, out = os.path.abspath(path), os.path.abspath(out)
+    return os.path.relpath(path, out) if os.path.commonpath([path, out]) == out else path
+
+
+def _split_cases(cases: Sequence[int], num_val: int | None, seed: int) -> dict[str, list[int]]:
+    """Standard 18/12 split; validation drawn (seeded) from the training cases, never from the test cases."""
+    unknown = sorted(set(cases) - set(STANDARD_TRAIN_CASES) - set(STANDARD_TEST_CASES))
+    if unknown:
+        warnings.warn(f"cases {unknown} are not among the 30 labelled Synapse cases; they join the training pool")
+    pool = sorted(c for c in cases if c not in STANDARD_TEST_CASES)
+    test = sorted(c for c in cases if c in STANDARD_TEST_CASES)
+    if len(pool) < 2:
+        raise ValueError(f"need at least 2 training cases to draw a validation split, found {pool}")
+    if num_val is None:  # 3 of the 18 standard training cases; proportionally fewer for smaller sets
+        num_val = max(1, round(len(pool) / 6))
+    if not 1 <= num_val < len(pool):
+        raise ValueError(f"num_val={num_val} must be between 1 and {len(pool) - 1} (training cases: {len(pool)})")
+    rng = np.random.default_rng(seed)
+    val = sorted(int(c) for c in rng.choice(pool, size=num_val, replace=False))
+    train = [c for c in pool if c not in val]
+    return {"training": train, "validation": val, "test": test}
+
+
+def _write_datalist(out: str, entries: dict[int, dict], split: dict[str, list[int]], extra: dict) -> str:
+    datalist = {key: [entries[c] for c in split[key]] for key in ("training", "validation", "test")}
+    datalist["labels"] = {"0": "background", **{str(k): v for k, v in ORGANS.items()}}
+    datalist["split"] = {key: [f"{c:04d}" for c in split[key]] for key in ("training", "validation", "test")}
+    datalist.update(extra)
+    path = os.path.join(out, "datalist.json")
+    with open(path, "w") as f:
+        json.dump(datalist, f, indent=4)
+    print(
+        f"wrote {path}: {len(split['training'])} training, {len(split['validation'])} validation, "
+        f"{len(split['test'])} test cases"
+    )
+    return path
+
+
+def _prepare_rawdata(root: str, out: str, num_val: int | None, seed: int) -> str:
+    import nibabel as nib
+    from tqdm import tqdm
+
+    img_dir, lab_dir = os.path.join(root, "Training", "img"), os.path.join(root, "Training", "label")
+    cases = {}
+    for name in sorted(os.listdir(img_dir)):
+        match = _RAW_IMAGE.match(name)
+        if match:
+            cases[int(match.group(1))] = os.path.join(img_dir, name)
+    if not cases:
+        raise FileNotFoundError(f"{img_dir}: no img00XX.nii.gz files")
+    os.makedirs(os.path.join(out, "labels"), exist_ok=True)
+    entries = {}
+    for case, image in tqdm(sorted(cases.items()), desc="labels -> 8 organs"):
+        ext = ".nii.gz" if image.endswith(".gz") else ".nii"
+        label_in = os.path.join(lab_dir, f"label{case:04d}{ext}")
+        if not os.path.exists(label_in):
+            raise FileNotFoundError(f"{label_in}: missing label for {image}")
+        img_hdr, lab = nib.load(image), nib.load(label_in)
+        if img_hdr.shape != lab.shape or not np.allclose(img_hdr.affine, lab.affine, atol=1e-3):
+            raise ValueError(
+                f"{label_in}: shape {lab.shape} / affine do not match the image {image} {img_hdr.shape}; "
+                "image and label must share one grid"
+            )
+        mapped = map_btcv_labels(np.asarray(lab.dataobj))
+        label_out = os.path.join(out, "labels", f"label{case:04d}.nii.gz")
+        mapped_img = nib.Nifti1Image(mapped, lab.affine, lab.header)
+        mapped_img.set_data_dtype(np.uint8)
+        nib.save(mapped_img, label_out)
+        entries[case] = {"case": f"{case:04d}", "image": _relative(image, out), "label": _relative(label_out, out)}
+    split = _split_cases(list(entries), num_val, seed)
+    return _write_datalist(out, entries, split, {"source": "RawData", "seed": seed})
+
+
+def _to_hu(scaled: np.ndarray) -> np.ndarray:
+    low, high = HU_WINDOW
+    return (np.asarray(scaled, dtype=np.float32) * (high - low) + low).astype(np.float32)
+
+
+def _save_volume(image_dhw: np.ndarray, label_dhw: np.ndarray, spacing, img_path: str, lab_path: str):
+    """(D, H, W) arrays -> NIfTI (H, W, D) with a diagonal affine of ``spacing``."""
+    import nibabel as nib
+
+    affine = np.diag([float(spacing[0]), float(spacing[1]), float(spacing[2]), 1.0])
+    image = nib.Nifti1Image(np.ascontiguousarray(np.transpose(_to_hu(image_dhw), (1, 2, 0))), affine)
+    label = nib.Nifti1Image(np.ascontiguousarray(np.transpose(label_dhw, (1, 2, 0))).astype(np.uint8), affine)
+    for img in (image, label):
+        img.header.set_xyzt_units("mm")
+    nib.save(image, img_path)
+    nib.save(label, lab_path)
+
+
+def _prepare_transunet(root: str, out: str, num_val: int | None, seed: int, spacing: Sequence[float]) -> str:
+    from tqdm import tqdm
+
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing={spacing}: give three positive millimetre values (x, y, z)")
+    img_dir, lab_dir = os.path.join(out, "images"), os.path.join(out, "labels")
+    os.makedirs(img_dir, exist_ok=True)
+    os.makedirs(lab_dir, exist_ok=True)
+    entries = {}
+
+    slices: dict[int, list[tuple[int, str]]] = {}
+    npz_dir = os.path.join(root, "train_npz")
+    if os.path.isdir(npz_dir):
+        for name in os.listdir(npz_dir):
+            match = _NPZ_SLICE.match(name)
+            if match:
+                slices.setdefault(int(match.group(1)), []).append((int(match.group(2)), os.path.join(npz_dir, name)))
+    for case, items in tqdm(sorted(slices.items()), desc="train_npz -> NIfTI"):
+        items.sort()
+        index = [i for i, _ in items]
+        if index != list(range(index[0], index[0] + len(index))):
+            warnings.warn(f"case{case:04d}: train_npz slice numbers are not contiguous; stacked in sorted order")
+        images, labels = [], []
+        for _, path in items:
+            with np.load(path) as data:
+                if "image" not in data or "label" not in data:
+                    raise KeyError(f"{path}: expected arrays 'image' and 'label', found {list(data.keys())}")
+                images.append(data["image"])
+                labels.append(data["label"])
+        shapes = {a.shape for a in images} | {a.shape for a in labels}
+        if len(shapes) != 1:
+            raise ValueError(f"case{case:04d}: train_npz slices have different shapes {sorted(shapes)}")
+        entries[case] = _convert_case(case, np.stack(images), np.stack(labels), spacing, out, img_dir, lab_dir)
+
+    h5_dir = os.path.join(root, "test_vol_h5")
+    h5_files = sorted(f for f in os.listdir(h5_dir) if _H5_VOLUME.match(f)) if os.path.isdir(h5_dir) else []
+    if h5_files:
+        try:
+            import h5py
+        except ImportError as exc:
+            raise ImportError(f"{h5_dir}: reading .npy.h5 volumes needs h5py (pip install h5py)") from exc
+        for name in tqdm(h5_files, desc="test_vol_h5 -> NIfTI"):
+            case = int(_H5_VOLUME.match(name).group(1))
+            with h5py.File(os.path.join(h5_dir, name), "r") as data:
+                image, label = data["image"][:], data["label"][:]
+            if image.ndim != 3 or image.shape != label.shape:
+                raise ValueError(
+                    f"{name}: expected (D, H, W) image and label of one shape, got {image.shape}, {label.shape}"
+                )
+            entries[case] = _convert_case(case, image, label, spacing, out, img_dir, lab_dir)
+    if not entries:
+        raise FileNotFoundError(
+            f"{root}: no caseXXXX_sliceYYY.npz in train_npz/ and no caseXXXX.npy.h5 in test_vol_h5/"
+        )
+    split = _split_cases(list(entries), num_val, seed)
+    extra = {
+        "source": "TransUNet npz/h5",
+        "seed": seed,
+        "spacing_mm": list(spacing),
+        "note": "spacing stated at conversion (the release has none); intensities restored to HU as x*400-125",
+    }
+    return _write_datalist(out, entries, split, extra)
+
+
+def _convert_case(case, image, label, spacing, out, img_dir, lab_dir) -> dict:
+    if label.max() > 8 or label.min() < 0:
+        raise ValueError(f"case{case:04d}: TransUNet labels must be 0-8, found range {label.min()}-{label.max()}")
+    img_path = os.path.join(img_dir, f"img{case:04d}.nii.gz")
+    lab_path = os.path.join(lab_dir, f"label{case:04d}.nii.gz")
+    _save_volume(image, label, spacing, img_path, lab_path)
+    return {"case": f"{case:04d}", "image": _relative(img_path, out), "label": _relative(lab_path, out)}
+
+
+def prepare(
+    raw: str, out: str, num_val: int | None = None, seed: int = 0, spacing: Sequence[float] | None = None
+) -> str:
+    """Write ``out/datalist.json`` from Synapse RawData or the TransUNet npz/h5 release (detected from the layout).
+
+    Args:
+        raw: the RawData folder (or its parent), or the TransUNet ``Synapse`` folder.
+        out: output folder: datalist.json, mapped labels (and converted volumes for the TransUNet release).
+        num_val: validation cases drawn from the training cases (seeded); default 3 of the standard 18
+            (one in six of the training cases).
+        seed: seed of the validation draw.
+        spacing: (x, y, z) in mm for the TransUNet release, which carries none
+            (default :data:`TRANSUNET_DEFAULT_SPACING`); ignored for RawData, whose headers hold it.
+
+    Returns:
+        The path of the datalist.
+
+    Raises:
+        FileNotFoundError: if ``raw`` holds neither layout, or a label file is missing.
+        ValueError: for labels outside the expected values or mismatched image/label grids.
+    """
+    if isinstance(spacing, str):
+        spacing = [float(s) for s in spacing.split(",")]
+    layout, root = _find_layout(raw)
+    os.makedirs(out, exist_ok=True)
+    if layout == "rawdata":
+        return _prepare_rawdata(root, out, num_val, int(seed))
+    return _prepare_transunet(root, out, num_val, int(seed), spacing or TRANSUNET_DEFAULT_SPACING)
+
+
+# ----------------------------------------------------------------------------------------------------
+# synthetic CT
+
+
+def _ellipsoid(grid, center, radii) -> np.ndarray:
+    x, y, z = grid
+    return ((x - center[0]) / radii[0]) ** 2 + ((y - center[1]) / radii[1]) ** 2 + (
+        (z - center[2]) / radii[2]
+    ) ** 2 <= 1
+
+
+def _phantom(shape, spacing, rng):
+    """HU volume and BTCV label map of a crude abdomen; world coordinates in mm, RAS: +x = patient right, +y = anterior."""
+    size = np.asarray(shape) * np.asarray(spacing)
+    axes = [(np.arange(n) + 0.5) * s - L / 2 for n, s, L in zip(shape, spacing, size)]
+    grid = np.meshgrid(*axes, indexing="ij")
+    x, y, z = grid
+    jitter = lambda scale: rng.uniform(1 - scale, 1 + scale)  # noqa: E731
+    body_a, body_b = 0.42 * size[0] * jitter(0.05), 0.30 * size[1] * jitter(0.05)
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    label = np.zeros(shape, dtype=np.uint8)
+    body = (x / body_a) ** 2 + (y / body_b) ** 2 <= 1
+    hu[body] = -90.0  # subcutaneous and visceral fat
+    hu[((x / (body_a * 0.9)) ** 2 + (y / (body_b * 0.88)) ** 2 <= 1)] = 35.0  # muscle wall / soft tissue
+    hu[((x / (body_a * 0.8)) ** 2 + (y / (body_b * 0.75)) ** 2 <= 1)] = -60.0  # abdominal cavity fat
+    spine = (x**2 + ((y + 0.62 * body_b) / 1.1) ** 2) <= (0.11 * body_b) ** 2
+    hu[spine] = 450.0
+    zr = size[2] / 2
+    # (BTCV label, HU, centre as fractions of the body radii / half height, radii as fractions)
+    organs = [
+        (6, 60, (0.42, 0.05, 0.35), (0.38, 0.55, 0.55)),  # liver, patient right
+        (4, 10, (0.30, 0.30, 0.05), (0.10, 0.14, 0.22)),  # gallbladder below the liver
+        (1, 50, (-0.55, -0.25, 0.35), (0.14, 0.24, 0.35)),  # spleen, patient left and posterior
+        (7, 20, (-0.32, 0.30, 0.30), (0.22, 0.25, 0.40)),  # stomach, left anterior
+        (3, 180, (-0.35, -0.45, -0.15), (0.10, 0.17, 0.35)),  # left kidney (contrast-enhanced cortex)
+        (2, 180, (0.35, -0.45, -0.25), (0.10, 0.17, 0.35)),  # right kidney, a little lower
+        (11, 45, (-0.10, 0.0, -0.05), (0.28, 0.07, 0.12)),  # pancreas, tail to the left
+        (8, 200, (-0.07, -0.35, 0.0), (0.045, 0.065, 2.0)),  # aorta, left of the midline, every slice
+    ]
+    for btcv, value, c, r in organs:
+        centre = (c[0] * body_a * jitter(0.08), c[1] * body_b * jitter(0.08), c[2] * zr)
+        radii = (r[0] * body_a * jitter(0.1), r[1] * body_b * jitter(0.1), r[2] * zr * jitter(0.1))
+        mask = _ellipsoid(grid, centre, radii) & body & ~spine
+        hu[mask] = value + rng.normal(0, 5)
+        label[mask] = btcv
+    hu += rng.normal(0, 12, size=shape).astype(np.float32)  # quantum noise
+    hu[~body] = -1000.0 + rng.normal(0, 5, size=int((~body).sum()))
+    return np.clip(hu, -1024, 3071).astype(np.int16), label
+
+
+def demo_data(
+    out: str, num: int = 8, seed: int = 0, shape: Sequence[int] = (384, 384, 48), spacing: Sequence[float] | None = None
+) -> str:
+    """Synthetic abdominal CT in the RawData layout: ``out/RawData/Training/{img,label}/...``.
+
+    Organs are ellipsoids at plausible Hounsfield units (liver 60, kidneys 180, aorta 200, fat -90,
+    air -1000, spine 450) labelled with the 13-value BTCV codes, so :func:`prepare` maps them as it
+    does real data. Case numbers are taken from both the standard training and test lists so
+    that every split is populated. Voxels are anisotropic as in the real scans: 0.6-0.98 mm in-plane
+    and 2.5, 3 or 5 mm between slices, drawn per case; the anatomy scales with the field of view, so
+    small matrices (for tests) still hold every organ. The affine is stored flipped in x and y
+    (LPS-like), as many scanners write it, so orientation handling is exercised.
+
+    Args:
+        out: output folder.
+        num: number of cases (at least 4: 3 training-pool cases and 1 test case).
+        seed: random seed.
+        shape: voxels per volume (x, y, z).
+        spacing: (x, y, z) spacing in mm for every case; default: drawn per case.
+
+    Returns:
+        The ``RawData`` folder, to pass to :func:`prepare`.
+    """
+    import nibabel as nib
+
+    num = int(num)
+    if num < 4 or num > 30:
+        raise ValueError(f"num={num}: the demo writes between 4 and 30 cases")
+    if isinstance(shape, str):
+        shape = [int(s) for s in shape.split(",")]
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 8:
+        raise ValueError(f"shape={shape}: give three sizes of at least 8 voxels")
+    rng = np.random.default_rng(seed)
+    n_test = max(1, round(num * len(STANDARD_TEST_CASES) / 30))
+    cases = list(STANDARD_TRAIN_CASES[: num - n_test]) + list(STANDARD_TEST_CASES[:n_test])
+    root = os.path.join(out, "RawData")
+    img_dir, lab_dir = os.path.join(root, "Training", "img"), os.path.join(root, "Training", "label")
+    os.makedirs(img_dir, exist_ok=True)
+    os.makedirs(lab_dir, exist_ok=True)
+    for case in sorted(cases):
+        if spacing is None:  # the ranges of the 30 labelled BTCV scans
+            sxy = float(rng.uniform(0.6, 0.98))
+            case_spacing = (sxy, sxy, float(rng.choice([2.5, 3.0, 5.0])))
+        else:
+            case_spacing = tuple(float(s) for s in spacing)
+        hu, label = _phantom(shape, case_spacing, rng)
+        # stored flipped in x and y: voxel i grows toward patient left, j toward posterior (LPS-like)
+        affine = np.diag([-case_spacing[0], -case_spacing[1], case_spacing[2], 1.0])
+        affine[:3, 3] = [
+            case_spacing[0] * shape[0] / 2,
+            case_spacing[1] * shape[1] / 2,
+            -case_spacing[2] * shape[2] / 2,
+        ]
+        hu_lps, label_lps = hu[::-1, ::-1], label[::-1, ::-1]
+        for array, path in (
+            (hu_lps, os.path.join(img_dir, f"img{case:04d}.nii.gz")),
+            (label_lps, os.path.join(lab_dir, f"label{case:04d}.nii.gz")),
+        ):
+            img = nib.Nifti1Image(np.ascontiguousarray(array), affine)
+            img.header.set_xyzt_units("mm")
+            img.set_qform(affine, code=1)
+            img.set_sform(affine, code=1)
+            nib.save(img, path)
+    print(f"wrote {len(cases)} synthetic CT cases to {root}")
+    return root

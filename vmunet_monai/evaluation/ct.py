@@ -1,0 +1,577 @@
+"""Per-organ evaluation of multi-organ CT segmentations: Dice and HD95 in millimetres, the TransUNet rule beside it.
+
+Two scorings, each labelled in every output:
+
+* ``mm`` (default, what is correct): Dice, and HD95 from MONAI's
+  :func:`~monai.metrics.compute_hausdorff_distance` (``percentile=95``) with the voxel spacing of
+  the case, so distances are in millimetres. An organ present in the ground truth but absent from
+  the prediction scores Dice 0 and has no HD95 (``nan``, counted as *missed*); an organ absent from
+  the ground truth but predicted scores Dice 0 (counted as *false positive*); an organ absent from
+  both is not scored (``nan``). Means ignore ``nan``.
+* ``transunet`` (what the papers report): TransUNet's ``calculate_metric_percase`` rule, used by
+  VM-UNet: HD95 in voxels (no spacing) as medpy computes it (the 95th percentile of the surface
+  distances of both directions together); predicted and present: (Dice, HD95); predicted but absent
+  from the ground truth: (1, 0); not predicted: (0, 0), so a missed organ *lowers* the mean HD95.
+
+The writers produce a per-case CSV, a summary JSON, a per-organ box plot and a montage of axial
+slices with the segmentation overlaid. :class:`OrganMetricsHandler` runs all of it inside a MONAI
+evaluator (``evaluate.json``); :func:`evaluate_files` does the same for NIfTI files on disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DEFAULT_ORGANS",
+    "OrganMetricsHandler",
+    "case_scores",
+    "dice",
+    "evaluate_files",
+    "hd95_mm",
+    "hd95_transunet",
+    "plot_montage",
+    "plot_organ_boxes",
+    "spacing_from_affine",
+    "summarize",
+    "write_case_csv",
+]
+
+DEFAULT_ORGANS = {
+    1: "aorta",
+    2: "gallbladder",
+    3: "left_kidney",
+    4: "right_kidney",
+    5: "liver",
+    6: "pancreas",
+    7: "spleen",
+    8: "stomach",
+}
+logger = logging.getLogger(__name__)
+
+
+def spacing_from_affine(affine) -> tuple[float, ...]:
+    """Voxel spacing (mm) along each array axis: the lengths of the affine's direction columns."""
+    affine = np.asarray(affine, dtype=np.float64)
+    n = affine.shape[0] - 1
+    return tuple(float(v) for v in np.linalg.norm(affine[:n, :n], axis=0))
+
+
+def _as_bool(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x).astype(bool)
+
+
+def dice(pred, gt) -> float:
+    """Dice of two binary masks; ``nan`` when both are empty."""
+    pred, gt = _as_bool(pred), _as_bool(gt)
+    total = int(pred.sum()) + int(gt.sum())
+    if total == 0:
+        return float("nan")
+    return 2.0 * int(np.logical_and(pred, gt).sum()) / total
+
+
+def _surface_distances(pred: np.ndarray, gt: np.ndarray, spacing):
+    """Distances from each surface voxel of one mask to the other's surface, both directions (MONAI's edges)."""
+    from monai.metrics.utils import get_edge_surface_distance
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # empty masks are handled by the callers
+        _, (to_gt, to_pred), _ = get_edge_surface_distance(
+            torch.as_tensor(pred), torch.as_tensor(gt), spacing=spacing, symmetric=True
+        )
+    return np.asarray(to_gt, dtype=np.float64), np.asarray(to_pred, dtype=np.float64)
+
+
+def hd95_mm(pred, gt, spacing: Sequence[float]) -> float:
+    """HD95 in millimetres: MONAI's symmetric 95th-percentile Hausdorff distance with ``spacing``.
+
+    Returns ``nan`` when either mask is empty (the distance is undefined).
+    """
+    from monai.metrics import compute_hausdorff_distance
+
+    pred, gt = _as_bool(pred), _as_bool(gt)
+    if not pred.any() or not gt.any():
+        return float("nan")
+    if len(spacing) != pred.ndim:
+        raise ValueError(f"spacing {tuple(spacing)} has {len(spacing)} values for a {pred.ndim}-D mask")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")  # raised inside MONAI itself
+        value = compute_hausdorff_distance(
+            torch.as_tensor(pred)[None, None],
+            torch.as_tensor(gt)[None, None],
+            include_background=True,
+            percentile=95,
+            spacing=[float(s) for s in spacing],
+        )
+    return float(value.item())
+
+
+def hd95_transunet(pred, gt) -> float:
+    """HD95 as medpy's ``hd95`` without voxel spacing (TransUNet/VM-UNet): in voxels, both directions pooled.
+
+    Returns ``nan`` when either mask is empty.
+    """
+    pred, gt = _as_bool(pred), _as_bool(gt)
+    if not pred.any() or not gt.any():
+        return float("nan")
+    to_gt, to_pred = _surface_distances(pred, gt, None)
+    return float(np.percentile(np.concatenate([to_gt, to_pred]), 95))
+
+
+def _label_map(x) -> np.ndarray:
+    """(C>1, ...) one-hot/probabilities -> argmax; (1, ...) or (...) label map -> integer array."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.ndim == 4 and x.shape[0] > 1:
+        return np.argmax(x, axis=0)
+    if x.ndim == 4:
+        x = x[0]
+    return np.rint(x).astype(np.int64)
+
+
+def case_scores(
+    pred, label, spacing: Sequence[float], organs: Mapping[int, str] = DEFAULT_ORGANS, transunet: bool = True
+) -> dict:
+    """Scores of one case.
+
+    Args:
+        pred: predicted label map (X, Y, Z), or channel-first (1 or C, X, Y, Z); C channels are argmaxed.
+        label: ground-truth label map in the same space.
+        spacing: voxel spacing in mm along the array axes.
+        organs: label value -> organ name.
+        transunet: also compute the TransUNet-rule scores.
+
+    Returns:
+        ``{"dice": {organ: v}, "hd95_mm": {...}, "status": {...}}`` and, with ``transunet``,
+        ``"transunet_dice"`` and ``"transunet_hd95_voxel"``.
+
+    Raises:
+        ValueError: if prediction and label differ in shape.
+    """
+    pred, label = _label_map(pred), _label_map(label)
+    if pred.shape != label.shape:
+        raise ValueError(
+            f"prediction shape {pred.shape} differs from label shape {label.shape}; both must share a grid"
+        )
+    out = {"dice": {}, "hd95_mm": {}, "status": {}}
+    if transunet:
+        out.update(transunet_dice={}, transunet_hd95_voxel={})
+    for value, name in organs.items():
+        p, g = pred == value, label == value
+        has_p, has_g = bool(p.any()), bool(g.any())
+        if has_p and has_g:
+            status, d, h = "scored", dice(p, g), hd95_mm(p, g, spacing)
+        elif has_g:
+            status, d, h = "missed", 0.0, float("nan")
+        elif has_p:
+            status, d, h = "false_positive", 0.0, float("nan")
+        else:
+            status, d, h = "absent", float("nan"), float("nan")
+        out["dice"][name], out["hd95_mm"][name], out["status"][name] = d, h, status
+        if transunet:
+            if has_p and has_g:
+                td, th = dice(p, g), hd95_transunet(p, g)
+            elif has_p:
+                td, th = 1.0, 0.0
+            else:
+                td, th = 0.0, 0.0
+            out["transunet_dice"][name], out["transunet_hd95_voxel"][name] = td, th
+    return out
+
+
+def _nanmean(values) -> float:
+    values = np.asarray(list(values), dtype=np.float64)
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def _nanstd(values) -> float:
+    values = np.asarray(list(values), dtype=np.float64)
+    values = values[~np.isnan(values)]
+    return float(values.std()) if values.size else float("nan")
+
+
+def _metric_keys(rows) -> list[str]:
+    keys = ["dice", "hd95_mm"]
+    if rows and "transunet_dice" in rows[0]:
+        keys += ["transunet_dice", "transunet_hd95_voxel"]
+    return keys
+
+
+def summarize(rows: Sequence[dict]) -> dict:
+    """Per-organ mean, sd and count over cases, and the mean over organs, for each scoring.
+
+    ``rows`` are :func:`case_scores` results with a ``"case"`` entry. The mean over organs is the mean
+    of the per-organ means, as the papers compute it.
+    """
+    if not rows:
+        raise ValueError("no cases to summarise")
+    organs = list(rows[0]["dice"])
+    summary: dict = {"num_cases": len(rows), "organs": organs}
+    labels = {
+        "dice": "Dice (mm scoring: missed or false-positive organ = 0, absent from both = not scored)",
+        "hd95_mm": "HD95 in mm, MONAI symmetric 95th percentile with voxel spacing; undefined when an organ is missed",
+        "transunet_dice": "Dice, TransUNet rule (predicted but absent = 1, not predicted = 0)",
+        "transunet_hd95_voxel": "HD95 in voxels as medpy without spacing, TransUNet rule (missed organ = 0)",
+    }
+    for key in _metric_keys(rows):
+        per_organ = {}
+        for organ in organs:
+            values = [r[key][organ] for r in rows]
+            per_organ[organ] = {
+                "mean": _nanmean(values),
+                "sd": _nanstd(values),
+                "n": int(np.sum(~np.isnan(np.asarray(values, dtype=np.float64)))),
+            }
+        summary[key] = {
+            "description": labels[key],
+            "mean_over_organs": _nanmean(v["mean"] for v in per_organ.values()),
+            "per_organ": per_organ,
+        }
+    summary["counts"] = {
+        status: {organ: sum(r["status"][organ] == status for r in rows) for organ in organs}
+        for status in ("scored", "missed", "false_positive", "absent")
+    }
+    return summary
+
+
+def write_case_csv(rows: Sequence[dict], path: str) -> str:
+    """One line per case: the means over organs, then each organ's scores, for every scoring present."""
+    organs = list(rows[0]["dice"])
+    keys = _metric_keys(rows)
+    header = ["case"] + [f"mean_{k}" for k in keys] + [f"{k}_{o}" for k in keys for o in organs]
+    header += [f"status_{o}" for o in organs]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for r in rows:
+            line = [r["case"]] + [_nanmean(r[k].values()) for k in keys]
+            line += [r[k][o] for k in keys for o in organs] + [r["status"][o] for o in organs]
+            writer.writerow(["" if isinstance(v, float) and np.isnan(v) else v for v in line])
+    return path
+
+
+def plot_organ_boxes(rows: Sequence[dict], path: str) -> str:
+    """Box plot per organ: Dice (left) and HD95 in mm (right) over cases, ``nan`` left out."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    organs = list(rows[0]["dice"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key, title in ((axes[0], "dice", "Dice"), (axes[1], "hd95_mm", "HD95 (mm)")):
+        data = []
+        for organ in organs:
+            values = np.asarray([r[key][organ] for r in rows], dtype=np.float64)
+            data.append(values[~np.isnan(values)])
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(organs) + 1), [o.replace("_", " ") for o in organs], rotation=35, ha="right")
+        ax.set_title(f"{title} per organ ({len(rows)} cases)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylim(-0.02, 1.02)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _to_ras(array: np.ndarray, affine) -> np.ndarray:
+    """Reorder/flip array axes so that they run R, A, S (for display only)."""
+    import nibabel.orientations as nio
+
+    ornt = nio.io_orientation(np.asarray(affine, dtype=np.float64))
+    return nio.apply_orientation(array, ornt)
+
+
+def plot_montage(
+    image,
+    pred,
+    affine,
+    path: str,
+    label=None,
+    num_slices: int = 8,
+    window: tuple[float, float] = (-125, 275),
+    title: str = "",
+    num_classes: int = 9,
+) -> str:
+    """Axial slices (RAS, shown radiologically: patient right on the left) with the prediction filled in colour.
+
+    Args:
+        image: CT volume in Hounsfield units, (X, Y, Z) or (1, X, Y, Z).
+        pred: label map in the same space.
+        affine: voxel-to-world affine of that space (for the axial axis and display orientation).
+        path: PNG to write.
+        label: optional ground truth, drawn as contours.
+        num_slices: slices shown, evenly spaced over the slices holding an organ.
+        window: HU display window.
+        title: figure title.
+        num_classes: number of label values including background (colour scale).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    image = _to_ras(np.asarray(_squeeze(image), dtype=np.float32), affine)
+    pred = _to_ras(_label_map(pred), affine)
+    label = None if label is None else _to_ras(_label_map(label), affine)
+    occupied = np.flatnonzero(
+        (pred > 0).any(axis=(0, 1)) | ((label > 0).any(axis=(0, 1)) if label is not None else False)
+    )
+    if occupied.size == 0:
+        occupied = np.arange(image.shape[2])
+    picks = np.unique(np.linspace(occupied[0], occupied[-1], num=min(num_slices, occupied.size)).round().astype(int))
+    cols = min(4, len(picks))
+    rows = int(np.ceil(len(picks) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    cmap = plt.get_cmap("tab10", max(num_classes, 2))
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, z in zip(axes.ravel(), picks):
+        # RAS x runs toward patient right; flipping it puts patient right on the viewer's left
+        ax.imshow(np.clip(image[::-1, :, z].T, *window), cmap="gray", origin="lower", vmin=window[0], vmax=window[1])
+        seg = np.ma.masked_equal(pred[::-1, :, z].T, 0)
+        ax.imshow(
+            seg, cmap=cmap, vmin=0, vmax=max(num_classes, 2) - 1, alpha=0.45, origin="lower", interpolation="nearest"
+        )
+        if label is not None and label[:, :, z].any():
+            ax.contour(label[::-1, :, z].T, levels=np.arange(0.5, num_classes), colors="white", linewidths=0.6)
+        ax.set_title(f"slice {z}", fontsize=8)
+    if title:
+        fig.suptitle(title + ("  (fill: prediction, white: ground truth)" if label is not None else ""), fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _squeeze(x):
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    return x[0] if x.ndim == 4 else x
+
+
+def _case_name(meta_source) -> str:
+    name = os.path.basename(str(meta_source).rstrip("/\\"))
+    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".npy.h5"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _write_outputs(rows, output_dir: str, prefix: str) -> dict:
+    summary = summarize(rows)
+    write_case_csv(rows, os.path.join(output_dir, f"{prefix}per_case.csv"))
+    with open(os.path.join(output_dir, f"{prefix}summary.json"), "w") as f:
+        json.dump(_nan_to_none(summary), f, indent=4)
+    plot_organ_boxes(rows, os.path.join(output_dir, f"{prefix}organ_boxplot.png"))
+    return summary
+
+
+def _nan_to_none(obj):
+    """JSON has no NaN: undefined values are written as null."""
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    if isinstance(obj, float) and np.isnan(obj):
+        return None
+    return obj
+
+
+def _log_summary(summary: dict) -> None:
+    line = (
+        f"{summary['num_cases']} cases: mean Dice {summary['dice']['mean_over_organs']:.4f}, "
+        f"mean HD95 {summary['hd95_mm']['mean_over_organs']:.2f} mm"
+    )
+    if "transunet_dice" in summary:
+        line += (
+            f" | TransUNet rule: Dice {summary['transunet_dice']['mean_over_organs']:.4f}, "
+            f"HD95 {summary['transunet_hd95_voxel']['mean_over_organs']:.2f} voxels"
+        )
+    logger.info(line)
+    print(line)
+
+
+class OrganMetricsHandler:
+    """Ignite handler: score every case an evaluator produces, then write CSV, JSON, box plot and a montage.
+
+    The evaluator's post-processing must leave, per item, the prediction and the ground truth on one
+    grid (the input's space after ``Invertd``), as label maps or one-hot/probability channels. The
+    spacing is read from the label's affine (a MONAI ``MetaTensor``).
+
+    Args:
+        output_dir: folder for ``per_case.csv``, ``summary.json``, ``organ_boxplot.png`` and ``montage_<case>.png``.
+        pred_key: key of the prediction in ``engine.state.output``.
+        label_key: key of the ground truth (searched in the output, then in the batch).
+        image_key: key whose ``filename_or_obj`` names the case and the image drawn in the montage.
+        organs: label value -> organ name (default: the 8 Synapse organs).
+        transunet: also compute the TransUNet-rule scores (labelled as such).
+        montage_case: index (in evaluation order) of the case drawn in the montage; None: no montage.
+        montage_slices: slices in the montage.
+        prefix: file-name prefix.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        pred_key: str = "pred",
+        label_key: str = "label",
+        image_key: str = "image",
+        organs: Mapping[int, str] | None = None,
+        transunet: bool = True,
+        montage_case: int | None = 0,
+        montage_slices: int = 8,
+        prefix: str = "",
+    ) -> None:
+        self.output_dir = output_dir
+        self.pred_key, self.label_key, self.image_key = pred_key, label_key, image_key
+        self.organs = {int(k): v for k, v in (organs or DEFAULT_ORGANS).items()}
+        self.transunet = transunet
+        self.montage_case, self.montage_slices = montage_case, montage_slices
+        self.prefix = prefix
+        self.rows: list[dict] = []
+        self._montage: dict | None = None
+        self.summary: dict | None = None
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._score)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _reset(self, engine) -> None:
+        self.rows, self._montage = [], None
+
+    @staticmethod
+    def _items(value):
+        return value if isinstance(value, (list, tuple)) else [value]
+
+    def _score(self, engine) -> None:
+        outputs = self._items(engine.state.output)
+        batches = self._items(engine.state.batch) if engine.state.batch is not None else [{}] * len(outputs)
+        for out, batch in zip(outputs, batches):
+            pred = out[self.pred_key]
+            label = out[self.label_key] if self.label_key in out else batch[self.label_key]
+            affine = getattr(label, "affine", None)
+            if affine is None:
+                raise ValueError(f"'{self.label_key}' carries no affine; load it with LoadImaged to a MetaTensor")
+            image = batch.get(self.image_key, out.get(self.image_key))
+            source = getattr(image, "meta", {}).get("filename_or_obj", "") or getattr(label, "meta", {}).get(
+                "filename_or_obj", f"case{len(self.rows)}"
+            )
+            spacing = spacing_from_affine(affine)
+            scores = case_scores(pred, label, spacing, self.organs, self.transunet)
+            scores["case"] = _case_name(source)
+            scores["spacing_mm"] = list(spacing)
+            self.rows.append(scores)
+            if self.montage_case is not None and len(self.rows) - 1 == self.montage_case:
+                self._montage = {
+                    "source": str(source),
+                    "case": scores["case"],
+                    "pred": _label_map(pred).astype(np.uint8),
+                    "label": _label_map(label).astype(np.uint8),
+                    "affine": np.asarray(affine, dtype=np.float64),
+                }
+
+    def _write(self, engine) -> None:
+        if not self.rows:
+            return
+        os.makedirs(self.output_dir, exist_ok=True)
+        self.summary = _write_outputs(self.rows, self.output_dir, self.prefix)
+        _log_summary(self.summary)
+        if self._montage is not None:
+            m = self._montage
+            try:
+                from monai.transforms import LoadImage
+
+                image = LoadImage(image_only=True)(m["source"])
+                if tuple(image.shape[-3:]) != m["pred"].shape:
+                    raise ValueError(f"image shape {tuple(image.shape)} differs from the prediction {m['pred'].shape}")
+                path = os.path.join(self.output_dir, f"{self.prefix}montage_{m['case']}.png")
+                plot_montage(
+                    image,
+                    m["pred"],
+                    m["affine"],
+                    path,
+                    label=m["label"],
+                    num_slices=self.montage_slices,
+                    title=m["case"],
+                    num_classes=max(self.organs) + 1,
+                )
+            except Exception as exc:  # a montage must never cost the metrics already computed
+                warnings.warn(f"montage of {m['case']} not written: {exc}")
+
+
+def evaluate_files(
+    predictions: Sequence[str],
+    labels: Sequence[str],
+    output_dir: str,
+    organs: Mapping[int, str] | None = None,
+    transunet: bool = True,
+    montage_image: str | None = None,
+) -> dict:
+    """Score NIfTI predictions against NIfTI labels (same grids, paired by order); write CSV, JSON, plots.
+
+    Args:
+        predictions: predicted label-map files.
+        labels: ground-truth files, one per prediction.
+        output_dir: output folder.
+        organs: label value -> organ name.
+        transunet: also compute the TransUNet-rule scores.
+        montage_image: the CT image of the first case, to draw a montage.
+
+    Returns:
+        The summary dictionary (as written to ``summary.json``).
+
+    Raises:
+        ValueError: if the lists differ in length or a pair differs in shape or affine.
+    """
+    import nibabel as nib
+    from tqdm import tqdm
+
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions but {len(labels)} labels")
+    organs = {int(k): v for k, v in (organs or DEFAULT_ORGANS).items()}
+    rows = []
+    for pred_path, label_path in tqdm(list(zip(predictions, labels)), desc="scoring cases"):
+        p, g = nib.load(pred_path), nib.load(label_path)
+        if p.shape != g.shape or not np.allclose(p.affine, g.affine, atol=1e-3):
+            raise ValueError(f"{pred_path}: shape {p.shape}/affine differ from the label {label_path} {g.shape}")
+        scores = case_scores(
+            np.asarray(p.dataobj), np.asarray(g.dataobj), spacing_from_affine(g.affine), organs, transunet
+        )
+        scores["case"] = _case_name(label_path)
+        rows.append(scores)
+    os.makedirs(output_dir, exist_ok=True)
+    summary = _write_outputs(rows, output_dir, "")
+    _log_summary(summary)
+    if montage_image:
+        img = nib.load(montage_image)
+        plot_montage(
+            np.asarray(img.dataobj),
+            np.asarray(nib.load(predictions[0]).dataobj),
+            img.affine,
+            os.path.join(output_dir, f"montage_{rows[0]['case']}.png"),
+            label=np.asarray(nib.load(labels[0]).dataobj),
+            title=rows[0]["case"],
+            num_classes=max(organs) + 1,
+        )
+    return summary

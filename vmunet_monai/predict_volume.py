@@ -1,0 +1,152 @@
+"""Segment CT volumes (NIfTI files, folders of them, DICOM series) with the Synapse bundle, in their own space.
+
+:func:`predict_volumes` runs the bundle's ``inference.json`` (``SliceInferer`` over axial slices after
+RAS orientation, ``Invertd`` back to the input grid) and returns the written NIfTI paths. The
+segmentations have the input's shape, affine and orientation; DICOM series are read through ITK.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+__all__ = ["VOLUME_EXTENSIONS", "default_bundle_root", "find_volumes", "predict_volumes"]
+
+VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+BUNDLE_NAME = "synapse_multiorgan"
+
+
+def _is_dicom_file(path: str) -> bool:
+    if path.lower().endswith(".dcm"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_dicom_series(folder: str) -> bool:
+    files = [os.path.join(folder, f) for f in os.listdir(folder) if not f.startswith(".")]
+    files = [f for f in files if os.path.isfile(f)]
+    return bool(files) and any(_is_dicom_file(f) for f in files[:20])
+
+
+def find_volumes(path: str) -> list[str]:
+    """Volumes under ``path``: a volume file, a DICOM series folder, or a folder of volume files and series folders.
+
+    Args:
+        path: file or folder.
+
+    Returns:
+        Sorted paths; a DICOM series is returned as its folder (read by ``ITKReader`` as one volume).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist or holds no volume.
+    """
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    if os.path.isfile(path):
+        if path.lower().endswith(VOLUME_EXTENSIONS):
+            return [path]
+        raise FileNotFoundError(f"{path}: not a volume file (expected one of {', '.join(VOLUME_EXTENSIONS)})")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if _is_dicom_series(path):
+        return [path]
+    found = []
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if os.path.isfile(full) and name.lower().endswith(VOLUME_EXTENSIONS):
+            found.append(full)
+        elif os.path.isdir(full) and _is_dicom_series(full):
+            found.append(full)
+    if not found:
+        raise FileNotFoundError(
+            f"{path}: no volumes ({', '.join(VOLUME_EXTENSIONS)} files or DICOM series folders) found"
+        )
+    return found
+
+
+def default_bundle_root() -> str:
+    """The ``synapse_multiorgan`` bundle folder (``$VMUNET_BUNDLES_DIR``, the source checkout, or ``./bundles``).
+
+    Raises:
+        FileNotFoundError: if the bundle is in none of those places.
+    """
+    from vmunet_monai.engine import find_bundle
+
+    return str(find_bundle(BUNDLE_NAME))
+
+
+def _output_name(source: str) -> str:
+    name = os.path.basename(source.rstrip("/\\"))
+    for ext in VOLUME_EXTENSIONS:
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return f"{name}_seg.nii.gz"
+
+
+def predict_volumes(
+    input: str | Sequence[str],
+    output: str,
+    checkpoint: str | None = None,
+    device: str | None = None,
+    bundle_root: str | None = None,
+    sw_batch_size: int | None = None,
+    **overrides,
+) -> list[str]:
+    """Segment CT volumes with the Synapse bundle and write ``<name>_seg.nii.gz`` into ``output``.
+
+    Args:
+        input: a volume file, a DICOM series folder, a folder of them, or a list of such paths.
+        output: folder for the segmentations (label values 0-8, see the bundle's ``channel_def``).
+        checkpoint: model weights (default ``<bundle_root>/models/model.pt``).
+        device: ``cpu``, ``cuda``, ``cuda:1``...; default: CUDA when available.
+        bundle_root: the bundle folder (default: ``bundles/synapse_multiorgan`` of this checkout).
+        sw_batch_size: windows per network call (default: the bundle's).
+        overrides: further ``inference.json`` ids to override (e.g. ``network_def={...}``, ``roi_size=[...]``).
+
+    Returns:
+        The written NIfTI paths, in input order.
+
+    Raises:
+        FileNotFoundError: for a missing input, checkpoint or bundle.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    bundle_root = os.path.abspath(bundle_root or default_bundle_root())
+    paths = [input] if isinstance(input, (str, os.PathLike)) else list(input)
+    volumes = [v for p in paths for v in find_volumes(str(p))]
+    checkpoint = os.path.abspath(checkpoint or os.path.join(bundle_root, "models", "model.pt"))
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(
+            f"{checkpoint}: no model weights. Train the bundle (python -m monai.bundle run training "
+            f"--config_file {bundle_root}/configs/train.json --bundle_root {bundle_root}), download them "
+            f"(python -m monai.bundle download_large_files --bundle_path {bundle_root}), or pass checkpoint=PATH"
+        )
+    output = os.path.abspath(output)
+    os.makedirs(output, exist_ok=True)
+    config = dict(overrides)
+    config.update(bundle_root=bundle_root, output_dir=output, datalist=volumes, checkpoint=checkpoint)
+    if device is not None:
+        config["device"] = f"$torch.device('{device}')"
+    if sw_batch_size is not None:
+        config["sw_batch_size"] = int(sw_batch_size)
+    configs = os.path.join(bundle_root, "configs")
+    workflow = ConfigWorkflow(
+        config_file=os.path.join(configs, "inference.json"),
+        meta_file=os.path.join(configs, "metadata.json"),
+        logging_file=os.path.join(configs, "logging.conf"),
+        workflow_type="infer",
+        **config,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    written = [os.path.join(output, _output_name(v)) for v in volumes]
+    missing = [w for w in written if not os.path.isfile(w)]
+    if missing:
+        raise RuntimeError(f"inference finished but did not write {missing}")
+    return written
