@@ -40,6 +40,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--shape", default="512,512,100", help="volume size x,y,z")
     parser.add_argument("--spacing", default="0.78,0.78,2.5", help="voxel spacing in mm (a typical Synapse scan)")
     parser.add_argument("--amp", action="store_true", help="autocast (CUDA only), as the bundle's amp option")
+    parser.add_argument("--reader", default=None,
+                        help="image reader instead of the bundle's ITKReader (e.g. NibabelReader where itk is absent)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
 
@@ -95,6 +97,7 @@ def main(argv=None) -> dict:
             device=str(device),
             sw_batch_size=sw_batch,
             amp=bool(args.amp),
+            **({"preprocessing#transforms#0#reader": args.reader} if args.reader else {}),
         )
         total_s = time.perf_counter() - t0
         assert len(written) == 1
@@ -118,6 +121,7 @@ def main(argv=None) -> dict:
         "network_calls": -(-windows * shape[2] // sw_batch),
         "sw_batch_size": sw_batch,
         "amp": bool(args.amp),
+        "reader": args.reader or "ITKReader",
         "total_s": round(total_s, 2),
         "per_slice_s": round(total_s / shape[2], 3),
         "network_alone_per_window_ms": round(window_s * 1000, 1),

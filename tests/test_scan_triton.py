@@ -186,3 +186,23 @@ def test_cross_scan_gpu_stage1_shape(dtype):
     assert rel_err(y, y_ref) <= 1e-4
     for k in g_ref:
         assert rel_err(g[k], g_ref[k]) <= (1e-4 if dtype == torch.float32 else 1e-2), k
+
+
+def test_last_state_has_no_gradient_path_interpreted(interpreted, monkeypatch):
+    """Like mamba-ssm, the triton scan returns its last state off the graph; backpropagating through it
+    must raise instead of silently dropping that gradient, while y's gradient still flows."""
+    from vmunet_monai.ops import dispatch, selective_scan
+
+    real_resolve = dispatch.resolve_backend  # let dispatch hand CPU tensors to the interpreted kernels
+    monkeypatch.setattr(dispatch, "resolve_backend", lambda dev, b=None: "triton" if b == "triton" else real_resolve(dev, b))
+    g = torch.Generator().manual_seed(5)
+    u, delta = torch.randn(1, 4, 9, generator=g), torch.randn(1, 4, 9, generator=g).requires_grad_()
+    A = -torch.rand(4, 2, generator=g) - 0.1
+    B, C = torch.randn(1, 1, 2, 9, generator=g), torch.randn(1, 1, 2, 9, generator=g)
+    y, h = selective_scan(u, delta, A, B, C, delta_softplus=True, return_last_state=True, backend="triton")
+    _, h_ref = selective_scan(u, delta, A, B, C, delta_softplus=True, return_last_state=True, backend="reference")
+    assert torch.allclose(h, h_ref, atol=1e-5)
+    with pytest.raises(RuntimeError, match="without a gradient"):
+        h.sum().backward(retain_graph=True)
+    y.sum().backward()
+    assert delta.grad is not None and torch.isfinite(delta.grad).all()

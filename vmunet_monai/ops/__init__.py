@@ -11,7 +11,7 @@ Backends (see :func:`backend_status`):
 =============  ======  ================================================================
 
 Choice: ``backend=`` argument, else the ``VMUNET_SCAN_BACKEND`` environment variable, else
-automatic (CUDA tensors: triton, mamba_ssm, torch; CPU tensors: cpu, torch). While tracing or
+automatic (CUDA tensors: mamba_ssm if installed, else triton, else torch; CPU tensors: cpu, torch). While tracing or
 exporting, the automatic choice is always ``torch``.
 """
 

@@ -23,7 +23,9 @@ BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "triton": ("vmunet_monai.ops.triton_scan", ("cuda",)),
     "mamba_ssm": ("vmunet_monai.ops.mamba_ssm_backend", ("cuda",)),
 }
-AUTO_ORDER = {"cuda": ("triton", "mamba_ssm", "torch"), "cpu": ("cpu", "torch")}
+# measured on an H100 (docs/PERFORMANCE.md): VM-UNet trains 1.2x faster on mamba-ssm's kernel than on ours,
+# so an installed mamba-ssm comes first; triton is the CUDA default everywhere else
+AUTO_ORDER = {"cuda": ("mamba_ssm", "triton", "torch"), "cpu": ("cpu", "torch")}
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,9 @@ def selective_scan(
         z: optional (batch, dim, L) gate.
         delta_bias: optional (dim,) bias added to ``delta``.
         delta_softplus: apply softplus to ``delta + delta_bias``.
-        return_last_state: also return the final state, (batch, dim, N).
+        return_last_state: also return the final state, (batch, dim, N). As in mamba-ssm, the
+            ``mamba_ssm`` and ``triton`` backends return it without a gradient path: backpropagating
+            through it raises (use ``torch``, ``cpu`` or ``reference`` for that).
         backend: ``"reference"``, ``"torch"``, ``"cpu"``, ``"triton"``, ``"mamba_ssm"`` or None (automatic).
 
     Returns:
@@ -162,7 +166,28 @@ def selective_scan(
     """
     _check_scan_args(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_backend(u.device, backend)
-    return _module(name).selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    module = _module(name)
+    out = module.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if return_last_state and not getattr(module, "LAST_STATE_HAS_GRAD", True) and torch.is_grad_enabled():
+        y, last = out
+        return y, _NoGradientThrough.apply(last, name, y)  # y ties the state to the graph when y has one
+    return out
+
+
+class _NoGradientThrough(torch.autograd.Function):
+    """Identity whose backward refuses: marks a last state that its backend cannot differentiate."""
+
+    @staticmethod
+    def forward(ctx, x, backend, anchor):
+        ctx.backend = backend
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError(
+            f"scan backend {ctx.backend!r} returns the last state without a gradient (as mamba-ssm does); "
+            "to backpropagate through return_last_state use backend='torch', 'cpu' or 'reference'"
+        )
 
 
 def cross_selective_scan_composed(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *, scan=None):

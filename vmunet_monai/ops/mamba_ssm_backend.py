@@ -12,6 +12,9 @@ import importlib.util
 
 __all__ = ["selective_scan", "status"]
 
+# the last state comes back detached from the graph, as in mamba-ssm (dispatch guards it)
+LAST_STATE_HAS_GRAD = False
+
 BUILD_HINT = (
     "install a CUDA build of torch, then build the extension for this GPU only: "
     "`bash scripts/build_mamba_ssm.sh` (about 3 minutes for one architecture), "

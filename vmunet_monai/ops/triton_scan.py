@@ -25,6 +25,9 @@ import torch.nn.functional as F
 
 __all__ = ["status", "selective_scan", "cross_selective_scan", "KernelConfig", "kernel_config"]
 
+# the last state comes back detached from the graph, as in mamba-ssm (dispatch guards it)
+LAST_STATE_HAS_GRAD = False
+
 INSTALL_HINT = "pip install triton (it comes with CUDA builds of torch on Linux)"
 
 
