@@ -115,8 +115,17 @@ def _progress(total, desc):
     return tqdm(total=total, desc=desc, leave=False)
 
 
+def time_forward_graphed(model, x, repeats, device, autocast_dtype=None):
+    """Like :func:`time_forward`, replaying a captured CUDA graph (see :mod:`vmunet_monai.cuda_graphs`)."""
+    from vmunet_monai.cuda_graphs import GraphedInference
+
+    graphed = GraphedInference(model, autocast_dtype=autocast_dtype)
+    graphed(x)  # capture
+    return _median_time(lambda: graphed(x), repeats, device)
+
+
 def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5, backends="auto", reference=None,
-                  scan_only=False, out=None):
+                  scan_only=False, out=None, cuda_graphs=False):
     """Run the benchmark and print a table; see ``python -m vmunet_monai benchmark --help``."""
     from vmunet_monai.ops import backend_status, resolve_backend
 
@@ -176,6 +185,11 @@ def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5,
                 t, peak = time_train_step(model, xb, repeats, device, dt)
                 row["train_img_s"], row["train_peak_gib"] = batch / t, peak / 2**30
             results["networks"].append(row)
+            if dev_type == "cuda" and cuda_graphs:
+                graphed = {"network": name, "backend": f"{b}+graphs", "precision": row["precision"]}
+                graphed["latency_b1_s"] = time_forward_graphed(model, x1, repeats, device, dt)
+                graphed["infer_img_s"] = batch / time_forward_graphed(model, xb, repeats, device, dt)
+                results["networks"].append(graphed)
         del model
         bar.update()
     bar.close()
@@ -227,6 +241,7 @@ def _print_networks(results):
         parts = [f"latency {o['latency_b1_s'] / r['latency_b1_s']:.1f}x faster"]
         if "infer_img_s" in r:
             parts.append(f"inference {r['infer_img_s'] / o['infer_img_s']:.2f}x")
+        if "train_img_s" in r:
             parts.append(f"training {r['train_img_s'] / o['train_img_s']:.2f}x")
             parts.append(f"peak memory {r['train_peak_gib'] / o['train_peak_gib']:.2f}x")
         print(f"ratio ours({r['backend']}, {r['precision']}) / official: " + ", ".join(parts))
