@@ -86,7 +86,8 @@ class SDI(nn.Module):
         self.convs = nn.ModuleList([nn.Conv2d(channels, channels, 3, padding=1) for _ in range(levels)])
 
     def forward(self, features: Sequence[torch.Tensor], anchor: torch.Tensor) -> torch.Tensor:
-        size = anchor.shape[-2:]
+        # plain ints: exporters need a constant pooling size (traced models are fixed-size anyway)
+        size = (int(anchor.shape[-2]), int(anchor.shape[-1]))
         out = torch.ones_like(anchor)
         for conv, f in zip(self.convs, features):
             if f.shape[-2] > size[0] or f.shape[-1] > size[1]:
