@@ -12,7 +12,7 @@ from vmunet_monai.engine.handlers import (
     item_name,
 )
 from vmunet_monai.engine.inferers import PlainTensorInferer
-from vmunet_monai.engine.transforms import BinarizeMaskd, FirstOutputd, gray_converter, rgb_converter
+from vmunet_monai.engine.transforms import BinarizeMaskd, FirstOutputd, Spacingd, gray_converter, rgb_converter
 from vmunet_monai.engine.utils import amp_dtype, amp_enabled, find_bundle, load_pretrained
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "FirstOutputd",
     "OverlayWriter",
     "PlainTensorInferer",
+    "Spacingd",
     "TqdmProgressBar",
     "TrainingCheckpoint",
     "amp_dtype",

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 
+import monai.transforms
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["BinarizeMaskd", "FirstOutputd", "rgb_converter", "gray_converter"]
+__all__ = ["BinarizeMaskd", "FirstOutputd", "Spacingd", "rgb_converter", "gray_converter"]
 
 
 def rgb_converter(image):
@@ -69,4 +70,23 @@ class FirstOutputd(MapTransform):
         for key in self.key_iterator(d):
             if isinstance(d[key], (list, tuple)):
                 d[key] = d[key][0]
+        return d
+
+
+class Spacingd(monai.transforms.Spacingd):
+    """MONAI's ``Spacingd`` that also runs inside MONAI Label.
+
+    For NIfTI input, monai 1.6's ``Spacingd`` copies the new metadata into every entry named
+    ``<key>_*``. MONAI Label puts ``image_path`` (a string) into the same dictionary, so the copy fails
+    with ``'str' object has no attribute 'update'``. Entries of that form that are not dictionaries are
+    set aside during the call; everything else, ``inverse`` included, is MONAI's.
+    """
+
+    def __call__(self, data, lazy: bool | None = None) -> dict:
+        d = dict(data)
+        prefixes = tuple(f"{key}_" for key in self.keys)
+        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes)
+                 and not isinstance(d[k], Mapping)}
+        d = super().__call__(d, lazy=lazy)
+        d.update(aside)
         return d
