@@ -36,7 +36,7 @@ def test_metadata_follows_the_zoo_rules():
     assert int(meta["numpy_version"].split(".")[0]) < 2  # the zoo CI runs Python 3.10 and MONAI Label needs numpy<2
     image, pred = meta["network_data_format"]["inputs"]["image"], meta["network_data_format"]["outputs"]["pred"]
     assert (image["num_channels"], image["format"]) == (3, "RGB")
-    assert pred["num_channels"] == len(pred["channel_def"]) == 1
+    assert pred["num_channels"] == 1 and pred["channel_def"] == {"0": "background", "1": "lesion"}  # mask values
     train = json.loads(open(config_path(BUNDLE, "train.json")).read())
     assert train["training"] == "%run" and isinstance(train["train"]["handlers"], list)
     assert (train["epochs"], train["batch_size"], train["learning_rate"], train["weight_decay"]) == (300, 32, 1e-3, 1e-2)

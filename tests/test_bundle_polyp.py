@@ -25,7 +25,7 @@ def test_metadata_and_recipe():
     meta = json.loads(open(config_path(BUNDLE, "metadata.json")).read())
     assert meta["version"] in meta["changelog"] and int(meta["numpy_version"].split(".")[0]) < 2
     assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 3
-    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "polyp"}
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "polyp"}
     train = json.loads(open(config_path(BUNDLE, "train.json")).read())
     assert train["network_def"]["_target_"] == "vmunet_monai.networks.VMUNetV2"
     assert train["network_def"]["deep_supervision"] is True and train["network_def"]["depths"] == [2, 2, 9, 2]
