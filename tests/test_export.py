@@ -1,0 +1,152 @@
+"""TorchScript and ONNX export of the three bundles: the exported model equals eager PyTorch within 1e-4,
+through ``python -m vmunet_monai export`` and through MONAI's own ``ckpt_export`` / ``onnx_export``."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from bundle_helpers import run_env
+from tiny_bundles import BUNDLE_NAMES, make_tiny_bundle, save_weights, tiny_network
+
+from vmunet_monai.cli import Commands
+from vmunet_monai.export import DEFAULT_TOLERANCE, ExportVerificationError, export, verify_export
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """Tiny copies of the three bundles with random weights (VMUNetV2's made image-dependent)."""
+    root = tmp_path_factory.mktemp("export")
+    out = {}
+    for name in BUNDLE_NAMES:
+        path = make_tiny_bundle(name, root, size=SIZE)
+        save_weights(path, seed=1)
+        out[name] = path
+    return out
+
+
+def _eager(bundle_root):
+    net = tiny_network(bundle_root)
+    net.load_state_dict(torch.load(bundle_root / "models" / "model.pt", weights_only=True))
+    return net
+
+
+def _channels(bundle_root) -> int:
+    meta = json.loads((bundle_root / "configs" / "metadata.json").read_text())
+    return meta["network_data_format"]["inputs"]["image"]["num_channels"]
+
+
+def _assert_image_dependent(run, channels: int):
+    """The comparison means something only if the output moves with the input far more than the tolerance."""
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.rand(1, channels, SIZE, SIZE, generator=g), torch.rand(1, channels, SIZE, SIZE, generator=g)
+    assert (run(a) - run(b)).abs().max() > 100 * DEFAULT_TOLERANCE
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_torchscript_export_equals_eager(name, bundles):
+    from monai.data import load_net_with_metadata
+
+    root = bundles[name]
+    result = export(str(root), "torchscript")
+    assert result.path == root / "models" / "model.ts" and result.path.is_file()
+    assert result.input_shape == (2, _channels(root), SIZE, SIZE)  # batch 2 against a trace made with batch 1
+    assert result.max_abs_diff <= 1e-4
+
+    module, meta, extra = load_net_with_metadata(str(result.path), more_extra_files=["inference.json"])
+    assert meta["version"] == json.loads((root / "configs" / "metadata.json").read_text())["version"]
+    assert "network_def" in json.loads(extra["inference.json"])
+    eager = _eager(root)
+    x = torch.rand(3, _channels(root), SIZE, SIZE)
+    with torch.no_grad():
+        assert (module(x) - eager(x)).abs().max() <= 1e-4
+        _assert_image_dependent(module, _channels(root))
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_onnx_export_equals_eager_in_onnxruntime(name, bundles, tmp_path):
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install 'vmunet-monai[export]')")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'vmunet-monai[export]')")
+    root = bundles[name]
+    result = export(str(root), "onnx", output=str(tmp_path / "net.onnx"))
+    assert result.max_abs_diff <= 1e-4
+
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"] and [o.name for o in session.get_outputs()] == ["pred"]
+    eager = _eager(root)
+    x = torch.rand(3, _channels(root), SIZE, SIZE)
+    got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+    with torch.no_grad():
+        assert (got - eager(x)).abs().max() <= 1e-4
+    _assert_image_dependent(lambda t: torch.from_numpy(session.run(None, {"image": t.numpy()})[0]), _channels(root))
+
+
+def test_the_check_sees_a_different_network(bundles):
+    root = bundles["isic_skin_lesion"]
+    result = export(str(root), "torchscript")
+    other = _eager(root)
+    with torch.no_grad():
+        other.final_conv.bias.add_(0.01)
+    assert verify_export(result.path, "torchscript", other, result.input_shape) > 5e-3
+
+
+def test_cli_export_prints_the_difference_and_fails_above_the_tolerance(bundles, tmp_path, capsys):
+    root = bundles["synapse_multiorgan"]
+    Commands().export(str(root), format="torchscript", output=str(tmp_path / "ct.ts"))
+    printed = capsys.readouterr().out
+    diff = float(re.search(r"max abs diff .*: ([0-9.e+-]+) \(tolerance 1e-04\)", printed).group(1))
+    assert diff <= 1e-4 and (tmp_path / "ct.ts").is_file()
+    # eager runs the selected CPU scan backend, the export the torch backend: float32 rounding differs a little
+    assert diff > 0
+    with pytest.raises(SystemExit, match="export check failed: .* differs from eager PyTorch by"):
+        Commands().export(str(root), format="torchscript", output=str(tmp_path / "ct2.ts"), tolerance=diff / 10)
+
+
+def test_clear_errors(bundles, tmp_path):
+    with pytest.raises(ValueError, match="--format 'tflite': choose one of torchscript, onnx"):
+        export(str(bundles["polyp_seg"]), "tflite")
+    with pytest.raises(FileNotFoundError, match="no weights at .*missing.pt: train the bundle first"):
+        export(str(bundles["polyp_seg"]), "torchscript", checkpoint=str(tmp_path / "missing.pt"))
+    with pytest.raises(ExportVerificationError, match="limit is 1e-30"):
+        export(str(bundles["isic_skin_lesion"]), "torchscript", output=str(tmp_path / "x.ts"), tolerance=1e-30)
+
+
+def _monai_bundle(args, cwd):
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=str(cwd), env=run_env(),
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
+    assert proc.returncode == 0, f"monai.bundle {args[0]} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def test_monai_bundle_ckpt_export_command_from_the_model_card(bundles, tmp_path):
+    """The command the synapse model card gives, run as written (from the bundle folder)."""
+    root = bundles["synapse_multiorgan"]
+    out = tmp_path / "model.ts"
+    _monai_bundle(["ckpt_export", "network_def", "--filepath", str(out), "--ckpt_file", "models/model.pt",
+                   "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json",
+                   "--bundle_root", ".", "--use_trace", "True"], cwd=root)
+    module = torch.jit.load(str(out))
+    x = torch.rand(4, 1, SIZE, SIZE)
+    with torch.no_grad():
+        assert (module(x) - _eager(root)(x)).abs().max() <= 1e-4
+
+
+def test_monai_bundle_onnx_export_command_with_onnxruntime_check(bundles, tmp_path):
+    """``onnx_export`` with MONAI's own onnxruntime comparison (it raises if the outputs differ)."""
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install 'vmunet-monai[export]')")
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'vmunet-monai[export]')")
+    root = bundles["polyp_seg"]
+    out = tmp_path / "model.onnx"
+    kwargs = "{'dynamo': False, 'verify': True, 'use_ort': True, 'rtol': 1e-4, 'atol': 1e-4}"
+    _monai_bundle(["onnx_export", "network_def", "--filepath", str(out), "--ckpt_file", "models/model.pt",
+                   "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json",
+                   "--bundle_root", ".", "--use_trace", "True", "--converter_kwargs", kwargs], cwd=root)
+    import onnx
+
+    assert onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim[1].dim_value == 3

@@ -1,0 +1,183 @@
+"""Export a bundle's network to TorchScript or ONNX, then check the export against eager PyTorch.
+
+``python -m vmunet_monai export BUNDLE --format torchscript|onnx`` wraps MONAI's own
+``python -m monai.bundle ckpt_export`` and ``onnx_export`` (so the files are what those commands
+write: a TorchScript file with ``metadata.json`` and ``inference.json`` embedded, or an ONNX model),
+and then runs the exported model and the eager network on the same random input.
+
+Why tracing: ``torch.jit.script`` cannot compile the selective-scan dispatch (keyword-only
+arguments, optional backends chosen at run time), so both formats are produced by
+``torch.jit.trace``. While tracing, :mod:`vmunet_monai.ops` always runs the ``torch`` scan backend,
+which is plain tensor code. A traced model is fixed to the traced height and width (the network
+input size in ``metadata.json``: what the bundle's inference pipeline feeds it); the batch size
+stays free, and the check below runs a batch of 2 to show it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vmunet_monai.engine.utils import find_bundle
+
+__all__ = ["FORMATS", "DEFAULT_TOLERANCE", "ExportResult", "ExportVerificationError", "export", "verify_export"]
+
+FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
+DEFAULT_TOLERANCE = 1e-4
+INPUT_NAME, OUTPUT_NAME = "image", "pred"  # the keys of metadata.json's network_data_format
+
+
+class ExportVerificationError(RuntimeError):
+    """The exported model computes something else than the eager network."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    input_shape: tuple[int, ...]
+    max_abs_diff: float
+    tolerance: float
+
+    def summary(self) -> str:
+        return (f"{self.format} model written to {self.path} (traced on the torch scan backend)\n"
+                f"max abs diff against eager PyTorch on a random {tuple(self.input_shape)} input: "
+                f"{self.max_abs_diff:.3e} (tolerance {self.tolerance:.0e})")
+
+
+@contextlib.contextmanager
+def _quiet_tracing():
+    # The networks check shapes in Python (channel count, padding to a multiple of 32); a trace keeps the
+    # traced input's values of those, which is what the tracer warns about. The export is fixed-size on
+    # purpose, and the check after it runs a different random input.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        yield
+
+
+def _paths(bundle: str, checkpoint: str | None, output: str | None, format: str):
+    if format not in FORMATS:
+        raise ValueError(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
+    root = find_bundle(bundle)
+    config, meta = root / "configs" / "inference.json", root / "configs" / "metadata.json"
+    for path in (config, meta):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; a bundle to export needs configs/inference.json and metadata.json")
+    ckpt = Path(checkpoint) if checkpoint else root / "models" / "model.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(
+            f"no weights at {ckpt}: train the bundle first (python -m monai.bundle run training --config_file "
+            f"{root}/configs/train.json --bundle_root {root} --dataset_dir PREPARED) or pass --checkpoint PATH"
+        )
+    out = Path(output) if output else root / "models" / FORMATS[format]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return root, config, meta, ckpt, out
+
+
+def _input_shape(config: Path, meta: Path, input_shape) -> tuple[int, ...]:
+    if input_shape:
+        return tuple(int(s) for s in input_shape)
+    from monai.bundle import ConfigParser
+    from monai.bundle.scripts import _get_fake_input_shape
+
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    parser.read_meta(str(meta))
+    return tuple(int(s) for s in _get_fake_input_shape(parser))
+
+
+def _eager_network(root: Path, config: Path, ckpt: Path) -> torch.nn.Module:
+    """``network_def`` with the checkpoint loaded the way ``ckpt_export`` loads it (ignite, strict)."""
+    from ignite.handlers import Checkpoint
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    parser["bundle_root"] = str(root)
+    net = parser.get_parsed_content("network_def")
+    Checkpoint.load_objects(to_load={"": net}, checkpoint=str(ckpt))
+    return net.eval()
+
+
+def verify_export(path: str | Path, format: str, network: torch.nn.Module, input_shape, batch: int = 2,
+                  seed: int = 0) -> float:
+    """Max absolute difference between the exported model at ``path`` and ``network`` on a random input of
+    ``input_shape`` with batch size ``batch`` (values in [0, 1), like the bundles' normalised input)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand((batch, *tuple(input_shape)[1:]), generator=generator)
+    with torch.no_grad():
+        expected = network(x)
+    if format == "torchscript":
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+        with torch.no_grad():
+            got = module(x)
+    elif format == "onnx":
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise ImportError(f"checking an ONNX export needs onnxruntime ({exc}): pip install 'vmunet-monai[export]'") from exc
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    else:
+        raise ValueError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
+    if tuple(got.shape) != tuple(expected.shape):
+        raise ExportVerificationError(
+            f"{path}: output shape {tuple(got.shape)} for input {tuple(x.shape)}, eager gives {tuple(expected.shape)}"
+        )
+    return float((got.float() - expected.float()).abs().max())
+
+
+def export(bundle: str, format: str = "torchscript", checkpoint: str | None = None, output: str | None = None,
+           tolerance: float = DEFAULT_TOLERANCE, input_shape=None) -> ExportResult:
+    """Export ``bundle``'s ``network_def`` with its trained weights and check the result.
+
+    Args:
+        bundle: a bundle name (``isic_skin_lesion``, ``polyp_seg``, ``synapse_multiorgan``) or a bundle folder.
+        format: ``torchscript`` (``monai.bundle ckpt_export --use_trace True``) or ``onnx``
+            (``monai.bundle onnx_export --use_trace True`` with PyTorch's TorchScript-based ONNX exporter).
+        checkpoint: weights; default ``<bundle>/models/model.pt``.
+        output: file to write; default ``<bundle>/models/model.ts`` or ``model.onnx``.
+        tolerance: largest max-abs difference from the eager network accepted.
+        input_shape: ``[1, C, H, W]`` to trace with; default from ``metadata.json`` (the network input size).
+
+    Returns:
+        :class:`ExportResult` (path, input shape checked, max abs difference).
+
+    Raises:
+        FileNotFoundError: for a missing bundle, config or checkpoint.
+        ExportVerificationError: if the export's output differs from eager by more than ``tolerance``.
+    """
+    from monai.bundle import ckpt_export, onnx_export
+
+    root, config, meta, ckpt, out = _paths(bundle, checkpoint, output, format)
+    shape = _input_shape(config, meta, input_shape)
+    common = dict(net_id="network_def", filepath=str(out), ckpt_file=str(ckpt), meta_file=str(meta),
+                  config_file=str(config), use_trace=True, input_shape=list(shape), bundle_root=str(root))
+    with _quiet_tracing():
+        if format == "torchscript":
+            ckpt_export(**common, converter_kwargs={"check_trace": False})
+        else:
+            try:
+                import onnx  # noqa: F401  (monai imports it optionally and would fail later, less clearly)
+            except ImportError as exc:
+                raise ImportError(f"ONNX export needs onnx ({exc}): pip install 'vmunet-monai[export]'") from exc
+            onnx_export(**common, converter_kwargs={
+                "dynamo": False,  # the torch.export-based exporter takes minutes on the unrolled scan loops
+                "input_names": [INPUT_NAME],
+                "output_names": [OUTPUT_NAME],
+                "dynamic_axes": {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            })
+    network = _eager_network(root, config, ckpt)
+    diff = verify_export(out, format, network, shape)
+    result = ExportResult(out, format, (2, *shape[1:]), diff, tolerance)
+    if not diff <= tolerance:
+        raise ExportVerificationError(
+            f"{out}: the {format} export differs from eager PyTorch by {diff:.3e} (max abs) on a random "
+            f"{result.input_shape} input; the limit is {tolerance:.0e}"
+        )
+    return result
