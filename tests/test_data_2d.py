@@ -99,10 +99,12 @@ def test_isic_2018_names_and_errors(tmp_path):
     with pytest.raises(DatasetLayoutError, match="choose one with --year"):
         prepare("isic_skin_lesion", str(raw), str(tmp_path / "both"))
     prepare("isic_skin_lesion", str(raw), str(tmp_path / "y17"), year=2017)
-    # a missing mask is named
+    # an image without its mask is skipped and named; the others are imported
     (raw / "ISIC2018_Task1_Training_GroundTruth" / "ISIC_0000001_segmentation.png").unlink()
-    with pytest.raises(DatasetLayoutError, match="ISIC_0000001.jpg"):
-        prepare("isic_skin_lesion", str(raw), str(tmp_path / "bad"), year=2018)
+    prepare("isic_skin_lesion", str(raw), str(tmp_path / "bad"), year=2018)
+    doc = json.loads((tmp_path / "bad" / "datalist.json").read_text())
+    assert [s["file"].endswith("ISIC_0000001.jpg") for s in doc["meta"]["skipped"]] == [True]
+    assert "ISIC_0000001" not in {i["name"] for k in ("training", "validation", "test") for i in doc[k]}
     # an official split without test ground truth is refused, the paper split still works
     shutil.rmtree(raw / "ISIC-2017_Test_v2_Part1_GroundTruth")
     with pytest.raises(DatasetLayoutError, match="split='paper'"):

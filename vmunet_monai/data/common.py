@@ -16,12 +16,17 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError, check_image_pair_2d, check_output_location
+
 __all__ = [
     "DATALIST_NAME",
     "IMAGE_EXTENSIONS",
     "DatasetLayoutError",
     "list_images",
     "pair_images_and_masks",
+    "verify_pairs",
+    "check_prepare_output",
+    "report_skipped",
     "split_items",
     "write_datalist",
     "load_datalist",
@@ -36,10 +41,9 @@ __all__ = [
 ]
 
 DATALIST_NAME = "datalist.json"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(InputError):
     """A raw dataset folder does not have the layout an importer expects (the message names the path and rule)."""
 
 
@@ -69,13 +73,23 @@ def list_images(folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXT
 
 
 def pair_images_and_masks(images: Sequence[Path], mask_folder: str | os.PathLike, mask_suffix: str = "",
-                          mask_extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[tuple[Path, Path]]:
+                          mask_extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                          skipped: list[dict] | None = None) -> list[tuple[Path, Path]]:
     """Match every image with the mask named ``<image stem><mask_suffix>.<ext>`` in ``mask_folder``.
 
     Pairing is by name, never by sorted position (a missing file would silently shift every pair).
 
+    Args:
+        images: the image files.
+        mask_folder: the folder of masks.
+        mask_suffix: text between the image stem and the mask's extension (``"_segmentation"`` for ISIC).
+        mask_extensions: accepted mask suffixes.
+        skipped: if given, images without a mask are appended to it as ``{"file", "reason"}`` and
+            left out, instead of raising (the error is still raised when no image has a mask).
+
     Raises:
-        DatasetLayoutError: naming the first images without a mask, if any image has none.
+        DatasetLayoutError: naming the first images without a mask, if any image has none (or, with
+            ``skipped``, if none has one).
     """
     mask_folder = Path(mask_folder)
     if not mask_folder.is_dir():
@@ -94,12 +108,70 @@ def pair_images_and_masks(images: Sequence[Path], mask_folder: str | os.PathLike
             missing.append(img.name)
         else:
             pairs.append((img, mask))
-    if missing:
+    if missing and (skipped is None or not pairs):
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise DatasetLayoutError(
             f"{mask_folder}: no mask named '<image stem>{mask_suffix}.<png|jpg|...>' for {len(missing)} image(s): {shown}"
         )
+    by_name = {img.name: img for img in images}
+    for name in missing:
+        skipped.append({"file": str(by_name[name]),
+                        "reason": f"no mask {mask_folder / (Path(name).stem + mask_suffix)}.<png|jpg|...> "
+                                  "(every image needs its mask)"})
     return pairs
+
+
+def verify_pairs(pairs: Sequence[tuple[Path, Path]], skipped: list[dict], workers: int | None = None
+                 ) -> list[tuple[Path, Path]]:
+    """Decode every image and mask once and keep the pairs that pass
+    :func:`vmunet_monai.validation.check_image_pair_2d` (readable, same size, binary mask values).
+
+    Failures are appended to ``skipped`` as ``{"file", "reason"}``; the order of ``pairs`` is kept.
+    Decoding runs on a thread pool (PIL releases the GIL while it decodes).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check(pair):
+        try:
+            check_image_pair_2d(*pair)
+            return None
+        except InputError as exc:
+            return str(exc)
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(check, pairs))
+    kept = []
+    for pair, error in zip(pairs, results):
+        if error is None:
+            kept.append(pair)
+        else:
+            skipped.append({"file": str(pair[0]), "reason": error})
+    return kept
+
+
+def check_prepare_output(read_from: Iterable[str | os.PathLike], out: str | os.PathLike) -> None:
+    """``prepare`` writes outside the dataset it reads: OUT is none of the folders the importer reads
+    images and masks from, nor inside one, so the download stays as distributed and nothing in it is
+    ever overwritten.
+
+    Raises:
+        InputError: naming OUT and the folder it collides with.
+    """
+    check_output_location([p for p in read_from if os.path.exists(p)], out, what="prepared folder (OUT)")
+
+
+def report_skipped(skipped: Sequence[dict], what: str = "file") -> None:
+    """Print one line per skipped file (``skipped <file>: <reason>``) to stderr."""
+    import sys
+
+    for item in skipped:
+        reason = item["reason"]
+        prefix = f"{item['file']}: "
+        print(f"skipped {item['file']}: {reason[len(prefix):] if reason.startswith(prefix) else reason}",
+              file=sys.stderr)
+    if skipped:
+        print(f"{len(skipped)} {what}(s) skipped; the rest was processed", file=sys.stderr)
 
 
 def split_items(items: Sequence, fractions: Sequence[float], seed: int) -> list[list]:
@@ -163,30 +235,59 @@ def write_datalist(out: str | os.PathLike, splits: dict[str, list[dict]], meta: 
     return str(path)
 
 
-def load_datalist(dataset_dir: str | os.PathLike, key: str = "training") -> list[dict]:
+def load_datalist(dataset_dir: str | os.PathLike, key: str = "training", require: Sequence[str] = ()) -> list[dict]:
     """The ``key`` split of ``dataset_dir/datalist.json`` with paths made absolute.
+
+    Args:
+        dataset_dir: the folder holding ``datalist.json`` (the OUT of ``prepare``).
+        key: the split.
+        require: entry fields (e.g. ``("image", "label")``) that every entry must have, naming an
+            existing file. The bundles' configs require them, so a broken datalist fails before
+            training starts, with the entry and the file named.
 
     Raises:
         FileNotFoundError: when there is no datalist (the message gives the command that writes one).
         KeyError: when the split is missing (the message lists the splits present).
         ValueError: when the split is empty.
+        vmunet_monai.validation.InputError: for an entry without a required field or with a missing file.
     """
     path = Path(dataset_dir) / DATALIST_NAME
+    if not Path(dataset_dir).is_dir():
+        raise FileNotFoundError(
+            f"{dataset_dir}: no such dataset folder (--dataset_dir must be the OUT folder of "
+            f"`python -m vmunet_monai prepare <bundle> RAW OUT`)"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: --dataset_dir must be the OUT folder of "
             f"`python -m vmunet_monai prepare <bundle> RAW OUT` (or of `demo_data` followed by `prepare`)"
         )
-    doc = json.loads(path.read_text())
-    if key not in doc or not isinstance(doc[key], list):
-        present = [k for k, v in doc.items() if isinstance(v, list)]
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc}) (write it with `python -m vmunet_monai prepare`)") from None
+    if not isinstance(doc, dict) or key not in doc or not isinstance(doc[key], list):
+        present = [k for k, v in doc.items() if isinstance(v, list)] if isinstance(doc, dict) else []
         raise KeyError(f"{path}: no split {key!r}; the datalist has {present}")
     if not doc[key]:
         raise ValueError(f"{path}: split {key!r} is empty")
     base = path.parent
-    return [
-        {k: str((base / v).resolve()) if k in ("image", "label") else v for k, v in item.items()} for item in doc[key]
-    ]
+    items = []
+    for index, item in enumerate(doc[key]):
+        if not isinstance(item, dict):
+            raise InputError(f"{path}: entry {index} of {key!r} is {item!r} (each entry is an object with "
+                             f"{', '.join(repr(f) for f in require) or 'an image'} path)")
+        item = {k: str((base / v).resolve()) if k in ("image", "label") and isinstance(v, str) else v
+                for k, v in item.items()}
+        for field in require:
+            if not item.get(field):
+                raise InputError(f"{path}: entry {index} of {key!r} has no {field!r} (every {key} entry names "
+                                 f"its {' and '.join(require)})")
+            if not Path(item[field]).is_file():
+                raise InputError(f"{item[field]}: no such file, listed as the {field} of entry {index} of {key!r} "
+                                 f"in {path} (every file a datalist names must exist; rerun prepare)")
+        items.append(item)
+    return items
 
 
 def inference_items(dataset_dir: str | os.PathLike | None = None, input_path: str | os.PathLike | None = None,

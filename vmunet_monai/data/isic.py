@@ -33,14 +33,17 @@ import numpy as np
 
 from vmunet_monai.data.common import (
     DatasetLayoutError,
+    check_prepare_output,
     list_images,
     pair_images_and_masks,
     random_blob_mask,
+    report_skipped,
     save_mask,
     save_rgb,
     smooth_noise,
     soft_edges,
     split_items,
+    verify_pairs,
     write_datalist,
 )
 
@@ -100,11 +103,19 @@ def find_isic_folders(raw: str | os.PathLike, max_depth: int = 3) -> dict[int, d
     return found
 
 
-def _pairs(folders: dict[tuple[str, str], Path], role: str) -> list[tuple[Path, Path]] | None:
+def _pairs(folders: dict[tuple[str, str], Path], role: str, skipped: list[dict],
+           verify: bool) -> list[tuple[Path, Path]] | None:
     images, masks = folders.get((role, "image")), folders.get((role, "mask"))
     if images is None or masks is None:
         return None
-    return pair_images_and_masks(list_images(images, exclude=_EXCLUDE), masks, mask_suffix="_segmentation")
+    pairs = pair_images_and_masks(list_images(images, exclude=_EXCLUDE), masks, mask_suffix="_segmentation",
+                                  skipped=skipped)
+    if verify:
+        pairs = verify_pairs(pairs, skipped)
+        if not pairs:
+            raise DatasetLayoutError(f"{images}: no usable image/mask pair (every pair was skipped: "
+                                     f"{skipped[-1]['reason']})")
+    return pairs
 
 
 def _items(pairs, year: int) -> list[dict]:
@@ -112,7 +123,7 @@ def _items(pairs, year: int) -> list[dict]:
 
 
 def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, val_fraction: float = 0.2,
-            test_fraction: float = 0.3, validation: str = "auto", seed: int = 0) -> str:
+            test_fraction: float = 0.3, validation: str = "auto", seed: int = 0, verify: bool = True) -> str:
     """Write ``out/datalist.json`` (training / validation / test) from ISIC challenge downloads in ``raw``.
 
     Args:
@@ -125,13 +136,17 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
         validation: ``"auto"`` (the challenge validation set when present in an official split, else
             carved) or ``"carve"`` (always carved from training).
         seed: seed of every random split.
+        verify: decode every image and mask once and skip (naming them) pairs that cannot be used:
+            unreadable or truncated files, image and mask of different sizes, masks that are not
+            0/1 or 0/255. Images without a mask are always skipped and named.
 
     Returns:
-        the path of the datalist.
+        the path of the datalist (skipped files are listed under ``meta.skipped``).
 
     Raises:
         DatasetLayoutError: when no usable training folders are found, when both years are present
-            and ``year`` is not given, or when an official split lacks the test ground truth.
+            and ``year`` is not given, when an official split lacks the test ground truth, or when
+            OUT is inside one of the challenge folders.
         ValueError: for an unknown ``split`` or ``validation`` value.
     """
     if split not in ("auto", "official", "paper"):
@@ -139,6 +154,7 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
     if validation not in ("auto", "carve"):
         raise ValueError(f"validation must be 'auto' or 'carve', got {validation!r}")
     found = find_isic_folders(raw)
+    check_prepare_output([folder for folders in found.values() for folder in folders.values()], out)
     usable = {y: f for y, f in found.items() if ("train", "image") in f and ("train", "mask") in f}
     if not usable:
         raise DatasetLayoutError(
@@ -154,9 +170,10 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
         raise DatasetLayoutError(f"{raw}: no ISIC {year} training folders (found years {sorted(usable)})")
     year = int(year)
     folders = usable[year]
-    train = _items(_pairs(folders, "train"), year)
-    official_val = _pairs(folders, "val")
-    official_test = _pairs(folders, "test")
+    skipped: list[dict] = []
+    train = _items(_pairs(folders, "train", skipped, verify), year)
+    official_val = _pairs(folders, "val", skipped, verify)
+    official_test = _pairs(folders, "test", skipped, verify)
     if split == "auto":
         split = "official" if official_test else "paper"
     if split == "official":
@@ -181,8 +198,9 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
     path = write_datalist(
         out, {"training": train, "validation": val, "test": test},
         {"dataset": f"ISIC {year} task 1 (lesion segmentation)", "importer": "vmunet_monai.data.isic",
-         "raw": str(Path(raw).resolve()), "split": split, "how": how, "seed": seed},
+         "raw": str(Path(raw).resolve()), "split": split, "how": how, "seed": seed, "skipped": skipped},
     )
+    report_skipped(skipped, "image")
     print(f"ISIC {year}: {len(train)} training, {len(val)} validation, {len(test)} test images -> {path}")
     return path
 

@@ -22,14 +22,17 @@ import numpy as np
 
 from vmunet_monai.data.common import (
     DatasetLayoutError,
+    check_prepare_output,
     list_images,
     pair_images_and_masks,
     random_blob_mask,
+    report_skipped,
     save_mask,
     save_rgb,
     smooth_noise,
     soft_edges,
     split_items,
+    verify_pairs,
     write_datalist,
 )
 
@@ -67,15 +70,20 @@ def _sub(folder: Path, names) -> Path:
     raise DatasetLayoutError(f"{folder}: expected one of the subfolders {', '.join(names)}")
 
 
-def _pairs(folder: Path, dataset: str) -> list[dict]:
+def _pairs(folder: Path, dataset: str, skipped: list[dict], verify: bool) -> list[dict]:
     images = list_images(_sub(folder, _IMAGE_DIRS))
     if not images:
         raise DatasetLayoutError(f"{folder}: the image folder is empty")
-    pairs = pair_images_and_masks(images, _sub(folder, _MASK_DIRS))
+    pairs = pair_images_and_masks(images, _sub(folder, _MASK_DIRS), skipped=skipped)
+    if verify:
+        pairs = verify_pairs(pairs, skipped)
+        if not pairs:
+            raise DatasetLayoutError(f"{folder}: no usable image/mask pair (every pair was skipped: "
+                                     f"{skipped[-1]['reason']})")
     return [{"image": str(i), "label": str(m), "name": i.stem, "dataset": dataset} for i, m in pairs]
 
 
-def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0) -> str:
+def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0, verify: bool = True) -> str:
     """Write ``out/datalist.json`` from the PraNet polyp layout in ``raw``.
 
     Args:
@@ -83,15 +91,21 @@ def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0) -> str
         out: output folder.
         val_fraction: share of TrainDataset carved out (seeded) for validation and checkpoint selection.
         seed: split seed.
+        verify: decode every image and mask once and skip (naming them) pairs that cannot be used:
+            unreadable or truncated files, image and mask of different sizes, masks that are not
+            0/1 or 0/255. Images without a mask are always skipped and named.
 
     Returns:
-        the path of the datalist.
+        the path of the datalist (skipped files are listed under ``meta.skipped``).
 
     Raises:
-        DatasetLayoutError: for a missing folder, an empty set or an image without a mask.
+        DatasetLayoutError: for a missing folder, an empty set, a set where no image could be used,
+            or OUT being inside TrainDataset/ or TestDataset/.
     """
     root = find_pranet_root(raw)
-    everything = _pairs(root / "TrainDataset", "TrainDataset")
+    check_prepare_output([root / "TrainDataset", root / "TestDataset"], out)
+    skipped: list[dict] = []
+    everything = _pairs(root / "TrainDataset", "TrainDataset", skipped, verify)
     val, train = split_items(everything, [val_fraction], seed)
     test_root = root / "TestDataset"
     present = sorted(p.name for p in test_root.iterdir() if p.is_dir())
@@ -100,7 +114,11 @@ def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0) -> str
     order = [s for s in TEST_SETS if s in present] + [s for s in present if s not in TEST_SETS]
     test, counts = [], {}
     for name in order:
-        items = _pairs(test_root / name, name)
+        try:
+            items = _pairs(test_root / name, name, skipped, verify)
+        except DatasetLayoutError as exc:  # one unusable test set does not stop the others
+            skipped.append({"file": str(test_root / name), "reason": str(exc)})
+            continue
         counts[name] = len(items)
         test += items
     missing = [s for s in TEST_SETS if s not in present]
@@ -109,8 +127,9 @@ def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0) -> str
         {"dataset": "polyp segmentation, PraNet protocol", "importer": "vmunet_monai.data.polyp",
          "raw": str(root.resolve()), "test_sets": counts, "missing_test_sets": missing,
          "how": f"training = TrainDataset minus validation ({val_fraction:g}, seed {seed}); test = each TestDataset set",
-         "seed": seed},
+         "seed": seed, "skipped": skipped},
     )
+    report_skipped(skipped, "image")
     note = f" (missing: {', '.join(missing)})" if missing else ""
     print(f"polyp: {len(train)} training, {len(val)} validation, test sets {counts}{note} -> {path}")
     return path

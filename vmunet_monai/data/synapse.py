@@ -136,9 +136,30 @@ def _write_datalist(out: str, entries: dict[int, dict], split: dict[str, list[in
     return path
 
 
-def _prepare_rawdata(root: str, out: str, num_val: int | None, seed: int) -> str:
+def _check_rawdata_case(image: str, label_in: str, verify: bool) -> np.ndarray:
+    """The BTCV label array of one RawData case after the checks; raises InputError naming the file and rule."""
+    import nibabel as nib
+
+    from vmunet_monai.validation import check_label_values, check_same_size, input_error, read_volume
+
+    if not os.path.exists(label_in):
+        raise input_error(label_in, f"no such file (the label of {image})", "every image needs its label")
+    image_shape, _ = read_volume(image, read_data=verify)
+    label_shape, label = read_volume(label_in, read_data=True)
+    check_same_size(image, image_shape, label_in, label_shape, what="label")
+    if not np.allclose(nib.load(image).affine, nib.load(label_in).affine, atol=1e-3):
+        raise input_error(label_in, f"its affine differs from the image {image}",
+                          "an image and its label must share one grid")
+    check_label_values(label, label_in, num_classes=14)  # the 13 BTCV organs and background
+    return map_btcv_labels(label)
+
+
+def _prepare_rawdata(root: str, out: str, num_val: int | None, seed: int, verify: bool = True) -> str:
     import nibabel as nib
     from tqdm import tqdm
+
+    from vmunet_monai.data.common import report_skipped
+    from vmunet_monai.validation import InputError
 
     img_dir, lab_dir = os.path.join(root, "Training", "img"), os.path.join(root, "Training", "label")
     cases = {}
@@ -149,26 +170,26 @@ def _prepare_rawdata(root: str, out: str, num_val: int | None, seed: int) -> str
     if not cases:
         raise FileNotFoundError(f"{img_dir}: no img00XX.nii.gz files")
     os.makedirs(os.path.join(out, "labels"), exist_ok=True)
-    entries = {}
+    entries, skipped = {}, []
     for case, image in tqdm(sorted(cases.items()), desc="labels -> 8 organs"):
         ext = ".nii.gz" if image.endswith(".gz") else ".nii"
         label_in = os.path.join(lab_dir, f"label{case:04d}{ext}")
-        if not os.path.exists(label_in):
-            raise FileNotFoundError(f"{label_in}: missing label for {image}")
-        img_hdr, lab = nib.load(image), nib.load(label_in)
-        if img_hdr.shape != lab.shape or not np.allclose(img_hdr.affine, lab.affine, atol=1e-3):
-            raise ValueError(
-                f"{label_in}: shape {lab.shape} / affine do not match the image {image} {img_hdr.shape}; "
-                "image and label must share one grid"
-            )
-        mapped = map_btcv_labels(np.asarray(lab.dataobj))
+        try:
+            mapped = _check_rawdata_case(image, label_in, verify)
+        except InputError as exc:  # one broken case does not stop the others
+            skipped.append({"file": image, "reason": str(exc)})
+            continue
+        lab = nib.load(label_in)
         label_out = os.path.join(out, "labels", f"label{case:04d}.nii.gz")
         mapped_img = nib.Nifti1Image(mapped, lab.affine, lab.header)
         mapped_img.set_data_dtype(np.uint8)
         nib.save(mapped_img, label_out)
         entries[case] = {"case": f"{case:04d}", "image": _relative(image, out), "label": _relative(label_out, out)}
+    report_skipped(skipped, "case")
+    if not entries:
+        raise InputError(f"{root}: no usable case; every case was skipped (first: {skipped[0]['reason']})")
     split = _split_cases(list(entries), num_val, seed)
-    return _write_datalist(out, entries, split, {"source": "RawData", "seed": seed})
+    return _write_datalist(out, entries, split, {"source": "RawData", "seed": seed, "skipped": skipped})
 
 
 def _to_hu(scaled: np.ndarray) -> np.ndarray:
@@ -264,7 +285,8 @@ def _convert_case(case, image, label, spacing, out, img_dir, lab_dir) -> dict:
 
 
 def prepare(
-    raw: str, out: str, num_val: int | None = None, seed: int = 0, spacing: Sequence[float] | None = None
+    raw: str, out: str, num_val: int | None = None, seed: int = 0, spacing: Sequence[float] | None = None,
+    verify: bool = True,
 ) -> str:
     """Write ``out/datalist.json`` from Synapse RawData or the TransUNet npz/h5 release (detected from the layout).
 
@@ -276,20 +298,31 @@ def prepare(
         seed: seed of the validation draw.
         spacing: (x, y, z) in mm for the TransUNet release, which carries none
             (default :data:`TRANSUNET_DEFAULT_SPACING`); ignored for RawData, whose headers hold it.
+        verify: RawData: decode every image volume too (a truncated file is found now, not in
+            training); labels are always read. A case that fails a check (missing or unreadable
+            label, 2D or multi-channel file, NaN voxels, image and label of different sizes or
+            grids, label values outside 0-13) is skipped, named on stderr and listed under
+            ``skipped`` in the datalist.
 
     Returns:
         The path of the datalist.
 
     Raises:
-        FileNotFoundError: if ``raw`` holds neither layout, or a label file is missing.
-        ValueError: for labels outside the expected values or mismatched image/label grids.
+        FileNotFoundError: if ``raw`` holds neither layout.
+        vmunet_monai.validation.InputError: if no case can be used, or OUT is inside a folder the data is read from.
+        ValueError: for labels outside the expected values of the TransUNet release.
     """
+    from vmunet_monai.data.common import check_prepare_output
+
     if isinstance(spacing, str):
         spacing = [float(s) for s in spacing.split(",")]
     layout, root = _find_layout(raw)
+    read_from = ([os.path.join(root, "Training", "img"), os.path.join(root, "Training", "label")]
+                 if layout == "rawdata" else [os.path.join(root, "train_npz"), os.path.join(root, "test_vol_h5")])
+    check_prepare_output(read_from, out)
     os.makedirs(out, exist_ok=True)
     if layout == "rawdata":
-        return _prepare_rawdata(root, out, num_val, int(seed))
+        return _prepare_rawdata(root, out, num_val, int(seed), bool(verify))
     return _prepare_transunet(root, out, num_val, int(seed), spacing or TRANSUNET_DEFAULT_SPACING)
 
 

@@ -1,0 +1,361 @@
+"""Checks of input files and values that fail with one line: which file, which value, which rule.
+
+Every check raises :class:`InputError` (a ``ValueError``), so a caller can catch one type; the
+command line prints its message without a traceback. Batch tools (``predict``, ``prepare``) call
+these checks per file, skip a file that fails and name it, so one broken file never stops the rest.
+
+What is checked, and why here rather than in the network: a network can only say that a tensor has
+the wrong shape somewhere deep in a layer; only the loader still knows the file name.
+
+- files: present, not empty, readable to the last byte (truncated PNG/JPEG/NIfTI are caught by
+  decoding everything once), of the expected kind (2D image or 3D volume);
+- values: images hold finite numbers (no NaN or Inf);
+- pairs: an image and its mask/label have the same size;
+- labels: a binary mask holds 0/1 or 0/255 (grey levels of lossy JPEG masks allowed); a label map
+  holds the integers ``0 .. num_classes - 1``;
+- outputs: never written over or inside the inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "VOLUME_EXTENSIONS",
+    "InputError",
+    "input_error",
+    "check_file",
+    "check_finite",
+    "check_binary_mask",
+    "check_label_values",
+    "check_same_size",
+    "read_image_2d",
+    "read_volume",
+    "check_image_pair_2d",
+    "check_output_location",
+    "describe_values",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+class InputError(ValueError):
+    """An input (file, value, pair of files, folder) that breaks a stated rule.
+
+    The message is one line: ``<file>: <what was found> (<the rule>)``.
+    """
+
+
+def input_error(path, problem: str, rule: str) -> InputError:
+    """``InputError("<path>: <problem> (<rule>)")``."""
+    return InputError(f"{os.fspath(path)}: {problem} ({rule})")
+
+
+def describe_values(values: np.ndarray, limit: int = 6) -> str:
+    """A short list of distinct values, e.g. ``0, 1, 2, 7`` or ``0, 1, 2, ... (40 values)``."""
+    values = np.unique(np.asarray(values))
+    shown = ", ".join(f"{v:g}" if isinstance(v, (float, np.floating)) else str(v) for v in values[:limit])
+    return shown + (f", ... ({values.size} values)" if values.size > limit else "")
+
+
+def _is_volume_name(path) -> bool:
+    name = os.fspath(path).lower()
+    return name.endswith(VOLUME_EXTENSIONS) or name.endswith(".dcm")
+
+
+def check_file(path) -> Path:
+    """``path`` as a ``Path`` if it is an existing, non-empty file.
+
+    Raises:
+        InputError: for a missing path, a folder, or an empty file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise input_error(path, "no such file", "the file must exist")
+    if not path.is_file():
+        raise input_error(path, "is a folder", "a file is expected here")
+    if path.stat().st_size == 0:
+        raise input_error(path, "the file is empty (0 bytes)", "an interrupted copy or download? the file must hold an image")
+    return path
+
+
+def check_finite(array, path, what: str = "image") -> None:
+    """Refuse NaN or Inf values.
+
+    Raises:
+        InputError: naming how many values are not finite.
+    """
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    finite = np.isfinite(array)
+    if not finite.all():
+        nan = int(np.isnan(array).sum())
+        inf = int(array.size - finite.sum() - nan)
+        raise input_error(path, f"the {what} holds {nan} NaN and {inf} Inf values",
+                          f"{what}s must hold finite numbers")
+
+
+def check_binary_mask(mask, path) -> None:
+    """A binary mask holds 0/1 or 0/255 (lossy JPEG grey levels between them are allowed).
+
+    Foreground is "at least half the scale" (:class:`vmunet_monai.engine.BinarizeMaskd`), so a mask
+    whose largest value is above 1 but below 128 (a label map with classes 0..k, or a dim mask)
+    would silently turn into an empty mask: that is refused, as are negative and non-finite values.
+
+    Raises:
+        InputError: naming the values found.
+    """
+    mask = np.asarray(mask)
+    check_finite(mask, path, "mask")
+    lo, hi = float(mask.min()), float(mask.max())
+    rule = "a binary mask holds 0/1 or 0/255"
+    if lo < 0 or hi > 255:
+        raise input_error(path, f"mask values range from {lo:g} to {hi:g}", rule)
+    if 1 < hi < 128:
+        raise input_error(path, f"mask values are {describe_values(mask)}, none of them at least 128", rule
+                          + "; foreground is at least half the scale, so this mask would read as empty (a label map "
+                          "with several classes?)")
+
+
+def check_label_values(label, path, num_classes: int) -> None:
+    """A label map holds the integers ``0 .. num_classes - 1``.
+
+    Raises:
+        InputError: naming the values outside the classes.
+    """
+    label = np.asarray(label)
+    check_finite(label, path, "label")
+    values = np.unique(label)
+    bad = values[(values < 0) | (values >= num_classes) | (values != np.round(values))]
+    if bad.size:
+        raise input_error(path, f"label values {describe_values(bad)} are outside the classes",
+                          f"labels must be integers 0-{num_classes - 1}")
+
+
+def check_same_size(image_path, image_shape: Sequence[int], label_path, label_shape: Sequence[int],
+                    what: str = "mask") -> None:
+    """Refuse an image and its mask/label of different sizes.
+
+    Raises:
+        InputError: naming both files and both sizes.
+    """
+    image_shape, label_shape = tuple(int(s) for s in image_shape), tuple(int(s) for s in label_shape)
+    if image_shape != label_shape:
+        size = lambda s: "x".join(str(v) for v in s)  # noqa: E731
+        raise input_error(label_path, f"{what} is {size(label_shape)} but its image {os.fspath(image_path)} is "
+                          f"{size(image_shape)}", f"an image and its {what} must have the same size")
+
+
+_FLOAT_MODES = ("F",)
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def read_image_2d(path) -> np.ndarray:
+    """Decode a 2D image file completely and return its pixels as ``(H, W)`` or ``(H, W, C)``.
+
+    Raises:
+        InputError: for a missing, empty, truncated or non-image file, a volume, a multi-frame
+            (3D) image, or NaN/Inf pixels.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = check_file(path)
+    if _is_volume_name(path):
+        raise input_error(path, "is a 3D volume file", "2D images (png, jpg, bmp, tif) are expected here; "
+                          "CT volumes go to the synapse_multiorgan bundle")
+    try:
+        with Image.open(path) as image:
+            frames = int(getattr(image, "n_frames", 1) or 1)
+            if frames > 1:
+                raise input_error(path, f"holds {frames} frames (a 3D stack)", "one 2D image per file is expected")
+            image.load()
+            array = np.asarray(image)
+    except InputError:
+        raise
+    except UnidentifiedImageError:
+        raise input_error(path, "is not an image file that can be read", "png, jpg, bmp or tif images are expected") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise input_error(path, f"cannot be decoded ({reason})", "the file must be a complete image; is it truncated?") from None
+    if array.ndim not in (2, 3) or min(array.shape[:2]) < 1:
+        raise input_error(path, f"has pixel array shape {array.shape}", "a 2D image of height x width [x channels]")
+    check_finite(array, path)
+    return array
+
+
+def check_image_pair_2d(image_path, mask_path) -> tuple[int, int]:
+    """Decode a 2D image and its binary mask and check both, and that they have the same size.
+
+    Returns:
+        the image size (height, width).
+
+    Raises:
+        InputError: for the first rule broken.
+    """
+    image = read_image_2d(image_path)
+    mask = read_image_2d(mask_path)
+    if mask.ndim == 3:  # RGB(A) masks are read as one grey channel by the bundles
+        mask = mask[..., :3].max(axis=-1) if mask.shape[-1] >= 3 else mask[..., 0]
+    check_same_size(image_path, image.shape[:2], mask_path, mask.shape[:2])
+    check_binary_mask(mask, mask_path)
+    return int(image.shape[0]), int(image.shape[1])
+
+
+def read_volume(path, read_data: bool = True) -> tuple[tuple[int, ...], np.ndarray | None]:
+    """Read a CT volume (NIfTI, NRRD, MHA/MHD, or a DICOM series folder) and check it is one 3D volume.
+
+    Args:
+        path: the file or the DICOM series folder.
+        read_data: decode all voxels too (catches truncated files and NaN/Inf), not only the header.
+
+    Returns:
+        ``(shape, voxels)`` (``voxels`` is ``None`` without ``read_data``); ``shape`` has three sizes.
+
+    Raises:
+        InputError: for a missing, empty, truncated or unreadable file, a 2D image, several
+            channels or time points, or NaN/Inf voxels.
+    """
+    path = Path(path)
+    rule_3d = "one 3D volume with one channel is expected (2D images go to the 2D bundles)"
+    if path.is_dir():
+        shape, data = _read_dicom_series(path, read_data)
+    else:
+        check_file(path)
+        name = path.name.lower()
+        if name.endswith(IMAGE_EXTENSIONS):
+            raise input_error(path, "is a 2D image file", rule_3d)
+        if name.endswith((".nii", ".nii.gz")):
+            shape, data = _read_nifti(path, read_data)
+        elif name.endswith(VOLUME_EXTENSIONS):
+            shape, data = _read_itk_file(path, read_data)
+        else:
+            raise input_error(path, "is not a volume file", f"expected one of {', '.join(VOLUME_EXTENSIONS)} "
+                              "or a DICOM series folder")
+    shape = tuple(int(s) for s in shape)
+    while len(shape) > 3 and shape[-1] == 1:  # (H, W, D, 1): a singleton time/channel axis
+        shape = shape[:-1]
+        data = None if data is None else data.reshape(shape)
+    if len(shape) < 3:
+        raise input_error(path, f"is {len(shape)}D with shape {shape}", rule_3d)
+    if len(shape) > 3:
+        raise input_error(path, f"has shape {shape}: {int(np.prod(shape[3:]))} channels or time points", rule_3d)
+    if data is not None:
+        check_finite(data, path, "volume")
+    return shape, data
+
+
+def _read_nifti(path: Path, read_data: bool):
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))
+        shape = image.shape
+        data = np.asanyarray(image.dataobj) if read_data else None
+    except Exception as exc:  # nibabel raises several types for broken files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise input_error(path, f"cannot be read as NIfTI ({reason})", "the file must be a complete NIfTI volume; "
+                          "is it truncated?") from None
+    return shape, data
+
+
+def _read_itk_file(path: Path, read_data: bool):
+    import SimpleITK as sitk
+
+    try:
+        if read_data:
+            image = sitk.ReadImage(str(path))
+            data = sitk.GetArrayViewFromImage(image)
+            shape = image.GetSize() + ((image.GetNumberOfComponentsPerPixel(),)
+                                       if image.GetNumberOfComponentsPerPixel() > 1 else ())
+            return shape, np.array(data)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        comps = reader.GetNumberOfComponents()
+        return reader.GetSize() + ((comps,) if comps > 1 else ()), None
+    except RuntimeError as exc:
+        reason = [line for line in str(exc).splitlines() if line.strip()]
+        raise input_error(path, f"cannot be read ({reason[-1].strip() if reason else 'ITK error'})",
+                          "the file must be a complete volume; is it truncated?") from None
+
+
+def _read_dicom_series(path: Path, read_data: bool):
+    import SimpleITK as sitk
+
+    files = [f for f in sorted(path.iterdir()) if f.is_file() and not f.name.startswith(".")]
+    if not files:
+        raise input_error(path, "is an empty folder", "a DICOM series folder holds the slices of one volume")
+    empty = [f for f in files if f.stat().st_size == 0]
+    if empty:
+        raise input_error(empty[0], "the file is empty (0 bytes)", "every slice of a DICOM series must be complete")
+    try:
+        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
+    except RuntimeError:
+        names = ()
+    if not names:
+        raise input_error(path, "holds no readable DICOM series", "a DICOM series folder holds the slices of one volume")
+    if len(names) < 2:
+        raise input_error(path, "the DICOM series has 1 slice (a 2D image)", "one 3D volume of several slices is expected")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(names)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        reason = [line for line in str(exc).splitlines() if line.strip()]
+        raise input_error(path, f"the DICOM series cannot be read ({reason[-1].strip() if reason else 'ITK error'})",
+                          "every slice must be a complete DICOM file") from None
+    comps = image.GetNumberOfComponentsPerPixel()
+    shape = image.GetSize() + ((comps,) if comps > 1 else ())
+    return shape, (np.array(sitk.GetArrayViewFromImage(image)) if read_data else None)
+
+
+def _resolved(path) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def check_output_location(inputs: Iterable, output, outputs: Iterable = (), what: str = "output folder") -> Path:
+    """Refuse an output location that would overwrite or mix with the inputs.
+
+    Rules: the output folder is not an input file, not an input folder and not inside one (files
+    written there would be read as inputs by the next run); no planned output file is an input file.
+
+    Args:
+        inputs: input files and folders.
+        output: the output folder.
+        outputs: the files that will be written (optional, checked one by one).
+        what: how to call ``output`` in the message.
+
+    Returns:
+        the resolved output folder.
+
+    Raises:
+        InputError: naming the output and the input it collides with.
+    """
+    out = _resolved(output)
+    ins = [_resolved(p) for p in inputs]
+    for src in ins:
+        if out == src and not src.is_dir():
+            raise input_error(out, f"the {what} is the input file itself", "outputs never overwrite inputs")
+        if src.is_dir() and _inside(out, src):
+            where = "is the input folder" if out == src else f"is inside the input folder {src}"
+            raise input_error(out, f"the {what} {where}", "outputs are written outside the inputs, so they never "
+                              "overwrite an input or get read as one; choose another folder")
+        if not src.is_dir() and _inside(out, src):
+            raise input_error(out, f"the {what} is inside the input file {src}", "outputs never overwrite inputs")
+    input_files = {p for p in ins if not p.is_dir()}
+    for planned in outputs:
+        planned = _resolved(planned)
+        if planned in input_files:
+            raise input_error(planned, "would be written over an input file", "outputs never overwrite inputs")
+    return out
