@@ -4,18 +4,64 @@ For the 2D bundles (``isic_skin_lesion``, ``polyp_seg``) this runs the bundle's 
 ``configs/inference.json`` with the input, output folder and checkpoint overridden, so the masks
 (PNG at the input image's size) and overlays are exactly what ``monai.bundle run inferring``
 writes. ``synapse_multiorgan`` goes to :func:`vmunet_monai.predict_volume.predict_volumes`.
+
+Before the network runs, every input file is decoded once and checked
+(:func:`vmunet_monai.validation.read_image_2d`): a file that is empty, truncated, not an image, a 3D
+volume or holds NaN pixels is skipped and named, and the rest is segmented. The checkpoint must be
+a state dict of the bundle's network (:func:`vmunet_monai.weights.check_checkpoint_fits`), and the
+output folder may not be an input or lie inside the input folder.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from vmunet_monai.engine.utils import find_bundle
+from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError, check_output_location, read_image_2d
 
-__all__ = ["predict", "VOLUME_BUNDLES"]
+__all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError"]
 
 VOLUME_BUNDLES = ("synapse_multiorgan",)
+
+
+class NothingToPredictError(InputError):
+    """Every input file was skipped: there was nothing the network could be run on."""
+
+
+_SKIP_DIR = re.compile(r"^(masks?|labels?|gt)$|groundtruth", re.IGNORECASE)
+_SKIP_STEM = re.compile(r"_(segmentation|superpixels)$")
+
+
+def _collect(input: Path) -> tuple[list[dict], list[str]]:
+    """Image items under ``input`` (a file, or a folder searched recursively, mask folders left out) and
+    the other files found, which are not images."""
+    if input.is_file():
+        return [{"image": str(input.resolve()), "name": input.stem}], []
+    items, others = [], []
+    for dirpath, dirnames, filenames in os.walk(input):
+        dirnames[:] = sorted(d for d in dirnames if not _SKIP_DIR.search(d) and not d.startswith("."))
+        for f in sorted(filenames):
+            path = Path(dirpath) / f
+            if f.startswith("."):
+                continue
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                if not _SKIP_STEM.search(path.stem):
+                    items.append({"image": str(path.resolve()), "name": path.stem})
+            else:
+                others.append(str(path))
+    return items, others
+
+
+def _common_folder(paths: list[str]) -> str:
+    return os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+
+
+def _planned(item: dict, output: Path, data_root: str) -> tuple[Path, Path]:
+    source = Path(item["image"])
+    rel = source.parent.relative_to(data_root) if data_root else Path()
+    return (output / "masks" / rel / f"{source.stem}_mask.png", output / "overlays" / rel / f"{source.stem}_overlay.png")
 
 
 def predict(bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None):
@@ -26,16 +72,20 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         bundle: a bundle name (``isic_skin_lesion``, ``polyp_seg``, ``synapse_multiorgan``) or the path
             of a bundle folder (e.g. the one ``demo`` trains).
         input: an image file or a folder of images.
-        output: output folder.
+        output: output folder; not an input, not the input folder and not inside it.
         checkpoint: weights to use; default ``<bundle>/models/model.pt``.
         device: ``cpu``, ``cuda`` or ``cuda:N``; default: CUDA when available.
 
     Returns:
-        ``{"masks": [...], "overlays": [...]}``, the paths written (for ``synapse_multiorgan``, the
-        list of segmentation files that :func:`~vmunet_monai.predict_volume.predict_volumes` returns).
+        ``{"masks": [...], "overlays": [...], "skipped": [{"file", "reason"}, ...]}``: the paths written
+        and the files that were skipped (for ``synapse_multiorgan``, the list of segmentation files
+        that :func:`~vmunet_monai.predict_volume.predict_volumes` returns).
 
     Raises:
-        FileNotFoundError: for a missing input, bundle or checkpoint (with the command that makes one).
+        FileNotFoundError: for a missing bundle or checkpoint (with the command that makes one).
+        InputError: for a missing input or an output folder inside the inputs.
+        NothingToPredictError: when every input file was skipped (the message names them).
+        vmunet_monai.weights.CheckpointError: for a checkpoint that is unreadable or not of this bundle's network.
     """
     if Path(str(bundle)).name in VOLUME_BUNDLES:
         from vmunet_monai.predict_volume import predict_volumes
@@ -45,19 +95,47 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
 
     from monai.bundle import ConfigWorkflow
 
+    from vmunet_monai.data.common import report_skipped
+    from vmunet_monai.weights import check_checkpoint_fits
+
     root = find_bundle(bundle)
-    if not Path(input).exists():
-        raise FileNotFoundError(f"input {input}: no such file or folder")
+    source = Path(os.path.abspath(os.path.expanduser(str(input))))
+    if not source.exists():
+        raise InputError(f"{input}: no such file or folder (give an image file or a folder of images)")
     ckpt = Path(checkpoint) if checkpoint else root / "models" / "model.pt"
     if not ckpt.is_file():
         raise FileNotFoundError(
             f"no trained weights at {ckpt}: train first (python -m monai.bundle run training --config_file "
             f"{root}/configs/train.json --bundle_root {root} --dataset_dir PREPARED) or pass --checkpoint PATH"
         )
+    out = check_output_location([source], output)
+    candidates, others = _collect(source)
+    skipped = []
+    for path in others:
+        reason = ("is a 3D volume file (2D images are expected; CT volumes go to the synapse_multiorgan bundle)"
+                  if path.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".dcm"))
+                  else f"not an image file ({', '.join(IMAGE_EXTENSIONS)})")
+        skipped.append({"file": path, "reason": f"{path}: {reason}"})
+    data_root = _common_folder([c["image"] for c in candidates])
+    good = []
+    for item in candidates:
+        try:
+            read_image_2d(item["image"])
+        except InputError as exc:
+            skipped.append({"file": item["image"], "reason": str(exc)})
+            continue
+        good.append(item)
+    if not good:
+        first = f"; first: {skipped[0]['reason']}" if skipped else ""
+        raise NothingToPredictError(f"{input}: no image could be segmented ({len(skipped)} file(s) skipped{first})")
+    planned = [_planned(item, out, data_root) for item in good]
+    check_output_location([c["image"] for c in candidates], out, [p for pair in planned for p in pair])
     overrides = {
         "bundle_root": str(root),
-        "input_dir": os.path.abspath(input),
-        "output_dir": os.path.abspath(output),
+        "input_dir": str(source),
+        "datalist": good,
+        "data_root_dir": data_root,
+        "output_dir": str(out),
         "checkpoint": str(ckpt.resolve()),
         "num_workers": 0,
     }
@@ -71,10 +149,14 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         **overrides,
     )
     workflow.initialize()
+    check_checkpoint_fits(workflow.parser.get_parsed_content("network"), ckpt)
     workflow.run()
     workflow.finalize()
-    out = Path(output)
-    masks = sorted(str(p) for p in (out / "masks").rglob("*_mask.png"))
-    overlays = sorted(str(p) for p in (out / "overlays").rglob("*_overlay.png"))
+    masks = [str(m) for m, _ in planned]
+    overlays = [str(o) for _, o in planned]
+    missing = [p for p in masks + overlays if not os.path.isfile(p)]
+    if missing:
+        raise RuntimeError(f"inference finished but did not write {missing[:3]}")
+    report_skipped(skipped, "file")
     print(f"{len(masks)} masks under {out / 'masks'}, {len(overlays)} overlays under {out / 'overlays'}")
-    return {"masks": masks, "overlays": overlays}
+    return {"masks": masks, "overlays": overlays, "skipped": skipped}

@@ -33,11 +33,12 @@ def _is_dicom_series(folder: str) -> bool:
     return bool(files) and any(_is_dicom_file(f) for f in files[:20])
 
 
-def find_volumes(path: str) -> list[str]:
+def find_volumes(path: str, ignored: list[str] | None = None) -> list[str]:
     """Volumes under ``path``: a volume file, a DICOM series folder, or a folder of volume files and series folders.
 
     Args:
         path: file or folder.
+        ignored: if given, the files in a folder that are neither volumes nor DICOM series are appended to it.
 
     Returns:
         Sorted paths; a DICOM series is returned as its folder (read by ``ITKReader`` as one volume).
@@ -61,6 +62,8 @@ def find_volumes(path: str) -> list[str]:
             found.append(full)
         elif os.path.isdir(full) and _is_dicom_series(full):
             found.append(full)
+        elif ignored is not None and os.path.isfile(full) and not name.startswith("."):
+            ignored.append(full)
     if not found:
         raise FileNotFoundError(
             f"{path}: no volumes ({', '.join(VOLUME_EXTENSIONS)} files or DICOM series folders) found"
@@ -99,9 +102,15 @@ def predict_volumes(
 ) -> list[str]:
     """Segment CT volumes with the Synapse bundle and write ``<name>_seg.nii.gz`` into ``output``.
 
+    Every volume is read completely once before the network runs
+    (:func:`vmunet_monai.validation.read_volume`): a volume that is empty, truncated, unreadable, 2D,
+    has several channels or time points, or holds NaN/Inf voxels is skipped and named on stderr, and
+    the others are segmented. So is a volume whose output name another input already takes.
+
     Args:
         input: a volume file, a DICOM series folder, a folder of them, or a list of such paths.
-        output: folder for the segmentations (label values 0-8, see the bundle's ``channel_def``).
+        output: folder for the segmentations (label values 0-8, see the bundle's ``channel_def``); not an
+            input, not an input folder and not inside one.
         checkpoint: model weights (default ``<bundle_root>/models/model.pt``).
         device: ``cpu``, ``cuda``, ``cuda:1``...; default: CUDA when available.
         bundle_root: the bundle folder (default: ``bundles/synapse_multiorgan`` of this checkout).
@@ -109,16 +118,25 @@ def predict_volumes(
         overrides: further ``inference.json`` ids to override (e.g. ``network_def={...}``, ``roi_size=[...]``).
 
     Returns:
-        The written NIfTI paths, in input order.
+        The written NIfTI paths, in input order (skipped volumes left out).
 
     Raises:
         FileNotFoundError: for a missing input, checkpoint or bundle.
+        vmunet_monai.predict.NothingToPredictError: when every volume was skipped.
+        vmunet_monai.validation.InputError: for an output folder inside the inputs.
+        vmunet_monai.weights.CheckpointError: for a checkpoint that is unreadable or not of the bundle's network.
     """
     from monai.bundle import ConfigWorkflow
 
+    from vmunet_monai.data.common import report_skipped
+    from vmunet_monai.predict import NothingToPredictError
+    from vmunet_monai.validation import InputError, check_output_location, read_volume
+    from vmunet_monai.weights import check_checkpoint_fits
+
     bundle_root = os.path.abspath(bundle_root or default_bundle_root())
     paths = [input] if isinstance(input, (str, os.PathLike)) else list(input)
-    volumes = [v for p in paths for v in find_volumes(str(p))]
+    others: list[str] = []
+    volumes = [v for p in paths for v in find_volumes(str(p), others)]
     checkpoint = os.path.abspath(checkpoint or os.path.join(bundle_root, "models", "model.pt"))
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(
@@ -126,10 +144,31 @@ def predict_volumes(
             f"--config_file {bundle_root}/configs/train.json --bundle_root {bundle_root}), download them "
             f"(python -m monai.bundle download_large_files --bundle_path {bundle_root}), or pass checkpoint=PATH"
         )
-    output = os.path.abspath(output)
+    output = str(check_output_location([str(p) for p in paths] + volumes, output))
+    good, taken = [], {}
+    skipped = [{"file": f, "reason": f"{f}: not a volume file (expected {', '.join(VOLUME_EXTENSIONS)} files or "
+                "DICOM series folders; 2D images go to the 2D bundles)"} for f in others]
+    for volume in volumes:
+        name = _output_name(volume)
+        if name in taken:
+            skipped.append({"file": volume, "reason": f"{volume}: its output {name} is already the output of "
+                            f"{taken[name]} (give volumes distinct names)"})
+            continue
+        try:
+            read_volume(volume, read_data=True)
+        except InputError as exc:
+            skipped.append({"file": volume, "reason": str(exc)})
+            continue
+        taken[name] = volume
+        good.append(volume)
+    if not good:
+        first = f"; first: {skipped[0]['reason']}" if skipped else ""
+        raise NothingToPredictError(f"{input}: no volume could be segmented ({len(skipped)} skipped{first})")
+    written = [os.path.join(output, _output_name(v)) for v in good]
+    check_output_location(volumes, output, written)
     os.makedirs(output, exist_ok=True)
     config = dict(overrides)
-    config.update(bundle_root=bundle_root, output_dir=output, datalist=volumes, checkpoint=checkpoint)
+    config.update(bundle_root=bundle_root, output_dir=output, datalist=good, checkpoint=checkpoint)
     if device is not None:
         config["device"] = f"$torch.device('{device}')"
     if sw_batch_size is not None:
@@ -143,10 +182,11 @@ def predict_volumes(
         **config,
     )
     workflow.initialize()
+    check_checkpoint_fits(workflow.parser.get_parsed_content("network"), checkpoint)
     workflow.run()
     workflow.finalize()
-    written = [os.path.join(output, _output_name(v)) for v in volumes]
     missing = [w for w in written if not os.path.isfile(w)]
     if missing:
         raise RuntimeError(f"inference finished but did not write {missing}")
+    report_skipped(skipped, "volume")
     return written

@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-__all__ = ["CheckpointError", "LoadReport", "load_official_checkpoint", "read_checkpoint", "detect_checkpoint_kind"]
+__all__ = [
+    "CheckpointError",
+    "LoadReport",
+    "load_official_checkpoint",
+    "read_checkpoint",
+    "detect_checkpoint_kind",
+    "check_checkpoint_fits",
+]
 
 _NESTED_KEYS = ("model", "state_dict", "model_state_dict", "network")
 _WRAPPER_PREFIXES = ("module.", "vmunet.", "mamba_unet.")
@@ -32,7 +39,10 @@ _WRAPPER_PREFIXES = ("module.", "vmunet.", "mamba_unet.")
 _V2_DEAD = re.compile(r"^(vmunet\.layers\.3\.|deconv5\.|vmunet\.norm\.|vmunet\.head\.)")
 
 
-class CheckpointError(ValueError):
+from vmunet_monai.validation import InputError
+
+
+class CheckpointError(InputError):
     """A checkpoint that cannot be read, is not one we know, or does not fit under ``strict=True``."""
 
 
@@ -193,3 +203,46 @@ def load_official_checkpoint(network: nn.Module, checkpoint, *, strict: bool = F
     if strict and not report.ok:
         raise CheckpointError("strict loading failed:\n" + report.summary())
     return report
+
+
+def check_checkpoint_fits(network: nn.Module, checkpoint) -> dict[str, torch.Tensor]:
+    """Check that ``checkpoint`` is a state dict of exactly this network (same keys, same shapes).
+
+    Used before inference, so that a checkpoint of another bundle, another network size or an
+    official release fails with one line naming the file and the first differences, instead of a
+    size-mismatch error from inside ``load_state_dict``.
+
+    Args:
+        network: the network the checkpoint must fit (a ``DistributedDataParallel`` wrapper is looked through).
+        checkpoint: a path or a mapping, as :func:`read_checkpoint` accepts (``{"model": ...}`` is unwrapped).
+
+    Returns:
+        the flat state dict.
+
+    Raises:
+        CheckpointError: for an unreadable checkpoint or one that does not fit.
+    """
+    source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "<state dict>"
+    state = read_checkpoint(checkpoint)
+    module = getattr(network, "module", network)
+    target = module.state_dict()
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in target
+              if k in state and tuple(state[k].shape) != tuple(target[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of the network's keys missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unknown keys (e.g. {unexpected[0]})")
+        if shapes:
+            parts.append(f"{len(shapes)} shapes differ (e.g. {shapes[0]}: checkpoint vs network)")
+        kind = detect_checkpoint_kind(state)
+        hint = (f"; it looks like an official {kind} checkpoint: convert it with "
+                "vmunet_monai.weights.load_official_checkpoint" if kind != "unknown" and missing else "")
+        raise CheckpointError(
+            f"{source}: does not fit this {type(module).__name__} ({'; '.join(parts)}) (the checkpoint must be a "
+            f"state dict of the bundle's network_def, such as the models/model.pt its training wrote{hint})"
+        )
+    return state

@@ -17,8 +17,29 @@ from monai.transforms import MapTransform
 __all__ = ["BinarizeMaskd", "FirstOutputd", "Spacingd", "rgb_converter", "gray_converter"]
 
 
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
 def rgb_converter(image):
-    """PIL converter for ``PILReader(converter=...)``: any mode (L, P, RGBA, CMYK) to 3-channel RGB."""
+    """PIL converter for ``PILReader(converter=...)``: any mode (L, P, RGBA, CMYK, 16-bit, float) to 3-channel RGB.
+
+    16-bit, 32-bit integer and float images are rescaled from their own minimum and maximum to 0-255
+    first (PIL's own conversion would clip them at 255, turning a 16-bit image nearly white); the
+    bundles rescale every image to [0, 1] per image anyway.
+
+    Raises:
+        vmunet_monai.validation.InputError: for a float image with NaN or Inf pixels.
+    """
+    if image.mode in _WIDE_MODES:
+        from PIL import Image
+
+        from vmunet_monai.validation import check_finite
+
+        array = np.asarray(image, dtype=np.float64)
+        check_finite(array, getattr(image, "filename", None) or "<image>")
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+        image = Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
     return image if image.mode == "RGB" else image.convert("RGB")
 
 

@@ -24,10 +24,17 @@ def check_dims(dims: Sequence[int], depths: Sequence[int], name: str = "depths")
     return dims
 
 
-def prepare_input(x: torch.Tensor, stem_channels: int, multiple: int, name: str) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Check the input, repeat a 1-channel image to the stem's channels, zero-pad H and W to ``multiple``."""
+def prepare_input(x: torch.Tensor, stem_channels: int, multiple: int, name: str,
+                  dtype: torch.dtype | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Check the input, cast a floating-point input to ``dtype`` (the weights'), repeat a 1-channel image to
+    the stem's channels, zero-pad H and W to ``multiple``."""
     if x.dim() != 4:
         raise ValueError(f"{name} takes (batch, channels, H, W) input, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} takes floating-point images (intensities scaled as in training), got {x.dtype}; "
+                         "convert with x.float()")
+    if dtype is not None and x.dtype != dtype:
+        x = x.to(dtype)
     c = x.shape[1]
     if c != stem_channels:
         if c != 1:

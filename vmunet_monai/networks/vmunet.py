@@ -90,7 +90,8 @@ class VMUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels or 1, H, W) -> logits (B, out_channels, H, W)."""
-        x, size = prepare_input(x, self.stem_channels, self.stride, type(self).__name__)
+        x, size = prepare_input(x, self.stem_channels, self.stride, type(self).__name__,
+                                dtype=next(self.parameters()).dtype)
         x = self.patch_embed(x)
         skips = []
         for layer in self.layers:

@@ -112,7 +112,8 @@ class VMUNetV2(nn.Module):
 
     def forward(self, x: torch.Tensor):
         """(B, C, H, W) -> logits (B, out_channels, H, W), or a list of heads in training with deep supervision."""
-        x, size = prepare_input(x, self.stem_channels, self.stride, type(self).__name__)
+        x, size = prepare_input(x, self.stem_channels, self.stride, type(self).__name__,
+                                dtype=next(self.parameters()).dtype)
         feats = []
         for i, f in enumerate(self.encoder(x), start=1):
             f = getattr(self, f"ca_{i}")(f) * f
