@@ -11,7 +11,7 @@ __all__ = ["Commands", "main"]
 
 
 class Commands:
-    """VM-UNet family for MONAI: set-up checks, benchmarks, data preparation, training demo and prediction."""
+    """VM-UNet family for MONAI: set-up checks, benchmarks, data, training demo, prediction, export and packaging."""
 
     def doctor(self):
         """Versions, devices and every selective-scan backend: available or not, why, and the exact fix."""
@@ -57,7 +57,11 @@ class Commands:
         run_demo(out=out, epochs=epochs, num=num, size=size)
 
     def prepare(self, bundle: str, raw: str, out: str, **options):
-        """Read a dataset as its owners distribute it (RAW) and write OUT/datalist.json for BUNDLE."""
+        """Read a dataset as its owners distribute it (RAW) and write OUT/datalist.json for BUNDLE.
+
+        Every image and mask is decoded once (--verify false skips that); unusable files are skipped, named on
+        stderr and listed in the datalist, and the rest is imported. OUT may not lie inside the dataset's folders.
+        """
         from vmunet_monai.data import prepare
 
         prepare(bundle, raw, out, **options)
@@ -69,16 +73,76 @@ class Commands:
         demo_data(bundle, out, num=num, seed=seed)
 
     def predict(self, bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None):
-        """Segment a file or a folder with BUNDLE's network and write masks (and overlays) to OUTPUT."""
+        """Segment a file or a folder with BUNDLE's network and write masks (and overlays) to OUTPUT.
+
+        Unusable files (empty, truncated, not an image, the wrong dimensionality, NaN values) are skipped and
+        named on stderr; the exit status is non-zero only if nothing could be segmented. OUTPUT may not be an
+        input or lie inside the input folder.
+        """
         from vmunet_monai.predict import predict
 
         predict(bundle, input, output, checkpoint=checkpoint, device=device)
+
+    def export(self, bundle: str, format: str = "torchscript", checkpoint: str | None = None,
+               output: str | None = None, tolerance: float = 1e-4):
+        """Export BUNDLE's network to TorchScript or ONNX and check it against eager PyTorch on a random input.
+
+        Both formats are traced on the torch scan backend (via monai.bundle ckpt_export / onnx_export with
+        use_trace) for the network input size in metadata.json; the batch size stays free. Prints the max abs
+        difference to the eager network and exits with an error if it exceeds TOLERANCE.
+
+        Args:
+            bundle: bundle name (isic_skin_lesion, polyp_seg, synapse_multiorgan) or bundle folder.
+            format: torchscript (writes models/model.ts) or onnx (models/model.onnx; needs onnx and onnxruntime,
+                pip install 'vmunet-monai[export]').
+            checkpoint: weights to export (default <bundle>/models/model.pt).
+            output: file to write instead of the default.
+            tolerance: largest max abs difference accepted.
+        """
+        from vmunet_monai.export import ExportVerificationError, export
+
+        try:
+            result = export(bundle, format=format, checkpoint=checkpoint, output=output, tolerance=tolerance)
+        except ExportVerificationError as exc:
+            raise SystemExit(f"export check failed: {exc}") from exc
+        print(result.summary())
+
+    def package(self, bundle: str, out: str, checkpoint: str | None = None, url: str = "", export: bool = True):
+        """Run the model zoo's offline checks on BUNDLE and write it with its weights as a zip into OUT.
+
+        Checks: folder layout and name, metadata.json against vmunet_monai/resources/bundle_metadata_schema.json
+        (version and changelog included), MONAI's bundle properties, weights that load with strict=True,
+        verify_net_in_out, and a traced TorchScript export. The zip unpacks to one folder named after the bundle;
+        its large_files.yml lists models/model.pt with its sha256.
+
+        Args:
+            bundle: bundle name or bundle folder.
+            out: zip file to write (*.zip), or a folder for <name>_v<version>.zip.
+            checkpoint: weights (default <bundle>/models/model.pt); a CheckpointSaver file is reduced to its model.
+            url: where the release will host models/model.pt (written to large_files.yml).
+            export: run the TorchScript export check (--noexport skips it).
+        """
+        from vmunet_monai.package import BundleCheckError, package
+
+        try:
+            result = package(bundle, out, checkpoint=checkpoint, url=url, export=export)
+        except BundleCheckError as exc:
+            raise SystemExit(str(exc)) from exc
+        print(result.summary())
 
 
 def main(argv=None):
     import fire
 
-    fire.Fire(Commands, command=argv if argv is not None else sys.argv[1:], name="vmunet_monai")
+    from vmunet_monai.validation import InputError
+
+    try:
+        fire.Fire(Commands, command=argv if argv is not None else sys.argv[1:], name="vmunet_monai")
+    except (InputError, FileNotFoundError, FloatingPointError) as exc:
+        # bad input (file, value, checkpoint, folder): the message names the file, the value and the rule;
+        # a traceback would only point into our own checks
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

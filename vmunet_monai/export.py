@@ -91,7 +91,14 @@ def _input_shape(config: Path, meta: Path, input_shape) -> tuple[int, ...]:
     return tuple(int(s) for s in _get_fake_input_shape(parser))
 
 
-def _eager_network(root: Path, config: Path, ckpt: Path) -> torch.nn.Module:
+def _key_in_checkpoint(ckpt: Path) -> str:
+    """``"model"`` for MONAI ``CheckpointSaver`` files holding several objects, ``""`` for a bare state dict."""
+    obj = torch.load(ckpt, map_location="cpu", weights_only=True)
+    is_nested = isinstance(obj, dict) and isinstance(obj.get("model"), dict)
+    return "model" if is_nested else ""
+
+
+def _eager_network(root: Path, config: Path, ckpt: Path, key: str) -> torch.nn.Module:
     """``network_def`` with the checkpoint loaded the way ``ckpt_export`` loads it (ignite, strict)."""
     from ignite.handlers import Checkpoint
     from monai.bundle import ConfigParser
@@ -100,7 +107,7 @@ def _eager_network(root: Path, config: Path, ckpt: Path) -> torch.nn.Module:
     parser.read_config(str(config))
     parser["bundle_root"] = str(root)
     net = parser.get_parsed_content("network_def")
-    Checkpoint.load_objects(to_load={"": net}, checkpoint=str(ckpt))
+    Checkpoint.load_objects(to_load={key: net}, checkpoint=str(ckpt))
     return net.eval()
 
 
@@ -140,7 +147,8 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
         bundle: a bundle name (``isic_skin_lesion``, ``polyp_seg``, ``synapse_multiorgan``) or a bundle folder.
         format: ``torchscript`` (``monai.bundle ckpt_export --use_trace True``) or ``onnx``
             (``monai.bundle onnx_export --use_trace True`` with PyTorch's TorchScript-based ONNX exporter).
-        checkpoint: weights; default ``<bundle>/models/model.pt``.
+        checkpoint: weights (a state dict, or a ``CheckpointSaver`` file with one under ``model``);
+            default ``<bundle>/models/model.pt``.
         output: file to write; default ``<bundle>/models/model.ts`` or ``model.onnx``.
         tolerance: largest max-abs difference from the eager network accepted.
         input_shape: ``[1, C, H, W]`` to trace with; default from ``metadata.json`` (the network input size).
@@ -156,8 +164,10 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
 
     root, config, meta, ckpt, out = _paths(bundle, checkpoint, output, format)
     shape = _input_shape(config, meta, input_shape)
+    key = _key_in_checkpoint(ckpt)
     common = dict(net_id="network_def", filepath=str(out), ckpt_file=str(ckpt), meta_file=str(meta),
-                  config_file=str(config), use_trace=True, input_shape=list(shape), bundle_root=str(root))
+                  config_file=str(config), key_in_ckpt=key, use_trace=True, input_shape=list(shape),
+                  bundle_root=str(root))
     with _quiet_tracing():
         if format == "torchscript":
             ckpt_export(**common, converter_kwargs={"check_trace": False})
@@ -172,7 +182,7 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
                 "output_names": [OUTPUT_NAME],
                 "dynamic_axes": {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             })
-    network = _eager_network(root, config, ckpt)
+    network = _eager_network(root, config, ckpt, key)
     diff = verify_export(out, format, network, shape)
     result = ExportResult(out, format, (2, *shape[1:]), diff, tolerance)
     if not diff <= tolerance:

@@ -1,0 +1,401 @@
+"""Package a bundle for the MONAI model zoo: the zoo's checks that run offline, then a zip.
+
+``python -m vmunet_monai package BUNDLE OUT [--checkpoint PATH] [--url URL]`` checks
+
+1. the folder: ``LICENSE``, ``configs/metadata.json``, ``configs/inference.json``, ``docs/README.md``,
+   and a lowercase snake_case bundle name without a ``_v<digit>`` part (the zoo splits release
+   names on it);
+2. ``metadata.json`` against the schema of the zoo's required fields in
+   ``vmunet_monai/resources/bundle_metadata_schema.json``, ``version`` listed in ``changelog``, and a
+   ``numpy_version`` that installs on the zoo CI's Python 3.10;
+3. MONAI's ``MetaProperties`` and ``InferProperties`` (and ``TrainProperties`` for ``train.json``):
+   the required ids exist and the optional ones are referenced under the right ids;
+4. the weights: a state dict that ``torch.load(weights_only=True)`` reads and that loads into
+   ``network_def`` with ``strict=True``;
+5. ``monai.bundle.verify_net_in_out`` on ``network_def``;
+6. TorchScript export (traced, see :mod:`vmunet_monai.export`), checked against eager PyTorch,
+
+and then writes a zip that unpacks to one folder named after the bundle, holding the bundle files,
+``models/model.pt`` (a flat state dict) and a ``large_files.yml`` that lists ``models/model.pt``
+with its sha256 (and ``--url``, where the release will host it). :func:`safe_extract` unpacks such
+an archive and refuses members that would land outside the target folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vmunet_monai.engine.utils import find_bundle
+
+__all__ = [
+    "SCHEMA_FILE",
+    "BundleCheckError",
+    "UnsafeArchiveError",
+    "PackageResult",
+    "validate_metadata",
+    "check_bundle_name",
+    "check_properties_static",
+    "read_state_dict",
+    "check_bundle",
+    "package",
+    "safe_extract",
+]
+
+SCHEMA_FILE = Path(__file__).resolve().parent / "resources" / "bundle_metadata_schema.json"
+REQUIRED_FILES = ("LICENSE", "configs/metadata.json", "configs/inference.json", "docs/README.md")
+# folders a run writes into the bundle; never packaged (the weights travel as models/model.pt only)
+SKIPPED_DIRS = {"models", "eval", "runs", "logs", "__pycache__", ".ipynb_checkpoints"}
+MODEL_FILE = "models/model.pt"
+# the zoo CI installs numpy_version on Python 3.10, where numpy stops at 2.2
+NUMPY_MAX_FOR_ZOO = (2, 2)
+
+
+class BundleCheckError(ValueError):
+    """The bundle fails one or more model-zoo checks; ``problems`` lists each with the file and the rule."""
+
+    def __init__(self, bundle: str | Path, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__(f"bundle {bundle} is not ready for the model zoo:\n  - " + "\n  - ".join(self.problems))
+
+
+class UnsafeArchiveError(ValueError):
+    """An archive member would be written outside the target folder (or is a link)."""
+
+
+@dataclass
+class PackageResult:
+    zip_path: Path
+    name: str
+    version: str
+    model_sha256: str
+    checks: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"{self.zip_path}: {self.name} v{self.version}, models/model.pt sha256 {self.model_sha256}"]
+        lines += [f"  passed: {c}" for c in self.checks]
+        return "\n".join(lines)
+
+
+def _schema() -> dict:
+    return json.loads(SCHEMA_FILE.read_text())
+
+
+def validate_metadata(meta_file: str | Path) -> list[str]:
+    """Problems of ``metadata.json`` against the zoo's required fields, each naming the file, field and rule."""
+    import jsonschema
+
+    meta_file = Path(meta_file)
+    try:
+        meta = json.loads(meta_file.read_text())
+    except FileNotFoundError:
+        return [f"{meta_file}: missing (every bundle needs configs/metadata.json)"]
+    except json.JSONDecodeError as exc:
+        return [f"{meta_file}: not valid JSON ({exc})"]
+    problems = []
+    validator = jsonschema.Draft7Validator(_schema())
+    for error in sorted(validator.iter_errors(meta), key=lambda e: list(e.absolute_path)):
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        problems.append(f"{meta_file}: {where}: {error.message} (schema rule: {'/'.join(map(str, error.schema_path))})")
+    if isinstance(meta, dict):
+        version, changelog = meta.get("version"), meta.get("changelog")
+        if isinstance(version, str) and isinstance(changelog, dict) and version not in changelog:
+            problems.append(f"{meta_file}: version {version!r} has no changelog entry (the zoo requires one per version)")
+        numpy_version = str(meta.get("numpy_version", ""))
+        parts = re.match(r"^(\d+)\.(\d+)", numpy_version)
+        if parts and (int(parts[1]), int(parts[2])) > NUMPY_MAX_FOR_ZOO:
+            problems.append(
+                f"{meta_file}: numpy_version {numpy_version!r} does not install on Python 3.10, which the zoo CI "
+                f"runs; use {NUMPY_MAX_FOR_ZOO[0]}.{NUMPY_MAX_FOR_ZOO[1]}.x or older (1.26.4 also suits MONAI Label)"
+            )
+    return problems
+
+
+def check_bundle_name(name: str) -> list[str]:
+    """The zoo's naming rules for a bundle folder."""
+    problems = []
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        problems.append(f"bundle name {name!r}: use lowercase snake_case (letters, digits, underscores)")
+    if re.search(r"_v\d", name):
+        problems.append(f"bundle name {name!r}: no '_v<digit>' inside the name (release keys are <name>_v<version>)")
+    return problems
+
+
+def check_properties_static(root: str | Path) -> list[str]:
+    """MONAI's bundle properties, checked on the config text (no dataset is read).
+
+    For ``inference.json``: ``MetaProperties`` and ``InferProperties``; for ``train.json`` (if present):
+    ``TrainProperties``. Required ids must exist; optional ones, where referenced, must be referenced by
+    the id MONAI expects (the same rule as ``ConfigWorkflow.check_properties``).
+    """
+    from monai.bundle import ConfigWorkflow
+    from monai.bundle.properties import InferProperties, MetaProperties, TrainProperties
+    from monai.utils import BundleProperty, BundlePropertyConfig
+
+    root = Path(root)
+    problems = []
+    for config_name, kind, properties in (("inference.json", "infer", {**MetaProperties, **InferProperties}),
+                                          ("train.json", "train", TrainProperties)):
+        config = root / "configs" / config_name
+        if not config.is_file():
+            if kind == "infer":
+                problems.append(f"{config}: missing")
+            continue
+        workflow = ConfigWorkflow(config_file=str(config), meta_file=str(root / "configs" / "metadata.json"),
+                                  workflow_type=kind)
+        workflow.parser.parse(reset=True)  # normalises '#' in ids and references to '::'; instantiates nothing
+        for name, prop in properties.items():
+            prop_id = prop[BundlePropertyConfig.ID]
+            if prop.get(BundleProperty.REQUIRED, False):
+                if prop_id not in workflow.parser:
+                    where = "metadata.json" if prop_id.startswith("_meta_") else config_name
+                    problems.append(f"{root / 'configs' / where}: required property {name!r} (id {prop_id!r}) is missing")
+            elif not workflow._check_optional_id(name=name, property=prop):
+                problems.append(
+                    f"{config}: optional property {name!r} is referenced, but not as '@{prop_id}' "
+                    f"(MONAI looks it up under {prop.get(BundlePropertyConfig.REF_ID)!r})"
+                )
+    return problems
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A flat state dict from a checkpoint file: a bare state dict, or MONAI ``CheckpointSaver``'s
+    ``{"model": state_dict, ...}``.
+
+    Raises:
+        BundleCheckError: if the file cannot be read with ``weights_only=True`` or holds no state dict.
+    """
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise BundleCheckError(path, [f"{path}: torch.load(weights_only=True) fails ({exc}); the zoo and MONAI "
+                                      "Label load weights this way, so save a plain state dict"]) from exc
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise BundleCheckError(path, [f"{path}: not a state dict (a mapping of parameter names to tensors), "
+                                      "nor a checkpoint with one under 'model'"])
+    return dict(obj)
+
+
+def _network(root: Path) -> torch.nn.Module:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser["bundle_root"] = str(root)
+    return parser.get_parsed_content("network_def")
+
+
+def _check_weights(root: Path, state_dict: dict, source: Path) -> list[str]:
+    net = _network(root)
+    where = f"{source}: does not fit network_def of {root / 'configs' / 'inference.json'} with strict=True"
+    try:
+        result = net.load_state_dict(state_dict, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even without strict
+        mismatches = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        return [f"{where}: {'; '.join(mismatches[:3]) or exc}"]
+    if result.missing_keys or result.unexpected_keys:
+        return [f"{where}: {len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:3]}), "
+                f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]})"]
+    return []
+
+
+def _bundle_files(root: Path) -> list[tuple[Path, str]]:
+    """(file, path inside the bundle) for everything to package; links must stay inside the bundle."""
+    root = root.resolve()
+    files, problems = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for d in list(dirnames):
+            if (here / d).is_symlink():
+                problems.append(f"{here / d}: a linked folder; copy its files into the bundle instead")
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS and not d.startswith(".")
+                             and not (here / d).is_symlink())
+        for f in sorted(filenames):
+            path = here / f
+            if f.startswith(".") or f.endswith((".pyc", ".pyo")):
+                continue
+            real = path.resolve()
+            if not real.is_relative_to(root):
+                problems.append(f"{path}: links to {real}, outside the bundle folder {root}; refusing to package it")
+                continue
+            files.append((real, path.relative_to(root).as_posix()))
+    if problems:
+        raise BundleCheckError(root, problems)
+    return files
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _large_files_yml(sha256: str, url: str) -> str:
+    return (
+        "# Files too large for the repository. `python -m monai.bundle download_large_files --bundle_path .`\n"
+        "# fetches any that are missing and checks the hash of those present.\n"
+        "large_files:\n"
+        f'  - path: "{MODEL_FILE}"\n'
+        f"    url: {json.dumps(url)}\n"
+        '    hash_type: "sha256"\n'
+        f'    hash_val: "{sha256}"\n'
+    )
+
+
+def check_bundle(bundle: str | Path, checkpoint: str | Path | None = None, export: bool = True) -> list[str]:
+    """Run the offline model-zoo checks (see the module docstring) and return what passed.
+
+    Raises:
+        FileNotFoundError: if the weights are missing.
+        BundleCheckError: listing every check that failed.
+    """
+    root = find_bundle(bundle)
+    ckpt = Path(checkpoint) if checkpoint else root / MODEL_FILE
+    if not ckpt.is_file():
+        raise FileNotFoundError(
+            f"no weights at {ckpt}: train the bundle (python -m monai.bundle run training --config_file "
+            f"{root}/configs/train.json --bundle_root {root} --dataset_dir PREPARED) or pass --checkpoint PATH"
+        )
+    passed, problems = [], []
+    layout = [f"{root / f}: missing (the zoo requires it)" for f in REQUIRED_FILES if not (root / f).is_file()]
+    layout += check_bundle_name(root.name)
+    problems += layout
+    if not layout:
+        passed.append("bundle folder layout and name")
+    meta = validate_metadata(root / "configs" / "metadata.json")
+    problems += meta
+    if not meta:
+        passed.append(f"metadata.json against {SCHEMA_FILE.name}, version and changelog")
+    if layout or meta:  # the rest reads the configs and metadata
+        raise BundleCheckError(root, problems)
+    props = check_properties_static(root)
+    problems += props
+    if not props:
+        passed.append("MetaProperties, InferProperties and TrainProperties")
+    state_dict = read_state_dict(ckpt)
+    weights = _check_weights(root, state_dict, ckpt)
+    problems += weights
+    if not weights:
+        passed.append("weights load into network_def with strict=True")
+    if problems:
+        raise BundleCheckError(root, problems)
+    from monai.bundle import verify_net_in_out
+
+    try:
+        verify_net_in_out(net_id="network_def", meta_file=str(root / "configs" / "metadata.json"),
+                          config_file=str(root / "configs" / "inference.json"), device="cpu", bundle_root=str(root))
+    except Exception as exc:
+        raise BundleCheckError(root, [f"verify_net_in_out on network_def: {exc}"]) from exc
+    passed.append("verify_net_in_out")
+    if export:
+        from vmunet_monai.export import ExportVerificationError
+        from vmunet_monai.export import export as export_model
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                result = export_model(str(root), "torchscript", checkpoint=str(ckpt), output=str(Path(tmp) / "model.ts"))
+            except ExportVerificationError as exc:
+                raise BundleCheckError(root, [str(exc)]) from exc
+        passed.append(f"TorchScript export (traced), max abs diff {result.max_abs_diff:.1e} against eager")
+    return passed
+
+
+def package(bundle: str | Path, out: str | Path, checkpoint: str | Path | None = None, url: str = "",
+            export: bool = True) -> PackageResult:
+    """Check ``bundle`` (see :func:`check_bundle`) and write it with its weights as a zip.
+
+    Args:
+        bundle: a bundle name or folder.
+        out: the zip file to write (``*.zip``), or a folder for ``<name>_v<version>.zip``.
+        checkpoint: weights; default ``<bundle>/models/model.pt``. A MONAI ``CheckpointSaver`` file with
+            several objects is reduced to its ``model`` state dict.
+        url: where the release will host ``models/model.pt`` (written into ``large_files.yml``).
+        export: also run the TorchScript export check.
+
+    Returns:
+        :class:`PackageResult` with the zip path, name, version, weights hash and the checks passed.
+
+    Raises:
+        FileNotFoundError: for a missing bundle or checkpoint.
+        BundleCheckError: listing every check that failed; nothing is written then.
+    """
+    root = find_bundle(bundle)
+    ckpt = Path(checkpoint) if checkpoint else root / MODEL_FILE
+    checks = check_bundle(root, ckpt, export=export)
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    name, version = root.name, meta["version"]
+    files = _bundle_files(root)
+    out = Path(out)
+    zip_path = out if out.suffix == ".zip" else out / f"{name}_v{version}.zip"
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "model.pt"
+        torch.save(read_state_dict(ckpt), weights)
+        sha256 = _sha256(weights)
+        partial = zip_path.with_name(zip_path.name + ".partial")
+        try:
+            with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for source, rel in files:
+                    if rel != "large_files.yml":  # replaced by one that lists the packaged weights
+                        archive.write(source, f"{name}/{rel}")
+                archive.writestr(f"{name}/large_files.yml", _large_files_yml(sha256, url))
+                archive.write(weights, f"{name}/{MODEL_FILE}")
+            os.replace(partial, zip_path)
+        finally:
+            partial.unlink(missing_ok=True)
+    return PackageResult(zip_path, name, version, sha256, checks)
+
+
+def _member_is_link(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def safe_extract(zip_path: str | Path, target: str | Path) -> Path:
+    """Unpack a bundle archive into ``target`` and return the bundle folder (its single top-level folder).
+
+    Raises:
+        UnsafeArchiveError: before anything is written, if a member is absolute, climbs out with ``..``,
+            would resolve outside ``target``, is a link, or the archive has more than one top-level folder.
+        FileExistsError: if ``target`` already holds a folder of that name.
+    """
+    zip_path, target = Path(zip_path), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    base = target.resolve()
+    with zipfile.ZipFile(zip_path) as archive:
+        members = archive.infolist()
+        tops = set()
+        for info in members:
+            name = info.filename
+            parts = name.replace("\\", "/").split("/")
+            if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+                raise UnsafeArchiveError(f"{zip_path}: member {name!r} points outside {target}; refusing to unpack")
+            if _member_is_link(info):
+                raise UnsafeArchiveError(f"{zip_path}: member {name!r} is a symbolic link; refusing to unpack")
+            if not (base / name).resolve().is_relative_to(base):
+                raise UnsafeArchiveError(f"{zip_path}: member {name!r} resolves outside {target}; refusing to unpack")
+            tops.add(parts[0])
+        if len(tops) != 1:
+            raise UnsafeArchiveError(f"{zip_path}: a bundle archive holds one folder, found {sorted(tops)}")
+        folder = base / tops.pop()
+        if folder.exists():
+            raise FileExistsError(f"{folder} already exists; unpack {zip_path.name} into another folder or remove it")
+        for info in members:
+            archive.extract(info, base)
+    return folder
