@@ -1,0 +1,217 @@
+"""MONAI Label with the three bundles: ``BundleInferTask`` and ``BundleTrainTask`` driven from Python, and the
+``monaibundle`` sample app served by a real MONAI Label server on 127.0.0.1, asked for labels over HTTP.
+
+The bundles are tiny copies (see ``tiny_bundles``) whose weights make one class win everywhere, so the
+label that comes back must carry exactly the value ``channel_def`` gives that class.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip(
+    "monailabel",
+    reason="monailabel is not installed (the [label] extra: pip install 'vmunet-monai[label]' && "
+    "pip install --no-deps monailabel==0.8.5 pydicom-seg==0.4.1)",
+)
+
+from bundle_helpers import run_env  # noqa: E402
+from tiny_bundles import (  # noqa: E402
+    BUNDLE_NAMES,
+    make_tiny_bundle,
+    save_weights,
+    tiny_network,
+    write_ct_volume,
+    write_mask,
+    write_rgb_image,
+)
+
+from vmunet_monai.label import require_monailabel  # noqa: E402
+
+require_monailabel()  # puts the torchvision fallback in place where torchvision cannot be imported
+
+# the class each tiny bundle's weights predict everywhere, by name
+WINNER = {"isic_skin_lesion": "lesion", "polyp_seg": "polyp", "synapse_multiorgan": "liver"}
+IMAGE = {"isic_skin_lesion": "img0.jpg", "polyp_seg": "polyp0.png", "synapse_multiorgan": "ct0.nii.gz"}
+IMAGE_ID = {name: IMAGE[name].split(".")[0] for name in BUNDLE_NAMES}
+RGB_SHAPE = (40, 52)  # (H, W) of the 2D test images
+CT_SHAPE = (36, 30, 5)
+
+
+def _labels(bundle: Path) -> dict[str, int]:
+    """What MONAI Label should report: channel_def without background, names lower-cased."""
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    return {v.lower(): int(k) for k, v in channel_def.items() if v.lower() != "background"}
+
+
+def _read_label(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    if str(path).endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        image = nib.load(str(path))
+        return np.asarray(image.dataobj), image.affine
+    from PIL import Image
+
+    return np.asarray(Image.open(path)), None
+
+
+def _check_label(name: str, bundle: Path, path: Path, label_names: dict) -> None:
+    assert label_names == _labels(bundle)
+    value = label_names[WINNER[name]]
+    data, affine = _read_label(path)
+    if name == "synapse_multiorgan":
+        assert data.shape == CT_SHAPE
+        np.testing.assert_allclose(affine, np.diag([1.5, 1.5, 3.0, 1.0]))  # the input's own space
+    else:
+        assert data.shape == RGB_SHAPE
+    assert set(np.unique(data).tolist()) == {value}
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    root = tmp_path_factory.mktemp("studies")
+    write_rgb_image(root / IMAGE["isic_skin_lesion"], *RGB_SHAPE, seed=0)
+    write_rgb_image(root / IMAGE["polyp_seg"], *RGB_SHAPE, seed=1)
+    write_ct_volume(root / IMAGE["synapse_multiorgan"], CT_SHAPE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """Tiny bundles whose output is one class everywhere (lesion, polyp, liver)."""
+    root = tmp_path_factory.mktemp("label_bundles")
+    out = {}
+    for name in BUNDLE_NAMES:
+        path = make_tiny_bundle(name, root)
+        save_weights(path, constant_class=_labels(path)[WINNER[name]])
+        out[name] = path
+    return out
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_bundle_infer_task_returns_channel_def_values(name, bundles, studies):
+    from monailabel.tasks.infer.bundle import BundleInferTask
+
+    bundle = bundles[name]
+    task = BundleInferTask(str(bundle), {"preload": "false"})
+    assert task.is_valid()
+    assert task.labels == _labels(bundle) and task.dimension == 2
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert task.version == meta["version"] and task.description == meta["description"]
+    request = {"image": str(studies / IMAGE[name]), "device": "cpu"}
+    if name != "synapse_multiorgan":
+        request["result_extension"] = ".png"  # a label mask must not go through JPEG compression
+    label_file, result = task(request)
+    _check_label(name, bundle, Path(label_file), result["label_names"])
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_bundle_train_task_trains_and_saves_weights_that_load(name, tmp_path):
+    from monailabel.tasks.train.bundle import BundleTrainTask
+
+    bundle = make_tiny_bundle(name, tmp_path / "model")
+    model = save_weights(bundle, seed=3)
+    before = torch.load(model, weights_only=True)
+    items = []
+    for i in range(5):  # 4 to train on in batches of 2 (VMUNetV2's 1x1 bottleneck at 32 px needs 2 for BatchNorm)
+        if name == "synapse_multiorgan":
+            image = write_ct_volume(tmp_path / "data" / f"ct{i}.nii.gz", CT_SHAPE, seed=i)
+            label = write_ct_volume(tmp_path / "data" / "labels" / f"ct{i}.nii.gz", CT_SHAPE, label=True)
+        else:
+            image = write_rgb_image(tmp_path / "data" / f"img{i}.jpg", *RGB_SHAPE, seed=i)
+            label = write_mask(tmp_path / "data" / "labels" / f"img{i}.png", *RGB_SHAPE)
+        items.append({"image": str(image), "label": str(label)})
+
+    class Datastore:  # what BundleTrainTask reads from a datastore
+        def datalist(self, full_path=True):
+            return items
+
+    task = BundleTrainTask(str(bundle), {})
+    assert task.is_valid()
+    task({"model": name, "max_epochs": 1, "device": "cpu", "multi_gpu": False, "val_split": 0.2,
+          "pretrained": True}, Datastore())
+    after = torch.load(model, weights_only=True)  # the bundle's CheckpointSaver wrote the trained weights
+    assert after.keys() == before.keys() and any(not torch.equal(after[k], before[k]) for k in after)
+    tiny_network(bundle).load_state_dict(after, strict=True)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(args, cwd, timeout=300):
+    proc = subprocess.run([sys.executable, *args], cwd=str(cwd), env=run_env(), capture_output=True, text=True,
+                          encoding="utf-8", errors="replace", timeout=timeout)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def test_real_server_serves_the_three_bundles(bundles, studies, tmp_path):
+    import requests
+
+    # the monaibundle sample app as MONAI Label ships it, with the local bundles in its model folder
+    _run(["-m", "vmunet_monai.label", "apps", "--download", "--name", "monaibundle", "--output", str(tmp_path)],
+         cwd=tmp_path)
+    app = tmp_path / "monaibundle"
+    assert (app / "main.py").is_file()
+    for name, path in bundles.items():
+        shutil.copytree(path, app / "model" / name)
+    work = tmp_path / "studies"
+    shutil.copytree(studies, work)
+
+    port = _free_port()
+    log_path = tmp_path / "server.log"
+    command = [sys.executable, "-m", "vmunet_monai.label", "start_server", "--app", str(app), "--studies", str(work),
+               "--conf", "models", ",".join(BUNDLE_NAMES), "--conf", "zoo_source", "github",  # local bundles only
+               "--conf", "sam2", "false", "--conf", "preload", "false", "--host", "127.0.0.1", "--port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, cwd=str(tmp_path), env=run_env(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        info, deadline = None, time.monotonic() + 240
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                reply = requests.get(f"{base}/info/", timeout=5)
+                if reply.status_code == 200:
+                    info = reply.json()
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(1)
+        assert info is not None, f"the server did not come up:\n{log_path.read_text()[-6000:]}"
+        for name, path in bundles.items():
+            assert info["models"][name]["labels"] == _labels(path)
+            assert info["models"][name]["version"] == json.loads((path / "configs" / "metadata.json").read_text())["version"]
+            assert name in info["trainers"]
+
+        for name, path in bundles.items():
+            params = {} if name == "synapse_multiorgan" else {"result_extension": ".png"}
+            reply = requests.post(f"{base}/infer/{name}", params={"image": IMAGE_ID[name], "output": "image"},
+                                  files={"params": (None, json.dumps(params))}, timeout=120)
+            assert reply.status_code == 200, f"{name}: HTTP {reply.status_code} {reply.text[:2000]}"
+            suffix = ".nii.gz" if name == "synapse_multiorgan" else ".png"
+            label_file = tmp_path / f"{name}_label{suffix}"
+            label_file.write_bytes(reply.content)
+            names = requests.post(f"{base}/infer/{name}", params={"image": IMAGE_ID[name], "output": "json"},
+                                  files={"params": (None, json.dumps(params))}, timeout=120).json()["label_names"]
+            _check_label(name, path, label_file, names)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=30)
