@@ -80,7 +80,8 @@ def test_train_resume_and_pretrained_in_process(prepared, tmp_path):
     latest = root / "models" / "checkpoint_latest.pt"
     assert (root / "models" / "model.pt").is_file() and latest.is_file()
     saved = torch.load(latest, weights_only=True)
-    assert saved["trainer"]["iteration"] == 2 and set(saved) == {"model", "optimizer", "lr_scheduler", "trainer"}
+    assert saved["trainer"]["iteration"] == 2
+    assert set(saved) == {"model", "optimizer", "lr_scheduler", "trainer", "rng", "validation"}
 
     # resuming continues at epoch 1 up to the new epoch count, with the saved weights
     over2 = dict(over, epochs=2, resume_checkpoint=str(latest))

@@ -4,6 +4,7 @@ Bundle configs reference these by dotted path, e.g. ``"_target_": "vmunet_monai.
 or ``"$vmunet_monai.engine.load_pretrained(@network_def, @pretrained_checkpoint)"``.
 """
 
+from vmunet_monai.engine.guards import NonFiniteLossError, NonFiniteLossGuard, ValidateInputd, set_determinism
 from vmunet_monai.engine.handlers import (
     BinarySegmentationReport,
     OverlayWriter,
@@ -19,11 +20,14 @@ __all__ = [
     "BinarizeMaskd",
     "BinarySegmentationReport",
     "FirstOutputd",
+    "NonFiniteLossError",
+    "NonFiniteLossGuard",
     "OverlayWriter",
     "PlainTensorInferer",
     "Spacingd",
     "TqdmProgressBar",
     "TrainingCheckpoint",
+    "ValidateInputd",
     "amp_dtype",
     "amp_enabled",
     "find_bundle",
@@ -31,4 +35,5 @@ __all__ = [
     "item_name",
     "load_pretrained",
     "rgb_converter",
+    "set_determinism",
 ]

@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from vmunet_monai.engine.transforms import rgb_converter
 from vmunet_monai.evaluation.binary import format_summary, make_record, write_report
 
 __all__ = [
     "TqdmProgressBar",
     "TrainingCheckpoint",
+    "atomic_torch_save",
+    "rng_state",
+    "set_rng_state",
+    "random_transforms",
     "BinarySegmentationReport",
     "OverlayWriter",
     "item_name",
@@ -84,30 +89,156 @@ class TqdmProgressBar:
         bar.attach(engine, output_transform=self._loss)
 
 
+def _numpy_state_to_torch(state) -> dict:
+    """``np.random.RandomState.get_state()`` as tensors and numbers (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = state
+    return {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _numpy_state_from_torch(state: dict) -> tuple:
+    return (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
+            state["cached_gaussian"])
+
+
+def random_transforms(root) -> list:
+    """Every MONAI ``Randomizable`` reachable from ``root`` (a dataset, a ``Compose``, a transform), in a
+    fixed order: the objects whose random state must be saved for an exact resume."""
+    from monai.transforms import Randomizable, Transform
+
+    found, seen = [], set()
+
+    def walk(obj, depth=0):
+        if id(obj) in seen or depth > 10:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, Randomizable) and isinstance(getattr(obj, "R", None), np.random.RandomState):
+            found.append(obj)
+        for _, value in sorted(vars(obj).items()) if hasattr(obj, "__dict__") else ():
+            if isinstance(value, Transform):
+                walk(value, depth + 1)
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    if isinstance(item, Transform):
+                        walk(item, depth + 1)
+
+    if root is not None:
+        transform = getattr(root, "transform", None)  # a dataset: only its transform holds random states
+        walk(transform if transform is not None and not isinstance(root, Transform) else root)
+    return found
+
+
+def rng_state(data_root=None) -> dict:
+    """Python, NumPy, torch (CPU and CUDA) random states and those of the random transforms under ``data_root``."""
+    import random
+
+    state = {
+        "python": random.getstate(),
+        "numpy": _numpy_state_to_torch(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+        "transforms": [_numpy_state_to_torch(t.R.get_state()) for t in random_transforms(data_root)],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, data_root=None) -> None:
+    """Restore what :func:`rng_state` returned (transforms matched by order; a count mismatch is an error)."""
+    import random
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(_numpy_state_from_torch(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        states = state["cuda"]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+    transforms = random_transforms(data_root)
+    if len(transforms) != len(state["transforms"]):
+        raise ValueError(f"the checkpoint holds the random state of {len(state['transforms'])} random transforms, "
+                         f"the training pipeline has {len(transforms)}")
+    for transform, saved in zip(transforms, state["transforms"]):
+        transform.R.set_state(_numpy_state_from_torch(saved))
+
+
+def atomic_torch_save(obj, target: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``target``, flushed to disk, then renamed over ``target``.
+
+    A process killed at any moment leaves either the old complete file or the new complete one
+    (``os.replace`` is atomic on POSIX and Windows), never a truncated checkpoint.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable (POSIX; not possible on Windows)
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
 class TrainingCheckpoint:
-    """Keep one ``checkpoint_latest.pt`` with everything needed to resume (network, optimizer, scheduler
-    and the trainer's epoch/iteration counters), and resume from such a file when asked.
+    """Keep one ``checkpoint_latest.pt`` with everything needed to resume exactly, and resume from it.
+
+    The file holds the objects of ``save_dict`` (network, optimizer, scheduler), the trainer's
+    epoch/iteration counters, the random states (Python, NumPy, torch, CUDA, and every random
+    transform of the training data), the gradient scaler under AMP, and the evaluator's best metric
+    with the best-model saver's record (so a resumed run does not overwrite ``model.pt`` with a worse
+    model). It is written after every other end-of-epoch handler (validation included) and
+    atomically (:func:`atomic_torch_save`): a run killed at any point, even while saving, leaves the
+    previous complete checkpoint. A run killed in the middle of an epoch resumes at the start of that
+    epoch and, on the same machine and software in deterministic mode, ends with the same weights as
+    a run that was never interrupted.
 
     MONAI's ``CheckpointSaver`` cannot take the trainer into its ``save_dict`` from a config (the trainer
     holds its handlers, so the reference would be circular); this handler adds the engine it is
-    attached to. The best model by the validation key metric is saved separately (``CheckpointSaver``
-    on the evaluator writes ``model.pt``).
+    attached to.
+
+    When an epoch is shorter than the data loader (``epoch_length`` not a multiple of its length, as
+    in the Synapse bundle) each epoch starts a fresh pass over the data, so an epoch never depends on
+    where the previous one stopped (and a resumed run sees the data in the same order).
 
     Args:
         save_dir: folder of the checkpoint.
         save_dict: objects with ``state_dict``/``load_state_dict`` (e.g. ``{"model": ..., "optimizer": ...}``).
         filename: checkpoint file name.
-        resume_from: a checkpoint written by this handler to restore when training starts; the run
-            continues at the saved epoch up to the configured ``max_epochs``.
+        resume_from: a checkpoint written by this handler to restore when training starts; it must
+            exist. The run continues after the saved epoch up to the configured ``max_epochs``.
+        resume_latest: resume from ``save_dir/filename`` if it exists (else start from scratch): the
+            bundles' ``--resume true``.
         map_location: device for the loaded tensors.
         save_interval: save every this many epochs (the last epoch is always saved).
+        evaluator: the validation evaluator, whose best metric (and best-model saver) is saved and restored.
     """
 
     def __init__(self, save_dir: str, save_dict: dict, filename: str = "checkpoint_latest.pt",
-                 resume_from: str | None = None, map_location=None, save_interval: int = 1) -> None:
+                 resume_from: str | None = None, map_location=None, save_interval: int = 1,
+                 resume_latest: bool = False, evaluator: Engine | None = None) -> None:
         self.save_dir, self.save_dict, self.filename = save_dir, dict(save_dict), filename
         self.resume_from = None if resume_from in (None, "", "None") else resume_from
+        self.resume_latest = bool(resume_latest)
         self.map_location, self.save_interval = map_location, max(1, int(save_interval))
+        self.evaluator = evaluator
+        self.resumed_from: str | None = None
+        self._save_attached = False
+
+    @property
+    def path(self) -> Path:
+        return Path(self.save_dir) / self.filename
 
     def _objects(self, engine: Engine) -> dict:
         objects = {}
@@ -117,37 +248,126 @@ class TrainingCheckpoint:
         return objects
 
     def attach(self, engine: Engine) -> None:
-        if self.resume_from is not None:
-            engine.add_event_handler(Events.STARTED, self._resume)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._save)
+        engine.add_event_handler(Events.STARTED, self._started)
 
-    def _resume(self, engine: Engine) -> None:
+    def _started(self, engine: Engine) -> None:
+        source = self.resume_from
+        if source is None and self.resume_latest:
+            if self.path.is_file():
+                source = str(self.path)
+            else:
+                logger.info("resume requested but %s does not exist yet: training starts from scratch", self.path)
+        if source is not None:
+            self._resume(engine, Path(source))
+        if not self._save_attached:
+            # registered now, after every handler attached at construction: the checkpoint is written
+            # after validation and the scheduler step, so nothing changes the state after it is saved
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._save)
+            self._save_attached = True
+
+    def _data_root(self, engine: Engine):
+        loader = getattr(engine, "data_loader", None)
+        return getattr(loader, "dataset", None)
+
+    def _resume(self, engine: Engine, path: Path) -> None:
         from ignite.handlers import Checkpoint
 
-        path = Path(self.resume_from)
+        from vmunet_monai.weights import CheckpointError
+
         if not path.is_file():
-            raise FileNotFoundError(f"resume_checkpoint {path}: no such file")
-        max_epochs = engine.state.max_epochs
-        state = torch.load(path, map_location=self.map_location, weights_only=True)
-        missing = [k for k in self._objects(engine) if k not in state]
+            raise CheckpointError(f"{path}: no such checkpoint (resume_checkpoint must name a checkpoint_latest.pt "
+                                  "written by training)")
+        try:
+            state = torch.load(path, map_location=self.map_location, weights_only=True)
+        except Exception as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {reason}) (a "
+                                  "resume checkpoint is a checkpoint_latest.pt written by training)") from None
+        objects = self._objects(engine)
+        missing = [k for k in objects if not isinstance(state, Mapping) or k not in state]
         if missing:
-            raise KeyError(f"{path}: not a TrainingCheckpoint file (no {missing}); it has {sorted(state)}")
-        Checkpoint.load_objects(self._objects(engine), state)
+            found = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise CheckpointError(f"{path}: not a training checkpoint, it lacks {missing} (found {found}) (resume "
+                                  "from the checkpoint_latest.pt that training writes; model.pt holds only weights)")
+        max_epochs = engine.state.max_epochs
+        try:
+            Checkpoint.load_objects(objects, state)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            reason = " ".join(str(exc).split())[:300]
+            raise CheckpointError(f"{path}: does not fit this run ({reason}) (resume with the network, optimizer "
+                                  "and scheduler settings of the run that wrote it)") from None
+        if "scaler" in state and getattr(engine, "scaler", None) is not None:
+            engine.scaler.load_state_dict(state["scaler"])
+        if "rng" in state:
+            try:
+                set_rng_state(state["rng"], self._data_root(engine))
+            except ValueError as exc:
+                raise CheckpointError(f"{path}: {exc} (resume with the data pipeline of the run that wrote it)") from None
+        else:
+            logger.warning("%s holds no random states: the resumed run will not repeat the original exactly", path)
+        self._restore_evaluator(state.get("validation"))
         if engine.state.epoch >= max_epochs:
-            raise ValueError(f"{path} ended at epoch {engine.state.epoch}; set epochs above it to continue")
+            raise CheckpointError(f"{path}: ended at epoch {engine.state.epoch} of {max_epochs} (set --epochs above "
+                                  f"{engine.state.epoch} to continue training)")
         engine.state.max_epochs = max_epochs
-        logger.info("resumed from %s at epoch %d of %d", path, engine.state.epoch, max_epochs)
+        self.resumed_from = str(path)
+        logger.info("resumed from %s after epoch %d of %d", path, engine.state.epoch, max_epochs)
+
+    def _savers(self) -> list:
+        """The key-metric ``CheckpointSaver`` handlers attached to the evaluator (the one writing ``model.pt``)."""
+        from monai.handlers import CheckpointSaver
+
+        if self.evaluator is None:
+            return []
+        savers = []
+        for handlers in getattr(self.evaluator, "_event_handlers", {}).values():
+            for handler, _, _ in handlers:
+                owner = getattr(handler, "__self__", None)
+                if isinstance(owner, CheckpointSaver) and owner._key_metric_checkpoint is not None \
+                        and owner not in savers:
+                    savers.append(owner)
+        return savers
+
+    def _evaluator_state(self) -> dict | None:
+        if self.evaluator is None:
+            return None
+        state = self.evaluator.state
+        return {"best_metric": float(getattr(state, "best_metric", -1)),
+                "best_metric_epoch": int(getattr(state, "best_metric_epoch", -1)),
+                "savers": [s._key_metric_checkpoint.state_dict() for s in self._savers()]}
+
+    def _restore_evaluator(self, saved: dict | None) -> None:
+        if not saved or self.evaluator is None:
+            return
+        self.evaluator.state.best_metric = saved["best_metric"]
+        self.evaluator.state.best_metric_epoch = saved["best_metric_epoch"]
+        for saver, record in zip(self._savers(), saved.get("savers", [])):
+            saver.load_state_dict(record)
 
     def _save(self, engine: Engine) -> None:
         last = engine.state.epoch >= (engine.state.max_epochs or 0)
-        if _rank() != 0 or (engine.state.epoch % self.save_interval and not last):
+        if _rank() == 0 and (engine.state.epoch % self.save_interval == 0 or last):
+            state = {k: v.state_dict() for k, v in self._objects(engine).items()}
+            state["rng"] = rng_state(self._data_root(engine))
+            if getattr(engine, "scaler", None) is not None:
+                state["scaler"] = engine.scaler.state_dict()
+            validation = self._evaluator_state()
+            if validation is not None:
+                state["validation"] = validation
+            atomic_torch_save(state, self.path)
+        self._fresh_pass(engine, last)
+
+    @staticmethod
+    def _fresh_pass(engine: Engine, last: bool) -> None:
+        loader, length = engine.state.dataloader, engine.state.epoch_length
+        if last or not length or not hasattr(loader, "__len__"):
             return
-        target = Path(self.save_dir) / self.filename
-        target.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.state_dict() for k, v in self._objects(engine).items()}
-        tmp = target.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, target)  # never leave a half-written file behind
+        try:
+            per_pass = len(loader)
+        except TypeError:
+            return
+        if per_pass and length % per_pass:
+            engine.set_data(loader)  # the next epoch begins a new pass, whether or not the run is resumed
 
 
 class BinarySegmentationReport:
@@ -267,7 +487,8 @@ class OverlayWriter:
             mask = out[self.pred_key]
             mask = (mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)) > 0.5
             mask = mask.reshape(mask.shape[-2:]) if mask.ndim > 2 else mask
-            image = np.asarray(Image.open(source).convert("RGB"), dtype=np.float32)
+            with Image.open(source) as opened:
+                image = np.asarray(rgb_converter(opened), dtype=np.float32)
             if self.pil_reverse_indexing:
                 mask = mask.T
             if mask.shape != image.shape[:2]:

@@ -290,7 +290,9 @@ def _fill_args(u, delta, A, B, C, D, z, delta_bias, softplus, map_size=None):
     a.b_groups, a.c_groups = _groups(B), _groups(C)
     a.chunk = _chunk(A.shape[1])
     a.softplus = int(bool(softplus))
-    a.nthreads = max(1, torch.get_num_threads())
+    # threads add their partial gradients in whatever order they finish; under
+    # torch.use_deterministic_algorithms(True) one thread keeps every sum in one order
+    a.nthreads = 1 if torch.are_deterministic_algorithms_enabled() else max(1, torch.get_num_threads())
     a.u, a.delta, a.A, a.B, a.C = _ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C)
     a.D, a.z, a.delta_bias = _ptr(D), _ptr(z), _ptr(delta_bias)
     return a

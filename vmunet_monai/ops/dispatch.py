@@ -26,6 +26,10 @@ BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
 # measured on an H100 (docs/PERFORMANCE.md): VM-UNet trains 1.2x faster on mamba-ssm's kernel than on ours,
 # so an installed mamba-ssm comes first; triton is the CUDA default everywhere else
 AUTO_ORDER = {"cuda": ("mamba_ssm", "triton", "torch"), "cpu": ("cpu", "torch")}
+# backends whose results do not depend on thread or GPU scheduling: the CUDA kernels of triton and
+# mamba_ssm sum gradients with float atomics, so under torch.use_deterministic_algorithms(True) the
+# automatic choice skips them (the cpu kernel then runs on one thread)
+DETERMINISTIC_BACKENDS = ("reference", "torch", "cpu")
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,8 @@ def _exporting() -> bool:
 
 
 def resolve_backend(device: torch.device | str, backend: str | None = None) -> str:
-    """The backend that will run for tensors on ``device``: argument > $VMUNET_SCAN_BACKEND > automatic."""
+    """The backend that will run for tensors on ``device``: argument > $VMUNET_SCAN_BACKEND > automatic
+    (limited to :data:`DETERMINISTIC_BACKENDS` while ``torch.use_deterministic_algorithms(True)`` is on)."""
     device_type = torch.device(device).type
     requested, source = backend, "backend argument"
     if requested is None and os.environ.get(ENV_VAR):
@@ -90,7 +95,10 @@ def resolve_backend(device: torch.device | str, backend: str | None = None) -> s
         return requested
     if _exporting():
         return "torch"
-    for name in AUTO_ORDER.get(device_type, ("torch",)):
+    order = AUTO_ORDER.get(device_type, ("torch",))
+    if torch.are_deterministic_algorithms_enabled():
+        order = tuple(n for n in order if n in DETERMINISTIC_BACKENDS)
+    for name in order:
         if _load(name)[1].available:
             return name
     return "torch"

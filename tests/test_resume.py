@@ -1,0 +1,323 @@
+"""Training survives a kill and is reproducible.
+
+- A short deterministic ``python -m monai.bundle run training`` killed with SIGKILL in the middle of an
+  epoch resumes with ``--resume true`` and ends with exactly the weights (and optimiser state, and
+  best model) of a run that was never interrupted.
+- ``--determinism true`` gives bit-identical weights in two separate CPU runs (two threads each).
+- The latest checkpoint is replaced atomically: a process killed while writing it leaves the previous one.
+- The Synapse bundle (random slice sampling, epochs shorter than a pass over the data) resumes exactly too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from bundle_helpers import PYTHON, cli_args, config_path, copy_bundle, make_prepared, run, run_env, tiny_overrides
+
+BUNDLE = "isic_skin_lesion"
+KILL_AT_ITERATION = 6  # epoch 2 of 3, iteration 2 of 4: the weights have moved past the epoch-1 checkpoint
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process runs of tiny networks: one thread is fastest (two crawl on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return make_prepared(BUNDLE, tmp_path_factory.mktemp("resume_data"), num=8)
+
+
+def _overrides() -> dict:
+    # 8 training images, batch 2: 4 iterations per epoch; validation every epoch picks model.pt
+    over = dict(tiny_overrides(BUNDLE, epochs=3), batch_size=2, determinism=True)
+    over["image_size"] = [32, 32]
+    return over
+
+
+def _env(threads: int = 2) -> dict:
+    env = run_env()
+    env["OMP_NUM_THREADS"] = str(threads)  # the CPU scan kernel is multi-threaded unless determinism is on
+    return env
+
+
+def _command(root: Path, prepared: Path, config_files: list[str], extra: dict | None = None) -> list[str]:
+    files = "[" + ",".join(f"'{f}'" for f in config_files) + "]"
+    cmd = [PYTHON, "-m", "monai.bundle", "run", "training", "--config_file", files, "--bundle_root", str(root),
+           "--dataset_dir", str(prepared)]
+    return cmd + cli_args(dict(_overrides(), **(extra or {})))
+
+
+def _train(root: Path, prepared: Path, extra: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = _command(root, prepared, [config_path(BUNDLE, "train.json")], extra)
+    proc = subprocess.run(cmd, cwd=str(root), env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def _final(root: Path) -> dict:
+    return {
+        "latest": torch.load(root / "models" / "checkpoint_latest.pt", weights_only=True),
+        "best": torch.load(root / "models" / "model.pt", weights_only=True),
+    }
+
+
+def _assert_same_state(a: dict, b: dict, path: str = "") -> None:
+    """Bitwise equality of nested state dicts (tensors with torch.equal, the rest with ==)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{path} differs"
+    elif isinstance(a, dict):
+        assert set(a) == set(b), f"{path}: keys {sorted(a)} vs {sorted(b)}"
+        for key in a:
+            _assert_same_state(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{path}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_state(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} vs {b!r}"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prepared, tmp_path_factory):
+    """One deterministic 3-epoch run, never interrupted: the reference for both tests below."""
+    root = copy_bundle(BUNDLE, tmp_path_factory.mktemp("uninterrupted"))
+    _train(root, prepared)
+    return _final(root)
+
+
+def test_determinism_gives_bit_identical_weights_across_runs(prepared, uninterrupted, tmp_path):
+    root = copy_bundle(BUNDLE, tmp_path)
+    proc = _train(root, prepared)
+    again = _final(root)
+    _assert_same_state(uninterrupted["latest"]["model"], again["latest"]["model"], "model")
+    _assert_same_state(uninterrupted["latest"]["optimizer"], again["latest"]["optimizer"], "optimizer")
+    _assert_same_state(uninterrupted["best"], again["best"], "model.pt")
+    assert again["latest"]["trainer"]["iteration"] == 12
+    assert "SupervisedTrainer - INFO - Epoch[3] Complete" in proc.stdout + proc.stderr
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(prepared, uninterrupted, tmp_path):
+    root = copy_bundle(BUNDLE, tmp_path)
+    marker = tmp_path / "reached_iteration"
+    # a test-only config that parks the run in the middle of epoch 2 (blocked reading an empty pipe), so the
+    # kill lands mid-epoch (MONAI parses any expression containing the word "import" as Python, so none here)
+    hang = tmp_path / "hang_mid_epoch.json"
+    hang.write_text(json.dumps({"run": [
+        f"$@train#trainer.add_event_handler(ignite.engine.Events.ITERATION_COMPLETED(once={KILL_AT_ITERATION}), "
+        f"lambda e: (open({str(marker)!r}, 'w').close(), os.read(os.pipe()[0], 1)))",
+        "$@train#trainer.run()",
+    ]}))
+    cmd = _command(root, prepared, [config_path(BUNDLE, "train.json"), str(hang)])
+    proc = subprocess.Popen(cmd, cwd=str(root), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while not marker.exists():
+            assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read().decode()[-4000:]}"
+            assert time.time() < deadline, "the run never reached the kill point"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    latest = torch.load(root / "models" / "checkpoint_latest.pt", weights_only=True)
+    assert latest["trainer"]["iteration"] == 4  # the end of epoch 1: the kill came mid-epoch 2
+    assert {"model", "optimizer", "lr_scheduler", "trainer", "rng", "validation"} <= set(latest)
+
+    resumed = _train(root, prepared, {"resume": True})
+    log = resumed.stdout + resumed.stderr
+    assert "resumed from" in log and "after epoch 1 of 3" in log
+    # only epochs 2 and 3 ran again
+    assert "Trainer - INFO - Epoch[1] Complete" not in log and "Trainer - INFO - Epoch[3] Complete" in log
+    final = _final(root)
+    assert final["latest"]["trainer"]["iteration"] == 12
+    for key in ("model", "optimizer", "lr_scheduler"):
+        _assert_same_state(uninterrupted["latest"][key], final["latest"][key], key)
+    _assert_same_state(uninterrupted["latest"]["validation"], final["latest"]["validation"], "validation")
+    _assert_same_state(uninterrupted["best"], final["best"], "model.pt")
+
+
+def test_resume_true_without_a_checkpoint_starts_from_scratch(prepared, tmp_path):
+    from bundle_helpers import workflow
+
+    root = copy_bundle(BUNDLE, tmp_path)
+    wf = workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared),
+                  **dict(tiny_overrides(BUNDLE, epochs=1), resume=True))
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    handler = next(h for h in wf.parser.get_parsed_content("train#handlers") if hasattr(h, "resumed_from"))
+    assert handler.resumed_from is None
+    assert torch.load(root / "models" / "checkpoint_latest.pt", weights_only=True)["trainer"]["iteration"] == 2
+
+
+def test_resume_refuses_corrupt_and_foreign_checkpoints(prepared, tmp_path):
+    from bundle_helpers import workflow
+
+    from vmunet_monai.weights import CheckpointError
+
+    root = copy_bundle(BUNDLE, tmp_path)
+    over = tiny_overrides(BUNDLE, epochs=2)
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"model": {"w": torch.zeros(1000)}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    weights_only = tmp_path / "weights_only.pt"
+    torch.save({"final_conv.weight": torch.zeros(1)}, weights_only)
+    for path, message in ((truncated, "cannot be read as a checkpoint"), (weights_only, "not a training checkpoint"),
+                          (tmp_path / "missing.pt", "no such checkpoint")):
+        wf = workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared),
+                      resume_checkpoint=str(path), **over)
+        wf.initialize()
+        with pytest.raises(CheckpointError, match=message) as failure:
+            wf.parser.get_parsed_content("train#trainer").run()
+        assert str(path) in str(failure.value) and "\n" not in str(failure.value)
+        wf.finalize()
+
+
+def test_atomic_save_survives_sigkill_while_writing(tmp_path):
+    """A process killed in the middle of writing the checkpoint leaves the previous, complete one."""
+    from vmunet_monai.engine.handlers import atomic_torch_save
+
+    target = tmp_path / "checkpoint_latest.pt"
+    atomic_torch_save({"generation": torch.tensor(1), "weights": torch.arange(10.0)}, target)
+    marker = tmp_path / "writing"
+    script = f"""
+import os, time, torch
+import vmunet_monai.engine.handlers as h
+real_save = torch.save
+def slow_save(obj, f):
+    f.write(b"PK-half-written-checkpoint")  # the first bytes of a new file, then the process dies
+    f.flush()
+    open({str(marker)!r}, "w").close()
+    time.sleep(600)
+h.torch.save = slow_save
+h.atomic_torch_save({{"generation": torch.tensor(2), "weights": torch.zeros(10)}}, {str(target)!r})
+"""
+    proc = subprocess.Popen([PYTHON, "-c", script], env=run_env())
+    try:
+        deadline = time.time() + 120
+        while not marker.exists():
+            assert proc.poll() is None and time.time() < deadline, "the writer did not start"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    state = torch.load(target, weights_only=True)
+    assert int(state["generation"]) == 1 and torch.equal(state["weights"], torch.arange(10.0))
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(leftovers) == 1  # the half-written temporary file, never the checkpoint itself
+    atomic_torch_save({"generation": torch.tensor(3)}, target)  # and the next save still works
+    assert int(torch.load(target, weights_only=True)["generation"]) == 3
+
+
+# ----------------------------------------------------------------------------------------------------
+# Synapse: random slice crops, an epoch of 3 iterations over a 2-batch pass (each epoch starts a new pass)
+
+SYNAPSE = "synapse_multiorgan"
+SYNAPSE_RUN = {
+    "network_def#dims": [8, 16, 32, 64], "network_def#depths": [1, 1, 1, 1],
+    "network_def#depths_decoder": [1, 1, 1, 1], "network_def#d_state": 4,
+    "epochs": 2, "iterations_per_epoch": 3, "val_interval": 1, "num_workers": 0, "roi_size": [32, 32],
+    "slices_per_volume": 2, "volumes_per_batch": 1, "sw_batch_size": 4, "cache_rate": 0.0, "device": "cpu",
+    "determinism": True,
+}
+
+
+@pytest.fixture
+def restore_determinism():
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def test_synapse_resume_in_process_matches_uninterrupted(tmp_path, restore_determinism):
+    from bundle_helpers import workflow
+    from ignite.engine import Events
+
+    from vmunet_monai.data import synapse
+
+    raw = synapse.demo_data(str(tmp_path / "raw"), num=5, seed=0, shape=(40, 40, 8))
+    synapse.prepare(raw, str(tmp_path / "prepared"), num_val=1)
+    training = json.loads((tmp_path / "prepared" / "datalist.json").read_text())["training"]
+    assert len(training) == 2  # 2 batches per pass, 3 iterations per epoch: the epochs do not align with passes
+
+    def run_once(root: Path, stop_after: int | None = None, **extra):
+        wf = workflow(SYNAPSE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(tmp_path / "prepared"),
+                      **SYNAPSE_RUN, **extra)
+        wf.initialize()
+        trainer = wf.parser.get_parsed_content("train#trainer")
+        if stop_after:
+            trainer.add_event_handler(Events.ITERATION_COMPLETED(once=stop_after), lambda e: e.terminate())
+        wf.run()
+        wf.finalize()
+        return torch.load(Path(root) / "models" / "checkpoint_latest.pt", weights_only=True)
+
+    reference = run_once(tmp_path / "a")
+    stopped = run_once(tmp_path / "b", stop_after=5)  # in epoch 2: the checkpoint is still epoch 1's
+    assert stopped["trainer"]["iteration"] == 3
+    resumed = run_once(tmp_path / "b", resume=True)
+    assert resumed["trainer"]["iteration"] == reference["trainer"]["iteration"] == 6
+    for key in ("model", "optimizer", "lr_scheduler", "rng"):
+        _assert_same_state(reference[key], resumed[key], key)
+    assert len(reference["rng"]["transforms"]) >= 4  # the random crop, rotations and flips have their states saved
+
+
+def test_determinism_restricts_the_automatic_scan_backend(monkeypatch, restore_determinism):
+    """The CUDA kernels sum gradients with atomics: deterministic mode picks a backend without them."""
+    from vmunet_monai.engine.guards import set_determinism
+    from vmunet_monai.ops import dispatch
+
+    real = dispatch._load
+
+    def all_available(name):
+        module, status = real(name)
+        return module, dispatch.BackendStatus(name, True, "test", "", status.devices)
+
+    monkeypatch.setattr(dispatch, "_load", all_available)
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    set_determinism(0, deterministic=False)
+    assert dispatch.resolve_backend("cuda") == "mamba_ssm"
+    set_determinism(0, deterministic=True)
+    assert dispatch.resolve_backend("cuda") == "torch" and dispatch.resolve_backend("cpu") == "cpu"
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+
+
+def test_deterministic_mode_makes_the_cpu_kernel_repeatable(restore_determinism):
+    """Two threads add partial gradients in the order they finish; deterministic mode fixes the order."""
+    from vmunet_monai.engine.guards import set_determinism
+    from vmunet_monai.networks import VMUNet
+    from vmunet_monai.ops.dispatch import backend_status
+
+    if not backend_status("cpu").available:
+        pytest.skip(f"the compiled CPU scan kernel is not available here: {backend_status('cpu').detail}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        set_determinism(0, deterministic=True)
+        net = VMUNet(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), d_state=4,
+                     drop_path_rate=0.0, scan_backend="cpu")
+        x = torch.randn(4, 3, 64, 64)
+        grads = []
+        for _ in range(6):
+            net.zero_grad()
+            net(x).square().mean().backward()
+            grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+        assert all(torch.equal(grads[0], g) for g in grads[1:])
+    finally:
+        torch.set_num_threads(threads)
