@@ -51,3 +51,46 @@ def truncate(path: Path, keep: float = 0.5) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
     return path
+
+
+def write_ct_volume(path: Path, shape=(48, 44, 10), spacing=(0.8, 0.7, 3.0), dtype=np.int16, seed: int = 0) -> Path:
+    """A small CT-like NIfTI (fat with a soft-tissue block and a gas block) stored with an LPS-like affine."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    hu = np.full(shape, -100, dtype=np.float32) + rng.normal(0, 5, shape).astype(np.float32)
+    hu[4:18, 4:16, 1:4] = 60
+    hu[30:42, 26:40, 6:9] = -1000
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    affine[:3, 3] = [20.0, 15.0, -12.0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(hu.astype(dtype), affine), str(path))
+    return path
+
+
+def write_dicom_series(volume_path: Path, folder: Path) -> Path:
+    """Write the NIfTI volume as a CT DICOM series (one file per slice, with position, orientation and UIDs)."""
+    import SimpleITK as sitk
+
+    volume = sitk.ReadImage(str(volume_path))
+    folder.mkdir(parents=True)
+    d = volume.GetDirection()
+    shared = {
+        "0008|0060": "CT",
+        "0020|000d": "1.2.826.0.1.3680043.2.1125.7.1",
+        "0020|000e": "1.2.826.0.1.3680043.2.1125.7.2",
+        "0020|0037": "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
+        "0018|0050": f"{volume.GetSpacing()[2]:.4f}",
+    }
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(volume.GetDepth()):
+        plane = volume[:, :, z]
+        for tag, value in shared.items():
+            plane.SetMetaData(tag, value)
+        plane.SetMetaData("0020|0032", "\\".join(f"{v:.5f}" for v in volume.TransformIndexToPhysicalPoint((0, 0, z))))
+        plane.SetMetaData("0020|0013", str(z + 1))
+        plane.SetMetaData("0008|0018", f"1.2.826.0.1.3680043.2.1125.7.3.{z + 1}")
+        writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
+        writer.Execute(plane)
+    return folder

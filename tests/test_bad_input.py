@@ -1,0 +1,347 @@
+"""Bad input gets one line naming the file, the value and the rule, never a traceback from the network.
+
+Library: :class:`vmunet_monai.validation.InputError` (and its subclasses ``DatasetLayoutError``,
+``CheckpointError``); CLI: ``error: <message>`` on stderr and exit status 1. ``prepare`` skips and
+names unusable files and imports the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import REPO, run_env
+from PIL import Image
+from reliability_helpers import truncate, write_ct_volume, write_dicom_series, write_rgb
+
+from vmunet_monai.validation import (
+    InputError,
+    check_binary_mask,
+    check_image_pair_2d,
+    check_label_values,
+    check_output_location,
+    read_image_2d,
+    read_volume,
+)
+
+
+def _one_line(exc: BaseException, *parts: str) -> str:
+    message = str(exc)
+    assert "\n" not in message, message
+    for part in parts:
+        assert part in message, f"{part!r} not in {message!r}"
+    return message
+
+
+# ----------------------------------------------------------------------------------------------------
+# files
+
+
+def test_unusable_2d_image_files_are_named_with_the_rule(tmp_path):
+    good = write_rgb(tmp_path / "good.png", 30, 41)
+    assert read_image_2d(good).shape == (30, 41, 3)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    frames = tmp_path / "stack.tif"
+    Image.new("L", (8, 8)).save(frames, save_all=True, append_images=[Image.new("L", (8, 8))] * 2)
+    nan = tmp_path / "nan.tif"
+    Image.fromarray(np.array([[0.0, np.nan], [np.inf, 1.0]], dtype=np.float32)).save(nan)
+    volume = write_ct_volume(tmp_path / "ct.nii.gz")
+    cases = [
+        (empty, "the file is empty"),
+        (truncate(write_rgb(tmp_path / "cut.png", 64, 64)), "cannot be decoded"),
+        (truncate(write_rgb(tmp_path / "cut.jpg", 64, 64), 0.4), "cannot be decoded"),
+        (text, "is not an image file"),
+        (frames, "holds 3 frames"),
+        (nan, "1 NaN and 1 Inf values"),
+        (volume, "is a 3D volume file"),
+        (tmp_path / "missing.png", "no such file"),
+    ]
+    for path, problem in cases:
+        with pytest.raises(InputError) as failure:
+            read_image_2d(path)
+        _one_line(failure.value, str(path), problem, "(")
+
+
+def test_unusable_volumes_are_named_with_the_rule(tmp_path):
+    good = write_ct_volume(tmp_path / "good.nii.gz")
+    shape, data = read_volume(good)
+    assert shape == (48, 44, 10) and data.shape == shape
+    singleton = tmp_path / "singleton.nii.gz"  # a trailing axis of size one is still one volume
+    nib.save(nib.Nifti1Image(np.zeros((8, 9, 4, 1), np.int16), np.eye(4)), singleton)
+    assert read_volume(singleton)[0] == (8, 9, 4)
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16), np.int16), np.eye(4)), flat)
+    two = tmp_path / "two_channels.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 2), np.int16), np.eye(4)), two)
+    nan = tmp_path / "nan.nii.gz"
+    values = np.zeros((8, 8, 4), np.float32)
+    values[1, 2, 3] = np.nan
+    nib.save(nib.Nifti1Image(values, np.eye(4)), nan)
+    empty = tmp_path / "empty.nii.gz"
+    empty.write_bytes(b"")
+    single = write_dicom_series(good, tmp_path / "series")
+    for extra in sorted(single.iterdir())[1:]:
+        extra.unlink()
+    cases = [
+        (flat, "is 2D with shape (16, 16)"),
+        (two, "has shape (8, 8, 4, 2): 2 channels or time points"),
+        (nan, "1 NaN and 0 Inf values"),
+        (truncate(write_ct_volume(tmp_path / "cut.nii.gz", seed=1)), "cannot be read as NIfTI"),
+        (empty, "the file is empty"),
+        (write_rgb(tmp_path / "photo.png"), "is a 2D image file"),
+        (single, "1 slice (a 2D image)"),
+        (tmp_path / "missing.nii.gz", "no such file"),
+    ]
+    for path, problem in cases:
+        with pytest.raises(InputError) as failure:
+            read_volume(path)
+        _one_line(failure.value, str(path), problem, "(")
+
+
+def test_dicom_series_reads_as_one_volume(tmp_path):
+    series = write_dicom_series(write_ct_volume(tmp_path / "ct.nii.gz"), tmp_path / "series")
+    shape, data = read_volume(series)
+    assert shape == (48, 44, 10) and data.size == 48 * 44 * 10
+
+
+def test_mask_and_label_value_rules(tmp_path):
+    check_binary_mask(np.array([0, 255], np.uint8), "m.png")
+    check_binary_mask(np.array([0, 1], np.uint8), "m.png")
+    check_binary_mask(np.array([0, 3, 7, 250, 255], np.uint8), "jpeg_mask.jpg")  # lossy grey levels are fine
+    for values, problem in (([0, 1, 2], "mask values are 0, 1, 2, none of them at least 128"),
+                            ([-1, 0, 1], "mask values range from -1 to 1"),
+                            ([0, 300], "mask values range from 0 to 300"),
+                            ([0.0, np.nan], "1 NaN")):
+        with pytest.raises(InputError) as failure:
+            check_binary_mask(np.array(values), "masks/a.png")
+        _one_line(failure.value, "masks/a.png", problem, "binary mask" if "NaN" not in problem else "finite")
+    check_label_values(np.arange(9), "label.nii.gz", num_classes=9)
+    for values, bad in (([0, 3, 9, 12], "9, 12"), ([0, 2.5], "2.5"), ([-1, 0], "-1")):
+        with pytest.raises(InputError) as failure:
+            check_label_values(np.array(values), "label.nii.gz", num_classes=9)
+        _one_line(failure.value, "label.nii.gz", f"label values {bad} are outside the classes", "integers 0-8")
+
+
+def test_image_and_mask_of_different_sizes(tmp_path):
+    image = write_rgb(tmp_path / "a.png", 40, 52)
+    mask = tmp_path / "a_mask.png"
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(mask)
+    with pytest.raises(InputError) as failure:
+        check_image_pair_2d(image, mask)
+    _one_line(failure.value, str(mask), str(image), "mask is 40x50", "image", "is 40x52", "same size")
+    Image.fromarray(np.zeros((40, 52, 3), np.uint8)).save(mask)  # an RGB mask of the right size is fine
+    assert check_image_pair_2d(image, mask) == (40, 52)
+
+
+def test_outputs_never_overwrite_or_mix_with_inputs(tmp_path):
+    folder = tmp_path / "images"
+    image = write_rgb(folder / "a.png")
+    assert check_output_location([folder], tmp_path / "out") == (tmp_path / "out").resolve()
+    for inputs, output, problem in (([folder], folder, "is the input folder"),
+                                    ([folder], folder / "predictions", "is inside the input folder"),
+                                    ([image], image, "is the input file itself")):
+        with pytest.raises(InputError) as failure:
+            check_output_location(inputs, output)
+        _one_line(failure.value, problem, "outputs")
+    with pytest.raises(InputError, match="would be written over an input file"):
+        check_output_location([image], tmp_path / "out", outputs=[image])
+
+
+# ----------------------------------------------------------------------------------------------------
+# prepare
+
+
+def _isic_raw(tmp_path, num=8):
+    from vmunet_monai.data import isic
+
+    raw = tmp_path / "raw"
+    isic.demo_data(str(raw), num=num, seed=2)
+    return raw, raw / "ISIC-2017_Training_Data", raw / "ISIC-2017_Training_Part1_GroundTruth"
+
+
+def test_prepare_skips_and_names_unusable_pairs(tmp_path, capsys):
+    from vmunet_monai.data import prepare
+
+    raw, images, masks = _isic_raw(tmp_path)
+    truncate(images / "ISIC_0000001.jpg", 0.3)
+    with Image.open(masks / "ISIC_0000002_segmentation.png") as m:
+        m.resize((m.width + 3, m.height)).save(masks / "ISIC_0000002_segmentation.png")
+    Image.fromarray((np.arange(64).reshape(8, 8) % 3).astype(np.uint8)).resize(
+        Image.open(images / "ISIC_0000003.jpg").size).save(masks / "ISIC_0000003_segmentation.png")
+    (masks / "ISIC_0000004_segmentation.png").write_bytes(b"")
+    (masks / "ISIC_0000005_segmentation.png").unlink()
+    prepare("isic_skin_lesion", str(raw), str(tmp_path / "prepared"))
+    doc = json.loads((tmp_path / "prepared" / "datalist.json").read_text())
+    reasons = {s["file"].rsplit("/", 1)[-1]: s["reason"] for s in doc["meta"]["skipped"]}
+    assert set(reasons) == {f"ISIC_000000{i}.jpg" for i in range(1, 6)}
+    assert "cannot be decoded" in reasons["ISIC_0000001.jpg"]
+    assert "must have the same size" in reasons["ISIC_0000002.jpg"]
+    assert "mask values are 0, 1, 2" in reasons["ISIC_0000003.jpg"]
+    assert "the file is empty" in reasons["ISIC_0000004.jpg"]
+    assert "no mask" in reasons["ISIC_0000005.jpg"]
+    imported = {i["name"] for k in ("training", "validation", "test") for i in doc[k]}
+    assert len(imported) == 8 + 2 + 2 - 5 and not imported & {f"ISIC_000000{i}" for i in range(1, 6)}
+    err = capsys.readouterr().err
+    for name in reasons:
+        assert f"skipped {images / name}:" in err
+    assert "5 image(s) skipped" in err
+
+
+def test_prepare_fails_only_when_nothing_is_usable_and_never_writes_inside_the_dataset(tmp_path):
+    from vmunet_monai.data import prepare
+    from vmunet_monai.data.common import DatasetLayoutError
+
+    raw, images, masks = _isic_raw(tmp_path, num=2)
+    with pytest.raises(InputError) as failure:
+        prepare("isic_skin_lesion", str(raw), str(images / "prepared"))
+    _one_line(failure.value, "inside the input folder", str(images))
+    for mask in masks.iterdir():
+        mask.write_bytes(b"")
+    with pytest.raises(DatasetLayoutError) as failure:
+        prepare("isic_skin_lesion", str(raw), str(tmp_path / "prepared"))
+    _one_line(failure.value, "no usable image/mask pair", "the file is empty")
+    with pytest.raises(DatasetLayoutError, match="not a folder"):
+        prepare("isic_skin_lesion", str(tmp_path / "no_such_download"), str(tmp_path / "p2"))
+
+
+def test_synapse_prepare_skips_broken_cases(tmp_path, capsys):
+    from vmunet_monai.data import synapse
+
+    raw = synapse.demo_data(str(tmp_path / "raw"), num=8, seed=1, shape=(24, 24, 8))
+    img, lab = tmp_path / "raw" / "RawData" / "Training" / "img", tmp_path / "raw" / "RawData" / "Training" / "label"
+    cases = sorted(p.name[3:7] for p in img.iterdir())
+    bad = {}
+    # label of another size
+    nib.save(nib.Nifti1Image(np.zeros((24, 20, 8), np.uint8), nib.load(lab / f"label{cases[0]}.nii.gz").affine),
+             lab / f"label{cases[0]}.nii.gz")
+    bad[cases[0]] = "must have the same size"
+    # label values outside the 13 BTCV organs
+    label = nib.load(lab / f"label{cases[1]}.nii.gz")
+    values = np.asarray(label.dataobj).copy()
+    values[0, 0, 0] = 20
+    nib.save(nib.Nifti1Image(values, label.affine), lab / f"label{cases[1]}.nii.gz")
+    bad[cases[1]] = "label values 20 are outside the classes"
+    # a 2D image
+    nib.save(nib.Nifti1Image(np.zeros((24, 24), np.int16), np.eye(4)), img / f"img{cases[2]}.nii.gz")
+    bad[cases[2]] = "is 2D"
+    truncate(img / f"img{cases[3]}.nii.gz")
+    bad[cases[3]] = "cannot be read as NIfTI"
+    (lab / f"label{cases[4]}.nii.gz").unlink()
+    bad[cases[4]] = "no such file"
+    path = synapse.prepare(raw, str(tmp_path / "prepared"), num_val=1)
+    doc = json.loads(open(path).read())
+    reasons = {s["file"].rsplit("img", 1)[-1][:4]: s["reason"] for s in doc["skipped"]}
+    assert set(reasons) == set(bad)
+    for case, problem in bad.items():
+        assert problem in reasons[case], reasons[case]
+    kept = {e["case"] for k in ("training", "validation", "test") for e in doc[k]}
+    assert kept == set(cases) - set(bad)
+    assert "5 case(s) skipped" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------
+# datalists and the checks on loaded data
+
+
+def test_datalist_entries_and_dataset_folder_are_checked(tmp_path):
+    from vmunet_monai.data.common import load_datalist
+
+    with pytest.raises(FileNotFoundError, match="no such dataset folder"):
+        load_datalist(tmp_path / "missing")
+    write_rgb(tmp_path / "a.png")
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [
+        {"image": "a.png", "label": "a.png"}, {"image": "a.png"}, {"image": "b.png", "label": "a.png"}]}))
+    assert len(load_datalist(tmp_path)) == 3  # without requirements the entries are returned as they are
+    with pytest.raises(InputError) as failure:
+        load_datalist(tmp_path, "training", ["image", "label"])
+    _one_line(failure.value, "entry 1 of 'training' has no 'label'")
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"image": "b.png", "label": "a.png"}]}))
+    with pytest.raises(InputError) as failure:
+        load_datalist(tmp_path, "training", ["image", "label"])
+    _one_line(failure.value, str(tmp_path / "b.png"), "no such file", "entry 0", "rerun prepare")
+
+
+def _meta(array, name):
+    from monai.data import MetaTensor
+
+    return MetaTensor(torch.as_tensor(array), meta={"filename_or_obj": name})
+
+
+def test_loaded_images_and_labels_are_checked_before_training():
+    from vmunet_monai.engine import ValidateInputd
+
+    check_2d = ValidateInputd(["image", "label"], spatial_dims=2, channels=[3])
+    check_ct = ValidateInputd(["image", "label"], spatial_dims=3, channels=[1], num_classes=9)
+    good = {"image": _meta(np.zeros((3, 20, 30), np.float32), "i.png"),
+            "label": _meta(np.zeros((1, 20, 30), np.float32), "m.png")}
+    assert check_2d(good)["image"] is good["image"]
+    nan_image = np.zeros((3, 20, 30), np.float32)
+    nan_image[0, 1, 1] = np.nan
+    cases = [
+        (check_2d, {"image": _meta(np.zeros((3, 20, 30, 4)), "vol.nii"), "label": good["label"]},
+         "vol.nii", "3 spatial dimensions", "2D image"),
+        (check_2d, {"image": _meta(np.zeros((2, 20, 30)), "la.png"), "label": good["label"]},
+         "la.png", "2 channels", "3-channel"),
+        (check_2d, {"image": _meta(nan_image, "nan.tif"), "label": good["label"]}, "nan.tif", "1 NaN", "finite"),
+        (check_2d, {"image": good["image"], "label": _meta(np.zeros((1, 20, 31)), "m.png")},
+         "m.png", "label is 20x31 but its image i.png is 20x30", "same size"),
+        (check_2d, {"image": good["image"], "label": _meta(np.full((1, 20, 30), 2.0), "m.png")},
+         "m.png", "mask values are 2", "binary mask"),
+        (check_ct, {"image": _meta(np.zeros((1, 20, 30)), "slice.nii.gz"), "label": _meta(np.zeros((1, 20, 30)), "l")},
+         "slice.nii.gz", "2 spatial dimensions", "3D volume"),
+        (check_ct, {"image": _meta(np.zeros((1, 8, 8, 4)), "ct.nii.gz"),
+                    "label": _meta(np.full((1, 8, 8, 4), 11.0), "label.nii.gz")},
+         "label.nii.gz", "label values 11", "integers 0-8"),
+    ]
+    for check, data, *parts in cases:
+        with pytest.raises(InputError) as failure:
+            check(data)
+        _one_line(failure.value, *parts)
+
+
+def test_bundle_training_pipeline_names_a_mislabelled_mask(tmp_path):
+    """The bundle's own training transforms stop at a label map given as a binary mask, naming the file."""
+    from bundle_helpers import tiny_overrides, workflow
+    from monai.transforms import Compose
+
+    image = write_rgb(tmp_path / "a.jpg", 40, 40)
+    mask = tmp_path / "a_mask.png"
+    Image.fromarray(np.tile(np.arange(4, dtype=np.uint8), (40, 10))).save(mask)  # classes 0-3, not a binary mask
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"image": str(image), "label": str(mask)}],
+                                                        "validation": [{"image": str(image), "label": str(mask)}]}))
+    wf = workflow("isic_skin_lesion", ["train.json"], "train", dataset_dir=str(tmp_path),
+                  **tiny_overrides("isic_skin_lesion"))
+    preprocessing: Compose = wf.parser.get_parsed_content("train#preprocessing")
+    with pytest.raises(Exception) as failure:
+        preprocessing({"image": str(image), "label": str(mask)})
+    cause = failure.value
+    while cause is not None and not isinstance(cause, InputError):
+        cause = cause.__cause__
+    assert cause is not None, failure.value
+    _one_line(cause, str(mask), "mask values are 0, 1, 2, 3", "binary mask")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the command line
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "vmunet_monai", *args], cwd=str(cwd), env=run_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_prints_one_line_and_exits_non_zero(tmp_path):
+    missing = _cli("prepare", "polyp_seg", str(tmp_path / "no_download"), str(tmp_path / "out"), cwd=tmp_path)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'no_download'}: not a folder")
+    inside = _cli("prepare", "synapse_multiorgan", str(REPO / "bundles"), str(REPO / "bundles" / "x"), cwd=tmp_path)
+    assert inside.returncode == 1 and "Traceback" not in inside.stderr
+    assert inside.stderr.strip().splitlines()[-1].startswith("error: ") and "not a Synapse dataset" in inside.stderr
