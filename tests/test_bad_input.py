@@ -334,8 +334,9 @@ def test_bundle_training_pipeline_names_a_mislabelled_mask(tmp_path):
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "vmunet_monai", *args], cwd=str(cwd), env=run_env(),
-                          capture_output=True, text=True, timeout=300)
+    env = dict(run_env(), PYTHONIOENCODING="utf-8")  # progress bars print non-ASCII characters
+    return subprocess.run([sys.executable, "-m", "vmunet_monai", *args], cwd=str(cwd), env=env, capture_output=True,
+                          text=True, encoding="utf-8", errors="replace", timeout=300)
 
 
 def test_cli_prints_one_line_and_exits_non_zero(tmp_path):

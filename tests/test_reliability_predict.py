@@ -1,0 +1,176 @@
+"""``predict`` over folders with broken files: the bad ones are skipped and named, the rest is segmented,
+the exit status is non-zero only when nothing could be done. CT: NIfTI files and a DICOM series are
+read, and each segmentation is NIfTI with its input's shape and affine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import run_env
+from PIL import Image
+from reliability_helpers import tiny_bundle_with_weights, truncate, write_ct_volume, write_dicom_series, write_rgb
+
+from vmunet_monai.validation import InputError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def lesion_bundle(tmp_path_factory):
+    return tiny_bundle_with_weights("isic_skin_lesion", tmp_path_factory.mktemp("lesion"))
+
+
+def _cli(*args, cwd):
+    env = dict(run_env(), PYTHONIOENCODING="utf-8")  # progress bars print non-ASCII characters
+    return subprocess.run([sys.executable, "-m", "vmunet_monai", *args], cwd=str(cwd), env=env, capture_output=True,
+                          text=True, encoding="utf-8", errors="replace", timeout=300)
+
+
+def _mixed_folder(folder):
+    """Three usable images (odd sizes, grey, RGBA, 16-bit) and five unusable files."""
+    good = {
+        "odd.png": write_rgb(folder / "odd.png", 37, 53),
+        "grey.jpg": folder / "sub" / "grey.jpg",
+        "rgba16.png": folder / "sub" / "deep" / "wide16.png",
+    }
+    good["grey.jpg"].parent.mkdir(parents=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 33), dtype=np.uint8)).save(good["grey.jpg"])
+    good["rgba16.png"].parent.mkdir(parents=True)
+    Image.fromarray(np.random.default_rng(1).integers(0, 65535, (45, 64), dtype=np.uint16)).save(good["rgba16.png"])
+    bad = {
+        "cut.png": truncate(write_rgb(folder / "cut.png", 64, 64)),
+        "text.png": folder / "text.png",
+        "empty.jpg": folder / "empty.jpg",
+        "ct.nii.gz": write_ct_volume(folder / "ct.nii.gz"),
+        "nan.tif": folder / "nan.tif",
+    }
+    bad["text.png"].write_text("hello")
+    bad["empty.jpg"].write_bytes(b"")
+    Image.fromarray(np.array([[0.0, np.nan], [0.5, 1.0]], np.float32)).save(bad["nan.tif"])
+    return good, bad
+
+
+def test_predict_skips_and_names_bad_files_and_segments_the_rest(lesion_bundle, tmp_path, capsys):
+    from vmunet_monai.predict import predict
+
+    good, bad = _mixed_folder(tmp_path / "in")
+    result = predict(str(lesion_bundle), str(tmp_path / "in"), str(tmp_path / "out"), device="cpu")
+    assert len(result["masks"]) == len(result["overlays"]) == len(good)
+    for source in good.values():
+        rel = source.parent.relative_to(tmp_path / "in")
+        mask = tmp_path / "out" / "masks" / rel / f"{source.stem}_mask.png"
+        assert str(mask) in result["masks"]
+        with Image.open(source) as image, Image.open(mask) as written:
+            assert written.size == image.size
+            assert set(np.unique(np.asarray(written))) <= {0, 255}
+    skipped = {s["file"].rsplit("/", 1)[-1]: s["reason"] for s in result["skipped"]}
+    assert set(skipped) == set(bad)
+    assert "cannot be decoded" in skipped["cut.png"] and "not an image file" in skipped["text.png"]
+    assert "empty" in skipped["empty.jpg"] and "3D volume" in skipped["ct.nii.gz"] and "NaN" in skipped["nan.tif"]
+    err = capsys.readouterr().err
+    assert all(f"skipped {bad[name]}" in err for name in bad) and "5 file(s) skipped" in err
+
+
+def test_predict_refuses_outputs_inside_the_inputs_and_nothing_to_do(lesion_bundle, tmp_path):
+    from vmunet_monai.predict import NothingToPredictError, predict
+
+    image = write_rgb(tmp_path / "in" / "a.png")
+    for output, problem in ((tmp_path / "in", "is the input folder"), (tmp_path / "in" / "out", "inside the input"),
+                            (image, "is the input file itself")):
+        with pytest.raises(InputError, match=problem):
+            predict(str(lesion_bundle), str(image if output == image else tmp_path / "in"), str(output), device="cpu")
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["a.png"]  # nothing was written there
+    truncate(image)
+    with pytest.raises(NothingToPredictError, match="no image could be segmented .*/a.png: cannot be decoded"):
+        predict(str(lesion_bundle), str(tmp_path / "in"), str(tmp_path / "out"), device="cpu")
+    with pytest.raises(InputError, match="no such file or folder"):
+        predict(str(lesion_bundle), str(tmp_path / "nothing_here"), str(tmp_path / "out"), device="cpu")
+
+
+def test_predict_refuses_corrupt_and_foreign_checkpoints(lesion_bundle, tmp_path):
+    from vmunet_monai.predict import predict
+    from vmunet_monai.weights import CheckpointError
+
+    write_rgb(tmp_path / "in" / "a.png")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes((lesion_bundle / "models" / "model.pt").read_bytes()[:500])
+    foreign = tiny_bundle_with_weights("polyp_seg", tmp_path / "other") / "models" / "model.pt"  # a VM-UNetV2
+    wider = tmp_path / "wider.pt"
+    state = torch.load(lesion_bundle / "models" / "model.pt", weights_only=True)
+    state["final_conv.weight"] = torch.zeros(2, *state["final_conv.weight"].shape[1:])
+    state["final_conv.bias"] = torch.zeros(2)
+    torch.save(state, wider)
+    for path, problem in ((corrupt, "cannot be read as a PyTorch checkpoint"),
+                          (foreign, "does not fit this VMUNet"),
+                          (wider, "shapes differ (e.g. final_conv.weight (2, 2, 1, 1) vs (1, 2, 1, 1)")):
+        with pytest.raises(CheckpointError) as failure:
+            predict(str(lesion_bundle), str(tmp_path / "in"), str(tmp_path / "out"), checkpoint=str(path),
+                    device="cpu")
+        assert str(path) in str(failure.value) and problem in str(failure.value)
+        assert "\n" not in str(failure.value)
+    assert not (tmp_path / "out" / "masks").exists()
+
+
+def test_cli_predict_exit_status(lesion_bundle, tmp_path):
+    write_rgb(tmp_path / "in" / "good.png", 29, 31)
+    (tmp_path / "in" / "bad.png").write_text("not an image")
+    partial = _cli("predict", str(lesion_bundle), str(tmp_path / "in"), str(tmp_path / "out"), "--device", "cpu",
+                   cwd=tmp_path)
+    assert partial.returncode == 0, partial.stderr[-3000:]
+    assert f"skipped {tmp_path / 'in' / 'bad.png'}: is not an image file" in partial.stderr
+    assert (tmp_path / "out" / "masks" / "good_mask.png").is_file()
+    (tmp_path / "in" / "good.png").write_bytes(b"")
+    nothing = _cli("predict", str(lesion_bundle), str(tmp_path / "in"), str(tmp_path / "out2"), cwd=tmp_path)
+    assert nothing.returncode == 1 and "Traceback" not in nothing.stderr
+    last = nothing.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "no image could be segmented (2 file(s) skipped" in last
+
+
+def test_ct_predict_reads_nifti_and_dicom_and_writes_the_input_space(tmp_path):
+    """Through the command line: NIfTI and DICOM in, NIfTI with the input's shape and affine out; a 2D
+    file, a two-channel volume and a NaN volume in the same folder are skipped and named."""
+    bundle = tiny_bundle_with_weights("synapse_multiorgan", tmp_path / "bundle")
+    folder = tmp_path / "scans"
+    nifti = write_ct_volume(folder / "ct_a.nii.gz")
+    write_dicom_series(write_ct_volume(tmp_path / "b_source.nii.gz", shape=(40, 36, 7), seed=3),
+                       folder / "ct_b_dicom")
+    nib.save(nib.Nifti1Image(np.zeros((32, 32), np.int16), np.eye(4)), folder / "flat.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 4, 2), np.int16), np.eye(4)), folder / "dual.nii.gz")
+    nan = np.zeros((16, 16, 4), np.float32)
+    nan[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), folder / "nan.nii.gz")
+    proc = _cli("predict", str(bundle), str(folder), str(tmp_path / "segs"), "--device", "cpu", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for name, problem in (("flat.nii.gz", "is 2D"), ("dual.nii.gz", "2 channels or time points"),
+                          ("nan.nii.gz", "1 NaN")):
+        line = next(line for line in proc.stderr.splitlines() if line.startswith(f"skipped {folder / name}"))
+        assert problem in line
+    assert sorted(p.name for p in (tmp_path / "segs").iterdir()) == ["ct_a_seg.nii.gz", "ct_b_dicom_seg.nii.gz"]
+    for source, seg_name in ((nifti, "ct_a_seg.nii.gz"), (tmp_path / "b_source.nii.gz", "ct_b_dicom_seg.nii.gz")):
+        src, seg = nib.load(source), nib.load(tmp_path / "segs" / seg_name)
+        assert seg.shape == src.shape, seg_name
+        assert np.allclose(seg.affine, src.affine, atol=1e-3), (seg_name, seg.affine, src.affine)
+        assert nib.aff2axcodes(seg.affine) == nib.aff2axcodes(src.affine) == ("L", "P", "S")
+        assert set(np.unique(np.asarray(seg.dataobj))) <= set(range(9))
+
+
+def test_ct_predict_refuses_two_inputs_with_one_output_name(tmp_path):
+    from vmunet_monai.predict_volume import predict_volumes
+
+    bundle = tiny_bundle_with_weights("synapse_multiorgan", tmp_path / "bundle")
+    write_ct_volume(tmp_path / "scans" / "case.nii.gz")
+    write_ct_volume(tmp_path / "scans" / "case.nii", seed=2)
+    written = predict_volumes(str(tmp_path / "scans"), str(tmp_path / "segs"), device="cpu", bundle_root=str(bundle))
+    assert [p.rsplit("/", 1)[-1] for p in written] == ["case_seg.nii.gz"]
+    assert nib.load(written[0]).shape == (48, 44, 10)
