@@ -36,9 +36,7 @@ from tiny_bundles import (  # noqa: E402
     write_rgb_image,
 )
 
-from vmunet_monai.label import require_monailabel  # noqa: E402
-
-require_monailabel()  # puts the torchvision fallback in place where torchvision cannot be imported
+from vmunet_monai.label import install_torchvision_fallback, remove_torchvision_fallback  # noqa: E402
 
 # the class each tiny bundle's weights predict everywhere, by name
 WINNER = {"isic_skin_lesion": "lesion", "polyp_seg": "polyp", "synapse_multiorgan": "liver"}
@@ -46,6 +44,15 @@ IMAGE = {"isic_skin_lesion": "img0.jpg", "polyp_seg": "polyp0.png", "synapse_mul
 IMAGE_ID = {name: IMAGE[name].split(".")[0] for name in BUNDLE_NAMES}
 RGB_SHAPE = (40, 52)  # (H, W) of the 2D test images
 CT_SHAPE = (36, 30, 5)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _monailabel_importable():
+    """Where torchvision cannot be imported, monailabel gets the two functions it needs, for this module only."""
+    installed = install_torchvision_fallback()
+    yield
+    if installed:
+        remove_torchvision_fallback()
 
 
 def _labels(bundle: Path) -> dict[str, int]:
@@ -215,3 +222,18 @@ def test_real_server_serves_the_three_bundles(bundles, studies, tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(timeout=30)
+
+
+def test_torchvision_stand_in_tiles_like_torchvision(tmp_path):
+    """The two functions monailabel imports from torchvision, as the stand-in provides them."""
+    from PIL import Image
+
+    from vmunet_monai.label import make_grid, save_image
+
+    images = torch.arange(5 * 8 * 10, dtype=torch.float32).reshape(5, 1, 8, 10)
+    grid = make_grid(images, nrow=2, padding=2, normalize=True, pad_value=7.0)
+    assert grid.shape == (3, 3 * (8 + 2) + 2, 2 * (10 + 2) + 2)  # 3 rows of 2, padded around every image
+    assert torch.equal(grid[:, 2:10, 14:24], (images[1].expand(3, -1, -1) / images.max()))  # second image, top right
+    assert grid[0, 0, 0] == 7.0 and grid[0, -1, -1] == 7.0  # padding and the empty sixth cell
+    save_image(grid[:, :10, :12] / 7.0, tmp_path / "grid.png")
+    assert np.asarray(Image.open(tmp_path / "grid.png")).shape == (10, 12, 3)

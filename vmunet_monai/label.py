@@ -34,6 +34,7 @@ __all__ = [
     "INSTALL_HINT",
     "torchvision_problem",
     "install_torchvision_fallback",
+    "remove_torchvision_fallback",
     "require_monailabel",
     "make_grid",
     "save_image",
@@ -118,10 +119,18 @@ def install_torchvision_fallback() -> bool:
     utils = types.ModuleType("torchvision.utils")
     utils.make_grid, utils.save_image = make_grid, save_image
     package.utils = utils
+    package._vmunet_monai_fallback = utils._vmunet_monai_fallback = True
     sys.modules["torchvision"], sys.modules["torchvision.utils"] = package, utils
     logger.warning("torchvision cannot be imported (%s); monailabel gets make_grid/save_image from %s",
                    problem, "vmunet_monai.label")
     return True
+
+
+def remove_torchvision_fallback() -> None:
+    """Take the stand-in of :func:`install_torchvision_fallback` out of ``sys.modules`` again."""
+    for name in ("torchvision.utils", "torchvision"):
+        if getattr(sys.modules.get(name), "_vmunet_monai_fallback", False):
+            del sys.modules[name]
 
 
 def require_monailabel():
