@@ -24,6 +24,8 @@ from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError, check_output_l
 __all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError"]
 
 VOLUME_BUNDLES = ("synapse_multiorgan",)
+# MONAI's PNG writer squeezes trailing size-one axes, so a one-pixel-high mask cannot be written
+MIN_SIZE = 2
 
 
 class NothingToPredictError(InputError):
@@ -120,7 +122,10 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     good = []
     for item in candidates:
         try:
-            read_image_2d(item["image"])
+            pixels = read_image_2d(item["image"])
+            if min(pixels.shape[:2]) < MIN_SIZE:
+                raise InputError(f"{item['image']}: is {pixels.shape[0]}x{pixels.shape[1]} pixels (predict needs "
+                                 f"images of at least {MIN_SIZE}x{MIN_SIZE} pixels)")
         except InputError as exc:
             skipped.append({"file": item["image"], "reason": str(exc)})
             continue
