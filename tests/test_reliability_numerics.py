@@ -86,9 +86,8 @@ def test_nan_loss_skip_mode_skips_exactly_that_step(prepared, tmp_path):
 
     def remember(tag):
         def handler(engine):
-            snapshots[(tag, engine.state.iteration)] = (
-                _weights(network), {id(p): s.get("step") for p in network.parameters() for s in [optimizer.state.get(p, {})]}
-            )
+            steps = {id(p): optimizer.state.get(p, {}).get("step") for p in network.parameters()}
+            snapshots[(tag, engine.state.iteration)] = (_weights(network), steps)
         return handler
 
     trainer.add_event_handler(Events.ITERATION_STARTED, remember("start"))
