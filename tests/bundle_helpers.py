@@ -78,7 +78,10 @@ def run_env() -> dict:
 
 def run(cmd: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run a command with the repository on ``PYTHONPATH``; fail with its output if it fails."""
-    proc = subprocess.run(cmd, cwd=str(cwd), env=run_env(), capture_output=True, text=True, timeout=timeout)
+    # explicit UTF-8: progress bars print non-ASCII characters, and a test that writes DICOM (GDCM) can leave
+    # this process in the C locale, whose default decoding is ASCII
+    proc = subprocess.run(cmd, cwd=str(cwd), env=dict(run_env(), PYTHONIOENCODING="utf-8"), capture_output=True,
+                          text=True, encoding="utf-8", errors="replace", timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(
             f"command failed ({proc.returncode}): {' '.join(cmd)}\n--- stdout ---\n{proc.stdout[-6000:]}"

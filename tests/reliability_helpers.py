@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import locale
 import shutil
 from pathlib import Path
 
@@ -84,13 +85,18 @@ def write_dicom_series(volume_path: Path, folder: Path) -> Path:
     }
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    for z in range(volume.GetDepth()):
-        plane = volume[:, :, z]
-        for tag, value in shared.items():
-            plane.SetMetaData(tag, value)
-        plane.SetMetaData("0020|0032", "\\".join(f"{v:.5f}" for v in volume.TransformIndexToPhysicalPoint((0, 0, z))))
-        plane.SetMetaData("0020|0013", str(z + 1))
-        plane.SetMetaData("0008|0018", f"1.2.826.0.1.3680043.2.1125.7.3.{z + 1}")
-        writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
-        writer.Execute(plane)
+    saved = locale.setlocale(locale.LC_ALL)  # GDCM's writer switches the process to the C (ASCII) locale
+    try:
+        for z in range(volume.GetDepth()):
+            plane = volume[:, :, z]
+            for tag, value in shared.items():
+                plane.SetMetaData(tag, value)
+            corner = volume.TransformIndexToPhysicalPoint((0, 0, z))
+            plane.SetMetaData("0020|0032", "\\".join(f"{v:.5f}" for v in corner))
+            plane.SetMetaData("0020|0013", str(z + 1))
+            plane.SetMetaData("0008|0018", f"1.2.826.0.1.3680043.2.1125.7.3.{z + 1}")
+            writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
+            writer.Execute(plane)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
     return folder

@@ -124,3 +124,40 @@ def test_guard_rejects_an_unknown_mode():
 
     with pytest.raises(ValueError, match="'stop' or 'skip'"):
         NonFiniteLossGuard(mode="ignore")
+
+
+def _ddp_guard_worker(rank: int, port: int, results) -> None:
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from vmunet_monai.engine.guards import NonFiniteLossError, NonFiniteLossGuard
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        loss = torch.tensor(float("nan") if rank == 1 else 0.5)  # only process 1 sees the NaN
+        state = SimpleNamespace(output={"loss": loss}, epoch=1, iteration=3, batch={})
+        try:
+            NonFiniteLossGuard("stop")._check_loss(SimpleNamespace(state=state))
+            results.put((rank, "trained on"))
+        except NonFiniteLossError as exc:
+            results.put((rank, str(exc)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_processes_of_a_distributed_run_stop_together():
+    """Gradients are averaged across processes: a NaN in one process's loss must stop every process."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    mp.start_processes(_ddp_guard_worker, args=(port, results), nprocs=2, join=True, start_method="spawn")
+    messages = dict(results.get(timeout=60) for _ in range(2))
+    assert messages[1].startswith("non-finite training loss (nan) at epoch 1, iteration 3")
+    assert messages[0].startswith("non-finite training loss in another process at epoch 1, iteration 3")

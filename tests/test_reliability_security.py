@@ -96,7 +96,7 @@ def test_resume_and_monai_checkpoint_loader_refuse_pickled_code(malicious, tmp_p
 
 def _torch_load_calls(root: Path):
     for path in sorted(root.rglob("*.py")):
-        tree = ast.parse(path.read_text(), filename=str(path))
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load":
                 owner = node.func.value
@@ -125,7 +125,8 @@ def test_every_load_in_the_package_is_weights_only():
 
 def test_docs_say_configs_execute_code():
     for doc in [REPO / "README.md"] + sorted((REPO / "bundles").glob("*/docs/README.md")):
-        text = " ".join(doc.read_text().split())
-        assert "## Security" in doc.read_text(), doc
+        raw = doc.read_text(encoding="utf-8")
+        text = " ".join(raw.split())
+        assert "## Security" in raw, doc
         assert "configs execute code" in text and "sources you trust" in text, doc
         assert "weights_only=True" in text, doc

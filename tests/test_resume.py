@@ -50,6 +50,7 @@ def _overrides() -> dict:
 def _env(threads: int = 2) -> dict:
     env = run_env()
     env["OMP_NUM_THREADS"] = str(threads)  # the CPU scan kernel is multi-threaded unless determinism is on
+    env["PYTHONIOENCODING"] = "utf-8"  # progress bars print non-ASCII characters
     return env
 
 
@@ -62,7 +63,8 @@ def _command(root: Path, prepared: Path, config_files: list[str], extra: dict | 
 
 def _train(root: Path, prepared: Path, extra: dict | None = None) -> subprocess.CompletedProcess:
     cmd = _command(root, prepared, [config_path(BUNDLE, "train.json")], extra)
-    proc = subprocess.run(cmd, cwd=str(root), env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=str(root), env=_env(), capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", timeout=300)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
@@ -125,7 +127,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(prepared, unint
     try:
         deadline = time.time() + 240
         while not marker.exists():
-            assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read().decode()[-4000:]}"
+            assert proc.poll() is None, \
+                f"the run ended before the kill: {proc.stderr.read().decode('utf-8', 'replace')[-4000:]}"
             assert time.time() < deadline, "the run never reached the kill point"
             time.sleep(0.2)
         os.kill(proc.pid, signal.SIGKILL)

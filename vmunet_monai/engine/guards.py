@@ -78,19 +78,28 @@ class NonFiniteLossGuard:
         engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self._check_loss)
         engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self._drop_gradients)
 
-    def _message(self, engine: Engine, loss: torch.Tensor) -> str:
-        value = float(loss.detach().float().cpu())
-        return (f"non-finite training loss ({value}) at epoch {engine.state.epoch}, iteration "
-                f"{engine.state.iteration} (batch: {batch_files(engine.state.batch, self.image_key)})")
+    def _message(self, engine: Engine, loss: torch.Tensor, local: bool = True) -> str:
+        what = (f"non-finite training loss ({float(loss.detach().float().cpu())})" if local
+                else "non-finite training loss in another process")
+        return (f"{what} at epoch {engine.state.epoch}, iteration {engine.state.iteration} "
+                f"(batch: {batch_files(engine.state.batch, self.image_key)})")
 
     def _check_loss(self, engine: Engine) -> None:
         from monai.utils import CommonKeys
 
         loss = engine.state.output[CommonKeys.LOSS]
-        if bool(torch.isfinite(loss.detach()).all()):
+        local_bad = not bool(torch.isfinite(loss.detach()).all())
+        bad = local_bad
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            # the gradients are averaged across processes, so every process must stop or skip together
+            flag = torch.tensor([1.0 if local_bad else 0.0], device=loss.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            bad = bool(flag.item() > 0)
+        if not bad:
             self._consecutive = 0
             return
-        message = self._message(engine, loss)
+        message = self._message(engine, loss, local=local_bad)
         if self.mode == "stop":
             raise NonFiniteLossError(f"{message}; training stopped before the weights were updated. Check the "
                                      "inputs and the learning rate, or pass --nonfinite_loss skip to skip such steps")
