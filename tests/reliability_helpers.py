@@ -24,7 +24,7 @@ def tiny_bundle_with_weights(bundle: str, target: Path, size: int = 32, seed: in
     path = dest / "configs" / "inference.json"
     config = json.loads(path.read_text())
     net = config["network_def"]
-    net.update(TINY_NETWORKS.get(net["_target_"], TINY_CT_NETWORK) if bundle != "synapse_multiorgan" else TINY_CT_NETWORK)
+    net.update(TINY_CT_NETWORK if bundle == "synapse_multiorgan" else TINY_NETWORKS[net["_target_"]])
     for key, value in (("image_size", [size, size]), ("roi_size", [size, size]), ("num_workers", 0),
                        ("sw_batch_size", 4)):
         if key in config:

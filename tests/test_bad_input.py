@@ -346,3 +346,30 @@ def test_cli_prints_one_line_and_exits_non_zero(tmp_path):
     inside = _cli("prepare", "synapse_multiorgan", str(REPO / "bundles"), str(REPO / "bundles" / "x"), cwd=tmp_path)
     assert inside.returncode == 1 and "Traceback" not in inside.stderr
     assert inside.stderr.strip().splitlines()[-1].startswith("error: ") and "not a Synapse dataset" in inside.stderr
+
+
+def test_transunet_release_with_broken_cases_keeps_the_rest(tmp_path, capsys):
+    h5py = pytest.importorskip("h5py", reason="the TransUNet test volumes are HDF5 files (pip install h5py)")
+    from vmunet_monai.data import synapse
+
+    root = tmp_path / "Synapse"
+    (root / "train_npz").mkdir(parents=True)
+    (root / "test_vol_h5").mkdir()
+    rng = np.random.default_rng(0)
+    for case in (5, 6, 7):
+        for z in range(3):
+            np.savez(root / "train_npz" / f"case{case:04d}_slice{z:03d}.npz", image=rng.random((12, 12)),
+                     label=rng.integers(0, 9, (12, 12)).astype(np.uint8))
+    truncate(root / "train_npz" / "case0007_slice001.npz")
+    for case, top in ((1, 8), (2, 12)):
+        with h5py.File(root / "test_vol_h5" / f"case{case:04d}.npy.h5", "w") as f:
+            f["image"] = rng.random((3, 12, 12)).astype(np.float32)
+            f["label"] = np.full((3, 12, 12), top, np.uint8)
+    doc = json.loads(open(synapse.prepare(str(tmp_path), str(tmp_path / "prepared"), num_val=1)).read())
+    kept = {e["case"] for k in ("training", "validation", "test") for e in doc[k]}
+    assert kept == {"0005", "0006", "0001"}
+    reasons = [s["reason"] for s in doc["skipped"]]
+    assert len(reasons) == 2
+    assert "case0007_slice001.npz: cannot be read" in reasons[0]
+    assert "case0002.npy.h5: label values 12 are outside the classes (labels must be integers 0-8)" in reasons[1]
+    assert "2 case(s) skipped" in capsys.readouterr().err

@@ -63,7 +63,8 @@ def _common_folder(paths: list[str]) -> str:
 def _planned(item: dict, output: Path, data_root: str) -> tuple[Path, Path]:
     source = Path(item["image"])
     rel = source.parent.relative_to(data_root) if data_root else Path()
-    return (output / "masks" / rel / f"{source.stem}_mask.png", output / "overlays" / rel / f"{source.stem}_overlay.png")
+    return (output / "masks" / rel / f"{source.stem}_mask.png",
+            output / "overlays" / rel / f"{source.stem}_overlay.png")
 
 
 def predict(bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None):

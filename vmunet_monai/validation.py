@@ -81,7 +81,8 @@ def check_file(path) -> Path:
     if not path.is_file():
         raise input_error(path, "is a folder", "a file is expected here")
     if path.stat().st_size == 0:
-        raise input_error(path, "the file is empty (0 bytes)", "an interrupted copy or download? the file must hold an image")
+        raise input_error(path, "the file is empty (0 bytes)",
+                          "an interrupted copy or download? the file must hold an image")
     return path
 
 
@@ -180,10 +181,12 @@ def read_image_2d(path) -> np.ndarray:
     except InputError:
         raise
     except UnidentifiedImageError:
-        raise input_error(path, "is not an image file that can be read", "png, jpg, bmp or tif images are expected") from None
+        raise input_error(path, "is not an image file that can be read",
+                          "png, jpg, bmp or tif images are expected") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise input_error(path, f"cannot be decoded ({reason})", "the file must be a complete image; is it truncated?") from None
+        raise input_error(path, f"cannot be decoded ({reason})",
+                          "the file must be a complete image; is it truncated?") from None
     if array.ndim not in (2, 3) or min(array.shape[:2]) < 1:
         raise input_error(path, f"has pixel array shape {array.shape}", "a 2D image of height x width [x channels]")
     check_finite(array, path)
@@ -300,9 +303,11 @@ def _read_dicom_series(path: Path, read_data: bool):
     except RuntimeError:
         names = ()
     if not names:
-        raise input_error(path, "holds no readable DICOM series", "a DICOM series folder holds the slices of one volume")
+        raise input_error(path, "holds no readable DICOM series",
+                          "a DICOM series folder holds the slices of one volume")
     if len(names) < 2:
-        raise input_error(path, "the DICOM series has 1 slice (a 2D image)", "one 3D volume of several slices is expected")
+        raise input_error(path, "the DICOM series has 1 slice (a 2D image)",
+                          "one 3D volume of several slices is expected")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(names)
     try:

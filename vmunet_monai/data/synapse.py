@@ -228,22 +228,42 @@ def _prepare_transunet(root: str, out: str, num_val: int | None, seed: int, spac
             match = _NPZ_SLICE.match(name)
             if match:
                 slices.setdefault(int(match.group(1)), []).append((int(match.group(2)), os.path.join(npz_dir, name)))
-    for case, items in tqdm(sorted(slices.items()), desc="train_npz -> NIfTI"):
+    from vmunet_monai.data.common import report_skipped
+    from vmunet_monai.validation import InputError, check_label_values, input_error
+
+    skipped = []
+
+    def npz_case(case, items):
         items.sort()
         index = [i for i, _ in items]
         if index != list(range(index[0], index[0] + len(index))):
             warnings.warn(f"case{case:04d}: train_npz slice numbers are not contiguous; stacked in sorted order")
         images, labels = [], []
         for _, path in items:
-            with np.load(path) as data:
-                if "image" not in data or "label" not in data:
-                    raise KeyError(f"{path}: expected arrays 'image' and 'label', found {list(data.keys())}")
-                images.append(data["image"])
-                labels.append(data["label"])
+            try:
+                with np.load(path) as data:
+                    if "image" not in data or "label" not in data:
+                        raise input_error(path, f"holds the arrays {list(data.keys())}",
+                                          "a TransUNet slice holds 'image' and 'label'")
+                    images.append(data["image"])
+                    labels.append(data["label"])
+            except InputError:
+                raise
+            except Exception as exc:  # truncated or not an npz file
+                raise input_error(path, f"cannot be read ({type(exc).__name__}: {exc})",
+                                  "a complete .npz file") from None
         shapes = {a.shape for a in images} | {a.shape for a in labels}
         if len(shapes) != 1:
-            raise ValueError(f"case{case:04d}: train_npz slices have different shapes {sorted(shapes)}")
-        entries[case] = _convert_case(case, np.stack(images), np.stack(labels), spacing, out, img_dir, lab_dir)
+            raise input_error(items[0][1], f"case{case:04d}'s slices have different shapes {sorted(shapes)}",
+                              "every slice of a case, image and label, has one shape")
+        check_label_values(np.stack(labels), items[0][1], num_classes=9)
+        return _convert_case(case, np.stack(images), np.stack(labels), spacing, out, img_dir, lab_dir)
+
+    for case, items in tqdm(sorted(slices.items()), desc="train_npz -> NIfTI"):
+        try:
+            entries[case] = npz_case(case, items)
+        except InputError as exc:  # one broken case does not stop the others
+            skipped.append({"file": f"case{case:04d} in {npz_dir}", "reason": str(exc)})
 
     h5_dir = os.path.join(root, "test_vol_h5")
     h5_files = sorted(f for f in os.listdir(h5_dir) if _H5_VOLUME.match(f)) if os.path.isdir(h5_dir) else []
@@ -253,15 +273,25 @@ def _prepare_transunet(root: str, out: str, num_val: int | None, seed: int, spac
         except ImportError as exc:
             raise ImportError(f"{h5_dir}: reading .npy.h5 volumes needs h5py (pip install h5py)") from exc
         for name in tqdm(h5_files, desc="test_vol_h5 -> NIfTI"):
-            case = int(_H5_VOLUME.match(name).group(1))
-            with h5py.File(os.path.join(h5_dir, name), "r") as data:
-                image, label = data["image"][:], data["label"][:]
-            if image.ndim != 3 or image.shape != label.shape:
-                raise ValueError(
-                    f"{name}: expected (D, H, W) image and label of one shape, got {image.shape}, {label.shape}"
-                )
-            entries[case] = _convert_case(case, image, label, spacing, out, img_dir, lab_dir)
+            case, path = int(_H5_VOLUME.match(name).group(1)), os.path.join(h5_dir, name)
+            try:
+                try:
+                    with h5py.File(path, "r") as data:
+                        image, label = data["image"][:], data["label"][:]
+                except Exception as exc:  # truncated, not HDF5, or without the two arrays
+                    raise input_error(path, f"cannot be read ({type(exc).__name__}: {exc})",
+                                      "a complete .npy.h5 file with 'image' and 'label'") from None
+                if image.ndim != 3 or image.shape != label.shape:
+                    raise input_error(path, f"image {image.shape} and label {label.shape}",
+                                      "a (D, H, W) image and label of one shape")
+                check_label_values(label, path, num_classes=9)
+                entries[case] = _convert_case(case, image, label, spacing, out, img_dir, lab_dir)
+            except InputError as exc:
+                skipped.append({"file": path, "reason": str(exc)})
+    report_skipped(skipped, "case")
     if not entries:
+        if skipped:
+            raise InputError(f"{root}: no usable case; every case was skipped (first: {skipped[0]['reason']})")
         raise FileNotFoundError(
             f"{root}: no caseXXXX_sliceYYY.npz in train_npz/ and no caseXXXX.npy.h5 in test_vol_h5/"
         )
@@ -271,6 +301,7 @@ def _prepare_transunet(root: str, out: str, num_val: int | None, seed: int, spac
         "seed": seed,
         "spacing_mm": list(spacing),
         "note": "spacing stated at conversion (the release has none); intensities restored to HU as x*400-125",
+        "skipped": skipped,
     }
     return _write_datalist(out, entries, split, extra)
 
@@ -301,7 +332,8 @@ def prepare(
         verify: RawData: decode every image volume too (a truncated file is found now, not in
             training); labels are always read. A case that fails a check (missing or unreadable
             label, 2D or multi-channel file, NaN voxels, image and label of different sizes or
-            grids, label values outside 0-13) is skipped, named on stderr and listed under
+            grids, label values outside 0-13; for the TransUNet release an unreadable file, slices
+            of different shapes or labels outside 0-8) is skipped, named on stderr and listed under
             ``skipped`` in the datalist.
 
     Returns:
@@ -310,7 +342,6 @@ def prepare(
     Raises:
         FileNotFoundError: if ``raw`` holds neither layout.
         vmunet_monai.validation.InputError: if no case can be used, or OUT is inside a folder the data is read from.
-        ValueError: for labels outside the expected values of the TransUNet release.
     """
     from vmunet_monai.data.common import check_prepare_output
 

@@ -302,7 +302,8 @@ class TrainingCheckpoint:
             try:
                 set_rng_state(state["rng"], self._data_root(engine))
             except ValueError as exc:
-                raise CheckpointError(f"{path}: {exc} (resume with the data pipeline of the run that wrote it)") from None
+                raise CheckpointError(f"{path}: {exc} (resume with the data pipeline of the run that wrote it)"
+                                      ) from None
         else:
             logger.warning("%s holds no random states: the resumed run will not repeat the original exactly", path)
         self._restore_evaluator(state.get("validation"))
