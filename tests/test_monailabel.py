@@ -201,7 +201,8 @@ def test_real_server_serves_the_three_bundles(bundles, studies, tmp_path):
         assert info is not None, f"the server did not come up:\n{log_path.read_text()[-6000:]}"
         for name, path in bundles.items():
             assert info["models"][name]["labels"] == _labels(path)
-            assert info["models"][name]["version"] == json.loads((path / "configs" / "metadata.json").read_text())["version"]
+            meta = json.loads((path / "configs" / "metadata.json").read_text())
+            assert info["models"][name]["version"] == meta["version"]
             assert name in info["trainers"]
 
         for name, path in bundles.items():

@@ -104,7 +104,8 @@ def write_rgb_image(path: Path, height: int = 40, width: int = 52, seed: int = 0
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:height, :width]
     blob = ((yy - height / 2) ** 2 / (height / 4) ** 2 + (xx - width / 2) ** 2 / (width / 4) ** 2) < 1
-    image = np.stack([200 - 120 * blob, 150 - 100 * blob, 130 - 90 * blob], -1) + rng.integers(0, 20, (height, width, 3))
+    image = np.stack([200 - 120 * blob, 150 - 100 * blob, 130 - 90 * blob], -1)
+    image = image + rng.integers(0, 20, (height, width, 3))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(path)

@@ -16,6 +16,7 @@ stays free, and the check below runs a batch of 2 to show it.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,9 @@ def _paths(bundle: str, checkpoint: str | None, output: str | None, format: str)
     config, meta = root / "configs" / "inference.json", root / "configs" / "metadata.json"
     for path in (config, meta):
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; a bundle to export needs configs/inference.json and metadata.json")
+            raise FileNotFoundError(
+                f"{path}: missing; a bundle to export needs configs/inference.json and configs/metadata.json"
+            )
     ckpt = Path(checkpoint) if checkpoint else root / "models" / "model.pt"
     if not ckpt.is_file():
         raise FileNotFoundError(
@@ -127,7 +130,9 @@ def verify_export(path: str | Path, format: str, network: torch.nn.Module, input
         try:
             import onnxruntime
         except ImportError as exc:
-            raise ImportError(f"checking an ONNX export needs onnxruntime ({exc}): pip install 'vmunet-monai[export]'") from exc
+            raise ImportError(
+                f"checking an ONNX export needs onnxruntime ({exc}): pip install 'vmunet-monai[export]'"
+            ) from exc
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
     else:
@@ -172,10 +177,10 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
         if format == "torchscript":
             ckpt_export(**common, converter_kwargs={"check_trace": False})
         else:
-            try:
-                import onnx  # noqa: F401  (monai imports it optionally and would fail later, less clearly)
-            except ImportError as exc:
-                raise ImportError(f"ONNX export needs onnx ({exc}): pip install 'vmunet-monai[export]'") from exc
+            missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+            if missing:  # monai imports onnx optionally and would fail later, less clearly
+                raise ImportError(f"ONNX export and its check need {' and '.join(missing)}: "
+                                  "pip install 'vmunet-monai[export]'")
             onnx_export(**common, converter_kwargs={
                 "dynamo": False,  # the torch.export-based exporter takes minutes on the unrolled scan loops
                 "input_names": [INPUT_NAME],

@@ -110,7 +110,9 @@ def validate_metadata(meta_file: str | Path) -> list[str]:
     if isinstance(meta, dict):
         version, changelog = meta.get("version"), meta.get("changelog")
         if isinstance(version, str) and isinstance(changelog, dict) and version not in changelog:
-            problems.append(f"{meta_file}: version {version!r} has no changelog entry (the zoo requires one per version)")
+            problems.append(
+                f"{meta_file}: version {version!r} has no changelog entry (the zoo requires one per version)"
+            )
         numpy_version = str(meta.get("numpy_version", ""))
         parts = re.match(r"^(\d+)\.(\d+)", numpy_version)
         if parts and (int(parts[1]), int(parts[2])) > NUMPY_MAX_FOR_ZOO:
@@ -159,7 +161,9 @@ def check_properties_static(root: str | Path) -> list[str]:
             if prop.get(BundleProperty.REQUIRED, False):
                 if prop_id not in workflow.parser:
                     where = "metadata.json" if prop_id.startswith("_meta_") else config_name
-                    problems.append(f"{root / 'configs' / where}: required property {name!r} (id {prop_id!r}) is missing")
+                    problems.append(
+                        f"{root / 'configs' / where}: required property {name!r} (id {prop_id!r}) is missing"
+                    )
             elif not workflow._check_optional_id(name=name, property=prop):
                 problems.append(
                     f"{config}: optional property {name!r} is referenced, but not as '@{prop_id}' "
@@ -310,7 +314,8 @@ def check_bundle(bundle: str | Path, checkpoint: str | Path | None = None, expor
 
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                result = export_model(str(root), "torchscript", checkpoint=str(ckpt), output=str(Path(tmp) / "model.ts"))
+                result = export_model(str(root), "torchscript", checkpoint=str(ckpt),
+                                      output=str(Path(tmp) / "model.ts"))
             except ExportVerificationError as exc:
                 raise BundleCheckError(root, [str(exc)]) from exc
         passed.append(f"TorchScript export (traced), max abs diff {result.max_abs_diff:.1e} against eager")
