@@ -17,3 +17,12 @@ def _seed():
 
 
 TINY = dict(dims=(8, 16, 32, 64), d_state=4)
+
+
+@pytest.fixture
+def one_thread():
+    """In-process runs of tiny networks: one thread is fastest (two crawl on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

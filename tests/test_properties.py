@@ -26,12 +26,7 @@ FAMILIES = {"VMUNet": (VMUNet, {"depths_decoder": (1, 1, 1, 1)}), "VMUNetV2": (V
             "MambaUNet": (MambaUNet, {})}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks in-process: see conftest
 
 
 @functools.lru_cache(maxsize=None)

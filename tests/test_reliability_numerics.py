@@ -11,13 +11,7 @@ from ignite.engine import Events
 BUNDLE = "isic_skin_lesion"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread (and two threads crawl on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks in-process: see conftest
 
 
 @pytest.fixture(scope="module")

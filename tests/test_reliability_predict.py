@@ -18,12 +18,7 @@ from reliability_helpers import tiny_bundle_with_weights, truncate, write_ct_vol
 from vmunet_monai.validation import InputError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks in-process: see conftest
 
 
 @pytest.fixture(scope="module")

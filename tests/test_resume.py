@@ -26,13 +26,7 @@ BUNDLE = "isic_skin_lesion"
 KILL_AT_ITERATION = 6  # epoch 2 of 3, iteration 2 of 4: the weights have moved past the epoch-1 checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process runs of tiny networks: one thread is fastest (two crawl on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks in-process: see conftest
 
 
 @pytest.fixture(scope="module")
