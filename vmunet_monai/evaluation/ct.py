@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from vmunet_monai.data.synapse import ORGANS
+
 __all__ = [
     "DEFAULT_ORGANS",
     "OrganMetricsHandler",
@@ -45,16 +47,7 @@ __all__ = [
     "write_case_csv",
 ]
 
-DEFAULT_ORGANS = {
-    1: "aorta",
-    2: "gallbladder",
-    3: "left_kidney",
-    4: "right_kidney",
-    5: "liver",
-    6: "pancreas",
-    7: "spleen",
-    8: "stomach",
-}
+DEFAULT_ORGANS = ORGANS  # the 8 evaluated organs, by label value (one table, kept with the importer)
 logger = logging.getLogger(__name__)
 
 
