@@ -73,7 +73,8 @@ def _mamba_note() -> str:
     if importlib.util.find_spec("mamba_ssm") is None:
         return (
             "mamba-ssm: not installed, and not needed. The torch/cpu backends run everywhere and the triton backend "
-            "is the fast GPU path. mamba-ssm's CUDA kernel is an optional extra: released mamba-ssm 2.3.x imports its "
+            "runs on CUDA without it; installed, mamba-ssm's kernel is chosen first on CUDA (about 1.2x faster "
+            "training on an H100, docs/PERFORMANCE.md). It is an optional extra: released mamba-ssm 2.3.x imports its "
             "compiled selective_scan_cuda unconditionally, so without a CUDA build even its pure-PyTorch reference "
             "cannot be imported; building it needs nvcc and a CUDA torch "
             + ("(this torch is CPU-only)." if not torch.version.cuda else "(`bash scripts/build_mamba_ssm.sh`).")
