@@ -91,11 +91,15 @@ def run(cmd: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedPr
 
 
 def bundle_run(bundle: str, configs: list[str], bundle_root: Path, dataset_dir: Path, overrides: dict,
-               run_id: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run [run_id] --config_file ... --bundle_root ... --dataset_dir ...``."""
+               run_id: str | None = None, cwd: Path | None = None, processes: int = 1) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run [run_id] --config_file ... --bundle_root ... --dataset_dir ...``, under
+    ``torchrun --nproc_per_node processes`` when ``processes`` > 1."""
     files = [config_path(bundle, c) for c in configs]
     config_arg = files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
-    cmd = [PYTHON, "-m", "monai.bundle", "run"] + ([run_id] if run_id else [])
+    cmd = [PYTHON]
+    if processes > 1:
+        cmd += ["-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", str(processes)]
+    cmd += ["-m", "monai.bundle", "run"] + ([run_id] if run_id else [])
     cmd += ["--config_file", config_arg, "--bundle_root", str(bundle_root), "--dataset_dir", str(dataset_dir)]
     cmd += cli_args(overrides)
     return run(cmd, cwd or bundle_root)

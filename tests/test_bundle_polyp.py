@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from bundle_helpers import PYTHON, bundle_run, config_path, copy_bundle, make_prepared, run, tiny_overrides, workflow
+from bundle_helpers import bundle_run, config_path, copy_bundle, make_prepared, tiny_overrides, workflow
 from PIL import Image
 
 from vmunet_monai.data.polyp import TEST_SETS
@@ -94,14 +94,9 @@ def test_cli_train_evaluate_infer(prepared, tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(prepared, tmp_path):
     root = copy_bundle(BUNDLE, tmp_path)
-    files = "['" + config_path(BUNDLE, "train.json") + "','" + config_path(BUNDLE, "multi_gpu_train.json") + "']"
-    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
-           "-m", "monai.bundle", "run", "--config_file", files, "--bundle_root", str(root),
-           "--dataset_dir", str(prepared)]
-    for key, value in tiny_overrides(BUNDLE, epochs=1).items():
-        if key != "device":
-            cmd += [f"--{key}", json.dumps(value)]
-    proc = run(cmd, root)
+    # the multi-GPU config picks cpu + gloo itself when there is no GPU
+    overrides = {k: v for k, v in tiny_overrides(BUNDLE, epochs=1).items() if k != "device"}
+    proc = bundle_run(BUNDLE, ["train.json", "multi_gpu_train.json"], root, prepared, overrides, processes=2)
     assert (root / "models" / "model.pt").is_file()
     assert "val_mean_dice" in proc.stdout + proc.stderr
 
