@@ -67,6 +67,12 @@ def _build(name, backend, device, out_channels=1):
     return getattr(nets, NETWORKS[name])(out_channels=out_channels, scan_backend=backend).to(device)
 
 
+def _set_recompute(model, on):
+    for m in model.modules():
+        if hasattr(m, "recompute"):
+            m.recompute = on
+
+
 def time_forward(model, x, repeats, device, autocast_dtype=None):
     model.eval()
 
@@ -125,7 +131,7 @@ def time_forward_graphed(model, x, repeats, device, autocast_dtype=None):
 
 
 def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5, backends="auto", reference=None,
-                  scan_only=False, out=None, cuda_graphs=False):
+                  scan_only=False, out=None, cuda_graphs=False, store_activations=False):
     """Run the benchmark and print a table; see ``python -m vmunet_monai benchmark --help``."""
     from vmunet_monai.ops import backend_status, resolve_backend
 
@@ -185,6 +191,13 @@ def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5,
                 t, peak = time_train_step(model, xb, repeats, device, dt)
                 row["train_img_s"], row["train_peak_gib"] = batch / t, peak / 2**30
             results["networks"].append(row)
+            if dev_type == "cuda" and store_activations:  # the same model with SS2D recomputation off
+                _set_recompute(model, False)
+                stored = {"network": name, "backend": f"{b}+store_all", "precision": row["precision"]}
+                t, peak = time_train_step(model, xb, repeats, device, dt)
+                stored["train_img_s"], stored["train_peak_gib"] = batch / t, peak / 2**30
+                results["networks"].append(stored)
+                _set_recompute(model, True)
             if dev_type == "cuda" and cuda_graphs:
                 graphed = {"network": name, "backend": f"{b}+graphs", "precision": row["precision"]}
                 graphed["latency_b1_s"] = time_forward_graphed(model, x1, repeats, device, dt)
@@ -228,9 +241,12 @@ def _official_rows(results, reference, device, size, batch, repeats, dtypes, x1,
 def _print_networks(results):
     rows = results["networks"]
     official = {r["precision"]: r for r in rows if r["network"] == "official_vmunet"}
-    print("\nnetwork          backend        precision       batch-1 latency   infer img/s   train img/s   train peak GiB")
+    print("\nnetwork          backend              precision       batch-1 latency   infer img/s   train img/s"
+          "   train peak GiB")
+    nan = float("nan")
     for r in rows:
-        line = (f"{r['network']:<16} {r['backend'][:14]:<14} {r['precision']:<15} {r['latency_b1_s'] * 1e3:12.1f} ms"
+        line = (f"{r['network']:<16} {r['backend'][:20]:<20} {r['precision']:<15} "
+                f"{r.get('latency_b1_s', nan) * 1e3:12.1f} ms"
                 f"   {r.get('infer_img_s', float('nan')):11.1f}   {r.get('train_img_s', float('nan')):11.1f}"
                 f"   {r.get('train_peak_gib', float('nan')):14.2f}")
         print(line)
@@ -238,7 +254,7 @@ def _print_networks(results):
         o = official.get(r["precision"])
         if o is None or r is o or r["network"] != "vmunet":
             continue
-        parts = [f"latency {o['latency_b1_s'] / r['latency_b1_s']:.1f}x faster"]
+        parts = [f"latency {o['latency_b1_s'] / r['latency_b1_s']:.1f}x faster"] if "latency_b1_s" in r else []
         if "infer_img_s" in r:
             parts.append(f"inference {r['infer_img_s'] / o['infer_img_s']:.2f}x")
         if "train_img_s" in r:

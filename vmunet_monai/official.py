@@ -17,7 +17,9 @@ import types
 import torch
 import torch.nn.functional as F
 
-__all__ = ["load_official_vmunet", "mamba_style_reference_scan", "copy_weights_to_official"]
+__all__ = ["load_official_vmunet", "mamba_style_reference_scan", "mamba_shaped_scan", "copy_weights_to_official"]
+
+MAMBA_CHUNK = 2048  # sequence chunk of mamba-ssm's CUDA kernel: it keeps one state per chunk for the backward
 
 
 def mamba_style_reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -52,6 +54,48 @@ def mamba_style_reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=Non
         y = y * F.silu(z.float())
     y = y.to(dtype_in)
     return (y, x) if return_last_state else y
+
+
+class _MambaShapedScan(torch.autograd.Function):
+    """Keeps for the backward exactly what mamba-ssm's ``SelectiveScanFn`` keeps when z is None
+    (u, delta, A, B, C, D, delta_bias and a (batch, dim, ceil(L / 2048), 2N) float32 state
+    tensor), so activation memory on a machine without its CUDA kernel is the official model's;
+    the arithmetic is our ``cpu`` backend's."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, softplus):
+        from vmunet_monai.ops import selective_scan
+
+        y = selective_scan(u, delta, A, B, C, D, None, delta_bias, softplus, backend="cpu")
+        batch, dim, length = u.shape
+        states = u.new_empty((batch, dim, -(-length // MAMBA_CHUNK), 2 * A.shape[1]), dtype=torch.float32)
+        ctx.softplus = softplus
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, states)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        from vmunet_monai.ops import selective_scan
+
+        u, delta, A, B, C, D, delta_bias, _ = ctx.saved_tensors
+        leaves = [t.detach().requires_grad_(t.requires_grad) if t is not None else None
+                  for t in (u, delta, A, B, C, D, delta_bias)]
+        with torch.enable_grad():
+            y = selective_scan(*leaves[:6], None, leaves[6], ctx.softplus, backend="cpu")
+        wanted = [t for t in leaves if t is not None and t.requires_grad]
+        grads = iter(torch.autograd.grad(y, wanted, dy))
+        return (*[next(grads) if t is not None and t.requires_grad else None for t in leaves], None)
+
+
+def mamba_shaped_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                      return_last_state=False):
+    """The official SS2D's call of ``selective_scan_fn`` (z None, no last state) with mamba-ssm's
+    memory footprint, for measuring the official model's training memory on a CPU."""
+    if z is not None or return_last_state:
+        raise ValueError("mamba_shaped_scan covers the official SS2D's call only (z=None, return_last_state=False)")
+    # mamba-ssm makes u, delta, B, C contiguous before it saves them
+    return _MambaShapedScan.apply(u.contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), D,
+                                  delta_bias, delta_softplus)
 
 
 def _timm_stand_in() -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from vmunet_monai import ops
+from vmunet_monai.ops.recompute import RecomputeSaved, recomputing
 
 __all__ = ["SS2D"]
 
@@ -36,6 +39,11 @@ class SS2D(nn.Module):
         bias: bias in in_proj and out_proj.
         dropout: dropout after out_proj (0 keeps no module, as the official code).
         scan_backend: scan backend name, or None for the automatic choice (see :mod:`vmunet_monai.ops`).
+        recompute: in training, keep only the activations that are expensive to rebuild and recompute
+            the rest in the backward pass (the full-rank step sizes, the SiLU output, the output
+            LayerNorm, gate and out_proj input; in a VSS block also the input LayerNorm): about half
+            the activation memory for a few elementwise ops and two small matrix products per block. Results and gradients are unchanged; False
+            stores everything. Also settable later as the ``recompute`` attribute.
     """
 
     def __init__(
@@ -54,6 +62,7 @@ class SS2D(nn.Module):
         bias: bool = False,
         dropout: float = 0.0,
         scan_backend: str | None = None,
+        recompute: bool = True,
     ) -> None:
         super().__init__()
         self.d_model = d_model
@@ -61,6 +70,7 @@ class SS2D(nn.Module):
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.scan_backend = scan_backend
+        self.recompute = bool(recompute)
         di, n, r = self.d_inner, d_state, self.dt_rank
 
         # the official code registers these raw parameters first; kept in that order
@@ -100,19 +110,32 @@ class SS2D(nn.Module):
         self.A_logs.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(K_DIRECTIONS * di, 1))
         self.Ds.fill_(1.0)
 
-    def scan(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, Di, H, W) after the conv -> merged scan output (B, Di, H, W), float32."""
+    def scan(self, x: torch.Tensor, rc: RecomputeSaved | None = None) -> torch.Tensor:
+        """(B, Di, H, W) after the conv -> merged scan output (B, Di, H, W), float32.
+
+        With ``rc`` (a :class:`RecomputeSaved` context), the full-rank step sizes are registered
+        to be rebuilt from their rank-R factors in the backward instead of being stored."""
         b, di, h, w = x.shape
         n, r = self.d_state, self.dt_rank
         flat = x.reshape(b, di, h * w)
-        # per-direction projections computed on the map; the scan kernels walk each direction's order
-        x_dbl = torch.einsum("bdl,kcd->bkcl", flat, self.x_proj_weight.to(flat.dtype))
+        # per-direction projections computed on the map; the scan kernels walk each direction's order.
+        # bmm on the expanded weight keeps `flat` itself for the backward (einsum/matmul would save a
+        # transposed copy)
+        w_x = self.x_proj_weight.to(flat.dtype).reshape(K_DIRECTIONS * (r + 2 * n), di)
+        x_dbl = torch.bmm(w_x.expand(b, -1, -1), flat).view(b, K_DIRECTIONS, r + 2 * n, h * w)
         dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(dts.dtype))
+        w_dt = self.dt_projs_weight
+
+        def full_rank():
+            return torch.matmul(w_dt.to(dts.dtype), dts)  # (b, K, Di, L)
+
+        delta = full_rank()
+        if rc is not None:
+            rc.register(delta, full_rank)
         A = -torch.exp(self.A_logs.float())
         return ops.cross_selective_scan(
             x,
-            dts.reshape(b, K_DIRECTIONS, di, h, w),
+            delta.view(b, K_DIRECTIONS, di, h, w),
             A,
             Bs.reshape(b, K_DIRECTIONS, n, h, w),
             Cs.reshape(b, K_DIRECTIONS, n, h, w),
@@ -122,11 +145,24 @@ class SS2D(nn.Module):
             backend=self.scan_backend,
         )
 
+    def _norm_gate_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.out_norm(y.permute(0, 2, 3, 1)) * F.silu(z))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) channels-last -> (B, H, W, C)."""
         xz = self.in_proj(x)
         x, z = xz.chunk(2, dim=-1)
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
-        y = self.scan(x).permute(0, 2, 3, 1)
-        y = self.out_norm(y) * F.silu(z)
-        return self.dropout(self.out_proj(y))
+        conv = self.conv2d(x.permute(0, 3, 1, 2).contiguous())
+        lean = recomputing(self.recompute)
+        with RecomputeSaved() if lean else contextlib.nullcontext() as rc:
+            u = F.silu(conv)
+            if rc is not None:
+                rc.register(u, lambda: F.silu(conv))  # SiLU's backward keeps `conv` anyway
+            y = self.scan(u, rc)
+        if lean:
+            # keep y and a compact z (not all of in_proj's output); LayerNorm, gate and out_proj's
+            # input are rebuilt in the backward
+            out = checkpoint(self._norm_gate_out, y, z.contiguous(), use_reentrant=False, preserve_rng_state=False)
+        else:
+            out = self._norm_gate_out(y, z)
+        return self.dropout(out)

@@ -9,6 +9,7 @@ import torch.nn as nn
 from monai.networks.layers import DropPath
 
 from vmunet_monai.layers.factory import Mixer
+from vmunet_monai.ops.recompute import RecomputeSaved, recomputing
 
 __all__ = ["VSSBlock", "VSSLayer"]
 
@@ -35,6 +36,12 @@ class VSSBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if recomputing(getattr(self.self_attention, "recompute", False)):
+            # the normalised input is rebuilt from x (which LayerNorm keeps) instead of being stored
+            with RecomputeSaved() as rc:
+                h = self.ln_1(x)
+                rc.register(h, lambda: self.ln_1(x))
+                return x + self.drop_path(self.self_attention(h))
         return x + self.drop_path(self.self_attention(self.ln_1(x)))
 
 

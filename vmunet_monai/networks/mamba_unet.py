@@ -33,6 +33,8 @@ class MambaUNet(nn.Module):
         drop_path_rate: largest stochastic-depth rate.
         mixer: token mixer name.
         scan_backend: selective-scan backend (None: automatic).
+        recompute: rebuild cheap SS2D activations in the backward instead of storing them (about half
+            the training activation memory, same results; see :class:`~vmunet_monai.layers.SS2D`).
     """
 
     stride = 32
@@ -49,6 +51,7 @@ class MambaUNet(nn.Module):
         drop_path_rate: float = 0.2,
         mixer: str = "ss2d",
         scan_backend: str | None = None,
+        recompute: bool = True,
     ) -> None:
         super().__init__()
         if spatial_dims != 2:
@@ -56,7 +59,7 @@ class MambaUNet(nn.Module):
         dims = check_dims(dims, depths)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stem_channels = 3 if in_channels in (1, 3) else in_channels
-        kw = dict(d_state=d_state, mixer=mixer, scan_backend=scan_backend)
+        kw = dict(d_state=d_state, mixer=mixer, scan_backend=scan_backend, recompute=recompute)
         rates = drop_path_rates(drop_path_rate, depths)
 
         self.patch_embed = PatchEmbed2D(4, self.stem_channels, dims[0])

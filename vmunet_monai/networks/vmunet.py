@@ -36,6 +36,8 @@ class VMUNet(nn.Module):
         drop_path_rate: largest stochastic-depth rate (encoder rises to it, decoder falls from it).
         mixer: token mixer name in :data:`vmunet_monai.layers.Mixer`.
         scan_backend: selective-scan backend (None: automatic).
+        recompute: rebuild cheap SS2D activations in the backward instead of storing them (about half
+            the training activation memory, same results; see :class:`~vmunet_monai.layers.SS2D`).
 
     Raises:
         ValueError: for unsupported arguments, and in ``forward`` for input of the wrong rank or channel count.
@@ -58,6 +60,7 @@ class VMUNet(nn.Module):
         drop_path_rate: float = 0.2,
         mixer: str = "ss2d",
         scan_backend: str | None = None,
+        recompute: bool = True,
     ) -> None:
         super().__init__()
         if spatial_dims != 2:
@@ -66,7 +69,7 @@ class VMUNet(nn.Module):
         check_dims(dims, depths_decoder, "depths_decoder")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stem_channels = 3 if in_channels in (1, 3) else in_channels
-        kw = dict(d_state=d_state, mixer=mixer, scan_backend=scan_backend)
+        kw = dict(d_state=d_state, mixer=mixer, scan_backend=scan_backend, recompute=recompute)
 
         self.patch_embed = PatchEmbed2D(4, self.stem_channels, dims[0])
         enc_rates = drop_path_rates(drop_path_rate, depths)

@@ -24,13 +24,13 @@ class VSSEncoder(nn.Module):
     """
 
     def __init__(self, in_chans: int, dims: Sequence[int], depths: Sequence[int], d_state: int, drop_path_rate: float,
-                 mixer: str = "ss2d", scan_backend: str | None = None) -> None:
+                 mixer: str = "ss2d", scan_backend: str | None = None, recompute: bool = True) -> None:
         super().__init__()
         self.patch_embed = PatchEmbed2D(4, in_chans, dims[0])
         rates = drop_path_rates(drop_path_rate, depths)
         self.layers = nn.ModuleList(
             VSSLayer(dims[i], depths[i], rates[i], d_state, downsample=PatchMerging2D(dims[i]), mixer=mixer,
-                     scan_backend=scan_backend)
+                     scan_backend=scan_backend, recompute=recompute)
             for i in range(3)
         )
         self.apply(init_linear_and_norm)
@@ -70,6 +70,8 @@ class VMUNetV2(nn.Module):
         deep_supervision: fuse the two finest heads and return all heads in training.
         mixer: token mixer name.
         scan_backend: selective-scan backend (None: automatic).
+        recompute: rebuild cheap SS2D activations in the backward instead of storing them (about half
+            the training activation memory, same results; see :class:`~vmunet_monai.layers.SS2D`).
     """
 
     stride = 32
@@ -88,6 +90,7 @@ class VMUNetV2(nn.Module):
         deep_supervision: bool = True,
         mixer: str = "ss2d",
         scan_backend: str | None = None,
+        recompute: bool = True,
     ) -> None:
         super().__init__()
         if spatial_dims != 2:
@@ -108,7 +111,8 @@ class VMUNetV2(nn.Module):
         self.deconv4 = nn.ConvTranspose2d(m, m, 4, stride=2, padding=1, bias=False)
         if deep_supervision:
             self.deconv6 = nn.ConvTranspose2d(out_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
-        self.encoder = VSSEncoder(self.stem_channels, dims, depths, d_state, drop_path_rate, mixer, scan_backend)
+        self.encoder = VSSEncoder(self.stem_channels, dims, depths, d_state, drop_path_rate, mixer, scan_backend,
+                                  recompute)
 
     def forward(self, x: torch.Tensor):
         """(B, C, H, W) -> logits (B, out_channels, H, W), or a list of heads in training with deep supervision."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from vmunet_monai.ops.cross_scan import cross_merge, cross_scan, to_scan_order
+from vmunet_monai.ops.recompute import RecomputeSaved, exporting as _exporting
 
 __all__ = ["BACKENDS", "BackendStatus", "backend_status", "resolve_backend", "selective_scan", "cross_selective_scan"]
 
@@ -67,11 +68,6 @@ def backend_status(name: str | None = None):
     return [_load(n)[1] for n in BACKENDS]
 
 
-def _exporting() -> bool:
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
-        return True
-    onnx = getattr(torch, "onnx", None)
-    return bool(onnx is not None and hasattr(onnx, "is_in_onnx_export") and onnx.is_in_onnx_export())
 
 
 def resolve_backend(device: torch.device | str, backend: str | None = None) -> str:
@@ -198,6 +194,10 @@ class _NoGradientThrough(torch.autograd.Function):
         )
 
 
+def _reordered(source, reorder, shape):
+    return lambda: reorder(source()).reshape(shape)
+
+
 def cross_selective_scan_composed(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *, scan=None):
     """Cross-scan, selective scan, merge, composed from the generic pieces (the semantics every fused kernel matches)."""
     b, di, h, w = u.shape
@@ -206,6 +206,11 @@ def cross_selective_scan_composed(u, delta, A, B, C, D=None, delta_bias=None, de
     dts = to_scan_order(delta).reshape(b, 4 * di, length)
     Bs = to_scan_order(B)
     Cs = to_scan_order(C)
+    rc = RecomputeSaved.current()
+    if rc is not None:  # in training under SS2D's recompute: rebuild the scan-order copies in the backward
+        for copy, src, reorder in ((xs, u, cross_scan), (dts, delta, to_scan_order), (Bs, B, to_scan_order),
+                                   (Cs, C, to_scan_order)):
+            rc.register(copy, _reordered(rc.source(src), reorder, copy.shape))
     ys = scan(xs, dts, A, Bs, Cs, D, None, delta_bias, delta_softplus, False)
     return cross_merge(ys.reshape(b, 4, di, length), h, w).reshape(b, di, h, w)
 
@@ -242,5 +247,12 @@ def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
     if fused is not None:
         return fused(u, delta, A, B, C, D, delta_bias, delta_softplus)
     if u.dtype in (torch.float16, torch.bfloat16):
-        u, delta, B, C = u.float(), delta.float(), B.float(), C.float()
+        rc = RecomputeSaved.current()
+        wide = []
+        for t in (u, delta, B, C):
+            f = t.float()
+            if rc is not None:
+                rc.register(f, _reordered(rc.source(t), torch.Tensor.float, f.shape))
+            wide.append(f)
+        u, delta, B, C = wide
     return cross_selective_scan_composed(u, delta, A, B, C, D, delta_bias, delta_softplus, scan=module.selective_scan)
