@@ -4,7 +4,8 @@ Shape: VM-UNet's first stage at batch 32, 256x256 input: u (32, 192, 64, 64), fo
 N = 16, i.e. the official (32, 768, 4096) scan. Everything is measured in this one run:
 
 * the card's copy bandwidth (``clone`` of a 2 GiB tensor, bytes read + written / time);
-* the triton backend's fused forward, for a few tile configurations, and forward + backward;
+* the triton backend's fused forward, for a few tile configurations, and forward + backward, with
+  the chunk states kept for the backward and rebuilt in it (``KernelConfig.keep_states``);
 * bandwidth achieved = bytes that must move (read u, delta, B, C once, write y once) / time;
 * the composed path (cross_scan copies + generic scan + merge) on the ``torch`` backend and, when
   its compiled kernel loads, on ``mamba_ssm``;
@@ -218,6 +219,23 @@ def main():
         lines.append((f"triton fused fwd+bwd {name}", ms_fb, f"+{peak:.2f} GiB peak over inputs"))
         del x, xg
         torch.cuda.empty_cache()
+
+    # memory held between forward and backward, and the cost of rebuilding the states instead
+    for keep in (True, False):
+        ts.kernel_config(best[0].replace(keep_states=keep))
+        xg = make_inputs(a.batch, a.dim, a.size, a.state, torch.float32, requires_grad=True)
+        gy = torch.randn(a.batch, a.dim, a.size, a.size, device="cuda")
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        y = fused(xg)
+        held = (torch.cuda.memory_allocated() - before - y.numel() * y.element_size()) / 2**30
+        del y
+        ms_fb = bench(lambda: torch.autograd.grad((fused(xg) * gy).sum(), list(xg.values())), warmup=5, rep=30)
+        res[f"fused_fwd_bwd_float32_keep_states_{keep}"] = {"ms": ms_fb, "held_for_backward_GiB": held}
+        lines.append((f"triton fwd+bwd float32 keep_states={keep}", ms_fb, f"{held:.2f} GiB held for the backward"))
+        del xg
+        torch.cuda.empty_cache()
+    ts.kernel_config(best[0])
 
     # 3. the composed paths
     x = make_inputs(a.batch, a.dim, a.size, a.state, torch.float32)

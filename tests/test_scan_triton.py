@@ -90,6 +90,7 @@ def interpreted():
         ((1, 5, 3, 9, 3), dict(block_d=8, chunk=16), False, False),  # masked channels and states
         ((1, 3, 6, 4, 4), dict(block_d=2, chunk=32), True, True),  # one chunk longer than the map
         ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, stepwise=False), True, True),  # chunked forward
+        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, keep_states=False), True, True),  # states rebuilt in backward
     ],
 )
 def test_cross_scan_matches_reference_interpreted(interpreted, shape, config, with_d, softplus):
@@ -118,9 +119,9 @@ def test_cross_scan_bf16_inputs_interpreted(interpreted):
         assert rel_err(g[k], g_ref[k]) <= 2e-2, k
 
 
-@pytest.mark.parametrize("bc", ["grouped", "variable", "constant"])
-def test_generic_scan_matches_reference_interpreted(interpreted, bc):
-    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16))
+@pytest.mark.parametrize("bc,keep", [("grouped", True), ("variable", True), ("constant", True), ("grouped", False)])
+def test_generic_scan_matches_reference_interpreted(interpreted, bc, keep):
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, keep_states=keep))
     batch, dim, length, n = 2, 8, 37, 4
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
 
@@ -165,11 +166,44 @@ def test_status_and_errors():
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+def test_kernel_config_replace():
+    cfg = triton_scan.KernelConfig(block_d=8).replace(keep_states=False)
+    assert (cfg.block_d, cfg.keep_states) == (8, False)
+    with pytest.raises(TypeError, match="no field"):
+        cfg.replace(blockd=4)
+
+
+def test_keep_states_false_saves_no_state_tensor(interpreted):
+    """With keep_states=False the backward needs nothing beyond the inputs (the states are rebuilt)."""
+    x = leaf(cross_inputs(1, 4, 5, 6, 4), torch.float32)
+    sizes = {}
+    for keep in (True, False):
+        interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, keep_states=keep))
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            y = fused(x)
+        sizes[keep] = saved
+        y.sum().backward()
+    nchunks = -(-30 // 16)
+    assert sum(sizes[True]) - sum(sizes[False]) == 4 * 4 * nchunks * 4  # (batch, K, Dk, chunks, N) states
+
+
 @needs_cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cross_scan_gpu_stage1_shape(dtype):
+@pytest.mark.parametrize("dtype,keep", [(torch.float32, True), (torch.bfloat16, True), (torch.float32, False)])
+def test_cross_scan_gpu_stage1_shape(dtype, keep):
     """VM-UNet stage 1 at batch 32 (forward) against the composed torch path in float32."""
     from vmunet_monai.ops import dispatch
+
+    saved = triton_scan.kernel_config()
+    triton_scan.kernel_config(saved.replace(keep_states=keep))
+    try:
+        _stage1_check(dtype, dispatch)
+    finally:
+        triton_scan.kernel_config(saved)
+
+
+def _stage1_check(dtype, dispatch):
+    """Fused forward at batch 32 and gradients at batch 2 against the composed torch path."""
 
     def composed_torch(v):
         return cross_selective_scan_composed(*(None if v[k] is None else v[k].float() for k in NAMES), True,

@@ -71,19 +71,35 @@ class KernelConfig:
         num_warps: warps per forward program.
         bwd_block_d, bwd_num_warps: the same for the backward kernel.
         stepwise: forward as a loop of single steps (True) or as associative scans over chunks.
+        keep_states: keep the chunk-boundary states from the forward for the backward (True), or
+            keep nothing beyond the inputs and rebuild them in the backward by running the forward
+            kernel once more (False): at VM-UNet's shapes the states are as large as delta
+            (4 * Di * N / chunk values per pixel), so False saves that memory for one extra
+            forward pass in each backward.
     """
 
     def __init__(self, block_d: int = 64, chunk: int = 16, num_warps: int = 2, bwd_block_d: int = 4,
-                 bwd_num_warps: int = 2, stepwise: bool = True):
+                 bwd_num_warps: int = 2, stepwise: bool = True, keep_states: bool = True):
         for label, v in (("block_d", block_d), ("chunk", chunk), ("bwd_block_d", bwd_block_d)):
             if v < 1 or v & (v - 1):
                 raise ValueError(f"KernelConfig.{label}={v} must be a power of two")
         self.block_d, self.chunk, self.num_warps = block_d, chunk, num_warps
         self.bwd_block_d, self.bwd_num_warps, self.stepwise = bwd_block_d, bwd_num_warps, stepwise
+        self.keep_states = bool(keep_states)
+
+    def replace(self, **changes) -> "KernelConfig":
+        """A copy with some fields changed, e.g. ``kernel_config().replace(keep_states=False)``."""
+        fields = dict(block_d=self.block_d, chunk=self.chunk, num_warps=self.num_warps, bwd_block_d=self.bwd_block_d,
+                      bwd_num_warps=self.bwd_num_warps, stepwise=self.stepwise, keep_states=self.keep_states)
+        unknown = set(changes) - set(fields)
+        if unknown:
+            raise TypeError(f"KernelConfig has no field(s) {sorted(unknown)}; fields: {sorted(fields)}")
+        return KernelConfig(**{**fields, **changes})
 
     def __repr__(self):
         return (f"KernelConfig(block_d={self.block_d}, chunk={self.chunk}, num_warps={self.num_warps}, "
-                f"bwd_block_d={self.bwd_block_d}, bwd_num_warps={self.bwd_num_warps}, stepwise={self.stepwise})")
+                f"bwd_block_d={self.bwd_block_d}, bwd_num_warps={self.bwd_num_warps}, stepwise={self.stepwise}, "
+                f"keep_states={self.keep_states})")
 
 
 _CONFIG = KernelConfig()
@@ -125,44 +141,53 @@ def _delta_strides(geo, delta):
     return delta.stride(0), delta.stride(1) * geo.Dk, delta.stride(1)
 
 
+def _run_forward(u, delta, A, Bv, Cv, D, bias, geo, softplus, cfg, T, nchunks, save_states, return_last):
+    """Launch the forward kernel; returns (y, chunk states or a dummy, last state or a dummy)."""
+    if geo.cross:
+        y = torch.zeros((geo.batch, geo.Dk, geo.L), device=u.device, dtype=torch.float32)
+    else:
+        y = torch.empty((geo.batch, geo.K * geo.Dk, geo.L), device=u.device, dtype=torch.float32)
+    y_strides, u_strides = _yu_strides(geo, y, u)
+    hs = torch.empty((geo.batch, geo.K, geo.Dk, nchunks, geo.N) if save_states else (1,), device=u.device,
+                     dtype=torch.float32)
+    last = torch.empty((geo.batch, geo.K * geo.Dk, geo.N) if return_last else (1,), device=u.device,
+                       dtype=torch.float32)
+    grid = (triton_cdiv(geo.Dk, cfg.block_d), geo.K, geo.batch)
+    _kernels().scan_fwd_kernel[grid](
+        u, delta, A, Bv, Cv, D if D is not None else A, bias if bias is not None else A, y, hs, last,
+        geo.L, geo.H, geo.W, geo.Dk, nchunks,
+        *u_strides, *_delta_strides(geo, delta),
+        *_strides_bkn_t(Bv), *_strides_bkn_t(Cv),
+        *y_strides,
+        N=geo.N, NP=_next_pow2(geo.N), BD=cfg.block_d, T=T, CROSS=geo.cross, HAS_D=D is not None,
+        HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus), ATOMIC=geo.cross, SAVE_STATES=save_states,
+        SAVE_LAST=bool(return_last), STEPWISE=cfg.stepwise, num_warps=cfg.num_warps,
+    )
+    return y, hs, last
+
+
+def _yu_strides(geo, y, u):
+    """(batch, group, channel) strides of the output and of u: cross outputs and u are shared by the groups."""
+    if geo.cross:
+        return (y.stride(0), 0, y.stride(1)), (u.stride(0), 0, u.stride(1))
+    return (y.stride(0), y.stride(1) * geo.Dk, y.stride(1)), (u.stride(0), u.stride(1) * geo.Dk, u.stride(1))
+
+
 class _ScanFunction(torch.autograd.Function):
     """Both geometries: u, delta contiguous along L; Bv, Cv (batch, K, N, L) views (any strides)."""
 
     @staticmethod
     def forward(ctx, u, delta, A, Bv, Cv, D, bias, geo, softplus, return_last):
         needs_grad = any(ctx.needs_input_grad[:7])
-        if geo.cross:
-            y = torch.zeros((geo.batch, geo.Dk, geo.L), device=u.device, dtype=torch.float32)
-            y_strides = (y.stride(0), 0, y.stride(1))
-            u_strides = (u.stride(0), 0, u.stride(1))
-        else:
-            y = torch.empty((geo.batch, geo.K * geo.Dk, geo.L), device=u.device, dtype=torch.float32)
-            y_strides = (y.stride(0), y.stride(1) * geo.Dk, y.stride(1))
-            u_strides = (u.stride(0), u.stride(1) * geo.Dk, u.stride(1))
-        kern = _kernels()
         cfg = _CONFIG
         T = min(cfg.chunk, max(16, _next_pow2(geo.L)))
         nchunks = triton_cdiv(geo.L, T)
-        hs = torch.empty((geo.batch, geo.K, geo.Dk, nchunks, geo.N) if needs_grad else (1,), device=u.device,
-                         dtype=torch.float32)
-        last = torch.empty((geo.batch, geo.K * geo.Dk, geo.N) if return_last else (1,), device=u.device,
-                           dtype=torch.float32)
-        grid = (triton_cdiv(geo.Dk, cfg.block_d), geo.K, geo.batch)
-        kern.scan_fwd_kernel[grid](
-            u, delta, A, Bv, Cv, D if D is not None else A, bias if bias is not None else A, y, hs, last,
-            geo.L, geo.H, geo.W, geo.Dk, nchunks,
-            *u_strides, *_delta_strides(geo, delta),
-            *_strides_bkn_t(Bv), *_strides_bkn_t(Cv),
-            *y_strides,
-            N=geo.N, NP=_next_pow2(geo.N), BD=cfg.block_d, T=T, CROSS=geo.cross, HAS_D=D is not None,
-            HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus), ATOMIC=geo.cross, SAVE_STATES=needs_grad,
-            SAVE_LAST=bool(return_last), STEPWISE=cfg.stepwise, num_warps=cfg.num_warps,
-        )
-        ctx.geo, ctx.softplus, ctx.T, ctx.nchunks = geo, softplus, T, nchunks
-        ctx.u_strides, ctx.y_strides = u_strides, y_strides
+        keep = needs_grad and cfg.keep_states
+        y, hs, last = _run_forward(u, delta, A, Bv, Cv, D, bias, geo, softplus, cfg, T, nchunks, keep, return_last)
+        ctx.geo, ctx.softplus, ctx.T, ctx.nchunks, ctx.cfg = geo, softplus, T, nchunks, cfg
         ctx.has_D, ctx.has_bias = D is not None, bias is not None
         if needs_grad:
-            ctx.save_for_backward(u, delta, A, Bv, Cv, D, bias, hs)
+            ctx.save_for_backward(u, delta, A, Bv, Cv, D, bias, hs if keep else None)
         if return_last:
             ctx.mark_non_differentiable(last)
             return y, last
@@ -172,9 +197,12 @@ class _ScanFunction(torch.autograd.Function):
     def backward(ctx, dy, *_unused_last):
         u, delta, A, Bv, Cv, D, bias, hs = ctx.saved_tensors
         geo = ctx.geo
+        cfg = ctx.cfg
+        if hs is None:  # keep_states=False: rebuild the chunk-boundary states with the forward kernel
+            _, hs, _ = _run_forward(u, delta, A, Bv, Cv, D, bias, geo, ctx.softplus, cfg, ctx.T, ctx.nchunks,
+                                    True, False)
         dy = dy.float().contiguous()
         kern = _kernels()
-        cfg = _CONFIG
         dev = u.device
         f32 = torch.float32
         du = (torch.zeros if geo.cross else torch.empty)(u.shape, device=dev, dtype=f32)
@@ -184,18 +212,16 @@ class _ScanFunction(torch.autograd.Function):
         dC = torch.zeros((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)
         dD = torch.zeros((geo.K * geo.Dk,), device=dev, dtype=f32)
         dbias = torch.zeros((geo.K * geo.Dk,), device=dev, dtype=f32)
-        if geo.cross:
-            du_strides = (du.stride(0), 0, du.stride(1))
-        else:
-            du_strides = (du.stride(0), du.stride(1) * geo.Dk, du.stride(1))
+        y_strides, u_strides = _yu_strides(geo, dy, u)
+        du_strides = _yu_strides(geo, dy, du)[1]
         grid = (triton_cdiv(geo.Dk, cfg.bwd_block_d), geo.K, geo.batch)
         kern.scan_bwd_kernel[grid](
             u, delta, A, Bv, Cv, D if D is not None else A, bias if bias is not None else A, dy, hs,
             du, ddelta, dA, dB, dC, dD, dbias,
             geo.L, geo.H, geo.W, geo.Dk, ctx.nchunks,
-            *ctx.u_strides, *_delta_strides(geo, delta),
+            *u_strides, *_delta_strides(geo, delta),
             *_strides_bkn_t(Bv), *_strides_bkn_t(Cv),
-            *ctx.y_strides, *du_strides,
+            *y_strides, *du_strides,
             dB.stride(0), dB.stride(1), dB.stride(2), dC.stride(0), dC.stride(1), dC.stride(2),
             N=geo.N, NP=_next_pow2(geo.N), BD=cfg.bwd_block_d, T=ctx.T, CROSS=geo.cross, HAS_D=ctx.has_D,
             HAS_BIAS=ctx.has_bias, SOFTPLUS=bool(ctx.softplus), ATOMIC=geo.cross, num_warps=cfg.bwd_num_warps,
