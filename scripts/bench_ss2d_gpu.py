@@ -5,7 +5,8 @@ N = 16, i.e. the official (32, 768, 4096) scan. Everything is measured in this o
 
 * the card's copy bandwidth (``clone`` of a 2 GiB tensor, bytes read + written / time);
 * the triton backend's fused forward, for a few tile configurations, and forward + backward, with
-  the chunk states kept for the backward and rebuilt in it (``KernelConfig.keep_states``);
+  the chunk states kept for the backward and rebuilt in it (``KernelConfig.keep_states``), and the
+  two-pass segmented forward (``KernelConfig.segments``) at batch 1 and at the full batch;
 * bandwidth achieved = bytes that must move (read u, delta, B, C once, write y once) / time;
 * the composed path (cross_scan copies + generic scan + merge) on the ``torch`` backend and, when
   its compiled kernel loads, on ``mamba_ssm``;
@@ -219,6 +220,22 @@ def main():
         lines.append((f"triton fused fwd+bwd {name}", ms_fb, f"+{peak:.2f} GiB peak over inputs"))
         del x, xg
         torch.cuda.empty_cache()
+
+    # the two-pass segmented forward (KernelConfig.segments) at batch 1 and at the full batch
+    res["segments_sweep"] = []
+    for batch in sorted({1, a.batch}):
+        xs_ = make_inputs(batch, a.dim, a.size, a.state, torch.float32)
+        for segs in (1, 4, 8, 16, 32):
+            ts.kernel_config(best[0].replace(segments=segs))
+            try:
+                ms = bench(lambda: fused(xs_))
+            except Exception as exc:
+                print(f"  segments={segs}: failed {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+                continue
+            res["segments_sweep"].append({"batch": batch, "segments": segs, "ms": ms})
+            lines.append((f"triton fwd float32 batch {batch} segments={segs}", ms, ""))
+        del xs_
+    ts.kernel_config(best[0])
 
     # memory held between forward and backward, and the cost of rebuilding the states instead
     for keep in (True, False):

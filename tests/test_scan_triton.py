@@ -91,6 +91,8 @@ def interpreted():
         ((1, 3, 6, 4, 4), dict(block_d=2, chunk=32), True, True),  # one chunk longer than the map
         ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, stepwise=False), True, True),  # chunked forward
         ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, keep_states=False), True, True),  # states rebuilt in backward
+        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, segments=3), True, True),  # two-pass split into 3 segments
+        ((1, 5, 3, 9, 3), dict(block_d=8, chunk=16, segments=4), False, False),  # 27 steps: 2 segments of 16
     ],
 )
 def test_cross_scan_matches_reference_interpreted(interpreted, shape, config, with_d, softplus):
@@ -119,9 +121,10 @@ def test_cross_scan_bf16_inputs_interpreted(interpreted):
         assert rel_err(g[k], g_ref[k]) <= 2e-2, k
 
 
-@pytest.mark.parametrize("bc,keep", [("grouped", True), ("variable", True), ("constant", True), ("grouped", False)])
-def test_generic_scan_matches_reference_interpreted(interpreted, bc, keep):
-    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, keep_states=keep))
+@pytest.mark.parametrize("bc,keep,segments", [("grouped", True, 1), ("variable", True, 1), ("constant", True, 1),
+                                              ("grouped", False, 1), ("variable", True, 3), ("grouped", False, 2)])
+def test_generic_scan_matches_reference_interpreted(interpreted, bc, keep, segments):
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, keep_states=keep, segments=segments))
     batch, dim, length, n = 2, 8, 37, 4
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
 
@@ -189,13 +192,14 @@ def test_keep_states_false_saves_no_state_tensor(interpreted):
 
 
 @needs_cuda
-@pytest.mark.parametrize("dtype,keep", [(torch.float32, True), (torch.bfloat16, True), (torch.float32, False)])
-def test_cross_scan_gpu_stage1_shape(dtype, keep):
+@pytest.mark.parametrize("dtype,keep,segments", [(torch.float32, True, 1), (torch.bfloat16, True, 1),
+                                                 (torch.float32, False, 1), (torch.float32, True, 16)])
+def test_cross_scan_gpu_stage1_shape(dtype, keep, segments):
     """VM-UNet stage 1 at batch 32 (forward) against the composed torch path in float32."""
     from vmunet_monai.ops import dispatch
 
     saved = triton_scan.kernel_config()
-    triton_scan.kernel_config(saved.replace(keep_states=keep))
+    triton_scan.kernel_config(saved.replace(keep_states=keep, segments=segments))
     try:
         _stage1_check(dtype, dispatch)
     finally:

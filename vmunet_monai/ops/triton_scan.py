@@ -76,21 +76,29 @@ class KernelConfig:
             kernel once more (False): at VM-UNet's shapes the states are as large as delta
             (4 * Di * N / chunk values per pixel), so False saves that memory for one extra
             forward pass in each backward.
+        segments: split each sequence into this many segments scanned by separate programs (a
+            two-pass scan: segment end states first, then every segment from its true entering
+            state), so that small batches still fill the GPU; 1 walks each sequence in one program.
+            The step loop only (``stepwise``).
     """
 
     def __init__(self, block_d: int = 64, chunk: int = 16, num_warps: int = 2, bwd_block_d: int = 4,
-                 bwd_num_warps: int = 2, stepwise: bool = True, keep_states: bool = True):
+                 bwd_num_warps: int = 2, stepwise: bool = True, keep_states: bool = True, segments: int = 1):
         for label, v in (("block_d", block_d), ("chunk", chunk), ("bwd_block_d", bwd_block_d)):
             if v < 1 or v & (v - 1):
                 raise ValueError(f"KernelConfig.{label}={v} must be a power of two")
+        if int(segments) < 1:
+            raise ValueError(f"KernelConfig.segments={segments} must be at least 1")
         self.block_d, self.chunk, self.num_warps = block_d, chunk, num_warps
         self.bwd_block_d, self.bwd_num_warps, self.stepwise = bwd_block_d, bwd_num_warps, stepwise
         self.keep_states = bool(keep_states)
+        self.segments = int(segments)
 
     def replace(self, **changes) -> "KernelConfig":
         """A copy with some fields changed, e.g. ``kernel_config().replace(keep_states=False)``."""
         fields = dict(block_d=self.block_d, chunk=self.chunk, num_warps=self.num_warps, bwd_block_d=self.bwd_block_d,
-                      bwd_num_warps=self.bwd_num_warps, stepwise=self.stepwise, keep_states=self.keep_states)
+                      bwd_num_warps=self.bwd_num_warps, stepwise=self.stepwise, keep_states=self.keep_states,
+                      segments=self.segments)
         unknown = set(changes) - set(fields)
         if unknown:
             raise TypeError(f"KernelConfig has no field(s) {sorted(unknown)}; fields: {sorted(fields)}")
@@ -99,7 +107,7 @@ class KernelConfig:
     def __repr__(self):
         return (f"KernelConfig(block_d={self.block_d}, chunk={self.chunk}, num_warps={self.num_warps}, "
                 f"bwd_block_d={self.bwd_block_d}, bwd_num_warps={self.bwd_num_warps}, stepwise={self.stepwise}, "
-                f"keep_states={self.keep_states})")
+                f"keep_states={self.keep_states}, segments={self.segments})")
 
 
 _CONFIG = KernelConfig()
@@ -152,18 +160,36 @@ def _run_forward(u, delta, A, Bv, Cv, D, bias, geo, softplus, cfg, T, nchunks, s
                      dtype=torch.float32)
     last = torch.empty((geo.batch, geo.K * geo.Dk, geo.N) if return_last else (1,), device=u.device,
                        dtype=torch.float32)
+    args = (u, delta, A, Bv, Cv, D if D is not None else A, bias if bias is not None else A, y, hs, last)
+    strides = (*u_strides, *_delta_strides(geo, delta), *_strides_bkn_t(Bv), *_strides_bkn_t(Cv), *y_strides)
+    flags = dict(N=geo.N, NP=_next_pow2(geo.N), BD=cfg.block_d, T=T, HAS_D=D is not None, HAS_BIAS=bias is not None,
+                 SOFTPLUS=bool(softplus), ATOMIC=geo.cross, SAVE_STATES=save_states, SAVE_LAST=bool(return_last),
+                 num_warps=cfg.num_warps)
+    seg_len = triton_cdiv(triton_cdiv(geo.L, cfg.segments), T) * T  # whole chunks per segment
+    nseg = triton_cdiv(geo.L, seg_len)
+    if nseg > 1 and cfg.stepwise:
+        _run_forward_split(args, strides, flags, geo, nchunks, nseg, seg_len)
+        return y, hs, last
     grid = (triton_cdiv(geo.Dk, cfg.block_d), geo.K, geo.batch)
-    _kernels().scan_fwd_kernel[grid](
-        u, delta, A, Bv, Cv, D if D is not None else A, bias if bias is not None else A, y, hs, last,
-        geo.L, geo.H, geo.W, geo.Dk, nchunks,
-        *u_strides, *_delta_strides(geo, delta),
-        *_strides_bkn_t(Bv), *_strides_bkn_t(Cv),
-        *y_strides,
-        N=geo.N, NP=_next_pow2(geo.N), BD=cfg.block_d, T=T, CROSS=geo.cross, HAS_D=D is not None,
-        HAS_BIAS=bias is not None, SOFTPLUS=bool(softplus), ATOMIC=geo.cross, SAVE_STATES=save_states,
-        SAVE_LAST=bool(return_last), STEPWISE=cfg.stepwise, num_warps=cfg.num_warps,
-    )
+    _kernels().scan_fwd_kernel[grid](*args, geo.L, geo.H, geo.W, geo.Dk, nchunks, *strides, CROSS=geo.cross,
+                                     STEPWISE=cfg.stepwise, **flags)
     return y, hs, last
+
+
+def _run_forward_split(args, strides, flags, geo, nchunks, nseg, seg_len):
+    """The two-pass segmented forward: one launch per direction (cross) or one for all groups."""
+    u = args[0]
+    agg_h = torch.empty((geo.batch, geo.K, nseg, geo.Dk, geo.N), device=u.device, dtype=torch.float32)
+    agg_dt = torch.empty((geo.batch, geo.K, nseg, geo.Dk), device=u.device, dtype=torch.float32)
+    # (first group, groups, reversed, column-major) per launch; SS2D's directions: 0 rows, 1 columns,
+    # 2 rows reversed, 3 columns reversed
+    launches = [(k, 1, k >= 2, k % 2 == 1) for k in range(4)] if geo.cross else [(0, geo.K, False, False)]
+    kern = _kernels().scan_fwd_split_kernel
+    for phase in (1, 2):
+        for k_base, groups, rev, col in launches:
+            grid = (triton_cdiv(geo.Dk, flags["BD"]), groups * nseg, geo.batch)
+            kern[grid](*args, agg_h, agg_dt, geo.L, geo.H, geo.W, geo.Dk, nchunks, geo.K, k_base, nseg, seg_len,
+                       *strides, PHASE=phase, REV=rev, COL=col, **flags)
 
 
 def _yu_strides(geo, y, u):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["scan_fwd_kernel", "scan_bwd_kernel"]
+__all__ = ["scan_fwd_kernel", "scan_fwd_split_kernel", "scan_bwd_kernel"]
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -435,3 +435,136 @@ def scan_bwd_kernel(
                  dA_rows, dD_rows, dbias_rows, d, dmask, A2, Dv, bias, L, H, W, nchunks,
                  s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_dud, s_dBn, s_dCn,
                  N, NP, BD, T, False, False, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC)
+
+
+@triton.jit
+def _segment_steps(
+    u_base, dl_base, B_base, C_base, y_base, hs_base,
+    d, dmask, A2t, Dv2, bias2, h, t0, t1, L, H, W, nchunks,
+    s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
+    N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
+    REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
+    ATOMIC: tl.constexpr, OUTPUT: tl.constexpr, SAVE_STATES: tl.constexpr,
+):
+    """Steps t0 .. t1-1 (scan order) from the state ``h`` (N, channels); returns the state after them
+    and the per-channel sum of the step sizes. Without OUTPUT, C is not read and nothing is written."""
+    n = tl.arange(0, NP)[:, None]
+    nm = n < N
+    dd = d[None, :]
+    dm = dmask[None, :]
+    sdt = tl.zeros_like(Dv2)
+    pos = _step_position(t0, L, H, W, REV, COL)
+    u = tl.load(u_base + dd * s_ud + pos, mask=dm, other=0.0).to(tl.float32)
+    x = tl.load(dl_base + dd * s_dd + pos, mask=dm, other=0.0).to(tl.float32)
+    Bv = tl.load(B_base + n * s_Bn + pos * s_Bt, mask=nm, other=0.0).to(tl.float32)
+    if OUTPUT:
+        Cv = tl.load(C_base + n * s_Cn + pos * s_Ct, mask=nm, other=0.0).to(tl.float32)
+    else:
+        Cv = tl.zeros([NP, 1], dtype=tl.float32)
+    for t in range(t0, t1):
+        if SAVE_STATES:
+            if t % T == 0:
+                tl.store(hs_base + dd * (nchunks * N) + (t // T) * N + n, h, mask=dm & nm)
+        # the next step's inputs are loaded before this step computes
+        nxt = _step_position(tl.minimum(t + 1, L - 1), L, H, W, REV, COL)
+        u1 = tl.load(u_base + dd * s_ud + nxt, mask=dm, other=0.0).to(tl.float32)
+        x1 = tl.load(dl_base + dd * s_dd + nxt, mask=dm, other=0.0).to(tl.float32)
+        B1 = tl.load(B_base + n * s_Bn + nxt * s_Bt, mask=nm, other=0.0).to(tl.float32)
+        if OUTPUT:
+            C1 = tl.load(C_base + n * s_Cn + nxt * s_Ct, mask=nm, other=0.0).to(tl.float32)
+        else:
+            C1 = Cv
+        xb = x + bias2
+        if SOFTPLUS:
+            dt = _softplus(xb)
+        else:
+            dt = xb
+        sdt += dt
+        h = tl.exp2(dt * A2t) * h + (dt * u) * Bv
+        if OUTPUT:
+            y = tl.sum(h * Cv, axis=0, keep_dims=True)
+            if HAS_D:
+                y += Dv2 * u
+            if ATOMIC:
+                tl.atomic_add(y_base + dd * s_yd + pos, y, mask=dm, sem="relaxed")
+            else:
+                tl.store(y_base + dd * s_yd + pos, y, mask=dm)
+        pos = nxt
+        u, x, Bv, Cv = u1, x1, B1, C1
+    return h, sdt
+
+
+@triton.jit
+def scan_fwd_split_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr, last_ptr, agg_h_ptr, agg_dt_ptr,
+    L, H, W, Dk, nchunks, K, k_base, nseg, seg_len,
+    s_ub, s_uk, s_ud, s_db, s_dk, s_dd,
+    s_Bb, s_Bk, s_Bn, s_Bt, s_Cb, s_Ck, s_Cn, s_Ct,
+    s_yb, s_yk, s_yd,
+    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, PHASE: tl.constexpr,
+    REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr,
+):
+    """The forward with the sequence split into ``nseg`` segments of ``seg_len`` steps (a multiple of
+    T), one program each, so that few or short sequences still fill the GPU. Grid
+    (ceil(Dk / BD), groups * nseg, batch) over the groups k_base, k_base + 1, ... of K; every group of
+    one launch walks the same (REV, COL) order, so SS2D launches once per direction.
+
+    PHASE 1: each segment scans from a zero state and writes its end state and the sum of its step
+    sizes (its decay over the segment is exp(A * sum)). PHASE 2: each segment folds the earlier
+    segments' results into the state entering it, then scans again writing the outputs, the chunk
+    states (every T steps) and, in the last segment, the last state.
+    """
+    pid_d = tl.program_id(0)
+    k = k_base + (tl.program_id(1) // nseg).to(tl.int64)
+    seg = tl.program_id(1) % nseg
+    b = tl.program_id(2).to(tl.int64)
+    d = pid_d * BD + tl.arange(0, BD)
+    dmask = d < Dk
+    row = k * Dk + d
+    n1 = tl.arange(0, NP)
+    A2 = tl.load(A_ptr + row[:, None] * N + n1[None, :], mask=dmask[:, None] & (n1[None, :] < N), other=0.0)
+    A2t = tl.trans(A2.to(tl.float32) * LOG2E)
+    if HAS_D:
+        Dv = tl.load(D_ptr + row, mask=dmask, other=0.0).to(tl.float32)
+    else:
+        Dv = tl.zeros([BD], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + row, mask=dmask, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BD], dtype=tl.float32)
+    u_base = u_ptr + b * s_ub + k * s_uk
+    dl_base = dl_ptr + b * s_db + k * s_dk
+    B_base = B_ptr + b * s_Bb + k * s_Bk
+    C_base = C_ptr + b * s_Cb + k * s_Ck
+    y_base = y_ptr + b * s_yb + k * s_yk
+    n = tl.arange(0, NP)[:, None]
+    nm = n < N
+    dd = d[None, :]
+    dm = dmask[None, :]
+    t0 = seg * seg_len
+    t1 = tl.minimum(t0 + seg_len, L)
+    # this (batch, group)'s segment results: agg_h (nseg, Dk, N) and agg_dt (nseg, Dk)
+    agg_h_base = agg_h_ptr + (b * K + k) * nseg * Dk * N
+    agg_dt_base = agg_dt_ptr + (b * K + k) * nseg * Dk
+    h = tl.zeros([NP, BD], dtype=tl.float32)
+    if PHASE == 1:
+        h, sdt = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_ptr, d, dmask, A2t,
+                                Dv[None, :], bias[None, :], h, t0, t1, L, H, W, nchunks,
+                                s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, N, NP, T, REV, COL, HAS_D, SOFTPLUS,
+                                ATOMIC, False, False)
+        tl.store(agg_h_base + seg * Dk * N + dd * N + n, h, mask=dm & nm)
+        tl.store(agg_dt_base + seg * Dk + dd, sdt, mask=dm)
+    else:
+        for j in range(0, seg):  # the state entering this segment, from the earlier segments' results
+            sdt_j = tl.load(agg_dt_base + j * Dk + dd, mask=dm, other=0.0)
+            h_j = tl.load(agg_h_base + j * Dk * N + dd * N + n, mask=dm & nm, other=0.0)
+            h = tl.exp2(sdt_j * A2t) * h + h_j
+        hs_base = hs_ptr + (b * K + k) * Dk * nchunks * N
+        h, sdt = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, d, dmask, A2t,
+                                Dv[None, :], bias[None, :], h, t0, t1, L, H, W, nchunks,
+                                s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, N, NP, T, REV, COL, HAS_D, SOFTPLUS,
+                                ATOMIC, True, SAVE_STATES)
+        if SAVE_LAST:
+            if seg == nseg - 1:
+                tl.store(last_ptr + (b * K + k) * Dk * N + dd * N + n, h, mask=dm & nm)
