@@ -108,6 +108,28 @@ def test_cross_scan_matches_reference_interpreted(interpreted, shape, config, wi
         assert rel_err(g[k], g_ref[k]) <= 1e-4, k
 
 
+@pytest.mark.parametrize("segments", [1, 2])
+def test_cross_scan_channels_last_inputs_interpreted(interpreted, segments):
+    """Channels-last maps (and direction-last delta, B, C) are read in place; the output keeps u's layout."""
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, segments=segments))
+    x = cross_inputs(2, 8, 5, 7, 4)
+    y_ref, g_ref = fwd_and_grads(composed_reference, leaf(x))
+
+    def channels_last(v):  # same values, memory order (batch, H, W, [direction,] channel)
+        if v.dim() == 4:
+            return v.to(memory_format=torch.channels_last)
+        return v.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+
+    xc = {k: None if v is None else (channels_last(v) if v.dim() >= 4 else v).float() for k, v in x.items()}
+    xc = leaf(xc)
+    assert xc["u"].stride(1) == 1 and xc["delta"].stride(2) == 1 and xc["B"].stride(2) == 1
+    y, g = fwd_and_grads(fused, xc)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(y, y_ref) <= 1e-4
+    for k in g_ref:
+        assert rel_err(g[k], g_ref[k]) <= 1e-4, k
+
+
 def test_cross_scan_bf16_inputs_interpreted(interpreted):
     interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16))
     x = cross_inputs(2, 8, 5, 7, 4, dtype=torch.bfloat16)

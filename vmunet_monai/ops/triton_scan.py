@@ -142,26 +142,39 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _delta_strides(geo, delta):
-    # cross: delta is (b, 4, Di, L); generic: delta is (b, K*Dk, L) and group k starts at row k*Dk
+def _strides4(geo, t, shared):
+    """(batch, group, channel, step) strides of a kernel operand.
+
+    Cross geometry: u, y and their gradients are (batch, Di, L) maps shared by the four directions
+    (group stride 0); delta is (batch, 4, Di, L). Generic: every operand is (batch, K * Dk, L) and group
+    k starts at row k * Dk."""
     if geo.cross:
-        return delta.stride(0), delta.stride(1), delta.stride(2)
-    return delta.stride(0), delta.stride(1) * geo.Dk, delta.stride(1)
+        if shared:
+            return t.stride(0), 0, t.stride(1), t.stride(2)
+        return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+    return t.stride(0), t.stride(1) * geo.Dk, t.stride(1), t.stride(2)
+
+
+def _launches(geo):
+    """(first group, groups, reversed, column-major) per launch: SS2D's four directions each get their
+    own launch (0 rows, 1 columns, 2 rows reversed, 3 columns reversed), so the walk order is a
+    compile-time constant; the generic scan runs every group forwards in one launch."""
+    if geo.cross:
+        return [(k, 1, k >= 2, k % 2 == 1) for k in range(4)]
+    return [(0, geo.K, False, False)]
 
 
 def _run_forward(u, delta, A, Bv, Cv, D, bias, geo, softplus, cfg, T, nchunks, save_states, return_last):
-    """Launch the forward kernel; returns (y, chunk states or a dummy, last state or a dummy)."""
-    if geo.cross:
-        y = torch.zeros((geo.batch, geo.Dk, geo.L), device=u.device, dtype=torch.float32)
-    else:
-        y = torch.empty((geo.batch, geo.K * geo.Dk, geo.L), device=u.device, dtype=torch.float32)
-    y_strides, u_strides = _yu_strides(geo, y, u)
+    """Launch the forward kernels; returns (y, chunk states or a dummy, last state or a dummy)."""
+    y = torch.zeros_like(u, dtype=torch.float32) if geo.cross else \
+        torch.empty((geo.batch, geo.K * geo.Dk, geo.L), device=u.device, dtype=torch.float32)
     hs = torch.empty((geo.batch, geo.K, geo.Dk, nchunks, geo.N) if save_states else (1,), device=u.device,
                      dtype=torch.float32)
     last = torch.empty((geo.batch, geo.K * geo.Dk, geo.N) if return_last else (1,), device=u.device,
                        dtype=torch.float32)
     args = (u, delta, A, Bv, Cv, D if D is not None else A, bias if bias is not None else A, y, hs, last)
-    strides = (*u_strides, *_delta_strides(geo, delta), *_strides_bkn_t(Bv), *_strides_bkn_t(Cv), *y_strides)
+    strides = (*_strides4(geo, u, True), *_strides4(geo, delta, False), *_strides_bkn_t(Bv), *_strides_bkn_t(Cv),
+               *_strides4(geo, y, True))
     flags = dict(N=geo.N, NP=_next_pow2(geo.N), BD=cfg.block_d, T=T, HAS_D=D is not None, HAS_BIAS=bias is not None,
                  SOFTPLUS=bool(softplus), ATOMIC=geo.cross, SAVE_STATES=save_states, SAVE_LAST=bool(return_last),
                  num_warps=cfg.num_warps)
@@ -170,37 +183,30 @@ def _run_forward(u, delta, A, Bv, Cv, D, bias, geo, softplus, cfg, T, nchunks, s
     if nseg > 1 and cfg.stepwise:
         _run_forward_split(args, strides, flags, geo, nchunks, nseg, seg_len)
         return y, hs, last
-    grid = (triton_cdiv(geo.Dk, cfg.block_d), geo.K, geo.batch)
-    _kernels().scan_fwd_kernel[grid](*args, geo.L, geo.H, geo.W, geo.Dk, nchunks, *strides, CROSS=geo.cross,
-                                     STEPWISE=cfg.stepwise, **flags)
+    for k_base, groups, rev, col in _launches(geo):
+        grid = (triton_cdiv(geo.Dk, cfg.block_d), groups, geo.batch)
+        _kernels().scan_fwd_kernel[grid](*args, geo.L, geo.H, geo.W, geo.Dk, nchunks, geo.K, k_base, *strides,
+                                         REV=rev, COL=col, STEPWISE=cfg.stepwise, **flags)
     return y, hs, last
 
 
 def _run_forward_split(args, strides, flags, geo, nchunks, nseg, seg_len):
-    """The two-pass segmented forward: one launch per direction (cross) or one for all groups."""
+    """The two-pass segmented forward (see ``scan_fwd_split_kernel``)."""
     u = args[0]
     agg_h = torch.empty((geo.batch, geo.K, nseg, geo.Dk, geo.N), device=u.device, dtype=torch.float32)
     agg_dt = torch.empty((geo.batch, geo.K, nseg, geo.Dk), device=u.device, dtype=torch.float32)
-    # (first group, groups, reversed, column-major) per launch; SS2D's directions: 0 rows, 1 columns,
-    # 2 rows reversed, 3 columns reversed
-    launches = [(k, 1, k >= 2, k % 2 == 1) for k in range(4)] if geo.cross else [(0, geo.K, False, False)]
     kern = _kernels().scan_fwd_split_kernel
     for phase in (1, 2):
-        for k_base, groups, rev, col in launches:
+        for k_base, groups, rev, col in _launches(geo):
             grid = (triton_cdiv(geo.Dk, flags["BD"]), groups * nseg, geo.batch)
             kern[grid](*args, agg_h, agg_dt, geo.L, geo.H, geo.W, geo.Dk, nchunks, geo.K, k_base, nseg, seg_len,
                        *strides, PHASE=phase, REV=rev, COL=col, **flags)
 
 
-def _yu_strides(geo, y, u):
-    """(batch, group, channel) strides of the output and of u: cross outputs and u are shared by the groups."""
-    if geo.cross:
-        return (y.stride(0), 0, y.stride(1)), (u.stride(0), 0, u.stride(1))
-    return (y.stride(0), y.stride(1) * geo.Dk, y.stride(1)), (u.stride(0), u.stride(1) * geo.Dk, u.stride(1))
-
-
 class _ScanFunction(torch.autograd.Function):
-    """Both geometries: u, delta contiguous along L; Bv, Cv (batch, K, N, L) views (any strides)."""
+    """Both geometries; every operand may have any strides (for example channels-last maps, whose
+    step stride is the channel count and whose channel loads are then contiguous); Bv, Cv are
+    (batch, K, N, L) views."""
 
     @staticmethod
     def forward(ctx, u, delta, A, Bv, Cv, D, bias, geo, softplus, return_last):
@@ -227,31 +233,33 @@ class _ScanFunction(torch.autograd.Function):
         if hs is None:  # keep_states=False: rebuild the chunk-boundary states with the forward kernel
             _, hs, _ = _run_forward(u, delta, A, Bv, Cv, D, bias, geo, ctx.softplus, cfg, ctx.T, ctx.nchunks,
                                     True, False)
-        dy = dy.float().contiguous()
+        dy = dy.float()
         kern = _kernels()
         dev = u.device
         f32 = torch.float32
-        du = (torch.zeros if geo.cross else torch.empty)(u.shape, device=dev, dtype=f32)
-        ddelta = torch.empty(delta.shape, device=dev, dtype=f32)
+        # gradients in their inputs' memory layouts (the kernels take every operand's strides)
+        du = (torch.zeros_like if geo.cross else torch.empty_like)(u, dtype=f32)
+        ddelta = torch.empty_like(delta, dtype=f32)
         dA = torch.zeros(A.shape, device=dev, dtype=f32)
         dB = torch.zeros((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)
         dC = torch.zeros((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)
         dD = torch.zeros((geo.K * geo.Dk,), device=dev, dtype=f32)
         dbias = torch.zeros((geo.K * geo.Dk,), device=dev, dtype=f32)
-        y_strides, u_strides = _yu_strides(geo, dy, u)
-        du_strides = _yu_strides(geo, dy, du)[1]
-        grid = (triton_cdiv(geo.Dk, cfg.bwd_block_d), geo.K, geo.batch)
-        kern.scan_bwd_kernel[grid](
-            u, delta, A, Bv, Cv, D if D is not None else A, bias if bias is not None else A, dy, hs,
-            du, ddelta, dA, dB, dC, dD, dbias,
-            geo.L, geo.H, geo.W, geo.Dk, ctx.nchunks,
-            *u_strides, *_delta_strides(geo, delta),
-            *_strides_bkn_t(Bv), *_strides_bkn_t(Cv),
-            *y_strides, *du_strides,
-            dB.stride(0), dB.stride(1), dB.stride(2), dC.stride(0), dC.stride(1), dC.stride(2),
-            N=geo.N, NP=_next_pow2(geo.N), BD=cfg.bwd_block_d, T=ctx.T, CROSS=geo.cross, HAS_D=ctx.has_D,
-            HAS_BIAS=ctx.has_bias, SOFTPLUS=bool(ctx.softplus), ATOMIC=geo.cross, num_warps=cfg.bwd_num_warps,
-        )
+        if ddelta.stride() != delta.stride():  # the kernel writes ddelta with delta's strides
+            ddelta = torch.empty_strided(delta.shape, delta.stride(), device=dev, dtype=f32)
+        for k_base, groups, rev, col in _launches(geo):
+            grid = (triton_cdiv(geo.Dk, cfg.bwd_block_d), groups, geo.batch)
+            kern.scan_bwd_kernel[grid](
+                u, delta, A, Bv, Cv, D if D is not None else A, bias if bias is not None else A, dy, hs,
+                du, ddelta, dA, dB, dC, dD, dbias,
+                geo.L, geo.H, geo.W, geo.Dk, ctx.nchunks, geo.K, k_base,
+                *_strides4(geo, u, True), *_strides4(geo, delta, False),
+                *_strides_bkn_t(Bv), *_strides_bkn_t(Cv),
+                *_strides4(geo, dy, True), *_strides4(geo, du, True),
+                dB.stride(0), dB.stride(1), dB.stride(2), dC.stride(0), dC.stride(1), dC.stride(2),
+                N=geo.N, NP=_next_pow2(geo.N), BD=cfg.bwd_block_d, T=ctx.T, REV=rev, COL=col, HAS_D=ctx.has_D,
+                HAS_BIAS=ctx.has_bias, SOFTPLUS=bool(ctx.softplus), ATOMIC=geo.cross, num_warps=cfg.bwd_num_warps,
+            )
         return (du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB, dC,
                 dD.to(D.dtype) if ctx.has_D else None, dbias.to(bias.dtype) if ctx.has_bias else None,
                 None, None, None)
@@ -282,6 +290,8 @@ def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
         D, delta_bias: optional (4*Di,).
         delta_softplus: apply softplus to ``delta + delta_bias``.
 
+    Any memory layout is read in place; the result has u's layout (channels-last in, channels-last out).
+
     Returns:
         (batch, Di, H, W) float32: the four directions' outputs summed on the map.
 
@@ -304,15 +314,11 @@ def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
     _check_device(u, delta, A, B, C, D, delta_bias)
     length = h * w
     geo = _Geometry(True, b, 4, di, n_state, h, w)
-    Bv = B.reshape(b, 4, n_state, length)
-    Cv = C.reshape(b, 4, n_state, length)
-    if Bv.stride(3) != 1:
-        Bv = Bv.contiguous()
-    if Cv.stride(3) != 1:
-        Cv = Cv.contiguous()
+    # views wherever the layout allows (row-major or channels-last maps): the kernels take strides
     y = _ScanFunction.apply(
-        u.contiguous().reshape(b, di, length), delta.contiguous().reshape(b, 4, di, length), _param(A),
-        Bv, Cv, _param(D), _param(delta_bias), geo, delta_softplus, False,
+        u.reshape(b, di, length), delta.reshape(b, 4, di, length), _param(A),
+        B.reshape(b, 4, n_state, length), C.reshape(b, 4, n_state, length), _param(D), _param(delta_bias), geo,
+        delta_softplus, False,
     )
     return y.reshape(b, di, h, w)
 

@@ -7,10 +7,12 @@ in registers and, when a backward will follow, written out as a checkpoint.
 
 Two geometries share the kernels:
 
-* ``CROSS``: SS2D's four directions of one (H, W) map. Group k is the direction; the program reads
-  the map where direction k is at each step (index arithmetic instead of a fourfold copy) and adds its
-  output into the shared (batch, Di, H, W) result with atomics. Reversed directions load their chunk
-  in map order and run the scan backwards, so every load walks memory forwards.
+* cross: SS2D's four directions of one (H, W) map, one launch per direction with the walk order
+  (``REV``, ``COL``) as compile-time constants. Group k is the direction; the program reads the map
+  where direction k is at each step (index arithmetic instead of a fourfold copy) and adds its output
+  into the shared (batch, Di, H, W) result with atomics. Every operand comes with its strides
+  (batch, group, channel, step), so row-major and channels-last maps are read in place. In the
+  chunked mode, reversed directions load their chunk in map order and run the scan backwards.
 * generic: k is the B/C group of mamba-ssm's ``selective_scan_fn``; each output is written once.
 
 Backward, per chunk in reverse order: recompute the states from the checkpoint, run the adjoint
@@ -72,7 +74,7 @@ def _position_of(s, H, W, COL: tl.constexpr):
 def _fwd_run(
     u_base, dl_base, B_base, C_base, y_base, hs_base, last_base,
     d, dmask, A2, Dv, bias, L, H, W, nchunks,
-    s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
+    s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr,
@@ -86,8 +88,8 @@ def _fwd_run(
         s, pos, valid = _positions(c, L, H, W, T, REV, COL)
         m2 = dmask[:, None] & valid[None, :]
         mb = nmask[:, None] & valid[None, :]
-        u = tl.load(u_base + d[:, None] * s_ud + pos[None, :], mask=m2, other=0.0).to(tl.float32)
-        x = tl.load(dl_base + d[:, None] * s_dd + pos[None, :], mask=m2, other=0.0).to(tl.float32)
+        u = tl.load(u_base + d[:, None] * s_ud + pos[None, :] * s_ul, mask=m2, other=0.0).to(tl.float32)
+        x = tl.load(dl_base + d[:, None] * s_dd + pos[None, :] * s_dl, mask=m2, other=0.0).to(tl.float32)
         x = x + bias[:, None]
         if SOFTPLUS:
             dt = _softplus(x)
@@ -111,9 +113,9 @@ def _fwd_run(
             last = tt == T - 1
         h = tl.sum(tl.where(last[None, None, :], hh, 0.0), axis=2)
         if ATOMIC:
-            tl.atomic_add(y_base + d[:, None] * s_yd + pos[None, :], y, mask=m2, sem="relaxed")
+            tl.atomic_add(y_base + d[:, None] * s_yd + pos[None, :] * s_yl, y, mask=m2, sem="relaxed")
         else:
-            tl.store(y_base + d[:, None] * s_yd + pos[None, :], y, mask=m2)
+            tl.store(y_base + d[:, None] * s_yd + pos[None, :] * s_yl, y, mask=m2)
     if SAVE_LAST:
         tl.store(last_base + d[:, None] * N + n[None, :], h, mask=hmask)
 
@@ -128,9 +130,10 @@ def _step_position(t, L, H, W, REV: tl.constexpr, COL: tl.constexpr):
 
 
 @triton.jit
-def _step_loads(u_base, dl_base, B_base, C_base, dd, dm, n, nm, pos, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct):
-    u = tl.load(u_base + dd * s_ud + pos, mask=dm, other=0.0).to(tl.float32)
-    x = tl.load(dl_base + dd * s_dd + pos, mask=dm, other=0.0).to(tl.float32)
+def _step_loads(u_base, dl_base, B_base, C_base, dd, dm, n, nm, pos,
+                s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct):
+    u = tl.load(u_base + dd * s_ud + pos * s_ul, mask=dm, other=0.0).to(tl.float32)
+    x = tl.load(dl_base + dd * s_dd + pos * s_dl, mask=dm, other=0.0).to(tl.float32)
     Bv = tl.load(B_base + n * s_Bn + pos * s_Bt, mask=nm, other=0.0).to(tl.float32)
     Cv = tl.load(C_base + n * s_Cn + pos * s_Ct, mask=nm, other=0.0).to(tl.float32)
     return u, x, Bv, Cv
@@ -140,7 +143,7 @@ def _step_loads(u_base, dl_base, B_base, C_base, dd, dm, n, nm, pos, s_ud, s_dd,
 def _fwd_steps(
     u_base, dl_base, B_base, C_base, y_base, hs_base, last_base,
     d, dmask, A2, Dv, bias, L, H, W, nchunks,
-    s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
+    s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr,
@@ -156,14 +159,15 @@ def _fwd_steps(
     Dv2 = Dv[None, :]
     h = tl.zeros([NP, BD], dtype=tl.float32)
     pos = _step_position(0, L, H, W, REV, COL)
-    u, x, Bv, Cv = _step_loads(u_base, dl_base, B_base, C_base, dd, dm, n, nm, pos, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct)
+    u, x, Bv, Cv = _step_loads(u_base, dl_base, B_base, C_base, dd, dm, n, nm, pos,
+                               s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct)
     for t in range(L):
         if SAVE_STATES:
             if t % T == 0:
                 tl.store(hs_base + dd * (nchunks * N) + (t // T) * N + n, h, mask=dm & nm)
         nxt = _step_position(tl.minimum(t + 1, L - 1), L, H, W, REV, COL)
         u1, x1, B1, C1 = _step_loads(u_base, dl_base, B_base, C_base, dd, dm, n, nm, nxt,
-                                     s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct)
+                                     s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct)
         xb = x + bias2
         if SOFTPLUS:
             dt = _softplus(xb)
@@ -174,9 +178,9 @@ def _fwd_steps(
         if HAS_D:
             y += Dv2 * u
         if ATOMIC:
-            tl.atomic_add(y_base + dd * s_yd + pos, y, mask=dm, sem="relaxed")
+            tl.atomic_add(y_base + dd * s_yd + pos * s_yl, y, mask=dm, sem="relaxed")
         else:
-            tl.store(y_base + dd * s_yd + pos, y, mask=dm)
+            tl.store(y_base + dd * s_yd + pos * s_yl, y, mask=dm)
         pos = nxt
         u, x, Bv, Cv = u1, x1, B1, C1
     if SAVE_LAST:
@@ -187,19 +191,20 @@ def _fwd_steps(
 @triton.jit
 def scan_fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr, last_ptr,
-    L, H, W, Dk, nchunks,
-    s_ub, s_uk, s_ud, s_db, s_dk, s_dd,
+    L, H, W, Dk, nchunks, K, k_base,
+    s_ub, s_uk, s_ud, s_ul, s_db, s_dk, s_dd, s_dl,
     s_Bb, s_Bk, s_Bn, s_Bt, s_Cb, s_Ck, s_Cn, s_Ct,
-    s_yb, s_yk, s_yd,
+    s_yb, s_yk, s_yd, s_yl,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
-    CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr, STEPWISE: tl.constexpr,
 ):
-    """Grid (ceil(Dk / BD), K, batch); see the module docstring. ``STEPWISE``: step loop, not chunk scans."""
+    """Grid (ceil(Dk / BD), groups, batch) over the groups k_base, k_base + 1, ... of K, all walked in
+    the (REV, COL) order (SS2D launches once per direction); see the module docstring.
+    ``STEPWISE``: step loop, not chunk scans."""
     pid_d = tl.program_id(0)
-    k = tl.program_id(1).to(tl.int64)
+    k = k_base + tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    K = tl.num_programs(1)
     d = pid_d * BD + tl.arange(0, BD)
     dmask = d < Dk
     row = k * Dk + d  # this channel's row of A, D and delta_bias
@@ -222,49 +227,13 @@ def scan_fwd_kernel(
     hs_base = hs_ptr + (b * K + k) * Dk * nchunks * N
     last_base = last_ptr + (b * K + k) * Dk * N
     if STEPWISE:
-        if CROSS:
-            if k == 0:
-                _fwd_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
-                         L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
-                         N, NP, BD, T, False, False, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
-            elif k == 1:
-                _fwd_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
-                         L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
-                         N, NP, BD, T, False, True, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
-            elif k == 2:
-                _fwd_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
-                         L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
-                         N, NP, BD, T, True, False, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
-            else:
-                _fwd_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
-                         L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
-                         N, NP, BD, T, True, True, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
-        else:
-            _fwd_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
-                     L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
-                     N, NP, BD, T, False, False, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
+        _fwd_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
+                   L, H, W, nchunks, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl,
+                   N, NP, BD, T, REV, COL, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
     else:
-        if CROSS:
-            if k == 0:
-                _fwd_run(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
-                         L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
-                         N, NP, BD, T, False, False, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
-            elif k == 1:
-                _fwd_run(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
-                         L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
-                         N, NP, BD, T, False, True, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
-            elif k == 2:
-                _fwd_run(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
-                         L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
-                         N, NP, BD, T, True, False, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
-            else:
-                _fwd_run(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
-                         L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
-                         N, NP, BD, T, True, True, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
-        else:
-            _fwd_run(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
-                     L, H, W, nchunks, s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
-                     N, NP, BD, T, False, False, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
+        _fwd_run(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
+                 L, H, W, nchunks, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl,
+                 N, NP, BD, T, REV, COL, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
 
 
 @triton.jit
@@ -272,7 +241,7 @@ def _bwd_run(
     u_base, dl_base, B_base, C_base, dy_base, hs_base,
     du_base, ddl_base, dB_base, dC_base, dA_rows, dD_rows, dbias_rows,
     d, dmask, A2, Dv, bias, L, H, W, nchunks,
-    s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_dud, s_dBn, s_dCn,
+    s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, s_dud, s_dul, s_dBn, s_dCn,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, ATOMIC: tl.constexpr,
@@ -291,8 +260,8 @@ def _bwd_run(
         s, pos, valid = _positions(c, L, H, W, T, REV, COL)
         m2 = dmask[:, None] & valid[None, :]
         mb = nmask[:, None] & valid[None, :]
-        u = tl.load(u_base + d[:, None] * s_ud + pos[None, :], mask=m2, other=0.0).to(tl.float32)
-        x = tl.load(dl_base + d[:, None] * s_dd + pos[None, :], mask=m2, other=0.0).to(tl.float32)
+        u = tl.load(u_base + d[:, None] * s_ud + pos[None, :] * s_ul, mask=m2, other=0.0).to(tl.float32)
+        x = tl.load(dl_base + d[:, None] * s_dd + pos[None, :] * s_dl, mask=m2, other=0.0).to(tl.float32)
         x = x + bias[:, None]
         if SOFTPLUS:
             dt = _softplus(x)
@@ -301,7 +270,7 @@ def _bwd_run(
         dt = tl.where(m2, dt, 0.0)
         Bt = tl.load(B_base + n[:, None] * s_Bn + pos[None, :] * s_Bt, mask=mb, other=0.0).to(tl.float32)
         Ct = tl.load(C_base + n[:, None] * s_Cn + pos[None, :] * s_Ct, mask=mb, other=0.0).to(tl.float32)
-        dy = tl.load(dy_base + d[:, None] * s_yd + pos[None, :], mask=m2, other=0.0).to(tl.float32)
+        dy = tl.load(dy_base + d[:, None] * s_yd + pos[None, :] * s_yl, mask=m2, other=0.0).to(tl.float32)
         h0 = tl.load(hs_base + d[:, None] * (nchunks * N) + c * N + n[None, :], mask=hmask, other=0.0)
         # recompute the states of this chunk from its checkpoint
         a = tl.exp2(dt[:, None, :] * A2[:, :, None])
@@ -317,7 +286,7 @@ def _bwd_run(
         valid1 = (s1 >= 0) & (s1 < L)
         pos1 = _position_of(s1, H, W, COL)
         m21 = dmask[:, None] & valid1[None, :]
-        x1 = tl.load(dl_base + d[:, None] * s_dd + pos1[None, :], mask=m21, other=0.0).to(tl.float32)
+        x1 = tl.load(dl_base + d[:, None] * s_dd + pos1[None, :] * s_dl, mask=m21, other=0.0).to(tl.float32)
         x1 = x1 + bias[:, None]
         if SOFTPLUS:
             dt1 = _softplus(x1)
@@ -350,13 +319,13 @@ def _bwd_run(
         ddx = tl.where(m2, ddx, 0.0)
         if HAS_BIAS:
             dbias_acc += tl.sum(ddx, axis=1)
-        tl.store(ddl_base + d[:, None] * s_dd + pos[None, :], ddx, mask=m2)
+        tl.store(ddl_base + d[:, None] * s_dd + pos[None, :] * s_dl, ddx, mask=m2)
         tl.atomic_add(dB_base + n[:, None] * s_dBn + pos[None, :], dBp, mask=mb, sem="relaxed")
         tl.atomic_add(dC_base + n[:, None] * s_dCn + pos[None, :], dCp, mask=mb, sem="relaxed")
         if ATOMIC:
-            tl.atomic_add(du_base + d[:, None] * s_dud + pos[None, :], du, mask=m2, sem="relaxed")
+            tl.atomic_add(du_base + d[:, None] * s_dud + pos[None, :] * s_dul, du, mask=m2, sem="relaxed")
         else:
-            tl.store(du_base + d[:, None] * s_dud + pos[None, :], du, mask=m2)
+            tl.store(du_base + d[:, None] * s_dud + pos[None, :] * s_dul, du, mask=m2)
     tl.atomic_add(dA_rows[:, None] + n[None, :], dA_acc, mask=hmask, sem="relaxed")
     if HAS_D:
         tl.atomic_add(dD_rows, dD_acc, mask=dmask, sem="relaxed")
@@ -368,20 +337,20 @@ def _bwd_run(
 def scan_bwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, hs_ptr,
     du_ptr, ddl_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    L, H, W, Dk, nchunks,
-    s_ub, s_uk, s_ud, s_db, s_dk, s_dd,
+    L, H, W, Dk, nchunks, K, k_base,
+    s_ub, s_uk, s_ud, s_ul, s_db, s_dk, s_dd, s_dl,
     s_Bb, s_Bk, s_Bn, s_Bt, s_Cb, s_Ck, s_Cn, s_Ct,
-    s_yb, s_yk, s_yd, s_dub, s_duk, s_dud,
+    s_yb, s_yk, s_yd, s_yl, s_dub, s_duk, s_dud, s_dul,
     s_dBb, s_dBk, s_dBn, s_dCb, s_dCk, s_dCn,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
-    CROSS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr,
 ):
-    """Grid (ceil(Dk / BD), K, batch). ``ddl`` has delta's strides; dA, dD, d bias start at zero."""
+    """Grid (ceil(Dk / BD), groups, batch) as the forward's. ``ddl`` has delta's strides; dA, dD,
+    d bias start at zero."""
     pid_d = tl.program_id(0)
-    k = tl.program_id(1).to(tl.int64)
+    k = k_base + tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    K = tl.num_programs(1)
     d = pid_d * BD + tl.arange(0, BD)
     dmask = d < Dk
     row = k * Dk + d
@@ -406,42 +375,17 @@ def scan_bwd_kernel(
     ddl_base = ddl_ptr + b * s_db + k * s_dk
     dB_base = dB_ptr + b * s_dBb + k * s_dBk
     dC_base = dC_ptr + b * s_dCb + k * s_dCk
-    dA_rows = dA_ptr + row * N
-    dD_rows = dD_ptr + row
-    dbias_rows = dbias_ptr + row
-    if CROSS:
-        if k == 0:
-            _bwd_run(u_base, dl_base, B_base, C_base, dy_base, hs_base, du_base, ddl_base, dB_base, dC_base,
-                     dA_rows, dD_rows, dbias_rows, d, dmask, A2, Dv, bias, L, H, W, nchunks,
-                     s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_dud, s_dBn, s_dCn,
-                     N, NP, BD, T, False, False, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC)
-        elif k == 1:
-            _bwd_run(u_base, dl_base, B_base, C_base, dy_base, hs_base, du_base, ddl_base, dB_base, dC_base,
-                     dA_rows, dD_rows, dbias_rows, d, dmask, A2, Dv, bias, L, H, W, nchunks,
-                     s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_dud, s_dBn, s_dCn,
-                     N, NP, BD, T, False, True, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC)
-        elif k == 2:
-            _bwd_run(u_base, dl_base, B_base, C_base, dy_base, hs_base, du_base, ddl_base, dB_base, dC_base,
-                     dA_rows, dD_rows, dbias_rows, d, dmask, A2, Dv, bias, L, H, W, nchunks,
-                     s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_dud, s_dBn, s_dCn,
-                     N, NP, BD, T, True, False, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC)
-        else:
-            _bwd_run(u_base, dl_base, B_base, C_base, dy_base, hs_base, du_base, ddl_base, dB_base, dC_base,
-                     dA_rows, dD_rows, dbias_rows, d, dmask, A2, Dv, bias, L, H, W, nchunks,
-                     s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_dud, s_dBn, s_dCn,
-                     N, NP, BD, T, True, True, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC)
-    else:
-        _bwd_run(u_base, dl_base, B_base, C_base, dy_base, hs_base, du_base, ddl_base, dB_base, dC_base,
-                 dA_rows, dD_rows, dbias_rows, d, dmask, A2, Dv, bias, L, H, W, nchunks,
-                 s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_dud, s_dBn, s_dCn,
-                 N, NP, BD, T, False, False, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC)
+    _bwd_run(u_base, dl_base, B_base, C_base, dy_base, hs_base, du_base, ddl_base, dB_base, dC_base,
+             dA_ptr + row * N, dD_ptr + row, dbias_ptr + row, d, dmask, A2, Dv, bias, L, H, W, nchunks,
+             s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, s_dud, s_dul, s_dBn, s_dCn,
+             N, NP, BD, T, REV, COL, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC)
 
 
 @triton.jit
 def _segment_steps(
     u_base, dl_base, B_base, C_base, y_base, hs_base,
     d, dmask, A2t, Dv2, bias2, h, t0, t1, L, H, W, nchunks,
-    s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd,
+    s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl,
     N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, OUTPUT: tl.constexpr, SAVE_STATES: tl.constexpr,
@@ -454,8 +398,8 @@ def _segment_steps(
     dm = dmask[None, :]
     sdt = tl.zeros_like(Dv2)
     pos = _step_position(t0, L, H, W, REV, COL)
-    u = tl.load(u_base + dd * s_ud + pos, mask=dm, other=0.0).to(tl.float32)
-    x = tl.load(dl_base + dd * s_dd + pos, mask=dm, other=0.0).to(tl.float32)
+    u = tl.load(u_base + dd * s_ud + pos * s_ul, mask=dm, other=0.0).to(tl.float32)
+    x = tl.load(dl_base + dd * s_dd + pos * s_dl, mask=dm, other=0.0).to(tl.float32)
     Bv = tl.load(B_base + n * s_Bn + pos * s_Bt, mask=nm, other=0.0).to(tl.float32)
     if OUTPUT:
         Cv = tl.load(C_base + n * s_Cn + pos * s_Ct, mask=nm, other=0.0).to(tl.float32)
@@ -467,8 +411,8 @@ def _segment_steps(
                 tl.store(hs_base + dd * (nchunks * N) + (t // T) * N + n, h, mask=dm & nm)
         # the next step's inputs are loaded before this step computes
         nxt = _step_position(tl.minimum(t + 1, L - 1), L, H, W, REV, COL)
-        u1 = tl.load(u_base + dd * s_ud + nxt, mask=dm, other=0.0).to(tl.float32)
-        x1 = tl.load(dl_base + dd * s_dd + nxt, mask=dm, other=0.0).to(tl.float32)
+        u1 = tl.load(u_base + dd * s_ud + nxt * s_ul, mask=dm, other=0.0).to(tl.float32)
+        x1 = tl.load(dl_base + dd * s_dd + nxt * s_dl, mask=dm, other=0.0).to(tl.float32)
         B1 = tl.load(B_base + n * s_Bn + nxt * s_Bt, mask=nm, other=0.0).to(tl.float32)
         if OUTPUT:
             C1 = tl.load(C_base + n * s_Cn + nxt * s_Ct, mask=nm, other=0.0).to(tl.float32)
@@ -486,9 +430,9 @@ def _segment_steps(
             if HAS_D:
                 y += Dv2 * u
             if ATOMIC:
-                tl.atomic_add(y_base + dd * s_yd + pos, y, mask=dm, sem="relaxed")
+                tl.atomic_add(y_base + dd * s_yd + pos * s_yl, y, mask=dm, sem="relaxed")
             else:
-                tl.store(y_base + dd * s_yd + pos, y, mask=dm)
+                tl.store(y_base + dd * s_yd + pos * s_yl, y, mask=dm)
         pos = nxt
         u, x, Bv, Cv = u1, x1, B1, C1
     return h, sdt
@@ -498,9 +442,9 @@ def _segment_steps(
 def scan_fwd_split_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr, last_ptr, agg_h_ptr, agg_dt_ptr,
     L, H, W, Dk, nchunks, K, k_base, nseg, seg_len,
-    s_ub, s_uk, s_ud, s_db, s_dk, s_dd,
+    s_ub, s_uk, s_ud, s_ul, s_db, s_dk, s_dd, s_dl,
     s_Bb, s_Bk, s_Bn, s_Bt, s_Cb, s_Ck, s_Cn, s_Ct,
-    s_yb, s_yk, s_yd,
+    s_yb, s_yk, s_yd, s_yl,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, PHASE: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr,
@@ -551,7 +495,8 @@ def scan_fwd_split_kernel(
     if PHASE == 1:
         h, sdt = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_ptr, d, dmask, A2t,
                                 Dv[None, :], bias[None, :], h, t0, t1, L, H, W, nchunks,
-                                s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, N, NP, T, REV, COL, HAS_D, SOFTPLUS,
+                                s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, N, NP, T, REV, COL,
+                                HAS_D, SOFTPLUS,
                                 ATOMIC, False, False)
         tl.store(agg_h_base + seg * Dk * N + dd * N + n, h, mask=dm & nm)
         tl.store(agg_dt_base + seg * Dk + dd, sdt, mask=dm)
@@ -563,7 +508,8 @@ def scan_fwd_split_kernel(
         hs_base = hs_ptr + (b * K + k) * Dk * nchunks * N
         h, sdt = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, d, dmask, A2t,
                                 Dv[None, :], bias[None, :], h, t0, t1, L, H, W, nchunks,
-                                s_ud, s_dd, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, N, NP, T, REV, COL, HAS_D, SOFTPLUS,
+                                s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, N, NP, T, REV, COL,
+                                HAS_D, SOFTPLUS,
                                 ATOMIC, True, SAVE_STATES)
         if SAVE_LAST:
             if seg == nseg - 1:
