@@ -6,7 +6,8 @@ N = 16, i.e. the official (32, 768, 4096) scan. Everything is measured in this o
 * the card's copy bandwidth (``clone`` of a 2 GiB tensor, bytes read + written / time);
 * the triton backend's fused forward, for a few tile configurations, and forward + backward, with
   the chunk states kept for the backward and rebuilt in it (``KernelConfig.keep_states``), and the
-  two-pass segmented forward (``KernelConfig.segments``) at batch 1 and at the full batch;
+  two-pass segmented forward (``KernelConfig.segments``) at batch 1 and at the full batch, and
+  the forward on channels-last maps;
 * bandwidth achieved = bytes that must move (read u, delta, B, C once, write y once) / time;
 * the composed path (cross_scan copies + generic scan + merge) on the ``torch`` backend and, when
   its compiled kernel loads, on ``mamba_ssm``;
@@ -236,6 +237,19 @@ def main():
             lines.append((f"triton fwd float32 batch {batch} segments={segs}", ms, ""))
         del xs_
     ts.kernel_config(best[0])
+
+    # the same scan on channels-last maps (SS2D.channels_last_scan): channel loads are contiguous
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).replace("torch.", "")
+        xc = make_inputs(a.batch, a.dim, a.size, a.state, dtype)
+        xc["u"] = xc["u"].contiguous(memory_format=torch.channels_last)
+        for key in ("delta", "B", "C"):  # direction-last, channels innermost
+            xc[key] = xc[key].permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+        ms = bench(lambda: fused(xc))
+        res[f"fused_fwd_channels_last_{name}"] = ms
+        lines.append((f"triton fused fwd {name}, channels-last", ms,
+                      f"row-major {res[f'fused_fwd_{name}']['ms']:.3f} ms"))
+        del xc
 
     # memory held between forward and backward, and the cost of rebuilding the states instead
     for keep in (True, False):

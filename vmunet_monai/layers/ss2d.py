@@ -44,7 +44,16 @@ class SS2D(nn.Module):
             LayerNorm, gate and out_proj input; in a VSS block also the input LayerNorm): about half
             the activation memory for a few elementwise ops and two small matrix products per block. Results and gradients are unchanged; False
             stores everything. Also settable later as the ``recompute`` attribute.
+
+    Attributes:
+        channels_last_scan: run the convolution, projections and scan on channels-last maps (class
+            default False; set it on the class or on one layer). Channels are then innermost, so the
+            triton kernels' per-step loads of a block of channels are contiguous and the output
+            LayerNorm reads the scan result without a transposing copy. Same results either way;
+            the other backends copy to their own layout.
     """
+
+    channels_last_scan = False
 
     def __init__(
         self,
@@ -113,32 +122,45 @@ class SS2D(nn.Module):
     def scan(self, x: torch.Tensor, rc: RecomputeSaved | None = None) -> torch.Tensor:
         """(B, Di, H, W) after the conv -> merged scan output (B, Di, H, W), float32.
 
-        With ``rc`` (a :class:`RecomputeSaved` context), the full-rank step sizes are registered
-        to be rebuilt from their rank-R factors in the backward instead of being stored."""
+        A channels-last ``x`` is projected and scanned in that layout (the result is channels-last
+        too); otherwise row-major. With ``rc`` (a :class:`RecomputeSaved` context), the full-rank
+        step sizes are registered to be rebuilt from their rank-R factors in the backward."""
         b, di, h, w = x.shape
-        n, r = self.d_state, self.dt_rank
-        flat = x.reshape(b, di, h * w)
-        # per-direction projections computed on the map; the scan kernels walk each direction's order.
-        # bmm on the expanded weight keeps `flat` itself for the backward (einsum/matmul would save a
-        # transposed copy)
-        w_x = self.x_proj_weight.to(flat.dtype).reshape(K_DIRECTIONS * (r + 2 * n), di)
-        x_dbl = torch.bmm(w_x.expand(b, -1, -1), flat).view(b, K_DIRECTIONS, r + 2 * n, h * w)
-        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
+        n, r, K, L = self.d_state, self.dt_rank, K_DIRECTIONS, h * w
+        w_x = self.x_proj_weight.to(x.dtype).reshape(K * (r + 2 * n), di)
         w_dt = self.dt_projs_weight
+        if x.stride(1) == 1 and not x.is_contiguous():  # channels-last map: (B, L, Di) rows
+            x_dbl = F.linear(x.permute(0, 2, 3, 1).reshape(b, L, di), w_x).view(b, L, K, r + 2 * n)
+            dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=3)
 
-        def full_rank():
-            return torch.matmul(w_dt.to(dts.dtype), dts)  # (b, K, Di, L)
+            def full_rank():  # (K, b, L, Di): per direction, channels innermost
+                return torch.matmul(dts.permute(2, 0, 1, 3), w_dt.to(dts.dtype).transpose(1, 2).unsqueeze(1))
 
-        delta = full_rank()
-        if rc is not None:
-            rc.register(delta, full_rank)
+            delta_k = full_rank()
+            if rc is not None:
+                rc.register(delta_k, full_rank)
+            delta = delta_k.permute(1, 0, 3, 2)  # (b, K, Di, L) view
+            Bs, Cs = Bs.permute(0, 2, 3, 1), Cs.permute(0, 2, 3, 1)  # (b, K, N, L) views
+        else:
+            flat = x.reshape(b, di, L)
+            # bmm on the expanded weight keeps `flat` itself for the backward (einsum/matmul would
+            # save a transposed copy)
+            x_dbl = torch.bmm(w_x.expand(b, -1, -1), flat).view(b, K, r + 2 * n, L)
+            dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
+
+            def full_rank():
+                return torch.matmul(w_dt.to(dts.dtype), dts)  # (b, K, Di, L)
+
+            delta = full_rank()
+            if rc is not None:
+                rc.register(delta, full_rank)
         A = -torch.exp(self.A_logs.float())
         return ops.cross_selective_scan(
             x,
-            delta.view(b, K_DIRECTIONS, di, h, w),
+            delta.unflatten(3, (h, w)),
             A,
-            Bs.reshape(b, K_DIRECTIONS, n, h, w),
-            Cs.reshape(b, K_DIRECTIONS, n, h, w),
+            Bs.unflatten(3, (h, w)),
+            Cs.unflatten(3, (h, w)),
             self.Ds.float(),
             self.dt_projs_bias.float().reshape(-1),
             delta_softplus=True,
@@ -152,7 +174,8 @@ class SS2D(nn.Module):
         """x: (B, H, W, C) channels-last -> (B, H, W, C)."""
         xz = self.in_proj(x)
         x, z = xz.chunk(2, dim=-1)
-        conv = self.conv2d(x.permute(0, 3, 1, 2).contiguous())
+        layout = torch.channels_last if self.channels_last_scan else torch.contiguous_format
+        conv = self.conv2d(x.permute(0, 3, 1, 2).contiguous(memory_format=layout))
         lean = recomputing(self.recompute)
         with RecomputeSaved() if lean else contextlib.nullcontext() as rc:
             u = F.silu(conv)

@@ -70,8 +70,18 @@ class _Recipe:
 
 
 def _owns_storage(t: torch.Tensor) -> bool:
-    """True if ``t`` starts at its storage's first element and covers all of it (a fresh op output)."""
-    return t.storage_offset() == 0 and t.is_contiguous() and t.numel() * t.element_size() == t.untyped_storage().nbytes()
+    """True if ``t`` is dense, starts at its storage's first element and covers all of it (a fresh op
+    output, in any dimension order such as channels-last)."""
+    if t.storage_offset() != 0 or t.numel() * t.element_size() != t.untyped_storage().nbytes():
+        return False
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda p: p[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 _ACTIVE = threading.local()
@@ -113,9 +123,16 @@ class RecomputeSaved:
         """A function returning ``tensor``: its recipe if it has one (so a new recipe built on it does
         not keep it alive), else a closure over the tensor itself."""
         entry = self._lookup(tensor)
-        if entry is not None and entry[0] is tensor:
-            return entry[1]
-        return lambda: tensor
+        if entry is None:
+            return lambda: tensor
+        ref, recipe = entry
+        if ref is tensor:
+            return recipe
+        if tensor.dtype != ref.dtype:
+            return lambda: tensor
+        # a view of a registered tensor: rebuild the base, then take the same view of it
+        shape, stride, offset = tuple(tensor.shape), tensor.stride(), tensor.storage_offset()
+        return lambda: recipe().as_strided(shape, stride, offset)
 
     def _pack(self, t: torch.Tensor):
         entry = self._lookup(t) if t.device.type != "meta" else None
