@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Every GPU measurement docs/PERFORMANCE.md reports, in one run on one CUDA machine.
+#
+# Runs, in this order, writing each output to OUT/:
+#   1. the CUDA tests (tests/test_scan.py, test_scan_triton.py, test_recompute.py, test_cuda_graphs.py)
+#   2. scripts/bench_ss2d_gpu.py --sweep      (stage-1 fused scan: tiles, bandwidth, keep_states,
+#                                              segments sweep at batch 1 and 32, channels-last)
+#   3. benchmark --device cuda --batch 32 [--reference REF] --store_activations --cuda_graphs
+#      (ours vs the official VM-UNet: training/inference img/s, batch-1 latency, peak memory,
+#       with and without SS2D recomputation)
+#   4. the same with --channels_last_scan true
+# Each step's exit status is recorded in OUT/status.txt; a failing step does not stop the others.
+#
+# Usage: bash scripts/gpu_report.sh OUT [REF]
+#   OUT   folder for the logs and JSON results (created)
+#   REF   checkout of the official JCruan519/VM-UNet, timed beside ours (optional)
+# Environment:
+#   PYTHON=python3   interpreter with torch (CUDA), triton, monai and this package importable
+#   BACKENDS=triton,mamba_ssm   scan backends for the network benchmark (unavailable ones are skipped)
+set -uo pipefail
+
+OUT=${1:?usage: bash scripts/gpu_report.sh OUT [REF]}
+REF=${2:-}
+PYTHON=${PYTHON:-python3}
+BACKENDS=${BACKENDS:-triton,mamba_ssm}
+mkdir -p "$OUT"
+: > "$OUT/status.txt"
+
+"$PYTHON" - <<'EOF' || exit 1
+import sys
+try:
+    import torch
+except ImportError as exc:
+    sys.exit(f"error: {exc}; run with PYTHON pointing at an interpreter that has a CUDA build of torch")
+if not torch.cuda.is_available():
+    sys.exit(f"error: torch {torch.__version__} sees no CUDA device; this script measures a GPU")
+EOF
+
+step() {  # step NAME CMD...: run, log to OUT/NAME.log, record the exit status
+    local name=$1; shift
+    echo "== $name: $*"
+    local start=$SECONDS
+    "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "$name rc=$rc $((SECONDS - start))s" | tee -a "$OUT/status.txt"
+}
+
+REFARGS=()
+[ -n "$REF" ] && REFARGS=(--reference "$REF")
+
+step tests "$PYTHON" -m pytest -q -rs tests/test_scan.py tests/test_scan_triton.py tests/test_recompute.py \
+    tests/test_cuda_graphs.py
+step scan "$PYTHON" scripts/bench_ss2d_gpu.py --sweep --out "$OUT/scan.json"
+step network "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 32 --backends "$BACKENDS" \
+    "${REFARGS[@]}" --store_activations true --cuda_graphs true --out "$OUT/network.json"
+step network_channels_last "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 32 --backends "$BACKENDS" \
+    "${REFARGS[@]}" --channels_last_scan true --out "$OUT/network_channels_last.json"
+echo "results in $OUT (status.txt, *.log, *.json)"
