@@ -172,8 +172,11 @@ class SS2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) channels-last -> (B, H, W, C)."""
-        xz = self.in_proj(x)
-        x, z = xz.chunk(2, dim=-1)
+        # in_proj as two products into separate dense tensors: no strided halves of one (B, H, W, 2Di)
+        # output to copy later (a channels-last map feeds the convolution as it is, z the gate)
+        di, weight, bias = self.d_inner, self.in_proj.weight, self.in_proj.bias
+        z = F.linear(x, weight[di:], None if bias is None else bias[di:])
+        x = F.linear(x, weight[:di], None if bias is None else bias[:di])
         layout = torch.channels_last if self.channels_last_scan else torch.contiguous_format
         conv = self.conv2d(x.permute(0, 3, 1, 2).contiguous(memory_format=layout))
         lean = recomputing(self.recompute)
@@ -183,9 +186,8 @@ class SS2D(nn.Module):
                 rc.register(u, lambda: F.silu(conv))  # SiLU's backward keeps `conv` anyway
             y = self.scan(u, rc)
         if lean:
-            # keep y and a compact z (not all of in_proj's output); LayerNorm, gate and out_proj's
-            # input are rebuilt in the backward
-            out = checkpoint(self._norm_gate_out, y, z.contiguous(), use_reentrant=False, preserve_rng_state=False)
+            # keep y and z only; LayerNorm, gate and out_proj's input are rebuilt in the backward
+            out = checkpoint(self._norm_gate_out, y, z, use_reentrant=False, preserve_rng_state=False)
         else:
             out = self._norm_gate_out(y, z)
         return self.dropout(out)
