@@ -13,7 +13,8 @@ N = 16, i.e. the official (32, 768, 4096) scan. Everything is measured in this o
   its compiled kernel loads, on ``mamba_ssm``;
 * agreement of the fused result and gradients with the composed torch path in float32.
 
-Usage: ``python scripts/bench_ss2d_gpu.py [--batch 32] [--out results.json]``. Prints a table.
+Usage: ``python scripts/bench_ss2d_gpu.py [--batch 32] [--sweep] [--layout channels_last] [--out results.json]``.
+Prints a table.
 """
 
 from __future__ import annotations
@@ -35,10 +36,16 @@ def _args():
     p.add_argument("--sweep", action="store_true", help="time several tile configurations")
     p.add_argument("--out", default="", help="write all numbers to this JSON file")
     p.add_argument("--config-from", default="", help="use the best tiles recorded in this JSON file")
+    p.add_argument("--layout", default="row_major", choices=["row_major", "channels_last"],
+                   help="memory layout of every input map (channels_last: as SS2D.channels_last_scan feeds them)")
     return p.parse_args()
 
 
-def make_inputs(batch, di, size, n, dtype, requires_grad=False, seed=0):
+LAYOUT = {"name": "row_major"}  # set from --layout in main()
+
+
+def make_inputs(batch, di, size, n, dtype, requires_grad=False, seed=0, layout=None):
+    """Stage-1 inputs; channels-last layout: u (B, H, W, Di) and delta, B, C (B, H, W, 4, C) in memory."""
     g = torch.Generator(device="cuda").manual_seed(seed)
 
     def r(*shape, scale=1.0):
@@ -53,6 +60,10 @@ def make_inputs(batch, di, size, n, dtype, requires_grad=False, seed=0):
         D=torch.ones(4 * di, device="cuda"),
         delta_bias=torch.rand(4 * di, generator=g, device="cuda") * 0.1,
     )
+    if (layout or LAYOUT["name"]) == "channels_last":
+        x["u"] = x["u"].contiguous(memory_format=torch.channels_last)
+        for key in ("delta", "B", "C"):
+            x[key] = x[key].permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
     if requires_grad:
         for v in x.values():
             v.requires_grad_()
@@ -110,13 +121,15 @@ def rel(a, b):
 
 def main():
     a = _args()
+    LAYOUT["name"] = a.layout
     if not torch.cuda.is_available():
         sys.exit("bench_ss2d_gpu.py needs a CUDA device")
     from vmunet_monai.ops import dispatch
     from vmunet_monai.ops import triton_scan as ts
 
     dev = torch.cuda.get_device_name()
-    res = {"device": dev, "torch": torch.__version__, "shape": [a.batch, a.dim, a.size, a.size, a.state]}
+    res = {"device": dev, "torch": torch.__version__, "shape": [a.batch, a.dim, a.size, a.size, a.state],
+           "layout": a.layout}
     import triton
 
     res["triton"] = triton.__version__
@@ -241,14 +254,11 @@ def main():
     # the same scan on channels-last maps (SS2D.channels_last_scan): channel loads are contiguous
     for dtype in (torch.float32, torch.bfloat16):
         name = str(dtype).replace("torch.", "")
-        xc = make_inputs(a.batch, a.dim, a.size, a.state, dtype)
-        xc["u"] = xc["u"].contiguous(memory_format=torch.channels_last)
-        for key in ("delta", "B", "C"):  # direction-last, channels innermost
-            xc[key] = xc[key].permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+        xc = make_inputs(a.batch, a.dim, a.size, a.state, dtype, layout="channels_last")
         ms = bench(lambda: fused(xc))
         res[f"fused_fwd_channels_last_{name}"] = ms
         lines.append((f"triton fused fwd {name}, channels-last", ms,
-                      f"row-major {res[f'fused_fwd_{name}']['ms']:.3f} ms"))
+                      f"--layout {a.layout}: {res[f'fused_fwd_{name}']['ms']:.3f} ms"))
         del xc
 
     # memory held between forward and backward, and the cost of rebuilding the states instead

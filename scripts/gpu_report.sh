@@ -4,7 +4,8 @@
 # Runs, in this order, writing each output to OUT/:
 #   1. the CUDA tests (tests/test_scan.py, test_scan_triton.py, test_recompute.py, test_cuda_graphs.py)
 #   2. scripts/bench_ss2d_gpu.py --sweep      (stage-1 fused scan: tiles, bandwidth, keep_states,
-#                                              segments sweep at batch 1 and 32, channels-last)
+#                                              segments sweep at batch 1 and 32, channels-last),
+#      once on row-major and once on channels-last inputs (--layout channels_last)
 #   3. benchmark --device cuda --batch 32 [--reference REF] --store_activations --cuda_graphs
 #      (ours vs the official VM-UNet: training/inference img/s, batch-1 latency, peak memory,
 #       with and without SS2D recomputation)
@@ -51,6 +52,8 @@ REFARGS=()
 step tests "$PYTHON" -m pytest -q -rs tests/test_scan.py tests/test_scan_triton.py tests/test_recompute.py \
     tests/test_cuda_graphs.py
 step scan "$PYTHON" scripts/bench_ss2d_gpu.py --sweep --out "$OUT/scan.json"
+step scan_channels_last "$PYTHON" scripts/bench_ss2d_gpu.py --sweep --layout channels_last \
+    --out "$OUT/scan_channels_last.json"
 step network "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 32 --backends "$BACKENDS" \
     "${REFARGS[@]}" --store_activations true --cuda_graphs true --out "$OUT/network.json"
 step network_channels_last "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 32 --backends "$BACKENDS" \
