@@ -201,7 +201,7 @@ def test_triton_recompute_matches_store_all(one_thread, monkeypatch):
 def _cl_run(backend, channels_last, recompute, x0, dtype, monkeypatch):
     monkeypatch.setattr(SS2D, "channels_last_scan", channels_last)
     torch.manual_seed(0)
-    blk = VSSBlock(24, 0.0, 4, scan_backend=backend, recompute=recompute).to(device=x0.device, dtype=dtype)
+    blk = VSSBlock(x0.shape[-1], 0.0, 4, scan_backend=backend, recompute=recompute).to(device=x0.device, dtype=dtype)
     x = x0.to(dtype).clone().requires_grad_()
     y = blk(x)
     y.square().sum().backward()
@@ -239,7 +239,7 @@ def test_channels_last_scan_triton(monkeypatch, one_thread):
                             lambda dev, b=None: "triton" if b == "triton" else real_resolve(dev, b))
         monkeypatch.setattr(dispatch, "_module", lambda name: triton_scan if name == "triton" else real_module(name))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    x0 = torch.randn(1, 4, 6, 24, device=device)
+    x0 = torch.randn(1, 4, 6, 8, device=device)
     y0, dx0, g0 = _cl_run("triton", False, True, x0, torch.float32, monkeypatch)
     y1, dx1, g1 = _cl_run("triton", True, True, x0, torch.float32, monkeypatch)
     torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-6)
