@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from vmunet_monai import ops
+from vmunet_monai.ops.norm_gate import norm_gate
 from vmunet_monai.ops.recompute import RecomputeSaved, recomputing
 
 __all__ = ["SS2D"]
@@ -51,9 +52,12 @@ class SS2D(nn.Module):
             triton kernels' per-step loads of a block of channels are contiguous and the output
             LayerNorm reads the scan result without a transposing copy. Same results either way;
             the other backends copy to their own layout.
+        fused_norm_gate: compute the output LayerNorm and SiLU gate in one Triton kernel each way
+            where Triton runs (:func:`vmunet_monai.ops.norm_gate.norm_gate`; class default False).
     """
 
     channels_last_scan = False
+    fused_norm_gate = False
 
     def __init__(
         self,
@@ -168,7 +172,10 @@ class SS2D(nn.Module):
         )
 
     def _norm_gate_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(self.out_norm(y.permute(0, 2, 3, 1)) * F.silu(z))
+        norm = self.out_norm
+        gated = norm_gate(y.permute(0, 2, 3, 1), z, norm.weight, norm.bias, norm.eps,
+                          fused=None if self.fused_norm_gate else False)
+        return self.out_proj(gated)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) channels-last -> (B, H, W, C)."""
