@@ -164,22 +164,29 @@ def test_silu_recipe_uses_the_convolution_output(monkeypatch):
     assert rc_mod.RecomputeSaved.current() is None  # every context closed
 
 
-def test_triton_recompute_matches_store_all(one_thread, monkeypatch):
-    """The fused triton scan (interpreted on the CPU in CI) keeps only rebuilt views of u and delta."""
+@pytest.fixture
+def triton_device(monkeypatch):
+    """Device for the triton backend: CUDA, or the CPU with the interpreted kernels (dispatch is told
+    to send CPU tensors to them)."""
     pytest.importorskip("triton", reason="triton is not installed")
     import os
 
     from vmunet_monai.ops import dispatch, triton_scan
 
-    if not torch.cuda.is_available():
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("no CUDA device and TRITON_INTERPRET is not 1 (conftest sets it before triton loads)")
-        # let dispatch hand CPU tensors to the interpreted kernels
-        real_resolve, real_module = dispatch.resolve_backend, dispatch._module
-        monkeypatch.setattr(dispatch, "resolve_backend",
-                            lambda dev, b=None: "triton" if b == "triton" else real_resolve(dev, b))
-        monkeypatch.setattr(dispatch, "_module", lambda name: triton_scan if name == "triton" else real_module(name))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no CUDA device and TRITON_INTERPRET is not 1 (conftest sets it before triton loads)")
+    real_resolve, real_module = dispatch.resolve_backend, dispatch._module
+    monkeypatch.setattr(dispatch, "resolve_backend",
+                        lambda dev, b=None: "triton" if b == "triton" else real_resolve(dev, b))
+    monkeypatch.setattr(dispatch, "_module", lambda name: triton_scan if name == "triton" else real_module(name))
+    return "cpu"
+
+
+def test_triton_recompute_matches_store_all(one_thread, monkeypatch, triton_device):
+    """The fused triton scan (interpreted on the CPU in CI) keeps only rebuilt views of u and delta."""
+    device = triton_device
     log = _kept(monkeypatch)
     x0 = torch.randn(1, 4, 6, 8, device=device)
     runs = []
@@ -224,21 +231,9 @@ def test_channels_last_scan_matches_row_major(backend, monkeypatch, one_thread):
         assert any(kind == "_Lazy" and nbytes == delta_bytes for kind, _, nbytes in log)
 
 
-def test_channels_last_scan_triton(monkeypatch, one_thread):
+def test_channels_last_scan_triton(monkeypatch, one_thread, triton_device):
     """The triton kernels read the channels-last maps in place (interpreted on the CPU in CI)."""
-    pytest.importorskip("triton", reason="triton is not installed")
-    import os
-
-    from vmunet_monai.ops import dispatch, triton_scan
-
-    if not torch.cuda.is_available():
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("no CUDA device and TRITON_INTERPRET is not 1 (conftest sets it before triton loads)")
-        real_resolve, real_module = dispatch.resolve_backend, dispatch._module
-        monkeypatch.setattr(dispatch, "resolve_backend",
-                            lambda dev, b=None: "triton" if b == "triton" else real_resolve(dev, b))
-        monkeypatch.setattr(dispatch, "_module", lambda name: triton_scan if name == "triton" else real_module(name))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = triton_device
     x0 = torch.randn(1, 4, 6, 8, device=device)
     y0, dx0, g0 = _cl_run("triton", False, True, x0, torch.float32, monkeypatch)
     y1, dx1, g1 = _cl_run("triton", True, True, x0, torch.float32, monkeypatch)

@@ -130,16 +130,6 @@ def _step_position(t, L, H, W, REV: tl.constexpr, COL: tl.constexpr):
 
 
 @triton.jit
-def _step_loads(u_base, dl_base, B_base, C_base, dd, dm, n, nm, pos,
-                s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct):
-    u = tl.load(u_base + dd * s_ud + pos * s_ul, mask=dm, other=0.0).to(tl.float32)
-    x = tl.load(dl_base + dd * s_dd + pos * s_dl, mask=dm, other=0.0).to(tl.float32)
-    Bv = tl.load(B_base + n * s_Bn + pos * s_Bt, mask=nm, other=0.0).to(tl.float32)
-    Cv = tl.load(C_base + n * s_Cn + pos * s_Ct, mask=nm, other=0.0).to(tl.float32)
-    return u, x, Bv, Cv
-
-
-@triton.jit
 def _fwd_steps(
     u_base, dl_base, B_base, C_base, y_base, hs_base, last_base,
     d, dmask, A2, Dv, bias, L, H, W, nchunks,
@@ -148,44 +138,34 @@ def _fwd_steps(
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr,
 ):
-    """One step at a time; the state tile is (N, channels) so the sum over N stays inside a thread
-    when a thread owns a whole channel. The next step's inputs are loaded before this step computes."""
-    n = tl.arange(0, NP)[:, None]
-    nm = n < N
-    dd = d[None, :]
-    dm = dmask[None, :]
-    A2t = tl.trans(A2)
-    bias2 = bias[None, :]
-    Dv2 = Dv[None, :]
+    """One step at a time over the whole sequence; the state tile is (N, channels) so the sum over N
+    stays inside a thread when a thread owns a whole channel."""
     h = tl.zeros([NP, BD], dtype=tl.float32)
-    pos = _step_position(0, L, H, W, REV, COL)
-    u, x, Bv, Cv = _step_loads(u_base, dl_base, B_base, C_base, dd, dm, n, nm, pos,
-                               s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct)
-    for t in range(L):
-        if SAVE_STATES:
-            if t % T == 0:
-                tl.store(hs_base + dd * (nchunks * N) + (t // T) * N + n, h, mask=dm & nm)
-        nxt = _step_position(tl.minimum(t + 1, L - 1), L, H, W, REV, COL)
-        u1, x1, B1, C1 = _step_loads(u_base, dl_base, B_base, C_base, dd, dm, n, nm, nxt,
-                                     s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct)
-        xb = x + bias2
-        if SOFTPLUS:
-            dt = _softplus(xb)
-        else:
-            dt = xb
-        h = tl.exp2(dt * A2t) * h + (dt * u) * Bv
-        y = tl.sum(h * Cv, axis=0, keep_dims=True)
-        if HAS_D:
-            y += Dv2 * u
-        if ATOMIC:
-            tl.atomic_add(y_base + dd * s_yd + pos * s_yl, y, mask=dm, sem="relaxed")
-        else:
-            tl.store(y_base + dd * s_yd + pos * s_yl, y, mask=dm)
-        pos = nxt
-        u, x, Bv, Cv = u1, x1, B1, C1
+    h, _ = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, d, dmask, tl.trans(A2),
+                          Dv[None, :], bias[None, :], h, 0, L, L, H, W, nchunks,
+                          s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, N, NP, T, REV, COL,
+                          HAS_D, SOFTPLUS, ATOMIC, True, SAVE_STATES)
     if SAVE_LAST:
-        tl.store(last_base + dd * N + n, h, mask=dm & nm)
+        n = tl.arange(0, NP)[:, None]
+        tl.store(last_base + d[None, :] * N + n, h, mask=dmask[None, :] & (n < N))
 
+
+@triton.jit
+def _channel_params(A_ptr, D_ptr, bias_ptr, row, dmask, N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr,
+                    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """A * log2(e) as (BD, NP), and D and delta_bias (BD,) of the channels ``row`` (zeros if absent)."""
+    n = tl.arange(0, NP)
+    A2 = tl.load(A_ptr + row[:, None] * N + n[None, :], mask=dmask[:, None] & (n[None, :] < N), other=0.0)
+    A2 = A2.to(tl.float32) * LOG2E
+    if HAS_D:
+        Dv = tl.load(D_ptr + row, mask=dmask, other=0.0).to(tl.float32)
+    else:
+        Dv = tl.zeros([BD], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + row, mask=dmask, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BD], dtype=tl.float32)
+    return A2, Dv, bias
 
 
 @triton.jit
@@ -208,17 +188,7 @@ def scan_fwd_kernel(
     d = pid_d * BD + tl.arange(0, BD)
     dmask = d < Dk
     row = k * Dk + d  # this channel's row of A, D and delta_bias
-    n = tl.arange(0, NP)
-    A2 = tl.load(A_ptr + row[:, None] * N + n[None, :], mask=dmask[:, None] & (n[None, :] < N), other=0.0)
-    A2 = A2.to(tl.float32) * LOG2E
-    if HAS_D:
-        Dv = tl.load(D_ptr + row, mask=dmask, other=0.0).to(tl.float32)
-    else:
-        Dv = tl.zeros([BD], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + row, mask=dmask, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BD], dtype=tl.float32)
+    A2, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, row, dmask, N, NP, BD, HAS_D, HAS_BIAS)
     u_base = u_ptr + b * s_ub + k * s_uk
     dl_base = dl_ptr + b * s_db + k * s_dk
     B_base = B_ptr + b * s_Bb + k * s_Bk
@@ -354,17 +324,7 @@ def scan_bwd_kernel(
     d = pid_d * BD + tl.arange(0, BD)
     dmask = d < Dk
     row = k * Dk + d
-    n = tl.arange(0, NP)
-    A2 = tl.load(A_ptr + row[:, None] * N + n[None, :], mask=dmask[:, None] & (n[None, :] < N), other=0.0)
-    A2 = A2.to(tl.float32) * LOG2E
-    if HAS_D:
-        Dv = tl.load(D_ptr + row, mask=dmask, other=0.0).to(tl.float32)
-    else:
-        Dv = tl.zeros([BD], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + row, mask=dmask, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BD], dtype=tl.float32)
+    A2, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, row, dmask, N, NP, BD, HAS_D, HAS_BIAS)
     u_base = u_ptr + b * s_ub + k * s_uk
     dl_base = dl_ptr + b * s_db + k * s_dk
     B_base = B_ptr + b * s_Bb + k * s_Bk
@@ -379,6 +339,20 @@ def scan_bwd_kernel(
              dA_ptr + row * N, dD_ptr + row, dbias_ptr + row, d, dmask, A2, Dv, bias, L, H, W, nchunks,
              s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, s_dud, s_dul, s_dBn, s_dCn,
              N, NP, BD, T, REV, COL, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC)
+
+
+@triton.jit
+def _step_inputs(u_base, dl_base, B_base, C_base, dd, dm, n, nm, pos,
+                 s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, NP: tl.constexpr, WITH_C: tl.constexpr):
+    """u, delta (1, channels), B and (if WITH_C, else zeros) C (N, 1) at map position ``pos``, in float32."""
+    u = tl.load(u_base + dd * s_ud + pos * s_ul, mask=dm, other=0.0).to(tl.float32)
+    x = tl.load(dl_base + dd * s_dd + pos * s_dl, mask=dm, other=0.0).to(tl.float32)
+    Bv = tl.load(B_base + n * s_Bn + pos * s_Bt, mask=nm, other=0.0).to(tl.float32)
+    if WITH_C:
+        Cv = tl.load(C_base + n * s_Cn + pos * s_Ct, mask=nm, other=0.0).to(tl.float32)
+    else:
+        Cv = tl.zeros([NP, 1], dtype=tl.float32)
+    return u, x, Bv, Cv
 
 
 @triton.jit
@@ -398,26 +372,16 @@ def _segment_steps(
     dm = dmask[None, :]
     sdt = tl.zeros_like(Dv2)
     pos = _step_position(t0, L, H, W, REV, COL)
-    u = tl.load(u_base + dd * s_ud + pos * s_ul, mask=dm, other=0.0).to(tl.float32)
-    x = tl.load(dl_base + dd * s_dd + pos * s_dl, mask=dm, other=0.0).to(tl.float32)
-    Bv = tl.load(B_base + n * s_Bn + pos * s_Bt, mask=nm, other=0.0).to(tl.float32)
-    if OUTPUT:
-        Cv = tl.load(C_base + n * s_Cn + pos * s_Ct, mask=nm, other=0.0).to(tl.float32)
-    else:
-        Cv = tl.zeros([NP, 1], dtype=tl.float32)
+    u, x, Bv, Cv = _step_inputs(u_base, dl_base, B_base, C_base, dd, dm, n, nm, pos,
+                                s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, NP, OUTPUT)
     for t in range(t0, t1):
         if SAVE_STATES:
             if t % T == 0:
                 tl.store(hs_base + dd * (nchunks * N) + (t // T) * N + n, h, mask=dm & nm)
         # the next step's inputs are loaded before this step computes
         nxt = _step_position(tl.minimum(t + 1, L - 1), L, H, W, REV, COL)
-        u1 = tl.load(u_base + dd * s_ud + nxt * s_ul, mask=dm, other=0.0).to(tl.float32)
-        x1 = tl.load(dl_base + dd * s_dd + nxt * s_dl, mask=dm, other=0.0).to(tl.float32)
-        B1 = tl.load(B_base + n * s_Bn + nxt * s_Bt, mask=nm, other=0.0).to(tl.float32)
-        if OUTPUT:
-            C1 = tl.load(C_base + n * s_Cn + nxt * s_Ct, mask=nm, other=0.0).to(tl.float32)
-        else:
-            C1 = Cv
+        u1, x1, B1, C1 = _step_inputs(u_base, dl_base, B_base, C_base, dd, dm, n, nm, nxt,
+                                      s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, NP, OUTPUT)
         xb = x + bias2
         if SOFTPLUS:
             dt = _softplus(xb)
@@ -466,17 +430,8 @@ def scan_fwd_split_kernel(
     d = pid_d * BD + tl.arange(0, BD)
     dmask = d < Dk
     row = k * Dk + d
-    n1 = tl.arange(0, NP)
-    A2 = tl.load(A_ptr + row[:, None] * N + n1[None, :], mask=dmask[:, None] & (n1[None, :] < N), other=0.0)
-    A2t = tl.trans(A2.to(tl.float32) * LOG2E)
-    if HAS_D:
-        Dv = tl.load(D_ptr + row, mask=dmask, other=0.0).to(tl.float32)
-    else:
-        Dv = tl.zeros([BD], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + row, mask=dmask, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BD], dtype=tl.float32)
+    A2, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, row, dmask, N, NP, BD, HAS_D, HAS_BIAS)
+    A2t = tl.trans(A2)
     u_base = u_ptr + b * s_ub + k * s_uk
     dl_base = dl_ptr + b * s_db + k * s_dk
     B_base = B_ptr + b * s_Bb + k * s_Bk
