@@ -6,8 +6,8 @@ N = 16, i.e. the official (32, 768, 4096) scan. Everything is measured in this o
 * the card's copy bandwidth (``clone`` of a 2 GiB tensor, bytes read + written / time);
 * the triton backend's fused forward, for a few tile configurations, and forward + backward, with
   the chunk states kept for the backward and rebuilt in it (``KernelConfig.keep_states``), and the
-  two-pass segmented forward (``KernelConfig.segments``) at batch 1 and at the full batch, and
-  the forward on channels-last maps;
+  two-pass segmented forward (``KernelConfig.segments``) at batch 1 and at the full batch, the
+  forward on channels-last maps, and the step sizes as rank-6 factors projected inside the kernels;
 * bandwidth achieved = bytes that must move (read u, delta, B, C once, write y once) / time;
 * the composed path (cross_scan copies + generic scan + merge) on the ``torch`` backend and, when
   its compiled kernel loads, on ``mamba_ssm``;
@@ -260,6 +260,31 @@ def main():
         lines.append((f"triton fused fwd {name}, channels-last", ms,
                       f"--layout {a.layout}: {res[f'fused_fwd_{name}']['ms']:.3f} ms"))
         del xc
+
+    # step sizes as rank-6 factors projected inside the kernels (SS2D.fused_dt_proj), against the
+    # full-rank path including the projection it needs (a matmul before, its gradients after)
+    rank = 6
+    xl = make_inputs(a.batch, a.dim, a.size, a.state, torch.float32, requires_grad=True)
+    fac = (torch.randn(a.batch, 4, rank, a.size, a.size, device="cuda") * 0.3).requires_grad_()
+    wdt = (torch.randn(4, a.dim, rank, device="cuda") * 0.3).requires_grad_()
+    gy = torch.randn(a.batch, a.dim, a.size, a.size, device="cuda")
+
+    def lowrank():
+        return ts.cross_selective_scan(xl["u"], fac, xl["A"], xl["B"], xl["C"], xl["D"], xl["delta_bias"], True,
+                                       dt_weight=wdt)
+
+    def fullrank():
+        delta = torch.matmul(wdt, fac.flatten(3)).unflatten(3, (a.size, a.size))
+        return ts.cross_selective_scan(xl["u"], delta, xl["A"], xl["B"], xl["C"], xl["D"], xl["delta_bias"], True)
+
+    for label, fn in (("low-rank delta", lowrank), ("full-rank delta + projection", fullrank)):
+        with torch.no_grad():
+            ms = bench(fn)
+        ms_fb = bench(lambda: torch.autograd.grad((fn() * gy).sum(), [xl["u"], fac, wdt]), warmup=5, rep=30)
+        res[f"fused_{label.split()[0]}_fwd_ms"], res[f"fused_{label.split()[0]}_fwd_bwd_ms"] = ms, ms_fb
+        lines.append((f"triton fwd float32, {label}", ms, f"fwd+bwd {ms_fb:.3f} ms"))
+    del xl, fac, wdt
+    torch.cuda.empty_cache()
 
     # memory held between forward and backward, and the cost of rebuilding the states instead
     for keep in (True, False):

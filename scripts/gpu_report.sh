@@ -9,7 +9,8 @@
 #   3. benchmark --device cuda --batch 32 [--reference REF] --store_activations --cuda_graphs
 #      (ours vs the official VM-UNet: training/inference img/s, batch-1 latency, peak memory,
 #       with and without SS2D recomputation)
-#   4. the same with --channels_last_scan true --fused_norm_gate true (the options still off by default)
+#   4. the same with --channels_last_scan true --fused_norm_gate true --fused_dt_proj true (the options
+#      still off by default)
 # Each step's exit status is recorded in OUT/status.txt; a failing step does not stop the others.
 #
 # Usage: bash scripts/gpu_report.sh OUT [REF]
@@ -57,5 +58,6 @@ step scan_channels_last "$PYTHON" scripts/bench_ss2d_gpu.py --sweep --layout cha
 step network "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 32 --backends "$BACKENDS" \
     "${REFARGS[@]}" --store_activations true --cuda_graphs true --out "$OUT/network.json"
 step network_options "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 32 --backends "$BACKENDS" \
-    "${REFARGS[@]}" --channels_last_scan true --fused_norm_gate true --out "$OUT/network_options.json"
+    "${REFARGS[@]}" --channels_last_scan true --fused_norm_gate true --fused_dt_proj true \
+    --out "$OUT/network_options.json"
 echo "results in $OUT (status.txt, *.log, *.json)"

@@ -241,3 +241,23 @@ def test_channels_last_scan_triton(monkeypatch, one_thread, triton_device):
     torch.testing.assert_close(dx1, dx0, rtol=1e-5, atol=1e-6)
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_dt_proj_triton(monkeypatch, one_thread, triton_device):
+    """SS2D.fused_dt_proj: the triton kernels project the step-size factors themselves; results and
+    gradients match the path that forms the full-rank step sizes first, and nothing of their size is
+    kept for the backward."""
+    log = _kept(monkeypatch)
+    x0 = torch.randn(1, 4, 6, 8, device=triton_device)
+    runs = []
+    for fused in (False, True):
+        monkeypatch.setattr(SS2D, "fused_dt_proj", fused)
+        log.clear()
+        runs.append(_cl_run("triton", False, True, x0, torch.float32, monkeypatch) + (list(log),))
+    (y0, dx0, g0, _), (y1, dx1, g1, kept) = runs
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dx1, dx0, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    delta_bytes = 4 * 16 * 24 * 4  # (1, 4, Di=16, 24 pixels) float32
+    assert not any(nbytes == delta_bytes for _, _, nbytes in kept)  # neither kept nor even registered

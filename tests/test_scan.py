@@ -214,3 +214,27 @@ def test_cuda_backend_matches_reference(backend, bc, last_state):
         y, h = selective_scan(**gpu_in, delta_softplus=True, return_last_state=True, backend=backend)
         with pytest.raises(RuntimeError, match="without a gradient"):
             h.sum().backward()
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "cpu"])
+def test_cross_scan_low_rank_delta_matches_full_rank(backend):
+    """dt_weight= gives the scan the step sizes as factors; backends without a low-rank kernel
+    project them first, with the same result and gradients as passing the full-rank tensor."""
+    from vmunet_monai.ops import cross_selective_scan
+
+    g = torch.Generator().manual_seed(4)
+    b, di, h, w, n, rank = 1, 6, 4, 5, 3, 2
+    u = torch.randn(b, di, h, w, generator=g, dtype=torch.float64)
+    factors = torch.randn(b, 4, rank, h, w, generator=g, dtype=torch.float64)
+    weight = torch.randn(4, di, rank, generator=g, dtype=torch.float64, requires_grad=True)
+    A = -torch.rand(4 * di, n, generator=g, dtype=torch.float64) - 0.1
+    B = torch.randn(b, 4, n, h, w, generator=g, dtype=torch.float64)
+    C = torch.randn(b, 4, n, h, w, generator=g, dtype=torch.float64)
+    y1 = cross_selective_scan(u, factors, A, B, C, dt_weight=weight, backend=backend)
+    g1 = torch.autograd.grad(y1.sum(), weight)[0]
+    y2 = cross_selective_scan(u, torch.einsum("kdr,bkrhw->bkdhw", weight, factors), A, B, C, backend=backend)
+    g2 = torch.autograd.grad(y2.sum(), weight)[0]
+    torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="dt_weight must be"):
+        cross_selective_scan(u, factors, A, B, C, dt_weight=weight[:, :3], backend=backend)

@@ -130,6 +130,49 @@ def test_cross_scan_channels_last_inputs_interpreted(interpreted, segments):
         assert rel_err(g[k], g_ref[k]) <= 1e-4, k
 
 
+@pytest.mark.parametrize("config,channels_last", [
+    (dict(block_d=4, chunk=16), False),
+    (dict(block_d=4, chunk=16, segments=2), False),
+    (dict(block_d=4, chunk=16, keep_states=False), True),
+    (dict(block_d=4, chunk=16, stepwise=False), False),  # chunked forward: full rank formed first
+])
+def test_cross_scan_low_rank_delta_interpreted(interpreted, config, channels_last):
+    """delta given as rank-R factors and the dt projection: same result and gradients (also of the
+    factors and the projection) as the composed reference on the full-rank step sizes."""
+    interpreted.kernel_config(triton_scan.KernelConfig(**config))
+    b, di, h, w, n, rank = 2, 8, 5, 7, 4, 3
+    x = cross_inputs(b, di, h, w, n)
+    g = torch.Generator().manual_seed(11)
+    factors = torch.randn(b, 4, rank, h, w, generator=g, dtype=torch.float64) * 0.5
+    weight = torch.randn(4, di, rank, generator=g, dtype=torch.float64) * 0.5
+    names = ["u", "A", "B", "C", "D", "delta_bias"]
+    gy = torch.randn(b, di, h, w, generator=g, dtype=torch.float64)
+
+    def run(dtype, fused_call):
+        v = leaf({k: x[k] for k in names}, dtype)
+        f, wt = leaf({"f": factors, "w": weight}, dtype).values()
+        if channels_last and dtype == torch.float32:
+            v["u"] = v["u"].detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+            f = f.detach().permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2).requires_grad_()
+        if fused_call:
+            y = triton_scan.cross_selective_scan(v["u"], f, v["A"], v["B"], v["C"], v["D"], v["delta_bias"], True,
+                                                 dt_weight=wt)
+        else:
+            y = composed_reference(dict(v, delta=torch.einsum("kdr,bkrhw->bkdhw", wt, f)))
+        grads = torch.autograd.grad((y * gy.to(y.dtype)).sum(), [v[k] for k in names] + [f, wt])
+        return y, grads
+
+    y_ref, g_ref = run(torch.float64, False)
+    y, grads = run(torch.float32, True)
+    assert rel_err(y, y_ref) <= 1e-4
+    for label, a, ref in zip(names + ["factors", "dt_weight"], grads, g_ref):
+        assert a.shape == ref.shape, label
+        assert rel_err(a, ref) <= 1e-4, label
+    with pytest.raises(ValueError, match="dt_weight must be"):
+        triton_scan.cross_selective_scan(x["u"].float(), factors.float(), x["A"], x["B"].float(), x["C"].float(),
+                                         dt_weight=weight[:2].float())
+
+
 def test_cross_scan_bf16_inputs_interpreted(interpreted):
     interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16))
     x = cross_inputs(2, 8, 5, 7, 4, dtype=torch.bfloat16)
@@ -246,6 +289,29 @@ def _stage1_check(dtype, dispatch):
     assert rel_err(y, y_ref) <= 1e-4
     for k in g_ref:
         assert rel_err(g[k], g_ref[k]) <= (1e-4 if dtype == torch.float32 else 1e-2), k
+
+
+@needs_cuda
+def test_cross_scan_gpu_low_rank_delta():
+    """The low-rank step sizes (dt_weight=) at VM-UNet's stage-1 shape against the full-rank fused path."""
+    x = cross_inputs(2, 192, 64, 64, 16, dtype=torch.float32, device="cuda", seed=5)
+    g = torch.Generator(device="cuda").manual_seed(6)
+    factors = torch.randn(2, 4, 6, 64, 64, generator=g, device="cuda") * 0.3
+    weight = torch.randn(4, 192, 6, generator=g, device="cuda") * 0.3
+    names = ["u", "A", "B", "C", "D", "delta_bias"]
+    v = leaf({k: x[k].float() for k in names})
+    f, w = leaf({"f": factors, "w": weight}).values()
+    y = triton_scan.cross_selective_scan(v["u"], f, v["A"], v["B"], v["C"], v["D"], v["delta_bias"], True,
+                                         dt_weight=w)
+    grads = torch.autograd.grad(y.square().sum(), [v[k] for k in names] + [f, w])
+    v2 = leaf({k: x[k].float() for k in names})
+    f2, w2 = leaf({"f": factors, "w": weight}).values()
+    y2 = triton_scan.cross_selective_scan(v2["u"], torch.einsum("kdr,bkrhw->bkdhw", w2, f2), v2["A"], v2["B"],
+                                          v2["C"], v2["D"], v2["delta_bias"], True)
+    grads2 = torch.autograd.grad(y2.square().sum(), [v2[k] for k in names] + [f2, w2])
+    assert rel_err(y, y2) <= 1e-5
+    for label, a, b in zip(names + ["factors", "dt_weight"], grads, grads2):
+        assert rel_err(a, b) <= 1e-4, label
 
 
 def test_last_state_has_no_gradient_path_interpreted(interpreted, monkeypatch):

@@ -132,12 +132,13 @@ def time_forward_graphed(model, x, repeats, device, autocast_dtype=None):
 
 def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5, backends="auto", reference=None,
                   scan_only=False, out=None, cuda_graphs=False, store_activations=False, channels_last_scan=False,
-                  fused_norm_gate=False):
+                  fused_norm_gate=False, fused_dt_proj=False):
     """Run the benchmark and print a table; see ``python -m vmunet_monai benchmark --help``."""
     from vmunet_monai.layers import SS2D
 
     SS2D.channels_last_scan = bool(channels_last_scan)
     SS2D.fused_norm_gate = bool(fused_norm_gate)
+    SS2D.fused_dt_proj = bool(fused_dt_proj)
     from vmunet_monai.ops import backend_status, resolve_backend
 
     device = str(device)

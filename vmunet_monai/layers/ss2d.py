@@ -54,10 +54,15 @@ class SS2D(nn.Module):
             the other backends copy to their own layout.
         fused_norm_gate: compute the output LayerNorm and SiLU gate in one Triton kernel each way
             where Triton runs (:func:`vmunet_monai.ops.norm_gate.norm_gate`; class default False).
+        fused_dt_proj: hand the scan the step sizes' rank-R factors and the dt projection (class
+            default False). The triton kernels then form each step size in float32 as they scan, so
+            the (B, 4, Di, H, W) step-size tensor, the largest input of the scan, is never written,
+            read or kept; other backends project first, as without it.
     """
 
     channels_last_scan = False
     fused_norm_gate = False
+    fused_dt_proj = False
 
     def __init__(
         self,
@@ -123,52 +128,32 @@ class SS2D(nn.Module):
         self.A_logs.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(K_DIRECTIONS * di, 1))
         self.Ds.fill_(1.0)
 
-    def scan(self, x: torch.Tensor, rc: RecomputeSaved | None = None) -> torch.Tensor:
+    def scan(self, x: torch.Tensor) -> torch.Tensor:
         """(B, Di, H, W) after the conv -> merged scan output (B, Di, H, W), float32.
 
         A channels-last ``x`` is projected and scanned in that layout (the result is channels-last
-        too); otherwise row-major. With ``rc`` (a :class:`RecomputeSaved` context), the full-rank
-        step sizes are registered to be rebuilt from their rank-R factors in the backward."""
+        too); otherwise row-major. The full-rank step sizes are rebuilt in the backward, not kept,
+        under recomputation; with ``fused_dt_proj`` the scan gets their rank-R factors and the dt
+        projection instead (the triton kernels project as they scan)."""
         b, di, h, w = x.shape
         n, r, K, L = self.d_state, self.dt_rank, K_DIRECTIONS, h * w
         w_x = self.x_proj_weight.to(x.dtype).reshape(K * (r + 2 * n), di)
-        w_dt = self.dt_projs_weight
         if x.stride(1) == 1 and not x.is_contiguous():  # channels-last map: (B, L, Di) rows
             x_dbl = F.linear(x.permute(0, 2, 3, 1).reshape(b, L, di), w_x).view(b, L, K, r + 2 * n)
-            dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=3)
-
-            def full_rank():  # (K, b, L, Di): per direction, channels innermost
-                return torch.matmul(dts.permute(2, 0, 1, 3), w_dt.to(dts.dtype).transpose(1, 2).unsqueeze(1))
-
-            delta_k = full_rank()
-            if rc is not None:
-                rc.register(delta_k, full_rank)
-            delta = delta_k.permute(1, 0, 3, 2)  # (b, K, Di, L) view
-            Bs, Cs = Bs.permute(0, 2, 3, 1), Cs.permute(0, 2, 3, 1)  # (b, K, N, L) views
+            x_dbl = x_dbl.permute(0, 2, 3, 1)  # (b, K, R + 2N, L) view, channels innermost in memory
         else:
-            flat = x.reshape(b, di, L)
-            # bmm on the expanded weight keeps `flat` itself for the backward (einsum/matmul would
-            # save a transposed copy)
-            x_dbl = torch.bmm(w_x.expand(b, -1, -1), flat).view(b, K, r + 2 * n, L)
-            dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
-
-            def full_rank():
-                return torch.matmul(w_dt.to(dts.dtype), dts)  # (b, K, Di, L)
-
-            delta = full_rank()
-            if rc is not None:
-                rc.register(delta, full_rank)
-        A = -torch.exp(self.A_logs.float())
+            # bmm on the expanded weight keeps x itself for the backward (einsum/matmul would save a
+            # transposed copy)
+            x_dbl = torch.bmm(w_x.expand(b, -1, -1), x.reshape(b, di, L)).view(b, K, r + 2 * n, L)
+        dts, Bs, Cs = (t.unflatten(3, (h, w)) for t in torch.split(x_dbl, [r, n, n], dim=2))
+        if self.fused_dt_proj:  # the factors and the projection go to the scan
+            delta, dt_weight = dts, self.dt_projs_weight
+        else:
+            delta, dt_weight = ops.full_rank_delta(dts, self.dt_projs_weight), None
         return ops.cross_selective_scan(
-            x,
-            delta.unflatten(3, (h, w)),
-            A,
-            Bs.unflatten(3, (h, w)),
-            Cs.unflatten(3, (h, w)),
-            self.Ds.float(),
-            self.dt_projs_bias.float().reshape(-1),
-            delta_softplus=True,
-            backend=self.scan_backend,
+            x, delta, -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds.float(),
+            self.dt_projs_bias.float().reshape(-1), delta_softplus=True, backend=self.scan_backend,
+            dt_weight=dt_weight,
         )
 
     def _norm_gate_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -191,7 +176,7 @@ class SS2D(nn.Module):
             u = F.silu(conv)
             if rc is not None:
                 rc.register(u, lambda: F.silu(conv))  # SiLU's backward keeps `conv` anyway
-            y = self.scan(u, rc)
+            y = self.scan(u)
         if lean:
             # keep y and z only; LayerNorm, gate and out_proj's input are rebuilt in the backward
             out = checkpoint(self._norm_gate_out, y, z, use_reentrant=False, preserve_rng_state=False)

@@ -21,6 +21,7 @@ from vmunet_monai.ops.dispatch import (
     BackendStatus,
     backend_status,
     cross_selective_scan,
+    full_rank_delta,
     resolve_backend,
     selective_scan,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "cross_merge",
     "cross_scan",
     "cross_selective_scan",
+    "full_rank_delta",
     "resolve_backend",
     "selective_scan",
     "selective_scan_reference",

@@ -12,7 +12,8 @@ import torch
 from vmunet_monai.ops.cross_scan import cross_merge, cross_scan, to_scan_order
 from vmunet_monai.ops.recompute import RecomputeSaved, exporting as _exporting
 
-__all__ = ["BACKENDS", "BackendStatus", "backend_status", "resolve_backend", "selective_scan", "cross_selective_scan"]
+__all__ = ["BACKENDS", "BackendStatus", "backend_status", "resolve_backend", "selective_scan", "cross_selective_scan",
+           "full_rank_delta"]
 
 ENV_VAR = "VMUNET_SCAN_BACKEND"
 
@@ -215,17 +216,37 @@ def cross_selective_scan_composed(u, delta, A, B, C, D=None, delta_bias=None, de
     return cross_merge(ys.reshape(b, 4, di, length), h, w).reshape(b, di, h, w)
 
 
-def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *, backend=None):
+def full_rank_delta(factors, dt_weight):
+    """(batch, 4, R, H, W) step-size factors and a (4, Di, R) projection -> (batch, 4, Di, H, W) step sizes.
+
+    Inside a :class:`RecomputeSaved` context the result is registered to be rebuilt, not kept, when
+    a backward needs it."""
+    def project():
+        return torch.matmul(dt_weight.to(factors.dtype), factors.flatten(3))
+
+    full = project()
+    rc = RecomputeSaved.current()
+    if rc is not None:
+        rc.register(full, project)
+    return full.unflatten(3, tuple(factors.shape[3:]))
+
+
+def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *, backend=None,
+                         dt_weight=None):
     """SS2D's scan: the four directions of a feature map, scanned and merged back.
 
     Args:
         u: (batch, Di, H, W) feature map.
-        delta: (batch, 4, Di, H, W) step sizes of each direction, laid out on the map (row-major).
+        delta: (batch, 4, Di, H, W) step sizes of each direction, laid out on the map (row-major); with
+            ``dt_weight``, their (batch, 4, R, H, W) rank-R factors instead.
         A: (4*Di, N); direction k owns rows k*Di .. (k+1)*Di-1.
         B, C: (batch, 4, N, H, W), one per direction, laid out on the map.
         D, delta_bias: optional (4*Di,).
         delta_softplus: apply softplus to ``delta + delta_bias`` (SS2D does).
         backend: as for :func:`selective_scan`.
+        dt_weight: optional (4, Di, R) projection of the factors to the step sizes (SS2D's dt_projs):
+            the triton kernels apply it as they scan, so the full-rank step sizes never exist; other
+            backends get them from :func:`full_rank_delta`.
 
     Returns:
         (batch, Di, H, W): the sum over the four directions of the scan output put back on the map,
@@ -235,7 +256,10 @@ def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
         raise ValueError(f"u must be (batch, Di, H, W), got shape {tuple(u.shape)}")
     b, di, h, w = u.shape
     n_state = A.shape[1]
-    expect = {"delta": (b, 4, di, h, w), "B": (b, 4, n_state, h, w), "C": (b, 4, n_state, h, w)}
+    if dt_weight is not None and (dt_weight.dim() != 3 or tuple(dt_weight.shape[:2]) != (4, di)):
+        raise ValueError(f"dt_weight must be (4, {di}, R), got {tuple(dt_weight.shape)}")
+    rows = di if dt_weight is None else dt_weight.shape[2]
+    expect = {"delta": (b, 4, rows, h, w), "B": (b, 4, n_state, h, w), "C": (b, 4, n_state, h, w)}
     for label, t in (("delta", delta), ("B", B), ("C", C)):
         if tuple(t.shape) != expect[label]:
             raise ValueError(f"{label} must be {expect[label]}, got {tuple(t.shape)}")
@@ -244,6 +268,10 @@ def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
     name = resolve_backend(u.device, backend)
     module = _module(name)
     fused = getattr(module, "cross_selective_scan", None)
+    if dt_weight is not None:
+        if fused is not None and getattr(module, "LOWRANK_DELTA", False):
+            return fused(u, delta, A, B, C, D, delta_bias, delta_softplus, dt_weight=dt_weight)
+        delta = full_rank_delta(delta, dt_weight)
     if fused is not None:
         return fused(u, delta, A, B, C, D, delta_bias, delta_softplus)
     if u.dtype in (torch.float16, torch.bfloat16):

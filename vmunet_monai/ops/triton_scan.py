@@ -164,33 +164,36 @@ def _launches(geo):
     return [(0, geo.K, False, False)]
 
 
-def _run_forward(u, delta, A, Bv, Cv, D, bias, geo, softplus, cfg, T, nchunks, save_states, return_last):
-    """Launch the forward kernels; returns (y, chunk states or a dummy, last state or a dummy)."""
+def _run_forward(u, delta, A, Bv, Cv, D, bias, w, geo, softplus, cfg, T, nchunks, save_states, return_last):
+    """Launch the forward kernels; returns (y, chunk states or a dummy, last state or a dummy).
+    With ``w`` (K * Dk, R), ``delta`` holds the R step-size factors of each group (low rank)."""
     y = torch.zeros_like(u, dtype=torch.float32) if geo.cross else \
         torch.empty((geo.batch, geo.K * geo.Dk, geo.L), device=u.device, dtype=torch.float32)
     hs = torch.empty((geo.batch, geo.K, geo.Dk, nchunks, geo.N) if save_states else (1,), device=u.device,
                      dtype=torch.float32)
     last = torch.empty((geo.batch, geo.K * geo.Dk, geo.N) if return_last else (1,), device=u.device,
                        dtype=torch.float32)
-    args = (u, delta, A, Bv, Cv, D if D is not None else A, bias if bias is not None else A, y, hs, last)
+    args = (u, delta, A, Bv, Cv, D if D is not None else A, bias if bias is not None else A, y, hs, last,
+            w if w is not None else A)
     strides = (*_strides4(geo, u, True), *_strides4(geo, delta, False), *_strides_bkn_t(Bv), *_strides_bkn_t(Cv),
                *_strides4(geo, y, True))
+    rank = w.shape[1] if w is not None else 1
     flags = dict(N=geo.N, NP=_next_pow2(geo.N), BD=cfg.block_d, T=T, HAS_D=D is not None, HAS_BIAS=bias is not None,
                  SOFTPLUS=bool(softplus), ATOMIC=geo.cross, SAVE_STATES=save_states, SAVE_LAST=bool(return_last),
-                 num_warps=cfg.num_warps)
+                 RP=_next_pow2(rank), LOWRANK=w is not None, num_warps=cfg.num_warps)
     seg_len = triton_cdiv(triton_cdiv(geo.L, cfg.segments), T) * T  # whole chunks per segment
     nseg = triton_cdiv(geo.L, seg_len)
     if nseg > 1 and cfg.stepwise:
-        _run_forward_split(args, strides, flags, geo, nchunks, nseg, seg_len)
+        _run_forward_split(args, strides, flags, geo, nchunks, nseg, seg_len, rank)
         return y, hs, last
     for k_base, groups, rev, col in _launches(geo):
         grid = (triton_cdiv(geo.Dk, cfg.block_d), groups, geo.batch)
-        _kernels().scan_fwd_kernel[grid](*args, geo.L, geo.H, geo.W, geo.Dk, nchunks, geo.K, k_base, *strides,
+        _kernels().scan_fwd_kernel[grid](*args, geo.L, geo.H, geo.W, geo.Dk, nchunks, geo.K, k_base, rank, *strides,
                                          REV=rev, COL=col, STEPWISE=cfg.stepwise, **flags)
     return y, hs, last
 
 
-def _run_forward_split(args, strides, flags, geo, nchunks, nseg, seg_len):
+def _run_forward_split(args, strides, flags, geo, nchunks, nseg, seg_len, rank):
     """The two-pass segmented forward (see ``scan_fwd_split_kernel``)."""
     u = args[0]
     agg_h = torch.empty((geo.batch, geo.K, nseg, geo.Dk, geo.N), device=u.device, dtype=torch.float32)
@@ -199,8 +202,8 @@ def _run_forward_split(args, strides, flags, geo, nchunks, nseg, seg_len):
     for phase in (1, 2):
         for k_base, groups, rev, col in _launches(geo):
             grid = (triton_cdiv(geo.Dk, flags["BD"]), groups * nseg, geo.batch)
-            kern[grid](*args, agg_h, agg_dt, geo.L, geo.H, geo.W, geo.Dk, nchunks, geo.K, k_base, nseg, seg_len,
-                       *strides, PHASE=phase, REV=rev, COL=col, **flags)
+            kern[grid](*args, agg_h, agg_dt, geo.L, geo.H, geo.W, geo.Dk, nchunks, geo.K, k_base, rank, nseg,
+                       seg_len, *strides, PHASE=phase, REV=rev, COL=col, **flags)
 
 
 class _ScanFunction(torch.autograd.Function):
@@ -209,17 +212,18 @@ class _ScanFunction(torch.autograd.Function):
     (batch, K, N, L) views."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, Bv, Cv, D, bias, geo, softplus, return_last):
-        needs_grad = any(ctx.needs_input_grad[:7])
+    def forward(ctx, u, delta, A, Bv, Cv, D, bias, w, geo, softplus, return_last):
+        needs_grad = any(ctx.needs_input_grad[:8])
         cfg = _CONFIG
         T = min(cfg.chunk, max(16, _next_pow2(geo.L)))
         nchunks = triton_cdiv(geo.L, T)
         keep = needs_grad and cfg.keep_states
-        y, hs, last = _run_forward(u, delta, A, Bv, Cv, D, bias, geo, softplus, cfg, T, nchunks, keep, return_last)
+        y, hs, last = _run_forward(u, delta, A, Bv, Cv, D, bias, w, geo, softplus, cfg, T, nchunks, keep,
+                                   return_last)
         ctx.geo, ctx.softplus, ctx.T, ctx.nchunks, ctx.cfg = geo, softplus, T, nchunks, cfg
         ctx.has_D, ctx.has_bias = D is not None, bias is not None
         if needs_grad:
-            ctx.save_for_backward(u, delta, A, Bv, Cv, D, bias, hs if keep else None)
+            ctx.save_for_backward(u, delta, A, Bv, Cv, D, bias, w, hs if keep else None)
         if return_last:
             ctx.mark_non_differentiable(last)
             return y, last
@@ -227,11 +231,11 @@ class _ScanFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, *_unused_last):
-        u, delta, A, Bv, Cv, D, bias, hs = ctx.saved_tensors
+        u, delta, A, Bv, Cv, D, bias, w, hs = ctx.saved_tensors
         geo = ctx.geo
         cfg = ctx.cfg
         if hs is None:  # keep_states=False: rebuild the chunk-boundary states with the forward kernel
-            _, hs, _ = _run_forward(u, delta, A, Bv, Cv, D, bias, geo, ctx.softplus, cfg, ctx.T, ctx.nchunks,
+            _, hs, _ = _run_forward(u, delta, A, Bv, Cv, D, bias, w, geo, ctx.softplus, cfg, ctx.T, ctx.nchunks,
                                     True, False)
         dy = dy.float()
         kern = _kernels()
@@ -247,22 +251,27 @@ class _ScanFunction(torch.autograd.Function):
         dbias = torch.zeros((geo.K * geo.Dk,), device=dev, dtype=f32)
         if ddelta.stride() != delta.stride():  # the kernel writes ddelta with delta's strides
             ddelta = torch.empty_strided(delta.shape, delta.stride(), device=dev, dtype=f32)
+        if w is not None:  # low rank: gradients of the factors are accumulated, and of the projection
+            ddelta.zero_()
+        dw = torch.zeros(w.shape if w is not None else (1,), device=dev, dtype=f32)
+        rank = w.shape[1] if w is not None else 1
         for k_base, groups, rev, col in _launches(geo):
             grid = (triton_cdiv(geo.Dk, cfg.bwd_block_d), groups, geo.batch)
             kern.scan_bwd_kernel[grid](
                 u, delta, A, Bv, Cv, D if D is not None else A, bias if bias is not None else A, dy, hs,
-                du, ddelta, dA, dB, dC, dD, dbias,
-                geo.L, geo.H, geo.W, geo.Dk, ctx.nchunks, geo.K, k_base,
+                w if w is not None else A, du, ddelta, dA, dB, dC, dD, dbias, dw,
+                geo.L, geo.H, geo.W, geo.Dk, ctx.nchunks, geo.K, k_base, rank,
                 *_strides4(geo, u, True), *_strides4(geo, delta, False),
                 *_strides_bkn_t(Bv), *_strides_bkn_t(Cv),
                 *_strides4(geo, dy, True), *_strides4(geo, du, True),
                 dB.stride(0), dB.stride(1), dB.stride(2), dC.stride(0), dC.stride(1), dC.stride(2),
                 N=geo.N, NP=_next_pow2(geo.N), BD=cfg.bwd_block_d, T=ctx.T, REV=rev, COL=col, HAS_D=ctx.has_D,
-                HAS_BIAS=ctx.has_bias, SOFTPLUS=bool(ctx.softplus), ATOMIC=geo.cross, num_warps=cfg.bwd_num_warps,
+                HAS_BIAS=ctx.has_bias, SOFTPLUS=bool(ctx.softplus), ATOMIC=geo.cross, RP=_next_pow2(rank),
+                LOWRANK=w is not None, num_warps=cfg.bwd_num_warps,
             )
         return (du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB, dC,
                 dD.to(D.dtype) if ctx.has_D else None, dbias.to(bias.dtype) if ctx.has_bias else None,
-                None, None, None)
+                dw if w is not None else None, None, None, None)
 
 
 def _check_device(*tensors):
@@ -279,16 +288,24 @@ def _param(t):
     return None if t is None else t.float().contiguous()
 
 
-def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
+# cross_selective_scan takes delta as its rank-R factors with ``dt_weight`` (see dispatch)
+LOWRANK_DELTA = True
+
+
+def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, dt_weight=None):
     """SS2D's fused four-direction selective scan (semantics of ``dispatch.cross_selective_scan_composed``).
 
     Args:
         u: (batch, Di, H, W) feature map; float32, float16 or bfloat16.
-        delta: (batch, 4, Di, H, W) step sizes of each direction, laid out on the map.
+        delta: (batch, 4, Di, H, W) step sizes of each direction, laid out on the map; with
+            ``dt_weight``, their (batch, 4, R, H, W) factors instead.
         A: (4*Di, N); direction k owns rows k*Di .. (k+1)*Di-1.
         B, C: (batch, 4, N, H, W), one per direction, laid out on the map.
         D, delta_bias: optional (4*Di,).
         delta_softplus: apply softplus to ``delta + delta_bias``.
+        dt_weight: optional (4, Di, R) projection: the kernels form the step sizes
+            ``delta[b, k, :, p] = dt_weight[k] @ factors[b, k, :, p]`` in float32 as they go, so the
+            full-rank (batch, 4, Di, H, W) tensor is neither written, read, nor kept for the backward.
 
     Any memory layout is read in place; the result has u's layout (channels-last in, channels-last out).
 
@@ -303,22 +320,30 @@ def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
         raise ValueError(f"u must be (batch, Di, H, W), got shape {tuple(u.shape)}")
     b, di, h, w = u.shape
     n_state = A.shape[-1]
-    expect = {"delta": (b, 4, di, h, w), "B": (b, 4, n_state, h, w), "C": (b, 4, n_state, h, w),
-              "A": (4 * di, n_state)}
+    rank = None
+    if dt_weight is not None:
+        if dt_weight.dim() != 3 or tuple(dt_weight.shape[:2]) != (4, di):
+            raise ValueError(f"dt_weight must be (4, {di}, R), got {tuple(dt_weight.shape)}")
+        rank = dt_weight.shape[2]
+    expect = {"delta": (b, 4, di if rank is None else rank, h, w), "B": (b, 4, n_state, h, w),
+              "C": (b, 4, n_state, h, w), "A": (4 * di, n_state)}
     for label, t in (("delta", delta), ("B", B), ("C", C), ("A", A)):
         if tuple(t.shape) != expect[label]:
             raise ValueError(f"{label} must be {expect[label]}, got {tuple(t.shape)}")
     for label, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and tuple(t.shape) != (4 * di,):
             raise ValueError(f"{label} must be ({4 * di},), got {tuple(t.shape)}")
-    _check_device(u, delta, A, B, C, D, delta_bias)
+    _check_device(u, delta, A, B, C, D, delta_bias, dt_weight)
     length = h * w
+    if dt_weight is not None and not _CONFIG.stepwise:  # the chunked forward reads full-rank step sizes
+        delta = torch.matmul(dt_weight.to(delta.dtype), delta.flatten(3)).unflatten(3, (h, w))
+        dt_weight, rank = None, None
     geo = _Geometry(True, b, 4, di, n_state, h, w)
     # views wherever the layout allows (row-major or channels-last maps): the kernels take strides
     y = _ScanFunction.apply(
-        u.reshape(b, di, length), delta.reshape(b, 4, di, length), _param(A),
-        B.reshape(b, 4, n_state, length), C.reshape(b, 4, n_state, length), _param(D), _param(delta_bias), geo,
-        delta_softplus, False,
+        u.reshape(b, di, length), delta.reshape(b, 4, rank or di, length), _param(A),
+        B.reshape(b, 4, n_state, length), C.reshape(b, 4, n_state, length), _param(D), _param(delta_bias),
+        None if dt_weight is None else _param(dt_weight).reshape(4 * di, rank), geo, delta_softplus, False,
     )
     return y.reshape(b, di, h, w)
 
@@ -382,7 +407,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         Cv = _FoldGrad.apply(C, Cv, fold_c)
     geo = _Geometry(False, batch, K, dim // K, n_state, 1, length)
     out = _ScanFunction.apply(
-        u.contiguous(), delta.contiguous(), _param(A), Bv, Cv, _param(D), _param(delta_bias), geo,
+        u.contiguous(), delta.contiguous(), _param(A), Bv, Cv, _param(D), _param(delta_bias), None, geo,
         delta_softplus, return_last_state,
     )
     y, last = out if return_last_state else (out, None)

@@ -133,21 +133,30 @@ def _step_position(t, L, H, W, REV: tl.constexpr, COL: tl.constexpr):
 def _fwd_steps(
     u_base, dl_base, B_base, C_base, y_base, hs_base, last_base,
     d, dmask, A2, Dv, bias, L, H, W, nchunks,
-    s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl,
+    s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
-    ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr,
+    ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr, RP: tl.constexpr,
+    LOWRANK: tl.constexpr,
 ):
     """One step at a time over the whole sequence; the state tile is (N, channels) so the sum over N
     stays inside a thread when a thread owns a whole channel."""
     h = tl.zeros([NP, BD], dtype=tl.float32)
     h, _ = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, d, dmask, tl.trans(A2),
                           Dv[None, :], bias[None, :], h, 0, L, L, H, W, nchunks,
-                          s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, N, NP, T, REV, COL,
-                          HAS_D, SOFTPLUS, ATOMIC, True, SAVE_STATES)
+                          s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R, N, NP, T, REV, COL,
+                          HAS_D, SOFTPLUS, ATOMIC, True, SAVE_STATES, RP, LOWRANK)
     if SAVE_LAST:
         n = tl.arange(0, NP)[:, None]
         tl.store(last_base + d[None, :] * N + n, h, mask=dmask[None, :] & (n < N))
+
+
+@triton.jit
+def _projection_rows(w_ptr, row, dmask, R, RP: tl.constexpr):
+    """The channels' rows of the step-size projection, (BD, RP) (zeros beyond R)."""
+    r = tl.arange(0, RP)
+    return tl.load(w_ptr + row[:, None] * R + r[None, :], mask=dmask[:, None] & (r[None, :] < R),
+                   other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -170,18 +179,20 @@ def _channel_params(A_ptr, D_ptr, bias_ptr, row, dmask, N: tl.constexpr, NP: tl.
 
 @triton.jit
 def scan_fwd_kernel(
-    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr, last_ptr,
-    L, H, W, Dk, nchunks, K, k_base,
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr, last_ptr, w_ptr,
+    L, H, W, Dk, nchunks, K, k_base, R,
     s_ub, s_uk, s_ud, s_ul, s_db, s_dk, s_dd, s_dl,
     s_Bb, s_Bk, s_Bn, s_Bt, s_Cb, s_Ck, s_Cn, s_Ct,
     s_yb, s_yk, s_yd, s_yl,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr, STEPWISE: tl.constexpr,
+    RP: tl.constexpr, LOWRANK: tl.constexpr,
 ):
     """Grid (ceil(Dk / BD), groups, batch) over the groups k_base, k_base + 1, ... of K, all walked in
     the (REV, COL) order (SS2D launches once per direction); see the module docstring.
-    ``STEPWISE``: step loop, not chunk scans."""
+    ``STEPWISE``: step loop, not chunk scans (which do not take LOWRANK). ``LOWRANK``: ``dl`` holds
+    the R step-size factors of each direction and ``w`` (K * Dk, R) the projection to delta."""
     pid_d = tl.program_id(0)
     k = k_base + tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
@@ -196,10 +207,14 @@ def scan_fwd_kernel(
     y_base = y_ptr + b * s_yb + k * s_yk
     hs_base = hs_ptr + (b * K + k) * Dk * nchunks * N
     last_base = last_ptr + (b * K + k) * Dk * N
+    if LOWRANK:
+        Wt = tl.trans(_projection_rows(w_ptr, row, dmask, R, RP))
+    else:
+        Wt = tl.zeros([RP, BD], dtype=tl.float32)
     if STEPWISE:
         _fwd_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
-                   L, H, W, nchunks, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl,
-                   N, NP, BD, T, REV, COL, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
+                   L, H, W, nchunks, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R,
+                   N, NP, BD, T, REV, COL, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST, RP, LOWRANK)
     else:
         _fwd_run(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
                  L, H, W, nchunks, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl,
@@ -209,12 +224,12 @@ def scan_fwd_kernel(
 @triton.jit
 def _bwd_run(
     u_base, dl_base, B_base, C_base, dy_base, hs_base,
-    du_base, ddl_base, dB_base, dC_base, dA_rows, dD_rows, dbias_rows,
-    d, dmask, A2, Dv, bias, L, H, W, nchunks,
+    du_base, ddl_base, dB_base, dC_base, dA_rows, dD_rows, dbias_rows, dW_rows,
+    d, dmask, A2, Dv, bias, W2, R, L, H, W, nchunks,
     s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, s_dud, s_dul, s_dBn, s_dCn,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, ATOMIC: tl.constexpr,
+    SOFTPLUS: tl.constexpr, ATOMIC: tl.constexpr, RP: tl.constexpr, LOWRANK: tl.constexpr,
 ):
     n = tl.arange(0, NP)
     nmask = n < N
@@ -225,13 +240,15 @@ def _bwd_run(
     dA_acc = tl.zeros([BD, NP], dtype=tl.float32)
     dD_acc = tl.zeros([BD], dtype=tl.float32)
     dbias_acc = tl.zeros([BD], dtype=tl.float32)
+    dW_acc = tl.zeros([BD, RP], dtype=tl.float32)
+    rr = tl.arange(0, RP)
     for i in range(nchunks):
         c = nchunks - 1 - i
         s, pos, valid = _positions(c, L, H, W, T, REV, COL)
         m2 = dmask[:, None] & valid[None, :]
         mb = nmask[:, None] & valid[None, :]
         u = tl.load(u_base + d[:, None] * s_ud + pos[None, :] * s_ul, mask=m2, other=0.0).to(tl.float32)
-        x = tl.load(dl_base + d[:, None] * s_dd + pos[None, :] * s_dl, mask=m2, other=0.0).to(tl.float32)
+        x, factors = _delta_tile(dl_base, d, pos, m2, valid, s_dd, s_dl, W2, R, RP, LOWRANK)
         x = x + bias[:, None]
         if SOFTPLUS:
             dt = _softplus(x)
@@ -256,7 +273,7 @@ def _bwd_run(
         valid1 = (s1 >= 0) & (s1 < L)
         pos1 = _position_of(s1, H, W, COL)
         m21 = dmask[:, None] & valid1[None, :]
-        x1 = tl.load(dl_base + d[:, None] * s_dd + pos1[None, :] * s_dl, mask=m21, other=0.0).to(tl.float32)
+        x1, _ = _delta_tile(dl_base, d, pos1, m21, valid1, s_dd, s_dl, W2, R, RP, LOWRANK)
         x1 = x1 + bias[:, None]
         if SOFTPLUS:
             dt1 = _softplus(x1)
@@ -289,7 +306,13 @@ def _bwd_run(
         ddx = tl.where(m2, ddx, 0.0)
         if HAS_BIAS:
             dbias_acc += tl.sum(ddx, axis=1)
-        tl.store(ddl_base + d[:, None] * s_dd + pos[None, :] * s_dl, ddx, mask=m2)
+        if LOWRANK:  # d factors = W^T d delta (summed over every channel block), d W = d delta factors^T
+            dfac = tl.sum(W2[:, :, None] * ddx[:, None, :], axis=0)
+            tl.atomic_add(ddl_base + rr[:, None] * s_dd + pos[None, :] * s_dl, dfac,
+                          mask=(rr[:, None] < R) & valid[None, :], sem="relaxed")
+            dW_acc += tl.sum(ddx[:, None, :] * factors[None, :, :], axis=2)
+        else:
+            tl.store(ddl_base + d[:, None] * s_dd + pos[None, :] * s_dl, ddx, mask=m2)
         tl.atomic_add(dB_base + n[:, None] * s_dBn + pos[None, :], dBp, mask=mb, sem="relaxed")
         tl.atomic_add(dC_base + n[:, None] * s_dCn + pos[None, :], dCp, mask=mb, sem="relaxed")
         if ATOMIC:
@@ -301,23 +324,25 @@ def _bwd_run(
         tl.atomic_add(dD_rows, dD_acc, mask=dmask, sem="relaxed")
     if HAS_BIAS:
         tl.atomic_add(dbias_rows, dbias_acc, mask=dmask, sem="relaxed")
+    if LOWRANK:
+        tl.atomic_add(dW_rows[:, None] + rr[None, :], dW_acc, mask=dmask[:, None] & (rr[None, :] < R), sem="relaxed")
 
 
 @triton.jit
 def scan_bwd_kernel(
-    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, hs_ptr,
-    du_ptr, ddl_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    L, H, W, Dk, nchunks, K, k_base,
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, hs_ptr, w_ptr,
+    du_ptr, ddl_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dw_ptr,
+    L, H, W, Dk, nchunks, K, k_base, R,
     s_ub, s_uk, s_ud, s_ul, s_db, s_dk, s_dd, s_dl,
     s_Bb, s_Bk, s_Bn, s_Bt, s_Cb, s_Ck, s_Cn, s_Ct,
     s_yb, s_yk, s_yd, s_yl, s_dub, s_duk, s_dud, s_dul,
     s_dBb, s_dBk, s_dBn, s_dCb, s_dCk, s_dCn,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    ATOMIC: tl.constexpr,
+    ATOMIC: tl.constexpr, RP: tl.constexpr, LOWRANK: tl.constexpr,
 ):
-    """Grid (ceil(Dk / BD), groups, batch) as the forward's. ``ddl`` has delta's strides; dA, dD,
-    d bias start at zero."""
+    """Grid (ceil(Dk / BD), groups, batch) as the forward's. ``ddl`` has the strides of ``dl`` (delta,
+    or with LOWRANK its factors, then accumulated); dA, dD, d bias and d w start at zero."""
     pid_d = tl.program_id(0)
     k = k_base + tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
@@ -335,18 +360,48 @@ def scan_bwd_kernel(
     ddl_base = ddl_ptr + b * s_db + k * s_dk
     dB_base = dB_ptr + b * s_dBb + k * s_dBk
     dC_base = dC_ptr + b * s_dCb + k * s_dCk
+    if LOWRANK:
+        W2 = _projection_rows(w_ptr, row, dmask, R, RP)
+    else:
+        W2 = tl.zeros([BD, RP], dtype=tl.float32)
     _bwd_run(u_base, dl_base, B_base, C_base, dy_base, hs_base, du_base, ddl_base, dB_base, dC_base,
-             dA_ptr + row * N, dD_ptr + row, dbias_ptr + row, d, dmask, A2, Dv, bias, L, H, W, nchunks,
-             s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, s_dud, s_dul, s_dBn, s_dCn,
-             N, NP, BD, T, REV, COL, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC)
+             dA_ptr + row * N, dD_ptr + row, dbias_ptr + row, dw_ptr + row * R, d, dmask, A2, Dv, bias, W2, R,
+             L, H, W, nchunks, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, s_dud, s_dul, s_dBn, s_dCn,
+             N, NP, BD, T, REV, COL, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC, RP, LOWRANK)
+
+
+@triton.jit
+def _delta_row(dl_base, dd, dm, pos, s_dd, s_dl, Wt, R, RP: tl.constexpr, LOWRANK: tl.constexpr):
+    """delta (1, channels) at one map position: loaded, or (LOWRANK) the channels' rows of the
+    projection (Wt, (RP, channels)) times the R step-size factors stored there."""
+    if LOWRANK:
+        r = tl.arange(0, RP)[:, None]
+        f = tl.load(dl_base + r * s_dd + pos * s_dl, mask=r < R, other=0.0).to(tl.float32)
+        return tl.sum(Wt * f, axis=0, keep_dims=True)
+    else:
+        return tl.load(dl_base + dd * s_dd + pos * s_dl, mask=dm, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _delta_tile(dl_base, d, pos, m2, valid, s_dd, s_dl, W2, R, RP: tl.constexpr, LOWRANK: tl.constexpr):
+    """delta (channels, steps) of one chunk, and (LOWRANK) the (RP, steps) factors it came from."""
+    if LOWRANK:
+        r = tl.arange(0, RP)
+        f = tl.load(dl_base + r[:, None] * s_dd + pos[None, :] * s_dl, mask=(r[:, None] < R) & valid[None, :],
+                    other=0.0).to(tl.float32)
+        return tl.sum(W2[:, :, None] * f[None, :, :], axis=1), f
+    else:
+        x = tl.load(dl_base + d[:, None] * s_dd + pos[None, :] * s_dl, mask=m2, other=0.0).to(tl.float32)
+        return x, x
 
 
 @triton.jit
 def _step_inputs(u_base, dl_base, B_base, C_base, dd, dm, n, nm, pos,
-                 s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, NP: tl.constexpr, WITH_C: tl.constexpr):
+                 s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, Wt, R, NP: tl.constexpr, WITH_C: tl.constexpr,
+                 RP: tl.constexpr, LOWRANK: tl.constexpr):
     """u, delta (1, channels), B and (if WITH_C, else zeros) C (N, 1) at map position ``pos``, in float32."""
     u = tl.load(u_base + dd * s_ud + pos * s_ul, mask=dm, other=0.0).to(tl.float32)
-    x = tl.load(dl_base + dd * s_dd + pos * s_dl, mask=dm, other=0.0).to(tl.float32)
+    x = _delta_row(dl_base, dd, dm, pos, s_dd, s_dl, Wt, R, RP, LOWRANK)
     Bv = tl.load(B_base + n * s_Bn + pos * s_Bt, mask=nm, other=0.0).to(tl.float32)
     if WITH_C:
         Cv = tl.load(C_base + n * s_Cn + pos * s_Ct, mask=nm, other=0.0).to(tl.float32)
@@ -359,10 +414,10 @@ def _step_inputs(u_base, dl_base, B_base, C_base, dd, dm, n, nm, pos,
 def _segment_steps(
     u_base, dl_base, B_base, C_base, y_base, hs_base,
     d, dmask, A2t, Dv2, bias2, h, t0, t1, L, H, W, nchunks,
-    s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl,
+    s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R,
     N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
-    ATOMIC: tl.constexpr, OUTPUT: tl.constexpr, SAVE_STATES: tl.constexpr,
+    ATOMIC: tl.constexpr, OUTPUT: tl.constexpr, SAVE_STATES: tl.constexpr, RP: tl.constexpr, LOWRANK: tl.constexpr,
 ):
     """Steps t0 .. t1-1 (scan order) from the state ``h`` (N, channels); returns the state after them
     and the per-channel sum of the step sizes. Without OUTPUT, C is not read and nothing is written."""
@@ -373,7 +428,7 @@ def _segment_steps(
     sdt = tl.zeros_like(Dv2)
     pos = _step_position(t0, L, H, W, REV, COL)
     u, x, Bv, Cv = _step_inputs(u_base, dl_base, B_base, C_base, dd, dm, n, nm, pos,
-                                s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, NP, OUTPUT)
+                                s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, Wt, R, NP, OUTPUT, RP, LOWRANK)
     for t in range(t0, t1):
         if SAVE_STATES:
             if t % T == 0:
@@ -381,7 +436,8 @@ def _segment_steps(
         # the next step's inputs are loaded before this step computes
         nxt = _step_position(tl.minimum(t + 1, L - 1), L, H, W, REV, COL)
         u1, x1, B1, C1 = _step_inputs(u_base, dl_base, B_base, C_base, dd, dm, n, nm, nxt,
-                                      s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, NP, OUTPUT)
+                                      s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, Wt, R, NP, OUTPUT, RP,
+                                      LOWRANK)
         xb = x + bias2
         if SOFTPLUS:
             dt = _softplus(xb)
@@ -404,14 +460,15 @@ def _segment_steps(
 
 @triton.jit
 def scan_fwd_split_kernel(
-    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr, last_ptr, agg_h_ptr, agg_dt_ptr,
-    L, H, W, Dk, nchunks, K, k_base, nseg, seg_len,
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr, last_ptr, w_ptr, agg_h_ptr, agg_dt_ptr,
+    L, H, W, Dk, nchunks, K, k_base, R, nseg, seg_len,
     s_ub, s_uk, s_ud, s_ul, s_db, s_dk, s_dd, s_dl,
     s_Bb, s_Bk, s_Bn, s_Bt, s_Cb, s_Ck, s_Cn, s_Ct,
     s_yb, s_yk, s_yd, s_yl,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, PHASE: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr,
+    ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr, RP: tl.constexpr,
+    LOWRANK: tl.constexpr,
 ):
     """The forward with the sequence split into ``nseg`` segments of ``seg_len`` steps (a multiple of
     T), one program each, so that few or short sequences still fill the GPU. Grid
@@ -432,6 +489,10 @@ def scan_fwd_split_kernel(
     row = k * Dk + d
     A2, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, row, dmask, N, NP, BD, HAS_D, HAS_BIAS)
     A2t = tl.trans(A2)
+    if LOWRANK:
+        Wt = tl.trans(_projection_rows(w_ptr, row, dmask, R, RP))
+    else:
+        Wt = tl.zeros([RP, BD], dtype=tl.float32)
     u_base = u_ptr + b * s_ub + k * s_uk
     dl_base = dl_ptr + b * s_db + k * s_dk
     B_base = B_ptr + b * s_Bb + k * s_Bk
@@ -450,9 +511,8 @@ def scan_fwd_split_kernel(
     if PHASE == 1:
         h, sdt = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_ptr, d, dmask, A2t,
                                 Dv[None, :], bias[None, :], h, t0, t1, L, H, W, nchunks,
-                                s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, N, NP, T, REV, COL,
-                                HAS_D, SOFTPLUS,
-                                ATOMIC, False, False)
+                                s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R, N, NP, T, REV,
+                                COL, HAS_D, SOFTPLUS, ATOMIC, False, False, RP, LOWRANK)
         tl.store(agg_h_base + seg * Dk * N + dd * N + n, h, mask=dm & nm)
         tl.store(agg_dt_base + seg * Dk + dd, sdt, mask=dm)
     else:
@@ -463,9 +523,8 @@ def scan_fwd_split_kernel(
         hs_base = hs_ptr + (b * K + k) * Dk * nchunks * N
         h, sdt = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, d, dmask, A2t,
                                 Dv[None, :], bias[None, :], h, t0, t1, L, H, W, nchunks,
-                                s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, N, NP, T, REV, COL,
-                                HAS_D, SOFTPLUS,
-                                ATOMIC, True, SAVE_STATES)
+                                s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R, N, NP, T, REV,
+                                COL, HAS_D, SOFTPLUS, ATOMIC, True, SAVE_STATES, RP, LOWRANK)
         if SAVE_LAST:
             if seg == nseg - 1:
                 tl.store(last_ptr + (b * K + k) * Dk * N + dd * N + n, h, mask=dm & nm)
