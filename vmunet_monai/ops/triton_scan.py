@@ -4,8 +4,9 @@
 arithmetic (no fourfold copy of the input), applies delta_bias, softplus and the D skip inside the
 kernel, keeps the state in float32 and adds the four directions into one float32 output. Training
 saves only the state at every chunk boundary and recomputes the rest in the backward kernel, so
-memory stays proportional to the input. :func:`selective_scan` is mamba-ssm's ``selective_scan_fn``
-on the same kernels.
+memory stays proportional to the input. Given ``dt_weight``, the step sizes arrive as their rank-R
+factors and are projected inside the kernels. :func:`selective_scan` is mamba-ssm's
+``selective_scan_fn`` on the same kernels.
 
 Importing this module never raises: Triton is imported when a kernel is first needed, and
 :func:`status` says why the backend cannot run and what to do about it. Setting

@@ -15,6 +15,11 @@ Two geometries share the kernels:
   chunked mode, reversed directions load their chunk in map order and run the scan backwards.
 * generic: k is the B/C group of mamba-ssm's ``selective_scan_fn``; each output is written once.
 
+With ``LOWRANK`` (cross geometry, step loop), ``dl`` holds each direction's R step-size factors and
+every program keeps its channels' rows of the (4 * Di, R) projection, so delta is formed in float32
+from R loads per position instead of read; the backward accumulates the factors' gradient across
+channel blocks with atomics and the projection's per program.
+
 Backward, per chunk in reverse order: recompute the states from the checkpoint, run the adjoint
 recurrence ``g_t = C_t dy_t + a_{t+1} g_{t+1}`` backwards, and form every gradient from ``h`` and
 ``g``. Reductions over channels (dB, dC), over directions (du) and over batch and time (dA, dD,
