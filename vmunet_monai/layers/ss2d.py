@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from vmunet_monai import ops
-from vmunet_monai.ops.norm_gate import norm_gate
-from vmunet_monai.ops.recompute import RecomputeSaved, recomputing
+from vmunet_monai.ops.norm_gate import fused_available, norm_gate
+from vmunet_monai.ops.recompute import RecomputeSaved, exporting, recomputing
 
 __all__ = ["SS2D"]
 
@@ -145,7 +145,9 @@ class SS2D(nn.Module):
             # bmm on the expanded weight keeps x itself for the backward (einsum/matmul would save a
             # transposed copy)
             x_dbl = torch.bmm(w_x.expand(b, -1, -1), x.reshape(b, di, L)).view(b, K, r + 2 * n, L)
-        dts, Bs, Cs = (t.unflatten(3, (h, w)) for t in torch.split(x_dbl, [r, n, n], dim=2))
+        # (b, K, rows, H, W) views; reshape with the traced sizes, not unflatten, keeps an exported
+        # graph's batch size symbolic
+        dts, Bs, Cs = (t.reshape(b, K, t.shape[2], h, w) for t in torch.split(x_dbl, [r, n, n], dim=2))
         if self.fused_dt_proj:  # the factors and the projection go to the scan
             delta, dt_weight = dts, self.dt_projs_weight
         else:
@@ -157,9 +159,12 @@ class SS2D(nn.Module):
         )
 
     def _norm_gate_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        norm = self.out_norm
-        gated = norm_gate(y.permute(0, 2, 3, 1), z, norm.weight, norm.bias, norm.eps,
-                          fused=None if self.fused_norm_gate else False)
+        y = y.permute(0, 2, 3, 1)
+        if self.fused_norm_gate and fused_available(y) and not exporting():
+            norm = self.out_norm
+            gated = norm_gate(y, z, norm.weight, norm.bias, norm.eps, fused=True)
+        else:  # the modules themselves: static shapes for tracing and export
+            gated = self.out_norm(y) * F.silu(z)
         return self.out_proj(gated)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -228,7 +228,8 @@ def full_rank_delta(factors, dt_weight):
     rc = RecomputeSaved.current()
     if rc is not None:
         rc.register(full, project)
-    return full.unflatten(3, tuple(factors.shape[3:]))
+    b, k, _, h, w = factors.shape
+    return full.reshape(b, k, full.shape[2], h, w)
 
 
 def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *, backend=None,
