@@ -38,6 +38,14 @@ def _one_line(exc: BaseException, *parts: str) -> str:
     return message
 
 
+def _each_refused(reader, cases):
+    """Every (path, problem) case raises one InputError line naming the path and the problem."""
+    for path, problem in cases:
+        with pytest.raises(InputError) as failure:
+            reader(path)
+        _one_line(failure.value, str(path), problem, "(")
+
+
 # ----------------------------------------------------------------------------------------------------
 # files
 
@@ -64,10 +72,7 @@ def test_unusable_2d_image_files_are_named_with_the_rule(tmp_path):
         (volume, "is a 3D volume file"),
         (tmp_path / "missing.png", "no such file"),
     ]
-    for path, problem in cases:
-        with pytest.raises(InputError) as failure:
-            read_image_2d(path)
-        _one_line(failure.value, str(path), problem, "(")
+    _each_refused(read_image_2d, cases)
 
 
 def test_unusable_volumes_are_named_with_the_rule(tmp_path):
@@ -100,10 +105,7 @@ def test_unusable_volumes_are_named_with_the_rule(tmp_path):
         (single, "1 slice (a 2D image)"),
         (tmp_path / "missing.nii.gz", "no such file"),
     ]
-    for path, problem in cases:
-        with pytest.raises(InputError) as failure:
-            read_volume(path)
-        _one_line(failure.value, str(path), problem, "(")
+    _each_refused(read_volume, cases)
 
 
 def test_dicom_series_reads_as_one_volume(tmp_path):

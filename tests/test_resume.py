@@ -29,7 +29,23 @@ KILL_AT_ITERATION = 6  # epoch 2 of 3, iteration 2 of 4: the weights have moved 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks in-process: see conftest
 
 
+def _kill_when_marked(proc, marker, timeout, why_not):
+    """SIGKILL ``proc`` once ``marker`` exists; fail with ``why_not()`` if it exits or times out first."""
+    try:
+        deadline = time.time() + timeout
+        while not marker.exists():
+            assert proc.poll() is None, why_not()
+            assert time.time() < deadline, f"{marker.name} did not appear within {timeout} s"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+
+
 @pytest.fixture(scope="module")
+
 def prepared(tmp_path_factory):
     return make_prepared(BUNDLE, tmp_path_factory.mktemp("resume_data"), num=8)
 
@@ -119,17 +135,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(prepared, unint
     cmd = _command(root, prepared, [config_path(BUNDLE, "train.json"), str(hang)])
     proc = subprocess.Popen(cmd, cwd=str(root), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.time() + 240
-        while not marker.exists():
-            assert proc.poll() is None, \
-                f"the run ended before the kill: {proc.stderr.read().decode('utf-8', 'replace')[-4000:]}"
-            assert time.time() < deadline, "the run never reached the kill point"
-            time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGKILL)
+        _kill_when_marked(proc, marker, 240, lambda: "the run ended before the kill: "
+                          + proc.stderr.read().decode("utf-8", "replace")[-4000:])
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     latest = torch.load(root / "models" / "checkpoint_latest.pt", weights_only=True)
@@ -206,16 +214,7 @@ h.torch.save = slow_save
 h.atomic_torch_save({{"generation": torch.tensor(2), "weights": torch.zeros(10)}}, {str(target)!r})
 """
     proc = subprocess.Popen([PYTHON, "-c", script], env=run_env())
-    try:
-        deadline = time.time() + 120
-        while not marker.exists():
-            assert proc.poll() is None and time.time() < deadline, "the writer did not start"
-            time.sleep(0.1)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+    _kill_when_marked(proc, marker, 120, lambda: "the writer did not start")
     state = torch.load(target, weights_only=True)
     assert int(state["generation"]) == 1 and torch.equal(state["weights"], torch.arange(10.0))
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
