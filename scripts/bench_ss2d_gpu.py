@@ -248,7 +248,7 @@ def main():
                 continue
             res["segments_sweep"].append({"batch": batch, "segments": segs, "ms": ms})
             lines.append((f"triton fwd float32 batch {batch} segments={segs}", ms, ""))
-        del xs_
+        xs_ = None  # free it before the next batch size
     ts.kernel_config(best[0])
 
     # the same scan on channels-last maps (SS2D.channels_last_scan): channel loads are contiguous
@@ -259,7 +259,7 @@ def main():
         res[f"fused_fwd_channels_last_{name}"] = ms
         lines.append((f"triton fused fwd {name}, channels-last", ms,
                       f"--layout {a.layout}: {res[f'fused_fwd_{name}']['ms']:.3f} ms"))
-        del xc
+        xc = None
 
     # step sizes as rank-6 factors projected inside the kernels (SS2D.fused_dt_proj), against the
     # full-rank path including the projection it needs (a matmul before, its gradients after)
@@ -283,7 +283,7 @@ def main():
         ms_fb = bench(lambda: torch.autograd.grad((fn() * gy).sum(), [xl["u"], fac, wdt]), warmup=5, rep=30)
         res[f"fused_{label.split()[0]}_fwd_ms"], res[f"fused_{label.split()[0]}_fwd_bwd_ms"] = ms, ms_fb
         lines.append((f"triton fwd float32, {label}", ms, f"fwd+bwd {ms_fb:.3f} ms"))
-    del xl, fac, wdt
+    xl = fac = wdt = None
     torch.cuda.empty_cache()
 
     # memory held between forward and backward, and the cost of rebuilding the states instead

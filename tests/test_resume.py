@@ -14,13 +14,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from bundle_helpers import PYTHON, cli_args, config_path, copy_bundle, make_prepared, run, run_env, tiny_overrides
+from bundle_helpers import PYTHON, cli_args, config_path, copy_bundle, make_prepared, run_env, tiny_overrides
 
 BUNDLE = "isic_skin_lesion"
 KILL_AT_ITERATION = 6  # epoch 2 of 3, iteration 2 of 4: the weights have moved past the epoch-1 checkpoint

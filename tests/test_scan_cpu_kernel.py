@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vmunet_monai import ops
-from vmunet_monai.ops import cpu_kernel, selective_scan, selective_scan_reference
+from vmunet_monai.ops import cpu_kernel, selective_scan_reference
 
 REPO = Path(__file__).resolve().parents[1]
 

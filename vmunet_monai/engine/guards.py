@@ -18,7 +18,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 

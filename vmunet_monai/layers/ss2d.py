@@ -43,8 +43,9 @@ class SS2D(nn.Module):
         recompute: in training, keep only the activations that are expensive to rebuild and recompute
             the rest in the backward pass (the full-rank step sizes, the SiLU output, the output
             LayerNorm, gate and out_proj input; in a VSS block also the input LayerNorm): about half
-            the activation memory for a few elementwise ops and two small matrix products per block. Results and gradients are unchanged; False
-            stores everything. Also settable later as the ``recompute`` attribute.
+            the activation memory for a few elementwise ops and two small matrix products per block.
+            Results and gradients are unchanged; False stores everything. Also settable later as the
+            ``recompute`` attribute.
 
     Attributes:
         channels_last_scan: run the convolution, projections and scan on channels-last maps (class

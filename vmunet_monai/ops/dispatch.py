@@ -69,8 +69,6 @@ def backend_status(name: str | None = None):
     return [_load(n)[1] for n in BACKENDS]
 
 
-
-
 def resolve_backend(device: torch.device | str, backend: str | None = None) -> str:
     """The backend that will run for tensors on ``device``: argument > $VMUNET_SCAN_BACKEND > automatic
     (limited to :data:`DETERMINISTIC_BACKENDS` while ``torch.use_deterministic_algorithms(True)`` is on)."""
