@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from vmunet_monai.ops.recompute import RecomputeSaved
+
 __all__ = ["selective_scan", "cross_selective_scan", "status", "build_library", "cache_dir", "CACHE_ENV", "CFLAGS_ENV"]
 
 CACHE_ENV = "VMUNET_CPU_KERNEL_CACHE"
@@ -393,6 +395,10 @@ def selective_scan(
     return _SelectiveScanCPU.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
+def _prepared(source, shape, dtype):
+    return lambda: _prepare(source().reshape(shape), dtype)
+
+
 class _CrossSelectiveScanCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
@@ -414,6 +420,11 @@ class _CrossSelectiveScanCPU(torch.autograd.Function):
             _prepare(delta_bias, compute),
         ]
         need_grad = any(ctx.needs_input_grad[:7])
+        rc = RecomputeSaved.current()
+        if rc is not None and need_grad:  # copies made only for this kernel are rebuilt, not kept
+            for i, src in ((0, u), (1, delta), (3, B), (4, C)):
+                if flat[i].untyped_storage().data_ptr() != src.untyped_storage().data_ptr():
+                    rc.register(flat[i], _prepared(rc.source(src), tuple(flat[i].shape), compute))
         y, _, ck = _forward(lib, *flat, delta_softplus, False, need_grad, map_size=(h, w))
         ctx.softplus = bool(delta_softplus)
         ctx.map = (b, di, h, w, n)
