@@ -100,7 +100,8 @@ class RecomputeSaved:
     def register(self, tensor: torch.Tensor, fn) -> bool:
         """Rebuild saved views of ``tensor``'s storage with ``fn()`` instead of keeping them.
 
-        Only a tensor that owns its whole storage (a fresh, contiguous op output) is taken; returns
+        Only a tensor that owns its whole dense storage (a fresh op output, in any dimension order) is
+        taken; returns
         whether it was."""
         if not _owns_storage(tensor):
             return False
