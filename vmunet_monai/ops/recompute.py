@@ -101,8 +101,7 @@ class RecomputeSaved:
         """Rebuild saved views of ``tensor``'s storage with ``fn()`` instead of keeping them.
 
         Only a tensor that owns its whole dense storage (a fresh op output, in any dimension order) is
-        taken; returns
-        whether it was."""
+        taken; returns whether it was."""
         if not _owns_storage(tensor):
             return False
         self._entries[tensor.untyped_storage().data_ptr()] = (tensor, _Recipe(fn, tensor))
