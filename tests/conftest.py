@@ -26,3 +26,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def triton_device(monkeypatch):
+    """Device for the triton backend: CUDA, or the CPU with the interpreted kernels (dispatch is told
+    to send CPU tensors to them)."""
+    pytest.importorskip("triton", reason="triton is not installed")
+    from vmunet_monai.ops import dispatch, triton_scan
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no CUDA device and TRITON_INTERPRET is not 1 (conftest sets it before triton loads)")
+    real_resolve, real_module = dispatch.resolve_backend, dispatch._module
+    monkeypatch.setattr(dispatch, "resolve_backend",
+                        lambda dev, b=None: "triton" if b == "triton" else real_resolve(dev, b))
+    monkeypatch.setattr(dispatch, "_module", lambda name: triton_scan if name == "triton" else real_module(name))
+    return "cpu"

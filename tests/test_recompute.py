@@ -164,26 +164,6 @@ def test_silu_recipe_uses_the_convolution_output(monkeypatch):
     assert rc_mod.RecomputeSaved.current() is None  # every context closed
 
 
-@pytest.fixture
-def triton_device(monkeypatch):
-    """Device for the triton backend: CUDA, or the CPU with the interpreted kernels (dispatch is told
-    to send CPU tensors to them)."""
-    pytest.importorskip("triton", reason="triton is not installed")
-    import os
-
-    from vmunet_monai.ops import dispatch, triton_scan
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no CUDA device and TRITON_INTERPRET is not 1 (conftest sets it before triton loads)")
-    real_resolve, real_module = dispatch.resolve_backend, dispatch._module
-    monkeypatch.setattr(dispatch, "resolve_backend",
-                        lambda dev, b=None: "triton" if b == "triton" else real_resolve(dev, b))
-    monkeypatch.setattr(dispatch, "_module", lambda name: triton_scan if name == "triton" else real_module(name))
-    return "cpu"
-
-
 def test_triton_recompute_matches_store_all(one_thread, monkeypatch, triton_device):
     """The fused triton scan (interpreted on the CPU in CI) keeps only rebuilt views of u and delta."""
     device = triton_device

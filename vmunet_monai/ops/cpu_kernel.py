@@ -473,4 +473,13 @@ def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
     for label, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and tuple(t.shape) != (4 * di,):
             raise ValueError(f"{label} must be ({4 * di},), got {tuple(t.shape)}")
-    return _CrossSelectiveScanCPU.apply(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    fn, args = cross_scan_function(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    return fn.apply(*args)
+
+
+def cross_scan_function(u, delta, A, B, C, D, delta_bias, delta_softplus, dt_weight=None):
+    """The autograd Function of a four-direction scan of checked inputs and its arguments (its
+    gradients come back in the inputs' shapes); full-rank step sizes only."""
+    if dt_weight is not None:
+        raise ValueError("the cpu kernel takes full-rank step sizes; project the factors first (ops.full_rank_delta)")
+    return _CrossSelectiveScanCPU, (u, delta, A, B, C, D, delta_bias, delta_softplus)

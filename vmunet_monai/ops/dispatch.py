@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vmunet_monai.ops import compiled
 from vmunet_monai.ops.cross_scan import cross_merge, cross_scan, to_scan_order
 from vmunet_monai.ops.recompute import RecomputeSaved, exporting as _exporting
 
@@ -59,7 +60,12 @@ def _load(name: str):
         ok, detail, fix = module.status()
     except Exception as exc:
         ok, detail, fix = False, f"status check failed: {exc!r}", ""
+    if ok:
+        _LOADED[name] = module
     return (module if ok else None), BackendStatus(name, bool(ok), detail, fix, devices)
+
+
+_LOADED: dict = {}  # name -> module of the backends that loaded and reported themselves available
 
 
 def backend_status(name: str | None = None):
@@ -99,7 +105,16 @@ def resolve_backend(device: torch.device | str, backend: str | None = None) -> s
     return "torch"
 
 
+@torch.compiler.assume_constant_result
+def _backend_while_compiling(device_type: str, backend: str | None) -> str:
+    """:func:`resolve_backend`, evaluated once while a graph is traced (its result is a constant of the graph)."""
+    return resolve_backend(device_type, backend)
+
+
 def _module(name: str):
+    loaded = _LOADED.get(name)
+    if loaded is not None:  # a plain dict lookup: traceable while compiling
+        return loaded
     module, st = _load(name)
     if module is None:
         raise RuntimeError(f"scan backend {name!r} is not available: {st.detail}. Fix: {st.fix}")
@@ -264,7 +279,14 @@ def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
             raise ValueError(f"{label} must be {expect[label]}, got {tuple(t.shape)}")
     if tuple(A.shape) != (4 * di, n_state):
         raise ValueError(f"A must be ({4 * di}, N), got {tuple(A.shape)}")
-    name = resolve_backend(u.device, backend)
+    if torch.compiler.is_compiling():
+        name = _backend_while_compiling(u.device.type, backend)
+        if name in compiled.OP_BACKENDS:  # one opaque operator in the graph (see ops.compiled)
+            if dt_weight is not None and not compiled.takes_factors(name):
+                delta, dt_weight = full_rank_delta(delta, dt_weight), None
+            return compiled.cross_selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, name, dt_weight)
+    else:
+        name = resolve_backend(u.device, backend)
     module = _module(name)
     fused = getattr(module, "cross_selective_scan", None)
     if dt_weight is not None:

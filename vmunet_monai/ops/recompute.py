@@ -32,8 +32,9 @@ def exporting() -> bool:
 
 def recomputing(enabled: bool) -> bool:
     """Whether a module with recomputation ``enabled`` should use it now: only while autograd
-    records a graph, and never while the model is being exported."""
-    return bool(enabled) and torch.is_grad_enabled() and not exporting()
+    records a graph, never while the model is being exported, and not under ``torch.compile``
+    (whose partitioner chooses what to recompute)."""
+    return bool(enabled) and torch.is_grad_enabled() and not exporting() and not torch.compiler.is_compiling()
 
 
 class _Lazy:
@@ -153,6 +154,8 @@ class RecomputeSaved:
     def current() -> "RecomputeSaved | None":
         """The innermost active context of this thread, so ops deeper down can register their own
         copies (for example the scan-order copies of a composed cross-scan)."""
+        if torch.compiler.is_compiling():  # no context is entered in a compiled graph
+            return None
         stack = getattr(_ACTIVE, "stack", None)
         return stack[-1] if stack else None
 

@@ -335,18 +335,34 @@ def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
         if t is not None and tuple(t.shape) != (4 * di,):
             raise ValueError(f"{label} must be ({4 * di},), got {tuple(t.shape)}")
     _check_device(u, delta, A, B, C, D, delta_bias, dt_weight)
-    length = h * w
-    if dt_weight is not None and not _CONFIG.stepwise:  # the chunked forward reads full-rank step sizes
+    if dt_weight is not None and not takes_factors():  # the chunked forward reads full-rank step sizes
         delta = torch.matmul(dt_weight.to(delta.dtype), delta.flatten(3)).unflatten(3, (h, w))
-        dt_weight, rank = None, None
-    geo = _Geometry(True, b, 4, di, n_state, h, w)
-    # views wherever the layout allows (row-major or channels-last maps): the kernels take strides
-    y = _ScanFunction.apply(
-        u.reshape(b, di, length), delta.reshape(b, 4, rank or di, length), _param(A),
-        B.reshape(b, 4, n_state, length), C.reshape(b, 4, n_state, length), _param(D), _param(delta_bias),
-        None if dt_weight is None else _param(dt_weight).reshape(4 * di, rank), geo, delta_softplus, False,
-    )
+        dt_weight = None
+    fn, args = cross_scan_function(u, delta, A, B, C, D, delta_bias, delta_softplus, dt_weight)
+    y = fn.apply(*args)
     return y.reshape(b, di, h, w)
+
+
+def takes_factors() -> bool:
+    """Whether the kernels of the current configuration form the step sizes from rank-R factors
+    (the step loop does; the chunked forward reads full-rank step sizes)."""
+    return _CONFIG.stepwise
+
+
+def cross_scan_function(u, delta, A, B, C, D, delta_bias, delta_softplus, dt_weight=None):
+    """The autograd Function of a four-direction scan of checked inputs and its arguments: views of
+    the inputs wherever their layout allows (row-major or channels-last maps; the kernels take
+    strides), float32 parameters. Each gradient the Function returns reshapes to its input's shape
+    (:mod:`vmunet_monai.ops.compiled` calls the Function's forward and backward directly)."""
+    b, di, h, w = u.shape
+    n_state, length = A.shape[-1], h * w
+    if dt_weight is not None and not takes_factors():
+        raise RuntimeError("the chunked triton forward (KernelConfig(stepwise=False)) needs full-rank step sizes")
+    rank = None if dt_weight is None else dt_weight.shape[2]
+    geo = _Geometry(True, b, 4, di, n_state, h, w)
+    return _ScanFunction, (u.reshape(b, di, length), delta.reshape(b, 4, rank or di, length), _param(A),
+            B.reshape(b, 4, n_state, length), C.reshape(b, 4, n_state, length), _param(D), _param(delta_bias),
+            None if dt_weight is None else _param(dt_weight).reshape(4 * di, rank), geo, delta_softplus, False)
 
 
 def _as_groups(t, batch, dim, length, K):

@@ -1,0 +1,134 @@
+"""``torch.compile`` support: the fused four-direction scans as opaque custom operators.
+
+Dynamo cannot look inside a scan kernel (ctypes calls into the ``cpu`` kernel, Triton launches),
+and each such call used to split the network into separate graphs (48 for one VM-UNet forward).
+While compiling, :func:`vmunet_monai.ops.cross_selective_scan` calls
+``torch.ops.vmunet_monai.cross_selective_scan`` instead: one node with a shape-only fake
+implementation, so everything around it (norms, gates, projections, layout changes) is compiled and
+fused into one graph per network, forward and backward.
+
+The operator keeps only its inputs for the backward, whose operator runs the backend's forward
+kernel once more (which also rebuilds the chunk states that the eager path would have kept) and
+then its backward kernel: the same arithmetic as eager mode, with the memory of
+``KernelConfig(keep_states=False)``. Under compilation SS2D's own recomputation hooks are off:
+AOTAutograd's partitioner decides what to keep and what to recompute around the operator.
+
+Backends whose fused scan is one of this package's autograd Functions (``cpu``, ``triton``) go
+through the operator; the pure-PyTorch ones (``torch``, ``reference``) are traced like any other
+code, and ``mamba_ssm`` runs eagerly between graphs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["OP_BACKENDS", "cross_selective_scan", "takes_factors"]
+
+OP_BACKENDS = ("cpu", "triton")
+
+
+def _backend_module(name: str):
+    if name not in OP_BACKENDS:
+        raise ValueError(f"the compiled scan operator runs the backends {OP_BACKENDS}, not {name!r}")
+    return importlib.import_module({"cpu": "vmunet_monai.ops.cpu_kernel", "triton": "vmunet_monai.ops.triton_scan"}[name])
+
+
+@torch.compiler.assume_constant_result
+def takes_factors(name: str) -> bool:
+    """Whether backend ``name`` takes rank-R step-size factors with ``dt_weight`` (else the caller
+    projects); a constant of a traced graph."""
+    return name == "triton" and _backend_module(name).takes_factors()
+
+
+class _Ctx:
+    """Stands in for autograd's context when a Function's forward and backward are called directly."""
+
+    def __init__(self, n_inputs: int, grad: bool):
+        self.needs_input_grad = (grad,) * n_inputs
+        self.saved_tensors = ()
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+    def mark_non_differentiable(self, *tensors):
+        pass
+
+
+def _out_dtype(u: Tensor) -> torch.dtype:
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _settle(t: Tensor, like: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` with ``like``'s shape, ``dtype`` and the strides ``empty_like(like)`` gives, which is what the
+    fake implementations promise the compiler."""
+    t = t.reshape(like.shape).to(dtype)
+    out = torch.empty_like(like, dtype=dtype)
+    return t if t.stride() == out.stride() else out.copy_(t)
+
+
+@torch.library.custom_op("vmunet_monai::cross_selective_scan", mutates_args=())
+def _scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+          delta_bias: Optional[Tensor], dt_weight: Optional[Tensor], delta_softplus: bool, backend: str) -> Tensor:
+    fn, args = _backend_module(backend).cross_scan_function(u, delta, A, B, C, D, delta_bias, delta_softplus,
+                                                            dt_weight)
+    with torch.no_grad():
+        y = fn.forward(_Ctx(len(args), grad=False), *args)
+    return _settle(y, u, _out_dtype(u))
+
+
+@_scan.register_fake
+def _scan_fake(u, delta, A, B, C, D, delta_bias, dt_weight, delta_softplus, backend):
+    return torch.empty_like(u, dtype=_out_dtype(u))
+
+
+@torch.library.custom_op("vmunet_monai::cross_selective_scan_backward", mutates_args=())
+def _scan_backward(dy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                   delta_bias: Optional[Tensor], dt_weight: Optional[Tensor], delta_softplus: bool,
+                   backend: str) -> list[Tensor]:
+    inputs = (u, delta, A, B, C, D, delta_bias, dt_weight)
+    fn, args = _backend_module(backend).cross_scan_function(*inputs[:7], delta_softplus, dt_weight)
+    ctx = _Ctx(len(args), grad=True)
+    with torch.no_grad():
+        y = fn.forward(ctx, *args)  # rebuilds what the backward kernel reads (the chunk states)
+        grads = fn.backward(ctx, dy.reshape(y.shape))
+    out = []
+    for g, t in zip(grads, inputs):
+        if t is None:
+            out.append(dy.new_empty(0))
+        else:
+            if g is None:
+                raise RuntimeError(f"scan backend {backend!r} returned no gradient for an input of shape {tuple(t.shape)}")
+            out.append(_settle(g, t, t.dtype))
+    return out
+
+
+@_scan_backward.register_fake
+def _scan_backward_fake(dy, u, delta, A, B, C, D, delta_bias, dt_weight, delta_softplus, backend):
+    return [dy.new_empty(0) if t is None else torch.empty_like(t)
+            for t in (u, delta, A, B, C, D, delta_bias, dt_weight)]
+
+
+def _setup_context(ctx, inputs, output):
+    *tensors, softplus, backend = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.softplus, ctx.backend = softplus, backend
+
+
+def _backward(ctx, dy):
+    saved = ctx.saved_tensors
+    grads = _scan_backward(dy, *saved, ctx.softplus, ctx.backend)
+    out = [g if (t is not None and need) else None for g, t, need in zip(grads, saved, ctx.needs_input_grad)]
+    return (*out, None, None)
+
+
+_scan.register_autograd(_backward, setup_context=_setup_context)
+
+
+def cross_selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend, dt_weight=None):
+    """The operator, for checked inputs of :func:`vmunet_monai.ops.cross_selective_scan` on backend
+    ``cpu`` or ``triton``; ``dt_weight`` only where :func:`takes_factors` says so."""
+    return _scan(u, delta, A, B, C, D, delta_bias, dt_weight, bool(delta_softplus), backend)
