@@ -15,7 +15,7 @@ kernel; with ``--reference`` unset it is left out.
 Usage::
 
     PYTHONPATH=. python scripts/bench_training_memory.py [--size 256] [--batch 2] [--network vmunet]
-        [--reference PATH/TO/VM-UNet] [--threads 2]
+        [--reference PATH/TO/VM-UNet] [--threads 2] [--compile]
 
 Prints one JSON line per configuration, then a table with the ratios to the official model.
 """
@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-CONFIGS = ("ours_recompute", "ours_store_all", "official")
+CONFIGS = ("ours_recompute", "ours_store_all", "ours_compiled", "official")
 
 
 def _rss(field: str) -> int:
@@ -56,7 +56,9 @@ def _child(args) -> dict:
         loss_fn = torch.nn.BCELoss()  # the official VM-UNet ends in a sigmoid
     else:
         model = getattr(networks, name)(out_channels=1, scan_backend="cpu",
-                                        recompute=args.config == "ours_recompute")
+                                        recompute=args.config != "ours_store_all")
+        if args.config == "ours_compiled":  # inductor; the warm-up step below compiles it
+            model = torch.compile(model)
         loss_fn = torch.nn.BCEWithLogitsLoss()
     model.train()
     x = torch.randn(args.batch, 3, args.size, args.size)
@@ -67,7 +69,7 @@ def _child(args) -> dict:
         out = out[0] if isinstance(out, (list, tuple)) else out
         loss_fn(out, target).backward()
 
-    step()  # warm-up: gradients allocated, kernel compiled
+    step()  # warm-up: gradients allocated, kernel compiled (and the model, for ours_compiled)
     base = _rss("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak (VmHWM) to the current resident size
@@ -85,6 +87,8 @@ def main(argv=None) -> int:
     p.add_argument("--network", default="vmunet", choices=["vmunet", "vmunet_v2", "mamba_unet"])
     p.add_argument("--reference", default=None, help="checkout of the official JCruan519/VM-UNet (adds its row)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", action="store_true",
+                   help="add ours under torch.compile (inductor; compiling takes minutes on a CPU)")
     p.add_argument("--config", choices=CONFIGS, help=argparse.SUPPRESS)  # set in the child processes
     args = p.parse_args(argv)
     if args.config:
@@ -95,7 +99,7 @@ def main(argv=None) -> int:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(args.threads))
     rows = []
     for config in CONFIGS:
-        if config == "official" and not args.reference:
+        if (config == "official" and not args.reference) or (config == "ours_compiled" and not args.compile):
             continue
         cmd = [sys.executable, __file__, "--config", config, "--size", str(args.size), "--batch", str(args.batch),
                "--network", args.network, "--threads", str(args.threads)]

@@ -10,7 +10,7 @@
 #      (ours vs the official VM-UNet: training/inference img/s, batch-1 latency, peak memory,
 #       with and without SS2D recomputation)
 #   4. the same with --channels_last_scan true --fused_norm_gate true --fused_dt_proj true (the options
-#      still off by default)
+#      still off by default) and --compile true (torch.compile rows, marked +compile)
 # Each step's exit status is recorded in OUT/status.txt; a failing step does not stop the others.
 #
 # Usage: bash scripts/gpu_report.sh OUT [REF]
@@ -51,13 +51,13 @@ REFARGS=()
 [ -n "$REF" ] && REFARGS=(--reference "$REF")
 
 step tests "$PYTHON" -m pytest -q -rs tests/test_scan.py tests/test_scan_triton.py tests/test_recompute.py \
-    tests/test_norm_gate.py tests/test_cuda_graphs.py
+    tests/test_norm_gate.py tests/test_cuda_graphs.py tests/test_compile.py
 step scan "$PYTHON" scripts/bench_ss2d_gpu.py --sweep --out "$OUT/scan.json"
 step scan_channels_last "$PYTHON" scripts/bench_ss2d_gpu.py --sweep --layout channels_last \
     --out "$OUT/scan_channels_last.json"
 step network "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 32 --backends "$BACKENDS" \
     "${REFARGS[@]}" --store_activations true --cuda_graphs true --out "$OUT/network.json"
 step network_options "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 32 --backends "$BACKENDS" \
-    "${REFARGS[@]}" --channels_last_scan true --fused_norm_gate true --fused_dt_proj true \
+    "${REFARGS[@]}" --channels_last_scan true --fused_norm_gate true --fused_dt_proj true --compile true \
     --out "$OUT/network_options.json"
 echo "results in $OUT (status.txt, *.log, *.json)"

@@ -77,11 +77,31 @@ def test_compiled_torch_backend_is_traced_through(one_thread):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_compiled_triton_equals_eager(channels_last, monkeypatch, one_thread, triton_device):
     """The triton kernels (interpreted on the CPU in CI) behind the operator, row-major and
-    channels-last maps, with the step-size projection inside the kernels."""
+    channels-last maps, with the step-size projection inside the kernels and the fused norm-gate
+    option on (eager runs its kernel)."""
     monkeypatch.setattr(SS2D, "channels_last_scan", channels_last)
     monkeypatch.setattr(SS2D, "fused_dt_proj", True)
+    monkeypatch.setattr(SS2D, "fused_norm_gate", True)  # left to the compiler while compiling
     blk = SS2D(8, d_state=4, scan_backend="triton").to(triton_device)
-    _compare_compiled(blk, torch.randn(2, 5, 6, 8, device=triton_device), rtol=1e-4, atol=1e-5)
+    _compare_compiled(blk, torch.randn(1, 4, 5, 8, device=triton_device), rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_under_bf16_autocast(one_thread):
+    """Autocast casts around the operator as in eager mode (the scan computes in float32 either way)."""
+    blk = SS2D(8, d_state=4, scan_backend="cpu")
+    eager = copy.deepcopy(blk)
+    x = torch.randn(2, 4, 5, 8)
+    runs = []
+    for m in (eager, torch.compile(blk, backend="aot_eager", fullgraph=True)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(x)
+        y.float().square().sum().backward()
+        runs.append((y.detach(), [p.grad for p in m.parameters()]))
+    (y0, g0), (y1, g1) = runs
+    assert y1.dtype == y0.dtype == torch.bfloat16
+    torch.testing.assert_close(y1, y0, rtol=1e-2, atol=1e-2)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-3)
 
 
 def test_inductor_compiles_an_ss2d_layer(one_thread):
@@ -125,3 +145,18 @@ def test_operator_rejects_other_backends():
     u, delta, A, B, C, D, bias = _scan_inputs()
     with pytest.raises(ValueError, match="runs the backends"):
         compiled.cross_selective_scan(u, delta, A, B, C, D, bias, True, "torch")
+
+
+def test_benchmark_compiled_row(monkeypatch, one_thread):
+    """``benchmark --compile`` times the compiled model; on the CPU it reports the batch-1 latency
+    (the compiler is swapped for aot_eager here: inductor's build is timed in the test above)."""
+    import functools
+
+    from vmunet_monai import benchmark
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    net = _net(VMUNet, "cpu")
+    row = benchmark._compiled_row(net, "fp32", "vmunet", "cpu", torch.randn(1, 3, 32, 32),
+                                  torch.randn(2, 3, 32, 32), 2, 1, "cpu", None)
+    assert row["backend"] == "cpu+compile" and row["latency_b1_s"] > 0
+    assert "train_img_s" not in row  # training throughput is timed on CUDA only

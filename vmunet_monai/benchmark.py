@@ -132,7 +132,7 @@ def time_forward_graphed(model, x, repeats, device, autocast_dtype=None):
 
 def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5, backends="auto", reference=None,
                   scan_only=False, out=None, cuda_graphs=False, store_activations=False, channels_last_scan=False,
-                  fused_norm_gate=False, fused_dt_proj=False):
+                  fused_norm_gate=False, fused_dt_proj=False, compile=False):
     """Run the benchmark and print a table; see ``python -m vmunet_monai benchmark --help``."""
     from vmunet_monai.layers import SS2D
 
@@ -204,6 +204,9 @@ def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5,
                 stored["train_img_s"], stored["train_peak_gib"] = batch / t, peak / 2**30
                 results["networks"].append(stored)
                 _set_recompute(model, True)
+            if compile:  # the same model under torch.compile (one graph per input shape; compiled in warm-up)
+                results["networks"].append(_compiled_row(model, row["precision"], name, b, x1, xb, batch, repeats,
+                                                         device, dt))
             if dev_type == "cuda" and cuda_graphs:
                 graphed = {"network": name, "backend": f"{b}+graphs", "precision": row["precision"]}
                 graphed["latency_b1_s"] = time_forward_graphed(model, x1, repeats, device, dt)
@@ -217,6 +220,17 @@ def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5,
         _official_rows(results, reference, device, size, batch, repeats, dtypes, x1, xb)
     _print_networks(results)
     return _finish(results, out)
+
+
+def _compiled_row(model, precision, name, backend, x1, xb, batch, repeats, device, dt):
+    compiled = torch.compile(model, dynamic=False)
+    row = {"network": name, "backend": f"{backend}+compile", "precision": precision}
+    row["latency_b1_s"] = time_forward(compiled, x1, repeats, device, dt)
+    if torch.device(device).type == "cuda":
+        row["infer_img_s"] = batch / time_forward(compiled, xb, repeats, device, dt)
+        t, peak = time_train_step(compiled, xb, repeats, device, dt)
+        row["train_img_s"], row["train_peak_gib"] = batch / t, peak / 2**30
+    return row
 
 
 def _official_rows(results, reference, device, size, batch, repeats, dtypes, x1, xb):

@@ -161,7 +161,8 @@ class SS2D(nn.Module):
 
     def _norm_gate_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         y = y.permute(0, 2, 3, 1)
-        if self.fused_norm_gate and fused_available(y) and not exporting():
+        # under torch.compile the composition is left to the compiler, which fuses it itself
+        if self.fused_norm_gate and not torch.compiler.is_compiling() and fused_available(y) and not exporting():
             norm = self.out_norm
             gated = norm_gate(y, z, norm.weight, norm.bias, norm.eps, fused=True)
         else:  # the modules themselves: static shapes for tracing and export
