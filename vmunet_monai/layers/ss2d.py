@@ -149,7 +149,9 @@ class SS2D(nn.Module):
         # (b, K, rows, H, W) views; reshape with the traced sizes, not unflatten, keeps an exported
         # graph's batch size symbolic
         dts, Bs, Cs = (t.reshape(b, K, t.shape[2], h, w) for t in torch.split(x_dbl, [r, n, n], dim=2))
-        if self.fused_dt_proj:  # the factors and the projection go to the scan
+        # the factors and the projection go to the scan (under torch.compile always: the scan operator
+        # projects inside, so the full-rank step sizes are not kept for the backward)
+        if self.fused_dt_proj or torch.compiler.is_compiling():
             delta, dt_weight = dts, self.dt_projs_weight
         else:
             delta, dt_weight = ops.full_rank_delta(dts, self.dt_projs_weight), None

@@ -37,11 +37,23 @@ def _backend_module(name: str):
     return importlib.import_module({"cpu": "vmunet_monai.ops.cpu_kernel", "triton": "vmunet_monai.ops.triton_scan"}[name])
 
 
-@torch.compiler.assume_constant_result
 def takes_factors(name: str) -> bool:
-    """Whether backend ``name`` takes rank-R step-size factors with ``dt_weight`` (else the caller
-    projects); a constant of a traced graph."""
+    """Whether backend ``name`` takes rank-R step-size factors with ``dt_weight`` (else the operator
+    projects them to full rank inside, where nothing of the projection is kept)."""
     return name == "triton" and _backend_module(name).takes_factors()
+
+
+def _project(factors: Tensor, dt_weight: Tensor) -> Tensor:
+    """(b, 4, R, H, W) factors -> (b, 4, Di, H, W) step sizes, as ``dispatch.full_rank_delta`` forms them."""
+    b, k, _, h, w = factors.shape
+    return torch.matmul(dt_weight.to(factors.dtype), factors.flatten(3)).reshape(b, k, dt_weight.shape[1], h, w)
+
+
+def _function(backend, u, delta, A, B, C, D, delta_bias, delta_softplus, dt_weight):
+    """The backend's Function and arguments; factors are projected here for backends that take full rank."""
+    if dt_weight is not None and not takes_factors(backend):
+        delta, dt_weight = _project(delta, dt_weight), None
+    return _backend_module(backend).cross_scan_function(u, delta, A, B, C, D, delta_bias, delta_softplus, dt_weight)
 
 
 class _Ctx:
@@ -73,8 +85,7 @@ def _settle(t: Tensor, like: Tensor, dtype: torch.dtype) -> Tensor:
 @torch.library.custom_op("vmunet_monai::cross_selective_scan", mutates_args=())
 def _scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
           delta_bias: Optional[Tensor], dt_weight: Optional[Tensor], delta_softplus: bool, backend: str) -> Tensor:
-    fn, args = _backend_module(backend).cross_scan_function(u, delta, A, B, C, D, delta_bias, delta_softplus,
-                                                            dt_weight)
+    fn, args = _function(backend, u, delta, A, B, C, D, delta_bias, delta_softplus, dt_weight)
     with torch.no_grad():
         y = fn.forward(_Ctx(len(args), grad=False), *args)
     return _settle(y, u, _out_dtype(u))
@@ -90,11 +101,16 @@ def _scan_backward(dy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
                    delta_bias: Optional[Tensor], dt_weight: Optional[Tensor], delta_softplus: bool,
                    backend: str) -> list[Tensor]:
     inputs = (u, delta, A, B, C, D, delta_bias, dt_weight)
-    fn, args = _backend_module(backend).cross_scan_function(*inputs[:7], delta_softplus, dt_weight)
+    fn, args = _function(backend, *inputs[:7], delta_softplus, dt_weight)
     ctx = _Ctx(len(args), grad=True)
     with torch.no_grad():
         y = fn.forward(ctx, *args)  # rebuilds what the backward kernel reads (the chunk states)
-        grads = fn.backward(ctx, dy.reshape(y.shape))
+        grads = list(fn.backward(ctx, dy.reshape(y.shape)))
+        if dt_weight is not None and not takes_factors(backend):  # back through the projection
+            wide = torch.promote_types(delta.dtype, torch.float32)
+            g = grads[1].reshape(delta.shape[0], 4, dt_weight.shape[1], -1).to(wide)  # (b, 4, Di, L)
+            grads[1] = torch.matmul(dt_weight.to(wide).transpose(1, 2), g)  # d factors, (b, 4, R, L)
+            grads[7] = torch.matmul(g, delta.flatten(3).to(wide).transpose(2, 3)).sum(0)  # d dt_weight, (4, Di, R)
     out = []
     for g, t in zip(grads, inputs):
         if t is None:
@@ -130,5 +146,5 @@ _scan.register_autograd(_backward, setup_context=_setup_context)
 
 def cross_selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend, dt_weight=None):
     """The operator, for checked inputs of :func:`vmunet_monai.ops.cross_selective_scan` on backend
-    ``cpu`` or ``triton``; ``dt_weight`` only where :func:`takes_factors` says so."""
+    ``cpu`` or ``triton``; with ``dt_weight``, ``delta`` holds the rank-R factors."""
     return _scan(u, delta, A, B, C, D, delta_bias, dt_weight, bool(delta_softplus), backend)

@@ -282,8 +282,6 @@ def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
     if torch.compiler.is_compiling():
         name = _backend_while_compiling(u.device.type, backend)
         if name in compiled.OP_BACKENDS:  # one opaque operator in the graph (see ops.compiled)
-            if dt_weight is not None and not compiled.takes_factors(name):
-                delta, dt_weight = full_rank_delta(delta, dt_weight), None
             return compiled.cross_selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, name, dt_weight)
     else:
         name = resolve_backend(u.device, backend)
