@@ -128,15 +128,29 @@ def test_operator_passes_torch_library_checks():
                           (u, delta, A, B, C, D, bias, None, True, "cpu"))
     torch.library.opcheck(torch.ops.vmunet_monai.cross_selective_scan.default,
                           (u, delta, A, B, C, None, None, None, False, "cpu"))
+    factors, dt_weight = _factors()
+    torch.library.opcheck(torch.ops.vmunet_monai.cross_selective_scan.default,
+                          (u, factors, A, B, C, D, bias, dt_weight, True, "cpu"))
 
 
-def test_operator_gradients_equal_eager():
-    """Every input's gradient through the operator equals the eager kernel's (float64)."""
-    inputs = _scan_inputs()
-    torch.autograd.grad(compiled.cross_selective_scan(*inputs, True, "cpu").sum(), inputs)  # warm the kernel
+def _factors(dtype=torch.float64, b=2, di=3, h=4, w=5, rank=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, 4, rank, h, w, generator=g, dtype=dtype).requires_grad_(),
+            (torch.randn(4, di, rank, generator=g, dtype=dtype) * 0.5).requires_grad_())
+
+
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_operator_gradients_equal_eager(low_rank):
+    """Every input's gradient through the operator equals the eager kernel's (float64); with rank-R
+    step-size factors the operator projects them inside and differentiates through the projection."""
+    inputs = list(_scan_inputs())
+    extra = {}
+    if low_rank:
+        inputs[1], extra["dt_weight"] = _factors()
+    leaves = inputs + list(extra.values())
     w = torch.linspace(-1, 1, 2 * 3 * 4 * 5, dtype=torch.float64).reshape(2, 3, 4, 5)
-    g_op = torch.autograd.grad((compiled.cross_selective_scan(*inputs, True, "cpu") * w).sum(), inputs)
-    g_eager = torch.autograd.grad((cross_selective_scan(*inputs, True, backend="cpu") * w).sum(), inputs)
+    g_op = torch.autograd.grad((compiled.cross_selective_scan(*inputs, True, "cpu", **extra) * w).sum(), leaves)
+    g_eager = torch.autograd.grad((cross_selective_scan(*inputs, True, backend="cpu", **extra) * w).sum(), leaves)
     for a, b in zip(g_op, g_eager):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
@@ -160,3 +174,56 @@ def test_benchmark_compiled_row(monkeypatch, one_thread):
                                   torch.randn(2, 3, 32, 32), 2, 1, "cpu", None)
     assert row["backend"] == "cpu+compile" and row["latency_b1_s"] > 0
     assert "train_img_s" not in row  # training throughput is timed on CUDA only
+
+
+def test_compile_network_in_place_keeps_state_dict_keys(one_thread):
+    """The bundles' ``compile`` switch: in place, same module type and state_dict keys (checkpoints
+    and resuming read it as before), same outputs; a bad value names itself and the choices."""
+    from vmunet_monai.engine import compile_network
+
+    net = _net(VMUNet, "cpu").eval()
+    keys = list(net.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        y0 = net(x)
+    assert compile_network(net, False) is net and compile_network(net, "false") is net
+    assert getattr(net, "_compiled_call_impl", None) is None
+    assert compile_network(net, "aot_eager") is net
+    assert getattr(net, "_compiled_call_impl", None) is not None
+    assert isinstance(net, VMUNet) and list(net.state_dict()) == keys
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), y0, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="compile='fastest'.*inductor"):
+        compile_network(net, "fastest")
+
+
+@pytest.mark.parametrize("bundle", ["isic_skin_lesion", "polyp_seg", "synapse_multiorgan"])
+def test_bundle_train_configs_have_the_compile_switch(bundle):
+    from bundle_helpers import workflow
+
+    wf = workflow(bundle, ["train.json"], "train", compile="aot_eager")
+    net = wf.parser.get_parsed_content("network")
+    assert getattr(net, "_compiled_call_impl", None) is not None
+    wf = workflow(bundle, ["train.json"], "train")
+    assert wf.parser.get_parsed_content("compile") is False
+    assert getattr(wf.parser.get_parsed_content("network"), "_compiled_call_impl", None) is None
+
+
+def test_bundle_trains_compiled_and_saves_plain_keys(tmp_path, one_thread):
+    """One epoch of the ISIC bundle with its network compiled (aot_eager: the CPU test of the
+    plumbing; inductor is the default of ``compile: true``): training, validation in eval mode
+    and the checkpoint, whose keys load into an uncompiled network."""
+    from bundle_helpers import copy_bundle, make_prepared, tiny_overrides, workflow
+
+    bundle = "isic_skin_lesion"
+    prepared = make_prepared(bundle, tmp_path / "data", num=8)
+    root = copy_bundle(bundle, tmp_path)
+    over = dict(tiny_overrides(bundle, epochs=1), compile="aot_eager")
+    wf = workflow(bundle, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    saved = torch.load(root / "models" / "model.pt", weights_only=True)
+    plain = workflow(bundle, ["train.json"], "train", **tiny_overrides(bundle, epochs=1)).parser.get_parsed_content(
+        "network_def")
+    plain.load_state_dict(saved)  # strict: the same keys, no compile prefix

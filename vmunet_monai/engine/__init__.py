@@ -14,7 +14,7 @@ from vmunet_monai.engine.handlers import (
 )
 from vmunet_monai.engine.inferers import PlainTensorInferer
 from vmunet_monai.engine.transforms import BinarizeMaskd, FirstOutputd, Spacingd, gray_converter, rgb_converter
-from vmunet_monai.engine.utils import amp_dtype, amp_enabled, find_bundle, load_pretrained
+from vmunet_monai.engine.utils import amp_dtype, amp_enabled, compile_network, find_bundle, load_pretrained
 
 __all__ = [
     "BinarizeMaskd",
@@ -30,6 +30,7 @@ __all__ = [
     "ValidateInputd",
     "amp_dtype",
     "amp_enabled",
+    "compile_network",
     "find_bundle",
     "gray_converter",
     "item_name",

@@ -42,6 +42,35 @@ def load_pretrained(network: nn.Module, checkpoint: str | os.PathLike | None) ->
     return network
 
 
+def compile_network(network: nn.Module, compile: bool | str = False) -> nn.Module:
+    """Compile ``network`` in place with ``torch.compile`` when ``compile`` is true (or names a
+    torch.compile backend, e.g. ``"inductor"``); false returns it untouched.
+
+    Used in train.json as ``"$vmunet_monai.engine.compile_network(..., @compile)"``. In place
+    (``nn.Module.compile``): the module keeps its type and its state_dict keys, so checkpoints,
+    resuming and the other configs read it as before. The scans stay one custom operator each
+    (:mod:`vmunet_monai.ops.compiled`); the first iterations of training and of validation compile.
+
+    Raises:
+        ValueError: ``compile`` is neither a bool nor a backend name torch.compile knows.
+    """
+    if isinstance(compile, str) and compile.strip().lower() in ("", "false", "0", "no", "none"):
+        compile = False
+    if compile is None or compile is False:
+        return network
+    if compile is True or (isinstance(compile, str) and compile.strip().lower() in ("true", "1", "yes")):
+        backend = "inductor"
+    elif isinstance(compile, str) and compile in torch.compiler.list_backends(exclude_tags=()):
+        backend = compile
+    else:
+        raise ValueError(f"compile={compile!r}: use true, false or a torch.compile backend "
+                         f"({', '.join(torch.compiler.list_backends())})")
+    network.compile(backend=backend)
+    logger.info("%s will be compiled with torch.compile (backend %s) on its first call", type(network).__name__,
+                backend)
+    return network
+
+
 def amp_enabled(amp: bool, device) -> bool:
     """MONAI's engines autocast on CUDA only: AMP is on when asked for and the device is a GPU."""
     return bool(amp) and torch.device(device).type == "cuda"
