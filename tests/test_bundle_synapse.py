@@ -5,11 +5,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from reliability_helpers import write_dicom_series
 
 from vmunet_monai.data import synapse
 
@@ -169,41 +171,14 @@ def test_prediction_returns_to_the_input_space(tmp_path):
             assert _dice(np.flip(got, axis) == organ, expected == organ) < 0.3
 
 
-def _write_dicom_series(nifti_path, folder):
-    import SimpleITK as sitk
-
-    volume = sitk.ReadImage(nifti_path)
-    os.makedirs(folder)
-    direction = volume.GetDirection()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    tags = {
-        "0008|0060": "CT",
-        "0020|000d": "1.2.826.0.1.3680043.2.1125.1.1",
-        "0020|000e": "1.2.826.0.1.3680043.2.1125.1.2",
-        "0020|0037": "\\".join(
-            f"{v:.6f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7])
-        ),
-        "0018|0050": f"{volume.GetSpacing()[2]:.4f}",
-    }
-    for z in range(volume.GetDepth()):
-        sl = volume[:, :, z]
-        for tag, value in tags.items():
-            sl.SetMetaData(tag, value)
-        sl.SetMetaData("0020|0032", "\\".join(f"{v:.5f}" for v in volume.TransformIndexToPhysicalPoint((0, 0, z))))
-        sl.SetMetaData("0020|0013", str(z + 1))
-        sl.SetMetaData("0008|0018", f"1.2.826.0.1.3680043.2.1125.1.3.{z + 1}")
-        writer.SetFileName(os.path.join(folder, f"slice{z:03d}.dcm"))
-        writer.Execute(sl)
-
-
 def test_dicom_series_through_itk(tmp_path):
     from monai.transforms import LoadImage
 
     from vmunet_monai.predict_volume import find_volumes, predict_volumes
 
     series = str(tmp_path / "series" / "ct_series")
-    _write_dicom_series(_asymmetric_volume(str(tmp_path / "blocks.nii.gz")), series)
+    # the shared writer puts back the locale that GDCM switches to C (ASCII) while writing
+    write_dicom_series(Path(_asymmetric_volume(str(tmp_path / "blocks.nii.gz"))), Path(series))
     assert find_volumes(str(tmp_path / "series")) == [series]
     network = IntensityBands()
     written = predict_volumes(

@@ -155,10 +155,16 @@ def test_operator_gradients_equal_eager(low_rank):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_operator_rejects_other_backends():
-    u, delta, A, B, C, D, bias = _scan_inputs()
-    with pytest.raises(ValueError, match="runs the backends"):
-        compiled.cross_selective_scan(u, delta, A, B, C, D, bias, True, "torch")
+def test_operator_on_other_backends_runs_forward_only():
+    """A saved program whose backend resolves to a composed one (``torch`` here) still infers; its
+    backward names the backends it can differentiate through."""
+    inputs = _scan_inputs()
+    y = compiled.cross_selective_scan(*inputs, True, "torch")
+    torch.testing.assert_close(y, cross_selective_scan(*inputs, True, backend="torch"), rtol=1e-10, atol=1e-12)
+    with pytest.raises(RuntimeError, match="differentiates through the backends"):
+        y.sum().backward()
+    with pytest.raises(ValueError, match="runs the kernels of the backends"):
+        compiled._backend_module("torch")
 
 
 def test_benchmark_compiled_row(monkeypatch, one_thread):

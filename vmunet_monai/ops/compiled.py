@@ -33,7 +33,7 @@ OP_BACKENDS = ("cpu", "triton")
 
 def _backend_module(name: str):
     if name not in OP_BACKENDS:
-        raise ValueError(f"the compiled scan operator runs the backends {OP_BACKENDS}, not {name!r}")
+        raise ValueError(f"the scan operator runs the kernels of the backends {OP_BACKENDS}, not {name!r}")
     return importlib.import_module({"cpu": "vmunet_monai.ops.cpu_kernel", "triton": "vmunet_monai.ops.triton_scan"}[name])
 
 
@@ -47,6 +47,14 @@ def _project(factors: Tensor, dt_weight: Tensor) -> Tensor:
     """(b, 4, R, H, W) factors -> (b, 4, Di, H, W) step sizes, as ``dispatch.full_rank_delta`` forms them."""
     b, k, _, h, w = factors.shape
     return torch.matmul(dt_weight.to(factors.dtype), factors.flatten(3)).reshape(b, k, dt_weight.shape[1], h, w)
+
+
+def _resolve(backend: str, u: Tensor) -> str:
+    """The backend that runs now: ``backend``, or for ``"auto"`` (saved programs) the automatic choice
+    for u's device."""
+    from vmunet_monai.ops.dispatch import resolve_backend
+
+    return resolve_backend(u.device, None if backend == "auto" else backend)
 
 
 def _function(backend, u, delta, A, B, C, D, delta_bias, delta_softplus, dt_weight):
@@ -85,9 +93,15 @@ def _settle(t: Tensor, like: Tensor, dtype: torch.dtype) -> Tensor:
 @torch.library.custom_op("vmunet_monai::cross_selective_scan", mutates_args=())
 def _scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
           delta_bias: Optional[Tensor], dt_weight: Optional[Tensor], delta_softplus: bool, backend: str) -> Tensor:
-    fn, args = _function(backend, u, delta, A, B, C, D, delta_bias, delta_softplus, dt_weight)
+    name = _resolve(backend, u)
     with torch.no_grad():
-        y = fn.forward(_Ctx(len(args), grad=False), *args)
+        if name in OP_BACKENDS:
+            fn, args = _function(name, u, delta, A, B, C, D, delta_bias, delta_softplus, dt_weight)
+            y = fn.forward(_Ctx(len(args), grad=False), *args)
+        else:  # a saved program on a machine whose automatic choice is another backend: inference only
+            from vmunet_monai.ops.dispatch import cross_selective_scan as eager
+
+            y = eager(u, delta, A, B, C, D, delta_bias, delta_softplus, backend=name, dt_weight=dt_weight)
     return _settle(y, u, _out_dtype(u))
 
 
@@ -101,7 +115,12 @@ def _scan_backward(dy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
                    delta_bias: Optional[Tensor], dt_weight: Optional[Tensor], delta_softplus: bool,
                    backend: str) -> list[Tensor]:
     inputs = (u, delta, A, B, C, D, delta_bias, dt_weight)
-    fn, args = _function(backend, *inputs[:7], delta_softplus, dt_weight)
+    name = _resolve(backend, u)
+    if name not in OP_BACKENDS:
+        raise RuntimeError(f"the scan operator differentiates through the backends {OP_BACKENDS}; here it runs "
+                           f"{name!r} (requested: {backend!r}): pass scan_backend='cpu' or 'triton' to train through it")
+    backend = name
+    fn, args = _function(name, *inputs[:7], delta_softplus, dt_weight)
     ctx = _Ctx(len(args), grad=True)
     with torch.no_grad():
         y = fn.forward(ctx, *args)  # rebuilds what the backward kernel reads (the chunk states)
@@ -145,6 +164,8 @@ _scan.register_autograd(_backward, setup_context=_setup_context)
 
 
 def cross_selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend, dt_weight=None):
-    """The operator, for checked inputs of :func:`vmunet_monai.ops.cross_selective_scan` on backend
-    ``cpu`` or ``triton``; with ``dt_weight``, ``delta`` holds the rank-R factors."""
+    """The operator, for checked inputs of :func:`vmunet_monai.ops.cross_selective_scan`; with
+    ``dt_weight``, ``delta`` holds the rank-R factors. ``backend``: ``cpu`` or ``triton``, or
+    ``"auto"`` (what ``torch.export`` records, so a saved program picks the backend of the machine
+    and device it runs on; forward on any backend, gradients through ``cpu`` and ``triton``)."""
     return _scan(u, delta, A, B, C, D, delta_bias, dt_weight, bool(delta_softplus), backend)

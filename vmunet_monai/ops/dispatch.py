@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -107,8 +108,17 @@ def resolve_backend(device: torch.device | str, backend: str | None = None) -> s
 
 @torch.compiler.assume_constant_result
 def _backend_while_compiling(device_type: str, backend: str | None) -> str:
-    """:func:`resolve_backend`, evaluated once while a graph is traced (its result is a constant of the graph)."""
-    return resolve_backend(device_type, backend)
+    """:func:`resolve_backend`, evaluated once while a graph is traced (its result is a constant of the graph).
+
+    A backend's first status check may run its self-test (the ``cpu`` kernel compiles and checks
+    itself); that must see real tensors, not the tracer's fake or proxy ones (the dispatch modes
+    are suspended), or the backend would be reported broken for the rest of the process."""
+    try:
+        from torch.utils._python_dispatch import _disable_current_modes as real_tensors
+    except ImportError:  # a torch without dispatch modes has no fake tensors either
+        real_tensors = contextlib.nullcontext
+    with real_tensors():
+        return resolve_backend(device_type, backend)
 
 
 def _module(name: str):
@@ -281,6 +291,9 @@ def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
         raise ValueError(f"A must be ({4 * di}, N), got {tuple(A.shape)}")
     if torch.compiler.is_compiling():
         name = _backend_while_compiling(u.device.type, backend)
+        if torch.compiler.is_exporting():  # a saved program chooses its backend where it runs
+            return compiled.cross_selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend or "auto",
+                                                 dt_weight)
         if name in compiled.OP_BACKENDS:  # one opaque operator in the graph (see ops.compiled)
             return compiled.cross_selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, name, dt_weight)
     else:
