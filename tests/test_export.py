@@ -1,5 +1,6 @@
-"""TorchScript and ONNX export of the three bundles: the exported model equals eager PyTorch within 1e-4,
-through ``python -m vmunet_monai export`` and through MONAI's own ``ckpt_export`` / ``onnx_export``."""
+"""TorchScript, ONNX and torch.export (pt2) export of the three bundles: the exported model equals eager
+PyTorch within 1e-4, through ``python -m vmunet_monai export`` and through MONAI's own ``ckpt_export`` /
+``onnx_export``."""
 
 from __future__ import annotations
 
@@ -70,6 +71,35 @@ def test_torchscript_export_equals_eager(name, bundles):
 
 
 @pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_torch_export_program_equals_eager(name, bundles, tmp_path):
+    """pt2: a torch.export program with the scan as the vmunet_monai operator, any batch size, the
+    bundle's configs embedded; loaded in a fresh process that only imports vmunet_monai."""
+    root = bundles[name]
+    out = tmp_path / f"{name}.pt2"
+    result = export(str(root), "pt2", output=str(out))
+    assert result.path == out and out.is_file() and result.max_abs_diff <= 1e-4
+    assert "cross_selective_scan operator" in result.summary()
+    program = torch.export.load(str(out), extra_files=(extra := {"metadata.json": "", "inference.json": ""}))
+    assert json.loads(extra["metadata.json"])["version"] == json.loads(
+        (root / "configs" / "metadata.json").read_text())["version"]
+    assert "network_def" in json.loads(extra["inference.json"])
+    assert any("vmunet_monai.cross_selective_scan" in str(n.target) for n in program.graph.nodes)
+    eager = _eager(root)
+    x = torch.rand(3, _channels(root), SIZE, SIZE)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(eager(x), tmp_path / "expected.pt")
+        _assert_image_dependent(program.module(), _channels(root))
+    code = ("import torch, vmunet_monai, sys; d = sys.argv[1]; "
+            "m = torch.export.load(d + '/" + out.name + "').module(); "
+            "y = m(torch.load(d + '/x.pt')); print(float((y - torch.load(d + '/expected.pt')).abs().max()))")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=run_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float(proc.stdout.strip().splitlines()[-1]) <= 1e-4
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
 def test_onnx_export_equals_eager_in_onnxruntime(name, bundles, tmp_path):
     pytest.importorskip("onnx", reason="onnx is not installed (pip install 'vmunet-monai[export]')")
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'vmunet-monai[export]')")
@@ -109,7 +139,7 @@ def test_cli_export_prints_the_difference_and_fails_above_the_tolerance(bundles,
 
 
 def test_clear_errors(bundles, tmp_path):
-    with pytest.raises(ValueError, match="--format 'tflite': choose one of torchscript, onnx"):
+    with pytest.raises(ValueError, match="--format 'tflite': choose one of torchscript, onnx, pt2"):
         export(str(bundles["polyp_seg"]), "tflite")
     with pytest.raises(FileNotFoundError, match="no weights at .*missing.pt: train the bundle first"):
         export(str(bundles["polyp_seg"]), "torchscript", checkpoint=str(tmp_path / "missing.pt"))

@@ -96,16 +96,19 @@ class Commands:
 
     def export(self, bundle: str, format: str = "torchscript", checkpoint: str | None = None,
                output: str | None = None, tolerance: float = 1e-4):
-        """Export BUNDLE's network to TorchScript or ONNX and check it against eager PyTorch on a random input.
+        """Export BUNDLE's network to TorchScript, ONNX or torch.export and check it against eager PyTorch.
 
-        Both formats are traced on the torch scan backend (via monai.bundle ckpt_export / onnx_export with
-        use_trace) for the network input size in metadata.json; the batch size stays free. Prints the max abs
-        difference to the eager network and exits with an error if it exceeds TOLERANCE.
+        TorchScript and ONNX are traced on the torch scan backend (via monai.bundle ckpt_export /
+        onnx_export with use_trace); pt2 is a torch.export program in which each scan is one
+        vmunet_monai operator (import vmunet_monai before torch.export.load; it runs the fast backend of
+        the machine that loads it). All are made for the network input size in metadata.json; the batch
+        size stays free. Prints the max abs difference to the eager network on a random input and exits
+        with an error if it exceeds TOLERANCE.
 
         Args:
             bundle: bundle name (isic_skin_lesion, polyp_seg, synapse_multiorgan) or bundle folder.
-            format: torchscript (writes models/model.ts) or onnx (models/model.onnx; needs onnx and onnxruntime,
-                pip install 'vmunet-monai[export]').
+            format: torchscript (writes models/model.ts), onnx (models/model.onnx; needs onnx and onnxruntime,
+                pip install 'vmunet-monai[export]') or pt2 (models/model.pt2).
             checkpoint: weights to export (default <bundle>/models/model.pt).
             output: file to write instead of the default.
             tolerance: largest max abs difference accepted.

@@ -4,6 +4,10 @@
 ``python -m monai.bundle ckpt_export`` and ``onnx_export`` (so the files are what those commands
 write: a TorchScript file with ``metadata.json`` and ``inference.json`` embedded, or an ONNX model),
 and then runs the exported model and the eager network on the same random input.
+``--format pt2`` writes a ``torch.export`` program instead (``torch.export.save``, the two configs
+embedded as extra files): the scans stay one operator each (``vmunet_monai::cross_selective_scan``,
+registered by ``import vmunet_monai``), which picks the fast backend of the machine that loads it,
+and the batch size stays free.
 
 Why tracing: ``torch.jit.script`` cannot compile the selective-scan dispatch (keyword-only
 arguments, optional backends chosen at run time), so both formats are produced by
@@ -27,7 +31,8 @@ from vmunet_monai.engine.utils import find_bundle
 
 __all__ = ["FORMATS", "DEFAULT_TOLERANCE", "ExportResult", "ExportVerificationError", "export", "verify_export"]
 
-FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
+FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx", "pt2": "model.pt2"}
+MAX_BATCH = 4096  # the largest batch a pt2 program accepts (its batch dimension is symbolic up to this)
 DEFAULT_TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME = "image", "pred"  # the keys of metadata.json's network_data_format
 
@@ -45,7 +50,9 @@ class ExportResult:
     tolerance: float
 
     def summary(self) -> str:
-        return (f"{self.format} model written to {self.path} (traced on the torch scan backend)\n"
+        how = ("the scans as the vmunet_monai::cross_selective_scan operator: import vmunet_monai before "
+               "torch.export.load" if self.format == "pt2" else "traced on the torch scan backend")
+        return (f"{self.format} model written to {self.path} ({how})\n"
                 f"max abs diff against eager PyTorch on a random {tuple(self.input_shape)} input: "
                 f"{self.max_abs_diff:.3e} (tolerance {self.tolerance:.0e})")
 
@@ -114,6 +121,16 @@ def _eager_network(root: Path, config: Path, ckpt: Path, key: str) -> torch.nn.M
     return net.eval()
 
 
+def _export_program(network: torch.nn.Module, shape, out: Path, config: Path, meta: Path) -> None:
+    """``torch.export`` of ``network`` for inputs of ``shape`` with any batch size, saved with the
+    bundle's metadata.json and inference.json as extra files."""
+    example = torch.rand((2, *tuple(shape)[1:]))  # a batch of 1 would be specialised, not symbolic
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    program = torch.export.export(network, (example,), dynamic_shapes=({0: batch},))
+    extra = {"metadata.json": meta.read_text(), "inference.json": config.read_text()}
+    torch.export.save(program, str(out), extra_files=extra)
+
+
 def verify_export(path: str | Path, format: str, network: torch.nn.Module, input_shape, batch: int = 2,
                   seed: int = 0) -> float:
     """Max absolute difference between the exported model at ``path`` and ``network`` on a random input of
@@ -124,6 +141,10 @@ def verify_export(path: str | Path, format: str, network: torch.nn.Module, input
         expected = network(x)
     if format == "torchscript":
         module = torch.jit.load(str(path), map_location="cpu").eval()
+        with torch.no_grad():
+            got = module(x)
+    elif format == "pt2":  # the scan operator it calls was registered when vmunet_monai was imported
+        module = torch.export.load(str(path)).module()
         with torch.no_grad():
             got = module(x)
     elif format == "onnx":
@@ -150,11 +171,12 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
 
     Args:
         bundle: a bundle name (``isic_skin_lesion``, ``polyp_seg``, ``synapse_multiorgan``) or a bundle folder.
-        format: ``torchscript`` (``monai.bundle ckpt_export --use_trace True``) or ``onnx``
-            (``monai.bundle onnx_export --use_trace True`` with PyTorch's TorchScript-based ONNX exporter).
+        format: ``torchscript`` (``monai.bundle ckpt_export --use_trace True``), ``onnx``
+            (``monai.bundle onnx_export --use_trace True`` with PyTorch's TorchScript-based ONNX exporter)
+            or ``pt2`` (``torch.export``; the scans stay one custom operator each).
         checkpoint: weights (a state dict, or a ``CheckpointSaver`` file with one under ``model``);
             default ``<bundle>/models/model.pt``.
-        output: file to write; default ``<bundle>/models/model.ts`` or ``model.onnx``.
+        output: file to write; default ``<bundle>/models/model.ts``, ``model.onnx`` or ``model.pt2``.
         tolerance: largest max-abs difference from the eager network accepted.
         input_shape: ``[1, C, H, W]`` to trace with; default from ``metadata.json`` (the network input size).
 
@@ -174,7 +196,9 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
                   config_file=str(config), key_in_ckpt=key, use_trace=True, input_shape=list(shape),
                   bundle_root=str(root))
     with _quiet_tracing():
-        if format == "torchscript":
+        if format == "pt2":
+            _export_program(_eager_network(root, config, ckpt, key), shape, out, config, meta)
+        elif format == "torchscript":
             ckpt_export(**common, converter_kwargs={"check_trace": False})
         else:
             missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
