@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,3 +87,16 @@ def test_benchmark_scan_only_runs_and_reports_ratios(tmp_path):
     t_torch = time_scan("torch", "cpu", repeats=1, dim=16, length=64)
     t_ref = time_scan("reference", "cpu", repeats=1, dim=16, length=64)
     assert t_torch > 0 and t_ref > 0
+
+
+def test_benchmark_times_monai_baselines_beside_ours(capsys):
+    """``benchmark --baselines unet,swin_unetr``: MONAI's CNN and transformer U-Nets on the same input,
+    with parameter counts; an unknown name is refused with the choices."""
+    from vmunet_monai.benchmark import BASELINES, run_benchmark
+
+    for build in BASELINES.values():
+        net = build().eval()
+        with torch.no_grad():
+            assert net(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+    with pytest.raises(SystemExit, match="unknown baseline 'nnunet'; choose from unet, swin_unetr"):
+        run_benchmark(networks="vmunet", size=32, backends="torch", baselines="nnunet", scan_only=False, repeats=1)

@@ -15,6 +15,23 @@ __all__ = ["run_benchmark", "time_scan", "time_forward"]
 NETWORKS = {"vmunet": "VMUNet", "vmunet_v2": "VMUNetV2", "mamba_unet": "MambaUNet"}
 
 
+def _baseline_unet():
+    from monai.networks.nets import BasicUNet
+
+    # the original U-Net's widths (two 3x3 convolutions per level, 64 to 1024 channels)
+    return BasicUNet(spatial_dims=2, in_channels=3, out_channels=1, features=(64, 128, 256, 512, 1024, 64))
+
+
+def _baseline_swin_unetr():
+    from monai.networks.nets import SwinUNETR
+
+    return SwinUNETR(in_channels=3, out_channels=1, spatial_dims=2, feature_size=48)
+
+
+# CNN and transformer U-Nets from MONAI, timed on the same inputs (``benchmark --baselines``)
+BASELINES = {"unet": _baseline_unet, "swin_unetr": _baseline_swin_unetr}
+
+
 def _sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -132,10 +149,18 @@ def time_forward_graphed(model, x, repeats, device, autocast_dtype=None):
 
 def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5, backends="auto", reference=None,
                   scan_only=False, out=None, cuda_graphs=False, store_activations=False, channels_last_scan=False,
-                  fused_norm_gate=False, fused_dt_proj=False, compile=False):
+                  fused_norm_gate=False, fused_dt_proj=False, compile=False, baselines=""):
     """Run the benchmark and print a table; see ``python -m vmunet_monai benchmark --help``."""
     from vmunet_monai.layers import SS2D
 
+    nets = [n.strip() for n in networks.split(",")] if isinstance(networks, str) else list(networks)
+    for name in nets:
+        if name not in NETWORKS:
+            raise SystemExit(f"unknown network {name!r}; choose from {', '.join(NETWORKS)}")
+    base = [n.strip() for n in (baselines.split(",") if isinstance(baselines, str) else baselines) if n.strip()]
+    for name in base:
+        if name not in BASELINES:
+            raise SystemExit(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
     SS2D.channels_last_scan = bool(channels_last_scan)
     SS2D.fused_norm_gate = bool(fused_norm_gate)
     SS2D.fused_dt_proj = bool(fused_dt_proj)
@@ -178,10 +203,6 @@ def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5,
     if scan_only:
         return _finish(results, out)
 
-    nets = [n.strip() for n in networks.split(",")] if isinstance(networks, str) else list(networks)
-    for name in nets:
-        if name not in NETWORKS:
-            raise SystemExit(f"unknown network {name!r}; choose from {', '.join(NETWORKS)}")
     x1 = torch.randn(1, 3, size, size, device=device)
     xb = torch.randn(batch, 3, size, size, device=device)
     dtypes = [None] if dev_type == "cpu" else [None, torch.bfloat16]
@@ -190,7 +211,8 @@ def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5,
     for name, b in jobs:
         model = _build(name, b, device)
         for dt in dtypes:
-            row = {"network": name, "backend": b, "precision": "bf16-autocast" if dt else "fp32"}
+            row = {"network": name, "backend": b, "precision": "bf16-autocast" if dt else "fp32",
+                   "params_m": _params_m(model)}
             row["latency_b1_s"] = time_forward(model, x1, repeats, device, dt)
             if dev_type == "cuda":
                 row["infer_img_s"] = batch / time_forward(model, xb, repeats, device, dt)
@@ -199,16 +221,18 @@ def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5,
             results["networks"].append(row)
             if dev_type == "cuda" and store_activations:  # the same model with SS2D recomputation off
                 _set_recompute(model, False)
-                stored = {"network": name, "backend": f"{b}+store_all", "precision": row["precision"]}
+                stored = {"network": name, "backend": f"{b}+store_all", "precision": row["precision"],
+                          "params_m": row["params_m"]}
                 t, peak = time_train_step(model, xb, repeats, device, dt)
                 stored["train_img_s"], stored["train_peak_gib"] = batch / t, peak / 2**30
                 results["networks"].append(stored)
                 _set_recompute(model, True)
             if compile:  # the same model under torch.compile (one graph per input shape; compiled in warm-up)
-                results["networks"].append(_compiled_row(model, row["precision"], name, b, x1, xb, batch, repeats,
-                                                         device, dt))
+                results["networks"].append(dict(_compiled_row(model, row["precision"], name, b, x1, xb, batch,
+                                                              repeats, device, dt), params_m=row["params_m"]))
             if dev_type == "cuda" and cuda_graphs:
-                graphed = {"network": name, "backend": f"{b}+graphs", "precision": row["precision"]}
+                graphed = {"network": name, "backend": f"{b}+graphs", "precision": row["precision"],
+                           "params_m": row["params_m"]}
                 graphed["latency_b1_s"] = time_forward_graphed(model, x1, repeats, device, dt)
                 graphed["infer_img_s"] = batch / time_forward_graphed(model, xb, repeats, device, dt)
                 results["networks"].append(graphed)
@@ -216,6 +240,17 @@ def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5,
         bar.update()
     bar.close()
 
+    for name in base:
+        model = BASELINES[name]().to(device)
+        for dt in dtypes:
+            row = {"network": f"baseline_{name}", "backend": "-", "precision": "bf16-autocast" if dt else "fp32",
+                   "params_m": _params_m(model), "latency_b1_s": time_forward(model, x1, repeats, device, dt)}
+            if dev_type == "cuda":
+                row["infer_img_s"] = batch / time_forward(model, xb, repeats, device, dt)
+                t, peak = time_train_step(model, xb, repeats, device, dt)
+                row["train_img_s"], row["train_peak_gib"] = batch / t, peak / 2**30
+            results["networks"].append(row)
+        del model
     if reference:
         _official_rows(results, reference, device, size, batch, repeats, dtypes, x1, xb)
     _print_networks(results)
@@ -231,6 +266,10 @@ def _compiled_row(model, precision, name, backend, x1, xb, batch, repeats, devic
         t, peak = time_train_step(compiled, xb, repeats, device, dt)
         row["train_img_s"], row["train_peak_gib"] = batch / t, peak / 2**30
     return row
+
+
+def _params_m(model) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
 
 
 def _official_rows(results, reference, device, size, batch, repeats, dtypes, x1, xb):
@@ -249,7 +288,8 @@ def _official_rows(results, reference, device, size, batch, repeats, dtypes, x1,
     results["official_parity_max_abs_diff"] = diff
     slow = torch.device(device).type == "cpu"
     for dt in dtypes:
-        row = {"network": "official_vmunet", "backend": scan_name, "precision": "bf16-autocast" if dt else "fp32"}
+        row = {"network": "official_vmunet", "backend": scan_name, "precision": "bf16-autocast" if dt else "fp32",
+               "params_m": _params_m(official)}
         row["latency_b1_s"] = time_forward(official, x1, 1 if slow else repeats, device, dt)
         if torch.device(device).type == "cuda":
             row["infer_img_s"] = batch / time_forward(official, xb, repeats, device, dt)
@@ -261,11 +301,11 @@ def _official_rows(results, reference, device, size, batch, repeats, dtypes, x1,
 def _print_networks(results):
     rows = results["networks"]
     official = {r["precision"]: r for r in rows if r["network"] == "official_vmunet"}
-    print("\nnetwork          backend              precision       batch-1 latency   infer img/s   train img/s"
-          "   train peak GiB")
+    print("\nnetwork              params M  backend              precision       batch-1 latency   infer img/s"
+          "   train img/s   train peak GiB")
     nan = float("nan")
     for r in rows:
-        line = (f"{r['network']:<16} {r['backend'][:20]:<20} {r['precision']:<15} "
+        line = (f"{r['network']:<20} {r.get('params_m', nan):8.1f}  {r['backend'][:20]:<20} {r['precision']:<15} "
                 f"{r.get('latency_b1_s', nan) * 1e3:12.1f} ms"
                 f"   {r.get('infer_img_s', float('nan')):11.1f}   {r.get('train_img_s', float('nan')):11.1f}"
                 f"   {r.get('train_peak_gib', float('nan')):14.2f}")

@@ -23,7 +23,8 @@ class Commands:
                   repeats: int = 5, backends: str = "auto", reference: str | None = None,
                   scan_only: bool = False, out: str | None = None, cuda_graphs: bool = False,
                   store_activations: bool = False, channels_last_scan: bool = False,
-                  fused_norm_gate: bool = False, fused_dt_proj: bool = False, compile: bool = False):
+                  fused_norm_gate: bool = False, fused_dt_proj: bool = False, compile: bool = False,
+                  baselines: str = ""):
         """Time the networks (and the stage-1 scan) on this machine; prints ratios measured in this run.
 
         Args:
@@ -45,6 +46,8 @@ class Commands:
             fused_dt_proj: step-size projection inside the triton scan kernels (SS2D.fused_dt_proj).
             compile: also time each model under torch.compile (inductor; the scans stay one custom
                 operator each), the rows marked +compile; compilation happens in the warm-up.
+            baselines: comma-separated MONAI networks timed on the same inputs: unet (BasicUNet with the
+                original U-Net's widths, 64-1024) and/or swin_unetr (SwinUNETR, 2D, feature size 48).
         """
         from vmunet_monai.benchmark import run_benchmark
 
@@ -52,7 +55,7 @@ class Commands:
                       backends=backends, reference=reference, scan_only=scan_only, out=out,
                       cuda_graphs=cuda_graphs, store_activations=store_activations,
                       channels_last_scan=channels_last_scan, fused_norm_gate=fused_norm_gate,
-                      fused_dt_proj=fused_dt_proj, compile=compile)
+                      fused_dt_proj=fused_dt_proj, compile=compile, baselines=baselines)
 
     def demo(self, out: str = "demo_run", epochs: int = 30, num: int = 48, size: int = 64):
         """The main job on embedded defaults: synthetic ISIC-layout data -> prepare -> train -> validation Dice.
