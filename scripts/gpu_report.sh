@@ -9,11 +9,14 @@
 #   3. benchmark --device cuda --batch 32 [--reference REF] --store_activations --cuda_graphs
 #      --baselines unet,swin_unetr (ours vs the official VM-UNet and MONAI's U-Net and SwinUNETR:
 #       training/inference img/s, batch-1 latency, peak memory, with and without SS2D recomputation)
-#   4. the same with --channels_last_scan true --fused_norm_gate true --fused_dt_proj true (the options
-#      still off by default) and --compile true (torch.compile rows, marked +compile)
+#   4. network_options: the same with --channels_last_scan true --fused_norm_gate true --fused_dt_proj true
+#      (the options still off by default)
+#   5. network_compile: benchmark --compile true (torch.compile rows, marked +compile)
 # Each step's exit status is recorded in OUT/status.txt; a failing step does not stop the others.
+# STEPS picks steps by name (tests scan scan_channels_last network network_options network_compile), so
+# a machine that limits the length of one command can run them in several calls into the same OUT.
 #
-# Usage: bash scripts/gpu_report.sh OUT [REF]
+# Usage: [STEPS="tests scan"] bash scripts/gpu_report.sh OUT [REF]
 #   OUT   folder for the logs and JSON results (created)
 #   REF   checkout of the official JCruan519/VM-UNet, timed beside ours (optional)
 # Environment:
@@ -25,8 +28,9 @@ OUT=${1:?usage: bash scripts/gpu_report.sh OUT [REF]}
 REF=${2:-}
 PYTHON=${PYTHON:-python3}
 BACKENDS=${BACKENDS:-triton,mamba_ssm}
+STEPS=${STEPS:-tests scan scan_channels_last network network_options network_compile}
 mkdir -p "$OUT"
-: > "$OUT/status.txt"
+touch "$OUT/status.txt"
 
 "$PYTHON" - <<'EOF' || exit 1
 import sys
@@ -38,8 +42,9 @@ if not torch.cuda.is_available():
     sys.exit(f"error: torch {torch.__version__} sees no CUDA device; this script measures a GPU")
 EOF
 
-step() {  # step NAME CMD...: run, log to OUT/NAME.log, record the exit status
+step() {  # step NAME CMD...: run (if NAME is in STEPS), log to OUT/NAME.log, record the exit status
     local name=$1; shift
+    case " $STEPS " in *" $name "*) ;; *) return 0 ;; esac
     echo "== $name: $*"
     local start=$SECONDS
     "$@" > "$OUT/$name.log" 2>&1
@@ -59,6 +64,8 @@ step network "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 32 --back
     "${REFARGS[@]}" --store_activations true --cuda_graphs true --baselines unet,swin_unetr \
     --out "$OUT/network.json"
 step network_options "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 32 --backends "$BACKENDS" \
-    "${REFARGS[@]}" --channels_last_scan true --fused_norm_gate true --fused_dt_proj true --compile true \
+    "${REFARGS[@]}" --channels_last_scan true --fused_norm_gate true --fused_dt_proj true \
     --out "$OUT/network_options.json"
+step network_compile "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 32 --backends "$BACKENDS" \
+    "${REFARGS[@]}" --compile true --out "$OUT/network_compile.json"
 echo "results in $OUT (status.txt, *.log, *.json)"
