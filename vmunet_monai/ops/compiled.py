@@ -15,7 +15,8 @@ AOTAutograd's partitioner decides what to keep and what to recompute around the 
 
 Backends whose fused scan is one of this package's autograd Functions (``cpu``, ``triton``) go
 through the operator; the pure-PyTorch ones (``torch``, ``reference``) are traced like any other
-code, and ``mamba_ssm`` runs eagerly between graphs.
+code, and ``mamba_ssm`` runs eagerly between graphs. ``torch.export`` records the operator with the
+backend asked for, or ``"auto"``, which a saved program resolves on the machine that runs it.
 """
 
 from __future__ import annotations
@@ -43,12 +44,6 @@ def takes_factors(name: str) -> bool:
     return name == "triton" and _backend_module(name).takes_factors()
 
 
-def _project(factors: Tensor, dt_weight: Tensor) -> Tensor:
-    """(b, 4, R, H, W) factors -> (b, 4, Di, H, W) step sizes, as ``dispatch.full_rank_delta`` forms them."""
-    b, k, _, h, w = factors.shape
-    return torch.matmul(dt_weight.to(factors.dtype), factors.flatten(3)).reshape(b, k, dt_weight.shape[1], h, w)
-
-
 def _resolve(backend: str, u: Tensor) -> str:
     """The backend that runs now: ``backend``, or for ``"auto"`` (saved programs) the automatic choice
     for u's device."""
@@ -60,7 +55,9 @@ def _resolve(backend: str, u: Tensor) -> str:
 def _function(backend, u, delta, A, B, C, D, delta_bias, delta_softplus, dt_weight):
     """The backend's Function and arguments; factors are projected here for backends that take full rank."""
     if dt_weight is not None and not takes_factors(backend):
-        delta, dt_weight = _project(delta, dt_weight), None
+        from vmunet_monai.ops.dispatch import full_rank_delta
+
+        delta, dt_weight = full_rank_delta(delta, dt_weight), None
     return _backend_module(backend).cross_scan_function(u, delta, A, B, C, D, delta_bias, delta_softplus, dt_weight)
 
 
