@@ -67,7 +67,8 @@ def test_cli_help_and_doctor(tmp_path):
     res = subprocess.run([sys.executable, "-m", "vmunet_monai", "doctor"], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr
-    for word in ("selective-scan backends", "reference", "torch", "triton", "mamba_ssm", "CPU tensors use"):
+    for word in ("selective-scan backends", "reference", "torch", "triton", "mamba_ssm", "CPU tensors use",
+                 "torch.compile: the scans enter a compiled graph"):
         assert word in res.stdout
     res = subprocess.run([sys.executable, "-m", "vmunet_monai", "benchmark", "--help"], capture_output=True,
                          text=True, env=env, cwd=tmp_path, timeout=300)

@@ -64,7 +64,28 @@ def report() -> str:
         out.append(f"backend selection fails: {exc}")
     out.append("")
     out.append(_mamba_note())
+    out.append("")
+    out.append(_compile_note())
     return "\n".join(out)
+
+
+def _compile_note() -> str:
+    """What torch.compile of the networks needs here: inductor builds C++ for CPU tensors and Triton
+    kernels for CUDA tensors (the scans themselves are custom operators and need neither)."""
+    import shutil
+
+    import torch
+
+    cxx = os.environ.get("CXX") or next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
+    lines = ["torch.compile: the scans enter a compiled graph as one custom operator each (cpu, triton backends)"]
+    lines.append(f"  CPU: inductor's C++ compiler {cxx!r} found" if cxx else
+                 "  CPU: no C++ compiler found (c++, g++, clang++ or $CXX), so inductor cannot build CPU code; "
+                 "torch.compile(net, backend='aot_eager') still runs")
+    if torch.cuda.is_available():
+        has_triton = importlib.util.find_spec("triton") is not None
+        lines.append("  CUDA: inductor generates Triton kernels" + ("" if has_triton else
+                     " and triton is not installed (pip install 'vmunet-monai[triton]')"))
+    return "\n".join(lines)
 
 
 def _mamba_note() -> str:
