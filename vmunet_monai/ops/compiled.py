@@ -19,10 +19,8 @@ code, and ``mamba_ssm`` runs eagerly between graphs. ``torch.export`` records th
 backend asked for, or ``"auto"``, which a saved program resolves on the machine that runs it.
 """
 
-from __future__ import annotations
-
 import importlib
-from typing import Optional
+from typing import Optional  # no postponed annotations: custom_op reads these at registration
 
 import torch
 from torch import Tensor

@@ -106,6 +106,12 @@ def resolve_backend(device: torch.device | str, backend: str | None = None) -> s
     return "torch"
 
 
+def _is_exporting() -> bool:
+    """True while torch.export traces (torch.compiler.is_exporting exists from torch 2.5 on)."""
+    probe = getattr(torch.compiler, "is_exporting", None)
+    return bool(probe is not None and probe())
+
+
 @torch.compiler.assume_constant_result
 def _backend_while_compiling(device_type: str, backend: str | None) -> str:
     """:func:`resolve_backend`, evaluated once while a graph is traced (its result is a constant of the graph).
@@ -291,7 +297,7 @@ def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
         raise ValueError(f"A must be ({4 * di}, N), got {tuple(A.shape)}")
     if torch.compiler.is_compiling():
         name = _backend_while_compiling(u.device.type, backend)
-        if torch.compiler.is_exporting():  # a saved program chooses its backend where it runs
+        if _is_exporting():  # a saved program chooses its backend where it runs
             return compiled.cross_selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend or "auto",
                                                  dt_weight)
         if name in compiled.OP_BACKENDS:  # one opaque operator in the graph (see ops.compiled)
