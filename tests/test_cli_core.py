@@ -93,11 +93,19 @@ def test_benchmark_scan_only_runs_and_reports_ratios(tmp_path):
 def test_benchmark_times_monai_baselines_beside_ours(capsys):
     """``benchmark --baselines unet,swin_unetr``: MONAI's CNN and transformer U-Nets on the same input,
     with parameter counts; an unknown name is refused with the choices."""
-    from vmunet_monai.benchmark import BASELINES, run_benchmark
+    from vmunet_monai.benchmark import BASELINES, _baseline_missing, run_benchmark
 
-    for build in BASELINES.values():
+    for name, build in BASELINES.items():
+        assert _baseline_missing(name) is None, _baseline_missing(name)  # the test extra installs them
         net = build().eval()
         with torch.no_grad():
             assert net(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)
     with pytest.raises(SystemExit, match="unknown baseline 'nnunet'; choose from unet, swin_unetr"):
         run_benchmark(networks="vmunet", size=32, backends="torch", baselines="nnunet", scan_only=False, repeats=1)
+
+
+def test_benchmark_names_a_missing_baseline_package(monkeypatch):
+    from vmunet_monai import benchmark
+
+    monkeypatch.setitem(benchmark.BASELINE_NEEDS, "unet", "no_such_package_xyz")
+    assert benchmark._baseline_missing("unet") == "MONAI's unet needs no_such_package_xyz (pip install no_such_package_xyz)"

@@ -86,6 +86,28 @@ def test_compiled_triton_equals_eager(channels_last, monkeypatch, one_thread, tr
     _compare_compiled(blk, torch.randn(1, 4, 5, 8, device=triton_device), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("keep_states", [True, False])
+def test_compiled_triton_backward_reuses_kept_states(keep_states, monkeypatch, one_thread, triton_device):
+    """With keep_states (the default) the compiled backward starts from the states the forward kernel
+    wrote, as eager mode does: one forward kernel run per step; without, it runs the forward again."""
+    from vmunet_monai.ops import triton_scan
+
+    config = triton_scan.kernel_config()
+    monkeypatch.setattr(triton_scan, "_CONFIG", config.replace(keep_states=keep_states))
+    runs = []
+    real = triton_scan._run_forward
+    monkeypatch.setattr(triton_scan, "_run_forward", lambda *a, **k: runs.append(1) or real(*a, **k))
+    blk = SS2D(8, d_state=4, scan_backend="triton").to(triton_device)
+    eager = copy.deepcopy(blk)
+    x = torch.randn(1, 4, 5, 8, device=triton_device)
+    _compare_compiled(blk, x, rtol=1e-4, atol=1e-5)  # eager step (1 or 2 runs), then the compiled one
+    eager_runs = 1 if keep_states else 2
+    assert len(runs) == 2 * eager_runs
+    runs.clear()
+    eager(x).sum().backward()
+    assert len(runs) == eager_runs
+
+
 def test_compiled_under_bf16_autocast(one_thread):
     """Autocast casts around the operator as in eager mode (the scan computes in float32 either way)."""
     blk = SS2D(8, d_state=4, scan_backend="cpu")
@@ -125,12 +147,19 @@ def test_operator_passes_torch_library_checks():
     torch.library.opcheck tests them."""
     u, delta, A, B, C, D, bias = _scan_inputs()
     torch.library.opcheck(torch.ops.vmunet_monai.cross_selective_scan.default,
-                          (u, delta, A, B, C, D, bias, None, True, "cpu"))
+                          (u, delta, A, B, C, D, bias, None, True, "cpu", compiled.CODE))
     torch.library.opcheck(torch.ops.vmunet_monai.cross_selective_scan.default,
-                          (u, delta, A, B, C, None, None, None, False, "cpu"))
+                          (u, delta, A, B, C, None, None, None, False, "cpu", compiled.CODE))
     factors, dt_weight = _factors()
     torch.library.opcheck(torch.ops.vmunet_monai.cross_selective_scan.default,
-                          (u, factors, A, B, C, D, bias, dt_weight, True, "cpu"))
+                          (u, factors, A, B, C, D, bias, dt_weight, True, "cpu", compiled.CODE))
+
+
+def test_keep_states_operator_passes_torch_library_checks(triton_device):
+    """The triton training operator with its second output, the chunk states (fake shape included)."""
+    u, delta, A, B, C, D, bias = (t.detach().float().to(triton_device).requires_grad_() for t in _scan_inputs())
+    torch.library.opcheck(torch.ops.vmunet_monai.cross_selective_scan_keep_states.default,
+                          (u, delta, A, B, C, D, bias, None, True, "triton", compiled.CODE))
 
 
 def _factors(dtype=torch.float64, b=2, di=3, h=4, w=5, rank=2, seed=1):

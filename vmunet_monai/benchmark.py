@@ -30,6 +30,17 @@ def _baseline_swin_unetr():
 
 # CNN and transformer U-Nets from MONAI, timed on the same inputs (``benchmark --baselines``)
 BASELINES = {"unet": _baseline_unet, "swin_unetr": _baseline_swin_unetr}
+BASELINE_NEEDS = {"swin_unetr": "einops"}  # MONAI's optional dependencies of a baseline
+
+
+def _baseline_missing(name: str) -> str | None:
+    """Why baseline ``name`` cannot be built here (a missing package), or None."""
+    import importlib.util
+
+    need = BASELINE_NEEDS.get(name)
+    if need and importlib.util.find_spec(need) is None:
+        return f"MONAI's {name} needs {need} (pip install {need})"
+    return None
 
 
 def _sync(device):
@@ -241,6 +252,10 @@ def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5,
     bar.close()
 
     for name in base:
+        missing = _baseline_missing(name)
+        if missing:
+            print(f"skipping baseline {name}: {missing}")
+            continue
         model = BASELINES[name]().to(device)
         for dt in dtypes:
             row = {"network": f"baseline_{name}", "backend": "-", "precision": "bf16-autocast" if dt else "fp32",

@@ -7,10 +7,10 @@ While compiling, :func:`vmunet_monai.ops.cross_selective_scan` calls
 implementation, so everything around it (norms, gates, projections, layout changes) is compiled and
 fused into one graph per network, forward and backward.
 
-The operator keeps only its inputs for the backward, whose operator runs the backend's forward
-kernel once more (which also rebuilds the chunk states that the eager path would have kept) and
-then its backward kernel: the same arithmetic as eager mode, with the memory of
-``KernelConfig(keep_states=False)``. Under compilation SS2D's own recomputation hooks are off:
+For the backward the operator keeps its inputs and, with the triton backend under the default
+``KernelConfig(keep_states=True)``, the chunk-boundary states its forward kernel wrote (a second
+output of ``vmunet_monai::cross_selective_scan_keep_states``), as eager mode does; otherwise the
+backward operator runs the forward kernel once more to rebuild them. The arithmetic is eager mode's. Under compilation SS2D's own recomputation hooks are off:
 AOTAutograd's partitioner decides what to keep and what to recompute around the operator.
 
 Backends whose fused scan is one of this package's autograd Functions (``cpu``, ``triton``) go
@@ -19,7 +19,9 @@ code, and ``mamba_ssm`` runs eagerly between graphs. ``torch.export`` records th
 backend asked for, or ``"auto"``, which a saved program resolves on the machine that runs it.
 """
 
+import hashlib
 import importlib
+from pathlib import Path
 from typing import Optional  # no postponed annotations: custom_op reads these at registration
 
 import torch
@@ -28,6 +30,23 @@ from torch import Tensor
 __all__ = ["OP_BACKENDS", "cross_selective_scan", "takes_factors"]
 
 OP_BACKENDS = ("cpu", "triton")
+
+
+def _code_hash() -> str:
+    """A digest of the code behind the operators. It is an argument of every forward call, so a
+    compiled graph differs, and torch's compile caches (keyed on the graph, not on an operator's
+    autograd or backward code) miss, whenever this package's scan code changes."""
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha1()
+    for name in ("compiled.py", "triton_scan.py", "cpu_kernel.py", "triton_kernels/scan.py", "csrc"):
+        path = here / name
+        for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if f.is_file():
+                digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+CODE = _code_hash()
 
 
 def _backend_module(name: str):
@@ -87,7 +106,8 @@ def _settle(t: Tensor, like: Tensor, dtype: torch.dtype) -> Tensor:
 
 @torch.library.custom_op("vmunet_monai::cross_selective_scan", mutates_args=())
 def _scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-          delta_bias: Optional[Tensor], dt_weight: Optional[Tensor], delta_softplus: bool, backend: str) -> Tensor:
+          delta_bias: Optional[Tensor], dt_weight: Optional[Tensor], delta_softplus: bool, backend: str,
+          code: str) -> Tensor:
     name = _resolve(backend, u)
     with torch.no_grad():
         if name in OP_BACKENDS:
@@ -101,26 +121,49 @@ def _scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional
 
 
 @_scan.register_fake
-def _scan_fake(u, delta, A, B, C, D, delta_bias, dt_weight, delta_softplus, backend):
+def _scan_fake(u, delta, A, B, C, D, delta_bias, dt_weight, delta_softplus, backend, code):
     return torch.empty_like(u, dtype=_out_dtype(u))
 
 
+@torch.library.custom_op("vmunet_monai::cross_selective_scan_keep_states", mutates_args=())
+def _scan_keep(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+               delta_bias: Optional[Tensor], dt_weight: Optional[Tensor], delta_softplus: bool,
+               backend: str, code: str) -> tuple[Tensor, Tensor]:
+    """The triton scan for training with ``KernelConfig(keep_states=True)``: also returns the chunk
+    states its forward kernel wrote, so the backward starts from them instead of a second forward."""
+    fn, args = _function(backend, u, delta, A, B, C, D, delta_bias, delta_softplus, dt_weight)
+    ctx = _Ctx(len(args), grad=True)
+    with torch.no_grad():
+        y = fn.forward(ctx, *args)
+    return _settle(y, u, _out_dtype(u)), ctx.saved_tensors[-1]
+
+
+@_scan_keep.register_fake
+def _scan_keep_fake(u, delta, A, B, C, D, delta_bias, dt_weight, delta_softplus, backend, code):
+    shape = _backend_module(backend).states_shape(u, A.shape[-1])
+    return torch.empty_like(u, dtype=_out_dtype(u)), u.new_empty(shape, dtype=torch.float32)
+
+
 @torch.library.custom_op("vmunet_monai::cross_selective_scan_backward", mutates_args=())
-def _scan_backward(dy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-                   delta_bias: Optional[Tensor], dt_weight: Optional[Tensor], delta_softplus: bool,
-                   backend: str) -> list[Tensor]:
+def _scan_backward(dy: Tensor, states: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                   D: Optional[Tensor], delta_bias: Optional[Tensor], dt_weight: Optional[Tensor],
+                   delta_softplus: bool, backend: str) -> list[Tensor]:
     inputs = (u, delta, A, B, C, D, delta_bias, dt_weight)
     name = _resolve(backend, u)
     if name not in OP_BACKENDS:
         raise RuntimeError(f"the scan operator differentiates through the backends {OP_BACKENDS}; here it runs "
                            f"{name!r} (requested: {backend!r}): pass scan_backend='cpu' or 'triton' to train through it")
-    backend = name
     fn, args = _function(name, *inputs[:7], delta_softplus, dt_weight)
     ctx = _Ctx(len(args), grad=True)
+    module = _backend_module(name)
     with torch.no_grad():
-        y = fn.forward(ctx, *args)  # rebuilds what the backward kernel reads (the chunk states)
-        grads = list(fn.backward(ctx, dy.reshape(y.shape)))
-        if dt_weight is not None and not takes_factors(backend):  # back through the projection
+        if hasattr(module, "record_forward"):  # triton: its backward rebuilds states it was not given
+            module.record_forward(ctx, args, states if states.numel() else None)
+            y_shape = args[0].shape
+        else:  # run the forward kernel again: it rebuilds the chunk states the backward reads
+            y_shape = fn.forward(ctx, *args).shape
+        grads = list(fn.backward(ctx, dy.reshape(y_shape)))
+        if dt_weight is not None and not takes_factors(name):  # back through the projection
             wide = torch.promote_types(delta.dtype, torch.float32)
             g = grads[1].reshape(delta.shape[0], 4, dt_weight.shape[1], -1).to(wide)  # (b, 4, Di, L)
             grads[1] = torch.matmul(dt_weight.to(wide).transpose(1, 2), g)  # d factors, (b, 4, R, L)
@@ -131,31 +174,45 @@ def _scan_backward(dy: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
             out.append(dy.new_empty(0))
         else:
             if g is None:
-                raise RuntimeError(f"scan backend {backend!r} returned no gradient for an input of shape {tuple(t.shape)}")
+                raise RuntimeError(f"scan backend {name!r} returned no gradient for an input of shape {tuple(t.shape)}")
             out.append(_settle(g, t, t.dtype))
     return out
 
 
 @_scan_backward.register_fake
-def _scan_backward_fake(dy, u, delta, A, B, C, D, delta_bias, dt_weight, delta_softplus, backend):
+def _scan_backward_fake(dy, states, u, delta, A, B, C, D, delta_bias, dt_weight, delta_softplus, backend):
     return [dy.new_empty(0) if t is None else torch.empty_like(t)
             for t in (u, delta, A, B, C, D, delta_bias, dt_weight)]
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, softplus, backend = inputs
-    ctx.save_for_backward(*tensors)
+    *tensors, softplus, backend, _code = inputs
+    states = output[1] if isinstance(output, tuple) else None
+    # only tensors are saved (compiled backward graphs do not keep None places); the rest is recorded
+    ctx.present = [t is not None for t in (*tensors, states)]
+    ctx.save_for_backward(*[t for t in (*tensors, states) if t is not None])
     ctx.softplus, ctx.backend = softplus, backend
 
 
-def _backward(ctx, dy):
-    saved = ctx.saved_tensors
-    grads = _scan_backward(dy, *saved, ctx.softplus, ctx.backend)
+def _backward(ctx, dy, *_states_grad):
+    kept = iter(ctx.saved_tensors)
+    *saved, states = [next(kept) if present else None for present in ctx.present]
+    if states is None:  # an empty tensor, not None: compiled graphs pass None arguments unreliably
+        states = dy.new_empty(0, dtype=torch.float32)
+    grads = _scan_backward(dy, states, *saved, ctx.softplus, ctx.backend)
     out = [g if (t is not None and need) else None for g, t, need in zip(grads, saved, ctx.needs_input_grad)]
-    return (*out, None, None)
+    return (*out, None, None, None)
 
 
 _scan.register_autograd(_backward, setup_context=_setup_context)
+_scan_keep.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.compiler.assume_constant_result
+def _keeps_states(backend: str) -> bool:
+    """Whether a compiled training step keeps the forward's chunk states (triton with
+    ``KernelConfig(keep_states=True)``, the default); a constant of the traced graph."""
+    return backend == "triton" and _backend_module(backend).kernel_config().keep_states
 
 
 def cross_selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend, dt_weight=None):
@@ -163,4 +220,8 @@ def cross_selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backe
     ``dt_weight``, ``delta`` holds the rank-R factors. ``backend``: ``cpu`` or ``triton``, or
     ``"auto"`` (what ``torch.export`` records, so a saved program picks the backend of the machine
     and device it runs on; forward on any backend, gradients through ``cpu`` and ``triton``)."""
-    return _scan(u, delta, A, B, C, D, delta_bias, dt_weight, bool(delta_softplus), backend)
+    tensors = (u, delta, A, B, C, D, delta_bias, dt_weight)
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if training and backend != "auto" and _keeps_states(backend):
+        return _scan_keep(*tensors, bool(delta_softplus), backend, CODE)[0]
+    return _scan(*tensors, bool(delta_softplus), backend, CODE)

@@ -207,6 +207,35 @@ def _run_forward_split(args, strides, flags, geo, nchunks, nseg, seg_len, rank):
                        seg_len, *strides, PHASE=phase, REV=rev, COL=col, **flags)
 
 
+def _tiling(length, cfg):
+    """(steps per chunk, chunks): the spacing and number of the chunk-boundary states of a scan of
+    ``length`` steps. ``length`` may be symbolic (a traced graph's), as long as chunk <= 16."""
+    T = cfg.chunk if cfg.chunk <= 16 else min(cfg.chunk, max(16, _next_pow2(int(length))))
+    return T, (length + T - 1) // T
+
+
+def _record(ctx, geo, softplus, cfg, D, bias):
+    """What the forward tells the backward besides the saved tensors."""
+    ctx.geo, ctx.softplus, ctx.cfg = geo, softplus, cfg
+    ctx.T, ctx.nchunks = _tiling(geo.L, cfg)
+    ctx.has_D, ctx.has_bias = D is not None, bias is not None
+
+
+def states_shape(u: torch.Tensor, n_state: int) -> tuple:
+    """Shape of the chunk-boundary states a four-direction scan of the (batch, Di, H, W) map ``u``
+    keeps for its backward (float32)."""
+    b, di, h, w = u.shape
+    return (b, 4, di, _tiling(h * w, _CONFIG)[1], n_state)
+
+
+def record_forward(ctx, args, states):
+    """Set up ``ctx`` for ``_ScanFunction.backward`` as its forward would have, from the Function's
+    arguments and the chunk-boundary states a forward kept (no kernel runs)."""
+    u, delta, A, Bv, Cv, D, bias, w, geo, softplus, _ = args
+    _record(ctx, geo, softplus, _CONFIG, D, bias)
+    ctx.save_for_backward(u, delta, A, Bv, Cv, D, bias, w, states)
+
+
 class _ScanFunction(torch.autograd.Function):
     """Both geometries; every operand may have any strides (for example channels-last maps, whose
     step stride is the channel count and whose channel loads are then contiguous); Bv, Cv are
@@ -216,13 +245,11 @@ class _ScanFunction(torch.autograd.Function):
     def forward(ctx, u, delta, A, Bv, Cv, D, bias, w, geo, softplus, return_last):
         needs_grad = any(ctx.needs_input_grad[:8])
         cfg = _CONFIG
-        T = min(cfg.chunk, max(16, _next_pow2(geo.L)))
-        nchunks = triton_cdiv(geo.L, T)
+        T, nchunks = _tiling(geo.L, cfg)
         keep = needs_grad and cfg.keep_states
         y, hs, last = _run_forward(u, delta, A, Bv, Cv, D, bias, w, geo, softplus, cfg, T, nchunks, keep,
                                    return_last)
-        ctx.geo, ctx.softplus, ctx.T, ctx.nchunks, ctx.cfg = geo, softplus, T, nchunks, cfg
-        ctx.has_D, ctx.has_bias = D is not None, bias is not None
+        _record(ctx, geo, softplus, cfg, D, bias)
         if needs_grad:
             ctx.save_for_backward(u, delta, A, Bv, Cv, D, bias, w, hs if keep else None)
         if return_last:
