@@ -68,6 +68,20 @@ def test_compiled_training_step_equals_eager_cpu_kernel(cls, one_thread):
     _compare_compiled(net, torch.randn(2, 3, 32, 32, dtype=torch.float64), rtol=1e-9, atol=1e-11)
 
 
+def test_compiled_with_dynamic_shapes_equals_eager(one_thread):
+    """One graph with symbolic sizes serves several map sizes (the operator's fakes take them)."""
+    blk = SS2D(8, d_state=4, scan_backend="cpu")
+    eager = copy.deepcopy(blk)
+    compiled_blk = torch.compile(blk, backend="aot_eager", dynamic=True)
+    for b, h, w in ((2, 5, 6), (3, 7, 4)):
+        x = torch.randn(b, h, w, 8)
+        y0, g0 = _train_step(eager, x)
+        y1, g1 = _train_step(compiled_blk, x)
+        torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-6)
+        for a, c in zip(g1, g0):
+            torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
+
+
 def test_compiled_torch_backend_is_traced_through(one_thread):
     """The pure-PyTorch backend has no operator: dynamo traces the scan itself."""
     blk = SS2D(8, d_state=4, scan_backend="torch").double()
