@@ -145,7 +145,7 @@ def _scan_keep_fake(u, delta, A, B, C, D, delta_bias, dt_weight, delta_softplus,
 
 
 @torch.library.custom_op("vmunet_monai::cross_selective_scan_backward", mutates_args=())
-def _scan_backward(dy: Tensor, states: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+def _scan_backward(dy: Tensor, states: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                    D: Optional[Tensor], delta_bias: Optional[Tensor], dt_weight: Optional[Tensor],
                    delta_softplus: bool, backend: str) -> list[Tensor]:
     inputs = (u, delta, A, B, C, D, delta_bias, dt_weight)
@@ -158,7 +158,7 @@ def _scan_backward(dy: Tensor, states: Tensor, u: Tensor, delta: Tensor, A: Tens
     module = _backend_module(name)
     with torch.no_grad():
         if hasattr(module, "record_forward"):  # triton: its backward rebuilds states it was not given
-            module.record_forward(ctx, args, states if states.numel() else None)
+            module.record_forward(ctx, args, states)
             y_shape = args[0].shape
         else:  # run the forward kernel again: it rebuilds the chunk states the backward reads
             y_shape = fn.forward(ctx, *args).shape
@@ -188,17 +188,12 @@ def _scan_backward_fake(dy, states, u, delta, A, B, C, D, delta_bias, dt_weight,
 def _setup_context(ctx, inputs, output):
     *tensors, softplus, backend, _code = inputs
     states = output[1] if isinstance(output, tuple) else None
-    # only tensors are saved (compiled backward graphs do not keep None places); the rest is recorded
-    ctx.present = [t is not None for t in (*tensors, states)]
-    ctx.save_for_backward(*[t for t in (*tensors, states) if t is not None])
+    ctx.save_for_backward(states, *tensors)
     ctx.softplus, ctx.backend = softplus, backend
 
 
 def _backward(ctx, dy, *_states_grad):
-    kept = iter(ctx.saved_tensors)
-    *saved, states = [next(kept) if present else None for present in ctx.present]
-    if states is None:  # an empty tensor, not None: compiled graphs pass None arguments unreliably
-        states = dy.new_empty(0, dtype=torch.float32)
+    states, *saved = ctx.saved_tensors
     grads = _scan_backward(dy, states, *saved, ctx.softplus, ctx.backend)
     out = [g if (t is not None and need) else None for g, t, need in zip(grads, saved, ctx.needs_input_grad)]
     return (*out, None, None, None)
