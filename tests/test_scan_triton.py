@@ -93,6 +93,8 @@ def interpreted():
         ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, keep_states=False), True, True),  # states rebuilt in backward
         ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, segments=3), True, True),  # two-pass split into 3 segments
         ((1, 5, 3, 9, 3), dict(block_d=8, chunk=16, segments=4), False, False),  # 27 steps: 2 segments of 16
+        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, one_launch=False), True, True),  # a forward launch per direction
+        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, segments=3, one_launch=False), True, True),
     ],
 )
 def test_cross_scan_matches_reference_interpreted(interpreted, shape, config, with_d, softplus):

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import importlib
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -76,9 +77,18 @@ def backend_status(name: str | None = None):
     return [_load(n)[1] for n in BACKENDS]
 
 
+def _compiling_for_gpu() -> bool:
+    """True inside :func:`vmunet_monai.ops.triton_aot.target_only`: triton launches are compiled for a
+    GPU architecture instead of run, and CPU tensors stand in for CUDA ones."""
+    module = sys.modules.get(BACKENDS["triton"][0])
+    return module is not None and module._LAUNCH_HOOK is not None
+
+
 def resolve_backend(device: torch.device | str, backend: str | None = None) -> str:
     """The backend that will run for tensors on ``device``: argument > $VMUNET_SCAN_BACKEND > automatic
     (limited to :data:`DETERMINISTIC_BACKENDS` while ``torch.use_deterministic_algorithms(True)`` is on)."""
+    if backend == "triton" and _compiling_for_gpu():
+        return backend
     device_type = torch.device(device).type
     requested, source = backend, "backend argument"
     if requested is None and os.environ.get(ENV_VAR):
@@ -131,6 +141,8 @@ def _module(name: str):
     loaded = _LOADED.get(name)
     if loaded is not None:  # a plain dict lookup: traceable while compiling
         return loaded
+    if name == "triton" and _compiling_for_gpu():
+        return sys.modules[BACKENDS[name][0]]
     module, st = _load(name)
     if module is None:
         raise RuntimeError(f"scan backend {name!r} is not available: {st.detail}. Fix: {st.fix}")

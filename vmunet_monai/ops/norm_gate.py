@@ -30,6 +30,8 @@ def _kernels():
 
 def fused_available(t: torch.Tensor) -> bool:
     """Whether the fused kernel can run on tensors like ``t`` here."""
+    if triton_scan._LAUNCH_HOOK is not None:  # compiling for a GPU, not running
+        return True
     if t.device.type != "cuda" and not triton_scan._interpreting():
         return False
     return triton_scan.status()[0]
@@ -46,8 +48,8 @@ class _NormGate(torch.autograd.Function):
         R, C = y.shape
         out = torch.empty((R, C), device=y.device, dtype=torch.promote_types(y.dtype, z.dtype))
         br, bc = _tiles(C)
-        _kernels().norm_gate_fwd_kernel[(triton_scan.triton_cdiv(R, br),)](
-            y, z, weight, bias if bias is not None else weight, out, R, C, float(eps),
+        triton_scan.launch(
+            _kernels().norm_gate_fwd_kernel, (triton_scan.triton_cdiv(R, br),), y, z, weight, bias if bias is not None else weight, out, R, C, float(eps),
             y.stride(0), y.stride(1), z.stride(0), z.stride(1), out.stride(0),
             BR=br, BC=bc, HAS_BIAS=bias is not None, num_warps=4,
         )
@@ -66,8 +68,8 @@ class _NormGate(torch.autograd.Function):
         dz = torch.empty((R, C), device=y.device, dtype=z.dtype)
         dw = torch.empty((grid, C), device=y.device, dtype=torch.float32)
         db = torch.empty((grid, C), device=y.device, dtype=torch.float32) if bias is not None else dw
-        _kernels().norm_gate_bwd_kernel[(grid,)](
-            y, z, weight, bias if bias is not None else weight, dout, dy, dz, dw, db, R, C, ctx.eps,
+        triton_scan.launch(
+            _kernels().norm_gate_bwd_kernel, (grid,), y, z, weight, bias if bias is not None else weight, dout, dy, dz, dw, db, R, C, ctx.eps,
             y.stride(0), y.stride(1), z.stride(0), z.stride(1), dout.stride(0), dy.stride(0), dz.stride(0),
             BR=br, BC=bc, HAS_BIAS=bias is not None, num_warps=4,
         )

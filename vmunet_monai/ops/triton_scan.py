@@ -36,6 +36,18 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# Set by ``vmunet_monai.ops.triton_aot.target_only``: every launch is handed to it (to be compiled for
+# a GPU architecture, not run), and CPU tensors are accepted as stand-ins for the CUDA ones.
+_LAUNCH_HOOK = None
+
+
+def launch(kernel, grid, *args, **kwargs):
+    """``kernel[grid](*args, **kwargs)``, or the compile-only hook's handling of it."""
+    if _LAUNCH_HOOK is not None:
+        return _LAUNCH_HOOK(kernel, grid, args, kwargs)
+    return kernel[grid](*args, **kwargs)
+
+
 def status():
     """(available, detail, fix): Triton imports and a CUDA device is present (or the interpreter is on)."""
     if importlib.util.find_spec("triton") is None:
@@ -81,10 +93,16 @@ class KernelConfig:
             two-pass scan: segment end states first, then every segment from its true entering
             state), so that small batches still fill the GPU; 1 walks each sequence in one program.
             The step loop only (``stepwise``).
+        one_launch: the step-loop forward scans SS2D's four directions in one launch, each program
+            taking its direction's walk order as a value (True), or launches once per direction with
+            the order compiled in (False). At VM-UNet's stage 1 and batch 32 one launch has 384
+            programs of 64 channels; one per direction has 96, fewer than an H100's 132 SMs, and the
+            four run one after another.
     """
 
     def __init__(self, block_d: int = 64, chunk: int = 16, num_warps: int = 2, bwd_block_d: int = 4,
-                 bwd_num_warps: int = 2, stepwise: bool = True, keep_states: bool = True, segments: int = 1):
+                 bwd_num_warps: int = 2, stepwise: bool = True, keep_states: bool = True, segments: int = 1,
+                 one_launch: bool = True):
         for label, v in (("block_d", block_d), ("chunk", chunk), ("bwd_block_d", bwd_block_d)):
             if v < 1 or v & (v - 1):
                 raise ValueError(f"KernelConfig.{label}={v} must be a power of two")
@@ -94,12 +112,13 @@ class KernelConfig:
         self.bwd_block_d, self.bwd_num_warps, self.stepwise = bwd_block_d, bwd_num_warps, stepwise
         self.keep_states = bool(keep_states)
         self.segments = int(segments)
+        self.one_launch = bool(one_launch)
 
     def replace(self, **changes) -> "KernelConfig":
         """A copy with some fields changed, e.g. ``kernel_config().replace(keep_states=False)``."""
         fields = dict(block_d=self.block_d, chunk=self.chunk, num_warps=self.num_warps, bwd_block_d=self.bwd_block_d,
                       bwd_num_warps=self.bwd_num_warps, stepwise=self.stepwise, keep_states=self.keep_states,
-                      segments=self.segments)
+                      segments=self.segments, one_launch=self.one_launch)
         unknown = set(changes) - set(fields)
         if unknown:
             raise TypeError(f"KernelConfig has no field(s) {sorted(unknown)}; fields: {sorted(fields)}")
@@ -108,7 +127,7 @@ class KernelConfig:
     def __repr__(self):
         return (f"KernelConfig(block_d={self.block_d}, chunk={self.chunk}, num_warps={self.num_warps}, "
                 f"bwd_block_d={self.bwd_block_d}, bwd_num_warps={self.bwd_num_warps}, stepwise={self.stepwise}, "
-                f"keep_states={self.keep_states}, segments={self.segments})")
+                f"keep_states={self.keep_states}, segments={self.segments}, one_launch={self.one_launch})")
 
 
 _CONFIG = KernelConfig()
@@ -156,13 +175,16 @@ def _strides4(geo, t, shared):
     return t.stride(0), t.stride(1) * geo.Dk, t.stride(1), t.stride(2)
 
 
-def _launches(geo):
-    """(first group, groups, reversed, column-major) per launch: SS2D's four directions each get their
-    own launch (0 rows, 1 columns, 2 rows reversed, 3 columns reversed), so the walk order is a
-    compile-time constant; the generic scan runs every group forwards in one launch."""
+def _launches(geo, all4=False):
+    """(first group, groups, reversed, column-major, all four) per launch. SS2D's four directions (0 rows,
+    1 columns, 2 rows reversed, 3 columns reversed) get one launch each, with the walk order a
+    compile-time constant, or with ``all4`` (step-loop forward kernels) one launch in which each
+    program takes its direction's order; the generic scan runs every group forwards in one launch."""
+    if geo.cross and all4:
+        return [(0, 4, False, False, True)]
     if geo.cross:
-        return [(k, 1, k >= 2, k % 2 == 1) for k in range(4)]
-    return [(0, geo.K, False, False)]
+        return [(k, 1, k >= 2, k % 2 == 1, False) for k in range(4)]
+    return [(0, geo.K, False, False, False)]
 
 
 def _run_forward(u, delta, A, Bv, Cv, D, bias, w, geo, softplus, cfg, T, nchunks, save_states, return_last):
@@ -185,26 +207,26 @@ def _run_forward(u, delta, A, Bv, Cv, D, bias, w, geo, softplus, cfg, T, nchunks
     seg_len = triton_cdiv(triton_cdiv(geo.L, cfg.segments), T) * T  # whole chunks per segment
     nseg = triton_cdiv(geo.L, seg_len)
     if nseg > 1 and cfg.stepwise:
-        _run_forward_split(args, strides, flags, geo, nchunks, nseg, seg_len, rank)
+        _run_forward_split(args, strides, flags, geo, nchunks, nseg, seg_len, rank, cfg.one_launch)
         return y, hs, last
-    for k_base, groups, rev, col in _launches(geo):
+    for k_base, groups, rev, col, all4 in _launches(geo, cfg.stepwise and cfg.one_launch):
         grid = (triton_cdiv(geo.Dk, cfg.block_d), groups, geo.batch)
-        _kernels().scan_fwd_kernel[grid](*args, geo.L, geo.H, geo.W, geo.Dk, nchunks, geo.K, k_base, rank, *strides,
-                                         REV=rev, COL=col, STEPWISE=cfg.stepwise, **flags)
+        launch(_kernels().scan_fwd_kernel, grid, *args, geo.L, geo.H, geo.W, geo.Dk, nchunks, geo.K, k_base, rank,
+               *strides, REV=rev, COL=col, STEPWISE=cfg.stepwise, ALL4=all4, **flags)
     return y, hs, last
 
 
-def _run_forward_split(args, strides, flags, geo, nchunks, nseg, seg_len, rank):
+def _run_forward_split(args, strides, flags, geo, nchunks, nseg, seg_len, rank, one_launch):
     """The two-pass segmented forward (see ``scan_fwd_split_kernel``)."""
     u = args[0]
     agg_h = torch.empty((geo.batch, geo.K, nseg, geo.Dk, geo.N), device=u.device, dtype=torch.float32)
     agg_dt = torch.empty((geo.batch, geo.K, nseg, geo.Dk), device=u.device, dtype=torch.float32)
     kern = _kernels().scan_fwd_split_kernel
     for phase in (1, 2):
-        for k_base, groups, rev, col in _launches(geo):
+        for k_base, groups, rev, col, all4 in _launches(geo, one_launch):
             grid = (triton_cdiv(geo.Dk, flags["BD"]), groups * nseg, geo.batch)
-            kern[grid](*args, agg_h, agg_dt, geo.L, geo.H, geo.W, geo.Dk, nchunks, geo.K, k_base, rank, nseg,
-                       seg_len, *strides, PHASE=phase, REV=rev, COL=col, **flags)
+            launch(kern, grid, *args, agg_h, agg_dt, geo.L, geo.H, geo.W, geo.Dk, nchunks, geo.K, k_base, rank,
+                   nseg, seg_len, *strides, PHASE=phase, REV=rev, COL=col, ALL4=all4, **flags)
 
 
 def _tiling(length, cfg):
@@ -283,10 +305,10 @@ class _ScanFunction(torch.autograd.Function):
             ddelta.zero_()
         dw = torch.zeros(w.shape if w is not None else (1,), device=dev, dtype=f32)
         rank = w.shape[1] if w is not None else 1
-        for k_base, groups, rev, col in _launches(geo):
+        for k_base, groups, rev, col, _ in _launches(geo):
             grid = (triton_cdiv(geo.Dk, cfg.bwd_block_d), groups, geo.batch)
-            kern.scan_bwd_kernel[grid](
-                u, delta, A, Bv, Cv, D if D is not None else A, bias if bias is not None else A, dy, hs,
+            launch(
+                kern.scan_bwd_kernel, grid, u, delta, A, Bv, Cv, D if D is not None else A, bias if bias is not None else A, dy, hs,
                 w if w is not None else A, du, ddelta, dA, dB, dC, dD, dbias, dw,
                 geo.L, geo.H, geo.W, geo.Dk, ctx.nchunks, geo.K, k_base, rank,
                 *_strides4(geo, u, True), *_strides4(geo, delta, False),
@@ -304,7 +326,7 @@ class _ScanFunction(torch.autograd.Function):
 
 def _check_device(*tensors):
     for t in tensors:
-        if t is not None and t.device.type != "cuda" and not _interpreting():
+        if t is not None and t.device.type != "cuda" and not _interpreting() and _LAUNCH_HOOK is None:
             raise RuntimeError(
                 f"the triton scan backend runs on CUDA tensors, got a {t.device.type} tensor; "
                 "use backend='torch' or 'cpu' for CPU tensors"

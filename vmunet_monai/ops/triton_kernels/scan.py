@@ -7,8 +7,11 @@ in registers and, when a backward will follow, written out as a checkpoint.
 
 Two geometries share the kernels:
 
-* cross: SS2D's four directions of one (H, W) map, one launch per direction with the walk order
-  (``REV``, ``COL``) as compile-time constants. Group k is the direction; the program reads the map
+* cross: SS2D's four directions of one (H, W) map. Group k is the direction. The step-loop forward
+  runs all four in one launch (``ALL4``: the walk order is a value of each program, so a batch of 32
+  at VM-UNet's stage 1 gives 384 programs per launch, not 96); the chunked forward and the backward
+  launch once per direction with the walk order (``REV``, ``COL``) as compile-time constants
+  (associative scans need their direction at compile time). The program reads the map
   where direction k is at each step (index arithmetic instead of a fourfold copy) and adds its output
   into the shared (batch, Di, H, W) result with atomics. Every operand comes with its strides
   (batch, group, channel, step), so row-major and channels-last maps are read in place. In the
@@ -68,11 +71,12 @@ def _positions(c, L, H, W, T: tl.constexpr, REV: tl.constexpr, COL: tl.constexpr
 
 
 @triton.jit
-def _position_of(s, H, W, COL: tl.constexpr):
+def _position_of(s, H, W, COL):
+    # COL: compile-time constant, or (one forward launch for all four directions) a value per program
+    pos = s
     if COL:
-        return (s % H) * W + s // H
-    else:
-        return s
+        pos = (s % H) * W + s // H  # walking the transposed map row by row
+    return pos
 
 
 @triton.jit
@@ -126,11 +130,11 @@ def _fwd_run(
 
 
 @triton.jit
-def _step_position(t, L, H, W, REV: tl.constexpr, COL: tl.constexpr):
+def _step_position(t, L, H, W, REV, COL):
+    # REV, COL: compile-time constants, or values per program (see _position_of)
+    s = t
     if REV:
         s = L - 1 - t
-    else:
-        s = t
     return _position_of(s, H, W, COL)
 
 
@@ -140,7 +144,7 @@ def _fwd_steps(
     d, dmask, A2, Dv, bias, L, H, W, nchunks,
     s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
-    REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REV, COL, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr, RP: tl.constexpr,
     LOWRANK: tl.constexpr,
 ):
@@ -192,14 +196,21 @@ def scan_fwd_kernel(
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr, STEPWISE: tl.constexpr,
-    RP: tl.constexpr, LOWRANK: tl.constexpr,
+    RP: tl.constexpr, LOWRANK: tl.constexpr, ALL4: tl.constexpr,
 ):
     """Grid (ceil(Dk / BD), groups, batch) over the groups k_base, k_base + 1, ... of K, all walked in
-    the (REV, COL) order (SS2D launches once per direction); see the module docstring.
-    ``STEPWISE``: step loop, not chunk scans (which do not take LOWRANK). ``LOWRANK``: ``dl`` holds
-    the R step-size factors of each direction and ``w`` (K * Dk, R) the projection to delta."""
+    the (REV, COL) order; see the module docstring. ``ALL4`` (step loop only): SS2D's four directions
+    in one launch, group k walked in direction k's order. ``STEPWISE``: step loop, not chunk scans
+    (which do not take LOWRANK). ``LOWRANK``: ``dl`` holds the R step-size factors of each direction
+    and ``w`` (K * Dk, R) the projection to delta."""
     pid_d = tl.program_id(0)
     k = k_base + tl.program_id(1).to(tl.int64)
+    if ALL4:  # SS2D's four directions in one launch: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
+        rev = k >= 2
+        col = (k % 2) == 1
+    else:  # the launch's compile-time walk order
+        rev = REV
+        col = COL
     b = tl.program_id(2).to(tl.int64)
     d = pid_d * BD + tl.arange(0, BD)
     dmask = d < Dk
@@ -219,7 +230,7 @@ def scan_fwd_kernel(
     if STEPWISE:
         _fwd_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
                    L, H, W, nchunks, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R,
-                   N, NP, BD, T, REV, COL, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST, RP, LOWRANK)
+                   N, NP, BD, T, rev, col, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST, RP, LOWRANK)
     else:
         _fwd_run(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
                  L, H, W, nchunks, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl,
@@ -421,7 +432,7 @@ def _segment_steps(
     d, dmask, A2t, Dv2, bias2, h, t0, t1, L, H, W, nchunks,
     s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R,
     N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
-    REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REV, COL, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, OUTPUT: tl.constexpr, SAVE_STATES: tl.constexpr, RP: tl.constexpr, LOWRANK: tl.constexpr,
 ):
     """Steps t0 .. t1-1 (scan order) from the state ``h`` (N, channels); returns the state after them
@@ -473,12 +484,12 @@ def scan_fwd_split_kernel(
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, PHASE: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr, RP: tl.constexpr,
-    LOWRANK: tl.constexpr,
+    LOWRANK: tl.constexpr, ALL4: tl.constexpr,
 ):
     """The forward with the sequence split into ``nseg`` segments of ``seg_len`` steps (a multiple of
     T), one program each, so that few or short sequences still fill the GPU. Grid
     (ceil(Dk / BD), groups * nseg, batch) over the groups k_base, k_base + 1, ... of K; every group of
-    one launch walks the same (REV, COL) order, so SS2D launches once per direction.
+    one launch walks the same (REV, COL) order, or with ``ALL4`` its own direction's.
 
     PHASE 1: each segment scans from a zero state and writes its end state and the sum of its step
     sizes (its decay over the segment is exp(A * sum)). PHASE 2: each segment folds the earlier
@@ -487,6 +498,12 @@ def scan_fwd_split_kernel(
     """
     pid_d = tl.program_id(0)
     k = k_base + (tl.program_id(1) // nseg).to(tl.int64)
+    if ALL4:  # SS2D's four directions in one launch: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
+        rev = k >= 2
+        col = (k % 2) == 1
+    else:  # the launch's compile-time walk order
+        rev = REV
+        col = COL
     seg = tl.program_id(1) % nseg
     b = tl.program_id(2).to(tl.int64)
     d = pid_d * BD + tl.arange(0, BD)
@@ -516,8 +533,8 @@ def scan_fwd_split_kernel(
     if PHASE == 1:
         h, sdt = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_ptr, d, dmask, A2t,
                                 Dv[None, :], bias[None, :], h, t0, t1, L, H, W, nchunks,
-                                s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R, N, NP, T, REV,
-                                COL, HAS_D, SOFTPLUS, ATOMIC, False, False, RP, LOWRANK)
+                                s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R, N, NP, T, rev,
+                                col, HAS_D, SOFTPLUS, ATOMIC, False, False, RP, LOWRANK)
         tl.store(agg_h_base + seg * Dk * N + dd * N + n, h, mask=dm & nm)
         tl.store(agg_dt_base + seg * Dk + dd, sdt, mask=dm)
     else:
@@ -528,8 +545,8 @@ def scan_fwd_split_kernel(
         hs_base = hs_ptr + (b * K + k) * Dk * nchunks * N
         h, sdt = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, d, dmask, A2t,
                                 Dv[None, :], bias[None, :], h, t0, t1, L, H, W, nchunks,
-                                s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R, N, NP, T, REV,
-                                COL, HAS_D, SOFTPLUS, ATOMIC, True, SAVE_STATES, RP, LOWRANK)
+                                s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R, N, NP, T, rev,
+                                col, HAS_D, SOFTPLUS, ATOMIC, True, SAVE_STATES, RP, LOWRANK)
         if SAVE_LAST:
             if seg == nseg - 1:
                 tl.store(last_ptr + (b * K + k) * Dk * N + dd * N + n, h, mask=dm & nm)
