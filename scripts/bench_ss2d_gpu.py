@@ -6,7 +6,8 @@ N = 16, i.e. the official (32, 768, 4096) scan. Everything is measured in this o
 * the card's copy bandwidth (``clone`` of a 2 GiB tensor, bytes read + written / time);
 * the triton backend's fused forward, for a few tile configurations, and forward + backward, with
   the chunk states kept for the backward and rebuilt in it (``KernelConfig.keep_states``), and the
-  two-pass segmented forward (``KernelConfig.segments``) at batch 1 and at the full batch, the
+  two-pass segmented forward (``KernelConfig.segments``) at batch 1 and at the full batch (and
+  the forward launched once per direction, ``KernelConfig(one_launch=False)``), the
   forward on channels-last maps, and the step sizes as rank-6 factors projected inside the kernels;
 * bandwidth achieved = bytes that must move (read u, delta, B, C once, write y once) / time;
 * the composed path (cross_scan copies + generic scan + merge) on the ``torch`` backend and, when
@@ -239,15 +240,16 @@ def main():
     res["segments_sweep"] = []
     for batch in sorted({1, a.batch}):
         xs_ = make_inputs(batch, a.dim, a.size, a.state, torch.float32)
-        for segs in (1, 4, 8, 16, 32):
-            ts.kernel_config(best[0].replace(segments=segs))
+        for segs, one in ((1, False), (1, True), (4, True), (8, True), (16, True), (32, True)):
+            ts.kernel_config(best[0].replace(segments=segs, one_launch=one))
             try:
                 ms = bench(lambda: fused(xs_))
             except Exception as exc:
                 print(f"  segments={segs}: failed {type(exc).__name__}: {str(exc)[:200]}", flush=True)
                 continue
-            res["segments_sweep"].append({"batch": batch, "segments": segs, "ms": ms})
-            lines.append((f"triton fwd float32 batch {batch} segments={segs}", ms, ""))
+            res["segments_sweep"].append({"batch": batch, "segments": segs, "one_launch": one, "ms": ms})
+            lines.append((f"triton fwd float32 batch {batch} segments={segs}"
+                          + ("" if one else ", one launch per direction"), ms, ""))
         xs_ = None  # free it before the next batch size
     ts.kernel_config(best[0])
 

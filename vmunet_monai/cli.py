@@ -11,7 +11,7 @@ __all__ = ["Commands", "main"]
 
 
 class Commands:
-    """VM-UNet family for MONAI: set-up checks, benchmarks, data, training demo, prediction, export and packaging."""
+    """VM-UNet family for MONAI: set-up checks, benchmarks, GPU kernel checks, data, training demo, prediction, export and packaging."""
 
     def doctor(self):
         """Versions, devices and every selective-scan backend: available or not, why, and the exact fix."""
@@ -56,6 +56,29 @@ class Commands:
                       cuda_graphs=cuda_graphs, store_activations=store_activations,
                       channels_last_scan=channels_last_scan, fused_norm_gate=fused_norm_gate,
                       fused_dt_proj=fused_dt_proj, compile=compile, baselines=baselines)
+
+    def kernels(self, arch: str = "sm_90", cases: str = "all", batch: int = 32, sms: int | None = None,
+                out: str | None = None):
+        """Compile the triton backend's kernels for a GPU architecture on this machine (no GPU needed) and
+        report, per kernel, registers, spilled bytes, shared memory and how its launch fills the card.
+
+        The kernels are those that real SS2D layers at VM-UNet's stage 1 (256x256 input) launch in a
+        forward and backward pass, in every precision and option; Triton's bundled ptxas compiles them.
+
+        Args:
+            arch: sm_80 (A100), sm_86 (A40), sm_89 (L40S), sm_90 (H100, H200) or sm_100 (B200).
+            cases: comma-separated subset of ss2d, ss2d_bf16, ss2d_fp16, ss2d_fast, ss2d_recompute_states,
+                ss2d_segments, ss2d_chunked, selective_scan; or all.
+            batch: batch size of the launches (it sets the grids, not the compiled code).
+            sms: SM count of the card (default: that of the card named for the architecture).
+            out: also write the rows as JSON to this file.
+        """
+        from vmunet_monai.ops.triton_aot import run
+
+        try:
+            run(arch=arch, cases=cases, batch=batch, sms=sms, out=out)
+        except (ValueError, RuntimeError) as exc:
+            raise SystemExit(f"error: {exc}") from exc
 
     def demo(self, out: str = "demo_run", epochs: int = 30, num: int = 48, size: int = 64):
         """The main job on embedded defaults: synthetic ISIC-layout data -> prepare -> train -> validation Dice.

@@ -1,0 +1,135 @@
+"""The triton kernels compile for real GPU architectures on this CPU machine (no GPU, no CUDA driver).
+
+Triton's interpreter, which the other triton tests use, never compiles a kernel; these tests run the
+``kernels`` command in a fresh process without ``TRITON_INTERPRET`` (conftest sets it for this one) and
+check what Triton's bundled ptxas reports for every kernel real SS2D layers launch.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vmunet_monai.ops import triton_aot
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _toolchain_missing():
+    if importlib.util.find_spec("triton") is None:
+        return "needs the triton package (it brings ptxas and cuobjdump)"
+    try:
+        triton_aot._tool("ptxas"), triton_aot._tool("cuobjdump")
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
+needs_toolchain = pytest.mark.skipif(_toolchain_missing() is not None, reason=str(_toolchain_missing()))
+
+
+def run_kernels(tmp_path, *args):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton_cache")  # compile from scratch, every run
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    out = tmp_path / "kernels.json"
+    proc = subprocess.run([sys.executable, "-m", "vmunet_monai", "kernels", *args, "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(out.read_text()), proc.stdout
+
+
+@needs_toolchain
+def test_every_ss2d_kernel_compiles_for_h100_without_spills(tmp_path):
+    report, table = run_kernels(tmp_path, "--arch", "sm_90", "--cases", "ss2d,ss2d_fast", "--batch", "4")
+    assert report["arch"] == "sm_90" and report["sms"] == 132 and report["batch"] == 4
+    rows = report["rows"]
+    by_case = {c: [r for r in rows if r["case"] == c] for c in ("ss2d", "ss2d_fast")}
+    for case, case_rows in by_case.items():
+        fwd = [r for r in case_rows if r["kernel"] == "scan_fwd_kernel"]
+        bwd = {r["variant"] for r in case_rows if r["kernel"] == "scan_bwd_kernel"}
+        # one forward launch for the four directions: (ceil(192 / 64), 4, batch) programs
+        assert [(r["variant"], tuple(r["grid"])) for r in fwd] == [("all four", (3, 4, 4))], case
+        assert bwd == {"rows", "cols", "rows reversed", "cols reversed"}, case
+    assert by_case["ss2d"][0]["dtype"] == "float32"
+    assert {r["dtype"] for r in by_case["ss2d_fast"] if r["kernel"].startswith("scan")} == {"bfloat16"}
+    assert {"norm_gate_fwd_kernel", "norm_gate_bwd_kernel"} <= {r["kernel"] for r in by_case["ss2d_fast"]}
+    for r in rows:
+        assert 16 <= r["registers"] <= 255, r
+        assert r["spill_bytes"] == 0, r  # a spilling step loop would read its state from local memory
+        assert r["programs_per_sm"] >= 1 and r["num_warps"] in (1, 2, 4, 8), r
+        assert r["programs"] == math.prod(r["grid"])
+        expected = triton_aot.residency(90, r["registers"], r["num_warps"], r["shared_bytes"])[0]
+        assert r["programs_per_sm"] == expected
+    assert "scan_fwd_kernel" in table and "H100" in table
+
+
+@needs_toolchain
+def test_segmented_forward_and_generic_scan_compile_for_a100(tmp_path):
+    report, _ = run_kernels(tmp_path, "--arch", "8.0", "--cases", "ss2d_segments,selective_scan", "--batch", "2")
+    assert report["arch"] == "sm_80" and report["sms"] == 108
+    split = [r for r in report["rows"] if r["kernel"] == "scan_fwd_split_kernel"]
+    assert {r["variant"] for r in split} == {"phase 1 all four", "phase 2 all four"}
+    assert all(tuple(r["grid"]) == (3, 16, 2) for r in split)  # four directions x four segments
+    generic = [r for r in report["rows"] if r["case"] == "selective_scan"]
+    # the official model's interface: (batch, 4 * 192, L) with four groups of B and C, forwards only
+    assert {(r["kernel"], r["variant"]) for r in generic} == {("scan_fwd_kernel", "rows"), ("scan_bwd_kernel", "rows")}
+    assert all(r["spill_bytes"] == 0 for r in report["rows"])
+
+
+def test_cli_rejects_unknown_architecture_and_case(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    for args, message in ((["--arch", "sm_75"], "unknown GPU architecture 'sm_75'; known: sm_80"),
+                          (["--cases", "ss2d,nope"], "unknown case(s) ['nope']")):
+        proc = subprocess.run([sys.executable, "-m", "vmunet_monai", "kernels", *args], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert proc.returncode != 0
+        assert message in proc.stderr, proc.stderr
+
+
+def test_refuses_to_run_under_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(RuntimeError, match="without TRITON_INTERPRET=1"):
+        triton_aot.compile_report(90, ["ss2d"])
+
+
+@pytest.mark.parametrize("text,value", [("sm_90", 90), ("90", 90), (90, 90), ("9.0", 90), ("SM80", 80),
+                                        ("sm_100", 100), ("8.9", 89)])
+def test_parse_arch(text, value):
+    assert triton_aot.parse_arch(text) == value
+
+
+@pytest.mark.parametrize("bad", ["sm_75", "hopper", "", "9"])
+def test_parse_arch_rejects(bad):
+    with pytest.raises(ValueError, match="unknown GPU architecture"):
+        triton_aot.parse_arch(bad)
+
+
+def test_residency_limits():
+    # 209 registers -> 27 x 256 per warp -> 9 warps of the 65536-register file -> 4 two-warp programs
+    assert triton_aot.residency(90, 209, 2, 1024) == (4, "registers")
+    # 32 registers, one warp: 64 warps fit, but an SM holds at most 32 programs (sm_90), 16 on sm_86
+    assert triton_aot.residency(90, 32, 1, 0) == (32, "blocks")
+    assert triton_aot.residency(86, 32, 1, 0) == (16, "blocks")
+    # 100 KiB of shared memory per program: two fit in 228 KiB, one in the 100 KiB of sm_89
+    assert triton_aot.residency(90, 32, 4, 100 * 1024) == (2, "shared memory")
+    assert triton_aot.residency(89, 32, 4, 90 * 1024) == (1, "shared memory")
+    # 8 warps per program on sm_86 (48 warps): 6 by warps; 64 registers would allow 4
+    assert triton_aot.residency(86, 64, 8, 0) == (4, "registers")
+    assert triton_aot.residency(86, 32, 8, 0) == (6, "warps")
+
+
+def test_format_report_lists_each_distinct_kernel_once():
+    row = dict(case="ss2d", kernel="scan_fwd_kernel", variant="all four", dtype="float32", grid=(3, 4, 32),
+               programs=384, num_warps=2, registers=219, spill_bytes=0, shared_bytes=1024, programs_per_sm=4,
+               limited_by="registers", sm_fill=0.727)
+    rows = [triton_aot.KernelRow(**row), triton_aot.KernelRow(**row),
+            triton_aot.KernelRow(**{**row, "case": "ss2d_bf16", "dtype": "bfloat16"})]
+    text = triton_aot.format_report(rows, "sm_90").splitlines()
+    assert text[0].startswith("triton kernels compiled for sm_90 (H100 SXM, 132 SMs)")
+    assert len(text) == 4 and "0.73" in text[2] and "bfloat16" in text[3]

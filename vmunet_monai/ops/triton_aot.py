@@ -1,0 +1,362 @@
+"""Compile the triton backend's kernels for an NVIDIA GPU architecture on a machine without a GPU.
+
+Triton's interpreter (``TRITON_INTERPRET=1``) checks what the kernels compute, on the CPU. It does
+not check that they compile for a GPU, and it says nothing of what they cost there. This module runs
+the backend's own launch code, through real SS2D layers (forward and backward, every scan direction
+and option), with every kernel launch replaced by Triton's ahead-of-time compilation for a chosen
+architecture: ``sm_90`` (H100, H200), ``sm_80`` (A100) and others. Triton brings its own ``ptxas``
+and ``cuobjdump``, so neither a GPU nor a CUDA driver nor a CUDA toolkit is needed. CPU tensors
+stand in for the CUDA ones (only their dtypes, strides and sizes matter); nothing is computed.
+
+For every kernel a layer launches, :func:`compile_report` gives what the GPU would give it:
+registers per thread, bytes spilled to local memory, shared memory, how many programs one SM holds
+at once (the register file, warp and shared-memory limits of the architecture), and the launch's
+grid against the card's SM count. ``python -m vmunet_monai kernels`` prints it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import math
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+
+import torch
+
+__all__ = ["ARCHES", "CASES", "KernelRow", "compile_report", "format_report", "parse_arch", "run", "target_only"]
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Per-SM limits of one compute capability and the SM count of a common card with it."""
+
+    card: str
+    sms: int
+    max_warps: int
+    max_blocks: int
+    shared_bytes: int  # shared memory one SM can hand out to resident blocks
+    registers: int = 65536
+
+
+# CUDA C Programming Guide, "Technical Specifications per Compute Capability"
+ARCHES = {
+    80: Arch("A100 SXM", 108, 64, 32, 164 * 1024),
+    86: Arch("A40", 84, 48, 16, 100 * 1024),
+    89: Arch("L40S", 142, 48, 24, 100 * 1024),
+    90: Arch("H100 SXM", 132, 64, 32, 228 * 1024),
+    100: Arch("B200", 148, 64, 32, 228 * 1024),
+}
+
+
+def parse_arch(arch) -> int:
+    """``90``, ``"90"``, ``"sm_90"``, ``"9.0"`` or ``"sm90"`` -> 90 (one of :data:`ARCHES`)."""
+    text = str(arch).strip().lower().removeprefix("sm_").removeprefix("sm")
+    value = None
+    if re.fullmatch(r"\d+\.\d", text):
+        major, minor = text.split(".")
+        value = int(major) * 10 + int(minor)
+    elif text.isdigit():
+        value = int(text)
+    if value not in ARCHES:
+        known = ", ".join(f"sm_{a} ({ARCHES[a].card})" for a in ARCHES)
+        raise ValueError(f"unknown GPU architecture {arch!r}; known: {known}")
+    return value
+
+
+class _TargetDriver:
+    """The part of a Triton driver that compilation asks for: the target, a device and a stream."""
+
+    def __init__(self, arch: int):
+        from triton.backends.compiler import GPUTarget
+
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_device_interface(self):  # asked for by some Triton versions' autotuning; never used here
+        return torch.cuda
+
+
+@dataclass
+class KernelRow:
+    """One compiled kernel of one case (see :func:`compile_report`)."""
+
+    case: str
+    kernel: str
+    variant: str  # the launch's walk order and phase, e.g. "rows", "cols reversed", "phase 1 rows"
+    dtype: str  # of the first tensor argument
+    grid: tuple
+    programs: int
+    num_warps: int
+    registers: int
+    spill_bytes: int  # local memory per thread (register spills and stack)
+    shared_bytes: int
+    programs_per_sm: int  # resident at once, from the registers, warps and shared memory
+    limited_by: str
+    sm_fill: float  # programs / (SMs * programs_per_sm): below 1 the launch leaves the card partly idle
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _tool(name: str) -> str:
+    """Path of one of the NVIDIA binaries that ship inside the triton wheel."""
+    try:
+        from triton import knobs
+
+        path = getattr(knobs.nvidia, name).path
+        if path:
+            return path
+    except (ImportError, AttributeError):
+        pass
+    import triton
+
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+    if not os.path.exists(path):
+        raise RuntimeError(f"{name} was not found in triton {triton.__version__} ({path}); "
+                           "it ships with the Linux x86-64 and aarch64 triton wheels")
+    return path
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers, stack, local and shared bytes of the (first) kernel in ``cubin`` (``cuobjdump -res-usage``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        out = subprocess.run([_tool("cuobjdump"), "-res-usage", path], capture_output=True, text=True, check=True)
+    found = {}
+    for key in ("REG", "STACK", "SHARED", "LOCAL"):
+        m = re.search(rf"\b{key}:(\d+)", out.stdout)
+        if m is None:
+            raise RuntimeError(f"cuobjdump -res-usage printed no {key} value:\n{out.stdout}")
+        found[key] = int(m.group(1))
+    return found
+
+
+def residency(arch: int, registers: int, num_warps: int, shared_bytes: int) -> tuple[int, str]:
+    """(programs resident on one SM, the limit that sets it): registers are handed out per warp in
+    units of 256, and every block costs 1 KiB of shared memory besides its own (sm_80 and later)."""
+    a = ARCHES[arch]
+    per_warp = math.ceil(max(registers, 1) * 32 / 256) * 256
+    limits = {
+        "registers": (a.registers // per_warp) // num_warps,
+        "warps": a.max_warps // num_warps,
+        "blocks": a.max_blocks,
+        "shared memory": a.shared_bytes // (shared_bytes + 1024),
+    }
+    limit = min(limits, key=limits.get)
+    return limits[limit], limit
+
+
+def _variant(kwargs) -> str:
+    if kwargs.get("ALL4"):
+        return f"phase {kwargs['PHASE']} all four" if "PHASE" in kwargs else "all four"
+    parts = []
+    if "PHASE" in kwargs:
+        parts.append(f"phase {kwargs['PHASE']}")
+    if "COL" in kwargs:
+        parts.append("cols" if kwargs["COL"] else "rows")
+    if kwargs.get("REV"):
+        parts.append("reversed")
+    return " ".join(parts) or "-"
+
+
+@contextlib.contextmanager
+def target_only(arch: int, on_compiled):
+    """Within this context every triton-backend launch is compiled for ``sm_<arch>`` and handed to
+    ``on_compiled(kernel_name, compiled, grid, kwargs, args)`` instead of run; the triton backend takes CPU
+    tensors. Nothing is computed: outputs stay as they were allocated."""
+    if importlib.util.find_spec("triton") is None:
+        raise RuntimeError("compiling kernels needs triton: pip install 'vmunet-monai[triton]'")
+    from triton.runtime.driver import driver
+
+    from vmunet_monai.ops import triton_scan
+
+    arch = parse_arch(arch)
+
+    def hook(kernel, grid, args, kwargs):
+        compiled = kernel.warmup(*args, grid=grid, **kwargs)
+        on_compiled(kernel.fn.__name__, compiled, grid, kwargs, args)
+
+    if triton_scan._LAUNCH_HOOK is not None:
+        raise RuntimeError("target_only contexts do not nest")
+    previous = getattr(driver, "_active", None)  # None on a machine without a GPU driver
+    driver.set_active(_TargetDriver(arch))
+    triton_scan._LAUNCH_HOOK = hook
+    try:
+        yield
+    finally:
+        triton_scan._LAUNCH_HOOK = None
+        driver._active = previous
+
+
+# ---------------------------------------------------------------------------------------------------
+# the cases: the launches of real layers at VM-UNet's stage-1 geometry
+
+STAGE1 = dict(d_model=96, d_state=16, size=64)  # 256x256 input: C = 96, Di = 192, a 64x64 map, N = 16
+
+
+def _ss2d_case(dtype=torch.float32, channels_last_scan=False, fused_dt_proj=False, fused_norm_gate=False, **config):
+    def run(batch):
+        from vmunet_monai.layers.ss2d import SS2D
+        from vmunet_monai.ops.triton_scan import kernel_config
+
+        torch.manual_seed(0)
+        layer = SS2D(STAGE1["d_model"], d_state=STAGE1["d_state"], scan_backend="triton")
+        layer.channels_last_scan, layer.fused_dt_proj = channels_last_scan, fused_dt_proj
+        layer.fused_norm_gate = fused_norm_gate
+        size = STAGE1["size"]
+        x = torch.randn(batch, size, size, STAGE1["d_model"], requires_grad=True)
+        saved = kernel_config()
+        kernel_config(saved.replace(**config))
+        try:
+            autocast = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+            with autocast:
+                out = layer(x)
+            out.float().sum().backward()
+        finally:
+            kernel_config(saved)
+    return run
+
+
+def _generic_case(batch):
+    """mamba-ssm's selective_scan_fn interface on the triton kernels: stage 1 as the official model
+    calls it, (batch, 4 * Di, L) with four groups of B and C, the last state returned."""
+    from vmunet_monai.ops import dispatch
+
+    di, n, length = 4 * 2 * STAGE1["d_model"], STAGE1["d_state"], STAGE1["size"] ** 2
+    u = torch.zeros(batch, di, length, requires_grad=True)
+    delta = torch.zeros(batch, di, length, requires_grad=True)
+    A = torch.zeros(di, n, requires_grad=True)
+    B = torch.zeros(batch, 4, n, length, requires_grad=True)
+    C = torch.zeros(batch, 4, n, length, requires_grad=True)
+    D = torch.zeros(di, requires_grad=True)
+    y, _ = dispatch.selective_scan(u, delta, A, B, C, D, None, D, True, True, backend="triton")
+    y.sum().backward()
+
+
+CASES = {
+    "ss2d": ("SS2D forward + backward, float32, defaults", _ss2d_case()),
+    "ss2d_bf16": ("the same under bfloat16 autocast", _ss2d_case(torch.bfloat16)),
+    "ss2d_fp16": ("the same under float16 autocast", _ss2d_case(torch.float16)),
+    "ss2d_fast": ("channels_last_scan + fused_dt_proj + fused_norm_gate, bfloat16",
+                  _ss2d_case(torch.bfloat16, True, True, True)),
+    "ss2d_recompute_states": ("KernelConfig(keep_states=False)", _ss2d_case(keep_states=False)),
+    "ss2d_segments": ("KernelConfig(segments=4), the two-pass forward", _ss2d_case(segments=4)),
+    "ss2d_chunked": ("KernelConfig(block_d=4, stepwise=False), associative scans over chunks",
+                     _ss2d_case(block_d=4, stepwise=False)),
+    "selective_scan": ("mamba-ssm's selective_scan_fn interface, four groups, last state", _generic_case),
+}
+
+
+def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None, progress: bool = False):
+    """Compile every kernel the chosen cases launch for ``sm_<arch>``; returns :class:`KernelRow` s.
+
+    Args:
+        arch: compute capability (see :func:`parse_arch`).
+        cases: names from :data:`CASES` (default: all).
+        batch: the batch size of the launches (it sets the grids, not the kernels).
+        sms: SM count of the card (default: the common card of ``arch`` in :data:`ARCHES`).
+        progress: print a line per case to stderr.
+
+    Raises:
+        ValueError: an unknown case or architecture, or a batch below 1.
+        RuntimeError: triton missing, or a kernel that does not compile (Triton's message, with the case).
+    """
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError("compiling kernels for a GPU needs a process without TRITON_INTERPRET=1: the interpreter "
+                           "replaces Triton's own library functions when triton is imported")
+    arch = parse_arch(arch)
+    names = list(CASES) if cases is None else list(cases)
+    unknown = [c for c in names if c not in CASES]
+    if unknown:
+        raise ValueError(f"unknown case(s) {unknown}; choose from {list(CASES)}")
+    if int(batch) < 1:
+        raise ValueError(f"batch={batch} must be at least 1")
+    sms = int(sms or ARCHES[arch].sms)
+    rows: list[KernelRow] = []
+    usage_cache: dict = {}
+    for i, name in enumerate(names):
+        if progress:
+            import sys
+
+            print(f"[{i + 1}/{len(names)}] {name}: {CASES[name][0]}", file=sys.stderr, flush=True)
+
+        def on_compiled(kernel, compiled, grid, kwargs, args, case=name):
+            key = id(compiled)
+            if key not in usage_cache:
+                usage_cache[key] = (compiled, resource_usage(compiled.asm["cubin"]))
+            usage = usage_cache[key][1]
+            num_warps = compiled.metadata.num_warps
+            shared = max(usage["SHARED"], int(compiled.metadata.shared))
+            per_sm, limit = residency(arch, usage["REG"], num_warps, shared)
+            programs = math.prod(grid)
+            dtype = next(str(a.dtype).removeprefix("torch.") for a in args if isinstance(a, torch.Tensor))
+            rows.append(KernelRow(case, kernel, _variant(kwargs), dtype, tuple(grid), programs, num_warps,
+                                  usage["REG"], usage["LOCAL"] + usage["STACK"], shared, per_sm, limit,
+                                  round(programs / (sms * max(per_sm, 1)), 3)))
+
+        with target_only(arch, on_compiled):
+            try:
+                CASES[name][1](int(batch))
+            except Exception as exc:
+                raise RuntimeError(f"case {name!r} ({CASES[name][0]}) failed for sm_{arch}: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+    return rows
+
+
+def format_report(rows, arch=90, sms: int | None = None) -> str:
+    """The rows as a plain-text table, one line per distinct kernel of each case."""
+    arch = parse_arch(arch)
+    sms = int(sms or ARCHES[arch].sms)
+    head = ("case", "kernel", "variant", "dtype", "programs", "warps", "regs", "spill B", "smem B",
+            "per SM", "limit", "SM fill")
+    seen, lines = set(), []
+    for r in rows:
+        key = (r.case, r.kernel, r.variant, r.dtype, r.grid, r.registers)
+        if key in seen:
+            continue
+        seen.add(key)
+        lines.append((r.case, r.kernel, r.variant, r.dtype, str(r.programs), str(r.num_warps), str(r.registers),
+                      str(r.spill_bytes), str(r.shared_bytes), str(r.programs_per_sm), r.limited_by,
+                      f"{r.sm_fill:.2f}"))
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [f"triton kernels compiled for sm_{arch} ({ARCHES[arch].card}, {sms} SMs); "
+           "SM fill = programs / (SMs x programs per SM)", fmt.format(*head)]
+    out += [fmt.format(*line) for line in lines]
+    return "\n".join(out)
+
+
+def run(arch="sm_90", cases="all", batch: int = 32, sms: int | None = None, out: str | None = None) -> list:
+    """What ``python -m vmunet_monai kernels`` does: compile, print the table, optionally write JSON."""
+    import json
+    import sys
+
+    import triton
+
+    names = None if cases in (None, "all") else [c.strip() for c in (cases.split(",") if isinstance(cases, str)
+                                                                       else cases) if c.strip()]
+    rows = compile_report(arch, names, batch=batch, sms=sms, progress=True)
+    print(format_report(rows, arch, sms))
+    if out:
+        arch_num = parse_arch(arch)
+        record = dict(arch=f"sm_{arch_num}", card=ARCHES[arch_num].card, sms=int(sms or ARCHES[arch_num].sms),
+                      batch=int(batch), triton=triton.__version__, torch=torch.__version__,
+                      geometry=dict(STAGE1), rows=[r.as_dict() for r in rows])
+        with open(out, "w") as f:
+            json.dump(record, f, indent=1)
+        print(f"wrote {out}", file=sys.stderr)
+    return rows
