@@ -65,6 +65,16 @@ def test_every_ss2d_kernel_compiles_for_h100_without_spills(tmp_path):
         assert r["programs"] == math.prod(r["grid"])
         expected = triton_aot.residency(90, r["registers"], r["num_warps"], r["shared_bytes"])[0]
         assert r["programs_per_sm"] == expected
+        if r["kernel"] == "scan_fwd_kernel":
+            # one step of the loop: one exp2 per state (N = 16) and the softplus, so the recurrence is
+            # compiled once (a layout conflict made the compiler run it twice, in two layouts, for
+            # the fast options), and one atomic add merging the directions
+            assert 16 <= r["loop"]["sfu"] <= 20 and r["loop"]["atomics"] == 1, r
+            # and no layout conversion through shared memory: no thread synchronisation in the step loop
+            assert r["loop"]["barriers"] == 0, r
+            assert r["loop"]["loads"] >= 2 * 16, r  # B and C of the step, at least
+    fast_fwd = next(r for r in by_case["ss2d_fast"] if r["kernel"] == "scan_fwd_kernel")
+    assert fast_fwd["registers"] < 200, fast_fwd  # the projection rows and the state share a layout
     assert "scan_fwd_kernel" in table and "H100" in table
 
 

@@ -10,8 +10,8 @@ stand in for the CUDA ones (only their dtypes, strides and sizes matter); nothin
 
 For every kernel a layer launches, :func:`compile_report` gives what the GPU would give it:
 registers per thread, bytes spilled to local memory, shared memory, how many programs one SM holds
-at once (the register file, warp and shared-memory limits of the architecture), and the launch's
-grid against the card's SM count. ``python -m vmunet_monai kernels`` prints it.
+at once (the register file, warp and shared-memory limits of the architecture), the launch's grid
+against the card's SM count, and the machine instructions of its main loop. ``python -m vmunet_monai kernels`` prints it.
 """
 
 from __future__ import annotations
@@ -105,6 +105,7 @@ class KernelRow:
     programs_per_sm: int  # resident at once, from the registers, warps and shared memory
     limited_by: str
     sm_fill: float  # programs / (SMs * programs_per_sm): below 1 the launch leaves the card partly idle
+    loop: dict | None = None  # loop_profile of the compiled code
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -143,6 +144,39 @@ def resource_usage(cubin: bytes) -> dict:
             raise RuntimeError(f"cuobjdump -res-usage printed no {key} value:\n{out.stdout}")
         found[key] = int(m.group(1))
     return found
+
+
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);")
+_BACK_BRANCH = re.compile(r"\bBRA(?:\.[A-Z0-9]+)*\s+(?:[^\s,]+,\s*)?0x([0-9a-f]+)")  # BRA 0x.., BRA.U UP1, 0x..
+
+
+def loop_profile(cubin: bytes) -> dict | None:
+    """The kernel's longest loop in its machine code (``cuobjdump -sass``): instructions per
+    iteration, and the global loads, special-function ops (``MUFU``: exp2, log2, reciprocals),
+    atomics and barriers among them (branches inside the loop count whole: the forward's checkpoint
+    store, taken every T steps, is part of its step). For the step-loop forward an iteration is one step; for the backward one
+    chunk. None if the kernel has no loop."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", path], capture_output=True, text=True, check=True).stdout
+    code = [(int(m.group(1), 16), m.group(2).strip()) for m in _SASS_LINE.finditer(sass)]
+    best = None
+    for addr, text in code:
+        m = _BACK_BRANCH.search(text)
+        if m and int(m.group(1), 16) < addr:
+            body = [t for a, t in code if int(m.group(1), 16) <= a <= addr]
+            if best is None or len(body) > len(best):
+                best = body
+    if best is None:
+        return None
+
+    def count(pattern):
+        return sum(1 for t in best if re.search(pattern, t))
+
+    return dict(instructions=len(best), loads=count(r"\bLDG\b|\bLDG\."), sfu=count(r"\bMUFU\."),
+                atomics=count(r"\b(RED|ATOM)G?\."), barriers=count(r"\bBAR\."))
 
 
 def residency(arch: int, registers: int, num_warps: int, shared_bytes: int) -> tuple[int, str]:
@@ -254,6 +288,8 @@ CASES = {
     "ss2d_fast": ("channels_last_scan + fused_dt_proj + fused_norm_gate, bfloat16",
                   _ss2d_case(torch.bfloat16, True, True, True)),
     "ss2d_recompute_states": ("KernelConfig(keep_states=False)", _ss2d_case(keep_states=False)),
+    "ss2d_per_direction": ("KernelConfig(one_launch=False), a forward launch per direction",
+                           _ss2d_case(one_launch=False)),
     "ss2d_segments": ("KernelConfig(segments=4), the two-pass forward", _ss2d_case(segments=4)),
     "ss2d_chunked": ("KernelConfig(block_d=4, stepwise=False), associative scans over chunks",
                      _ss2d_case(block_d=4, stepwise=False)),
@@ -297,8 +333,9 @@ def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None,
         def on_compiled(kernel, compiled, grid, kwargs, args, case=name):
             key = id(compiled)
             if key not in usage_cache:
-                usage_cache[key] = (compiled, resource_usage(compiled.asm["cubin"]))
-            usage = usage_cache[key][1]
+                cubin = compiled.asm["cubin"]
+                usage_cache[key] = (compiled, resource_usage(cubin), loop_profile(cubin))
+            _, usage, loop = usage_cache[key]
             num_warps = compiled.metadata.num_warps
             shared = max(usage["SHARED"], int(compiled.metadata.shared))
             per_sm, limit = residency(arch, usage["REG"], num_warps, shared)
@@ -306,7 +343,7 @@ def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None,
             dtype = next(str(a.dtype).removeprefix("torch.") for a in args if isinstance(a, torch.Tensor))
             rows.append(KernelRow(case, kernel, _variant(kwargs), dtype, tuple(grid), programs, num_warps,
                                   usage["REG"], usage["LOCAL"] + usage["STACK"], shared, per_sm, limit,
-                                  round(programs / (sms * max(per_sm, 1)), 3)))
+                                  round(programs / (sms * max(per_sm, 1)), 3), loop))
 
         with target_only(arch, on_compiled):
             try:
@@ -322,7 +359,7 @@ def format_report(rows, arch=90, sms: int | None = None) -> str:
     arch = parse_arch(arch)
     sms = int(sms or ARCHES[arch].sms)
     head = ("case", "kernel", "variant", "dtype", "programs", "warps", "regs", "spill B", "smem B",
-            "per SM", "limit", "SM fill")
+            "per SM", "limit", "SM fill", "loop: instr/ld/sfu/atomic/bar")
     seen, lines = set(), []
     for r in rows:
         key = (r.case, r.kernel, r.variant, r.dtype, r.grid, r.registers)
@@ -331,11 +368,14 @@ def format_report(rows, arch=90, sms: int | None = None) -> str:
         seen.add(key)
         lines.append((r.case, r.kernel, r.variant, r.dtype, str(r.programs), str(r.num_warps), str(r.registers),
                       str(r.spill_bytes), str(r.shared_bytes), str(r.programs_per_sm), r.limited_by,
-                      f"{r.sm_fill:.2f}"))
+                      f"{r.sm_fill:.2f}",
+                      "-" if not r.loop else "{instructions}/{loads}/{sfu}/{atomics}/{barriers}".format(**r.loop)))
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [f"triton kernels compiled for sm_{arch} ({ARCHES[arch].card}, {sms} SMs); "
-           "SM fill = programs / (SMs x programs per SM)", fmt.format(*head)]
+           "SM fill = programs / (SMs x programs per SM); loop: machine instructions per iteration of the "
+           "longest loop (a step of the step-loop forward, a chunk of the backward), and its global loads, "
+           "special-function ops, atomics and barriers", fmt.format(*head)]
     out += [fmt.format(*line) for line in lines]
     return "\n".join(out)
 

@@ -212,7 +212,7 @@ def _run_forward(u, delta, A, Bv, Cv, D, bias, w, geo, softplus, cfg, T, nchunks
     for k_base, groups, rev, col, all4 in _launches(geo, cfg.stepwise and cfg.one_launch):
         grid = (triton_cdiv(geo.Dk, cfg.block_d), groups, geo.batch)
         launch(_kernels().scan_fwd_kernel, grid, *args, geo.L, geo.H, geo.W, geo.Dk, nchunks, geo.K, k_base, rank,
-               *strides, REV=rev, COL=col, STEPWISE=cfg.stepwise, ALL4=all4, **flags)
+               1, *strides, REV=rev, COL=col, STEPWISE=cfg.stepwise, ALL4=all4, **flags)  # 1: the kernels' `one`
     return y, hs, last
 
 
@@ -226,7 +226,7 @@ def _run_forward_split(args, strides, flags, geo, nchunks, nseg, seg_len, rank, 
         for k_base, groups, rev, col, all4 in _launches(geo, one_launch):
             grid = (triton_cdiv(geo.Dk, flags["BD"]), groups * nseg, geo.batch)
             launch(kern, grid, *args, agg_h, agg_dt, geo.L, geo.H, geo.W, geo.Dk, nchunks, geo.K, k_base, rank,
-                   nseg, seg_len, *strides, PHASE=phase, REV=rev, COL=col, ALL4=all4, **flags)
+                   1, nseg, seg_len, *strides, PHASE=phase, REV=rev, COL=col, ALL4=all4, **flags)
 
 
 def _tiling(length, cfg):

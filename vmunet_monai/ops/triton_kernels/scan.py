@@ -82,7 +82,7 @@ def _position_of(s, H, W, COL):
 @triton.jit
 def _fwd_run(
     u_base, dl_base, B_base, C_base, y_base, hs_base, last_base,
-    d, dmask, A2, Dv, bias, L, H, W, nchunks,
+    d, dmask, A2, Dv, bias, L, H, W, nchunks, one,
     s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -108,7 +108,7 @@ def _fwd_run(
         Bt = tl.load(B_base + n[:, None] * s_Bn + pos[None, :] * s_Bt, mask=mb, other=0.0).to(tl.float32)
         Ct = tl.load(C_base + n[:, None] * s_Cn + pos[None, :] * s_Ct, mask=mb, other=0.0).to(tl.float32)
         if SAVE_STATES:
-            tl.store(hs_base + d[:, None] * (nchunks * N) + c * N + n[None, :], h, mask=hmask)
+            tl.store(hs_base + d[:, None] * (nchunks * N) + c * N + n[None, :] * one, h, mask=hmask)
         a = tl.exp2(dt[:, None, :] * A2[:, :, None])
         bx = (dt * u)[:, None, :] * Bt[None, :, :]
         P, S = tl.associative_scan((a, bx), 2, _combine, reverse=REV)
@@ -141,7 +141,7 @@ def _step_position(t, L, H, W, REV, COL):
 @triton.jit
 def _fwd_steps(
     u_base, dl_base, B_base, C_base, y_base, hs_base, last_base,
-    d, dmask, A2, Dv, bias, L, H, W, nchunks,
+    d, dmask, A2, Dv, bias, L, H, W, nchunks, one,
     s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV, COL, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -152,12 +152,22 @@ def _fwd_steps(
     stays inside a thread when a thread owns a whole channel."""
     h = tl.zeros([NP, BD], dtype=tl.float32)
     h, _ = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, d, dmask, tl.trans(A2),
-                          Dv[None, :], bias[None, :], h, 0, L, L, H, W, nchunks,
+                          Dv[None, :], bias[None, :], h, 0, L, L, H, W, nchunks, one,
                           s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R, N, NP, T, REV, COL,
                           HAS_D, SOFTPLUS, ATOMIC, True, SAVE_STATES, RP, LOWRANK)
     if SAVE_LAST:
         n = tl.arange(0, NP)[:, None]
         tl.store(last_base + d[None, :] * N + n, h, mask=dmask[None, :] & (n < N))
+
+
+@triton.jit
+def _projection_cols(w_ptr, row, dmask, R, one, RP: tl.constexpr):
+    """The channels' rows of the (K * Dk, R) step-size projection as (RP, BD) columns (zeros beyond
+    R). ``one`` is the integer 1, unknown to the compiler: seeing the rows contiguous, Triton loaded
+    them in a vector layout and carried the step-size computation in it, converting each step."""
+    r = tl.arange(0, RP)
+    return tl.load(w_ptr + row[None, :] * R + r[:, None] * one, mask=dmask[None, :] & (r[:, None] < R),
+                   other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -186,10 +196,15 @@ def _channel_params(A_ptr, D_ptr, bias_ptr, row, dmask, N: tl.constexpr, NP: tl.
     return A2, Dv, bias
 
 
-@triton.jit
+# ``one`` is the integer 1, passed unspecialised, as the stride between state indices of the chunk
+# states and between the rows of the projection: knowing those contiguous, Triton stored the states
+# and loaded the projection with vectors, in layouts other than the state's, and then either
+# converted the state through shared memory (8 barriers every T steps) or computed the recurrence
+# twice, once in each layout (found with ``python -m vmunet_monai kernels``)
+@triton.jit(do_not_specialize=["one"])
 def scan_fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr, last_ptr, w_ptr,
-    L, H, W, Dk, nchunks, K, k_base, R,
+    L, H, W, Dk, nchunks, K, k_base, R, one,
     s_ub, s_uk, s_ud, s_ul, s_db, s_dk, s_dd, s_dl,
     s_Bb, s_Bk, s_Bn, s_Bt, s_Cb, s_Ck, s_Cn, s_Ct,
     s_yb, s_yk, s_yd, s_yl,
@@ -224,16 +239,16 @@ def scan_fwd_kernel(
     hs_base = hs_ptr + (b * K + k) * Dk * nchunks * N
     last_base = last_ptr + (b * K + k) * Dk * N
     if LOWRANK:
-        Wt = tl.trans(_projection_rows(w_ptr, row, dmask, R, RP))
+        Wt = _projection_cols(w_ptr, row, dmask, R, one, RP)
     else:
         Wt = tl.zeros([RP, BD], dtype=tl.float32)
     if STEPWISE:
         _fwd_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
-                   L, H, W, nchunks, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R,
+                   L, H, W, nchunks, one, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R,
                    N, NP, BD, T, rev, col, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST, RP, LOWRANK)
     else:
         _fwd_run(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
-                 L, H, W, nchunks, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl,
+                 L, H, W, nchunks, one, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl,
                  N, NP, BD, T, REV, COL, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST)
 
 
@@ -429,7 +444,7 @@ def _step_inputs(u_base, dl_base, B_base, C_base, dd, dm, n, nm, pos,
 @triton.jit
 def _segment_steps(
     u_base, dl_base, B_base, C_base, y_base, hs_base,
-    d, dmask, A2t, Dv2, bias2, h, t0, t1, L, H, W, nchunks,
+    d, dmask, A2t, Dv2, bias2, h, t0, t1, L, H, W, nchunks, one,
     s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R,
     N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
     REV, COL, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -448,7 +463,7 @@ def _segment_steps(
     for t in range(t0, t1):
         if SAVE_STATES:
             if t % T == 0:
-                tl.store(hs_base + dd * (nchunks * N) + (t // T) * N + n, h, mask=dm & nm)
+                tl.store(hs_base + dd * (nchunks * N) + (t // T) * N + n * one, h, mask=dm & nm)
         # the next step's inputs are loaded before this step computes
         nxt = _step_position(tl.minimum(t + 1, L - 1), L, H, W, REV, COL)
         u1, x1, B1, C1 = _step_inputs(u_base, dl_base, B_base, C_base, dd, dm, n, nm, nxt,
@@ -474,10 +489,10 @@ def _segment_steps(
     return h, sdt
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["one"])  # as scan_fwd_kernel
 def scan_fwd_split_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr, last_ptr, w_ptr, agg_h_ptr, agg_dt_ptr,
-    L, H, W, Dk, nchunks, K, k_base, R, nseg, seg_len,
+    L, H, W, Dk, nchunks, K, k_base, R, one, nseg, seg_len,
     s_ub, s_uk, s_ud, s_ul, s_db, s_dk, s_dd, s_dl,
     s_Bb, s_Bk, s_Bn, s_Bt, s_Cb, s_Ck, s_Cn, s_Ct,
     s_yb, s_yk, s_yd, s_yl,
@@ -512,7 +527,7 @@ def scan_fwd_split_kernel(
     A2, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, row, dmask, N, NP, BD, HAS_D, HAS_BIAS)
     A2t = tl.trans(A2)
     if LOWRANK:
-        Wt = tl.trans(_projection_rows(w_ptr, row, dmask, R, RP))
+        Wt = _projection_cols(w_ptr, row, dmask, R, one, RP)
     else:
         Wt = tl.zeros([RP, BD], dtype=tl.float32)
     u_base = u_ptr + b * s_ub + k * s_uk
@@ -532,7 +547,7 @@ def scan_fwd_split_kernel(
     h = tl.zeros([NP, BD], dtype=tl.float32)
     if PHASE == 1:
         h, sdt = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_ptr, d, dmask, A2t,
-                                Dv[None, :], bias[None, :], h, t0, t1, L, H, W, nchunks,
+                                Dv[None, :], bias[None, :], h, t0, t1, L, H, W, nchunks, one,
                                 s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R, N, NP, T, rev,
                                 col, HAS_D, SOFTPLUS, ATOMIC, False, False, RP, LOWRANK)
         tl.store(agg_h_base + seg * Dk * N + dd * N + n, h, mask=dm & nm)
@@ -544,7 +559,7 @@ def scan_fwd_split_kernel(
             h = tl.exp2(sdt_j * A2t) * h + h_j
         hs_base = hs_ptr + (b * K + k) * Dk * nchunks * N
         h, sdt = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, d, dmask, A2t,
-                                Dv[None, :], bias[None, :], h, t0, t1, L, H, W, nchunks,
+                                Dv[None, :], bias[None, :], h, t0, t1, L, H, W, nchunks, one,
                                 s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R, N, NP, T, rev,
                                 col, HAS_D, SOFTPLUS, ATOMIC, True, SAVE_STATES, RP, LOWRANK)
         if SAVE_LAST:
