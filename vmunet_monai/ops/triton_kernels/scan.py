@@ -161,6 +161,17 @@ def _fwd_steps(
 
 
 @triton.jit
+def _walk(k, REV: tl.constexpr, COL: tl.constexpr, ALL4: tl.constexpr):
+    """(reversed, column-major) walk order of group k: with ALL4 (SS2D's four directions in one
+    launch) direction k's, 0 rows, 1 columns, 2 rows reversed, 3 columns reversed, as values of the
+    program; otherwise the launch's compile-time (REV, COL)."""
+    if ALL4:
+        return k >= 2, (k % 2) == 1
+    else:
+        return REV, COL
+
+
+@triton.jit
 def _projection_cols(w_ptr, row, dmask, R, one, RP: tl.constexpr):
     """The channels' rows of the (K * Dk, R) step-size projection as (RP, BD) columns (zeros beyond
     R). ``one`` is the integer 1, unknown to the compiler: seeing the rows contiguous, Triton loaded
@@ -220,12 +231,7 @@ def scan_fwd_kernel(
     and ``w`` (K * Dk, R) the projection to delta."""
     pid_d = tl.program_id(0)
     k = k_base + tl.program_id(1).to(tl.int64)
-    if ALL4:  # SS2D's four directions in one launch: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
-        rev = k >= 2
-        col = (k % 2) == 1
-    else:  # the launch's compile-time walk order
-        rev = REV
-        col = COL
+    rev, col = _walk(k, REV, COL, ALL4)
     b = tl.program_id(2).to(tl.int64)
     d = pid_d * BD + tl.arange(0, BD)
     dmask = d < Dk
@@ -513,12 +519,7 @@ def scan_fwd_split_kernel(
     """
     pid_d = tl.program_id(0)
     k = k_base + (tl.program_id(1) // nseg).to(tl.int64)
-    if ALL4:  # SS2D's four directions in one launch: 0 rows, 1 columns, 2 rows reversed, 3 columns reversed
-        rev = k >= 2
-        col = (k % 2) == 1
-    else:  # the launch's compile-time walk order
-        rev = REV
-        col = COL
+    rev, col = _walk(k, REV, COL, ALL4)
     seg = tl.program_id(1) % nseg
     b = tl.program_id(2).to(tl.int64)
     d = pid_d * BD + tl.arange(0, BD)
