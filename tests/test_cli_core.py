@@ -1,5 +1,6 @@
 """The package without mamba-ssm (absent or broken), and the doctor / benchmark commands."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -68,8 +69,10 @@ def test_cli_help_and_doctor(tmp_path):
                          cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr
     for word in ("selective-scan backends", "reference", "torch", "triton", "mamba_ssm", "CPU tensors use",
-                 "torch.compile: the scans enter a compiled graph"):
+                 "torch.compile: the scans enter a compiled graph", "triton kernels: "):
         assert word in res.stdout
+    if importlib.util.find_spec("triton") is not None:
+        assert "python -m vmunet_monai kernels --arch sm_90" in res.stdout or "cannot be compiled" in res.stdout
     res = subprocess.run([sys.executable, "-m", "vmunet_monai", "benchmark", "--help"], capture_output=True,
                          text=True, env=env, cwd=tmp_path, timeout=300)
     assert "--reference" in (res.stdout + res.stderr)

@@ -79,8 +79,9 @@ def test_every_ss2d_kernel_compiles_for_h100_without_spills(tmp_path):
 
 
 @needs_toolchain
-def test_segmented_forward_and_generic_scan_compile_for_a100(tmp_path):
-    report, _ = run_kernels(tmp_path, "--arch", "8.0", "--cases", "ss2d_segments,selective_scan", "--batch", "2")
+def test_segmented_per_direction_and_generic_scans_compile_for_a100(tmp_path):
+    report, _ = run_kernels(tmp_path, "--arch", "8.0", "--cases", "ss2d_segments,ss2d_per_direction,selective_scan",
+                            "--batch", "2")
     assert report["arch"] == "sm_80" and report["sms"] == 108
     split = [r for r in report["rows"] if r["kernel"] == "scan_fwd_split_kernel"]
     assert {r["variant"] for r in split} == {"phase 1 all four", "phase 2 all four"}
@@ -88,6 +89,10 @@ def test_segmented_forward_and_generic_scan_compile_for_a100(tmp_path):
     generic = [r for r in report["rows"] if r["case"] == "selective_scan"]
     # the official model's interface: (batch, 4 * 192, L) with four groups of B and C, forwards only
     assert {(r["kernel"], r["variant"]) for r in generic} == {("scan_fwd_kernel", "rows"), ("scan_bwd_kernel", "rows")}
+    # KernelConfig(one_launch=False): a forward launch per direction, each walk order compiled in
+    per_direction = [r for r in report["rows"] if r["case"] == "ss2d_per_direction" and r["kernel"] == "scan_fwd_kernel"]
+    assert sorted(r["variant"] for r in per_direction) == ["cols", "cols reversed", "rows", "rows reversed"]
+    assert all(tuple(r["grid"]) == (3, 1, 2) for r in per_direction)
     assert all(r["spill_bytes"] == 0 for r in report["rows"])
 
 

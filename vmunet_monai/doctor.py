@@ -66,7 +66,28 @@ def report() -> str:
     out.append(_mamba_note())
     out.append("")
     out.append(_compile_note())
+    out.append("")
+    out.append(_kernels_note())
     return "\n".join(out)
+
+
+def _kernels_note() -> str:
+    """Whether the triton kernels can be compiled for a GPU architecture here (``kernels`` command)."""
+    if importlib.util.find_spec("triton") is None:
+        return ("triton kernels: triton is not installed, so they can neither run nor be compiled here "
+                "(pip install 'vmunet-monai[triton]')")
+    import triton
+
+    from vmunet_monai.ops.triton_aot import ARCHES, _tool
+
+    try:
+        _tool("ptxas"), _tool("cuobjdump")
+    except RuntimeError as exc:
+        return f"triton kernels: cannot be compiled for a GPU here: {exc}"
+    arches = ", ".join(f"sm_{a}" for a in ARCHES)
+    return (f"triton kernels: `python -m vmunet_monai kernels --arch sm_90` compiles them for a GPU architecture "
+            f"({arches}) here, with or without a GPU, using triton {triton.__version__}'s own ptxas, and reports "
+            "registers, spills and SM fill per kernel")
 
 
 def _compile_note() -> str:
