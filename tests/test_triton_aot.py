@@ -148,3 +148,13 @@ def test_format_report_lists_each_distinct_kernel_once():
     text = triton_aot.format_report(rows, "sm_90").splitlines()
     assert text[0].startswith("triton kernels compiled for sm_90 (H100 SXM, 132 SMs)")
     assert len(text) == 4 and "0.73" in text[2] and "bfloat16" in text[3]
+
+
+def test_missing_triton_is_named(monkeypatch):
+    import importlib.util as util
+
+    real = util.find_spec
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(util, "find_spec", lambda name, *a, **k: None if name == "triton" else real(name, *a, **k))
+    with pytest.raises(RuntimeError, match=r"needs triton: pip install 'vmunet-monai\[triton\]'"):
+        triton_aot.compile_report("sm_90", ["ss2d"])
