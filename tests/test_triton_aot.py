@@ -100,7 +100,9 @@ def test_cli_rejects_unknown_architecture_and_case(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     for args, message in ((["--arch", "sm_75"], "unknown GPU architecture 'sm_75'; known: sm_80"),
-                          (["--cases", "ss2d,nope"], "unknown case(s) ['nope']")):
+                          (["--cases", "ss2d,nope"], "unknown case(s) ['nope']"),
+                          (["--config", "bwd_warps=4"], "KernelConfig has no field(s) ['bwd_warps']"),
+                          (["--config", "block_d=48"], "KernelConfig.block_d=48 must be a power of two")):
         proc = subprocess.run([sys.executable, "-m", "vmunet_monai", "kernels", *args], capture_output=True,
                               text=True, env=env, timeout=300)
         assert proc.returncode != 0
@@ -158,3 +160,11 @@ def test_missing_triton_is_named(monkeypatch):
     monkeypatch.setattr(util, "find_spec", lambda name, *a, **k: None if name == "triton" else real(name, *a, **k))
     with pytest.raises(RuntimeError, match=r"needs triton: pip install 'vmunet-monai\[triton\]'"):
         triton_aot.compile_report("sm_90", ["ss2d"])
+
+
+def test_parse_config():
+    assert triton_aot.parse_config("bwd_num_warps=4, keep_states=false") == {"bwd_num_warps": 4, "keep_states": False}
+    assert triton_aot.parse_config("") == {} and triton_aot.parse_config({"segments": 2}) == {"segments": 2}
+    for bad in ("bwd_num_warps", "bwd_num_warps=four", "=4", "segments=-1"):
+        with pytest.raises(ValueError, match="must be FIELD=INTEGER or FIELD=true/false"):
+            triton_aot.parse_config(bad)

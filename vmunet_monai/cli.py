@@ -58,7 +58,7 @@ class Commands:
                       fused_dt_proj=fused_dt_proj, compile=compile, baselines=baselines)
 
     def kernels(self, arch: str = "sm_90", cases: str = "all", batch: int = 32, sms: int | None = None,
-                out: str | None = None):
+                out: str | None = None, config: str = ""):
         """Compile the triton backend's kernels for a GPU architecture on this machine (no GPU needed) and
         report, per kernel, registers, spilled bytes, shared memory and how its launch fills the card.
 
@@ -72,11 +72,13 @@ class Commands:
             batch: batch size of the launches (it sets the grids, not the compiled code).
             sms: SM count of the card (default: that of the card named for the architecture).
             out: also write the rows as JSON to this file.
+            config: KernelConfig fields under every case's own, e.g. "bwd_block_d=4,bwd_num_warps=4" (integers,
+                true/false): what other tile sizes compile to.
         """
         from vmunet_monai.ops.triton_aot import run
 
         try:
-            run(arch=arch, cases=cases, batch=batch, sms=sms, out=out)
+            run(arch=arch, cases=cases, batch=batch, sms=sms, out=out, config=config)
         except (ValueError, RuntimeError) as exc:
             raise SystemExit(f"error: {exc}") from exc
 

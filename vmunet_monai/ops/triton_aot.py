@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-__all__ = ["ARCHES", "CASES", "KernelRow", "compile_report", "format_report", "parse_arch", "run", "target_only"]
+__all__ = ["ARCHES", "CASES", "KernelRow", "compile_report", "format_report", "parse_arch", "parse_config", "run",
+           "target_only"]
 
 
 @dataclass(frozen=True)
@@ -297,7 +298,25 @@ CASES = {
 }
 
 
-def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None, progress: bool = False):
+def parse_config(text) -> dict:
+    """``"bwd_num_warps=4,keep_states=false"`` -> ``{"bwd_num_warps": 4, "keep_states": False}``: fields
+    of :class:`~vmunet_monai.ops.triton_scan.KernelConfig` with integer or true/false values."""
+    if isinstance(text, dict):
+        return dict(text)
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if str(t).strip()]
+    out = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        value = value.strip().lower()
+        if not sep or not key.strip() or not (value.isdigit() or value in ("true", "false")):
+            raise ValueError(f"kernel config item {item!r} must be FIELD=INTEGER or FIELD=true/false "
+                             "(fields of vmunet_monai.ops.triton_scan.KernelConfig)")
+        out[key.strip()] = (value == "true") if value in ("true", "false") else int(value)
+    return out
+
+
+def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None, progress: bool = False,
+                   config=None):
     """Compile every kernel the chosen cases launch for ``sm_<arch>``; returns :class:`KernelRow` s.
 
     Args:
@@ -306,9 +325,11 @@ def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None,
         batch: the batch size of the launches (it sets the grids, not the kernels).
         sms: SM count of the card (default: the common card of ``arch`` in :data:`ARCHES`).
         progress: print a line per case to stderr.
+        config: KernelConfig fields (a dict, or text for :func:`parse_config`) applied under every
+            case's own, e.g. ``{"bwd_num_warps": 4}`` to see what other tiles compile to.
 
     Raises:
-        ValueError: an unknown case or architecture, or a batch below 1.
+        ValueError: an unknown case, architecture or KernelConfig field or value, or a batch below 1.
         RuntimeError: triton missing, or a kernel that does not compile (Triton's message, with the case).
     """
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
@@ -322,6 +343,13 @@ def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None,
     if int(batch) < 1:
         raise ValueError(f"batch={batch} must be at least 1")
     sms = int(sms or ARCHES[arch].sms)
+    from vmunet_monai.ops.triton_scan import kernel_config
+
+    base = kernel_config()
+    try:
+        tiles = base.replace(**parse_config(config or {}))
+    except TypeError as exc:  # an unknown field
+        raise ValueError(str(exc)) from None
     rows: list[KernelRow] = []
     usage_cache: dict = {}
     for i, name in enumerate(names):
@@ -345,12 +373,16 @@ def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None,
                                   usage["REG"], usage["LOCAL"] + usage["STACK"], shared, per_sm, limit,
                                   round(programs / (sms * max(per_sm, 1)), 3), loop))
 
-        with target_only(arch, on_compiled):
-            try:
-                CASES[name][1](int(batch))
-            except Exception as exc:
-                raise RuntimeError(f"case {name!r} ({CASES[name][0]}) failed for sm_{arch}: "
-                                   f"{type(exc).__name__}: {exc}") from exc
+        kernel_config(tiles)
+        try:
+            with target_only(arch, on_compiled):
+                try:
+                    CASES[name][1](int(batch))
+                except Exception as exc:
+                    raise RuntimeError(f"case {name!r} ({CASES[name][0]}) failed for sm_{arch}: "
+                                       f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            kernel_config(base)
     return rows
 
 
@@ -380,7 +412,8 @@ def format_report(rows, arch=90, sms: int | None = None) -> str:
     return "\n".join(out)
 
 
-def run(arch="sm_90", cases="all", batch: int = 32, sms: int | None = None, out: str | None = None) -> list:
+def run(arch="sm_90", cases="all", batch: int = 32, sms: int | None = None, out: str | None = None,
+        config: str = "") -> list:
     """What ``python -m vmunet_monai kernels`` does: compile, print the table, optionally write JSON."""
     import json
     import sys
@@ -389,12 +422,13 @@ def run(arch="sm_90", cases="all", batch: int = 32, sms: int | None = None, out:
 
     names = None if cases in (None, "all") else [c.strip() for c in (cases.split(",") if isinstance(cases, str)
                                                                        else cases) if c.strip()]
-    rows = compile_report(arch, names, batch=batch, sms=sms, progress=True)
+    fields = parse_config(config or {})
+    rows = compile_report(arch, names, batch=batch, sms=sms, progress=True, config=fields)
     print(format_report(rows, arch, sms))
     if out:
         arch_num = parse_arch(arch)
         record = dict(arch=f"sm_{arch_num}", card=ARCHES[arch_num].card, sms=int(sms or ARCHES[arch_num].sms),
-                      batch=int(batch), triton=triton.__version__, torch=torch.__version__,
+                      batch=int(batch), config=fields, triton=triton.__version__, torch=torch.__version__,
                       geometry=dict(STAGE1), rows=[r.as_dict() for r in rows])
         with open(out, "w") as f:
             json.dump(record, f, indent=1)
