@@ -152,7 +152,7 @@ _BACK_BRANCH = re.compile(r"\bBRA(?:\.[A-Z0-9]+)*\s+(?:[^\s,]+,\s*)?0x([0-9a-f]+
 
 
 def loop_profile(cubin: bytes) -> dict | None:
-    """The kernel's longest loop in its machine code (``cuobjdump -sass``): instructions per
+    """The kernel's longest innermost loop in its machine code (``cuobjdump -sass``): instructions per
     iteration, and the global loads, special-function ops (``MUFU``: exp2, log2, reciprocals),
     atomics and barriers among them (branches inside the loop count whole: the forward's checkpoint
     store, taken every T steps, is part of its step). For the step-loop forward an iteration is one step; for the backward one
@@ -163,15 +163,14 @@ def loop_profile(cubin: bytes) -> dict | None:
             f.write(cubin)
         sass = subprocess.run([_tool("cuobjdump"), "-sass", path], capture_output=True, text=True, check=True).stdout
     code = [(int(m.group(1), 16), m.group(2).strip()) for m in _SASS_LINE.finditer(sass)]
-    best = None
-    for addr, text in code:
-        m = _BACK_BRANCH.search(text)
-        if m and int(m.group(1), 16) < addr:
-            body = [t for a, t in code if int(m.group(1), 16) <= a <= addr]
-            if best is None or len(body) > len(best):
-                best = body
-    if best is None:
+    spans = [(int(m.group(1), 16), addr) for addr, text in code
+             if (m := _BACK_BRANCH.search(text)) and int(m.group(1), 16) < addr]
+    # innermost loops only (an outer loop's count would include its inner loop's), the longest of them
+    inner = [(a, b) for a, b in spans if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in spans)]
+    if not inner:
         return None
+    start, end = max(inner, key=lambda span: span[1] - span[0])
+    best = [t for a, t in code if start <= a <= end]
 
     def count(pattern):
         return sum(1 for t in best if re.search(pattern, t))
