@@ -90,7 +90,8 @@ def test_segmented_per_direction_and_generic_scans_compile_for_a100(tmp_path):
     # the official model's interface: (batch, 4 * 192, L) with four groups of B and C, forwards only
     assert {(r["kernel"], r["variant"]) for r in generic} == {("scan_fwd_kernel", "rows"), ("scan_bwd_kernel", "rows")}
     # KernelConfig(one_launch=False): a forward launch per direction, each walk order compiled in
-    per_direction = [r for r in report["rows"] if r["case"] == "ss2d_per_direction" and r["kernel"] == "scan_fwd_kernel"]
+    per_direction = [r for r in report["rows"]
+                     if r["case"] == "ss2d_per_direction" and r["kernel"] == "scan_fwd_kernel"]
     assert sorted(r["variant"] for r in per_direction) == ["cols", "cols reversed", "rows", "rows reversed"]
     assert all(tuple(r["grid"]) == (3, 1, 2) for r in per_direction)
     assert all(r["spill_bytes"] == 0 for r in report["rows"])

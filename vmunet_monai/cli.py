@@ -11,7 +11,8 @@ __all__ = ["Commands", "main"]
 
 
 class Commands:
-    """VM-UNet family for MONAI: set-up checks, benchmarks, GPU kernel checks, data, training demo, prediction, export and packaging."""
+    """VM-UNet family for MONAI: set-up checks, benchmarks, GPU kernel checks, data, training demo, prediction,
+    export and packaging."""
 
     def doctor(self):
         """Versions, devices and every selective-scan backend: available or not, why, and the exact fix."""

@@ -11,7 +11,8 @@ stand in for the CUDA ones (only their dtypes, strides and sizes matter); nothin
 For every kernel a layer launches, :func:`compile_report` gives what the GPU would give it:
 registers per thread, bytes spilled to local memory, shared memory, how many programs one SM holds
 at once (the register file, warp and shared-memory limits of the architecture), the launch's grid
-against the card's SM count, and the machine instructions of its main loop. ``python -m vmunet_monai kernels`` prints it.
+against the card's SM count, and the machine instructions of its main loop.
+``python -m vmunet_monai kernels`` prints it.
 """
 
 from __future__ import annotations
@@ -154,9 +155,9 @@ _BACK_BRANCH = re.compile(r"\bBRA(?:\.[A-Z0-9]+)*\s+(?:[^\s,]+,\s*)?0x([0-9a-f]+
 def loop_profile(cubin: bytes) -> dict | None:
     """The kernel's longest innermost loop in its machine code (``cuobjdump -sass``): instructions per
     iteration, and the global loads, special-function ops (``MUFU``: exp2, log2, reciprocals),
-    atomics and barriers among them (branches inside the loop count whole: the forward's checkpoint
-    store, taken every T steps, is part of its step). For the step-loop forward an iteration is one step; for the backward one
-    chunk. None if the kernel has no loop."""
+    atomics and barriers among them. For the step-loop forward an iteration is one step, for the
+    backward one chunk; branches inside the loop count whole (the forward's checkpoint store, taken
+    every T steps, is part of its step). None if the kernel has no loop."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:

@@ -308,7 +308,8 @@ class _ScanFunction(torch.autograd.Function):
         for k_base, groups, rev, col, _ in _launches(geo):
             grid = (triton_cdiv(geo.Dk, cfg.bwd_block_d), groups, geo.batch)
             launch(
-                kern.scan_bwd_kernel, grid, u, delta, A, Bv, Cv, D if D is not None else A, bias if bias is not None else A, dy, hs,
+                kern.scan_bwd_kernel, grid, u, delta, A, Bv, Cv, D if D is not None else A,
+                bias if bias is not None else A, dy, hs,
                 w if w is not None else A, du, ddelta, dA, dB, dC, dD, dbias, dw,
                 geo.L, geo.H, geo.W, geo.Dk, ctx.nchunks, geo.K, k_base, rank,
                 *_strides4(geo, u, True), *_strides4(geo, delta, False),
