@@ -49,7 +49,8 @@ class _NormGate(torch.autograd.Function):
         out = torch.empty((R, C), device=y.device, dtype=torch.promote_types(y.dtype, z.dtype))
         br, bc = _tiles(C)
         triton_scan.launch(
-            _kernels().norm_gate_fwd_kernel, (triton_scan.triton_cdiv(R, br),), y, z, weight, bias if bias is not None else weight, out, R, C, float(eps),
+            _kernels().norm_gate_fwd_kernel, (triton_scan.triton_cdiv(R, br),),
+            y, z, weight, bias if bias is not None else weight, out, R, C, float(eps),
             y.stride(0), y.stride(1), z.stride(0), z.stride(1), out.stride(0),
             BR=br, BC=bc, HAS_BIAS=bias is not None, num_warps=4,
         )
@@ -69,7 +70,8 @@ class _NormGate(torch.autograd.Function):
         dw = torch.empty((grid, C), device=y.device, dtype=torch.float32)
         db = torch.empty((grid, C), device=y.device, dtype=torch.float32) if bias is not None else dw
         triton_scan.launch(
-            _kernels().norm_gate_bwd_kernel, (grid,), y, z, weight, bias if bias is not None else weight, dout, dy, dz, dw, db, R, C, ctx.eps,
+            _kernels().norm_gate_bwd_kernel, (grid,),
+            y, z, weight, bias if bias is not None else weight, dout, dy, dz, dw, db, R, C, ctx.eps,
             y.stride(0), y.stride(1), z.stride(0), z.stride(1), dout.stride(0), dy.stride(0), dz.stride(0),
             BR=br, BC=bc, HAS_BIAS=bias is not None, num_warps=4,
         )
