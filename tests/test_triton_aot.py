@@ -5,7 +5,6 @@ Triton's interpreter, which the other triton tests use, never compiles a kernel;
 check what Triton's bundled ptxas reports for every kernel real SS2D layers launch.
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -19,17 +18,8 @@ from vmunet_monai.ops import triton_aot
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _toolchain_missing():
-    if importlib.util.find_spec("triton") is None:
-        return "needs the triton package (it brings ptxas and cuobjdump)"
-    try:
-        triton_aot._tool("ptxas"), triton_aot._tool("cuobjdump")
-    except RuntimeError as exc:
-        return str(exc)
-    return None
-
-
-needs_toolchain = pytest.mark.skipif(_toolchain_missing() is not None, reason=str(_toolchain_missing()))
+needs_toolchain = pytest.mark.skipif(triton_aot.toolchain_problem() is not None,
+                                     reason=str(triton_aot.toolchain_problem()))
 
 
 def run_kernels(tmp_path, *args):

@@ -73,17 +73,13 @@ def report() -> str:
 
 def _kernels_note() -> str:
     """Whether the triton kernels can be compiled for a GPU architecture here (``kernels`` command)."""
-    if importlib.util.find_spec("triton") is None:
-        return ("triton kernels: triton is not installed, so they can neither run nor be compiled here "
-                "(pip install 'vmunet-monai[triton]')")
+    from vmunet_monai.ops.triton_aot import ARCHES, toolchain_problem
+
+    problem = toolchain_problem()
+    if problem is not None:
+        return f"triton kernels: cannot be compiled for a GPU here: {problem}"
     import triton
 
-    from vmunet_monai.ops.triton_aot import ARCHES, _tool
-
-    try:
-        _tool("ptxas"), _tool("cuobjdump")
-    except RuntimeError as exc:
-        return f"triton kernels: cannot be compiled for a GPU here: {exc}"
     arches = ", ".join(f"sm_{a}" for a in ARCHES)
     return (f"triton kernels: `python -m vmunet_monai kernels --arch sm_90` compiles them for a GPU architecture "
             f"({arches}) here, with or without a GPU, using triton {triton.__version__}'s own ptxas, and reports "

@@ -81,7 +81,7 @@ def _compiling_for_gpu() -> bool:
     """True inside :func:`vmunet_monai.ops.triton_aot.target_only`: triton launches are compiled for a
     GPU architecture instead of run, and CPU tensors stand in for CUDA ones."""
     module = sys.modules.get(BACKENDS["triton"][0])
-    return module is not None and module._LAUNCH_HOOK is not None
+    return module is not None and module.compiling_only()
 
 
 def resolve_backend(device: torch.device | str, backend: str | None = None) -> str:

@@ -30,7 +30,7 @@ def _kernels():
 
 def fused_available(t: torch.Tensor) -> bool:
     """Whether the fused kernel can run on tensors like ``t`` here."""
-    if triton_scan._LAUNCH_HOOK is not None:  # compiling for a GPU, not running
+    if triton_scan.compiling_only():  # compiling for a GPU, not running
         return True
     if t.device.type != "cuda" and not triton_scan._interpreting():
         return False

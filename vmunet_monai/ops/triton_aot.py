@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 __all__ = ["ARCHES", "CASES", "KernelRow", "compile_report", "format_report", "parse_arch", "parse_config", "run",
-           "target_only"]
+           "target_only", "toolchain_problem"]
 
 
 @dataclass(frozen=True)
@@ -132,18 +132,35 @@ def _tool(name: str) -> str:
     return path
 
 
-def resource_usage(cubin: bytes) -> dict:
-    """Registers, stack, local and shared bytes of the (first) kernel in ``cubin`` (``cuobjdump -res-usage``)."""
+def toolchain_problem() -> str | None:
+    """Why kernels cannot be compiled for a GPU here (triton missing, or its wheel without ptxas and
+    cuobjdump), or None when they can."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install 'vmunet-monai[triton]'); it brings ptxas and cuobjdump"
+    try:
+        _tool("ptxas"), _tool("cuobjdump")
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
+def _cuobjdump(cubin: bytes, option: str) -> str:
+    """What ``cuobjdump <option>`` prints for ``cubin``."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:
             f.write(cubin)
-        out = subprocess.run([_tool("cuobjdump"), "-res-usage", path], capture_output=True, text=True, check=True)
+        return subprocess.run([_tool("cuobjdump"), option, path], capture_output=True, text=True, check=True).stdout
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers, stack, local and shared bytes of the (first) kernel in ``cubin`` (``cuobjdump -res-usage``)."""
+    text = _cuobjdump(cubin, "-res-usage")
     found = {}
     for key in ("REG", "STACK", "SHARED", "LOCAL"):
-        m = re.search(rf"\b{key}:(\d+)", out.stdout)
+        m = re.search(rf"\b{key}:(\d+)", text)
         if m is None:
-            raise RuntimeError(f"cuobjdump -res-usage printed no {key} value:\n{out.stdout}")
+            raise RuntimeError(f"cuobjdump -res-usage printed no {key} value:\n{text}")
         found[key] = int(m.group(1))
     return found
 
@@ -158,11 +175,7 @@ def loop_profile(cubin: bytes) -> dict | None:
     atomics and barriers among them. For the step-loop forward an iteration is one step, for the
     backward one chunk; branches inside the loop count whole (the forward's checkpoint store, taken
     every T steps, is part of its step). None if the kernel has no loop."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "kernel.cubin")
-        with open(path, "wb") as f:
-            f.write(cubin)
-        sass = subprocess.run([_tool("cuobjdump"), "-sass", path], capture_output=True, text=True, check=True).stdout
+    sass = _cuobjdump(cubin, "-sass")
     code = [(int(m.group(1), 16), m.group(2).strip()) for m in _SASS_LINE.finditer(sass)]
     spans = [(int(m.group(1), 16), addr) for addr, text in code
              if (m := _BACK_BRANCH.search(text)) and int(m.group(1), 16) < addr]

@@ -41,6 +41,11 @@ def _interpreting() -> bool:
 _LAUNCH_HOOK = None
 
 
+def compiling_only() -> bool:
+    """True while launches are compiled for a GPU instead of run (CPU tensors then stand in)."""
+    return _LAUNCH_HOOK is not None
+
+
 def launch(kernel, grid, *args, **kwargs):
     """``kernel[grid](*args, **kwargs)``, or the compile-only hook's handling of it."""
     if _LAUNCH_HOOK is not None:
@@ -327,7 +332,7 @@ class _ScanFunction(torch.autograd.Function):
 
 def _check_device(*tensors):
     for t in tensors:
-        if t is not None and t.device.type != "cuda" and not _interpreting() and _LAUNCH_HOOK is None:
+        if t is not None and t.device.type != "cuda" and not _interpreting() and not compiling_only():
             raise RuntimeError(
                 f"the triton scan backend runs on CUDA tensors, got a {t.device.type} tensor; "
                 "use backend='torch' or 'cpu' for CPU tensors"
