@@ -141,7 +141,7 @@ def _step_position(t, L, H, W, REV, COL):
 @triton.jit
 def _fwd_steps(
     u_base, dl_base, B_base, C_base, y_base, hs_base, last_base,
-    d, dmask, A2, Dv, bias, L, H, W, nchunks, one,
+    d, dmask, A2t, Dv, bias, L, H, W, nchunks, one,
     s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV, COL, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -151,7 +151,7 @@ def _fwd_steps(
     """One step at a time over the whole sequence; the state tile is (N, channels) so the sum over N
     stays inside a thread when a thread owns a whole channel."""
     h = tl.zeros([NP, BD], dtype=tl.float32)
-    h, _ = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, d, dmask, tl.trans(A2),
+    h, _ = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, d, dmask, A2t,
                           Dv[None, :], bias[None, :], h, 0, L, L, H, W, nchunks, one,
                           s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R, N, NP, T, REV, COL,
                           HAS_D, SOFTPLUS, ATOMIC, True, SAVE_STATES, RP, LOWRANK)
@@ -172,13 +172,19 @@ def _walk(k, REV: tl.constexpr, COL: tl.constexpr, ALL4: tl.constexpr):
 
 
 @triton.jit
-def _projection_cols(w_ptr, row, dmask, R, one, RP: tl.constexpr):
-    """The channels' rows of the (K * Dk, R) step-size projection as (RP, BD) columns (zeros beyond
-    R). ``one`` is the integer 1, unknown to the compiler: seeing the rows contiguous, Triton loaded
-    them in a vector layout and carried the step-size computation in it, converting each step."""
-    r = tl.arange(0, RP)
-    return tl.load(w_ptr + row[None, :] * R + r[:, None] * one, mask=dmask[None, :] & (r[:, None] < R),
-                   other=0.0).to(tl.float32)
+def _columns(ptr, row, dmask, count, NI: tl.constexpr, BD: tl.constexpr):
+    """(NI, BD) tile of ``ptr[row[j] * count + i]`` for i < count (zeros beyond): the channels' rows of
+    a (rows, count) matrix as columns. Built from NI one-dimensional loads so that its layout is the
+    state's: a two-dimensional load gets the layout Triton's coalescing picks, which differs between
+    Triton versions when no dimension is contiguous, and the step loop then converted between layouts
+    every step or computed the recurrence twice (found with ``python -m vmunet_monai kernels``)."""
+    i_col = tl.arange(0, NI)[:, None]
+    cols = tl.zeros([NI, BD], dtype=tl.float32)
+    for i in tl.static_range(NI):
+        vi = tl.load(ptr + row * count + i, mask=dmask & (tl.full([BD], i, tl.int32) < count),
+                     other=0.0).to(tl.float32)
+        cols = tl.where(i_col == i, vi[None, :], cols)
+    return cols
 
 
 @triton.jit
@@ -208,10 +214,10 @@ def _channel_params(A_ptr, D_ptr, bias_ptr, row, dmask, N: tl.constexpr, NP: tl.
 
 
 # ``one`` is the integer 1, passed unspecialised, as the stride between state indices of the chunk
-# states and between the rows of the projection: knowing those contiguous, Triton stored the states
-# and loaded the projection with vectors, in layouts other than the state's, and then either
-# converted the state through shared memory (8 barriers every T steps) or computed the recurrence
-# twice, once in each layout (found with ``python -m vmunet_monai kernels``)
+# states: knowing them contiguous, Triton stored the states with vectors, in a layout other than the
+# state's, and then either converted the state through shared memory (8 barriers every T steps) or
+# computed the recurrence twice, once in each layout (found with ``python -m vmunet_monai kernels``).
+# The step loop's per-channel parameters (A, the projection) come from ``_columns`` for the same reason.
 @triton.jit(do_not_specialize=["one"])
 def scan_fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, hs_ptr, last_ptr, w_ptr,
@@ -245,11 +251,12 @@ def scan_fwd_kernel(
     hs_base = hs_ptr + (b * K + k) * Dk * nchunks * N
     last_base = last_ptr + (b * K + k) * Dk * N
     if LOWRANK:
-        Wt = _projection_cols(w_ptr, row, dmask, R, one, RP)
+        Wt = _columns(w_ptr, row, dmask, R, RP, BD)
     else:
         Wt = tl.zeros([RP, BD], dtype=tl.float32)
     if STEPWISE:
-        _fwd_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
+        A2t = _columns(A_ptr, row, dmask, N, NP, BD) * LOG2E  # as A2, transposed, in the state's layout
+        _fwd_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2t, Dv, bias,
                    L, H, W, nchunks, one, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R,
                    N, NP, BD, T, rev, col, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST, RP, LOWRANK)
     else:
@@ -525,10 +532,10 @@ def scan_fwd_split_kernel(
     d = pid_d * BD + tl.arange(0, BD)
     dmask = d < Dk
     row = k * Dk + d
-    A2, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, row, dmask, N, NP, BD, HAS_D, HAS_BIAS)
-    A2t = tl.trans(A2)
+    _, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, row, dmask, N, NP, BD, HAS_D, HAS_BIAS)
+    A2t = _columns(A_ptr, row, dmask, N, NP, BD) * LOG2E  # see scan_fwd_kernel
     if LOWRANK:
-        Wt = _projection_cols(w_ptr, row, dmask, R, one, RP)
+        Wt = _columns(w_ptr, row, dmask, R, RP, BD)
     else:
         Wt = tl.zeros([RP, BD], dtype=tl.float32)
     u_base = u_ptr + b * s_ub + k * s_uk
