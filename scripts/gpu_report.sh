@@ -13,7 +13,8 @@
 #      (the options still off by default)
 #   5. network_compile: benchmark --compile true (torch.compile rows, marked +compile)
 #   6. kernels: the compiled view of every triton kernel for this GPU's architecture (registers,
-#      spills, SM fill, the machine code of each main loop), next to the timings it explains
+#      spills, SM fill, the machine code of each main loop), next to the timings it explains; each
+#      kernel's Triton IR, PTX and machine code in OUT/kernels_ir/
 # Each step's exit status is recorded in OUT/status.txt; a failing step does not stop the others.
 # STEPS picks steps by name (tests scan scan_channels_last network network_options network_compile kernels), so
 # a machine that limits the length of one command can run them in several calls into the same OUT.
@@ -71,5 +72,5 @@ step network_options "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 3
 step network_compile "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 32 --backends "$BACKENDS" \
     "${REFARGS[@]}" --compile true --out "$OUT/network_compile.json"
 ARCH=$("$PYTHON" -c "import torch; print('sm_%d%d' % torch.cuda.get_device_capability())")
-step kernels "$PYTHON" -m vmunet_monai kernels --arch "$ARCH" --out "$OUT/kernels.json"
+step kernels "$PYTHON" -m vmunet_monai kernels --arch "$ARCH" --out "$OUT/kernels.json" --dump "$OUT/kernels_ir"
 echo "results in $OUT (status.txt, *.log, *.json)"

@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,7 +36,9 @@ def run_kernels(tmp_path, *args):
 
 @needs_toolchain
 def test_every_ss2d_kernel_compiles_for_h100_without_spills(tmp_path):
-    report, table = run_kernels(tmp_path, "--arch", "sm_90", "--cases", "ss2d,ss2d_fast", "--batch", "4")
+    dump = tmp_path / "ir"
+    report, table = run_kernels(tmp_path, "--arch", "sm_90", "--cases", "ss2d,ss2d_fast", "--batch", "4",
+                                "--dump", str(dump))
     assert report["arch"] == "sm_90" and report["sms"] == 132 and report["batch"] == 4
     rows = report["rows"]
     by_case = {c: [r for r in rows if r["case"] == c] for c in ("ss2d", "ss2d_fast")}
@@ -66,6 +69,15 @@ def test_every_ss2d_kernel_compiles_for_h100_without_spills(tmp_path):
     fast_fwd = next(r for r in by_case["ss2d_fast"] if r["kernel"] == "scan_fwd_kernel")
     assert fast_fwd["registers"] < 200, fast_fwd  # the projection rows and the state share a layout
     assert "scan_fwd_kernel" in table and "H100" in table
+    # --dump: every distinct kernel's intermediate forms and machine code, named after case, kernel,
+    # variant and dtype
+    stem = dump / "ss2d_fast.scan_fwd_kernel.all_four.bfloat16"
+    for form in ("ttir", "ttgir", "llir", "ptx", "sass"):
+        assert Path(f"{stem}.{form}").stat().st_size > 0, form
+    assert "#ttg.blocked" in Path(f"{stem}.ttgir").read_text()  # the register layouts Triton chose
+    assert Path(f"{stem}.sass").read_text().count("MUFU.EX2") >= 16
+    assert Path(dump / "ss2d.scan_bwd_kernel.cols_reversed.float32.sass").exists()
+    assert Path(dump / "ss2d_fast.norm_gate_fwd_kernel.float32.ptx").exists()
 
 
 @needs_toolchain

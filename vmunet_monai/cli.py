@@ -59,7 +59,7 @@ class Commands:
                       fused_dt_proj=fused_dt_proj, compile=compile, baselines=baselines)
 
     def kernels(self, arch: str = "sm_90", cases: str = "all", batch: int = 32, sms: int | None = None,
-                out: str | None = None, config: str = ""):
+                out: str | None = None, config: str = "", dump: str | None = None):
         """Compile the triton backend's kernels for a GPU architecture on this machine (no GPU needed) and
         report, per kernel, registers, spilled bytes, shared memory and how its launch fills the card.
 
@@ -75,11 +75,13 @@ class Commands:
             out: also write the rows as JSON to this file.
             config: KernelConfig fields under every case's own, e.g. "bwd_block_d=4,bwd_num_warps=4" (integers,
                 true/false): what other tile sizes compile to.
+            dump: also write each kernel's Triton IR (.ttir, and .ttgir with the register layouts Triton
+                chose), LLVM IR, PTX and machine code (.sass) into this folder.
         """
         from vmunet_monai.ops.triton_aot import run
 
         try:
-            run(arch=arch, cases=cases, batch=batch, sms=sms, out=out, config=config)
+            run(arch=arch, cases=cases, batch=batch, sms=sms, out=out, config=config, dump=dump)
         except (ValueError, RuntimeError) as exc:
             raise SystemExit(f"error: {exc}") from exc
 

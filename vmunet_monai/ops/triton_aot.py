@@ -328,8 +328,32 @@ def parse_config(text) -> dict:
     return out
 
 
+_DUMP_STAGES = ("ttir", "ttgir", "llir", "ptx")  # Triton's intermediate forms, as ``compiled.asm`` keys
+
+
+def dump_kernel(compiled, folder: str, stem: str) -> list[str]:
+    """Write a compiled kernel's Triton IR (``.ttir``: before layouts, ``.ttgir``: with the register
+    layouts Triton chose), LLVM IR, PTX and machine code (``.sass``, from cuobjdump) as
+    ``folder/stem.<form>``; returns the paths written."""
+    os.makedirs(folder, exist_ok=True)
+    written = []
+    forms = {k: compiled.asm[k] for k in _DUMP_STAGES if k in compiled.asm}
+    forms["sass"] = _cuobjdump(compiled.asm["cubin"], "-sass")
+    for form, text in forms.items():
+        path = os.path.join(folder, f"{stem}.{form}")
+        with open(path, "w") as f:
+            f.write(text if isinstance(text, str) else text.decode())
+        written.append(path)
+    return written
+
+
+def _slug(*parts) -> str:
+    """A file-name stem from the parts: characters other than letters, digits and _ become _, empty parts go."""
+    return ".".join(q for q in (re.sub(r"[^A-Za-z0-9_]+", "_", str(p)).strip("_") for p in parts) if q)
+
+
 def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None, progress: bool = False,
-                   config=None):
+                   config=None, dump: str | None = None):
     """Compile every kernel the chosen cases launch for ``sm_<arch>``; returns :class:`KernelRow` s.
 
     Args:
@@ -340,6 +364,8 @@ def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None,
         progress: print a line per case to stderr.
         config: KernelConfig fields (a dict, or text for :func:`parse_config`) applied under every
             case's own, e.g. ``{"bwd_num_warps": 4}`` to see what other tiles compile to.
+        dump: a folder to write each distinct kernel's IR, PTX and machine code to
+            (:func:`dump_kernel`; files ``<case>.<kernel>.<variant>.<dtype>.<form>``).
 
     Raises:
         ValueError: an unknown case, architecture or KernelConfig field or value, or a batch below 1.
@@ -373,7 +399,8 @@ def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None,
 
         def on_compiled(kernel, compiled, grid, kwargs, args, case=name):
             key = id(compiled)
-            if key not in usage_cache:
+            first = key not in usage_cache
+            if first:
                 cubin = compiled.asm["cubin"]
                 usage_cache[key] = (compiled, resource_usage(cubin), loop_profile(cubin))
             _, usage, loop = usage_cache[key]
@@ -382,6 +409,8 @@ def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None,
             per_sm, limit = residency(arch, usage["REG"], num_warps, shared)
             programs = math.prod(grid)
             dtype = next(str(a.dtype).removeprefix("torch.") for a in args if isinstance(a, torch.Tensor))
+            if dump and first:
+                dump_kernel(compiled, dump, _slug(case, kernel, _variant(kwargs), dtype))
             rows.append(KernelRow(case, kernel, _variant(kwargs), dtype, tuple(grid), programs, num_warps,
                                   usage["REG"], usage["LOCAL"] + usage["STACK"], shared, per_sm, limit,
                                   round(programs / (sms * max(per_sm, 1)), 3), loop))
@@ -426,7 +455,7 @@ def format_report(rows, arch=90, sms: int | None = None) -> str:
 
 
 def run(arch="sm_90", cases="all", batch: int = 32, sms: int | None = None, out: str | None = None,
-        config: str = "") -> list:
+        config: str = "", dump: str | None = None) -> list:
     """What ``python -m vmunet_monai kernels`` does: compile, print the table, optionally write JSON."""
     import json
     import sys
@@ -436,8 +465,10 @@ def run(arch="sm_90", cases="all", batch: int = 32, sms: int | None = None, out:
     names = None if cases in (None, "all") else [c.strip() for c in (cases.split(",") if isinstance(cases, str)
                                                                        else cases) if c.strip()]
     fields = parse_config(config or {})
-    rows = compile_report(arch, names, batch=batch, sms=sms, progress=True, config=fields)
+    rows = compile_report(arch, names, batch=batch, sms=sms, progress=True, config=fields, dump=dump)
     print(format_report(rows, arch, sms))
+    if dump:
+        print(f"wrote each kernel's ttir, ttgir, llir, ptx and sass to {dump}/", file=sys.stderr)
     if out:
         arch_num = parse_arch(arch)
         record = dict(arch=f"sm_{arch_num}", card=ARCHES[arch_num].card, sms=int(sms or ARCHES[arch_num].sms),
