@@ -8,7 +8,9 @@ N = 16, i.e. the official (32, 768, 4096) scan. Everything is measured in this o
   the chunk states kept for the backward and rebuilt in it (``KernelConfig.keep_states``), and the
   two-pass segmented forward (``KernelConfig.segments``) at batch 1 and at the full batch (and
   the forward launched once per direction, ``KernelConfig(one_launch=False)``), the
-  forward on channels-last maps, and the step sizes as rank-6 factors projected inside the kernels;
+  forward on channels-last maps, and the step sizes as rank-6 factors projected inside the kernels,
+  and forward + backward with ``KernelConfig(deterministic=True)`` (no atomics), run twice to check
+  that its gradients repeat bit for bit;
 * bandwidth achieved = bytes that must move (read u, delta, B, C once, write y once) / time;
 * the composed path (cross_scan copies + generic scan + merge) on the ``torch`` backend and, when
   its compiled kernel loads, on ``mamba_ssm``;
@@ -303,6 +305,32 @@ def main():
         lines.append((f"triton fwd+bwd float32 keep_states={keep}", ms_fb, f"{held:.2f} GiB held for the backward"))
         del xg
         torch.cuda.empty_cache()
+
+    # deterministic kernels: per-direction outputs and per-block partial gradients instead of atomics
+    xg = make_inputs(a.batch, a.dim, a.size, a.state, torch.float32, requires_grad=True)
+    gy = torch.randn(a.batch, a.dim, a.size, a.size, device="cuda")
+
+    def grads():
+        return torch.autograd.grad((fused(xg) * gy).sum(), list(xg.values()))
+
+    ts.kernel_config(best[0].replace(deterministic=True))
+    torch.cuda.reset_peak_memory_stats()
+    first, second = grads(), grads()
+    repeat = all(torch.equal(p, q) for p, q in zip(first, second))
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    ms_det = bench(grads, warmup=3, rep=20)
+    del first, second
+    ts.kernel_config(best[0])
+    runs = [grads() for _ in range(2)]
+    default_repeat = all(torch.equal(p, q) for p, q in zip(*runs))
+    del runs
+    ms_default = res["fused_fwd_bwd_float32_keep_states_True"]["ms"]
+    res["fused_fwd_bwd_float32_deterministic"] = {"ms": ms_det, "peak_GiB": peak, "bit_identical_repeat": repeat,
+                                                  "default_bit_identical_repeat": default_repeat}
+    lines.append(("triton fwd+bwd float32 deterministic", ms_det,
+                  f"{ms_det / ms_default:.2f}x the default; repeat bit-identical: {repeat} (default: {default_repeat})"))
+    del xg
+    torch.cuda.empty_cache()
     ts.kernel_config(best[0])
 
     # 3. the composed paths

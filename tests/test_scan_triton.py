@@ -95,6 +95,9 @@ def interpreted():
         ((1, 5, 3, 9, 3), dict(block_d=8, chunk=16, segments=4), False, False),  # 27 steps: 2 segments of 16
         ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, one_launch=False), True, True),  # a forward launch per direction
         ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, segments=3, one_launch=False), True, True),
+        # deterministic: no atomics, per-direction outputs and per-block partial gradients
+        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, deterministic=True), True, True),
+        ((1, 5, 3, 9, 3), dict(block_d=2, chunk=16, deterministic=True, segments=2, keep_states=False), False, False),
     ],
 )
 def test_cross_scan_matches_reference_interpreted(interpreted, shape, config, with_d, softplus):
@@ -110,10 +113,10 @@ def test_cross_scan_matches_reference_interpreted(interpreted, shape, config, wi
         assert rel_err(g[k], g_ref[k]) <= 1e-4, k
 
 
-@pytest.mark.parametrize("segments", [1, 2])
-def test_cross_scan_channels_last_inputs_interpreted(interpreted, segments):
+@pytest.mark.parametrize("segments,det", [(1, False), (2, False), (1, True)])
+def test_cross_scan_channels_last_inputs_interpreted(interpreted, segments, det):
     """Channels-last maps (and direction-last delta, B, C) are read in place; the output keeps u's layout."""
-    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, segments=segments))
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, segments=segments, deterministic=det))
     x = cross_inputs(2, 8, 5, 7, 4)
     y_ref, g_ref = fwd_and_grads(composed_reference, leaf(x))
 
@@ -137,6 +140,7 @@ def test_cross_scan_channels_last_inputs_interpreted(interpreted, segments):
     (dict(block_d=4, chunk=16, segments=2), False),
     (dict(block_d=4, chunk=16, keep_states=False), True),
     (dict(block_d=4, chunk=16, stepwise=False), False),  # chunked forward: full rank formed first
+    (dict(block_d=4, chunk=16, deterministic=True), True),  # per-block partials of the factors' gradient
 ])
 def test_cross_scan_low_rank_delta_interpreted(interpreted, config, channels_last):
     """delta given as rank-R factors and the dt projection: same result and gradients (also of the
@@ -188,10 +192,13 @@ def test_cross_scan_bf16_inputs_interpreted(interpreted):
         assert rel_err(g[k], g_ref[k]) <= 2e-2, k
 
 
-@pytest.mark.parametrize("bc,keep,segments", [("grouped", True, 1), ("variable", True, 1), ("constant", True, 1),
-                                              ("grouped", False, 1), ("variable", True, 3), ("grouped", False, 2)])
-def test_generic_scan_matches_reference_interpreted(interpreted, bc, keep, segments):
-    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, keep_states=keep, segments=segments))
+@pytest.mark.parametrize("bc,keep,segments,det", [
+    ("grouped", True, 1, False), ("variable", True, 1, False), ("constant", True, 1, False),
+    ("grouped", False, 1, False), ("variable", True, 3, False), ("grouped", False, 2, False),
+    ("grouped", True, 1, True)])
+def test_generic_scan_matches_reference_interpreted(interpreted, bc, keep, segments, det):
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, keep_states=keep, segments=segments,
+                                                       deterministic=det))
     batch, dim, length, n = 2, 8, 37, 4
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
 
@@ -216,6 +223,42 @@ def test_generic_scan_matches_reference_interpreted(interpreted, bc, keep, segme
     for k in g_ref:
         assert g_[k].shape == g_ref[k].shape, k
         assert rel_err(g_[k], g_ref[k]) <= 1e-4, k
+
+
+def test_deterministic_mode_adds_nothing_atomically_interpreted(interpreted, monkeypatch):
+    """Under torch.use_deterministic_algorithms(True) the kernels make no atomic add (the order of
+    atomic float adds is the GPU's, so the last bits would vary run to run), also when batches go in
+    several groups to bound the partials' memory; results equal the reference and repeat exactly."""
+    from triton.runtime.interpreter import InterpreterBuilder
+
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16))
+    real_rmw, calls = InterpreterBuilder.create_atomic_rmw, []
+
+    def counting(self, *args, **kwargs):  # every atomic read-modify-write the interpreter executes
+        calls.append(1)
+        return real_rmw(self, *args, **kwargs)
+
+    monkeypatch.setattr(InterpreterBuilder, "create_atomic_rmw", counting)
+    x = cross_inputs(3, 8, 5, 7, 4, seed=5)
+    y_ref, g_ref = fwd_and_grads(composed_reference, leaf(x))
+    fwd_and_grads(fused, leaf(x, torch.float32))
+    assert calls, "the default mode merges directions and sums gradients with atomic adds"
+    calls.clear()
+    # one batch per group: the partial-gradient buffers of a whole batch would exceed the budget
+    monkeypatch.setattr(triton_scan, "DET_PARTIAL_BYTES", 1)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert triton_scan.deterministic()
+        runs = [fwd_and_grads(fused, leaf(x, torch.float32)) for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert not calls
+    (y, g), (y2, g2) = runs
+    assert rel_err(y, y_ref) <= 1e-4 and torch.equal(y, y2)
+    for k in g_ref:
+        assert rel_err(g[k], g_ref[k]) <= 1e-4, k
+        assert torch.equal(g[k], g2[k]), k
 
 
 def test_status_and_errors():

@@ -31,10 +31,11 @@ BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
 # measured on an H100 (docs/PERFORMANCE.md): VM-UNet trains 1.2x faster on mamba-ssm's kernel than on ours,
 # so an installed mamba-ssm comes first; triton is the CUDA default everywhere else
 AUTO_ORDER = {"cuda": ("mamba_ssm", "triton", "torch"), "cpu": ("cpu", "torch")}
-# backends whose results do not depend on thread or GPU scheduling: the CUDA kernels of triton and
-# mamba_ssm sum gradients with float atomics, so under torch.use_deterministic_algorithms(True) the
-# automatic choice skips them (the cpu kernel then runs on one thread)
-DETERMINISTIC_BACKENDS = ("reference", "torch", "cpu")
+# backends whose results do not depend on thread or GPU scheduling: mamba_ssm's CUDA kernels sum
+# gradients with float atomics, so under torch.use_deterministic_algorithms(True) the automatic choice
+# skips them; the triton kernels then add nothing atomically (KernelConfig.deterministic) and the cpu
+# kernel runs on one thread
+DETERMINISTIC_BACKENDS = ("reference", "torch", "cpu", "triton")
 
 
 @dataclass(frozen=True)

@@ -103,11 +103,16 @@ class KernelConfig:
             the order compiled in (False). At VM-UNet's stage 1 and batch 32 one launch has 384
             programs of 64 channels; one per direction has 96, fewer than an H100's 132 SMs, and the
             four run one after another.
+        deterministic: add nothing atomically, so that results do not depend on the order the GPU
+            runs programs in: the forward writes each direction's output and the backward each
+            channel block's and batch's partial gradients to buffers of their own, summed in a fixed
+            order afterwards (more memory: up to ``DET_PARTIAL_BYTES`` for the backward's partials
+            besides four outputs' worth). Also on whenever ``torch.use_deterministic_algorithms(True)`` is.
     """
 
     def __init__(self, block_d: int = 64, chunk: int = 16, num_warps: int = 2, bwd_block_d: int = 4,
                  bwd_num_warps: int = 2, stepwise: bool = True, keep_states: bool = True, segments: int = 1,
-                 one_launch: bool = True):
+                 one_launch: bool = True, deterministic: bool = False):
         for label, v in (("block_d", block_d), ("chunk", chunk), ("bwd_block_d", bwd_block_d)):
             if v < 1 or v & (v - 1):
                 raise ValueError(f"KernelConfig.{label}={v} must be a power of two")
@@ -118,12 +123,13 @@ class KernelConfig:
         self.keep_states = bool(keep_states)
         self.segments = int(segments)
         self.one_launch = bool(one_launch)
+        self.deterministic = bool(deterministic)
 
     def replace(self, **changes) -> "KernelConfig":
         """A copy with some fields changed, e.g. ``kernel_config().replace(keep_states=False)``."""
         fields = dict(block_d=self.block_d, chunk=self.chunk, num_warps=self.num_warps, bwd_block_d=self.bwd_block_d,
                       bwd_num_warps=self.bwd_num_warps, stepwise=self.stepwise, keep_states=self.keep_states,
-                      segments=self.segments, one_launch=self.one_launch)
+                      segments=self.segments, one_launch=self.one_launch, deterministic=self.deterministic)
         unknown = set(changes) - set(fields)
         if unknown:
             raise TypeError(f"KernelConfig has no field(s) {sorted(unknown)}; fields: {sorted(fields)}")
@@ -132,7 +138,8 @@ class KernelConfig:
     def __repr__(self):
         return (f"KernelConfig(block_d={self.block_d}, chunk={self.chunk}, num_warps={self.num_warps}, "
                 f"bwd_block_d={self.bwd_block_d}, bwd_num_warps={self.bwd_num_warps}, stepwise={self.stepwise}, "
-                f"keep_states={self.keep_states}, segments={self.segments}, one_launch={self.one_launch})")
+                f"keep_states={self.keep_states}, segments={self.segments}, one_launch={self.one_launch}, "
+                f"deterministic={self.deterministic})")
 
 
 _CONFIG = KernelConfig()
@@ -192,32 +199,63 @@ def _launches(geo, all4=False):
     return [(0, geo.K, False, False, False)]
 
 
-def _run_forward(u, delta, A, Bv, Cv, D, bias, w, geo, softplus, cfg, T, nchunks, save_states, return_last):
+# the most memory a deterministic backward gives its partial gradients at once (batches are processed
+# in groups below it): its dB and dC are (channel blocks x batch x 4 x N x L) float32 partials
+DET_PARTIAL_BYTES = 512 * 2**20
+
+
+def deterministic(cfg: KernelConfig | None = None) -> bool:
+    """Whether the kernels run without atomics: ``cfg.deterministic`` or torch's deterministic mode."""
+    return bool((cfg or _CONFIG).deterministic or torch.are_deterministic_algorithms_enabled())
+
+
+def _per_direction(t: torch.Tensor) -> torch.Tensor:
+    """A (4, *t.shape) float32 buffer, one slice per scan direction, each with t's strides when t's
+    memory is dense (row-major or channels-last maps), else row-major."""
+    span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+    if t.numel() and span == t.numel() and min(t.stride()) > 0:
+        return torch.empty_strided((4, *t.shape), (t.numel(), *t.stride()), device=t.device, dtype=torch.float32)
+    return torch.empty((4, *t.shape), device=t.device, dtype=torch.float32)
+
+
+def _direction_strides(buf):
+    """(batch, group, channel, step) strides of a :func:`_per_direction` buffer of (batch, Di, L) maps."""
+    return buf.stride(1), buf.stride(0), buf.stride(2), buf.stride(3)
+
+
+def _run_forward(u, delta, A, Bv, Cv, D, bias, w, geo, softplus, cfg, T, nchunks, save_states, return_last,
+                 det=False):
     """Launch the forward kernels; returns (y, chunk states or a dummy, last state or a dummy).
-    With ``w`` (K * Dk, R), ``delta`` holds the R step-size factors of each group (low rank)."""
-    y = torch.zeros_like(u, dtype=torch.float32) if geo.cross else \
-        torch.empty((geo.batch, geo.K * geo.Dk, geo.L), device=u.device, dtype=torch.float32)
+    With ``w`` (K * Dk, R), ``delta`` holds the R step-size factors of each group (low rank). With
+    ``det`` the four directions of a cross scan write their own outputs, summed afterwards."""
+    y4 = _per_direction(u) if geo.cross and det else None
+    if geo.cross:  # u's layout; the directions add into it, or are summed into it from y4
+        y = (torch.zeros_like if y4 is None else torch.empty_like)(u, dtype=torch.float32)
+    else:
+        y = torch.empty((geo.batch, geo.K * geo.Dk, geo.L), device=u.device, dtype=torch.float32)
     hs = torch.empty((geo.batch, geo.K, geo.Dk, nchunks, geo.N) if save_states else (1,), device=u.device,
                      dtype=torch.float32)
     last = torch.empty((geo.batch, geo.K * geo.Dk, geo.N) if return_last else (1,), device=u.device,
                        dtype=torch.float32)
-    args = (u, delta, A, Bv, Cv, D if D is not None else A, bias if bias is not None else A, y, hs, last,
-            w if w is not None else A)
+    args = (u, delta, A, Bv, Cv, D if D is not None else A, bias if bias is not None else A,
+            y if y4 is None else y4, hs, last, w if w is not None else A)
     strides = (*_strides4(geo, u, True), *_strides4(geo, delta, False), *_strides_bkn_t(Bv), *_strides_bkn_t(Cv),
-               *_strides4(geo, y, True))
+               *(_strides4(geo, y, True) if y4 is None else _direction_strides(y4)))
     rank = w.shape[1] if w is not None else 1
     flags = dict(N=geo.N, NP=_next_pow2(geo.N), BD=cfg.block_d, T=T, HAS_D=D is not None, HAS_BIAS=bias is not None,
-                 SOFTPLUS=bool(softplus), ATOMIC=geo.cross, SAVE_STATES=save_states, SAVE_LAST=bool(return_last),
-                 RP=_next_pow2(rank), LOWRANK=w is not None, num_warps=cfg.num_warps)
+                 SOFTPLUS=bool(softplus), ATOMIC=geo.cross and y4 is None, SAVE_STATES=save_states,
+                 SAVE_LAST=bool(return_last), RP=_next_pow2(rank), LOWRANK=w is not None, num_warps=cfg.num_warps)
     seg_len = triton_cdiv(triton_cdiv(geo.L, cfg.segments), T) * T  # whole chunks per segment
     nseg = triton_cdiv(geo.L, seg_len)
     if nseg > 1 and cfg.stepwise:
         _run_forward_split(args, strides, flags, geo, nchunks, nseg, seg_len, rank, cfg.one_launch)
-        return y, hs, last
-    for k_base, groups, rev, col, all4 in _launches(geo, cfg.stepwise and cfg.one_launch):
-        grid = (triton_cdiv(geo.Dk, cfg.block_d), groups, geo.batch)
-        launch(_kernels().scan_fwd_kernel, grid, *args, geo.L, geo.H, geo.W, geo.Dk, nchunks, geo.K, k_base, rank,
-               1, *strides, REV=rev, COL=col, STEPWISE=cfg.stepwise, ALL4=all4, **flags)  # 1: the kernels' `one`
+    else:
+        for k_base, groups, rev, col, all4 in _launches(geo, cfg.stepwise and cfg.one_launch):
+            grid = (triton_cdiv(geo.Dk, cfg.block_d), groups, geo.batch)
+            launch(_kernels().scan_fwd_kernel, grid, *args, geo.L, geo.H, geo.W, geo.Dk, nchunks, geo.K, k_base,
+                   rank, 1, *strides, REV=rev, COL=col, STEPWISE=cfg.stepwise, ALL4=all4, **flags)  # 1: `one`
+    if y4 is not None:
+        torch.sum(y4, 0, out=y)  # the directions in a fixed order
     return y, hs, last
 
 
@@ -244,6 +282,7 @@ def _tiling(length, cfg):
 def _record(ctx, geo, softplus, cfg, D, bias):
     """What the forward tells the backward besides the saved tensors."""
     ctx.geo, ctx.softplus, ctx.cfg = geo, softplus, cfg
+    ctx.det = deterministic(cfg)
     ctx.T, ctx.nchunks = _tiling(geo.L, cfg)
     ctx.has_D, ctx.has_bias = D is not None, bias is not None
 
@@ -275,7 +314,7 @@ class _ScanFunction(torch.autograd.Function):
         T, nchunks = _tiling(geo.L, cfg)
         keep = needs_grad and cfg.keep_states
         y, hs, last = _run_forward(u, delta, A, Bv, Cv, D, bias, w, geo, softplus, cfg, T, nchunks, keep,
-                                   return_last)
+                                   return_last, deterministic(cfg))
         _record(ctx, geo, softplus, cfg, D, bias)
         if needs_grad:
             ctx.save_for_backward(u, delta, A, Bv, Cv, D, bias, w, hs if keep else None)
@@ -287,44 +326,81 @@ class _ScanFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, *_unused_last):
         u, delta, A, Bv, Cv, D, bias, w, hs = ctx.saved_tensors
-        geo = ctx.geo
-        cfg = ctx.cfg
+        geo, cfg, det = ctx.geo, ctx.cfg, ctx.det
         if hs is None:  # keep_states=False: rebuild the chunk-boundary states with the forward kernel
             _, hs, _ = _run_forward(u, delta, A, Bv, Cv, D, bias, w, geo, ctx.softplus, cfg, ctx.T, ctx.nchunks,
-                                    True, False)
+                                    True, False, det)
         dy = dy.float()
-        kern = _kernels()
         dev = u.device
         f32 = torch.float32
+        rank = w.shape[1] if w is not None else 1
+        rows = geo.K * geo.Dk
+        if det and w is not None:  # a compact layout for the partial gradients of the factors
+            delta = delta.contiguous()
         # gradients in their inputs' memory layouts (the kernels take every operand's strides)
-        du = (torch.zeros_like if geo.cross else torch.empty_like)(u, dtype=f32)
+        du = (torch.zeros_like if geo.cross and not det else torch.empty_like)(u, dtype=f32)
         ddelta = torch.empty_like(delta, dtype=f32)
-        dA = torch.zeros(A.shape, device=dev, dtype=f32)
-        dB = torch.zeros((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)
-        dC = torch.zeros((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)
-        dD = torch.zeros((geo.K * geo.Dk,), device=dev, dtype=f32)
-        dbias = torch.zeros((geo.K * geo.Dk,), device=dev, dtype=f32)
         if ddelta.stride() != delta.stride():  # the kernel writes ddelta with delta's strides
             ddelta = torch.empty_strided(delta.shape, delta.stride(), device=dev, dtype=f32)
-        if w is not None:  # low rank: gradients of the factors are accumulated, and of the projection
+        if w is not None and not det:  # low rank: gradients of the factors are accumulated, and of the projection
             ddelta.zero_()
-        dw = torch.zeros(w.shape if w is not None else (1,), device=dev, dtype=f32)
-        rank = w.shape[1] if w is not None else 1
-        for k_base, groups, rev, col, _ in _launches(geo):
-            grid = (triton_cdiv(geo.Dk, cfg.bwd_block_d), groups, geo.batch)
-            launch(
-                kern.scan_bwd_kernel, grid, u, delta, A, Bv, Cv, D if D is not None else A,
-                bias if bias is not None else A, dy, hs,
-                w if w is not None else A, du, ddelta, dA, dB, dC, dD, dbias, dw,
-                geo.L, geo.H, geo.W, geo.Dk, ctx.nchunks, geo.K, k_base, rank,
-                *_strides4(geo, u, True), *_strides4(geo, delta, False),
-                *_strides_bkn_t(Bv), *_strides_bkn_t(Cv),
-                *_strides4(geo, dy, True), *_strides4(geo, du, True),
-                dB.stride(0), dB.stride(1), dB.stride(2), dC.stride(0), dC.stride(1), dC.stride(2),
-                N=geo.N, NP=_next_pow2(geo.N), BD=cfg.bwd_block_d, T=ctx.T, REV=rev, COL=col, HAS_D=ctx.has_D,
-                HAS_BIAS=ctx.has_bias, SOFTPLUS=bool(ctx.softplus), ATOMIC=geo.cross, RP=_next_pow2(rank),
-                LOWRANK=w is not None, num_warps=cfg.bwd_num_warps,
-            )
+        new = torch.empty if det else torch.zeros  # deterministic: partials, every element written once
+        dA = new((geo.batch, *A.shape) if det else A.shape, device=dev, dtype=f32)
+        dD = new((geo.batch, rows) if det else (rows,), device=dev, dtype=f32)
+        dbias = new((geo.batch, rows) if det else (rows,), device=dev, dtype=f32)
+        dw = new(((geo.batch, *w.shape) if det else w.shape) if w is not None else (1,), device=dev, dtype=f32)
+        dB = torch.zeros((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)
+        dC = torch.zeros((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)
+
+        def run(b, du_t, du_strides, ddl_t, dB_t, dC_t, part_strides):
+            # the batches b (a slice) of every direction or group; part_strides: between channel blocks'
+            # partial dB, dC and factor gradients (zeros: one buffer, added into atomically)
+            for k_base, groups, rev, col, _ in _launches(geo):
+                grid = (triton_cdiv(geo.Dk, cfg.bwd_block_d), groups, b.stop - b.start)
+                launch(
+                    _kernels().scan_bwd_kernel, grid, u[b], delta[b], A, Bv[b], Cv[b],
+                    D if D is not None else A, bias if bias is not None else A, dy[b], hs[b],
+                    w if w is not None else A, du_t, ddl_t, dA[b] if det else dA, dB_t, dC_t,
+                    dD[b] if det else dD, dbias[b] if det else dbias, dw[b] if det and w is not None else dw,
+                    geo.L, geo.H, geo.W, geo.Dk, ctx.nchunks, geo.K, k_base, rank,
+                    *_strides4(geo, u, True), *_strides4(geo, delta, False),
+                    *_strides_bkn_t(Bv), *_strides_bkn_t(Cv), *_strides4(geo, dy, True), *du_strides,
+                    dB_t.stride(-4), dB_t.stride(-3), dB_t.stride(-2), dC_t.stride(-4), dC_t.stride(-3),
+                    dC_t.stride(-2), *part_strides,
+                    N=geo.N, NP=_next_pow2(geo.N), BD=cfg.bwd_block_d, T=ctx.T, REV=rev, COL=col, HAS_D=ctx.has_D,
+                    HAS_BIAS=ctx.has_bias, SOFTPLUS=bool(ctx.softplus), ATOMIC=geo.cross and not det,
+                    RP=_next_pow2(rank), LOWRANK=w is not None, DET=det, num_warps=cfg.bwd_num_warps,
+                )
+
+        everything = slice(0, geo.batch)
+        if not det:
+            run(everything, du, _strides4(geo, du, True), ddelta, dB, dC, (0, 0, 0))
+        else:
+            # each channel block writes its own dB, dC (and factor gradients); batches go in groups so
+            # that these partials stay under DET_PARTIAL_BYTES
+            nblk = triton_cdiv(geo.Dk, cfg.bwd_block_d)
+            per_batch = 4 * nblk * (2 * geo.K * geo.N * geo.L + (delta[0].numel() if w is not None else 0))
+            group = max(1, min(geo.batch, DET_PARTIAL_BYTES // per_batch))
+            dB_p = torch.empty((nblk, group, geo.K, geo.N, geo.L), device=dev, dtype=f32)
+            dC_p = torch.empty_like(dB_p)
+            ddl_p = torch.empty((nblk, group, *delta.shape[1:]), device=dev, dtype=f32) if w is not None else None
+            du4 = _per_direction(u) if geo.cross else None
+            for b0 in range(0, geo.batch, group):
+                b = slice(b0, min(geo.batch, b0 + group))
+                n = b.stop - b.start
+                du_t, du_strides = (du4[:, b], _direction_strides(du4)) if geo.cross else \
+                    (du[b], _strides4(geo, du, True))
+                ddl_t = ddl_p[:, :n] if w is not None else ddelta[b]
+                run(b, du_t, du_strides, ddl_t, dB_p[:, :n], dC_p[:, :n],
+                    (dB_p.stride(0), dC_p.stride(0), ddl_p.stride(0) if w is not None else 0))
+                torch.sum(dB_p[:, :n], 0, out=dB[b])  # the partials in a fixed order
+                torch.sum(dC_p[:, :n], 0, out=dC[b])
+                if w is not None:
+                    torch.sum(ddl_p[:, :n], 0, out=ddelta[b])
+            if geo.cross:
+                torch.sum(du4, 0, out=du)
+            dA, dD, dbias = dA.sum(0), dD.sum(0), dbias.sum(0)
+            dw = dw.sum(0) if w is not None else dw
         return (du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB, dC,
                 dD.to(D.dtype) if ctx.has_D else None, dbias.to(bias.dtype) if ctx.has_bias else None,
                 dw if w is not None else None, None, None, None)

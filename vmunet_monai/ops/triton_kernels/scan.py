@@ -26,7 +26,9 @@ channel blocks with atomics and the projection's per program.
 Backward, per chunk in reverse order: recompute the states from the checkpoint, run the adjoint
 recurrence ``g_t = C_t dy_t + a_{t+1} g_{t+1}`` backwards, and form every gradient from ``h`` and
 ``g``. Reductions over channels (dB, dC), over directions (du) and over batch and time (dA, dD,
-d delta_bias) use float32 atomics, so their last bits depend on the order the GPU runs programs in.
+d delta_bias) use float32 atomics, so their last bits depend on the order the GPU runs programs in;
+with ``DET`` (``KernelConfig(deterministic=True)``) every program writes partial results of its own
+instead, which the caller sums in a fixed order, and the kernels contain no atomic instruction.
 """
 
 from __future__ import annotations
@@ -266,14 +268,24 @@ def scan_fwd_kernel(
 
 
 @triton.jit
+def _add_into(ptr, value, mask, DET: tl.constexpr):
+    """Add ``value`` into memory other programs also add into (atomically), or with ``DET`` store it
+    into this program's own slice of a partial buffer, summed in a fixed order afterwards."""
+    if DET:
+        tl.store(ptr, value, mask=mask)
+    else:
+        tl.atomic_add(ptr, value, mask=mask, sem="relaxed")
+
+
+@triton.jit
 def _bwd_run(
     u_base, dl_base, B_base, C_base, dy_base, hs_base,
-    du_base, ddl_base, dB_base, dC_base, dA_rows, dD_rows, dbias_rows, dW_rows,
+    du_base, ddl_base, dB_base, dC_base, dA_base, dD_base, dbias_base, dW_base, row0,
     d, dmask, A2, Dv, bias, W2, R, L, H, W, nchunks,
     s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, s_dud, s_dul, s_dBn, s_dCn,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, ATOMIC: tl.constexpr, RP: tl.constexpr, LOWRANK: tl.constexpr,
+    SOFTPLUS: tl.constexpr, ATOMIC: tl.constexpr, RP: tl.constexpr, LOWRANK: tl.constexpr, DET: tl.constexpr,
 ):
     n = tl.arange(0, NP)
     nmask = n < N
@@ -352,24 +364,26 @@ def _bwd_run(
             dbias_acc += tl.sum(ddx, axis=1)
         if LOWRANK:  # d factors = W^T d delta (summed over every channel block), d W = d delta factors^T
             dfac = tl.sum(W2[:, :, None] * ddx[:, None, :], axis=0)
-            tl.atomic_add(ddl_base + rr[:, None] * s_dd + pos[None, :] * s_dl, dfac,
-                          mask=(rr[:, None] < R) & valid[None, :], sem="relaxed")
+            _add_into(ddl_base + rr[:, None] * s_dd + pos[None, :] * s_dl, dfac,
+                      (rr[:, None] < R) & valid[None, :], DET)
             dW_acc += tl.sum(ddx[:, None, :] * factors[None, :, :], axis=2)
         else:
             tl.store(ddl_base + d[:, None] * s_dd + pos[None, :] * s_dl, ddx, mask=m2)
-        tl.atomic_add(dB_base + n[:, None] * s_dBn + pos[None, :], dBp, mask=mb, sem="relaxed")
-        tl.atomic_add(dC_base + n[:, None] * s_dCn + pos[None, :], dCp, mask=mb, sem="relaxed")
+        _add_into(dB_base + n[:, None] * s_dBn + pos[None, :], dBp, mb, DET)
+        _add_into(dC_base + n[:, None] * s_dCn + pos[None, :], dCp, mb, DET)
         if ATOMIC:
             tl.atomic_add(du_base + d[:, None] * s_dud + pos[None, :] * s_dul, du, mask=m2, sem="relaxed")
         else:
             tl.store(du_base + d[:, None] * s_dud + pos[None, :] * s_dul, du, mask=m2)
-    tl.atomic_add(dA_rows[:, None] + n[None, :], dA_acc, mask=hmask, sem="relaxed")
+    # the per-channel gradients, at rows row0 + d (pointers formed only now, to keep registers free in the loop)
+    row = row0 + d
+    _add_into(dA_base + row[:, None] * N + n[None, :], dA_acc, hmask, DET)
     if HAS_D:
-        tl.atomic_add(dD_rows, dD_acc, mask=dmask, sem="relaxed")
+        _add_into(dD_base + row, dD_acc, dmask, DET)
     if HAS_BIAS:
-        tl.atomic_add(dbias_rows, dbias_acc, mask=dmask, sem="relaxed")
+        _add_into(dbias_base + row, dbias_acc, dmask, DET)
     if LOWRANK:
-        tl.atomic_add(dW_rows[:, None] + rr[None, :], dW_acc, mask=dmask[:, None] & (rr[None, :] < R), sem="relaxed")
+        _add_into(dW_base + row[:, None] * R + rr[None, :], dW_acc, dmask[:, None] & (rr[None, :] < R), DET)
 
 
 @triton.jit
@@ -380,13 +394,18 @@ def scan_bwd_kernel(
     s_ub, s_uk, s_ud, s_ul, s_db, s_dk, s_dd, s_dl,
     s_Bb, s_Bk, s_Bn, s_Bt, s_Cb, s_Ck, s_Cn, s_Ct,
     s_yb, s_yk, s_yd, s_yl, s_dub, s_duk, s_dud, s_dul,
-    s_dBb, s_dBk, s_dBn, s_dCb, s_dCk, s_dCn,
+    s_dBb, s_dBk, s_dBn, s_dCb, s_dCk, s_dCn, s_dBp, s_dCp, s_ddlp,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    ATOMIC: tl.constexpr, RP: tl.constexpr, LOWRANK: tl.constexpr,
+    ATOMIC: tl.constexpr, RP: tl.constexpr, LOWRANK: tl.constexpr, DET: tl.constexpr,
 ):
     """Grid (ceil(Dk / BD), groups, batch) as the forward's. ``ddl`` has the strides of ``dl`` (delta,
-    or with LOWRANK its factors, then accumulated); dA, dD, d bias and d w start at zero."""
+    or with LOWRANK its factors, then accumulated); dA, dD, d bias and d w start at zero.
+
+    ``DET`` (deterministic): nothing is added atomically. Channel block ``j`` writes its dB and dC
+    (and with LOWRANK its factors' gradient) at offset ``j * s_dBp`` (``s_dCp``, ``s_ddlp``) of
+    partial buffers, and batch ``b`` its dA, dD, d bias and d w at row ``b`` of (batch, ...) partials;
+    the caller sums the partials in a fixed order. Pass ``ATOMIC=False`` and a per-group du."""
     pid_d = tl.program_id(0)
     k = k_base + tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
@@ -401,17 +420,20 @@ def scan_bwd_kernel(
     dy_base = dy_ptr + b * s_yb + k * s_yk
     hs_base = hs_ptr + (b * K + k) * Dk * nchunks * N
     du_base = du_ptr + b * s_dub + k * s_duk
-    ddl_base = ddl_ptr + b * s_db + k * s_dk
-    dB_base = dB_ptr + b * s_dBb + k * s_dBk
-    dC_base = dC_ptr + b * s_dCb + k * s_dCk
+    ddl_base = ddl_ptr + b * s_db + k * s_dk + pid_d * s_ddlp
+    dB_base = dB_ptr + b * s_dBb + k * s_dBk + pid_d * s_dBp
+    dC_base = dC_ptr + b * s_dCb + k * s_dCk + pid_d * s_dCp
+    row0 = k * Dk  # the first of this group's rows of A, D, delta_bias and w
+    if DET:  # in this batch's slice of the (batch, K * Dk, ...) partials
+        row0 += b * (K * Dk)
     if LOWRANK:
         W2 = _projection_rows(w_ptr, row, dmask, R, RP)
     else:
         W2 = tl.zeros([BD, RP], dtype=tl.float32)
     _bwd_run(u_base, dl_base, B_base, C_base, dy_base, hs_base, du_base, ddl_base, dB_base, dC_base,
-             dA_ptr + row * N, dD_ptr + row, dbias_ptr + row, dw_ptr + row * R, d, dmask, A2, Dv, bias, W2, R,
+             dA_ptr, dD_ptr, dbias_ptr, dw_ptr, row0, d, dmask, A2, Dv, bias, W2, R,
              L, H, W, nchunks, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, s_dud, s_dul, s_dBn, s_dCn,
-             N, NP, BD, T, REV, COL, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC, RP, LOWRANK)
+             N, NP, BD, T, REV, COL, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC, RP, LOWRANK, DET)
 
 
 @triton.jit
