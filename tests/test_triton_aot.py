@@ -37,10 +37,17 @@ def run_kernels(tmp_path, *args):
 @needs_toolchain
 def test_every_ss2d_kernel_compiles_for_h100_without_spills(tmp_path):
     dump = tmp_path / "ir"
-    report, table = run_kernels(tmp_path, "--arch", "sm_90", "--cases", "ss2d,ss2d_fast", "--batch", "4",
-                                "--dump", str(dump))
+    report, table = run_kernels(tmp_path, "--arch", "sm_90", "--cases", "ss2d,ss2d_fast,ss2d_deterministic",
+                                "--batch", "4", "--dump", str(dump))
     assert report["arch"] == "sm_90" and report["sms"] == 132 and report["batch"] == 4
-    rows = report["rows"]
+    # KernelConfig(deterministic=True), here with the fast options (factor gradients too): not one
+    # atomic instruction in any scan kernel, forward or backward, so no result depends on the order
+    # the GPU runs programs in; the default kernels merge directions and gradients with atomics
+    det = [r for r in report["rows"] if r["case"] == "ss2d_deterministic" and r["kernel"].startswith("scan")]
+    assert {r["kernel"] for r in det} == {"scan_fwd_kernel", "scan_bwd_kernel"} and len(det) == 5
+    assert all(r["atomics"] == 0 and r["spill_bytes"] == 0 for r in det), det
+    assert all(r["atomics"] > 0 for r in report["rows"] if r["case"] == "ss2d" and r["kernel"].startswith("scan"))
+    rows = [r for r in report["rows"] if r["case"] != "ss2d_deterministic"]
     by_case = {c: [r for r in rows if r["case"] == c] for c in ("ss2d", "ss2d_fast")}
     for case, case_rows in by_case.items():
         fwd = [r for r in case_rows if r["kernel"] == "scan_fwd_kernel"]

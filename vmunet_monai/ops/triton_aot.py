@@ -108,6 +108,7 @@ class KernelRow:
     limited_by: str
     sm_fill: float  # programs / (SMs * programs_per_sm): below 1 the launch leaves the card partly idle
     loop: dict | None = None  # loop_profile of the compiled code
+    atomics: int = 0  # atomic instructions in the whole kernel (none in a deterministic kernel)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -169,13 +170,22 @@ _SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);")
 _BACK_BRANCH = re.compile(r"\bBRA(?:\.[A-Z0-9]+)*\s+(?:[^\s,]+,\s*)?0x([0-9a-f]+)")  # BRA 0x.., BRA.U UP1, 0x..
 
 
-def loop_profile(cubin: bytes) -> dict | None:
+_ATOMIC = r"\b(RED|ATOM)G?\."
+
+
+def atomic_instructions(sass: str) -> int:
+    """Atomic read-modify-write instructions (``RED``, ``ATOM``, ``ATOMG``) in machine code."""
+    return sum(1 for _, text in _SASS_LINE.findall(sass) if re.search(_ATOMIC, text))
+
+
+def loop_profile(cubin: bytes, sass: str | None = None) -> dict | None:
     """The kernel's longest innermost loop in its machine code (``cuobjdump -sass``): instructions per
     iteration, and the global loads, special-function ops (``MUFU``: exp2, log2, reciprocals),
     atomics and barriers among them. For the step-loop forward an iteration is one step, for the
     backward one chunk; branches inside the loop count whole (the forward's checkpoint store, taken
-    every T steps, is part of its step). None if the kernel has no loop."""
-    sass = _cuobjdump(cubin, "-sass")
+    every T steps, is part of its step). None if the kernel has no loop. ``sass``: the cubin's
+    ``cuobjdump -sass`` text, if already at hand."""
+    sass = _cuobjdump(cubin, "-sass") if sass is None else sass
     code = [(int(m.group(1), 16), m.group(2).strip()) for m in _SASS_LINE.finditer(sass)]
     spans = [(int(m.group(1), 16), addr) for addr, text in code
              if (m := _BACK_BRANCH.search(text)) and int(m.group(1), 16) < addr]
@@ -190,7 +200,7 @@ def loop_profile(cubin: bytes) -> dict | None:
         return sum(1 for t in best if re.search(pattern, t))
 
     return dict(instructions=len(best), loads=count(r"\bLDG\b|\bLDG\."), sfu=count(r"\bMUFU\."),
-                atomics=count(r"\b(RED|ATOM)G?\."), barriers=count(r"\bBAR\."))
+                atomics=count(_ATOMIC), barriers=count(r"\bBAR\."))
 
 
 def residency(arch: int, registers: int, num_warps: int, shared_bytes: int) -> tuple[int, str]:
@@ -308,6 +318,8 @@ CASES = {
     "ss2d_chunked": ("KernelConfig(block_d=4, stepwise=False), associative scans over chunks",
                      _ss2d_case(block_d=4, stepwise=False)),
     "selective_scan": ("mamba-ssm's selective_scan_fn interface, four groups, last state", _generic_case),
+    "ss2d_deterministic": ("the fast options with KernelConfig(deterministic=True): no atomic adds",
+                           _ss2d_case(torch.bfloat16, True, True, True, deterministic=True)),
 }
 
 
@@ -402,8 +414,10 @@ def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None,
             first = key not in usage_cache
             if first:
                 cubin = compiled.asm["cubin"]
-                usage_cache[key] = (compiled, resource_usage(cubin), loop_profile(cubin))
-            _, usage, loop = usage_cache[key]
+                sass = _cuobjdump(cubin, "-sass")
+                usage_cache[key] = (compiled, resource_usage(cubin), loop_profile(cubin, sass),
+                                    atomic_instructions(sass))
+            _, usage, loop, atomics = usage_cache[key]
             num_warps = compiled.metadata.num_warps
             shared = max(usage["SHARED"], int(compiled.metadata.shared))
             per_sm, limit = residency(arch, usage["REG"], num_warps, shared)
@@ -413,7 +427,7 @@ def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None,
                 dump_kernel(compiled, dump, _slug(case, kernel, _variant(kwargs), dtype))
             rows.append(KernelRow(case, kernel, _variant(kwargs), dtype, tuple(grid), programs, num_warps,
                                   usage["REG"], usage["LOCAL"] + usage["STACK"], shared, per_sm, limit,
-                                  round(programs / (sms * max(per_sm, 1)), 3), loop))
+                                  round(programs / (sms * max(per_sm, 1)), 3), loop, atomics))
 
         kernel_config(tiles)
         try:
@@ -433,7 +447,7 @@ def format_report(rows, arch=90, sms: int | None = None) -> str:
     arch = parse_arch(arch)
     sms = int(sms or ARCHES[arch].sms)
     head = ("case", "kernel", "variant", "dtype", "programs", "warps", "regs", "spill B", "smem B",
-            "per SM", "limit", "SM fill", "loop: instr/ld/sfu/atomic/bar")
+            "per SM", "limit", "SM fill", "atomics", "loop: instr/ld/sfu/atomic/bar")
     seen, lines = set(), []
     for r in rows:
         key = (r.case, r.kernel, r.variant, r.dtype, r.grid, r.registers)
@@ -442,12 +456,13 @@ def format_report(rows, arch=90, sms: int | None = None) -> str:
         seen.add(key)
         lines.append((r.case, r.kernel, r.variant, r.dtype, str(r.programs), str(r.num_warps), str(r.registers),
                       str(r.spill_bytes), str(r.shared_bytes), str(r.programs_per_sm), r.limited_by,
-                      f"{r.sm_fill:.2f}",
+                      f"{r.sm_fill:.2f}", str(r.atomics),
                       "-" if not r.loop else "{instructions}/{loads}/{sfu}/{atomics}/{barriers}".format(**r.loop)))
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [f"triton kernels compiled for sm_{arch} ({ARCHES[arch].card}, {sms} SMs); "
-           "SM fill = programs / (SMs x programs per SM); loop: machine instructions per iteration of the "
+           "SM fill = programs / (SMs x programs per SM); atomics: atomic instructions in the whole kernel; "
+           "loop: machine instructions per iteration of the "
            "longest loop (a step of the step-loop forward, a chunk of the backward), and its global loads, "
            "special-function ops, atomics and barriers", fmt.format(*head)]
     out += [fmt.format(*line) for line in lines]
