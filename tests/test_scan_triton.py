@@ -359,6 +359,38 @@ def test_cross_scan_gpu_low_rank_delta():
         assert rel_err(a, b) <= 1e-4, label
 
 
+@needs_cuda
+def test_cross_scan_gpu_deterministic_repeats_bit_for_bit():
+    """KernelConfig(deterministic=True) at VM-UNet's stage-1 shape (batch 4, fast options' rank-6
+    step sizes): two runs give identical outputs and gradients, equal to the default kernels' within
+    float32 rounding; the default kernels' atomics are what varies between runs."""
+    x = cross_inputs(4, 192, 64, 64, 16, dtype=torch.float32, device="cuda", seed=8)
+    g = torch.Generator(device="cuda").manual_seed(9)
+    factors = torch.randn(4, 4, 6, 64, 64, generator=g, device="cuda") * 0.3
+    weight = torch.randn(4, 192, 6, generator=g, device="cuda") * 0.3
+    names = ["u", "A", "B", "C", "D", "delta_bias"]
+    gy = torch.randn(4, 192, 64, 64, generator=g, device="cuda")
+
+    def run():
+        v = leaf({k: x[k].float() for k in names})
+        f, w = leaf({"f": factors, "w": weight}).values()
+        y = triton_scan.cross_selective_scan(v["u"], f, v["A"], v["B"], v["C"], v["D"], v["delta_bias"], True,
+                                             dt_weight=w)
+        return [y.detach()] + list(torch.autograd.grad((y * gy).sum(), [v[k] for k in names] + [f, w]))
+
+    saved = triton_scan.kernel_config()
+    try:
+        triton_scan.kernel_config(saved.replace(deterministic=True))
+        first, second = run(), run()
+        triton_scan.kernel_config(saved.replace(deterministic=False))
+        default = run()
+    finally:
+        triton_scan.kernel_config(saved)
+    for label, a, b, c in zip(["y"] + names + ["factors", "dt_weight"], first, second, default):
+        assert torch.equal(a, b), label
+        assert rel_err(a, c) <= 1e-5, label
+
+
 def test_last_state_has_no_gradient_path_interpreted(interpreted, monkeypatch):
     """Like mamba-ssm, the triton scan returns its last state off the graph; backpropagating through it
     must raise instead of silently dropping that gradient, while y's gradient still flows."""

@@ -381,6 +381,11 @@ class _ScanFunction(torch.autograd.Function):
             nblk = triton_cdiv(geo.Dk, cfg.bwd_block_d)
             per_batch = 4 * nblk * (2 * geo.K * geo.N * geo.L + (delta[0].numel() if w is not None else 0))
             group = max(1, min(geo.batch, DET_PARTIAL_BYTES // per_batch))
+            if nblk * group * geo.K * geo.N * geo.L >= 2**31:  # the kernels index the partials with 32 bits
+                raise RuntimeError(f"a deterministic triton backward of {geo.L} steps x {geo.Dk} channels per "
+                                   f"direction needs partial gradients of over 2**31 elements even one batch at a "
+                                   f"time ({nblk} channel blocks of {cfg.bwd_block_d}); raise "
+                                   f"KernelConfig.bwd_block_d or turn deterministic mode off")
             dB_p = torch.empty((nblk, group, geo.K, geo.N, geo.L), device=dev, dtype=f32)
             dC_p = torch.empty_like(dB_p)
             ddl_p = torch.empty((nblk, group, *delta.shape[1:]), device=dev, dtype=f32) if w is not None else None
