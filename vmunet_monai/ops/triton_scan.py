@@ -349,8 +349,8 @@ class _ScanFunction(torch.autograd.Function):
         dD = new((geo.batch, rows) if det else (rows,), device=dev, dtype=f32)
         dbias = new((geo.batch, rows) if det else (rows,), device=dev, dtype=f32)
         dw = new(((geo.batch, *w.shape) if det else w.shape) if w is not None else (1,), device=dev, dtype=f32)
-        dB = torch.zeros((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)
-        dC = torch.zeros((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)
+        dB = new((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)  # deterministic: the partials' sums
+        dC = new((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)
 
         def run(b, du_t, du_strides, ddl_t, dB_t, dC_t, part_strides):
             # the batches b (a slice) of every direction or group; part_strides: between channel blocks'
