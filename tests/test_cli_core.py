@@ -73,6 +73,10 @@ def test_cli_help_and_doctor(tmp_path):
         assert word in res.stdout
     if importlib.util.find_spec("triton") is not None:
         assert "python -m vmunet_monai kernels --arch sm_90" in res.stdout or "cannot be compiled" in res.stdout
+    # the choice deterministic mode would make here: a deterministic CPU backend
+    det = next(line for line in res.stdout.splitlines() if line.startswith("in deterministic mode (--determinism true)"))
+    assert "CPU tensors use cpu, on one thread" in det or "CPU tensors use torch" in det, det
+    assert "not deterministic" not in det, det
     res = subprocess.run([sys.executable, "-m", "vmunet_monai", "benchmark", "--help"], capture_output=True,
                          text=True, env=env, cwd=tmp_path, timeout=300)
     assert "--reference" in (res.stdout + res.stderr)

@@ -60,6 +60,7 @@ def report() -> str:
         out.append(f"CPU tensors use: {resolve_backend('cpu')}")
         if torch.cuda.is_available():
             out.append(f"CUDA tensors use: {resolve_backend('cuda')}")
+        out.append(_deterministic_note(resolve_backend))
     except Exception as exc:  # a bad $VMUNET_SCAN_BACKEND is reported, not raised
         out.append(f"backend selection fails: {exc}")
     out.append("")
@@ -69,6 +70,28 @@ def report() -> str:
     out.append("")
     out.append(_kernels_note())
     return "\n".join(out)
+
+
+def _deterministic_note(resolve_backend) -> str:
+    """The backends deterministic mode (torch.use_deterministic_algorithms, bundles' --determinism true)
+    would choose here, and whether their results repeat bit for bit."""
+    import torch
+
+    from vmunet_monai.ops.dispatch import DETERMINISTIC_BACKENDS
+
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        picks = {"CPU": resolve_backend("cpu")}
+        if torch.cuda.is_available():
+            picks["CUDA"] = resolve_backend("cuda")
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+    how = {"cpu": "cpu, on one thread", "triton": "triton, its kernels without atomic adds"}
+    parts = [f"{device} tensors use {how.get(name, name)}"
+             + ("" if name in DETERMINISTIC_BACKENDS else " (not deterministic: it sums with atomics)")
+             for device, name in picks.items()]
+    return "in deterministic mode (--determinism true): " + "; ".join(parts)
 
 
 def _kernels_note() -> str:
