@@ -197,8 +197,12 @@ def main():
         xg = make_inputs(a.batch, a.dim, a.size, a.state, torch.float32, requires_grad=True)
         gy = torch.randn(a.batch, a.dim, a.size, a.size, device="cuda")
         bwd_best = None
-        for bbd, bw_ in [(4, 2), (4, 4), (2, 1), (8, 4), (4, 1)]:  # (4, 4): 168 registers, not 255 (kernels)
-            cfg = ts.KernelConfig(best[0].block_d, 16, best[0].num_warps, bbd, bw_, best[0].stepwise)
+        # (4, 4): 168 registers, not 255 (kernels); a register cap lets more programs share an SM
+        # (168: 6 instead of 4, 128: 8) at the price of the spills `kernels --config bwd_max_registers=N` shows
+        for bbd, bw_, cap in [(4, 2, None), (4, 4, None), (2, 1, None), (8, 4, None), (4, 1, None), (4, 2, 168),
+                              (4, 2, 128), (4, 4, 128)]:
+            cfg = ts.KernelConfig(best[0].block_d, 16, best[0].num_warps, bbd, bw_, best[0].stepwise,
+                                  bwd_max_registers=cap)
             ts.kernel_config(cfg)
             try:
                 ms = bench(lambda: torch.autograd.grad((fused(xg) * gy).sum(), list(xg.values())), warmup=3, rep=15)

@@ -106,13 +106,32 @@ def test_segmented_per_direction_and_generic_scans_compile_for_a100(tmp_path):
     assert all(r["spill_bytes"] == 0 for r in report["rows"])
 
 
+@needs_toolchain
+def test_register_cap_trades_spills_for_programs_per_sm(tmp_path):
+    """KernelConfig(bwd_max_registers=128): the backward fits 8 programs on an SM instead of 4 and
+    spills to local memory (the forward keeps the compiler's choice)."""
+    report, table = run_kernels(tmp_path, "--arch", "sm_90", "--cases", "ss2d", "--batch", "2",
+                                "--config", "bwd_max_registers=128")
+    assert report["config"] == {"bwd_max_registers": 128}
+    bwd = [r for r in report["rows"] if r["kernel"] == "scan_bwd_kernel"]
+    fwd = [r for r in report["rows"] if r["kernel"] == "scan_fwd_kernel"]
+    assert len(bwd) == 4 and fwd
+    for r in bwd:
+        assert r["registers"] <= 128 and r["programs_per_sm"] == 8, r
+        assert r["spill_bytes"] > 0 and r["loop"]["local"] > 0, r  # what the cap costs, in the loop too
+    assert all(r["registers"] > 128 and r["loop"]["local"] == 0 for r in fwd)
+    assert "/local" in table
+
+
 def test_cli_rejects_unknown_architecture_and_case(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     for args, message in ((["--arch", "sm_75"], "unknown GPU architecture 'sm_75'; known: sm_80"),
                           (["--cases", "ss2d,nope"], "unknown case(s) ['nope']"),
                           (["--config", "bwd_warps=4"], "KernelConfig has no field(s) ['bwd_warps']"),
-                          (["--config", "block_d=48"], "KernelConfig.block_d=48 must be a power of two")):
+                          (["--config", "block_d=48"], "KernelConfig.block_d=48 must be a power of two"),
+                          (["--config", "bwd_max_registers=300"],
+                           "KernelConfig.bwd_max_registers=300 must be between 24 and 255 registers")):
         proc = subprocess.run([sys.executable, "-m", "vmunet_monai", "kernels", *args], capture_output=True,
                               text=True, env=env, timeout=300)
         assert proc.returncode != 0

@@ -181,7 +181,7 @@ def atomic_instructions(sass: str) -> int:
 def loop_profile(cubin: bytes, sass: str | None = None) -> dict | None:
     """The kernel's longest innermost loop in its machine code (``cuobjdump -sass``): instructions per
     iteration, and the global loads, special-function ops (``MUFU``: exp2, log2, reciprocals),
-    atomics and barriers among them. For the step-loop forward an iteration is one step, for the
+    atomics, barriers and local-memory loads and stores (register spills) among them. For the step-loop forward an iteration is one step, for the
     backward one chunk; branches inside the loop count whole (the forward's checkpoint store, taken
     every T steps, is part of its step). None if the kernel has no loop. ``sass``: the cubin's
     ``cuobjdump -sass`` text, if already at hand."""
@@ -200,7 +200,7 @@ def loop_profile(cubin: bytes, sass: str | None = None) -> dict | None:
         return sum(1 for t in best if re.search(pattern, t))
 
     return dict(instructions=len(best), loads=count(r"\bLDG\b|\bLDG\."), sfu=count(r"\bMUFU\."),
-                atomics=count(_ATOMIC), barriers=count(r"\bBAR\."))
+                atomics=count(_ATOMIC), barriers=count(r"\bBAR\."), local=count(r"\b(LDL|STL)\b"))
 
 
 def residency(arch: int, registers: int, num_warps: int, shared_bytes: int) -> tuple[int, str]:
@@ -447,7 +447,7 @@ def format_report(rows, arch=90, sms: int | None = None) -> str:
     arch = parse_arch(arch)
     sms = int(sms or ARCHES[arch].sms)
     head = ("case", "kernel", "variant", "dtype", "programs", "warps", "regs", "spill B", "smem B",
-            "per SM", "limit", "SM fill", "atomics", "loop: instr/ld/sfu/atomic/bar")
+            "per SM", "limit", "SM fill", "atomics", "loop: instr/ld/sfu/atomic/bar/local")
     seen, lines = set(), []
     for r in rows:
         key = (r.case, r.kernel, r.variant, r.dtype, r.grid, r.registers)
@@ -457,14 +457,14 @@ def format_report(rows, arch=90, sms: int | None = None) -> str:
         lines.append((r.case, r.kernel, r.variant, r.dtype, str(r.programs), str(r.num_warps), str(r.registers),
                       str(r.spill_bytes), str(r.shared_bytes), str(r.programs_per_sm), r.limited_by,
                       f"{r.sm_fill:.2f}", str(r.atomics),
-                      "-" if not r.loop else "{instructions}/{loads}/{sfu}/{atomics}/{barriers}".format(**r.loop)))
+                      "-" if not r.loop else "{instructions}/{loads}/{sfu}/{atomics}/{barriers}/{local}".format(**r.loop)))
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [f"triton kernels compiled for sm_{arch} ({ARCHES[arch].card}, {sms} SMs); "
            "SM fill = programs / (SMs x programs per SM); atomics: atomic instructions in the whole kernel; "
            "loop: machine instructions per iteration of the "
            "longest loop (a step of the step-loop forward, a chunk of the backward), and its global loads, "
-           "special-function ops, atomics and barriers", fmt.format(*head)]
+           "special-function ops, atomics, barriers and local-memory accesses (spills)", fmt.format(*head)]
     out += [fmt.format(*line) for line in lines]
     return "\n".join(out)
 

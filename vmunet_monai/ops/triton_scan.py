@@ -108,11 +108,17 @@ class KernelConfig:
             channel block's and batch's partial gradients to buffers of their own, summed in a fixed
             order afterwards (more memory: up to ``DET_PARTIAL_BYTES`` for the backward's partials
             besides four outputs' worth). Also on whenever ``torch.use_deterministic_algorithms(True)`` is.
+        max_registers, bwd_max_registers: a cap on the registers per thread of the forward and
+            backward kernels (ptx ``.maxnreg``, 24 to 255; None: the compiler's choice, up to 255).
+            The backward takes all 255 and so runs 4 programs (8 warps) per SM; a lower cap lets
+            more programs share an SM at the price of spills (``python -m vmunet_monai kernels
+            --config bwd_max_registers=128`` shows them) and is for timing on a GPU.
     """
 
     def __init__(self, block_d: int = 64, chunk: int = 16, num_warps: int = 2, bwd_block_d: int = 4,
                  bwd_num_warps: int = 2, stepwise: bool = True, keep_states: bool = True, segments: int = 1,
-                 one_launch: bool = True, deterministic: bool = False):
+                 one_launch: bool = True, deterministic: bool = False, max_registers: int | None = None,
+                 bwd_max_registers: int | None = None):
         for label, v in (("block_d", block_d), ("chunk", chunk), ("bwd_block_d", bwd_block_d)):
             if v < 1 or v & (v - 1):
                 raise ValueError(f"KernelConfig.{label}={v} must be a power of two")
@@ -124,12 +130,18 @@ class KernelConfig:
         self.segments = int(segments)
         self.one_launch = bool(one_launch)
         self.deterministic = bool(deterministic)
+        for label, v in (("max_registers", max_registers), ("bwd_max_registers", bwd_max_registers)):
+            if v is not None and not 24 <= int(v) <= 255:
+                raise ValueError(f"KernelConfig.{label}={v} must be between 24 and 255 registers, or None")
+        self.max_registers = None if max_registers is None else int(max_registers)
+        self.bwd_max_registers = None if bwd_max_registers is None else int(bwd_max_registers)
 
     def replace(self, **changes) -> "KernelConfig":
         """A copy with some fields changed, e.g. ``kernel_config().replace(keep_states=False)``."""
         fields = dict(block_d=self.block_d, chunk=self.chunk, num_warps=self.num_warps, bwd_block_d=self.bwd_block_d,
                       bwd_num_warps=self.bwd_num_warps, stepwise=self.stepwise, keep_states=self.keep_states,
-                      segments=self.segments, one_launch=self.one_launch, deterministic=self.deterministic)
+                      segments=self.segments, one_launch=self.one_launch, deterministic=self.deterministic,
+                      max_registers=self.max_registers, bwd_max_registers=self.bwd_max_registers)
         unknown = set(changes) - set(fields)
         if unknown:
             raise TypeError(f"KernelConfig has no field(s) {sorted(unknown)}; fields: {sorted(fields)}")
@@ -139,7 +151,8 @@ class KernelConfig:
         return (f"KernelConfig(block_d={self.block_d}, chunk={self.chunk}, num_warps={self.num_warps}, "
                 f"bwd_block_d={self.bwd_block_d}, bwd_num_warps={self.bwd_num_warps}, stepwise={self.stepwise}, "
                 f"keep_states={self.keep_states}, segments={self.segments}, one_launch={self.one_launch}, "
-                f"deterministic={self.deterministic})")
+                f"deterministic={self.deterministic}, max_registers={self.max_registers}, "
+                f"bwd_max_registers={self.bwd_max_registers})")
 
 
 _CONFIG = KernelConfig()
@@ -244,7 +257,8 @@ def _run_forward(u, delta, A, Bv, Cv, D, bias, w, geo, softplus, cfg, T, nchunks
     rank = w.shape[1] if w is not None else 1
     flags = dict(N=geo.N, NP=_next_pow2(geo.N), BD=cfg.block_d, T=T, HAS_D=D is not None, HAS_BIAS=bias is not None,
                  SOFTPLUS=bool(softplus), ATOMIC=geo.cross and y4 is None, SAVE_STATES=save_states,
-                 SAVE_LAST=bool(return_last), RP=_next_pow2(rank), LOWRANK=w is not None, num_warps=cfg.num_warps)
+                 SAVE_LAST=bool(return_last), RP=_next_pow2(rank), LOWRANK=w is not None, num_warps=cfg.num_warps,
+                 maxnreg=cfg.max_registers)
     seg_len = triton_cdiv(triton_cdiv(geo.L, cfg.segments), T) * T  # whole chunks per segment
     nseg = triton_cdiv(geo.L, seg_len)
     if nseg > 1 and cfg.stepwise:
@@ -370,6 +384,7 @@ class _ScanFunction(torch.autograd.Function):
                     N=geo.N, NP=_next_pow2(geo.N), BD=cfg.bwd_block_d, T=ctx.T, REV=rev, COL=col, HAS_D=ctx.has_D,
                     HAS_BIAS=ctx.has_bias, SOFTPLUS=bool(ctx.softplus), ATOMIC=geo.cross and not det,
                     RP=_next_pow2(rank), LOWRANK=w is not None, DET=det, num_warps=cfg.bwd_num_warps,
+                    maxnreg=cfg.bwd_max_registers,
                 )
 
         everything = slice(0, geo.batch)
