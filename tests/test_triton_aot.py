@@ -123,19 +123,28 @@ def test_register_cap_trades_spills_for_programs_per_sm(tmp_path):
     assert "/local" in table
 
 
-def test_cli_rejects_unknown_architecture_and_case(tmp_path):
+def test_cli_rejects_unknown_architecture_and_case(tmp_path, monkeypatch):
+    """Bad values stop the command before anything compiles, with a message naming the value and the
+    rule: once through a real ``python -m vmunet_monai`` process, the rest through the same command
+    in this process."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    for args, message in ((["--arch", "sm_75"], "unknown GPU architecture 'sm_75'; known: sm_80"),
-                          (["--cases", "ss2d,nope"], "unknown case(s) ['nope']"),
+    proc = subprocess.run([sys.executable, "-m", "vmunet_monai", "kernels", "--arch", "sm_75"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert "unknown GPU architecture 'sm_75'; known: sm_80" in proc.stderr, proc.stderr
+
+    from vmunet_monai.cli import main
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the command refuses to run under it
+    for args, message in ((["--cases", "ss2d,nope"], "unknown case(s) ['nope']"),
                           (["--config", "bwd_warps=4"], "KernelConfig has no field(s) ['bwd_warps']"),
                           (["--config", "block_d=48"], "KernelConfig.block_d=48 must be a power of two"),
                           (["--config", "bwd_max_registers=300"],
                            "KernelConfig.bwd_max_registers=300 must be between 24 and 255 registers")):
-        proc = subprocess.run([sys.executable, "-m", "vmunet_monai", "kernels", *args], capture_output=True,
-                              text=True, env=env, timeout=300)
-        assert proc.returncode != 0
-        assert message in proc.stderr, proc.stderr
+        with pytest.raises(SystemExit) as stop:
+            main(["kernels", *args])
+        assert message in str(stop.value), (args, str(stop.value))
 
 
 def test_refuses_to_run_under_the_interpreter(monkeypatch):
