@@ -88,11 +88,14 @@ def test_compiled_torch_backend_is_traced_through(one_thread):
     _compare_compiled(blk, torch.randn(1, 5, 6, 8, dtype=torch.float64), rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_compiled_triton_equals_eager(channels_last, monkeypatch, one_thread, triton_device):
+@pytest.mark.parametrize("channels_last,deterministic", [(False, False), (True, False), (True, True)])
+def test_compiled_triton_equals_eager(channels_last, deterministic, monkeypatch, one_thread, triton_device):
     """The triton kernels (interpreted on the CPU in CI) behind the operator, row-major and
     channels-last maps, with the step-size projection inside the kernels and the fused norm-gate
-    option on (eager runs its kernel)."""
+    option on (eager runs its kernel); also in their deterministic form, without atomics."""
+    from vmunet_monai.ops import triton_scan
+
+    monkeypatch.setattr(triton_scan, "_CONFIG", triton_scan.kernel_config().replace(deterministic=deterministic))
     monkeypatch.setattr(SS2D, "channels_last_scan", channels_last)
     monkeypatch.setattr(SS2D, "fused_dt_proj", True)
     monkeypatch.setattr(SS2D, "fused_norm_gate", True)  # left to the compiler while compiling
