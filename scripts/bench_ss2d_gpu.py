@@ -246,7 +246,7 @@ def main():
     res["segments_sweep"] = []
     for batch in sorted({1, a.batch}):
         xs_ = make_inputs(batch, a.dim, a.size, a.state, torch.float32)
-        for segs, one in ((1, False), (1, True), (4, True), (8, True), (16, True), (32, True)):
+        for segs, one in ((1, False), (1, True), (4, True), (8, True), (16, True), (32, True), (0, True)):  # 0: auto
             ts.kernel_config(best[0].replace(segments=segs, one_launch=one))
             try:
                 ms = bench(lambda: fused(xs_))
@@ -254,7 +254,7 @@ def main():
                 print(f"  segments={segs}: failed {type(exc).__name__}: {str(exc)[:200]}", flush=True)
                 continue
             res["segments_sweep"].append({"batch": batch, "segments": segs, "one_launch": one, "ms": ms})
-            lines.append((f"triton fwd float32 batch {batch} segments={segs}"
+            lines.append((f"triton fwd float32 batch {batch} segments={segs or 'auto'}"
                           + ("" if one else ", one launch per direction"), ms, ""))
         xs_ = None  # free it before the next batch size
     ts.kernel_config(best[0])

@@ -261,6 +261,28 @@ def test_deterministic_mode_adds_nothing_atomically_interpreted(interpreted, mon
         assert torch.equal(g[k], g2[k]), k
 
 
+def test_auto_segments_interpreted(interpreted, monkeypatch):
+    """KernelConfig(segments=0): one segment while a launch fills half the GPU, else enough to fill it
+    (at most one per chunk); the result equals the reference."""
+    auto = triton_scan.auto_segments
+    assert auto(384, 132, 256) == 1  # stage 1 at batch 32: 384 programs, 528 resident on an H100
+    assert auto(12, 132, 256) == 44  # batch 1: 12 programs
+    assert auto(200, 132, 256) == 3 and auto(12, 132, 4) == 4 and auto(1, 1, 16) == 4
+    with pytest.raises(ValueError, match=r"segments=-1 must be at least 1, or 0 to choose per call"):
+        triton_scan.KernelConfig(segments=-1)
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, segments=0))
+    chosen = []
+    real = triton_scan._run_forward_split
+    monkeypatch.setattr(triton_scan, "_run_forward_split", lambda *a: chosen.append(a[5]) or real(*a))
+    x = cross_inputs(2, 8, 5, 7, 4)  # 35 steps = 3 chunks; 2 channel blocks x 4 directions x 2 maps
+    y_ref, g_ref = fwd_and_grads(composed_reference, leaf(x))
+    y, g = fwd_and_grads(fused, leaf(x, torch.float32))
+    assert chosen == [3]  # 16 programs on 132 x 4 slots: one segment per chunk
+    assert rel_err(y, y_ref) <= 1e-4
+    for k in g_ref:
+        assert rel_err(g[k], g_ref[k]) <= 1e-4, k
+
+
 def test_status_and_errors():
     ok, detail, fix = triton_scan.status()
     assert isinstance(ok, bool) and detail

@@ -96,8 +96,10 @@ class KernelConfig:
             forward pass in each backward.
         segments: split each sequence into this many segments scanned by separate programs (a
             two-pass scan: segment end states first, then every segment from its true entering
-            state), so that small batches still fill the GPU; 1 walks each sequence in one program.
-            The step loop only (``stepwise``).
+            state), so that small batches still fill the GPU; 1 walks each sequence in one program;
+            0 chooses per call (:func:`auto_segments`: 1 while a launch has at least half the
+            programs the GPU holds at once, else enough segments to fill it). The step loop only
+            (``stepwise``).
         one_launch: the step-loop forward scans SS2D's four directions in one launch, each program
             taking its direction's walk order as a value (True), or launches once per direction with
             the order compiled in (False). At VM-UNet's stage 1 and batch 32 one launch has 384
@@ -122,8 +124,8 @@ class KernelConfig:
         for label, v in (("block_d", block_d), ("chunk", chunk), ("bwd_block_d", bwd_block_d)):
             if v < 1 or v & (v - 1):
                 raise ValueError(f"KernelConfig.{label}={v} must be a power of two")
-        if int(segments) < 1:
-            raise ValueError(f"KernelConfig.segments={segments} must be at least 1")
+        if int(segments) < 0:
+            raise ValueError(f"KernelConfig.segments={segments} must be at least 1, or 0 to choose per call")
         self.block_d, self.chunk, self.num_warps = block_d, chunk, num_warps
         self.bwd_block_d, self.bwd_num_warps, self.stepwise = bwd_block_d, bwd_num_warps, stepwise
         self.keep_states = bool(keep_states)
@@ -236,6 +238,30 @@ def _direction_strides(buf):
     return buf.stride(1), buf.stride(0), buf.stride(2), buf.stride(3)
 
 
+# the step-loop forward's programs resident on one SM at its ~250 registers and 2 warps (``kernels``),
+# and the SM count assumed where no GPU says its own (compiling without one, the interpreter)
+FWD_PROGRAMS_PER_SM = 4
+DEFAULT_SMS = 132
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return DEFAULT_SMS
+
+
+def auto_segments(programs: int, sms: int, nchunks: int, per_sm: int = FWD_PROGRAMS_PER_SM) -> int:
+    """Segments per sequence for ``KernelConfig(segments=0)``, given the programs of one forward
+    launch without segments: 1 while they fill at least half of what ``sms`` SMs hold at once (the
+    two-pass scan does about 1.6 times the work of one pass), else enough to fill them, at most one
+    per chunk."""
+    slots = sms * per_sm
+    if 2 * programs >= slots:
+        return 1
+    return max(1, min(nchunks, -(-slots // max(programs, 1))))
+
+
 def _run_forward(u, delta, A, Bv, Cv, D, bias, w, geo, softplus, cfg, T, nchunks, save_states, return_last,
                  det=False):
     """Launch the forward kernels; returns (y, chunk states or a dummy, last state or a dummy).
@@ -259,7 +285,12 @@ def _run_forward(u, delta, A, Bv, Cv, D, bias, w, geo, softplus, cfg, T, nchunks
                  SOFTPLUS=bool(softplus), ATOMIC=geo.cross and y4 is None, SAVE_STATES=save_states,
                  SAVE_LAST=bool(return_last), RP=_next_pow2(rank), LOWRANK=w is not None, num_warps=cfg.num_warps,
                  maxnreg=cfg.max_registers)
-    seg_len = triton_cdiv(triton_cdiv(geo.L, cfg.segments), T) * T  # whole chunks per segment
+    segments = cfg.segments
+    if segments == 0:  # as many as fill the GPU (see auto_segments)
+        per_launch = 4 if cfg.one_launch else 1
+        programs = triton_cdiv(geo.Dk, cfg.block_d) * (per_launch if geo.cross else geo.K) * geo.batch
+        segments = auto_segments(programs, _sm_count(u.device), nchunks)
+    seg_len = triton_cdiv(triton_cdiv(geo.L, segments), T) * T  # whole chunks per segment
     nseg = triton_cdiv(geo.L, seg_len)
     if nseg > 1 and cfg.stepwise:
         _run_forward_split(args, strides, flags, geo, nchunks, nseg, seg_len, rank, cfg.one_launch)
