@@ -7,8 +7,9 @@
 #                                              segments sweep at batch 1 and 32, channels-last),
 #      once on row-major and once on channels-last inputs (--layout channels_last)
 #   3. benchmark --device cuda --batch 32 [--reference REF] --store_activations --cuda_graphs
-#      --baselines unet,swin_unetr (ours vs the official VM-UNet and MONAI's U-Net and SwinUNETR:
-#       training/inference img/s, batch-1 latency, peak memory, with and without SS2D recomputation)
+#      --deterministic --baselines unet,swin_unetr (ours vs the official VM-UNet and MONAI's U-Net and
+#       SwinUNETR: training/inference img/s, batch-1 latency, peak memory, with and without SS2D
+#       recomputation, and in deterministic mode)
 #   4. network_options: the same with --channels_last_scan true --fused_norm_gate true --fused_dt_proj true
 #      (the options still off by default)
 #   5. network_compile: benchmark --compile true (torch.compile rows, marked +compile)
@@ -64,7 +65,7 @@ step scan "$PYTHON" scripts/bench_ss2d_gpu.py --sweep --out "$OUT/scan.json"
 step scan_channels_last "$PYTHON" scripts/bench_ss2d_gpu.py --sweep --layout channels_last \
     --out "$OUT/scan_channels_last.json"
 step network "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 32 --backends "$BACKENDS" \
-    "${REFARGS[@]}" --store_activations true --cuda_graphs true --baselines unet,swin_unetr \
+    "${REFARGS[@]}" --store_activations true --cuda_graphs true --deterministic true --baselines unet,swin_unetr \
     --out "$OUT/network.json"
 step network_options "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 32 --backends "$BACKENDS" \
     "${REFARGS[@]}" --channels_last_scan true --fused_norm_gate true --fused_dt_proj true \

@@ -228,6 +228,19 @@ def test_benchmark_compiled_row(monkeypatch, one_thread):
     assert "train_img_s" not in row  # training throughput is timed on CUDA only
 
 
+def test_benchmark_deterministic_row(one_thread):
+    """``benchmark --deterministic`` times the model under torch's deterministic algorithms (the
+    flag is restored afterwards); on the CPU it reports the batch-1 latency."""
+    from vmunet_monai import benchmark
+
+    net = _net(VMUNet, "cpu")
+    assert not torch.are_deterministic_algorithms_enabled()
+    row = benchmark._deterministic_row(net, "fp32", "vmunet", "cpu", torch.randn(1, 3, 32, 32),
+                                       torch.randn(2, 3, 32, 32), 2, 1, "cpu", None)
+    assert row["backend"] == "cpu+deterministic" and row["latency_b1_s"] > 0
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_compile_network_in_place_keeps_state_dict_keys(one_thread):
     """The bundles' ``compile`` switch: in place, same module type and state_dict keys (checkpoints
     and resuming read it as before), same outputs; a bad value names itself and the choices."""

@@ -160,7 +160,7 @@ def time_forward_graphed(model, x, repeats, device, autocast_dtype=None):
 
 def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5, backends="auto", reference=None,
                   scan_only=False, out=None, cuda_graphs=False, store_activations=False, channels_last_scan=False,
-                  fused_norm_gate=False, fused_dt_proj=False, compile=False, baselines=""):
+                  fused_norm_gate=False, fused_dt_proj=False, compile=False, baselines="", deterministic=False):
     """Run the benchmark and print a table; see ``python -m vmunet_monai benchmark --help``."""
     from vmunet_monai.layers import SS2D
 
@@ -176,6 +176,7 @@ def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5,
     SS2D.fused_norm_gate = bool(fused_norm_gate)
     SS2D.fused_dt_proj = bool(fused_dt_proj)
     from vmunet_monai.ops import backend_status, resolve_backend
+    from vmunet_monai.ops.dispatch import DETERMINISTIC_BACKENDS
 
     device = str(device)
     dev_type = torch.device(device).type
@@ -238,6 +239,11 @@ def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5,
                 stored["train_img_s"], stored["train_peak_gib"] = batch / t, peak / 2**30
                 results["networks"].append(stored)
                 _set_recompute(model, True)
+            if deterministic and b not in DETERMINISTIC_BACKENDS:
+                print(f"no +deterministic row for backend {b}: its kernels sum with atomics in any mode")
+            elif deterministic:  # as --determinism true trains: scan kernels without atomics or on one thread
+                results["networks"].append(dict(_deterministic_row(model, row["precision"], name, b, x1, xb, batch,
+                                                                   repeats, device, dt), params_m=row["params_m"]))
             if compile:  # the same model under torch.compile (one graph per input shape; compiled in warm-up)
                 results["networks"].append(dict(_compiled_row(model, row["precision"], name, b, x1, xb, batch,
                                                               repeats, device, dt), params_m=row["params_m"]))
@@ -270,6 +276,22 @@ def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5,
         _official_rows(results, reference, device, size, batch, repeats, dtypes, x1, xb)
     _print_networks(results)
     return _finish(results, out)
+
+
+def _deterministic_row(model, precision, name, backend, x1, xb, batch, repeats, device, dt):
+    """The same timings under torch.use_deterministic_algorithms(True) (warn-only, as bundles set it)."""
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        row = {"network": name, "backend": f"{backend}+deterministic", "precision": precision}
+        row["latency_b1_s"] = time_forward(model, x1, repeats, device, dt)
+        if torch.device(device).type == "cuda":
+            row["infer_img_s"] = batch / time_forward(model, xb, repeats, device, dt)
+            t, peak = time_train_step(model, xb, repeats, device, dt)
+            row["train_img_s"], row["train_peak_gib"] = batch / t, peak / 2**30
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+    return row
 
 
 def _compiled_row(model, precision, name, backend, x1, xb, batch, repeats, device, dt):

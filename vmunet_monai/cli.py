@@ -25,7 +25,7 @@ class Commands:
                   scan_only: bool = False, out: str | None = None, cuda_graphs: bool = False,
                   store_activations: bool = False, channels_last_scan: bool = False,
                   fused_norm_gate: bool = False, fused_dt_proj: bool = False, compile: bool = False,
-                  baselines: str = ""):
+                  baselines: str = "", deterministic: bool = False):
         """Time the networks (and the stage-1 scan) on this machine; prints ratios measured in this run.
 
         Args:
@@ -49,6 +49,9 @@ class Commands:
                 operator each), the rows marked +compile; compilation happens in the warm-up.
             baselines: comma-separated MONAI networks timed on the same inputs: unet (BasicUNet with the
                 original U-Net's widths, 64-1024) and/or swin_unetr (SwinUNETR, 2D, feature size 48).
+            deterministic: also time each model under torch.use_deterministic_algorithms(True), as
+                bundles' --determinism true trains (the triton kernels without atomics, the cpu kernel
+                on one thread), the rows marked +deterministic.
         """
         from vmunet_monai.benchmark import run_benchmark
 
@@ -56,7 +59,8 @@ class Commands:
                       backends=backends, reference=reference, scan_only=scan_only, out=out,
                       cuda_graphs=cuda_graphs, store_activations=store_activations,
                       channels_last_scan=channels_last_scan, fused_norm_gate=fused_norm_gate,
-                      fused_dt_proj=fused_dt_proj, compile=compile, baselines=baselines)
+                      fused_dt_proj=fused_dt_proj, compile=compile, baselines=baselines,
+                      deterministic=deterministic)
 
     def kernels(self, arch: str = "sm_90", cases: str = "all", batch: int = 32, sms: int | None = None,
                 out: str | None = None, config: str = "", dump: str | None = None):
