@@ -65,7 +65,8 @@ class Commands:
     def kernels(self, arch: str = "sm_90", cases: str = "all", batch: int = 32, sms: int | None = None,
                 out: str | None = None, config: str = "", dump: str | None = None):
         """Compile the triton backend's kernels for a GPU architecture on this machine (no GPU needed) and
-        report, per kernel, registers, spilled bytes, shared memory and how its launch fills the card.
+        report, per kernel, registers, spilled bytes, shared memory, how its launch fills the card, its
+        atomic instructions, and what one iteration of its main loop does in machine code.
 
         The kernels are those that real SS2D layers at VM-UNet's stage 1 (256x256 input) launch in a
         forward and backward pass, in every precision and option; Triton's bundled ptxas compiles them.
