@@ -278,31 +278,30 @@ def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5,
     return _finish(results, out)
 
 
+def _timed_row(model, label, precision, name, x1, xb, batch, repeats, device, dt):
+    """Batch-1 latency of ``model`` and, on CUDA, inference and training throughput and peak memory."""
+    row = {"network": name, "backend": label, "precision": precision}
+    row["latency_b1_s"] = time_forward(model, x1, repeats, device, dt)
+    if torch.device(device).type == "cuda":
+        row["infer_img_s"] = batch / time_forward(model, xb, repeats, device, dt)
+        t, peak = time_train_step(model, xb, repeats, device, dt)
+        row["train_img_s"], row["train_peak_gib"] = batch / t, peak / 2**30
+    return row
+
+
 def _deterministic_row(model, precision, name, backend, x1, xb, batch, repeats, device, dt):
     """The same timings under torch.use_deterministic_algorithms(True) (warn-only, as bundles set it)."""
     was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        row = {"network": name, "backend": f"{backend}+deterministic", "precision": precision}
-        row["latency_b1_s"] = time_forward(model, x1, repeats, device, dt)
-        if torch.device(device).type == "cuda":
-            row["infer_img_s"] = batch / time_forward(model, xb, repeats, device, dt)
-            t, peak = time_train_step(model, xb, repeats, device, dt)
-            row["train_img_s"], row["train_peak_gib"] = batch / t, peak / 2**30
+        return _timed_row(model, f"{backend}+deterministic", precision, name, x1, xb, batch, repeats, device, dt)
     finally:
         torch.use_deterministic_algorithms(was, warn_only=warn_only)
-    return row
 
 
 def _compiled_row(model, precision, name, backend, x1, xb, batch, repeats, device, dt):
     compiled = torch.compile(model, dynamic=False)
-    row = {"network": name, "backend": f"{backend}+compile", "precision": precision}
-    row["latency_b1_s"] = time_forward(compiled, x1, repeats, device, dt)
-    if torch.device(device).type == "cuda":
-        row["infer_img_s"] = batch / time_forward(compiled, xb, repeats, device, dt)
-        t, peak = time_train_step(compiled, xb, repeats, device, dt)
-        row["train_img_s"], row["train_peak_gib"] = batch / t, peak / 2**30
-    return row
+    return _timed_row(compiled, f"{backend}+compile", precision, name, x1, xb, batch, repeats, device, dt)
 
 
 def _params_m(model) -> float:
