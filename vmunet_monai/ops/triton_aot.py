@@ -181,9 +181,9 @@ def atomic_instructions(sass: str) -> int:
 def loop_profile(cubin: bytes, sass: str | None = None) -> dict | None:
     """The kernel's longest innermost loop in its machine code (``cuobjdump -sass``): instructions per
     iteration, and the global loads, special-function ops (``MUFU``: exp2, log2, reciprocals),
-    atomics, barriers and local-memory loads and stores (register spills) among them. For the step-loop forward an iteration is one step, for the
-    backward one chunk; branches inside the loop count whole (the forward's checkpoint store, taken
-    every T steps, is part of its step). None if the kernel has no loop. ``sass``: the cubin's
+    atomics, barriers and local-memory loads and stores (register spills) among them. For the
+    step-loop forward an iteration is one step, for the backward one chunk; branches inside the loop
+    count whole (the forward's checkpoint store, taken every T steps, is part of its step). None if the kernel has no loop. ``sass``: the cubin's
     ``cuobjdump -sass`` text, if already at hand."""
     sass = _cuobjdump(cubin, "-sass") if sass is None else sass
     code = [(int(m.group(1), 16), m.group(2).strip()) for m in _SASS_LINE.finditer(sass)]
@@ -343,14 +343,14 @@ def parse_config(text) -> dict:
 _DUMP_STAGES = ("ttir", "ttgir", "llir", "ptx")  # Triton's intermediate forms, as ``compiled.asm`` keys
 
 
-def dump_kernel(compiled, folder: str, stem: str) -> list[str]:
+def dump_kernel(compiled, folder: str, stem: str, sass: str | None = None) -> list[str]:
     """Write a compiled kernel's Triton IR (``.ttir``: before layouts, ``.ttgir``: with the register
-    layouts Triton chose), LLVM IR, PTX and machine code (``.sass``, from cuobjdump) as
+    layouts Triton chose), LLVM IR, PTX and machine code (``.sass``, from cuobjdump unless given) as
     ``folder/stem.<form>``; returns the paths written."""
     os.makedirs(folder, exist_ok=True)
     written = []
     forms = {k: compiled.asm[k] for k in _DUMP_STAGES if k in compiled.asm}
-    forms["sass"] = _cuobjdump(compiled.asm["cubin"], "-sass")
+    forms["sass"] = _cuobjdump(compiled.asm["cubin"], "-sass") if sass is None else sass
     for form, text in forms.items():
         path = os.path.join(folder, f"{stem}.{form}")
         with open(path, "w") as f:
@@ -415,16 +415,17 @@ def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None,
             if first:
                 cubin = compiled.asm["cubin"]
                 sass = _cuobjdump(cubin, "-sass")
-                usage_cache[key] = (compiled, resource_usage(cubin), loop_profile(cubin, sass),
+                # the compiled kernel stays referenced, so that its id is not reused while cached
+                usage_cache[key] = (compiled, sass, resource_usage(cubin), loop_profile(cubin, sass),
                                     atomic_instructions(sass))
-            _, usage, loop, atomics = usage_cache[key]
+            _, sass, usage, loop, atomics = usage_cache[key]
             num_warps = compiled.metadata.num_warps
             shared = max(usage["SHARED"], int(compiled.metadata.shared))
             per_sm, limit = residency(arch, usage["REG"], num_warps, shared)
             programs = math.prod(grid)
             dtype = next(str(a.dtype).removeprefix("torch.") for a in args if isinstance(a, torch.Tensor))
             if dump and first:
-                dump_kernel(compiled, dump, _slug(case, kernel, _variant(kwargs), dtype))
+                dump_kernel(compiled, dump, _slug(case, kernel, _variant(kwargs), dtype), sass)
             rows.append(KernelRow(case, kernel, _variant(kwargs), dtype, tuple(grid), programs, num_warps,
                                   usage["REG"], usage["LOCAL"] + usage["STACK"], shared, per_sm, limit,
                                   round(programs / (sms * max(per_sm, 1)), 3), loop, atomics))
