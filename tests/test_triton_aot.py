@@ -45,7 +45,7 @@ def test_every_ss2d_kernel_compiles_for_h100_without_spills(tmp_path):
     # the GPU runs programs in; the default kernels merge directions and gradients with atomics
     det = [r for r in report["rows"] if r["case"] == "ss2d_deterministic" and r["kernel"].startswith("scan")]
     assert {r["kernel"] for r in det} == {"scan_fwd_kernel", "scan_bwd_kernel"} and len(det) == 5
-    assert all(r["atomics"] == 0 and r["spill_bytes"] == 0 for r in det), det
+    assert all(r["atomics"] == 0 and r["loop"]["local"] == 0 for r in det), det
     assert all(r["atomics"] > 0 for r in report["rows"] if r["case"] == "ss2d" and r["kernel"].startswith("scan"))
     rows = [r for r in report["rows"] if r["case"] != "ss2d_deterministic"]
     by_case = {c: [r for r in rows if r["case"] == c] for c in ("ss2d", "ss2d_fast")}
@@ -60,7 +60,12 @@ def test_every_ss2d_kernel_compiles_for_h100_without_spills(tmp_path):
     assert {"norm_gate_fwd_kernel", "norm_gate_bwd_kernel"} <= {r["kernel"] for r in by_case["ss2d_fast"]}
     for r in rows:
         assert 16 <= r["registers"] <= 255, r
-        assert r["spill_bytes"] == 0, r  # a spilling step loop would read its state from local memory
+        # a spilling step loop would read its state from local memory: the loops never touch it, and
+        # the forwards and the float32 backward spill nothing at all (the fast-option backwards sit at
+        # 255 registers and may spill a few bytes outside their chunk loop)
+        assert r["loop"] is None or r["loop"]["local"] == 0, r
+        assert r["spill_bytes"] == 0 or (r["kernel"] == "scan_bwd_kernel" and r["dtype"] != "float32"
+                                         and r["spill_bytes"] <= 16), r
         assert r["programs_per_sm"] >= 1 and r["num_warps"] in (1, 2, 4, 8), r
         assert r["programs"] == math.prod(r["grid"])
         expected = triton_aot.residency(90, r["registers"], r["num_warps"], r["shared_bytes"])[0]
@@ -72,9 +77,13 @@ def test_every_ss2d_kernel_compiles_for_h100_without_spills(tmp_path):
             assert 16 <= r["loop"]["sfu"] <= 20 and r["loop"]["atomics"] == 1, r
             # and no layout conversion through shared memory: no thread synchronisation in the step loop
             assert r["loop"]["barriers"] == 0, r
-            assert r["loop"]["loads"] >= 2 * 16, r  # B and C of the step, at least
+    # row-major maps: B and C of a step are N scalar loads each, L apart
+    assert next(r for r in by_case["ss2d"] if r["kernel"] == "scan_fwd_kernel")["loop"]["loads"] >= 2 * 16
     fast_fwd = next(r for r in by_case["ss2d_fast"] if r["kernel"] == "scan_fwd_kernel")
     assert fast_fwd["registers"] < 200, fast_fwd  # the projection rows and the state share a layout
+    # channels-last: B and C of a step are 16 contiguous, aligned values each, read with vector
+    # loads (4 for the two in bfloat16), plus u and the 6 step-size factors
+    assert fast_fwd["loop"]["loads"] <= 16, fast_fwd
     assert "scan_fwd_kernel" in table and "H100" in table
     # --dump: every distinct kernel's intermediate forms and machine code, named after case, kernel,
     # variant and dtype
@@ -83,6 +92,7 @@ def test_every_ss2d_kernel_compiles_for_h100_without_spills(tmp_path):
         assert Path(f"{stem}.{form}").stat().st_size > 0, form
     assert "#ttg.blocked" in Path(f"{stem}.ttgir").read_text()  # the register layouts Triton chose
     assert Path(f"{stem}.sass").read_text().count("MUFU.EX2") >= 16
+    assert "LDG.E.128" in Path(f"{stem}.sass").read_text()
     assert Path(dump / "ss2d.scan_bwd_kernel.cols_reversed.float32.sass").exists()
     assert Path(dump / "ss2d_fast.norm_gate_fwd_kernel.float32.ptx").exists()
 

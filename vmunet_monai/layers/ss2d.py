@@ -138,17 +138,26 @@ class SS2D(nn.Module):
         projection instead (the triton kernels project as they scan)."""
         b, di, h, w = x.shape
         n, r, K, L = self.d_state, self.dt_rank, K_DIRECTIONS, h * w
-        w_x = self.x_proj_weight.to(x.dtype).reshape(K * (r + 2 * n), di)
+        w_x = self.x_proj_weight.to(x.dtype)
         if x.stride(1) == 1 and not x.is_contiguous():  # channels-last map: (B, L, Di) rows
-            x_dbl = F.linear(x.permute(0, 2, 3, 1).reshape(b, L, di), w_x).view(b, L, K, r + 2 * n)
-            x_dbl = x_dbl.permute(0, 2, 3, 1)  # (b, K, R + 2N, L) view, channels innermost in memory
+            # each pixel's rows per direction ordered B, C, step-size factors and padded to a multiple
+            # of 16 values: B and C of a step are then 16 contiguous, aligned values, which the triton
+            # kernels read with a few vector loads instead of 2N scalar ones
+            rows = -(-(r + 2 * n) // 16) * 16
+            w_x = torch.cat([w_x[:, r:], w_x[:, :r], w_x.new_zeros(K, rows - r - 2 * n, di)], 1)
+            x_dbl = F.linear(x.permute(0, 2, 3, 1).reshape(b, L, di), w_x.reshape(K * rows, di))
+            x_dbl = x_dbl.view(b, L, K, rows).permute(0, 2, 3, 1)  # (b, K, rows, L) view, rows innermost
+            order, sizes = (2, 0, 1), [n, n, r, rows - r - 2 * n]
         else:
             # bmm on the expanded weight keeps x itself for the backward (einsum/matmul would save a
             # transposed copy)
-            x_dbl = torch.bmm(w_x.expand(b, -1, -1), x.reshape(b, di, L)).view(b, K, r + 2 * n, L)
+            x_dbl = torch.bmm(w_x.reshape(K * (r + 2 * n), di).expand(b, -1, -1), x.reshape(b, di, L))
+            x_dbl = x_dbl.view(b, K, r + 2 * n, L)
+            order, sizes = (0, 1, 2), [r, n, n]
         # (b, K, rows, H, W) views; reshape with the traced sizes, not unflatten, keeps an exported
         # graph's batch size symbolic
-        dts, Bs, Cs = (t.reshape(b, K, t.shape[2], h, w) for t in torch.split(x_dbl, [r, n, n], dim=2))
+        parts = torch.split(x_dbl, sizes, dim=2)
+        dts, Bs, Cs = (parts[i].reshape(b, K, parts[i].shape[2], h, w) for i in order)
         # the factors and the projection go to the scan (under torch.compile always: the scan operator
         # projects inside, so the full-rank step sizes are not kept for the backward)
         if self.fused_dt_proj or torch.compiler.is_compiling():

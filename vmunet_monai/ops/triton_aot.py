@@ -311,6 +311,7 @@ CASES = {
     "ss2d_fp16": ("the same under float16 autocast", _ss2d_case(torch.float16)),
     "ss2d_fast": ("channels_last_scan + fused_dt_proj + fused_norm_gate, bfloat16",
                   _ss2d_case(torch.bfloat16, True, True, True)),
+    "ss2d_fast_fp32": ("the same fast options in float32", _ss2d_case(torch.float32, True, True, True)),
     "ss2d_recompute_states": ("KernelConfig(keep_states=False)", _ss2d_case(keep_states=False)),
     "ss2d_per_direction": ("KernelConfig(one_launch=False), a forward launch per direction",
                            _ss2d_case(one_launch=False)),
