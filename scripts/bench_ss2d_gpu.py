@@ -8,7 +8,8 @@ N = 16, i.e. the official (32, 768, 4096) scan. Everything is measured in this o
   the chunk states kept for the backward and rebuilt in it (``KernelConfig.keep_states``), and the
   two-pass segmented forward (``KernelConfig.segments``) at batch 1 and at the full batch (and
   the forward launched once per direction, ``KernelConfig(one_launch=False)``), the
-  forward on channels-last maps, and the step sizes as rank-6 factors projected inside the kernels,
+  forward on channels-last maps, B and C read per pixel (as SS2D gives them to these kernels) and
+  along the map, and the step sizes as rank-6 factors projected inside the kernels,
   and forward + backward with ``KernelConfig(deterministic=True)`` (no atomics), run twice to check
   that its gradients repeat bit for bit;
 * bandwidth achieved = bytes that must move (read u, delta, B, C once, write y once) / time;
@@ -47,8 +48,12 @@ def _args():
 LAYOUT = {"name": "row_major"}  # set from --layout in main()
 
 
-def make_inputs(batch, di, size, n, dtype, requires_grad=False, seed=0, layout=None):
-    """Stage-1 inputs; channels-last layout: u (B, H, W, Di) and delta, B, C (B, H, W, 4, C) in memory."""
+def make_inputs(batch, di, size, n, dtype, requires_grad=False, seed=0, layout=None, bc="pixel"):
+    """Stage-1 inputs; channels-last layout: u (B, H, W, Di) and delta (B, H, W, 4, Di) in memory.
+
+    ``bc="pixel"``: B and C as SS2D hands them to the triton kernels, views of one (B, H, W, 4, 48)
+    buffer, each pixel's N values contiguous and aligned; ``"map"``: (B, 4, N, H, W) rows along the
+    map (the layout SS2D gives the other backends, read with scalar loads)."""
     g = torch.Generator(device="cuda").manual_seed(seed)
 
     def r(*shape, scale=1.0):
@@ -65,8 +70,12 @@ def make_inputs(batch, di, size, n, dtype, requires_grad=False, seed=0, layout=N
     )
     if (layout or LAYOUT["name"]) == "channels_last":
         x["u"] = x["u"].contiguous(memory_format=torch.channels_last)
-        for key in ("delta", "B", "C"):
-            x[key] = x[key].permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+        x["delta"] = x["delta"].permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+    if bc == "pixel":  # B at rows 0..N-1 and C at N..2N-1 of each pixel's 48 (padded) rows per direction
+        rows = torch.zeros(batch, size, size, 4, 48, device="cuda", dtype=dtype)
+        rows[..., :n] = x["B"].permute(0, 3, 4, 1, 2)
+        rows[..., n:2 * n] = x["C"].permute(0, 3, 4, 1, 2)
+        x["B"], x["C"] = (rows[..., i:i + n].permute(0, 3, 4, 1, 2).detach() for i in (0, n))
     if requires_grad:
         for v in x.values():
             v.requires_grad_()
@@ -259,6 +268,16 @@ def main():
         xs_ = None  # free it before the next batch size
     ts.kernel_config(best[0])
 
+    # B and C rows along the map, as before SS2D gave the triton kernels each pixel's B and C together
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).replace("torch.", "")
+        xm = make_inputs(a.batch, a.dim, a.size, a.state, dtype, bc="map")
+        ms = bench(lambda: fused(xm))
+        res[f"fused_fwd_bc_map_{name}"] = ms
+        lines.append((f"triton fused fwd {name}, B and C along the map (scalar loads)", ms,
+                      f"pixel-major B, C: {res[f'fused_fwd_{name}']['ms']:.3f} ms"))
+        xm = None
+
     # the same scan on channels-last maps (SS2D.channels_last_scan): channel loads are contiguous
     for dtype in (torch.float32, torch.bfloat16):
         name = str(dtype).replace("torch.", "")
@@ -337,8 +356,8 @@ def main():
     torch.cuda.empty_cache()
     ts.kernel_config(best[0])
 
-    # 3. the composed paths
-    x = make_inputs(a.batch, a.dim, a.size, a.state, torch.float32)
+    # 3. the composed paths, with B and C as SS2D gives them to those backends
+    x = make_inputs(a.batch, a.dim, a.size, a.state, torch.float32, bc="map")
     fused_ms = res["fused_fwd_float32"]["ms"]
     for backend in ("torch", "mamba_ssm", "mamba_ssm_raw"):
         if backend == "mamba_ssm_raw":
@@ -361,7 +380,7 @@ def main():
         if backend.startswith("mamba_ssm"):
             y1, y2 = fused(x), composed(x, backend)
             res["fwd_rel_err_vs_mamba_ssm"] = rel(y1, y2)
-            xg = make_inputs(a.batch, a.dim, a.size, a.state, torch.float32, requires_grad=True)
+            xg = make_inputs(a.batch, a.dim, a.size, a.state, torch.float32, requires_grad=True, bc="map")
             gy = torch.randn(a.batch, a.dim, a.size, a.size, device="cuda")
             ms_fb = bench(lambda: torch.autograd.grad((composed(xg, backend) * gy).sum(), list(xg.values())),
                           warmup=3, rep=20)

@@ -66,6 +66,41 @@ def test_ss2d_scan_matches_official_order(backend):
     assert y.shape == (2, 5, 6, 8)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_ss2d_pixel_major_projection_changes_the_layout_only(channels_last):
+    """x_proj for the triton kernels: each pixel's B and C contiguous and 16-value aligned; the same
+    values, and the same gradients, as the official (factors, B, C) rows."""
+    torch.manual_seed(0)
+    layer = SS2D(d_model=8, d_state=4, scan_backend="torch").double()  # R = 1, 4 directions x (1 + 8) rows
+    x0 = torch.randn(2, layer.d_inner, 5, 6, dtype=torch.float64)
+    if channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    runs = []
+    for pixel_major in (False, True):
+        x = x0.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        parts = layer._project(x, pixel_major)
+        weights = [torch.randn(p.shape, dtype=p.dtype, generator=torch.Generator().manual_seed(i))
+                   for i, p in enumerate(parts)]
+        layer.zero_grad()
+        sum((p * wt).sum() for p, wt in zip(parts, weights)).backward()
+        runs.append(([p.detach() for p in parts], x.grad, layer.x_proj_weight.grad.clone()))
+        if pixel_major:
+            for p in parts[1:]:  # B, C: (b, K, N, H, W) with N innermost, 16-value aligned pixel rows
+                assert p.stride(2) == 1 and p.stride(4) % 16 == 0 and p.stride(1) % 16 == 0, p.stride()
+            # B at the start of each direction's 16-value row, C right after it (N = 4 here)
+            assert parts[1].storage_offset() % 16 == 0 and parts[2].storage_offset() == parts[1].storage_offset() + 4
+    (p0, dx0, dw0), (p1, dx1, dw1) = runs
+    for a, b in zip(p0, p1):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    torch.testing.assert_close(dx0, dx1, rtol=0, atol=1e-12)
+    torch.testing.assert_close(dw0, dw1, rtol=0, atol=1e-12)
+
+
+def test_pixel_major_layout_only_for_the_triton_kernels(triton_device):
+    assert not ops.reads_pixel_major("cpu", "torch") and not ops.reads_pixel_major("cpu", "cpu")
+    assert ops.reads_pixel_major(triton_device, "triton")
+
+
 def test_ss2d_initialisation():
     layer = SS2D(d_model=96, d_state=16)
     di, r = 192, 6

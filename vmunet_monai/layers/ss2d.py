@@ -129,6 +129,39 @@ class SS2D(nn.Module):
         self.A_logs.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(K_DIRECTIONS * di, 1))
         self.Ds.fill_(1.0)
 
+    def _project(self, x: torch.Tensor, pixel_major: bool):
+        """x_proj of the (B, Di, H, W) map -> the step-size factors (B, 4, R, H, W), B and C (B, 4, N, H, W).
+
+        All three are views of one product. ``pixel_major`` (for the triton kernels): each pixel's rows
+        per direction are ordered B, C, factors and padded to a multiple of 16 values, so a step's B and
+        C are 16 contiguous, aligned values each (a few vector loads instead of 2N scalar ones).
+        Otherwise the official order (factors, B, C), and for a row-major map (rows, L) products whose
+        B and C rows are contiguous along the map, the cheaper source for the other backends' copies."""
+        b, di, h, w = x.shape
+        n, r, K, L = self.d_state, self.dt_rank, K_DIRECTIONS, h * w
+        w_x = self.x_proj_weight.to(x.dtype)
+        rows = -(-(r + 2 * n) // 16) * 16 if pixel_major else r + 2 * n
+        if pixel_major:
+            w_x = torch.cat([w_x[:, r:], w_x[:, :r], w_x.new_zeros(K, rows - r - 2 * n, di)], 1)
+        w_x = w_x.reshape(K * rows, di)
+        if x.stride(1) == 1 and not x.is_contiguous():  # channels-last map: (B, L, Di) rows
+            x_dbl = F.linear(x.permute(0, 2, 3, 1).reshape(b, L, di), w_x)
+            x_dbl = x_dbl.view(b, L, K, rows).permute(0, 2, 3, 1)  # (b, K, rows, L) view, rows innermost
+        elif pixel_major:
+            # bmm of the transposed map with the expanded weight keeps x itself for the backward
+            # (linear/matmul would save a transposed copy)
+            x_dbl = torch.bmm(x.reshape(b, di, L).transpose(1, 2), w_x.t().expand(b, -1, -1))
+            x_dbl = x_dbl.view(b, L, K, rows).permute(0, 2, 3, 1)
+        else:  # as above: bmm keeps x, not a copy
+            x_dbl = torch.bmm(w_x.expand(b, -1, -1), x.reshape(b, di, L)).view(b, K, rows, L)
+        # (b, K, rows, H, W) views; reshape with the traced sizes, not unflatten, keeps an exported
+        # graph's batch size symbolic
+        if pixel_major:
+            Bs, Cs, dts, _ = torch.split(x_dbl, [n, n, r, rows - r - 2 * n], dim=2)
+        else:
+            dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
+        return tuple(t.reshape(b, K, t.shape[2], h, w) for t in (dts, Bs, Cs))
+
     def scan(self, x: torch.Tensor) -> torch.Tensor:
         """(B, Di, H, W) after the conv -> merged scan output (B, Di, H, W), float32.
 
@@ -136,28 +169,7 @@ class SS2D(nn.Module):
         too); otherwise row-major. The full-rank step sizes are rebuilt in the backward, not kept,
         under recomputation; with ``fused_dt_proj`` the scan gets their rank-R factors and the dt
         projection instead (the triton kernels project as they scan)."""
-        b, di, h, w = x.shape
-        n, r, K, L = self.d_state, self.dt_rank, K_DIRECTIONS, h * w
-        w_x = self.x_proj_weight.to(x.dtype)
-        if x.stride(1) == 1 and not x.is_contiguous():  # channels-last map: (B, L, Di) rows
-            # each pixel's rows per direction ordered B, C, step-size factors and padded to a multiple
-            # of 16 values: B and C of a step are then 16 contiguous, aligned values, which the triton
-            # kernels read with a few vector loads instead of 2N scalar ones
-            rows = -(-(r + 2 * n) // 16) * 16
-            w_x = torch.cat([w_x[:, r:], w_x[:, :r], w_x.new_zeros(K, rows - r - 2 * n, di)], 1)
-            x_dbl = F.linear(x.permute(0, 2, 3, 1).reshape(b, L, di), w_x.reshape(K * rows, di))
-            x_dbl = x_dbl.view(b, L, K, rows).permute(0, 2, 3, 1)  # (b, K, rows, L) view, rows innermost
-            order, sizes = (2, 0, 1), [n, n, r, rows - r - 2 * n]
-        else:
-            # bmm on the expanded weight keeps x itself for the backward (einsum/matmul would save a
-            # transposed copy)
-            x_dbl = torch.bmm(w_x.reshape(K * (r + 2 * n), di).expand(b, -1, -1), x.reshape(b, di, L))
-            x_dbl = x_dbl.view(b, K, r + 2 * n, L)
-            order, sizes = (0, 1, 2), [r, n, n]
-        # (b, K, rows, H, W) views; reshape with the traced sizes, not unflatten, keeps an exported
-        # graph's batch size symbolic
-        parts = torch.split(x_dbl, sizes, dim=2)
-        dts, Bs, Cs = (parts[i].reshape(b, K, parts[i].shape[2], h, w) for i in order)
+        dts, Bs, Cs = self._project(x, ops.reads_pixel_major(x.device, self.scan_backend))
         # the factors and the projection go to the scan (under torch.compile always: the scan operator
         # projects inside, so the full-rank step sizes are not kept for the backward)
         if self.fused_dt_proj or torch.compiler.is_compiling():

@@ -22,6 +22,7 @@ from vmunet_monai.ops.dispatch import (
     backend_status,
     cross_selective_scan,
     full_rank_delta,
+    reads_pixel_major,
     resolve_backend,
     selective_scan,
 )

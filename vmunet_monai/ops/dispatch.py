@@ -16,7 +16,7 @@ from vmunet_monai.ops.cross_scan import cross_merge, cross_scan, to_scan_order
 from vmunet_monai.ops.recompute import RecomputeSaved, exporting as _exporting
 
 __all__ = ["BACKENDS", "BackendStatus", "backend_status", "resolve_backend", "selective_scan", "cross_selective_scan",
-           "full_rank_delta"]
+           "full_rank_delta", "reads_pixel_major"]
 
 ENV_VAR = "VMUNET_SCAN_BACKEND"
 
@@ -256,6 +256,19 @@ def cross_selective_scan_composed(u, delta, A, B, C, D=None, delta_bias=None, de
             rc.register(copy, _reordered(rc.source(src), reorder, copy.shape))
     ys = scan(xs, dts, A, Bs, Cs, D, None, delta_bias, delta_softplus, False)
     return cross_merge(ys.reshape(b, 4, di, length), h, w).reshape(b, di, h, w)
+
+
+def reads_pixel_major(device: torch.device | str, backend: str | None = None) -> bool:
+    """Whether the backend that :func:`cross_selective_scan` will run for tensors on ``device`` reads B
+    and C fastest with each pixel's N values contiguous and 16-value aligned (the triton kernels: a few
+    vector loads per step instead of 2N scalar ones). The others copy B and C to their own layout, for
+    which (N, L) rows are the cheaper source."""
+    device_type = torch.device(device).type
+    if torch.compiler.is_compiling():
+        name = "torch" if _is_exporting() else _backend_while_compiling(device_type, backend)
+    else:
+        name = resolve_backend(device_type, backend)
+    return bool(getattr(_module(name), "PIXEL_MAJOR_BC", False))
 
 
 def full_rank_delta(factors, dt_weight):

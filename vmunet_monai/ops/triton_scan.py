@@ -473,6 +473,9 @@ def _param(t):
 
 # cross_selective_scan takes delta as its rank-R factors with ``dt_weight`` (see dispatch)
 LOWRANK_DELTA = True
+# B and C are read fastest as (batch, K, N, L) views whose N values per pixel are contiguous and
+# 16-value aligned (see dispatch.reads_pixel_major): vector loads in the step loop
+PIXEL_MAJOR_BC = True
 
 
 def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, dt_weight=None):
