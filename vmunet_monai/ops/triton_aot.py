@@ -109,6 +109,7 @@ class KernelRow:
     sm_fill: float  # programs / (SMs * programs_per_sm): below 1 the launch leaves the card partly idle
     loop: dict | None = None  # loop_profile of the compiled code
     atomics: int = 0  # atomic instructions in the whole kernel (none in a deterministic kernel)
+    loop_steps: int | None = None  # scan steps per loop iteration of a step-loop forward (its unroll factor)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -182,9 +183,10 @@ def loop_profile(cubin: bytes, sass: str | None = None) -> dict | None:
     """The kernel's longest innermost loop in its machine code (``cuobjdump -sass``): instructions per
     iteration, and the global loads, special-function ops (``MUFU``: exp2, log2, reciprocals),
     atomics, barriers and local-memory loads and stores (register spills) among them. For the
-    step-loop forward an iteration is one step, for the backward one chunk; branches inside the loop
-    count whole (the forward's checkpoint store, taken every T steps, is part of its step). None if the kernel has no loop. ``sass``: the cubin's
-    ``cuobjdump -sass`` text, if already at hand."""
+    step-loop forward an iteration is ``KernelConfig.unroll`` steps, for the backward one chunk;
+    branches inside the loop count whole (the forward's checkpoint store, taken every T steps, is part
+    of its iteration). None if the kernel has no loop. ``sass``: the cubin's ``cuobjdump -sass`` text,
+    if already at hand."""
     sass = _cuobjdump(cubin, "-sass") if sass is None else sass
     code = [(int(m.group(1), 16), m.group(2).strip()) for m in _SASS_LINE.finditer(sass)]
     spans = [(int(m.group(1), 16), addr) for addr, text in code
@@ -427,9 +429,10 @@ def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None,
             dtype = next(str(a.dtype).removeprefix("torch.") for a in args if isinstance(a, torch.Tensor))
             if dump and first:
                 dump_kernel(compiled, dump, _slug(case, kernel, _variant(kwargs), dtype), sass)
+            steps = kwargs.get("UNROLL") if kwargs.get("STEPWISE", kernel == "scan_fwd_split_kernel") else None
             rows.append(KernelRow(case, kernel, _variant(kwargs), dtype, tuple(grid), programs, num_warps,
                                   usage["REG"], usage["LOCAL"] + usage["STACK"], shared, per_sm, limit,
-                                  round(programs / (sms * max(per_sm, 1)), 3), loop, atomics))
+                                  round(programs / (sms * max(per_sm, 1)), 3), loop, atomics, steps))
 
         kernel_config(tiles)
         try:
@@ -459,13 +462,15 @@ def format_report(rows, arch=90, sms: int | None = None) -> str:
         lines.append((r.case, r.kernel, r.variant, r.dtype, str(r.programs), str(r.num_warps), str(r.registers),
                       str(r.spill_bytes), str(r.shared_bytes), str(r.programs_per_sm), r.limited_by,
                       f"{r.sm_fill:.2f}", str(r.atomics),
-                      "-" if not r.loop else "{instructions}/{loads}/{sfu}/{atomics}/{barriers}/{local}".format(**r.loop)))
+                      "-" if not r.loop else "{instructions}/{loads}/{sfu}/{atomics}/{barriers}/{local}".format(**r.loop)
+                      + (f" per {r.loop_steps} steps" if (r.loop_steps or 1) > 1 else "")))
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [f"triton kernels compiled for sm_{arch} ({ARCHES[arch].card}, {sms} SMs); "
            "SM fill = programs / (SMs x programs per SM); atomics: atomic instructions in the whole kernel; "
            "loop: machine instructions per iteration of the "
-           "longest loop (a step of the step-loop forward, a chunk of the backward), and its global loads, "
+           "longest loop (a step of the step-loop forward, or as many as it is unrolled by, a chunk of the "
+           "backward), and its global loads, "
            "special-function ops, atomics, barriers and local-memory accesses (spills)", fmt.format(*head)]
     out += [fmt.format(*line) for line in lines]
     return "\n".join(out)

@@ -148,7 +148,7 @@ def _fwd_steps(
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV, COL, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr, RP: tl.constexpr,
-    LOWRANK: tl.constexpr,
+    LOWRANK: tl.constexpr, UNROLL: tl.constexpr,
 ):
     """One step at a time over the whole sequence; the state tile is (N, channels) so the sum over N
     stays inside a thread when a thread owns a whole channel."""
@@ -156,7 +156,7 @@ def _fwd_steps(
     h, _ = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, d, dmask, A2t,
                           Dv[None, :], bias[None, :], h, 0, L, L, H, W, nchunks, one,
                           s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R, N, NP, T, REV, COL,
-                          HAS_D, SOFTPLUS, ATOMIC, True, SAVE_STATES, RP, LOWRANK)
+                          HAS_D, SOFTPLUS, ATOMIC, True, SAVE_STATES, RP, LOWRANK, UNROLL)
     if SAVE_LAST:
         n = tl.arange(0, NP)[:, None]
         tl.store(last_base + d[None, :] * N + n, h, mask=dmask[None, :] & (n < N))
@@ -230,7 +230,7 @@ def scan_fwd_kernel(
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr, STEPWISE: tl.constexpr,
-    RP: tl.constexpr, LOWRANK: tl.constexpr, ALL4: tl.constexpr,
+    RP: tl.constexpr, LOWRANK: tl.constexpr, ALL4: tl.constexpr, UNROLL: tl.constexpr,
 ):
     """Grid (ceil(Dk / BD), groups, batch) over the groups k_base, k_base + 1, ... of K, all walked in
     the (REV, COL) order; see the module docstring. ``ALL4`` (step loop only): SS2D's four directions
@@ -260,7 +260,7 @@ def scan_fwd_kernel(
         A2t = _columns(A_ptr, row, dmask, N, NP, BD) * LOG2E  # as A2, transposed, in the state's layout
         _fwd_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2t, Dv, bias,
                    L, H, W, nchunks, one, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R,
-                   N, NP, BD, T, rev, col, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST, RP, LOWRANK)
+                   N, NP, BD, T, rev, col, HAS_D, SOFTPLUS, ATOMIC, SAVE_STATES, SAVE_LAST, RP, LOWRANK, UNROLL)
     else:
         _fwd_run(u_base, dl_base, B_base, C_base, y_base, hs_base, last_base, d, dmask, A2, Dv, bias,
                  L, H, W, nchunks, one, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl,
@@ -484,9 +484,12 @@ def _segment_steps(
     N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr,
     REV, COL, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, OUTPUT: tl.constexpr, SAVE_STATES: tl.constexpr, RP: tl.constexpr, LOWRANK: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     """Steps t0 .. t1-1 (scan order) from the state ``h`` (N, channels); returns the state after them
-    and the per-channel sum of the step sizes. Without OUTPUT, C is not read and nothing is written."""
+    and the per-channel sum of the step sizes. Without OUTPUT, C is not read and nothing is written.
+    UNROLL steps per loop iteration: unrolled, the prefetched next step's inputs need no register
+    copies (a rolled loop moved all 2N + 2 of them every step)."""
     n = tl.arange(0, NP)[:, None]
     nm = n < N
     dd = d[None, :]
@@ -495,7 +498,7 @@ def _segment_steps(
     pos = _step_position(t0, L, H, W, REV, COL)
     u, x, Bv, Cv = _step_inputs(u_base, dl_base, B_base, C_base, dd, dm, n, nm, pos,
                                 s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, Wt, R, NP, OUTPUT, RP, LOWRANK)
-    for t in range(t0, t1):
+    for t in tl.range(t0, t1, loop_unroll_factor=UNROLL):
         if SAVE_STATES:
             if t % T == 0:
                 tl.store(hs_base + dd * (nchunks * N) + (t // T) * N + n * one, h, mask=dm & nm)
@@ -534,7 +537,7 @@ def scan_fwd_split_kernel(
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, PHASE: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, SAVE_STATES: tl.constexpr, SAVE_LAST: tl.constexpr, RP: tl.constexpr,
-    LOWRANK: tl.constexpr, ALL4: tl.constexpr,
+    LOWRANK: tl.constexpr, ALL4: tl.constexpr, UNROLL: tl.constexpr,
 ):
     """The forward with the sequence split into ``nseg`` segments of ``seg_len`` steps (a multiple of
     T), one program each, so that few or short sequences still fill the GPU. Grid
@@ -579,7 +582,7 @@ def scan_fwd_split_kernel(
         h, sdt = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_ptr, d, dmask, A2t,
                                 Dv[None, :], bias[None, :], h, t0, t1, L, H, W, nchunks, one,
                                 s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R, N, NP, T, rev,
-                                col, HAS_D, SOFTPLUS, ATOMIC, False, False, RP, LOWRANK)
+                                col, HAS_D, SOFTPLUS, ATOMIC, False, False, RP, LOWRANK, UNROLL)
         tl.store(agg_h_base + seg * Dk * N + dd * N + n, h, mask=dm & nm)
         tl.store(agg_dt_base + seg * Dk + dd, sdt, mask=dm)
     else:
@@ -591,7 +594,7 @@ def scan_fwd_split_kernel(
         h, sdt = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, d, dmask, A2t,
                                 Dv[None, :], bias[None, :], h, t0, t1, L, H, W, nchunks, one,
                                 s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R, N, NP, T, rev,
-                                col, HAS_D, SOFTPLUS, ATOMIC, True, SAVE_STATES, RP, LOWRANK)
+                                col, HAS_D, SOFTPLUS, ATOMIC, True, SAVE_STATES, RP, LOWRANK, UNROLL)
         if SAVE_LAST:
             if seg == nseg - 1:
                 tl.store(last_ptr + (b * K + k) * Dk * N + dd * N + n, h, mask=dm & nm)
