@@ -9,7 +9,7 @@ N = 16, i.e. the official (32, 768, 4096) scan. Everything is measured in this o
   two-pass segmented forward (``KernelConfig.segments``) at batch 1 and at the full batch (and
   the forward launched once per direction, ``KernelConfig(one_launch=False)``), the
   forward on channels-last maps, B and C read per pixel (as SS2D gives them to these kernels) and
-  along the map, and the step sizes as rank-6 factors projected inside the kernels,
+  along the map, the step loop unrolled (default) and rolled, and the step sizes as rank-6 factors projected inside the kernels,
   and forward + backward with ``KernelConfig(deterministic=True)`` (no atomics), run twice to check
   that its gradients repeat bit for bit;
 * bandwidth achieved = bytes that must move (read u, delta, B, C once, write y once) / time;
@@ -277,6 +277,16 @@ def main():
         lines.append((f"triton fused fwd {name}, B and C along the map (scalar loads)", ms,
                       f"pixel-major B, C: {res[f'fused_fwd_{name}']['ms']:.3f} ms"))
         xm = None
+
+    # the step loop rolled (KernelConfig(unroll=1)) against the default two steps per iteration
+    x1 = make_inputs(a.batch, a.dim, a.size, a.state, torch.float32)
+    ts.kernel_config(best[0].replace(unroll=1))
+    ms = bench(lambda: fused(x1))
+    ts.kernel_config(best[0])
+    res["fused_fwd_unroll1_float32"] = ms
+    lines.append(("triton fused fwd float32, step loop rolled (unroll=1)", ms,
+                  f"unroll={best[0].unroll}: {res['fused_fwd_float32']['ms']:.3f} ms"))
+    x1 = None
 
     # the same scan on channels-last maps (SS2D.channels_last_scan): channel loads are contiguous
     for dtype in (torch.float32, torch.bfloat16):
