@@ -196,9 +196,13 @@ class SS2D(nn.Module):
         """x: (B, H, W, C) channels-last -> (B, H, W, C)."""
         # in_proj as two products into separate dense tensors: no strided halves of one (B, H, W, 2Di)
         # output to copy later (a channels-last map feeds the convolution as it is, z the gate)
-        di, weight, bias = self.d_inner, self.in_proj.weight, self.in_proj.bias
-        z = F.linear(x, weight[di:], None if bias is None else bias[di:])
-        x = F.linear(x, weight[:di], None if bias is None else bias[:di])
+        # torch.split, not two slices: its backward writes the weight's gradient once (each slice's
+        # would be scattered into a zeroed full-size copy, and the two copies added)
+        di, bias = self.d_inner, self.in_proj.bias
+        w_x, w_z = self.in_proj.weight.split(di)
+        b_x, b_z = (None, None) if bias is None else bias.split(di)
+        z = F.linear(x, w_z, b_z)
+        x = F.linear(x, w_x, b_x)
         layout = torch.channels_last if self.channels_last_scan else torch.contiguous_format
         conv = self.conv2d(x.permute(0, 3, 1, 2).contiguous(memory_format=layout))
         lean = recomputing(self.recompute)
