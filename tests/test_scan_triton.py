@@ -260,6 +260,21 @@ def test_deterministic_mode_adds_nothing_atomically_interpreted(interpreted, mon
         assert rel_err(g[k], g_ref[k]) <= 1e-4, k
         assert torch.equal(g[k], g2[k]), k
 
+    # the partials hold one direction at a time (SS2D's backward launches once per direction), so a
+    # budget of three batches' partials for one direction takes all three batches in one launch per
+    # direction; sized for four directions, it would take one batch per launch
+    per_batch = 4 * 2 * (2 * 4 * 35)  # float32 x 2 channel blocks x (dB and dC: N = 4, L = 35)
+    monkeypatch.setattr(triton_scan, "DET_PARTIAL_BYTES", 3 * per_batch)
+    grids, real_launch = [], triton_scan.launch
+    monkeypatch.setattr(triton_scan, "launch", lambda kernel, grid, *a, **kw: (
+        grids.append(grid) if kernel is triton_scan._kernels().scan_bwd_kernel else None,
+        real_launch(kernel, grid, *a, **kw))[1])
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, deterministic=True))
+    _, g3 = fwd_and_grads(fused, leaf(x, torch.float32))
+    assert grids == [(2, 1, 3)] * 4, grids
+    for k in g_ref:
+        assert torch.equal(g3[k], g[k]), k  # the same sums in the same order, however batches are grouped
+
 
 def test_auto_segments_interpreted(interpreted, monkeypatch):
     """KernelConfig(segments=0): one segment while a launch fills half the GPU, else enough to fill it

@@ -223,7 +223,8 @@ def _launches(geo, all4=False):
 
 
 # the most memory a deterministic backward gives its partial gradients at once (batches are processed
-# in groups below it): its dB and dC are (channel blocks x batch x 4 x N x L) float32 partials
+# in groups below it): its dB and dC are (channel blocks x batch x N x L) float32 partials per launch
+# (one direction of SS2D's scan, all groups of the generic one), as the factors' gradient is with R for N
 DET_PARTIAL_BYTES = 512 * 2**20
 
 
@@ -405,11 +406,16 @@ class _ScanFunction(torch.autograd.Function):
         dB = new((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)  # deterministic: the partials' sums
         dC = new((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)
 
-        def run(b, du_t, du_strides, ddl_t, dB_t, dC_t, part_strides):
-            # the batches b (a slice) of every direction or group; part_strides: between channel blocks'
-            # partial dB, dC and factor gradients (zeros: one buffer, added into atomically)
-            for k_base, groups, rev, col, _ in _launches(geo):
+        def run(launches, b, du_t, du_strides, ddl_t, dB_t, dC_t, part_strides, slot=False):
+            # the batches b (a slice) of the launches' directions or groups; part_strides: between channel
+            # blocks' partial dB, dC and factor gradients (zeros: one buffer, added into atomically);
+            # slot: the launch's one group writes dB, dC and ddl at group index 0 (a stride of 0)
+            for k_base, groups, rev, col, _ in launches:
                 grid = (triton_cdiv(geo.Dk, cfg.bwd_block_d), groups, b.stop - b.start)
+                if det and w is not None:  # the factor gradients' partials, (blocks, batches, slots, R, L)
+                    ddl_bk = (ddl_t.stride(1), 0 if slot else ddl_t.stride(2))
+                else:  # d delta (or the factors' gradient) itself, with delta's strides
+                    ddl_bk = _strides4(geo, delta, False)[:2]
                 launch(
                     _kernels().scan_bwd_kernel, grid, u[b], delta[b], A, Bv[b], Cv[b],
                     D if D is not None else A, bias if bias is not None else A, dy[b], hs[b],
@@ -418,8 +424,8 @@ class _ScanFunction(torch.autograd.Function):
                     geo.L, geo.H, geo.W, geo.Dk, ctx.nchunks, geo.K, k_base, rank,
                     *_strides4(geo, u, True), *_strides4(geo, delta, False),
                     *_strides_bkn_t(Bv), *_strides_bkn_t(Cv), *_strides4(geo, dy, True), *du_strides,
-                    dB_t.stride(-4), dB_t.stride(-3), dB_t.stride(-2), dC_t.stride(-4), dC_t.stride(-3),
-                    dC_t.stride(-2), *part_strides,
+                    dB_t.stride(-4), 0 if slot else dB_t.stride(-3), dB_t.stride(-2), dC_t.stride(-4),
+                    0 if slot else dC_t.stride(-3), dC_t.stride(-2), *part_strides[:2], *ddl_bk, part_strides[2],
                     N=geo.N, NP=_next_pow2(geo.N), BD=cfg.bwd_block_d, T=ctx.T, REV=rev, COL=col, HAS_D=ctx.has_D,
                     HAS_BIAS=ctx.has_bias, SOFTPLUS=bool(ctx.softplus), ATOMIC=geo.cross and not det,
                     RP=_next_pow2(rank), LOWRANK=w is not None, DET=det, num_warps=cfg.bwd_num_warps,
@@ -428,34 +434,40 @@ class _ScanFunction(torch.autograd.Function):
 
         everything = slice(0, geo.batch)
         if not det:
-            run(everything, du, _strides4(geo, du, True), ddelta, dB, dC, (0, 0, 0))
+            run(_launches(geo), everything, du, _strides4(geo, du, True), ddelta, dB, dC, (0, 0, 0))
         else:
-            # each channel block writes its own dB, dC (and factor gradients); batches go in groups so
-            # that these partials stay under DET_PARTIAL_BYTES
+            # each channel block writes its own dB, dC (and factor gradients): partials for one launch's
+            # directions (SS2D: one) at a time, batches in groups so that they stay under DET_PARTIAL_BYTES
             nblk = triton_cdiv(geo.Dk, cfg.bwd_block_d)
-            per_batch = 4 * nblk * (2 * geo.K * geo.N * geo.L + (delta[0].numel() if w is not None else 0))
+            launches = _launches(geo)
+            slots = max(groups for _, groups, *_ in launches)
+            per_batch = 4 * nblk * slots * (2 * geo.N * geo.L + (rank * geo.L if w is not None else 0))
             group = max(1, min(geo.batch, DET_PARTIAL_BYTES // per_batch))
-            if nblk * group * geo.K * geo.N * geo.L >= 2**31:  # the kernels index the partials with 32 bits
+            if nblk * group * slots * geo.N * geo.L >= 2**31:  # the kernels index the partials with 32 bits
                 raise RuntimeError(f"a deterministic triton backward of {geo.L} steps x {geo.Dk} channels per "
                                    f"direction needs partial gradients of over 2**31 elements even one batch at a "
                                    f"time ({nblk} channel blocks of {cfg.bwd_block_d}); raise "
                                    f"KernelConfig.bwd_block_d or turn deterministic mode off")
-            dB_p = torch.empty((nblk, group, geo.K, geo.N, geo.L), device=dev, dtype=f32)
+            dB_p = torch.empty((nblk, group, slots, geo.N, geo.L), device=dev, dtype=f32)
             dC_p = torch.empty_like(dB_p)
-            ddl_p = torch.empty((nblk, group, *delta.shape[1:]), device=dev, dtype=f32) if w is not None else None
+            ddl_p = torch.empty((nblk, group, slots, rank, geo.L), device=dev, dtype=f32) if w is not None else None
             du4 = _per_direction(u) if geo.cross else None
-            for b0 in range(0, geo.batch, group):
-                b = slice(b0, min(geo.batch, b0 + group))
-                n = b.stop - b.start
-                du_t, du_strides = (du4[:, b], _direction_strides(du4)) if geo.cross else \
-                    (du[b], _strides4(geo, du, True))
-                ddl_t = ddl_p[:, :n] if w is not None else ddelta[b]
-                run(b, du_t, du_strides, ddl_t, dB_p[:, :n], dC_p[:, :n],
-                    (dB_p.stride(0), dC_p.stride(0), ddl_p.stride(0) if w is not None else 0))
-                torch.sum(dB_p[:, :n], 0, out=dB[b])  # the partials in a fixed order
-                torch.sum(dC_p[:, :n], 0, out=dC[b])
-                if w is not None:
-                    torch.sum(ddl_p[:, :n], 0, out=ddelta[b])
+            for one in launches:
+                ks = slice(one[0], one[0] + one[1])
+                for b0 in range(0, geo.batch, group):
+                    b = slice(b0, min(geo.batch, b0 + group))
+                    n = b.stop - b.start
+                    du_t, du_strides = (du4[:, b], _direction_strides(du4)) if geo.cross else \
+                        (du[b], _strides4(geo, du, True))
+                    ddl_t = ddl_p[:, :n] if w is not None else ddelta[b]
+                    run([one], b, du_t, du_strides, ddl_t, dB_p[:, :n], dC_p[:, :n],
+                        (dB_p.stride(0), dC_p.stride(0), ddl_p.stride(0) if w is not None else 0),
+                        slot=slots == 1)
+                    groups = one[1]
+                    torch.sum(dB_p[:, :n, :groups], 0, out=dB[b, ks])  # the partials in a fixed order
+                    torch.sum(dC_p[:, :n, :groups], 0, out=dC[b, ks])
+                    if w is not None:
+                        torch.sum(ddl_p[:, :n, :groups], 0, out=ddelta[b, ks])
             if geo.cross:
                 torch.sum(du4, 0, out=du)
             dA, dD, dbias = dA.sum(0), dD.sum(0), dbias.sum(0)

@@ -394,18 +394,21 @@ def scan_bwd_kernel(
     s_ub, s_uk, s_ud, s_ul, s_db, s_dk, s_dd, s_dl,
     s_Bb, s_Bk, s_Bn, s_Bt, s_Cb, s_Ck, s_Cn, s_Ct,
     s_yb, s_yk, s_yd, s_yl, s_dub, s_duk, s_dud, s_dul,
-    s_dBb, s_dBk, s_dBn, s_dCb, s_dCk, s_dCn, s_dBp, s_dCp, s_ddlp,
+    s_dBb, s_dBk, s_dBn, s_dCb, s_dCk, s_dCn, s_dBp, s_dCp, s_ddlb, s_ddlk, s_ddlp,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, RP: tl.constexpr, LOWRANK: tl.constexpr, DET: tl.constexpr,
 ):
     """Grid (ceil(Dk / BD), groups, batch) as the forward's. ``ddl`` has the strides of ``dl`` (delta,
-    or with LOWRANK its factors, then accumulated); dA, dD, d bias and d w start at zero.
+    or with LOWRANK its factors, then accumulated) within a (batch, group), and batch and group strides
+    ``s_ddlb``, ``s_ddlk`` of its own; dA, dD, d bias and d w start at zero.
 
     ``DET`` (deterministic): nothing is added atomically. Channel block ``j`` writes its dB and dC
     (and with LOWRANK its factors' gradient) at offset ``j * s_dBp`` (``s_dCp``, ``s_ddlp``) of
     partial buffers, and batch ``b`` its dA, dD, d bias and d w at row ``b`` of (batch, ...) partials;
-    the caller sums the partials in a fixed order. Pass ``ATOMIC=False`` and a per-group du."""
+    the caller sums the partials in a fixed order. Pass ``ATOMIC=False`` and a per-group du. A group
+    stride of 0 for dB, dC and ddl puts every group of the launch in one slot of the partials (a launch
+    of one group, as SS2D's per-direction launches are, needs no more)."""
     pid_d = tl.program_id(0)
     k = k_base + tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
@@ -420,7 +423,7 @@ def scan_bwd_kernel(
     dy_base = dy_ptr + b * s_yb + k * s_yk
     hs_base = hs_ptr + (b * K + k) * Dk * nchunks * N
     du_base = du_ptr + b * s_dub + k * s_duk
-    ddl_base = ddl_ptr + b * s_db + k * s_dk + pid_d * s_ddlp
+    ddl_base = ddl_ptr + b * s_ddlb + k * s_ddlk + pid_d * s_ddlp
     dB_base = dB_ptr + b * s_dBb + k * s_dBk + pid_d * s_dBp
     dC_base = dC_ptr + b * s_dCb + k * s_dCk + pid_d * s_dCp
     row0 = k * Dk  # the first of this group's rows of A, D, delta_bias and w
