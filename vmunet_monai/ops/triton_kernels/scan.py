@@ -141,6 +141,37 @@ def _step_position(t, L, H, W, REV, COL):
 
 
 @triton.jit
+def _walk_start(t, L, H, REV):
+    """Scan index ``s`` of step ``t`` and, for the column-major walk, its map column ``s // H`` and row ``s % H``."""
+    s = t
+    if REV:
+        s = L - 1 - t
+    return s, s // H, s % H
+
+
+@triton.jit
+def _walk_next(s, q, r, H, W, REV, COL):
+    """(s, q, r) of the next step and its map position, by counting instead of dividing by H every
+    step (REV, COL: compile-time constants or values per program)."""
+    if REV:
+        s1 = s - 1
+        r1 = r - 1
+        wrap = r1 < 0
+        r1 = tl.where(wrap, H - 1, r1)
+        q1 = tl.where(wrap, q - 1, q)
+    else:
+        s1 = s + 1
+        r1 = r + 1
+        wrap = r1 == H
+        r1 = tl.where(wrap, 0, r1)
+        q1 = tl.where(wrap, q + 1, q)
+    pos = s1
+    if COL:
+        pos = r1 * W + q1
+    return s1, q1, r1, pos
+
+
+@triton.jit
 def _fwd_steps(
     u_base, dl_base, B_base, C_base, y_base, hs_base, last_base,
     d, dmask, A2t, Dv, bias, L, H, W, nchunks, one,
@@ -499,14 +530,16 @@ def _segment_steps(
     dm = dmask[None, :]
     sdt = tl.zeros_like(Dv2)
     pos = _step_position(t0, L, H, W, REV, COL)
+    s, q, r = _walk_start(t0, L, H, REV)
     u, x, Bv, Cv = _step_inputs(u_base, dl_base, B_base, C_base, dd, dm, n, nm, pos,
                                 s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, Wt, R, NP, OUTPUT, RP, LOWRANK)
     for t in tl.range(t0, t1, loop_unroll_factor=UNROLL):
         if SAVE_STATES:
             if t % T == 0:
                 tl.store(hs_base + dd * (nchunks * N) + (t // T) * N + n * one, h, mask=dm & nm)
-        # the next step's inputs are loaded before this step computes
-        nxt = _step_position(tl.minimum(t + 1, L - 1), L, H, W, REV, COL)
+        # the next step's inputs are loaded before this step computes (past the last step: this one's again)
+        s, q, r, nxt = _walk_next(s, q, r, H, W, REV, COL)
+        nxt = tl.where(t + 1 < L, nxt, pos)
         u1, x1, B1, C1 = _step_inputs(u_base, dl_base, B_base, C_base, dd, dm, n, nm, nxt,
                                       s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, Wt, R, NP, OUTPUT, RP,
                                       LOWRANK)
