@@ -268,15 +268,19 @@ def main():
         xs_ = None  # free it before the next batch size
     ts.kernel_config(best[0])
 
-    # B and C rows along the map, as before SS2D gave the triton kernels each pixel's B and C together
-    for dtype in (torch.float32, torch.bfloat16):
-        name = str(dtype).replace("torch.", "")
-        xm = make_inputs(a.batch, a.dim, a.size, a.state, dtype, bc="map")
-        ms = bench(lambda: fused(xm))
-        res[f"fused_fwd_bc_map_{name}"] = ms
-        lines.append((f"triton fused fwd {name}, B and C along the map (scalar loads)", ms,
-                      f"pixel-major B, C: {res[f'fused_fwd_{name}']['ms']:.3f} ms"))
-        xm = None
+    # the fused forward on other input layouts: B and C rows along the map (as before SS2D gave these
+    # kernels each pixel's B and C together: scalar loads), and channels-last maps
+    # (SS2D.channels_last_scan: channel loads are contiguous)
+    for key, label, kwargs in (("bc_map", "B and C along the map (scalar loads)", dict(bc="map")),
+                               ("channels_last", "channels-last", dict(layout="channels_last"))):
+        for dtype in (torch.float32, torch.bfloat16):
+            name = str(dtype).replace("torch.", "")
+            xv = make_inputs(a.batch, a.dim, a.size, a.state, dtype, **kwargs)
+            ms = bench(lambda: fused(xv))
+            res[f"fused_fwd_{key}_{name}"] = ms
+            lines.append((f"triton fused fwd {name}, {label}", ms,
+                          f"--layout {a.layout}, B and C per pixel: {res[f'fused_fwd_{name}']['ms']:.3f} ms"))
+            xv = None
 
     # the step loop rolled (KernelConfig(unroll=1)) against the default two steps per iteration
     x1 = make_inputs(a.batch, a.dim, a.size, a.state, torch.float32)
@@ -287,16 +291,6 @@ def main():
     lines.append(("triton fused fwd float32, step loop rolled (unroll=1)", ms,
                   f"unroll={best[0].unroll}: {res['fused_fwd_float32']['ms']:.3f} ms"))
     x1 = None
-
-    # the same scan on channels-last maps (SS2D.channels_last_scan): channel loads are contiguous
-    for dtype in (torch.float32, torch.bfloat16):
-        name = str(dtype).replace("torch.", "")
-        xc = make_inputs(a.batch, a.dim, a.size, a.state, dtype, layout="channels_last")
-        ms = bench(lambda: fused(xc))
-        res[f"fused_fwd_channels_last_{name}"] = ms
-        lines.append((f"triton fused fwd {name}, channels-last", ms,
-                      f"--layout {a.layout}: {res[f'fused_fwd_{name}']['ms']:.3f} ms"))
-        xc = None
 
     # step sizes as rank-6 factors projected inside the kernels (SS2D.fused_dt_proj), against the
     # full-rank path including the projection it needs (a matmul before, its gradients after)
