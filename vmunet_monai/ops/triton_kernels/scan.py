@@ -132,21 +132,13 @@ def _fwd_run(
 
 
 @triton.jit
-def _step_position(t, L, H, W, REV, COL):
-    # REV, COL: compile-time constants, or values per program (see _position_of)
+def _walk_start(t, L, H, W, REV, COL):
+    """Scan index ``s`` of step ``t``, for the column-major walk its map column ``s // H`` and row
+    ``s % H``, and its map position (REV, COL: compile-time constants or values per program)."""
     s = t
     if REV:
         s = L - 1 - t
-    return _position_of(s, H, W, COL)
-
-
-@triton.jit
-def _walk_start(t, L, H, REV):
-    """Scan index ``s`` of step ``t`` and, for the column-major walk, its map column ``s // H`` and row ``s % H``."""
-    s = t
-    if REV:
-        s = L - 1 - t
-    return s, s // H, s % H
+    return s, s // H, s % H, _position_of(s, H, W, COL)
 
 
 @triton.jit
@@ -529,8 +521,7 @@ def _segment_steps(
     dd = d[None, :]
     dm = dmask[None, :]
     sdt = tl.zeros_like(Dv2)
-    pos = _step_position(t0, L, H, W, REV, COL)
-    s, q, r = _walk_start(t0, L, H, REV)
+    s, q, r, pos = _walk_start(t0, L, H, W, REV, COL)
     u, x, Bv, Cv = _step_inputs(u_base, dl_base, B_base, C_base, dd, dm, n, nm, pos,
                                 s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, Wt, R, NP, OUTPUT, RP, LOWRANK)
     for t in tl.range(t0, t1, loop_unroll_factor=UNROLL):
