@@ -114,6 +114,15 @@ class KernelConfig:
             inputs, loaded while a step computes, land in registers of their own instead of being
             copied into the current step's every step: 304 -> 238 machine instructions per step for
             the default float32 forward on sm_90 (``python -m vmunet_monai kernels``).
+        bwd_stepwise: backward as a loop of single steps (True), like the step-loop forward: per chunk
+            the states are recomputed forwards from their checkpoint into a scratch buffer, then the
+            adjoint runs back one step at a time with a thread per channel, so that only dB and dC sum
+            over channels; or as associative scans over (channels, N, chunk) tiles (False). All four
+            directions of SS2D's scan run in one launch. It compiles to about a third of the machine
+            instructions per (channel, state, step) of the associative scans
+            (``python -m vmunet_monai kernels --config bwd_stepwise=true``); off until timed on a GPU.
+        bwd_step_block_d, bwd_step_num_warps: channels and warps per program of that backward (one warp:
+            the sums over channels stay inside it, without shared memory or barriers).
         max_registers, bwd_max_registers: a cap on the registers per thread of the forward and
             backward kernels (ptx ``.maxnreg``, 24 to 255; None: the compiler's choice, up to 255).
             The backward takes all 255 and so runs 4 programs (8 warps) per SM; a lower cap lets
@@ -124,8 +133,10 @@ class KernelConfig:
     def __init__(self, block_d: int = 64, chunk: int = 16, num_warps: int = 2, bwd_block_d: int = 4,
                  bwd_num_warps: int = 2, stepwise: bool = True, keep_states: bool = True, segments: int = 1,
                  one_launch: bool = True, deterministic: bool = False, max_registers: int | None = None,
-                 bwd_max_registers: int | None = None, unroll: int = 2):
-        for label, v in (("block_d", block_d), ("chunk", chunk), ("bwd_block_d", bwd_block_d)):
+                 bwd_max_registers: int | None = None, unroll: int = 2, bwd_stepwise: bool = False,
+                 bwd_step_block_d: int = 32, bwd_step_num_warps: int = 1):
+        for label, v in (("block_d", block_d), ("chunk", chunk), ("bwd_block_d", bwd_block_d),
+                         ("bwd_step_block_d", bwd_step_block_d)):
             if v < 1 or v & (v - 1):
                 raise ValueError(f"KernelConfig.{label}={v} must be a power of two")
         if int(segments) < 0:
@@ -144,6 +155,14 @@ class KernelConfig:
         if int(unroll) not in (1, 2, 4):
             raise ValueError(f"KernelConfig.unroll={unroll} must be 1, 2 or 4 steps per iteration")
         self.unroll = int(unroll)
+        self.bwd_stepwise = bool(bwd_stepwise)
+        self.bwd_step_block_d, self.bwd_step_num_warps = bwd_step_block_d, bwd_step_num_warps
+
+    def bwd_tile(self) -> tuple[int, int]:
+        """(channels, warps) per program of the backward in use (stepwise or chunked)."""
+        if self.bwd_stepwise:
+            return self.bwd_step_block_d, self.bwd_step_num_warps
+        return self.bwd_block_d, self.bwd_num_warps
 
     def replace(self, **changes) -> "KernelConfig":
         """A copy with some fields changed, e.g. ``kernel_config().replace(keep_states=False)``."""
@@ -151,7 +170,8 @@ class KernelConfig:
                       bwd_num_warps=self.bwd_num_warps, stepwise=self.stepwise, keep_states=self.keep_states,
                       segments=self.segments, one_launch=self.one_launch, deterministic=self.deterministic,
                       max_registers=self.max_registers, bwd_max_registers=self.bwd_max_registers,
-                      unroll=self.unroll)
+                      unroll=self.unroll, bwd_stepwise=self.bwd_stepwise, bwd_step_block_d=self.bwd_step_block_d,
+                      bwd_step_num_warps=self.bwd_step_num_warps)
         unknown = set(changes) - set(fields)
         if unknown:
             raise TypeError(f"KernelConfig has no field(s) {sorted(unknown)}; fields: {sorted(fields)}")
@@ -162,7 +182,9 @@ class KernelConfig:
                 f"bwd_block_d={self.bwd_block_d}, bwd_num_warps={self.bwd_num_warps}, stepwise={self.stepwise}, "
                 f"keep_states={self.keep_states}, segments={self.segments}, one_launch={self.one_launch}, "
                 f"deterministic={self.deterministic}, max_registers={self.max_registers}, "
-                f"bwd_max_registers={self.bwd_max_registers}, unroll={self.unroll})")
+                f"bwd_max_registers={self.bwd_max_registers}, unroll={self.unroll}, "
+                f"bwd_stepwise={self.bwd_stepwise}, bwd_step_block_d={self.bwd_step_block_d}, "
+                f"bwd_step_num_warps={self.bwd_step_num_warps})")
 
 
 _CONFIG = KernelConfig()
@@ -406,12 +428,19 @@ class _ScanFunction(torch.autograd.Function):
         dB = new((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)  # deterministic: the partials' sums
         dC = new((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)
 
+        step = cfg.bwd_stepwise
+        bd, warps = cfg.bwd_tile()
+        npad = _next_pow2(geo.N)
+
         def run(launches, b, du_t, du_strides, ddl_t, dB_t, dC_t, part_strides, slot=False):
             # the batches b (a slice) of the launches' directions or groups; part_strides: between channel
             # blocks' partial dB, dC and factor gradients (zeros: one buffer, added into atomically);
             # slot: the launch's one group writes dB, dC and ddl at group index 0 (a stride of 0)
-            for k_base, groups, rev, col, _ in launches:
-                grid = (triton_cdiv(geo.Dk, cfg.bwd_block_d), groups, b.stop - b.start)
+            for k_base, groups, rev, col, all4 in launches:
+                grid = (triton_cdiv(geo.Dk, bd), groups, b.stop - b.start)
+                # the step loop's scratch: (T, 2 N + 2, channels) per program (a dummy for the chunked kernel)
+                scratch = torch.empty((grid[0] * grid[1] * grid[2] * ctx.T * (2 * npad + 2) * bd) if step else 1,
+                                      device=dev, dtype=f32)
                 if det and w is not None:  # the factor gradients' partials, (blocks, batches, slots, R, L)
                     ddl_bk = (ddl_t.stride(1), 0 if slot else ddl_t.stride(2))
                 else:  # d delta (or the factors' gradient) itself, with delta's strides
@@ -421,33 +450,34 @@ class _ScanFunction(torch.autograd.Function):
                     D if D is not None else A, bias if bias is not None else A, dy[b], hs[b],
                     w if w is not None else A, du_t, ddl_t, dA[b] if det else dA, dB_t, dC_t,
                     dD[b] if det else dD, dbias[b] if det else dbias, dw[b] if det and w is not None else dw,
-                    geo.L, geo.H, geo.W, geo.Dk, ctx.nchunks, geo.K, k_base, rank,
+                    scratch, geo.L, geo.H, geo.W, geo.Dk, ctx.nchunks, geo.K, k_base, rank, 1,  # 1: `one`
                     *_strides4(geo, u, True), *_strides4(geo, delta, False),
                     *_strides_bkn_t(Bv), *_strides_bkn_t(Cv), *_strides4(geo, dy, True), *du_strides,
                     dB_t.stride(-4), 0 if slot else dB_t.stride(-3), dB_t.stride(-2), dC_t.stride(-4),
                     0 if slot else dC_t.stride(-3), dC_t.stride(-2), *part_strides[:2], *ddl_bk, part_strides[2],
-                    N=geo.N, NP=_next_pow2(geo.N), BD=cfg.bwd_block_d, T=ctx.T, REV=rev, COL=col, HAS_D=ctx.has_D,
+                    N=geo.N, NP=npad, BD=bd, T=ctx.T, REV=rev, COL=col, HAS_D=ctx.has_D,
                     HAS_BIAS=ctx.has_bias, SOFTPLUS=bool(ctx.softplus), ATOMIC=geo.cross and not det,
-                    RP=_next_pow2(rank), LOWRANK=w is not None, DET=det, num_warps=cfg.bwd_num_warps,
+                    RP=_next_pow2(rank), LOWRANK=w is not None, DET=det, STEPWISE=step, ALL4=all4, num_warps=warps,
                     maxnreg=cfg.bwd_max_registers,
                 )
 
         everything = slice(0, geo.batch)
         if not det:
-            run(_launches(geo), everything, du, _strides4(geo, du, True), ddelta, dB, dC, (0, 0, 0))
+            run(_launches(geo, step), everything, du, _strides4(geo, du, True), ddelta, dB, dC, (0, 0, 0))
         else:
             # each channel block writes its own dB, dC (and factor gradients): partials for one launch's
             # directions (SS2D: one) at a time, batches in groups so that they stay under DET_PARTIAL_BYTES
-            nblk = triton_cdiv(geo.Dk, cfg.bwd_block_d)
-            launches = _launches(geo)
+            nblk = triton_cdiv(geo.Dk, bd)
+            launches = _launches(geo, step)
             slots = max(groups for _, groups, *_ in launches)
             per_batch = 4 * nblk * slots * (2 * geo.N * geo.L + (rank * geo.L if w is not None else 0))
             group = max(1, min(geo.batch, DET_PARTIAL_BYTES // per_batch))
             if nblk * group * slots * geo.N * geo.L >= 2**31:  # the kernels index the partials with 32 bits
                 raise RuntimeError(f"a deterministic triton backward of {geo.L} steps x {geo.Dk} channels per "
                                    f"direction needs partial gradients of over 2**31 elements even one batch at a "
-                                   f"time ({nblk} channel blocks of {cfg.bwd_block_d}); raise "
-                                   f"KernelConfig.bwd_block_d or turn deterministic mode off")
+                                   f"time ({nblk} channel blocks of {bd}); raise "
+                                   f"KernelConfig.{'bwd_step_block_d' if step else 'bwd_block_d'} or turn "
+                                   f"deterministic mode off")
             dB_p = torch.empty((nblk, group, slots, geo.N, geo.L), device=dev, dtype=f32)
             dC_p = torch.empty_like(dB_p)
             ddl_p = torch.empty((nblk, group, slots, rank, geo.L), device=dev, dtype=f32) if w is not None else None

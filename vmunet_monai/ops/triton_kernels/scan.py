@@ -410,10 +410,157 @@ def _bwd_run(
 
 
 @triton.jit
+def _walk_prev(s, q, r, H, W, REV, COL):
+    """(s, q, r) of the previous step in scan order and its map position (as ``_walk_next``, backwards)."""
+    if REV:
+        s1 = s + 1
+        r1 = r + 1
+        wrap = r1 == H
+        r1 = tl.where(wrap, 0, r1)
+        q1 = tl.where(wrap, q + 1, q)
+    else:
+        s1 = s - 1
+        r1 = r - 1
+        wrap = r1 < 0
+        r1 = tl.where(wrap, H - 1, r1)
+        q1 = tl.where(wrap, q - 1, q)
+    pos = s1
+    if COL:
+        pos = r1 * W + q1
+    return s1, q1, r1, pos
+
+
+@triton.jit
+def _bwd_steps(
+    u_base, dl_base, B_base, C_base, dy_base, hs_base, sc_base,
+    du_base, ddl_base, dB_base, dC_base, dA_base, dD_base, dbias_base, dW_base, row0,
+    d, dmask, A2t, Dv2, bias2, Wt, R, L, H, W, nchunks, one,
+    s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, s_dud, s_dul, s_dBn, s_dCn,
+    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
+    REV, COL, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, ATOMIC: tl.constexpr, RP: tl.constexpr, LOWRANK: tl.constexpr, DET: tl.constexpr,
+):
+    """The backward one step at a time, the state tile (N, channels) as in the step-loop forward (a
+    thread owns whole channels, so sums over N stay inside it). Per chunk, in reverse:
+
+    1. the chunk's states are recomputed forwards from its checkpoint into this program's scratch,
+       with each step's delta and softplus slope;
+    2. the adjoint runs backwards one step at a time, reading them back; dB and dC, the only sums over
+       channels, are left in the scratch as (N, channels) products;
+    3. after a barrier those products are read back with channels spread over fewer threads and summed:
+       a few in-thread adds and 3 shuffle rounds per value instead of 5 rounds for each of the 16
+       values every thread holds (``python -m vmunet_monai kernels`` counts the difference).
+
+    Scratch rows per step (``RS`` = 2 NP + 2 of BD values): the state after the step (then dB's
+    product), dC's product, delta, the softplus slope."""
+    n = tl.arange(0, NP)[:, None]
+    nm = n < N
+    dd = d[None, :]
+    dm = dmask[None, :]
+    # the channel stride ``one`` keeps Triton from vectorising the scratch accesses of steps 1 and 2 in
+    # a layout of its own, so that each thread reads back exactly what it wrote
+    sc_col = tl.arange(0, BD)[None, :] * one
+    RS: tl.constexpr = 2 * NP + 2
+    # step 3 reads the products as (channels, N) tiles, contiguous along the channels: Triton then spreads
+    # the channels over fewer threads (its choice; a tile of the same shape and order as the state's
+    # would pull steps 1 and 2 into that layout too)
+    sc_d = tl.arange(0, BD)[:, None]
+    n_r = tl.arange(0, NP)[None, :]
+    nm_r = n_r < N
+    r = tl.arange(0, RP)[:, None]
+    rm = r < R
+    g = tl.zeros([NP, BD], dtype=tl.float32)  # adjoint of the next step's state times its decay
+    dA_acc = tl.zeros([NP, BD], dtype=tl.float32)
+    dD_acc = tl.zeros_like(Dv2)
+    dbias_acc = tl.zeros_like(Dv2)
+    dW_acc = tl.zeros([RP, BD], dtype=tl.float32)
+    for i in range(nchunks):
+        c = nchunks - 1 - i
+        t0 = c * T
+        steps = tl.minimum(t0 + T, L) - t0
+        h = tl.load(hs_base + dd * (nchunks * N) + c * N + n * one, mask=dm & nm, other=0.0)
+        s, q, rw, pos = _walk_start(t0, L, H, W, REV, COL)
+        for j in range(0, steps):
+            u = tl.load(u_base + dd * s_ud + pos * s_ul, mask=dm, other=0.0).to(tl.float32)
+            x = _delta_row(dl_base, dd, dm, pos, s_dd, s_dl, Wt, R, RP, LOWRANK) + bias2
+            Bv = tl.load(B_base + n * s_Bn + pos * s_Bt, mask=nm, other=0.0).to(tl.float32)
+            if SOFTPLUS:
+                dt = _softplus(x)
+                slope = 1.0 / (1.0 + tl.exp(-x))
+            else:
+                dt = x
+                slope = tl.full(x.shape, 1.0, tl.float32)
+            h = tl.exp2(dt * A2t) * h + (dt * u) * Bv
+            row = sc_base + j * (RS * BD)
+            tl.store(row + n * BD + sc_col, h)
+            tl.store(row + (2 * NP) * BD + sc_col, dt)
+            tl.store(row + (2 * NP + 1) * BD + sc_col, slope)
+            s, q, rw, pos = _walk_next(s, q, rw, H, W, REV, COL)
+        s, q, rw, pos = _walk_start(t0 + steps - 1, L, H, W, REV, COL)
+        for jr in range(0, steps):
+            j = steps - 1 - jr
+            row = sc_base + j * (RS * BD)
+            hv = tl.load(row + n * BD + sc_col)
+            dt = tl.load(row + (2 * NP) * BD + sc_col)
+            slope = tl.load(row + (2 * NP + 1) * BD + sc_col)
+            u = tl.load(u_base + dd * s_ud + pos * s_ul, mask=dm, other=0.0).to(tl.float32)
+            Bv = tl.load(B_base + n * s_Bn + pos * s_Bt, mask=nm, other=0.0).to(tl.float32)
+            Cv = tl.load(C_base + n * s_Cn + pos * s_Ct, mask=nm, other=0.0).to(tl.float32)
+            dy = tl.load(dy_base + dd * s_yd + pos * s_yl, mask=dm, other=0.0).to(tl.float32)
+            g += Cv * dy  # the adjoint of this step's state
+            dtu = dt * u
+            hb = hv - dtu * Bv  # a_t h_{t-1}, without dividing by a_t
+            ghb = g * hb
+            # d delta: A a h_{t-1} + B u against the adjoint (A = A2t / log2(e), applied once per channel)
+            gB = tl.sum(g * Bv, axis=0, keep_dims=True)
+            ddt = tl.sum(ghb * A2t, axis=0, keep_dims=True) * (1.0 / LOG2E) + u * gB
+            du = dt * gB
+            if HAS_D:
+                du += Dv2 * dy
+                dD_acc += dy * u
+            dA_acc += ghb * dt
+            tl.store(row + n * BD + sc_col, g * dtu)  # over the state, which this thread has read
+            tl.store(row + (NP + n) * BD + sc_col, hv * dy)
+            ddx = tl.where(dm, ddt * slope, 0.0)
+            if HAS_BIAS:
+                dbias_acc += ddx
+            if LOWRANK:  # d factors = W^T d delta (over every channel block), d W = d delta factors^T
+                f = tl.load(dl_base + r * s_dd + pos * s_dl, mask=rm, other=0.0).to(tl.float32)
+                _add_into(ddl_base + r * s_dd + pos * s_dl, tl.sum(Wt * ddx, axis=1, keep_dims=True), rm, DET)
+                dW_acc += f * ddx
+            else:
+                tl.store(ddl_base + dd * s_dd + pos * s_dl, ddx, mask=dm)
+            if ATOMIC:
+                tl.atomic_add(du_base + dd * s_dud + pos * s_dul, du, mask=dm, sem="relaxed")
+            else:
+                tl.store(du_base + dd * s_dud + pos * s_dul, du, mask=dm)
+            g = tl.exp2(dt * A2t) * g  # carried to the step before: a_t g_t
+            s, q, rw, pos = _walk_prev(s, q, rw, H, W, REV, COL)
+        tl.debug_barrier()  # every thread's products are in the scratch
+        s, q, rw, pos = _walk_start(t0, L, H, W, REV, COL)
+        for j in range(0, steps):
+            row = sc_base + j * (RS * BD)
+            dBv = tl.sum(tl.load(row + n_r * BD + sc_d), axis=0, keep_dims=True)
+            dCv = tl.sum(tl.load(row + (NP + n_r) * BD + sc_d), axis=0, keep_dims=True)
+            _add_into(dB_base + n_r * s_dBn + pos, dBv, nm_r, DET)
+            _add_into(dC_base + n_r * s_dCn + pos, dCv, nm_r, DET)
+            s, q, rw, pos = _walk_next(s, q, rw, H, W, REV, COL)
+        tl.debug_barrier()  # read before the next chunk writes its states
+    rows = row0 + dd
+    _add_into(dA_base + rows * N + n, dA_acc, dm & nm, DET)
+    if HAS_D:
+        _add_into(dD_base + rows, dD_acc, dm, DET)
+    if HAS_BIAS:
+        _add_into(dbias_base + rows, dbias_acc, dm, DET)
+    if LOWRANK:
+        _add_into(dW_base + rows * R + r, dW_acc, dm & rm, DET)
+
+
+@triton.jit(do_not_specialize=["one"])  # as scan_fwd_kernel
 def scan_bwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, hs_ptr, w_ptr,
-    du_ptr, ddl_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dw_ptr,
-    L, H, W, Dk, nchunks, K, k_base, R,
+    du_ptr, ddl_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dw_ptr, sc_ptr,
+    L, H, W, Dk, nchunks, K, k_base, R, one,
     s_ub, s_uk, s_ud, s_ul, s_db, s_dk, s_dd, s_dl,
     s_Bb, s_Bk, s_Bn, s_Bt, s_Cb, s_Ck, s_Cn, s_Ct,
     s_yb, s_yk, s_yd, s_yl, s_dub, s_duk, s_dud, s_dul,
@@ -421,6 +568,7 @@ def scan_bwd_kernel(
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, RP: tl.constexpr, LOWRANK: tl.constexpr, DET: tl.constexpr,
+    STEPWISE: tl.constexpr, ALL4: tl.constexpr,
 ):
     """Grid (ceil(Dk / BD), groups, batch) as the forward's. ``ddl`` has the strides of ``dl`` (delta,
     or with LOWRANK its factors, then accumulated) within a (batch, group), and batch and group strides
@@ -434,6 +582,7 @@ def scan_bwd_kernel(
     of one group, as SS2D's per-direction launches are, needs no more)."""
     pid_d = tl.program_id(0)
     k = k_base + tl.program_id(1).to(tl.int64)
+    rev, col = _walk(k, REV, COL, ALL4)
     b = tl.program_id(2).to(tl.int64)
     d = pid_d * BD + tl.arange(0, BD)
     dmask = d < Dk
@@ -452,14 +601,28 @@ def scan_bwd_kernel(
     row0 = k * Dk  # the first of this group's rows of A, D, delta_bias and w
     if DET:  # in this batch's slice of the (batch, K * Dk, ...) partials
         row0 += b * (K * Dk)
-    if LOWRANK:
-        W2 = _projection_rows(w_ptr, row, dmask, R, RP)
+    if STEPWISE:
+        # this program's scratch: (T, 2 NP + 2, BD) float32 (see _bwd_steps)
+        pid = pid_d + tl.num_programs(0) * (tl.program_id(1) + tl.num_programs(1) * tl.program_id(2))
+        sc_base = sc_ptr + pid.to(tl.int64) * (T * (2 * NP + 2) * BD)
+        A2t = _columns(A_ptr, row, dmask, N, NP, BD) * LOG2E  # as in scan_fwd_kernel
+        if LOWRANK:
+            Wt = _columns(w_ptr, row, dmask, R, RP, BD)
+        else:
+            Wt = tl.zeros([RP, BD], dtype=tl.float32)
+        _bwd_steps(u_base, dl_base, B_base, C_base, dy_base, hs_base, sc_base, du_base, ddl_base, dB_base,
+                   dC_base, dA_ptr, dD_ptr, dbias_ptr, dw_ptr, row0, d, dmask, A2t, Dv[None, :], bias[None, :], Wt,
+                   R, L, H, W, nchunks, one, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, s_dud, s_dul,
+                   s_dBn, s_dCn, N, NP, BD, T, rev, col, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC, RP, LOWRANK, DET)
     else:
-        W2 = tl.zeros([BD, RP], dtype=tl.float32)
-    _bwd_run(u_base, dl_base, B_base, C_base, dy_base, hs_base, du_base, ddl_base, dB_base, dC_base,
-             dA_ptr, dD_ptr, dbias_ptr, dw_ptr, row0, d, dmask, A2, Dv, bias, W2, R,
-             L, H, W, nchunks, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, s_dud, s_dul, s_dBn, s_dCn,
-             N, NP, BD, T, REV, COL, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC, RP, LOWRANK, DET)
+        if LOWRANK:
+            W2 = _projection_rows(w_ptr, row, dmask, R, RP)
+        else:
+            W2 = tl.zeros([BD, RP], dtype=tl.float32)
+        _bwd_run(u_base, dl_base, B_base, C_base, dy_base, hs_base, du_base, ddl_base, dB_base, dC_base,
+                 dA_ptr, dD_ptr, dbias_ptr, dw_ptr, row0, d, dmask, A2, Dv, bias, W2, R,
+                 L, H, W, nchunks, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, s_dud, s_dul, s_dBn, s_dCn,
+                 N, NP, BD, T, REV, COL, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC, RP, LOWRANK, DET)
 
 
 @triton.jit
