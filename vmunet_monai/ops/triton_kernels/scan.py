@@ -319,7 +319,7 @@ def _bwd_run(
     dA_acc = tl.zeros([BD, NP], dtype=tl.float32)
     dD_acc = tl.zeros([BD], dtype=tl.float32)
     dbias_acc = tl.zeros([BD], dtype=tl.float32)
-    dW_acc = tl.zeros([BD, RP], dtype=tl.float32)
+    dW_acc = tl.zeros([RP, BD], dtype=tl.float32)
     rr = tl.arange(0, RP)
     for i in range(nchunks):
         c = nchunks - 1 - i
@@ -445,14 +445,15 @@ def _bwd_steps(
 
     1. the chunk's states are recomputed forwards from its checkpoint into this program's scratch,
        with each step's delta and softplus slope;
-    2. the adjoint runs backwards one step at a time, reading them back; dB and dC, the only sums over
-       channels, are left in the scratch as (N, channels) products;
-    3. after a barrier those products are read back with channels spread over fewer threads and summed:
-       a few in-thread adds and 3 shuffle rounds per value instead of 5 rounds for each of the 16
-       values every thread holds (``python -m vmunet_monai kernels`` counts the difference).
+    2. the adjoint runs backwards one step at a time, reading them back, and leaves each step's adjoint
+       in the scratch too;
+    3. after a barrier, dB and dC, the only sums over channels, are formed from the states and adjoints
+       read back as (channels, N) tiles, with the channels spread over fewer threads: a few in-thread
+       adds and 3 shuffle rounds per value instead of 5 rounds for each of the 16 values every thread
+       holds (``python -m vmunet_monai kernels`` counts the difference).
 
-    Scratch rows per step (``RS`` = 2 NP + 2 of BD values): the state after the step (then dB's
-    product), dC's product, delta, the softplus slope."""
+    Scratch rows per step (``RS`` = 2 NP + 2 of BD values): the state after the step, its adjoint,
+    delta, the softplus slope."""
     n = tl.arange(0, NP)[:, None]
     nm = n < N
     dd = d[None, :]
@@ -467,6 +468,8 @@ def _bwd_steps(
     sc_d = tl.arange(0, BD)[:, None]
     n_r = tl.arange(0, NP)[None, :]
     nm_r = n_r < N
+    d_r = d[:, None]
+    dm_r = dmask[:, None]
     r = tl.arange(0, RP)[:, None]
     rm = r < R
     g = tl.zeros([NP, BD], dtype=tl.float32)  # adjoint of the next step's state times its decay
@@ -519,8 +522,7 @@ def _bwd_steps(
                 du += Dv2 * dy
                 dD_acc += dy * u
             dA_acc += ghb * dt
-            tl.store(row + n * BD + sc_col, g * dtu)  # over the state, which this thread has read
-            tl.store(row + (NP + n) * BD + sc_col, hv * dy)
+            tl.store(row + (NP + n) * BD + sc_col, g)
             ddx = tl.where(dm, ddt * slope, 0.0)
             if HAS_BIAS:
                 dbias_acc += ddx
@@ -540,8 +542,11 @@ def _bwd_steps(
         s, q, rw, pos = _walk_start(t0, L, H, W, REV, COL)
         for j in range(0, steps):
             row = sc_base + j * (RS * BD)
-            dBv = tl.sum(tl.load(row + n_r * BD + sc_d), axis=0, keep_dims=True)
-            dCv = tl.sum(tl.load(row + (NP + n_r) * BD + sc_d), axis=0, keep_dims=True)
+            dtu = tl.load(row + (2 * NP) * BD + sc_d) * \
+                tl.load(u_base + d_r * s_ud + pos * s_ul, mask=dm_r, other=0.0).to(tl.float32)
+            dy = tl.load(dy_base + d_r * s_yd + pos * s_yl, mask=dm_r, other=0.0).to(tl.float32)
+            dBv = tl.sum(tl.load(row + (NP + n_r) * BD + sc_d) * dtu, axis=0, keep_dims=True)
+            dCv = tl.sum(tl.load(row + n_r * BD + sc_d) * dy, axis=0, keep_dims=True)
             _add_into(dB_base + n_r * s_dBn + pos, dBv, nm_r, DET)
             _add_into(dC_base + n_r * s_dCn + pos, dCv, nm_r, DET)
             s, q, rw, pos = _walk_next(s, q, rw, H, W, REV, COL)
