@@ -98,6 +98,15 @@ def interpreted():
         # deterministic: no atomics, per-direction outputs and per-block partial gradients
         ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, deterministic=True), True, True),
         ((1, 5, 3, 9, 3), dict(block_d=2, chunk=16, deterministic=True, segments=2, keep_states=False), False, False),
+        # the step-loop backward: 2 channel blocks over 3 chunks; masked channels and states; one chunk
+        # longer than the map with 3 of 32 channels; after the chunked forward's checkpoints; without
+        # atomics and with the checkpoints rebuilt
+        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, bwd_stepwise=True, bwd_step_block_d=4), True, True),
+        ((1, 5, 3, 9, 3), dict(block_d=8, chunk=16, bwd_stepwise=True, bwd_step_block_d=4), False, False),
+        ((1, 3, 6, 4, 4), dict(block_d=2, chunk=32, bwd_stepwise=True), True, True),
+        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, stepwise=False, bwd_stepwise=True, bwd_step_block_d=4), True, True),
+        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, bwd_stepwise=True, bwd_step_block_d=4, deterministic=True,
+                               keep_states=False), True, True),
     ],
 )
 def test_cross_scan_matches_reference_interpreted(interpreted, shape, config, with_d, softplus):
@@ -113,10 +122,12 @@ def test_cross_scan_matches_reference_interpreted(interpreted, shape, config, wi
         assert rel_err(g[k], g_ref[k]) <= 1e-4, k
 
 
-@pytest.mark.parametrize("segments,det", [(1, False), (2, False), (1, True)])
-def test_cross_scan_channels_last_inputs_interpreted(interpreted, segments, det):
+@pytest.mark.parametrize("segments,det,step", [(1, False, False), (2, False, False), (1, True, False),
+                                               (1, False, True)])
+def test_cross_scan_channels_last_inputs_interpreted(interpreted, segments, det, step):
     """Channels-last maps (and direction-last delta, B, C) are read in place; the output keeps u's layout."""
-    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, segments=segments, deterministic=det))
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, segments=segments, deterministic=det,
+                                                       bwd_stepwise=step, bwd_step_block_d=4))
     x = cross_inputs(2, 8, 5, 7, 4)
     y_ref, g_ref = fwd_and_grads(composed_reference, leaf(x))
 
@@ -141,6 +152,8 @@ def test_cross_scan_channels_last_inputs_interpreted(interpreted, segments, det)
     (dict(block_d=4, chunk=16, keep_states=False), True),
     (dict(block_d=4, chunk=16, stepwise=False), False),  # chunked forward: full rank formed first
     (dict(block_d=4, chunk=16, deterministic=True), True),  # per-block partials of the factors' gradient
+    (dict(block_d=4, chunk=16, bwd_stepwise=True, bwd_step_block_d=4), True),  # step-loop backward
+    (dict(block_d=4, chunk=16, bwd_stepwise=True, bwd_step_block_d=4, deterministic=True), False),
 ])
 def test_cross_scan_low_rank_delta_interpreted(interpreted, config, channels_last):
     """delta given as rank-R factors and the dt projection: same result and gradients (also of the
@@ -192,13 +205,13 @@ def test_cross_scan_bf16_inputs_interpreted(interpreted):
         assert rel_err(g[k], g_ref[k]) <= 2e-2, k
 
 
-@pytest.mark.parametrize("bc,keep,segments,det", [
-    ("grouped", True, 1, False), ("variable", True, 1, False), ("constant", True, 1, False),
-    ("grouped", False, 1, False), ("variable", True, 3, False), ("grouped", False, 2, False),
-    ("grouped", True, 1, True)])
-def test_generic_scan_matches_reference_interpreted(interpreted, bc, keep, segments, det):
+@pytest.mark.parametrize("bc,keep,segments,det,step", [
+    ("grouped", True, 1, False, False), ("variable", True, 1, False, False), ("constant", True, 1, False, False),
+    ("grouped", False, 1, False, False), ("variable", True, 3, False, False), ("grouped", False, 2, False, False),
+    ("grouped", True, 1, True, False), ("grouped", True, 1, False, True), ("constant", True, 1, True, True)])
+def test_generic_scan_matches_reference_interpreted(interpreted, bc, keep, segments, det, step):
     interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, keep_states=keep, segments=segments,
-                                                       deterministic=det))
+                                                       deterministic=det, bwd_stepwise=step, bwd_step_block_d=4))
     batch, dim, length, n = 2, 8, 37, 4
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
 
@@ -446,3 +459,41 @@ def test_last_state_has_no_gradient_path_interpreted(interpreted, monkeypatch):
         h.sum().backward(retain_graph=True)
     y.sum().backward()
     assert delta.grad is not None and torch.isfinite(delta.grad).all()
+
+
+@pytest.mark.parametrize("det", [False, True])
+def test_step_backward_runs_the_four_directions_in_one_launch_interpreted(interpreted, monkeypatch, det):
+    """KernelConfig(bwd_stepwise=True): one backward launch of (channel blocks, 4 directions, batch)
+    programs, each taking its direction's walk order as a value, with a scratch of (chunk, 2 N + 2,
+    channels) float32 per program; deterministic, it adds nothing atomically, and its gradients equal
+    the reference and repeat bit for bit."""
+    from triton.runtime.interpreter import InterpreterBuilder
+
+    real_rmw, atomics = InterpreterBuilder.create_atomic_rmw, []
+    monkeypatch.setattr(InterpreterBuilder, "create_atomic_rmw",
+                        lambda self, *a, **kw: atomics.append(1) or real_rmw(self, *a, **kw))
+    launches, real_launch = [], triton_scan.launch
+
+    def record(kernel, grid, *args, **kwargs):
+        if kernel is triton_scan._kernels().scan_bwd_kernel:
+            launches.append((grid, args[18].numel(), kwargs["STEPWISE"], kwargs["ALL4"]))
+        return real_launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(triton_scan, "launch", record)
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, bwd_stepwise=True, bwd_step_block_d=4,
+                                                       deterministic=det))
+    x = cross_inputs(3, 8, 5, 7, 4, seed=9)
+    y_ref, g_ref = fwd_and_grads(composed_reference, leaf(x))
+    runs = []
+    for _ in range(2):
+        atomics.clear()
+        runs.append(fwd_and_grads(fused, leaf(x, torch.float32)))
+    # 2 channel blocks x 4 directions x 3 maps; scratch: 24 programs x 16 steps x (2 x 4 + 2) x 4 channels
+    assert launches[-1] == ((2, 4, 3), 24 * 16 * 10 * 4, True, True) and len(launches) == 2, launches
+    assert bool(atomics) != det
+    (y, g), (_, g2) = runs
+    assert rel_err(y, y_ref) <= 1e-4
+    for k in g_ref:
+        assert rel_err(g[k], g_ref[k]) <= 1e-4, k
+        if det:
+            assert torch.equal(g[k], g2[k]), k

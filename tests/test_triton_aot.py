@@ -8,6 +8,7 @@ check what Triton's bundled ptxas reports for every kernel real SS2D layers laun
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -138,6 +139,44 @@ def test_register_cap_trades_spills_for_programs_per_sm(tmp_path):
         assert r["spill_bytes"] > 0 and r["loop"]["local"] > 0, r  # what the cap costs, in the loop too
     assert all(r["registers"] > 128 and r["loop"]["local"] == 0 for r in fwd)
     assert "/local" in table
+
+
+@needs_toolchain
+def test_step_backward_compiles_to_fewer_instructions_per_value(tmp_path):
+    """KernelConfig(bwd_stepwise=True) on sm_90: one launch for the four directions, a thread per
+    channel, and well under half the machine instructions per (channel, state, step) of the
+    associative-scan backward; each thread reads back from its scratch exactly what it wrote."""
+    dump = tmp_path / "ir"
+    report, table = run_kernels(tmp_path, "--arch", "sm_90", "--cases", "ss2d,ss2d_bwd_steps,ss2d_fast_bwd_steps",
+                                "--batch", "4", "--dump", str(dump))
+    bwd = {c: [r for r in report["rows"] if r["case"] == c and r["kernel"] == "scan_bwd_kernel"]
+           for c in ("ss2d", "ss2d_bwd_steps", "ss2d_fast_bwd_steps")}
+    chunked = bwd["ss2d"]
+    assert len(chunked) == 4 and all(r["passes"] is None for r in chunked)
+    for case in ("ss2d_bwd_steps", "ss2d_fast_bwd_steps"):
+        (r,) = bwd[case]
+        assert r["variant"] == "all four" and tuple(r["grid"]) == (6, 4, 4) and r["num_warps"] == 1, r
+        assert r["spill_bytes"] == 0 and r["loop"]["local"] == 0, r
+        # recompute, adjoint, sums over channels: three loops, the adjoint the longest
+        assert len(r["passes"]) == 3 and max(r["passes"]) == r["passes"][1] == r["loop"]["instructions"], r
+        # one exp2 per state in the adjoint pass (the softplus slope comes from the scratch)
+        assert r["loop"]["sfu"] == 16, r
+    step = bwd["ss2d_bwd_steps"][0]
+    assert step["registers"] < 200 and step["programs_per_sm"] >= 9, step
+    # a thread-step of the step loop covers one channel's 16 states; a chunk of the associative scans
+    # covers (4 channels x 16 states x 16 steps) / 64 threads = 16 values per thread too
+    assert sum(step["passes"]) <= 0.5 * min(r["loop"]["instructions"] for r in chunked), (step, chunked)
+    assert step["loop"]["barriers"] == 0, step  # no layout conversion in the adjoint pass
+    assert "in 3 passes" in table
+    # the scratch's states, step sizes and slopes are loaded in the layout they were stored in: no
+    # conversion (which would hand a thread values another thread wrote, unsynchronised)
+    for case, dtype in (("ss2d_bwd_steps", "float32"), ("ss2d_fast_bwd_steps", "bfloat16")):
+        ir = Path(dump / f"{case}.scan_bwd_kernel.all_four.{dtype}.ttgir").read_text()
+        loaded = set(re.findall(r"%((?:hv|dt|slope)_\d+) = tt\.load", ir))
+        assert {name.split("_")[0] for name in loaded} == {"hv", "dt", "slope"}, case
+        converted = set(re.findall(r"ttg\.convert_layout %([A-Za-z_0-9]+)", ir))
+        assert not converted & loaded, (case, converted & loaded)
+        assert not {c for c in converted if re.fullmatch(r"(h|g)(_\d+)?", c)}, case
 
 
 def test_cli_rejects_unknown_architecture_and_case(tmp_path, monkeypatch):

@@ -110,6 +110,9 @@ class KernelRow:
     loop: dict | None = None  # loop_profile of the compiled code
     atomics: int = 0  # atomic instructions in the whole kernel (none in a deterministic kernel)
     loop_steps: int | None = None  # scan steps per loop iteration of a step-loop forward (its unroll factor)
+    # the step-loop backward (KernelConfig(bwd_stepwise=True)) runs each step in three passes, each its
+    # own loop: their instructions per step, in code order (recompute, adjoint, sums over channels)
+    passes: list | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -202,7 +205,8 @@ def loop_profile(cubin: bytes, sass: str | None = None) -> dict | None:
         return sum(1 for t in best if re.search(pattern, t))
 
     return dict(instructions=len(best), loads=count(r"\bLDG\b|\bLDG\."), sfu=count(r"\bMUFU\."),
-                atomics=count(_ATOMIC), barriers=count(r"\bBAR\."), local=count(r"\b(LDL|STL)\b"))
+                atomics=count(_ATOMIC), barriers=count(r"\bBAR\."), local=count(r"\b(LDL|STL)\b"),
+                inner=[sum(1 for a, _ in code if s <= a <= e) for s, e in sorted(inner)])
 
 
 def residency(arch: int, registers: int, num_warps: int, shared_bytes: int) -> tuple[int, str]:
@@ -323,6 +327,9 @@ CASES = {
     "selective_scan": ("mamba-ssm's selective_scan_fn interface, four groups, last state", _generic_case),
     "ss2d_deterministic": ("the fast options with KernelConfig(deterministic=True): no atomic adds",
                            _ss2d_case(torch.bfloat16, True, True, True, deterministic=True)),
+    "ss2d_bwd_steps": ("KernelConfig(bwd_stepwise=True), the step-loop backward", _ss2d_case(bwd_stepwise=True)),
+    "ss2d_fast_bwd_steps": ("the fast options, bfloat16, with the step-loop backward",
+                            _ss2d_case(torch.bfloat16, True, True, True, bwd_stepwise=True)),
 }
 
 
@@ -430,9 +437,10 @@ def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None,
             if dump and first:
                 dump_kernel(compiled, dump, _slug(case, kernel, _variant(kwargs), dtype), sass)
             steps = kwargs.get("UNROLL") if kwargs.get("STEPWISE", kernel == "scan_fwd_split_kernel") else None
+            passes = loop["inner"][-3:] if kernel == "scan_bwd_kernel" and kwargs.get("STEPWISE") and loop else None
             rows.append(KernelRow(case, kernel, _variant(kwargs), dtype, tuple(grid), programs, num_warps,
                                   usage["REG"], usage["LOCAL"] + usage["STACK"], shared, per_sm, limit,
-                                  round(programs / (sms * max(per_sm, 1)), 3), loop, atomics, steps))
+                                  round(programs / (sms * max(per_sm, 1)), 3), loop, atomics, steps, passes))
 
         kernel_config(tiles)
         try:
@@ -463,14 +471,16 @@ def format_report(rows, arch=90, sms: int | None = None) -> str:
                       str(r.spill_bytes), str(r.shared_bytes), str(r.programs_per_sm), r.limited_by,
                       f"{r.sm_fill:.2f}", str(r.atomics),
                       "-" if not r.loop else "{instructions}/{loads}/{sfu}/{atomics}/{barriers}/{local}".format(**r.loop)
-                      + (f" per {r.loop_steps} steps" if (r.loop_steps or 1) > 1 else "")))
+                      + (f" per {r.loop_steps} steps" if (r.loop_steps or 1) > 1 else "")
+                      + (f"; a step: {sum(r.passes)} in 3 passes ({' + '.join(map(str, r.passes))})"
+                         if r.passes else "")))
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [f"triton kernels compiled for sm_{arch} ({ARCHES[arch].card}, {sms} SMs); "
            "SM fill = programs / (SMs x programs per SM); atomics: atomic instructions in the whole kernel; "
            "loop: machine instructions per iteration of the "
            "longest loop (a step of the step-loop forward, or as many as it is unrolled by, a chunk of the "
-           "backward), and its global loads, "
+           "backward, a step of the step-loop backward's adjoint pass), and its global loads, "
            "special-function ops, atomics, barriers and local-memory accesses (spills)", fmt.format(*head)]
     out += [fmt.format(*line) for line in lines]
     return "\n".join(out)
