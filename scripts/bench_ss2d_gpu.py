@@ -12,6 +12,9 @@ N = 16, i.e. the official (32, 768, 4096) scan. Everything is measured in this o
   along the map, the step loop unrolled (default) and rolled, and the step sizes as rank-6 factors projected inside the kernels,
   and forward + backward with ``KernelConfig(deterministic=True)`` (no atomics), run twice to check
   that its gradients repeat bit for bit;
+* forward + backward with the step-loop backward (``KernelConfig(bwd_stepwise=True)``) for 32, 16
+  and 8 channels per program, on row-major and channels-last maps and deterministic, against the
+  associative-scan backward, with the gradients' agreement between the two;
 * bandwidth achieved = bytes that must move (read u, delta, B, C once, write y once) / time;
 * the composed path (cross_scan copies + generic scan + merge) on the ``torch`` backend and, when
   its compiled kernel loads, on ``mamba_ssm``;
@@ -358,6 +361,33 @@ def main():
                   f"{ms_det / ms_default:.2f}x the default; repeat bit-identical: {repeat} (default: {default_repeat})"))
     del xg
     torch.cuda.empty_cache()
+    ts.kernel_config(best[0])
+
+    # the step-loop backward (KernelConfig(bwd_stepwise=True)) against the associative-scan backward
+    res["bwd_steps"] = []
+    for layout in ("row_major", "channels_last"):
+        xg = make_inputs(a.batch, a.dim, a.size, a.state, torch.float32, requires_grad=True, layout=layout)
+        gy = torch.randn(a.batch, a.dim, a.size, a.size, device="cuda")
+        ts.kernel_config(best[0])
+        ms_chunks = bench(grads, warmup=3, rep=20)
+        ref = grads()
+        for bd, det in ((32, False), (16, False), (8, False), (32, True)):
+            ts.kernel_config(best[0].replace(bwd_stepwise=True, bwd_step_block_d=bd, deterministic=det))
+            try:
+                got = grads()
+                ms = bench(grads, warmup=3, rep=20)
+            except Exception as exc:
+                print(f"  bwd_stepwise block {bd}: failed {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+                continue
+            err = max(rel(p, q) for p, q in zip(got, ref))
+            res["bwd_steps"].append({"layout": layout, "block_d": bd, "deterministic": det, "ms": ms,
+                                     "chunked_ms": ms_chunks, "max_grad_rel_err_vs_chunked": err})
+            lines.append((f"triton fwd+bwd float32 {layout}, step-loop backward, {bd} channels"
+                          + (", deterministic" if det else ""), ms,
+                          f"{ms_chunks / ms:.2f}x the associative scans ({ms_chunks:.3f} ms); grads vs them {err:.1e}"))
+            del got
+        del xg, ref
+        torch.cuda.empty_cache()
     ts.kernel_config(best[0])
 
     # 3. the composed paths, with B and C as SS2D gives them to those backends

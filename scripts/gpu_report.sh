@@ -13,11 +13,13 @@
 #   4. network_options: the same with --channels_last_scan true --fused_norm_gate true --fused_dt_proj true
 #      (the options still off by default)
 #   5. network_compile: benchmark --compile true (torch.compile rows, marked +compile)
+#   5b. network_bwd_steps: step 4 with --kernel_config bwd_stepwise=true (the step-loop backward)
 #   6. kernels: the compiled view of every triton kernel for this GPU's architecture (registers,
 #      spills, SM fill, the machine code of each main loop), next to the timings it explains; each
 #      kernel's Triton IR, PTX and machine code in OUT/kernels_ir/
 # Each step's exit status is recorded in OUT/status.txt; a failing step does not stop the others.
-# STEPS picks steps by name (tests scan scan_channels_last network network_options network_compile kernels), so
+# STEPS picks steps by name (tests scan scan_channels_last network network_options network_compile
+# network_bwd_steps kernels), so
 # a machine that limits the length of one command can run them in several calls into the same OUT.
 #
 # Usage: [STEPS="tests scan"] bash scripts/gpu_report.sh OUT [REF]
@@ -32,7 +34,7 @@ OUT=${1:?usage: bash scripts/gpu_report.sh OUT [REF]}
 REF=${2:-}
 PYTHON=${PYTHON:-python3}
 BACKENDS=${BACKENDS:-triton,mamba_ssm}
-STEPS=${STEPS:-tests scan scan_channels_last network network_options network_compile kernels}
+STEPS=${STEPS:-tests scan scan_channels_last network network_options network_compile network_bwd_steps kernels}
 mkdir -p "$OUT"
 touch "$OUT/status.txt"
 
@@ -72,6 +74,9 @@ step network_options "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 3
     --out "$OUT/network_options.json"
 step network_compile "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 32 --backends "$BACKENDS" \
     "${REFARGS[@]}" --compile true --out "$OUT/network_compile.json"
+step network_bwd_steps "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 32 --backends triton \
+    "${REFARGS[@]}" --channels_last_scan true --fused_norm_gate true --fused_dt_proj true \
+    --kernel_config bwd_stepwise=true --out "$OUT/network_bwd_steps.json"
 ARCH=$("$PYTHON" -c "import torch; print('sm_%d%d' % torch.cuda.get_device_capability())")
 step kernels "$PYTHON" -m vmunet_monai kernels --arch "$ARCH" --out "$OUT/kernels.json" --dump "$OUT/kernels_ir"
 echo "results in $OUT (status.txt, *.log, *.json)"

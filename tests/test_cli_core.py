@@ -116,3 +116,26 @@ def test_benchmark_names_a_missing_baseline_package(monkeypatch):
 
     monkeypatch.setitem(benchmark.BASELINE_NEEDS, "unet", "no_such_package_xyz")
     assert benchmark._baseline_missing("unet") == "MONAI's unet needs no_such_package_xyz (pip install no_such_package_xyz)"
+
+
+def test_benchmark_kernel_config_holds_for_the_run_only(monkeypatch):
+    """``benchmark --kernel_config "bwd_stepwise=true,..."``: the triton kernels' configuration during
+    the run (recorded with the results), the previous one afterwards; bad fields are refused by name."""
+    from vmunet_monai import benchmark
+    from vmunet_monai.ops import triton_scan
+
+    seen = []
+    monkeypatch.setattr(benchmark, "_run_benchmark", lambda *a: seen.append((triton_scan.kernel_config(), a[-1])))
+    before = triton_scan.kernel_config()
+    benchmark.run_benchmark(kernel_config="bwd_stepwise=true,bwd_step_block_d=16")
+    (cfg, label), = seen
+    assert cfg.bwd_stepwise and cfg.bwd_step_block_d == 16 and cfg.bwd_tile() == (16, 1) and label == repr(cfg)
+    assert triton_scan.kernel_config() is before and not before.bwd_stepwise
+    benchmark.run_benchmark()
+    assert seen[1] == (before, None)
+    for text, message in (("bwd_steps=true", r"KernelConfig has no field\(s\) \['bwd_steps'\]"),
+                          ("bwd_step_block_d=24", "KernelConfig.bwd_step_block_d=24 must be a power of two"),
+                          ("bwd_stepwise", "must be FIELD=INTEGER or FIELD=true/false")):
+        with pytest.raises(SystemExit, match=message):
+            benchmark.run_benchmark(kernel_config=text)
+    assert triton_scan.kernel_config() is before

@@ -352,14 +352,16 @@ def test_keep_states_false_saves_no_state_tensor(interpreted):
 
 
 @needs_cuda
-@pytest.mark.parametrize("dtype,keep,segments", [(torch.float32, True, 1), (torch.bfloat16, True, 1),
-                                                 (torch.float32, False, 1), (torch.float32, True, 16)])
-def test_cross_scan_gpu_stage1_shape(dtype, keep, segments):
-    """VM-UNet stage 1 at batch 32 (forward) against the composed torch path in float32."""
+@pytest.mark.parametrize("dtype,keep,segments,step", [
+    (torch.float32, True, 1, False), (torch.bfloat16, True, 1, False), (torch.float32, False, 1, False),
+    (torch.float32, True, 16, False), (torch.float32, True, 1, True), (torch.bfloat16, False, 1, True)])
+def test_cross_scan_gpu_stage1_shape(dtype, keep, segments, step):
+    """VM-UNet stage 1 at batch 32 (forward) against the composed torch path in float32; ``step``: the
+    step-loop backward (KernelConfig(bwd_stepwise=True))."""
     from vmunet_monai.ops import dispatch
 
     saved = triton_scan.kernel_config()
-    triton_scan.kernel_config(saved.replace(keep_states=keep, segments=segments))
+    triton_scan.kernel_config(saved.replace(keep_states=keep, segments=segments, bwd_stepwise=step))
     try:
         _stage1_check(dtype, dispatch)
     finally:
@@ -410,10 +412,12 @@ def test_cross_scan_gpu_low_rank_delta():
 
 
 @needs_cuda
-def test_cross_scan_gpu_deterministic_repeats_bit_for_bit():
+@pytest.mark.parametrize("step", [False, True])
+def test_cross_scan_gpu_deterministic_repeats_bit_for_bit(step):
     """KernelConfig(deterministic=True) at VM-UNet's stage-1 shape (batch 4, fast options' rank-6
     step sizes): two runs give identical outputs and gradients, equal to the default kernels' within
-    float32 rounding; the default kernels' atomics are what varies between runs."""
+    float32 rounding; the default kernels' atomics are what varies between runs. ``step``: both with
+    the step-loop backward."""
     x = cross_inputs(4, 192, 64, 64, 16, dtype=torch.float32, device="cuda", seed=8)
     g = torch.Generator(device="cuda").manual_seed(9)
     factors = torch.randn(4, 4, 6, 64, 64, generator=g, device="cuda") * 0.3
@@ -430,9 +434,9 @@ def test_cross_scan_gpu_deterministic_repeats_bit_for_bit():
 
     saved = triton_scan.kernel_config()
     try:
-        triton_scan.kernel_config(saved.replace(deterministic=True))
+        triton_scan.kernel_config(saved.replace(deterministic=True, bwd_stepwise=step))
         first, second = run(), run()
-        triton_scan.kernel_config(saved.replace(deterministic=False))
+        triton_scan.kernel_config(saved.replace(deterministic=False, bwd_stepwise=step))
         default = run()
     finally:
         triton_scan.kernel_config(saved)

@@ -160,8 +160,30 @@ def time_forward_graphed(model, x, repeats, device, autocast_dtype=None):
 
 def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5, backends="auto", reference=None,
                   scan_only=False, out=None, cuda_graphs=False, store_activations=False, channels_last_scan=False,
-                  fused_norm_gate=False, fused_dt_proj=False, compile=False, baselines="", deterministic=False):
-    """Run the benchmark and print a table; see ``python -m vmunet_monai benchmark --help``."""
+                  fused_norm_gate=False, fused_dt_proj=False, compile=False, baselines="", deterministic=False,
+                  kernel_config=""):
+    """Run the benchmark and print a table; see ``python -m vmunet_monai benchmark --help``.
+    ``kernel_config``: KernelConfig fields for the triton kernels during the run, e.g. "bwd_stepwise=true"."""
+    from vmunet_monai.ops import triton_scan
+    from vmunet_monai.ops.triton_aot import parse_config
+
+    saved = triton_scan.kernel_config()
+    try:
+        cfg = saved.replace(**parse_config(kernel_config)) if kernel_config else saved
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"benchmark --kernel_config {kernel_config!r}: {exc}") from exc
+    triton_scan.kernel_config(cfg)
+    try:
+        return _run_benchmark(device, networks, size, batch, repeats, backends, reference, scan_only, out, cuda_graphs,
+                              store_activations, channels_last_scan, fused_norm_gate, fused_dt_proj, compile,
+                              baselines, deterministic, repr(cfg) if kernel_config else None)
+    finally:
+        triton_scan.kernel_config(saved)
+
+
+def _run_benchmark(device, networks, size, batch, repeats, backends, reference, scan_only, out, cuda_graphs,
+                   store_activations, channels_last_scan, fused_norm_gate, fused_dt_proj, compile, baselines,
+                   deterministic, kernel_config):
     from vmunet_monai.layers import SS2D
 
     nets = [n.strip() for n in networks.split(",")] if isinstance(networks, str) else list(networks)
@@ -191,6 +213,9 @@ def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5,
         print(f"skipping backend {b}: {backend_status(b).detail}")
     results = {"machine": _machine(device), "device": device, "scan": {}, "networks": []}
     print(f"machine: {results['machine']}")
+    if kernel_config:
+        results["kernel_config"] = kernel_config
+        print(f"triton kernels: {kernel_config}")
 
     # stage-1 scan of VM-UNet: (batch, 768, 4096), N = 16, 4 groups
     scan_batch = 1 if dev_type == "cpu" else 32

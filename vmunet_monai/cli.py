@@ -25,7 +25,7 @@ class Commands:
                   scan_only: bool = False, out: str | None = None, cuda_graphs: bool = False,
                   store_activations: bool = False, channels_last_scan: bool = False,
                   fused_norm_gate: bool = False, fused_dt_proj: bool = False, compile: bool = False,
-                  baselines: str = "", deterministic: bool = False):
+                  baselines: str = "", deterministic: bool = False, kernel_config: str = ""):
         """Time the networks (and the stage-1 scan) on this machine; prints ratios measured in this run.
 
         Args:
@@ -52,6 +52,8 @@ class Commands:
             deterministic: also time each model under torch.use_deterministic_algorithms(True), as
                 bundles' --determinism true trains (the triton kernels without atomics, the cpu kernel
                 on one thread), the rows marked +deterministic.
+            kernel_config: KernelConfig fields for the triton kernels during the run, e.g. "bwd_stepwise=true"
+                (the step-loop backward) or "segments=0" (integers, true/false); printed and recorded in --out.
         """
         from vmunet_monai.benchmark import run_benchmark
 
@@ -60,7 +62,7 @@ class Commands:
                       cuda_graphs=cuda_graphs, store_activations=store_activations,
                       channels_last_scan=channels_last_scan, fused_norm_gate=fused_norm_gate,
                       fused_dt_proj=fused_dt_proj, compile=compile, baselines=baselines,
-                      deterministic=deterministic)
+                      deterministic=deterministic, kernel_config=kernel_config)
 
     def kernels(self, arch: str = "sm_90", cases: str = "all", batch: int = 32, sms: int | None = None,
                 out: str | None = None, config: str = "", dump: str | None = None):
