@@ -157,15 +157,20 @@ def test_step_backward_compiles_to_fewer_instructions_per_value(tmp_path):
         (r,) = bwd[case]
         assert r["variant"] == "all four" and tuple(r["grid"]) == (6, 4, 4) and r["num_warps"] == 1, r
         assert r["spill_bytes"] == 0 and r["loop"]["local"] == 0, r
-        # recompute, adjoint, sums over channels: three loops, the adjoint the longest
-        assert len(r["passes"]) == 3 and max(r["passes"]) == r["passes"][1] == r["loop"]["instructions"], r
+        # recompute, adjoint, sums over channels: three loops, the first two unrolled (KernelConfig.unroll)
+        # and the adjoint the longest
+        steps = r["loop_steps"]
+        assert steps == 2 and len(r["passes"]) == 3, r
+        assert max(r["passes"]) == r["passes"][1] == r["loop"]["instructions"] / steps, r
         # one exp2 per state in the adjoint pass (the softplus slope comes from the scratch)
-        assert r["loop"]["sfu"] == 16, r
+        assert r["loop"]["sfu"] == 16 * steps, r
     step = bwd["ss2d_bwd_steps"][0]
-    assert step["registers"] < 200 and step["programs_per_sm"] >= 9, step
+    # the next step's inputs are loaded while a step computes: registers for two steps, still 8 programs
+    # (8 warps) per SM where stage 1 at batch 32 has about 6 per SM to place
+    assert step["programs_per_sm"] >= 8, step
     # a thread-step of the step loop covers one channel's 16 states; a chunk of the associative scans
     # covers (4 channels x 16 states x 16 steps) / 64 threads = 16 values per thread too
-    assert sum(step["passes"]) <= 0.5 * min(r["loop"]["instructions"] for r in chunked), (step, chunked)
+    assert sum(step["passes"]) <= 0.45 * min(r["loop"]["instructions"] for r in chunked), (step, chunked)
     assert step["loop"]["barriers"] == 0, step  # no layout conversion in the adjoint pass
     assert "in 3 passes" in table
     # the scratch's states, step sizes and slopes are loaded in the layout they were stored in: no

@@ -109,13 +109,26 @@ class KernelRow:
     sm_fill: float  # programs / (SMs * programs_per_sm): below 1 the launch leaves the card partly idle
     loop: dict | None = None  # loop_profile of the compiled code
     atomics: int = 0  # atomic instructions in the whole kernel (none in a deterministic kernel)
-    loop_steps: int | None = None  # scan steps per loop iteration of a step-loop forward (its unroll factor)
+    loop_steps: int | None = None  # scan steps per iteration of a step loop's main loop (its unroll factor)
     # the step-loop backward (KernelConfig(bwd_stepwise=True)) runs each step in three passes, each its
     # own loop: their instructions per step, in code order (recompute, adjoint, sums over channels)
     passes: list | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _step_passes(loop: dict | None, unroll: int) -> list | None:
+    """Instructions per step of the step-loop backward's three passes, from its innermost loops in code
+    order: unrolled (``unroll`` > 1), the first two passes are each a loop of ``unroll`` steps followed by
+    one for the remaining steps (not counted), the third is not unrolled."""
+    if not loop:
+        return None
+    inner = loop["inner"]
+    if unroll > 1 and len(inner) >= 5:
+        main = inner[-5::2]
+        return [round(main[0] / unroll, 1), round(main[1] / unroll, 1), main[2]]
+    return inner[-3:] if len(inner) >= 3 else None
 
 
 def _tool(name: str) -> str:
@@ -437,7 +450,7 @@ def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None,
             if dump and first:
                 dump_kernel(compiled, dump, _slug(case, kernel, _variant(kwargs), dtype), sass)
             steps = kwargs.get("UNROLL") if kwargs.get("STEPWISE", kernel == "scan_fwd_split_kernel") else None
-            passes = loop["inner"][-3:] if kernel == "scan_bwd_kernel" and kwargs.get("STEPWISE") and loop else None
+            passes = _step_passes(loop, steps) if kernel == "scan_bwd_kernel" and kwargs.get("STEPWISE") else None
             rows.append(KernelRow(case, kernel, _variant(kwargs), dtype, tuple(grid), programs, num_warps,
                                   usage["REG"], usage["LOCAL"] + usage["STACK"], shared, per_sm, limit,
                                   round(programs / (sms * max(per_sm, 1)), 3), loop, atomics, steps, passes))
@@ -472,7 +485,7 @@ def format_report(rows, arch=90, sms: int | None = None) -> str:
                       f"{r.sm_fill:.2f}", str(r.atomics),
                       "-" if not r.loop else "{instructions}/{loads}/{sfu}/{atomics}/{barriers}/{local}".format(**r.loop)
                       + (f" per {r.loop_steps} steps" if (r.loop_steps or 1) > 1 else "")
-                      + (f"; a step: {sum(r.passes)} in 3 passes ({' + '.join(map(str, r.passes))})"
+                      + (f"; a step: {sum(r.passes):g} in 3 passes ({' + '.join(f'{p:g}' for p in r.passes)})"
                          if r.passes else "")))
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)

@@ -457,7 +457,7 @@ class _ScanFunction(torch.autograd.Function):
                     0 if slot else dC_t.stride(-3), dC_t.stride(-2), *part_strides[:2], *ddl_bk, part_strides[2],
                     N=geo.N, NP=npad, BD=bd, T=ctx.T, REV=rev, COL=col, HAS_D=ctx.has_D,
                     HAS_BIAS=ctx.has_bias, SOFTPLUS=bool(ctx.softplus), ATOMIC=geo.cross and not det,
-                    RP=_next_pow2(rank), LOWRANK=w is not None, DET=det, STEPWISE=step, ALL4=all4, num_warps=warps,
+                    RP=_next_pow2(rank), LOWRANK=w is not None, DET=det, STEPWISE=step, ALL4=all4, UNROLL=cfg.unroll, num_warps=warps,
                     maxnreg=cfg.bwd_max_registers,
                 )
 

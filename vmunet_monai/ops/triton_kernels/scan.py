@@ -431,6 +431,26 @@ def _walk_prev(s, q, r, H, W, REV, COL):
 
 
 @triton.jit
+def _adjoint_inputs(row, sc_col, u_base, dl_base, B_base, C_base, dy_base, dd, dm, n, nm, r, rm, pos,
+                    s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl,
+                    NP: tl.constexpr, BD: tl.constexpr, LOWRANK: tl.constexpr):
+    """What step 2 of ``_bwd_steps`` reads for one step: the state, delta and softplus slope from the
+    scratch row ``row``, and u, B, C, dy and (LOWRANK) the step-size factors at map position ``pos``."""
+    hv = tl.load(row + n * BD + sc_col)
+    dt = tl.load(row + (2 * NP) * BD + sc_col)
+    slope = tl.load(row + (2 * NP + 1) * BD + sc_col)
+    u = tl.load(u_base + dd * s_ud + pos * s_ul, mask=dm, other=0.0).to(tl.float32)
+    Bv = tl.load(B_base + n * s_Bn + pos * s_Bt, mask=nm, other=0.0).to(tl.float32)
+    Cv = tl.load(C_base + n * s_Cn + pos * s_Ct, mask=nm, other=0.0).to(tl.float32)
+    dy = tl.load(dy_base + dd * s_yd + pos * s_yl, mask=dm, other=0.0).to(tl.float32)
+    if LOWRANK:
+        f = tl.load(dl_base + r * s_dd + pos * s_dl, mask=rm, other=0.0).to(tl.float32)
+    else:
+        f = tl.zeros([1, 1], dtype=tl.float32)
+    return hv, dt, slope, u, Bv, Cv, dy, f
+
+
+@triton.jit
 def _bwd_steps(
     u_base, dl_base, B_base, C_base, dy_base, hs_base, sc_base,
     du_base, ddl_base, dB_base, dC_base, dA_base, dD_base, dbias_base, dW_base, row0,
@@ -439,6 +459,7 @@ def _bwd_steps(
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV, COL, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, ATOMIC: tl.constexpr, RP: tl.constexpr, LOWRANK: tl.constexpr, DET: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     """The backward one step at a time, the state tile (N, channels) as in the step-loop forward (a
     thread owns whole channels, so sums over N stay inside it). Per chunk, in reverse:
@@ -482,11 +503,16 @@ def _bwd_steps(
         t0 = c * T
         steps = tl.minimum(t0 + T, L) - t0
         h = tl.load(hs_base + dd * (nchunks * N) + c * N + n * one, mask=dm & nm, other=0.0)
+        # 1. recompute (each step's inputs loaded while the step before computes)
         s, q, rw, pos = _walk_start(t0, L, H, W, REV, COL)
-        for j in range(0, steps):
-            u = tl.load(u_base + dd * s_ud + pos * s_ul, mask=dm, other=0.0).to(tl.float32)
-            x = _delta_row(dl_base, dd, dm, pos, s_dd, s_dl, Wt, R, RP, LOWRANK) + bias2
-            Bv = tl.load(B_base + n * s_Bn + pos * s_Bt, mask=nm, other=0.0).to(tl.float32)
+        u, x, Bv, _ = _step_inputs(u_base, dl_base, B_base, B_base, dd, dm, n, nm, pos, s_ud, s_ul, s_dd, s_dl,
+                                   s_Bn, s_Bt, s_Bn, s_Bt, Wt, R, NP, False, RP, LOWRANK)
+        for j in tl.range(0, steps, loop_unroll_factor=UNROLL):
+            s, q, rw, nxt = _walk_next(s, q, rw, H, W, REV, COL)
+            nxt = tl.where(j + 1 < steps, nxt, pos)
+            u1, x1, B1, _ = _step_inputs(u_base, dl_base, B_base, B_base, dd, dm, n, nm, nxt, s_ud, s_ul, s_dd,
+                                         s_dl, s_Bn, s_Bt, s_Bn, s_Bt, Wt, R, NP, False, RP, LOWRANK)
+            x = x + bias2
             if SOFTPLUS:
                 dt = _softplus(x)
                 slope = 1.0 / (1.0 + tl.exp(-x))
@@ -498,18 +524,21 @@ def _bwd_steps(
             tl.store(row + n * BD + sc_col, h)
             tl.store(row + (2 * NP) * BD + sc_col, dt)
             tl.store(row + (2 * NP + 1) * BD + sc_col, slope)
-            s, q, rw, pos = _walk_next(s, q, rw, H, W, REV, COL)
+            pos = nxt
+            u, x, Bv = u1, x1, B1
+        # 2. the adjoint, backwards (again each step's inputs loaded while the step after computes)
         s, q, rw, pos = _walk_start(t0 + steps - 1, L, H, W, REV, COL)
-        for jr in range(0, steps):
+        hv, dt, slope, u, Bv, Cv, dy, f = _adjoint_inputs(
+            sc_base + (steps - 1) * (RS * BD), sc_col, u_base, dl_base, B_base, C_base, dy_base, dd, dm, n, nm, r,
+            rm, pos, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, NP, BD, LOWRANK)
+        for jr in tl.range(0, steps, loop_unroll_factor=UNROLL):
             j = steps - 1 - jr
             row = sc_base + j * (RS * BD)
-            hv = tl.load(row + n * BD + sc_col)
-            dt = tl.load(row + (2 * NP) * BD + sc_col)
-            slope = tl.load(row + (2 * NP + 1) * BD + sc_col)
-            u = tl.load(u_base + dd * s_ud + pos * s_ul, mask=dm, other=0.0).to(tl.float32)
-            Bv = tl.load(B_base + n * s_Bn + pos * s_Bt, mask=nm, other=0.0).to(tl.float32)
-            Cv = tl.load(C_base + n * s_Cn + pos * s_Ct, mask=nm, other=0.0).to(tl.float32)
-            dy = tl.load(dy_base + dd * s_yd + pos * s_yl, mask=dm, other=0.0).to(tl.float32)
+            s, q, rw, prv = _walk_prev(s, q, rw, H, W, REV, COL)
+            prv = tl.where(jr + 1 < steps, prv, pos)
+            hv1, dt1, slope1, u1, B1, C1, dy1, f1 = _adjoint_inputs(
+                sc_base + tl.maximum(j - 1, 0) * (RS * BD), sc_col, u_base, dl_base, B_base, C_base, dy_base, dd, dm,
+                n, nm, r, rm, prv, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, NP, BD, LOWRANK)
             g += Cv * dy  # the adjoint of this step's state
             dtu = dt * u
             hb = hv - dtu * Bv  # a_t h_{t-1}, without dividing by a_t
@@ -527,7 +556,6 @@ def _bwd_steps(
             if HAS_BIAS:
                 dbias_acc += ddx
             if LOWRANK:  # d factors = W^T d delta (over every channel block), d W = d delta factors^T
-                f = tl.load(dl_base + r * s_dd + pos * s_dl, mask=rm, other=0.0).to(tl.float32)
                 _add_into(ddl_base + r * s_dd + pos * s_dl, tl.sum(Wt * ddx, axis=1, keep_dims=True), rm, DET)
                 dW_acc += f * ddx
             else:
@@ -537,16 +565,17 @@ def _bwd_steps(
             else:
                 tl.store(du_base + dd * s_dud + pos * s_dul, du, mask=dm)
             g = tl.exp2(dt * A2t) * g  # carried to the step before: a_t g_t
-            s, q, rw, pos = _walk_prev(s, q, rw, H, W, REV, COL)
+            pos = prv
+            hv, dt, slope, u, Bv, Cv, dy, f = hv1, dt1, slope1, u1, B1, C1, dy1, f1
         tl.debug_barrier()  # every thread's products are in the scratch
         s, q, rw, pos = _walk_start(t0, L, H, W, REV, COL)
         for j in range(0, steps):
             row = sc_base + j * (RS * BD)
-            dtu = tl.load(row + (2 * NP) * BD + sc_d) * \
+            dtu_r = tl.load(row + (2 * NP) * BD + sc_d) * \
                 tl.load(u_base + d_r * s_ud + pos * s_ul, mask=dm_r, other=0.0).to(tl.float32)
-            dy = tl.load(dy_base + d_r * s_yd + pos * s_yl, mask=dm_r, other=0.0).to(tl.float32)
-            dBv = tl.sum(tl.load(row + (NP + n_r) * BD + sc_d) * dtu, axis=0, keep_dims=True)
-            dCv = tl.sum(tl.load(row + n_r * BD + sc_d) * dy, axis=0, keep_dims=True)
+            dy_r = tl.load(dy_base + d_r * s_yd + pos * s_yl, mask=dm_r, other=0.0).to(tl.float32)
+            dBv = tl.sum(tl.load(row + (NP + n_r) * BD + sc_d) * dtu_r, axis=0, keep_dims=True)
+            dCv = tl.sum(tl.load(row + n_r * BD + sc_d) * dy_r, axis=0, keep_dims=True)
             _add_into(dB_base + n_r * s_dBn + pos, dBv, nm_r, DET)
             _add_into(dC_base + n_r * s_dCn + pos, dCv, nm_r, DET)
             s, q, rw, pos = _walk_next(s, q, rw, H, W, REV, COL)
@@ -573,7 +602,7 @@ def scan_bwd_kernel(
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, RP: tl.constexpr, LOWRANK: tl.constexpr, DET: tl.constexpr,
-    STEPWISE: tl.constexpr, ALL4: tl.constexpr,
+    STEPWISE: tl.constexpr, ALL4: tl.constexpr, UNROLL: tl.constexpr,
 ):
     """Grid (ceil(Dk / BD), groups, batch) as the forward's. ``ddl`` has the strides of ``dl`` (delta,
     or with LOWRANK its factors, then accumulated) within a (batch, group), and batch and group strides
@@ -618,7 +647,7 @@ def scan_bwd_kernel(
         _bwd_steps(u_base, dl_base, B_base, C_base, dy_base, hs_base, sc_base, du_base, ddl_base, dB_base,
                    dC_base, dA_ptr, dD_ptr, dbias_ptr, dw_ptr, row0, d, dmask, A2t, Dv[None, :], bias[None, :], Wt,
                    R, L, H, W, nchunks, one, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, s_dud, s_dul,
-                   s_dBn, s_dCn, N, NP, BD, T, rev, col, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC, RP, LOWRANK, DET)
+                   s_dBn, s_dCn, N, NP, BD, T, rev, col, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC, RP, LOWRANK, DET, UNROLL)
     else:
         if LOWRANK:
             W2 = _projection_rows(w_ptr, row, dmask, R, RP)
