@@ -107,6 +107,13 @@ def interpreted():
         ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, stepwise=False, bwd_stepwise=True, bwd_step_block_d=4), True, True),
         ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, bwd_stepwise=True, bwd_step_block_d=4, deterministic=True,
                                keep_states=False), True, True),
+        # ... split into segments (KernelConfig.segments: both passes): one per chunk, 2 of 2 chunks and
+        # 1 (the last segment shorter), automatic; deterministic with per-segment partials
+        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, bwd_stepwise=True, bwd_step_block_d=4, segments=3), True, True),
+        ((1, 5, 3, 9, 3), dict(block_d=8, chunk=8, bwd_stepwise=True, bwd_step_block_d=4, segments=2), False, False),
+        ((1, 8, 6, 11, 4), dict(block_d=4, chunk=8, bwd_stepwise=True, bwd_step_block_d=4, segments=0), True, True),
+        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, bwd_stepwise=True, bwd_step_block_d=4, segments=3,
+                               deterministic=True), True, True),
     ],
 )
 def test_cross_scan_matches_reference_interpreted(interpreted, shape, config, with_d, softplus):
@@ -154,6 +161,7 @@ def test_cross_scan_channels_last_inputs_interpreted(interpreted, segments, det,
     (dict(block_d=4, chunk=16, deterministic=True), True),  # per-block partials of the factors' gradient
     (dict(block_d=4, chunk=16, bwd_stepwise=True, bwd_step_block_d=4), True),  # step-loop backward
     (dict(block_d=4, chunk=16, bwd_stepwise=True, bwd_step_block_d=4, deterministic=True), False),
+    (dict(block_d=4, chunk=16, bwd_stepwise=True, bwd_step_block_d=4, segments=3), True),
 ])
 def test_cross_scan_low_rank_delta_interpreted(interpreted, config, channels_last):
     """delta given as rank-R factors and the dt projection: same result and gradients (also of the
@@ -208,7 +216,8 @@ def test_cross_scan_bf16_inputs_interpreted(interpreted):
 @pytest.mark.parametrize("bc,keep,segments,det,step", [
     ("grouped", True, 1, False, False), ("variable", True, 1, False, False), ("constant", True, 1, False, False),
     ("grouped", False, 1, False, False), ("variable", True, 3, False, False), ("grouped", False, 2, False, False),
-    ("grouped", True, 1, True, False), ("grouped", True, 1, False, True), ("constant", True, 1, True, True)])
+    ("grouped", True, 1, True, False), ("grouped", True, 1, False, True), ("constant", True, 1, True, True),
+    ("variable", False, 3, True, True)])
 def test_generic_scan_matches_reference_interpreted(interpreted, bc, keep, segments, det, step):
     interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, keep_states=keep, segments=segments,
                                                        deterministic=det, bwd_stepwise=step, bwd_step_block_d=4))
@@ -480,7 +489,7 @@ def test_step_backward_runs_the_four_directions_in_one_launch_interpreted(interp
 
     def record(kernel, grid, *args, **kwargs):
         if kernel is triton_scan._kernels().scan_bwd_kernel:
-            launches.append((grid, args[18].numel(), kwargs["STEPWISE"], kwargs["ALL4"]))
+            launches.append((grid, args[18].numel(), kwargs["STEPWISE"], kwargs["ALL4"], kwargs["PHASE"]))
         return real_launch(kernel, grid, *args, **kwargs)
 
     monkeypatch.setattr(triton_scan, "launch", record)
@@ -493,7 +502,7 @@ def test_step_backward_runs_the_four_directions_in_one_launch_interpreted(interp
         atomics.clear()
         runs.append(fwd_and_grads(fused, leaf(x, torch.float32)))
     # 2 channel blocks x 4 directions x 3 maps; scratch: 24 programs x 16 steps x (2 x 4 + 2) x 4 channels
-    assert launches[-1] == ((2, 4, 3), 24 * 16 * 10 * 4, True, True) and len(launches) == 2, launches
+    assert launches[-1] == ((2, 4, 3), 24 * 16 * 10 * 4, True, True, 0) and len(launches) == 2, launches
     assert bool(atomics) != det
     (y, g), (_, g2) = runs
     assert rel_err(y, y_ref) <= 1e-4
@@ -501,3 +510,31 @@ def test_step_backward_runs_the_four_directions_in_one_launch_interpreted(interp
         assert rel_err(g[k], g_ref[k]) <= 1e-4, k
         if det:
             assert torch.equal(g[k], g2[k]), k
+
+
+def test_step_backward_segments_interpreted(interpreted, monkeypatch):
+    """KernelConfig(bwd_stepwise=True, segments=S): the backward in two launches of (blocks, 4 x S,
+    batch) programs, the adjoint of each segment alone first (no scratch), then every segment from its
+    true entering adjoint; segments=0 picks S per call, at most one per chunk."""
+    launches, real_launch = [], triton_scan.launch
+
+    def record(kernel, grid, *args, **kwargs):
+        if kernel is triton_scan._kernels().scan_bwd_kernel:
+            launches.append((grid, args[18].numel(), kwargs["PHASE"], args[30:32]))
+        return real_launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(triton_scan, "launch", record)
+    x = cross_inputs(1, 8, 6, 11, 4, seed=4)  # 66 steps: 9 chunks of 8
+    y_ref, g_ref = fwd_and_grads(composed_reference, leaf(x))
+    for segments, expect in ((4, (3, 3)), (0, (9, 1))):  # auto: 8 programs without segments -> one per chunk
+        launches.clear()
+        interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=8, bwd_stepwise=True, bwd_step_block_d=4,
+                                                           segments=segments))
+        y, g = fwd_and_grads(fused, leaf(x, torch.float32))
+        nseg, seg_chunks = expect
+        grid = (2, 4 * nseg, 1)
+        assert [(p[0], p[2], tuple(p[3])) for p in launches] == [(grid, 1, expect), (grid, 2, expect)], launches
+        assert launches[0][1] == 1 and launches[1][1] == 2 * 4 * nseg * 8 * 10 * 4  # scratch in phase 2 only
+        assert rel_err(y, y_ref) <= 1e-4
+        for k in g_ref:
+            assert rel_err(g[k], g_ref[k]) <= 1e-4, k

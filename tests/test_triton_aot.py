@@ -182,6 +182,17 @@ def test_step_backward_compiles_to_fewer_instructions_per_value(tmp_path):
         converted = set(re.findall(r"ttg\.convert_layout %([A-Za-z_0-9]+)", ir))
         assert not converted & loaded, (case, converted & loaded)
         assert not {c for c in converted if re.fullmatch(r"(h|g)(_\d+)?", c)}, case
+    # split into segments (KernelConfig.segments, both passes): the segments' adjoints alone, then the
+    # backward of each segment, four directions x four segments per batch
+    report, _ = run_kernels(tmp_path, "--arch", "sm_90", "--cases", "ss2d_bwd_steps", "--batch", "2",
+                            "--config", "segments=4")
+    seg = {r["variant"]: r for r in report["rows"] if r["kernel"] == "scan_bwd_kernel"}
+    assert set(seg) == {"phase 1 all four", "phase 2 all four"}, seg
+    assert all(tuple(r["grid"]) == (6, 16, 2) and r["spill_bytes"] == 0 for r in seg.values()), seg
+    # phase 1 runs only the adjoint recurrence: no scratch, no atomics, a fraction of phase 2's work
+    one, two = seg["phase 1 all four"], seg["phase 2 all four"]
+    assert one["atomics"] == 0 and one["passes"] is None and one["loop"]["sfu"] <= 20 * one["loop_steps"], one
+    assert one["loop"]["instructions"] < 0.35 * sum(two["passes"]) * two["loop_steps"], (one, two)
 
 
 def test_cli_rejects_unknown_architecture_and_case(tmp_path, monkeypatch):

@@ -239,9 +239,9 @@ def residency(arch: int, registers: int, num_warps: int, shared_bytes: int) -> t
 
 def _variant(kwargs) -> str:
     if kwargs.get("ALL4"):
-        return f"phase {kwargs['PHASE']} all four" if "PHASE" in kwargs else "all four"
+        return f"phase {kwargs['PHASE']} all four" if kwargs.get("PHASE") else "all four"
     parts = []
-    if "PHASE" in kwargs:
+    if kwargs.get("PHASE"):
         parts.append(f"phase {kwargs['PHASE']}")
     if "COL" in kwargs:
         parts.append("cols" if kwargs["COL"] else "rows")

@@ -19,6 +19,8 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import itertools
+import math
 import os
 
 import torch
@@ -273,6 +275,8 @@ def _direction_strides(buf):
 # and the SM count assumed where no GPU says its own (compiling without one, the interpreter)
 FWD_PROGRAMS_PER_SM = 4
 DEFAULT_SMS = 132
+# the step-loop backward's (one warp, ~250 registers: ``kernels --cases ss2d_bwd_steps``)
+BWD_STEP_PROGRAMS_PER_SM = 8
 
 
 @functools.lru_cache(maxsize=None)
@@ -420,26 +424,40 @@ class _ScanFunction(torch.autograd.Function):
             ddelta = torch.empty_strided(delta.shape, delta.stride(), device=dev, dtype=f32)
         if w is not None and not det:  # low rank: gradients of the factors are accumulated, and of the projection
             ddelta.zero_()
-        new = torch.empty if det else torch.zeros  # deterministic: partials, every element written once
-        dA = new((geo.batch, *A.shape) if det else A.shape, device=dev, dtype=f32)
-        dD = new((geo.batch, rows) if det else (rows,), device=dev, dtype=f32)
-        dbias = new((geo.batch, rows) if det else (rows,), device=dev, dtype=f32)
-        dw = new(((geo.batch, *w.shape) if det else w.shape) if w is not None else (1,), device=dev, dtype=f32)
-        dB = new((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)  # deterministic: the partials' sums
-        dC = new((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)
-
         step = cfg.bwd_stepwise
         bd, warps = cfg.bwd_tile()
         npad = _next_pow2(geo.N)
+        nblk = triton_cdiv(geo.Dk, bd)
+        # the step-loop backward split into segments of whole chunks (KernelConfig.segments)
+        nseg, seg_chunks = 1, ctx.nchunks
+        if step:
+            segments = cfg.segments
+            if segments == 0:
+                programs = nblk * (4 if geo.cross else geo.K) * geo.batch
+                segments = auto_segments(programs, _sm_count(dev), ctx.nchunks, BWD_STEP_PROGRAMS_PER_SM)
+            seg_chunks = triton_cdiv(ctx.nchunks, max(1, segments))
+            nseg = triton_cdiv(ctx.nchunks, seg_chunks)
+        agg_g = torch.empty((geo.batch, geo.K, nseg, geo.Dk, geo.N) if nseg > 1 else (1,), device=dev, dtype=f32)
+        agg_dt = torch.empty((geo.batch, geo.K, nseg, geo.Dk) if nseg > 1 else (1,), device=dev, dtype=f32)
+
+        new = torch.empty if det else torch.zeros  # deterministic: partials, every element written once
+        per = (geo.batch, nseg) if det else ()  # deterministic: a row of partials per batch and segment
+        dA = new((*per, *A.shape), device=dev, dtype=f32)
+        dD = new((*per, rows), device=dev, dtype=f32)
+        dbias = new((*per, rows), device=dev, dtype=f32)
+        dw = new((*per, *w.shape) if w is not None else (1,), device=dev, dtype=f32)
+        dB = new((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)  # deterministic: the partials' sums
+        dC = new((geo.batch, geo.K, geo.N, geo.L), device=dev, dtype=f32)
 
         def run(launches, b, du_t, du_strides, ddl_t, dB_t, dC_t, part_strides, slot=False):
             # the batches b (a slice) of the launches' directions or groups; part_strides: between channel
             # blocks' partial dB, dC and factor gradients (zeros: one buffer, added into atomically);
             # slot: the launch's one group writes dB, dC and ddl at group index 0 (a stride of 0)
-            for k_base, groups, rev, col, all4 in launches:
-                grid = (triton_cdiv(geo.Dk, bd), groups, b.stop - b.start)
+            for (k_base, groups, rev, col, all4), phase in itertools.product(
+                    launches, (1, 2) if nseg > 1 else (0,)):
+                grid = (nblk, groups * nseg, b.stop - b.start)
                 # the step loop's scratch: (T, 2 N + 2, channels) per program (a dummy for the chunked kernel)
-                scratch = torch.empty((grid[0] * grid[1] * grid[2] * ctx.T * (2 * npad + 2) * bd) if step else 1,
+                scratch = torch.empty((math.prod(grid) * ctx.T * (2 * npad + 2) * bd) if step and phase != 1 else 1,
                                       device=dev, dtype=f32)
                 if det and w is not None:  # the factor gradients' partials, (blocks, batches, slots, R, L)
                     ddl_bk = (ddl_t.stride(1), 0 if slot else ddl_t.stride(2))
@@ -450,14 +468,16 @@ class _ScanFunction(torch.autograd.Function):
                     D if D is not None else A, bias if bias is not None else A, dy[b], hs[b],
                     w if w is not None else A, du_t, ddl_t, dA[b] if det else dA, dB_t, dC_t,
                     dD[b] if det else dD, dbias[b] if det else dbias, dw[b] if det and w is not None else dw,
-                    scratch, geo.L, geo.H, geo.W, geo.Dk, ctx.nchunks, geo.K, k_base, rank, 1,  # 1: `one`
+                    scratch, agg_g[b] if nseg > 1 else agg_g, agg_dt[b] if nseg > 1 else agg_dt,
+                    geo.L, geo.H, geo.W, geo.Dk, ctx.nchunks, geo.K, k_base, rank, 1, nseg, seg_chunks,  # 1: `one`
                     *_strides4(geo, u, True), *_strides4(geo, delta, False),
                     *_strides_bkn_t(Bv), *_strides_bkn_t(Cv), *_strides4(geo, dy, True), *du_strides,
                     dB_t.stride(-4), 0 if slot else dB_t.stride(-3), dB_t.stride(-2), dC_t.stride(-4),
                     0 if slot else dC_t.stride(-3), dC_t.stride(-2), *part_strides[:2], *ddl_bk, part_strides[2],
                     N=geo.N, NP=npad, BD=bd, T=ctx.T, REV=rev, COL=col, HAS_D=ctx.has_D,
                     HAS_BIAS=ctx.has_bias, SOFTPLUS=bool(ctx.softplus), ATOMIC=geo.cross and not det,
-                    RP=_next_pow2(rank), LOWRANK=w is not None, DET=det, STEPWISE=step, ALL4=all4, UNROLL=cfg.unroll, num_warps=warps,
+                    RP=_next_pow2(rank), LOWRANK=w is not None, DET=det, STEPWISE=step, ALL4=all4, UNROLL=cfg.unroll, PHASE=phase,
+                    num_warps=warps,
                     maxnreg=cfg.bwd_max_registers,
                 )
 
@@ -467,7 +487,6 @@ class _ScanFunction(torch.autograd.Function):
         else:
             # each channel block writes its own dB, dC (and factor gradients): partials for one launch's
             # directions (SS2D: one) at a time, batches in groups so that they stay under DET_PARTIAL_BYTES
-            nblk = triton_cdiv(geo.Dk, bd)
             launches = _launches(geo, step)
             slots = max(groups for _, groups, *_ in launches)
             per_batch = 4 * nblk * slots * (2 * geo.N * geo.L + (rank * geo.L if w is not None else 0))
@@ -500,8 +519,8 @@ class _ScanFunction(torch.autograd.Function):
                         torch.sum(ddl_p[:, :n, :groups], 0, out=ddelta[b, ks])
             if geo.cross:
                 torch.sum(du4, 0, out=du)
-            dA, dD, dbias = dA.sum(0), dD.sum(0), dbias.sum(0)
-            dw = dw.sum(0) if w is not None else dw
+            dA, dD, dbias = dA.sum((0, 1)), dD.sum((0, 1)), dbias.sum((0, 1))
+            dw = dw.sum((0, 1)) if w is not None else dw
         return (du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB, dC,
                 dD.to(D.dtype) if ctx.has_D else None, dbias.to(bias.dtype) if ctx.has_bias else None,
                 dw if w is not None else None, None, None, None)

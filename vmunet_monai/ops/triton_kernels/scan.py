@@ -319,7 +319,7 @@ def _bwd_run(
     dA_acc = tl.zeros([BD, NP], dtype=tl.float32)
     dD_acc = tl.zeros([BD], dtype=tl.float32)
     dbias_acc = tl.zeros([BD], dtype=tl.float32)
-    dW_acc = tl.zeros([RP, BD], dtype=tl.float32)
+    dW_acc = tl.zeros([BD, RP], dtype=tl.float32)
     rr = tl.arange(0, RP)
     for i in range(nchunks):
         c = nchunks - 1 - i
@@ -451,10 +451,33 @@ def _adjoint_inputs(row, sc_col, u_base, dl_base, B_base, C_base, dy_base, dd, d
 
 
 @triton.jit
+def _adjoint_local(dl_base, C_base, dy_base, dd, dm, n, nm, A2t, bias2, Wt, R, t_lo, t_hi, L, H, W,
+                   s_dd, s_dl, s_Cn, s_Ct, s_yd, s_yl, RP: tl.constexpr, SOFTPLUS: tl.constexpr,
+                   LOWRANK: tl.constexpr, REV, COL, UNROLL: tl.constexpr):
+    """Phase 1 of the segmented step-loop backward: the adjoint recurrence ``g <- a_t (g + C_t dy_t)``
+    over steps t_hi - 1 down to t_lo from zero (no states needed), and the sum of the step sizes."""
+    g = tl.zeros(A2t.shape, dtype=tl.float32)
+    sdt = tl.zeros(bias2.shape, dtype=tl.float32)
+    s, q, rw, pos = _walk_start(t_hi - 1, L, H, W, REV, COL)
+    for jr in tl.range(0, t_hi - t_lo, loop_unroll_factor=UNROLL):
+        x = _delta_row(dl_base, dd, dm, pos, s_dd, s_dl, Wt, R, RP, LOWRANK) + bias2
+        if SOFTPLUS:
+            dt = _softplus(x)
+        else:
+            dt = x
+        Cv = tl.load(C_base + n * s_Cn + pos * s_Ct, mask=nm, other=0.0).to(tl.float32)
+        dy = tl.load(dy_base + dd * s_yd + pos * s_yl, mask=dm, other=0.0).to(tl.float32)
+        g = tl.exp2(dt * A2t) * (g + Cv * dy)
+        sdt += tl.where(dm, dt, 0.0)
+        s, q, rw, pos = _walk_prev(s, q, rw, H, W, REV, COL)
+    return g, sdt
+
+
+@triton.jit
 def _bwd_steps(
     u_base, dl_base, B_base, C_base, dy_base, hs_base, sc_base,
     du_base, ddl_base, dB_base, dC_base, dA_base, dD_base, dbias_base, dW_base, row0,
-    d, dmask, A2t, Dv2, bias2, Wt, R, L, H, W, nchunks, one,
+    d, dmask, A2t, Dv2, bias2, Wt, g, c_lo, c_hi, R, L, H, W, nchunks, one,
     s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, s_dud, s_dul, s_dBn, s_dCn,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV, COL, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -493,13 +516,13 @@ def _bwd_steps(
     dm_r = dmask[:, None]
     r = tl.arange(0, RP)[:, None]
     rm = r < R
-    g = tl.zeros([NP, BD], dtype=tl.float32)  # adjoint of the next step's state times its decay
+    # g: the adjoint of the state after the chunk range, times the decay of the step after it
     dA_acc = tl.zeros([NP, BD], dtype=tl.float32)
     dD_acc = tl.zeros_like(Dv2)
     dbias_acc = tl.zeros_like(Dv2)
     dW_acc = tl.zeros([RP, BD], dtype=tl.float32)
-    for i in range(nchunks):
-        c = nchunks - 1 - i
+    for i in range(0, c_hi - c_lo):
+        c = c_hi - 1 - i
         t0 = c * T
         steps = tl.minimum(t0 + T, L) - t0
         h = tl.load(hs_base + dd * (nchunks * N) + c * N + n * one, mask=dm & nm, other=0.0)
@@ -593,8 +616,8 @@ def _bwd_steps(
 @triton.jit(do_not_specialize=["one"])  # as scan_fwd_kernel
 def scan_bwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, hs_ptr, w_ptr,
-    du_ptr, ddl_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dw_ptr, sc_ptr,
-    L, H, W, Dk, nchunks, K, k_base, R, one,
+    du_ptr, ddl_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dw_ptr, sc_ptr, agg_g_ptr, agg_dt_ptr,
+    L, H, W, Dk, nchunks, K, k_base, R, one, nseg, seg_chunks,
     s_ub, s_uk, s_ud, s_ul, s_db, s_dk, s_dd, s_dl,
     s_Bb, s_Bk, s_Bn, s_Bt, s_Cb, s_Ck, s_Cn, s_Ct,
     s_yb, s_yk, s_yd, s_yl, s_dub, s_duk, s_dud, s_dul,
@@ -602,9 +625,9 @@ def scan_bwd_kernel(
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     REV: tl.constexpr, COL: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     ATOMIC: tl.constexpr, RP: tl.constexpr, LOWRANK: tl.constexpr, DET: tl.constexpr,
-    STEPWISE: tl.constexpr, ALL4: tl.constexpr, UNROLL: tl.constexpr,
+    STEPWISE: tl.constexpr, ALL4: tl.constexpr, UNROLL: tl.constexpr, PHASE: tl.constexpr,
 ):
-    """Grid (ceil(Dk / BD), groups, batch) as the forward's. ``ddl`` has the strides of ``dl`` (delta,
+    """Grid (ceil(Dk / BD), groups * nseg, batch) as the forward's. ``ddl`` has the strides of ``dl`` (delta,
     or with LOWRANK its factors, then accumulated) within a (batch, group), and batch and group strides
     ``s_ddlb``, ``s_ddlk`` of its own; dA, dD, d bias and d w start at zero.
 
@@ -613,9 +636,17 @@ def scan_bwd_kernel(
     partial buffers, and batch ``b`` its dA, dD, d bias and d w at row ``b`` of (batch, ...) partials;
     the caller sums the partials in a fixed order. Pass ``ATOMIC=False`` and a per-group du. A group
     stride of 0 for dB, dC and ddl puts every group of the launch in one slot of the partials (a launch
-    of one group, as SS2D's per-direction launches are, needs no more)."""
+    of one group, as SS2D's per-direction launches are, needs no more).
+
+    ``STEPWISE`` (the step-loop backward) may split each sequence into ``nseg`` segments of
+    ``seg_chunks`` chunks, one program each: ``PHASE`` 1 runs each segment's adjoint recurrence alone,
+    from zero, and writes its result and the segment's summed step sizes to ``agg_g`` (batch, K, nseg,
+    Dk, N) and ``agg_dt`` (batch, K, nseg, Dk); ``PHASE`` 2 folds the later segments' results into the
+    adjoint entering its segment and runs the full backward over it. With DET, batch ``b``'s segment
+    ``s`` writes its per-channel partials at row ``b * nseg + s``. ``PHASE`` 0: one segment."""
     pid_d = tl.program_id(0)
-    k = k_base + tl.program_id(1).to(tl.int64)
+    k = k_base + (tl.program_id(1) // nseg).to(tl.int64)
+    seg = tl.program_id(1) % nseg
     rev, col = _walk(k, REV, COL, ALL4)
     b = tl.program_id(2).to(tl.int64)
     d = pid_d * BD + tl.arange(0, BD)
@@ -633,8 +664,8 @@ def scan_bwd_kernel(
     dB_base = dB_ptr + b * s_dBb + k * s_dBk + pid_d * s_dBp
     dC_base = dC_ptr + b * s_dCb + k * s_dCk + pid_d * s_dCp
     row0 = k * Dk  # the first of this group's rows of A, D, delta_bias and w
-    if DET:  # in this batch's slice of the (batch, K * Dk, ...) partials
-        row0 += b * (K * Dk)
+    if DET:  # in this batch's (and segment's) slice of the (batch, nseg, K * Dk, ...) partials
+        row0 += (b * nseg + seg) * (K * Dk)
     if STEPWISE:
         # this program's scratch: (T, 2 NP + 2, BD) float32 (see _bwd_steps)
         pid = pid_d + tl.num_programs(0) * (tl.program_id(1) + tl.num_programs(1) * tl.program_id(2))
@@ -644,10 +675,32 @@ def scan_bwd_kernel(
             Wt = _columns(w_ptr, row, dmask, R, RP, BD)
         else:
             Wt = tl.zeros([RP, BD], dtype=tl.float32)
-        _bwd_steps(u_base, dl_base, B_base, C_base, dy_base, hs_base, sc_base, du_base, ddl_base, dB_base,
-                   dC_base, dA_ptr, dD_ptr, dbias_ptr, dw_ptr, row0, d, dmask, A2t, Dv[None, :], bias[None, :], Wt,
-                   R, L, H, W, nchunks, one, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, s_dud, s_dul,
-                   s_dBn, s_dCn, N, NP, BD, T, rev, col, HAS_D, HAS_BIAS, SOFTPLUS, ATOMIC, RP, LOWRANK, DET, UNROLL)
+        n2 = tl.arange(0, NP)[:, None]
+        dd = d[None, :]
+        dm = dmask[None, :]
+        # this (batch, group)'s segment results: agg_g (nseg, Dk, N), agg_dt (nseg, Dk)
+        agg_g_base = agg_g_ptr + (b * K + k) * nseg * Dk * N
+        agg_dt_base = agg_dt_ptr + (b * K + k) * nseg * Dk
+        c_lo = seg * seg_chunks
+        c_hi = tl.minimum(c_lo + seg_chunks, nchunks)
+        g0 = tl.zeros([NP, BD], dtype=tl.float32)
+        if PHASE == 1:
+            g0, sdt = _adjoint_local(dl_base, C_base, dy_base, dd, dm, n2, n2 < N, A2t, bias[None, :], Wt, R,
+                                     c_lo * T, tl.minimum(c_hi * T, L), L, H, W, s_dd, s_dl, s_Cn, s_Ct, s_yd,
+                                     s_yl, RP, SOFTPLUS, LOWRANK, rev, col, UNROLL)
+            tl.store(agg_g_base + seg * Dk * N + dd * N + n2, g0, mask=dm & (n2 < N))
+            tl.store(agg_dt_base + seg * Dk + dd, sdt, mask=dm)
+        else:
+            for jj in range(0, nseg - 1 - seg):  # the adjoint entering this segment, from the later ones
+                j = nseg - 1 - jj
+                sdt_j = tl.load(agg_dt_base + j * Dk + dd, mask=dm, other=0.0)
+                g_j = tl.load(agg_g_base + j * Dk * N + dd * N + n2, mask=dm & (n2 < N), other=0.0)
+                g0 = tl.exp2(sdt_j * A2t) * g0 + g_j
+            _bwd_steps(u_base, dl_base, B_base, C_base, dy_base, hs_base, sc_base, du_base, ddl_base, dB_base,
+                       dC_base, dA_ptr, dD_ptr, dbias_ptr, dw_ptr, row0, d, dmask, A2t, Dv[None, :], bias[None, :],
+                       Wt, g0, c_lo, c_hi, R, L, H, W, nchunks, one, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct,
+                       s_yd, s_yl, s_dud, s_dul, s_dBn, s_dCn, N, NP, BD, T, rev, col, HAS_D, HAS_BIAS, SOFTPLUS,
+                       ATOMIC, RP, LOWRANK, DET, UNROLL)
     else:
         if LOWRANK:
             W2 = _projection_rows(w_ptr, row, dmask, R, RP)
