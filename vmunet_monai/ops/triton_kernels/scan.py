@@ -502,8 +502,10 @@ def _bwd_steps(
     nm = n < N
     dd = d[None, :]
     dm = dmask[None, :]
-    # the channel stride ``one`` keeps Triton from vectorising the scratch accesses of steps 1 and 2 in
-    # a layout of its own, so that each thread reads back exactly what it wrote
+    # the channel stride ``one`` keeps Triton 3.9 from vectorising the scratch accesses of steps 1 and 2
+    # in a layout of its own: each thread then reads back what it wrote, without converting layouts
+    # through shared memory every step (Triton 3.6 still lays the state's stores and loads out
+    # differently; the barrier before step 2 keeps that correct)
     sc_col = tl.arange(0, BD)[None, :] * one
     RS: tl.constexpr = 2 * NP + 2
     # step 3 reads the products as (channels, N) tiles, contiguous along the channels: Triton then spreads
@@ -549,6 +551,7 @@ def _bwd_steps(
             tl.store(row + (2 * NP + 1) * BD + sc_col, slope)
             pos = nxt
             u, x, Bv = u1, x1, B1
+        tl.debug_barrier()  # the states are in the scratch, whichever thread stored them
         # 2. the adjoint, backwards (again each step's inputs loaded while the step after computes)
         s, q, rw, pos = _walk_start(t0 + steps - 1, L, H, W, REV, COL)
         hv, dt, slope, u, Bv, Cv, dy, f = _adjoint_inputs(
