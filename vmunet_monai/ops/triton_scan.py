@@ -100,8 +100,9 @@ class KernelConfig:
             two-pass scan: segment end states first, then every segment from its true entering
             state), so that small batches still fill the GPU; 1 walks each sequence in one program;
             0 chooses per call (:func:`auto_segments`: 1 while a launch has at least half the
-            programs the GPU holds at once, else enough segments to fill it). The step loop only
-            (``stepwise``).
+            programs the GPU holds at once, else enough segments to fill it). The step-loop forward
+            (``stepwise``), and with ``bwd_stepwise`` the backward too (its phase 1 runs each
+            segment's adjoint alone, phase 2 each segment's backward from its true entering adjoint).
         one_launch: the step-loop forward scans SS2D's four directions in one launch, each program
             taking its direction's walk order as a value (True), or launches once per direction with
             the order compiled in (False). At VM-UNet's stage 1 and batch 32 one launch has 384
