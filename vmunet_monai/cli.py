@@ -77,7 +77,7 @@ class Commands:
             arch: sm_80 (A100), sm_86 (A40), sm_89 (L40S), sm_90 (H100, H200) or sm_100 (B200).
             cases: comma-separated subset of ss2d, ss2d_bf16, ss2d_fp16, ss2d_fast, ss2d_fast_fp32, ss2d_recompute_states,
                 ss2d_per_direction, ss2d_segments, ss2d_chunked, selective_scan, ss2d_deterministic, ss2d_bwd_steps,
-                ss2d_fast_bwd_steps; or all.
+                ss2d_fast_bwd_steps (the fast options with the step-loop backward in 4 segments); or all.
             batch: batch size of the launches (it sets the grids, not the compiled code).
             sms: SM count of the card (default: that of the card named for the architecture).
             out: also write the rows as JSON to this file.

@@ -341,8 +341,8 @@ CASES = {
     "ss2d_deterministic": ("the fast options with KernelConfig(deterministic=True): no atomic adds",
                            _ss2d_case(torch.bfloat16, True, True, True, deterministic=True)),
     "ss2d_bwd_steps": ("KernelConfig(bwd_stepwise=True), the step-loop backward", _ss2d_case(bwd_stepwise=True)),
-    "ss2d_fast_bwd_steps": ("the fast options, bfloat16, with the step-loop backward",
-                            _ss2d_case(torch.bfloat16, True, True, True, bwd_stepwise=True)),
+    "ss2d_fast_bwd_steps": ("the fast options, bfloat16, with the step-loop backward, both passes in 4 segments",
+                            _ss2d_case(torch.bfloat16, True, True, True, bwd_stepwise=True, segments=4)),
 }
 
 
