@@ -298,6 +298,16 @@ def auto_segments(programs: int, sms: int, nchunks: int, per_sm: int = FWD_PROGR
     return max(1, min(nchunks, -(-slots // max(programs, 1))))
 
 
+def _segmentation(segments: int, programs: int, device, nchunks: int, per_sm: int) -> tuple[int, int]:
+    """(chunks per segment, segments) for ``KernelConfig.segments`` over ``nchunks`` chunks; 0 asks
+    :func:`auto_segments` for a launch of ``programs`` programs (without segments), ``per_sm`` of
+    which an SM holds."""
+    if segments == 0:
+        segments = auto_segments(programs, _sm_count(device), nchunks, per_sm)
+    seg_chunks = triton_cdiv(nchunks, max(1, segments))
+    return seg_chunks, triton_cdiv(nchunks, seg_chunks)
+
+
 def _run_forward(u, delta, A, Bv, Cv, D, bias, w, geo, softplus, cfg, T, nchunks, save_states, return_last,
                  det=False):
     """Launch the forward kernels; returns (y, chunk states or a dummy, last state or a dummy).
@@ -321,13 +331,9 @@ def _run_forward(u, delta, A, Bv, Cv, D, bias, w, geo, softplus, cfg, T, nchunks
                  SOFTPLUS=bool(softplus), ATOMIC=geo.cross and y4 is None, SAVE_STATES=save_states,
                  SAVE_LAST=bool(return_last), RP=_next_pow2(rank), LOWRANK=w is not None, UNROLL=cfg.unroll,
                  num_warps=cfg.num_warps, maxnreg=cfg.max_registers)
-    segments = cfg.segments
-    if segments == 0:  # as many as fill the GPU (see auto_segments)
-        per_launch = 4 if cfg.one_launch else 1
-        programs = triton_cdiv(geo.Dk, cfg.block_d) * (per_launch if geo.cross else geo.K) * geo.batch
-        segments = auto_segments(programs, _sm_count(u.device), nchunks)
-    seg_len = triton_cdiv(triton_cdiv(geo.L, segments), T) * T  # whole chunks per segment
-    nseg = triton_cdiv(geo.L, seg_len)
+    programs = triton_cdiv(geo.Dk, cfg.block_d) * ((4 if cfg.one_launch else 1) if geo.cross else geo.K) * geo.batch
+    seg_chunks, nseg = _segmentation(cfg.segments, programs, u.device, nchunks, FWD_PROGRAMS_PER_SM)
+    seg_len = seg_chunks * T
     if nseg > 1 and cfg.stepwise:
         _run_forward_split(args, strides, flags, geo, nchunks, nseg, seg_len, rank, cfg.one_launch)
     else:
@@ -430,14 +436,8 @@ class _ScanFunction(torch.autograd.Function):
         npad = _next_pow2(geo.N)
         nblk = triton_cdiv(geo.Dk, bd)
         # the step-loop backward split into segments of whole chunks (KernelConfig.segments)
-        nseg, seg_chunks = 1, ctx.nchunks
-        if step:
-            segments = cfg.segments
-            if segments == 0:
-                programs = nblk * (4 if geo.cross else geo.K) * geo.batch
-                segments = auto_segments(programs, _sm_count(dev), ctx.nchunks, BWD_STEP_PROGRAMS_PER_SM)
-            seg_chunks = triton_cdiv(ctx.nchunks, max(1, segments))
-            nseg = triton_cdiv(ctx.nchunks, seg_chunks)
+        seg_chunks, nseg = _segmentation(cfg.segments if step else 1, nblk * (4 if geo.cross else geo.K) * geo.batch,
+                                         dev, ctx.nchunks, BWD_STEP_PROGRAMS_PER_SM)
         agg_g = torch.empty((geo.batch, geo.K, nseg, geo.Dk, geo.N) if nseg > 1 else (1,), device=dev, dtype=f32)
         agg_dt = torch.empty((geo.batch, geo.K, nseg, geo.Dk) if nseg > 1 else (1,), device=dev, dtype=f32)
 
@@ -477,9 +477,8 @@ class _ScanFunction(torch.autograd.Function):
                     0 if slot else dC_t.stride(-3), dC_t.stride(-2), *part_strides[:2], *ddl_bk, part_strides[2],
                     N=geo.N, NP=npad, BD=bd, T=ctx.T, REV=rev, COL=col, HAS_D=ctx.has_D,
                     HAS_BIAS=ctx.has_bias, SOFTPLUS=bool(ctx.softplus), ATOMIC=geo.cross and not det,
-                    RP=_next_pow2(rank), LOWRANK=w is not None, DET=det, STEPWISE=step, ALL4=all4, UNROLL=cfg.unroll, PHASE=phase,
-                    num_warps=warps,
-                    maxnreg=cfg.bwd_max_registers,
+                    RP=_next_pow2(rank), LOWRANK=w is not None, DET=det, STEPWISE=step, ALL4=all4,
+                    UNROLL=cfg.unroll, PHASE=phase, num_warps=warps, maxnreg=cfg.bwd_max_registers,
                 )
 
         everything = slice(0, geo.batch)
