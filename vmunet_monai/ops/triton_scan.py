@@ -457,7 +457,8 @@ class _ScanFunction(torch.autograd.Function):
             for (k_base, groups, rev, col, all4), phase in itertools.product(
                     launches, (1, 2) if nseg > 1 else (0,)):
                 grid = (nblk, groups * nseg, b.stop - b.start)
-                # the step loop's scratch: (T, 2 N + 2, channels) per program (a dummy for the chunked kernel)
+                # the step loop's scratch: (T, 2 N + 2, channels) per program, the kernels' _scratch_block (a
+                # dummy for the chunked kernel)
                 scratch = torch.empty((math.prod(grid) * ctx.T * (2 * npad + 2) * bd) if step and phase != 1 else 1,
                                       device=dev, dtype=f32)
                 if det and w is not None:  # the factor gradients' partials, (blocks, batches, slots, R, L)

@@ -57,6 +57,15 @@ def _softplus(x):
 
 
 @triton.jit
+def _step_size(x, SOFTPLUS: tl.constexpr):
+    """delta from the projected value plus bias: softplus(x), or x itself."""
+    dt = x
+    if SOFTPLUS:
+        dt = _softplus(x)
+    return dt
+
+
+@triton.jit
 def _positions(c, L, H, W, T: tl.constexpr, REV: tl.constexpr, COL: tl.constexpr):
     """Scan indices ``s`` of chunk ``c`` in increasing order, their map positions, and validity."""
     if REV:
@@ -102,10 +111,7 @@ def _fwd_run(
         u = tl.load(u_base + d[:, None] * s_ud + pos[None, :] * s_ul, mask=m2, other=0.0).to(tl.float32)
         x = tl.load(dl_base + d[:, None] * s_dd + pos[None, :] * s_dl, mask=m2, other=0.0).to(tl.float32)
         x = x + bias[:, None]
-        if SOFTPLUS:
-            dt = _softplus(x)
-        else:
-            dt = x
+        dt = _step_size(x, SOFTPLUS)
         dt = tl.where(m2, dt, 0.0)  # padded steps: a = 1, b = 0, the state passes through
         Bt = tl.load(B_base + n[:, None] * s_Bn + pos[None, :] * s_Bt, mask=mb, other=0.0).to(tl.float32)
         Ct = tl.load(C_base + n[:, None] * s_Cn + pos[None, :] * s_Ct, mask=mb, other=0.0).to(tl.float32)
@@ -197,6 +203,19 @@ def _walk(k, REV: tl.constexpr, COL: tl.constexpr, ALL4: tl.constexpr):
 
 
 @triton.jit
+def _program(k_base, nseg, Dk, BD: tl.constexpr, REV: tl.constexpr, COL: tl.constexpr, ALL4: tl.constexpr):
+    """Who this program is, in a grid (ceil(Dk / BD), groups * nseg, batch): its channel block, group
+    ``k``, segment, batch, walk order (``_walk``), channels ``d`` with their mask, and the channels' rows
+    ``k * Dk + d`` of the per-channel parameters (A, D, delta_bias, the dt projection)."""
+    pid_d = tl.program_id(0)
+    k = k_base + (tl.program_id(1) // nseg).to(tl.int64)
+    seg = tl.program_id(1) % nseg
+    rev, col = _walk(k, REV, COL, ALL4)
+    d = pid_d * BD + tl.arange(0, BD)
+    return pid_d, k, seg, tl.program_id(2).to(tl.int64), rev, col, d, d < Dk, k * Dk + d
+
+
+@triton.jit
 def _columns(ptr, row, dmask, count, NI: tl.constexpr, BD: tl.constexpr):
     """(NI, BD) tile of ``ptr[row[j] * count + i]`` for i < count (zeros beyond): the channels' rows of
     a (rows, count) matrix as columns. Built from NI one-dimensional loads so that its layout is the
@@ -260,13 +279,7 @@ def scan_fwd_kernel(
     in one launch, group k walked in direction k's order. ``STEPWISE``: step loop, not chunk scans
     (which do not take LOWRANK). ``LOWRANK``: ``dl`` holds the R step-size factors of each direction
     and ``w`` (K * Dk, R) the projection to delta."""
-    pid_d = tl.program_id(0)
-    k = k_base + tl.program_id(1).to(tl.int64)
-    rev, col = _walk(k, REV, COL, ALL4)
-    b = tl.program_id(2).to(tl.int64)
-    d = pid_d * BD + tl.arange(0, BD)
-    dmask = d < Dk
-    row = k * Dk + d  # this channel's row of A, D and delta_bias
+    pid_d, k, _, b, rev, col, d, dmask, row = _program(k_base, 1, Dk, BD, REV, COL, ALL4)
     A2, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, row, dmask, N, NP, BD, HAS_D, HAS_BIAS)
     u_base = u_ptr + b * s_ub + k * s_uk
     dl_base = dl_ptr + b * s_db + k * s_dk
@@ -329,10 +342,7 @@ def _bwd_run(
         u = tl.load(u_base + d[:, None] * s_ud + pos[None, :] * s_ul, mask=m2, other=0.0).to(tl.float32)
         x, factors = _delta_tile(dl_base, d, pos, m2, valid, s_dd, s_dl, W2, R, RP, LOWRANK)
         x = x + bias[:, None]
-        if SOFTPLUS:
-            dt = _softplus(x)
-        else:
-            dt = x
+        dt = _step_size(x, SOFTPLUS)
         dt = tl.where(m2, dt, 0.0)
         Bt = tl.load(B_base + n[:, None] * s_Bn + pos[None, :] * s_Bt, mask=mb, other=0.0).to(tl.float32)
         Ct = tl.load(C_base + n[:, None] * s_Cn + pos[None, :] * s_Ct, mask=mb, other=0.0).to(tl.float32)
@@ -354,10 +364,7 @@ def _bwd_run(
         m21 = dmask[:, None] & valid1[None, :]
         x1, _ = _delta_tile(dl_base, d, pos1, m21, valid1, s_dd, s_dl, W2, R, RP, LOWRANK)
         x1 = x1 + bias[:, None]
-        if SOFTPLUS:
-            dt1 = _softplus(x1)
-        else:
-            dt1 = x1
+        dt1 = _step_size(x1, SOFTPLUS)
         dt1 = tl.where(m21, dt1, 0.0)
         a1 = tl.where(valid1[None, None, :], tl.exp2(dt1[:, None, :] * A2[:, :, None]), 0.0)
         # adjoint recurrence, backwards in scan order: g_t = C_t dy_t + a_{t+1} g_{t+1}
@@ -411,34 +418,47 @@ def _bwd_run(
 
 @triton.jit
 def _walk_prev(s, q, r, H, W, REV, COL):
-    """(s, q, r) of the previous step in scan order and its map position (as ``_walk_next``, backwards)."""
-    if REV:
-        s1 = s + 1
-        r1 = r + 1
-        wrap = r1 == H
-        r1 = tl.where(wrap, 0, r1)
-        q1 = tl.where(wrap, q + 1, q)
-    else:
-        s1 = s - 1
-        r1 = r - 1
-        wrap = r1 < 0
-        r1 = tl.where(wrap, H - 1, r1)
-        q1 = tl.where(wrap, q - 1, q)
-    pos = s1
-    if COL:
-        pos = r1 * W + q1
-    return s1, q1, r1, pos
+    """(s, q, r) of the previous step in scan order and its map position: the next step of the
+    opposite walk."""
+    return _walk_next(s, q, r, H, W, REV == 0, COL)
+
+
+# the parts of one step's block in the step-loop backward's scratch (``_scratch``)
+SC_STATE = tl.constexpr(0)
+SC_ADJOINT = tl.constexpr(1)
+SC_DELTA = tl.constexpr(2)
+SC_SLOPE = tl.constexpr(3)
 
 
 @triton.jit
-def _adjoint_inputs(row, sc_col, u_base, dl_base, B_base, C_base, dy_base, dd, dm, n, nm, r, rm, pos,
+def _scratch_block(sc_base, j, NP: tl.constexpr, BD: tl.constexpr):
+    """Step ``j``'s block in a program's scratch of the step-loop backward: 2 NP + 2 rows of BD float32
+    values, the state after the step (NP rows), its adjoint (NP rows), delta and the softplus slope."""
+    return sc_base + j * ((2 * NP + 2) * BD)
+
+
+@triton.jit
+def _scratch(block, PART: tl.constexpr, rows, NP: tl.constexpr, BD: tl.constexpr):
+    """Rows ``rows`` (a tile of row indices, or 0) of part ``PART`` of a scratch block."""
+    first = 0  # SC_STATE
+    if PART == SC_ADJOINT:
+        first = NP
+    if PART == SC_DELTA:
+        first = 2 * NP
+    if PART == SC_SLOPE:
+        first = 2 * NP + 1
+    return block + (first + rows) * BD
+
+
+@triton.jit
+def _adjoint_inputs(blk, sc_col, u_base, dl_base, B_base, C_base, dy_base, dd, dm, n, nm, r, rm, pos,
                     s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl,
                     NP: tl.constexpr, BD: tl.constexpr, LOWRANK: tl.constexpr):
-    """What step 2 of ``_bwd_steps`` reads for one step: the state, delta and softplus slope from the
-    scratch row ``row``, and u, B, C, dy and (LOWRANK) the step-size factors at map position ``pos``."""
-    hv = tl.load(row + n * BD + sc_col)
-    dt = tl.load(row + (2 * NP) * BD + sc_col)
-    slope = tl.load(row + (2 * NP + 1) * BD + sc_col)
+    """What step 2 of ``_bwd_steps`` reads for one step: the state, delta and softplus slope from its
+    scratch block ``blk``, and u, B, C, dy and (LOWRANK) the step-size factors at map position ``pos``."""
+    hv = tl.load(_scratch(blk, SC_STATE, n, NP, BD) + sc_col)
+    dt = tl.load(_scratch(blk, SC_DELTA, 0, NP, BD) + sc_col)
+    slope = tl.load(_scratch(blk, SC_SLOPE, 0, NP, BD) + sc_col)
     u = tl.load(u_base + dd * s_ud + pos * s_ul, mask=dm, other=0.0).to(tl.float32)
     Bv = tl.load(B_base + n * s_Bn + pos * s_Bt, mask=nm, other=0.0).to(tl.float32)
     Cv = tl.load(C_base + n * s_Cn + pos * s_Ct, mask=nm, other=0.0).to(tl.float32)
@@ -461,10 +481,7 @@ def _adjoint_local(dl_base, C_base, dy_base, dd, dm, n, nm, A2t, bias2, Wt, R, t
     s, q, rw, pos = _walk_start(t_hi - 1, L, H, W, REV, COL)
     for jr in tl.range(0, t_hi - t_lo, loop_unroll_factor=UNROLL):
         x = _delta_row(dl_base, dd, dm, pos, s_dd, s_dl, Wt, R, RP, LOWRANK) + bias2
-        if SOFTPLUS:
-            dt = _softplus(x)
-        else:
-            dt = x
+        dt = _step_size(x, SOFTPLUS)
         Cv = tl.load(C_base + n * s_Cn + pos * s_Ct, mask=nm, other=0.0).to(tl.float32)
         dy = tl.load(dy_base + dd * s_yd + pos * s_yl, mask=dm, other=0.0).to(tl.float32)
         g = tl.exp2(dt * A2t) * (g + Cv * dy)
@@ -496,8 +513,7 @@ def _bwd_steps(
        adds and 3 shuffle rounds per value instead of 5 rounds for each of the 16 values every thread
        holds (``python -m vmunet_monai kernels`` counts the difference).
 
-    Scratch rows per step (``RS`` = 2 NP + 2 of BD values): the state after the step, its adjoint,
-    delta, the softplus slope."""
+    The scratch holds a block per step of the chunk (``_scratch``)."""
     n = tl.arange(0, NP)[:, None]
     nm = n < N
     dd = d[None, :]
@@ -507,7 +523,6 @@ def _bwd_steps(
     # through shared memory every step (Triton 3.6 still lays the state's stores and loads out
     # differently; the barrier before step 2 keeps that correct)
     sc_col = tl.arange(0, BD)[None, :] * one
-    RS: tl.constexpr = 2 * NP + 2
     # step 3 reads the products as (channels, N) tiles, contiguous along the channels: Triton then spreads
     # the channels over fewer threads (its choice; a tile of the same shape and order as the state's
     # would pull steps 1 and 2 into that layout too)
@@ -545,25 +560,25 @@ def _bwd_steps(
                 dt = x
                 slope = tl.full(x.shape, 1.0, tl.float32)
             h = tl.exp2(dt * A2t) * h + (dt * u) * Bv
-            row = sc_base + j * (RS * BD)
-            tl.store(row + n * BD + sc_col, h)
-            tl.store(row + (2 * NP) * BD + sc_col, dt)
-            tl.store(row + (2 * NP + 1) * BD + sc_col, slope)
+            blk = _scratch_block(sc_base, j, NP, BD)
+            tl.store(_scratch(blk, SC_STATE, n, NP, BD) + sc_col, h)
+            tl.store(_scratch(blk, SC_DELTA, 0, NP, BD) + sc_col, dt)
+            tl.store(_scratch(blk, SC_SLOPE, 0, NP, BD) + sc_col, slope)
             pos = nxt
             u, x, Bv = u1, x1, B1
         tl.debug_barrier()  # the states are in the scratch, whichever thread stored them
         # 2. the adjoint, backwards (again each step's inputs loaded while the step after computes)
         s, q, rw, pos = _walk_start(t0 + steps - 1, L, H, W, REV, COL)
         hv, dt, slope, u, Bv, Cv, dy, f = _adjoint_inputs(
-            sc_base + (steps - 1) * (RS * BD), sc_col, u_base, dl_base, B_base, C_base, dy_base, dd, dm, n, nm, r,
+            _scratch_block(sc_base, steps - 1, NP, BD), sc_col, u_base, dl_base, B_base, C_base, dy_base, dd, dm, n, nm, r,
             rm, pos, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, NP, BD, LOWRANK)
         for jr in tl.range(0, steps, loop_unroll_factor=UNROLL):
             j = steps - 1 - jr
-            row = sc_base + j * (RS * BD)
+            blk = _scratch_block(sc_base, j, NP, BD)
             s, q, rw, prv = _walk_prev(s, q, rw, H, W, REV, COL)
             prv = tl.where(jr + 1 < steps, prv, pos)
             hv1, dt1, slope1, u1, B1, C1, dy1, f1 = _adjoint_inputs(
-                sc_base + tl.maximum(j - 1, 0) * (RS * BD), sc_col, u_base, dl_base, B_base, C_base, dy_base, dd, dm,
+                _scratch_block(sc_base, tl.maximum(j - 1, 0), NP, BD), sc_col, u_base, dl_base, B_base, C_base, dy_base, dd, dm,
                 n, nm, r, rm, prv, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, NP, BD, LOWRANK)
             g += Cv * dy  # the adjoint of this step's state
             dtu = dt * u
@@ -577,7 +592,7 @@ def _bwd_steps(
                 du += Dv2 * dy
                 dD_acc += dy * u
             dA_acc += ghb * dt
-            tl.store(row + (NP + n) * BD + sc_col, g)
+            tl.store(_scratch(blk, SC_ADJOINT, n, NP, BD) + sc_col, g)
             ddx = tl.where(dm, ddt * slope, 0.0)
             if HAS_BIAS:
                 dbias_acc += ddx
@@ -596,12 +611,12 @@ def _bwd_steps(
         tl.debug_barrier()  # every thread's products are in the scratch
         s, q, rw, pos = _walk_start(t0, L, H, W, REV, COL)
         for j in range(0, steps):
-            row = sc_base + j * (RS * BD)
-            dtu_r = tl.load(row + (2 * NP) * BD + sc_d) * \
+            blk = _scratch_block(sc_base, j, NP, BD)
+            dtu_r = tl.load(_scratch(blk, SC_DELTA, 0, NP, BD) + sc_d) * \
                 tl.load(u_base + d_r * s_ud + pos * s_ul, mask=dm_r, other=0.0).to(tl.float32)
             dy_r = tl.load(dy_base + d_r * s_yd + pos * s_yl, mask=dm_r, other=0.0).to(tl.float32)
-            dBv = tl.sum(tl.load(row + (NP + n_r) * BD + sc_d) * dtu_r, axis=0, keep_dims=True)
-            dCv = tl.sum(tl.load(row + n_r * BD + sc_d) * dy_r, axis=0, keep_dims=True)
+            dBv = tl.sum(tl.load(_scratch(blk, SC_ADJOINT, n_r, NP, BD) + sc_d) * dtu_r, axis=0, keep_dims=True)
+            dCv = tl.sum(tl.load(_scratch(blk, SC_STATE, n_r, NP, BD) + sc_d) * dy_r, axis=0, keep_dims=True)
             _add_into(dB_base + n_r * s_dBn + pos, dBv, nm_r, DET)
             _add_into(dC_base + n_r * s_dCn + pos, dCv, nm_r, DET)
             s, q, rw, pos = _walk_next(s, q, rw, H, W, REV, COL)
@@ -614,6 +629,28 @@ def _bwd_steps(
         _add_into(dbias_base + rows, dbias_acc, dm, DET)
     if LOWRANK:
         _add_into(dW_base + rows * R + r, dW_acc, dm & rm, DET)
+
+
+@triton.jit
+def _segment_slot(agg_base, agg_dt_base, seg, Dk, dd, dm, N: tl.constexpr, NP: tl.constexpr):
+    """Segment ``seg``'s result in a (batch, group)'s slice of the segment buffers (``agg`` (batch, K,
+    nseg, Dk, N) and ``agg_dt`` (batch, K, nseg, Dk), at ``(b * K + k) * nseg`` rows): pointers to its
+    (NP, channels) state or adjoint, with their mask, and to its summed step sizes."""
+    n = tl.arange(0, NP)[:, None]
+    return agg_base + seg * Dk * N + dd * N + n, dm & (n < N), agg_dt_base + seg * Dk + dd
+
+
+@triton.jit
+def _fold_segments(x, agg_base, agg_dt_base, first, count, step, Dk, dd, dm, A2t, N: tl.constexpr,
+                   NP: tl.constexpr):
+    """Fold ``count`` segments' results into ``x``, from segment ``first`` on in steps of ``step``
+    (forward: the earlier segments' end states, +1; backward: the later segments' adjoints, -1, from
+    the last): x <- exp(A * sum of the segment's step sizes) x + the segment's result."""
+    for i in range(0, count):
+        at, mask, at_dt = _segment_slot(agg_base, agg_dt_base, first + i * step, Dk, dd, dm, N, NP)
+        sdt = tl.load(at_dt, mask=dm, other=0.0)
+        x = tl.exp2(sdt * A2t) * x + tl.load(at, mask=mask, other=0.0)
+    return x
 
 
 @triton.jit(do_not_specialize=["one"])  # as scan_fwd_kernel
@@ -647,14 +684,7 @@ def scan_bwd_kernel(
     Dk, N) and ``agg_dt`` (batch, K, nseg, Dk); ``PHASE`` 2 folds the later segments' results into the
     adjoint entering its segment and runs the full backward over it. With DET, batch ``b``'s segment
     ``s`` writes its per-channel partials at row ``b * nseg + s``. ``PHASE`` 0: one segment."""
-    pid_d = tl.program_id(0)
-    k = k_base + (tl.program_id(1) // nseg).to(tl.int64)
-    seg = tl.program_id(1) % nseg
-    rev, col = _walk(k, REV, COL, ALL4)
-    b = tl.program_id(2).to(tl.int64)
-    d = pid_d * BD + tl.arange(0, BD)
-    dmask = d < Dk
-    row = k * Dk + d
+    pid_d, k, seg, b, rev, col, d, dmask, row = _program(k_base, nseg, Dk, BD, REV, COL, ALL4)
     A2, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, row, dmask, N, NP, BD, HAS_D, HAS_BIAS)
     u_base = u_ptr + b * s_ub + k * s_uk
     dl_base = dl_ptr + b * s_db + k * s_dk
@@ -672,7 +702,7 @@ def scan_bwd_kernel(
     if STEPWISE:
         # this program's scratch: (T, 2 NP + 2, BD) float32 (see _bwd_steps)
         pid = pid_d + tl.num_programs(0) * (tl.program_id(1) + tl.num_programs(1) * tl.program_id(2))
-        sc_base = sc_ptr + pid.to(tl.int64) * (T * (2 * NP + 2) * BD)
+        sc_base = _scratch_block(sc_ptr, pid.to(tl.int64) * T, NP, BD)  # T steps' blocks per program
         A2t = _columns(A_ptr, row, dmask, N, NP, BD) * LOG2E  # as in scan_fwd_kernel
         if LOWRANK:
             Wt = _columns(w_ptr, row, dmask, R, RP, BD)
@@ -681,8 +711,7 @@ def scan_bwd_kernel(
         n2 = tl.arange(0, NP)[:, None]
         dd = d[None, :]
         dm = dmask[None, :]
-        # this (batch, group)'s segment results: agg_g (nseg, Dk, N), agg_dt (nseg, Dk)
-        agg_g_base = agg_g_ptr + (b * K + k) * nseg * Dk * N
+        agg_g_base = agg_g_ptr + (b * K + k) * nseg * Dk * N  # this (batch, group)'s segment results
         agg_dt_base = agg_dt_ptr + (b * K + k) * nseg * Dk
         c_lo = seg * seg_chunks
         c_hi = tl.minimum(c_lo + seg_chunks, nchunks)
@@ -691,14 +720,11 @@ def scan_bwd_kernel(
             g0, sdt = _adjoint_local(dl_base, C_base, dy_base, dd, dm, n2, n2 < N, A2t, bias[None, :], Wt, R,
                                      c_lo * T, tl.minimum(c_hi * T, L), L, H, W, s_dd, s_dl, s_Cn, s_Ct, s_yd,
                                      s_yl, RP, SOFTPLUS, LOWRANK, rev, col, UNROLL)
-            tl.store(agg_g_base + seg * Dk * N + dd * N + n2, g0, mask=dm & (n2 < N))
-            tl.store(agg_dt_base + seg * Dk + dd, sdt, mask=dm)
-        else:
-            for jj in range(0, nseg - 1 - seg):  # the adjoint entering this segment, from the later ones
-                j = nseg - 1 - jj
-                sdt_j = tl.load(agg_dt_base + j * Dk + dd, mask=dm, other=0.0)
-                g_j = tl.load(agg_g_base + j * Dk * N + dd * N + n2, mask=dm & (n2 < N), other=0.0)
-                g0 = tl.exp2(sdt_j * A2t) * g0 + g_j
+            at, mask, at_dt = _segment_slot(agg_g_base, agg_dt_base, seg, Dk, dd, dm, N, NP)
+            tl.store(at, g0, mask=mask)
+            tl.store(at_dt, sdt, mask=dm)
+        else:  # the adjoint entering this segment, from the later ones' (the last first)
+            g0 = _fold_segments(g0, agg_g_base, agg_dt_base, nseg - 1, nseg - 1 - seg, -1, Dk, dd, dm, A2t, N, NP)
             _bwd_steps(u_base, dl_base, B_base, C_base, dy_base, hs_base, sc_base, du_base, ddl_base, dB_base,
                        dC_base, dA_ptr, dD_ptr, dbias_ptr, dw_ptr, row0, d, dmask, A2t, Dv[None, :], bias[None, :],
                        Wt, g0, c_lo, c_hi, R, L, H, W, nchunks, one, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct,
@@ -788,10 +814,7 @@ def _segment_steps(
                                       s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, Wt, R, NP, OUTPUT, RP,
                                       LOWRANK)
         xb = x + bias2
-        if SOFTPLUS:
-            dt = _softplus(xb)
-        else:
-            dt = xb
+        dt = _step_size(xb, SOFTPLUS)
         sdt += dt
         h = tl.exp2(dt * A2t) * h + (dt * u) * Bv
         if OUTPUT:
@@ -829,14 +852,7 @@ def scan_fwd_split_kernel(
     segments' results into the state entering it, then scans again writing the outputs, the chunk
     states (every T steps) and, in the last segment, the last state.
     """
-    pid_d = tl.program_id(0)
-    k = k_base + (tl.program_id(1) // nseg).to(tl.int64)
-    rev, col = _walk(k, REV, COL, ALL4)
-    seg = tl.program_id(1) % nseg
-    b = tl.program_id(2).to(tl.int64)
-    d = pid_d * BD + tl.arange(0, BD)
-    dmask = d < Dk
-    row = k * Dk + d
+    pid_d, k, seg, b, rev, col, d, dmask, row = _program(k_base, nseg, Dk, BD, REV, COL, ALL4)
     _, Dv, bias = _channel_params(A_ptr, D_ptr, bias_ptr, row, dmask, N, NP, BD, HAS_D, HAS_BIAS)
     A2t = _columns(A_ptr, row, dmask, N, NP, BD) * LOG2E  # see scan_fwd_kernel
     if LOWRANK:
@@ -853,23 +869,20 @@ def scan_fwd_split_kernel(
     dd = d[None, :]
     dm = dmask[None, :]
     t0 = seg * seg_len
-    t1 = tl.minimum(t0 + seg_len, L)
-    # this (batch, group)'s segment results: agg_h (nseg, Dk, N) and agg_dt (nseg, Dk)
-    agg_h_base = agg_h_ptr + (b * K + k) * nseg * Dk * N
+    agg_h_base = agg_h_ptr + (b * K + k) * nseg * Dk * N  # this (batch, group)'s segment results
     agg_dt_base = agg_dt_ptr + (b * K + k) * nseg * Dk
+    t1 = tl.minimum(t0 + seg_len, L)
     h = tl.zeros([NP, BD], dtype=tl.float32)
     if PHASE == 1:
         h, sdt = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_ptr, d, dmask, A2t,
                                 Dv[None, :], bias[None, :], h, t0, t1, L, H, W, nchunks, one,
                                 s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, Wt, R, N, NP, T, rev,
                                 col, HAS_D, SOFTPLUS, ATOMIC, False, False, RP, LOWRANK, UNROLL)
-        tl.store(agg_h_base + seg * Dk * N + dd * N + n, h, mask=dm & nm)
-        tl.store(agg_dt_base + seg * Dk + dd, sdt, mask=dm)
-    else:
-        for j in range(0, seg):  # the state entering this segment, from the earlier segments' results
-            sdt_j = tl.load(agg_dt_base + j * Dk + dd, mask=dm, other=0.0)
-            h_j = tl.load(agg_h_base + j * Dk * N + dd * N + n, mask=dm & nm, other=0.0)
-            h = tl.exp2(sdt_j * A2t) * h + h_j
+        at, mask, at_dt = _segment_slot(agg_h_base, agg_dt_base, seg, Dk, dd, dm, N, NP)
+        tl.store(at, h, mask=mask)
+        tl.store(at_dt, sdt, mask=dm)
+    else:  # the state entering this segment, from the earlier segments' results
+        h = _fold_segments(h, agg_h_base, agg_dt_base, 0, seg, 1, Dk, dd, dm, A2t, N, NP)
         hs_base = hs_ptr + (b * K + k) * Dk * nchunks * N
         h, sdt = _segment_steps(u_base, dl_base, B_base, C_base, y_base, hs_base, d, dmask, A2t,
                                 Dv[None, :], bias[None, :], h, t0, t1, L, H, W, nchunks, one,
