@@ -14,7 +14,10 @@ N = 16, i.e. the official (32, 768, 4096) scan. Everything is measured in this o
   that its gradients repeat bit for bit;
 * forward + backward with the step-loop backward (``KernelConfig(bwd_stepwise=True)``) for 32, 16
   and 8 channels per program, on row-major and channels-last maps and deterministic, against the
-  associative-scan backward, with the gradients' agreement between the two;
+  associative-scan backward, with the gradients' agreement between the two, and each backward's
+  time alone (forward + backward less a forward without autograd) with the cache traffic of the step
+  loop's scratch per second (``step_scratch_bytes``: more than L2 can carry means the scratch, not
+  the instructions, sets its time);
 * bandwidth achieved = bytes that must move (read u, delta, B, C once, write y once) / time;
 * the composed path (cross_scan copies + generic scan + merge) on the ``torch`` backend and, when
   its compiled kernel loads, on ``mamba_ssm``;
@@ -100,6 +103,13 @@ def copy_bandwidth():
 def moved_bytes(batch, di, size, n, in_bytes):
     L = size * size
     return (batch * di * L + batch * 4 * di * L + 2 * batch * 4 * n * L) * in_bytes + batch * di * L * 4
+
+
+def step_scratch_bytes(batch, di, size, n):
+    """Scratch traffic of the step-loop backward: per step each channel-thread writes its n states,
+    delta and the softplus slope (pass 1), reads them and writes its n adjoints (pass 2), and pass 3
+    reads the states, the adjoints and delta, 5 n + 5 float32 values, for 4 directions of di channels."""
+    return 4 * (5 * n + 5) * batch * 4 * di * size * size
 
 
 def raw_mamba_scan():
@@ -371,6 +381,11 @@ def main():
         ts.kernel_config(best[0])
         ms_chunks = bench(grads, warmup=3, rep=20)
         ref = grads()
+        with torch.no_grad():
+            ms_fwd = bench(lambda: fused(xg), warmup=3, rep=20)  # the backward alone: fwd+bwd less this
+        scratch = step_scratch_bytes(a.batch, a.dim, a.size, a.state)
+        lines.append((f"triton fwd+bwd float32 {layout}, associative-scan backward", ms_chunks,
+                      f"backward about {ms_chunks - ms_fwd:.3f} ms (forward without autograd {ms_fwd:.3f} ms)"))
         for bd, det in ((32, False), (16, False), (8, False), (32, True)):
             ts.kernel_config(best[0].replace(bwd_stepwise=True, bwd_step_block_d=bd, deterministic=det))
             try:
@@ -380,11 +395,15 @@ def main():
                 print(f"  bwd_stepwise block {bd}: failed {type(exc).__name__}: {str(exc)[:200]}", flush=True)
                 continue
             err = max(rel(p, q) for p, q in zip(got, ref))
+            bwd = max(ms - ms_fwd, 1e-3)
             res["bwd_steps"].append({"layout": layout, "block_d": bd, "deterministic": det, "ms": ms,
-                                     "chunked_ms": ms_chunks, "max_grad_rel_err_vs_chunked": err})
+                                     "chunked_ms": ms_chunks, "forward_no_grad_ms": ms_fwd, "backward_ms": bwd,
+                                     "scratch_GB": scratch / 1e9, "scratch_TBps": scratch / bwd / 1e9,
+                                     "max_grad_rel_err_vs_chunked": err})
             lines.append((f"triton fwd+bwd float32 {layout}, step-loop backward, {bd} channels"
                           + (", deterministic" if det else ""), ms,
-                          f"{ms_chunks / ms:.2f}x the associative scans ({ms_chunks:.3f} ms); grads vs them {err:.1e}"))
+                          f"{ms_chunks / ms:.2f}x the associative scans ({ms_chunks:.3f} ms); grads vs them {err:.1e}; "
+                          f"backward about {bwd:.3f} ms, scratch {scratch / 1e9:.1f} GB at {scratch / bwd / 1e9:.1f} TB/s"))
             del got
         del xg, ref
         torch.cuda.empty_cache()
