@@ -518,11 +518,15 @@ def _bwd_steps(
     nm = n < N
     dd = d[None, :]
     dm = dmask[None, :]
-    # the channel stride ``one`` keeps Triton 3.9 from vectorising the scratch accesses of steps 1 and 2
-    # in a layout of its own: each thread then reads back what it wrote, without converting layouts
-    # through shared memory every step (Triton 3.6 still lays the state's stores and loads out
-    # differently; the barrier before step 2 keeps that correct)
-    sc_col = tl.arange(0, BD)[None, :] * one
+    # the scratch accesses of steps 1 and 2 must keep the state's layout (a thread per channel), so that
+    # each thread reads back what it wrote without converting layouts through shared memory every step.
+    # Triton lays memory accesses out along their most contiguous dimension, vectorised as far as the
+    # alignment it can prove: the channels, contiguous here, offset by ``one - 1`` (zero, but not known
+    # to be) are the most contiguous dimension with no alignment to vectorise by, which both Triton 3.6
+    # and 3.9 then lay out a channel per thread (a channel stride of ``one``, neither contiguous nor
+    # aligned, did that on 3.9 only; 3.6 spread the states over threads: 777 instead of 594.5
+    # instructions per step, ``kernels --cases ss2d_bwd_steps``). The barrier before step 2 stays.
+    sc_col = tl.arange(0, BD)[None, :] + (one - 1)
     # step 3 reads the products as (channels, N) tiles, contiguous along the channels: Triton then spreads
     # the channels over fewer threads (its choice; a tile of the same shape and order as the state's
     # would pull steps 1 and 2 into that layout too)
