@@ -403,7 +403,8 @@ def main():
             lines.append((f"triton fwd+bwd float32 {layout}, step-loop backward, {bd} channels"
                           + (", deterministic" if det else ""), ms,
                           f"{ms_chunks / ms:.2f}x the associative scans ({ms_chunks:.3f} ms); grads vs them {err:.1e}; "
-                          f"backward about {bwd:.3f} ms, scratch {scratch / 1e9:.1f} GB at {scratch / bwd / 1e9:.1f} TB/s"))
+                          f"backward about {bwd:.3f} ms, scratch {scratch / 1e9:.1f} GB "
+                          f"at {scratch / bwd / 1e9:.1f} TB/s"))
             del got
         del xg, ref
         torch.cuda.empty_cache()

@@ -513,7 +513,7 @@ def _bwd_steps(
        adds and 3 shuffle rounds per value instead of 5 rounds for each of the 16 values every thread
        holds (``python -m vmunet_monai kernels`` counts the difference).
 
-    The scratch holds a block per step of the chunk (``_scratch``)."""
+    The scratch holds a block per step of the chunk (``_scratch_block``, ``_scratch``)."""
     n = tl.arange(0, NP)[:, None]
     nm = n < N
     dd = d[None, :]
@@ -574,16 +574,17 @@ def _bwd_steps(
         # 2. the adjoint, backwards (again each step's inputs loaded while the step after computes)
         s, q, rw, pos = _walk_start(t0 + steps - 1, L, H, W, REV, COL)
         hv, dt, slope, u, Bv, Cv, dy, f = _adjoint_inputs(
-            _scratch_block(sc_base, steps - 1, NP, BD), sc_col, u_base, dl_base, B_base, C_base, dy_base, dd, dm, n, nm, r,
-            rm, pos, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, NP, BD, LOWRANK)
+            _scratch_block(sc_base, steps - 1, NP, BD), sc_col, u_base, dl_base, B_base, C_base, dy_base, dd, dm,
+            n, nm, r, rm, pos, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, NP, BD, LOWRANK)
         for jr in tl.range(0, steps, loop_unroll_factor=UNROLL):
             j = steps - 1 - jr
             blk = _scratch_block(sc_base, j, NP, BD)
             s, q, rw, prv = _walk_prev(s, q, rw, H, W, REV, COL)
             prv = tl.where(jr + 1 < steps, prv, pos)
             hv1, dt1, slope1, u1, B1, C1, dy1, f1 = _adjoint_inputs(
-                _scratch_block(sc_base, tl.maximum(j - 1, 0), NP, BD), sc_col, u_base, dl_base, B_base, C_base, dy_base, dd, dm,
-                n, nm, r, rm, prv, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, NP, BD, LOWRANK)
+                _scratch_block(sc_base, tl.maximum(j - 1, 0), NP, BD), sc_col, u_base, dl_base, B_base, C_base,
+                dy_base, dd, dm, n, nm, r, rm, prv, s_ud, s_ul, s_dd, s_dl, s_Bn, s_Bt, s_Cn, s_Ct, s_yd, s_yl, NP, BD,
+                LOWRANK)
             g += Cv * dy  # the adjoint of this step's state
             dtu = dt * u
             hb = hv - dtu * Bv  # a_t h_{t-1}, without dividing by a_t
