@@ -102,6 +102,16 @@ def bundle_run(bundle: str, configs: list[str], bundle_root: Path, dataset_dir: 
     cmd += ["-m", "monai.bundle", "run"] + ([run_id] if run_id else [])
     cmd += ["--config_file", config_arg, "--bundle_root", str(bundle_root), "--dataset_dir", str(dataset_dir)]
     cmd += cli_args(overrides)
+    if processes > 1:
+        # torch's gloo backend can abort a rank at interpreter exit, after the run's work and its
+        # destroy_process_group() ("terminate called without an active exception", SIGABRT: gloo's threads
+        # outliving the interpreter; see pytorch/pytorch PR 179291). Seen once in about 70 two-process runs
+        # here, so such a run is repeated once; any other failure, or the same abort twice, fails the test.
+        try:
+            return run(cmd, cwd or bundle_root)
+        except AssertionError as exc:
+            if "terminate called without an active exception" not in str(exc):
+                raise
     return run(cmd, cwd or bundle_root)
 
 
