@@ -125,7 +125,7 @@ def test_benchmark_kernel_config_holds_for_the_run_only(monkeypatch):
     from vmunet_monai.ops import triton_scan
 
     seen = []
-    monkeypatch.setattr(benchmark, "_run_benchmark", lambda *a: seen.append((triton_scan.kernel_config(), a[-1])))
+    monkeypatch.setattr(benchmark, "_run_benchmark", lambda *a: seen.append((triton_scan.kernel_config(), a[-2])))
     before = triton_scan.kernel_config()
     benchmark.run_benchmark(kernel_config="bwd_stepwise=true,bwd_step_block_d=16")
     (cfg, label), = seen
@@ -138,4 +138,56 @@ def test_benchmark_kernel_config_holds_for_the_run_only(monkeypatch):
                           ("bwd_stepwise", "must be FIELD=INTEGER or FIELD=true/false")):
         with pytest.raises(SystemExit, match=message):
             benchmark.run_benchmark(kernel_config=text)
+    assert triton_scan.kernel_config() is before
+
+
+def test_benchmark_variants_time_more_configurations_in_the_same_run(capsys):
+    """``benchmark --variants "..."``: each variant's rows come beside the plain ones, with its SS2D options
+    and kernel fields in force while they are timed and the run's own afterwards; a variant that changes
+    nothing on a backend (kernel fields off triton), or what an earlier one did, is left out there; bad
+    variants are refused by name."""
+    from vmunet_monai import benchmark
+    from vmunet_monai.layers import SS2D
+    from vmunet_monai.ops import triton_scan
+
+    before = triton_scan.kernel_config()
+    fast, steps, opts = benchmark.parse_variants("fast; steps:fast,bwd_stepwise=true,segments=0;"
+                                                 "fused_dt_proj=true,unroll=1")
+    assert (fast.label, fast.ss2d, fast.kernels) == ("fast", dict.fromkeys(benchmark.SS2D_OPTIONS, True), {})
+    assert steps.label == "steps" and steps.kernels == {"bwd_stepwise": True, "segments": 0}
+    assert opts.label == "fused_dt_proj=true,unroll=1" and opts.ss2d == {"fused_dt_proj": True}
+    kernels_only, = benchmark.parse_variants("bwd_stepwise=true")
+    plain = dict.fromkeys(benchmark.SS2D_OPTIONS, False)
+    assert kernels_only.effect("triton", plain) != kernels_only.effect("torch", plain) == \
+        benchmark.Variant("", {}, {}).effect("torch", plain)
+    assert steps.effect("torch", plain) == fast.effect("torch", plain) != steps.effect("triton", plain)
+
+    seen = []
+    timed = benchmark._timed_row
+
+    def spy(model, label, *args):
+        ss2d = next(m for m in model.modules() if isinstance(m, SS2D))
+        seen.append((label, ss2d.fused_dt_proj, SS2D.fused_norm_gate, triton_scan.kernel_config().unroll))
+        return timed(model, label, *args)
+
+    benchmark._timed_row = spy
+    try:
+        res = benchmark.run_benchmark(networks="vmunet", size=32, backends="torch", repeats=1, scan_only=False,
+                                      variants="lowrank:fused_dt_proj=true,unroll=1;bwd_stepwise=true;"
+                                               "again:fused_dt_proj=true")
+    finally:
+        benchmark._timed_row = timed
+    assert seen == [("torch[lowrank]", True, False, 1)]
+    assert [r["backend"] for r in res["networks"]] == ["torch", "torch[lowrank]"]
+    assert res["networks"][1]["variant"] == "lowrank" and res["networks"][1]["latency_b1_s"] > 0
+    assert res["variants"] == {"lowrank": {"fused_dt_proj": True, "unroll": 1},
+                               "bwd_stepwise=true": {"bwd_stepwise": True}, "again": {"fused_dt_proj": True}}
+    assert "torch[lowrank]" in capsys.readouterr().out
+    assert not SS2D.fused_dt_proj and triton_scan.kernel_config() is before
+    for text, message in (("fast,bwd_steps=true", r"variant 'fast,bwd_steps=true': KernelConfig has no field"),
+                          ("quick", "'quick' is neither NAME=VALUE nor a preset"),
+                          ("a:unroll=1;a:unroll=2", "label 'a' is used twice"),
+                          ("empty:", "variant 'empty:' sets nothing")):
+        with pytest.raises(SystemExit, match=message):
+            benchmark.run_benchmark(variants=text)
     assert triton_scan.kernel_config() is before

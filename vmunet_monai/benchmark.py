@@ -158,12 +158,85 @@ def time_forward_graphed(model, x, repeats, device, autocast_dtype=None):
     return _median_time(lambda: graphed(x), repeats, device)
 
 
+# SS2D class options a variant may set (``benchmark --variants``); any other field is a KernelConfig field
+SS2D_OPTIONS = ("channels_last_scan", "fused_norm_gate", "fused_dt_proj")
+# named sets of options a variant may list by name
+VARIANT_PRESETS = {"fast": dict.fromkeys(SS2D_OPTIONS, True)}
+
+
+class Variant:
+    """One configuration of our networks timed beside the plain one (``benchmark --variants``): SS2D
+    class options and KernelConfig fields on top of the run's own."""
+
+    def __init__(self, label: str, ss2d: dict, kernels: dict):
+        self.label, self.ss2d, self.kernels = label, ss2d, kernels
+
+    def effect(self, backend: str, run_options: dict) -> tuple:
+        """What the variant changes on ``backend``: the SS2D options in force, and the KernelConfig fields
+        on triton only (the other backends run no triton scan kernels)."""
+        kernels = self.kernels if backend == "triton" else {}
+        return tuple(sorted({**run_options, **self.ss2d}.items())), tuple(sorted(kernels.items()))
+
+    def __repr__(self):
+        return f"Variant({self.label!r}, ss2d={self.ss2d}, kernels={self.kernels})"
+
+
+def parse_variants(text, base_config=None) -> list[Variant]:
+    """``"fast;fast,bwd_stepwise=true;steps16:bwd_stepwise=true,bwd_step_block_d=16"`` -> variants.
+
+    Variants are separated by ``;``; each is an optional ``LABEL:`` and comma-separated items, each an
+    SS2D option or a KernelConfig field as ``NAME=VALUE`` (integer or true/false), or the name of a
+    preset (``fast``: the three SS2D options on). Without a label the text itself labels the rows.
+    A field KernelConfig does not have, or a value it refuses, raises ``ValueError`` naming the variant."""
+    from vmunet_monai.ops import triton_scan
+    from vmunet_monai.ops.triton_aot import parse_config
+
+    base_config = base_config or triton_scan.kernel_config()
+    if isinstance(text, (list, tuple)):  # fire turns "a,b" without ';' into a tuple
+        text = ",".join(str(t) for t in text)
+    variants = []
+    for part in str(text or "").split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        label, sep, body = part.partition(":")
+        if not sep:
+            label, body = part, part
+        label = label.strip()
+        ss2d, fields = {}, []
+        for item in (t.strip() for t in body.split(",")):
+            if not item:
+                continue
+            if "=" not in item and item in VARIANT_PRESETS:
+                ss2d.update(VARIANT_PRESETS[item])
+            elif item.partition("=")[0].strip() in SS2D_OPTIONS:
+                ss2d.update(parse_config(item))
+            elif "=" not in item:
+                raise ValueError(f"variant {part!r}: {item!r} is neither NAME=VALUE nor a preset "
+                                 f"({', '.join(VARIANT_PRESETS)})")
+            else:
+                fields.append(item)
+        try:
+            kernels = parse_config(",".join(fields)) if fields else {}
+            base_config.replace(**kernels)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"variant {part!r}: {exc}") from exc
+        if not ss2d and not kernels:
+            raise ValueError(f"variant {part!r} sets nothing")
+        if any(v.label == label for v in variants):
+            raise ValueError(f"variant label {label!r} is used twice")
+        variants.append(Variant(label, ss2d, kernels))
+    return variants
+
+
 def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5, backends="auto", reference=None,
                   scan_only=False, out=None, cuda_graphs=False, store_activations=False, channels_last_scan=False,
                   fused_norm_gate=False, fused_dt_proj=False, compile=False, baselines="", deterministic=False,
-                  kernel_config=""):
+                  kernel_config="", variants=""):
     """Run the benchmark and print a table; see ``python -m vmunet_monai benchmark --help``.
-    ``kernel_config``: KernelConfig fields for the triton kernels during the run, e.g. "bwd_stepwise=true"."""
+    ``kernel_config``: KernelConfig fields for the triton kernels during the run, e.g. "bwd_stepwise=true";
+    ``variants``: further configurations of our networks timed in the same run (:func:`parse_variants`)."""
+    from vmunet_monai.layers import SS2D
     from vmunet_monai.ops import triton_scan
     from vmunet_monai.ops.triton_aot import parse_config
 
@@ -172,19 +245,27 @@ def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5,
         cfg = saved.replace(**parse_config(kernel_config)) if kernel_config else saved
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"benchmark --kernel_config {kernel_config!r}: {exc}") from exc
+    try:
+        extra = parse_variants(variants, cfg)
+    except ValueError as exc:
+        raise SystemExit(f"benchmark --variants: {exc}") from exc
+    saved_ss2d = {k: getattr(SS2D, k) for k in SS2D_OPTIONS}
     triton_scan.kernel_config(cfg)
     try:
         return _run_benchmark(device, networks, size, batch, repeats, backends, reference, scan_only, out, cuda_graphs,
                               store_activations, channels_last_scan, fused_norm_gate, fused_dt_proj, compile,
-                              baselines, deterministic, repr(cfg) if kernel_config else None)
+                              baselines, deterministic, repr(cfg) if kernel_config else None, extra)
     finally:
         triton_scan.kernel_config(saved)
+        for k, v in saved_ss2d.items():
+            setattr(SS2D, k, v)
 
 
 def _run_benchmark(device, networks, size, batch, repeats, backends, reference, scan_only, out, cuda_graphs,
                    store_activations, channels_last_scan, fused_norm_gate, fused_dt_proj, compile, baselines,
-                   deterministic, kernel_config):
+                   deterministic, kernel_config, variants=()):
     from vmunet_monai.layers import SS2D
+    from vmunet_monai.ops import triton_scan
 
     nets = [n.strip() for n in networks.split(",")] if isinstance(networks, str) else list(networks)
     for name in nets:
@@ -197,6 +278,8 @@ def _run_benchmark(device, networks, size, batch, repeats, backends, reference, 
     SS2D.channels_last_scan = bool(channels_last_scan)
     SS2D.fused_norm_gate = bool(fused_norm_gate)
     SS2D.fused_dt_proj = bool(fused_dt_proj)
+    run_options = {k: getattr(SS2D, k) for k in SS2D_OPTIONS}
+    run_config = triton_scan.kernel_config()
     from vmunet_monai.ops import backend_status, resolve_backend
     from vmunet_monai.ops.dispatch import DETERMINISTIC_BACKENDS
 
@@ -216,6 +299,10 @@ def _run_benchmark(device, networks, size, batch, repeats, backends, reference, 
     if kernel_config:
         results["kernel_config"] = kernel_config
         print(f"triton kernels: {kernel_config}")
+    if variants:
+        results["variants"] = {v.label: {**v.ss2d, **v.kernels} for v in variants}
+        for v in variants:
+            print(f"variant {v.label}: {', '.join(f'{k}={val}' for k, val in {**v.ss2d, **v.kernels}.items())}")
 
     # stage-1 scan of VM-UNet: (batch, 768, 4096), N = 16, 4 groups
     scan_batch = 1 if dev_type == "cpu" else 32
@@ -280,6 +367,12 @@ def _run_benchmark(device, networks, size, batch, repeats, backends, reference, 
                 results["networks"].append(graphed)
         del model
         bar.update()
+        timed = {Variant("", {}, {}).effect(b, run_options)}
+        for v in variants:  # a variant that changes nothing on this backend, or what one before did, is left out
+            if v.effect(b, run_options) not in timed:
+                timed.add(v.effect(b, run_options))
+                _variant_rows(results, v, run_options, run_config, name, b, x1, xb, batch, repeats, device, dtypes,
+                              cuda_graphs)
     bar.close()
 
     for name in base:
@@ -312,6 +405,35 @@ def _timed_row(model, label, precision, name, x1, xb, batch, repeats, device, dt
         t, peak = time_train_step(model, xb, repeats, device, dt)
         row["train_img_s"], row["train_peak_gib"] = batch / t, peak / 2**30
     return row
+
+
+def _variant_rows(results, variant, run_options, run_config, name, backend, x1, xb, batch, repeats, device, dtypes,
+                  cuda_graphs):
+    """Rows of ``name`` on ``backend`` with ``variant``'s options on top of the run's, then the run's again."""
+    from vmunet_monai.layers import SS2D
+    from vmunet_monai.ops import triton_scan
+
+    for k, v in {**run_options, **variant.ss2d}.items():
+        setattr(SS2D, k, bool(v))
+    triton_scan.kernel_config(run_config.replace(**variant.kernels))
+    label = f"{backend}[{variant.label}]"
+    try:
+        model = _build(name, backend, device)
+        for dt in dtypes:
+            precision = "bf16-autocast" if dt else "fp32"
+            results["networks"].append(dict(_timed_row(model, label, precision, name, x1, xb, batch, repeats, device,
+                                                       dt), params_m=_params_m(model), variant=variant.label))
+            if torch.device(device).type == "cuda" and cuda_graphs:
+                graphed = {"network": name, "backend": f"{label}+graphs", "precision": precision,
+                           "params_m": _params_m(model), "variant": variant.label,
+                           "latency_b1_s": time_forward_graphed(model, x1, repeats, device, dt),
+                           "infer_img_s": batch / time_forward_graphed(model, xb, repeats, device, dt)}
+                results["networks"].append(graphed)
+        del model
+    finally:
+        for k, v in run_options.items():
+            setattr(SS2D, k, v)
+        triton_scan.kernel_config(run_config)
 
 
 def _deterministic_row(model, precision, name, backend, x1, xb, batch, repeats, device, dt):
@@ -362,11 +484,12 @@ def _official_rows(results, reference, device, size, batch, repeats, dtypes, x1,
 def _print_networks(results):
     rows = results["networks"]
     official = {r["precision"]: r for r in rows if r["network"] == "official_vmunet"}
-    print("\nnetwork              params M  backend              precision       batch-1 latency   infer img/s"
+    width = max([20] + [len(r["backend"]) for r in rows])
+    print(f"\nnetwork              params M  {'backend':<{width}} precision       batch-1 latency   infer img/s"
           "   train img/s   train peak GiB")
     nan = float("nan")
     for r in rows:
-        line = (f"{r['network']:<20} {r.get('params_m', nan):8.1f}  {r['backend'][:20]:<20} {r['precision']:<15} "
+        line = (f"{r['network']:<20} {r.get('params_m', nan):8.1f}  {r['backend']:<{width}} {r['precision']:<15} "
                 f"{r.get('latency_b1_s', nan) * 1e3:12.1f} ms"
                 f"   {r.get('infer_img_s', float('nan')):11.1f}   {r.get('train_img_s', float('nan')):11.1f}"
                 f"   {r.get('train_peak_gib', float('nan')):14.2f}")

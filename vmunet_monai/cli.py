@@ -25,7 +25,7 @@ class Commands:
                   scan_only: bool = False, out: str | None = None, cuda_graphs: bool = False,
                   store_activations: bool = False, channels_last_scan: bool = False,
                   fused_norm_gate: bool = False, fused_dt_proj: bool = False, compile: bool = False,
-                  baselines: str = "", deterministic: bool = False, kernel_config: str = ""):
+                  baselines: str = "", deterministic: bool = False, kernel_config: str = "", variants: str = ""):
         """Time the networks (and the stage-1 scan) on this machine; prints ratios measured in this run.
 
         Args:
@@ -54,6 +54,12 @@ class Commands:
                 on one thread), the rows marked +deterministic.
             kernel_config: KernelConfig fields for the triton kernels during the run, e.g. "bwd_stepwise=true"
                 (the step-loop backward) or "segments=0" (integers, true/false); printed and recorded in --out.
+            variants: more configurations of our networks timed in the same run, beside the plain rows and the
+                official model, separated by ';': each "[LABEL:]ITEM,ITEM,...", an item being an SS2D option
+                (channels_last_scan, fused_norm_gate, fused_dt_proj) or a KernelConfig field as NAME=VALUE, or
+                "fast" (the three SS2D options on), e.g. "fast;steps:fast,bwd_stepwise=true"; rows marked
+                BACKEND[LABEL]. A variant is left out on a backend where it changes nothing (KernelConfig
+                fields act on triton only) or the same as one before it.
         """
         from vmunet_monai.benchmark import run_benchmark
 
@@ -62,7 +68,7 @@ class Commands:
                       cuda_graphs=cuda_graphs, store_activations=store_activations,
                       channels_last_scan=channels_last_scan, fused_norm_gate=fused_norm_gate,
                       fused_dt_proj=fused_dt_proj, compile=compile, baselines=baselines,
-                      deterministic=deterministic, kernel_config=kernel_config)
+                      deterministic=deterministic, kernel_config=kernel_config, variants=variants)
 
     def kernels(self, arch: str = "sm_90", cases: str = "all", batch: int = 32, sms: int | None = None,
                 out: str | None = None, config: str = "", dump: str | None = None):
