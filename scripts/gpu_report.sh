@@ -22,6 +22,14 @@
 # network_bwd_steps kernels), so
 # a machine that limits the length of one command can run them in several calls into the same OUT.
 #
+# Two more steps, not in the default set, answer the open questions in the least GPU time
+# (STEPS="scan_quick network_variants", meant to fit one 10-minute command once mamba-ssm is built):
+#   scan_quick        bench_ss2d_gpu.py --quick: the default kernels in fp32 and bf16, the step-loop
+#                     backward against the associative scans, batch-1 segments, mamba-ssm's kernel
+#   network_variants  benchmark --reference REF --cuda_graphs with the variants "fast" (channels-last
+#                     scan, fused norm and gate, fused step-size projection) and "fast_steps" (the same
+#                     with the step-loop backward), all rows in one run beside the official model
+#
 # Usage: [STEPS="tests scan"] bash scripts/gpu_report.sh OUT [REF]
 #   OUT   folder for the logs and JSON results (created)
 #   REF   checkout of the official JCruan519/VM-UNet, timed beside ours (optional)
@@ -63,6 +71,10 @@ REFARGS=()
 
 step tests "$PYTHON" -m pytest -q -rs tests/test_scan.py tests/test_scan_triton.py tests/test_recompute.py \
     tests/test_norm_gate.py tests/test_cuda_graphs.py tests/test_compile.py
+step scan_quick "$PYTHON" scripts/bench_ss2d_gpu.py --quick --out "$OUT/scan_quick.json"
+step network_variants "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 32 --backends "$BACKENDS" \
+    "${REFARGS[@]}" --cuda_graphs true --variants "fast;fast_steps:fast,bwd_stepwise=true" \
+    --out "$OUT/network_variants.json"
 step scan "$PYTHON" scripts/bench_ss2d_gpu.py --sweep --out "$OUT/scan.json"
 step scan_channels_last "$PYTHON" scripts/bench_ss2d_gpu.py --sweep --layout channels_last \
     --out "$OUT/scan_channels_last.json"
