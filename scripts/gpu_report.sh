@@ -26,9 +26,11 @@
 # (STEPS="scan_quick network_variants", meant to fit one 10-minute command once mamba-ssm is built):
 #   scan_quick        bench_ss2d_gpu.py --quick: the default kernels in fp32 and bf16, the step-loop
 #                     backward against the associative scans, batch-1 segments, mamba-ssm's kernel
-#   network_variants  benchmark --reference REF --cuda_graphs with the variants "fast" (channels-last
-#                     scan, fused norm and gate, fused step-size projection) and "fast_steps" (the same
-#                     with the step-loop backward), all rows in one run beside the official model
+#   network_variants  benchmark --reference REF --cuda_graphs with the variants "segments" (segments=0:
+#                     sequences split where a launch leaves most of the GPU idle, as at batch 1), "fast"
+#                     (channels-last scan, fused norm and gate, fused step-size projection) and
+#                     "fast_steps" (the same with the step-loop backward and segments=0), all rows in one
+#                     run beside the official model
 #
 # Usage: [STEPS="tests scan"] bash scripts/gpu_report.sh OUT [REF]
 #   OUT   folder for the logs and JSON results (created)
@@ -73,7 +75,7 @@ step tests "$PYTHON" -m pytest -q -rs tests/test_scan.py tests/test_scan_triton.
     tests/test_norm_gate.py tests/test_cuda_graphs.py tests/test_compile.py
 step scan_quick "$PYTHON" scripts/bench_ss2d_gpu.py --quick --out "$OUT/scan_quick.json"
 step network_variants "$PYTHON" -m vmunet_monai benchmark --device cuda --batch 32 --backends "$BACKENDS" \
-    "${REFARGS[@]}" --cuda_graphs true --variants "fast;fast_steps:fast,bwd_stepwise=true" \
+    "${REFARGS[@]}" --cuda_graphs true --variants "segments:segments=0;fast;fast_steps:fast,bwd_stepwise=true,segments=0" \
     --out "$OUT/network_variants.json"
 step scan "$PYTHON" scripts/bench_ss2d_gpu.py --sweep --out "$OUT/scan.json"
 step scan_channels_last "$PYTHON" scripts/bench_ss2d_gpu.py --sweep --layout channels_last \

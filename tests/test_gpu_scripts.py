@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -53,10 +54,12 @@ def test_gpu_report_names_its_steps_and_needs_a_gpu(tmp_path):
     device it stops at once with the reason instead of logging failures."""
     text = open(os.path.join(ROOT, "scripts", "gpu_report.sh")).read()
     assert "step scan_quick \"$PYTHON\" scripts/bench_ss2d_gpu.py --quick" in text
-    assert '--variants "fast;fast_steps:fast,bwd_stepwise=true"' in text
     from vmunet_monai.benchmark import parse_variants
 
-    assert [v.label for v in parse_variants("fast;fast_steps:fast,bwd_stepwise=true")] == ["fast", "fast_steps"]
+    spec, = re.findall(r'--variants "([^"]*)"', text)
+    variants = parse_variants(spec)
+    assert [v.label for v in variants] == ["segments", "fast", "fast_steps"]
+    assert variants[2].kernels == {"bwd_stepwise": True, "segments": 0} and all(variants[2].ss2d.values())
     import torch
 
     if not torch.cuda.is_available():  # (on a GPU machine the script would start measuring)
