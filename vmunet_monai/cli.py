@@ -58,8 +58,9 @@ class Commands:
                 official model, separated by ';': each "[LABEL:]ITEM,ITEM,...", an item being an SS2D option
                 (channels_last_scan, fused_norm_gate, fused_dt_proj) or a KernelConfig field as NAME=VALUE, or
                 "fast" (the three SS2D options on), e.g. "fast;steps:fast,bwd_stepwise=true"; rows marked
-                BACKEND[LABEL]. A variant is left out on a backend where it changes nothing (KernelConfig
-                fields act on triton only) or the same as one before it.
+                BACKEND[LABEL] (latency, throughput and memory, and with --cuda_graphs BACKEND[LABEL]+graphs;
+                no +compile, +deterministic or +store_all rows). A variant is left out on a backend where it
+                changes nothing (KernelConfig fields act on triton only) or the same as one before it.
         """
         from vmunet_monai.benchmark import run_benchmark
 
