@@ -191,3 +191,67 @@ def test_benchmark_variants_time_more_configurations_in_the_same_run(capsys):
         with pytest.raises(SystemExit, match=message):
             benchmark.run_benchmark(variants=text)
     assert triton_scan.kernel_config() is before
+
+
+def test_every_command_line_option_is_described_whole():
+    """``--help`` of every command describes each of its parameters, and no description is cut short (fire's
+    docstring parser ends one at a line it takes for a new argument)."""
+    import inspect
+
+    from fire import docstrings
+
+    from vmunet_monai.cli import Commands
+
+    for name, fn in inspect.getmembers(Commands, inspect.isfunction):
+        if name.startswith("_"):
+            continue
+        described = {a.name: a.description for a in docstrings.parse(fn.__doc__ or "").args or []}
+        for param in list(inspect.signature(fn).parameters.values())[1:]:
+            if param.kind is param.VAR_KEYWORD:
+                continue
+            text = (described.get(param.name) or "").strip()
+            assert text, f"{name} --{param.name} has no description"
+            assert text.endswith((".", ")")), f"{name} --{param.name}: description cut short: ...{text[-60:]!r}"
+
+
+def test_prepare_and_demo_data_help_lists_each_bundles_options():
+    """The options that ``prepare --help`` and ``demo_data --help`` list per bundle are exactly those its
+    importer and generator take."""
+    import re
+
+    from vmunet_monai.cli import Commands
+    from vmunet_monai.data import DATASET_MODULES, options_of
+
+    for command, common in (("prepare", set()), ("demo_data", {"num", "seed"})):
+        doc = getattr(Commands, command).__doc__
+        listed = dict(re.findall(r"^ *- (\w+): (.*(?:\n {10,}\S.*)*)", doc, flags=re.M))
+        for bundle in DATASET_MODULES:
+            named = set(re.findall(r"--(\w+)", listed.get(bundle, "")))
+            assert named == set(options_of(bundle, command)) - common, (command, bundle, named)
+
+
+def test_prepare_and_demo_data_refuse_bad_options_in_one_line(tmp_path, capsys):
+    """An option the bundle does not have, or a value its importer refuses, ends the command with one line on
+    stderr naming the command, the bundle, the option or value and the rule, and exit status 1."""
+    from vmunet_monai.cli import main
+
+    raw = tmp_path / "raw"
+    for argv, message in (
+        (["demo_data", "polyp_seg", str(raw), "--num", "1"], "error: demo_data polyp_seg: num must be at least 2, got 1"),
+        (["demo_data", "isic_skin_lesion", str(raw), "--year", "2016"],
+         "error: demo_data isic_skin_lesion: year must be 2017 or 2018, got 2016"),
+        (["demo_data", "polyp_seg", str(raw), "--year", "2017"],
+         "error: demo_data polyp_seg: unknown option --year (options of polyp_seg: --num, --seed)"),
+        (["prepare", "polyp_seg", str(raw), str(tmp_path / "out"), "--split", "paper"],
+         "error: prepare polyp_seg: unknown option --split (options of polyp_seg: --val_fraction, --seed, --verify)"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 1
+        err = capsys.readouterr().err.strip()
+        assert err == message
+    assert not raw.exists()  # nothing was written for a refused command
+    main(["demo_data", "polyp_seg", str(raw), "--num", "2", "--seed", "1"])
+    with pytest.raises(SystemExit):
+        main(["prepare", "polyp_seg", str(raw), str(tmp_path / "out"), "--val_fraction", "2"])
+    assert "error: prepare polyp_seg: split fractions must be >= 0 and sum to < 1, got [2]" in capsys.readouterr().err

@@ -5,6 +5,7 @@ Every command is a thin wrapper over a library function; ``--help`` after a comm
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 __all__ = ["Commands", "main"]
@@ -55,9 +56,10 @@ class Commands:
             kernel_config: KernelConfig fields for the triton kernels during the run, e.g. "bwd_stepwise=true"
                 (the step-loop backward) or "segments=0" (integers, true/false); printed and recorded in --out.
             variants: more configurations of our networks timed in the same run, beside the plain rows and the
-                official model, separated by ';': each "[LABEL:]ITEM,ITEM,...", an item being an SS2D option
-                (channels_last_scan, fused_norm_gate, fused_dt_proj) or a KernelConfig field as NAME=VALUE, or
-                "fast" (the three SS2D options on), e.g. "fast;steps:fast,bwd_stepwise=true"; rows marked
+                official model, separated by semicolons, each an optional label and a colon, then items separated
+                by commas, an item being an SS2D option (channels_last_scan, fused_norm_gate, fused_dt_proj) or a
+                KernelConfig field as NAME=VALUE, or "fast" (the three SS2D options on), for example
+                "fast;fast,bwd_stepwise=true" (without a label a variant's text labels it); rows marked
                 BACKEND[LABEL] (latency, throughput and memory, and with --cuda_graphs BACKEND[LABEL]+graphs;
                 no +compile, +deterministic or +store_all rows). A variant is left out on a backend where it
                 changes nothing (KernelConfig fields act on triton only) or the same as one before it.
@@ -118,16 +120,43 @@ class Commands:
 
         Every image and mask is decoded once (--verify false skips that); unusable files are skipped, named on
         stderr and listed in the datalist, and the rest is imported. OUT may not lie inside the dataset's folders.
+
+        Options of each bundle (defaults in brackets; an option another bundle has is refused by name):
+        - isic_skin_lesion: --split official|paper|auto [auto] (paper: the seeded 7:3 split of the
+          VM-UNet paper), --year 2017|2018 (needed when both are present), --val_fraction [0.2],
+          --test_fraction [0.3] (of the paper split), --validation auto|carve [auto], --seed [0], --verify [true]
+        - polyp_seg: --val_fraction [0.1] (carved from TrainDataset), --seed [0], --verify [true]
+        - synapse_multiorgan: --num_val [3 of the 18 training cases], --seed [0], --spacing "[x,y,z]" (mm, for
+          the TransUNet release, which carries none), --verify [true]
+
+        Args:
+            bundle: isic_skin_lesion, polyp_seg or synapse_multiorgan.
+            raw: the dataset folder as downloaded (or a folder above it).
+            out: output folder for datalist.json (and converted files where the bundle needs them).
         """
         from vmunet_monai.data import prepare
 
-        prepare(bundle, raw, out, **options)
+        with _option_errors("prepare", bundle):
+            prepare(bundle, raw, out, **options)
 
-    def demo_data(self, bundle: str, out: str, num: int | None = None, seed: int = 0):
-        """Write a small synthetic dataset for BUNDLE in the real dataset's raw layout under OUT."""
+    def demo_data(self, bundle: str, out: str, num: int | None = None, seed: int = 0, **options):
+        """Write a small synthetic dataset for BUNDLE in the real dataset's raw layout under OUT.
+
+        Options of each bundle (defaults in brackets):
+        - isic_skin_lesion: --year 2017|2018 [2017] (the challenge's folder naming)
+        - synapse_multiorgan: --shape "[x,y,z]" [384,384,48] (voxels per volume), --spacing "[x,y,z]" (mm;
+          default: drawn per case, as in the real scans)
+
+        Args:
+            bundle: isic_skin_lesion, polyp_seg or synapse_multiorgan.
+            out: output folder (the RAW argument of prepare).
+            num: training images or volumes (default 48 images, 8 volumes); the other splits scale with it.
+            seed: random seed (the same seed writes the same files).
+        """
         from vmunet_monai.data import demo_data
 
-        demo_data(bundle, out, num=num, seed=seed)
+        with _option_errors("demo_data", bundle):
+            demo_data(bundle, out, num=num, seed=seed, **options)
 
     def predict(self, bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None):
         """Segment a file or a folder with BUNDLE's network and write masks (and overlays) to OUTPUT.
@@ -135,6 +164,14 @@ class Commands:
         Unusable files (empty, truncated, not an image, the wrong dimensionality, NaN values) are skipped and
         named on stderr; the exit status is non-zero only if nothing could be segmented. OUTPUT may not be an
         input or lie inside the input folder.
+
+        Args:
+            bundle: a bundle name (isic_skin_lesion, polyp_seg, synapse_multiorgan) or a bundle folder (as the
+                one demo trains).
+            input: an image or volume file, or a folder searched recursively (mask folders are skipped).
+            output: output folder: masks/ and overlays/ (2D), segmentation volumes (Synapse).
+            checkpoint: weights to use (default <bundle>/models/model.pt).
+            device: cpu, cuda or cuda:N (default CUDA when available).
         """
         from vmunet_monai.predict import predict
 
@@ -189,6 +226,20 @@ class Commands:
         except BundleCheckError as exc:
             raise SystemExit(str(exc)) from exc
         print(result.summary())
+
+
+@contextlib.contextmanager
+def _option_errors(command: str, bundle: str):
+    """A bad option value (``ValueError`` from an importer or generator) becomes an ``InputError`` naming the
+    command and bundle, which ``main`` prints as one line instead of a traceback."""
+    from vmunet_monai.validation import InputError
+
+    try:
+        yield
+    except InputError:
+        raise
+    except ValueError as exc:
+        raise InputError(f"{command} {bundle}: {exc}") from exc
 
 
 def main(argv=None):

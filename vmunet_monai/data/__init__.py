@@ -1,13 +1,14 @@
 """Dataset importers (the layouts datasets are distributed in) and synthetic demo datasets.
 
-Each bundle has one module here with ``prepare(raw, out, **options)`` and ``demo_data(out, num, seed)``.
+Each bundle has one module here with ``prepare(raw, out, **options)`` and ``demo_data(out, num, seed, **options)``.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 
-__all__ = ["DATASET_MODULES", "prepare", "demo_data"]
+__all__ = ["DATASET_MODULES", "prepare", "demo_data", "options_of"]
 
 DATASET_MODULES = {
     "isic_skin_lesion": "vmunet_monai.data.isic",
@@ -22,14 +23,39 @@ def _module(bundle: str):
     return importlib.import_module(DATASET_MODULES[bundle])
 
 
+def options_of(bundle: str, command: str) -> dict:
+    """The keyword options (name -> default) of ``command`` (``prepare`` or ``demo_data``) for ``bundle``."""
+    sig = inspect.signature(getattr(_module(bundle), command))
+    skip = {"raw", "out"}
+    return {name: p.default for name, p in sig.parameters.items()
+            if name not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _check_options(bundle: str, command: str, options: dict):
+    known = options_of(bundle, command)
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        from vmunet_monai.validation import InputError
+
+        listed = ", ".join(f"--{k}" for k in known)
+        raise InputError(f"{command} {bundle}: unknown option{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join('--' + k for k in unknown)} (options of {bundle}: {listed})")
+
+
 def prepare(bundle: str, raw: str, out: str, **options):
-    """Write ``out/datalist.json`` for ``bundle`` from the raw dataset folder ``raw``."""
-    return _module(bundle).prepare(raw, out, **options)
+    """Write ``out/datalist.json`` for ``bundle`` from the raw dataset folder ``raw``; ``options`` are
+    those of the bundle's importer (:func:`options_of`), an unknown one is an ``InputError``."""
+    module = _module(bundle)
+    _check_options(bundle, "prepare", options)
+    return module.prepare(raw, out, **options)
 
 
-def demo_data(bundle: str, out: str, num: int | None = None, seed: int = 0):
-    """Write a synthetic dataset for ``bundle`` in its raw layout under ``out``."""
-    kwargs = {"seed": seed}
+def demo_data(bundle: str, out: str, num: int | None = None, seed: int = 0, **options):
+    """Write a synthetic dataset for ``bundle`` in its raw layout under ``out``; ``options`` are those of the
+    bundle's generator (ISIC: ``year``; Synapse: ``shape``, ``spacing``), an unknown one is an ``InputError``."""
+    module = _module(bundle)
+    _check_options(bundle, "demo_data", options)
+    kwargs = {"seed": seed, **options}
     if num is not None:
         kwargs["num"] = num
-    return _module(bundle).demo_data(out, **kwargs)
+    return module.demo_data(out, **kwargs)
