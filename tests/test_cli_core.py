@@ -255,3 +255,27 @@ def test_prepare_and_demo_data_refuse_bad_options_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["prepare", "polyp_seg", str(raw), str(tmp_path / "out"), "--val_fraction", "2"])
     assert "error: prepare polyp_seg: split fractions must be >= 0 and sum to < 1, got [2]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["demo", "--epochs", "0"], "error: demo --epochs 0: must be an integer of at least 1"),
+    (["demo", "--size", "8"], "error: demo --size 8: must be an integer of at least 32"),
+    (["export", "isic_skin_lesion", "--format", "xyz"], "error: --format 'xyz': choose one of torchscript, onnx, pt2"),
+    (["benchmark", "--backends", "foo", "--scan_only", "true"],
+     "error: unknown scan backend 'foo'; choose from cpu, mamba_ssm, reference, torch, triton or auto"),
+    (["benchmark", "--networks", "foo"], "error: unknown network 'foo'; choose from vmunet, vmunet_v2, mamba_unet"),
+    (["prepare", "nob", "raw", "out"], "error: unknown bundle 'nob': choose one of isic_skin_lesion, polyp_seg, "
+                                       "synapse_multiorgan"),
+])
+def test_bad_arguments_end_in_one_error_line(argv, message, capsys, tmp_path, monkeypatch):
+    """A value a command cannot take ends it with one line on stderr that starts with ``error:`` and names the
+    option, the value and the choices (no traceback), and a non-zero exit status; nothing is written."""
+    from vmunet_monai.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    code = exc.value.code
+    said = code if isinstance(code, str) else capsys.readouterr().err.strip()
+    assert code not in (0, None) and said == message
+    assert not any(tmp_path.iterdir())

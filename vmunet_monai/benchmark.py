@@ -244,11 +244,11 @@ def run_benchmark(device="cpu", networks="vmunet", size=256, batch=1, repeats=5,
     try:
         cfg = saved.replace(**parse_config(kernel_config)) if kernel_config else saved
     except (TypeError, ValueError) as exc:
-        raise SystemExit(f"benchmark --kernel_config {kernel_config!r}: {exc}") from exc
+        raise SystemExit(f"error: benchmark --kernel_config {kernel_config!r}: {exc}") from exc
     try:
         extra = parse_variants(variants, cfg)
     except ValueError as exc:
-        raise SystemExit(f"benchmark --variants: {exc}") from exc
+        raise SystemExit(f"error: benchmark --variants: {exc}") from exc
     saved_ss2d = {k: getattr(SS2D, k) for k in SS2D_OPTIONS}
     triton_scan.kernel_config(cfg)
     try:
@@ -270,11 +270,11 @@ def _run_benchmark(device, networks, size, batch, repeats, backends, reference, 
     nets = [n.strip() for n in networks.split(",")] if isinstance(networks, str) else list(networks)
     for name in nets:
         if name not in NETWORKS:
-            raise SystemExit(f"unknown network {name!r}; choose from {', '.join(NETWORKS)}")
+            raise SystemExit(f"error: unknown network {name!r}; choose from {', '.join(NETWORKS)}")
     base = [n.strip() for n in (baselines.split(",") if isinstance(baselines, str) else baselines) if n.strip()]
     for name in base:
         if name not in BASELINES:
-            raise SystemExit(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+            raise SystemExit(f"error: unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
     SS2D.channels_last_scan = bool(channels_last_scan)
     SS2D.fused_norm_gate = bool(fused_norm_gate)
     SS2D.fused_dt_proj = bool(fused_dt_proj)
@@ -286,11 +286,16 @@ def _run_benchmark(device, networks, size, batch, repeats, backends, reference, 
     device = str(device)
     dev_type = torch.device(device).type
     if dev_type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("benchmark --device cuda: no CUDA device is visible here (see `python -m vmunet_monai doctor`)")
+        raise SystemExit("error: benchmark --device cuda: no CUDA device is visible here (see `python -m vmunet_monai doctor`)")
     if backends == "auto":
         names = [resolve_backend(device)]
     else:
         names = [b.strip() for b in (backends.split(",") if isinstance(backends, str) else backends)]
+    from vmunet_monai.ops.dispatch import BACKENDS
+
+    for b in names:
+        if b not in BACKENDS:
+            raise SystemExit(f"error: unknown scan backend {b!r}; choose from {', '.join(sorted(BACKENDS))} or auto")
     usable = [b for b in names if backend_status(b).available and dev_type in backend_status(b).devices]
     for b in set(names) - set(usable):
         print(f"skipping backend {b}: {backend_status(b).detail}")

@@ -70,7 +70,9 @@ def _quiet_tracing():
 
 def _paths(bundle: str, checkpoint: str | None, output: str | None, format: str):
     if format not in FORMATS:
-        raise ValueError(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
+        from vmunet_monai.validation import InputError
+
+        raise InputError(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
     root = find_bundle(bundle)
     config, meta = root / "configs" / "inference.json", root / "configs" / "metadata.json"
     for path in (config, meta):

@@ -19,7 +19,7 @@ DATASET_MODULES = {
 
 def _module(bundle: str):
     if bundle not in DATASET_MODULES:
-        raise SystemExit(f"unknown bundle {bundle!r}: choose one of {', '.join(DATASET_MODULES)}")
+        raise SystemExit(f"error: unknown bundle {bundle!r}: choose one of {', '.join(DATASET_MODULES)}")
     return importlib.import_module(DATASET_MODULES[bundle])
 
 
