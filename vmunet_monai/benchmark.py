@@ -286,7 +286,8 @@ def _run_benchmark(device, networks, size, batch, repeats, backends, reference, 
     device = str(device)
     dev_type = torch.device(device).type
     if dev_type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: benchmark --device cuda: no CUDA device is visible here (see `python -m vmunet_monai doctor`)")
+        raise SystemExit("error: benchmark --device cuda: no CUDA device is visible here "
+                         "(see `python -m vmunet_monai doctor`)")
     if backends == "auto":
         names = [resolve_backend(device)]
     else:
