@@ -23,7 +23,7 @@ N = 16, i.e. the official (32, 768, 4096) scan. Everything is measured in this o
   its compiled kernel loads, on ``mamba_ssm``;
 * agreement of the fused result and gradients with the composed torch path in float32.
 
-Usage: ``python scripts/bench_ss2d_gpu.py [--batch 32] [--sweep | --quick | --dry-run] [--layout channels_last]
+Usage: ``python scripts/bench_ss2d_gpu.py [--batch 32] [--sweep | --quick] [--dry-run] [--layout channels_last]
 [--out results.json]``.
 Prints a table.
 """
