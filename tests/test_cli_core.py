@@ -280,3 +280,19 @@ def test_bad_arguments_end_in_one_error_line(argv, message, capsys, tmp_path, mo
     said = code if isinstance(code, str) else capsys.readouterr().err.strip()
     assert code not in (0, None) and said == message
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_top_level_help_lists_every_command(flag, capsys):
+    """``python -m vmunet_monai --help`` lists the commands with their one-line summaries (fire alone would
+    describe the command class instead)."""
+    import inspect
+
+    from vmunet_monai.cli import Commands, main
+
+    main([flag])
+    out = capsys.readouterr().out
+    assert "COMMANDS" in out
+    for name, fn in inspect.getmembers(Commands, inspect.isfunction):
+        if not name.startswith("_"):
+            assert f"     {name}\n" in out and fn.__doc__.split("\n")[0].strip()[:40] in out, name

@@ -247,8 +247,11 @@ def main(argv=None):
 
     from vmunet_monai.validation import InputError
 
+    argv = list(argv if argv is not None else sys.argv[1:])
+    if argv in (["--help"], ["-h"]):  # fire would describe the class itself; the command list is what helps
+        argv = []
     try:
-        fire.Fire(Commands, command=argv if argv is not None else sys.argv[1:], name="vmunet_monai")
+        fire.Fire(Commands, command=argv, name="vmunet_monai")
     except (InputError, FileNotFoundError, FloatingPointError) as exc:
         # bad input (file, value, checkpoint, folder): the message names the file, the value and the rule;
         # a traceback would only point into our own checks
