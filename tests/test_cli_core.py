@@ -296,3 +296,54 @@ def test_top_level_help_lists_every_command(flag, capsys):
     for name, fn in inspect.getmembers(Commands, inspect.isfunction):
         if not name.startswith("_"):
             assert f"     {name}\n" in out and fn.__doc__.split("\n")[0].strip()[:40] in out, name
+
+
+def test_wheel_carries_the_files_the_package_reads(tmp_path):
+    """A wheel built from the project holds the C kernel source, the model-zoo schema and the mamba-ssm build
+    script, which the package reads from its own folder at run time."""
+    import importlib.util
+    import shutil
+    import zipfile
+
+    if importlib.util.find_spec("setuptools") is None:
+        pytest.skip("needs setuptools (the project's build backend) in this environment")
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(os.path.join(ROOT, name), src / name)
+    shutil.copytree(os.path.join(ROOT, "vmunet_monai"), src / "vmunet_monai",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                           str(src), "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wheel, = (tmp_path / "dist").glob("vmunet_monai-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for path in ("vmunet_monai/ops/csrc/selective_scan_cpu.c", "vmunet_monai/resources/bundle_metadata_schema.json",
+                 "vmunet_monai/resources/build_mamba_ssm.sh", "vmunet_monai/ops/triton_kernels/scan.py"):
+        assert path in names, path
+
+
+def test_mamba_ssm_build_hint_names_the_shipped_script_which_explains_a_missing_nvcc(tmp_path):
+    """``doctor`` and the backend's error name the build script by its absolute path inside the package
+    (a pip-installed copy has no scripts/ folder) and this interpreter; ``scripts/build_mamba_ssm.sh`` runs
+    the same file; without nvcc the script stops at once with one line saying so."""
+    import shlex
+    import shutil
+
+    from vmunet_monai.ops.mamba_ssm_backend import BUILD_HINT, build_command
+
+    cmd = build_command()
+    assert cmd in BUILD_HINT and shlex.split(cmd)[0] == f"PYTHON={sys.executable}"
+    script = shlex.split(cmd)[-1]
+    assert os.path.isfile(script) and script.endswith(os.path.join("vmunet_monai", "resources", "build_mamba_ssm.sh"))
+    wrapper = open(os.path.join(ROOT, "scripts", "build_mamba_ssm.sh")).read()
+    assert 'exec "$BASH" "$here/../vmunet_monai/resources/build_mamba_ssm.sh" "$@"' in wrapper
+    bin_dir = tmp_path / "bin"  # the tools the script needs before its nvcc check, and no nvcc
+    bin_dir.mkdir()
+    for tool in ("mktemp", "rm"):
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    for path in (script, os.path.join(ROOT, "scripts", "build_mamba_ssm.sh")):
+        proc = subprocess.run([shutil.which("bash"), path], capture_output=True, text=True, timeout=60,
+                              env={"PATH": str(bin_dir), "HOME": str(tmp_path)})
+        assert proc.returncode == 1 and proc.stderr.strip() == \
+            "error: nvcc not found; install the CUDA toolkit matching torch's CUDA", proc.stderr

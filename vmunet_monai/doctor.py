@@ -131,6 +131,8 @@ def _compile_note() -> str:
 def _mamba_note() -> str:
     import torch
 
+    from vmunet_monai.ops.mamba_ssm_backend import build_command
+
     if importlib.util.find_spec("mamba_ssm") is None:
         return (
             "mamba-ssm: not installed, and not needed. The torch/cpu backends run everywhere and the triton backend "
@@ -138,7 +140,7 @@ def _mamba_note() -> str:
             "training on an H100, docs/PERFORMANCE.md). It is an optional extra: released mamba-ssm 2.3.x imports its "
             "compiled selective_scan_cuda unconditionally, so without a CUDA build even its pure-PyTorch reference "
             "cannot be imported; building it needs nvcc and a CUDA torch "
-            + ("(this torch is CPU-only)." if not torch.version.cuda else "(`bash scripts/build_mamba_ssm.sh`).")
+            + ("(this torch is CPU-only)." if not torch.version.cuda else f"(`{build_command()}`).")
         )
     from vmunet_monai.ops.mamba_ssm_backend import status
 

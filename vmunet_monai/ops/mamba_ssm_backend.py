@@ -15,9 +15,22 @@ __all__ = ["selective_scan", "status"]
 # the last state comes back detached from the graph, as in mamba-ssm (dispatch guards it)
 LAST_STATE_HAS_GRAD = False
 
+
+
+def build_command() -> str:
+    """The shell command that builds mamba-ssm for this machine's GPU alone into this interpreter: the
+    script shipped in the package (``scripts/build_mamba_ssm.sh`` in a checkout runs the same file)."""
+    import shlex
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "resources" / "build_mamba_ssm.sh"
+    return f"PYTHON={shlex.quote(sys.executable)} bash {shlex.quote(str(script))}"
+
+
 BUILD_HINT = (
     "install a CUDA build of torch, then build the extension for this GPU only: "
-    "`bash scripts/build_mamba_ssm.sh` (about 3 minutes for one architecture), "
+    f"`{build_command()}` (about 3 minutes for one architecture), "
     "or `pip install 'vmunet-monai[cuda]' --no-build-isolation`"
 )
 
