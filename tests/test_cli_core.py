@@ -267,6 +267,10 @@ def test_prepare_and_demo_data_refuse_bad_options_in_one_line(tmp_path, capsys):
     (["benchmark", "--networks", "foo"], "error: unknown network 'foo'; choose from vmunet, vmunet_v2, mamba_unet"),
     (["prepare", "nob", "raw", "out"], "error: unknown bundle 'nob': choose one of isic_skin_lesion, polyp_seg, "
                                        "synapse_multiorgan"),
+    (["predict", "isic_skin_lesion", "in", "out", "--device", "foo"],
+     "error: --device 'foo': not a device; choose cpu, cuda or cuda:N"),
+    (["predict", "synapse_multiorgan", "in", "out", "--device", "tpu"],
+     "error: --device 'tpu': not a device; choose cpu, cuda or cuda:N"),
 ])
 def test_bad_arguments_end_in_one_error_line(argv, message, capsys, tmp_path, monkeypatch):
     """A value a command cannot take ends it with one line on stderr that starts with ``error:`` and names the
@@ -347,3 +351,20 @@ def test_mamba_ssm_build_hint_names_the_shipped_script_which_explains_a_missing_
                               env={"PATH": str(bin_dir), "HOME": str(tmp_path)})
         assert proc.returncode == 1 and proc.stderr.strip() == \
             "error: nvcc not found; install the CUDA toolkit matching torch's CUDA", proc.stderr
+
+
+def test_a_device_this_machine_lacks_is_named_before_any_work(monkeypatch):
+    """``predict --device``: a CUDA device on a machine without one, or an index past its devices, is refused
+    with what the machine has, before the bundle is read or anything written."""
+    from vmunet_monai.validation import InputError, check_device
+
+    assert check_device(None) is None and check_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match=r"--device 'cuda': no CUDA device is visible here \(torch .*\); use --device "
+                                         r"cpu or leave it out"):
+        check_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda:1") == "cuda:1" and check_device("cuda") == "cuda"
+    with pytest.raises(InputError, match=r"--device 'cuda:2': this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"):
+        check_device("cuda:2")

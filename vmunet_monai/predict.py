@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from vmunet_monai.engine.utils import find_bundle
-from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError, check_output_location, read_image_2d
+from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError, check_device, check_output_location, read_image_2d
 
 __all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError"]
 
@@ -90,6 +90,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         NothingToPredictError: when every input file was skipped (the message names them).
         vmunet_monai.weights.CheckpointError: for a checkpoint that is unreadable or not of this bundle's network.
     """
+    device = check_device(device)
     if Path(str(bundle)).name in VOLUME_BUNDLES:
         from vmunet_monai.predict_volume import predict_volumes
 

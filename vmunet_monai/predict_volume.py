@@ -130,9 +130,10 @@ def predict_volumes(
 
     from vmunet_monai.data.common import report_skipped
     from vmunet_monai.predict import NothingToPredictError
-    from vmunet_monai.validation import InputError, check_output_location, read_volume
+    from vmunet_monai.validation import InputError, check_device, check_output_location, read_volume
     from vmunet_monai.weights import check_checkpoint_fits
 
+    device = check_device(device)
     bundle_root = os.path.abspath(bundle_root or default_bundle_root())
     paths = [input] if isinstance(input, (str, os.PathLike)) else list(input)
     others: list[str] = []

@@ -321,6 +321,30 @@ def _read_dicom_series(path: Path, read_data: bool):
     return shape, (np.array(sitk.GetArrayViewFromImage(image)) if read_data else None)
 
 
+def check_device(device) -> str | None:
+    """``device`` as given (``cpu``, ``cuda``, ``cuda:N``), or None for the automatic choice; a device this
+    machine cannot run raises :class:`InputError` naming it and what is there."""
+    if device is None or str(device) == "":
+        return None
+    import torch
+
+    try:
+        dev = torch.device(str(device))
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device {device!r}: not a device; choose cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = f"CUDA build {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise InputError(f"--device {device!r}: no CUDA device is visible here (torch {torch.__version__}, "
+                             f"{build}); use --device cpu or leave it out")
+        if dev.index is not None and dev.index >= count:
+            raise InputError(f"--device {device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif dev.type != "cpu":
+        raise InputError(f"--device {device!r}: choose cpu, cuda or cuda:N")
+    return str(device)
+
+
 def _resolved(path) -> Path:
     return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
