@@ -267,6 +267,11 @@ def test_prepare_and_demo_data_refuse_bad_options_in_one_line(tmp_path, capsys):
     (["benchmark", "--networks", "foo"], "error: unknown network 'foo'; choose from vmunet, vmunet_v2, mamba_unet"),
     (["prepare", "nob", "raw", "out"], "error: unknown bundle 'nob': choose one of isic_skin_lesion, polyp_seg, "
                                        "synapse_multiorgan"),
+    (["benchmark", "--repeats", "0"], "error: benchmark --repeats 0: must be an integer of at least 1"),
+    (["benchmark", "--size", "0"], "error: benchmark --size 0: must be an integer of at least 32"),
+    (["benchmark", "--batch", "0"], "error: benchmark --batch 0: must be an integer of at least 1"),
+    (["kernels", "--sms", "0"], "error: sms=0 must be at least 1 (or left out: the card's own)"),
+    (["export", "isic_skin_lesion", "--tolerance", "-1"], "error: --tolerance -1: must be a number of at least 0"),
     (["predict", "isic_skin_lesion", "in", "out", "--device", "foo"],
      "error: --device 'foo': not a device; choose cpu, cuda or cuda:N"),
     (["predict", "synapse_multiorgan", "in", "out", "--device", "tpu"],

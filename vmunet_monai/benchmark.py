@@ -267,6 +267,9 @@ def _run_benchmark(device, networks, size, batch, repeats, backends, reference, 
     from vmunet_monai.layers import SS2D
     from vmunet_monai.ops import triton_scan
 
+    for option, value, least in (("batch", batch, 1), ("repeats", repeats, 1), ("size", size, 32)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise SystemExit(f"error: benchmark --{option} {value!r}: must be an integer of at least {least}")
     nets = [n.strip() for n in networks.split(",")] if isinstance(networks, str) else list(networks)
     for name in nets:
         if name not in NETWORKS:

@@ -191,6 +191,10 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
     """
     from monai.bundle import ckpt_export, onnx_export
 
+    if not float(tolerance) >= 0:
+        from vmunet_monai.validation import InputError
+
+        raise InputError(f"--tolerance {tolerance!r}: must be a number of at least 0")
     root, config, meta, ckpt, out = _paths(bundle, checkpoint, output, format)
     shape = _input_shape(config, meta, input_shape)
     key = _key_in_checkpoint(ckpt)

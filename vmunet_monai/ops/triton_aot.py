@@ -403,12 +403,9 @@ def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None,
             (:func:`dump_kernel`; files ``<case>.<kernel>.<variant>.<dtype>.<form>``).
 
     Raises:
-        ValueError: an unknown case, architecture or KernelConfig field or value, or a batch below 1.
+        ValueError: an unknown case, architecture or KernelConfig field or value, or a batch or SM count below 1.
         RuntimeError: triton missing, or a kernel that does not compile (Triton's message, with the case).
     """
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        raise RuntimeError("compiling kernels for a GPU needs a process without TRITON_INTERPRET=1: the interpreter "
-                           "replaces Triton's own library functions when triton is imported")
     arch = parse_arch(arch)
     names = list(CASES) if cases is None else list(cases)
     unknown = [c for c in names if c not in CASES]
@@ -416,6 +413,11 @@ def compile_report(arch=90, cases=None, batch: int = 32, sms: int | None = None,
         raise ValueError(f"unknown case(s) {unknown}; choose from {list(CASES)}")
     if int(batch) < 1:
         raise ValueError(f"batch={batch} must be at least 1")
+    if sms is not None and int(sms) < 1:
+        raise ValueError(f"sms={sms} must be at least 1 (or left out: the card's own)")
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError("compiling kernels for a GPU needs a process without TRITON_INTERPRET=1: the interpreter "
+                           "replaces Triton's own library functions when triton is imported")
     sms = int(sms or ARCHES[arch].sms)
     from vmunet_monai.ops.triton_scan import kernel_config
 
