@@ -74,6 +74,23 @@ def test_wrong_channel_count_is_a_clear_error():
         VMUNet(spatial_dims=3)
 
 
+@pytest.mark.parametrize("cls", [VMUNet, VMUNetV2, MambaUNet])
+@pytest.mark.parametrize("kw,message", [
+    ({"in_channels": 0}, "{name} in_channels=0 must be at least 1"),
+    ({"out_channels": 0}, "{name} out_channels=0 must be at least 1"),
+    ({"d_state": 0}, "SS2D d_state=0 must be at least 1"),
+    ({"scan_backend": "cuda"}, "scan_backend='cuda' is not a scan backend; choose one of "
+                               "['cpu', 'mamba_ssm', 'reference', 'torch', 'triton'], 'auto' or None"),
+])
+def test_impossible_sizes_and_backends_are_refused_when_built(cls, kw, message):
+    """A network that could never run (no channels in or out, no state, a backend that does not exist) is
+    refused by its constructor, naming the value, rather than at its first forward."""
+    with pytest.raises(ValueError) as exc:
+        cls(**kw)
+    assert str(exc.value) == message.format(name=cls.__name__)
+    assert isinstance(cls(scan_backend="auto", depths=(1, 1, 1, 1), **TINY), torch.nn.Module)  # 'auto' is a choice
+
+
 @pytest.mark.parametrize("cls,kw", [(VMUNet, {"depths_decoder": (1, 1, 1, 1)}), (MambaUNet, {}),
                                     (VMUNetV2, {"mid_channels": 8})])
 def test_every_parameter_gets_a_gradient(cls, kw):

@@ -84,6 +84,19 @@ class SS2D(nn.Module):
         recompute: bool = True,
     ) -> None:
         super().__init__()
+        for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)):
+            if int(value) < 1:
+                raise ValueError(f"SS2D {name}={value} must be at least 1")
+        if int(expand * d_model) < 1:
+            raise ValueError(f"SS2D expand={expand} leaves no inner channels for d_model={d_model}")
+        if dt_rank != "auto" and int(dt_rank) < 1:
+            raise ValueError(f"SS2D dt_rank={dt_rank} must be at least 1, or 'auto'")
+        if scan_backend not in (None, "auto"):
+            from vmunet_monai.ops.dispatch import BACKENDS
+
+            if scan_backend not in BACKENDS:
+                raise ValueError(f"scan_backend={scan_backend!r} is not a scan backend; choose one of "
+                                 f"{sorted(BACKENDS)}, 'auto' or None")
         self.d_model = d_model
         self.d_state = d_state
         self.d_inner = int(expand * d_model)

@@ -9,7 +9,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers import trunc_normal_
 
-__all__ = ["check_dims", "prepare_input", "crop_output", "init_linear_and_norm", "drop_path_rates"]
+__all__ = ["check_channels", "check_dims", "prepare_input", "crop_output", "init_linear_and_norm",
+           "drop_path_rates"]
+
+
+def check_channels(name: str, in_channels: int, out_channels: int) -> None:
+    """Image channels in and classes out: at least 1 each."""
+    for what, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if isinstance(value, bool) or int(value) < 1:
+            raise ValueError(f"{name} {what}={value} must be at least 1")
 
 
 def check_dims(dims: Sequence[int], depths: Sequence[int], name: str = "depths") -> tuple[int, ...]:

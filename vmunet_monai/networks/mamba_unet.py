@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 from vmunet_monai.layers import FinalPatchExpand2D, PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSLayer
-from vmunet_monai.networks.common import check_dims, crop_output, drop_path_rates, init_linear_and_norm, prepare_input
+from vmunet_monai.networks.common import (check_channels, check_dims, crop_output, drop_path_rates,
+                                          init_linear_and_norm, prepare_input)
 
 __all__ = ["MambaUNet"]
 
@@ -56,6 +57,7 @@ class MambaUNet(nn.Module):
         super().__init__()
         if spatial_dims != 2:
             raise ValueError(f"MambaUNet is a 2D network; spatial_dims={spatial_dims}")
+        check_channels("MambaUNet", in_channels, out_channels)
         dims = check_dims(dims, depths)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stem_channels = 3 if in_channels in (1, 3) else in_channels

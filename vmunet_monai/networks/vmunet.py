@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 from vmunet_monai.layers import FinalPatchExpand2D, PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSLayer
-from vmunet_monai.networks.common import check_dims, crop_output, drop_path_rates, init_linear_and_norm, prepare_input
+from vmunet_monai.networks.common import (check_channels, check_dims, crop_output, drop_path_rates,
+                                          init_linear_and_norm, prepare_input)
 
 __all__ = ["VMUNet"]
 
@@ -65,6 +66,7 @@ class VMUNet(nn.Module):
         super().__init__()
         if spatial_dims != 2:
             raise ValueError(f"VMUNet is a 2D network; spatial_dims={spatial_dims} (use SliceInferer for volumes)")
+        check_channels("VMUNet", in_channels, out_channels)
         dims = check_dims(dims, depths)
         check_dims(dims, depths_decoder, "depths_decoder")
         self.in_channels, self.out_channels = in_channels, out_channels

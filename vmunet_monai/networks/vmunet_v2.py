@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vmunet_monai.layers import SDI, ChannelAttention, PatchEmbed2D, PatchMerging2D, SpatialAttention, TransLayer, VSSLayer
-from vmunet_monai.networks.common import check_dims, crop_output, drop_path_rates, init_linear_and_norm, prepare_input
+from vmunet_monai.networks.common import (check_channels, check_dims, crop_output, drop_path_rates,
+                                          init_linear_and_norm, prepare_input)
 
 __all__ = ["VMUNetV2", "VSSEncoder"]
 
@@ -95,6 +96,7 @@ class VMUNetV2(nn.Module):
         super().__init__()
         if spatial_dims != 2:
             raise ValueError(f"VMUNetV2 is a 2D network; spatial_dims={spatial_dims}")
+        check_channels("VMUNetV2", in_channels, out_channels)
         dims = check_dims(dims, depths)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stem_channels = 3 if in_channels in (1, 3) else in_channels
