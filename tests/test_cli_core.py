@@ -270,6 +270,7 @@ def test_prepare_and_demo_data_refuse_bad_options_in_one_line(tmp_path, capsys):
     (["benchmark", "--repeats", "0"], "error: benchmark --repeats 0: must be an integer of at least 1"),
     (["benchmark", "--size", "0"], "error: benchmark --size 0: must be an integer of at least 32"),
     (["benchmark", "--batch", "0"], "error: benchmark --batch 0: must be an integer of at least 1"),
+    (["benchmark", "--device", "tpu"], "error: --device 'tpu': not a device; choose cpu, cuda or cuda:N"),
     (["kernels", "--sms", "0"], "error: sms=0 must be at least 1 (or left out: the card's own)"),
     (["export", "isic_skin_lesion", "--tolerance", "-1"], "error: --tolerance -1: must be a number of at least 0"),
     (["predict", "isic_skin_lesion", "in", "out", "--device", "foo"],

@@ -267,9 +267,10 @@ def _run_benchmark(device, networks, size, batch, repeats, backends, reference, 
     from vmunet_monai.layers import SS2D
     from vmunet_monai.ops import triton_scan
 
+    from vmunet_monai.validation import check_at_least, check_device
+
     for option, value, least in (("batch", batch, 1), ("repeats", repeats, 1), ("size", size, 32)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise SystemExit(f"error: benchmark --{option} {value!r}: must be an integer of at least {least}")
+        check_at_least(f"benchmark --{option}", value, least)
     nets = [n.strip() for n in networks.split(",")] if isinstance(networks, str) else list(networks)
     for name in nets:
         if name not in NETWORKS:
@@ -286,11 +287,8 @@ def _run_benchmark(device, networks, size, batch, repeats, backends, reference, 
     from vmunet_monai.ops import backend_status, resolve_backend
     from vmunet_monai.ops.dispatch import DETERMINISTIC_BACKENDS
 
-    device = str(device)
+    device = str(check_device(device) or "cpu")
     dev_type = torch.device(device).type
-    if dev_type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: benchmark --device cuda: no CUDA device is visible here "
-                         "(see `python -m vmunet_monai doctor`)")
     if backends == "auto":
         names = [resolve_backend(device)]
     else:

@@ -103,11 +103,10 @@ def run_demo(out: str = "demo_run", epochs: int = 30, num: int = 48, size: int =
         ``{"best_val_dice", "best_epoch", "test_summary", "seconds", "bundle_root"}``.
     """
     from vmunet_monai.data import demo_data, prepare
-    from vmunet_monai.validation import InputError
+    from vmunet_monai.validation import check_at_least
 
     for name, value, least in (("epochs", epochs, 1), ("num", num, 4), ("size", size, 32)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise InputError(f"demo --{name} {value!r}: must be an integer of at least {least}")
+        check_at_least(f"demo --{name}", value, least)
     start = time.perf_counter()
     out = Path(out)
     raw, prepared = out / "raw", out / "prepared"

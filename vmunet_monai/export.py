@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from vmunet_monai.engine.utils import find_bundle
+from vmunet_monai.validation import InputError
 
 __all__ = ["FORMATS", "DEFAULT_TOLERANCE", "ExportResult", "ExportVerificationError", "export", "verify_export"]
 
@@ -70,8 +71,6 @@ def _quiet_tracing():
 
 def _paths(bundle: str, checkpoint: str | None, output: str | None, format: str):
     if format not in FORMATS:
-        from vmunet_monai.validation import InputError
-
         raise InputError(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
     root = find_bundle(bundle)
     config, meta = root / "configs" / "inference.json", root / "configs" / "metadata.json"
@@ -192,8 +191,6 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
     from monai.bundle import ckpt_export, onnx_export
 
     if not float(tolerance) >= 0:
-        from vmunet_monai.validation import InputError
-
         raise InputError(f"--tolerance {tolerance!r}: must be a number of at least 0")
     root, config, meta, ckpt, out = _paths(bundle, checkpoint, output, format)
     shape = _input_shape(config, meta, input_shape)

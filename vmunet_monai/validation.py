@@ -321,6 +321,14 @@ def _read_dicom_series(path: Path, read_data: bool):
     return shape, (np.array(sitk.GetArrayViewFromImage(image)) if read_data else None)
 
 
+def check_at_least(option: str, value, least: int) -> int:
+    """``value`` of command-line ``option`` (e.g. ``"demo --epochs"``) if it is an integer of at least
+    ``least``, else :class:`InputError` naming the option, the value and the rule."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise InputError(f"{option} {value!r}: must be an integer of at least {least}")
+    return value
+
+
 def check_device(device) -> str | None:
     """``device`` as given (``cpu``, ``cuda``, ``cuda:N``), or None for the automatic choice; a device this
     machine cannot run raises :class:`InputError` naming it and what is there."""
