@@ -91,12 +91,9 @@ class SS2D(nn.Module):
             raise ValueError(f"SS2D expand={expand} leaves no inner channels for d_model={d_model}")
         if dt_rank != "auto" and int(dt_rank) < 1:
             raise ValueError(f"SS2D dt_rank={dt_rank} must be at least 1, or 'auto'")
-        if scan_backend not in (None, "auto"):
-            from vmunet_monai.ops.dispatch import BACKENDS
+        from vmunet_monai.ops.dispatch import check_backend_name
 
-            if scan_backend not in BACKENDS:
-                raise ValueError(f"scan_backend={scan_backend!r} is not a scan backend; choose one of "
-                                 f"{sorted(BACKENDS)}, 'auto' or None")
+        check_backend_name(scan_backend)
         self.d_model = d_model
         self.d_state = d_state
         self.d_inner = int(expand * d_model)

@@ -85,6 +85,12 @@ def _compiling_for_gpu() -> bool:
     return module is not None and module.compiling_only()
 
 
+def check_backend_name(name: str | None, source: str = "scan_backend") -> None:
+    """``ValueError`` naming ``source`` unless ``name`` is a scan backend, ``'auto'`` or None."""
+    if name is not None and name != "auto" and name not in BACKENDS:
+        raise ValueError(f"{source}={name!r} is not a scan backend; choose one of {sorted(BACKENDS)}, 'auto' or None")
+
+
 def resolve_backend(device: torch.device | str, backend: str | None = None) -> str:
     """The backend that will run for tensors on ``device``: argument > $VMUNET_SCAN_BACKEND > automatic
     (limited to :data:`DETERMINISTIC_BACKENDS` while ``torch.use_deterministic_algorithms(True)`` is on)."""
@@ -94,9 +100,8 @@ def resolve_backend(device: torch.device | str, backend: str | None = None) -> s
     requested, source = backend, "backend argument"
     if requested is None and os.environ.get(ENV_VAR):
         requested, source = os.environ[ENV_VAR].strip(), f"${ENV_VAR}"
+    check_backend_name(requested, source)
     if requested is not None and requested != "auto":
-        if requested not in BACKENDS:
-            raise ValueError(f"{source}={requested!r} is not a scan backend; choose one of {sorted(BACKENDS)} or 'auto'")
         _, st = _load(requested)
         if device_type not in st.devices:
             raise RuntimeError(

@@ -16,7 +16,6 @@ __all__ = ["selective_scan", "status"]
 LAST_STATE_HAS_GRAD = False
 
 
-
 def build_command() -> str:
     """The shell command that builds mamba-ssm for this machine's GPU alone into this interpreter: the
     script shipped in the package (``scripts/build_mamba_ssm.sh`` in a checkout runs the same file)."""
