@@ -374,3 +374,35 @@ def test_a_device_this_machine_lacks_is_named_before_any_work(monkeypatch):
     assert check_device("cuda:1") == "cuda:1" and check_device("cuda") == "cuda"
     with pytest.raises(InputError, match=r"--device 'cuda:2': this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"):
         check_device("cuda:2")
+
+
+def test_benchmark_goes_on_past_a_variant_that_fails(capsys, monkeypatch):
+    """A variant that fails (an option that does not compile or run on this machine, memory) is recorded with its
+    error and printed; the rows after it are still timed in the same run."""
+    from vmunet_monai import benchmark
+
+    timed = benchmark._timed_row
+
+    def flaky(model, label, *args):
+        if label == "torch[broken]":
+            raise RuntimeError("no kernel image is available for execution on the device\nsecond line")
+        return timed(model, label, *args)
+
+    monkeypatch.setattr(benchmark, "_timed_row", flaky)
+    res = benchmark.run_benchmark(networks="vmunet", size=32, backends="torch", repeats=1,
+                                  variants="broken:fused_dt_proj=true;fine:fused_norm_gate=true")
+    rows = {r["backend"]: r for r in res["networks"]}
+    assert rows["torch[broken]"]["error"] == "RuntimeError: no kernel image is available for execution on the device"
+    assert rows["torch[fine]"]["latency_b1_s"] > 0 and list(rows) == ["torch", "torch[broken]", "torch[fine]"]
+    out = capsys.readouterr().out
+    assert "torch[broken]: failed, RuntimeError: no kernel image" in out and "torch[fine]" in out
+
+
+def test_benchmark_checks_the_reference_checkout_before_timing(tmp_path, monkeypatch):
+    """``benchmark --reference PATH`` that is no checkout of the official VM-UNet stops before anything is timed."""
+    from vmunet_monai import benchmark
+
+    monkeypatch.setattr(benchmark, "time_scan", lambda *a, **k: pytest.fail("timed before checking --reference"))
+    with pytest.raises(SystemExit, match=r"error: benchmark --reference .*: not a checkout of the official VM-UNet "
+                                         r"\(no models/vmunet/vmamba.py\)"):
+        benchmark.run_benchmark(reference=str(tmp_path), scan_only=True)

@@ -298,6 +298,13 @@ def _run_benchmark(device, networks, size, batch, repeats, backends, reference, 
     for b in names:
         if b not in BACKENDS:
             raise SystemExit(f"error: unknown scan backend {b!r}; choose from {', '.join(sorted(BACKENDS))} or auto")
+    if reference:  # checked before any timing: a wrong path or a missing package would otherwise show at the end
+        from vmunet_monai.official import load_official_vmunet, mamba_style_reference_scan
+
+        try:
+            load_official_vmunet(reference, scan_fn=mamba_style_reference_scan)
+        except (OSError, ImportError) as exc:
+            raise SystemExit(f"error: benchmark --reference {reference}: {exc}") from exc
     usable = [b for b in names if backend_status(b).available and dev_type in backend_status(b).devices]
     for b in set(names) - set(usable):
         print(f"skipping backend {b}: {backend_status(b).detail}")
@@ -378,8 +385,11 @@ def _run_benchmark(device, networks, size, batch, repeats, backends, reference, 
         for v in variants:  # a variant that changes nothing on this backend, or what one before did, is left out
             if v.effect(b, run_options) not in timed:
                 timed.add(v.effect(b, run_options))
-                _variant_rows(results, v, run_options, run_config, name, b, x1, xb, batch, repeats, device, dtypes,
-                              cuda_graphs)
+                try:
+                    _variant_rows(results, v, run_options, run_config, name, b, x1, xb, batch, repeats, device,
+                                  dtypes, cuda_graphs)
+                except Exception as exc:  # noqa: BLE001 - one failing option must not cost the other rows
+                    _failed_row(results, name, f"{b}[{v.label}]", v.label, exc, device)
     bar.close()
 
     for name in base:
@@ -398,7 +408,10 @@ def _run_benchmark(device, networks, size, batch, repeats, backends, reference, 
             results["networks"].append(row)
         del model
     if reference:
-        _official_rows(results, reference, device, size, batch, repeats, dtypes, x1, xb)
+        try:
+            _official_rows(results, reference, device, size, batch, repeats, dtypes, x1, xb)
+        except Exception as exc:  # noqa: BLE001 - ours are timed already: print and keep them
+            _failed_row(results, "official_vmunet", "official", None, exc, device)
     _print_networks(results)
     return _finish(results, out)
 
@@ -441,6 +454,17 @@ def _variant_rows(results, variant, run_options, run_config, name, backend, x1, 
         for k, v in run_options.items():
             setattr(SS2D, k, v)
         triton_scan.kernel_config(run_config)
+
+
+def _failed_row(results, name, label, variant, exc, device):
+    """Record and print a variant (or the official model) that failed: an option that does not compile or
+    run here, memory. The rows after it are still timed, and all are printed and written."""
+    error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    print(f"\n{label}: failed, {error}; the run goes on without it", flush=True)
+    results["networks"].append({"network": name, "backend": label, "precision": "-", "variant": variant,
+                                "error": error})
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _deterministic_row(model, precision, name, backend, x1, xb, batch, repeats, device, dt):

@@ -36,7 +36,8 @@ class Commands:
             batch: batch size for the throughput numbers.
             repeats: timed repetitions (the median is reported).
             backends: comma-separated scan backends, or auto.
-            reference: path to a checkout of the official VM-UNet, timed beside ours in the same run.
+            reference: path to a checkout of the official VM-UNet, timed beside ours in the same run (checked before
+                anything is timed).
             scan_only: only time the stage-1 scan of every backend.
             out: also write the results as JSON to this file.
             cuda_graphs: on CUDA, also time inference replayed from captured CUDA graphs
@@ -62,7 +63,8 @@ class Commands:
                 "fast;fast,bwd_stepwise=true" (without a label a variant's text labels it); rows marked
                 BACKEND[LABEL] (latency, throughput and memory, and with --cuda_graphs BACKEND[LABEL]+graphs;
                 no +compile, +deterministic or +store_all rows). A variant is left out on a backend where it
-                changes nothing (KernelConfig fields act on triton only) or the same as one before it.
+                changes nothing (KernelConfig fields act on triton only) or the same as one before it; one that
+                fails is recorded with its error, and the run goes on.
         """
         from vmunet_monai.benchmark import run_benchmark
 
