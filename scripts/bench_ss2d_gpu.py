@@ -312,13 +312,14 @@ def main():
     ts.kernel_config(best[0])
 
     if not a.quick:
-        _options(a, res, lines, fused, best)
+        section("options", res, lambda: _options(a, res, lines, fused, best))
 
     # the step-loop backward (KernelConfig(bwd_stepwise=True)) against the associative-scan backward
-    _bwd_steps(a, res, lines, fused, best)
+    section("bwd_steps", res, lambda: _bwd_steps(a, res, lines, fused, best))
 
     # 3. the composed paths, with B and C as SS2D gives them to those backends
-    _composed(a, res, lines, fused, composed, raw)
+    section("composed", res, lambda: _composed(a, res, lines, fused, composed, raw))
+    ts.kernel_config(best[0])
 
     print(f"\n{dev}, torch {torch.__version__}, triton {triton.__version__}; stage-1 SS2D scan "
           f"{a.batch}x{a.dim}x{a.size}x{a.size}, N={a.state}; copy bandwidth {bw / 1e9:.0f} GB/s; "
@@ -328,6 +329,19 @@ def main():
     if a.out:
         with open(a.out, "w") as f:
             json.dump(res, f, indent=1, default=str)
+
+
+def section(name, res, fn):
+    """Run one part of the measurement; if it fails, record and print its error and go on, so that one option
+    that does not compile or run on this GPU does not cost the numbers of the others."""
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        res.setdefault("errors", {})[name] = error
+        print(f"  {name}: failed, {error}; going on", flush=True)
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
 
 
 def _options(a, res, lines, fused, best):

@@ -23,6 +23,7 @@ def test_bench_ss2d_gpu_dry_run_takes_every_step(tmp_path):
                            "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
+    assert "errors" not in res, res["errors"]  # every part ran
     assert res["shape"] == [1, 8, 6, 6, 4] and "Triton interpreter" in res["device"]
     assert res["fwd_rel_err_vs_torch"] < 1e-5
     assert set(res["grad_rel_err_vs_torch"]) == {"u", "delta", "A", "B", "C", "D", "delta_bias"}
@@ -67,3 +68,21 @@ def test_gpu_report_names_its_steps_and_needs_a_gpu(tmp_path):
                               cwd=ROOT, env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True,
                               timeout=120)
         assert proc.returncode == 1 and "sees no CUDA device" in proc.stderr
+
+
+def test_bench_ss2d_gpu_goes_on_past_a_part_that_fails(capsys):
+    """One part of the GPU scan measurement that fails (an option that does not compile on that GPU, memory)
+    is recorded with its error and the script goes on to the next part."""
+    spec = importlib.util.spec_from_file_location("_bench_ss2d_gpu", os.path.join(ROOT, "scripts", "bench_ss2d_gpu.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.DEVICE = "cpu"
+    res, ran = {}, []
+
+    def broken():
+        raise RuntimeError("PassManager::run failed\nlong compiler log")
+
+    script.section("options", res, broken)
+    script.section("composed", res, lambda: ran.append("composed"))
+    assert res == {"errors": {"options": "RuntimeError: PassManager::run failed"}} and ran == ["composed"]
+    assert "options: failed, RuntimeError: PassManager::run failed; going on" in capsys.readouterr().out
