@@ -337,7 +337,9 @@ def section(name, res, fn):
     try:
         fn()
     except Exception as exc:  # noqa: BLE001
-        error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        from vmunet_monai.validation import error_summary
+
+        error = error_summary(exc)
         res.setdefault("errors", {})[name] = error
         print(f"  {name}: failed, {error}; going on", flush=True)
         if DEVICE == "cuda":

@@ -459,7 +459,9 @@ def _variant_rows(results, variant, run_options, run_config, name, backend, x1, 
 def _failed_row(results, name, label, variant, exc, device):
     """Record and print a variant (or the official model) that failed: an option that does not compile or
     run here, memory. The rows after it are still timed, and all are printed and written."""
-    error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    from vmunet_monai.validation import error_summary
+
+    error = error_summary(exc)
     print(f"\n{label}: failed, {error}; the run goes on without it", flush=True)
     results["networks"].append({"network": name, "backend": label, "precision": "-", "variant": variant,
                                 "error": error})

@@ -321,6 +321,13 @@ def _read_dicom_series(path: Path, read_data: bool):
     return shape, (np.array(sitk.GetArrayViewFromImage(image)) if read_data else None)
 
 
+def error_summary(exc: BaseException, limit: int = 300) -> str:
+    """``"<ExceptionType>: <first line of its message>"``, at most ``limit`` characters of the message: one line
+    for a report that goes on after the failure (compiler errors run to pages)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0][:limit] if text else ''}"
+
+
 def check_at_least(option: str, value, least: int) -> int:
     """``value`` of command-line ``option`` (e.g. ``"demo --epochs"``) if it is an integer of at least
     ``least``, else :class:`InputError` naming the option, the value and the rule."""
