@@ -202,6 +202,31 @@ def test_dicom_series_through_itk(tmp_path):
     )
 
 
+def test_baseline_overlay_trains_and_evaluates_in_its_own_folders(data, tmp_path):
+    """train.json + baseline_unet.json trains MONAI's U-Net on the same slices and validates it with the same
+    sliding window; evaluate.json + the overlay scores it per organ into eval/baseline_unet, which compare
+    reads. The bundle's own models/ and eval/ files are not written."""
+    from vmunet_monai.evaluation.compare import run_compare
+
+    overlay = os.path.join(CONFIGS, "baseline_unet.json")
+    common = dict(bundle_root=str(tmp_path), dataset_dir=data["prepared"], **SMALL_RUN,
+                  **{"network_def#features": [8, 8, 16, 32, 64, 8]})
+    train = _workflow([os.path.join(CONFIGS, "train.json"), overlay], "train", **common)
+    train.initialize()
+    assert type(train.parser.get_parsed_content("network")).__name__ == "BasicUNet"
+    train.run()
+    train.finalize()
+    assert (tmp_path / "models" / "baseline_unet" / "model.pt").is_file()
+    evaluate = _workflow([os.path.join(CONFIGS, "train.json"), os.path.join(CONFIGS, "evaluate.json"), overlay],
+                         "train", **common)
+    evaluate.initialize()
+    evaluate.run()
+    evaluate.finalize()
+    assert not (tmp_path / "models" / "model.pt").exists() and not (tmp_path / "eval" / "per_case.csv").exists()
+    result = run_compare([str(tmp_path / "eval" / "baseline_unet")], metric="dice")
+    assert result["overall"]["n_cases"] == 2 and set(result["organs"]) == set(synapse.ORGANS.values())
+
+
 def test_find_volumes_rejects_empty_folders(tmp_path):
     from vmunet_monai.predict_volume import find_volumes
 

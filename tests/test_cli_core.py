@@ -261,6 +261,10 @@ def test_prepare_and_demo_data_refuse_bad_options_in_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["demo", "--epochs", "0"], "error: demo --epochs 0: must be an integer of at least 1"),
     (["demo", "--size", "8"], "error: demo --size 8: must be an integer of at least 32"),
+    (["demo", "--baseline", "resnet"], "error: demo --baseline 'resnet': choose from unet, swin_unetr (or leave it out)"),
+    (["demo", "--baseline", "swin_unetr", "--size", "48"],
+     "error: demo --size 48: SwinUNETR needs a multiple of 32 (it halves the map five times)"),
+    (["compare"], "error: compare: give at least one evaluation folder or per-case CSV (several to compare models)"),
     (["export", "isic_skin_lesion", "--format", "xyz"], "error: --format 'xyz': choose one of torchscript, onnx, pt2"),
     (["benchmark", "--backends", "foo", "--scan_only", "true"],
      "error: unknown scan backend 'foo'; choose from cpu, mamba_ssm, reference, torch, triton or auto"),

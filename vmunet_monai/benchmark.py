@@ -15,17 +15,24 @@ __all__ = ["run_benchmark", "time_scan", "time_forward"]
 NETWORKS = {"vmunet": "VMUNet", "vmunet_v2": "VMUNetV2", "mamba_unet": "MambaUNet"}
 
 
+# the baselines' widths; the bundles' configs/baseline_<name>.json train the same networks
+BASELINE_ARGS = {
+    # the original U-Net's widths (two 3x3 convolutions per level, 64 to 1024 channels)
+    "unet": {"spatial_dims": 2, "features": (64, 128, 256, 512, 1024, 64)},
+    "swin_unetr": {"spatial_dims": 2, "feature_size": 48},
+}
+
+
 def _baseline_unet():
     from monai.networks.nets import BasicUNet
 
-    # the original U-Net's widths (two 3x3 convolutions per level, 64 to 1024 channels)
-    return BasicUNet(spatial_dims=2, in_channels=3, out_channels=1, features=(64, 128, 256, 512, 1024, 64))
+    return BasicUNet(in_channels=3, out_channels=1, **BASELINE_ARGS["unet"])
 
 
 def _baseline_swin_unetr():
     from monai.networks.nets import SwinUNETR
 
-    return SwinUNETR(in_channels=3, out_channels=1, spatial_dims=2, feature_size=48)
+    return SwinUNETR(in_channels=3, out_channels=1, **BASELINE_ARGS["swin_unetr"])
 
 
 # CNN and transformer U-Nets from MONAI, timed on the same inputs (``benchmark --baselines``)

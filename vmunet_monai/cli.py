@@ -12,8 +12,8 @@ __all__ = ["Commands", "main"]
 
 
 class Commands:
-    """VM-UNet family for MONAI: set-up checks, benchmarks, GPU kernel checks, data, training demo, prediction,
-    export and packaging."""
+    """VM-UNet family for MONAI: set-up checks, benchmarks, GPU kernel checks, data, training demo, comparison of
+    evaluations, prediction, export and packaging."""
 
     def doctor(self):
         """Versions, devices and every selective-scan backend: available or not, why, and the exact fix."""
@@ -104,7 +104,7 @@ class Commands:
         except (ValueError, RuntimeError) as exc:
             raise SystemExit(f"error: {exc}") from exc
 
-    def demo(self, out: str = "demo_run", epochs: int = 30, num: int = 48, size: int = 64):
+    def demo(self, out: str = "demo_run", epochs: int = 30, num: int = 48, size: int = 64, baseline: str = ""):
         """The main job on embedded defaults: synthetic ISIC-layout data -> prepare -> train -> validation Dice.
 
         Args:
@@ -112,10 +112,35 @@ class Commands:
             epochs: training epochs.
             num: number of synthetic images.
             size: network input size used by the demo (the bundle default stays the paper's 256).
+            baseline: also train MONAI's unet (BasicUNet) or swin_unetr (SwinUNETR, needs einops) the same way,
+                through the bundle's configs/baseline_NAME.json, and compare the two case by case on the test
+                images (vmunet_monai compare; table printed, eval/compare/compare.png written).
         """
         from vmunet_monai.demo import run_demo
 
-        run_demo(out=out, epochs=epochs, num=num, size=size)
+        run_demo(out=out, epochs=epochs, num=num, size=size, baseline=baseline)
+
+    def compare(self, *runs, labels: str = "", metric: str = "dice", out: str | None = None, seed: int = 0):
+        """Compare models evaluated on the same test cases, each against the first, case by case.
+
+        Each RUN is an evaluation's output folder (or its per-case CSV), e.g. eval and eval/baseline_unet of a
+        bundle evaluated with and without a baseline overlay; several joined by commas are runs of one model
+        (seeds), compared through each case's mean over them. Prints mean and sd over cases (and over runs),
+        then per model the mean paired difference to the first with a bootstrap 95% interval, the Wilcoxon
+        signed-rank p-value and the cases it is better, the same or worse on; per test set where there are
+        several (polyp) and per organ (Synapse).
+
+        Args:
+            runs: evaluation folders or per-case CSVs, one per model; commas join runs of one model.
+            labels: names of the models, comma-separated (default the folder names).
+            metric: dice or iou (2D bundles); dice, hd95 or transunet_dice (Synapse, mean over organs); or any
+                column of the tables, such as dice_liver.
+            out: folder to write compare.json and compare.png (box plots and sorted paired differences).
+            seed: seed of the bootstrap resampling.
+        """
+        from vmunet_monai.evaluation.compare import run_compare
+
+        run_compare(runs, labels=labels, metric=metric, out=out, seed=seed)
 
     def prepare(self, bundle: str, raw: str, out: str, **options):
         """Read a dataset as its owners distribute it (RAW) and write OUT/datalist.json for BUNDLE.

@@ -1,4 +1,5 @@
-"""Evaluation protocols: binary (ISIC, polyp) pooled and per-image metrics; CT metrics live in ``ct``."""
+"""Evaluation protocols: binary (ISIC, polyp) pooled and per-image metrics; CT metrics live in ``ct``;
+comparisons of several models' evaluations in ``compare``."""
 
 from vmunet_monai.evaluation.binary import (
     PER_IMAGE_LABEL,

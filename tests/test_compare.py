@@ -1,0 +1,202 @@
+"""Comparing evaluations (``vmunet_monai compare``) and the bundles' baseline overlays that feed it."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import BUNDLES, config_path
+
+from vmunet_monai.cli import main
+from vmunet_monai.evaluation.binary import make_record, write_report
+from vmunet_monai.evaluation.compare import Model, compare_models, read_table, run_compare
+from vmunet_monai.evaluation.ct import write_case_csv
+from vmunet_monai.validation import InputError
+
+BASELINES = ("unet", "swin_unetr")
+BUNDLE_NAMES = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "train.json").is_file())
+
+
+def _binary_eval(folder, noise, seed, n=12, groups=("CVC-300", "Kvasir")):
+    """An evaluation folder as evaluate.json writes it: n images of two test sets, masks flipped at ``noise``."""
+    rng = np.random.default_rng(seed)
+    truth = np.random.default_rng(99)  # the same ground truth for every model
+    records = []
+    for i in range(n):
+        gt = (truth.random((16, 16)) > 0.5).astype(np.float32)
+        flip = rng.random(gt.shape) < noise
+        pred = np.where(flip, 1 - gt, gt)
+        records.append(make_record(f"img{i:02d}", pred, gt, group=groups[i * len(groups) // n]))
+    write_report(records, folder, prefix="metrics_test", plot=False)
+    return folder
+
+
+def _ct_eval(folder, dice, hd95, missed_case=None):
+    """A Synapse per_case.csv: per case and organ the given Dice and HD95 (a missed organ has no HD95)."""
+    organs = ("aorta", "liver", "spleen")
+    rows = []
+    for c, (d, h) in enumerate(zip(dice, hd95)):
+        row = {"case": f"case{c:04d}", "dice": {o: d for o in organs}, "hd95_mm": {o: h for o in organs},
+               "status": {o: "scored" for o in organs}}
+        if c == missed_case:
+            row["dice"]["aorta"], row["hd95_mm"]["aorta"], row["status"]["aorta"] = 0.0, math.nan, "missed"
+        rows.append(row)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_case_csv(rows, str(folder / "per_case.csv"))
+    return folder
+
+
+def test_a_model_worse_on_every_image_is_found_worse_with_exact_wilcoxon(tmp_path, capsys):
+    good = _binary_eval(tmp_path / "good", 0.02, 1)
+    bad = _binary_eval(tmp_path / "bad", 0.2, 2)
+    result = run_compare([str(good), str(bad)], labels="vmunet,unet", out=str(tmp_path / "cmp"))
+    pair = result["overall"]["against_first"][0]
+    good_dice = [v["dice"] for v in read_table(good).values.values()]
+    bad_dice = [v["dice"] for v in read_table(bad).values.values()]
+    assert pair["n_paired"] == 12 and (pair["better"], pair["same"], pair["worse"]) == (0, 0, 12)
+    assert pair["mean_diff"] == pytest.approx(np.mean(bad_dice) - np.mean(good_dice))
+    assert pair["ci95"][0] <= pair["mean_diff"] <= pair["ci95"][1] < 0
+    assert pair["p_wilcoxon"] == pytest.approx(2 / 2**12)  # exact two-sided: every difference has one sign
+    assert set(result["groups"]) == {"CVC-300", "Kvasir"}
+    assert [result["groups"][g]["n_cases"] for g in ("CVC-300", "Kvasir")] == [6, 6]
+    assert result["groups"]["Kvasir"]["against_first"][0]["p_wilcoxon"] == pytest.approx(2 / 2**6)
+    printed = capsys.readouterr().out
+    assert "against vmunet" in printed and "test set Kvasir:" in printed and "0/0/12" in printed
+    written = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert written["overall"]["models"][1]["label"] == "unet"
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 10000
+
+
+def test_identical_evaluations_differ_by_nothing(tmp_path):
+    a = _binary_eval(tmp_path / "a", 0.1, 3)
+    result = compare_models([Model("a", [read_table(a)]), Model("b", [read_table(a)])])
+    pair = result["overall"]["against_first"][0]
+    assert pair["mean_diff"] == 0 and pair["p_wilcoxon"] == 1.0 and pair["same"] == 12
+    assert pair["ci95"] == [0.0, 0.0]
+
+
+def test_runs_of_one_model_are_averaged_case_by_case(tmp_path):
+    ref = read_table(_binary_eval(tmp_path / "ref", 0.05, 4))
+    runs = [read_table(_binary_eval(tmp_path / f"seed{s}", 0.1 + 0.05 * s, 10 + s)) for s in range(3)]
+    result = compare_models([Model("ref", [ref]), Model("seeds", runs)])
+    seeds = result["overall"]["models"][1]
+    run_means = [np.mean([v["dice"] for v in r.values.values()]) for r in runs]
+    assert seeds["run_means"] == pytest.approx(run_means)
+    assert seeds["runs_mean"] == pytest.approx(np.mean(run_means))
+    assert seeds["runs_sd"] == pytest.approx(np.std(run_means, ddof=1))
+    case = "CVC-300/img03"
+    assert seeds["per_case"][case] == pytest.approx(np.mean([r.values[case]["dice"] for r in runs]))
+    assert result["overall"]["models"][0]["runs_sd"] != result["overall"]["models"][0]["runs_sd"]  # NaN: one run
+
+
+def test_synapse_tables_hd95_lower_is_better_and_undefined_cases_are_left_out(tmp_path, capsys):
+    a = _ct_eval(tmp_path / "a", dice=[0.8] * 6, hd95=[10.0] * 6)
+    b = _ct_eval(tmp_path / "b", dice=[0.85] * 6, hd95=[8.0, 8.0, 8.0, 8.0, 8.0, 12.0], missed_case=0)
+    by_dice = run_compare([str(a), str(b)], metric="dice_liver")
+    assert by_dice["overall"]["against_first"][0]["better"] == 6
+    hd = run_compare([str(a), str(b)], metric="hd95_mm_aorta")
+    pair = hd["overall"]["against_first"][0]
+    assert hd["lower_is_better"] and (pair["n_paired"], pair["n_undefined"]) == (5, 1)
+    assert (pair["better"], pair["worse"]) == (4, 1)  # 8 mm beats 10 mm; 12 mm does not
+    mean = run_compare([str(a), str(b)], metric="hd95")
+    assert mean["column"] == "mean_hd95_mm" and set(mean["organs"]) == {"aorta", "liver", "spleen"}
+    assert mean["organs"]["liver"] == {"a": 10.0, "b": pytest.approx(np.mean([8.0] * 5 + [12.0]))}
+    assert "note: 1 case(s) left out of the pairing of b" in capsys.readouterr().out
+
+
+def test_cases_missing_from_one_table_are_left_out_and_named(tmp_path, capsys):
+    a = _ct_eval(tmp_path / "a", dice=[0.8] * 6, hd95=[10.0] * 6)
+    b = _ct_eval(tmp_path / "b", dice=[0.7] * 4, hd95=[10.0] * 4)
+    result = run_compare([str(a), str(b)])
+    assert result["overall"]["n_cases"] == 4
+    assert result["cases_left_out"] == {str(a / "per_case.csv"): ["case0004", "case0005"]}
+    assert "left out: 2 case(s)" in capsys.readouterr().out
+
+
+def test_bad_inputs_are_refused_by_name(tmp_path):
+    img = _binary_eval(tmp_path / "img", 0.1, 5)
+    vol = _ct_eval(tmp_path / "vol", dice=[0.8] * 3, hd95=[5.0] * 3)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no per-case table here"):
+        read_table(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        read_table(tmp_path / "nowhere")
+    write_report([make_record("x", np.ones(4), np.ones(4))], img, prefix="metrics_val", plot=False)
+    with pytest.raises(InputError, match="several per-case tables .*metrics_test_per_image.csv.*name one"):
+        read_table(img)
+    table = img / "metrics_test_per_image.csv"
+    with pytest.raises(InputError, match="mix 2D per-image and Synapse"):
+        run_compare([str(table), str(vol)])
+    with pytest.raises(InputError, match="no column for --metric 'hd95'; choose from dice, iou"):
+        run_compare([str(table)], metric="hd95")
+    with pytest.raises(InputError, match="1 label"):
+        run_compare([str(table), str(table)], labels="only")
+    with pytest.raises(InputError, match="labels .* repeat"):
+        run_compare([str(table), str(table)], labels="x,x")
+    other = _binary_eval(tmp_path / "other", 0.1, 6, groups=("ETIS",))
+    with pytest.raises(InputError, match="no case in common"):
+        run_compare([str(table), str(other)])
+    broken = tmp_path / "broken_per_image.csv"
+    lines = table.read_text().splitlines()  # name,group,dice,...
+    cells = lines[3].split(",")
+    lines[3] = ",".join(cells[:2] + ["high"] + cells[3:])
+    broken.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"broken_per_image.csv line 4: column 'dice' holds 'high'"):
+        read_table(broken)
+    lines[3] = lines[2]
+    broken.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match="line 4: case .* appears twice"):
+        read_table(broken)
+    alien = tmp_path / "alien_per_image.csv"
+    alien.write_text("a,b\n1,2\n")
+    with pytest.raises(InputError, match="not a per-case table"):
+        read_table(alien)
+
+
+def test_compare_command_prints_and_refuses_in_one_line(tmp_path, capsys):
+    a = _binary_eval(tmp_path / "a", 0.05, 7)
+    b1, b2 = _binary_eval(tmp_path / "b1", 0.1, 8), _binary_eval(tmp_path / "b2", 0.15, 9)
+    main(["compare", str(a), f"{b1},{b2}", "--labels", "vm,unet", "--metric", "iou"])
+    printed = capsys.readouterr().out
+    assert "metric iou (column iou), 12 cases" in printed
+    assert [line.split()[:3] for line in printed.splitlines() if line.startswith("unet ")][0] == ["unet", "2", "12"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", str(a), str(tmp_path / "missing")])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().startswith(f"error: {tmp_path / 'missing'}: no such file or folder")
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+@pytest.mark.parametrize("baseline", BASELINES)
+def test_baseline_overlays_swap_the_network_and_keep_everything_apart(bundle, baseline):
+    """train.json + baseline_<name>.json builds MONAI's network with the bundle's channels, and writes its
+    weights, evaluation and logs into their own folders, so the VM-UNet's are never overwritten."""
+    from monai.bundle import ConfigParser
+
+    from vmunet_monai import benchmark
+
+    overlay = config_path(bundle, f"baseline_{baseline}.json")
+    meta = json.loads(open(config_path(bundle, "metadata.json")).read())
+    fmt = meta["network_data_format"]
+    for base in (["train.json"], ["train.json", "evaluate.json"], ["inference.json"]):
+        parser = ConfigParser()
+        parser.read_config([config_path(bundle, c) for c in base] + [overlay])
+        parser["bundle_root"] = "/b"
+        net = parser.get_parsed_content("network_def")
+        assert type(net).__name__ == {"unet": "BasicUNet", "swin_unetr": "SwinUNETR"}[baseline]
+        if base[0] == "train.json":
+            dirs = [parser.get_parsed_content(k) for k in ("ckpt_dir", "output_dir", "log_dir")]
+            assert dirs == [f"/b/{d}/baseline_{baseline}" for d in ("models", "eval", "runs")]
+        else:
+            assert parser.get_parsed_content("checkpoint") == f"/b/models/baseline_{baseline}/model.pt"
+            assert parser.get_parsed_content("output_dir") == f"/b/eval/baseline_{baseline}"
+    with torch.no_grad():
+        out = net.eval()(torch.rand(1, fmt["inputs"]["image"]["num_channels"], 64, 64))
+    assert out.shape == (1, fmt["outputs"]["pred"]["num_channels"], 64, 64)
+    # the same networks, at the same widths, as the benchmark's --baselines times
+    config = json.loads(open(overlay).read())["network_def"]
+    kwargs = {k: v for k, v in config.items() if k not in ("_target_", "in_channels", "out_channels")}
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in benchmark.BASELINE_ARGS[baseline].items()} == kwargs

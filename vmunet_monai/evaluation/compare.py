@@ -1,0 +1,374 @@
+"""Several models, or several training runs of each, on the same test cases: ``python -m vmunet_monai compare``.
+
+Reads the per-case tables the bundles' evaluations write (``metrics_<split>_per_image.csv`` of the ISIC and
+polyp bundles, ``per_case.csv`` of the Synapse bundle), pairs the cases by name and reports, for every model
+against the first one:
+
+- the mean and standard deviation over cases, and with several runs of a model (seeds) the mean and
+  standard deviation of the runs' means;
+- the mean paired difference with a bootstrap 95% interval, the two-sided Wilcoxon signed-rank p-value, and
+  on how many cases the model is better, the same or worse.
+
+A model with several runs is compared through each case's mean over its runs. Test sets (the polyp bundle's
+five) are reported together and one by one. Cases are matched by name: a case missing from a table is left out
+of the pairing and counted; a case whose value is undefined (an HD95 of a missed organ) is left out of that
+metric's pairing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vmunet_monai.validation import InputError
+
+__all__ = ["CaseTable", "Model", "locate_table", "read_table", "compare_models", "format_comparison",
+           "plot_comparison", "run_compare"]
+
+# what the evaluations write: the 2D bundles' BinarySegmentationReport and the Synapse OrganMetricsHandler
+TABLE_PATTERNS = ("*_per_image.csv", "*per_case.csv")
+ID_COLUMNS = {"image": ("name", "group"), "volume": ("case",)}
+METRIC_ALIASES = {"hd95": "hd95_mm"}
+BOOTSTRAP_SAMPLES = 10000
+
+
+@dataclass
+class CaseTable:
+    """One evaluation's per-case table: ``values[case][column]`` (NaN where undefined) and each case's test set."""
+
+    path: Path
+    kind: str  # "image" (ISIC, polyp) or "volume" (Synapse)
+    columns: list[str]
+    values: dict[str, dict[str, float]]
+    groups: dict[str, str]
+
+
+@dataclass
+class Model:
+    """A label and one or more runs (tables) of that model."""
+
+    label: str
+    runs: list[CaseTable] = field(default_factory=list)
+
+
+def locate_table(path: str | os.PathLike) -> Path:
+    """The per-case table at ``path``: the CSV itself, or the one table an evaluation wrote into that folder.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        InputError: a folder without a table, or with several (name the file then).
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder (give an evaluation's output folder or its "
+                                f"per-case CSV)")
+    found = sorted({p for pattern in TABLE_PATTERNS for p in path.glob(pattern)})
+    if not found:
+        raise InputError(f"{path}: no per-case table here (the evaluation writes metrics_<split>_per_image.csv "
+                         f"for ISIC and polyp, per_case.csv for Synapse); run evaluate.json first or name the CSV")
+    if len(found) > 1:
+        raise InputError(f"{path}: several per-case tables ({', '.join(p.name for p in found)}); name one of them")
+    return found[0]
+
+
+def _number(text: str, path: Path, line: int, column: str) -> float:
+    if text.strip() in ("", "nan", "NaN"):
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"{path} line {line}: column {column!r} holds {text!r}, not a number") from None
+
+
+def read_table(path: str | os.PathLike) -> CaseTable:
+    """Read a per-case table (a file, or a folder as :func:`locate_table` finds it).
+
+    Raises:
+        InputError: not a table an evaluation writes, a value that is not a number, or a case named twice.
+    """
+    path = locate_table(path)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        rows = list(reader)
+    if {"name", "group", "dice"} <= set(header):
+        kind = "image"
+    elif {"case", "mean_dice"} <= set(header):
+        kind = "volume"
+    else:
+        raise InputError(f"{path}: not a per-case table of an evaluation (its header {header[:6]} has neither "
+                         f"name, group and dice nor case and mean_dice)")
+    ids = ID_COLUMNS[kind]
+    columns = [c for c in header if c not in ids and not c.startswith("status_")]
+    values, groups = {}, {}
+    for line, row in enumerate(rows, start=2):
+        case = f"{row['group']}/{row['name']}" if kind == "image" else row["case"]
+        if case in values:
+            raise InputError(f"{path} line {line}: case {case!r} appears twice")
+        values[case] = {c: _number(row[c], path, line, c) for c in columns}
+        groups[case] = row["group"] if kind == "image" else "all"
+    if not values:
+        raise InputError(f"{path}: the table has no cases")
+    return CaseTable(path, kind, columns, values, groups)
+
+
+def _metric_column(table: CaseTable, metric: str) -> str:
+    name = METRIC_ALIASES.get(metric, metric)
+    for candidate in (name, f"mean_{name}"):
+        if candidate in table.columns:
+            return candidate
+    raise InputError(f"{table.path}: no column for --metric {metric!r}; choose from {', '.join(table.columns)}")
+
+
+def lower_is_better(column: str) -> bool:
+    """Distances (HD95) and error counts improve downwards; overlaps (Dice, IoU) upwards."""
+    return "hd95" in column or column in ("fp", "fn")
+
+
+def _mean_sd(values) -> tuple[float, float]:
+    arr = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def _case_means(model: Model, column: str, cases: Sequence[str]) -> dict[str, float]:
+    """Each case's mean over the model's runs (NaN where every run leaves it undefined)."""
+    out = {}
+    for case in cases:
+        vals = [run.values[case][column] for run in model.runs]
+        vals = [v for v in vals if not math.isnan(v)]
+        out[case] = float(np.mean(vals)) if vals else math.nan
+    return out
+
+
+def _paired(ref: dict[str, float], other: dict[str, float], lower: bool, seed: int) -> dict:
+    """The paired statistics of ``other - ref`` over the cases both define."""
+    from scipy.stats import wilcoxon
+
+    cases = [c for c in ref if not math.isnan(ref[c]) and not math.isnan(other[c])]
+    d = np.asarray([other[c] - ref[c] for c in cases], dtype=np.float64)
+    result = {"n_paired": len(cases), "n_undefined": len(ref) - len(cases)}
+    if d.size == 0:
+        return {**result, "mean_diff": math.nan, "ci95": [math.nan, math.nan], "p_wilcoxon": math.nan,
+                "better": 0, "same": 0, "worse": 0}
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, d.size, size=(BOOTSTRAP_SAMPLES, d.size))].mean(axis=1)
+    if np.all(d == 0):
+        p = 1.0
+    else:
+        p = float(wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
+    better = d < 0 if lower else d > 0
+    return {**result, "mean_diff": float(d.mean()),
+            "ci95": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))], "p_wilcoxon": p,
+            "better": int(np.count_nonzero(better & (d != 0))), "same": int(np.count_nonzero(d == 0)),
+            "worse": int(np.count_nonzero(~better & (d != 0))),
+            "differences": {c: float(v) for c, v in zip(cases, d)}}
+
+
+def _summary(model: Model, column: str, cases: Sequence[str]) -> dict:
+    per_case = _case_means(model, column, cases)
+    mean, sd = _mean_sd(per_case.values())
+    run_means = [_mean_sd(run.values[c][column] for c in cases)[0] for run in model.runs]
+    runs_mean, runs_sd = _mean_sd(run_means) if len(run_means) > 1 else (math.nan, math.nan)
+    return {"label": model.label, "runs": [str(r.path) for r in model.runs], "n_cases": len(cases),
+            "mean": mean, "sd": sd, "run_means": run_means, "runs_mean": runs_mean, "runs_sd": runs_sd,
+            "per_case": per_case}
+
+
+def compare_models(models: Sequence[Model], metric: str = "dice", seed: int = 0) -> dict:
+    """Summaries and paired comparisons against ``models[0]``, over all cases and per test set.
+
+    Raises:
+        InputError: no model, tables of different kinds, a metric some table lacks, or no case common to all.
+    """
+    if not models or any(not m.runs for m in models):
+        raise InputError("compare needs at least one evaluation table per model")
+    tables = [run for m in models for run in m.runs]
+    kinds = {t.kind for t in tables}
+    if len(kinds) > 1:
+        raise InputError("the tables mix 2D per-image and Synapse per-case evaluations: "
+                         + ", ".join(f"{t.path} ({t.kind})" for t in tables))
+    columns = {_metric_column(t, metric) for t in tables}
+    if len(columns) > 1:
+        raise InputError(f"--metric {metric!r} names different columns in the tables: {sorted(columns)}")
+    column = columns.pop()
+    common = set(tables[0].values)
+    for t in tables[1:]:
+        common &= set(t.values)
+    if not common:
+        raise InputError("the tables have no case in common: " + ", ".join(str(t.path) for t in tables)
+                         + " (were they evaluated on the same split?)")
+    left_out = {str(t.path): sorted(set(t.values) - common) for t in tables if set(t.values) - common}
+    groups_of = tables[0].groups
+    group_names = sorted({groups_of[c] for c in common})
+    lower = lower_is_better(column)
+
+    def section(cases):
+        cases = sorted(cases)
+        summaries = [_summary(m, column, cases) for m in models]
+        ref = summaries[0]["per_case"]
+        pairs = [{"label": s["label"], **_paired(ref, s["per_case"], lower, seed)} for s in summaries[1:]]
+        return {"n_cases": len(cases), "models": summaries, "against_first": pairs}
+
+    result = {"metric": metric, "column": column, "lower_is_better": lower, "kind": tables[0].kind,
+              "reference": models[0].label, "cases_left_out": left_out, "overall": section(common)}
+    if len(group_names) > 1:
+        result["groups"] = {g: section(c for c in common if groups_of[c] == g) for g in group_names}
+    if tables[0].kind == "volume" and column.startswith("mean_"):
+        prefix = column[len("mean_"):] + "_"
+        organs = [c[len(prefix):] for c in tables[0].columns if c.startswith(prefix) and not c.startswith("mean_")]
+        result["organs"] = {o: {m.label: _mean_sd(_case_means(m, prefix + o, sorted(common)).values())[0]
+                                for m in models} for o in organs}
+    return result
+
+
+def _fmt(v: float, digits: int = 4) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _fmt_p(p: float) -> str:
+    """A p-value readably at any size: 0.0312, 4.9e-04."""
+    if p is None or math.isnan(p):
+        return "-"
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.4f}"
+
+
+def _format_section(section: dict, reference: str, lower: bool) -> list[str]:
+    width = max(12, *(len(s["label"]) for s in section["models"])) + 2
+    lines = [f"{'model':<{width}}{'runs':>5}{'cases':>7}   {'mean ± sd over cases':<22}{'mean ± sd of run means':<24}"]
+    for s in section["models"]:
+        runs = f"{_fmt(s['runs_mean'])} ± {_fmt(s['runs_sd'])}" if len(s["runs"]) > 1 else "-"
+        lines.append(f"{s['label']:<{width}}{len(s['runs']):>5}{s['n_cases']:>7}   "
+                     f"{_fmt(s['mean']) + ' ± ' + _fmt(s['sd']):<22}{runs:<24}")
+    if section["against_first"]:
+        lines.append(f"against {reference} (difference = model - {reference}; "
+                     f"{'lower' if lower else 'higher'} is better):")
+        lines.append(f"{'model':<{width}}{'paired':>7}{'mean diff':>11}   {'95% CI (bootstrap)':<22}"
+                     f"{'Wilcoxon p':>11}   better/same/worse")
+        for p in section["against_first"]:
+            ci = f"[{_fmt(p['ci95'][0])}, {_fmt(p['ci95'][1])}]"
+            lines.append(f"{p['label']:<{width}}{p['n_paired']:>7}{_fmt(p['mean_diff']):>11}   {ci:<22}"
+                         f"{_fmt_p(p['p_wilcoxon']):>11}   {p['better']}/{p['same']}/{p['worse']}")
+    return lines
+
+
+def format_comparison(result: dict) -> str:
+    """The printed report of a :func:`compare_models` result."""
+    lower = result["lower_is_better"]
+    lines = [f"metric {result['metric']} (column {result['column']}), {result['overall']['n_cases']} cases "
+             f"paired by name; {'lower' if lower else 'higher'} is better"]
+    for path, cases in result["cases_left_out"].items():
+        shown = ", ".join(cases[:5]) + (", ..." if len(cases) > 5 else "")
+        lines.append(f"left out: {len(cases)} case(s) of {path} that another table lacks ({shown})")
+    lines += _format_section(result["overall"], result["reference"], lower)
+    for group, section in result.get("groups", {}).items():
+        lines += ["", f"test set {group}:"] + _format_section(section, result["reference"], lower)
+    if result.get("organs"):
+        labels = list(next(iter(result["organs"].values())))
+        width = max(10, *(len(label) for label in labels)) + 2
+        lines += ["", f"per organ, mean of {result['column'][len('mean_'):]} over cases:",
+                  f"{'organ':<14}" + "".join(f"{label:>{width}}" for label in labels)]
+        for organ, means in result["organs"].items():
+            lines.append(f"{organ:<14}" + "".join(f"{_fmt(means[label]):>{width}}" for label in labels))
+    for p in result["overall"]["against_first"]:
+        if p["n_undefined"]:
+            lines.append(f"note: {p['n_undefined']} case(s) left out of the pairing of {p['label']}: the value is "
+                         f"undefined there (e.g. HD95 of a missed organ)")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def plot_comparison(result: dict, path: str | os.PathLike) -> str:
+    """Per-case values of each model (box plot with the cases as points) and, per model after the first, its
+    per-case differences to the first, sorted (green where it is better)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    overall = result["overall"]
+    labels = [s["label"] for s in overall["models"]]
+    pairs = overall["against_first"]
+    fig, axes = plt.subplots(1, 1 + len(pairs), figsize=(4 + 4 * len(pairs) + 0.6 * len(labels), 4), squeeze=False)
+    ax = axes[0][0]
+    data = [[v for v in s["per_case"].values() if not math.isnan(v)] for s in overall["models"]]
+    ax.boxplot(data, showfliers=False)
+    jitter = np.random.default_rng(0)
+    for i, values in enumerate(data, start=1):
+        ax.plot(i + jitter.uniform(-0.12, 0.12, len(values)), values, "o", ms=3, alpha=0.5, color="tab:blue")
+    ax.set_xticks(np.arange(1, len(labels) + 1), labels, rotation=15, ha="right")
+    ax.set_title(f"{result['column']} per case")
+    lower = result["lower_is_better"]
+    for ax, p in zip(axes[0][1:], pairs):
+        diffs = sorted(p.get("differences", {}).values())
+        colors = ["tab:green" if (d < 0 if lower else d > 0) else ("tab:gray" if d == 0 else "tab:red") for d in diffs]
+        ax.bar(np.arange(len(diffs)), diffs, color=colors)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks([])
+        ax.set_xlabel("cases, sorted")
+        ax.set_title(f"{p['label']} - {result['reference']}\nmean {_fmt(p['mean_diff'])}, "
+                     f"Wilcoxon p {_fmt_p(p['p_wilcoxon'])}", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+def _as_list(value) -> list[str]:
+    """A comma-separated string, or the tuple fire makes of one, as a list of non-empty strings."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [str(i).strip() for i in items if str(i).strip()]
+
+
+def run_compare(runs: Sequence, labels="", metric: str = "dice", out: str | None = None, seed: int = 0) -> dict:
+    """Read, compare, print; with ``out`` also write ``compare.json`` and ``compare.png`` there.
+
+    Args:
+        runs: one entry per model: an evaluation folder or per-case CSV, or several joined by commas (runs of
+            the same model, e.g. seeds).
+        labels: the models' names, comma-separated (default: each first path's folder or file name).
+        metric: a column of the tables: dice, iou (2D), dice, hd95, transunet_dice (Synapse, the mean over
+            organs), or any other column such as dice_liver.
+        out: folder for compare.json and compare.png.
+        seed: seed of the bootstrap.
+
+    Raises:
+        InputError: no runs, a label count that does not match, or what :func:`compare_models` refuses.
+    """
+    specs = [_as_list(r) for r in runs]
+    specs = [s for s in specs if s]
+    if not specs:
+        raise InputError("compare: give at least one evaluation folder or per-case CSV (several to compare models)")
+    names = _as_list(labels) if labels else []
+    if names and len(names) != len(specs):
+        raise InputError(f"compare: {len(names)} label(s) ({', '.join(names)}) for {len(specs)} model(s)")
+    if not names:
+        names = [Path(s[0]).name or s[0] for s in specs]
+        if len(set(names)) < len(names):
+            names = [s[0] for s in specs]
+    if len(set(names)) < len(names):
+        raise InputError(f"compare: the labels {names} repeat; give distinct ones with --labels")
+    models = [Model(label, [read_table(p) for p in spec]) for label, spec in zip(names, specs)]
+    result = compare_models(models, metric=metric, seed=seed)
+    print(format_comparison(result))
+    if out:
+        from vmunet_monai.evaluation.ct import _nan_to_none  # JSON has no NaN
+
+        out_dir = Path(out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "compare.json").write_text(json.dumps(_nan_to_none(result), indent=2) + "\n")
+        result["plot"] = plot_comparison(result, out_dir / "compare.png")
+        print(f"written: {out_dir / 'compare.json'}, {result['plot']}")
+    return result
+
