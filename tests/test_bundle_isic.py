@@ -173,16 +173,27 @@ def test_torchrun_two_processes_gloo(prepared, tmp_path):
 
 
 def test_demo_runs_and_prints_dice(tmp_path, capsys, monkeypatch):
-    """The README's main command on the smallest settings: it must finish and print the validation Dice."""
+    """The README's main command on the smallest settings: it must finish and print the validation Dice; with
+    --baseline unet it trains MONAI's U-Net through the bundle's overlay too and compares the two."""
     import vmunet_monai.demo as demo
 
     monkeypatch.setattr(demo, "DEMO_NETWORK", {k.split("#")[1]: v for k, v in tiny_overrides(BUNDLE).items()
                                                if k.startswith("network_def")})
-    result = demo.run_demo(out=str(tmp_path / "demo"), epochs=1, num=4, size=32)
+    result = demo.run_demo(out=str(tmp_path / "demo"), epochs=1, num=4, size=32, baseline="unet")
     printed = capsys.readouterr().out
-    assert f"validation Dice (best, epoch 1 of 1): {result['best_val_dice']:.4f}" in printed
+    assert f"VM-UNet: validation Dice (best, epoch 1 of 1): {result['best_val_dice']:.4f}" in printed
     assert 0.0 <= result["best_val_dice"] <= 1.0 and result["test_summary"]["n_images"] == 2
-    assert (tmp_path / "demo" / BUNDLE / "models" / "model.pt").is_file()
+    root = tmp_path / "demo" / BUNDLE
+    assert (root / "models" / "model.pt").is_file()
+    # the baseline: its own weights and evaluation, the demo's shrunk widths, compared on the same test images
+    weights = torch.load(root / "models" / "baseline_unet" / "model.pt", map_location="cpu")
+    assert weights["conv_0.conv_0.conv.weight"].shape[0] == demo.DEMO_BASELINES["unet"]["features"][0]
+    assert f"unet: validation Dice (best, epoch 1 of 1): {result['baseline']['best_val_dice']:.4f}" in printed
+    pair = result["comparison"]["overall"]["against_first"][0]
+    assert pair["label"] == "unet" and pair["n_paired"] == 2
+    assert pair["mean_diff"] == pytest.approx(result["baseline"]["test_summary"]["per_image"]["dice_mean"]
+                                              - result["test_summary"]["per_image"]["dice_mean"])
+    assert (root / "eval" / "compare" / "compare.png").is_file()
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vmunet_monai.engine.utils import find_bundle
 
-__all__ = ["DEMO_BATCH_SIZE", "DEMO_NETWORK", "make_demo_bundle", "run_demo"]
+__all__ = ["DEMO_BASELINES", "DEMO_BATCH_SIZE", "DEMO_NETWORK", "make_demo_bundle", "run_demo"]
 
 BUNDLE = "isic_skin_lesion"
 # a narrow, shallow VM-UNet: the same architecture at a size a 2-core CPU trains in about a minute
@@ -25,6 +25,8 @@ DEMO_NETWORK = {"dims": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "depths_decod
                 "drop_path_rate": 0.0}
 # small batches: more optimizer steps from the few demo images in the same time
 DEMO_BATCH_SIZE = 4
+# the baselines at about the demo network's size (0.5 M parameters for the U-Net, as DEMO_NETWORK)
+DEMO_BASELINES = {"unet": {"features": [16, 16, 32, 64, 128, 16]}, "swin_unetr": {"feature_size": 12}}
 
 
 def make_demo_bundle(target: str | Path, size: int = 64, epochs: int = 30, batch_size: int = 8,
@@ -64,6 +66,12 @@ def make_demo_bundle(target: str | Path, size: int = 64, epochs: int = 30, batch
                 config[key] = value
         config["network_def"].update(network if network is not None else DEMO_NETWORK)
         path.write_text(json.dumps(config, indent=4) + "\n")
+    for name, values in DEMO_BASELINES.items():  # the baseline overlays, shrunk alike
+        path = target / "configs" / f"baseline_{name}.json"
+        if path.is_file():
+            config = json.loads(path.read_text())
+            config["network_def"].update(values)
+            path.write_text(json.dumps(config, indent=4) + "\n")
     meta_path = target / "configs" / "metadata.json"
     meta = json.loads(meta_path.read_text())
     for tensor in ("inputs", "outputs"):
@@ -90,7 +98,30 @@ def _run_workflow(bundle_root: Path, config_files: list[str], workflow_type: str
     return workflow
 
 
-def run_demo(out: str = "demo_run", epochs: int = 30, num: int = 48, size: int = 64) -> dict:
+def _train_and_evaluate(bundle_root: Path, prepared: Path, overlay: list[str]) -> tuple[float, int, dict]:
+    """Train the bundle copy (with ``overlay`` configs merged last), evaluate it on the test split; returns the
+    best validation Dice, its epoch and the test summary."""
+    trained = _run_workflow(bundle_root, ["train.json", *overlay], "train", dataset_dir=str(prepared.resolve()))
+    evaluator = trained.parser.get_parsed_content("validate#evaluator")
+    best_dice, best_epoch = float(evaluator.state.best_metric), int(evaluator.state.best_metric_epoch)
+    trained.finalize()
+    evaluated = _run_workflow(bundle_root, ["train.json", "evaluate.json", *overlay], "eval",
+                              dataset_dir=str(prepared.resolve()))
+    report = next(h for h in evaluated.parser.get_parsed_content("validate#handlers")
+                  if type(h).__name__ == "BinarySegmentationReport")
+    summary = report.paths["summary"]["overall"]
+    evaluated.finalize()
+    return best_dice, best_epoch, summary
+
+
+def _print_result(what: str, best_dice: float, best_epoch: int, epochs: int, summary: dict) -> None:
+    print(f"{what}: validation Dice (best, epoch {best_epoch} of {epochs}): {best_dice:.4f}")
+    print(f"{what}: test split: per-image Dice {summary['per_image']['dice_mean']:.4f} ± "
+          f"{summary['per_image']['dice_sd']:.4f}, pooled DSC {summary['pooled']['dsc']:.4f}, "
+          f"pooled mIoU {summary['pooled']['miou']:.4f}")
+
+
+def run_demo(out: str = "demo_run", epochs: int = 30, num: int = 48, size: int = 64, baseline: str = "") -> dict:
     """Synthetic ISIC 2017-layout data -> ``prepare`` -> train -> evaluate on the test split; prints the Dice.
 
     Args:
@@ -98,15 +129,24 @@ def run_demo(out: str = "demo_run", epochs: int = 30, num: int = 48, size: int =
         epochs: training epochs.
         num: synthetic training images (validation and test get ``num // 4`` each).
         size: network input size.
+        baseline: also train and evaluate a MONAI baseline the same way (``unet`` or ``swin_unetr``, through the
+            bundle's ``configs/baseline_<name>.json`` overlay, shrunk as :data:`DEMO_BASELINES`), then compare
+            the two on the test images (:mod:`vmunet_monai.evaluation.compare`).
 
     Returns:
-        ``{"best_val_dice", "best_epoch", "test_summary", "seconds", "bundle_root"}``.
+        ``{"best_val_dice", "best_epoch", "test_summary", "seconds", "bundle_root"}``, and with a baseline
+        ``"baseline"`` (its ``best_val_dice``, ``best_epoch``, ``test_summary``) and ``"comparison"``.
     """
     from vmunet_monai.data import demo_data, prepare
-    from vmunet_monai.validation import check_at_least
+    from vmunet_monai.validation import InputError, check_at_least
 
     for name, value, least in (("epochs", epochs, 1), ("num", num, 4), ("size", size, 32)):
         check_at_least(f"demo --{name}", value, least)
+    baseline = str(baseline or "").strip()
+    if baseline and baseline not in DEMO_BASELINES:
+        raise InputError(f"demo --baseline {baseline!r}: choose from {', '.join(DEMO_BASELINES)} (or leave it out)")
+    if baseline == "swin_unetr" and size % 32:
+        raise InputError(f"demo --size {size}: SwinUNETR needs a multiple of 32 (it halves the map five times)")
     start = time.perf_counter()
     out = Path(out)
     raw, prepared = out / "raw", out / "prepared"
@@ -116,21 +156,27 @@ def run_demo(out: str = "demo_run", epochs: int = 30, num: int = 48, size: int =
     bundle_root = make_demo_bundle(out / BUNDLE, size=size, epochs=epochs, batch_size=DEMO_BATCH_SIZE)
     shutil.rmtree(bundle_root / "models", ignore_errors=True)
     print(f"training {BUNDLE} ({epochs} epochs, {size}x{size}, network {DEMO_NETWORK}) in {bundle_root}", flush=True)
-    trained = _run_workflow(bundle_root, ["train.json"], "train", dataset_dir=str(prepared.resolve()))
-    evaluator = trained.parser.get_parsed_content("validate#evaluator")
-    best_dice, best_epoch = float(evaluator.state.best_metric), int(evaluator.state.best_metric_epoch)
-    trained.finalize()
-    evaluated = _run_workflow(bundle_root, ["train.json", "evaluate.json"], "eval",
-                              dataset_dir=str(prepared.resolve()))
-    report = next(h for h in evaluated.parser.get_parsed_content("validate#handlers")
-                  if type(h).__name__ == "BinarySegmentationReport")
-    summary = report.paths["summary"]["overall"]
-    evaluated.finalize()
+    best_dice, best_epoch, summary = _train_and_evaluate(bundle_root, prepared, [])
+    result = {"best_val_dice": best_dice, "best_epoch": best_epoch, "test_summary": summary,
+              "bundle_root": str(bundle_root)}
+    if baseline:
+        overlay = f"baseline_{baseline}.json"
+        print(f"training the baseline {baseline} ({DEMO_BASELINES[baseline]}) the same way: configs/{overlay}",
+              flush=True)
+        b_dice, b_epoch, b_summary = _train_and_evaluate(bundle_root, prepared, [overlay])
+        result["baseline"] = {"name": baseline, "best_val_dice": b_dice, "best_epoch": b_epoch,
+                              "test_summary": b_summary}
     seconds = time.perf_counter() - start
     print("")
-    print(f"validation Dice (best, epoch {best_epoch} of {epochs}): {best_dice:.4f}")
-    print(f"test split: per-image Dice {summary['per_image']['dice_mean']:.4f} ± {summary['per_image']['dice_sd']:.4f}, "
-          f"pooled DSC {summary['pooled']['dsc']:.4f}, pooled mIoU {summary['pooled']['miou']:.4f}")
+    _print_result("VM-UNet", best_dice, best_epoch, epochs, summary)
+    if baseline:
+        _print_result(baseline, b_dice, b_epoch, epochs, b_summary)
+        from vmunet_monai.evaluation.compare import run_compare
+
+        print("")
+        eval_dir = bundle_root / "eval"
+        result["comparison"] = run_compare([str(eval_dir), str(eval_dir / f"baseline_{baseline}")],
+                                           labels=["vmunet", baseline], out=str(eval_dir / "compare"))
     print(f"model: {bundle_root / 'models' / 'model.pt'}; report: {bundle_root / 'eval'}; total {seconds / 60:.1f} min")
-    return {"best_val_dice": best_dice, "best_epoch": best_epoch, "test_summary": summary, "seconds": seconds,
-            "bundle_root": str(bundle_root)}
+    result["seconds"] = seconds
+    return result
