@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,6 +195,12 @@ def test_demo_runs_and_prints_dice(tmp_path, capsys, monkeypatch):
     assert pair["mean_diff"] == pytest.approx(result["baseline"]["test_summary"]["per_image"]["dice_mean"]
                                               - result["test_summary"]["per_image"]["dice_mean"])
     assert (root / "eval" / "compare" / "compare.png").is_file()
+    # and it segments new images through the same overlay (default weights models/baseline_unet/model.pt)
+    from vmunet_monai.predict import predict
+
+    images = tmp_path / "demo" / "raw"
+    done = predict(str(root), str(images), str(tmp_path / "unet_masks"), baseline="unet", device="cpu")
+    assert done["masks"] and all(Path(m).is_file() for m in done["masks"])
 
 
 @pytest.mark.slow

@@ -225,6 +225,14 @@ def test_baseline_overlay_trains_and_evaluates_in_its_own_folders(data, tmp_path
     assert not (tmp_path / "models" / "model.pt").exists() and not (tmp_path / "eval" / "per_case.csv").exists()
     result = run_compare([str(tmp_path / "eval" / "baseline_unet")], metric="dice")
     assert result["overall"]["n_cases"] == 2 and set(result["organs"]) == set(synapse.ORGANS.values())
+    # predict with the baseline: the overlay is merged after inference.json, so its weights load strictly
+    from vmunet_monai.predict_volume import predict_volumes
+
+    volume = os.path.join(data["images"], sorted(os.listdir(data["images"]))[0])
+    written = predict_volumes(volume, str(tmp_path / "segs"), bundle_root=BUNDLE, baseline="unet", device="cpu",
+                              checkpoint=str(tmp_path / "models" / "baseline_unet" / "model.pt"),
+                              roi_size=[32, 32], **{"network_def#features": [8, 8, 16, 32, 64, 8]})
+    assert nib.load(written[0]).shape == nib.load(volume).shape
 
 
 def test_find_volumes_rejects_empty_folders(tmp_path):

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+from bundle_helpers import BUNDLES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -279,6 +280,12 @@ def test_prepare_and_demo_data_refuse_bad_options_in_one_line(tmp_path, capsys):
     (["export", "isic_skin_lesion", "--tolerance", "-1"], "error: --tolerance -1: must be a number of at least 0"),
     (["predict", "isic_skin_lesion", "in", "out", "--device", "foo"],
      "error: --device 'foo': not a device; choose cpu, cuda or cuda:N"),
+    (["predict", "isic_skin_lesion", "in", "out", "--baseline", "resnet"],
+     f"error: --baseline 'resnet': {BUNDLES / 'isic_skin_lesion' / 'configs' / 'baseline_resnet.json'} does not exist; "
+     "this bundle has swin_unetr, unet"),
+    (["predict", "synapse_multiorgan", "in", "out", "--baseline", "resnet"],
+     f"error: --baseline 'resnet': {BUNDLES / 'synapse_multiorgan' / 'configs' / 'baseline_resnet.json'} does not "
+     "exist; this bundle has swin_unetr, unet"),
     (["predict", "synapse_multiorgan", "in", "out", "--device", "tpu"],
      "error: --device 'tpu': not a device; choose cpu, cuda or cuda:N"),
 ])

@@ -185,7 +185,8 @@ class Commands:
         with _option_errors("demo_data", bundle):
             demo_data(bundle, out, num=num, seed=seed, **options)
 
-    def predict(self, bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None):
+    def predict(self, bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
+                baseline: str = ""):
         """Segment a file or a folder with BUNDLE's network and write masks (and overlays) to OUTPUT.
 
         Unusable files (empty, truncated, not an image, the wrong dimensionality, NaN values) are skipped and
@@ -199,10 +200,12 @@ class Commands:
             output: output folder: masks/ and overlays/ (2D), segmentation volumes (Synapse).
             checkpoint: weights to use (default <bundle>/models/model.pt).
             device: cpu, cuda or cuda:N (default CUDA when available).
+            baseline: segment with a baseline trained through the bundle's configs/baseline_NAME.json (unet or
+                swin_unetr) instead of its own network; default weights models/baseline_NAME/model.pt.
         """
         from vmunet_monai.predict import predict
 
-        predict(bundle, input, output, checkpoint=checkpoint, device=device)
+        predict(bundle, input, output, checkpoint=checkpoint, device=device, baseline=baseline)
 
     def export(self, bundle: str, format: str = "torchscript", checkpoint: str | None = None,
                output: str | None = None, tolerance: float = 1e-4):

@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-from vmunet_monai.engine.utils import find_bundle
+from vmunet_monai.engine.utils import find_bundle, inference_configs
 from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError, check_device, check_output_location, read_image_2d
 
 __all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError"]
@@ -67,7 +67,8 @@ def _planned(item: dict, output: Path, data_root: str) -> tuple[Path, Path]:
             output / "overlays" / rel / f"{source.stem}_overlay.png")
 
 
-def predict(bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None):
+def predict(bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
+            baseline: str = ""):
     """Write ``OUTPUT/masks/**/<stem>_mask.png`` and ``OUTPUT/overlays/**/<stem>_overlay.png`` for every
     image in ``input`` (a file or a folder, searched recursively; mask folders are skipped).
 
@@ -78,6 +79,9 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         output: output folder; not an input, not the input folder and not inside it.
         checkpoint: weights to use; default ``<bundle>/models/model.pt``.
         device: ``cpu``, ``cuda`` or ``cuda:N``; default: CUDA when available.
+        baseline: segment with a baseline the bundle trained through its ``configs/baseline_<name>.json``
+            overlay (``unet``, ``swin_unetr``) instead of its own network; the default checkpoint is then
+            ``<bundle>/models/baseline_<name>/model.pt``.
 
     Returns:
         ``{"masks": [...], "overlays": [...], "skipped": [{"file", "reason"}, ...]}``: the paths written
@@ -95,7 +99,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         from vmunet_monai.predict_volume import predict_volumes
 
         bundle_root = str(find_bundle(bundle)) if (Path(str(bundle)) / "configs").is_dir() else None
-        return predict_volumes(input, output, checkpoint=checkpoint, device=device, bundle_root=bundle_root)
+        return predict_volumes(input, output, checkpoint=checkpoint, device=device, bundle_root=bundle_root,
+                               baseline=baseline)
 
     from monai.bundle import ConfigWorkflow
 
@@ -103,14 +108,15 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     from vmunet_monai.weights import check_checkpoint_fits
 
     root = find_bundle(bundle)
+    configs, default_ckpt, train = inference_configs(root, baseline)
     source = Path(os.path.abspath(os.path.expanduser(str(input))))
     if not source.exists():
         raise InputError(f"{input}: no such file or folder (give an image file or a folder of images)")
-    ckpt = Path(checkpoint) if checkpoint else root / "models" / "model.pt"
+    ckpt = Path(checkpoint) if checkpoint else default_ckpt
     if not ckpt.is_file():
         raise FileNotFoundError(
             f"no trained weights at {ckpt}: train first (python -m monai.bundle run training --config_file "
-            f"{root}/configs/train.json --bundle_root {root} --dataset_dir PREPARED) or pass --checkpoint PATH"
+            f"{train} --bundle_root {root} --dataset_dir PREPARED) or pass --checkpoint PATH"
         )
     out = check_output_location([source], output)
     candidates, others = _collect(source)
@@ -149,7 +155,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     if device:
         overrides["device"] = f"$torch.device('{device}')"
     workflow = ConfigWorkflow(
-        config_file=str(root / "configs" / "inference.json"),
+        config_file=configs,
         meta_file=str(root / "configs" / "metadata.json"),
         logging_file=str(root / "configs" / "logging.conf"),
         workflow_type="infer",

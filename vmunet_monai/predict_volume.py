@@ -98,6 +98,7 @@ def predict_volumes(
     device: str | None = None,
     bundle_root: str | None = None,
     sw_batch_size: int | None = None,
+    baseline: str = "",
     **overrides,
 ) -> list[str]:
     """Segment CT volumes with the Synapse bundle and write ``<name>_seg.nii.gz`` into ``output``.
@@ -115,6 +116,8 @@ def predict_volumes(
         device: ``cpu``, ``cuda``, ``cuda:1``...; default: CUDA when available.
         bundle_root: the bundle folder (default: ``bundles/synapse_multiorgan`` of this checkout).
         sw_batch_size: windows per network call (default: the bundle's).
+        baseline: segment with a baseline trained through the bundle's ``configs/baseline_<name>.json``
+            overlay (``unet``, ``swin_unetr``); the default checkpoint is then ``models/baseline_<name>/model.pt``.
         overrides: further ``inference.json`` ids to override (e.g. ``network_def={...}``, ``roi_size=[...]``).
 
     Returns:
@@ -135,14 +138,17 @@ def predict_volumes(
 
     device = check_device(device)
     bundle_root = os.path.abspath(bundle_root or default_bundle_root())
+    from vmunet_monai.engine.utils import inference_configs
+
+    config_files, default_ckpt, train = inference_configs(bundle_root, baseline)
     paths = [input] if isinstance(input, (str, os.PathLike)) else list(input)
     others: list[str] = []
     volumes = [v for p in paths for v in find_volumes(str(p), others)]
-    checkpoint = os.path.abspath(checkpoint or os.path.join(bundle_root, "models", "model.pt"))
+    checkpoint = os.path.abspath(checkpoint or default_ckpt)
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(
             f"{checkpoint}: no model weights. Train the bundle (python -m monai.bundle run training "
-            f"--config_file {bundle_root}/configs/train.json --bundle_root {bundle_root}), download them "
+            f"--config_file {train} --bundle_root {bundle_root}), download them "
             f"(python -m monai.bundle download_large_files --bundle_path {bundle_root}), or pass checkpoint=PATH"
         )
     output = str(check_output_location([str(p) for p in paths] + volumes, output))
@@ -174,11 +180,10 @@ def predict_volumes(
         config["device"] = f"$torch.device('{device}')"
     if sw_batch_size is not None:
         config["sw_batch_size"] = int(sw_batch_size)
-    configs = os.path.join(bundle_root, "configs")
     workflow = ConfigWorkflow(
-        config_file=os.path.join(configs, "inference.json"),
-        meta_file=os.path.join(configs, "metadata.json"),
-        logging_file=os.path.join(configs, "logging.conf"),
+        config_file=config_files,
+        meta_file=os.path.join(bundle_root, "configs", "metadata.json"),
+        logging_file=os.path.join(bundle_root, "configs", "logging.conf"),
         workflow_type="infer",
         **config,
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-__all__ = ["load_pretrained", "amp_enabled", "amp_dtype", "find_bundle", "BUNDLES_ENV"]
+__all__ = ["load_pretrained", "amp_enabled", "amp_dtype", "find_bundle", "inference_configs", "BUNDLES_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,3 +110,30 @@ def find_bundle(bundle: str | os.PathLike) -> Path:
     raise FileNotFoundError(
         f"bundle {bundle!r} not found (searched {searched}); pass a bundle folder or set ${BUNDLES_ENV}"
     )
+
+
+
+def inference_configs(bundle_root: str | os.PathLike, baseline: str = "") -> tuple[list[str], Path, str]:
+    """What predicting with a bundle's network, or with a baseline it trained, reads.
+
+    Returns:
+        the config files (``inference.json``, then ``baseline_<name>.json`` for a baseline), the default
+        weights (``models/model.pt`` or ``models/baseline_<name>/model.pt``) and the ``--config_file`` value
+        of the training command that writes them (for messages).
+
+    Raises:
+        vmunet_monai.validation.InputError: the bundle has no ``configs/baseline_<name>.json`` (the message
+            lists the baselines it has).
+    """
+    from vmunet_monai.validation import InputError
+
+    root = Path(bundle_root)
+    configs, train = [str(root / "configs" / "inference.json")], str(root / "configs" / "train.json")
+    if not baseline:
+        return configs, root / "models" / "model.pt", train
+    overlay = root / "configs" / f"baseline_{baseline}.json"
+    if not overlay.is_file():
+        have = sorted(p.stem[len("baseline_"):] for p in (root / "configs").glob("baseline_*.json"))
+        raise InputError(f"--baseline {baseline!r}: {overlay} does not exist; this bundle has "
+                         f"{', '.join(have) if have else 'no baseline overlays'}")
+    return configs + [str(overlay)], root / "models" / f"baseline_{baseline}" / "model.pt", f"\"['{train}','{overlay}']\""
