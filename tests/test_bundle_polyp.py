@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,6 +69,20 @@ def test_train_then_evaluate_per_test_set(prepared, tmp_path):
     assert summary["overall"]["n_images"] == 10
     with open(root / "eval" / "metrics_test_per_image.csv") as f:
         assert {row["group"] for row in csv.DictReader(f)} == set(TEST_SETS)
+    # at each image's own size: the same sets and images, every pixel of the original mask counted
+    wf = workflow(BUNDLE, ["train.json", "evaluate.json", "evaluate_native.json"], "eval", bundle_root=str(root),
+                  dataset_dir=str(prepared), **over)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    native = json.loads((root / "eval" / "native" / "metrics_test_summary.json").read_text())
+    assert list(native["groups"]) == list(TEST_SETS) and native["title"].endswith("scored at its own size")
+    test_items = {(i["dataset"], Path(i["image"]).stem): i
+                  for i in json.loads((prepared / "datalist.json").read_text())["test"]}
+    with open(root / "eval" / "native" / "metrics_test_per_image.csv") as f:
+        for row in csv.DictReader(f):
+            width, height = Image.open(prepared / test_items[row["group"], row["name"]]["label"]).size
+            assert sum(int(row[k]) for k in ("tp", "fp", "fn", "tn")) == width * height != 32 * 32
 
 
 @pytest.mark.slow

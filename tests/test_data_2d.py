@@ -14,7 +14,7 @@ from PIL import Image
 
 from vmunet_monai.data import common, demo_data, isic, polyp, prepare
 from vmunet_monai.data.common import DatasetLayoutError, load_datalist
-from vmunet_monai.engine import BinarizeMaskd, FirstOutputd
+from vmunet_monai.engine import BinarizeMaskd, FirstOutputd, insert_before
 from vmunet_monai.evaluation import binary
 
 
@@ -184,6 +184,15 @@ def test_binarize_mask_scales():
     assert BinarizeMaskd("m")({"m": unit})["m"].tolist() == [[0, 0, 1, 1]]
     heads = [torch.ones(1, 4, 4), torch.zeros(1, 2, 2)]
     assert FirstOutputd("pred")({"pred": heads})["pred"] is heads[0]
+
+
+def test_insert_before_places_a_transform_before_the_first_of_a_class():
+    from monai.transforms import CopyItemsd, Resized, ScaleIntensityd
+
+    scale, resize, copy = ScaleIntensityd("image"), Resized("image", (8, 8)), CopyItemsd("label", names="orig")
+    assert insert_before([scale, resize, resize], "Resized", copy) == [scale, copy, resize, resize]
+    with pytest.raises(ValueError, match=r"no Resized among the transforms \(ScaleIntensityd\)"):
+        insert_before([scale], "Resized", copy)
 
 
 def test_binary_metrics_match_direct_computation():

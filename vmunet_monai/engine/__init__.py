@@ -13,7 +13,14 @@ from vmunet_monai.engine.handlers import (
     item_name,
 )
 from vmunet_monai.engine.inferers import PlainTensorInferer
-from vmunet_monai.engine.transforms import BinarizeMaskd, FirstOutputd, Spacingd, gray_converter, rgb_converter
+from vmunet_monai.engine.transforms import (
+    BinarizeMaskd,
+    FirstOutputd,
+    Spacingd,
+    gray_converter,
+    insert_before,
+    rgb_converter,
+)
 from vmunet_monai.engine.utils import amp_dtype, amp_enabled, compile_network, find_bundle, load_pretrained
 
 __all__ = [
@@ -33,6 +40,7 @@ __all__ = [
     "compile_network",
     "find_bundle",
     "gray_converter",
+    "insert_before",
     "item_name",
     "load_pretrained",
     "rgb_converter",

@@ -14,7 +14,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["BinarizeMaskd", "FirstOutputd", "Spacingd", "rgb_converter", "gray_converter"]
+__all__ = ["BinarizeMaskd", "FirstOutputd", "Spacingd", "insert_before", "rgb_converter", "gray_converter"]
 
 
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -111,3 +111,19 @@ class Spacingd(monai.transforms.Spacingd):
         d = super().__call__(d, lazy=lazy)
         d.update(aside)
         return d
+
+
+def insert_before(transforms: Sequence, name: str, transform) -> list:
+    """``transforms`` with ``transform`` placed before the first one whose class is called ``name``.
+
+    Used by ``evaluate_native.json`` to copy the ground truth before ``Resized`` changes it:
+    ``"$vmunet_monai.engine.insert_before(@train#deterministic_transforms, 'Resized', @validate#keep_original_label)"``.
+
+    Raises:
+        ValueError: no transform of that class (the message lists the classes there are).
+    """
+    transforms = list(transforms)
+    for i, t in enumerate(transforms):
+        if type(t).__name__ == name:
+            return transforms[:i] + [transform] + transforms[i:]
+    raise ValueError(f"no {name} among the transforms ({', '.join(type(t).__name__ for t in transforms)})")
