@@ -132,27 +132,35 @@ def test_predict_and_demo_bundle(prepared, tmp_path):
         assert set(np.unique(np.asarray(mask))) <= {0, 255}
     with pytest.raises(FileNotFoundError, match="--checkpoint"):
         predict(str(root), str(raw_test), str(tmp_path / "p2"), checkpoint=str(tmp_path / "missing.pt"))
-    # evaluate_native.json scores exactly the masks predict writes, at each image's own size
+    # evaluate_native.json scores exactly the masks predict writes, at each image's own size, with and without
+    # flip test-time augmentation (--tta true on the bundle command, --tta on predict)
     from vmunet_monai.evaluation.binary import make_record
 
-    wf = ConfigWorkflow(config_file=[str(root / "configs" / c) for c in ("train.json", "evaluate.json",
-                                                                         "evaluate_native.json")],
-                        workflow_type="eval", meta_file=str(root / "configs" / "metadata.json"),
-                        bundle_root=str(root), dataset_dir=str(prepared), device="cpu")
-    wf.initialize()
-    wf.run()
-    wf.finalize()
-    with open(root / "eval" / "native" / "metrics_test_per_image.csv") as f:
-        rows = {row["name"]: row for row in csv.DictReader(f)}
     test_items = json.loads((prepared / "datalist.json").read_text())["test"]
-    assert sorted(rows) == sorted(Path(i["image"]).stem for i in test_items)
-    for item in test_items:
-        name = Path(item["image"]).stem
-        mask = np.asarray(Image.open(tmp_path / "pred" / "masks" / f"{name}_mask.png")) > 127
-        truth = np.asarray(Image.open(prepared / item["label"])) > 127
-        expected = make_record(name, mask.astype(np.float32), truth.astype(np.float32))
-        assert {k: int(rows[name][k]) for k in ("tp", "fp", "fn", "tn")} == {k: expected[k] for k in
-                                                                            ("tp", "fp", "fn", "tn")}
+    for tta in (False, True):
+        pred = tmp_path / f"pred_tta{int(tta)}"
+        if tta:
+            predict(str(root), str(raw_test), str(pred), device="cpu", tta=True)
+        else:
+            pred = tmp_path / "pred"
+        wf = ConfigWorkflow(config_file=[str(root / "configs" / c) for c in ("train.json", "evaluate.json",
+                                                                             "evaluate_native.json")],
+                            workflow_type="eval", meta_file=str(root / "configs" / "metadata.json"),
+                            bundle_root=str(root), dataset_dir=str(prepared), device="cpu", tta=tta)
+        wf.initialize()
+        assert wf.parser.get_parsed_content("validate#evaluator").inferer.enabled == tta
+        wf.run()
+        wf.finalize()
+        with open(root / "eval" / "native" / "metrics_test_per_image.csv") as f:
+            rows = {row["name"]: row for row in csv.DictReader(f)}
+        assert sorted(rows) == sorted(Path(i["image"]).stem for i in test_items)
+        for item in test_items:
+            name = Path(item["image"]).stem
+            mask = np.asarray(Image.open(pred / "masks" / f"{name}_mask.png")) > 127
+            truth = np.asarray(Image.open(prepared / item["label"])) > 127
+            expected = make_record(name, mask.astype(np.float32), truth.astype(np.float32))
+            assert {k: int(rows[name][k]) for k in ("tp", "fp", "fn", "tn")} == \
+                {k: expected[k] for k in ("tp", "fp", "fn", "tn")}, (tta, name)
 
 
 @pytest.mark.slow

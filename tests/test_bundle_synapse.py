@@ -97,8 +97,9 @@ def test_check_properties_is_empty(data, tmp_path):
     )
     infer.initialize()
     assert infer.check_properties() == []
-    assert type(infer.parser.get_parsed_content("inferer")).__name__ == "SliceInferer"
-    assert infer.parser.get_parsed_content("inferer").spatial_dim == 2
+    inferer = infer.parser.get_parsed_content("inferer")  # flip TTA around the slice inferer, off by default
+    assert type(inferer).__name__ == "FlipTTAInferer" and not inferer.enabled and inferer.activation == "softmax"
+    assert type(inferer.inferer).__name__ == "SliceInferer" and inferer.inferer.spatial_dim == 2
 
 
 class IntensityBands(torch.nn.Module):
@@ -230,6 +231,7 @@ def test_baseline_overlay_trains_and_evaluates_in_its_own_folders(data, tmp_path
 
     volume = os.path.join(data["images"], sorted(os.listdir(data["images"]))[0])
     written = predict_volumes(volume, str(tmp_path / "segs"), bundle_root=BUNDLE, baseline="unet", device="cpu",
+                              tta=True,
                               checkpoint=str(tmp_path / "models" / "baseline_unet" / "model.pt"),
                               roi_size=[32, 32], **{"network_def#features": [8, 8, 16, 32, 64, 8]})
     assert nib.load(written[0]).shape == nib.load(volume).shape

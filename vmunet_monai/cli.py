@@ -186,7 +186,7 @@ class Commands:
             demo_data(bundle, out, num=num, seed=seed, **options)
 
     def predict(self, bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
-                baseline: str = ""):
+                baseline: str = "", tta: bool = False):
         """Segment a file or a folder with BUNDLE's network and write masks (and overlays) to OUTPUT.
 
         Unusable files (empty, truncated, not an image, the wrong dimensionality, NaN values) are skipped and
@@ -202,10 +202,12 @@ class Commands:
             device: cpu, cuda or cuda:N (default CUDA when available).
             baseline: segment with a baseline trained through the bundle's configs/baseline_NAME.json (unet or
                 swin_unetr) instead of its own network; default weights models/baseline_NAME/model.pt.
+            tta: average the prediction over the image and its vertical, horizontal and double mirror images
+                (test-time augmentation, four network passes).
         """
         from vmunet_monai.predict import predict
 
-        predict(bundle, input, output, checkpoint=checkpoint, device=device, baseline=baseline)
+        predict(bundle, input, output, checkpoint=checkpoint, device=device, baseline=baseline, tta=tta)
 
     def export(self, bundle: str, format: str = "torchscript", checkpoint: str | None = None,
                output: str | None = None, tolerance: float = 1e-4):

@@ -68,7 +68,7 @@ def _planned(item: dict, output: Path, data_root: str) -> tuple[Path, Path]:
 
 
 def predict(bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
-            baseline: str = ""):
+            baseline: str = "", tta: bool = False):
     """Write ``OUTPUT/masks/**/<stem>_mask.png`` and ``OUTPUT/overlays/**/<stem>_overlay.png`` for every
     image in ``input`` (a file or a folder, searched recursively; mask folders are skipped).
 
@@ -82,6 +82,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         baseline: segment with a baseline the bundle trained through its ``configs/baseline_<name>.json``
             overlay (``unet``, ``swin_unetr``) instead of its own network; the default checkpoint is then
             ``<bundle>/models/baseline_<name>/model.pt``.
+        tta: average the prediction over the image and its mirror images (four network passes;
+            :class:`vmunet_monai.engine.FlipTTAInferer`).
 
     Returns:
         ``{"masks": [...], "overlays": [...], "skipped": [{"file", "reason"}, ...]}``: the paths written
@@ -100,7 +102,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
 
         bundle_root = str(find_bundle(bundle)) if (Path(str(bundle)) / "configs").is_dir() else None
         return predict_volumes(input, output, checkpoint=checkpoint, device=device, bundle_root=bundle_root,
-                               baseline=baseline)
+                               baseline=baseline, tta=tta)
 
     from monai.bundle import ConfigWorkflow
 
@@ -151,6 +153,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         "output_dir": str(out),
         "checkpoint": str(ckpt.resolve()),
         "num_workers": 0,
+        "tta": bool(tta),
     }
     if device:
         overrides["device"] = f"$torch.device('{device}')"

@@ -99,6 +99,7 @@ def predict_volumes(
     bundle_root: str | None = None,
     sw_batch_size: int | None = None,
     baseline: str = "",
+    tta: bool = False,
     **overrides,
 ) -> list[str]:
     """Segment CT volumes with the Synapse bundle and write ``<name>_seg.nii.gz`` into ``output``.
@@ -118,6 +119,8 @@ def predict_volumes(
         sw_batch_size: windows per network call (default: the bundle's).
         baseline: segment with a baseline trained through the bundle's ``configs/baseline_<name>.json``
             overlay (``unet``, ``swin_unetr``); the default checkpoint is then ``models/baseline_<name>/model.pt``.
+        tta: average the class probabilities over each slice and its in-plane mirror images (four passes of
+            the sliding window; :class:`vmunet_monai.engine.FlipTTAInferer`).
         overrides: further ``inference.json`` ids to override (e.g. ``network_def={...}``, ``roi_size=[...]``).
 
     Returns:
@@ -175,7 +178,7 @@ def predict_volumes(
     check_output_location(volumes, output, written)
     os.makedirs(output, exist_ok=True)
     config = dict(overrides)
-    config.update(bundle_root=bundle_root, output_dir=output, datalist=good, checkpoint=checkpoint)
+    config.update(bundle_root=bundle_root, output_dir=output, datalist=good, checkpoint=checkpoint, tta=bool(tta))
     if device is not None:
         config["device"] = f"$torch.device('{device}')"
     if sw_batch_size is not None:

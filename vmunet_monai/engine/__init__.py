@@ -12,7 +12,7 @@ from vmunet_monai.engine.handlers import (
     TrainingCheckpoint,
     item_name,
 )
-from vmunet_monai.engine.inferers import PlainTensorInferer
+from vmunet_monai.engine.inferers import FlipTTAInferer, PlainTensorInferer
 from vmunet_monai.engine.transforms import (
     BinarizeMaskd,
     FirstOutputd,
@@ -27,6 +27,7 @@ __all__ = [
     "BinarizeMaskd",
     "BinarySegmentationReport",
     "FirstOutputd",
+    "FlipTTAInferer",
     "NonFiniteLossError",
     "NonFiniteLossGuard",
     "OverlayWriter",
