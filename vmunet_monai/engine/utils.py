@@ -112,7 +112,6 @@ def find_bundle(bundle: str | os.PathLike) -> Path:
     )
 
 
-
 def inference_configs(bundle_root: str | os.PathLike, baseline: str = "") -> tuple[list[str], Path, str]:
     """What predicting with a bundle's network, or with a baseline it trained, reads.
 
@@ -136,4 +135,5 @@ def inference_configs(bundle_root: str | os.PathLike, baseline: str = "") -> tup
         have = sorted(p.stem[len("baseline_"):] for p in (root / "configs").glob("baseline_*.json"))
         raise InputError(f"--baseline {baseline!r}: {overlay} does not exist; this bundle has "
                          f"{', '.join(have) if have else 'no baseline overlays'}")
-    return configs + [str(overlay)], root / "models" / f"baseline_{baseline}" / "model.pt", f"\"['{train}','{overlay}']\""
+    weights = root / "models" / f"baseline_{baseline}" / "model.pt"
+    return configs + [str(overlay)], weights, f"\"['{train}','{overlay}']\""
