@@ -103,7 +103,10 @@ def test_synapse_tables_hd95_lower_is_better_and_undefined_cases_are_left_out(tm
     assert (pair["better"], pair["worse"]) == (4, 1)  # 8 mm beats 10 mm; 12 mm does not
     mean = run_compare([str(a), str(b)], metric="hd95")
     assert mean["column"] == "mean_hd95_mm" and set(mean["organs"]) == {"aorta", "liver", "spleen"}
-    assert mean["organs"]["liver"] == {"a": 10.0, "b": pytest.approx(np.mean([8.0] * 5 + [12.0]))}
+    liver = mean["organs"]["liver"]
+    assert liver["means"] == {"a": 10.0, "b": pytest.approx(np.mean([8.0] * 5 + [12.0]))}
+    assert (liver["against_first"][0]["better"], liver["against_first"][0]["worse"]) == (5, 1)
+    assert mean["organs"]["aorta"]["against_first"][0]["n_paired"] == 5  # the missed aorta has no HD95
     assert "note: 1 case(s) left out of the pairing of b" in capsys.readouterr().out
 
 

@@ -227,8 +227,14 @@ def compare_models(models: Sequence[Model], metric: str = "dice", seed: int = 0)
     if tables[0].kind == "volume" and column.startswith("mean_"):
         prefix = column[len("mean_"):] + "_"
         organs = [c[len(prefix):] for c in tables[0].columns if c.startswith(prefix) and not c.startswith("mean_")]
-        result["organs"] = {o: {m.label: _mean_sd(_case_means(m, prefix + o, sorted(common)).values())[0]
-                                for m in models} for o in organs}
+        result["organs"] = {}
+        for organ in organs:
+            per_case = [_case_means(m, prefix + organ, sorted(common)) for m in models]
+            pairs = [_paired(per_case[0], other, lower, seed) for other in per_case[1:]]
+            result["organs"][organ] = {
+                "means": {m.label: _mean_sd(pc.values())[0] for m, pc in zip(models, per_case)},
+                "against_first": [{"label": m.label, **{k: v for k, v in pair.items() if k != "differences"}}
+                                  for m, pair in zip(models[1:], pairs)]}
     return result
 
 
@@ -274,12 +280,17 @@ def format_comparison(result: dict) -> str:
     for group, section in result.get("groups", {}).items():
         lines += ["", f"test set {group}:"] + _format_section(section, result["reference"], lower)
     if result.get("organs"):
-        labels = list(next(iter(result["organs"].values())))
+        labels = [s["label"] for s in result["overall"]["models"]]
         width = max(10, *(len(label) for label in labels)) + 2
-        lines += ["", f"per organ, mean of {result['column'][len('mean_'):]} over cases:",
-                  f"{'organ':<14}" + "".join(f"{label:>{width}}" for label in labels)]
-        for organ, means in result["organs"].items():
-            lines.append(f"{organ:<14}" + "".join(f"{_fmt(means[label]):>{width}}" for label in labels))
+        others = labels[1:]
+        lines += ["", f"per organ, mean of {result['column'][len('mean_'):]} over cases"
+                  + (f"; difference to {labels[0]} (Wilcoxon p)" if others else "") + ":",
+                  f"{'organ':<14}" + "".join(f"{label:>{width}}" for label in labels)
+                  + "".join(f"   {label + ' - ' + labels[0]:<24}" for label in others)]
+        for organ, entry in result["organs"].items():
+            diffs = "".join(f"   {_fmt(p['mean_diff']) + ' (' + _fmt_p(p['p_wilcoxon']) + ')':<24}"
+                            for p in entry["against_first"])
+            lines.append(f"{organ:<14}" + "".join(f"{_fmt(entry['means'][label]):>{width}}" for label in labels) + diffs)
     for p in result["overall"]["against_first"]:
         if p["n_undefined"]:
             lines.append(f"note: {p['n_undefined']} case(s) left out of the pairing of {p['label']}: the value is "
