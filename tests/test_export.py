@@ -9,10 +9,20 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from bundle_helpers import run_env
-from tiny_bundles import BUNDLE_NAMES, make_tiny_bundle, save_weights, tiny_network
+from PIL import Image
+from tiny_bundles import (
+    BUNDLE_NAMES,
+    final_layer,
+    make_tiny_bundle,
+    save_weights,
+    tiny_network,
+    write_ct_volume,
+    write_rgb_image,
+)
 
 from vmunet_monai.cli import Commands
 from vmunet_monai.export import DEFAULT_TOLERANCE, ExportVerificationError, export, verify_export
@@ -180,3 +190,74 @@ def test_monai_bundle_onnx_export_command_with_onnxruntime_check(bundles, tmp_pa
     import onnx
 
     assert onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim[1].dim_value == 3
+
+
+def _segment(name, root, inputs, out, **kwargs):
+    """Masks (2D) or label volumes (Synapse) that predict writes, as arrays by file name."""
+    import nibabel as nib
+
+    from vmunet_monai.predict import predict
+
+    predict(str(root), str(inputs), str(out), device="cpu", **kwargs)
+    if name == "synapse_multiorgan":
+        return {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(out.glob("*.nii.gz"))}
+    return {p.name: np.asarray(Image.open(p)) for p in sorted((out / "masks").glob("*.png"))}
+
+
+@pytest.mark.parametrize("name,format", [("isic_skin_lesion", "torchscript"), ("polyp_seg", "pt2"),
+                                         ("synapse_multiorgan", "torchscript"), ("isic_skin_lesion", "onnx")])
+def test_predict_with_the_exported_model_writes_what_the_checkpoint_writes(name, format, bundles, tmp_path):
+    """predict --model runs the export in the bundle's own pipeline (inference_exported.json): the same files,
+    the same masks as with the trained weights, but for pixels the export's float rounding puts across 0.5."""
+    if format == "onnx":
+        pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'vmunet-monai[export]')")
+    root = make_tiny_bundle(name, tmp_path / "bundle", size=SIZE)
+    save_weights(root, seed=1)
+    if name != "synapse_multiorgan":  # one logit: centre it on the images, so that the masks hold both classes
+        net = _eager(root)
+        images = torch.stack([torch.from_numpy(np.asarray(Image.open(write_rgb_image(tmp_path / "probe.png", seed=s))))
+                              .permute(2, 0, 1).float() / 255 for s in range(2)])
+        with torch.no_grad():
+            median = net(torch.nn.functional.interpolate(images, size=(SIZE, SIZE))).median()
+            final_layer(net).bias.sub_(median)
+        torch.save(net.state_dict(), root / "models" / "model.pt")
+    suffix = {"torchscript": ".ts", "pt2": ".pt2", "onnx": ".onnx"}[format]
+    exported = export(str(root), format, output=str(tmp_path / f"net{suffix}")).path
+    inputs = tmp_path / "in"
+    for i in range(2):
+        if name == "synapse_multiorgan":
+            write_ct_volume(inputs / f"ct_{i}.nii.gz", seed=i)
+        else:
+            write_rgb_image(inputs / f"img_{i}.png", height=40 + 7 * i, width=52, seed=i)
+    plain = _segment(name, root, inputs, tmp_path / "plain")
+    from_export = _segment(name, root, inputs, tmp_path / "exported", model=str(exported))
+    assert sorted(plain) == sorted(from_export) and len(plain) == 2
+    for key in plain:
+        assert plain[key].shape == from_export[key].shape
+        assert np.mean(plain[key] != from_export[key]) <= 1e-3, key
+        assert len(np.unique(plain[key])) > 1, key  # the masks show something: the comparison means something
+
+
+def test_an_exported_model_is_checked_before_anything_is_written(bundles, tmp_path):
+    from vmunet_monai.predict import predict
+    from vmunet_monai.validation import InputError
+
+    root = bundles["isic_skin_lesion"]
+    exported = export(str(root), "torchscript", output=str(tmp_path / "net.ts")).path
+    image = write_rgb_image(tmp_path / "in" / "a.png")
+    ct = export(str(bundles["synapse_multiorgan"]), "torchscript", output=str(tmp_path / "ct.ts")).path
+    with pytest.raises(InputError, match=r"ct.ts: gives \(1, 9, 32, 32\) for a \(1, 3, 32, 32\) input; this bundle's "
+                                         r"network gives \(1, 1, 32, 32\)"):
+        predict(str(root), str(image), str(tmp_path / "o1"), model=str(ct))
+    with pytest.raises(InputError, match="--model .* and --checkpoint .*: an exported model carries its weights; give one of them"):
+        predict(str(root), str(image), str(tmp_path / "o2"), model=str(exported), checkpoint=str(exported))
+    with pytest.raises(InputError, match="--model .* and --baseline unet: .*give one of them"):
+        predict(str(root), str(image), str(tmp_path / "o3"), model=str(exported), baseline="unet")
+    with pytest.raises(InputError, match=r"model.pt: an exported model ends in .ts, .onnx, .pt2"):
+        predict(str(root), str(image), str(tmp_path / "o4"), model=str(root / "models" / "model.pt"))
+    with pytest.raises(FileNotFoundError, match="nothere.ts: no such exported model"):
+        predict(str(root), str(image), str(tmp_path / "o5"), model=str(tmp_path / "nothere.ts"))
+    big = make_tiny_bundle("isic_skin_lesion", tmp_path / "big", size=64)  # metadata: 64x64; the trace: 32x32
+    with pytest.raises(InputError, match=r"net.ts: does not run on a \(1, 3, 64, 64\) input, the size this bundle"):
+        predict(str(big), str(image), str(tmp_path / "o6"), model=str(exported))
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 7))

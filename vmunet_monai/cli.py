@@ -186,7 +186,7 @@ class Commands:
             demo_data(bundle, out, num=num, seed=seed, **options)
 
     def predict(self, bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
-                baseline: str = "", tta: bool = False):
+                baseline: str = "", tta: bool = False, model: str | None = None):
         """Segment a file or a folder with BUNDLE's network and write masks (and overlays) to OUTPUT.
 
         Unusable files (empty, truncated, not an image, the wrong dimensionality, NaN values) are skipped and
@@ -204,10 +204,12 @@ class Commands:
                 swin_unetr) instead of its own network; default weights models/baseline_NAME/model.pt.
             tta: average the prediction over the image and its vertical, horizontal and double mirror images
                 (test-time augmentation, four network passes).
+            model: an exported network (.ts, .onnx or .pt2, as the export command writes) to run instead of the
+                bundle's network and weights; the rest of the bundle's inference stays the same.
         """
         from vmunet_monai.predict import predict
 
-        predict(bundle, input, output, checkpoint=checkpoint, device=device, baseline=baseline, tta=tta)
+        predict(bundle, input, output, checkpoint=checkpoint, device=device, baseline=baseline, tta=tta, model=model)
 
     def export(self, bundle: str, format: str = "torchscript", checkpoint: str | None = None,
                output: str | None = None, tolerance: float = 1e-4):

@@ -27,12 +27,13 @@ from pathlib import Path
 
 import torch
 
+from vmunet_monai.engine.exported import FORMATS, check_exported, load_exported, network_input_shape
 from vmunet_monai.engine.utils import find_bundle
 from vmunet_monai.validation import InputError
 
-__all__ = ["FORMATS", "DEFAULT_TOLERANCE", "ExportResult", "ExportVerificationError", "export", "verify_export"]
+__all__ = ["FORMATS", "DEFAULT_TOLERANCE", "ExportResult", "ExportVerificationError", "export", "verify_export",
+           "load_exported", "check_exported"]
 
-FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx", "pt2": "model.pt2"}
 MAX_BATCH = 4096  # the largest batch a pt2 program accepts (its batch dimension is symbolic up to this)
 DEFAULT_TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME = "image", "pred"  # the keys of metadata.json's network_data_format
@@ -90,16 +91,8 @@ def _paths(bundle: str, checkpoint: str | None, output: str | None, format: str)
     return root, config, meta, ckpt, out
 
 
-def _input_shape(config: Path, meta: Path, input_shape) -> tuple[int, ...]:
-    if input_shape:
-        return tuple(int(s) for s in input_shape)
-    from monai.bundle import ConfigParser
-    from monai.bundle.scripts import _get_fake_input_shape
-
-    parser = ConfigParser()
-    parser.read_config(str(config))
-    parser.read_meta(str(meta))
-    return tuple(int(s) for s in _get_fake_input_shape(parser))
+def _input_shape(meta: Path, input_shape) -> tuple[int, ...]:
+    return tuple(int(s) for s in input_shape) if input_shape else network_input_shape(meta)
 
 
 def _key_in_checkpoint(ckpt: Path) -> str:
@@ -138,27 +131,12 @@ def verify_export(path: str | Path, format: str, network: torch.nn.Module, input
     ``input_shape`` with batch size ``batch`` (values in [0, 1), like the bundles' normalised input)."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand((batch, *tuple(input_shape)[1:]), generator=generator)
+    if format not in FORMATS:
+        raise ValueError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
+    module = load_exported(path, format=format)  # pt2: the scan operator was registered by import vmunet_monai
     with torch.no_grad():
         expected = network(x)
-    if format == "torchscript":
-        module = torch.jit.load(str(path), map_location="cpu").eval()
-        with torch.no_grad():
-            got = module(x)
-    elif format == "pt2":  # the scan operator it calls was registered when vmunet_monai was imported
-        module = torch.export.load(str(path)).module()
-        with torch.no_grad():
-            got = module(x)
-    elif format == "onnx":
-        try:
-            import onnxruntime
-        except ImportError as exc:
-            raise ImportError(
-                f"checking an ONNX export needs onnxruntime ({exc}): pip install 'vmunet-monai[export]'"
-            ) from exc
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
-    else:
-        raise ValueError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
+        got = module(x)
     if tuple(got.shape) != tuple(expected.shape):
         raise ExportVerificationError(
             f"{path}: output shape {tuple(got.shape)} for input {tuple(x.shape)}, eager gives {tuple(expected.shape)}"
@@ -193,7 +171,7 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
     if not float(tolerance) >= 0:
         raise InputError(f"--tolerance {tolerance!r}: must be a number of at least 0")
     root, config, meta, ckpt, out = _paths(bundle, checkpoint, output, format)
-    shape = _input_shape(config, meta, input_shape)
+    shape = _input_shape(meta, input_shape)
     key = _key_in_checkpoint(ckpt)
     common = dict(net_id="network_def", filepath=str(out), ckpt_file=str(ckpt), meta_file=str(meta),
                   config_file=str(config), key_in_ckpt=key, use_trace=True, input_shape=list(shape),
@@ -223,3 +201,4 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
             f"{result.input_shape} input; the limit is {tolerance:.0e}"
         )
     return result
+

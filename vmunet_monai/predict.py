@@ -67,8 +67,29 @@ def _planned(item: dict, output: Path, data_root: str) -> tuple[Path, Path]:
             output / "overlays" / rel / f"{source.stem}_overlay.png")
 
 
+def _weights_or_model(root: Path, checkpoint, default_ckpt: Path, train: str, model, device) -> Path:
+    """The file the network comes from: the exported ``model`` (checked to run on the bundle's input size), or
+    the weights (``checkpoint`` or the default), which must exist."""
+    from vmunet_monai.engine.exported import check_exported
+
+    if model:
+        if checkpoint:
+            raise InputError(f"--model {model} and --checkpoint {checkpoint}: an exported model carries its weights; "
+                             "give one of them")
+        check_exported(model, root / "configs" / "metadata.json", device)
+        return Path(model).resolve()
+    ckpt = Path(checkpoint) if checkpoint else default_ckpt
+    if not ckpt.is_file():
+        raise FileNotFoundError(
+            f"no trained weights at {ckpt}: train first (python -m monai.bundle run training --config_file "
+            f"{train} --bundle_root {root} --dataset_dir PREPARED), download them (python -m monai.bundle "
+            f"download_large_files --bundle_path {root}) or pass --checkpoint PATH"
+        )
+    return ckpt.resolve()
+
+
 def predict(bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
-            baseline: str = "", tta: bool = False):
+            baseline: str = "", tta: bool = False, model: str | None = None):
     """Write ``OUTPUT/masks/**/<stem>_mask.png`` and ``OUTPUT/overlays/**/<stem>_overlay.png`` for every
     image in ``input`` (a file or a folder, searched recursively; mask folders are skipped).
 
@@ -84,6 +105,9 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             ``<bundle>/models/baseline_<name>/model.pt``.
         tta: average the prediction over the image and its mirror images (four network passes;
             :class:`vmunet_monai.engine.FlipTTAInferer`).
+        model: an exported network (``.ts``, ``.onnx``, ``.pt2`` from ``python -m vmunet_monai export``) to run
+            instead of ``network_def`` and its weights (the bundle's ``configs/inference_exported.json``); it is
+            first run once on the input size in ``metadata.json``.
 
     Returns:
         ``{"masks": [...], "overlays": [...], "skipped": [{"file", "reason"}, ...]}``: the paths written
@@ -102,7 +126,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
 
         bundle_root = str(find_bundle(bundle)) if (Path(str(bundle)) / "configs").is_dir() else None
         return predict_volumes(input, output, checkpoint=checkpoint, device=device, bundle_root=bundle_root,
-                               baseline=baseline, tta=tta)
+                               baseline=baseline, tta=tta, model=model)
 
     from monai.bundle import ConfigWorkflow
 
@@ -110,16 +134,11 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     from vmunet_monai.weights import check_checkpoint_fits
 
     root = find_bundle(bundle)
-    configs, default_ckpt, train = inference_configs(root, baseline)
+    configs, default_ckpt, train = inference_configs(root, baseline, model)
     source = Path(os.path.abspath(os.path.expanduser(str(input))))
     if not source.exists():
         raise InputError(f"{input}: no such file or folder (give an image file or a folder of images)")
-    ckpt = Path(checkpoint) if checkpoint else default_ckpt
-    if not ckpt.is_file():
-        raise FileNotFoundError(
-            f"no trained weights at {ckpt}: train first (python -m monai.bundle run training --config_file "
-            f"{train} --bundle_root {root} --dataset_dir PREPARED) or pass --checkpoint PATH"
-        )
+    ckpt = _weights_or_model(root, checkpoint, default_ckpt, train, model, device)
     out = check_output_location([source], output)
     candidates, others = _collect(source)
     skipped = []
@@ -151,10 +170,13 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         "datalist": good,
         "data_root_dir": data_root,
         "output_dir": str(out),
-        "checkpoint": str(ckpt.resolve()),
         "num_workers": 0,
         "tta": bool(tta),
     }
+    if model:
+        overrides["exported_model"] = str(ckpt)
+    else:
+        overrides["checkpoint"] = str(ckpt)
     if device:
         overrides["device"] = f"$torch.device('{device}')"
     workflow = ConfigWorkflow(
@@ -165,7 +187,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         **overrides,
     )
     workflow.initialize()
-    check_checkpoint_fits(workflow.parser.get_parsed_content("network"), ckpt)
+    if not model:
+        check_checkpoint_fits(workflow.parser.get_parsed_content("network"), ckpt)
     workflow.run()
     workflow.finalize()
     masks = [str(m) for m, _ in planned]

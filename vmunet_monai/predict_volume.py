@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["VOLUME_EXTENSIONS", "default_bundle_root", "find_volumes", "predict_volumes"]
 
@@ -100,6 +101,7 @@ def predict_volumes(
     sw_batch_size: int | None = None,
     baseline: str = "",
     tta: bool = False,
+    model: str | None = None,
     **overrides,
 ) -> list[str]:
     """Segment CT volumes with the Synapse bundle and write ``<name>_seg.nii.gz`` into ``output``.
@@ -121,6 +123,8 @@ def predict_volumes(
             overlay (``unet``, ``swin_unetr``); the default checkpoint is then ``models/baseline_<name>/model.pt``.
         tta: average the class probabilities over each slice and its in-plane mirror images (four passes of
             the sliding window; :class:`vmunet_monai.engine.FlipTTAInferer`).
+        model: an exported network (``.ts``, ``.onnx``, ``.pt2``) to run instead of ``network_def`` and its
+            weights (the bundle's ``configs/inference_exported.json``).
         overrides: further ``inference.json`` ids to override (e.g. ``network_def={...}``, ``roi_size=[...]``).
 
     Returns:
@@ -135,25 +139,18 @@ def predict_volumes(
     from monai.bundle import ConfigWorkflow
 
     from vmunet_monai.data.common import report_skipped
-    from vmunet_monai.predict import NothingToPredictError
+    from vmunet_monai.engine.utils import inference_configs
+    from vmunet_monai.predict import NothingToPredictError, _weights_or_model
     from vmunet_monai.validation import InputError, check_device, check_output_location, read_volume
     from vmunet_monai.weights import check_checkpoint_fits
 
     device = check_device(device)
     bundle_root = os.path.abspath(bundle_root or default_bundle_root())
-    from vmunet_monai.engine.utils import inference_configs
-
-    config_files, default_ckpt, train = inference_configs(bundle_root, baseline)
+    config_files, default_ckpt, train = inference_configs(bundle_root, baseline, model)
     paths = [input] if isinstance(input, (str, os.PathLike)) else list(input)
     others: list[str] = []
     volumes = [v for p in paths for v in find_volumes(str(p), others)]
-    checkpoint = os.path.abspath(checkpoint or default_ckpt)
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(
-            f"{checkpoint}: no model weights. Train the bundle (python -m monai.bundle run training "
-            f"--config_file {train} --bundle_root {bundle_root}), download them "
-            f"(python -m monai.bundle download_large_files --bundle_path {bundle_root}), or pass checkpoint=PATH"
-        )
+    source = str(_weights_or_model(Path(bundle_root), checkpoint, default_ckpt, train, model, device))
     output = str(check_output_location([str(p) for p in paths] + volumes, output))
     good, taken = [], {}
     skipped = [{"file": f, "reason": f"{f}: not a volume file (expected {', '.join(VOLUME_EXTENSIONS)} files or "
@@ -178,7 +175,8 @@ def predict_volumes(
     check_output_location(volumes, output, written)
     os.makedirs(output, exist_ok=True)
     config = dict(overrides)
-    config.update(bundle_root=bundle_root, output_dir=output, datalist=good, checkpoint=checkpoint, tta=bool(tta))
+    config.update(bundle_root=bundle_root, output_dir=output, datalist=good, tta=bool(tta))
+    config["exported_model" if model else "checkpoint"] = source
     if device is not None:
         config["device"] = f"$torch.device('{device}')"
     if sw_batch_size is not None:
@@ -191,7 +189,8 @@ def predict_volumes(
         **config,
     )
     workflow.initialize()
-    check_checkpoint_fits(workflow.parser.get_parsed_content("network"), checkpoint)
+    if not model:
+        check_checkpoint_fits(workflow.parser.get_parsed_content("network"), source)
     workflow.run()
     workflow.finalize()
     missing = [w for w in written if not os.path.isfile(w)]

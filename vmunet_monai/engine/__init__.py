@@ -4,6 +4,7 @@ Bundle configs reference these by dotted path, e.g. ``"_target_": "vmunet_monai.
 or ``"$vmunet_monai.engine.load_pretrained(@network_def, @pretrained_checkpoint)"``.
 """
 
+from vmunet_monai.engine.exported import load_exported
 from vmunet_monai.engine.guards import NonFiniteLossError, NonFiniteLossGuard, ValidateInputd, set_determinism
 from vmunet_monai.engine.handlers import (
     BinarySegmentationReport,
@@ -43,6 +44,7 @@ __all__ = [
     "gray_converter",
     "insert_before",
     "item_name",
+    "load_exported",
     "load_pretrained",
     "rgb_converter",
     "set_determinism",

@@ -112,22 +112,29 @@ def find_bundle(bundle: str | os.PathLike) -> Path:
     )
 
 
-def inference_configs(bundle_root: str | os.PathLike, baseline: str = "") -> tuple[list[str], Path, str]:
-    """What predicting with a bundle's network, or with a baseline it trained, reads.
+def inference_configs(bundle_root: str | os.PathLike, baseline: str = "",
+                      model: str | os.PathLike | None = None) -> tuple[list[str], Path, str]:
+    """What predicting with a bundle's network, a baseline it trained, or an exported network reads.
 
     Returns:
-        the config files (``inference.json``, then ``baseline_<name>.json`` for a baseline), the default
-        weights (``models/model.pt`` or ``models/baseline_<name>/model.pt``) and the ``--config_file`` value
-        of the training command that writes them (for messages).
+        the config files (``inference.json``, then ``baseline_<name>.json`` for a baseline or
+        ``inference_exported.json`` for an exported ``model``), the default weights (``models/model.pt`` or
+        ``models/baseline_<name>/model.pt``) and the ``--config_file`` value of the training command that
+        writes them (for messages).
 
     Raises:
         vmunet_monai.validation.InputError: the bundle has no ``configs/baseline_<name>.json`` (the message
-            lists the baselines it has).
+            lists the baselines it has), or both a baseline and an exported model were asked for.
     """
     from vmunet_monai.validation import InputError
 
     root = Path(bundle_root)
     configs, train = [str(root / "configs" / "inference.json")], str(root / "configs" / "train.json")
+    if model:
+        if baseline:
+            raise InputError(f"--model {model} and --baseline {baseline}: an exported model is the whole network; "
+                             "give one of them")
+        return configs + [str(root / "configs" / "inference_exported.json")], root / "models" / "model.pt", train
     if not baseline:
         return configs, root / "models" / "model.pt", train
     overlay = root / "configs" / f"baseline_{baseline}.json"

@@ -1,0 +1,119 @@
+"""Running an exported network (TorchScript, ONNX, ``torch.export``) in a bundle's own inference pipeline.
+
+``configs/inference_exported.json`` (merged after ``inference.json``) and ``predict --model`` build the
+network with :func:`load_exported` instead of ``network_def`` and its weights; everything around it
+(reading, resizing, sliding window, inversion, writing) stays the bundle's. The files are what
+``python -m vmunet_monai export`` writes (:mod:`vmunet_monai.export`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vmunet_monai.validation import InputError
+
+__all__ = ["FORMATS", "SUFFIXES", "OnnxModule", "ProgramModule", "load_exported", "check_exported",
+           "network_input_shape"]
+
+FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx", "pt2": "model.pt2"}
+SUFFIXES = {".ts": "torchscript", ".onnx": "onnx", ".pt2": "pt2"}
+
+
+class OnnxModule(torch.nn.Module):
+    """An ONNX model in onnxruntime as a module: tensors in, tensors out, on the input's device."""
+
+    def __init__(self, path: str | Path, device=None) -> None:
+        super().__init__()
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise ImportError(f"running {path} needs onnxruntime ({exc}): pip install 'vmunet-monai[export]'") from exc
+        providers = ["CPUExecutionProvider"]
+        if device is not None and torch.device(device).type == "cuda":
+            providers.insert(0, "CUDAExecutionProvider")
+        self.path = str(path)
+        self.session = onnxruntime.InferenceSession(self.path, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().float().cpu().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0]).to(x.device)
+
+
+class ProgramModule(torch.nn.Module):
+    """A loaded ``torch.export`` program as a module that engines may switch to eval mode.
+
+    The program's own module refuses ``train()`` and ``eval()`` (it is fixed to the mode it was exported in,
+    eval), which MONAI's evaluators call; this wrapper holds it outside its children, so those calls stop here."""
+
+    def __init__(self, program_module: torch.nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "program", program_module)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+
+def load_exported(path: str | Path, device=None, format: str | None = None) -> torch.nn.Module:
+    """An exported network as a module in eval mode: TorchScript (``.ts``), a ``torch.export`` program
+    (``.pt2``; its scans run this machine's fast backend) or ONNX (``.onnx``, run by onnxruntime).
+
+    Used by ``configs/inference_exported.json`` as ``"$vmunet_monai.engine.load_exported(@exported_model, @device)"``
+    and by ``predict --model``. ``format`` (torchscript, onnx, pt2) overrides what the suffix says.
+
+    Raises:
+        FileNotFoundError: no such file.
+        InputError: a suffix other than .ts, .pt2 or .onnx.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such exported model (python -m vmunet_monai export BUNDLE --format "
+                                f"torchscript|onnx|pt2 writes one)")
+    kind = format or SUFFIXES.get(path.suffix.lower())
+    if kind not in FORMATS:
+        raise InputError(f"{path}: an exported model ends in {', '.join(SUFFIXES)} (TorchScript, ONNX, torch.export); "
+                         f"trained weights (.pt) go to --checkpoint")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if kind == "torchscript":
+        return torch.jit.load(str(path), map_location=device).eval()
+    if kind == "pt2":
+        return ProgramModule(torch.export.load(str(path)).module().to(device))
+    return OnnxModule(path, device)
+
+
+def check_exported(path: str | Path, meta_file: str | Path, device=None) -> None:
+    """Load the exported model at ``path`` and run a zero batch of the network input that the bundle's
+    ``metadata.json`` declares (what its inference feeds the network) through it.
+
+    Raises:
+        InputError: it does not take that input, or does not give the declared number of output channels at
+            the input's size (the message names the file, the shapes and the reason).
+    """
+    import json
+
+    from vmunet_monai.validation import error_summary
+
+    pred = json.loads(Path(meta_file).read_text())["network_data_format"]["outputs"]["pred"]
+    model = load_exported(path, device)
+    x = torch.zeros(network_input_shape(meta_file), device=torch.device(device) if device else None)
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:  # a traced model fixed to another size, a program for other channels, ...
+        raise InputError(f"{path}: does not run on a {tuple(x.shape)} input, the size this bundle's inference "
+                         f"feeds it ({meta_file}; export it from this bundle): {error_summary(exc)}") from None
+    want = (1, int(pred["num_channels"]), *x.shape[2:])
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if got != want:
+        raise InputError(f"{path}: gives {got} for a {tuple(x.shape)} input; this bundle's network gives {want} "
+                         f"({meta_file}; export it from this bundle)")
+
+
+def network_input_shape(meta_file: str | Path) -> tuple[int, ...]:
+    """``(1, C, *spatial)`` of the network input that ``metadata.json`` declares (``network_data_format``)."""
+    import json
+
+    image = json.loads(Path(meta_file).read_text())["network_data_format"]["inputs"]["image"]
+    return (1, int(image["num_channels"]), *(int(s) for s in image["spatial_shape"]))
