@@ -27,12 +27,11 @@ from pathlib import Path
 
 import torch
 
-from vmunet_monai.engine.exported import FORMATS, check_exported, load_exported, network_input_shape
+from vmunet_monai.engine.exported import FORMATS, load_exported, network_input_shape
 from vmunet_monai.engine.utils import find_bundle
 from vmunet_monai.validation import InputError
 
-__all__ = ["FORMATS", "DEFAULT_TOLERANCE", "ExportResult", "ExportVerificationError", "export", "verify_export",
-           "load_exported", "check_exported"]
+__all__ = ["FORMATS", "DEFAULT_TOLERANCE", "ExportResult", "ExportVerificationError", "export", "verify_export"]
 
 MAX_BATCH = 4096  # the largest batch a pt2 program accepts (its batch dimension is symbolic up to this)
 DEFAULT_TOLERANCE = 1e-4
@@ -201,4 +200,3 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
             f"{result.input_shape} input; the limit is {tolerance:.0e}"
         )
     return result
-

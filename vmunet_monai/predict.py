@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-from vmunet_monai.engine.utils import find_bundle, inference_configs
+from vmunet_monai.engine.utils import find_bundle, inference_configs, network_file
 from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError, check_device, check_output_location, read_image_2d
 
 __all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError"]
@@ -65,27 +65,6 @@ def _planned(item: dict, output: Path, data_root: str) -> tuple[Path, Path]:
     rel = source.parent.relative_to(data_root) if data_root else Path()
     return (output / "masks" / rel / f"{source.stem}_mask.png",
             output / "overlays" / rel / f"{source.stem}_overlay.png")
-
-
-def _weights_or_model(root: Path, checkpoint, default_ckpt: Path, train: str, model, device) -> Path:
-    """The file the network comes from: the exported ``model`` (checked to run on the bundle's input size), or
-    the weights (``checkpoint`` or the default), which must exist."""
-    from vmunet_monai.engine.exported import check_exported
-
-    if model:
-        if checkpoint:
-            raise InputError(f"--model {model} and --checkpoint {checkpoint}: an exported model carries its weights; "
-                             "give one of them")
-        check_exported(model, root / "configs" / "metadata.json", device)
-        return Path(model).resolve()
-    ckpt = Path(checkpoint) if checkpoint else default_ckpt
-    if not ckpt.is_file():
-        raise FileNotFoundError(
-            f"no trained weights at {ckpt}: train first (python -m monai.bundle run training --config_file "
-            f"{train} --bundle_root {root} --dataset_dir PREPARED), download them (python -m monai.bundle "
-            f"download_large_files --bundle_path {root}) or pass --checkpoint PATH"
-        )
-    return ckpt.resolve()
 
 
 def predict(bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
@@ -138,7 +117,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     source = Path(os.path.abspath(os.path.expanduser(str(input))))
     if not source.exists():
         raise InputError(f"{input}: no such file or folder (give an image file or a folder of images)")
-    ckpt = _weights_or_model(root, checkpoint, default_ckpt, train, model, device)
+    ckpt = network_file(root, checkpoint, default_ckpt, train, model, device)
     out = check_output_location([source], output)
     candidates, others = _collect(source)
     skipped = []

@@ -139,8 +139,8 @@ def predict_volumes(
     from monai.bundle import ConfigWorkflow
 
     from vmunet_monai.data.common import report_skipped
-    from vmunet_monai.engine.utils import inference_configs
-    from vmunet_monai.predict import NothingToPredictError, _weights_or_model
+    from vmunet_monai.engine.utils import inference_configs, network_file
+    from vmunet_monai.predict import NothingToPredictError
     from vmunet_monai.validation import InputError, check_device, check_output_location, read_volume
     from vmunet_monai.weights import check_checkpoint_fits
 
@@ -150,7 +150,7 @@ def predict_volumes(
     paths = [input] if isinstance(input, (str, os.PathLike)) else list(input)
     others: list[str] = []
     volumes = [v for p in paths for v in find_volumes(str(p), others)]
-    source = str(_weights_or_model(Path(bundle_root), checkpoint, default_ckpt, train, model, device))
+    source = str(network_file(Path(bundle_root), checkpoint, default_ckpt, train, model, device))
     output = str(check_output_location([str(p) for p in paths] + volumes, output))
     good, taken = [], {}
     skipped = [{"file": f, "reason": f"{f}: not a volume file (expected {', '.join(VOLUME_EXTENSIONS)} files or "

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-__all__ = ["load_pretrained", "amp_enabled", "amp_dtype", "find_bundle", "inference_configs", "BUNDLES_ENV"]
+__all__ = ["load_pretrained", "amp_enabled", "amp_dtype", "find_bundle", "inference_configs", "network_file",
+           "BUNDLES_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,3 +145,30 @@ def inference_configs(bundle_root: str | os.PathLike, baseline: str = "",
                          f"{', '.join(have) if have else 'no baseline overlays'}")
     weights = root / "models" / f"baseline_{baseline}" / "model.pt"
     return configs + [str(overlay)], weights, f"\"['{train}','{overlay}']\""
+
+
+def network_file(root: Path, checkpoint, default_ckpt: Path, train: str, model, device) -> Path:
+    """The file the network comes from: the exported ``model`` (checked to run on the bundle's input size), or
+    the weights (``checkpoint`` or ``default_ckpt`` from :func:`inference_configs`), which must exist.
+
+    Raises:
+        FileNotFoundError: no weights there (the message gives the training command ``train`` and the download).
+        vmunet_monai.validation.InputError: both a model and a checkpoint, or a model that does not fit.
+    """
+    from vmunet_monai.engine.exported import check_exported
+    from vmunet_monai.validation import InputError
+
+    if model:
+        if checkpoint:
+            raise InputError(f"--model {model} and --checkpoint {checkpoint}: an exported model carries its weights; "
+                             "give one of them")
+        check_exported(model, root / "configs" / "metadata.json", device)
+        return Path(model).resolve()
+    ckpt = Path(checkpoint) if checkpoint else default_ckpt
+    if not ckpt.is_file():
+        raise FileNotFoundError(
+            f"no trained weights at {ckpt}: train first (python -m monai.bundle run training --config_file "
+            f"{train} --bundle_root {root} --dataset_dir PREPARED), download them (python -m monai.bundle "
+            f"download_large_files --bundle_path {root}) or pass --checkpoint PATH"
+        )
+    return ckpt.resolve()
