@@ -101,7 +101,8 @@ def test_synapse_tables_hd95_lower_is_better_and_undefined_cases_are_left_out(tm
     pair = hd["overall"]["against_first"][0]
     assert hd["lower_is_better"] and (pair["n_paired"], pair["n_undefined"]) == (5, 1)
     assert (pair["better"], pair["worse"]) == (4, 1)  # 8 mm beats 10 mm; 12 mm does not
-    mean = run_compare([str(a), str(b)], metric="hd95")
+    mean = run_compare([str(a), str(b)], metric="hd95", out=str(tmp_path / "cmp"))
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 10000  # with the per-organ panel
     assert mean["column"] == "mean_hd95_mm" and set(mean["organs"]) == {"aorta", "liver", "spleen"}
     liver = mean["organs"]["liver"]
     assert liver["means"] == {"a": 10.0, "b": pytest.approx(np.mean([8.0] * 5 + [12.0]))}

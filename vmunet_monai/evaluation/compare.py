@@ -299,8 +299,9 @@ def format_comparison(result: dict) -> str:
 
 
 def plot_comparison(result: dict, path: str | os.PathLike) -> str:
-    """Per-case values of each model (box plot with the cases as points) and, per model after the first, its
-    per-case differences to the first, sorted (green where it is better)."""
+    """Per-case values of each model (box plot with the cases as points), per model after the first its
+    per-case differences to the first, sorted (green where it is better), and for Synapse each organ's mean
+    per model."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -309,7 +310,10 @@ def plot_comparison(result: dict, path: str | os.PathLike) -> str:
     overall = result["overall"]
     labels = [s["label"] for s in overall["models"]]
     pairs = overall["against_first"]
-    fig, axes = plt.subplots(1, 1 + len(pairs), figsize=(4 + 4 * len(pairs) + 0.6 * len(labels), 4), squeeze=False)
+    organs = result.get("organs") or {}
+    panels = 1 + len(pairs) + (1 if organs else 0)
+    width = 4 + 4 * len(pairs) + 0.6 * len(labels) + (1.5 + 0.5 * len(organs) if organs else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(width, 4), squeeze=False)
     ax = axes[0][0]
     data = [[v for v in s["per_case"].values() if not math.isnan(v)] for s in overall["models"]]
     ax.boxplot(data, showfliers=False)
@@ -328,6 +332,16 @@ def plot_comparison(result: dict, path: str | os.PathLike) -> str:
         ax.set_xlabel("cases, sorted")
         ax.set_title(f"{p['label']} - {result['reference']}\nmean {_fmt(p['mean_diff'])}, "
                      f"Wilcoxon p {_fmt_p(p['p_wilcoxon'])}", fontsize=9)
+    if organs:
+        ax = axes[0][-1]
+        x = np.arange(len(organs))
+        step = 0.8 / len(labels)
+        for i, label in enumerate(labels):
+            ax.bar(x + (i - (len(labels) - 1) / 2) * step, [e["means"][label] for e in organs.values()], step,
+                   label=label)
+        ax.set_xticks(x, list(organs), rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{result['column'][len('mean_'):]} per organ (mean over cases)", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
