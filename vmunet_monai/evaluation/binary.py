@@ -32,6 +32,7 @@ __all__ = [
     "pooled_metrics",
     "image_dice_iou",
     "make_record",
+    "mean_sd",
     "summarize",
     "format_summary",
     "write_report",
@@ -101,8 +102,9 @@ def make_record(name: str, pred, target, group: str = "all", threshold: float = 
     return {"name": str(name), "group": str(group), "tp": tp, "fp": fp, "fn": fn, "tn": tn, "dice": dice, "iou": iou}
 
 
-def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=np.float64)
+def mean_sd(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value) of the defined values; NaN for none."""
+    arr = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
     if arr.size == 0:
         return math.nan, math.nan
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
@@ -110,8 +112,8 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
 
 def _summarize_one(records: Sequence[dict]) -> dict:
     counts = {k: int(sum(r[k] for r in records)) for k in ("tp", "fp", "fn", "tn")}
-    dice_mean, dice_sd = _mean_sd([r["dice"] for r in records])
-    iou_mean, iou_sd = _mean_sd([r["iou"] for r in records])
+    dice_mean, dice_sd = mean_sd([r["dice"] for r in records])
+    iou_mean, iou_sd = mean_sd([r["iou"] for r in records])
     return {
         "n_images": len(records),
         "pooled": pooled_metrics(**counts),

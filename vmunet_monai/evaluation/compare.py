@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vmunet_monai.evaluation.binary import mean_sd
 from vmunet_monai.validation import InputError
 
 __all__ = ["CaseTable", "Model", "locate_table", "read_table", "compare_models", "format_comparison",
@@ -134,13 +135,6 @@ def lower_is_better(column: str) -> bool:
     return "hd95" in column or column in ("fp", "fn")
 
 
-def _mean_sd(values) -> tuple[float, float]:
-    arr = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
-    if arr.size == 0:
-        return math.nan, math.nan
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-
-
 def _case_means(model: Model, column: str, cases: Sequence[str]) -> dict[str, float]:
     """Each case's mean over the model's runs (NaN where every run leaves it undefined)."""
     out = {}
@@ -177,9 +171,9 @@ def _paired(ref: dict[str, float], other: dict[str, float], lower: bool, seed: i
 
 def _summary(model: Model, column: str, cases: Sequence[str]) -> dict:
     per_case = _case_means(model, column, cases)
-    mean, sd = _mean_sd(per_case.values())
-    run_means = [_mean_sd(run.values[c][column] for c in cases)[0] for run in model.runs]
-    runs_mean, runs_sd = _mean_sd(run_means) if len(run_means) > 1 else (math.nan, math.nan)
+    mean, sd = mean_sd(per_case.values())
+    run_means = [mean_sd(run.values[c][column] for c in cases)[0] for run in model.runs]
+    runs_mean, runs_sd = mean_sd(run_means) if len(run_means) > 1 else (math.nan, math.nan)
     return {"label": model.label, "runs": [str(r.path) for r in model.runs], "n_cases": len(cases),
             "mean": mean, "sd": sd, "run_means": run_means, "runs_mean": runs_mean, "runs_sd": runs_sd,
             "per_case": per_case}
@@ -232,14 +226,14 @@ def compare_models(models: Sequence[Model], metric: str = "dice", seed: int = 0)
             per_case = [_case_means(m, prefix + organ, sorted(common)) for m in models]
             pairs = [_paired(per_case[0], other, lower, seed) for other in per_case[1:]]
             result["organs"][organ] = {
-                "means": {m.label: _mean_sd(pc.values())[0] for m, pc in zip(models, per_case)},
+                "means": {m.label: mean_sd(pc.values())[0] for m, pc in zip(models, per_case)},
                 "against_first": [{"label": m.label, **{k: v for k, v in pair.items() if k != "differences"}}
                                   for m, pair in zip(models[1:], pairs)]}
     return result
 
 
-def _fmt(v: float, digits: int = 4) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+def _fmt(v: float) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
 def _fmt_p(p: float) -> str:
