@@ -148,17 +148,26 @@ class Commands:
         Every image and mask is decoded once (--verify false skips that); unusable files are skipped, named on
         stderr and listed in the datalist, and the rest is imported. OUT may not lie inside the dataset's folders.
 
+        Your own binary 2D data goes to isic_skin_lesion or polyp_seg as folders (found in RAW or up to two
+        levels below): images/ and masks/ (split here), or train/ with optional val/ and test/ (or
+        test/<set>/, each set reported apart), each holding images/ and masks/. A mask is named after its
+        image, with a suffix found by trying "", _mask, _segmentation, _seg, _gt, _label and -mask.
+
         Options of each bundle (defaults in brackets; an option another bundle has is refused by name):
         - isic_skin_lesion: --split official|paper|auto [auto] (paper: the seeded 7:3 split of the
           VM-UNet paper), --year 2017|2018 (needed when both are present), --val_fraction [0.2],
-          --test_fraction [0.3] (of the paper split), --validation auto|carve [auto], --seed [0], --verify [true]
-        - polyp_seg: --val_fraction [0.1] (carved from TrainDataset), --seed [0], --verify [true]
+          --test_fraction [0.3] (of the paper split, or of your folders), --validation auto|carve [auto],
+          --seed [0], --verify [true], --layout challenge|folders|auto [auto: challenge when present],
+          --mask_suffix (folders; default: found)
+        - polyp_seg: --val_fraction [0.1] (carved from TrainDataset), --seed [0], --verify [true],
+          --layout pranet|folders|auto [auto: pranet when present], --test_fraction [0.2] (folders without
+          test/), --mask_suffix (folders; default: found)
         - synapse_multiorgan: --num_val [3 of the 18 training cases], --seed [0], --spacing "[x,y,z]" (mm, for
           the TransUNet release, which carries none), --verify [true]
 
         Args:
             bundle: isic_skin_lesion, polyp_seg or synapse_multiorgan.
-            raw: the dataset folder as downloaded (or a folder above it).
+            raw: the dataset folder as downloaded, or your folders of images and masks (or a folder above).
             out: output folder for datalist.json (and converted files where the bundle needs them).
         """
         from vmunet_monai.data import prepare

@@ -1,6 +1,7 @@
 """Dataset importers (the layouts datasets are distributed in) and synthetic demo datasets.
 
-Each bundle has one module here with ``prepare(raw, out, **options)`` and ``demo_data(out, num, seed, **options)``.
+Each bundle has one module here with ``prepare(raw, out, **options)`` and ``demo_data(out, num, seed, **options)``;
+:mod:`vmunet_monai.data.folders` reads your own binary 2D data (folders of images and masks) for the 2D bundles.
 """
 
 from __future__ import annotations

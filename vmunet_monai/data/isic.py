@@ -46,6 +46,7 @@ from vmunet_monai.data.common import (
     verify_pairs,
     write_datalist,
 )
+from vmunet_monai.data.folders import choose_layout, prepare_folders, refuse_options
 
 __all__ = ["prepare", "demo_data", "find_isic_folders"]
 
@@ -123,11 +124,13 @@ def _items(pairs, year: int) -> list[dict]:
 
 
 def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, val_fraction: float = 0.2,
-            test_fraction: float = 0.3, validation: str = "auto", seed: int = 0, verify: bool = True) -> str:
-    """Write ``out/datalist.json`` (training / validation / test) from ISIC challenge downloads in ``raw``.
+            test_fraction: float = 0.3, validation: str = "auto", seed: int = 0, verify: bool = True,
+            layout: str = "auto", mask_suffix: str | None = None) -> str:
+    """Write ``out/datalist.json`` (training / validation / test) from ISIC challenge downloads in ``raw``,
+    or from your own folders of images and binary masks (:mod:`vmunet_monai.data.folders`).
 
     Args:
-        raw: folder holding the extracted challenge folders.
+        raw: folder holding the extracted challenge folders (or your folders of images and masks).
         out: output folder.
         split: ``"official"``, ``"paper"`` (seeded 7:3) or ``"auto"`` (see the module docstring).
         year: 2017 or 2018; needed only when both are present.
@@ -139,6 +142,11 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
         verify: decode every image and mask once and skip (naming them) pairs that cannot be used:
             unreadable or truncated files, image and mask of different sizes, masks that are not
             0/1 or 0/255. Images without a mask are always skipped and named.
+        layout: ``"challenge"`` (the ISIC folders), ``"folders"`` (your own images/ and masks/, see
+            :mod:`vmunet_monai.data.folders`; ``test_fraction`` and ``val_fraction`` carve the splits
+            it lacks) or ``"auto"`` (challenge folders when present, else folders).
+        mask_suffix: folders layout: text between an image's stem and its mask's extension (default:
+            found by trying the common ones).
 
     Returns:
         the path of the datalist (skipped files are listed under ``meta.skipped``).
@@ -153,7 +161,18 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
         raise ValueError(f"split must be 'auto', 'official' or 'paper', got {split!r}")
     if validation not in ("auto", "carve"):
         raise ValueError(f"validation must be 'auto' or 'carve', got {validation!r}")
-    found = find_isic_folders(raw)
+    found = find_isic_folders(raw) if layout != "folders" else {}
+    use_folders = choose_layout(layout, "challenge", any(("train", "image") in f and ("train", "mask") in f
+                                                          for f in found.values()), raw,
+                                "the ISIC challenge folders (e.g. ISIC-2017_Training_Data/ with "
+                                "ISIC-2017_Training_Part1_GroundTruth/)")
+    if use_folders:
+        not_here = {"split": (split, "auto"), "year": (year, None), "validation": (validation, "auto")}
+        refuse_options("folders", {k: v for k, (v, default) in not_here.items() if v != default}, "the ISIC challenge")
+        return prepare_folders(raw, out, importer="vmunet_monai.data.isic", val_fraction=val_fraction,
+                               test_fraction=test_fraction, seed=seed, verify=verify, mask_suffix=mask_suffix)
+    if mask_suffix is not None:
+        refuse_options("challenge", {"mask_suffix": mask_suffix}, "the folders")
     check_prepare_output([folder for folders in found.values() for folder in folders.values()], out)
     usable = {y: f for y, f in found.items() if ("train", "image") in f and ("train", "mask") in f}
     if not usable:

@@ -35,6 +35,7 @@ from vmunet_monai.data.common import (
     verify_pairs,
     write_datalist,
 )
+from vmunet_monai.data.folders import choose_layout, prepare_folders, refuse_options
 
 __all__ = ["TEST_SETS", "prepare", "demo_data", "find_pranet_root"]
 
@@ -83,17 +84,25 @@ def _pairs(folder: Path, dataset: str, skipped: list[dict], verify: bool) -> lis
     return [{"image": str(i), "label": str(m), "name": i.stem, "dataset": dataset} for i, m in pairs]
 
 
-def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0, verify: bool = True) -> str:
-    """Write ``out/datalist.json`` from the PraNet polyp layout in ``raw``.
+def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0, verify: bool = True,
+            layout: str = "auto", test_fraction: float = 0.2, mask_suffix: str | None = None) -> str:
+    """Write ``out/datalist.json`` from the PraNet polyp layout in ``raw``, or from your own folders of
+    images and binary masks (:mod:`vmunet_monai.data.folders`).
 
     Args:
-        raw: the folder holding TrainDataset/ and TestDataset/ (or a folder above it).
+        raw: the folder holding TrainDataset/ and TestDataset/ (or a folder above it), or your folders.
         out: output folder.
         val_fraction: share of TrainDataset carved out (seeded) for validation and checkpoint selection.
         seed: split seed.
         verify: decode every image and mask once and skip (naming them) pairs that cannot be used:
             unreadable or truncated files, image and mask of different sizes, masks that are not
             0/1 or 0/255. Images without a mask are always skipped and named.
+        layout: ``"pranet"``, ``"folders"`` (your own images/ and masks/, or train/, val/, test/ and
+            test/<set>/ folders, each set reported apart like the PraNet test sets) or ``"auto"``
+            (PraNet when TrainDataset/ and TestDataset/ are present, else folders).
+        test_fraction: folders layout without a test folder: share of the images held out for testing.
+        mask_suffix: folders layout: text between an image's stem and its mask's extension (default:
+            found by trying the common ones).
 
     Returns:
         the path of the datalist (skipped files are listed under ``meta.skipped``).
@@ -102,7 +111,18 @@ def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0, verify
         DatasetLayoutError: for a missing folder, an empty set, a set where no image could be used,
             or OUT being inside TrainDataset/ or TestDataset/.
     """
-    root = find_pranet_root(raw)
+    try:
+        root = find_pranet_root(raw) if layout != "folders" else None
+    except DatasetLayoutError:
+        if layout == "pranet":
+            raise
+        root = None
+    if choose_layout(layout, "pranet", root is not None, raw,
+                     "the PraNet layout (TrainDataset/ and TestDataset/<set>/)"):
+        return prepare_folders(raw, out, importer="vmunet_monai.data.polyp", val_fraction=val_fraction,
+                               test_fraction=test_fraction, seed=seed, verify=verify, mask_suffix=mask_suffix)
+    given = {"test_fraction": (test_fraction, 0.2), "mask_suffix": (mask_suffix, None)}
+    refuse_options("pranet", {k: v for k, (v, default) in given.items() if v != default}, "the folders")
     check_prepare_output([root / "TrainDataset", root / "TestDataset"], out)
     skipped: list[dict] = []
     everything = _pairs(root / "TrainDataset", "TrainDataset", skipped, verify)

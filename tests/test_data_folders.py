@@ -1,0 +1,177 @@
+"""Your own binary 2D data as folders of images and masks: layouts, mask names, splits, errors, and a
+bundle trained and evaluated on it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bundle_helpers import copy_bundle, tiny_overrides, workflow
+from PIL import Image
+
+from vmunet_monai.data import prepare
+from vmunet_monai.data.common import DatasetLayoutError, load_datalist
+from vmunet_monai.validation import InputError
+
+
+def _write_pairs(images: Path, masks: Path, stems, rng, mask_suffix: str = "", rgb_mask: bool = False,
+                 image_ext: str = ".jpg", size=(40, 48)) -> None:
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    for stem in stems:
+        h, w = size
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images / f"{stem}{image_ext}")
+        mask = np.zeros((h, w), np.uint8)
+        top, left = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        mask[top:top + h // 3, left:left + w // 3] = 255
+        if rgb_mask:
+            mask = np.repeat(mask[..., None], 3, axis=-1)
+        Image.fromarray(mask).save(masks / f"{stem}{mask_suffix}.png")
+
+
+def _datalist(out: Path) -> dict:
+    return json.loads((out / "datalist.json").read_text())
+
+
+def _stems(items) -> list[str]:
+    return [it["name"] for it in items]
+
+
+def test_one_pool_with_a_mask_suffix_is_split_seeded_and_disjoint(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "my_lesions"
+    # folder names in any case; RGB masks named <stem>_mask.png; found one level below RAW
+    _write_pairs(raw / "data" / "Images", raw / "data" / "Masks", [f"case{i:02d}" for i in range(20)], rng,
+                 mask_suffix="_mask", rgb_mask=True)
+    out = tmp_path / "out"
+    prepare("isic_skin_lesion", str(raw), str(out))
+    doc = _datalist(out)
+    assert doc["meta"]["layout"] == "folders" and doc["meta"]["importer"] == "vmunet_monai.data.isic"
+    assert list(doc["meta"]["mask_suffixes"].values()) == ["_mask"]
+    train, val, test = (_stems(doc[k]) for k in ("training", "validation", "test"))
+    assert (len(train), len(val), len(test)) == (11, 3, 6)  # 0.3 test, then 0.2 of the rest
+    assert sorted(train + val + test) == [f"case{i:02d}" for i in range(20)]
+    assert {it["dataset"] for it in doc["test"]} == {"data"}
+    for item in load_datalist(out, "training", ["image", "label"]):
+        assert Path(item["label"]).name == Path(item["image"]).stem + "_mask.png"
+    prepare("isic_skin_lesion", str(raw), str(tmp_path / "again"))
+    assert _datalist(tmp_path / "again")["test"] == doc["test"]  # seeded
+    prepare("isic_skin_lesion", str(raw), str(tmp_path / "seed1"), seed=1, test_fraction=0.25)
+    other = _stems(_datalist(tmp_path / "seed1")["test"])
+    assert len(other) == 5 and other != test
+
+
+def test_train_val_and_test_sets(tmp_path):
+    rng = np.random.default_rng(1)
+    raw = tmp_path / "endo"
+    _write_pairs(raw / "train" / "images", raw / "train" / "masks", [str(i) for i in range(10)], rng)
+    _write_pairs(raw / "valid" / "img", raw / "valid" / "gt", ["v1", "v2"], rng)
+    for name, n in (("CentreA", 3), ("CentreB", 2)):
+        _write_pairs(raw / "Test" / name / "images", raw / "Test" / name / "labels", [f"{name}_{i}" for i in range(n)],
+                     rng, image_ext=".png")
+    out = tmp_path / "out"
+    prepare("polyp_seg", str(raw), str(out))
+    doc = _datalist(out)
+    assert _stems(doc["validation"]) == ["v1", "v2"]  # the validation folder, not carved
+    assert sorted(_stems(doc["training"])) == sorted(str(i) for i in range(10))
+    assert doc["meta"]["test_sets"] == {"CentreA": 3, "CentreB": 2}
+    assert [it["dataset"] for it in doc["test"]] == ["CentreA"] * 3 + ["CentreB"] * 2
+    assert doc["meta"]["mask_suffixes"] and set(doc["meta"]["mask_suffixes"].values()) == {""}
+
+
+def test_missing_splits_are_carved_and_unlabelled_test_images_are_left_out(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    raw = tmp_path / "raw"
+    _write_pairs(raw / "training" / "images", raw / "training" / "masks", [f"t{i}" for i in range(10)], rng)
+    (raw / "test" / "images").mkdir(parents=True)  # test images without masks: cannot be scored
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(raw / "test" / "images" / "u.png")
+    out = tmp_path / "out"
+    prepare("polyp_seg", str(raw), str(out), test_fraction=0.3, val_fraction=0.25)
+    doc = _datalist(out)
+    assert [len(doc[k]) for k in ("training", "validation", "test")] == [5, 2, 3]
+    assert "u" not in _stems(doc["test"])
+    err = capsys.readouterr().err
+    assert f"note: {raw / 'test'}: no masks/" in err and "predict" in err
+
+
+def test_bad_pairs_are_skipped_and_named(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    raw = tmp_path / "raw"
+    _write_pairs(raw / "images", raw / "masks", [f"c{i}" for i in range(8)], rng)
+    Image.fromarray(np.full((40, 48), 2, np.uint8)).save(raw / "masks" / "c3.png")  # a label map, classes 0..2
+    (raw / "masks" / "c5.png").unlink()  # no mask
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(raw / "masks" / "c6.png")  # another size
+    out = tmp_path / "out"
+    prepare("isic_skin_lesion", str(raw), str(out))
+    doc = _datalist(out)
+    kept = sorted(_stems(doc["training"] + doc["validation"] + doc["test"]))
+    assert kept == ["c0", "c1", "c2", "c4", "c7"]
+    reasons = {Path(s["file"]).stem: s["reason"] for s in doc["meta"]["skipped"]}
+    assert set(reasons) == {"c3", "c5", "c6"}
+    assert "binary mask" in reasons["c3"] and "no mask" in reasons["c5"] and "40" in reasons["c6"]
+    err = capsys.readouterr().err
+    assert all(f"skipped {raw / 'images' / f'{s}.jpg'}" in err for s in ("c3", "c5", "c6"))
+
+
+def test_layout_errors_name_the_folder_and_the_rule(tmp_path):
+    rng = np.random.default_rng(4)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetLayoutError, match="neither the ISIC challenge folders .* nor your own folders"):
+        prepare("isic_skin_lesion", str(empty), str(tmp_path / "o1"))
+    with pytest.raises(DatasetLayoutError, match="neither the PraNet layout .* nor your own folders"):
+        prepare("polyp_seg", str(empty), str(tmp_path / "o1"))
+    with pytest.raises(DatasetLayoutError, match="no folders of images and masks found"):
+        prepare("polyp_seg", str(empty), str(tmp_path / "o1"), layout="folders")
+    raw = tmp_path / "raw"
+    _write_pairs(raw / "images", raw / "masks", ["a", "b", "c"], rng, mask_suffix="_annotation")
+    with pytest.raises(DatasetLayoutError, match=r"no mask matches .*'a_mask.png'.*--mask_suffix"):
+        prepare("isic_skin_lesion", str(raw), str(tmp_path / "o2"))
+    with pytest.raises(DatasetLayoutError, match=r"no mask named '<image stem>_gt\.<png"):
+        prepare("isic_skin_lesion", str(raw), str(tmp_path / "o2"), mask_suffix="_gt")
+    prepare("isic_skin_lesion", str(raw), str(tmp_path / "o2"), mask_suffix="_annotation", test_fraction=0.34,
+            val_fraction=0.5)
+    assert len(_datalist(tmp_path / "o2")["test"]) == 1
+    with pytest.raises(InputError, match=r"--split 'paper': only for the ISIC challenge layout.*read as folders"):
+        prepare("isic_skin_lesion", str(raw), str(tmp_path / "o3"), split="paper")
+    with pytest.raises(InputError, match="layout must be 'auto', 'pranet' or 'folders', got 'challenge'"):
+        prepare("polyp_seg", str(raw), str(tmp_path / "o3"), layout="challenge")
+    with pytest.raises(InputError, match="OUT"):  # never written inside the data
+        prepare("polyp_seg", str(raw), str(raw / "masks" / "out"))
+
+
+def test_native_layouts_still_win_and_refuse_folder_options(tmp_path):
+    from vmunet_monai.data import demo_data
+
+    raw = tmp_path / "pranet"
+    demo_data("polyp_seg", str(raw), num=4, seed=0)
+    with pytest.raises(InputError, match=r"--mask_suffix '_m': only for the folders layout.*read as pranet"):
+        prepare("polyp_seg", str(raw), str(tmp_path / "o"), mask_suffix="_m")
+    prepare("polyp_seg", str(raw), str(tmp_path / "o"))
+    assert _datalist(tmp_path / "o")["meta"]["importer"] == "vmunet_monai.data.polyp"
+    assert "layout" not in _datalist(tmp_path / "o")["meta"]
+
+
+def test_bundle_trains_and_reports_each_test_set_of_a_folders_dataset(tmp_path):
+    rng = np.random.default_rng(5)
+    raw = tmp_path / "raw"
+    # 10 training images after the validation draw: no last batch of one (BatchNorm of VM-UNetV2's deepest
+    # map, 1x1 at this tiny size, cannot train on a single value)
+    _write_pairs(raw / "train" / "images", raw / "train" / "masks", [f"t{i}" for i in range(11)], rng, size=(36, 44))
+    for name in ("siteA", "siteB"):
+        _write_pairs(raw / "test" / name / "images", raw / "test" / name / "masks", [f"{name}{i}" for i in range(2)],
+                     rng, size=(30, 50))
+    prepared = tmp_path / "prepared"
+    prepare("polyp_seg", str(raw), str(prepared))
+    root = copy_bundle("polyp_seg", tmp_path)
+    over = tiny_overrides("polyp_seg", epochs=1)
+    for configs, kind in ((["train.json"], "train"), (["train.json", "evaluate.json"], "eval")):
+        wf = workflow("polyp_seg", configs, kind, bundle_root=str(root), dataset_dir=str(prepared), **over)
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+    summary = json.loads((root / "eval" / "metrics_test_summary.json").read_text())
+    assert list(summary["groups"]) == ["siteA", "siteB"]
+    assert summary["overall"]["n_images"] == 4

@@ -1,0 +1,270 @@
+"""Your own binary 2D dataset as plain folders of images and masks, for the ISIC and polyp bundles.
+
+``prepare isic_skin_lesion RAW OUT`` and ``prepare polyp_seg RAW OUT`` read this layout when RAW
+does not hold the challenge / PraNet download (or always, with ``--layout folders``). The folders
+are found in RAW or up to two levels below it; their names are compared without regard to case:
+
+==============  ==========================================================  ===========================
+layout          folders                                                     splits
+==============  ==========================================================  ===========================
+one pool        ``images/`` and ``masks/``                                  seeded test, validation
+                                                                            and training parts
+splits          ``train/{images,masks}``, optional ``val/{images,masks}``   given ones kept; a missing
+                and ``test/{images,masks}``                                 one carved from ``train``
+test sets       ``test/<set>/{images,masks}`` (instead of test images)     each set reported apart
+==============  ==========================================================  ===========================
+
+Accepted names: images in ``images``, ``image``, ``imgs``, ``img`` or ``inputs``; masks in ``masks``,
+``mask``, ``labels``, ``label``, ``gt``, ``groundtruth``, ``ground_truth`` or ``annotations``;
+``train``/``training``, ``val``/``valid``/``validation`` and ``test``/``testing``. A mask is the
+file in the mask folder named after its image's stem plus a suffix, found by trying ``""``,
+``"_mask"``, ``"_segmentation"``, ``"_seg"``, ``"_gt"``, ``"_label"`` and ``"-mask"`` and keeping
+the one that pairs the most images (``--mask_suffix`` sets it). Masks are binary: 0/1 or 0/255,
+grey or RGB(A), of the image's size; images are PNG, JPEG, BMP or TIFF of any size.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from vmunet_monai.data.common import (
+    DatasetLayoutError,
+    check_prepare_output,
+    list_images,
+    pair_images_and_masks,
+    report_skipped,
+    split_items,
+    verify_pairs,
+    write_datalist,
+)
+from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError
+
+__all__ = ["IMAGE_DIRS", "MASK_DIRS", "MASK_SUFFIXES", "choose_layout", "find_folders_layout", "prepare_folders",
+           "refuse_options"]
+
+IMAGE_DIRS = ("images", "image", "imgs", "img", "inputs")
+MASK_DIRS = ("masks", "mask", "labels", "label", "gt", "groundtruth", "ground_truth", "annotations")
+MASK_SUFFIXES = ("", "_mask", "_segmentation", "_seg", "_gt", "_label", "-mask")
+_SPLITS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+
+EXPECTED = ("images/ and masks/ (one pool, split here), or train/{images,masks} with optional "
+            "val/{images,masks} and test/{images,masks} or test/<set>/{images,masks}")
+
+
+def _child(folder: Path, names) -> Path | None:
+    """The subfolder of ``folder`` whose lower-cased name is the first of ``names`` present."""
+    by_name = {p.name.lower(): p for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else {}
+    return next((by_name[n] for n in names if n in by_name), None)
+
+
+def _image_mask_dirs(folder: Path) -> tuple[Path, Path] | None:
+    images, masks = _child(folder, IMAGE_DIRS), _child(folder, MASK_DIRS)
+    return (images, masks) if images is not None and masks is not None else None
+
+
+def _layout_at(folder: Path) -> dict | None:
+    """The layout rooted at ``folder``: ``{"pool": dirs}`` or ``{"train": dirs, "val": dirs|None,
+    "test": {set: dirs}}`` (dirs = (images, masks); set "" for images and masks directly in test/);
+    None when ``folder`` holds neither."""
+    train = _child(folder, _SPLITS["train"])
+    if train is not None and _image_mask_dirs(train) is not None:
+        val = _child(folder, _SPLITS["val"])
+        test_dir = _child(folder, _SPLITS["test"])
+        tests: dict[str, tuple[Path, Path]] = {}
+        if test_dir is not None:
+            direct = _image_mask_dirs(test_dir)
+            if direct is not None:
+                tests[""] = direct  # one test set, named after the dataset
+            else:
+                for sub in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+                    dirs = _image_mask_dirs(sub)
+                    if dirs is not None:
+                        tests[sub.name] = dirs
+        val_dirs = _image_mask_dirs(val) if val is not None else None
+        if val is not None and val_dirs is None:
+            raise DatasetLayoutError(f"{val}: expected images/ and masks/ inside")
+        unlabelled = test_dir if test_dir is not None and not tests else None
+        return {"train": _image_mask_dirs(train), "val": val_dirs, "test": tests, "unlabelled_test": unlabelled}
+    dirs = _image_mask_dirs(folder)
+    return {"pool": dirs} if dirs is not None else None
+
+
+def find_folders_layout(raw: str | os.PathLike, max_depth: int = 2) -> tuple[Path, dict]:
+    """The folder in ``raw`` (or up to ``max_depth`` levels below) holding one of the layouts of the
+    module docstring, and that layout.
+
+    Raises:
+        DatasetLayoutError: if ``raw`` is not a folder or holds none of the layouts.
+    """
+    raw = Path(raw)
+    if not raw.is_dir():
+        raise DatasetLayoutError(f"{raw}: not a folder (expected a folder of images and masks: {EXPECTED})")
+    for dirpath, dirnames, _ in os.walk(raw):
+        dirnames.sort()
+        layout = _layout_at(Path(dirpath))
+        if layout is not None:
+            return Path(dirpath), layout
+        if len(Path(dirpath).relative_to(raw).parts) >= max_depth:
+            dirnames[:] = []
+    raise DatasetLayoutError(f"{raw}: no folders of images and masks found; expected {EXPECTED}")
+
+
+def choose_layout(layout: str, native: str, native_found: bool, raw: str | os.PathLike, native_layout: str) -> bool:
+    """Whether an importer reads ``raw`` as folders of images and masks (True) or as its own download.
+
+    Args:
+        layout: ``"auto"``, ``native`` or ``"folders"``, as the user gave it.
+        native: the name of the importer's own layout (``"challenge"``, ``"pranet"``).
+        native_found: whether ``raw`` holds the importer's own layout.
+        raw: the dataset folder.
+        native_layout: what the importer's own layout looks like, for the error message.
+
+    Raises:
+        InputError: for another ``layout`` value.
+        DatasetLayoutError: when ``layout`` is ``"auto"`` and ``raw`` holds neither layout (naming both).
+    """
+    if layout not in ("auto", native, "folders"):
+        raise InputError(f"layout must be 'auto', '{native}' or 'folders', got {layout!r}")
+    if layout != "auto":
+        return layout == "folders"
+    if native_found:
+        return False
+    try:
+        find_folders_layout(raw)
+    except DatasetLayoutError:
+        raise DatasetLayoutError(
+            f"{raw}: neither {native_layout} nor your own folders of images and masks ({EXPECTED})") from None
+    return True
+
+
+def refuse_options(layout: str, given: dict, applies_to: str) -> None:
+    """An option that the chosen ``layout`` does not use is an error, not silently ignored.
+
+    Raises:
+        InputError: naming the options, the layout they belong to and the one in use.
+    """
+    if given:
+        names = ", ".join(f"--{k} {v!r}" for k, v in given.items())
+        raise InputError(f"{names}: only for {applies_to} layout, but the dataset is read as {layout} "
+                         f"(--layout chooses)")
+
+
+def _suffix_for(images: list[Path], mask_dir: Path) -> str:
+    """The mask-name suffix (of :data:`MASK_SUFFIXES`) that pairs the most of ``images`` with a file in ``mask_dir``."""
+    exts = {e.lower() for e in IMAGE_EXTENSIONS}
+    stems = {p.stem for p in mask_dir.iterdir() if p.is_file() and p.suffix.lower() in exts}
+    counts = {s: sum(1 for img in images if img.stem + s in stems) for s in MASK_SUFFIXES}
+    best = max(MASK_SUFFIXES, key=lambda s: counts[s])  # the first of equals: no suffix before any other
+    if counts[best] == 0:
+        example = images[0].stem if images else "IMAGE"
+        raise DatasetLayoutError(
+            f"{mask_dir}: no mask matches an image of {images[0].parent if images else mask_dir} by name (tried "
+            f"{', '.join(repr(example + s + '.png') for s in MASK_SUFFIXES)}; set the suffix with --mask_suffix)")
+    return best
+
+
+def _items(dirs: tuple[Path, Path], dataset: str, mask_suffix: str | None, skipped: list[dict],
+           verify: bool) -> tuple[list[dict], str]:
+    image_dir, mask_dir = dirs
+    images = list_images(image_dir)
+    if not images:
+        raise DatasetLayoutError(f"{image_dir}: no images (PNG, JPEG, BMP or TIFF)")
+    suffix = _suffix_for(images, mask_dir) if mask_suffix is None else mask_suffix
+    pairs = pair_images_and_masks(images, mask_dir, mask_suffix=suffix, skipped=skipped)
+    if verify:
+        pairs = verify_pairs(pairs, skipped)
+        if not pairs:
+            raise DatasetLayoutError(f"{image_dir}: no usable image/mask pair (every pair was skipped: "
+                                     f"{skipped[-1]['reason']})")
+    return [{"image": str(i), "label": str(m), "name": i.stem, "dataset": dataset} for i, m in pairs], suffix
+
+
+def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, test_fraction: float,
+                    seed: int = 0, verify: bool = True, mask_suffix: str | None = None) -> str:
+    """Write ``out/datalist.json`` (training / validation / test) from a folders layout in ``raw``.
+
+    Args:
+        raw: the folder holding the layout (or a folder up to two levels above it).
+        out: output folder.
+        importer: the bundle importer calling this (recorded in the datalist's ``meta``).
+        val_fraction: share of the training part carved out for validation when no validation folder exists.
+        test_fraction: share of all images held out for testing when no test folder exists.
+        seed: seed of the random splits (test drawn with ``seed``, validation with ``seed + 1``).
+        verify: decode every image and mask once and skip (naming them) pairs that cannot be used.
+        mask_suffix: text between an image's stem and its mask's extension; None tries
+            :data:`MASK_SUFFIXES` per folder and keeps the one that pairs the most images.
+
+    Returns:
+        the path of the datalist (skipped files are listed under ``meta.skipped``).
+
+    Raises:
+        DatasetLayoutError: for no layout, an empty folder, a folder where no pair is usable, no mask
+            named like the images, or OUT inside a folder the data is read from.
+    """
+    root, layout = find_folders_layout(raw)
+    folders = [d for dirs in _all_dirs(layout) for d in dirs]
+    check_prepare_output(folders, out)
+    skipped: list[dict] = []
+    suffixes: dict[str, str] = {}
+    name = root.resolve().name or "dataset"
+
+    def read(dirs, dataset):
+        items, suffix = _items(dirs, dataset, mask_suffix, skipped, bool(verify))
+        suffixes[str(dirs[1])] = suffix
+        return items
+
+    test_sets: dict[str, int] = {}
+    if "pool" in layout:
+        pool = read(layout["pool"], name)
+        test, rest = split_items(pool, [test_fraction], seed)
+        val, train = split_items(rest, [val_fraction], seed + 1)
+        how = (f"one pool of {len(pool)} images: {test_fraction:g} test (seed {seed}); validation = "
+               f"{val_fraction:g} of the rest (seed {seed + 1})")
+    else:
+        train = read(layout["train"], name)
+        parts = []
+        if layout["test"]:
+            test = []
+            for set_name, dirs in layout["test"].items():
+                items = read(dirs, set_name or name)
+                test_sets[set_name or name] = len(items)
+                test += items
+            parts.append("test: the test folder" + (f"'s {len(test_sets)} sets" if len(test_sets) > 1 else ""))
+        else:
+            test, train = split_items(train, [test_fraction], seed)
+            parts.append(f"test: {test_fraction:g} of train (seed {seed})")
+            if layout["unlabelled_test"] is not None:
+                note = (f"{layout['unlabelled_test']}: no masks/ (or <set>/masks) inside, so it cannot be scored "
+                        f"and is left out; the test split is {test_fraction:g} of train instead (segment those "
+                        f"images with `python -m vmunet_monai predict` after training)")
+                print(f"note: {note}", file=sys.stderr)
+                parts.append(note)
+        if layout["val"] is not None:
+            val = read(layout["val"], name)
+            parts.append("validation: the validation folder")
+        else:
+            val, train = split_items(train, [val_fraction], seed + 1)
+            parts.append(f"validation: {val_fraction:g} of train (seed {seed + 1})")
+        how = "train folder; " + "; ".join(parts)
+    if not train or not val or not test:
+        raise DatasetLayoutError(
+            f"{root}: too few usable images to split ({len(train)} training, {len(val)} validation, "
+            f"{len(test)} test); every split needs at least one")
+    path = write_datalist(
+        out, {"training": train, "validation": val, "test": test},
+        {"dataset": f"{name} (folders of images and masks)", "importer": importer, "layout": "folders",
+         "raw": str(root.resolve()), "how": how, "seed": seed, "mask_suffixes": suffixes,
+         "test_sets": test_sets or {test[0]["dataset"]: len(test)}, "skipped": skipped},
+    )
+    report_skipped(skipped, "image")
+    print(f"{name}: {len(train)} training, {len(val)} validation, {len(test)} test images"
+          + (f" (test sets {test_sets})" if len(test_sets) > 1 else "") + f" -> {path}")
+    return path
+
+
+def _all_dirs(layout: dict) -> list[tuple[Path, Path]]:
+    if "pool" in layout:
+        return [layout["pool"]]
+    return [layout["train"]] + ([layout["val"]] if layout["val"] else []) + list(layout["test"].values())
