@@ -111,3 +111,29 @@ def test_cli_dispatch(tmp_path):
     demo_data("synapse_multiorgan", str(tmp_path / "raw"), num=4)
     path = prepare("synapse_multiorgan", str(tmp_path / "raw"), str(tmp_path / "out"))
     assert len(_load_list(path)["test"]) == 2
+
+
+def test_imagestr_labelstr_layout_reads_like_rawdata(tmp_path):
+    """The same cases moved into imagesTr/ and labelsTr/ (MONAI's BTCV tutorial layout, one level below RAW)
+    give the same split and the same mapped labels as RawData."""
+    import shutil
+
+    raw = synapse.demo_data(str(tmp_path / "demo"), num=5, seed=4, shape=(24, 24, 8))
+    expected = _load_list(synapse.prepare(raw, str(tmp_path / "from_rawdata")))
+    tutorial = tmp_path / "btcv" / "dataset"
+    shutil.copytree(os.path.join(raw, "Training", "img"), tutorial / "imagesTr")
+    shutil.copytree(os.path.join(raw, "Training", "label"), tutorial / "labelsTr")
+    (tutorial / "imagesTs").mkdir()
+    got = _load_list(synapse.prepare(str(tmp_path / "btcv"), str(tmp_path / "out")))
+    for split in ("training", "validation", "test"):
+        assert [e["case"] for e in got[split]] == [e["case"] for e in expected[split]]
+    assert got["source"].startswith("imagesTr/labelsTr")
+    for a, b in zip(got["test"], expected["test"]):
+        assert np.array_equal(np.asarray(nib.load(tmp_path / "out" / a["label"]).dataobj),
+                              np.asarray(nib.load(tmp_path / "from_rawdata" / b["label"]).dataobj))
+    other = tmp_path / "Task03_Liver"
+    (other / "imagesTr").mkdir(parents=True)
+    (other / "labelsTr").mkdir()
+    (other / "imagesTr" / "liver_0.nii.gz").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"imagesTr: no img00XX\.nii\.gz files; this bundle reads BTCV"):
+        synapse.prepare(str(other), str(tmp_path / "out2"))

@@ -1,16 +1,19 @@
-"""Synapse multi-organ CT (BTCV): importer for the two layouts people hold, and synthetic demo volumes.
+"""Synapse multi-organ CT (BTCV): importer for the layouts people hold, and synthetic demo volumes.
 
 Layouts read by :func:`prepare`:
 
 * **RawData** as downloaded from synapse.org (``RawData.zip``): ``Training/img/img00XX.nii.gz`` and
   ``Training/label/label00XX.nii.gz`` with the 13 BTCV labels. The images are referenced in place;
   the labels are mapped to the 8 evaluated organs and written to ``OUT/labels``.
+* **imagesTr / labelsTr**: the same files as MONAI's BTCV tutorial stores them
+  (``imagesTr/img00XX.nii.gz``, ``labelsTr/label00XX.nii.gz``, in RAW or a folder just below it);
+  read like RawData (``imagesTs/``, unlabelled, is not used).
 * **TransUNet release** (``train_npz/caseXXXX_sliceYYY.npz`` and ``test_vol_h5/caseXXXX.npy.h5``):
   slices and volumes already windowed to [-125, 275] HU and scaled to [0, 1], without spacing.
   They are converted back to Hounsfield units (``x * 400 - 125``, so the bundle's window gives the
   same values again) and written as NIfTI volumes with a spacing the caller states.
 
-Both write ``OUT/datalist.json`` with ``training``, ``validation`` and ``test`` lists of
+All write ``OUT/datalist.json`` with ``training``, ``validation`` and ``test`` lists of
 ``{"case", "image", "label"}`` (paths relative to ``OUT`` where possible), the standard 18/12 case
 split, and a seeded validation split drawn from the training cases only.
 """
@@ -82,18 +85,36 @@ def map_btcv_labels(label: np.ndarray) -> np.ndarray:
 
 
 def _find_layout(raw: str) -> tuple[str, str]:
-    """('rawdata', folder holding Training/) or ('transunet', folder holding train_npz/ and test_vol_h5/)."""
+    """('rawdata', folder holding Training/), ('imagestr', folder holding imagesTr/ and labelsTr/) or
+    ('transunet', folder holding train_npz/ and test_vol_h5/)."""
     for candidate in (raw, os.path.join(raw, "RawData"), os.path.join(raw, "Abdomen", "RawData")):
         if os.path.isdir(os.path.join(candidate, "Training", "img")):
             return "rawdata", candidate
+    candidates = [raw] + sorted(os.path.join(raw, d) for d in (os.listdir(raw) if os.path.isdir(raw) else ()))
+    for candidate in candidates:
+        if os.path.isdir(os.path.join(candidate, "imagesTr")) and os.path.isdir(os.path.join(candidate, "labelsTr")):
+            if not any(_RAW_IMAGE.match(n) for n in os.listdir(os.path.join(candidate, "imagesTr"))):
+                raise FileNotFoundError(
+                    f"{os.path.join(candidate, 'imagesTr')}: no img00XX.nii.gz files; this bundle reads BTCV "
+                    "(the 13 BTCV labels, mapped to the 8 Synapse organs), as MONAI's BTCV tutorial stores it "
+                    "(imagesTr/img00XX.nii.gz, labelsTr/label00XX.nii.gz)")
+            return "imagestr", candidate
     for candidate in (raw, os.path.join(raw, "Synapse"), os.path.join(raw, "data", "Synapse")):
         if os.path.isdir(os.path.join(candidate, "train_npz")) or os.path.isdir(os.path.join(candidate, "test_vol_h5")):
             return "transunet", candidate
     raise FileNotFoundError(
-        f"{raw}: not a Synapse dataset. Expected either RawData (Training/img/img00XX.nii.gz and "
-        "Training/label/label00XX.nii.gz, possibly under RawData/) or the TransUNet release "
+        f"{raw}: not a Synapse dataset. Expected RawData (Training/img/img00XX.nii.gz and "
+        "Training/label/label00XX.nii.gz, possibly under RawData/), the same files in imagesTr/ and labelsTr/ "
+        "(MONAI's BTCV tutorial), or the TransUNet release "
         "(train_npz/caseXXXX_sliceYYY.npz and test_vol_h5/caseXXXX.npy.h5)."
     )
+
+
+def _volume_dirs(layout: str, root: str) -> tuple[str, str]:
+    """The (image, label) folders of a RawData or imagesTr layout."""
+    if layout == "rawdata":
+        return os.path.join(root, "Training", "img"), os.path.join(root, "Training", "label")
+    return os.path.join(root, "imagesTr"), os.path.join(root, "labelsTr")
 
 
 def _relative(path: str, out: str) -> str:
@@ -154,14 +175,15 @@ def _check_rawdata_case(image: str, label_in: str, verify: bool) -> np.ndarray:
     return map_btcv_labels(label)
 
 
-def _prepare_rawdata(root: str, out: str, num_val: int | None, seed: int, verify: bool = True) -> str:
+def _prepare_rawdata(root: str, out: str, num_val: int | None, seed: int, verify: bool = True,
+                     layout: str = "rawdata") -> str:
     import nibabel as nib
     from tqdm import tqdm
 
     from vmunet_monai.data.common import report_skipped
     from vmunet_monai.validation import InputError
 
-    img_dir, lab_dir = os.path.join(root, "Training", "img"), os.path.join(root, "Training", "label")
+    img_dir, lab_dir = _volume_dirs(layout, root)
     cases = {}
     for name in sorted(os.listdir(img_dir)):
         match = _RAW_IMAGE.match(name)
@@ -189,7 +211,8 @@ def _prepare_rawdata(root: str, out: str, num_val: int | None, seed: int, verify
     if not entries:
         raise InputError(f"{root}: no usable case; every case was skipped (first: {skipped[0]['reason']})")
     split = _split_cases(list(entries), num_val, seed)
-    return _write_datalist(out, entries, split, {"source": "RawData", "seed": seed, "skipped": skipped})
+    source = "RawData" if layout == "rawdata" else "imagesTr/labelsTr (BTCV, MONAI tutorial layout)"
+    return _write_datalist(out, entries, split, {"source": source, "seed": seed, "skipped": skipped})
 
 
 def _to_hu(scaled: np.ndarray) -> np.ndarray:
@@ -319,10 +342,12 @@ def prepare(
     raw: str, out: str, num_val: int | None = None, seed: int = 0, spacing: Sequence[float] | None = None,
     verify: bool = True,
 ) -> str:
-    """Write ``out/datalist.json`` from Synapse RawData or the TransUNet npz/h5 release (detected from the layout).
+    """Write ``out/datalist.json`` from Synapse RawData, its imagesTr/labelsTr form or the TransUNet npz/h5
+    release (detected from the layout).
 
     Args:
-        raw: the RawData folder (or its parent), or the TransUNet ``Synapse`` folder.
+        raw: the RawData folder (or its parent), the folder holding imagesTr/ and labelsTr/ (or its parent),
+            or the TransUNet ``Synapse`` folder.
         out: output folder: datalist.json, mapped labels (and converted volumes for the TransUNet release).
         num_val: validation cases drawn from the training cases (seeded); default 3 of the standard 18
             (one in six of the training cases).
@@ -340,7 +365,7 @@ def prepare(
         The path of the datalist.
 
     Raises:
-        FileNotFoundError: if ``raw`` holds neither layout.
+        FileNotFoundError: if ``raw`` holds none of the layouts, or imagesTr/ without BTCV's img00XX files.
         vmunet_monai.validation.InputError: if no case can be used, or OUT is inside a folder the data is read from.
     """
     from vmunet_monai.data.common import check_prepare_output
@@ -348,12 +373,12 @@ def prepare(
     if isinstance(spacing, str):
         spacing = [float(s) for s in spacing.split(",")]
     layout, root = _find_layout(raw)
-    read_from = ([os.path.join(root, "Training", "img"), os.path.join(root, "Training", "label")]
-                 if layout == "rawdata" else [os.path.join(root, "train_npz"), os.path.join(root, "test_vol_h5")])
+    read_from = (list(_volume_dirs(layout, root)) if layout != "transunet"
+                 else [os.path.join(root, "train_npz"), os.path.join(root, "test_vol_h5")])
     check_prepare_output(read_from, out)
     os.makedirs(out, exist_ok=True)
-    if layout == "rawdata":
-        return _prepare_rawdata(root, out, num_val, int(seed), bool(verify))
+    if layout != "transunet":
+        return _prepare_rawdata(root, out, num_val, int(seed), bool(verify), layout)
     return _prepare_transunet(root, out, num_val, int(seed), spacing or TRANSUNET_DEFAULT_SPACING)
 
 
