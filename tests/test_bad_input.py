@@ -347,7 +347,7 @@ def test_cli_prints_one_line_and_exits_non_zero(tmp_path):
     assert missing.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'no_download'}: not a folder")
     inside = _cli("prepare", "synapse_multiorgan", str(REPO / "bundles"), str(REPO / "bundles" / "x"), cwd=tmp_path)
     assert inside.returncode == 1 and "Traceback" not in inside.stderr
-    assert inside.stderr.strip().splitlines()[-1].startswith("error: ") and "not a Synapse dataset" in inside.stderr
+    assert inside.stderr.strip().splitlines()[-1].startswith("error: ") and "neither BTCV" in inside.stderr
 
 
 def test_transunet_release_with_broken_cases_keeps_the_rest(tmp_path, capsys):

@@ -112,7 +112,7 @@ def test_isic_2018_names_and_errors(tmp_path):
     prepare("isic_skin_lesion", str(raw), str(tmp_path / "auto"), year=2017)
     assert json.loads((tmp_path / "auto" / "datalist.json").read_text())["meta"]["split"] == "paper"
     with pytest.raises(DatasetLayoutError, match="no ISIC training images"):
-        prepare("isic_skin_lesion", str(tmp_path / "o18"), str(tmp_path / "y"))
+        prepare("isic_skin_lesion", str(tmp_path / "o18"), str(tmp_path / "y"), layout="challenge")
 
 
 def test_polyp_pranet_layout(polyp_raw, tmp_path):

@@ -102,6 +102,7 @@ def test_bad_pairs_are_skipped_and_named(tmp_path, capsys):
     _write_pairs(raw / "images", raw / "masks", [f"c{i}" for i in range(8)], rng)
     Image.fromarray(np.full((40, 48), 2, np.uint8)).save(raw / "masks" / "c3.png")  # a label map, classes 0..2
     (raw / "masks" / "c5.png").unlink()  # no mask
+    (raw / "images" / "._c1.jpg").write_bytes(b"\0" * 4096)  # a hidden macOS companion: not an image, not reported
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(raw / "masks" / "c6.png")  # another size
     out = tmp_path / "out"
     prepare("isic_skin_lesion", str(raw), str(out))

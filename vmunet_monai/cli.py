@@ -152,6 +152,9 @@ class Commands:
         levels below): images/ and masks/ (split here), or train/ with optional val/ and test/ (or
         test/<set>/, each set reported apart), each holding images/ and masks/. A mask is named after its
         image, with a suffix found by trying "", _mask, _segmentation, _seg, _gt, _label and -mask.
+        Your own CT volumes and classes go to synapse_multiorgan as imagesTr/ and labelsTr/ (Decathlon,
+        nnU-Net; labelsTs/ for a labelled test set) or images/ and labels/ of NIfTI files; prepare prints
+        the --num_classes to train, evaluate and predict with.
 
         Options of each bundle (defaults in brackets; an option another bundle has is refused by name):
         - isic_skin_lesion: --split official|paper|auto [auto] (paper: the seeded 7:3 split of the
@@ -163,7 +166,9 @@ class Commands:
           --layout pranet|folders|auto [auto: pranet when present], --test_fraction [0.2] (folders without
           test/), --mask_suffix (folders; default: found)
         - synapse_multiorgan: --num_val [3 of the 18 training cases], --seed [0], --spacing "[x,y,z]" (mm, for
-          the TransUNet release, which carries none), --verify [true]
+          the TransUNet release, which carries none), --verify [true], --layout btcv|folders|auto [auto: BTCV
+          when present], --classes liver,tumour (folders; default: dataset.json), --test_fraction [0.2]
+          (folders without labelsTs/)
 
         Args:
             bundle: isic_skin_lesion, polyp_seg or synapse_multiorgan.
@@ -195,7 +200,7 @@ class Commands:
             demo_data(bundle, out, num=num, seed=seed, **options)
 
     def predict(self, bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
-                baseline: str = "", tta: bool = False, model: str | None = None):
+                baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None):
         """Segment a file or a folder with BUNDLE's network and write masks (and overlays) to OUTPUT.
 
         Unusable files (empty, truncated, not an image, the wrong dimensionality, NaN values) are skipped and
@@ -215,10 +220,13 @@ class Commands:
                 (test-time augmentation, four network passes).
             model: an exported network (.ts, .onnx or .pt2, as the export command writes) to run instead of the
                 bundle's network and weights; the rest of the bundle's inference stays the same.
+            num_classes: synapse_multiorgan trained on your own CT classes: the --num_classes it was trained with
+                (prepare prints it; default 9, the Synapse organs and background).
         """
         from vmunet_monai.predict import predict
 
-        predict(bundle, input, output, checkpoint=checkpoint, device=device, baseline=baseline, tta=tta, model=model)
+        predict(bundle, input, output, checkpoint=checkpoint, device=device, baseline=baseline, tta=tta, model=model,
+                num_classes=num_classes)
 
     def export(self, bundle: str, format: str = "torchscript", checkpoint: str | None = None,
                output: str | None = None, tolerance: float = 1e-4):

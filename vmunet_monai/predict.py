@@ -68,7 +68,7 @@ def _planned(item: dict, output: Path, data_root: str) -> tuple[Path, Path]:
 
 
 def predict(bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
-            baseline: str = "", tta: bool = False, model: str | None = None):
+            baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None):
     """Write ``OUTPUT/masks/**/<stem>_mask.png`` and ``OUTPUT/overlays/**/<stem>_overlay.png`` for every
     image in ``input`` (a file or a folder, searched recursively; mask folders are skipped).
 
@@ -87,6 +87,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         model: an exported network (``.ts``, ``.onnx``, ``.pt2`` from ``python -m vmunet_monai export``) to run
             instead of ``network_def`` and its weights (the bundle's ``configs/inference_exported.json``); it is
             first run once on the input size in ``metadata.json``.
+        num_classes: ``synapse_multiorgan`` trained on your own classes: the ``--num_classes`` it was trained
+            with (default: the bundle's 9).
 
     Returns:
         ``{"masks": [...], "overlays": [...], "skipped": [{"file", "reason"}, ...]}``: the paths written
@@ -104,8 +106,12 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         from vmunet_monai.predict_volume import predict_volumes
 
         bundle_root = str(find_bundle(bundle)) if (Path(str(bundle)) / "configs").is_dir() else None
+        extra = {} if num_classes is None else {"num_classes": int(num_classes)}
         return predict_volumes(input, output, checkpoint=checkpoint, device=device, bundle_root=bundle_root,
-                               baseline=baseline, tta=tta, model=model)
+                               baseline=baseline, tta=tta, model=model, **extra)
+    if num_classes is not None:
+        raise InputError(f"--num_classes {num_classes}: only for synapse_multiorgan; the 2D bundles segment one "
+                         "class (one sigmoid output)")
 
     from monai.bundle import ConfigWorkflow
 

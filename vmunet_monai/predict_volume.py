@@ -113,8 +113,8 @@ def predict_volumes(
 
     Args:
         input: a volume file, a DICOM series folder, a folder of them, or a list of such paths.
-        output: folder for the segmentations (label values 0-8, see the bundle's ``channel_def``); not an
-            input, not an input folder and not inside one.
+        output: folder for the segmentations (label values 0-8, see the bundle's ``channel_def``; 0 to
+            ``num_classes - 1`` for your own classes); not an input, not an input folder and not inside one.
         checkpoint: model weights (default ``<bundle_root>/models/model.pt``).
         device: ``cpu``, ``cuda``, ``cuda:1``...; default: CUDA when available.
         bundle_root: the bundle folder (default: ``bundles/synapse_multiorgan`` of this checkout).
@@ -125,7 +125,8 @@ def predict_volumes(
             the sliding window; :class:`vmunet_monai.engine.FlipTTAInferer`).
         model: an exported network (``.ts``, ``.onnx``, ``.pt2``) to run instead of ``network_def`` and its
             weights (the bundle's ``configs/inference_exported.json``).
-        overrides: further ``inference.json`` ids to override (e.g. ``network_def={...}``, ``roi_size=[...]``).
+        overrides: further ``inference.json`` ids to override (e.g. ``num_classes=3`` for a bundle trained on your
+            own classes, ``network_def={...}``, ``roi_size=[...]``).
 
     Returns:
         The written NIfTI paths, in input order (skipped volumes left out).

@@ -241,6 +241,14 @@ def check_checkpoint_fits(network: nn.Module, checkpoint) -> dict[str, torch.Ten
         kind = detect_checkpoint_kind(state)
         hint = (f"; it looks like an official {kind} checkpoint: convert it with "
                 "vmunet_monai.weights.load_official_checkpoint" if kind != "unknown" and missing else "")
+        outputs = {(state[k].shape[0], target[k].shape[0]) for k in target
+                   if k in state and tuple(state[k].shape) != tuple(target[k].shape)}
+        if shapes and not missing and not unexpected and len(outputs) == 1:
+            (trained, here), = outputs
+            if all(tuple(state[k].shape[1:]) == tuple(target[k].shape[1:]) for k in target
+                   if k in state and tuple(state[k].shape) != tuple(target[k].shape)):
+                hint = (f"; its output layer has {trained} classes against {here} here: it was trained with "
+                        f"--num_classes {trained}, so give the same --num_classes")
         raise CheckpointError(
             f"{source}: does not fit this {type(module).__name__} ({'; '.join(parts)}) (the checkpoint must be a "
             f"state dict of the bundle's network_def, such as the models/model.pt its training wrote{hint})"

@@ -1,7 +1,8 @@
 """Dataset importers (the layouts datasets are distributed in) and synthetic demo datasets.
 
 Each bundle has one module here with ``prepare(raw, out, **options)`` and ``demo_data(out, num, seed, **options)``;
-:mod:`vmunet_monai.data.folders` reads your own binary 2D data (folders of images and masks) for the 2D bundles.
+:mod:`vmunet_monai.data.folders` reads your own binary 2D data (folders of images and masks) for the 2D bundles,
+:mod:`vmunet_monai.data.volumes` your own CT volumes and classes for the Synapse bundle.
 """
 
 from __future__ import annotations

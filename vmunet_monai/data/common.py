@@ -30,6 +30,8 @@ __all__ = [
     "split_items",
     "write_datalist",
     "load_datalist",
+    "datalist_classes",
+    "check_num_classes",
     "inference_items",
     "common_folder",
     "relative_to",
@@ -49,7 +51,7 @@ class DatasetLayoutError(InputError):
 
 def list_images(folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS,
                 exclude: Iterable[str] = ()) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name.
+    """Image files directly inside ``folder``, sorted by name (hidden files, named ``.*``, left out).
 
     Args:
         folder: the folder to list.
@@ -65,9 +67,10 @@ def list_images(folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXT
         raise DatasetLayoutError(f"{folder}: expected a folder of images, found none")
     patterns = [re.compile(p) for p in exclude]
     exts = {e.lower() for e in extensions}
-    files = [
+    files = [  # names starting with a dot are hidden files (macOS's "._X" archive companions), not images
         p for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in exts and not any(r.search(p.stem) for r in patterns)
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts
+        and not any(r.search(p.stem) for r in patterns)
     ]
     return sorted(files, key=lambda p: p.name)
 
@@ -288,6 +291,33 @@ def load_datalist(dataset_dir: str | os.PathLike, key: str = "training", require
                                  f"in {path} (every file a datalist names must exist; rerun prepare)")
         items.append(item)
     return items
+
+
+def datalist_classes(dataset_dir: str | os.PathLike) -> dict[int, str] | None:
+    """Label value -> class name (background left out) that ``dataset_dir/datalist.json`` records under
+    ``labels`` (at the top, as the Synapse importer writes it, or in ``meta``); None without a datalist or names."""
+    path = Path(dataset_dir) / DATALIST_NAME
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    labels = doc.get("labels") or doc.get("meta", {}).get("labels")
+    if not isinstance(labels, dict):
+        return None
+    return {int(k): v for k, v in sorted(labels.items(), key=lambda kv: int(kv[0])) if int(k) != 0}
+
+
+def check_num_classes(dataset_dir: str | os.PathLike, num_classes: int) -> None:
+    """A bundle's ``num_classes`` must be the number of classes its datalist names (background included).
+
+    Raises:
+        vmunet_monai.validation.InputError: naming the datalist, its classes and the option that fixes it.
+    """
+    classes = datalist_classes(dataset_dir)
+    if classes is not None and len(classes) + 1 != int(num_classes):
+        names = ", ".join(["background"] + list(classes.values()))
+        raise InputError(
+            f"{Path(dataset_dir) / DATALIST_NAME}: names {len(classes) + 1} classes ({names}) but num_classes is "
+            f"{num_classes} (the network's outputs): add --num_classes {len(classes) + 1} to the bundle command")
 
 
 def inference_items(dataset_dir: str | os.PathLike | None = None, input_path: str | os.PathLike | None = None,

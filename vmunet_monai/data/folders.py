@@ -111,7 +111,8 @@ def find_folders_layout(raw: str | os.PathLike, max_depth: int = 2) -> tuple[Pat
     raise DatasetLayoutError(f"{raw}: no folders of images and masks found; expected {EXPECTED}")
 
 
-def choose_layout(layout: str, native: str, native_found: bool, raw: str | os.PathLike, native_layout: str) -> bool:
+def choose_layout(layout: str, native: str, native_found: bool, raw: str | os.PathLike, native_layout: str,
+                  find=None, own_layout: str = EXPECTED) -> bool:
     """Whether an importer reads ``raw`` as folders of images and masks (True) or as its own download.
 
     Args:
@@ -120,6 +121,9 @@ def choose_layout(layout: str, native: str, native_found: bool, raw: str | os.Pa
         native_found: whether ``raw`` holds the importer's own layout.
         raw: the dataset folder.
         native_layout: what the importer's own layout looks like, for the error message.
+        find: the function that finds your own layout in ``raw`` or raises :class:`DatasetLayoutError`
+            (default :func:`find_folders_layout`, images and masks).
+        own_layout: what that layout looks like, for the error message.
 
     Raises:
         InputError: for another ``layout`` value.
@@ -131,11 +135,12 @@ def choose_layout(layout: str, native: str, native_found: bool, raw: str | os.Pa
         return layout == "folders"
     if native_found:
         return False
+    if not Path(raw).is_dir():
+        raise DatasetLayoutError(f"{raw}: not a folder (expected {native_layout}, or your own folders: {own_layout})")
     try:
-        find_folders_layout(raw)
+        (find or find_folders_layout)(raw)
     except DatasetLayoutError:
-        raise DatasetLayoutError(
-            f"{raw}: neither {native_layout} nor your own folders of images and masks ({EXPECTED})") from None
+        raise DatasetLayoutError(f"{raw}: neither {native_layout} nor your own folders ({own_layout})") from None
     return True
 
 

@@ -162,8 +162,8 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
     if validation not in ("auto", "carve"):
         raise ValueError(f"validation must be 'auto' or 'carve', got {validation!r}")
     found = find_isic_folders(raw) if layout != "folders" else {}
-    use_folders = choose_layout(layout, "challenge", any(("train", "image") in f and ("train", "mask") in f
-                                                          for f in found.values()), raw,
+    # any challenge folder means the challenge layout (whose message then says what is missing)
+    use_folders = choose_layout(layout, "challenge", bool(found), raw,
                                 "the ISIC challenge folders (e.g. ISIC-2017_Training_Data/ with "
                                 "ISIC-2017_Training_Part1_GroundTruth/)")
     if use_folders:

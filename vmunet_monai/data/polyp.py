@@ -114,7 +114,10 @@ def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0, verify
     try:
         root = find_pranet_root(raw) if layout != "folders" else None
     except DatasetLayoutError:
-        if layout == "pranet":
+        # a part of the PraNet download (TestDataset alone, say) gets PraNet's message, not the folders reading
+        partial = Path(raw).name in ("TrainDataset", "TestDataset") or any(
+            (Path(raw) / name).is_dir() for name in ("TrainDataset", "TestDataset"))
+        if layout == "pranet" or (layout == "auto" and partial):
             raise
         root = None
     if choose_layout(layout, "pranet", root is not None, raw,

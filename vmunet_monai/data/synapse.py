@@ -92,13 +92,9 @@ def _find_layout(raw: str) -> tuple[str, str]:
             return "rawdata", candidate
     candidates = [raw] + sorted(os.path.join(raw, d) for d in (os.listdir(raw) if os.path.isdir(raw) else ()))
     for candidate in candidates:
-        if os.path.isdir(os.path.join(candidate, "imagesTr")) and os.path.isdir(os.path.join(candidate, "labelsTr")):
-            if not any(_RAW_IMAGE.match(n) for n in os.listdir(os.path.join(candidate, "imagesTr"))):
-                raise FileNotFoundError(
-                    f"{os.path.join(candidate, 'imagesTr')}: no img00XX.nii.gz files; this bundle reads BTCV "
-                    "(the 13 BTCV labels, mapped to the 8 Synapse organs), as MONAI's BTCV tutorial stores it "
-                    "(imagesTr/img00XX.nii.gz, labelsTr/label00XX.nii.gz)")
-            return "imagestr", candidate
+        if (os.path.isdir(os.path.join(candidate, "imagesTr")) and os.path.isdir(os.path.join(candidate, "labelsTr"))
+                and any(_RAW_IMAGE.match(n) for n in os.listdir(os.path.join(candidate, "imagesTr")))):
+            return "imagestr", candidate  # other imagesTr/ folders are your own data (vmunet_monai.data.volumes)
     for candidate in (raw, os.path.join(raw, "Synapse"), os.path.join(raw, "data", "Synapse")):
         if os.path.isdir(os.path.join(candidate, "train_npz")) or os.path.isdir(os.path.join(candidate, "test_vol_h5")):
             return "transunet", candidate
@@ -159,18 +155,10 @@ def _write_datalist(out: str, entries: dict[int, dict], split: dict[str, list[in
 
 def _check_rawdata_case(image: str, label_in: str, verify: bool) -> np.ndarray:
     """The BTCV label array of one RawData case after the checks; raises InputError naming the file and rule."""
-    import nibabel as nib
+    from vmunet_monai.data.volumes import check_volume_pair
+    from vmunet_monai.validation import check_label_values
 
-    from vmunet_monai.validation import check_label_values, check_same_size, input_error, read_volume
-
-    if not os.path.exists(label_in):
-        raise input_error(label_in, f"no such file (the label of {image})", "every image needs its label")
-    image_shape, _ = read_volume(image, read_data=verify)
-    label_shape, label = read_volume(label_in, read_data=True)
-    check_same_size(image, image_shape, label_in, label_shape, what="label")
-    if not np.allclose(nib.load(image).affine, nib.load(label_in).affine, atol=1e-3):
-        raise input_error(label_in, f"its affine differs from the image {image}",
-                          "an image and its label must share one grid")
+    label = check_volume_pair(image, label_in, verify)
     check_label_values(label, label_in, num_classes=14)  # the 13 BTCV organs and background
     return map_btcv_labels(label)
 
@@ -340,7 +328,7 @@ def _convert_case(case, image, label, spacing, out, img_dir, lab_dir) -> dict:
 
 def prepare(
     raw: str, out: str, num_val: int | None = None, seed: int = 0, spacing: Sequence[float] | None = None,
-    verify: bool = True,
+    verify: bool = True, layout: str = "auto", classes: str | None = None, test_fraction: float = 0.2,
 ) -> str:
     """Write ``out/datalist.json`` from Synapse RawData, its imagesTr/labelsTr form or the TransUNet npz/h5
     release (detected from the layout).
@@ -360,6 +348,10 @@ def prepare(
             grids, label values outside 0-13; for the TransUNet release an unreadable file, slices
             of different shapes or labels outside 0-8) is skipped, named on stderr and listed under
             ``skipped`` in the datalist.
+        layout: ``"btcv"`` (RawData, imagesTr/labelsTr of BTCV, the TransUNet release), ``"folders"`` (your own
+            CT volumes and classes, :mod:`vmunet_monai.data.volumes`) or ``"auto"`` (BTCV when found, else folders).
+        classes: folders: names of the label values 1, 2, ... separated by commas (default: dataset.json).
+        test_fraction: folders without a labelled test set: share of the cases held out for testing.
 
     Returns:
         The path of the datalist.
@@ -369,10 +361,27 @@ def prepare(
         vmunet_monai.validation.InputError: if no case can be used, or OUT is inside a folder the data is read from.
     """
     from vmunet_monai.data.common import check_prepare_output
+    from vmunet_monai.data.folders import choose_layout, refuse_options
+    from vmunet_monai.data.volumes import EXPECTED as VOLUME_LAYOUT
+    from vmunet_monai.data.volumes import find_volume_layout, prepare_volumes
 
+    try:
+        found = _find_layout(raw) if layout != "folders" else None
+    except FileNotFoundError:
+        if layout == "btcv":
+            raise
+        found = None
+    if choose_layout(layout, "btcv", found is not None, raw,
+                     "BTCV (RawData/Training/{img,label}, imagesTr/img00XX with labelsTr/label00XX, or the TransUNet "
+                     "release)", find=find_volume_layout, own_layout=VOLUME_LAYOUT):
+        refuse_options("folders", {"spacing": spacing} if spacing is not None else {}, "the TransUNet release's")
+        return prepare_volumes(raw, out, num_val=num_val, seed=int(seed), verify=bool(verify), classes=classes,
+                               test_fraction=test_fraction)
+    given = {"classes": (classes, None), "test_fraction": (test_fraction, 0.2)}
+    refuse_options("btcv", {k: v for k, (v, default) in given.items() if v != default}, "the folders")
     if isinstance(spacing, str):
         spacing = [float(s) for s in spacing.split(",")]
-    layout, root = _find_layout(raw)
+    layout, root = found
     read_from = (list(_volume_dirs(layout, root)) if layout != "transunet"
                  else [os.path.join(root, "train_npz"), os.path.join(root, "test_vol_h5")])
     check_prepare_output(read_from, out)

@@ -1,0 +1,158 @@
+"""Your own CT volumes and classes through the synapse_multiorgan bundle: the Decathlon / nnU-Net layouts,
+class names, skipped cases, and a bundle trained, evaluated and run on two classes of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from vmunet_monai.data import prepare, synapse
+from vmunet_monai.data.common import DatasetLayoutError, check_num_classes, datalist_classes
+from vmunet_monai.validation import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "synapse_multiorgan" / "configs"
+TINY = {"network_def#dims": [8, 16, 32, 64], "network_def#depths": [1, 1, 1, 1],
+        "network_def#depths_decoder": [1, 1, 1, 1], "network_def#d_state": 4, "epochs": 1, "iterations_per_epoch": 2,
+        "val_interval": 1, "num_workers": 0, "roi_size": [32, 32], "slices_per_volume": 2, "volumes_per_batch": 2,
+        "sw_batch_size": 4}
+
+
+def _own_dataset(root: Path, cases: int = 6, naming: str = "nnunet", shape=(40, 40, 10), seed: int = 0) -> Path:
+    """Synthetic CT whose labels keep two organs of their own: 1 liver, 2 spleen (BTCV 6 and 1)."""
+    demo = synapse.demo_data(str(root / "demo"), num=max(cases, 4), seed=seed, shape=shape)
+    raw = root / "own" / "Task01_Abdomen"
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "labelsTr").mkdir()
+    for i, name in enumerate(sorted(os.listdir(os.path.join(demo, "Training", "img")))[:cases]):
+        image = nib.load(os.path.join(demo, "Training", "img", name))
+        btcv = np.asarray(nib.load(os.path.join(demo, "Training", "label", name.replace("img", "label"))).dataobj)
+        own = np.zeros_like(btcv, dtype=np.uint8)
+        own[btcv == 6], own[btcv == 1] = 1, 2
+        case = f"abd_{i:03d}"
+        image_name = f"{case}_0000.nii.gz" if naming == "nnunet" else f"{case}.nii.gz"
+        nib.save(image, raw / "imagesTr" / image_name)
+        nib.save(nib.Nifti1Image(own, image.affine), raw / "labelsTr" / f"{case}.nii.gz")
+    return raw
+
+
+def _datalist(out: Path) -> dict:
+    return json.loads((out / "datalist.json").read_text())
+
+
+def test_nnunet_layout_with_dataset_json_names(tmp_path, capsys):
+    raw = _own_dataset(tmp_path, cases=7)
+    (raw / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "spleen": 2}}))
+    first = raw / "imagesTr" / "abd_000_0000.nii.gz"
+    (raw / "imagesTr" / "abd_000_0001.nii.gz").write_bytes(first.read_bytes())  # a second channel
+    for folder in ("imagesTr", "labelsTr"):  # macOS archive companions: hidden, not volumes, not reported
+        (raw / folder / "._abd_002.nii.gz").write_bytes(b"\0" * 4096)
+    label = nib.load(raw / "labelsTr" / "abd_001.nii.gz")
+    bad = np.asarray(label.dataobj).copy()
+    bad[0, 0, 0] = 3  # a value that dataset.json does not name
+    nib.save(nib.Nifti1Image(bad, label.affine), raw / "labelsTr" / "abd_001.nii.gz")
+    out = tmp_path / "out"
+    prepare("synapse_multiorgan", str(tmp_path / "own"), str(out), num_val=1)  # the folder above is enough
+    doc = _datalist(out)
+    assert doc["meta"]["labels"] == {"0": "background", "1": "liver", "2": "spleen"}
+    assert doc["meta"]["num_classes"] == 3
+    assert datalist_classes(out) == {1: "liver", 2: "spleen"}
+    cases = [c["case"] for k in ("training", "validation", "test") for c in doc[k]]
+    assert sorted(cases) == [f"abd_{i:03d}" for i in (0, 2, 3, 4, 5, 6)]
+    assert [len(doc[k]) for k in ("training", "validation", "test")] == [4, 1, 1]
+    reasons = {Path(s["file"]).name: s["reason"] for s in doc["meta"]["skipped"]}
+    assert "channel 1 of case abd_000" in reasons["abd_000_0001.nii.gz"]
+    assert "label values 3 are outside the classes" in reasons["abd_001_0000.nii.gz"]
+    out_text = capsys.readouterr().out
+    assert "train, evaluate and predict with --num_classes 3" in out_text
+    check_num_classes(out, 3)
+    with pytest.raises(InputError, match=r"names 3 classes \(background, liver, spleen\) but num_classes is 9 "
+                                         r"\(the network's outputs\): add --num_classes 3"):
+        check_num_classes(out, 9)
+
+
+def test_class_names_from_the_values_or_the_option_and_a_labelled_test_folder(tmp_path):
+    raw = _own_dataset(tmp_path, cases=6, naming="plain")
+    (raw / "imagesTs").mkdir()
+    (raw / "labelsTs").mkdir()
+    for name in ("abd_004", "abd_005"):  # move two cases into a labelled test set
+        (raw / "imagesTr" / f"{name}.nii.gz").rename(raw / "imagesTs" / f"{name}.nii.gz")
+        (raw / "labelsTr" / f"{name}.nii.gz").rename(raw / "labelsTs" / f"{name}_seg.nii.gz")
+    prepare("synapse_multiorgan", str(raw), str(tmp_path / "a"))
+    doc = _datalist(tmp_path / "a")
+    assert doc["meta"]["labels"] == {"0": "background", "1": "class_1", "2": "class_2"}
+    assert [c["case"] for c in doc["test"]] == ["abd_004", "abd_005"]
+    assert len(doc["training"]) == 3 and len(doc["validation"]) == 1
+    prepare("synapse_multiorgan", str(raw), str(tmp_path / "b"), classes="liver,spleen,kidney left")
+    assert datalist_classes(tmp_path / "b") == {1: "liver", 2: "spleen", 3: "kidney_left"}
+    (raw / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "organs": [1, 2]}}))
+    with pytest.raises(InputError, match=r"dataset.json: labels entry 'organs': \[1, 2\] is not one value and one "
+                                         r"name .*give --classes"):
+        prepare("synapse_multiorgan", str(raw), str(tmp_path / "c"))
+
+
+def test_layout_choice_and_options_of_the_other_layout(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetLayoutError, match=r"neither BTCV .* nor your own folders \(imagesTr/ and labelsTr/"):
+        prepare("synapse_multiorgan", str(empty), str(tmp_path / "o"))
+    with pytest.raises(FileNotFoundError, match="not a Synapse dataset"):
+        prepare("synapse_multiorgan", str(empty), str(tmp_path / "o"), layout="btcv")
+    demo = synapse.demo_data(str(tmp_path / "btcv"), num=4, seed=0, shape=(24, 24, 8))
+    with pytest.raises(InputError, match=r"--classes 'a,b': only for the folders layout.*read as btcv"):
+        prepare("synapse_multiorgan", demo, str(tmp_path / "o"), classes="a,b")
+    raw = _own_dataset(tmp_path / "x", cases=4)
+    with pytest.raises(InputError, match=r"--spacing .*only for the TransUNet release's layout.*read as folders"):
+        prepare("synapse_multiorgan", str(raw), str(tmp_path / "o"), spacing="1,1,3")
+    with pytest.raises(DatasetLayoutError, match=r"4 usable cases cannot give test, validation \(--num_val 3\)"):
+        prepare("synapse_multiorgan", str(raw), str(tmp_path / "o"), num_val=3)
+
+
+def test_bundle_trains_evaluates_and_predicts_your_own_classes(tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    from vmunet_monai.predict import predict
+    from vmunet_monai.weights import CheckpointError
+
+    raw = _own_dataset(tmp_path, cases=6, shape=(48, 48, 12))
+    prepared = tmp_path / "prepared"
+    prepare("synapse_multiorgan", str(raw), str(prepared), classes="liver,spleen", num_val=2)
+
+    def workflow(configs, **over):
+        return ConfigWorkflow(config_file=[str(CONFIGS / c) for c in configs], meta_file=str(CONFIGS / "metadata.json"),
+                              logging_file=str(CONFIGS / "logging.conf"), workflow_type="train",
+                              bundle_root=str(tmp_path / "bundle"), dataset_dir=str(prepared), **TINY, **over)
+
+    wrong = workflow(["train.json"])
+    with pytest.raises(RuntimeError) as caught:  # MONAI wraps what a config expression raises
+        wrong.initialize()
+    assert isinstance(caught.value.__cause__, InputError)
+    assert "add --num_classes 3 to the bundle command" in str(caught.value.__cause__)
+    for configs in (["train.json"], ["train.json", "evaluate.json"]):
+        wf = workflow(configs, num_classes=3)
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+    summary = json.loads((tmp_path / "bundle" / "eval" / "summary.json").read_text())
+    assert summary["organs"] == ["liver", "spleen"] and summary["num_cases"] == 1
+    header = (tmp_path / "bundle" / "eval" / "per_case.csv").read_text().splitlines()[0].split(",")
+    assert {"dice_liver", "dice_spleen", "hd95_mm_spleen"} <= set(header) and "dice_aorta" not in header
+    from vmunet_monai.predict_volume import predict_volumes
+
+    volume = next((raw / "imagesTr").glob("*.nii.gz"))
+    weights = tmp_path / "bundle" / "models" / "model.pt"
+    tiny_net = {k: v for k, v in TINY.items() if k.startswith("network_def#")}
+    with pytest.raises(CheckpointError, match="its output layer has 3 classes against 9 here: it was trained with "
+                                              "--num_classes 3"):
+        predict_volumes(str(volume), str(tmp_path / "segs0"), checkpoint=str(weights), device="cpu", **tiny_net)
+    written = predict_volumes(str(volume), str(tmp_path / "segs"), checkpoint=str(weights), device="cpu",
+                              num_classes=3, roi_size=[32, 32], **tiny_net)
+    seg = np.asarray(nib.load(written[0]).dataobj)
+    assert seg.shape == nib.load(volume).shape and set(np.unique(seg)) <= {0, 1, 2}
+    with pytest.raises(InputError, match="--num_classes 3: only for synapse_multiorgan"):
+        predict("polyp_seg", str(volume), str(tmp_path / "segs2"), num_classes=3)

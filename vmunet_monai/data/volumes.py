@@ -1,0 +1,256 @@
+"""Your own labelled CT volumes, with your own classes, for the slice-wise ``synapse_multiorgan`` bundle.
+
+``prepare synapse_multiorgan RAW OUT`` reads this layout when RAW holds no BTCV download (or always,
+with ``--layout folders``). Found in RAW or one folder below it:
+
+=======================================  ======================================================
+folders                                  as written by
+=======================================  ======================================================
+``imagesTr/`` + ``labelsTr/``            the Medical Segmentation Decathlon and nnU-Net
+(+ ``imagesTs/`` + ``labelsTs/``)        (a labelled test set; ``imagesTs/`` alone is not used)
+``images/`` + ``labels/``                anything else (also ``image``/``label``, ``masks``)
+=======================================  ======================================================
+
+Volumes are NIfTI (``.nii.gz``, ``.nii``). A label is named like its image: ``X.nii.gz`` for an
+image ``X.nii.gz`` or, as nnU-Net names channels, ``X_0000.nii.gz``; ``X_seg``, ``X_label``,
+``X_mask`` and ``X_gt`` are found too. The bundle reads one channel, so nnU-Net's further channels
+(``_0001`` ...) are skipped and named. Label values are integers ``0..K`` (0 background); their
+names come from ``--classes liver,tumour`` (value 1, 2, ...), else from a ``dataset.json`` beside
+the folders (the Decathlon's ``{"1": "liver"}`` or nnU-Net's ``{"liver": 1}``), else ``class_1`` ...
+``class_K`` after the largest value found. The labels are used in place, unmapped.
+
+The datalist holds ``training``, ``validation`` and ``test`` lists of ``{"case", "image", "label"}``,
+``labels`` (value -> name, background included) and ``num_classes``: the bundle is then run with
+``--num_classes`` equal to it (training refuses another value, naming both).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+
+from vmunet_monai.data.common import DatasetLayoutError, check_prepare_output, report_skipped, write_datalist
+from vmunet_monai.validation import InputError, check_label_values, input_error
+
+__all__ = ["find_volume_layout", "prepare_volumes", "check_volume_pair", "class_names"]
+
+_PAIRS = (("imagesTr", "labelsTr"), ("images", "labels"), ("image", "label"), ("images", "masks"),
+          ("volumes", "labels"), ("imgs", "labels"), ("img", "label"))
+_LABEL_SUFFIXES = ("", "_seg", "_label", "_mask", "_gt")
+_CHANNEL = re.compile(r"^(.*)_(\d{4})$")
+EXPECTED = ("imagesTr/ and labelsTr/ (Decathlon, nnU-Net; with imagesTs/ and labelsTs/ for a labelled test set) "
+            "or images/ and labels/ of NIfTI volumes")
+
+
+def _stem(name: str) -> str | None:
+    lower = name.lower()
+    for ext in (".nii.gz", ".nii"):
+        if lower.endswith(ext):
+            return name[: -len(ext)]
+    return None
+
+
+def _children(folder: Path) -> dict[str, Path]:
+    return {p.name.lower(): p for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else {}
+
+
+def _layout_at(folder: Path) -> dict | None:
+    children = _children(folder)
+    for images, labels in _PAIRS:
+        if images.lower() in children and labels.lower() in children:
+            layout = {"train": (children[images.lower()], children[labels.lower()]), "test": None}
+            if "imagests" in children and "labelsts" in children:
+                layout["test"] = (children["imagests"], children["labelsts"])
+            return layout
+    return None
+
+
+def find_volume_layout(raw: str | os.PathLike) -> tuple[Path, dict]:
+    """The folder (``raw`` or one just below it) holding image and label folders, and
+    ``{"train": (images, labels), "test": (images, labels) or None}``.
+
+    Raises:
+        DatasetLayoutError: when there is none.
+    """
+    raw = Path(raw)
+    if not raw.is_dir():
+        raise DatasetLayoutError(f"{raw}: not a folder (expected {EXPECTED})")
+    for folder in [raw] + sorted(p for p in raw.iterdir() if p.is_dir()):
+        layout = _layout_at(folder)
+        if layout is not None:
+            return folder, layout
+    raise DatasetLayoutError(f"{raw}: no image and label folders found; expected {EXPECTED}")
+
+
+def _pair(images: Path, labels: Path, skipped: list[dict]) -> list[tuple[str, Path, Path]]:
+    """(case, image, label) for every image volume with a label; the others are added to ``skipped``."""
+    # names starting with a dot are hidden files (the "._X" companions macOS writes into archives), not volumes
+    by_stem = {s: p for p in labels.iterdir()
+               if p.is_file() and not p.name.startswith(".") and (s := _stem(p.name)) is not None}
+    found = []
+    for path in sorted(images.iterdir(), key=lambda p: p.name):
+        stem = _stem(path.name) if path.is_file() and not path.name.startswith(".") else None
+        if stem is None:
+            continue
+        match = _CHANNEL.match(stem)
+        case, channel = (match.group(1), int(match.group(2))) if match and stem not in by_stem else (stem, 0)
+        if channel:
+            skipped.append({"file": str(path), "reason": input_error(
+                path, f"is channel {channel} of case {case} (nnU-Net naming)",
+                "the bundle reads one channel per case: the _0000 file").args[0]})
+            continue
+        candidates = [case + s for s in _LABEL_SUFFIXES]
+        if case.startswith("img"):  # BTCV's img0001 / label0001
+            candidates.append("label" + case[3:])
+        label = next((by_stem[c] for c in candidates if c in by_stem), None)
+        if label is None:
+            skipped.append({"file": str(path), "reason": input_error(
+                path, f"no label in {labels}", f"a label named {case}.nii.gz (or {case}_seg, _label, _mask, _gt)"
+            ).args[0]})
+            continue
+        found.append((case, path, label))
+    return found
+
+
+def check_volume_pair(image: str | os.PathLike, label: str | os.PathLike, verify: bool = True) -> np.ndarray:
+    """Read a CT volume's header (all of it with ``verify``) and its whole label, and check they share one grid.
+
+    Returns:
+        the label voxels.
+
+    Raises:
+        InputError: a missing or unreadable file, 2D or several channels, NaN voxels, another size or affine.
+    """
+    import nibabel as nib
+
+    from vmunet_monai.validation import check_same_size, read_volume
+
+    if not os.path.exists(label):
+        raise input_error(label, f"no such file (the label of {image})", "every image needs its label")
+    image_shape, _ = read_volume(image, read_data=verify)
+    label_shape, voxels = read_volume(label, read_data=True)
+    check_same_size(image, image_shape, label, label_shape, what="label")
+    if not np.allclose(nib.load(image).affine, nib.load(label).affine, atol=1e-3):
+        raise input_error(label, f"its affine differs from the image {image}",
+                          "an image and its label must share one grid")
+    return voxels
+
+
+def class_names(classes: str | list | tuple | None, root: Path) -> dict[int, str] | None:
+    """Label value -> name (background left out) from ``classes`` or ``root/dataset.json``; None if neither.
+
+    Raises:
+        InputError: for an empty name, or a dataset.json whose labels are not value -> name pairs.
+    """
+    if classes:
+        names = [c.strip() for c in (classes.split(",") if isinstance(classes, str) else classes)]
+        if not all(names):
+            raise InputError(f"--classes {classes!r}: a class name is empty (give names for the values 1, 2, ... "
+                             "separated by commas)")
+        return {i + 1: names[i].replace(" ", "_") for i in range(len(names))}
+    path = root / "dataset.json"
+    if not path.is_file():
+        return None
+    try:
+        labels = json.loads(path.read_text()).get("labels")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise InputError(f"{path}: not a JSON object with a 'labels' entry ({exc})") from None
+    if not isinstance(labels, dict) or not labels:
+        return None
+    pairs = {}
+    for key, value in labels.items():
+        if str(key).isdigit() and isinstance(value, str):  # Decathlon: "1": "liver"
+            pairs[int(key)] = value
+        elif isinstance(value, int) and not isinstance(value, bool):  # nnU-Net v2: "liver": 1
+            pairs[value] = key
+        else:
+            raise InputError(f"{path}: labels entry {key!r}: {value!r} is not one value and one name (regions, as "
+                             "nnU-Net's lists of values, are not classes; give --classes)")
+    return {v: n.replace(" ", "_") for v, n in sorted(pairs.items()) if v != 0}
+
+
+def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 0, verify: bool = True,
+                    classes: str | None = None, test_fraction: float = 0.2) -> str:
+    """Write ``out/datalist.json`` from your own CT volumes and labels (the layouts of the module docstring).
+
+    Args:
+        raw: the folder holding the image and label folders (or the folder above it).
+        out: output folder for datalist.json.
+        num_val: validation cases drawn (seeded) from the training cases; default one in six (at least one).
+        seed: seed of the test and validation draws.
+        verify: decode every image volume too, not only its header; labels are always read.
+        classes: names of the label values 1, 2, ... separated by commas (default: dataset.json, else
+            class_1 ... after the largest value found).
+        test_fraction: share of the cases held out for testing when there is no labelled test folder.
+
+    Returns:
+        the datalist path.
+
+    Raises:
+        DatasetLayoutError: no layout, or too few usable cases for three splits.
+        InputError: OUT inside the data, bad ``classes`` or dataset.json, bad ``test_fraction``/``num_val``.
+    """
+    from tqdm import tqdm
+
+    root, layout = find_volume_layout(raw)
+    folders = [d for pair in (layout["train"], layout["test"]) if pair for d in pair]
+    check_prepare_output(folders, out)
+    if not 0 <= float(test_fraction) < 1:
+        raise InputError(f"--test_fraction {test_fraction}: must be at least 0 and below 1")
+    names = class_names(classes, root)
+    skipped: list[dict] = []
+    parts = {"pool": _pair(*layout["train"], skipped)}
+    if layout["test"]:
+        parts["test"] = _pair(*layout["test"], skipped)
+    checked: dict[str, list[dict]] = {}
+    largest = 0
+    for part, cases in parts.items():
+        checked[part] = []
+        for case, image, label in tqdm(cases, desc=f"checking {part} cases", disable=not cases):
+            try:
+                voxels = check_volume_pair(image, label, verify)
+                check_label_values(voxels, label, num_classes=max(names) + 1 if names else 256)
+            except InputError as exc:  # one broken case does not stop the others
+                skipped.append({"file": str(image), "reason": str(exc)})
+                continue
+            largest = max(largest, int(np.max(voxels)))
+            checked[part].append({"case": case, "image": str(image), "label": str(label)})
+    if names is None:
+        names = {v: f"class_{v}" for v in range(1, largest + 1)}
+    names = {v: names.get(v, f"class_{v}") for v in range(1, max(names) + 1)} if names else {}
+    if not names:
+        raise DatasetLayoutError(f"{root}: every label is empty (only 0); nothing to learn")
+    pool = checked["pool"]
+    random.Random(seed).shuffle(pool)
+    if "test" in checked and checked["test"]:
+        test, how = checked["test"], "test: the labelled test folder"
+    else:
+        n_test = max(1, round(test_fraction * len(pool))) if test_fraction > 0 else 0
+        test, pool = pool[:n_test], pool[n_test:]
+        how = f"test: {test_fraction:g} of the cases (seed {seed})"
+    n_val = max(1, round(len(pool) / 6)) if num_val is None else int(num_val)
+    if not test or not 1 <= n_val < len(pool):
+        raise DatasetLayoutError(
+            f"{root}: {len(pool) + len(test)} usable cases cannot give test, validation (--num_val {n_val}) and "
+            f"training cases (at least one each)" + (f"; first skipped: {skipped[0]['reason']}" if skipped else ""))
+    rest = sorted(pool, key=lambda c: c["case"])
+    random.Random(seed + 1).shuffle(rest)
+    val, train = rest[:n_val], rest[n_val:]
+    order = lambda items: sorted(items, key=lambda c: c["case"])  # noqa: E731
+    labels = {"0": "background", **{str(v): n for v, n in names.items()}}
+    path = write_datalist(
+        out, {"training": order(train), "validation": order(val), "test": order(test)},
+        {"dataset": f"{root.resolve().name} (your own CT volumes)", "importer": "vmunet_monai.data.volumes",
+         "layout": "folders", "raw": str(root.resolve()), "labels": labels, "num_classes": len(labels),
+         "how": f"{how}; validation: {n_val} of the rest (seed {seed + 1})", "seed": seed, "skipped": skipped},
+    )
+    report_skipped(skipped, "case")
+    print(f"{root.name}: {len(train)} training, {len(val)} validation, {len(test)} test cases, "
+          f"{len(labels)} classes ({', '.join(labels.values())}) -> {path}\n"
+          f"train, evaluate and predict with --num_classes {len(labels)}")
+    return path
