@@ -211,7 +211,8 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
     largest = 0
     for part, cases in parts.items():
         checked[part] = []
-        for case, image, label in tqdm(cases, desc=f"checking {part} cases", disable=not cases):
+        for case, image, label in tqdm(cases, desc="checking test cases" if part == "test" else "checking cases",
+                                      disable=not cases):
             try:
                 voxels = check_volume_pair(image, label, verify)
                 check_label_values(voxels, label, num_classes=max(names) + 1 if names else 256)
