@@ -156,3 +156,27 @@ def test_bundle_trains_evaluates_and_predicts_your_own_classes(tmp_path):
     assert seg.shape == nib.load(volume).shape and set(np.unique(seg)) <= {0, 1, 2}
     with pytest.raises(InputError, match="--num_classes 3: only for synapse_multiorgan"):
         predict("polyp_seg", str(volume), str(tmp_path / "segs2"), num_classes=3)
+
+
+@pytest.mark.parametrize("config, pipeline", [("train.json", "train#preprocessing"), ("inference.json", "preprocessing")])
+def test_hu_window_sets_the_intensity_window_of_training_and_inference(config, pipeline):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / config))
+    assert parser["hu_window"] == [-125, 275]  # the Synapse protocol's abdominal window
+    parser["hu_window"] = [-200, 300]
+    transforms = parser.get_parsed_content(pipeline).transforms
+    scale = next(t for t in transforms if type(t).__name__ == "ScaleIntensityRanged").scaler
+    assert (scale.a_min, scale.a_max, scale.b_min, scale.b_max, scale.clip) == (-200, 300, 0.0, 1.0, True)
+
+
+def test_predict_hu_window_values(tmp_path):
+    from vmunet_monai.predict import _window, predict
+
+    assert _window("-200,300") == _window("[-200, 300]") == _window((-200, 300)) == [-200.0, 300.0]
+    for bad, rule in (("300,-200", "low end must be below"), ("1,2,3", "two numbers"), ("a,b", "two numbers")):
+        with pytest.raises(InputError, match=rule):
+            _window(bad)
+    with pytest.raises(InputError, match=r"--hu_window \[-200, 300\]: only for synapse_multiorgan"):
+        predict("isic_skin_lesion", str(tmp_path), str(tmp_path / "out"), hu_window=[-200, 300])
