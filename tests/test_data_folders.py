@@ -79,6 +79,23 @@ def test_train_val_and_test_sets(tmp_path):
     assert doc["meta"]["test_sets"] == {"CentreA": 3, "CentreB": 2}
     assert [it["dataset"] for it in doc["test"]] == ["CentreA"] * 3 + ["CentreB"] * 2
     assert doc["meta"]["mask_suffixes"] and set(doc["meta"]["mask_suffixes"].values()) == {""}
+    preview = Image.open(out / "preview.png")  # images with their masks, every split shown
+    assert preview.size[0] > 600 and preview.size[1] > 250
+
+
+def test_a_preview_that_fails_does_not_stop_the_import(tmp_path, capsys, monkeypatch):
+    from vmunet_monai.data import preview
+
+    def broken(*args, **kwargs):
+        raise MemoryError("no room for a picture")
+
+    monkeypatch.setattr(preview, "_preview_2d", broken)
+    rng = np.random.default_rng(6)
+    raw = tmp_path / "raw"
+    _write_pairs(raw / "images", raw / "masks", [f"p{i}" for i in range(6)], rng)
+    prepare("polyp_seg", str(raw), str(tmp_path / "out"))
+    assert (tmp_path / "out" / "datalist.json").is_file() and not (tmp_path / "out" / "preview.png").exists()
+    assert f"note: no {tmp_path / 'out' / 'preview.png'} (MemoryError: no room for a picture)" in capsys.readouterr().err
 
 
 def test_missing_splits_are_carved_and_unlabelled_test_images_are_left_out(tmp_path, capsys):

@@ -70,6 +70,7 @@ def test_nnunet_layout_with_dataset_json_names(tmp_path, capsys):
     assert "label values 3 are outside the classes" in reasons["abd_001_0000.nii.gz"]
     out_text = capsys.readouterr().out
     assert "train, evaluate and predict with --num_classes 3" in out_text
+    assert f"preview: {out / 'preview.png'}" in out_text and (out / "preview.png").stat().st_size > 10_000
     check_num_classes(out, 3)
     with pytest.raises(InputError, match=r"names 3 classes \(background, liver, spleen\) but num_classes is 9 "
                                          r"\(the network's outputs\): add --num_classes 3"):

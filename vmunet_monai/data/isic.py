@@ -47,6 +47,7 @@ from vmunet_monai.data.common import (
     write_datalist,
 )
 from vmunet_monai.data.folders import choose_layout, prepare_folders, refuse_options
+from vmunet_monai.data.preview import write_preview
 
 __all__ = ["prepare", "demo_data", "find_isic_folders"]
 
@@ -220,7 +221,9 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
          "raw": str(Path(raw).resolve()), "split": split, "how": how, "seed": seed, "skipped": skipped},
     )
     report_skipped(skipped, "image")
-    print(f"ISIC {year}: {len(train)} training, {len(val)} validation, {len(test)} test images -> {path}")
+    summary = f"ISIC {year}: {len(train)} training, {len(val)} validation, {len(test)} test images"
+    preview = write_preview(out, {"training": train, "validation": val, "test": test}, summary)
+    print(f"{summary} -> {path}" + (f"\npreview: {preview}" if preview else ""))
     return path
 
 

@@ -36,6 +36,7 @@ from vmunet_monai.data.common import (
     write_datalist,
 )
 from vmunet_monai.data.folders import choose_layout, prepare_folders, refuse_options
+from vmunet_monai.data.preview import write_preview
 
 __all__ = ["TEST_SETS", "prepare", "demo_data", "find_pranet_root"]
 
@@ -154,7 +155,9 @@ def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0, verify
     )
     report_skipped(skipped, "image")
     note = f" (missing: {', '.join(missing)})" if missing else ""
-    print(f"polyp: {len(train)} training, {len(val)} validation, test sets {counts}{note} -> {path}")
+    summary = f"polyp: {len(train)} training, {len(val)} validation, test sets {counts}{note}"
+    preview = write_preview(out, {"training": train, "validation": val, "test": test}, summary)
+    print(f"{summary} -> {path}" + (f"\npreview: {preview}" if preview else ""))
     return path
 
 
