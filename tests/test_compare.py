@@ -204,3 +204,33 @@ def test_baseline_overlays_swap_the_network_and_keep_everything_apart(bundle, ba
     config = json.loads(open(overlay).read())["network_def"]
     kwargs = {k: v for k, v in config.items() if k not in ("_target_", "in_channels", "out_channels")}
     assert {k: list(v) if isinstance(v, tuple) else v for k, v in benchmark.BASELINE_ARGS[baseline].items()} == kwargs
+
+
+def test_evaluations_record_their_environment_and_compare_notes_a_difference(tmp_path, capsys):
+    from vmunet_monai.doctor import ENVIRONMENT_KEYS
+    from vmunet_monai.evaluation.ct import _write_outputs
+
+    first = _binary_eval(tmp_path / "first", 0.05, 1)
+    environment = json.loads((first / "metrics_test_summary.json").read_text())["environment"]
+    assert set(ENVIRONMENT_KEYS) <= set(environment)
+    assert environment["torch"] == torch.__version__ and environment["scan_backend"] in ("cpu", "torch")
+    assert environment["deterministic_algorithms"] is torch.are_deterministic_algorithms_enabled()
+    second = _binary_eval(tmp_path / "second", 0.1, 2)
+    run_compare([str(first), str(second)], labels="a,b")
+    assert "different environments" not in capsys.readouterr().out  # the same process: nothing to say
+    summary_path = second / "metrics_test_summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["environment"].update(device="NVIDIA H100 80GB HBM3 (cuda:0)", scan_backend="mamba_ssm")
+    summary_path.write_text(json.dumps(summary))
+    result = run_compare([str(first), str(second)], labels="a,b")
+    assert set(result["environment_differences"]) == {"device", "scan_backend"}
+    assert result["environment_differences"]["scan_backend"]["b"] == "mamba_ssm"
+    out = capsys.readouterr().out
+    assert "note: the runs were evaluated in different environments (device: a " in out
+    assert "scan_backend: a " in out and "b mamba_ssm" in out
+    # Synapse evaluations record it too
+    rows = [{"case": "0001", "dice": {"liver": 0.9}, "hd95_mm": {"liver": 2.0}, "status": {"liver": "scored"}}]
+    ct_dir = tmp_path / "ct"
+    ct_dir.mkdir()
+    assert _write_outputs(rows, str(ct_dir), "")["environment"]["torch"] == torch.__version__
+    assert json.loads((ct_dir / "summary.json").read_text())["environment"]["vmunet_monai"]

@@ -9,7 +9,11 @@ import os
 import platform
 import sys
 
-__all__ = ["report"]
+__all__ = ["report", "environment", "ENVIRONMENT_KEYS"]
+
+# what can change a result between two runs of the same model: compared by ``compare``
+ENVIRONMENT_KEYS = ("device", "scan_backend", "deterministic_algorithms", "vmunet_monai", "torch", "cuda", "monai",
+                    "triton", "mamba_ssm")
 
 _PACKAGES = ("torch", "monai", "pytorch-ignite", "numpy", "nibabel", "SimpleITK", "itk", "triton", "mamba-ssm",
              "causal-conv1d")
@@ -34,6 +38,40 @@ def _devices() -> list[str]:
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
         lines.append(f"CUDA: no device visible (torch is {build})")
     return lines
+
+
+def environment() -> dict:
+    """Versions, the device and the scan backend of this process, as evaluations record them next to their numbers.
+
+    The device is the GPU in use when CUDA has been initialised (the evaluation ran there), else the CPU.
+    """
+    import torch
+
+    from vmunet_monai import __version__
+    from vmunet_monai.ops import resolve_backend
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        index = torch.cuda.current_device()
+        kind, device = "cuda", f"{torch.cuda.get_device_name(index)} (cuda:{index})"
+    else:
+        kind, device = "cpu", f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    try:
+        backend = resolve_backend(kind)
+    except Exception as exc:  # a bad $VMUNET_SCAN_BACKEND is recorded, not raised
+        backend = f"unresolved ({exc})"
+    return {
+        "device": device,
+        "scan_backend": backend,
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "vmunet_monai": __version__,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "monai": _version("monai"),
+        "triton": _version("triton"),
+        "mamba_ssm": _version("mamba-ssm"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def report() -> str:

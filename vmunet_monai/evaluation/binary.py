@@ -201,14 +201,18 @@ def _plot(summary: dict, records: Sequence[dict], path: Path) -> None:
 
 def write_report(records: Sequence[dict], output_dir: str | os.PathLike, prefix: str = "metrics",
                  title: str = "", plot: bool = True) -> dict[str, str]:
-    """Write ``<prefix>_per_image.csv``, ``<prefix>_summary.json`` and ``<prefix>.png`` under ``output_dir``.
+    """Write ``<prefix>_per_image.csv``, ``<prefix>_summary.json`` (with the run's ``environment``,
+    :func:`vmunet_monai.doctor.environment`) and ``<prefix>.png`` under ``output_dir``.
 
     Returns:
         paths by kind (``csv``, ``json``, ``plot``) and the ``summary`` dict itself under ``summary``.
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from vmunet_monai.doctor import environment
+
     summary = summarize(records, title)
+    summary["environment"] = environment()  # versions, device and scan backend behind these numbers
     csv_path = out / f"{prefix}_per_image.csv"
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["name", "group", "dice", "iou", "tp", "fp", "fn", "tn"])

@@ -344,6 +344,36 @@ def plot_comparison(result: dict, path: str | os.PathLike) -> str:
     return str(path)
 
 
+def run_environment(table_path: str | os.PathLike) -> dict | None:
+    """The ``environment`` an evaluation recorded in the summary beside its per-case table (``<prefix>_summary.json``
+    next to ``<prefix>_per_image.csv``, ``summary.json`` next to ``per_case.csv``); None if it has none."""
+    path = Path(table_path)
+    for suffix, summary in (("_per_image.csv", "_summary.json"), ("per_case.csv", "summary.json")):
+        if path.name.endswith(suffix):
+            candidate = path.with_name(path.name[: -len(suffix)] + summary)
+            try:
+                environment = json.loads(candidate.read_text()).get("environment")
+            except (OSError, ValueError, AttributeError):
+                return None
+            return environment if isinstance(environment, dict) else None
+    return None
+
+
+def environment_differences(models: Sequence[Model]) -> dict[str, dict[str, str]]:
+    """The environment entries (:data:`vmunet_monai.doctor.ENVIRONMENT_KEYS`) in which the runs differ:
+    entry -> {run: value}; runs whose evaluation recorded no environment are left out."""
+    from vmunet_monai.doctor import ENVIRONMENT_KEYS
+
+    recorded = {}
+    for model in models:
+        for i, table in enumerate(model.runs):
+            environment = run_environment(table.path)
+            if environment is not None:
+                recorded[model.label if len(model.runs) == 1 else f"{model.label} run {i + 1}"] = environment
+    return {key: {run: str(env.get(key)) for run, env in recorded.items()} for key in ENVIRONMENT_KEYS
+            if len({str(env.get(key)) for env in recorded.values()}) > 1}
+
+
 def _as_list(value) -> list[str]:
     """A comma-separated string, or the tuple fire makes of one, as a list of non-empty strings."""
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
@@ -380,7 +410,13 @@ def run_compare(runs: Sequence, labels="", metric: str = "dice", out: str | None
         raise InputError(f"compare: the labels {names} repeat; give distinct ones with --labels")
     models = [Model(label, [read_table(p) for p in spec]) for label, spec in zip(names, specs)]
     result = compare_models(models, metric=metric, seed=seed)
+    result["environment_differences"] = environment_differences(models)
     print(format_comparison(result))
+    if result["environment_differences"]:
+        listed = "; ".join(f"{key}: " + ", ".join(f"{run} {value}" for run, value in runs.items())
+                           for key, runs in result["environment_differences"].items())
+        print(f"note: the runs were evaluated in different environments ({listed}); a difference between them "
+              f"may come from there as well as from the models")
     if out:
         from vmunet_monai.evaluation.ct import _nan_to_none  # JSON has no NaN
 

@@ -369,7 +369,10 @@ def _case_name(meta_source) -> str:
 
 
 def _write_outputs(rows, output_dir: str, prefix: str) -> dict:
+    from vmunet_monai.doctor import environment
+
     summary = summarize(rows)
+    summary["environment"] = environment()  # versions, device and scan backend behind these numbers
     write_case_csv(rows, os.path.join(output_dir, f"{prefix}per_case.csv"))
     with open(os.path.join(output_dir, f"{prefix}summary.json"), "w") as f:
         json.dump(_nan_to_none(summary), f, indent=4)
