@@ -67,7 +67,7 @@ def test_train_val_and_test_sets(tmp_path):
     rng = np.random.default_rng(1)
     raw = tmp_path / "endo"
     _write_pairs(raw / "train" / "images", raw / "train" / "masks", [str(i) for i in range(10)], rng)
-    _write_pairs(raw / "valid" / "img", raw / "valid" / "gt", ["v1", "v2"], rng)
+    _write_pairs(raw / "valid" / "Original", raw / "valid" / "Ground Truth", ["v1", "v2"], rng)  # CVC-ClinicDB's
     for name, n in (("CentreA", 3), ("CentreB", 2)):
         _write_pairs(raw / "Test" / name / "images", raw / "Test" / name / "labels", [f"{name}_{i}" for i in range(n)],
                      rng, image_ext=".png")

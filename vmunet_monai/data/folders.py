@@ -14,8 +14,10 @@ splits          ``train/{images,masks}``, optional ``val/{images,masks}``   give
 test sets       ``test/<set>/{images,masks}`` (instead of test images)     each set reported apart
 ==============  ==========================================================  ===========================
 
-Accepted names: images in ``images``, ``image``, ``imgs``, ``img`` or ``inputs``; masks in ``masks``,
-``mask``, ``labels``, ``label``, ``gt``, ``groundtruth``, ``ground_truth`` or ``annotations``;
+Accepted names: images in ``images``, ``image``, ``imgs``, ``img``, ``inputs`` or ``original``; masks in
+``masks``, ``mask``, ``labels``, ``label``, ``gt``, ``groundtruth``, ``ground_truth``, ``ground truth`` or
+``annotations`` (so Kvasir-SEG's ``images``/``masks`` and CVC-ClinicDB's ``Original``/``Ground Truth`` are read as
+they come);
 ``train``/``training``, ``val``/``valid``/``validation`` and ``test``/``testing``. A mask is the
 file in the mask folder named after its image's stem plus a suffix, found by trying ``""``,
 ``"_mask"``, ``"_segmentation"``, ``"_seg"``, ``"_gt"``, ``"_label"`` and ``"-mask"`` and keeping
@@ -45,8 +47,8 @@ from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError
 __all__ = ["IMAGE_DIRS", "MASK_DIRS", "MASK_SUFFIXES", "choose_layout", "find_folders_layout", "prepare_folders",
            "refuse_options"]
 
-IMAGE_DIRS = ("images", "image", "imgs", "img", "inputs")
-MASK_DIRS = ("masks", "mask", "labels", "label", "gt", "groundtruth", "ground_truth", "annotations")
+IMAGE_DIRS = ("images", "image", "imgs", "img", "inputs", "original")  # "Original": CVC-ClinicDB
+MASK_DIRS = ("masks", "mask", "labels", "label", "gt", "groundtruth", "ground_truth", "ground truth", "annotations")
 MASK_SUFFIXES = ("", "_mask", "_segmentation", "_seg", "_gt", "_label", "-mask")
 _SPLITS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
