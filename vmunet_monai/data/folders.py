@@ -41,7 +41,7 @@ from vmunet_monai.data.common import (
     verify_pairs,
     write_datalist,
 )
-from vmunet_monai.data.preview import write_preview
+from vmunet_monai.data.preview import announce
 from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError
 
 __all__ = ["IMAGE_DIRS", "MASK_DIRS", "MASK_SUFFIXES", "choose_layout", "find_folders_layout", "prepare_folders",
@@ -269,8 +269,7 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
     report_skipped(skipped, "image")
     summary = (f"{name}: {len(train)} training, {len(val)} validation, {len(test)} test images"
                + (f" (test sets {test_sets})" if len(test_sets) > 1 else ""))
-    preview = write_preview(out, {"training": train, "validation": val, "test": test}, summary)
-    print(f"{summary} -> {path}" + (f"\npreview: {preview}" if preview else ""))
+    announce(out, path, {"training": train, "validation": val, "test": test}, summary)
     return path
 
 

@@ -47,7 +47,7 @@ from vmunet_monai.data.common import (
     write_datalist,
 )
 from vmunet_monai.data.folders import choose_layout, prepare_folders, refuse_options
-from vmunet_monai.data.preview import write_preview
+from vmunet_monai.data.preview import announce
 
 __all__ = ["prepare", "demo_data", "find_isic_folders"]
 
@@ -222,8 +222,7 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
     )
     report_skipped(skipped, "image")
     summary = f"ISIC {year}: {len(train)} training, {len(val)} validation, {len(test)} test images"
-    preview = write_preview(out, {"training": train, "validation": val, "test": test}, summary)
-    print(f"{summary} -> {path}" + (f"\npreview: {preview}" if preview else ""))
+    announce(out, path, {"training": train, "validation": val, "test": test}, summary)
     return path
 
 

@@ -36,7 +36,7 @@ from vmunet_monai.data.common import (
     write_datalist,
 )
 from vmunet_monai.data.folders import choose_layout, prepare_folders, refuse_options
-from vmunet_monai.data.preview import write_preview
+from vmunet_monai.data.preview import announce
 
 __all__ = ["TEST_SETS", "prepare", "demo_data", "find_pranet_root"]
 
@@ -156,8 +156,7 @@ def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0, verify
     report_skipped(skipped, "image")
     note = f" (missing: {', '.join(missing)})" if missing else ""
     summary = f"polyp: {len(train)} training, {len(val)} validation, test sets {counts}{note}"
-    preview = write_preview(out, {"training": train, "validation": val, "test": test}, summary)
-    print(f"{summary} -> {path}" + (f"\npreview: {preview}" if preview else ""))
+    announce(out, path, {"training": train, "validation": val, "test": test}, summary)
     return path
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PREVIEW_NAME", "write_preview"]
+__all__ = ["PREVIEW_NAME", "write_preview", "announce"]
 
 PREVIEW_NAME = "preview.png"
 _VOLUME_SUFFIXES = (".nii", ".nii.gz")
@@ -133,3 +133,10 @@ def write_preview(out: str | os.PathLike, splits: Mapping[str, Sequence[dict]], 
         print(f"note: no {path} ({type(exc).__name__}: {exc})", file=sys.stderr)
         return None
     return str(path)
+
+
+def announce(out: str | os.PathLike, datalist: str, splits: Mapping[str, Sequence[dict]], summary: str,
+             labels: Mapping[int, str] | None = None) -> None:
+    """The end of an import: write the preview, then print ``<summary> -> <datalist>`` and where the preview is."""
+    preview = write_preview(out, splits, summary, labels=labels)
+    print(f"{summary} -> {datalist}" + (f"\npreview: {preview}" if preview else ""))

@@ -146,14 +146,13 @@ def _write_datalist(out: str, entries: dict[int, dict], split: dict[str, list[in
     path = os.path.join(out, "datalist.json")
     with open(path, "w") as f:
         json.dump(datalist, f, indent=4)
-    from vmunet_monai.data.preview import write_preview
+    from vmunet_monai.data.preview import announce
 
     summary = (f"Synapse: {len(split['training'])} training, {len(split['validation'])} validation, "
                f"{len(split['test'])} test cases")
     absolute = {k: [{**e, "image": os.path.join(out, e["image"]), "label": os.path.join(out, e["label"])}
                     for e in datalist[k]] for k in ("training", "validation", "test")}
-    preview = write_preview(out, absolute, summary, labels=ORGANS)
-    print(f"wrote {path}: {summary[len('Synapse: '):]}" + (f"\npreview: {preview}" if preview else ""))
+    announce(out, path, absolute, summary, labels=ORGANS)
     return path
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from vmunet_monai.data.common import DatasetLayoutError, check_prepare_output, report_skipped, write_datalist
-from vmunet_monai.data.preview import write_preview
+from vmunet_monai.data.preview import announce
 from vmunet_monai.validation import InputError, check_label_values, input_error
 
 __all__ = ["find_volume_layout", "prepare_volumes", "check_volume_pair", "class_names"]
@@ -254,8 +254,7 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
     report_skipped(skipped, "case")
     summary = (f"{root.name}: {len(train)} training, {len(val)} validation, {len(test)} test cases, "
                f"{len(labels)} classes ({', '.join(labels.values())})")
-    preview = write_preview(out, {"training": order(train), "validation": order(val), "test": order(test)}, summary,
-                            labels=names)
-    print(f"{summary} -> {path}" + (f"\npreview: {preview}" if preview else "")
-          + f"\ntrain, evaluate and predict with --num_classes {len(labels)}")
+    announce(out, path, {"training": order(train), "validation": order(val), "test": order(test)}, summary,
+             labels=names)
+    print(f"train, evaluate and predict with --num_classes {len(labels)}")
     return path
