@@ -248,7 +248,8 @@ def check_checkpoint_fits(network: nn.Module, checkpoint) -> dict[str, torch.Ten
             if all(tuple(state[k].shape[1:]) == tuple(target[k].shape[1:]) for k in target
                    if k in state and tuple(state[k].shape) != tuple(target[k].shape)):
                 hint = (f"; its output layer has {trained} classes against {here} here: it was trained with "
-                        f"--num_classes {trained}, so give the same --num_classes")
+                        f"--num_classes {trained}, so give the same --num_classes, or set num_classes in a copy "
+                        f"of the bundle's configs")
         raise CheckpointError(
             f"{source}: does not fit this {type(module).__name__} ({'; '.join(parts)}) (the checkpoint must be a "
             f"state dict of the bundle's network_def, such as the models/model.pt its training wrote{hint})"
