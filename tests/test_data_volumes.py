@@ -181,3 +181,32 @@ def test_predict_hu_window_values(tmp_path):
             _window(bad)
     with pytest.raises(InputError, match=r"--hu_window \[-200, 300\]: only for synapse_multiorgan"):
         predict("isic_skin_lesion", str(tmp_path), str(tmp_path / "out"), hu_window=[-200, 300])
+
+
+def test_a_bundle_copy_with_your_classes_exports_and_predicts_without_options(tmp_path):
+    """The model card's recipe for sharing a model of your own classes: a copy of the bundle with num_classes
+    and channel_def set; export and predict then need no option."""
+    import torch
+    from tiny_bundles import make_tiny_bundle, save_weights
+
+    from vmunet_monai.export import export
+    from vmunet_monai.predict_volume import predict_volumes
+
+    root = make_tiny_bundle("synapse_multiorgan", tmp_path / "copy", size=32)
+    for name in ("train.json", "inference.json"):
+        config = json.loads((root / "configs" / name).read_text())
+        config["num_classes"] = 3
+        (root / "configs" / name).write_text(json.dumps(config, indent=4) + "\n")
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    meta["network_data_format"]["outputs"]["pred"].update(
+        num_channels=3, channel_def={"0": "background", "1": "liver", "2": "spleen"})
+    (root / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
+    save_weights(root)
+    result = export(str(root), format="torchscript")
+    assert result.max_abs_diff <= 1e-4
+    traced = torch.jit.load(str(result.path))
+    assert traced(torch.rand(1, 1, 32, 32)).shape == (1, 3, 32, 32)
+    raw = _own_dataset(tmp_path, cases=4, shape=(32, 32, 8))
+    volume = next((raw / "imagesTr").glob("*.nii.gz"))
+    written = predict_volumes(str(volume), str(tmp_path / "segs"), bundle_root=str(root), device="cpu")
+    assert set(np.unique(np.asarray(nib.load(written[0]).dataobj))) <= {0, 1, 2}
