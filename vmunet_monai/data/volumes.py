@@ -172,7 +172,7 @@ def class_names(classes: str | list | tuple | None, root: Path) -> dict[int, str
         else:
             raise InputError(f"{path}: labels entry {key!r}: {value!r} is not one value and one name (regions, as "
                              "nnU-Net's lists of values, are not classes; give --classes)")
-    return {v: n.replace(" ", "_") for v, n in sorted(pairs.items()) if v != 0}
+    return {v: n.replace(" ", "_") for v, n in sorted(pairs.items()) if v != 0} or None  # background alone: none
 
 
 def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 0, verify: bool = True,
