@@ -179,8 +179,8 @@ def test_predict_hu_window_values(tmp_path):
     for bad, rule in (("300,-200", "low end must be below"), ("1,2,3", "two numbers"), ("a,b", "two numbers")):
         with pytest.raises(InputError, match=rule):
             _window(bad)
-    with pytest.raises(InputError, match=r"--hu_window \[-200, 300\]: only for synapse_multiorgan"):
-        predict("isic_skin_lesion", str(tmp_path), str(tmp_path / "out"), hu_window=[-200, 300])
+    with pytest.raises(InputError, match=r"--window \[-200, 300\]: only for synapse_multiorgan"):
+        predict("isic_skin_lesion", str(tmp_path), str(tmp_path / "out"), window=[-200, 300])
 
 
 def test_a_bundle_copy_with_your_classes_exports_and_predicts_without_options(tmp_path):

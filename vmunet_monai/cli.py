@@ -201,7 +201,7 @@ class Commands:
 
     def predict(self, bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
                 baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
-                hu_window: tuple | None = None):
+                window: tuple | None = None):
         """Segment a file or a folder with BUNDLE's network and write masks (and overlays) to OUTPUT.
 
         Unusable files (empty, truncated, not an image, the wrong dimensionality, NaN values) are skipped and
@@ -223,13 +223,13 @@ class Commands:
                 bundle's network and weights; the rest of the bundle's inference stays the same.
             num_classes: synapse_multiorgan trained on your own CT classes: the --num_classes it was trained with
                 (prepare prints it; default 9, the Synapse organs and background).
-            hu_window: synapse_multiorgan trained with another --hu_window: the same "[low,high]" in HU (default
+            window: synapse_multiorgan trained with another --hu_window: that "[low,high]" in HU (default
                 [-125,275]).
         """
         from vmunet_monai.predict import predict
 
         predict(bundle, input, output, checkpoint=checkpoint, device=device, baseline=baseline, tta=tta, model=model,
-                num_classes=num_classes, hu_window=hu_window)
+                num_classes=num_classes, window=window)
 
     def export(self, bundle: str, format: str = "torchscript", checkpoint: str | None = None,
                output: str | None = None, tolerance: float = 1e-4):

@@ -68,20 +68,20 @@ def _planned(item: dict, output: Path, data_root: str) -> tuple[Path, Path]:
 
 
 def _window(value) -> list[float]:
-    """``--hu_window`` as two numbers, low below high (a string "-200,300" or "[-200,300]", or a pair)."""
+    """``--window`` as two numbers, low below high (a string "-200,300" or "[-200,300]", or a pair)."""
     items = value.strip("[]() ").split(",") if isinstance(value, str) else list(value)
     try:
         low, high = (float(v) for v in items)
     except (TypeError, ValueError):
-        raise InputError(f"--hu_window {value!r}: give two numbers in HU, low then high, e.g. [-200,300]") from None
+        raise InputError(f"--window {value!r}: give two numbers in HU, low then high, e.g. [-200,300]") from None
     if not low < high:
-        raise InputError(f"--hu_window {value!r}: the low end must be below the high end")
+        raise InputError(f"--window {value!r}: the low end must be below the high end")
     return [low, high]
 
 
 def predict(bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
             baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
-            hu_window=None):
+            window=None):
     """Write ``OUTPUT/masks/**/<stem>_mask.png`` and ``OUTPUT/overlays/**/<stem>_overlay.png`` for every
     image in ``input`` (a file or a folder, searched recursively; mask folders are skipped).
 
@@ -102,7 +102,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             first run once on the input size in ``metadata.json``.
         num_classes: ``synapse_multiorgan`` trained on your own classes: the ``--num_classes`` it was trained
             with (default: the bundle's 9).
-        hu_window: ``synapse_multiorgan`` trained with another ``--hu_window``: the same ``(low, high)`` in HU.
+        window: ``synapse_multiorgan`` trained with another ``--hu_window``: that ``(low, high)`` in HU (the
+            bundle's ``hu_window``).
 
     Returns:
         ``{"masks": [...], "overlays": [...], "skipped": [{"file", "reason"}, ...]}``: the paths written
@@ -121,12 +122,12 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
 
         bundle_root = str(find_bundle(bundle)) if (Path(str(bundle)) / "configs").is_dir() else None
         extra = {} if num_classes is None else {"num_classes": int(num_classes)}
-        if hu_window is not None:
-            extra["hu_window"] = _window(hu_window)
+        if window is not None:
+            extra["hu_window"] = _window(window)
         return predict_volumes(input, output, checkpoint=checkpoint, device=device, bundle_root=bundle_root,
                                baseline=baseline, tta=tta, model=model, **extra)
-    if num_classes is not None or hu_window is not None:
-        option = f"--num_classes {num_classes}" if num_classes is not None else f"--hu_window {hu_window}"
+    if num_classes is not None or window is not None:
+        option = f"--num_classes {num_classes}" if num_classes is not None else f"--window {window}"
         raise InputError(f"{option}: only for synapse_multiorgan (CT); the 2D bundles segment one class of "
                          "photographs")
 
