@@ -215,6 +215,18 @@ def test_every_command_line_option_is_described_whole():
             assert text.endswith((".", ")")), f"{name} --{param.name}: description cut short: ...{text[-60:]!r}"
 
 
+def test_no_option_takes_the_help_flag():
+    """fire gives an option whose first letter no other option shares a one-letter flag; ``-h`` is help's, so an
+    option starting with h would be listed as ``-h`` in ``--help`` while ``-h`` still shows help."""
+    import inspect
+
+    from vmunet_monai.cli import Commands
+
+    for name, fn in inspect.getmembers(Commands, inspect.isfunction):
+        params = [p for p in list(inspect.signature(fn).parameters)[1:]]
+        assert not [p for p in params if p.startswith("h")], f"{name}: {params}"
+
+
 def test_prepare_and_demo_data_help_lists_each_bundles_options():
     """The options that ``prepare --help`` and ``demo_data --help`` list per bundle are exactly those its
     importer and generator take."""
