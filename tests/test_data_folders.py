@@ -193,3 +193,21 @@ def test_bundle_trains_and_reports_each_test_set_of_a_folders_dataset(tmp_path):
     summary = json.loads((root / "eval" / "metrics_test_summary.json").read_text())
     assert list(summary["groups"]) == ["siteA", "siteB"]
     assert summary["overall"]["n_images"] == 4
+
+
+def test_several_datasets_are_not_guessed_and_a_macos_copy_is_not_a_dataset(tmp_path):
+    rng = np.random.default_rng(7)
+    raw = tmp_path / "downloads"
+    _write_pairs(raw / "Kvasir-SEG" / "images", raw / "Kvasir-SEG" / "masks", [f"k{i}" for i in range(6)], rng)
+    # the __MACOSX copy a macOS zip adds mirrors the tree (with ._ files): not a second dataset
+    for sub in ("images", "masks"):
+        (raw / "__MACOSX" / "Kvasir-SEG" / sub).mkdir(parents=True)
+        (raw / "__MACOSX" / "Kvasir-SEG" / sub / "._k0.jpg").write_bytes(b"\0" * 512)
+    prepare("polyp_seg", str(raw), str(tmp_path / "one"))
+    assert _datalist(tmp_path / "one")["meta"]["raw"].endswith("Kvasir-SEG")
+    _write_pairs(raw / "CVC-ClinicDB" / "Original", raw / "CVC-ClinicDB" / "Ground Truth", ["c0", "c1", "c2"], rng)
+    with pytest.raises(DatasetLayoutError, match=r"several datasets of images and masks \(.*CVC-ClinicDB, .*Kvasir-SEG\)"
+                                                 r"; give one of them as RAW"):
+        prepare("polyp_seg", str(raw), str(tmp_path / "two"))
+    prepare("polyp_seg", str(raw / "CVC-ClinicDB"), str(tmp_path / "cvc"), val_fraction=0.4, test_fraction=0.34)
+    assert len(_datalist(tmp_path / "cvc")["training"]) == 1

@@ -210,3 +210,13 @@ def test_a_bundle_copy_with_your_classes_exports_and_predicts_without_options(tm
     volume = next((raw / "imagesTr").glob("*.nii.gz"))
     written = predict_volumes(str(volume), str(tmp_path / "segs"), bundle_root=str(root), device="cpu")
     assert set(np.unique(np.asarray(nib.load(written[0]).dataobj))) <= {0, 1, 2}
+
+
+def test_several_decathlon_tasks_are_not_guessed(tmp_path):
+    first = _own_dataset(tmp_path / "a", cases=4, shape=(24, 24, 8))
+    second = tmp_path / "a" / "own" / "Task02_Other"
+    (second / "imagesTr").mkdir(parents=True)
+    (second / "labelsTr").mkdir()
+    with pytest.raises(DatasetLayoutError, match=r"several datasets of volumes and labels \(.*Task01_Abdomen, "
+                                                 r".*Task02_Other\); give one of them as RAW"):
+        prepare("synapse_multiorgan", str(first.parent), str(tmp_path / "o"))

@@ -44,8 +44,8 @@ from vmunet_monai.data.common import (
 from vmunet_monai.data.preview import announce
 from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError
 
-__all__ = ["IMAGE_DIRS", "MASK_DIRS", "MASK_SUFFIXES", "choose_layout", "find_folders_layout", "prepare_folders",
-           "refuse_options"]
+__all__ = ["LayoutNotFound", "IMAGE_DIRS", "MASK_DIRS", "MASK_SUFFIXES", "choose_layout", "find_folders_layout", "prepare_folders",
+           "refuse_options", "subfolders"]
 
 IMAGE_DIRS = ("images", "image", "imgs", "img", "inputs", "original")  # "Original": CVC-ClinicDB
 MASK_DIRS = ("masks", "mask", "labels", "label", "gt", "groundtruth", "ground_truth", "ground truth", "annotations")
@@ -54,6 +54,10 @@ _SPLITS = {"train": ("train", "training"), "val": ("val", "valid", "validation")
 
 EXPECTED = ("images/ and masks/ (one pool, split here), or train/{images,masks} with optional "
             "val/{images,masks} and test/{images,masks} or test/<set>/{images,masks}")
+
+
+class LayoutNotFound(DatasetLayoutError):
+    """RAW holds none of the layouts looked for (as opposed to holding one that is broken or ambiguous)."""
 
 
 def _child(folder: Path, names) -> Path | None:
@@ -81,7 +85,7 @@ def _layout_at(folder: Path) -> dict | None:
             if direct is not None:
                 tests[""] = direct  # one test set, named after the dataset
             else:
-                for sub in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+                for sub in subfolders(test_dir):
                     dirs = _image_mask_dirs(sub)
                     if dirs is not None:
                         tests[sub.name] = dirs
@@ -94,24 +98,34 @@ def _layout_at(folder: Path) -> dict | None:
     return {"pool": dirs} if dirs is not None else None
 
 
+def subfolders(folder: Path) -> list[Path]:
+    """The folders inside ``folder``, sorted, leaving out hidden ones and the ``__MACOSX`` copy that macOS
+    zips add (it mirrors the whole tree with ``._`` files)."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX")
+
+
 def find_folders_layout(raw: str | os.PathLike, max_depth: int = 2) -> tuple[Path, dict]:
-    """The folder in ``raw`` (or up to ``max_depth`` levels below) holding one of the layouts of the
-    module docstring, and that layout.
+    """The folder in ``raw`` (or up to ``max_depth`` levels below, the shallowest first) holding one of the
+    layouts of the module docstring, and that layout.
 
     Raises:
-        DatasetLayoutError: if ``raw`` is not a folder or holds none of the layouts.
+        DatasetLayoutError: if ``raw`` is not a folder, holds none of the layouts, or holds several at the
+            same depth (several datasets: which one is meant is not guessed).
     """
     raw = Path(raw)
     if not raw.is_dir():
-        raise DatasetLayoutError(f"{raw}: not a folder (expected a folder of images and masks: {EXPECTED})")
-    for dirpath, dirnames, _ in os.walk(raw):
-        dirnames.sort()
-        layout = _layout_at(Path(dirpath))
-        if layout is not None:
-            return Path(dirpath), layout
-        if len(Path(dirpath).relative_to(raw).parts) >= max_depth:
-            dirnames[:] = []
-    raise DatasetLayoutError(f"{raw}: no folders of images and masks found; expected {EXPECTED}")
+        raise LayoutNotFound(f"{raw}: not a folder (expected a folder of images and masks: {EXPECTED})")
+    level = [raw]
+    for _ in range(max_depth + 1):
+        found = [(folder, layout) for folder in level if (layout := _layout_at(folder)) is not None]
+        if len(found) > 1:
+            raise DatasetLayoutError(
+                f"{raw}: several datasets of images and masks ({', '.join(str(f) for f, _ in found)}); "
+                f"give one of them as RAW")
+        if found:
+            return found[0]
+        level = [sub for folder in level for sub in subfolders(folder)]
+    raise LayoutNotFound(f"{raw}: no folders of images and masks found; expected {EXPECTED}")
 
 
 def choose_layout(layout: str, native: str, native_found: bool, raw: str | os.PathLike, native_layout: str,
@@ -124,8 +138,9 @@ def choose_layout(layout: str, native: str, native_found: bool, raw: str | os.Pa
         native_found: whether ``raw`` holds the importer's own layout.
         raw: the dataset folder.
         native_layout: what the importer's own layout looks like, for the error message.
-        find: the function that finds your own layout in ``raw`` or raises :class:`DatasetLayoutError`
-            (default :func:`find_folders_layout`, images and masks).
+        find: the function that finds your own layout in ``raw`` or raises :class:`LayoutNotFound`
+            (default :func:`find_folders_layout`, images and masks); its other errors (several datasets, a
+            broken folder) are raised as they are.
         own_layout: what that layout looks like, for the error message.
 
     Raises:
@@ -142,7 +157,7 @@ def choose_layout(layout: str, native: str, native_found: bool, raw: str | os.Pa
         raise DatasetLayoutError(f"{raw}: not a folder (expected {native_layout}, or your own folders: {own_layout})")
     try:
         (find or find_folders_layout)(raw)
-    except DatasetLayoutError:
+    except LayoutNotFound:
         raise DatasetLayoutError(f"{raw}: neither {native_layout} nor your own folders ({own_layout})") from None
     return True
 

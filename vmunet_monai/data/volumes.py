@@ -76,16 +76,21 @@ def find_volume_layout(raw: str | os.PathLike) -> tuple[Path, dict]:
     ``{"train": (images, labels), "test": (images, labels) or None}``.
 
     Raises:
-        DatasetLayoutError: when there is none.
+        DatasetLayoutError: when there is none, or several just below ``raw``.
     """
+    from vmunet_monai.data.folders import LayoutNotFound, subfolders
+
     raw = Path(raw)
     if not raw.is_dir():
-        raise DatasetLayoutError(f"{raw}: not a folder (expected {EXPECTED})")
-    for folder in [raw] + sorted(p for p in raw.iterdir() if p.is_dir()):
-        layout = _layout_at(folder)
-        if layout is not None:
-            return folder, layout
-    raise DatasetLayoutError(f"{raw}: no image and label folders found; expected {EXPECTED}")
+        raise LayoutNotFound(f"{raw}: not a folder (expected {EXPECTED})")
+    for level in ([raw], subfolders(raw)):
+        found = [(folder, layout) for folder in level if (layout := _layout_at(folder)) is not None]
+        if len(found) > 1:  # several datasets (Decathlon tasks side by side): which one is not guessed
+            raise DatasetLayoutError(f"{raw}: several datasets of volumes and labels "
+                                     f"({', '.join(str(f) for f, _ in found)}); give one of them as RAW")
+        if found:
+            return found[0]
+    raise LayoutNotFound(f"{raw}: no image and label folders found; expected {EXPECTED}")
 
 
 def _pair(images: Path, labels: Path, skipped: list[dict]) -> list[tuple[str, Path, Path]]:
