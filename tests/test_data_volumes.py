@@ -220,3 +220,39 @@ def test_several_decathlon_tasks_are_not_guessed(tmp_path):
     with pytest.raises(DatasetLayoutError, match=r"several datasets of volumes and labels \(.*Task01_Abdomen, "
                                                  r".*Task02_Other\); give one of them as RAW"):
         prepare("synapse_multiorgan", str(first.parent), str(tmp_path / "o"))
+
+
+def test_nrrd_and_metaimage_volumes_are_read_with_their_geometry(tmp_path):
+    import SimpleITK as sitk
+    from monai.bundle import ConfigParser
+
+    from vmunet_monai.data.volumes import volume_affine
+
+    raw = _own_dataset(tmp_path, cases=5, naming="plain", shape=(32, 32, 8))
+    for i, path in enumerate(sorted((raw / "imagesTr").glob("*.nii.gz"))):
+        for folder, ext in (("imagesTr", ".nrrd"), ("labelsTr", ".mha" if i % 2 else ".nrrd")):
+            source = raw / folder / path.name
+            converted = raw / folder / (path.name[: -len(".nii.gz")] + ext)
+            sitk.WriteImage(sitk.ReadImage(str(source)), str(converted))
+            assert np.allclose(volume_affine(converted), nib.load(source).affine, atol=1e-4)  # LPS -> RAS
+            source.unlink()
+    shifted = sitk.ReadImage(str(raw / "labelsTr" / "abd_002.nrrd"))
+    shifted.SetOrigin(tuple(o + 5 for o in shifted.GetOrigin()))  # another grid than its image
+    sitk.WriteImage(shifted, str(raw / "labelsTr" / "abd_002.nrrd"))
+    out = tmp_path / "out"
+    prepare("synapse_multiorgan", str(raw), str(out), num_val=1)
+    doc = _datalist(out)
+    assert sorted(c["case"] for k in ("training", "validation", "test") for c in doc[k]) == [
+        "abd_000", "abd_001", "abd_003", "abd_004"]
+    assert "its affine differs from the image" in doc["meta"]["skipped"][0]["reason"]
+    assert (out / "preview.png").stat().st_size > 10_000
+    # the bundle's training pipeline reads them
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser["roi_size"] = [32, 32]
+    item = {k: str(out / v) if k in ("image", "label") else v for k, v in doc["training"][0].items()}
+    sample = parser.get_parsed_content("train#deterministic_transforms")
+    from monai.transforms import Compose
+
+    result = Compose(sample)(item)
+    assert result["image"].shape[0] == 1 and set(np.unique(result["label"].numpy())) <= {0, 1, 2}

@@ -153,7 +153,7 @@ class Commands:
         test/<set>/, each set reported apart), each holding images/ and masks/. A mask is named after its
         image, with a suffix found by trying "", _mask, _segmentation, _seg, _gt, _label and -mask.
         Your own CT volumes and classes go to synapse_multiorgan as imagesTr/ and labelsTr/ (Decathlon,
-        nnU-Net; labelsTs/ for a labelled test set) or images/ and labels/ of NIfTI files; prepare prints
+        nnU-Net; labelsTs/ for a labelled test set) or images/ and labels/ (NIfTI, NRRD, MHA); prepare prints
         the --num_classes to train, evaluate and predict with.
 
         Options of each bundle (defaults in brackets; an option another bundle has is refused by name):

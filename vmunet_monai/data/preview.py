@@ -12,7 +12,7 @@ import numpy as np
 __all__ = ["PREVIEW_NAME", "write_preview", "announce"]
 
 PREVIEW_NAME = "preview.png"
-_VOLUME_SUFFIXES = (".nii", ".nii.gz")
+_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 
 
 def _picks(splits: Mapping[str, Sequence[dict]], count: int) -> list[tuple[str, dict]]:
@@ -72,12 +72,14 @@ def _preview_ct(picked, path: Path, title: str, labels: Mapping[int, str], windo
     import nibabel as nib
     from matplotlib.patches import Patch
 
+    from vmunet_monai.data.volumes import load_volume
+
     num = max(labels) + 1 if labels else 2
     cmap = plt.get_cmap("tab10" if num <= 10 else "tab20", max(num, 2))
     fig, axes = plt.subplots(1, len(picked), figsize=(3.4 * len(picked), 3.9), squeeze=False)
     for ax, (split, item) in zip(axes.ravel(), picked):
-        image = nib.as_closest_canonical(nib.load(item["image"]))
-        label = nib.as_closest_canonical(nib.load(item["label"]))
+        image = nib.as_closest_canonical(load_volume(item["image"]))
+        label = nib.as_closest_canonical(load_volume(item["label"]))
         voxels = np.asarray(image.dataobj, dtype=np.float32)
         classes = np.rint(np.asarray(label.dataobj)).astype(np.int64)
         z = int(np.argmax((classes > 0).sum(axis=(0, 1)))) if classes.any() else voxels.shape[2] // 2

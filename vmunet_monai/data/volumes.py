@@ -11,8 +11,9 @@ folders                                  as written by
 ``images/`` + ``labels/``                anything else (also ``image``/``label``, ``masks``)
 =======================================  ======================================================
 
-Volumes are NIfTI (``.nii.gz``, ``.nii``). A label is named like its image: ``X.nii.gz`` for an
-image ``X.nii.gz`` or, as nnU-Net names channels, ``X_0000.nii.gz``; ``X_seg``, ``X_label``,
+Volumes are NIfTI (``.nii.gz``, ``.nii``), NRRD (``.nrrd``) or MetaImage (``.mha``, ``.mhd``). A label is
+named like its image: ``X.nii.gz`` for an image ``X.nii.gz`` or, as nnU-Net names channels, ``X_0000.nii.gz``
+(a label may be in another of these formats than its image); ``X_seg``, ``X_label``,
 ``X_mask`` and ``X_gt`` are found too. The bundle reads one channel, so nnU-Net's further channels
 (``_0001`` ...) are skipped and named. Label values are integers ``0..K`` (0 background); their
 names come from ``--classes liver,tumour`` (value 1, 2, ...), else from a ``dataset.json`` beside
@@ -38,19 +39,54 @@ from vmunet_monai.data.common import DatasetLayoutError, check_prepare_output, r
 from vmunet_monai.data.preview import announce
 from vmunet_monai.validation import InputError, check_label_values, input_error
 
-__all__ = ["find_volume_layout", "prepare_volumes", "check_volume_pair", "class_names"]
+__all__ = ["VOLUME_FILES", "find_volume_layout", "prepare_volumes", "check_volume_pair", "class_names",
+           "volume_affine", "load_volume"]
 
 _PAIRS = (("imagesTr", "labelsTr"), ("images", "labels"), ("image", "label"), ("images", "masks"),
           ("volumes", "labels"), ("imgs", "labels"), ("img", "label"))
 _LABEL_SUFFIXES = ("", "_seg", "_label", "_mask", "_gt")
 _CHANNEL = re.compile(r"^(.*)_(\d{4})$")
 EXPECTED = ("imagesTr/ and labelsTr/ (Decathlon, nnU-Net; with imagesTs/ and labelsTs/ for a labelled test set) "
-            "or images/ and labels/ of NIfTI volumes")
+            "or images/ and labels/ of NIfTI, NRRD or MetaImage volumes")
+
+
+VOLUME_FILES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def volume_affine(path: str | os.PathLike) -> np.ndarray:
+    """The voxel-to-world matrix (RAS, in mm) of a NIfTI, NRRD or MetaImage file, from its header alone."""
+    path = str(path)
+    if path.lower().endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        return nib.load(path).affine
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(reader.GetDirection()).reshape(3, 3) * np.asarray(reader.GetSpacing())
+    affine[:3, 3] = reader.GetOrigin()
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # ITK's LPS to RAS
+
+
+def load_volume(path: str | os.PathLike):
+    """A nibabel image of any of :data:`VOLUME_FILES` (NRRD and MetaImage through SimpleITK, with their geometry)."""
+    import nibabel as nib
+
+    path = str(path)
+    if path.lower().endswith((".nii", ".nii.gz")):
+        return nib.load(path)
+    import SimpleITK as sitk
+
+    voxels = sitk.GetArrayFromImage(sitk.ReadImage(path))  # (z, y, x)
+    return nib.Nifti1Image(np.ascontiguousarray(voxels.transpose(2, 1, 0)), volume_affine(path))
 
 
 def _stem(name: str) -> str | None:
     lower = name.lower()
-    for ext in (".nii.gz", ".nii"):
+    for ext in VOLUME_FILES:
         if lower.endswith(ext):
             return name[: -len(ext)]
     return None
@@ -132,8 +168,6 @@ def check_volume_pair(image: str | os.PathLike, label: str | os.PathLike, verify
     Raises:
         InputError: a missing or unreadable file, 2D or several channels, NaN voxels, another size or affine.
     """
-    import nibabel as nib
-
     from vmunet_monai.validation import check_same_size, read_volume
 
     if not os.path.exists(label):
@@ -141,7 +175,7 @@ def check_volume_pair(image: str | os.PathLike, label: str | os.PathLike, verify
     image_shape, _ = read_volume(image, read_data=verify)
     label_shape, voxels = read_volume(label, read_data=True)
     check_same_size(image, image_shape, label, label_shape, what="label")
-    if not np.allclose(nib.load(image).affine, nib.load(label).affine, atol=1e-3):
+    if not np.allclose(volume_affine(image), volume_affine(label), atol=1e-3):
         raise input_error(label, f"its affine differs from the image {image}",
                           "an image and its label must share one grid")
     return voxels
