@@ -211,3 +211,19 @@ def test_several_datasets_are_not_guessed_and_a_macos_copy_is_not_a_dataset(tmp_
         prepare("polyp_seg", str(raw), str(tmp_path / "two"))
     prepare("polyp_seg", str(raw / "CVC-ClinicDB"), str(tmp_path / "cvc"), val_fraction=0.4, test_fraction=0.34)
     assert len(_datalist(tmp_path / "cvc")["training"]) == 1
+
+
+def test_command_line_options_of_the_folders_layout(tmp_path, capsys):
+    from vmunet_monai.cli import main
+
+    rng = np.random.default_rng(8)
+    raw = tmp_path / "raw"
+    _write_pairs(raw / "images", raw / "masks", [f"d{i}" for i in range(6)], rng, mask_suffix="-mask")
+    main(["prepare", "isic_skin_lesion", str(raw), str(tmp_path / "out"), "--layout", "folders",
+          "--mask_suffix=-mask", "--test_fraction", "0.5"])
+    doc = _datalist(tmp_path / "out")
+    assert list(doc["meta"]["mask_suffixes"].values()) == ["-mask"] and len(doc["test"]) == 3
+    assert "preview: " in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["prepare", "isic_skin_lesion", str(raw), str(tmp_path / "o2"), "--year", "2017"])
+    assert "error: --year 2017: only for the ISIC challenge layout" in capsys.readouterr().err
