@@ -165,7 +165,7 @@ class Commands:
         - polyp_seg: --val_fraction [0.1] (carved from TrainDataset), --seed [0], --verify [true],
           --layout pranet|folders|auto [auto: pranet when present], --test_fraction [0.2] (folders without
           test/), --mask_suffix (folders; default: found)
-        - synapse_multiorgan: --num_val [3 of the 18 training cases], --seed [0], --spacing "[x,y,z]" (mm, for
+        - synapse_multiorgan: --num_val [one in six training cases: 3 of Synapse's 18], --seed [0], --spacing "[x,y,z]" (mm, for
           the TransUNet release, which carries none), --verify [true], --layout btcv|folders|auto [auto: BTCV
           when present], --classes liver,tumour (folders; default: dataset.json), --test_fraction [0.2]
           (folders without labelsTs/)
