@@ -112,6 +112,12 @@ def test_layout_choice_and_options_of_the_other_layout(tmp_path):
         prepare("synapse_multiorgan", str(raw), str(tmp_path / "o"), spacing="1,1,3")
     with pytest.raises(DatasetLayoutError, match=r"4 usable cases cannot give test, validation \(--num_val 3\)"):
         prepare("synapse_multiorgan", str(raw), str(tmp_path / "o"), num_val=3)
+    with pytest.raises(InputError, match=r"--test_fraction 0: must be above 0 and below 1"):
+        prepare("synapse_multiorgan", str(raw), str(tmp_path / "o"), test_fraction=0)
+    for label in (raw / "labelsTr").iterdir():
+        label.write_bytes(b"")  # every label broken
+    with pytest.raises(DatasetLayoutError, match=r"no usable case; 4 skipped \(first: .*abd_000"):
+        prepare("synapse_multiorgan", str(raw), str(tmp_path / "o"))
 
 
 def test_bundle_trains_evaluates_and_predicts_your_own_classes(tmp_path):

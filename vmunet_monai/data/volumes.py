@@ -240,8 +240,9 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
     root, layout = find_volume_layout(raw)
     folders = [d for pair in (layout["train"], layout["test"]) if pair for d in pair]
     check_prepare_output(folders, out)
-    if not 0 <= float(test_fraction) < 1:
-        raise InputError(f"--test_fraction {test_fraction}: must be at least 0 and below 1")
+    if not 0 < float(test_fraction) < 1:
+        raise InputError(f"--test_fraction {test_fraction}: must be above 0 and below 1 (without a labelled test "
+                         "folder, the test cases are drawn from the others)")
     names = class_names(classes, root)
     skipped: list[dict] = []
     parts = {"pool": _pair(*layout["train"], skipped)}
@@ -261,6 +262,9 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
                 continue
             largest = max(largest, int(np.max(voxels)))
             checked[part].append({"case": case, "image": str(image), "label": str(label)})
+    if not any(checked.values()):
+        first = f" (first: {skipped[0]['reason']})" if skipped else ""
+        raise DatasetLayoutError(f"{root}: no usable case; {len(skipped)} skipped{first}")
     if names is None:
         names = {v: f"class_{v}" for v in range(1, largest + 1)}
     names = {v: names.get(v, f"class_{v}") for v in range(1, max(names) + 1)} if names else {}
@@ -271,7 +275,7 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
     if "test" in checked and checked["test"]:
         test, how = checked["test"], "test: the labelled test folder"
     else:
-        n_test = max(1, round(test_fraction * len(pool))) if test_fraction > 0 else 0
+        n_test = max(1, round(test_fraction * len(pool)))
         test, pool = pool[:n_test], pool[n_test:]
         how = f"test: {test_fraction:g} of the cases (seed {seed})"
     n_val = max(1, round(len(pool) / 6)) if num_val is None else int(num_val)
