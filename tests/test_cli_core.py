@@ -255,7 +255,7 @@ def test_prepare_and_demo_data_refuse_bad_options_in_one_line(tmp_path, capsys):
         (["demo_data", "isic_skin_lesion", str(raw), "--year", "2016"],
          "error: demo_data isic_skin_lesion: year must be 2017 or 2018, got 2016"),
         (["demo_data", "polyp_seg", str(raw), "--year", "2017"],
-         "error: demo_data polyp_seg: unknown option --year (options of polyp_seg: --num, --seed)"),
+         "error: demo_data polyp_seg: unknown option --year (options of polyp_seg: --num, --seed, --layout)"),
         (["prepare", "polyp_seg", str(raw), str(tmp_path / "out"), "--split", "paper"],
          "error: prepare polyp_seg: unknown option --split (options of polyp_seg: --val_fraction, --seed, --verify, --layout, --test_fraction, --mask_suffix)"),
     ):

@@ -227,3 +227,19 @@ def test_command_line_options_of_the_folders_layout(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["prepare", "isic_skin_lesion", str(raw), str(tmp_path / "o2"), "--year", "2017"])
     assert "error: --year 2017: only for the ISIC challenge layout" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bundle, groups", [("isic_skin_lesion", ["raw"]), ("polyp_seg", ["centre_A", "centre_B"])])
+def test_demo_data_in_the_folders_layout_is_read_as_your_own(tmp_path, bundle, groups):
+    from vmunet_monai.data import demo_data
+
+    raw = tmp_path / "raw"
+    demo_data(bundle, str(raw), num=16, seed=2, layout="folders")
+    prepare(bundle, str(raw), str(tmp_path / "out"))
+    doc = _datalist(tmp_path / "out")
+    assert doc["meta"]["layout"] == "folders" and not doc["meta"]["skipped"]
+    assert sorted({it["dataset"] for it in doc["test"]}) == groups
+    total = sum(len(doc[k]) for k in ("training", "validation", "test"))
+    assert total == (16 if bundle == "isic_skin_lesion" else 16 + 2 * 2)
+    with pytest.raises(ValueError, match="layout must be"):
+        demo_data(bundle, str(tmp_path / "x"), layout="other")

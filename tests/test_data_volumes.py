@@ -262,3 +262,16 @@ def test_nrrd_and_metaimage_volumes_are_read_with_their_geometry(tmp_path):
 
     result = Compose(sample)(item)
     assert result["image"].shape[0] == 1 and set(np.unique(result["label"].numpy())) <= {0, 1, 2}
+
+
+def test_demo_data_in_the_folders_layout_is_your_own_ct(tmp_path):
+    from vmunet_monai.data import demo_data
+
+    raw = demo_data("synapse_multiorgan", str(tmp_path / "raw"), num=6, seed=1, shape=(32, 32, 8), layout="folders")
+    assert sorted(p.name for p in Path(raw).iterdir()) == ["dataset.json", "imagesTr", "labelsTr"]
+    prepare("synapse_multiorgan", raw, str(tmp_path / "out"))
+    doc = _datalist(tmp_path / "out")
+    assert doc["meta"]["labels"] == {"0": "background", "1": "liver", "2": "spleen", "3": "kidney"}
+    assert doc["meta"]["importer"] == "vmunet_monai.data.volumes" and not doc["meta"]["skipped"]
+    label = np.asarray(nib.load(tmp_path / "out" / doc["training"][0]["label"]).dataobj)
+    assert set(np.unique(label)) == {0, 1, 2, 3}

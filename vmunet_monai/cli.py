@@ -183,10 +183,16 @@ class Commands:
     def demo_data(self, bundle: str, out: str, num: int | None = None, seed: int = 0, **options):
         """Write a small synthetic dataset for BUNDLE in the real dataset's raw layout under OUT.
 
+        --layout folders writes it instead as your own data may come (what prepare reads for it): images/ and
+        masks/ (ISIC), train/ with test/centre_A and test/centre_B (polyp), or imagesTr/ and labelsTr/ with
+        three classes of its own named in dataset.json (Synapse).
+
         Options of each bundle (defaults in brackets):
-        - isic_skin_lesion: --year 2017|2018 [2017] (the challenge's folder naming)
+        - isic_skin_lesion: --year 2017|2018 [2017] (the challenge's folder naming), --layout challenge|folders
+          [challenge]
+        - polyp_seg: --layout pranet|folders [pranet]
         - synapse_multiorgan: --shape "[x,y,z]" [384,384,48] (voxels per volume), --spacing "[x,y,z]" (mm;
-          default: drawn per case, as in the real scans)
+          default: drawn per case, as in the real scans), --layout rawdata|folders [rawdata]
 
         Args:
             bundle: isic_skin_lesion, polyp_seg or synapse_multiorgan.

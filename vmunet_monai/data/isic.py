@@ -250,7 +250,7 @@ def _lesion_image(height: int, width: int, rng) -> tuple[np.ndarray, np.ndarray]
     return image, mask
 
 
-def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017) -> str:
+def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017, layout: str = "challenge") -> str:
     """Write a synthetic ISIC dataset in the challenge layout under ``out`` (lesion-like blobs on skin texture).
 
     Args:
@@ -258,6 +258,8 @@ def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017) -> str:
         num: training images; the validation and test folders get ``max(2, num // 4)`` each.
         seed: random seed (the same seed writes the same files).
         year: 2017 or 2018 folder naming.
+        layout: ``"challenge"``, or ``"folders"``: ``num`` images in ``images/`` with their masks in ``masks/``
+            named ``<stem>_mask.png``, as your own data may come (:mod:`vmunet_monai.data.folders`).
 
     Returns:
         ``out``.
@@ -266,8 +268,18 @@ def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017) -> str:
         raise ValueError(f"year must be 2017 or 2018, got {year}")
     if num < 2:
         raise ValueError(f"num must be at least 2, got {num}")
+    if layout not in ("challenge", "folders"):
+        raise ValueError(f"layout must be 'challenge' or 'folders', got {layout!r}")
     rng = np.random.default_rng(seed)
     root = Path(out)
+    if layout == "folders":
+        for k in range(num):
+            width = int(rng.integers(112, 176))
+            image, mask = _lesion_image(int(width * rng.uniform(0.7, 0.9)), width, rng)
+            save_rgb(image, root / "images" / f"lesion_{k:04d}.jpg")
+            save_mask(mask, root / "masks" / f"lesion_{k:04d}_mask.png")
+        print(f"synthetic lesions in your-own-data folders: {num} images in images/, masks in masks/ -> {root}")
+        return str(root)
     if year == 2017:
         names = {"train": ("ISIC-2017_Training_Data", "ISIC-2017_Training_Part1_GroundTruth"),
                  "val": ("ISIC-2017_Validation_Data", "ISIC-2017_Validation_Part1_GroundTruth"),

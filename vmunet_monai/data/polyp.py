@@ -188,19 +188,23 @@ def _polyp_image(height: int, width: int, rng) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
-def demo_data(out: str, num: int = 48, seed: int = 0) -> str:
+def demo_data(out: str, num: int = 48, seed: int = 0, layout: str = "pranet") -> str:
     """Write a synthetic polyp dataset in the PraNet layout under ``out`` (polyp-like blobs on mucosa texture).
 
     Args:
         out: output folder (the RAW argument of :func:`prepare`).
         num: TrainDataset images; each of the five test sets gets ``max(2, num // 8)``.
         seed: random seed.
+        layout: ``"pranet"``, or ``"folders"``: ``train/{images,masks}`` with ``num`` images and two test sets
+            ``test/centre_A`` and ``test/centre_B``, as your own data may come (:mod:`vmunet_monai.data.folders`).
 
     Returns:
         ``out``.
     """
     if num < 2:
         raise ValueError(f"num must be at least 2, got {num}")
+    if layout not in ("pranet", "folders"):
+        raise ValueError(f"layout must be 'pranet' or 'folders', got {layout!r}")
     rng = np.random.default_rng(seed)
     root = Path(out)
 
@@ -211,6 +215,16 @@ def demo_data(out: str, num: int = 48, seed: int = 0) -> str:
         save_rgb(image, folder / "images" / f"{stem}{ext}")
         save_mask(mask, folder / "masks" / f"{stem}.png")
 
+    if layout == "folders":
+        per_centre = max(2, num // 8)
+        for k in range(num):
+            write(root / "train", f"frame_{k:04d}")
+        for centre in ("centre_A", "centre_B"):
+            for k in range(per_centre):
+                write(root / "test" / centre, f"{centre}_{k:03d}", ".jpg")
+        print(f"synthetic polyps in your-own-data folders: {num} in train/, {per_centre} in each of test/centre_A "
+              f"and test/centre_B -> {root}")
+        return str(root)
     for k in range(num):  # Kvasir-like hashed names and ClinicDB-like numbers, as in the real TrainDataset
         write(root / "TrainDataset", f"cju{k:04x}kvsr" if k % 2 else str(k + 1))
     per_set = max(2, num // 8)

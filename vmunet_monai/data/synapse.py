@@ -30,6 +30,7 @@ import numpy as np
 
 __all__ = [
     "BTCV_TO_SYNAPSE",
+    "DEMO_OWN_CLASSES",
     "ORGANS",
     "STANDARD_TEST_CASES",
     "STANDARD_TRAIN_CASES",
@@ -444,8 +445,13 @@ def _phantom(shape, spacing, rng):
     return np.clip(hu, -1024, 3071).astype(np.int16), label
 
 
+# the classes of the "folders" demo (your own CT): label value -> (name, BTCV values drawn as it)
+DEMO_OWN_CLASSES = {1: ("liver", (6,)), 2: ("spleen", (1,)), 3: ("kidney", (2, 3))}
+
+
 def demo_data(
-    out: str, num: int = 8, seed: int = 0, shape: Sequence[int] = (384, 384, 48), spacing: Sequence[float] | None = None
+    out: str, num: int = 8, seed: int = 0, shape: Sequence[int] = (384, 384, 48), spacing: Sequence[float] | None = None,
+    layout: str = "rawdata",
 ) -> str:
     """Synthetic abdominal CT in the RawData layout: ``out/RawData/Training/{img,label}/...``.
 
@@ -463,11 +469,18 @@ def demo_data(
         seed: random seed.
         shape: voxels per volume (x, y, z).
         spacing: (x, y, z) spacing in mm for every case; default: drawn per case.
+        layout: ``"rawdata"``, or ``"folders"``: your own CT as nnU-Net writes it,
+            ``out/imagesTr/abd_XXX_0000.nii.gz`` and ``out/labelsTr/abd_XXX.nii.gz`` with three classes of
+            its own (liver 1, spleen 2, kidney 3, :data:`DEMO_OWN_CLASSES`) named in ``out/dataset.json``
+            (:mod:`vmunet_monai.data.volumes`).
 
     Returns:
-        The ``RawData`` folder, to pass to :func:`prepare`.
+        The ``RawData`` folder (or, for ``"folders"``, ``out``), to pass to :func:`prepare`.
     """
     import nibabel as nib
+
+    if layout not in ("rawdata", "folders"):
+        raise ValueError(f"layout must be 'rawdata' or 'folders', got {layout!r}")
 
     num = int(num)
     if num < 4 or num > 30:
@@ -480,8 +493,9 @@ def demo_data(
     rng = np.random.default_rng(seed)
     n_test = max(1, round(num * len(STANDARD_TEST_CASES) / 30))
     cases = list(STANDARD_TRAIN_CASES[: num - n_test]) + list(STANDARD_TEST_CASES[:n_test])
-    root = os.path.join(out, "RawData")
-    img_dir, lab_dir = os.path.join(root, "Training", "img"), os.path.join(root, "Training", "label")
+    root = os.path.join(out, "RawData") if layout == "rawdata" else str(out)
+    img_dir, lab_dir = ((os.path.join(root, "Training", "img"), os.path.join(root, "Training", "label"))
+                        if layout == "rawdata" else (os.path.join(root, "imagesTr"), os.path.join(root, "labelsTr")))
     os.makedirs(img_dir, exist_ok=True)
     os.makedirs(lab_dir, exist_ok=True)
     for case in sorted(cases):
@@ -499,14 +513,25 @@ def demo_data(
             -case_spacing[2] * shape[2] / 2,
         ]
         hu_lps, label_lps = hu[::-1, ::-1], label[::-1, ::-1]
+        names = (f"img{case:04d}.nii.gz", f"label{case:04d}.nii.gz")
+        if layout == "folders":
+            own = np.zeros_like(label_lps)
+            for value, (_, btcv) in DEMO_OWN_CLASSES.items():
+                own[np.isin(label_lps, btcv)] = value
+            label_lps, names = own, (f"abd_{case:03d}_0000.nii.gz", f"abd_{case:03d}.nii.gz")
         for array, path in (
-            (hu_lps, os.path.join(img_dir, f"img{case:04d}.nii.gz")),
-            (label_lps, os.path.join(lab_dir, f"label{case:04d}.nii.gz")),
+            (hu_lps, os.path.join(img_dir, names[0])),
+            (label_lps, os.path.join(lab_dir, names[1])),
         ):
             img = nib.Nifti1Image(np.ascontiguousarray(array), affine)
             img.header.set_xyzt_units("mm")
             img.set_qform(affine, code=1)
             img.set_sform(affine, code=1)
             nib.save(img, path)
+    if layout == "folders":
+        labels = {"background": 0, **{name: value for value, (name, _) in DEMO_OWN_CLASSES.items()}}
+        with open(os.path.join(root, "dataset.json"), "w") as f:
+            json.dump({"name": "synthetic abdomen", "channel_names": {"0": "CT"}, "labels": labels,
+                       "numTraining": len(cases), "file_ending": ".nii.gz"}, f, indent=4)
     print(f"wrote {len(cases)} synthetic CT cases to {root}")
     return root
