@@ -45,7 +45,7 @@ from vmunet_monai.data.preview import announce
 from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError
 
 __all__ = ["LayoutNotFound", "IMAGE_DIRS", "MASK_DIRS", "MASK_SUFFIXES", "choose_layout", "find_folders_layout", "prepare_folders",
-           "refuse_options", "subfolders"]
+           "refuse_options", "subfolders", "child_folder"]
 
 IMAGE_DIRS = ("images", "image", "imgs", "img", "inputs", "original")  # "Original": CVC-ClinicDB
 MASK_DIRS = ("masks", "mask", "labels", "label", "gt", "groundtruth", "ground_truth", "ground truth", "annotations")
@@ -60,14 +60,14 @@ class LayoutNotFound(DatasetLayoutError):
     """RAW holds none of the layouts looked for (as opposed to holding one that is broken or ambiguous)."""
 
 
-def _child(folder: Path, names) -> Path | None:
+def child_folder(folder: Path, names) -> Path | None:
     """The subfolder of ``folder`` whose lower-cased name is the first of ``names`` present."""
     by_name = {p.name.lower(): p for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else {}
     return next((by_name[n] for n in names if n in by_name), None)
 
 
 def _image_mask_dirs(folder: Path) -> tuple[Path, Path] | None:
-    images, masks = _child(folder, IMAGE_DIRS), _child(folder, MASK_DIRS)
+    images, masks = child_folder(folder, IMAGE_DIRS), child_folder(folder, MASK_DIRS)
     return (images, masks) if images is not None and masks is not None else None
 
 
@@ -75,10 +75,10 @@ def _layout_at(folder: Path) -> dict | None:
     """The layout rooted at ``folder``: ``{"pool": dirs}`` or ``{"train": dirs, "val": dirs|None,
     "test": {set: dirs}}`` (dirs = (images, masks); set "" for images and masks directly in test/);
     None when ``folder`` holds neither."""
-    train = _child(folder, _SPLITS["train"])
+    train = child_folder(folder, _SPLITS["train"])
     if train is not None and _image_mask_dirs(train) is not None:
-        val = _child(folder, _SPLITS["val"])
-        test_dir = _child(folder, _SPLITS["test"])
+        val = child_folder(folder, _SPLITS["val"])
+        test_dir = child_folder(folder, _SPLITS["test"])
         tests: dict[str, tuple[Path, Path]] = {}
         if test_dir is not None:
             direct = _image_mask_dirs(test_dir)

@@ -27,13 +27,15 @@ def _picks(splits: Mapping[str, Sequence[dict]], count: int) -> list[tuple[str, 
 
 
 def _mask_2d(path: str) -> np.ndarray:
+    """The mask as the bundles read it: grey (RGB's brightest channel), binarised by :class:`BinarizeMaskd`."""
     from PIL import Image
+
+    from vmunet_monai.engine import BinarizeMaskd
 
     mask = np.asarray(Image.open(path))
     if mask.ndim == 3:
         mask = mask[..., :3].max(axis=-1)
-    scale = 255 if mask.max() > 1 else 1
-    return mask >= (scale + 1) / 2  # at least half the scale, as the bundles binarise
+    return BinarizeMaskd("mask")({"mask": mask})["mask"] > 0
 
 
 def _preview_2d(picked, path: Path, title: str) -> None:

@@ -92,18 +92,14 @@ def _stem(name: str) -> str | None:
     return None
 
 
-def _children(folder: Path) -> dict[str, Path]:
-    return {p.name.lower(): p for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else {}
-
-
 def _layout_at(folder: Path) -> dict | None:
-    children = _children(folder)
+    from vmunet_monai.data.folders import child_folder
+
     for images, labels in _PAIRS:
-        if images.lower() in children and labels.lower() in children:
-            layout = {"train": (children[images.lower()], children[labels.lower()]), "test": None}
-            if "imagests" in children and "labelsts" in children:
-                layout["test"] = (children["imagests"], children["labelsts"])
-            return layout
+        image_dir, label_dir = child_folder(folder, (images.lower(),)), child_folder(folder, (labels.lower(),))
+        if image_dir is not None and label_dir is not None:
+            test = child_folder(folder, ("imagests",)), child_folder(folder, ("labelsts",))
+            return {"train": (image_dir, label_dir), "test": test if None not in test else None}
     return None
 
 
