@@ -162,12 +162,19 @@ def choose_layout(layout: str, native: str, native_found: bool, raw: str | os.Pa
     return True
 
 
-def refuse_options(layout: str, given: dict, applies_to: str) -> None:
+def refuse_options(layout: str, options: dict, applies_to: str) -> None:
     """An option that the chosen ``layout`` does not use is an error, not silently ignored.
+
+    Args:
+        layout: the layout in use.
+        options: name -> (value given, default) of the options that layout does not use; those left at
+            their default pass.
+        applies_to: the layout they belong to, for the message.
 
     Raises:
         InputError: naming the options, the layout they belong to and the one in use.
     """
+    given = {name: value for name, (value, default) in options.items() if value != default}
     if given:
         names = ", ".join(f"--{k} {v!r}" for k, v in given.items())
         raise InputError(f"{names}: only for {applies_to} layout, but the dataset is read as {layout} "

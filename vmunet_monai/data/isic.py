@@ -169,11 +169,10 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
                                 "ISIC-2017_Training_Part1_GroundTruth/)")
     if use_folders:
         not_here = {"split": (split, "auto"), "year": (year, None), "validation": (validation, "auto")}
-        refuse_options("folders", {k: v for k, (v, default) in not_here.items() if v != default}, "the ISIC challenge")
+        refuse_options("folders", not_here, "the ISIC challenge")
         return prepare_folders(raw, out, importer="vmunet_monai.data.isic", val_fraction=val_fraction,
                                test_fraction=test_fraction, seed=seed, verify=verify, mask_suffix=mask_suffix)
-    if mask_suffix is not None:
-        refuse_options("challenge", {"mask_suffix": mask_suffix}, "the folders")
+    refuse_options("challenge", {"mask_suffix": (mask_suffix, None)}, "the folders")
     check_prepare_output([folder for folders in found.values() for folder in folders.values()], out)
     usable = {y: f for y, f in found.items() if ("train", "image") in f and ("train", "mask") in f}
     if not usable:

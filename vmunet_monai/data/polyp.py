@@ -126,7 +126,7 @@ def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0, verify
         return prepare_folders(raw, out, importer="vmunet_monai.data.polyp", val_fraction=val_fraction,
                                test_fraction=test_fraction, seed=seed, verify=verify, mask_suffix=mask_suffix)
     given = {"test_fraction": (test_fraction, 0.2), "mask_suffix": (mask_suffix, None)}
-    refuse_options("pranet", {k: v for k, (v, default) in given.items() if v != default}, "the folders")
+    refuse_options("pranet", given, "the folders")
     check_prepare_output([root / "TrainDataset", root / "TestDataset"], out)
     skipped: list[dict] = []
     everything = _pairs(root / "TrainDataset", "TrainDataset", skipped, verify)

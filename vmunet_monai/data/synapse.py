@@ -378,11 +378,11 @@ def prepare(
     if choose_layout(layout, "btcv", found is not None, raw,
                      "BTCV (RawData/Training/{img,label}, imagesTr/img00XX with labelsTr/label00XX, or the TransUNet "
                      "release)", find=find_volume_layout, own_layout=VOLUME_LAYOUT):
-        refuse_options("folders", {"spacing": spacing} if spacing is not None else {}, "the TransUNet release's")
+        refuse_options("folders", {"spacing": (spacing, None)}, "the TransUNet release's")
         return prepare_volumes(raw, out, num_val=num_val, seed=int(seed), verify=bool(verify), classes=classes,
                                test_fraction=test_fraction)
     given = {"classes": (classes, None), "test_fraction": (test_fraction, 0.2)}
-    refuse_options("btcv", {k: v for k, (v, default) in given.items() if v != default}, "the folders")
+    refuse_options("btcv", given, "the folders")
     if isinstance(spacing, str):
         spacing = [float(s) for s in spacing.split(",")]
     layout, root = found
