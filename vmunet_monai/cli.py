@@ -148,10 +148,12 @@ class Commands:
         Every image and mask is decoded once (--verify false skips that); unusable files are skipped, named on
         stderr and listed in the datalist, and the rest is imported. OUT may not lie inside the dataset's folders.
 
-        Your own binary 2D data goes to isic_skin_lesion or polyp_seg as folders (found in RAW or up to two
-        levels below): images/ and masks/ (split here), or train/ with optional val/ and test/ (or
-        test/<set>/, each set reported apart), each holding images/ and masks/. A mask is named after its
-        image, with a suffix found by trying "", _mask, _segmentation, _seg, _gt, _label and -mask.
+        Your own 2D data goes to isic_skin_lesion or polyp_seg as folders (found in RAW or up to two levels
+        below): images/ and masks/ (split here), or train/ with optional val/ and test/ (or test/<set>/, each
+        set reported apart), each holding images/ and masks/. A mask is named after its image, with a suffix
+        found by trying "", _mask, _segmentation, _seg, _gt, _label and -mask. Masks are binary, or label maps
+        of several classes named with --classes (or in a dataset.json beside the folders): class numbers,
+        grey levels such as 0,128,255 or a palette PNG; prepare prints the --num_classes to train with.
         Your own CT volumes and classes go to synapse_multiorgan as imagesTr/ and labelsTr/ (Decathlon,
         nnU-Net; labelsTs/ for a labelled test set) or images/ and labels/ (NIfTI, NRRD, MHA); prepare prints
         the --num_classes to train, evaluate and predict with.
@@ -161,10 +163,11 @@ class Commands:
           VM-UNet paper), --year 2017|2018 (needed when both are present), --val_fraction [0.2],
           --test_fraction [0.3] (of the paper split, or of your folders), --validation auto|carve [auto],
           --seed [0], --verify [true], --layout challenge|folders|auto [auto: challenge when present],
-          --mask_suffix (folders; default: found)
+          --mask_suffix (folders; default: found), --classes lesion,core (folders, masks of several classes),
+          --mask_values 0,128,255 (folders: background's then each class's mask value; default: found)
         - polyp_seg: --val_fraction [0.1] (carved from TrainDataset), --seed [0], --verify [true],
           --layout pranet|folders|auto [auto: pranet when present], --test_fraction [0.2] (folders without
-          test/), --mask_suffix (folders; default: found)
+          test/), --mask_suffix (folders; default: found), --classes, --mask_values (folders, as for ISIC)
         - synapse_multiorgan: --num_val [one in six training cases: 3 of Synapse's 18], --seed [0], --spacing "[x,y,z]" (mm, for
           the TransUNet release, which carries none), --verify [true], --layout btcv|folders|auto [auto: BTCV
           when present], --classes liver,tumour (folders; default: dataset.json), --test_fraction [0.2]
@@ -189,7 +192,7 @@ class Commands:
 
         Options of each bundle (defaults in brackets):
         - isic_skin_lesion: --year 2017|2018 [2017] (the challenge's folder naming), --layout challenge|folders
-          [challenge]
+          [challenge], --classes 1|2 [1] (folders: 2 adds a dark core to each lesion, a second class)
         - polyp_seg: --layout pranet|folders [pranet]
         - synapse_multiorgan: --shape "[x,y,z]" [384,384,48] (voxels per volume), --spacing "[x,y,z]" (mm;
           default: drawn per case, as in the real scans), --layout rawdata|folders [rawdata]
@@ -227,8 +230,9 @@ class Commands:
                 (test-time augmentation, four network passes).
             model: an exported network (.ts, .onnx or .pt2, as the export command writes) to run instead of the
                 bundle's network and weights; the rest of the bundle's inference stays the same.
-            num_classes: synapse_multiorgan trained on your own CT classes: the --num_classes it was trained with
-                (prepare prints it; default 9, the Synapse organs and background).
+            num_classes: a bundle trained on your own classes: the --num_classes it was trained with (prepare
+                prints it; default 9 for synapse_multiorgan, 2 for the 2D bundles). 2D masks of several classes
+                hold the class numbers 0, 1, 2, ... and the overlays colour each class.
             window: synapse_multiorgan trained with another --hu_window: that "[low,high]" in HU (default
                 [-125,275]).
         """

@@ -82,8 +82,8 @@ def _window(value) -> list[float]:
 def predict(bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
             baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
             window=None):
-    """Write ``OUTPUT/masks/**/<stem>_mask.png`` and ``OUTPUT/overlays/**/<stem>_overlay.png`` for every
-    image in ``input`` (a file or a folder, searched recursively; mask folders are skipped).
+    """Write ``OUTPUT/masks/**/<stem>_mask.png`` (0/255, or class numbers for several classes) and
+    ``OUTPUT/overlays/**/<stem>_overlay.png`` for every image in ``input`` (a file or a folder, searched recursively; mask folders are skipped).
 
     Args:
         bundle: a bundle name (``isic_skin_lesion``, ``polyp_seg``, ``synapse_multiorgan``) or the path
@@ -100,8 +100,9 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         model: an exported network (``.ts``, ``.onnx``, ``.pt2`` from ``python -m vmunet_monai export``) to run
             instead of ``network_def`` and its weights (the bundle's ``configs/inference_exported.json``); it is
             first run once on the input size in ``metadata.json``.
-        num_classes: ``synapse_multiorgan`` trained on your own classes: the ``--num_classes`` it was trained
-            with (default: the bundle's 9).
+        num_classes: a bundle trained on your own classes: the ``--num_classes`` it was trained with (default:
+            the bundle's, 9 for ``synapse_multiorgan`` and 2 for the 2D bundles). Above 2 the 2D masks hold the
+            class numbers 0 .. ``num_classes - 1`` and the overlays give each class a colour.
         window: ``synapse_multiorgan`` trained with another ``--hu_window``: that ``(low, high)`` in HU (the
             bundle's ``hu_window``).
 
@@ -126,10 +127,12 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             extra["hu_window"] = _window(window)
         return predict_volumes(input, output, checkpoint=checkpoint, device=device, bundle_root=bundle_root,
                                baseline=baseline, tta=tta, model=model, **extra)
-    if num_classes is not None or window is not None:
-        option = f"--num_classes {num_classes}" if num_classes is not None else f"--window {window}"
-        raise InputError(f"{option}: only for synapse_multiorgan (CT); the 2D bundles segment one class of "
-                         "photographs")
+    if window is not None:
+        raise InputError(f"--window {window}: only for synapse_multiorgan (CT); the 2D bundles read photographs")
+    if num_classes is not None:
+        from vmunet_monai.engine.utils import output_channels
+
+        output_channels(num_classes)  # a whole number of at least 2, or a clear error
 
     from monai.bundle import ConfigWorkflow
 
@@ -176,6 +179,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         "num_workers": 0,
         "tta": bool(tta),
     }
+    if num_classes is not None:
+        overrides["num_classes"] = int(num_classes)
     if model:
         overrides["exported_model"] = str(ckpt)
     else:

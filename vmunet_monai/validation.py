@@ -193,8 +193,13 @@ def read_image_2d(path) -> np.ndarray:
     return array
 
 
-def check_image_pair_2d(image_path, mask_path) -> tuple[int, int]:
-    """Decode a 2D image and its binary mask and check both, and that they have the same size.
+def check_image_pair_2d(image_path, mask_path, binary: bool = True) -> tuple[int, int]:
+    """Decode a 2D image and its mask and check both, and that they have the same size.
+
+    Args:
+        image_path, mask_path: the pair.
+        binary: the mask must be binary (:func:`check_binary_mask`); ``False`` for a label map of several
+            classes, whose values the importer checks itself.
 
     Returns:
         the image size (height, width).
@@ -207,7 +212,8 @@ def check_image_pair_2d(image_path, mask_path) -> tuple[int, int]:
     if mask.ndim == 3:  # RGB(A) masks are read as one grey channel by the bundles
         mask = mask[..., :3].max(axis=-1) if mask.shape[-1] >= 3 else mask[..., 0]
     check_same_size(image_path, image.shape[:2], mask_path, mask.shape[:2])
-    check_binary_mask(mask, mask_path)
+    if binary:
+        check_binary_mask(mask, mask_path)
     return int(image.shape[0]), int(image.shape[1])
 
 

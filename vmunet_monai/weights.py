@@ -245,6 +245,8 @@ def check_checkpoint_fits(network: nn.Module, checkpoint) -> dict[str, torch.Ten
                    if k in state and tuple(state[k].shape) != tuple(target[k].shape)}
         if shapes and not missing and not unexpected and len(outputs) == 1:
             (trained, here), = outputs
+            # one output channel is the 2D bundles' binary head: two classes (background and the object)
+            trained, here = (2 if trained == 1 else trained), (2 if here == 1 else here)
             if all(tuple(state[k].shape[1:]) == tuple(target[k].shape[1:]) for k in target
                    if k in state and tuple(state[k].shape) != tuple(target[k].shape)):
                 hint = (f"; its output layer has {trained} classes against {here} here: it was trained with "

@@ -124,10 +124,11 @@ def pair_images_and_masks(images: Sequence[Path], mask_folder: str | os.PathLike
     return pairs
 
 
-def verify_pairs(pairs: Sequence[tuple[Path, Path]], skipped: list[dict], workers: int | None = None
-                 ) -> list[tuple[Path, Path]]:
+def verify_pairs(pairs: Sequence[tuple[Path, Path]], skipped: list[dict], workers: int | None = None,
+                 binary: bool = True) -> list[tuple[Path, Path]]:
     """Decode every image and mask once and keep the pairs that pass
-    :func:`vmunet_monai.validation.check_image_pair_2d` (readable, same size, binary mask values).
+    :func:`vmunet_monai.validation.check_image_pair_2d` (readable, same size, binary mask values unless
+    ``binary`` is false: label maps of several classes).
 
     Failures are appended to ``skipped`` as ``{"file", "reason"}``; the order of ``pairs`` is kept.
     Decoding runs on a thread pool (PIL releases the GIL while it decodes).
@@ -136,7 +137,7 @@ def verify_pairs(pairs: Sequence[tuple[Path, Path]], skipped: list[dict], worker
 
     def check(pair):
         try:
-            check_image_pair_2d(*pair)
+            check_image_pair_2d(*pair, binary=binary)
             return None
         except InputError as exc:
             return str(exc)

@@ -1,4 +1,4 @@
-"""Your own binary 2D dataset as plain folders of images and masks, for the ISIC and polyp bundles.
+"""Your own 2D dataset as plain folders of images and masks, for the ISIC and polyp bundles.
 
 ``prepare isic_skin_lesion RAW OUT`` and ``prepare polyp_seg RAW OUT`` read this layout when RAW
 does not hold the challenge / PraNet download (or always, with ``--layout folders``). The folders
@@ -22,7 +22,9 @@ they come);
 file in the mask folder named after its image's stem plus a suffix, found by trying ``""``,
 ``"_mask"``, ``"_segmentation"``, ``"_seg"``, ``"_gt"``, ``"_label"`` and ``"-mask"`` and keeping
 the one that pairs the most images (``--mask_suffix`` sets it). Masks are binary: 0/1 or 0/255,
-grey or RGB(A), of the image's size; images are PNG, JPEG, BMP or TIFF of any size.
+grey or RGB(A), of the image's size; images are PNG, JPEG, BMP or TIFF of any size. With ``--classes``
+naming two or more classes (or a ``dataset.json`` beside the folders naming them), masks are label
+maps instead, read by :mod:`vmunet_monai.data.label_maps`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from vmunet_monai.data.common import (
     verify_pairs,
     write_datalist,
 )
+from vmunet_monai.data.label_maps import prepare_label_maps
 from vmunet_monai.data.preview import announce
 from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError
 
@@ -196,7 +199,7 @@ def _suffix_for(images: list[Path], mask_dir: Path) -> str:
 
 
 def _items(dirs: tuple[Path, Path], dataset: str, mask_suffix: str | None, skipped: list[dict],
-           verify: bool) -> tuple[list[dict], str]:
+           verify: bool, binary: bool = True) -> tuple[list[dict], str]:
     image_dir, mask_dir = dirs
     images = list_images(image_dir)
     if not images:
@@ -204,7 +207,7 @@ def _items(dirs: tuple[Path, Path], dataset: str, mask_suffix: str | None, skipp
     suffix = _suffix_for(images, mask_dir) if mask_suffix is None else mask_suffix
     pairs = pair_images_and_masks(images, mask_dir, mask_suffix=suffix, skipped=skipped)
     if verify:
-        pairs = verify_pairs(pairs, skipped)
+        pairs = verify_pairs(pairs, skipped, binary=binary)
         if not pairs:
             raise DatasetLayoutError(f"{image_dir}: no usable image/mask pair (every pair was skipped: "
                                      f"{skipped[-1]['reason']})")
@@ -212,7 +215,8 @@ def _items(dirs: tuple[Path, Path], dataset: str, mask_suffix: str | None, skipp
 
 
 def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, test_fraction: float,
-                    seed: int = 0, verify: bool = True, mask_suffix: str | None = None) -> str:
+                    seed: int = 0, verify: bool = True, mask_suffix: str | None = None, classes=None,
+                    mask_values=None) -> str:
     """Write ``out/datalist.json`` (training / validation / test) from a folders layout in ``raw``.
 
     Args:
@@ -225,6 +229,10 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
         verify: decode every image and mask once and skip (naming them) pairs that cannot be used.
         mask_suffix: text between an image's stem and its mask's extension; None tries
             :data:`MASK_SUFFIXES` per folder and keeps the one that pairs the most images.
+        classes: names of the classes (``"a,b"`` or a list; default: the ``labels`` of a ``dataset.json`` in
+            the dataset folder, else one class, binary masks). Two or more make the masks label maps
+            (:mod:`vmunet_monai.data.label_maps`), and the datalist records ``labels`` and ``num_classes``.
+        mask_values: the mask value of background and of each class, in that order (default: found).
 
     Returns:
         the path of the datalist (skipped files are listed under ``meta.skipped``).
@@ -233,15 +241,25 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
         DatasetLayoutError: for no layout, an empty folder, a folder where no pair is usable, no mask
             named like the images, or OUT inside a folder the data is read from.
     """
+    from vmunet_monai.data.volumes import class_names
+
     root, layout = find_folders_layout(raw)
     folders = [d for dirs in _all_dirs(layout) for d in dirs]
     check_prepare_output(folders, out)
+    names = class_names(classes, root)
+    multi = names is not None and len(names) > 1
+    if mask_values is not None and not multi:
+        raise InputError(f"--mask_values {mask_values!r}: only for masks of several classes (name them with "
+                         f"--classes, e.g. --classes polyp,instrument)")
+    if names is not None and list(names) != list(range(1, len(names) + 1)):
+        raise InputError(f"{root / 'dataset.json'}: class numbers {sorted(names)} are not 1 to {len(names)} "
+                         f"(give the names in order with --classes)")
     skipped: list[dict] = []
     suffixes: dict[str, str] = {}
     name = root.resolve().name or "dataset"
 
     def read(dirs, dataset):
-        items, suffix = _items(dirs, dataset, mask_suffix, skipped, bool(verify))
+        items, suffix = _items(dirs, dataset, mask_suffix, skipped, bool(verify), binary=not multi)
         suffixes[str(dirs[1])] = suffix
         return items
 
@@ -282,16 +300,21 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
         raise DatasetLayoutError(
             f"{root}: too few usable images to split ({len(train)} training, {len(val)} validation, "
             f"{len(test)} test); every split needs at least one")
-    path = write_datalist(
-        out, {"training": train, "validation": val, "test": test},
-        {"dataset": f"{name} (folders of images and masks)", "importer": importer, "layout": "folders",
-         "raw": str(root.resolve()), "how": how, "seed": seed, "mask_suffixes": suffixes,
-         "test_sets": test_sets or {test[0]["dataset"]: len(test)}, "skipped": skipped},
-    )
+    meta = {"dataset": f"{name} (folders of images and masks)", "importer": importer, "layout": "folders",
+            "raw": str(root.resolve()), "how": how, "seed": seed, "mask_suffixes": suffixes,
+            "test_sets": test_sets or {test[0]["dataset"]: len(test)}, "skipped": skipped}
+    if multi:
+        meta.update(prepare_label_maps(train + val + test, names, mask_values, out, root))
+    elif names:
+        meta.update({"labels": {"0": "background", "1": names[1]}, "num_classes": 2})
+    path = write_datalist(out, {"training": train, "validation": val, "test": test}, meta)
     report_skipped(skipped, "image")
     summary = (f"{name}: {len(train)} training, {len(val)} validation, {len(test)} test images"
-               + (f" (test sets {test_sets})" if len(test_sets) > 1 else ""))
-    announce(out, path, {"training": train, "validation": val, "test": test}, summary)
+               + (f" (test sets {test_sets})" if len(test_sets) > 1 else "")
+               + (f", {len(names)} classes: train, evaluate and predict with --num_classes {len(names) + 1}"
+                  if multi else ""))
+    announce(out, path, {"training": train, "validation": val, "test": test}, summary,
+             labels=names if multi else None)
     return path
 
 

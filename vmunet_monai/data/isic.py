@@ -25,11 +25,13 @@ Images are ``ISIC_<id>.jpg``; masks are ``ISIC_<id>_segmentation.png`` (0/255). 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from vmunet_monai.data.common import (
     DatasetLayoutError,
@@ -126,9 +128,10 @@ def _items(pairs, year: int) -> list[dict]:
 
 def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, val_fraction: float = 0.2,
             test_fraction: float = 0.3, validation: str = "auto", seed: int = 0, verify: bool = True,
-            layout: str = "auto", mask_suffix: str | None = None) -> str:
+            layout: str = "auto", mask_suffix: str | None = None, classes=None, mask_values=None) -> str:
     """Write ``out/datalist.json`` (training / validation / test) from ISIC challenge downloads in ``raw``,
-    or from your own folders of images and binary masks (:mod:`vmunet_monai.data.folders`).
+    or from your own folders of images and masks (:mod:`vmunet_monai.data.folders`), binary or of several
+    classes (:mod:`vmunet_monai.data.label_maps`).
 
     Args:
         raw: folder holding the extracted challenge folders (or your folders of images and masks).
@@ -148,6 +151,9 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
             it lacks) or ``"auto"`` (challenge folders when present, else folders).
         mask_suffix: folders layout: text between an image's stem and its mask's extension (default:
             found by trying the common ones).
+        classes: folders layout: the class names (``"a,b"``); two or more make the masks label maps and the
+            bundle is then run with ``--num_classes`` (classes + background).
+        mask_values: folders layout, several classes: mask value of background and of each class (default: found).
 
     Returns:
         the path of the datalist (skipped files are listed under ``meta.skipped``).
@@ -171,8 +177,10 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
         not_here = {"split": (split, "auto"), "year": (year, None), "validation": (validation, "auto")}
         refuse_options("folders", not_here, "the ISIC challenge")
         return prepare_folders(raw, out, importer="vmunet_monai.data.isic", val_fraction=val_fraction,
-                               test_fraction=test_fraction, seed=seed, verify=verify, mask_suffix=mask_suffix)
-    refuse_options("challenge", {"mask_suffix": (mask_suffix, None)}, "the folders")
+                               test_fraction=test_fraction, seed=seed, verify=verify, mask_suffix=mask_suffix,
+                               classes=classes, mask_values=mask_values)
+    refuse_options("challenge", {"mask_suffix": (mask_suffix, None), "classes": (classes, None),
+                                 "mask_values": (mask_values, None)}, "the folders")
     check_prepare_output([folder for folders in found.values() for folder in folders.values()], out)
     usable = {y: f for y, f in found.items() if ("train", "image") in f and ("train", "mask") in f}
     if not usable:
@@ -225,8 +233,9 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
     return path
 
 
-def _lesion_image(height: int, width: int, rng) -> tuple[np.ndarray, np.ndarray]:
-    """A dermoscopy-like RGB image (skin texture, hairs, dark vignette) and its lesion mask."""
+def _lesion_image(height: int, width: int, rng, core: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A dermoscopy-like RGB image (skin texture, hairs, dark vignette) and its lesion mask; with ``core``, the
+    lesion has a dark core and the mask holds 0 (skin), 1 (lesion) and 2 (core)."""
     skin = np.array([rng.uniform(200, 240), rng.uniform(150, 190), rng.uniform(120, 160)], dtype=np.float32)
     shade = 1 + 0.08 * smooth_noise(height, width, max(8, width // 4), rng)
     grain = 6 * rng.standard_normal((height, width, 1)).astype(np.float32)
@@ -236,6 +245,11 @@ def _lesion_image(height: int, width: int, rng) -> tuple[np.ndarray, np.ndarray]
     mottling = 1 + 0.25 * smooth_noise(height, width, max(4, width // 12), rng)
     alpha = soft_edges(mask, sigma=rng.uniform(0.8, 2.0))[..., None]
     image = (1 - alpha) * image + alpha * lesion * mottling[..., None]
+    if core:
+        inner = random_blob_mask(height, width, rng, area_fraction=(0.03, 0.08), roughness=0.2,
+                                 center_jitter=0.05) & mask
+        image = image * (1 - 0.55 * soft_edges(inner, sigma=1.0)[..., None])
+        mask = mask.astype(np.uint8) + inner.astype(np.uint8)
     for _ in range(rng.integers(0, 4)):  # hairs: thin dark curves across the image
         t = np.linspace(0, 1, 4 * max(height, width))
         y0, x0, y1, x1 = rng.uniform(0, 1, 4) * [height, width, height, width]
@@ -249,7 +263,8 @@ def _lesion_image(height: int, width: int, rng) -> tuple[np.ndarray, np.ndarray]
     return image, mask
 
 
-def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017, layout: str = "challenge") -> str:
+def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017, layout: str = "challenge",
+              classes: int = 1) -> str:
     """Write a synthetic ISIC dataset in the challenge layout under ``out`` (lesion-like blobs on skin texture).
 
     Args:
@@ -259,6 +274,9 @@ def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017, layout: 
         year: 2017 or 2018 folder naming.
         layout: ``"challenge"``, or ``"folders"``: ``num`` images in ``images/`` with their masks in ``masks/``
             named ``<stem>_mask.png``, as your own data may come (:mod:`vmunet_monai.data.folders`).
+        classes: folders layout: 2 gives each lesion a dark core, a second class; the masks then hold the grey
+            levels 0 (skin), 128 (lesion) and 255 (core), and ``dataset.json`` names the classes, as
+            :mod:`vmunet_monai.data.label_maps` reads them.
 
     Returns:
         ``out``.
@@ -269,15 +287,28 @@ def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017, layout: 
         raise ValueError(f"num must be at least 2, got {num}")
     if layout not in ("challenge", "folders"):
         raise ValueError(f"layout must be 'challenge' or 'folders', got {layout!r}")
+    if classes not in (1, 2) or (classes == 2 and layout != "folders"):
+        raise ValueError(f"classes must be 1, or 2 with layout 'folders', got {classes!r}")
     rng = np.random.default_rng(seed)
     root = Path(out)
     if layout == "folders":
         for k in range(num):
             width = int(rng.integers(112, 176))
-            image, mask = _lesion_image(int(width * rng.uniform(0.7, 0.9)), width, rng)
+            image, mask = _lesion_image(int(width * rng.uniform(0.7, 0.9)), width, rng, core=classes == 2)
             save_rgb(image, root / "images" / f"lesion_{k:04d}.jpg")
-            save_mask(mask, root / "masks" / f"lesion_{k:04d}_mask.png")
-        print(f"synthetic lesions in your-own-data folders: {num} images in images/, masks in masks/ -> {root}")
+            if classes == 2:
+                path = root / "masks" / f"lesion_{k:04d}_mask.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray((np.asarray(mask, np.uint16) * 255 // 2).astype(np.uint8)).save(path)
+            else:
+                save_mask(mask, root / "masks" / f"lesion_{k:04d}_mask.png")
+        if classes == 2:
+            (root / "dataset.json").write_text(json.dumps(
+                {"name": "synthetic lesions with a dark core", "labels": {"0": "background", "1": "lesion",
+                                                                          "2": "dark_core"}}, indent=4) + "\n")
+        print(f"synthetic lesions in your-own-data folders: {num} images in images/, masks in masks/"
+              + (" (grey levels 0 skin, 128 lesion, 255 dark core; classes named in dataset.json)" if classes == 2
+                 else "") + f" -> {root}")
         return str(root)
     if year == 2017:
         names = {"train": ("ISIC-2017_Training_Data", "ISIC-2017_Training_Part1_GroundTruth"),

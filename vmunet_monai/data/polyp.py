@@ -86,9 +86,11 @@ def _pairs(folder: Path, dataset: str, skipped: list[dict], verify: bool) -> lis
 
 
 def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0, verify: bool = True,
-            layout: str = "auto", test_fraction: float = 0.2, mask_suffix: str | None = None) -> str:
+            layout: str = "auto", test_fraction: float = 0.2, mask_suffix: str | None = None, classes=None,
+            mask_values=None) -> str:
     """Write ``out/datalist.json`` from the PraNet polyp layout in ``raw``, or from your own folders of
-    images and binary masks (:mod:`vmunet_monai.data.folders`).
+    images and masks (:mod:`vmunet_monai.data.folders`), binary or of several classes
+    (:mod:`vmunet_monai.data.label_maps`).
 
     Args:
         raw: the folder holding TrainDataset/ and TestDataset/ (or a folder above it), or your folders.
@@ -104,6 +106,9 @@ def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0, verify
         test_fraction: folders layout without a test folder: share of the images held out for testing.
         mask_suffix: folders layout: text between an image's stem and its mask's extension (default:
             found by trying the common ones).
+        classes: folders layout: the class names (``"a,b"``); two or more make the masks label maps and the
+            bundle is then run with ``--num_classes`` (classes + background).
+        mask_values: folders layout, several classes: mask value of background and of each class (default: found).
 
     Returns:
         the path of the datalist (skipped files are listed under ``meta.skipped``).
@@ -124,8 +129,10 @@ def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0, verify
     if choose_layout(layout, "pranet", root is not None, raw,
                      "the PraNet layout (TrainDataset/ and TestDataset/<set>/)"):
         return prepare_folders(raw, out, importer="vmunet_monai.data.polyp", val_fraction=val_fraction,
-                               test_fraction=test_fraction, seed=seed, verify=verify, mask_suffix=mask_suffix)
-    given = {"test_fraction": (test_fraction, 0.2), "mask_suffix": (mask_suffix, None)}
+                               test_fraction=test_fraction, seed=seed, verify=verify, mask_suffix=mask_suffix,
+                               classes=classes, mask_values=mask_values)
+    given = {"test_fraction": (test_fraction, 0.2), "mask_suffix": (mask_suffix, None), "classes": (classes, None),
+             "mask_values": (mask_values, None)}
     refuse_options("pranet", given, "the folders")
     check_prepare_output([root / "TrainDataset", root / "TestDataset"], out)
     skipped: list[dict] = []

@@ -38,12 +38,21 @@ def _mask_2d(path: str) -> np.ndarray:
     return BinarizeMaskd("mask")({"mask": mask})["mask"] > 0
 
 
-def _preview_2d(picked, path: Path, title: str) -> None:
+def _preview_2d(picked, path: Path, title: str, labels: Mapping[int, str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
     from PIL import Image
+
+    from vmunet_monai.data.label_maps import read_label
+
+    from vmunet_monai.engine.handlers import class_colors
+
+    num = max(labels) + 1 if labels else 2
+    cmap = ListedColormap(np.asarray(class_colors(max(num, 2)), dtype=np.float32) / 255)  # the overlays' colours
 
     cols = min(4, len(picked))
     rows = int(np.ceil(len(picked) / cols))
@@ -52,16 +61,26 @@ def _preview_2d(picked, path: Path, title: str) -> None:
         ax.axis("off")
     for ax, (split, item) in zip(axes.ravel(), picked):
         image = Image.open(item["image"]).convert("RGB")
-        mask = _mask_2d(item["label"])
         ax.imshow(image)
-        ax.imshow(np.ma.masked_equal(mask.astype(np.uint8), 0), cmap="autumn", alpha=0.35, interpolation="nearest")
-        if mask.any() and not mask.all():
-            ax.contour(mask, levels=[0.5], colors="yellow", linewidths=0.8)
+        if labels:  # label maps of class numbers (prepare has rewritten any other kind)
+            classes = read_label(item["label"])
+            ax.imshow(np.ma.masked_equal(classes, 0), cmap=cmap, vmin=0, vmax=max(num, 2) - 1, alpha=0.5,
+                      interpolation="nearest")
+        else:
+            mask = _mask_2d(item["label"])
+            ax.imshow(np.ma.masked_equal(mask.astype(np.uint8), 0), cmap="autumn", alpha=0.35,
+                      interpolation="nearest")
+            if mask.any() and not mask.all():
+                ax.contour(mask, levels=[0.5], colors="yellow", linewidths=0.8)
         name = item.get("name", Path(item["image"]).stem)
         where = f"test, {item['dataset']}" if split == "test" and item.get("dataset") else split
         ax.set_title(f"{where}: {name}", fontsize=8)
-    fig.suptitle(f"{title}\n(yellow: the mask paired with each image)", fontsize=9)
-    fig.tight_layout()
+    if labels:
+        handles = [Patch(color=cmap(v), label=f"{v} {n}") for v, n in sorted(labels.items())]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=7, frameon=False)
+    fig.suptitle(f"{title}\n({'the classes of the mask' if labels else 'yellow: the mask'} paired with each image)",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0.06 if labels else 0, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -111,7 +130,7 @@ def write_preview(out: str | os.PathLike, splits: Mapping[str, Sequence[dict]], 
         out: the prepared folder.
         splits: split name -> items with absolute (or working-directory-relative) ``image`` and ``label`` paths.
         title: the figure title (the importer's summary line).
-        labels: CT: label value -> class name, background left out.
+        labels: label value -> class name, background left out (CT, and 2D label maps of several classes).
         count: items shown (default 8 images or 4 volumes), taken from the splits in turn.
         window: CT display window in HU.
 
@@ -132,7 +151,7 @@ def write_preview(out: str | os.PathLike, splits: Mapping[str, Sequence[dict]], 
         if volumes:
             _preview_ct(picked, path, title, dict(labels or {}), window)
         else:
-            _preview_2d(picked, path, title)
+            _preview_2d(picked, path, title, dict(labels or {}))
     except Exception as exc:  # a picture is a convenience; the datalist is already written
         print(f"note: no {path} ({type(exc).__name__}: {exc})", file=sys.stderr)
         return None

@@ -22,7 +22,14 @@ from vmunet_monai.engine.transforms import (
     insert_before,
     rgb_converter,
 )
-from vmunet_monai.engine.utils import amp_dtype, amp_enabled, compile_network, find_bundle, load_pretrained
+from vmunet_monai.engine.utils import (
+    amp_dtype,
+    amp_enabled,
+    compile_network,
+    find_bundle,
+    load_pretrained,
+    output_channels,
+)
 
 __all__ = [
     "BinarizeMaskd",
@@ -46,6 +53,7 @@ __all__ = [
     "item_name",
     "load_exported",
     "load_pretrained",
+    "output_channels",
     "rgb_converter",
     "set_determinism",
 ]

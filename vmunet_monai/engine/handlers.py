@@ -390,14 +390,20 @@ class BinarySegmentationReport:
         prefix: file name prefix.
         title: heading of the printed table, the JSON and the plot.
         print_summary: print the table when done.
+        num_classes: classes including background. Above 2, prediction and ground truth are one-hot
+            (one channel per class, background first) and every class but background is scored apart.
+        class_names: class number -> name (background left out); default ``class_<n>``.
     """
 
     def __init__(self, output_dir: str, pred_key: str = "pred", label_key: str = "label", name_key: str = "name",
                  group_key: str = "dataset", threshold: float = 0.5, prefix: str = "metrics", title: str = "",
-                 print_summary: bool = True) -> None:
+                 print_summary: bool = True, num_classes: int = 2, class_names: Mapping | None = None) -> None:
         self.output_dir, self.pred_key, self.label_key = output_dir, pred_key, label_key
         self.name_key, self.group_key, self.threshold = name_key, group_key, threshold
         self.prefix, self.title, self.print_summary = prefix, title, print_summary
+        self.num_classes = int(num_classes)
+        names = {int(k): str(v) for k, v in (class_names or {}).items()}
+        self.class_names = {c: names.get(c, f"class_{c}") for c in range(1, self.num_classes)}
         self.records: list[dict] = []
         self.paths: dict = {}
 
@@ -419,10 +425,18 @@ class BinarySegmentationReport:
             if self.label_key not in out or out[self.label_key] is None:
                 raise KeyError(f"{item_name(item, self.name_key)}: no {self.label_key!r} to evaluate against")
             group = item.get(self.group_key) if isinstance(item, dict) else None
-            self.records.append(
-                make_record(item_name(item, self.name_key), out[self.pred_key], out[self.label_key],
-                            group=group if group is not None else "all", threshold=self.threshold)
-            )
+            group = group if group is not None else "all"
+            name, pred, label = item_name(item, self.name_key), out[self.pred_key], out[self.label_key]
+            if self.num_classes <= 2:
+                self.records.append(make_record(name, pred, label, group=group, threshold=self.threshold))
+                continue
+            for tensor, what in ((pred, "prediction"), (label, "ground truth")):
+                if int(tensor.shape[0]) != self.num_classes:
+                    raise ValueError(f"{name}: the {what} has {int(tensor.shape[0])} channels, but {self.num_classes} "
+                                     f"classes need one-hot channels (AsDiscreted to_onehot={self.num_classes})")
+            for c, cls in self.class_names.items():
+                self.records.append(make_record(name, pred[c], label[c], group=group, threshold=self.threshold,
+                                                cls=cls))
 
     def _write(self, engine: Engine) -> None:
         if _rank() != 0 or not self.records:
@@ -435,6 +449,17 @@ class BinarySegmentationReport:
         if self.print_summary:
             print(format_summary(summary), flush=True)
             print(f"report: {self.paths['csv']}, {self.paths['json']}, {self.paths.get('plot', '')}", flush=True)
+
+
+CLASS_COLORS = ((255, 64, 64), (64, 128, 255), (255, 200, 0), (255, 0, 255), (0, 220, 220), (255, 128, 0),
+                (160, 100, 255), (255, 255, 255))  # classes 2, 3, ... of an overlay (class 1 takes its color)
+
+
+def class_colors(num_classes: int, first: Sequence[int] = (0, 255, 0)) -> list[tuple[int, ...]]:
+    """RGB of classes 0 .. ``num_classes - 1`` in overlays and previews: black for background, ``first`` for
+    class 1, then :data:`CLASS_COLORS` in turn."""
+    rest = [CLASS_COLORS[i % len(CLASS_COLORS)] for i in range(max(num_classes - 2, 0))]
+    return [(0, 0, 0), tuple(int(v) for v in first)] + rest
 
 
 class OverlayWriter:
@@ -452,14 +477,18 @@ class OverlayWriter:
         color: RGB of the tint and outline.
         alpha: tint strength inside the mask.
         pil_reverse_indexing: the mask is in ``PILReader``'s default (W, H) order.
+        num_classes: classes including background; above 2 the mask holds class numbers and each class gets
+            its own colour (``color`` for class 1, then :data:`CLASS_COLORS`).
     """
 
     def __init__(self, output_dir: str, data_root_dir: str = "", pred_key: str = "pred", image_key: str = "image",
-                 color: Sequence[int] = (0, 255, 0), alpha: float = 0.35, pil_reverse_indexing: bool = True) -> None:
+                 color: Sequence[int] = (0, 255, 0), alpha: float = 0.35, pil_reverse_indexing: bool = True,
+                 num_classes: int = 2) -> None:
         self.output_dir, self.data_root_dir = output_dir, data_root_dir
         self.pred_key, self.image_key = pred_key, image_key
         self.color = np.asarray(color, dtype=np.float32)
         self.alpha, self.pil_reverse_indexing = alpha, pil_reverse_indexing
+        self.num_classes = int(num_classes)
         self.written: list[str] = []
 
     def attach(self, engine: Engine) -> None:
@@ -486,20 +515,26 @@ class OverlayWriter:
             if source is None:
                 raise ValueError("OverlayWriter: the item carries no source file name (load images with LoadImaged)")
             mask = out[self.pred_key]
-            mask = (mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)) > 0.5
+            mask = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
             mask = mask.reshape(mask.shape[-2:]) if mask.ndim > 2 else mask
+            classes = np.rint(mask).astype(np.int64) if self.num_classes > 2 else (mask > 0.5).astype(np.int64)
             with Image.open(source) as opened:
                 image = np.asarray(rgb_converter(opened), dtype=np.float32)
             if self.pil_reverse_indexing:
-                mask = mask.T
-            if mask.shape != image.shape[:2]:
+                classes = classes.T
+            if classes.shape != image.shape[:2]:
                 raise ValueError(
-                    f"{source}: mask {mask.shape} does not match image {image.shape[:2]}; invert the resizing first"
+                    f"{source}: mask {classes.shape} does not match image {image.shape[:2]}; invert the resizing first"
                 )
-            edge = mask & ~binary_erosion(mask, iterations=max(1, min(mask.shape) // 200))
             blended = image.copy()
-            blended[mask] = (1 - self.alpha) * image[mask] + self.alpha * self.color
-            blended[edge] = self.color
+            for c in range(1, max(self.num_classes, 2)):
+                mask = classes == c
+                if not mask.any():
+                    continue
+                color = np.asarray(class_colors(c + 1, tuple(self.color))[c], np.float32)
+                edge = mask & ~binary_erosion(mask, iterations=max(1, min(mask.shape) // 200))
+                blended[mask] = (1 - self.alpha) * image[mask] + self.alpha * color
+                blended[edge] = color
             target = self._target(source)
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(blended.clip(0, 255).astype(np.uint8)).save(target)

@@ -58,13 +58,18 @@ class BinarizeMaskd(MapTransform):
     Args:
         keys: keys of the masks.
         allow_missing_keys: skip absent keys instead of raising.
+        enabled: ``False`` passes the masks through unchanged: label maps of several classes, which hold
+            class numbers (the 2D bundles' ``"enabled": "$not @multi_class"``).
     """
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, enabled: bool = True) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.enabled = bool(enabled)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
+        if not self.enabled:
+            return d
         for key in self.key_iterator(d):
             mask = d[key]
             scale_is_255 = bool((mask.max() > 1) if isinstance(mask, torch.Tensor) else np.max(mask) > 1)

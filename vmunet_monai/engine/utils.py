@@ -10,11 +10,27 @@ import torch
 import torch.nn as nn
 
 __all__ = ["load_pretrained", "amp_enabled", "amp_dtype", "find_bundle", "inference_configs", "network_file",
-           "BUNDLES_ENV"]
+           "output_channels", "BUNDLES_ENV"]
 
 logger = logging.getLogger(__name__)
 
 BUNDLES_ENV = "VMUNET_BUNDLES_DIR"
+
+
+def output_channels(num_classes) -> int:
+    """The network outputs of a 2D bundle for ``num_classes`` classes, background included: one sigmoid
+    channel for two (binary masks, as the papers train), else one softmax channel per class.
+
+    Raises:
+        vmunet_monai.validation.InputError: for fewer than two classes or a value that is not a whole number.
+    """
+    from vmunet_monai.validation import InputError
+
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise InputError(f"num_classes {num_classes!r}: give the number of classes including background, a whole "
+                         f"number of at least 2 (2: binary masks; prepare prints the value for masks of several "
+                         f"classes)")
+    return 1 if num_classes == 2 else num_classes
 
 
 def load_pretrained(network: nn.Module, checkpoint: str | os.PathLike | None) -> nn.Module:

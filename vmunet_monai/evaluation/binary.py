@@ -11,6 +11,11 @@ Two families, always labelled:
 
 Records are plain dicts (``name``, ``group``, ``tp``, ``fp``, ``fn``, ``tn``), so the same functions
 serve an ignite handler, a script or a notebook.
+
+Masks of several classes give one record per image and class (with a ``class`` field), each class
+scored as its own binary mask. The summary then reports every class apart (``classes``), and its
+``overall`` and ``groups`` entries average the classes: pooled over the pixels of every class
+(their confusion matrices summed), and per image the mean over classes.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import torch
 __all__ = [
     "POOLED_LABEL",
     "PER_IMAGE_LABEL",
+    "POOLED_LABEL_CLASSES",
+    "PER_IMAGE_LABEL_CLASSES",
     "confusion_counts",
     "pooled_metrics",
     "image_dice_iou",
@@ -43,6 +50,12 @@ POOLED_LABEL = (
     "miou is the foreground IoU TP/(TP+FP+FN) that the papers call mIoU"
 )
 PER_IMAGE_LABEL = "per image, then mean and sample standard deviation over images (both-empty image scores 1)"
+POOLED_LABEL_CLASSES = (
+    "pooled over all pixels of the set and every class (the classes' confusion matrices summed); "
+    "miou is TP/(TP+FP+FN) of that sum"
+)
+PER_IMAGE_LABEL_CLASSES = ("per image the mean over classes (a class absent from both ground truth and prediction "
+                           "scores 1), then mean and sample standard deviation over images")
 
 
 def _as_bool(x, threshold: float) -> np.ndarray:
@@ -95,11 +108,29 @@ def image_dice_iou(tp: int, fp: int, fn: int) -> tuple[float, float]:
     return 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)
 
 
-def make_record(name: str, pred, target, group: str = "all", threshold: float = 0.5) -> dict:
-    """One per-image record: name, group, confusion counts, Dice and IoU."""
+def make_record(name: str, pred, target, group: str = "all", threshold: float = 0.5, cls: str | None = None) -> dict:
+    """One per-image record: name, group, confusion counts, Dice and IoU (and ``class`` when ``cls`` is given:
+    one class of a mask of several)."""
     tp, fp, fn, tn = confusion_counts(pred, target, threshold)
     dice, iou = image_dice_iou(tp, fp, fn)
-    return {"name": str(name), "group": str(group), "tp": tp, "fp": fp, "fn": fn, "tn": tn, "dice": dice, "iou": iou}
+    record = {"name": str(name), "group": str(group), "tp": tp, "fp": fp, "fn": fn, "tn": tn, "dice": dice, "iou": iou}
+    if cls is not None:
+        record["class"] = str(cls)
+    return record
+
+
+def _per_image(records: Sequence[dict]) -> list[dict]:
+    """Records of several classes merged into one per image: counts summed, Dice and IoU averaged over classes."""
+    merged: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        merged.setdefault((r["group"], r["name"]), []).append(r)
+    out = []
+    for (group, name), rs in merged.items():
+        entry = {"name": name, "group": group, **{k: sum(r[k] for r in rs) for k in ("tp", "fp", "fn", "tn")}}
+        entry["dice"] = float(np.mean([r["dice"] for r in rs]))
+        entry["iou"] = float(np.mean([r["iou"] for r in rs]))
+        out.append(entry)
+    return out
 
 
 def mean_sd(values: Iterable[float]) -> tuple[float, float]:
@@ -136,25 +167,38 @@ def summarize(records: Iterable[dict], title: str = "") -> dict:
     records = list(records)
     if not records:
         raise ValueError("no per-image records to summarise: the evaluated split was empty")
-    groups: dict[str, list[dict]] = {}
+
+    def by_group(rs):
+        groups: dict[str, list[dict]] = {}
+        for r in rs:
+            groups.setdefault(r["group"], []).append(r)
+        return {"overall": _summarize_one(rs), "groups": {g: _summarize_one(v) for g, v in groups.items()}}
+
+    if not any("class" in r for r in records):
+        return {"title": title, "labels": {"pooled": POOLED_LABEL, "per_image": PER_IMAGE_LABEL}, **by_group(records)}
+    classes: dict[str, list[dict]] = {}
     for r in records:
-        groups.setdefault(r["group"], []).append(r)
+        classes.setdefault(r["class"], []).append(r)
     return {
         "title": title,
-        "labels": {"pooled": POOLED_LABEL, "per_image": PER_IMAGE_LABEL},
-        "overall": _summarize_one(records),
-        "groups": {g: _summarize_one(rs) for g, rs in groups.items()},
+        "labels": {"pooled": POOLED_LABEL_CLASSES, "per_image": PER_IMAGE_LABEL_CLASSES,
+                   "classes": "each class scored as its own binary mask: " + POOLED_LABEL + "; " + PER_IMAGE_LABEL},
+        **by_group(_per_image(records)),
+        "classes": {c: by_group(rs) for c, rs in classes.items()},
     }
 
 
 def format_summary(summary: dict) -> str:
-    """A fixed-width table of a :func:`summarize` result, one row per group (and one for all when several)."""
+    """A fixed-width table of a :func:`summarize` result, one row per group (and one for all when several), then
+    one per class for masks of several classes."""
     head = (f"{'set':<22}{'n':>5} | pooled: {'mIoU':>6} {'DSC':>6} {'Acc':>6} {'Sen':>6} {'Spe':>6} "
             f"| per image: {'Dice mean±sd':>15} {'IoU mean±sd':>15}")
     rows = ([summary["title"]] if summary.get("title") else []) + [head, "-" * len(head)]
     entries = list(summary["groups"].items())
-    if len(entries) > 1:
-        entries.append(("all sets together", summary["overall"]))
+    classes = summary.get("classes") or {}
+    if len(entries) > 1 or classes:
+        entries.append(("all sets together" if len(entries) > 1 else "all classes", summary["overall"]))
+    entries += [(f"class {c}", v["overall"]) for c, v in classes.items()]
     for name, s in entries:
         p, q = s["pooled"], s["per_image"]
         rows.append(
@@ -162,8 +206,11 @@ def format_summary(summary: dict) -> str:
             f"{p['sensitivity']:6.4f} {p['specificity']:6.4f} | per image: "
             f"{q['dice_mean']:7.4f}±{q['dice_sd']:.4f} {q['iou_mean']:7.4f}±{q['iou_sd']:.4f}"
         )
-    rows.append("pooled = " + POOLED_LABEL)
-    rows.append("per image = " + PER_IMAGE_LABEL)
+    labels = summary.get("labels", {})
+    rows.append("pooled = " + labels.get("pooled", POOLED_LABEL))
+    rows.append("per image = " + labels.get("per_image", PER_IMAGE_LABEL))
+    if classes:
+        rows.append("class rows = " + labels["classes"])
     return "\n".join(rows)
 
 
@@ -173,22 +220,26 @@ def _plot(summary: dict, records: Sequence[dict], path: Path) -> None:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    names = list(summary["groups"])
+    classes = summary.get("classes")
+    # several classes: one bar group and one box per class (over all sets); else one per set
+    entries = {c: v["overall"] for c, v in classes.items()} if classes else summary["groups"]
+    member = (lambda r, n: r.get("class") == n) if classes else (lambda r, n: r["group"] == n)
+    names = list(entries)
     fig, (ax_bar, ax_box) = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(names) + 4), 4))
     x = np.arange(len(names))
     width = 0.27
-    pooled_dsc = [summary["groups"][n]["pooled"]["dsc"] for n in names]
-    pooled_iou = [summary["groups"][n]["pooled"]["miou"] for n in names]
-    img_dice = [summary["groups"][n]["per_image"]["dice_mean"] for n in names]
-    img_sd = [summary["groups"][n]["per_image"]["dice_sd"] for n in names]
+    pooled_dsc = [entries[n]["pooled"]["dsc"] for n in names]
+    pooled_iou = [entries[n]["pooled"]["miou"] for n in names]
+    img_dice = [entries[n]["per_image"]["dice_mean"] for n in names]
+    img_sd = [entries[n]["per_image"]["dice_sd"] for n in names]
     ax_bar.bar(x - width, pooled_dsc, width, label="pooled DSC")
     ax_bar.bar(x, pooled_iou, width, label="pooled mIoU (foreground IoU)")
     ax_bar.bar(x + width, img_dice, width, yerr=img_sd, capsize=3, label="per-image Dice (mean ± sd)")
     ax_bar.set_xticks(x, names, rotation=20, ha="right")
     ax_bar.set_ylim(0, 1.05)
-    ax_bar.set_title("metrics per set")
+    ax_bar.set_title("metrics per class" if classes else "metrics per set")
     ax_bar.legend(fontsize=7, loc="lower right")
-    ax_box.boxplot([[r["dice"] for r in records if r["group"] == n] for n in names])
+    ax_box.boxplot([[r["dice"] for r in records if member(r, n)] for n in names])
     ax_box.set_xticks(np.arange(1, len(names) + 1), names, rotation=20, ha="right")
     ax_box.set_ylim(0, 1.05)
     ax_box.set_title("per-image Dice")
@@ -215,7 +266,9 @@ def write_report(records: Sequence[dict], output_dir: str | os.PathLike, prefix:
     summary["environment"] = environment()  # versions, device and scan backend behind these numbers
     csv_path = out / f"{prefix}_per_image.csv"
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["name", "group", "dice", "iou", "tp", "fp", "fn", "tn"])
+        several = any("class" in r for r in records)
+        writer = csv.DictWriter(f, fieldnames=["name", "group"] + (["class"] if several else [])
+                                + ["dice", "iou", "tp", "fp", "fn", "tn"])
         writer.writeheader()
         for r in records:
             writer.writerow({k: r[k] for k in writer.fieldnames})

@@ -1,0 +1,259 @@
+"""2D masks of several classes: reading label maps in prepare, the 2D bundles trained, evaluated, scored at
+native size and run for inference with softmax heads, per-class reports, overlays and predict."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import copy_bundle, tiny_overrides, workflow
+from PIL import Image
+
+from vmunet_monai.data import demo_data, prepare
+from vmunet_monai.data.common import DatasetLayoutError, load_datalist
+from vmunet_monai.data.label_maps import find_class_values, parse_mask_values, read_label, write_label_maps
+from vmunet_monai.engine import BinarySegmentationReport, OverlayWriter, output_channels
+from vmunet_monai.engine.handlers import class_colors
+from vmunet_monai.evaluation.binary import format_summary, make_record, summarize
+from vmunet_monai.validation import InputError
+
+
+def _pool(raw: Path, n: int, rng, values=(0, 128, 255), size=(36, 44), mode: str = "L", ext: str = ".png") -> list:
+    """``n`` images in ``raw/images`` and label maps in ``raw/masks`` holding ``values`` (background, then a
+    rectangle per class); returns the class-number arrays written."""
+    (raw / "images").mkdir(parents=True, exist_ok=True)
+    (raw / "masks").mkdir(parents=True, exist_ok=True)
+    truths = []
+    for i in range(n):
+        h, w = size
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(raw / "images" / f"img{i}.png")
+        classes = np.zeros((h, w), np.uint8)
+        for c in range(1, len(values)):
+            top, left = rng.integers(0, h - 8), rng.integers(0, w - 8)
+            classes[top:top + 8, left:left + 8] = c
+        truths.append(classes)
+        stored = np.asarray(values, np.uint8)[classes]
+        if mode == "P":
+            image = Image.fromarray(classes, mode="P")
+            image.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255] + [0] * (256 - 3) * 3)
+        else:
+            image = Image.fromarray(stored, mode="L")
+        image.save(raw / "masks" / f"img{i}{ext}")
+    return truths
+
+
+def test_mask_values_option_is_checked():
+    assert parse_mask_values("0,128,255", 3) == [0, 128, 255]
+    assert parse_mask_values("[0, 1, 2]", 3) == [0, 1, 2]
+    assert parse_mask_values((0, 7), 2) == [0, 7]
+    assert parse_mask_values(None, 3) is None
+    with pytest.raises(InputError, match=r"2 values, but --classes names 2 classes, so 3 values are needed"):
+        parse_mask_values("0,255", 3)
+    with pytest.raises(InputError, match="repeated"):
+        parse_mask_values("0,5,5", 3)
+    with pytest.raises(InputError, match="whole numbers"):
+        parse_mask_values("0,a,b", 3)
+    with pytest.raises(InputError, match="0 to 65535"):
+        parse_mask_values("0,1,70000", 3)
+
+
+def test_class_values_are_found_checked_and_rewritten(tmp_path):
+    rng = np.random.default_rng(0)
+    grey = tmp_path / "grey"
+    truths = _pool(grey, 3, rng, values=(0, 128, 255))
+    masks = sorted(str(p) for p in (grey / "masks").iterdir())
+    values, seen = find_class_values(masks, 3)
+    assert values == [0, 128, 255] and seen == {1: 3, 2: 3}
+    # the order may be given: here 255 is class 1
+    values, _ = find_class_values(masks, 3, "0,255,128")
+    assert values == [0, 255, 128]
+    with pytest.raises(DatasetLayoutError, match=r"img0\.png: holds the value\(s\) 128, which --mask_values 0,255,7"):
+        find_class_values(masks, 3, "0,255,7")
+    with pytest.raises(DatasetLayoutError, match=r"3 distinct values \(0, 128, 255\) but --classes names 3 classes"):
+        find_class_values(masks, 4)
+
+    items = [{"label": m} for m in masks]
+    assert write_label_maps(items, [0, 128, 255], tmp_path / "out", grey) == 3
+    for item, truth in zip(items, truths):
+        assert Path(item["label"]).parent == tmp_path / "out" / "labels" / "masks"
+        np.testing.assert_array_equal(read_label(item["label"]), truth)
+
+    # class numbers in an 8-bit PNG are used where they are; a palette PNG is read by its index and rewritten
+    numbers = tmp_path / "numbers"
+    _pool(numbers, 2, rng, values=(0, 1, 2))
+    palette = tmp_path / "palette"
+    palette_truths = _pool(palette, 2, rng, mode="P")
+    for folder, copies in ((numbers, 0), (palette, 2)):
+        masks = sorted(str(p) for p in (folder / "masks").iterdir())
+        values, _ = find_class_values(masks, 3)
+        assert values == [0, 1, 2]
+        items = [{"label": m} for m in masks]
+        assert write_label_maps(items, values, tmp_path / folder.name, folder) == copies
+    np.testing.assert_array_equal(read_label(items[0]["label"]), palette_truths[0])
+
+
+def test_prepare_with_classes_writes_class_numbers_and_their_names(tmp_path):
+    rng = np.random.default_rng(1)
+    raw = tmp_path / "raw"
+    _pool(raw, 10, rng, values=(0, 100, 200))
+    out = tmp_path / "prepared"
+    prepare("polyp_seg", str(raw), str(out), classes="polyp,instrument")
+    meta = json.loads((out / "datalist.json").read_text())["meta"]
+    assert meta["labels"] == {"0": "background", "1": "polyp", "2": "instrument"}
+    assert meta["num_classes"] == 3 and meta["mask_values"] == [0, 100, 200]
+    assert meta["label_maps"].startswith("10 of 10 masks rewritten")
+    items = sum((load_datalist(out, k, ["image", "label"]) for k in ("training", "validation", "test")), [])
+    assert len(items) == 10
+    for item in items:
+        assert set(np.unique(read_label(item["label"]))) <= {0, 1, 2}
+        assert Path(item["label"]).resolve().is_relative_to((out / "labels").resolve())
+    assert (out / "preview.png").is_file()
+
+    # the ISIC challenge layout is binary: --classes belongs to the folders layout
+    with pytest.raises(InputError, match=r"--classes 'a,b': only for the folders layout"):
+        demo_data("isic_skin_lesion", str(tmp_path / "isic"), num=2)
+        prepare("isic_skin_lesion", str(tmp_path / "isic"), str(tmp_path / "isic_out"), classes="a,b")
+    with pytest.raises(InputError, match=r"--mask_values '0,255': only for masks of several classes"):
+        prepare("polyp_seg", str(raw), str(tmp_path / "binary"), mask_values="0,255")
+    with pytest.raises(DatasetLayoutError, match=r"3 distinct values \(0, 100, 200\) but --classes names 3 classes"):
+        prepare("polyp_seg", str(raw), str(tmp_path / "three"), classes="a,b,c")
+
+
+def test_demo_data_with_two_classes_names_them_for_prepare(tmp_path):
+    raw = demo_data("isic_skin_lesion", str(tmp_path / "raw"), num=6, layout="folders", classes=2)
+    assert json.loads((Path(raw) / "dataset.json").read_text())["labels"]["2"] == "dark_core"
+    values = set()
+    for mask in (Path(raw) / "masks").iterdir():
+        values |= set(np.unique(np.asarray(Image.open(mask))).tolist())
+    assert values == {0, 127, 255}
+    prepare("isic_skin_lesion", raw, str(tmp_path / "out"), test_fraction=0.34)
+    meta = json.loads((tmp_path / "out" / "datalist.json").read_text())["meta"]
+    assert meta["labels"] == {"0": "background", "1": "lesion", "2": "dark_core"} and meta["num_classes"] == 3
+    with pytest.raises(ValueError, match="classes must be 1, or 2 with layout 'folders'"):
+        demo_data("isic_skin_lesion", str(tmp_path / "c"), num=2, classes=2)
+
+
+def test_output_channels():
+    assert output_channels(2) == 1 and output_channels(3) == 3 and output_channels(9) == 9
+    for bad in (1, 0, True, "3", 2.5):
+        with pytest.raises(InputError, match="number of classes including background"):
+            output_channels(bad)
+
+
+def test_summary_of_several_classes_by_hand():
+    truth = np.zeros((2, 4, 4), np.float32)
+    truth[0, :2, :2] = 1  # class a: 4 pixels
+    truth[1, 2:, 2:] = 1  # class b: 4 pixels
+    pred = np.zeros_like(truth)
+    pred[0, :2, :1] = 1  # 2 of a's pixels, nothing else
+    records = [make_record("x", pred[0], truth[0], cls="a"), make_record("x", pred[1], truth[1], cls="b"),
+               make_record("y", truth[0], truth[0], cls="a"), make_record("y", truth[1], truth[1], cls="b")]
+    summary = summarize(records, "t")
+    a, b = summary["classes"]["a"]["overall"], summary["classes"]["b"]["overall"]
+    assert a["per_image"]["dice_mean"] == pytest.approx((2 * 2 / (2 + 4) + 1) / 2)
+    assert b["per_image"]["dice_mean"] == pytest.approx(0.5)
+    # per image: the mean over classes, then over images
+    x = (2 * 2 / 6 + 0) / 2
+    assert summary["overall"]["per_image"]["dice_mean"] == pytest.approx((x + 1) / 2)
+    # pooled: the classes' confusion matrices summed
+    tp, fp, fn = 2 + 0 + 4 + 4, 0, 2 + 4
+    assert summary["overall"]["pooled"]["dsc"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    text = format_summary(summary)
+    assert "class a" in text and "class b" in text and "all classes" in text
+    assert "every class" in summary["labels"]["pooled"]
+
+
+def test_report_and_overlay_handlers_take_one_hot_and_class_maps(tmp_path):
+    report = BinarySegmentationReport(str(tmp_path), num_classes=3, class_names={1: "a", 2: "b"},
+                                      print_summary=False)
+    label = torch.zeros(3, 4, 4)
+    label[0] = 1
+    label[0, :2, :2], label[1, :2, :2] = 0, 1
+
+    class Engine:
+        state = type("S", (), {})()
+
+    engine = Engine()
+    engine.state.batch = [{"name": "one"}]
+    engine.state.output = [{"pred": label.clone(), "label": label}]
+    engine.state.metrics = {}
+    report._collect(engine)
+    assert [r["class"] for r in report.records] == ["a", "b"]
+    assert report.records[0]["dice"] == 1.0 and report.records[1]["dice"] == 1.0  # b: absent from both
+    report._write(engine)
+    with open(tmp_path / "metrics_per_image.csv") as f:
+        assert [r["class"] for r in csv.DictReader(f)] == ["a", "b"]
+    engine.state.output = [{"pred": label[:1], "label": label}]
+    with pytest.raises(ValueError, match=r"one: the prediction has 1 channels, but 3 classes need one-hot"):
+        report._collect(engine)
+
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.full((6, 8, 3), 100, np.uint8)).save(image)
+    classes = np.zeros((6, 8), np.uint8)
+    classes[:3, :4], classes[3:, 4:] = 1, 2
+    writer = OverlayWriter(str(tmp_path / "overlays"), num_classes=3, alpha=1.0, pil_reverse_indexing=False)
+    engine.state.batch = [{"image": torch.zeros(1), "image_meta_dict": {"filename_or_obj": str(image)}}]
+    engine.state.output = [{"pred": torch.as_tensor(classes)}]
+    writer._write(engine)
+    drawn = np.asarray(Image.open(writer.written[0]))
+    colours = class_colors(3)
+    assert tuple(drawn[0, 0]) == colours[1] and tuple(drawn[5, 7]) == colours[2] and tuple(drawn[5, 0]) == (100,) * 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", ["isic_skin_lesion", "polyp_seg"])
+def test_bundle_trains_evaluates_and_segments_several_classes(bundle, tmp_path):
+    rng = np.random.default_rng(2)
+    raw = tmp_path / "raw"
+    truths = _pool(raw, 10, rng, values=(0, 128, 255), size=(40, 48))
+    prepared = tmp_path / "prepared"
+    prepare(bundle, str(raw), str(prepared), classes="red,blue", test_fraction=0.3)
+    root = copy_bundle(bundle, tmp_path)
+    over = dict(tiny_overrides(bundle, epochs=1), num_classes=3)
+
+    # the datalist's three classes against the default two: refused before training, with the fix
+    wf = workflow(bundle, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared),
+                  **tiny_overrides(bundle, epochs=1))
+    with pytest.raises(RuntimeError) as caught:
+        wf.initialize()
+    assert isinstance(caught.value.__cause__, InputError)
+    assert "names 3 classes (background, red, blue) but num_classes is 2" in str(caught.value.__cause__)
+    assert "add --num_classes 3" in str(caught.value.__cause__)
+
+    for configs, kind in ((["train.json"], "train"), (["train.json", "evaluate.json"], "eval"),
+                          (["train.json", "evaluate.json", "evaluate_native.json"], "eval")):
+        wf = workflow(bundle, configs, kind, bundle_root=str(root), dataset_dir=str(prepared), **over)
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+    net = workflow(bundle, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over)
+    net.initialize()
+    with torch.no_grad():
+        out = net.parser.get_parsed_content("network_def").eval()(torch.zeros(1, 3, 32, 32))
+    assert (out[0] if isinstance(out, (list, tuple)) else out).shape[1] == 3  # one softmax channel per class
+    test_items = load_datalist(prepared, "test")
+    for folder in (root / "eval", root / "eval" / "native"):
+        summary = json.loads((folder / "metrics_test_summary.json").read_text())
+        assert list(summary["classes"]) == ["red", "blue"]
+        assert summary["overall"]["n_images"] == len(test_items)
+        with open(folder / "metrics_test_per_image.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 2 * len(test_items)
+        means = [np.mean([float(r["dice"]) for r in rows if r["name"] == it["name"]]) for it in test_items]
+        assert summary["overall"]["per_image"]["dice_mean"] == pytest.approx(np.mean(means))
+
+    infer = {k: v for k, v in over.items() if k.startswith("network_def") or k in ("image_size", "device")}
+    wf = workflow(bundle, ["inference.json"], "infer", bundle_root=str(root), dataset_dir=str(prepared),
+                  num_workers=0, num_classes=3, **infer)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    for item in test_items:
+        mask = np.asarray(Image.open(root / "eval" / "masks" / f"{item['name']}_mask.png"))
+        assert mask.shape == truths[int(item["name"][3:])].shape
+        assert set(np.unique(mask)) <= {0, 1, 2}
+        assert (root / "eval" / "overlays" / f"{item['name']}_overlay.png").is_file()
