@@ -161,8 +161,8 @@ def test_bundle_trains_evaluates_and_predicts_your_own_classes(tmp_path):
                               num_classes=3, roi_size=[32, 32], **tiny_net)
     seg = np.asarray(nib.load(written[0]).dataobj)
     assert seg.shape == nib.load(volume).shape and set(np.unique(seg)) <= {0, 1, 2}
-    with pytest.raises(InputError, match="--num_classes 3: only for synapse_multiorgan"):
-        predict("polyp_seg", str(volume), str(tmp_path / "segs2"), num_classes=3)
+    with pytest.raises(InputError, match="num_classes 1: give the number of classes including background"):
+        predict("polyp_seg", str(volume), str(tmp_path / "segs2"), num_classes=1)
 
 
 @pytest.mark.parametrize("config, pipeline", [("train.json", "train#preprocessing"), ("inference.json", "preprocessing")])

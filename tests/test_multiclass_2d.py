@@ -257,3 +257,67 @@ def test_bundle_trains_evaluates_and_segments_several_classes(bundle, tmp_path):
         assert mask.shape == truths[int(item["name"][3:])].shape
         assert set(np.unique(mask)) <= {0, 1, 2}
         assert (root / "eval" / "overlays" / f"{item['name']}_overlay.png").is_file()
+
+
+def _classes_eval(folder, noise, seed, n=8):
+    """An evaluation of two classes as evaluate.json writes it: one record per image and class."""
+    rng = np.random.default_rng(seed)
+    truth = np.random.default_rng(5)
+    records = []
+    for i in range(n):
+        for cls, extra in (("a", 0.0), ("b", 0.1)):
+            gt = (truth.random((12, 12)) > 0.5).astype(np.float32)
+            pred = np.where(rng.random(gt.shape) < noise + extra, 1 - gt, gt)
+            records.append(make_record(f"img{i}", pred, gt, group="set", cls=cls))
+    from vmunet_monai.evaluation.binary import write_report
+
+    write_report(records, folder, prefix="metrics_test", plot=False)
+    return folder
+
+
+def test_compare_reads_tables_of_several_classes_per_image_and_per_class(tmp_path):
+    from vmunet_monai.evaluation.compare import read_table, run_compare
+
+    good, bad = _classes_eval(tmp_path / "good", 0.02, 1), _classes_eval(tmp_path / "bad", 0.2, 2)
+    table = read_table(good)
+    with open(good / "metrics_test_per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(table.values) == 8 and len(rows) == 16
+    first = [r for r in rows if r["name"] == "img0"]
+    assert table.values["set/img0"]["dice"] == pytest.approx(np.mean([float(r["dice"]) for r in first]))
+    assert table.values["set/img0"]["dice_b"] == pytest.approx(float(first[1]["dice"]))
+    assert table.values["set/img0"]["tp"] == sum(int(r["tp"]) for r in first)
+    # the table's per-image mean is the summary's
+    summary = json.loads((good / "metrics_test_summary.json").read_text())
+    assert summary["overall"]["per_image"]["dice_mean"] == pytest.approx(
+        np.mean([v["dice"] for v in table.values.values()]))
+    for metric in ("dice", "dice_b"):
+        pair = run_compare([str(good), str(bad)], metric=metric)["overall"]["against_first"][0]
+        assert pair["n_paired"] == 8 and pair["worse"] == 8
+
+
+def test_demo_with_two_classes_leaves_a_complete_bundle_of_them(tmp_path, capsys, monkeypatch):
+    """``demo --classes 2`` on the smallest settings: per-class results printed, and the trained copy predicts,
+    by its own configs, class numbers with no --num_classes."""
+    import vmunet_monai.demo as demo
+    from vmunet_monai.predict import predict
+
+    monkeypatch.setattr(demo, "DEMO_NETWORK", {k.split("#")[1]: v for k, v in tiny_overrides("isic_skin_lesion").items()
+                                               if k.startswith("network_def")})
+    result = demo.run_demo(out=str(tmp_path / "demo"), epochs=1, num=10, size=32, classes=2)
+    printed = capsys.readouterr().out
+    classes = result["test_summary"]["classes"]
+    assert list(classes) == ["lesion", "dark_core"]
+    for name, entry in classes.items():
+        assert f"class {name}: per-image Dice {entry['overall']['per_image']['dice_mean']:.4f}" in printed
+    root = Path(result["bundle_root"])
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 3
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"]["2"] == "dark_core"
+    done = predict(str(root), str(tmp_path / "demo" / "raw" / "images"), str(tmp_path / "masks"), device="cpu")
+    values = set()
+    for mask in done["masks"]:
+        values |= set(np.unique(np.asarray(Image.open(mask))).tolist())
+    assert values <= {0, 1, 2} and len(done["masks"]) == 10
+    with pytest.raises(InputError, match="demo --classes 3"):
+        demo.run_demo(out=str(tmp_path / "x"), classes=3)

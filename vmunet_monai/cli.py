@@ -104,21 +104,24 @@ class Commands:
         except (ValueError, RuntimeError) as exc:
             raise SystemExit(f"error: {exc}") from exc
 
-    def demo(self, out: str = "demo_run", epochs: int = 30, num: int = 48, size: int = 64, baseline: str = ""):
+    def demo(self, out: str = "demo_run", epochs: int | None = None, num: int = 48, size: int = 64, baseline: str = "",
+             classes: int = 1):
         """The main job on embedded defaults: synthetic ISIC-layout data -> prepare -> train -> validation Dice.
 
         Args:
             out: working folder (demo data, prepared datalist, bundle copy with the trained model).
-            epochs: training epochs.
+            epochs: training epochs (default 30; 60 with --classes 2).
             num: number of synthetic images.
             size: network input size used by the demo (the bundle default stays the paper's 256).
             baseline: also train MONAI's unet (BasicUNet) or swin_unetr (SwinUNETR, needs einops) the same way,
                 through the bundle's configs/baseline_NAME.json, and compare the two case by case on the test
                 images (vmunet_monai compare; table printed, eval/compare/compare.png written).
+            classes: 2 trains on lesions with a dark core (two classes, your-own-data folders layout): one
+                softmax output per class, and each class's test Dice printed.
         """
         from vmunet_monai.demo import run_demo
 
-        run_demo(out=out, epochs=epochs, num=num, size=size, baseline=baseline)
+        run_demo(out=out, epochs=epochs, num=num, size=size, baseline=baseline, classes=classes)
 
     def compare(self, *runs, labels: str = "", metric: str = "dice", out: str | None = None, seed: int = 0):
         """Compare models evaluated on the same test cases, each against the first, case by case.
@@ -133,8 +136,9 @@ class Commands:
         Args:
             runs: evaluation folders or per-case CSVs, one per model; commas join runs of one model.
             labels: names of the models, comma-separated (default the folder names).
-            metric: dice or iou (2D bundles); dice, hd95 or transunet_dice (Synapse, mean over organs); or any
-                column of the tables, such as dice_liver.
+            metric: dice or iou (2D bundles; with several classes the mean over classes, and dice_<class> one
+                class); dice, hd95 or transunet_dice (Synapse, mean over organs); or any column of the tables,
+                such as dice_liver.
             out: folder to write compare.json and compare.png (box plots and sorted paired differences).
             seed: seed of the bootstrap resampling.
         """

@@ -1,4 +1,5 @@
-"""The README's main job: synthetic ISIC data -> import -> train the isic_skin_lesion bundle -> Dice.
+"""The README's main job: synthetic ISIC data -> import -> train the isic_skin_lesion bundle -> Dice (``classes=2``:
+the same on lesions with a dark core, two classes).
 
 Every step is the real one: ``demo_data`` writes the ISIC 2017 challenge layout, ``prepare`` imports
 it, and training and evaluation run the bundle's own ``train.json`` / ``evaluate.json`` on MONAI's
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from vmunet_monai.engine.utils import find_bundle
 
-__all__ = ["DEMO_BASELINES", "DEMO_BATCH_SIZE", "DEMO_NETWORK", "make_demo_bundle", "run_demo"]
+__all__ = ["DEMO_BASELINES", "DEMO_BATCH_SIZE", "DEMO_EPOCHS", "DEMO_NETWORK", "make_demo_bundle", "run_demo"]
 
 BUNDLE = "isic_skin_lesion"
 # a narrow, shallow VM-UNet: the same architecture at a size a 2-core CPU trains in about a minute
@@ -30,7 +31,7 @@ DEMO_BASELINES = {"unet": {"features": [16, 16, 32, 64, 128, 16]}, "swin_unetr":
 
 
 def make_demo_bundle(target: str | Path, size: int = 64, epochs: int = 30, batch_size: int = 8,
-                     network: dict | None = None, bundle: str = BUNDLE) -> Path:
+                     network: dict | None = None, bundle: str = BUNDLE, classes: dict | None = None) -> Path:
     """Copy ``bundle`` to ``target`` and write the demo's values into its configs.
 
     Args:
@@ -40,6 +41,9 @@ def make_demo_bundle(target: str | Path, size: int = 64, epochs: int = 30, batch
         batch_size: training batch size.
         network: ``network_def`` values to change (default :data:`DEMO_NETWORK`).
         bundle: the bundle to copy.
+        classes: class number -> name, background left out, for masks of several classes: ``num_classes`` is
+            set in the copy's train.json and inference.json, and the output's channels in its metadata.json, so
+            the copy predicts, exports and packages those classes with no further option.
 
     Returns:
         the copy's folder.
@@ -58,6 +62,8 @@ def make_demo_bundle(target: str | Path, size: int = 64, epochs: int = 30, batch
             shutil.copy2(src, target / item)
     values = {"image_size": [size, size], "num_workers": 0, "cache_rate": 1.0, "epochs": epochs,
               "batch_size": batch_size, "val_batch_size": 16}
+    if classes and len(classes) > 1:
+        values["num_classes"] = len(classes) + 1
     for name in ("train.json", "inference.json"):
         path = target / "configs" / name
         config = ConfigParser.load_config_file(str(path))
@@ -76,6 +82,12 @@ def make_demo_bundle(target: str | Path, size: int = 64, epochs: int = 30, batch
     meta = json.loads(meta_path.read_text())
     for tensor in ("inputs", "outputs"):
         meta["network_data_format"][tensor]["image" if tensor == "inputs" else "pred"]["spatial_shape"] = [size, size]
+    if classes and len(classes) > 1:
+        pred = meta["network_data_format"]["outputs"]["pred"]
+        pred["num_channels"] = len(classes) + 1
+        pred["channel_def"] = {"0": "background", **{str(k): v for k, v in sorted(classes.items())}}
+        meta["pred_classes"] = (f"one softmax channel per class ({', '.join(pred['channel_def'].values())}); the "
+                                f"written mask holds the class numbers 0-{len(classes)}")
     meta["description"] += f" Demo copy: network {network or DEMO_NETWORK}, {size}x{size} input, {epochs} epochs."
     meta_path.write_text(json.dumps(meta, indent=4) + "\n")
     return target
@@ -109,37 +121,56 @@ def _train_and_evaluate(bundle_root: Path, prepared: Path, overlay: list[str]) -
                               dataset_dir=str(prepared.resolve()))
     report = next(h for h in evaluated.parser.get_parsed_content("validate#handlers")
                   if type(h).__name__ == "BinarySegmentationReport")
-    summary = report.paths["summary"]["overall"]
+    summary = dict(report.paths["summary"]["overall"])
+    if report.paths["summary"].get("classes"):
+        summary["classes"] = report.paths["summary"]["classes"]
     evaluated.finalize()
     return best_dice, best_epoch, summary
 
 
-def _print_result(what: str, best_dice: float, best_epoch: int, epochs: int, summary: dict) -> None:
+def _print_result(what: str, best_dice: float, best_epoch: int, epochs: int, summary: dict,
+                  classes: dict | None = None) -> None:
     print(f"{what}: validation Dice (best, epoch {best_epoch} of {epochs}): {best_dice:.4f}")
-    print(f"{what}: test split: per-image Dice {summary['per_image']['dice_mean']:.4f} ± "
-          f"{summary['per_image']['dice_sd']:.4f}, pooled DSC {summary['pooled']['dsc']:.4f}, "
-          f"pooled mIoU {summary['pooled']['miou']:.4f}")
+    print(f"{what}: test split{', mean over classes' if classes else ''}: per-image Dice "
+          f"{summary['per_image']['dice_mean']:.4f} ± {summary['per_image']['dice_sd']:.4f}, pooled DSC "
+          f"{summary['pooled']['dsc']:.4f}, pooled mIoU {summary['pooled']['miou']:.4f}")
+    for name, entry in (classes or {}).items():
+        entry = entry["overall"]
+        print(f"{what}: test split, class {name}: per-image Dice {entry['per_image']['dice_mean']:.4f} ± "
+              f"{entry['per_image']['dice_sd']:.4f}, pooled DSC {entry['pooled']['dsc']:.4f}")
 
 
-def run_demo(out: str = "demo_run", epochs: int = 30, num: int = 48, size: int = 64, baseline: str = "") -> dict:
+DEMO_EPOCHS = {1: 30, 2: 60}  # two classes learn the lesion's ring around its core more slowly
+
+
+def run_demo(out: str = "demo_run", epochs: int | None = None, num: int = 48, size: int = 64, baseline: str = "",
+             classes: int = 1) -> dict:
     """Synthetic ISIC 2017-layout data -> ``prepare`` -> train -> evaluate on the test split; prints the Dice.
 
     Args:
         out: working folder (``raw/``, ``prepared/`` and the bundle copy ``isic_skin_lesion/``).
-        epochs: training epochs.
+        epochs: training epochs (default 30; 60 with two classes).
         num: synthetic training images (validation and test get ``num // 4`` each).
         size: network input size.
         baseline: also train and evaluate a MONAI baseline the same way (``unet`` or ``swin_unetr``, through the
             bundle's ``configs/baseline_<name>.json`` overlay, shrunk as :data:`DEMO_BASELINES`), then compare
             the two on the test images (:mod:`vmunet_monai.evaluation.compare`).
+        classes: 2 trains on lesions with a dark core, two classes, in the your-own-data folders layout
+            (``demo_data --layout folders --classes 2``): the multi-class route end to end, with one softmax
+            output per class and the test Dice of each class.
 
     Returns:
-        ``{"best_val_dice", "best_epoch", "test_summary", "seconds", "bundle_root"}``, and with a baseline
+        ``{"best_val_dice", "best_epoch", "test_summary", "seconds", "bundle_root"}`` (``test_summary`` with
+        ``classes``, each class's summary, for two classes), and with a baseline
         ``"baseline"`` (its ``best_val_dice``, ``best_epoch``, ``test_summary``) and ``"comparison"``.
     """
     from vmunet_monai.data import demo_data, prepare
     from vmunet_monai.validation import InputError, check_at_least
 
+    if classes not in (1, 2) or isinstance(classes, bool):
+        raise InputError(f"demo --classes {classes!r}: 1 (lesions, the ISIC challenge layout) or 2 (lesions with a "
+                         f"dark core, your-own-data folders)")
+    epochs = DEMO_EPOCHS[classes] if epochs is None else epochs
     for name, value, least in (("epochs", epochs, 1), ("num", num, 4), ("size", size, 32)):
         check_at_least(f"demo --{name}", value, least)
     baseline = str(baseline or "").strip()
@@ -151,9 +182,17 @@ def run_demo(out: str = "demo_run", epochs: int = 30, num: int = 48, size: int =
     out = Path(out)
     raw, prepared = out / "raw", out / "prepared"
     shutil.rmtree(raw, ignore_errors=True)
-    demo_data(BUNDLE, str(raw), num=num, seed=0)
-    prepare(BUNDLE, str(raw), str(prepared))
-    bundle_root = make_demo_bundle(out / BUNDLE, size=size, epochs=epochs, batch_size=DEMO_BATCH_SIZE)
+    from vmunet_monai.data.common import datalist_classes
+
+    if classes == 2:
+        demo_data(BUNDLE, str(raw), num=num, seed=0, layout="folders", classes=2)
+        prepare(BUNDLE, str(raw), str(prepared), test_fraction=0.2)  # num // 4 test images, as the challenge layout
+    else:
+        demo_data(BUNDLE, str(raw), num=num, seed=0)
+        prepare(BUNDLE, str(raw), str(prepared))
+    names = datalist_classes(prepared) if classes == 2 else None
+    bundle_root = make_demo_bundle(out / BUNDLE, size=size, epochs=epochs, batch_size=DEMO_BATCH_SIZE,
+                                   classes=names)
     shutil.rmtree(bundle_root / "models", ignore_errors=True)
     print(f"training {BUNDLE} ({epochs} epochs, {size}x{size}, network {DEMO_NETWORK}) in {bundle_root}", flush=True)
     best_dice, best_epoch, summary = _train_and_evaluate(bundle_root, prepared, [])
@@ -168,9 +207,9 @@ def run_demo(out: str = "demo_run", epochs: int = 30, num: int = 48, size: int =
                               "test_summary": b_summary}
     seconds = time.perf_counter() - start
     print("")
-    _print_result("VM-UNet", best_dice, best_epoch, epochs, summary)
+    _print_result("VM-UNet", best_dice, best_epoch, epochs, summary, summary.get("classes"))
     if baseline:
-        _print_result(baseline, b_dice, b_epoch, epochs, b_summary)
+        _print_result(baseline, b_dice, b_epoch, epochs, b_summary, b_summary.get("classes"))
         from vmunet_monai.evaluation.compare import run_compare
 
         print("")

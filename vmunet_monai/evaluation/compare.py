@@ -12,7 +12,8 @@ against the first one:
 A model with several runs is compared through each case's mean over its runs. Test sets (the polyp bundle's
 five) are reported together and one by one. Cases are matched by name: a case missing from a table is left out
 of the pairing and counted; a case whose value is undefined (an HD95 of a missed organ) is left out of that
-metric's pairing.
+metric's pairing. A 2D table of several classes (one row per image and class) is read as one row per image:
+``dice`` and ``iou`` the mean over classes, and ``dice_<class>`` / ``iou_<class>`` each class.
 """
 
 from __future__ import annotations
@@ -108,18 +109,44 @@ def read_table(path: str | os.PathLike) -> CaseTable:
     else:
         raise InputError(f"{path}: not a per-case table of an evaluation (its header {header[:6]} has neither "
                          f"name, group and dice nor case and mean_dice)")
-    ids = ID_COLUMNS[kind]
+    ids = ID_COLUMNS[kind] + (("class",) if kind == "image" and "class" in header else ())
     columns = [c for c in header if c not in ids and not c.startswith("status_")]
     values, groups = {}, {}
     for line, row in enumerate(rows, start=2):
         case = f"{row['group']}/{row['name']}" if kind == "image" else row["case"]
-        if case in values:
-            raise InputError(f"{path} line {line}: case {case!r} appears twice")
-        values[case] = {c: _number(row[c], path, line, c) for c in columns}
+        key = (case, row["class"]) if "class" in ids else case
+        if key in values:
+            raise InputError(f"{path} line {line}: case {case!r}" + (f" class {row['class']!r}" if "class" in ids
+                                                                       else "") + " appears twice")
+        values[key] = {c: _number(row[c], path, line, c) for c in columns}
         groups[case] = row["group"] if kind == "image" else "all"
     if not values:
         raise InputError(f"{path}: the table has no cases")
+    if "class" in ids:
+        columns, values = _merge_classes(values, columns)
     return CaseTable(path, kind, columns, values, groups)
+
+
+def _merge_classes(values: dict, columns: list[str]) -> tuple[list[str], dict]:
+    """A table of several classes (one row per image and class) as one row per image: Dice and IoU the mean
+    over classes (the per-image value of the evaluation's summary), counts summed, and each class's Dice and
+    IoU in columns ``dice_<class>`` and ``iou_<class>`` (``--metric dice_<class>`` compares one class)."""
+    classes = list(dict.fromkeys(cls for _, cls in values))
+    merged: dict[str, dict] = {}
+    for (case, cls), row in values.items():
+        entry = merged.setdefault(case, {})
+        for c, v in row.items():
+            entry.setdefault(c, []).append(v)
+            if c in ("dice", "iou"):
+                entry[f"{c}_{cls}"] = v
+    out = {}
+    for case, entry in merged.items():
+        out[case] = {c: (float(np.mean(v)) if c in ("dice", "iou") else float(np.sum(v))) if isinstance(v, list)
+                     else v for c, v in entry.items()}
+        for cls in classes:  # a class without a row for this image is undefined, not zero
+            for m in ("dice", "iou"):
+                out[case].setdefault(f"{m}_{cls}", math.nan)
+    return columns + [f"{m}_{cls}" for cls in classes for m in ("dice", "iou")], out
 
 
 def _metric_column(table: CaseTable, metric: str) -> str:
