@@ -321,3 +321,22 @@ def test_demo_with_two_classes_leaves_a_complete_bundle_of_them(tmp_path, capsys
     assert values <= {0, 1, 2} and len(done["masks"]) == 10
     with pytest.raises(InputError, match="demo --classes 3"):
         demo.run_demo(out=str(tmp_path / "x"), classes=3)
+
+
+def test_colour_masks_are_read_by_grey_level_unless_two_colours_would_merge(tmp_path):
+    mask = np.zeros((6, 6, 3), np.uint8)
+    mask[:3, :3] = (255, 0, 0)
+    mask[3:, 3:] = (0, 0, 255)
+    Image.fromarray(mask).save(tmp_path / "colours.png")
+    grey = read_label(tmp_path / "colours.png")
+    assert grey[0, 0] != grey[5, 5] and grey[0, 5] == 0
+    # two colours of one grey level
+    first = (200, 10, 10)
+    target = int(Image.fromarray(np.array([[first]], np.uint8)).convert("L").getpixel((0, 0)))
+    second = next((r, g, b) for r in range(256) for g in range(0, 256, 3) for b in (0,)
+                  if (r, g, b) != first and int(Image.fromarray(np.array([[(r, g, b)]], np.uint8))
+                                                 .convert("L").getpixel((0, 0))) == target)
+    mask[:3, :3], mask[3:, 3:] = first, second
+    Image.fromarray(mask).save(tmp_path / "same.png")
+    with pytest.raises(InputError, match=r"same\.png: the colours .* have the same grey level"):
+        read_label(tmp_path / "same.png")

@@ -74,11 +74,30 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
 
     with Image.open(path) as image:
         if image.mode not in ("P", "L", "I", "I;16", "1"):
+            colours = np.asarray(image.convert("RGB")).reshape(-1, 3)
             image = image.convert("L")
+            _check_colours_stay_apart(colours, np.asarray(image).reshape(-1), path)
         array = np.asarray(image)
     if array.ndim != 2:
         raise InputError(f"{path}: a mask of several classes must be one channel, got shape {array.shape}")
     return array.astype(np.int64)
+
+
+def _check_colours_stay_apart(colours: np.ndarray, grey: np.ndarray, path) -> None:
+    """Two colours of a colour mask that share a grey level would become one class: refused, naming them."""
+    codes = (colours[:, 0].astype(np.int64) << 16) | (colours[:, 1].astype(np.int64) << 8) | colours[:, 2]
+    distinct, first = np.unique(codes, return_index=True)
+    if distinct.size > 256:
+        return  # not a label map (JPEG noise): the value count refuses it with a clearer message
+    levels = grey[first]
+    seen: dict[int, int] = {}
+    for code, level in zip(distinct.tolist(), levels.tolist()):
+        if level in seen:
+            rgb = [((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in (seen[level], code)]
+            raise InputError(f"{path}: the colours {rgb[0]} and {rgb[1]} have the same grey level {level}, so they "
+                             f"would become one class (colour masks are read by their grey level; save the mask as "
+                             f"class numbers or a palette PNG)")
+        seen[level] = code
 
 
 def _needs_copy(path: str | os.PathLike, values: Sequence[int]) -> bool:
