@@ -243,3 +243,59 @@ def test_demo_data_in_the_folders_layout_is_read_as_your_own(tmp_path, bundle, g
     assert total == (16 if bundle == "isic_skin_lesion" else 16 + 2 * 2)
     with pytest.raises(ValueError, match="layout must be"):
         demo_data(bundle, str(tmp_path / "x"), layout="other")
+
+
+def _side_by_side(folder: Path, stems, rng, suffix: str = "_mask", size=(30, 40), empty: bool = False) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    h, w = size
+    for stem in stems:
+        Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(folder / f"{stem}.png")
+        mask = np.zeros((h, w), np.uint8)
+        if not empty:
+            mask[2:12, 3:15] = 255
+        Image.fromarray(mask).save(folder / f"{stem}{suffix}.png")
+
+
+def test_masks_beside_their_images_in_category_folders_busi(tmp_path):
+    """BUSI: benign/, malignant/, normal/, each image beside X_mask.png (and X_mask_1.png for a second lesion)."""
+    rng = np.random.default_rng(11)
+    raw = tmp_path / "Dataset_BUSI_with_GT"
+    _side_by_side(raw / "benign", [f"benign ({i})" for i in range(1, 11)], rng)
+    _side_by_side(raw / "malignant", [f"malignant ({i})" for i in range(1, 11)], rng)
+    _side_by_side(raw / "normal", [f"normal ({i})" for i in range(1, 6)], rng, empty=True)
+    second = np.zeros((30, 40), np.uint8)
+    second[20:28, 25:38] = 255
+    Image.fromarray(second).save(raw / "benign" / "benign (2)_mask_1.png")
+    Image.fromarray(rng.integers(0, 255, (30, 40), dtype=np.uint8)).save(raw / "benign" / "notes scan.png")
+    out = tmp_path / "prepared"
+    prepare("isic_skin_lesion", str(tmp_path), str(out))
+    doc = _datalist(out)
+    meta = doc["meta"]
+    assert meta["raw"].endswith("Dataset_BUSI_with_GT") and "split per category" in meta["how"]
+    assert set(meta["mask_suffixes"].values()) == {"_mask"}
+    # each category keeps its share of the test split, and is reported apart
+    assert meta["test_sets"] == {"benign": 3, "malignant": 3, "normal": 2}
+    everything = sum((doc[k] for k in ("training", "validation", "test")), [])
+    assert len(everything) == 25 and {it["dataset"] for it in everything} == {"benign", "malignant", "normal"}
+    assert [s["file"].endswith("notes scan.png") for s in meta["skipped"]] == [True]
+    # two masks of one image: their union, written under OUT/labels
+    union = next(it for it in everything if it["name"] == "benign (2)")
+    assert union["label"].startswith("labels/")
+    merged = np.asarray(Image.open(out / union["label"])) > 127
+    assert merged[5, 5] and merged[25, 30] and merged.sum() == 10 * 12 + 8 * 13
+    # a mask that is not beside an image is no image of its own
+    assert all("_mask" not in it["name"] for it in everything)
+
+
+def test_masks_beside_their_images_in_one_folder(tmp_path):
+    rng = np.random.default_rng(12)
+    raw = tmp_path / "glands"
+    _side_by_side(raw, [f"train_{i}" for i in range(8)], rng, suffix="_anno")
+    out = tmp_path / "prepared"
+    prepare("polyp_seg", str(raw), str(out), test_fraction=0.25)
+    doc = _datalist(out)
+    assert doc["meta"]["mask_suffixes"] == {str(raw): "_anno"}
+    assert (len(doc["training"]) + len(doc["validation"]), len(doc["test"])) == (6, 2)
+    assert all(Path(it["label"]).name == f"{it['name']}_anno.png" for it in doc["training"])
+    with pytest.raises(DatasetLayoutError, match="no image has its mask beside it"):
+        prepare("polyp_seg", str(raw), str(tmp_path / "other"), mask_suffix="_gt", layout="folders")

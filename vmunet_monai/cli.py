@@ -154,8 +154,10 @@ class Commands:
 
         Your own 2D data goes to isic_skin_lesion or polyp_seg as folders (found in RAW or up to two levels
         below): images/ and masks/ (split here), or train/ with optional val/ and test/ (or test/<set>/, each
-        set reported apart), each holding images/ and masks/. A mask is named after its image, with a suffix
-        found by trying "", _mask, _segmentation, _seg, _gt, _label and -mask. Masks are binary, or label maps
+        set reported apart), each holding images/ and masks/, or images with their masks beside them (X.png and
+        X_mask.png; in one folder, or one folder per category as BUSI, each category reported apart; several
+        masks of one image are merged). A mask is named after its image, with a suffix found by trying "",
+        _mask, _segmentation, _seg, _gt, _label and -mask (_anno too, beside the images). Masks are binary, or label maps
         of several classes named with --classes (or in a dataset.json beside the folders): class numbers,
         grey levels such as 0,128,255 or a palette PNG; prepare prints the --num_classes to train with.
         Your own CT volumes and classes go to synapse_multiorgan as imagesTr/ and labelsTr/ (Decathlon,

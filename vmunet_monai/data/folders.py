@@ -12,6 +12,9 @@ one pool        ``images/`` and ``masks/``                                  seed
 splits          ``train/{images,masks}``, optional ``val/{images,masks}``   given ones kept; a missing
                 and ``test/{images,masks}``                                 one carved from ``train``
 test sets       ``test/<set>/{images,masks}`` (instead of test images)     each set reported apart
+one folder      images and masks side by side, ``X.png`` + ``X_mask.png``   as one pool
+categories      folders of the above, e.g. ``benign/``, ``malignant/``      one pool, each category
+                (BUSI)                                                      reported apart
 ==============  ==========================================================  ===========================
 
 Accepted names: images in ``images``, ``image``, ``imgs``, ``img``, ``inputs`` or ``original``; masks in
@@ -21,7 +24,9 @@ they come);
 ``train``/``training``, ``val``/``valid``/``validation`` and ``test``/``testing``. A mask is the
 file in the mask folder named after its image's stem plus a suffix, found by trying ``""``,
 ``"_mask"``, ``"_segmentation"``, ``"_seg"``, ``"_gt"``, ``"_label"`` and ``"-mask"`` and keeping
-the one that pairs the most images (``--mask_suffix`` sets it). Masks are binary: 0/1 or 0/255,
+the one that pairs the most images (``--mask_suffix`` sets it). In one folder, a mask is told from an image
+by that suffix (``""`` aside; ``_anno`` too, as GlaS names them), and an image with several masks
+(BUSI's ``X_mask.png``, ``X_mask_1.png``) gets their union, written under ``OUT/labels/``. Masks are binary: 0/1 or 0/255,
 grey or RGB(A), of the image's size; images are PNG, JPEG, BMP or TIFF of any size. With ``--classes``
 naming two or more classes (or a ``dataset.json`` beside the folders naming them), masks are label
 maps instead, read by :mod:`vmunet_monai.data.label_maps`.
@@ -33,6 +38,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from vmunet_monai.data.common import (
     DatasetLayoutError,
     check_prepare_output,
@@ -43,7 +50,7 @@ from vmunet_monai.data.common import (
     verify_pairs,
     write_datalist,
 )
-from vmunet_monai.data.label_maps import prepare_label_maps
+from vmunet_monai.data.label_maps import LABELS_FOLDER, prepare_label_maps
 from vmunet_monai.data.preview import announce
 from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError
 
@@ -56,7 +63,10 @@ MASK_SUFFIXES = ("", "_mask", "_segmentation", "_seg", "_gt", "_label", "-mask")
 _SPLITS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
 EXPECTED = ("images/ and masks/ (one pool, split here), or train/{images,masks} with optional "
-            "val/{images,masks} and test/{images,masks} or test/<set>/{images,masks}")
+            "val/{images,masks} and test/{images,masks} or test/<set>/{images,masks}, or images with their masks "
+            "side by side (X.png and X_mask.png), in one folder or in one folder per category")
+# masks beside their images: the name suffixes that tell them apart ("" cannot)
+MIXED_SUFFIXES = tuple(s for s in MASK_SUFFIXES if s) + ("_anno",)
 
 
 class LayoutNotFound(DatasetLayoutError):
@@ -98,7 +108,46 @@ def _layout_at(folder: Path) -> dict | None:
         unlabelled = test_dir if test_dir is not None and not tests else None
         return {"train": _image_mask_dirs(train), "val": val_dirs, "test": tests, "unlabelled_test": unlabelled}
     dirs = _image_mask_dirs(folder)
-    return {"pool": dirs} if dirs is not None else None
+    if dirs is not None:
+        return {"pool": dirs}
+    if mixed_pairs(folder)[0]:
+        return {"mixed": {"": folder}}
+    categories = {sub.name: sub for sub in subfolders(folder) if mixed_pairs(sub)[0]}
+    return {"mixed": categories} if categories and not list_images_quiet(folder) else None
+
+
+def list_images_quiet(folder: Path) -> list[Path]:
+    """The images directly in ``folder`` (none for a folder that is not there)."""
+    try:
+        return list_images(folder)
+    except DatasetLayoutError:
+        return []
+
+
+def mixed_pairs(folder: Path, mask_suffix: str | None = None) -> tuple[dict[Path, list[Path]], str | None]:
+    """Images of ``folder`` that have their masks beside them: image -> its masks (``X<suffix>.ext`` and
+    ``X<suffix>_<n>.ext``), for the suffix of :data:`MIXED_SUFFIXES` (or ``mask_suffix``) that pairs the most
+    images, and that suffix; ``({}, None)`` when no image has one. Images without a mask are left out here (the
+    importer names them)."""
+    import re
+
+    files = list_images_quiet(folder)
+    if len(files) < 2:
+        return {}, None
+    by_stem = {p.stem: p for p in files}
+    best: dict[Path, list[Path]] = {}
+    chosen = None
+    for suffix in ((mask_suffix,) if mask_suffix else MIXED_SUFFIXES):
+        pattern = re.compile(r"^(?P<stem>.+?)" + re.escape(suffix) + r"(?:_(?P<n>\d+))?$")
+        found: dict[Path, list[Path]] = {}
+        for p in files:
+            match = pattern.match(p.stem)
+            if match and match.group("stem") in by_stem and by_stem[match.group("stem")] != p:
+                found.setdefault(by_stem[match.group("stem")], []).append(p)
+        if len(found) > len(best):
+            best = {image: sorted(masks, key=lambda m: (len(m.stem), m.name)) for image, masks in found.items()}
+            chosen = suffix
+    return best, chosen
 
 
 def subfolders(folder: Path) -> list[Path]:
@@ -263,8 +312,49 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
         suffixes[str(dirs[1])] = suffix
         return items
 
+    def read_mixed(folder: Path, dataset: str) -> list[dict]:
+        pairs, suffixes[str(folder)] = mixed_pairs(folder, mask_suffix)
+        if not pairs:
+            raise DatasetLayoutError(f"{folder}: no image has its mask beside it (named <image>{mask_suffix}.png)")
+        masks = {m for ms in pairs.values() for m in ms}
+        for stray in (p for p in list_images_quiet(folder) if p not in pairs and p not in masks):
+            skipped.append({"file": str(stray), "reason": f"{stray}: no mask beside it (every image needs its mask)"})
+        found = []
+        for image, its_masks in pairs.items():
+            mask = its_masks[0]
+            if len(its_masks) > 1:
+                if multi:
+                    skipped.append({"file": str(image), "reason": f"{image}: {len(its_masks)} masks beside it; only "
+                                    "binary masks are merged (give one label map per image)"})
+                    continue
+                try:
+                    mask = union_of_masks(its_masks, Path(out) / LABELS_FOLDER / image.parent.relative_to(
+                        root).joinpath(f"{image.stem}_union.png"))
+                except InputError as exc:
+                    skipped.append({"file": str(image), "reason": str(exc)})
+                    continue
+            found.append((image, mask))
+        if verify:
+            found = verify_pairs(found, skipped, binary=not multi)
+        if not found:
+            raise DatasetLayoutError(f"{folder}: no usable image/mask pair")
+        return [{"image": str(i), "label": str(m), "name": i.stem, "dataset": dataset} for i, m in found]
+
     test_sets: dict[str, int] = {}
-    if "pool" in layout:
+    if "mixed" in layout:
+        train, val, test, total = [], [], [], 0
+        for category, folder in layout["mixed"].items():  # split per category: each keeps its share in every split
+            items = read_mixed(folder, category or name)
+            total += len(items)
+            part_test, rest = split_items(items, [test_fraction], seed)
+            part_val, part_train = split_items(rest, [val_fraction], seed + 1)
+            train, val, test = train + part_train, val + part_val, test + part_test
+            if len(layout["mixed"]) > 1 and part_test:  # each category is reported apart, as a test set
+                test_sets[category] = len(part_test)
+        categories = (f", split per category ({', '.join(layout['mixed'])})" if len(layout["mixed"]) > 1 else "")
+        how = (f"{total} images with their masks side by side{categories}: {test_fraction:g} test (seed {seed}); "
+               f"validation = {val_fraction:g} of the rest (seed {seed + 1})")
+    elif "pool" in layout:
         pool = read(layout["pool"], name)
         test, rest = split_items(pool, [test_fraction], seed)
         val, train = split_items(rest, [val_fraction], seed + 1)
@@ -318,7 +408,35 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
     return path
 
 
+def union_of_masks(masks: list[Path], target: Path) -> str:
+    """Write the union of several binary masks of one image (BUSI draws each lesion in its own file) to
+    ``target``, as 0/255; returns its path.
+
+    Raises:
+        InputError: naming the masks when their sizes differ.
+    """
+    from PIL import Image
+
+    from vmunet_monai.engine import BinarizeMaskd
+
+    arrays = []
+    for mask in masks:
+        with Image.open(mask) as opened:
+            arrays.append(np.asarray(opened.convert("L")))
+    if len({a.shape for a in arrays}) > 1:
+        sizes = ", ".join(f"{m.name} {a.shape[1]}x{a.shape[0]}" for m, a in zip(masks, arrays))
+        raise InputError(f"{masks[0].parent}: the masks of one image differ in size ({sizes})")
+    union = np.zeros(arrays[0].shape, bool)
+    for a in arrays:
+        union |= BinarizeMaskd("m")({"m": a})["m"] > 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(union.astype(np.uint8) * 255, mode="L").save(target)
+    return str(target)
+
+
 def _all_dirs(layout: dict) -> list[tuple[Path, Path]]:
+    if "mixed" in layout:
+        return [(folder, folder) for folder in layout["mixed"].values()]
     if "pool" in layout:
         return [layout["pool"]]
     return [layout["train"]] + ([layout["val"]] if layout["val"] else []) + list(layout["test"].values())
