@@ -28,6 +28,7 @@ pytest.importorskip(
 from bundle_helpers import run_env  # noqa: E402
 from tiny_bundles import (  # noqa: E402
     BUNDLE_NAMES,
+    _rewrite,
     make_tiny_bundle,
     save_weights,
     tiny_network,
@@ -238,3 +239,26 @@ def test_torchvision_stand_in_tiles_like_torchvision(tmp_path):
     assert grid[0, 0, 0] == 7.0 and grid[0, -1, -1] == 7.0  # padding and the empty sixth cell
     save_image(grid[:, :10, :12] / 7.0, tmp_path / "grid.png")
     assert np.asarray(Image.open(tmp_path / "grid.png")).shape == (10, 12, 3)
+
+
+def test_a_bundle_copy_of_several_2d_classes_serves_them(tmp_path, studies):
+    """The model card's recipe for your own 2D classes: a copy with num_classes in inference.json and the classes
+    in metadata.json's channel_def; MONAI Label then names them and returns class numbers."""
+    from monailabel.tasks.infer.bundle import BundleInferTask
+
+    bundle = make_tiny_bundle("isic_skin_lesion", tmp_path)
+    _rewrite(bundle / "configs" / "inference.json", lambda c: c.update(num_classes=3))
+
+    def classes(meta):
+        pred = meta["network_data_format"]["outputs"]["pred"]
+        pred.update(num_channels=3, channel_def={"0": "background", "1": "lesion", "2": "dark_core"})
+
+    _rewrite(bundle / "configs" / "metadata.json", classes)
+    save_weights(bundle, constant_class=2)
+    task = BundleInferTask(str(bundle), {"preload": "false"})
+    assert task.labels == {"lesion": 1, "dark_core": 2}
+    label_file, result = task({"image": str(studies / IMAGE["isic_skin_lesion"]), "device": "cpu",
+                               "result_extension": ".png"})
+    data, _ = _read_label(Path(label_file))
+    assert result["label_names"] == {"lesion": 1, "dark_core": 2}
+    assert data.shape == RGB_SHAPE and set(np.unique(data).tolist()) == {2}
