@@ -299,3 +299,32 @@ def test_masks_beside_their_images_in_one_folder(tmp_path):
     assert all(Path(it["label"]).name == f"{it['name']}_anno.png" for it in doc["training"])
     with pytest.raises(DatasetLayoutError, match="no image has its mask beside it"):
         prepare("polyp_seg", str(raw), str(tmp_path / "other"), mask_suffix="_gt", layout="folders")
+
+
+def test_instance_masks_read_with_foreground_nonzero(tmp_path):
+    """GlaS-style masks number each gland 1, 2, 3 ...: refused by the half-scale rule (they would read nearly
+    empty), read as every value above 0 with --foreground nonzero."""
+    rng = np.random.default_rng(13)
+    raw = tmp_path / "glas"
+    raw.mkdir()
+    truths = {}
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(raw / f"train_{i}.bmp")
+        mask = np.zeros((30, 40), np.uint8)
+        mask[2:10, 2:10], mask[15:25, 20:35] = 1, 2 + i
+        truths[f"train_{i}"] = mask > 0
+        Image.fromarray(mask).save(raw / f"train_{i}_anno.bmp")
+    with pytest.raises(DatasetLayoutError, match="no usable image/mask pair"):
+        prepare("polyp_seg", str(raw), str(tmp_path / "half"))
+    out = tmp_path / "nonzero"
+    prepare("polyp_seg", str(raw), str(out), foreground="nonzero", test_fraction=0.34)
+    doc = _datalist(out)
+    assert doc["meta"]["foreground"].startswith("every value above 0; 6 of 6 masks rewritten")
+    for item in sum((doc[k] for k in ("training", "validation", "test")), []):
+        written = np.asarray(Image.open(out / item["label"]))
+        assert set(np.unique(written).tolist()) == {0, 255}
+        np.testing.assert_array_equal(written > 0, truths[item["name"]])
+    with pytest.raises(InputError, match="--foreground 'all': choose half"):
+        prepare("polyp_seg", str(raw), str(tmp_path / "x"), foreground="all")
+    with pytest.raises(InputError, match="--foreground nonzero: only for binary masks"):
+        prepare("polyp_seg", str(raw), str(tmp_path / "y"), foreground="nonzero", classes="a,b")

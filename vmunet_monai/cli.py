@@ -170,10 +170,12 @@ class Commands:
           --test_fraction [0.3] (of the paper split, or of your folders), --validation auto|carve [auto],
           --seed [0], --verify [true], --layout challenge|folders|auto [auto: challenge when present],
           --mask_suffix (folders; default: found), --classes lesion,core (folders, masks of several classes),
-          --mask_values 0,128,255 (folders: background's then each class's mask value; default: found)
+          --mask_values 0,128,255 (folders: background's then each class's mask value; default: found),
+          --foreground half|nonzero [half] (folders, binary: nonzero for instance masks numbering each object)
         - polyp_seg: --val_fraction [0.1] (carved from TrainDataset), --seed [0], --verify [true],
           --layout pranet|folders|auto [auto: pranet when present], --test_fraction [0.2] (folders without
-          test/), --mask_suffix (folders; default: found), --classes, --mask_values (folders, as for ISIC)
+          test/), --mask_suffix (folders; default: found), --classes, --mask_values, --foreground (folders, as
+          for ISIC)
         - synapse_multiorgan: --num_val [one in six training cases: 3 of Synapse's 18], --seed [0], --spacing "[x,y,z]" (mm, for
           the TransUNet release, which carries none), --verify [true], --layout btcv|folders|auto [auto: BTCV
           when present], --classes liver,tumour (folders; default: dataset.json), --test_fraction [0.2]

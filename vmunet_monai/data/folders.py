@@ -50,7 +50,7 @@ from vmunet_monai.data.common import (
     verify_pairs,
     write_datalist,
 )
-from vmunet_monai.data.label_maps import LABELS_FOLDER, prepare_label_maps
+from vmunet_monai.data.label_maps import LABELS_FOLDER, binarize_nonzero, prepare_label_maps
 from vmunet_monai.data.preview import announce
 from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError
 
@@ -265,7 +265,7 @@ def _items(dirs: tuple[Path, Path], dataset: str, mask_suffix: str | None, skipp
 
 def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, test_fraction: float,
                     seed: int = 0, verify: bool = True, mask_suffix: str | None = None, classes=None,
-                    mask_values=None) -> str:
+                    mask_values=None, foreground: str = "half") -> str:
     """Write ``out/datalist.json`` (training / validation / test) from a folders layout in ``raw``.
 
     Args:
@@ -282,6 +282,9 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
             the dataset folder, else one class, binary masks). Two or more make the masks label maps
             (:mod:`vmunet_monai.data.label_maps`), and the datalist records ``labels`` and ``num_classes``.
         mask_values: the mask value of background and of each class, in that order (default: found).
+        foreground: binary masks: ``"half"`` (a pixel is foreground from half the mask's scale up: 0/1, 0/255 and
+            JPEG grey levels) or ``"nonzero"`` (every value above 0: instance masks that number each object, as
+            GlaS's; such masks are written as 0/255 under ``OUT/labels/``).
 
     Returns:
         the path of the datalist (skipped files are listed under ``meta.skipped``).
@@ -297,18 +300,24 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
     check_prepare_output(folders, out)
     names = class_names(classes, root)
     multi = names is not None and len(names) > 1
+    if foreground not in ("half", "nonzero"):
+        raise InputError(f"--foreground {foreground!r}: choose half (0/1, 0/255 and JPEG masks) or nonzero (every "
+                         f"value above 0, as instance masks that number each object)")
+    if foreground == "nonzero" and multi:
+        raise InputError("--foreground nonzero: only for binary masks (with --classes, every value is a class)")
     if mask_values is not None and not multi:
         raise InputError(f"--mask_values {mask_values!r}: only for masks of several classes (name them with "
                          f"--classes, e.g. --classes polyp,instrument)")
     if names is not None and list(names) != list(range(1, len(names) + 1)):
         raise InputError(f"{root / 'dataset.json'}: class numbers {sorted(names)} are not 1 to {len(names)} "
                          f"(give the names in order with --classes)")
+    binary_check = not multi and foreground == "half"  # other masks are checked when they are rewritten
     skipped: list[dict] = []
     suffixes: dict[str, str] = {}
     name = root.resolve().name or "dataset"
 
     def read(dirs, dataset):
-        items, suffix = _items(dirs, dataset, mask_suffix, skipped, bool(verify), binary=not multi)
+        items, suffix = _items(dirs, dataset, mask_suffix, skipped, bool(verify), binary=binary_check)
         suffixes[str(dirs[1])] = suffix
         return items
 
@@ -335,7 +344,7 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
                     continue
             found.append((image, mask))
         if verify:
-            found = verify_pairs(found, skipped, binary=not multi)
+            found = verify_pairs(found, skipped, binary=binary_check)
         if not found:
             raise DatasetLayoutError(f"{folder}: no usable image/mask pair")
         return [{"image": str(i), "label": str(m), "name": i.stem, "dataset": dataset} for i, m in found]
@@ -395,6 +404,10 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
             "test_sets": test_sets or {test[0]["dataset"]: len(test)}, "skipped": skipped}
     if multi:
         meta.update(prepare_label_maps(train + val + test, names, mask_values, out, root))
+    if foreground == "nonzero":
+        written = binarize_nonzero(train + val + test, out, root)
+        meta["foreground"] = (f"every value above 0; {written} of {len(train) + len(val) + len(test)} masks "
+                              f"rewritten as 0/255 under {LABELS_FOLDER}/")
     elif names:
         meta.update({"labels": {"0": "background", "1": names[1]}, "num_classes": 2})
     path = write_datalist(out, {"training": train, "validation": val, "test": test}, meta)

@@ -128,7 +128,8 @@ def _items(pairs, year: int) -> list[dict]:
 
 def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, val_fraction: float = 0.2,
             test_fraction: float = 0.3, validation: str = "auto", seed: int = 0, verify: bool = True,
-            layout: str = "auto", mask_suffix: str | None = None, classes=None, mask_values=None) -> str:
+            layout: str = "auto", mask_suffix: str | None = None, classes=None, mask_values=None,
+            foreground: str = "half") -> str:
     """Write ``out/datalist.json`` (training / validation / test) from ISIC challenge downloads in ``raw``,
     or from your own folders of images and masks (:mod:`vmunet_monai.data.folders`), binary or of several
     classes (:mod:`vmunet_monai.data.label_maps`).
@@ -154,6 +155,8 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
         classes: folders layout: the class names (``"a,b"``); two or more make the masks label maps and the
             bundle is then run with ``--num_classes`` (classes + background).
         mask_values: folders layout, several classes: mask value of background and of each class (default: found).
+        foreground: folders layout, binary masks: ``"half"`` (from half the mask's scale up) or ``"nonzero"``
+            (every value above 0: instance masks numbering each object).
 
     Returns:
         the path of the datalist (skipped files are listed under ``meta.skipped``).
@@ -178,9 +181,9 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
         refuse_options("folders", not_here, "the ISIC challenge")
         return prepare_folders(raw, out, importer="vmunet_monai.data.isic", val_fraction=val_fraction,
                                test_fraction=test_fraction, seed=seed, verify=verify, mask_suffix=mask_suffix,
-                               classes=classes, mask_values=mask_values)
+                               classes=classes, mask_values=mask_values, foreground=foreground)
     refuse_options("challenge", {"mask_suffix": (mask_suffix, None), "classes": (classes, None),
-                                 "mask_values": (mask_values, None)}, "the folders")
+                                 "mask_values": (mask_values, None), "foreground": (foreground, "half")}, "the folders")
     check_prepare_output([folder for folders in found.values() for folder in folders.values()], out)
     usable = {y: f for y, f in found.items() if ("train", "image") in f and ("train", "mask") in f}
     if not usable:

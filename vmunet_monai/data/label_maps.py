@@ -27,7 +27,7 @@ from vmunet_monai.data.common import DatasetLayoutError
 from vmunet_monai.validation import InputError
 
 __all__ = ["LABELS_FOLDER", "parse_mask_values", "read_label", "find_class_values", "write_label_maps",
-           "prepare_label_maps"]
+           "binarize_nonzero", "prepare_label_maps"]
 
 LABELS_FOLDER = "labels"
 _LOSSLESS = (".png", ".bmp", ".tif", ".tiff")
@@ -185,6 +185,34 @@ def write_label_maps(items: Sequence[dict], values: Sequence[int], out: str | os
         target = Path(out) / LABELS_FOLDER / relative.with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(lookup[read_label(source)], mode="L").save(target)
+        item["label"] = str(target)
+        written += 1
+    return written
+
+
+def binarize_nonzero(items: Sequence[dict], out: str | os.PathLike, root: str | os.PathLike) -> int:
+    """Point each item's ``label`` at a 0/255 mask of its non-zero pixels, writing ``OUT/labels/<path below
+    root>.png`` for every mask that holds other values (instance masks that number each object 1, 2, 3, ...,
+    which the bundles' half-scale rule would read as nearly empty).
+
+    Returns:
+        the number of masks written.
+    """
+    from PIL import Image
+
+    written = 0
+    for item in items:
+        source = Path(item["label"])
+        values = read_label(source)
+        if set(np.unique(values).tolist()) <= {0, 255}:
+            continue
+        try:
+            relative = source.resolve().relative_to(Path(root).resolve())
+        except ValueError:
+            relative = Path(source.name)
+        target = Path(out) / LABELS_FOLDER / relative.with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((values > 0).astype(np.uint8) * 255, mode="L").save(target)
         item["label"] = str(target)
         written += 1
     return written

@@ -87,7 +87,7 @@ def _pairs(folder: Path, dataset: str, skipped: list[dict], verify: bool) -> lis
 
 def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0, verify: bool = True,
             layout: str = "auto", test_fraction: float = 0.2, mask_suffix: str | None = None, classes=None,
-            mask_values=None) -> str:
+            mask_values=None, foreground: str = "half") -> str:
     """Write ``out/datalist.json`` from the PraNet polyp layout in ``raw``, or from your own folders of
     images and masks (:mod:`vmunet_monai.data.folders`), binary or of several classes
     (:mod:`vmunet_monai.data.label_maps`).
@@ -109,6 +109,8 @@ def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0, verify
         classes: folders layout: the class names (``"a,b"``); two or more make the masks label maps and the
             bundle is then run with ``--num_classes`` (classes + background).
         mask_values: folders layout, several classes: mask value of background and of each class (default: found).
+        foreground: folders layout, binary masks: ``"half"`` (from half the mask's scale up) or ``"nonzero"``
+            (every value above 0: instance masks numbering each object).
 
     Returns:
         the path of the datalist (skipped files are listed under ``meta.skipped``).
@@ -130,9 +132,9 @@ def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0, verify
                      "the PraNet layout (TrainDataset/ and TestDataset/<set>/)"):
         return prepare_folders(raw, out, importer="vmunet_monai.data.polyp", val_fraction=val_fraction,
                                test_fraction=test_fraction, seed=seed, verify=verify, mask_suffix=mask_suffix,
-                               classes=classes, mask_values=mask_values)
+                               classes=classes, mask_values=mask_values, foreground=foreground)
     given = {"test_fraction": (test_fraction, 0.2), "mask_suffix": (mask_suffix, None), "classes": (classes, None),
-             "mask_values": (mask_values, None)}
+             "mask_values": (mask_values, None), "foreground": (foreground, "half")}
     refuse_options("pranet", given, "the folders")
     check_prepare_output([root / "TrainDataset", root / "TestDataset"], out)
     skipped: list[dict] = []
