@@ -404,12 +404,12 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
             "test_sets": test_sets or {test[0]["dataset"]: len(test)}, "skipped": skipped}
     if multi:
         meta.update(prepare_label_maps(train + val + test, names, mask_values, out, root))
+    elif names:
+        meta.update({"labels": {"0": "background", "1": names[1]}, "num_classes": 2})
     if foreground == "nonzero":
         written = binarize_nonzero(train + val + test, out, root)
         meta["foreground"] = (f"every value above 0; {written} of {len(train) + len(val) + len(test)} masks "
                               f"rewritten as 0/255 under {LABELS_FOLDER}/")
-    elif names:
-        meta.update({"labels": {"0": "background", "1": names[1]}, "num_classes": 2})
     path = write_datalist(out, {"training": train, "validation": val, "test": test}, meta)
     report_skipped(skipped, "image")
     summary = (f"{name}: {len(train)} training, {len(val)} validation, {len(test)} test images"
