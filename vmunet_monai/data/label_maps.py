@@ -160,6 +160,20 @@ def find_class_values(masks: Sequence[str], num_classes: int, mask_values=None,
     return chosen, seen
 
 
+def _save_label(array: np.ndarray, source: Path, out: str | os.PathLike, root: str | os.PathLike) -> str:
+    """Save an 8-bit mask made from ``source`` as ``OUT/labels/<source's path below root>.png``; its path."""
+    from PIL import Image
+
+    try:
+        relative = source.resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        relative = Path(source.name)
+    target = Path(out) / LABELS_FOLDER / relative.with_suffix(".png")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, dtype=np.uint8), mode="L").save(target)
+    return str(target)
+
+
 def write_label_maps(items: Sequence[dict], values: Sequence[int], out: str | os.PathLike,
                      root: str | os.PathLike) -> int:
     """Point each item's ``label`` at a mask of class numbers, writing ``OUT/labels/<path below root>.png``
@@ -168,8 +182,6 @@ def write_label_maps(items: Sequence[dict], values: Sequence[int], out: str | os
     Returns:
         the number of masks written.
     """
-    from PIL import Image
-
     lookup = np.zeros(max(values) + 1, dtype=np.uint8)
     for i, v in enumerate(values):
         lookup[v] = i
@@ -178,14 +190,7 @@ def write_label_maps(items: Sequence[dict], values: Sequence[int], out: str | os
         source = Path(item["label"])
         if not _needs_copy(source, values):
             continue
-        try:
-            relative = source.resolve().relative_to(Path(root).resolve())
-        except ValueError:
-            relative = Path(source.name)
-        target = Path(out) / LABELS_FOLDER / relative.with_suffix(".png")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(lookup[read_label(source)], mode="L").save(target)
-        item["label"] = str(target)
+        item["label"] = _save_label(lookup[read_label(source)], source, out, root)
         written += 1
     return written
 
@@ -198,22 +203,13 @@ def binarize_nonzero(items: Sequence[dict], out: str | os.PathLike, root: str | 
     Returns:
         the number of masks written.
     """
-    from PIL import Image
-
     written = 0
     for item in items:
         source = Path(item["label"])
         values = read_label(source)
         if set(np.unique(values).tolist()) <= {0, 255}:
             continue
-        try:
-            relative = source.resolve().relative_to(Path(root).resolve())
-        except ValueError:
-            relative = Path(source.name)
-        target = Path(out) / LABELS_FOLDER / relative.with_suffix(".png")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((values > 0).astype(np.uint8) * 255, mode="L").save(target)
-        item["label"] = str(target)
+        item["label"] = _save_label((values > 0).astype(np.uint8) * 255, source, out, root)
         written += 1
     return written
 
