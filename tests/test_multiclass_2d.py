@@ -319,6 +319,13 @@ def test_demo_with_two_classes_leaves_a_complete_bundle_of_them(tmp_path, capsys
     for mask in done["masks"]:
         values |= set(np.unique(np.asarray(Image.open(mask))).tolist())
     assert values <= {0, 1, 2} and len(done["masks"]) == 10
+    # the copy forced back to two classes: its one-channel head does not take the three-class weights, and says so
+    from vmunet_monai.weights import CheckpointError
+
+    with pytest.raises(CheckpointError, match="its output layer has 3 classes against 2 here: it was trained with "
+                                              "--num_classes 3"):
+        predict(str(root), str(tmp_path / "demo" / "raw" / "images"), str(tmp_path / "two"), device="cpu",
+                num_classes=2)
     with pytest.raises(InputError, match="demo --classes 3"):
         demo.run_demo(out=str(tmp_path / "x"), classes=3)
 
