@@ -104,13 +104,9 @@ def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0, verify
             test/<set>/ folders, each set reported apart like the PraNet test sets) or ``"auto"``
             (PraNet when TrainDataset/ and TestDataset/ are present, else folders).
         test_fraction: folders layout without a test folder: share of the images held out for testing.
-        mask_suffix: folders layout: text between an image's stem and its mask's extension (default:
-            found by trying the common ones).
-        classes: folders layout: the class names (``"a,b"``); two or more make the masks label maps and the
-            bundle is then run with ``--num_classes`` (classes + background).
-        mask_values: folders layout, several classes: mask value of background and of each class (default: found).
-        foreground: folders layout, binary masks: ``"half"`` (from half the mask's scale up) or ``"nonzero"``
-            (every value above 0: instance masks numbering each object).
+        mask_suffix, classes, mask_values, foreground: folders layout only, as
+            :func:`vmunet_monai.data.folders.prepare_folders` takes them (mask names, several classes, instance
+            masks).
 
     Returns:
         the path of the datalist (skipped files are listed under ``meta.skipped``).
