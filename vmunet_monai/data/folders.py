@@ -324,7 +324,8 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
     def read_mixed(folder: Path, dataset: str) -> list[dict]:
         pairs, suffixes[str(folder)] = mixed_pairs(folder, mask_suffix)
         if not pairs:
-            raise DatasetLayoutError(f"{folder}: no image has its mask beside it (named <image>{mask_suffix}.png)")
+            named = f"<image>{mask_suffix}.png" if mask_suffix else f"<image><suffix>.png, suffix one of {MIXED_SUFFIXES}"
+            raise DatasetLayoutError(f"{folder}: no image has its mask beside it (named {named})")
         masks = {m for ms in pairs.values() for m in ms}
         for stray in (p for p in list_images_quiet(folder) if p not in pairs and p not in masks):
             skipped.append({"file": str(stray), "reason": f"{stray}: no mask beside it (every image needs its mask)"})
