@@ -161,21 +161,68 @@ def test_bundle_trains_evaluates_and_predicts_your_own_classes(tmp_path):
                               num_classes=3, roi_size=[32, 32], **tiny_net)
     seg = np.asarray(nib.load(written[0]).dataobj)
     assert seg.shape == nib.load(volume).shape and set(np.unique(seg)) <= {0, 1, 2}
+    # the same through the MRI scaling (as a model trained with --intensity mri would be run)
+    mri = predict_volumes(str(volume), str(tmp_path / "segs_mri"), checkpoint=str(weights), device="cpu",
+                          num_classes=3, roi_size=[32, 32], intensity="mri", **tiny_net)
+    assert np.asarray(nib.load(mri[0]).dataobj).shape == seg.shape
     with pytest.raises(InputError, match="num_classes 1: give the number of classes including background"):
         predict("polyp_seg", str(volume), str(tmp_path / "segs2"), num_classes=1)
 
 
 @pytest.mark.parametrize("config, pipeline", [("train.json", "train#preprocessing"), ("inference.json", "preprocessing")])
-def test_hu_window_sets_the_intensity_window_of_training_and_inference(config, pipeline):
+def test_hu_window_and_intensity_set_the_scaling_of_training_and_inference(config, pipeline):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / config))
-    assert parser["hu_window"] == [-125, 275]  # the Synapse protocol's abdominal window
+    assert parser["hu_window"] == [-125, 275] and parser["intensity"] == "ct"  # the Synapse protocol's window
     parser["hu_window"] = [-200, 300]
     transforms = parser.get_parsed_content(pipeline).transforms
-    scale = next(t for t in transforms if type(t).__name__ == "ScaleIntensityRanged").scaler
+    scale = next(t for t in transforms if type(t).__name__ == "ScaleToUnitd").scaler
     assert (scale.a_min, scale.a_max, scale.b_min, scale.b_max, scale.clip) == (-200, 300, 0.0, 1.0, True)
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / config))
+    parser["intensity"] = "mri"
+    transforms = parser.get_parsed_content(pipeline).transforms
+    scale = next(t for t in transforms if type(t).__name__ == "ScaleToUnitd").scaler
+    assert type(scale).__name__ == "ScaleIntensityRangePercentiles" and (scale.lower, scale.upper) == (0.5, 99.5)
+
+
+def test_scale_to_unit_ct_window_and_mri_percentiles():
+    import torch
+
+    from vmunet_monai.engine import ScaleToUnitd
+
+    rng = np.random.default_rng(0)
+    hu = torch.as_tensor(rng.uniform(-1000, 1000, (1, 8, 8, 4)), dtype=torch.float32)
+    ct = ScaleToUnitd("image", "ct", window=(-125, 275))({"image": hu})["image"]
+    np.testing.assert_allclose(ct, np.clip((hu.numpy() + 125) / 400, 0, 1), atol=1e-6)
+    # MRI: no absolute unit; a scanner's gain and offset do not change what the network sees
+    mr = torch.as_tensor(rng.gamma(2.0, 100.0, (1, 16, 16, 6)), dtype=torch.float32)
+    first = ScaleToUnitd("image", "mri")({"image": mr})["image"]
+    second = ScaleToUnitd("image", "mri")({"image": mr * 3.5 + 40})["image"]
+    np.testing.assert_allclose(first, second, atol=1e-5)
+    assert float(first.min()) == 0.0 and float(first.max()) == 1.0
+    assert 0 < float((first == 1.0).float().mean()) < 0.02  # only the brightest 0.5% clipped
+    with pytest.raises(InputError, match="intensity 'pet': choose ct"):
+        ScaleToUnitd("image", "pet")
+
+
+def test_an_mri_dataset_json_asks_for_intensity_mri(tmp_path, capsys):
+    raw = _own_dataset(tmp_path, cases=5)
+    (raw / "dataset.json").write_text(json.dumps({"modality": {"0": "MRI"}, "labels": {"0": "background",
+                                                                                      "1": "liver", "2": "spleen"}}))
+    out = tmp_path / "out"
+    prepare("synapse_multiorgan", str(raw), str(out), num_val=1)
+    meta = _datalist(out)["meta"]
+    assert meta["intensity"] == "mri" and "your own MRI volumes" in meta["dataset"]
+    assert "--num_classes 3 --intensity mri (dataset.json names the modality 'MRI'" in capsys.readouterr().out
+    assert (out / "preview.png").stat().st_size > 10_000
+    from vmunet_monai.data.volumes import dataset_modality
+
+    for named, found in (({"channel_names": {"0": "T2"}}, "T2"), ({"modality": {"0": "CT"}}, None), ({}, None)):
+        (raw / "dataset.json").write_text(json.dumps(named))
+        assert dataset_modality(raw) == found
 
 
 def test_predict_hu_window_values(tmp_path):
@@ -187,6 +234,10 @@ def test_predict_hu_window_values(tmp_path):
             _window(bad)
     with pytest.raises(InputError, match=r"--window \[-200, 300\]: only for synapse_multiorgan"):
         predict("isic_skin_lesion", str(tmp_path), str(tmp_path / "out"), window=[-200, 300])
+    with pytest.raises(InputError, match=r"--intensity mri: only for synapse_multiorgan"):
+        predict("isic_skin_lesion", str(tmp_path), str(tmp_path / "out"), intensity="mri")
+    with pytest.raises(InputError, match=r"--intensity 'pet': choose ct or mri"):
+        predict("synapse_multiorgan", str(tmp_path), str(tmp_path / "out"), intensity="pet")
 
 
 def test_a_bundle_copy_with_your_classes_exports_and_predicts_without_options(tmp_path):

@@ -162,7 +162,8 @@ class Commands:
         grey levels such as 0,128,255 or a palette PNG; prepare prints the --num_classes to train with.
         Your own CT volumes and classes go to synapse_multiorgan as imagesTr/ and labelsTr/ (Decathlon,
         nnU-Net; labelsTs/ for a labelled test set) or images/ and labels/ (NIfTI, NRRD, MHA); prepare prints
-        the --num_classes to train, evaluate and predict with.
+        the --num_classes to train, evaluate and predict with (and --intensity mri when dataset.json names an MRI
+        modality: each volume is then scaled by its own percentiles instead of the CT window).
 
         Options of each bundle (defaults in brackets; an option another bundle has is refused by name):
         - isic_skin_lesion: --split official|paper|auto [auto] (paper: the seeded 7:3 split of the
@@ -218,7 +219,7 @@ class Commands:
 
     def predict(self, bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
                 baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
-                window: tuple | None = None):
+                window: tuple | None = None, intensity: str | None = None):
         """Segment a file or a folder with BUNDLE's network and write masks (and overlays) to OUTPUT.
 
         Unusable files (empty, truncated, not an image, the wrong dimensionality, NaN values) are skipped and
@@ -243,11 +244,12 @@ class Commands:
                 hold the class numbers 0, 1, 2, ... and the overlays colour each class.
             window: synapse_multiorgan trained with another --hu_window: that "[low,high]" in HU (default
                 [-125,275]).
+            intensity: synapse_multiorgan trained on MRI with --intensity mri: mri (default ct).
         """
         from vmunet_monai.predict import predict
 
         predict(bundle, input, output, checkpoint=checkpoint, device=device, baseline=baseline, tta=tta, model=model,
-                num_classes=num_classes, window=window)
+                num_classes=num_classes, window=window, intensity=intensity)
 
     def export(self, bundle: str, format: str = "torchscript", checkpoint: str | None = None,
                output: str | None = None, tolerance: float = 1e-4):

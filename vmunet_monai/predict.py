@@ -81,7 +81,7 @@ def _window(value) -> list[float]:
 
 def predict(bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
             baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
-            window=None):
+            window=None, intensity: str | None = None):
     """Write ``OUTPUT/masks/**/<stem>_mask.png`` (0/255, or class numbers for several classes) and
     ``OUTPUT/overlays/**/<stem>_overlay.png`` for every image in ``input`` (a file or a folder, searched recursively; mask folders are skipped).
 
@@ -105,6 +105,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             class numbers 0 .. ``num_classes - 1`` and the overlays give each class a colour.
         window: ``synapse_multiorgan`` trained with another ``--hu_window``: that ``(low, high)`` in HU (the
             bundle's ``hu_window``).
+        intensity: ``synapse_multiorgan`` trained with ``--intensity mri``: ``mri`` (each volume scaled by its
+            own percentiles; :class:`vmunet_monai.engine.ScaleToUnitd`).
 
     Returns:
         ``{"masks": [...], "overlays": [...], "skipped": [{"file", "reason"}, ...]}``: the paths written
@@ -125,10 +127,17 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         extra = {} if num_classes is None else {"num_classes": int(num_classes)}
         if window is not None:
             extra["hu_window"] = _window(window)
+        if intensity is not None:
+            from vmunet_monai.engine.transforms import INTENSITY_MODES
+
+            if intensity not in INTENSITY_MODES:
+                raise InputError(f"--intensity {intensity!r}: choose ct or mri (as the model was trained)")
+            extra["intensity"] = intensity
         return predict_volumes(input, output, checkpoint=checkpoint, device=device, bundle_root=bundle_root,
                                baseline=baseline, tta=tta, model=model, **extra)
-    if window is not None:
-        raise InputError(f"--window {window}: only for synapse_multiorgan (CT); the 2D bundles read photographs")
+    if window is not None or intensity is not None:
+        option = f"--window {window}" if window is not None else f"--intensity {intensity}"
+        raise InputError(f"{option}: only for synapse_multiorgan (volumes); the 2D bundles read photographs")
     if num_classes is not None:
         from vmunet_monai.engine.utils import output_channels
 

@@ -85,7 +85,8 @@ def _preview_2d(picked, path: Path, title: str, labels: Mapping[int, str]) -> No
     plt.close(fig)
 
 
-def _preview_ct(picked, path: Path, title: str, labels: Mapping[int, str], window: tuple[float, float]) -> None:
+def _preview_ct(picked, path: Path, title: str, labels: Mapping[int, str], window: tuple[float, float] | None
+                ) -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -104,9 +105,13 @@ def _preview_ct(picked, path: Path, title: str, labels: Mapping[int, str], windo
         voxels = np.asarray(image.dataobj, dtype=np.float32)
         classes = np.rint(np.asarray(label.dataobj)).astype(np.int64)
         z = int(np.argmax((classes > 0).sum(axis=(0, 1)))) if classes.any() else voxels.shape[2] // 2
+        shown = window
+        if shown is None:  # MRI: each volume's own range, as the bundle scales it
+            low, high = (float(v) for v in np.percentile(voxels, [0.5, 99.5]))
+            shown = (low, high if high > low else low + 1.0)
         # RAS: patient right is the first axis; flip it to show patient right on the viewer's left
-        ax.imshow(np.clip(voxels[::-1, :, z].T, *window), cmap="gray", origin="lower", vmin=window[0],
-                  vmax=window[1])
+        ax.imshow(np.clip(voxels[::-1, :, z].T, *shown), cmap="gray", origin="lower", vmin=shown[0],
+                  vmax=shown[1])
         ax.imshow(np.ma.masked_equal(classes[::-1, :, z].T, 0), cmap=cmap, vmin=0, vmax=max(num, 2) - 1, alpha=0.5,
                   origin="lower", interpolation="nearest")
         ax.set_title(f"{split}: {item.get('case', Path(item['image']).name)}, slice {z}", fontsize=8)
@@ -122,7 +127,7 @@ def _preview_ct(picked, path: Path, title: str, labels: Mapping[int, str], windo
 
 def write_preview(out: str | os.PathLike, splits: Mapping[str, Sequence[dict]], title: str = "",
                   labels: Mapping[int, str] | None = None, count: int | None = None,
-                  window: tuple[float, float] = (-125, 275)) -> str | None:
+                  window: tuple[float, float] | None = (-125, 275)) -> str | None:
     """Write ``out/preview.png``: images with their masks (2D), or each CT case's most labelled axial slice
     with the classes in colour and named in a legend (volumes).
 
@@ -132,7 +137,7 @@ def write_preview(out: str | os.PathLike, splits: Mapping[str, Sequence[dict]], 
         title: the figure title (the importer's summary line).
         labels: label value -> class name, background left out (CT, and 2D label maps of several classes).
         count: items shown (default 8 images or 4 volumes), taken from the splits in turn.
-        window: CT display window in HU.
+        window: CT display window in HU; None shows each volume between its own 0.5 and 99.5 percentiles (MRI).
 
     Returns:
         the path written, or None when there is nothing to show. A preview that fails is reported on
@@ -159,7 +164,8 @@ def write_preview(out: str | os.PathLike, splits: Mapping[str, Sequence[dict]], 
 
 
 def announce(out: str | os.PathLike, datalist: str, splits: Mapping[str, Sequence[dict]], summary: str,
-             labels: Mapping[int, str] | None = None) -> None:
-    """The end of an import: write the preview, then print ``<summary> -> <datalist>`` and where the preview is."""
-    preview = write_preview(out, splits, summary, labels=labels)
+             labels: Mapping[int, str] | None = None, window: tuple[float, float] | None = (-125, 275)) -> None:
+    """The end of an import: write the preview (``window`` as :func:`write_preview`), then print
+    ``<summary> -> <datalist>`` and where the preview is."""
+    preview = write_preview(out, splits, summary, labels=labels, window=window)
     print(f"{summary} -> {datalist}" + (f"\npreview: {preview}" if preview else ""))

@@ -284,16 +284,36 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
     val, train = rest[:n_val], rest[n_val:]
     order = lambda items: sorted(items, key=lambda c: c["case"])  # noqa: E731
     labels = {"0": "background", **{str(v): n for v, n in names.items()}}
+    mri = dataset_modality(root)
     path = write_datalist(
         out, {"training": order(train), "validation": order(val), "test": order(test)},
-        {"dataset": f"{root.resolve().name} (your own CT volumes)", "importer": "vmunet_monai.data.volumes",
-         "layout": "folders", "raw": str(root.resolve()), "labels": labels, "num_classes": len(labels),
+        {"dataset": f"{root.resolve().name} (your own {'MRI' if mri else 'CT'} volumes)",
+         "importer": "vmunet_monai.data.volumes", "layout": "folders", "raw": str(root.resolve()), "labels": labels,
+         "num_classes": len(labels), "intensity": "mri" if mri else "ct",
          "how": f"{how}; validation: {n_val} of the rest (seed {seed + 1})", "seed": seed, "skipped": skipped},
     )
     report_skipped(skipped, "case")
     summary = (f"{root.name}: {len(train)} training, {len(val)} validation, {len(test)} test cases, "
                f"{len(labels)} classes ({', '.join(labels.values())})")
     announce(out, path, {"training": order(train), "validation": order(val), "test": order(test)}, summary,
-             labels=names)
-    print(f"train, evaluate and predict with --num_classes {len(labels)}")
+             labels=names, window=None if mri else (-125, 275))
+    print(f"train, evaluate and predict with --num_classes {len(labels)}"
+          + (f" --intensity mri (dataset.json names the modality {mri!r}: each volume is scaled by its own "
+             f"percentiles instead of the CT window)" if mri else ""))
     return path
+
+
+_MRI = re.compile(r"\bmri?\b|t1|t2|flair|dwi|adc|cine", re.IGNORECASE)
+
+
+def dataset_modality(root: Path) -> str | None:
+    """The MRI modality a ``dataset.json`` beside the folders names (the Decathlon's ``"modality": {"0": "MRI"}``,
+    nnU-Net v2's ``"channel_names": {"0": "T2"}``), or None (CT, or nothing said)."""
+    path = Path(root) / "dataset.json"
+    try:
+        doc = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return None
+    named = doc.get("modality") or doc.get("channel_names") or {}
+    values = named.values() if isinstance(named, dict) else [named]
+    return next((str(v) for v in values if _MRI.search(str(v))), None)

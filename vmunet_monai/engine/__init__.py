@@ -17,6 +17,7 @@ from vmunet_monai.engine.inferers import FlipTTAInferer, PlainTensorInferer
 from vmunet_monai.engine.transforms import (
     BinarizeMaskd,
     FirstOutputd,
+    ScaleToUnitd,
     Spacingd,
     gray_converter,
     insert_before,
@@ -40,6 +41,7 @@ __all__ = [
     "NonFiniteLossGuard",
     "OverlayWriter",
     "PlainTensorInferer",
+    "ScaleToUnitd",
     "Spacingd",
     "TqdmProgressBar",
     "TrainingCheckpoint",

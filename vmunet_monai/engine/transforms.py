@@ -14,7 +14,10 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["BinarizeMaskd", "FirstOutputd", "Spacingd", "insert_before", "rgb_converter", "gray_converter"]
+__all__ = ["BinarizeMaskd", "FirstOutputd", "ScaleToUnitd", "Spacingd", "insert_before", "rgb_converter",
+           "gray_converter", "INTENSITY_MODES"]
+
+INTENSITY_MODES = ("ct", "mri")
 
 
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -96,6 +99,48 @@ class FirstOutputd(MapTransform):
         for key in self.key_iterator(d):
             if isinstance(d[key], (list, tuple)):
                 d[key] = d[key][0]
+        return d
+
+
+class ScaleToUnitd(MapTransform):
+    """Volume intensities to [0, 1], by a fixed window or by each volume's own range.
+
+    - ``ct``: Hounsfield units clipped to ``window`` and scaled linearly (the Synapse protocol's
+      -125..275 HU abdominal window); the same HU value gives the same input in every scan.
+    - ``mri``: MRI has no absolute unit, so each volume is scaled between its own ``percentiles`` (0.5 and
+      99.5 by default; the few brightest voxels, vessels or fat, do not set the scale) and clipped.
+
+    Args:
+        keys: image keys.
+        intensity: ``"ct"`` or ``"mri"`` (the Synapse bundle's ``intensity`` id).
+        window: ``(low, high)`` in HU for ``ct`` (the bundle's ``hu_window``).
+        percentiles: ``(low, high)`` percentiles for ``mri``.
+        allow_missing_keys: skip absent keys instead of raising.
+
+    Raises:
+        vmunet_monai.validation.InputError: for another ``intensity``.
+    """
+
+    def __init__(self, keys: KeysCollection, intensity: str = "ct", window: Sequence[float] = (-125, 275),
+                 percentiles: Sequence[float] = (0.5, 99.5), allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if intensity not in INTENSITY_MODES:
+            from vmunet_monai.validation import InputError
+
+            raise InputError(f"intensity {intensity!r}: choose ct (a fixed HU window, --hu_window) or mri (each "
+                             f"volume scaled between its own 0.5 and 99.5 percentiles)")
+        self.intensity = intensity
+        if intensity == "ct":
+            self.scaler = monai.transforms.ScaleIntensityRange(a_min=float(window[0]), a_max=float(window[1]),
+                                                               b_min=0.0, b_max=1.0, clip=True)
+        else:
+            self.scaler = monai.transforms.ScaleIntensityRangePercentiles(
+                lower=float(percentiles[0]), upper=float(percentiles[1]), b_min=0.0, b_max=1.0, clip=True)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.scaler(d[key])
         return d
 
 
