@@ -218,6 +218,29 @@ def test_an_mri_dataset_json_asks_for_intensity_mri(tmp_path, capsys):
     assert meta["intensity"] == "mri" and "your own MRI volumes" in meta["dataset"]
     assert "--num_classes 3 --intensity mri (dataset.json names the modality 'MRI'" in capsys.readouterr().out
     assert (out / "preview.png").stat().st_size > 10_000
+    # the bundle refuses to put MRI through the CT window, and trains with --intensity mri
+    from monai.bundle import ConfigWorkflow
+
+    from vmunet_monai.data.common import check_intensity
+
+    check_intensity(out, "mri")
+    with pytest.raises(InputError, match=r"records intensity 'mri' .* add --intensity mri"):
+        check_intensity(out, "ct")
+
+    def workflow(**over):
+        return ConfigWorkflow(config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"),
+                              logging_file=str(CONFIGS / "logging.conf"), workflow_type="train",
+                              bundle_root=str(tmp_path / "bundle"), dataset_dir=str(out), num_classes=3, **TINY,
+                              **over)
+
+    with pytest.raises(RuntimeError) as caught:
+        workflow().initialize()
+    assert "add --intensity mri to the bundle command" in str(caught.value.__cause__)
+    trained = workflow(intensity="mri")
+    trained.initialize()
+    trained.run()
+    trained.finalize()
+    assert (tmp_path / "bundle" / "models" / "model.pt").is_file()
     from vmunet_monai.data.volumes import dataset_modality
 
     for named, found in (({"channel_names": {"0": "T2"}}, "T2"), ({"modality": {"0": "CT"}}, None), ({}, None)):

@@ -31,6 +31,7 @@ __all__ = [
     "write_datalist",
     "load_datalist",
     "datalist_classes",
+    "check_intensity",
     "check_num_classes",
     "inference_items",
     "common_folder",
@@ -305,6 +306,22 @@ def datalist_classes(dataset_dir: str | os.PathLike) -> dict[int, str] | None:
     if not isinstance(labels, dict):
         return None
     return {int(k): v for k, v in sorted(labels.items(), key=lambda kv: int(kv[0])) if int(k) != 0}
+
+
+def check_intensity(dataset_dir: str | os.PathLike, intensity: str) -> None:
+    """A volume bundle's ``intensity`` must be the one its datalist records (``prepare`` writes ``mri`` when
+    ``dataset.json`` names an MRI modality): MRI through the CT window would be clipped into noise.
+
+    Raises:
+        vmunet_monai.validation.InputError: naming the datalist, both values and the option that fixes it.
+    """
+    path = Path(dataset_dir) / DATALIST_NAME
+    if not path.is_file():
+        return
+    recorded = json.loads(path.read_text()).get("meta", {}).get("intensity")
+    if recorded is not None and recorded != intensity:
+        raise InputError(f"{path}: records intensity {recorded!r} (the volumes' modality) but the bundle scales "
+                         f"with intensity {intensity!r}: add --intensity {recorded} to the bundle command")
 
 
 def check_num_classes(dataset_dir: str | os.PathLike, num_classes: int) -> None:
