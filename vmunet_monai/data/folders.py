@@ -50,7 +50,7 @@ from vmunet_monai.data.common import (
     verify_pairs,
     write_datalist,
 )
-from vmunet_monai.data.label_maps import LABELS_FOLDER, binarize_nonzero, prepare_label_maps
+from vmunet_monai.data.label_maps import LABELS_FOLDER, binarize_nonzero, prepare_label_maps, save_label
 from vmunet_monai.data.preview import announce
 from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError
 
@@ -338,8 +338,8 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
                                     "binary masks are merged (give one label map per image)"})
                     continue
                 try:
-                    mask = union_of_masks(its_masks, Path(out) / LABELS_FOLDER / image.parent.relative_to(
-                        root).joinpath(f"{image.stem}_union.png"))
+                    mask = save_label(union_of_masks(its_masks), image.parent / f"{image.stem}_union.png", out,
+                                      root)
                 except InputError as exc:
                     skipped.append({"file": str(image), "reason": str(exc)})
                     continue
@@ -422,9 +422,8 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
     return path
 
 
-def union_of_masks(masks: list[Path], target: Path) -> str:
-    """Write the union of several binary masks of one image (BUSI draws each lesion in its own file) to
-    ``target``, as 0/255; returns its path.
+def union_of_masks(masks: list[Path]) -> np.ndarray:
+    """The union of several binary masks of one image (BUSI draws each lesion in its own file), as 0/255.
 
     Raises:
         InputError: naming the masks when their sizes differ.
@@ -443,9 +442,7 @@ def union_of_masks(masks: list[Path], target: Path) -> str:
     union = np.zeros(arrays[0].shape, bool)
     for a in arrays:
         union |= BinarizeMaskd("m")({"m": a})["m"] > 0
-    target.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(union.astype(np.uint8) * 255, mode="L").save(target)
-    return str(target)
+    return union.astype(np.uint8) * 255
 
 
 def _all_dirs(layout: dict) -> list[tuple[Path, Path]]:

@@ -27,7 +27,7 @@ from vmunet_monai.data.common import DatasetLayoutError
 from vmunet_monai.validation import InputError
 
 __all__ = ["LABELS_FOLDER", "parse_mask_values", "read_label", "find_class_values", "write_label_maps",
-           "binarize_nonzero", "prepare_label_maps"]
+           "binarize_nonzero", "prepare_label_maps", "save_label"]
 
 LABELS_FOLDER = "labels"
 _LOSSLESS = (".png", ".bmp", ".tif", ".tiff")
@@ -160,8 +160,9 @@ def find_class_values(masks: Sequence[str], num_classes: int, mask_values=None,
     return chosen, seen
 
 
-def _save_label(array: np.ndarray, source: Path, out: str | os.PathLike, root: str | os.PathLike) -> str:
-    """Save an 8-bit mask made from ``source`` as ``OUT/labels/<source's path below root>.png``; its path."""
+def save_label(array: np.ndarray, source: Path, out: str | os.PathLike, root: str | os.PathLike) -> str:
+    """Save an 8-bit mask made from ``source`` (a mask, or the name one would have) as
+    ``OUT/labels/<source's path below root>.png``; returns its path."""
     from PIL import Image
 
     try:
@@ -190,7 +191,7 @@ def write_label_maps(items: Sequence[dict], values: Sequence[int], out: str | os
         source = Path(item["label"])
         if not _needs_copy(source, values):
             continue
-        item["label"] = _save_label(lookup[read_label(source)], source, out, root)
+        item["label"] = save_label(lookup[read_label(source)], source, out, root)
         written += 1
     return written
 
@@ -209,7 +210,7 @@ def binarize_nonzero(items: Sequence[dict], out: str | os.PathLike, root: str | 
         values = read_label(source)
         if set(np.unique(values).tolist()) <= {0, 255}:
             continue
-        item["label"] = _save_label((values > 0).astype(np.uint8) * 255, source, out, root)
+        item["label"] = save_label((values > 0).astype(np.uint8) * 255, source, out, root)
         written += 1
     return written
 

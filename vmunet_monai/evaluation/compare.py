@@ -132,20 +132,17 @@ def _merge_classes(values: dict, columns: list[str]) -> tuple[list[str], dict]:
     over classes (the per-image value of the evaluation's summary), counts summed, and each class's Dice and
     IoU in columns ``dice_<class>`` and ``iou_<class>`` (``--metric dice_<class>`` compares one class)."""
     classes = list(dict.fromkeys(cls for _, cls in values))
-    merged: dict[str, dict] = {}
+    rows: dict[str, dict[str, dict]] = {}  # case -> class -> that class's row
     for (case, cls), row in values.items():
-        entry = merged.setdefault(case, {})
-        for c, v in row.items():
-            entry.setdefault(c, []).append(v)
-            if c in ("dice", "iou"):
-                entry[f"{c}_{cls}"] = v
+        rows.setdefault(case, {})[cls] = row
     out = {}
-    for case, entry in merged.items():
-        out[case] = {c: (float(np.mean(v)) if c in ("dice", "iou") else float(np.sum(v))) if isinstance(v, list)
-                     else v for c, v in entry.items()}
+    for case, by_class in rows.items():
+        merged = {c: float(np.mean([r[c] for r in by_class.values()])) if c in ("dice", "iou")
+                  else float(np.sum([r[c] for r in by_class.values()])) for c in columns}
         for cls in classes:  # a class without a row for this image is undefined, not zero
             for m in ("dice", "iou"):
-                out[case].setdefault(f"{m}_{cls}", math.nan)
+                merged[f"{m}_{cls}"] = by_class[cls][m] if cls in by_class else math.nan
+        out[case] = merged
     return columns + [f"{m}_{cls}" for cls in classes for m in ("dice", "iou")], out
 
 
