@@ -144,6 +144,30 @@ def test_output_channels():
             output_channels(bad)
 
 
+def test_class_values_write_each_class_as_its_grey_level():
+    from monai.data import MetaTensor
+
+    from vmunet_monai.engine import ClassValuesd, mask_levels
+
+    assert mask_levels(None, 2) == [0, 255] and mask_levels(None, 4) == [0, 1, 2, 3]
+    assert mask_levels("0,127,255", 3) == [0, 127, 255] and mask_levels([0, 50, 100], 3) == [0, 50, 100]
+    for bad, rule in (("0,256,1", "8-bit PNGs, so each value is 0-255"), ("0,9", "2 values for 3 classes"),
+                      ("0,9,9", "a value is repeated"), ("0,x,2", "whole numbers 0-255")):
+        with pytest.raises(InputError, match=rule):
+            mask_levels(bad, 3)
+    rng = np.random.default_rng(0)
+    numbers = rng.integers(0, 3, (1, 9, 7)).astype(np.float32)
+    pred = MetaTensor(torch.as_tensor(numbers), meta={"filename_or_obj": "x.png"})
+    out = ClassValuesd("pred", num_classes=3, values=[0, 127, 255])({"pred": pred})
+    np.testing.assert_array_equal(out["pred_mask"].numpy(), np.array([0, 127, 255])[numbers.astype(int)])
+    assert out["pred_mask"].meta["filename_or_obj"] == "x.png"  # SaveImaged names the file by it
+    np.testing.assert_array_equal(out["pred"].numpy(), numbers)  # the overlays still read class numbers
+    binary = ClassValuesd("pred")({"pred": pred.clamp(max=1)})["pred_mask"]
+    assert set(np.unique(binary.numpy()).tolist()) <= {0, 255}
+    with pytest.raises(ValueError, match="class numbers 0..2, outside 0..1 for 2 classes"):
+        ClassValuesd("pred")({"pred": pred})
+
+
 def test_summary_of_several_classes_by_hand():
     truth = np.zeros((2, 4, 4), np.float32)
     truth[0, :2, :2] = 1  # class a: 4 pixels
@@ -314,11 +338,23 @@ def test_demo_with_two_classes_leaves_a_complete_bundle_of_them(tmp_path, capsys
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 3
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"]["2"] == "dark_core"
-    done = predict(str(root), str(tmp_path / "demo" / "raw" / "images"), str(tmp_path / "masks"), device="cpu")
+    # the copy writes the dataset's own grey levels (meta.mask_values of the datalist); --mask_values 0,1,2 gives
+    # the class numbers of the same prediction
+    levels = json.loads((tmp_path / "demo" / "prepared" / "datalist.json").read_text())["meta"]["mask_values"]
+    assert levels == [0, 127, 255]
+    inference = json.loads((root / "configs" / "inference.json").read_text())
+    assert inference["mask_values"] == levels
+    images = str(tmp_path / "demo" / "raw" / "images")
+    done = predict(str(root), images, str(tmp_path / "masks"), device="cpu")
+    numbers = predict(str(root), images, str(tmp_path / "numbers"), device="cpu", mask_values="0,1,2")
     values = set()
-    for mask in done["masks"]:
-        values |= set(np.unique(np.asarray(Image.open(mask))).tolist())
+    for grey, number in zip(done["masks"], numbers["masks"]):
+        grey, number = np.asarray(Image.open(grey)), np.asarray(Image.open(number))
+        values |= set(np.unique(number).tolist())
+        np.testing.assert_array_equal(grey, np.asarray(levels, np.uint8)[number])
     assert values <= {0, 1, 2} and len(done["masks"]) == 10
+    with pytest.raises(InputError, match=r"mask_values '0,255': 2 values for 3 classes"):
+        predict(str(root), images, str(tmp_path / "bad"), device="cpu", mask_values="0,255")
     # the copy forced back to two classes: its one-channel head does not take the three-class weights, and says so
     from vmunet_monai.weights import CheckpointError
 

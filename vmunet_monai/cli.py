@@ -219,7 +219,7 @@ class Commands:
 
     def predict(self, bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
                 baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
-                window: tuple | None = None, intensity: str | None = None):
+                window: tuple | None = None, intensity: str | None = None, mask_values=None):
         """Segment a file or a folder with BUNDLE's network and write masks (and overlays) to OUTPUT.
 
         Unusable files (empty, truncated, not an image, the wrong dimensionality, NaN values) are skipped and
@@ -241,7 +241,10 @@ class Commands:
                 bundle's network and weights; the rest of the bundle's inference stays the same.
             num_classes: a bundle trained on your own classes: the --num_classes it was trained with (prepare
                 prints it; default 9 for synapse_multiorgan, 2 for the 2D bundles). 2D masks of several classes
-                hold the class numbers 0, 1, 2, ... and the overlays colour each class.
+                hold the class numbers 0, 1, 2, ... (or --mask_values) and the overlays colour each class.
+            mask_values: 2D bundles: the value each class gets in the written masks, background first, e.g.
+                0,127,255 to match the dataset's own masks (prepare records them as meta.mask_values in the
+                datalist; the copy demo --classes 2 leaves already writes them); default 0,255 for two classes.
             window: synapse_multiorgan trained with another --hu_window: that "[low,high]" in HU (default
                 [-125,275]).
             intensity: synapse_multiorgan trained on MRI with --intensity mri: mri (default ct).
@@ -249,7 +252,7 @@ class Commands:
         from vmunet_monai.predict import predict
 
         predict(bundle, input, output, checkpoint=checkpoint, device=device, baseline=baseline, tta=tta, model=model,
-                num_classes=num_classes, window=window, intensity=intensity)
+                num_classes=num_classes, window=window, intensity=intensity, mask_values=mask_values)
 
     def export(self, bundle: str, format: str = "torchscript", checkpoint: str | None = None,
                output: str | None = None, tolerance: float = 1e-4):

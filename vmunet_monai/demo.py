@@ -31,7 +31,8 @@ DEMO_BASELINES = {"unet": {"features": [16, 16, 32, 64, 128, 16]}, "swin_unetr":
 
 
 def make_demo_bundle(target: str | Path, size: int = 64, epochs: int = 30, batch_size: int = 8,
-                     network: dict | None = None, bundle: str = BUNDLE, classes: dict | None = None) -> Path:
+                     network: dict | None = None, bundle: str = BUNDLE, classes: dict | None = None,
+                     mask_values: list[int] | None = None) -> Path:
     """Copy ``bundle`` to ``target`` and write the demo's values into its configs.
 
     Args:
@@ -44,6 +45,8 @@ def make_demo_bundle(target: str | Path, size: int = 64, epochs: int = 30, batch
         classes: class number -> name, background left out, for masks of several classes: ``num_classes`` is
             set in the copy's train.json and inference.json, and the output's channels in its metadata.json, so
             the copy predicts, exports and packages those classes with no further option.
+        mask_values: the value of background and of each class in the dataset's masks (the datalist's
+            ``meta.mask_values``): the copy's inference.json writes its masks with them.
 
     Returns:
         the copy's folder.
@@ -64,6 +67,8 @@ def make_demo_bundle(target: str | Path, size: int = 64, epochs: int = 30, batch
               "batch_size": batch_size, "val_batch_size": 16}
     if classes and len(classes) > 1:
         values["num_classes"] = len(classes) + 1
+    if mask_values is not None:
+        values["mask_values"] = [int(v) for v in mask_values]
     for name in ("train.json", "inference.json"):
         path = target / "configs" / name
         config = ConfigParser.load_config_file(str(path))
@@ -87,7 +92,8 @@ def make_demo_bundle(target: str | Path, size: int = 64, epochs: int = 30, batch
         pred["num_channels"] = len(classes) + 1
         pred["channel_def"] = {"0": "background", **{str(k): v for k, v in sorted(classes.items())}}
         meta["pred_classes"] = (f"one softmax channel per class ({', '.join(pred['channel_def'].values())}); the "
-                                f"written mask holds the class numbers 0-{len(classes)}")
+                                f"written mask holds " + (f"the values {mask_values}, background first"
+                                                          if mask_values else f"the class numbers 0-{len(classes)}"))
     meta["description"] += f" Demo copy: network {network or DEMO_NETWORK}, {size}x{size} input, {epochs} epochs."
     meta_path.write_text(json.dumps(meta, indent=4) + "\n")
     return target
@@ -182,7 +188,7 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int = 48, si
     out = Path(out)
     raw, prepared = out / "raw", out / "prepared"
     shutil.rmtree(raw, ignore_errors=True)
-    from vmunet_monai.data.common import datalist_classes
+    from vmunet_monai.data.common import datalist_classes, datalist_meta
 
     if classes == 2:
         demo_data(BUNDLE, str(raw), num=num, seed=0, layout="folders", classes=2)
@@ -191,8 +197,9 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int = 48, si
         demo_data(BUNDLE, str(raw), num=num, seed=0)
         prepare(BUNDLE, str(raw), str(prepared))
     names = datalist_classes(prepared) if classes == 2 else None
+    levels = datalist_meta(prepared).get("mask_values") if classes == 2 else None
     bundle_root = make_demo_bundle(out / BUNDLE, size=size, epochs=epochs, batch_size=DEMO_BATCH_SIZE,
-                                   classes=names)
+                                   classes=names, mask_values=levels)
     shutil.rmtree(bundle_root / "models", ignore_errors=True)
     print(f"training {BUNDLE} ({epochs} epochs, {size}x{size}, network {DEMO_NETWORK}) in {bundle_root}", flush=True)
     best_dice, best_epoch, summary = _train_and_evaluate(bundle_root, prepared, [])

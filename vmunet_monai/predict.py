@@ -81,8 +81,8 @@ def _window(value) -> list[float]:
 
 def predict(bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
             baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
-            window=None, intensity: str | None = None):
-    """Write ``OUTPUT/masks/**/<stem>_mask.png`` (0/255, or class numbers for several classes) and
+            window=None, intensity: str | None = None, mask_values=None):
+    """Write ``OUTPUT/masks/**/<stem>_mask.png`` (0/255, class numbers for several classes, or ``mask_values``) and
     ``OUTPUT/overlays/**/<stem>_overlay.png`` for every image in ``input`` (a file or a folder, searched recursively; mask folders are skipped).
 
     Args:
@@ -107,6 +107,10 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             bundle's ``hu_window``).
         intensity: ``synapse_multiorgan`` trained with ``--intensity mri``: ``mri`` (each volume scaled by its
             own percentiles; :class:`vmunet_monai.engine.ScaleToUnitd`).
+        mask_values: 2D bundles: the value each class gets in the written masks, background first, e.g.
+            ``0,127,255`` for the grey levels of the dataset's own masks (``prepare`` records them as
+            ``meta.mask_values`` in the datalist); default: the bundle's ``mask_values`` (0/255 for two classes,
+            the class numbers for more).
 
     Returns:
         ``{"masks": [...], "overlays": [...], "skipped": [{"file", "reason"}, ...]}``: the paths written
@@ -120,6 +124,9 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         vmunet_monai.weights.CheckpointError: for a checkpoint that is unreadable or not of this bundle's network.
     """
     device = check_device(device)
+    if mask_values is not None and Path(str(bundle)).name in VOLUME_BUNDLES:
+        raise InputError(f"--mask_values {mask_values!r}: only for the 2D bundles; synapse_multiorgan writes NIfTI "
+                         f"label maps of class numbers")
     if Path(str(bundle)).name in VOLUME_BUNDLES:
         from vmunet_monai.predict_volume import predict_volumes
 
@@ -143,13 +150,18 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
 
         output_channels(num_classes)  # a whole number of at least 2, or a clear error
 
-    from monai.bundle import ConfigWorkflow
+    from monai.bundle import ConfigParser, ConfigWorkflow
 
     from vmunet_monai.data.common import report_skipped
     from vmunet_monai.weights import check_checkpoint_fits
 
     root = find_bundle(bundle)
     configs, default_ckpt, train = inference_configs(root, baseline, model)
+    if mask_values is not None:
+        from vmunet_monai.engine.transforms import mask_levels
+
+        classes = num_classes if num_classes is not None else ConfigParser.load_config_files(configs)["num_classes"]
+        mask_values = mask_levels(mask_values, int(classes))  # one value 0-255 per class, or a clear error
     source = Path(os.path.abspath(os.path.expanduser(str(input))))
     if not source.exists():
         raise InputError(f"{input}: no such file or folder (give an image file or a folder of images)")
@@ -190,6 +202,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     }
     if num_classes is not None:
         overrides["num_classes"] = int(num_classes)
+    if mask_values is not None:
+        overrides["mask_values"] = mask_values
     if model:
         overrides["exported_model"] = str(ckpt)
     else:

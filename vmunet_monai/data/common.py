@@ -30,6 +30,7 @@ __all__ = [
     "split_items",
     "write_datalist",
     "load_datalist",
+    "datalist_meta",
     "datalist_classes",
     "check_intensity",
     "check_num_classes",
@@ -295,14 +296,23 @@ def load_datalist(dataset_dir: str | os.PathLike, key: str = "training", require
     return items
 
 
+def datalist_meta(dataset_dir: str | os.PathLike) -> dict:
+    """What ``prepare`` recorded about ``dataset_dir/datalist.json``'s data: its ``meta``, with the ``labels``
+    the Synapse importer writes at the top; empty without a datalist."""
+    path = Path(dataset_dir) / DATALIST_NAME
+    if not path.is_file():
+        return {}
+    doc = json.loads(path.read_text())
+    meta = dict(doc.get("meta") or {})
+    if doc.get("labels"):
+        meta["labels"] = doc["labels"]
+    return meta
+
+
 def datalist_classes(dataset_dir: str | os.PathLike) -> dict[int, str] | None:
     """Label value -> class name (background left out) that ``dataset_dir/datalist.json`` records under
     ``labels`` (at the top, as the Synapse importer writes it, or in ``meta``); None without a datalist or names."""
-    path = Path(dataset_dir) / DATALIST_NAME
-    if not path.is_file():
-        return None
-    doc = json.loads(path.read_text())
-    labels = doc.get("labels") or doc.get("meta", {}).get("labels")
+    labels = datalist_meta(dataset_dir).get("labels")
     if not isinstance(labels, dict):
         return None
     return {int(k): v for k, v in sorted(labels.items(), key=lambda kv: int(kv[0])) if int(k) != 0}
@@ -315,12 +325,9 @@ def check_intensity(dataset_dir: str | os.PathLike, intensity: str) -> None:
     Raises:
         vmunet_monai.validation.InputError: naming the datalist, both values and the option that fixes it.
     """
-    path = Path(dataset_dir) / DATALIST_NAME
-    if not path.is_file():
-        return
-    recorded = json.loads(path.read_text()).get("meta", {}).get("intensity")
+    recorded = datalist_meta(dataset_dir).get("intensity")
     if recorded is not None and recorded != intensity:
-        raise InputError(f"{path}: records intensity {recorded!r} (the volumes' modality) but the bundle scales "
+        raise InputError(f"{Path(dataset_dir) / DATALIST_NAME}: records intensity {recorded!r} (the volumes' modality) but the bundle scales "
                          f"with intensity {intensity!r}: add --intensity {recorded} to the bundle command")
 
 

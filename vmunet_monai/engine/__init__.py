@@ -16,11 +16,13 @@ from vmunet_monai.engine.handlers import (
 from vmunet_monai.engine.inferers import FlipTTAInferer, PlainTensorInferer
 from vmunet_monai.engine.transforms import (
     BinarizeMaskd,
+    ClassValuesd,
     FirstOutputd,
     ScaleToUnitd,
     Spacingd,
     gray_converter,
     insert_before,
+    mask_levels,
     rgb_converter,
 )
 from vmunet_monai.engine.utils import (
@@ -35,6 +37,7 @@ from vmunet_monai.engine.utils import (
 __all__ = [
     "BinarizeMaskd",
     "BinarySegmentationReport",
+    "ClassValuesd",
     "FirstOutputd",
     "FlipTTAInferer",
     "NonFiniteLossError",
@@ -55,6 +58,7 @@ __all__ = [
     "item_name",
     "load_exported",
     "load_pretrained",
+    "mask_levels",
     "output_channels",
     "rgb_converter",
     "set_determinism",

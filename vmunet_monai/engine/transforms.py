@@ -14,8 +14,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["BinarizeMaskd", "FirstOutputd", "ScaleToUnitd", "Spacingd", "insert_before", "rgb_converter",
-           "gray_converter", "INTENSITY_MODES"]
+__all__ = ["BinarizeMaskd", "ClassValuesd", "FirstOutputd", "ScaleToUnitd", "Spacingd", "insert_before", "rgb_converter",
+           "gray_converter", "INTENSITY_MODES", "mask_levels"]
 
 INTENSITY_MODES = ("ct", "mri")
 
@@ -79,6 +79,72 @@ class BinarizeMaskd(MapTransform):
             threshold = 127.5 if scale_is_255 else 0.5
             binary = mask >= threshold
             d[key] = binary.to(torch.float32) if isinstance(binary, torch.Tensor) else binary.astype(np.float32)
+        return d
+
+
+def mask_levels(values, num_classes: int) -> list[int]:
+    """The value a written 2D mask holds for each class, background first.
+
+    Args:
+        values: ``None`` for the bundles' defaults (0/255 for two classes, the class numbers 0 .. K-1 for more),
+            or one value 0-255 per class, e.g. ``[0, 127, 255]`` (``prepare`` records a dataset's own values as
+            ``meta.mask_values`` in its datalist).
+        num_classes: the classes, background included.
+
+    Raises:
+        vmunet_monai.validation.InputError: naming the values and the rule they break.
+    """
+    from vmunet_monai.validation import InputError
+
+    if values is None:
+        return [0, 255] if num_classes == 2 else list(range(num_classes))
+    items = str(values).strip("[]() ").split(",") if isinstance(values, str) else list(values)
+    try:
+        levels = [int(str(v).strip()) for v in items]
+    except ValueError:
+        raise InputError(f"mask_values {values!r}: give whole numbers 0-255 separated by commas, background "
+                         f"first (e.g. 0,127,255)") from None
+    if len(levels) != num_classes:
+        raise InputError(f"mask_values {values!r}: {len(levels)} values for {num_classes} classes (one per class, "
+                         f"background first)")
+    if any(v < 0 or v > 255 for v in levels):
+        raise InputError(f"mask_values {values!r}: the written masks are 8-bit PNGs, so each value is 0-255")
+    if len(set(levels)) != len(levels):
+        raise InputError(f"mask_values {values!r}: a value is repeated, so two classes could not be told apart")
+    return levels
+
+
+class ClassValuesd(MapTransform):
+    """Copy a predicted label map (class numbers, one channel) under ``output_key`` with each class written as
+    the value its mask should hold: 0/255 for binary masks, or a dataset's own grey levels (``mask_values``),
+    so the written PNGs look like the masks the model was trained on. The label map under ``key`` is left
+    as class numbers for the handlers that follow (overlays, MONAI Label).
+
+    Args:
+        keys: the label map's key, usually ``"pred"``.
+        num_classes: classes, background included.
+        values: see :func:`mask_levels`.
+        output_key: where the copy goes (``"pred_mask"``, the key SaveImaged writes).
+        allow_missing_keys: skip absent keys instead of raising.
+    """
+
+    def __init__(self, keys: KeysCollection, num_classes: int = 2, values=None, output_key: str = "pred_mask",
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.levels = torch.tensor(mask_levels(values, int(num_classes)), dtype=torch.float32)
+        self.output_key = output_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            numbers = torch.as_tensor(label).round().long()
+            if numbers.numel() and (int(numbers.min()) < 0 or int(numbers.max()) >= len(self.levels)):
+                raise ValueError(f"{key}: holds class numbers {int(numbers.min())}..{int(numbers.max())}, outside "
+                                 f"0..{len(self.levels) - 1} for {len(self.levels)} classes")
+            mapped = label.clone() if isinstance(label, torch.Tensor) else torch.as_tensor(label).float()
+            mapped[...] = self.levels.to(numbers.device)[numbers].to(mapped.dtype)
+            d[self.output_key] = mapped
         return d
 
 
