@@ -191,6 +191,31 @@ def test_summary_of_several_classes_by_hand():
     assert "every class" in summary["labels"]["pooled"]
 
 
+def test_classes_absent_from_an_image_can_be_left_out_of_its_mean(tmp_path):
+    """A class absent from both ground truth and prediction scores 1; the ``*_present`` values leave it out, but a
+    class predicted where there is none still counts (Dice 0)."""
+    from vmunet_monai.evaluation.binary import write_report
+    from vmunet_monai.evaluation.compare import read_table
+
+    half, full, empty = np.zeros((4, 4)), np.zeros((4, 4)), np.zeros((4, 4))
+    half[:2, :1], full[:2, :2] = 1, 1
+    records = [make_record("z", half, full, cls="a"), make_record("z", empty, empty, cls="b"),  # a 2/3, b absent
+               make_record("w", full, empty, cls="a"), make_record("w", empty, empty, cls="b"),  # a false, b absent
+               make_record("v", empty, empty, cls="a"), make_record("v", empty, empty, cls="b")]  # nothing at all
+    q = summarize(records)["overall"]["per_image"]
+    assert q["dice_mean"] == pytest.approx(np.mean([(2 / 3 + 1) / 2, 0.5, 1]))
+    assert q["dice_mean_present"] == pytest.approx(np.mean([2 / 3, 0, 1]))
+    assert q["iou_mean_present"] == pytest.approx(np.mean([1 / 2, 0, 1]))
+    assert q["dice_sd_present"] == pytest.approx(np.std([2 / 3, 0, 1], ddof=1))
+    text = format_summary(summarize(records))
+    assert f"  classes present only{'':<6}|" in text and f"{q['dice_mean_present']:7.4f}±" in text
+    # compare reads the same values from the written table
+    write_report(records, tmp_path, prefix="metrics_test", plot=False)
+    table = read_table(tmp_path)
+    assert [table.values[f"all/{n}"]["dice_present"] for n in "zwv"] == pytest.approx([2 / 3, 0, 1])
+    assert table.values["all/z"]["dice"] == pytest.approx((2 / 3 + 1) / 2)
+
+
 def test_report_and_overlay_handlers_take_one_hot_and_class_maps(tmp_path):
     report = BinarySegmentationReport(str(tmp_path), num_classes=3, class_names={1: "a", 2: "b"},
                                       print_summary=False)

@@ -136,8 +136,8 @@ class Commands:
         Args:
             runs: evaluation folders or per-case CSVs, one per model; commas join runs of one model.
             labels: names of the models, comma-separated (default the folder names).
-            metric: dice or iou (2D bundles; with several classes the mean over classes, and dice_<class> one
-                class); dice, hd95 or transunet_dice (Synapse, mean over organs); or any column of the tables,
+            metric: dice or iou (2D bundles; with several classes the mean over classes, dice_present the mean
+                over the classes present in each image, and dice_<class> one class); dice, hd95 or transunet_dice (Synapse, mean over organs); or any column of the tables,
                 such as dice_liver.
             out: folder to write compare.json and compare.png (box plots and sorted paired differences).
             seed: seed of the bootstrap resampling.

@@ -15,7 +15,10 @@ serve an ignite handler, a script or a notebook.
 Masks of several classes give one record per image and class (with a ``class`` field), each class
 scored as its own binary mask. The summary then reports every class apart (``classes``), and its
 ``overall`` and ``groups`` entries average the classes: pooled over the pixels of every class
-(their confusion matrices summed), and per image the mean over classes.
+(their confusion matrices summed), and per image the mean over classes. A class absent from both an image's
+ground truth and its prediction scores 1 in that mean; ``*_present`` beside each per-image value leaves such
+classes out (a class the network predicts where there is none still scores 0), so classes that most images
+lack do not lift the mean.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ __all__ = [
     "image_dice_iou",
     "make_record",
     "mean_sd",
+    "mean_over_classes",
     "summarize",
     "format_summary",
     "write_report",
@@ -56,6 +60,8 @@ POOLED_LABEL_CLASSES = (
 )
 PER_IMAGE_LABEL_CLASSES = ("per image the mean over classes (a class absent from both ground truth and prediction "
                            "scores 1), then mean and sample standard deviation over images")
+PRESENT_LABEL = ("as per image, but each image's mean over the classes in its ground truth or its prediction only "
+                 "(an image with none scores 1)")
 
 
 def _as_bool(x, threshold: float) -> np.ndarray:
@@ -119,16 +125,34 @@ def make_record(name: str, pred, target, group: str = "all", threshold: float = 
     return record
 
 
+def mean_over_classes(rows: Sequence[dict], metric: str, present_only: bool = False) -> float:
+    """One image's ``metric`` averaged over its classes' records.
+
+    Args:
+        rows: the image's records, one per class (``tp``, ``fp``, ``fn`` and ``metric``).
+        metric: ``dice`` or ``iou``.
+        present_only: leave out the classes absent from both ground truth and prediction (which score 1);
+            an image with no class present scores 1, like a binary image with nothing to find.
+    """
+    if present_only:
+        rows = [r for r in rows if r["tp"] + r["fp"] + r["fn"] > 0]
+        if not rows:
+            return 1.0
+    return float(np.mean([r[metric] for r in rows]))
+
+
 def _per_image(records: Sequence[dict]) -> list[dict]:
-    """Records of several classes merged into one per image: counts summed, Dice and IoU averaged over classes."""
+    """Records of several classes merged into one per image: counts summed, Dice and IoU averaged over classes
+    (and over the classes present, as ``dice_present`` and ``iou_present``)."""
     merged: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         merged.setdefault((r["group"], r["name"]), []).append(r)
     out = []
     for (group, name), rs in merged.items():
         entry = {"name": name, "group": group, **{k: sum(r[k] for r in rs) for k in ("tp", "fp", "fn", "tn")}}
-        entry["dice"] = float(np.mean([r["dice"] for r in rs]))
-        entry["iou"] = float(np.mean([r["iou"] for r in rs]))
+        for metric in ("dice", "iou"):
+            entry[metric] = mean_over_classes(rs, metric)
+            entry[f"{metric}_present"] = mean_over_classes(rs, metric, present_only=True)
         out.append(entry)
     return out
 
@@ -145,10 +169,15 @@ def _summarize_one(records: Sequence[dict]) -> dict:
     counts = {k: int(sum(r[k] for r in records)) for k in ("tp", "fp", "fn", "tn")}
     dice_mean, dice_sd = mean_sd([r["dice"] for r in records])
     iou_mean, iou_sd = mean_sd([r["iou"] for r in records])
+    per_image = {"dice_mean": dice_mean, "dice_sd": dice_sd, "iou_mean": iou_mean, "iou_sd": iou_sd}
+    if "dice_present" in records[0]:  # images merged over classes
+        for metric in ("dice", "iou"):
+            mean, sd = mean_sd([r[f"{metric}_present"] for r in records])
+            per_image.update({f"{metric}_mean_present": mean, f"{metric}_sd_present": sd})
     return {
         "n_images": len(records),
         "pooled": pooled_metrics(**counts),
-        "per_image": {"dice_mean": dice_mean, "dice_sd": dice_sd, "iou_mean": iou_mean, "iou_sd": iou_sd},
+        "per_image": per_image,
         "confusion_matrix": counts,
     }
 
@@ -181,7 +210,7 @@ def summarize(records: Iterable[dict], title: str = "") -> dict:
         classes.setdefault(r["class"], []).append(r)
     return {
         "title": title,
-        "labels": {"pooled": POOLED_LABEL_CLASSES, "per_image": PER_IMAGE_LABEL_CLASSES,
+        "labels": {"pooled": POOLED_LABEL_CLASSES, "per_image": PER_IMAGE_LABEL_CLASSES, "present": PRESENT_LABEL,
                    "classes": "each class scored as its own binary mask: " + POOLED_LABEL + "; " + PER_IMAGE_LABEL},
         **by_group(_per_image(records)),
         "classes": {c: by_group(rs) for c, rs in classes.items()},
@@ -206,10 +235,14 @@ def format_summary(summary: dict) -> str:
             f"{p['sensitivity']:6.4f} {p['specificity']:6.4f} | per image: "
             f"{q['dice_mean']:7.4f}±{q['dice_sd']:.4f} {q['iou_mean']:7.4f}±{q['iou_sd']:.4f}"
         )
+        if "dice_mean_present" in q:
+            rows.append(f"{'  classes present only':<27} | {'':<42} | per image: {q['dice_mean_present']:7.4f}±"
+                        f"{q['dice_sd_present']:.4f} {q['iou_mean_present']:7.4f}±{q['iou_sd_present']:.4f}")
     labels = summary.get("labels", {})
     rows.append("pooled = " + labels.get("pooled", POOLED_LABEL))
     rows.append("per image = " + labels.get("per_image", PER_IMAGE_LABEL))
     if classes:
+        rows.append("classes present only = " + labels.get("present", PRESENT_LABEL))
         rows.append("class rows = " + labels["classes"])
     return "\n".join(rows)
 

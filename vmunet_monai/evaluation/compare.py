@@ -13,7 +13,8 @@ A model with several runs is compared through each case's mean over its runs. Te
 five) are reported together and one by one. Cases are matched by name: a case missing from a table is left out
 of the pairing and counted; a case whose value is undefined (an HD95 of a missed organ) is left out of that
 metric's pairing. A 2D table of several classes (one row per image and class) is read as one row per image:
-``dice`` and ``iou`` the mean over classes, and ``dice_<class>`` / ``iou_<class>`` each class.
+``dice`` and ``iou`` the mean over classes, ``dice_present`` / ``iou_present`` the mean over the classes present
+in the image (its ground truth or its prediction), and ``dice_<class>`` / ``iou_<class>`` each class.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vmunet_monai.evaluation.binary import mean_sd
+from vmunet_monai.evaluation.binary import mean_over_classes, mean_sd
 from vmunet_monai.validation import InputError
 
 __all__ = ["CaseTable", "Model", "locate_table", "read_table", "compare_models", "format_comparison",
@@ -130,20 +131,23 @@ def read_table(path: str | os.PathLike) -> CaseTable:
 def _merge_classes(values: dict, columns: list[str]) -> tuple[list[str], dict]:
     """A table of several classes (one row per image and class) as one row per image: Dice and IoU the mean
     over classes (the per-image value of the evaluation's summary), counts summed, and each class's Dice and
-    IoU in columns ``dice_<class>`` and ``iou_<class>`` (``--metric dice_<class>`` compares one class)."""
+    IoU in columns ``dice_<class>`` and ``iou_<class>`` (``--metric dice_<class>`` compares one class), and
+    the mean over the classes present in each image as ``dice_present`` and ``iou_present``."""
     classes = list(dict.fromkeys(cls for _, cls in values))
     rows: dict[str, dict[str, dict]] = {}  # case -> class -> that class's row
     for (case, cls), row in values.items():
         rows.setdefault(case, {})[cls] = row
     out = {}
     for case, by_class in rows.items():
-        merged = {c: float(np.mean([r[c] for r in by_class.values()])) if c in ("dice", "iou")
+        merged = {c: mean_over_classes(list(by_class.values()), c) if c in ("dice", "iou")
                   else float(np.sum([r[c] for r in by_class.values()])) for c in columns}
+        for m in ("dice", "iou"):
+            merged[f"{m}_present"] = mean_over_classes(list(by_class.values()), m, present_only=True)
         for cls in classes:  # a class without a row for this image is undefined, not zero
             for m in ("dice", "iou"):
                 merged[f"{m}_{cls}"] = by_class[cls][m] if cls in by_class else math.nan
         out[case] = merged
-    return columns + [f"{m}_{cls}" for cls in classes for m in ("dice", "iou")], out
+    return columns + ["dice_present", "iou_present"] + [f"{m}_{cls}" for cls in classes for m in ("dice", "iou")], out
 
 
 def _metric_column(table: CaseTable, metric: str) -> str:
