@@ -77,6 +77,22 @@ def test_predict_skips_and_names_bad_files_and_segments_the_rest(lesion_bundle, 
     assert all(f"skipped {bad[name]}" in err for name in bad) and "5 file(s) skipped" in err
 
 
+def test_predict_leaves_out_masks_beside_their_images(lesion_bundle, tmp_path):
+    """BUSI's and GlaS's folders hold each image's masks beside it (X_mask.png, X_mask_1.png, X_anno.bmp): only the
+    images are segmented; a file with a mask's name but no image of its stem is an image."""
+    from vmunet_monai.predict import predict
+
+    busi, glas = tmp_path / "in" / "benign", tmp_path / "in" / "glas"
+    for name in ("a.png", "a_mask.png", "a_mask_1.png", "b.png", "b_mask.png", "c_mask.png"):
+        write_rgb(busi / name, 40, 40)
+    for name in ("testA_1.bmp", "testA_1_anno.bmp", "testA_2.bmp", "testA_2_anno.bmp"):
+        write_rgb(glas / name, 40, 40)
+    result = predict(str(lesion_bundle), str(tmp_path / "in"), str(tmp_path / "out"), device="cpu")
+    written = sorted(p.rsplit("/", 1)[-1] for p in result["masks"])
+    assert written == ["a_mask.png", "b_mask.png", "c_mask_mask.png", "testA_1_mask.png", "testA_2_mask.png"]
+    assert not result["skipped"]
+
+
 def test_predict_refuses_outputs_inside_the_inputs_and_nothing_to_do(lesion_bundle, tmp_path):
     from vmunet_monai.predict import NothingToPredictError, predict
 

@@ -229,7 +229,8 @@ class Commands:
         Args:
             bundle: a bundle name (isic_skin_lesion, polyp_seg, synapse_multiorgan) or a bundle folder (as the
                 one demo trains).
-            input: an image or volume file, or a folder searched recursively (mask folders are skipped).
+            input: an image or volume file, or a folder searched recursively (mask folders, and masks beside
+                their images such as X_mask.png or X_anno.bmp, are skipped).
             output: output folder: masks/ and overlays/ (2D), segmentation volumes (Synapse).
             checkpoint: weights to use (default <bundle>/models/model.pt).
             device: cpu, cuda or cuda:N (default CUDA when available).

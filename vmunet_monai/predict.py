@@ -37,19 +37,23 @@ _SKIP_STEM = re.compile(r"_(segmentation|superpixels)$")
 
 
 def _collect(input: Path) -> tuple[list[dict], list[str]]:
-    """Image items under ``input`` (a file, or a folder searched recursively, mask folders left out) and
-    the other files found, which are not images."""
+    """Image items under ``input`` (a file, or a folder searched recursively, mask folders and masks beside their
+    images left out) and the other files found, which are not images."""
     if input.is_file():
         return [{"image": str(input.resolve()), "name": input.stem}], []
+    from vmunet_monai.data.folders import mixed_pairs
+
     items, others = [], []
     for dirpath, dirnames, filenames in os.walk(input):
         dirnames[:] = sorted(d for d in dirnames if not _SKIP_DIR.search(d) and not d.startswith("."))
+        # masks beside their images (BUSI's X_mask.png, GlaS's X_anno.bmp) are not segmented
+        beside = {m for masks in mixed_pairs(Path(dirpath))[0].values() for m in masks}
         for f in sorted(filenames):
             path = Path(dirpath) / f
             if f.startswith("."):
                 continue
             if path.suffix.lower() in IMAGE_EXTENSIONS:
-                if not _SKIP_STEM.search(path.stem):
+                if not _SKIP_STEM.search(path.stem) and path not in beside:
                     items.append({"image": str(path.resolve()), "name": path.stem})
             else:
                 others.append(str(path))
@@ -83,7 +87,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
             window=None, intensity: str | None = None, mask_values=None):
     """Write ``OUTPUT/masks/**/<stem>_mask.png`` (0/255, class numbers for several classes, or ``mask_values``) and
-    ``OUTPUT/overlays/**/<stem>_overlay.png`` for every image in ``input`` (a file or a folder, searched recursively; mask folders are skipped).
+    ``OUTPUT/overlays/**/<stem>_overlay.png`` for every image in ``input`` (a file or a folder, searched recursively; mask folders and masks beside their images, as X_mask.png beside X.png, are skipped).
 
     Args:
         bundle: a bundle name (``isic_skin_lesion``, ``polyp_seg``, ``synapse_multiorgan``) or the path
