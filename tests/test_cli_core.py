@@ -429,3 +429,12 @@ def test_benchmark_checks_the_reference_checkout_before_timing(tmp_path, monkeyp
     with pytest.raises(SystemExit, match=r"error: benchmark --reference .*: not a checkout of the official VM-UNet "
                                          r"\(no models/vmunet/vmamba.py\)"):
         benchmark.run_benchmark(reference=str(tmp_path), scan_only=True)
+
+
+def test_true_and_false_on_the_command_line_are_booleans():
+    """fire reads only True/False as booleans; ``--verify false`` must not arrive as the (truthy) string "false"."""
+    from vmunet_monai.cli import _booleans
+
+    assert _booleans(["prepare", "a", "b", "--verify", "false", "--x=TRUE", "--tta", "--seed", "1"]) == \
+        ["prepare", "a", "b", "--verify", "False", "--x=True", "--tta", "--seed", "1"]
+    assert _booleans(["predict", "false", "true"]) == ["predict", "false", "true"]  # positional values stay text

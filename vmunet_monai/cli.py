@@ -13,7 +13,7 @@ __all__ = ["Commands", "main"]
 
 class Commands:
     """VM-UNet family for MONAI: set-up checks, benchmarks, GPU kernel checks, data, training demo, comparison of
-    evaluations, prediction, export and packaging."""
+    evaluations, object-level scores, prediction, export and packaging."""
 
     def doctor(self):
         """Versions, devices and every selective-scan backend: available or not, why, and the exact fix."""
@@ -137,14 +137,43 @@ class Commands:
             runs: evaluation folders or per-case CSVs, one per model; commas join runs of one model.
             labels: names of the models, comma-separated (default the folder names).
             metric: dice or iou (2D bundles; with several classes the mean over classes, dice_present the mean
-                over the classes present in each image, and dice_<class> one class); dice, hd95 or transunet_dice (Synapse, mean over organs); or any column of the tables,
-                such as dice_liver.
+                over the classes present in each image, and dice_<class> one class); dice, hd95 or transunet_dice
+                (Synapse, mean over organs); object_dice, f1 or object_hausdorff (tables of the objects command);
+                or any column of the tables, such as dice_liver.
             out: folder to write compare.json and compare.png (box plots and sorted paired differences).
             seed: seed of the bootstrap resampling.
         """
         from vmunet_monai.evaluation.compare import run_compare
 
         run_compare(runs, labels=labels, metric=metric, out=out, seed=seed)
+
+    def objects(self, pred: str, truth: str, out: str | None = None, group_by: str = "folder",
+                pictures: bool = True, distances: bool = True, title: str = ""):
+        """Score predicted 2D masks object by object against ground truths that number each object (GlaS glands,
+        cells): object F1, object Dice and object Hausdorff as the GlaS challenge defines them, beside pixel Dice.
+
+        A predicted object is a true positive when it covers at least half of the ground-truth object it overlaps
+        most. Object Dice and Hausdorff weigh each object of either side by its area against the object of the
+        other side it overlaps most, so merged or split objects cost what pixel Dice hides. Masks of two values
+        are split into 8-connected objects; masks of more values hold one object per value. Prints pooled and
+        per-image scores per set, and writes objects_per_image.csv (which compare reads), objects_summary.json,
+        objects.png and, per image, a picture: ground-truth objects filled green when found and blue when missed,
+        predicted objects outlined dark green when right and red when not.
+
+        Args:
+            pred: predicted masks: a folder (predict's OUTPUT/masks, <image>_mask.png) or one file.
+            truth: ground-truth masks by image name (<image>.png, <image>_anno.bmp, <image>_mask.png), or a
+                folder of images with their masks beside them (GlaS).
+            out: output folder (default: objects/ beside PRED).
+            group_by: how cases form sets: folder (the ground truth's folder) or prefix (the name up to its first
+                _, GlaS's testA and testB).
+            pictures: write one picture per image.
+            distances: also the object Hausdorff distance (in pixels; one distance map per object, the slow part).
+            title: a title for the table and plot.
+        """
+        from vmunet_monai.evaluation.objects import run_objects
+
+        run_objects(pred, truth, out=out, group_by=group_by, pictures=pictures, hausdorff=distances, title=title)
 
     def prepare(self, bundle: str, raw: str, out: str, **options):
         """Read a dataset as its owners distribute it (RAW) and write OUT/datalist.json for BUNDLE.
@@ -320,12 +349,26 @@ def _option_errors(command: str, bundle: str):
         raise InputError(f"{command} {bundle}: {exc}") from exc
 
 
+def _booleans(argv: list[str]) -> list[str]:
+    """``--option true`` / ``--option=false`` in any letter case as Python's True/False: fire reads only ``True`` and
+    ``False`` as booleans, and the string "false" would count as true."""
+    out = []
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if eq and name.startswith("--") and value.lower() in ("true", "false"):
+            arg = f"{name}={value.capitalize()}"
+        elif i and argv[i - 1].startswith("--") and "=" not in argv[i - 1] and arg.lower() in ("true", "false"):
+            arg = arg.capitalize()
+        out.append(arg)
+    return out
+
+
 def main(argv=None):
     import fire
 
     from vmunet_monai.validation import InputError
 
-    argv = list(argv if argv is not None else sys.argv[1:])
+    argv = _booleans(list(argv if argv is not None else sys.argv[1:]))
     if argv in (["--help"], ["-h"]):  # fire would describe the class itself; the command list is what helps
         argv = []
     try:

@@ -159,8 +159,8 @@ def _metric_column(table: CaseTable, metric: str) -> str:
 
 
 def lower_is_better(column: str) -> bool:
-    """Distances (HD95) and error counts improve downwards; overlaps (Dice, IoU) upwards."""
-    return "hd95" in column or column in ("fp", "fn")
+    """Distances (HD95, object Hausdorff) and error counts improve downwards; overlaps (Dice, IoU, F1) upwards."""
+    return "hd95" in column or "hausdorff" in column or column in ("fp", "fn")
 
 
 def _case_means(model: Model, column: str, cases: Sequence[str]) -> dict[str, float]:

@@ -1,0 +1,208 @@
+"""Object-level scores (GlaS): F1, object Dice and object Hausdorff checked by hand, how masks become objects,
+and the ``objects`` command from predict's masks to the table compare reads."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vmunet_monai.evaluation.objects import (
+    OUTCOME_COLORS,
+    label_components,
+    object_scores,
+    picture,
+    read_objects,
+    run_objects,
+    with_legend,
+)
+from vmunet_monai.validation import InputError
+
+
+def _two_glands():
+    """Ground truth: a 6x6 and an 8x8 object; prediction: half of the first, a 6x6 inside the second, and a 2x5
+    object touching neither."""
+    truth = np.zeros((20, 20), int)
+    truth[2:8, 2:8], truth[10:18, 10:18] = 1, 2
+    pred = np.zeros((20, 20), int)
+    pred[2:8, 2:5], pred[12:18, 12:18], pred[0:2, 15:20] = 1, 5, 7  # numbers need not be 1..n
+    return truth, pred
+
+
+def test_object_scores_by_hand():
+    truth, pred = _two_glands()
+    s = object_scores(truth, pred)
+    # both real objects cover half or more of their gland (18/36 and 36/64); the stray one is a false positive
+    assert (s["n_truth"], s["n_pred"], s["tp"], s["fp"], s["fn"]) == (2, 3, 2, 1, 0)
+    assert s["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 0))
+    d1, d2 = 2 * 18 / (36 + 18), 2 * 36 / (64 + 36)
+    truth_side = (36 * d1 + 64 * d2) / 100
+    pred_side = (18 * d1 + 36 * d2 + 10 * 0) / 64
+    assert s["object_dice"] == pytest.approx((truth_side + pred_side) / 2)
+    assert s["dice"] == pytest.approx(2 * (18 + 36) / (100 + 64))
+    # Hausdorff: 3 px (the first gland's far column), sqrt(8) (the second's corner); the stray object is paired with
+    # the nearest gland, the first: its farthest point (7, 2) lies sqrt(6^2 + 13^2) from the stray's (1, 15)
+    h1, h2, h3 = 3.0, math.sqrt(8), math.sqrt(36 + 169)
+    expected = ((36 * h1 + 64 * h2) / 100 + (18 * h1 + 36 * h2 + 10 * h3) / 64) / 2
+    assert s["object_hausdorff"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_merge_costs_object_scores_not_pixel_dice():
+    truth = np.zeros((30, 30), int)
+    truth[5:25, 5:14], truth[5:25, 15:25] = 1, 2  # two glands one pixel apart
+    merged = (truth > 0).astype(int)
+    merged[5:25, 14] = 1  # one predicted object bridging them
+    s = object_scores(truth, label_components(merged > 0))
+    assert s["dice"] > 0.97
+    assert (s["tp"], s["fp"], s["fn"]) == (1, 0, 1) and s["f1"] == pytest.approx(2 / 3)
+    assert s["object_dice"] < 0.8
+    exact = object_scores(truth, truth)
+    assert exact["f1"] == exact["object_dice"] == exact["dice"] == 1.0 and exact["object_hausdorff"] == 0.0
+
+
+def test_empty_sides():
+    truth, _ = _two_glands()
+    none = np.zeros_like(truth)
+    missed = object_scores(truth, none)
+    assert missed["f1"] == missed["object_dice"] == 0.0 and math.isnan(missed["object_hausdorff"])
+    assert missed["fn"] == 2
+    both = object_scores(none, none)
+    assert both["f1"] == both["object_dice"] == 1.0 and both["object_hausdorff"] == 0.0
+
+
+def test_masks_become_objects(tmp_path):
+    rng = np.random.default_rng(0)
+    binary = np.zeros((16, 16), np.uint8)
+    binary[1:5, 1:5], binary[8:12, 8:12], binary[5, 5] = 255, 255, 255  # diagonal touch: 8-connected, one object
+    Image.fromarray(binary).save(tmp_path / "binary.png")
+    objects = read_objects(tmp_path / "binary.png")
+    assert objects.max() == 2 and objects[5, 5] == objects[1, 1]
+    instances = np.zeros((16, 16), np.uint8)
+    instances[1:8, 1:8], instances[1:8, 8:15], instances[10:14, 2:6] = 3, 7, 9  # two touching glands and a third
+    Image.fromarray(instances).save(tmp_path / "anno.bmp")
+    objects = read_objects(tmp_path / "anno.bmp")
+    assert objects.max() == 3 and objects[2, 7] != objects[2, 8]
+    colour = np.zeros((16, 16, 3), np.uint8)
+    colour[1:8, 1:8], colour[1:8, 8:15] = (255, 0, 0), (0, 0, 255)  # colours, not grey levels, tell them apart
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    assert read_objects(tmp_path / "colour.png").max() == 2
+    noisy = np.clip(binary.astype(int) + rng.integers(-30, 30, binary.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(tmp_path / "lossy.jpg", quality=70)
+    assert read_objects(tmp_path / "lossy.jpg").max() == 2  # JPEG: thresholded at half scale, then split
+    (tmp_path / "bad.png").write_text("no image")
+    with pytest.raises(InputError, match="bad.png: cannot be read as a mask"):
+        read_objects(tmp_path / "bad.png")
+
+
+def test_picture_colours_each_outcome():
+    truth, pred = _two_glands()
+    extra = truth.copy()
+    extra[15:19, 1:5] = 3  # a gland nobody found
+    image = picture(extra, pred)
+    assert tuple(image[4, 6]) == OUTCOME_COLORS["matched"]  # found gland, outside the predicted outline
+    assert tuple(image[16, 2]) == OUTCOME_COLORS["missed"]
+    assert tuple(image[0, 15]) == OUTCOME_COLORS["wrong"] and tuple(image[2, 2]) == OUTCOME_COLORS["right"]
+    # over the photograph: fills half transparent, outlines opaque, the rest the photograph; a legend when wide
+    photo = np.full(extra.shape + (3,), 100, np.uint8)
+    over = picture(extra, pred, photo)
+    assert tuple(over[19, 19]) == (100, 100, 100) and tuple(over[0, 15]) == OUTCOME_COLORS["wrong"]
+    assert 100 < over[16, 2, 2] < OUTCOME_COLORS["missed"][2]
+    wide = np.zeros((300, 400), int)
+    wide[50:150, 50:150] = 1
+    shown = with_legend(picture(wide, wide))
+    assert shown.shape == (318, 400, 3) and tuple(shown[100, 51]) == OUTCOME_COLORS["right"]  # 2-pixel outline
+
+
+def _glas_folder(folder, rng, names):
+    """Images with their numbered masks beside them, as GlaS distributes them: ``X.bmp`` and ``X_anno.bmp``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    truths = {}
+    for name in names:
+        anno = np.zeros((48, 40), np.uint8)
+        for k in range(1, 4):
+            top, left = rng.integers(0, 36), rng.integers(0, 28)
+            anno[top:top + 10, left:left + 10] = k
+        Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(folder / f"{name}.bmp")
+        Image.fromarray(anno).save(folder / f"{name}_anno.bmp")
+        truths[name] = anno
+    return truths
+
+
+def test_objects_command_writes_a_table_compare_reads(tmp_path, capsys):
+    from vmunet_monai.cli import main
+    from vmunet_monai.evaluation.compare import read_table, run_compare
+
+    rng = np.random.default_rng(3)
+    names = ["testA_1", "testA_2", "testB_1", "testB_2"]
+    truths = _glas_folder(tmp_path / "glas", rng, names)
+    good, poor = tmp_path / "good" / "masks", tmp_path / "poor" / "masks"
+    good.mkdir(parents=True)
+    poor.mkdir(parents=True)
+    for name, anno in truths.items():
+        Image.fromarray(((anno > 0) * 255).astype(np.uint8)).save(good / f"{name}_mask.png")
+        eroded = (anno > 0).copy()
+        eroded[:, ::3] = False  # thin stripes cut out: objects split apart
+        Image.fromarray((eroded * 255).astype(np.uint8)).save(poor / f"{name}_mask.png")
+    (good / "testB_2_mask.png").unlink()  # a ground truth without prediction is left out and named
+    summary = run_objects(good, tmp_path / "glas", group_by="prefix")
+    assert set(summary["groups"]) == {"testA", "testB"} and summary["overall"]["n_images"] == 3
+    assert summary["missing_prediction"] == [str(tmp_path / "glas" / "testB_2_anno.bmp")]
+    printed = capsys.readouterr().out
+    assert "all sets together" in printed and "left out: 1 ground truths without a prediction" in printed
+    out = tmp_path / "good" / "objects"
+    with open(out / "objects_per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    by_name = {r["name"]: r for r in rows}
+    # the exact masks score 1 wherever objects do not touch; per image the object numbers match the ground truth
+    for name, row in by_name.items():
+        truth = read_objects(tmp_path / "glas" / f"{name}_anno.bmp")
+        expected = object_scores(truth, label_components(truth > 0))
+        assert float(row["object_dice"]) == pytest.approx(expected["object_dice"])
+        assert int(row["n_truth"]) == truth.max()
+    assert json.loads((out / "objects_summary.json").read_text())["overall"]["per_image"]["f1_mean"] == \
+        pytest.approx(np.mean([float(r["f1"]) for r in rows]))
+    assert (out / "objects.png").is_file() and (out / "pictures" / "testA" / "testA_1.png").is_file()
+    # the poor masks through the command line, compared with the good ones by object Dice and Hausdorff
+    main(["objects", str(poor), str(tmp_path / "glas"), "--group_by", "prefix", "--pictures", "false"])
+    assert not (tmp_path / "poor" / "objects" / "pictures").exists()
+    assert read_table(tmp_path / "poor" / "objects").columns[:4] == ["dice", "f1", "object_dice", "object_hausdorff"]
+    result = run_compare([str(out), str(tmp_path / "poor" / "objects")], metric="object_dice")
+    pair = result["overall"]["against_first"][0]
+    assert pair["n_paired"] == 3 and pair["worse"] == 3
+    assert run_compare([str(out), str(tmp_path / "poor" / "objects")], metric="object_hausdorff")["lower_is_better"]
+
+
+def test_objects_refuses_what_it_cannot_score(tmp_path, capsys):
+    from vmunet_monai.cli import main
+
+    rng = np.random.default_rng(4)
+    _glas_folder(tmp_path / "glas", rng, ["a"])
+    (tmp_path / "pred").mkdir()
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "pred" / "b_mask.png")
+    with pytest.raises(InputError, match="no predicted mask has a ground truth of the same image name"):
+        run_objects(tmp_path / "pred", tmp_path / "glas")
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "pred" / "a_mask.png")
+    with pytest.raises(InputError, match=r"a_mask.png is 20x20 but its ground truth .*a_anno.bmp is 48x40"):
+        run_objects(tmp_path / "pred", tmp_path / "glas")
+    with pytest.raises(SystemExit):
+        main(["objects", str(tmp_path / "pred"), str(tmp_path / "glas"), "--group_by", "size"])
+    assert "error: --group_by 'size': folder (the ground truth's folder) or prefix" in capsys.readouterr().err
+
+
+def test_predicted_masks_of_glas_images_are_scored(tmp_path):
+    """predict on a GlaS folder (images with their _anno masks beside them) writes masks that objects pairs with
+    those annotations by name."""
+    from reliability_helpers import tiny_bundle_with_weights
+
+    from vmunet_monai.predict import predict
+
+    bundle = tiny_bundle_with_weights("polyp_seg", tmp_path / "bundle")
+    _glas_folder(tmp_path / "glas", np.random.default_rng(5), ["testA_1", "testA_2"])
+    done = predict(str(bundle), str(tmp_path / "glas"), str(tmp_path / "out"), device="cpu")
+    assert len(done["masks"]) == 2  # the annotations were not segmented
+    summary = run_objects(tmp_path / "out" / "masks", tmp_path / "glas", pictures=False)
+    assert summary["overall"]["n_images"] == 2 and summary["overall"]["pooled"]["n_truth"] == 6

@@ -1,0 +1,515 @@
+"""Object-level scores of 2D segmentations, as the GlaS gland-segmentation challenge defines them.
+
+Pixel Dice says how much area is right; it does not say whether touching glands (or cells, or polyps) came out
+as separate objects. These scores do, from predicted masks and ground truths that number each object:
+
+- **F1**: a predicted object is a true positive when it covers at least half of the ground-truth object it
+  overlaps most; other predicted objects are false positives, and ground-truth objects with no such match
+  are false negatives. F1 = 2TP / (2TP + FP + FN), per image and pooled over a set (counts summed).
+- **object Dice**: every ground-truth object is scored against the predicted object overlapping it most (Dice 0
+  when none does), weighted by its area; every predicted object likewise against the ground truth; the two
+  weighted means are averaged. A merge or a split costs Dice here, where pixel Dice hardly notices it.
+- **object Hausdorff** (pixels): the same two weighted means of the Hausdorff distance, where an object that
+  overlaps nothing is paired with the nearest object of the other side. Undefined (NaN, counted apart) when one
+  side of an image has no object at all.
+
+An image with no object in either scores F1 1, object Dice 1 and Hausdorff 0 (nothing to find, nothing found).
+
+Masks are read as :func:`read_objects` says: a mask of two values is split into connected objects (8-connected),
+one of more values has one object per value (GlaS's ``_anno.bmp``, instance masks of cell datasets).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from vmunet_monai.validation import InputError
+
+__all__ = ["LABEL", "read_objects", "label_components", "object_scores", "match_files", "summarize_objects",
+           "format_objects", "run_objects"]
+
+LABEL = {
+    "f1": "a predicted object covering >= 50% of the ground-truth object it overlaps most is a true positive; "
+          "F1 = 2TP/(2TP+FP+FN)",
+    "object_dice": "area-weighted Dice of each object against the one of the other side it overlaps most, the "
+                   "ground truth's and the prediction's means averaged (GlaS)",
+    "object_hausdorff": "the same weighting of Hausdorff distances in pixels, an object without overlap paired "
+                        "with the nearest one; undefined when one side of an image has no object",
+    "dice": "pixel Dice of the foreground, for comparison",
+    "pooled": "counts and area-weighted sums over every image of the set",
+    "per_image": "per image, then mean and sample standard deviation over images",
+}
+_LOSSY = (".jpg", ".jpeg")
+PER_IMAGE_CSV, SUMMARY_JSON = "objects_per_image.csv", "objects_summary.json"
+
+
+def label_components(foreground: np.ndarray) -> np.ndarray:
+    """Connected objects of a boolean mask (8-connected), numbered 1, 2, ... in an int32 array."""
+    import SimpleITK as sitk
+
+    if not foreground.any():
+        return np.zeros(foreground.shape, np.int32)
+    image = sitk.GetImageFromArray(foreground.astype(np.uint8))
+    return sitk.GetArrayFromImage(sitk.ConnectedComponent(image, True)).astype(np.int32)
+
+
+def read_objects(path: str | os.PathLike) -> np.ndarray:
+    """The objects of a mask file as an int32 map: 0 background, 1..n one number per object.
+
+    - Two values (0/255, 0/1, or a single object's number): the foreground split into connected objects.
+    - More values: one object per non-zero value (an instance mask). Colour masks are told apart by colour.
+    - JPEG masks are lossy, so their values are not trusted: the foreground is what is at least half the mask's
+      scale, split into connected objects.
+
+    Raises:
+        InputError: the file cannot be read as a 2D mask (naming it and why).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.mode in ("P", "L", "I", "I;16", "1"):
+                values = np.asarray(image).astype(np.int64)
+            else:
+                rgb = np.asarray(image.convert("RGB")).astype(np.int64)
+                values = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"{path}: cannot be read as a mask ({exc})") from None
+    if values.ndim != 2:
+        raise InputError(f"{path}: a mask is one 2D channel, got shape {values.shape}")
+    distinct = np.unique(values)
+    if Path(path).suffix.lower() in _LOSSY:
+        return label_components(values >= (127.5 if distinct.max() > 1 else 0.5))
+    if distinct.size <= 2:
+        return label_components(values > distinct[0] if distinct.size == 2 else values > 0)
+    numbered = np.searchsorted(distinct, values).astype(np.int32)  # 0 .. k-1 in value order; 0 is background
+    if distinct[0] != 0:
+        raise InputError(f"{path}: an instance mask needs background 0, but its smallest value is {distinct[0]}")
+    return numbered
+
+
+def _numbered(objects: np.ndarray) -> np.ndarray:
+    """Object numbers made 1..n without gaps (0 stays background)."""
+    values = np.unique(objects)
+    if values[0] != 0:
+        values = np.concatenate([[0], values])
+    return np.searchsorted(values, objects).astype(np.int32)
+
+
+def _sizes_and_overlaps(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Object areas of both sides (index 0 unused) and the overlap matrix [truth object, predicted object]."""
+    nt, np_ = int(truth.max()), int(pred.max())
+    truth_area = np.bincount(truth.ravel(), minlength=nt + 1)
+    pred_area = np.bincount(pred.ravel(), minlength=np_ + 1)
+    both = (truth > 0) & (pred > 0)
+    pairs = truth[both].astype(np.int64) * (np_ + 1) + pred[both]
+    overlap = np.bincount(pairs, minlength=(nt + 1) * (np_ + 1)).reshape(nt + 1, np_ + 1)
+    return truth_area, pred_area, overlap
+
+
+def _distance_maps(objects: np.ndarray, count: int) -> list[np.ndarray]:
+    """For each object 1..count, the Euclidean distance in pixels from every pixel to it (0 inside)."""
+    import SimpleITK as sitk
+
+    maps = []
+    for k in range(1, count + 1):
+        image = sitk.GetImageFromArray((objects == k).astype(np.uint8))
+        signed = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False,
+                                              useImageSpacing=False)
+        maps.append(np.maximum(sitk.GetArrayFromImage(signed), 0.0))
+    return maps
+
+
+def _hausdorff(a_mask: np.ndarray, a_dist: np.ndarray, b_mask: np.ndarray, b_dist: np.ndarray) -> float:
+    return float(max(b_dist[a_mask].max(), a_dist[b_mask].max()))
+
+
+def object_scores(truth: np.ndarray, pred: np.ndarray, hausdorff: bool = True) -> dict:
+    """The object scores of one image (see the module's description).
+
+    Args:
+        truth: ground-truth objects, 0 background and 1..n (:func:`read_objects`).
+        pred: predicted objects alike.
+        hausdorff: also the object Hausdorff distance (one distance map per object).
+
+    Returns:
+        ``n_truth``, ``n_pred``, ``tp``, ``fp``, ``fn``, ``f1``, ``object_dice``, ``object_hausdorff`` (NaN when
+        one side has no object, or not computed), ``dice`` (pixel Dice), and the area-weighted sums behind the
+        pooled object Dice: ``truth_area``, ``truth_dice_sum``, ``pred_area``, ``pred_dice_sum``.
+    """
+    if truth.shape != pred.shape:
+        raise ValueError(f"ground truth {truth.shape} and prediction {pred.shape} differ in size")
+    truth, pred = _numbered(truth), _numbered(pred)
+    truth_area, pred_area, overlap = _sizes_and_overlaps(truth, pred)
+    nt, np_ = len(truth_area) - 1, len(pred_area) - 1
+    inter = int(((truth > 0) & (pred > 0)).sum())
+    fg = int(truth_area[1:].sum() + pred_area[1:].sum())
+    scores = {"n_truth": nt, "n_pred": np_, "dice": 2 * inter / fg if fg else 1.0}
+    truth_best, pred_best, covered = np.zeros(nt), np.zeros(np_), set()
+    if nt and np_:
+        ov = overlap[1:, 1:]
+        dice = 2 * ov / (truth_area[1:, None] + pred_area[None, 1:])
+        t_partner, p_partner = ov.argmax(axis=1), ov.argmax(axis=0)  # the object of the other side overlapped most
+        truth_best = np.where(ov.max(axis=1) > 0, dice[np.arange(nt), t_partner], 0.0)
+        pred_best = np.where(ov.max(axis=0) > 0, dice[p_partner, np.arange(np_)], 0.0)
+        # F1: a predicted object is right when it covers half of the ground-truth object it overlaps most
+        hits = ov[p_partner, np.arange(np_)]
+        covered = set(p_partner[(hits > 0) & (2 * hits >= truth_area[1:][p_partner])].tolist())
+    tp = len(covered)
+    scores.update(tp=tp, fp=np_ - tp, fn=nt - tp, f1=2 * tp / (nt + np_) if nt + np_ else 1.0)
+    t_sum, p_sum = float((truth_area[1:] * truth_best).sum()), float((pred_area[1:] * pred_best).sum())
+    t_area, p_area = int(truth_area[1:].sum()), int(pred_area[1:].sum())
+    scores.update(truth_area=t_area, truth_dice_sum=t_sum, pred_area=p_area, pred_dice_sum=p_sum)
+    if nt == 0 and np_ == 0:
+        scores["object_dice"] = 1.0
+    else:
+        scores["object_dice"] = 0.5 * ((t_sum / t_area if t_area else 0.0) + (p_sum / p_area if p_area else 0.0))
+    scores["object_hausdorff"] = _object_hausdorff(truth, pred, truth_area, pred_area, overlap) if hausdorff \
+        else math.nan
+    return scores
+
+
+def _object_hausdorff(truth, pred, truth_area, pred_area, overlap) -> float:
+    nt, np_ = len(truth_area) - 1, len(pred_area) - 1
+    if nt == 0 and np_ == 0:
+        return 0.0
+    if nt == 0 or np_ == 0:
+        return math.nan
+    t_dist, p_dist = _distance_maps(truth, nt), _distance_maps(pred, np_)
+    t_masks = [truth == k for k in range(1, nt + 1)]
+    p_masks = [pred == k for k in range(1, np_ + 1)]
+    cache: dict[tuple[int, int], float] = {}
+
+    def h(i: int, j: int) -> float:
+        if (i, j) not in cache:
+            cache[(i, j)] = _hausdorff(t_masks[i], t_dist[i], p_masks[j], p_dist[j])
+        return cache[(i, j)]
+
+    def partner(row: np.ndarray, count: int, distance) -> float:
+        if row.max() > 0:
+            return distance(int(row.argmax()))
+        return min(distance(k) for k in range(count))  # no overlap: the nearest object of the other side
+
+    truth_side = sum(truth_area[i + 1] * partner(overlap[i + 1, 1:], np_, lambda j, i=i: h(i, j))
+                     for i in range(nt)) / truth_area[1:].sum()
+    pred_side = sum(pred_area[j + 1] * partner(overlap[1:, j + 1], nt, lambda i, j=j: h(i, j))
+                    for j in range(np_)) / pred_area[1:].sum()
+    return float(0.5 * (truth_side + pred_side))
+
+
+def _key(path: Path, suffixes: Sequence[str]) -> str:
+    """A mask's image stem: its stem without a mask suffix (``_mask``, ``_anno``, ...)."""
+    stem = path.stem
+    for suffix in sorted(suffixes, key=len, reverse=True):
+        if suffix and stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def _mask_files(folder: Path, photos: dict | None = None) -> dict[str, Path]:
+    """Mask files under ``folder`` by image stem: the masks beside their images where a folder holds both (GlaS,
+    BUSI), else every image file; a stem found twice is refused, naming both files. ``photos``, when given, gets
+    the image beside each such mask, by the same stem."""
+    from vmunet_monai.data.common import IMAGE_EXTENSIONS
+    from vmunet_monai.data.folders import MIXED_SUFFIXES, mixed_pairs
+
+    if folder.is_file():
+        return {_key(folder, MIXED_SUFFIXES): folder}
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such file or folder")
+    found: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
+        here = Path(dirpath)
+        pairs = mixed_pairs(here)[0]
+        if pairs:
+            files = [masks[0] for masks in pairs.values()]  # X_anno.bmp; BUSI's X_mask_1.png are further masks
+            if photos is not None:
+                photos.update({image.stem: image for image in pairs})
+        else:
+            files = [here / f for f in sorted(filenames) if Path(f).suffix.lower() in IMAGE_EXTENSIONS
+                     and not f.startswith(".")]
+        for path in files:
+            key = _key(path, MIXED_SUFFIXES)
+            if key in found:
+                raise InputError(f"{path} and {found[key]}: two masks of one image {key!r}; give a folder with one "
+                                 f"mask per image")
+            found[key] = path
+    return found
+
+
+def match_files(pred: str | os.PathLike, truth: str | os.PathLike, group_by: str = "folder") -> tuple[list, dict]:
+    """Pair predicted masks with ground truths by image name.
+
+    Args:
+        pred: a folder of predicted masks (``predict``'s ``masks/``: ``<image>_mask.png``) or one file.
+        truth: a folder of ground-truth masks (numbered objects), or images with their masks beside them.
+        group_by: ``folder``: a case's set is its ground truth's folder below ``truth``; ``prefix``: the part of
+            its name before the first ``_`` (GlaS names its test sets so: ``testA_1``, ``testB_3``).
+
+    Returns:
+        ``([(name, group, pred_path, truth_path), ...], {"missing_prediction": [...], "missing_truth": [...],
+        "photos": {name: image beside its ground truth}})``.
+
+    Raises:
+        InputError: no pair at all, or an unknown ``group_by``.
+    """
+    if group_by not in ("folder", "prefix"):
+        raise InputError(f"--group_by {group_by!r}: folder (the ground truth's folder) or prefix (the name up to "
+                         f"its first _, as GlaS's testA_1)")
+    pred, truth = Path(pred), Path(truth)
+    photos: dict[str, Path] = {}
+    preds, truths = _mask_files(pred), _mask_files(truth, photos)
+    pairs = []
+    for key, path in sorted(truths.items()):
+        if key not in preds:
+            continue
+        if group_by == "prefix":
+            group = key.split("_", 1)[0] if "_" in key else "all"
+        else:
+            rel = path.parent.relative_to(truth) if truth.is_dir() else Path()
+            group = str(rel) if str(rel) != "." else "all"
+        pairs.append((key, group, preds[key], path))
+    missing = {"missing_prediction": [str(truths[k]) for k in sorted(set(truths) - set(preds))],
+               "missing_truth": [str(preds[k]) for k in sorted(set(preds) - set(truths))],
+               "photos": photos}
+    if not pairs:
+        raise InputError(f"{pred} and {truth}: no predicted mask has a ground truth of the same image name (e.g. "
+                         f"{next(iter(preds.values()), 'none')} against {next(iter(truths.values()), 'none')}); "
+                         f"predictions are matched as <image>_mask.png, ground truths as <image>.png or "
+                         f"<image>_anno.bmp")
+    return pairs, missing
+
+
+def _summary_one(rows: Sequence[dict]) -> dict:
+    from vmunet_monai.evaluation.binary import mean_sd
+
+    counts = {k: int(sum(r[k] for r in rows)) for k in ("tp", "fp", "fn", "n_truth", "n_pred")}
+    t_area, p_area = sum(r["truth_area"] for r in rows), sum(r["pred_area"] for r in rows)
+    pooled_dice = 0.5 * ((sum(r["truth_dice_sum"] for r in rows) / t_area if t_area else 0.0)
+                         + (sum(r["pred_dice_sum"] for r in rows) / p_area if p_area else 0.0))
+    denominator = counts["n_truth"] + counts["n_pred"]
+    per_image = {}
+    for metric in ("f1", "object_dice", "object_hausdorff", "dice"):
+        mean, sd = mean_sd([r[metric] for r in rows])
+        per_image[f"{metric}_mean"], per_image[f"{metric}_sd"] = mean, sd
+    return {
+        "n_images": len(rows),
+        "pooled": {"f1": 2 * counts["tp"] / denominator if denominator else 1.0,
+                   "object_dice": pooled_dice if t_area or p_area else 1.0, **counts},
+        "per_image": per_image,
+        "hausdorff_undefined": sum(1 for r in rows if math.isnan(r["object_hausdorff"])),
+    }
+
+
+def summarize_objects(rows: Sequence[dict], title: str = "") -> dict:
+    """Pooled and per-image object scores over all rows and per ``group``."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
+    return {"title": title, "labels": LABEL, "overall": _summary_one(rows),
+            "groups": {g: _summary_one(v) for g, v in groups.items()}}
+
+
+def format_objects(summary: dict) -> str:
+    """A fixed-width table of :func:`summarize_objects`, one row per set (and one for all when several)."""
+    head = (f"{'set':<18}{'n':>5} | pooled: {'F1':>6} {'objDice':>7} | per image: {'F1 mean±sd':>15} "
+            f"{'objDice mean±sd':>15} {'objHD px mean±sd':>17} {'Dice mean±sd':>15}")
+    rows = ([summary["title"]] if summary.get("title") else []) + [head, "-" * len(head)]
+    entries = list(summary["groups"].items())
+    if len(entries) > 1:
+        entries.append(("all sets together", summary["overall"]))
+    for name, s in entries:
+        p, q = s["pooled"], s["per_image"]
+        rows.append(f"{name[:18]:<18}{s['n_images']:>5} | pooled: {p['f1']:6.4f} {p['object_dice']:7.4f} | per image: "
+                    f"{q['f1_mean']:7.4f}±{q['f1_sd']:.4f} {q['object_dice_mean']:7.4f}±{q['object_dice_sd']:.4f} "
+                    f"{q['object_hausdorff_mean']:8.2f}±{q['object_hausdorff_sd']:<7.2f} "
+                    f"{q['dice_mean']:7.4f}±{q['dice_sd']:.4f}")
+    undefined = summary["overall"]["hausdorff_undefined"]
+    for name in ("f1", "object_dice", "object_hausdorff"):
+        rows.append(f"{name} = {LABEL[name]}")
+    if undefined:
+        rows.append(f"{undefined} image(s) with no object on one side have no Hausdorff distance and are left out "
+                    f"of its mean")
+    return "\n".join(rows)
+
+
+OUTCOME_COLORS = {"matched": (40, 200, 40), "missed": (30, 90, 255), "right": (0, 90, 0), "wrong": (230, 20, 20)}
+
+
+def picture(truth: np.ndarray, pred: np.ndarray, photo: np.ndarray | None = None) -> np.ndarray:
+    """An RGB picture of one image's objects: ground-truth objects filled, green when a predicted object covers
+    half of them and blue when missed; predicted objects outlined, dark green when right and red when not.
+
+    Args:
+        truth: ground-truth objects (0 background).
+        pred: predicted objects.
+        photo: the image itself (H, W, 3 uint8), drawn underneath with the fills half transparent; default white.
+    """
+    truth, pred = _numbered(truth), _numbered(pred)
+    truth_area, _, overlap = _sizes_and_overlaps(truth, pred)
+    nt, np_ = overlap.shape[0] - 1, overlap.shape[1] - 1
+    right_pred, covered = np.zeros(np_ + 1, bool), np.zeros(nt + 1, bool)
+    if nt and np_:
+        ov = overlap[1:, 1:]
+        partner = ov.argmax(axis=0)
+        hits = ov[partner, np.arange(np_)]
+        good = (hits > 0) & (2 * hits >= truth_area[1:][partner])
+        right_pred[1:] = good
+        covered[partner[good] + 1] = True
+    image = np.full(truth.shape + (3,), 255, np.uint8) if photo is None else photo.astype(np.uint8).copy()
+    alpha = 1.0 if photo is None else 0.55
+    for region, colour in (((truth > 0) & covered[truth], "matched"), ((truth > 0) & ~covered[truth], "missed")):
+        image[region] = np.round((1 - alpha) * image[region] + alpha * np.asarray(OUTCOME_COLORS[colour]))
+    edge = np.zeros(pred.shape, bool)  # a predicted pixel whose neighbour belongs to another object or background
+    edge[:-1] |= pred[:-1] != pred[1:]
+    edge[1:] |= pred[1:] != pred[:-1]
+    edge[:, :-1] |= pred[:, :-1] != pred[:, 1:]
+    edge[:, 1:] |= pred[:, 1:] != pred[:, :-1]
+    edge &= pred > 0
+    if min(pred.shape) >= 200:  # two pixels wide where one would vanish on screen
+        inner = edge.copy()
+        same_rows, same_cols = pred[1:] == pred[:-1], pred[:, 1:] == pred[:, :-1]
+        inner[1:] |= edge[:-1] & same_rows
+        inner[:-1] |= edge[1:] & same_rows
+        inner[:, 1:] |= edge[:, :-1] & same_cols
+        inner[:, :-1] |= edge[:, 1:] & same_cols
+        edge = inner
+    image[edge & right_pred[pred]] = OUTCOME_COLORS["right"]
+    image[edge & ~right_pred[pred]] = OUTCOME_COLORS["wrong"]
+    return image
+
+
+LEGEND = (("matched", "found"), ("missed", "missed"), ("right", "right object"), ("wrong", "wrong object"))
+
+
+def with_legend(image: np.ndarray) -> np.ndarray:
+    """``image`` with a white strip below naming the colours of :func:`picture` (when it is wide enough)."""
+    from PIL import Image, ImageDraw
+
+    if image.shape[1] < 320:
+        return image
+    strip = Image.new("RGB", (image.shape[1], 18), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    x = 4
+    for key, text in LEGEND:
+        draw.rectangle([x, 4, x + 10, 14], fill=OUTCOME_COLORS[key])
+        draw.text((x + 14, 3), text, fill=(0, 0, 0))
+        x += 16 + int(draw.textlength(text)) + 12
+    return np.concatenate([image, np.asarray(strip)], axis=0)
+
+
+def _photo(path: Path | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """The image beside a ground truth as RGB, when it is there, readable and of the mask's size."""
+    from PIL import Image
+
+    if path is None:
+        return None
+    try:
+        from vmunet_monai.engine.transforms import rgb_converter
+
+        with Image.open(path) as image:
+            rgb = np.asarray(rgb_converter(image))
+    except (OSError, ValueError):
+        return None
+    return rgb if rgb.shape[:2] == tuple(shape) else None
+
+
+def _plot(rows: Sequence[dict], summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    groups = list(summary["groups"])
+    metrics = (("f1", "object F1"), ("object_dice", "object Dice"), ("object_hausdorff", "object Hausdorff (px)"),
+               ("dice", "pixel Dice"))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics) + 1, 3.6))
+    for ax, (metric, title) in zip(axes, metrics):
+        data = [[r[metric] for r in rows if r["group"] == g and not math.isnan(r[metric])] for g in groups]
+        ax.boxplot([d if d else [math.nan] for d in data])
+        ax.set_xticks(np.arange(1, len(groups) + 1), groups, rotation=20, ha="right")
+        ax.set_title(title, fontsize=9)
+        if metric != "object_hausdorff":
+            ax.set_ylim(0, 1.05)
+    if summary.get("title"):
+        fig.suptitle(summary["title"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+CSV_FIELDS = ("name", "group", "dice", "f1", "object_dice", "object_hausdorff", "n_truth", "n_pred", "tp", "fp", "fn",
+              "truth_area", "truth_dice_sum", "pred_area", "pred_dice_sum")
+
+
+def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os.PathLike | None = None,
+                group_by: str = "folder", pictures: bool = True, hausdorff: bool = True, title: str = "") -> dict:
+    """Score predicted masks against ground truths of numbered objects; write the per-image table, the summary, a
+    plot and (``pictures``) one picture per image.
+
+    Writes into ``out`` (default: beside ``pred``, ``objects/``): ``objects_per_image.csv`` (``compare`` reads it:
+    ``--metric object_dice``, ``f1``, ``object_hausdorff``), ``objects_summary.json``, ``objects.png`` and
+    ``pictures/<set>/<image>.png`` (see :func:`picture`).
+
+    Returns:
+        the summary, with ``missing_prediction``/``missing_truth`` (files without a partner, left out) and
+        ``paths``.
+
+    Raises:
+        InputError: nothing to pair, an unreadable mask, or a prediction and ground truth of different sizes
+            (naming both files).
+    """
+    from PIL import Image
+    from tqdm import tqdm
+
+    from vmunet_monai.doctor import environment
+    from vmunet_monai.validation import check_output_location
+
+    pairs, missing = match_files(pred, truth, group_by)
+    photos = missing.pop("photos")
+    out = Path(out) if out is not None else Path(pred).resolve().parent / "objects"
+    out = check_output_location([Path(truth)], out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, group, pred_path, truth_path in tqdm(pairs, desc="objects", unit="image", mininterval=1.0):
+        t_objects, p_objects = read_objects(truth_path), read_objects(pred_path)
+        if t_objects.shape != p_objects.shape:
+            raise InputError(f"{pred_path} is {p_objects.shape[0]}x{p_objects.shape[1]} but its ground truth "
+                             f"{truth_path} is {t_objects.shape[0]}x{t_objects.shape[1]}: objects are scored at the "
+                             f"image's own size (predict writes masks at that size)")
+        row = {"name": name, "group": group, **object_scores(t_objects, p_objects, hausdorff=hausdorff),
+               "prediction": str(pred_path), "ground_truth": str(truth_path)}
+        rows.append(row)
+        if pictures:
+            target = out / "pictures" / (group if group != "all" else "") / f"{name}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            photo = _photo(photos.get(name), t_objects.shape)
+            Image.fromarray(with_legend(picture(t_objects, p_objects, photo))).save(target)
+    summary = summarize_objects(rows, title)
+    summary.update(missing, environment=environment())
+    csv_path, json_path, plot_path = out / PER_IMAGE_CSV, out / SUMMARY_JSON, out / "objects.png"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r[k] for k in CSV_FIELDS})
+    json_path.write_text(json.dumps(summary, indent=4) + "\n")
+    _plot(rows, summary, plot_path)
+    print(format_objects(summary))
+    for kind, files in missing.items():
+        if files:
+            what = "ground truths without a prediction" if kind == "missing_prediction" else \
+                "predictions without a ground truth"
+            print(f"left out: {len(files)} {what} (first: {files[0]})")
+    summary["paths"] = {"csv": str(csv_path), "json": str(json_path), "plot": str(plot_path),
+                        "pictures": str(out / "pictures") if pictures else None}
+    print(f"written to {out}")
+    return summary
