@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from vmunet_monai.data.synapse import ORGANS
+from vmunet_monai.evaluation.binary import mean_sd
 
 __all__ = [
     "DEFAULT_ORGANS",
@@ -183,18 +184,6 @@ def case_scores(
     return out
 
 
-def _nanmean(values) -> float:
-    values = np.asarray(list(values), dtype=np.float64)
-    values = values[~np.isnan(values)]
-    return float(values.mean()) if values.size else float("nan")
-
-
-def _nanstd(values) -> float:
-    values = np.asarray(list(values), dtype=np.float64)
-    values = values[~np.isnan(values)]
-    return float(values.std()) if values.size else float("nan")
-
-
 def _metric_keys(rows) -> list[str]:
     keys = ["dice", "hd95_mm"]
     if rows and "transunet_dice" in rows[0]:
@@ -222,14 +211,15 @@ def summarize(rows: Sequence[dict]) -> dict:
         per_organ = {}
         for organ in organs:
             values = [r[key][organ] for r in rows]
+            mean, sd = mean_sd(values)  # over the cases where the value is defined; sample sd, as the 2D reports
             per_organ[organ] = {
-                "mean": _nanmean(values),
-                "sd": _nanstd(values),
+                "mean": mean,
+                "sd": sd,
                 "n": int(np.sum(~np.isnan(np.asarray(values, dtype=np.float64)))),
             }
         summary[key] = {
             "description": labels[key],
-            "mean_over_organs": _nanmean(v["mean"] for v in per_organ.values()),
+            "mean_over_organs": mean_sd(v["mean"] for v in per_organ.values())[0],
             "per_organ": per_organ,
         }
     summary["counts"] = {
@@ -250,7 +240,7 @@ def write_case_csv(rows: Sequence[dict], path: str) -> str:
         writer = csv.writer(f)
         writer.writerow(header)
         for r in rows:
-            line = [r["case"]] + [_nanmean(r[k].values()) for k in keys]
+            line = [r["case"]] + [mean_sd(r[k].values())[0] for k in keys]
             line += [r[k][o] for k in keys for o in organs] + [r["status"][o] for o in organs]
             writer.writerow(["" if isinstance(v, float) and np.isnan(v) else v for v in line])
     return path
