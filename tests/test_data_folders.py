@@ -328,3 +328,28 @@ def test_instance_masks_read_with_foreground_nonzero(tmp_path):
         prepare("polyp_seg", str(raw), str(tmp_path / "x"), foreground="all")
     with pytest.raises(InputError, match="--foreground nonzero: only for binary masks"):
         prepare("polyp_seg", str(raw), str(tmp_path / "y"), foreground="nonzero", classes="a,b")
+
+
+def test_glands_in_one_folder_keep_the_split_their_names_state(tmp_path):
+    """GlaS keeps train_*, testA_* and testB_* tiles in one folder: the names are the official split (testA and testB
+    two test sets), and the binary masks written for training merge touching glands, which the objects command
+    shows against the numbered masks."""
+    from vmunet_monai.data import demo_data
+    from vmunet_monai.evaluation.objects import read_objects, run_objects
+
+    raw, out = tmp_path / "raw", tmp_path / "prepared"
+    demo_data("polyp_seg", str(raw), num=8, seed=1, layout="glands")
+    prepare("polyp_seg", str(raw), str(out), foreground="nonzero")
+    doc = _datalist(out)
+    assert "split by their names" in doc["meta"]["how"] and doc["meta"]["test_sets"] == {"testA": 2, "testB": 2}
+    assert sorted(i["name"] for i in doc["test"]) == ["testA_1", "testA_2", "testB_1", "testB_2"]
+    assert {i["name"]: i["dataset"] for i in doc["test"]}["testB_2"] == "testB"
+    assert all(i["name"].startswith("train_") for i in doc["training"] + doc["validation"])
+    assert len(doc["training"]) + len(doc["validation"]) == 8
+    summary = run_objects(out / "labels", raw, out=tmp_path / "objects", group_by="prefix", pictures=False)
+    assert set(summary["groups"]) == {"train", "testA", "testB"} and summary["overall"]["n_images"] == 12
+    assert summary["overall"]["pooled"]["n_truth"] == sum(
+        int(read_objects(p).max()) for p in raw.glob("*_anno.bmp"))
+    per_image = summary["overall"]["per_image"]
+    assert per_image["dice_mean"] == 1.0  # the same pixels ...
+    assert per_image["f1_mean"] < 1.0 and per_image["object_dice_mean"] < 1.0  # ... but touching glands merged

@@ -206,3 +206,25 @@ def test_predicted_masks_of_glas_images_are_scored(tmp_path):
     assert len(done["masks"]) == 2  # the annotations were not segmented
     summary = run_objects(tmp_path / "out" / "masks", tmp_path / "glas", pictures=False)
     assert summary["overall"]["n_images"] == 2 and summary["overall"]["pooled"]["n_truth"] == 6
+
+
+def test_demo_with_glands_scores_the_test_tiles_object_by_object(tmp_path, capsys, monkeypatch):
+    """``demo --glands`` on the smallest settings: GlaS's names give the split, the test tiles are predicted and
+    scored object by object, and the binary masks' own object scores are printed as the ceiling."""
+    from bundle_helpers import tiny_overrides
+
+    import vmunet_monai.demo as demo
+
+    monkeypatch.setattr(demo, "DEMO_NETWORK", {k.split("#")[1]: v for k, v in tiny_overrides("isic_skin_lesion").items()
+                                               if k.startswith("network_def")})
+    result = demo.run_demo(out=str(tmp_path / "demo"), epochs=1, num=4, size=32, glands=True)
+    printed = capsys.readouterr().out
+    objects = result["objects"]
+    assert set(objects["groups"]) == {"testA", "testB"} and objects["overall"]["n_images"] == 4
+    assert f"F1 {objects['overall']['pooled']['f1']:.4f}" in printed
+    ceiling = result["binary_masks_objects"]
+    assert ceiling["per_image"]["dice_mean"] == 1.0 and 0 < ceiling["pooled"]["f1"] <= 1.0
+    assert f"the binary training masks themselves score F1 {ceiling['pooled']['f1']:.4f}" in printed
+    assert (tmp_path / "demo" / "predicted" / "objects" / "pictures" / "testB" / "testB_1.png").is_file()
+    with pytest.raises(InputError, match="demo --glands: on its own"):
+        demo.run_demo(out=str(tmp_path / "x"), glands=True, classes=2)

@@ -104,24 +104,27 @@ class Commands:
         except (ValueError, RuntimeError) as exc:
             raise SystemExit(f"error: {exc}") from exc
 
-    def demo(self, out: str = "demo_run", epochs: int | None = None, num: int = 48, size: int = 64, baseline: str = "",
-             classes: int = 1):
+    def demo(self, out: str = "demo_run", epochs: int | None = None, num: int = 48, size: int | None = None,
+             baseline: str = "", classes: int = 1, glands: bool = False):
         """The main job on embedded defaults: synthetic ISIC-layout data -> prepare -> train -> validation Dice.
 
         Args:
             out: working folder (demo data, prepared datalist, bundle copy with the trained model).
-            epochs: training epochs (default 30; 60 with --classes 2).
+            epochs: training epochs (default 30; 60 with --classes 2, 80 with --glands).
             num: number of synthetic images.
-            size: network input size used by the demo (the bundle default stays the paper's 256).
+            size: network input size used by the demo (default 64, 128 with --glands; the bundle default stays the
+                paper's 256).
             baseline: also train MONAI's unet (BasicUNet) or swin_unetr (SwinUNETR, needs einops) the same way,
                 through the bundle's configs/baseline_NAME.json, and compare the two case by case on the test
                 images (vmunet_monai compare; table printed, eval/compare/compare.png written).
             classes: 2 trains on lesions with a dark core (two classes, your-own-data folders layout): one
                 softmax output per class, and each class's test Dice printed.
+            glands: synthetic GlaS tiles instead: trained on binary masks, then the test tiles predicted and scored
+                object by object (the objects command) against their numbered glands, beside pixel Dice.
         """
         from vmunet_monai.demo import run_demo
 
-        run_demo(out=out, epochs=epochs, num=num, size=size, baseline=baseline, classes=classes)
+        run_demo(out=out, epochs=epochs, num=num, size=size, baseline=baseline, classes=classes, glands=glands)
 
     def compare(self, *runs, labels: str = "", metric: str = "dice", out: str | None = None, seed: int = 0):
         """Compare models evaluated on the same test cases, each against the first, case by case.

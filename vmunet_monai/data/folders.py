@@ -12,7 +12,9 @@ one pool        ``images/`` and ``masks/``                                  seed
 splits          ``train/{images,masks}``, optional ``val/{images,masks}``   given ones kept; a missing
                 and ``test/{images,masks}``                                 one carved from ``train``
 test sets       ``test/<set>/{images,masks}`` (instead of test images)     each set reported apart
-one folder      images and masks side by side, ``X.png`` + ``X_mask.png``   as one pool
+one folder      images and masks side by side, ``X.png`` + ``X_mask.png``   as one pool; by the names
+                                                                            when they are ``train_*``
+                                                                            and ``test*_*`` (GlaS)
 categories      folders of the above, e.g. ``benign/``, ``malignant/``      one pool, each category
                 (BUSI)                                                      reported apart
 ==============  ==========================================================  ===========================
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +151,26 @@ def mixed_pairs(folder: Path, mask_suffix: str | None = None) -> tuple[dict[Path
             best = {image: sorted(masks, key=lambda m: (len(m.stem), m.name)) for image, masks in found.items()}
             chosen = suffix
     return best, chosen
+
+
+def named_splits(items: Sequence[dict]) -> tuple[list[dict], dict[str, list[dict]]] | None:
+    """The split that image names state, as GlaS's one folder does (``train_12``, ``testA_3``, ``testB_7``): the
+    ``train`` items, and the items of each ``test...`` prefix as a test set; None unless every name starts with
+    ``train`` or ``test...`` followed by ``_`` or ``-``, and both kinds are there."""
+    import re
+
+    pattern = re.compile(r"^(train|test[A-Za-z0-9]*)[_-]", re.IGNORECASE)
+    train, tests = [], {}
+    for item in items:
+        match = pattern.match(item["name"])
+        if match is None:
+            return None
+        prefix = match.group(1)
+        if prefix.lower() == "train":
+            train.append(item)
+        else:
+            tests.setdefault(prefix, []).append(item)
+    return (train, dict(sorted(tests.items()))) if train and tests else None
 
 
 def subfolders(folder: Path) -> list[Path]:
@@ -353,17 +376,30 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
     test_sets: dict[str, int] = {}
     if "mixed" in layout:
         train, val, test, total = [], [], [], 0
-        for category, folder in layout["mixed"].items():  # split per category: each keeps its share in every split
-            items = read_mixed(folder, category or name)
+        named = named_splits(read_mixed(layout["mixed"][""], name)) if list(layout["mixed"]) == [""] else None
+        if named is not None:  # GlaS: train_*, testA_*, testB_* in one folder; the names are the official split
+            part_train, tests = named
+            val, train = split_items(part_train, [val_fraction], seed + 1)
+            for set_name, items in tests.items():
+                test_sets[set_name] = len(items)
+                test += [dict(item, dataset=set_name) for item in items]
+            total = len(part_train) + len(test)
+            how = (f"{total} images with their masks side by side, split by their names: {len(part_train)} train_* "
+                   f"for training, test sets {', '.join(f'{k}_* ({v})' for k, v in test_sets.items())}; validation "
+                   f"= {val_fraction:g} of train (seed {seed + 1})")
+        for category, folder in ({} if named is not None else layout["mixed"]).items():
+            items = read_mixed(folder, category or name)  # split per category: each keeps its share in every split
             total += len(items)
             part_test, rest = split_items(items, [test_fraction], seed)
             part_val, part_train = split_items(rest, [val_fraction], seed + 1)
             train, val, test = train + part_train, val + part_val, test + part_test
             if len(layout["mixed"]) > 1 and part_test:  # each category is reported apart, as a test set
                 test_sets[category] = len(part_test)
-        categories = (f", split per category ({', '.join(layout['mixed'])})" if len(layout["mixed"]) > 1 else "")
-        how = (f"{total} images with their masks side by side{categories}: {test_fraction:g} test (seed {seed}); "
-               f"validation = {val_fraction:g} of the rest (seed {seed + 1})")
+        if named is None:
+            categories = (f", split per category ({', '.join(layout['mixed'])})" if len(layout["mixed"]) > 1
+                          else "")
+            how = (f"{total} images with their masks side by side{categories}: {test_fraction:g} test (seed "
+                   f"{seed}); validation = {val_fraction:g} of the rest (seed {seed + 1})")
     elif "pool" in layout:
         pool = read(layout["pool"], name)
         test, rest = split_items(pool, [test_fraction], seed)

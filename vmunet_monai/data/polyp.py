@@ -193,6 +193,36 @@ def _polyp_image(height: int, width: int, rng) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
+def _gland_image(height: int, width: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """A histology-like RGB tile (pink stroma, purple nuclei) with glands, and their instance mask: each gland
+    numbered 1, 2, ... and some of them touching, as in GlaS."""
+    stroma = np.array([rng.uniform(215, 240), rng.uniform(160, 190), rng.uniform(200, 225)], dtype=np.float32)
+    image = stroma * (1 + 0.08 * smooth_noise(height, width, max(6, width // 8), rng))[..., None]
+    image += 6 * rng.standard_normal((height, width, 1)).astype(np.float32)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    mask = np.zeros((height, width), np.uint8)
+    step = int(rng.integers(38, 50))
+    number = 0
+    for cy in range(step // 2, height, step):
+        for cx in range(step // 2, width, step):
+            if rng.random() < 0.25:
+                continue
+            ry, rx = rng.uniform(0.35, 0.62) * step, rng.uniform(0.35, 0.62) * step  # wide ones touch neighbours
+            y0, x0 = cy + rng.uniform(-0.12, 0.12) * step, cx + rng.uniform(-0.12, 0.12) * step
+            r = np.sqrt(((yy - y0) / ry) ** 2 + ((xx - x0) / rx) ** 2)
+            gland = (r < 1) & (mask == 0)
+            if gland.sum() < 30:
+                continue
+            number += 1
+            mask[gland] = number
+            rim, lumen = gland & (r > 0.65), gland & (r <= 0.65)
+            image[rim] = np.array([120, 60, 150], np.float32) + 10 * rng.standard_normal((int(rim.sum()), 3))
+            image[lumen] = np.array([245, 235, 245], np.float32)
+    nuclei = (smooth_noise(height, width, 3, rng) > 0.55) & (mask == 0)
+    image[nuclei] = np.array([90, 50, 130], np.float32)
+    return np.clip(image, 0, 255), mask
+
+
 def demo_data(out: str, num: int = 48, seed: int = 0, layout: str = "pranet") -> str:
     """Write a synthetic polyp dataset in the PraNet layout under ``out`` (polyp-like blobs on mucosa texture).
 
@@ -200,18 +230,35 @@ def demo_data(out: str, num: int = 48, seed: int = 0, layout: str = "pranet") ->
         out: output folder (the RAW argument of :func:`prepare`).
         num: TrainDataset images; each of the five test sets gets ``max(2, num // 8)``.
         seed: random seed.
-        layout: ``"pranet"``, or ``"folders"``: ``train/{images,masks}`` with ``num`` images and two test sets
-            ``test/centre_A`` and ``test/centre_B``, as your own data may come (:mod:`vmunet_monai.data.folders`).
+        layout: ``"pranet"``; ``"folders"``: ``train/{images,masks}`` with ``num`` images and two test sets
+            ``test/centre_A`` and ``test/centre_B``, as your own data may come (:mod:`vmunet_monai.data.folders`);
+            or ``"glands"``: GlaS's one folder of histology tiles with their masks beside them, each gland
+            numbered (``train_<k>.bmp`` + ``train_<k>_anno.bmp``, ``num`` of them, and ``max(2, num // 4)`` each of
+            ``testA_<k>`` and ``testB_<k>``), for ``prepare --foreground nonzero`` and the ``objects`` command.
 
     Returns:
         ``out``.
     """
     if num < 2:
         raise ValueError(f"num must be at least 2, got {num}")
-    if layout not in ("pranet", "folders"):
-        raise ValueError(f"layout must be 'pranet' or 'folders', got {layout!r}")
+    if layout not in ("pranet", "folders", "glands"):
+        raise ValueError(f"layout must be 'pranet', 'folders' or 'glands', got {layout!r}")
     rng = np.random.default_rng(seed)
     root = Path(out)
+    if layout == "glands":
+        from PIL import Image
+
+        root.mkdir(parents=True, exist_ok=True)
+        counts = {"train": num, "testA": max(2, num // 4), "testB": max(2, num // 4)}
+        for prefix, count in counts.items():
+            for k in range(1, count + 1):
+                width = int(rng.integers(150, 200))
+                image, mask = _gland_image(int(width * rng.uniform(0.7, 0.8)), width, rng)
+                Image.fromarray(image.astype(np.uint8)).save(root / f"{prefix}_{k}.bmp")
+                Image.fromarray(mask).save(root / f"{prefix}_{k}_anno.bmp")
+        print(f"synthetic glands in GlaS's layout: {counts} tiles with their numbered masks beside them (X_anno.bmp) "
+              f"-> {root}")
+        return str(root)
 
     def write(folder: Path, stem: str, ext: str = ".png") -> None:
         width = int(rng.integers(112, 160))
