@@ -18,6 +18,7 @@ from vmunet_monai.evaluation.objects import (
     picture,
     read_objects,
     run_objects,
+    split_touching,
     with_legend,
 )
 from vmunet_monai.validation import InputError
@@ -93,9 +94,33 @@ def test_masks_become_objects(tmp_path):
     noisy = np.clip(binary.astype(int) + rng.integers(-30, 30, binary.shape), 0, 255).astype(np.uint8)
     Image.fromarray(noisy).save(tmp_path / "lossy.jpg", quality=70)
     assert read_objects(tmp_path / "lossy.jpg").max() == 2  # JPEG: thresholded at half scale, then split
+    Image.fromarray(np.stack([noisy] * 3, axis=-1)).save(tmp_path / "lossy_rgb.jpg", quality=70)
+    assert read_objects(tmp_path / "lossy_rgb.jpg").max() == 2  # a colour JPEG by its grey level
     (tmp_path / "bad.png").write_text("no image")
     with pytest.raises(InputError, match="bad.png: cannot be read as a mask"):
         read_objects(tmp_path / "bad.png")
+
+
+def test_touching_objects_are_split_at_their_neck():
+    """Two discs that overlap form one connected object; the split finds both, keeps every pixel, and leaves a
+    lone convex object whole. A neck shallower than the depth is not cut."""
+    yy, xx = np.mgrid[:60, :100]
+    left, right = (yy - 30) ** 2 + (xx - 28) ** 2 < 18 ** 2, (yy - 30) ** 2 + (xx - 62) ** 2 < 18 ** 2
+    lone = (yy - 8) ** 2 + (xx - 90) ** 2 < 6 ** 2
+    mask = left | right | lone
+    assert label_components(mask).max() == 2
+    objects = split_touching(mask, 2)
+    assert objects.max() == 3 and np.array_equal(objects > 0, mask)
+    assert len(np.unique(objects[left & ~right])) == 1 and objects[30, 28] != objects[30, 62]
+    truth = np.zeros(mask.shape, int)
+    truth[left], truth[right & ~left], truth[lone] = 1, 2, 3
+    assert object_scores(truth, objects)["f1"] == 1.0 and object_scores(truth, label_components(mask))["f1"] < 1.0
+    # the neck here is about 8 pixels below the discs' centres: a depth of 12 keeps them together
+    assert split_touching(mask, 12).max() == 2
+    assert split_touching(np.zeros((4, 4), bool), 2).max() == 0
+    for bad in (0.2, "x", None):
+        with pytest.raises(InputError, match=f"split_touching {bad!r}: the depth of a neck in pixels"):
+            split_touching(mask, bad)
 
 
 def test_picture_colours_each_outcome():
@@ -202,10 +227,20 @@ def test_predicted_masks_of_glas_images_are_scored(tmp_path):
 
     bundle = tiny_bundle_with_weights("polyp_seg", tmp_path / "bundle")
     _glas_folder(tmp_path / "glas", np.random.default_rng(5), ["testA_1", "testA_2"])
-    done = predict(str(bundle), str(tmp_path / "glas"), str(tmp_path / "out"), device="cpu")
+    done = predict(str(bundle), str(tmp_path / "glas"), str(tmp_path / "out"), device="cpu", split_touching=2)
     assert len(done["masks"]) == 2  # the annotations were not segmented
     summary = run_objects(tmp_path / "out" / "masks", tmp_path / "glas", pictures=False)
     assert summary["overall"]["n_images"] == 2 and summary["overall"]["pooled"]["n_truth"] == 6
+    # the object maps: the masks' foreground, numbered; scored by name like the masks
+    for mask, objects in zip(done["masks"], done["instances"]):
+        assert objects.endswith("_instances.png") and "/instances/" in objects
+        np.testing.assert_array_equal(np.asarray(Image.open(objects)) > 0, np.asarray(Image.open(mask)) > 127)
+    split = run_objects(tmp_path / "out" / "instances", tmp_path / "glas", out=tmp_path / "split", pictures=False)
+    assert split["overall"]["n_images"] == 2
+    with pytest.raises(InputError, match="--split_touching 0: the depth|split_touching 0: the depth"):
+        predict(str(bundle), str(tmp_path / "glas"), str(tmp_path / "bad"), device="cpu", split_touching=0)
+    with pytest.raises(InputError, match="--split_touching 2: only for binary 2D masks"):
+        predict("synapse_multiorgan", str(tmp_path / "glas"), str(tmp_path / "bad"), split_touching=2)
 
 
 def test_demo_with_glands_scores_the_test_tiles_object_by_object(tmp_path, capsys, monkeypatch):
@@ -226,5 +261,7 @@ def test_demo_with_glands_scores_the_test_tiles_object_by_object(tmp_path, capsy
     assert ceiling["per_image"]["dice_mean"] == 1.0 and 0 < ceiling["pooled"]["f1"] <= 1.0
     assert f"the binary training masks themselves score F1 {ceiling['pooled']['f1']:.4f}" in printed
     assert (tmp_path / "demo" / "predicted" / "objects" / "pictures" / "testB" / "testB_1.png").is_file()
+    split = result["objects_split"]["overall"]
+    assert split["n_images"] == 4 and f"--split_touching 2): F1 {split['pooled']['f1']:.4f}" in printed
     with pytest.raises(InputError, match="demo --glands: on its own"):
         demo.run_demo(out=str(tmp_path / "x"), glands=True, classes=2)

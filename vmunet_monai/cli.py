@@ -164,7 +164,8 @@ class Commands:
         predicted objects outlined dark green when right and red when not.
 
         Args:
-            pred: predicted masks: a folder (predict's OUTPUT/masks, <image>_mask.png) or one file.
+            pred: predicted masks: a folder (predict's OUTPUT/masks, <image>_mask.png, or OUTPUT/instances, the
+                objects predict --split_touching numbered) or one file; binary masks or object maps, not class maps.
             truth: ground-truth masks by image name (<image>.png, <image>_anno.bmp, <image>_mask.png), or a
                 folder of images with their masks beside them (GlaS).
             out: output folder (default: objects/ beside PRED).
@@ -251,7 +252,8 @@ class Commands:
 
     def predict(self, bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
                 baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
-                window: tuple | None = None, intensity: str | None = None, mask_values=None):
+                window: tuple | None = None, intensity: str | None = None, mask_values=None,
+                split_touching: float | None = None):
         """Segment a file or a folder with BUNDLE's network and write masks (and overlays) to OUTPUT.
 
         Unusable files (empty, truncated, not an image, the wrong dimensionality, NaN values) are skipped and
@@ -278,6 +280,9 @@ class Commands:
             mask_values: 2D bundles: the value each class gets in the written masks, background first, e.g.
                 0,127,255 to match the dataset's own masks (prepare records them as meta.mask_values in the
                 datalist; the copy demo --classes 2 leaves already writes them); default 0,255 for two classes.
+            split_touching: 2D binary bundles: also write OUTPUT/instances/<image>_instances.png, the mask's objects
+                numbered 1, 2, ... with touching ones cut apart where they narrow by at least this many pixels (2 to 5
+                for objects some tens of pixels across); the objects command scores them.
             window: synapse_multiorgan trained with another --hu_window: that "[low,high]" in HU (default
                 [-125,275]).
             intensity: synapse_multiorgan trained on MRI with --intensity mri: mri (default ct).
@@ -285,7 +290,8 @@ class Commands:
         from vmunet_monai.predict import predict
 
         predict(bundle, input, output, checkpoint=checkpoint, device=device, baseline=baseline, tta=tta, model=model,
-                num_classes=num_classes, window=window, intensity=intensity, mask_values=mask_values)
+                num_classes=num_classes, window=window, intensity=intensity, mask_values=mask_values,
+                split_touching=split_touching)
 
     def export(self, bundle: str, format: str = "torchscript", checkpoint: str | None = None,
                output: str | None = None, tolerance: float = 1e-4):

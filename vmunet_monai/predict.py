@@ -18,6 +18,8 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
+
 from vmunet_monai.engine.utils import find_bundle, inference_configs, network_file
 from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError, check_device, check_output_location, read_image_2d
 
@@ -85,7 +87,7 @@ def _window(value) -> list[float]:
 
 def predict(bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
             baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
-            window=None, intensity: str | None = None, mask_values=None):
+            window=None, intensity: str | None = None, mask_values=None, split_touching: float | None = None):
     """Write ``OUTPUT/masks/**/<stem>_mask.png`` (0/255, class numbers for several classes, or ``mask_values``) and
     ``OUTPUT/overlays/**/<stem>_overlay.png`` for every image in ``input`` (a file or a folder, searched recursively; mask folders and masks beside their images, as X_mask.png beside X.png, are skipped).
 
@@ -115,6 +117,10 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             ``0,127,255`` for the grey levels of the dataset's own masks (``prepare`` records them as
             ``meta.mask_values`` in the datalist); default: the bundle's ``mask_values`` (0/255 for two classes,
             the class numbers for more).
+        split_touching: 2D binary bundles: also write ``OUTPUT/instances/**/<stem>_instances.png``, the mask's
+            objects numbered 1, 2, ... with touching ones cut apart where they narrow by at least this many
+            pixels (:func:`vmunet_monai.evaluation.objects.split_touching`; 2 to 5 for objects some tens of
+            pixels across), for object-level scoring (``objects``) and counting.
 
     Returns:
         ``{"masks": [...], "overlays": [...], "skipped": [{"file", "reason"}, ...]}``: the paths written
@@ -131,6 +137,12 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     if mask_values is not None and Path(str(bundle)).name in VOLUME_BUNDLES:
         raise InputError(f"--mask_values {mask_values!r}: only for the 2D bundles; synapse_multiorgan writes NIfTI "
                          f"label maps of class numbers")
+    if split_touching is not None:
+        from vmunet_monai.evaluation.objects import split_touching as split
+
+        if Path(str(bundle)).name in VOLUME_BUNDLES or (num_classes is not None and int(num_classes) > 2):
+            raise InputError(f"--split_touching {split_touching!r}: only for binary 2D masks (objects of one kind)")
+        split(np.zeros((1, 1), bool), split_touching)  # a depth of at least 0.5 pixels, or a clear error
     if Path(str(bundle)).name in VOLUME_BUNDLES:
         from vmunet_monai.predict_volume import predict_volumes
 
@@ -161,11 +173,14 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
 
     root = find_bundle(bundle)
     configs, default_ckpt, train = inference_configs(root, baseline, model)
+    classes = int(num_classes if num_classes is not None else ConfigParser.load_config_files(configs).get("num_classes", 2))
     if mask_values is not None:
         from vmunet_monai.engine.transforms import mask_levels
 
-        classes = num_classes if num_classes is not None else ConfigParser.load_config_files(configs)["num_classes"]
-        mask_values = mask_levels(mask_values, int(classes))  # one value 0-255 per class, or a clear error
+        mask_values = mask_levels(mask_values, classes)  # one value 0-255 per class, or a clear error
+    if split_touching is not None and classes > 2:
+        raise InputError(f"--split_touching {split_touching!r}: {root} predicts {classes} classes; objects are split "
+                         f"in binary masks only")
     source = Path(os.path.abspath(os.path.expanduser(str(input))))
     if not source.exists():
         raise InputError(f"{input}: no such file or folder (give an image file or a folder of images)")
@@ -233,4 +248,25 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         raise RuntimeError(f"inference finished but did not write {missing[:3]}")
     report_skipped(skipped, "file")
     print(f"{len(masks)} masks under {out / 'masks'}, {len(overlays)} overlays under {out / 'overlays'}")
-    return {"masks": masks, "overlays": overlays, "skipped": skipped}
+    result = {"masks": masks, "overlays": overlays, "skipped": skipped}
+    if split_touching is not None:
+        result["instances"] = _write_instances(masks, out, float(split_touching))
+    return result
+
+
+def _write_instances(masks: list[str], out: Path, depth: float) -> list[str]:
+    """``OUTPUT/instances/**/<stem>_instances.png`` beside each binary mask: its objects, touching ones split."""
+    from PIL import Image
+
+    from vmunet_monai.evaluation.objects import split_touching, write_objects
+
+    written, total = [], 0
+    for mask in masks:
+        rel = Path(mask).relative_to(out / "masks")
+        objects = split_touching(np.asarray(Image.open(mask)) > 127, depth)
+        total += int(objects.max())
+        stem = rel.name[: -len("_mask.png")]
+        written.append(str(write_objects(objects, out / "instances" / rel.parent / f"{stem}_instances.png")))
+    print(f"{len(written)} object maps under {out / 'instances'} ({total} objects; touching ones split at necks of "
+          f"{depth:g} pixels or deeper)")
+    return written

@@ -32,8 +32,8 @@ import numpy as np
 
 from vmunet_monai.validation import InputError
 
-__all__ = ["LABEL", "read_objects", "label_components", "object_scores", "match_files", "summarize_objects",
-           "format_objects", "run_objects"]
+__all__ = ["LABEL", "read_objects", "label_components", "split_touching", "write_objects", "object_scores",
+           "match_files", "summarize_objects", "format_objects", "run_objects"]
 
 LABEL = {
     "f1": "a predicted object covering >= 50% of the ground-truth object it overlaps most is a true positive; "
@@ -73,9 +73,12 @@ def read_objects(path: str | os.PathLike) -> np.ndarray:
     """
     from PIL import Image, UnidentifiedImageError
 
+    lossy = Path(path).suffix.lower() in _LOSSY
     try:
         with Image.open(path) as image:
-            if image.mode in ("P", "L", "I", "I;16", "1"):
+            if lossy:
+                values = np.asarray(image.convert("L")).astype(np.int64)
+            elif image.mode in ("P", "L", "I", "I;16", "1"):
                 values = np.asarray(image).astype(np.int64)
             else:
                 rgb = np.asarray(image.convert("RGB")).astype(np.int64)
@@ -85,7 +88,7 @@ def read_objects(path: str | os.PathLike) -> np.ndarray:
     if values.ndim != 2:
         raise InputError(f"{path}: a mask is one 2D channel, got shape {values.shape}")
     distinct = np.unique(values)
-    if Path(path).suffix.lower() in _LOSSY:
+    if lossy:
         return label_components(values >= (127.5 if distinct.max() > 1 else 0.5))
     if distinct.size <= 2:
         return label_components(values > distinct[0] if distinct.size == 2 else values > 0)
@@ -204,6 +207,9 @@ def _object_hausdorff(truth, pred, truth_area, pred_area, overlap) -> float:
     return float(0.5 * (truth_side + pred_side))
 
 
+PREDICTION_SUFFIXES = ("_mask", "_instances")
+
+
 def _key(path: Path, suffixes: Sequence[str]) -> str:
     """A mask's image stem: its stem without a mask suffix (``_mask``, ``_anno``, ...)."""
     stem = path.stem
@@ -220,8 +226,9 @@ def _mask_files(folder: Path, photos: dict | None = None) -> dict[str, Path]:
     from vmunet_monai.data.common import IMAGE_EXTENSIONS
     from vmunet_monai.data.folders import MIXED_SUFFIXES, mixed_pairs
 
+    suffixes = MIXED_SUFFIXES + PREDICTION_SUFFIXES
     if folder.is_file():
-        return {_key(folder, MIXED_SUFFIXES): folder}
+        return {_key(folder, suffixes): folder}
     if not folder.is_dir():
         raise InputError(f"{folder}: no such file or folder")
     found: dict[str, Path] = {}
@@ -237,7 +244,7 @@ def _mask_files(folder: Path, photos: dict | None = None) -> dict[str, Path]:
             files = [here / f for f in sorted(filenames) if Path(f).suffix.lower() in IMAGE_EXTENSIONS
                      and not f.startswith(".")]
         for path in files:
-            key = _key(path, MIXED_SUFFIXES)
+            key = _key(path, suffixes)
             if key in found:
                 raise InputError(f"{path} and {found[key]}: two masks of one image {key!r}; give a folder with one "
                                  f"mask per image")
@@ -249,7 +256,8 @@ def match_files(pred: str | os.PathLike, truth: str | os.PathLike, group_by: str
     """Pair predicted masks with ground truths by image name.
 
     Args:
-        pred: a folder of predicted masks (``predict``'s ``masks/``: ``<image>_mask.png``) or one file.
+        pred: a folder of predicted masks (``predict``'s ``masks/``: ``<image>_mask.png``, or its ``instances/``:
+            ``<image>_instances.png``) or one file.
         truth: a folder of ground-truth masks (numbered objects), or images with their masks beside them.
         group_by: ``folder``: a case's set is its ground truth's folder below ``truth``; ``prefix``: the part of
             its name before the first ``_`` (GlaS names its test sets so: ``testA_1``, ``testB_3``).
@@ -513,3 +521,61 @@ def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os
                         "pictures": str(out / "pictures") if pictures else None}
     print(f"written to {out}")
     return summary
+
+
+def split_touching(foreground: np.ndarray, depth: float) -> np.ndarray:
+    """Objects of a binary mask with touching ones cut apart where they narrow, numbered 1..n (int32).
+
+    The distance of each foreground pixel to the background has one peak per round object; two objects that touch
+    meet in a saddle. Peaks that rise at least ``depth`` pixels above the saddle to any higher peak seed one object
+    each, and a watershed of the distance map grows them back to the whole foreground, so every pixel of the mask
+    keeps its place and only the borders between objects are new. Small ``depth`` cuts more (rough outlines give
+    shallow peaks of their own); large ``depth`` cuts only deep necks.
+
+    Args:
+        foreground: the binary mask.
+        depth: the least height, in pixels, of a peak over its saddle; at least 0.5.
+
+    Raises:
+        InputError: for a ``depth`` below 0.5 or not a number.
+    """
+    import SimpleITK as sitk
+
+    given = depth
+    try:
+        depth = float(depth)
+    except (TypeError, ValueError):
+        depth = math.nan
+    if not depth >= 0.5:
+        raise InputError(f"split_touching {given!r}: the depth of a neck in pixels, a number of at least 0.5 (2 to 5 "
+                         f"for objects some tens of pixels across)")
+    foreground = np.asarray(foreground, bool)
+    if not foreground.any():
+        return np.zeros(foreground.shape, np.int32)
+    mask = sitk.GetImageFromArray(foreground.astype(np.uint8))
+    distance = sitk.Mask(sitk.SignedMaurerDistanceMap(mask, insideIsPositive=True, squaredDistance=False,
+                                                      useImageSpacing=False), mask)
+    peaks = sitk.RegionalMaxima(sitk.HMaxima(distance, depth), backgroundValue=0, foregroundValue=1,
+                                fullyConnected=True)
+    seeds = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.Mask(peaks, mask), True)).astype(np.int32)
+    # a piece of the mask whose every peak is shallower than depth keeps no seed: it is one object, its own seed
+    pieces = label_components(foreground)
+    unseeded = np.setdiff1d(np.unique(pieces[foreground]), np.unique(pieces[seeds > 0]))
+    for k, piece in enumerate(unseeded, start=int(seeds.max()) + 1):
+        seeds[pieces == piece] = k
+    top = float(sitk.GetArrayViewFromImage(distance).max())
+    # flooding reaches the background last, so every piece is grown from its own seeds only
+    basins = sitk.MorphologicalWatershedFromMarkers(sitk.InvertIntensity(distance, top), sitk.GetImageFromArray(seeds),
+                                                    markWatershedLine=False, fullyConnected=False)
+    return _numbered(sitk.GetArrayFromImage(basins).astype(np.int32) * foreground)
+
+
+def write_objects(objects: np.ndarray, path: str | os.PathLike) -> Path:
+    """Save an object map as a PNG of object numbers: 8-bit up to 255 objects, else 16-bit."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = np.uint8 if objects.max() <= 255 else np.uint16
+    Image.fromarray(objects.astype(dtype)).save(path)
+    return path
