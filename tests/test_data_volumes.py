@@ -349,3 +349,40 @@ def test_demo_data_in_the_folders_layout_is_your_own_ct(tmp_path):
     assert doc["meta"]["importer"] == "vmunet_monai.data.volumes" and not doc["meta"]["skipped"]
     label = np.asarray(nib.load(tmp_path / "out" / doc["training"][0]["label"]).dataobj)
     assert set(np.unique(label)) == {0, 1, 2, 3}
+
+
+def test_acdc_patient_folders_split_by_patient_with_their_classes(tmp_path, capsys):
+    """ACDC ships one folder per patient (training/, testing/) with each labelled frame's _gt beside it and a 4D
+    cine series: the frames are the cases, a patient's frames stay in one split, the 4D series are left out, and the
+    challenge's classes and MRI scaling are recorded."""
+    from vmunet_monai.data.common import check_intensity
+
+    raw = Path(synapse.demo_data(str(tmp_path / "acdc"), num=10, seed=3, layout="acdc"))
+    assert (raw / "training" / "patient001" / "Info.cfg").is_file()
+    out = tmp_path / "prepared"
+    prepare("synapse_multiorgan", str(tmp_path / "acdc"), str(out))
+    printed = capsys.readouterr().out
+    assert "ACDC recognised" in printed and "left out 10 4D series" in printed
+    doc = json.loads((out / "datalist.json").read_text())
+    assert doc["meta"]["labels"] == {"0": "background", "1": "RV", "2": "MYO", "3": "LV"}
+    assert doc["meta"]["intensity"] == "mri"
+    splits = {k: {item["patient"] for item in doc[k]} for k in ("training", "validation", "test")}
+    assert splits["test"] == {"patient101", "patient102"}  # the testing folder's patients
+    assert not splits["training"] & splits["validation"] and len(splits["training"] | splits["validation"]) == 8
+    for key in ("training", "validation", "test"):
+        for item in doc[key]:
+            assert Path(item["label"]).name == Path(item["image"]).name.replace(".nii.gz", "_gt.nii.gz")
+            assert item["case"].startswith(item["patient"] + "_frame")
+    assert sum(len(doc[k]) for k in ("training", "validation", "test")) == 20  # two frames per patient
+    check_num_classes(out, 4)
+    with pytest.raises(InputError, match="add --intensity mri"):
+        check_intensity(out, "ct")
+    # the same layout without Info.cfg nor testing/: your own patients, classes by --classes, test patients drawn
+    for cfg in raw.rglob("Info.cfg"):
+        cfg.unlink()
+    own = tmp_path / "own"
+    prepare("synapse_multiorgan", str(raw / "training"), str(own), classes="rv,myo,lv", test_fraction=0.25)
+    doc = json.loads((own / "datalist.json").read_text())
+    assert doc["meta"]["intensity"] == "ct" and doc["meta"]["labels"]["3"] == "lv"
+    units = [{item["patient"] for item in doc[k]} for k in ("training", "validation", "test")]
+    assert len(units[2]) == 2 and not (units[0] & units[2]) and not (units[1] & units[2])

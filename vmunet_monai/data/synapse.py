@@ -25,6 +25,7 @@ import os
 import re
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -353,9 +354,11 @@ def prepare(
             of different shapes or labels outside 0-8) is skipped, named on stderr and listed under
             ``skipped`` in the datalist.
         layout: ``"btcv"`` (RawData, imagesTr/labelsTr of BTCV, the TransUNet release), ``"folders"`` (your own
-            CT volumes and classes, :mod:`vmunet_monai.data.volumes`) or ``"auto"`` (BTCV when found, else folders).
-        classes: folders: names of the label values 1, 2, ... separated by commas (default: dataset.json).
-        test_fraction: folders without a labelled test set: share of the cases held out for testing.
+            CT or MRI volumes and classes, also one folder per patient as ACDC,
+            :mod:`vmunet_monai.data.volumes`) or ``"auto"`` (BTCV when found, else folders).
+        classes: folders: names of the label values 1, 2, ... separated by commas (default: dataset.json; ACDC's
+            RV, MYO, LV).
+        test_fraction: folders without a labelled test set: share of the cases (patients) held out for testing.
 
     Returns:
         The path of the datalist.
@@ -449,6 +452,65 @@ def _phantom(shape, spacing, rng):
 DEMO_OWN_CLASSES = {1: ("liver", (6,)), 2: ("spleen", (1,)), 3: ("kidney", (2, 3))}
 
 
+def _heart(shape: Sequence[int], phase: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    """A short-axis cine MRI stack (arbitrary units) and its labels RV 1, MYO 2, LV 3; ``phase`` 0 is end-diastole
+    (ventricles full), 1 end-systole (contracted, thicker wall)."""
+    x, y, z = (int(v) for v in shape)
+    yy, xx = np.mgrid[0:x, 0:y].astype(np.float32)
+    image = 220 + 40 * rng.standard_normal((x, y, z)).astype(np.float32)
+    label = np.zeros((x, y, z), np.uint8)
+    cx, cy = x * rng.uniform(0.45, 0.55), y * rng.uniform(0.45, 0.55)
+    for k in range(z):
+        taper = 1.0 - 0.6 * abs(k - z * 0.4) / z  # the ventricles narrow toward base and apex
+        lv = x * 0.12 * taper * (1.0 - 0.3 * phase)
+        wall = x * 0.05 * (1.0 + 0.4 * phase)
+        r = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
+        rv = np.sqrt(((xx - cx) / 1.4) ** 2 + ((yy - (cy - lv - wall - x * 0.05)) / 0.8) ** 2)
+        label[..., k][(rv < lv * 1.1) & (r > lv + wall)] = 1
+        label[..., k][(r >= lv) & (r < lv + wall)] = 2
+        label[..., k][r < lv] = 3
+    image[label == 1] += 420
+    image[label == 3] += 450
+    image[label == 2] -= 90
+    return np.clip(image, 0, None), label
+
+
+def _acdc_demo(out: str, num: int, seed: int, shape: Sequence[int] | None, spacing: Sequence[float] | None) -> str:
+    """``demo_data(layout="acdc")``: ``num`` patients, a fifth (at least one) in ``testing/``."""
+    import nibabel as nib
+
+    if num < 4 or num > 30:
+        raise ValueError(f"num={num}: the demo writes between 4 and 30 patients")
+    shape = (128, 128, 10) if shape is None else tuple(int(v) for v in (shape.split(",") if isinstance(shape, str)
+                                                                        else shape))
+    spacing = (1.5, 1.5, 10.0) if spacing is None else tuple(float(v) for v in spacing)
+    rng = np.random.default_rng(seed)
+    root = Path(out) / "database"
+    n_test = max(1, num // 5)
+    patients = [("training", k) for k in range(1, num - n_test + 1)] + [("testing", 100 + k) for k in range(1, n_test + 1)]
+    affine = np.diag([*spacing, 1.0])
+    for split, number in patients:
+        folder = root / split / f"patient{number:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        frames = 10
+        es = int(rng.integers(4, 8))
+        (folder / "Info.cfg").write_text(f"ED: 1\nES: {es}\nGroup: NOR\nHeight: {rng.uniform(150, 190):.1f}\n"
+                                         f"NbFrame: {frames}\nWeight: {rng.uniform(50, 95):.1f}\n")
+        series = []
+        for frame in range(1, frames + 1):
+            phase = 1 - abs(frame - es) / max(es - 1, frames - es)
+            image, label = _heart(shape, phase, np.random.default_rng(rng.integers(1 << 30)))
+            series.append(image)
+            if frame in (1, es):
+                stem = f"patient{number:03d}_frame{frame:02d}"
+                nib.save(nib.Nifti1Image(image, affine), folder / f"{stem}.nii.gz")
+                nib.save(nib.Nifti1Image(label, affine), folder / f"{stem}_gt.nii.gz")
+        nib.save(nib.Nifti1Image(np.stack(series, axis=-1), affine), folder / f"patient{number:03d}_4d.nii.gz")
+    print(f"synthetic ACDC: {num - n_test} training and {n_test} testing patients, two labelled frames each "
+          f"(RV 1, MYO 2, LV 3), {shape} voxels of {spacing} mm -> {root}")
+    return str(root)
+
+
 def demo_data(
     out: str, num: int = 8, seed: int = 0, shape: Sequence[int] = (384, 384, 48), spacing: Sequence[float] | None = None,
     layout: str = "rawdata",
@@ -472,15 +534,21 @@ def demo_data(
         layout: ``"rawdata"``, or ``"folders"``: your own CT as nnU-Net writes it,
             ``out/imagesTr/abd_XXX_0000.nii.gz`` and ``out/labelsTr/abd_XXX.nii.gz`` with three classes of
             its own (liver 1, spleen 2, kidney 3, :data:`DEMO_OWN_CLASSES`) named in ``out/dataset.json``
-            (:mod:`vmunet_monai.data.volumes`).
+            (:mod:`vmunet_monai.data.volumes`); or ``"acdc"``: cine cardiac MRI as the ACDC challenge ships it,
+            ``out/database/{training,testing}/patientNNN/`` with ``Info.cfg``, the 4D series and two labelled frames
+            (end-diastole, end-systole: ``patientNNN_frameFF.nii.gz`` + ``_gt``) of RV 1, MYO 2, LV 3; 128x128x10
+            voxels of 1.5x1.5x10 mm unless ``shape``/``spacing`` say otherwise.
 
     Returns:
-        The ``RawData`` folder (or, for ``"folders"``, ``out``), to pass to :func:`prepare`.
+        The ``RawData`` folder (or, for ``"folders"``, ``out``; for ``"acdc"``, ``out/database``), to pass to
+        :func:`prepare`.
     """
     import nibabel as nib
 
-    if layout not in ("rawdata", "folders"):
-        raise ValueError(f"layout must be 'rawdata' or 'folders', got {layout!r}")
+    if layout not in ("rawdata", "folders", "acdc"):
+        raise ValueError(f"layout must be 'rawdata', 'folders' or 'acdc', got {layout!r}")
+    if layout == "acdc":
+        return _acdc_demo(out, int(num), seed, None if tuple(shape) == (384, 384, 48) else shape, spacing)
 
     num = int(num)
     if num < 4 or num > 30:

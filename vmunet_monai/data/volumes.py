@@ -46,8 +46,10 @@ _PAIRS = (("imagesTr", "labelsTr"), ("images", "labels"), ("image", "label"), ("
           ("volumes", "labels"), ("imgs", "labels"), ("img", "label"))
 _LABEL_SUFFIXES = ("", "_seg", "_label", "_mask", "_gt")
 _CHANNEL = re.compile(r"^(.*)_(\d{4})$")
-EXPECTED = ("imagesTr/ and labelsTr/ (Decathlon, nnU-Net; with imagesTs/ and labelsTs/ for a labelled test set) "
-            "or images/ and labels/ of NIfTI, NRRD or MetaImage volumes")
+EXPECTED = ("imagesTr/ and labelsTr/ (Decathlon, nnU-Net; with imagesTs/ and labelsTs/ for a labelled test set), "
+            "images/ and labels/, or one folder per patient with each volume's label beside it (ACDC: "
+            "training/patient001/patient001_frame01.nii.gz + patient001_frame01_gt.nii.gz) of NIfTI, NRRD or "
+            "MetaImage volumes")
 
 
 VOLUME_FILES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -100,12 +102,68 @@ def _layout_at(folder: Path) -> dict | None:
         if image_dir is not None and label_dir is not None:
             test = child_folder(folder, ("imagests",)), child_folder(folder, ("labelsts",))
             return {"train": (image_dir, label_dir), "test": test if None not in test else None}
-    return None
+    # one folder per patient, each volume with its label beside it (ACDC: patient001/patient001_frame01.nii.gz and
+    # patient001_frame01_gt.nii.gz), in training/ and testing/ or directly here
+    train_dir, test_dir = child_folder(folder, ("training", "train")), child_folder(folder, ("testing", "test"))
+    if train_dir is not None and _case_folders(train_dir):
+        return {"cases": {"train": _case_folders(train_dir),
+                          "test": _case_folders(test_dir) if test_dir is not None else []}}
+    cases = _case_folders(folder)
+    return {"cases": {"train": cases, "test": []}} if len(cases) >= 2 else None
+
+
+def _beside(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """The volumes of ``folder`` by stem: those that are another's label (``X_gt``, ``X_seg``, ... beside ``X``),
+    and the rest."""
+    volumes = {stem: p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
+               and (stem := _stem(p.name)) is not None}
+    labels = {stem: path for stem, path in volumes.items()
+              if any(stem.endswith(s) and stem[: -len(s)] in volumes for s in _LABEL_SUFFIXES if s)}
+    return labels, {stem: path for stem, path in volumes.items() if stem not in labels}
+
+
+def _case_folders(folder: Path) -> list[Path]:
+    """The subfolders of ``folder`` holding a volume with its label beside it."""
+    from vmunet_monai.data.folders import subfolders
+
+    return [sub for sub in subfolders(folder) if _beside(sub)[0]]
+
+
+def _pair_beside(case_dir: Path, skipped: list[dict], series: list[str]) -> list[tuple[str, Path, Path]]:
+    """(case, image, label) for the volumes of one patient's folder that have their label beside them; 4D series
+    (ACDC's cine ``_4d``) go to ``series``, other volumes without a label to ``skipped``."""
+    labels, images = _beside(case_dir)
+    found = []
+    for stem, path in images.items():
+        label = next((labels[stem + s] for s in _LABEL_SUFFIXES if s and stem + s in labels), None)
+        if label is not None:
+            found.append((stem, path, label))
+            continue
+        try:
+            four_d = len(load_volume(path).shape) == 4
+        except Exception:  # unreadable: named below as a volume without a label, and by the checks if it had one
+            four_d = False
+        if four_d:
+            series.append(str(path))
+        else:
+            skipped.append({"file": str(path), "reason": input_error(
+                path, f"no label beside it in {case_dir}", f"a label named {stem}_gt.nii.gz (or _seg, _label, _mask)"
+            ).args[0]})
+    return found
+
+
+ACDC_CLASSES = {1: "RV", 2: "MYO", 3: "LV"}  # the challenge's label values: right ventricle, myocardium, left ventricle
+
+
+def _is_acdc(case_dirs: list[Path]) -> bool:
+    """ACDC's patient folders: ``patientNNN`` with the ``Info.cfg`` (ED/ES frames, group, height, weight) inside."""
+    return any(re.fullmatch(r"patient\d{3}", d.name) and (d / "Info.cfg").is_file() for d in case_dirs)
 
 
 def find_volume_layout(raw: str | os.PathLike) -> tuple[Path, dict]:
     """The folder (``raw`` or one just below it) holding image and label folders, and
-    ``{"train": (images, labels), "test": (images, labels) or None}``.
+    ``{"train": (images, labels), "test": (images, labels) or None}``, or patient folders with each volume's label
+    beside it, and ``{"cases": {"train": [folders], "test": [folders]}}``.
 
     Raises:
         DatasetLayoutError: when there is none, or several just below ``raw``.
@@ -234,22 +292,35 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
     from tqdm import tqdm
 
     root, layout = find_volume_layout(raw)
-    folders = [d for pair in (layout["train"], layout["test"]) if pair for d in pair]
+    if "cases" in layout:
+        folders = [root]
+    else:
+        folders = [d for pair in (layout["train"], layout["test"]) if pair for d in pair]
     check_prepare_output(folders, out)
     if not 0 < float(test_fraction) < 1:
         raise InputError(f"--test_fraction {test_fraction}: must be above 0 and below 1 (without a labelled test "
                          "folder, the test cases are drawn from the others)")
     names = class_names(classes, root)
+    acdc = "cases" in layout and _is_acdc(layout["cases"]["train"] + layout["cases"]["test"])
+    if names is None and acdc:
+        names = dict(ACDC_CLASSES)
     skipped: list[dict] = []
-    parts = {"pool": _pair(*layout["train"], skipped)}
-    if layout["test"]:
-        parts["test"] = _pair(*layout["test"], skipped)
+    series: list[str] = []  # 4D cine series beside the labelled frames: left out, counted
+    if "cases" in layout:  # a patient's volumes stay together in one split: grouped by their folder
+        parts = {part: [(case, image, label, folder.name) for folder in folders_of
+                        for case, image, label in _pair_beside(folder, skipped, series)]
+                 for part, folders_of in (("pool", layout["cases"]["train"]), ("test", layout["cases"]["test"]))
+                 if folders_of}
+    else:
+        parts = {"pool": [(*found, found[0]) for found in _pair(*layout["train"], skipped)]}
+        if layout["test"]:
+            parts["test"] = [(*found, found[0]) for found in _pair(*layout["test"], skipped)]
     checked: dict[str, list[dict]] = {}
     largest = 0
     for part, cases in parts.items():
         checked[part] = []
-        for case, image, label in tqdm(cases, desc="checking test cases" if part == "test" else "checking cases",
-                                      disable=not cases):
+        for case, image, label, group in tqdm(cases, desc="checking test cases" if part == "test" else
+                                              "checking cases", disable=not cases):
             try:
                 voxels = check_volume_pair(image, label, verify)
                 check_label_values(voxels, label, num_classes=max(names) + 1 if names else 256)
@@ -257,7 +328,10 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
                 skipped.append({"file": str(image), "reason": str(exc)})
                 continue
             largest = max(largest, int(np.max(voxels)))
-            checked[part].append({"case": case, "image": str(image), "label": str(label)})
+            item = {"case": case, "image": str(image), "label": str(label)}
+            if group != case:
+                item["patient"] = group
+            checked[part].append(item)
     if not any(checked.values()):
         first = f" (first: {skipped[0]['reason']})" if skipped else ""
         raise DatasetLayoutError(f"{root}: no usable case; {len(skipped)} skipped{first}")
@@ -266,40 +340,59 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
     names = {v: names.get(v, f"class_{v}") for v in range(1, max(names) + 1)} if names else {}
     if not names:
         raise DatasetLayoutError(f"{root}: every label is empty (only 0); nothing to learn")
-    pool = checked["pool"]
+    # splits are drawn over patients (a case's folder in the patient layout, else the case itself), so that no
+    # patient has volumes on both sides of a split
+    unit = (lambda c: c.get("patient", c["case"]))  # noqa: E731
+    pool = sorted({unit(c) for c in checked.get("pool", [])})
     random.Random(seed).shuffle(pool)
-    if "test" in checked and checked["test"]:
-        test, how = checked["test"], "test: the labelled test folder"
+    if checked.get("test"):
+        test, how = checked["test"], ("test: the testing folder's patients" if "cases" in layout
+                                      else "test: the labelled test folder")
     else:
         n_test = max(1, round(test_fraction * len(pool)))
-        test, pool = pool[:n_test], pool[n_test:]
-        how = f"test: {test_fraction:g} of the cases (seed {seed})"
+        held, pool = set(pool[:n_test]), pool[n_test:]
+        test = [c for c in checked.get("pool", []) if unit(c) in held]
+        how = f"test: {test_fraction:g} of the {'patients' if 'cases' in layout else 'cases'} (seed {seed})"
     n_val = max(1, round(len(pool) / 6)) if num_val is None else int(num_val)
     if not test or not 1 <= n_val < len(pool):
         raise DatasetLayoutError(
-            f"{root}: {len(pool) + len(test)} usable cases cannot give test, validation (--num_val {n_val}) and "
-            f"training cases (at least one each)" + (f"; first skipped: {skipped[0]['reason']}" if skipped else ""))
-    rest = sorted(pool, key=lambda c: c["case"])
+            f"{root}: {len(pool) + len({unit(c) for c in test})} usable {'patients' if 'cases' in layout else 'cases'}"
+            f" cannot give test, validation (--num_val {n_val}) and training ones (at least one each)"
+            + (f"; first skipped: {skipped[0]['reason']}" if skipped else ""))
+    rest = sorted(pool)
     random.Random(seed + 1).shuffle(rest)
-    val, train = rest[:n_val], rest[n_val:]
+    held_out = set(rest[:n_val])
+    val = [c for c in checked["pool"] if unit(c) in held_out]
+    test_units = {unit(c) for c in test}
+    train = [c for c in checked["pool"] if unit(c) not in held_out and unit(c) not in test_units]
     order = lambda items: sorted(items, key=lambda c: c["case"])  # noqa: E731
     labels = {"0": "background", **{str(v): n for v, n in names.items()}}
-    mri = dataset_modality(root)
+    mri = dataset_modality(root) or ("cine MRI (ACDC)" if acdc else None)
+    if acdc:
+        print(f"ACDC recognised (patient folders with Info.cfg): classes {', '.join(ACDC_CLASSES.values())} "
+              f"(label values 1-3{'; --classes names them otherwise' if not classes else ''}), cine MRI")
+    if series:
+        print(f"left out {len(series)} 4D series (e.g. {series[0]}): the labelled 3D frames beside them are read")
     path = write_datalist(
         out, {"training": order(train), "validation": order(val), "test": order(test)},
         {"dataset": f"{root.resolve().name} (your own {'MRI' if mri else 'CT'} volumes)",
          "importer": "vmunet_monai.data.volumes", "layout": "folders", "raw": str(root.resolve()), "labels": labels,
          "num_classes": len(labels), "intensity": "mri" if mri else "ct",
-         "how": f"{how}; validation: {n_val} of the rest (seed {seed + 1})", "seed": seed, "skipped": skipped},
+         "how": f"{how}; validation: {n_val} of the rest{' (patients)' if 'cases' in layout else ''} (seed {seed + 1})",
+         "seed": seed, "skipped": skipped, "series_left_out": series},
     )
     report_skipped(skipped, "case")
-    summary = (f"{root.name}: {len(train)} training, {len(val)} validation, {len(test)} test cases, "
-               f"{len(labels)} classes ({', '.join(labels.values())})")
+    def patients(items: list[dict]) -> str:
+        count = len({unit(c) for c in items})
+        return f" ({count} patient{'' if count == 1 else 's'})" if "cases" in layout else ""
+
+    summary = (f"{root.name}: {len(train)}{patients(train)} training, {len(val)}{patients(val)} validation, "
+               f"{len(test)}{patients(test)} test cases, {len(labels)} classes ({', '.join(labels.values())})")
     announce(out, path, {"training": order(train), "validation": order(val), "test": order(test)}, summary,
              labels=names, window=None if mri else (-125, 275))
     print(f"train, evaluate and predict with --num_classes {len(labels)}"
-          + (f" --intensity mri (dataset.json names the modality {mri!r}: each volume is scaled by its own "
-             f"percentiles instead of the CT window)" if mri else ""))
+          + (f" --intensity mri ({'ACDC is cine MRI' if acdc else f'dataset.json names the modality {mri!r}'}: "
+             f"each volume is scaled by its own percentiles instead of the CT window)" if mri else ""))
     return path
 
 
