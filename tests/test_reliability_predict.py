@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -185,3 +186,19 @@ def test_ct_predict_refuses_two_inputs_with_one_output_name(tmp_path):
     written = predict_volumes(str(tmp_path / "scans"), str(tmp_path / "segs"), device="cpu", bundle_root=str(bundle))
     assert [p.rsplit("/", 1)[-1] for p in written] == ["case_seg.nii.gz"]
     assert nib.load(written[0]).shape == (48, 44, 10)
+
+
+def test_ct_predict_reads_patient_folders_and_leaves_out_labels_beside_their_volumes(tmp_path, capsys):
+    """ACDC's testing/ folder: one folder per patient with two frames, each frame's _gt label beside it and a 4D cine
+    series: the frames are segmented, the labels left out, the 4D series skipped and named."""
+    from vmunet_monai.data import synapse
+    from vmunet_monai.predict import predict
+
+    bundle = tiny_bundle_with_weights("synapse_multiorgan", tmp_path / "bundle")
+    raw = Path(synapse.demo_data(str(tmp_path / "acdc"), num=5, seed=0, layout="acdc", shape=(32, 32, 4)))
+    written = predict(str(bundle), str(raw / "testing"), str(tmp_path / "segs"), device="cpu")
+    frames = sorted(p.name for p in (raw / "testing").rglob("*_frame??.nii.gz"))
+    assert len(frames) == 2 and sorted(Path(p).name for p in written) == [
+        f.replace(".nii.gz", "_seg.nii.gz") for f in frames]
+    err = capsys.readouterr().err
+    assert f"skipped {raw / 'testing' / 'patient101' / 'patient101_4d.nii.gz'}" in err

@@ -89,7 +89,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
             window=None, intensity: str | None = None, mask_values=None, split_touching: float | None = None):
     """Write ``OUTPUT/masks/**/<stem>_mask.png`` (0/255, class numbers for several classes, or ``mask_values``) and
-    ``OUTPUT/overlays/**/<stem>_overlay.png`` for every image in ``input`` (a file or a folder, searched recursively; mask folders and masks beside their images, as X_mask.png beside X.png, are skipped).
+    ``OUTPUT/overlays/**/<stem>_overlay.png`` for every image in ``input`` (a file or a folder, searched
+    recursively; mask folders and masks beside their images, as X_mask.png beside X.png, are skipped).
 
     Args:
         bundle: a bundle name (``isic_skin_lesion``, ``polyp_seg``, ``synapse_multiorgan``) or the path
@@ -173,7 +174,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
 
     root = find_bundle(bundle)
     configs, default_ckpt, train = inference_configs(root, baseline, model)
-    classes = int(num_classes if num_classes is not None else ConfigParser.load_config_files(configs).get("num_classes", 2))
+    classes = int(num_classes if num_classes is not None
+                  else ConfigParser.load_config_files(configs).get("num_classes", 2))
     if mask_values is not None:
         from vmunet_monai.engine.transforms import mask_levels
 

@@ -34,8 +34,28 @@ def _is_dicom_series(folder: str) -> bool:
     return bool(files) and any(_is_dicom_file(f) for f in files[:20])
 
 
+def _volume_files(folder: str, ignored: list[str] | None) -> list[str]:
+    """The volume files directly in ``folder``, leaving out labels beside their volumes (``X_gt.nii.gz`` beside
+    ``X.nii.gz``, as ACDC and others keep them); other files go to ``ignored`` when it is given."""
+    from vmunet_monai.data.volumes import labels_beside
+
+    labels = {str(p) for p in labels_beside(Path(folder))[0].values()}
+    found = []
+    for name in sorted(os.listdir(folder)):
+        full = os.path.join(folder, name)
+        if not os.path.isfile(full) or name.startswith("."):
+            continue
+        if name.lower().endswith(VOLUME_EXTENSIONS):
+            if full not in labels:
+                found.append(full)
+        elif ignored is not None:
+            ignored.append(full)
+    return found
+
+
 def find_volumes(path: str, ignored: list[str] | None = None) -> list[str]:
-    """Volumes under ``path``: a volume file, a DICOM series folder, or a folder of volume files and series folders.
+    """Volumes under ``path``: a volume file, a DICOM series folder, or a folder of volume files, series folders
+    and folders of volume files (one per patient); labels beside their volumes (``X_gt``, ``X_seg``) are left out.
 
     Args:
         path: file or folder.
@@ -56,15 +76,14 @@ def find_volumes(path: str, ignored: list[str] | None = None) -> list[str]:
         raise FileNotFoundError(f"{path}: no such file or folder")
     if _is_dicom_series(path):
         return [path]
-    found = []
+    found = _volume_files(path, ignored)
     for name in sorted(os.listdir(path)):
         full = os.path.join(path, name)
-        if os.path.isfile(full) and name.lower().endswith(VOLUME_EXTENSIONS):
+        if os.path.isdir(full) and _is_dicom_series(full):
             found.append(full)
-        elif os.path.isdir(full) and _is_dicom_series(full):
-            found.append(full)
-        elif ignored is not None and os.path.isfile(full) and not name.startswith("."):
-            ignored.append(full)
+        elif os.path.isdir(full) and not name.startswith("."):  # one folder per patient (ACDC): its volumes
+            found += _volume_files(full, None)
+    found.sort()
     if not found:
         raise FileNotFoundError(
             f"{path}: no volumes ({', '.join(VOLUME_EXTENSIONS)} files or DICOM series folders) found"

@@ -487,7 +487,8 @@ def _acdc_demo(out: str, num: int, seed: int, shape: Sequence[int] | None, spaci
     rng = np.random.default_rng(seed)
     root = Path(out) / "database"
     n_test = max(1, num // 5)
-    patients = [("training", k) for k in range(1, num - n_test + 1)] + [("testing", 100 + k) for k in range(1, n_test + 1)]
+    patients = ([("training", k) for k in range(1, num - n_test + 1)]
+                + [("testing", 100 + k) for k in range(1, n_test + 1)])
     affine = np.diag([*spacing, 1.0])
     for split, number in patients:
         folder = root / split / f"patient{number:03d}"

@@ -39,7 +39,7 @@ from vmunet_monai.data.common import DatasetLayoutError, check_prepare_output, r
 from vmunet_monai.data.preview import announce
 from vmunet_monai.validation import InputError, check_label_values, input_error
 
-__all__ = ["VOLUME_FILES", "find_volume_layout", "prepare_volumes", "check_volume_pair", "class_names",
+__all__ = ["VOLUME_FILES", "find_volume_layout", "prepare_volumes", "check_volume_pair", "class_names", "labels_beside",
            "volume_affine", "load_volume"]
 
 _PAIRS = (("imagesTr", "labelsTr"), ("images", "labels"), ("image", "label"), ("images", "masks"),
@@ -112,7 +112,7 @@ def _layout_at(folder: Path) -> dict | None:
     return {"cases": {"train": cases, "test": []}} if len(cases) >= 2 else None
 
 
-def _beside(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+def labels_beside(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
     """The volumes of ``folder`` by stem: those that are another's label (``X_gt``, ``X_seg``, ... beside ``X``),
     and the rest."""
     volumes = {stem: p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
@@ -126,13 +126,13 @@ def _case_folders(folder: Path) -> list[Path]:
     """The subfolders of ``folder`` holding a volume with its label beside it."""
     from vmunet_monai.data.folders import subfolders
 
-    return [sub for sub in subfolders(folder) if _beside(sub)[0]]
+    return [sub for sub in subfolders(folder) if labels_beside(sub)[0]]
 
 
 def _pair_beside(case_dir: Path, skipped: list[dict], series: list[str]) -> list[tuple[str, Path, Path]]:
     """(case, image, label) for the volumes of one patient's folder that have their label beside them; 4D series
     (ACDC's cine ``_4d``) go to ``series``, other volumes without a label to ``skipped``."""
-    labels, images = _beside(case_dir)
+    labels, images = labels_beside(case_dir)
     found = []
     for stem, path in images.items():
         label = next((labels[stem + s] for s in _LABEL_SUFFIXES if s and stem + s in labels), None)
