@@ -189,14 +189,17 @@ class Commands:
         below): images/ and masks/ (split here), or train/ with optional val/ and test/ (or test/<set>/, each
         set reported apart), each holding images/ and masks/, or images with their masks beside them (X.png and
         X_mask.png; in one folder, or one folder per category as BUSI, each category reported apart; several
-        masks of one image are merged). A mask is named after its image, with a suffix found by trying "",
-        _mask, _segmentation, _seg, _gt, _label and -mask (_anno too, beside the images). Masks are binary, or label maps
-        of several classes named with --classes (or in a dataset.json beside the folders): class numbers,
-        grey levels such as 0,128,255 or a palette PNG; prepare prints the --num_classes to train with.
-        Your own CT volumes and classes go to synapse_multiorgan as imagesTr/ and labelsTr/ (Decathlon,
-        nnU-Net; labelsTs/ for a labelled test set) or images/ and labels/ (NIfTI, NRRD, MHA); prepare prints
-        the --num_classes to train, evaluate and predict with (and --intensity mri when dataset.json names an MRI
-        modality: each volume is then scaled by its own percentiles instead of the CT window).
+        masks of one image are merged; names train_*, testA_*, testB_* as GlaS's are the split). A mask is
+        named after its image, with a suffix found by trying "", _mask, _segmentation, _seg, _gt, _label and
+        -mask (_anno too, beside the images). Masks are binary, or label maps of several classes named with
+        --classes (or in a dataset.json beside the folders): class numbers, grey levels such as 0,128,255 or a
+        palette PNG; prepare prints the --num_classes to train with.
+        Your own CT or MRI volumes and classes go to synapse_multiorgan as imagesTr/ and labelsTr/ (Decathlon,
+        nnU-Net; labelsTs/ for a labelled test set), images/ and labels/, or one folder per patient with each
+        label beside its volume (ACDC: training/ and testing/, split by patient; RV, MYO, LV recognised) of
+        NIfTI, NRRD or MHA files; prepare prints the --num_classes to train, evaluate and predict with (and
+        --intensity mri when dataset.json names an MRI modality, or for ACDC: each volume is then scaled by its
+        own percentiles instead of the CT window).
 
         Options of each bundle (defaults in brackets; an option another bundle has is refused by name):
         - isic_skin_lesion: --split official|paper|auto [auto] (paper: the seeded 7:3 split of the
@@ -210,10 +213,10 @@ class Commands:
           --layout pranet|folders|auto [auto: pranet when present], --test_fraction [0.2] (folders without
           test/), --mask_suffix (folders; default: found), --classes, --mask_values, --foreground (folders, as
           for ISIC)
-        - synapse_multiorgan: --num_val [one in six training cases: 3 of Synapse's 18], --seed [0], --spacing "[x,y,z]" (mm, for
-          the TransUNet release, which carries none), --verify [true], --layout btcv|folders|auto [auto: BTCV
-          when present], --classes liver,tumour (folders; default: dataset.json), --test_fraction [0.2]
-          (folders without labelsTs/)
+        - synapse_multiorgan: --num_val [one in six training cases: 3 of Synapse's 18; patients in patient
+          folders], --seed [0], --spacing "[x,y,z]" (mm, for the TransUNet release, which carries none),
+          --verify [true], --layout btcv|folders|auto [auto: BTCV when present], --classes liver,tumour
+          (folders; default: dataset.json), --test_fraction [0.2] (folders without labelsTs/ or testing/)
 
         Args:
             bundle: isic_skin_lesion, polyp_seg or synapse_multiorgan.
@@ -230,14 +233,18 @@ class Commands:
 
         --layout folders writes it instead as your own data may come (what prepare reads for it): images/ and
         masks/ (ISIC), train/ with test/centre_A and test/centre_B (polyp), or imagesTr/ and labelsTr/ with
-        three classes of its own named in dataset.json (Synapse).
+        three classes of its own named in dataset.json (Synapse). --layout glands (polyp_seg) writes GlaS's one
+        folder of histology tiles with numbered glands beside them (train_*, testA_*, testB_* with _anno.bmp);
+        --layout acdc (synapse_multiorgan) writes cine MRI as ACDC ships it (training/ and testing/ patient
+        folders with Info.cfg, a 4D series and two labelled frames each).
 
         Options of each bundle (defaults in brackets):
         - isic_skin_lesion: --year 2017|2018 [2017] (the challenge's folder naming), --layout challenge|folders
           [challenge], --classes 1|2 [1] (folders: 2 adds a dark core to each lesion, a second class)
-        - polyp_seg: --layout pranet|folders [pranet]
-        - synapse_multiorgan: --shape "[x,y,z]" [384,384,48] (voxels per volume), --spacing "[x,y,z]" (mm;
-          default: drawn per case, as in the real scans), --layout rawdata|folders [rawdata]
+        - polyp_seg: --layout pranet|folders|glands [pranet]
+        - synapse_multiorgan: --shape "[x,y,z]" [384,384,48; acdc 128,128,10] (voxels per volume), --spacing
+          "[x,y,z]" (mm; default: drawn per case, as in the real scans; acdc 1.5,1.5,10), --layout
+          rawdata|folders|acdc [rawdata]
 
         Args:
             bundle: isic_skin_lesion, polyp_seg or synapse_multiorgan.
