@@ -375,3 +375,18 @@ def test_transunet_release_with_broken_cases_keeps_the_rest(tmp_path, capsys):
     assert "case0007_slice001.npz: cannot be read" in reasons[0]
     assert "case0002.npy.h5: label values 12 are outside the classes (labels must be integers 0-8)" in reasons[1]
     assert "2 case(s) skipped" in capsys.readouterr().err
+
+
+def test_an_input_error_behind_another_is_repeated_as_the_last_line():
+    """MONAI re-raises a failing config expression as ``RuntimeError: Failed to evaluate ...``; after importing the
+    package, the message of an InputError behind an uncaught error is the last line of stderr, and other errors
+    are left as they are."""
+    wrapped = ("import vmunet_monai\nfrom vmunet_monai.validation import InputError\n"
+               "try:\n    raise InputError('data.json: names 4 classes (add --num_classes 4)')\n"
+               "except InputError as e:\n    raise RuntimeError('Failed to evaluate ConfigExpression') from e\n")
+    plain = "import vmunet_monai\nraise RuntimeError('something else')\n"
+    for code, last in ((wrapped, "error: data.json: names 4 classes (add --num_classes 4)"),
+                       (plain, "RuntimeError: something else")):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=run_env())
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines()[-1] == last

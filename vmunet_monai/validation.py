@@ -52,6 +52,39 @@ class InputError(ValueError):
     """
 
 
+def input_error_in(exc: BaseException | None) -> InputError | None:
+    """The :class:`InputError` that ``exc`` is, or that caused it (MONAI re-raises errors of config expressions as
+    ``RuntimeError: Failed to evaluate ...``); None if there is none."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, InputError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def show_input_errors_last() -> None:
+    """After an uncaught exception's traceback, repeat the message of an :class:`InputError` behind it as the last
+    line (``error: ...``): a bundle run that stops in a check of ours ends in MONAI's "Failed to evaluate
+    ConfigExpression" otherwise, with the line that says what to do half a screen up. Installed once, on import of
+    :mod:`vmunet_monai`; the previous hook still prints the traceback."""
+    import sys
+
+    previous = sys.excepthook
+    if getattr(previous, "_vmunet_monai", False):
+        return
+
+    def hook(kind, value, tb):
+        previous(kind, value, tb)
+        cause = input_error_in(value)
+        if cause is not None and cause is not value:
+            print(f"error: {cause}", file=sys.stderr)
+
+    hook._vmunet_monai = True
+    sys.excepthook = hook
+
+
 def input_error(path, problem: str, rule: str) -> InputError:
     """``InputError("<path>: <problem> (<rule>)")``."""
     return InputError(f"{os.fspath(path)}: {problem} ({rule})")
