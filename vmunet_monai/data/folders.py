@@ -270,6 +270,11 @@ def _suffix_for(images: list[Path], mask_dir: Path) -> str:
     return best
 
 
+def _entries(pairs, dataset: str) -> list[dict]:
+    """Datalist entries of (image, mask) pairs of one dataset or test set."""
+    return [{"image": str(i), "label": str(m), "name": i.stem, "dataset": dataset} for i, m in pairs]
+
+
 def _items(dirs: tuple[Path, Path], dataset: str, mask_suffix: str | None, skipped: list[dict],
            verify: bool, binary: bool = True) -> tuple[list[dict], str]:
     image_dir, mask_dir = dirs
@@ -283,7 +288,7 @@ def _items(dirs: tuple[Path, Path], dataset: str, mask_suffix: str | None, skipp
         if not pairs:
             raise DatasetLayoutError(f"{image_dir}: no usable image/mask pair (every pair was skipped: "
                                      f"{skipped[-1]['reason']})")
-    return [{"image": str(i), "label": str(m), "name": i.stem, "dataset": dataset} for i, m in pairs], suffix
+    return _entries(pairs, dataset), suffix
 
 
 def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, test_fraction: float,
@@ -371,7 +376,7 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
             found = verify_pairs(found, skipped, binary=binary_check)
         if not found:
             raise DatasetLayoutError(f"{folder}: no usable image/mask pair")
-        return [{"image": str(i), "label": str(m), "name": i.stem, "dataset": dataset} for i, m in found]
+        return _entries(found, dataset)
 
     test_sets: dict[str, int] = {}
     if "mixed" in layout:
