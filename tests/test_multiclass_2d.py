@@ -378,7 +378,7 @@ def test_demo_with_two_classes_leaves_a_complete_bundle_of_them(tmp_path, capsys
         values |= set(np.unique(number).tolist())
         np.testing.assert_array_equal(grey, np.asarray(levels, np.uint8)[number])
     assert values <= {0, 1, 2} and len(done["masks"]) == 10
-    with pytest.raises(InputError, match=r"mask_values '0,255': 2 values for 3 classes"):
+    with pytest.raises(InputError, match=r"--mask_values '0,255': 2 values for 3 classes"):
         predict(str(root), images, str(tmp_path / "bad"), device="cpu", mask_values="0,255")
     # the copy forced back to two classes: its one-channel head does not take the three-class weights, and says so
     from vmunet_monai.weights import CheckpointError

@@ -143,7 +143,10 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
 
         if Path(str(bundle)).name in VOLUME_BUNDLES or (num_classes is not None and int(num_classes) > 2):
             raise InputError(f"--split_touching {split_touching!r}: only for binary 2D masks (objects of one kind)")
-        split(np.zeros((1, 1), bool), split_touching)  # a depth of at least 0.5 pixels, or a clear error
+        try:
+            split(np.zeros((1, 1), bool), split_touching)  # a depth of at least 0.5 pixels, or a clear error
+        except InputError as exc:
+            raise InputError(f"--{exc}") from None
     if Path(str(bundle)).name in VOLUME_BUNDLES:
         from vmunet_monai.predict_volume import predict_volumes
 
@@ -179,7 +182,10 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     if mask_values is not None:
         from vmunet_monai.engine.transforms import mask_levels
 
-        mask_values = mask_levels(mask_values, classes)  # one value 0-255 per class, or a clear error
+        try:
+            mask_values = mask_levels(mask_values, classes)  # one value 0-255 per class, or a clear error
+        except InputError as exc:
+            raise InputError(f"--{exc}") from None  # named as the option it came from
     if split_touching is not None and classes > 2:
         raise InputError(f"--split_touching {split_touching!r}: {root} predicts {classes} classes; objects are split "
                          f"in binary masks only")
