@@ -117,6 +117,20 @@ def _sizes_and_overlaps(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray
     return truth_area, pred_area, overlap
 
 
+def _right_objects(truth_area: np.ndarray, overlap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GlaS's true positives: for each predicted object 1..n, whether it covers at least half of the ground-truth
+    object it overlaps most; and for each ground-truth object 1..m, whether such an object covers it (index 0 of
+    both unused)."""
+    nt, np_ = overlap.shape[0] - 1, overlap.shape[1] - 1
+    right, found = np.zeros(np_ + 1, bool), np.zeros(nt + 1, bool)
+    if nt and np_:
+        partner = overlap[1:, 1:].argmax(axis=0)
+        hits = overlap[1:, 1:][partner, np.arange(np_)]
+        right[1:] = (hits > 0) & (2 * hits >= truth_area[1:][partner])
+        found[partner[right[1:]] + 1] = True
+    return right, found
+
+
 def _boxes(objects: np.ndarray, count: int) -> np.ndarray:
     """Bounding box of each object 1..count as rows ``(y0, y1, x0, x1)`` (end exclusive); row 0 unused."""
     ys, xs = np.nonzero(objects)
@@ -165,17 +179,14 @@ def object_scores(truth: np.ndarray, pred: np.ndarray, hausdorff: bool = True) -
     inter = int(((truth > 0) & (pred > 0)).sum())
     fg = int(truth_area[1:].sum() + pred_area[1:].sum())
     scores = {"n_truth": nt, "n_pred": np_, "dice": 2 * inter / fg if fg else 1.0}
-    truth_best, pred_best, covered = np.zeros(nt), np.zeros(np_), set()
+    truth_best, pred_best = np.zeros(nt), np.zeros(np_)
     if nt and np_:
         ov = overlap[1:, 1:]
         dice = 2 * ov / (truth_area[1:, None] + pred_area[None, 1:])
         t_partner, p_partner = ov.argmax(axis=1), ov.argmax(axis=0)  # the object of the other side overlapped most
         truth_best = np.where(ov.max(axis=1) > 0, dice[np.arange(nt), t_partner], 0.0)
         pred_best = np.where(ov.max(axis=0) > 0, dice[p_partner, np.arange(np_)], 0.0)
-        # F1: a predicted object is right when it covers half of the ground-truth object it overlaps most
-        hits = ov[p_partner, np.arange(np_)]
-        covered = set(p_partner[(hits > 0) & (2 * hits >= truth_area[1:][p_partner])].tolist())
-    tp = len(covered)
+    tp = int(_right_objects(truth_area, overlap)[1].sum())  # ground-truth objects found by a right prediction
     scores.update(tp=tp, fp=np_ - tp, fn=nt - tp, f1=2 * tp / (nt + np_) if nt + np_ else 1.0)
     t_sum, p_sum = float((truth_area[1:] * truth_best).sum()), float((pred_area[1:] * pred_best).sum())
     t_area, p_area = int(truth_area[1:].sum()), int(pred_area[1:].sum())
@@ -388,15 +399,7 @@ def picture(truth: np.ndarray, pred: np.ndarray, photo: np.ndarray | None = None
     """
     truth, pred = _numbered(truth), _numbered(pred)
     truth_area, _, overlap = _sizes_and_overlaps(truth, pred)
-    nt, np_ = overlap.shape[0] - 1, overlap.shape[1] - 1
-    right_pred, covered = np.zeros(np_ + 1, bool), np.zeros(nt + 1, bool)
-    if nt and np_:
-        ov = overlap[1:, 1:]
-        partner = ov.argmax(axis=0)
-        hits = ov[partner, np.arange(np_)]
-        good = (hits > 0) & (2 * hits >= truth_area[1:][partner])
-        right_pred[1:] = good
-        covered[partner[good] + 1] = True
+    right_pred, covered = _right_objects(truth_area, overlap)
     image = np.full(truth.shape + (3,), 255, np.uint8) if photo is None else photo.astype(np.uint8).copy()
     alpha = 1.0 if photo is None else 0.55
     for region, colour in (((truth > 0) & covered[truth], "matched"), ((truth > 0) & ~covered[truth], "missed")):
