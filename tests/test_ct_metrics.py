@@ -122,6 +122,13 @@ def test_summary_means_and_writers(tmp_path):
     lines = open(csv_path).read().splitlines()
     assert len(lines) == 4 and "hd95_mm_liver" in lines[0] and "transunet_hd95_voxel_liver" in lines[0]
     assert os.path.getsize(ct.plot_organ_boxes(rows, str(tmp_path / "box.png"))) > 1000
+    # groups (ACDC's ED and ES frames): each summarised apart, beside the whole; cases of no group only in the whole
+    grouped = ct._write_outputs(rows, str(tmp_path), "g_", groups={"case0": "ED", "case1": "ES", "case2": "ES"})
+    assert grouped["groups"]["ED"]["num_cases"] == 1 and grouped["groups"]["ES"]["num_cases"] == 2
+    assert grouped["groups"]["ES"]["dice"]["per_organ"]["liver"]["mean"] == pytest.approx(
+        np.mean([rows[1]["dice"]["liver"], rows[2]["dice"]["liver"]]))
+    assert grouped["dice"]["mean_over_organs"] == pytest.approx(summary["dice"]["mean_over_organs"])
+    assert "groups" not in ct._write_outputs(rows, str(tmp_path), "n_", groups={"other": "ED"})
 
 
 def test_evaluate_files_writes_everything(tmp_path):

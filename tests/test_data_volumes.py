@@ -374,6 +374,15 @@ def test_acdc_patient_folders_split_by_patient_with_their_classes(tmp_path, caps
             assert Path(item["label"]).name == Path(item["image"]).name.replace(".nii.gz", "_gt.nii.gz")
             assert item["case"].startswith(item["patient"] + "_frame")
     assert sum(len(doc[k]) for k in ("training", "validation", "test")) == 20  # two frames per patient
+    # each frame's phase from its patient's Info.cfg: evaluation reports ED and ES apart as well
+    from vmunet_monai.data.common import datalist_groups
+    from vmunet_monai.data.volumes import acdc_phases
+
+    for split, items in (("training", doc["training"]), ("testing", doc["test"])):
+        for item in items:
+            assert item["group"] == acdc_phases(raw / split / item["patient"])[item["case"]]
+    groups = datalist_groups(out)
+    assert sorted(groups.values()) == ["ED", "ED", "ES", "ES"] and set(groups) == {i["case"] for i in doc["test"]}
     check_num_classes(out, 4)
     with pytest.raises(InputError, match="add --intensity mri"):
         check_intensity(out, "ct")

@@ -32,6 +32,7 @@ __all__ = [
     "load_datalist",
     "datalist_meta",
     "datalist_classes",
+    "datalist_groups",
     "check_intensity",
     "check_num_classes",
     "inference_items",
@@ -316,6 +317,17 @@ def datalist_classes(dataset_dir: str | os.PathLike) -> dict[int, str] | None:
     if not isinstance(labels, dict):
         return None
     return {int(k): v for k, v in sorted(labels.items(), key=lambda kv: int(kv[0])) if int(k) != 0}
+
+
+def datalist_groups(dataset_dir: str | os.PathLike, split: str = "test") -> dict[str, str]:
+    """Case -> group of the ``split`` entries of ``dataset_dir/datalist.json`` that name a ``group`` (ACDC's ED and
+    ES frames); empty without a datalist or groups."""
+    path = Path(dataset_dir) / DATALIST_NAME
+    if not path.is_file():
+        return {}
+    doc = json.loads(path.read_text())
+    return {str(item["case"]): str(item["group"]) for item in doc.get(split, [])
+            if isinstance(item, dict) and "group" in item and "case" in item}
 
 
 def check_intensity(dataset_dir: str | os.PathLike, intensity: str) -> None:

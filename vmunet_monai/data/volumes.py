@@ -155,6 +155,21 @@ def _pair_beside(case_dir: Path, skipped: list[dict], series: list[str]) -> list
 ACDC_CLASSES = {1: "RV", 2: "MYO", 3: "LV"}  # the challenge's label values: right ventricle, myocardium, left ventricle
 
 
+def acdc_phases(case_dir: Path) -> dict[str, str]:
+    """ACDC's ``Info.cfg`` of one patient: the frame stems of end-diastole and end-systole, ``{"patient001_frame01":
+    "ED", "patient001_frame12": "ES"}``; empty when the file or its ED/ES lines are missing."""
+    info = case_dir / "Info.cfg"
+    if not info.is_file():
+        return {}
+    fields = dict(line.split(":", 1) for line in info.read_text(errors="replace").splitlines() if ":" in line)
+    phases = {}
+    for phase in ("ED", "ES"):
+        value = fields.get(phase, "").strip()
+        if value.isdigit():
+            phases[f"{case_dir.name}_frame{int(value):02d}"] = phase
+    return phases
+
+
 def _is_acdc(case_dirs: list[Path]) -> bool:
     """ACDC's patient folders: ``patientNNN`` with the ``Info.cfg`` (ED/ES frames, group, height, weight) inside."""
     return any(re.fullmatch(r"patient\d{3}", d.name) and (d / "Info.cfg").is_file() for d in case_dirs)
@@ -306,11 +321,15 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
         names = dict(ACDC_CLASSES)
     skipped: list[dict] = []
     series: list[str] = []  # 4D cine series beside the labelled frames: left out, counted
+    phases: dict[str, str] = {}  # ACDC: case -> ED or ES, from each patient's Info.cfg
     if "cases" in layout:  # a patient's volumes stay together in one split: grouped by their folder
         parts = {part: [(case, image, label, folder.name) for folder in folders_of
                         for case, image, label in _pair_beside(folder, skipped, series)]
                  for part, folders_of in (("pool", layout["cases"]["train"]), ("test", layout["cases"]["test"]))
                  if folders_of}
+        if acdc:
+            for folder in layout["cases"]["train"] + layout["cases"]["test"]:
+                phases.update(acdc_phases(folder))
     else:
         parts = {"pool": [(*found, found[0]) for found in _pair(*layout["train"], skipped)]}
         if layout["test"]:
@@ -331,6 +350,8 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
             item = {"case": case, "image": str(image), "label": str(label)}
             if group != case:
                 item["patient"] = group
+            if case in phases:
+                item["group"] = phases[case]  # evaluation reports each group apart as well
             checked[part].append(item)
     if not any(checked.values()):
         first = f" (first: {skipped[0]['reason']})" if skipped else ""

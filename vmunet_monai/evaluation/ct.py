@@ -358,10 +358,16 @@ def _case_name(meta_source) -> str:
     return name
 
 
-def _write_outputs(rows, output_dir: str, prefix: str) -> dict:
+def _write_outputs(rows, output_dir: str, prefix: str, groups: Mapping[str, str] | None = None) -> dict:
     from vmunet_monai.doctor import environment
 
     summary = summarize(rows)
+    grouped: dict[str, list[dict]] = {}
+    for row in rows:
+        if groups and row["case"] in groups:
+            grouped.setdefault(groups[row["case"]], []).append(row)
+    if grouped:  # each group (ACDC's ED and ES frames) summarised apart as well
+        summary["groups"] = {name: summarize(members) for name, members in sorted(grouped.items())}
     summary["environment"] = environment()  # versions, device and scan backend behind these numbers
     write_case_csv(rows, os.path.join(output_dir, f"{prefix}per_case.csv"))
     with open(os.path.join(output_dir, f"{prefix}summary.json"), "w") as f:
@@ -381,10 +387,10 @@ def _nan_to_none(obj):
     return obj
 
 
-def _log_summary(summary: dict) -> None:
+def _log_summary(summary: dict, name: str = "") -> None:
     line = (
-        f"{summary['num_cases']} cases: mean Dice {summary['dice']['mean_over_organs']:.4f}, "
-        f"mean HD95 {summary['hd95_mm']['mean_over_organs']:.2f} mm"
+        f"{name + ': ' if name else ''}{summary['num_cases']} cases: mean Dice "
+        f"{summary['dice']['mean_over_organs']:.4f}, mean HD95 {summary['hd95_mm']['mean_over_organs']:.2f} mm"
     )
     if "transunet_dice" in summary:
         line += (
@@ -393,6 +399,8 @@ def _log_summary(summary: dict) -> None:
         )
     logger.info(line)
     print(line)
+    for group, part in summary.get("groups", {}).items():
+        _log_summary(part, group)
 
 
 class OrganMetricsHandler:
@@ -412,6 +420,8 @@ class OrganMetricsHandler:
         montage_case: index (in evaluation order) of the case drawn in the montage; None: no montage.
         montage_slices: slices in the montage.
         prefix: file-name prefix.
+        groups: case -> group (ACDC's ED and ES frames, :func:`vmunet_monai.data.common.datalist_groups`): the
+            summary then also holds each group's own under ``groups``, and the log a line per group.
     """
 
     def __init__(
@@ -425,8 +435,10 @@ class OrganMetricsHandler:
         montage_case: int | None = 0,
         montage_slices: int = 8,
         prefix: str = "",
+        groups: Mapping[str, str] | None = None,
     ) -> None:
         self.output_dir = output_dir
+        self.groups = dict(groups or {})
         self.pred_key, self.label_key, self.image_key = pred_key, label_key, image_key
         self.organs = {int(k): v for k, v in (organs or DEFAULT_ORGANS).items()}
         self.transunet = transunet
@@ -481,7 +493,7 @@ class OrganMetricsHandler:
         if not self.rows:
             return
         os.makedirs(self.output_dir, exist_ok=True)
-        self.summary = _write_outputs(self.rows, self.output_dir, self.prefix)
+        self.summary = _write_outputs(self.rows, self.output_dir, self.prefix, self.groups)
         _log_summary(self.summary)
         if self._montage is not None:
             m = self._montage
