@@ -339,8 +339,10 @@ def test_glands_in_one_folder_keep_the_split_their_names_state(tmp_path):
 
     raw, out = tmp_path / "raw", tmp_path / "prepared"
     demo_data("polyp_seg", str(raw), num=8, seed=1, layout="glands")
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(raw / "train_99.bmp")  # a tile without its mask
     prepare("polyp_seg", str(raw), str(out), foreground="nonzero")
     doc = _datalist(out)
+    assert [s["file"] for s in doc["meta"]["skipped"]] == [str(raw / "train_99.bmp")]  # named once
     assert "split by their names" in doc["meta"]["how"] and doc["meta"]["test_sets"] == {"testA": 2, "testB": 2}
     assert sorted(i["name"] for i in doc["test"]) == ["testA_1", "testA_2", "testB_1", "testB_2"]
     assert {i["name"]: i["dataset"] for i in doc["test"]}["testB_2"] == "testB"

@@ -380,28 +380,31 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
 
     test_sets: dict[str, int] = {}
     if "mixed" in layout:
-        train, val, test, total = [], [], [], 0
-        named = named_splits(read_mixed(layout["mixed"][""], name)) if list(layout["mixed"]) == [""] else None
+        # read once: each read verifies its pairs and names the files it skips
+        read_by_category = {category: read_mixed(folder, category or name)
+                            for category, folder in layout["mixed"].items()}
+        named = named_splits(read_by_category[""]) if list(read_by_category) == [""] else None
         if named is not None:  # GlaS: train_*, testA_*, testB_* in one folder; the names are the official split
             part_train, tests = named
             val, train = split_items(part_train, [val_fraction], seed + 1)
+            test = []
             for set_name, items in tests.items():
                 test_sets[set_name] = len(items)
                 test += [dict(item, dataset=set_name) for item in items]
-            total = len(part_train) + len(test)
-            how = (f"{total} images with their masks side by side, split by their names: {len(part_train)} train_* "
-                   f"for training, test sets {', '.join(f'{k}_* ({v})' for k, v in test_sets.items())}; validation "
-                   f"= {val_fraction:g} of train (seed {seed + 1})")
-        for category, folder in ({} if named is not None else layout["mixed"]).items():
-            items = read_mixed(folder, category or name)  # split per category: each keeps its share in every split
-            total += len(items)
-            part_test, rest = split_items(items, [test_fraction], seed)
-            part_val, part_train = split_items(rest, [val_fraction], seed + 1)
-            train, val, test = train + part_train, val + part_val, test + part_test
-            if len(layout["mixed"]) > 1 and part_test:  # each category is reported apart, as a test set
-                test_sets[category] = len(part_test)
-        if named is None:
-            categories = (f", split per category ({', '.join(layout['mixed'])})" if len(layout["mixed"]) > 1
+            how = (f"{len(part_train) + len(test)} images with their masks side by side, split by their names: "
+                   f"{len(part_train)} train_* for training, test sets "
+                   f"{', '.join(f'{k}_* ({v})' for k, v in test_sets.items())}; validation = {val_fraction:g} of "
+                   f"train (seed {seed + 1})")
+        else:
+            train, val, test, total = [], [], [], 0
+            for category, items in read_by_category.items():  # split per category: each keeps its share everywhere
+                total += len(items)
+                part_test, rest = split_items(items, [test_fraction], seed)
+                part_val, part_train = split_items(rest, [val_fraction], seed + 1)
+                train, val, test = train + part_train, val + part_val, test + part_test
+                if len(read_by_category) > 1 and part_test:  # each category is reported apart, as a test set
+                    test_sets[category] = len(part_test)
+            categories = (f", split per category ({', '.join(read_by_category)})" if len(read_by_category) > 1
                           else "")
             how = (f"{total} images with their masks side by side{categories}: {test_fraction:g} test (seed "
                    f"{seed}); validation = {val_fraction:g} of the rest (seed {seed + 1})")
