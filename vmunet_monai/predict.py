@@ -124,7 +124,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             pixels across), for object-level scoring (``objects``) and counting.
 
     Returns:
-        ``{"masks": [...], "overlays": [...], "skipped": [{"file", "reason"}, ...]}``: the paths written
+        ``{"masks": [...], "overlays": [...], "skipped": [{"file", "reason"}, ...]}`` (and ``"instances"`` with
+        ``split_touching``): the paths written
         and the files that were skipped (for ``synapse_multiorgan``, the list of segmentation files
         that :func:`~vmunet_monai.predict_volume.predict_volumes` returns).
 
@@ -141,7 +142,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     if split_touching is not None:
         from vmunet_monai.evaluation.objects import split_touching as split
 
-        if Path(str(bundle)).name in VOLUME_BUNDLES or (num_classes is not None and int(num_classes) > 2):
+        if Path(str(bundle)).name in VOLUME_BUNDLES:  # several classes are refused below, once they are known
             raise InputError(f"--split_touching {split_touching!r}: only for binary 2D masks (objects of one kind)")
         try:
             split(np.zeros((1, 1), bool), split_touching)  # a depth of at least 0.5 pixels, or a clear error
