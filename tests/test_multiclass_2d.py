@@ -51,7 +51,7 @@ def test_mask_values_option_is_checked():
     assert parse_mask_values("[0, 1, 2]", 3) == [0, 1, 2]
     assert parse_mask_values((0, 7), 2) == [0, 7]
     assert parse_mask_values(None, 3) is None
-    with pytest.raises(InputError, match=r"2 values, but --classes names 2 classes, so 3 values are needed"):
+    with pytest.raises(InputError, match=r"--mask_values .0,255.: 2 values for 3 classes \(background first"):
         parse_mask_values("0,255", 3)
     with pytest.raises(InputError, match="repeated"):
         parse_mask_values("0,5,5", 3)
@@ -151,8 +151,8 @@ def test_class_values_write_each_class_as_its_grey_level():
 
     assert mask_levels(None, 2) == [0, 255] and mask_levels(None, 4) == [0, 1, 2, 3]
     assert mask_levels("0,127,255", 3) == [0, 127, 255] and mask_levels([0, 50, 100], 3) == [0, 50, 100]
-    for bad, rule in (("0,256,1", "8-bit PNGs, so each value is 0-255"), ("0,9", "2 values for 3 classes"),
-                      ("0,9,9", "a value is repeated"), ("0,x,2", "whole numbers 0-255")):
+    for bad, rule in (("0,256,1", "8-bit grey levels of the written PNGs, 0 to 255"), ("0,9", "2 values for 3 classes"),
+                      ("0,9,9", "a value is repeated"), ("0,x,2", "whole numbers separated by commas")):
         with pytest.raises(InputError, match=rule):
             mask_levels(bad, 3)
     rng = np.random.default_rng(0)

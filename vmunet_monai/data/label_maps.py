@@ -40,14 +40,16 @@ def _listed(values) -> str:
     return ", ".join(str(v) for v in values[:_SHOWN]) + more
 
 
-def parse_mask_values(values, num_classes: int) -> list[int] | None:
-    """``--mask_values`` as a list of ``num_classes`` distinct integers 0-65535 (background first), or None.
+def parse_mask_values(values, num_classes: int, highest: int = 65535, option: str = "--mask_values",
+                      scale: str = "grey levels or palette indices") -> list[int] | None:
+    """``--mask_values`` as a list of ``num_classes`` distinct integers 0-``highest`` (background first), or None.
 
     Accepts ``"0,128,255"``, ``"[0,128,255]"`` or a sequence (what ``fire`` makes of ``--mask_values 0,128,255``).
+    ``option`` and ``scale`` name the setting and what its values are in the errors.
 
     Raises:
-        InputError: for a value that is not an integer, a repeated value, or a count that is not one
-            per class and one for background.
+        InputError: for a value that is not an integer or lies outside 0-``highest``, a repeated value, or a
+            count that is not one per class and one for background.
     """
     if values is None:
         return None
@@ -55,15 +57,15 @@ def parse_mask_values(values, num_classes: int) -> list[int] | None:
     try:
         parsed = [int(str(v).strip()) for v in items]
     except ValueError:
-        raise InputError(f"--mask_values {values!r}: give whole numbers separated by commas, background first "
+        raise InputError(f"{option} {values!r}: give whole numbers separated by commas, background first "
                          "(e.g. 0,128,255)") from None
-    if any(v < 0 or v > 65535 for v in parsed):
-        raise InputError(f"--mask_values {values!r}: values are grey levels or palette indices, 0 to 65535")
+    if any(v < 0 or v > highest for v in parsed):
+        raise InputError(f"{option} {values!r}: values are {scale}, 0 to {highest}")
     if len(set(parsed)) != len(parsed):
-        raise InputError(f"--mask_values {values!r}: a value is repeated (each class has its own value)")
+        raise InputError(f"{option} {values!r}: a value is repeated (each class has its own value)")
     if len(parsed) != num_classes:
-        raise InputError(f"--mask_values {values!r}: {len(parsed)} values, but --classes names {num_classes - 1} "
-                         f"classes, so {num_classes} values are needed (background first, then one per class)")
+        raise InputError(f"{option} {values!r}: {len(parsed)} values for {num_classes} classes (background first, "
+                         f"then one per class)")
     return parsed
 
 

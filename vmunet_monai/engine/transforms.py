@@ -94,24 +94,12 @@ def mask_levels(values, num_classes: int) -> list[int]:
     Raises:
         vmunet_monai.validation.InputError: naming the values and the rule they break.
     """
-    from vmunet_monai.validation import InputError
+    from vmunet_monai.data.label_maps import parse_mask_values
 
     if values is None:
         return [0, 255] if num_classes == 2 else list(range(num_classes))
-    items = str(values).strip("[]() ").split(",") if isinstance(values, str) else list(values)
-    try:
-        levels = [int(str(v).strip()) for v in items]
-    except ValueError:
-        raise InputError(f"mask_values {values!r}: give whole numbers 0-255 separated by commas, background "
-                         f"first (e.g. 0,127,255)") from None
-    if len(levels) != num_classes:
-        raise InputError(f"mask_values {values!r}: {len(levels)} values for {num_classes} classes (one per class, "
-                         f"background first)")
-    if any(v < 0 or v > 255 for v in levels):
-        raise InputError(f"mask_values {values!r}: the written masks are 8-bit PNGs, so each value is 0-255")
-    if len(set(levels)) != len(levels):
-        raise InputError(f"mask_values {values!r}: a value is repeated, so two classes could not be told apart")
-    return levels
+    return parse_mask_values(values, num_classes, highest=255, option="mask_values",
+                             scale="8-bit grey levels of the written PNGs")
 
 
 class ClassValuesd(MapTransform):
