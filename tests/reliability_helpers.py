@@ -14,9 +14,11 @@ from bundle_helpers import TINY_NETWORKS, bundle_dir
 TINY_CT_NETWORK = {"dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "depths_decoder": [1, 1, 1, 1], "d_state": 4}
 
 
-def tiny_bundle_with_weights(bundle: str, target: Path, size: int = 32, seed: int = 0) -> Path:
+def tiny_bundle_with_weights(bundle: str, target: Path, size: int = 32, seed: int = 0, num_classes: int | None = None
+                             ) -> Path:
     """``target/<bundle>``: the bundle whose inference.json builds the tiny network of its family at
-    ``size`` pixels, with random weights of that network in ``models/model.pt``."""
+    ``size`` pixels (for ``num_classes`` classes: the bundle's default unless given), with random weights of that
+    network in ``models/model.pt``."""
     from monai.bundle import ConfigParser
 
     dest = Path(target) / bundle
@@ -26,8 +28,8 @@ def tiny_bundle_with_weights(bundle: str, target: Path, size: int = 32, seed: in
     net = config["network_def"]
     net.update(TINY_CT_NETWORK if bundle == "synapse_multiorgan" else TINY_NETWORKS[net["_target_"]])
     for key, value in (("image_size", [size, size]), ("roi_size", [size, size]), ("num_workers", 0),
-                       ("sw_batch_size", 4)):
-        if key in config:
+                       ("sw_batch_size", 4), ("num_classes", num_classes)):
+        if key in config and value is not None:
             config[key] = value
     path.write_text(json.dumps(config, indent=4) + "\n")
     parser = ConfigParser()

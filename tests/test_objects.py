@@ -4,6 +4,7 @@ and the ``objects`` command from predict's masks to the table compare reads."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 
@@ -276,10 +277,59 @@ def test_predicted_masks_of_glas_images_are_scored(tmp_path):
         np.testing.assert_array_equal(np.asarray(Image.open(objects)) > 0, np.asarray(Image.open(mask)) > 127)
     split = run_objects(tmp_path / "out" / "instances", tmp_path / "glas", out=tmp_path / "split", pictures=False)
     assert split["overall"]["n_images"] == 2
+    # prediction.json: what made the masks
+    record = json.loads((tmp_path / "out" / "prediction.json").read_text())
+    weights = bundle / "models" / "model.pt"
+    assert record["weights"] == str(weights)
+    assert record["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert (record["num_classes"], record["mask_values"], record["written"]) == (2, [0, 255], 2)
+    assert record["class_names"] == ["background", "polyp"] and record["settings"]["split_touching"] == 2
+    assert record["inputs"] == [str((tmp_path / "glas").resolve())] and done["record"].endswith("prediction.json")
     with pytest.raises(InputError, match="--split_touching 0: the depth"):
         predict(str(bundle), str(tmp_path / "glas"), str(tmp_path / "bad"), device="cpu", split_touching=0)
     with pytest.raises(InputError, match="--split_touching 2: only for binary 2D masks"):
         predict("synapse_multiorgan", str(tmp_path / "glas"), str(tmp_path / "bad"), split_touching=2)
+
+
+def test_class_maps_are_scored_one_class_at_a_time(tmp_path, capsys):
+    """predict's class maps are refused without --foreground (prediction.json says they hold classes); with it, the
+    objects of that class are scored, named by value or by class name."""
+    from reliability_helpers import tiny_bundle_with_weights
+
+    from vmunet_monai.cli import main
+    from vmunet_monai.evaluation.objects import class_value
+    from vmunet_monai.predict import predict
+
+    bundle = tiny_bundle_with_weights("polyp_seg", tmp_path / "bundle", num_classes=3, seed=1)
+    _glas_folder(tmp_path / "glas", np.random.default_rng(6), ["a", "b"])
+    predict(str(bundle), str(tmp_path / "glas"), str(tmp_path / "out"), device="cpu", mask_values="0,127,255")
+    record = json.loads((tmp_path / "out" / "prediction.json").read_text())
+    assert (record["num_classes"], record["mask_values"], record["class_names"]) == (3, [0, 127, 255], None)
+    masks = tmp_path / "out" / "masks"
+    with pytest.raises(InputError, match=r"prediction.json says these masks are class maps of 3 classes \(class 1 "
+                                         r"127, class 2 255\); .* give --foreground"):
+        run_objects(masks, tmp_path / "glas")
+    assert class_value(masks, 255) == class_value(masks, "class 2") == 255 and class_value(masks, "127") == 127
+    for bad, rule in ((7, "the masks of .* hold class 1 127, class 2 255"), ("gland", "not a mask value or a class")):
+        with pytest.raises(InputError, match=rule):
+            class_value(masks, bad)
+    summary = run_objects(masks, tmp_path / "glas", out=tmp_path / "o", pictures=False, foreground="class 2")
+    assert summary["foreground"] == 255
+    values = np.unique(np.concatenate([np.asarray(Image.open(m)).ravel() for m in sorted(masks.glob("*.png"))]))
+    assert set(values.tolist()) == {0, 127, 255}  # the untrained network predicts all three classes here
+    # the same as scoring the pixels of value 255 as a binary mask, by hand
+    for row in csv.DictReader(open(tmp_path / "o" / "objects_per_image.csv")):
+        pred = label_components(np.asarray(Image.open(masks / f"{row['name']}_mask.png")) == 255)
+        expected = object_scores(read_objects(tmp_path / "glas" / f"{row['name']}_anno.bmp"), pred)
+        assert float(row["object_dice"]) == pytest.approx(expected["object_dice"])
+        assert float(row["f1"]) == pytest.approx(expected["f1"])
+    main(["objects", str(masks), str(tmp_path / "glas"), "--out", str(tmp_path / "c"), "--foreground", "127",
+          "--pictures", "false"])
+    assert json.loads((tmp_path / "c" / "objects_summary.json").read_text())["foreground"] == 127
+    (tmp_path / "j").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "j" / "a.jpg")
+    with pytest.raises(InputError, match="a.jpg: a JPEG's values are lossy"):
+        read_objects(tmp_path / "j" / "a.jpg", 255)
 
 
 def test_demo_with_glands_scores_the_test_tiles_object_by_object(tmp_path, capsys, monkeypatch):

@@ -4,6 +4,8 @@ read, and each segmentation is NIfTI with its input's shape and affine."""
 
 from __future__ import annotations
 
+import json
+
 import subprocess
 import sys
 from pathlib import Path
@@ -168,7 +170,12 @@ def test_ct_predict_reads_nifti_and_dicom_and_writes_the_input_space(tmp_path):
                           ("nan.nii.gz", "1 NaN")):
         line = next(line for line in proc.stderr.splitlines() if line.startswith(f"skipped {folder / name}"))
         assert problem in line
-    assert sorted(p.name for p in (tmp_path / "segs").iterdir()) == ["ct_a_seg.nii.gz", "ct_b_dicom_seg.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "segs").iterdir()) == ["ct_a_seg.nii.gz", "ct_b_dicom_seg.nii.gz",
+                                                                      "prediction.json"]
+    record = json.loads((tmp_path / "segs" / "prediction.json").read_text())
+    assert (record["num_classes"], record["written"], len(record["skipped"])) == (9, 2, 3)
+    assert record["class_names"][1] == "aorta" and "mask_values" not in record
+    assert any("flat.nii.gz" in reason and "is 2D" in reason for reason in record["skipped"])
     for source, seg_name in ((nifti, "ct_a_seg.nii.gz"), (tmp_path / "b_source.nii.gz", "ct_b_dicom_seg.nii.gz")):
         src, seg = nib.load(source), nib.load(tmp_path / "segs" / seg_name)
         assert seg.shape == src.shape, seg_name

@@ -151,7 +151,7 @@ class Commands:
         run_compare(runs, labels=labels, metric=metric, out=out, seed=seed)
 
     def objects(self, pred: str, truth: str, out: str | None = None, group_by: str = "folder",
-                pictures: bool = True, distances: bool = True, title: str = ""):
+                pictures: bool = True, distances: bool = True, title: str = "", foreground=None):
         """Score predicted 2D masks object by object against ground truths that number each object (GlaS glands,
         cells): object F1, object Dice and object Hausdorff as the GlaS challenge defines them, beside pixel Dice.
 
@@ -165,7 +165,8 @@ class Commands:
 
         Args:
             pred: predicted masks: a folder (predict's OUTPUT/masks, <image>_mask.png, or OUTPUT/instances, the
-                objects predict --split_touching numbered) or one file; binary masks or object maps, not class maps.
+                objects predict --split_touching numbered) or one file; binary masks or object maps (class maps
+                with --foreground).
             truth: ground-truth masks by image name (<image>.png, <image>_anno.bmp, <image>_mask.png), or a
                 folder of images with their masks beside them (GlaS).
             out: output folder (default: objects/ beside PRED).
@@ -174,10 +175,13 @@ class Commands:
             pictures: write one picture per image.
             distances: also the object Hausdorff distance (in pixels; one distance map per object, the slow part).
             title: a title for the table and plot.
+            foreground: class maps (predict with several classes): the class whose objects are scored, as its
+                value in the masks or its name in predict's prediction.json; class maps are refused without it.
         """
         from vmunet_monai.evaluation.objects import run_objects
 
-        run_objects(pred, truth, out=out, group_by=group_by, pictures=pictures, hausdorff=distances, title=title)
+        run_objects(pred, truth, out=out, group_by=group_by, pictures=pictures, hausdorff=distances, title=title,
+                    foreground=foreground)
 
     def prepare(self, bundle: str, raw: str, out: str, **options):
         """Read a dataset as its owners distribute it (RAW) and write OUT/datalist.json for BUNDLE.

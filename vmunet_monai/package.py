@@ -243,7 +243,8 @@ def _bundle_files(root: Path) -> list[tuple[Path, str]]:
     return files
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file, as a hex string."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -353,19 +354,19 @@ def package(bundle: str | Path, out: str | Path, checkpoint: str | Path | None =
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "model.pt"
         torch.save(read_state_dict(ckpt), weights)
-        sha256 = _sha256(weights)
+        digest = sha256(weights)
         partial = zip_path.with_name(zip_path.name + ".partial")
         try:
             with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
                 for source, rel in files:
                     if rel != "large_files.yml":  # replaced by one that lists the packaged weights
                         archive.write(source, f"{name}/{rel}")
-                archive.writestr(f"{name}/large_files.yml", _large_files_yml(sha256, url))
+                archive.writestr(f"{name}/large_files.yml", _large_files_yml(digest, url))
                 archive.write(weights, f"{name}/{MODEL_FILE}")
             os.replace(partial, zip_path)
         finally:
             partial.unlink(missing_ok=True)
-    return PackageResult(zip_path, name, version, sha256, checks)
+    return PackageResult(zip_path, name, version, digest, checks)
 
 
 def _member_is_link(info: zipfile.ZipInfo) -> bool:

@@ -23,7 +23,7 @@ import numpy as np
 from vmunet_monai.engine.utils import find_bundle, inference_configs, network_file
 from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError, check_device, check_output_location, read_image_2d
 
-__all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError"]
+__all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError", "RECORD", "write_record", "read_record"]
 
 VOLUME_BUNDLES = ("synapse_multiorgan",)
 # MONAI's PNG writer squeezes trailing size-one axes, so a one-pixel-high mask cannot be written
@@ -32,6 +32,69 @@ MIN_SIZE = 2
 
 class NothingToPredictError(InputError):
     """Every input file was skipped: there was nothing the network could be run on."""
+
+
+RECORD = "prediction.json"  # what made the masks of an output folder, written beside them
+
+
+def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike, weights: str | os.PathLike,
+                 exported: bool, inputs, written: list[str], skipped: list[dict], settings: dict) -> Path:
+    """``OUT/prediction.json``: which bundle and weights (with their sha256) made the files in ``out``, the classes
+    and the values the masks hold, the settings, the inputs, what was written and skipped, and the environment,
+    so a folder of masks says where it came from (``objects`` reads the classes from it).
+
+    Args:
+        parser: the inference workflow's ``ConfigParser`` (its ``num_classes`` and, for 2D bundles, its
+            ``mask_values``).
+        settings: the options given (``tta``, ``device``, ...), recorded as they are.
+    """
+    import datetime
+    import json
+
+    from vmunet_monai.doctor import environment
+    from vmunet_monai.engine.transforms import mask_levels
+    from vmunet_monai.package import sha256
+
+    root = Path(bundle_root)
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    classes = int(parser.get_parsed_content("num_classes"))
+    names = meta.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def", {})
+    record = {
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "bundle": str(root),
+        "bundle_version": meta.get("version"),
+        "weights": str(weights),
+        "weights_sha256": sha256(weights),
+        "exported_model": bool(exported),
+        "num_classes": classes,
+        "class_names": [names.get(str(c), f"class {c}") for c in range(classes)] if len(names) == classes else None,
+        "settings": settings,
+        "inputs": [str(i) for i in inputs],
+        "written": len(written),
+        "skipped": [s["reason"] for s in skipped],
+        "environment": environment(),
+    }
+    if "mask_values" in parser:  # the 2D bundles: the value each class holds in the written PNGs
+        record["mask_values"] = mask_levels(parser.get_parsed_content("mask_values"), classes)
+    path = Path(out) / RECORD
+    path.write_text(json.dumps(record, indent=4) + "\n")
+    return path
+
+
+def read_record(folder: str | os.PathLike) -> tuple[Path, dict] | None:
+    """The ``prediction.json`` of a folder of predictions (in it, or in the folder above it for ``masks/`` and
+    ``instances/``), or None where there is none or it cannot be read."""
+    import json
+
+    folder = Path(folder)
+    for place in (folder, folder.parent):
+        path = place / RECORD
+        if path.is_file():
+            try:
+                return path, json.loads(path.read_text())
+            except (OSError, ValueError):
+                return None
+    return None
 
 
 _SKIP_DIR = re.compile(r"^(masks?|labels?|gt)$|groundtruth", re.IGNORECASE)
@@ -124,9 +187,9 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             pixels across), for object-level scoring (``objects``) and counting.
 
     Returns:
-        ``{"masks": [...], "overlays": [...], "skipped": [{"file", "reason"}, ...]}`` (and ``"instances"`` with
-        ``split_touching``): the paths written
-        and the files that were skipped (for ``synapse_multiorgan``, the list of segmentation files
+        ``{"masks": [...], "overlays": [...], "skipped": [{"file", "reason"}, ...], "record": ...}`` (and
+        ``"instances"`` with ``split_touching``): the paths written, the files that were skipped and the
+        ``OUTPUT/prediction.json`` that records the bundle, weights, classes and settings (for ``synapse_multiorgan``, the list of segmentation files
         that :func:`~vmunet_monai.predict_volume.predict_volumes` returns).
 
     Raises:
@@ -260,6 +323,9 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     result = {"masks": masks, "overlays": overlays, "skipped": skipped}
     if split_touching is not None:
         result["instances"] = _write_instances(masks, out, float(split_touching))
+    settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "split_touching": split_touching}
+    result["record"] = str(write_record(out, workflow.parser, root, ckpt, bool(model), [source], masks, skipped,
+                                        settings))
     return result
 
 

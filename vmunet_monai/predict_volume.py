@@ -148,7 +148,8 @@ def predict_volumes(
             own classes, ``network_def={...}``, ``roi_size=[...]``).
 
     Returns:
-        The written NIfTI paths, in input order (skipped volumes left out).
+        The written NIfTI paths, in input order (skipped volumes left out); ``output/prediction.json`` records
+        the bundle, weights, classes and settings (:func:`vmunet_monai.predict.write_record`).
 
     Raises:
         FileNotFoundError: for a missing input, checkpoint or bundle.
@@ -160,7 +161,7 @@ def predict_volumes(
 
     from vmunet_monai.data.common import report_skipped
     from vmunet_monai.engine.utils import inference_configs, network_file
-    from vmunet_monai.predict import NothingToPredictError
+    from vmunet_monai.predict import NothingToPredictError, write_record
     from vmunet_monai.validation import InputError, check_device, check_output_location, read_volume
     from vmunet_monai.weights import check_checkpoint_fits
 
@@ -217,4 +218,7 @@ def predict_volumes(
     if missing:
         raise RuntimeError(f"inference finished but did not write {missing}")
     report_skipped(skipped, "volume")
+    settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "sw_batch_size": sw_batch_size,
+                "overrides": {k: v for k, v in overrides.items() if isinstance(v, (str, int, float, list, bool))}}
+    write_record(output, workflow.parser, bundle_root, source, bool(model), paths, written, skipped, settings)
     return written

@@ -60,20 +60,24 @@ def label_components(foreground: np.ndarray) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ConnectedComponent(image, True)).astype(np.int32)
 
 
-def read_objects(path: str | os.PathLike) -> np.ndarray:
+def read_objects(path: str | os.PathLike, foreground: int | None = None) -> np.ndarray:
     """The objects of a mask file as an int32 map: 0 background, 1..n one number per object.
 
     - Two values (0/255, 0/1, or a single object's number): the foreground split into connected objects.
     - More values: one object per non-zero value (an instance mask). Colour masks are told apart by colour.
     - JPEG masks are lossy, so their values are not trusted: the foreground is what is at least half the mask's
       scale, split into connected objects.
+    - ``foreground`` given (a class map): the pixels holding that value, split into connected objects.
 
     Raises:
-        InputError: the file cannot be read as a 2D mask (naming it and why).
+        InputError: the file cannot be read as a 2D mask (naming it and why), or ``foreground`` for a JPEG.
     """
     from PIL import Image, UnidentifiedImageError
 
     lossy = Path(path).suffix.lower() in _LOSSY
+    if lossy and foreground is not None:
+        raise InputError(f"{path}: a JPEG's values are lossy, so the pixels of one class value ({foreground}) cannot "
+                         f"be told from its neighbours'; give class maps as PNG (predict writes PNG)")
     try:
         with Image.open(path) as image:
             if lossy:
@@ -87,6 +91,8 @@ def read_objects(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"{path}: cannot be read as a mask ({exc})") from None
     if values.ndim != 2:
         raise InputError(f"{path}: a mask is one 2D channel, got shape {values.shape}")
+    if foreground is not None:
+        return label_components(values == foreground)
     distinct = np.unique(values)
     if lossy:
         return label_components(values >= (127.5 if distinct.max() > 1 else 0.5))
@@ -486,14 +492,56 @@ CSV_FIELDS = ("name", "group", "dice", "f1", "object_dice", "object_hausdorff", 
               "truth_area", "truth_dice_sum", "pred_area", "pred_dice_sum")
 
 
+def class_value(pred: str | os.PathLike, foreground=None) -> int | None:
+    """The value of the predicted masks in ``pred`` that holds the objects to score, or None to read them as binary
+    masks or object maps (:func:`read_objects`).
+
+    ``foreground`` is a value of the masks, or a class name that ``predict``'s ``prediction.json`` (in ``pred`` or
+    the folder above) lists. That record also tells class maps apart: masks of more than two classes are refused
+    without ``foreground``, which would otherwise read each class as one object.
+
+    Raises:
+        InputError: class maps without ``foreground``, an unknown class name, or a value that is not a mask value
+            (naming the record, the classes and their values).
+    """
+    from vmunet_monai.predict import read_record
+
+    found = read_record(pred)
+    path, record = found if found is not None else (None, {})
+    classes = int(record.get("num_classes") or 2)
+    names = record.get("class_names") or [f"class {c}" for c in range(classes)]
+    values = record.get("mask_values") or list(range(classes))
+    listed = ", ".join(f"{n} {v}" for n, v in zip(names[1:], values[1:]))
+    if foreground is None:
+        if classes > 2:
+            raise InputError(f"{pred}: {path} says these masks are class maps of {classes} classes ({listed}); "
+                             f"objects are scored one class at a time: give --foreground, a class's value or name "
+                             f"(e.g. --foreground {values[1]})")
+        return None
+    if str(foreground) in names and path is not None:
+        return int(values[names.index(str(foreground))])
+    try:
+        value = int(str(foreground))
+    except ValueError:
+        known = f"the classes of {path}: {listed}" if path is not None else \
+            "no prediction.json names classes here, so give the value"
+        raise InputError(f"--foreground {foreground!r}: not a mask value or a class name ({known})") from None
+    if path is not None and value not in values[1:]:
+        raise InputError(f"--foreground {foreground!r}: the masks of {pred} hold {listed} ({path}), background "
+                         f"{values[0]}")
+    return value
+
+
 def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os.PathLike | None = None,
-                group_by: str = "folder", pictures: bool = True, hausdorff: bool = True, title: str = "") -> dict:
+                group_by: str = "folder", pictures: bool = True, hausdorff: bool = True, title: str = "",
+                foreground=None) -> dict:
     """Score predicted masks against ground truths of numbered objects; write the per-image table, the summary, a
     plot and (``pictures``) one picture per image.
 
     Writes into ``out`` (default: beside ``pred``, ``objects/``): ``objects_per_image.csv`` (``compare`` reads it:
     ``--metric object_dice``, ``f1``, ``object_hausdorff``), ``objects_summary.json``, ``objects.png`` and
-    ``pictures/<set>/<image>.png`` (see :func:`picture`).
+    ``pictures/<set>/<image>.png`` (see :func:`picture`). ``foreground``: for class maps, the class whose
+    objects are scored (a value or a class name, :func:`class_value`); the ground truths are read as they are.
 
     Returns:
         the summary, with ``missing_prediction``/``missing_truth`` (files without a partner, left out) and
@@ -509,6 +557,7 @@ def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os
     from vmunet_monai.doctor import environment
     from vmunet_monai.validation import check_output_location
 
+    value = class_value(pred, foreground)
     pairs, missing = match_files(pred, truth, group_by)
     photos = missing.pop("photos")
     out = Path(out) if out is not None else Path(pred).resolve().parent / "objects"
@@ -516,7 +565,7 @@ def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, group, pred_path, truth_path in tqdm(pairs, desc="objects", unit="image", mininterval=1.0):
-        t_objects, p_objects = read_objects(truth_path), read_objects(pred_path)
+        t_objects, p_objects = read_objects(truth_path), read_objects(pred_path, value)
         if t_objects.shape != p_objects.shape:
             raise InputError(f"{pred_path} is {p_objects.shape[0]}x{p_objects.shape[1]} but its ground truth "
                              f"{truth_path} is {t_objects.shape[0]}x{t_objects.shape[1]}: objects are scored at the "
@@ -530,7 +579,7 @@ def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os
             photo = _photo(photos.get(name), t_objects.shape)
             Image.fromarray(with_legend(picture(t_objects, p_objects, photo))).save(target)
     summary = summarize_objects(rows, title)
-    summary.update(missing, environment=environment())
+    summary.update(missing, foreground=value, environment=environment())
     csv_path, json_path, plot_path = out / PER_IMAGE_CSV, out / SUMMARY_JSON, out / "objects.png"
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
