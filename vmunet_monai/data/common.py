@@ -319,15 +319,25 @@ def datalist_classes(dataset_dir: str | os.PathLike) -> dict[int, str] | None:
     return {int(k): v for k, v in sorted(labels.items(), key=lambda kv: int(kv[0])) if int(k) != 0}
 
 
-def datalist_groups(dataset_dir: str | os.PathLike, split: str = "test") -> dict[str, str]:
-    """Case -> group of the ``split`` entries of ``dataset_dir/datalist.json`` that name a ``group`` (ACDC's ED and
-    ES frames); empty without a datalist or groups."""
+def _datalist_field(dataset_dir: str | os.PathLike, field: str, split: str) -> dict[str, str]:
     path = Path(dataset_dir) / DATALIST_NAME
     if not path.is_file():
         return {}
     doc = json.loads(path.read_text())
-    return {str(item["case"]): str(item["group"]) for item in doc.get(split, [])
-            if isinstance(item, dict) and "group" in item and "case" in item}
+    return {str(item["case"]): str(item[field]) for item in doc.get(split, [])
+            if isinstance(item, dict) and field in item and "case" in item}
+
+
+def datalist_groups(dataset_dir: str | os.PathLike, split: str = "test") -> dict[str, str]:
+    """Case -> group of the ``split`` entries of ``dataset_dir/datalist.json`` that name a ``group`` (ACDC's ED and
+    ES frames); empty without a datalist or groups."""
+    return _datalist_field(dataset_dir, "group", split)
+
+
+def datalist_patients(dataset_dir: str | os.PathLike, split: str = "test") -> dict[str, str]:
+    """Case -> patient of the ``split`` entries of ``dataset_dir/datalist.json`` that name a ``patient`` (volumes
+    read from one folder per patient); empty without a datalist or patients."""
+    return _datalist_field(dataset_dir, "patient", split)
 
 
 def check_intensity(dataset_dir: str | os.PathLike, intensity: str) -> None:

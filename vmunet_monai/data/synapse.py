@@ -452,9 +452,11 @@ def _phantom(shape, spacing, rng):
 DEMO_OWN_CLASSES = {1: ("liver", (6,)), 2: ("spleen", (1,)), 3: ("kidney", (2, 3))}
 
 
-def _heart(shape: Sequence[int], phase: float, rng) -> tuple[np.ndarray, np.ndarray]:
+def _heart(shape: Sequence[int], phase: float, rng, size: float = 1.0, contraction: float = 0.3
+           ) -> tuple[np.ndarray, np.ndarray]:
     """A short-axis cine MRI stack (arbitrary units) and its labels RV 1, MYO 2, LV 3; ``phase`` 0 is end-diastole
-    (ventricles full), 1 end-systole (contracted, thicker wall)."""
+    (ventricles full), 1 end-systole (contracted by ``contraction`` of the radius, thicker wall); ``size`` scales
+    the heart, so patients differ in volumes and ejection fractions."""
     x, y, z = (int(v) for v in shape)
     yy, xx = np.mgrid[0:x, 0:y].astype(np.float32)
     image = 220 + 40 * rng.standard_normal((x, y, z)).astype(np.float32)
@@ -462,8 +464,8 @@ def _heart(shape: Sequence[int], phase: float, rng) -> tuple[np.ndarray, np.ndar
     cx, cy = x * rng.uniform(0.45, 0.55), y * rng.uniform(0.45, 0.55)
     for k in range(z):
         taper = 1.0 - 0.6 * abs(k - z * 0.4) / z  # the ventricles narrow toward base and apex
-        lv = x * 0.12 * taper * (1.0 - 0.3 * phase)
-        wall = x * 0.05 * (1.0 + 0.4 * phase)
+        lv = x * 0.12 * size * taper * (1.0 - contraction * phase)
+        wall = x * 0.05 * size * (1.0 + 0.4 * phase)
         r = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
         rv = np.sqrt(((xx - cx) / 1.4) ** 2 + ((yy - (cy - lv - wall - x * 0.05)) / 0.8) ** 2)
         label[..., k][(rv < lv * 1.1) & (r > lv + wall)] = 1
@@ -495,12 +497,13 @@ def _acdc_demo(out: str, num: int, seed: int, shape: Sequence[int] | None, spaci
         folder.mkdir(parents=True, exist_ok=True)
         frames = 10
         es = int(rng.integers(4, 8))
+        size, contraction = rng.uniform(0.8, 1.15), rng.uniform(0.15, 0.45)  # volumes and EF differ by patient
         (folder / "Info.cfg").write_text(f"ED: 1\nES: {es}\nGroup: NOR\nHeight: {rng.uniform(150, 190):.1f}\n"
                                          f"NbFrame: {frames}\nWeight: {rng.uniform(50, 95):.1f}\n")
         series = []
         for frame in range(1, frames + 1):
             phase = 1 - abs(frame - es) / max(es - 1, frames - es)
-            image, label = _heart(shape, phase, np.random.default_rng(rng.integers(1 << 30)))
+            image, label = _heart(shape, phase, np.random.default_rng(rng.integers(1 << 30)), size, contraction)
             series.append(image)
             if frame in (1, es):
                 stem = f"patient{number:03d}_frame{frame:02d}"

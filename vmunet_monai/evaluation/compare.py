@@ -111,7 +111,9 @@ def read_table(path: str | os.PathLike) -> CaseTable:
         raise InputError(f"{path}: not a per-case table of an evaluation (its header {header[:6]} has neither "
                          f"name, group and dice nor case and mean_dice)")
     ids = ID_COLUMNS[kind] + (("class",) if kind == "image" and "class" in header else ())
-    columns = [c for c in header if c not in ids and not c.startswith("status_")]
+    ids += ("group",) if kind == "volume" and "group" in header else ()  # ACDC's ED and ES frames
+    # statuses and organ volumes describe a case; they are not scores to compare
+    columns = [c for c in header if c not in ids and not c.startswith(("status_", "volume_ml_", "truth_volume_ml_"))]
     values, groups = {}, {}
     for line, row in enumerate(rows, start=2):
         case = f"{row['group']}/{row['name']}" if kind == "image" else row["case"]
@@ -120,7 +122,7 @@ def read_table(path: str | os.PathLike) -> CaseTable:
             raise InputError(f"{path} line {line}: case {case!r}" + (f" class {row['class']!r}" if "class" in ids
                                                                        else "") + " appears twice")
         values[key] = {c: _number(row[c], path, line, c) for c in columns}
-        groups[case] = row["group"] if kind == "image" else "all"
+        groups[case] = row["group"] if "group" in ids and row["group"] else "all"
     if not values:
         raise InputError(f"{path}: the table has no cases")
     if "class" in ids:

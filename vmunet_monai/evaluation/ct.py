@@ -147,7 +147,8 @@ def case_scores(
         transunet: also compute the TransUNet-rule scores.
 
     Returns:
-        ``{"dice": {organ: v}, "hd95_mm": {...}, "status": {...}}`` and, with ``transunet``,
+        ``{"dice": {organ: v}, "hd95_mm": {...}, "status": {...}, "volume_ml": {...}, "truth_volume_ml": {...}}``
+        (the predicted and the true volume of each organ in millilitres) and, with ``transunet``,
         ``"transunet_dice"`` and ``"transunet_hd95_voxel"``.
 
     Raises:
@@ -158,7 +159,8 @@ def case_scores(
         raise ValueError(
             f"prediction shape {pred.shape} differs from label shape {label.shape}; both must share a grid"
         )
-    out = {"dice": {}, "hd95_mm": {}, "status": {}}
+    out = {"dice": {}, "hd95_mm": {}, "status": {}, "volume_ml": {}, "truth_volume_ml": {}}
+    voxel_ml = float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
     if transunet:
         out.update(transunet_dice={}, transunet_hd95_voxel={})
     for value, name in organs.items():
@@ -173,6 +175,7 @@ def case_scores(
         else:
             status, d, h = "absent", float("nan"), float("nan")
         out["dice"][name], out["hd95_mm"][name], out["status"][name] = d, h, status
+        out["volume_ml"][name], out["truth_volume_ml"][name] = float(p.sum()) * voxel_ml, float(g.sum()) * voxel_ml
         if transunet:
             if has_p and has_g:
                 td, th = dice(p, g), hd95_transunet(p, g)
@@ -229,19 +232,28 @@ def summarize(rows: Sequence[dict]) -> dict:
     return summary
 
 
-def write_case_csv(rows: Sequence[dict], path: str) -> str:
-    """One line per case: the means over organs, then each organ's scores, for every scoring present."""
+VOLUME_KEYS = ("volume_ml", "truth_volume_ml")  # per-case columns that describe, not score
+
+
+def write_case_csv(rows: Sequence[dict], path: str, groups: Mapping[str, str] | None = None) -> str:
+    """One line per case: its group (where ``groups`` names one), the means over organs, each organ's scores for
+    every scoring present, each organ's status, then its predicted and true volume in ml."""
     organs = list(rows[0]["dice"])
     keys = _metric_keys(rows)
-    header = ["case"] + [f"mean_{k}" for k in keys] + [f"{k}_{o}" for k in keys for o in organs]
-    header += [f"status_{o}" for o in organs]
+    volumes = [k for k in VOLUME_KEYS if k in rows[0]]
+    grouped = bool(groups) and any(r["case"] in groups for r in rows)
+    header = ["case"] + (["group"] if grouped else []) + [f"mean_{k}" for k in keys]
+    header += [f"{k}_{o}" for k in keys for o in organs] + [f"status_{o}" for o in organs]
+    header += [f"{k}_{o}" for k in volumes for o in organs]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for r in rows:
-            line = [r["case"]] + [mean_sd(r[k].values())[0] for k in keys]
+            line = [r["case"]] + ([groups.get(r["case"], "")] if grouped else [])
+            line += [mean_sd(r[k].values())[0] for k in keys]
             line += [r[k][o] for k in keys for o in organs] + [r["status"][o] for o in organs]
+            line += [round(r[k][o], 3) for k in volumes for o in organs]
             writer.writerow(["" if isinstance(v, float) and np.isnan(v) else v for v in line])
     return path
 
@@ -358,8 +370,10 @@ def _case_name(meta_source) -> str:
     return name
 
 
-def _write_outputs(rows, output_dir: str, prefix: str, groups: Mapping[str, str] | None = None) -> dict:
+def _write_outputs(rows, output_dir: str, prefix: str, groups: Mapping[str, str] | None = None,
+                   patients: Mapping[str, str] | None = None) -> dict:
     from vmunet_monai.doctor import environment
+    from vmunet_monai.evaluation.cardiac import write_clinical
 
     summary = summarize(rows)
     grouped: dict[str, list[dict]] = {}
@@ -368,8 +382,12 @@ def _write_outputs(rows, output_dir: str, prefix: str, groups: Mapping[str, str]
             grouped.setdefault(groups[row["case"]], []).append(row)
     if grouped:  # each group (ACDC's ED and ES frames) summarised apart as well
         summary["groups"] = {name: summarize(members) for name, members in sorted(grouped.items())}
+    if groups and patients:  # ACDC: each patient's ED and ES frames give the clinical indices
+        clinical = write_clinical(rows, groups, patients, output_dir, prefix)
+        if clinical is not None:
+            summary["clinical"] = clinical
     summary["environment"] = environment()  # versions, device and scan backend behind these numbers
-    write_case_csv(rows, os.path.join(output_dir, f"{prefix}per_case.csv"))
+    write_case_csv(rows, os.path.join(output_dir, f"{prefix}per_case.csv"), groups)
     with open(os.path.join(output_dir, f"{prefix}summary.json"), "w") as f:
         json.dump(_nan_to_none(summary), f, indent=4)
     plot_organ_boxes(rows, os.path.join(output_dir, f"{prefix}organ_boxplot.png"))
@@ -401,6 +419,13 @@ def _log_summary(summary: dict, name: str = "") -> None:
     print(line)
     for group, part in summary.get("groups", {}).items():
         _log_summary(part, group)
+    if "clinical" in summary:
+        from vmunet_monai.evaluation.cardiac import format_indices
+
+        for index_line in [f"clinical indices of {summary['clinical']['num_patients']} patients (predicted "
+                           f"against true):"] + format_indices(summary["clinical"]["indices"]):
+            logger.info(index_line)
+            print(index_line)
 
 
 class OrganMetricsHandler:
@@ -421,7 +446,12 @@ class OrganMetricsHandler:
         montage_slices: slices in the montage.
         prefix: file-name prefix.
         groups: case -> group (ACDC's ED and ES frames, :func:`vmunet_monai.data.common.datalist_groups`): the
-            summary then also holds each group's own under ``groups``, and the log a line per group.
+            summary then also holds each group's own under ``groups``, the log a line per group, and
+            ``per_case.csv`` a ``group`` column.
+        patients: case -> patient (:func:`vmunet_monai.data.common.datalist_patients`): with ED and ES groups and
+            classes named LV, RV, MYO, each patient's clinical indices (volumes, ejection fractions, myocardial
+            mass; :mod:`vmunet_monai.evaluation.cardiac`) are computed from the prediction and the ground truth,
+            summarised under ``clinical`` and written to ``clinical_indices.csv`` and ``clinical_indices.png``.
     """
 
     def __init__(
@@ -436,9 +466,10 @@ class OrganMetricsHandler:
         montage_slices: int = 8,
         prefix: str = "",
         groups: Mapping[str, str] | None = None,
+        patients: Mapping[str, str] | None = None,
     ) -> None:
         self.output_dir = output_dir
-        self.groups = dict(groups or {})
+        self.groups, self.patients = dict(groups or {}), dict(patients or {})
         self.pred_key, self.label_key, self.image_key = pred_key, label_key, image_key
         self.organs = {int(k): v for k, v in (organs or DEFAULT_ORGANS).items()}
         self.transunet = transunet
@@ -493,7 +524,7 @@ class OrganMetricsHandler:
         if not self.rows:
             return
         os.makedirs(self.output_dir, exist_ok=True)
-        self.summary = _write_outputs(self.rows, self.output_dir, self.prefix, self.groups)
+        self.summary = _write_outputs(self.rows, self.output_dir, self.prefix, self.groups, self.patients)
         _log_summary(self.summary)
         if self._montage is not None:
             m = self._montage

@@ -1,0 +1,134 @@
+"""Clinical indices of cine cardiac MRI (ACDC): volumes, ejection fractions and myocardial mass from the ED and ES
+frames' label maps, checked by hand, and how they reach the Synapse evaluation's outputs and ``compare``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from vmunet_monai.evaluation import ct
+from vmunet_monai.evaluation.cardiac import clinical_indices, summarize_indices, write_clinical
+
+SPACING = (1.5, 1.5, 10.0)  # ACDC-like: 22.5 ul voxels
+VOXEL_ML = 1.5 * 1.5 * 10.0 / 1000
+CLASSES = {1: "RV", 2: "MYO", 3: "LV"}
+
+
+def _frame(lv: int, myo: int, rv: int) -> np.ndarray:
+    """A 20x20x4 label map holding exactly ``lv``, ``myo`` and ``rv`` voxels of LV 3, MYO 2 and RV 1."""
+    label = np.zeros(20 * 20 * 4, np.uint8)
+    label[:lv] = 3
+    label[lv:lv + myo] = 2
+    label[lv + myo:lv + myo + rv] = 1
+    return label.reshape(20, 20, 4)
+
+
+def _rows(frames: dict) -> tuple[list[dict], dict, dict]:
+    """Rows of case_scores for {(patient, phase): (truth voxels, predicted voxels)}, with groups and patients."""
+    rows, groups, patients = [], {}, {}
+    for (patient, phase), (truth, pred) in frames.items():
+        case = f"{patient}_{phase.lower()}"
+        row = ct.case_scores(_frame(*pred), _frame(*truth), SPACING, CLASSES, transunet=False)
+        row["case"] = case
+        rows.append(row)
+        groups[case], patients[case] = phase, patient
+    return rows, groups, patients
+
+
+# (LV, MYO, RV) voxels: truth, prediction
+FRAMES = {
+    ("p1", "ED"): ((400, 300, 350), (400, 300, 350)),
+    ("p1", "ES"): ((200, 320, 150), (200, 320, 150)),
+    ("p2", "ED"): ((500, 280, 420), (520, 270, 420)),
+    ("p2", "ES"): ((300, 300, 200), (290, 300, 230)),
+    ("p3", "ED"): ((360, 330, 300), (350, 340, 310)),
+    ("p3", "ES"): ((120, 350, 140), (130, 350, 140)),
+    ("p4", "ED"): ((450, 310, 380), (450, 310, 380)),  # a patient without its ES frame is left out
+}
+
+
+def test_indices_by_hand():
+    rows, groups, patients = _rows(FRAMES)
+    found = clinical_indices(rows, groups, patients)
+    assert [p["patient"] for p in found] == ["p1", "p2", "p3"]
+    p2 = found[1]
+    assert (p2["ed_case"], p2["es_case"]) == ("p2_ed", "p2_es")
+    assert p2["truth"]["LV_EDV"] == pytest.approx(500 * VOXEL_ML)
+    assert p2["pred"]["LV_ESV"] == pytest.approx(290 * VOXEL_ML)
+    assert p2["truth"]["LV_EF"] == pytest.approx(100 * (500 - 300) / 500)
+    assert p2["pred"]["LV_EF"] == pytest.approx(100 * (520 - 290) / 520)
+    assert p2["pred"]["RV_EF"] == pytest.approx(100 * (420 - 230) / 420)
+    assert p2["truth"]["MYO_mass"] == pytest.approx(280 * VOXEL_ML * 1.05)  # at end-diastole, 1.05 g/ml
+    assert found[0]["truth"] == found[0]["pred"]
+    summary = summarize_indices(found)
+    ef = summary["LV_EF"]
+    truth = np.array([50.0, 40.0, 100 * 240 / 360])
+    pred = np.array([50.0, 100 * 230 / 520, 100 * 220 / 350])
+    assert ef["n"] == 3 and ef["unit"] == "%"
+    assert ef["bias"] == pytest.approx(np.mean(pred - truth))
+    assert ef["mae"] == pytest.approx(np.mean(np.abs(pred - truth)))
+    assert ef["sd_difference"] == pytest.approx(np.std(pred - truth, ddof=1))
+    centred_t, centred_p = truth - truth.mean(), pred - pred.mean()
+    r = (centred_t @ centred_p) / math.sqrt((centred_t @ centred_t) * (centred_p @ centred_p))
+    assert ef["correlation"] == pytest.approx(r)
+    assert ef["truth_mean"] == pytest.approx(truth.mean()) and ef["pred_mean"] == pytest.approx(pred.mean())
+
+
+def test_no_indices_without_cardiac_classes_or_both_phases(tmp_path):
+    rows, groups, patients = _rows(FRAMES)
+    assert write_clinical(rows, groups, {}, str(tmp_path)) is None
+    assert clinical_indices(rows, {case: "ED" for case in groups}, patients) == []
+    organs = {1: "liver", 2: "spleen", 3: "kidney"}
+    other = [dict(ct.case_scores(_frame(10, 10, 10), _frame(10, 10, 10), SPACING, organs), case=case)
+             for case in groups]
+    assert clinical_indices(other, groups, patients) == []
+    # an empty end-diastolic LV has no ejection fraction, and is left out of that index's agreement
+    rows, groups, patients = _rows({("a", "ED"): ((0, 300, 350), (10, 300, 350)), ("a", "ES"): ((0, 3, 5), (0, 3, 5)),
+                                    ("b", "ED"): ((40, 30, 35), (40, 30, 35)), ("b", "ES"): ((20, 3, 5), (20, 3, 5))})
+    found = clinical_indices(rows, groups, patients)
+    assert math.isnan(found[0]["truth"]["LV_EF"]) and found[0]["pred"]["LV_EF"] == pytest.approx(100.0)
+    summary = summarize_indices(found)
+    assert summary["LV_EF"]["n"] == 1 and math.isnan(summary["LV_EF"]["correlation"])  # too few to correlate
+    assert summary["RV_EF"]["n"] == 2
+
+
+def test_the_evaluation_writes_indices_groups_and_volumes_that_compare_reads(tmp_path, capsys):
+    from vmunet_monai.evaluation.compare import run_compare
+
+    rows, groups, patients = _rows(FRAMES)
+    summary = ct._write_outputs(rows, str(tmp_path / "a"), "", groups, patients)
+    ct._log_summary(summary)
+    clinical = summary["clinical"]
+    assert clinical["num_patients"] == 3 and set(clinical["indices"]) == {
+        "LV_EDV", "LV_ESV", "LV_EF", "RV_EDV", "RV_ESV", "RV_EF", "MYO_mass"}
+    printed = capsys.readouterr().out
+    assert "clinical indices of 3 patients" in printed
+    assert f"correlation {clinical['indices']['LV_EF']['correlation']:.3f}" in printed
+    stored = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert stored["clinical"]["indices"]["LV_EF"]["bias"] == pytest.approx(clinical["indices"]["LV_EF"]["bias"])
+    table = list(csv.DictReader(open(tmp_path / "a" / "clinical_indices.csv")))
+    assert [r["patient"] for r in table] == ["p1", "p2", "p3"]
+    assert float(table[1]["truth_LV_EDV"]) == pytest.approx(500 * VOXEL_ML)
+    assert float(table[1]["pred_LV_EDV"]) == pytest.approx(520 * VOXEL_ML)
+    assert (tmp_path / "a" / "clinical_indices.png").stat().st_size > 10_000
+    # per_case.csv: the group and every structure's volumes, predicted and true
+    cases = {r["case"]: r for r in csv.DictReader(open(tmp_path / "a" / "per_case.csv"))}
+    assert cases["p2_es"]["group"] == "ES" and cases["p4_ed"]["group"] == "ED"
+    assert float(cases["p2_es"]["volume_ml_RV"]) == pytest.approx(230 * VOXEL_ML)
+    assert float(cases["p2_es"]["truth_volume_ml_RV"]) == pytest.approx(200 * VOXEL_ML)
+    # compare pairs cases per group, and does not take volumes for scores
+    worse = [dict(r) for r in rows]
+    worse[3] = dict(ct.case_scores(_frame(100, 300, 200), _frame(300, 300, 200), SPACING, CLASSES), case="p2_es")
+    ct._write_outputs(worse, str(tmp_path / "b"), "", groups, patients)
+    result = run_compare([str(tmp_path / "a"), str(tmp_path / "b")], out=str(tmp_path / "cmp"))
+    assert set(result["groups"]) == {"ED", "ES"}
+    assert result["groups"]["ES"]["against_first"][0]["worse"] == 1
+    assert result["groups"]["ED"]["against_first"][0]["worse"] == 0
+    from vmunet_monai.validation import InputError
+
+    with pytest.raises(InputError, match="no column for --metric 'volume_ml_LV'"):
+        run_compare([str(tmp_path / "a"), str(tmp_path / "b")], metric="volume_ml_LV", out=str(tmp_path / "c2"))
