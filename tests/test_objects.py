@@ -163,6 +163,48 @@ def test_touching_objects_are_split_at_their_neck():
             split_touching(mask, bad)
 
 
+def test_the_split_depth_is_tuned_on_numbered_masks(tmp_path, capsys):
+    """tune_split scores each depth: two overlapping discs need a depth below their neck (about 8 pixels) to be
+    found apart, and a depth far below it cuts nothing more here, so the best is the largest depth that splits."""
+    from vmunet_monai.cli import main
+    from vmunet_monai.evaluation.objects import tune_split
+
+    yy, xx = np.mgrid[:60, :100]
+    left, right = (yy - 30) ** 2 + (xx - 28) ** 2 < 18 ** 2, (yy - 30) ** 2 + (xx - 62) ** 2 < 18 ** 2
+    truth = np.zeros((60, 100), np.uint8)
+    truth[left], truth[right & ~left] = 1, 2
+    (tmp_path / "truth").mkdir()
+    (tmp_path / "out" / "masks").mkdir(parents=True)
+    for name in ("train_1", "test_1"):
+        Image.fromarray(truth).save(tmp_path / "truth" / f"{name}.png")
+        Image.fromarray(((truth > 0) * 255).astype(np.uint8)).save(tmp_path / "out" / "masks" / f"{name}_mask.png")
+    result = tune_split(tmp_path / "out" / "masks", tmp_path / "truth", depths="12,2,4")
+    by_depth = {r["depth"]: r for r in result["depths"]}
+    assert [r["depth"] for r in result["depths"]] == ["2", "4", "12"]
+    assert by_depth["2"]["f1"] == by_depth["4"]["f1"] == 1.0 and by_depth["12"]["objects"] == 2
+    assert result["unsplit"]["f1"] == by_depth["12"]["f1"] < 1.0 and result["unsplit"]["objects"] == 2
+    assert result["best"] == 4.0 and result["n_images"] == 2
+    printed = capsys.readouterr().out
+    assert "use predict --split_touching 4" in printed and "<- best" in printed
+    rows = list(csv.DictReader(open(tmp_path / "out" / "split_depths" / "split_depths.csv")))
+    assert [r["depth"] for r in rows] == ["none", "2", "4", "12"]
+    assert (tmp_path / "out" / "split_depths" / "split_depths.png").stat().st_size > 5000
+    # only the named sets: the train_* images, never the test ones
+    alone = tune_split(tmp_path / "out" / "masks", tmp_path / "truth", depths="4", group_by="prefix", sets="train",
+                       out=tmp_path / "alone")
+    assert alone["n_images"] == 1
+    with pytest.raises(InputError, match=r"--sets 'val': no set 'val' among the pairs found \(sets with --group_by "
+                                         r"prefix: test, train\)"):
+        tune_split(tmp_path / "out" / "masks", tmp_path / "truth", group_by="prefix", sets="val")
+    for bad, rule in (("0.2,2", "each depth is at least 0.5"), ("a,b", "give neck depths in pixels")):
+        with pytest.raises(InputError, match=rule):
+            tune_split(tmp_path / "out" / "masks", tmp_path / "truth", depths=bad)
+    Image.fromarray(truth).save(tmp_path / "out" / "masks" / "test_1_mask.png")  # numbered, not binary
+    with pytest.raises(SystemExit):
+        main(["tune_split", str(tmp_path / "out" / "masks"), str(tmp_path / "truth"), "--depths", "2"])
+    assert "test_1_mask.png: holds 3 values; depths are tuned on predict's binary masks" in capsys.readouterr().err
+
+
 def test_picture_colours_each_outcome():
     truth, pred = _two_glands()
     extra = truth.copy()
@@ -346,11 +388,14 @@ def test_demo_with_glands_scores_the_test_tiles_object_by_object(tmp_path, capsy
     objects = result["objects"]
     assert set(objects["groups"]) == {"testA", "testB"} and objects["overall"]["n_images"] == 4
     assert f"F1 {objects['overall']['pooled']['f1']:.4f}" in printed
+    assert "use predict --split_touching" in printed  # the depth was tuned on the predicted training tiles
+    assert result["split_depth"] in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+    assert f"--split_touching {result['split_depth']:g}, the best depth on the training tiles" in printed
     ceiling = result["binary_masks_objects"]
     assert ceiling["per_image"]["dice_mean"] == 1.0 and 0 < ceiling["pooled"]["f1"] <= 1.0
     assert f"the binary training masks themselves score F1 {ceiling['pooled']['f1']:.4f}" in printed
     assert (tmp_path / "demo" / "predicted" / "objects" / "pictures" / "testB" / "testB_1.png").is_file()
     split = result["objects_split"]["overall"]
-    assert split["n_images"] == 4 and f"--split_touching 2): F1 {split['pooled']['f1']:.4f}" in printed
+    assert split["n_images"] == 4 and f"on the training tiles): F1 {split['pooled']['f1']:.4f}" in printed
     with pytest.raises(InputError, match="demo --glands: on its own"):
         demo.run_demo(out=str(tmp_path / "x"), glands=True, classes=2)

@@ -120,7 +120,8 @@ class Commands:
             classes: 2 trains on lesions with a dark core (two classes, your-own-data folders layout): one
                 softmax output per class, and each class's test Dice printed.
             glands: synthetic GlaS tiles instead: trained on binary masks, then the test tiles predicted and scored
-                object by object (the objects command) against their numbered glands, beside pixel Dice.
+                object by object (the objects command) against their numbered glands, beside pixel Dice, also with
+                touching glands split at the depth tune_split finds best on the training tiles.
         """
         from vmunet_monai.demo import run_demo
 
@@ -182,6 +183,27 @@ class Commands:
 
         run_objects(pred, truth, out=out, group_by=group_by, pictures=pictures, hausdorff=distances, title=title,
                     foreground=foreground)
+
+    def tune_split(self, pred: str, truth: str, depths: str = "1,1.5,2,3,4,6,8", out: str | None = None,
+                   group_by: str = "folder", sets: str | None = None):
+        """Choose the depth for predict --split_touching: split predicted binary masks at each depth and score their
+        objects against ground truths that number each object; prints the table and the depth to use.
+
+        The depth with the highest object Dice wins (ties: object F1, then the larger depth). Tune on images that
+        are not your test set (predict the training or validation tiles), so the choice is not fitted to the
+        numbers it is judged by. Writes split_depths.csv and split_depths.png.
+
+        Args:
+            pred: predict's binary masks (OUTPUT/masks) or one file.
+            truth: the numbered ground-truth masks by image name, or images with their masks beside them (GlaS).
+            depths: the neck depths to try, in pixels, separated by commas (each at least 0.5).
+            out: output folder (default: split_depths/ beside PRED).
+            group_by: folder or prefix (as objects; the table pools every image).
+            sets: only these sets, separated by commas (e.g. --group_by prefix --sets train: GlaS's train_* tiles).
+        """
+        from vmunet_monai.evaluation.objects import tune_split
+
+        tune_split(pred, truth, depths=depths, out=out, group_by=group_by, sets=sets)
 
     def prepare(self, bundle: str, raw: str, out: str, **options):
         """Read a dataset as its owners distribute it (RAW) and write OUT/datalist.json for BUNDLE.

@@ -147,21 +147,22 @@ def _print_result(what: str, best_dice: float, best_epoch: int, epochs: int, sum
 
 
 DEMO_EPOCHS = {1: 30, 2: 60}  # two classes learn the lesion's ring around its core more slowly
-# tiles of about 170x130 with glands of 20-40 pixels: trained near full size; necks of 2 pixels split
-GLANDS = {"epochs": 80, "size": 128, "split_touching": 2.0}
+# tiles of about 170x130 with glands of 20-40 pixels: trained near full size
+GLANDS = {"epochs": 80, "size": 128}
 
 
 def _run_glands(out: Path, epochs: int, num: int, size: int) -> dict:
     """Synthetic GlaS tiles -> ``prepare --foreground nonzero`` -> train on binary masks -> ``predict`` the test
-    tiles (``--split_touching``) -> ``objects`` against their numbered glands, for the binary masks and for their
+    tiles (``--split_touching``, its depth chosen by :func:`~vmunet_monai.evaluation.objects.tune_split` on the
+    predicted training tiles) -> ``objects`` against their numbered glands, for the binary masks and for their
     split objects: pixel Dice beside object F1 and object Dice."""
     from vmunet_monai.data import demo_data, prepare
     from vmunet_monai.evaluation.objects import (label_components, object_scores, read_objects, run_objects,
-                                                 summarize_objects)
+                                                 summarize_objects, tune_split)
     from vmunet_monai.predict import predict
 
-    raw, prepared, tiles = out / "raw", out / "prepared", out / "test_tiles"
-    for folder in (raw, tiles, out / "predicted"):
+    raw, prepared, tiles, seen = out / "raw", out / "prepared", out / "test_tiles", out / "training_tiles"
+    for folder in (raw, tiles, seen, out / "predicted", out / "predicted_training"):
         shutil.rmtree(folder, ignore_errors=True)
     demo_data("polyp_seg", str(raw), num=num, seed=0, layout="glands")
     prepare(BUNDLE, str(raw), str(prepared), foreground="nonzero")  # names give the split: testA and testB
@@ -169,18 +170,23 @@ def _run_glands(out: Path, epochs: int, num: int, size: int) -> dict:
     shutil.rmtree(bundle_root / "models", ignore_errors=True)
     print(f"training {BUNDLE} on binary gland masks ({epochs} epochs, {size}x{size}) in {bundle_root}", flush=True)
     best_dice, best_epoch, summary = _train_and_evaluate(bundle_root, prepared, [])
-    tiles.mkdir(parents=True)
-    for path in sorted(raw.glob("test*")):  # the test tiles with their numbered masks beside them
-        shutil.copy2(path, tiles / path.name)
+    for folder, pattern in ((tiles, "test*"), (seen, "train_*")):  # tiles with their numbered masks beside them
+        folder.mkdir(parents=True)
+        for path in sorted(raw.glob(pattern)):
+            shutil.copy2(path, folder / path.name)
+    # the split depth is chosen on the training tiles, never on the test tiles it is judged by
+    predict(str(bundle_root), str(seen), str(out / "predicted_training"), device="cpu")
+    print("")
+    depth = tune_split(out / "predicted_training" / "masks", seen)["best"]
+    print("")
     predicted = out / "predicted"
-    predict(str(bundle_root), str(tiles), str(predicted), device="cpu", split_touching=GLANDS["split_touching"])
+    predict(str(bundle_root), str(tiles), str(predicted), device="cpu", split_touching=depth)
     print("")
     objects = run_objects(predicted / "masks", tiles, out=predicted / "objects", group_by="prefix",
                           title="test tiles, object by object: the binary masks")
     print("")
     split = run_objects(predicted / "instances", tiles, out=predicted / "objects_split", group_by="prefix",
-                        title=f"test tiles, object by object: touching objects split (--split_touching "
-                              f"{GLANDS['split_touching']:g})")
+                        title=f"test tiles, object by object: touching objects split (--split_touching {depth:g})")
     print("")
     _print_result("VM-UNet", best_dice, best_epoch, epochs, summary)
     # the binary masks the network learns from, scored the same way: the most a binary mask can reach unsplit
@@ -194,11 +200,12 @@ def _run_glands(out: Path, epochs: int, num: int, size: int) -> dict:
           f"{whole['per_image']['object_dice_mean']:.4f} against pixel Dice {whole['per_image']['dice_mean']:.4f}; "
           f"the binary training masks themselves score F1 {ceiling['pooled']['f1']:.4f}, object Dice "
           f"{ceiling['per_image']['object_dice_mean']:.4f}: glands that touch are one object in a binary mask")
-    print(f"VM-UNet: the same masks with touching glands split (predict --split_touching "
-          f"{GLANDS['split_touching']:g}): F1 {cut['pooled']['f1']:.4f}, object Dice "
+    print(f"VM-UNet: the same masks with touching glands split (predict --split_touching {depth:g}, the best depth "
+          f"on the training tiles): F1 {cut['pooled']['f1']:.4f}, object Dice "
           f"{cut['per_image']['object_dice_mean']:.4f} (pictures: {predicted / 'objects_split' / 'pictures'})")
     return {"best_val_dice": best_dice, "best_epoch": best_epoch, "test_summary": summary, "objects": objects,
-            "objects_split": split, "binary_masks_objects": ceiling, "bundle_root": str(bundle_root)}
+            "objects_split": split, "binary_masks_objects": ceiling, "split_depth": depth,
+            "bundle_root": str(bundle_root)}
 
 
 def run_demo(out: str = "demo_run", epochs: int | None = None, num: int = 48, size: int | None = None,
@@ -218,7 +225,9 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int = 48, si
             output per class and the test Dice of each class.
         glands: synthetic GlaS tiles instead (``demo_data polyp_seg --layout glands``): trained on binary masks,
             the test tiles predicted and scored object by object against their numbered glands
-            (:mod:`vmunet_monai.evaluation.objects`); the result then has ``objects``, that summary.
+            (:mod:`vmunet_monai.evaluation.objects`), also with touching glands split at the depth that
+            ``tune_split`` finds best on the predicted training tiles; the result then has ``objects``,
+            ``objects_split`` and ``split_depth``.
 
     Returns:
         ``{"best_val_dice", "best_epoch", "test_summary", "seconds", "bundle_root"}`` (``test_summary`` with

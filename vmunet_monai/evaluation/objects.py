@@ -647,6 +647,128 @@ def split_touching(foreground: np.ndarray, depth: float) -> np.ndarray:
     return _numbered(sitk.GetArrayFromImage(basins).astype(np.int32) * foreground)
 
 
+SPLIT_DEPTHS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+SPLIT_CSV = "split_depths.csv"
+
+
+def _depths(depths) -> list[float]:
+    """``--depths`` as sorted distinct numbers of at least 0.5 ("1,2,3", "[1,2]" or a sequence)."""
+    if isinstance(depths, str):
+        items = depths.strip("[]() ").split(",")
+    else:  # fire makes a number of "2" and a tuple of "1,2,3"
+        items = list(depths) if isinstance(depths, (list, tuple)) else [depths]
+    try:
+        values = sorted({float(str(v).strip()) for v in items})
+    except ValueError:
+        raise InputError(f"--depths {depths!r}: give neck depths in pixels separated by commas, e.g. 1,2,3,5") from None
+    if not values or values[0] < 0.5:
+        raise InputError(f"--depths {depths!r}: each depth is at least 0.5 pixels")
+    return values
+
+
+def tune_split(pred: str | os.PathLike, truth: str | os.PathLike, depths=SPLIT_DEPTHS,
+               out: str | os.PathLike | None = None, group_by: str = "folder", sets=None) -> dict:
+    """Choose ``predict --split_touching``'s depth: split the predicted binary masks in ``pred`` at each depth and
+    score the objects against the numbered ground truths in ``truth``; the depth with the highest object Dice
+    (ties: F1, then the larger depth) is the one to use.
+
+    Run it on images that are not the test set (the validation or training tiles, predicted), so the choice is not
+    tuned on the numbers it will be judged by: ``sets`` keeps only those sets (names as ``group_by`` forms them,
+    e.g. ``train`` of GlaS's ``train_*`` tiles with ``group_by="prefix"``).
+
+    Writes ``split_depths.csv`` (one line per depth, ``none`` the unsplit masks) and ``split_depths.png`` into
+    ``out`` (default: ``split_depths/`` beside ``pred``).
+
+    Returns:
+        ``{"depths": [{"depth", "f1", "object_dice", "objects"}, ...], "unsplit": {...}, "best": depth,
+        "n_images": n, "paths": {...}}``.
+
+    Raises:
+        InputError: as :func:`match_files`, for depths below 0.5, a set not found, or predictions that are not
+            binary masks.
+    """
+    from PIL import Image
+    from tqdm import tqdm
+
+    from vmunet_monai.validation import check_output_location
+
+    values = _depths(depths)
+    pairs, _ = match_files(pred, truth, group_by)
+    if sets is not None:
+        wanted = [str(v).strip() for v in (sets.split(",") if isinstance(sets, str) else
+                                           (sets if isinstance(sets, (list, tuple)) else [sets]))]
+        found = sorted({group for _, group, _, _ in pairs})
+        unknown = [w for w in wanted if w not in found]
+        if unknown:
+            raise InputError(f"--sets {sets!r}: no set {unknown[0]!r} among the pairs found (sets with --group_by "
+                             f"{group_by}: {', '.join(found)})")
+        pairs = [p for p in pairs if p[1] in wanted]
+    out = Path(out) if out is not None else Path(pred).resolve().parent / "split_depths"
+    out = check_output_location([Path(truth)], out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, list[dict]] = {"none": [], **{f"{d:g}": [] for d in values}}
+    for name, _group, pred_path, truth_path in tqdm(pairs, desc="split depths", unit="image", mininterval=1.0):
+        truth_objects = read_objects(truth_path)
+        with Image.open(pred_path) as image:
+            distinct = np.unique(np.asarray(image))
+        if distinct.size > 2:
+            raise InputError(f"{pred_path}: holds {distinct.size} values; depths are tuned on predict's binary masks "
+                             f"(OUTPUT/masks), not on object or class maps")
+        foreground = read_objects(pred_path) > 0
+        if foreground.shape != truth_objects.shape:
+            raise InputError(f"{pred_path} and its ground truth {truth_path} differ in size")
+        rows["none"].append({"group": "all", **object_scores(truth_objects, label_components(foreground), False)})
+        for d in values:
+            rows[f"{d:g}"].append({"group": "all", **object_scores(truth_objects, split_touching(foreground, d),
+                                                                   False)})
+    table = []
+    for key, scored in rows.items():
+        overall = summarize_objects(scored)["overall"]
+        table.append({"depth": key, "f1": overall["pooled"]["f1"],
+                      "object_dice": overall["per_image"]["object_dice_mean"],
+                      "objects": overall["pooled"]["n_pred"], "truth_objects": overall["pooled"]["n_truth"]})
+    unsplit, split = table[0], table[1:]
+    best = max(split, key=lambda r: (round(r["object_dice"], 6), round(r["f1"], 6), float(r["depth"])))
+    csv_path, plot_path = out / SPLIT_CSV, out / "split_depths.png"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    _plot_depths(split, unsplit, best, plot_path)
+    lines = [f"{'depth':>6} {'F1':>7} {'object Dice':>12} {'objects':>8}  (ground truth: {unsplit['truth_objects']} "
+             f"objects in {len(pairs)} images)"]
+    for r in table:
+        mark = "  <- best" if r is best else ""
+        lines.append(f"{r['depth']:>6} {r['f1']:7.4f} {r['object_dice']:12.4f} {r['objects']:8d}{mark}")
+    print("\n".join(lines))
+    print(f"use predict --split_touching {best['depth']} (written to {out})")
+    return {"depths": split, "unsplit": unsplit, "best": float(best["depth"]), "n_images": len(pairs),
+            "paths": {"csv": str(csv_path), "plot": str(plot_path)}}
+
+
+def _plot_depths(split: Sequence[dict], unsplit: dict, best: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    x = [float(r["depth"]) for r in split]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for key, label, colour in (("object_dice", "object Dice", "tab:blue"), ("f1", "object F1", "tab:orange")):
+        ax.plot(x, [r[key] for r in split], marker="o", color=colour, label=label)
+        ax.axhline(unsplit[key], color=colour, ls=":", lw=1, label=f"{label}, unsplit")
+    ax.axvline(float(best["depth"]), color="grey", ls="--", lw=1, label=f"best: {best['depth']}")
+    ax.set_xlabel("--split_touching depth (pixels)")
+    ax.set_ylabel("score")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Touching objects split at each neck depth")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_objects(objects: np.ndarray, path: str | os.PathLike) -> Path:
     """Save an object map as a PNG of object numbers: 8-bit up to 255 objects, else 16-bit."""
     from PIL import Image
