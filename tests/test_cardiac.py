@@ -132,3 +132,62 @@ def test_the_evaluation_writes_indices_groups_and_volumes_that_compare_reads(tmp
 
     with pytest.raises(InputError, match="no column for --metric 'volume_ml_LV'"):
         run_compare([str(tmp_path / "a"), str(tmp_path / "b")], metric="volume_ml_LV", out=str(tmp_path / "c2"))
+
+
+def test_score_reads_predictions_on_disk_against_a_prepared_acdc_dataset(tmp_path, capsys):
+    """``score``: predictions written by predict (``_seg``) or named as nnU-Net names them are paired with the test
+    cases of the datalist and scored by the evaluation's protocol, phases apart and with the clinical indices; a
+    perfect prediction agrees exactly, a case without a prediction is named, a prediction off its grid refused."""
+    import nibabel as nib
+
+    from vmunet_monai.cli import main
+    from vmunet_monai.data import prepare
+    from vmunet_monai.data import synapse
+    from vmunet_monai.evaluation.compare import run_compare
+    from vmunet_monai.evaluation.score import score_volumes
+    from vmunet_monai.validation import InputError
+
+    synapse.demo_data(str(tmp_path / "acdc"), num=10, seed=2, layout="acdc", shape=(48, 48, 4))
+    prepare("synapse_multiorgan", str(tmp_path / "acdc"), str(tmp_path / "prepared"))
+    doc = json.loads((tmp_path / "prepared" / "datalist.json").read_text())
+    tests = doc["test"]
+    assert len(tests) == 4  # two testing patients, ED and ES each
+    for k, item in enumerate(tests):
+        label = nib.load(tmp_path / "prepared" / item["label"])
+        data = np.asarray(label.dataobj)
+        name = f"{item['case']}_seg.nii.gz" if k % 2 == 0 else f"{item['case']}.nii.gz"
+        for folder, values in (("perfect", data), ("eroded", np.where(data == 3, 2, data) if k == 1 else data)):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            nib.save(nib.Nifti1Image(values.astype(np.uint8), label.affine), tmp_path / folder / name)
+    summary = score_volumes(tmp_path / "perfect", tmp_path / "prepared", out=tmp_path / "s_perfect")
+    assert summary["num_cases"] == 4 and set(summary["groups"]) == {"ED", "ES"}
+    assert summary["dice"]["mean_over_organs"] == 1.0 and summary["organs"] == ["RV", "MYO", "LV"]
+    clinical = summary["clinical"]["indices"]
+    assert summary["clinical"]["num_patients"] == 2
+    assert clinical["LV_EF"]["bias"] == 0.0 and clinical["MYO_mass"]["mae"] == 0.0
+    assert 0 < clinical["LV_EF"]["truth_mean"] < 100
+    assert (tmp_path / "s_perfect" / "clinical_indices.png").is_file()
+    # the second case's LV predicted as myocardium: its LV volume is lost, its EF changes, compare sees it
+    main(["score", str(tmp_path / "eroded"), str(tmp_path / "prepared"), "--out", str(tmp_path / "s_eroded"),
+          "--montage", "false"])
+    eroded = json.loads((tmp_path / "s_eroded" / "summary.json").read_text())
+    assert eroded["clinical"]["indices"]["LV_EF"]["mae"] > 1.0
+    assert not list((tmp_path / "s_eroded").glob("montage_*.png"))
+    result = run_compare([str(tmp_path / "s_perfect"), str(tmp_path / "s_eroded")], out=str(tmp_path / "cmp"))
+    assert result["overall"]["against_first"][0]["worse"] == 1 and set(result["groups"]) == {"ED", "ES"}
+    # a missing prediction is named and left out; a prediction on another grid is refused
+    (tmp_path / "perfect" / f"{tests[3]['case']}.nii.gz").unlink()
+    capsys.readouterr()
+    partial = score_volumes(tmp_path / "perfect", tmp_path / "prepared", out=tmp_path / "s_partial", montage=False)
+    assert partial["missing_prediction"] == [tests[3]["case"]] and partial["num_cases"] == 3
+    assert f"left out: 1 test case(s) without a prediction (first: {tests[3]['case']})" in capsys.readouterr().out
+    first = tmp_path / "perfect" / f"{tests[0]['case']}_seg.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((48, 48, 3), np.uint8), np.eye(4)), first)
+    with pytest.raises(InputError, match=r"_seg.nii.gz: shape \(48, 48, 3\) against \(48, 48, 4\) of its label"):
+        score_volumes(tmp_path / "perfect", tmp_path / "prepared", out=tmp_path / "s_bad")
+    with pytest.raises(InputError, match="no datalist.json"):
+        score_volumes(tmp_path / "perfect", tmp_path / "acdc")
+    with pytest.raises(InputError, match=r"--split 'tset': .* has the splits"):
+        score_volumes(tmp_path / "perfect", tmp_path / "prepared", split="tset")
+    with pytest.raises(InputError, match="no prediction is named after a 'test' case"):
+        score_volumes(tmp_path / "s_perfect", tmp_path / "prepared", out=tmp_path / "s_none")

@@ -13,7 +13,7 @@ __all__ = ["Commands", "main"]
 
 class Commands:
     """VM-UNet family for MONAI: set-up checks, benchmarks, GPU kernel checks, data, training demo, comparison of
-    evaluations, object-level scores, prediction, export and packaging."""
+    evaluations, scores of segmentations on disk (volumes, objects), prediction, export and packaging."""
 
     def doctor(self):
         """Versions, devices and every selective-scan backend: available or not, why, and the exact fix."""
@@ -183,6 +183,29 @@ class Commands:
 
         run_objects(pred, truth, out=out, group_by=group_by, pictures=pictures, hausdorff=distances, title=title,
                     foreground=foreground)
+
+    def score(self, pred: str, dataset: str, out: str | None = None, split: str = "test", transunet: bool = True,
+              montage: bool = True):
+        """Score volume segmentations already on disk (predict's, or another tool's such as nnU-Net's) against the
+        labels of a prepared dataset, by the protocol of the synapse_multiorgan evaluation.
+
+        Each prediction is paired with a case of the split by name (<image>_seg.nii.gz as predict writes it,
+        <case>.nii.gz as nnU-Net writes it) and must lie on its label's grid. Dice and HD95 in mm per class (the
+        classes the datalist records), the TransUNet rule beside them, each datalist group apart and, for ACDC's
+        patients, the clinical indices. Writes per_case.csv (which compare reads beside the bundle's own
+        evaluation), summary.json, organ_boxplot.png and a montage.
+
+        Args:
+            pred: a folder of predicted label maps (NIfTI, NRRD or MHA), searched recursively.
+            dataset: the folder prepare wrote (its datalist.json names the cases, labels, classes and groups).
+            out: output folder (default: score/ beside PRED).
+            split: the datalist split to score against: test, validation or training.
+            transunet: also the TransUNet-rule scores, labelled as such.
+            montage: draw the first case's slices with prediction and label.
+        """
+        from vmunet_monai.evaluation.score import score_volumes
+
+        score_volumes(pred, dataset, out=out, split=split, transunet=transunet, montage=montage)
 
     def tune_split(self, pred: str, truth: str, depths: str = "1,1.5,2,3,4,6,8", out: str | None = None,
                    group_by: str = "folder", sets: str | None = None):

@@ -556,6 +556,9 @@ def evaluate_files(
     organs: Mapping[int, str] | None = None,
     transunet: bool = True,
     montage_image: str | None = None,
+    cases: Sequence[str] | None = None,
+    groups: Mapping[str, str] | None = None,
+    patients: Mapping[str, str] | None = None,
 ) -> dict:
     """Score NIfTI predictions against NIfTI labels (same grids, paired by order); write CSV, JSON, plots.
 
@@ -566,31 +569,42 @@ def evaluate_files(
         organs: label value -> organ name.
         transunet: also compute the TransUNet-rule scores.
         montage_image: the CT image of the first case, to draw a montage.
+        cases: the case names (default: the labels' file names).
+        groups, patients: case -> group and case -> patient, as :class:`OrganMetricsHandler` takes them (each group
+            summarised apart; ACDC's clinical indices).
 
     Returns:
         The summary dictionary (as written to ``summary.json``).
 
     Raises:
-        ValueError: if the lists differ in length or a pair differs in shape or affine.
+        vmunet_monai.validation.InputError: if the lists differ in length or a pair differs in shape or affine
+            (naming both files).
     """
     import nibabel as nib
     from tqdm import tqdm
 
+    from vmunet_monai.validation import InputError
+
     if len(predictions) != len(labels):
-        raise ValueError(f"{len(predictions)} predictions but {len(labels)} labels")
+        raise InputError(f"{len(predictions)} predictions but {len(labels)} labels: give one label per prediction")
+    names = list(cases) if cases is not None else [_case_name(label) for label in labels]
     organs = {int(k): v for k, v in (organs or DEFAULT_ORGANS).items()}
     rows = []
-    for pred_path, label_path in tqdm(list(zip(predictions, labels)), desc="scoring cases"):
+    for pred_path, label_path, case in tqdm(list(zip(predictions, labels, names)), desc="scoring cases",
+                                            unit="case"):
         p, g = nib.load(pred_path), nib.load(label_path)
         if p.shape != g.shape or not np.allclose(p.affine, g.affine, atol=1e-3):
-            raise ValueError(f"{pred_path}: shape {p.shape}/affine differ from the label {label_path} {g.shape}")
+            what = f"shape {p.shape} against {g.shape}" if p.shape != g.shape else "the same shape but another affine"
+            raise InputError(f"{pred_path}: {what} of its label {label_path} (a prediction is scored on its label's "
+                             f"grid; predict writes each volume's own grid)")
         scores = case_scores(
             np.asarray(p.dataobj), np.asarray(g.dataobj), spacing_from_affine(g.affine), organs, transunet
         )
-        scores["case"] = _case_name(label_path)
+        scores["case"] = case
+        scores["spacing_mm"] = list(spacing_from_affine(g.affine))
         rows.append(scores)
     os.makedirs(output_dir, exist_ok=True)
-    summary = _write_outputs(rows, output_dir, "")
+    summary = _write_outputs(rows, output_dir, "", groups, patients)
     _log_summary(summary)
     if montage_image:
         img = nib.load(montage_image)
