@@ -9,7 +9,7 @@ myocardium (MYO) and left-ventricular cavity (LV), give:
 
 Each index is computed from the prediction and from the ground truth. Over patients, the agreement is
 summarised as ACDC does: the correlation of predicted with true values, the bias (mean of predicted minus
-true) and the standard deviation of those differences (the limits of agreement are bias +- 1.96 sd), beside
+true) and the standard deviation of those differences (the limits of agreement are bias ± 1.96 sd), beside
 the mean absolute error. :func:`write_clinical` writes the per-patient table, a scatter and a Bland-Altman
 plot per index, and returns the summary that the Synapse evaluation adds to ``summary.json``.
 """
@@ -133,11 +133,11 @@ def summarize_indices(patients: Sequence[dict]) -> dict:
 
 
 def format_indices(summary: Mapping[str, dict]) -> list[str]:
-    """One line per index: correlation, bias +- sd, mean absolute error."""
+    """One line per index: correlation, bias ± sd, mean absolute error."""
     lines = []
     for index, s in summary.items():
         lines.append(f"{index} ({s['unit']}): {s['n']} patients, true {s['truth_mean']:.1f}, predicted "
-                     f"{s['pred_mean']:.1f}, correlation {s['correlation']:.3f}, bias {s['bias']:+.2f} +- "
+                     f"{s['pred_mean']:.1f}, correlation {s['correlation']:.3f}, bias {s['bias']:+.2f} ± "
                      f"{s['sd_difference']:.2f}, mean absolute error {s['mae']:.2f}")
     return lines
 
@@ -172,13 +172,13 @@ def _plot(patients: Sequence[dict], summary: Mapping[str, dict], path: str) -> s
         if not math.isnan(s["sd_difference"]):
             for sign in (-1, 1):
                 bottom.axhline(s["bias"] + sign * 1.96 * s["sd_difference"], color="grey", lw=1, ls="--")
-        bottom.set_title(f"bias {s['bias']:+.2f} +- {s['sd_difference']:.2f}", fontsize=10)
+        bottom.set_title(f"bias {s['bias']:+.2f} ± {s['sd_difference']:.2f}", fontsize=10)
         bottom.set_xlabel("mean of both")
         bottom.set_ylabel("prediction - truth")
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
     fig.suptitle(f"Clinical indices, {len(patients)} patients (top: agreement; bottom: Bland-Altman, "
-                 f"bias +- 1.96 sd)", fontsize=11)
+                 f"bias ± 1.96 sd)", fontsize=11)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
