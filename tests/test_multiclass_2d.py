@@ -408,3 +408,56 @@ def test_colour_masks_are_read_by_grey_level_unless_two_colours_would_merge(tmp_
     Image.fromarray(mask).save(tmp_path / "same.png")
     with pytest.raises(InputError, match=r"same\.png: the colours .* have the same grey level"):
         read_label(tmp_path / "same.png")
+
+
+def test_score_reads_2d_masks_on_disk_binary_and_of_several_classes(tmp_path, capsys):
+    """``score`` on 2D masks: another tool's binary masks (``<image>.png``) and predict-style class maps
+    (``<image>_mask.png`` in the dataset's grey levels) scored against a prepared dataset's test split, checked
+    against the labels by hand; a missing prediction is named, wrong sizes and foreign values are refused."""
+    from vmunet_monai.cli import main
+    from vmunet_monai.evaluation.compare import read_table
+    from vmunet_monai.evaluation.score import score
+
+    rng = np.random.default_rng(4)
+    truths = _pool(tmp_path / "raw", 10, rng, values=(0, 100, 200))
+    prepare("polyp_seg", str(tmp_path / "raw"), str(tmp_path / "classes"), classes="polyp,instrument")
+    tests = json.loads((tmp_path / "classes" / "datalist.json").read_text())["test"]
+    assert len(tests) >= 2
+    # several classes, written as the dataset's own values; the first test image's class 2 predicted as class 1
+    masks = tmp_path / "pred" / "masks"
+    masks.mkdir(parents=True)
+    expected = {}
+    for k, item in enumerate(tests):
+        truth = truths[int(item["name"][3:])]
+        guess = np.where(truth == 2, 1, truth) if k == 0 else truth
+        Image.fromarray(np.asarray([0, 100, 200], np.uint8)[guess]).save(masks / f"{item['name']}_mask.png")
+        expected[item["name"]] = [make_record(item["name"], guess == c, truth == c, cls=c)["dice"] for c in (1, 2)]
+    summary = score(tmp_path / "pred" / "masks", tmp_path / "classes", out=tmp_path / "s", mask_values="0,100,200")
+    table = read_table(tmp_path / "s")
+    for name, dice in expected.items():
+        row = table.values[f"raw/{name}"]
+        assert [row["dice_polyp"], row["dice_instrument"]] == pytest.approx(dice)
+    assert expected[tests[0]["name"]][1] == 0.0 and summary["missing_prediction"] == []
+    assert set(summary["classes"]) == {"polyp", "instrument"}
+    with pytest.raises(InputError, match=r"_mask.png: holds the value 100, which is no class's \(the masks hold 0 0, "
+                                         r"1 1, 2 2"):
+        score(tmp_path / "pred" / "masks", tmp_path / "classes", out=tmp_path / "s2")
+    # binary: foreground at half scale, named as another tool names its masks; one image left without a prediction
+    demo_data("isic_skin_lesion", str(tmp_path / "isic"), num=8)
+    prepare("isic_skin_lesion", str(tmp_path / "isic"), str(tmp_path / "binary"))
+    items = json.loads((tmp_path / "binary" / "datalist.json").read_text())["test"]
+    (tmp_path / "other").mkdir()
+    for item in items[1:]:
+        label = np.asarray(Image.open((tmp_path / "binary" / item["label"]).resolve()))
+        Image.fromarray((label > 127).astype(np.uint8)).save(tmp_path / "other" / f"{item['name']}.png")  # 0/1
+    capsys.readouterr()
+    main(["score", str(tmp_path / "other"), str(tmp_path / "binary"), "--out", str(tmp_path / "b")])
+    printed = capsys.readouterr().out
+    stored = json.loads((tmp_path / "b" / "metrics_test_summary.json").read_text())
+    assert stored["overall"]["per_image"]["dice_mean"] == 1.0 and stored["missing_prediction"] == [items[0]["name"]]
+    assert f"left out: 1 test image(s) without a prediction (first: {items[0]['name']})" in printed
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "other" / f"{items[1]['name']}.png")
+    with pytest.raises(InputError, match=r"5x5 against its label .* \(masks are scored at the image's own size"):
+        score(tmp_path / "other", tmp_path / "binary", out=tmp_path / "b2")
+    with pytest.raises(InputError, match="--transunet: only for volumes"):
+        score(tmp_path / "other", tmp_path / "binary", out=tmp_path / "b3", transunet=False)

@@ -184,28 +184,33 @@ class Commands:
         run_objects(pred, truth, out=out, group_by=group_by, pictures=pictures, hausdorff=distances, title=title,
                     foreground=foreground)
 
-    def score(self, pred: str, dataset: str, out: str | None = None, split: str = "test", transunet: bool = True,
-              montage: bool = True):
-        """Score volume segmentations already on disk (predict's, or another tool's such as nnU-Net's) against the
-        labels of a prepared dataset, by the protocol of the synapse_multiorgan evaluation.
+    def score(self, pred: str, dataset: str, out: str | None = None, split: str = "test", mask_values=None,
+              transunet: bool | None = None, montage: bool | None = None):
+        """Score segmentations already on disk (predict's, or another tool's) against the labels of a prepared
+        dataset, by the protocol of its bundle's own evaluation; the per-case table compare reads beside it.
 
-        Each prediction is paired with a case of the split by name (<image>_seg.nii.gz as predict writes it,
-        <case>.nii.gz as nnU-Net writes it) and must lie on its label's grid. Dice and HD95 in mm per class (the
-        classes the datalist records), the TransUNet rule beside them, each datalist group apart and, for ACDC's
-        patients, the clinical indices. Writes per_case.csv (which compare reads beside the bundle's own
-        evaluation), summary.json, organ_boxplot.png and a montage.
+        Each prediction is paired with a case of the split by name and must be at its image's size (on its
+        volume's grid). Volumes (<image>_seg.nii.gz as predict writes them, <case>.nii.gz as nnU-Net does): Dice
+        and HD95 in mm per class, the TransUNet rule beside them, each datalist group apart and, for ACDC's
+        patients, the clinical indices; per_case.csv, summary.json, organ_boxplot.png and a montage. 2D masks
+        (<image>_mask.png as predict writes them, or <image>.png): pooled and per-image Dice and IoU per test
+        set and class; metrics_<split>_per_image.csv, metrics_<split>_summary.json and metrics_<split>.png.
 
         Args:
-            pred: a folder of predicted label maps (NIfTI, NRRD or MHA), searched recursively.
+            pred: a folder of predictions, searched recursively.
             dataset: the folder prepare wrote (its datalist.json names the cases, labels, classes and groups).
             out: output folder (default: score/ beside PRED).
             split: the datalist split to score against: test, validation or training.
-            transunet: also the TransUNet-rule scores, labelled as such.
-            montage: draw the first case's slices with prediction and label.
+            mask_values: 2D masks of several classes: the value each class holds in them, background first
+                (default: as predict's prediction.json records them, else the class numbers).
+            transunet: volumes: also the TransUNet-rule scores, labelled as such (default true).
+            montage: volumes: draw the first case's slices with prediction and label (default true).
         """
-        from vmunet_monai.evaluation.score import score_volumes
+        from vmunet_monai.evaluation.score import score
 
-        score_volumes(pred, dataset, out=out, split=split, transunet=transunet, montage=montage)
+        options = {k: v for k, v in (("mask_values", mask_values), ("transunet", transunet), ("montage", montage))
+                   if v is not None}
+        score(pred, dataset, out=out, split=split, **options)
 
     def tune_split(self, pred: str, truth: str, depths: str = "1,1.5,2,3,4,6,8", out: str | None = None,
                    group_by: str = "folder", sets: str | None = None):

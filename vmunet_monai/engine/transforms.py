@@ -74,12 +74,16 @@ class BinarizeMaskd(MapTransform):
         if not self.enabled:
             return d
         for key in self.key_iterator(d):
-            mask = d[key]
-            scale_is_255 = bool((mask.max() > 1) if isinstance(mask, torch.Tensor) else np.max(mask) > 1)
-            threshold = 127.5 if scale_is_255 else 0.5
-            binary = mask >= threshold
+            binary = foreground(d[key])
             d[key] = binary.to(torch.float32) if isinstance(binary, torch.Tensor) else binary.astype(np.float32)
         return d
+
+
+def foreground(mask):
+    """A stored mask's foreground (boolean, tensor or array as given): values of at least half the mask's scale,
+    128 where its maximum is above 1, else 0.5 (:class:`BinarizeMaskd`'s rule)."""
+    scale_is_255 = bool((mask.max() > 1) if isinstance(mask, torch.Tensor) else np.max(mask) > 1)
+    return mask >= (127.5 if scale_is_255 else 0.5)
 
 
 def mask_levels(values, num_classes: int) -> list[int]:

@@ -1,12 +1,17 @@
-"""Score segmentations already on disk against a prepared dataset's labels, by the Synapse evaluation's protocol
-(``python -m vmunet_monai score``).
+"""Score segmentations already on disk against a prepared dataset's labels, by the protocol of the bundle's own
+evaluation (``python -m vmunet_monai score``).
 
-The predictions may come from ``predict`` (``<image>_seg.nii.gz``), from another tool (nnU-Net writes
-``<case>.nii.gz``), or from any model that writes one label map per volume on the volume's own grid. They are
-paired with the cases of a split of ``datalist.json`` by name, and scored exactly as ``evaluate.json`` scores the
-bundle's own network (:func:`vmunet_monai.evaluation.ct.evaluate_files`): Dice and HD95 in mm per class, the
-TransUNet rule beside them, per group and, for ACDC's patients, the clinical indices. ``compare`` then reads the
-``per_case.csv`` beside the bundle's own evaluation.
+The predictions may come from ``predict``, from another tool, or from any model that writes one mask or label map
+per image at the image's own size (per volume on the volume's own grid). They are paired with the cases of a
+split of ``datalist.json`` by name and scored as ``evaluate.json`` scores the bundle's own network:
+
+- volumes (:func:`score_volumes`; ``predict``'s ``<image>_seg.nii.gz``, nnU-Net's ``<case>.nii.gz``): Dice and
+  HD95 in mm per class, the TransUNet rule beside them, per group and, for ACDC's patients, the clinical indices
+  (:func:`vmunet_monai.evaluation.ct.evaluate_files`);
+- 2D masks (:func:`score_masks`; ``predict``'s ``<image>_mask.png``, or ``<image>.png``): pooled and per-image
+  Dice and IoU per test set, and per class for masks of several classes (:mod:`vmunet_monai.evaluation.binary`).
+
+``compare`` then reads the per-case table beside the bundle's own evaluation.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 
 from vmunet_monai.validation import InputError
 
-__all__ = ["PREDICTION_SUFFIXES", "match_volumes", "score_volumes"]
+__all__ = ["PREDICTION_SUFFIXES", "match_volumes", "score", "score_masks", "score_volumes"]
 
 PREDICTION_SUFFIXES = ("_seg", "_pred", "_prediction", "_label", "_mask")
 _EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -64,20 +69,8 @@ def match_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, split: st
     Raises:
         InputError: no datalist, an unknown split, or no case with a prediction (naming what was looked for).
     """
-    from vmunet_monai.data.common import DATALIST_NAME
-
     dataset = Path(dataset)
-    path = dataset / DATALIST_NAME
-    if not path.is_file():
-        raise InputError(f"{dataset}: no {DATALIST_NAME} (give the folder that `prepare synapse_multiorgan RAW OUT` "
-                         f"wrote; it names the cases, their labels and classes)")
-    doc = json.loads(path.read_text())
-    splits = [k for k, v in doc.items() if isinstance(v, list)]
-    if split not in splits:
-        raise InputError(f"--split {split!r}: {path} has the splits {', '.join(splits)}")
-    items = [item for item in doc[split] if isinstance(item, dict) and "label" in item]
-    if not items:
-        raise InputError(f"{path}: its {split!r} split has no labelled case to score against")
+    path, _, items = _items(dataset, split)
     found = _prediction_files(Path(pred))
     pairs, missing, used = [], [], set()
     for item in items:
@@ -145,3 +138,156 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
     print(f"{len(pairs)} cases scored against {matched['datalist']} ({split}); written to {out}")
     return summary
 
+
+
+_MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".gif")
+
+
+def _items(dataset: Path, split: str) -> tuple[Path, dict, list[dict]]:
+    from vmunet_monai.data.common import DATALIST_NAME
+
+    path = dataset / DATALIST_NAME
+    if not path.is_file():
+        raise InputError(f"{dataset}: no {DATALIST_NAME} (give the folder that `prepare BUNDLE RAW OUT` wrote; it "
+                         f"names the cases, their labels and classes)")
+    doc = json.loads(path.read_text())
+    splits = [k for k, v in doc.items() if isinstance(v, list)]
+    if split not in splits:
+        raise InputError(f"--split {split!r}: {path} has the splits {', '.join(splits)}")
+    items = [item for item in doc[split] if isinstance(item, dict) and "label" in item]
+    if not items:
+        raise InputError(f"{path}: its {split!r} split has no labelled case to score against")
+    return path, doc, items
+
+
+def _tail_match(candidates: list[Path], image: Path) -> Path | None:
+    """The candidate whose folders agree longest with the image's, counted from the file upwards (predict mirrors
+    the input folders: ``masks/CVC-300/images/1_mask.png`` for ``.../CVC-300/images/1.png``); None if tied."""
+    def agreement(path: Path) -> int:
+        n = 0
+        for a, b in zip(reversed(path.parent.parts), reversed(image.parent.parts)):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    ranked = sorted(candidates, key=agreement, reverse=True)
+    if len(ranked) > 1 and agreement(ranked[0]) == agreement(ranked[1]):
+        return None
+    return ranked[0]
+
+
+def _read_values(path: Path):
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from vmunet_monai.engine.transforms import gray_converter
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(gray_converter(image)).astype(np.int64)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"{path}: cannot be read as a mask ({exc})") from None
+
+
+def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | os.PathLike | None = None,
+                split: str = "test", mask_values=None) -> dict:
+    """Score predicted 2D masks in ``pred`` against the labels of ``dataset``'s ``split``, as the 2D bundles'
+    evaluation does: a mask's foreground is what is at least half its scale; masks of several classes hold each
+    class as its value (``mask_values``: given, or as ``predict``'s ``prediction.json`` records them, else the
+    class numbers).
+
+    A case is paired with ``<image>_mask.png`` (predict) or ``<image>.png`` below ``pred``; where several test sets
+    share an image name, with the one whose folders match the image's. Writes ``metrics_<split>_per_image.csv``,
+    ``metrics_<split>_summary.json`` and ``metrics_<split>.png`` into ``out`` (default: ``score/`` beside ``pred``).
+
+    Returns:
+        the report's summary, with ``missing_prediction`` (cases without a prediction, named and left out) and
+        ``paths``.
+
+    Raises:
+        InputError: no datalist or split, no pair, a prediction of another size than its label, a value that is no
+            class's (naming the file, the value and the classes).
+    """
+    import numpy as np
+
+    from vmunet_monai.data.common import datalist_classes
+    from vmunet_monai.engine.transforms import foreground, mask_levels
+    from vmunet_monai.evaluation.binary import format_summary, make_record, write_report
+    from vmunet_monai.predict import read_record
+    from vmunet_monai.validation import check_output_location
+
+    dataset = Path(dataset)
+    datalist, _, items = _items(dataset, split)
+    classes = datalist_classes(dataset) or {}
+    num_classes = len(classes) + 1 if classes else 2
+    record = read_record(pred)
+    if mask_values is None and record is not None:
+        mask_values = record[1].get("mask_values")
+    levels = mask_levels(mask_values, num_classes) if num_classes > 2 else None
+    if not Path(pred).is_dir():
+        raise InputError(f"{pred}: no such folder of predicted masks")
+    found: dict[str, list[Path]] = {}
+    for path in sorted(Path(pred).rglob("*")):
+        if path.is_file() and path.suffix.lower() in _MASK_EXTENSIONS:
+            stem = path.stem[: -len("_mask")] if path.stem.endswith("_mask") else path.stem
+            found.setdefault(stem, []).append(path)
+    out = Path(out) if out is not None else Path(pred).resolve().parent / "score"
+    out = check_output_location([dataset], out)
+    records, missing = [], []
+    for item in items:
+        image = (dataset / item["image"]).resolve()
+        name = str(item.get("name") or image.stem)
+        hit = _tail_match(found.get(image.stem, []), image) if image.stem in found else None
+        if hit is None:
+            missing.append(name)
+            continue
+        label_path = (dataset / item["label"]).resolve()
+        truth, values = _read_values(label_path), _read_values(hit)
+        if truth.shape != values.shape:
+            raise InputError(f"{hit}: {values.shape[0]}x{values.shape[1]} against its label {label_path} "
+                             f"{truth.shape[0]}x{truth.shape[1]} (masks are scored at the image's own size; "
+                             f"predict writes them so)")
+        group = str(item.get("dataset", "all"))
+        if levels is None:
+            records.append(make_record(name, foreground(values), foreground(truth), group=group))
+            continue
+        unknown = sorted(set(np.unique(values).tolist()) - set(levels))
+        if unknown:
+            raise InputError(f"{hit}: holds the value {unknown[0]}, which is no class's (the masks hold "
+                             f"{', '.join(f'{c} {v}' for c, v in enumerate(levels))}; give --mask_values as they "
+                             f"were written)")
+        lookup = np.zeros(max(levels) + 1, np.int64)
+        lookup[levels] = np.arange(len(levels))
+        numbers = lookup[values]
+        for c, cls in classes.items():
+            records.append(make_record(name, numbers == c, truth == c, group=group, cls=cls))
+    if not records:
+        example = next((p[0] for p in found.values()), None)
+        raise InputError(f"{pred}: no predicted mask is named after a {split!r} image of {datalist} (looked for e.g. "
+                         f"{missing[0]}_mask.png; found {example.name if example else 'no image file'})")
+    title = f"{Path(pred).name} against {dataset.name}, {split} split, scored from files"
+    paths = write_report(records, out, prefix=f"metrics_{split}", title=title)
+    summary = paths.pop("summary")
+    summary.update(missing_prediction=missing, predictions=record[1] if record else None)
+    Path(paths["json"]).write_text(json.dumps(summary, indent=4) + "\n")
+    print(format_summary(summary))
+    if missing:
+        print(f"left out: {len(missing)} {split} image(s) without a prediction (first: {missing[0]})")
+    print(f"{len(records) // max(len(classes), 1)} images scored against {datalist} ({split}); written to {out}")
+    summary["paths"] = paths
+    return summary
+
+
+def score(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | os.PathLike | None = None,
+          split: str = "test", **options) -> dict:
+    """:func:`score_volumes` or :func:`score_masks`, as the datalist's labels are volumes or 2D masks."""
+    _, _, items = _items(Path(dataset), split)
+    volumes = str(items[0]["label"]).lower().endswith(_EXTENSIONS)
+    if volumes and "mask_values" in options:
+        raise InputError(f"--mask_values {options['mask_values']!r}: only for 2D masks; {dataset} holds volumes")
+    if not volumes:
+        unknown = sorted(set(options) - {"mask_values"})
+        if unknown:
+            raise InputError(f"--{unknown[0]}: only for volumes; {dataset} holds 2D masks")
+    return (score_volumes if volumes else score_masks)(pred, dataset, out=out, split=split, **options)
