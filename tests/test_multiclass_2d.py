@@ -461,3 +461,15 @@ def test_score_reads_2d_masks_on_disk_binary_and_of_several_classes(tmp_path, ca
         score(tmp_path / "other", tmp_path / "binary", out=tmp_path / "b2")
     with pytest.raises(InputError, match="--transunet: only for volumes"):
         score(tmp_path / "other", tmp_path / "binary", out=tmp_path / "b3", transunet=False)
+
+
+def test_score_pairs_shared_image_names_by_their_folders():
+    """Polyp test sets reuse names (1.png in several): predict mirrors the input folders, and the prediction whose
+    folders agree longest with the image's is its own; a tie pairs nothing rather than a wrong mask."""
+    from vmunet_monai.evaluation.score import _tail_match
+
+    masks = [Path("out/masks/CVC-300/images/1_mask.png"), Path("out/masks/ETIS/images/1_mask.png")]
+    assert _tail_match(masks, Path("/data/TestDataset/ETIS/images/1.png")) == masks[1]
+    assert _tail_match(masks, Path("/data/TestDataset/CVC-300/images/1.png")) == masks[0]
+    assert _tail_match(masks, Path("/data/other/images/1.png")) is None
+    assert _tail_match(masks[:1], Path("/data/anything/1.png")) == masks[0]
