@@ -322,6 +322,18 @@ def test_train_evaluate_infer_through_monai_bundle(data, tmp_path):
         assert np.allclose(seg.affine, source.affine, atol=1e-5)
         assert nib.aff2axcodes(seg.affine) == nib.aff2axcodes(source.affine)
         assert set(np.unique(np.asarray(seg.dataobj))) <= set(range(9))
+    # the written segmentations, scored from disk, give the evaluation's numbers case by case
+    from vmunet_monai.evaluation.compare import read_table
+    from vmunet_monai.evaluation.score import score
+
+    scored = score(out, data["prepared"], out=str(tmp_path / "scored"), montage=False)
+    assert scored["num_cases"] == 2 and scored["missing_prediction"] == []
+    assert len(scored["unused_predictions"]) == len(os.listdir(data["images"])) - 2  # the other splits' volumes
+    evaluated, from_disk = read_table(os.path.join(root, "eval")), read_table(tmp_path / "scored")
+    assert set(evaluated.values) == set(from_disk.values)
+    for case, row in evaluated.values.items():
+        for column in ("mean_dice", "dice_liver", "hd95_mm_liver"):
+            assert from_disk.values[case][column] == pytest.approx(row[column], nan_ok=True), (case, column)
 
 
 @pytest.mark.slow

@@ -63,12 +63,15 @@ def match_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, split: st
     ``abd_004_0000.nii.gz``) and ``img0001_pred.nii.gz`` all find their case.
 
     Returns:
-        ``{"pairs": [(case, prediction, label, image), ...], "missing": [cases without a prediction],
-        "unused": [predictions of no case], "datalist": path}``.
+        ``{"pairs": [(name, prediction, label, image, case), ...], "missing": [cases without a prediction],
+        "unused": [predictions of no case], "datalist": path}``: ``name`` is the image's file name without its
+        extension, as the bundle's evaluation names the case in ``per_case.csv``; ``case`` the datalist's.
 
     Raises:
         InputError: no datalist, an unknown split, or no case with a prediction (naming what was looked for).
     """
+    from vmunet_monai.evaluation.ct import _case_name
+
     dataset = Path(dataset)
     path, _, items = _items(dataset, split)
     found = _prediction_files(Path(pred))
@@ -84,7 +87,9 @@ def match_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, split: st
             missing.append(case)
             continue
         used.add(hit)
-        pairs.append((case, str(hit), str((dataset / item["label"]).resolve()), str(image) if image else None))
+        # named as the bundle's evaluation names a case (its image's file name), so compare pairs the two tables
+        name = _case_name(str(image)) if image is not None else case
+        pairs.append((name, str(hit), str((dataset / item["label"]).resolve()), str(image) if image else None, case))
     unused = sorted({str(p) for p in found.values()} - {str(p) for p in used})
     if not pairs:
         example = next(iter(sorted(found.values())), None)
@@ -120,11 +125,13 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
     out = Path(out) if out is not None else Path(pred).resolve().parent / "score"
     out = check_output_location([Path(dataset)], out)
     organs = datalist_classes(dataset) or DEFAULT_ORGANS
-    summary = evaluate_files([p for _, p, _, _ in pairs], [label for _, _, label, _ in pairs], str(out),
-                             organs=organs, transunet=transunet,
-                             montage_image=pairs[0][3] if montage and pairs[0][3] else None,
-                             cases=[case for case, _, _, _ in pairs],
-                             groups=datalist_groups(dataset, split), patients=datalist_patients(dataset, split))
+    groups, patients = datalist_groups(dataset, split), datalist_patients(dataset, split)
+    named = {case: name for name, _, _, _, case in pairs}  # datalist case -> the name the tables use
+    summary = evaluate_files([p[1] for p in pairs], [p[2] for p in pairs], str(out), organs=organs,
+                             transunet=transunet, montage_image=pairs[0][3] if montage and pairs[0][3] else None,
+                             cases=[p[0] for p in pairs],
+                             groups={named[c]: g for c, g in groups.items() if c in named},
+                             patients={named[c]: p for c, p in patients.items() if c in named})
     record = read_record(pred)
     summary.update(missing_prediction=matched["missing"], unused_predictions=matched["unused"],
                    predictions=record[1] if record else None)
