@@ -395,3 +395,55 @@ def test_acdc_patient_folders_split_by_patient_with_their_classes(tmp_path, caps
     assert doc["meta"]["intensity"] == "ct" and doc["meta"]["labels"]["3"] == "lv"
     units = [{item["patient"] for item in doc[k]} for k in ("training", "validation", "test")]
     assert len(units[2]) == 2 and not (units[0] & units[2]) and not (units[1] & units[2])
+
+
+def _tiny_acdc(root: Path, patients, testing=()) -> Path:
+    """ACDC's folders with two labelled 8x8x2 frames per patient and an Info.cfg naming ED and ES."""
+    rng = np.random.default_rng(0)
+    for split, numbers in (("training", patients), ("testing", testing)):
+        for n in numbers:
+            folder = root / "database" / split / f"patient{n:03d}"
+            folder.mkdir(parents=True)
+            (folder / "Info.cfg").write_text("ED: 1\nES: 9\nGroup: NOR\nNbFrame: 20\n")
+            for frame in (1, 9):
+                label = np.zeros((8, 8, 2), np.uint8)
+                label[2:6, 2:6] = rng.integers(1, 4)
+                stem = f"patient{n:03d}_frame{frame:02d}"
+                nib.save(nib.Nifti1Image(rng.random((8, 8, 2)).astype(np.float32), np.eye(4)), folder / f"{stem}.nii.gz")
+                nib.save(nib.Nifti1Image(label, np.eye(4)), folder / f"{stem}_gt.nii.gz")
+    return root
+
+
+def test_mamba_unet_split_of_acdc_takes_its_patient_lists(tmp_path):
+    """--split mamba_unet: ACDC's 100 training patients split as Mamba-UNet's lists (70/10/20, disjoint, two frames
+    each), the testing folder left out; refused for other data, beside draw options, and with a listed patient
+    missing."""
+    from vmunet_monai.data.volumes import MAMBA_UNET_ACDC_SPLIT
+
+    val, test = set(MAMBA_UNET_ACDC_SPLIT["validation"]), set(MAMBA_UNET_ACDC_SPLIT["test"])
+    assert len(val) == 10 and len(test) == 20 and not val & test and val | test <= set(range(1, 101))
+    raw = _tiny_acdc(tmp_path / "acdc", range(1, 101), testing=(101, 102))
+    prepare("synapse_multiorgan", str(raw), str(tmp_path / "out"), split="mamba_unet", verify=False)
+    doc = json.loads((tmp_path / "out" / "datalist.json").read_text())
+    numbers = {k: {int(item["patient"][7:]) for item in doc[k]} for k in ("training", "validation", "test")}
+    assert numbers["validation"] == val and numbers["test"] == test
+    assert numbers["training"] == set(range(1, 101)) - val - test
+    assert [len(doc[k]) for k in ("training", "validation", "test")] == [140, 20, 40]  # Mamba-UNet's volume counts
+    assert doc["meta"]["split"] == "mamba_unet" and doc["meta"]["patients_left_out"] == ["patient101", "patient102"]
+    assert "Mamba-UNet's ACDC split" in doc["meta"]["how"]
+    assert {item["group"] for item in doc["test"]} == {"ED", "ES"}
+    with pytest.raises(InputError, match="--num_val 5: --split mamba_unet takes its patients from lists"):
+        prepare("synapse_multiorgan", str(raw), str(tmp_path / "o2"), split="mamba_unet", num_val=5)
+    with pytest.raises(InputError, match="--split 'paper': auto .* or mamba_unet"):
+        prepare("synapse_multiorgan", str(raw), str(tmp_path / "o3"), split="paper")
+    few = _tiny_acdc(tmp_path / "few", range(1, 8))
+    with pytest.raises(DatasetLayoutError, match=r"lists 27 patient\(s\) that the training folder does not hold usable "
+                                                 r"\(first: patient008\)"):
+        prepare("synapse_multiorgan", str(few), str(tmp_path / "o4"), split="mamba_unet", verify=False)
+    for cfg in few.rglob("Info.cfg"):
+        cfg.unlink()
+    with pytest.raises(InputError, match="--split mamba_unet: only for ACDC"):
+        prepare("synapse_multiorgan", str(few), str(tmp_path / "o5"), split="mamba_unet", classes="a,b,c")
+    synapse.demo_data(str(tmp_path / "btcv"), num=4, seed=0, shape=(24, 24, 8))
+    with pytest.raises(InputError, match="--split 'mamba_unet': only for the folders layout"):
+        prepare("synapse_multiorgan", str(tmp_path / "btcv"), str(tmp_path / "o6"), split="mamba_unet")

@@ -270,7 +270,8 @@ class Commands:
         - synapse_multiorgan: --num_val [one in six training cases: 3 of Synapse's 18; patients in patient
           folders], --seed [0], --spacing "[x,y,z]" (mm, for the TransUNet release, which carries none),
           --verify [true], --layout btcv|folders|auto [auto: BTCV when present], --classes liver,tumour
-          (folders; default: dataset.json), --test_fraction [0.2] (folders without labelsTs/ or testing/)
+          (folders; default: dataset.json), --test_fraction [0.2] (folders without labelsTs/ or testing/),
+          --split auto|mamba_unet [auto] (ACDC: Mamba-UNet's 70/10/20 split of the training patients)
 
         Args:
             bundle: isic_skin_lesion, polyp_seg or synapse_multiorgan.

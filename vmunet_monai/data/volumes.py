@@ -153,6 +153,13 @@ def _pair_beside(case_dir: Path, skipped: list[dict], series: list[str]) -> list
 
 
 ACDC_CLASSES = {1: "RV", 2: "MYO", 3: "LV"}  # the challenge's label values: right ventricle, myocardium, left ventricle
+# The patient split of ACDC's 100 training patients that Mamba-UNet trains and tests with: SSL4MIS's data/ACDC lists
+# (val.list, test.list; every other patient of 1-100 trains), 70 / 10 / 20 patients, two frames each.
+MAMBA_UNET_ACDC_SPLIT = {
+    "validation": (2, 19, 28, 30, 39, 45, 78, 82, 85, 87),
+    "test": (1, 7, 8, 11, 13, 22, 24, 33, 52, 59, 64, 65, 66, 68, 75, 80, 81, 83, 84, 93),
+}
+SPLITS = ("auto", "mamba_unet")
 
 
 def acdc_phases(case_dir: Path) -> dict[str, str]:
@@ -283,8 +290,61 @@ def class_names(classes: str | list | tuple | None, root: Path) -> dict[int, str
     return {v: n.replace(" ", "_") for v, n in sorted(pairs.items()) if v != 0} or None  # background alone: none
 
 
+def _listed_split(checked: dict[str, list[dict]], root: Path) -> tuple[list[dict], list[dict], list[dict], list[str]]:
+    """ACDC's training patients as Mamba-UNet splits them (:data:`MAMBA_UNET_ACDC_SPLIT`): (training, validation,
+    test, patients of the testing folder left out).
+
+    Raises:
+        DatasetLayoutError: a listed patient is not among the usable training patients (naming how many and the
+            first), or a patient's name is not ACDC's ``patientNNN``.
+    """
+    pool = checked.get("pool", [])
+    have = {c["patient"] for c in pool}
+    listed = {f"patient{n:03d}": part for part, numbers in MAMBA_UNET_ACDC_SPLIT.items() for n in numbers}
+    absent = sorted(set(listed) - have)
+    if absent:
+        raise DatasetLayoutError(f"{root}: --split mamba_unet lists {len(absent)} patient(s) that the training folder "
+                                 f"does not hold usable (first: {absent[0]}); it needs ACDC's 100 training patients")
+    parts = {"training": [], "validation": [], "test": []}
+    for case in pool:
+        parts[listed.get(case["patient"], "training")].append(case)
+    left_out = sorted({c["patient"] for c in checked.get("test", [])})
+    return parts["training"], parts["validation"], parts["test"], left_out
+
+
+def _drawn_split(checked: dict[str, list[dict]], layout: dict, root: Path, skipped: list[dict], num_val, seed: int,
+                 test_fraction: float, unit) -> tuple[list[dict], list[dict], list[dict], str]:
+    """Training, validation and test cases drawn over ``unit`` (patients, else cases) with ``seed``: the labelled
+    test folder, else ``test_fraction`` of the pool, is the test set; ``num_val`` (one in six) of the rest
+    validates. Returns them with the sentence that says how."""
+    pool = sorted({unit(c) for c in checked.get("pool", [])})
+    random.Random(seed).shuffle(pool)
+    if checked.get("test"):
+        test, how = checked["test"], ("test: the testing folder's patients" if "cases" in layout
+                                      else "test: the labelled test folder")
+    else:
+        n_test = max(1, round(test_fraction * len(pool)))
+        held, pool = set(pool[:n_test]), pool[n_test:]
+        test = [c for c in checked.get("pool", []) if unit(c) in held]
+        how = f"test: {test_fraction:g} of the {'patients' if 'cases' in layout else 'cases'} (seed {seed})"
+    n_val = max(1, round(len(pool) / 6)) if num_val is None else int(num_val)
+    if not test or not 1 <= n_val < len(pool):
+        raise DatasetLayoutError(
+            f"{root}: {len(pool) + len({unit(c) for c in test})} usable {'patients' if 'cases' in layout else 'cases'}"
+            f" cannot give test, validation (--num_val {n_val}) and training ones (at least one each)"
+            + (f"; first skipped: {skipped[0]['reason']}" if skipped else ""))
+    rest = sorted(pool)
+    random.Random(seed + 1).shuffle(rest)
+    held_out = set(rest[:n_val])
+    val = [c for c in checked["pool"] if unit(c) in held_out]
+    test_units = {unit(c) for c in test}
+    train = [c for c in checked["pool"] if unit(c) not in held_out and unit(c) not in test_units]
+    return train, val, test, (f"{how}; validation: {n_val} of the rest{' (patients)' if 'cases' in layout else ''} "
+                              f"(seed {seed + 1})")
+
+
 def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 0, verify: bool = True,
-                    classes: str | None = None, test_fraction: float = 0.2) -> str:
+                    classes: str | None = None, test_fraction: float = 0.2, split: str = "auto") -> str:
     """Write ``out/datalist.json`` from your own CT volumes and labels (the layouts of the module docstring).
 
     Args:
@@ -296,13 +356,17 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
         classes: names of the label values 1, 2, ... separated by commas (default: dataset.json, else
             class_1 ... after the largest value found).
         test_fraction: share of the cases held out for testing when there is no labelled test folder.
+        split: ``auto`` (the labelled test folder, else ``test_fraction``; validation drawn), or ``mamba_unet``
+            for ACDC: Mamba-UNet's 70 / 10 / 20 split of the 100 training patients
+            (:data:`MAMBA_UNET_ACDC_SPLIT`), the testing folder's patients left out.
 
     Returns:
         the datalist path.
 
     Raises:
-        DatasetLayoutError: no layout, or too few usable cases for three splits.
-        InputError: OUT inside the data, bad ``classes`` or dataset.json, bad ``test_fraction``/``num_val``.
+        DatasetLayoutError: no layout, too few usable cases for three splits, or a listed patient missing.
+        InputError: OUT inside the data, bad ``classes`` or dataset.json, bad ``test_fraction``/``num_val``, a
+            ``split`` that is unknown or not for this dataset, or draw options beside a listed split.
     """
     from tqdm import tqdm
 
@@ -317,6 +381,17 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
                          "folder, the test cases are drawn from the others)")
     names = class_names(classes, root)
     acdc = "cases" in layout and _is_acdc(layout["cases"]["train"] + layout["cases"]["test"])
+    if split not in SPLITS:
+        raise InputError(f"--split {split!r}: auto (the test folder, else --test_fraction) or mamba_unet (ACDC: "
+                         f"Mamba-UNet's patient lists)")
+    if split == "mamba_unet":
+        if not acdc:
+            raise InputError(f"--split mamba_unet: only for ACDC (patient folders with Info.cfg), but {root} is not "
+                             f"ACDC")
+        drawn = [f"--{k} {v!r}" for k, v, d in (("num_val", num_val, None), ("test_fraction", test_fraction, 0.2))
+                 if v != d]
+        if drawn:
+            raise InputError(f"{', '.join(drawn)}: --split mamba_unet takes its patients from lists; nothing is drawn")
     if names is None and acdc:
         names = dict(ACDC_CLASSES)
     skipped: list[dict] = []
@@ -364,28 +439,13 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
     # splits are drawn over patients (a case's folder in the patient layout, else the case itself), so that no
     # patient has volumes on both sides of a split
     unit = (lambda c: c.get("patient", c["case"]))  # noqa: E731
-    pool = sorted({unit(c) for c in checked.get("pool", [])})
-    random.Random(seed).shuffle(pool)
-    if checked.get("test"):
-        test, how = checked["test"], ("test: the testing folder's patients" if "cases" in layout
-                                      else "test: the labelled test folder")
+    left_out: list[str] = []
+    if split == "mamba_unet":
+        train, val, test, left_out = _listed_split(checked, root)
+        how = ("Mamba-UNet's ACDC split (SSL4MIS's patient lists): 70 training, 10 validation and 20 test patients of "
+               "the training folder" + (f"; the testing folder's {len(left_out)} patients left out" if left_out else ""))
     else:
-        n_test = max(1, round(test_fraction * len(pool)))
-        held, pool = set(pool[:n_test]), pool[n_test:]
-        test = [c for c in checked.get("pool", []) if unit(c) in held]
-        how = f"test: {test_fraction:g} of the {'patients' if 'cases' in layout else 'cases'} (seed {seed})"
-    n_val = max(1, round(len(pool) / 6)) if num_val is None else int(num_val)
-    if not test or not 1 <= n_val < len(pool):
-        raise DatasetLayoutError(
-            f"{root}: {len(pool) + len({unit(c) for c in test})} usable {'patients' if 'cases' in layout else 'cases'}"
-            f" cannot give test, validation (--num_val {n_val}) and training ones (at least one each)"
-            + (f"; first skipped: {skipped[0]['reason']}" if skipped else ""))
-    rest = sorted(pool)
-    random.Random(seed + 1).shuffle(rest)
-    held_out = set(rest[:n_val])
-    val = [c for c in checked["pool"] if unit(c) in held_out]
-    test_units = {unit(c) for c in test}
-    train = [c for c in checked["pool"] if unit(c) not in held_out and unit(c) not in test_units]
+        train, val, test, how = _drawn_split(checked, layout, root, skipped, num_val, seed, test_fraction, unit)
     order = lambda items: sorted(items, key=lambda c: c["case"])  # noqa: E731
     labels = {"0": "background", **{str(v): n for v, n in names.items()}}
     mri = dataset_modality(root) or ("cine MRI (ACDC)" if acdc else None)
@@ -399,8 +459,8 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
         {"dataset": f"{root.resolve().name} (your own {'MRI' if mri else 'CT'} volumes)",
          "importer": "vmunet_monai.data.volumes", "layout": "folders", "raw": str(root.resolve()), "labels": labels,
          "num_classes": len(labels), "intensity": "mri" if mri else "ct",
-         "how": f"{how}; validation: {n_val} of the rest{' (patients)' if 'cases' in layout else ''} (seed {seed + 1})",
-         "seed": seed, "skipped": skipped, "series_left_out": series},
+         "how": how, "split": split, "seed": seed, "skipped": skipped, "series_left_out": series,
+         **({"patients_left_out": left_out} if left_out else {})},
     )
     report_skipped(skipped, "case")
     def patients(items: list[dict]) -> str:
