@@ -204,6 +204,9 @@ def test_scale_to_unit_ct_window_and_mri_percentiles():
     np.testing.assert_allclose(first, second, atol=1e-5)
     assert float(first.min()) == 0.0 and float(first.max()) == 1.0
     assert 0 < float((first == 1.0).float().mean()) < 0.02  # only the brightest 0.5% clipped
+    # minmax (Mamba-UNet's ACDC preprocessing): each volume's own minimum and maximum, nothing clipped
+    spread = ScaleToUnitd("image", "minmax")({"image": mr * 3.5 + 40})["image"]
+    np.testing.assert_allclose(spread, (mr.numpy() - mr.numpy().min()) / np.ptp(mr.numpy()), atol=1e-5)
     with pytest.raises(InputError, match="intensity 'pet': choose ct"):
         ScaleToUnitd("image", "pet")
 
@@ -224,6 +227,7 @@ def test_an_mri_dataset_json_asks_for_intensity_mri(tmp_path, capsys):
     from vmunet_monai.data.common import check_intensity
 
     check_intensity(out, "mri")
+    check_intensity(out, "minmax")  # MRI takes either per-volume scaling
     with pytest.raises(InputError, match=r"records intensity 'mri' .* add --intensity mri"):
         check_intensity(out, "ct")
 

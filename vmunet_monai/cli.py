@@ -347,7 +347,8 @@ class Commands:
                 for objects some tens of pixels across); the objects command scores them.
             window: synapse_multiorgan trained with another --hu_window: that "[low,high]" in HU (default
                 [-125,275]).
-            intensity: synapse_multiorgan trained on MRI with --intensity mri: mri (default ct).
+            intensity: synapse_multiorgan trained on MRI: mri (--intensity mri: each volume's 0.5-99.5 percentiles)
+                or minmax (each volume's minimum and maximum); default ct.
         """
         from vmunet_monai.predict import predict
 

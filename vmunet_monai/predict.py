@@ -175,8 +175,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             class numbers 0 .. ``num_classes - 1`` and the overlays give each class a colour.
         window: ``synapse_multiorgan`` trained with another ``--hu_window``: that ``(low, high)`` in HU (the
             bundle's ``hu_window``).
-        intensity: ``synapse_multiorgan`` trained with ``--intensity mri``: ``mri`` (each volume scaled by its
-            own percentiles; :class:`vmunet_monai.engine.ScaleToUnitd`).
+        intensity: ``synapse_multiorgan`` trained on MRI: ``mri`` (each volume scaled by its own percentiles) or
+            ``minmax`` (by its own minimum and maximum), as it was trained (:class:`vmunet_monai.engine.ScaleToUnitd`).
         mask_values: 2D bundles: the value each class gets in the written masks, background first, e.g.
             ``0,127,255`` for the grey levels of the dataset's own masks (``prepare`` records them as
             ``meta.mask_values`` in the datalist); default: the bundle's ``mask_values`` (0/255 for two classes,
@@ -222,7 +222,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             from vmunet_monai.engine.transforms import INTENSITY_MODES
 
             if intensity not in INTENSITY_MODES:
-                raise InputError(f"--intensity {intensity!r}: choose ct or mri (as the model was trained)")
+                raise InputError(f"--intensity {intensity!r}: choose ct, mri or minmax (as the model was trained)")
             extra["intensity"] = intensity
         return predict_volumes(input, output, checkpoint=checkpoint, device=device, bundle_root=bundle_root,
                                baseline=baseline, tta=tta, model=model, **extra)

@@ -342,12 +342,17 @@ def datalist_patients(dataset_dir: str | os.PathLike, split: str = "test") -> di
 
 def check_intensity(dataset_dir: str | os.PathLike, intensity: str) -> None:
     """A volume bundle's ``intensity`` must be the one its datalist records (``prepare`` writes ``mri`` when
-    ``dataset.json`` names an MRI modality): MRI through the CT window would be clipped into noise.
+    ``dataset.json`` names an MRI modality): MRI through the CT window would be clipped into noise. A datalist
+    of MRI takes either per-volume scaling, ``mri`` (percentiles) or ``minmax``.
 
     Raises:
         vmunet_monai.validation.InputError: naming the datalist, both values and the option that fixes it.
     """
+    from vmunet_monai.engine.transforms import PER_VOLUME_MODES
+
     recorded = datalist_meta(dataset_dir).get("intensity")
+    if recorded == "mri" and intensity in PER_VOLUME_MODES:
+        return  # MRI: by its own percentiles, or by its own minimum and maximum
     if recorded is not None and recorded != intensity:
         raise InputError(f"{Path(dataset_dir) / DATALIST_NAME}: records intensity {recorded!r} (the volumes' modality) but the bundle scales "
                          f"with intensity {intensity!r}: add --intensity {recorded} to the bundle command")

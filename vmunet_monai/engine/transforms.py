@@ -17,7 +17,9 @@ from monai.transforms import MapTransform
 __all__ = ["BinarizeMaskd", "ClassValuesd", "FirstOutputd", "ScaleToUnitd", "Spacingd", "insert_before", "rgb_converter",
            "gray_converter", "INTENSITY_MODES", "mask_levels"]
 
-INTENSITY_MODES = ("ct", "mri")
+INTENSITY_MODES = ("ct", "mri", "minmax")
+# the modes that scale each volume by its own values, for MRI, which has no absolute unit
+PER_VOLUME_MODES = ("mri", "minmax")
 
 
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -167,10 +169,11 @@ class ScaleToUnitd(MapTransform):
       -125..275 HU abdominal window); the same HU value gives the same input in every scan.
     - ``mri``: MRI has no absolute unit, so each volume is scaled between its own ``percentiles`` (0.5 and
       99.5 by default; the few brightest voxels, vessels or fat, do not set the scale) and clipped.
+    - ``minmax``: each volume scaled between its own minimum and maximum (Mamba-UNet's ACDC preprocessing).
 
     Args:
         keys: image keys.
-        intensity: ``"ct"`` or ``"mri"`` (the Synapse bundle's ``intensity`` id).
+        intensity: ``"ct"``, ``"mri"`` or ``"minmax"`` (the Synapse bundle's ``intensity`` id).
         window: ``(low, high)`` in HU for ``ct`` (the bundle's ``hu_window``).
         percentiles: ``(low, high)`` percentiles for ``mri``.
         allow_missing_keys: skip absent keys instead of raising.
@@ -185,12 +188,15 @@ class ScaleToUnitd(MapTransform):
         if intensity not in INTENSITY_MODES:
             from vmunet_monai.validation import InputError
 
-            raise InputError(f"intensity {intensity!r}: choose ct (a fixed HU window, --hu_window) or mri (each "
-                             f"volume scaled between its own 0.5 and 99.5 percentiles)")
+            raise InputError(f"intensity {intensity!r}: choose ct (a fixed HU window, --hu_window), mri (each "
+                             f"volume scaled between its own 0.5 and 99.5 percentiles) or minmax (between its own "
+                             f"minimum and maximum)")
         self.intensity = intensity
         if intensity == "ct":
             self.scaler = monai.transforms.ScaleIntensityRange(a_min=float(window[0]), a_max=float(window[1]),
                                                                b_min=0.0, b_max=1.0, clip=True)
+        elif intensity == "minmax":
+            self.scaler = monai.transforms.ScaleIntensity(minv=0.0, maxv=1.0)
         else:
             self.scaler = monai.transforms.ScaleIntensityRangePercentiles(
                 lower=float(percentiles[0]), upper=float(percentiles[1]), b_min=0.0, b_max=1.0, clip=True)
