@@ -201,8 +201,8 @@ class Commands:
             dataset: the folder prepare wrote (its datalist.json names the cases, labels, classes and groups).
             out: output folder (default: score/ beside PRED).
             split: the datalist split to score against: test, validation or training.
-            mask_values: 2D masks of several classes: the value each class holds in them, background first
-                (default: as predict's prediction.json records them, else the class numbers).
+            mask_values: 2D masks of several classes: the value each class holds in them, background first;
+                without it, the values predict's prediction.json records, else the class numbers.
             transunet: volumes: also the TransUNet-rule scores, labelled as such (default true).
             montage: volumes: draw the first case's slices with prediction and label (default true).
         """
