@@ -97,7 +97,7 @@ def test_no_indices_without_cardiac_classes_or_both_phases(tmp_path):
 
 
 def test_the_evaluation_writes_indices_groups_and_volumes_that_compare_reads(tmp_path, capsys):
-    from vmunet_monai.evaluation.compare import run_compare
+    from vmunet_monai.evaluation.compare import format_comparison, run_compare
 
     rows, groups, patients = _rows(FRAMES)
     summary = ct._write_outputs(rows, str(tmp_path / "a"), "", groups, patients)
@@ -128,6 +128,7 @@ def test_the_evaluation_writes_indices_groups_and_volumes_that_compare_reads(tmp
     assert set(result["groups"]) == {"ED", "ES"}
     assert result["groups"]["ES"]["against_first"][0]["worse"] == 1
     assert result["groups"]["ED"]["against_first"][0]["worse"] == 0
+    assert "group ES:" in format_comparison(result) and "test set" not in format_comparison(result)
     from vmunet_monai.validation import InputError
 
     with pytest.raises(InputError, match="no column for --metric 'volume_ml_LV'"):

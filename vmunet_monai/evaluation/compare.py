@@ -301,8 +301,9 @@ def format_comparison(result: dict) -> str:
         shown = ", ".join(cases[:5]) + (", ..." if len(cases) > 5 else "")
         lines.append(f"left out: {len(cases)} case(s) of {path} that another table lacks ({shown})")
     lines += _format_section(result["overall"], result["reference"], lower)
+    what = "group" if result.get("kind") == "volume" else "test set"  # volumes: the datalist's groups (ACDC phases)
     for group, section in result.get("groups", {}).items():
-        lines += ["", f"test set {group}:"] + _format_section(section, result["reference"], lower)
+        lines += ["", f"{what} {group}:"] + _format_section(section, result["reference"], lower)
     if result.get("organs"):
         labels = [s["label"] for s in result["overall"]["models"]]
         width = max(10, *(len(label) for label in labels)) + 2
