@@ -1,11 +1,17 @@
 """Chunked selective scan in plain PyTorch: the portable backend.
 
-The sequence is cut into chunks of ``chunk`` steps. Inside every chunk the recurrence runs for all
-chunks at once (a loop of ``chunk`` steps over tensors of shape (batch, dim, chunks, N)); a second
-loop over the chunks carries the state from one chunk to the next. Every factor is a decay
-``exp(delta * A)`` of a *forward* time interval, so nothing is ever divided by a decay and nothing
-overflows, unlike the ``exp(-cumsum)`` trick. The code uses only tensor operations, so it runs on
-any device, differentiates through autograd, and traces for TorchScript and ONNX.
+The sequence is cut into chunks of ``chunk`` steps, and the recurrence runs for all chunks at once: a loop of
+``chunk`` steps over states of shape (batch, dim, N, chunks). The inputs are laid out time-major first, so each
+step reads one contiguous slice, and a step's decay ``exp(delta * A)`` is formed inside the step rather than
+stored for the whole sequence. Three passes:
+
+1. every chunk from a zero state, keeping only the state it ends with;
+2. a loop over the chunks carrying the state from one chunk to the next;
+3. every chunk again from its true entering state, reading the outputs ``C . h``.
+
+Every factor is a decay of a *forward* time interval, so nothing is divided by a decay and nothing overflows.
+The code uses only tensor operations, so it runs on any device, differentiates through autograd, and traces
+for TorchScript and ONNX (the loops unroll into ``2 * chunk + chunks`` steps).
 """
 
 from __future__ import annotations
@@ -16,13 +22,6 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["selective_scan_torch"]
-
-
-def _variable_bc(x: torch.Tensor, batch: int, groups_dim: int, dim: int, length: int) -> torch.Tensor:
-    """(batch, N, L) or (batch, G, N, L) -> (batch, G, 1, N, L) broadcastable over channels."""
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    return x.unsqueeze(2)
 
 
 def selective_scan_torch(
@@ -51,56 +50,51 @@ def selective_scan_torch(
         raise ValueError(f"the channel count {dim} is not a multiple of the {groups} groups of B/C")
     per_group = dim // groups
 
-    def as_state(x):  # B or C -> (batch, G, per_group|1, N, L) or constant (1, G, per_group, N, 1)
-        if x.dim() == 2:
-            return x.to(compute).view(1, groups, per_group, n_state, 1)
-        if x.dim() == 3:
-            x = x.unsqueeze(1).expand(batch, groups, n_state, length)
-        return x.to(compute).unsqueeze(2)
-
-    Bs, Cs = as_state(B), as_state(C)
-    A5 = A.to(compute).view(1, groups, per_group, n_state, 1)
-    u5 = u_c.view(batch, groups, per_group, 1, length)
-    dt5 = dt.view(batch, groups, per_group, 1, length)
-
     chunk = max(1, min(chunk, length))
     n_chunks = math.ceil(length / chunk)
     pad = n_chunks * chunk - length
 
-    def chunked(x):  # (..., L) -> (..., n_chunks, chunk); padded steps carry delta 0: decay 1, input 0
-        if x.shape[-1] == 1:
-            return x.unsqueeze(-1)
+    def time_major(x):  # (..., L) -> (T, ..., chunks), contiguous per step; padded steps carry delta 0
         if pad:
             x = F.pad(x, (0, pad))
-        return x.reshape(*x.shape[:-1], n_chunks, chunk)
+        x = x.reshape(*x.shape[:-1], n_chunks, chunk)
+        last = x.dim() - 1  # spelled out: ONNX's Transpose takes no negative axes
+        return x.permute([last] + list(range(last))).contiguous()
 
-    dA = chunked(dt5 * A5)  # (b, G, pg, N, nc, T) log-decay per step
-    dBu = chunked(dt5 * Bs * u5)  # (b, G, pg, N, nc, T) input per step
-    Cc = chunked(Cs)
+    def per_step(x):  # B or C: a function of the step giving (batch, G, 1, N, chunks), or (1, G, pg, N, 1)
+        if x.dim() == 2:  # constant over time, one row per channel
+            constant = x.to(compute).view(1, groups, per_group, n_state, 1)
+            return lambda t: constant
+        if x.dim() == 3:
+            x = x.unsqueeze(1).expand(batch, groups, n_state, length)
+        steps = time_major(x.to(compute).unsqueeze(2))
+        return lambda t: steps[t]
 
-    # 1) state inside each chunk from a zero start, all chunks at once
-    h = dBu.new_zeros(dBu.shape[:-1])
-    ys = []
-    decay = torch.exp(dA)
+    A5 = A.to(compute).view(1, groups, per_group, n_state, 1)
+    dt_t = time_major(dt.view(batch, groups, per_group, 1, length))  # (T, b, G, pg, 1, chunks)
+    dtu_t = time_major((dt * u_c).view(batch, groups, per_group, 1, length))
+    B_at, C_at = per_step(B), per_step(C)
+
+    def step(h, t):
+        return torch.exp(dt_t[t] * A5) * h + dtu_t[t] * B_at(t)
+
+    # 1) the state each chunk ends with from a zero start, all chunks at once
+    h = dt_t.new_zeros(batch, groups, per_group, n_state, n_chunks)
     for t in range(chunk):
-        h = decay[..., t] * h + dBu[..., t]
-        ys.append((h * Cc[..., min(t, Cc.shape[-1] - 1)]).sum(3))
-    y_local = torch.stack(ys, dim=-1)  # (b, G, pg, nc, T)
-    h_end = h  # (b, G, pg, N, nc) state at the end of each chunk from a zero start
-
-    # 2) carry the state across chunks: state entering chunk c
-    log_decay_chunk = dA.sum(-1)  # (b, G, pg, N, nc)
-    chunk_decay = torch.exp(log_decay_chunk)
-    carried = [h_end.new_zeros(h_end.shape[:-1])]
+        h = step(h, t)
+    # 2) carried across chunks: the state entering each chunk
+    chunk_decay = torch.exp(dt_t.sum(0) * A5)  # (b, G, pg, N, chunks)
+    carried = [h.new_zeros(h.shape[:-1])]
     for c in range(n_chunks - 1):
-        carried.append(chunk_decay[..., c] * carried[-1] + h_end[..., c])
-    h_in = torch.stack(carried, dim=-1)  # (b, G, pg, N, nc)
-    last_state = chunk_decay[..., -1] * carried[-1] + h_end[..., -1]
-
-    # 3) contribution of the entering state to every step of the chunk
-    within = torch.exp(torch.cumsum(dA, dim=-1))  # decay from chunk start to step t inclusive
-    y = y_local + (Cc * within * h_in.unsqueeze(-1)).sum(3)
-    y = y.reshape(batch, dim, n_chunks * chunk)[..., :length]
+        carried.append(chunk_decay[..., c] * carried[-1] + h[..., c])
+    last_state = chunk_decay[..., -1] * carried[-1] + h[..., -1]
+    # 3) every chunk again from its true entering state, reading the outputs
+    h = torch.stack(carried, dim=-1)
+    ys = []
+    for t in range(chunk):
+        h = step(h, t)
+        ys.append((h * C_at(t)).sum(3))  # (b, G, pg, chunks)
+    y = torch.stack(ys, dim=-1).reshape(batch, dim, n_chunks * chunk)[..., :length]
 
     if D is not None:
         y = y + u_c * D.to(compute)[None, :, None]
