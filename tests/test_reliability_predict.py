@@ -171,7 +171,7 @@ def test_ct_predict_reads_nifti_and_dicom_and_writes_the_input_space(tmp_path):
         line = next(line for line in proc.stderr.splitlines() if line.startswith(f"skipped {folder / name}"))
         assert problem in line
     assert sorted(p.name for p in (tmp_path / "segs").iterdir()) == ["ct_a_seg.nii.gz", "ct_b_dicom_seg.nii.gz",
-                                                                      "prediction.json"]
+                                                                      "prediction.json", "volumes.csv"]
     record = json.loads((tmp_path / "segs" / "prediction.json").read_text())
     assert (record["num_classes"], record["written"], len(record["skipped"])) == (9, 2, 3)
     assert record["class_names"][1] == "aorta" and "mask_values" not in record
@@ -201,11 +201,37 @@ def test_ct_predict_reads_patient_folders_and_leaves_out_labels_beside_their_vol
     from vmunet_monai.data import synapse
     from vmunet_monai.predict import predict
 
-    bundle = tiny_bundle_with_weights("synapse_multiorgan", tmp_path / "bundle")
+    import csv
+
+    from vmunet_monai.data.volumes import acdc_phases
+
+    bundle = tiny_bundle_with_weights("synapse_multiorgan", tmp_path / "bundle", num_classes=4)
     raw = Path(synapse.demo_data(str(tmp_path / "acdc"), num=5, seed=0, layout="acdc", shape=(32, 32, 4)))
     written = predict(str(bundle), str(raw / "testing"), str(tmp_path / "segs"), device="cpu")
     frames = sorted(p.name for p in (raw / "testing").rglob("*_frame??.nii.gz"))
     assert len(frames) == 2 and sorted(Path(p).name for p in written) == [
         f.replace(".nii.gz", "_seg.nii.gz") for f in frames]
-    err = capsys.readouterr().err
-    assert f"skipped {raw / 'testing' / 'patient101' / 'patient101_4d.nii.gz'}" in err
+    captured = capsys.readouterr()
+    assert f"skipped {raw / 'testing' / 'patient101' / 'patient101_4d.nii.gz'}" in captured.err
+    # what the predictions measure: each class's volume per frame, and the patient's clinical indices from the
+    # ED and ES frames that Info.cfg names (four classes read as ACDC's RV 1, MYO 2, LV 3), checked by hand
+    volumes = {r["case"]: r for r in csv.DictReader(open(tmp_path / "segs" / "volumes.csv"))}
+    counted = {}
+    for seg in written:
+        image = nib.load(seg)
+        voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000
+        counted[Path(seg).name[: -len("_seg.nii.gz")]] = {
+            c: float((np.asarray(image.dataobj) == c).sum()) * voxel_ml for c in (1, 2, 3)}
+    assert set(volumes) == set(counted)
+    for case, row in volumes.items():
+        assert [float(row[f"class_{c}_ml"]) for c in (1, 2, 3)] == pytest.approx(
+            [counted[case][c] for c in (1, 2, 3)], abs=1e-3)
+    phases = {p: c for c, p in acdc_phases(raw / "testing" / "patient101").items()}
+    (row,) = list(csv.DictReader(open(tmp_path / "segs" / "clinical_indices.csv")))
+    ed, es = counted[phases["ED"]], counted[phases["ES"]]
+    assert (row["patient"], row["ed_case"], row["es_case"]) == ("patient101", phases["ED"], phases["ES"])
+    assert float(row["LV_EDV"]) == pytest.approx(ed[3], abs=1e-3)
+    assert float(row["RV_ESV"]) == pytest.approx(es[1], abs=1e-3)
+    assert float(row["MYO_mass"]) == pytest.approx(ed[2] * 1.05, abs=1e-3)
+    assert ed[3] > 0 and float(row["LV_EF"]) == pytest.approx(100 * (ed[3] - es[3]) / ed[3], abs=1e-3)
+    assert "clinical indices of 1 patient(s) from the predictions" in captured.out

@@ -23,7 +23,8 @@ import numpy as np
 from vmunet_monai.engine.utils import find_bundle, inference_configs, network_file
 from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError, check_device, check_output_location, read_image_2d
 
-__all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError", "RECORD", "write_record", "read_record"]
+__all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
+           "read_record"]
 
 VOLUME_BUNDLES = ("synapse_multiorgan",)
 # MONAI's PNG writer squeezes trailing size-one axes, so a one-pixel-high mask cannot be written
@@ -35,6 +36,18 @@ class NothingToPredictError(InputError):
 
 
 RECORD = "prediction.json"  # what made the masks of an output folder, written beside them
+
+
+def bundle_class_names(bundle_root: str | os.PathLike, classes: int) -> dict[int, str]:
+    """Class number -> name (background left out) as the bundle's ``metadata.json`` names its output channels;
+    empty when it names another number of classes (a bundle trained on your own classes, metadata unchanged)."""
+    import json
+
+    meta = json.loads((Path(bundle_root) / "configs" / "metadata.json").read_text())
+    names = meta.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def", {})
+    if len(names) != classes:
+        return {}
+    return {c: str(names.get(str(c), f"class_{c}")) for c in range(1, classes)}
 
 
 def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike, weights: str | os.PathLike,
@@ -58,7 +71,7 @@ def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike,
     root = Path(bundle_root)
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     classes = int(parser.get_parsed_content("num_classes"))
-    names = meta.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def", {})
+    names = bundle_class_names(root, classes)
     record = {
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "bundle": str(root),
@@ -67,7 +80,7 @@ def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike,
         "weights_sha256": sha256(weights),
         "exported_model": bool(exported),
         "num_classes": classes,
-        "class_names": [names.get(str(c), f"class {c}") for c in range(classes)] if len(names) == classes else None,
+        "class_names": [names.get(c, "background") for c in range(classes)] if names else None,
         "settings": settings,
         "inputs": [str(i) for i in inputs],
         "written": len(written),

@@ -149,7 +149,9 @@ def predict_volumes(
 
     Returns:
         The written NIfTI paths, in input order (skipped volumes left out); ``output/prediction.json`` records
-        the bundle, weights, classes and settings (:func:`vmunet_monai.predict.write_record`).
+        the bundle, weights, classes and settings (:func:`vmunet_monai.predict.write_record`),
+        ``output/volumes.csv`` each class's volume per case, and for ACDC's patient folders
+        ``output/clinical_indices.csv`` each patient's indices (:mod:`vmunet_monai.evaluation.volumetry`).
 
     Raises:
         FileNotFoundError: for a missing input, checkpoint or bundle.
@@ -161,7 +163,8 @@ def predict_volumes(
 
     from vmunet_monai.data.common import report_skipped
     from vmunet_monai.engine.utils import inference_configs, network_file
-    from vmunet_monai.predict import NothingToPredictError, write_record
+    from vmunet_monai.evaluation.volumetry import write_volumes
+    from vmunet_monai.predict import NothingToPredictError, bundle_class_names, write_record
     from vmunet_monai.validation import InputError, check_device, check_output_location, read_volume
     from vmunet_monai.weights import check_checkpoint_fits
 
@@ -221,4 +224,7 @@ def predict_volumes(
     settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "sw_batch_size": sw_batch_size,
                 "overrides": {k: v for k, v in overrides.items() if isinstance(v, (str, int, float, list, bool))}}
     write_record(output, workflow.parser, bundle_root, source, bool(model), paths, written, skipped, settings)
+    classes = int(workflow.parser.get_parsed_content("num_classes"))
+    names = bundle_class_names(bundle_root, classes) or {c: f"class_{c}" for c in range(1, classes)}
+    write_volumes(good, written, names, output)  # volumes.csv; ACDC: clinical_indices.csv
     return written
