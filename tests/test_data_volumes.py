@@ -263,7 +263,7 @@ def test_predict_hu_window_values(tmp_path):
         predict("isic_skin_lesion", str(tmp_path), str(tmp_path / "out"), window=[-200, 300])
     with pytest.raises(InputError, match=r"--intensity mri: only for synapse_multiorgan"):
         predict("isic_skin_lesion", str(tmp_path), str(tmp_path / "out"), intensity="mri")
-    with pytest.raises(InputError, match=r"--intensity 'pet': choose ct or mri"):
+    with pytest.raises(InputError, match=r"--intensity 'pet': choose ct, mri or minmax"):
         predict("synapse_multiorgan", str(tmp_path), str(tmp_path / "out"), intensity="pet")
 
 
