@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,3 +193,30 @@ def test_score_reads_predictions_on_disk_against_a_prepared_acdc_dataset(tmp_pat
         score_volumes(tmp_path / "perfect", tmp_path / "prepared", split="tset")
     with pytest.raises(InputError, match="no prediction is named after a 'test' case"):
         score_volumes(tmp_path / "s_perfect", tmp_path / "prepared", out=tmp_path / "s_none")
+
+
+def test_demo_with_acdc_runs_the_cardiac_route(tmp_path, capsys, monkeypatch):
+    """``demo --acdc`` at the smallest settings: ACDC recognised, the volume bundle trained on its three classes,
+    the test frames evaluated per phase with the clinical indices, and the testing folder predicted."""
+    from bundle_helpers import tiny_overrides
+
+    import vmunet_monai.demo as demo
+    from vmunet_monai.validation import InputError
+
+    monkeypatch.setattr(demo, "DEMO_NETWORK", {k.split("#")[1]: v for k, v in tiny_overrides("isic_skin_lesion").items()
+                                               if k.startswith("network_def")})
+    monkeypatch.setitem(demo.ACDC, "iterations_per_epoch", 2)
+    result = demo.run_demo(out=str(tmp_path / "demo"), epochs=1, num=5, size=32, acdc=True)
+    printed = capsys.readouterr().out
+    summary = result["test_summary"]
+    assert summary["organs"] == ["RV", "MYO", "LV"] and set(summary["groups"]) == {"ED", "ES"}
+    assert summary["num_cases"] == 2 and summary["clinical"]["num_patients"] == 1
+    assert f"VM-UNet: 2 test frames: Dice {summary['dice']['mean_over_organs']:.4f}" in printed
+    predicted = Path(result["predicted"])
+    assert (predicted / "volumes.csv").is_file() and (predicted / "clinical_indices.csv").is_file()
+    meta = json.loads((Path(result["bundle_root"]) / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"]["3"] == "LV"
+    with pytest.raises(InputError, match="demo --acdc: on its own"):
+        demo.run_demo(out=str(tmp_path / "x"), acdc=True, baseline="unet")
+    with pytest.raises(InputError, match="demo --num 40: the ACDC demo writes 4 to 30 patients"):
+        demo.run_demo(out=str(tmp_path / "x"), acdc=True, num=40)

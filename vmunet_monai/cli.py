@@ -104,16 +104,17 @@ class Commands:
         except (ValueError, RuntimeError) as exc:
             raise SystemExit(f"error: {exc}") from exc
 
-    def demo(self, out: str = "demo_run", epochs: int | None = None, num: int = 48, size: int | None = None,
-             baseline: str = "", classes: int = 1, glands: bool = False):
+    def demo(self, out: str = "demo_run", epochs: int | None = None, num: int | None = None, size: int | None = None,
+             baseline: str = "", classes: int = 1, glands: bool = False, acdc: bool = False):
         """The main job on embedded defaults: synthetic ISIC-layout data -> prepare -> train -> validation Dice.
 
         Args:
             out: working folder (demo data, prepared datalist, bundle copy with the trained model).
-            epochs: training epochs (default 30; 60 with --classes 2, 80 with --glands).
-            num: number of synthetic images.
-            size: network input size used by the demo (default 64, 128 with --glands; the bundle default stays the
-                paper's 256).
+            epochs: training epochs (default 30; 60 with --classes 2, 80 with --glands, 30 of 10 iterations with
+                --acdc).
+            num: number of synthetic images (default 48), or of patients with --acdc (default 16).
+            size: network input size used by the demo (default 64, 128 with --glands, 96 with --acdc; the bundle
+                default stays the paper's 256).
             baseline: also train MONAI's unet (BasicUNet) or swin_unetr (SwinUNETR, needs einops) the same way,
                 through the bundle's configs/baseline_NAME.json, and compare the two case by case on the test
                 images (vmunet_monai compare; table printed, eval/compare/compare.png written).
@@ -122,10 +123,14 @@ class Commands:
             glands: synthetic GlaS tiles instead: trained on binary masks, then the test tiles predicted and scored
                 object by object (the objects command) against their numbered glands, beside pixel Dice, also with
                 touching glands split at the depth tune_split finds best on the training tiles.
+            acdc: synthetic cine MRI in ACDC's patient folders instead: synapse_multiorgan trained on RV, MYO and
+                LV, the test frames evaluated with ED and ES apart and each patient's clinical indices (ejection
+                fractions, volumes, myocardial mass) against the ground truth, and the testing folder predicted.
         """
         from vmunet_monai.demo import run_demo
 
-        run_demo(out=out, epochs=epochs, num=num, size=size, baseline=baseline, classes=classes, glands=glands)
+        run_demo(out=out, epochs=epochs, num=num, size=size, baseline=baseline, classes=classes, glands=glands,
+                 acdc=acdc)
 
     def compare(self, *runs, labels: str = "", metric: str = "dice", out: str | None = None, seed: int = 0):
         """Compare models evaluated on the same test cases, each against the first, case by case.

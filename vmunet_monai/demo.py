@@ -32,7 +32,7 @@ DEMO_BASELINES = {"unet": {"features": [16, 16, 32, 64, 128, 16]}, "swin_unetr":
 
 def make_demo_bundle(target: str | Path, size: int = 64, epochs: int = 30, batch_size: int = 8,
                      network: dict | None = None, bundle: str = BUNDLE, classes: dict | None = None,
-                     mask_values: list[int] | None = None) -> Path:
+                     mask_values: list[int] | None = None, extra: dict | None = None) -> Path:
     """Copy ``bundle`` to ``target`` and write the demo's values into its configs.
 
     Args:
@@ -47,6 +47,7 @@ def make_demo_bundle(target: str | Path, size: int = 64, epochs: int = 30, batch
             the copy predicts, exports and packages those classes with no further option.
         mask_values: the value of background and of each class in the dataset's masks (the datalist's
             ``meta.mask_values``): the copy's inference.json writes its masks with them.
+        extra: further config ids to set where train.json or inference.json has them (e.g. ``roi_size``).
 
     Returns:
         the copy's folder.
@@ -69,6 +70,7 @@ def make_demo_bundle(target: str | Path, size: int = 64, epochs: int = 30, batch
         values["num_classes"] = len(classes) + 1
     if mask_values is not None:
         values["mask_values"] = [int(v) for v in mask_values]
+    values.update(extra or {})
     for name in ("train.json", "inference.json"):
         path = target / "configs" / name
         config = ConfigParser.load_config_file(str(path))
@@ -208,15 +210,72 @@ def _run_glands(out: Path, epochs: int, num: int, size: int) -> dict:
             "bundle_root": str(bundle_root)}
 
 
-def run_demo(out: str = "demo_run", epochs: int | None = None, num: int = 48, size: int | None = None,
-             baseline: str = "", classes: int = 1, glands: bool = False) -> dict:
+# cine MRI in ACDC's layout: few patients, the volume bundle's slice-wise training at a small window
+ACDC = {"epochs": 30, "size": 96, "num": 16, "iterations_per_epoch": 10}
+
+
+def _run_acdc(out: Path, epochs: int, num: int, size: int) -> dict:
+    """Synthetic ACDC (patient folders, ``Info.cfg``) -> ``prepare`` (split by patient, phases as groups) -> train
+    the ``synapse_multiorgan`` bundle on MRI -> evaluate the test frames (Dice and HD95 per class, ED and ES apart,
+    each patient's clinical indices against the ground truth) -> ``predict`` the testing folder (volumes and
+    clinical indices from the predictions alone)."""
+    from vmunet_monai.data import demo_data, prepare
+    from vmunet_monai.data.common import datalist_classes
+    from vmunet_monai.predict import predict
+
+    volumes = "synapse_multiorgan"
+    raw, prepared, predicted = out / "raw", out / "prepared", out / "predicted"
+    for folder in (raw, predicted):
+        shutil.rmtree(folder, ignore_errors=True)
+    demo_data(volumes, str(raw), num=num, seed=0, layout="acdc")
+    prepare(volumes, str(raw), str(prepared))
+    extra = {"roi_size": [size, size], "intensity": "mri", "iterations_per_epoch": ACDC["iterations_per_epoch"],
+             "val_interval": max(1, epochs // 3), "sw_batch_size": 8}
+    root = make_demo_bundle(out / volumes, size=size, epochs=epochs, bundle=volumes,
+                            classes=datalist_classes(prepared), extra=extra)
+    shutil.rmtree(root / "models", ignore_errors=True)
+    print(f"training {volumes} on cine MRI ({epochs} epochs of {ACDC['iterations_per_epoch']} iterations, "
+          f"{size}x{size} slices, network {DEMO_NETWORK}) in {root}", flush=True)
+    trained = _run_workflow(root, ["train.json"], "train", dataset_dir=str(prepared.resolve()))
+    evaluator = trained.parser.get_parsed_content("validate#evaluator")
+    best_dice, best_epoch = float(evaluator.state.best_metric), int(evaluator.state.best_metric_epoch)
+    trained.finalize()
+    evaluated = _run_workflow(root, ["train.json", "evaluate.json"], "eval", dataset_dir=str(prepared.resolve()))
+    summary = next(h for h in evaluated.parser.get_parsed_content("validate#handlers")
+                   if type(h).__name__ == "OrganMetricsHandler").summary
+    evaluated.finalize()
+    print("")
+    predict(str(root), str(raw / "database" / "testing"), str(predicted), device="cpu")
+    print("")
+    print(f"VM-UNet: validation Dice (best, epoch {best_epoch} of {epochs}): {best_dice:.4f}")
+    per_class = ", ".join(f"{name} {entry['mean']:.4f}" for name, entry in summary["dice"]["per_organ"].items())
+    print(f"VM-UNet: {summary['num_cases']} test frames: Dice {summary['dice']['mean_over_organs']:.4f} ({per_class}), "
+          f"HD95 {summary['hd95_mm']['mean_over_organs']:.2f} mm")
+    for phase, part in summary.get("groups", {}).items():
+        print(f"VM-UNet: {phase} frames: Dice {part['dice']['mean_over_organs']:.4f}, HD95 "
+              f"{part['hd95_mm']['mean_over_organs']:.2f} mm")
+    clinical = summary.get("clinical")
+    if clinical:
+        ef = clinical["indices"].get("LV_EF")
+        if ef:
+            print(f"VM-UNet: LV ejection fraction of {ef['n']} test patients: predicted {ef['pred_mean']:.1f}% against "
+                  f"{ef['truth_mean']:.1f}%, bias {ef['bias']:+.2f} ± {ef['sd_difference']:.2f} points "
+                  f"({clinical['paths']['plot']})")
+    print(f"model: {root / 'models' / 'model.pt'}; report: {root / 'eval'}; predictions: {predicted}")
+    return {"best_val_dice": best_dice, "best_epoch": best_epoch, "test_summary": summary, "bundle_root": str(root),
+            "predicted": str(predicted)}
+
+
+def run_demo(out: str = "demo_run", epochs: int | None = None, num: int | None = None, size: int | None = None,
+             baseline: str = "", classes: int = 1, glands: bool = False, acdc: bool = False) -> dict:
     """Synthetic ISIC 2017-layout data -> ``prepare`` -> train -> evaluate on the test split; prints the Dice.
 
     Args:
         out: working folder (``raw/``, ``prepared/`` and the bundle copy ``isic_skin_lesion/``).
-        epochs: training epochs (default 30; 60 with two classes, 80 with glands).
-        num: synthetic training images (validation and test get ``num // 4`` each).
-        size: network input size (default 64; 128 with glands).
+        epochs: training epochs (default 30; 60 with two classes, 80 with glands, 30 of 10 iterations with acdc).
+        num: synthetic training images (validation and test get ``num // 4`` each; default 48), or with ``acdc``
+            patients (default 16, a fifth of them tested).
+        size: network input size (default 64; 128 with glands; 96 with acdc).
         baseline: also train and evaluate a MONAI baseline the same way (``unet`` or ``swin_unetr``, through the
             bundle's ``configs/baseline_<name>.json`` overlay, shrunk as :data:`DEMO_BASELINES`), then compare
             the two on the test images (:mod:`vmunet_monai.evaluation.compare`).
@@ -228,6 +287,10 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int = 48, si
             (:mod:`vmunet_monai.evaluation.objects`), also with touching glands split at the depth that
             ``tune_split`` finds best on the predicted training tiles; the result then has ``objects``,
             ``objects_split`` and ``split_depth``.
+        acdc: synthetic cine MRI in ACDC's patient folders instead (``demo_data synapse_multiorgan --layout
+            acdc``): the ``synapse_multiorgan`` bundle trained slice-wise on RV, MYO and LV with ``--intensity
+            mri``, evaluated with ED and ES apart and each test patient's clinical indices, and the testing
+            folder predicted (``volumes.csv``, ``clinical_indices.csv``); the result then has ``predicted``.
 
     Returns:
         ``{"best_val_dice", "best_epoch", "test_summary", "seconds", "bundle_root"}`` (``test_summary`` with
@@ -240,10 +303,13 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int = 48, si
     if classes not in (1, 2) or isinstance(classes, bool):
         raise InputError(f"demo --classes {classes!r}: 1 (lesions, the ISIC challenge layout) or 2 (lesions with a "
                          f"dark core, your-own-data folders)")
-    if glands and (classes != 1 or baseline):
-        raise InputError("demo --glands: on its own (not with --classes or --baseline)")
-    epochs = (GLANDS["epochs"] if glands else DEMO_EPOCHS[classes]) if epochs is None else epochs
-    size = (GLANDS["size"] if glands else 64) if size is None else size
+    for flag, on in (("glands", glands), ("acdc", acdc)):
+        if on and (classes != 1 or baseline or (glands and acdc)):
+            raise InputError(f"demo --{flag}: on its own (not with --classes, --baseline or another data set)")
+    mode = GLANDS if glands else ACDC if acdc else {"epochs": DEMO_EPOCHS[classes], "size": 64}
+    epochs = mode["epochs"] if epochs is None else epochs
+    size = mode["size"] if size is None else size
+    num = (ACDC["num"] if acdc else 48) if num is None else num
     for name, value, least in (("epochs", epochs, 1), ("num", num, 4), ("size", size, 32)):
         check_at_least(f"demo --{name}", value, least)
     baseline = str(baseline or "").strip()
@@ -253,8 +319,10 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int = 48, si
         raise InputError(f"demo --size {size}: SwinUNETR needs a multiple of 32 (it halves the map five times)")
     start = time.perf_counter()
     out = Path(out)
-    if glands:
-        result = _run_glands(out, epochs, num, size)
+    if acdc and not 4 <= num <= 30:
+        raise InputError(f"demo --num {num}: the ACDC demo writes 4 to 30 patients")
+    if glands or acdc:
+        result = (_run_glands if glands else _run_acdc)(out, epochs, num, size)
         result["seconds"] = time.perf_counter() - start
         print(f"total {result['seconds'] / 60:.1f} min")
         return result
