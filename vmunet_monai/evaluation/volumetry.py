@@ -23,15 +23,19 @@ import numpy as np
 __all__ = ["write_volumes"]
 
 
-def _class_volumes(path: str, classes: Mapping[int, str]) -> tuple[dict[str, float], float]:
+def _voxel_volumes(path: str) -> tuple[np.ndarray, float]:
+    """Each label value's volume in ml (index = value) in a written label map, and its voxel volume in ml."""
     import nibabel as nib
 
     from vmunet_monai.evaluation.ct import spacing_from_affine
 
     image = nib.load(path)
     voxel_ml = float(np.prod(spacing_from_affine(image.affine))) / 1000.0
-    counts = np.bincount(np.asarray(image.dataobj).astype(np.int64).ravel(), minlength=max(classes) + 1)
-    return {name: float(counts[value]) * voxel_ml for value, name in classes.items()}, voxel_ml
+    return np.bincount(np.asarray(image.dataobj).astype(np.int64).ravel()) * voxel_ml, voxel_ml
+
+
+def _named(volumes: np.ndarray, classes: Mapping[int, str]) -> dict[str, float]:
+    return {name: float(volumes[value]) if value < volumes.size else 0.0 for value, name in classes.items()}
 
 
 def _cardiac_names(classes: Mapping[int, str]) -> dict[int, str]:
@@ -66,13 +70,12 @@ def write_volumes(sources: Sequence[str], segmentations: Sequence[str], classes:
     rows, frames = [], {}
     cardiac = _cardiac_names(classes)
     for source, seg in zip(sources, segmentations):
-        volumes, voxel_ml = _class_volumes(seg, classes)
+        volumes, voxel_ml = _voxel_volumes(seg)
         case = _case_name(source)
-        rows.append({"case": case, "segmentation": Path(seg).name, "voxel_ml": voxel_ml, **volumes})
+        rows.append({"case": case, "segmentation": Path(seg).name, "voxel_ml": voxel_ml, **_named(volumes, classes)})
         phase = acdc_phases(Path(source).parent).get(case) if cardiac else None
         if phase:
-            by_name = _class_volumes(seg, cardiac)[0]
-            frames.setdefault(Path(source).parent.name, {})[phase] = (case, by_name)
+            frames.setdefault(Path(source).parent.name, {})[phase] = (case, _named(volumes, cardiac))
     path = output / "volumes.csv"
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
