@@ -118,21 +118,26 @@ def _run_workflow(bundle_root: Path, config_files: list[str], workflow_type: str
     return workflow
 
 
-def _train_and_evaluate(bundle_root: Path, prepared: Path, overlay: list[str]) -> tuple[float, int, dict]:
+def _train_then_evaluate(bundle_root: Path, prepared: Path, overlay: list[str], report: str):
     """Train the bundle copy (with ``overlay`` configs merged last), evaluate it on the test split; returns the
-    best validation Dice, its epoch and the test summary."""
+    best validation Dice, its epoch and the evaluation's handler of type ``report`` (after the run)."""
     trained = _run_workflow(bundle_root, ["train.json", *overlay], "train", dataset_dir=str(prepared.resolve()))
     evaluator = trained.parser.get_parsed_content("validate#evaluator")
     best_dice, best_epoch = float(evaluator.state.best_metric), int(evaluator.state.best_metric_epoch)
     trained.finalize()
     evaluated = _run_workflow(bundle_root, ["train.json", "evaluate.json", *overlay], "eval",
                               dataset_dir=str(prepared.resolve()))
-    report = next(h for h in evaluated.parser.get_parsed_content("validate#handlers")
-                  if type(h).__name__ == "BinarySegmentationReport")
+    handler = next(h for h in evaluated.parser.get_parsed_content("validate#handlers") if type(h).__name__ == report)
+    evaluated.finalize()
+    return best_dice, best_epoch, handler
+
+
+def _train_and_evaluate(bundle_root: Path, prepared: Path, overlay: list[str]) -> tuple[float, int, dict]:
+    """:func:`_train_then_evaluate` for a 2D bundle: the best validation Dice, its epoch and the test summary."""
+    best_dice, best_epoch, report = _train_then_evaluate(bundle_root, prepared, overlay, "BinarySegmentationReport")
     summary = dict(report.paths["summary"]["overall"])
     if report.paths["summary"].get("classes"):
         summary["classes"] = report.paths["summary"]["classes"]
-    evaluated.finalize()
     return best_dice, best_epoch, summary
 
 
@@ -236,14 +241,8 @@ def _run_acdc(out: Path, epochs: int, num: int, size: int) -> dict:
     shutil.rmtree(root / "models", ignore_errors=True)
     print(f"training {volumes} on cine MRI ({epochs} epochs of {ACDC['iterations_per_epoch']} iterations, "
           f"{size}x{size} slices, network {DEMO_NETWORK}) in {root}", flush=True)
-    trained = _run_workflow(root, ["train.json"], "train", dataset_dir=str(prepared.resolve()))
-    evaluator = trained.parser.get_parsed_content("validate#evaluator")
-    best_dice, best_epoch = float(evaluator.state.best_metric), int(evaluator.state.best_metric_epoch)
-    trained.finalize()
-    evaluated = _run_workflow(root, ["train.json", "evaluate.json"], "eval", dataset_dir=str(prepared.resolve()))
-    summary = next(h for h in evaluated.parser.get_parsed_content("validate#handlers")
-                   if type(h).__name__ == "OrganMetricsHandler").summary
-    evaluated.finalize()
+    best_dice, best_epoch, handler = _train_then_evaluate(root, prepared, [], "OrganMetricsHandler")
+    summary = handler.summary
     print("")
     predict(str(root), str(raw / "database" / "testing"), str(predicted), device="cpu")
     print("")

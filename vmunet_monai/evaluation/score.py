@@ -20,17 +20,16 @@ import json
 import os
 from pathlib import Path
 
-from vmunet_monai.validation import InputError
+from vmunet_monai.validation import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, InputError
 
 __all__ = ["PREDICTION_SUFFIXES", "match_volumes", "score", "score_masks", "score_volumes"]
 
 PREDICTION_SUFFIXES = ("_seg", "_pred", "_prediction", "_label", "_mask")
-_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
 def _stem(path: str | os.PathLike) -> str:
     name = Path(path).name
-    for ext in _EXTENSIONS:
+    for ext in VOLUME_EXTENSIONS:
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return Path(path).stem
@@ -43,7 +42,7 @@ def _prediction_files(folder: Path) -> dict[str, Path]:
         raise InputError(f"{folder}: no such folder of predictions")
     names: dict[str, Path] = {}
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or not path.name.lower().endswith(_EXTENSIONS):
+        if not path.is_file() or not path.name.lower().endswith(VOLUME_EXTENSIONS):
             continue
         stem = _stem(path)
         keys = [stem] + [stem[: -len(s)] for s in PREDICTION_SUFFIXES if stem.endswith(s) and len(stem) > len(s)]
@@ -147,7 +146,6 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
 
 
 
-_MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".gif")
 
 
 def _items(dataset: Path, split: str) -> tuple[Path, dict, list[dict]]:
@@ -236,7 +234,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         raise InputError(f"{pred}: no such folder of predicted masks")
     found: dict[str, list[Path]] = {}
     for path in sorted(Path(pred).rglob("*")):
-        if path.is_file() and path.suffix.lower() in _MASK_EXTENSIONS:
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
             stem = path.stem[: -len("_mask")] if path.stem.endswith("_mask") else path.stem
             found.setdefault(stem, []).append(path)
     out = Path(out) if out is not None else Path(pred).resolve().parent / "score"
@@ -290,7 +288,7 @@ def score(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | os.Pat
           split: str = "test", **options) -> dict:
     """:func:`score_volumes` or :func:`score_masks`, as the datalist's labels are volumes or 2D masks."""
     _, _, items = _items(Path(dataset), split)
-    volumes = str(items[0]["label"]).lower().endswith(_EXTENSIONS)
+    volumes = str(items[0]["label"]).lower().endswith(VOLUME_EXTENSIONS)
     if volumes and "mask_values" in options:
         raise InputError(f"--mask_values {options['mask_values']!r}: only for 2D masks; {dataset} holds volumes")
     if not volumes:
