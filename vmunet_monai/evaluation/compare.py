@@ -112,8 +112,11 @@ def read_table(path: str | os.PathLike) -> CaseTable:
                          f"name, group and dice nor case and mean_dice)")
     ids = ID_COLUMNS[kind] + (("class",) if kind == "image" and "class" in header else ())
     ids += ("group",) if kind == "volume" and "group" in header else ()  # ACDC's ED and ES frames
+    from vmunet_monai.evaluation.ct import VOLUME_KEYS
+
     # statuses and organ volumes describe a case; they are not scores to compare
-    columns = [c for c in header if c not in ids and not c.startswith(("status_", "volume_ml_", "truth_volume_ml_"))]
+    described = ("status_", *(f"{k}_" for k in VOLUME_KEYS))
+    columns = [c for c in header if c not in ids and not c.startswith(described)]
     values, groups = {}, {}
     for line, row in enumerate(rows, start=2):
         case = f"{row['group']}/{row['name']}" if kind == "image" else row["case"]
