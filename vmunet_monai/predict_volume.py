@@ -11,9 +11,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from vmunet_monai.validation import VOLUME_EXTENSIONS  # re-exported here, as before
+
 __all__ = ["VOLUME_EXTENSIONS", "default_bundle_root", "find_volumes", "predict_volumes"]
 
-VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 BUNDLE_NAME = "synapse_multiorgan"
 
 
@@ -103,12 +104,9 @@ def default_bundle_root() -> str:
 
 
 def _output_name(source: str) -> str:
-    name = os.path.basename(source.rstrip("/\\"))
-    for ext in VOLUME_EXTENSIONS:
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return f"{name}_seg.nii.gz"
+    from vmunet_monai.evaluation.ct import _case_name
+
+    return f"{_case_name(source)}_seg.nii.gz"  # named after the case, as the evaluation names it
 
 
 def predict_volumes(

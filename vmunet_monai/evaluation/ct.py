@@ -363,9 +363,12 @@ def _squeeze(x):
 
 
 def _case_name(meta_source) -> str:
+    """A case's name: its file's (or DICOM series folder's) name without a volume extension."""
+    from vmunet_monai.validation import VOLUME_EXTENSIONS
+
     name = os.path.basename(str(meta_source).rstrip("/\\"))
-    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".npy.h5"):
-        if name.endswith(ext):
+    for ext in (*VOLUME_EXTENSIONS, ".npy.h5"):
+        if name.lower().endswith(ext):
             return name[: -len(ext)]
     return name
 

@@ -27,24 +27,18 @@ __all__ = ["PREDICTION_SUFFIXES", "match_volumes", "score", "score_masks", "scor
 PREDICTION_SUFFIXES = ("_seg", "_pred", "_prediction", "_label", "_mask")
 
 
-def _stem(path: str | os.PathLike) -> str:
-    name = Path(path).name
-    for ext in VOLUME_EXTENSIONS:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return Path(path).stem
-
-
 def _prediction_files(folder: Path) -> dict[str, Path]:
     """Prediction files under ``folder`` (searched recursively) by every name they may answer to: the file's stem,
     and the stem without a prediction suffix (``_seg``)."""
+    from vmunet_monai.evaluation.ct import _case_name
+
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder of predictions")
     names: dict[str, Path] = {}
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or not path.name.lower().endswith(VOLUME_EXTENSIONS):
             continue
-        stem = _stem(path)
+        stem = _case_name(path)
         keys = [stem] + [stem[: -len(s)] for s in PREDICTION_SUFFIXES if stem.endswith(s) and len(stem) > len(s)]
         for key in keys:
             if key in names and names[key] != path:
@@ -72,15 +66,15 @@ def match_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, split: st
     from vmunet_monai.evaluation.ct import _case_name
 
     dataset = Path(dataset)
-    path, _, items = _items(dataset, split)
+    path, items = _items(dataset, split)
     found = _prediction_files(Path(pred))
     pairs, missing, used = [], [], set()
     for item in items:
         image = (dataset / item["image"]).resolve() if "image" in item else None
-        case = str(item.get("case") or _stem(item["label"]))
-        keys = [case] + ([_stem(image)] if image is not None else [])
-        if image is not None and _stem(image).endswith("_0000"):  # nnU-Net names a prediction without the channel
-            keys.append(_stem(image)[:-5])
+        case = str(item.get("case") or _case_name(item["label"]))
+        keys = [case] + ([_case_name(image)] if image is not None else [])
+        if keys[-1].endswith("_0000"):  # nnU-Net names a prediction without the image's channel number
+            keys.append(keys[-1][:-5])
         hit = next((found[k] for k in keys if k in found), None)
         if hit is None:
             missing.append(case)
@@ -145,10 +139,8 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
     return summary
 
 
-
-
-
-def _items(dataset: Path, split: str) -> tuple[Path, dict, list[dict]]:
+def _items(dataset: Path, split: str) -> tuple[Path, list[dict]]:
+    """The datalist's path and the labelled entries of ``split``, or an InputError naming what is missing."""
     from vmunet_monai.data.common import DATALIST_NAME
 
     path = dataset / DATALIST_NAME
@@ -162,7 +154,7 @@ def _items(dataset: Path, split: str) -> tuple[Path, dict, list[dict]]:
     items = [item for item in doc[split] if isinstance(item, dict) and "label" in item]
     if not items:
         raise InputError(f"{path}: its {split!r} split has no labelled case to score against")
-    return path, doc, items
+    return path, items
 
 
 def _tail_match(candidates: list[Path], image: Path) -> Path | None:
@@ -223,7 +215,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     from vmunet_monai.validation import check_output_location
 
     dataset = Path(dataset)
-    datalist, _, items = _items(dataset, split)
+    datalist, items = _items(dataset, split)
     classes = datalist_classes(dataset) or {}
     num_classes = len(classes) + 1 if classes else 2
     record = read_record(pred)
@@ -243,7 +235,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     for item in items:
         image = (dataset / item["image"]).resolve()
         name = str(item.get("name") or image.stem)
-        hit = _tail_match(found.get(image.stem, []), image) if image.stem in found else None
+        hit = _tail_match(found[image.stem], image) if image.stem in found else None
         if hit is None:
             missing.append(name)
             continue
@@ -287,7 +279,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
 def score(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | os.PathLike | None = None,
           split: str = "test", **options) -> dict:
     """:func:`score_volumes` or :func:`score_masks`, as the datalist's labels are volumes or 2D masks."""
-    _, _, items = _items(Path(dataset), split)
+    _, items = _items(Path(dataset), split)
     volumes = str(items[0]["label"]).lower().endswith(VOLUME_EXTENSIONS)
     if volumes and "mask_values" in options:
         raise InputError(f"--mask_values {options['mask_values']!r}: only for 2D masks; {dataset} holds volumes")
