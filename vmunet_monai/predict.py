@@ -202,8 +202,9 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     Returns:
         ``{"masks": [...], "overlays": [...], "skipped": [{"file", "reason"}, ...], "record": ...}`` (and
         ``"instances"`` with ``split_touching``): the paths written, the files that were skipped and the
-        ``OUTPUT/prediction.json`` that records the bundle, weights, classes and settings (for ``synapse_multiorgan``, the list of segmentation files
-        that :func:`~vmunet_monai.predict_volume.predict_volumes` returns).
+        ``OUTPUT/prediction.json`` that records the bundle, weights, classes and settings. For
+        ``synapse_multiorgan``: the list of segmentation files that
+        :func:`~vmunet_monai.predict_volume.predict_volumes` returns.
 
     Raises:
         FileNotFoundError: for a missing bundle or checkpoint (with the command that makes one).

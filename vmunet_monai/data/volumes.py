@@ -443,7 +443,9 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
     if split == "mamba_unet":
         train, val, test, left_out = _listed_split(checked, root)
         how = ("Mamba-UNet's ACDC split (SSL4MIS's patient lists): 70 training, 10 validation and 20 test patients of "
-               "the training folder" + (f"; the testing folder's {len(left_out)} patients left out" if left_out else ""))
+               "the training folder")
+        if left_out:
+            how += f"; the testing folder's {len(left_out)} patients left out"
     else:
         train, val, test, how = _drawn_split(checked, layout, root, skipped, num_val, seed, test_fraction, unit)
     order = lambda items: sorted(items, key=lambda c: c["case"])  # noqa: E731

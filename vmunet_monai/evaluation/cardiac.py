@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["INDICES", "MYOCARDIUM_DENSITY", "STRUCTURES", "clinical_indices", "summarize_indices",
-           "write_clinical"]
+__all__ = ["INDICES", "MYOCARDIUM_DENSITY", "STRUCTURES", "clinical_indices", "find_structures", "frame_indices",
+           "summarize_indices", "write_clinical"]
 
 MYOCARDIUM_DENSITY = 1.05  # g/ml
 # names a class may have, lower case, for each structure
@@ -45,7 +45,7 @@ INDICES = {  # index -> (unit, what it is)
 PLOTTED = ("LV_EF", "RV_EF", "LV_EDV", "RV_EDV", "MYO_mass")
 
 
-def _structures(organs: Sequence[str]) -> dict[str, str]:
+def find_structures(organs: Sequence[str]) -> dict[str, str]:
     """Structure (LV, RV, MYO) -> the organ name that holds it, for the names found."""
     found = {}
     for organ in organs:
@@ -59,7 +59,8 @@ def _ef(edv: float, esv: float) -> float:
     return 100.0 * (edv - esv) / edv if edv > 0 else math.nan
 
 
-def _indices(ed: Mapping[str, float], es: Mapping[str, float], structures: Mapping[str, str]) -> dict[str, float]:
+def frame_indices(ed: Mapping[str, float], es: Mapping[str, float], structures: Mapping[str, str]) -> dict[str, float]:
+    """One patient's indices from the class volumes (ml, by class name) of its ED and ES frames."""
     out = {}
     for side in ("LV", "RV"):
         if side in structures:
@@ -85,7 +86,7 @@ def clinical_indices(rows: Sequence[dict], groups: Mapping[str, str], patients: 
     """
     if not rows:
         return []
-    structures = _structures(list(rows[0]["dice"]))
+    structures = find_structures(list(rows[0]["dice"]))
     if not structures:
         return []
     frames: dict[str, dict[str, dict]] = {}
@@ -99,8 +100,8 @@ def clinical_indices(rows: Sequence[dict], groups: Mapping[str, str], patients: 
             continue
         ed, es = pair["ED"], pair["ES"]
         out.append({"patient": patient, "ed_case": ed["case"], "es_case": es["case"],
-                    "truth": _indices(ed["truth_volume_ml"], es["truth_volume_ml"], structures),
-                    "pred": _indices(ed["volume_ml"], es["volume_ml"], structures)})
+                    "truth": frame_indices(ed["truth_volume_ml"], es["truth_volume_ml"], structures),
+                    "pred": frame_indices(ed["volume_ml"], es["volume_ml"], structures)})
     return out
 
 
@@ -204,7 +205,8 @@ def write_clinical(rows: Sequence[dict], groups: Mapping[str, str], patients: Ma
     os.makedirs(output_dir, exist_ok=True)
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["patient", "ed_case", "es_case"] + [f"{side}_{i}" for i in names for side in ("truth", "pred")])
+        columns = [f"{side}_{i}" for i in names for side in ("truth", "pred")]
+        writer.writerow(["patient", "ed_case", "es_case"] + columns)
         for p in found:
             values = [p[side][i] for i in names for side in ("truth", "pred")]
             writer.writerow([p["patient"], p["ed_case"], p["es_case"]]

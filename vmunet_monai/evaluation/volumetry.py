@@ -40,9 +40,9 @@ def _named(volumes: np.ndarray, classes: Mapping[int, str]) -> dict[str, float]:
 
 def _cardiac_names(classes: Mapping[int, str]) -> dict[int, str]:
     from vmunet_monai.data.volumes import ACDC_CLASSES
-    from vmunet_monai.evaluation.cardiac import _structures
+    from vmunet_monai.evaluation.cardiac import find_structures
 
-    if _structures(list(classes.values())):
+    if find_structures(list(classes.values())):
         return dict(classes)
     if sorted(classes) == sorted(ACDC_CLASSES):  # four classes named otherwise: ACDC's label values
         return dict(ACDC_CLASSES)
@@ -63,7 +63,7 @@ def write_volumes(sources: Sequence[str], segmentations: Sequence[str], classes:
         ``{"volumes": path, "clinical": path or None, "patients": n}``.
     """
     from vmunet_monai.data.volumes import acdc_phases
-    from vmunet_monai.evaluation.cardiac import _indices, _structures
+    from vmunet_monai.evaluation.cardiac import find_structures, frame_indices
     from vmunet_monai.evaluation.ct import _case_name
 
     output = Path(output)
@@ -87,11 +87,11 @@ def write_volumes(sources: Sequence[str], segmentations: Sequence[str], classes:
     patients = {p: f for p, f in sorted(frames.items()) if set(f) == {"ED", "ES"}}
     if not patients:
         return result
-    structures = _structures(list(cardiac.values()))
+    structures = find_structures(list(cardiac.values()))
     table = []
     for patient, pair in patients.items():
         (ed_case, ed), (es_case, es) = pair["ED"], pair["ES"]
-        table.append((patient, ed_case, es_case, _indices(ed, es, structures)))
+        table.append((patient, ed_case, es_case, frame_indices(ed, es, structures)))
     names = list(table[0][3])
     clinical = output / "clinical_indices.csv"
     with open(clinical, "w", newline="") as f:
