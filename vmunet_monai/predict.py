@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from vmunet_monai.engine.utils import find_bundle, inference_configs, network_file
-from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError, check_device, check_output_location, read_image_2d
+from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, check_device, check_output_location, comma_list,
+                                     read_image_2d)
 
 __all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
            "read_record"]
@@ -151,9 +152,8 @@ def _planned(item: dict, output: Path, data_root: str) -> tuple[Path, Path]:
 
 def _window(value) -> list[float]:
     """``--window`` as two numbers, low below high (a string "-200,300" or "[-200,300]", or a pair)."""
-    items = value.strip("[]() ").split(",") if isinstance(value, str) else list(value)
     try:
-        low, high = (float(v) for v in items)
+        low, high = (float(v) for v in comma_list(value))
     except (TypeError, ValueError):
         raise InputError(f"--window {value!r}: give two numbers in HU, low then high, e.g. [-200,300]") from None
     if not low < high:

@@ -28,6 +28,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "VOLUME_EXTENSIONS",
     "InputError",
+    "comma_list",
     "input_error",
     "check_file",
     "check_finite",
@@ -43,6 +44,17 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def comma_list(value) -> list[str]:
+    """An option's list as stripped strings: ``"0,128,255"`` or ``"[0,128,255]"``, the tuple fire makes of
+    ``--x 0,128,255``, or a single value (fire makes a number of ``--x 2``). Empty items are kept, for the caller to
+    refuse by name."""
+    if isinstance(value, str):
+        items = value.strip("[]() ").split(",")
+    else:
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+    return [str(v).strip() for v in items]
 
 
 class InputError(ValueError):

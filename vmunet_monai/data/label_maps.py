@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from vmunet_monai.data.common import DatasetLayoutError
-from vmunet_monai.validation import InputError
+from vmunet_monai.validation import InputError, comma_list
 
 __all__ = ["LABELS_FOLDER", "parse_mask_values", "read_label", "find_class_values", "write_label_maps",
            "binarize_nonzero", "prepare_label_maps", "save_label"]
@@ -53,9 +53,8 @@ def parse_mask_values(values, num_classes: int, highest: int = 65535, option: st
     """
     if values is None:
         return None
-    items = str(values).strip("[]() ").split(",") if isinstance(values, str) else list(values)
     try:
-        parsed = [int(str(v).strip()) for v in items]
+        parsed = [int(v) for v in comma_list(values)]
     except ValueError:
         raise InputError(f"{option} {values!r}: give whole numbers separated by commas, background first "
                          "(e.g. 0,128,255)") from None

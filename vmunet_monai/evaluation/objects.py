@@ -653,12 +653,10 @@ SPLIT_CSV = "split_depths.csv"
 
 def _depths(depths) -> list[float]:
     """``--depths`` as sorted distinct numbers of at least 0.5 ("1,2,3", "[1,2]" or a sequence)."""
-    if isinstance(depths, str):
-        items = depths.strip("[]() ").split(",")
-    else:  # fire makes a number of "2" and a tuple of "1,2,3"
-        items = list(depths) if isinstance(depths, (list, tuple)) else [depths]
+    from vmunet_monai.validation import comma_list
+
     try:
-        values = sorted({float(str(v).strip()) for v in items})
+        values = sorted({float(v) for v in comma_list(depths)})
     except ValueError:
         raise InputError(f"--depths {depths!r}: give neck depths in pixels separated by commas, e.g. 1,2,3,5") from None
     if not values or values[0] < 0.5:
@@ -690,13 +688,12 @@ def tune_split(pred: str | os.PathLike, truth: str | os.PathLike, depths=SPLIT_D
     from PIL import Image
     from tqdm import tqdm
 
-    from vmunet_monai.validation import check_output_location
+    from vmunet_monai.validation import check_output_location, comma_list
 
     values = _depths(depths)
     pairs, _ = match_files(pred, truth, group_by)
     if sets is not None:
-        wanted = [str(v).strip() for v in (sets.split(",") if isinstance(sets, str) else
-                                           (sets if isinstance(sets, (list, tuple)) else [sets]))]
+        wanted = comma_list(sets)
         found = sorted({group for _, group, _, _ in pairs})
         unknown = [w for w in wanted if w not in found]
         if unknown:
