@@ -65,6 +65,26 @@ def test_standard_split_and_seeded_validation(tmp_path):
         synapse.prepare(str(tmp_path / "demo"), str(tmp_path / "d"), num_val=18)
 
 
+def test_shape_and_spacing_options_refused_by_name(tmp_path):
+    """--shape and --spacing name the option, the value as typed and the rule; --spacing is refused where the volumes
+    carry their own spacing instead of being ignored."""
+    from vmunet_monai.validation import InputError
+
+    for shape in ("32,32", (32, 32, "x"), "32,32,7.5", "32,32,4", "inf,32,32"):
+        shown = ",".join(map(str, shape)) if isinstance(shape, tuple) else shape
+        with pytest.raises(InputError, match=rf"^--shape '{shown}': give three whole numbers separated by commas, "
+                                             r"each at least 8"):
+            synapse.demo_data(str(tmp_path / "bad"), num=4, shape=shape)
+    for layout in ("rawdata", "acdc"):
+        with pytest.raises(InputError, match=r"^--spacing '1,0,3': give three numbers separated by commas, each above 0"):
+            synapse.demo_data(str(tmp_path / "bad"), num=4, shape="32,32,8", spacing=(1, 0, 3), layout=layout)
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+    raw = synapse.demo_data(str(tmp_path / "demo"), num=4, shape="[32, 32, 8]", spacing="1,1,3")
+    assert nib.load(next((tmp_path / "demo").rglob("img*.nii.gz"))).header.get_zooms() == (1.0, 1.0, 3.0)
+    with pytest.raises(InputError, match=r"^--spacing '1,1,3': only for the TransUNet release.* read as rawdata"):
+        synapse.prepare(raw, str(tmp_path / "out"), spacing=(1, 1, 3))
+
+
 def test_transunet_release_converted_with_stated_spacing(tmp_path):
     h5py = pytest.importorskip("h5py", reason="the TransUNet test volumes are HDF5 files (pip install h5py)")
     rng = np.random.default_rng(0)

@@ -196,7 +196,8 @@ def test_the_split_depth_is_tuned_on_numbered_masks(tmp_path, capsys):
     with pytest.raises(InputError, match=r"--sets 'val': no set 'val' among the pairs found \(sets with --group_by "
                                          r"prefix: test, train\)"):
         tune_split(tmp_path / "out" / "masks", tmp_path / "truth", group_by="prefix", sets="val")
-    for bad, rule in (("0.2,2", "each depth is at least 0.5"), ("a,b", "give neck depths in pixels")):
+    for bad in ("0.2,2", "a,b", ""):
+        rule = rf"^--depths '{bad}': give numbers separated by commas, each at least 0.5, e.g. 1,2,3,5 \(neck depths"
         with pytest.raises(InputError, match=rule):
             tune_split(tmp_path / "out" / "masks", tmp_path / "truth", depths=bad)
     Image.fromarray(truth).save(tmp_path / "out" / "masks" / "test_1_mask.png")  # numbered, not binary

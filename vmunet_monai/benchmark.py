@@ -274,15 +274,15 @@ def _run_benchmark(device, networks, size, batch, repeats, backends, reference, 
     from vmunet_monai.layers import SS2D
     from vmunet_monai.ops import triton_scan
 
-    from vmunet_monai.validation import check_at_least, check_device
+    from vmunet_monai.validation import check_at_least, check_device, comma_list
 
     for option, value, least in (("batch", batch, 1), ("repeats", repeats, 1), ("size", size, 32)):
         check_at_least(f"benchmark --{option}", value, least)
-    nets = [n.strip() for n in networks.split(",")] if isinstance(networks, str) else list(networks)
+    nets = comma_list(networks)
     for name in nets:
         if name not in NETWORKS:
             raise SystemExit(f"error: unknown network {name!r}; choose from {', '.join(NETWORKS)}")
-    base = [n.strip() for n in (baselines.split(",") if isinstance(baselines, str) else baselines) if n.strip()]
+    base = [n for n in comma_list(baselines) if n]
     for name in base:
         if name not in BASELINES:
             raise SystemExit(f"error: unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
@@ -299,7 +299,7 @@ def _run_benchmark(device, networks, size, batch, repeats, backends, reference, 
     if backends == "auto":
         names = [resolve_backend(device)]
     else:
-        names = [b.strip() for b in (backends.split(",") if isinstance(backends, str) else backends)]
+        names = comma_list(backends)
     from vmunet_monai.ops.dispatch import BACKENDS
 
     for b in names:

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from vmunet_monai.engine.utils import find_bundle, inference_configs, network_file
-from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, check_device, check_output_location, comma_list,
-                                     read_image_2d)
+from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, check_device, check_output_location,
+                                     number_list, read_image_2d)
 
 __all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
            "read_record"]
@@ -152,12 +152,9 @@ def _planned(item: dict, output: Path, data_root: str) -> tuple[Path, Path]:
 
 def _window(value) -> list[float]:
     """``--window`` as two numbers, low below high (a string "-200,300" or "[-200,300]", or a pair)."""
-    try:
-        low, high = (float(v) for v in comma_list(value))
-    except (TypeError, ValueError):
-        raise InputError(f"--window {value!r}: give two numbers in HU, low then high, e.g. [-200,300]") from None
+    low, high = number_list("--window", value, float, count=2, example="-200,300 (HU, low then high)")
     if not low < high:
-        raise InputError(f"--window {value!r}: the low end must be below the high end")
+        raise InputError(f"--window {as_typed(value)!r}: the low end must be below the high end")
     return [low, high]
 
 

@@ -28,7 +28,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "VOLUME_EXTENSIONS",
     "InputError",
+    "as_typed",
     "comma_list",
+    "number_list",
     "input_error",
     "check_file",
     "check_finite",
@@ -55,6 +57,36 @@ def comma_list(value) -> list[str]:
     else:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
     return [str(v).strip() for v in items]
+
+
+def as_typed(value):
+    """A list option's value as the user typed it (``1,1,3``) rather than as the tuple fire made of it."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+
+
+def number_list(option: str, value, kind=float, count: int | None = None, least: float | None = None,
+                above: float | None = None, example: str = "") -> list:
+    """An option's list of numbers (in any form :func:`comma_list` takes) as ``kind`` (int or float), or
+    :class:`InputError` naming the option, the value and the rule: every item a finite number (a whole one for
+    int), ``count`` of them where given, each at least ``least`` and greater than ``above`` where given."""
+    import math
+
+    what = "whole numbers" if kind is int else "numbers"
+    words = {1: "one", 2: "two", 3: "three", 4: "four"}
+    rule = (f"give {words.get(count, count)} {what}" if count else f"give {what}") + " separated by commas"
+    rule += f", each at least {least:g}" if least is not None else ""
+    rule += f", each above {above:g}" if above is not None else ""
+    rule += f", e.g. {example}" if example else ""
+    shown = as_typed(value)
+    try:
+        floats = [float(v) for v in comma_list(value)]
+    except (TypeError, ValueError):
+        raise InputError(f"{option} {shown!r}: {rule}") from None
+    if (not floats or (count and len(floats) != count) or not all(map(math.isfinite, floats))
+            or (kind is int and not all(v.is_integer() for v in floats))
+            or (least is not None and min(floats) < least) or (above is not None and min(floats) <= above)):
+        raise InputError(f"{option} {shown!r}: {rule}")
+    return [kind(v) for v in floats]
 
 
 class InputError(ValueError):

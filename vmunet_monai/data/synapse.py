@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vmunet_monai.validation import InputError, as_typed, number_list
+
 __all__ = [
     "BTCV_TO_SYNAPSE",
     "DEMO_OWN_CLASSES",
@@ -174,7 +176,6 @@ def _prepare_rawdata(root: str, out: str, num_val: int | None, seed: int, verify
     from tqdm import tqdm
 
     from vmunet_monai.data.common import report_skipped
-    from vmunet_monai.validation import InputError
 
     img_dir, lab_dir = _volume_dirs(layout, root)
     cases = {}
@@ -229,9 +230,7 @@ def _save_volume(image_dhw: np.ndarray, label_dhw: np.ndarray, spacing, img_path
 def _prepare_transunet(root: str, out: str, num_val: int | None, seed: int, spacing: Sequence[float]) -> str:
     from tqdm import tqdm
 
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(f"spacing={spacing}: give three positive millimetre values (x, y, z)")
+    spacing = tuple(float(s) for s in spacing)  # checked by prepare
     img_dir, lab_dir = os.path.join(out, "images"), os.path.join(out, "labels")
     os.makedirs(img_dir, exist_ok=True)
     os.makedirs(lab_dir, exist_ok=True)
@@ -245,7 +244,7 @@ def _prepare_transunet(root: str, out: str, num_val: int | None, seed: int, spac
             if match:
                 slices.setdefault(int(match.group(1)), []).append((int(match.group(2)), os.path.join(npz_dir, name)))
     from vmunet_monai.data.common import report_skipped
-    from vmunet_monai.validation import InputError, check_label_values, input_error
+    from vmunet_monai.validation import check_label_values, input_error
 
     skipped = []
 
@@ -389,9 +388,12 @@ def prepare(
                                test_fraction=test_fraction, split=split)
     given = {"classes": (classes, None), "test_fraction": (test_fraction, 0.2), "split": (split, "auto")}
     refuse_options("btcv", given, "the folders")
-    if isinstance(spacing, str):
-        spacing = [float(s) for s in spacing.split(",")]
     layout, root = found
+    if spacing is not None and layout != "transunet":
+        raise InputError(f"--spacing {as_typed(spacing)!r}: only for the TransUNet release, which carries no spacing; {root} is "
+                         f"read as {layout}, whose volumes keep their own")
+    if spacing is not None:
+        spacing = number_list("--spacing", spacing, float, count=3, above=0, example="0.76,0.76,3")
     read_from = (list(_volume_dirs(layout, root)) if layout != "transunet"
                  else [os.path.join(root, "train_npz"), os.path.join(root, "test_vol_h5")])
     check_prepare_output(read_from, out)
@@ -486,9 +488,8 @@ def _acdc_demo(out: str, num: int, seed: int, shape: Sequence[int] | None, spaci
 
     if num < 4 or num > 30:
         raise ValueError(f"num={num}: the demo writes between 4 and 30 patients")
-    shape = (128, 128, 10) if shape is None else tuple(int(v) for v in (shape.split(",") if isinstance(shape, str)
-                                                                        else shape))
-    spacing = (1.5, 1.5, 10.0) if spacing is None else tuple(float(v) for v in spacing)
+    shape = (128, 128, 10) if shape is None else tuple(shape)
+    spacing = (1.5, 1.5, 10.0) if spacing is None else tuple(spacing)
     rng = np.random.default_rng(seed)
     root = Path(out) / "database"
     n_test = max(1, num // 5)
@@ -554,17 +555,15 @@ def demo_data(
 
     if layout not in ("rawdata", "folders", "acdc"):
         raise ValueError(f"layout must be 'rawdata', 'folders' or 'acdc', got {layout!r}")
+    shape = tuple(number_list("--shape", shape, int, count=3, least=8, example="128,128,10"))
+    if spacing is not None:
+        spacing = tuple(number_list("--spacing", spacing, float, count=3, above=0, example="1.5,1.5,10"))
     if layout == "acdc":
-        return _acdc_demo(out, int(num), seed, None if tuple(shape) == (384, 384, 48) else shape, spacing)
+        return _acdc_demo(out, int(num), seed, None if shape == (384, 384, 48) else shape, spacing)
 
     num = int(num)
     if num < 4 or num > 30:
         raise ValueError(f"num={num}: the demo writes between 4 and 30 cases")
-    if isinstance(shape, str):
-        shape = [int(s) for s in shape.split(",")]
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or min(shape) < 8:
-        raise ValueError(f"shape={shape}: give three sizes of at least 8 voxels")
     rng = np.random.default_rng(seed)
     n_test = max(1, round(num * len(STANDARD_TEST_CASES) / 30))
     cases = list(STANDARD_TRAIN_CASES[: num - n_test]) + list(STANDARD_TEST_CASES[:n_test])

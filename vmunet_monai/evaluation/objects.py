@@ -653,15 +653,9 @@ SPLIT_CSV = "split_depths.csv"
 
 def _depths(depths) -> list[float]:
     """``--depths`` as sorted distinct numbers of at least 0.5 ("1,2,3", "[1,2]" or a sequence)."""
-    from vmunet_monai.validation import comma_list
+    from vmunet_monai.validation import number_list
 
-    try:
-        values = sorted({float(v) for v in comma_list(depths)})
-    except ValueError:
-        raise InputError(f"--depths {depths!r}: give neck depths in pixels separated by commas, e.g. 1,2,3,5") from None
-    if not values or values[0] < 0.5:
-        raise InputError(f"--depths {depths!r}: each depth is at least 0.5 pixels")
-    return values
+    return sorted(set(number_list("--depths", depths, float, least=0.5, example="1,2,3,5 (neck depths in pixels)")))
 
 
 def tune_split(pred: str | os.PathLike, truth: str | os.PathLike, depths=SPLIT_DEPTHS,

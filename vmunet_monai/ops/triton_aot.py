@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from vmunet_monai.validation import comma_list
+
 __all__ = ["ARCHES", "CASES", "KernelRow", "compile_report", "format_report", "parse_arch", "parse_config", "run",
            "target_only", "toolchain_problem"]
 
@@ -351,7 +353,7 @@ def parse_config(text) -> dict:
     of :class:`~vmunet_monai.ops.triton_scan.KernelConfig` with integer or true/false values."""
     if isinstance(text, dict):
         return dict(text)
-    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if str(t).strip()]
+    items = [t for t in comma_list(text) if t]
     out = {}
     for item in items:
         key, sep, value = str(item).partition("=")
@@ -509,8 +511,7 @@ def run(arch="sm_90", cases="all", batch: int = 32, sms: int | None = None, out:
 
     import triton
 
-    names = None if cases in (None, "all") else [c.strip() for c in (cases.split(",") if isinstance(cases, str)
-                                                                       else cases) if c.strip()]
+    names = None if cases in (None, "all") else [c for c in comma_list(cases) if c]
     fields = parse_config(config or {})
     rows = compile_report(arch, names, batch=batch, sms=sms, progress=True, config=fields, dump=dump)
     print(format_report(rows, arch, sms))
