@@ -182,6 +182,8 @@ def test_score_reads_predictions_on_disk_against_a_prepared_acdc_dataset(tmp_pat
     capsys.readouterr()
     partial = score_volumes(tmp_path / "perfect", tmp_path / "prepared", out=tmp_path / "s_partial", montage=False)
     assert partial["missing_prediction"] == [tests[3]["case"]] and partial["num_cases"] == 3
+    stored = json.loads((tmp_path / "s_partial" / "summary.json").read_text())
+    assert stored["missing_prediction"] == [tests[3]["case"]] and stored["num_cases"] == 3 and "environment" in stored
     assert f"left out: 1 test case(s) without a prediction (first: {tests[3]['case']})" in capsys.readouterr().out
     first = tmp_path / "perfect" / f"{tests[0]['case']}_seg.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((48, 48, 3), np.uint8), np.eye(4)), first)

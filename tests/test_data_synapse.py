@@ -76,7 +76,8 @@ def test_shape_and_spacing_options_refused_by_name(tmp_path):
                                              r"each at least 8"):
             synapse.demo_data(str(tmp_path / "bad"), num=4, shape=shape)
     for layout in ("rawdata", "acdc"):
-        with pytest.raises(InputError, match=r"^--spacing '1,0,3': give three numbers separated by commas, each above 0"):
+        with pytest.raises(InputError, match=r"^--spacing '1,0,3': give three numbers separated by commas, "
+                                             r"each above 0"):
             synapse.demo_data(str(tmp_path / "bad"), num=4, shape="32,32,8", spacing=(1, 0, 3), layout=layout)
     assert not (tmp_path / "bad").exists()  # refused before anything was written
     raw = synapse.demo_data(str(tmp_path / "demo"), num=4, shape="[32, 32, 8]", spacing="1,1,3")

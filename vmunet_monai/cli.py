@@ -302,9 +302,9 @@ class Commands:
         - isic_skin_lesion: --year 2017|2018 [2017] (the challenge's folder naming), --layout challenge|folders
           [challenge], --classes 1|2 [1] (folders: 2 adds a dark core to each lesion, a second class)
         - polyp_seg: --layout pranet|folders|glands [pranet]
-        - synapse_multiorgan: --shape "[x,y,z]" [384,384,48; acdc 128,128,10] (voxels per volume), --spacing
-          "[x,y,z]" (mm; default: drawn per case, as in the real scans; acdc 1.5,1.5,10), --layout
-          rawdata|folders|acdc [rawdata]
+        - synapse_multiorgan: --shape "[x,y,z]" [384,384,48; acdc 128,128,10] (voxels per volume, each at least
+          8; acdc 4), --spacing "[x,y,z]" (mm; default: drawn per case, as in the real scans; acdc 1.5,1.5,10),
+          --layout rawdata|folders|acdc [rawdata]
 
         Args:
             bundle: isic_skin_lesion, polyp_seg or synapse_multiorgan.

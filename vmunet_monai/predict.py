@@ -44,7 +44,11 @@ def bundle_class_names(bundle_root: str | os.PathLike, classes: int) -> dict[int
     empty when it names another number of classes (a bundle trained on your own classes, metadata unchanged)."""
     import json
 
-    meta = json.loads((Path(bundle_root) / "configs" / "metadata.json").read_text())
+    return _channel_names(json.loads((Path(bundle_root) / "configs" / "metadata.json").read_text()), classes)
+
+
+def _channel_names(meta: dict, classes: int) -> dict[int, str]:
+    """:func:`bundle_class_names` of metadata already read."""
     names = meta.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def", {})
     if len(names) != classes:
         return {}
@@ -72,7 +76,7 @@ def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike,
     root = Path(bundle_root)
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     classes = int(parser.get_parsed_content("num_classes"))
-    names = bundle_class_names(root, classes)
+    names = _channel_names(meta, classes)
     record = {
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "bundle": str(root),

@@ -390,8 +390,8 @@ def prepare(
     refuse_options("btcv", given, "the folders")
     layout, root = found
     if spacing is not None and layout != "transunet":
-        raise InputError(f"--spacing {as_typed(spacing)!r}: only for the TransUNet release, which carries no spacing; {root} is "
-                         f"read as {layout}, whose volumes keep their own")
+        raise InputError(f"--spacing {as_typed(spacing)!r}: only for the TransUNet release, which carries no spacing; "
+                         f"{root} is read as {layout}, whose volumes keep their own")
     if spacing is not None:
         spacing = number_list("--spacing", spacing, float, count=3, above=0, example="0.76,0.76,3")
     read_from = (list(_volume_dirs(layout, root)) if layout != "transunet"
@@ -555,7 +555,8 @@ def demo_data(
 
     if layout not in ("rawdata", "folders", "acdc"):
         raise ValueError(f"layout must be 'rawdata', 'folders' or 'acdc', got {layout!r}")
-    shape = tuple(number_list("--shape", shape, int, count=3, least=8, example="128,128,10"))
+    # ACDC's stacks have few, thick slices
+    shape = tuple(number_list("--shape", shape, int, count=3, least=4 if layout == "acdc" else 8, example="128,128,10"))
     if spacing is not None:
         spacing = tuple(number_list("--spacing", spacing, float, count=3, above=0, example="1.5,1.5,10"))
     if layout == "acdc":

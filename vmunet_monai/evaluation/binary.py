@@ -284,9 +284,10 @@ def _plot(summary: dict, records: Sequence[dict], path: Path) -> None:
 
 
 def write_report(records: Sequence[dict], output_dir: str | os.PathLike, prefix: str = "metrics",
-                 title: str = "", plot: bool = True) -> dict[str, str]:
+                 title: str = "", plot: bool = True, extra: dict | None = None) -> dict[str, str]:
     """Write ``<prefix>_per_image.csv``, ``<prefix>_summary.json`` (with the run's ``environment``,
-    :func:`vmunet_monai.doctor.environment`) and ``<prefix>.png`` under ``output_dir``.
+    :func:`vmunet_monai.doctor.environment`, and the entries of ``extra``) and ``<prefix>.png`` under
+    ``output_dir``.
 
     Returns:
         paths by kind (``csv``, ``json``, ``plot``) and the ``summary`` dict itself under ``summary``.
@@ -297,6 +298,7 @@ def write_report(records: Sequence[dict], output_dir: str | os.PathLike, prefix:
 
     summary = summarize(records, title)
     summary["environment"] = environment()  # versions, device and scan backend behind these numbers
+    summary.update(extra or {})
     csv_path = out / f"{prefix}_per_image.csv"
     with open(csv_path, "w", newline="") as f:
         several = any("class" in r for r in records)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -187,6 +187,17 @@ def _plot(patients: Sequence[dict], summary: Mapping[str, dict], path: str) -> s
     return path
 
 
+def write_patient_csv(path: str | os.PathLike, columns: Sequence[str],
+                      rows: Iterable[tuple[str, str, str, Sequence[float]]]) -> None:
+    """One line per patient: ``patient``, ``ed_case``, ``es_case``, then the values of ``columns`` to three decimals
+    (undefined ones left empty)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["patient", "ed_case", "es_case", *columns])
+        for patient, ed_case, es_case, values in rows:
+            writer.writerow([patient, ed_case, es_case, *("" if math.isnan(v) else round(v, 3) for v in values)])
+
+
 def write_clinical(rows: Sequence[dict], groups: Mapping[str, str], patients: Mapping[str, str], output_dir: str,
                    prefix: str = "") -> dict | None:
     """Compute the clinical indices of every patient with both phases; write ``clinical_indices.csv`` (one line
@@ -203,14 +214,9 @@ def write_clinical(rows: Sequence[dict], groups: Mapping[str, str], patients: Ma
     names = list(summary)
     csv_path = os.path.join(output_dir, f"{prefix}clinical_indices.csv")
     os.makedirs(output_dir, exist_ok=True)
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.writer(f)
-        columns = [f"{side}_{i}" for i in names for side in ("truth", "pred")]
-        writer.writerow(["patient", "ed_case", "es_case"] + columns)
-        for p in found:
-            values = [p[side][i] for i in names for side in ("truth", "pred")]
-            writer.writerow([p["patient"], p["ed_case"], p["es_case"]]
-                            + ["" if math.isnan(v) else round(v, 3) for v in values])
+    sides = [(side, i) for i in names for side in ("truth", "pred")]
+    write_patient_csv(csv_path, [f"{side}_{i}" for side, i in sides],
+                      [(p["patient"], p["ed_case"], p["es_case"], [p[side][i] for side, i in sides]) for p in found])
     plot_path = _plot(found, summary, os.path.join(output_dir, f"{prefix}clinical_indices.png"))
     return {"num_patients": len(found), "myocardium_density_g_per_ml": MYOCARDIUM_DENSITY, "indices": summary,
             "paths": {"csv": csv_path, "plot": plot_path}}

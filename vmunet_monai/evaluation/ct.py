@@ -374,7 +374,7 @@ def _case_name(meta_source) -> str:
 
 
 def _write_outputs(rows, output_dir: str, prefix: str, groups: Mapping[str, str] | None = None,
-                   patients: Mapping[str, str] | None = None) -> dict:
+                   patients: Mapping[str, str] | None = None, extra: Mapping | None = None) -> dict:
     from vmunet_monai.doctor import environment
     from vmunet_monai.evaluation.cardiac import write_clinical
 
@@ -390,6 +390,7 @@ def _write_outputs(rows, output_dir: str, prefix: str, groups: Mapping[str, str]
         if clinical is not None:
             summary["clinical"] = clinical
     summary["environment"] = environment()  # versions, device and scan backend behind these numbers
+    summary.update(extra or {})
     write_case_csv(rows, os.path.join(output_dir, f"{prefix}per_case.csv"), groups)
     with open(os.path.join(output_dir, f"{prefix}summary.json"), "w") as f:
         json.dump(_nan_to_none(summary), f, indent=4)
@@ -562,6 +563,7 @@ def evaluate_files(
     cases: Sequence[str] | None = None,
     groups: Mapping[str, str] | None = None,
     patients: Mapping[str, str] | None = None,
+    extra: Mapping | None = None,
 ) -> dict:
     """Score NIfTI predictions against NIfTI labels (same grids, paired by order); write CSV, JSON, plots.
 
@@ -575,6 +577,7 @@ def evaluate_files(
         cases: the case names (default: the labels' file names).
         groups, patients: case -> group and case -> patient, as :class:`OrganMetricsHandler` takes them (each group
             summarised apart; ACDC's clinical indices).
+        extra: entries added to the summary (what the caller knows of the predictions).
 
     Returns:
         The summary dictionary (as written to ``summary.json``).
@@ -607,7 +610,7 @@ def evaluate_files(
         scores["spacing_mm"] = list(spacing_from_affine(g.affine))
         rows.append(scores)
     os.makedirs(output_dir, exist_ok=True)
-    summary = _write_outputs(rows, output_dir, "", groups, patients)
+    summary = _write_outputs(rows, output_dir, "", groups, patients, extra)
     _log_summary(summary)
     if montage_image:
         img = nib.load(montage_image)

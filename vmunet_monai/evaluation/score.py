@@ -109,7 +109,7 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
         InputError: see :func:`match_volumes`; a prediction on another grid than its label (naming both).
     """
     from vmunet_monai.data.common import datalist_classes, datalist_groups, datalist_patients
-    from vmunet_monai.evaluation.ct import DEFAULT_ORGANS, _nan_to_none, evaluate_files
+    from vmunet_monai.evaluation.ct import DEFAULT_ORGANS, evaluate_files
     from vmunet_monai.predict import read_record
     from vmunet_monai.validation import check_output_location
 
@@ -120,15 +120,14 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
     organs = datalist_classes(dataset) or DEFAULT_ORGANS
     groups, patients = datalist_groups(dataset, split), datalist_patients(dataset, split)
     named = {case: name for name, _, _, _, case in pairs}  # datalist case -> the name the tables use
+    record = read_record(pred)
     summary = evaluate_files([p[1] for p in pairs], [p[2] for p in pairs], str(out), organs=organs,
                              transunet=transunet, montage_image=pairs[0][3] if montage and pairs[0][3] else None,
                              cases=[p[0] for p in pairs],
                              groups={named[c]: g for c, g in groups.items() if c in named},
-                             patients={named[c]: p for c, p in patients.items() if c in named})
-    record = read_record(pred)
-    summary.update(missing_prediction=matched["missing"], unused_predictions=matched["unused"],
-                   predictions=record[1] if record else None)
-    (out / "summary.json").write_text(json.dumps(_nan_to_none(summary), indent=4) + "\n")
+                             patients={named[c]: p for c, p in patients.items() if c in named},
+                             extra={"missing_prediction": matched["missing"], "unused_predictions": matched["unused"],
+                                    "predictions": record[1] if record else None})
     if matched["missing"]:
         print(f"left out: {len(matched['missing'])} {split} case(s) without a prediction (first: "
               f"{matched['missing'][0]})")
@@ -264,10 +263,9 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         raise InputError(f"{pred}: no predicted mask is named after a {split!r} image of {datalist} (looked for e.g. "
                          f"{missing[0]}_mask.png; found {example.name if example else 'no image file'})")
     title = f"{Path(pred).name} against {dataset.name}, {split} split, scored from files"
-    paths = write_report(records, out, prefix=f"metrics_{split}", title=title)
+    paths = write_report(records, out, prefix=f"metrics_{split}", title=title,
+                         extra={"missing_prediction": missing, "predictions": record[1] if record else None})
     summary = paths.pop("summary")
-    summary.update(missing_prediction=missing, predictions=record[1] if record else None)
-    Path(paths["json"]).write_text(json.dumps(summary, indent=4) + "\n")
     print(format_summary(summary))
     if missing:
         print(f"left out: {len(missing)} {split} image(s) without a prediction (first: {missing[0]})")

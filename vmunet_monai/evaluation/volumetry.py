@@ -13,7 +13,6 @@ in ACDC's patient folders, each patient's clinical indices from the prediction a
 from __future__ import annotations
 
 import csv
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -63,7 +62,7 @@ def write_volumes(sources: Sequence[str], segmentations: Sequence[str], classes:
         ``{"volumes": path, "clinical": path or None, "patients": n}``.
     """
     from vmunet_monai.data.volumes import acdc_phases
-    from vmunet_monai.evaluation.cardiac import find_structures, frame_indices
+    from vmunet_monai.evaluation.cardiac import find_structures, frame_indices, write_patient_csv
     from vmunet_monai.evaluation.ct import _case_name
 
     output = Path(output)
@@ -94,12 +93,7 @@ def write_volumes(sources: Sequence[str], segmentations: Sequence[str], classes:
         table.append((patient, ed_case, es_case, frame_indices(ed, es, structures)))
     names = list(table[0][3])
     clinical = output / "clinical_indices.csv"
-    with open(clinical, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["patient", "ed_case", "es_case"] + names)
-        for patient, ed_case, es_case, values in table:
-            writer.writerow([patient, ed_case, es_case] + ["" if math.isnan(values[n]) else round(values[n], 3)
-                                                           for n in names])
+    write_patient_csv(clinical, names, [(p, ed, es, [values[n] for n in names]) for p, ed, es, values in table])
     shown = [n for n in ("LV_EDV", "LV_EF", "RV_EF", "MYO_mass") if n in names]
     print(f"clinical indices of {len(table)} patient(s) from the predictions ({clinical}):")
     for patient, _, _, values in table:
