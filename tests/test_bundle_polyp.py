@@ -67,6 +67,7 @@ def test_train_then_evaluate_per_test_set(prepared, tmp_path):
     assert list(summary["groups"]) == list(TEST_SETS)
     assert all(summary["groups"][s]["n_images"] == 2 for s in TEST_SETS)
     assert summary["overall"]["n_images"] == 10
+    assert Image.open(root / "eval" / "metrics_test_worst.png").size[0] > 500  # a one-epoch model's worst images
     with open(root / "eval" / "metrics_test_per_image.csv") as f:
         assert {row["group"] for row in csv.DictReader(f)} == set(TEST_SETS)
     # at each image's own size: the same sets and images, every pixel of the original mask counted

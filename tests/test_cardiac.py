@@ -146,7 +146,7 @@ def test_score_reads_predictions_on_disk_against_a_prepared_acdc_dataset(tmp_pat
     from vmunet_monai.data import prepare
     from vmunet_monai.data import synapse
     from vmunet_monai.evaluation.compare import run_compare
-    from vmunet_monai.evaluation.score import score_volumes
+    from vmunet_monai.evaluation.score import score, score_volumes
     from vmunet_monai.validation import InputError
 
     synapse.demo_data(str(tmp_path / "acdc"), num=10, seed=2, layout="acdc", shape=(48, 48, 4))
@@ -189,6 +189,8 @@ def test_score_reads_predictions_on_disk_against_a_prepared_acdc_dataset(tmp_pat
     nib.save(nib.Nifti1Image(np.zeros((48, 48, 3), np.uint8), np.eye(4)), first)
     with pytest.raises(InputError, match=r"_seg.nii.gz: shape \(48, 48, 3\) against \(48, 48, 4\) of its label"):
         score_volumes(tmp_path / "perfect", tmp_path / "prepared", out=tmp_path / "s_bad")
+    with pytest.raises(InputError, match=r"--worst 3: only for 2D masks"):
+        score(tmp_path / "perfect", tmp_path / "prepared", worst=3)
     with pytest.raises(InputError, match="no datalist.json"):
         score_volumes(tmp_path / "perfect", tmp_path / "acdc")
     with pytest.raises(InputError, match=r"--split 'tset': .* has the splits"):

@@ -17,7 +17,7 @@ from vmunet_monai.data import demo_data, prepare
 from vmunet_monai.data.common import DatasetLayoutError, load_datalist
 from vmunet_monai.data.label_maps import find_class_values, parse_mask_values, read_label, write_label_maps
 from vmunet_monai.engine import BinarySegmentationReport, OverlayWriter, output_channels
-from vmunet_monai.engine.handlers import class_colors
+from vmunet_monai.evaluation.gallery import class_colors
 from vmunet_monai.evaluation.binary import format_summary, make_record, summarize
 from vmunet_monai.validation import InputError
 
@@ -439,6 +439,7 @@ def test_score_reads_2d_masks_on_disk_binary_and_of_several_classes(tmp_path, ca
         assert [row["dice_polyp"], row["dice_instrument"]] == pytest.approx(dice)
     assert expected[tests[0]["name"]][1] == 0.0 and summary["missing_prediction"] == []
     assert set(summary["classes"]) == {"polyp", "instrument"}
+    assert summary["paths"]["worst"] == str(tmp_path / "s" / "metrics_test_worst.png")  # the one imperfect image
     with pytest.raises(InputError, match=r"_mask.png: holds the value 100, which is no class's \(the masks hold 0 0, "
                                          r"1 1, 2 2"):
         score(tmp_path / "pred" / "masks", tmp_path / "classes", out=tmp_path / "s2")
@@ -456,6 +457,7 @@ def test_score_reads_2d_masks_on_disk_binary_and_of_several_classes(tmp_path, ca
     stored = json.loads((tmp_path / "b" / "metrics_test_summary.json").read_text())
     assert stored["overall"]["per_image"]["dice_mean"] == 1.0 and stored["missing_prediction"] == [items[0]["name"]]
     assert f"left out: 1 test image(s) without a prediction (first: {items[0]['name']})" in printed
+    assert not (tmp_path / "b" / "metrics_test_worst.png").exists()  # every image perfect: nothing to draw
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "other" / f"{items[1]['name']}.png")
     with pytest.raises(InputError, match=r"5x5 against its label .* \(masks are scored at the image's own size"):
         score(tmp_path / "other", tmp_path / "binary", out=tmp_path / "b2")

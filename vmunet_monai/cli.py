@@ -190,7 +190,7 @@ class Commands:
                     foreground=foreground)
 
     def score(self, pred: str, dataset: str, out: str | None = None, split: str = "test", mask_values=None,
-              transunet: bool | None = None, montage: bool | None = None):
+              transunet: bool | None = None, montage: bool | None = None, worst: int | None = None):
         """Score segmentations already on disk (predict's, or another tool's) against the labels of a prepared
         dataset, by the protocol of its bundle's own evaluation; the per-case table compare reads beside it.
 
@@ -199,7 +199,8 @@ class Commands:
         and HD95 in mm per class, the TransUNet rule beside them, each datalist group apart and, for ACDC's
         patients, the clinical indices; per_case.csv, summary.json, organ_boxplot.png and a montage. 2D masks
         (<image>_mask.png as predict writes them, or <image>.png): pooled and per-image Dice and IoU per test
-        set and class; metrics_<split>_per_image.csv, metrics_<split>_summary.json and metrics_<split>.png.
+        set and class; metrics_<split>_per_image.csv, metrics_<split>_summary.json, metrics_<split>.png and
+        metrics_<split>_worst.png (the images of the lowest Dice, ground truth beside prediction).
 
         Args:
             pred: a folder of predictions, searched recursively.
@@ -210,11 +211,13 @@ class Commands:
                 without it, the values predict's prediction.json records, else the class numbers.
             transunet: volumes: also the TransUNet-rule scores, labelled as such (default true).
             montage: volumes: draw the first case's slices with prediction and label (default true).
+            worst: 2D masks: how many of the lowest-Dice images metrics_<split>_worst.png draws; 0 draws none
+                (default 8).
         """
         from vmunet_monai.evaluation.score import score
 
-        options = {k: v for k, v in (("mask_values", mask_values), ("transunet", transunet), ("montage", montage))
-                   if v is not None}
+        options = {k: v for k, v in (("mask_values", mask_values), ("transunet", transunet), ("montage", montage),
+                                     ("worst", worst)) if v is not None}
         score(pred, dataset, out=out, split=split, **options)
 
     def tune_split(self, pred: str, truth: str, depths: str = "1,1.5,2,3,4,6,8", out: str | None = None,

@@ -49,7 +49,7 @@ def _preview_2d(picked, path: Path, title: str, labels: Mapping[int, str]) -> No
 
     from vmunet_monai.data.label_maps import read_label
 
-    from vmunet_monai.engine.handlers import class_colors
+    from vmunet_monai.evaluation.gallery import class_colors
 
     num = max(labels) + 1 if labels else 2
     cmap = ListedColormap(np.asarray(class_colors(max(num, 2)), dtype=np.float32) / 255)  # the overlays' colours

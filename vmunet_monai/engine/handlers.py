@@ -17,6 +17,7 @@ from ignite.engine import Engine, Events
 
 from vmunet_monai.engine.transforms import rgb_converter
 from vmunet_monai.evaluation.binary import format_summary, make_record, write_report
+from vmunet_monai.evaluation.gallery import WorstCases, tint
 
 __all__ = [
     "TqdmProgressBar",
@@ -378,7 +379,9 @@ class BinarySegmentationReport:
     ``output_dir`` (see :mod:`vmunet_monai.evaluation.binary`): the paper-compatible pooled metrics
     and per-image Dice/IoU mean ± sd, overall and for each group (e.g. each polyp test set, taken from
     the datalist item's ``group_key`` field). It also stores the summary in
-    ``engine.state.metrics["pooled_dsc"]`` and ``["image_dice_mean"]`` for other handlers.
+    ``engine.state.metrics["pooled_dsc"]`` and ``["image_dice_mean"]`` for other handlers. With ``worst``, it
+    also draws the images of the lowest Dice, ground truth beside prediction, as ``<prefix>_worst.png``
+    (:mod:`vmunet_monai.evaluation.gallery`).
 
     Args:
         output_dir: folder for the report.
@@ -393,18 +396,25 @@ class BinarySegmentationReport:
         num_classes: classes including background. Above 2, prediction and ground truth are one-hot
             (one channel per class, background first) and every class but background is scored apart.
         class_names: class number -> name (background left out); default ``class_<n>``.
+        worst: how many of the lowest-Dice images to draw (0: no picture).
+        image_key: item field of the image (its source file is drawn, else the tensor itself).
+        pil_reverse_indexing: masks and image tensor are in ``PILReader``'s default (W, H) order; the picture
+            turns them upright.
     """
 
     def __init__(self, output_dir: str, pred_key: str = "pred", label_key: str = "label", name_key: str = "name",
                  group_key: str = "dataset", threshold: float = 0.5, prefix: str = "metrics", title: str = "",
-                 print_summary: bool = True, num_classes: int = 2, class_names: Mapping | None = None) -> None:
+                 print_summary: bool = True, num_classes: int = 2, class_names: Mapping | None = None,
+                 worst: int = 8, image_key: str = "image", pil_reverse_indexing: bool = True) -> None:
         self.output_dir, self.pred_key, self.label_key = output_dir, pred_key, label_key
         self.name_key, self.group_key, self.threshold = name_key, group_key, threshold
         self.prefix, self.title, self.print_summary = prefix, title, print_summary
         self.num_classes = int(num_classes)
         names = {int(k): str(v) for k, v in (class_names or {}).items()}
         self.class_names = {c: names.get(c, f"class_{c}") for c in range(1, self.num_classes)}
+        self.worst, self.image_key, self.pil_reverse_indexing = int(worst), image_key, bool(pil_reverse_indexing)
         self.records: list[dict] = []
+        self.worst_cases = WorstCases(self.worst, max(self.num_classes, 2))
         self.paths: dict = {}
 
     def attach(self, engine: Engine) -> None:
@@ -414,6 +424,33 @@ class BinarySegmentationReport:
 
     def _reset(self, engine: Engine) -> None:
         self.records = []
+        self.worst_cases = WorstCases(self.worst, max(self.num_classes, 2))
+
+    def _offer(self, name: str, group: str, item: dict, pred, label) -> None:
+        """Hand the image to the gallery of the worst (class numbers, upright; the image read only if kept)."""
+        def numbers(tensor) -> np.ndarray:
+            a = tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
+            if self.num_classes > 2:
+                return a.argmax(axis=0)
+            return (a.reshape(a.shape[-2:]) > self.threshold).astype(np.uint8)
+
+        truth, mask = numbers(label), numbers(pred)
+        upright = (lambda a: np.swapaxes(a, -1, -2)) if self.pil_reverse_indexing else (lambda a: a)
+
+        def image():
+            source = item_source_path(item, self.image_key) if isinstance(item, dict) else None
+            if source and os.path.isfile(source):
+                from PIL import Image
+
+                with Image.open(source) as opened:
+                    return np.asarray(rgb_converter(opened))
+            tensor = item.get(self.image_key) if isinstance(item, dict) else None
+            if tensor is None:
+                return None
+            a = tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
+            return upright(a) if a.ndim >= 2 else None
+
+        self.worst_cases.offer(name, upright(truth), upright(mask), image=image, group=group)
 
     def _collect(self, engine: Engine) -> None:
         outputs = engine.state.output
@@ -427,6 +464,8 @@ class BinarySegmentationReport:
             group = item.get(self.group_key) if isinstance(item, dict) else None
             group = group if group is not None else "all"
             name, pred, label = item_name(item, self.name_key), out[self.pred_key], out[self.label_key]
+            if self.worst > 0:
+                self._offer(name, group, item, pred, label)
             if self.num_classes <= 2:
                 self.records.append(make_record(name, pred, label, group=group, threshold=self.threshold))
                 continue
@@ -441,25 +480,16 @@ class BinarySegmentationReport:
     def _write(self, engine: Engine) -> None:
         if _rank() != 0 or not self.records:
             return
-        self.paths = write_report(self.records, self.output_dir, prefix=self.prefix, title=self.title)
+        self.paths = write_report(self.records, self.output_dir, prefix=self.prefix, title=self.title,
+                                  worst=self.worst_cases)
         summary = self.paths["summary"]
         engine.state.metrics["pooled_dsc"] = summary["overall"]["pooled"]["dsc"]
         engine.state.metrics["pooled_miou"] = summary["overall"]["pooled"]["miou"]
         engine.state.metrics["image_dice_mean"] = summary["overall"]["per_image"]["dice_mean"]
         if self.print_summary:
             print(format_summary(summary), flush=True)
-            print(f"report: {self.paths['csv']}, {self.paths['json']}, {self.paths.get('plot', '')}", flush=True)
-
-
-CLASS_COLORS = ((255, 64, 64), (64, 128, 255), (255, 200, 0), (255, 0, 255), (0, 220, 220), (255, 128, 0),
-                (160, 100, 255), (255, 255, 255))  # classes 2, 3, ... of an overlay (class 1 takes its color)
-
-
-def class_colors(num_classes: int, first: Sequence[int] = (0, 255, 0)) -> list[tuple[int, ...]]:
-    """RGB of classes 0 .. ``num_classes - 1`` in overlays and previews: black for background, ``first`` for
-    class 1, then :data:`CLASS_COLORS` in turn."""
-    rest = [CLASS_COLORS[i % len(CLASS_COLORS)] for i in range(max(num_classes - 2, 0))]
-    return [(0, 0, 0), tuple(int(v) for v in first)] + rest
+            shown = [self.paths[k] for k in ("csv", "json", "plot", "worst") if self.paths.get(k)]
+            print(f"report: {', '.join(shown)}", flush=True)
 
 
 class OverlayWriter:
@@ -506,7 +536,6 @@ class OverlayWriter:
 
     def _write(self, engine: Engine) -> None:
         from PIL import Image
-        from scipy.ndimage import binary_erosion
 
         batch = engine.state.batch
         for i, out in enumerate(engine.state.output):
@@ -526,15 +555,7 @@ class OverlayWriter:
                 raise ValueError(
                     f"{source}: mask {classes.shape} does not match image {image.shape[:2]}; invert the resizing first"
                 )
-            blended = image.copy()
-            for c in range(1, max(self.num_classes, 2)):
-                mask = classes == c
-                if not mask.any():
-                    continue
-                color = np.asarray(class_colors(c + 1, tuple(self.color))[c], np.float32)
-                edge = mask & ~binary_erosion(mask, iterations=max(1, min(mask.shape) // 200))
-                blended[mask] = (1 - self.alpha) * image[mask] + self.alpha * color
-                blended[edge] = color
+            blended = tint(image, classes, self.num_classes, tuple(self.color), self.alpha)
             target = self._target(source)
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(blended.clip(0, 255).astype(np.uint8)).save(target)

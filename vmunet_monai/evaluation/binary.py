@@ -284,10 +284,10 @@ def _plot(summary: dict, records: Sequence[dict], path: Path) -> None:
 
 
 def write_report(records: Sequence[dict], output_dir: str | os.PathLike, prefix: str = "metrics",
-                 title: str = "", plot: bool = True, extra: dict | None = None) -> dict[str, str]:
+                 title: str = "", plot: bool = True, extra: dict | None = None, worst=None) -> dict[str, str]:
     """Write ``<prefix>_per_image.csv``, ``<prefix>_summary.json`` (with the run's ``environment``,
-    :func:`vmunet_monai.doctor.environment`, and the entries of ``extra``) and ``<prefix>.png`` under
-    ``output_dir``.
+    :func:`vmunet_monai.doctor.environment`, and the entries of ``extra``), ``<prefix>.png`` and, given the
+    :class:`~vmunet_monai.evaluation.gallery.WorstCases` of the run, ``<prefix>_worst.png`` under ``output_dir``.
 
     Returns:
         paths by kind (``csv``, ``json``, ``plot``) and the ``summary`` dict itself under ``summary``.
@@ -314,4 +314,8 @@ def write_report(records: Sequence[dict], output_dir: str | os.PathLike, prefix:
         plot_path = out / f"{prefix}.png"
         _plot(summary, records, plot_path)
         paths["plot"] = str(plot_path)
+    if plot and worst is not None and len(worst):
+        names = list(dict.fromkeys(r["class"] for r in records if "class" in r)) or ["foreground"]
+        heading = f"{title}: the images of the lowest Dice, worst first" if title else ""
+        paths["worst"] = worst.plot(out / f"{prefix}_worst.png", title=heading, class_names=names)
     return paths

@@ -186,8 +186,22 @@ def _read_values(path: Path):
         raise InputError(f"{path}: cannot be read as a mask ({exc})") from None
 
 
+def _read_photo(path: Path):
+    """The image behind a scored mask, for the gallery of the worst; None where it cannot be read."""
+    import numpy as np
+    from PIL import Image
+
+    from vmunet_monai.engine.transforms import rgb_converter
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(rgb_converter(image))
+    except (OSError, ValueError):
+        return None
+
+
 def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | os.PathLike | None = None,
-                split: str = "test", mask_values=None) -> dict:
+                split: str = "test", mask_values=None, worst: int = 8) -> dict:
     """Score predicted 2D masks in ``pred`` against the labels of ``dataset``'s ``split``, as the 2D bundles'
     evaluation does: a mask's foreground is what is at least half its scale; masks of several classes hold each
     class as its value (``mask_values``: given, or as ``predict``'s ``prediction.json`` records them, else the
@@ -195,7 +209,9 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
 
     A case is paired with ``<image>_mask.png`` (predict) or ``<image>.png`` below ``pred``; where several test sets
     share an image name, with the one whose folders match the image's. Writes ``metrics_<split>_per_image.csv``,
-    ``metrics_<split>_summary.json`` and ``metrics_<split>.png`` into ``out`` (default: ``score/`` beside ``pred``).
+    ``metrics_<split>_summary.json``, ``metrics_<split>.png`` and, for the ``worst`` images of the lowest Dice,
+    ``metrics_<split>_worst.png`` (:mod:`vmunet_monai.evaluation.gallery`) into ``out`` (default: ``score/`` beside
+    ``pred``).
 
     Returns:
         the report's summary, with ``missing_prediction`` (cases without a prediction, named and left out) and
@@ -210,6 +226,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     from vmunet_monai.data.common import datalist_classes
     from vmunet_monai.engine.transforms import foreground, mask_levels
     from vmunet_monai.evaluation.binary import format_summary, make_record, write_report
+    from vmunet_monai.evaluation.gallery import WorstCases
     from vmunet_monai.predict import read_record
     from vmunet_monai.validation import check_output_location
 
@@ -230,6 +247,9 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
             found.setdefault(stem, []).append(path)
     out = Path(out) if out is not None else Path(pred).resolve().parent / "score"
     out = check_output_location([dataset], out)
+    from vmunet_monai.validation import check_at_least
+
+    gallery = WorstCases(check_at_least("score --worst", worst, 0), max(num_classes, 2))
     records, missing = [], []
     for item in items:
         image = (dataset / item["image"]).resolve()
@@ -247,6 +267,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         group = str(item.get("dataset", "all"))
         if levels is None:
             records.append(make_record(name, foreground(values), foreground(truth), group=group))
+            gallery.offer(name, foreground(truth), foreground(values), image=lambda: _read_photo(image), group=group)
             continue
         unknown = sorted(set(np.unique(values).tolist()) - set(levels))
         if unknown:
@@ -258,12 +279,13 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         numbers = lookup[values]
         for c, cls in classes.items():
             records.append(make_record(name, numbers == c, truth == c, group=group, cls=cls))
+        gallery.offer(name, truth, numbers, image=lambda: _read_photo(image), group=group)
     if not records:
         example = next((p[0] for p in found.values()), None)
         raise InputError(f"{pred}: no predicted mask is named after a {split!r} image of {datalist} (looked for e.g. "
                          f"{missing[0]}_mask.png; found {example.name if example else 'no image file'})")
     title = f"{Path(pred).name} against {dataset.name}, {split} split, scored from files"
-    paths = write_report(records, out, prefix=f"metrics_{split}", title=title,
+    paths = write_report(records, out, prefix=f"metrics_{split}", title=title, worst=gallery,
                          extra={"missing_prediction": missing, "predictions": record[1] if record else None})
     summary = paths.pop("summary")
     print(format_summary(summary))
@@ -279,10 +301,11 @@ def score(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | os.Pat
     """:func:`score_volumes` or :func:`score_masks`, as the datalist's labels are volumes or 2D masks."""
     _, items = _items(Path(dataset), split)
     volumes = str(items[0]["label"]).lower().endswith(VOLUME_EXTENSIONS)
-    if volumes and "mask_values" in options:
-        raise InputError(f"--mask_values {options['mask_values']!r}: only for 2D masks; {dataset} holds volumes")
+    for option in ("mask_values", "worst"):
+        if volumes and option in options:
+            raise InputError(f"--{option} {options[option]!r}: only for 2D masks; {dataset} holds volumes")
     if not volumes:
-        unknown = sorted(set(options) - {"mask_values"})
+        unknown = sorted(set(options) - {"mask_values", "worst"})
         if unknown:
             raise InputError(f"--{unknown[0]}: only for volumes; {dataset} holds 2D masks")
     return (score_volumes if volumes else score_masks)(pred, dataset, out=out, split=split, **options)
