@@ -156,6 +156,57 @@ def test_evaluate_files_writes_everything(tmp_path):
     assert {"per_case.csv", "summary.json", "organ_boxplot.png", "montage_label.png"} <= set(os.listdir(out))
 
 
+def _three_cases(tmp_path):
+    """Three cases on one grid: the first perfect, the second missing its aorta, the third missing it and half its
+    liver (the worst)."""
+    affine = np.diag([-0.7, -0.7, 3.0, 1.0])
+    label = np.zeros((20, 20, 6), np.uint8)
+    label[3:9, 3:9, 1:5] = 5
+    label[12:15, 12:15, 2:4] = 1
+    image = np.where(label > 0, 60, -100).astype(np.int16)
+    preds = [label.copy(), np.where(label == 1, 0, label), np.where(label == 1, 0, label)]
+    preds[2][3:9, 3:6, 1:5] = 0
+    paths = {}
+    for k, pred in enumerate(preds):
+        for name, arr in (("pred", pred), ("label", label), ("img", image)):
+            paths.setdefault(name, []).append(str(tmp_path / f"{name}{k}.nii.gz"))
+            nib.save(nib.Nifti1Image(arr, affine), paths[name][-1])
+    return paths, affine
+
+
+def test_the_worst_case_is_drawn_beside_the_first(tmp_path):
+    from types import SimpleNamespace
+
+    from monai.data import MetaTensor
+
+    paths, affine = _three_cases(tmp_path)
+    cases = ["first", "middle", "worst"]
+    ct.evaluate_files(paths["pred"], paths["label"], str(tmp_path / "files"), montage_image=paths["img"][0],
+                      cases=cases, worst_images=paths["img"])
+    assert sorted(p.name for p in (tmp_path / "files").glob("montage*.png")) == ["montage_first.png",
+                                                                                 "montage_worst_worst.png"]
+    ct.evaluate_files(paths["pred"][:1], paths["label"][:1], str(tmp_path / "perfect"), cases=cases[:1],
+                      worst_images=paths["img"][:1])
+    assert not list((tmp_path / "perfect").glob("montage*.png"))  # nothing wrong, nothing drawn
+    # the evaluation's handler keeps one case however many it scores, and draws the same
+    handler = ct.OrganMetricsHandler(str(tmp_path / "handler"))
+    engine = SimpleNamespace(state=SimpleNamespace(output=[], batch=[]))
+    handler._reset(engine)
+    for k in (1, 2, 0):  # the worst neither first nor last
+        def tensor(name):
+            data = np.asarray(nib.load(paths[name][k]).dataobj)[None]
+            return MetaTensor(data, affine=affine, meta={"filename_or_obj": paths["img"][k]})
+
+        engine.state.output = [{"pred": tensor("pred"), "label": tensor("label")}]
+        engine.state.batch = [{"image": tensor("img")}]
+        handler._score(engine)
+    assert handler._worst["source"] == paths["img"][2] and handler._worst["dice"] == pytest.approx(
+        ct.case_mean_dice(handler.rows[1]))
+    handler._write(engine)
+    assert sorted(p.name for p in (tmp_path / "handler").glob("montage*.png")) == ["montage_img1.png",
+                                                                                   "montage_worst_img2.png"]
+
+
 def test_spacing_from_affine():
     affine = np.array([[0, -0.7, 0, 1], [0.8, 0, 0, 2], [0, 0, 3.0, 3], [0, 0, 0, 1]])
     assert ct.spacing_from_affine(affine) == pytest.approx((0.8, 0.7, 3.0))

@@ -197,7 +197,7 @@ class Commands:
         Each prediction is paired with a case of the split by name and must be at its image's size (on its
         volume's grid). Volumes (<image>_seg.nii.gz as predict writes them, <case>.nii.gz as nnU-Net does): Dice
         and HD95 in mm per class, the TransUNet rule beside them, each datalist group apart and, for ACDC's
-        patients, the clinical indices; per_case.csv, summary.json, organ_boxplot.png and a montage. 2D masks
+        patients, the clinical indices; per_case.csv, summary.json, organ_boxplot.png and montages. 2D masks
         (<image>_mask.png as predict writes them, or <image>.png): pooled and per-image Dice and IoU per test
         set and class; metrics_<split>_per_image.csv, metrics_<split>_summary.json, metrics_<split>.png and
         metrics_<split>_worst.png (the images of the lowest Dice, ground truth beside prediction).
@@ -210,7 +210,8 @@ class Commands:
             mask_values: 2D masks of several classes: the value each class holds in them, background first;
                 without it, the values predict's prediction.json records, else the class numbers.
             transunet: volumes: also the TransUNet-rule scores, labelled as such (default true).
-            montage: volumes: draw the first case's slices with prediction and label (default true).
+            montage: volumes: draw the slices of the first case and of the case of the lowest mean Dice, with
+                prediction and label (default true).
             worst: 2D masks: how many of the lowest-Dice images metrics_<split>_worst.png draws; 0 draws none
                 (default 8).
         """

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -355,6 +356,19 @@ def plot_montage(
     return path
 
 
+def case_mean_dice(scores: Mapping) -> float:
+    """A case's mean Dice over the classes in its ground truth or prediction (:func:`case_scores`' ``dice``);
+    1.0 where there is none."""
+    values = [v for v in scores["dice"].values() if not math.isnan(v)]
+    return float(np.mean(values)) if values else 1.0
+
+
+def _kept_for_montage(item: Mapping) -> dict:
+    """What a montage needs of a scored case, as compact arrays: its source, name, label maps and affine."""
+    return {"source": str(item["source"]), "case": item["case"], "pred": _label_map(item["pred"]).astype(np.uint8),
+            "label": _label_map(item["label"]).astype(np.uint8), "affine": np.asarray(item["affine"], np.float64)}
+
+
 def _squeeze(x):
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
@@ -448,6 +462,8 @@ class OrganMetricsHandler:
         transunet: also compute the TransUNet-rule scores (labelled as such).
         montage_case: index (in evaluation order) of the case drawn in the montage; None: no montage.
         montage_slices: slices in the montage.
+        montage_worst: also draw the case of the lowest mean Dice over its classes, as
+            ``montage_worst_<case>.png`` (where it is not the case already drawn, and not perfect).
         prefix: file-name prefix.
         groups: case -> group (ACDC's ED and ES frames, :func:`vmunet_monai.data.common.datalist_groups`): the
             summary then also holds each group's own under ``groups``, the log a line per group, and
@@ -471,16 +487,18 @@ class OrganMetricsHandler:
         prefix: str = "",
         groups: Mapping[str, str] | None = None,
         patients: Mapping[str, str] | None = None,
+        montage_worst: bool = True,
     ) -> None:
         self.output_dir = output_dir
         self.groups, self.patients = dict(groups or {}), dict(patients or {})
         self.pred_key, self.label_key, self.image_key = pred_key, label_key, image_key
         self.organs = {int(k): v for k, v in (organs or DEFAULT_ORGANS).items()}
         self.transunet = transunet
-        self.montage_case, self.montage_slices = montage_case, montage_slices
+        self.montage_case, self.montage_slices, self.montage_worst = montage_case, montage_slices, montage_worst
         self.prefix = prefix
         self.rows: list[dict] = []
         self._montage: dict | None = None
+        self._worst: dict | None = None
         self.summary: dict | None = None
 
     def attach(self, engine) -> None:
@@ -491,7 +509,7 @@ class OrganMetricsHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
 
     def _reset(self, engine) -> None:
-        self.rows, self._montage = [], None
+        self.rows, self._montage, self._worst = [], None, None
 
     @staticmethod
     def _items(value):
@@ -515,14 +533,12 @@ class OrganMetricsHandler:
             scores["case"] = _case_name(source)
             scores["spacing_mm"] = list(spacing)
             self.rows.append(scores)
+            drawn = {"source": str(source), "case": scores["case"], "pred": pred, "label": label, "affine": affine}
             if self.montage_case is not None and len(self.rows) - 1 == self.montage_case:
-                self._montage = {
-                    "source": str(source),
-                    "case": scores["case"],
-                    "pred": _label_map(pred).astype(np.uint8),
-                    "label": _label_map(label).astype(np.uint8),
-                    "affine": np.asarray(affine, dtype=np.float64),
-                }
+                self._montage = _kept_for_montage(drawn)
+            mean = case_mean_dice(scores)
+            if self.montage_worst and mean < 1.0 and (self._worst is None or mean < self._worst["dice"]):
+                self._worst = dict(_kept_for_montage(drawn), dice=mean)  # one case kept, however many are scored
 
     def _write(self, engine) -> None:
         if not self.rows:
@@ -530,27 +546,22 @@ class OrganMetricsHandler:
         os.makedirs(self.output_dir, exist_ok=True)
         self.summary = _write_outputs(self.rows, self.output_dir, self.prefix, self.groups, self.patients)
         _log_summary(self.summary)
-        if self._montage is not None:
-            m = self._montage
+        first = self._montage["case"] if self._montage is not None else None
+        for m, name, title in ((self._montage, "montage", "{case}"),
+                               (self._worst, "montage_worst", "{case}: the lowest mean Dice, {dice:.3f}")):
+            if m is None or (name == "montage_worst" and m["case"] == first):
+                continue
             try:
                 from monai.transforms import LoadImage
 
                 image = LoadImage(image_only=True)(m["source"])
                 if tuple(image.shape[-3:]) != m["pred"].shape:
                     raise ValueError(f"image shape {tuple(image.shape)} differs from the prediction {m['pred'].shape}")
-                path = os.path.join(self.output_dir, f"{self.prefix}montage_{m['case']}.png")
-                plot_montage(
-                    image,
-                    m["pred"],
-                    m["affine"],
-                    path,
-                    label=m["label"],
-                    num_slices=self.montage_slices,
-                    title=m["case"],
-                    num_classes=max(self.organs) + 1,
-                )
+                plot_montage(image, m["pred"], m["affine"],
+                             os.path.join(self.output_dir, f"{self.prefix}{name}_{m['case']}.png"), label=m["label"],
+                             num_slices=self.montage_slices, title=title.format(**m), num_classes=max(self.organs) + 1)
             except Exception as exc:  # a montage must never cost the metrics already computed
-                warnings.warn(f"montage of {m['case']} not written: {exc}")
+                warnings.warn(f"{name} of {m['case']} not written: {exc}")
 
 
 def evaluate_files(
@@ -564,6 +575,7 @@ def evaluate_files(
     groups: Mapping[str, str] | None = None,
     patients: Mapping[str, str] | None = None,
     extra: Mapping | None = None,
+    worst_images: Sequence[str | None] | None = None,
 ) -> dict:
     """Score NIfTI predictions against NIfTI labels (same grids, paired by order); write CSV, JSON, plots.
 
@@ -578,6 +590,8 @@ def evaluate_files(
         groups, patients: case -> group and case -> patient, as :class:`OrganMetricsHandler` takes them (each group
             summarised apart; ACDC's clinical indices).
         extra: entries added to the summary (what the caller knows of the predictions).
+        worst_images: each case's image: the case of the lowest mean Dice (:func:`case_mean_dice`) is drawn as
+            ``montage_worst_<case>.png`` too, unless it is the first case and ``montage_image`` drew it, or perfect.
 
     Returns:
         The summary dictionary (as written to ``summary.json``).
@@ -612,15 +626,21 @@ def evaluate_files(
     os.makedirs(output_dir, exist_ok=True)
     summary = _write_outputs(rows, output_dir, "", groups, patients, extra)
     _log_summary(summary)
-    if montage_image:
-        img = nib.load(montage_image)
+    drawn = [(0, "montage", "{case}", montage_image)] if montage_image else []
+    means = [case_mean_dice(row) for row in rows]
+    worst = int(np.argmin(means))
+    if worst_images is not None and means[worst] < 1.0 and worst_images[worst] and not (montage_image and worst == 0):
+        drawn.append((worst, "montage_worst", "{case}: the lowest mean Dice, " + f"{means[worst]:.3f}",
+                      worst_images[worst]))
+    for index, name, title, image_path in drawn:
+        img = nib.load(image_path)
         plot_montage(
             np.asarray(img.dataobj),
-            np.asarray(nib.load(predictions[0]).dataobj),
+            np.asarray(nib.load(predictions[index]).dataobj),
             img.affine,
-            os.path.join(output_dir, f"montage_{rows[0]['case']}.png"),
-            label=np.asarray(nib.load(labels[0]).dataobj),
-            title=rows[0]["case"],
+            os.path.join(output_dir, f"{name}_{rows[index]['case']}.png"),
+            label=np.asarray(nib.load(labels[index]).dataobj),
+            title=title.format(case=rows[index]["case"]),
             num_classes=max(organs) + 1,
         )
     return summary

@@ -98,8 +98,9 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
     :func:`match_volumes`), with the classes, groups and patients its datalist records.
 
     Writes into ``out`` (default: ``score/`` beside ``pred``): ``per_case.csv``, ``summary.json``,
-    ``organ_boxplot.png``, ``montage_<case>.png`` (``montage``), and for ACDC's patients ``clinical_indices.csv``
-    and ``clinical_indices.png``.
+    ``organ_boxplot.png``, ``montage_<case>.png`` and ``montage_worst_<case>.png`` of the first case and of the
+    case of the lowest mean Dice (``montage``), and for ACDC's patients ``clinical_indices.csv`` and
+    ``clinical_indices.png``.
 
     Returns:
         the summary, with ``missing_prediction`` (cases of the split without a prediction, left out and named),
@@ -123,6 +124,7 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
     record = read_record(pred)
     summary = evaluate_files([p[1] for p in pairs], [p[2] for p in pairs], str(out), organs=organs,
                              transunet=transunet, montage_image=pairs[0][3] if montage and pairs[0][3] else None,
+                             worst_images=[p[3] for p in pairs] if montage else None,
                              cases=[p[0] for p in pairs],
                              groups={named[c]: g for c, g in groups.items() if c in named},
                              patients={named[c]: p for c, p in patients.items() if c in named},
