@@ -13,6 +13,7 @@ from bundle_helpers import bundle_run, config_path, copy_bundle, make_prepared, 
 from PIL import Image
 
 from vmunet_monai.data.polyp import TEST_SETS
+from vmunet_monai.engine.curves import read_log
 
 BUNDLE = "polyp_seg"
 
@@ -63,6 +64,9 @@ def test_train_then_evaluate_per_test_set(prepared, tmp_path):
         wf.initialize()
         wf.run()
         wf.finalize()
+    log = read_log(root / "runs" / "training_log.csv")  # the curves of the one epoch trained, validated
+    assert [r["epoch"] for r in log] == [1] and log[0]["train_loss"] > 0 and 0 <= log[0]["val_mean_dice"] <= 1
+    assert (root / "runs" / "training_curves.png").is_file()
     summary = json.loads((root / "eval" / "metrics_test_summary.json").read_text())
     assert list(summary["groups"]) == list(TEST_SETS)
     assert all(summary["groups"][s]["n_images"] == 2 for s in TEST_SETS)

@@ -260,7 +260,8 @@ def _run_acdc(out: Path, epochs: int, num: int, size: int) -> dict:
             print(f"VM-UNet: LV ejection fraction of {ef['n']} test patients: predicted {ef['pred_mean']:.1f}% against "
                   f"{ef['truth_mean']:.1f}%, bias {ef['bias']:+.2f} ± {ef['sd_difference']:.2f} points "
                   f"({clinical['paths']['plot']})")
-    print(f"model: {root / 'models' / 'model.pt'}; report: {root / 'eval'}; predictions: {predicted}")
+    print(f"model: {root / 'models' / 'model.pt'}; curves: {root / 'runs' / 'training_curves.png'}; "
+          f"report: {root / 'eval'}; predictions: {predicted}")
     return {"best_val_dice": best_dice, "best_epoch": best_epoch, "test_summary": summary, "bundle_root": str(root),
             "predicted": str(predicted)}
 
@@ -362,6 +363,7 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int | None =
         eval_dir = bundle_root / "eval"
         result["comparison"] = run_compare([str(eval_dir), str(eval_dir / f"baseline_{baseline}")],
                                            labels=["vmunet", baseline], out=str(eval_dir / "compare"))
-    print(f"model: {bundle_root / 'models' / 'model.pt'}; report: {bundle_root / 'eval'}; total {seconds / 60:.1f} min")
+    print(f"model: {bundle_root / 'models' / 'model.pt'}; curves: {bundle_root / 'runs' / 'training_curves.png'}; "
+          f"report: {bundle_root / 'eval'}; total {seconds / 60:.1f} min")
     result["seconds"] = seconds
     return result

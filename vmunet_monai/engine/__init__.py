@@ -4,6 +4,7 @@ Bundle configs reference these by dotted path, e.g. ``"_target_": "vmunet_monai.
 or ``"$vmunet_monai.engine.load_pretrained(@network_def, @pretrained_checkpoint)"``.
 """
 
+from vmunet_monai.engine.curves import TrainingCurves
 from vmunet_monai.engine.exported import load_exported
 from vmunet_monai.engine.guards import NonFiniteLossError, NonFiniteLossGuard, ValidateInputd, set_determinism
 from vmunet_monai.engine.handlers import (
@@ -48,6 +49,7 @@ __all__ = [
     "Spacingd",
     "TqdmProgressBar",
     "TrainingCheckpoint",
+    "TrainingCurves",
     "ValidateInputd",
     "amp_dtype",
     "amp_enabled",

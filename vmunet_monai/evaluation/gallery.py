@@ -162,7 +162,8 @@ class WorstCases:
 
         per_row = 2 if len(cases) > 1 else 1
         rows = (len(cases) + per_row - 1) // per_row
-        fig, axes = plt.subplots(rows, 2 * per_row, figsize=(3.2 * 2 * per_row, 3.3 * rows + 0.7), squeeze=False)
+        height = 3.3 * rows + 0.8
+        fig, axes = plt.subplots(rows, 2 * per_row, figsize=(3.2 * 2 * per_row, height), squeeze=False)
         for ax in axes.ravel():
             ax.axis("off")
         for i, case in enumerate(cases):
@@ -182,7 +183,7 @@ class WorstCases:
         handles.append(Patch(facecolor="white", edgecolor="black", label="ground truth's outline, over the prediction"))
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
         fig.suptitle(title or f"the {len(cases)} images of the lowest Dice, worst first", fontsize=10)
-        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        fig.tight_layout(rect=(0, 0.35 / height, 1, 1 - 0.4 / height))  # room for the legend and the title
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=90)

@@ -1,0 +1,85 @@
+"""Training curves without TensorBoard: training_log.csv and training_curves.png after every epoch, continued by a
+resumed run."""
+
+import math
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from PIL import Image
+
+from vmunet_monai.engine import TrainingCurves
+from vmunet_monai.engine.curves import read_log
+
+
+def _trainer(evaluator, validate_every=2):
+    """An ignite trainer whose iterations return their batch as the loss (in decollated outputs, as the bundles'),
+    with an optimizer whose learning rate halves each epoch, validated every ``validate_every`` epochs."""
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    trainer = Engine(lambda engine, batch: [{"loss": torch.tensor(batch)}, {"loss": torch.tensor(batch)}])
+    trainer.optimizer = optimizer
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _validate_and_step(engine):
+        if engine.state.epoch % validate_every == 0:
+            evaluator.state.epoch = engine.state.epoch
+            evaluator.state.metrics = {"val_mean_dice": 0.1 * engine.state.epoch, "val_mean_iou": torch.tensor(0.05)}
+        for group in optimizer.param_groups:
+            group["lr"] /= 2
+
+    return trainer
+
+
+def test_curves_record_loss_learning_rate_and_validation_each_epoch(tmp_path):
+    evaluator = Engine(lambda engine, batch: None)
+    evaluator.state.key_metric_name = "val_mean_dice"
+    losses = [[1.0, 3.0, 2.0], [0.5, float("nan"), 1.5], [0.25, 0.75, 0.5], [0.1, 0.3, 0.2]]
+    trainer = _trainer(evaluator)
+    curves = TrainingCurves(str(tmp_path / "runs"), evaluator=evaluator)
+    curves.attach(trainer)
+    trainer.run(_Feeder(losses), max_epochs=4, epoch_length=3)
+    rows = read_log(tmp_path / "runs" / "training_log.csv")
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert [r["train_loss"] for r in rows] == pytest.approx([2.0, 1.0, 0.5, 0.2])
+    assert rows[1]["skipped_steps"] == 1 and rows[0]["skipped_steps"] == 0  # the NaN step, counted apart
+    assert [r["learning_rate"] for r in rows] == pytest.approx([0.1, 0.05, 0.025, 0.0125])  # as each epoch ran
+    assert [r["val_mean_dice"] for r in rows] == [None, pytest.approx(0.2), None, pytest.approx(0.4)]
+    assert rows[3]["val_mean_iou"] == pytest.approx(0.05) and all(r["seconds"] >= 0 for r in rows)
+    with Image.open(tmp_path / "runs" / "training_curves.png") as picture:
+        assert picture.size == (1100, 400)
+
+
+class _Feeder:
+    """A data source that gives each epoch its own values (ignite iterates it anew each epoch)."""
+
+    def __init__(self, epochs):
+        self.epochs, self.epoch = epochs, 0
+
+    def __iter__(self):
+        self.epoch += 1
+        return iter(self.epochs[self.epoch - 1])
+
+    def __len__(self):
+        return len(self.epochs[0])
+
+
+def test_a_resumed_run_continues_the_log_and_a_fresh_one_starts_anew(tmp_path):
+    evaluator = Engine(lambda engine, batch: None)
+    out = tmp_path / "runs"
+    first = _trainer(evaluator)
+    TrainingCurves(str(out), evaluator=evaluator).attach(first)
+    first.run([1.0, 1.0], max_epochs=3)
+    assert [r["epoch"] for r in read_log(out / "training_log.csv")] == [1, 2, 3]
+    # resumed from the checkpoint of epoch 2 (TrainingCheckpoint sets the epoch at STARTED): epoch 3 is run again
+    resumed = _trainer(evaluator)
+    resumed.add_event_handler(Events.STARTED, lambda engine: setattr(engine.state, "epoch", 2))
+    TrainingCurves(str(out), evaluator=evaluator).attach(resumed)
+    resumed.run([2.0, 2.0], max_epochs=4)
+    rows = read_log(out / "training_log.csv")
+    assert [(r["epoch"], r["train_loss"]) for r in rows] == [(1, 1.0), (2, 1.0), (3, 2.0), (4, 2.0)]
+    fresh = _trainer(evaluator)
+    TrainingCurves(str(out), evaluator=evaluator).attach(fresh)
+    fresh.run([3.0], max_epochs=1)
+    assert [(r["epoch"], r["train_loss"]) for r in read_log(out / "training_log.csv")] == [(1, 3.0)]
+    assert not math.isnan(rows[0]["learning_rate"])
