@@ -224,3 +224,18 @@ def test_demo_with_acdc_runs_the_cardiac_route(tmp_path, capsys, monkeypatch):
         demo.run_demo(out=str(tmp_path / "x"), acdc=True, baseline="unet")
     with pytest.raises(InputError, match="demo --num 40: the ACDC demo writes 4 to 30 patients"):
         demo.run_demo(out=str(tmp_path / "x"), acdc=True, num=40)
+
+
+def test_datalist_groups_answer_to_the_case_and_to_its_image_name(tmp_path):
+    """The evaluation names a case by its image's file name (abd_004_0000 for nnU-Net's channel-numbered images),
+    the datalist by its case: a group or patient is found under either."""
+    from vmunet_monai.data.common import datalist_groups, datalist_patients
+
+    doc = {"test": [{"case": "abd_004", "image": "imagesTs/abd_004_0000.nii.gz", "label": "labelsTs/abd_004.nii.gz",
+                     "group": "ED", "patient": "p4"},
+                    {"case": "abd_005", "image": "imagesTs/abd_005.nii.gz", "group": "ES", "patient": "p4"},
+                    {"case": "abd_006", "image": "imagesTs/abd_006.nii.gz"}]}
+    (tmp_path / "datalist.json").write_text(json.dumps(doc))
+    assert datalist_groups(tmp_path) == {"abd_004": "ED", "abd_004_0000": "ED", "abd_005": "ES"}
+    assert datalist_patients(tmp_path) == {"abd_004": "p4", "abd_004_0000": "p4", "abd_005": "p4"}
+    assert datalist_groups(tmp_path, "training") == {} and datalist_groups(tmp_path / "none") == {}

@@ -323,20 +323,28 @@ def _datalist_field(dataset_dir: str | os.PathLike, field: str, split: str) -> d
     path = Path(dataset_dir) / DATALIST_NAME
     if not path.is_file():
         return {}
+    from vmunet_monai.evaluation.ct import _case_name
+
     doc = json.loads(path.read_text())
-    return {str(item["case"]): str(item[field]) for item in doc.get(split, [])
-            if isinstance(item, dict) and field in item and "case" in item}
+    found = {}
+    for item in doc.get(split, []):
+        if isinstance(item, dict) and field in item and "case" in item:
+            found[str(item["case"])] = str(item[field])
+            if "image" in item:  # the evaluation names a case by its image's file name, which may differ
+                found.setdefault(_case_name(item["image"]), str(item[field]))
+    return found
 
 
 def datalist_groups(dataset_dir: str | os.PathLike, split: str = "test") -> dict[str, str]:
     """Case -> group of the ``split`` entries of ``dataset_dir/datalist.json`` that name a ``group`` (ACDC's ED and
-    ES frames); empty without a datalist or groups."""
+    ES frames), by the datalist's case name and by its image's file name (as the evaluation names cases); empty
+    without a datalist or groups."""
     return _datalist_field(dataset_dir, "group", split)
 
 
 def datalist_patients(dataset_dir: str | os.PathLike, split: str = "test") -> dict[str, str]:
     """Case -> patient of the ``split`` entries of ``dataset_dir/datalist.json`` that name a ``patient`` (volumes
-    read from one folder per patient); empty without a datalist or patients."""
+    read from one folder per patient), keyed as :func:`datalist_groups`; empty without a datalist or patients."""
     return _datalist_field(dataset_dir, "patient", split)
 
 
