@@ -215,6 +215,10 @@ def test_demo_runs_and_prints_dice(tmp_path, capsys, monkeypatch):
     assert 0.0 <= result["best_val_dice"] <= 1.0 and result["test_summary"]["n_images"] == 2
     root = tmp_path / "demo" / BUNDLE
     assert (root / "models" / "model.pt").is_file()
+    # what the README's quick start points to; the baseline's curves in its own folder
+    for picture in ("runs/training_curves.png", "runs/baseline_unet/training_curves.png", "../prepared/preview.png"):
+        assert (root / picture).is_file(), picture
+    assert f"curves: {root / 'runs' / 'training_curves.png'}" in printed
     # the baseline: its own weights and evaluation, the demo's shrunk widths, compared on the same test images
     weights = torch.load(root / "models" / "baseline_unet" / "model.pt", map_location="cpu")
     assert weights["conv_0.conv_0.conv.weight"].shape[0] == demo.DEMO_BASELINES["unet"]["features"][0]
