@@ -79,9 +79,13 @@ def _train(root: Path, prepared: Path, extra: dict | None = None) -> subprocess.
 
 
 def _final(root: Path) -> dict:
+    from vmunet_monai.engine.curves import read_log
+
     return {
         "latest": torch.load(root / "models" / "checkpoint_latest.pt", weights_only=True),
         "best": torch.load(root / "models" / "model.pt", weights_only=True),
+        "curves": [{k: v for k, v in row.items() if k != "seconds"}  # all but the time an epoch took
+                   for row in read_log(root / "runs" / "training_log.csv")],
     }
 
 
@@ -154,6 +158,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(prepared, unint
         _assert_same_state(uninterrupted["latest"][key], final["latest"][key], key)
     _assert_same_state(uninterrupted["latest"]["validation"], final["latest"]["validation"], "validation")
     _assert_same_state(uninterrupted["best"], final["best"], "model.pt")
+    # the curves: epoch 1 from the killed run, 2 and 3 from the resumed one, the same as never interrupted
+    assert [r["epoch"] for r in final["curves"]] == [1, 2, 3] and final["curves"] == uninterrupted["curves"]
 
 
 def test_resume_true_without_a_checkpoint_starts_from_scratch(prepared, tmp_path):
