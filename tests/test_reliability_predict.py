@@ -171,7 +171,10 @@ def test_ct_predict_reads_nifti_and_dicom_and_writes_the_input_space(tmp_path):
         line = next(line for line in proc.stderr.splitlines() if line.startswith(f"skipped {folder / name}"))
         assert problem in line
     assert sorted(p.name for p in (tmp_path / "segs").iterdir()) == ["ct_a_seg.nii.gz", "ct_b_dicom_seg.nii.gz",
-                                                                      "prediction.json", "volumes.csv"]
+                                                                      "montages", "prediction.json", "volumes.csv"]
+    # a picture of each, the DICOM series read back on the grid of its segmentation
+    assert sorted(p.name for p in (tmp_path / "segs" / "montages").iterdir()) == ["ct_a_seg.png", "ct_b_dicom_seg.png"]
+    assert "montage not drawn" not in proc.stderr
     record = json.loads((tmp_path / "segs" / "prediction.json").read_text())
     assert (record["num_classes"], record["written"], len(record["skipped"])) == (9, 2, 3)
     assert record["class_names"][1] == "aorta" and "mask_values" not in record
@@ -190,8 +193,10 @@ def test_ct_predict_refuses_two_inputs_with_one_output_name(tmp_path):
     bundle = tiny_bundle_with_weights("synapse_multiorgan", tmp_path / "bundle")
     write_ct_volume(tmp_path / "scans" / "case.nii.gz")
     write_ct_volume(tmp_path / "scans" / "case.nii", seed=2)
-    written = predict_volumes(str(tmp_path / "scans"), str(tmp_path / "segs"), device="cpu", bundle_root=str(bundle))
+    written = predict_volumes(str(tmp_path / "scans"), str(tmp_path / "segs"), device="cpu", bundle_root=str(bundle),
+                              montage=False)
     assert [p.rsplit("/", 1)[-1] for p in written] == ["case_seg.nii.gz"]
+    assert not (tmp_path / "segs" / "montages").exists()
     assert nib.load(written[0]).shape == (48, 44, 10)
 
 

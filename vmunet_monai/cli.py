@@ -336,7 +336,8 @@ class Commands:
                 one demo trains).
             input: an image or volume file, or a folder searched recursively (mask folders, and masks beside
                 their images such as X_mask.png or X_anno.bmp, are skipped).
-            output: output folder: masks/ and overlays/ (2D), segmentation volumes (Synapse).
+            output: output folder: masks/ and overlays/ (2D); segmentation volumes, volumes.csv and montages/ (a
+                picture of each volume's segmented slices) (Synapse).
             checkpoint: weights to use (default <bundle>/models/model.pt).
             device: cpu, cuda or cuda:N (default CUDA when available).
             baseline: segment with a baseline trained through the bundle's configs/baseline_NAME.json (unet or

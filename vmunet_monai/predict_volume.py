@@ -119,6 +119,7 @@ def predict_volumes(
     baseline: str = "",
     tta: bool = False,
     model: str | None = None,
+    montage: bool = True,
     **overrides,
 ) -> list[str]:
     """Segment CT volumes with the Synapse bundle and write ``<name>_seg.nii.gz`` into ``output``.
@@ -142,14 +143,17 @@ def predict_volumes(
             the sliding window; :class:`vmunet_monai.engine.FlipTTAInferer`).
         model: an exported network (``.ts``, ``.onnx``, ``.pt2``) to run instead of ``network_def`` and its
             weights (the bundle's ``configs/inference_exported.json``).
+        montage: also draw ``output/montages/<name>.png`` per volume: axial slices through the segmented
+            classes with the prediction filled in, to look at without a NIfTI viewer (:func:`write_montages`).
         overrides: further ``inference.json`` ids to override (e.g. ``num_classes=3`` for a bundle trained on your
             own classes, ``network_def={...}``, ``roi_size=[...]``).
 
     Returns:
         The written NIfTI paths, in input order (skipped volumes left out); ``output/prediction.json`` records
         the bundle, weights, classes and settings (:func:`vmunet_monai.predict.write_record`),
-        ``output/volumes.csv`` each class's volume per case, and for ACDC's patient folders
-        ``output/clinical_indices.csv`` each patient's indices (:mod:`vmunet_monai.evaluation.volumetry`).
+        ``output/volumes.csv`` each class's volume per case, for ACDC's patient folders
+        ``output/clinical_indices.csv`` each patient's indices (:mod:`vmunet_monai.evaluation.volumetry`), and
+        ``output/montages/`` a picture per volume (``montage``).
 
     Raises:
         FileNotFoundError: for a missing input, checkpoint or bundle.
@@ -225,4 +229,58 @@ def predict_volumes(
     classes = int(workflow.parser.get_parsed_content("num_classes"))
     names = bundle_class_names(bundle_root, classes) or {c: f"class_{c}" for c in range(1, classes)}
     write_volumes(good, written, names, output)  # volumes.csv; ACDC: clinical_indices.csv
+    if montage:
+        ct = workflow.parser.get_parsed_content("intensity") == "ct"  # else MRI: each volume's own percentiles
+        write_montages(good, written, os.path.join(output, "montages"), num_classes=classes, class_names=names,
+                       window=workflow.parser.get_parsed_content("hu_window") if ct else None)
     return written
+
+
+def write_montages(sources: Sequence[str], segmentations: Sequence[str], folder: str, num_classes: int,
+                   window: Sequence[float] | None = None, class_names: dict[int, str] | None = None) -> list[str]:
+    """``folder/<segmentation name>.png`` for each volume: up to eight axial slices through its segmented classes,
+    the prediction filled in colour over the image (:func:`vmunet_monai.evaluation.ct.plot_montage`).
+
+    Args:
+        sources: the segmented volumes (files or DICOM series folders), in the order of ``segmentations``.
+        segmentations: the written label maps, on their volumes' grids.
+        num_classes: label values including background (the colour scale).
+        window: the display window (CT: the HU window the network saw); None: each volume's 1st to 99th
+            percentile (MRI).
+        class_names: label value -> name, for the legend.
+
+    Returns:
+        the pictures written; a volume that cannot be drawn is named in a warning and left out, never failing the
+        prediction already written.
+    """
+    import warnings
+
+    import nibabel as nib
+    import numpy as np
+    from monai.transforms import LoadImage
+    from tqdm import tqdm
+
+    from vmunet_monai.evaluation.ct import plot_montage
+
+    os.makedirs(folder, exist_ok=True)
+    drawn = []
+    for source, seg in tqdm(list(zip(sources, segmentations)), desc="montages", unit="volume", leave=False):
+        name = os.path.basename(seg)
+        name = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else os.path.splitext(name)[0]
+        try:
+            labels = nib.load(seg)
+            image = np.asarray(LoadImage(image_only=True)(source), dtype=np.float32)
+            image = image[..., 0] if image.ndim == 4 else image
+            if image.shape != labels.shape:
+                raise ValueError(f"image {image.shape} and segmentation {labels.shape} differ in shape")
+            shown = tuple(window) if window is not None else tuple(np.percentile(image, (1, 99)).tolist())
+            path = os.path.join(folder, f"{name}.png")
+            plot_montage(image, np.asarray(labels.dataobj), labels.affine, path, window=shown,
+                         title=f"{os.path.basename(str(source).rstrip('/'))}: prediction", num_classes=num_classes,
+                         class_names=class_names)
+            drawn.append(path)
+        except Exception as exc:  # a picture must never cost the segmentations already written
+            warnings.warn(f"{source}: montage not drawn ({exc})")
+    if drawn:
+        print(f"{len(drawn)} montage(s) under {folder}")
+    return drawn

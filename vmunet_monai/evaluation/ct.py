@@ -303,6 +303,7 @@ def plot_montage(
     window: tuple[float, float] = (-125, 275),
     title: str = "",
     num_classes: int = 9,
+    class_names: Mapping[int, str] | None = None,
 ) -> str:
     """Axial slices (RAS, shown radiologically: patient right on the left) with the prediction filled in colour.
 
@@ -316,6 +317,7 @@ def plot_montage(
         window: HU display window.
         title: figure title.
         num_classes: number of label values including background (colour scale).
+        class_names: label value -> name: a legend of the classes drawn.
     """
     import matplotlib
 
@@ -349,7 +351,18 @@ def plot_montage(
         ax.set_title(f"slice {z}", fontsize=8)
     if title:
         fig.suptitle(title + ("  (fill: prediction, white: ground truth)" if label is not None else ""), fontsize=9)
-    fig.tight_layout()
+    shown = set(np.unique(pred[:, :, picks]).tolist()) | (set(np.unique(label[:, :, picks]).tolist())
+                                                          if label is not None else set())
+    if class_names and shown - {0}:
+        from matplotlib.patches import Patch
+
+        scale = max(num_classes, 2) - 1
+        handles = [Patch(color=cmap(value / scale if scale else 0), label=str(class_names.get(value, value)))
+                   for value in sorted(shown - {0})]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 9), fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.06 if rows == 1 else 0.035, 1, 1))
+    else:
+        fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -559,7 +572,8 @@ class OrganMetricsHandler:
                     raise ValueError(f"image shape {tuple(image.shape)} differs from the prediction {m['pred'].shape}")
                 plot_montage(image, m["pred"], m["affine"],
                              os.path.join(self.output_dir, f"{self.prefix}{name}_{m['case']}.png"), label=m["label"],
-                             num_slices=self.montage_slices, title=title.format(**m), num_classes=max(self.organs) + 1)
+                             num_slices=self.montage_slices, title=title.format(**m), num_classes=max(self.organs) + 1,
+                             class_names=self.organs)
             except Exception as exc:  # a montage must never cost the metrics already computed
                 warnings.warn(f"{name} of {m['case']} not written: {exc}")
 
@@ -642,5 +656,6 @@ def evaluate_files(
             label=np.asarray(nib.load(labels[index]).dataobj),
             title=title.format(case=rows[index]["case"]),
             num_classes=max(organs) + 1,
+            class_names=organs,
         )
     return summary
