@@ -82,6 +82,14 @@ def test_train_then_evaluate_per_test_set(prepared, tmp_path):
     wf.finalize()
     native = json.loads((root / "eval" / "native" / "metrics_test_summary.json").read_text())
     assert list(native["groups"]) == list(TEST_SETS) and native["title"].endswith("scored at its own size")
+    # beside it, the PraNet lineage's metrics from the probability maps, per test set and labelled as such
+    pranet = json.loads((root / "eval" / "native" / "metrics_test_pranet_summary.json").read_text())
+    assert list(pranet["groups"]) == list(TEST_SETS) and pranet["overall"]["n_images"] == 10
+    assert pranet["title"].endswith("(PraNet protocol)") and "256 thresholds" in pranet["protocol"]
+    for key in ("mean_dice", "mean_iou", "weighted_f", "s_alpha", "mae"):
+        assert 0.0 <= pranet["overall"][key] <= 1.0, key
+    with open(root / "eval" / "native" / "metrics_test_pranet_per_image.csv") as f:
+        assert {row["group"] for row in csv.DictReader(f)} == set(TEST_SETS)
     test_items = {(i["dataset"], Path(i["image"]).stem): i
                   for i in json.loads((prepared / "datalist.json").read_text())["test"]}
     with open(root / "eval" / "native" / "metrics_test_per_image.csv") as f:

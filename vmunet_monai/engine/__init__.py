@@ -10,6 +10,7 @@ from vmunet_monai.engine.guards import NonFiniteLossError, NonFiniteLossGuard, V
 from vmunet_monai.engine.handlers import (
     BinarySegmentationReport,
     OverlayWriter,
+    PraNetReport,
     TqdmProgressBar,
     TrainingCheckpoint,
     item_name,
@@ -44,6 +45,7 @@ __all__ = [
     "NonFiniteLossError",
     "NonFiniteLossGuard",
     "OverlayWriter",
+    "PraNetReport",
     "PlainTensorInferer",
     "ScaleToUnitd",
     "Spacingd",

@@ -28,6 +28,7 @@ __all__ = [
     "random_transforms",
     "BinarySegmentationReport",
     "OverlayWriter",
+    "PraNetReport",
     "item_name",
     "item_source_path",
 ]
@@ -490,6 +491,66 @@ class BinarySegmentationReport:
             print(format_summary(summary), flush=True)
             shown = [self.paths[k] for k in ("csv", "json", "plot", "worst") if self.paths.get(k)]
             print(f"report: {', '.join(shown)}", flush=True)
+
+
+class PraNetReport:
+    """The PraNet lineage's polyp metrics (:mod:`vmunet_monai.evaluation.pranet`) of an evaluation at each image's
+    own size: mean Dice and IoU over 256 thresholds, weighted F-beta, S-alpha, E-phi (max and mean) and MAE, per
+    test set, from the predicted probability maps. Writes ``<prefix>_pranet_per_image.csv``,
+    ``<prefix>_pranet_summary.json`` and ``<prefix>_pranet.png`` and prints the table.
+
+    Args:
+        output_dir: folder of the report.
+        prob_key: output key of the foreground probability map at the ground truth's size (before thresholding).
+        label_key: output key of the binary ground truth.
+        name_key, group_key: item fields naming the image and its test set.
+        prefix: file-name prefix.
+        title: heading of the table, the JSON and the plot.
+        enabled: False attaches nothing (the configs turn it off for bundles of several classes).
+    """
+
+    def __init__(self, output_dir: str, prob_key: str = "prob", label_key: str = "label", name_key: str = "name",
+                 group_key: str = "dataset", prefix: str = "metrics", title: str = "", enabled: bool = True) -> None:
+        self.output_dir, self.prob_key, self.label_key = output_dir, prob_key, label_key
+        self.name_key, self.group_key, self.prefix, self.title = name_key, group_key, prefix, title
+        self.enabled = bool(enabled)
+        self.records: list[dict] = []
+        self.paths: dict = {}
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.records = []
+
+    def _collect(self, engine: Engine) -> None:
+        from vmunet_monai.evaluation.pranet import image_scores
+
+        batch = engine.state.batch
+        for i, out in enumerate(engine.state.output):
+            item = batch[i] if isinstance(batch, (list, tuple)) and i < len(batch) else out
+            name = item_name(item, self.name_key)
+            if self.prob_key not in out or self.label_key not in out:
+                raise KeyError(f"{name}: PraNetReport needs {self.prob_key!r} (the probability map) and "
+                               f"{self.label_key!r} in the evaluator's output")
+            maps = [out[k].detach().cpu().numpy() if isinstance(out[k], torch.Tensor) else np.asarray(out[k])
+                    for k in (self.prob_key, self.label_key)]
+            prob, label = (m.reshape(m.shape[-2:]) for m in maps)
+            group = item.get(self.group_key) if isinstance(item, dict) else None
+            self.records.append(image_scores(name, prob, label, group=group if group is not None else "all"))
+
+    def _write(self, engine: Engine) -> None:
+        from vmunet_monai.evaluation.pranet import format_summary, write_report
+
+        if _rank() != 0 or not self.records:
+            return
+        self.paths = write_report(self.records, self.output_dir, prefix=self.prefix, title=self.title)
+        print(format_summary(self.paths["summary"]), flush=True)
+        print(f"PraNet-protocol report: {self.paths['csv']}, {self.paths['json']}, {self.paths['plot']}", flush=True)
 
 
 class OverlayWriter:

@@ -210,7 +210,10 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     class numbers).
 
     A case is paired with ``<image>_mask.png`` (predict) or ``<image>.png`` below ``pred``; where several test sets
-    share an image name, with the one whose folders match the image's. Writes ``metrics_<split>_per_image.csv``,
+    share an image name, with the one whose folders match the image's. Binary masks saved as grey-level probability
+    maps (as the PraNet lineage saves its predictions) are thresholded at half scale like any mask, and also scored
+    by that lineage's protocol (:mod:`vmunet_monai.evaluation.pranet`: ``metrics_<split>_pranet_*``). Writes
+    ``metrics_<split>_per_image.csv``,
     ``metrics_<split>_summary.json``, ``metrics_<split>.png`` and, for the ``worst`` images of the lowest Dice,
     ``metrics_<split>_worst.png`` (:mod:`vmunet_monai.evaluation.gallery`) into ``out`` (default: ``score/`` beside
     ``pred``).
@@ -252,7 +255,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     from vmunet_monai.validation import check_at_least
 
     gallery = WorstCases(check_at_least("score --worst", worst, 0), max(num_classes, 2))
-    records, missing = [], []
+    records, missing, maps, grey = [], [], [], False
     for item in items:
         image = (dataset / item["image"]).resolve()
         name = str(item.get("name") or image.stem)
@@ -268,7 +271,11 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
                              f"predict writes them so)")
         group = str(item.get("dataset", "all"))
         if levels is None:
+            from vmunet_monai.evaluation.pranet import image_scores
+
             records.append(make_record(name, foreground(values), foreground(truth), group=group))
+            maps.append(image_scores(name, values, truth, group=group))  # kept if any file is a probability map
+            grey = grey or np.unique(values).size > 2
             gallery.offer(name, foreground(truth), foreground(values), image=lambda: _read_photo(image), group=group)
             continue
         unknown = sorted(set(np.unique(values).tolist()) - set(levels))
@@ -291,6 +298,14 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
                          extra={"missing_prediction": missing, "predictions": record[1] if record else None})
     summary = paths.pop("summary")
     print(format_summary(summary))
+    if grey:  # probability maps, as the PraNet lineage saves them: its protocol too, labelled as such
+        from vmunet_monai.evaluation.pranet import format_summary as format_pranet
+        from vmunet_monai.evaluation.pranet import write_report as write_pranet
+
+        pranet = write_pranet(maps, out, prefix=f"metrics_{split}", title=f"{title} (PraNet protocol)")
+        print(format_pranet(pranet["summary"]))
+        summary["pranet"] = pranet.pop("summary")["overall"]
+        paths.update({f"pranet_{k}": v for k, v in pranet.items()})
     if missing:
         print(f"left out: {len(missing)} {split} image(s) without a prediction (first: {missing[0]})")
     print(f"{len(records) // max(len(classes), 1)} images scored against {datalist} ({split}); written to {out}")
