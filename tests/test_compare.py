@@ -132,6 +132,16 @@ def test_bad_inputs_are_refused_by_name(tmp_path):
     with pytest.raises(InputError, match="several per-case tables .*metrics_test_per_image.csv.*name one"):
         read_table(img)
     table = img / "metrics_test_per_image.csv"
+    # the PraNet-protocol table beside a polyp evaluation's own: the folder means the bundle's; named, it is read
+    from vmunet_monai.evaluation import pranet
+
+    native = tmp_path / "native"
+    write_report([make_record("x", np.ones(4), np.ones(4))], native, prefix="metrics_test", plot=False)
+    pranet.write_report([pranet.image_scores("x", np.eye(8), np.eye(8) > 0)], native, prefix="metrics_test")
+    assert read_table(native).path.name == "metrics_test_per_image.csv"
+    named = read_table(native / "metrics_test_pranet_per_image.csv")
+    assert named.kind == "image" and named.values["all/x"]["mean_dice"] > 0.9
+    assert run_compare([str(named.path)] * 2, labels="a,b", metric="mae")["lower_is_better"] is True
     with pytest.raises(InputError, match="mix 2D per-image and Synapse"):
         run_compare([str(table), str(vol)])
     with pytest.raises(InputError, match="no column for --metric 'hd95'; choose from dice, iou"):

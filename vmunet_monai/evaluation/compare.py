@@ -37,6 +37,7 @@ __all__ = ["CaseTable", "Model", "locate_table", "read_table", "compare_models",
 
 # what the evaluations write: the 2D bundles' BinarySegmentationReport and the Synapse OrganMetricsHandler
 TABLE_PATTERNS = ("*_per_image.csv", "*per_case.csv")
+PRANET_SUFFIX = "_pranet_per_image.csv"
 ID_COLUMNS = {"image": ("name", "group"), "volume": ("case",)}
 METRIC_ALIASES = {"hd95": "hd95_mm"}
 BOOTSTRAP_SAMPLES = 10000
@@ -62,7 +63,9 @@ class Model:
 
 
 def locate_table(path: str | os.PathLike) -> Path:
-    """The per-case table at ``path``: the CSV itself, or the one table an evaluation wrote into that folder.
+    """The per-case table at ``path``: the CSV itself, or the one table an evaluation wrote into that folder (the
+    bundle's own where the PraNet-protocol table stands beside it; name ``metrics_<split>_pranet_per_image.csv`` to
+    compare by that protocol, e.g. with ``--metric mean_dice``).
 
     Raises:
         FileNotFoundError: nothing at ``path``.
@@ -75,6 +78,8 @@ def locate_table(path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"{path}: no such file or folder (give an evaluation's output folder or its "
                                 f"per-case CSV)")
     found = sorted({p for pattern in TABLE_PATTERNS for p in path.glob(pattern)})
+    # the PraNet-protocol table beside the bundle's own (polyp, native) is compared only when named
+    found = [p for p in found if not p.name.endswith(PRANET_SUFFIX)] or found
     if not found:
         raise InputError(f"{path}: no per-case table here (the evaluation writes metrics_<split>_per_image.csv "
                          f"for ISIC and polyp, per_case.csv for Synapse); run evaluate.json first or name the CSV")
@@ -103,8 +108,8 @@ def read_table(path: str | os.PathLike) -> CaseTable:
         reader = csv.DictReader(f)
         header = list(reader.fieldnames or [])
         rows = list(reader)
-    if {"name", "group", "dice"} <= set(header):
-        kind = "image"
+    if {"name", "group"} <= set(header) and ("dice" in header or "mean_dice" in header):
+        kind = "image"  # a 2D evaluation's table, or the PraNet-protocol one (mean_dice over thresholds)
     elif {"case", "mean_dice"} <= set(header):
         kind = "volume"
     else:
@@ -164,8 +169,9 @@ def _metric_column(table: CaseTable, metric: str) -> str:
 
 
 def lower_is_better(column: str) -> bool:
-    """Distances (HD95, object Hausdorff) and error counts improve downwards; overlaps (Dice, IoU, F1) upwards."""
-    return "hd95" in column or "hausdorff" in column or column in ("fp", "fn")
+    """Distances (HD95, object Hausdorff), error counts and the PraNet protocol's MAE improve downwards; overlaps
+    (Dice, IoU, F1) and the other PraNet measures upwards."""
+    return "hd95" in column or "hausdorff" in column or column in ("fp", "fn", "mae")
 
 
 def _case_means(model: Model, column: str, cases: Sequence[str]) -> dict[str, float]:
