@@ -60,20 +60,21 @@ def _counts(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return positive.astype(np.float64), hits.astype(np.float64), int(values.size), int(inside.size)
 
 
-def overlap_curves(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dice and IoU at each threshold (an empty prediction of an empty ground truth scores 1)."""
-    positive, hits, _, total = _counts(pred, truth)
+def overlap_curves(pred: np.ndarray, truth: np.ndarray, counts=None) -> tuple[np.ndarray, np.ndarray]:
+    """Dice and IoU at each threshold (an empty prediction of an empty ground truth scores 1); ``counts``: the
+    pixel counts already taken for these two maps."""
+    positive, hits, _, total = counts if counts is not None else _counts(pred, truth)
     union = positive + total - hits
     dice = np.where(positive + total > 0, 2 * hits / np.maximum(positive + total, 1), 1.0)
     iou = np.where(union > 0, hits / np.maximum(union, 1), 1.0)
     return dice, iou
 
 
-def e_measure_curve(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+def e_measure_curve(pred: np.ndarray, truth: np.ndarray, counts=None) -> np.ndarray:
     """E-phi of the map binarised at each threshold. A binary map and a binary ground truth give four kinds of pixel
     (hit, false alarm, miss, correct rejection), so the enhanced-alignment matrix takes four values, weighted here by
     how many pixels of each kind there are."""
-    positive, hits, n, total = _counts(pred, truth)
+    positive, hits, n, total = counts if counts is not None else _counts(pred, truth)
     denominator = n - 1 + EPS
     if total == 0:  # no object: the score is the share of pixels left empty
         return (n - positive) / denominator
@@ -172,8 +173,9 @@ def image_scores(name: str, prediction, truth, group: str = "all") -> dict:
     pred = normalise_map(prediction)
     if pred.shape != truth.shape:
         raise ValueError(f"{name}: map {pred.shape} and ground truth {truth.shape} differ in size")
-    dice, iou = overlap_curves(pred, truth)
-    e_curve = e_measure_curve(pred, truth)
+    counts = _counts(pred, truth)
+    dice, iou = overlap_curves(pred, truth, counts)
+    e_curve = e_measure_curve(pred, truth, counts)
     return {"name": str(name), "group": str(group), "dice_curve": dice, "iou_curve": iou, "e_curve": e_curve,
             "mean_dice": float(dice.mean()), "mean_iou": float(iou.mean()), "s_alpha": s_measure(pred, truth),
             "weighted_f": weighted_f_measure(pred, truth), "e_max": float(e_curve.max()),
