@@ -240,3 +240,35 @@ def test_ct_predict_reads_patient_folders_and_leaves_out_labels_beside_their_vol
     assert float(row["MYO_mass"]) == pytest.approx(ed[2] * 1.05, abs=1e-3)
     assert ed[3] > 0 and float(row["LV_EF"]) == pytest.approx(100 * (ed[3] - es[3]) / ed[3], abs=1e-3)
     assert "clinical indices of 1 patient(s) from the predictions" in captured.out
+
+
+def test_predict_writes_probability_maps_that_score_reads(lesion_bundle, tmp_path):
+    """``--probabilities``: each image's foreground probability at its own size, upright, whose half-scale
+    threshold is the mask predict writes; ``score`` pairs ``_prob.png`` with its image, gives the masks' numbers at
+    half scale and adds the PraNet protocol."""
+    from PIL import Image
+
+    from vmunet_monai.data import demo_data, prepare
+    from vmunet_monai.evaluation.score import score
+    from vmunet_monai.predict import predict
+
+    demo_data("isic_skin_lesion", str(tmp_path / "raw"), num=8)
+    prepare("isic_skin_lesion", str(tmp_path / "raw"), str(tmp_path / "prepared"))
+    images = tmp_path / "prepared" / json.loads((tmp_path / "prepared" / "datalist.json").read_text())["test"][0][
+        "image"]
+    folder = images.resolve().parent
+    result = predict(str(lesion_bundle), str(folder), str(tmp_path / "out"), device="cpu", probabilities=True)
+    assert len(result["probabilities"]) == len(result["masks"]) > 0
+    for mask_path, prob_path in zip(result["masks"], result["probabilities"]):
+        mask, prob = np.asarray(Image.open(mask_path)), np.asarray(Image.open(prob_path))
+        source = folder / Path(mask_path).name.replace("_mask.png", ".jpg")
+        assert prob.shape == mask.shape == Image.open(source).size[::-1]  # the image's own (H, W)
+        assert np.array_equal(mask > 127, prob >= 128)  # the mask is the map at half scale
+        assert prob.dtype == np.uint8 and len(np.unique(prob)) > 2
+    record = json.loads((tmp_path / "out" / "prediction.json").read_text())
+    assert record["settings"]["probabilities"] is True
+    by_masks = score(tmp_path / "out" / "masks", tmp_path / "prepared", out=tmp_path / "s_masks")
+    by_maps = score(tmp_path / "out" / "probabilities", tmp_path / "prepared", out=tmp_path / "s_maps")
+    assert by_maps["overall"] == by_masks["overall"] and "pranet" in by_maps and "pranet" not in by_masks
+    with pytest.raises(InputError, match="--probabilities: only for the binary 2D bundles"):
+        predict("synapse_multiorgan", str(folder), str(tmp_path / "x"), probabilities=True)

@@ -324,7 +324,7 @@ class Commands:
     def predict(self, bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
                 baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
                 window: tuple | None = None, intensity: str | None = None, mask_values=None,
-                split_touching: float | None = None):
+                split_touching: float | None = None, probabilities: bool = False):
         """Segment a file or a folder with BUNDLE's network and write masks (and overlays) to OUTPUT.
 
         Unusable files (empty, truncated, not an image, the wrong dimensionality, NaN values) are skipped and
@@ -355,6 +355,9 @@ class Commands:
             split_touching: 2D binary bundles: also write OUTPUT/instances/<image>_instances.png, the mask's objects
                 numbered 1, 2, ... with touching ones cut apart where they narrow by at least this many pixels (2 to 5
                 for objects some tens of pixels across); the objects command scores them.
+            probabilities: 2D binary bundles: also write OUTPUT/probabilities/<image>_prob.png, the foreground
+                probability at the image's size as grey levels 0-255 (as the PraNet lineage saves its predictions;
+                score reads them by that protocol too).
             window: synapse_multiorgan trained with another --hu_window: that "[low,high]" in HU (default
                 [-125,275]).
             intensity: synapse_multiorgan trained on MRI: mri (--intensity mri: each volume's 0.5-99.5 percentiles)
@@ -364,7 +367,7 @@ class Commands:
 
         predict(bundle, input, output, checkpoint=checkpoint, device=device, baseline=baseline, tta=tta, model=model,
                 num_classes=num_classes, window=window, intensity=intensity, mask_values=mask_values,
-                split_touching=split_touching)
+                split_touching=split_touching, probabilities=probabilities)
 
     def export(self, bundle: str, format: str = "torchscript", checkpoint: str | None = None,
                output: str | None = None, tolerance: float = 1e-4):

@@ -164,7 +164,8 @@ def _window(value) -> list[float]:
 
 def predict(bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
             baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
-            window=None, intensity: str | None = None, mask_values=None, split_touching: float | None = None):
+            window=None, intensity: str | None = None, mask_values=None, split_touching: float | None = None,
+            probabilities: bool = False):
     """Write ``OUTPUT/masks/**/<stem>_mask.png`` (0/255, class numbers for several classes, or ``mask_values``) and
     ``OUTPUT/overlays/**/<stem>_overlay.png`` for every image in ``input`` (a file or a folder, searched
     recursively; mask folders and masks beside their images, as X_mask.png beside X.png, are skipped).
@@ -214,6 +215,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         vmunet_monai.weights.CheckpointError: for a checkpoint that is unreadable or not of this bundle's network.
     """
     device = check_device(device)
+    if probabilities and Path(str(bundle)).name in VOLUME_BUNDLES:
+        raise InputError("--probabilities: only for the binary 2D bundles; synapse_multiorgan writes NIfTI label maps")
     if mask_values is not None and Path(str(bundle)).name in VOLUME_BUNDLES:
         raise InputError(f"--mask_values {mask_values!r}: only for the 2D bundles; synapse_multiorgan writes NIfTI "
                          f"label maps of class numbers")
@@ -265,6 +268,9 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             mask_values = mask_levels(mask_values, classes)  # one value 0-255 per class, or a clear error
         except InputError as exc:
             raise InputError(f"--{exc}") from None  # named as the option it came from
+    if probabilities and classes > 2:
+        raise InputError(f"--probabilities: {root} predicts {classes} classes; probability maps are written for "
+                         f"binary bundles (one foreground map per image)")
     if split_touching is not None and classes > 2:
         raise InputError(f"--split_touching {split_touching!r}: {root} predicts {classes} classes; objects are split "
                          f"in binary masks only")
@@ -310,6 +316,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         overrides["num_classes"] = int(num_classes)
     if mask_values is not None:
         overrides["mask_values"] = mask_values
+    if probabilities:
+        overrides["probabilities"] = True
     if model:
         overrides["exported_model"] = str(ckpt)
     else:
@@ -336,9 +344,17 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     report_skipped(skipped, "file")
     print(f"{len(masks)} masks under {out / 'masks'}, {len(overlays)} overlays under {out / 'overlays'}")
     result = {"masks": masks, "overlays": overlays, "skipped": skipped}
+    if probabilities:
+        result["probabilities"] = [str(out / "probabilities" / Path(m).relative_to(out / "masks").parent
+                                       / (Path(m).name[: -len("_mask.png")] + "_prob.png")) for m in masks]
+        missing = [p for p in result["probabilities"] if not os.path.isfile(p)]
+        if missing:
+            raise RuntimeError(f"inference finished but did not write {missing[:3]}")
+        print(f"{len(masks)} probability maps under {out / 'probabilities'}")
     if split_touching is not None:
         result["instances"] = _write_instances(masks, out, float(split_touching))
-    settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "split_touching": split_touching}
+    settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "split_touching": split_touching,
+                "probabilities": bool(probabilities)}
     result["record"] = str(write_record(out, workflow.parser, root, ckpt, bool(model), [source], masks, skipped,
                                         settings))
     return result

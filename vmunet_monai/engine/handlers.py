@@ -29,6 +29,7 @@ __all__ = [
     "BinarySegmentationReport",
     "OverlayWriter",
     "PraNetReport",
+    "ProbabilityWriter",
     "item_name",
     "item_source_path",
 ]
@@ -572,6 +573,8 @@ class OverlayWriter:
             its own colour (``color`` for class 1, then :data:`CLASS_COLORS`).
     """
 
+    suffix = "overlay"
+
     def __init__(self, output_dir: str, data_root_dir: str = "", pred_key: str = "pred", image_key: str = "image",
                  color: Sequence[int] = (0, 255, 0), alpha: float = 0.35, pil_reverse_indexing: bool = True,
                  num_classes: int = 2) -> None:
@@ -593,7 +596,7 @@ class OverlayWriter:
                 rel = src.relative_to(os.path.abspath(self.data_root_dir))
             except ValueError:
                 pass
-        return Path(self.output_dir) / rel.parent / f"{src.stem}_overlay.png"
+        return Path(self.output_dir) / rel.parent / f"{src.stem}_{self.suffix}.png"
 
     def _write(self, engine: Engine) -> None:
         from PIL import Image
@@ -620,4 +623,53 @@ class OverlayWriter:
             target = self._target(source)
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(blended.clip(0, 255).astype(np.uint8)).save(target)
+            self.written.append(str(target))
+
+
+class ProbabilityWriter(OverlayWriter):
+    """Write ``<stem>_prob.png`` for each image: the foreground probability at the image's size as grey levels
+    (0-255), as the PraNet lineage saves its predictions (``score`` reads them by that protocol too), or to look at
+    where the network hesitates. Paths mirror the inputs as :class:`OverlayWriter`'s do.
+
+    Args:
+        output_dir: folder for the maps.
+        data_root_dir: common folder of the inputs ("" keeps only file names).
+        prob_key: output key of the foreground probability, inverted to the image's size, before thresholding.
+        image_key: batch key whose meta names the source image.
+        pil_reverse_indexing: the map is in ``PILReader``'s default (W, H) order.
+        enabled: False attaches nothing (``predict --probabilities`` turns it on).
+    """
+
+    suffix = "prob"
+
+    def __init__(self, output_dir: str, data_root_dir: str = "", prob_key: str = "prob", image_key: str = "image",
+                 pil_reverse_indexing: bool = True, enabled: bool = False) -> None:
+        super().__init__(output_dir, data_root_dir, pred_key=prob_key, image_key=image_key,
+                         pil_reverse_indexing=pil_reverse_indexing)
+        self.enabled = bool(enabled)
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            super().attach(engine)
+
+    def _write(self, engine: Engine) -> None:
+        from PIL import Image
+
+        batch = engine.state.batch
+        for i, out in enumerate(engine.state.output):
+            item = batch[i] if isinstance(batch, (list, tuple)) else out
+            source = item_source_path(item, self.image_key) or item_source_path(out, self.image_key)
+            if source is None:
+                raise ValueError("ProbabilityWriter: the item carries no source file name (load images with "
+                                 "LoadImaged)")
+            prob = out[self.pred_key]
+            prob = prob.detach().cpu().numpy() if isinstance(prob, torch.Tensor) else np.asarray(prob)
+            if prob.ndim == 3 and prob.shape[0] != 1:
+                raise ValueError(f"{source}: ProbabilityWriter writes one foreground map; the output has "
+                                 f"{prob.shape[0]} channels (bundles of several classes write class maps only)")
+            prob = prob.reshape(prob.shape[-2:])
+            grey = np.rint(np.clip(prob, 0.0, 1.0) * 255).astype(np.uint8)
+            target = self._target(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(grey.T if self.pil_reverse_indexing else grey).save(target)
             self.written.append(str(target))

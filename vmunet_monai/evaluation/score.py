@@ -209,7 +209,8 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     class as its value (``mask_values``: given, or as ``predict``'s ``prediction.json`` records them, else the
     class numbers).
 
-    A case is paired with ``<image>_mask.png`` (predict) or ``<image>.png`` below ``pred``; where several test sets
+    A case is paired with ``<image>_mask.png`` (predict), ``<image>_prob.png`` (``predict --probabilities``) or
+    ``<image>.png`` below ``pred``; where several test sets
     share an image name, with the one whose folders match the image's. Binary masks saved as grey-level probability
     maps (as the PraNet lineage saves its predictions) are thresholded at half scale like any mask, and also scored
     by that lineage's protocol (:mod:`vmunet_monai.evaluation.pranet`: ``metrics_<split>_pranet_*``). Writes
@@ -248,7 +249,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     found: dict[str, list[Path]] = {}
     for path in sorted(Path(pred).rglob("*")):
         if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-            stem = path.stem[: -len("_mask")] if path.stem.endswith("_mask") else path.stem
+            stem = next((path.stem[: -len(s)] for s in ("_mask", "_prob") if path.stem.endswith(s)), path.stem)
             found.setdefault(stem, []).append(path)
     out = Path(out) if out is not None else Path(pred).resolve().parent / "score"
     out = check_output_location([dataset], out)
