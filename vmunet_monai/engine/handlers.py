@@ -606,24 +606,31 @@ class OverlayWriter:
             item = batch[i] if isinstance(batch, (list, tuple)) else out
             source = item_source_path(item, self.image_key) or item_source_path(out, self.image_key)
             if source is None:
-                raise ValueError("OverlayWriter: the item carries no source file name (load images with LoadImaged)")
-            mask = out[self.pred_key]
-            mask = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-            mask = mask.reshape(mask.shape[-2:]) if mask.ndim > 2 else mask
-            classes = np.rint(mask).astype(np.int64) if self.num_classes > 2 else (mask > 0.5).astype(np.int64)
-            with Image.open(source) as opened:
-                image = np.asarray(rgb_converter(opened), dtype=np.float32)
-            if self.pil_reverse_indexing:
-                classes = classes.T
-            if classes.shape != image.shape[:2]:
-                raise ValueError(
-                    f"{source}: mask {classes.shape} does not match image {image.shape[:2]}; invert the resizing first"
-                )
-            blended = tint(image, classes, self.num_classes, tuple(self.color), self.alpha)
+                raise ValueError(f"{type(self).__name__}: the item carries no source file name (load images with "
+                                 "LoadImaged)")
+            values = out[self.pred_key]
+            values = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+            picture = self._picture(source, values)
             target = self._target(source)
             target.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(blended.clip(0, 255).astype(np.uint8)).save(target)
+            Image.fromarray(picture).save(target)
             self.written.append(str(target))
+
+    def _picture(self, source: str, mask: np.ndarray) -> np.ndarray:
+        """The overlay of one image (uint8 RGB) from its predicted mask."""
+        from PIL import Image
+
+        mask = mask.reshape(mask.shape[-2:]) if mask.ndim > 2 else mask
+        classes = np.rint(mask).astype(np.int64) if self.num_classes > 2 else (mask > 0.5).astype(np.int64)
+        with Image.open(source) as opened:
+            image = np.asarray(rgb_converter(opened), dtype=np.float32)
+        if self.pil_reverse_indexing:
+            classes = classes.T
+        if classes.shape != image.shape[:2]:
+            raise ValueError(
+                f"{source}: mask {classes.shape} does not match image {image.shape[:2]}; invert the resizing first"
+            )
+        return tint(image, classes, self.num_classes, tuple(self.color), self.alpha).clip(0, 255).astype(np.uint8)
 
 
 class ProbabilityWriter(OverlayWriter):
@@ -652,24 +659,10 @@ class ProbabilityWriter(OverlayWriter):
         if self.enabled:
             super().attach(engine)
 
-    def _write(self, engine: Engine) -> None:
-        from PIL import Image
-
-        batch = engine.state.batch
-        for i, out in enumerate(engine.state.output):
-            item = batch[i] if isinstance(batch, (list, tuple)) else out
-            source = item_source_path(item, self.image_key) or item_source_path(out, self.image_key)
-            if source is None:
-                raise ValueError("ProbabilityWriter: the item carries no source file name (load images with "
-                                 "LoadImaged)")
-            prob = out[self.pred_key]
-            prob = prob.detach().cpu().numpy() if isinstance(prob, torch.Tensor) else np.asarray(prob)
-            if prob.ndim == 3 and prob.shape[0] != 1:
-                raise ValueError(f"{source}: ProbabilityWriter writes one foreground map; the output has "
-                                 f"{prob.shape[0]} channels (bundles of several classes write class maps only)")
-            prob = prob.reshape(prob.shape[-2:])
-            grey = np.rint(np.clip(prob, 0.0, 1.0) * 255).astype(np.uint8)
-            target = self._target(source)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(grey.T if self.pil_reverse_indexing else grey).save(target)
-            self.written.append(str(target))
+    def _picture(self, source: str, prob: np.ndarray) -> np.ndarray:
+        """The grey levels of one image's foreground probability, upright."""
+        if prob.ndim == 3 and prob.shape[0] != 1:
+            raise ValueError(f"{source}: ProbabilityWriter writes one foreground map; the output has "
+                             f"{prob.shape[0]} channels (bundles of several classes write class maps only)")
+        grey = np.rint(np.clip(prob.reshape(prob.shape[-2:]), 0.0, 1.0) * 255).astype(np.uint8)
+        return grey.T if self.pil_reverse_indexing else grey
