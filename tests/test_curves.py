@@ -31,7 +31,7 @@ def _trainer(evaluator, validate_every=2):
     return trainer
 
 
-def test_curves_record_loss_learning_rate_and_validation_each_epoch(tmp_path):
+def test_curves_record_loss_learning_rate_and_validation_each_epoch(tmp_path, capsys):
     evaluator = Engine(lambda engine, batch: None)
     evaluator.state.key_metric_name = "val_mean_dice"
     losses = [[1.0, 3.0, 2.0], [0.5, float("nan"), 1.5], [0.25, 0.75, 0.5], [0.1, 0.3, 0.2]]
@@ -46,6 +46,9 @@ def test_curves_record_loss_learning_rate_and_validation_each_epoch(tmp_path):
     assert [r["learning_rate"] for r in rows] == pytest.approx([0.1, 0.05, 0.025, 0.0125])  # as each epoch ran
     assert [r["val_mean_dice"] for r in rows] == [None, pytest.approx(0.2), None, pytest.approx(0.4)]
     assert rows[3]["val_mean_iou"] == pytest.approx(0.05) and all(r["seconds"] >= 0 for r in rows)
+    printed = capsys.readouterr().out  # the time left, after every epoch but the last
+    assert [line.split(" took")[0] for line in printed.splitlines() if "left at this run's pace" in line] == [
+        "epoch 1 of 4", "epoch 2 of 4", "epoch 3 of 4"]
     with Image.open(tmp_path / "runs" / "training_curves.png") as picture:
         assert picture.size == (1100, 400)
 

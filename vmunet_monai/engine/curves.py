@@ -27,6 +27,13 @@ def _number(value) -> float | None:
     return number
 
 
+def _duration(seconds: float) -> str:
+    """``42 s``, ``17 min``, ``3.4 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def _cell(value) -> str:
     """A CSV cell: empty for None, six significant digits for a float."""
     if value is None:
@@ -51,7 +58,8 @@ def read_log(path: str | os.PathLike) -> list[dict]:
 class TrainingCurves:
     """After every epoch, write ``<name>.csv`` (epoch, mean training loss, learning rate, seconds, steps skipped
     for a non-finite loss, and the validation metrics of the epochs that were validated) and ``<name>.png``
-    (the loss, and the validation metrics with the best epoch marked) into ``output_dir``.
+    (the loss, and the validation metrics with the best epoch marked) into ``output_dir``, and print the time
+    left at the pace of the epochs run so far.
 
     List it after the ``ValidationHandler`` (and after ``TrainingCheckpoint``, whose resume it continues from) in
     the trainer's handlers. A resumed run keeps the rows up to the epoch it resumes from; a fresh run starts the
@@ -72,6 +80,7 @@ class TrainingCurves:
         self._skipped = 0
         self._lr: float | None = None
         self._t0 = 0.0
+        self._session: list[float] = []  # this run's epoch times, for the time left
 
     @property
     def csv_path(self) -> Path:
@@ -137,6 +146,12 @@ class TrainingCurves:
         self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._write_csv()
+        self._session.append(row["seconds"])
+        left = int(engine.state.max_epochs or 0) - row["epoch"]
+        if left > 0:
+            eta = left * sum(self._session) / len(self._session)
+            print(f"epoch {row['epoch']} of {engine.state.max_epochs} took {_duration(row['seconds'])}; about "
+                  f"{_duration(eta)} left at this run's pace", flush=True)
         try:
             self._plot(getattr(getattr(self.evaluator, "state", None), "key_metric_name", None))
         except Exception as exc:  # a picture must never stop training
