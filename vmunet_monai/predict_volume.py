@@ -260,13 +260,12 @@ def write_montages(sources: Sequence[str], segmentations: Sequence[str], folder:
     from monai.transforms import LoadImage
     from tqdm import tqdm
 
-    from vmunet_monai.evaluation.ct import plot_montage
+    from vmunet_monai.evaluation.ct import _case_name, plot_montage
 
     os.makedirs(folder, exist_ok=True)
     drawn = []
     for source, seg in tqdm(list(zip(sources, segmentations)), desc="montages", unit="volume", leave=False):
-        name = os.path.basename(seg)
-        name = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else os.path.splitext(name)[0]
+        name = _case_name(seg)
         try:
             labels = nib.load(seg)
             image = np.asarray(LoadImage(image_only=True)(source), dtype=np.float32)

@@ -210,11 +210,10 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     class numbers).
 
     A case is paired with ``<image>_mask.png`` (predict), ``<image>_prob.png`` (``predict --probabilities``) or
-    ``<image>.png`` below ``pred``; where several test sets
-    share an image name, with the one whose folders match the image's. Binary masks saved as grey-level probability
-    maps (as the PraNet lineage saves its predictions) are thresholded at half scale like any mask, and also scored
-    by that lineage's protocol (:mod:`vmunet_monai.evaluation.pranet`: ``metrics_<split>_pranet_*``). Writes
-    ``metrics_<split>_per_image.csv``,
+    ``<image>.png`` below ``pred``; where several test sets share an image name, with the one whose folders match
+    the image's. Binary masks saved as grey-level probability maps (as the PraNet lineage saves its predictions)
+    are thresholded at half scale like any mask, and also scored by that lineage's protocol
+    (:mod:`vmunet_monai.evaluation.pranet`: ``metrics_<split>_pranet_*``). Writes ``metrics_<split>_per_image.csv``,
     ``metrics_<split>_summary.json``, ``metrics_<split>.png`` and, for the ``worst`` images of the lowest Dice,
     ``metrics_<split>_worst.png`` (:mod:`vmunet_monai.evaluation.gallery`) into ``out`` (default: ``score/`` beside
     ``pred``).
@@ -233,8 +232,9 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     from vmunet_monai.engine.transforms import foreground, mask_levels
     from vmunet_monai.evaluation.binary import format_summary, make_record, write_report
     from vmunet_monai.evaluation.gallery import WorstCases
+    from vmunet_monai.evaluation.pranet import image_scores
     from vmunet_monai.predict import read_record
-    from vmunet_monai.validation import check_output_location
+    from vmunet_monai.validation import check_at_least, check_output_location
 
     dataset = Path(dataset)
     datalist, items = _items(dataset, split)
@@ -253,8 +253,6 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
             found.setdefault(stem, []).append(path)
     out = Path(out) if out is not None else Path(pred).resolve().parent / "score"
     out = check_output_location([dataset], out)
-    from vmunet_monai.validation import check_at_least
-
     gallery = WorstCases(check_at_least("score --worst", worst, 0), max(num_classes, 2))
     records, missing, maps, grey = [], [], [], False
     for item in items:
@@ -272,8 +270,6 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
                              f"predict writes them so)")
         group = str(item.get("dataset", "all"))
         if levels is None:
-            from vmunet_monai.evaluation.pranet import image_scores
-
             records.append(make_record(name, foreground(values), foreground(truth), group=group))
             maps.append(image_scores(name, values, truth, group=group))  # kept if any file is a probability map
             grey = grey or np.unique(values).size > 2
