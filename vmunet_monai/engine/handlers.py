@@ -434,7 +434,7 @@ class BinarySegmentationReport:
             a = tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
             if self.num_classes > 2:
                 return a.argmax(axis=0)
-            return (a.reshape(a.shape[-2:]) > self.threshold).astype(np.uint8)
+            return (a.reshape(a.shape[-2:]) >= self.threshold).astype(np.uint8)  # as the table's counts
 
         truth, mask = numbers(label), numbers(pred)
         upright = (lambda a: np.swapaxes(a, -1, -2)) if self.pil_reverse_indexing else (lambda a: a)
