@@ -75,6 +75,11 @@ def test_evaluation_report_draws_its_worst_images_upright(tmp_path):
     assert cases[0]["truth"].shape == (40, 60) and np.array_equal(cases[0]["truth"], upright)
     assert np.array_equal(cases[0]["image"], photo)  # the source file, not the network's tensor
     report._write(engine)
+    import csv
+
+    with open(report.paths["csv"]) as f:  # the picture's Dice is the table's
+        table = {row["name"]: float(row["dice"]) for row in csv.DictReader(f)}
+    assert [table[c["name"]] for c in cases] == pytest.approx([c["dice"] for c in cases])
     assert report.paths["worst"] == str(tmp_path / "eval" / "metrics_test_worst.png")
     assert Image.open(report.paths["worst"]).size[0] > 300
     none = BinarySegmentationReport(str(tmp_path / "eval0"), worst=0, print_summary=False)
