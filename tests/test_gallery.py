@@ -1,6 +1,7 @@
 """The picture of the images a 2D model gets most wrong (``<prefix>_worst.png``): which images it keeps, their
 Dice, their orientation, and that the evaluation report and ``score`` write it."""
 
+import csv
 from types import SimpleNamespace
 
 import numpy as np
@@ -75,8 +76,6 @@ def test_evaluation_report_draws_its_worst_images_upright(tmp_path):
     assert cases[0]["truth"].shape == (40, 60) and np.array_equal(cases[0]["truth"], upright)
     assert np.array_equal(cases[0]["image"], photo)  # the source file, not the network's tensor
     report._write(engine)
-    import csv
-
     with open(report.paths["csv"]) as f:  # the picture's Dice is the table's
         table = {row["name"]: float(row["dice"]) for row in csv.DictReader(f)}
     assert [table[c["name"]] for c in cases] == pytest.approx([c["dice"] for c in cases])
