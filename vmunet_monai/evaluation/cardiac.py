@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 __all__ = ["INDICES", "MYOCARDIUM_DENSITY", "STRUCTURES", "clinical_indices", "find_structures", "frame_indices",
-           "summarize_indices", "write_clinical"]
+           "summarize_indices", "write_clinical", "write_patient_csv"]
 
 MYOCARDIUM_DENSITY = 1.05  # g/ml
 # names a class may have, lower case, for each structure

@@ -37,6 +37,7 @@ from vmunet_monai.evaluation.binary import mean_sd
 __all__ = [
     "DEFAULT_ORGANS",
     "OrganMetricsHandler",
+    "case_mean_dice",
     "case_scores",
     "dice",
     "evaluate_files",
