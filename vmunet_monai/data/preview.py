@@ -39,10 +39,9 @@ def _mask_2d(path: str) -> np.ndarray:
 
 
 def _preview_2d(picked, path: Path, title: str, labels: Mapping[int, str]) -> None:
-    import matplotlib
+    from vmunet_monai.figures import pyplot, save
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
     from PIL import Image
@@ -81,16 +80,14 @@ def _preview_2d(picked, path: Path, title: str, labels: Mapping[int, str]) -> No
     fig.suptitle(f"{title}\n({'the classes of the mask' if labels else 'yellow: the mask'} paired with each image)",
                  fontsize=9)
     fig.tight_layout(rect=(0, 0.06 if labels else 0, 1, 1))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path, dpi=90)
 
 
 def _preview_ct(picked, path: Path, title: str, labels: Mapping[int, str], window: tuple[float, float] | None
                 ) -> None:
-    import matplotlib
+    from vmunet_monai.figures import pyplot, save
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import nibabel as nib
     from matplotlib.patches import Patch
 
@@ -121,8 +118,7 @@ def _preview_ct(picked, path: Path, title: str, labels: Mapping[int, str], windo
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=7, frameon=False)
     fig.suptitle(f"{title}\n(the slice with the most labelled voxels of each case)", fontsize=9)
     fig.tight_layout(rect=(0, 0.08 if labels else 0, 1, 1))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path, dpi=90)
 
 
 def write_preview(out: str | os.PathLike, splits: Mapping[str, Sequence[dict]], title: str = "",

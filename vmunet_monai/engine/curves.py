@@ -170,10 +170,9 @@ class TrainingCurves:
         os.replace(tmp, self.csv_path)
 
     def _plot(self, key_metric: str | None) -> None:
-        import matplotlib
+        from vmunet_monai.figures import pyplot, save
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         metrics = sorted({k for r in self.rows for k in r} - set(BASE_COLUMNS))
         fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
@@ -202,5 +201,4 @@ class TrainingCurves:
         ax_val.set_xlabel("epoch")
         ax_val.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(self.plot_path, dpi=100)
-        plt.close(fig)
+        save(fig, self.plot_path, dpi=100)

@@ -248,10 +248,9 @@ def format_summary(summary: dict) -> str:
 
 
 def _plot(summary: dict, records: Sequence[dict], path: Path) -> None:
-    import matplotlib
+    from vmunet_monai.figures import pyplot, save
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     classes = summary.get("classes")
     # several classes: one bar group and one box per class (over all sets); else one per set
@@ -279,8 +278,7 @@ def _plot(summary: dict, records: Sequence[dict], path: Path) -> None:
     if summary.get("title"):
         fig.suptitle(summary["title"])
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path, dpi=100)
 
 
 def write_report(records: Sequence[dict], output_dir: str | os.PathLike, prefix: str = "metrics",

@@ -145,10 +145,9 @@ def format_indices(summary: Mapping[str, dict]) -> list[str]:
 
 def _plot(patients: Sequence[dict], summary: Mapping[str, dict], path: str) -> str:
     """Per index: predicted against true values with the identity line (top), and Bland-Altman (bottom)."""
-    import matplotlib
+    from vmunet_monai.figures import pyplot, save
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     shown = [i for i in PLOTTED if i in summary]
     fig, axes = plt.subplots(2, len(shown), figsize=(3.4 * len(shown), 6.6), squeeze=False)
@@ -181,10 +180,7 @@ def _plot(patients: Sequence[dict], summary: Mapping[str, dict], path: str) -> s
     fig.suptitle(f"Clinical indices, {len(patients)} patients (top: agreement; bottom: Bland-Altman, "
                  f"bias ± 1.96 sd)", fontsize=11)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=110)
 
 
 def write_patient_csv(path: str | os.PathLike, columns: Sequence[str],

@@ -336,10 +336,9 @@ def plot_comparison(result: dict, path: str | os.PathLike) -> str:
     """Per-case values of each model (box plot with the cases as points), per model after the first its
     per-case differences to the first, sorted (green where it is better), and for Synapse each organ's mean
     per model."""
-    import matplotlib
+    from vmunet_monai.figures import pyplot, save
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     overall = result["overall"]
     labels = [s["label"] for s in overall["models"]]
@@ -377,11 +376,7 @@ def plot_comparison(result: dict, path: str | os.PathLike) -> str:
         ax.set_title(f"{result['column'][len('mean_'):]} per organ (mean over cases)", fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+    return save(fig, path, dpi=100)
 
 
 def run_environment(table_path: str | os.PathLike) -> dict | None:

@@ -262,10 +262,9 @@ def write_case_csv(rows: Sequence[dict], path: str, groups: Mapping[str, str] | 
 
 def plot_organ_boxes(rows: Sequence[dict], path: str) -> str:
     """Box plot per organ: Dice (left) and HD95 in mm (right) over cases, ``nan`` left out."""
-    import matplotlib
+    from vmunet_monai.figures import pyplot, save
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     organs = list(rows[0]["dice"])
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -280,10 +279,7 @@ def plot_organ_boxes(rows: Sequence[dict], path: str) -> str:
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylim(-0.02, 1.02)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=110)
 
 
 def _to_ras(array: np.ndarray, affine) -> np.ndarray:
@@ -320,10 +316,9 @@ def plot_montage(
         num_classes: number of label values including background (colour scale).
         class_names: label value -> name: a legend of the classes drawn.
     """
-    import matplotlib
+    from vmunet_monai.figures import pyplot, save
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     image = _to_ras(np.asarray(_squeeze(image), dtype=np.float32), affine)
     pred = _to_ras(_label_map(pred), affine)
@@ -364,10 +359,7 @@ def plot_montage(
         fig.tight_layout(rect=(0, 0.06 if rows == 1 else 0.035, 1, 1))
     else:
         fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=100)
 
 
 def case_mean_dice(scores: Mapping) -> float:

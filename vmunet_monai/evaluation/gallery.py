@@ -17,7 +17,6 @@ import heapq
 import itertools
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -154,10 +153,9 @@ class WorstCases:
         cases = self.cases()
         if not cases:
             return None
-        import matplotlib
+        from vmunet_monai.figures import pyplot, save
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        plt = pyplot()
         from matplotlib.patches import Patch
 
         per_row = 2 if len(cases) > 1 else 1
@@ -184,8 +182,4 @@ class WorstCases:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
         fig.suptitle(title or f"the {len(cases)} images of the lowest Dice, worst first", fontsize=10)
         fig.tight_layout(rect=(0, 0.35 / height, 1, 1 - 0.4 / height))  # room for the legend and the title
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        return str(path)
+        return save(fig, path, dpi=90)

@@ -465,10 +465,9 @@ def _photo(path: Path | None, shape: tuple[int, int]) -> np.ndarray | None:
 
 
 def _plot(rows: Sequence[dict], summary: dict, path: Path) -> None:
-    import matplotlib
+    from vmunet_monai.figures import pyplot, save
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     groups = list(summary["groups"])
     metrics = (("f1", "object F1"), ("object_dice", "object Dice"), ("object_hausdorff", "object Hausdorff (px)"),
@@ -484,8 +483,7 @@ def _plot(rows: Sequence[dict], summary: dict, path: Path) -> None:
     if summary.get("title"):
         fig.suptitle(summary["title"])
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path, dpi=100)
 
 
 CSV_FIELDS = ("name", "group", "dice", "f1", "object_dice", "object_hausdorff", "n_truth", "n_pred", "tp", "fp", "fn",
@@ -738,10 +736,9 @@ def tune_split(pred: str | os.PathLike, truth: str | os.PathLike, depths=SPLIT_D
 
 
 def _plot_depths(split: Sequence[dict], unsplit: dict, best: dict, path: Path) -> None:
-    import matplotlib
+    from vmunet_monai.figures import pyplot, save
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     x = [float(r["depth"]) for r in split]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -756,8 +753,7 @@ def _plot_depths(split: Sequence[dict], unsplit: dict, best: dict, path: Path) -
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Touching objects split at each neck depth")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)
 
 
 def write_objects(objects: np.ndarray, path: str | os.PathLike) -> Path:

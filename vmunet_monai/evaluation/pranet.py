@@ -223,10 +223,9 @@ def format_summary(summary: dict) -> str:
 
 
 def _plot(records: Sequence[dict], summary: dict, path: Path) -> None:
-    import matplotlib
+    from vmunet_monai.figures import pyplot, save
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax_dice, ax_e) = plt.subplots(1, 2, figsize=(11, 4))
     for group in summary["groups"]:
@@ -243,8 +242,7 @@ def _plot(records: Sequence[dict], summary: dict, path: Path) -> None:
     if summary.get("title"):
         fig.suptitle(summary["title"], fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path, dpi=100)
 
 
 def write_report(records: Sequence[dict], output_dir: str | os.PathLike, prefix: str = "metrics",
