@@ -374,7 +374,21 @@ class TrainingCheckpoint:
             engine.set_data(loader)  # the next epoch begins a new pass, whether or not the run is resumed
 
 
-class BinarySegmentationReport:
+class _EpochReport:
+    """A handler that collects per iteration and writes when the epoch completes: ``_reset``, ``_collect`` and
+    ``_write`` on the engine's events, unless ``enabled`` is false."""
+
+    enabled = True
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+
+class BinarySegmentationReport(_EpochReport):
     """Collect per-image confusion counts during an evaluation and write the report when it completes.
 
     Writes ``<prefix>_per_image.csv``, ``<prefix>_summary.json`` and ``<prefix>.png`` under
@@ -418,11 +432,6 @@ class BinarySegmentationReport:
         self.records: list[dict] = []
         self.worst_cases = WorstCases(self.worst, max(self.num_classes, 2))
         self.paths: dict = {}
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
 
     def _reset(self, engine: Engine) -> None:
         self.records = []
@@ -494,7 +503,7 @@ class BinarySegmentationReport:
             print(f"report: {', '.join(shown)}", flush=True)
 
 
-class PraNetReport:
+class PraNetReport(_EpochReport):
     """The PraNet lineage's polyp metrics (:mod:`vmunet_monai.evaluation.pranet`) of an evaluation at each image's
     own size: mean Dice and IoU over 256 thresholds, weighted F-beta, S-alpha, E-phi (max and mean) and MAE, per
     test set, from the predicted probability maps. Writes ``<prefix>_pranet_per_image.csv``,
@@ -517,13 +526,6 @@ class PraNetReport:
         self.enabled = bool(enabled)
         self.records: list[dict] = []
         self.paths: dict = {}
-
-    def attach(self, engine: Engine) -> None:
-        if not self.enabled:
-            return
-        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
 
     def _reset(self, engine: Engine) -> None:
         self.records = []
