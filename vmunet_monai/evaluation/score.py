@@ -254,7 +254,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     out = Path(out) if out is not None else Path(pred).resolve().parent / "score"
     out = check_output_location([dataset], out)
     gallery = WorstCases(check_at_least("score --worst", worst, 0), max(num_classes, 2))
-    records, missing, maps, grey = [], [], [], False
+    records, missing, binary_pairs, grey = [], [], [], False
     for item in items:
         image = (dataset / item["image"]).resolve()
         name = str(item.get("name") or image.stem)
@@ -271,7 +271,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         group = str(item.get("dataset", "all"))
         if levels is None:
             records.append(make_record(name, foreground(values), foreground(truth), group=group))
-            maps.append(image_scores(name, values, truth, group=group))  # kept if any file is a probability map
+            binary_pairs.append((name, hit, label_path, group))  # for the PraNet protocol, if any file is a map
             grey = grey or np.unique(values).size > 2
             gallery.offer(name, foreground(truth), foreground(values), image=lambda: _read_photo(image), group=group)
             continue
@@ -299,6 +299,8 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         from vmunet_monai.evaluation.pranet import format_summary as format_pranet
         from vmunet_monai.evaluation.pranet import write_report as write_pranet
 
+        maps = [image_scores(name, _read_values(hit), _read_values(label), group=group)
+                for name, hit, label, group in binary_pairs]
         pranet = write_pranet(maps, out, prefix=f"metrics_{split}", title=f"{title} (PraNet protocol)")
         print(format_pranet(pranet["summary"]))
         summary["pranet"] = pranet.pop("summary")["overall"]
