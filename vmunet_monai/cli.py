@@ -338,7 +338,8 @@ class Commands:
                 their images such as X_mask.png or X_anno.bmp, are skipped).
             output: output folder: masks/ and overlays/ (2D); segmentation volumes, volumes.csv and montages/ (a
                 picture of each volume's segmented slices) (Synapse).
-            checkpoint: weights to use (default <bundle>/models/model.pt).
+            checkpoint: weights to use (default <bundle>/models/model.pt); several joined by commas (the runs of
+                several seeds or folds) are run as an ensemble that averages their class probabilities.
             device: cpu, cuda or cuda:N (default CUDA when available).
             baseline: segment with a baseline trained through the bundle's configs/baseline_NAME.json (unet or
                 swin_unetr) instead of its own network; default weights models/baseline_NAME/model.pt.

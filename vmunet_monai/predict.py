@@ -25,7 +25,7 @@ from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, che
                                      number_list, read_image_2d)
 
 __all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
-           "read_record"]
+           "read_record", "weights_files", "ensemble_inferer"]
 
 VOLUME_BUNDLES = ("synapse_multiorgan",)
 # MONAI's PNG writer squeezes trailing size-one axes, so a one-pixel-high mask cannot be written
@@ -55,7 +55,44 @@ def _channel_names(meta: dict, classes: int) -> dict[int, str]:
     return {c: str(names.get(str(c), f"class_{c}")) for c in range(1, classes)}
 
 
-def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike, weights: str | os.PathLike,
+def weights_files(root: Path, checkpoint, default_ckpt: Path, train: str, model, device) -> list[Path]:
+    """The files the network comes from (:func:`vmunet_monai.engine.utils.network_file`): the exported ``model``,
+    the default weights, or each of the checkpoints given; several joined by commas (``a.pt,b.pt``) are an
+    ensemble, run as one model by averaging their probabilities (:class:`vmunet_monai.engine.EnsembleInferer`).
+
+    Raises:
+        FileNotFoundError: a checkpoint that is not there (named).
+        InputError: an empty item, a checkpoint given twice, or an exported model together with checkpoints.
+    """
+    from vmunet_monai.validation import comma_list
+
+    if checkpoint is None or model or os.path.isfile(os.path.expanduser(str(checkpoint))):
+        given = [os.path.expanduser(str(checkpoint))] if checkpoint is not None and not model else [checkpoint]
+        return [network_file(root, given[0], default_ckpt, train, model, device)]
+    items = comma_list(checkpoint)
+    shown = ",".join(items)
+    if any(not i for i in items):
+        raise InputError(f"--checkpoint {shown}: an empty item (give weight files separated by commas, e.g. "
+                         f"seed0/model.pt,seed1/model.pt)")
+    files = [network_file(root, os.path.expanduser(i), default_ckpt, train, model, device) for i in items]
+    twice = next((i for i, f in zip(items, files) if files.count(f) > 1), None)
+    if twice is not None:
+        raise InputError(f"--checkpoint {shown}: {twice} is given twice (an ensemble averages distinct models)")
+    return files
+
+
+def ensemble_inferer(config_files, members: list[Path]) -> dict:
+    """The ``inferer`` of a bundle's inference configs wrapped in an :class:`vmunet_monai.engine.EnsembleInferer`
+    whose further members hold the weights in ``members`` (the config's own ``checkpoint`` is the first)."""
+    from monai.bundle import ConfigParser
+
+    inner = ConfigParser.load_config_files(config_files)["inferer"]
+    return {"_target_": "vmunet_monai.engine.EnsembleInferer", "inferer": inner,
+            "members": {"_target_": "vmunet_monai.engine.ensemble_members", "network": "@network",
+                        "checkpoints": [str(m) for m in members], "device": "@device"}}
+
+
+def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike, weights,
                  exported: bool, inputs, written: list[str], skipped: list[dict], settings: dict) -> Path:
     """``OUT/prediction.json``: which bundle and weights (with their sha256) made the files in ``out``, the classes
     and the values the masks hold, the settings, the inputs, what was written and skipped, and the environment,
@@ -64,6 +101,7 @@ def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike,
     Args:
         parser: the inference workflow's ``ConfigParser`` (its ``num_classes`` and, for 2D bundles, its
             ``mask_values``).
+        weights: the weight file, or the list of an ensemble's (recorded as a list, with a list of hashes).
         settings: the options given (``tta``, ``device``, ...), recorded as they are.
     """
     import datetime
@@ -74,6 +112,9 @@ def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike,
     from vmunet_monai.package import sha256
 
     root = Path(bundle_root)
+    many = isinstance(weights, (list, tuple))
+    if many and len(weights) == 1:
+        (weights,), many = weights, False
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     classes = int(parser.get_parsed_content("num_classes"))
     names = _channel_names(meta, classes)
@@ -81,8 +122,8 @@ def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike,
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "bundle": str(root),
         "bundle_version": meta.get("version"),
-        "weights": str(weights),
-        "weights_sha256": sha256(weights),
+        "weights": [str(w) for w in weights] if many else str(weights),
+        "weights_sha256": [sha256(w) for w in weights] if many else sha256(weights),
         "exported_model": bool(exported),
         "num_classes": classes,
         "class_names": [names.get(c, "background") for c in range(classes)] if names else None,
@@ -175,7 +216,10 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             of a bundle folder (e.g. the one ``demo`` trains).
         input: an image file or a folder of images.
         output: output folder; not an input, not the input folder and not inside it.
-        checkpoint: weights to use; default ``<bundle>/models/model.pt``.
+        checkpoint: weights to use; default ``<bundle>/models/model.pt``. Several joined by commas
+            (``seed0/model.pt,seed1/model.pt``), or a list, are an ensemble: each image's class probabilities
+            are averaged over the networks (after ``tta``, when given) before the masks are drawn
+            (:class:`vmunet_monai.engine.EnsembleInferer`).
         device: ``cpu``, ``cuda`` or ``cuda:N``; default: CUDA when available.
         baseline: segment with a baseline the bundle trained through its ``configs/baseline_<name>.json``
             overlay (``unet``, ``swin_unetr``) instead of its own network; the default checkpoint is then
@@ -277,7 +321,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     source = Path(os.path.abspath(os.path.expanduser(str(input))))
     if not source.exists():
         raise InputError(f"{input}: no such file or folder (give an image file or a folder of images)")
-    ckpt = network_file(root, checkpoint, default_ckpt, train, model, device)
+    weights = weights_files(root, checkpoint, default_ckpt, train, model, device)
+    ckpt = weights[0]
     out = check_output_location([source], output)
     candidates, others = _collect(source)
     skipped = []
@@ -322,6 +367,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         overrides["exported_model"] = str(ckpt)
     else:
         overrides["checkpoint"] = str(ckpt)
+    if len(weights) > 1:
+        overrides["inferer"] = ensemble_inferer(configs, weights[1:])
     if device:
         overrides["device"] = f"$torch.device('{device}')"
     workflow = ConfigWorkflow(
@@ -333,7 +380,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     )
     workflow.initialize()
     if not model:
-        check_checkpoint_fits(workflow.parser.get_parsed_content("network"), ckpt)
+        for path in weights:  # an ensemble's too, each named if it is not of this network
+            check_checkpoint_fits(workflow.parser.get_parsed_content("network"), path)
     workflow.run()
     workflow.finalize()
     masks = [str(m) for m, _ in planned]
@@ -355,7 +403,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         result["instances"] = _write_instances(masks, out, float(split_touching))
     settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "split_touching": split_touching,
                 "probabilities": bool(probabilities)}
-    result["record"] = str(write_record(out, workflow.parser, root, ckpt, bool(model), [source], masks, skipped,
+    result["record"] = str(write_record(out, workflow.parser, root, weights, bool(model), [source], masks, skipped,
                                         settings))
     return result
 

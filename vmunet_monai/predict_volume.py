@@ -133,7 +133,8 @@ def predict_volumes(
         input: a volume file, a DICOM series folder, a folder of them, or a list of such paths.
         output: folder for the segmentations (label values 0-8, see the bundle's ``channel_def``; 0 to
             ``num_classes - 1`` for your own classes); not an input, not an input folder and not inside one.
-        checkpoint: model weights (default ``<bundle_root>/models/model.pt``).
+        checkpoint: model weights (default ``<bundle_root>/models/model.pt``); several joined by commas, or a list,
+            are an ensemble whose class probabilities are averaged (:func:`vmunet_monai.predict.weights_files`).
         device: ``cpu``, ``cuda``, ``cuda:1``...; default: CUDA when available.
         bundle_root: the bundle folder (default: ``bundles/synapse_multiorgan`` of this checkout).
         sw_batch_size: windows per network call (default: the bundle's).
@@ -164,9 +165,10 @@ def predict_volumes(
     from monai.bundle import ConfigWorkflow
 
     from vmunet_monai.data.common import report_skipped
-    from vmunet_monai.engine.utils import inference_configs, network_file
+    from vmunet_monai.engine.utils import inference_configs
     from vmunet_monai.evaluation.volumetry import write_volumes
-    from vmunet_monai.predict import NothingToPredictError, bundle_class_names, write_record
+    from vmunet_monai.predict import (NothingToPredictError, bundle_class_names, ensemble_inferer, weights_files,
+                                      write_record)
     from vmunet_monai.validation import InputError, check_device, check_output_location, read_volume
     from vmunet_monai.weights import check_checkpoint_fits
 
@@ -176,7 +178,8 @@ def predict_volumes(
     paths = [input] if isinstance(input, (str, os.PathLike)) else list(input)
     others: list[str] = []
     volumes = [v for p in paths for v in find_volumes(str(p), others)]
-    source = str(network_file(Path(bundle_root), checkpoint, default_ckpt, train, model, device))
+    weights = [str(w) for w in weights_files(Path(bundle_root), checkpoint, default_ckpt, train, model, device)]
+    source = weights[0]
     output = str(check_output_location([str(p) for p in paths] + volumes, output))
     good, taken = [], {}
     skipped = [{"file": f, "reason": f"{f}: not a volume file (expected {', '.join(VOLUME_EXTENSIONS)} files or "
@@ -203,6 +206,8 @@ def predict_volumes(
     config = dict(overrides)
     config.update(bundle_root=bundle_root, output_dir=output, datalist=good, tta=bool(tta))
     config["exported_model" if model else "checkpoint"] = source
+    if len(weights) > 1:
+        config["inferer"] = ensemble_inferer(config_files, weights[1:])
     if device is not None:
         config["device"] = f"$torch.device('{device}')"
     if sw_batch_size is not None:
@@ -216,7 +221,8 @@ def predict_volumes(
     )
     workflow.initialize()
     if not model:
-        check_checkpoint_fits(workflow.parser.get_parsed_content("network"), source)
+        for path in weights:  # an ensemble's too, each named if it is not of this network
+            check_checkpoint_fits(workflow.parser.get_parsed_content("network"), path)
     workflow.run()
     workflow.finalize()
     missing = [w for w in written if not os.path.isfile(w)]
@@ -225,7 +231,7 @@ def predict_volumes(
     report_skipped(skipped, "volume")
     settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "sw_batch_size": sw_batch_size,
                 "overrides": {k: v for k, v in overrides.items() if isinstance(v, (str, int, float, list, bool))}}
-    write_record(output, workflow.parser, bundle_root, source, bool(model), paths, written, skipped, settings)
+    write_record(output, workflow.parser, bundle_root, weights, bool(model), paths, written, skipped, settings)
     classes = int(workflow.parser.get_parsed_content("num_classes"))
     names = bundle_class_names(bundle_root, classes) or {c: f"class_{c}" for c in range(1, classes)}
     write_volumes(good, written, names, output)  # volumes.csv; ACDC: clinical_indices.csv

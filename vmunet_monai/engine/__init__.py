@@ -16,7 +16,7 @@ from vmunet_monai.engine.handlers import (
     TrainingCheckpoint,
     item_name,
 )
-from vmunet_monai.engine.inferers import FlipTTAInferer, PlainTensorInferer
+from vmunet_monai.engine.inferers import EnsembleInferer, FlipTTAInferer, PlainTensorInferer, ensemble_members
 from vmunet_monai.engine.transforms import (
     BinarizeMaskd,
     ClassValuesd,
@@ -41,6 +41,7 @@ __all__ = [
     "BinarizeMaskd",
     "BinarySegmentationReport",
     "ClassValuesd",
+    "EnsembleInferer",
     "FirstOutputd",
     "FlipTTAInferer",
     "NonFiniteLossError",
@@ -58,6 +59,7 @@ __all__ = [
     "amp_dtype",
     "amp_enabled",
     "compile_network",
+    "ensemble_members",
     "find_bundle",
     "gray_converter",
     "insert_before",

@@ -8,11 +8,37 @@ from typing import Any
 import torch
 from monai.inferers import Inferer, SimpleInferer
 
-__all__ = ["PlainTensorInferer", "FlipTTAInferer"]
+__all__ = ["PlainTensorInferer", "FlipTTAInferer", "EnsembleInferer", "ensemble_members"]
+
+ACTIVATIONS = ("sigmoid", "softmax", "none")
 
 
 def _plain(x):
     return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
+def _check_activation(owner: str, activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{owner} activation={activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+
+
+def to_probability(out: torch.Tensor, activation: str) -> torch.Tensor:
+    """A network's output as class probabilities in fp32 (``none``: the output itself)."""
+    if activation == "sigmoid":
+        return torch.sigmoid(out.float())
+    if activation == "softmax":
+        return torch.softmax(out.float(), dim=1)
+    return out.float()
+
+
+def to_logits(p: torch.Tensor, activation: str) -> torch.Tensor:
+    """Logits whose ``activation`` is ``p`` again (``logit(p)`` for sigmoid, ``log(p)`` for softmax), so that a
+    bundle's postprocessing turns an average of probabilities back into that average unchanged."""
+    if activation == "sigmoid":
+        return torch.logit(p, eps=1e-7)
+    if activation == "softmax":
+        return torch.log(p.clamp_min(1e-12))
+    return p
 
 
 class PlainTensorInferer(SimpleInferer):
@@ -49,32 +75,17 @@ class FlipTTAInferer(Inferer):
         ValueError: an unknown activation, no flips, or a flip axis the input does not have.
     """
 
-    ACTIVATIONS = ("sigmoid", "softmax", "none")
+    ACTIVATIONS = ACTIVATIONS
 
     def __init__(self, inferer: Inferer | None = None, activation: str = "sigmoid",
                  flips: Sequence[Sequence[int]] = ((), (0,), (1,), (0, 1)), enabled: bool = True) -> None:
         super().__init__()
-        if activation not in self.ACTIVATIONS:
-            raise ValueError(f"FlipTTAInferer activation={activation!r}: choose one of {', '.join(self.ACTIVATIONS)}")
+        _check_activation("FlipTTAInferer", activation)
         self.flips = [tuple(int(a) for a in f) for f in flips]
         if not self.flips:
             raise ValueError("FlipTTAInferer needs at least one entry in flips ([] is the image itself)")
         self.inferer = inferer if inferer is not None else PlainTensorInferer()
         self.activation, self.enabled = activation, bool(enabled)
-
-    def _to_probability(self, out: torch.Tensor) -> torch.Tensor:
-        if self.activation == "sigmoid":
-            return torch.sigmoid(out.float())
-        if self.activation == "softmax":
-            return torch.softmax(out.float(), dim=1)
-        return out.float()
-
-    def _to_logits(self, p: torch.Tensor) -> torch.Tensor:
-        if self.activation == "sigmoid":
-            return torch.logit(p, eps=1e-7)
-        if self.activation == "softmax":
-            return torch.log(p.clamp_min(1e-12))
-        return p
 
     def __call__(self, inputs: torch.Tensor, network, *args: Any, **kwargs: Any):
         if not self.enabled:
@@ -88,6 +99,70 @@ class FlipTTAInferer(Inferer):
             x = torch.flip(inputs, dims) if dims else inputs
             out = self.inferer(x, network, *args, **kwargs)
             out = _plain(out)
-            p = self._to_probability(torch.flip(out, dims) if dims else out)
+            p = to_probability(torch.flip(out, dims) if dims else out, self.activation)
             total = p if total is None else total + p
-        return self._to_logits(total / len(self.flips))
+        return to_logits(total / len(self.flips), self.activation)
+
+
+class EnsembleInferer(Inferer):
+    """The prediction averaged over several trained networks of one architecture: the runs of several seeds, or
+    the models of several cross-validation folds, used as one model.
+
+    The evaluator's network and each of ``members`` go through ``inferer`` (e.g. a :class:`FlipTTAInferer`,
+    so test-time augmentation applies to every member) and their class probabilities are averaged. As with
+    :class:`FlipTTAInferer` the result is returned as the logits of that average, so the bundle's
+    postprocessing turns it into the averaged probabilities unchanged. The members are put in the evaluator
+    network's mode (eval) on every call.
+
+    Args:
+        inferer: the inferer each network runs through (default :class:`PlainTensorInferer`).
+        members: the further networks (the evaluator's own network is always the first member);
+            :func:`ensemble_members` makes them from checkpoints.
+        activation: ``sigmoid``, ``softmax`` or ``none``; default: ``inferer``'s own ``activation`` (as a
+            :class:`FlipTTAInferer` has), else ``sigmoid``.
+
+    Raises:
+        ValueError: an unknown activation.
+    """
+
+    def __init__(self, inferer: Inferer | None = None, members: Sequence[torch.nn.Module] = (),
+                 activation: str | None = None) -> None:
+        super().__init__()
+        self.inferer = inferer if inferer is not None else PlainTensorInferer()
+        self.activation = activation or getattr(self.inferer, "activation", "sigmoid")
+        _check_activation("EnsembleInferer", self.activation)
+        self.members = list(members)
+
+    def __call__(self, inputs: torch.Tensor, network, *args: Any, **kwargs: Any):
+        if not self.members:
+            return self.inferer(inputs, network, *args, **kwargs)
+        total = None
+        for net in [network, *self.members]:
+            if net is not network:
+                net.train(network.training)
+            p = to_probability(_plain(self.inferer(inputs, net, *args, **kwargs)), self.activation)
+            total = p if total is None else total + p
+        return to_logits(total / (1 + len(self.members)), self.activation)
+
+
+def ensemble_members(network: torch.nn.Module, checkpoints: Sequence[str], device=None) -> list[torch.nn.Module]:
+    """Copies of ``network``, one per checkpoint, each holding that checkpoint's weights (in eval mode, on
+    ``device`` or on the network's device): the ``members`` of an :class:`EnsembleInferer`.
+
+    Raises:
+        vmunet_monai.weights.CheckpointError: a checkpoint that is unreadable or not of this network (named).
+    """
+    import copy
+
+    from vmunet_monai.weights import check_checkpoint_fits
+
+    base = getattr(network, "module", network)
+    members = []
+    for path in checkpoints:
+        state = check_checkpoint_fits(base, path)
+        member = copy.deepcopy(base)
+        member.load_state_dict(state)
+        if device is not None:
+            member.to(device)
+        members.append(member.eval())
+    return members

@@ -1,0 +1,173 @@
+"""Ensembles: several checkpoints of one network run as one model, their class probabilities averaged
+(EnsembleInferer, ``predict --checkpoint a.pt,b.pt``), on images and on volumes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.inferers import SliceInferer
+from PIL import Image
+from reliability_helpers import tiny_bundle_with_weights, write_ct_volume, write_rgb
+
+from vmunet_monai.engine import EnsembleInferer, FlipTTAInferer, PlainTensorInferer, ensemble_members
+from vmunet_monai.validation import InputError
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks in-process: see conftest
+
+
+def _net(seed: int, out: int = 1) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, out, 3,
+                                                                                                     padding=1))
+
+
+@torch.no_grad()
+def test_the_ensemble_is_the_logit_of_the_mean_probability():
+    nets = [_net(s) for s in range(3)]
+    x = torch.rand(2, 3, 9, 11)
+    out = EnsembleInferer(PlainTensorInferer(), members=nets[1:], activation="sigmoid")(x, nets[0])
+    expected = torch.stack([torch.sigmoid(n(x)) for n in nets]).mean(0)
+    assert torch.allclose(torch.sigmoid(out), expected, atol=1e-6)
+    assert not torch.allclose(expected, torch.sigmoid(nets[0](x)), atol=1e-3)  # the members did change it
+    assert torch.equal(EnsembleInferer(PlainTensorInferer())(x, nets[0]), nets[0](x))  # no members: the network
+
+
+@torch.no_grad()
+def test_members_go_through_the_inner_inferer_and_its_activation():
+    """Each member is mirrored by a FlipTTAInferer and slid over the slices of a volume; the softmax of the result
+    is the mean over members and flips, and the activation comes from the inner inferer."""
+    nets = [_net(s, out=5) for s in (3, 4)]
+    for n in nets:
+        n[0] = torch.nn.Conv2d(1, 4, 3, padding=1)
+    volume = torch.rand(1, 1, 12, 10, 3)
+    tta = FlipTTAInferer(SliceInferer(roi_size=(12, 10), spatial_dim=2, sw_batch_size=2), activation="softmax")
+    ensemble = EnsembleInferer(tta, members=nets[1:])
+    assert ensemble.activation == "softmax"
+    out = ensemble(volume, nets[0])
+    expected = torch.stack([torch.softmax(tta(volume, n), 1) for n in nets]).mean(0)
+    assert out.shape == (1, 5, 12, 10, 3)
+    assert torch.allclose(torch.softmax(out, 1), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="EnsembleInferer activation='tanh'"):
+        EnsembleInferer(activation="tanh")
+
+
+def test_members_load_their_checkpoints_and_follow_the_evaluator_mode(tmp_path):
+    from vmunet_monai.weights import CheckpointError
+
+    base, other = _net(0), _net(1)
+    base.append(torch.nn.Dropout(0.5))
+    other.append(torch.nn.Dropout(0.5))
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    (member,) = ensemble_members(base, [str(tmp_path / "other.pt")], device="cpu")
+    assert member is not base and not member.training
+    assert all(torch.equal(a, b) for a, b in zip(member.state_dict().values(), other.state_dict().values()))
+    x = torch.rand(1, 3, 6, 6)
+    base.eval()
+    member.train()
+    with torch.no_grad():  # the evaluator's network is in eval mode: so is every member, dropout off
+        a = EnsembleInferer(members=[member])(x, base)
+        assert torch.equal(a, EnsembleInferer(members=[member])(x, base)) and not member.training
+    torch.save(_net(1, out=2).state_dict(), tmp_path / "wider.pt")
+    with pytest.raises(CheckpointError, match="wider.pt"):
+        ensemble_members(base, [str(tmp_path / "wider.pt")])
+
+
+@pytest.fixture(scope="module")
+def lesion_bundle(tmp_path_factory):
+    return tiny_bundle_with_weights("isic_skin_lesion", tmp_path_factory.mktemp("lesion"))
+
+
+def _second_weights(bundle: Path, path: Path, gain: float = 30.0) -> Path:
+    """Other weights for the bundle's network, with a final layer steep enough that their probabilities differ
+    from the first weights' by far more than a grey level."""
+    from tiny_bundles import final_layer, tiny_network
+
+    torch.manual_seed(7)
+    net = tiny_network(bundle)
+    with torch.no_grad():
+        final_layer(net).weight.mul_(gain)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_predict_averages_the_probabilities_of_several_checkpoints(lesion_bundle, tmp_path):
+    from vmunet_monai.predict import predict
+
+    write_rgb(tmp_path / "in" / "a.png", 37, 45)
+    write_rgb(tmp_path / "in" / "b.png", 40, 52, seed=3)
+    first = lesion_bundle / "models" / "model.pt"
+    second = _second_weights(lesion_bundle, tmp_path / "seed1" / "model.pt")
+    maps = {}
+    for name, checkpoint in (("a", str(first)), ("b", str(second)), ("ab", f"{first},{second}")):
+        result = predict(str(lesion_bundle), str(tmp_path / "in"), str(tmp_path / name), checkpoint=checkpoint,
+                         device="cpu", probabilities=True)
+        maps[name] = [np.asarray(Image.open(p), dtype=float) for p in result["probabilities"]]
+    for a, b, ab in zip(maps["a"], maps["b"], maps["ab"]):
+        assert np.abs(a - b).max() > 40  # the two models disagree
+        assert np.abs(ab - (a + b) / 2).max() <= 1.0  # grey levels of the mean probability, to rounding
+    record = json.loads((tmp_path / "ab" / "prediction.json").read_text())
+    assert record["weights"] == [str(first.resolve()), str(second.resolve())]
+    assert record["weights_sha256"] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in (first, second)]
+    single = json.loads((tmp_path / "a" / "prediction.json").read_text())
+    assert single["weights"] == str(first.resolve())  # one model: a path, as before
+
+
+def test_predict_names_what_is_wrong_with_an_ensemble(lesion_bundle, tmp_path):
+    from vmunet_monai.predict import predict
+    from vmunet_monai.weights import CheckpointError
+
+    write_rgb(tmp_path / "in" / "a.png")
+    first = lesion_bundle / "models" / "model.pt"
+    foreign = tiny_bundle_with_weights("polyp_seg", tmp_path / "other") / "models" / "model.pt"  # a VM-UNetV2
+    cases = ((f"{first},{tmp_path / 'nowhere.pt'}", FileNotFoundError, f"no trained weights at {tmp_path / 'nowhere.pt'}"),
+             (f"{first},,{first}", InputError, "an empty item"),
+             (f"{first},{first}", InputError, f"{first} is given twice"),
+             (f"{first},{foreign}", CheckpointError, str(foreign)))
+    for checkpoint, error, message in cases:
+        with pytest.raises(error) as failure:
+            predict(str(lesion_bundle), str(tmp_path / "in"), str(tmp_path / "out"), checkpoint=checkpoint,
+                    device="cpu")
+        assert message in str(failure.value), str(failure.value)
+    assert not (tmp_path / "out" / "masks").exists()  # refused before any mask was written
+
+
+def _constant_weights(bundle: Path, path: Path, biases: dict[int, float]) -> Path:
+    """Weights whose logits do not depend on the image: ``biases`` per class, -5 for the others."""
+    from tiny_bundles import final_layer, tiny_network
+
+    net = tiny_network(bundle)
+    layer = final_layer(net)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.fill_(-5.0)
+        for c, b in biases.items():
+            layer.bias[c] = b
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_volume_ensemble_follows_the_mean_not_the_first_member(tmp_path):
+    """Member A prefers organ 2 (p 0.73 against 0.27 for organ 4), member B organ 4 (0.88 against 0.12): alone A
+    labels every voxel 2, together they label it 4, the class of the mean probability (0.575 against 0.425)."""
+    from vmunet_monai.predict_volume import predict_volumes
+
+    bundle = tiny_bundle_with_weights("synapse_multiorgan", tmp_path / "bundle")
+    a = _constant_weights(bundle, tmp_path / "a" / "model.pt", {2: 5.0, 4: 4.0})
+    b = _constant_weights(bundle, tmp_path / "b" / "model.pt", {4: 5.0, 2: 3.0})
+    write_ct_volume(tmp_path / "scans" / "case.nii.gz", shape=(24, 20, 3))
+    alone = predict_volumes(str(tmp_path / "scans"), str(tmp_path / "alone"), checkpoint=str(a), device="cpu",
+                            bundle_root=str(bundle), montage=False)
+    both = predict_volumes(str(tmp_path / "scans"), str(tmp_path / "both"), checkpoint=[str(a), str(b)],
+                           device="cpu", bundle_root=str(bundle), montage=False)
+    assert np.unique(np.asarray(nib.load(alone[0]).dataobj)).tolist() == [2]
+    assert np.unique(np.asarray(nib.load(both[0]).dataobj)).tolist() == [4]
+    record = json.loads((tmp_path / "both" / "prediction.json").read_text())
+    assert record["weights"] == [str(a.resolve()), str(b.resolve())]
