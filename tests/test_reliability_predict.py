@@ -270,5 +270,28 @@ def test_predict_writes_probability_maps_that_score_reads(lesion_bundle, tmp_pat
     by_masks = score(tmp_path / "out" / "masks", tmp_path / "prepared", out=tmp_path / "s_masks")
     by_maps = score(tmp_path / "out" / "probabilities", tmp_path / "prepared", out=tmp_path / "s_maps")
     assert by_maps["overall"] == by_masks["overall"] and "pranet" in by_maps and "pranet" not in by_masks
-    with pytest.raises(InputError, match="--probabilities: only for the binary 2D bundles"):
-        predict("synapse_multiorgan", str(folder), str(tmp_path / "x"), probabilities=True)
+    with pytest.raises(InputError, match="predicts 3 classes; 2D probability maps are written for binary bundles"):
+        predict(str(lesion_bundle), str(folder), str(tmp_path / "x"), probabilities=True, num_classes=3)
+
+
+def test_ct_predict_writes_class_probabilities_on_the_segmentation_grid(tmp_path):
+    """``--probabilities`` for volumes: ``<case>_prob.nii.gz``, (X, Y, Z, classes) on the label map's grid and
+    affine, read back as numbers from 0 to 1 that sum to one over the classes and whose argmax is the label map."""
+    from vmunet_monai.predict import predict
+
+    bundle = tiny_bundle_with_weights("synapse_multiorgan", tmp_path / "bundle")
+    source = write_ct_volume(tmp_path / "scans" / "ct_a.nii.gz", shape=(30, 26, 4))
+    written = predict(str(bundle), str(source), str(tmp_path / "segs"), device="cpu", probabilities=True)
+    seg = nib.load(written[0])
+    maps = nib.load(tmp_path / "segs" / "ct_a_prob.nii.gz")
+    assert maps.shape == (*seg.shape, 9) and maps.get_data_dtype() == np.uint8
+    assert np.allclose(maps.affine, seg.affine) and np.allclose(maps.affine, nib.load(source).affine, atol=1e-3)
+    prob = maps.get_fdata()
+    assert prob.min() >= 0.0 and prob.max() <= 1.0 + 1e-6
+    assert np.abs(prob.sum(-1) - 1.0).max() <= 9 / 255  # one rounding of at most half a level per class
+    labels = np.asarray(seg.dataobj)
+    top2 = np.sort(prob, -1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > 2 / 255  # not a tie within rounding
+    assert clear.mean() > 0.5 and np.array_equal(prob.argmax(-1)[clear], labels[clear])
+    record = json.loads((tmp_path / "segs" / "prediction.json").read_text())
+    assert record["settings"]["probabilities"] is True

@@ -356,9 +356,10 @@ class Commands:
             split_touching: 2D binary bundles: also write OUTPUT/instances/<image>_instances.png, the mask's objects
                 numbered 1, 2, ... with touching ones cut apart where they narrow by at least this many pixels (2 to 5
                 for objects some tens of pixels across); the objects command scores them.
-            probabilities: 2D binary bundles: also write OUTPUT/probabilities/<image>_prob.png, the foreground
-                probability at the image's size as grey levels 0-255 (as the PraNet lineage saves its predictions;
-                score reads them by that protocol too).
+            probabilities: also write the probabilities; 2D binary bundles write OUTPUT/probabilities/<image>_prob.png,
+                the foreground probability at the image's size as grey levels 0-255 (as the PraNet lineage saves its
+                predictions; score reads them by that protocol too); synapse_multiorgan writes
+                OUTPUT/<case>_prob.nii.gz, one map per class on the segmentation's grid (8 bits, scale 1/255).
             window: synapse_multiorgan trained with another --hu_window: that "[low,high]" in HU (default
                 [-125,275]).
             intensity: synapse_multiorgan trained on MRI: mri (--intensity mri: each volume's 0.5-99.5 percentiles)

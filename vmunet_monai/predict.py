@@ -240,6 +240,10 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             ``0,127,255`` for the grey levels of the dataset's own masks (``prepare`` records them as
             ``meta.mask_values`` in the datalist); default: the bundle's ``mask_values`` (0/255 for two classes,
             the class numbers for more).
+        probabilities: also write each prediction's probabilities: for the binary 2D bundles
+            ``OUTPUT/probabilities/**/<stem>_prob.png``, the foreground probability as grey levels 0-255; for
+            ``synapse_multiorgan`` ``OUTPUT/<case>_prob.nii.gz``, one map per class
+            (:class:`vmunet_monai.engine.SaveProbabilityVolumed`).
         split_touching: 2D binary bundles: also write ``OUTPUT/instances/**/<stem>_instances.png``, the mask's
             objects numbered 1, 2, ... with touching ones cut apart where they narrow by at least this many
             pixels (:func:`vmunet_monai.evaluation.objects.split_touching`; 2 to 5 for objects some tens of
@@ -259,8 +263,6 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         vmunet_monai.weights.CheckpointError: for a checkpoint that is unreadable or not of this bundle's network.
     """
     device = check_device(device)
-    if probabilities and Path(str(bundle)).name in VOLUME_BUNDLES:
-        raise InputError("--probabilities: only for the binary 2D bundles; synapse_multiorgan writes NIfTI label maps")
     if mask_values is not None and Path(str(bundle)).name in VOLUME_BUNDLES:
         raise InputError(f"--mask_values {mask_values!r}: only for the 2D bundles; synapse_multiorgan writes NIfTI "
                          f"label maps of class numbers")
@@ -287,7 +289,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
                 raise InputError(f"--intensity {intensity!r}: choose ct, mri or minmax (as the model was trained)")
             extra["intensity"] = intensity
         return predict_volumes(input, output, checkpoint=checkpoint, device=device, bundle_root=bundle_root,
-                               baseline=baseline, tta=tta, model=model, **extra)
+                               baseline=baseline, tta=tta, model=model, probabilities=probabilities, **extra)
     if window is not None or intensity is not None:
         option = f"--window {window}" if window is not None else f"--intensity {intensity}"
         raise InputError(f"{option}: only for synapse_multiorgan (volumes); the 2D bundles read photographs")
@@ -313,8 +315,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         except InputError as exc:
             raise InputError(f"--{exc}") from None  # named as the option it came from
     if probabilities and classes > 2:
-        raise InputError(f"--probabilities: {root} predicts {classes} classes; probability maps are written for "
-                         f"binary bundles (one foreground map per image)")
+        raise InputError(f"--probabilities: {root} predicts {classes} classes; 2D probability maps are written for "
+                         f"binary bundles (one foreground map per image; volumes get one map per class)")
     if split_touching is not None and classes > 2:
         raise InputError(f"--split_touching {split_touching!r}: {root} predicts {classes} classes; objects are split "
                          f"in binary masks only")

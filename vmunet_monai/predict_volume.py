@@ -120,6 +120,7 @@ def predict_volumes(
     tta: bool = False,
     model: str | None = None,
     montage: bool = True,
+    probabilities: bool = False,
     **overrides,
 ) -> list[str]:
     """Segment CT volumes with the Synapse bundle and write ``<name>_seg.nii.gz`` into ``output``.
@@ -146,6 +147,9 @@ def predict_volumes(
             weights (the bundle's ``configs/inference_exported.json``).
         montage: also draw ``output/montages/<name>.png`` per volume: axial slices through the segmented
             classes with the prediction filled in, to look at without a NIfTI viewer (:func:`write_montages`).
+        probabilities: also write ``output/<name>_prob.nii.gz`` per volume: the class probabilities, background
+            first, as a 4D NIfTI on the segmentation's grid, stored in 8 bits with the scale factor 1/255
+            (:class:`vmunet_monai.engine.SaveProbabilityVolumed`).
         overrides: further ``inference.json`` ids to override (e.g. ``num_classes=3`` for a bundle trained on your
             own classes, ``network_def={...}``, ``roi_size=[...]``).
 
@@ -201,10 +205,13 @@ def predict_volumes(
         first = f"; first: {skipped[0]['reason']}" if skipped else ""
         raise NothingToPredictError(f"{input}: no volume could be segmented ({len(skipped)} skipped{first})")
     written = [os.path.join(output, _output_name(v)) for v in good]
-    check_output_location(volumes, output, written)
+    maps = [w[: -len("_seg.nii.gz")] + "_prob.nii.gz" for w in written] if probabilities else []
+    check_output_location(volumes, output, written + maps)
     os.makedirs(output, exist_ok=True)
     config = dict(overrides)
     config.update(bundle_root=bundle_root, output_dir=output, datalist=good, tta=bool(tta))
+    if probabilities:
+        config["probabilities"] = True
     config["exported_model" if model else "checkpoint"] = source
     if len(weights) > 1:
         config["inferer"] = ensemble_inferer(config_files, weights[1:])
@@ -225,11 +232,14 @@ def predict_volumes(
             check_checkpoint_fits(workflow.parser.get_parsed_content("network"), path)
     workflow.run()
     workflow.finalize()
-    missing = [w for w in written if not os.path.isfile(w)]
+    missing = [w for w in written + maps if not os.path.isfile(w)]
     if missing:
         raise RuntimeError(f"inference finished but did not write {missing}")
+    if maps:
+        print(f"{len(maps)} probability volume(s) under {output}")
     report_skipped(skipped, "volume")
     settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "sw_batch_size": sw_batch_size,
+                "probabilities": bool(probabilities),
                 "overrides": {k: v for k, v in overrides.items() if isinstance(v, (str, int, float, list, bool))}}
     write_record(output, workflow.parser, bundle_root, weights, bool(model), paths, written, skipped, settings)
     classes = int(workflow.parser.get_parsed_content("num_classes"))

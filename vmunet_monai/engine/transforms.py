@@ -14,8 +14,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["BinarizeMaskd", "ClassValuesd", "FirstOutputd", "ScaleToUnitd", "Spacingd", "insert_before", "rgb_converter",
-           "gray_converter", "INTENSITY_MODES", "mask_levels"]
+__all__ = ["BinarizeMaskd", "ClassValuesd", "FirstOutputd", "SaveProbabilityVolumed", "ScaleToUnitd", "Spacingd",
+           "insert_before", "rgb_converter", "gray_converter", "INTENSITY_MODES", "mask_levels"]
 
 INTENSITY_MODES = ("ct", "mri", "minmax")
 # the modes that scale each volume by its own values, for MRI, which has no absolute unit
@@ -159,6 +159,57 @@ class FirstOutputd(MapTransform):
         for key in self.key_iterator(d):
             if isinstance(d[key], (list, tuple)):
                 d[key] = d[key][0]
+        return d
+
+
+class SaveProbabilityVolumed(MapTransform):
+    """Write each volume's class probabilities as ``<case>_prob.nii.gz`` beside its label map: a 4D NIfTI of
+    shape (X, Y, Z, classes), background first, on the grid and affine of the label map.
+
+    The probabilities are stored as 8-bit integers with the NIfTI scale factor 1/255 (``scl_slope``), so a
+    reader that applies it (nibabel's ``get_fdata``, ITK, 3D Slicer) gets them back as numbers from 0 to 1, to
+    within 1/255, at a quarter of the size of 32-bit floats. Place it after ``Invertd`` and before the argmax;
+    the data passes through unchanged.
+
+    Args:
+        keys: the key of the probabilities (``pred`` after the softmax and ``Invertd``).
+        output_dir: folder for the files.
+        enabled: False writes nothing (``predict --probabilities``, ``--probabilities true`` turn it on).
+        postfix: the file name's ending after the case name.
+    """
+
+    def __init__(self, keys: KeysCollection, output_dir: str, enabled: bool = False, postfix: str = "prob",
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir, self.enabled, self.postfix = str(output_dir), bool(enabled), str(postfix)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        if not self.enabled:
+            return d
+        import os
+
+        import nibabel as nib
+
+        from vmunet_monai.evaluation.ct import _case_name
+
+        for key in self.key_iterator(d):
+            prob = d[key]
+            meta = getattr(prob, "meta", {})
+            source = meta.get("filename_or_obj")
+            if not source:
+                raise ValueError(f"SaveProbabilityVolumed: {key!r} carries no source file name to name its output by")
+            if prob.ndim != 4:
+                raise ValueError(f"{source}: SaveProbabilityVolumed expects (classes, X, Y, Z) probabilities; "
+                                 f"{key!r} has shape {tuple(prob.shape)}")
+            levels = torch.round(torch.as_tensor(prob).float().clamp(0.0, 1.0) * 255).to(torch.uint8)
+            levels = np.moveaxis(levels.cpu().numpy(), 0, -1)  # classes last: (X, Y, Z, C)
+            affine = np.asarray(prob.affine if hasattr(prob, "affine") else np.eye(4), dtype=np.float64)
+            image = nib.Nifti1Image(levels, affine)
+            image.header.set_slope_inter(1.0 / 255.0, 0.0)
+            image.header.set_xyzt_units("mm")
+            os.makedirs(self.output_dir, exist_ok=True)
+            image.to_filename(os.path.join(self.output_dir, f"{_case_name(source)}_{self.postfix}.nii.gz"))
         return d
 
 
