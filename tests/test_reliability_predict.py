@@ -5,6 +5,7 @@ read, and each segmentation is NIfTI with its input's shape and affine."""
 from __future__ import annotations
 
 import json
+import os
 
 import subprocess
 import sys
@@ -295,3 +296,74 @@ def test_ct_predict_writes_class_probabilities_on_the_segmentation_grid(tmp_path
     assert clear.mean() > 0.5 and np.array_equal(prob.argmax(-1)[clear], labels[clear])
     record = json.loads((tmp_path / "segs" / "prediction.json").read_text())
     assert record["settings"]["probabilities"] is True
+
+
+def test_predict_resumes_a_run_that_stopped(lesion_bundle, tmp_path, monkeypatch, capsys):
+    """``--resume``: the outputs an earlier run left that read back whole are kept untouched, the missing and the
+    cut-short ones are segmented again; a run stopped before writing anything leaves the record it started with;
+    other weights or options are refused by name."""
+    import monai.bundle
+
+    from vmunet_monai.predict import predict
+
+    for i, name in enumerate(("a.png", "b.png", "c.png")):
+        write_rgb(tmp_path / "in" / name, 30 + i, 41, seed=i)
+    out = tmp_path / "out"
+    run = monai.bundle.ConfigWorkflow.run
+
+    def power_cut(self):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(monai.bundle.ConfigWorkflow, "run", power_cut)
+    with pytest.raises(RuntimeError, match="power cut"):
+        predict(str(lesion_bundle), str(tmp_path / "in"), str(out), device="cpu", probabilities=True)
+    started = json.loads((out / "prediction.json").read_text())
+    assert started["finished"] is False and started["written"] == 0
+    monkeypatch.setattr(monai.bundle.ConfigWorkflow, "run", run)
+    first = predict(str(lesion_bundle), str(tmp_path / "in"), str(out), device="cpu", probabilities=True, resume=True)
+    assert "3 to go" in capsys.readouterr().out
+    masks = {Path(m).name: Path(m) for m in first["masks"]}
+    kept = masks["c_mask.png"]
+    kept_bytes, kept_time = kept.read_bytes(), kept.stat().st_mtime_ns
+    masks["a_mask.png"].unlink()  # never written
+    overlay = out / "overlays" / "b_overlay.png"
+    overlay.write_bytes(overlay.read_bytes()[:60])  # cut short while it was written
+    again = predict(str(lesion_bundle), str(tmp_path / "in"), str(out), device="cpu", probabilities=True, resume=True)
+    assert "1 of 3 image(s) already segmented" in capsys.readouterr().out  # only c was finished whole
+    assert sorted(Path(m).name for m in again["masks"]) == ["a_mask.png", "b_mask.png", "c_mask.png"]
+    assert kept.read_bytes() == kept_bytes and kept.stat().st_mtime_ns == kept_time  # left as it was
+    for path in again["masks"] + again["overlays"] + again["probabilities"]:
+        Image.open(path).load()  # all whole again
+    record = json.loads((out / "prediction.json").read_text())
+    assert record["finished"] is True and record["written"] == 3 and record["kept_from_earlier_run"] == 1
+    with pytest.raises(InputError, match=r"was written with settings.tta False and this run has True"):
+        predict(str(lesion_bundle), str(tmp_path / "in"), str(out), device="cpu", tta=True, resume=True)
+    other = tmp_path / "other.pt"
+    state = torch.load(lesion_bundle / "models" / "model.pt", weights_only=True)
+    torch.save({k: v + 1 for k, v in state.items()}, other)
+    with pytest.raises(InputError, match=r"prediction.json was written with weights_sha256 '[0-9a-f]{64}'"):
+        predict(str(lesion_bundle), str(tmp_path / "in"), str(out), checkpoint=str(other), device="cpu", resume=True)
+    assert kept.read_bytes() == kept_bytes  # a refused resume writes nothing
+
+
+def test_ct_predict_resumes_and_keeps_the_finished_volumes(tmp_path, capsys):
+    from vmunet_monai.predict_volume import predict_volumes
+
+    bundle = tiny_bundle_with_weights("synapse_multiorgan", tmp_path / "bundle")
+    for i in range(3):
+        write_ct_volume(tmp_path / "scans" / f"case{i}.nii.gz", shape=(24, 20, 3), seed=i)
+    options = dict(device="cpu", bundle_root=str(bundle), montage=False)
+    written = predict_volumes(str(tmp_path / "scans"), str(tmp_path / "segs"), **options)
+    times = {w: os.stat(w).st_mtime_ns for w in written}
+    os.remove(written[1])
+    with open(written[2], "r+b") as f:  # cut short
+        f.truncate(200)
+    again = predict_volumes(str(tmp_path / "scans"), str(tmp_path / "segs"), resume=True, **options)
+    assert "1 of 3 volume(s) already segmented" in capsys.readouterr().out
+    assert again == written and os.stat(written[0]).st_mtime_ns == times[written[0]]
+    for w in written:
+        assert nib.load(w).get_fdata().shape == (24, 20, 3)
+    record = json.loads((tmp_path / "segs" / "prediction.json").read_text())
+    assert (record["finished"], record["written"], record["kept_from_earlier_run"]) == (True, 3, 1)
+    with pytest.raises(InputError, match=r"settings.overrides \{\} and this run has \{'sw_overlap': 0.5\}"):
+        predict_volumes(str(tmp_path / "scans"), str(tmp_path / "segs"), resume=True, sw_overlap=0.5, **options)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, che
                                      number_list, read_image_2d)
 
 __all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
-           "read_record", "weights_files", "ensemble_inferer"]
+           "read_record", "weights_files", "ensemble_inferer", "resume_check", "finished_output"]
 
 VOLUME_BUNDLES = ("synapse_multiorgan",)
 # MONAI's PNG writer squeezes trailing size-one axes, so a one-pixel-high mask cannot be written
@@ -93,7 +94,8 @@ def ensemble_inferer(config_files, members: list[Path]) -> dict:
 
 
 def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike, weights,
-                 exported: bool, inputs, written: list[str], skipped: list[dict], settings: dict) -> Path:
+                 exported: bool, inputs, written: list[str], skipped: list[dict], settings: dict,
+                 finished: bool = True, kept: int = 0) -> Path:
     """``OUT/prediction.json``: which bundle and weights (with their sha256) made the files in ``out``, the classes
     and the values the masks hold, the settings, the inputs, what was written and skipped, and the environment,
     so a folder of masks says where it came from (``objects`` reads the classes from it).
@@ -103,18 +105,19 @@ def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike,
             ``mask_values``).
         weights: the weight file, or the list of an ensemble's (recorded as a list, with a list of hashes).
         settings: the options given (``tta``, ``device``, ...), recorded as they are.
+        finished: False for the record a run writes as it starts (what ``--resume`` checks against).
+        kept: outputs of an earlier run that ``--resume`` kept (counted in ``written``).
     """
     import datetime
     import json
 
     from vmunet_monai.doctor import environment
     from vmunet_monai.engine.transforms import mask_levels
-    from vmunet_monai.package import sha256
 
     root = Path(bundle_root)
-    many = isinstance(weights, (list, tuple))
-    if many and len(weights) == 1:
-        (weights,), many = weights, False
+    many = isinstance(weights, (list, tuple)) and len(weights) > 1
+    if isinstance(weights, (list, tuple)) and not many:
+        weights = weights[0]
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     classes = int(parser.get_parsed_content("num_classes"))
     names = _channel_names(meta, classes)
@@ -123,13 +126,15 @@ def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike,
         "bundle": str(root),
         "bundle_version": meta.get("version"),
         "weights": [str(w) for w in weights] if many else str(weights),
-        "weights_sha256": [sha256(w) for w in weights] if many else sha256(weights),
+        "weights_sha256": _weights_hash(weights),
         "exported_model": bool(exported),
         "num_classes": classes,
         "class_names": [names.get(c, "background") for c in range(classes)] if names else None,
         "settings": settings,
         "inputs": [str(i) for i in inputs],
+        "finished": bool(finished),
         "written": len(written),
+        "kept_from_earlier_run": int(kept),
         "skipped": [s["reason"] for s in skipped],
         "environment": environment(),
     }
@@ -138,6 +143,72 @@ def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike,
     path = Path(out) / RECORD
     path.write_text(json.dumps(record, indent=4) + "\n")
     return path
+
+
+def _weights_hash(weights):
+    """What a record says of its weights: the sha256 of the file, or the list of an ensemble's."""
+    from vmunet_monai.package import sha256
+
+    many = isinstance(weights, (list, tuple)) and len(weights) > 1
+    if isinstance(weights, (list, tuple)) and not many:
+        weights = weights[0]
+    return [sha256(w) for w in weights] if many else sha256(weights)
+
+
+def resume_check(out: str | os.PathLike, bundle_root, weights, exported: bool, settings: dict,
+                 compared: Sequence[str]) -> bool:
+    """``--resume``: whether ``out`` holds an earlier run's outputs that this run may keep.
+
+    The earlier run's ``prediction.json`` (written when a run starts, and again when it ends) must name the same
+    bundle, the same weights (by sha256), the same kind of model and the same values of the ``compared``
+    settings (the options that change what is written): then the outputs it left that read back whole are kept
+    and only the rest is segmented. Without a record there is nothing to resume and every input is segmented.
+
+    Raises:
+        InputError: a record that cannot be read, or one written with other weights or options (naming the
+            first difference, both values and the file).
+    """
+    import json
+
+    path = Path(out) / RECORD
+    if not path.is_file():
+        print(f"--resume: no {RECORD} in {out}: nothing to resume, every input is segmented", flush=True)
+        return False
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--resume: {path} cannot be read ({exc}); remove it or choose another output folder") from None
+    plain = lambda v: json.loads(json.dumps(v))  # noqa: E731 - tuples and lists alike, as JSON holds them
+    now = {"bundle": str(Path(bundle_root)), "weights_sha256": _weights_hash(weights), "exported_model": bool(exported),
+           **{f"settings.{k}": plain(settings.get(k)) for k in compared}}
+    then = {"bundle": before.get("bundle"), "weights_sha256": before.get("weights_sha256"),
+            "exported_model": before.get("exported_model"),
+            **{f"settings.{k}": (before.get("settings") or {}).get(k) for k in compared}}
+    for key in now:
+        if now[key] != then[key]:
+            raise InputError(f"--resume: {path} was written with {key} {then[key]!r} and this run has {now[key]!r}; "
+                             f"resume with the options and weights of that run, or choose another output folder")
+    return True
+
+
+def finished_output(path: str | os.PathLike) -> bool:
+    """Whether an output file is there and reads back whole (a run stopped while writing leaves it cut short)."""
+    path = str(path)
+    try:
+        if path.lower().endswith(".png"):
+            from PIL import Image
+
+            with Image.open(path) as image:
+                image.load()
+            return True
+        if path.lower().endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            np.asarray(nib.load(path).dataobj)
+            return True
+        return os.path.isfile(path) and os.path.getsize(path) > 0
+    except Exception:  # unreadable or cut short: segment it again
+        return False
 
 
 def read_record(folder: str | os.PathLike) -> tuple[Path, dict] | None:
@@ -206,7 +277,7 @@ def _window(value) -> list[float]:
 def predict(bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
             baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
             window=None, intensity: str | None = None, mask_values=None, split_touching: float | None = None,
-            probabilities: bool = False):
+            probabilities: bool = False, resume: bool = False):
     """Write ``OUTPUT/masks/**/<stem>_mask.png`` (0/255, class numbers for several classes, or ``mask_values``) and
     ``OUTPUT/overlays/**/<stem>_overlay.png`` for every image in ``input`` (a file or a folder, searched
     recursively; mask folders and masks beside their images, as X_mask.png beside X.png, are skipped).
@@ -244,6 +315,9 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             ``OUTPUT/probabilities/**/<stem>_prob.png``, the foreground probability as grey levels 0-255; for
             ``synapse_multiorgan`` ``OUTPUT/<case>_prob.nii.gz``, one map per class
             (:class:`vmunet_monai.engine.SaveProbabilityVolumed`).
+        resume: go on with a run that stopped (a crash, a closed terminal): the outputs it wrote in ``output`` that
+            read back whole are kept and only the other inputs are segmented, provided its ``prediction.json``
+            names the same bundle, weights and options (:func:`resume_check`).
         split_touching: 2D binary bundles: also write ``OUTPUT/instances/**/<stem>_instances.png``, the mask's
             objects numbered 1, 2, ... with touching ones cut apart where they narrow by at least this many
             pixels (:func:`vmunet_monai.evaluation.objects.split_touching`; 2 to 5 for objects some tens of
@@ -289,7 +363,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
                 raise InputError(f"--intensity {intensity!r}: choose ct, mri or minmax (as the model was trained)")
             extra["intensity"] = intensity
         return predict_volumes(input, output, checkpoint=checkpoint, device=device, bundle_root=bundle_root,
-                               baseline=baseline, tta=tta, model=model, probabilities=probabilities, **extra)
+                               baseline=baseline, tta=tta, model=model, probabilities=probabilities, resume=resume,
+                               **extra)
     if window is not None or intensity is not None:
         option = f"--window {window}" if window is not None else f"--intensity {intensity}"
         raise InputError(f"{option}: only for synapse_multiorgan (volumes); the 2D bundles read photographs")
@@ -350,10 +425,20 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         raise NothingToPredictError(f"{input}: no image could be segmented ({len(skipped)} file(s) skipped{first})")
     planned = [_planned(item, out, data_root) for item in good]
     check_output_location([c["image"] for c in candidates], out, [p for pair in planned for p in pair])
+    settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "split_touching": split_touching,
+                "probabilities": bool(probabilities), "num_classes": num_classes, "mask_values": mask_values}
+    todo = good
+    if resume and resume_check(out, root, weights, bool(model), settings,
+                               ("baseline", "tta", "num_classes", "mask_values")):
+        todo = [item for item, (mask, overlay) in zip(good, planned)
+                if not all(finished_output(p) for p in (mask, overlay, *([_prob_path(out, mask)] if probabilities
+                                                                          else [])))]
+        print(f"--resume: {len(good) - len(todo)} of {len(good)} image(s) already segmented in {out}, "
+              f"{len(todo)} to go", flush=True)
     overrides = {
         "bundle_root": str(root),
         "input_dir": str(source),
-        "datalist": good,
+        "datalist": todo,
         "data_root_dir": data_root,
         "output_dir": str(out),
         "num_workers": 0,
@@ -384,7 +469,10 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     if not model:
         for path in weights:  # an ensemble's too, each named if it is not of this network
             check_checkpoint_fits(workflow.parser.get_parsed_content("network"), path)
-    workflow.run()
+    out.mkdir(parents=True, exist_ok=True)  # the record of a run under way: what --resume checks against
+    write_record(out, workflow.parser, root, weights, bool(model), [source], [], skipped, settings, finished=False)
+    if todo:
+        workflow.run()
     workflow.finalize()
     masks = [str(m) for m, _ in planned]
     overlays = [str(o) for _, o in planned]
@@ -395,19 +483,22 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     print(f"{len(masks)} masks under {out / 'masks'}, {len(overlays)} overlays under {out / 'overlays'}")
     result = {"masks": masks, "overlays": overlays, "skipped": skipped}
     if probabilities:
-        result["probabilities"] = [str(out / "probabilities" / Path(m).relative_to(out / "masks").parent
-                                       / (Path(m).name[: -len("_mask.png")] + "_prob.png")) for m in masks]
+        result["probabilities"] = [str(_prob_path(out, m)) for m in masks]
         missing = [p for p in result["probabilities"] if not os.path.isfile(p)]
         if missing:
             raise RuntimeError(f"inference finished but did not write {missing[:3]}")
         print(f"{len(masks)} probability maps under {out / 'probabilities'}")
     if split_touching is not None:
         result["instances"] = _write_instances(masks, out, float(split_touching))
-    settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "split_touching": split_touching,
-                "probabilities": bool(probabilities)}
     result["record"] = str(write_record(out, workflow.parser, root, weights, bool(model), [source], masks, skipped,
-                                        settings))
+                                        settings, kept=len(good) - len(todo)))
     return result
+
+
+def _prob_path(out: Path, mask) -> Path:
+    """Where the probability map of the mask ``OUTPUT/masks/**/<stem>_mask.png`` goes."""
+    return (Path(out) / "probabilities" / Path(mask).relative_to(Path(out) / "masks").parent
+            / (Path(mask).name[: -len("_mask.png")] + "_prob.png"))
 
 
 def _write_instances(masks: list[str], out: Path, depth: float) -> list[str]:

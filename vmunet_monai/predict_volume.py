@@ -121,6 +121,7 @@ def predict_volumes(
     model: str | None = None,
     montage: bool = True,
     probabilities: bool = False,
+    resume: bool = False,
     **overrides,
 ) -> list[str]:
     """Segment CT volumes with the Synapse bundle and write ``<name>_seg.nii.gz`` into ``output``.
@@ -150,6 +151,10 @@ def predict_volumes(
         probabilities: also write ``output/<name>_prob.nii.gz`` per volume: the class probabilities, background
             first, as a 4D NIfTI on the segmentation's grid, stored in 8 bits with the scale factor 1/255
             (:class:`vmunet_monai.engine.SaveProbabilityVolumed`).
+        resume: go on with a run that stopped: the segmentations (and probability volumes) it wrote in ``output``
+            that read back whole are kept and only the other volumes are segmented, provided its
+            ``prediction.json`` names the same bundle, weights and options
+            (:func:`vmunet_monai.predict.resume_check`).
         overrides: further ``inference.json`` ids to override (e.g. ``num_classes=3`` for a bundle trained on your
             own classes, ``network_def={...}``, ``roi_size=[...]``).
 
@@ -171,8 +176,8 @@ def predict_volumes(
     from vmunet_monai.data.common import report_skipped
     from vmunet_monai.engine.utils import inference_configs
     from vmunet_monai.evaluation.volumetry import write_volumes
-    from vmunet_monai.predict import (NothingToPredictError, bundle_class_names, ensemble_inferer, weights_files,
-                                      write_record)
+    from vmunet_monai.predict import (NothingToPredictError, bundle_class_names, ensemble_inferer, finished_output,
+                                      resume_check, weights_files, write_record)
     from vmunet_monai.validation import InputError, check_device, check_output_location, read_volume
     from vmunet_monai.weights import check_checkpoint_fits
 
@@ -208,8 +213,18 @@ def predict_volumes(
     maps = [w[: -len("_seg.nii.gz")] + "_prob.nii.gz" for w in written] if probabilities else []
     check_output_location(volumes, output, written + maps)
     os.makedirs(output, exist_ok=True)
+    settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "sw_batch_size": sw_batch_size,
+                "probabilities": bool(probabilities),
+                "overrides": {k: v for k, v in overrides.items() if isinstance(v, (str, int, float, list, bool))}}
+    todo = good
+    if resume and resume_check(output, bundle_root, weights, bool(model), settings, ("baseline", "tta", "overrides")):
+        todo = [v for v, w in zip(good, written)
+                if not all(finished_output(p) for p in (w, *([w[: -len("_seg.nii.gz")] + "_prob.nii.gz"]
+                                                             if probabilities else [])))]
+        print(f"--resume: {len(good) - len(todo)} of {len(good)} volume(s) already segmented in {output}, "
+              f"{len(todo)} to go", flush=True)
     config = dict(overrides)
-    config.update(bundle_root=bundle_root, output_dir=output, datalist=good, tta=bool(tta))
+    config.update(bundle_root=bundle_root, output_dir=output, datalist=todo, tta=bool(tta))
     if probabilities:
         config["probabilities"] = True
     config["exported_model" if model else "checkpoint"] = source
@@ -230,7 +245,11 @@ def predict_volumes(
     if not model:
         for path in weights:  # an ensemble's too, each named if it is not of this network
             check_checkpoint_fits(workflow.parser.get_parsed_content("network"), path)
-    workflow.run()
+    # the record of a run under way: what --resume checks against
+    write_record(output, workflow.parser, bundle_root, weights, bool(model), paths, [], skipped, settings,
+                 finished=False)
+    if todo:
+        workflow.run()
     workflow.finalize()
     missing = [w for w in written + maps if not os.path.isfile(w)]
     if missing:
@@ -238,10 +257,8 @@ def predict_volumes(
     if maps:
         print(f"{len(maps)} probability volume(s) under {output}")
     report_skipped(skipped, "volume")
-    settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "sw_batch_size": sw_batch_size,
-                "probabilities": bool(probabilities),
-                "overrides": {k: v for k, v in overrides.items() if isinstance(v, (str, int, float, list, bool))}}
-    write_record(output, workflow.parser, bundle_root, weights, bool(model), paths, written, skipped, settings)
+    write_record(output, workflow.parser, bundle_root, weights, bool(model), paths, written, skipped, settings,
+                 kept=len(good) - len(todo))
     classes = int(workflow.parser.get_parsed_content("num_classes"))
     names = bundle_class_names(bundle_root, classes) or {c: f"class_{c}" for c in range(1, classes)}
     write_volumes(good, written, names, output)  # volumes.csv; ACDC: clinical_indices.csv
