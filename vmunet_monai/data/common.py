@@ -20,6 +20,8 @@ from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError, check_image_pa
 
 __all__ = [
     "DATALIST_NAME",
+    "cross_validation_split",
+    "fold_folder",
     "IMAGE_EXTENSIONS",
     "DatasetLayoutError",
     "list_images",
@@ -242,7 +244,64 @@ def write_datalist(out: str | os.PathLike, splits: dict[str, list[dict]], meta: 
     return str(path)
 
 
-def load_datalist(dataset_dir: str | os.PathLike, key: str = "training", require: Sequence[str] = ()) -> list[dict]:
+def fold_folder(folds: int, fold: int) -> str:
+    """The sub-folder of one fold's checkpoints, reports and logs: ``/fold<k>`` in a cross-validation
+    (``folds`` of at least 2), ``""`` without one (``folds`` 0), so the bundles' ``ckpt_dir``, ``output_dir`` and
+    ``log_dir`` keep every fold's run apart.
+
+    Raises:
+        InputError: ``folds`` not 0 or a whole number of at least 2, or ``fold`` not one of 0 .. ``folds - 1``.
+    """
+    _check_folds(folds, fold)
+    return f"/fold{int(fold)}" if int(folds) else ""
+
+
+def _check_folds(folds, fold) -> None:
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    if not whole(folds) or folds == 1 or folds < 0:
+        raise InputError(f"--folds {folds!r}: give 0 (no cross-validation: the datalist's own validation split) or "
+                         f"a whole number of folds of at least 2, e.g. --folds 5")
+    if not whole(fold) or (folds and not 0 <= fold < folds) or (not folds and fold != 0):
+        rule = f"a fold from 0 to {folds - 1} (--folds {folds})" if folds else "--folds K first (fold 0 without it)"
+        raise InputError(f"--fold {fold!r}: give {rule}")
+
+
+def cross_validation_split(items: Sequence[dict], folds: int, fold: int, seed: int = 0,
+                           source: str = "the pool") -> tuple[list[dict], list[dict]]:
+    """``(training, validation)`` for fold ``fold`` of a ``folds``-fold cross-validation over ``items``.
+
+    Items are grouped so that no group is split between training and validation: by ``patient`` where the
+    datalist names one (ACDC's two frames of each patient), else by ``case``, else each image alone. The
+    groups, sorted by name, are shuffled with ``seed`` and dealt to the folds in turn, so the folds differ in
+    size by at most one group, every group is validated in exactly one fold, and the split depends only on the
+    items, ``folds`` and ``seed`` (not on the order of the datalist).
+
+    Raises:
+        InputError: bad ``folds``/``fold`` (see :func:`fold_folder`), or fewer groups than folds.
+    """
+    _check_folds(folds, fold)
+    if not folds:
+        raise InputError("cross_validation_split needs --folds of at least 2")
+
+    def group(item: dict) -> str:
+        for field in ("patient", "case"):
+            if item.get(field) not in (None, ""):
+                return f"{field}:{item[field]}"
+        return f"image:{item.get('image')}"
+
+    names = sorted({group(item) for item in items})
+    if len(names) < folds:
+        raise InputError(f"--folds {folds}: {source} holds {len(names)} patient(s), case(s) or image(s) to share "
+                         f"among the folds; give at most {len(names)} folds")
+    random.Random(seed).shuffle(names)
+    held_out = {name for i, name in enumerate(names) if i % folds == fold}
+    training = [item for item in items if group(item) not in held_out]
+    validation = [item for item in items if group(item) in held_out]
+    return training, validation
+
+
+def load_datalist(dataset_dir: str | os.PathLike, key: str = "training", require: Sequence[str] = (),
+                  folds: int = 0, fold: int = 0) -> list[dict]:
     """The ``key`` split of ``dataset_dir/datalist.json`` with paths made absolute.
 
     Args:
@@ -251,13 +310,24 @@ def load_datalist(dataset_dir: str | os.PathLike, key: str = "training", require
         require: entry fields (e.g. ``("image", "label")``) that every entry must have, naming an
             existing file. The bundles' configs require them, so a broken datalist fails before
             training starts, with the entry and the file named.
+        folds: with 2 or more, a cross-validation: ``training`` and ``validation`` are fold ``fold``'s parts
+            of the datalist's training and validation splits together (:func:`cross_validation_split`, seed 0);
+            ``test`` is never touched. 0 (the default): the splits as ``prepare`` wrote them.
+        fold: the fold, 0 to ``folds - 1``.
 
     Raises:
         FileNotFoundError: when there is no datalist (the message gives the command that writes one).
         KeyError: when the split is missing (the message lists the splits present).
         ValueError: when the split is empty.
-        vmunet_monai.validation.InputError: for an entry without a required field or with a missing file.
+        vmunet_monai.validation.InputError: for an entry without a required field or with a missing file, or
+            bad ``folds``/``fold``.
     """
+    _check_folds(folds, fold)
+    if folds and key in ("training", "validation"):
+        pool = load_datalist(dataset_dir, "training", require) + load_datalist(dataset_dir, "validation", require)
+        parts = cross_validation_split(pool, folds, fold, source=f"{Path(dataset_dir) / DATALIST_NAME} (training "
+                                       f"and validation together)")
+        return parts[0] if key == "training" else parts[1]
     path = Path(dataset_dir) / DATALIST_NAME
     if not Path(dataset_dir).is_dir():
         raise FileNotFoundError(

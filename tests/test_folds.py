@@ -1,0 +1,112 @@
+"""Cross-validation: ``--folds K --fold k`` on the bundles' train and evaluate configs deals the datalist's training
+and validation splits (together) into K folds by patient or case, never splitting one, and keeps each fold's
+checkpoints, reports and logs in their own folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+import pytest
+from bundle_helpers import config_path, copy_bundle, make_prepared, tiny_overrides, workflow
+
+from vmunet_monai.data.common import cross_validation_split, fold_folder, load_datalist
+from vmunet_monai.validation import InputError
+
+
+def _items():
+    """Four two-frame patients (ACDC-like), three cases and five lone images."""
+    items = [{"image": f"p{p}_{frame}.nii.gz", "patient": f"patient{p:03d}", "case": f"p{p}_{frame}"}
+             for p in range(4) for frame in ("ed", "es")]
+    items += [{"image": f"c{c}.nii.gz", "case": f"{c:04d}"} for c in range(3)]
+    items += [{"image": f"img{i}.png"} for i in range(5)]
+    return items
+
+
+@pytest.mark.parametrize("folds", [2, 3, 5])
+def test_the_folds_partition_the_pool_and_keep_patients_together(folds):
+    items = _items()
+    validated = []
+    for fold in range(folds):
+        training, validation = cross_validation_split(items, folds, fold)
+        assert sorted(map(json.dumps, training + validation)) == sorted(map(json.dumps, items))
+        assert not {i["image"] for i in training} & {i["image"] for i in validation}
+        for patient in {i["patient"] for i in items if "patient" in i}:  # both frames on one side
+            sides = {any(i.get("patient") == patient for i in part) for part in (training, validation)}
+            assert sides == {True, False}
+        validated += [i["image"] for i in validation]
+        shuffled = list(items)
+        random.Random(fold).shuffle(shuffled)  # the datalist's order does not matter
+        assert cross_validation_split(shuffled, folds, fold)[1] == [i for i in shuffled if i in validation]
+    assert sorted(validated) == sorted(i["image"] for i in items)  # every item validated exactly once
+    groups = [len({i.get("patient", i.get("case", i["image"])) for i in cross_validation_split(items, folds, f)[1]})
+              for f in range(folds)]
+    assert max(groups) - min(groups) <= 1  # 12 groups dealt in turn
+    assert cross_validation_split(items, folds, 0, seed=1) != cross_validation_split(items, folds, 0, seed=0)
+
+
+def test_bad_folds_are_refused_by_name():
+    for folds, fold, message in ((1, 0, "--folds 1: give 0"), (-2, 0, "--folds -2: give 0"),
+                                 (2.5, 0, "--folds 2.5"), (5, 5, "--fold 5: give a fold from 0 to 4 (--folds 5)"),
+                                 (3, -1, "--fold -1: give a fold from 0 to 2"),
+                                 (0, 1, "--fold 1: give --folds K first")):
+        with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            fold_folder(folds, fold)
+    assert (fold_folder(0, 0), fold_folder(5, 3)) == ("", "/fold3")
+    with pytest.raises(InputError, match="--folds 20: the pool holds 12 patient"):
+        cross_validation_split(_items(), 20, 0)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return make_prepared("isic_skin_lesion", tmp_path_factory.mktemp("isic_folds"), num=8)
+
+
+def test_load_datalist_deals_training_and_validation_and_leaves_test_alone(prepared):
+    pool = load_datalist(prepared, "training") + load_datalist(prepared, "validation")
+    parts = [(load_datalist(prepared, "training", folds=3, fold=k), load_datalist(prepared, "validation", folds=3,
+                                                                                    fold=k)) for k in range(3)]
+    for training, validation in parts:
+        assert sorted(i["image"] for i in training + validation) == sorted(i["image"] for i in pool)
+    assert sorted(i["image"] for _, v in parts for i in v) == sorted(i["image"] for i in pool)
+    assert load_datalist(prepared, "test", folds=3, fold=1) == load_datalist(prepared, "test")
+
+
+@pytest.mark.parametrize("bundle", ["isic_skin_lesion", "polyp_seg", "synapse_multiorgan"])
+def test_each_fold_has_its_own_folders(bundle):
+    from monai.bundle import ConfigParser
+
+    for overlay in ([], ["baseline_unet.json"]):
+        parser = ConfigParser()
+        parser.read_config([config_path(bundle, c) for c in ["train.json", "evaluate.json", *overlay]])
+        parser.update({"bundle_root": "/b", "folds": 5, "fold": 3})
+        sub = "/baseline_unet" if overlay else ""
+        assert [parser.get_parsed_content(k) for k in ("ckpt_dir", "output_dir", "log_dir")] == [
+            f"/b/{d}{sub}/fold3" for d in ("models", "eval", "runs")]
+        assert parser.get_parsed_content("validate#handlers#0#load_path") == f"/b/models{sub}/fold3/model.pt"
+        inference = ConfigParser()  # inference.json takes the same options: fold 3's weights, into its folder
+        inference.read_config([config_path(bundle, c) for c in ["inference.json", *overlay]])
+        inference.update({"bundle_root": "/b", "folds": 5, "fold": 3})
+        assert inference.get_parsed_content("checkpoint") == f"/b/models{sub}/fold3/model.pt"
+        assert inference.get_parsed_content("output_dir") == f"/b/eval{sub}/fold3"
+
+
+def test_a_fold_trains_on_its_part_into_its_folders(prepared, tmp_path):
+    root = copy_bundle("isic_skin_lesion", tmp_path)
+    wf = workflow("isic_skin_lesion", ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared),
+                  folds=2, fold=1, **tiny_overrides("isic_skin_lesion"))
+    wf.initialize()
+    names = {split: {item["name"] for item in wf.parser.get_parsed_content(f"{split}#dataset#data")}
+             for split in ("train", "validate")}
+    assert names["validate"] == {i["name"] for i in load_datalist(prepared, "validation", folds=2, fold=1)}
+    assert not names["train"] & names["validate"]
+    wf.run()
+    wf.finalize()
+    assert (root / "models" / "fold1" / "model.pt").is_file() and not (root / "models" / "model.pt").exists()
+    with open(root / "runs" / "fold1" / "training_log.csv") as f:
+        assert len(list(csv.DictReader(f))) == 1  # one epoch logged, in the fold's own folder
+    with pytest.raises(RuntimeError) as failure:  # the bundle parser wraps the cause
+        workflow("isic_skin_lesion", ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared),
+                 folds=2, fold=2).parser.get_parsed_content("ckpt_dir")
+    assert "--fold 2: give a fold from 0 to 1 (--folds 2)" in str(failure.value.__cause__)
