@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,6 +110,14 @@ def test_synapse_tables_hd95_lower_is_better_and_undefined_cases_are_left_out(tm
     assert (liver["against_first"][0]["better"], liver["against_first"][0]["worse"]) == (5, 1)
     assert mean["organs"]["aorta"]["against_first"][0]["n_paired"] == 5  # the missed aorta has no HD95
     assert "note: 1 case(s) left out of the pairing of b" in capsys.readouterr().out
+
+
+def test_runs_of_one_model_are_named_by_what_their_folders_share(tmp_path):
+    folds = [str(_binary_eval(tmp_path / f"fold{k}", 0.05 * (k + 1), k)) for k in range(3)]
+    other = [str(_binary_eval(tmp_path / name / "eval", 0.1, k)) for k, name in enumerate(("a", "b"))]
+    result = run_compare([",".join(folds), ",".join(other), folds[0]])
+    assert [m["label"] for m in result["overall"]["models"]] == ["fold*", "eval (2 runs)", "fold0"]
+    assert result["overall"]["models"][0]["runs"] == [str(Path(f) / "metrics_test_per_image.csv") for f in folds]
 
 
 def test_cases_missing_from_one_table_are_left_out_and_named(tmp_path, capsys):

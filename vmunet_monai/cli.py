@@ -144,7 +144,8 @@ class Commands:
 
         Args:
             runs: evaluation folders or per-case CSVs, one per model; commas join runs of one model.
-            labels: names of the models, comma-separated (default the folder names).
+            labels: names of the models, comma-separated (default the folder names; for runs joined by commas what
+                their names share, e.g. fold* for eval/fold0,eval/fold1).
             metric: dice or iou (2D bundles; with several classes the mean over classes, dice_present the mean
                 over the classes present in each image, and dice_<class> one class); dice, hd95 or transunet_dice
                 (Synapse, mean over organs); object_dice, f1 or object_hausdorff (tables of the objects command);

@@ -415,13 +415,28 @@ def _as_list(value) -> list[str]:
     return [str(i).strip() for i in items if str(i).strip()]
 
 
+def _group_label(spec: Sequence[str]) -> str:
+    """The default name of a model: its folder's (or table's) name; for several runs what their names share, as
+    ``fold*`` for ``eval/fold0,eval/fold1``, else the first name and how many runs more."""
+    import os
+
+    names = [Path(p).name or str(p) for p in spec]
+    if len(names) == 1:
+        return names[0]
+    if len(set(names)) == 1:
+        return f"{names[0]} ({len(names)} runs)"
+    shared = os.path.commonprefix(names).rstrip("_-. ")
+    return f"{shared}*" if shared else f"{names[0]}+{len(names) - 1}"
+
+
 def run_compare(runs: Sequence, labels="", metric: str = "dice", out: str | None = None, seed: int = 0) -> dict:
     """Read, compare, print; with ``out`` also write ``compare.json`` and ``compare.png`` there.
 
     Args:
         runs: one entry per model: an evaluation folder or per-case CSV, or several joined by commas (runs of
             the same model, e.g. seeds).
-        labels: the models' names, comma-separated (default: each first path's folder or file name).
+        labels: the models' names, comma-separated (default: each folder's or file's name; for several runs of a
+            model what their names share, e.g. ``fold*``).
         metric: a column of the tables: dice, iou (2D), dice, hd95, transunet_dice (Synapse, the mean over
             organs), or any other column such as dice_liver.
         out: folder for compare.json and compare.png.
@@ -438,7 +453,7 @@ def run_compare(runs: Sequence, labels="", metric: str = "dice", out: str | None
     if names and len(names) != len(specs):
         raise InputError(f"compare: {len(names)} label(s) ({', '.join(names)}) for {len(specs)} model(s)")
     if not names:
-        names = [Path(s[0]).name or s[0] for s in specs]
+        names = [_group_label(s) for s in specs]
         if len(set(names)) < len(names):
             names = [s[0] for s in specs]
     if len(set(names)) < len(names):
