@@ -367,3 +367,27 @@ def test_ct_predict_resumes_and_keeps_the_finished_volumes(tmp_path, capsys):
     assert (record["finished"], record["written"], record["kept_from_earlier_run"]) == (True, 3, 1)
     with pytest.raises(InputError, match=r"settings.overrides \{\} and this run has \{'sw_overlap': 0.5\}"):
         predict_volumes(str(tmp_path / "scans"), str(tmp_path / "segs"), resume=True, sw_overlap=0.5, **options)
+
+
+def test_predict_in_batches_writes_what_one_at_a_time_writes(lesion_bundle, tmp_path):
+    """``--batch_size``: images of different sizes share a batch (each resized to the network's input first) and
+    every mask, overlay and probability map comes out as it does one image at a time."""
+    from vmunet_monai.predict import predict
+
+    for i, (h, w) in enumerate(((30, 41), (52, 37), (40, 40), (33, 60), (45, 29))):
+        write_rgb(tmp_path / "in" / f"im{i}.png", h, w, seed=i)
+    single = predict(str(lesion_bundle), str(tmp_path / "in"), str(tmp_path / "one"), device="cpu", probabilities=True)
+    batched = predict(str(lesion_bundle), str(tmp_path / "in"), str(tmp_path / "three"), device="cpu",
+                      probabilities=True, batch_size=3)
+    for key in ("masks", "overlays", "probabilities"):
+        assert len(single[key]) == len(batched[key]) == 5
+        for a, b in zip(single[key], batched[key]):
+            x, y = np.asarray(Image.open(a), dtype=int), np.asarray(Image.open(b), dtype=int)
+            assert x.shape == y.shape and np.abs(x - y).max() <= 1, (a, b)
+    assert json.loads((tmp_path / "three" / "prediction.json").read_text())["settings"]["batch_size"] == 3
+    for value, problem in ((0, "predict --batch_size 0: must be an integer of at least 1"),
+                           (2.5, "predict --batch_size 2.5")):
+        with pytest.raises(InputError, match=problem):
+            predict(str(lesion_bundle), str(tmp_path / "in"), str(tmp_path / "x"), batch_size=value)
+    with pytest.raises(InputError, match="--batch_size 4: only for the 2D bundles"):
+        predict("synapse_multiorgan", str(tmp_path / "in"), str(tmp_path / "x"), batch_size=4)

@@ -325,7 +325,8 @@ class Commands:
     def predict(self, bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
                 baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
                 window: tuple | None = None, intensity: str | None = None, mask_values=None,
-                split_touching: float | None = None, probabilities: bool = False, resume: bool = False):
+                split_touching: float | None = None, probabilities: bool = False, resume: bool = False,
+                batch_size: int = 1):
         """Segment a file or a folder with BUNDLE's network and write masks (and overlays) to OUTPUT.
 
         Unusable files (empty, truncated, not an image, the wrong dimensionality, NaN values) are skipped and
@@ -361,6 +362,8 @@ class Commands:
                 the foreground probability at the image's size as grey levels 0-255 (as the PraNet lineage saves its
                 predictions; score reads them by that protocol too); synapse_multiorgan writes
                 OUTPUT/<case>_prob.nii.gz, one map per class on the segmentation's grid (8 bits, scale 1/255).
+            batch_size: 2D bundles: images per network call (each is resized to the network's input first); more
+                keeps a GPU busy and leaves the masks as they are (volumes go one at a time).
             resume: go on with a run into OUTPUT that stopped (a crash, a closed terminal); what it wrote and reads back
                 whole is kept and only the rest is segmented, if its prediction.json names the same weights and options.
             window: synapse_multiorgan trained with another --hu_window: that "[low,high]" in HU (default
@@ -372,7 +375,7 @@ class Commands:
 
         predict(bundle, input, output, checkpoint=checkpoint, device=device, baseline=baseline, tta=tta, model=model,
                 num_classes=num_classes, window=window, intensity=intensity, mask_values=mask_values,
-                split_touching=split_touching, probabilities=probabilities, resume=resume)
+                split_touching=split_touching, probabilities=probabilities, resume=resume, batch_size=batch_size)
 
     def export(self, bundle: str, format: str = "torchscript", checkpoint: str | None = None,
                output: str | None = None, tolerance: float = 1e-4):

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from vmunet_monai.engine.utils import find_bundle, inference_configs, network_file
-from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, check_device, check_output_location,
-                                     number_list, read_image_2d)
+from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, check_at_least, check_device,
+                                     check_output_location, number_list, read_image_2d)
 
 __all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
            "read_record", "weights_files", "ensemble_inferer", "resume_check", "finished_output"]
@@ -277,7 +277,7 @@ def _window(value) -> list[float]:
 def predict(bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
             baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
             window=None, intensity: str | None = None, mask_values=None, split_touching: float | None = None,
-            probabilities: bool = False, resume: bool = False):
+            probabilities: bool = False, resume: bool = False, batch_size: int = 1):
     """Write ``OUTPUT/masks/**/<stem>_mask.png`` (0/255, class numbers for several classes, or ``mask_values``) and
     ``OUTPUT/overlays/**/<stem>_overlay.png`` for every image in ``input`` (a file or a folder, searched
     recursively; mask folders and masks beside their images, as X_mask.png beside X.png, are skipped).
@@ -315,6 +315,9 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             ``OUTPUT/probabilities/**/<stem>_prob.png``, the foreground probability as grey levels 0-255; for
             ``synapse_multiorgan`` ``OUTPUT/<case>_prob.nii.gz``, one map per class
             (:class:`vmunet_monai.engine.SaveProbabilityVolumed`).
+        batch_size: 2D bundles: images per network call (each is resized to the network's input first, so images of
+            any sizes share a batch); more keeps a GPU busy, the masks stay the same. Volumes go one at a time,
+            their slices batched by the bundle's ``sw_batch_size``.
         resume: go on with a run that stopped (a crash, a closed terminal): the outputs it wrote in ``output`` that
             read back whole are kept and only the other inputs are segmented, provided its ``prediction.json``
             names the same bundle, weights and options (:func:`resume_check`).
@@ -337,6 +340,10 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         vmunet_monai.weights.CheckpointError: for a checkpoint that is unreadable or not of this bundle's network.
     """
     device = check_device(device)
+    check_at_least("predict --batch_size", batch_size, 1)
+    if batch_size != 1 and Path(str(bundle)).name in VOLUME_BUNDLES:
+        raise InputError(f"--batch_size {batch_size}: only for the 2D bundles; volumes go one at a time (their slices "
+                         f"are batched by the bundle's sw_batch_size)")
     if mask_values is not None and Path(str(bundle)).name in VOLUME_BUNDLES:
         raise InputError(f"--mask_values {mask_values!r}: only for the 2D bundles; synapse_multiorgan writes NIfTI "
                          f"label maps of class numbers")
@@ -426,7 +433,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     planned = [_planned(item, out, data_root) for item in good]
     check_output_location([c["image"] for c in candidates], out, [p for pair in planned for p in pair])
     settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "split_touching": split_touching,
-                "probabilities": bool(probabilities), "num_classes": num_classes, "mask_values": mask_values}
+                "probabilities": bool(probabilities), "num_classes": num_classes, "mask_values": mask_values,
+                "batch_size": int(batch_size)}
     todo = good
     if resume and resume_check(out, root, weights, bool(model), settings,
                                ("baseline", "tta", "num_classes", "mask_values")):
@@ -443,6 +451,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         "output_dir": str(out),
         "num_workers": 0,
         "tta": bool(tta),
+        "dataloader#batch_size": int(batch_size),
     }
     if num_classes is not None:
         overrides["num_classes"] = int(num_classes)
