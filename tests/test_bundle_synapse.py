@@ -346,3 +346,25 @@ def test_multi_gpu_config_with_two_gloo_processes(data, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2"]
     result = _run(torchrun + ["-m", "monai.bundle", "run", "training", "--config_file", configs] + args, tmp_path)
     assert os.path.isfile(os.path.join(root, "models", "model.pt")), result.stdout[-2000:]
+
+
+def test_channel_argmax_is_asdiscrete_argmax():
+    """The bundle's label maps come from ChannelArgmaxd: AsDiscreted(argmax=True)'s result (first of equal maxima,
+    dtype and meta kept) on MetaTensors, tensors and arrays."""
+    import numpy as np
+    from monai.data import MetaTensor
+    from monai.transforms import AsDiscreted
+
+    from vmunet_monai.engine import ChannelArgmaxd
+
+    torch.manual_seed(0)
+    scores = torch.rand(9, 24, 20, 6)
+    scores[:, :4] = scores[:, :4].round(decimals=1)  # many exact ties
+    for value in (MetaTensor(scores, affine=torch.diag(torch.tensor([0.7, 0.7, 2.5, 1.0])),
+                             meta={"filename_or_obj": "case.nii.gz"}), scores.clone(), scores.numpy()):
+        ours = ChannelArgmaxd("pred")({"pred": value})["pred"]
+        theirs = AsDiscreted("pred", argmax=True)({"pred": value})["pred"]
+        assert type(ours) is type(theirs) and ours.dtype == theirs.dtype and ours.shape == (1, 24, 20, 6)
+        assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+        if isinstance(value, MetaTensor):
+            assert torch.equal(ours.affine, theirs.affine) and ours.meta["filename_or_obj"] == "case.nii.gz"

@@ -86,3 +86,15 @@ def test_bench_ss2d_gpu_goes_on_past_a_part_that_fails(capsys):
     script.section("composed", res, lambda: ran.append("composed"))
     assert res == {"errors": {"options": "RuntimeError: PassManager::run failed"}} and ran == ["composed"]
     assert "options: failed, RuntimeError: PassManager::run failed; going on" in capsys.readouterr().out
+
+
+def test_bench_synapse_inference_times_the_label_map_both_ways():
+    """``scripts/bench_synapse_inference.py --label_map_only``: MONAI's argmax and ChannelArgmaxd on the same
+    scores, both timed in one run, with their agreement."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_synapse_inference.py"), "--label_map_only",
+                           "--device", "cpu", "--shape", "40,36,6"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["volume"] == [40, 36, 6] and result["label_map"]["identical"] is True
+    assert result["label_map"]["AsDiscreted_s"] > 0 and result["label_map"]["ChannelArgmaxd_s"] > 0

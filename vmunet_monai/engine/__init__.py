@@ -19,6 +19,7 @@ from vmunet_monai.engine.handlers import (
 from vmunet_monai.engine.inferers import EnsembleInferer, FlipTTAInferer, PlainTensorInferer, ensemble_members
 from vmunet_monai.engine.transforms import (
     BinarizeMaskd,
+    ChannelArgmaxd,
     ClassValuesd,
     FirstOutputd,
     SaveProbabilityVolumed,
@@ -41,6 +42,7 @@ from vmunet_monai.engine.utils import (
 __all__ = [
     "BinarizeMaskd",
     "BinarySegmentationReport",
+    "ChannelArgmaxd",
     "ClassValuesd",
     "EnsembleInferer",
     "FirstOutputd",
