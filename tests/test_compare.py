@@ -115,9 +115,38 @@ def test_synapse_tables_hd95_lower_is_better_and_undefined_cases_are_left_out(tm
 def test_runs_of_one_model_are_named_by_what_their_folders_share(tmp_path):
     folds = [str(_binary_eval(tmp_path / f"fold{k}", 0.05 * (k + 1), k)) for k in range(3)]
     other = [str(_binary_eval(tmp_path / name / "eval", 0.1, k)) for k, name in enumerate(("a", "b"))]
+    oof = [str(_binary_eval(tmp_path / f"fold{k}" / "oof", 0.1, k)) for k in range(2)]
+    assert run_compare([",".join(oof)])["overall"]["models"][0]["label"] == "fold*/oof"
     result = run_compare([",".join(folds), ",".join(other), folds[0]])
     assert [m["label"] for m in result["overall"]["models"]] == ["fold*", "eval (2 runs)", "fold0"]
     assert result["overall"]["models"][0]["runs"] == [str(Path(f) / "metrics_test_per_image.csv") for f in folds]
+
+
+def test_out_of_fold_evaluations_join_as_one_model(tmp_path, capsys):
+    """Runs with no case in common (each fold's evaluation on the cases it held out) are read as one evaluation:
+    every case once, from its fold, the spread over folds from each fold's mean, paired with a full evaluation."""
+    full = _binary_eval(tmp_path / "full", 0.1, 1)
+    rng, truth = np.random.default_rng(5), np.random.default_rng(99)
+    records = []
+    for i in range(12):
+        gt = (truth.random((16, 16)) > 0.5).astype(np.float32)
+        pred = np.where(rng.random(gt.shape) < 0.02 * (1 + i // 6), 1 - gt, gt)
+        records.append(make_record(f"img{i:02d}", pred, gt, group=("CVC-300", "Kvasir")[i // 6]))
+    for k in range(2):  # fold k held out img00-05 or img06-11
+        write_report(records[6 * k: 6 * k + 6], tmp_path / f"fold{k}", prefix="metrics_validation", plot=False)
+    folds = ",".join(str(tmp_path / f"fold{k}") for k in range(2))
+    result = run_compare([str(full), folds])
+    model = result["overall"]["models"][1]
+    assert model["label"] == "fold*" and model["folds"] is True and model["n_cases"] == 12
+    dice = [r["dice"] for r in records]
+    assert model["run_means"] == pytest.approx([np.mean(dice[:6]), np.mean(dice[6:])])
+    assert model["mean"] == pytest.approx(np.mean(dice))
+    assert result["overall"]["against_first"][0]["n_paired"] == 12
+    out = capsys.readouterr().out
+    assert "fold*: 2 runs with no case in common, read as the folds of one cross-validation" in out
+    assert "(folds)" in out
+    # runs that share cases stay runs of one model, paired through the cases they share
+    assert run_compare([str(full), f"{full},{tmp_path / 'fold0'}"])["overall"]["n_cases"] == 6
 
 
 def test_cases_missing_from_one_table_are_left_out_and_named(tmp_path, capsys):

@@ -9,7 +9,9 @@ against the first one:
 - the mean paired difference with a bootstrap 95% interval, the two-sided Wilcoxon signed-rank p-value, and
   on how many cases the model is better, the same or worse.
 
-A model with several runs is compared through each case's mean over its runs. Test sets (the polyp bundle's
+A model with several runs is compared through each case's mean over its runs; runs with no case in common are
+read as the folds of one cross-validation (out-of-fold evaluations), each case taken from the fold that held it
+out. Test sets (the polyp bundle's
 five) are reported together and one by one. Cases are matched by name: a case missing from a table is left out
 of the pairing and counted; a case whose value is undefined (an HD95 of a missed organ) is left out of that
 metric's pairing. A 2D table of several classes (one row per image and class) is read as one row per image:
@@ -32,7 +34,7 @@ import numpy as np
 from vmunet_monai.evaluation.binary import mean_over_classes, mean_sd
 from vmunet_monai.validation import InputError
 
-__all__ = ["CaseTable", "Model", "locate_table", "read_table", "compare_models", "format_comparison",
+__all__ = ["CaseTable", "Model", "join_folds", "locate_table", "read_table", "compare_models", "format_comparison",
            "plot_comparison", "run_compare"]
 
 # what the evaluations write: the 2D bundles' BinarySegmentationReport and the Synapse OrganMetricsHandler
@@ -56,10 +58,39 @@ class CaseTable:
 
 @dataclass
 class Model:
-    """A label and one or more runs (tables) of that model."""
+    """A label and one or more runs (tables) of that model.
+
+    ``parts``: the tables of a cross-validation's folds, each on the cases its fold held out, when ``runs`` is the
+    one table they make together (:func:`join_folds`); their means are the folds' means.
+    """
 
     label: str
     runs: list[CaseTable] = field(default_factory=list)
+    parts: list[CaseTable] = field(default_factory=list)
+
+
+def join_folds(model: Model) -> Model:
+    """``model`` itself, or, when it has several runs and no case is in two of them (the out-of-fold evaluations of
+    a cross-validation, ``eval/fold0/oof,eval/fold1/oof,...``), one table of all their cases with the runs kept as
+    its ``parts``, so each case counts once, from the fold that held it out, and the folds' means give the spread
+    over folds.
+
+    Raises:
+        InputError: runs that share no case but are tables of different kinds or columns.
+    """
+    runs = model.runs
+    if len(runs) < 2 or sum(len(r.values) for r in runs) != len(set().union(*(r.values for r in runs))):
+        return model
+    if len({r.kind for r in runs}) > 1 or any(r.columns != runs[0].columns for r in runs[1:]):
+        raise InputError(f"{model.label}: the runs share no case (folds of a cross-validation?) but their tables "
+                         f"differ in kind or columns: " + ", ".join(str(r.path) for r in runs))
+    values, groups = {}, {}
+    for r in runs:
+        values.update(r.values)
+        groups.update(r.groups)
+    joined = CaseTable(path=runs[0].path, kind=runs[0].kind, columns=list(runs[0].columns), values=values,
+                       groups=groups)
+    return Model(model.label, [joined], list(runs))
 
 
 def locate_table(path: str | os.PathLike) -> Path:
@@ -211,11 +242,12 @@ def _paired(ref: dict[str, float], other: dict[str, float], lower: bool, seed: i
 def _summary(model: Model, column: str, cases: Sequence[str]) -> dict:
     per_case = _case_means(model, column, cases)
     mean, sd = mean_sd(per_case.values())
-    run_means = [mean_sd(run.values[c][column] for c in cases)[0] for run in model.runs]
+    runs = model.parts or model.runs
+    run_means = [mean_sd(run.values[c][column] for c in cases if c in run.values)[0] for run in runs]
     runs_mean, runs_sd = mean_sd(run_means) if len(run_means) > 1 else (math.nan, math.nan)
-    return {"label": model.label, "runs": [str(r.path) for r in model.runs], "n_cases": len(cases),
-            "mean": mean, "sd": sd, "run_means": run_means, "runs_mean": runs_mean, "runs_sd": runs_sd,
-            "per_case": per_case}
+    return {"label": model.label, "runs": [str(r.path) for r in runs], "folds": bool(model.parts),
+            "n_cases": len(cases), "mean": mean, "sd": sd, "run_means": run_means, "runs_mean": runs_mean,
+            "runs_sd": runs_sd, "per_case": per_case}
 
 
 def compare_models(models: Sequence[Model], metric: str = "dice", seed: int = 0) -> dict:
@@ -226,6 +258,7 @@ def compare_models(models: Sequence[Model], metric: str = "dice", seed: int = 0)
     """
     if not models or any(not m.runs for m in models):
         raise InputError("compare needs at least one evaluation table per model")
+    models = [join_folds(m) for m in models]
     tables = [run for m in models for run in m.runs]
     kinds = {t.kind for t in tables}
     if len(kinds) > 1:
@@ -287,6 +320,7 @@ def _format_section(section: dict, reference: str, lower: bool) -> list[str]:
     lines = [f"{'model':<{width}}{'runs':>5}{'cases':>7}   {'mean ± sd over cases':<22}{'mean ± sd of run means':<24}"]
     for s in section["models"]:
         runs = f"{_fmt(s['runs_mean'])} ± {_fmt(s['runs_sd'])}" if len(s["runs"]) > 1 else "-"
+        runs += " (folds)" if s.get("folds") else ""
         lines.append(f"{s['label']:<{width}}{len(s['runs']):>5}{s['n_cases']:>7}   "
                      f"{_fmt(s['mean']) + ' ± ' + _fmt(s['sd']):<22}{runs:<24}")
     if section["against_first"]:
@@ -306,6 +340,10 @@ def format_comparison(result: dict) -> str:
     lower = result["lower_is_better"]
     lines = [f"metric {result['metric']} (column {result['column']}), {result['overall']['n_cases']} cases "
              f"paired by name; {'lower' if lower else 'higher'} is better"]
+    for s in result["overall"]["models"]:
+        if s.get("folds"):
+            lines.append(f"{s['label']}: {len(s['runs'])} runs with no case in common, read as the folds of one "
+                         f"cross-validation: each case from the fold that held it out; the spread is over folds")
     for path, cases in result["cases_left_out"].items():
         shown = ", ".join(cases[:5]) + (", ..." if len(cases) > 5 else "")
         lines.append(f"left out: {len(cases)} case(s) of {path} that another table lacks ({shown})")
@@ -417,14 +455,17 @@ def _as_list(value) -> list[str]:
 
 def _group_label(spec: Sequence[str]) -> str:
     """The default name of a model: its folder's (or table's) name; for several runs what their names share, as
-    ``fold*`` for ``eval/fold0,eval/fold1``, else the first name and how many runs more."""
+    ``fold*`` for ``eval/fold0,eval/fold1`` (``fold*/oof`` for ``eval/fold0/oof,eval/fold1/oof``), else the first
+    name and how many runs more."""
     import os
 
     names = [Path(p).name or str(p) for p in spec]
     if len(names) == 1:
         return names[0]
-    if len(set(names)) == 1:
-        return f"{names[0]} ({len(names)} runs)"
+    if len(set(names)) == 1:  # eval/fold0/oof,eval/fold1/oof: what the folders above share
+        parents = [Path(p).resolve().parent.name for p in spec]
+        shared = os.path.commonprefix(parents).rstrip("_-. ")
+        return f"{shared}*/{names[0]}" if shared and len(set(parents)) > 1 else f"{names[0]} ({len(names)} runs)"
     shared = os.path.commonprefix(names).rstrip("_-. ")
     return f"{shared}*" if shared else f"{names[0]}+{len(names) - 1}"
 
