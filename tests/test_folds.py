@@ -110,3 +110,36 @@ def test_a_fold_trains_on_its_part_into_its_folders(prepared, tmp_path):
         workflow("isic_skin_lesion", ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared),
                  folds=2, fold=2).parser.get_parsed_content("ckpt_dir")
     assert "--fold 2: give a fold from 0 to 1 (--folds 2)" in str(failure.value.__cause__)
+
+
+def test_demo_with_folds_runs_the_cross_validation_route(tmp_path, capsys, monkeypatch):
+    """``demo --folds 2``: each fold's weights, out-of-fold and test evaluations in its own folders; the
+    cross-validated estimate is every pooled image once; the folds' models and their ensemble predicted the test
+    images, were scored and compared."""
+    import vmunet_monai.demo as demo
+
+    monkeypatch.setattr(demo, "DEMO_NETWORK", {k.split("#")[1]: v for k, v in tiny_overrides("isic_skin_lesion").items()
+                                               if k.startswith("network_def")})
+    result = demo.run_demo(out=str(tmp_path / "demo"), epochs=1, num=8, size=32, folds=2)
+    root = tmp_path / "demo" / "isic_skin_lesion"
+    for k in range(2):
+        assert (root / "models" / f"fold{k}" / "model.pt").is_file()
+        assert (root / "eval" / f"fold{k}" / "oof" / "metrics_validation_per_image.csv").is_file()
+        assert (root / "eval" / f"fold{k}" / "metrics_test_per_image.csv").is_file()
+    assert not (root / "models" / "model.pt").exists()
+    pooled = len(load_datalist(tmp_path / "demo" / "prepared", "training")) + len(
+        load_datalist(tmp_path / "demo" / "prepared", "validation"))
+    cv = result["cross_validation"]["overall"]["models"][0]
+    assert cv["folds"] is True and cv["n_cases"] == pooled and len(cv["run_means"]) == 2
+    pair = result["ensemble_comparison"]["overall"]["against_first"][0]
+    assert pair["label"] == "ensemble" and pair["n_paired"] == 2  # num 8: 2 test images
+    record = json.loads((tmp_path / "demo" / "predictions" / "ensemble" / "prediction.json").read_text())
+    assert record["weights"] == [str(root / "models" / f"fold{k}" / "model.pt") for k in range(2)]
+    printed = capsys.readouterr().out
+    assert "fold*/oof: 2 runs with no case in common" in printed and "ensemble" in printed
+    from vmunet_monai.demo import run_demo
+
+    with pytest.raises(InputError, match="demo --folds 1: must be an integer of at least 2"):
+        run_demo(out=str(tmp_path / "x"), folds=1)
+    with pytest.raises(InputError, match="demo --folds 2: on its own"):
+        run_demo(out=str(tmp_path / "x"), folds=2, baseline="unet")

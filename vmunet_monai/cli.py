@@ -105,7 +105,7 @@ class Commands:
             raise SystemExit(f"error: {exc}") from exc
 
     def demo(self, out: str = "demo_run", epochs: int | None = None, num: int | None = None, size: int | None = None,
-             baseline: str = "", classes: int = 1, glands: bool = False, acdc: bool = False):
+             baseline: str = "", classes: int = 1, glands: bool = False, acdc: bool = False, folds: int = 0):
         """The main job on embedded defaults: synthetic ISIC-layout data -> prepare -> train -> validation Dice.
 
         Args:
@@ -126,11 +126,14 @@ class Commands:
             acdc: synthetic cine MRI in ACDC's patient folders instead: synapse_multiorgan trained on RV, MYO and
                 LV, the test frames evaluated with ED and ES apart and each patient's clinical indices (ejection
                 fractions, volumes, myocardial mass) against the ground truth, and the testing folder predicted.
+            folds: a K-fold cross-validation (K at least 2) instead of one run: each fold trained, evaluated on the
+                images it held out and on the test split; the out-of-fold evaluations compared as one; the test
+                images predicted by each fold's model and by the folds as one ensemble, scored and compared.
         """
         from vmunet_monai.demo import run_demo
 
         run_demo(out=out, epochs=epochs, num=num, size=size, baseline=baseline, classes=classes, glands=glands,
-                 acdc=acdc)
+                 acdc=acdc, folds=folds)
 
     def compare(self, *runs, labels: str = "", metric: str = "dice", out: str | None = None, seed: int = 0):
         """Compare models evaluated on the same test cases, each against the first, case by case.

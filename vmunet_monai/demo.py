@@ -153,6 +153,46 @@ def _print_result(what: str, best_dice: float, best_epoch: int, epochs: int, sum
               f"{entry['per_image']['dice_sd']:.4f}, pooled DSC {entry['pooled']['dsc']:.4f}")
 
 
+def _run_folds(bundle_root: Path, prepared: Path, raw_test: Path, folds: int, epochs: int) -> dict:
+    """The cross-validation route: each fold trained on its part of the training and validation images and
+    evaluated on the ones it held out (``eval/fold<k>/oof``) and on the test split (``eval/fold<k>``); the
+    out-of-fold evaluations compared as one cross-validated evaluation; then the test images predicted by each
+    fold's model and by the folds as one ensemble, scored and compared."""
+    from vmunet_monai.evaluation.compare import run_compare
+    from vmunet_monai.evaluation.score import score
+    from vmunet_monai.predict import predict
+
+    eval_dir, models = bundle_root / "eval", bundle_root / "models"
+    result: dict = {"folds": []}
+    for k in range(folds):
+        print(f"fold {k} of {folds}: training ({epochs} epochs) on the other folds' images, validating on its own",
+              flush=True)
+        trained = _run_workflow(bundle_root, ["train.json"], "train", dataset_dir=str(prepared.resolve()),
+                                folds=folds, fold=k)
+        evaluator = trained.parser.get_parsed_content("validate#evaluator")
+        entry = {"fold": k, "best_val_dice": float(evaluator.state.best_metric),
+                 "best_epoch": int(evaluator.state.best_metric_epoch)}
+        trained.finalize()
+        for split, where in (("validation", eval_dir / f"fold{k}" / "oof"), ("test", eval_dir / f"fold{k}")):
+            _run_workflow(bundle_root, ["train.json", "evaluate.json"], "eval", dataset_dir=str(prepared.resolve()),
+                          folds=folds, fold=k, eval_split=split, eval_dir=str(where)).finalize()
+        result["folds"].append(entry)
+    print("\ncross-validation (each fold's model on the images it held out):")
+    result["cross_validation"] = run_compare([",".join(str(eval_dir / f"fold{k}" / "oof") for k in range(folds))])
+    predictions = bundle_root.parent / "predictions"
+    weights = [str(models / f"fold{k}" / "model.pt") for k in range(folds)]
+    scored = []
+    for name, checkpoint in [*((f"fold{k}", w) for k, w in enumerate(weights)), ("ensemble", ",".join(weights))]:
+        print(f"predicting the test images with {name}", flush=True)
+        predict(str(bundle_root), str(raw_test), str(predictions / name), checkpoint=checkpoint, device="cpu")
+        score(predictions / name / "masks", prepared, out=predictions / name / "score", worst=0)
+        scored.append(str(predictions / name / "score"))
+    print("\ntest images at their own size: the folds' models (runs of one model) and the folds as one ensemble:")
+    result["ensemble_comparison"] = run_compare([",".join(scored[:-1]), scored[-1]], labels="folds,ensemble",
+                                                out=str(predictions / "compare"))
+    return result
+
+
 DEMO_EPOCHS = {1: 30, 2: 60}  # two classes learn the lesion's ring around its core more slowly
 # tiles of about 170x130 with glands of 20-40 pixels: trained near full size
 GLANDS = {"epochs": 80, "size": 128}
@@ -267,7 +307,7 @@ def _run_acdc(out: Path, epochs: int, num: int, size: int) -> dict:
 
 
 def run_demo(out: str = "demo_run", epochs: int | None = None, num: int | None = None, size: int | None = None,
-             baseline: str = "", classes: int = 1, glands: bool = False, acdc: bool = False) -> dict:
+             baseline: str = "", classes: int = 1, glands: bool = False, acdc: bool = False, folds: int = 0) -> dict:
     """Synthetic ISIC 2017-layout data -> ``prepare`` -> train -> evaluate on the test split; prints the Dice.
 
     Args:
@@ -292,6 +332,11 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int | None =
             mri``, evaluated with ED and ES apart and each test patient's clinical indices, and the testing
             folder predicted (``volumes.csv``, ``clinical_indices.csv``); the result then has ``predicted``.
 
+        folds: a K-fold cross-validation instead of one training run (K at least 2): each fold trained and evaluated
+            on the images it held out and on the test split, the out-of-fold evaluations compared as one, and
+            the test images predicted by every fold's model and by the folds as one ensemble, scored and
+            compared; the result then has ``folds``, ``cross_validation`` and ``ensemble_comparison``.
+
     Returns:
         ``{"best_val_dice", "best_epoch", "test_summary", "seconds", "bundle_root"}`` (``test_summary`` with
         ``classes``, each class's summary, for two classes), and with a baseline
@@ -306,6 +351,10 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int | None =
     for flag, on in (("glands", glands), ("acdc", acdc)):
         if on and (classes != 1 or baseline or (glands and acdc)):
             raise InputError(f"demo --{flag}: on its own (not with --classes, --baseline or another data set)")
+    if folds:
+        check_at_least("demo --folds", folds, 2)
+        if classes != 1 or baseline or glands or acdc:
+            raise InputError(f"demo --folds {folds}: on its own (not with --classes, --baseline, --glands or --acdc)")
     mode = GLANDS if glands else ACDC if acdc else {"epochs": DEMO_EPOCHS[classes], "size": 64}
     epochs = mode["epochs"] if epochs is None else epochs
     size = mode["size"] if size is None else size
@@ -341,6 +390,15 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int | None =
     bundle_root = make_demo_bundle(out / BUNDLE, size=size, epochs=epochs, batch_size=DEMO_BATCH_SIZE,
                                    classes=names, mask_values=levels)
     shutil.rmtree(bundle_root / "models", ignore_errors=True)
+    if folds:
+        shutil.rmtree(out / "predictions", ignore_errors=True)
+        print(f"{folds}-fold cross-validation of {BUNDLE} ({epochs} epochs, {size}x{size}, network {DEMO_NETWORK}) "
+              f"in {bundle_root}", flush=True)
+        result = _run_folds(bundle_root, prepared, raw / "ISIC-2017_Test_v2_Data", folds, epochs)
+        result.update(bundle_root=str(bundle_root), seconds=time.perf_counter() - start)
+        print(f"models: {bundle_root / 'models'}/fold*; reports: {bundle_root / 'eval'}/fold*; ensemble: "
+              f"{out / 'predictions' / 'ensemble'}; total {result['seconds'] / 60:.1f} min")
+        return result
     print(f"training {BUNDLE} ({epochs} epochs, {size}x{size}, network {DEMO_NETWORK}) in {bundle_root}", flush=True)
     best_dice, best_epoch, summary = _train_and_evaluate(bundle_root, prepared, [])
     result = {"best_val_dice": best_dice, "best_epoch": best_epoch, "test_summary": summary,
