@@ -148,7 +148,8 @@ def test_predict_and_demo_bundle(prepared, tmp_path):
                             workflow_type="eval", meta_file=str(root / "configs" / "metadata.json"),
                             bundle_root=str(root), dataset_dir=str(prepared), device="cpu", tta=tta)
         wf.initialize()
-        assert wf.parser.get_parsed_content("validate#evaluator").inferer.enabled == tta
+        ensemble = wf.parser.get_parsed_content("validate#evaluator").inferer  # of one member: the checkpoint
+        assert ensemble.inferer.enabled == tta and not ensemble.members
         wf.run()
         wf.finalize()
         with open(root / "eval" / "native" / "metrics_test_per_image.csv") as f:

@@ -143,3 +143,45 @@ def test_demo_with_folds_runs_the_cross_validation_route(tmp_path, capsys, monke
         run_demo(out=str(tmp_path / "x"), folds=1)
     with pytest.raises(InputError, match="demo --folds 2: on its own"):
         run_demo(out=str(tmp_path / "x"), folds=2, baseline="unet")
+
+
+def test_evaluate_json_scores_an_ensemble_of_folds_in_its_own_folder(prepared, tmp_path):
+    """``--ensemble_checkpoints`` on evaluate.json: the bundle's own evaluation of the weights as one ensemble, into
+    ``eval/ensemble``; two copies of one fold's weights score exactly as that fold alone; bad lists are named."""
+    import shutil
+
+    root = copy_bundle("isic_skin_lesion", tmp_path)
+    tiny = tiny_overrides("isic_skin_lesion")
+    for k in range(2):
+        wf = workflow("isic_skin_lesion", ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared),
+                      folds=2, fold=k, **tiny)
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+    weights = [str(root / "models" / f"fold{k}" / "model.pt") for k in range(2)]
+    shutil.copy(weights[0], tmp_path / "copy.pt")
+
+    def evaluate(**over):
+        wf = workflow("isic_skin_lesion", ["train.json", "evaluate.json"], "eval", bundle_root=str(root),
+                      dataset_dir=str(prepared), **tiny, **over)
+        wf.initialize()
+        inferer = wf.parser.get_parsed_content("validate#evaluator#inferer")
+        wf.run()
+        wf.finalize()
+        return inferer
+
+    def dice(folder):
+        with open(folder / "metrics_test_per_image.csv") as f:
+            return {row["name"]: float(row["dice"]) for row in csv.DictReader(f)}
+
+    assert len(evaluate(ensemble_checkpoints=weights).members) == 1
+    assert (root / "eval" / "ensemble" / "metrics_test_per_image.csv").is_file()
+    evaluate(folds=2, fold=0)
+    evaluate(ensemble_checkpoints=f"{weights[0]},{tmp_path / 'copy.pt'}", eval_dir=str(tmp_path / "twice"))
+    assert dice(tmp_path / "twice") == pytest.approx(dice(root / "eval" / "fold0"), abs=1e-6)
+    for value, message in (([weights[0], str(tmp_path / "none.pt")], "none.pt: no such weight file"),
+                           ([weights[0], weights[0]], "is given twice"), (3, "--ensemble_checkpoints 3: give")):
+        with pytest.raises(RuntimeError) as failure:  # the bundle parser wraps the cause
+            workflow("isic_skin_lesion", ["train.json", "evaluate.json"], "eval", bundle_root=str(root),
+                     dataset_dir=str(prepared), ensemble_checkpoints=value, **tiny).parser.get_parsed_content("eval_dir")
+        assert message in str(failure.value.__cause__)

@@ -141,8 +141,8 @@ class Commands:
         Each RUN is an evaluation's output folder (or its per-case CSV), e.g. eval and eval/baseline_unet of a
         bundle evaluated with and without a baseline overlay; several joined by commas are runs of one model
         (seeds), compared through each case's mean over them, or, when they share no case, the folds of a
-        cross-validation (each fold's evaluation of the cases it held out). Prints mean and sd over cases (and over runs),
-        then per model the mean paired difference to the first with a bootstrap 95% interval, the Wilcoxon
+        cross-validation (each fold's evaluation of the cases it held out). Prints mean and sd over cases (and
+        over runs), then per model the mean paired difference to the first with a bootstrap 95% interval, the Wilcoxon
         signed-rank p-value and the cases it is better, the same or worse on; per test set where there are
         several (polyp) and per organ (Synapse).
 

@@ -177,7 +177,8 @@ def resume_check(out: str | os.PathLike, bundle_root, weights, exported: bool, s
     try:
         before = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise InputError(f"--resume: {path} cannot be read ({exc}); remove it or choose another output folder") from None
+        raise InputError(f"--resume: {path} cannot be read ({exc}); remove it or choose another output "
+                         f"folder") from None
     plain = lambda v: json.loads(json.dumps(v))  # noqa: E731 - tuples and lists alike, as JSON holds them
     now = {"bundle": str(Path(bundle_root)), "weights_sha256": _weights_hash(weights), "exported_model": bool(exported),
            **{f"settings.{k}": plain(settings.get(k)) for k in compared}}

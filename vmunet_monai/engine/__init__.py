@@ -16,7 +16,8 @@ from vmunet_monai.engine.handlers import (
     TrainingCheckpoint,
     item_name,
 )
-from vmunet_monai.engine.inferers import EnsembleInferer, FlipTTAInferer, PlainTensorInferer, ensemble_members
+from vmunet_monai.engine.inferers import (EnsembleInferer, FlipTTAInferer, PlainTensorInferer, checkpoint_list,
+                                         ensemble_members)
 from vmunet_monai.engine.transforms import (
     BinarizeMaskd,
     ChannelArgmaxd,
@@ -62,6 +63,7 @@ __all__ = [
     "ValidateInputd",
     "amp_dtype",
     "amp_enabled",
+    "checkpoint_list",
     "compile_network",
     "ensemble_members",
     "find_bundle",

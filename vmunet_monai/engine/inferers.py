@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from monai.inferers import Inferer, SimpleInferer
 
-__all__ = ["PlainTensorInferer", "FlipTTAInferer", "EnsembleInferer", "ensemble_members"]
+__all__ = ["PlainTensorInferer", "FlipTTAInferer", "EnsembleInferer", "ensemble_members", "checkpoint_list"]
 
 ACTIVATIONS = ("sigmoid", "softmax", "none")
 
@@ -166,3 +166,33 @@ def ensemble_members(network: torch.nn.Module, checkpoints: Sequence[str], devic
             member.to(device)
         members.append(member.eval())
     return members
+
+
+def checkpoint_list(value, option: str = "--ensemble_checkpoints") -> list[str]:
+    """The weight files of an ensemble as the bundles' ``ensemble_checkpoints`` gives them: a list, or one string
+    of paths joined by commas; each must exist (relative paths are taken from the working folder).
+
+    Raises:
+        vmunet_monai.validation.InputError: not a list of paths, an empty item, a missing file or one given twice.
+    """
+    import os
+
+    from vmunet_monai.validation import InputError, comma_list
+
+    if value is None or value == "" or (isinstance(value, (list, tuple)) and not value):
+        return []
+    if not isinstance(value, (str, list, tuple)):
+        raise InputError(f"{option} {value!r}: give the weight files as a list, e.g. \"['fold0/model.pt', "
+                         f"'fold1/model.pt']\", or joined by commas")
+    items = comma_list(value) if isinstance(value, str) else [str(v).strip() for v in value]
+    paths = [os.path.abspath(os.path.expanduser(i)) for i in items if i]
+    if len(paths) != len(items):
+        raise InputError(f"{option} {value!r}: an empty item (give weight files, e.g. fold0/model.pt,fold1/model.pt)")
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise InputError(f"{missing[0]}: no such weight file, listed in {option} (every member of an ensemble is a "
+                         f"model.pt that training wrote)")
+    twice = next((p for p in paths if paths.count(p) > 1), None)
+    if twice:
+        raise InputError(f"{option}: {twice} is given twice (an ensemble averages distinct models)")
+    return paths
