@@ -97,7 +97,9 @@ def test_check_properties_is_empty(data, tmp_path):
     )
     infer.initialize()
     assert infer.check_properties() == []
-    inferer = infer.parser.get_parsed_content("inferer")  # flip TTA around the slice inferer, off by default
+    ensemble = infer.parser.get_parsed_content("inferer")  # of one member unless ensemble_checkpoints are given
+    assert type(ensemble).__name__ == "EnsembleInferer" and not ensemble.members
+    inferer = ensemble.inferer  # flip TTA around the slice inferer, off by default
     assert type(inferer).__name__ == "FlipTTAInferer" and not inferer.enabled and inferer.activation == "softmax"
     assert type(inferer.inferer).__name__ == "SliceInferer" and inferer.inferer.spatial_dim == 2
 

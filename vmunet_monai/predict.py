@@ -26,7 +26,7 @@ from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, che
                                      check_output_location, number_list, read_image_2d)
 
 __all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
-           "read_record", "weights_files", "ensemble_inferer", "resume_check", "finished_output"]
+           "read_record", "weights_files", "resume_check", "finished_output"]
 
 VOLUME_BUNDLES = ("synapse_multiorgan",)
 # MONAI's PNG writer squeezes trailing size-one axes, so a one-pixel-high mask cannot be written
@@ -59,7 +59,8 @@ def _channel_names(meta: dict, classes: int) -> dict[int, str]:
 def weights_files(root: Path, checkpoint, default_ckpt: Path, train: str, model, device) -> list[Path]:
     """The files the network comes from (:func:`vmunet_monai.engine.utils.network_file`): the exported ``model``,
     the default weights, or each of the checkpoints given; several joined by commas (``a.pt,b.pt``) are an
-    ensemble, run as one model by averaging their probabilities (:class:`vmunet_monai.engine.EnsembleInferer`).
+    ensemble, run as one model by averaging their probabilities (the inference config's ``ensemble_checkpoints``,
+    :class:`vmunet_monai.engine.EnsembleInferer`).
 
     Raises:
         FileNotFoundError: a checkpoint that is not there (named).
@@ -80,17 +81,6 @@ def weights_files(root: Path, checkpoint, default_ckpt: Path, train: str, model,
     if twice is not None:
         raise InputError(f"--checkpoint {shown}: {twice} is given twice (an ensemble averages distinct models)")
     return files
-
-
-def ensemble_inferer(config_files, members: list[Path]) -> dict:
-    """The ``inferer`` of a bundle's inference configs wrapped in an :class:`vmunet_monai.engine.EnsembleInferer`
-    whose further members hold the weights in ``members`` (the config's own ``checkpoint`` is the first)."""
-    from monai.bundle import ConfigParser
-
-    inner = ConfigParser.load_config_files(config_files)["inferer"]
-    return {"_target_": "vmunet_monai.engine.EnsembleInferer", "inferer": inner,
-            "members": {"_target_": "vmunet_monai.engine.ensemble_members", "network": "@network",
-                        "checkpoints": [str(m) for m in members], "device": "@device"}}
 
 
 def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike, weights,
@@ -464,8 +454,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         overrides["exported_model"] = str(ckpt)
     else:
         overrides["checkpoint"] = str(ckpt)
-    if len(weights) > 1:
-        overrides["inferer"] = ensemble_inferer(configs, weights[1:])
+    if len(weights) > 1:  # the bundle's own ensemble: the first loaded into the network, the rest as members
+        overrides["ensemble_checkpoints"] = [str(w) for w in weights]
     if device:
         overrides["device"] = f"$torch.device('{device}')"
     workflow = ConfigWorkflow(

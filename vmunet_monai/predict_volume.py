@@ -176,8 +176,8 @@ def predict_volumes(
     from vmunet_monai.data.common import report_skipped
     from vmunet_monai.engine.utils import inference_configs
     from vmunet_monai.evaluation.volumetry import write_volumes
-    from vmunet_monai.predict import (NothingToPredictError, bundle_class_names, ensemble_inferer, finished_output,
-                                      resume_check, weights_files, write_record)
+    from vmunet_monai.predict import (NothingToPredictError, bundle_class_names, finished_output, resume_check,
+                                      weights_files, write_record)
     from vmunet_monai.validation import InputError, check_device, check_output_location, read_volume
     from vmunet_monai.weights import check_checkpoint_fits
 
@@ -228,8 +228,8 @@ def predict_volumes(
     if probabilities:
         config["probabilities"] = True
     config["exported_model" if model else "checkpoint"] = source
-    if len(weights) > 1:
-        config["inferer"] = ensemble_inferer(config_files, weights[1:])
+    if len(weights) > 1:  # the bundle's own ensemble: the first loaded into the network, the rest as members
+        config["ensemble_checkpoints"] = weights
     if device is not None:
         config["device"] = f"$torch.device('{device}')"
     if sw_batch_size is not None:
