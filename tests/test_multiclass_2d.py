@@ -297,7 +297,7 @@ def test_bundle_trains_evaluates_and_segments_several_classes(bundle, tmp_path):
 
     infer = {k: v for k, v in over.items() if k.startswith("network_def") or k in ("image_size", "device")}
     wf = workflow(bundle, ["inference.json"], "infer", bundle_root=str(root), dataset_dir=str(prepared),
-                  num_workers=0, num_classes=3, **infer)
+                  num_workers=0, num_classes=3, probabilities=True, **infer)
     wf.initialize()
     wf.run()
     wf.finalize()
@@ -306,6 +306,15 @@ def test_bundle_trains_evaluates_and_segments_several_classes(bundle, tmp_path):
         assert mask.shape == truths[int(item["name"][3:])].shape
         assert set(np.unique(mask)) <= {0, 1, 2}
         assert (root / "eval" / "overlays" / f"{item['name']}_overlay.png").is_file()
+        # with probabilities: one grey map per class after the background, whose largest is the mask's class
+        maps = [np.asarray(Image.open(root / "eval" / "probabilities" / f"{item['name']}_prob_{c}.png"), float)
+                for c in (1, 2)]
+        assert not (root / "eval" / "probabilities" / f"{item['name']}_prob.png").exists()
+        scores = np.stack([255.0 - maps[0] - maps[1], *maps])
+        ordered = np.sort(scores, axis=0)
+        clear = ordered[-1] - ordered[-2] > 3  # not a tie within the rounding of the grey levels
+        assert maps[0].shape == mask.shape and clear.mean() > 0.5
+        assert np.array_equal(scores.argmax(0)[clear], mask[clear])
 
 
 def _classes_eval(folder, noise, seed, n=8):
@@ -371,7 +380,10 @@ def test_demo_with_two_classes_leaves_a_complete_bundle_of_them(tmp_path, capsys
     assert inference["mask_values"] == levels
     images = str(tmp_path / "demo" / "raw" / "images")
     done = predict(str(root), images, str(tmp_path / "masks"), device="cpu")
-    numbers = predict(str(root), images, str(tmp_path / "numbers"), device="cpu", mask_values="0,1,2")
+    numbers = predict(str(root), images, str(tmp_path / "numbers"), device="cpu", mask_values="0,1,2",
+                      probabilities=True)
+    assert len(numbers["probabilities"]) == 2 * len(numbers["masks"])  # <stem>_prob_1.png and _prob_2.png each
+    assert all(Path(p).is_file() and Path(p).stem.rsplit("_", 1)[-1] in ("1", "2") for p in numbers["probabilities"])
     values = set()
     for grey, number in zip(done["masks"], numbers["masks"]):
         grey, number = np.asarray(Image.open(grey)), np.asarray(Image.open(number))

@@ -271,8 +271,6 @@ def test_predict_writes_probability_maps_that_score_reads(lesion_bundle, tmp_pat
     by_masks = score(tmp_path / "out" / "masks", tmp_path / "prepared", out=tmp_path / "s_masks")
     by_maps = score(tmp_path / "out" / "probabilities", tmp_path / "prepared", out=tmp_path / "s_maps")
     assert by_maps["overall"] == by_masks["overall"] and "pranet" in by_maps and "pranet" not in by_masks
-    with pytest.raises(InputError, match="predicts 3 classes; 2D probability maps are written for binary bundles"):
-        predict(str(lesion_bundle), str(folder), str(tmp_path / "x"), probabilities=True, num_classes=3)
 
 
 def test_ct_predict_writes_class_probabilities_on_the_segmentation_grid(tmp_path):

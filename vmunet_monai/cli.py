@@ -364,7 +364,8 @@ class Commands:
                 for objects some tens of pixels across); the objects command scores them.
             probabilities: also write the probabilities; 2D binary bundles write OUTPUT/probabilities/<image>_prob.png,
                 the foreground probability at the image's size as grey levels 0-255 (as the PraNet lineage saves its
-                predictions; score reads them by that protocol too); synapse_multiorgan writes
+                predictions; score reads them by that protocol too), with several classes <image>_prob_K.png per
+                class after the background; synapse_multiorgan writes
                 OUTPUT/<case>_prob.nii.gz, one map per class on the segmentation's grid (8 bits, scale 1/255).
             batch_size: 2D bundles: images per network call (each is resized to the network's input first); more
                 keeps a GPU busy and leaves the masks as they are (volumes go one at a time).

@@ -303,7 +303,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             ``meta.mask_values`` in the datalist); default: the bundle's ``mask_values`` (0/255 for two classes,
             the class numbers for more).
         probabilities: also write each prediction's probabilities: for the binary 2D bundles
-            ``OUTPUT/probabilities/**/<stem>_prob.png``, the foreground probability as grey levels 0-255; for
+            ``OUTPUT/probabilities/**/<stem>_prob.png``, the foreground probability as grey levels 0-255 (with
+            several classes ``<stem>_prob_<k>.png``, one per class after the background); for
             ``synapse_multiorgan`` ``OUTPUT/<case>_prob.nii.gz``, one map per class
             (:class:`vmunet_monai.engine.SaveProbabilityVolumed`).
         batch_size: 2D bundles: images per network call (each is resized to the network's input first, so images of
@@ -387,9 +388,6 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             mask_values = mask_levels(mask_values, classes)  # one value 0-255 per class, or a clear error
         except InputError as exc:
             raise InputError(f"--{exc}") from None  # named as the option it came from
-    if probabilities and classes > 2:
-        raise InputError(f"--probabilities: {root} predicts {classes} classes; 2D probability maps are written for "
-                         f"binary bundles (one foreground map per image; volumes get one map per class)")
     if split_touching is not None and classes > 2:
         raise InputError(f"--split_touching {split_touching!r}: {root} predicts {classes} classes; objects are split "
                          f"in binary masks only")
@@ -430,8 +428,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     if resume and resume_check(out, root, weights, bool(model), settings,
                                ("baseline", "tta", "num_classes", "mask_values")):
         todo = [item for item, (mask, overlay) in zip(good, planned)
-                if not all(finished_output(p) for p in (mask, overlay, *([_prob_path(out, mask)] if probabilities
-                                                                          else [])))]
+                if not all(finished_output(p) for p in (mask, overlay, *(_prob_paths(out, mask, classes)
+                                                                          if probabilities else [])))]
         print(f"--resume: {len(good) - len(todo)} of {len(good)} image(s) already segmented in {out}, "
               f"{len(todo)} to go", flush=True)
     overrides = {
@@ -483,11 +481,11 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     print(f"{len(masks)} masks under {out / 'masks'}, {len(overlays)} overlays under {out / 'overlays'}")
     result = {"masks": masks, "overlays": overlays, "skipped": skipped}
     if probabilities:
-        result["probabilities"] = [str(_prob_path(out, m)) for m in masks]
+        result["probabilities"] = [str(p) for m in masks for p in _prob_paths(out, m, classes)]
         missing = [p for p in result["probabilities"] if not os.path.isfile(p)]
         if missing:
             raise RuntimeError(f"inference finished but did not write {missing[:3]}")
-        print(f"{len(masks)} probability maps under {out / 'probabilities'}")
+        print(f"{len(result['probabilities'])} probability maps under {out / 'probabilities'}")
     if split_touching is not None:
         result["instances"] = _write_instances(masks, out, float(split_touching))
     result["record"] = str(write_record(out, workflow.parser, root, weights, bool(model), [source], masks, skipped,
@@ -495,10 +493,14 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     return result
 
 
-def _prob_path(out: Path, mask) -> Path:
-    """Where the probability map of the mask ``OUTPUT/masks/**/<stem>_mask.png`` goes."""
-    return (Path(out) / "probabilities" / Path(mask).relative_to(Path(out) / "masks").parent
-            / (Path(mask).name[: -len("_mask.png")] + "_prob.png"))
+def _prob_paths(out: Path, mask, classes: int) -> list[Path]:
+    """Where the probability maps of the mask ``OUTPUT/masks/**/<stem>_mask.png`` go: ``<stem>_prob.png``, or
+    ``<stem>_prob_<k>.png`` for each class after the background of a bundle of several classes."""
+    folder = Path(out) / "probabilities" / Path(mask).relative_to(Path(out) / "masks").parent
+    stem = Path(mask).name[: -len("_mask.png")]
+    if classes > 2:
+        return [folder / f"{stem}_prob_{c}.png" for c in range(1, classes)]
+    return [folder / f"{stem}_prob.png"]
 
 
 def _write_instances(masks: list[str], out: Path, depth: float) -> list[str]:

@@ -590,7 +590,7 @@ class OverlayWriter:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._write)
 
-    def _target(self, source: str) -> Path:
+    def _target(self, source: str, suffix: str | None = None) -> Path:
         src = Path(os.path.abspath(source))
         rel = Path(src.name)
         if self.data_root_dir:
@@ -598,7 +598,11 @@ class OverlayWriter:
                 rel = src.relative_to(os.path.abspath(self.data_root_dir))
             except ValueError:
                 pass
-        return Path(self.output_dir) / rel.parent / f"{src.stem}_{self.suffix}.png"
+        return Path(self.output_dir) / rel.parent / f"{src.stem}_{suffix or self.suffix}.png"
+
+    def _pictures(self, source: str, values: np.ndarray) -> list[tuple[Path, np.ndarray]]:
+        """The files to write for one image: its overlay."""
+        return [(self._target(source), self._picture(source, values))]
 
     def _write(self, engine: Engine) -> None:
         from PIL import Image
@@ -612,11 +616,10 @@ class OverlayWriter:
                                  "LoadImaged)")
             values = out[self.pred_key]
             values = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-            picture = self._picture(source, values)
-            target = self._target(source)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(picture).save(target)
-            self.written.append(str(target))
+            for target, picture in self._pictures(source, values):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(picture).save(target)
+                self.written.append(str(target))
 
     def _picture(self, source: str, mask: np.ndarray) -> np.ndarray:
         """The overlay of one image (uint8 RGB) from its predicted mask."""
@@ -638,7 +641,9 @@ class OverlayWriter:
 class ProbabilityWriter(OverlayWriter):
     """Write ``<stem>_prob.png`` for each image: the foreground probability at the image's size as grey levels
     (0-255), as the PraNet lineage saves its predictions (``score`` reads them by that protocol too), or to look at
-    where the network hesitates. Paths mirror the inputs as :class:`OverlayWriter`'s do.
+    where the network hesitates. A network of several classes (softmax channels, background first) gets one map
+    per class instead, ``<stem>_prob_<k>.png`` for the classes 1 .. K-1. Paths mirror the inputs as
+    :class:`OverlayWriter`'s do.
 
     Args:
         output_dir: folder for the maps.
@@ -661,10 +666,14 @@ class ProbabilityWriter(OverlayWriter):
         if self.enabled:
             super().attach(engine)
 
+    def _pictures(self, source: str, prob: np.ndarray) -> list[tuple[Path, np.ndarray]]:
+        """One map, or with several channels one per class after the background."""
+        if prob.ndim == 3 and prob.shape[0] > 1:
+            return [(self._target(source, f"{self.suffix}_{c}"), self._picture(source, prob[c]))
+                    for c in range(1, prob.shape[0])]
+        return [(self._target(source), self._picture(source, prob))]
+
     def _picture(self, source: str, prob: np.ndarray) -> np.ndarray:
-        """The grey levels of one image's foreground probability, upright."""
-        if prob.ndim == 3 and prob.shape[0] != 1:
-            raise ValueError(f"{source}: ProbabilityWriter writes one foreground map; the output has "
-                             f"{prob.shape[0]} channels (bundles of several classes write class maps only)")
+        """The grey levels of one probability map, upright."""
         grey = np.rint(np.clip(prob.reshape(prob.shape[-2:]), 0.0, 1.0) * 255).astype(np.uint8)
         return grey.T if self.pil_reverse_indexing else grey
