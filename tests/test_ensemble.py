@@ -126,7 +126,8 @@ def test_predict_names_what_is_wrong_with_an_ensemble(lesion_bundle, tmp_path):
     write_rgb(tmp_path / "in" / "a.png")
     first = lesion_bundle / "models" / "model.pt"
     foreign = tiny_bundle_with_weights("polyp_seg", tmp_path / "other") / "models" / "model.pt"  # a VM-UNetV2
-    cases = ((f"{first},{tmp_path / 'nowhere.pt'}", FileNotFoundError, f"no trained weights at {tmp_path / 'nowhere.pt'}"),
+    cases = ((f"{first},{tmp_path / 'nowhere.pt'}", InputError,
+              f"{tmp_path / 'nowhere.pt'}: no such weight file, listed in --checkpoint"),
              (f"{first},,{first}", InputError, "an empty item"),
              (f"{first},{first}", InputError, f"{first} is given twice"),
              (f"{first},{foreign}", CheckpointError, str(foreign)))

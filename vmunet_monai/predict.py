@@ -63,24 +63,20 @@ def weights_files(root: Path, checkpoint, default_ckpt: Path, train: str, model,
     :class:`vmunet_monai.engine.EnsembleInferer`).
 
     Raises:
-        FileNotFoundError: a checkpoint that is not there (named).
-        InputError: an empty item, a checkpoint given twice, or an exported model together with checkpoints.
+        FileNotFoundError: the one checkpoint is not there (named, with the command that trains it).
+        InputError: of several, one that is not there, an empty item or one given twice
+            (:func:`vmunet_monai.engine.checkpoint_list`); an exported model together with checkpoints.
     """
-    from vmunet_monai.validation import comma_list
+    from vmunet_monai.engine.inferers import checkpoint_list
 
-    if checkpoint is None or model or os.path.isfile(os.path.expanduser(str(checkpoint))):
-        given = [os.path.expanduser(str(checkpoint))] if checkpoint is not None and not model else [checkpoint]
-        return [network_file(root, given[0], default_ckpt, train, model, device)]
-    items = comma_list(checkpoint)
-    shown = ",".join(items)
-    if any(not i for i in items):
-        raise InputError(f"--checkpoint {shown}: an empty item (give weight files separated by commas, e.g. "
-                         f"seed0/model.pt,seed1/model.pt)")
-    files = [network_file(root, os.path.expanduser(i), default_ckpt, train, model, device) for i in items]
-    twice = next((i for i, f in zip(items, files) if files.count(f) > 1), None)
-    if twice is not None:
-        raise InputError(f"--checkpoint {shown}: {twice} is given twice (an ensemble averages distinct models)")
-    return files
+    if isinstance(checkpoint, (list, tuple)) and len(checkpoint) == 1:
+        checkpoint = checkpoint[0]
+    one = isinstance(checkpoint, (str, os.PathLike)) and ("," not in str(checkpoint)
+                                                          or os.path.isfile(os.path.expanduser(str(checkpoint))))
+    if checkpoint is None or model or one:
+        given = os.path.expanduser(str(checkpoint)) if checkpoint is not None and not model else checkpoint
+        return [network_file(root, given, default_ckpt, train, model, device)]
+    return [Path(p).resolve() for p in checkpoint_list(checkpoint, option="--checkpoint")]
 
 
 def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike, weights,
@@ -105,9 +101,8 @@ def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike,
     from vmunet_monai.engine.transforms import mask_levels
 
     root = Path(bundle_root)
-    many = isinstance(weights, (list, tuple)) and len(weights) > 1
-    if isinstance(weights, (list, tuple)) and not many:
-        weights = weights[0]
+    weights = _one_or_many(weights)
+    many = isinstance(weights, list)
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     classes = int(parser.get_parsed_content("num_classes"))
     names = _channel_names(meta, classes)
@@ -135,14 +130,19 @@ def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike,
     return path
 
 
+def _one_or_many(weights):
+    """One weight file as itself (also from a list of one), several as a list."""
+    if isinstance(weights, (list, tuple)):
+        return list(weights) if len(weights) > 1 else weights[0]
+    return weights
+
+
 def _weights_hash(weights):
     """What a record says of its weights: the sha256 of the file, or the list of an ensemble's."""
     from vmunet_monai.package import sha256
 
-    many = isinstance(weights, (list, tuple)) and len(weights) > 1
-    if isinstance(weights, (list, tuple)) and not many:
-        weights = weights[0]
-    return [sha256(w) for w in weights] if many else sha256(weights)
+    weights = _one_or_many(weights)
+    return [sha256(w) for w in weights] if isinstance(weights, list) else sha256(weights)
 
 
 def resume_check(out: str | os.PathLike, bundle_root, weights, exported: bool, settings: dict,
