@@ -41,6 +41,16 @@ def to_logits(p: torch.Tensor, activation: str) -> torch.Tensor:
     return p
 
 
+def averaged(outputs, activation: str) -> torch.Tensor:
+    """The logits (:func:`to_logits`) of the mean of the probabilities of ``outputs``, network outputs of one
+    input taken one at a time (mirror images flipped back, or the members of an ensemble)."""
+    total, count = None, 0
+    for out in outputs:
+        p = to_probability(_plain(out), activation)
+        total, count = (p if total is None else total + p), count + 1
+    return to_logits(total / count, activation)
+
+
 class PlainTensorInferer(SimpleInferer):
     """``SimpleInferer`` that hands the network plain ``torch.Tensor`` inputs instead of ``MetaTensor``.
 
@@ -91,17 +101,17 @@ class FlipTTAInferer(Inferer):
         if not self.enabled:
             return self.inferer(inputs, network, *args, **kwargs)
         spatial = inputs.ndim - 2
-        total = None
         for axes in self.flips:
             if any(a < 0 or a >= spatial for a in axes):
                 raise ValueError(f"FlipTTAInferer flip axes {list(axes)}: the input has spatial axes 0 to {spatial - 1}")
-            dims = [2 + a for a in axes]
-            x = torch.flip(inputs, dims) if dims else inputs
-            out = self.inferer(x, network, *args, **kwargs)
-            out = _plain(out)
-            p = to_probability(torch.flip(out, dims) if dims else out, self.activation)
-            total = p if total is None else total + p
-        return to_logits(total / len(self.flips), self.activation)
+
+        def mirrored():
+            for axes in self.flips:
+                dims = [2 + a for a in axes]
+                out = _plain(self.inferer(torch.flip(inputs, dims) if dims else inputs, network, *args, **kwargs))
+                yield torch.flip(out, dims) if dims else out
+
+        return averaged(mirrored(), self.activation)
 
 
 class EnsembleInferer(Inferer):
@@ -136,13 +146,10 @@ class EnsembleInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network, *args: Any, **kwargs: Any):
         if not self.members:
             return self.inferer(inputs, network, *args, **kwargs)
-        total = None
-        for net in [network, *self.members]:
-            if net is not network:
-                net.train(network.training)
-            p = to_probability(_plain(self.inferer(inputs, net, *args, **kwargs)), self.activation)
-            total = p if total is None else total + p
-        return to_logits(total / (1 + len(self.members)), self.activation)
+        for member in self.members:
+            member.train(network.training)
+        return averaged((self.inferer(inputs, net, *args, **kwargs) for net in [network, *self.members]),
+                        self.activation)
 
 
 def ensemble_members(network: torch.nn.Module, checkpoints: Sequence[str], device=None) -> list[torch.nn.Module]:
