@@ -457,8 +457,6 @@ def _group_label(spec: Sequence[str]) -> str:
     """The default name of a model: its folder's (or table's) name; for several runs what their names share, as
     ``fold*`` for ``eval/fold0,eval/fold1`` (``fold*/oof`` for ``eval/fold0/oof,eval/fold1/oof``), else the first
     name and how many runs more."""
-    import os
-
     names = [Path(p).name or str(p) for p in spec]
     if len(names) == 1:
         return names[0]
