@@ -244,3 +244,30 @@ def test_verify_net_in_out_full_size_network():
 
     verify_net_in_out(net_id="network_def", meta_file=config_path(BUNDLE, "metadata.json"),
                       config_file=config_path(BUNDLE, "inference.json"), device="cpu")
+
+
+def test_demo_repeats_exactly_in_deterministic_mode(tmp_path, monkeypatch):
+    """The demo trains in deterministic mode by default: two runs give bit-identical weights and the same Dice;
+    --nodeterminism writes the bundle's default into the copy; the process's own mode is given back."""
+    import vmunet_monai.demo as demo
+    from vmunet_monai.validation import InputError
+
+    monkeypatch.setattr(demo, "DEMO_NETWORK", {k.split("#")[1]: v for k, v in tiny_overrides(BUNDLE).items()
+                                               if k.startswith("network_def")})
+    assert not torch.are_deterministic_algorithms_enabled()
+    runs = [demo.run_demo(out=str(tmp_path / f"run{i}"), epochs=2, num=4, size=32) for i in range(2)]
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert runs[0]["best_val_dice"] == runs[1]["best_val_dice"]
+    assert runs[0]["test_summary"]["per_image"] == runs[1]["test_summary"]["per_image"]
+    first, second = (torch.load(tmp_path / f"run{i}" / BUNDLE / "models" / "model.pt", map_location="cpu")
+                     for i in range(2))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    copy = json.loads((tmp_path / "run0" / BUNDLE / "configs" / "train.json").read_text())
+    assert copy["determinism"] is True
+    with pytest.raises(InputError, match="demo --determinism 'yes': true or false"):
+        demo.run_demo(out=str(tmp_path / "bad"), determinism="yes")
+    # the bundle's default written back by --nodeterminism (only the copy is made here: no training)
+    calls = []
+    monkeypatch.setattr(demo, "_train_and_evaluate", lambda *a: calls.append(a) or (0.5, 1, runs[0]["test_summary"]))
+    demo.run_demo(out=str(tmp_path / "free"), epochs=1, num=4, size=32, determinism=False)
+    assert calls and json.loads((tmp_path / "free" / BUNDLE / "configs" / "train.json").read_text())["determinism"] is False

@@ -105,7 +105,8 @@ class Commands:
             raise SystemExit(f"error: {exc}") from exc
 
     def demo(self, out: str = "demo_run", epochs: int | None = None, num: int | None = None, size: int | None = None,
-             baseline: str = "", classes: int = 1, glands: bool = False, acdc: bool = False, folds: int = 0):
+             baseline: str = "", classes: int = 1, glands: bool = False, acdc: bool = False, folds: int = 0,
+             determinism: bool = True):
         """The main job on embedded defaults: synthetic ISIC-layout data -> prepare -> train -> validation Dice.
 
         Args:
@@ -129,11 +130,14 @@ class Commands:
             folds: a K-fold cross-validation (K at least 2) instead of one run: each fold trained, evaluated on the
                 images it held out and on the test split; the out-of-fold evaluations compared as one; the test
                 images predicted by each fold's model and by the folds as one ensemble, scored and compared.
+            determinism: train in the bundles' deterministic mode (on by default), so that a second run on the same
+                machine repeats the first one's weights and numbers exactly; --nodeterminism trains as the
+                bundles do by default (seeded, the numbers vary a little between runs).
         """
         from vmunet_monai.demo import run_demo
 
         run_demo(out=out, epochs=epochs, num=num, size=size, baseline=baseline, classes=classes, glands=glands,
-                 acdc=acdc, folds=folds)
+                 acdc=acdc, folds=folds, determinism=determinism)
 
     def compare(self, *runs, labels: str = "", metric: str = "dice", out: str | None = None, seed: int = 0):
         """Compare models evaluated on the same test cases, each against the first, case by case.

@@ -11,6 +11,7 @@ trained copy is a complete bundle: ``python -m vmunet_monai predict OUT/isic_ski
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -198,7 +199,7 @@ DEMO_EPOCHS = {1: 30, 2: 60}  # two classes learn the lesion's ring around its c
 GLANDS = {"epochs": 80, "size": 128}
 
 
-def _run_glands(out: Path, epochs: int, num: int, size: int) -> dict:
+def _run_glands(out: Path, epochs: int, num: int, size: int, extra: dict) -> dict:
     """Synthetic GlaS tiles -> ``prepare --foreground nonzero`` -> train on binary masks -> ``predict`` the test
     tiles (``--split_touching``, its depth chosen by :func:`~vmunet_monai.evaluation.objects.tune_split` on the
     predicted training tiles) -> ``objects`` against their numbered glands, for the binary masks and for their
@@ -213,7 +214,7 @@ def _run_glands(out: Path, epochs: int, num: int, size: int) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
     demo_data("polyp_seg", str(raw), num=num, seed=0, layout="glands")
     prepare(BUNDLE, str(raw), str(prepared), foreground="nonzero")  # names give the split: testA and testB
-    bundle_root = make_demo_bundle(out / BUNDLE, size=size, epochs=epochs, batch_size=DEMO_BATCH_SIZE)
+    bundle_root = make_demo_bundle(out / BUNDLE, size=size, epochs=epochs, batch_size=DEMO_BATCH_SIZE, extra=extra)
     shutil.rmtree(bundle_root / "models", ignore_errors=True)
     print(f"training {BUNDLE} on binary gland masks ({epochs} epochs, {size}x{size}) in {bundle_root}", flush=True)
     best_dice, best_epoch, summary = _train_and_evaluate(bundle_root, prepared, [])
@@ -259,7 +260,7 @@ def _run_glands(out: Path, epochs: int, num: int, size: int) -> dict:
 ACDC = {"epochs": 30, "size": 96, "num": 16, "iterations_per_epoch": 10}
 
 
-def _run_acdc(out: Path, epochs: int, num: int, size: int) -> dict:
+def _run_acdc(out: Path, epochs: int, num: int, size: int, extra: dict) -> dict:
     """Synthetic ACDC (patient folders, ``Info.cfg``) -> ``prepare`` (split by patient, phases as groups) -> train
     the ``synapse_multiorgan`` bundle on MRI -> evaluate the test frames (Dice and HD95 per class, ED and ES apart,
     each patient's clinical indices against the ground truth) -> ``predict`` the testing folder (volumes and
@@ -275,7 +276,7 @@ def _run_acdc(out: Path, epochs: int, num: int, size: int) -> dict:
     demo_data(volumes, str(raw), num=num, seed=0, layout="acdc")
     prepare(volumes, str(raw), str(prepared))
     extra = {"roi_size": [size, size], "intensity": "mri", "iterations_per_epoch": ACDC["iterations_per_epoch"],
-             "val_interval": max(1, epochs // 3), "sw_batch_size": 8}
+             "val_interval": max(1, epochs // 3), "sw_batch_size": 8, **extra}
     root = make_demo_bundle(out / volumes, size=size, epochs=epochs, bundle=volumes,
                             classes=datalist_classes(prepared), extra=extra)
     shutil.rmtree(root / "models", ignore_errors=True)
@@ -306,8 +307,25 @@ def _run_acdc(out: Path, epochs: int, num: int, size: int) -> dict:
             "predicted": str(predicted)}
 
 
+def _restores_deterministic_mode(function):
+    """Give back torch's deterministic-algorithms mode as it was before ``function`` (the demo's training turns
+    it on or off for the whole process; a Python session that runs the demo keeps its own setting)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    return wrapper
+
+
+@_restores_deterministic_mode
 def run_demo(out: str = "demo_run", epochs: int | None = None, num: int | None = None, size: int | None = None,
-             baseline: str = "", classes: int = 1, glands: bool = False, acdc: bool = False, folds: int = 0) -> dict:
+             baseline: str = "", classes: int = 1, glands: bool = False, acdc: bool = False, folds: int = 0,
+             determinism: bool = True) -> dict:
     """Synthetic ISIC 2017-layout data -> ``prepare`` -> train -> evaluate on the test split; prints the Dice.
 
     Args:
@@ -336,6 +354,11 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int | None =
             on the images it held out and on the test split, the out-of-fold evaluations compared as one, and
             the test images predicted by every fold's model and by the folds as one ensemble, scored and
             compared; the result then has ``folds``, ``cross_validation`` and ``ensemble_comparison``.
+        determinism: train in the bundles' deterministic mode (``determinism`` true in the copy's train.json:
+            deterministic kernels, the CPU scan on one thread), so that a second run on the same machine and
+            software repeats the first one's weights and numbers exactly; it costs the demo's small network
+            no time on a CPU. False trains as the bundles do by default: seeded, but the numbers vary a little
+            between runs, as threads add up gradients in a varying order.
 
     Returns:
         ``{"best_val_dice", "best_epoch", "test_summary", "seconds", "bundle_root"}`` (``test_summary`` with
@@ -370,8 +393,11 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int | None =
     out = Path(out)
     if acdc and not 4 <= num <= 30:
         raise InputError(f"demo --num {num}: the ACDC demo writes 4 to 30 patients")
+    if not isinstance(determinism, bool):
+        raise InputError(f"demo --determinism {determinism!r}: true or false")
+    extra = {"determinism": determinism}
     if glands or acdc:
-        result = (_run_glands if glands else _run_acdc)(out, epochs, num, size)
+        result = (_run_glands if glands else _run_acdc)(out, epochs, num, size, extra)
         result["seconds"] = time.perf_counter() - start
         print(f"total {result['seconds'] / 60:.1f} min")
         return result
@@ -388,7 +414,7 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int | None =
     names = datalist_classes(prepared) if classes == 2 else None
     levels = datalist_meta(prepared).get("mask_values") if classes == 2 else None
     bundle_root = make_demo_bundle(out / BUNDLE, size=size, epochs=epochs, batch_size=DEMO_BATCH_SIZE,
-                                   classes=names, mask_values=levels)
+                                   classes=names, mask_values=levels, extra=extra)
     shutil.rmtree(bundle_root / "models", ignore_errors=True)
     if folds:
         shutil.rmtree(out / "predictions", ignore_errors=True)
