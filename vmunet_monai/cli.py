@@ -334,7 +334,7 @@ class Commands:
                 baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
                 window: tuple | None = None, intensity: str | None = None, mask_values=None,
                 split_touching: float | None = None, probabilities: bool = False, resume: bool = False,
-                batch_size: int = 1):
+                batch_size: int = 1, uncertainty: bool = False):
         """Segment a file or a folder with BUNDLE's network and write masks (and overlays) to OUTPUT.
 
         Unusable files (empty, truncated, not an image, the wrong dimensionality, NaN values) are skipped and
@@ -371,6 +371,11 @@ class Commands:
                 predictions; score reads them by that protocol too), with several classes <image>_prob_K.png per
                 class after the background; synapse_multiorgan writes
                 OUTPUT/<case>_prob.nii.gz, one map per class on the segmentation's grid (8 bits, scale 1/255).
+            uncertainty: also show where the model is unsure (the entropy of the class probabilities, averaged
+                over --tta passes and ensemble members, from 0 to 1; implies --probabilities). 2D images get
+                OUTPUT/uncertainty/<image>_uncertainty.png (the image with the uncertainty in warm colours and the
+                mask's outline), volumes OUTPUT/<case>_uncertainty.nii.gz; OUTPUT/uncertainty.csv ranks the
+                predictions, the most doubtful first, for review.
             batch_size: 2D bundles: images per network call (each is resized to the network's input first); more
                 keeps a GPU busy and leaves the masks as they are (volumes go one at a time).
             resume: go on with a run into OUTPUT that stopped (a crash, a closed terminal); what it wrote and reads back
@@ -384,7 +389,8 @@ class Commands:
 
         predict(bundle, input, output, checkpoint=checkpoint, device=device, baseline=baseline, tta=tta, model=model,
                 num_classes=num_classes, window=window, intensity=intensity, mask_values=mask_values,
-                split_touching=split_touching, probabilities=probabilities, resume=resume, batch_size=batch_size)
+                split_touching=split_touching, probabilities=probabilities, resume=resume, batch_size=batch_size,
+                uncertainty=uncertainty)
 
     def export(self, bundle: str, format: str = "torchscript", checkpoint: str | None = None,
                output: str | None = None, tolerance: float = 1e-4):

@@ -268,7 +268,7 @@ def _window(value) -> list[float]:
 def predict(bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
             baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
             window=None, intensity: str | None = None, mask_values=None, split_touching: float | None = None,
-            probabilities: bool = False, resume: bool = False, batch_size: int = 1):
+            probabilities: bool = False, resume: bool = False, batch_size: int = 1, uncertainty: bool = False):
     """Write ``OUTPUT/masks/**/<stem>_mask.png`` (0/255, class numbers for several classes, or ``mask_values``) and
     ``OUTPUT/overlays/**/<stem>_overlay.png`` for every image in ``input`` (a file or a folder, searched
     recursively; mask folders and masks beside their images, as X_mask.png beside X.png, are skipped).
@@ -307,6 +307,10 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             several classes ``<stem>_prob_<k>.png``, one per class after the background); for
             ``synapse_multiorgan`` ``OUTPUT/<case>_prob.nii.gz``, one map per class
             (:class:`vmunet_monai.engine.SaveProbabilityVolumed`).
+        uncertainty: also write where the model is unsure and rank the predictions by it
+            (:mod:`vmunet_monai.evaluation.uncertainty`; implies ``probabilities``, from which it is computed):
+            ``OUTPUT/uncertainty/**/<stem>_uncertainty.png`` for 2D images, ``OUTPUT/<case>_uncertainty.nii.gz``
+            for volumes, and ``OUTPUT/uncertainty.csv``, the most doubtful prediction first.
         batch_size: 2D bundles: images per network call (each is resized to the network's input first, so images of
             any sizes share a batch); more keeps a GPU busy, the masks stay the same. Volumes go one at a time,
             their slices batched by the bundle's ``sw_batch_size``.
@@ -320,7 +324,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
 
     Returns:
         ``{"masks": [...], "overlays": [...], "skipped": [{"file", "reason"}, ...], "record": ...}`` (and
-        ``"instances"`` with ``split_touching``): the paths written, the files that were skipped and the
+        ``"instances"`` with ``split_touching``, ``"uncertainty"`` (the table's rows) and ``"uncertainty_table"``
+        with ``uncertainty``): the paths written, the files that were skipped and the
         ``OUTPUT/prediction.json`` that records the bundle, weights, classes and settings. For
         ``synapse_multiorgan``: the list of segmentation files that
         :func:`~vmunet_monai.predict_volume.predict_volumes` returns.
@@ -333,6 +338,10 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     """
     device = check_device(device)
     check_at_least("predict --batch_size", batch_size, 1)
+    for flag, value in (("probabilities", probabilities), ("uncertainty", uncertainty)):
+        if not isinstance(value, bool):
+            raise InputError(f"--{flag} {value!r}: true or false")
+    probabilities = probabilities or uncertainty  # the uncertainty is computed from the probability maps
     if batch_size != 1 and Path(str(bundle)).name in VOLUME_BUNDLES:
         raise InputError(f"--batch_size {batch_size}: only for the 2D bundles; volumes go one at a time (their slices "
                          f"are batched by the bundle's sw_batch_size)")
@@ -363,7 +372,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             extra["intensity"] = intensity
         return predict_volumes(input, output, checkpoint=checkpoint, device=device, bundle_root=bundle_root,
                                baseline=baseline, tta=tta, model=model, probabilities=probabilities, resume=resume,
-                               **extra)
+                               uncertainty=uncertainty, **extra)
     if window is not None or intensity is not None:
         option = f"--window {window}" if window is not None else f"--intensity {intensity}"
         raise InputError(f"{option}: only for synapse_multiorgan (volumes); the 2D bundles read photographs")
@@ -423,7 +432,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     check_output_location([c["image"] for c in candidates], out, [p for pair in planned for p in pair])
     settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "split_touching": split_touching,
                 "probabilities": bool(probabilities), "num_classes": num_classes, "mask_values": mask_values,
-                "batch_size": int(batch_size)}
+                "batch_size": int(batch_size), "uncertainty": bool(uncertainty)}
     todo = good
     if resume and resume_check(out, root, weights, bool(model), settings,
                                ("baseline", "tta", "num_classes", "mask_values")):
@@ -488,6 +497,14 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         print(f"{len(result['probabilities'])} probability maps under {out / 'probabilities'}")
     if split_touching is not None:
         result["instances"] = _write_instances(masks, out, float(split_touching))
+    if uncertainty:
+        from vmunet_monai.evaluation.uncertainty import write_uncertainty_2d, write_uncertainty_table
+
+        pictures = [_uncertainty_path(out, mask) for mask in masks]
+        result["uncertainty"] = write_uncertainty_2d([(item["image"], _prob_paths(out, mask, classes), picture)
+                                                      for item, mask, picture in zip(good, masks, pictures)])
+        result["uncertainty_table"] = str(write_uncertainty_table(result["uncertainty"], out))
+        print(f"{len(pictures)} uncertainty pictures under {out / 'uncertainty'}")
     result["record"] = str(write_record(out, workflow.parser, root, weights, bool(model), [source], masks, skipped,
                                         settings, kept=len(good) - len(todo)))
     return result
@@ -501,6 +518,12 @@ def _prob_paths(out: Path, mask, classes: int) -> list[Path]:
     if classes > 2:
         return [folder / f"{stem}_prob_{c}.png" for c in range(1, classes)]
     return [folder / f"{stem}_prob.png"]
+
+
+def _uncertainty_path(out: Path, mask) -> Path:
+    """Where the uncertainty picture of the mask ``OUTPUT/masks/**/<stem>_mask.png`` goes."""
+    rel = Path(mask).relative_to(Path(out) / "masks")
+    return Path(out) / "uncertainty" / rel.parent / f"{rel.name[: -len('_mask.png')]}_uncertainty.png"
 
 
 def _write_instances(masks: list[str], out: Path, depth: float) -> list[str]:

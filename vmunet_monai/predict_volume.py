@@ -122,6 +122,7 @@ def predict_volumes(
     montage: bool = True,
     probabilities: bool = False,
     resume: bool = False,
+    uncertainty: bool = False,
     **overrides,
 ) -> list[str]:
     """Segment CT volumes with the Synapse bundle and write ``<name>_seg.nii.gz`` into ``output``.
@@ -155,6 +156,10 @@ def predict_volumes(
             that read back whole are kept and only the other volumes are segmented, provided its
             ``prediction.json`` names the same bundle, weights and options
             (:func:`vmunet_monai.predict.resume_check`).
+        uncertainty: also write ``output/<name>_uncertainty.nii.gz`` per volume, where the model is unsure (the
+            normalised entropy of its class probabilities, 0 to 1, 8 bits with the scale factor 1/255), and
+            ``output/uncertainty.csv``, the most doubtful volume first
+            (:mod:`vmunet_monai.evaluation.uncertainty`); implies ``probabilities``, from which it is computed.
         overrides: further ``inference.json`` ids to override (e.g. ``num_classes=3`` for a bundle trained on your
             own classes, ``network_def={...}``, ``roi_size=[...]``).
 
@@ -210,11 +215,12 @@ def predict_volumes(
         first = f"; first: {skipped[0]['reason']}" if skipped else ""
         raise NothingToPredictError(f"{input}: no volume could be segmented ({len(skipped)} skipped{first})")
     written = [os.path.join(output, _output_name(v)) for v in good]
+    probabilities = bool(probabilities or uncertainty)  # the uncertainty is computed from the probability volumes
     maps = [w[: -len("_seg.nii.gz")] + "_prob.nii.gz" for w in written] if probabilities else []
     check_output_location(volumes, output, written + maps)
     os.makedirs(output, exist_ok=True)
     settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "sw_batch_size": sw_batch_size,
-                "probabilities": bool(probabilities),
+                "probabilities": bool(probabilities), "uncertainty": bool(uncertainty),
                 "overrides": {k: v for k, v in overrides.items() if isinstance(v, (str, int, float, list, bool))}}
     todo = good
     if resume and resume_check(output, bundle_root, weights, bool(model), settings, ("baseline", "tta", "overrides")):
@@ -256,6 +262,10 @@ def predict_volumes(
         raise RuntimeError(f"inference finished but did not write {missing}")
     if maps:
         print(f"{len(maps)} probability volume(s) under {output}")
+    if uncertainty:
+        from vmunet_monai.evaluation.uncertainty import write_uncertainty_table, write_uncertainty_volumes
+
+        write_uncertainty_table(write_uncertainty_volumes(list(zip(good, maps))), output)
     report_skipped(skipped, "volume")
     write_record(output, workflow.parser, bundle_root, weights, bool(model), paths, written, skipped, settings,
                  kept=len(good) - len(todo))

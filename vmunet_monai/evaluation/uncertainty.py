@@ -1,0 +1,172 @@
+"""Where a model is unsure, and which predictions to check first: ``predict --uncertainty``.
+
+The uncertainty of a pixel (voxel) is the entropy of its class probabilities divided by its largest possible
+value, ``log(classes)``: 0 where one class has all the probability, 1 where every class has the same. With
+``--tta`` or an ensemble the probabilities are the averaged ones, so the map also shows where the flipped
+passes or the members disagree. The maps are computed from the probability maps ``predict`` writes (8-bit,
+so to within about 1/255).
+
+Each prediction gets one line in ``OUTPUT/uncertainty.csv``, the most doubtful first:
+
+- ``mean_uncertainty``: the mean over the whole image or volume;
+- ``uncertain_pixels``: pixels (voxels) with an uncertainty of at least 0.5 (for two classes: a probability
+  between about 0.11 and 0.89);
+- ``foreground_pixels``: pixels the prediction gives to a class other than the background;
+- ``uncertain_share``: ``uncertain_pixels / (foreground_pixels + uncertain_pixels)``, how much of what was
+  segmented, or nearly so, is in doubt, whatever its size (0 when neither holds any pixel). The table is
+  sorted by it: a reviewer with little time checks the top of the list.
+
+2D images get ``OUTPUT/uncertainty/**/<stem>_uncertainty.png``: the image in grey with the uncertainty over it
+in warm colours (none where the model is sure) and the predicted mask's outline in green; volumes get
+``OUTPUT/<case>_uncertainty.nii.gz`` on the segmentation's grid, 8-bit with the NIfTI scale factor 1/255 (a
+reader gets numbers from 0 to 1), to lay over the CT in a viewer.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["UNCERTAIN", "normalized_entropy", "summarize_uncertainty", "uncertainty_picture",
+           "write_uncertainty_2d", "write_uncertainty_volumes", "write_uncertainty_table"]
+
+UNCERTAIN = 0.5  # the normalised entropy from which a pixel counts as uncertain
+
+
+def normalized_entropy(prob: np.ndarray) -> np.ndarray:
+    """The entropy of class probabilities ``prob`` (classes first, summing to 1) over ``log(classes)``: 0 to 1,
+    of ``prob``'s shape without its first axis. Probabilities are clipped to [0, 1] and renormalised first, as
+    8-bit maps may sum to a little more or less than 1."""
+    prob = np.clip(np.asarray(prob, np.float32), 0.0, 1.0)
+    classes = prob.shape[0]
+    if classes < 2:
+        raise ValueError(f"normalized_entropy: {classes} class probability map(s); at least 2 are needed "
+                         f"(the background's and a class's)")
+    total = prob.sum(axis=0, keepdims=True)
+    prob = np.divide(prob, total, out=np.full_like(prob, 1.0 / classes), where=total > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(prob > 0, -prob * np.log(prob), 0.0)
+    return np.clip(terms.sum(axis=0) / np.log(classes), 0.0, 1.0).astype(np.float32)
+
+
+def summarize_uncertainty(uncertainty: np.ndarray, foreground: np.ndarray) -> dict:
+    """The table's numbers for one prediction (module docstring) from its uncertainty map and its foreground."""
+    uncertain = int(np.count_nonzero(uncertainty >= UNCERTAIN))
+    objects = int(np.count_nonzero(foreground))
+    return {"mean_uncertainty": float(uncertainty.mean()) if uncertainty.size else 0.0,
+            "uncertain_pixels": uncertain, "foreground_pixels": objects,
+            "uncertain_share": uncertain / (objects + uncertain) if objects + uncertain else 0.0}
+
+
+def _class_probabilities_2d(maps: Sequence[str | os.PathLike]) -> np.ndarray:
+    """(classes, H, W) from ``predict``'s probability PNGs: one ``<stem>_prob.png`` (the foreground of a binary
+    network) or ``<stem>_prob_<k>.png`` for each class after the background; the background is what is left."""
+    from PIL import Image
+
+    planes = []
+    for path in maps:
+        with Image.open(path) as opened:
+            planes.append(np.asarray(opened.convert("L"), np.float32) / 255.0)
+    shapes = {p.shape for p in planes}
+    if len(shapes) != 1:
+        raise ValueError(f"{', '.join(str(m) for m in maps)}: probability maps of different sizes {sorted(shapes)}")
+    rest = np.clip(1.0 - np.sum(planes, axis=0), 0.0, 1.0)
+    return np.stack([rest, *planes])
+
+
+def uncertainty_picture(image: np.ndarray, uncertainty: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """``image`` (H, W, 3) in grey, the uncertainty over it in the ``inferno`` colours with the square of its
+    value as the opacity (nothing where the model is sure, faint at 0.5, full at 1), and the outline of ``classes`` (H, W, class numbers, 0 the
+    background) in green; uint8 RGB."""
+    from matplotlib import colormaps
+    from scipy.ndimage import binary_erosion
+
+    image = np.asarray(image, np.float32)
+    grey = (image @ np.asarray([0.299, 0.587, 0.114], np.float32))[..., None].repeat(3, axis=2) * 0.8
+    heat = colormaps["inferno"](0.35 + 0.65 * uncertainty)[..., :3].astype(np.float32) * 255.0
+    alpha = np.clip(uncertainty, 0.0, 1.0)[..., None] ** 2  # faint where a soft model is only a little unsure
+    picture = (1.0 - alpha) * grey + alpha * heat
+    foreground = classes > 0
+    edge = foreground & ~binary_erosion(foreground, iterations=max(1, min(foreground.shape) // 200))
+    picture[edge] = (0.0, 255.0, 0.0)
+    return picture.clip(0, 255).astype(np.uint8)
+
+
+def write_uncertainty_2d(items: Sequence[tuple[str, Sequence[str], str]]) -> list[dict]:
+    """For each ``(image, its probability maps, picture)`` of a 2D ``predict`` run, the picture
+    (:func:`uncertainty_picture`; ``predict`` puts it at ``OUTPUT/uncertainty/**/<stem>_uncertainty.png``) and the
+    table's row; returns the rows (``file``, ``picture`` and the numbers of :func:`summarize_uncertainty`), in the
+    order of ``items``."""
+    from PIL import Image
+
+    from vmunet_monai.engine.transforms import rgb_converter
+
+    rows = []
+    for image_path, maps, target in items:
+        prob = _class_probabilities_2d(maps)
+        uncertainty = normalized_entropy(prob)
+        classes = prob.argmax(axis=0)
+        with Image.open(image_path) as opened:
+            image = np.asarray(rgb_converter(opened), np.float32)
+        if image.shape[:2] != uncertainty.shape:
+            raise ValueError(f"{maps[0]}: probability map of {uncertainty.shape[0]}x{uncertainty.shape[1]} pixels "
+                             f"for the image {image_path} of {image.shape[0]}x{image.shape[1]}")
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(uncertainty_picture(image, uncertainty, classes)).save(target)
+        rows.append({"file": str(image_path), "picture": str(target), **summarize_uncertainty(uncertainty, classes)})
+    return rows
+
+
+def write_uncertainty_volumes(items: Sequence[tuple[str, str]], slab: int = 16) -> list[dict]:
+    """For each ``(source volume, <case>_prob.nii.gz)`` of a volume ``predict`` run, ``<case>_uncertainty.nii.gz``
+    beside the probability volume (8-bit, scale factor 1/255, its affine) and the table's row; the 4D
+    probabilities are read ``slab`` slices at a time, so memory stays at a few slices' worth."""
+    import nibabel as nib
+
+    rows = []
+    for source, prob_path in items:
+        img = nib.load(prob_path)
+        if len(img.shape) != 4:
+            raise ValueError(f"{prob_path}: a probability volume has 4 axes (X, Y, Z, classes), not {img.shape}")
+        scale = img.dataobj.slope if np.isfinite(img.dataobj.slope) else 1.0
+        inter = img.dataobj.inter if np.isfinite(img.dataobj.inter) else 0.0
+        uncertainty = np.zeros(img.shape[:3], np.float32)
+        foreground = np.zeros(img.shape[:3], bool)
+        for z in range(0, img.shape[2], slab):
+            part = np.asarray(img.dataobj[:, :, z:z + slab, :], np.float32) * scale + inter
+            part = np.moveaxis(part, -1, 0)
+            uncertainty[:, :, z:z + slab] = normalized_entropy(part)
+            foreground[:, :, z:z + slab] = part.argmax(axis=0) > 0
+        target = str(prob_path)[: -len("_prob.nii.gz")] + "_uncertainty.nii.gz"
+        stored = nib.Nifti1Image(np.rint(uncertainty * 255).astype(np.uint8), img.affine)
+        stored.header.set_slope_inter(1.0 / 255.0, 0.0)
+        stored.header.set_xyzt_units(*img.header.get_xyzt_units())
+        partial = f"{target}.partial.nii.gz"
+        nib.save(stored, partial)
+        os.replace(partial, target)
+        rows.append({"file": str(source), "picture": target, **summarize_uncertainty(uncertainty, foreground)})
+    return rows
+
+
+def write_uncertainty_table(rows: Sequence[dict], out: str | os.PathLike, shown: int = 3) -> Path:
+    """``OUTPUT/uncertainty.csv``, the most doubtful prediction first (largest ``uncertain_share``, then
+    ``mean_uncertainty``); prints where it is and the first ``shown`` files."""
+    ordered = sorted(rows, key=lambda r: (-r["uncertain_share"], -r["mean_uncertainty"], r["file"]))
+    path = Path(out) / "uncertainty.csv"
+    fields = ["rank", "file", "uncertain_share", "mean_uncertainty", "uncertain_pixels", "foreground_pixels",
+              "picture"]
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for rank, row in enumerate(ordered, 1):
+            writer.writerow({"rank": rank, **{k: (f"{row[k]:.4f}" if isinstance(row[k], float) else row[k])
+                                             for k in fields[1:]}})
+    os.replace(partial, path)
+    first = ", ".join(f"{os.path.basename(r['file'])} ({r['uncertain_share']:.2f})" for r in ordered[:shown])
+    print(f"uncertainty of {len(ordered)} prediction(s) in {path}; most doubtful first (uncertain share): {first}")
+    return path
