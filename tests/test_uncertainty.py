@@ -119,6 +119,10 @@ def test_predict_2d_writes_pictures_and_ranks_the_images(tmp_path):
         assert float(row["mean_uncertainty"]) == pytest.approx(uncertainty.mean(), abs=1e-4)
         picture = np.asarray(Image.open(row["picture"]))
         assert picture.shape == (*p.shape, 3) == (*Image.open(source).size[::-1], 3)
+    assert result["uncertainty_plot"] == str(out / "uncertainty_most.png") and Path(result["uncertainty_plot"]).is_file()
+    from vmunet_monai.evaluation.uncertainty import plot_most_uncertain
+
+    assert plot_most_uncertain([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
     record = json.loads((out / "prediction.json").read_text())
     assert record["settings"]["uncertainty"] is True and record["settings"]["probabilities"] is True
     with pytest.raises(InputError, match="--uncertainty 'yes': true or false"):

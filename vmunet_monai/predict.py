@@ -324,8 +324,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
 
     Returns:
         ``{"masks": [...], "overlays": [...], "skipped": [{"file", "reason"}, ...], "record": ...}`` (and
-        ``"instances"`` with ``split_touching``, ``"uncertainty"`` (the table's rows) and ``"uncertainty_table"``
-        with ``uncertainty``): the paths written, the files that were skipped and the
+        ``"instances"`` with ``split_touching``, ``"uncertainty"`` (the table's rows), ``"uncertainty_table"`` and
+        ``"uncertainty_plot"`` with ``uncertainty``): the paths written, the files that were skipped and the
         ``OUTPUT/prediction.json`` that records the bundle, weights, classes and settings. For
         ``synapse_multiorgan``: the list of segmentation files that
         :func:`~vmunet_monai.predict_volume.predict_volumes` returns.
@@ -498,13 +498,16 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     if split_touching is not None:
         result["instances"] = _write_instances(masks, out, float(split_touching))
     if uncertainty:
-        from vmunet_monai.evaluation.uncertainty import write_uncertainty_2d, write_uncertainty_table
+        from vmunet_monai.evaluation.uncertainty import (plot_most_uncertain, write_uncertainty_2d,
+                                                         write_uncertainty_table)
 
         pictures = [_uncertainty_path(out, mask) for mask in masks]
         result["uncertainty"] = write_uncertainty_2d([(item["image"], _prob_paths(out, mask, classes), picture)
                                                       for item, mask, picture in zip(good, masks, pictures)])
         result["uncertainty_table"] = str(write_uncertainty_table(result["uncertainty"], out))
-        print(f"{len(pictures)} uncertainty pictures under {out / 'uncertainty'}")
+        result["uncertainty_plot"] = plot_most_uncertain(result["uncertainty"], out / "uncertainty_most.png")
+        print(f"{len(pictures)} uncertainty pictures under {out / 'uncertainty'}; the most doubtful: "
+              f"{result['uncertainty_plot']}")
     result["record"] = str(write_record(out, workflow.parser, root, weights, bool(model), [source], masks, skipped,
                                         settings, kept=len(good) - len(todo)))
     return result

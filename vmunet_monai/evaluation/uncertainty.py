@@ -17,7 +17,8 @@ Each prediction gets one line in ``OUTPUT/uncertainty.csv``, the most doubtful f
   sorted by it: a reviewer with little time checks the top of the list.
 
 2D images get ``OUTPUT/uncertainty/**/<stem>_uncertainty.png``: the image in grey with the uncertainty over it
-in warm colours (none where the model is sure) and the predicted mask's outline in green; volumes get
+in warm colours (none where the model is sure) and the predicted mask's outline in green, and
+``OUTPUT/uncertainty_most.png`` shows the most doubtful of them with the colour scale; volumes get
 ``OUTPUT/<case>_uncertainty.nii.gz`` on the segmentation's grid, 8-bit with the NIfTI scale factor 1/255 (a
 reader gets numbers from 0 to 1), to lay over the CT in a viewer.
 """
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["UNCERTAIN", "normalized_entropy", "summarize_uncertainty", "uncertainty_picture",
+__all__ = ["UNCERTAIN", "normalized_entropy", "plot_most_uncertain", "summarize_uncertainty", "uncertainty_picture",
            "write_uncertainty_2d", "write_uncertainty_volumes", "write_uncertainty_table"]
 
 UNCERTAIN = 0.5  # the normalised entropy from which a pixel counts as uncertain
@@ -119,6 +120,43 @@ def write_uncertainty_2d(items: Sequence[tuple[str, Sequence[str], str]]) -> lis
         Image.fromarray(uncertainty_picture(image, uncertainty, classes)).save(target)
         rows.append({"file": str(image_path), "picture": str(target), **summarize_uncertainty(uncertainty, classes)})
     return rows
+
+
+def plot_most_uncertain(rows: Sequence[dict], path: str | os.PathLike, k: int = 8, side: int = 256) -> str | None:
+    """The pictures of the ``k`` most doubtful 2D predictions (the table's order), four per row, each titled
+    with its numbers, and the colour scale; None if there are none."""
+    from PIL import Image
+
+    from vmunet_monai.figures import pyplot, save
+
+    ordered = sorted(rows, key=lambda r: (-r["uncertain_share"], -r["mean_uncertainty"], r["file"]))[:max(k, 0)]
+    if not ordered:
+        return None
+    plt = pyplot()
+    from matplotlib import cm, colors
+
+    per_row = min(4, len(ordered))
+    lines = (len(ordered) + per_row - 1) // per_row
+    height = 3.0 * lines + 1.0
+    fig, axes = plt.subplots(lines, per_row, figsize=(3.0 * per_row, height), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, row in enumerate(ordered):
+        with Image.open(row["picture"]) as opened:
+            picture = opened.convert("RGB")
+            picture.thumbnail((side, side))
+        ax = axes[i // per_row, i % per_row]
+        ax.imshow(np.asarray(picture))
+        ax.set_title(f"{i + 1}. {os.path.basename(row['file'])}\nuncertain share {row['uncertain_share']:.2f}, "
+                     f"mean {row['mean_uncertainty']:.2f}", fontsize=8)
+    # the pictures' colours: inferno from 0.35 (uncertainty 0) to 1 (uncertainty 1), opacity its square
+    scale = colors.ListedColormap(plt.get_cmap("inferno")(np.linspace(0.35, 1.0, 256)))
+    bar = fig.colorbar(cm.ScalarMappable(norm=colors.Normalize(0, 1), cmap=scale), ax=axes.ravel().tolist(),
+                       orientation="horizontal", fraction=0.6 / height, pad=0.04, aspect=40)
+    bar.set_label("uncertainty (normalised entropy; drawn with its square as opacity); green: the mask's outline",
+                  fontsize=8)
+    fig.suptitle(f"the {len(ordered)} most doubtful of {len(rows)} prediction(s), most doubtful first", fontsize=10)
+    return save(fig, path, dpi=90)
 
 
 def write_uncertainty_volumes(items: Sequence[tuple[str, str]], slab: int = 16) -> list[dict]:
