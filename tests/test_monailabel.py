@@ -262,3 +262,32 @@ def test_a_bundle_copy_of_several_2d_classes_serves_them(tmp_path, studies):
     data, _ = _read_label(Path(label_file))
     assert result["label_names"] == {"lesion": 1, "dark_core": 2}
     assert data.shape == RGB_SHAPE and set(np.unique(data).tolist()) == {2}
+
+
+@pytest.mark.parametrize("name", ["isic_skin_lesion", "polyp_seg"])
+def test_epistemic_scoring_samples_the_2d_bundles_with_dropout(name, tmp_path):
+    """The monaibundle app's active learning (``--conf epistemic_model NAME``): MONAI Label builds the bundle's
+    network with ``dropout`` (its ``epistemic_dropout``), runs it in training mode under ``torch.no_grad`` several
+    times per unlabelled image and records the entropy of the samples; each image then has a finite score."""
+    from monai.transforms import Invertd, SaveImaged
+    from monailabel.datastore.local import LocalDatastore
+    from monailabel.tasks.infer.bundle import BundleInferTask
+    from monailabel.tasks.scoring.epistemic_v2 import EpistemicScoring
+
+    bundle = make_tiny_bundle(name, tmp_path / "bundle", size=64)  # VM-UNetV2's BatchNorm trains on 2x2 maps
+    save_weights(bundle)
+    studies = tmp_path / "studies"
+    for i in range(2):
+        write_rgb_image(studies / f"img{i}.png", *RGB_SHAPE, seed=i)
+    # as the app's init_scoring_methods builds it
+    task = BundleInferTask(str(bundle), {"preload": "false"}, train_mode=True, skip_writer=True, dropout=0.2,
+                           post_filter=[SaveImaged, Invertd])
+    assert task.is_valid()
+    network = task.bundle_config.get_parsed_content("network_def", instantiate=True)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.2 for m in network.modules())
+    datastore = LocalDatastore(str(studies), extensions=("*.png",))
+    summary = EpistemicScoring(task, simulation_size=3)({"device": "cpu", "max_workers": 1}, datastore)
+    assert summary["executed"] == 2 and summary["total"] == 2
+    for image_id in datastore.get_unlabeled_images():
+        entropy = datastore.get_image_info(image_id)["epistemic_entropy"]
+        assert np.isfinite(entropy) and entropy >= 0.0

@@ -115,6 +115,36 @@ def test_vmunet_v2_deep_supervision_with_monai_loss():
     assert net(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
     flat = VMUNetV2(deep_supervision=False, depths=(1, 1, 1, 1), mid_channels=8, **TINY).train()
     assert isinstance(flat(torch.randn(2, 3, 64, 64)), torch.Tensor)
+    # training mode without gradients (dropout sampling, as MONAI Label's epistemic scoring runs it): one tensor
+    net.train()
+    with torch.no_grad():
+        sampled = net(torch.randn(2, 3, 64, 64))
+    assert isinstance(sampled, torch.Tensor) and sampled.shape == (2, 1, 64, 64)
+
+
+@pytest.mark.parametrize("cls,kw", [(VMUNet, {"depths_decoder": (1, 1, 1, 1)}), (MambaUNet, {}),
+                                    (VMUNetV2, {"mid_channels": 8, "deep_supervision": False})])
+def test_dropout_on_the_ss2d_outputs_samples_in_training_mode_only(cls, kw):
+    """``dropout`` (the official attn_drop_rate, MONAI Label's epistemic_dropout): an ``nn.Dropout`` after every
+    SS2D, none at 0; the same state dict either way, so trained weights load into a network with dropout."""
+    plain = cls(out_channels=2, depths=(1, 1, 1, 1), **TINY, **kw)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in plain.modules())
+    torch.manual_seed(0)
+    net = cls(out_channels=2, depths=(1, 1, 1, 1), dropout=0.3, **TINY, **kw)
+    mixers = [m for m in net.modules() if isinstance(m, SS2D)]
+    assert mixers and all(isinstance(m.dropout, torch.nn.Dropout) and m.dropout.p == 0.3 for m in mixers)
+    assert net.state_dict().keys() == plain.state_dict().keys()
+    net.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        net.eval()
+        assert torch.equal(net(x), net(x)) and torch.allclose(net(x), plain.eval()(x), atol=1e-5)
+        net.train()
+        first, second = net(x), net(x)
+    assert not torch.allclose(first, second)  # a new dropout mask per pass
+    for bad in (-0.1, 1.0, "0.2", True):
+        with pytest.raises(ValueError, match=rf"{cls.__name__} dropout={bad!r}: a rate from 0 up to but not including 1"):
+            cls(dropout=bad, depths=(1, 1, 1, 1), **TINY, **kw)
 
 
 @pytest.mark.parametrize("cls,kw", [(VMUNet, {"depths_decoder": (1, 1, 1, 1)}), (MambaUNet, {}),

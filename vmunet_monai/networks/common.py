@@ -74,6 +74,13 @@ def init_linear_and_norm(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def check_dropout(name: str, dropout: float) -> float:
+    """The SS2D output dropout rate: a number from 0 (none, the default) up to but not including 1."""
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"{name} dropout={dropout!r}: a rate from 0 up to but not including 1")
+    return float(dropout)
+
+
 def drop_path_rates(rate: float, depths: Sequence[int]) -> list[list[float]]:
     """Stochastic-depth rates rising linearly from 0 to ``rate`` over all blocks, split per stage."""
     total = sum(depths)

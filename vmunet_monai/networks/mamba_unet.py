@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from vmunet_monai.layers import FinalPatchExpand2D, PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSLayer
-from vmunet_monai.networks.common import (check_channels, check_dims, crop_output, drop_path_rates,
+from vmunet_monai.networks.common import (check_channels, check_dims, check_dropout, crop_output, drop_path_rates,
                                           init_linear_and_norm, prepare_input)
 
 __all__ = ["MambaUNet"]
@@ -32,6 +32,9 @@ class MambaUNet(nn.Module):
         depths: VSS blocks per encoder stage; decoder stage i has ``depths[3 - i]`` blocks.
         d_state: SS2D state size.
         drop_path_rate: largest stochastic-depth rate.
+        dropout: dropout on every SS2D's output (the official ``attn_drop_rate``; 0, the default, adds no module
+            and the state dict is unchanged). MONAI Label's epistemic scoring sets it (``epistemic_dropout``) to
+            sample predictions with dropout on.
         mixer: token mixer name.
         scan_backend: selective-scan backend (None: automatic).
         recompute: rebuild cheap SS2D activations in the backward instead of storing them (about half
@@ -53,6 +56,7 @@ class MambaUNet(nn.Module):
         mixer: str = "ss2d",
         scan_backend: str | None = None,
         recompute: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if spatial_dims != 2:
@@ -62,6 +66,8 @@ class MambaUNet(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stem_channels = 3 if in_channels in (1, 3) else in_channels
         kw = dict(d_state=d_state, mixer=mixer, scan_backend=scan_backend, recompute=recompute)
+        if check_dropout("MambaUNet", dropout):
+            kw["dropout"] = float(dropout)
         rates = drop_path_rates(drop_path_rate, depths)
 
         self.patch_embed = PatchEmbed2D(4, self.stem_channels, dims[0])

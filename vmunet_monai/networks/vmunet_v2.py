@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vmunet_monai.layers import SDI, ChannelAttention, PatchEmbed2D, PatchMerging2D, SpatialAttention, TransLayer, VSSLayer
-from vmunet_monai.networks.common import (check_channels, check_dims, crop_output, drop_path_rates,
+from vmunet_monai.networks.common import (check_channels, check_dims, check_dropout, crop_output, drop_path_rates,
                                           init_linear_and_norm, prepare_input)
 
 __all__ = ["VMUNetV2", "VSSEncoder"]
@@ -25,13 +25,14 @@ class VSSEncoder(nn.Module):
     """
 
     def __init__(self, in_chans: int, dims: Sequence[int], depths: Sequence[int], d_state: int, drop_path_rate: float,
-                 mixer: str = "ss2d", scan_backend: str | None = None, recompute: bool = True) -> None:
+                 mixer: str = "ss2d", scan_backend: str | None = None, recompute: bool = True,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.patch_embed = PatchEmbed2D(4, in_chans, dims[0])
         rates = drop_path_rates(drop_path_rate, depths)
         self.layers = nn.ModuleList(
             VSSLayer(dims[i], depths[i], rates[i], d_state, downsample=PatchMerging2D(dims[i]), mixer=mixer,
-                     scan_backend=scan_backend, recompute=recompute)
+                     scan_backend=scan_backend, recompute=recompute, **({"dropout": dropout} if dropout else {}))
             for i in range(3)
         )
         self.apply(init_linear_and_norm)
@@ -54,9 +55,10 @@ class VMUNetV2(nn.Module):
 
     Output: with ``deep_supervision`` (the official default) the prediction is the H head plus a
     learned x2 upsampling of the H/2 head, which is what the official network computes before its
-    sigmoid. In training mode with ``deep_supervision`` the forward returns a list: that prediction
+    sigmoid. In training mode with ``deep_supervision`` and gradients on, the forward returns a list: that prediction
     first, then the H/2, H/4 and H/8 heads, so ``monai.losses.DeepSupervisionLoss`` trains every
-    head (the official code trains only the fused output). In eval mode it returns one tensor.
+    head (the official code trains only the fused output). In eval mode, and in training mode under
+    ``torch.no_grad``, it returns one tensor.
     Without ``deep_supervision`` the output is the H head alone.
 
     Args:
@@ -68,11 +70,16 @@ class VMUNetV2(nn.Module):
         d_state: SS2D state size.
         drop_path_rate: largest stochastic-depth rate of the encoder.
         mid_channels: channels of the neck and decoder (48 in the paper).
-        deep_supervision: fuse the two finest heads and return all heads in training.
+        deep_supervision: fuse the two finest heads and return all heads in training (with gradients on; under
+            ``torch.no_grad`` a network in training mode returns the prediction alone, as dropout sampling
+            such as MONAI Label's epistemic scoring runs it).
         mixer: token mixer name.
         scan_backend: selective-scan backend (None: automatic).
         recompute: rebuild cheap SS2D activations in the backward instead of storing them (about half
             the training activation memory, same results; see :class:`~vmunet_monai.layers.SS2D`).
+        dropout: dropout on every SS2D's output in the encoder (the official ``attn_drop_rate``; 0, the default,
+            adds no module and the state dict is unchanged). MONAI Label's epistemic scoring sets it
+            (``epistemic_dropout``) to sample predictions with dropout on.
     """
 
     stride = 32
@@ -92,6 +99,7 @@ class VMUNetV2(nn.Module):
         mixer: str = "ss2d",
         scan_backend: str | None = None,
         recompute: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if spatial_dims != 2:
@@ -114,10 +122,11 @@ class VMUNetV2(nn.Module):
         if deep_supervision:
             self.deconv6 = nn.ConvTranspose2d(out_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
         self.encoder = VSSEncoder(self.stem_channels, dims, depths, d_state, drop_path_rate, mixer, scan_backend,
-                                  recompute)
+                                  recompute, check_dropout("VMUNetV2", dropout))
 
     def forward(self, x: torch.Tensor):
-        """(B, C, H, W) -> logits (B, out_channels, H, W), or a list of heads in training with deep supervision."""
+        """(B, C, H, W) -> logits (B, out_channels, H, W), or a list of heads in training with deep supervision
+        (and gradients on)."""
         x, size = prepare_input(x, self.stem_channels, self.stride, type(self).__name__,
                                 dtype=next(self.parameters()).dtype)
         feats = []
@@ -138,7 +147,7 @@ class VMUNetV2(nn.Module):
         if not self.deep_supervision:
             return crop_output(heads[3], size)
         main = crop_output(heads[3] + self.deconv6(heads[2]), size)
-        if self.training:
+        if self.training and torch.is_grad_enabled():
             padded = (x.shape[-2], x.shape[-1])
             return [main] + [self._crop_head(h, size, padded) for h in heads[2::-1]]
         return main
