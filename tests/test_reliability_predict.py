@@ -271,6 +271,19 @@ def test_predict_writes_probability_maps_that_score_reads(lesion_bundle, tmp_pat
     by_masks = score(tmp_path / "out" / "masks", tmp_path / "prepared", out=tmp_path / "s_masks")
     by_maps = score(tmp_path / "out" / "probabilities", tmp_path / "prepared", out=tmp_path / "s_maps")
     assert by_maps["overall"] == by_masks["overall"] and "pranet" in by_maps and "pranet" not in by_masks
+    # and the maps' calibration, the same as counted here from the files
+    from vmunet_monai.evaluation.calibration import Calibration
+
+    assert "calibration" not in by_masks
+    again = Calibration()
+    test = json.loads((tmp_path / "prepared" / "datalist.json").read_text())["test"]
+    labels = {Path(e["image"]).stem: tmp_path / "prepared" / e["label"] for e in test}
+    for prob_path in result["probabilities"]:
+        label = labels[Path(prob_path).name[: -len("_prob.png")]]
+        again.add(np.asarray(Image.open(prob_path), np.float64) / 255, np.asarray(Image.open(label)) >= 128)
+    assert by_maps["calibration"]["ece"] == pytest.approx(again.summary()["ece"])
+    assert by_maps["calibration"]["brier"] == pytest.approx(again.summary()["brier"])
+    assert Path(by_maps["paths"]["calibration_plot"]).is_file() and Path(by_maps["paths"]["calibration_json"]).is_file()
 
 
 def test_ct_predict_writes_class_probabilities_on_the_segmentation_grid(tmp_path):

@@ -213,7 +213,8 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     ``<image>.png`` below ``pred``; where several test sets share an image name, with the one whose folders match
     the image's. Binary masks saved as grey-level probability maps (as the PraNet lineage saves its predictions)
     are thresholded at half scale like any mask, and also scored by that lineage's protocol
-    (:mod:`vmunet_monai.evaluation.pranet`: ``metrics_<split>_pranet_*``). Writes ``metrics_<split>_per_image.csv``,
+    (:mod:`vmunet_monai.evaluation.pranet`: ``metrics_<split>_pranet_*``) and for their calibration
+    (:mod:`vmunet_monai.evaluation.calibration`: ``metrics_<split>_calibration.png`` and ``.json``). Writes ``metrics_<split>_per_image.csv``,
     ``metrics_<split>_summary.json``, ``metrics_<split>.png`` and, for the ``worst`` images of the lowest Dice,
     ``metrics_<split>_worst.png`` (:mod:`vmunet_monai.evaluation.gallery`) into ``out`` (default: ``score/`` beside
     ``pred``).
@@ -305,6 +306,20 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         print(format_pranet(pranet["summary"]))
         summary["pranet"] = pranet.pop("summary")["overall"]
         paths.update({f"pranet_{k}": v for k, v in pranet.items()})
+        # and whether the maps' probabilities mean what they say, pixel by pixel (grey levels / 255)
+        from vmunet_monai.evaluation.calibration import Calibration
+
+        calibration = Calibration()
+        for _, hit, label, _ in binary_pairs:
+            calibration.add(np.clip(_read_values(hit), 0, 255) / 255.0, foreground(_read_values(label)))
+        summary["calibration"] = calibration.summary()
+        paths["calibration_json"] = str(out / f"metrics_{split}_calibration.json")
+        Path(paths["calibration_json"]).write_text(json.dumps(summary["calibration"], indent=4) + "\n")
+        paths["calibration_plot"] = calibration.plot(out / f"metrics_{split}_calibration.png",
+                                                     title=f"{Path(pred).name}: calibration, {split} split")
+        print(f"calibration of the probability maps: ECE {summary['calibration']['ece']:.4f}, Brier "
+              f"{summary['calibration']['brier']:.4f} over {summary['calibration']['pixels']:,} pixels "
+              f"({paths['calibration_plot']})")
     if missing:
         print(f"left out: {len(missing)} {split} image(s) without a prediction (first: {missing[0]})")
     print(f"{len(records) // max(len(classes), 1)} images scored against {datalist} ({split}); written to {out}")
