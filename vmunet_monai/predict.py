@@ -501,7 +501,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         from vmunet_monai.evaluation.uncertainty import (plot_most_uncertain, write_uncertainty_2d,
                                                          write_uncertainty_table)
 
-        pictures = [_uncertainty_path(out, mask) for mask in masks]
+        pictures = [_beside_mask(out, mask, "uncertainty", "uncertainty") for mask in masks]
         result["uncertainty"] = write_uncertainty_2d([(item["image"], _prob_paths(out, mask, classes), picture)
                                                       for item, mask, picture in zip(good, masks, pictures)])
         result["uncertainty_table"] = str(write_uncertainty_table(result["uncertainty"], out))
@@ -516,17 +516,15 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
 def _prob_paths(out: Path, mask, classes: int) -> list[Path]:
     """Where the probability maps of the mask ``OUTPUT/masks/**/<stem>_mask.png`` go: ``<stem>_prob.png``, or
     ``<stem>_prob_<k>.png`` for each class after the background of a bundle of several classes."""
-    folder = Path(out) / "probabilities" / Path(mask).relative_to(Path(out) / "masks").parent
-    stem = Path(mask).name[: -len("_mask.png")]
     if classes > 2:
-        return [folder / f"{stem}_prob_{c}.png" for c in range(1, classes)]
-    return [folder / f"{stem}_prob.png"]
+        return [_beside_mask(out, mask, "probabilities", f"prob_{c}") for c in range(1, classes)]
+    return [_beside_mask(out, mask, "probabilities", "prob")]
 
 
-def _uncertainty_path(out: Path, mask) -> Path:
-    """Where the uncertainty picture of the mask ``OUTPUT/masks/**/<stem>_mask.png`` goes."""
+def _beside_mask(out: Path, mask, folder: str, suffix: str) -> Path:
+    """``OUTPUT/<folder>/**/<stem>_<suffix>.png`` for the mask ``OUTPUT/masks/**/<stem>_mask.png``."""
     rel = Path(mask).relative_to(Path(out) / "masks")
-    return Path(out) / "uncertainty" / rel.parent / f"{rel.name[: -len('_mask.png')]}_uncertainty.png"
+    return Path(out) / folder / rel.parent / f"{rel.name[: -len('_mask.png')]}_{suffix}.png"
 
 
 def _write_instances(masks: list[str], out: Path, depth: float) -> list[str]:
@@ -537,11 +535,9 @@ def _write_instances(masks: list[str], out: Path, depth: float) -> list[str]:
 
     written, total = [], 0
     for mask in masks:
-        rel = Path(mask).relative_to(out / "masks")
         objects = split_touching(np.asarray(Image.open(mask)) > 127, depth)
         total += int(objects.max())
-        stem = rel.name[: -len("_mask.png")]
-        written.append(str(write_objects(objects, out / "instances" / rel.parent / f"{stem}_instances.png")))
+        written.append(str(write_objects(objects, _beside_mask(out, mask, "instances", "instances"))))
     print(f"{len(written)} object maps under {out / 'instances'} ({total} objects; touching ones split at necks of "
           f"{depth:g} pixels or deeper)")
     return written

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["UNCERTAIN", "normalized_entropy", "plot_most_uncertain", "summarize_uncertainty", "uncertainty_picture",
+__all__ = ["UNCERTAIN", "most_doubtful_first", "normalized_entropy", "plot_most_uncertain", "summarize_uncertainty", "uncertainty_picture",
            "write_uncertainty_2d", "write_uncertainty_volumes", "write_uncertainty_table"]
 
 UNCERTAIN = 0.5  # the normalised entropy from which a pixel counts as uncertain
@@ -61,6 +61,11 @@ def summarize_uncertainty(uncertainty: np.ndarray, foreground: np.ndarray) -> di
     return {"mean_uncertainty": float(uncertainty.mean()) if uncertainty.size else 0.0,
             "uncertain_pixels": uncertain, "foreground_pixels": objects,
             "uncertain_share": uncertain / (objects + uncertain) if objects + uncertain else 0.0}
+
+
+def most_doubtful_first(rows: Sequence[dict]) -> list[dict]:
+    """The table's order: the largest ``uncertain_share`` first, then the largest ``mean_uncertainty``."""
+    return sorted(rows, key=lambda r: (-r["uncertain_share"], -r["mean_uncertainty"], r["file"]))
 
 
 def _class_probabilities_2d(maps: Sequence[str | os.PathLike]) -> np.ndarray:
@@ -129,7 +134,7 @@ def plot_most_uncertain(rows: Sequence[dict], path: str | os.PathLike, k: int = 
 
     from vmunet_monai.figures import pyplot, save
 
-    ordered = sorted(rows, key=lambda r: (-r["uncertain_share"], -r["mean_uncertainty"], r["file"]))[:max(k, 0)]
+    ordered = most_doubtful_first(rows)[:max(k, 0)]
     if not ordered:
         return None
     plt = pyplot()
@@ -193,7 +198,7 @@ def write_uncertainty_volumes(items: Sequence[tuple[str, str]], slab: int = 16) 
 def write_uncertainty_table(rows: Sequence[dict], out: str | os.PathLike, shown: int = 3) -> Path:
     """``OUTPUT/uncertainty.csv``, the most doubtful prediction first (largest ``uncertain_share``, then
     ``mean_uncertainty``); prints where it is and the first ``shown`` files."""
-    ordered = sorted(rows, key=lambda r: (-r["uncertain_share"], -r["mean_uncertainty"], r["file"]))
+    ordered = most_doubtful_first(rows)
     path = Path(out) / "uncertainty.csv"
     fields = ["rank", "file", "uncertain_share", "mean_uncertainty", "uncertain_pixels", "foreground_pixels",
               "picture"]
