@@ -16,8 +16,8 @@ def test_counts_ece_and_brier_by_hand():
     cal.add(p[4:], t[4:])
     s = cal.summary()
     assert s["pixels"] == 9 and [r["pixels"] for r in s["bins"]] == [2, 1, 0, 0, 0, 4, 0, 0, 0, 2]  # 1.0: last bin
-    assert s["bins"][2]["mean_probability"] is None and s["bins"][2]["foreground_share"] is None
-    assert s["bins"][5]["mean_probability"] == pytest.approx(0.55) and s["bins"][5]["foreground_share"] == 0.5
+    assert s["bins"][2]["mean_probability"] is None and s["bins"][2]["observed_share"] is None
+    assert s["bins"][5]["mean_probability"] == pytest.approx(0.55) and s["bins"][5]["observed_share"] == 0.5
     ece = (2 * abs(0.5 - 0.05) + 1 * abs(0.0 - 0.15) + 4 * abs(0.5 - 0.55) + 2 * abs(1.0 - 0.975)) / 9
     assert s["ece"] == pytest.approx(ece)
     assert s["brier"] == pytest.approx(float(np.mean((p - t) ** 2)))
@@ -46,3 +46,53 @@ def test_bad_input_and_empty_summary(tmp_path):
     assert (tmp_path / "empty.png").name in cal.plot(tmp_path / "empty.png")  # an empty diagram still draws
     cal.add(np.array([0.2, 0.9]), np.array([0, 1], bool))
     assert cal.plot(tmp_path / "c.png") == str(tmp_path / "c.png") and (tmp_path / "c.png").stat().st_size > 0
+
+
+def _prob_volume(path, prob, affine):
+    """A 4D probability NIfTI as predict --probabilities writes it: 8 bits with the scale factor 1/255."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.rint(prob * 255).astype(np.uint8), affine)
+    image.header.set_slope_inter(1.0 / 255.0, 0.0)
+    nib.save(image, str(path))
+
+
+def test_score_volumes_calibrates_the_class_probabilities_beside_them(tmp_path, capsys):
+    """``score`` on predict's output folder: ``<case>_prob.nii.gz`` beside ``<case>_seg.nii.gz`` gives the
+    top-label calibration; predict's probability and uncertainty volumes are not taken for predictions."""
+    import json
+
+    import nibabel as nib
+
+    from vmunet_monai.data import prepare, synapse
+    from vmunet_monai.evaluation.calibration import calibrate_volumes
+    from vmunet_monai.evaluation.score import score_volumes
+
+    synapse.demo_data(str(tmp_path / "acdc"), num=10, seed=2, layout="acdc", shape=(48, 48, 4))
+    prepare("synapse_multiorgan", str(tmp_path / "acdc"), str(tmp_path / "prepared"))
+    tests = json.loads((tmp_path / "prepared" / "datalist.json").read_text())["test"]
+    out = tmp_path / "pred"
+    out.mkdir()
+    for item in tests:
+        label = nib.load(tmp_path / "prepared" / item["label"])
+        truth = np.asarray(label.dataobj).astype(np.int64)
+        nib.save(nib.Nifti1Image(truth.astype(np.uint8), label.affine), out / f"{item['case']}_seg.nii.gz")
+        prob = np.full((*truth.shape, 4), 0.1)  # the right class at 0.7 everywhere: right, but too timid
+        np.put_along_axis(prob, truth[..., None], 0.7, axis=-1)
+        _prob_volume(out / f"{item['case']}_prob.nii.gz", prob, label.affine)
+        nib.save(nib.Nifti1Image(np.zeros(truth.shape, np.uint8), label.affine), out / f"{item['case']}_uncertainty.nii.gz")
+    summary = score_volumes(out, tmp_path / "prepared", out=tmp_path / "scored", montage=False)
+    assert summary["num_cases"] == len(tests) and summary["unused_predictions"] == []
+    calibration = summary["calibration"]
+    assert calibration["cases"] == len(tests) and calibration["kind"] == "top_label"
+    assert calibration["ece"] == pytest.approx(0.3, abs=1 / 255)  # said 0.7, right every time
+    assert calibration["brier"] == pytest.approx(0.09, abs=2 / 255)
+    assert (tmp_path / "scored" / "calibration.png").is_file()
+    assert json.loads((tmp_path / "scored" / "calibration.json").read_text())["ece"] == calibration["ece"]
+    assert "top-label ECE 0.30" in capsys.readouterr().out
+    # read a few slices at a time or all at once: the same counts; a volume on another grid is named
+    pairs = [(out / f"{item['case']}_prob.nii.gz", tmp_path / "prepared" / item["label"]) for item in tests]
+    assert calibrate_volumes(pairs, slab=1).summary() == calibrate_volumes(pairs, slab=64).summary()
+    _prob_volume(out / "bad_prob.nii.gz", np.full((48, 48, 3, 4), 0.25), np.eye(4))
+    with pytest.raises(ValueError, match=r"bad_prob.nii.gz: class probabilities of shape \(48, 48, 3, 4\)"):
+        calibrate_volumes([(out / "bad_prob.nii.gz", pairs[0][1])])

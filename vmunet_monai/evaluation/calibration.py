@@ -11,9 +11,13 @@ and gives:
 - the reliability diagram (:meth:`Calibration.plot`): share foreground against mean probability per bin, the
   diagonal for reference, and the pixels per bin on a log scale below.
 
+For several classes (``top_label``) the same is counted for the class the model picks: its probability (the
+highest) against whether it is the right class, the "confidence" calibration of the classification literature.
+
 Before trusting an uncertainty map (``predict --uncertainty``) or a threshold other than 0.5, look here: a model
-trained with Dice loss is often too sure, one trained briefly too unsure. ``score`` on ``predict
---probabilities`` maps writes it (``metrics_<split>_calibration.png`` and ``calibration`` in the summary).
+trained with Dice loss is often too sure, one trained briefly too unsure. ``score`` writes it for the 2D maps of
+``predict --probabilities`` (``metrics_<split>_calibration.png`` and ``calibration`` in the summary) and for
+volumes with their ``<case>_prob.nii.gz`` beside them (``calibration.png``, top label).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import os
 
 import numpy as np
 
-__all__ = ["Calibration"]
+__all__ = ["Calibration", "calibrate_volumes"]
 
 
 class Calibration:
@@ -30,20 +34,24 @@ class Calibration:
 
     Args:
         bins: equal-width probability bins from 0 to 1.
+        top_label: what :meth:`add` is given: the highest class probability and whether that class is right
+            (True), or a binary map's foreground probability and the foreground (False); only the plot's words
+            differ.
     """
 
-    def __init__(self, bins: int = 10) -> None:
+    def __init__(self, bins: int = 10, top_label: bool = False) -> None:
         if int(bins) < 1:
             raise ValueError(f"Calibration bins={bins}: at least 1")
-        self.bins = int(bins)
+        self.bins, self.top_label = int(bins), bool(top_label)
         self.pixels = np.zeros(self.bins, np.int64)
         self.probability = np.zeros(self.bins, np.float64)  # sums
         self.foreground = np.zeros(self.bins, np.int64)
         self.squared_error = 0.0
 
     def add(self, probability, truth) -> None:
-        """One image: ``probability`` the foreground probability (0-1) and ``truth`` the foreground (bool), both
-        of one shape."""
+        """One image (or part of one): ``probability`` the foreground probability (0-1) and ``truth`` the foreground
+        (bool), both of one shape; with ``top_label`` the highest class probability and whether its class is the
+        ground truth's."""
         p = np.asarray(probability, np.float64).ravel()
         t = np.asarray(truth, bool).ravel()
         if p.shape != t.shape:
@@ -58,7 +66,7 @@ class Calibration:
 
     def summary(self) -> dict:
         """``ece``, ``brier``, ``pixels`` and per bin its edges, ``pixels``, ``mean_probability`` and
-        ``foreground_share`` (None for an empty bin)."""
+        ``observed_share``, the share foreground (right, with ``top_label``), None for an empty bin."""
         total = int(self.pixels.sum())
         rows, ece = [], 0.0
         for b in range(self.bins):
@@ -68,9 +76,9 @@ class Calibration:
             if n:
                 ece += n / total * abs(share - mean)
             rows.append({"low": b / self.bins, "high": (b + 1) / self.bins, "pixels": n, "mean_probability": mean,
-                         "foreground_share": share})
+                         "observed_share": share})
         return {"ece": ece if total else None, "brier": self.squared_error / total if total else None,
-                "pixels": total, "bins": rows}
+                "pixels": total, "kind": "top_label" if self.top_label else "foreground", "bins": rows}
 
     def plot(self, path: str | os.PathLike, title: str = "") -> str:
         """The reliability diagram and the pixels per bin."""
@@ -84,13 +92,15 @@ class Calibration:
         full = [r for r in summary["bins"] if r["pixels"]]
         centres = [(r["low"] + r["high"]) / 2 for r in summary["bins"]]
         width = 1.0 / self.bins
-        top.bar([(r["low"] + r["high"]) / 2 for r in full], [r["foreground_share"] for r in full], width=width * 0.9,
-                color="#4c72b0", alpha=0.35, label="share foreground, per bin")
-        top.plot([r["mean_probability"] for r in full], [r["foreground_share"] for r in full], marker="o",
+        what = "right" if self.top_label else "foreground"
+        top.bar([(r["low"] + r["high"]) / 2 for r in full], [r["observed_share"] for r in full], width=width * 0.9,
+                color="#4c72b0", alpha=0.35, label=f"share {what}, per bin")
+        top.plot([r["mean_probability"] for r in full], [r["observed_share"] for r in full], marker="o",
                  color="#c44e52", label="at the bin's mean probability")
         top.set_xlim(0, 1)
         top.set_ylim(0, 1)
-        top.set_ylabel("share of the pixels that is foreground")
+        top.set_ylabel("share of the pixels whose class is right" if self.top_label
+                       else "share of the pixels that is foreground")
         ece, brier = summary["ece"], summary["brier"]
         top.set_title((title + "\n" if title else "") + (f"ECE {ece:.4f}, Brier {brier:.4f}, {summary['pixels']:,} "
                                                           f"pixels" if summary["pixels"] else "no pixels"), fontsize=9)
@@ -98,7 +108,31 @@ class Calibration:
         bottom.bar(centres, [max(r["pixels"], 0) for r in summary["bins"]], width=width * 0.9, color="#55a868")
         if summary["pixels"]:
             bottom.set_yscale("log")
-        bottom.set_xlabel("predicted foreground probability")
+        bottom.set_xlabel("probability of the predicted class (the highest)" if self.top_label
+                          else "predicted foreground probability")
         bottom.set_ylabel("pixels")
         fig.tight_layout()
         return save(fig, path, dpi=90)
+
+
+def calibrate_volumes(pairs, slab: int = 16) -> Calibration:
+    """Top-label calibration over volumes: each ``(probability volume, label volume)`` pair is a 4D
+    ``<case>_prob.nii.gz`` as ``predict --probabilities`` writes it (X, Y, Z, classes; a reader's scale applied)
+    and the ground truth's class numbers on the same grid, read ``slab`` slices at a time.
+
+    Raises:
+        ValueError: a probability volume that is not 4D, or of another grid than its label (both named).
+    """
+    import nibabel as nib
+
+    calibration = Calibration(top_label=True)
+    for prob_path, label_path in pairs:
+        prob, label = nib.load(str(prob_path)), nib.load(str(label_path))
+        if len(prob.shape) != 4 or tuple(prob.shape[:3]) != tuple(label.shape[:3]):
+            raise ValueError(f"{prob_path}: class probabilities of shape {tuple(prob.shape)} for the label "
+                             f"{label_path} of {tuple(label.shape)} (expected (X, Y, Z, classes) on its grid)")
+        for z in range(0, prob.shape[2], slab):
+            part = np.clip(np.asarray(prob.dataobj[:, :, z:z + slab, :], np.float32), 0.0, 1.0)
+            truth = np.rint(np.asarray(label.dataobj[:, :, z:z + slab], np.float32)).astype(np.int64)
+            calibration.add(part.max(axis=-1), part.argmax(axis=-1) == truth)
+    return calibration

@@ -25,11 +25,13 @@ from vmunet_monai.validation import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, InputEr
 __all__ = ["PREDICTION_SUFFIXES", "match_volumes", "score", "score_masks", "score_volumes"]
 
 PREDICTION_SUFFIXES = ("_seg", "_pred", "_prediction", "_label", "_mask")
+COMPANION_SUFFIXES = ("_prob", "_uncertainty")  # predict's class probabilities and uncertainty, beside its label maps
 
 
 def _prediction_files(folder: Path) -> dict[str, Path]:
     """Prediction files under ``folder`` (searched recursively) by every name they may answer to: the file's stem,
-    and the stem without a prediction suffix (``_seg``)."""
+    and the stem without a prediction suffix (``_seg``). ``<case>_prob`` and ``<case>_uncertainty`` volumes are
+    not label maps (``predict --probabilities``, ``--uncertainty``) and are left out."""
     from vmunet_monai.evaluation.ct import _case_name
 
     if not folder.is_dir():
@@ -39,6 +41,8 @@ def _prediction_files(folder: Path) -> dict[str, Path]:
         if not path.is_file() or not path.name.lower().endswith(VOLUME_EXTENSIONS):
             continue
         stem = _case_name(path)
+        if stem.endswith(COMPANION_SUFFIXES):
+            continue
         keys = [stem] + [stem[: -len(s)] for s in PREDICTION_SUFFIXES if stem.endswith(s) and len(stem) > len(s)]
         for key in keys:
             if key in names and names[key] != path:
@@ -99,8 +103,10 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
 
     Writes into ``out`` (default: ``score/`` beside ``pred``): ``per_case.csv``, ``summary.json``,
     ``organ_boxplot.png``, ``montage_<case>.png`` and ``montage_worst_<case>.png`` of the first case and of the
-    case of the lowest mean Dice (``montage``), and for ACDC's patients ``clinical_indices.csv`` and
-    ``clinical_indices.png``.
+    case of the lowest mean Dice (``montage``), for ACDC's patients ``clinical_indices.csv`` and
+    ``clinical_indices.png``, and where ``predict --probabilities`` left ``<case>_prob.nii.gz`` beside a
+    ``<case>_seg.nii.gz``, the top-label calibration of those probabilities (``calibration.png`` and
+    ``calibration.json``; :mod:`vmunet_monai.evaluation.calibration`).
 
     Returns:
         the summary, with ``missing_prediction`` (cases of the split without a prediction, left out and named),
@@ -130,12 +136,29 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
                              patients={named[c]: p for c, p in patients.items() if c in named},
                              extra={"missing_prediction": matched["missing"], "unused_predictions": matched["unused"],
                                     "predictions": record[1] if record else None})
+    beside = [(str(p[1])[: -len("_seg.nii.gz")] + "_prob.nii.gz", p[2]) for p in pairs
+              if str(p[1]).endswith("_seg.nii.gz") and os.path.isfile(str(p[1])[: -len("_seg.nii.gz")] + "_prob.nii.gz")]
+    if beside:  # predict --probabilities: whether the class probabilities mean what they say
+        from vmunet_monai.evaluation.calibration import calibrate_volumes
+
+        try:
+            calibration = calibrate_volumes(beside)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        summary["calibration"] = {**calibration.summary(), "cases": len(beside)}
+        (out / "calibration.json").write_text(json.dumps(summary["calibration"], indent=4) + "\n")
+        plot = calibration.plot(out / "calibration.png", title=f"{Path(pred).name}: calibration of the class "
+                                f"probabilities, {len(beside)} of {len(pairs)} case(s), {split} split")
+        print(f"calibration of the class probabilities ({len(beside)} case(s) with <case>_prob.nii.gz): top-label "
+              f"ECE {summary['calibration']['ece']:.4f}, Brier {summary['calibration']['brier']:.4f} ({plot})")
     if matched["missing"]:
         print(f"left out: {len(matched['missing'])} {split} case(s) without a prediction (first: "
               f"{matched['missing'][0]})")
     if matched["unused"]:
         print(f"not scored: {len(matched['unused'])} prediction(s) of no {split} case (first: {matched['unused'][0]})")
     summary["paths"] = {"csv": str(out / "per_case.csv"), "json": str(out / "summary.json"), "folder": str(out)}
+    if beside:
+        summary["paths"].update(calibration_json=str(out / "calibration.json"), calibration_plot=plot)
     print(f"{len(pairs)} cases scored against {matched['datalist']} ({split}); written to {out}")
     return summary
 

@@ -175,12 +175,10 @@ def write_uncertainty_volumes(items: Sequence[tuple[str, str]], slab: int = 16) 
         img = nib.load(prob_path)
         if len(img.shape) != 4:
             raise ValueError(f"{prob_path}: a probability volume has 4 axes (X, Y, Z, classes), not {img.shape}")
-        scale = img.dataobj.slope if np.isfinite(img.dataobj.slope) else 1.0
-        inter = img.dataobj.inter if np.isfinite(img.dataobj.inter) else 0.0
         uncertainty = np.zeros(img.shape[:3], np.float32)
         foreground = np.zeros(img.shape[:3], bool)
         for z in range(0, img.shape[2], slab):
-            part = np.asarray(img.dataobj[:, :, z:z + slab, :], np.float32) * scale + inter
+            part = np.asarray(img.dataobj[:, :, z:z + slab, :], np.float32)  # the file's scale applied
             part = np.moveaxis(part, -1, 0)
             uncertainty[:, :, z:z + slab] = normalized_entropy(part)
             foreground[:, :, z:z + slab] = part.argmax(axis=0) > 0
