@@ -162,6 +162,20 @@ def test_predict_and_demo_bundle(prepared, tmp_path):
             expected = make_record(name, mask.astype(np.float32), truth.astype(np.float32))
             assert {k: int(rows[name][k]) for k in ("tp", "fp", "fn", "tn")} == \
                 {k: expected[k] for k in ("tp", "fp", "fn", "tn")}, (tta, name)
+        # the calibration of the same probabilities, as counted from predict's 8-bit maps (bins may differ at
+        # their edges by the rounding)
+        from vmunet_monai.evaluation.calibration import Calibration
+
+        maps = predict(str(root), str(raw_test), str(tmp_path / f"maps_tta{int(tta)}"), device="cpu", tta=tta,
+                       probabilities=True)["probabilities"]
+        again = Calibration()
+        for item in test_items:
+            prob = next(m for m in maps if Path(m).name == f"{Path(item['image']).stem}_prob.png")
+            again.add(np.asarray(Image.open(prob), np.float64) / 255, np.asarray(Image.open(prepared / item["label"])) > 127)
+        native = json.loads((root / "eval" / "native" / "metrics_test_calibration.json").read_text())
+        assert native["pixels"] == again.summary()["pixels"]
+        assert native["brier"] == pytest.approx(again.summary()["brier"], abs=1e-3)
+        assert native["ece"] == pytest.approx(again.summary()["ece"], abs=0.02)
 
 
 @pytest.mark.slow

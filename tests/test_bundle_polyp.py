@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from bundle_helpers import bundle_run, config_path, copy_bundle, make_prepared, tiny_overrides, workflow
@@ -90,6 +91,11 @@ def test_train_then_evaluate_per_test_set(prepared, tmp_path):
         assert 0.0 <= pranet["overall"][key] <= 1.0, key
     with open(root / "eval" / "native" / "metrics_test_pranet_per_image.csv") as f:
         assert {row["group"] for row in csv.DictReader(f)} == set(TEST_SETS)
+    # and the calibration of those maps, over every pixel of the test labels
+    calibration = json.loads((root / "eval" / "native" / "metrics_test_calibration.json").read_text())
+    labels = [prepared / i["label"] for i in json.loads((prepared / "datalist.json").read_text())["test"]]
+    assert calibration["pixels"] == sum(np.prod(Image.open(p).size) for p in labels)
+    assert 0.0 <= calibration["ece"] <= 1.0 and (root / "eval" / "native" / "metrics_test_calibration.png").is_file()
     test_items = {(i["dataset"], Path(i["image"]).stem): i
                   for i in json.loads((prepared / "datalist.json").read_text())["test"]}
     with open(root / "eval" / "native" / "metrics_test_per_image.csv") as f:

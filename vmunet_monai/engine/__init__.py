@@ -9,6 +9,7 @@ from vmunet_monai.engine.exported import load_exported
 from vmunet_monai.engine.guards import NonFiniteLossError, NonFiniteLossGuard, ValidateInputd, set_determinism
 from vmunet_monai.engine.handlers import (
     BinarySegmentationReport,
+    CalibrationReport,
     OverlayWriter,
     PraNetReport,
     ProbabilityWriter,
@@ -43,6 +44,7 @@ from vmunet_monai.engine.utils import (
 __all__ = [
     "BinarizeMaskd",
     "BinarySegmentationReport",
+    "CalibrationReport",
     "ChannelArgmaxd",
     "ClassValuesd",
     "EnsembleInferer",

@@ -6,6 +6,7 @@ Each handler has ``attach(engine)``, so a config lists it in ``train#handlers`` 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from vmunet_monai.engine.transforms import rgb_converter
+from vmunet_monai.engine.transforms import foreground, rgb_converter
 from vmunet_monai.evaluation.binary import format_summary, make_record, write_report
 from vmunet_monai.evaluation.gallery import WorstCases, tint
 
@@ -554,6 +555,61 @@ class PraNetReport(_EpochReport):
         self.paths = write_report(self.records, self.output_dir, prefix=self.prefix, title=self.title)
         print(format_summary(self.paths["summary"]), flush=True)
         print(f"PraNet-protocol report: {self.paths['csv']}, {self.paths['json']}, {self.paths['plot']}", flush=True)
+
+
+class CalibrationReport(_EpochReport):
+    """Whether a binary model's probabilities mean what they say, over an evaluation's pixels
+    (:mod:`vmunet_monai.evaluation.calibration`): the expected calibration error over ten bins (ECE), the Brier
+    score and a reliability diagram, written as ``<prefix>_calibration.json`` and ``<prefix>_calibration.png``;
+    the ECE and Brier score also go to ``engine.state.metrics`` (``calibration_ece``, ``calibration_brier``).
+
+    Args:
+        output_dir: folder of the report.
+        prob_key: output key of the foreground probability map (before thresholding).
+        label_key: output key of the ground truth (foreground: at least half its scale).
+        prefix: file-name prefix.
+        title: heading of the plot.
+        enabled: False attaches nothing (the configs turn it off for bundles of several classes).
+    """
+
+    def __init__(self, output_dir: str, prob_key: str = "prob", label_key: str = "label", prefix: str = "metrics",
+                 title: str = "", enabled: bool = True) -> None:
+        from vmunet_monai.evaluation.calibration import Calibration
+
+        self.output_dir, self.prob_key, self.label_key = output_dir, prob_key, label_key
+        self.prefix, self.title, self.enabled = prefix, title, bool(enabled)
+        self.calibration = Calibration()
+        self.paths: dict = {}
+
+    def _reset(self, engine: Engine) -> None:
+        from vmunet_monai.evaluation.calibration import Calibration
+
+        self.calibration = Calibration()
+
+    def _collect(self, engine: Engine) -> None:
+        batch = engine.state.batch
+        for i, out in enumerate(engine.state.output):
+            if self.prob_key not in out or self.label_key not in out:
+                item = batch[i] if isinstance(batch, (list, tuple)) and i < len(batch) else out
+                raise KeyError(f"{item_name(item)}: CalibrationReport needs {self.prob_key!r} (the probability map) "
+                               f"and {self.label_key!r} in the evaluator's output")
+            prob, label = (out[k].detach().cpu().numpy() if isinstance(out[k], torch.Tensor) else np.asarray(out[k])
+                           for k in (self.prob_key, self.label_key))
+            self.calibration.add(np.clip(prob.reshape(prob.shape[-2:]), 0.0, 1.0),
+                                 foreground(label.reshape(label.shape[-2:])))
+
+    def _write(self, engine: Engine) -> None:
+        if _rank() != 0 or not self.calibration.summary()["pixels"]:
+            return
+        summary = self.calibration.summary()
+        out = Path(self.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.paths = {"json": str(out / f"{self.prefix}_calibration.json"),
+                      "plot": self.calibration.plot(out / f"{self.prefix}_calibration.png", title=self.title)}
+        Path(self.paths["json"]).write_text(json.dumps(summary, indent=4) + "\n")
+        engine.state.metrics.update(calibration_ece=summary["ece"], calibration_brier=summary["brier"])
+        print(f"calibration of the probability maps: ECE {summary['ece']:.4f}, Brier {summary['brier']:.4f} over "
+              f"{summary['pixels']:,} pixels ({self.paths['plot']})", flush=True)
 
 
 class OverlayWriter:
