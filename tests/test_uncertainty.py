@@ -164,6 +164,9 @@ def test_predict_volumes_write_uncertainty_on_the_segmentation_grid(tmp_path):
         row = next(r for r in rows if Path(r["file"]).name == f"{case}.nii.gz")
         assert int(row["foreground_pixels"]) == int((prob.argmax(0) > 0).sum())
         assert row["picture"] == str(tmp_path / "segs" / f"{case}_uncertainty.nii.gz")
+        # and a picture of it: the montage's slices with the uncertainty in colour
+        assert (tmp_path / "segs" / "montages" / f"{case}_seg_uncertainty.png").is_file()
+        assert (tmp_path / "segs" / "montages" / f"{case}_seg.png").is_file()
     # a slab smaller than the volume gives the same map as one pass
     from vmunet_monai.evaluation.uncertainty import write_uncertainty_volumes
 

@@ -148,7 +148,8 @@ def predict_volumes(
         model: an exported network (``.ts``, ``.onnx``, ``.pt2``) to run instead of ``network_def`` and its
             weights (the bundle's ``configs/inference_exported.json``).
         montage: also draw ``output/montages/<name>.png`` per volume: axial slices through the segmented
-            classes with the prediction filled in, to look at without a NIfTI viewer (:func:`write_montages`).
+            classes with the prediction filled in, to look at without a NIfTI viewer (:func:`write_montages`); with
+            ``uncertainty`` also ``output/montages/<name>_uncertainty.png``, the same slices with the uncertainty.
         probabilities: also write ``output/<name>_prob.nii.gz`` per volume: the class probabilities, background
             first, as a 4D NIfTI on the segmentation's grid, stored in 8 bits with the scale factor 1/255
             (:class:`vmunet_monai.engine.SaveProbabilityVolumed`).
@@ -275,14 +276,19 @@ def predict_volumes(
     if montage:
         ct = workflow.parser.get_parsed_content("intensity") == "ct"  # else MRI: each volume's own percentiles
         write_montages(good, written, os.path.join(output, "montages"), num_classes=classes, class_names=names,
-                       window=workflow.parser.get_parsed_content("hu_window") if ct else None)
+                       window=workflow.parser.get_parsed_content("hu_window") if ct else None,
+                       uncertainties=[m[: -len("_prob.nii.gz")] + "_uncertainty.nii.gz" for m in maps]
+                       if uncertainty else None)
     return written
 
 
 def write_montages(sources: Sequence[str], segmentations: Sequence[str], folder: str, num_classes: int,
-                   window: Sequence[float] | None = None, class_names: dict[int, str] | None = None) -> list[str]:
+                   window: Sequence[float] | None = None, class_names: dict[int, str] | None = None,
+                   uncertainties: Sequence[str] | None = None) -> list[str]:
     """``folder/<segmentation name>.png`` for each volume: up to eight axial slices through its segmented classes,
-    the prediction filled in colour over the image (:func:`vmunet_monai.evaluation.ct.plot_montage`).
+    the prediction filled in colour over the image (:func:`vmunet_monai.evaluation.ct.plot_montage`); with
+    ``uncertainties`` also ``folder/<segmentation name>_uncertainty.png``, the same slices with the model's
+    uncertainty in colour and the prediction's outlines.
 
     Args:
         sources: the segmented volumes (files or DICOM series folders), in the order of ``segmentations``.
@@ -291,6 +297,7 @@ def write_montages(sources: Sequence[str], segmentations: Sequence[str], folder:
         window: the display window (CT: the HU window the network saw); None: each volume's 1st to 99th
             percentile (MRI).
         class_names: label value -> name, for the legend.
+        uncertainties: the ``<case>_uncertainty.nii.gz`` volumes of ``predict --uncertainty``, in the same order.
 
     Returns:
         the pictures written; a volume that cannot be drawn is named in a warning and left out, never failing the
@@ -307,7 +314,9 @@ def write_montages(sources: Sequence[str], segmentations: Sequence[str], folder:
 
     os.makedirs(folder, exist_ok=True)
     drawn = []
-    for source, seg in tqdm(list(zip(sources, segmentations)), desc="montages", unit="volume", leave=False):
+    heat = list(uncertainties) if uncertainties is not None else [None] * len(segmentations)
+    for source, seg, doubt in tqdm(list(zip(sources, segmentations, heat)), desc="montages", unit="volume",
+                                   leave=False):
         name = _case_name(seg)
         try:
             labels = nib.load(seg)
@@ -321,6 +330,12 @@ def write_montages(sources: Sequence[str], segmentations: Sequence[str], folder:
                          title=f"{os.path.basename(str(source).rstrip('/'))}: prediction", num_classes=num_classes,
                          class_names=class_names)
             drawn.append(path)
+            if doubt is not None:
+                path = os.path.join(folder, f"{name}_uncertainty.png")
+                plot_montage(image, np.asarray(labels.dataobj), labels.affine, path, window=shown,
+                             title=f"{os.path.basename(str(source).rstrip('/'))}: uncertainty", num_classes=num_classes,
+                             class_names=class_names, uncertainty=np.asarray(nib.load(doubt).dataobj, np.float32))
+                drawn.append(path)
         except Exception as exc:  # a picture must never cost the segmentations already written
             warnings.warn(f"{source}: montage not drawn ({exc})")
     if drawn:

@@ -301,6 +301,7 @@ def plot_montage(
     title: str = "",
     num_classes: int = 9,
     class_names: Mapping[int, str] | None = None,
+    uncertainty=None,
 ) -> str:
     """Axial slices (RAS, shown radiologically: patient right on the left) with the prediction filled in colour.
 
@@ -315,6 +316,9 @@ def plot_montage(
         title: figure title.
         num_classes: number of label values including background (colour scale).
         class_names: label value -> name: a legend of the classes drawn.
+        uncertainty: the model's uncertainty (0-1) in the same space: drawn instead of the filled prediction, in
+            the ``inferno`` colours with the square of its value as the opacity (as ``predict --uncertainty``'s
+            2D pictures), with the prediction's outlines in its classes' colours and a colour scale.
     """
     from vmunet_monai.figures import pyplot, save
 
@@ -323,6 +327,7 @@ def plot_montage(
     image = _to_ras(np.asarray(_squeeze(image), dtype=np.float32), affine)
     pred = _to_ras(_label_map(pred), affine)
     label = None if label is None else _to_ras(_label_map(label), affine)
+    heat = None if uncertainty is None else _to_ras(np.clip(np.asarray(_squeeze(uncertainty), np.float32), 0, 1), affine)
     occupied = np.flatnonzero(
         (pred > 0).any(axis=(0, 1)) | ((label > 0).any(axis=(0, 1)) if label is not None else False)
     )
@@ -338,15 +343,36 @@ def plot_montage(
     for ax, z in zip(axes.ravel(), picks):
         # RAS x runs toward patient right; flipping it puts patient right on the viewer's left
         ax.imshow(np.clip(image[::-1, :, z].T, *window), cmap="gray", origin="lower", vmin=window[0], vmax=window[1])
-        seg = np.ma.masked_equal(pred[::-1, :, z].T, 0)
-        ax.imshow(
-            seg, cmap=cmap, vmin=0, vmax=max(num_classes, 2) - 1, alpha=0.45, origin="lower", interpolation="nearest"
-        )
+        if heat is not None:
+            from matplotlib import colors
+
+            hot = colors.ListedColormap(plt.get_cmap("inferno")(np.linspace(0.35, 1.0, 256)))(heat[::-1, :, z].T)
+            hot[..., 3] = heat[::-1, :, z].T ** 2
+            ax.imshow(hot, origin="lower", interpolation="nearest")
+            for value in range(1, max(num_classes, 2)):
+                if (pred[:, :, z] == value).any():
+                    ax.contour((pred[::-1, :, z] == value).T, levels=[0.5], linewidths=0.7,
+                               colors=[cmap(value / (max(num_classes, 2) - 1))])
+        else:
+            seg = np.ma.masked_equal(pred[::-1, :, z].T, 0)
+            ax.imshow(
+                seg, cmap=cmap, vmin=0, vmax=max(num_classes, 2) - 1, alpha=0.45, origin="lower",
+                interpolation="nearest"
+            )
         if label is not None and label[:, :, z].any():
             ax.contour(label[::-1, :, z].T, levels=np.arange(0.5, num_classes), colors="white", linewidths=0.6)
         ax.set_title(f"slice {z}", fontsize=8)
+    if heat is not None:
+        from matplotlib import cm, colors
+
+        scale = colors.ListedColormap(plt.get_cmap("inferno")(np.linspace(0.35, 1.0, 256)))
+        bar = fig.colorbar(cm.ScalarMappable(norm=colors.Normalize(0, 1), cmap=scale), ax=axes.ravel().tolist(),
+                           orientation="vertical", fraction=0.03, pad=0.02)
+        bar.set_label("uncertainty (opacity: its square)", fontsize=8)
     if title:
-        fig.suptitle(title + ("  (fill: prediction, white: ground truth)" if label is not None else ""), fontsize=9)
+        what = "  (colour: uncertainty, lines: prediction)" if heat is not None else (
+            "  (fill: prediction, white: ground truth)" if label is not None else "")
+        fig.suptitle(title + what, fontsize=9)
     shown = set(np.unique(pred[:, :, picks]).tolist()) | (set(np.unique(label[:, :, picks]).tolist())
                                                           if label is not None else set())
     if class_names and shown - {0}:
@@ -356,8 +382,9 @@ def plot_montage(
         handles = [Patch(color=cmap(value / scale if scale else 0), label=str(class_names.get(value, value)))
                    for value in sorted(shown - {0})]
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 9), fontsize=8, frameon=False)
-        fig.tight_layout(rect=(0, 0.06 if rows == 1 else 0.035, 1, 1))
-    else:
+        if heat is None:  # a colour bar's axes do not take part in tight_layout
+            fig.tight_layout(rect=(0, 0.06 if rows == 1 else 0.035, 1, 1))
+    elif heat is None:
         fig.tight_layout()
     return save(fig, path, dpi=100)
 
