@@ -74,11 +74,12 @@ def init_linear_and_norm(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def check_dropout(name: str, dropout: float) -> float:
-    """The SS2D output dropout rate: a number from 0 (none, the default) up to but not including 1."""
+def mixer_options(name: str, dropout: float = 0.0, **options) -> dict:
+    """The keyword arguments every VSS block passes to its token mixer: ``options`` and, above 0, ``dropout`` on
+    the SS2D output (a rate from 0 up to but not including 1; 0 adds no module, so the state dict is the same)."""
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"{name} dropout={dropout!r}: a rate from 0 up to but not including 1")
-    return float(dropout)
+    return {**options, **({"dropout": float(dropout)} if dropout else {})}
 
 
 def drop_path_rates(rate: float, depths: Sequence[int]) -> list[list[float]]:

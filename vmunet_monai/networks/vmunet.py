@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from vmunet_monai.layers import FinalPatchExpand2D, PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSLayer
-from vmunet_monai.networks.common import (check_channels, check_dims, check_dropout, crop_output, drop_path_rates,
+from vmunet_monai.networks.common import (check_channels, check_dims, crop_output, drop_path_rates, mixer_options,
                                           init_linear_and_norm, prepare_input)
 
 __all__ = ["VMUNet"]
@@ -75,9 +75,8 @@ class VMUNet(nn.Module):
         check_dims(dims, depths_decoder, "depths_decoder")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stem_channels = 3 if in_channels in (1, 3) else in_channels
-        kw = dict(d_state=d_state, mixer=mixer, scan_backend=scan_backend, recompute=recompute)
-        if check_dropout("VMUNet", dropout):
-            kw["dropout"] = float(dropout)
+        kw = mixer_options("VMUNet", dropout, d_state=d_state, mixer=mixer, scan_backend=scan_backend,
+                           recompute=recompute)
 
         self.patch_embed = PatchEmbed2D(4, self.stem_channels, dims[0])
         enc_rates = drop_path_rates(drop_path_rate, depths)

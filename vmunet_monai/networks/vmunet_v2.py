@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vmunet_monai.layers import SDI, ChannelAttention, PatchEmbed2D, PatchMerging2D, SpatialAttention, TransLayer, VSSLayer
-from vmunet_monai.networks.common import (check_channels, check_dims, check_dropout, crop_output, drop_path_rates,
+from vmunet_monai.networks.common import (check_channels, check_dims, crop_output, drop_path_rates, mixer_options,
                                           init_linear_and_norm, prepare_input)
 
 __all__ = ["VMUNetV2", "VSSEncoder"]
@@ -31,8 +31,8 @@ class VSSEncoder(nn.Module):
         self.patch_embed = PatchEmbed2D(4, in_chans, dims[0])
         rates = drop_path_rates(drop_path_rate, depths)
         self.layers = nn.ModuleList(
-            VSSLayer(dims[i], depths[i], rates[i], d_state, downsample=PatchMerging2D(dims[i]), mixer=mixer,
-                     scan_backend=scan_backend, recompute=recompute, **({"dropout": dropout} if dropout else {}))
+            VSSLayer(dims[i], depths[i], rates[i], d_state, downsample=PatchMerging2D(dims[i]),
+                     **mixer_options("VMUNetV2", dropout, mixer=mixer, scan_backend=scan_backend, recompute=recompute))
             for i in range(3)
         )
         self.apply(init_linear_and_norm)
@@ -122,7 +122,7 @@ class VMUNetV2(nn.Module):
         if deep_supervision:
             self.deconv6 = nn.ConvTranspose2d(out_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
         self.encoder = VSSEncoder(self.stem_channels, dims, depths, d_state, drop_path_rate, mixer, scan_backend,
-                                  recompute, check_dropout("VMUNetV2", dropout))
+                                  recompute, dropout)
 
     def forward(self, x: torch.Tensor):
         """(B, C, H, W) -> logits (B, out_channels, H, W), or a list of heads in training with deep supervision
