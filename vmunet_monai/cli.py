@@ -277,7 +277,8 @@ class Commands:
         - isic_skin_lesion: --split official|paper|auto [auto] (paper: the seeded 7:3 split of the
           VM-UNet paper), --year 2017|2018 (needed when both are present), --val_fraction [0.2],
           --test_fraction [0.3] (of the paper split, or of your folders), --validation auto|carve [auto],
-          --seed [0], --verify [true], --layout challenge|folders|auto [auto: challenge when present],
+          --seed [0], --verify [true], --layout challenge|folders|ph2|auto [auto: challenge, else PH2's image
+          folders, when present; PH2: --split auto puts every image in the test split, paper divides it],
           --mask_suffix (folders; default: found), --classes lesion,core (folders, masks of several classes),
           --mask_values 0,128,255 (folders: background's then each class's mask value; default: found),
           --foreground half|nonzero [half] (folders, binary: nonzero for instance masks numbering each object)
@@ -312,8 +313,9 @@ class Commands:
         folders with Info.cfg, a 4D series and two labelled frames each).
 
         Options of each bundle (defaults in brackets):
-        - isic_skin_lesion: --year 2017|2018 [2017] (the challenge's folder naming), --layout challenge|folders
-          [challenge], --classes 1|2 [1] (folders: 2 adds a dark core to each lesion, a second class)
+        - isic_skin_lesion: --year 2017|2018 [2017] (the challenge's folder naming), --layout
+          challenge|folders|ph2 [challenge] (ph2: PH2's per-image folders and clinical table), --classes 1|2 [1]
+          (folders: 2 adds a dark core to each lesion, a second class)
         - polyp_seg: --layout pranet|folders|glands [pranet]
         - synapse_multiorgan: --shape "[x,y,z]" [384,384,48; acdc 128,128,10] (voxels per volume, each at least
           8; acdc 4), --spacing "[x,y,z]" (mm; default: drawn per case, as in the real scans; acdc 1.5,1.5,10),
@@ -374,8 +376,8 @@ class Commands:
             uncertainty: also show where the model is unsure (the entropy of the class probabilities, averaged
                 over --tta passes and ensemble members, from 0 to 1; implies --probabilities). 2D images get
                 OUTPUT/uncertainty/<image>_uncertainty.png (the image with the uncertainty in warm colours and the
-                mask's outline), volumes OUTPUT/<case>_uncertainty.nii.gz; OUTPUT/uncertainty.csv ranks the
-                predictions, the most doubtful first, for review.
+                mask's outline) and OUTPUT/uncertainty_most.png, volumes OUTPUT/<case>_uncertainty.nii.gz and
+                a montage; OUTPUT/uncertainty.csv ranks the predictions, the most doubtful first, for review.
             batch_size: 2D bundles: images per network call (each is resized to the network's input first); more
                 keeps a GPU busy and leaves the masks as they are (volumes go one at a time).
             resume: go on with a run into OUTPUT that stopped (a crash, a closed terminal); what it wrote and reads back

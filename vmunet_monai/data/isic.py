@@ -49,7 +49,9 @@ from vmunet_monai.data.common import (
     write_datalist,
 )
 from vmunet_monai.data.folders import choose_layout, prepare_folders, refuse_options
+from vmunet_monai.data.ph2 import find_ph2, prepare_ph2, write_demo_ph2
 from vmunet_monai.data.preview import announce
+from vmunet_monai.validation import InputError
 
 __all__ = ["prepare", "demo_data", "find_isic_folders"]
 
@@ -137,7 +139,8 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
     Args:
         raw: folder holding the extracted challenge folders (or your folders of images and masks).
         out: output folder.
-        split: ``"official"``, ``"paper"`` (seeded 7:3) or ``"auto"`` (see the module docstring).
+        split: ``"official"``, ``"paper"`` (seeded 7:3) or ``"auto"`` (see the module docstring; for PH2, ``"auto"``
+            puts every image in the test split).
         year: 2017 or 2018; needed only when both are present.
         val_fraction: share of the training part carved out for validation when carving.
         test_fraction: test share of the paper split.
@@ -149,7 +152,9 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
             0/1 or 0/255. Images without a mask are always skipped and named.
         layout: ``"challenge"`` (the ISIC folders), ``"folders"`` (your own images/ and masks/, see
             :mod:`vmunet_monai.data.folders`; ``test_fraction`` and ``val_fraction`` carve the splits
-            it lacks) or ``"auto"`` (challenge folders when present, else folders).
+            it lacks), ``"ph2"`` (the PH2 set, :mod:`vmunet_monai.data.ph2`: every image in the test split,
+            an external test set, or with ``split`` ``"paper"`` divided per diagnosis) or ``"auto"`` (challenge
+            folders when present, else PH2's image folders, else folders).
         mask_suffix, classes, mask_values, foreground: folders layout only, as
             :func:`vmunet_monai.data.folders.prepare_folders` takes them (mask names, several classes, instance
             masks).
@@ -167,7 +172,16 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
         raise ValueError(f"split must be 'auto', 'official' or 'paper', got {split!r}")
     if validation not in ("auto", "carve"):
         raise ValueError(f"validation must be 'auto' or 'carve', got {validation!r}")
-    found = find_isic_folders(raw) if layout != "folders" else {}
+    found = find_isic_folders(raw) if layout not in ("folders", "ph2") else {}
+    if layout == "ph2" or (layout == "auto" and not found and find_ph2(raw) is not None):
+        refuse_options("ph2", {"year": (year, None), "validation": (validation, "auto"),
+                               "mask_suffix": (mask_suffix, None), "classes": (classes, None),
+                               "mask_values": (mask_values, None), "foreground": (foreground, "half")},
+                       "the ISIC challenge or the folders")
+        return prepare_ph2(raw, out, split=split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                           verify=verify)
+    if layout not in ("auto", "challenge", "folders"):
+        raise InputError(f"layout must be 'auto', 'challenge', 'folders' or 'ph2', got {layout!r}")
     # any challenge folder means the challenge layout (whose message then says what is missing)
     use_folders = choose_layout(layout, "challenge", bool(found), raw,
                                 "the ISIC challenge folders (e.g. ISIC-2017_Training_Data/ with "
@@ -272,7 +286,8 @@ def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017, layout: 
         seed: random seed (the same seed writes the same files).
         year: 2017 or 2018 folder naming.
         layout: ``"challenge"``, or ``"folders"``: ``num`` images in ``images/`` with their masks in ``masks/``
-            named ``<stem>_mask.png``, as your own data may come (:mod:`vmunet_monai.data.folders`).
+            named ``<stem>_mask.png``, as your own data may come (:mod:`vmunet_monai.data.folders`), or ``"ph2"``:
+            ``num`` images in PH2's layout with its clinical table (:mod:`vmunet_monai.data.ph2`).
         classes: folders layout: 2 gives each lesion a dark core, a second class; the masks then hold the grey
             levels 0 (skin), 128 (lesion) and 255 (core), and ``dataset.json`` names the classes, as
             :mod:`vmunet_monai.data.label_maps` reads them.
@@ -284,12 +299,16 @@ def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017, layout: 
         raise ValueError(f"year must be 2017 or 2018, got {year}")
     if num < 2:
         raise ValueError(f"num must be at least 2, got {num}")
-    if layout not in ("challenge", "folders"):
-        raise ValueError(f"layout must be 'challenge' or 'folders', got {layout!r}")
+    if layout not in ("challenge", "folders", "ph2"):
+        raise ValueError(f"layout must be 'challenge', 'folders' or 'ph2', got {layout!r}")
     if classes not in (1, 2) or (classes == 2 and layout != "folders"):
         raise ValueError(f"classes must be 1, or 2 with layout 'folders', got {classes!r}")
     rng = np.random.default_rng(seed)
     root = Path(out)
+    if layout == "ph2":
+        written = write_demo_ph2(root, num, rng, _lesion_image)
+        print(f"synthetic lesions in PH2's layout: {num} images with lesion masks and PH2_dataset.txt -> {written}")
+        return str(root)
     if layout == "folders":
         for k in range(num):
             width = int(rng.integers(112, 176))
