@@ -96,3 +96,51 @@ def test_score_volumes_calibrates_the_class_probabilities_beside_them(tmp_path, 
     _prob_volume(out / "bad_prob.nii.gz", np.full((48, 48, 3, 4), 0.25), np.eye(4))
     with pytest.raises(ValueError, match=r"bad_prob.nii.gz: class probabilities of shape \(48, 48, 3, 4\)"):
         calibrate_volumes([(out / "bad_prob.nii.gz", pairs[0][1])])
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Two summaries alike: the same counts, the same numbers up to the order of float sums."""
+    return (a["pixels"] == b["pixels"] and a["kind"] == b["kind"]
+            and [r["pixels"] for r in a["bins"]] == [r["pixels"] for r in b["bins"]]
+            and a["ece"] == pytest.approx(b["ece"]) and a["brier"] == pytest.approx(b["brier"])
+            and all(x["mean_probability"] == pytest.approx(y["mean_probability"])
+                    for x, y in zip(a["bins"], b["bins"])))
+
+
+def test_the_evaluation_handler_counts_binary_maps_and_top_labels(tmp_path):
+    """``CalibrationReport`` on an evaluator's outputs: one channel as a binary model's foreground probability
+    (masks at half scale), several channels by their top label (one-hot or class-number ground truth)."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+
+    from vmunet_monai.engine import CalibrationReport
+
+    rng = np.random.default_rng(1)
+
+    def run(outputs, prefix):
+        report = CalibrationReport(str(tmp_path), prefix=prefix)
+        engine = SimpleNamespace(state=SimpleNamespace(batch=[{}] * len(outputs), output=outputs, metrics={}))
+        report._reset(engine)
+        report._collect(engine)
+        report._write(engine)
+        return report, engine, json.loads((tmp_path / f"{prefix}_calibration.json").read_text())
+
+    p = rng.uniform(0, 1, (2, 1, 6, 7))
+    mask = rng.uniform(0, 1, (2, 1, 6, 7)) < p
+    _, engine, binary = run([{"prob": torch.tensor(p[i]), "label": torch.tensor(mask[i] * 255.0)} for i in range(2)],
+                            "binary")
+    expected = Calibration()
+    expected.add(p, mask)
+    assert _same(binary, expected.summary()) and engine.state.metrics["calibration_ece"] == binary["ece"]
+    logits = rng.normal(0, 1, (2, 3, 6, 7))
+    soft = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    truth = rng.integers(0, 3, (2, 6, 7))
+    onehot = np.eye(3)[truth].transpose(0, 3, 1, 2)
+    _, _, top = run([{"prob": torch.tensor(soft[i]), "label": torch.tensor(onehot[i])} for i in range(2)], "top")
+    _, _, numbers = run([{"prob": soft[i], "label": truth[i][None]} for i in range(2)], "numbers")
+    expected = Calibration(top_label=True)
+    expected.add(soft.max(1), soft.argmax(1) == truth)
+    assert _same(top, expected.summary()) and _same(numbers, top) and top["kind"] == "top_label"
+    assert (tmp_path / "top_calibration.png").is_file()

@@ -294,6 +294,10 @@ def test_bundle_trains_evaluates_and_segments_several_classes(bundle, tmp_path):
         assert len(rows) == 2 * len(test_items)
         means = [np.mean([float(r["dice"]) for r in rows if r["name"] == it["name"]]) for it in test_items]
         assert summary["overall"]["per_image"]["dice_mean"] == pytest.approx(np.mean(means))
+    # the native evaluation's calibration, by the top label for several classes, over every pixel
+    calibration = json.loads((root / "eval" / "native" / "metrics_test_calibration.json").read_text())
+    assert calibration["kind"] == "top_label"
+    assert calibration["pixels"] == sum(int(np.prod(Image.open(it["label"]).size)) for it in test_items)
 
     infer = {k: v for k, v in over.items() if k.startswith("network_def") or k in ("image_size", "device")}
     wf = workflow(bundle, ["inference.json"], "infer", bundle_root=str(root), dataset_dir=str(prepared),

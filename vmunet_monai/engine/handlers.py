@@ -18,6 +18,7 @@ from ignite.engine import Engine, Events
 
 from vmunet_monai.engine.transforms import foreground, rgb_converter
 from vmunet_monai.evaluation.binary import format_summary, make_record, write_report
+from vmunet_monai.evaluation.calibration import Calibration
 from vmunet_monai.evaluation.gallery import WorstCases, tint
 
 __all__ = [
@@ -558,33 +559,33 @@ class PraNetReport(_EpochReport):
 
 
 class CalibrationReport(_EpochReport):
-    """Whether a binary model's probabilities mean what they say, over an evaluation's pixels
+    """Whether a model's probabilities mean what they say, over an evaluation's pixels
     (:mod:`vmunet_monai.evaluation.calibration`): the expected calibration error over ten bins (ECE), the Brier
     score and a reliability diagram, written as ``<prefix>_calibration.json`` and ``<prefix>_calibration.png``;
     the ECE and Brier score also go to ``engine.state.metrics`` (``calibration_ece``, ``calibration_brier``).
+    A probability map of one channel is a binary model's foreground probability; one of several channels
+    (softmax, background first) is calibrated by its top label, the highest probability against whether its
+    class is the ground truth's.
 
     Args:
         output_dir: folder of the report.
-        prob_key: output key of the foreground probability map (before thresholding).
-        label_key: output key of the ground truth (foreground: at least half its scale).
+        prob_key: output key of the probability map (before thresholding or the argmax).
+        label_key: output key of the ground truth: a mask (foreground at least half its scale), class numbers,
+            or one channel per class.
         prefix: file-name prefix.
         title: heading of the plot.
-        enabled: False attaches nothing (the configs turn it off for bundles of several classes).
+        enabled: False attaches nothing.
     """
 
     def __init__(self, output_dir: str, prob_key: str = "prob", label_key: str = "label", prefix: str = "metrics",
                  title: str = "", enabled: bool = True) -> None:
-        from vmunet_monai.evaluation.calibration import Calibration
-
         self.output_dir, self.prob_key, self.label_key = output_dir, prob_key, label_key
         self.prefix, self.title, self.enabled = prefix, title, bool(enabled)
-        self.calibration = Calibration()
+        self.calibration: Calibration | None = None  # made at the first image, binary or top label
         self.paths: dict = {}
 
     def _reset(self, engine: Engine) -> None:
-        from vmunet_monai.evaluation.calibration import Calibration
-
-        self.calibration = Calibration()
+        self.calibration = None
 
     def _collect(self, engine: Engine) -> None:
         batch = engine.state.batch
@@ -595,11 +596,18 @@ class CalibrationReport(_EpochReport):
                                f"and {self.label_key!r} in the evaluator's output")
             prob, label = (out[k].detach().cpu().numpy() if isinstance(out[k], torch.Tensor) else np.asarray(out[k])
                            for k in (self.prob_key, self.label_key))
-            self.calibration.add(np.clip(prob.reshape(prob.shape[-2:]), 0.0, 1.0),
-                                 foreground(label.reshape(label.shape[-2:])))
+            prob = np.clip(prob.reshape(-1, *prob.shape[-2:]), 0.0, 1.0)
+            label = label.reshape(-1, *label.shape[-2:])
+            if self.calibration is None:
+                self.calibration = Calibration(top_label=prob.shape[0] > 1)
+            if prob.shape[0] == 1:
+                self.calibration.add(prob[0], foreground(label[0]))
+            else:  # the class picked, at its probability, right or not
+                truth = label.argmax(axis=0) if label.shape[0] > 1 else np.rint(label[0]).astype(np.int64)
+                self.calibration.add(prob.max(axis=0), prob.argmax(axis=0) == truth)
 
     def _write(self, engine: Engine) -> None:
-        if _rank() != 0 or not self.calibration.summary()["pixels"]:
+        if _rank() != 0 or self.calibration is None or not self.calibration.summary()["pixels"]:
             return
         summary = self.calibration.summary()
         out = Path(self.output_dir)
@@ -608,7 +616,8 @@ class CalibrationReport(_EpochReport):
                       "plot": self.calibration.plot(out / f"{self.prefix}_calibration.png", title=self.title)}
         Path(self.paths["json"]).write_text(json.dumps(summary, indent=4) + "\n")
         engine.state.metrics.update(calibration_ece=summary["ece"], calibration_brier=summary["brier"])
-        print(f"calibration of the probability maps: ECE {summary['ece']:.4f}, Brier {summary['brier']:.4f} over "
+        kind = "top-label " if self.calibration.top_label else ""
+        print(f"calibration of the probability maps: {kind}ECE {summary['ece']:.4f}, Brier {summary['brier']:.4f} over "
               f"{summary['pixels']:,} pixels ({self.paths['plot']})", flush=True)
 
 
