@@ -55,14 +55,16 @@ def find_ph2(raw: str | os.PathLike, max_depth: int = 3) -> Path | None:
         return None
     level = [raw]
     for _ in range(max_depth + 1):
+        below = []
         for folder in level:
             try:
                 children = sorted(p for p in folder.iterdir() if p.is_dir())
-            except OSError:
+            except OSError:  # a folder that cannot be read is not PH2's
                 continue
             if any(_is_case(child) for child in children):
                 return folder
-        level = [child for folder in level for child in sorted(p for p in folder.iterdir() if p.is_dir())]
+            below += children
+        level = below
     return None
 
 
