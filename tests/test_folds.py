@@ -11,7 +11,7 @@ import random
 import pytest
 from bundle_helpers import config_path, copy_bundle, make_prepared, tiny_overrides, workflow
 
-from vmunet_monai.data.common import cross_validation_split, fold_folder, load_datalist
+from vmunet_monai.data.common import cross_validation_split, fold_folder, load_datalist, run_folder
 from vmunet_monai.validation import InputError
 
 
@@ -54,6 +54,10 @@ def test_bad_folds_are_refused_by_name():
         with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
             fold_folder(folds, fold)
     assert (fold_folder(0, 0), fold_folder(5, 3)) == ("", "/fold3")
+    assert (run_folder("", 0, 0), run_folder("seed1"), run_folder("seed-2.b", 5, 3)) == ("", "/seed1", "/seed-2.b/fold3")
+    for bad in ("a/b", "..", "two words", "../up"):
+        with pytest.raises(InputError, match=rf"--run_name {bad!r}: one folder name".replace(".", r"\.")):
+            run_folder(bad)
     with pytest.raises(InputError, match="--folds 20: the pool holds 12 patient"):
         cross_validation_split(_items(), 20, 0)
 
@@ -74,28 +78,34 @@ def test_load_datalist_deals_training_and_validation_and_leaves_test_alone(prepa
 
 
 @pytest.mark.parametrize("bundle", ["isic_skin_lesion", "polyp_seg", "synapse_multiorgan"])
-def test_each_fold_has_its_own_folders(bundle):
+@pytest.mark.parametrize("run_name", ["", "seed1"])
+def test_each_fold_has_its_own_folders(bundle, run_name):
+    """Each fold, and each named run (``--run_name seed1``, the runs of several seeds), in its own sub-folder of
+    models/, eval/ and runs/, in train.json, evaluate.json and inference.json, and with a baseline overlay."""
     from monai.bundle import ConfigParser
 
+    run = f"/{run_name}" if run_name else ""
     for overlay in ([], ["baseline_unet.json"]):
         parser = ConfigParser()
         parser.read_config([config_path(bundle, c) for c in ["train.json", "evaluate.json", *overlay]])
-        parser.update({"bundle_root": "/b", "folds": 5, "fold": 3})
+        parser.update({"bundle_root": "/b", "folds": 5, "fold": 3, "run_name": run_name})
         sub = "/baseline_unet" if overlay else ""
         assert [parser.get_parsed_content(k) for k in ("ckpt_dir", "output_dir", "log_dir")] == [
-            f"/b/{d}{sub}/fold3" for d in ("models", "eval", "runs")]
-        assert parser.get_parsed_content("validate#handlers#0#load_path") == f"/b/models{sub}/fold3/model.pt"
+            f"/b/{d}{sub}{run}/fold3" for d in ("models", "eval", "runs")]
+        assert parser.get_parsed_content("validate#handlers#0#load_path") == f"/b/models{sub}{run}/fold3/model.pt"
         inference = ConfigParser()  # inference.json takes the same options: fold 3's weights, into its folder
         inference.read_config([config_path(bundle, c) for c in ["inference.json", *overlay]])
-        inference.update({"bundle_root": "/b", "folds": 5, "fold": 3})
-        assert inference.get_parsed_content("checkpoint") == f"/b/models{sub}/fold3/model.pt"
-        assert inference.get_parsed_content("output_dir") == f"/b/eval{sub}/fold3"
+        inference.update({"bundle_root": "/b", "folds": 5, "fold": 3, "run_name": run_name})
+        assert inference.get_parsed_content("checkpoint") == f"/b/models{sub}{run}/fold3/model.pt"
+        assert inference.get_parsed_content("output_dir") == f"/b/eval{sub}{run}/fold3"
+        parser.update({"folds": 0, "fold": 0})  # a named run without folds
+        assert parser.get_parsed_content("ckpt_dir") == f"/b/models{sub}{run}"
 
 
 def test_a_fold_trains_on_its_part_into_its_folders(prepared, tmp_path):
     root = copy_bundle("isic_skin_lesion", tmp_path)
     wf = workflow("isic_skin_lesion", ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared),
-                  folds=2, fold=1, **tiny_overrides("isic_skin_lesion"))
+                  folds=2, fold=1, run_name="seed7", seed=7, **tiny_overrides("isic_skin_lesion"))
     wf.initialize()
     names = {split: {item["name"] for item in wf.parser.get_parsed_content(f"{split}#dataset#data")}
              for split in ("train", "validate")}
@@ -103,8 +113,8 @@ def test_a_fold_trains_on_its_part_into_its_folders(prepared, tmp_path):
     assert not names["train"] & names["validate"]
     wf.run()
     wf.finalize()
-    assert (root / "models" / "fold1" / "model.pt").is_file() and not (root / "models" / "model.pt").exists()
-    with open(root / "runs" / "fold1" / "training_log.csv") as f:
+    assert (root / "models" / "seed7" / "fold1" / "model.pt").is_file() and not (root / "models" / "model.pt").exists()
+    with open(root / "runs" / "seed7" / "fold1" / "training_log.csv") as f:
         assert len(list(csv.DictReader(f))) == 1  # one epoch logged, in the fold's own folder
     with pytest.raises(RuntimeError) as failure:  # the bundle parser wraps the cause
         workflow("isic_skin_lesion", ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared),

@@ -256,6 +256,22 @@ def fold_folder(folds: int, fold: int) -> str:
     return f"/fold{int(fold)}" if int(folds) else ""
 
 
+def run_folder(run_name: str, folds: int = 0, fold: int = 0) -> str:
+    """The sub-folder of one training run's checkpoints, reports and logs: ``/<run_name>`` (e.g. ``/seed1``, for the
+    runs of several seeds), then :func:`fold_folder`'s ``/fold<k>``; ``""`` for an unnamed run without folds, so
+    the bundles' ``ckpt_dir``, ``output_dir`` and ``log_dir`` keep every run apart.
+
+    Raises:
+        InputError: a ``run_name`` that is not one plain folder name (letters, digits, ``.``, ``_``, ``-``; not
+            ``.`` or ``..``), or bad ``folds``/``fold`` (:func:`fold_folder`).
+    """
+    name = "" if run_name is None else str(run_name)
+    if name and (not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name in (".", "..")):
+        raise InputError(f"--run_name {run_name!r}: one folder name of letters, digits, '.', '_' and '-' (e.g. "
+                         f"seed1), which models/, eval/ and runs/ get as a sub-folder")
+    return (f"/{name}" if name else "") + fold_folder(folds, fold)
+
+
 def _check_folds(folds, fold) -> None:
     whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
     if not whole(folds) or folds == 1 or folds < 0:
