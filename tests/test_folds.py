@@ -75,6 +75,13 @@ def test_load_datalist_deals_training_and_validation_and_leaves_test_alone(prepa
         assert sorted(i["image"] for i in training + validation) == sorted(i["image"] for i in pool)
     assert sorted(i["image"] for _, v in parts for i in v) == sorted(i["image"] for i in pool)
     assert load_datalist(prepared, "test", folds=3, fold=1) == load_datalist(prepared, "test")
+    # --fold_seed: another dealing of the same pool (repeated cross-validation), again a partition
+    other = [load_datalist(prepared, "validation", folds=3, fold=k, fold_seed=5) for k in range(3)]
+    assert sorted(i["image"] for v in other for i in v) == sorted(i["image"] for i in pool)
+    assert [sorted(i["image"] for i in v) for v in other] != [sorted(i["image"] for i in v) for _, v in parts]
+    assert load_datalist(prepared, "validation", folds=3, fold=0, fold_seed=0) == parts[0][1]
+    with pytest.raises(InputError, match="--fold_seed '1': a whole number"):
+        load_datalist(prepared, "training", folds=3, fold=0, fold_seed="1")
 
 
 @pytest.mark.parametrize("bundle", ["isic_skin_lesion", "polyp_seg", "synapse_multiorgan"])

@@ -317,7 +317,7 @@ def cross_validation_split(items: Sequence[dict], folds: int, fold: int, seed: i
 
 
 def load_datalist(dataset_dir: str | os.PathLike, key: str = "training", require: Sequence[str] = (),
-                  folds: int = 0, fold: int = 0) -> list[dict]:
+                  folds: int = 0, fold: int = 0, fold_seed: int = 0) -> list[dict]:
     """The ``key`` split of ``dataset_dir/datalist.json`` with paths made absolute.
 
     Args:
@@ -327,9 +327,11 @@ def load_datalist(dataset_dir: str | os.PathLike, key: str = "training", require
             existing file. The bundles' configs require them, so a broken datalist fails before
             training starts, with the entry and the file named.
         folds: with 2 or more, a cross-validation: ``training`` and ``validation`` are fold ``fold``'s parts
-            of the datalist's training and validation splits together (:func:`cross_validation_split`, seed 0);
+            of the datalist's training and validation splits together (:func:`cross_validation_split`);
             ``test`` is never touched. 0 (the default): the splits as ``prepare`` wrote them.
         fold: the fold, 0 to ``folds - 1``.
+        fold_seed: the seed that deals the groups into folds (0, the default, gives every run the same folds;
+            another seed, another cross-validation of the same pool: repeated cross-validation).
 
     Raises:
         FileNotFoundError: when there is no datalist (the message gives the command that writes one).
@@ -339,9 +341,11 @@ def load_datalist(dataset_dir: str | os.PathLike, key: str = "training", require
             bad ``folds``/``fold``.
     """
     _check_folds(folds, fold)
+    if isinstance(fold_seed, bool) or not isinstance(fold_seed, int):
+        raise InputError(f"--fold_seed {fold_seed!r}: a whole number (the seed that deals the folds)")
     if folds and key in ("training", "validation"):
         pool = load_datalist(dataset_dir, "training", require) + load_datalist(dataset_dir, "validation", require)
-        parts = cross_validation_split(pool, folds, fold, source=f"{Path(dataset_dir) / DATALIST_NAME} (training "
+        parts = cross_validation_split(pool, folds, fold, seed=fold_seed, source=f"{Path(dataset_dir) / DATALIST_NAME} (training "
                                        f"and validation together)")
         return parts[0] if key == "training" else parts[1]
     path = Path(dataset_dir) / DATALIST_NAME
