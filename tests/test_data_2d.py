@@ -42,8 +42,10 @@ def polyp_raw(tmp_path_factory):
 
 def test_isic_demo_layout_is_the_challenge_layout(isic_2017):
     assert sorted(p.name for p in isic_2017.iterdir()) == [
-        "ISIC-2017_Test_v2_Data", "ISIC-2017_Test_v2_Part1_GroundTruth", "ISIC-2017_Training_Data",
-        "ISIC-2017_Training_Part1_GroundTruth", "ISIC-2017_Validation_Data", "ISIC-2017_Validation_Part1_GroundTruth",
+        "ISIC-2017_Test_v2_Data", "ISIC-2017_Test_v2_Part1_GroundTruth", "ISIC-2017_Test_v2_Part3_GroundTruth.csv",
+        "ISIC-2017_Training_Data", "ISIC-2017_Training_Part1_GroundTruth", "ISIC-2017_Training_Part3_GroundTruth.csv",
+        "ISIC-2017_Validation_Data", "ISIC-2017_Validation_Part1_GroundTruth",
+        "ISIC-2017_Validation_Part3_GroundTruth.csv",
     ]
     image = isic_2017 / "ISIC-2017_Training_Data" / "ISIC_0000000.jpg"
     mask = isic_2017 / "ISIC-2017_Training_Part1_GroundTruth" / "ISIC_0000000_segmentation.png"
@@ -73,6 +75,35 @@ def test_isic_official_split(isic_2017, tmp_path):
     prepare("isic_skin_lesion", str(isic_2017), str(tmp_path / "carve"), validation="carve", val_fraction=0.25)
     carved = load_datalist(tmp_path / "carve", "validation")
     assert len(carved) == 3 and {i["image"].split("/")[-2] for i in carved} == {"ISIC-2017_Training_Data"}
+
+
+def test_isic_2017_diagnoses_name_each_images_set(isic_2017, tmp_path):
+    """ISIC 2017's part 3 tables give each image's diagnosis, which becomes its set in the datalist (so the
+    evaluation reports each apart); without the tables the set is the year; a bad row is named."""
+    import csv
+    import shutil
+
+    from vmunet_monai.data.common import DatasetLayoutError
+    from vmunet_monai.data.isic import read_isic2017_diagnoses
+
+    truth = {}
+    for table in isic_2017.glob("*_Part3_GroundTruth.csv"):
+        with open(table) as f:
+            for row in csv.DictReader(f):
+                truth[row["image_id"]] = ("melanoma" if float(row["melanoma"]) else "seborrheic keratosis"
+                                          if float(row["seborrheic_keratosis"]) else "nevus")
+    assert read_isic2017_diagnoses(isic_2017) == truth and len(truth) == 18
+    prepare("isic_skin_lesion", str(isic_2017), str(tmp_path / "out"))
+    items = [i for k in ("training", "validation", "test") for i in load_datalist(tmp_path / "out", k)]
+    assert {i["name"]: i["dataset"] for i in items} == {k: f"ISIC2017 {v}" for k, v in truth.items()}
+    copy = tmp_path / "copy"
+    shutil.copytree(isic_2017, copy, ignore=shutil.ignore_patterns("*.csv"))
+    prepare("isic_skin_lesion", str(copy), str(tmp_path / "plain"))
+    assert {i["dataset"] for i in load_datalist(tmp_path / "plain", "test")} == {"ISIC2017"}
+    (copy / "ISIC-2017_Test_v2_Part3_GroundTruth.csv").write_text("image_id,melanoma,seborrheic_keratosis\n"
+                                                                  "ISIC_0000015,0.5,0.0\n")
+    with pytest.raises(DatasetLayoutError, match=r"row 2 \(ISIC_0000015\) gives melanoma '0.5'"):
+        read_isic2017_diagnoses(copy)
 
 
 def test_isic_paper_split_is_seeded_and_disjoint(isic_2017, tmp_path):

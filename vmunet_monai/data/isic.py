@@ -12,7 +12,10 @@ test           ``ISIC-2017_Test_v2_Data`` (+ GT)      ``ISIC2018_Task1-2_Test_In
 =============  =====================================  ==============================================
 
 Images are ``ISIC_<id>.jpg``; masks are ``ISIC_<id>_segmentation.png`` (0/255). ISIC 2017's
-``*_superpixels.png`` companions are skipped. Splits (``split=``):
+``*_superpixels.png`` companions are skipped. Where ISIC 2017's part 3 tables lie in RAW
+(``ISIC-2017_Training_Part3_GroundTruth.csv`` and its validation and test counterparts), each image's set names
+its diagnosis, ``ISIC2017 melanoma``, ``ISIC2017 seborrheic keratosis`` or ``ISIC2017 nevus``, so the evaluation
+reports Dice per diagnosis beside the whole test set. Splits (``split=``):
 
 - ``"official"``: train on the challenge training set; validate on the challenge validation set
   (or, with ``validation="carve"`` or when it is absent, on ``val_fraction`` of training); test on
@@ -53,7 +56,7 @@ from vmunet_monai.data.ph2 import find_ph2, prepare_ph2, write_demo_ph2
 from vmunet_monai.data.preview import announce
 from vmunet_monai.validation import InputError
 
-__all__ = ["prepare", "demo_data", "find_isic_folders"]
+__all__ = ["prepare", "demo_data", "find_isic_folders", "read_isic2017_diagnoses"]
 
 _YEAR = re.compile(r"ISIC[-_]?(\d{4})", re.IGNORECASE)
 _ROLES = (("train", re.compile(r"training", re.I)), ("val", re.compile(r"validation", re.I)),
@@ -124,8 +127,56 @@ def _pairs(folders: dict[tuple[str, str], Path], role: str, skipped: list[dict],
     return pairs
 
 
-def _items(pairs, year: int) -> list[dict]:
-    return [{"image": str(i), "label": str(m), "name": i.stem, "dataset": f"ISIC{year}"} for i, m in pairs]
+_PART3 = re.compile(r"ISIC-2017_.*Part3_GroundTruth\.csv$", re.IGNORECASE)
+
+
+def read_isic2017_diagnoses(raw: str | os.PathLike, max_depth: int = 3) -> dict[str, str]:
+    """Image id -> diagnosis from ISIC 2017's part 3 ground truth (``ISIC-2017_*_Part3_GroundTruth.csv``: columns
+    ``image_id``, ``melanoma``, ``seborrheic_keratosis``, each 0 or 1) anywhere up to ``max_depth`` levels below
+    ``raw``: ``melanoma``, ``seborrheic keratosis``, or ``nevus`` (neither). Empty where there is no such table.
+
+    Raises:
+        DatasetLayoutError: a table without those columns, or a row whose values are not 0 or 1 (naming the file
+            and the row).
+    """
+    import csv
+
+    found: dict[str, str] = {}
+    raw = Path(raw)
+    for dirpath, dirnames, filenames in os.walk(raw):
+        if len(Path(dirpath).relative_to(raw).parts) >= max_depth:
+            dirnames[:] = []
+        for name in sorted(filenames):
+            if not _PART3.match(name):
+                continue
+            path = Path(dirpath) / name
+            with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+                reader = csv.DictReader(handle)
+                needed = {"image_id", "melanoma", "seborrheic_keratosis"}
+                if not needed <= set(reader.fieldnames or ()):
+                    raise DatasetLayoutError(f"{path}: expected the columns image_id, melanoma and "
+                                             f"seborrheic_keratosis (found {reader.fieldnames})")
+                for number, row in enumerate(reader, 2):
+                    try:
+                        melanoma, keratosis = (float(row[k]) for k in ("melanoma", "seborrheic_keratosis"))
+                    except (TypeError, ValueError):
+                        melanoma = keratosis = -1.0
+                    if melanoma not in (0.0, 1.0) or keratosis not in (0.0, 1.0):
+                        raise DatasetLayoutError(f"{path}: row {number} ({row.get('image_id')}) gives melanoma "
+                                                 f"{row.get('melanoma')!r} and seborrheic_keratosis "
+                                                 f"{row.get('seborrheic_keratosis')!r}; each must be 0 or 1")
+                    found[row["image_id"].strip()] = ("melanoma" if melanoma else "seborrheic keratosis" if keratosis
+                                                      else "nevus")
+    return found
+
+
+def _items(pairs, year: int, diagnoses: dict[str, str] | None = None) -> list[dict]:
+    """Datalist entries; with ISIC 2017's diagnoses each image's set names its diagnosis (``ISIC2017 melanoma``),
+    so the evaluation reports them apart."""
+    diagnoses = diagnoses or {}
+    return [{"image": str(i), "label": str(m), "name": i.stem,
+             "dataset": f"ISIC{year} {diagnoses[i.stem]}" if i.stem in diagnoses else f"ISIC{year}"}
+            for i, m in pairs]
 
 
 def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, val_fraction: float = 0.2,
@@ -211,7 +262,8 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
     year = int(year)
     folders = usable[year]
     skipped: list[dict] = []
-    train = _items(_pairs(folders, "train", skipped, verify), year)
+    diagnoses = read_isic2017_diagnoses(raw) if year == 2017 else {}
+    train = _items(_pairs(folders, "train", skipped, verify), year, diagnoses)
     official_val = _pairs(folders, "val", skipped, verify)
     official_test = _pairs(folders, "test", skipped, verify)
     if split == "auto":
@@ -222,15 +274,15 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
                 f"{raw}: split='official' needs the ISIC {year} test images and test ground truth folders; "
                 f"use split='paper' for the papers' 7:3 split of the labelled images"
             )
-        test = _items(official_test, year)
+        test = _items(official_test, year, diagnoses)
         if official_val and validation == "auto":
-            val, how_val = _items(official_val, year), "challenge validation set"
+            val, how_val = _items(official_val, year, diagnoses), "challenge validation set"
         else:
             val, train = split_items(train, [val_fraction], seed)
             how_val = f"{val_fraction:g} of the challenge training set (seed {seed})"
         how = f"ISIC {year} challenge training / test sets; validation: {how_val}"
     else:
-        pool = train + (_items(official_val, year) if official_val else [])
+        pool = train + (_items(official_val, year, diagnoses) if official_val else [])
         test, rest = split_items(pool, [test_fraction], seed)
         val, train = split_items(rest, [val_fraction], seed + 1)
         how = (f"papers' random split of the {len(pool)} labelled ISIC {year} images: {test_fraction:g} test "
@@ -238,7 +290,8 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
     path = write_datalist(
         out, {"training": train, "validation": val, "test": test},
         {"dataset": f"ISIC {year} task 1 (lesion segmentation)", "importer": "vmunet_monai.data.isic",
-         "raw": str(Path(raw).resolve()), "split": split, "how": how, "seed": seed, "skipped": skipped},
+         "raw": str(Path(raw).resolve()), "split": split, "how": how, "seed": seed, "skipped": skipped,
+         "diagnoses": f"{len(diagnoses)} images' diagnoses from the part 3 tables" if diagnoses else None},
     )
     report_skipped(skipped, "image")
     summary = f"ISIC {year}: {len(train)} training, {len(val)} validation, {len(test)} test images"
@@ -274,6 +327,22 @@ def _lesion_image(height: int, width: int, rng, core: bool = False) -> tuple[np.
     r = np.sqrt(((yy - height / 2) / (height / 2)) ** 2 + ((xx - width / 2) / (width / 2)) ** 2)
     image *= np.clip(1.25 - 0.45 * r, 0.2, 1)[..., None]  # dermatoscope vignette
     return image, mask
+
+
+def _write_part3_tables(root: Path, counts: dict[str, int], rng) -> None:
+    """ISIC 2017's part 3 ground truth for the synthetic images (numbered in the order demo_data writes them):
+    melanoma, seborrheic keratosis or neither, about as often as in the challenge (19%, 13%, 68%)."""
+    index = 0
+    files = {"train": "ISIC-2017_Training_Part3_GroundTruth.csv", "val": "ISIC-2017_Validation_Part3_GroundTruth.csv",
+             "test": "ISIC-2017_Test_v2_Part3_GroundTruth.csv"}
+    root.mkdir(parents=True, exist_ok=True)
+    for role, count in counts.items():
+        rows = ["image_id,melanoma,seborrheic_keratosis"]
+        for _ in range(count):
+            kind = rng.choice(3, p=[0.19, 0.13, 0.68])
+            rows.append(f"ISIC_{index:07d},{float(kind == 0)},{float(kind == 1)}")
+            index += 1
+        (root / files[role]).write_text("\n".join(rows) + "\n")
 
 
 def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017, layout: str = "challenge",
@@ -337,6 +406,8 @@ def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017, layout: 
                  "val": ("ISIC2018_Task1-2_Validation_Input", "ISIC2018_Task1_Validation_GroundTruth"),
                  "test": ("ISIC2018_Task1-2_Test_Input", "ISIC2018_Task1_Test_GroundTruth")}
     counts = {"train": num, "val": max(2, num // 4), "test": max(2, num // 4)}
+    if year == 2017:  # the part 3 tables (diagnoses), drawn apart so the images are those of the same seed
+        _write_part3_tables(root, counts, np.random.default_rng(seed + 1))
     index = 0
     for role, (image_dir, mask_dir) in names.items():
         for k in range(counts[role]):

@@ -220,23 +220,24 @@ def summarize(records: Iterable[dict], title: str = "") -> dict:
 def format_summary(summary: dict) -> str:
     """A fixed-width table of a :func:`summarize` result, one row per group (and one for all when several), then
     one per class for masks of several classes."""
-    head = (f"{'set':<22}{'n':>5} | pooled: {'mIoU':>6} {'DSC':>6} {'Acc':>6} {'Sen':>6} {'Spe':>6} "
-            f"| per image: {'Dice mean±sd':>15} {'IoU mean±sd':>15}")
-    rows = ([summary["title"]] if summary.get("title") else []) + [head, "-" * len(head)]
     entries = list(summary["groups"].items())
     classes = summary.get("classes") or {}
     if len(entries) > 1 or classes:
         entries.append(("all sets together" if len(entries) > 1 else "all classes", summary["overall"]))
     entries += [(f"class {c}", v["overall"]) for c, v in classes.items()]
+    width = max([22] + [len(str(name)) + 1 for name, _ in entries])  # long set names (ISIC2017 seborrheic keratosis)
+    head = (f"{'set':<{width}}{'n':>5} | pooled: {'mIoU':>6} {'DSC':>6} {'Acc':>6} {'Sen':>6} {'Spe':>6} "
+            f"| per image: {'Dice mean±sd':>15} {'IoU mean±sd':>15}")
+    rows = ([summary["title"]] if summary.get("title") else []) + [head, "-" * len(head)]
     for name, s in entries:
         p, q = s["pooled"], s["per_image"]
         rows.append(
-            f"{name[:22]:<22}{s['n_images']:>5} | pooled: {p['miou']:6.4f} {p['dsc']:6.4f} {p['accuracy']:6.4f} "
+            f"{name:<{width}}{s['n_images']:>5} | pooled: {p['miou']:6.4f} {p['dsc']:6.4f} {p['accuracy']:6.4f} "
             f"{p['sensitivity']:6.4f} {p['specificity']:6.4f} | per image: "
             f"{q['dice_mean']:7.4f}±{q['dice_sd']:.4f} {q['iou_mean']:7.4f}±{q['iou_sd']:.4f}"
         )
         if "dice_mean_present" in q:
-            rows.append(f"{'  classes present only':<27} | {'':<42} | per image: {q['dice_mean_present']:7.4f}±"
+            rows.append(f"{'  classes present only':<{width + 5}} | {'':<42} | per image: {q['dice_mean_present']:7.4f}±"
                         f"{q['dice_sd_present']:.4f} {q['iou_mean_present']:7.4f}±{q['iou_sd_present']:.4f}")
     labels = summary.get("labels", {})
     rows.append("pooled = " + labels.get("pooled", POOLED_LABEL))
