@@ -317,8 +317,8 @@ def plot_montage(
         num_classes: number of label values including background (colour scale).
         class_names: label value -> name: a legend of the classes drawn.
         uncertainty: the model's uncertainty (0-1) in the same space: drawn instead of the filled prediction, in
-            the ``inferno`` colours with the square of its value as the opacity (as ``predict --uncertainty``'s
-            2D pictures), with the prediction's outlines in its classes' colours and a colour scale.
+            the colours and opacity of ``predict --uncertainty``'s 2D pictures
+            (:func:`vmunet_monai.evaluation.uncertainty.uncertainty_rgba`), with the prediction's outlines in its classes' colours and a colour scale.
     """
     from vmunet_monai.figures import pyplot, save
 
@@ -344,11 +344,9 @@ def plot_montage(
         # RAS x runs toward patient right; flipping it puts patient right on the viewer's left
         ax.imshow(np.clip(image[::-1, :, z].T, *window), cmap="gray", origin="lower", vmin=window[0], vmax=window[1])
         if heat is not None:
-            from matplotlib import colors
+            from vmunet_monai.evaluation.uncertainty import uncertainty_rgba
 
-            hot = colors.ListedColormap(plt.get_cmap("inferno")(np.linspace(0.35, 1.0, 256)))(heat[::-1, :, z].T)
-            hot[..., 3] = heat[::-1, :, z].T ** 2
-            ax.imshow(hot, origin="lower", interpolation="nearest")
+            ax.imshow(uncertainty_rgba(heat[::-1, :, z].T), origin="lower", interpolation="nearest")
             for value in range(1, max(num_classes, 2)):
                 if (pred[:, :, z] == value).any():
                     ax.contour((pred[::-1, :, z] == value).T, levels=[0.5], linewidths=0.7,
@@ -363,12 +361,10 @@ def plot_montage(
             ax.contour(label[::-1, :, z].T, levels=np.arange(0.5, num_classes), colors="white", linewidths=0.6)
         ax.set_title(f"slice {z}", fontsize=8)
     if heat is not None:
-        from matplotlib import cm, colors
+        from vmunet_monai.evaluation.uncertainty import add_uncertainty_bar
 
-        scale = colors.ListedColormap(plt.get_cmap("inferno")(np.linspace(0.35, 1.0, 256)))
-        bar = fig.colorbar(cm.ScalarMappable(norm=colors.Normalize(0, 1), cmap=scale), ax=axes.ravel().tolist(),
-                           orientation="vertical", fraction=0.03, pad=0.02)
-        bar.set_label("uncertainty (opacity: its square)", fontsize=8)
+        add_uncertainty_bar(fig, axes.ravel().tolist(), "uncertainty (opacity: its square)", orientation="vertical",
+                            fraction=0.03, pad=0.02)
     if title:
         what = "  (colour: uncertainty, lines: prediction)" if heat is not None else (
             "  (fill: prediction, white: ground truth)" if label is not None else "")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["UNCERTAIN", "most_doubtful_first", "normalized_entropy", "plot_most_uncertain", "summarize_uncertainty", "uncertainty_picture",
+__all__ = ["UNCERTAIN", "add_uncertainty_bar", "most_doubtful_first", "uncertainty_colours", "uncertainty_rgba", "normalized_entropy", "plot_most_uncertain", "summarize_uncertainty", "uncertainty_picture",
            "write_uncertainty_2d", "write_uncertainty_volumes", "write_uncertainty_table"]
 
 UNCERTAIN = 0.5  # the normalised entropy from which a pixel counts as uncertain
@@ -84,17 +84,42 @@ def _class_probabilities_2d(maps: Sequence[str | os.PathLike]) -> np.ndarray:
     return np.stack([rest, *planes])
 
 
+def uncertainty_colours():
+    """The uncertainty's colour scale in every picture: matplotlib's ``inferno`` from 0.35 (uncertainty 0) to 1
+    (uncertainty 1), so that even a low uncertainty is not drawn black."""
+    from matplotlib import colormaps, colors
+
+    return colors.ListedColormap(colormaps["inferno"](np.linspace(0.35, 1.0, 256)), name="uncertainty")
+
+
+def uncertainty_rgba(uncertainty: np.ndarray) -> np.ndarray:
+    """RGBA (0-1) of an uncertainty map as every picture draws it: :func:`uncertainty_colours`, with the square of
+    the uncertainty as the opacity (nothing where the model is sure, faint at 0.5, full at 1)."""
+    uncertainty = np.clip(np.asarray(uncertainty, np.float32), 0.0, 1.0)
+    rgba = uncertainty_colours()(uncertainty)
+    rgba[..., 3] = uncertainty ** 2
+    return rgba
+
+
+def add_uncertainty_bar(fig, axes, label: str, **options):
+    """The colour bar of :func:`uncertainty_colours` (0 to 1) beside ``axes``, labelled ``label``."""
+    from matplotlib import cm, colors
+
+    bar = fig.colorbar(cm.ScalarMappable(norm=colors.Normalize(0, 1), cmap=uncertainty_colours()), ax=axes,
+                       **options)
+    bar.set_label(label, fontsize=8)
+    return bar
+
+
 def uncertainty_picture(image: np.ndarray, uncertainty: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """``image`` (H, W, 3) in grey, the uncertainty over it in the ``inferno`` colours with the square of its
-    value as the opacity (nothing where the model is sure, faint at 0.5, full at 1), and the outline of ``classes`` (H, W, class numbers, 0 the
-    background) in green; uint8 RGB."""
-    from matplotlib import colormaps
+    """``image`` (H, W, 3) in grey, the uncertainty over it (:func:`uncertainty_rgba`) and the outline of
+    ``classes`` (H, W, class numbers, 0 the background) in green; uint8 RGB."""
     from scipy.ndimage import binary_erosion
 
     image = np.asarray(image, np.float32)
     grey = (image @ np.asarray([0.299, 0.587, 0.114], np.float32))[..., None].repeat(3, axis=2) * 0.8
-    heat = colormaps["inferno"](0.35 + 0.65 * uncertainty)[..., :3].astype(np.float32) * 255.0
-    alpha = np.clip(uncertainty, 0.0, 1.0)[..., None] ** 2  # faint where a soft model is only a little unsure
+    rgba = uncertainty_rgba(uncertainty)
+    heat, alpha = rgba[..., :3].astype(np.float32) * 255.0, rgba[..., 3:].astype(np.float32)
     picture = (1.0 - alpha) * grey + alpha * heat
     foreground = classes > 0
     edge = foreground & ~binary_erosion(foreground, iterations=max(1, min(foreground.shape) // 200))
@@ -138,8 +163,6 @@ def plot_most_uncertain(rows: Sequence[dict], path: str | os.PathLike, k: int = 
     if not ordered:
         return None
     plt = pyplot()
-    from matplotlib import cm, colors
-
     per_row = min(4, len(ordered))
     lines = (len(ordered) + per_row - 1) // per_row
     height = 3.0 * lines + 1.0
@@ -154,12 +177,9 @@ def plot_most_uncertain(rows: Sequence[dict], path: str | os.PathLike, k: int = 
         ax.imshow(np.asarray(picture))
         ax.set_title(f"{i + 1}. {os.path.basename(row['file'])}\nuncertain share {row['uncertain_share']:.2f}, "
                      f"mean {row['mean_uncertainty']:.2f}", fontsize=8)
-    # the pictures' colours: inferno from 0.35 (uncertainty 0) to 1 (uncertainty 1), opacity its square
-    scale = colors.ListedColormap(plt.get_cmap("inferno")(np.linspace(0.35, 1.0, 256)))
-    bar = fig.colorbar(cm.ScalarMappable(norm=colors.Normalize(0, 1), cmap=scale), ax=axes.ravel().tolist(),
-                       orientation="horizontal", fraction=0.6 / height, pad=0.04, aspect=40)
-    bar.set_label("uncertainty (normalised entropy; drawn with its square as opacity); green: the mask's outline",
-                  fontsize=8)
+    add_uncertainty_bar(fig, axes.ravel().tolist(), "uncertainty (normalised entropy; drawn with its square as "
+                        "opacity); green: the mask's outline", orientation="horizontal", fraction=0.6 / height,
+                        pad=0.04, aspect=40)
     fig.suptitle(f"the {len(ordered)} most doubtful of {len(rows)} prediction(s), most doubtful first", fontsize=10)
     return save(fig, path, dpi=90)
 
