@@ -6,6 +6,7 @@ travel through ``Invertd`` untouched.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping, Sequence
 
 import monai.transforms
@@ -14,7 +15,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["BinarizeMaskd", "ChannelArgmaxd", "ClassValuesd", "FirstOutputd", "SaveProbabilityVolumed", "ScaleToUnitd", "Spacingd",
+__all__ = ["BinarizeMaskd", "ChannelArgmaxd", "ClassValuesd", "FirstOutputd", "probability_slabs", "save_unit_nifti",
+           "SaveProbabilityVolumed", "ScaleToUnitd", "Spacingd",
            "insert_before", "rgb_converter", "gray_converter", "INTENSITY_MODES", "mask_levels"]
 
 INTENSITY_MODES = ("ct", "mri", "minmax")
@@ -190,6 +192,46 @@ class ChannelArgmaxd(MapTransform):
         return d
 
 
+def save_unit_nifti(values, affine, path: str | os.PathLike) -> str:
+    """Write numbers from 0 to 1 (probabilities, uncertainties; any shape, clipped) as an 8-bit NIfTI with the scale
+    factor 1/255 (``scl_slope``): readers that apply it (nibabel's ``get_fdata``, ITK, 3D Slicer) get them back to
+    within 1/255, at a quarter of the size of floats. Written under another name first and renamed, so a crash
+    never leaves a half-written file under ``path``.
+
+    Returns:
+        ``path``.
+    """
+    import nibabel as nib
+
+    levels = np.rint(np.clip(np.asarray(values, np.float32), 0.0, 1.0) * 255).astype(np.uint8)
+    image = nib.Nifti1Image(levels, np.asarray(affine, dtype=np.float64))
+    image.header.set_slope_inter(1.0 / 255.0, 0.0)
+    image.header.set_xyzt_units("mm")
+    path = str(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    partial = f"{path}.partial.nii.gz"
+    image.to_filename(partial)
+    os.replace(partial, path)
+    return path
+
+
+def probability_slabs(path: str | os.PathLike, slab: int = 16):
+    """The 4D probability volume ``path`` (X, Y, Z, classes, as :class:`SaveProbabilityVolumed` writes it) read
+    ``slab`` axial slices at a time: yields ``(z, probabilities)``, the second (X, Y, <= slab, classes) float32
+    from 0 to 1 with the file's scale applied, so memory stays at a few slices' worth.
+
+    Raises:
+        ValueError: a volume that does not have 4 axes (naming the file).
+    """
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    if len(image.shape) != 4:
+        raise ValueError(f"{path}: a probability volume has 4 axes (X, Y, Z, classes), not {tuple(image.shape)}")
+    for z in range(0, image.shape[2], slab):
+        yield z, np.clip(np.asarray(image.dataobj[:, :, z:z + slab, :], np.float32), 0.0, 1.0)
+
+
 class SaveProbabilityVolumed(MapTransform):
     """Write each volume's class probabilities as ``<case>_prob.nii.gz`` beside its label map: a 4D NIfTI of
     shape (X, Y, Z, classes), background first, on the grid and affine of the label map.
@@ -215,10 +257,6 @@ class SaveProbabilityVolumed(MapTransform):
         d = dict(data)
         if not self.enabled:
             return d
-        import os
-
-        import nibabel as nib
-
         from vmunet_monai.evaluation.ct import _case_name
 
         for key in self.key_iterator(d):
@@ -230,14 +268,10 @@ class SaveProbabilityVolumed(MapTransform):
             if prob.ndim != 4:
                 raise ValueError(f"{source}: SaveProbabilityVolumed expects (classes, X, Y, Z) probabilities; "
                                  f"{key!r} has shape {tuple(prob.shape)}")
-            levels = torch.round(torch.as_tensor(prob).float().clamp(0.0, 1.0) * 255).to(torch.uint8)
-            levels = np.moveaxis(levels.cpu().numpy(), 0, -1)  # classes last: (X, Y, Z, C)
-            affine = np.asarray(prob.affine if hasattr(prob, "affine") else np.eye(4), dtype=np.float64)
-            image = nib.Nifti1Image(levels, affine)
-            image.header.set_slope_inter(1.0 / 255.0, 0.0)
-            image.header.set_xyzt_units("mm")
-            os.makedirs(self.output_dir, exist_ok=True)
-            image.to_filename(os.path.join(self.output_dir, f"{_case_name(source)}_{self.postfix}.nii.gz"))
+            values = np.moveaxis(torch.as_tensor(prob).float().cpu().numpy(), 0, -1)  # classes last: (X, Y, Z, C)
+            affine = prob.affine if hasattr(prob, "affine") else np.eye(4)
+            target = os.path.join(self.output_dir, f"{_case_name(source)}_{self.postfix}.nii.gz")
+            save_unit_nifti(values, affine, target)
         return d
 
 

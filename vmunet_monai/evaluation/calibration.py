@@ -125,14 +125,15 @@ def calibrate_volumes(pairs, slab: int = 16) -> Calibration:
     """
     import nibabel as nib
 
+    from vmunet_monai.engine.transforms import probability_slabs
+
     calibration = Calibration(top_label=True)
     for prob_path, label_path in pairs:
         prob, label = nib.load(str(prob_path)), nib.load(str(label_path))
         if len(prob.shape) != 4 or tuple(prob.shape[:3]) != tuple(label.shape[:3]):
             raise ValueError(f"{prob_path}: class probabilities of shape {tuple(prob.shape)} for the label "
                              f"{label_path} of {tuple(label.shape)} (expected (X, Y, Z, classes) on its grid)")
-        for z in range(0, prob.shape[2], slab):
-            part = np.clip(np.asarray(prob.dataobj[:, :, z:z + slab, :], np.float32), 0.0, 1.0)
+        for z, part in probability_slabs(prob_path, slab):
             truth = np.rint(np.asarray(label.dataobj[:, :, z:z + slab], np.float32)).astype(np.int64)
             calibration.add(part.max(axis=-1), part.argmax(axis=-1) == truth)
     return calibration

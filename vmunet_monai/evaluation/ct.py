@@ -318,7 +318,8 @@ def plot_montage(
         class_names: label value -> name: a legend of the classes drawn.
         uncertainty: the model's uncertainty (0-1) in the same space: drawn instead of the filled prediction, in
             the colours and opacity of ``predict --uncertainty``'s 2D pictures
-            (:func:`vmunet_monai.evaluation.uncertainty.uncertainty_rgba`), with the prediction's outlines in its classes' colours and a colour scale.
+            (:func:`vmunet_monai.evaluation.uncertainty.uncertainty_rgba`), with the prediction's outlines in its
+            classes' colours and a colour scale.
     """
     from vmunet_monai.figures import pyplot, save
 

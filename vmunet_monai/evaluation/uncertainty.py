@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["UNCERTAIN", "add_uncertainty_bar", "most_doubtful_first", "uncertainty_colours", "uncertainty_rgba", "normalized_entropy", "plot_most_uncertain", "summarize_uncertainty", "uncertainty_picture",
-           "write_uncertainty_2d", "write_uncertainty_volumes", "write_uncertainty_table"]
+__all__ = ["UNCERTAIN", "add_uncertainty_bar", "most_doubtful_first", "normalized_entropy", "plot_most_uncertain",
+           "summarize_uncertainty", "uncertainty_colours", "uncertainty_picture", "uncertainty_rgba",
+           "write_uncertainty_2d", "write_uncertainty_table", "write_uncertainty_volumes"]
 
 UNCERTAIN = 0.5  # the normalised entropy from which a pixel counts as uncertain
 
@@ -190,25 +191,19 @@ def write_uncertainty_volumes(items: Sequence[tuple[str, str]], slab: int = 16) 
     probabilities are read ``slab`` slices at a time, so memory stays at a few slices' worth."""
     import nibabel as nib
 
+    from vmunet_monai.engine.transforms import probability_slabs, save_unit_nifti
+
     rows = []
     for source, prob_path in items:
-        img = nib.load(prob_path)
-        if len(img.shape) != 4:
-            raise ValueError(f"{prob_path}: a probability volume has 4 axes (X, Y, Z, classes), not {img.shape}")
-        uncertainty = np.zeros(img.shape[:3], np.float32)
-        foreground = np.zeros(img.shape[:3], bool)
-        for z in range(0, img.shape[2], slab):
-            part = np.asarray(img.dataobj[:, :, z:z + slab, :], np.float32)  # the file's scale applied
+        grid = nib.load(prob_path)
+        uncertainty = np.zeros(grid.shape[:3], np.float32)
+        foreground = np.zeros(grid.shape[:3], bool)
+        for z, part in probability_slabs(prob_path, slab):
             part = np.moveaxis(part, -1, 0)
             uncertainty[:, :, z:z + slab] = normalized_entropy(part)
             foreground[:, :, z:z + slab] = part.argmax(axis=0) > 0
         target = str(prob_path)[: -len("_prob.nii.gz")] + "_uncertainty.nii.gz"
-        stored = nib.Nifti1Image(np.rint(uncertainty * 255).astype(np.uint8), img.affine)
-        stored.header.set_slope_inter(1.0 / 255.0, 0.0)
-        stored.header.set_xyzt_units(*img.header.get_xyzt_units())
-        partial = f"{target}.partial.nii.gz"
-        nib.save(stored, partial)
-        os.replace(partial, target)
+        save_unit_nifti(uncertainty, grid.affine, target)
         rows.append({"file": str(source), "picture": target, **summarize_uncertainty(uncertainty, foreground)})
     return rows
 
