@@ -366,7 +366,7 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int | None =
         ``"baseline"`` (its ``best_val_dice``, ``best_epoch``, ``test_summary``) and ``"comparison"``.
     """
     from vmunet_monai.data import demo_data, prepare
-    from vmunet_monai.validation import InputError, check_at_least
+    from vmunet_monai.validation import InputError, check_at_least, check_flag
 
     if classes not in (1, 2) or isinstance(classes, bool):
         raise InputError(f"demo --classes {classes!r}: 1 (lesions, the ISIC challenge layout) or 2 (lesions with a "
@@ -393,8 +393,7 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int | None =
     out = Path(out)
     if acdc and not 4 <= num <= 30:
         raise InputError(f"demo --num {num}: the ACDC demo writes 4 to 30 patients")
-    if not isinstance(determinism, bool):
-        raise InputError(f"demo --determinism {determinism!r}: true or false")
+    check_flag("demo --determinism", determinism)
     extra = {"determinism": determinism}
     if glands or acdc:
         result = (_run_glands if glands else _run_acdc)(out, epochs, num, size, extra)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from vmunet_monai.engine.utils import find_bundle, inference_configs, network_file
-from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, check_at_least, check_device,
+from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, check_at_least, check_device, check_flag,
                                      check_output_location, number_list, read_image_2d)
 
 __all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
@@ -338,9 +338,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     """
     device = check_device(device)
     check_at_least("predict --batch_size", batch_size, 1)
-    for flag, value in (("probabilities", probabilities), ("uncertainty", uncertainty)):
-        if not isinstance(value, bool):
-            raise InputError(f"--{flag} {value!r}: true or false")
+    check_flag("--probabilities", probabilities)
+    check_flag("--uncertainty", uncertainty)
     probabilities = probabilities or uncertainty  # the uncertainty is computed from the probability maps
     if batch_size != 1 and Path(str(bundle)).name in VOLUME_BUNDLES:
         raise InputError(f"--batch_size {batch_size}: only for the 2D bundles; volumes go one at a time (their slices "

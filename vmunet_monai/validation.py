@@ -419,6 +419,14 @@ def check_at_least(option: str, value, least: int) -> int:
     return value
 
 
+def check_flag(option: str, value) -> bool:
+    """``value`` of command-line ``option`` (e.g. ``"--uncertainty"``) if it is true or false, else
+    :class:`InputError` naming the option and the value."""
+    if not isinstance(value, bool):
+        raise InputError(f"{option} {value!r}: true or false")
+    return value
+
+
 def check_device(device) -> str | None:
     """``device`` as given (``cpu``, ``cuda``, ``cuda:N``), or None for the automatic choice; a device this
     machine cannot run raises :class:`InputError` naming it and what is there."""
