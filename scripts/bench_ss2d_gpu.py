@@ -51,7 +51,7 @@ def _args():
                         "associative scans, and mamba-ssm's kernel")
     p.add_argument("--dry-run", action="store_true",
                    help="check the script, time nothing: every step it would take on a GPU, on the CPU through "
-                        "Triton's interpreter at a tiny shape (batch 1, 8 channels, 6x6 map, N = 4)")
+                        "Triton's interpreter at a tiny shape (batch 1, 8 channels, 5x5 map: two chunks of 16 steps, N = 4)")
     p.add_argument("--out", default="", help="write all numbers to this JSON file")
     p.add_argument("--config-from", default="", help="use the best tiles recorded in this JSON file")
     p.add_argument("--layout", default="row_major", choices=["row_major", "channels_last"],
@@ -103,13 +103,28 @@ def make_inputs(batch, di, size, n, dtype, requires_grad=False, seed=0, layout=N
 
 
 def bench(fn, warmup=25, rep=100):
+    return timed(fn, warmup, rep)[1]
+
+
+def timed(fn, warmup=25, rep=100):
+    """``fn()``'s result and its median time in ms over ``rep`` calls after ``warmup``; in a --dry-run the time
+    of the one call that gave the result (the interpreter is slow: each call counts)."""
     if DEVICE != "cuda":  # --dry-run: one call, timed for the table's sake only
         start = time.perf_counter()
-        fn()
-        return (time.perf_counter() - start) * 1e3
+        value = fn()
+        return value, (time.perf_counter() - start) * 1e3
     import triton.testing
 
-    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+    value = fn()
+    return value, triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def warm(fn):
+    """Compile (and load) what ``fn`` launches before it is measured; nothing in a --dry-run, whose one timed
+    call runs it anyway."""
+    if DEVICE == "cuda":
+        fn()
+        torch.cuda.synchronize()
 
 
 def copy_bandwidth():
@@ -175,7 +190,7 @@ def main():
             sys.exit("bench_ss2d_gpu.py --dry-run must set TRITON_INTERPRET before the kernels are imported")
         os.environ["TRITON_INTERPRET"] = "1"
         DEVICE = "cpu"
-        a.batch, a.dim, a.size, a.state = 1, 8, 6, 4
+        a.batch, a.dim, a.size, a.state = 1, 8, 5, 4
     elif not torch.cuda.is_available():
         sys.exit("bench_ss2d_gpu.py needs a CUDA device (--dry-run checks the script on the CPU)")
     from vmunet_monai.ops import dispatch
@@ -233,8 +248,7 @@ def main():
         ts.kernel_config(cfg)
         t0 = time.time()
         try:
-            fused(x)
-            _cuda("synchronize")
+            warm(lambda: fused(x))
             ms = bench(lambda: fused(x))
         except Exception as exc:  # a tile that does not compile is reported and skipped
             print(f"  {cfg}: failed {type(exc).__name__}: {str(exc)[:200]}", flush=True)
@@ -282,8 +296,7 @@ def main():
         def fwd_bwd():
             return torch.autograd.grad((fused(xg) * gy).sum(), list(xg.values()))
 
-        fwd_bwd()
-        _cuda("synchronize")
+        warm(fwd_bwd)
         _cuda("reset_peak_memory_stats")
         base = _cuda("memory_allocated")
         ms_fb = bench(fwd_bwd, warmup=5, rep=30)
@@ -457,8 +470,7 @@ def _bwd_steps(a, res, lines, fused, best):
             return torch.autograd.grad((fused(xg) * gy).sum(), list(xg.values()))
 
         ts.kernel_config(best[0])
-        ms_chunks = bench(grads, warmup=3, rep=20)
-        ref = grads()
+        ref, ms_chunks = timed(grads, warmup=3, rep=20)
         with torch.no_grad():
             ms_fwd = bench(lambda: fused(xg), warmup=3, rep=20)  # the backward alone: fwd+bwd less this
         scratch = step_scratch_bytes(a.batch, a.dim, a.size, a.state)
@@ -467,8 +479,7 @@ def _bwd_steps(a, res, lines, fused, best):
         for bd, det in ((32, False),) if a.quick else ((32, False), (16, False), (8, False), (32, True)):
             ts.kernel_config(best[0].replace(bwd_stepwise=True, bwd_step_block_d=bd, deterministic=det))
             try:
-                got = grads()
-                ms = bench(grads, warmup=3, rep=20)
+                got, ms = timed(grads, warmup=3, rep=20)
             except Exception as exc:
                 print(f"  bwd_stepwise block {bd}: failed {type(exc).__name__}: {str(exc)[:200]}", flush=True)
                 continue
