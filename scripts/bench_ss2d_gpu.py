@@ -51,7 +51,8 @@ def _args():
                         "associative scans, and mamba-ssm's kernel")
     p.add_argument("--dry-run", action="store_true",
                    help="check the script, time nothing: every step it would take on a GPU, on the CPU through "
-                        "Triton's interpreter at a tiny shape (batch 1, 8 channels, 5x5 map: two chunks of 16 steps, N = 4)")
+                        "Triton's interpreter at a tiny shape (batch 1, 8 channels, 5x5 map: two chunks of 16 "
+                        "steps, N = 4)")
     p.add_argument("--out", default="", help="write all numbers to this JSON file")
     p.add_argument("--config-from", default="", help="use the best tiles recorded in this JSON file")
     p.add_argument("--layout", default="row_major", choices=["row_major", "channels_last"],
