@@ -481,6 +481,65 @@ def test_score_reads_2d_masks_on_disk_binary_and_of_several_classes(tmp_path, ca
         score(tmp_path / "other", tmp_path / "binary", out=tmp_path / "b3", transunet=False)
 
 
+def test_score_calibrates_the_class_probability_maps_by_the_top_label(tmp_path, capsys):
+    """``score`` on predict's output of several classes with ``--probabilities``: the ``<stem>_prob_<k>.png`` maps,
+    below the folder scored or in ``probabilities/`` beside its ``masks/``, give the top-label calibration, counted
+    here by hand; images without maps are left out of it and counted, maps of another size are refused."""
+    from vmunet_monai.evaluation.score import score
+
+    rng = np.random.default_rng(6)
+    truths = _pool(tmp_path / "raw", 10, rng, values=(0, 100, 200))
+    prepare("polyp_seg", str(tmp_path / "raw"), str(tmp_path / "classes"), classes="polyp,instrument",
+            test_fraction=0.3)
+    tests = json.loads((tmp_path / "classes" / "datalist.json").read_text())["test"]
+    assert len(tests) == 3
+    out = tmp_path / "pred"
+    (out / "masks" / "raw").mkdir(parents=True)
+    (out / "probabilities" / "raw").mkdir(parents=True)
+    (out / "prediction.json").write_text(json.dumps({"mask_values": [0, 1, 2]}))
+    expected_right, expected_sure = [], []
+    for k, item in enumerate(tests):
+        truth = truths[int(item["name"][3:])]
+        guess = np.where(truth == 2, 1, truth) if k == 0 else truth  # the first image's class 2 taken for class 1
+        Image.fromarray(guess.astype(np.uint8)).save(out / "masks" / "raw" / f"{item['name']}_mask.png")
+        # the guessed class at grey level 179 (0.70), the two others at 38 (0.15) each
+        for c in (1, 2):
+            level = np.where(guess == c, 179, 38).astype(np.uint8)
+            Image.fromarray(level).save(out / "probabilities" / "raw" / f"{item['name']}_prob_{c}.png")
+        top = np.where(guess == 0, 1.0 - 2 * 38 / 255, 179 / 255)
+        expected_sure.append(top.ravel())
+        expected_right.append((guess == truth).ravel())
+    sure, right = np.concatenate(expected_sure), np.concatenate(expected_right)
+    for pred in (out, out / "masks"):  # predict's folder, or its masks with the maps beside them
+        summary = score(pred, tmp_path / "classes", out=tmp_path / "s")
+        calibration = summary["calibration"]
+        assert calibration["kind"] == "top_label" and calibration["images"] == len(tests)
+        assert calibration["pixels"] == sure.size
+        assert calibration["brier"] == pytest.approx(float(np.mean((sure - right) ** 2)))
+        assert calibration["ece"] == pytest.approx(abs(float(right.mean()) - float(sure.mean())))
+        assert right.mean() < 1.0  # the first image's mistake counts
+        stored = json.loads((tmp_path / "s" / "metrics_test_calibration.json").read_text())
+        assert stored["ece"] == pytest.approx(calibration["ece"])
+        assert (tmp_path / "s" / "metrics_test_calibration.png").is_file()
+    assert f"{len(tests)} of {len(tests)} image(s) with <stem>_prob_<k>.png" in capsys.readouterr().out
+    # one image's map of one class missing: that image is left out of the calibration, and counted
+    (out / "probabilities" / "raw" / f"{tests[0]['name']}_prob_2.png").unlink()
+    summary = score(out, tmp_path / "classes", out=tmp_path / "s")
+    assert summary["calibration"]["images"] == len(tests) - 1
+    assert summary["calibration"]["pixels"] == sure.size - truths[int(tests[0]["name"][3:])].size
+    # the masks alone: scored, no calibration
+    import shutil
+
+    shutil.copytree(out / "masks", tmp_path / "only")
+    alone = score(tmp_path / "only", tmp_path / "classes", out=tmp_path / "m", mask_values="0,1,2")
+    assert "calibration" not in alone and alone["overall"]["n_images"] == len(tests)
+    for c in (1, 2):
+        Image.fromarray(np.zeros((5, 5), np.uint8)).save(out / "probabilities" / "raw" / f"{tests[1]['name']}_prob_{c}.png")
+    with pytest.raises(InputError, match=rf"{tests[1]['name']}_prob_1.png: a probability map of 5x5 pixels against "
+                                         r"its label .* \(predict writes them at the image's own size"):
+        score(out, tmp_path / "classes", out=tmp_path / "s")
+
+
 def test_score_pairs_shared_image_names_by_their_folders():
     """Polyp test sets reuse names (1.png in several): predict mirrors the input folders, and the prediction whose
     folders agree longest with the image's is its own; a tie pairs nothing rather than a wrong mask."""

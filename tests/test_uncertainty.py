@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from reliability_helpers import tiny_bundle_with_weights, write_ct_volume, write_rgb
 
-from vmunet_monai.evaluation.uncertainty import (_class_probabilities_2d, normalized_entropy, summarize_uncertainty,
+from vmunet_monai.evaluation.uncertainty import (class_probabilities_2d, normalized_entropy, summarize_uncertainty,
                                                  uncertainty_picture)
 from vmunet_monai.validation import InputError
 
@@ -61,11 +61,11 @@ def test_background_is_what_the_class_maps_leave(tmp_path):
         path = tmp_path / f"x_prob_{k + 1}.png"
         Image.fromarray(np.full((3, 4), level, np.uint8)).save(path)
         maps.append(path)
-    prob = _class_probabilities_2d(maps)
+    prob = class_probabilities_2d(maps)
     assert prob.shape == (3, 3, 4) and np.allclose(prob[:, 0, 0], [115 / 255, 40 / 255, 100 / 255])
     Image.fromarray(np.zeros((3, 5), np.uint8)).save(tmp_path / "other.png")
     with pytest.raises(ValueError, match="different sizes"):
-        _class_probabilities_2d([maps[0], tmp_path / "other.png"])
+        class_probabilities_2d([maps[0], tmp_path / "other.png"])
 
 
 def test_picture_is_the_grey_image_where_the_model_is_sure():
@@ -136,7 +136,7 @@ def test_predict_2d_of_several_classes_takes_every_class_map(tmp_path):
     write_rgb(tmp_path / "images" / "a.png", 40, 44)
     result = predict(str(bundle), str(tmp_path / "images"), str(tmp_path / "out"), device="cpu", uncertainty=True)
     maps = [tmp_path / "out" / "probabilities" / f"a_prob_{k}.png" for k in (1, 2)]
-    prob = _class_probabilities_2d(maps)
+    prob = class_probabilities_2d(maps)
     row = result["uncertainty"][0]
     assert row["uncertain_pixels"] == int((normalized_entropy(prob) >= 0.5).sum())
     assert row["foreground_pixels"] == int((prob.argmax(0) > 0).sum())

@@ -209,7 +209,11 @@ class Commands:
         patients, the clinical indices; per_case.csv, summary.json, organ_boxplot.png and montages. 2D masks
         (<image>_mask.png as predict writes them, or <image>.png): pooled and per-image Dice and IoU per test
         set and class; metrics_<split>_per_image.csv, metrics_<split>_summary.json, metrics_<split>.png and
-        metrics_<split>_worst.png (the images of the lowest Dice, ground truth beside prediction).
+        metrics_<split>_worst.png (the images of the lowest Dice, ground truth beside prediction). Where predict
+        --probabilities left probability maps (binary 2D maps, <image>_prob_K.png of several classes, under PRED
+        or in probabilities/ beside its masks/, and <case>_prob.nii.gz beside volumes), also how well calibrated
+        they are: ECE, Brier score and a reliability diagram (metrics_<split>_calibration.png, calibration.png
+        for volumes); for several classes by the top label.
 
         Args:
             pred: a folder of predictions, searched recursively.

@@ -16,8 +16,9 @@ highest) against whether it is the right class, the "confidence" calibration of 
 
 Before trusting an uncertainty map (``predict --uncertainty``) or a threshold other than 0.5, look here: a model
 trained with Dice loss is often too sure, one trained briefly too unsure. ``score`` writes it for the 2D maps of
-``predict --probabilities`` (``metrics_<split>_calibration.png`` and ``calibration`` in the summary) and for
-volumes with their ``<case>_prob.nii.gz`` beside them (``calibration.png``, top label).
+``predict --probabilities`` (``metrics_<split>_calibration.png`` and ``calibration`` in the summary; by the top
+label for the ``<image>_prob_<k>.png`` maps of several classes) and for volumes with their ``<case>_prob.nii.gz``
+beside them (``calibration.png``, top label).
 """
 
 from __future__ import annotations

@@ -183,7 +183,8 @@ def _items(dataset: Path, split: str) -> tuple[Path, list[dict]]:
 
 def _tail_match(candidates: list[Path], image: Path) -> Path | None:
     """The candidate whose folders agree longest with the image's, counted from the file upwards (predict mirrors
-    the input folders: ``masks/CVC-300/images/1_mask.png`` for ``.../CVC-300/images/1.png``); None if tied."""
+    the input folders: ``masks/CVC-300/images/1_mask.png`` for ``.../CVC-300/images/1.png``); None if tied or if
+    there is none."""
     def agreement(path: Path) -> int:
         n = 0
         for a, b in zip(reversed(path.parent.parts), reversed(image.parent.parts)):
@@ -193,6 +194,8 @@ def _tail_match(candidates: list[Path], image: Path) -> Path | None:
         return n
 
     ranked = sorted(candidates, key=agreement, reverse=True)
+    if not ranked:
+        return None
     if len(ranked) > 1 and agreement(ranked[0]) == agreement(ranked[1]):
         return None
     return ranked[0]
@@ -237,7 +240,10 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     the image's. Binary masks saved as grey-level probability maps (as the PraNet lineage saves its predictions)
     are thresholded at half scale like any mask, and also scored by that lineage's protocol
     (:mod:`vmunet_monai.evaluation.pranet`: ``metrics_<split>_pranet_*``) and for their calibration
-    (:mod:`vmunet_monai.evaluation.calibration`: ``metrics_<split>_calibration.png`` and ``.json``). Writes ``metrics_<split>_per_image.csv``,
+    (:mod:`vmunet_monai.evaluation.calibration`: ``metrics_<split>_calibration.png`` and ``.json``); for several
+    classes, the ``<image>_prob_<k>.png`` maps of ``predict --probabilities`` (below ``pred``, or in
+    ``probabilities/`` beside predict's ``masks/``) give the top-label calibration of the images that have all
+    of them. Writes ``metrics_<split>_per_image.csv``,
     ``metrics_<split>_summary.json``, ``metrics_<split>.png`` and, for the ``worst`` images of the lowest Dice,
     ``metrics_<split>_worst.png`` (:mod:`vmunet_monai.evaluation.gallery`) into ``out`` (default: ``score/`` beside
     ``pred``).
@@ -275,10 +281,11 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
             stem = next((path.stem[: -len(s)] for s in ("_mask", "_prob") if path.stem.endswith(s)), path.stem)
             found.setdefault(stem, []).append(path)
+    class_maps = _class_maps(Path(pred), record) if levels is not None else {}
     out = Path(out) if out is not None else Path(pred).resolve().parent / "score"
     out = check_output_location([dataset], out)
     gallery = WorstCases(check_at_least("score --worst", worst, 0), max(num_classes, 2))
-    records, missing, binary_pairs, grey = [], [], [], False
+    records, missing, binary_pairs, grey, class_pairs = [], [], [], False, []
     for item in items:
         image = (dataset / item["image"]).resolve()
         name = str(item.get("name") or image.stem)
@@ -310,6 +317,9 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         for c, cls in classes.items():
             records.append(make_record(name, numbers == c, truth == c, group=group, cls=cls))
         gallery.offer(name, truth, numbers, image=lambda: _read_photo(image), group=group)
+        maps = [_tail_match(class_maps.get((image.stem, c), []), image) for c in range(1, num_classes)]
+        if all(maps):
+            class_pairs.append((maps, label_path))
     if not records:
         example = next((p[0] for p in found.values()), None)
         raise InputError(f"{pred}: no predicted mask is named after a {split!r} image of {datalist} (looked for e.g. "
@@ -335,19 +345,62 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         calibration = Calibration()
         for _, hit, label, _ in binary_pairs:
             calibration.add(np.clip(_read_values(hit), 0, 255) / 255.0, foreground(_read_values(label)))
-        summary["calibration"] = calibration.summary()
-        paths["calibration_json"] = str(out / f"metrics_{split}_calibration.json")
-        Path(paths["calibration_json"]).write_text(json.dumps(summary["calibration"], indent=4) + "\n")
-        paths["calibration_plot"] = calibration.plot(out / f"metrics_{split}_calibration.png",
-                                                     title=f"{Path(pred).name}: calibration, {split} split")
-        print(f"calibration of the probability maps: ECE {summary['calibration']['ece']:.4f}, Brier "
-              f"{summary['calibration']['brier']:.4f} over {summary['calibration']['pixels']:,} pixels "
-              f"({paths['calibration_plot']})")
+        _write_calibration(calibration, summary, paths, out, split, f"{Path(pred).name}: calibration, {split} split",
+                           "the probability maps", len(binary_pairs))
+    if class_pairs:  # predict --probabilities of several classes: <stem>_prob_<k>.png, by the top label
+        from vmunet_monai.evaluation.calibration import Calibration
+        from vmunet_monai.evaluation.uncertainty import class_probabilities_2d
+
+        calibration = Calibration(top_label=True)
+        for maps, label in class_pairs:
+            prob, truth = class_probabilities_2d(maps), _read_values(label)
+            if prob.shape[1:] != truth.shape:
+                raise InputError(f"{maps[0]}: a probability map of {prob.shape[1]}x{prob.shape[2]} pixels against "
+                                 f"its label {label} of {truth.shape[0]}x{truth.shape[1]} (predict writes them at the "
+                                 f"image's own size)")
+            calibration.add(prob.max(axis=0), prob.argmax(axis=0) == truth)
+        _write_calibration(calibration, summary, paths, out, split,
+                           f"{Path(pred).name}: top-label calibration, {split} split",
+                           f"the class probabilities (top label; {len(class_pairs)} of {len(records) // len(classes)} "
+                           f"image(s) with <stem>_prob_<k>.png)", len(class_pairs))
     if missing:
         print(f"left out: {len(missing)} {split} image(s) without a prediction (first: {missing[0]})")
     print(f"{len(records) // max(len(classes), 1)} images scored against {datalist} ({split}); written to {out}")
     summary["paths"] = paths
     return summary
+
+
+def _class_maps(pred: Path, record) -> dict[tuple[str, int], list[Path]]:
+    """The class probability maps ``<stem>_prob_<k>.png`` of ``predict --probabilities`` for several classes, by
+    (stem, k): below ``pred``, and in the ``probabilities/`` folder beside it when ``pred`` is predict's ``masks/``
+    (``record``: its ``prediction.json``, as :func:`vmunet_monai.predict.read_record` found it)."""
+    import re
+
+    roots = [pred]
+    if record is not None:
+        beside = record[0].parent / "probabilities"
+        if beside.is_dir() and pred.resolve() not in (beside.resolve(), *beside.resolve().parents):
+            roots.append(beside)
+    maps: dict[tuple[str, int], list[Path]] = {}
+    for root in roots:
+        for path in sorted(root.rglob("*_prob_*")):
+            hit = re.fullmatch(r"(.+)_prob_(\d+)", path.stem)
+            if hit and path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+                maps.setdefault((hit.group(1), int(hit.group(2))), []).append(path)
+    return maps
+
+
+def _write_calibration(calibration, summary: dict, paths: dict, out: Path, split: str, title: str, what: str,
+                       images: int) -> None:
+    """``metrics_<split>_calibration.json`` and ``.png`` of ``calibration`` into ``out``, its summary (with the
+    number of ``images``) into ``summary`` and its files into ``paths``, and one line on the console."""
+    summary["calibration"] = {**calibration.summary(), "images": images}
+    paths["calibration_json"] = str(out / f"metrics_{split}_calibration.json")
+    Path(paths["calibration_json"]).write_text(json.dumps(summary["calibration"], indent=4) + "\n")
+    paths["calibration_plot"] = calibration.plot(out / f"metrics_{split}_calibration.png", title=title)
+    print(f"calibration of {what}: ECE {summary['calibration']['ece']:.4f}, Brier "
+          f"{summary['calibration']['brier']:.4f} over {summary['calibration']['pixels']:,} pixels "
+          f"({paths['calibration_plot']})")
 
 
 def score(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | os.PathLike | None = None,

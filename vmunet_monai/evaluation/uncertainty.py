@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["UNCERTAIN", "add_uncertainty_bar", "most_doubtful_first", "normalized_entropy", "plot_most_uncertain",
-           "summarize_uncertainty", "uncertainty_colours", "uncertainty_picture", "uncertainty_rgba",
+__all__ = ["UNCERTAIN", "add_uncertainty_bar", "class_probabilities_2d", "most_doubtful_first", "normalized_entropy",
+           "plot_most_uncertain", "summarize_uncertainty", "uncertainty_colours", "uncertainty_picture", "uncertainty_rgba",
            "write_uncertainty_2d", "write_uncertainty_table", "write_uncertainty_volumes"]
 
 UNCERTAIN = 0.5  # the normalised entropy from which a pixel counts as uncertain
@@ -69,7 +69,7 @@ def most_doubtful_first(rows: Sequence[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (-r["uncertain_share"], -r["mean_uncertainty"], r["file"]))
 
 
-def _class_probabilities_2d(maps: Sequence[str | os.PathLike]) -> np.ndarray:
+def class_probabilities_2d(maps: Sequence[str | os.PathLike]) -> np.ndarray:
     """(classes, H, W) from ``predict``'s probability PNGs: one ``<stem>_prob.png`` (the foreground of a binary
     network) or ``<stem>_prob_<k>.png`` for each class after the background; the background is what is left."""
     from PIL import Image
@@ -80,7 +80,10 @@ def _class_probabilities_2d(maps: Sequence[str | os.PathLike]) -> np.ndarray:
             planes.append(np.asarray(opened.convert("L"), np.float32) / 255.0)
     shapes = {p.shape for p in planes}
     if len(shapes) != 1:
-        raise ValueError(f"{', '.join(str(m) for m in maps)}: probability maps of different sizes {sorted(shapes)}")
+        from vmunet_monai.validation import InputError
+
+        raise InputError(f"{', '.join(str(m) for m in maps)}: probability maps of different sizes {sorted(shapes)} "
+                         f"(the maps of one image's classes are of its size)")
     rest = np.clip(1.0 - np.sum(planes, axis=0), 0.0, 1.0)
     return np.stack([rest, *planes])
 
@@ -139,7 +142,7 @@ def write_uncertainty_2d(items: Sequence[tuple[str, Sequence[str], str]]) -> lis
 
     rows = []
     for image_path, maps, target in items:
-        prob = _class_probabilities_2d(maps)
+        prob = class_probabilities_2d(maps)
         uncertainty = normalized_entropy(prob)
         classes = prob.argmax(axis=0)
         with Image.open(image_path) as opened:
