@@ -292,6 +292,12 @@ def test_train_evaluate_infer_through_monai_bundle(data, tmp_path):
     assert cases == [f"img{c}" for c in test_cases]
     assert os.path.isfile(os.path.join(root, "eval", "organ_boxplot.png"))
     assert os.path.isfile(os.path.join(root, "eval", f"montage_img{test_cases[0]}.png"))
+    # the top-label calibration of the class probabilities, over every voxel of the test volumes
+    calibration = json.load(open(os.path.join(root, "eval", "calibration.json")))
+    voxels = sum(int(np.prod(nib.load(os.path.join(data["prepared"], item["label"])).shape))
+                 for item in json.load(open(os.path.join(data["prepared"], "datalist.json")))["test"])
+    assert calibration["kind"] == "top_label" and calibration["pixels"] == voxels
+    assert os.path.isfile(os.path.join(root, "eval", "calibration.png"))
 
     out = str(tmp_path / "segmentations")
     infer = _cli_args(
@@ -301,6 +307,7 @@ def test_train_evaluate_infer_through_monai_bundle(data, tmp_path):
             "output_dir": out,
             "roi_size": [32, 32],
             "num_workers": 0,
+            "probabilities": True,
             **TINY_NET,
         }
     )
@@ -336,6 +343,10 @@ def test_train_evaluate_infer_through_monai_bundle(data, tmp_path):
     for case, row in evaluated.values.items():
         for column in ("mean_dice", "dice_liver", "hd95_mm_liver"):
             assert from_disk.values[case][column] == pytest.approx(row[column], nan_ok=True), (case, column)
+    # and the calibration counted from the written 8-bit probability volumes is the evaluation's, to their rounding
+    assert scored["calibration"]["pixels"] == voxels and scored["calibration"]["cases"] == 2
+    assert scored["calibration"]["brier"] == pytest.approx(calibration["brier"], abs=0.01)
+    assert scored["calibration"]["ece"] == pytest.approx(calibration["ece"], abs=0.02)
 
 
 @pytest.mark.slow

@@ -144,3 +144,46 @@ def test_the_evaluation_handler_counts_binary_maps_and_top_labels(tmp_path):
     expected.add(soft.max(1), soft.argmax(1) == truth)
     assert _same(top, expected.summary()) and _same(numbers, top) and top["kind"] == "top_label"
     assert (tmp_path / "top_calibration.png").is_file()
+
+
+def test_volumes_by_the_class_picked_and_its_probability_as_argmax_keeps_them(tmp_path):
+    """The Synapse evaluation's way: ``ChannelArgmaxd(probability_key=...)`` keeps the highest probability of each
+    voxel beside the class picked, and ``CalibrationReport(pred_key=...)`` counts those (3D maps, the ground
+    truth taken from the batch) as the full class probabilities would be counted; ``prefix=""`` writes
+    ``calibration.json``."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+
+    from vmunet_monai.engine import CalibrationReport, ChannelArgmaxd
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 2, (2, 4, 5, 6, 3))
+    soft = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    truth = rng.integers(0, 4, (2, 1, 5, 6, 3))
+    picked = [ChannelArgmaxd("pred", probability_key="top")({"pred": torch.tensor(soft[i], dtype=torch.float32)})
+              for i in range(2)]
+    for i, out in enumerate(picked):
+        assert out["pred"].shape == out["top"].shape == (1, 5, 6, 3)
+        np.testing.assert_array_equal(out["pred"][0].numpy(), soft[i].argmax(0))
+        np.testing.assert_allclose(out["top"][0].numpy(), soft[i].max(0), rtol=1e-6)
+    report = CalibrationReport(str(tmp_path), prob_key="top", pred_key="pred", label_key="original_label", prefix="")
+    engine = SimpleNamespace(state=SimpleNamespace(batch=[{"original_label": torch.tensor(t)} for t in truth],
+                                                   output=picked, metrics={}))
+    report._reset(engine)
+    report._collect(engine)
+    report._write(engine)
+    got = json.loads((tmp_path / "calibration.json").read_text())
+    expected = Calibration(top_label=True)
+    expected.add(soft.max(1), soft.argmax(1) == truth[:, 0])
+    assert _same(got, expected.summary()) and got["kind"] == "top_label" and (tmp_path / "calibration.png").is_file()
+    # several keys: each keeps its own; and a ground truth of another grid is named
+    two = ChannelArgmaxd(["a", "b"], probability_key="top")({"a": torch.tensor(soft[0]), "b": torch.tensor(soft[1])})
+    assert {"a_top", "b_top"} <= set(two)
+    engine.state.batch = [{"original_label": torch.zeros(1, 5, 6, 2)}] * 2
+    with pytest.raises(ValueError, match="90 probabilities against 60 ground-truth values"):
+        report._collect(engine)
+    engine.state.batch = [{}] * 2
+    with pytest.raises(KeyError, match="needs 'top' .*'pred' \\(the class picked\\) and 'original_label'"):
+        report._collect(engine)

@@ -565,22 +565,26 @@ class CalibrationReport(_EpochReport):
     the ECE and Brier score also go to ``engine.state.metrics`` (``calibration_ece``, ``calibration_brier``).
     A probability map of one channel is a binary model's foreground probability; one of several channels
     (softmax, background first) is calibrated by its top label, the highest probability against whether its
-    class is the ground truth's.
+    class is the ground truth's. With ``pred_key`` the map is already reduced to that: one channel holding the
+    highest probability (as :class:`vmunet_monai.engine.ChannelArgmaxd` keeps it with ``probability_key``) and
+    the class picked under ``pred_key``, so a volume's several class channels need not be kept. Maps are 2D or
+    3D.
 
     Args:
         output_dir: folder of the report.
         prob_key: output key of the probability map (before thresholding or the argmax).
         label_key: output key of the ground truth: a mask (foreground at least half its scale), class numbers,
             or one channel per class.
-        prefix: file-name prefix.
+        prefix: file-name prefix; ``""`` writes ``calibration.json`` and ``calibration.png``.
         title: heading of the plot.
         enabled: False attaches nothing.
+        pred_key: output key of the class numbers picked, when ``prob_key`` holds the highest probability.
     """
 
     def __init__(self, output_dir: str, prob_key: str = "prob", label_key: str = "label", prefix: str = "metrics",
-                 title: str = "", enabled: bool = True) -> None:
+                 title: str = "", enabled: bool = True, pred_key: str | None = None) -> None:
         self.output_dir, self.prob_key, self.label_key = output_dir, prob_key, label_key
-        self.prefix, self.title, self.enabled = prefix, title, bool(enabled)
+        self.prefix, self.title, self.enabled, self.pred_key = prefix, title, bool(enabled), pred_key
         self.calibration: Calibration | None = None  # made at the first image, binary or top label
         self.paths: dict = {}
 
@@ -589,22 +593,30 @@ class CalibrationReport(_EpochReport):
 
     def _collect(self, engine: Engine) -> None:
         batch = engine.state.batch
+        keys = (self.prob_key, self.label_key, *((self.pred_key,) if self.pred_key else ()))
         for i, out in enumerate(engine.state.output):
-            if self.prob_key not in out or self.label_key not in out:
-                item = batch[i] if isinstance(batch, (list, tuple)) and i < len(batch) else out
-                raise KeyError(f"{item_name(item)}: CalibrationReport needs {self.prob_key!r} (the probability map) "
-                               f"and {self.label_key!r} in the evaluator's output")
-            prob, label = (out[k].detach().cpu().numpy() if isinstance(out[k], torch.Tensor) else np.asarray(out[k])
-                           for k in (self.prob_key, self.label_key))
-            prob = np.clip(prob.reshape(-1, *prob.shape[-2:]), 0.0, 1.0)
-            label = label.reshape(-1, *label.shape[-2:])
+            item = batch[i] if isinstance(batch, (list, tuple)) and i < len(batch) else {}
+            out = {**item, **out} if isinstance(item, dict) else out  # a key the postprocessing kept from the batch
+            if any(k not in out for k in keys):
+                picked = f", {self.pred_key!r} (the class picked)" if self.pred_key else ""
+                raise KeyError(f"{item_name(out)}: CalibrationReport needs {self.prob_key!r} (the probability map)"
+                               f"{picked} and {self.label_key!r} in the evaluator's output or batch")
+            prob, label, *picked = (out[k].detach().cpu().numpy() if isinstance(out[k], torch.Tensor)
+                                    else np.asarray(out[k]) for k in keys)
+            prob = np.clip(prob.reshape(prob.shape[0], -1), 0.0, 1.0)  # channels, then every pixel or voxel
+            label = label.reshape(label.shape[0], -1)
             if self.calibration is None:
-                self.calibration = Calibration(top_label=prob.shape[0] > 1)
-            if prob.shape[0] == 1:
-                self.calibration.add(prob[0], foreground(label[0]))
-            else:  # the class picked, at its probability, right or not
+                self.calibration = Calibration(top_label=prob.shape[0] > 1 or bool(picked))
+            if picked or prob.shape[0] > 1:  # the class picked, at its probability, right or not
                 truth = label.argmax(axis=0) if label.shape[0] > 1 else np.rint(label[0]).astype(np.int64)
-                self.calibration.add(prob.max(axis=0), prob.argmax(axis=0) == truth)
+                top, chosen = ((prob[0], np.rint(picked[0].reshape(-1)).astype(np.int64)) if picked
+                               else (prob.max(axis=0), prob.argmax(axis=0)))
+                if top.shape != truth.shape:
+                    raise ValueError(f"{item_name(out)}: CalibrationReport {top.size} probabilities against "
+                                     f"{truth.size} ground-truth values (the map and the label on one grid)")
+                self.calibration.add(top, chosen == truth)
+            else:
+                self.calibration.add(prob[0], foreground(label[0]))
 
     def _write(self, engine: Engine) -> None:
         if _rank() != 0 or self.calibration is None or not self.calibration.summary()["pixels"]:
@@ -612,8 +624,9 @@ class CalibrationReport(_EpochReport):
         summary = self.calibration.summary()
         out = Path(self.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.paths = {"json": str(out / f"{self.prefix}_calibration.json"),
-                      "plot": self.calibration.plot(out / f"{self.prefix}_calibration.png", title=self.title)}
+        stem = f"{self.prefix}_calibration" if self.prefix else "calibration"
+        self.paths = {"json": str(out / f"{stem}.json"),
+                      "plot": self.calibration.plot(out / f"{stem}.png", title=self.title)}
         Path(self.paths["json"]).write_text(json.dumps(summary, indent=4) + "\n")
         engine.state.metrics.update(calibration_ece=summary["ece"], calibration_brier=summary["brier"])
         kind = "top-label " if self.calibration.top_label else ""

@@ -174,10 +174,15 @@ class ChannelArgmaxd(MapTransform):
 
     Args:
         keys: keys of channel-first class scores, e.g. ``pred`` after the softmax.
+        probability_key: also keep the highest score of each voxel, one channel, under this key (one key) or
+            ``<key>_<probability_key>`` (several keys): with scores after the softmax, the probability of the class
+            picked, what a top-label :class:`vmunet_monai.engine.CalibrationReport` reads (``pred_key``).
     """
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, probability_key: str | None = None,
+                 allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.probability_key = probability_key
 
     def __call__(self, data: Mapping) -> dict:
         from monai.data.meta_obj import get_track_meta
@@ -187,8 +192,11 @@ class ChannelArgmaxd(MapTransform):
         for key in self.key_iterator(d):
             scores = convert_to_tensor(d[key], track_meta=get_track_meta())  # as AsDiscrete takes its input
             plain, *_ = convert_data_type(scores, torch.Tensor)
-            indices = torch.max(plain, dim=0, keepdim=True).indices
-            d[key], *_ = convert_to_dst_type(indices, scores, dtype=torch.float)  # float32, as AsDiscrete
+            top = torch.max(plain, dim=0, keepdim=True)
+            d[key], *_ = convert_to_dst_type(top.indices, scores, dtype=torch.float)  # float32, as AsDiscrete
+            if self.probability_key:
+                name = self.probability_key if len(self.keys) == 1 else f"{key}_{self.probability_key}"
+                d[name], *_ = convert_to_dst_type(top.values, scores, dtype=torch.float)
         return d
 
 
