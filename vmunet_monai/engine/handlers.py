@@ -586,6 +586,7 @@ class CalibrationReport(_EpochReport):
         self.output_dir, self.prob_key, self.label_key = output_dir, prob_key, label_key
         self.prefix, self.title, self.enabled, self.pred_key = prefix, title, bool(enabled), pred_key
         self.calibration: Calibration | None = None  # made at the first image, binary or top label
+        self.unit = "pixels"  # "voxels" for volumes, in the printed line
         self.paths: dict = {}
 
     def _reset(self, engine: Engine) -> None:
@@ -603,6 +604,7 @@ class CalibrationReport(_EpochReport):
                                f"{picked} and {self.label_key!r} in the evaluator's output or batch")
             prob, label, *picked = (out[k].detach().cpu().numpy() if isinstance(out[k], torch.Tensor)
                                     else np.asarray(out[k]) for k in keys)
+            self.unit = "voxels" if prob.ndim > 3 else "pixels"
             prob = np.clip(prob.reshape(prob.shape[0], -1), 0.0, 1.0)  # channels, then every pixel or voxel
             label = label.reshape(label.shape[0], -1)
             if self.calibration is None:
@@ -629,9 +631,9 @@ class CalibrationReport(_EpochReport):
                       "plot": self.calibration.plot(out / f"{stem}.png", title=self.title)}
         Path(self.paths["json"]).write_text(json.dumps(summary, indent=4) + "\n")
         engine.state.metrics.update(calibration_ece=summary["ece"], calibration_brier=summary["brier"])
-        kind = "top-label " if self.calibration.top_label else ""
-        print(f"calibration of the probability maps: {kind}ECE {summary['ece']:.4f}, Brier {summary['brier']:.4f} over "
-              f"{summary['pixels']:,} pixels ({self.paths['plot']})", flush=True)
+        what = "the class probabilities: top-label " if self.calibration.top_label else "the probability maps: "
+        print(f"calibration of {what}ECE {summary['ece']:.4f}, Brier {summary['brier']:.4f} over "
+              f"{summary['pixels']:,} {self.unit} ({self.paths['plot']})", flush=True)
 
 
 class OverlayWriter:

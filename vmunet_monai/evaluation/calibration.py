@@ -40,6 +40,8 @@ class Calibration:
             differ.
     """
 
+    PART = 1 << 20  # values binned at a time
+
     def __init__(self, bins: int = 10, top_label: bool = False) -> None:
         if int(bins) < 1:
             raise ValueError(f"Calibration bins={bins}: at least 1")
@@ -53,17 +55,25 @@ class Calibration:
         """One image (or part of one): ``probability`` the foreground probability (0-1) and ``truth`` the foreground
         (bool), both of one shape; with ``top_label`` the highest class probability and whether its class is the
         ground truth's."""
-        p = np.asarray(probability, np.float64).ravel()
+        p = np.asarray(probability).ravel()
         t = np.asarray(truth, bool).ravel()
         if p.shape != t.shape:
             raise ValueError(f"Calibration.add: {p.size} probabilities against {t.size} ground-truth pixels")
-        if p.size and (np.nanmin(p) < 0.0 or np.nanmax(p) > 1.0 or np.isnan(p).any()):
+        if p.size and not (p.min() >= 0.0 and p.max() <= 1.0):  # a NaN fails both
             raise ValueError("Calibration.add: probabilities must lie in [0, 1] (scale 0-255 grey levels by 1/255)")
-        index = np.minimum((p * self.bins).astype(np.int64), self.bins - 1)
-        self.pixels += np.bincount(index, minlength=self.bins)
-        self.probability += np.bincount(index, weights=p, minlength=self.bins)
-        self.foreground += np.bincount(index[t], minlength=self.bins)
-        self.squared_error += float(np.square(p - t).sum())
+        # a million values at a time (a CT volume holds 40 M: a few MB of scratch, reused, instead of GBs), float
+        # bounds and int32 bin numbers (int64 conversions made a volume take seconds)
+        for start in range(0, p.size, self.PART):
+            part, right = p[start:start + self.PART].astype(np.float64), t[start:start + self.PART]
+            scaled = part * self.bins
+            np.minimum(scaled, self.bins - 1.0, out=scaled)  # 1 falls in the last bin
+            index = scaled.astype(np.int32)
+            self.pixels += np.bincount(index, minlength=self.bins)
+            self.probability += np.bincount(index, weights=part, minlength=self.bins)
+            self.foreground += np.bincount(index[right], minlength=self.bins)
+            # sum of (p - t)^2 = sum p^2 - 2 sum of p where t + count of t (no float copy of the truth)
+            self.squared_error += (float(np.dot(part, part)) - 2.0 * float(np.sum(part, where=right))
+                                   + int(np.count_nonzero(right)))
 
     def summary(self) -> dict:
         """``ece``, ``brier``, ``pixels`` and per bin its edges, ``pixels``, ``mean_probability`` and
