@@ -611,12 +611,13 @@ class CalibrationReport(_EpochReport):
                 self.calibration = Calibration(top_label=prob.shape[0] > 1 or bool(picked))
             if picked or prob.shape[0] > 1:  # the class picked, at its probability, right or not
                 truth = label.argmax(axis=0) if label.shape[0] > 1 else np.rint(label[0]).astype(np.int64)
-                top, chosen = ((prob[0], np.rint(picked[0].reshape(-1)).astype(np.int64)) if picked
-                               else (prob.max(axis=0), prob.argmax(axis=0)))
-                if top.shape != truth.shape:
-                    raise ValueError(f"{item_name(out)}: CalibrationReport {top.size} probabilities against "
+                if prob.shape[1] != truth.size:
+                    raise ValueError(f"{item_name(out)}: CalibrationReport {prob.shape[1]} probabilities against "
                                      f"{truth.size} ground-truth values (the map and the label on one grid)")
-                self.calibration.add(top, chosen == truth)
+                if picked:
+                    self.calibration.add(prob[0], np.rint(picked[0].reshape(-1)).astype(np.int64) == truth)
+                else:
+                    self.calibration.add_classes(prob, truth)
             else:
                 self.calibration.add(prob[0], foreground(label[0]))
 

@@ -75,6 +75,12 @@ class Calibration:
             self.squared_error += (float(np.dot(part, part)) - 2.0 * float(np.sum(part, where=right))
                                    + int(np.count_nonzero(right)))
 
+    def add_classes(self, prob, truth, axis: int = 0) -> None:
+        """One image or volume of several classes, by the top label: ``prob`` its class probabilities (classes
+        along ``axis``) and ``truth`` the ground truth's class numbers (``prob``'s shape without that axis)."""
+        prob = np.asarray(prob)
+        self.add(prob.max(axis=axis), prob.argmax(axis=axis) == np.asarray(truth))
+
     def summary(self) -> dict:
         """``ece``, ``brier``, ``pixels`` and per bin its edges, ``pixels``, ``mean_probability`` and
         ``observed_share``, the share foreground (right, with ``top_label``), None for an empty bin."""
@@ -146,5 +152,5 @@ def calibrate_volumes(pairs, slab: int = 16) -> Calibration:
                              f"{label_path} of {tuple(label.shape)} (expected (X, Y, Z, classes) on its grid)")
         for z, part in probability_slabs(prob_path, slab):
             truth = np.rint(np.asarray(label.dataobj[:, :, z:z + slab], np.float32)).astype(np.int64)
-            calibration.add(part.max(axis=-1), part.argmax(axis=-1) == truth)
+            calibration.add_classes(part, truth, axis=-1)
     return calibration

@@ -358,7 +358,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
                 raise InputError(f"{maps[0]}: a probability map of {prob.shape[1]}x{prob.shape[2]} pixels against "
                                  f"its label {label} of {truth.shape[0]}x{truth.shape[1]} (predict writes them at the "
                                  f"image's own size)")
-            calibration.add(prob.max(axis=0), prob.argmax(axis=0) == truth)
+            calibration.add_classes(prob, truth)
         _write_calibration(calibration, summary, paths, out, split,
                            f"{Path(pred).name}: top-label calibration, {split} split",
                            f"the class probabilities (top label; {len(class_pairs)} of {len(records) // len(classes)} "

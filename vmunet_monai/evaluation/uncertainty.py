@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["UNCERTAIN", "add_uncertainty_bar", "class_probabilities_2d", "most_doubtful_first", "normalized_entropy",
-           "plot_most_uncertain", "summarize_uncertainty", "uncertainty_colours", "uncertainty_picture", "uncertainty_rgba",
-           "write_uncertainty_2d", "write_uncertainty_table", "write_uncertainty_volumes"]
+           "plot_most_uncertain", "summarize_uncertainty", "uncertainty_colours", "uncertainty_picture",
+           "uncertainty_rgba", "write_uncertainty_2d", "write_uncertainty_table", "write_uncertainty_volumes"]
 
 UNCERTAIN = 0.5  # the normalised entropy from which a pixel counts as uncertain
 
