@@ -282,3 +282,46 @@ def test_evaluations_record_their_environment_and_compare_notes_a_difference(tmp
     ct_dir.mkdir()
     assert _write_outputs(rows, str(ct_dir), "")["environment"]["torch"] == torch.__version__
     assert json.loads((ct_dir / "summary.json").read_text())["environment"]["vmunet_monai"]
+
+
+def test_compare_shows_the_calibration_each_evaluation_wrote(tmp_path, capsys):
+    """Where an evaluation wrote its calibration beside its table (``metrics_test_calibration.json``,
+    ``calibration.json`` for volumes), ``compare`` lists each model's ECE and Brier score, mean ± sd over its runs
+    that have one; models without are not listed, and a model of none leaves the block out."""
+    from vmunet_monai.evaluation.calibration import Calibration
+
+    rng = np.random.default_rng(8)
+
+    def calibrated(folder, sure: float):  # a model that says `sure` where it is right 80% of the time
+        cal = Calibration()
+        truth = rng.random(5000) < 0.8
+        cal.add(np.full(5000, sure), truth)
+        (folder / "metrics_test_calibration.json").write_text(json.dumps(cal.summary()))
+        return cal.summary()
+
+    ref = _binary_eval(tmp_path / "ref", 0.05, 1)
+    seeds = [_binary_eval(tmp_path / f"seed{s}", 0.1, 2 + s) for s in range(3)]
+    plain = _binary_eval(tmp_path / "plain", 0.1, 9)
+    wrote = [calibrated(ref, 0.8)] + [calibrated(seeds[s], 0.9 + 0.05 * s) for s in (0, 1)]  # seed2 wrote none
+    result = run_compare([str(ref), ",".join(map(str, seeds)), str(plain)], labels="ref,seeds,plain")
+    cal = result["calibration"]
+    assert set(cal) == {"ref", "seeds"}  # plain wrote none
+    assert cal["ref"]["runs"] == 1 and cal["ref"]["ece"] == pytest.approx(wrote[0]["ece"]) and cal["ref"]["ece"] < 0.05
+    assert (cal["seeds"]["runs"], cal["seeds"]["of_runs"]) == (2, 3)
+    assert cal["seeds"]["ece"] == pytest.approx(np.mean([w["ece"] for w in wrote[1:]]))
+    assert cal["seeds"]["brier_sd"] == pytest.approx(np.std([w["brier"] for w in wrote[1:]], ddof=1))
+    assert cal["seeds"]["ece"] > cal["ref"]["ece"] and cal["seeds"]["kind"] == "foreground"
+    printed = capsys.readouterr().out
+    assert "calibration of the probabilities" in printed
+    assert f"{cal['seeds']['ece']:.4f} ± {cal['seeds']['ece_sd']:.4f}" in printed and "2/3" in printed
+    # volumes: calibration.json beside per_case.csv; an unreadable file counts as none
+    a = _ct_eval(tmp_path / "ct_a", [0.8, 0.9], [5.0, 4.0])
+    b = _ct_eval(tmp_path / "ct_b", [0.7, 0.9], [6.0, 4.0])
+    (a / "calibration.json").write_text(json.dumps({"ece": 0.05, "brier": 0.02, "kind": "top_label"}))
+    (b / "calibration.json").write_text("{not json")
+    result = run_compare([str(a), str(b)])
+    assert result["calibration"] == {"ct_a": {"runs": 1, "of_runs": 1, "ece": 0.05, "ece_sd": 0.0, "brier": 0.02,
+                                              "brier_sd": 0.0, "kind": "top_label"}}
+    assert "top_label" in capsys.readouterr().out
+    result = run_compare([str(plain), str(seeds[2])])
+    assert result["calibration"] == {} and "calibration of" not in capsys.readouterr().out

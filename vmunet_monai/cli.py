@@ -148,7 +148,9 @@ class Commands:
         cross-validation (each fold's evaluation of the cases it held out). Prints mean and sd over cases (and
         over runs), then per model the mean paired difference to the first with a bootstrap 95% interval, the Wilcoxon
         signed-rank p-value and the cases it is better, the same or worse on; per test set where there are
-        several (polyp) and per organ (Synapse).
+        several (polyp) and per organ (Synapse). Where the evaluations wrote their calibration beside their
+        tables (evaluate_native.json of the 2D bundles, evaluate.json of synapse_multiorgan, score on probability
+        maps), also each model's ECE and Brier score, mean and sd over its runs.
 
         Args:
             runs: evaluation folders or per-case CSVs, one per model; commas join runs of one model.

@@ -17,6 +17,10 @@ of the pairing and counted; a case whose value is undefined (an HD95 of a missed
 metric's pairing. A 2D table of several classes (one row per image and class) is read as one row per image:
 ``dice`` and ``iou`` the mean over classes, ``dice_present`` / ``iou_present`` the mean over the classes present
 in the image (its ground truth or its prediction), and ``dice_<class>`` / ``iou_<class>`` each class.
+
+Where an evaluation wrote its calibration beside its table (``<prefix>_calibration.json``, ``calibration.json``
+beside ``per_case.csv``), each model's ECE and Brier score are listed too, mean ± sd over its runs
+(:func:`compare_calibration`); they are pooled over each run's own pixels, not paired.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from vmunet_monai.evaluation.binary import mean_over_classes, mean_sd
 from vmunet_monai.validation import InputError
 
 __all__ = ["CaseTable", "Model", "join_folds", "locate_table", "read_table", "compare_models", "format_comparison",
-           "plot_comparison", "run_compare"]
+           "plot_comparison", "run_calibration", "compare_calibration", "format_calibration", "run_compare"]
 
 # what the evaluations write: the 2D bundles' BinarySegmentationReport and the Synapse OrganMetricsHandler
 TABLE_PATTERNS = ("*_per_image.csv", "*per_case.csv")
@@ -432,6 +436,56 @@ def run_environment(table_path: str | os.PathLike) -> dict | None:
     return None
 
 
+def run_calibration(table_path: str | os.PathLike) -> dict | None:
+    """The calibration an evaluation wrote beside its per-case table (``<prefix>_calibration.json`` next to
+    ``<prefix>_per_image.csv``, ``calibration.json`` next to ``per_case.csv``:
+    :mod:`vmunet_monai.evaluation.calibration`); None if it wrote none."""
+    path = Path(table_path)
+    for suffix, written in (("_per_image.csv", "_calibration.json"), ("per_case.csv", "calibration.json")):
+        if path.name.endswith(suffix):
+            try:
+                calibration = json.loads(path.with_name(path.name[: -len(suffix)] + written).read_text())
+            except (OSError, ValueError):
+                return None
+            ok = isinstance(calibration, dict) and all(isinstance(calibration.get(k), (int, float))
+                                                       for k in ("ece", "brier"))
+            return calibration if ok else None
+    return None
+
+
+def compare_calibration(models: Sequence[Model]) -> dict[str, dict]:
+    """Per model whose runs' evaluations wrote a calibration (:func:`run_calibration`): ``runs`` (how many of its
+    runs did), the mean ``ece`` and ``brier`` over those runs and their standard deviations (0 for one run), and
+    ``kind`` (foreground or top_label). Each run's numbers are pooled over all its own pixels, not only the cases
+    paired with the other models. Empty when no run has one."""
+    result = {}
+    for model in models:
+        found = [c for c in (run_calibration(t.path) for t in (model.parts or model.runs)) if c is not None]
+        if found:
+            ece, ece_sd = mean_sd(c["ece"] for c in found)
+            brier, brier_sd = mean_sd(c["brier"] for c in found)
+            kinds = sorted({str(c.get("kind", "foreground")) for c in found})
+            result[model.label] = {"runs": len(found), "of_runs": len(model.parts or model.runs), "ece": ece,
+                                   "ece_sd": ece_sd, "brier": brier, "brier_sd": brier_sd, "kind": "/".join(kinds)}
+    return result
+
+
+def format_calibration(calibration: dict[str, dict]) -> str:
+    """The printed block of :func:`compare_calibration`; "" when there is nothing to show."""
+    if not calibration:
+        return ""
+    width = max(12, *(len(label) for label in calibration)) + 2
+    lines = ["calibration of the probabilities (each run over all its pixels; ECE and Brier score, lower is "
+             "better; mean ± sd over runs):",
+             f"{'model':<{width}}{'runs':>8}   {'ECE':<20}{'Brier':<20}kind"]
+    for label, c in calibration.items():
+        spread = c["runs"] > 1
+        ece = _fmt(c["ece"]) + (f" ± {_fmt(c['ece_sd'])}" if spread else "")
+        brier = _fmt(c["brier"]) + (f" ± {_fmt(c['brier_sd'])}" if spread else "")
+        lines.append(f"{label:<{width}}{str(c['runs']) + '/' + str(c['of_runs']):>8}   {ece:<20}{brier:<20}{c['kind']}")
+    return "\n".join(lines)
+
+
 def environment_differences(models: Sequence[Model]) -> dict[str, dict[str, str]]:
     """The environment entries (:data:`vmunet_monai.doctor.ENVIRONMENT_KEYS`) in which the runs differ:
     entry -> {run: value}; runs whose evaluation recorded no environment are left out."""
@@ -500,7 +554,10 @@ def run_compare(runs: Sequence, labels="", metric: str = "dice", out: str | None
     models = [Model(label, [read_table(p) for p in spec]) for label, spec in zip(names, specs)]
     result = compare_models(models, metric=metric, seed=seed)
     result["environment_differences"] = environment_differences(models)
+    result["calibration"] = compare_calibration(models)
     print(format_comparison(result))
+    if result["calibration"]:
+        print("\n" + format_calibration(result["calibration"]))
     if result["environment_differences"]:
         listed = "; ".join(f"{key}: " + ", ".join(f"{run} {value}" for run, value in runs.items())
                            for key, runs in result["environment_differences"].items())
