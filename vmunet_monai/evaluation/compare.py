@@ -421,36 +421,34 @@ def plot_comparison(result: dict, path: str | os.PathLike) -> str:
     return save(fig, path, dpi=100)
 
 
+def _beside_table(table_path: str | os.PathLike, name: str) -> dict | None:
+    """The JSON object an evaluation wrote beside its per-case table: ``<prefix>_<name>`` next to
+    ``<prefix>_per_image.csv``, ``<name>`` next to ``per_case.csv``; None if there is none or it is not one."""
+    path = Path(table_path)
+    for suffix, joiner in (("_per_image.csv", "_"), ("per_case.csv", "")):
+        if path.name.endswith(suffix):
+            try:
+                found = json.loads(path.with_name(path.name[: -len(suffix)] + joiner + name).read_text())
+            except (OSError, ValueError):
+                return None
+            return found if isinstance(found, dict) else None
+    return None
+
+
 def run_environment(table_path: str | os.PathLike) -> dict | None:
     """The ``environment`` an evaluation recorded in the summary beside its per-case table (``<prefix>_summary.json``
     next to ``<prefix>_per_image.csv``, ``summary.json`` next to ``per_case.csv``); None if it has none."""
-    path = Path(table_path)
-    for suffix, summary in (("_per_image.csv", "_summary.json"), ("per_case.csv", "summary.json")):
-        if path.name.endswith(suffix):
-            candidate = path.with_name(path.name[: -len(suffix)] + summary)
-            try:
-                environment = json.loads(candidate.read_text()).get("environment")
-            except (OSError, ValueError, AttributeError):
-                return None
-            return environment if isinstance(environment, dict) else None
-    return None
+    environment = (_beside_table(table_path, "summary.json") or {}).get("environment")
+    return environment if isinstance(environment, dict) else None
 
 
 def run_calibration(table_path: str | os.PathLike) -> dict | None:
     """The calibration an evaluation wrote beside its per-case table (``<prefix>_calibration.json`` next to
     ``<prefix>_per_image.csv``, ``calibration.json`` next to ``per_case.csv``:
     :mod:`vmunet_monai.evaluation.calibration`); None if it wrote none."""
-    path = Path(table_path)
-    for suffix, written in (("_per_image.csv", "_calibration.json"), ("per_case.csv", "calibration.json")):
-        if path.name.endswith(suffix):
-            try:
-                calibration = json.loads(path.with_name(path.name[: -len(suffix)] + written).read_text())
-            except (OSError, ValueError):
-                return None
-            ok = isinstance(calibration, dict) and all(isinstance(calibration.get(k), (int, float))
-                                                       for k in ("ece", "brier"))
-            return calibration if ok else None
-    return None
+    calibration = _beside_table(table_path, "calibration.json")
+    ok = calibration is not None and all(isinstance(calibration.get(k), (int, float)) for k in ("ece", "brier"))
+    return calibration if ok else None
 
 
 def compare_calibration(models: Sequence[Model]) -> dict[str, dict]:
