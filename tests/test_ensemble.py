@@ -172,3 +172,66 @@ def test_volume_ensemble_follows_the_mean_not_the_first_member(tmp_path):
     assert np.unique(np.asarray(nib.load(both[0]).dataobj)).tolist() == [4]
     record = json.loads((tmp_path / "both" / "prediction.json").read_text())
     assert record["weights"] == [str(a.resolve()), str(b.resolve())]
+
+
+def _entropy(p: torch.Tensor, activation: str) -> torch.Tensor:
+    """Normalised entropy by the formula, over all classes (softmax) or as the mean of each channel's binary
+    entropy (sigmoid)."""
+    if activation == "softmax":
+        return (-(p * p.clamp_min(1e-30).log()).sum(1, keepdim=True)) / np.log(p.shape[1])
+    q = 1 - p
+    return (-(p * p.clamp_min(1e-30).log() + q * q.clamp_min(1e-30).log())).mean(1, keepdim=True) / np.log(2)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("activation,out", [("sigmoid", 1), ("softmax", 4), ("sigmoid", 3)])
+def test_spread_appends_the_mean_entropy_of_every_flip_of_every_member(activation, out):
+    """With ``spread`` the ensemble of TTA passes gives the classes (as without it) and one channel more: the mean
+    over all 3 members x 4 flips of each pass's own entropy; the entropy of the mean is never below it."""
+    nets = [_net(s, out=out) for s in (5, 6, 7)]
+    x = torch.randn(2, 3, 10, 12)
+    tta = FlipTTAInferer(activation=activation)
+    plain = EnsembleInferer(tta, members=nets[1:])(x, nets[0])
+    spread = EnsembleInferer(tta, members=nets[1:], spread=True)(x, nets[0])
+    assert spread.shape == (2, out + 1, 10, 12)
+    assert torch.allclose(spread[:, :out], plain, atol=1e-5)
+    act = torch.sigmoid if activation == "sigmoid" else (lambda t: torch.softmax(t, 1))
+    probs = [act(torch.flip(n(torch.flip(x, d)), d) if d else n(x)) for n in nets for d in ([], [2], [3], [2, 3])]
+    expected = torch.stack([_entropy(p, activation) for p in probs]).mean(0)
+    assert torch.allclose(spread[:, out:], expected, atol=1e-5)
+    mean = torch.stack(probs).mean(0)
+    assert torch.allclose(act(spread[:, :out]), mean, atol=1e-5)
+    gap = _entropy(mean, activation) - spread[:, out:]  # the disagreement: never negative, here not zero
+    assert gap.min() > -1e-5 and gap.max() > 1e-3
+    # one pass (no members, TTA off): the channel is that pass's entropy, so nothing is left to disagree
+    alone = EnsembleInferer(FlipTTAInferer(activation=activation, enabled=False), spread=True)(x, nets[0])
+    assert torch.allclose(alone[:, out:], _entropy(act(nets[0](x)), activation), atol=1e-5)
+    assert torch.allclose(act(alone[:, :out]), act(nets[0](x)), atol=1e-5)
+
+
+@torch.no_grad()
+def test_spread_of_the_flips_alone_and_bad_settings():
+    nets = [_net(8, out=3)]
+    x = torch.randn(1, 3, 8, 8)
+    out = FlipTTAInferer(activation="softmax", spread=True)(x, nets[0])
+    probs = [torch.softmax(torch.flip(nets[0](torch.flip(x, d)), d) if d else nets[0](x), 1)
+             for d in ([], [2], [3], [2, 3])]
+    assert torch.allclose(out[:, 3:], torch.stack([_entropy(p, "softmax") for p in probs]).mean(0), atol=1e-5)
+    with pytest.raises(ValueError, match="FlipTTAInferer spread=True needs probabilities"):
+        FlipTTAInferer(activation="none", spread=True)
+    with pytest.raises(ValueError, match="EnsembleInferer spread=True needs probabilities"):
+        EnsembleInferer(activation="none", spread=True)
+
+
+def test_split_pass_entropy_moves_the_last_channel_for_invertd():
+    from monai.data import MetaTensor
+
+    from vmunet_monai.engine import SplitPassEntropyd
+
+    pred = torch.rand(4, 6, 5)
+    d = SplitPassEntropyd("pred", enabled=True)({"pred": pred})
+    assert torch.equal(d["pred"], pred[:3]) and torch.equal(d["pass_entropy"], pred[3:])
+    assert isinstance(d["pass_entropy"], MetaTensor)  # Invertd inverts MetaTensors only
+    assert SplitPassEntropyd("pred")({"pred": pred})["pred"] is pred  # off: untouched
+    with pytest.raises(ValueError, match=r"'pred' has shape \(1, 6, 5\); with pass_entropy on"):
+        SplitPassEntropyd("pred", enabled=True)({"pred": torch.rand(1, 6, 5)})

@@ -733,15 +733,15 @@ class ProbabilityWriter(OverlayWriter):
         image_key: batch key whose meta names the source image.
         pil_reverse_indexing: the map is in ``PILReader``'s default (W, H) order.
         enabled: False attaches nothing (``predict --probabilities`` turns it on).
+        suffix: the file name's ending after the stem (``pass_entropy`` for the map of the passes' own
+            entropies, one channel, that ``predict --uncertainty`` writes with ``--tta`` or an ensemble).
     """
 
-    suffix = "prob"
-
     def __init__(self, output_dir: str, data_root_dir: str = "", prob_key: str = "prob", image_key: str = "image",
-                 pil_reverse_indexing: bool = True, enabled: bool = False) -> None:
+                 pil_reverse_indexing: bool = True, enabled: bool = False, suffix: str = "prob") -> None:
         super().__init__(output_dir, data_root_dir, pred_key=prob_key, image_key=image_key,
                          pil_reverse_indexing=pil_reverse_indexing)
-        self.enabled = bool(enabled)
+        self.enabled, self.suffix = bool(enabled), str(suffix)
 
     def attach(self, engine: Engine) -> None:
         if self.enabled:

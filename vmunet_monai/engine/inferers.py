@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from monai.inferers import Inferer, SimpleInferer
 
-__all__ = ["PlainTensorInferer", "FlipTTAInferer", "EnsembleInferer", "ensemble_members", "checkpoint_list"]
+__all__ = ["PlainTensorInferer", "FlipTTAInferer", "EnsembleInferer", "ensemble_members", "checkpoint_list",
+           "pass_entropy"]
 
 ACTIVATIONS = ("sigmoid", "softmax", "none")
 
@@ -41,14 +43,51 @@ def to_logits(p: torch.Tensor, activation: str) -> torch.Tensor:
     return p
 
 
-def averaged(outputs, activation: str) -> torch.Tensor:
-    """The logits (:func:`to_logits`) of the mean of the probabilities of ``outputs``, network outputs of one
-    input taken one at a time (mirror images flipped back, or the members of an ensemble)."""
-    total, count = None, 0
-    for out in outputs:
-        p = to_probability(_plain(out), activation)
-        total, count = (p if total is None else total + p), count + 1
-    return to_logits(total / count, activation)
+def pass_entropy(p: torch.Tensor, activation: str) -> torch.Tensor:
+    """The normalised entropy (0 to 1) of class probabilities ``p`` (batch, channels, ...), one channel: over
+    ``log(channels)`` for ``softmax``; for ``sigmoid`` each channel is a class against its absence, and their
+    entropies over ``log(2)`` are averaged. The same number that
+    :func:`vmunet_monai.evaluation.uncertainty.normalized_entropy` gives a probability map."""
+    if activation == "softmax":
+        if p.shape[1] < 2:
+            raise ValueError(f"pass_entropy: {p.shape[1]} softmax channel; at least 2 classes are needed")
+        return -torch.xlogy(p, p).sum(1, keepdim=True) / math.log(p.shape[1])
+    if activation == "sigmoid":
+        q = 1 - p
+        return -(torch.xlogy(p, p) + torch.xlogy(q, q)).mean(1, keepdim=True) / math.log(2)
+    raise ValueError(f"pass_entropy: activation {activation!r} gives no probabilities (sigmoid or softmax)")
+
+
+def combined(probabilities, activation: str, spread: bool = False) -> torch.Tensor:
+    """The logits (:func:`to_logits`) of the mean of ``probabilities``, the class probabilities of one input in
+    several passes (mirror images flipped back, or the members of an ensemble), taken one at a time so that
+    memory holds two sums, not every pass. With ``spread`` one channel follows the classes: the mean of the passes'
+    own entropies (:func:`pass_entropy`); the entropy of the mean less this is where the passes disagree."""
+    total = entropy = None
+    count = 0
+    for p in probabilities:
+        total = p if total is None else total + p
+        if spread:
+            h = pass_entropy(p, activation)
+            entropy = h if entropy is None else entropy + h
+        count += 1
+    logits = to_logits(total / count, activation)
+    return torch.cat([logits, (entropy / count).to(logits.dtype)], dim=1) if spread else logits
+
+
+def passes(inferer: Inferer, inputs: torch.Tensor, network, activation: str, *args: Any, **kwargs: Any):
+    """The class probabilities of every pass ``inferer`` makes over ``inputs``, one at a time: its own ``passes``
+    where it has them (:class:`FlipTTAInferer`, :class:`EnsembleInferer`), else its one output."""
+    if hasattr(inferer, "passes"):
+        yield from inferer.passes(inputs, network, *args, **kwargs)
+    else:
+        yield to_probability(_plain(inferer(inputs, network, *args, **kwargs)), activation)
+
+
+def _check_spread(owner: str, activation: str, spread: bool) -> bool:
+    if spread and activation == "none":
+        raise ValueError(f"{owner} spread=True needs probabilities (activation sigmoid or softmax), not 'none'")
+    return bool(spread)
 
 
 class PlainTensorInferer(SimpleInferer):
@@ -80,17 +119,23 @@ class FlipTTAInferer(Inferer):
         flips: spatial axes to mirror, one entry per pass; ``[]`` is the image itself. The default, the image,
             its vertical and horizontal mirror and both, costs four network passes.
         enabled: ``false`` runs ``inferer`` once, unchanged (the bundles' ``--tta`` option).
+        spread: append one channel after the classes, the mean of the passes' own entropies
+            (:func:`pass_entropy`), for ``predict --uncertainty`` to tell the passes' disagreement from the doubt
+            each pass has on its own (the bundles' ``pass_entropy`` option, which splits it off again).
 
     Raises:
-        ValueError: an unknown activation, no flips, or a flip axis the input does not have.
+        ValueError: an unknown activation, no flips, a flip axis the input does not have, or ``spread`` without
+            probabilities.
     """
 
     ACTIVATIONS = ACTIVATIONS
 
     def __init__(self, inferer: Inferer | None = None, activation: str = "sigmoid",
-                 flips: Sequence[Sequence[int]] = ((), (0,), (1,), (0, 1)), enabled: bool = True) -> None:
+                 flips: Sequence[Sequence[int]] = ((), (0,), (1,), (0, 1)), enabled: bool = True,
+                 spread: bool = False) -> None:
         super().__init__()
         _check_activation("FlipTTAInferer", activation)
+        self.spread = _check_spread("FlipTTAInferer", activation, spread)
         self.flips = [tuple(int(a) for a in f) for f in flips]
         if not self.flips:
             raise ValueError("FlipTTAInferer needs at least one entry in flips ([] is the image itself)")
@@ -98,20 +143,23 @@ class FlipTTAInferer(Inferer):
         self.activation, self.enabled = activation, bool(enabled)
 
     def __call__(self, inputs: torch.Tensor, network, *args: Any, **kwargs: Any):
-        if not self.enabled:
+        if not self.enabled and not self.spread:
             return self.inferer(inputs, network, *args, **kwargs)
+        return combined(self.passes(inputs, network, *args, **kwargs), self.activation, self.spread)
+
+    def passes(self, inputs: torch.Tensor, network, *args: Any, **kwargs: Any):
+        """The class probabilities of each flip, flipped back, one at a time (the image alone when disabled)."""
+        if not self.enabled:
+            yield from passes(self.inferer, inputs, network, self.activation, *args, **kwargs)
+            return
         spatial = inputs.ndim - 2
         for axes in self.flips:
             if any(a < 0 or a >= spatial for a in axes):
                 raise ValueError(f"FlipTTAInferer flip axes {list(axes)}: the input has spatial axes 0 to {spatial - 1}")
-
-        def mirrored():
-            for axes in self.flips:
-                dims = [2 + a for a in axes]
-                out = _plain(self.inferer(torch.flip(inputs, dims) if dims else inputs, network, *args, **kwargs))
-                yield torch.flip(out, dims) if dims else out
-
-        return averaged(mirrored(), self.activation)
+        for axes in self.flips:
+            dims = [2 + a for a in axes]
+            out = _plain(self.inferer(torch.flip(inputs, dims) if dims else inputs, network, *args, **kwargs))
+            yield to_probability(torch.flip(out, dims) if dims else out, self.activation)
 
 
 class EnsembleInferer(Inferer):
@@ -130,26 +178,34 @@ class EnsembleInferer(Inferer):
             :func:`ensemble_members` makes them from checkpoints.
         activation: ``sigmoid``, ``softmax`` or ``none``; default: ``inferer``'s own ``activation`` (as a
             :class:`FlipTTAInferer` has), else ``sigmoid``.
+        spread: append the mean of the passes' own entropies as one channel after the classes, as
+            :class:`FlipTTAInferer` does; the passes are every member's, and with a :class:`FlipTTAInferer` inside,
+            every flip of every member.
 
     Raises:
-        ValueError: an unknown activation.
+        ValueError: an unknown activation, or ``spread`` without probabilities.
     """
 
     def __init__(self, inferer: Inferer | None = None, members: Sequence[torch.nn.Module] = (),
-                 activation: str | None = None) -> None:
+                 activation: str | None = None, spread: bool = False) -> None:
         super().__init__()
         self.inferer = inferer if inferer is not None else PlainTensorInferer()
         self.activation = activation or getattr(self.inferer, "activation", "sigmoid")
         _check_activation("EnsembleInferer", self.activation)
+        self.spread = _check_spread("EnsembleInferer", self.activation, spread)
         self.members = list(members)
 
     def __call__(self, inputs: torch.Tensor, network, *args: Any, **kwargs: Any):
-        if not self.members:
+        if not self.members and not self.spread:
             return self.inferer(inputs, network, *args, **kwargs)
+        return combined(self.passes(inputs, network, *args, **kwargs), self.activation, self.spread)
+
+    def passes(self, inputs: torch.Tensor, network, *args: Any, **kwargs: Any):
+        """The class probabilities of every pass of every member (the evaluator's network first), one at a time."""
         for member in self.members:
             member.train(network.training)
-        return averaged((self.inferer(inputs, net, *args, **kwargs) for net in [network, *self.members]),
-                        self.activation)
+        for net in [network, *self.members]:
+            yield from passes(self.inferer, inputs, net, self.activation, *args, **kwargs)
 
 
 def ensemble_members(network: torch.nn.Module, checkpoints: Sequence[str], device=None) -> list[torch.nn.Module]:

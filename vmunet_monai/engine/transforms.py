@@ -164,6 +164,43 @@ class FirstOutputd(MapTransform):
         return d
 
 
+class SplitPassEntropyd(MapTransform):
+    """Move the last channel of ``keys`` to ``output_key``: the mean of the passes' own entropies that a
+    :class:`vmunet_monai.engine.FlipTTAInferer` or :class:`vmunet_monai.engine.EnsembleInferer` with ``spread``
+    appends after the classes. Put it first in the post-processing, before the activation, and give ``Invertd``
+    both keys. Disabled (the inferer appends nothing), the data passes through unchanged.
+
+    Args:
+        keys: the key of the network's output (``pred``).
+        output_key: where the channel goes (the bundles' ``pass_entropy``).
+        enabled: the same flag as the inferer's ``spread`` (the bundles' ``pass_entropy`` option).
+
+    Raises:
+        ValueError: an output of fewer than two channels (naming the key): there is nothing to split off.
+    """
+
+    def __init__(self, keys: KeysCollection, output_key: str = "pass_entropy", enabled: bool = False,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_key, self.enabled = str(output_key), bool(enabled)
+
+    def __call__(self, data: Mapping) -> dict:
+        from monai.data.meta_obj import get_track_meta
+        from monai.utils import convert_to_tensor
+
+        d = dict(data)
+        if not self.enabled:
+            return d
+        for key in self.key_iterator(d):
+            values = convert_to_tensor(d[key], track_meta=get_track_meta())  # a MetaTensor, for Invertd
+            if values.ndim < 2 or values.shape[0] < 2:
+                raise ValueError(f"SplitPassEntropyd: {key!r} has shape {tuple(values.shape)}; with pass_entropy on "
+                                 f"it holds the classes and one channel more (is the inferer's spread on?)")
+            d[self.output_key] = values[-1:]
+            d[key] = values[:-1]
+        return d
+
+
 class ChannelArgmaxd(MapTransform):
     """The class of the highest channel at each voxel, as one channel: what ``AsDiscreted(argmax=True)`` gives
     (the first of equal maxima; float32, meta kept), about ten times faster on CPU for volumes.
@@ -247,7 +284,8 @@ class SaveProbabilityVolumed(MapTransform):
     The probabilities are stored as 8-bit integers with the NIfTI scale factor 1/255 (``scl_slope``), so a
     reader that applies it (nibabel's ``get_fdata``, ITK, 3D Slicer) gets them back as numbers from 0 to 1, to
     within 1/255, at a quarter of the size of 32-bit floats. Place it after ``Invertd`` and before the argmax;
-    the data passes through unchanged.
+    the data passes through unchanged. A map of one channel (the ``pass_entropy`` that :class:`SplitPassEntropyd`
+    splits off) is written as a 3D volume (X, Y, Z).
 
     Args:
         keys: the key of the probabilities (``pred`` after the softmax and ``Invertd``).
@@ -277,6 +315,8 @@ class SaveProbabilityVolumed(MapTransform):
                 raise ValueError(f"{source}: SaveProbabilityVolumed expects (classes, X, Y, Z) probabilities; "
                                  f"{key!r} has shape {tuple(prob.shape)}")
             values = np.moveaxis(torch.as_tensor(prob).float().cpu().numpy(), 0, -1)  # classes last: (X, Y, Z, C)
+            if values.shape[-1] == 1:
+                values = values[..., 0]
             affine = prob.affine if hasattr(prob, "affine") else np.eye(4)
             target = os.path.join(self.output_dir, f"{_case_name(source)}_{self.postfix}.nii.gz")
             save_unit_nifti(values, affine, target)
