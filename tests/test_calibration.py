@@ -80,7 +80,9 @@ def test_score_volumes_calibrates_the_class_probabilities_beside_them(tmp_path, 
         prob = np.full((*truth.shape, 4), 0.1)  # the right class at 0.7 everywhere: right, but too timid
         np.put_along_axis(prob, truth[..., None], 0.7, axis=-1)
         _prob_volume(out / f"{item['case']}_prob.nii.gz", prob, label.affine)
-        nib.save(nib.Nifti1Image(np.zeros(truth.shape, np.uint8), label.affine), out / f"{item['case']}_uncertainty.nii.gz")
+        for companion in ("uncertainty", "pass_entropy", "disagreement"):  # predict --uncertainty --tta: no label maps
+            nib.save(nib.Nifti1Image(np.zeros(truth.shape, np.uint8), label.affine),
+                     out / f"{item['case']}_{companion}.nii.gz")
     summary = score_volumes(out, tmp_path / "prepared", out=tmp_path / "scored", montage=False)
     assert summary["num_cases"] == len(tests) and summary["unused_predictions"] == []
     calibration = summary["calibration"]

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from reliability_helpers import tiny_bundle_with_weights, write_ct_volume, write_rgb
 
-from vmunet_monai.evaluation.uncertainty import (class_probabilities_2d, normalized_entropy, summarize_uncertainty,
-                                                 uncertainty_picture)
+from vmunet_monai.evaluation.uncertainty import (class_probabilities_2d, disagreement, normalized_entropy,
+                                                 summarize_uncertainty, uncertainty_picture)
 from vmunet_monai.validation import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks in-process: see conftest
@@ -53,6 +53,22 @@ def test_summary_counts_uncertain_and_foreground_pixels():
     assert row["uncertain_pixels"] == 3 and row["foreground_pixels"] == 2
     assert row["uncertain_share"] == pytest.approx(3 / 5) and row["mean_uncertainty"] == pytest.approx(2.1 / 6)
     assert summarize_uncertainty(np.zeros((2, 2)), np.zeros((2, 2)))["uncertain_share"] == 0.0
+
+
+def test_disagreement_is_the_uncertainty_the_passes_do_not_have_on_their_own():
+    """Two passes sure of opposite classes: all disagreement; two passes equally unsure: none."""
+    sure_apart = np.stack([np.array([[1.0], [0.0]]), np.array([[0.0], [1.0]])])  # (passes, classes, pixels)
+    unsure_alike = np.stack([np.array([[0.5], [0.5]])] * 2)
+    for passes, expected in ((sure_apart, 1.0), (unsure_alike, 0.0)):
+        total = normalized_entropy(passes.mean(0))
+        own = np.mean([normalized_entropy(p) for p in passes], axis=0)
+        assert disagreement(total, own) == pytest.approx([expected])
+    assert disagreement(np.array([0.2, 0.5]), np.array([0.21, 0.1])).tolist() == pytest.approx([0.0, 0.4])  # 8-bit noise
+    row = summarize_uncertainty(np.zeros((2, 2)), np.zeros((2, 2)), spread=np.full((2, 2), 0.25))
+    assert row["mean_disagreement"] == 0.25
+    assert "mean_disagreement" not in summarize_uncertainty(np.zeros((2, 2)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"uncertainty map of shape \(2, 2\) and a pass entropy map of shape \(2, 3\)"):
+        disagreement(np.zeros((2, 2)), np.zeros((2, 3)))
 
 
 def test_background_is_what_the_class_maps_leave(tmp_path):
@@ -119,6 +135,13 @@ def test_predict_2d_writes_pictures_and_ranks_the_images(tmp_path):
         assert float(row["mean_uncertainty"]) == pytest.approx(uncertainty.mean(), abs=1e-4)
         picture = np.asarray(Image.open(row["picture"]))
         assert picture.shape == (*p.shape, 3) == (*Image.open(source).size[::-1], 3)
+        # --tta: four passes, so the mean of their own entropies beside the probabilities, and the disagreement
+        own = np.asarray(Image.open(prob_path.with_name(f"{stem}_pass_entropy.png")), np.float32) / 255
+        spread = np.clip(uncertainty - own, 0, 1)
+        assert float(row["mean_disagreement"]) == pytest.approx(spread.mean(), abs=1e-4)
+        assert (own <= uncertainty + 2 / 255).all()  # each pass's doubt never exceeds the doubt of their mean
+        assert row["disagreement_picture"] == row["picture"][: -len("_uncertainty.png")] + "_disagreement.png"
+        assert np.asarray(Image.open(row["disagreement_picture"])).shape == picture.shape
     assert result["uncertainty_plot"] == str(out / "uncertainty_most.png") and Path(result["uncertainty_plot"]).is_file()
     from vmunet_monai.evaluation.uncertainty import plot_most_uncertain
 
@@ -140,6 +163,9 @@ def test_predict_2d_of_several_classes_takes_every_class_map(tmp_path):
     row = result["uncertainty"][0]
     assert row["uncertain_pixels"] == int((normalized_entropy(prob) >= 0.5).sum())
     assert row["foreground_pixels"] == int((prob.argmax(0) > 0).sum())
+    # one pass: nothing to disagree, so no pass entropy map and an empty column
+    assert "mean_disagreement" not in row and not list((tmp_path / "out").rglob("*_pass_entropy*"))
+    assert _read_table(result["uncertainty_table"])[0]["mean_disagreement"] == ""
 
 
 def test_predict_volumes_write_uncertainty_on_the_segmentation_grid(tmp_path):
@@ -148,7 +174,8 @@ def test_predict_volumes_write_uncertainty_on_the_segmentation_grid(tmp_path):
     bundle = tiny_bundle_with_weights("synapse_multiorgan", tmp_path / "bundle")
     for name, seed in (("ct_a", 0), ("ct_b", 1)):
         write_ct_volume(tmp_path / "scans" / f"{name}.nii.gz", shape=(30, 26, 5), seed=seed)
-    written = predict(str(bundle), str(tmp_path / "scans"), str(tmp_path / "segs"), device="cpu", uncertainty=True)
+    written = predict(str(bundle), str(tmp_path / "scans"), str(tmp_path / "segs"), device="cpu", uncertainty=True,
+                      tta=True)
     assert len(written) == 2
     rows = _read_table(tmp_path / "segs" / "uncertainty.csv")
     assert sorted(Path(r["file"]).name for r in rows) == ["ct_a.nii.gz", "ct_b.nii.gz"]
@@ -164,8 +191,17 @@ def test_predict_volumes_write_uncertainty_on_the_segmentation_grid(tmp_path):
         row = next(r for r in rows if Path(r["file"]).name == f"{case}.nii.gz")
         assert int(row["foreground_pixels"]) == int((prob.argmax(0) > 0).sum())
         assert row["picture"] == str(tmp_path / "segs" / f"{case}_uncertainty.nii.gz")
-        # and a picture of it: the montage's slices with the uncertainty in colour
+        # --tta: the passes' mean entropy on the same grid, and where they disagree
+        own = nib.load(tmp_path / "segs" / f"{case}_pass_entropy.nii.gz")
+        spread = nib.load(tmp_path / "segs" / f"{case}_disagreement.nii.gz")
+        assert own.shape == spread.shape == seg.shape and np.allclose(spread.affine, seg.affine)
+        expected_spread = np.clip(stored.get_fdata() - own.get_fdata(), 0, 1)
+        assert np.abs(spread.get_fdata() - expected_spread).max() <= 1.5 / 255 + 1e-6
+        assert float(row["mean_disagreement"]) == pytest.approx(spread.get_fdata().mean(), abs=1 / 255)
+        assert row["disagreement_picture"] == str(tmp_path / "segs" / f"{case}_disagreement.nii.gz")
+        # and pictures of them: the montage's slices with the uncertainty, and the disagreement, in colour
         assert (tmp_path / "segs" / "montages" / f"{case}_seg_uncertainty.png").is_file()
+        assert (tmp_path / "segs" / "montages" / f"{case}_seg_disagreement.png").is_file()
         assert (tmp_path / "segs" / "montages" / f"{case}_seg.png").is_file()
     # a slab smaller than the volume gives the same map as one pass
     from vmunet_monai.evaluation.uncertainty import write_uncertainty_volumes

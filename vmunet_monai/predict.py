@@ -310,7 +310,11 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         uncertainty: also write where the model is unsure and rank the predictions by it
             (:mod:`vmunet_monai.evaluation.uncertainty`; implies ``probabilities``, from which it is computed):
             ``OUTPUT/uncertainty/**/<stem>_uncertainty.png`` for 2D images, ``OUTPUT/<case>_uncertainty.nii.gz``
-            for volumes, and ``OUTPUT/uncertainty.csv``, the most doubtful prediction first.
+            for volumes, and ``OUTPUT/uncertainty.csv``, the most doubtful prediction first. With ``tta`` or an
+            ensemble, also where the passes disagree (the mutual information; what to annotate next):
+            ``<stem>_disagreement.png`` beside each picture, ``OUTPUT/<case>_disagreement.nii.gz``, the table's
+            ``mean_disagreement``, from the passes' mean entropy written beside the probabilities
+            (``<stem>_pass_entropy.png``, ``<case>_pass_entropy.nii.gz``).
         batch_size: 2D bundles: images per network call (each is resized to the network's input first, so images of
             any sizes share a batch); more keeps a GPU busy, the masks stay the same. Volumes go one at a time,
             their slices batched by the bundle's ``sw_batch_size``.
@@ -432,12 +436,20 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "split_touching": split_touching,
                 "probabilities": bool(probabilities), "num_classes": num_classes, "mask_values": mask_values,
                 "batch_size": int(batch_size), "uncertainty": bool(uncertainty)}
+    spread = bool(uncertainty) and (bool(tta) or len(weights) > 1)  # several passes: their disagreement too
+
+    def maps(mask) -> list[Path]:
+        """The probability maps of one mask that this run writes."""
+        if not probabilities:
+            return []
+        return _prob_paths(out, mask, classes) + ([_beside_mask(out, mask, "probabilities", "pass_entropy")]
+                                                  if spread else [])
+
     todo = good
     if resume and resume_check(out, root, weights, bool(model), settings,
                                ("baseline", "tta", "num_classes", "mask_values")):
         todo = [item for item, (mask, overlay) in zip(good, planned)
-                if not all(finished_output(p) for p in (mask, overlay, *(_prob_paths(out, mask, classes)
-                                                                          if probabilities else [])))]
+                if not all(finished_output(p) for p in (mask, overlay, *maps(mask)))]
         print(f"--resume: {len(good) - len(todo)} of {len(good)} image(s) already segmented in {out}, "
               f"{len(todo)} to go", flush=True)
     overrides = {
@@ -456,6 +468,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         overrides["mask_values"] = mask_values
     if probabilities:
         overrides["probabilities"] = True
+    if spread:
+        overrides["pass_entropy"] = True
     if model:
         overrides["exported_model"] = str(ckpt)
     else:
@@ -490,7 +504,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     result = {"masks": masks, "overlays": overlays, "skipped": skipped}
     if probabilities:
         result["probabilities"] = [str(p) for m in masks for p in _prob_paths(out, m, classes)]
-        missing = [p for p in result["probabilities"] if not os.path.isfile(p)]
+        missing = [str(p) for m in masks for p in maps(m) if not os.path.isfile(p)]
         if missing:
             raise RuntimeError(f"inference finished but did not write {missing[:3]}")
         print(f"{len(result['probabilities'])} probability maps under {out / 'probabilities'}")
@@ -501,8 +515,10 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
                                                          write_uncertainty_table)
 
         pictures = [_beside_mask(out, mask, "uncertainty", "uncertainty") for mask in masks]
-        result["uncertainty"] = write_uncertainty_2d([(item["image"], _prob_paths(out, mask, classes), picture)
-                                                      for item, mask, picture in zip(good, masks, pictures)])
+        result["uncertainty"] = write_uncertainty_2d([
+            (item["image"], _prob_paths(out, mask, classes), picture,
+             _beside_mask(out, mask, "probabilities", "pass_entropy") if spread else None)
+            for item, mask, picture in zip(good, masks, pictures)])
         result["uncertainty_table"] = str(write_uncertainty_table(result["uncertainty"], out))
         result["uncertainty_plot"] = plot_most_uncertain(result["uncertainty"], out / "uncertainty_most.png")
         print(f"{len(pictures)} uncertainty pictures under {out / 'uncertainty'}; the most doubtful: "

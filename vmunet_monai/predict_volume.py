@@ -149,7 +149,8 @@ def predict_volumes(
             weights (the bundle's ``configs/inference_exported.json``).
         montage: also draw ``output/montages/<name>.png`` per volume: axial slices through the segmented
             classes with the prediction filled in, to look at without a NIfTI viewer (:func:`write_montages`); with
-            ``uncertainty`` also ``output/montages/<name>_uncertainty.png``, the same slices with the uncertainty.
+            ``uncertainty`` also ``output/montages/<name>_uncertainty.png``, the same slices with the uncertainty
+            (and with ``tta`` or an ensemble ``<name>_disagreement.png``, with the disagreement).
         probabilities: also write ``output/<name>_prob.nii.gz`` per volume: the class probabilities, background
             first, as a 4D NIfTI on the segmentation's grid, stored in 8 bits with the scale factor 1/255
             (:class:`vmunet_monai.engine.SaveProbabilityVolumed`).
@@ -161,6 +162,8 @@ def predict_volumes(
             normalised entropy of its class probabilities, 0 to 1, 8 bits with the scale factor 1/255), and
             ``output/uncertainty.csv``, the most doubtful volume first
             (:mod:`vmunet_monai.evaluation.uncertainty`); implies ``probabilities``, from which it is computed.
+            With ``tta`` or an ensemble also ``output/<name>_disagreement.nii.gz``, where the passes disagree (the
+            table's ``mean_disagreement``), from ``output/<name>_pass_entropy.nii.gz``, the passes' mean entropy.
         overrides: further ``inference.json`` ids to override (e.g. ``num_classes=3`` for a bundle trained on your
             own classes, ``network_def={...}``, ``roi_size=[...]``).
 
@@ -218,22 +221,25 @@ def predict_volumes(
     written = [os.path.join(output, _output_name(v)) for v in good]
     probabilities = bool(probabilities or uncertainty)  # the uncertainty is computed from the probability volumes
     maps = [w[: -len("_seg.nii.gz")] + "_prob.nii.gz" for w in written] if probabilities else []
-    check_output_location(volumes, output, written + maps)
+    spread = bool(uncertainty) and (bool(tta) or len(weights) > 1)  # several passes: their disagreement too
+    spreads = [w[: -len("_seg.nii.gz")] + "_pass_entropy.nii.gz" for w in written] if spread else []
+    check_output_location(volumes, output, written + maps + spreads)
     os.makedirs(output, exist_ok=True)
     settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "sw_batch_size": sw_batch_size,
                 "probabilities": bool(probabilities), "uncertainty": bool(uncertainty),
                 "overrides": {k: v for k, v in overrides.items() if isinstance(v, (str, int, float, list, bool))}}
     todo = good
     if resume and resume_check(output, bundle_root, weights, bool(model), settings, ("baseline", "tta", "overrides")):
-        todo = [v for v, w in zip(good, written)
-                if not all(finished_output(p) for p in (w, *([w[: -len("_seg.nii.gz")] + "_prob.nii.gz"]
-                                                             if probabilities else [])))]
+        files = [[w, *maps[i:i + 1], *spreads[i:i + 1]] for i, w in enumerate(written)]  # each volume's outputs
+        todo = [v for v, mine in zip(good, files) if not all(finished_output(p) for p in mine)]
         print(f"--resume: {len(good) - len(todo)} of {len(good)} volume(s) already segmented in {output}, "
               f"{len(todo)} to go", flush=True)
     config = dict(overrides)
     config.update(bundle_root=bundle_root, output_dir=output, datalist=todo, tta=bool(tta))
     if probabilities:
         config["probabilities"] = True
+    if spread:
+        config["pass_entropy"] = True
     config["exported_model" if model else "checkpoint"] = source
     if len(weights) > 1:  # the bundle's own ensemble: the first loaded into the network, the rest as members
         config["ensemble_checkpoints"] = weights
@@ -258,7 +264,7 @@ def predict_volumes(
     if todo:
         workflow.run()
     workflow.finalize()
-    missing = [w for w in written + maps if not os.path.isfile(w)]
+    missing = [w for w in written + maps + spreads if not os.path.isfile(w)]
     if missing:
         raise RuntimeError(f"inference finished but did not write {missing}")
     if maps:
@@ -266,7 +272,8 @@ def predict_volumes(
     if uncertainty:
         from vmunet_monai.evaluation.uncertainty import write_uncertainty_table, write_uncertainty_volumes
 
-        write_uncertainty_table(write_uncertainty_volumes(list(zip(good, maps))), output)
+        write_uncertainty_table(write_uncertainty_volumes(list(zip(good, maps, spreads or [None] * len(maps)))),
+                                output)
     report_skipped(skipped, "volume")
     write_record(output, workflow.parser, bundle_root, weights, bool(model), paths, written, skipped, settings,
                  kept=len(good) - len(todo))
@@ -278,17 +285,21 @@ def predict_volumes(
         write_montages(good, written, os.path.join(output, "montages"), num_classes=classes, class_names=names,
                        window=workflow.parser.get_parsed_content("hu_window") if ct else None,
                        uncertainties=[m[: -len("_prob.nii.gz")] + "_uncertainty.nii.gz" for m in maps]
-                       if uncertainty else None)
+                       if uncertainty else None,
+                       disagreements=[m[: -len("_pass_entropy.nii.gz")] + "_disagreement.nii.gz" for m in spreads]
+                       if spread else None)
     return written
 
 
 def write_montages(sources: Sequence[str], segmentations: Sequence[str], folder: str, num_classes: int,
                    window: Sequence[float] | None = None, class_names: dict[int, str] | None = None,
-                   uncertainties: Sequence[str] | None = None) -> list[str]:
+                   uncertainties: Sequence[str] | None = None,
+                   disagreements: Sequence[str] | None = None) -> list[str]:
     """``folder/<segmentation name>.png`` for each volume: up to eight axial slices through its segmented classes,
     the prediction filled in colour over the image (:func:`vmunet_monai.evaluation.ct.plot_montage`); with
     ``uncertainties`` also ``folder/<segmentation name>_uncertainty.png``, the same slices with the model's
-    uncertainty in colour and the prediction's outlines.
+    uncertainty in colour and the prediction's outlines, and with ``disagreements`` likewise
+    ``folder/<segmentation name>_disagreement.png``.
 
     Args:
         sources: the segmented volumes (files or DICOM series folders), in the order of ``segmentations``.
@@ -298,6 +309,8 @@ def write_montages(sources: Sequence[str], segmentations: Sequence[str], folder:
             percentile (MRI).
         class_names: label value -> name, for the legend.
         uncertainties: the ``<case>_uncertainty.nii.gz`` volumes of ``predict --uncertainty``, in the same order.
+        disagreements: the ``<case>_disagreement.nii.gz`` volumes of ``predict --uncertainty --tta`` (or of an
+            ensemble), in the same order.
 
     Returns:
         the pictures written; a volume that cannot be drawn is named in a warning and left out, never failing the
@@ -314,9 +327,11 @@ def write_montages(sources: Sequence[str], segmentations: Sequence[str], folder:
 
     os.makedirs(folder, exist_ok=True)
     drawn = []
-    heat = list(uncertainties) if uncertainties is not None else [None] * len(segmentations)
-    for source, seg, doubt in tqdm(list(zip(sources, segmentations, heat)), desc="montages", unit="volume",
-                                   leave=False):
+    none = [None] * len(segmentations)
+    heat = list(zip(uncertainties if uncertainties is not None else none,
+                    disagreements if disagreements is not None else none))
+    for source, seg, maps in tqdm(list(zip(sources, segmentations, heat)), desc="montages", unit="volume",
+                                  leave=False):
         name = _case_name(seg)
         try:
             labels = nib.load(seg)
@@ -330,11 +345,14 @@ def write_montages(sources: Sequence[str], segmentations: Sequence[str], folder:
                          title=f"{os.path.basename(str(source).rstrip('/'))}: prediction", num_classes=num_classes,
                          class_names=class_names)
             drawn.append(path)
-            if doubt is not None:
-                path = os.path.join(folder, f"{name}_uncertainty.png")
+            for kind, doubt in zip(("uncertainty", "disagreement"), maps):
+                if doubt is None:
+                    continue
+                path = os.path.join(folder, f"{name}_{kind}.png")
                 plot_montage(image, np.asarray(labels.dataobj), labels.affine, path, window=shown,
-                             title=f"{os.path.basename(str(source).rstrip('/'))}: uncertainty", num_classes=num_classes,
-                             class_names=class_names, uncertainty=np.asarray(nib.load(doubt).dataobj, np.float32))
+                             title=f"{os.path.basename(str(source).rstrip('/'))}: {kind}", num_classes=num_classes,
+                             class_names=class_names, uncertainty=np.asarray(nib.load(doubt).dataobj, np.float32),
+                             heat_name=kind, heat_power=1.0 if kind == "disagreement" else 2.0)
                 drawn.append(path)
         except Exception as exc:  # a picture must never cost the segmentations already written
             warnings.warn(f"{source}: montage not drawn ({exc})")

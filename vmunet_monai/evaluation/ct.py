@@ -302,6 +302,8 @@ def plot_montage(
     num_classes: int = 9,
     class_names: Mapping[int, str] | None = None,
     uncertainty=None,
+    heat_name: str = "uncertainty",
+    heat_power: float = 2.0,
 ) -> str:
     """Axial slices (RAS, shown radiologically: patient right on the left) with the prediction filled in colour.
 
@@ -320,6 +322,9 @@ def plot_montage(
             the colours and opacity of ``predict --uncertainty``'s 2D pictures
             (:func:`vmunet_monai.evaluation.uncertainty.uncertainty_rgba`), with the prediction's outlines in its
             classes' colours and a colour scale.
+        heat_name: what ``uncertainty`` is, in the colour scale's label and the title (``disagreement`` for the
+            map of where the passes of ``predict --uncertainty --tta`` disagree).
+        heat_power: the power of ``uncertainty`` drawn as its opacity (1 for a disagreement map, seldom above 0.5).
     """
     from vmunet_monai.figures import pyplot, save
 
@@ -347,7 +352,7 @@ def plot_montage(
         if heat is not None:
             from vmunet_monai.evaluation.uncertainty import uncertainty_rgba
 
-            ax.imshow(uncertainty_rgba(heat[::-1, :, z].T), origin="lower", interpolation="nearest")
+            ax.imshow(uncertainty_rgba(heat[::-1, :, z].T, heat_power), origin="lower", interpolation="nearest")
             for value in range(1, max(num_classes, 2)):
                 if (pred[:, :, z] == value).any():
                     ax.contour((pred[::-1, :, z] == value).T, levels=[0.5], linewidths=0.7,
@@ -364,10 +369,11 @@ def plot_montage(
     if heat is not None:
         from vmunet_monai.evaluation.uncertainty import add_uncertainty_bar
 
-        add_uncertainty_bar(fig, axes.ravel().tolist(), "uncertainty (opacity: its square)", orientation="vertical",
+        opacity = {1: "itself", 2: "its square"}.get(heat_power, f"its power {heat_power:g}")
+        add_uncertainty_bar(fig, axes.ravel().tolist(), f"{heat_name} (opacity: {opacity})", orientation="vertical",
                             fraction=0.03, pad=0.02)
     if title:
-        what = "  (colour: uncertainty, lines: prediction)" if heat is not None else (
+        what = f"  (colour: {heat_name}, lines: prediction)" if heat is not None else (
             "  (fill: prediction, white: ground truth)" if label is not None else "")
         fig.suptitle(title + what, fontsize=9)
     shown = set(np.unique(pred[:, :, picks]).tolist()) | (set(np.unique(label[:, :, picks]).tolist())

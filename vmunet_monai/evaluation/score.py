@@ -25,13 +25,15 @@ from vmunet_monai.validation import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, InputEr
 __all__ = ["PREDICTION_SUFFIXES", "match_volumes", "score", "score_masks", "score_volumes"]
 
 PREDICTION_SUFFIXES = ("_seg", "_pred", "_prediction", "_label", "_mask")
-COMPANION_SUFFIXES = ("_prob", "_uncertainty")  # predict's class probabilities and uncertainty, beside its label maps
+# predict's class probabilities, uncertainty and (with --tta or an ensemble) its two parts, beside its label maps
+COMPANION_SUFFIXES = ("_prob", "_uncertainty", "_pass_entropy", "_disagreement")
 
 
 def _prediction_files(folder: Path) -> dict[str, Path]:
     """Prediction files under ``folder`` (searched recursively) by every name they may answer to: the file's stem,
-    and the stem without a prediction suffix (``_seg``). ``<case>_prob`` and ``<case>_uncertainty`` volumes are
-    not label maps (``predict --probabilities``, ``--uncertainty``) and are left out."""
+    and the stem without a prediction suffix (``_seg``). ``<case>_prob``, ``<case>_uncertainty``,
+    ``<case>_pass_entropy`` and ``<case>_disagreement`` volumes are not label maps (``predict --probabilities``,
+    ``--uncertainty``) and are left out."""
     from vmunet_monai.evaluation.ct import _case_name
 
     if not folder.is_dir():

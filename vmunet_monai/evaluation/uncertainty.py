@@ -6,6 +6,15 @@ value, ``log(classes)``: 0 where one class has all the probability, 1 where ever
 passes or the members disagree. The maps are computed from the probability maps ``predict`` writes (8-bit,
 so to within about 1/255).
 
+With ``--tta`` or an ensemble the uncertainty is also split in two. Each pass (a flip, a member, or every flip
+of every member) has its own entropy; their mean, written beside the probabilities as ``<stem>_pass_entropy``,
+is the doubt each pass has on its own (a blurred border, an ambiguous texture), which more passes or more
+members do not remove. What is left, the uncertainty less that mean, is the **disagreement**: the mutual
+information between the prediction and the pass, over ``log(classes)``, 0 to 1. It is 0 where every pass gives
+the same probabilities and grows where they differ, which is where more training data of that kind helps the
+most (the epistemic part of the uncertainty). Both maps are 8-bit, so the disagreement is known to within about
+0.02 where a probability is near 0 or 1 (small negative differences are set to 0).
+
 Each prediction gets one line in ``OUTPUT/uncertainty.csv``, the most doubtful first:
 
 - ``mean_uncertainty``: the mean over the whole image or volume;
@@ -14,13 +23,18 @@ Each prediction gets one line in ``OUTPUT/uncertainty.csv``, the most doubtful f
 - ``foreground_pixels``: pixels the prediction gives to a class other than the background;
 - ``uncertain_share``: ``uncertain_pixels / (foreground_pixels + uncertain_pixels)``, how much of what was
   segmented, or nearly so, is in doubt, whatever its size (0 when neither holds any pixel). The table is
-  sorted by it: a reviewer with little time checks the top of the list.
+  sorted by it: a reviewer with little time checks the top of the list;
+- ``mean_disagreement`` (with ``--tta`` or an ensemble; empty otherwise): the mean disagreement over the whole
+  image or volume. Sorted by it, the table lists first what to annotate next for the model to learn the most.
 
 2D images get ``OUTPUT/uncertainty/**/<stem>_uncertainty.png``: the image in grey with the uncertainty over it
 in warm colours (none where the model is sure) and the predicted mask's outline in green, and
 ``OUTPUT/uncertainty_most.png`` shows the most doubtful of them with the colour scale; volumes get
 ``OUTPUT/<case>_uncertainty.nii.gz`` on the segmentation's grid, 8-bit with the NIfTI scale factor 1/255 (a
-reader gets numbers from 0 to 1), to lay over the CT in a viewer.
+reader gets numbers from 0 to 1), to lay over the CT in a viewer. The disagreement gets the same:
+``<stem>_disagreement.png`` beside each uncertainty picture and ``OUTPUT/<case>_disagreement.nii.gz``. Its
+pictures take the disagreement itself as the opacity, not its square as the uncertainty's do: it is seldom above
+0.5, and would hardly show.
 """
 
 from __future__ import annotations
@@ -32,8 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["UNCERTAIN", "add_uncertainty_bar", "class_probabilities_2d", "most_doubtful_first", "normalized_entropy",
-           "plot_most_uncertain", "summarize_uncertainty", "uncertainty_colours", "uncertainty_picture",
+__all__ = ["UNCERTAIN", "add_uncertainty_bar", "class_probabilities_2d", "disagreement", "most_doubtful_first",
+           "normalized_entropy", "plot_most_uncertain", "summarize_uncertainty", "uncertainty_colours", "uncertainty_picture",
            "uncertainty_rgba", "write_uncertainty_2d", "write_uncertainty_table", "write_uncertainty_volumes"]
 
 UNCERTAIN = 0.5  # the normalised entropy from which a pixel counts as uncertain
@@ -55,13 +69,31 @@ def normalized_entropy(prob: np.ndarray) -> np.ndarray:
     return np.clip(terms.sum(axis=0) / np.log(classes), 0.0, 1.0).astype(np.float32)
 
 
-def summarize_uncertainty(uncertainty: np.ndarray, foreground: np.ndarray) -> dict:
-    """The table's numbers for one prediction (module docstring) from its uncertainty map and its foreground."""
+def disagreement(uncertainty: np.ndarray, pass_entropy: np.ndarray) -> np.ndarray:
+    """Where the passes disagree (module docstring): ``uncertainty`` (:func:`normalized_entropy` of the mean
+    probabilities) less ``pass_entropy`` (the mean of the passes' own normalised entropies), clipped to [0, 1].
+
+    Raises:
+        ValueError: maps of different shapes.
+    """
+    uncertainty, pass_entropy = np.asarray(uncertainty, np.float32), np.asarray(pass_entropy, np.float32)
+    if uncertainty.shape != pass_entropy.shape:
+        raise ValueError(f"disagreement: an uncertainty map of shape {uncertainty.shape} and a pass entropy map of "
+                         f"shape {pass_entropy.shape} (both are of the prediction's size)")
+    return np.clip(uncertainty - pass_entropy, 0.0, 1.0)
+
+
+def summarize_uncertainty(uncertainty: np.ndarray, foreground: np.ndarray, spread: np.ndarray | None = None) -> dict:
+    """The table's numbers for one prediction (module docstring) from its uncertainty map and its foreground, and
+    with ``spread``, its :func:`disagreement` map, ``mean_disagreement``."""
     uncertain = int(np.count_nonzero(uncertainty >= UNCERTAIN))
     objects = int(np.count_nonzero(foreground))
-    return {"mean_uncertainty": float(uncertainty.mean()) if uncertainty.size else 0.0,
-            "uncertain_pixels": uncertain, "foreground_pixels": objects,
-            "uncertain_share": uncertain / (objects + uncertain) if objects + uncertain else 0.0}
+    row = {"mean_uncertainty": float(uncertainty.mean()) if uncertainty.size else 0.0,
+           "uncertain_pixels": uncertain, "foreground_pixels": objects,
+           "uncertain_share": uncertain / (objects + uncertain) if objects + uncertain else 0.0}
+    if spread is not None:
+        row["mean_disagreement"] = float(spread.mean()) if spread.size else 0.0
+    return row
 
 
 def most_doubtful_first(rows: Sequence[dict]) -> list[dict]:
@@ -96,12 +128,13 @@ def uncertainty_colours():
     return colors.ListedColormap(colormaps["inferno"](np.linspace(0.35, 1.0, 256)), name="uncertainty")
 
 
-def uncertainty_rgba(uncertainty: np.ndarray) -> np.ndarray:
-    """RGBA (0-1) of an uncertainty map as every picture draws it: :func:`uncertainty_colours`, with the square of
-    the uncertainty as the opacity (nothing where the model is sure, faint at 0.5, full at 1)."""
+def uncertainty_rgba(uncertainty: np.ndarray, power: float = 2.0) -> np.ndarray:
+    """RGBA (0-1) of an uncertainty map as every picture draws it: :func:`uncertainty_colours`, with the
+    uncertainty to the ``power`` as the opacity (squared: nothing where the model is sure, faint at 0.5, full at 1;
+    a :func:`disagreement` map, seldom above 0.5, is drawn with ``power`` 1)."""
     uncertainty = np.clip(np.asarray(uncertainty, np.float32), 0.0, 1.0)
     rgba = uncertainty_colours()(uncertainty)
-    rgba[..., 3] = uncertainty ** 2
+    rgba[..., 3] = uncertainty ** power
     return rgba
 
 
@@ -115,14 +148,15 @@ def add_uncertainty_bar(fig, axes, label: str, **options):
     return bar
 
 
-def uncertainty_picture(image: np.ndarray, uncertainty: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """``image`` (H, W, 3) in grey, the uncertainty over it (:func:`uncertainty_rgba`) and the outline of
-    ``classes`` (H, W, class numbers, 0 the background) in green; uint8 RGB."""
+def uncertainty_picture(image: np.ndarray, uncertainty: np.ndarray, classes: np.ndarray,
+                        power: float = 2.0) -> np.ndarray:
+    """``image`` (H, W, 3) in grey, the uncertainty over it (:func:`uncertainty_rgba` with ``power``) and the
+    outline of ``classes`` (H, W, class numbers, 0 the background) in green; uint8 RGB."""
     from scipy.ndimage import binary_erosion
 
     image = np.asarray(image, np.float32)
     grey = (image @ np.asarray([0.299, 0.587, 0.114], np.float32))[..., None].repeat(3, axis=2) * 0.8
-    rgba = uncertainty_rgba(uncertainty)
+    rgba = uncertainty_rgba(uncertainty, power)
     heat, alpha = rgba[..., :3].astype(np.float32) * 255.0, rgba[..., 3:].astype(np.float32)
     picture = (1.0 - alpha) * grey + alpha * heat
     foreground = classes > 0
@@ -131,17 +165,23 @@ def uncertainty_picture(image: np.ndarray, uncertainty: np.ndarray, classes: np.
     return picture.clip(0, 255).astype(np.uint8)
 
 
-def write_uncertainty_2d(items: Sequence[tuple[str, Sequence[str], str]]) -> list[dict]:
+def write_uncertainty_2d(items: Sequence[tuple]) -> list[dict]:
     """For each ``(image, its probability maps, picture)`` of a 2D ``predict`` run, the picture
     (:func:`uncertainty_picture`; ``predict`` puts it at ``OUTPUT/uncertainty/**/<stem>_uncertainty.png``) and the
     table's row; returns the rows (``file``, ``picture`` and the numbers of :func:`summarize_uncertainty`), in the
-    order of ``items``."""
+    order of ``items``. An item may have a fourth element, the image's ``<stem>_pass_entropy.png`` (or None): then
+    its :func:`disagreement` is drawn too, as ``<stem>_disagreement.png`` beside the picture, and the row gets
+    ``mean_disagreement`` and ``disagreement_picture``.
+
+    Raises:
+        ValueError: a map of another size than its image (naming both).
+    """
     from PIL import Image
 
     from vmunet_monai.engine.transforms import rgb_converter
 
     rows = []
-    for image_path, maps, target in items:
+    for image_path, maps, target, *rest in items:
         prob = class_probabilities_2d(maps)
         uncertainty = normalized_entropy(prob)
         classes = prob.argmax(axis=0)
@@ -150,9 +190,17 @@ def write_uncertainty_2d(items: Sequence[tuple[str, Sequence[str], str]]) -> lis
         if image.shape[:2] != uncertainty.shape:
             raise ValueError(f"{maps[0]}: probability map of {uncertainty.shape[0]}x{uncertainty.shape[1]} pixels "
                              f"for the image {image_path} of {image.shape[0]}x{image.shape[1]}")
+        spread = None
+        if rest and rest[0]:
+            with Image.open(rest[0]) as opened:
+                spread = disagreement(uncertainty, np.asarray(opened.convert("L"), np.float32) / 255.0)
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(uncertainty_picture(image, uncertainty, classes)).save(target)
-        rows.append({"file": str(image_path), "picture": str(target), **summarize_uncertainty(uncertainty, classes)})
+        row = {"file": str(image_path), "picture": str(target), **summarize_uncertainty(uncertainty, classes, spread)}
+        if spread is not None:
+            row["disagreement_picture"] = str(target)[: -len("_uncertainty.png")] + "_disagreement.png"
+            Image.fromarray(uncertainty_picture(image, spread, classes, power=1.0)).save(row["disagreement_picture"])
+        rows.append(row)
     return rows
 
 
@@ -179,8 +227,9 @@ def plot_most_uncertain(rows: Sequence[dict], path: str | os.PathLike, k: int = 
             picture.thumbnail((side, side))
         ax = axes[i // per_row, i % per_row]
         ax.imshow(np.asarray(picture))
+        spread = f"\ndisagreement {row['mean_disagreement']:.3f}" if "mean_disagreement" in row else ""
         ax.set_title(f"{i + 1}. {os.path.basename(row['file'])}\nuncertain share {row['uncertain_share']:.2f}, "
-                     f"mean {row['mean_uncertainty']:.2f}", fontsize=8)
+                     f"mean {row['mean_uncertainty']:.2f}{spread}", fontsize=8)
     add_uncertainty_bar(fig, axes.ravel().tolist(), "uncertainty (normalised entropy; drawn with its square as "
                         "opacity); green: the mask's outline", orientation="horizontal", fraction=0.6 / height,
                         pad=0.04, aspect=40)
@@ -188,26 +237,45 @@ def plot_most_uncertain(rows: Sequence[dict], path: str | os.PathLike, k: int = 
     return save(fig, path, dpi=90)
 
 
-def write_uncertainty_volumes(items: Sequence[tuple[str, str]], slab: int = 16) -> list[dict]:
+def write_uncertainty_volumes(items: Sequence[tuple], slab: int = 16) -> list[dict]:
     """For each ``(source volume, <case>_prob.nii.gz)`` of a volume ``predict`` run, ``<case>_uncertainty.nii.gz``
     beside the probability volume (8-bit, scale factor 1/255, its affine) and the table's row; the 4D
-    probabilities are read ``slab`` slices at a time, so memory stays at a few slices' worth."""
+    probabilities are read ``slab`` slices at a time, so memory stays at a few slices' worth. An item may have a
+    third element, the volume's ``<case>_pass_entropy.nii.gz`` (``--tta`` or an ensemble; or None): then
+    ``<case>_disagreement.nii.gz`` is written too, and the row gets ``mean_disagreement`` and
+    ``disagreement_picture``.
+
+    Raises:
+        ValueError: a pass entropy volume on another grid than the probabilities (naming it).
+    """
     import nibabel as nib
 
     from vmunet_monai.engine.transforms import probability_slabs, save_unit_nifti
 
     rows = []
-    for source, prob_path in items:
+    for source, prob_path, *rest in items:
         grid = nib.load(prob_path)
+        case = str(prob_path)[: -len("_prob.nii.gz")]
         uncertainty = np.zeros(grid.shape[:3], np.float32)
         foreground = np.zeros(grid.shape[:3], bool)
         for z, part in probability_slabs(prob_path, slab):
             part = np.moveaxis(part, -1, 0)
             uncertainty[:, :, z:z + slab] = normalized_entropy(part)
             foreground[:, :, z:z + slab] = part.argmax(axis=0) > 0
-        target = str(prob_path)[: -len("_prob.nii.gz")] + "_uncertainty.nii.gz"
+        spread = None
+        if rest and rest[0]:
+            own = nib.load(rest[0])
+            if own.shape != grid.shape[:3]:
+                raise ValueError(f"{rest[0]}: of shape {own.shape}, not the {grid.shape[:3]} of {prob_path} (both "
+                                 f"come from one predict run)")
+            spread = disagreement(uncertainty, np.asarray(own.dataobj, np.float32))
+            save_unit_nifti(spread, grid.affine, f"{case}_disagreement.nii.gz")
+        target = f"{case}_uncertainty.nii.gz"
         save_unit_nifti(uncertainty, grid.affine, target)
-        rows.append({"file": str(source), "picture": target, **summarize_uncertainty(uncertainty, foreground)})
+        row = {"file": str(source), "picture": target, **summarize_uncertainty(uncertainty, foreground, spread)}
+        if spread is not None:
+            row["disagreement_picture"] = f"{case}_disagreement.nii.gz"
+        rows.append(row)
     return rows
 
 
@@ -217,14 +285,14 @@ def write_uncertainty_table(rows: Sequence[dict], out: str | os.PathLike, shown:
     ordered = most_doubtful_first(rows)
     path = Path(out) / "uncertainty.csv"
     fields = ["rank", "file", "uncertain_share", "mean_uncertainty", "uncertain_pixels", "foreground_pixels",
-              "picture"]
+              "mean_disagreement", "picture", "disagreement_picture"]
     partial = path.with_name(path.name + ".partial")
     with open(partial, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for rank, row in enumerate(ordered, 1):
-            writer.writerow({"rank": rank, **{k: (f"{row[k]:.4f}" if isinstance(row[k], float) else row[k])
-                                             for k in fields[1:]}})
+            values = {k: row.get(k, "") for k in fields[1:]}  # no disagreement from a single pass
+            writer.writerow({"rank": rank, **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in values.items()}})
     os.replace(partial, path)
     first = ", ".join(f"{os.path.basename(r['file'])} ({r['uncertain_share']:.2f})" for r in ordered[:shown])
     print(f"uncertainty of {len(ordered)} prediction(s) in {path}; most doubtful first (uncertain share): {first}")
