@@ -47,8 +47,9 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["UNCERTAIN", "add_uncertainty_bar", "class_probabilities_2d", "disagreement", "most_doubtful_first",
-           "normalized_entropy", "plot_most_uncertain", "summarize_uncertainty", "uncertainty_colours", "uncertainty_picture",
-           "uncertainty_rgba", "write_uncertainty_2d", "write_uncertainty_table", "write_uncertainty_volumes"]
+           "normalized_entropy", "plot_most_uncertain", "summarize_uncertainty", "uncertainty_colours",
+           "uncertainty_picture", "uncertainty_rgba", "write_uncertainty_2d", "write_uncertainty_table",
+           "write_uncertainty_volumes"]
 
 UNCERTAIN = 0.5  # the normalised entropy from which a pixel counts as uncertain
 
@@ -292,7 +293,7 @@ def write_uncertainty_table(rows: Sequence[dict], out: str | os.PathLike, shown:
         writer.writeheader()
         for rank, row in enumerate(ordered, 1):
             values = {k: row.get(k, "") for k in fields[1:]}  # no disagreement from a single pass
-            writer.writerow({"rank": rank, **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in values.items()}})
+            writer.writerow({"rank": rank, **{k: f"{v:.4f}" if isinstance(v, float) else v for k, v in values.items()}})
     os.replace(partial, path)
     first = ", ".join(f"{os.path.basename(r['file'])} ({r['uncertain_share']:.2f})" for r in ordered[:shown])
     print(f"uncertainty of {len(ordered)} prediction(s) in {path}; most doubtful first (uncertain share): {first}")
