@@ -449,7 +449,7 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int | None =
     print(f"model: {bundle_root / 'models' / 'model.pt'}; curves: {bundle_root / 'runs' / 'training_curves.png'}; "
           f"report: {bundle_root / 'eval'}; total {seconds / 60:.1f} min")
     test_images = raw / ("images" if classes == 2 else "ISIC-2017_Test_v2_Data")
-    print(f"next, segment images with it and see where it is unsure: python -m vmunet_monai predict {bundle_root} "
-          f"{test_images} {out / 'predictions'} --uncertainty")
+    print(f"next, segment images with it and see where it is unsure, and where its mirror images disagree: "
+          f"python -m vmunet_monai predict {bundle_root} {test_images} {out / 'predictions'} --uncertainty --tta")
     result["seconds"] = seconds
     return result
