@@ -211,3 +211,24 @@ def test_predict_volumes_write_uncertainty_on_the_segmentation_grid(tmp_path):
     first = write_uncertainty_volumes([("ct_a", str(prob_path))], slab=2)[0]
     again = write_uncertainty_volumes([("ct_a", str(prob_path))], slab=64)[0]
     assert first == again
+
+
+def test_a_bundle_from_before_pass_entropy_still_gives_the_uncertainty(tmp_path, capsys):
+    """A trained copy of a bundle whose inference.json predates the pass_entropy option: --uncertainty --tta writes
+    the uncertainty as before, says why there is no disagreement, and does not fail on the missing maps."""
+    from vmunet_monai.predict import predict
+
+    bundle = tiny_bundle_with_weights("isic_skin_lesion", tmp_path / "bundle")
+    path = bundle / "configs" / "inference.json"
+    config = json.loads(path.read_text())
+    del config["pass_entropy"], config["inferer"]["spread"]
+    post = config["postprocessing"]["transforms"]
+    post[:] = [t for t in post if not t["_target_"].endswith("SplitPassEntropyd")]
+    next(t for t in post if t["_target_"] == "Invertd")["keys"] = "pred"
+    config["handlers"] = [h for h in config["handlers"] if h.get("suffix") != "pass_entropy"]
+    path.write_text(json.dumps(config, indent=4))
+    write_rgb(tmp_path / "images" / "a.png", 40, 44)
+    result = predict(str(bundle), str(tmp_path / "images"), str(tmp_path / "out"), device="cpu", uncertainty=True,
+                     tta=True)
+    assert "mean_disagreement" not in result["uncertainty"][0] and Path(result["uncertainty"][0]["picture"]).is_file()
+    assert f"note: {path} has no pass_entropy option" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, che
                                      check_output_location, number_list, read_image_2d)
 
 __all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
-           "read_record", "weights_files", "resume_check", "finished_output"]
+           "read_record", "weights_files", "resume_check", "finished_output", "takes_pass_entropy"]
 
 VOLUME_BUNDLES = ("synapse_multiorgan",)
 # MONAI's PNG writer squeezes trailing size-one axes, so a one-pixel-high mask cannot be written
@@ -436,7 +437,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "split_touching": split_touching,
                 "probabilities": bool(probabilities), "num_classes": num_classes, "mask_values": mask_values,
                 "batch_size": int(batch_size), "uncertainty": bool(uncertainty)}
-    spread = bool(uncertainty) and (bool(tta) or len(weights) > 1)  # several passes: their disagreement too
+    spread = bool(uncertainty) and (bool(tta) or len(weights) > 1) and takes_pass_entropy(configs)
 
     def maps(mask) -> list[Path]:
         """The probability maps of one mask that this run writes."""
@@ -526,6 +527,20 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     result["record"] = str(write_record(out, workflow.parser, root, weights, bool(model), [source], masks, skipped,
                                         settings, kept=len(good) - len(todo)))
     return result
+
+
+def takes_pass_entropy(configs: list[str]) -> bool:
+    """Whether a bundle's inference configs have the ``pass_entropy`` option (bundles from 0.1.8), with which
+    ``--uncertainty`` with several passes (``--tta``, an ensemble) also writes where they disagree; prints a note
+    naming the config where it has not (the uncertainty is written all the same)."""
+    from monai.bundle import ConfigParser
+
+    if "pass_entropy" in ConfigParser.load_config_files(configs):
+        return True
+    print(f"note: {configs[0]} has no pass_entropy option (bundle configs before 0.1.8), so where the passes "
+          f"disagree is not written, only the uncertainty; a current copy of its configs/inference.json adds it",
+          file=sys.stderr)
+    return False
 
 
 def _prob_paths(out: Path, mask, classes: int) -> list[Path]:

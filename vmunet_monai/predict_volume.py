@@ -186,7 +186,7 @@ def predict_volumes(
     from vmunet_monai.engine.utils import inference_configs
     from vmunet_monai.evaluation.volumetry import write_volumes
     from vmunet_monai.predict import (NothingToPredictError, bundle_class_names, finished_output, resume_check,
-                                      weights_files, write_record)
+                                      takes_pass_entropy, weights_files, write_record)
     from vmunet_monai.validation import InputError, check_device, check_output_location, read_volume
     from vmunet_monai.weights import check_checkpoint_fits
 
@@ -221,7 +221,7 @@ def predict_volumes(
     written = [os.path.join(output, _output_name(v)) for v in good]
     probabilities = bool(probabilities or uncertainty)  # the uncertainty is computed from the probability volumes
     maps = [w[: -len("_seg.nii.gz")] + "_prob.nii.gz" for w in written] if probabilities else []
-    spread = bool(uncertainty) and (bool(tta) or len(weights) > 1)  # several passes: their disagreement too
+    spread = bool(uncertainty) and (bool(tta) or len(weights) > 1) and takes_pass_entropy(config_files)
     spreads = [w[: -len("_seg.nii.gz")] + "_pass_entropy.nii.gz" for w in written] if spread else []
     check_output_location(volumes, output, written + maps + spreads)
     os.makedirs(output, exist_ok=True)
