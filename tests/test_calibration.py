@@ -23,6 +23,62 @@ def test_counts_ece_and_brier_by_hand():
     assert s["brier"] == pytest.approx(float(np.mean((p - t) ** 2)))
 
 
+def _errors_by_hand(confidence: np.ndarray, wrong: np.ndarray) -> tuple[float, float]:
+    """AUROC over every (error, right pixel) pair, and the share of errors among the len(errors) least confident
+    pixels, a tie group on the boundary taken pro rata."""
+    cw, cr = confidence[wrong], confidence[~wrong]
+    auroc = float(np.mean((cw[:, None] < cr[None, :]) + 0.5 * (cw[:, None] == cr[None, :])))
+    budget, found = int(wrong.sum()), 0.0
+    for value in np.unique(confidence):  # ascending: least sure first
+        group = confidence == value
+        take = min(budget, int(group.sum()))
+        found += take * wrong[group].mean()
+        budget -= take
+        if not budget:
+            break
+    return auroc, found / wrong.sum()
+
+
+@pytest.mark.parametrize("part", [1 << 20, 333])
+def test_errors_are_found_by_doubt_as_counted_pair_by_pair(part, monkeypatch):
+    """Fresh 8-bit maps (as predict writes them, so equal values tie): binary, where the mask is p >= 0.5 and the
+    confidence max(p, 1 - p), and by the top label of three classes; in parts or whole, the same."""
+    monkeypatch.setattr(Calibration, "PART", part)
+    rng = np.random.default_rng()
+    p = np.rint(rng.uniform(0, 1, 3000) * 255) / 255
+    truth = rng.uniform(0, 1, p.size) < np.clip(p + rng.normal(0, 0.2, p.size), 0, 1)
+    binary = Calibration()
+    binary.add(p.reshape(60, 50), truth.reshape(60, 50))
+    errors = binary.summary()["errors"]
+    wrong = (p >= 0.5) != truth
+    confidence = np.rint(np.maximum(p, 1 - p) * 255) / 255  # 1 - k/255 and (255 - k)/255 are one level, tied
+    auroc, least = _errors_by_hand(confidence, wrong)
+    assert errors["auroc"] == pytest.approx(auroc, abs=1e-9) and errors["least_sure_errors"] == pytest.approx(least)
+    assert errors["wrong"] == int(wrong.sum()) and errors["error_rate"] == pytest.approx(wrong.mean())
+    assert 0.6 < errors["auroc"] < 1.0  # these maps' doubt does point at their errors, not perfectly
+    prob = rng.dirichlet(np.ones(3), size=2000).T
+    prob = np.rint(prob * 255) / 255
+    classes = rng.integers(0, 3, 2000)
+    top = Calibration(top_label=True)
+    top.add_classes(prob, classes)
+    auroc, least = _errors_by_hand(prob.max(0), prob.argmax(0) != classes)
+    assert top.summary()["errors"]["auroc"] == pytest.approx(auroc, abs=1e-9)
+    assert top.summary()["errors"]["least_sure_errors"] == pytest.approx(least)
+
+
+def test_errors_at_their_ends():
+    perfect = Calibration()
+    p = np.linspace(0, 1, 1001)
+    truth = p >= 0.5
+    truth[np.abs(p - 0.5) < 0.1] ^= True  # the least sure pixels, and only they, are wrong
+    perfect.add(p, truth)
+    assert perfect.errors()["auroc"] == pytest.approx(1.0) and perfect.errors()["least_sure_errors"] == pytest.approx(1.0)
+    right = Calibration()
+    right.add(np.array([0.1, 0.9]), np.array([False, True]))
+    assert right.errors() == {"auroc": None, "least_sure_errors": None, "wrong": 0, "error_rate": 0.0}
+    assert Calibration().errors()["error_rate"] is None
+
+
 def test_a_calibrated_model_scores_near_zero_and_an_overconfident_one_does_not():
     rng = np.random.default_rng(0)
     p = rng.uniform(0, 1, 200_000)

@@ -292,10 +292,10 @@ def test_compare_shows_the_calibration_each_evaluation_wrote(tmp_path, capsys):
 
     rng = np.random.default_rng(8)
 
-    def calibrated(folder, sure: float):  # a model that says `sure` where it is right 80% of the time
+    def calibrated(folder, sure: float):  # a model that says about `sure` where it is right 80% of the time
         cal = Calibration()
         truth = rng.random(5000) < 0.8
-        cal.add(np.full(5000, sure), truth)
+        cal.add(np.where(truth, sure + 0.002, sure + 0.001), truth)  # a hair less where it is wrong
         (folder / "metrics_test_calibration.json").write_text(json.dumps(cal.summary()))
         return cal.summary()
 
@@ -311,6 +311,8 @@ def test_compare_shows_the_calibration_each_evaluation_wrote(tmp_path, capsys):
     assert cal["seeds"]["ece"] == pytest.approx(np.mean([w["ece"] for w in wrote[1:]]))
     assert cal["seeds"]["brier_sd"] == pytest.approx(np.std([w["brier"] for w in wrote[1:]], ddof=1))
     assert cal["seeds"]["ece"] > cal["ref"]["ece"] and cal["seeds"]["kind"] == "foreground"
+    assert cal["seeds"]["auroc"] == pytest.approx(np.mean([w["errors"]["auroc"] for w in wrote[1:]]))
+    assert cal["ref"]["auroc"] == pytest.approx(1.0)  # its errors are exactly its least sure pixels
     printed = capsys.readouterr().out
     assert "calibration of the probabilities" in printed
     assert f"{cal['seeds']['ece']:.4f} ± {cal['seeds']['ece_sd']:.4f}" in printed and "2/3" in printed
@@ -321,7 +323,8 @@ def test_compare_shows_the_calibration_each_evaluation_wrote(tmp_path, capsys):
     (b / "calibration.json").write_text("{not json")
     result = run_compare([str(a), str(b)])
     assert result["calibration"] == {"ct_a": {"runs": 1, "of_runs": 1, "ece": 0.05, "ece_sd": 0.0, "brier": 0.02,
-                                              "brier_sd": 0.0, "kind": "top_label"}}
+                                              "brier_sd": 0.0, "auroc": None, "auroc_sd": None,
+                                              "kind": "top_label"}}  # written before errors were counted
     assert "top_label" in capsys.readouterr().out
     result = run_compare([str(plain), str(seeds[2])])
     assert result["calibration"] == {} and "calibration of" not in capsys.readouterr().out

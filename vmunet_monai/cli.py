@@ -150,7 +150,8 @@ class Commands:
         signed-rank p-value and the cases it is better, the same or worse on; per test set where there are
         several (polyp) and per organ (Synapse). Where the evaluations wrote their calibration beside their
         tables (evaluate_native.json of the 2D bundles, evaluate.json of synapse_multiorgan, score on probability
-        maps), also each model's ECE and Brier score, mean and sd over its runs.
+        maps), also each model's ECE, Brier score and errors AUROC (how well its least sure pixels find its
+        errors), mean and sd over its runs.
 
         Args:
             runs: evaluation folders or per-case CSVs, one per model; commas join runs of one model.
@@ -215,7 +216,8 @@ class Commands:
         --probabilities left probability maps (binary 2D maps, <image>_prob_K.png of several classes, under PRED
         or in probabilities/ beside its masks/, and <case>_prob.nii.gz beside volumes), also how well calibrated
         they are: ECE, Brier score and a reliability diagram (metrics_<split>_calibration.png, calibration.png
-        for volumes); for several classes by the top label.
+        for volumes), and whether the least sure pixels are the wrong ones (an AUROC, and the share of errors
+        among as many least-sure pixels as there are errors); for several classes by the top label.
 
         Args:
             pred: a folder of predictions, searched recursively.

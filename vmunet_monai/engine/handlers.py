@@ -18,7 +18,7 @@ from ignite.engine import Engine, Events
 
 from vmunet_monai.engine.transforms import foreground, rgb_converter
 from vmunet_monai.evaluation.binary import format_summary, make_record, write_report
-from vmunet_monai.evaluation.calibration import Calibration
+from vmunet_monai.evaluation.calibration import Calibration, errors_line
 from vmunet_monai.evaluation.gallery import WorstCases, tint
 
 __all__ = [
@@ -634,7 +634,8 @@ class CalibrationReport(_EpochReport):
         engine.state.metrics.update(calibration_ece=summary["ece"], calibration_brier=summary["brier"])
         what = "the class probabilities: top-label " if self.calibration.top_label else "the probability maps: "
         print(f"calibration of {what}ECE {summary['ece']:.4f}, Brier {summary['brier']:.4f} over "
-              f"{summary['pixels']:,} {self.unit} ({self.paths['plot']})", flush=True)
+              f"{summary['pixels']:,} {self.unit}{errors_line(summary['errors'], '; ')} ({self.paths['plot']})",
+              flush=True)
 
 
 class OverlayWriter:

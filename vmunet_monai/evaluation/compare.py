@@ -453,9 +453,11 @@ def run_calibration(table_path: str | os.PathLike) -> dict | None:
 
 def compare_calibration(models: Sequence[Model]) -> dict[str, dict]:
     """Per model whose runs' evaluations wrote a calibration (:func:`run_calibration`): ``runs`` (how many of its
-    runs did), the mean ``ece`` and ``brier`` over those runs and their standard deviations (0 for one run), and
-    ``kind`` (foreground or top_label). Each run's numbers are pooled over all its own pixels, not only the cases
-    paired with the other models. Empty when no run has one."""
+    runs did), the mean ``ece`` and ``brier`` over those runs and their standard deviations (0 for one run), the
+    mean ``auroc`` with which its doubt finds its errors (:meth:`vmunet_monai.evaluation.calibration.Calibration.errors`;
+    None where no run recorded one) and its ``auroc_sd``, and ``kind`` (foreground or top_label). Each run's numbers
+    are pooled over all its own pixels, not only the cases paired with the other models. Empty when no run has
+    one."""
     result = {}
     for model in models:
         found = [c for c in (run_calibration(t.path) for t in (model.parts or model.runs)) if c is not None]
@@ -463,8 +465,12 @@ def compare_calibration(models: Sequence[Model]) -> dict[str, dict]:
             ece, ece_sd = mean_sd(c["ece"] for c in found)
             brier, brier_sd = mean_sd(c["brier"] for c in found)
             kinds = sorted({str(c.get("kind", "foreground")) for c in found})
+            aurocs = [e.get("auroc") for e in (c.get("errors") for c in found) if isinstance(e, dict)]
+            auroc, auroc_sd = mean_sd(a for a in aurocs if isinstance(a, (int, float))) if any(
+                isinstance(a, (int, float)) for a in aurocs) else (None, None)
             result[model.label] = {"runs": len(found), "of_runs": len(model.parts or model.runs), "ece": ece,
-                                   "ece_sd": ece_sd, "brier": brier, "brier_sd": brier_sd, "kind": "/".join(kinds)}
+                                   "ece_sd": ece_sd, "brier": brier, "brier_sd": brier_sd, "auroc": auroc,
+                                   "auroc_sd": auroc_sd, "kind": "/".join(kinds)}
     return result
 
 
@@ -474,13 +480,16 @@ def format_calibration(calibration: dict[str, dict]) -> str:
         return ""
     width = max(12, *(len(label) for label in calibration)) + 2
     lines = ["calibration of the probabilities (each run over all its pixels; ECE and Brier score, lower is "
-             "better; mean ± sd over runs):",
-             f"{'model':<{width}}{'runs':>8}   {'ECE':<20}{'Brier':<20}kind"]
+             "better; errors AUROC, how well the least sure pixels find the errors, higher is better; mean ± sd "
+             "over runs):",
+             f"{'model':<{width}}{'runs':>8}   {'ECE':<20}{'Brier':<20}{'errors AUROC':<20}kind"]
     for label, c in calibration.items():
         spread = c["runs"] > 1
         ece = _fmt(c["ece"]) + (f" ± {_fmt(c['ece_sd'])}" if spread else "")
         brier = _fmt(c["brier"]) + (f" ± {_fmt(c['brier_sd'])}" if spread else "")
-        lines.append(f"{label:<{width}}{str(c['runs']) + '/' + str(c['of_runs']):>8}   {ece:<20}{brier:<20}{c['kind']}")
+        auroc = "-" if c.get("auroc") is None else _fmt(c["auroc"]) + (f" ± {_fmt(c['auroc_sd'])}" if spread else "")
+        lines.append(f"{label:<{width}}{str(c['runs']) + '/' + str(c['of_runs']):>8}   {ece:<20}{brier:<20}"
+                     f"{auroc:<20}{c['kind']}")
     return "\n".join(lines)
 
 

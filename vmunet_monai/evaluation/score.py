@@ -141,7 +141,7 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
     beside = [(str(p[1])[: -len("_seg.nii.gz")] + "_prob.nii.gz", p[2]) for p in pairs
               if str(p[1]).endswith("_seg.nii.gz") and os.path.isfile(str(p[1])[: -len("_seg.nii.gz")] + "_prob.nii.gz")]
     if beside:  # predict --probabilities: whether the class probabilities mean what they say
-        from vmunet_monai.evaluation.calibration import calibrate_volumes
+        from vmunet_monai.evaluation.calibration import calibrate_volumes, errors_line
 
         try:
             calibration = calibrate_volumes(beside)
@@ -152,7 +152,8 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
         plot = calibration.plot(out / "calibration.png", title=f"{Path(pred).name}: calibration of the class "
                                 f"probabilities, {len(beside)} of {len(pairs)} case(s), {split} split")
         print(f"calibration of the class probabilities ({len(beside)} case(s) with <case>_prob.nii.gz): top-label "
-              f"ECE {summary['calibration']['ece']:.4f}, Brier {summary['calibration']['brier']:.4f} ({plot})")
+              f"ECE {summary['calibration']['ece']:.4f}, Brier {summary['calibration']['brier']:.4f}"
+              f"{errors_line(summary['calibration']['errors'], '; ')} ({plot})")
     if matched["missing"]:
         print(f"left out: {len(matched['missing'])} {split} case(s) without a prediction (first: "
               f"{matched['missing'][0]})")
@@ -396,13 +397,15 @@ def _write_calibration(calibration, summary: dict, paths: dict, out: Path, split
                        images: int) -> None:
     """``metrics_<split>_calibration.json`` and ``.png`` of ``calibration`` into ``out``, its summary (with the
     number of ``images``) into ``summary`` and its files into ``paths``, and one line on the console."""
+    from vmunet_monai.evaluation.calibration import errors_line
+
     summary["calibration"] = {**calibration.summary(), "images": images}
     paths["calibration_json"] = str(out / f"metrics_{split}_calibration.json")
     Path(paths["calibration_json"]).write_text(json.dumps(summary["calibration"], indent=4) + "\n")
     paths["calibration_plot"] = calibration.plot(out / f"metrics_{split}_calibration.png", title=title)
     print(f"calibration of {what}: ECE {summary['calibration']['ece']:.4f}, Brier "
-          f"{summary['calibration']['brier']:.4f} over {summary['calibration']['pixels']:,} pixels "
-          f"({paths['calibration_plot']})")
+          f"{summary['calibration']['brier']:.4f} over {summary['calibration']['pixels']:,} pixels"
+          f"{errors_line(summary['calibration']['errors'], '; ')} ({paths['calibration_plot']})")
 
 
 def score(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | os.PathLike | None = None,
