@@ -147,6 +147,10 @@ def test_predict_2d_writes_pictures_and_ranks_the_images(tmp_path):
     from vmunet_monai.evaluation.uncertainty import plot_most_uncertain
 
     assert plot_most_uncertain([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+    assert result["disagreement_plot"] == str(out / "disagreement_most.png")
+    assert (out / "disagreement_most.png").is_file()
+    no_spread = [{k: v for k, v in r.items() if k != "mean_disagreement"} for r in result["uncertainty"]]
+    assert plot_most_uncertain(no_spread, tmp_path / "none.png", disagreement=True) is None
     record = json.loads((out / "prediction.json").read_text())
     assert record["settings"]["uncertainty"] is True and record["settings"]["probabilities"] is True
     with pytest.raises(InputError, match="--uncertainty 'yes': true or false"):
@@ -166,6 +170,7 @@ def test_predict_2d_of_several_classes_takes_every_class_map(tmp_path):
     assert row["foreground_pixels"] == int((prob.argmax(0) > 0).sum())
     # one pass: nothing to disagree, so no pass entropy map and an empty column
     assert "mean_disagreement" not in row and not list((tmp_path / "out").rglob("*_pass_entropy*"))
+    assert "disagreement_plot" not in result
     assert _read_table(result["uncertainty_table"])[0]["mean_disagreement"] == ""
 
 

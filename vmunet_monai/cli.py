@@ -386,8 +386,9 @@ class Commands:
                 OUTPUT/uncertainty/<image>_uncertainty.png (the image with the uncertainty in warm colours and the
                 mask's outline) and OUTPUT/uncertainty_most.png, volumes OUTPUT/<case>_uncertainty.nii.gz and
                 a montage; OUTPUT/uncertainty.csv ranks the predictions, the most doubtful first, for review. With
-                --tta or an ensemble, also where the passes disagree, the part more training data removes: pictures
-                <image>_disagreement.png, volumes <case>_disagreement.nii.gz, and the mean_disagreement column.
+                --tta or an ensemble, also where the passes disagree, the part more training data removes (pictures
+                <image>_disagreement.png and disagreement_most.png, volumes <case>_disagreement.nii.gz, and the
+                mean_disagreement column).
             batch_size: 2D bundles: images per network call (each is resized to the network's input first); more
                 keeps a GPU busy and leaves the masks as they are (volumes go one at a time).
             resume: go on with a run into OUTPUT that stopped (a crash, a closed terminal); what it wrote and reads back

@@ -313,8 +313,9 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             ``OUTPUT/uncertainty/**/<stem>_uncertainty.png`` for 2D images, ``OUTPUT/<case>_uncertainty.nii.gz``
             for volumes, and ``OUTPUT/uncertainty.csv``, the most doubtful prediction first. With ``tta`` or an
             ensemble, also where the passes disagree (the mutual information; what to annotate next):
-            ``<stem>_disagreement.png`` beside each picture, ``OUTPUT/<case>_disagreement.nii.gz``, the table's
-            ``mean_disagreement``, from the passes' mean entropy written beside the probabilities
+            ``<stem>_disagreement.png`` beside each picture and ``OUTPUT/disagreement_most.png``,
+            ``OUTPUT/<case>_disagreement.nii.gz``, the table's ``mean_disagreement``, from the passes' mean entropy
+            written beside the probabilities
             (``<stem>_pass_entropy.png``, ``<case>_pass_entropy.nii.gz``).
         batch_size: 2D bundles: images per network call (each is resized to the network's input first, so images of
             any sizes share a batch); more keeps a GPU busy, the masks stay the same. Volumes go one at a time,
@@ -330,9 +331,9 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     Returns:
         ``{"masks": [...], "overlays": [...], "skipped": [{"file", "reason"}, ...], "record": ...}`` (and
         ``"instances"`` with ``split_touching``, ``"uncertainty"`` (the table's rows), ``"uncertainty_table"`` and
-        ``"uncertainty_plot"`` with ``uncertainty``): the paths written, the files that were skipped and the
-        ``OUTPUT/prediction.json`` that records the bundle, weights, classes and settings. For
-        ``synapse_multiorgan``: the list of segmentation files that
+        ``"uncertainty_plot"`` with ``uncertainty``, and ``"disagreement_plot"`` with several passes): the paths
+        written, the files that were skipped and the ``OUTPUT/prediction.json`` that records the bundle, weights,
+        classes and settings. For ``synapse_multiorgan``: the list of segmentation files that
         :func:`~vmunet_monai.predict_volume.predict_volumes` returns.
 
     Raises:
@@ -524,6 +525,10 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         result["uncertainty_plot"] = plot_most_uncertain(result["uncertainty"], out / "uncertainty_most.png")
         print(f"{len(pictures)} uncertainty pictures under {out / 'uncertainty'}; the most doubtful: "
               f"{result['uncertainty_plot']}")
+        if spread:
+            result["disagreement_plot"] = plot_most_uncertain(result["uncertainty"], out / "disagreement_most.png",
+                                                              disagreement=True)
+            print(f"where the passes disagree most: {result['disagreement_plot']}")
     result["record"] = str(write_record(out, workflow.parser, root, weights, bool(model), [source], masks, skipped,
                                         settings, kept=len(good) - len(todo)))
     return result

@@ -205,14 +205,20 @@ def write_uncertainty_2d(items: Sequence[tuple]) -> list[dict]:
     return rows
 
 
-def plot_most_uncertain(rows: Sequence[dict], path: str | os.PathLike, k: int = 8, side: int = 256) -> str | None:
+def plot_most_uncertain(rows: Sequence[dict], path: str | os.PathLike, k: int = 8, side: int = 256,
+                        disagreement: bool = False) -> str | None:
     """The pictures of the ``k`` most doubtful 2D predictions (the table's order), four per row, each titled
-    with its numbers, and the colour scale; None if there are none."""
+    with its numbers, and the colour scale; None if there are none. With ``disagreement``, the disagreement
+    pictures of the ``k`` rows of the largest ``mean_disagreement`` instead (None if no row has one)."""
     from PIL import Image
 
     from vmunet_monai.figures import pyplot, save
 
-    ordered = most_doubtful_first(rows)[:max(k, 0)]
+    if disagreement:
+        ordered = sorted((r for r in rows if "mean_disagreement" in r),
+                         key=lambda r: (-r["mean_disagreement"], r["file"]))[:max(k, 0)]
+    else:
+        ordered = most_doubtful_first(rows)[:max(k, 0)]
     if not ordered:
         return None
     plt = pyplot()
@@ -223,7 +229,7 @@ def plot_most_uncertain(rows: Sequence[dict], path: str | os.PathLike, k: int = 
     for ax in axes.ravel():
         ax.axis("off")
     for i, row in enumerate(ordered):
-        with Image.open(row["picture"]) as opened:
+        with Image.open(row["disagreement_picture" if disagreement else "picture"]) as opened:
             picture = opened.convert("RGB")
             picture.thumbnail((side, side))
         ax = axes[i // per_row, i % per_row]
@@ -231,10 +237,12 @@ def plot_most_uncertain(rows: Sequence[dict], path: str | os.PathLike, k: int = 
         spread = f"\ndisagreement {row['mean_disagreement']:.3f}" if "mean_disagreement" in row else ""
         ax.set_title(f"{i + 1}. {os.path.basename(row['file'])}\nuncertain share {row['uncertain_share']:.2f}, "
                      f"mean {row['mean_uncertainty']:.2f}{spread}", fontsize=8)
-    add_uncertainty_bar(fig, axes.ravel().tolist(), "uncertainty (normalised entropy; drawn with its square as "
-                        "opacity); green: the mask's outline", orientation="horizontal", fraction=0.6 / height,
-                        pad=0.04, aspect=40)
-    fig.suptitle(f"the {len(ordered)} most doubtful of {len(rows)} prediction(s), most doubtful first", fontsize=10)
+    label = ("disagreement of the passes (drawn with itself as opacity)" if disagreement else
+             "uncertainty (normalised entropy; drawn with its square as opacity)")
+    add_uncertainty_bar(fig, axes.ravel().tolist(), f"{label}; green: the mask's outline", orientation="horizontal",
+                        fraction=0.6 / height, pad=0.04, aspect=40)
+    most = "disagreed on" if disagreement else "doubtful"
+    fig.suptitle(f"the {len(ordered)} most {most} of {len(rows)} prediction(s), most {most} first", fontsize=10)
     return save(fig, path, dpi=90)
 
 
