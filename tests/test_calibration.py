@@ -72,7 +72,8 @@ def test_errors_at_their_ends():
     truth = p >= 0.5
     truth[np.abs(p - 0.5) < 0.1] ^= True  # the least sure pixels, and only they, are wrong
     perfect.add(p, truth)
-    assert perfect.errors()["auroc"] == pytest.approx(1.0) and perfect.errors()["least_sure_errors"] == pytest.approx(1.0)
+    assert perfect.errors()["auroc"] == pytest.approx(1.0)
+    assert perfect.errors()["least_sure_errors"] == pytest.approx(1.0)
     right = Calibration()
     right.add(np.array([0.1, 0.9]), np.array([False, True]))
     assert right.errors() == {"auroc": None, "least_sure_errors": None, "wrong": 0, "error_rate": 0.0}

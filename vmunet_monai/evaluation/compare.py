@@ -454,10 +454,10 @@ def run_calibration(table_path: str | os.PathLike) -> dict | None:
 def compare_calibration(models: Sequence[Model]) -> dict[str, dict]:
     """Per model whose runs' evaluations wrote a calibration (:func:`run_calibration`): ``runs`` (how many of its
     runs did), the mean ``ece`` and ``brier`` over those runs and their standard deviations (0 for one run), the
-    mean ``auroc`` with which its doubt finds its errors (:meth:`vmunet_monai.evaluation.calibration.Calibration.errors`;
-    None where no run recorded one) and its ``auroc_sd``, and ``kind`` (foreground or top_label). Each run's numbers
-    are pooled over all its own pixels, not only the cases paired with the other models. Empty when no run has
-    one."""
+    mean ``auroc`` with which its doubt finds its errors
+    (:meth:`vmunet_monai.evaluation.calibration.Calibration.errors`; None where no run recorded one) and its
+    ``auroc_sd``, and ``kind`` (foreground or top_label). Each run's numbers are pooled over all its own pixels,
+    not only the cases paired with the other models. Empty when no run has one."""
     result = {}
     for model in models:
         found = [c for c in (run_calibration(t.path) for t in (model.parts or model.runs)) if c is not None]
