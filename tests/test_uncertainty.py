@@ -150,7 +150,7 @@ def test_predict_2d_writes_pictures_and_ranks_the_images(tmp_path):
     assert result["disagreement_plot"] == str(out / "disagreement_most.png")
     assert (out / "disagreement_most.png").is_file()
     no_spread = [{k: v for k, v in r.items() if k != "mean_disagreement"} for r in result["uncertainty"]]
-    assert plot_most_uncertain(no_spread, tmp_path / "none.png", disagreement=True) is None
+    assert plot_most_uncertain(no_spread, tmp_path / "none.png", by_disagreement=True) is None
     record = json.loads((out / "prediction.json").read_text())
     assert record["settings"]["uncertainty"] is True and record["settings"]["probabilities"] is True
     with pytest.raises(InputError, match="--uncertainty 'yes': true or false"):

@@ -527,7 +527,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
               f"{result['uncertainty_plot']}")
         if spread:
             result["disagreement_plot"] = plot_most_uncertain(result["uncertainty"], out / "disagreement_most.png",
-                                                              disagreement=True)
+                                                              by_disagreement=True)
             print(f"where the passes disagree most: {result['disagreement_plot']}")
     result["record"] = str(write_record(out, workflow.parser, root, weights, bool(model), [source], masks, skipped,
                                         settings, kept=len(good) - len(todo)))

@@ -269,11 +269,12 @@ def predict_volumes(
         raise RuntimeError(f"inference finished but did not write {missing}")
     if maps:
         print(f"{len(maps)} probability volume(s) under {output}")
+    doubts = []  # the table's rows, in the order of the volumes: where each one's maps were written
     if uncertainty:
         from vmunet_monai.evaluation.uncertainty import write_uncertainty_table, write_uncertainty_volumes
 
-        write_uncertainty_table(write_uncertainty_volumes(list(zip(good, maps, spreads or [None] * len(maps)))),
-                                output)
+        doubts = write_uncertainty_volumes(list(zip(good, maps, spreads or [None] * len(maps))))
+        write_uncertainty_table(doubts, output)
     report_skipped(skipped, "volume")
     write_record(output, workflow.parser, bundle_root, weights, bool(model), paths, written, skipped, settings,
                  kept=len(good) - len(todo))
@@ -284,10 +285,8 @@ def predict_volumes(
         ct = workflow.parser.get_parsed_content("intensity") == "ct"  # else MRI: each volume's own percentiles
         write_montages(good, written, os.path.join(output, "montages"), num_classes=classes, class_names=names,
                        window=workflow.parser.get_parsed_content("hu_window") if ct else None,
-                       uncertainties=[m[: -len("_prob.nii.gz")] + "_uncertainty.nii.gz" for m in maps]
-                       if uncertainty else None,
-                       disagreements=[m[: -len("_pass_entropy.nii.gz")] + "_disagreement.nii.gz" for m in spreads]
-                       if spread else None)
+                       uncertainties=[r["picture"] for r in doubts] if uncertainty else None,
+                       disagreements=[r.get("disagreement_picture") for r in doubts] if spread else None)
     return written
 
 

@@ -465,9 +465,9 @@ def compare_calibration(models: Sequence[Model]) -> dict[str, dict]:
             ece, ece_sd = mean_sd(c["ece"] for c in found)
             brier, brier_sd = mean_sd(c["brier"] for c in found)
             kinds = sorted({str(c.get("kind", "foreground")) for c in found})
-            aurocs = [e.get("auroc") for e in (c.get("errors") for c in found) if isinstance(e, dict)]
-            auroc, auroc_sd = mean_sd(a for a in aurocs if isinstance(a, (int, float))) if any(
-                isinstance(a, (int, float)) for a in aurocs) else (None, None)
+            aurocs = [e["auroc"] for e in (c.get("errors") for c in found)  # none in files written before
+                      if isinstance(e, dict) and isinstance(e.get("auroc"), (int, float))]
+            auroc, auroc_sd = mean_sd(aurocs) if aurocs else (None, None)
             result[model.label] = {"runs": len(found), "of_runs": len(model.parts or model.runs), "ece": ece,
                                    "ece_sd": ece_sd, "brier": brier, "brier_sd": brier_sd, "auroc": auroc,
                                    "auroc_sd": auroc_sd, "kind": "/".join(kinds)}

@@ -102,15 +102,18 @@ def most_doubtful_first(rows: Sequence[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (-r["uncertain_share"], -r["mean_uncertainty"], r["file"]))
 
 
+def _grey_levels(path: str | os.PathLike) -> np.ndarray:
+    """A map ``predict`` wrote as an 8-bit PNG (a probability, the passes' entropy) as numbers from 0 to 1."""
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        return np.asarray(opened.convert("L"), np.float32) / 255.0
+
+
 def class_probabilities_2d(maps: Sequence[str | os.PathLike]) -> np.ndarray:
     """(classes, H, W) from ``predict``'s probability PNGs: one ``<stem>_prob.png`` (the foreground of a binary
     network) or ``<stem>_prob_<k>.png`` for each class after the background; the background is what is left."""
-    from PIL import Image
-
-    planes = []
-    for path in maps:
-        with Image.open(path) as opened:
-            planes.append(np.asarray(opened.convert("L"), np.float32) / 255.0)
+    planes = [_grey_levels(path) for path in maps]
     shapes = {p.shape for p in planes}
     if len(shapes) != 1:
         from vmunet_monai.validation import InputError
@@ -193,8 +196,7 @@ def write_uncertainty_2d(items: Sequence[tuple]) -> list[dict]:
                              f"for the image {image_path} of {image.shape[0]}x{image.shape[1]}")
         spread = None
         if rest and rest[0]:
-            with Image.open(rest[0]) as opened:
-                spread = disagreement(uncertainty, np.asarray(opened.convert("L"), np.float32) / 255.0)
+            spread = disagreement(uncertainty, _grey_levels(rest[0]))
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(uncertainty_picture(image, uncertainty, classes)).save(target)
         row = {"file": str(image_path), "picture": str(target), **summarize_uncertainty(uncertainty, classes, spread)}
@@ -206,15 +208,15 @@ def write_uncertainty_2d(items: Sequence[tuple]) -> list[dict]:
 
 
 def plot_most_uncertain(rows: Sequence[dict], path: str | os.PathLike, k: int = 8, side: int = 256,
-                        disagreement: bool = False) -> str | None:
+                        by_disagreement: bool = False) -> str | None:
     """The pictures of the ``k`` most doubtful 2D predictions (the table's order), four per row, each titled
-    with its numbers, and the colour scale; None if there are none. With ``disagreement``, the disagreement
+    with its numbers, and the colour scale; None if there are none. With ``by_disagreement``, the disagreement
     pictures of the ``k`` rows of the largest ``mean_disagreement`` instead (None if no row has one)."""
     from PIL import Image
 
     from vmunet_monai.figures import pyplot, save
 
-    if disagreement:
+    if by_disagreement:
         ordered = sorted((r for r in rows if "mean_disagreement" in r),
                          key=lambda r: (-r["mean_disagreement"], r["file"]))[:max(k, 0)]
     else:
@@ -229,7 +231,7 @@ def plot_most_uncertain(rows: Sequence[dict], path: str | os.PathLike, k: int = 
     for ax in axes.ravel():
         ax.axis("off")
     for i, row in enumerate(ordered):
-        with Image.open(row["disagreement_picture" if disagreement else "picture"]) as opened:
+        with Image.open(row["disagreement_picture" if by_disagreement else "picture"]) as opened:
             picture = opened.convert("RGB")
             picture.thumbnail((side, side))
         ax = axes[i // per_row, i % per_row]
@@ -237,11 +239,11 @@ def plot_most_uncertain(rows: Sequence[dict], path: str | os.PathLike, k: int = 
         spread = f"\ndisagreement {row['mean_disagreement']:.3f}" if "mean_disagreement" in row else ""
         ax.set_title(f"{i + 1}. {os.path.basename(row['file'])}\nuncertain share {row['uncertain_share']:.2f}, "
                      f"mean {row['mean_uncertainty']:.2f}{spread}", fontsize=8)
-    label = ("disagreement of the passes (drawn with itself as opacity)" if disagreement else
+    label = ("disagreement of the passes (drawn with itself as opacity)" if by_disagreement else
              "uncertainty (normalised entropy; drawn with its square as opacity)")
     add_uncertainty_bar(fig, axes.ravel().tolist(), f"{label}; green: the mask's outline", orientation="horizontal",
                         fraction=0.6 / height, pad=0.04, aspect=40)
-    most = "disagreed on" if disagreement else "doubtful"
+    most = "disagreed on" if by_disagreement else "doubtful"
     fig.suptitle(f"the {len(ordered)} most {most} of {len(rows)} prediction(s), most {most} first", fontsize=10)
     return save(fig, path, dpi=90)
 
