@@ -190,7 +190,7 @@ def test_the_worst_case_is_drawn_beside_the_first(tmp_path):
     assert not list((tmp_path / "perfect").glob("montage*.png"))  # nothing wrong, nothing drawn
     # the evaluation's handler keeps one case however many it scores, and draws the same
     handler = ct.OrganMetricsHandler(str(tmp_path / "handler"))
-    engine = SimpleNamespace(state=SimpleNamespace(output=[], batch=[]))
+    engine = SimpleNamespace(state=SimpleNamespace(output=[], batch=[], metrics={}))
     handler._reset(engine)
     for k in (1, 2, 0):  # the worst neither first nor last
         def tensor(name):
@@ -205,6 +205,14 @@ def test_the_worst_case_is_drawn_beside_the_first(tmp_path):
     handler._write(engine)
     assert sorted(p.name for p in (tmp_path / "handler").glob("montage*.png")) == ["montage_img1.png",
                                                                                    "montage_worst_img2.png"]
+    # the means as the evaluator's metrics (what StatsHandler and --tracking mlflow log), undefined ones left out
+    summary, metrics = handler.summary, engine.state.metrics
+    assert metrics["dice_mean"] == pytest.approx(summary["dice"]["mean_over_organs"])
+    for key in ("dice", "hd95_mm", "transunet_dice", "transunet_hd95_voxel"):
+        for organ, stats in summary[key]["per_organ"].items():
+            defined = stats["mean"] is not None and np.isfinite(stats["mean"])
+            assert metrics.get(f"{key}_{organ}") == (pytest.approx(stats["mean"]) if defined else None)
+    assert len(metrics) > 8 and all(isinstance(v, float) for v in metrics.values())
 
 
 def test_spacing_from_affine():

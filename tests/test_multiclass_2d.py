@@ -18,7 +18,7 @@ from vmunet_monai.data.common import DatasetLayoutError, load_datalist
 from vmunet_monai.data.label_maps import find_class_values, parse_mask_values, read_label, write_label_maps
 from vmunet_monai.engine import BinarySegmentationReport, OverlayWriter, output_channels
 from vmunet_monai.evaluation.gallery import class_colors
-from vmunet_monai.evaluation.binary import format_summary, make_record, summarize
+from vmunet_monai.evaluation.binary import format_summary, make_record, summarize, summary_metrics
 from vmunet_monai.validation import InputError
 
 
@@ -189,6 +189,16 @@ def test_summary_of_several_classes_by_hand():
     text = format_summary(summary)
     assert "class a" in text and "class b" in text and "all classes" in text
     assert "every class" in summary["labels"]["pooled"]
+    # as an evaluator's metrics: overall and per class, under names every tracker takes
+    metrics = summary_metrics(summary)
+    assert metrics["pooled_dsc"] == summary["overall"]["pooled"]["dsc"]
+    assert metrics["a/image_dice_mean"] == pytest.approx(a["per_image"]["dice_mean"])
+    assert metrics["b/pooled_miou"] == pytest.approx(b["pooled"]["miou"])
+    odd = {"title": "", "overall": summary["overall"], "groups": {"CVC (300)": a, "Kvasir+": b}}
+    assert summary_metrics(odd)["CVC _300_/pooled_dsc"] == a["pooled"]["dsc"] and "Kvasir_/image_iou_mean" in \
+        summary_metrics(odd)
+    one_group = summary_metrics({"overall": a, "groups": {"only": a}})
+    assert set(one_group) == {"pooled_dsc", "pooled_miou", "image_dice_mean", "image_iou_mean"}
 
 
 def test_classes_absent_from_an_image_can_be_left_out_of_its_mean(tmp_path):

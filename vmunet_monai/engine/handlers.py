@@ -17,7 +17,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from vmunet_monai.engine.transforms import foreground, rgb_converter
-from vmunet_monai.evaluation.binary import format_summary, make_record, write_report
+from vmunet_monai.evaluation.binary import format_summary, make_record, summary_metrics, write_report
 from vmunet_monai.evaluation.calibration import Calibration, errors_line
 from vmunet_monai.evaluation.gallery import WorstCases, tint
 
@@ -396,8 +396,9 @@ class BinarySegmentationReport(_EpochReport):
     Writes ``<prefix>_per_image.csv``, ``<prefix>_summary.json`` and ``<prefix>.png`` under
     ``output_dir`` (see :mod:`vmunet_monai.evaluation.binary`): the paper-compatible pooled metrics
     and per-image Dice/IoU mean ± sd, overall and for each group (e.g. each polyp test set, taken from
-    the datalist item's ``group_key`` field). It also stores the summary in
-    ``engine.state.metrics["pooled_dsc"]`` and ``["image_dice_mean"]`` for other handlers. With ``worst``, it
+    the datalist item's ``group_key`` field). It also stores the summary's numbers in ``engine.state.metrics``
+    (``pooled_dsc``, ``image_dice_mean``, ..., and ``<set>/...``, ``<class>/...``:
+    :func:`~vmunet_monai.evaluation.binary.summary_metrics`) for other handlers and trackers. With ``worst``, it
     also draws the images of the lowest Dice, ground truth beside prediction, as ``<prefix>_worst.png``
     (:mod:`vmunet_monai.evaluation.gallery`).
 
@@ -496,9 +497,7 @@ class BinarySegmentationReport(_EpochReport):
         self.paths = write_report(self.records, self.output_dir, prefix=self.prefix, title=self.title,
                                   worst=self.worst_cases)
         summary = self.paths["summary"]
-        engine.state.metrics["pooled_dsc"] = summary["overall"]["pooled"]["dsc"]
-        engine.state.metrics["pooled_miou"] = summary["overall"]["pooled"]["miou"]
-        engine.state.metrics["image_dice_mean"] = summary["overall"]["per_image"]["dice_mean"]
+        engine.state.metrics.update(summary_metrics(summary))
         if self.print_summary:
             print(format_summary(summary), flush=True)
             shown = [self.paths[k] for k in ("csv", "json", "plot", "worst") if self.paths.get(k)]

@@ -27,6 +27,7 @@ import csv
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -45,7 +46,10 @@ __all__ = [
     "mean_sd",
     "mean_over_classes",
     "summarize",
+    "summary_metrics",
     "format_summary",
+    "metric_key",
+    "scalar_metrics",
     "write_report",
 ]
 
@@ -215,6 +219,45 @@ def summarize(records: Iterable[dict], title: str = "") -> dict:
         **by_group(_per_image(records)),
         "classes": {c: by_group(rs) for c, rs in classes.items()},
     }
+
+
+def metric_key(name: str) -> str:
+    """``name`` as a metric name that every tracker takes (MLflow allows letters, digits and ``_-. :/``): other
+    characters, as in a test set or class named by its folder, become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", str(name))
+
+
+def scalar_metrics(values: dict) -> dict[str, float]:
+    """The finite numbers of ``values`` as floats under :func:`metric_key` names; None, NaN and the rest left out."""
+    flat = {}
+    for key, value in values.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            flat[metric_key(key)] = number
+    return flat
+
+
+def summary_metrics(summary: dict) -> dict[str, float]:
+    """A :func:`summarize` result as an evaluator's ``state.metrics`` (what the stats and tracking handlers log):
+    ``pooled_dsc``, ``pooled_miou``, ``image_dice_mean`` and ``image_iou_mean`` over everything, and the same under
+    ``<set>/`` for each of several test sets and under ``<class>/`` for each of several classes."""
+    def four(prefix: str, block: dict) -> dict:
+        pooled, per_image = block.get("pooled") or {}, block.get("per_image") or {}
+        return {f"{prefix}pooled_dsc": pooled.get("dsc"), f"{prefix}pooled_miou": pooled.get("miou"),
+                f"{prefix}image_dice_mean": per_image.get("dice_mean"),
+                f"{prefix}image_iou_mean": per_image.get("iou_mean")}
+
+    values = four("", summary["overall"])
+    groups = summary.get("groups") or {}
+    if len(groups) > 1:
+        for name, block in groups.items():
+            values.update(four(f"{name}/", block))
+    for name, by_group in (summary.get("classes") or {}).items():
+        values.update(four(f"{name}/", by_group["overall"]))
+    return scalar_metrics(values)
 
 
 def format_summary(summary: dict) -> str:

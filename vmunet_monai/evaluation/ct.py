@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from vmunet_monai.data.synapse import ORGANS
-from vmunet_monai.evaluation.binary import mean_sd
+from vmunet_monai.evaluation.binary import mean_sd, scalar_metrics
 
 __all__ = [
     "DEFAULT_ORGANS",
@@ -47,6 +47,7 @@ __all__ = [
     "plot_organ_boxes",
     "spacing_from_affine",
     "summarize",
+    "summary_metrics",
     "write_case_csv",
 ]
 
@@ -459,6 +460,19 @@ def _nan_to_none(obj):
     return obj
 
 
+def summary_metrics(summary: dict) -> dict[str, float]:
+    """The summary's means as flat numbers, as an evaluator's ``state.metrics`` (what the stats and tracking
+    handlers log): ``dice_mean``, ``dice_<organ>``, ``hd95_mm_mean``, ``hd95_mm_<organ>`` and, under the TransUNet
+    rule, ``transunet_dice_*`` and ``transunet_hd95_voxel_*``; undefined values (None or NaN: an organ missed or
+    absent in every case) are left out."""
+    values = {}
+    for key in ("dice", "hd95_mm", "transunet_dice", "transunet_hd95_voxel"):
+        block = summary.get(key) or {}
+        values[f"{key}_mean"] = block.get("mean_over_organs")
+        values.update({f"{key}_{organ}": stats.get("mean") for organ, stats in (block.get("per_organ") or {}).items()})
+    return scalar_metrics(values)
+
+
 def _log_summary(summary: dict, name: str = "") -> None:
     line = (
         f"{name + ': ' if name else ''}{summary['num_cases']} cases: mean Dice "
@@ -581,6 +595,7 @@ class OrganMetricsHandler:
             return
         os.makedirs(self.output_dir, exist_ok=True)
         self.summary = _write_outputs(self.rows, self.output_dir, self.prefix, self.groups, self.patients)
+        engine.state.metrics.update(summary_metrics(self.summary))
         _log_summary(self.summary)
         first = self._montage["case"] if self._montage is not None else None
         for m, name, title in ((self._montage, "montage", "{case}"),
