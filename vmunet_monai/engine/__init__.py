@@ -19,6 +19,7 @@ from vmunet_monai.engine.handlers import (
 )
 from vmunet_monai.engine.inferers import (EnsembleInferer, FlipTTAInferer, PlainTensorInferer, checkpoint_list,
                                          ensemble_members)
+from vmunet_monai.engine.tracking import TrackingRun, store_uri
 from vmunet_monai.engine.transforms import (
     BinarizeMaskd,
     ChannelArgmaxd,
@@ -62,6 +63,7 @@ __all__ = [
     "Spacingd",
     "SplitPassEntropyd",
     "TqdmProgressBar",
+    "TrackingRun",
     "TrainingCheckpoint",
     "TrainingCurves",
     "ValidateInputd",
@@ -80,4 +82,5 @@ __all__ = [
     "output_channels",
     "rgb_converter",
     "set_determinism",
+    "store_uri",
 ]
