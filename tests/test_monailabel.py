@@ -7,6 +7,7 @@ label that comes back must carry exactly the value ``channel_def`` gives that cl
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import socket
@@ -147,11 +148,22 @@ def test_bundle_train_task_trains_and_saves_weights_that_load(name, tmp_path):
 
     task = BundleTrainTask(str(bundle), {})
     assert task.is_valid()
+    # with mlflow at hand (the [tracking] extra), MONAI Label's own tracking option, which it passes to the bundle
+    tracking = {"tracking": "mlflow"} if importlib.util.find_spec("mlflow") else {}
     task({"model": name, "max_epochs": 1, "device": "cpu", "multi_gpu": False, "val_split": 0.2,
-          "pretrained": True}, Datastore())
+          "pretrained": True, **tracking}, Datastore())
     after = torch.load(model, weights_only=True)  # the bundle's CheckpointSaver wrote the trained weights
     assert after.keys() == before.keys() and any(not torch.equal(after[k], before[k]) for k in after)
     tiny_network(bundle).load_state_dict(after, strict=True)
+    if tracking:  # one finished run in the bundle's store, in the experiment MONAI Label names after the model
+        from mlflow.tracking import MlflowClient
+
+        from vmunet_monai.engine import store_uri
+
+        client = MlflowClient(store_uri(bundle / "eval"))
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        assert [(r.info.status, r.data.tags["workflow"]) for r in runs] == [("FINISHED", "training")]
+        assert "train_loss" in runs[0].data.metrics
 
 
 def _free_port() -> int:
