@@ -91,6 +91,13 @@ def test_train_then_evaluate_per_test_set(prepared, tmp_path):
         assert 0.0 <= pranet["overall"][key] <= 1.0, key
     with open(root / "eval" / "native" / "metrics_test_pranet_per_image.csv") as f:
         assert {row["group"] for row in csv.DictReader(f)} == set(TEST_SETS)
+    # every set's numbers also as the evaluator's metrics (what StatsHandler and --tracking mlflow log)
+    metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
+    for name in TEST_SETS:
+        assert metrics[f"{name}/pranet_mean_dice"] == pytest.approx(pranet["groups"][name]["mean_dice"])
+        assert metrics[f"{name}/pooled_dsc"] == pytest.approx(native["groups"][name]["pooled"]["dsc"])
+    assert metrics["calibration_ece"] == pytest.approx(json.loads(
+        (root / "eval" / "native" / "metrics_test_calibration.json").read_text())["ece"])
     # and the calibration of those maps, over every pixel of the test labels
     calibration = json.loads((root / "eval" / "native" / "metrics_test_calibration.json").read_text())
     labels = [prepared / i["label"] for i in json.loads((prepared / "datalist.json").read_text())["test"]]

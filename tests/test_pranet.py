@@ -130,6 +130,12 @@ def test_image_scores_and_summary():
     assert list(summary["groups"]) == ["Kvasir", "ETIS"] and summary["overall"]["n_images"] == 2
     assert summary["overall"]["e_max"] == pytest.approx(((record["e_curve"] + perfect["e_curve"]) / 2).max())
     assert summary["overall"]["mean_dice"] == pytest.approx((record["mean_dice"] + perfect["mean_dice"]) / 2)
+    # as an evaluator's metrics: overall and per test set
+    metrics = P.summary_metrics(summary)
+    assert metrics["pranet_s_alpha"] == pytest.approx(summary["overall"]["s_alpha"])
+    assert metrics["ETIS/pranet_mae"] == pytest.approx(0.0) and metrics["Kvasir/pranet_e_max"] == pytest.approx(
+        summary["groups"]["Kvasir"]["e_max"])
+    assert len(metrics) == 3 * 7 and len(P.summary_metrics(P.summarize([record]))) == 7
     with pytest.raises(ValueError, match="differ in size"):
         P.image_scores("c", pred[:5], truth)
 

@@ -508,7 +508,9 @@ class PraNetReport(_EpochReport):
     """The PraNet lineage's polyp metrics (:mod:`vmunet_monai.evaluation.pranet`) of an evaluation at each image's
     own size: mean Dice and IoU over 256 thresholds, weighted F-beta, S-alpha, E-phi (max and mean) and MAE, per
     test set, from the predicted probability maps. Writes ``<prefix>_pranet_per_image.csv``,
-    ``<prefix>_pranet_summary.json`` and ``<prefix>_pranet.png`` and prints the table.
+    ``<prefix>_pranet_summary.json`` and ``<prefix>_pranet.png``, prints the table, and puts the numbers in
+    ``engine.state.metrics`` (``pranet_mean_dice``, ..., ``<set>/pranet_...``:
+    :func:`~vmunet_monai.evaluation.pranet.summary_metrics`).
 
     Args:
         output_dir: folder of the report.
@@ -548,11 +550,12 @@ class PraNetReport(_EpochReport):
             self.records.append(image_scores(name, prob, label, group=group if group is not None else "all"))
 
     def _write(self, engine: Engine) -> None:
-        from vmunet_monai.evaluation.pranet import format_summary, write_report
+        from vmunet_monai.evaluation.pranet import format_summary, summary_metrics, write_report
 
         if _rank() != 0 or not self.records:
             return
         self.paths = write_report(self.records, self.output_dir, prefix=self.prefix, title=self.title)
+        engine.state.metrics.update(summary_metrics(self.paths["summary"]))
         print(format_summary(self.paths["summary"]), flush=True)
         print(f"PraNet-protocol report: {self.paths['csv']}, {self.paths['json']}, {self.paths['plot']}", flush=True)
 

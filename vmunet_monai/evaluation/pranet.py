@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["THRESHOLDS", "e_measure_curve", "format_summary", "image_scores", "normalise_map", "overlap_curves",
-           "s_measure", "summarize", "weighted_f_measure", "write_report"]
+           "s_measure", "summarize", "summary_metrics", "weighted_f_measure", "write_report"]
 
 THRESHOLDS = np.linspace(1.0, 0.0, 256)  # 1, 254/255, ..., 0
 EPS = np.finfo(np.float64).eps
@@ -207,6 +207,18 @@ def summarize(records: Iterable[dict], title: str = "") -> dict:
     return {"title": title, "protocol": "PraNet lineage: probability maps at the ground truth's size, min-max "
             "normalised per image, 256 thresholds (mean Dice, mean IoU, E-phi) and S-alpha, weighted F-beta, MAE",
             "overall": _summary_one(records), "groups": {g: _summary_one(rs) for g, rs in groups.items()}}
+
+
+def summary_metrics(summary: dict) -> dict[str, float]:
+    """A :func:`summarize` result as an evaluator's ``state.metrics``: ``pranet_<measure>`` over all images (mean Dice
+    and IoU, weighted F-beta, S-alpha, E-phi max and mean, MAE) and under ``<set>/`` for each of several test sets."""
+    from vmunet_monai.evaluation.binary import scalar_metrics
+
+    measures = ("mean_dice", "mean_iou", "weighted_f", "s_alpha", "e_max", "e_mean", "mae")
+    blocks = [("", summary["overall"])]
+    if len(summary.get("groups") or {}) > 1:
+        blocks += [(f"{name}/", block) for name, block in summary["groups"].items()]
+    return scalar_metrics({f"{prefix}pranet_{m}": block.get(m) for prefix, block in blocks for m in measures})
 
 
 def format_summary(summary: dict) -> str:
