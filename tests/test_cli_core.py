@@ -78,6 +78,11 @@ def test_cli_help_and_doctor(tmp_path):
     det = next(line for line in res.stdout.splitlines() if line.startswith("in deterministic mode (--determinism true)"))
     assert "CPU tensors use cpu, on one thread" in det or "CPU tensors use torch" in det, det
     assert "not deterministic" not in det, det
+    # the optional extras, each with its packages' versions as installed here
+    tracking = next(line for line in res.stdout.splitlines() if line.strip().startswith("tracking "))
+    mlflow = importlib.util.find_spec("mlflow") is not None
+    assert ("mlflow not installed" not in tracking) == mlflow and "--tracking mlflow" in tracking, tracking
+    assert "pip install 'vmunet-monai[EXTRA]'" in res.stdout and "onnxruntime" in res.stdout
     res = subprocess.run([sys.executable, "-m", "vmunet_monai", "benchmark", "--help"], capture_output=True,
                          text=True, env=env, cwd=tmp_path, timeout=300)
     assert "--reference" in (res.stdout + res.stderr)

@@ -16,7 +16,7 @@ class Commands:
     evaluations, scores of segmentations on disk (volumes, objects), prediction, export and packaging."""
 
     def doctor(self):
-        """Versions, devices and every selective-scan backend: available or not, why, and the exact fix."""
+        """Versions, the optional extras, devices and every selective-scan backend: available or not, why, and the fix."""
         from vmunet_monai.doctor import report
 
         print(report())

@@ -18,6 +18,23 @@ ENVIRONMENT_KEYS = ("device", "scan_backend", "deterministic_algorithms", "vmune
 _PACKAGES = ("torch", "monai", "pytorch-ignite", "numpy", "nibabel", "SimpleITK", "itk", "triton", "mamba-ssm",
              "causal-conv1d")
 
+# the optional extras of setup.cfg: (extra, its packages, what it enables)
+_EXTRAS = (
+    ("export", ("onnx", "onnxruntime"), "export --format onnx, checked in onnxruntime"),
+    ("tracking", ("mlflow",), "python -m monai.bundle run ... --tracking mlflow"),
+    ("label", ("monailabel",), "MONAI Label (monailabel itself: pip install --no-deps monailabel==0.8.5 "
+                               "pydicom-seg==0.4.1)"),
+)
+
+
+def _extras() -> list[str]:
+    """One line per optional extra: its packages' versions and what it enables."""
+    lines = []
+    for extra, dists, what in _EXTRAS:
+        versions = ", ".join(f"{d} {_version(d)}" for d in dists)
+        lines.append(f"  {extra:<9} {versions}: {what}")
+    return lines
+
 
 def _version(dist: str) -> str:
     try:
@@ -84,6 +101,7 @@ def report() -> str:
 
     out = [f"vmunet_monai {__version__}  python {platform.python_version()} ({sys.executable})", "", "packages:"]
     out += [f"  {name:<15} {_version(name)}" for name in _PACKAGES]
+    out += ["", "optional extras (pip install 'vmunet-monai[EXTRA]'):"] + _extras()
     out += ["", "devices:"] + [f"  {line}" for line in _devices()]
     out += ["", "selective-scan backends:"]
     for st in backend_status():
