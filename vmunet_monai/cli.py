@@ -16,7 +16,7 @@ class Commands:
     evaluations, scores of segmentations on disk (volumes, objects), prediction, export and packaging."""
 
     def doctor(self):
-        """Versions, the optional extras, devices and every selective-scan backend: available or not, why, and the fix."""
+        """Versions, optional extras, devices and each selective-scan backend: available or not, why, and the fix."""
         from vmunet_monai.doctor import report
 
         print(report())
