@@ -213,6 +213,13 @@ def test_the_worst_case_is_drawn_beside_the_first(tmp_path):
             defined = stats["mean"] is not None and np.isfinite(stats["mean"])
             assert metrics.get(f"{key}_{organ}") == (pytest.approx(stats["mean"]) if defined else None)
     assert len(metrics) > 8 and all(isinstance(v, float) for v in metrics.values())
+    # ACDC's phases and clinical indices too
+    acdc = dict(summary, groups={"ED": summary, "ES": {"dice": {"mean_over_organs": 0.5}}},
+                clinical={"indices": {"LV_EF": {"correlation": 0.9, "bias": -1.5, "mae": float("nan")}}})
+    flat = ct.summary_metrics(acdc)
+    assert flat["ED/dice_mean"] == metrics["dice_mean"] and flat["ES/dice_mean"] == 0.5 and "ES/hd95_mm_mean" not in flat
+    assert (flat["clinical/LV_EF_correlation"], flat["clinical/LV_EF_bias"]) == (0.9, -1.5)
+    assert "clinical/LV_EF_mae" not in flat
 
 
 def test_spacing_from_affine():

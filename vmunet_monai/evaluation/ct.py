@@ -463,13 +463,19 @@ def _nan_to_none(obj):
 def summary_metrics(summary: dict) -> dict[str, float]:
     """The summary's means as flat numbers, as an evaluator's ``state.metrics`` (what the stats and tracking
     handlers log): ``dice_mean``, ``dice_<organ>``, ``hd95_mm_mean``, ``hd95_mm_<organ>`` and, under the TransUNet
-    rule, ``transunet_dice_*`` and ``transunet_hd95_voxel_*``; undefined values (None or NaN: an organ missed or
-    absent in every case) are left out."""
+    rule, ``transunet_dice_*`` and ``transunet_hd95_voxel_*``; ``<group>/dice_mean`` and ``<group>/hd95_mm_mean``
+    per group (ACDC's ED and ES); ``clinical/<index>_correlation``, ``_bias`` and ``_mae`` per clinical index.
+    Undefined values (None or NaN: an organ missed or absent in every case) are left out."""
     values = {}
     for key in ("dice", "hd95_mm", "transunet_dice", "transunet_hd95_voxel"):
         block = summary.get(key) or {}
         values[f"{key}_mean"] = block.get("mean_over_organs")
         values.update({f"{key}_{organ}": stats.get("mean") for organ, stats in (block.get("per_organ") or {}).items()})
+    for group, part in (summary.get("groups") or {}).items():
+        for key in ("dice", "hd95_mm"):
+            values[f"{group}/{key}_mean"] = (part.get(key) or {}).get("mean_over_organs")
+    for index, stats in ((summary.get("clinical") or {}).get("indices") or {}).items():
+        values.update({f"clinical/{index}_{name}": stats.get(name) for name in ("correlation", "bias", "mae")})
     return scalar_metrics(values)
 
 
