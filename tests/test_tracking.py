@@ -85,12 +85,22 @@ def test_training_and_evaluations_each_get_a_finished_run_of_their_own(tmp_path)
     assert "metrics_test_calibration.png" not in files
 
 
-def _engine_with_tracking(tmp_path, run_name: str, close: bool = True):
-    """A one-step ignite engine with MONAI's MLflow handler (as ``--tracking`` attaches it, after ours)."""
-    engine = Engine(lambda e, batch: batch)
+def _engine_with_tracking(tmp_path, run_name: str, close: bool = True, kind: str = "evaluation",
+                          resume_from_epoch: int = 0, fail: bool = False):
+    """A one-step ignite engine with MONAI's MLflow handler (as ``--tracking`` attaches it, after ours); with
+    ``resume_from_epoch`` it starts past that epoch, as a resumed training does; with ``fail`` its step raises."""
+    def step(engine, batch):
+        if fail:
+            raise RuntimeError("the step failed")
+        return batch
+
+    engine = Engine(step)
+    if resume_from_epoch:  # what TrainingCheckpoint does when it resumes: listed before TrackingRun
+        engine.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "epoch", resume_from_epoch))
     picture = tmp_path / "out" / "sub" / "picture.png"
-    tracking = TrackingRun("evaluation", artifacts=str(tmp_path / "out"), tags={"split": "test", "none": None},
-                           close=close)
+    tracking = TrackingRun(kind, artifacts=str(tmp_path / "out"), tags={"split": "test", "none": None,
+                                                                        "checkpoints": "models"},
+                           close=close, resume_tag="checkpoints")
     tracking.attach(engine)
     handler = MLFlowHandler(tracking_uri=store_uri(tmp_path), experiment_name="exp", run_name=run_name,
                             iteration_log=False)
@@ -131,16 +141,45 @@ def test_an_unnamed_run_never_joins_a_run_left_open(tmp_path, monkeypatch):
     assert _artifacts(store_uri(tmp_path), run) == {"sub/picture.png"}  # not the file from before
 
 
-def test_a_named_run_left_open_is_continued(tmp_path, monkeypatch):
-    """``--run_name seed1`` and a resumed training: the open run of that name goes on, kept open without
-    ``close``."""
+def test_a_named_run_gets_a_run_of_its_own(tmp_path, monkeypatch):
+    """``--run_name seed1``: the run is named so, even where a run of that name is open (a training of seed1
+    going on while its last checkpoint is evaluated)."""
     monkeypatch.chdir(tmp_path)
     client, experiment = _experiment(tmp_path)
-    client.create_run(experiment, run_name="seed2")
     open_run = client.create_run(experiment, run_name="seed1").info.run_id
-    engine, tracking, _ = _engine_with_tracking(tmp_path, run_name="seed1", close=False)
+    engine, tracking, _ = _engine_with_tracking(tmp_path, run_name="seed1")
     engine.run([1.0], max_epochs=1)
-    assert tracking.run_id == open_run and client.get_run(open_run).info.status == "RUNNING"
+    assert tracking.run_id != open_run and tracking.run_name == "seed1"
+    assert client.get_run(open_run).info.status == "RUNNING"  # untouched
+    assert client.get_run(tracking.run_id).data.tags["workflow"] == "evaluation"
+
+
+def test_a_failed_training_is_marked_and_its_resumption_goes_on_in_its_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    client, experiment = _experiment(tmp_path)
+    engine, failed, _ = _engine_with_tracking(tmp_path, run_name="", kind="training", close=False, fail=True)
+    with pytest.raises(RuntimeError, match="the step failed"):
+        engine.run([1.0], max_epochs=2)
+    assert client.get_run(failed.run_id).info.status == "RUNNING"
+    failed._fail_if_open()  # what happens when the process exits
+    assert client.get_run(failed.run_id).info.status == "FAILED"
+    # a training of another checkpoint folder, left open, is not the one resumed
+    other = client.create_run(experiment, run_name="other", tags={"workflow": "training", "checkpoints": "elsewhere"})
+
+    # a fresh training: a new run
+    engine, fresh, _ = _engine_with_tracking(tmp_path, run_name="", kind="training", close=False)
+    engine.run([1.0], max_epochs=1)
+    assert fresh.run_id != failed.run_id and client.get_run(failed.run_id).info.status == "FAILED"
+    fresh._fail_if_open()  # completed: left as it is
+    assert client.get_run(fresh.run_id).info.status == "RUNNING"  # a training run is closed by MONAI's handler
+    client.set_terminated(fresh.run_id)
+
+    # the resumed one (the engine starts past epoch 0): the failed run again, running
+    engine, resumed, _ = _engine_with_tracking(tmp_path, run_name="", kind="training", close=False,
+                                               resume_from_epoch=1)
+    engine.run([1.0], max_epochs=2)
+    assert resumed.run_id == failed.run_id and resumed.run_id != other.info.run_id
+    assert client.get_run(failed.run_id).info.status == "RUNNING"
 
 
 def test_without_tracking_nothing_happens(tmp_path, monkeypatch):

@@ -1,16 +1,17 @@
 """Experiment tracking with ``python -m monai.bundle run ... --tracking mlflow``: one MLflow run per workflow.
 
 MONAI's ``--tracking mlflow`` appends its ``MLFlowHandler`` to the trainer's, the validator's and the evaluator's
-handlers. On its own, with the bundles' empty ``run_name``, each handler logs into whichever run of the experiment
-is still open, and an evaluation never closes its run; so the next training or evaluation would write its numbers
+handlers. On its own each handler logs into whichever run of the experiment is still open (with the bundles' empty
+``run_name``), and an evaluation never closes its run; so the next training or evaluation would write its numbers
 into that evaluation's run. :class:`TrackingRun`, listed among a workflow's handlers, gives each workflow a run of
-its own (``training_<time>``, ``evaluation_<split>_<time>`` when ``run_name`` is empty), tags it, logs the
-workflow's pictures and tables as artifacts, and finishes the run of an evaluation. Without tracking it finds no
-MLflow handler and does nothing.
+its own (``training_<time>``, ``evaluation_<split>_<time>``, or ``run_name``), tags it, logs the workflow's
+pictures and tables as artifacts, finishes the run of an evaluation, marks a run that never completed as FAILED,
+and lets a resumed training go on in its run. Without tracking it finds no MLflow handler and does nothing.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import time
@@ -80,18 +81,20 @@ class TrackingRun:
     """One MLflow run per workflow under ``--tracking mlflow``: named, tagged, with the workflow's files, finished.
 
     List it in the handlers of the engine the workflow runs (the trainer for training, the evaluator for an
-    evaluation), anywhere before MONAI's tracking handler, which ``--tracking`` appends to the end of that list.
+    evaluation), anywhere before MONAI's tracking handler, which ``--tracking`` appends to the end of that list,
+    and after a handler that resumes a training (``TrainingCheckpoint``).
 
     - When the engine starts, it opens the run for every MLflow handler on the engine (and on ``evaluator``: the
-      validation during training), before they look for one themselves: with an empty ``run_name`` a new run
-      named ``<name>_<YYYYmmdd_HHMMSS>``, never one another workflow left open; with a ``run_name`` you gave
-      (``--run_name seed1``, also the runs' sub-folder) the open run of that name, so a resumed training goes on
-      in it, or else a new one.
-    - When the engine has completed, after every other handler (the reports are written), the run gets ``tags``,
-      the files under ``artifacts`` written since this handler was made (pictures, tables, reports; not MLflow's
-      store or checkpoints), and the engine's scalar metrics that no handler logged (those reports add some at
-      the end); with ``close`` the run is then finished (MONAI leaves an evaluation's run open; a training's run
-      finishes by itself).
+      validation during training) before they look for one themselves, which would be any run left open. It is a
+      new run, named ``run_name`` when you gave one (``--run_name seed1``, also the runs' sub-folder), else
+      ``<name>_<YYYYmmdd_HHMMSS>``, and tagged at once. A resumed training (the engine starts past epoch 0) goes
+      on in the latest unfinished run whose ``resume_tag`` tag is the same (the bundles: its checkpoint folder).
+    - When the engine has completed, after every other handler (the reports are written), the run gets the files
+      under ``artifacts`` written since this handler was made (pictures, tables, reports; not MLflow's store or
+      checkpoints), ``config``, and the engine's scalar metrics that no handler logged (those reports add some
+      at the end); with ``close`` the run is then finished (MONAI leaves an evaluation's run open; a training's
+      run finishes by itself).
+    - A run that never completes (an error, an interrupt) is marked ``FAILED`` when the process exits.
 
     Args:
         kind: the ``workflow`` tag (``training``, ``evaluation``).
@@ -102,45 +105,58 @@ class TrackingRun:
         name: the first part of a generated run name (default ``kind``).
         config: the workflow's config as run, saved by ``--tracking`` (the bundles pass ``@save_execute_config``,
             which is ``true`` without tracking): logged too (MONAI's handler logs it for a training only).
+        resume_tag: the tag (one of ``tags``) that a resumed training's run shares with the run it continues.
     """
 
     def __init__(self, kind: str, artifacts=(), tags: dict | None = None, evaluator: Engine | None = None,
-                 close: bool = False, name: str | None = None, config=None) -> None:
+                 close: bool = False, name: str | None = None, config=None, resume_tag: str | None = None) -> None:
         self.kind = str(kind)
         self.name = str(name) if name else self.kind
         self.artifacts = [artifacts] if isinstance(artifacts, (str, os.PathLike)) else list(artifacts or ())
         self.config = Path(config) if isinstance(config, (str, os.PathLike)) else None
         self.tags = {str(k): str(v) for k, v in (tags or {}).items() if v is not None}
+        self.tags["workflow"] = self.kind
+        self.resume_tag = resume_tag
         self.evaluator = evaluator
         self.close = bool(close)
         self.since = time.time() - 0.1  # a file's time can lag the clock by a tick
         self.client = None
         self.run_id: str | None = None
         self.run_name: str | None = None
+        self.done = False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.started)
 
-    def _open_run(self, handler) -> None:
+    def _resumed_run(self, client, experiment_id: str):
+        """The latest unfinished run of this workflow with the same ``resume_tag`` value, or None."""
+        value = self.tags.get(self.resume_tag or "")
+        if value is None:
+            return None
+        runs = client.search_runs([experiment_id], filter_string=f"tags.workflow = '{self.kind}'",
+                                  order_by=["attributes.start_time DESC"])
+        return next((r for r in runs if r.data.tags.get(self.resume_tag) == value and r.info.status != "FINISHED"),
+                    None)
+
+    def _open_run(self, handler, resumed: bool) -> None:
         """The run this workflow logs into, chosen once with the first MLflow handler's client and experiment."""
         handler._set_experiment()  # what the handler's own start() does first
         client, experiment_id = handler.client, handler.experiment.experiment_id
-        run = None
-        if handler.run_name:
-            runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
-                                      order_by=["attributes.start_time DESC"])
-            run = next((r for r in runs if r.info.run_name == handler.run_name), None)
+        run = self._resumed_run(client, experiment_id) if resumed else None
         if run is None:
             name = handler.run_name or f"{self.name}_{time.strftime('%Y%m%d_%H%M%S')}"
-            run = client.create_run(experiment_id=experiment_id, run_name=name)
+            run = client.create_run(experiment_id=experiment_id, run_name=name, tags=self.tags)
+        elif run.info.status != "RUNNING":
+            client.update_run(run.info.run_id, status="RUNNING")
         self.client, self.run_id, self.run_name = client, run.info.run_id, run.info.run_name
+        atexit.register(self._fail_if_open)
 
     def started(self, engine: Engine) -> None:
         handlers = mlflow_handlers(engine) + mlflow_handlers(self.evaluator)
         if not handlers:
             return
         if self.run_id is None:
-            self._open_run(handlers[0])
+            self._open_run(handlers[0], resumed=int(getattr(engine.state, "epoch", 0) or 0) > 0)
         for handler in handlers:
             if handler.cur_run is None:
                 handler.cur_run = self.client.get_run(self.run_id)
@@ -152,9 +168,6 @@ class TrackingRun:
         if self.run_id is None:
             return
         client, run_id = self.client, self.run_id
-        tags = dict(self.tags, workflow=self.kind)
-        for key, value in tags.items():
-            client.set_tag(run_id, key, value)
         logged = set(client.get_run(run_id).data.metrics)
         step = int(getattr(engine.state, "epoch", 0) or 0)
         for key, number in scalar_metrics({k: _number(v) for k, v in (engine.state.metrics or {}).items()}).items():
@@ -166,9 +179,21 @@ class TrackingRun:
         for file, folder in files:
             client.log_artifact(run_id, str(file), folder)
         if self.close:
-            client.set_terminated(run_id, "FINISHED")
-            for handler in mlflow_handlers(engine):
-                handler.cur_run = None
+            closed = [h for h in mlflow_handlers(engine) if h.cur_run is not None]
+            for handler in closed:
+                handler.close()
+            if not closed:
+                client.set_terminated(run_id, "FINISHED")
+        self.done = True
         logger.info("MLflow run %r (%s): %d artifact(s)%s", self.run_name, run_id, len(files),
                     ", finished" if self.close else "")
 
+    def _fail_if_open(self) -> None:
+        """At exit: a run whose workflow never completed is marked FAILED (a resumed training goes on in it)."""
+        if self.run_id is None or self.done:
+            return
+        try:
+            if self.client.get_run(self.run_id).info.status == "RUNNING":
+                self.client.set_terminated(self.run_id, "FAILED")
+        except Exception as exc:  # the store may be gone at exit; nothing else to do then
+            logger.warning("MLflow run %s could not be marked FAILED: %s", self.run_id, exc)
