@@ -18,7 +18,7 @@ from vmunet_monai.data.common import DatasetLayoutError, load_datalist
 from vmunet_monai.data.label_maps import find_class_values, parse_mask_values, read_label, write_label_maps
 from vmunet_monai.engine import BinarySegmentationReport, OverlayWriter, output_channels
 from vmunet_monai.evaluation.gallery import class_colors
-from vmunet_monai.evaluation.binary import format_summary, make_record, summarize, summary_metrics
+from vmunet_monai.evaluation.binary import format_summary, make_record, scalar_metrics, summarize, summary_metrics
 from vmunet_monai.validation import InputError
 
 
@@ -197,6 +197,8 @@ def test_summary_of_several_classes_by_hand():
     odd = {"title": "", "overall": summary["overall"], "groups": {"CVC (300)": a, "Kvasir+": b}}
     assert summary_metrics(odd)["CVC _300_/pooled_dsc"] == a["pooled"]["dsc"] and "Kvasir_/image_iou_mean" in \
         summary_metrics(odd)
+    mixed = {"t": torch.tensor(0.5), "several": torch.tensor([1.0, 2.0]), "none": None, "nan (x)": float("nan"), "i": 3}
+    assert scalar_metrics(mixed) == {"t": 0.5, "i": 3.0}
     one_group = summary_metrics({"overall": a, "groups": {"only": a}})
     assert set(one_group) == {"pooled_dsc", "pooled_miou", "image_dice_mean", "image_iou_mean"}
 

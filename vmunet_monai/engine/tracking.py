@@ -20,7 +20,6 @@ from urllib.parse import quote
 
 from ignite.engine import Engine, Events
 
-from vmunet_monai.engine.curves import _number
 from vmunet_monai.evaluation.binary import scalar_metrics
 
 __all__ = ["TrackingRun", "mlflow_handlers", "store_uri"]
@@ -170,7 +169,7 @@ class TrackingRun:
         client, run_id = self.client, self.run_id
         logged = set(client.get_run(run_id).data.metrics)
         step = int(getattr(engine.state, "epoch", 0) or 0)
-        for key, number in scalar_metrics({k: _number(v) for k, v in (engine.state.metrics or {}).items()}).items():
+        for key, number in scalar_metrics(engine.state.metrics or {}).items():
             if key not in logged:
                 client.log_metric(run_id, key, number, step=step)
         files = _artifact_files(self.artifacts, self.since)

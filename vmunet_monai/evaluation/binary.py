@@ -228,12 +228,13 @@ def metric_key(name: str) -> str:
 
 
 def scalar_metrics(values: dict) -> dict[str, float]:
-    """The finite numbers of ``values`` as floats under :func:`metric_key` names; None, NaN and the rest left out."""
+    """The finite numbers of ``values`` (numbers, one-element tensors) as floats under :func:`metric_key` names;
+    None, NaN and the rest left out."""
     flat = {}
     for key, value in values.items():
         try:
             number = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several elements
             continue
         if math.isfinite(number):
             flat[metric_key(key)] = number
