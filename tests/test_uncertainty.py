@@ -155,6 +155,23 @@ def test_predict_2d_writes_pictures_and_ranks_the_images(tmp_path):
     assert record["settings"]["uncertainty"] is True and record["settings"]["probabilities"] is True
     with pytest.raises(InputError, match="--uncertainty 'yes': true or false"):
         predict(str(bundle), str(images), str(tmp_path / "bad"), device="cpu", uncertainty="yes")
+    # --rank_by: the table ordered by another column, largest first
+    from vmunet_monai.evaluation.uncertainty import write_uncertainty_table
+
+    for by, column in (("disagreement", "mean_disagreement"), ("uncertainty", "mean_uncertainty")):
+        (tmp_path / by).mkdir()
+        ranked = _read_table(write_uncertainty_table(result["uncertainty"], tmp_path / by, by=by))
+        values = [float(r[column]) for r in ranked]
+        assert values == sorted(values, reverse=True) and len(values) == 3
+    rerun = predict(str(bundle), str(images / "sub"), str(tmp_path / "ranked"), device="cpu", uncertainty=True,
+                    tta=True, rank_by="disagreement")
+    assert len(_read_table(rerun["uncertainty_table"])) == 1
+    for options, rule in (({"rank_by": "entropy", "uncertainty": True}, "choose from share, uncertainty, disagreement"),
+                          ({"rank_by": "uncertainty"}, "which only --uncertainty writes"),
+                          ({"rank_by": "disagreement", "uncertainty": True}, "needs several passes")):
+        with pytest.raises(InputError, match=rule):  # refused before anything runs
+            predict(str(bundle), str(images), str(tmp_path / "refused"), device="cpu", **options)
+        assert not (tmp_path / "refused").exists()
 
 
 def test_predict_2d_of_several_classes_takes_every_class_map(tmp_path):
@@ -180,11 +197,17 @@ def test_predict_volumes_write_uncertainty_on_the_segmentation_grid(tmp_path):
     bundle = tiny_bundle_with_weights("synapse_multiorgan", tmp_path / "bundle")
     for name, seed in (("ct_a", 0), ("ct_b", 1)):
         write_ct_volume(tmp_path / "scans" / f"{name}.nii.gz", shape=(30, 26, 5), seed=seed)
+    with pytest.raises(InputError, match="--rank_by disagreement: needs several passes"):  # one pass
+        predict(str(bundle), str(tmp_path / "scans"), str(tmp_path / "segs"), device="cpu", uncertainty=True,
+                rank_by="disagreement")
+    assert not (tmp_path / "segs").exists()
     written = predict(str(bundle), str(tmp_path / "scans"), str(tmp_path / "segs"), device="cpu", uncertainty=True,
-                      tta=True)
+                      tta=True, rank_by="disagreement")
     assert len(written) == 2
     rows = _read_table(tmp_path / "segs" / "uncertainty.csv")
     assert sorted(Path(r["file"]).name for r in rows) == ["ct_a.nii.gz", "ct_b.nii.gz"]
+    spread = [float(r["mean_disagreement"]) for r in rows]
+    assert spread == sorted(spread, reverse=True)
     for seg_path in written:
         seg = nib.load(seg_path)
         case = Path(seg_path).name[: -len("_seg.nii.gz")]

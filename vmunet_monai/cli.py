@@ -344,7 +344,7 @@ class Commands:
                 baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
                 window: tuple | None = None, intensity: str | None = None, mask_values=None,
                 split_touching: float | None = None, probabilities: bool = False, resume: bool = False,
-                batch_size: int = 1, uncertainty: bool = False):
+                batch_size: int = 1, uncertainty: bool = False, rank_by: str = "share"):
         """Segment a file or a folder with BUNDLE's network and write masks (and overlays) to OUTPUT.
 
         Unusable files (empty, truncated, not an image, the wrong dimensionality, NaN values) are skipped and
@@ -389,6 +389,9 @@ class Commands:
                 --tta or an ensemble, also where the passes disagree, the part more training data removes (pictures
                 <image>_disagreement.png and disagreement_most.png, volumes <case>_disagreement.nii.gz, and the
                 mean_disagreement column).
+            rank_by: with --uncertainty, the column of uncertainty.csv that puts a prediction first; share (the
+                default, the share of the segmented pixels in doubt), uncertainty (the mean uncertainty) or
+                disagreement (the mean disagreement of the passes, with --tta or an ensemble; what to label next).
             batch_size: 2D bundles: images per network call (each is resized to the network's input first); more
                 keeps a GPU busy and leaves the masks as they are (volumes go one at a time).
             resume: go on with a run into OUTPUT that stopped (a crash, a closed terminal); what it wrote and reads back
@@ -403,7 +406,7 @@ class Commands:
         predict(bundle, input, output, checkpoint=checkpoint, device=device, baseline=baseline, tta=tta, model=model,
                 num_classes=num_classes, window=window, intensity=intensity, mask_values=mask_values,
                 split_touching=split_touching, probabilities=probabilities, resume=resume, batch_size=batch_size,
-                uncertainty=uncertainty)
+                uncertainty=uncertainty, rank_by=rank_by)
 
     def export(self, bundle: str, format: str = "torchscript", checkpoint: str | None = None,
                output: str | None = None, tolerance: float = 1e-4):

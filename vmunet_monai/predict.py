@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from vmunet_monai.engine.utils import find_bundle, inference_configs, network_file
+from vmunet_monai.evaluation.uncertainty import check_rank_by
 from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, check_at_least, check_device, check_flag,
                                      check_output_location, number_list, read_image_2d)
 
@@ -269,7 +270,8 @@ def _window(value) -> list[float]:
 def predict(bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
             baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
             window=None, intensity: str | None = None, mask_values=None, split_touching: float | None = None,
-            probabilities: bool = False, resume: bool = False, batch_size: int = 1, uncertainty: bool = False):
+            probabilities: bool = False, resume: bool = False, batch_size: int = 1, uncertainty: bool = False,
+            rank_by: str = "share"):
     """Write ``OUTPUT/masks/**/<stem>_mask.png`` (0/255, class numbers for several classes, or ``mask_values``) and
     ``OUTPUT/overlays/**/<stem>_overlay.png`` for every image in ``input`` (a file or a folder, searched
     recursively; mask folders and masks beside their images, as X_mask.png beside X.png, are skipped).
@@ -317,6 +319,9 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             ``OUTPUT/<case>_disagreement.nii.gz``, the table's ``mean_disagreement``, from the passes' mean entropy
             written beside the probabilities
             (``<stem>_pass_entropy.png``, ``<case>_pass_entropy.nii.gz``).
+        rank_by: the column of ``uncertainty.csv`` whose largest value comes first: ``share`` (``uncertain_share``),
+            ``uncertainty`` (``mean_uncertainty``) or ``disagreement`` (``mean_disagreement``; several passes)
+            (:func:`vmunet_monai.evaluation.uncertainty.check_rank_by`).
         batch_size: 2D bundles: images per network call (each is resized to the network's input first, so images of
             any sizes share a batch); more keeps a GPU busy, the masks stay the same. Volumes go one at a time,
             their slices batched by the bundle's ``sw_batch_size``.
@@ -346,6 +351,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     check_at_least("predict --batch_size", batch_size, 1)
     check_flag("--probabilities", probabilities)
     check_flag("--uncertainty", uncertainty)
+    check_rank_by(rank_by, uncertainty)
     probabilities = probabilities or uncertainty  # the uncertainty is computed from the probability maps
     if batch_size != 1 and Path(str(bundle)).name in VOLUME_BUNDLES:
         raise InputError(f"--batch_size {batch_size}: only for the 2D bundles; volumes go one at a time (their slices "
@@ -377,7 +383,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             extra["intensity"] = intensity
         return predict_volumes(input, output, checkpoint=checkpoint, device=device, bundle_root=bundle_root,
                                baseline=baseline, tta=tta, model=model, probabilities=probabilities, resume=resume,
-                               uncertainty=uncertainty, **extra)
+                               uncertainty=uncertainty, rank_by=rank_by, **extra)
     if window is not None or intensity is not None:
         option = f"--window {window}" if window is not None else f"--intensity {intensity}"
         raise InputError(f"{option}: only for synapse_multiorgan (volumes); the 2D bundles read photographs")
@@ -439,6 +445,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
                 "probabilities": bool(probabilities), "num_classes": num_classes, "mask_values": mask_values,
                 "batch_size": int(batch_size), "uncertainty": bool(uncertainty)}
     spread = bool(uncertainty) and (bool(tta) or len(weights) > 1) and takes_pass_entropy(configs)
+    check_rank_by(rank_by, uncertainty, spread)
 
     def maps(mask) -> list[Path]:
         """The probability maps of one mask that this run writes."""
@@ -521,7 +528,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             (item["image"], _prob_paths(out, mask, classes), picture,
              _beside_mask(out, mask, "probabilities", "pass_entropy") if spread else None)
             for item, mask, picture in zip(good, masks, pictures)])
-        result["uncertainty_table"] = str(write_uncertainty_table(result["uncertainty"], out))
+        result["uncertainty_table"] = str(write_uncertainty_table(result["uncertainty"], out, by=rank_by))
         result["uncertainty_plot"] = plot_most_uncertain(result["uncertainty"], out / "uncertainty_most.png")
         print(f"{len(pictures)} uncertainty pictures under {out / 'uncertainty'}; the most doubtful: "
               f"{result['uncertainty_plot']}")

@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from vmunet_monai.evaluation.uncertainty import check_rank_by
 from vmunet_monai.validation import VOLUME_EXTENSIONS  # re-exported here, as before
 
 __all__ = ["VOLUME_EXTENSIONS", "default_bundle_root", "find_volumes", "predict_volumes"]
@@ -123,6 +124,7 @@ def predict_volumes(
     probabilities: bool = False,
     resume: bool = False,
     uncertainty: bool = False,
+    rank_by: str = "share",
     **overrides,
 ) -> list[str]:
     """Segment CT volumes with the Synapse bundle and write ``<name>_seg.nii.gz`` into ``output``.
@@ -164,6 +166,8 @@ def predict_volumes(
             (:mod:`vmunet_monai.evaluation.uncertainty`); implies ``probabilities``, from which it is computed.
             With ``tta`` or an ensemble also ``output/<name>_disagreement.nii.gz``, where the passes disagree (the
             table's ``mean_disagreement``), from ``output/<name>_pass_entropy.nii.gz``, the passes' mean entropy.
+        rank_by: the column of ``uncertainty.csv`` whose largest value comes first (``share``, ``uncertainty`` or,
+            with several passes, ``disagreement``: :func:`vmunet_monai.evaluation.uncertainty.check_rank_by`).
         overrides: further ``inference.json`` ids to override (e.g. ``num_classes=3`` for a bundle trained on your
             own classes, ``network_def={...}``, ``roi_size=[...]``).
 
@@ -222,6 +226,7 @@ def predict_volumes(
     probabilities = bool(probabilities or uncertainty)  # the uncertainty is computed from the probability volumes
     maps = [w[: -len("_seg.nii.gz")] + "_prob.nii.gz" for w in written] if probabilities else []
     spread = bool(uncertainty) and (bool(tta) or len(weights) > 1) and takes_pass_entropy(config_files)
+    check_rank_by(rank_by, uncertainty, spread)
     spreads = [w[: -len("_seg.nii.gz")] + "_pass_entropy.nii.gz" for w in written] if spread else []
     check_output_location(volumes, output, written + maps + spreads)
     os.makedirs(output, exist_ok=True)
@@ -274,7 +279,7 @@ def predict_volumes(
         from vmunet_monai.evaluation.uncertainty import write_uncertainty_table, write_uncertainty_volumes
 
         doubts = write_uncertainty_volumes(list(zip(good, maps, spreads or [None] * len(maps))))
-        write_uncertainty_table(doubts, output)
+        write_uncertainty_table(doubts, output, by=rank_by)
     report_skipped(skipped, "volume")
     write_record(output, workflow.parser, bundle_root, weights, bool(model), paths, written, skipped, settings,
                  kept=len(good) - len(todo))

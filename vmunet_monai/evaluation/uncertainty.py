@@ -25,7 +25,8 @@ Each prediction gets one line in ``OUTPUT/uncertainty.csv``, the most doubtful f
   segmented, or nearly so, is in doubt, whatever its size (0 when neither holds any pixel). The table is
   sorted by it: a reviewer with little time checks the top of the list;
 - ``mean_disagreement`` (with ``--tta`` or an ensemble; empty otherwise): the mean disagreement over the whole
-  image or volume. Sorted by it, the table lists first what to annotate next for the model to learn the most.
+  image or volume. Sorted by it (``predict --rank_by disagreement``), the table lists first what to annotate
+  next for the model to learn the most (``--rank_by uncertainty`` sorts by ``mean_uncertainty``).
 
 2D images get ``OUTPUT/uncertainty/**/<stem>_uncertainty.png``: the image in grey with the uncertainty over it
 in warm colours (none where the model is sure) and the predicted mask's outline in green, and
@@ -46,7 +47,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["UNCERTAIN", "add_uncertainty_bar", "class_probabilities_2d", "disagreement", "most_doubtful_first",
+from vmunet_monai.validation import InputError
+
+__all__ = ["RANKINGS", "UNCERTAIN", "add_uncertainty_bar", "check_rank_by", "class_probabilities_2d", "disagreement",
+           "most_doubtful_first",
            "normalized_entropy", "plot_most_uncertain", "summarize_uncertainty", "uncertainty_colours",
            "uncertainty_picture", "uncertainty_rgba", "write_uncertainty_2d", "write_uncertainty_table",
            "write_uncertainty_volumes"]
@@ -97,9 +101,32 @@ def summarize_uncertainty(uncertainty: np.ndarray, foreground: np.ndarray, sprea
     return row
 
 
-def most_doubtful_first(rows: Sequence[dict]) -> list[dict]:
-    """The table's order: the largest ``uncertain_share`` first, then the largest ``mean_uncertainty``."""
-    return sorted(rows, key=lambda r: (-r["uncertain_share"], -r["mean_uncertainty"], r["file"]))
+# what ``predict --rank_by`` orders ``uncertainty.csv`` by: the column, largest first
+RANKINGS = {"share": "uncertain_share", "uncertainty": "mean_uncertainty", "disagreement": "mean_disagreement"}
+
+
+def check_rank_by(rank_by: str, uncertainty: bool, passes: bool | None = None) -> str:
+    """``predict --rank_by``: one of :data:`RANKINGS`, other than ``share`` only with ``--uncertainty`` (which writes
+    the table), and ``disagreement`` only where ``passes`` (several passes whose disagreement is written; None:
+    not known yet). Returns it; raises :class:`~vmunet_monai.validation.InputError` naming the rule."""
+    if rank_by not in RANKINGS:
+        raise InputError(f"--rank_by {rank_by!r}: choose from {', '.join(RANKINGS)} (the column of uncertainty.csv "
+                         f"to put the largest first)")
+    if rank_by != "share" and not uncertainty:
+        raise InputError(f"--rank_by {rank_by}: orders uncertainty.csv, which only --uncertainty writes")
+    if rank_by == "disagreement" and passes is False:
+        raise InputError("--rank_by disagreement: needs several passes whose disagreement is written (--tta, or "
+                         "several --checkpoint files, with a bundle whose inference.json has pass_entropy)")
+    return rank_by
+
+
+def most_doubtful_first(rows: Sequence[dict], by: str = "share") -> list[dict]:
+    """The table's order: the largest ``uncertain_share`` first, then the largest ``mean_uncertainty``; with ``by``
+    ``uncertainty`` or ``disagreement`` (:data:`RANKINGS`), the largest ``mean_uncertainty`` or
+    ``mean_disagreement`` first, then the largest ``uncertain_share``."""
+    column = RANKINGS[by]
+    second = "mean_uncertainty" if column == "uncertain_share" else "uncertain_share"
+    return sorted(rows, key=lambda r: (-r.get(column, 0.0), -r[second], r["file"]))
 
 
 def _grey_levels(path: str | os.PathLike) -> np.ndarray:
@@ -116,8 +143,6 @@ def class_probabilities_2d(maps: Sequence[str | os.PathLike]) -> np.ndarray:
     planes = [_grey_levels(path) for path in maps]
     shapes = {p.shape for p in planes}
     if len(shapes) != 1:
-        from vmunet_monai.validation import InputError
-
         raise InputError(f"{', '.join(str(m) for m in maps)}: probability maps of different sizes {sorted(shapes)} "
                          f"(the maps of one image's classes are of its size)")
     rest = np.clip(1.0 - np.sum(planes, axis=0), 0.0, 1.0)
@@ -290,10 +315,11 @@ def write_uncertainty_volumes(items: Sequence[tuple], slab: int = 16) -> list[di
     return rows
 
 
-def write_uncertainty_table(rows: Sequence[dict], out: str | os.PathLike, shown: int = 3) -> Path:
+def write_uncertainty_table(rows: Sequence[dict], out: str | os.PathLike, shown: int = 3, by: str = "share") -> Path:
     """``OUTPUT/uncertainty.csv``, the most doubtful prediction first (largest ``uncertain_share``, then
-    ``mean_uncertainty``); prints where it is and the first ``shown`` files."""
-    ordered = most_doubtful_first(rows)
+    ``mean_uncertainty``; or by another column, ``by``: :func:`most_doubtful_first`); prints where it is and the
+    first ``shown`` files."""
+    ordered = most_doubtful_first(rows, by)
     path = Path(out) / "uncertainty.csv"
     fields = ["rank", "file", "uncertain_share", "mean_uncertainty", "uncertain_pixels", "foreground_pixels",
               "mean_disagreement", "picture", "disagreement_picture"]
@@ -305,6 +331,8 @@ def write_uncertainty_table(rows: Sequence[dict], out: str | os.PathLike, shown:
             values = {k: row.get(k, "") for k in fields[1:]}  # no disagreement from a single pass
             writer.writerow({"rank": rank, **{k: f"{v:.4f}" if isinstance(v, float) else v for k, v in values.items()}})
     os.replace(partial, path)
-    first = ", ".join(f"{os.path.basename(r['file'])} ({r['uncertain_share']:.2f})" for r in ordered[:shown])
-    print(f"uncertainty of {len(ordered)} prediction(s) in {path}; most doubtful first (uncertain share): {first}")
+    column = RANKINGS[by]
+    first = ", ".join(f"{os.path.basename(r['file'])} ({r.get(column, 0.0):.2f})" for r in ordered[:shown])
+    print(f"uncertainty of {len(ordered)} prediction(s) in {path}; most doubtful first ({column.replace('_', ' ')}): "
+          f"{first}")
     return path
