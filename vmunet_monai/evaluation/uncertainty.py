@@ -332,7 +332,8 @@ def write_uncertainty_table(rows: Sequence[dict], out: str | os.PathLike, shown:
             writer.writerow({"rank": rank, **{k: f"{v:.4f}" if isinstance(v, float) else v for k, v in values.items()}})
     os.replace(partial, path)
     column = RANKINGS[by]
-    first = ", ".join(f"{os.path.basename(r['file'])} ({r.get(column, 0.0):.2f})" for r in ordered[:shown])
+    digits = 2 if column == "uncertain_share" else 4  # a mean disagreement is often below 0.01
+    first = ", ".join(f"{os.path.basename(r['file'])} ({r.get(column, 0.0):.{digits}f})" for r in ordered[:shown])
     print(f"uncertainty of {len(ordered)} prediction(s) in {path}; most doubtful first ({column.replace('_', ' ')}): "
           f"{first}")
     return path
