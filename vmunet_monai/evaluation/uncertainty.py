@@ -242,8 +242,7 @@ def plot_most_uncertain(rows: Sequence[dict], path: str | os.PathLike, k: int = 
     from vmunet_monai.figures import pyplot, save
 
     if by_disagreement:
-        ordered = sorted((r for r in rows if "mean_disagreement" in r),
-                         key=lambda r: (-r["mean_disagreement"], r["file"]))[:max(k, 0)]
+        ordered = most_doubtful_first([r for r in rows if "mean_disagreement" in r], "disagreement")[:max(k, 0)]
     else:
         ordered = most_doubtful_first(rows)[:max(k, 0)]
     if not ordered:
