@@ -53,11 +53,12 @@ def test_training_and_evaluations_each_get_a_finished_run_of_their_own(tmp_path)
     _run_workflow(root, prepared, ["train.json"], "train")
     _run_workflow(root, prepared, ["train.json", "evaluate.json"], "eval")
     _run_workflow(root, prepared, ["train.json", "evaluate.json", "evaluate_native.json"], "eval")
+    _run_workflow(root, prepared, ["inference.json"], "infer")
 
     uri = store_uri(root / "eval")
     assert (root / "eval" / "mlruns.db").is_file()
-    training, evaluation, native = _runs(uri, BUNDLE)  # the experiment is named after the bundle
-    for run in (training, evaluation, native):
+    training, evaluation, native, inference = _runs(uri, BUNDLE)  # the experiment is named after the bundle
+    for run in (training, evaluation, native, inference):
         assert run.info.status == "FINISHED", run.info.run_name
     assert training.info.run_name.startswith("training_")
     assert evaluation.info.run_name.startswith("evaluation_test_") and native.info.run_name.startswith("evaluation_")
@@ -83,6 +84,15 @@ def test_training_and_evaluations_each_get_a_finished_run_of_their_own(tmp_path)
     assert native.data.metrics["calibration_ece"] == pytest.approx(calibration["ece"])
     assert {"metrics_test_calibration.png", "metrics_test_per_image.csv"} <= _artifacts(uri, native)
     assert "metrics_test_calibration.png" not in files
+
+    # an inference: in the bundle's experiment too (not MONAI's default), with its weights, data and image count
+    test_images = json.loads((prepared / "datalist.json").read_text())["test"]
+    assert inference.info.run_name.startswith("inference_") and inference.data.tags["workflow"] == "inference"
+    assert inference.data.tags["checkpoints"].endswith("models/model.pt")
+    assert inference.data.tags["output_dir"].endswith("eval") and inference.data.tags["tta"] == "False"
+    assert inference.data.metrics == {"images": len(test_images)}
+    assert [name for name in _artifacts(uri, inference) if not name.startswith("config_")] == []
+    assert "images" not in training.data.metrics and "images" not in evaluation.data.metrics
 
 
 def _engine_with_tracking(tmp_path, run_name: str, close: bool = True, kind: str = "evaluation",

@@ -3,8 +3,9 @@
 MONAI's ``--tracking mlflow`` appends its ``MLFlowHandler`` to the trainer's, the validator's and the evaluator's
 handlers. On its own each handler logs into whichever run of the experiment is still open (with the bundles' empty
 ``run_name``), and an evaluation never closes its run; so the next training or evaluation would write its numbers
-into that evaluation's run. :class:`TrackingRun`, listed among a workflow's handlers, gives each workflow a run of
-its own (``training_<time>``, ``evaluation_<split>_<time>``, or ``run_name``), tags it, logs the workflow's
+into that evaluation's run (an inference too). :class:`TrackingRun`, listed among a workflow's handlers, gives each
+workflow a run of its own (``training_<time>``, ``evaluation_<split>_<time>``, ``inference_<time>``, or
+``run_name``), tags it, logs the workflow's
 pictures and tables as artifacts, finishes the run of an evaluation, marks a run that never completed as FAILED,
 and lets a resumed training go on in its run. Without tracking it finds no MLflow handler and does nothing.
 """
@@ -76,6 +77,14 @@ def _artifact_files(paths, since: float) -> list[tuple[Path, str | None]]:
     return list(found.items())
 
 
+def _items(engine: Engine) -> int:
+    """How many items ``engine`` ran over: its data's length where it has one, else its iterations."""
+    try:
+        return len(engine.state.dataloader.dataset)
+    except (AttributeError, TypeError):
+        return int(engine.state.iteration or 0)
+
+
 class TrackingRun:
     """One MLflow run per workflow under ``--tracking mlflow``: named, tagged, with the workflow's files, finished.
 
@@ -96,7 +105,7 @@ class TrackingRun:
     - A run that never completes (an error, an interrupt) is marked ``FAILED`` when the process exits.
 
     Args:
-        kind: the ``workflow`` tag (``training``, ``evaluation``).
+        kind: the ``workflow`` tag (``training``, ``evaluation``, ``inference``).
         artifacts: files or folders whose new files are logged (a folder's sub-folders are kept).
         tags: more tags for the run (values turned into strings; None left out).
         evaluator: another engine whose MLflow handlers log into the same run (the validation during training).
@@ -105,10 +114,13 @@ class TrackingRun:
         config: the workflow's config as run, saved by ``--tracking`` (the bundles pass ``@save_execute_config``,
             which is ``true`` without tracking): logged too (MONAI's handler logs it for a training only).
         resume_tag: the tag (one of ``tags``) that a resumed training's run shares with the run it continues.
+        count: the name of a metric logged at completion: how many items the engine's data held (an inference's
+            ``images`` or ``volumes``, which has no other number to log).
     """
 
     def __init__(self, kind: str, artifacts=(), tags: dict | None = None, evaluator: Engine | None = None,
-                 close: bool = False, name: str | None = None, config=None, resume_tag: str | None = None) -> None:
+                 close: bool = False, name: str | None = None, config=None, resume_tag: str | None = None,
+                 count: str | None = None) -> None:
         self.kind = str(kind)
         self.name = str(name) if name else self.kind
         self.artifacts = [artifacts] if isinstance(artifacts, (str, os.PathLike)) else list(artifacts or ())
@@ -118,6 +130,7 @@ class TrackingRun:
         self.resume_tag = resume_tag
         self.evaluator = evaluator
         self.close = bool(close)
+        self.count = str(count) if count else None
         self.since = time.time() - 0.1  # a file's time can lag the clock by a tick
         self.client = None
         self.run_id: str | None = None
@@ -169,7 +182,10 @@ class TrackingRun:
         client, run_id = self.client, self.run_id
         logged = set(client.get_run(run_id).data.metrics)
         step = int(getattr(engine.state, "epoch", 0) or 0)
-        for key, number in scalar_metrics(engine.state.metrics or {}).items():
+        numbers = scalar_metrics(engine.state.metrics or {})
+        if self.count:
+            numbers[self.count] = float(_items(engine))
+        for key, number in numbers.items():
             if key not in logged:
                 client.log_metric(run_id, key, number, step=step)
         files = _artifact_files(self.artifacts, self.since)
