@@ -37,7 +37,7 @@ def _cli(*args, cwd):
 
 
 def _mixed_folder(folder):
-    """Three usable images (odd sizes, grey, RGBA, 16-bit) and five unusable files."""
+    """Three usable images (odd sizes, grey, RGBA, 16-bit) and six unusable files."""
     good = {
         "odd.png": write_rgb(folder / "odd.png", 37, 53),
         "grey.jpg": folder / "sub" / "grey.jpg",
@@ -53,6 +53,7 @@ def _mixed_folder(folder):
         "empty.jpg": folder / "empty.jpg",
         "ct.nii.gz": write_ct_volume(folder / "ct.nii.gz"),
         "nan.tif": folder / "nan.tif",
+        "odd.tif": write_rgb(folder / "odd.tif", 40, 40),  # a second image whose mask would be odd_mask.png
     }
     bad["text.png"].write_text("hello")
     bad["empty.jpg"].write_bytes(b"")
@@ -77,8 +78,9 @@ def test_predict_skips_and_names_bad_files_and_segments_the_rest(lesion_bundle, 
     assert set(skipped) == set(bad)
     assert "cannot be decoded" in skipped["cut.png"] and "not an image file" in skipped["text.png"]
     assert "empty" in skipped["empty.jpg"] and "3D volume" in skipped["ct.nii.gz"] and "NaN" in skipped["nan.tif"]
+    assert f"its mask masks/odd_mask.png is already the output of {good['odd.png']}" in skipped["odd.tif"]
     err = capsys.readouterr().err
-    assert all(f"skipped {bad[name]}" in err for name in bad) and "5 file(s) skipped" in err
+    assert all(f"skipped {bad[name]}" in err for name in bad) and "6 file(s) skipped" in err
 
 
 def test_predict_leaves_out_masks_beside_their_images(lesion_bundle, tmp_path):

@@ -348,8 +348,9 @@ class Commands:
         """Segment a file or a folder with BUNDLE's network and write masks (and overlays) to OUTPUT.
 
         Unusable files (empty, truncated, not an image, the wrong dimensionality, NaN values) are skipped and
-        named on stderr; the exit status is non-zero only if nothing could be segmented. OUTPUT may not be an
-        input or lie inside the input folder.
+        named on stderr, as is a file whose output another input already takes (X.tif beside X.png); the exit
+        status is non-zero only if nothing could be segmented. OUTPUT may not be an input or lie inside the input
+        folder.
 
         Args:
             bundle: a bundle name (isic_skin_lesion, polyp_seg, synapse_multiorgan) or a bundle folder (as the

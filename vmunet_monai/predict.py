@@ -7,7 +7,8 @@ writes. ``synapse_multiorgan`` goes to :func:`vmunet_monai.predict_volume.predic
 
 Before the network runs, every input file is decoded once and checked
 (:func:`vmunet_monai.validation.read_image_2d`): a file that is empty, truncated, not an image, a 3D
-volume or holds NaN pixels is skipped and named, and the rest is segmented. The checkpoint must be
+volume or holds NaN pixels is skipped and named, and so is an image whose mask another image of its folder
+already writes (``X.png`` and ``X.tif``: the first in name order is kept); the rest is segmented. The checkpoint must be
 a state dict of the bundle's network (:func:`vmunet_monai.weights.check_checkpoint_fits`), and the
 output folder may not be an input or lie inside the input folder.
 """
@@ -425,7 +426,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
                   else f"not an image file ({', '.join(IMAGE_EXTENSIONS)})")
         skipped.append({"file": path, "reason": f"{path}: {reason}"})
     data_root = _common_folder([c["image"] for c in candidates])
-    good = []
+    good, taken = [], {}
     for item in candidates:
         try:
             pixels = read_image_2d(item["image"])
@@ -435,6 +436,12 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         except InputError as exc:
             skipped.append({"file": item["image"], "reason": str(exc)})
             continue
+        mask = _planned(item, out, data_root)[0]  # X.png and X.tif of one folder would write one X_mask.png
+        if mask in taken:
+            skipped.append({"file": item["image"], "reason": f"{item['image']}: its mask {mask.relative_to(out)} is "
+                            f"already the output of {taken[mask]} (give images distinct names)"})
+            continue
+        taken[mask] = item["image"]
         good.append(item)
     if not good:
         first = f"; first: {skipped[0]['reason']}" if skipped else ""
