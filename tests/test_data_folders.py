@@ -355,3 +355,39 @@ def test_glands_in_one_folder_keep_the_split_their_names_state(tmp_path):
     per_image = summary["overall"]["per_image"]
     assert per_image["dice_mean"] == 1.0  # the same pixels ...
     assert per_image["f1_mean"] < 1.0 and per_image["object_dice_mean"] < 1.0  # ... but touching glands merged
+
+
+def test_two_images_of_one_name_get_one_mask_the_png_and_the_other_is_named(tmp_path):
+    """X.jpg beside X.png (the same picture twice, or two pictures for one mask): kept, both would get X's mask and
+    could land in two splits (a test image also trained on). The PNG is paired; the other is skipped and named."""
+    from vmunet_monai.data.common import pair_images_and_masks
+
+    rng = np.random.default_rng(13)
+    raw = tmp_path / "own"
+    _write_pairs(raw / "images", raw / "masks", [f"c{i}" for i in range(10)], rng, image_ext=".png")
+    for stem, ext in (("c0", ".jpg"), ("c1", ".bmp")):  # .bmp and .jpg sort before .png: the order is not the rule
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(raw / "images" / f"{stem}{ext}")
+    out = tmp_path / "out"
+    prepare("isic_skin_lesion", str(raw), str(out))
+    doc = _datalist(out)
+    everything = sum((doc[k] for k in ("training", "validation", "test")), [])
+    assert sorted(Path(it["image"]).name for it in everything) == sorted(f"c{i}.png" for i in range(10))
+    reasons = {Path(s["file"]).name: s["reason"] for s in doc["meta"]["skipped"]}
+    assert set(reasons) == {"c0.jpg", "c1.bmp"}
+    assert "its mask" in reasons["c0.jpg"] and "c0.png (two images named 'c0'" in reasons["c0.jpg"]
+
+    # the same beside the images (X.png, X.tif, X_mask.png in one folder)
+    mixed = tmp_path / "beside"
+    _side_by_side(mixed, [f"m{i}" for i in range(8)], rng)
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(mixed / "m3.tif")
+    prepare("polyp_seg", str(mixed), str(tmp_path / "out_beside"), test_fraction=0.25)
+    doc = _datalist(tmp_path / "out_beside")
+    everything = sum((doc[k] for k in ("training", "validation", "test")), [])
+    assert len(everything) == 8 and all(Path(it["image"]).suffix == ".png" for it in everything)
+    (skipped,) = doc["meta"]["skipped"]
+    assert skipped["file"].endswith("m3.tif") and "m3_mask.png is the mask of" in skipped["reason"]
+
+    # without a list to report them in, two images of one name are an error naming both
+    images = sorted((raw / "images").iterdir())
+    with pytest.raises(DatasetLayoutError, match=r"c0\.jpg: its mask .*c0\.png is the mask of .*c0\.png"):
+        pair_images_and_masks(images, raw / "masks")

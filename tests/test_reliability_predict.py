@@ -53,7 +53,7 @@ def _mixed_folder(folder):
         "empty.jpg": folder / "empty.jpg",
         "ct.nii.gz": write_ct_volume(folder / "ct.nii.gz"),
         "nan.tif": folder / "nan.tif",
-        "odd.tif": write_rgb(folder / "odd.tif", 40, 40),  # a second image whose mask would be odd_mask.png
+        "odd.bmp": write_rgb(folder / "odd.bmp", 40, 40),  # a second odd_mask.png: the PNG is segmented
     }
     bad["text.png"].write_text("hello")
     bad["empty.jpg"].write_bytes(b"")
@@ -78,7 +78,7 @@ def test_predict_skips_and_names_bad_files_and_segments_the_rest(lesion_bundle, 
     assert set(skipped) == set(bad)
     assert "cannot be decoded" in skipped["cut.png"] and "not an image file" in skipped["text.png"]
     assert "empty" in skipped["empty.jpg"] and "3D volume" in skipped["ct.nii.gz"] and "NaN" in skipped["nan.tif"]
-    assert f"its mask masks/odd_mask.png is already the output of {good['odd.png']}" in skipped["odd.tif"]
+    assert f"its mask masks/odd_mask.png is already the output of {good['odd.png']}" in skipped["odd.bmp"]
     err = capsys.readouterr().err
     assert all(f"skipped {bad[name]}" in err for name in bad) and "6 file(s) skipped" in err
 

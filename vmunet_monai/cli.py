@@ -271,7 +271,8 @@ class Commands:
         X_mask.png; in one folder, or one folder per category as BUSI, each category reported apart; several
         masks of one image are merged; names train_*, testA_*, testB_* as GlaS's are the split). A mask is
         named after its image, with a suffix found by trying "", _mask, _segmentation, _seg, _gt, _label and
-        -mask (_anno too, beside the images). Masks are binary, or label maps of several classes named with
+        -mask (_anno too, beside the images); of two images with one name (X.jpg beside X.png) only the PNG gets
+        the mask, and the other is skipped. Masks are binary, or label maps of several classes named with
         --classes (or in a dataset.json beside the folders): class numbers, grey levels such as 0,128,255 or a
         palette PNG; prepare prints the --num_classes to train with.
         Your own CT or MRI volumes and classes go to synapse_multiorgan as imagesTr/ and labelsTr/ (Decathlon,

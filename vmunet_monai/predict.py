@@ -7,10 +7,11 @@ writes. ``synapse_multiorgan`` goes to :func:`vmunet_monai.predict_volume.predic
 
 Before the network runs, every input file is decoded once and checked
 (:func:`vmunet_monai.validation.read_image_2d`): a file that is empty, truncated, not an image, a 3D
-volume or holds NaN pixels is skipped and named, and so is an image whose mask another image of its folder
-already writes (``X.png`` and ``X.tif``: the first in name order is kept); the rest is segmented. The checkpoint must be
-a state dict of the bundle's network (:func:`vmunet_monai.weights.check_checkpoint_fits`), and the
-output folder may not be an input or lie inside the input folder.
+volume or holds NaN pixels is skipped and named, and so is an image whose mask another image of its
+folder already writes (``X.png`` and ``X.tif``: the PNG is kept, else the first in name order); the rest
+is segmented. The checkpoint must be a state dict of the bundle's network
+(:func:`vmunet_monai.weights.check_checkpoint_fits`), and the output folder may not be an input or lie
+inside the input folder.
 """
 
 from __future__ import annotations
@@ -427,7 +428,9 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         skipped.append({"file": path, "reason": f"{path}: {reason}"})
     data_root = _common_folder([c["image"] for c in candidates])
     good, taken = [], {}
-    for item in candidates:
+    # PNGs first, so that of X.png and X.jpg in one folder, which would write one X_mask.png, the PNG is segmented
+    # (as prepare pairs them); the rest in the order found
+    for order, item in sorted(enumerate(candidates), key=lambda c: (not c[1]["image"].lower().endswith(".png"), c[0])):
         try:
             pixels = read_image_2d(item["image"])
             if min(pixels.shape[:2]) < MIN_SIZE:
@@ -436,13 +439,14 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         except InputError as exc:
             skipped.append({"file": item["image"], "reason": str(exc)})
             continue
-        mask = _planned(item, out, data_root)[0]  # X.png and X.tif of one folder would write one X_mask.png
+        mask = _planned(item, out, data_root)[0]
         if mask in taken:
             skipped.append({"file": item["image"], "reason": f"{item['image']}: its mask {mask.relative_to(out)} is "
                             f"already the output of {taken[mask]} (give images distinct names)"})
             continue
         taken[mask] = item["image"]
-        good.append(item)
+        good.append((order, item))
+    good = [item for _, item in sorted(good, key=lambda g: g[0])]
     if not good:
         first = f"; first: {skipped[0]['reason']}" if skipped else ""
         raise NothingToPredictError(f"{input}: no image could be segmented ({len(skipped)} file(s) skipped{first})")

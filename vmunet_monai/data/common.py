@@ -24,8 +24,10 @@ __all__ = [
     "fold_folder",
     "IMAGE_EXTENSIONS",
     "DatasetLayoutError",
+    "image_per_stem",
     "list_images",
     "pair_images_and_masks",
+    "same_stem_reason",
     "verify_pairs",
     "check_prepare_output",
     "report_skipped",
@@ -80,6 +82,22 @@ def list_images(folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXT
     return sorted(files, key=lambda p: p.name)
 
 
+def image_per_stem(images: Iterable[Path]) -> dict[str, Path]:
+    """The image that gets the mask of each file stem among ``images``: where a stem has several files (``X.jpg``
+    beside ``X.png``: the same picture twice, or two pictures for one mask) the PNG, else the first."""
+    kept: dict[str, Path] = {}
+    for img in images:
+        if img.stem not in kept or (img.suffix.lower() == ".png" and kept[img.stem].suffix.lower() != ".png"):
+            kept[img.stem] = img
+    return kept
+
+
+def same_stem_reason(image: Path, mask, kept: Path) -> str:
+    """Why ``image`` is skipped: ``kept`` (:func:`image_per_stem`), of the same stem, has its mask ``mask``."""
+    return (f"{image}: its mask {mask} is the mask of {kept} (two images named {image.stem!r}; keep one, or rename "
+            f"the other and give it its own mask)")
+
+
 def pair_images_and_masks(images: Sequence[Path], mask_folder: str | os.PathLike, mask_suffix: str = "",
                           mask_extensions: Sequence[str] = IMAGE_EXTENSIONS,
                           skipped: list[dict] | None = None) -> list[tuple[Path, Path]]:
@@ -93,11 +111,14 @@ def pair_images_and_masks(images: Sequence[Path], mask_folder: str | os.PathLike
         mask_suffix: text between the image stem and the mask's extension (``"_segmentation"`` for ISIC).
         mask_extensions: accepted mask suffixes.
         skipped: if given, images without a mask are appended to it as ``{"file", "reason"}`` and
-            left out, instead of raising (the error is still raised when no image has a mask).
+            left out, instead of raising (the error is still raised when no image has a mask). So are the
+            images of a stem that another image has too (``X.jpg`` beside ``X.png``: the same picture twice, or two
+            pictures for one mask; kept, they could put one picture in two splits): the PNG is kept, else the
+            first in ``images``.
 
     Raises:
         DatasetLayoutError: naming the first images without a mask, if any image has none (or, with
-            ``skipped``, if none has one).
+            ``skipped``, if none has one); without ``skipped``, naming two images that share a mask.
     """
     mask_folder = Path(mask_folder)
     if not mask_folder.is_dir():
@@ -109,11 +130,17 @@ def pair_images_and_masks(images: Sequence[Path], mask_folder: str | os.PathLike
             # prefer PNG when the same stem exists twice (lossless masks)
             if p.stem not in by_stem or p.suffix.lower() == ".png":
                 by_stem[p.stem] = p
+    kept = image_per_stem(images)
     pairs, missing = [], []
     for img in images:
         mask = by_stem.get(img.stem + mask_suffix)
         if mask is None:
             missing.append(img.name)
+        elif kept[img.stem] != img:
+            reason = same_stem_reason(img, mask, kept[img.stem])
+            if skipped is None:
+                raise DatasetLayoutError(reason)
+            skipped.append({"file": str(img), "reason": reason})
         else:
             pairs.append((img, mask))
     if missing and (skipped is None or not pairs):

@@ -46,9 +46,11 @@ import numpy as np
 from vmunet_monai.data.common import (
     DatasetLayoutError,
     check_prepare_output,
+    image_per_stem,
     list_images,
     pair_images_and_masks,
     report_skipped,
+    same_stem_reason,
     split_items,
     verify_pairs,
     write_datalist,
@@ -137,7 +139,7 @@ def mixed_pairs(folder: Path, mask_suffix: str | None = None) -> tuple[dict[Path
     files = list_images_quiet(folder)
     if len(files) < 2:
         return {}, None
-    by_stem = {p.stem: p for p in files}
+    by_stem = image_per_stem(files)
     best: dict[Path, list[Path]] = {}
     chosen = None
     for suffix in ((mask_suffix,) if mask_suffix else MIXED_SUFFIXES):
@@ -355,8 +357,11 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
             named = f"<image>{mask_suffix}.png" if mask_suffix else f"<image><suffix>.png, suffix one of {MIXED_SUFFIXES}"
             raise DatasetLayoutError(f"{folder}: no image has its mask beside it (named {named})")
         masks = {m for ms in pairs.values() for m in ms}
+        paired = {image.stem: image for image in pairs}
         for stray in (p for p in list_images_quiet(folder) if p not in pairs and p not in masks):
-            skipped.append({"file": str(stray), "reason": f"{stray}: no mask beside it (every image needs its mask)"})
+            reason = (same_stem_reason(stray, pairs[paired[stray.stem]][0], paired[stray.stem])
+                      if stray.stem in paired else f"{stray}: no mask beside it (every image needs its mask)")
+            skipped.append({"file": str(stray), "reason": reason})
         found = []
         for image, its_masks in pairs.items():
             mask = its_masks[0]
