@@ -50,6 +50,8 @@ def test_nnunet_layout_with_dataset_json_names(tmp_path, capsys):
     (raw / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "spleen": 2}}))
     first = raw / "imagesTr" / "abd_000_0000.nii.gz"
     (raw / "imagesTr" / "abd_000_0001.nii.gz").write_bytes(first.read_bytes())  # a second channel
+    third = nib.load(raw / "imagesTr" / "abd_003_0000.nii.gz")  # case abd_003 twice: uncompressed beside
+    nib.save(nib.Nifti1Image(np.asarray(third.dataobj), third.affine), raw / "imagesTr" / "abd_003_0000.nii")
     for folder in ("imagesTr", "labelsTr"):  # macOS archive companions: hidden, not volumes, not reported
         (raw / folder / "._abd_002.nii.gz").write_bytes(b"\0" * 4096)
     label = nib.load(raw / "labelsTr" / "abd_001.nii.gz")
@@ -68,6 +70,11 @@ def test_nnunet_layout_with_dataset_json_names(tmp_path, capsys):
     reasons = {Path(s["file"]).name: s["reason"] for s in doc["meta"]["skipped"]}
     assert "channel 1 of case abd_000" in reasons["abd_000_0001.nii.gz"]
     assert "label values 3 are outside the classes" in reasons["abd_001_0000.nii.gz"]
+    # one volume per case, so that a scan cannot land in two splits: the first by name, the other named
+    assert "is the label of" in reasons["abd_003_0000.nii.gz"] and "two volumes of case 'abd_003'" in reasons[
+        "abd_003_0000.nii.gz"]
+    assert [c["image"] for k in doc if k in ("training", "validation", "test") for c in doc[k]
+            if c["case"] == "abd_003"][0].endswith("abd_003_0000.nii")
     out_text = capsys.readouterr().out
     assert "train, evaluate and predict with --num_classes 3" in out_text
     assert f"preview: {out / 'preview.png'}" in out_text and (out / "preview.png").stat().st_size > 10_000

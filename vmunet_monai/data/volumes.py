@@ -206,11 +206,12 @@ def find_volume_layout(raw: str | os.PathLike) -> tuple[Path, dict]:
 
 
 def _pair(images: Path, labels: Path, skipped: list[dict]) -> list[tuple[str, Path, Path]]:
-    """(case, image, label) for every image volume with a label; the others are added to ``skipped``."""
+    """(case, image, label) for every image volume with a label; the others are added to ``skipped``, as is a
+    second volume of one case (``X.nii`` beside ``X.nii.gz``: kept, one scan could land in two splits)."""
     # names starting with a dot are hidden files (the "._X" companions macOS writes into archives), not volumes
     by_stem = {s: p for p in labels.iterdir()
                if p.is_file() and not p.name.startswith(".") and (s := _stem(p.name)) is not None}
-    found = []
+    found, cases = [], {}
     for path in sorted(images.iterdir(), key=lambda p: p.name):
         stem = _stem(path.name) if path.is_file() and not path.name.startswith(".") else None
         if stem is None:
@@ -231,6 +232,12 @@ def _pair(images: Path, labels: Path, skipped: list[dict]) -> list[tuple[str, Pa
                 path, f"no label in {labels}", f"a label named {case}.nii.gz (or {case}_seg, _label, _mask, _gt)"
             ).args[0]})
             continue
+        if case in cases:
+            skipped.append({"file": str(path), "reason": input_error(
+                path, f"its label {label} is the label of {cases[case]} (two volumes of case {case!r})",
+                "one volume per case: keep one, or rename the other and give it its own label").args[0]})
+            continue
+        cases[case] = path
         found.append((case, path, label))
     return found
 
