@@ -331,6 +331,28 @@ def test_bundle_training_pipeline_names_a_mislabelled_mask(tmp_path):
     _one_line(cause, str(mask), "mask values are 0, 1, 2, 3", "binary mask")
 
 
+@pytest.mark.parametrize("bundle", ["isic_skin_lesion", "synapse_multiorgan"])
+def test_an_evaluation_without_its_weights_names_the_weights_the_bundle_has(bundle, tmp_path):
+    """evaluate.json's weights (``--run_name seed01`` where the training ran as seed1, say): the missing file, the
+    model.pt files ``models/`` holds, and how to get weights; before, a bare FileNotFoundError from the loader."""
+    from bundle_helpers import workflow
+
+    from vmunet_monai.engine import trained_weights
+
+    (tmp_path / "models" / "seed1").mkdir(parents=True)
+    torch.save({}, tmp_path / "models" / "seed1" / "model.pt")
+    wf = workflow(bundle, ["train.json", "evaluate.json"], "eval", bundle_root=str(tmp_path), run_name="seed01",
+                  dataset_dir=str(tmp_path))
+    loader = wf.parser.get_parsed_content("validate#handlers")[0]  # parses without weights, as the zoo checks it
+    with pytest.raises(InputError) as failure:
+        loader(None)  # what the evaluator's start calls
+    _one_line(failure.value, str(tmp_path / "models" / "seed01" / "model.pt"), "no trained weights",
+              "models holds seed1/model.pt (--run_name")
+    assert trained_weights(tmp_path / "models" / "seed1" / "model.pt", tmp_path).endswith("seed1/model.pt")
+    with pytest.raises(InputError, match="holds no model.pt yet"):
+        trained_weights(tmp_path / "elsewhere" / "model.pt", tmp_path / "elsewhere")
+
+
 # ----------------------------------------------------------------------------------------------------
 # the command line
 

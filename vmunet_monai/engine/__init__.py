@@ -15,6 +15,7 @@ from vmunet_monai.engine.handlers import (
     ProbabilityWriter,
     TqdmProgressBar,
     TrainingCheckpoint,
+    WeightsLoader,
     item_name,
 )
 from vmunet_monai.engine.inferers import (EnsembleInferer, FlipTTAInferer, PlainTensorInferer, checkpoint_list,
@@ -41,6 +42,7 @@ from vmunet_monai.engine.utils import (
     find_bundle,
     load_pretrained,
     output_channels,
+    trained_weights,
 )
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "TqdmProgressBar",
     "TrackingRun",
     "TrainingCheckpoint",
+    "WeightsLoader",
     "TrainingCurves",
     "ValidateInputd",
     "amp_dtype",
@@ -83,4 +86,5 @@ __all__ = [
     "rgb_converter",
     "set_determinism",
     "store_uri",
+    "trained_weights",
 ]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointLoader
 
 from vmunet_monai.engine.transforms import foreground, rgb_converter
 from vmunet_monai.evaluation.binary import format_summary, make_record, summary_metrics, write_report
@@ -24,6 +25,7 @@ from vmunet_monai.evaluation.gallery import WorstCases, tint
 __all__ = [
     "TqdmProgressBar",
     "TrainingCheckpoint",
+    "WeightsLoader",
     "atomic_torch_save",
     "rng_state",
     "set_rng_state",
@@ -63,6 +65,23 @@ def item_name(item: dict, name_key: str = "name", image_key: str = "image") -> s
         return str(item[name_key])
     path = item_source_path(item, image_key)
     return Path(path).stem if path else "unknown"
+
+
+class WeightsLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` that, when the engine starts, stops with
+    :func:`vmunet_monai.engine.utils.trained_weights`'s message where there are no weights at ``load_path``
+    (which weights ``bundle_root``'s ``models/`` holds, and how to get them) instead of a bare ``FileNotFoundError``.
+    The config still parses without weights, as the model zoo's checks and MONAI's ``check_properties`` need."""
+
+    def __init__(self, load_path: str, load_dict: dict, bundle_root: str | os.PathLike = ".", **kwargs) -> None:
+        super().__init__(load_path, load_dict, **kwargs)
+        self.bundle_root = bundle_root
+
+    def __call__(self, engine: Engine) -> None:
+        from vmunet_monai.engine.utils import trained_weights
+
+        trained_weights(self.load_path, self.bundle_root)
+        super().__call__(engine)
 
 
 class TqdmProgressBar:

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["load_pretrained", "amp_enabled", "amp_dtype", "find_bundle", "inference_configs", "network_file",
-           "output_channels", "BUNDLES_ENV"]
+           "output_channels", "trained_weights", "BUNDLES_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +161,26 @@ def inference_configs(bundle_root: str | os.PathLike, baseline: str = "",
                          f"{', '.join(have) if have else 'no baseline overlays'}")
     weights = root / "models" / f"baseline_{baseline}" / "model.pt"
     return configs + [str(overlay)], weights, f"\"['{train}','{overlay}']\""
+
+
+def trained_weights(path: str | os.PathLike, bundle_root: str | os.PathLike) -> str:
+    """``path``, the weights an evaluation loads (the bundles' ``@ckpt_dir + '/model.pt'``), if it is a file.
+
+    Raises:
+        vmunet_monai.validation.InputError: no file there. The message names the weights the bundle's ``models/``
+            does hold (another ``--run_name``, fold or baseline) and how to train or download them.
+    """
+    from vmunet_monai.validation import InputError
+
+    if os.path.isfile(path):
+        return str(path)
+    models = Path(bundle_root) / "models"
+    found = sorted(p.relative_to(models).as_posix() for p in models.rglob("model.pt")) if models.is_dir() else []
+    held = (f"{models} holds {', '.join(found[:6])}{' ...' if len(found) > 6 else ''} (--run_name, --folds/--fold "
+            f"and a baseline overlay choose among them)" if found else f"{models} holds no model.pt yet")
+    raise InputError(f"{path}: no trained weights; {held}. Train with the same configs and options (python -m "
+                     f"monai.bundle run training ...), download them (python -m monai.bundle download_large_files "
+                     f"--bundle_path {bundle_root}) or give --ensemble_checkpoints PATH")
 
 
 def network_file(root: Path, checkpoint, default_ckpt: Path, train: str, model, device) -> Path:
