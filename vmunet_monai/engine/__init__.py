@@ -18,6 +18,7 @@ from vmunet_monai.engine.handlers import (
     WeightsLoader,
     item_name,
 )
+from vmunet_monai.engine.held_out import HeldOutCheck
 from vmunet_monai.engine.inferers import (EnsembleInferer, FlipTTAInferer, PlainTensorInferer, checkpoint_list,
                                          ensemble_members)
 from vmunet_monai.engine.tracking import TrackingRun, store_uri
@@ -54,6 +55,7 @@ __all__ = [
     "EnsembleInferer",
     "FirstOutputd",
     "FlipTTAInferer",
+    "HeldOutCheck",
     "NonFiniteLossError",
     "NonFiniteLossGuard",
     "OverlayWriter",

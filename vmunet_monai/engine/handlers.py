@@ -17,6 +17,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
+from vmunet_monai.engine.held_out import item_images, record_trained_on
 from vmunet_monai.engine.transforms import foreground, rgb_converter
 from vmunet_monai.evaluation.binary import format_summary, make_record, summary_metrics, write_report
 from vmunet_monai.evaluation.calibration import Calibration, errors_line
@@ -222,7 +223,9 @@ class TrainingCheckpoint:
     epoch/iteration counters, the random states (Python, NumPy, torch, CUDA, and every random
     transform of the training data), the gradient scaler under AMP, and the evaluator's best metric
     with the best-model saver's record (so a resumed run does not overwrite ``model.pt`` with a worse
-    model). It is written after every other end-of-epoch handler (validation included) and
+    model). When training starts it also writes ``trained_on.json`` beside the checkpoint, the images of the
+    training and validation data (:func:`vmunet_monai.engine.held_out.record_trained_on`), which an evaluation
+    of these weights checks its images against. It is written after every other end-of-epoch handler (validation included) and
     atomically (:func:`atomic_torch_save`): a run killed at any point, even while saving, leaves the
     previous complete checkpoint. A run killed in the middle of an epoch resumes at the start of that
     epoch and, on the same machine and software in deterministic mode, ends with the same weights as
@@ -283,6 +286,10 @@ class TrainingCheckpoint:
                 logger.info("resume requested but %s does not exist yet: training starts from scratch", self.path)
         if source is not None:
             self._resume(engine, Path(source))
+        if _rank() == 0:  # what these weights are trained and selected on, for evaluate.json's HeldOutCheck
+            validation = getattr(getattr(self.evaluator, "data_loader", None), "dataset", None)
+            record_trained_on(self.save_dir, item_images(self._data_root(engine)), item_images(validation),
+                              resumed=source is not None)
         if not self._save_attached:
             # registered now, after every handler attached at construction: the checkpoint is written
             # after validation and the scheduler step, so nothing changes the state after it is saved
