@@ -4,6 +4,7 @@ weights (``trained_on.json``), and ``evaluate.json`` stops when the datalist has
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from bundle_helpers import copy_bundle, make_prepared, tiny_overrides, workflow
@@ -70,3 +71,17 @@ def test_a_bundle_evaluation_after_the_split_changed_stops_before_scoring(tmp_pa
     assert f"1 of the {len(moved['test'])} test images were in the data it was trained on (1 in its training data;" \
         in str(cause)
     assert not (root / "eval" / "metrics_test_summary.json").exists()  # nothing scored
+
+    # score: masks that predict wrote with these weights (its prediction.json names them) are refused the same way
+    from vmunet_monai.evaluation.score import score_masks
+
+    masks = tmp_path / "predicted" / "masks"
+    masks.mkdir(parents=True)
+    for item in moved["test"]:
+        shutil.copy(prepared / item["label"], masks / f"{(prepared / item['image']).stem}_mask.png")
+    record = {"weights": str(root / "models" / "model.pt"), "num_classes": 2}
+    (tmp_path / "predicted" / "prediction.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match="were in the data it was trained on"):
+        score_masks(masks, prepared, tmp_path / "score")
+    (prepared / "datalist.json").write_text(json.dumps(doc))  # the datalist it was trained with: scored
+    assert score_masks(masks, prepared, tmp_path / "score")["overall"]["n_images"] == len(doc["test"])

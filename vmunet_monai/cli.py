@@ -218,6 +218,8 @@ class Commands:
         they are: ECE, Brier score and a reliability diagram (metrics_<split>_calibration.png, calibration.png
         for volumes), and whether the least sure pixels are the wrong ones (an AUROC, and the share of errors
         among as many least-sure pixels as there are errors); for several classes by the top label.
+        Predictions that predict wrote are refused where their weights' trained_on.json lists images of the
+        split (trained or selected on: the datalist was drawn again after the training).
 
         Args:
             pred: a folder of predictions, searched recursively.

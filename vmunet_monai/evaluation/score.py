@@ -130,6 +130,7 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
     groups, patients = datalist_groups(dataset, split), datalist_patients(dataset, split)
     named = {case: name for name, _, _, _, case in pairs}  # datalist case -> the name the tables use
     record = read_record(pred)
+    _check_held_out(record, [p[3] for p in pairs if p[3]], split)
     summary = evaluate_files([p[1] for p in pairs], [p[2] for p in pairs], str(out), organs=organs,
                              transunet=transunet, montage_image=pairs[0][3] if montage and pairs[0][3] else None,
                              worst_images=[p[3] for p in pairs] if montage else None,
@@ -164,6 +165,16 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
         summary["paths"].update(calibration_json=str(out / "calibration.json"), calibration_plot=plot)
     print(f"{len(pairs)} cases scored against {matched['datalist']} ({split}); written to {out}")
     return summary
+
+
+def _check_held_out(record, images: list[str], split: str) -> None:
+    """Predictions that ``predict`` wrote (``record``: its ``prediction.json``) are not scored on images their
+    weights were trained or selected on (:func:`vmunet_monai.engine.held_out.check_held_out`)."""
+    from vmunet_monai.engine.held_out import check_held_out
+
+    if record is not None and record[1].get("weights"):
+        weights = record[1]["weights"]
+        check_held_out([weights] if isinstance(weights, str) else weights, images, split)
 
 
 def _items(dataset: Path, split: str) -> tuple[Path, list[dict]]:
@@ -274,6 +285,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     classes = datalist_classes(dataset) or {}
     num_classes = len(classes) + 1 if classes else 2
     record = read_record(pred)
+    _check_held_out(record, [str((dataset / item["image"]).resolve()) for item in items], split)
     if mask_values is None and record is not None:
         mask_values = record[1].get("mask_values")
     levels = mask_levels(mask_values, num_classes) if num_classes > 2 else None
