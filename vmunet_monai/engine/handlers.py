@@ -219,17 +219,16 @@ def atomic_torch_save(obj, target: str | os.PathLike) -> None:
 class TrainingCheckpoint:
     """Keep one ``checkpoint_latest.pt`` with everything needed to resume exactly, and resume from it.
 
-    The file holds the objects of ``save_dict`` (network, optimizer, scheduler), the trainer's
-    epoch/iteration counters, the random states (Python, NumPy, torch, CUDA, and every random
-    transform of the training data), the gradient scaler under AMP, and the evaluator's best metric
-    with the best-model saver's record (so a resumed run does not overwrite ``model.pt`` with a worse
-    model). When training starts it also writes ``trained_on.json`` beside the checkpoint, the images of the
-    training and validation data (:func:`vmunet_monai.engine.held_out.record_trained_on`), which an evaluation
-    of these weights checks its images against. It is written after every other end-of-epoch handler (validation included) and
-    atomically (:func:`atomic_torch_save`): a run killed at any point, even while saving, leaves the
-    previous complete checkpoint. A run killed in the middle of an epoch resumes at the start of that
-    epoch and, on the same machine and software in deterministic mode, ends with the same weights as
-    a run that was never interrupted.
+    The file holds the objects of ``save_dict`` (network, optimizer, scheduler), the trainer's epoch/iteration
+    counters, the random states (Python, NumPy, torch, CUDA, and every random transform of the training data),
+    the gradient scaler under AMP, and the evaluator's best metric with the best-model saver's record (so a
+    resumed run does not overwrite ``model.pt`` with a worse model). When training starts it also writes
+    ``trained_on.json`` beside the checkpoint, the images of the training and validation data
+    (:func:`vmunet_monai.engine.held_out.record_trained_on`), which an evaluation of these weights checks its
+    images against. It is written after every other end-of-epoch handler (validation included) and atomically
+    (:func:`atomic_torch_save`): a run killed at any point, even while saving, leaves the previous complete
+    checkpoint. A run killed in the middle of an epoch resumes at the start of that epoch and, on the same
+    machine and software in deterministic mode, ends with the same weights as a run that was never interrupted.
 
     MONAI's ``CheckpointSaver`` cannot take the trainer into its ``save_dict`` from a config (the trainer
     holds its handlers, so the reference would be circular); this handler adds the engine it is
