@@ -347,7 +347,11 @@ def test_an_evaluation_without_its_weights_names_the_weights_the_bundle_has(bund
     with pytest.raises(InputError) as failure:
         loader(None)  # what the evaluator's start calls
     _one_line(failure.value, str(tmp_path / "models" / "seed01" / "model.pt"), "no trained weights",
-              "models holds seed1/model.pt (--run_name")
+              "models holds seed1/model.pt (--run_name", "give --ensemble_checkpoints PATH")
+    infer = workflow(bundle, ["inference.json"], "infer", bundle_root=str(tmp_path), run_name="seed01")
+    with pytest.raises(InputError) as failure:
+        infer.parser.get_parsed_content("handlers")[0](None)
+    _one_line(failure.value, "seed01/model.pt: no trained weights", "seed1/model.pt", "give --checkpoint PATH")
     assert trained_weights(tmp_path / "models" / "seed1" / "model.pt", tmp_path).endswith("seed1/model.pt")
     with pytest.raises(InputError, match="holds no model.pt yet"):
         trained_weights(tmp_path / "elsewhere" / "model.pt", tmp_path / "elsewhere")

@@ -72,16 +72,18 @@ class WeightsLoader(CheckpointLoader):
     """MONAI's ``CheckpointLoader`` that, when the engine starts, stops with
     :func:`vmunet_monai.engine.utils.trained_weights`'s message where there are no weights at ``load_path``
     (which weights ``bundle_root``'s ``models/`` holds, and how to get them) instead of a bare ``FileNotFoundError``.
-    The config still parses without weights, as the model zoo's checks and MONAI's ``check_properties`` need."""
+    The config still parses without weights, as the model zoo's checks and MONAI's ``check_properties`` need.
+    ``other``: how the config takes other weights, for the message."""
 
-    def __init__(self, load_path: str, load_dict: dict, bundle_root: str | os.PathLike = ".", **kwargs) -> None:
+    def __init__(self, load_path: str, load_dict: dict, bundle_root: str | os.PathLike = ".",
+                 other: str = "--ensemble_checkpoints PATH", **kwargs) -> None:
         super().__init__(load_path, load_dict, **kwargs)
-        self.bundle_root = bundle_root
+        self.bundle_root, self.other = bundle_root, str(other)
 
     def __call__(self, engine: Engine) -> None:
         from vmunet_monai.engine.utils import trained_weights
 
-        trained_weights(self.load_path, self.bundle_root)
+        trained_weights(self.load_path, self.bundle_root, self.other)
         super().__call__(engine)
 
 

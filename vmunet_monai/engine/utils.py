@@ -163,8 +163,10 @@ def inference_configs(bundle_root: str | os.PathLike, baseline: str = "",
     return configs + [str(overlay)], weights, f"\"['{train}','{overlay}']\""
 
 
-def trained_weights(path: str | os.PathLike, bundle_root: str | os.PathLike) -> str:
-    """``path``, the weights an evaluation loads (the bundles' ``@ckpt_dir + '/model.pt'``), if it is a file.
+def trained_weights(path: str | os.PathLike, bundle_root: str | os.PathLike,
+                    other: str = "--ensemble_checkpoints PATH") -> str:
+    """``path``, the weights an evaluation loads (the bundles' ``@ckpt_dir + '/model.pt'``), if it is a file;
+    ``other`` is how the config takes other weights (inference.json: ``--checkpoint PATH``).
 
     Raises:
         vmunet_monai.validation.InputError: no file there. The message names the weights the bundle's ``models/``
@@ -180,7 +182,7 @@ def trained_weights(path: str | os.PathLike, bundle_root: str | os.PathLike) -> 
             f"and a baseline overlay choose among them)" if found else f"{models} holds no model.pt yet")
     raise InputError(f"{path}: no trained weights; {held}. Train with the same configs and options (python -m "
                      f"monai.bundle run training ...), download them (python -m monai.bundle download_large_files "
-                     f"--bundle_path {bundle_root}) or give --ensemble_checkpoints PATH")
+                     f"--bundle_path {bundle_root}) or give {other}")
 
 
 def network_file(root: Path, checkpoint, default_ckpt: Path, train: str, model, device) -> Path:
