@@ -126,3 +126,12 @@ def workflow(bundle: str, configs: list[str], workflow_type: str, **overrides):
         workflow_type=workflow_type,
         **overrides,
     )
+
+
+def run_workflow(bundle: str, configs: list[str], workflow_type: str, **overrides):
+    """:func:`workflow`, initialised, run and finalised in this process; returns it."""
+    wf = workflow(bundle, configs, workflow_type, **overrides)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return wf

@@ -15,6 +15,7 @@ from bundle_helpers import (
     config_path,
     copy_bundle,
     make_prepared,
+    run_workflow,
     tiny_overrides,
     workflow,
 )
@@ -72,10 +73,7 @@ def test_verify_net_in_out():
 def test_train_resume_and_pretrained_in_process(prepared, tmp_path):
     root = copy_bundle(BUNDLE, tmp_path)
     over = tiny_overrides(BUNDLE, epochs=1)
-    wf = workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over)
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    run_workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over)
     latest = root / "models" / "checkpoint_latest.pt"
     assert (root / "models" / "model.pt").is_file() and latest.is_file()
     saved = torch.load(latest, weights_only=True)

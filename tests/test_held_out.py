@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from bundle_helpers import copy_bundle, make_prepared, tiny_overrides, workflow
+from bundle_helpers import copy_bundle, make_prepared, run_workflow, tiny_overrides, workflow
 
 from vmunet_monai.engine.held_out import TRAINED_ON, check_held_out, record_trained_on
 from vmunet_monai.validation import InputError
@@ -48,10 +48,7 @@ def test_a_bundle_evaluation_after_the_split_changed_stops_before_scoring(tmp_pa
     prepared = make_prepared(BUNDLE, tmp_path, num=8)
     root = copy_bundle(BUNDLE, tmp_path)
     over = tiny_overrides(BUNDLE, epochs=1)
-    wf = workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over)
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    run_workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over)
     doc = json.loads((prepared / "datalist.json").read_text())
     resolved = {k: sorted(str((prepared / it["image"]).resolve()) for it in doc[k]) for k in ("training", "validation")}
     assert json.loads((root / "models" / TRAINED_ON).read_text()) == resolved

@@ -13,7 +13,7 @@ from ignite.engine import Engine, Events
 pytest.importorskip("mlflow", reason="mlflow is not installed (the [tracking] extra: pip install "
                     "'vmunet-monai[tracking]')")
 
-from bundle_helpers import copy_bundle, make_prepared, tiny_overrides, workflow  # noqa: E402
+from bundle_helpers import copy_bundle, make_prepared, run_workflow, tiny_overrides  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from monai.handlers import MLFlowHandler  # noqa: E402
 
@@ -24,11 +24,8 @@ BUNDLE = "isic_skin_lesion"
 
 
 def _run_workflow(root, prepared, configs, kind, **overrides):
-    wf = workflow(BUNDLE, configs, kind, bundle_root=str(root), dataset_dir=str(prepared), tracking="mlflow",
-                  **dict(tiny_overrides(BUNDLE, epochs=1), **overrides))
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    run_workflow(BUNDLE, configs, kind, bundle_root=str(root), dataset_dir=str(prepared), tracking="mlflow",
+                 **dict(tiny_overrides(BUNDLE, epochs=1), **overrides))
 
 
 def _runs(uri: str, experiment: str) -> list:
