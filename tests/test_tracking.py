@@ -164,9 +164,16 @@ def test_a_named_run_gets_a_run_of_its_own(tmp_path, monkeypatch):
 def test_a_failed_training_is_marked_and_its_resumption_goes_on_in_its_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     client, experiment = _experiment(tmp_path)
+    # a training of the same checkpoint folder killed outright (SIGKILL), and one of another folder, both RUNNING
+    killed = client.create_run(experiment, run_name="killed", tags={"workflow": "training", "checkpoints": "models"})
+    running = client.create_run(experiment, run_name="running", tags={"workflow": "training",
+                                                                      "checkpoints": "another"})
     engine, failed, _ = _engine_with_tracking(tmp_path, run_name="", kind="training", close=False, fail=True)
     with pytest.raises(RuntimeError, match="the step failed"):
         engine.run([1.0], max_epochs=2)
+    # a fresh training starts that folder over: its run left RUNNING can never go on; the other folder's is untouched
+    assert client.get_run(killed.info.run_id).info.status == "KILLED"
+    assert client.get_run(running.info.run_id).info.status == "RUNNING"
     assert client.get_run(failed.run_id).info.status == "RUNNING"
     failed._fail_if_open()  # what happens when the process exits
     assert client.get_run(failed.run_id).info.status == "FAILED"

@@ -96,7 +96,8 @@ class TrackingRun:
       validation during training) before they look for one themselves, which would be any run left open. It is a
       new run, named ``run_name`` when you gave one (``--run_name seed1``, also the runs' sub-folder), else
       ``<name>_<YYYYmmdd_HHMMSS>``, and tagged at once. A resumed training (the engine starts past epoch 0) goes
-      on in the latest unfinished run whose ``resume_tag`` tag is the same (the bundles: its checkpoint folder).
+      on in the latest unfinished run whose ``resume_tag`` tag is the same (the bundles: its checkpoint folder);
+      a fresh one marks such runs still RUNNING (their process was killed outright) as KILLED.
     - When the engine has completed, after every other handler (the reports are written), the run gets the files
       under ``artifacts`` written since this handler was made (pictures, tables, reports; not MLflow's store or
       checkpoints), ``config``, and the engine's scalar metrics that no handler logged (those reports add some
@@ -150,11 +151,27 @@ class TrackingRun:
         return next((r for r in runs if r.data.tags.get(self.resume_tag) == value and r.info.status != "FINISHED"),
                     None)
 
+    def _end_abandoned(self, client, experiment_id: str) -> None:
+        """A fresh training starts over in its checkpoint folder (``resume_tag``), so a run of that folder still
+        RUNNING (its process killed outright, which leaves no time to mark it FAILED) can never go on: KILLED."""
+        value = self.tags.get(self.resume_tag or "")
+        if value is None:
+            return
+        runs = client.search_runs([experiment_id], filter_string=f"tags.workflow = '{self.kind}' and "
+                                  f"attributes.status = 'RUNNING'")
+        for run in runs:
+            if run.data.tags.get(self.resume_tag) == value:
+                client.set_terminated(run.info.run_id, "KILLED")
+                logger.info("MLflow run %r (%s) of %s was left running: marked KILLED", run.info.run_name,
+                            run.info.run_id, value)
+
     def _open_run(self, handler, resumed: bool) -> None:
         """The run this workflow logs into, chosen once with the first MLflow handler's client and experiment."""
         handler._set_experiment()  # what the handler's own start() does first
         client, experiment_id = handler.client, handler.experiment.experiment_id
         run = self._resumed_run(client, experiment_id) if resumed else None
+        if not resumed:
+            self._end_abandoned(client, experiment_id)
         if run is None:
             name = handler.run_name or f"{self.name}_{time.strftime('%Y%m%d_%H%M%S')}"
             run = client.create_run(experiment_id=experiment_id, run_name=name, tags=self.tags)
