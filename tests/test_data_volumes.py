@@ -370,6 +370,9 @@ def test_acdc_patient_folders_split_by_patient_with_their_classes(tmp_path, caps
 
     raw = Path(synapse.demo_data(str(tmp_path / "acdc"), num=10, seed=3, layout="acdc"))
     assert (raw / "training" / "patient001" / "Info.cfg").is_file()
+    frame = next(p for p in sorted((raw / "training" / "patient001").glob("*_frame??.nii.gz")))
+    twin = frame.with_name(frame.name[: -len(".gz")])  # the same frame uncompressed beside it: read once, named
+    twin.write_bytes(nib.load(frame).to_bytes())
     out = tmp_path / "prepared"
     prepare("synapse_multiorgan", str(tmp_path / "acdc"), str(out))
     printed = capsys.readouterr().out
@@ -385,6 +388,8 @@ def test_acdc_patient_folders_split_by_patient_with_their_classes(tmp_path, caps
             assert Path(item["label"]).name == Path(item["image"]).name.replace(".nii.gz", "_gt.nii.gz")
             assert item["case"].startswith(item["patient"] + "_frame")
     assert sum(len(doc[k]) for k in ("training", "validation", "test")) == 20  # two frames per patient
+    (twin_skipped,) = [s for s in doc["meta"]["skipped"] if s["file"] == str(twin)]
+    assert f"{frame.name} has its name in" in twin_skipped["reason"]
     # each frame's phase from its patient's Info.cfg: evaluation reports ED and ES apart as well
     from vmunet_monai.data.common import datalist_groups
     from vmunet_monai.data.volumes import acdc_phases

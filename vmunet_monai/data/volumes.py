@@ -133,6 +133,13 @@ def _pair_beside(case_dir: Path, skipped: list[dict], series: list[str]) -> list
     """(case, image, label) for the volumes of one patient's folder that have their label beside them; 4D series
     (ACDC's cine ``_4d``) go to ``series``, other volumes without a label to ``skipped``."""
     labels, images = labels_beside(case_dir)
+    kept = set(labels.values()) | set(images.values())
+    for path in sorted(case_dir.iterdir()):  # X.nii beside X.nii.gz: one file per name is read, the other named
+        stem = _stem(path.name) if path.is_file() and not path.name.startswith(".") else None
+        if stem is not None and path not in kept:
+            skipped.append({"file": str(path), "reason": input_error(
+                path, f"{(labels.get(stem) or images[stem]).name} has its name in {case_dir}",
+                "one volume per name: keep one").args[0]})
     found = []
     for stem, path in images.items():
         label = next((labels[stem + s] for s in _LABEL_SUFFIXES if s and stem + s in labels), None)
