@@ -86,3 +86,39 @@ def test_a_resumed_run_continues_the_log_and_a_fresh_one_starts_anew(tmp_path):
     fresh.run([3.0], max_epochs=1)
     assert [(r["epoch"], r["train_loss"]) for r in read_log(out / "training_log.csv")] == [(1, 3.0)]
     assert not math.isnan(rows[0]["learning_rate"])
+
+
+class _Stream:
+    """A stand-in for sys.stderr: a terminal or a file, and what was written to it."""
+
+    def __init__(self, terminal: bool) -> None:
+        self.terminal, self.text = terminal, []
+
+    def isatty(self) -> bool:
+        return self.terminal
+
+    def write(self, text: str) -> int:
+        self.text.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("terminal, show, drawn", [(True, "auto", True), (False, "auto", False),
+                                                   (False, "always", True), (True, "never", False)])
+def test_the_progress_bar_is_drawn_on_a_terminal_not_into_a_log_file(monkeypatch, terminal, show, drawn):
+    """Redirected to a file (a cluster job's log), a bar would be a few redrawn lines per iteration."""
+    import sys
+
+    from vmunet_monai.engine import TqdmProgressBar
+
+    stream = _Stream(terminal)
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    engine = Engine(lambda e, batch: [{"loss": torch.tensor(float(batch))}])
+    TqdmProgressBar("train", show=show).attach(engine)
+    engine.run([1, 2, 3], max_epochs=1)
+    assert any("train" in text for text in stream.text) == drawn
+    with pytest.raises(ValueError, match="auto, always or never"):
+        TqdmProgressBar("train", show="sometimes")

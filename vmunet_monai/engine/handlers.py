@@ -87,18 +87,37 @@ class WeightsLoader(CheckpointLoader):
         super().__call__(engine)
 
 
+def _interactive() -> bool:
+    """Whether stderr is read by a person as it is written: a terminal, or a Jupyter notebook's output."""
+    import sys
+
+    stream = sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)()) or "ipykernel" in sys.modules
+
+
 class TqdmProgressBar:
     """A tqdm progress bar over each epoch's iterations, showing the loss when the engine has one.
+
+    By default (``show="auto"``) the bar is drawn only where stderr is a terminal or a notebook. Written to a file
+    (a cluster job's log, ``> train.log 2>&1``) a bar is a few redrawn lines per iteration, tens of thousands in a
+    long training, cut into the log's lines; the epoch lines and the time-left line say the same there.
 
     Args:
         desc: text before the bar (ignite adds the epoch counter).
         loss_key: key of the loss in the engine output (MONAI trainers use ``"loss"``); ignored when absent.
         persist: keep finished bars on screen.
         rank0_only: in a distributed run, draw only on rank 0.
+        show: ``"auto"``, ``"always"`` or ``"never"``.
     """
 
-    def __init__(self, desc: str = "", loss_key: str = "loss", persist: bool = False, rank0_only: bool = True) -> None:
+    def __init__(self, desc: str = "", loss_key: str = "loss", persist: bool = False, rank0_only: bool = True,
+                 show: str = "auto") -> None:
         self.desc, self.loss_key, self.persist, self.rank0_only = desc, loss_key, persist, rank0_only
+        if show not in ("auto", "always", "never"):
+            from vmunet_monai.validation import InputError
+
+            raise InputError(f"TqdmProgressBar show={show!r}: auto, always or never")
+        self.show = show
 
     def _loss(self, output):
         first = output[0] if isinstance(output, (list, tuple)) and output else output
@@ -109,6 +128,8 @@ class TqdmProgressBar:
 
     def attach(self, engine: Engine) -> None:
         if self.rank0_only and _rank() != 0:
+            return
+        if self.show == "never" or (self.show == "auto" and not _interactive()):
             return
         from ignite.handlers import ProgressBar
 
