@@ -141,29 +141,28 @@ class TrackingRun:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.started)
 
-    def _resumed_run(self, client, experiment_id: str):
-        """The latest unfinished run of this workflow with the same ``resume_tag`` value, or None."""
+    def _unfinished_runs(self, client, experiment_id: str) -> list:
+        """The unfinished runs of this workflow with the same ``resume_tag`` value (its checkpoint folder), the
+        latest first; none without that tag."""
         value = self.tags.get(self.resume_tag or "")
         if value is None:
-            return None
+            return []
         runs = client.search_runs([experiment_id], filter_string=f"tags.workflow = '{self.kind}'",
                                   order_by=["attributes.start_time DESC"])
-        return next((r for r in runs if r.data.tags.get(self.resume_tag) == value and r.info.status != "FINISHED"),
-                    None)
+        return [r for r in runs if r.data.tags.get(self.resume_tag) == value and r.info.status != "FINISHED"]
+
+    def _resumed_run(self, client, experiment_id: str):
+        """The latest unfinished run of this workflow's checkpoint folder, or None."""
+        return next(iter(self._unfinished_runs(client, experiment_id)), None)
 
     def _end_abandoned(self, client, experiment_id: str) -> None:
         """A fresh training starts over in its checkpoint folder (``resume_tag``), so a run of that folder still
         RUNNING (its process killed outright, which leaves no time to mark it FAILED) can never go on: KILLED."""
-        value = self.tags.get(self.resume_tag or "")
-        if value is None:
-            return
-        runs = client.search_runs([experiment_id], filter_string=f"tags.workflow = '{self.kind}' and "
-                                  f"attributes.status = 'RUNNING'")
-        for run in runs:
-            if run.data.tags.get(self.resume_tag) == value:
+        for run in self._unfinished_runs(client, experiment_id):
+            if run.info.status == "RUNNING":
                 client.set_terminated(run.info.run_id, "KILLED")
                 logger.info("MLflow run %r (%s) of %s was left running: marked KILLED", run.info.run_name,
-                            run.info.run_id, value)
+                            run.info.run_id, run.data.tags.get(self.resume_tag))
 
     def _open_run(self, handler, resumed: bool) -> None:
         """The run this workflow logs into, chosen once with the first MLflow handler's client and experiment."""
