@@ -274,7 +274,8 @@ class Commands:
         masks of one image are merged; names train_*, testA_*, testB_* as GlaS's are the split). A mask is
         named after its image, with a suffix found by trying "", _mask, _segmentation, _seg, _gt, _label and
         -mask (_anno too, beside the images); of two images with one name (X.jpg beside X.png) only the PNG gets
-        the mask, and the other is skipped. Masks are binary, or label maps of several classes named with
+        the mask, and the other is skipped. Images are read as displayed (a photo's EXIF orientation tag
+        applied), so a mask fits the upright picture. Masks are binary, or label maps of several classes named with
         --classes (or in a dataset.json beside the folders): class numbers, grey levels such as 0,128,255 or a
         palette PNG; prepare prints the --num_classes to train with.
         Your own CT or MRI volumes and classes go to synapse_multiorgan as imagesTr/ and labelsTr/ (Decathlon,
@@ -352,8 +353,9 @@ class Commands:
 
         Unusable files (empty, truncated, not an image, the wrong dimensionality, NaN values) are skipped and
         named on stderr, as is a file whose output another input already takes (X.tif beside X.png); the exit
-        status is non-zero only if nothing could be segmented. OUTPUT may not be an input or lie inside the input
-        folder.
+        status is non-zero only if nothing could be segmented. Images are read as displayed (a photo's EXIF
+        orientation tag applied), and so are their masks written. OUTPUT may not be an input or lie inside the
+        input folder.
 
         Args:
             bundle: a bundle name (isic_skin_lesion, polyp_seg, synapse_multiorgan) or a bundle folder (as the

@@ -9,7 +9,8 @@ Before the network runs, every input file is decoded once and checked
 (:func:`vmunet_monai.validation.read_image_2d`): a file that is empty, truncated, not an image, a 3D
 volume or holds NaN pixels is skipped and named, and so is an image whose mask another image of its
 folder already writes (``X.png`` and ``X.tif``: the PNG is kept, else the first in name order); the rest
-is segmented. The checkpoint must be a state dict of the bundle's network
+is segmented. Images are read as they are displayed (a camera's EXIF orientation tag applied), so a mask
+lies on its image as a viewer shows it. The checkpoint must be a state dict of the bundle's network
 (:func:`vmunet_monai.weights.check_checkpoint_fits`), and the output folder may not be an input or lie
 inside the input folder.
 """
@@ -27,7 +28,7 @@ import numpy as np
 from vmunet_monai.engine.utils import find_bundle, inference_configs, network_file
 from vmunet_monai.evaluation.uncertainty import check_rank_by
 from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, check_at_least, check_device, check_flag,
-                                     check_output_location, number_list, read_image_2d)
+                                     check_output_location, number_list, read_image_upright)
 
 __all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
            "read_record", "weights_files", "resume_check", "finished_output", "takes_pass_entropy"]
@@ -396,7 +397,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
 
     from monai.bundle import ConfigParser, ConfigWorkflow
 
-    from vmunet_monai.data.common import report_skipped
+    from vmunet_monai.data.common import report_skipped, report_turned
     from vmunet_monai.weights import check_checkpoint_fits
 
     root = find_bundle(bundle)
@@ -427,12 +428,12 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
                   else f"not an image file ({', '.join(IMAGE_EXTENSIONS)})")
         skipped.append({"file": path, "reason": f"{path}: {reason}"})
     data_root = _common_folder([c["image"] for c in candidates])
-    good, taken = [], {}
+    good, taken, turned = [], {}, []
     # PNGs first, so that of X.png and X.jpg in one folder, which would write one X_mask.png, the PNG is segmented
     # (as prepare pairs them); the rest in the order found
     for order, item in sorted(enumerate(candidates), key=lambda c: (not c[1]["image"].lower().endswith(".png"), c[0])):
         try:
-            pixels = read_image_2d(item["image"])
+            pixels, orientation = read_image_upright(item["image"])
             if min(pixels.shape[:2]) < MIN_SIZE:
                 raise InputError(f"{item['image']}: is {pixels.shape[0]}x{pixels.shape[1]} pixels (predict needs "
                                  f"images of at least {MIN_SIZE}x{MIN_SIZE} pixels)")
@@ -446,6 +447,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             continue
         taken[mask] = item["image"]
         good.append((order, item))
+        if orientation != 1:
+            turned.append((item["image"], orientation))
     good = [item for _, item in sorted(good, key=lambda g: g[0])]
     if not good:
         first = f"; first: {skipped[0]['reason']}" if skipped else ""
@@ -520,6 +523,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     if missing:
         raise RuntimeError(f"inference finished but did not write {missing[:3]}")
     report_skipped(skipped, "file")
+    report_turned(turned, "their masks and overlays are upright too")
     print(f"{len(masks)} masks under {out / 'masks'}, {len(overlays)} overlays under {out / 'overlays'}")
     result = {"masks": masks, "overlays": overlays, "skipped": skipped}
     if probabilities:

@@ -11,6 +11,8 @@ the wrong shape somewhere deep in a layer; only the loader still knows the file 
   decoding everything once), of the expected kind (2D image or 3D volume);
 - values: images hold finite numbers (no NaN or Inf);
 - pairs: an image and its mask/label have the same size;
+- orientation: a 2D image is read as viewers display it: a camera's EXIF orientation tag (a photo stored
+  turned or mirrored) is applied (:func:`upright`), as the bundles' readers apply it;
 - labels: a binary mask holds 0/1 or 0/255 (grey levels of lossy JPEG masks allowed); a label map
   holds the integers ``0 .. num_classes - 1``;
 - outputs: never written over or inside the inputs.
@@ -38,6 +40,10 @@ __all__ = [
     "check_label_values",
     "check_same_size",
     "read_image_2d",
+    "read_image_upright",
+    "exif_orientation",
+    "upright",
+    "describe_orientation",
     "read_volume",
     "check_image_pair_2d",
     "check_output_location",
@@ -234,9 +240,46 @@ def check_same_size(image_path, image_shape: Sequence[int], label_path, label_sh
 _FLOAT_MODES = ("F",)
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
+#: the EXIF tag in which a camera records how it was held: 1 is as stored, 2-8 a stored picture that viewers
+#: show turned and/or mirrored (phone photos are stored as the sensor saw them, and tagged)
+EXIF_ORIENTATION = 0x0112
+_ORIENTATIONS = {2: "mirrored left to right", 3: "turned 180 degrees", 4: "mirrored top to bottom",
+                 5: "mirrored and turned a quarter", 6: "turned a quarter clockwise",
+                 7: "mirrored and turned a quarter", 8: "turned a quarter anticlockwise"}
+#: the orientations that swap height and width
+QUARTER_TURNS = (5, 6, 7, 8)
 
-def read_image_2d(path) -> np.ndarray:
-    """Decode a 2D image file completely and return its pixels as ``(H, W)`` or ``(H, W, C)``.
+
+def exif_orientation(image) -> int:
+    """The EXIF orientation of an open PIL image: 1 (as stored) where it has none or an invalid one, else 2-8."""
+    try:
+        value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block: the pixels still read as stored
+        return 1
+    return int(value) if isinstance(value, int) and value in _ORIENTATIONS else 1
+
+
+def describe_orientation(orientation: int) -> str:
+    """``"EXIF orientation 6: shown turned a quarter clockwise"`` for the tag's value."""
+    return f"EXIF orientation {orientation}: shown {_ORIENTATIONS.get(orientation, 'as stored')}"
+
+
+def upright(image):
+    """An open PIL image as viewers show it: its EXIF orientation applied (the same image where it has none).
+
+    Every 2D reader here goes through this, the bundles' ``rgb_converter``/``gray_converter`` included, so an
+    image, its mask and the mask ``predict`` writes all have the orientation a person sees.
+    """
+    if exif_orientation(image) == 1:
+        return image
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(image)
+
+
+def read_image_upright(path) -> tuple[np.ndarray, int]:
+    """Decode a 2D image file completely; its pixels as displayed (``(H, W)`` or ``(H, W, C)``, with the EXIF
+    orientation applied) and that orientation (1 for none).
 
     Raises:
         InputError: for a missing, empty, truncated or non-image file, a volume, a multi-frame
@@ -254,7 +297,8 @@ def read_image_2d(path) -> np.ndarray:
             if frames > 1:
                 raise input_error(path, f"holds {frames} frames (a 3D stack)", "one 2D image per file is expected")
             image.load()
-            array = np.asarray(image)
+            orientation = exif_orientation(image)
+            array = np.asarray(upright(image))
     except InputError:
         raise
     except UnidentifiedImageError:
@@ -267,11 +311,22 @@ def read_image_2d(path) -> np.ndarray:
     if array.ndim not in (2, 3) or min(array.shape[:2]) < 1:
         raise input_error(path, f"has pixel array shape {array.shape}", "a 2D image of height x width [x channels]")
     check_finite(array, path)
-    return array
+    return array, orientation
 
 
-def check_image_pair_2d(image_path, mask_path, binary: bool = True) -> tuple[int, int]:
-    """Decode a 2D image and its mask and check both, and that they have the same size.
+def read_image_2d(path) -> np.ndarray:
+    """Decode a 2D image file completely and return its pixels as displayed, ``(H, W)`` or ``(H, W, C)``
+    (:func:`read_image_upright` without the orientation).
+
+    Raises:
+        InputError: for a missing, empty, truncated or non-image file, a volume, a multi-frame
+            (3D) image, or NaN/Inf pixels.
+    """
+    return read_image_upright(path)[0]
+
+
+def check_image_pair_2d(image_path, mask_path, binary: bool = True) -> tuple[int, int, int]:
+    """Decode a 2D image and its mask and check both, and that they have the same size as displayed.
 
     Args:
         image_path, mask_path: the pair.
@@ -279,19 +334,24 @@ def check_image_pair_2d(image_path, mask_path, binary: bool = True) -> tuple[int
             classes, whose values the importer checks itself.
 
     Returns:
-        the image size (height, width).
+        the image size as displayed (height, width), and its EXIF orientation (1 for none).
 
     Raises:
-        InputError: for the first rule broken.
+        InputError: for the first rule broken; a mask that fits the stored pixels of an image shown turned a
+            quarter is named as such.
     """
-    image = read_image_2d(image_path)
+    image, orientation = read_image_upright(image_path)
     mask = read_image_2d(mask_path)
     if mask.ndim == 3:  # RGB(A) masks are read as one grey channel by the bundles
         mask = mask[..., :3].max(axis=-1) if mask.shape[-1] >= 3 else mask[..., 0]
+    if orientation in QUARTER_TURNS and mask.shape[:2] == image.shape[1::-1] != image.shape[:2]:
+        raise input_error(mask_path, f"fits the stored pixels of its image {os.fspath(image_path)}, which carries "
+                          f"{describe_orientation(orientation)}", "images are read as they are displayed, so the "
+                          "mask must be drawn on the upright image (or the tag removed from the image)")
     check_same_size(image_path, image.shape[:2], mask_path, mask.shape[:2])
     if binary:
         check_binary_mask(mask, mask_path)
-    return int(image.shape[0]), int(image.shape[1])
+    return int(image.shape[0]), int(image.shape[1]), orientation
 
 
 def read_volume(path, read_data: bool = True) -> tuple[tuple[int, ...], np.ndarray | None]:

@@ -29,6 +29,7 @@ __all__ = [
     "pair_images_and_masks",
     "same_stem_reason",
     "verify_pairs",
+    "report_turned",
     "check_prepare_output",
     "report_skipped",
     "split_items",
@@ -163,27 +164,44 @@ def verify_pairs(pairs: Sequence[tuple[Path, Path]], skipped: list[dict], worker
     ``binary`` is false: label maps of several classes).
 
     Failures are appended to ``skipped`` as ``{"file", "reason"}``; the order of ``pairs`` is kept.
-    Decoding runs on a thread pool (PIL releases the GIL while it decodes).
+    Decoding runs on a thread pool (PIL releases the GIL while it decodes). Kept images stored turned or
+    mirrored under an EXIF orientation tag are counted on stderr (:func:`report_turned`).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     def check(pair):
         try:
-            check_image_pair_2d(*pair, binary=binary)
-            return None
+            return None, check_image_pair_2d(*pair, binary=binary)[2]
         except InputError as exc:
-            return str(exc)
+            return str(exc), 1
 
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(check, pairs))
-    kept = []
-    for pair, error in zip(pairs, results):
+    kept, turned = [], []
+    for pair, (error, orientation) in zip(pairs, results):
         if error is None:
             kept.append(pair)
+            if orientation != 1:
+                turned.append((pair[0], orientation))
         else:
             skipped.append({"file": str(pair[0]), "reason": error})
+    report_turned(turned, "their masks must be drawn on the upright image")
     return kept
+
+
+def report_turned(turned: Sequence[tuple[Path, int]], consequence: str) -> None:
+    """One ``note:`` line on stderr for images stored turned or mirrored under an EXIF orientation tag (as phone
+    cameras store photos), which are read as displayed: how many, the first, and ``consequence``."""
+    import sys
+
+    from vmunet_monai.validation import describe_orientation
+
+    if turned:
+        first, orientation = turned[0]
+        print(f"note: {len(turned)} image(s) are stored turned or mirrored, with an EXIF orientation tag (first: "
+              f"{first}, {describe_orientation(orientation)}); they are read upright, as they are displayed, so "
+              f"{consequence}", file=sys.stderr)
 
 
 def check_prepare_output(read_from: Iterable[str | os.PathLike], out: str | os.PathLike) -> None:

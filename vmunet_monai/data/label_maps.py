@@ -73,7 +73,10 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     of a grey one, the luma of a colour one (as :func:`vmunet_monai.engine.gray_converter` reads it)."""
     from PIL import Image
 
-    with Image.open(path) as image:
+    from vmunet_monai.validation import upright
+
+    with Image.open(path) as opened:
+        image = upright(opened)
         if image.mode not in ("P", "L", "I", "I;16", "1"):
             colours = np.asarray(image.convert("RGB")).reshape(-1, 3)
             image = image.convert("L")

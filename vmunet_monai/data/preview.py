@@ -32,7 +32,10 @@ def _mask_2d(path: str) -> np.ndarray:
 
     from vmunet_monai.engine import BinarizeMaskd
 
-    mask = np.asarray(Image.open(path))
+    from vmunet_monai.validation import upright
+
+    with Image.open(path) as opened:
+        mask = np.asarray(upright(opened))
     if mask.ndim == 3:
         mask = mask[..., :3].max(axis=-1)
     return BinarizeMaskd("mask")({"mask": mask})["mask"] > 0
@@ -47,7 +50,7 @@ def _preview_2d(picked, path: Path, title: str, labels: Mapping[int, str]) -> No
     from PIL import Image
 
     from vmunet_monai.data.label_maps import read_label
-
+    from vmunet_monai.engine.transforms import rgb_converter
     from vmunet_monai.evaluation.gallery import class_colors
 
     num = max(labels) + 1 if labels else 2
@@ -59,7 +62,8 @@ def _preview_2d(picked, path: Path, title: str, labels: Mapping[int, str]) -> No
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (split, item) in zip(axes.ravel(), picked):
-        image = Image.open(item["image"]).convert("RGB")
+        with Image.open(item["image"]) as opened:
+            image = np.asarray(rgb_converter(opened))
         ax.imshow(image)
         if labels:  # label maps of class numbers (prepare has rewritten any other kind)
             classes = read_label(item["label"])

@@ -28,7 +28,8 @@ _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def rgb_converter(image):
-    """PIL converter for ``PILReader(converter=...)``: any mode (L, P, RGBA, CMYK, 16-bit, float) to 3-channel RGB.
+    """PIL converter for ``PILReader(converter=...)``: any mode (L, P, RGBA, CMYK, 16-bit, float) to 3-channel RGB,
+    upright as viewers show it (a camera's EXIF orientation applied: :func:`vmunet_monai.validation.upright`).
 
     16-bit, 32-bit integer and float images are rescaled from their own minimum and maximum to 0-255
     first (PIL's own conversion would clip them at 255, turning a 16-bit image nearly white); the
@@ -37,13 +38,17 @@ def rgb_converter(image):
     Raises:
         vmunet_monai.validation.InputError: for a float image with NaN or Inf pixels.
     """
+    from vmunet_monai.validation import upright
+
+    name = getattr(image, "filename", None) or "<image>"
+    image = upright(image)
     if image.mode in _WIDE_MODES:
         from PIL import Image
 
         from vmunet_monai.validation import check_finite
 
         array = np.asarray(image, dtype=np.float64)
-        check_finite(array, getattr(image, "filename", None) or "<image>")
+        check_finite(array, name)
         low, high = float(array.min()), float(array.max())
         scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
         image = Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
@@ -51,7 +56,11 @@ def rgb_converter(image):
 
 
 def gray_converter(image):
-    """PIL converter for masks: palette, RGB or RGBA masks to one 8-bit channel."""
+    """PIL converter for masks: palette, RGB or RGBA masks to one 8-bit channel, upright as its image
+    (:func:`rgb_converter`)."""
+    from vmunet_monai.validation import upright
+
+    image = upright(image)
     return image if image.mode in ("L", "1", "I", "I;16") else image.convert("L")
 
 

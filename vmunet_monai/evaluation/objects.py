@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vmunet_monai.validation import InputError
+from vmunet_monai.validation import InputError, upright
 
 __all__ = ["LABEL", "read_objects", "label_components", "split_touching", "write_objects", "object_scores",
            "match_files", "summarize_objects", "format_objects", "run_objects"]
@@ -79,7 +79,8 @@ def read_objects(path: str | os.PathLike, foreground: int | None = None) -> np.n
         raise InputError(f"{path}: a JPEG's values are lossy, so the pixels of one class value ({foreground}) cannot "
                          f"be told from its neighbours'; give class maps as PNG (predict writes PNG)")
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as opened:
+            image = upright(opened)
             if lossy:
                 values = np.asarray(image.convert("L")).astype(np.int64)
             elif image.mode in ("P", "L", "I", "I;16", "1"):
