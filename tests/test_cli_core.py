@@ -443,3 +443,24 @@ def test_true_and_false_on_the_command_line_are_booleans():
     assert _booleans(["prepare", "a", "b", "--verify", "false", "--x=TRUE", "--tta", "--seed", "1"]) == \
         ["prepare", "a", "b", "--verify", "False", "--x=True", "--tta", "--seed", "1"]
     assert _booleans(["predict", "false", "true"]) == ["predict", "false", "true"]  # positional values stay text
+
+
+def test_monai_s_gpu_dicom_notice_is_not_printed_for_every_loader(tmp_path):
+    """With pydicom installed, MONAI 1.6 says twice per ``LoadImage`` that its GPU DICOM decoder is unavailable; a
+    bundle's log held it once per loader. Importing the package leaves it out, and only it."""
+    if importlib.util.find_spec("pydicom") is None:
+        pytest.skip("pydicom is not installed (the label extra), so MONAI builds no nvImageCodec DICOM reader")
+    code = """
+        import logging, warnings
+        logging.basicConfig(level=logging.INFO)
+        warnings.simplefilter("default")
+        {}
+        from monai.transforms import LoadImage
+        LoadImage(image_only=True)
+        logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").warning("another warning of that module")
+    """
+    plain = run_py(code.format("pass"), tmp_path)
+    ours = run_py(code.format("import vmunet_monai"), tmp_path)
+    assert plain.returncode == ours.returncode == 0, plain.stderr + ours.stderr
+    assert "nvImageCodec is not available" in plain.stderr and "did not register" in plain.stderr
+    assert "nvImageCodec" not in ours.stderr and "another warning of that module" in ours.stderr

@@ -15,6 +15,24 @@ from vmunet_monai.weights import load_official_checkpoint
 
 __version__ = "0.1.0"
 
+
+def _no_gpu_dicom_notice(record) -> bool:
+    """A logging filter that drops MONAI 1.6's notice that nvImageCodec, its GPU DICOM decoder, is unavailable.
+    With pydicom installed (the label extra) every ``LoadImage`` builds that reader and says so twice, as a log
+    warning and as a Python warning, though it then uses pydicom's own decoders; the bundles read PNG, JPEG and
+    NIfTI through it."""
+    return "nvImageCodec is not available" not in record.getMessage()
+
+
+def _quiet_gpu_dicom_notice() -> None:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin did not")
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").addFilter(_no_gpu_dicom_notice)
+
+
 show_input_errors_last()  # a bundle run stopped by one of our checks ends with the check's message
+_quiet_gpu_dicom_notice()
 
 __all__ = ["Mixer", "MambaUNet", "VMUNet", "VMUNetV2", "layers", "load_official_checkpoint", "networks", "ops", "__version__"]
