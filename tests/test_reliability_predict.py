@@ -273,10 +273,18 @@ def test_predict_writes_probability_maps_that_score_reads(lesion_bundle, tmp_pat
     by_masks = score(tmp_path / "out" / "masks", tmp_path / "prepared", out=tmp_path / "s_masks")
     by_maps = score(tmp_path / "out" / "probabilities", tmp_path / "prepared", out=tmp_path / "s_maps")
     assert by_maps["overall"] == by_masks["overall"] and "pranet" in by_maps and "pranet" not in by_masks
-    # and the maps' calibration, the same as counted here from the files
+    # predict's whole output folder: its masks scored (not the maps beside them, nor its overlays), the maps
+    # calibrated; a stray file is named as not scored
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "out" / "masks" / "notes_mask.png")
+    by_folder = score(tmp_path / "out", tmp_path / "prepared", out=tmp_path / "s_folder")
+    assert by_folder["overall"] == by_masks["overall"] and "pranet" not in by_folder
+    assert by_folder["missing_prediction"] == [] and by_folder["unused_predictions"] == [
+        str(tmp_path / "out" / "masks" / "notes_mask.png")]
+    assert (tmp_path / "out" / "overlays").is_dir()
+    # and the maps' calibration, the same as counted here from the files, whichever folder is scored
     from vmunet_monai.evaluation.calibration import Calibration
 
-    assert "calibration" not in by_masks
+    assert by_masks["calibration"] == by_folder["calibration"] == by_maps["calibration"]
     again = Calibration()
     test = json.loads((tmp_path / "prepared" / "datalist.json").read_text())["test"]
     labels = {Path(e["image"]).stem: tmp_path / "prepared" / e["label"] for e in test}

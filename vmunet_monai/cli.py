@@ -218,11 +218,13 @@ class Commands:
         they are: ECE, Brier score and a reliability diagram (metrics_<split>_calibration.png, calibration.png
         for volumes), and whether the least sure pixels are the wrong ones (an AUROC, and the share of errors
         among as many least-sure pixels as there are errors); for several classes by the top label.
+        Cases without a prediction are left out and files named after no case are not scored; both are named.
         Predictions that predict wrote are refused where their weights' trained_on.json lists images of the
         split (trained or selected on: the datalist was drawn again after the training).
 
         Args:
-            pred: a folder of predictions, searched recursively.
+            pred: a folder of predictions, searched recursively; predict's OUTPUT (or its masks/): its masks are
+                scored and the probability maps beside them calibrated, its overlays and pictures left alone.
             dataset: the folder prepare wrote (its datalist.json names the cases, labels, classes and groups).
             out: output folder (default: score/ beside PRED).
             split: the datalist split to score against: test, validation or training.

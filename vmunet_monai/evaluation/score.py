@@ -291,23 +291,22 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     levels = mask_levels(mask_values, num_classes) if num_classes > 2 else None
     if not Path(pred).is_dir():
         raise InputError(f"{pred}: no such folder of predicted masks")
-    found: dict[str, list[Path]] = {}
-    for path in sorted(Path(pred).rglob("*")):
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-            stem = next((path.stem[: -len(s)] for s in ("_mask", "_prob") if path.stem.endswith(s)), path.stem)
-            found.setdefault(stem, []).append(path)
+    found, found_maps = _mask_files(Path(pred), record)
     class_maps = _class_maps(Path(pred), record) if levels is not None else {}
     out = Path(out) if out is not None else Path(pred).resolve().parent / "score"
     out = check_output_location([dataset], out)
     gallery = WorstCases(check_at_least("score --worst", worst, 0), max(num_classes, 2))
-    records, missing, binary_pairs, grey, class_pairs = [], [], [], False, []
+    records, missing, binary_pairs, grey, class_pairs, map_pairs, used = [], [], [], False, [], [], set()
     for item in items:
         image = (dataset / item["image"]).resolve()
         name = str(item.get("name") or image.stem)
-        hit = _tail_match(found[image.stem], image) if image.stem in found else None
+        # a mask, else a probability map; a map beside a mask is the mask's probabilities
+        hit = _tail_match(found.get(image.stem) or found_maps.get(image.stem, []), image)
         if hit is None:
             missing.append(name)
             continue
+        beside = _tail_match(found_maps.get(image.stem, []), image) if image.stem in found else None
+        used.update(p for p in (hit, beside) if p is not None)
         label_path = (dataset / item["label"]).resolve()
         truth, values = _read_values(label_path), _read_values(hit)
         if truth.shape != values.shape:
@@ -318,6 +317,8 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         if levels is None:
             records.append(make_record(name, foreground(values), foreground(truth), group=group))
             binary_pairs.append((name, hit, label_path, group))  # for the PraNet protocol, if any file is a map
+            if beside is not None:
+                map_pairs.append((beside, label_path))
             grey = grey or np.unique(values).size > 2
             gallery.offer(name, foreground(truth), foreground(values), image=lambda: _read_photo(image), group=group)
             continue
@@ -336,12 +337,14 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         if all(maps):
             class_pairs.append((maps, label_path))
     if not records:
-        example = next((p[0] for p in found.values()), None)
+        example = next((p[0] for p in (*found.values(), *found_maps.values())), None)
         raise InputError(f"{pred}: no predicted mask is named after a {split!r} image of {datalist} (looked for e.g. "
                          f"{missing[0]}_mask.png; found {example.name if example else 'no image file'})")
+    unused = sorted(str(p) for paths in (*found.values(), *found_maps.values()) for p in paths if p not in used)
     title = f"{Path(pred).name} against {dataset.name}, {split} split, scored from files"
     paths = write_report(records, out, prefix=f"metrics_{split}", title=title, worst=gallery,
-                         extra={"missing_prediction": missing, "predictions": record[1] if record else None})
+                         extra={"missing_prediction": missing, "unused_predictions": unused,
+                                "predictions": record[1] if record else None})
     summary = paths.pop("summary")
     print(format_summary(summary))
     if grey:  # probability maps, as the PraNet lineage saves them: its protocol too, labelled as such
@@ -362,6 +365,20 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
             calibration.add(np.clip(_read_values(hit), 0, 255) / 255.0, foreground(_read_values(label)))
         _write_calibration(calibration, summary, paths, out, split, f"{Path(pred).name}: calibration, {split} split",
                            "the probability maps", len(binary_pairs))
+    elif map_pairs:  # predict --probabilities beside its masks: the masks are scored, the maps calibrated
+        from vmunet_monai.evaluation.calibration import Calibration
+
+        calibration = Calibration()
+        for hit, label in map_pairs:
+            values, truth = _read_values(hit), _read_values(label)
+            if values.shape != truth.shape:
+                raise InputError(f"{hit}: a probability map of {values.shape[0]}x{values.shape[1]} pixels against its "
+                                 f"label {label} of {truth.shape[0]}x{truth.shape[1]} (predict writes them at the "
+                                 f"image's own size)")
+            calibration.add(np.clip(values, 0, 255) / 255.0, foreground(truth))
+        _write_calibration(calibration, summary, paths, out, split, f"{Path(pred).name}: calibration, {split} split",
+                           f"the probability maps beside the masks ({len(map_pairs)} of {len(records)} image(s) with "
+                           f"<image>_prob.png)", len(map_pairs))
     if class_pairs:  # predict --probabilities of several classes: <stem>_prob_<k>.png, by the top label
         from vmunet_monai.evaluation.calibration import Calibration
         from vmunet_monai.evaluation.uncertainty import class_probabilities_2d
@@ -380,9 +397,43 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
                            f"image(s) with <stem>_prob_<k>.png)", len(class_pairs))
     if missing:
         print(f"left out: {len(missing)} {split} image(s) without a prediction (first: {missing[0]})")
+    if unused:
+        print(f"not scored: {len(unused)} file(s) named after no {split} image (first: {unused[0]})")
     print(f"{len(records) // max(len(classes), 1)} images scored against {datalist} ({split}); written to {out}")
     summary["paths"] = paths
     return summary
+
+
+#: what predict writes beside its masks and probability maps, which are neither (overlays, pictures of doubt)
+PREDICT_PICTURES = ("_overlay", "_uncertainty", "_pass_entropy", "_instances")
+
+
+def _mask_files(pred: Path, record) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """The 2D predictions below ``pred`` by the image stem they name: masks (``<stem>_mask.png`` or
+    ``<stem>.png``) and binary probability maps (``<stem>_prob.png``), apart. Of ``predict``'s output folder
+    (``record``: its ``prediction.json``) or its ``masks/``, the files of ``masks/`` and ``probabilities/`` are
+    read; predict's overlays and pictures (:data:`PREDICT_PICTURES`) never are, and the class maps
+    ``<stem>_prob_<k>.png`` of several classes are :func:`_class_maps`'."""
+    import re
+
+    roots = [pred]
+    if record is not None:
+        folder = record[0].parent.resolve()
+        if pred.resolve() in (folder, folder / "masks") and (folder / "masks").is_dir():
+            roots = [p for p in (folder / "masks", folder / "probabilities") if p.is_dir()]
+    masks: dict[str, list[Path]] = {}
+    maps: dict[str, list[Path]] = {}
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            stem = path.stem
+            if (not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS or stem.endswith(PREDICT_PICTURES)
+                    or re.fullmatch(r".+_prob_\d+", stem)):
+                continue
+            if stem.endswith("_prob"):
+                maps.setdefault(stem[: -len("_prob")], []).append(path)
+            else:
+                masks.setdefault(stem[: -len("_mask")] if stem.endswith("_mask") else stem, []).append(path)
+    return masks, maps
 
 
 def _class_maps(pred: Path, record) -> dict[tuple[str, int], list[Path]]:
