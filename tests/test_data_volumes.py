@@ -259,6 +259,41 @@ def test_an_mri_dataset_json_asks_for_intensity_mri(tmp_path, capsys):
         assert dataset_modality(raw) == found
 
 
+def test_volumes_without_air_are_scaled_per_volume_and_named(tmp_path, capsys):
+    """Volumes whose 1st percentile is far above air's -1000 HU (MRI without a dataset.json, CT stored without its
+    intercept) would be turned into one grey by the CT window: auto records per-volume scaling and says why;
+    --intensity ct keeps the window and names them; CT in HU stays ct without a note."""
+    raw = _own_dataset(tmp_path, cases=5)
+    prepare("synapse_multiorgan", str(raw), str(tmp_path / "hu"), num_val=1)
+    assert _datalist(tmp_path / "hu")["meta"]["intensity"] == "ct"
+    assert "hold no air" not in capsys.readouterr().out
+    for path in sorted((raw / "imagesTr").iterdir()):  # as stored before the rescale intercept -1024
+        volume = nib.load(path)
+        nib.save(nib.Nifti1Image((np.asarray(volume.dataobj) + 1024).astype(np.int16), volume.affine), path)
+    prepare("synapse_multiorgan", str(raw), str(tmp_path / "auto"), num_val=1)
+    meta = _datalist(tmp_path / "auto")["meta"]
+    assert meta["intensity"] == "mri" and "(your own volumes)" in meta["dataset"]
+    out = capsys.readouterr().out
+    assert "--intensity mri (5 of 5 volumes hold no air, so they are not CT in Hounsfield units" in out
+    assert "abd_000_0000.nii.gz (1st to 99th percentile " in out and "--intensity ct keeps the CT window" in out
+    from vmunet_monai.data.common import check_intensity
+
+    with pytest.raises(InputError, match=r"records intensity 'mri' .* add --intensity mri"):
+        check_intensity(tmp_path / "auto", "ct")
+    prepare("synapse_multiorgan", str(raw), str(tmp_path / "ct"), num_val=1, intensity="ct")
+    assert _datalist(tmp_path / "ct")["meta"]["intensity"] == "ct"
+    assert "note: 5 of 5 volumes hold no air (1st percentile above -300 HU; first: " in capsys.readouterr().out
+    prepare("synapse_multiorgan", str(raw), str(tmp_path / "minmax"), num_val=1, intensity="minmax")
+    assert _datalist(tmp_path / "minmax")["meta"]["intensity"] == "minmax"
+    assert "--intensity minmax (as given: each volume is scaled by its own minimum and maximum" in \
+        capsys.readouterr().out
+    with pytest.raises(InputError, match=r"--intensity 'hu': auto \(mri for MRI, else ct\), ct"):
+        prepare("synapse_multiorgan", str(raw), str(tmp_path / "bad"), intensity="hu")
+    demo = synapse.demo_data(str(tmp_path / "btcv"), num=4, seed=0, shape=(24, 24, 8))
+    with pytest.raises(InputError, match=r"--intensity 'mri': only for the folders layout.*read as btcv"):
+        prepare("synapse_multiorgan", demo, str(tmp_path / "o"), intensity="mri")
+
+
 def test_predict_hu_window_values(tmp_path):
     from vmunet_monai.predict import _window, predict
 
@@ -408,7 +443,8 @@ def test_acdc_patient_folders_split_by_patient_with_their_classes(tmp_path, caps
     own = tmp_path / "own"
     prepare("synapse_multiorgan", str(raw / "training"), str(own), classes="rv,myo,lv", test_fraction=0.25)
     doc = json.loads((own / "datalist.json").read_text())
-    assert doc["meta"]["intensity"] == "ct" and doc["meta"]["labels"]["3"] == "lv"
+    # no Info.cfg to say it is MRI, but its volumes hold no air as CT would: scaled per volume all the same
+    assert doc["meta"]["intensity"] == "mri" and doc["meta"]["labels"]["3"] == "lv"
     units = [{item["patient"] for item in doc[k]} for k in ("training", "validation", "test")]
     assert len(units[2]) == 2 and not (units[0] & units[2]) and not (units[1] & units[2])
 

@@ -412,3 +412,23 @@ def test_predict_in_batches_writes_what_one_at_a_time_writes(lesion_bundle, tmp_
             predict(str(lesion_bundle), str(tmp_path / "in"), str(tmp_path / "x"), batch_size=value)
     with pytest.raises(InputError, match="--batch_size 4: only for the 2D bundles"):
         predict("synapse_multiorgan", str(tmp_path / "in"), str(tmp_path / "x"), batch_size=4)
+
+
+def test_ct_predict_names_volumes_that_are_not_in_hounsfield_units(tmp_path, capsys):
+    """The CT window turns a volume without air (stored before its rescale intercept, or MRI) into one grey: predict
+    still segments it, and says which volumes those are and what to give instead."""
+    from vmunet_monai.predict import predict
+
+    bundle = tiny_bundle_with_weights("synapse_multiorgan", tmp_path / "bundle")
+    write_ct_volume(tmp_path / "scans" / "a_hu.nii.gz")  # with a block of gas
+    shifted = write_ct_volume(tmp_path / "scans" / "b_stored.nii.gz")
+    volume = nib.load(shifted)
+    nib.save(nib.Nifti1Image((np.asarray(volume.dataobj) + 1024).astype(np.int16), volume.affine), str(shifted))
+    written = predict(str(bundle), str(tmp_path / "scans"), str(tmp_path / "segs"), device="cpu")
+    assert len(written) == 2
+    out = capsys.readouterr().out
+    assert f"note: 1 of 2 volumes hold no air (1st percentile above -300 HU; first: {shifted} (1st to 99th " in out
+    assert "takes --intensity mri" in out
+    predict(str(bundle), str(tmp_path / "scans"), str(tmp_path / "segs_mri"), device="cpu",
+            intensity="mri")
+    assert "hold no air" not in capsys.readouterr().out

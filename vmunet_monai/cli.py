@@ -284,8 +284,8 @@ class Commands:
         nnU-Net; labelsTs/ for a labelled test set), images/ and labels/, or one folder per patient with each
         label beside its volume (ACDC: training/ and testing/, split by patient; RV, MYO, LV recognised) of
         NIfTI, NRRD or MHA files; prepare prints the --num_classes to train, evaluate and predict with (and
-        --intensity mri when dataset.json names an MRI modality, or for ACDC: each volume is then scaled by its
-        own percentiles instead of the CT window).
+        --intensity mri when dataset.json names an MRI modality, for ACDC, or where the volumes hold no air:
+        each volume is then scaled by its own percentiles instead of the CT window).
 
         Options of each bundle (defaults in brackets; an option another bundle has is refused by name):
         - isic_skin_lesion: --split official|paper|auto [auto] (paper: the seeded 7:3 split of the
@@ -304,7 +304,9 @@ class Commands:
           folders], --seed [0], --spacing "[x,y,z]" (mm, for the TransUNet release, which carries none),
           --verify [true], --layout btcv|folders|auto [auto: BTCV when present], --classes liver,tumour
           (folders; default: dataset.json), --test_fraction [0.2] (folders without labelsTs/ or testing/),
-          --split auto|mamba_unet [auto] (ACDC: Mamba-UNet's 70/10/20 split of the training patients)
+          --split auto|mamba_unet [auto] (ACDC: Mamba-UNet's 70/10/20 split of the training patients),
+          --intensity auto|ct|mri|minmax [auto] (folders: mri where dataset.json names MRI, for ACDC and
+          for volumes without air, which are not CT in Hounsfield units; else ct)
 
         Args:
             bundle: isic_skin_lesion, polyp_seg or synapse_multiorgan.

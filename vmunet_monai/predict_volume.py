@@ -187,6 +187,7 @@ def predict_volumes(
     from monai.bundle import ConfigWorkflow
 
     from vmunet_monai.data.common import report_skipped
+    from vmunet_monai.data.volumes import AIR_HU, describe_span, hounsfield_like, intensity_span
     from vmunet_monai.engine.utils import inference_configs
     from vmunet_monai.evaluation.volumetry import write_volumes
     from vmunet_monai.predict import (NothingToPredictError, bundle_class_names, finished_output, resume_check,
@@ -203,7 +204,7 @@ def predict_volumes(
     weights = [str(w) for w in weights_files(Path(bundle_root), checkpoint, default_ckpt, train, model, device)]
     source = weights[0]
     output = str(check_output_location([str(p) for p in paths] + volumes, output))
-    good, taken = [], {}
+    good, taken, airless = [], {}, []
     skipped = [{"file": f, "reason": f"{f}: not a volume file (expected {', '.join(VOLUME_EXTENSIONS)} files or "
                 "DICOM series folders; 2D images go to the 2D bundles)"} for f in others]
     for volume in volumes:
@@ -213,10 +214,14 @@ def predict_volumes(
                             f"{taken[name]} (give volumes distinct names)"})
             continue
         try:
-            read_volume(volume, read_data=True)
+            _, voxels = read_volume(volume, read_data=True)
         except InputError as exc:
             skipped.append({"file": volume, "reason": str(exc)})
             continue
+        span = intensity_span(voxels)
+        del voxels
+        if not hounsfield_like(span):
+            airless.append((volume, span))
         taken[name] = volume
         good.append(volume)
     if not good:
@@ -260,6 +265,11 @@ def predict_volumes(
         **config,
     )
     workflow.initialize()
+    if airless and workflow.parser.get_parsed_content("intensity") == "ct":
+        print(f"note: {len(airless)} of {len(good)} volumes hold no air (1st percentile above {AIR_HU} HU; first: "
+              f"{describe_span(*airless[0])}): they do not look like CT in Hounsfield units, which this bundle's CT "
+              f"window expects, so their segmentations may be empty or wrong; a bundle trained on MRI or scaled CT "
+              f"takes --intensity mri", flush=True)
     if not model:
         for path in weights:  # an ensemble's too, each named if it is not of this network
             check_checkpoint_fits(workflow.parser.get_parsed_content("network"), path)

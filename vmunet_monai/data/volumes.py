@@ -23,6 +23,12 @@ the folders (the Decathlon's ``{"1": "liver"}`` or nnU-Net's ``{"liver": 1}``), 
 The datalist holds ``training``, ``validation`` and ``test`` lists of ``{"case", "image", "label"}``,
 ``labels`` (value -> name, background included) and ``num_classes``: the bundle is then run with
 ``--num_classes`` equal to it (training refuses another value, naming both).
+
+It also records ``intensity``, how the bundle scales the volumes: ``ct`` (the Hounsfield window) or ``mri``
+(each volume between its own percentiles). ``--intensity auto`` takes ``mri`` where ``dataset.json`` names an
+MRI modality or for ACDC, and where most volumes hold no air (:func:`hounsfield_like`): MRI without a
+``dataset.json``, or CT scaled or stored without its rescale intercept, which the CT window would turn into one
+grey; else ``ct``.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from vmunet_monai.data.preview import announce
 from vmunet_monai.validation import InputError, check_label_values, input_error
 
 __all__ = ["VOLUME_FILES", "find_volume_layout", "prepare_volumes", "check_volume_pair", "class_names", "labels_beside",
-           "volume_affine", "load_volume"]
+           "volume_affine", "load_volume", "AIR_HU", "intensity_span", "hounsfield_like", "describe_span"]
 
 _PAIRS = (("imagesTr", "labelsTr"), ("images", "labels"), ("image", "label"), ("images", "masks"),
           ("volumes", "labels"), ("imgs", "labels"), ("img", "label"))
@@ -53,6 +59,27 @@ EXPECTED = ("imagesTr/ and labelsTr/ (Decathlon, nnU-Net; with imagesTs/ and lab
 
 
 VOLUME_FILES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+#: CT in Hounsfield units holds air (about -1000) around and inside the body, so its 1st percentile lies far below
+#: this; a volume whose 1st percentile is above it holds no air: MRI, or CT scaled or stored without its intercept
+AIR_HU = -300
+
+
+def intensity_span(voxels, samples: int = 1_000_000) -> tuple[float, float]:
+    """The 1st and 99th percentiles of a volume's voxels (of an even subsample of at most ``samples`` of them)."""
+    flat = np.asarray(voxels).reshape(-1)
+    low, high = np.percentile(flat[:: max(1, flat.size // samples)], (1, 99))
+    return float(low), float(high)
+
+
+def hounsfield_like(span: tuple[float, float]) -> bool:
+    """Whether a volume of this :func:`intensity_span` looks like CT in Hounsfield units (it holds air)."""
+    return span[0] <= AIR_HU
+
+
+def describe_span(path, span: tuple[float, float]) -> str:
+    """``"<path> (1st to 99th percentile 0 to 1843)"``."""
+    return f"{path} (1st to 99th percentile {span[0]:.4g} to {span[1]:.4g})"
 
 
 def volume_affine(path: str | os.PathLike) -> np.ndarray:
@@ -258,17 +285,25 @@ def check_volume_pair(image: str | os.PathLike, label: str | os.PathLike, verify
     Raises:
         InputError: a missing or unreadable file, 2D or several channels, NaN voxels, another size or affine.
     """
+    return _check_volume_pair(image, label, verify)[0]
+
+
+def _check_volume_pair(image, label, verify: bool) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """:func:`check_volume_pair`'s label voxels, and the image's :func:`intensity_span` where it was read
+    (``verify``), else None."""
     from vmunet_monai.validation import check_same_size, read_volume
 
     if not os.path.exists(label):
         raise input_error(label, f"no such file (the label of {image})", "every image needs its label")
-    image_shape, _ = read_volume(image, read_data=verify)
+    image_shape, data = read_volume(image, read_data=verify)
+    span = intensity_span(data) if data is not None else None
+    del data
     label_shape, voxels = read_volume(label, read_data=True)
     check_same_size(image, image_shape, label, label_shape, what="label")
     if not np.allclose(volume_affine(image), volume_affine(label), atol=1e-3):
         raise input_error(label, f"its affine differs from the image {image}",
                           "an image and its label must share one grid")
-    return voxels
+    return voxels, span
 
 
 def class_names(classes: str | list | tuple | None, root: Path) -> dict[int, str] | None:
@@ -358,7 +393,8 @@ def _drawn_split(checked: dict[str, list[dict]], layout: dict, root: Path, skipp
 
 
 def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 0, verify: bool = True,
-                    classes: str | None = None, test_fraction: float = 0.2, split: str = "auto") -> str:
+                    classes: str | None = None, test_fraction: float = 0.2, split: str = "auto",
+                    intensity: str = "auto") -> str:
     """Write ``out/datalist.json`` from your own CT volumes and labels (the layouts of the module docstring).
 
     Args:
@@ -373,6 +409,9 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
         split: ``auto`` (the labelled test folder, else ``test_fraction``; validation drawn), or ``mamba_unet``
             for ACDC: Mamba-UNet's 70 / 10 / 20 split of the 100 training patients
             (:data:`MAMBA_UNET_ACDC_SPLIT`), the testing folder's patients left out.
+        intensity: what the datalist records for the bundle's ``intensity``: ``ct``, ``mri``, ``minmax``, or
+            ``auto`` (``mri`` for a modality ``dataset.json`` names MRI, for ACDC, and where most volumes hold no
+            air, else ``ct``: the module docstring). Volumes without air under ``ct`` are named in a note.
 
     Returns:
         the datalist path.
@@ -395,6 +434,12 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
                          "folder, the test cases are drawn from the others)")
     names = class_names(classes, root)
     acdc = "cases" in layout and _is_acdc(layout["cases"]["train"] + layout["cases"]["test"])
+    from vmunet_monai.engine.transforms import INTENSITY_MODES
+
+    if intensity not in ("auto", *INTENSITY_MODES):
+        raise InputError(f"--intensity {intensity!r}: auto (mri for MRI, else ct), ct (the Hounsfield window), mri "
+                         f"(each volume between its own 0.5 and 99.5 percentiles) or minmax (its own minimum and "
+                         f"maximum)")
     if split not in SPLITS:
         raise InputError(f"--split {split!r}: auto (the test folder, else --test_fraction) or mamba_unet (ACDC: "
                          f"Mamba-UNet's patient lists)")
@@ -424,17 +469,20 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
         if layout["test"]:
             parts["test"] = [(*found, found[0]) for found in _pair(*layout["test"], skipped)]
     checked: dict[str, list[dict]] = {}
+    spans: list[tuple[str, tuple[float, float]]] = []  # each checked image's 1st and 99th percentile
     largest = 0
     for part, cases in parts.items():
         checked[part] = []
         for case, image, label, group in tqdm(cases, desc="checking test cases" if part == "test" else
                                               "checking cases", disable=not cases):
             try:
-                voxels = check_volume_pair(image, label, verify)
+                voxels, span = _check_volume_pair(image, label, verify)
                 check_label_values(voxels, label, num_classes=max(names) + 1 if names else 256)
             except InputError as exc:  # one broken case does not stop the others
                 skipped.append({"file": str(image), "reason": str(exc)})
                 continue
+            if span is not None:
+                spans.append((str(image), span))
             largest = max(largest, int(np.max(voxels)))
             item = {"case": case, "image": str(image), "label": str(label)}
             if group != case:
@@ -465,16 +513,31 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
     order = lambda items: sorted(items, key=lambda c: c["case"])  # noqa: E731
     labels = {"0": "background", **{str(v): n for v, n in names.items()}}
     mri = dataset_modality(root) or ("cine MRI (ACDC)" if acdc else None)
+    airless = [(image, span) for image, span in spans if not hounsfield_like(span)]
+    why = f"dataset.json names the modality {mri!r}" if mri and not acdc else "ACDC is cine MRI" if mri else None
+    if intensity == "auto":
+        intensity = "mri" if mri or len(airless) * 2 > len(spans) > 0 else "ct"
+        if intensity == "mri" and not mri:
+            why = (f"{len(airless)} of {len(spans)} volumes hold no air, so they are not CT in Hounsfield units (MRI, "
+                   f"or CT scaled or stored without its intercept; first: {describe_span(*airless[0])}); "
+                   f"--intensity ct keeps the CT window")
+    elif why is None or intensity != "mri":
+        why = "as given"
+    if intensity == "ct" and airless:
+        print(f"note: {len(airless)} of {len(spans)} volumes hold no air (1st percentile above {AIR_HU} HU; first: "
+              f"{describe_span(*airless[0])}): they do not look like CT in Hounsfield units, which the CT window "
+              f"expects; if they are MRI or scaled CT, prepare with --intensity mri")
     if acdc:
         print(f"ACDC recognised (patient folders with Info.cfg): classes {', '.join(ACDC_CLASSES.values())} "
               f"(label values 1-3{'; --classes names them otherwise' if not classes else ''}), cine MRI")
     if series:
         print(f"left out {len(series)} 4D series (e.g. {series[0]}): the labelled 3D frames beside them are read")
+    kind = "MRI " if mri else "CT " if intensity == "ct" else ""
     path = write_datalist(
         out, {"training": order(train), "validation": order(val), "test": order(test)},
-        {"dataset": f"{root.resolve().name} (your own {'MRI' if mri else 'CT'} volumes)",
+        {"dataset": f"{root.resolve().name} (your own {kind}volumes)",
          "importer": "vmunet_monai.data.volumes", "layout": "folders", "raw": str(root.resolve()), "labels": labels,
-         "num_classes": len(labels), "intensity": "mri" if mri else "ct",
+         "num_classes": len(labels), "intensity": intensity,
          "how": how, "split": split, "seed": seed, "skipped": skipped, "series_left_out": series,
          **({"patients_left_out": left_out} if left_out else {})},
     )
@@ -486,10 +549,11 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
     summary = (f"{root.name}: {len(train)}{patients(train)} training, {len(val)}{patients(val)} validation, "
                f"{len(test)}{patients(test)} test cases, {len(labels)} classes ({', '.join(labels.values())})")
     announce(out, path, {"training": order(train), "validation": order(val), "test": order(test)}, summary,
-             labels=names, window=None if mri else (-125, 275))
+             labels=names, window=(-125, 275) if intensity == "ct" else None)
+    scaled = {"mri": "each volume is scaled by its own percentiles instead of the CT window",
+              "minmax": "each volume is scaled by its own minimum and maximum instead of the CT window"}
     print(f"train, evaluate and predict with --num_classes {len(labels)}"
-          + (f" --intensity mri ({'ACDC is cine MRI' if acdc else f'dataset.json names the modality {mri!r}'}: "
-             f"each volume is scaled by its own percentiles instead of the CT window)" if mri else ""))
+          + (f" --intensity {intensity} ({why}: {scaled[intensity]})" if intensity != "ct" else ""))
     return path
 
 
