@@ -62,8 +62,12 @@ def test_unusable_2d_image_files_are_named_with_the_rule(tmp_path):
     nan = tmp_path / "nan.tif"
     Image.fromarray(np.array([[0.0, np.nan], [np.inf, 1.0]], dtype=np.float32)).save(nan)
     volume = write_ct_volume(tmp_path / "ct.nii.gz")
+    huge = tmp_path / "slide.png"  # 196 million pixels (a whole-slide image), 24 KB as a 1-bit PNG
+    Image.new("1", (14000, 14000)).save(huge)
     cases = [
         (empty, "the file is empty"),
+        (huge, "holds 196,000,000 pixels, more than PIL decodes at once (178,956,970) (the network sees an image "
+               "whole, resized; cut a whole-slide image into tiles)"),
         (truncate(write_rgb(tmp_path / "cut.png", 64, 64)), "cannot be decoded"),
         (truncate(write_rgb(tmp_path / "cut.jpg", 64, 64), 0.4), "cannot be decoded"),
         (text, "is not an image file"),

@@ -21,6 +21,7 @@ the wrong shape somewhere deep in a layer; only the loader still knows the file 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -301,6 +302,11 @@ def read_image_upright(path) -> tuple[np.ndarray, int]:
             array = np.asarray(upright(image))
     except InputError:
         raise
+    except Image.DecompressionBombError as exc:  # over twice PIL.Image.MAX_IMAGE_PIXELS
+        size = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{int(size.group(1)):,} pixels" if size else "more pixels than PIL decodes"
+        raise input_error(path, f"holds {count}, more than PIL decodes at once ({2 * Image.MAX_IMAGE_PIXELS:,})",
+                          "the network sees an image whole, resized; cut a whole-slide image into tiles") from None
     except UnidentifiedImageError:
         raise input_error(path, "is not an image file that can be read",
                           "png, jpg, bmp or tif images are expected") from None
