@@ -420,3 +420,21 @@ def test_an_input_error_behind_another_is_repeated_as_the_last_line():
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=run_env())
         assert proc.returncode == 1
         assert proc.stderr.strip().splitlines()[-1] == last
+
+
+def test_a_bundle_run_without_its_prepared_data_ends_with_what_to_give(tmp_path):
+    """``--dataset_dir`` at the raw download instead of prepare's OUT: MONAI's traceback of the config expression,
+    then the line that says what --dataset_dir must be (a FileNotFoundError that is also an InputError)."""
+    from vmunet_monai.validation import MissingInputError
+
+    configs = REPO / "bundles" / "isic_skin_lesion" / "configs"
+    (tmp_path / "raw").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file",
+                           str(configs / "metadata.json"), "--config_file", str(configs / "train.json"),
+                           "--bundle_root", str(tmp_path / "bundle"), "--dataset_dir", str(tmp_path / "raw")],
+                          capture_output=True, text=True, timeout=300, env=run_env(), cwd=str(tmp_path))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'raw' / 'datalist.json'} not found: --dataset_dir must be the OUT folder of `python -m "
+        f"vmunet_monai prepare <bundle> RAW OUT` (or of `demo_data` followed by `prepare`)")
+    assert issubclass(MissingInputError, FileNotFoundError)

@@ -31,6 +31,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "VOLUME_EXTENSIONS",
     "InputError",
+    "MissingInputError",
     "as_typed",
     "comma_list",
     "number_list",
@@ -101,6 +102,11 @@ class InputError(ValueError):
 
     The message is one line: ``<file>: <what was found> (<the rule>)``.
     """
+
+
+class MissingInputError(InputError, FileNotFoundError):
+    """An input file or folder that is not there: a ``FileNotFoundError`` that is also an :class:`InputError`, so a
+    bundle run stopped by it ends with its message too (:func:`show_input_errors_last`)."""
 
 
 def input_error_in(exc: BaseException | None) -> InputError | None:

@@ -16,7 +16,8 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError, check_image_pair_2d, check_output_location
+from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, MissingInputError, check_image_pair_2d,
+                                     check_output_location)
 
 __all__ = [
     "DATALIST_NAME",
@@ -395,12 +396,12 @@ def load_datalist(dataset_dir: str | os.PathLike, key: str = "training", require
         return parts[0] if key == "training" else parts[1]
     path = Path(dataset_dir) / DATALIST_NAME
     if not Path(dataset_dir).is_dir():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{dataset_dir}: no such dataset folder (--dataset_dir must be the OUT folder of "
             f"`python -m vmunet_monai prepare <bundle> RAW OUT`)"
         )
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path} not found: --dataset_dir must be the OUT folder of "
             f"`python -m vmunet_monai prepare <bundle> RAW OUT` (or of `demo_data` followed by `prepare`)"
         )

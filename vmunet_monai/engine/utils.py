@@ -48,7 +48,9 @@ def load_pretrained(network: nn.Module, checkpoint: str | os.PathLike | None) ->
         return network
     path = Path(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained_checkpoint {path}: no such file")
+        from vmunet_monai.validation import MissingInputError
+
+        raise MissingInputError(f"pretrained_checkpoint {path}: no such file")
     from vmunet_monai.weights import CheckpointError, load_official_checkpoint
 
     report = load_official_checkpoint(network, path, strict=False)
