@@ -122,9 +122,11 @@ def test_mask_and_label_value_rules(tmp_path):
     check_binary_mask(np.array([0, 255], np.uint8), "m.png")
     check_binary_mask(np.array([0, 1], np.uint8), "m.png")
     check_binary_mask(np.array([0, 3, 7, 250, 255], np.uint8), "jpeg_mask.jpg")  # lossy grey levels are fine
+    check_binary_mask(np.array([0, 65535, 0], np.uint16), "imagej_mask.png")  # a 16-bit binary mask
     for values, problem in (([0, 1, 2], "mask values are 0, 1, 2, none of them at least 128"),
                             ([-1, 0, 1], "mask values range from -1 to 1"),
-                            ([0, 300], "mask values range from 0 to 300"),
+                            ([0, 300, 40000], "mask values range from 0 to 40000"),  # 16-bit values
+                            ([200, 65535], "mask values range from 200 to 65535"),
                             ([0.0, np.nan], "1 NaN")):
         with pytest.raises(InputError) as failure:
             check_binary_mask(np.array(values), "masks/a.png")

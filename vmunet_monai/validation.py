@@ -194,7 +194,8 @@ def check_finite(array, path, what: str = "image") -> None:
 
 
 def check_binary_mask(mask, path) -> None:
-    """A binary mask holds 0/1 or 0/255 (lossy JPEG grey levels between them are allowed).
+    """A binary mask holds 0/1 or 0/255 (lossy JPEG grey levels between them are allowed), or 0 and one
+    value above 255 (a 16-bit mask, 0/65535 as ImageJ and MATLAB write them).
 
     Foreground is "at least half the scale" (:class:`vmunet_monai.engine.BinarizeMaskd`), so a mask
     whose largest value is above 1 but below 128 (a label map with classes 0..k, or a dim mask)
@@ -206,8 +207,8 @@ def check_binary_mask(mask, path) -> None:
     mask = np.asarray(mask)
     check_finite(mask, path, "mask")
     lo, hi = float(mask.min()), float(mask.max())
-    rule = "a binary mask holds 0/1 or 0/255"
-    if lo < 0 or hi > 255:
+    rule = "a binary mask holds 0/1 or 0/255, or 0 and one other value in a 16-bit file"
+    if lo < 0 or (hi > 255 and (lo != 0 or np.count_nonzero((mask != 0) & (mask != hi)))):
         raise input_error(path, f"mask values range from {lo:g} to {hi:g}", rule)
     if 1 < hi < 128:
         raise input_error(path, f"mask values are {describe_values(mask)}, none of them at least 128", rule
