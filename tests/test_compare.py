@@ -21,13 +21,14 @@ BASELINES = ("unet", "swin_unetr")
 BUNDLE_NAMES = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "train.json").is_file())
 
 
-def _binary_eval(folder, noise, seed, n=12, groups=("CVC-300", "Kvasir")):
-    """An evaluation folder as evaluate.json writes it: n images of two test sets, masks flipped at ``noise``."""
+def _binary_eval(folder, noise, seed, n=12, groups=("CVC-300", "Kvasir"), size=16):
+    """An evaluation folder as evaluate.json writes it: n images of two test sets, masks flipped at ``noise``,
+    scored at ``size`` x ``size`` pixels."""
     rng = np.random.default_rng(seed)
     truth = np.random.default_rng(99)  # the same ground truth for every model
     records = []
     for i in range(n):
-        gt = (truth.random((16, 16)) > 0.5).astype(np.float32)
+        gt = (truth.random((size, size)) > 0.5).astype(np.float32)
         flip = rng.random(gt.shape) < noise
         pred = np.where(flip, 1 - gt, gt)
         records.append(make_record(f"img{i:02d}", pred, gt, group=groups[i * len(groups) // n]))
@@ -328,3 +329,19 @@ def test_compare_shows_the_calibration_each_evaluation_wrote(tmp_path, capsys):
     assert "top_label" in capsys.readouterr().out
     result = run_compare([str(plain), str(seeds[2])])
     assert result["calibration"] == {} and "calibration of" not in capsys.readouterr().out
+
+
+def test_tables_scored_at_different_sizes_are_noted(tmp_path, capsys):
+    """evaluate.json scores at the network's input size, score and evaluate_native.json at each image's own: their
+    Dice differ for that alone, so compare says so, naming the first image and its pixels in each table."""
+    network = _binary_eval(tmp_path / "eval", 0.05, 1, size=16)
+    native = _binary_eval(tmp_path / "native", 0.05, 2, size=24)
+    same = _binary_eval(tmp_path / "same", 0.1, 3, size=24)
+    result = run_compare([str(network), str(native)], labels="bundle,score")
+    assert result["size_differences"] == {"cases": 12, "of": 12, "case": "CVC-300/img00",
+                                          "pixels": {"bundle": 256, "score": 576}}
+    out = capsys.readouterr().out
+    assert "note: 12 of 12 images were scored at different sizes (first: CVC-300/img00, pixels: bundle 256, " \
+        "score 576)" in out and "compare tables of one kind" in out
+    assert run_compare([str(native), str(same)])["size_differences"] == {}
+    assert "different sizes" not in capsys.readouterr().out

@@ -151,7 +151,9 @@ class Commands:
         several (polyp) and per organ (Synapse). Where the evaluations wrote their calibration beside their
         tables (evaluate_native.json of the 2D bundles, evaluate.json of synapse_multiorgan, score on probability
         maps), also each model's ECE, Brier score and errors AUROC (how well its least sure pixels find its
-        errors), mean and sd over its runs.
+        errors), mean and sd over its runs. Notes runs evaluated in different environments, and 2D tables that
+        scored the same images at different sizes (eval at the network's input, eval/native and score at each
+        image's own).
 
         Args:
             runs: evaluation folders or per-case CSVs, one per model; commas join runs of one model.

@@ -39,7 +39,8 @@ from vmunet_monai.evaluation.binary import mean_over_classes, mean_sd
 from vmunet_monai.validation import InputError
 
 __all__ = ["CaseTable", "Model", "join_folds", "locate_table", "read_table", "compare_models", "format_comparison",
-           "plot_comparison", "run_calibration", "compare_calibration", "format_calibration", "run_compare"]
+           "plot_comparison", "run_calibration", "compare_calibration", "format_calibration", "run_compare",
+           "size_differences"]
 
 # what the evaluations write: the 2D bundles' BinarySegmentationReport and the Synapse OrganMetricsHandler
 TABLE_PATTERNS = ("*_per_image.csv", "*per_case.csv")
@@ -508,6 +509,31 @@ def environment_differences(models: Sequence[Model]) -> dict[str, dict[str, str]
             if len({str(env.get(key)) for env in recorded.values()}) > 1}
 
 
+COUNT_COLUMNS = ("tp", "fp", "fn", "tn")
+
+
+def size_differences(models: Sequence[Model]) -> dict:
+    """Whether the 2D tables scored their common images at the same size: each image's pixels (its confusion counts
+    summed) compared across the runs. The bundles' ``evaluate.json`` scores at the network's input size,
+    ``evaluate_native.json`` and ``score`` at each image's own, and Dice differs between the two. Returns
+    ``{"cases": how many images differ, "of": how many were compared, "case": the first, "pixels": {run: its
+    pixels}}``, or ``{}`` where they agree or the tables hold no counts."""
+    tables = {}
+    for model in models:
+        for i, table in enumerate(model.runs):
+            if all(c in table.columns for c in COUNT_COLUMNS):
+                tables[model.label if len(model.runs) == 1 else f"{model.label} run {i + 1}"] = table
+    if len(tables) < 2:
+        return {}
+    common = sorted(set.intersection(*(set(t.values) for t in tables.values())), key=str)
+    differ = [case for case in common
+              if len({sum(t.values[case][c] for c in COUNT_COLUMNS) for t in tables.values()}) > 1]
+    if not differ:
+        return {}
+    pixels = {label: int(sum(t.values[differ[0]][c] for c in COUNT_COLUMNS)) for label, t in tables.items()}
+    return {"cases": len(differ), "of": len(common), "case": str(differ[0]), "pixels": pixels}
+
+
 def _as_list(value) -> list[str]:
     """A comma-separated string, or the tuple fire makes of one, as a list of non-empty strings."""
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
@@ -561,6 +587,7 @@ def run_compare(runs: Sequence, labels="", metric: str = "dice", out: str | None
     models = [Model(label, [read_table(p) for p in spec]) for label, spec in zip(names, specs)]
     result = compare_models(models, metric=metric, seed=seed)
     result["environment_differences"] = environment_differences(models)
+    result["size_differences"] = size_differences(models)
     result["calibration"] = compare_calibration(models)
     print(format_comparison(result))
     if result["calibration"]:
@@ -570,6 +597,13 @@ def run_compare(runs: Sequence, labels="", metric: str = "dice", out: str | None
                            for key, runs in result["environment_differences"].items())
         print(f"note: the runs were evaluated in different environments ({listed}); a difference between them "
               f"may come from there as well as from the models")
+    if result["size_differences"]:
+        sizes = result["size_differences"]
+        listed = ", ".join(f"{run} {count:,}" for run, count in sizes["pixels"].items())
+        print(f"note: {sizes['cases']} of {sizes['of']} images were scored at different sizes (first: {sizes['case']}, "
+              f"pixels: {listed}); evaluate.json scores at the network's input size, evaluate_native.json and score "
+              f"at each image's own, and Dice differs between the two: compare tables of one kind (eval/native/ "
+              f"beside score's)")
     if out:
         from vmunet_monai.evaluation.ct import _nan_to_none  # JSON has no NaN
 
