@@ -281,6 +281,8 @@ def test_predict_writes_probability_maps_that_score_reads(lesion_bundle, tmp_pat
     assert by_folder["missing_prediction"] == [] and by_folder["unused_predictions"] == [
         str(tmp_path / "out" / "masks" / "notes_mask.png")]
     assert (tmp_path / "out" / "overlays").is_dir()
+    # the environment behind the scores is predict's, which compare sets beside an evaluation's
+    assert by_folder["environment"] == record["environment"] and by_folder["environment"]["torch"]
     # and the maps' calibration, the same as counted here from the files, whichever folder is scored
     from vmunet_monai.evaluation.calibration import Calibration
 

@@ -138,7 +138,7 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
                              groups={named[c]: g for c, g in groups.items() if c in named},
                              patients={named[c]: p for c, p in patients.items() if c in named},
                              extra={"missing_prediction": matched["missing"], "unused_predictions": matched["unused"],
-                                    "predictions": record[1] if record else None})
+                                    "predictions": record[1] if record else None, "environment": _made_in(record)})
     beside = [(str(p[1])[: -len("_seg.nii.gz")] + "_prob.nii.gz", p[2]) for p in pairs
               if str(p[1]).endswith("_seg.nii.gz") and os.path.isfile(str(p[1])[: -len("_seg.nii.gz")] + "_prob.nii.gz")]
     if beside:  # predict --probabilities: whether the class probabilities mean what they say
@@ -165,6 +165,13 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
         summary["paths"].update(calibration_json=str(out / "calibration.json"), calibration_plot=plot)
     print(f"{len(pairs)} cases scored against {matched['datalist']} ({split}); written to {out}")
     return summary
+
+
+def _made_in(record) -> dict | None:
+    """The environment behind scores of files: that of the ``predict`` run that wrote them (``record``: its
+    ``prediction.json``), else None (another tool's), not the scoring's own, which changes no number."""
+    environment = record[1].get("environment") if record is not None else None
+    return environment if isinstance(environment, dict) else None
 
 
 def _check_held_out(record, images: list[str], split: str) -> None:
@@ -344,7 +351,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     title = f"{Path(pred).name} against {dataset.name}, {split} split, scored from files"
     paths = write_report(records, out, prefix=f"metrics_{split}", title=title, worst=gallery,
                          extra={"missing_prediction": missing, "unused_predictions": unused,
-                                "predictions": record[1] if record else None})
+                                "predictions": record[1] if record else None, "environment": _made_in(record)})
     summary = paths.pop("summary")
     print(format_summary(summary))
     if grey:  # probability maps, as the PraNet lineage saves them: its protocol too, labelled as such
