@@ -283,3 +283,28 @@ def test_demo_repeats_exactly_in_deterministic_mode(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "_train_and_evaluate", lambda *a: calls.append(a) or (0.5, 1, runs[0]["test_summary"]))
     demo.run_demo(out=str(tmp_path / "free"), epochs=1, num=4, size=32, determinism=False)
     assert calls and json.loads((tmp_path / "free" / BUNDLE / "configs" / "train.json").read_text())["determinism"] is False
+
+
+def test_the_demo_works_only_in_a_folder_of_its_own(tmp_path):
+    """The demo deletes and rewrites raw/, prepared/ and its bundle folder in OUT: a folder holding anything else
+    (a dataset in raw/) is refused before anything is touched; new, empty and earlier demo folders are taken."""
+    import vmunet_monai.demo as demo
+    from vmunet_monai.validation import InputError
+
+    data = tmp_path / "data"
+    (data / "raw").mkdir(parents=True)
+    (data / "raw" / "scan.png").write_bytes(b"a dataset of one's own")
+    with pytest.raises(InputError, match=rf"demo --out {data}: holds raw, and no \.vmunet_monai_demo that marks"):
+        demo.run_demo(out=str(data), epochs=1, num=4, size=32)
+    assert (data / "raw" / "scan.png").read_bytes() == b"a dataset of one's own"
+    assert not (data / demo.DEMO_MARK).exists()
+    for folder in (tmp_path / "new", tmp_path / "empty"):
+        if folder.name == "empty":
+            folder.mkdir()
+        demo.claim_folder(folder)
+        (folder / "raw").mkdir()  # what the demo writes
+        demo.claim_folder(folder)  # a later demo in the same folder
+        assert (folder / demo.DEMO_MARK).is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        demo.claim_folder(tmp_path / "file")

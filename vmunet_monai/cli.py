@@ -110,7 +110,8 @@ class Commands:
         """The main job on embedded defaults: synthetic ISIC-layout data -> prepare -> train -> validation Dice.
 
         Args:
-            out: working folder (demo data, prepared datalist, bundle copy with the trained model).
+            out: working folder (demo data, prepared datalist, bundle copy with the trained model): new, empty or
+                an earlier demo's, whose folders a later demo replaces; a folder holding anything else is refused.
             epochs: training epochs (default 30; 60 with --classes 2, 80 with --glands, 30 of 10 iterations with
                 --acdc).
             num: number of synthetic images (default 48), or of patients with --acdc (default 16).

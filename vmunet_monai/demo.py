@@ -18,8 +18,10 @@ import time
 from pathlib import Path
 
 from vmunet_monai.engine.utils import find_bundle
+from vmunet_monai.validation import InputError
 
-__all__ = ["DEMO_BASELINES", "DEMO_BATCH_SIZE", "DEMO_EPOCHS", "DEMO_NETWORK", "make_demo_bundle", "run_demo"]
+__all__ = ["DEMO_BASELINES", "DEMO_BATCH_SIZE", "DEMO_EPOCHS", "DEMO_MARK", "DEMO_NETWORK", "claim_folder",
+           "make_demo_bundle", "run_demo"]
 
 BUNDLE = "isic_skin_lesion"
 # a narrow, shallow VM-UNet: the same architecture at a size a 2-core CPU trains in about a minute
@@ -28,6 +30,31 @@ DEMO_NETWORK = {"dims": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "depths_decod
 # small batches: more optimizer steps from the few demo images in the same time
 DEMO_BATCH_SIZE = 4
 # the baselines at about the demo network's size (0.5 M parameters for the U-Net, as DEMO_NETWORK)
+#: the file that marks a folder as the demo's own: it replaces its raw/, prepared/ and bundle folders only there
+DEMO_MARK = ".vmunet_monai_demo"
+
+
+def claim_folder(out: Path) -> None:
+    """Make ``out`` the demo's working folder, or refuse it: the demo deletes and rewrites its ``raw/``,
+    ``prepared/`` and bundle folders inside, so a folder that holds anything it did not write (a dataset in
+    ``raw/``, a trained bundle) is refused, naming what is there. New and empty folders, and an earlier demo's
+    (:data:`DEMO_MARK`), are taken.
+
+    Raises:
+        InputError: ``out`` is a file, or a folder with other contents.
+    """
+    if out.exists() and not out.is_dir():
+        raise InputError(f"demo --out {out}: is a file (give a new or empty folder)")
+    found = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if found and DEMO_MARK not in found:
+        shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        raise InputError(f"demo --out {out}: holds {shown}, and no {DEMO_MARK} that marks a demo's folder (the demo "
+                         f"replaces its raw/, prepared/ and bundle folders there; give a new or empty folder)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARK).write_text("python -m vmunet_monai demo works here; a later demo in this folder replaces "
+                                 "what it wrote\n")
+
+
 DEMO_BASELINES = {"unet": {"features": [16, 16, 32, 64, 128, 16]}, "swin_unetr": {"feature_size": 12}}
 
 
@@ -366,7 +393,7 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int | None =
         ``"baseline"`` (its ``best_val_dice``, ``best_epoch``, ``test_summary``) and ``"comparison"``.
     """
     from vmunet_monai.data import demo_data, prepare
-    from vmunet_monai.validation import InputError, check_at_least, check_flag
+    from vmunet_monai.validation import check_at_least, check_flag
 
     if classes not in (1, 2) or isinstance(classes, bool):
         raise InputError(f"demo --classes {classes!r}: 1 (lesions, the ISIC challenge layout) or 2 (lesions with a "
@@ -394,6 +421,7 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int | None =
     if acdc and not 4 <= num <= 30:
         raise InputError(f"demo --num {num}: the ACDC demo writes 4 to 30 patients")
     check_flag("demo --determinism", determinism)
+    claim_folder(out)
     extra = {"determinism": determinism}
     if glands or acdc:
         result = (_run_glands if glands else _run_acdc)(out, epochs, num, size, extra)
