@@ -499,3 +499,59 @@ def test_mamba_unet_split_of_acdc_takes_its_patient_lists(tmp_path):
     synapse.demo_data(str(tmp_path / "btcv"), num=4, seed=0, shape=(24, 24, 8))
     with pytest.raises(InputError, match="--split 'mamba_unet': only for the folders layout"):
         prepare("synapse_multiorgan", str(tmp_path / "btcv"), str(tmp_path / "o6"), split="mamba_unet")
+
+
+def _kits_and_lits(tmp_path: Path, cases: int = 6) -> tuple[Path, Path]:
+    """The same synthetic volumes as KiTS ships them (case_00000/imaging.nii.gz and segmentation.nii.gz) and as
+    LiTS does (two batch folders of volume-N.nii beside segmentation-N.nii)."""
+    own = _own_dataset(tmp_path / "src", cases=cases)
+    images = sorted((own / "imagesTr").iterdir())
+    kits, lits = tmp_path / "kits19" / "data", tmp_path / "lits"
+    for i, image in enumerate(images):
+        label = own / "labelsTr" / image.name.replace("_0000", "")
+        case = kits / f"case_{i:05d}"
+        case.mkdir(parents=True)
+        (case / "imaging.nii.gz").write_bytes(image.read_bytes())
+        (case / "segmentation.nii.gz").write_bytes(label.read_bytes())
+        batch = lits / f"Training Batch {1 + i * 2 // len(images)}"
+        batch.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.load(image), batch / f"volume-{i}.nii")
+        nib.save(nib.load(label), batch / f"segmentation-{i}.nii")
+    return kits.parent, lits
+
+
+def test_kits_and_lits_layouts_pair_each_volume_with_its_segmentation(tmp_path):
+    """KiTS names every case's files imaging and segmentation, in a folder named after the case; LiTS puts numbered
+    volume-N and segmentation-N files side by side in batch folders. Both are read: KiTS's cases are named after
+    their folders (as predict and the evaluation name them), LiTS's volumes are patients of their own, not one
+    patient per batch folder."""
+    from vmunet_monai.data.volumes import labels_beside, label_names
+    from vmunet_monai.evaluation.ct import _case_name
+
+    kits, lits = _kits_and_lits(tmp_path)
+    assert "segmentation" in label_names("imaging") and "segmentation-3" in label_names("volume-3")
+    assert "segmentation" not in label_names("volumes") and "abd_seg" in label_names("abd")
+    prepare("synapse_multiorgan", str(kits), str(tmp_path / "kits_out"), num_val=1)
+    doc = _datalist(tmp_path / "kits_out")
+    items = [i for k in ("training", "validation", "test") for i in doc[k]]
+    assert sorted(i["case"] for i in items) == [f"case_{i:05d}" for i in range(6)]
+    for item in items:
+        image, label = Path(item["image"]), Path(item["label"])
+        assert (image.name, label.name, image.parent.name) == ("imaging.nii.gz", "segmentation.nii.gz", item["case"])
+        assert _case_name(item["image"]) == _case_name(item["label"]) == item["case"] and "patient" not in item
+    prepare("synapse_multiorgan", str(lits), str(tmp_path / "lits_out"), num_val=1)
+    doc = _datalist(tmp_path / "lits_out")
+    items = {i["case"]: i for k in ("training", "validation", "test") for i in doc[k]}
+    assert sorted(items) == [f"volume-{i}" for i in range(6)]
+    assert all(Path(i["label"]).name == i["case"].replace("volume", "segmentation") + ".nii" and "patient" not in i
+               for i in items.values())
+    assert len(doc["test"]) == 1 and len(doc["validation"]) == 1  # drawn per volume, not per batch folder
+    # predict on a KiTS folder leaves the labels out and names each output after its case
+    from reliability_helpers import tiny_bundle_with_weights
+
+    from vmunet_monai.predict import predict
+
+    assert set(labels_beside(kits / "data" / "case_00000")[0]) == {"segmentation"}
+    bundle = tiny_bundle_with_weights("synapse_multiorgan", tmp_path / "bundle")
+    written = predict(str(bundle), str(kits / "data"), str(tmp_path / "segs"), device="cpu", num_classes=9)
+    assert sorted(Path(w).name for w in written) == [f"case_{i:05d}_seg.nii.gz" for i in range(6)]

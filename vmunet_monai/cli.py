@@ -285,8 +285,9 @@ class Commands:
         palette PNG; prepare prints the --num_classes to train with.
         Your own CT or MRI volumes and classes go to synapse_multiorgan as imagesTr/ and labelsTr/ (Decathlon,
         nnU-Net; labelsTs/ for a labelled test set), images/ and labels/, or one folder per patient with each
-        label beside its volume (ACDC: training/ and testing/, split by patient; RV, MYO, LV recognised) of
-        NIfTI, NRRD or MHA files; prepare prints the --num_classes to train, evaluate and predict with (and
+        label beside its volume (ACDC: training/ and testing/, split by patient; RV, MYO, LV recognised; KiTS:
+        case_00000/imaging + segmentation; LiTS: volume-N + segmentation-N side by side) of NIfTI, NRRD or MHA
+        files; prepare prints the --num_classes to train, evaluate and predict with (and
         --intensity mri when dataset.json names an MRI modality, for ACDC, or where the volumes hold no air:
         each volume is then scaled by its own percentiles instead of the CT window).
 

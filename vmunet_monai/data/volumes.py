@@ -9,6 +9,9 @@ folders                                  as written by
 ``imagesTr/`` + ``labelsTr/``            the Medical Segmentation Decathlon and nnU-Net
 (+ ``imagesTs/`` + ``labelsTs/``)        (a labelled test set; ``imagesTs/`` alone is not used)
 ``images/`` + ``labels/``                anything else (also ``image``/``label``, ``masks``)
+``<patient>/X`` + ``X_gt`` beside it     ACDC: one folder per patient (``training/``, ``testing/``)
+``case_00000/imaging`` + ``segmentation``  KiTS: one folder per case, named after it
+``volume-N`` + ``segmentation-N``        LiTS: volumes and labels side by side, each its own patient
 =======================================  ======================================================
 
 Volumes are NIfTI (``.nii.gz``, ``.nii``), NRRD (``.nrrd``) or MetaImage (``.mha``, ``.mhd``). A label is
@@ -51,11 +54,15 @@ __all__ = ["VOLUME_FILES", "find_volume_layout", "prepare_volumes", "check_volum
 _PAIRS = (("imagesTr", "labelsTr"), ("images", "labels"), ("image", "label"), ("images", "masks"),
           ("volumes", "labels"), ("imgs", "labels"), ("img", "label"))
 _LABEL_SUFFIXES = ("", "_seg", "_label", "_mask", "_gt")
+# a label beside its volume may also name itself by a word in place of the volume's: KiTS's case_00000/imaging.nii.gz
+# and segmentation.nii.gz, LiTS's volume-0.nii and segmentation-0.nii
+_IMAGE_WORDS = ("imaging", "volume", "image", "img")
+_LABEL_WORDS = ("segmentation", "label", "seg", "mask", "gt")
 _CHANNEL = re.compile(r"^(.*)_(\d{4})$")
 EXPECTED = ("imagesTr/ and labelsTr/ (Decathlon, nnU-Net; with imagesTs/ and labelsTs/ for a labelled test set), "
             "images/ and labels/, or one folder per patient with each volume's label beside it (ACDC: "
-            "training/patient001/patient001_frame01.nii.gz + patient001_frame01_gt.nii.gz) of NIfTI, NRRD or "
-            "MetaImage volumes")
+            "training/patient001/patient001_frame01.nii.gz + patient001_frame01_gt.nii.gz; KiTS: case_00000/imaging + "
+            "segmentation; LiTS: volume-N + segmentation-N) of NIfTI, NRRD or MetaImage volumes")
 
 
 VOLUME_FILES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -136,16 +143,31 @@ def _layout_at(folder: Path) -> dict | None:
         return {"cases": {"train": _case_folders(train_dir),
                           "test": _case_folders(test_dir) if test_dir is not None else []}}
     cases = _case_folders(folder)
-    return {"cases": {"train": cases, "test": []}} if len(cases) >= 2 else None
+    if len(cases) >= 2:
+        return {"cases": {"train": cases, "test": []}}
+    # volumes with their labels beside them in this folder itself, each a patient of its own (LiTS in one folder)
+    return {"cases": {"train": [folder], "test": []}} if len(labels_beside(folder)[0]) >= 2 else None
+
+
+def label_names(stem: str) -> list[str]:
+    """The stems a label of the volume ``stem`` may have beside it, in order: ``X_seg``, ``X_label``, ``X_mask``,
+    ``X_gt``, then ``stem`` with a word of the volume's (imaging, volume, image, img) in place of a label's
+    (segmentation, label, seg, mask, gt): ``segmentation`` for KiTS's ``imaging``, ``segmentation-0`` for LiTS's
+    ``volume-0``."""
+    names = [stem + s for s in _LABEL_SUFFIXES if s]
+    for word in _IMAGE_WORDS:
+        for hit in re.finditer(rf"(?<![a-z]){word}(?![a-z])", stem, re.IGNORECASE):  # a word of its own
+            names += [stem[: hit.start()] + label + stem[hit.end():] for label in _LABEL_WORDS]
+    return names
 
 
 def labels_beside(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
-    """The volumes of ``folder`` by stem: those that are another's label (``X_gt``, ``X_seg``, ... beside ``X``),
-    and the rest."""
+    """The volumes of ``folder`` by stem: those that are another's label (:func:`label_names`: ``X_gt``, ``X_seg``,
+    ... beside ``X``; ``segmentation`` beside ``imaging``), and the rest."""
     volumes = {stem: p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
                and (stem := _stem(p.name)) is not None}
-    labels = {stem: path for stem, path in volumes.items()
-              if any(stem.endswith(s) and stem[: -len(s)] in volumes for s in _LABEL_SUFFIXES if s)}
+    named = {label for stem in volumes for label in label_names(stem) if label != stem}
+    labels = {stem: path for stem, path in volumes.items() if stem in named}
     return labels, {stem: path for stem, path in volumes.items() if stem not in labels}
 
 
@@ -156,9 +178,14 @@ def _case_folders(folder: Path) -> list[Path]:
     return [sub for sub in subfolders(folder) if labels_beside(sub)[0]]
 
 
-def _pair_beside(case_dir: Path, skipped: list[dict], series: list[str]) -> list[tuple[str, Path, Path]]:
-    """(case, image, label) for the volumes of one patient's folder that have their label beside them; 4D series
-    (ACDC's cine ``_4d``) go to ``series``, other volumes without a label to ``skipped``."""
+def _pair_beside(case_dir: Path, skipped: list[dict], series: list[str]) -> list[tuple[str, Path, Path, str]]:
+    """(case, image, label, patient) for the volumes of one folder that have their label beside them; 4D series
+    (ACDC's cine ``_4d``) go to ``series``, other volumes without a label to ``skipped``.
+
+    The folder is one patient's where its volumes carry its name (ACDC's ``patient001/patient001_frame01``) or it
+    holds one volume (KiTS's ``case_00000/imaging``); else each volume is a patient of its own (LiTS's
+    ``Training Batch 1/volume-0``). A case is named as :func:`vmunet_monai.evaluation.ct._case_name` names it (KiTS's
+    after its folder)."""
     labels, images = labels_beside(case_dir)
     kept = set(labels.values()) | set(images.values())
     for path in sorted(case_dir.iterdir()):  # X.nii beside X.nii.gz: one file per name is read, the other named
@@ -167,11 +194,15 @@ def _pair_beside(case_dir: Path, skipped: list[dict], series: list[str]) -> list
             skipped.append({"file": str(path), "reason": input_error(
                 path, f"{(labels.get(stem) or images[stem]).name} has its name in {case_dir}",
                 "one volume per name: keep one").args[0]})
+    from vmunet_monai.evaluation.ct import _case_name
+
     found = []
+    one = len(images) == 1
     for stem, path in images.items():
-        label = next((labels[stem + s] for s in _LABEL_SUFFIXES if s and stem + s in labels), None)
+        label = next((labels[name] for name in label_names(stem) if name in labels), None)
         if label is not None:
-            found.append((stem, path, label))
+            case = _case_name(path)  # as the evaluation and predict name it: KiTS's imaging after its folder
+            found.append((case, path, label, case_dir.name if one or case_dir.name in stem else case))
             continue
         try:
             four_d = len(load_volume(path).shape) == 4
@@ -457,8 +488,7 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
     series: list[str] = []  # 4D cine series beside the labelled frames: left out, counted
     phases: dict[str, str] = {}  # ACDC: case -> ED or ES, from each patient's Info.cfg
     if "cases" in layout:  # a patient's volumes stay together in one split: grouped by their folder
-        parts = {part: [(case, image, label, folder.name) for folder in folders_of
-                        for case, image, label in _pair_beside(folder, skipped, series)]
+        parts = {part: [found for folder in folders_of for found in _pair_beside(folder, skipped, series)]
                  for part, folders_of in (("pool", layout["cases"]["train"]), ("test", layout["cases"]["test"]))
                  if folders_of}
         if acdc:

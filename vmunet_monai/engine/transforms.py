@@ -17,7 +17,7 @@ from monai.transforms import MapTransform
 
 __all__ = ["BinarizeMaskd", "ChannelArgmaxd", "ClassValuesd", "FirstOutputd", "probability_slabs", "save_unit_nifti",
            "SaveProbabilityVolumed", "ScaleToUnitd", "Spacingd",
-           "insert_before", "rgb_converter", "gray_converter", "INTENSITY_MODES", "mask_levels"]
+           "insert_before", "rgb_converter", "gray_converter", "case_name_formatter", "INTENSITY_MODES", "mask_levels"]
 
 INTENSITY_MODES = ("ct", "mri", "minmax")
 # the modes that scale each volume by its own values, for MRI, which has no absolute unit
@@ -53,6 +53,17 @@ def rgb_converter(image):
         scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
         image = Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def case_name_formatter(metadict: dict, saver) -> dict:
+    """``SaveImaged(output_name_formatter=...)`` for volumes: the output is named after the case as
+    :func:`vmunet_monai.evaluation.ct._case_name` names it (KiTS's ``case_00000/imaging.nii.gz`` after its folder,
+    where MONAI's own formatter would name every case ``imaging``)."""
+    from vmunet_monai.evaluation.ct import _case_name
+
+    source = (metadict or {}).get("filename_or_obj", getattr(saver, "_data_index", 0))
+    # the extension is added back for MONAI to strip, so a dot in a case's name stays
+    return {"subject": f"{_case_name(source)}.nii.gz", "idx": (metadict or {}).get("patch_index")}
 
 
 def gray_converter(image):

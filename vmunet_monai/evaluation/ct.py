@@ -413,15 +413,25 @@ def _squeeze(x):
     return x[0] if x.ndim == 4 else x
 
 
+#: file names that say what a file is, not which case: KiTS's case_00000/imaging.nii.gz and segmentation.nii.gz,
+#: TotalSegmentator's s0000/ct.nii.gz; such a case is named after its folder
+GENERIC_NAMES = frozenset({"imaging", "image", "img", "volume", "vol", "ct", "mr", "mri", "scan", "segmentation",
+                           "seg", "label", "labels", "mask", "gt"})
+
+
 def _case_name(meta_source) -> str:
-    """A case's name: its file's (or DICOM series folder's) name without a volume extension."""
+    """A case's name: its file's (or DICOM series folder's) name without a volume extension, or its folder's where
+    the file's says only what it is (:data:`GENERIC_NAMES`)."""
     from vmunet_monai.validation import VOLUME_EXTENSIONS
 
-    name = os.path.basename(str(meta_source).rstrip("/\\"))
+    path = str(meta_source).rstrip("/\\")
+    name = os.path.basename(path)
     for ext in (*VOLUME_EXTENSIONS, ".npy.h5"):
         if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
+            name = name[: -len(ext)]
+            break
+    folder = os.path.basename(os.path.dirname(path))
+    return folder if name.lower() in GENERIC_NAMES and folder else name
 
 
 def _write_outputs(rows, output_dir: str, prefix: str, groups: Mapping[str, str] | None = None,
