@@ -556,7 +556,8 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
     if intensity == "ct" and airless:
         print(f"note: {len(airless)} of {len(spans)} volumes hold no air (1st percentile above {AIR_HU} HU; first: "
               f"{describe_span(*airless[0])}): they do not look like CT in Hounsfield units, which the CT window "
-              f"expects; if they are MRI or scaled CT, prepare with --intensity mri")
+              f"expects (MRI, or CT scaled or stored without its intercept): leave them out, or prepare with "
+              f"--intensity mri to scale every volume by its own percentiles")
     if acdc:
         print(f"ACDC recognised (patient folders with Info.cfg): classes {', '.join(ACDC_CLASSES.values())} "
               f"(label values 1-3{'; --classes names them otherwise' if not classes else ''}), cine MRI")
