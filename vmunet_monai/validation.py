@@ -13,7 +13,7 @@ the wrong shape somewhere deep in a layer; only the loader still knows the file 
 - pairs: an image and its mask/label have the same size;
 - orientation: a 2D image is read as viewers display it: a camera's EXIF orientation tag (a photo stored
   turned or mirrored) is applied (:func:`upright`), as the bundles' readers apply it;
-- labels: a binary mask holds 0/1 or 0/255 (grey levels of lossy JPEG masks allowed); a label map
+- labels: a binary mask holds 0/1 or 0/255 (grey levels of lossy JPEG masks allowed; 0/65535 in 16 bits); a label map
   holds the integers ``0 .. num_classes - 1``;
 - outputs: never written over or inside the inputs.
 """
