@@ -391,3 +391,22 @@ def test_two_images_of_one_name_get_one_mask_the_png_and_the_other_is_named(tmp_
     images = sorted((raw / "images").iterdir())
     with pytest.raises(DatasetLayoutError, match=r"c0\.jpg: its mask .*c0\.png is the mask of .*c0\.png"):
         pair_images_and_masks(images, raw / "masks")
+
+
+def test_a_folder_whose_masks_are_all_empty_is_noted(tmp_path, capsys):
+    """Masks with no foreground anywhere (the wrong files, or 0/1 masks read at the wrong scale) train a model that
+    segments nothing, and its evaluation scores every both-empty image 1: prepare says so; one mask with a lesion
+    is enough to say nothing."""
+    rng = np.random.default_rng(5)
+    raw = tmp_path / "raw"
+    _write_pairs(raw / "images", raw / "masks", [f"c{i}" for i in range(8)], rng)
+    for mask in (raw / "masks").iterdir():
+        Image.fromarray(np.zeros((40, 48), np.uint8)).save(mask)
+    prepare("isic_skin_lesion", str(raw), str(tmp_path / "out"))
+    assert (f"note: every mask of the 8 pairs in {raw / 'masks'} is empty (no foreground): a model learns nothing "
+            "from them") in capsys.readouterr().err
+    lesion = np.zeros((40, 48), np.uint8)
+    lesion[10:20, 10:20] = 255
+    Image.fromarray(lesion).save(raw / "masks" / "c3.png")
+    prepare("isic_skin_lesion", str(raw), str(tmp_path / "out2"))
+    assert "is empty (no foreground)" not in capsys.readouterr().err

@@ -24,6 +24,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -48,6 +49,7 @@ __all__ = [
     "describe_orientation",
     "read_volume",
     "check_image_pair_2d",
+    "ImagePair",
     "check_output_location",
     "describe_values",
 ]
@@ -338,7 +340,17 @@ def read_image_2d(path) -> np.ndarray:
     return read_image_upright(path)[0]
 
 
-def check_image_pair_2d(image_path, mask_path, binary: bool = True) -> tuple[int, int, int]:
+class ImagePair(NamedTuple):
+    """What :func:`check_image_pair_2d` found: the image's size as displayed, its EXIF orientation (1 for none), and
+    whether its mask holds any foreground."""
+
+    height: int
+    width: int
+    orientation: int
+    foreground: bool
+
+
+def check_image_pair_2d(image_path, mask_path, binary: bool = True) -> ImagePair:
     """Decode a 2D image and its mask and check both, and that they have the same size as displayed.
 
     Args:
@@ -347,7 +359,8 @@ def check_image_pair_2d(image_path, mask_path, binary: bool = True) -> tuple[int
             classes, whose values the importer checks itself.
 
     Returns:
-        the image size as displayed (height, width), and its EXIF orientation (1 for none).
+        the image size as displayed (height, width), its EXIF orientation (1 for none) and whether the mask holds
+        foreground (a value at half its scale or above; for a label map, any class).
 
     Raises:
         InputError: for the first rule broken; a mask that fits the stored pixels of an image shown turned a
@@ -364,7 +377,10 @@ def check_image_pair_2d(image_path, mask_path, binary: bool = True) -> tuple[int
     check_same_size(image_path, image.shape[:2], mask_path, mask.shape[:2])
     if binary:
         check_binary_mask(mask, mask_path)
-    return int(image.shape[0]), int(image.shape[1]), orientation
+        foreground = bool(np.any(mask >= (127.5 if mask.max() > 1 else 0.5)))  # BinarizeMaskd's rule
+    else:
+        foreground = bool(np.any(mask))
+    return ImagePair(int(image.shape[0]), int(image.shape[1]), orientation, foreground)
 
 
 def read_volume(path, read_data: bool = True) -> tuple[tuple[int, ...], np.ndarray | None]:

@@ -166,27 +166,35 @@ def verify_pairs(pairs: Sequence[tuple[Path, Path]], skipped: list[dict], worker
 
     Failures are appended to ``skipped`` as ``{"file", "reason"}``; the order of ``pairs`` is kept.
     Decoding runs on a thread pool (PIL releases the GIL while it decodes). Kept images stored turned or
-    mirrored under an EXIF orientation tag are counted on stderr (:func:`report_turned`).
+    mirrored under an EXIF orientation tag are counted on stderr (:func:`report_turned`), and so are kept pairs
+    whose masks are all empty.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     def check(pair):
         try:
-            return None, check_image_pair_2d(*pair, binary=binary)[2]
+            return None, check_image_pair_2d(*pair, binary=binary)
         except InputError as exc:
-            return str(exc), 1
+            return str(exc), None
 
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(check, pairs))
-    kept, turned = [], []
-    for pair, (error, orientation) in zip(pairs, results):
+    kept, turned, empty = [], [], 0
+    for pair, (error, found) in zip(pairs, results):
         if error is None:
             kept.append(pair)
-            if orientation != 1:
-                turned.append((pair[0], orientation))
+            if found.orientation != 1:
+                turned.append((pair[0], found.orientation))
+            empty += not found.foreground
         else:
             skipped.append({"file": str(pair[0]), "reason": error})
+    if kept and empty == len(kept):
+        import sys
+
+        print(f"note: every mask of the {len(kept)} pairs in {os.path.commonpath([os.path.dirname(os.path.abspath(m)) for _, m in kept])} is empty (no "
+              f"foreground): a model learns nothing from them (are these the masks, or was the mask suffix "
+              f"another?)", file=sys.stderr)
     report_turned(turned, "their masks must be drawn on the upright image")
     return kept
 
