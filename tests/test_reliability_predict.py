@@ -434,3 +434,21 @@ def test_ct_predict_names_volumes_that_are_not_in_hounsfield_units(tmp_path, cap
     predict(str(bundle), str(tmp_path / "scans"), str(tmp_path / "segs_mri"), device="cpu",
             intensity="mri")
     assert "hold no air" not in capsys.readouterr().out
+
+
+def test_ct_predict_of_a_one_slice_volume_keeps_its_shape(tmp_path):
+    """MONAI's writer drops every trailing dimension of size one: a volume of one slice, (X, Y, 1), came back as a 2D
+    (X, Y) segmentation on no grid of its scan. SaveSegmentationd takes off the channel alone."""
+    from vmunet_monai.predict import predict
+
+    bundle = tiny_bundle_with_weights("synapse_multiorgan", tmp_path / "bundle")
+    source = write_ct_volume(tmp_path / "scans" / "full.nii.gz")
+    volume = nib.load(source)
+    nib.save(nib.Nifti1Image(np.asarray(volume.dataobj)[:, :, 2:3], volume.affine), tmp_path / "scans" / "one.nii.gz")
+    written = {Path(w).name: nib.load(w) for w in predict(str(bundle), str(tmp_path / "scans"),
+                                                         str(tmp_path / "segs"), device="cpu")}
+    assert written["one_seg.nii.gz"].shape == (48, 44, 1) and written["full_seg.nii.gz"].shape == (48, 44, 10)
+    for seg in written.values():
+        np.testing.assert_allclose(seg.affine, volume.affine, atol=1e-4)
+        assert seg.get_data_dtype() == np.uint8
+    assert sorted(p.name for p in (tmp_path / "segs" / "montages").iterdir()) == ["full_seg.png", "one_seg.png"]

@@ -16,7 +16,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 __all__ = ["BinarizeMaskd", "ChannelArgmaxd", "ClassValuesd", "FirstOutputd", "probability_slabs", "save_unit_nifti",
-           "SaveProbabilityVolumed", "ScaleToUnitd", "Spacingd",
+           "SaveProbabilityVolumed", "SaveSegmentationd", "ScaleToUnitd", "Spacingd",
            "insert_before", "rgb_converter", "gray_converter", "case_name_formatter", "INTENSITY_MODES", "mask_levels"]
 
 INTENSITY_MODES = ("ct", "mri", "minmax")
@@ -64,6 +64,30 @@ def case_name_formatter(metadict: dict, saver) -> dict:
     source = (metadict or {}).get("filename_or_obj", getattr(saver, "_data_index", 0))
     # the extension is added back for MONAI to strip, so a dot in a case's name stays
     return {"subject": f"{_case_name(source)}.nii.gz", "idx": (metadict or {}).get("patch_index")}
+
+
+class _LabelNiftiWriter(monai.data.NibabelWriter):
+    """MONAI's NIfTI writer that takes off a label volume's one channel and nothing else: its own squeezing drops
+    every trailing dimension of size one, so a volume of one slice, ``(X, Y, 1)``, was written as ``(X, Y)``."""
+
+    def set_data_array(self, data_array, channel_dim: int | None = 0, squeeze_end_dims: bool = True, **kwargs):
+        super().set_data_array(data_array, channel_dim=channel_dim, squeeze_end_dims=False, **kwargs)
+        if self.data_obj.ndim == 4 and self.data_obj.shape[-1] == 1:  # (X, Y, Z, 1): the channel, moved last
+            self.data_obj = self.data_obj[..., 0]
+
+
+class SaveSegmentationd(monai.transforms.SaveImaged):
+    """MONAI's ``SaveImaged`` for label volumes of one channel, ``(1, X, Y, Z)``, written as ``(X, Y, Z)`` whatever
+    their size (:class:`_LabelNiftiWriter`): a volume of one slice keeps its shape, and so matches its scan. A
+    subclass, so MONAI Label leaves it out of its post-processing as it does ``SaveImaged``.
+
+    Args:
+        keys, kwargs: as ``SaveImaged`` (``writer`` is set here).
+    """
+
+    def __init__(self, keys: KeysCollection, **kwargs) -> None:
+        kwargs["writer"] = _LabelNiftiWriter
+        super().__init__(keys, **kwargs)
 
 
 def gray_converter(image):
