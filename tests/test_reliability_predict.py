@@ -37,9 +37,10 @@ def _cli(*args, cwd):
 
 
 def _mixed_folder(folder):
-    """Three usable images (odd sizes, grey, RGBA, 16-bit) and six unusable files."""
+    """Four usable images (odd sizes, grey, RGBA, 16-bit, WebP) and six unusable files."""
     good = {
         "odd.png": write_rgb(folder / "odd.png", 37, 53),
+        "photo.webp": write_rgb(folder / "photo.webp", 41, 47, seed=2),
         "grey.jpg": folder / "sub" / "grey.jpg",
         "rgba16.png": folder / "sub" / "deep" / "wide16.png",
     }

@@ -54,7 +54,7 @@ __all__ = [
     "describe_values",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
@@ -299,7 +299,7 @@ def read_image_upright(path) -> tuple[np.ndarray, int]:
 
     path = check_file(path)
     if _is_volume_name(path):
-        raise input_error(path, "is a 3D volume file", "2D images (png, jpg, bmp, tif) are expected here; "
+        raise input_error(path, "is a 3D volume file", "2D images (png, jpg, bmp, tif, webp) are expected here; "
                           "CT volumes go to the synapse_multiorgan bundle")
     try:
         with Image.open(path) as image:
@@ -318,7 +318,7 @@ def read_image_upright(path) -> tuple[np.ndarray, int]:
                           "the network sees an image whole, resized; cut a whole-slide image into tiles") from None
     except UnidentifiedImageError:
         raise input_error(path, "is not an image file that can be read",
-                          "png, jpg, bmp or tif images are expected") from None
+                          "png, jpg, bmp, tif or webp images are expected") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise input_error(path, f"cannot be decoded ({reason})",

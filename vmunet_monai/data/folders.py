@@ -29,7 +29,7 @@ file in the mask folder named after its image's stem plus a suffix, found by try
 the one that pairs the most images (``--mask_suffix`` sets it). In one folder, a mask is told from an image
 by that suffix (``""`` aside; ``_anno`` too, as GlaS names them), and an image with several masks
 (BUSI's ``X_mask.png``, ``X_mask_1.png``) gets their union, written under ``OUT/labels/``. Masks are binary: 0/1 or 0/255,
-grey or RGB(A), of the image's size; images are PNG, JPEG, BMP or TIFF of any size. With ``--classes``
+grey or RGB(A), of the image's size; images are PNG, JPEG, BMP, TIFF or WebP of any size. With ``--classes``
 naming two or more classes (or a ``dataset.json`` beside the folders naming them), masks are label
 maps instead, read by :mod:`vmunet_monai.data.label_maps`.
 """
@@ -282,7 +282,7 @@ def _items(dirs: tuple[Path, Path], dataset: str, mask_suffix: str | None, skipp
     image_dir, mask_dir = dirs
     images = list_images(image_dir)
     if not images:
-        raise DatasetLayoutError(f"{image_dir}: no images (PNG, JPEG, BMP or TIFF)")
+        raise DatasetLayoutError(f"{image_dir}: no images (PNG, JPEG, BMP, TIFF or WebP)")
     suffix = _suffix_for(images, mask_dir) if mask_suffix is None else mask_suffix
     pairs = pair_images_and_masks(images, mask_dir, mask_suffix=suffix, skipped=skipped)
     if verify:

@@ -149,7 +149,7 @@ def find_class_values(masks: Sequence[str], num_classes: int, mask_values=None,
         elif len(union) == num_classes:
             chosen = union
         else:
-            lossy = any(Path(m).suffix.lower() in (".jpg", ".jpeg") for m in masks)
+            lossy = any(Path(m).suffix.lower() in (".jpg", ".jpeg", ".webp") for m in masks)
             raise DatasetLayoutError(
                 f"the masks hold {len(union)} distinct values ({_listed(union)}) but --classes names "
                 f"{num_classes - 1} classes: expected the class numbers 0-{num_classes - 1}, or {num_classes} "

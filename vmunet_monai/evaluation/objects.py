@@ -46,7 +46,7 @@ LABEL = {
     "pooled": "counts and area-weighted sums over every image of the set",
     "per_image": "per image, then mean and sample standard deviation over images",
 }
-_LOSSY = (".jpg", ".jpeg")
+_LOSSY = (".jpg", ".jpeg", ".webp")  # WebP may be lossy
 PER_IMAGE_CSV, SUMMARY_JSON = "objects_per_image.csv", "objects_summary.json"
 
 
