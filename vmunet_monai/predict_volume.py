@@ -187,7 +187,7 @@ def predict_volumes(
     from monai.bundle import ConfigWorkflow
 
     from vmunet_monai.data.common import report_skipped
-    from vmunet_monai.data.volumes import AIR_HU, describe_span, hounsfield_like, intensity_span
+    from vmunet_monai.data.volumes import airless_note, hounsfield_like, intensity_span
     from vmunet_monai.engine.utils import inference_configs
     from vmunet_monai.evaluation.volumetry import write_volumes
     from vmunet_monai.predict import (NothingToPredictError, bundle_class_names, finished_output, resume_check,
@@ -266,10 +266,8 @@ def predict_volumes(
     )
     workflow.initialize()
     if airless and workflow.parser.get_parsed_content("intensity") == "ct":
-        print(f"note: {len(airless)} of {len(good)} volumes hold no air (1st percentile above {AIR_HU} HU; first: "
-              f"{describe_span(*airless[0])}): they do not look like CT in Hounsfield units, which this bundle's CT "
-              f"window expects, so their segmentations may be empty or wrong; a bundle trained on MRI or scaled CT "
-              f"takes --intensity mri", flush=True)
+        print(f"{airless_note(airless, len(good))} this bundle's CT window expects, so their segmentations may be "
+              f"empty or wrong; a bundle trained on MRI or scaled CT takes --intensity mri", flush=True)
     if not model:
         for path in weights:  # an ensemble's too, each named if it is not of this network
             check_checkpoint_fits(workflow.parser.get_parsed_content("network"), path)

@@ -30,6 +30,7 @@ import numpy as np
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "LOSSY_EXTENSIONS",
     "VOLUME_EXTENSIONS",
     "InputError",
     "MissingInputError",
@@ -55,6 +56,9 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: formats whose pixel values may have been changed by compression (WebP may be lossy): a mask's values in them are
+#: not trusted to be exact
+LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".webp")
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 

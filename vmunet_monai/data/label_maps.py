@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from vmunet_monai.data.common import DatasetLayoutError
-from vmunet_monai.validation import InputError, comma_list
+from vmunet_monai.validation import LOSSY_EXTENSIONS, InputError, comma_list
 
 __all__ = ["LABELS_FOLDER", "parse_mask_values", "read_label", "find_class_values", "write_label_maps",
            "binarize_nonzero", "prepare_label_maps", "save_label"]
@@ -149,7 +149,7 @@ def find_class_values(masks: Sequence[str], num_classes: int, mask_values=None,
         elif len(union) == num_classes:
             chosen = union
         else:
-            lossy = any(Path(m).suffix.lower() in (".jpg", ".jpeg", ".webp") for m in masks)
+            lossy = any(Path(m).suffix.lower() in LOSSY_EXTENSIONS for m in masks)
             raise DatasetLayoutError(
                 f"the masks hold {len(union)} distinct values ({_listed(union)}) but --classes names "
                 f"{num_classes - 1} classes: expected the class numbers 0-{num_classes - 1}, or {num_classes} "

@@ -49,7 +49,8 @@ from vmunet_monai.data.preview import announce
 from vmunet_monai.validation import InputError, check_label_values, input_error
 
 __all__ = ["VOLUME_FILES", "find_volume_layout", "prepare_volumes", "check_volume_pair", "class_names", "labels_beside",
-           "volume_affine", "load_volume", "AIR_HU", "intensity_span", "hounsfield_like", "describe_span"]
+           "volume_affine", "load_volume", "AIR_HU", "intensity_span", "hounsfield_like", "describe_span",
+           "airless_note"]
 
 _PAIRS = (("imagesTr", "labelsTr"), ("images", "labels"), ("image", "label"), ("images", "masks"),
           ("volumes", "labels"), ("imgs", "labels"), ("img", "label"))
@@ -87,6 +88,13 @@ def hounsfield_like(span: tuple[float, float]) -> bool:
 def describe_span(path, span: tuple[float, float]) -> str:
     """``"<path> (1st to 99th percentile 0 to 1843)"``."""
     return f"{path} (1st to 99th percentile {span[0]:.4g} to {span[1]:.4g})"
+
+
+def airless_note(airless: list[tuple[str, tuple[float, float]]], count: int) -> str:
+    """The start of the note on volumes without air (``(path, span)`` of :func:`intensity_span`) among ``count``:
+    how many, the first, and that they are not CT in Hounsfield units, which ..."""
+    return (f"note: {len(airless)} of {count} volumes hold no air (1st percentile above {AIR_HU} HU; first: "
+            f"{describe_span(*airless[0])}): they do not look like CT in Hounsfield units, which")
 
 
 def volume_affine(path: str | os.PathLike) -> np.ndarray:
@@ -554,10 +562,9 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
     elif why is None or intensity != "mri":
         why = "as given"
     if intensity == "ct" and airless:
-        print(f"note: {len(airless)} of {len(spans)} volumes hold no air (1st percentile above {AIR_HU} HU; first: "
-              f"{describe_span(*airless[0])}): they do not look like CT in Hounsfield units, which the CT window "
-              f"expects (MRI, or CT scaled or stored without its intercept): leave them out, or prepare with "
-              f"--intensity mri to scale every volume by its own percentiles")
+        print(f"{airless_note(airless, len(spans))} the CT window expects (MRI, or CT scaled or stored without its "
+              f"intercept): leave them out, or prepare with --intensity mri to scale every volume by its own "
+              f"percentiles")
     if acdc:
         print(f"ACDC recognised (patient folders with Info.cfg): classes {', '.join(ACDC_CLASSES.values())} "
               f"(label values 1-3{'; --classes names them otherwise' if not classes else ''}), cine MRI")

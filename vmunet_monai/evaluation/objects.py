@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vmunet_monai.validation import InputError, upright
+from vmunet_monai.validation import LOSSY_EXTENSIONS, InputError, upright
 
 __all__ = ["LABEL", "read_objects", "label_components", "split_touching", "write_objects", "object_scores",
            "match_files", "summarize_objects", "format_objects", "run_objects"]
@@ -46,7 +46,7 @@ LABEL = {
     "pooled": "counts and area-weighted sums over every image of the set",
     "per_image": "per image, then mean and sample standard deviation over images",
 }
-_LOSSY = (".jpg", ".jpeg", ".webp")  # WebP may be lossy
+_LOSSY = LOSSY_EXTENSIONS
 PER_IMAGE_CSV, SUMMARY_JSON = "objects_per_image.csv", "objects_summary.json"
 
 
