@@ -365,25 +365,12 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         summary["pranet"] = pranet.pop("summary")["overall"]
         paths.update({f"pranet_{k}": v for k, v in pranet.items()})
         # and whether the maps' probabilities mean what they say, pixel by pixel (grey levels / 255)
-        from vmunet_monai.evaluation.calibration import Calibration
-
-        calibration = Calibration()
-        for _, hit, label, _ in binary_pairs:
-            calibration.add(np.clip(_read_values(hit), 0, 255) / 255.0, foreground(_read_values(label)))
-        _write_calibration(calibration, summary, paths, out, split, f"{Path(pred).name}: calibration, {split} split",
-                           "the probability maps", len(binary_pairs))
+        _write_calibration(_calibrate_maps([(hit, label) for _, hit, label, _ in binary_pairs]), summary, paths, out,
+                           split, f"{Path(pred).name}: calibration, {split} split", "the probability maps",
+                           len(binary_pairs))
     elif map_pairs:  # predict --probabilities beside its masks: the masks are scored, the maps calibrated
-        from vmunet_monai.evaluation.calibration import Calibration
-
-        calibration = Calibration()
-        for hit, label in map_pairs:
-            values, truth = _read_values(hit), _read_values(label)
-            if values.shape != truth.shape:
-                raise InputError(f"{hit}: a probability map of {values.shape[0]}x{values.shape[1]} pixels against its "
-                                 f"label {label} of {truth.shape[0]}x{truth.shape[1]} (predict writes them at the "
-                                 f"image's own size)")
-            calibration.add(np.clip(values, 0, 255) / 255.0, foreground(truth))
-        _write_calibration(calibration, summary, paths, out, split, f"{Path(pred).name}: calibration, {split} split",
+        _write_calibration(_calibrate_maps(map_pairs), summary, paths, out, split,
+                           f"{Path(pred).name}: calibration, {split} split",
                            f"the probability maps beside the masks ({len(map_pairs)} of {len(records)} image(s) with "
                            f"<image>_prob.png)", len(map_pairs))
     if class_pairs:  # predict --probabilities of several classes: <stem>_prob_<k>.png, by the top label
@@ -409,6 +396,29 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     print(f"{len(records) // max(len(classes), 1)} images scored against {datalist} ({split}); written to {out}")
     summary["paths"] = paths
     return summary
+
+
+def _calibrate_maps(pairs: list[tuple[Path, Path]]):
+    """The :class:`~vmunet_monai.evaluation.calibration.Calibration` of binary probability maps (grey levels / 255)
+    against their labels' foreground, as ``(map, label)`` pairs.
+
+    Raises:
+        InputError: a map of another size than its label.
+    """
+    import numpy as np
+
+    from vmunet_monai.engine.transforms import foreground
+    from vmunet_monai.evaluation.calibration import Calibration
+
+    calibration = Calibration()
+    for hit, label in pairs:
+        values, truth = _read_values(hit), _read_values(label)
+        if values.shape != truth.shape:
+            raise InputError(f"{hit}: a probability map of {values.shape[0]}x{values.shape[1]} pixels against its "
+                             f"label {label} of {truth.shape[0]}x{truth.shape[1]} (predict writes them at the "
+                             f"image's own size)")
+        calibration.add(np.clip(values, 0, 255) / 255.0, foreground(truth))
+    return calibration
 
 
 #: what predict writes beside its masks and probability maps, which are neither (overlays, pictures of doubt)
