@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -555,3 +556,47 @@ def test_kits_and_lits_layouts_pair_each_volume_with_its_segmentation(tmp_path):
     bundle = tiny_bundle_with_weights("synapse_multiorgan", tmp_path / "bundle")
     written = predict(str(bundle), str(kits / "data"), str(tmp_path / "segs"), device="cpu", num_classes=9)
     assert sorted(Path(w).name for w in written) == [f"case_{i:05d}_seg.nii.gz" for i in range(6)]
+
+
+def test_channel_chooses_the_volume_read_of_a_case_with_several(tmp_path):
+    """BraTS keeps each case's channels beside one label (X_t1, X_t2, X_flair, X_seg); nnU-Net numbers them
+    (X_0000, X_0001). The bundle reads one: --channel names it (by its name, nnU-Net's number, or the name
+    dataset.json gives that number); without it BraTS's cases are skipped, naming the channels to choose from."""
+    from vmunet_monai.data.common import DatasetLayoutError
+
+    own = _own_dataset(tmp_path / "src", cases=6)
+    brats, nnunet = tmp_path / "brats", tmp_path / "nnunet"
+    shutil.copytree(own, nnunet)
+    for i, image in enumerate(sorted((own / "imagesTr").iterdir())):
+        case = brats / f"BraTS2021_{i:05d}"
+        case.mkdir(parents=True)
+        volume = nib.load(image)
+        for k, modality in enumerate(("t1", "t2", "flair")):
+            nib.save(nib.Nifti1Image(np.asarray(volume.dataobj) + 100 * k, volume.affine),
+                     case / f"{case.name}_{modality}.nii.gz")
+        label = own / "labelsTr" / image.name.replace("_0000", "")
+        (case / f"{case.name}_seg.nii.gz").write_bytes(label.read_bytes())
+        (nnunet / "imagesTr" / image.name.replace("_0000", "_0001")).write_bytes(image.read_bytes())
+    with pytest.raises(DatasetLayoutError, match=r"no usable case; 18 skipped \(first: .*BraTS2021_00000_flair.*"
+                                                 r"one of 3 channels sharing the label BraTS2021_00000_seg.nii.gz.*"
+                                                 r"choose it with --channel flair\|t1\|t2"):
+        prepare("synapse_multiorgan", str(brats), str(tmp_path / "none"))
+    prepare("synapse_multiorgan", str(brats), str(tmp_path / "flair"), num_val=1, channel="flair")
+    doc = _datalist(tmp_path / "flair")
+    items = [i for k in ("training", "validation", "test") for i in doc[k]]
+    assert len(items) == 6 and all(Path(i["image"]).name.endswith("_flair.nii.gz") for i in items)
+    assert all(Path(i["label"]).name == i["case"].replace("_flair", "_seg") + ".nii.gz" for i in items)
+    skipped = doc["meta"]["skipped"]
+    assert len(skipped) == 12 and "--channel flair reads that one" in skipped[0]["reason"]
+    # nnU-Net: the channel's number, or its name in dataset.json
+    (nnunet / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT", "1": "late"},
+                                                     "labels": {"background": 0, "liver": 1, "spleen": 2}}))
+    for channel in (1, "late"):
+        out = tmp_path / f"nnunet_{channel}"
+        prepare("synapse_multiorgan", str(nnunet), str(out), num_val=1, channel=channel)
+        doc = _datalist(out)
+        assert all(Path(i["image"]).name.endswith("_0001.nii.gz") for k in ("training", "validation", "test")
+                   for i in doc[k])
+        assert all("_0000.nii.gz" in s["file"] and "the _0001 file" in s["reason"] for s in doc["meta"]["skipped"])
+    with pytest.raises(InputError, match=r"--channel 'flair': no dataset.json beside .* names a channel so"):
+        prepare("synapse_multiorgan", str(nnunet), str(tmp_path / "bad"), channel="flair")

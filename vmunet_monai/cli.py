@@ -310,7 +310,9 @@ class Commands:
           (folders; default: dataset.json), --test_fraction [0.2] (folders without labelsTs/ or testing/),
           --split auto|mamba_unet [auto] (ACDC: Mamba-UNet's 70/10/20 split of the training patients),
           --intensity auto|ct|mri|minmax [auto] (folders: mri where dataset.json names MRI, for ACDC and
-          for volumes without air, which are not CT in Hounsfield units; else ct)
+          for volumes without air, which are not CT in Hounsfield units; else ct), --channel (folders: the one
+          channel read of a case with several: nnU-Net's number or its dataset.json name [0], or the name
+          ending the volumes that share one label, BraTS's flair of X_t1, X_t2, X_flair beside X_seg)
 
         Args:
             bundle: isic_skin_lesion, polyp_seg or synapse_multiorgan.

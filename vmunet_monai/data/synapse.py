@@ -333,7 +333,7 @@ def _convert_case(case, image, label, spacing, out, img_dir, lab_dir) -> dict:
 def prepare(
     raw: str, out: str, num_val: int | None = None, seed: int = 0, spacing: Sequence[float] | None = None,
     verify: bool = True, layout: str = "auto", classes: str | None = None, test_fraction: float = 0.2,
-    split: str = "auto", intensity: str = "auto",
+    split: str = "auto", intensity: str = "auto", channel: str | None = None,
 ) -> str:
     """Write ``out/datalist.json`` from Synapse RawData, its imagesTr/labelsTr form or the TransUNet npz/h5
     release (detected from the layout).
@@ -363,6 +363,8 @@ def prepare(
             patients, :data:`vmunet_monai.data.volumes.MAMBA_UNET_ACDC_SPLIT`).
         intensity: folders: how the bundle is to scale the volumes, ``auto`` (``mri`` for MRI and for volumes
             without air, else ``ct``), ``ct``, ``mri`` or ``minmax`` (:mod:`vmunet_monai.data.volumes`).
+        channel: folders: the channel read where a case has several, nnU-Net's number (or its dataset.json name)
+            or the name ending volumes that share one label (BraTS's flair) (:mod:`vmunet_monai.data.volumes`).
 
     Returns:
         The path of the datalist.
@@ -387,9 +389,9 @@ def prepare(
                      "release)", find=find_volume_layout, own_layout=VOLUME_LAYOUT):
         refuse_options("folders", {"spacing": (spacing, None)}, "the TransUNet release's")
         return prepare_volumes(raw, out, num_val=num_val, seed=int(seed), verify=bool(verify), classes=classes,
-                               test_fraction=test_fraction, split=split, intensity=intensity)
+                               test_fraction=test_fraction, split=split, intensity=intensity, channel=channel)
     given = {"classes": (classes, None), "test_fraction": (test_fraction, 0.2), "split": (split, "auto"),
-             "intensity": (intensity, "auto")}
+             "intensity": (intensity, "auto"), "channel": (channel, None)}
     refuse_options("btcv", given, "the folders")
     layout, root = found
     if spacing is not None and layout != "transunet":

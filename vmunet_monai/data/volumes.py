@@ -12,6 +12,7 @@ folders                                  as written by
 ``<patient>/X`` + ``X_gt`` beside it     ACDC: one folder per patient (``training/``, ``testing/``)
 ``case_00000/imaging`` + ``segmentation``  KiTS: one folder per case, named after it
 ``volume-N`` + ``segmentation-N``        LiTS: volumes and labels side by side, each its own patient
+``<case>/X_t1`` ... ``X_flair`` + ``X_seg``  BraTS: channels beside one label (``--channel flair`` reads one)
 =======================================  ======================================================
 
 Volumes are NIfTI (``.nii.gz``, ``.nii``), NRRD (``.nrrd``) or MetaImage (``.mha``, ``.mhd``). A label is
@@ -169,12 +170,19 @@ def label_names(stem: str) -> list[str]:
     return names
 
 
+def _channel_base(stem: str) -> list[str]:
+    """``[X]`` for ``X_<channel>`` (BraTS's ``BraTS2021_00000_flair``), the case whose channels share one label
+    ``X_seg``; ``[]`` for a stem without an underscore."""
+    return [stem.rsplit("_", 1)[0]] if "_" in stem.strip("_") else []
+
+
 def labels_beside(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
     """The volumes of ``folder`` by stem: those that are another's label (:func:`label_names`: ``X_gt``, ``X_seg``,
     ... beside ``X``; ``segmentation`` beside ``imaging``), and the rest."""
     volumes = {stem: p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
                and (stem := _stem(p.name)) is not None}
-    named = {label for stem in volumes for label in label_names(stem) if label != stem}
+    named = {label for stem in volumes for base in (stem, *_channel_base(stem)) for label in label_names(base)
+             if label != stem}
     labels = {stem: path for stem, path in volumes.items() if stem in named}
     return labels, {stem: path for stem, path in volumes.items() if stem not in labels}
 
@@ -186,14 +194,16 @@ def _case_folders(folder: Path) -> list[Path]:
     return [sub for sub in subfolders(folder) if labels_beside(sub)[0]]
 
 
-def _pair_beside(case_dir: Path, skipped: list[dict], series: list[str]) -> list[tuple[str, Path, Path, str]]:
+def _pair_beside(case_dir: Path, skipped: list[dict], series: list[str],
+                 channel: str | None = None) -> list[tuple[str, Path, Path, str]]:
     """(case, image, label, patient) for the volumes of one folder that have their label beside them; 4D series
     (ACDC's cine ``_4d``) go to ``series``, other volumes without a label to ``skipped``.
 
     The folder is one patient's where its volumes carry its name (ACDC's ``patient001/patient001_frame01``) or it
     holds one volume (KiTS's ``case_00000/imaging``); else each volume is a patient of its own (LiTS's
     ``Training Batch 1/volume-0``). A case is named as :func:`vmunet_monai.evaluation.ct._case_name` names it (KiTS's
-    after its folder)."""
+    after its folder). Volumes ``X_<channel>`` that share one label ``X_seg`` are the channels of one case
+    (BraTS's t1, t1ce, t2, flair): the bundle reads one, ``channel``; without it they are skipped, naming them."""
     labels, images = labels_beside(case_dir)
     kept = set(labels.values()) | set(images.values())
     for path in sorted(case_dir.iterdir()):  # X.nii beside X.nii.gz: one file per name is read, the other named
@@ -206,7 +216,33 @@ def _pair_beside(case_dir: Path, skipped: list[dict], series: list[str]) -> list
 
     found = []
     one = len(images) == 1
+    shared: dict[Path, list[str]] = {}  # a label of several channels -> their stems
+    for stem in images:
+        if not any(name in labels for name in label_names(stem)):
+            for base in _channel_base(stem):
+                hit = next((labels[name] for name in label_names(base) if name in labels), None)
+                if hit is not None:
+                    shared.setdefault(hit, []).append(stem)
+    for label, stems in shared.items():
+        picked = [stem for stem in stems if channel is not None and stem.lower().endswith("_" + channel.lower())]
+        choices = "|".join(stem.rsplit("_", 1)[1] for stem in stems)
+        if len(stems) > 1 and len(picked) != 1:
+            for stem in stems:
+                skipped.append({"file": str(images[stem]), "reason": input_error(
+                    images[stem], f"is one of {len(stems)} channels sharing the label {label.name} in {case_dir}"
+                    + (f", none of them {channel!r}" if channel is not None else ""),
+                    f"the bundle reads one channel per case: choose it with --channel {choices}").args[0]})
+        for stem in stems:
+            if len(stems) == 1 or stem in picked:
+                found.append((_case_name(images[stem]), images[stem], label, case_dir.name))
+            elif picked:
+                skipped.append({"file": str(images[stem]), "reason": input_error(
+                    images[stem], f"is another channel of the case of {images[picked[0]].name}",
+                    f"--channel {channel} reads that one").args[0]})
+    in_shared = {stem for stems in shared.values() for stem in stems}
     for stem, path in images.items():
+        if stem in in_shared:
+            continue
         label = next((labels[name] for name in label_names(stem) if name in labels), None)
         if label is not None:
             case = _case_name(path)  # as the evaluation and predict name it: KiTS's imaging after its folder
@@ -278,9 +314,10 @@ def find_volume_layout(raw: str | os.PathLike) -> tuple[Path, dict]:
     raise LayoutNotFound(f"{raw}: no image and label folders found; expected {EXPECTED}")
 
 
-def _pair(images: Path, labels: Path, skipped: list[dict]) -> list[tuple[str, Path, Path]]:
+def _pair(images: Path, labels: Path, skipped: list[dict], channel: int = 0) -> list[tuple[str, Path, Path]]:
     """(case, image, label) for every image volume with a label; the others are added to ``skipped``, as is a
-    second volume of one case (``X.nii`` beside ``X.nii.gz``: kept, one scan could land in two splits)."""
+    second volume of one case (``X.nii`` beside ``X.nii.gz``: kept, one scan could land in two splits). Of
+    nnU-Net's channels ``X_0000``, ``X_0001``, ... the one numbered ``channel`` is read."""
     # names starting with a dot are hidden files (the "._X" companions macOS writes into archives), not volumes
     by_stem = {s: p for p in labels.iterdir()
                if p.is_file() and not p.name.startswith(".") and (s := _stem(p.name)) is not None}
@@ -290,11 +327,11 @@ def _pair(images: Path, labels: Path, skipped: list[dict]) -> list[tuple[str, Pa
         if stem is None:
             continue
         match = _CHANNEL.match(stem)
-        case, channel = (match.group(1), int(match.group(2))) if match and stem not in by_stem else (stem, 0)
-        if channel:
+        case, number = (match.group(1), int(match.group(2))) if match and stem not in by_stem else (stem, 0)
+        if number != channel:
             skipped.append({"file": str(path), "reason": input_error(
-                path, f"is channel {channel} of case {case} (nnU-Net naming)",
-                "the bundle reads one channel per case: the _0000 file").args[0]})
+                path, f"is channel {number} of case {case} (nnU-Net naming)",
+                f"the bundle reads one channel per case: the _{channel:04d} file (--channel N chooses)").args[0]})
             continue
         candidates = [case + s for s in _LABEL_SUFFIXES]
         if case.startswith("img"):  # BTCV's img0001 / label0001
@@ -433,7 +470,7 @@ def _drawn_split(checked: dict[str, list[dict]], layout: dict, root: Path, skipp
 
 def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 0, verify: bool = True,
                     classes: str | None = None, test_fraction: float = 0.2, split: str = "auto",
-                    intensity: str = "auto") -> str:
+                    intensity: str = "auto", channel: str | int | None = None) -> str:
     """Write ``out/datalist.json`` from your own CT volumes and labels (the layouts of the module docstring).
 
     Args:
@@ -451,6 +488,10 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
         intensity: what the datalist records for the bundle's ``intensity``: ``ct``, ``mri``, ``minmax``, or
             ``auto`` (``mri`` for a modality ``dataset.json`` names MRI, for ACDC, and where most volumes hold no
             air, else ``ct``: the module docstring). Volumes without air under ``ct`` are named in a note.
+        channel: the channel read where a case has several: nnU-Net's number (``1`` for ``X_0001``, or the name
+            ``dataset.json`` gives it), or the name ending the volumes that share one label (BraTS's ``flair`` of
+            ``X_t1``, ``X_t1ce``, ``X_t2``, ``X_flair`` beside ``X_seg``); default ``X_0000``, and no choice
+            among named ones.
 
     Returns:
         the datalist path.
@@ -472,6 +513,10 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
         raise InputError(f"--test_fraction {test_fraction}: must be above 0 and below 1 (without a labelled test "
                          "folder, the test cases are drawn from the others)")
     names = class_names(classes, root)
+    number, token = channel_choice(channel, root)
+    if number < 0 and "cases" not in layout:
+        raise InputError(f"--channel {token!r}: no dataset.json beside {root} names a channel so (give nnU-Net's "
+                         f"number of the channel: 1 for X_0001)")
     acdc = "cases" in layout and _is_acdc(layout["cases"]["train"] + layout["cases"]["test"])
     from vmunet_monai.engine.transforms import INTENSITY_MODES
 
@@ -496,16 +541,16 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
     series: list[str] = []  # 4D cine series beside the labelled frames: left out, counted
     phases: dict[str, str] = {}  # ACDC: case -> ED or ES, from each patient's Info.cfg
     if "cases" in layout:  # a patient's volumes stay together in one split: grouped by their folder
-        parts = {part: [found for folder in folders_of for found in _pair_beside(folder, skipped, series)]
+        parts = {part: [found for folder in folders_of for found in _pair_beside(folder, skipped, series, token)]
                  for part, folders_of in (("pool", layout["cases"]["train"]), ("test", layout["cases"]["test"]))
                  if folders_of}
         if acdc:
             for folder in layout["cases"]["train"] + layout["cases"]["test"]:
                 phases.update(acdc_phases(folder))
     else:
-        parts = {"pool": [(*found, found[0]) for found in _pair(*layout["train"], skipped)]}
+        parts = {"pool": [(*found, found[0]) for found in _pair(*layout["train"], skipped, number)]}
         if layout["test"]:
-            parts["test"] = [(*found, found[0]) for found in _pair(*layout["test"], skipped)]
+            parts["test"] = [(*found, found[0]) for found in _pair(*layout["test"], skipped, number)]
     checked: dict[str, list[dict]] = {}
     spans: list[tuple[str, tuple[float, float]]] = []  # each checked image's 1st and 99th percentile
     largest = 0
@@ -596,6 +641,32 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
 
 
 _MRI = re.compile(r"\bmri?\b|t1|t2|flair|dwi|adc|cine", re.IGNORECASE)
+
+
+def channel_choice(channel, root: Path) -> tuple[int, str | None]:
+    """``--channel`` as nnU-Net's channel number and as the name ending a volume's stem (BraTS's ``flair``): a
+    number is both; a name is numbered by the channels a ``dataset.json`` beside the folders names (``"modality"``
+    or ``"channel_names"``), else -1; None is channel 0 and no name.
+
+    Raises:
+        InputError: an empty ``channel``.
+    """
+    if channel is None:
+        return 0, None
+    text = str(channel).strip()
+    if not text:
+        raise InputError(f"--channel {channel!r}: a channel's number (nnU-Net's X_0001: 1) or name (BraTS: flair)")
+    if text.isdigit():
+        return int(text), text
+    path = Path(root) / "dataset.json"
+    try:
+        doc = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        doc = {}
+    named = doc.get("channel_names") or doc.get("modality") or {}
+    number = next((int(k) for k, v in named.items() if str(k).isdigit() and str(v).lower() == text.lower()), -1) \
+        if isinstance(named, dict) else -1
+    return number, text
 
 
 def dataset_modality(root: Path) -> str | None:
