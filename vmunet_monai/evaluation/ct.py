@@ -413,10 +413,9 @@ def _squeeze(x):
     return x[0] if x.ndim == 4 else x
 
 
-#: file names that say what a file is, not which case: KiTS's case_00000/imaging.nii.gz and segmentation.nii.gz,
-#: TotalSegmentator's s0000/ct.nii.gz; such a case is named after its folder
-GENERIC_NAMES = frozenset({"imaging", "image", "img", "volume", "vol", "ct", "mr", "mri", "scan", "segmentation",
-                           "seg", "label", "labels", "mask", "gt"})
+#: file names that say what a scan is, not which case: KiTS's case_00000/imaging.nii.gz (and its
+#: segmentation.nii.gz), TotalSegmentator's s0000/ct.nii.gz; such a case is named after its folder
+GENERIC_NAMES = frozenset({"imaging", "image", "img", "volume", "vol", "ct", "mr", "mri", "scan", "segmentation"})
 
 
 def _case_name(meta_source) -> str:
