@@ -397,7 +397,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
 
     from monai.bundle import ConfigParser, ConfigWorkflow
 
-    from vmunet_monai.data.common import report_skipped, report_turned
+    from vmunet_monai.data.common import png_first, report_skipped, report_turned
     from vmunet_monai.weights import check_checkpoint_fits
 
     root = find_bundle(bundle)
@@ -431,7 +431,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     good, taken, turned = [], {}, []
     # PNGs first, so that of X.png and X.jpg in one folder, which would write one X_mask.png, the PNG is segmented
     # (as prepare pairs them); the rest in the order found
-    for order, item in sorted(enumerate(candidates), key=lambda c: (not c[1]["image"].lower().endswith(".png"), c[0])):
+    for order, item in sorted(enumerate(candidates), key=lambda c: png_first(c[1]["image"])):
         try:
             pixels, orientation = read_image_upright(item["image"])
             if min(pixels.shape[:2]) < MIN_SIZE:

@@ -26,6 +26,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DatasetLayoutError",
     "image_per_stem",
+    "png_first",
     "list_images",
     "pair_images_and_masks",
     "same_stem_reason",
@@ -84,13 +85,18 @@ def list_images(folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXT
     return sorted(files, key=lambda p: p.name)
 
 
+def png_first(path) -> bool:
+    """A sort key that puts PNG files first and, in a stable sort, leaves the rest in their order: of two images of
+    one name (``X.jpg`` beside ``X.png``), the PNG is the one read (:func:`image_per_stem`, ``predict``)."""
+    return not str(path).lower().endswith(".png")
+
+
 def image_per_stem(images: Iterable[Path]) -> dict[str, Path]:
     """The image that gets the mask of each file stem among ``images``: where a stem has several files (``X.jpg``
     beside ``X.png``: the same picture twice, or two pictures for one mask) the PNG, else the first."""
     kept: dict[str, Path] = {}
-    for img in images:
-        if img.stem not in kept or (img.suffix.lower() == ".png" and kept[img.stem].suffix.lower() != ".png"):
-            kept[img.stem] = img
+    for img in sorted(images, key=png_first):
+        kept.setdefault(img.stem, img)
     return kept
 
 
@@ -127,11 +133,9 @@ def pair_images_and_masks(images: Sequence[Path], mask_folder: str | os.PathLike
         raise DatasetLayoutError(f"{mask_folder}: expected a folder of masks, found none")
     by_stem: dict[str, Path] = {}
     exts = {e.lower() for e in mask_extensions}
-    for p in mask_folder.iterdir():
+    for p in sorted(mask_folder.iterdir(), key=lambda p: (png_first(p), p.name)):  # of one stem, the PNG (lossless)
         if p.is_file() and p.suffix.lower() in exts:
-            # prefer PNG when the same stem exists twice (lossless masks)
-            if p.stem not in by_stem or p.suffix.lower() == ".png":
-                by_stem[p.stem] = p
+            by_stem.setdefault(p.stem, p)
     kept = image_per_stem(images)
     pairs, missing = [], []
     for img in images:
