@@ -151,7 +151,7 @@ def test_cli_export_prints_the_difference_and_fails_above_the_tolerance(bundles,
 def test_clear_errors(bundles, tmp_path):
     with pytest.raises(ValueError, match="--format 'tflite': choose one of torchscript, onnx, pt2"):
         export(str(bundles["polyp_seg"]), "tflite")
-    with pytest.raises(FileNotFoundError, match="no weights at .*missing.pt: train the bundle first"):
+    with pytest.raises(FileNotFoundError, match=r"missing.pt: no trained weights; .*Train with python -m monai.bundle run training"):
         export(str(bundles["polyp_seg"]), "torchscript", checkpoint=str(tmp_path / "missing.pt"))
     with pytest.raises(ExportVerificationError, match="limit is 1e-30"):
         export(str(bundles["isic_skin_lesion"]), "torchscript", output=str(tmp_path / "x.ts"), tolerance=1e-30)

@@ -81,10 +81,10 @@ def _paths(bundle: str, checkpoint: str | None, output: str | None, format: str)
             )
     ckpt = Path(checkpoint) if checkpoint else root / "models" / "model.pt"
     if not ckpt.is_file():
-        raise FileNotFoundError(
-            f"no weights at {ckpt}: train the bundle first (python -m monai.bundle run training --config_file "
-            f"{root}/configs/train.json --bundle_root {root} --dataset_dir PREPARED) or pass --checkpoint PATH"
-        )
+        from vmunet_monai.engine.utils import missing_weights
+
+        raise missing_weights(ckpt, root, train=f"python -m monai.bundle run training --config_file "
+                              f"{root}/configs/train.json --bundle_root {root} --dataset_dir PREPARED")
     out = Path(output) if output else root / "models" / FORMATS[format]
     out.parent.mkdir(parents=True, exist_ok=True)
     return root, config, meta, ckpt, out

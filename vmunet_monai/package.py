@@ -274,10 +274,10 @@ def check_bundle(bundle: str | Path, checkpoint: str | Path | None = None, expor
     root = find_bundle(bundle)
     ckpt = Path(checkpoint) if checkpoint else root / MODEL_FILE
     if not ckpt.is_file():
-        raise FileNotFoundError(
-            f"no weights at {ckpt}: train the bundle (python -m monai.bundle run training --config_file "
-            f"{root}/configs/train.json --bundle_root {root} --dataset_dir PREPARED) or pass --checkpoint PATH"
-        )
+        from vmunet_monai.engine.utils import missing_weights
+
+        raise missing_weights(ckpt, root, train=f"python -m monai.bundle run training --config_file "
+                              f"{root}/configs/train.json --bundle_root {root} --dataset_dir PREPARED")
     passed, problems = [], []
     layout = [f"{root / f}: missing (the zoo requires it)" for f in REQUIRED_FILES if not (root / f).is_file()]
     layout += check_bundle_name(root.name)

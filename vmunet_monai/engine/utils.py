@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["load_pretrained", "amp_enabled", "amp_dtype", "find_bundle", "inference_configs", "network_file",
-           "output_channels", "trained_weights", "BUNDLES_ENV"]
+           "output_channels", "trained_weights", "missing_weights", "BUNDLES_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -174,17 +174,29 @@ def trained_weights(path: str | os.PathLike, bundle_root: str | os.PathLike,
         vmunet_monai.validation.InputError: no file there. The message names the weights the bundle's ``models/``
             does hold (another ``--run_name``, fold or baseline) and how to train or download them.
     """
-    from vmunet_monai.validation import InputError
-
     if os.path.isfile(path):
         return str(path)
+    raise missing_weights(path, bundle_root, other)
+
+
+def missing_weights(path: str | os.PathLike, bundle_root: str | os.PathLike, other: str = "--checkpoint PATH",
+                    train: str | None = None):
+    """The error for weights that are not at ``path``: the model.pt files the bundle's ``models/`` does hold
+    (another ``--run_name``, fold or baseline), and the ways to weights: ``train`` (a training command; default,
+    the same configs and options), the bundle's download, or ``other`` (how the command takes other weights).
+
+    Returns:
+        a :class:`vmunet_monai.validation.MissingInputError` (a ``FileNotFoundError``) to raise.
+    """
+    from vmunet_monai.validation import MissingInputError
+
     models = Path(bundle_root) / "models"
     found = sorted(p.relative_to(models).as_posix() for p in models.rglob("model.pt")) if models.is_dir() else []
     held = (f"{models} holds {', '.join(found[:6])}{' ...' if len(found) > 6 else ''} (--run_name, --folds/--fold "
             f"and a baseline overlay choose among them)" if found else f"{models} holds no model.pt yet")
-    raise InputError(f"{path}: no trained weights; {held}. Train with the same configs and options (python -m "
-                     f"monai.bundle run training ...), download them (python -m monai.bundle download_large_files "
-                     f"--bundle_path {bundle_root}) or give {other}")
+    train = train or "the same configs and options (python -m monai.bundle run training ...)"
+    return MissingInputError(f"{path}: no trained weights; {held}. Train with {train}, download them (python -m "
+                             f"monai.bundle download_large_files --bundle_path {bundle_root}) or give {other}")
 
 
 def network_file(root: Path, checkpoint, default_ckpt: Path, train: str, model, device) -> Path:
@@ -206,9 +218,6 @@ def network_file(root: Path, checkpoint, default_ckpt: Path, train: str, model, 
         return Path(model).resolve()
     ckpt = Path(checkpoint) if checkpoint else default_ckpt
     if not ckpt.is_file():
-        raise FileNotFoundError(
-            f"no trained weights at {ckpt}: train first (python -m monai.bundle run training --config_file "
-            f"{train} --bundle_root {root} --dataset_dir PREPARED), download them (python -m monai.bundle "
-            f"download_large_files --bundle_path {root}) or pass --checkpoint PATH"
-        )
+        raise missing_weights(ckpt, root, train=f"python -m monai.bundle run training --config_file {train} "
+                              f"--bundle_root {root} --dataset_dir PREPARED")
     return ckpt.resolve()
