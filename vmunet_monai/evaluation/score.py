@@ -425,6 +425,16 @@ def _calibrate_maps(pairs: list[tuple[Path, Path]]):
 PREDICT_PICTURES = ("_overlay", "_uncertainty", "_pass_entropy", "_instances")
 
 
+def _prediction_roots(pred: Path, record) -> list[Path]:
+    """The folders of 2D predictions to read: ``masks/`` and ``probabilities/`` of ``predict``'s output folder where
+    ``pred`` is that folder or its ``masks/`` (``record``: its ``prediction.json``), else ``pred`` itself."""
+    if record is not None:
+        folder = record[0].parent.resolve()
+        if pred.resolve() in (folder, folder / "masks") and (folder / "masks").is_dir():
+            return [p for p in (folder / "masks", folder / "probabilities") if p.is_dir()]
+    return [pred]
+
+
 def _mask_files(pred: Path, record) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
     """The 2D predictions below ``pred`` by the image stem they name: masks (``<stem>_mask.png`` or
     ``<stem>.png``) and binary probability maps (``<stem>_prob.png``), apart. Of ``predict``'s output folder
@@ -433,14 +443,9 @@ def _mask_files(pred: Path, record) -> tuple[dict[str, list[Path]], dict[str, li
     ``<stem>_prob_<k>.png`` of several classes are :func:`_class_maps`'."""
     import re
 
-    roots = [pred]
-    if record is not None:
-        folder = record[0].parent.resolve()
-        if pred.resolve() in (folder, folder / "masks") and (folder / "masks").is_dir():
-            roots = [p for p in (folder / "masks", folder / "probabilities") if p.is_dir()]
     masks: dict[str, list[Path]] = {}
     maps: dict[str, list[Path]] = {}
-    for root in roots:
+    for root in _prediction_roots(pred, record):
         for path in sorted(root.rglob("*")):
             stem = path.stem
             if (not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS or stem.endswith(PREDICT_PICTURES)
@@ -455,17 +460,12 @@ def _mask_files(pred: Path, record) -> tuple[dict[str, list[Path]], dict[str, li
 
 def _class_maps(pred: Path, record) -> dict[tuple[str, int], list[Path]]:
     """The class probability maps ``<stem>_prob_<k>.png`` of ``predict --probabilities`` for several classes, by
-    (stem, k): below ``pred``, and in the ``probabilities/`` folder beside it when ``pred`` is predict's ``masks/``
-    (``record``: its ``prediction.json``, as :func:`vmunet_monai.predict.read_record` found it)."""
+    (stem, k), in the folders :func:`_prediction_roots` gives (``record``: its ``prediction.json``, as
+    :func:`vmunet_monai.predict.read_record` found it)."""
     import re
 
-    roots = [pred]
-    if record is not None:
-        beside = record[0].parent / "probabilities"
-        if beside.is_dir() and pred.resolve() not in (beside.resolve(), *beside.resolve().parents):
-            roots.append(beside)
     maps: dict[tuple[str, int], list[Path]] = {}
-    for root in roots:
+    for root in _prediction_roots(pred, record):
         for path in sorted(root.rglob("*_prob_*")):
             hit = re.fullmatch(r"(.+)_prob_(\d+)", path.stem)
             if hit and path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
