@@ -41,6 +41,7 @@ __all__ = [
     "check_file",
     "check_finite",
     "check_binary_mask",
+    "mask_foreground",
     "check_label_values",
     "check_same_size",
     "read_image_2d",
@@ -222,6 +223,12 @@ def check_binary_mask(mask, path) -> None:
                           "with several classes?)")
 
 
+def mask_foreground(mask):
+    """A stored binary mask's foreground (boolean, array or tensor as given): values of at least half its scale, 128
+    where its maximum is above 1, else 0.5, the rule of the bundles' ``BinarizeMaskd``."""
+    return mask >= (127.5 if bool(mask.max() > 1) else 0.5)
+
+
 def check_label_values(label, path, num_classes: int) -> None:
     """A label map holds the integers ``0 .. num_classes - 1``.
 
@@ -381,7 +388,7 @@ def check_image_pair_2d(image_path, mask_path, binary: bool = True) -> ImagePair
     check_same_size(image_path, image.shape[:2], mask_path, mask.shape[:2])
     if binary:
         check_binary_mask(mask, mask_path)
-        foreground = bool(np.any(mask >= (127.5 if mask.max() > 1 else 0.5)))  # BinarizeMaskd's rule
+        foreground = bool(np.any(mask_foreground(mask)))
     else:
         foreground = bool(np.any(mask))
     return ImagePair(int(image.shape[0]), int(image.shape[1]), orientation, foreground)

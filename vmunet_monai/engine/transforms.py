@@ -129,9 +129,11 @@ class BinarizeMaskd(MapTransform):
 
 def foreground(mask):
     """A stored mask's foreground (boolean, tensor or array as given): values of at least half the mask's scale,
-    128 where its maximum is above 1, else 0.5 (:class:`BinarizeMaskd`'s rule)."""
-    scale_is_255 = bool((mask.max() > 1) if isinstance(mask, torch.Tensor) else np.max(mask) > 1)
-    return mask >= (127.5 if scale_is_255 else 0.5)
+    128 where its maximum is above 1, else 0.5 (:class:`BinarizeMaskd`'s rule;
+    :func:`vmunet_monai.validation.mask_foreground`, which the input checks use)."""
+    from vmunet_monai.validation import mask_foreground
+
+    return mask_foreground(mask)
 
 
 def mask_levels(values, num_classes: int) -> list[int]:
