@@ -316,7 +316,8 @@ class Commands:
 
         Args:
             bundle: isic_skin_lesion, polyp_seg or synapse_multiorgan.
-            raw: the dataset folder as downloaded, or your folders of images and masks (or a folder above).
+            raw: the dataset as downloaded (a folder, one archive, or a folder of .zip or .tar archives, which are
+                unpacked into OUT/unpacked), or your folders of images and masks (or a folder above).
             out: output folder for datalist.json (and converted files where the bundle needs them).
         """
         from vmunet_monai.data import prepare

@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from vmunet_monai.data.archives import zip_member_problem
 from vmunet_monai.engine.utils import find_bundle
 
 __all__ = [
@@ -369,10 +369,6 @@ def package(bundle: str | Path, out: str | Path, checkpoint: str | Path | None =
     return PackageResult(zip_path, name, version, digest, checks)
 
 
-def _member_is_link(info: zipfile.ZipInfo) -> bool:
-    return stat.S_ISLNK(info.external_attr >> 16)
-
-
 def safe_extract(zip_path: str | Path, target: str | Path) -> Path:
     """Unpack a bundle archive into ``target`` and return the bundle folder (its single top-level folder).
 
@@ -388,15 +384,10 @@ def safe_extract(zip_path: str | Path, target: str | Path) -> Path:
         members = archive.infolist()
         tops = set()
         for info in members:
-            name = info.filename
-            parts = name.replace("\\", "/").split("/")
-            if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
-                raise UnsafeArchiveError(f"{zip_path}: member {name!r} points outside {target}; refusing to unpack")
-            if _member_is_link(info):
-                raise UnsafeArchiveError(f"{zip_path}: member {name!r} is a symbolic link; refusing to unpack")
-            if not (base / name).resolve().is_relative_to(base):
-                raise UnsafeArchiveError(f"{zip_path}: member {name!r} resolves outside {target}; refusing to unpack")
-            tops.add(parts[0])
+            problem = zip_member_problem(info, target)
+            if problem:
+                raise UnsafeArchiveError(f"{zip_path}: member {info.filename!r} {problem}; refusing to unpack")
+            tops.add(info.filename.replace("\\", "/").split("/")[0])
         if len(tops) != 1:
             raise UnsafeArchiveError(f"{zip_path}: a bundle archive holds one folder, found {sorted(tops)}")
         folder = base / tops.pop()

@@ -45,11 +45,28 @@ def _check_options(bundle: str, command: str, options: dict):
 
 
 def prepare(bundle: str, raw: str, out: str, **options):
-    """Write ``out/datalist.json`` for ``bundle`` from the raw dataset folder ``raw``; ``options`` are
-    those of the bundle's importer (:func:`options_of`), an unknown one is an ``InputError``."""
+    """Write ``out/datalist.json`` for ``bundle`` from the raw dataset ``raw`` (a folder, an archive, or a folder of
+    archives: :mod:`vmunet_monai.data.archives`); ``options`` are those of the bundle's importer
+    (:func:`options_of`), an unknown one is an ``InputError``."""
+    from vmunet_monai.data.archives import archives_left, unpack_dataset
+    from vmunet_monai.data.common import DatasetLayoutError, record_archives
+
     module = _module(bundle)
     _check_options(bundle, "prepare", options)
-    return module.prepare(raw, out, **options)
+    folder, archives = unpack_dataset(raw, out)
+    try:
+        path = module.prepare(folder, out, **options)
+    except DatasetLayoutError as exc:
+        left = archives_left(raw, out)
+        if not left:
+            raise
+        raise DatasetLayoutError(f"{exc}\n  note: {raw} also holds {len(left)} archive(s) left packed ("
+                                 f"{', '.join(p.name for p in left[:4])}{', ...' if len(left) > 4 else ''}): prepare "
+                                 "unpacks archives only where RAW holds no folder; extract them beside the folders, "
+                                 "or give RAW the archives alone") from None
+    if archives:
+        record_archives(out, archives)
+    return path
 
 
 def demo_data(bundle: str, out: str, num: int | None = None, seed: int = 0, **options):

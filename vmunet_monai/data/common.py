@@ -33,6 +33,7 @@ __all__ = [
     "verify_pairs",
     "report_turned",
     "check_prepare_output",
+    "record_archives",
     "report_skipped",
     "split_items",
     "write_datalist",
@@ -300,6 +301,15 @@ def write_datalist(out: str | os.PathLike, splits: dict[str, list[dict]], meta: 
     path = out / DATALIST_NAME
     path.write_text(json.dumps(doc, indent=4) + "\n")
     return str(path)
+
+
+def record_archives(out: str | os.PathLike, archives: Sequence[Path]) -> None:
+    """Add the archives the dataset was unpacked from to the meta of ``out``'s datalist (``archives``), beside
+    ``raw``, which names the folder they were unpacked into."""
+    path = Path(out) / DATALIST_NAME
+    doc = json.loads(path.read_text())
+    (doc["meta"] if "meta" in doc else doc)["archives"] = [str(Path(a).resolve()) for a in archives]  # Synapse: top
+    path.write_text(json.dumps(doc, indent=4) + "\n")
 
 
 def fold_folder(folds: int, fold: int) -> str:
