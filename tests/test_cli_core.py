@@ -257,8 +257,8 @@ def test_prepare_and_demo_data_refuse_bad_options_in_one_line(tmp_path, capsys):
     for argv, message in (
         (["demo_data", "polyp_seg", str(raw), "--num", "1"],
          "error: demo_data polyp_seg: num must be at least 2, got 1"),
-        (["demo_data", "isic_skin_lesion", str(raw), "--year", "2016"],
-         "error: demo_data isic_skin_lesion: year must be 2017 or 2018, got 2016"),
+        (["demo_data", "isic_skin_lesion", str(raw), "--year", "2015"],
+         "error: demo_data isic_skin_lesion: year must be 2016, 2017 or 2018, got 2015"),
         (["demo_data", "polyp_seg", str(raw), "--year", "2017"],
          "error: demo_data polyp_seg: unknown option --year (options of polyp_seg: --num, --seed, --layout)"),
         (["prepare", "polyp_seg", str(raw), str(tmp_path / "out"), "--split", "paper"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,6 +145,38 @@ def test_isic_2018_names_and_errors(tmp_path):
     assert json.loads((tmp_path / "auto" / "datalist.json").read_text())["meta"]["split"] == "paper"
     with pytest.raises(DatasetLayoutError, match="no ISIC training images"):
         prepare("isic_skin_lesion", str(tmp_path / "o18"), str(tmp_path / "y"), layout="challenge")
+
+
+def test_isic_2016_names_and_the_carved_validation(tmp_path):
+    raw = tmp_path / "raw16"
+    isic.demo_data(str(raw), num=10, seed=0, year=2016)
+    masks = sorted((raw / "ISBI2016_ISIC_Part1_Training_GroundTruth").iterdir())
+    assert masks and all(m.name.endswith("_Segmentation.png") for m in masks)  # as the 2016 zips name them
+    prepare("isic_skin_lesion", str(raw), str(tmp_path / "o16"))
+    doc = json.loads((tmp_path / "o16" / "datalist.json").read_text())
+    assert doc["meta"]["split"] == "official" and "0.2 of the challenge training set" in doc["meta"]["how"]
+    assert [len(doc[k]) for k in ("training", "validation", "test")] == [8, 2, 2]
+    assert {i["dataset"] for k in ("training", "validation", "test") for i in doc[k]} == {"ISIC2016"}
+    for item in load_datalist(tmp_path / "o16", "test"):
+        assert Path(item["label"]).name == Path(item["image"]).stem + "_Segmentation.png"
+    isic.demo_data(str(raw), num=4, seed=0, year=2018)
+    with pytest.raises(DatasetLayoutError, match="ISIC 2016, 2018 are all present; choose one with --year"):
+        prepare("isic_skin_lesion", str(raw), str(tmp_path / "both"))
+
+
+def test_mask_names_match_in_another_case_only_when_one_fits(tmp_path):
+    from vmunet_monai.data.common import pair_images_and_masks
+
+    (tmp_path / "m").mkdir()
+    images = [tmp_path / f"{s}.jpg" for s in ("a", "b")]
+    for name in ("a_Segmentation.png", "b_SEGMENTATION.png", "b_segmentation_.png"):
+        (tmp_path / "m" / name).write_bytes(b"")
+    pairs = pair_images_and_masks(images, tmp_path / "m", "_segmentation")
+    assert [m.name for _, m in pairs] == ["a_Segmentation.png", "b_SEGMENTATION.png"]
+    (tmp_path / "m" / "b_Segmentation.png").write_bytes(b"")  # two names fit b: neither is taken
+    skipped: list[dict] = []
+    pairs = pair_images_and_masks(images, tmp_path / "m", "_segmentation", skipped=skipped)
+    assert [i.name for i, _ in pairs] == ["a.jpg"] and skipped[0]["file"].endswith("b.jpg")
 
 
 def test_polyp_pranet_layout(polyp_raw, tmp_path):

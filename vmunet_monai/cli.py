@@ -293,7 +293,7 @@ class Commands:
 
         Options of each bundle (defaults in brackets; an option another bundle has is refused by name):
         - isic_skin_lesion: --split official|paper|auto [auto] (paper: the seeded 7:3 split of the
-          VM-UNet paper), --year 2017|2018 (needed when both are present), --val_fraction [0.2],
+          VM-UNet paper), --year 2016|2017|2018 (needed when several are present), --val_fraction [0.2],
           --test_fraction [0.3] (of the paper split, or of your folders), --validation auto|carve [auto],
           --seed [0], --verify [true], --layout challenge|folders|ph2|auto [auto: challenge, else PH2's image
           folders, when present; PH2: --split auto puts every image in the test split, paper divides it],
@@ -336,7 +336,7 @@ class Commands:
         folders with Info.cfg, a 4D series and two labelled frames each).
 
         Options of each bundle (defaults in brackets):
-        - isic_skin_lesion: --year 2017|2018 [2017] (the challenge's folder naming), --layout
+        - isic_skin_lesion: --year 2016|2017|2018 [2017] (the challenge's folder naming), --layout
           challenge|folders|ph2 [challenge] (ph2: PH2's per-image folders and clinical table), --classes 1|2 [1]
           (folders: 2 adds a dark core to each lesion, a second class)
         - polyp_seg: --layout pranet|folders|glands [pranet]

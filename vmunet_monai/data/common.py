@@ -110,7 +110,8 @@ def same_stem_reason(image: Path, mask, kept: Path) -> str:
 def pair_images_and_masks(images: Sequence[Path], mask_folder: str | os.PathLike, mask_suffix: str = "",
                           mask_extensions: Sequence[str] = IMAGE_EXTENSIONS,
                           skipped: list[dict] | None = None) -> list[tuple[Path, Path]]:
-    """Match every image with the mask named ``<image stem><mask_suffix>.<ext>`` in ``mask_folder``.
+    """Match every image with the mask named ``<image stem><mask_suffix>.<ext>`` in ``mask_folder`` (a name that
+    differs only in case counts when no other mask has it).
 
     Pairing is by name, never by sorted position (a missing file would silently shift every pair).
 
@@ -137,10 +138,15 @@ def pair_images_and_masks(images: Sequence[Path], mask_folder: str | os.PathLike
     for p in sorted(mask_folder.iterdir(), key=lambda p: (png_first(p), p.name)):  # of one stem, the PNG (lossless)
         if p.is_file() and p.suffix.lower() in exts:
             by_stem.setdefault(p.stem, p)
+    by_lower: dict[str, list[Path]] = {}  # ISIC 2016's X_Segmentation.png for the suffix _segmentation
+    for stem, p in by_stem.items():
+        by_lower.setdefault(stem.lower(), []).append(p)
     kept = image_per_stem(images)
     pairs, missing = [], []
     for img in images:
         mask = by_stem.get(img.stem + mask_suffix)
+        if mask is None and len(by_lower.get((img.stem + mask_suffix).lower(), [])) == 1:
+            mask = by_lower[(img.stem + mask_suffix).lower()][0]  # the name in another case, when only one fits
         if mask is None:
             missing.append(img.name)
         elif kept[img.stem] != img:

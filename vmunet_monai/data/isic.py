@@ -1,17 +1,19 @@
-"""ISIC 2017 / ISIC 2018 lesion segmentation (task 1) as the challenge distributes it, and a synthetic stand-in.
+"""ISIC 2016, 2017 and 2018 lesion segmentation (part / task 1) as the challenge distributes it, and a synthetic
+stand-in.
 
 Folders recognised anywhere up to three levels below RAW (names as in the challenge zips):
 
-=============  =====================================  ==============================================
-split          ISIC 2017                              ISIC 2018
-=============  =====================================  ==============================================
-training       ``ISIC-2017_Training_Data``            ``ISIC2018_Task1-2_Training_Input``
-               ``ISIC-2017_Training_Part1_GroundTruth`` ``ISIC2018_Task1_Training_GroundTruth``
-validation     ``ISIC-2017_Validation_Data`` (+ GT)   ``ISIC2018_Task1-2_Validation_Input`` (+ GT)
-test           ``ISIC-2017_Test_v2_Data`` (+ GT)      ``ISIC2018_Task1-2_Test_Input`` (+ GT)
-=============  =====================================  ==============================================
+=============  ==========================================  =======================================
+split          ISIC 2017 (2016: ``ISBI2016_ISIC_Part1_*``)  ISIC 2018
+=============  ==========================================  =======================================
+training       ``ISIC-2017_Training_Data``                 ``ISIC2018_Task1-2_Training_Input``
+               ``ISIC-2017_Training_Part1_GroundTruth``    ``ISIC2018_Task1_Training_GroundTruth``
+validation     ``ISIC-2017_Validation_Data`` (+ GT)        ``ISIC2018_Task1-2_Validation_Input`` (+ GT)
+test           ``ISIC-2017_Test_v2_Data`` (+ GT)           ``ISIC2018_Task1-2_Test_Input`` (+ GT)
+=============  ==========================================  =======================================
 
-Images are ``ISIC_<id>.jpg``; masks are ``ISIC_<id>_segmentation.png`` (0/255). ISIC 2017's
+ISIC 2016 has no validation set (900 training and 379 test images): validation is carved from training.
+Images are ``ISIC_<id>.jpg``; masks are ``ISIC_<id>_segmentation.png`` (0/255; 2016: ``_Segmentation``). ISIC 2017's
 ``*_superpixels.png`` companions are skipped. Where ISIC 2017's part 3 tables lie in RAW
 (``ISIC-2017_Training_Part3_GroundTruth.csv`` and its validation and test counterparts), each image's set names
 its diagnosis, ``ISIC2017 melanoma``, ``ISIC2017 seborrheic keratosis`` or ``ISIC2017 nevus``, so the evaluation
@@ -58,7 +60,7 @@ from vmunet_monai.validation import InputError
 
 __all__ = ["prepare", "demo_data", "find_isic_folders", "read_isic2017_diagnoses"]
 
-_YEAR = re.compile(r"ISIC[-_]?(\d{4})", re.IGNORECASE)
+_YEAR = re.compile(r"(?:ISIC|ISBI)[-_]?(\d{4})", re.IGNORECASE)  # ISBI2016_ISIC_Part1_... for 2016
 _ROLES = (("train", re.compile(r"training", re.I)), ("val", re.compile(r"validation", re.I)),
           ("test", re.compile(r"test", re.I)))
 _SEG_GT = re.compile(r"groundtruth", re.I)
@@ -192,7 +194,7 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
         out: output folder.
         split: ``"official"``, ``"paper"`` (seeded 7:3) or ``"auto"`` (see the module docstring; for PH2, ``"auto"``
             puts every image in the test split).
-        year: 2017 or 2018; needed only when both are present.
+        year: 2016, 2017 or 2018; needed only when several are present.
         val_fraction: share of the training part carved out for validation when carving.
         test_fraction: test share of the paper split.
         validation: ``"auto"`` (the challenge validation set when present in an official split, else
@@ -255,7 +257,8 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
         )
     if year is None:
         if len(usable) > 1:
-            raise DatasetLayoutError(f"{raw}: both {sorted(usable)} are present; choose one with --year")
+            raise DatasetLayoutError(f"{raw}: ISIC {', '.join(map(str, sorted(usable)))} are all present; choose one "
+                                     "with --year")
         year = next(iter(usable))
     if int(year) not in usable:
         raise DatasetLayoutError(f"{raw}: no ISIC {year} training folders (found years {sorted(usable)})")
@@ -353,7 +356,7 @@ def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017, layout: 
         out: output folder (the RAW argument of :func:`prepare`).
         num: training images; the validation and test folders get ``max(2, num // 4)`` each.
         seed: random seed (the same seed writes the same files).
-        year: 2017 or 2018 folder naming.
+        year: 2016, 2017 or 2018 folder naming (2016: no validation folders, masks named ``_Segmentation``).
         layout: ``"challenge"``, or ``"folders"``: ``num`` images in ``images/`` with their masks in ``masks/``
             named ``<stem>_mask.png``, as your own data may come (:mod:`vmunet_monai.data.folders`), or ``"ph2"``:
             ``num`` images in PH2's layout with its clinical table (:mod:`vmunet_monai.data.ph2`).
@@ -364,8 +367,8 @@ def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017, layout: 
     Returns:
         ``out``.
     """
-    if year not in (2017, 2018):
-        raise ValueError(f"year must be 2017 or 2018, got {year}")
+    if year not in (2016, 2017, 2018):
+        raise ValueError(f"year must be 2016, 2017 or 2018, got {year}")
     if num < 2:
         raise ValueError(f"num must be at least 2, got {num}")
     if layout not in ("challenge", "folders", "ph2"):
@@ -401,11 +404,14 @@ def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017, layout: 
         names = {"train": ("ISIC-2017_Training_Data", "ISIC-2017_Training_Part1_GroundTruth"),
                  "val": ("ISIC-2017_Validation_Data", "ISIC-2017_Validation_Part1_GroundTruth"),
                  "test": ("ISIC-2017_Test_v2_Data", "ISIC-2017_Test_v2_Part1_GroundTruth")}
+    elif year == 2016:
+        names = {"train": ("ISBI2016_ISIC_Part1_Training_Data", "ISBI2016_ISIC_Part1_Training_GroundTruth"),
+                 "test": ("ISBI2016_ISIC_Part1_Test_Data", "ISBI2016_ISIC_Part1_Test_GroundTruth")}
     else:
         names = {"train": ("ISIC2018_Task1-2_Training_Input", "ISIC2018_Task1_Training_GroundTruth"),
                  "val": ("ISIC2018_Task1-2_Validation_Input", "ISIC2018_Task1_Validation_GroundTruth"),
                  "test": ("ISIC2018_Task1-2_Test_Input", "ISIC2018_Task1_Test_GroundTruth")}
-    counts = {"train": num, "val": max(2, num // 4), "test": max(2, num // 4)}
+    counts = {role: num if role == "train" else max(2, num // 4) for role in names}
     if year == 2017:  # the part 3 tables (diagnoses), drawn apart so the images are those of the same seed
         _write_part3_tables(root, counts, np.random.default_rng(seed + 1))
     index = 0
@@ -416,7 +422,7 @@ def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017, layout: 
             image, mask = _lesion_image(height, width, rng)
             stem = f"ISIC_{index:07d}"
             save_rgb(image, root / image_dir / f"{stem}.jpg")
-            save_mask(mask, root / mask_dir / f"{stem}_segmentation.png")
+            save_mask(mask, root / mask_dir / f"{stem}_{'S' if year == 2016 else 's'}egmentation.png")
             if year == 2017 and k == 0:  # the 2017 zips ship superpixel maps beside the images
                 save_rgb(rng.integers(0, 255, (height, width, 3)), root / image_dir / f"{stem}_superpixels.png")
             index += 1
