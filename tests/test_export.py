@@ -261,3 +261,61 @@ def test_an_exported_model_is_checked_before_anything_is_written(bundles, tmp_pa
     with pytest.raises(InputError, match=r"net.ts: does not run on a \(1, 3, 64, 64\) input, the size this bundle"):
         predict(str(big), str(image), str(tmp_path / "o6"), model=str(exported))
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 7))
+
+
+def _saved_on_a_gpu(source, target):
+    """``source`` (a torch.save file) as a GPU machine writes it: every storage's location tag says cuda:0, so
+    torch.load without map_location fails on a machine without one."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                assert data.count(b"X\x03\x00\x00\x00cpu")
+                data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+            zout.writestr(info, data)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(target, weights_only=True)
+    return target
+
+
+def test_export_and_predict_take_wrapped_weights_saved_on_a_gpu(bundles, tmp_path):
+    from vmunet_monai.engine.exported import load_exported
+    from vmunet_monai.predict import predict
+
+    root = bundles["isic_skin_lesion"]
+    state = torch.load(root / "models" / "model.pt", weights_only=True)
+    wrapped = tmp_path / "ddp.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}, "epoch": 4}, wrapped)
+    gpu = _saved_on_a_gpu(wrapped, tmp_path / "ddp_gpu.pt")
+    exported = export(str(root), "torchscript", checkpoint=str(gpu), output=str(tmp_path / "w.ts")).path
+    x = torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.allclose(load_exported(exported)(x), _eager(root)(x), atol=DEFAULT_TOLERANCE)
+    image = write_rgb_image(tmp_path / "in" / "a.png")
+    maps = [np.asarray(Image.open(predict(str(root), str(image), str(tmp_path / name), probabilities=True,
+                                          **kw)["probabilities"][0]))
+            for name, kw in (("plain", {}), ("gpu", {"checkpoint": str(gpu)}))]
+    assert np.array_equal(*maps) and len(np.unique(maps[0])) > 1  # the same weights: the same probabilities
+
+
+def test_exported_models_are_read_by_content_and_refused_in_one_line(bundles, tmp_path):
+    from vmunet_monai.engine.exported import load_exported
+    from vmunet_monai.validation import InputError
+
+    ts = export(str(bundles["polyp_seg"]), "torchscript", output=str(tmp_path / "net.ts")).path
+    as_pt = tmp_path / "net.pt"  # torch.jit.save(model, "model.pt") is common
+    as_pt.write_bytes(ts.read_bytes())
+    x = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.equal(load_exported(as_pt)(x), load_exported(ts)(x))
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(ts.read_bytes()[: ts.stat().st_size // 2])
+    with pytest.raises(InputError, match=r"cut.ts: cannot be loaded as a torchscript model \(RuntimeError: .*cut short"):
+        load_exported(cut)
+    weights = tmp_path / "weights.ts"
+    weights.write_bytes((bundles["polyp_seg"] / "models" / "model.pt").read_bytes())
+    with pytest.raises(InputError, match=r"weights.ts: cannot be loaded .*trained weights \(a state dict\) go to "):
+        load_exported(weights)

@@ -182,6 +182,22 @@ def test_package_refuses_weights_of_another_network(tmp_path):
     torch.save([1, 2, 3], not_weights)
     with pytest.raises(BundleCheckError, match="not a state dict"):
         read_state_dict(not_weights)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(BundleCheckError, match=r"bundle .*/a/isic_skin_lesion is not ready .*\n  - .*empty.pt: the file "
+                                               r"is empty"):
+        package(str(src), tmp_path / "zips", checkpoint=str(empty), export=False)
+
+
+def test_package_writes_wrapped_weights_as_a_plain_state_dict(tmp_path):
+    src = make_tiny_bundle("polyp_seg", tmp_path)
+    state = torch.load(save_weights(src), weights_only=True)
+    wrapped = tmp_path / "ddp.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}, "epoch": 9}, wrapped)
+    result = package(str(src), tmp_path / "zips", checkpoint=str(wrapped), export=False)
+    folder = safe_extract(result.zip_path, tmp_path / "unpacked")
+    packed = torch.load(folder / "models" / "model.pt", weights_only=True)
+    assert sorted(packed) == sorted(state) and all(torch.equal(packed[k], state[k]) for k in state)
 
 
 def test_package_refuses_a_link_that_leaves_the_bundle(tmp_path):

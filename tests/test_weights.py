@@ -49,8 +49,9 @@ def test_strict_raises_on_a_foreign_or_partial_checkpoint():
     with pytest.raises(CheckpointError, match="shape mismatch"):
         load_official_checkpoint(VMUNet(out_channels=9), official_vmunet_checkpoint(), strict=True)
     foreign = {"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(1000, 512)}
-    report = load_official_checkpoint(VMUNet(**TINY), foreign)
-    assert report.kind == "unknown" and sorted(report.unexpected) == ["conv1.weight", "fc.weight"] and not report.loaded
+    with pytest.raises(CheckpointError, match=r"(?s)not one tensor fits .*\(unknown\): 0 tensors loaded.*"
+                                              r"unexpected \(not used\): 2: conv1.weight, fc.weight"):
+        load_official_checkpoint(VMUNet(**TINY), foreign)
 
 
 def test_official_mamba_unet_and_v2_checkpoints_load_strictly():
@@ -141,8 +142,87 @@ class _Payload:
         return (print, ("code ran",))
 
 
-def test_checkpoints_load_with_weights_only(tmp_path):
+def test_checkpoints_load_with_weights_only(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     torch.save({"model": {"x": torch.zeros(1)}, "extra": _Payload()}, path)
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match=r"evil.pth: .*pickles Python objects beside the tensors \(print\).*no "
+                                              r"code in it runs"):
         load_official_checkpoint(VMUNet(**TINY), path)
+    assert "code ran" not in capsys.readouterr().out
+
+
+def _ours(seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    return VMUNet(**TINY).state_dict()
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda sd: {"module." + k: v for k, v in sd.items()},  # DataParallel / DDP
+    lambda sd: {"state_dict": sd, "epoch": 3},
+    lambda sd: {"model_state_dict": sd, "optimizer_state_dict": {}},
+    lambda sd: {"net": sd},
+    lambda sd: {"state_dict": {"model." + k: v for k, v in sd.items()}},  # a Lightning module's self.model
+    lambda sd: {"_orig_mod." + k: v for k, v in sd.items()},  # torch.compile
+    lambda sd: {"module._orig_mod." + k: v for k, v in sd.items()},  # a compiled network in DataParallel
+    lambda sd: {**{"module." + k: v for k, v in sd.items()}, "n_averaged": torch.tensor(7)},  # SWA's AveragedModel
+])
+def test_the_usual_containers_and_prefixes_unwrap_to_the_same_weights(wrap, tmp_path):
+    from vmunet_monai.weights import check_checkpoint_fits
+
+    sd = _ours(1)
+    path = tmp_path / "w.pt"
+    torch.save(wrap(sd), path)
+    net = VMUNet(**TINY)
+    state = check_checkpoint_fits(net, path)
+    assert sorted(state) == sorted(sd) and all(torch.equal(state[k], sd[k]) for k in sd)
+    report = load_official_checkpoint(torch.nn.DataParallel(net), path, strict=True)
+    assert report.ok and all(torch.equal(net.state_dict()[k], sd[k]) for k in sd)
+
+
+def test_the_official_latest_checkpoint_with_numpy_losses_loads(tmp_path):
+    """VM-UNet's train.py saves its losses as numpy.float64 beside the weights of latest.pth."""
+    import numpy as np
+
+    ckpt = official_vmunet_checkpoint()
+    ckpt.update(min_loss=np.float64(0.25), loss=np.mean(np.array([0.5, 0.25])), min_epoch=12)
+    path = tmp_path / "latest.pth"
+    torch.save(ckpt, path)
+    net = VMUNet()
+    assert load_official_checkpoint(net, path, strict=True).ok
+    assert torch.equal(net.state_dict()["final_conv.weight"], ckpt["model"]["vmunet.final_conv.weight"])
+
+
+def test_files_that_are_not_weights_say_what_they_are(tmp_path):
+    lfs = tmp_path / "model.pt"
+    lfs.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 108000000\n")
+    with pytest.raises(CheckpointError, match=r"model.pt: .*a Git LFS pointer .*git lfs pull"):
+        load_official_checkpoint(VMUNet(**TINY), lfs)
+    notes = tmp_path / "notes.pt"
+    notes.write_text("weights are on the shared drive")
+    with pytest.raises(CheckpointError, match=r"notes.pt: .*a text file, not a checkpoint \(it starts: 'weights are"):
+        load_official_checkpoint(VMUNet(**TINY), notes)
+    whole = tmp_path / "whole.pt"
+    torch.save(VMUNet(**TINY), whole)
+    with pytest.raises(CheckpointError, match=r"whole.pt: .*\(vmunet_monai.networks.vmunet.VMUNet\).*"
+                                              r"torch.save\(model.state_dict\(\), path\)") as err:
+        load_official_checkpoint(VMUNet(**TINY), whole)
+    assert "\x1b" not in str(err.value)  # torch's message carries terminal colour codes
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.trace(torch.nn.Conv2d(1, 1, 1), torch.zeros(1, 1, 2, 2)), str(scripted))
+    with pytest.raises(CheckpointError, match=r"scripted.pt: a TorchScript archive .*--model"):
+        load_official_checkpoint(VMUNet(**TINY), scripted)
+    with pytest.raises(CheckpointError, match=r": a folder, not a checkpoint file"):
+        load_official_checkpoint(VMUNet(**TINY), tmp_path)
+
+
+def test_nothing_loaded_is_an_error_and_another_network_a_warning():
+    with pytest.raises(CheckpointError, match="not one tensor fits this VMUNet, so nothing was loaded"):
+        load_official_checkpoint(VMUNet(**TINY), {"model.conv1.weight": torch.zeros(64, 3, 7, 7)})
+    mu = {"mamba_unet." + k: v for k, v in MambaUNet(**TINY).state_dict().items()}
+    with pytest.warns(UserWarning, match="a Mamba-UNet checkpoint loaded into a VMUNet: only the layers with equal"):
+        report = load_official_checkpoint(VMUNet(**TINY), mu)
+    assert report.loaded and "note: a Mamba-UNet checkpoint" in report.summary()
+    v2 = {"patch_embed.0.weight": torch.zeros(48, 3, 3, 3), "layers.0.blocks.0.norm.weight": torch.zeros(96),
+          "layers.0.blocks.0.op.in_proj.weight": torch.zeros(384, 96)}
+    with pytest.raises(CheckpointError, match="VMamba's later releases .*vmamba_small_e238_ema.pth"):
+        load_official_checkpoint(VMUNet(**TINY), v2)

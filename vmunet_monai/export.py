@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,24 +95,21 @@ def _input_shape(meta: Path, input_shape) -> tuple[int, ...]:
     return tuple(int(s) for s in input_shape) if input_shape else network_input_shape(meta)
 
 
-def _key_in_checkpoint(ckpt: Path) -> str:
-    """``"model"`` for MONAI ``CheckpointSaver`` files holding several objects, ``""`` for a bare state dict."""
-    obj = torch.load(ckpt, map_location="cpu", weights_only=True)
-    is_nested = isinstance(obj, dict) and isinstance(obj.get("model"), dict)
-    return "model" if is_nested else ""
-
-
-def _eager_network(root: Path, config: Path, ckpt: Path, key: str) -> torch.nn.Module:
-    """``network_def`` with the checkpoint loaded the way ``ckpt_export`` loads it (ignite, strict)."""
-    from ignite.handlers import Checkpoint
+def _eager_network(root: Path, config: Path, ckpt: Path) -> tuple[torch.nn.Module, dict]:
+    """``network_def`` with the checkpoint loaded (strict), and its state dict as read: unwrapped from the usual
+    containers and prefixes, on the CPU wherever it was saved, or a one-line error naming the file
+    (:func:`vmunet_monai.weights.check_checkpoint_fits`)."""
     from monai.bundle import ConfigParser
+
+    from vmunet_monai.weights import check_checkpoint_fits
 
     parser = ConfigParser()
     parser.read_config(str(config))
     parser["bundle_root"] = str(root)
     net = parser.get_parsed_content("network_def")
-    Checkpoint.load_objects(to_load={key: net}, checkpoint=str(ckpt))
-    return net.eval()
+    state = check_checkpoint_fits(net, ckpt)
+    net.load_state_dict(state)
+    return net.eval(), state
 
 
 def _export_program(network: torch.nn.Module, shape, out: Path, config: Path, meta: Path) -> None:
@@ -152,8 +150,8 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
         format: ``torchscript`` (``monai.bundle ckpt_export --use_trace True``), ``onnx``
             (``monai.bundle onnx_export --use_trace True`` with PyTorch's TorchScript-based ONNX exporter)
             or ``pt2`` (``torch.export``; the scans stay one custom operator each).
-        checkpoint: weights (a state dict, or a ``CheckpointSaver`` file with one under ``model``);
-            default ``<bundle>/models/model.pt``.
+        checkpoint: weights (a state dict, or a file with one under ``model``, ``state_dict`` and the like, with
+            or without DataParallel's ``module.``; saved on any device); default ``<bundle>/models/model.pt``.
         output: file to write; default ``<bundle>/models/model.ts``, ``model.onnx`` or ``model.pt2``.
         tolerance: largest max-abs difference from the eager network accepted.
         input_shape: ``[1, C, H, W]`` to trace with; default from ``metadata.json`` (the network input size).
@@ -163,6 +161,7 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
 
     Raises:
         FileNotFoundError: for a missing bundle, config or checkpoint.
+        vmunet_monai.weights.CheckpointError: weights that cannot be read or do not fit the bundle's network.
         ExportVerificationError: if the export's output differs from eager by more than ``tolerance``.
     """
     from monai.bundle import ckpt_export, onnx_export
@@ -171,13 +170,15 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
         raise InputError(f"--tolerance {tolerance!r}: must be a number of at least 0")
     root, config, meta, ckpt, out = _paths(bundle, checkpoint, output, format)
     shape = _input_shape(meta, input_shape)
-    key = _key_in_checkpoint(ckpt)
-    common = dict(net_id="network_def", filepath=str(out), ckpt_file=str(ckpt), meta_file=str(meta),
-                  config_file=str(config), key_in_ckpt=key, use_trace=True, input_shape=list(shape),
-                  bundle_root=str(root))
-    with _quiet_tracing():
+    network, state = _eager_network(root, config, ckpt)
+    with tempfile.TemporaryDirectory() as plain, _quiet_tracing():
+        weights = Path(plain) / "model.pt"  # MONAI's exporters get the state dict as read: a plain one, on the CPU
+        torch.save(state, weights)
+        common = dict(net_id="network_def", filepath=str(out), ckpt_file=str(weights), meta_file=str(meta),
+                      config_file=str(config), key_in_ckpt="", use_trace=True, input_shape=list(shape),
+                      bundle_root=str(root))
         if format == "pt2":
-            _export_program(_eager_network(root, config, ckpt, key), shape, out, config, meta)
+            _export_program(network, shape, out, config, meta)
         elif format == "torchscript":
             ckpt_export(**common, converter_kwargs={"check_trace": False})
         else:
@@ -191,7 +192,6 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
                 "output_names": [OUTPUT_NAME],
                 "dynamic_axes": {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             })
-    network = _eager_network(root, config, ckpt, key)
     diff = verify_export(out, format, network, shape)
     result = ExportResult(out, format, (2, *shape[1:]), diff, tolerance)
     if not diff <= tolerance:

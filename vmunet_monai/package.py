@@ -10,8 +10,9 @@
    ``numpy_version`` that installs on the zoo CI's Python 3.10;
 3. MONAI's ``MetaProperties`` and ``InferProperties`` (and ``TrainProperties`` for ``train.json``):
    the required ids exist and the optional ones are referenced under the right ids;
-4. the weights: a state dict that ``torch.load(weights_only=True)`` reads and that loads into
-   ``network_def`` with ``strict=True``;
+4. the weights: a state dict that ``torch.load(weights_only=True)`` reads (under ``model``, ``state_dict`` or
+   DataParallel's ``module.`` too: the package holds it plain) and that loads into ``network_def`` with
+   ``strict=True``;
 5. ``monai.bundle.verify_net_in_out`` on ``network_def``;
 6. TorchScript export (traced, see :mod:`vmunet_monai.export`), checked against eager PyTorch,
 
@@ -29,7 +30,6 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,27 +172,20 @@ def check_properties_static(root: str | Path) -> list[str]:
     return problems
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A flat state dict from a checkpoint file: a bare state dict, or MONAI ``CheckpointSaver``'s
-    ``{"model": state_dict, ...}``.
+def read_state_dict(path: str | Path, bundle: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """A flat state dict from a checkpoint file, as :func:`vmunet_monai.weights.read_checkpoint` reads it: a bare
+    state dict, or one under ``model``, ``state_dict`` and the like, with or without DataParallel's ``module.``. The
+    package holds it as a plain state dict, which the zoo and MONAI Label load with ``weights_only=True``.
 
     Raises:
-        BundleCheckError: if the file cannot be read with ``weights_only=True`` or holds no state dict.
+        BundleCheckError: for ``bundle`` (default: the file), if the file cannot be read or holds no state dict.
     """
-    path = Path(path)
+    from vmunet_monai.weights import CheckpointError, read_checkpoint
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise BundleCheckError(path, [f"{path}: torch.load(weights_only=True) fails ({exc}); the zoo and MONAI "
-                                      "Label load weights this way, so save a plain state dict"]) from exc
-    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise BundleCheckError(path, [f"{path}: not a state dict (a mapping of parameter names to tensors), "
-                                      "nor a checkpoint with one under 'model'"])
-    return dict(obj)
+        return read_checkpoint(Path(path))
+    except CheckpointError as exc:
+        raise BundleCheckError(path if bundle is None else bundle, [str(exc)]) from None
 
 
 def _network(root: Path) -> torch.nn.Module:
@@ -294,7 +287,7 @@ def check_bundle(bundle: str | Path, checkpoint: str | Path | None = None, expor
     problems += props
     if not props:
         passed.append("MetaProperties, InferProperties and TrainProperties")
-    state_dict = read_state_dict(ckpt)
+    state_dict = read_state_dict(ckpt, root)
     weights = _check_weights(root, state_dict, ckpt)
     problems += weights
     if not weights:
@@ -330,8 +323,9 @@ def package(bundle: str | Path, out: str | Path, checkpoint: str | Path | None =
     Args:
         bundle: a bundle name or folder.
         out: the zip file to write (``*.zip``), or a folder for ``<name>_v<version>.zip``.
-        checkpoint: weights; default ``<bundle>/models/model.pt``. A MONAI ``CheckpointSaver`` file with
-            several objects is reduced to its ``model`` state dict.
+        checkpoint: weights; default ``<bundle>/models/model.pt``. A file with the state dict under ``model``
+            (MONAI's ``CheckpointSaver``), ``state_dict`` and the like, or with DataParallel's ``module.``, is packaged
+            as the plain state dict.
         url: where the release will host ``models/model.pt`` (written into ``large_files.yml``).
         export: also run the TorchScript export check.
 
@@ -353,7 +347,7 @@ def package(bundle: str | Path, out: str | Path, checkpoint: str | Path | None =
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "model.pt"
-        torch.save(read_state_dict(ckpt), weights)
+        torch.save(read_state_dict(ckpt, root), weights)
         digest = sha256(weights)
         partial = zip_path.with_name(zip_path.name + ".partial")
         try:

@@ -3,7 +3,8 @@
 Supported sources (detected from the key names):
 
 - official training checkpoints of VM-UNet, VM-UNetV2 and Mamba-UNet (with or without a ``model``
-  entry, a DataParallel ``module.`` prefix and the wrapper prefixes ``vmunet.`` / ``mamba_unet.``);
+  entry, a DataParallel ``module.`` prefix and the wrapper prefixes ``vmunet.`` / ``mamba_unet.``), and our own
+  networks' weights in the containers training tools write (:func:`read_checkpoint`);
 - VMamba v0 ImageNet checkpoints (``vssmsmall``/``vssmtiny``, e.g. ``vmamba_small_e238_ema.pth``),
   which initialise each network the way its paper did:
 
@@ -31,10 +32,13 @@ __all__ = [
     "read_checkpoint",
     "detect_checkpoint_kind",
     "check_checkpoint_fits",
+    "is_torchscript_archive",
 ]
 
-_NESTED_KEYS = ("model", "state_dict", "model_state_dict", "network")
-_WRAPPER_PREFIXES = ("module.", "vmunet.", "mamba_unet.")
+_NESTED_KEYS = ("model", "state_dict", "model_state_dict", "network", "net")
+# DataParallel / DDP / SWA's AveragedModel, torch.compile, Lightning modules, and the official wrappers
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "net.", "vmunet.", "mamba_unet.")
+_BOOKKEEPING = ("n_averaged",)  # SWA's AveragedModel counts its averages beside the weights
 # parameters the official VM-UNetV2 builds but never uses; ours does not build them
 _V2_DEAD = re.compile(r"^(vmunet\.layers\.3\.|deconv5\.|vmunet\.norm\.|vmunet\.head\.)")
 
@@ -57,6 +61,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -77,46 +82,113 @@ class LoadReport:
         ]
         if self.ignored:
             lines.append(f"  ignored (unused by the official network too): {len(self.ignored)}")
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
     __str__ = summary
 
 
+def _numpy_globals() -> list:
+    """The numpy types that checkpoints pickle beside their tensors (the official VM-UNet's ``latest.pth`` holds its
+    loss as a ``numpy.float64``): a scalar's reconstructor, ``dtype`` and the dtype classes. None of them runs code
+    of the file's choosing, so loading stays as safe as ``weights_only=True``."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    found = [core.multiarray.scalar, np.dtype]
+    found += [type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_)]
+    return found
+
+
+def _load_weights_only(source: str):
+    safe = getattr(torch.serialization, "safe_globals", None)
+    if safe is None:  # torch < 2.5
+        return torch.load(source, map_location="cpu", weights_only=True)
+    with safe(_numpy_globals()):
+        return torch.load(source, map_location="cpu", weights_only=True)
+
+
+def is_torchscript_archive(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a TorchScript archive (an exported network), whatever its name: ``torch.jit.save(m,
+    "model.pt")`` writes one under the weights' usual suffix."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+def _why_unreadable(source: str, exc: Exception) -> str:
+    """What the file that ``torch.load`` refused is, and what to do, as far as its first bytes tell."""
+    with open(source, "rb") as f:
+        head = f.read(1024)
+    if head.startswith(b"version https://git-lfs"):
+        return ("a Git LFS pointer (a small text file standing in for the weights), not the weights: fetch the file "
+                "itself (git lfs pull)")
+    if b"\0" not in head:
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            return f"a text file, not a checkpoint (it starts: {text.strip()[:60]!r})"
+    message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return (f"it pickles Python objects beside the tensors ({found.group(1)}), such as a whole network or a "
+                "training object; only tensors are read from a file, so no code in it runs: save the weights alone, "
+                "torch.save(model.state_dict(), path)")
+    return (f"{type(exc).__name__}: {message.splitlines()[0] if message else ''}; it may be cut short or not a "
+            "checkpoint")
+
+
 def read_checkpoint(checkpoint) -> dict[str, torch.Tensor]:
-    """A flat state dict from a path or a mapping, unwrapped from ``model``/``state_dict`` and wrapper prefixes."""
+    """A flat state dict from a path or a mapping, unwrapped from ``model``/``state_dict`` (and the like) and from
+    wrapper prefixes (DataParallel's ``module.``, ``torch.compile``'s ``_orig_mod.``, Lightning's ``model.``)."""
     source = "<state dict>"
     if isinstance(checkpoint, (str, os.PathLike)):
         source = os.fspath(checkpoint)
+        if os.path.isdir(source):
+            raise CheckpointError(f"{source}: a folder, not a checkpoint file (the weights are a file such as "
+                                  "models/model.pt)")
         if not os.path.isfile(source):
             raise CheckpointError(f"{source}: no such checkpoint file")
         if os.path.getsize(source) == 0:
             raise CheckpointError(f"{source}: the file is empty (an interrupted download or copy?)")
+        if is_torchscript_archive(source):  # torch.load would hand it to torch.jit.load
+            raise CheckpointError(f"{source}: a TorchScript archive (an exported network), not a state dict: give it "
+                                  "to predict as --model, or load it with torch.jit.load")
         try:
-            checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+            checkpoint = _load_weights_only(source)
         except Exception as exc:
-            raise CheckpointError(
-                f"{source}: cannot be read as a PyTorch checkpoint with weights_only=True ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); it may be truncated, not a checkpoint, or pickle "
-                "objects other than tensors"
-            ) from None
+            raise CheckpointError(f"{source}: cannot be read as a PyTorch checkpoint of tensors "
+                                  f"({_why_unreadable(source, exc)})") from None
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"{source}: holds a {type(checkpoint).__name__}, not a state dict")
     for key in _NESTED_KEYS:
         if key in checkpoint and isinstance(checkpoint[key], Mapping):
             checkpoint = checkpoint[key]
             break
-    state = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    state = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor) and k not in _BOOKKEEPING}
     if not state:
         raise CheckpointError(f"{source}: contains no tensors (keys: {list(checkpoint)[:8]})")
-    for prefix in _WRAPPER_PREFIXES:
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
+    stripped = True
+    while stripped:  # module._orig_mod.x: one wrapper inside another
+        stripped = False
+        for prefix in _WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                stripped = True
     return state
 
 
 def detect_checkpoint_kind(state: Mapping[str, torch.Tensor]) -> str:
-    """'vmunet', 'vmunet_v2', 'mamba_unet', 'vmamba_v0' (ImageNet classifier) or 'unknown'."""
+    """'vmunet', 'vmunet_v2', 'mamba_unet', 'vmamba_v0' (ImageNet classifier), 'vmamba_v2' (VMamba's later
+    releases, another architecture) or 'unknown'."""
     keys = set(state)
+    if any(re.match(r"^layers\.\d+\.blocks\.\d+\.op\.", k) for k in keys):
+        return "vmamba_v2"
     if any(k.startswith(("sdi_", "ca_1.", "Translayer_")) for k in keys):
         return "vmunet_v2"
     if any(k.startswith("concat_back_dim.") for k in keys):
@@ -126,6 +198,9 @@ def detect_checkpoint_kind(state: Mapping[str, torch.Tensor]) -> str:
     if any(k.startswith("layers.0.blocks.0.self_attention.") for k in keys):
         return "vmamba_v0"
     return "unknown"
+
+
+_NAMES = {"vmunet": "VM-UNet", "vmunet_v2": "VM-UNetV2", "mamba_unet": "Mamba-UNet"}
 
 
 def _network_kind(network: nn.Module) -> str:
@@ -164,19 +239,40 @@ def load_official_checkpoint(network: nn.Module, checkpoint, *, strict: bool = F
     """Load an official VM-UNet / VM-UNetV2 / Mamba-UNet or VMamba v0 checkpoint into ``network``.
 
     Args:
-        network: a :class:`~vmunet_monai.networks.VMUNet`, ``VMUNetV2`` or ``MambaUNet``.
+        network: a :class:`~vmunet_monai.networks.VMUNet`, ``VMUNetV2`` or ``MambaUNet`` (or one wrapped by
+            ``DataParallel``, ``DistributedDataParallel`` or ``torch.compile``).
         checkpoint: a path, or a state dict (optionally under ``model``, optionally prefixed).
         strict: raise :class:`CheckpointError` if any model key is left missing, any checkpoint key is
             unused, or any shape differs (a VMamba initialisation is never complete, by design).
 
     Returns:
-        A :class:`LoadReport` naming every loaded, missing, unexpected, mismatched and ignored key.
+        A :class:`LoadReport` naming every loaded, missing, unexpected, mismatched and ignored key, with notes (also
+        given as warnings) when the checkpoint is of another network or of no known release.
+
+    Raises:
+        CheckpointError: an unreadable file, a VMamba v2 (or later) checkpoint, one of which not a tensor fits, or
+            under ``strict`` one that does not fit whole.
     """
+    import warnings
+
     source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "<state dict>"
     state = read_checkpoint(checkpoint)
     ckpt_kind = detect_checkpoint_kind(state)
+    network = getattr(network, "_orig_mod", network)  # torch.compile's wrapper
+    network = getattr(network, "module", network)  # DataParallel's, DistributedDataParallel's
     net_kind = _network_kind(network)
+    if ckpt_kind == "vmamba_v2":
+        raise CheckpointError(
+            f"{source}: a checkpoint of VMamba's later releases (v2 and on: blocks named op and norm), another "
+            "architecture than VM-UNet's encoder; the papers initialise from VMamba v0's ImageNet weights "
+            "(vmamba_small_e238_ema.pth, vmamba_tiny_e292.pth)")
     report = LoadReport(source=source, kind=ckpt_kind)
+    if ckpt_kind in _NAMES and ckpt_kind != net_kind:
+        report.notes.append(f"a {_NAMES[ckpt_kind]} checkpoint loaded into a {type(network).__name__}: only the "
+                            "layers with equal names and shapes were taken")
+    elif ckpt_kind == "unknown":
+        report.notes.append("key names of no known release (VM-UNet, VM-UNetV2, Mamba-UNet, VMamba v0): only "
+                            "tensors with this network's names and shapes were taken")
     target = network.state_dict()
     assigned: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -200,8 +296,13 @@ def load_official_checkpoint(network: nn.Module, checkpoint, *, strict: bool = F
     report.loaded = sorted(assigned)
     mismatched = {k for k, _, _ in report.mismatched}
     report.missing = [k for k in target if k not in assigned and k not in mismatched]
+    if not assigned:
+        raise CheckpointError(f"{source}: not one tensor fits this {type(network).__name__}, so nothing was "
+                              "loaded:\n" + report.summary())
     if strict and not report.ok:
         raise CheckpointError("strict loading failed:\n" + report.summary())
+    for note in report.notes:
+        warnings.warn(f"{source}: {note}", stacklevel=2)
     return report
 
 

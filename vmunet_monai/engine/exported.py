@@ -65,22 +65,35 @@ def load_exported(path: str | Path, device=None, format: str | None = None) -> t
 
     Raises:
         FileNotFoundError: no such file.
-        InputError: a suffix other than .ts, .pt2 or .onnx.
+        InputError: a suffix other than .ts, .pt2 or .onnx (a TorchScript archive is taken whatever its suffix), or a
+            file that does not load as the model its suffix names.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such exported model (python -m vmunet_monai export BUNDLE --format "
                                 f"torchscript|onnx|pt2 writes one)")
-    kind = format or SUFFIXES.get(path.suffix.lower())
+    from vmunet_monai.weights import is_torchscript_archive
+
+    kind = format or SUFFIXES.get(path.suffix.lower()) or ("torchscript" if is_torchscript_archive(path) else None)
     if kind not in FORMATS:
         raise InputError(f"{path}: an exported model ends in {', '.join(SUFFIXES)} (TorchScript, ONNX, torch.export); "
                          f"trained weights (.pt) go to --checkpoint")
     device = torch.device(device) if device is not None else torch.device("cpu")
-    if kind == "torchscript":
-        return torch.jit.load(str(path), map_location=device).eval()
-    if kind == "pt2":
-        return ProgramModule(torch.export.load(str(path)).module().to(device))
-    return OnnxModule(path, device)
+    try:
+        if kind == "torchscript":
+            return torch.jit.load(str(path), map_location=device).eval()
+        if kind == "pt2":
+            return ProgramModule(torch.export.load(str(path)).module().to(device))
+        return OnnxModule(path, device)
+    except (ImportError, MemoryError):
+        raise
+    except Exception as exc:  # a cut-short copy, a state dict or a text file named .ts, ...
+        from vmunet_monai.validation import error_summary
+
+        raise InputError(f"{path}: cannot be loaded as a {kind} model ({error_summary(exc, 120)}); it may be cut "
+                         f"short or another kind of file: python -m vmunet_monai export BUNDLE --format {kind} writes "
+                         "one, and trained weights (a state dict) go to --checkpoint") from None
+
 
 
 def check_exported(path: str | Path, meta_file: str | Path, device=None) -> None:

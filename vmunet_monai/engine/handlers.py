@@ -73,7 +73,9 @@ class WeightsLoader(CheckpointLoader):
     :func:`vmunet_monai.engine.utils.trained_weights`'s message where there are no weights at ``load_path``
     (which weights ``bundle_root``'s ``models/`` holds, and how to get them) instead of a bare ``FileNotFoundError``.
     The config still parses without weights, as the model zoo's checks and MONAI's ``check_properties`` need.
-    ``other``: how the config takes other weights, for the message."""
+    ``other``: how the config takes other weights, for the message. A network alone (``load_dict`` of one module)
+    is loaded from what :func:`vmunet_monai.weights.check_checkpoint_fits` reads: the state dict unwrapped from the
+    usual containers and prefixes, strictly, or a one-line error naming the file."""
 
     def __init__(self, load_path: str, load_dict: dict, bundle_root: str | os.PathLike = ".",
                  other: str = "--ensemble_checkpoints PATH", **kwargs) -> None:
@@ -82,9 +84,18 @@ class WeightsLoader(CheckpointLoader):
 
     def __call__(self, engine: Engine) -> None:
         from vmunet_monai.engine.utils import trained_weights
+        from vmunet_monai.weights import check_checkpoint_fits
 
         trained_weights(self.load_path, self.bundle_root, self.other)
-        super().__call__(engine)
+        objects = list(self.load_dict.values())
+        if len(objects) != 1 or not isinstance(objects[0], torch.nn.Module):
+            super().__call__(engine)
+            return
+        # the network alone: read as predict's check reads it, so what passes the check loads (DataParallel's
+        # module., a {"state_dict": ...} wrapper, weights saved on a GPU) and what does not is named in one line
+        module = getattr(objects[0], "module", objects[0])
+        module.load_state_dict(check_checkpoint_fits(module, self.load_path))
+        self.logger.info(f"Restored all variables from {self.load_path}")
 
 
 def _interactive() -> bool:

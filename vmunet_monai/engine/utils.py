@@ -51,11 +51,13 @@ def load_pretrained(network: nn.Module, checkpoint: str | os.PathLike | None) ->
         from vmunet_monai.validation import MissingInputError
 
         raise MissingInputError(f"pretrained_checkpoint {path}: no such file")
-    from vmunet_monai.weights import CheckpointError, load_official_checkpoint
+    import warnings
 
-    report = load_official_checkpoint(network, path, strict=False)
-    if not report.loaded:
-        raise CheckpointError(f"{path}: no tensor of this checkpoint fits {type(network).__name__}\n{report.summary()}")
+    from vmunet_monai.weights import load_official_checkpoint
+
+    with warnings.catch_warnings():  # its notes are in the summary logged below
+        warnings.simplefilter("ignore", UserWarning)
+        report = load_official_checkpoint(network, path, strict=False)
     logger.info("initialised %s from %s: %d tensors loaded\n%s", type(network).__name__, path, len(report.loaded),
                 report.summary())
     return network
