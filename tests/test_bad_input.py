@@ -377,9 +377,15 @@ def test_cli_prints_one_line_and_exits_non_zero(tmp_path):
     missing = _cli("prepare", "polyp_seg", str(tmp_path / "no_download"), str(tmp_path / "out"), cwd=tmp_path)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'no_download'}: not a folder")
+    wrong = _cli("prepare", "synapse_multiorgan", str(REPO / "bundles"), str(tmp_path / "x"), cwd=tmp_path)
+    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
+    assert wrong.stderr.strip().splitlines()[-1].startswith("error: ") and "neither BTCV" in wrong.stderr
     inside = _cli("prepare", "synapse_multiorgan", str(REPO / "bundles"), str(REPO / "bundles" / "x"), cwd=tmp_path)
-    assert inside.returncode == 1 and "Traceback" not in inside.stderr
-    assert inside.stderr.strip().splitlines()[-1].startswith("error: ") and "neither BTCV" in inside.stderr
+    assert inside.returncode == 1 and inside.stderr.strip().splitlines()[-1] == (
+        f"error: {REPO / 'bundles' / 'x'}: the prepared folder (OUT) is inside the input folder {REPO / 'bundles'} "
+        "(outputs are written outside the inputs, so they never overwrite an input or get read as one; choose "
+        "another folder)")
+    assert not (REPO / "bundles" / "x").exists()
 
 
 def test_transunet_release_with_broken_cases_keeps_the_rest(tmp_path, capsys):

@@ -437,12 +437,67 @@ def test_benchmark_checks_the_reference_checkout_before_timing(tmp_path, monkeyp
 
 
 def test_true_and_false_on_the_command_line_are_booleans():
-    """fire reads only True/False as booleans; ``--verify false`` must not arrive as the (truthy) string "false"."""
-    from vmunet_monai.cli import _booleans
+    """fire reads only True/False as booleans; ``--tta no`` must not arrive as the (truthy) string "no"."""
+    from vmunet_monai.cli import _check_arguments
 
-    assert _booleans(["prepare", "a", "b", "--verify", "false", "--x=TRUE", "--tta", "--seed", "1"]) == \
-        ["prepare", "a", "b", "--verify", "False", "--x=True", "--tta", "--seed", "1"]
-    assert _booleans(["predict", "false", "true"]) == ["predict", "false", "true"]  # positional values stay text
+    assert _check_arguments(["predict", "b", "i", "o", "--tta", "no", "--probabilities=ON", "--resume"]) == \
+        ["predict", "b", "i", "o", "--tta=False", "--probabilities=True", "--resume=True"]
+    assert _check_arguments(["predict", "false", "true"]) == ["predict", "false", "true"]  # positional values stay text
+    assert _check_arguments(["package", "b", "o", "--noexport"]) == ["package", "b", "o", "--noexport"]
+    assert _check_arguments(["predict", "b", "i", "o", "--batch-size", "4"]) == ["predict", "b", "i", "o",
+                                                                               "--batch_size=4"]
+    # the options of prepare are each bundle's, checked and turned into booleans by vmunet_monai.data
+    assert _check_arguments(["prepare", "a", "b", "--verify", "no"]) == ["prepare", "a", "b", "--verify", "no"]
+    from vmunet_monai.data import _check_options
+
+    assert _check_options("isic_skin_lesion", "prepare", {"verify": "no", "seed": 3}) == {"verify": False, "seed": 3}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["predict", "B", "IN", "OUT", "--checkpiont", "x.pt"],
+     "predict --checkpiont: no such option; did you mean --checkpoint? (options of predict: --bundle, --input"),
+    (["predict", "B", "IN", "OUT", "--tta", "maybe"], "predict --tta 'maybe': an on/off option takes true or false"),
+    (["predict", "B", "--tta", "IN", "OUT"], "predict --tta 'IN': an on/off option takes true or false"),
+    (["demo_data", "isic_skin_lesion", "OUT", "--num", "2.5"], "demo_data --num '2.5': must be a whole number"),
+    (["export", "B", "--tolerance", "abc"], "export --tolerance 'abc': must be a number"),
+    (["prepare", "isic_skin_lesion", "RAW", "OUT", "--seed", "abc"],
+     "prepare isic_skin_lesion --seed 'abc': must be a whole number"),
+    (["prepare", "isic_skin_lesion", "RAW", "OUT", "--verify", "nah"],
+     "prepare isic_skin_lesion --verify 'nah': an on/off option takes true or false"),
+])
+def test_bad_options_are_refused_before_anything_runs(argv, message, tmp_path, monkeypatch, capsys):
+    """fire reports an option a command does not have only after running the command (a whole predict with the
+    default weights, for a misspelled --checkpoint): refused first, in one line, with nothing written."""
+    from vmunet_monai.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + message) and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_file_system_refusals_and_ctrl_c_are_one_line(tmp_path, monkeypatch, capsys):
+    from vmunet_monai.cli import Commands, main
+
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "x"):
+        with pytest.raises(SystemExit):
+            main(["demo_data", "polyp_seg", str(out)])
+        assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'afile'}: a file stands where a folder is "
+                                                  "needed (to write ")
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Commands, "predict", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", "B", "IN", "OUT"])
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.strip() == ("interrupted: predict stopped before it finished; what it wrote is "
+                                               "kept, and the same command with --resume keeps it and does the rest")
 
 
 def test_monai_s_gpu_dicom_notice_is_not_printed_for_every_loader(tmp_path):

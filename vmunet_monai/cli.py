@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from pathlib import Path
 
 __all__ = ["Commands", "main"]
 
@@ -441,7 +442,7 @@ class Commands:
             format: torchscript (writes models/model.ts), onnx (models/model.onnx; needs onnx and onnxruntime,
                 pip install 'vmunet-monai[export]') or pt2 (models/model.pt2).
             checkpoint: weights to export (default <bundle>/models/model.pt).
-            output: file to write instead of the default.
+            output: file to write instead of the default (a folder gets the format's usual file name in it).
             tolerance: largest max abs difference accepted.
         """
         from vmunet_monai.export import ExportVerificationError, export
@@ -490,18 +491,108 @@ def _option_errors(command: str, bundle: str):
         raise InputError(f"{command} {bundle}: {exc}") from exc
 
 
-def _booleans(argv: list[str]) -> list[str]:
-    """``--option true`` / ``--option=false`` in any letter case as Python's True/False: fire reads only ``True`` and
-    ``False`` as booleans, and the string "false" would count as true."""
-    out = []
-    for i, arg in enumerate(argv):
-        name, eq, value = arg.partition("=")
-        if eq and name.startswith("--") and value.lower() in ("true", "false"):
-            arg = f"{name}={value.capitalize()}"
-        elif i and argv[i - 1].startswith("--") and "=" not in argv[i - 1] and arg.lower() in ("true", "false"):
-            arg = arg.capitalize()
-        out.append(arg)
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _kind(param) -> str | None:
+    """``bool``, ``int`` or ``float`` for a command's option of that type (from its annotation, else its default)."""
+    annotation = str(param.annotation).replace(" | None", "")
+    if annotation in ("bool", "int", "float"):
+        return annotation
+    default = param.default
+    if isinstance(default, bool):
+        return "bool"
+    return type(default).__name__ if isinstance(default, (int, float)) else None
+
+
+def _flag_value(text: str) -> str | None:
+    """``True``/``False`` for the ways people write on and off (true, yes, on, 1 and their opposites), else None."""
+    if text.lower() in _TRUE:
+        return "True"
+    return "False" if text.lower() in _FALSE else None
+
+
+def _check_arguments(argv: list[str]) -> list[str]:
+    """The command line as fire should get it, or an ``InputError`` before anything runs.
+
+    fire runs a command before it reports an option the command does not have (a whole ``predict`` with the
+    default weights when ``--checkpoint`` was misspelled), takes ``--tta no`` as a true string and ``--num abc`` as
+    text. Here an unknown option is refused with the command's options (and the closest one), an on/off option takes
+    true/false, yes/no, on/off or 1/0 in any case, a number option a number; ``--batch-size`` is ``--batch_size``.
+    The options of ``prepare`` and ``demo_data`` (each bundle's own) are checked by :mod:`vmunet_monai.data`.
+    """
+    import difflib
+    import inspect
+
+    from vmunet_monai.validation import InputError
+
+    if not argv or argv[0].startswith("-") or argv[0].startswith("_") or not hasattr(Commands, argv[0]):
+        return argv
+    command = argv[0]
+    params = list(inspect.signature(getattr(Commands, command)).parameters.values())[1:]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
+    named = {p.name: p for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    out, i = [command], 1
+    while i < len(argv):
+        arg, i = argv[i], i + 1
+        if not arg.startswith("--") or arg in ("--", "--help"):
+            out.append(arg)
+            continue
+        name, eq, value = arg[2:].partition("=")
+        key = name.replace("-", "_")
+        if key not in named and key.startswith("no") and _kind(named.get(key[2:], inspect.Parameter(
+                "x", inspect.Parameter.KEYWORD_ONLY))) == "bool":
+            out.append(f"--{key}")  # fire's --noflag: the option off
+            continue
+        if key not in named:
+            if takes_any:
+                out.append(arg.replace(name, key, 1))
+                continue
+            close = difflib.get_close_matches(key, list(named), n=1)
+            raise InputError(f"{command} --{name}: no such option" + (f"; did you mean --{close[0]}?" if close else "")
+                             + f" (options of {command}: {', '.join('--' + n for n in named)})")
+        kind = _kind(named[key])
+        if not eq and kind is not None and i < len(argv) and not argv[i].startswith("--"):
+            value, eq, i = argv[i], "=", i + 1  # fire takes the next word as the value
+        if kind == "bool":
+            flag = _flag_value(value) if eq else "True"
+            if flag is None:
+                raise InputError(f"{command} --{key} {value!r}: an on/off option takes true or false (or yes/no, "
+                                 "on/off, 1/0), or nothing for true")
+            out.append(f"--{key}={flag}")
+        elif kind in ("int", "float") and eq and value != "None":
+            try:
+                float(value) if kind == "float" else int(value)
+            except ValueError:
+                rule = "a number" if kind == "float" else "a whole number"
+                raise InputError(f"{command} --{key} {value!r}: must be {rule}") from None
+            out.append(f"--{key}={value}")
+        else:
+            out.append(f"--{key}={value}" if eq else f"--{key}")
     return out
+
+
+def _os_error_line(exc: OSError) -> str:
+    """One line for a file-system refusal: the path, and what stood in the way (for a folder that could not be
+    made, the file standing where it or a folder above it was to be)."""
+    if exc.filename is None:
+        return str(exc)
+    where = Path(exc.filename)
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        blocking = where
+        while not blocking.exists() and blocking != blocking.parent:
+            blocking = blocking.parent
+        if blocking.is_file():
+            to_write = "" if blocking == where else f" (to write {where})"
+            return f"{blocking}: a file stands where a folder is needed{to_write}; choose another path"
+    if isinstance(exc, PermissionError):
+        return f"{where}: permission denied (the folders written to must be writable, the files read readable)"
+    if isinstance(exc, IsADirectoryError):
+        return f"{where}: a folder, where a file was expected"
+    return f"{where}: {exc.strerror or exc}"
+
+
+_RESUME = {"predict": "; what it wrote is kept, and the same command with --resume keeps it and does the rest"}
 
 
 def main(argv=None):
@@ -509,16 +600,23 @@ def main(argv=None):
 
     from vmunet_monai.validation import InputError
 
-    argv = _booleans(list(argv if argv is not None else sys.argv[1:]))
+    argv = list(argv if argv is not None else sys.argv[1:])
     if argv in (["--help"], ["-h"]):  # fire would describe the class itself; the command list is what helps
         argv = []
     try:
-        fire.Fire(Commands, command=argv, name="vmunet_monai")
+        fire.Fire(Commands, command=_check_arguments(argv), name="vmunet_monai")
     except (InputError, FileNotFoundError, FloatingPointError) as exc:
         # bad input (file, value, checkpoint, folder): the message names the file, the value and the rule;
         # a traceback would only point into our own checks
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    except (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+        print(f"error: {_os_error_line(exc)}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        command = argv[0] if argv else "the command"
+        print(f"\ninterrupted: {command} stopped before it finished{_RESUME.get(command, '')}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -87,6 +87,8 @@ def _paths(bundle: str, checkpoint: str | None, output: str | None, format: str)
         raise missing_weights(ckpt, root, train=f"python -m monai.bundle run training --config_file "
                               f"{root}/configs/train.json --bundle_root {root} --dataset_dir PREPARED")
     out = Path(output) if output else root / "models" / FORMATS[format]
+    if out.is_dir():  # a folder: the format's usual file name in it
+        out = out / FORMATS[format]
     out.parent.mkdir(parents=True, exist_ok=True)
     return root, config, meta, ckpt, out
 
@@ -152,7 +154,8 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
             or ``pt2`` (``torch.export``; the scans stay one custom operator each).
         checkpoint: weights (a state dict, or a file with one under ``model``, ``state_dict`` and the like, with
             or without DataParallel's ``module.``; saved on any device); default ``<bundle>/models/model.pt``.
-        output: file to write; default ``<bundle>/models/model.ts``, ``model.onnx`` or ``model.pt2``.
+        output: file to write (a folder: ``model.ts``, ``model.onnx`` or ``model.pt2`` in it); default
+            ``<bundle>/models/model.ts``, ``model.onnx`` or ``model.pt2``.
         tolerance: largest max-abs difference from the eager network accepted.
         input_shape: ``[1, C, H, W]`` to trace with; default from ``metadata.json`` (the network input size).
 

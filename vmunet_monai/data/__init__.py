@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 
 __all__ = ["DATASET_MODULES", "prepare", "demo_data", "options_of"]
 
@@ -33,15 +34,33 @@ def options_of(bundle: str, command: str) -> dict:
             if name not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-def _check_options(bundle: str, command: str, options: dict):
+def _check_options(bundle: str, command: str, options: dict) -> dict:
+    """``options`` with on/off values as booleans, or an ``InputError`` naming an option ``bundle``'s ``command`` does
+    not have, or a value of the wrong kind for its default (an on/off option takes true/false, yes/no, on/off or
+    1/0; a whole-number option a whole number; a fraction a number)."""
+    from vmunet_monai.validation import InputError
+
     known = options_of(bundle, command)
     unknown = [k for k in options if k not in known]
     if unknown:
-        from vmunet_monai.validation import InputError
-
         listed = ", ".join(f"--{k}" for k in known)
         raise InputError(f"{command} {bundle}: unknown option{'s' if len(unknown) > 1 else ''} "
                          f"{', '.join('--' + k for k in unknown)} (options of {bundle}: {listed})")
+    checked = dict(options)
+    for name, value in options.items():
+        default = known[name]
+        if isinstance(default, bool):
+            flags = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False,
+                     "0": False}
+            if not isinstance(value, bool) and str(value).lower() not in flags:
+                raise InputError(f"{command} {bundle} --{name} {value!r}: an on/off option takes true or false (or "
+                                 "yes/no, on/off, 1/0)")
+            checked[name] = value if isinstance(value, bool) else flags[str(value).lower()]
+        elif isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InputError(f"{command} {bundle} --{name} {value!r}: must be a whole number")
+        elif isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise InputError(f"{command} {bundle} --{name} {value!r}: must be a number")
+    return checked
 
 
 def prepare(bundle: str, raw: str, out: str, **options):
@@ -50,14 +69,17 @@ def prepare(bundle: str, raw: str, out: str, **options):
     (:func:`options_of`), an unknown one is an ``InputError``."""
     from vmunet_monai.data.archives import archives_left, unpack_dataset
     from vmunet_monai.data.common import DatasetLayoutError, record_archives
+    from vmunet_monai.validation import check_output_location
 
     module = _module(bundle)
-    _check_options(bundle, "prepare", options)
+    options = _check_options(bundle, "prepare", options)
+    if os.path.isdir(raw):
+        check_output_location([raw], out, what="prepared folder (OUT)")  # the download stays as distributed
     folder, archives = unpack_dataset(raw, out)
     try:
         path = module.prepare(folder, out, **options)
     except DatasetLayoutError as exc:
-        left = archives_left(raw, out)
+        left = archives_left(raw)
         if not left:
             raise
         raise DatasetLayoutError(f"{exc}\n  note: {raw} also holds {len(left)} archive(s) left packed ("
@@ -73,7 +95,7 @@ def demo_data(bundle: str, out: str, num: int | None = None, seed: int = 0, **op
     """Write a synthetic dataset for ``bundle`` in its raw layout under ``out``; ``options`` are those of the
     bundle's generator (ISIC: ``year``; Synapse: ``shape``, ``spacing``), an unknown one is an ``InputError``."""
     module = _module(bundle)
-    _check_options(bundle, "demo_data", options)
+    options = _check_options(bundle, "demo_data", options)
     kwargs = {"seed": seed, **options}
     if num is not None:
         kwargs["num"] = num

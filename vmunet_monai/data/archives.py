@@ -29,7 +29,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from vmunet_monai.validation import InputError, MissingInputError
+from vmunet_monai.validation import InputError
 
 __all__ = ["ARCHIVE_SUFFIXES", "UNPACKED", "archive_stem", "unpack_dataset", "archives_left", "zip_member_problem"]
 
@@ -63,13 +63,12 @@ def _visible(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX")
 
 
-def _archives_in(raw: Path, out: Path) -> tuple[list[Path], list[Path], list[Path], list[Path]]:
-    """RAW's archives, unreadable archives, other files and folders (the folder OUT lies in left out)."""
+def _archives_in(raw: Path) -> tuple[list[Path], list[Path], list[Path], list[Path]]:
+    """RAW's archives, unreadable archives, other files and folders."""
     archives, unreadable, files, folders = [], [], [], []
     for entry in _visible(raw):
         if entry.is_dir():
-            if not (entry.resolve() == out or entry.resolve() in out.parents):
-                folders.append(entry)
+            folders.append(entry)
         elif archive_stem(entry):
             archives.append(entry)
         elif _unreadable(entry):
@@ -79,12 +78,12 @@ def _archives_in(raw: Path, out: Path) -> tuple[list[Path], list[Path], list[Pat
     return archives, unreadable, files, folders
 
 
-def archives_left(raw: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
+def archives_left(raw: str | os.PathLike) -> list[Path]:
     """The archives in RAW that :func:`unpack_dataset` left packed because RAW also holds folders."""
     raw = Path(raw)
     if not raw.is_dir():
         return []
-    archives, unreadable, _, folders = _archives_in(raw, Path(os.path.abspath(out)).resolve())
+    archives, unreadable, _, folders = _archives_in(raw)
     return archives + unreadable if folders else []
 
 
@@ -229,18 +228,13 @@ def unpack_dataset(raw: str | os.PathLike, out: str | os.PathLike) -> tuple[str,
         if archive_stem(raw_path) is None:
             return os.fspath(raw), []
         return str(_unpack_all([raw_path], root)[0]), [raw_path]
-    if not raw_path.is_dir():
-        if not raw_path.exists():
-            raise MissingInputError(f"{raw}: not found (RAW is the dataset as downloaded: a folder, or an archive)")
+    if not raw_path.is_dir():  # the importer says what it expected
         return os.fspath(raw), []
-    archives, unreadable, files, folders = _archives_in(raw_path, out_path.resolve())
+    archives, unreadable, files, folders = _archives_in(raw_path)
     if folders or not (archives or unreadable):
         return os.fspath(raw), []
     if unreadable:
         raise _refuse_unreadable(unreadable[0])
-    if out_path.resolve() == raw_path.resolve():
-        raise InputError(f"{out}: the prepared folder (OUT) is RAW itself (prepare unpacks RAW's archives into "
-                         "OUT/unpacked and leaves the download as it is: choose another OUT)")
     unpacked = _unpack_all(archives, root)
     for stale in _visible(root):
         if stale.is_dir() and (stale / MARK).is_file() and stale not in unpacked:

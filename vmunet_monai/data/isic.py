@@ -361,7 +361,7 @@ def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017, layout: 
             named ``<stem>_mask.png``, as your own data may come (:mod:`vmunet_monai.data.folders`), or ``"ph2"``:
             ``num`` images in PH2's layout with its clinical table (:mod:`vmunet_monai.data.ph2`).
         classes: folders layout: 2 gives each lesion a dark core, a second class; the masks then hold the grey
-            levels 0 (skin), 128 (lesion) and 255 (core), and ``dataset.json`` names the classes, as
+            levels 0 (skin), 127 (lesion) and 255 (core), and ``dataset.json`` names the classes, as
             :mod:`vmunet_monai.data.label_maps` reads them.
 
     Returns:
@@ -397,7 +397,7 @@ def demo_data(out: str, num: int = 48, seed: int = 0, year: int = 2017, layout: 
                 {"name": "synthetic lesions with a dark core", "labels": {"0": "background", "1": "lesion",
                                                                           "2": "dark_core"}}, indent=4) + "\n")
         print(f"synthetic lesions in your-own-data folders: {num} images in images/, masks in masks/"
-              + (" (grey levels 0 skin, 128 lesion, 255 dark core; classes named in dataset.json)" if classes == 2
+              + (" (grey levels 0 skin, 127 lesion, 255 dark core; classes named in dataset.json)" if classes == 2
                  else "") + f" -> {root}")
         return str(root)
     if year == 2017:

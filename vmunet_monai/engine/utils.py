@@ -117,7 +117,7 @@ def find_bundle(bundle: str | os.PathLike) -> Path:
     Raises:
         FileNotFoundError: naming every place searched.
     """
-    candidate = Path(bundle)
+    candidate = Path(os.path.expanduser(os.fspath(bundle)))
     if (candidate / "configs").is_dir():
         return candidate.resolve()
     roots = []
@@ -188,10 +188,13 @@ def missing_weights(path: str | os.PathLike, bundle_root: str | os.PathLike, oth
     the same configs and options), the bundle's download, or ``other`` (how the command takes other weights).
 
     Returns:
-        a :class:`vmunet_monai.validation.MissingInputError` (a ``FileNotFoundError``) to raise.
+        a :class:`vmunet_monai.validation.MissingInputError` (a ``FileNotFoundError``) to raise, or an ``InputError``
+        when ``path`` is a folder.
     """
-    from vmunet_monai.validation import MissingInputError
+    from vmunet_monai.validation import InputError, MissingInputError
 
+    if os.path.isdir(path):
+        return InputError(f"{path}: a folder, not a weights file (give the file itself, such as {path}/model.pt)")
     models = Path(bundle_root) / "models"
     found = sorted(p.relative_to(models).as_posix() for p in models.rglob("model.pt")) if models.is_dir() else []
     held = (f"{models} holds {', '.join(found[:6])}{' ...' if len(found) > 6 else ''} (--run_name, --folds/--fold "
