@@ -8,13 +8,15 @@ segmentations have the input's shape, affine and orientation; DICOM series are r
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from vmunet_monai.evaluation.uncertainty import check_rank_by
 from vmunet_monai.validation import VOLUME_EXTENSIONS  # re-exported here, as before
 
-__all__ = ["VOLUME_EXTENSIONS", "default_bundle_root", "find_volumes", "predict_volumes"]
+__all__ = ["VOLUME_EXTENSIONS", "DicomSeries", "default_bundle_root", "find_volumes", "predict_volumes"]
 
 BUNDLE_NAME = "synapse_multiorgan"
 
@@ -36,57 +38,281 @@ def _is_dicom_series(folder: str) -> bool:
     return bool(files) and any(_is_dicom_file(f) for f in files[:20])
 
 
+class DicomSeries(str):
+    """A DICOM series found by :func:`find_volumes`: the string is its folder (as a DICOM series folder always was);
+    ``uid``, ``files`` (its slices, in the order GDCM sorts them), ``number`` and ``description`` (SeriesNumber and
+    SeriesDescription, or "") say which series of the folder it is. ``alone`` is True where it is the folder's only
+    series (the folder is read as it is, and the output named after it); else ``label`` is the series' part of its
+    output name (``<folder's case name>_<label>``) and the series is read from its own files."""
+
+    uid: str
+    files: tuple[str, ...]
+    number: str
+    description: str
+    alone: bool
+    label: str
+
+    def __new__(cls, folder: str, uid: str, files, number: str = "", description: str = "", alone: bool = True,
+                label: str = ""):
+        self = super().__new__(cls, folder)
+        self.uid, self.files, self.number, self.description = uid, tuple(files), number, description
+        self.alone, self.label = alone, label
+        return self
+
+    def __reduce__(self):  # kept whole through pickling (DataLoader workers, deep copies)
+        return DicomSeries, (str(self), self.uid, self.files, self.number, self.description, self.alone, self.label)
+
+    def describe(self) -> str:
+        """How messages name the series: ``DICOM series <label> (SeriesInstanceUID <uid>)``."""
+        return f"DICOM series {self.label or self.description or self.number or '?'} (SeriesInstanceUID {self.uid})"
+
+    def record(self, output: str) -> dict:
+        """The series' entry in ``prediction.json``: which series an output came from."""
+        return {"output": output, "folder": str(self), "series_instance_uid": self.uid, "series_number": self.number,
+                "series_description": self.description, "slices": len(self.files)}
+
+
+_SPACING_RULE = ("a series is segmented only when its slices are evenly spaced, each gap within 10% or 0.1 mm of the "
+                 "median spacing; export the series complete, or resample it to even slices first")
+
+
+def _header(path: str) -> dict[str, str]:
+    """The tags of one DICOM file that say where its slice lies and which series it is (header only, no pixels)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.SetImageIO("GDCMImageIO")
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return {}
+    tags = ("0020|0032", "0020|0037", "0020|0011", "0008|103e")
+    return {t: reader.GetMetaData(t).strip() for t in tags if reader.HasMetaDataKey(t)}
+
+
+def _numbers(text: str | None, count: int) -> list[float] | None:
+    try:
+        values = [float(v) for v in (text or "").split("\\")]
+    except ValueError:
+        return None
+    return values if len(values) == count else None
+
+
+def _spacing_problem(files: Sequence[str], headers: Sequence[dict]) -> str | None:
+    """What is wrong with the slice positions of a series (ImagePositionPatient projected on the slice normal), or
+    None when they are evenly spaced, or cannot be checked (tags missing, fewer than three slices)."""
+    import numpy as np
+
+    if len(files) < 3:
+        return None
+    orients = [_numbers(h.get("0020|0037"), 6) for h in headers]
+    corners = [_numbers(h.get("0020|0032"), 3) for h in headers]
+    if any(o is None for o in orients) or any(c is None for c in corners):
+        return None  # nothing to check against: ITK reads it as it can
+    orients = np.asarray(orients)
+    if np.abs(orients - orients[0]).max() > 1e-3:
+        return (f"its {len(files)} slices lie in different orientations (ImageOrientationPatient differs, as in a "
+                "localizer of several planes)")
+    normal = np.cross(orients[0, :3], orients[0, 3:])
+    where = np.asarray(corners) @ normal
+    order = np.argsort(where, kind="stable")
+    where = where[order]
+    gaps = np.diff(where)
+    usual = float(np.median(gaps))
+    worst = int(np.argmax(np.abs(gaps - usual)))
+    if abs(gaps[worst] - usual) <= max(0.1, 0.1 * usual):
+        return None
+    a, b = (os.path.basename(files[order[i]]) for i in (worst, worst + 1))
+    found = (f"slices missing or unevenly spaced: a {gaps[worst]:.2f} mm gap between {a} (at {where[worst]:.2f} mm) "
+             f"and {b} (at {where[worst + 1]:.2f} mm), where its {len(files)} slices are usually {usual:.2f} mm apart")
+    if usual <= 0.1:
+        found = f"several of its {len(files)} slices lie at the same position (time points or repeated acquisitions)"
+    return found
+
+
+def _label(text: str) -> str:
+    """``text`` as a part of a file name: letters, digits, ``.``, ``-`` and ``_``, at most 40 characters."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_.-")[:40].strip("_.-")
+
+
+def _dicom_series_in(folder: str, skipped: list[dict], split: bool = True) -> list[str] | None:
+    """The DICOM series of ``folder``: the folder itself where it holds one series (as before, with a series of
+    uneven slices skipped), else one :class:`DicomSeries` per series of several slices; 1-slice series (scouts) and
+    series of uneven slices go to ``skipped``. A folder of several series without ``split`` is returned as it is,
+    with a warning; None where GDCM finds no series of images in the folder."""
+    import SimpleITK as sitk
+
+    try:
+        uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder))
+    except RuntimeError:
+        uids = []
+    if not uids:
+        return None
+    if len(uids) > 1 and not split:
+        import warnings
+
+        warnings.warn(f"{folder}: holds {len(uids)} DICOM series, read as one folder: ITK reads only the first, "
+                      f"SeriesInstanceUID {uids[0]} (python -m vmunet_monai predict segments each series apart)")
+        return [folder]
+    every: list[tuple[DicomSeries, list[dict]]] = []
+    for uid in uids:
+        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
+        headers = [_header(f) for f in files] if len(files) > 2 or len(uids) > 1 else [{}] * len(files)
+        first = headers[0] if headers else {}
+        every.append((DicomSeries(folder, uid, files, first.get("0020|0011", ""), first.get("0008|103e", ""),
+                                  alone=len(uids) == 1), headers))
+    if len(uids) > 1:
+        _name_series([s for s, _ in every])
+    usable = []
+    for series, headers in every:
+        where = f"{folder}: {series.describe()}" if len(uids) > 1 else folder
+        problem = _spacing_problem(series.files, headers)
+        if problem:
+            skipped.append({"file": folder, "reason": f"{where}: {problem} ({_SPACING_RULE})"})
+        elif len(series.files) < 2 and len(uids) > 1:  # alone, it is named by read_volume, as before
+            skipped.append({"file": folder, "reason": f"{where} has 1 slice (a 2D image, such as a scout) (one 3D "
+                            "volume of several slices is expected; the folder's other series are read on their own)"})
+        else:
+            usable.append(series)
+    return usable
+
+
+def _name_series(series: Sequence[DicomSeries]) -> None:
+    """Give each of the series of one folder its label: ``s<SeriesNumber>_<SeriesDescription>`` (what there is of
+    them, as a file name), else ``series_<the UID's last part>``; labels that two series share get the UIDs' last
+    parts, then numbers."""
+    count: dict[str, int] = {}
+    for s in series:
+        s.label = _label("_".join(p for p in (f"s{s.number}" if s.number else "", s.description) if p))
+        s.label = s.label or _label(f"series_{s.uid.rsplit('.', 1)[-1]}")
+        count[s.label] = count.get(s.label, 0) + 1
+    seen: dict[str, int] = {}
+    for s in series:
+        if count[s.label] > 1:
+            s.label = _label(f"{s.label}_{s.uid.rsplit('.', 1)[-1]}")
+        seen[s.label] = seen.get(s.label, 0) + 1
+        if seen[s.label] > 1:
+            s.label = f"{s.label}_{seen[s.label]}"
+
+
+def _data_files(folder: str, names: Sequence[str]) -> set[str]:
+    """The files of ``folder`` that hold the voxels of a MetaImage header (``X.mhd`` -> its ElementDataFile, or
+    ``X.raw``/``X.zraw``) read as a volume: they are read with it, not inputs of their own."""
+    data = set()
+    for name in names:
+        if not name.lower().endswith(".mhd"):
+            continue
+        stem = name[: -len(".mhd")]
+        data.update(os.path.join(folder, stem + ext) for ext in (".raw", ".zraw", ".RAW", ".ZRAW"))
+        try:
+            with open(os.path.join(folder, name), errors="replace") as f:
+                lines = f.read(65536).splitlines()
+        except OSError:
+            continue
+        for i, line in enumerate(lines):
+            key, _, value = line.partition("=")
+            if key.strip() != "ElementDataFile":
+                continue
+            value = value.strip()
+            if value == "LIST":
+                data.update(os.path.join(folder, v.strip()) for v in lines[i + 1:] if v.strip())
+            elif value and value != "LOCAL":
+                data.add(os.path.join(folder, value.split()[0]))
+    return data
+
+
 def _volume_files(folder: str, ignored: list[str] | None) -> list[str]:
     """The volume files directly in ``folder``, leaving out labels beside their volumes (``X_gt.nii.gz`` beside
-    ``X.nii.gz``, as ACDC and others keep them); other files go to ``ignored`` when it is given."""
+    ``X.nii.gz``, as ACDC and others keep them); other files go to ``ignored`` when it is given, except DICOM files
+    (read as series) and the data files of MetaImage headers."""
     from vmunet_monai.data.volumes import labels_beside
 
     labels = {str(p) for p in labels_beside(Path(folder))[0].values()}
+    names = sorted(os.listdir(folder))
+    data = _data_files(folder, names) if ignored is not None else set()
     found = []
-    for name in sorted(os.listdir(folder)):
+    for name in names:
         full = os.path.join(folder, name)
         if not os.path.isfile(full) or name.startswith("."):
             continue
         if name.lower().endswith(VOLUME_EXTENSIONS):
             if full not in labels:
                 found.append(full)
-        elif ignored is not None:
+        elif ignored is not None and full not in data and not _is_dicom_file(full):
             ignored.append(full)
     return found
 
 
-def find_volumes(path: str, ignored: list[str] | None = None) -> list[str]:
-    """Volumes under ``path``: a volume file, a DICOM series folder, or a folder of volume files, series folders
-    and folders of volume files (one per patient); labels beside their volumes (``X_gt``, ``X_seg``) are left out.
+def find_volumes(path: str, ignored: list[str] | None = None, skipped: list[dict] | None = None,
+                 split_series: bool = False) -> list[str]:
+    """Volumes under ``path``: a volume file, a DICOM series folder, or a folder searched recursively for volume
+    files and DICOM series (a patient's folder, or a DICOM export ``PATIENT/STUDY/SERIES/``); labels beside their
+    volumes (``X_gt``, ``X_seg``) are left out.
+
+    DICOM series are told apart by their SeriesInstanceUID: a folder holding one series is returned as itself (read
+    by ``ITKReader``, the output named after the folder); with ``split_series``, a folder holding several gives a
+    :class:`DicomSeries` per series (its output ``<folder's case name>_<series number and description>``, read from
+    its own files by :func:`predict_volumes`), a series of one slice (a scout) among them skipped. A series whose
+    slice positions are not evenly spaced (missing slices) is skipped.
 
     Args:
         path: file or folder.
-        ignored: if given, the files in a folder that are neither volumes nor DICOM series are appended to it.
+        ignored: if given, the files in the folder ``path`` that are neither volumes, nor DICOM files, nor the data
+            files of MetaImage headers (``X.raw`` beside ``X.mhd``) are appended to it.
+        skipped: if given, ``{"file", "reason"}`` for each DICOM series left out is appended to it; else each is
+            named in a warning.
+        split_series: return each series of a folder of several on its own; without it (the bundle's
+            ``inference.json``, whose ``ITKReader`` reads a folder as one series) such a folder is returned once, as
+            ITK reads it (its first series), with a warning.
 
     Returns:
-        Sorted paths; a DICOM series is returned as its folder (read by ``ITKReader`` as one volume).
+        Sorted paths (DICOM series as their folders: :class:`DicomSeries`).
 
     Raises:
-        FileNotFoundError: if ``path`` does not exist or holds no volume.
+        FileNotFoundError: if ``path`` does not exist, is a single DICOM file (its series' folder is the input) or
+            holds no volume.
     """
     path = os.path.abspath(os.path.expanduser(str(path)))
     if os.path.isfile(path):
         if path.lower().endswith(VOLUME_EXTENSIONS):
             return [path]
-        raise FileNotFoundError(f"{path}: not a volume file (expected one of {', '.join(VOLUME_EXTENSIONS)})")
+        if _is_dicom_file(path):
+            raise FileNotFoundError(f"{path}: a single DICOM file, one slice of a series (give the folder of the "
+                                    f"series, {os.path.dirname(path)}, to segment the series as one volume)")
+        raise FileNotFoundError(f"{path}: not a volume file (expected one of {', '.join(VOLUME_EXTENSIONS)}, or a "
+                                "DICOM series folder)")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such file or folder")
-    if _is_dicom_series(path):
-        return [path]
-    found = _volume_files(path, ignored)
-    for name in sorted(os.listdir(path)):
-        full = os.path.join(path, name)
-        if os.path.isdir(full) and _is_dicom_series(full):
-            found.append(full)
-        elif os.path.isdir(full) and not name.startswith("."):  # one folder per patient (ACDC): its volumes
-            found += _volume_files(full, None)
-    found.sort()
-    if not found:
+    left_out: list[dict] = []
+    found: list[str] = []
+    seen = set()
+    for folder, subfolders, _ in os.walk(path, followlinks=True):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        found += _volume_files(folder, ignored if folder == path else None)
+        if _is_dicom_series(folder):
+            series = _dicom_series_in(folder, left_out, split_series)
+            if series is not None:
+                found += series
+            elif not subfolders:  # no series GDCM can read: reading the folder names the problem, as before
+                found.append(folder)
+            # else DICOM files that are no images (a DICOMDIR) above the series folders: nothing to read
+    found.sort(key=lambda v: (str(v), getattr(v, "label", "")))
+    if skipped is not None:
+        skipped += left_out
+    else:
+        import warnings
+
+        for item in left_out:
+            warnings.warn(f"skipped {item['reason']}")
+    if not found and not left_out:
         raise FileNotFoundError(
             f"{path}: no volumes ({', '.join(VOLUME_EXTENSIONS)} files or DICOM series folders) found"
         )
@@ -105,9 +331,41 @@ def default_bundle_root() -> str:
 
 
 def _output_name(source: str) -> str:
+    return f"{_series_case(source)}_seg.nii.gz"  # named after the case, as the evaluation names it
+
+
+def _series_case(source: str) -> str:
+    """The case name of a volume: :func:`vmunet_monai.evaluation.ct._case_name`'s, and for a DICOM series that
+    shares its folder with others, the folder's case name and the series' label."""
     from vmunet_monai.evaluation.ct import _case_name
 
-    return f"{_case_name(source)}_seg.nii.gz"  # named after the case, as the evaluation names it
+    if isinstance(source, DicomSeries) and not source.alone:
+        return f"{_case_name(source)}_{source.label}"
+    return _case_name(source)
+
+
+def _series_as_file(series: DicomSeries, folder: str) -> str:
+    """``folder/<case>.mha``: the series read from its own files (its voxels, spacing, origin and direction as ITK
+    reads them, in a MetaImage, which keeps them exactly), for the pipeline that reads a DICOM folder as one series.
+
+    Raises:
+        InputError: for a series that cannot be read.
+    """
+    import SimpleITK as sitk
+
+    from vmunet_monai.validation import input_error
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(series.files))
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        reason = [line for line in str(exc).splitlines() if line.strip()]
+        found = f"{series.describe()} cannot be read ({reason[-1].strip() if reason else 'ITK error'})"
+        raise input_error(series, found, "every slice must be a complete DICOM file") from None
+    target = os.path.join(folder, f"{_series_case(series)}.mha")
+    sitk.WriteImage(image, target)
+    return target
 
 
 def predict_volumes(
@@ -200,107 +458,143 @@ def predict_volumes(
     config_files, default_ckpt, train = inference_configs(bundle_root, baseline, model)
     paths = [input] if isinstance(input, (str, os.PathLike)) else list(input)
     others: list[str] = []
-    volumes = [v for p in paths for v in find_volumes(str(p), others)]
+    left_out: list[dict] = []  # DICOM series left out: 1-slice series beside others, uneven slices
+    volumes = [v for p in paths for v in find_volumes(str(p), others, left_out, split_series=True)]
     weights = [str(w) for w in weights_files(Path(bundle_root), checkpoint, default_ckpt, train, model, device)]
     source = weights[0]
     output = str(check_output_location([str(p) for p in paths] + volumes, output))
-    good, taken, airless = [], {}, []
+    good, reads, taken, airless = [], [], {}, []  # reads: the path the pipeline reads for each of good
     skipped = [{"file": f, "reason": f"{f}: not a volume file (expected {', '.join(VOLUME_EXTENSIONS)} files or "
-                "DICOM series folders; 2D images go to the 2D bundles)"} for f in others]
-    for volume in volumes:
-        name = _output_name(volume)
-        if name in taken:
-            skipped.append({"file": volume, "reason": f"{volume}: its output {name} is already the output of "
-                            f"{taken[name]} (give volumes distinct names)"})
-            continue
-        try:
-            _, voxels = read_volume(volume, read_data=True)
-        except InputError as exc:
-            skipped.append({"file": volume, "reason": str(exc)})
-            continue
-        span = intensity_span(voxels)
-        del voxels
-        if not hounsfield_like(span):
-            airless.append((volume, span))
-        taken[name] = volume
-        good.append(volume)
-    if not good:
-        first = f"; first: {skipped[0]['reason']}" if skipped else ""
-        raise NothingToPredictError(f"{input}: no volume could be segmented ({len(skipped)} skipped{first})")
-    written = [os.path.join(output, _output_name(v)) for v in good]
-    probabilities = bool(probabilities or uncertainty)  # the uncertainty is computed from the probability volumes
-    maps = [w[: -len("_seg.nii.gz")] + "_prob.nii.gz" for w in written] if probabilities else []
-    spread = bool(uncertainty) and (bool(tta) or len(weights) > 1) and takes_pass_entropy(config_files)
-    check_rank_by(rank_by, uncertainty, spread)
-    spreads = [w[: -len("_seg.nii.gz")] + "_pass_entropy.nii.gz" for w in written] if spread else []
-    check_output_location(volumes, output, written + maps + spreads)
-    os.makedirs(output, exist_ok=True)
-    settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "sw_batch_size": sw_batch_size,
-                "probabilities": bool(probabilities), "uncertainty": bool(uncertainty),
-                "overrides": {k: v for k, v in overrides.items() if isinstance(v, (str, int, float, list, bool))}}
-    todo = good
-    if resume and resume_check(output, bundle_root, weights, bool(model), settings, ("baseline", "tta", "overrides")):
-        files = [[w, *maps[i:i + 1], *spreads[i:i + 1]] for i, w in enumerate(written)]  # each volume's outputs
-        todo = [v for v, mine in zip(good, files) if not all(finished_output(p) for p in mine)]
-        print(f"--resume: {len(good) - len(todo)} of {len(good)} volume(s) already segmented in {output}, "
-              f"{len(todo)} to go", flush=True)
-    config = dict(overrides)
-    config.update(bundle_root=bundle_root, output_dir=output, datalist=todo, tta=bool(tta))
-    if probabilities:
-        config["probabilities"] = True
-    if spread:
-        config["pass_entropy"] = True
-    config["exported_model" if model else "checkpoint"] = source
-    if len(weights) > 1:  # the bundle's own ensemble: the first loaded into the network, the rest as members
-        config["ensemble_checkpoints"] = weights
-    if device is not None:
-        config["device"] = f"$torch.device('{device}')"
-    if sw_batch_size is not None:
-        config["sw_batch_size"] = int(sw_batch_size)
-    workflow = ConfigWorkflow(
-        config_file=config_files,
-        meta_file=os.path.join(bundle_root, "configs", "metadata.json"),
-        logging_file=os.path.join(bundle_root, "configs", "logging.conf"),
-        workflow_type="infer",
-        **config,
-    )
-    workflow.initialize()
-    if airless and workflow.parser.get_parsed_content("intensity") == "ct":
-        print(f"{airless_note(airless, len(good))} this bundle's CT window expects, so their segmentations may be "
-              f"empty or wrong; a bundle trained on MRI or scaled CT takes --intensity mri", flush=True)
-    if not model:
-        for path in weights:  # an ensemble's too, each named if it is not of this network
-            check_checkpoint_fits(workflow.parser.get_parsed_content("network"), path)
-    # the record of a run under way: what --resume checks against
-    write_record(output, workflow.parser, bundle_root, weights, bool(model), paths, [], skipped, settings,
-                 finished=False)
-    if todo:
-        workflow.run()
-    workflow.finalize()
-    missing = [w for w in written + maps + spreads if not os.path.isfile(w)]
-    if missing:
-        raise RuntimeError(f"inference finished but did not write {missing}")
-    if maps:
-        print(f"{len(maps)} probability volume(s) under {output}")
-    doubts = []  # the table's rows, in the order of the volumes: where each one's maps were written
-    if uncertainty:
-        from vmunet_monai.evaluation.uncertainty import write_uncertainty_table, write_uncertainty_volumes
+                "DICOM series folders; 2D images go to the 2D bundles)"} for f in others] + left_out
+    scratch = None  # a temporary folder for the series that share their folder with others, read from their files
+    try:
+        for volume in volumes:
+            name = _output_name(volume)
+            if name in taken:
+                skipped.append({"file": volume, "reason": f"{volume}: its output {name} is already the output of "
+                                f"{taken[name]} (give volumes distinct names)"})
+                continue
+            read = volume
+            try:
+                if isinstance(volume, DicomSeries) and not volume.alone:  # read by ITK from its own files
+                    scratch = scratch or tempfile.mkdtemp(prefix="vmunet_dicom_series_")
+                    read = _series_as_file(volume, scratch)
+                try:
+                    _, voxels = read_volume(read, read_data=True)
+                except InputError as exc:
+                    if read == volume:
+                        raise
+                    os.remove(read)
+                    raise InputError(str(exc).replace(read, f"{volume}: {volume.describe()}")) from None
+            except InputError as exc:
+                skipped.append({"file": volume, "reason": str(exc)})
+                continue
+            span = intensity_span(voxels)
+            del voxels
+            if not hounsfield_like(span):
+                airless.append((volume, span))
+            taken[name] = volume
+            good.append(volume)
+            reads.append(read)
+        if not good:
+            first = f"; first: {skipped[0]['reason']}" if skipped else ""
+            raise NothingToPredictError(f"{input}: no volume could be segmented ({len(skipped)} skipped{first})")
+        written = [os.path.join(output, _output_name(v)) for v in good]
+        probabilities = bool(probabilities or uncertainty)  # the uncertainty is computed from the probability volumes
+        maps = [w[: -len("_seg.nii.gz")] + "_prob.nii.gz" for w in written] if probabilities else []
+        spread = bool(uncertainty) and (bool(tta) or len(weights) > 1) and takes_pass_entropy(config_files)
+        check_rank_by(rank_by, uncertainty, spread)
+        spreads = [w[: -len("_seg.nii.gz")] + "_pass_entropy.nii.gz" for w in written] if spread else []
+        check_output_location(volumes, output, written + maps + spreads)
+        os.makedirs(output, exist_ok=True)
+        settings = {"baseline": baseline or None, "tta": bool(tta), "device": device, "sw_batch_size": sw_batch_size,
+                    "probabilities": bool(probabilities), "uncertainty": bool(uncertainty),
+                    "overrides": {k: v for k, v in overrides.items() if isinstance(v, (str, int, float, list, bool))}}
+        todo = reads
+        same = ("baseline", "tta", "overrides")
+        if resume and resume_check(output, bundle_root, weights, bool(model), settings, same):
+            files = [[w, *maps[i:i + 1], *spreads[i:i + 1]] for i, w in enumerate(written)]  # each volume's outputs
+            todo = [v for v, mine in zip(reads, files) if not all(finished_output(p) for p in mine)]
+            print(f"--resume: {len(good) - len(todo)} of {len(good)} volume(s) already segmented in {output}, "
+                  f"{len(todo)} to go", flush=True)
+        config = dict(overrides)
+        config.update(bundle_root=bundle_root, output_dir=output, datalist=todo, tta=bool(tta))
+        if probabilities:
+            config["probabilities"] = True
+        if spread:
+            config["pass_entropy"] = True
+        config["exported_model" if model else "checkpoint"] = source
+        if len(weights) > 1:  # the bundle's own ensemble: the first loaded into the network, the rest as members
+            config["ensemble_checkpoints"] = weights
+        if device is not None:
+            config["device"] = f"$torch.device('{device}')"
+        if sw_batch_size is not None:
+            config["sw_batch_size"] = int(sw_batch_size)
+        workflow = ConfigWorkflow(
+            config_file=config_files,
+            meta_file=os.path.join(bundle_root, "configs", "metadata.json"),
+            logging_file=os.path.join(bundle_root, "configs", "logging.conf"),
+            workflow_type="infer",
+            **config,
+        )
+        workflow.initialize()
+        if airless and workflow.parser.get_parsed_content("intensity") == "ct":
+            print(f"{airless_note(airless, len(good))} this bundle's CT window expects, so their segmentations may be "
+                  f"empty or wrong; a bundle trained on MRI or scaled CT takes --intensity mri", flush=True)
+        if not model:
+            for path in weights:  # an ensemble's too, each named if it is not of this network
+                check_checkpoint_fits(workflow.parser.get_parsed_content("network"), path)
+        # the record of a run under way: what --resume checks against
+        write_record(output, workflow.parser, bundle_root, weights, bool(model), paths, [], skipped, settings,
+                     finished=False)
+        _record_series(output, good, written)
+        if todo:
+            workflow.run()
+        workflow.finalize()
+        missing = [w for w in written + maps + spreads if not os.path.isfile(w)]
+        if missing:
+            raise RuntimeError(f"inference finished but did not write {missing}")
+        if maps:
+            print(f"{len(maps)} probability volume(s) under {output}")
+        doubts = []  # the table's rows, in the order of the volumes: where each one's maps were written
+        if uncertainty:
+            from vmunet_monai.evaluation.uncertainty import write_uncertainty_table, write_uncertainty_volumes
 
-        doubts = write_uncertainty_volumes(list(zip(good, maps, spreads or [None] * len(maps))))
-        write_uncertainty_table(doubts, output, by=rank_by)
-    report_skipped(skipped, "volume")
-    write_record(output, workflow.parser, bundle_root, weights, bool(model), paths, written, skipped, settings,
-                 kept=len(good) - len(todo))
-    classes = int(workflow.parser.get_parsed_content("num_classes"))
-    names = bundle_class_names(bundle_root, classes) or {c: f"class_{c}" for c in range(1, classes)}
-    write_volumes(good, written, names, output)  # volumes.csv; ACDC: clinical_indices.csv
-    if montage:
-        ct = workflow.parser.get_parsed_content("intensity") == "ct"  # else MRI: each volume's own percentiles
-        write_montages(good, written, os.path.join(output, "montages"), num_classes=classes, class_names=names,
-                       window=workflow.parser.get_parsed_content("hu_window") if ct else None,
-                       uncertainties=[r["picture"] for r in doubts] if uncertainty else None,
-                       disagreements=[r.get("disagreement_picture") for r in doubts] if spread else None)
-    return written
+            doubts = write_uncertainty_volumes(list(zip(good, maps, spreads or [None] * len(maps))))
+            write_uncertainty_table(doubts, output, by=rank_by)
+        report_skipped(skipped, "volume")
+        write_record(output, workflow.parser, bundle_root, weights, bool(model), paths, written, skipped, settings,
+                     kept=len(good) - len(todo))
+        _record_series(output, good, written)
+        classes = int(workflow.parser.get_parsed_content("num_classes"))
+        names = bundle_class_names(bundle_root, classes) or {c: f"class_{c}" for c in range(1, classes)}
+        write_volumes(reads, written, names, output)  # volumes.csv; ACDC: clinical_indices.csv
+        if montage:
+            ct = workflow.parser.get_parsed_content("intensity") == "ct"  # else MRI: each volume's own percentiles
+            write_montages(reads, written, os.path.join(output, "montages"), num_classes=classes, class_names=names,
+                           window=workflow.parser.get_parsed_content("hu_window") if ct else None,
+                           uncertainties=[r["picture"] for r in doubts] if uncertainty else None,
+                           disagreements=[r.get("disagreement_picture") for r in doubts] if spread else None)
+        return written
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _record_series(output: str, volumes: Sequence[str], written: Sequence[str]) -> None:
+    """Add to ``output/prediction.json`` which DICOM series each output came from (``dicom_series``: the output's
+    name, the folder, SeriesInstanceUID, SeriesNumber, SeriesDescription and the number of slices)."""
+    import json
+
+    from vmunet_monai.predict import RECORD
+
+    series = [v.record(os.path.basename(w)) for v, w in zip(volumes, written) if isinstance(v, DicomSeries)]
+    if not series:
+        return
+    path = os.path.join(output, RECORD)
+    record = json.loads(Path(path).read_text())
+    record["dicom_series"] = series
+    Path(path).write_text(json.dumps(record, indent=4) + "\n")
 
 
 def write_montages(sources: Sequence[str], segmentations: Sequence[str], folder: str, num_classes: int,
