@@ -9,6 +9,7 @@ import pytest
 from scipy.ndimage import binary_erosion
 
 from vmunet_monai.evaluation import ct
+from vmunet_monai.validation import InputError
 
 SPACING = (0.5, 0.8, 4.0)  # anisotropic: voxels and millimetres disagree
 
@@ -154,6 +155,24 @@ def test_evaluate_files_writes_everything(tmp_path):
     assert saved["hd95_mm"]["per_organ"]["aorta"]["mean"] is None  # undefined, written as null
     assert saved["transunet_hd95_voxel"]["per_organ"]["aorta"]["mean"] == 0.0  # the inherited rule scores 0
     assert {"per_case.csv", "summary.json", "organ_boxplot.png", "montage_label.png"} <= set(os.listdir(out))
+
+
+def test_predictions_of_other_labels_are_refused_and_one_time_point_is_a_volume(tmp_path):
+    """A prediction in another label set (BTCV's 13 organs, not mapped to the 8) scored as it is counts its organs
+    as missed without a word; a (X, Y, Z, 1) file is the volume it holds, as the importer reads it."""
+    affine = np.diag([-0.7, -0.7, 3.0, 1.0])
+    label = np.zeros((20, 20, 6), np.uint8)
+    label[3:9, 3:9, 1:5] = 5
+    nib.save(nib.Nifti1Image(label, affine), str(tmp_path / "label.nii.gz"))
+    nib.save(nib.Nifti1Image(np.where(label == 5, 12, 0).astype(np.uint8), affine), str(tmp_path / "btcv.nii.gz"))
+    with pytest.raises(InputError,
+                       match=r"btcv.nii.gz: label values 12 are no class of this dataset \(0 background, 1 aorta, .*"
+                             r"8 stomach; map another tool's labels"):
+        ct.evaluate_files([str(tmp_path / "btcv.nii.gz")], [str(tmp_path / "label.nii.gz")], str(tmp_path / "e1"))
+    nib.save(nib.Nifti1Image(label[..., None], affine), str(tmp_path / "pred4d.nii.gz"))
+    summary = ct.evaluate_files([str(tmp_path / "pred4d.nii.gz")], [str(tmp_path / "label.nii.gz")],
+                                str(tmp_path / "e2"))
+    assert summary["dice"]["per_organ"]["liver"]["mean"] == 1.0
 
 
 def _three_cases(tmp_path):

@@ -453,3 +453,19 @@ def test_ct_predict_of_a_one_slice_volume_keeps_its_shape(tmp_path):
         np.testing.assert_allclose(seg.affine, volume.affine, atol=1e-4)
         assert seg.get_data_dtype() == np.uint8
     assert sorted(p.name for p in (tmp_path / "segs" / "montages").iterdir()) == ["full_seg.png", "one_seg.png"]
+
+
+def test_a_copy_of_the_ct_bundle_under_another_name_still_segments_volumes(tmp_path):
+    """The model cards say to copy a bundle folder to train your own; predict tells volumes from 2D images by the
+    bundle's inference (a SliceInferer), not by its folder's name."""
+    import shutil
+
+    from tiny_bundles import make_tiny_bundle
+
+    from vmunet_monai.predict import is_volume_bundle
+
+    ct = make_tiny_bundle("synapse_multiorgan", tmp_path / "a")
+    mine = shutil.copytree(ct, tmp_path / "b" / "my_ct_model")
+    skin = shutil.copytree(make_tiny_bundle("isic_skin_lesion", tmp_path / "c"), tmp_path / "d" / "my_skin_model")
+    assert is_volume_bundle(str(mine)) and is_volume_bundle("synapse_multiorgan")
+    assert not is_volume_bundle(str(skin)) and not is_volume_bundle("isic_skin_lesion")

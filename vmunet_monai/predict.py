@@ -30,10 +30,22 @@ from vmunet_monai.evaluation.uncertainty import check_rank_by
 from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, check_at_least, check_device, check_flag,
                                      check_output_location, number_list, read_image_upright)
 
-__all__ = ["predict", "VOLUME_BUNDLES", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
+__all__ = ["predict", "VOLUME_BUNDLES", "is_volume_bundle", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
            "read_record", "weights_files", "resume_check", "finished_output", "takes_pass_entropy"]
 
 VOLUME_BUNDLES = ("synapse_multiorgan",)
+
+
+def is_volume_bundle(bundle) -> bool:
+    """Whether ``bundle`` segments volumes slice by slice (the CT bundle, or a copy of it under any name: its
+    inference runs a ``SliceInferer``) rather than 2D images."""
+    if Path(str(bundle)).name in VOLUME_BUNDLES:
+        return True
+    try:
+        config = find_bundle(bundle) / "configs" / "inference.json"
+    except FileNotFoundError:
+        return False
+    return config.is_file() and "SliceInferer" in config.read_text()
 # MONAI's PNG writer squeezes trailing size-one axes, so a one-pixel-high mask cannot be written
 MIN_SIZE = 2
 
@@ -356,22 +368,23 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     check_flag("--uncertainty", uncertainty)
     check_rank_by(rank_by, uncertainty)
     probabilities = probabilities or uncertainty  # the uncertainty is computed from the probability maps
-    if batch_size != 1 and Path(str(bundle)).name in VOLUME_BUNDLES:
+    volumes = is_volume_bundle(bundle)
+    if batch_size != 1 and volumes:
         raise InputError(f"--batch_size {batch_size}: only for the 2D bundles; volumes go one at a time (their slices "
                          f"are batched by the bundle's sw_batch_size)")
-    if mask_values is not None and Path(str(bundle)).name in VOLUME_BUNDLES:
+    if mask_values is not None and volumes:
         raise InputError(f"--mask_values {mask_values!r}: only for the 2D bundles; synapse_multiorgan writes NIfTI "
                          f"label maps of class numbers")
     if split_touching is not None:
         from vmunet_monai.evaluation.objects import split_touching as split
 
-        if Path(str(bundle)).name in VOLUME_BUNDLES:  # several classes are refused below, once they are known
+        if volumes:  # several classes are refused below, once they are known
             raise InputError(f"--split_touching {split_touching!r}: only for binary 2D masks (objects of one kind)")
         try:
             split(np.zeros((1, 1), bool), split_touching)  # a depth of at least 0.5 pixels, or a clear error
         except InputError as exc:
             raise InputError(f"--{exc}") from None
-    if Path(str(bundle)).name in VOLUME_BUNDLES:
+    if volumes:
         from vmunet_monai.predict_volume import predict_volumes
 
         bundle_root = str(find_bundle(bundle)) if (Path(str(bundle)) / "configs").is_dir() else None

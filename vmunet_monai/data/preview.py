@@ -95,7 +95,7 @@ def _preview_ct(picked, path: Path, title: str, labels: Mapping[int, str], windo
     import nibabel as nib
     from matplotlib.patches import Patch
 
-    from vmunet_monai.data.volumes import load_volume
+    from vmunet_monai.data.volumes import load_volume, volume_voxels
 
     num = max(labels) + 1 if labels else 2
     cmap = plt.get_cmap("tab10" if num <= 10 else "tab20", max(num, 2))
@@ -103,8 +103,8 @@ def _preview_ct(picked, path: Path, title: str, labels: Mapping[int, str], windo
     for ax, (split, item) in zip(axes.ravel(), picked):
         image = nib.as_closest_canonical(load_volume(item["image"]))
         label = nib.as_closest_canonical(load_volume(item["label"]))
-        voxels = np.asarray(image.dataobj, dtype=np.float32)
-        classes = np.rint(np.asarray(label.dataobj)).astype(np.int64)
+        voxels = volume_voxels(image, np.float32)
+        classes = np.rint(volume_voxels(label)).astype(np.int64)
         z = int(np.argmax((classes > 0).sum(axis=(0, 1)))) if classes.any() else voxels.shape[2] // 2
         shown = window
         if shown is None:  # MRI: each volume's own range, as the bundle scales it

@@ -129,6 +129,12 @@ def load_volume(path: str | os.PathLike):
     return nib.Nifti1Image(np.ascontiguousarray(voxels.transpose(2, 1, 0)), volume_affine(path))
 
 
+def volume_voxels(image, dtype=None) -> np.ndarray:
+    """The voxels of a nibabel image, a trailing axis of one ((X, Y, Z, 1), a single time point) taken off."""
+    data = np.asarray(image.dataobj, dtype=dtype)
+    return data[..., 0] if data.ndim == 4 and data.shape[3] == 1 else data
+
+
 def _stem(name: str) -> str | None:
     lower = name.lower()
     for ext in VOLUME_FILES:
@@ -376,9 +382,13 @@ def _check_volume_pair(image, label, verify: bool) -> tuple[np.ndarray, tuple[fl
     del data
     label_shape, voxels = read_volume(label, read_data=True)
     check_same_size(image, image_shape, label, label_shape, what="label")
-    if not np.allclose(volume_affine(image), volume_affine(label), atol=1e-3):
-        raise input_error(label, f"its affine differs from the image {image}",
-                          "an image and its label must share one grid")
+    ours, theirs = volume_affine(image), volume_affine(label)
+    if not np.allclose(ours, theirs, atol=1e-3):
+        shift = float(np.linalg.norm(ours[:3, 3] - theirs[:3, 3]))
+        axes = float(np.abs(ours[:3, :3] - theirs[:3, :3]).max())
+        raise input_error(label, f"its affine differs from the image {image}: origins {shift:.4g} mm apart, voxel "
+                          f"axes by up to {axes:.4g} mm", "an image and its label must share one grid: their "
+                          "voxel-to-world matrices equal within 0.001 mm")
     return voxels, span
 
 

@@ -631,6 +631,19 @@ class OrganMetricsHandler:
                 warnings.warn(f"{name} of {m['case']} not written: {exc}")
 
 
+def _check_classes(path, pred: np.ndarray, organs: Mapping[int, str]) -> None:
+    """Refuse a prediction holding label values that are no class: scored anyway, each would count as background
+    (another tool's 13 BTCV labels, not mapped to the 8 organs, would score as missed organs without a word)."""
+    from vmunet_monai.validation import InputError, describe_values
+
+    values = np.unique(np.rint(np.unique(pred)))
+    stray = values[~np.isin(values, [0, *organs])]
+    if stray.size:
+        raise InputError(f"{path}: label values {describe_values(stray)} are no class of this dataset (0 background, "
+                         f"{', '.join(f'{k} {v}' for k, v in sorted(organs.items()))}; map another tool's labels to "
+                         "these before scoring)")
+
+
 def evaluate_files(
     predictions: Sequence[str],
     labels: Sequence[str],
@@ -664,12 +677,13 @@ def evaluate_files(
         The summary dictionary (as written to ``summary.json``).
 
     Raises:
-        vmunet_monai.validation.InputError: if the lists differ in length or a pair differs in shape or affine
-            (naming both files).
+        vmunet_monai.validation.InputError: if the lists differ in length, a pair differs in shape or affine
+            (naming both files), or a prediction holds a value that is no class.
     """
     import nibabel as nib
     from tqdm import tqdm
 
+    from vmunet_monai.data.volumes import volume_voxels
     from vmunet_monai.validation import InputError
 
     if len(predictions) != len(labels):
@@ -680,13 +694,14 @@ def evaluate_files(
     for pred_path, label_path, case in tqdm(list(zip(predictions, labels, names)), desc="scoring cases",
                                             unit="case"):
         p, g = nib.load(pred_path), nib.load(label_path)
-        if p.shape != g.shape or not np.allclose(p.affine, g.affine, atol=1e-3):
-            what = f"shape {p.shape} against {g.shape}" if p.shape != g.shape else "the same shape but another affine"
+        pred, truth = volume_voxels(p), volume_voxels(g)  # (X, Y, Z, 1) as (X, Y, Z), as the importer reads it
+        if pred.shape != truth.shape or not np.allclose(p.affine, g.affine, atol=1e-3):
+            what = (f"shape {pred.shape} against {truth.shape}" if pred.shape != truth.shape else
+                    "the same shape but another affine")
             raise InputError(f"{pred_path}: {what} of its label {label_path} (a prediction is scored on its label's "
                              f"grid; predict writes each volume's own grid)")
-        scores = case_scores(
-            np.asarray(p.dataobj), np.asarray(g.dataobj), spacing_from_affine(g.affine), organs, transunet
-        )
+        _check_classes(pred_path, pred, organs)
+        scores = case_scores(pred, truth, spacing_from_affine(g.affine), organs, transunet)
         scores["case"] = case
         scores["spacing_mm"] = list(spacing_from_affine(g.affine))
         rows.append(scores)
