@@ -191,6 +191,25 @@ def test_ct_predict_reads_nifti_and_dicom_and_writes_the_input_space(tmp_path):
         assert set(np.unique(np.asarray(seg.dataobj))) <= set(range(9))
 
 
+def test_ct_predict_reads_nifti_as_training_and_score_do(tmp_path):
+    """A NIfTI whose sform and qform disagree (FSL writes such files) is placed by its sform, as nibabel, the bundle's
+    training and score place it; read by ITK it came out 15 mm away, on the qform's grid."""
+    from vmunet_monai.predict import predict
+
+    bundle = tiny_bundle_with_weights("synapse_multiorgan", tmp_path / "bundle")
+    source = nib.load(write_ct_volume(tmp_path / "source.nii.gz"))
+    image = nib.Nifti1Image(np.asarray(source.dataobj), source.affine)
+    shifted = source.affine.copy()
+    shifted[:3, 3] += 15
+    image.set_sform(source.affine, code=2)
+    image.set_qform(shifted, code=1)
+    (tmp_path / "scans").mkdir()
+    nib.save(image, tmp_path / "scans" / "disagree.nii.gz")
+    predict(str(bundle), str(tmp_path / "scans"), str(tmp_path / "segs"), device="cpu")
+    seg = nib.load(tmp_path / "segs" / "disagree_seg.nii.gz")
+    assert np.allclose(seg.affine, source.affine, atol=1e-3), (seg.affine, source.affine)
+
+
 def test_ct_predict_refuses_two_inputs_with_one_output_name(tmp_path):
     from vmunet_monai.predict_volume import predict_volumes
 
