@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -519,3 +520,29 @@ def test_monai_s_gpu_dicom_notice_is_not_printed_for_every_loader(tmp_path):
     assert plain.returncode == ours.returncode == 0, plain.stderr + ours.stderr
     assert "nvImageCodec is not available" in plain.stderr and "did not register" in plain.stderr
     assert "nvImageCodec" not in ours.stderr and "another warning of that module" in ours.stderr
+
+
+def test_a_bundle_run_refuses_an_override_that_names_no_setting(tmp_path):
+    """MONAI adds ``--num_epoch 1`` (for ``--epochs``) as a key nothing reads, echoes it, and trains the default 300
+    epochs; the bundles' initialize refuses it first, naming the closest setting."""
+    import json
+
+    import monai
+    from bundle_helpers import bundle_dir
+
+    from vmunet_monai.engine import check_overrides
+    from vmunet_monai.validation import InputError
+
+    root = bundle_dir("isic_skin_lesion")
+    entry = str(Path(monai.__file__).parent / "bundle" / "__main__.py")
+    own = tmp_path / "mine.json"
+    own.write_text(json.dumps({"my_setting": 1}))
+    argv = [entry, "run", "training", "--meta_file", f"{root}/configs/metadata.json", "--config_file",
+            f"['{root}/configs/train.json', '{own}']", "--bundle_root", str(root), "--epochs", "1",
+            "--network_def#in_channels=3", "--my_setting", "2"]
+    check_overrides(root, argv)  # settings of the bundle's configs, of a config of one's own, nested ones
+    with pytest.raises(InputError, match=r"--num_epoch: no setting of this bundle; did you mean --epochs\?"):
+        check_overrides(root, argv + ["--num_epoch", "1"])
+    check_overrides(root, ["pytest", "run", "--num_epoch", "1"])  # predict, MONAI Label, tests: settings in Python
+    train = json.loads((root / "configs" / "train.json").read_text())
+    assert train["initialize"][0] == "$vmunet_monai.engine.check_overrides(@bundle_root)"

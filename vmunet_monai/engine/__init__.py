@@ -41,6 +41,7 @@ from vmunet_monai.engine.transforms import (
 from vmunet_monai.engine.utils import (
     amp_dtype,
     amp_enabled,
+    check_overrides,
     compile_network,
     find_bundle,
     load_pretrained,
@@ -76,6 +77,7 @@ __all__ = [
     "ValidateInputd",
     "WeightsLoader",
     "amp_dtype",
+    "check_overrides",
     "amp_enabled",
     "checkpoint_list",
     "compile_network",

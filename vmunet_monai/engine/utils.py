@@ -226,3 +226,64 @@ def network_file(root: Path, checkpoint, default_ckpt: Path, train: str, model, 
         raise missing_weights(ckpt, root, train=f"python -m monai.bundle run training --config_file {train} "
                               f"--bundle_root {root} --dataset_dir PREPARED")
     return ckpt.resolve()
+
+
+_RUN_OPTIONS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
+
+
+def _listed_files(value: str) -> list[str]:
+    """The files a ``--config_file`` value names: one path, a list written as Python/JSON, or paths joined by
+    commas."""
+    import ast
+
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return [str(v) for v in ast.literal_eval(text)]
+        except (ValueError, SyntaxError):
+            pass
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def check_overrides(bundle_root: str | os.PathLike, argv: list[str] | None = None) -> None:
+    """Refuse a ``python -m monai.bundle run`` override that names no setting of the bundle (``--num_epoch 1`` for
+    ``--num_epochs``): MONAI adds it as a new key that nothing reads, and the run goes on with the default, echoing
+    the override as if it were taken. Known settings are the top-level keys of the bundle's configs and of the config
+    files the run was given; ``a#b`` is checked by its ``a``. Other programs that run the configs (``predict``, MONAI
+    Label, tests) pass their settings in Python and are not checked.
+
+    Used in the bundles' ``initialize`` as ``"$vmunet_monai.engine.check_overrides(@bundle_root)"``.
+
+    Raises:
+        vmunet_monai.validation.InputError: naming the override, the closest setting and where the settings are.
+    """
+    import difflib
+    import json
+    import sys
+
+    from vmunet_monai.validation import InputError
+
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or Path(argv[0]).parts[-3:] != ("monai", "bundle", "__main__.py") or argv[1] != "run":
+        return
+    given = {}
+    for i, arg in enumerate(argv[2:], start=2):
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            given[name] = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+    files = sorted(Path(bundle_root, "configs").glob("*.json"))
+    files += [Path(f) for f in _listed_files(given.get("config_file", ""))]
+    known = set()
+    for file in files:
+        try:
+            doc = json.loads(Path(file).read_text())
+        except (OSError, ValueError):
+            continue  # MONAI names a config it cannot read
+        known |= set(doc) if isinstance(doc, dict) else set()
+    unknown = [name for name in given if name not in _RUN_OPTIONS and name.split("#")[0] not in known]
+    if unknown:
+        name = unknown[0]
+        close = difflib.get_close_matches(name.split("#")[0], sorted(known), n=1)
+        raise InputError(f"--{name}: no setting of this bundle" + (f"; did you mean --{close[0]}?" if close else "")
+                         + f" (an override must name a key of the configs in {Path(bundle_root, 'configs')} or of "
+                         "--config_file; MONAI would add it unread and run with the default)")
