@@ -488,3 +488,27 @@ def test_a_copy_of_the_ct_bundle_under_another_name_still_segments_volumes(tmp_p
     skin = shutil.copytree(make_tiny_bundle("isic_skin_lesion", tmp_path / "c"), tmp_path / "d" / "my_skin_model")
     assert is_volume_bundle(str(mine)) and is_volume_bundle("synapse_multiorgan")
     assert not is_volume_bundle(str(skin)) and not is_volume_bundle("isic_skin_lesion")
+
+
+def test_two_predicts_into_one_folder_do_not_mix(lesion_bundle, tmp_path):
+    """A second predict into a folder another running predict writes is refused; a mark left by a run whose process
+    ended is taken over, and a finished run leaves none."""
+    import socket
+
+    from vmunet_monai.predict import LOCK, predict
+
+    image = write_rgb(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK).write_text(f"{socket.gethostname()} {other.pid}\n")
+        with pytest.raises(InputError, match=rf"out: another predict \(process {other.pid}, started \?\) is writing "
+                                             "into this folder"):
+            predict(str(lesion_bundle), str(image), str(out), device="cpu")
+        assert not (out / "masks").exists()
+    finally:
+        other.kill()
+        other.wait()
+    predict(str(lesion_bundle), str(image), str(out), device="cpu")  # its process is gone: taken over
+    assert (out / "masks" / "a_mask.png").is_file() and not (out / LOCK).exists()

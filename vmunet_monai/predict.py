@@ -142,9 +142,57 @@ def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike,
     }
     if "mask_values" in parser:  # the 2D bundles: the value each class holds in the written PNGs
         record["mask_values"] = mask_levels(parser.get_parsed_content("mask_values"), classes)
+    if not finished:
+        _take_output(Path(out))
     path = Path(out) / RECORD
     path.write_text(json.dumps(record, indent=4) + "\n")
+    if finished:
+        (Path(out) / LOCK).unlink(missing_ok=True)
     return path
+
+
+LOCK = ".predict.lock"
+
+
+def _take_output(out: Path) -> None:
+    """Mark ``out`` as written by this process (``out/.predict.lock``: host and process id) until its record says
+    finished; refuse it while another running process on this machine holds it: two runs into one folder mix their
+    masks, and the record describes only the one that ends last. A mark left by a run that ended without finishing
+    (its process gone) or by this process is taken over.
+
+    Raises:
+        InputError: naming the folder, the other process and when its run started.
+    """
+    import socket
+
+    lock, me = out / LOCK, f"{socket.gethostname()} {os.getpid()}"
+    try:
+        host, pid = lock.read_text().split()
+        alive = host == socket.gethostname() and int(pid) != os.getpid() and _process_alive(int(pid))
+    except (OSError, ValueError):
+        alive = False  # no mark, or not one of ours
+    if alive:
+        import json
+
+        try:
+            started = json.loads((out / RECORD).read_text()).get("created", "?")
+        except (OSError, ValueError):
+            started = "?"
+        raise InputError(f"{out}: another predict (process {pid}, started {started}) is writing into this folder "
+                         "(two runs into one folder mix their outputs; wait for it to end, or choose another OUTPUT)")
+    lock.write_text(me + "\n")
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill there ends the process; the mark is not enforced
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _one_or_many(weights):
