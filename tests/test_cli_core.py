@@ -461,6 +461,7 @@ def test_true_and_false_on_the_command_line_are_booleans():
     (["predict", "B", "--tta", "IN", "OUT"], "predict --tta 'IN': an on/off option takes true or false"),
     (["demo_data", "isic_skin_lesion", "OUT", "--num", "2.5"], "demo_data --num '2.5': must be a whole number"),
     (["export", "B", "--tolerance", "abc"], "export --tolerance 'abc': must be a number"),
+    (["predict", "B", "IN", "OUT", "--batch_size", "2", "--batch-size=3"], "predict --batch_size: given twice"),
     (["prepare", "isic_skin_lesion", "RAW", "OUT", "--seed", "abc"],
      "prepare isic_skin_lesion --seed 'abc': must be a whole number"),
     (["prepare", "isic_skin_lesion", "RAW", "OUT", "--verify", "nah"],

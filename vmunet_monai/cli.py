@@ -532,7 +532,7 @@ def _check_arguments(argv: list[str]) -> list[str]:
     params = list(inspect.signature(getattr(Commands, command)).parameters.values())[1:]
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
     named = {p.name: p for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    out, i = [command], 1
+    out, i, seen = [command], 1, set()
     while i < len(argv):
         arg, i = argv[i], i + 1
         if not arg.startswith("--") or arg in ("--", "--help"):
@@ -540,6 +540,9 @@ def _check_arguments(argv: list[str]) -> list[str]:
             continue
         name, eq, value = arg[2:].partition("=")
         key = name.replace("-", "_")
+        if key in seen:  # fire would take the last silently
+            raise InputError(f"{command} --{key}: given twice (give each option once)")
+        seen.add(key)
         if key not in named and key.startswith("no") and _kind(named.get(key[2:], inspect.Parameter(
                 "x", inspect.Parameter.KEYWORD_ONLY))) == "bool":
             out.append(f"--{key}")  # fire's --noflag: the option off
