@@ -302,3 +302,56 @@ def test_write_report_files(tmp_path):
     assert "pooled" in saved["labels"] and (tmp_path / "m.png").stat().st_size > 1000
     table = binary.format_summary(saved)
     assert "all sets together" in table and "paper-compatible" in table
+
+
+def _mask_files(folder: Path, truth: np.ndarray) -> list[Path]:
+    """One binary mask stored the ways people store them: red on black, a VOC palette, a 0-1 float TIFF, ImageJ's
+    big-endian 16 bits, white grey levels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    red = np.zeros((*truth.shape, 3), np.uint8)
+    red[truth] = (255, 0, 0)
+    Image.fromarray(red).save(folder / "red.png")
+    palette = Image.fromarray(truth.astype(np.uint8), mode="P")
+    palette.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
+    palette.save(folder / "voc.png")
+    Image.fromarray(np.where(truth, 0.9, 0.05).astype(np.float32), mode="F").save(folder / "soft.tif")
+    big = Image.frombytes("I;16B", truth.shape[::-1], (truth * 1000).astype(">u2").tobytes())
+    big.save(folder / "imagej.tif")
+    Image.fromarray((truth * 255).astype(np.uint8)).save(folder / "white.png")
+    return sorted(folder.iterdir())
+
+
+def test_training_prepare_and_score_read_a_mask_alike(tmp_path):
+    """A red lesion was foreground for prepare's check, but PIL's grey made it 76 for training and score, below half
+    scale; a 0-1 float mask became all 0 in 8 bits. One reading now, whatever the storage."""
+    from vmunet_monai.data.preview import _mask_2d
+    from vmunet_monai.engine.transforms import gray_converter
+    from vmunet_monai.evaluation.score import _read_values
+    from vmunet_monai.validation import check_image_pair_2d, mask_foreground
+
+    truth = np.zeros((20, 30), bool)
+    truth[4:12, 6:20] = True
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "image.png")
+    for path in _mask_files(tmp_path / "masks", truth):
+        with Image.open(path) as opened:
+            loaded = BinarizeMaskd("m")({"m": torch.as_tensor(np.asarray(gray_converter(opened)).astype(np.float32))})
+        assert np.array_equal(np.asarray(loaded["m"]) > 0, truth), path.name  # what training reads
+        assert np.array_equal(mask_foreground(_read_values(path)), truth), path.name  # what score reads
+        assert np.array_equal(_mask_2d(str(path)), truth), path.name  # the preview
+        assert check_image_pair_2d(tmp_path / "image.png", path).foreground, path.name  # prepare's check
+
+
+def test_a_16_bit_colour_tiff_is_read_at_full_depth(tmp_path):
+    """PIL keeps the high byte of each 16-bit sample: 8-bit values stored in 16 bits came out black."""
+    import SimpleITK as sitk
+
+    from vmunet_monai.engine.transforms import rgb_converter
+
+    rng = np.random.default_rng(0)
+    for name, top in (("8_in_16.tif", 255), ("12_bit.tif", 4095)):
+        stored = rng.integers(0, top + 1, (20, 30, 3)).astype(np.uint16)
+        sitk.WriteImage(sitk.GetImageFromArray(stored, isVector=True), str(tmp_path / name))
+        with Image.open(tmp_path / name) as opened:
+            read = np.asarray(rgb_converter(opened)).astype(np.float64)
+        low, high = stored.min(), stored.max()
+        assert np.abs(read - (stored - low) * 255.0 / (high - low)).max() <= 0.5 + 1e-9, name

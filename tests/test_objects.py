@@ -400,3 +400,16 @@ def test_demo_with_glands_scores_the_test_tiles_object_by_object(tmp_path, capsy
     assert split["n_images"] == 4 and f"on the training tiles): F1 {split['pooled']['f1']:.4f}" in printed
     with pytest.raises(InputError, match="demo --glands: on its own"):
         demo.run_demo(out=str(tmp_path / "x"), glands=True, classes=2)
+
+
+def test_instance_maps_in_big_endian_and_float_tiffs_keep_their_numbers(tmp_path):
+    """ImageJ and Fiji save 16-bit TIFFs big-endian; these and float maps went through RGB, which clipped every
+    number to 255 and merged touching objects into one."""
+    numbered = np.zeros((12, 18), np.int64)
+    numbered[2:6, 2:8], numbered[2:6, 8:14], numbered[7:11, 3:15] = 300, 1200, 1800  # the first two touch
+    Image.frombytes("I;16B", numbered.shape[::-1], numbered.astype(">u2").tobytes()).save(tmp_path / "fiji.tif")
+    Image.fromarray(numbered.astype(np.float32), mode="F").save(tmp_path / "float.tif")
+    for name in ("fiji.tif", "float.tif"):
+        objects = read_objects(tmp_path / name)
+        assert objects.max() == 3, name
+        assert len(np.unique(objects[2:6, 2:14])) == 2, name  # the touching pair stays two objects

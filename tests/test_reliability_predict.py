@@ -512,3 +512,19 @@ def test_two_predicts_into_one_folder_do_not_mix(lesion_bundle, tmp_path):
         other.wait()
     predict(str(lesion_bundle), str(image), str(out), device="cpu")  # its process is gone: taken over
     assert (out / "masks" / "a_mask.png").is_file() and not (out / LOCK).exists()
+
+
+def test_hash_in_a_path_is_skipped_and_a_link_keeps_its_name(lesion_bundle, tmp_path):
+    """MONAI's config parser turns '#' into '::': such an image stopped the whole run with a traceback. And an image
+    given as a link was written under its target's name."""
+    from vmunet_monai.predict import predict
+
+    folder = tmp_path / "in"
+    write_rgb(folder / "a#b c.png")
+    target = write_rgb(tmp_path / "elsewhere" / "scan_0042.png")
+    os.symlink(target, folder / "case_001.png")
+    result = predict(str(lesion_bundle), str(folder), str(tmp_path / "out"), device="cpu")
+    assert [Path(m).name for m in result["masks"]] == ["case_001_mask.png"]
+    assert "'#', which MONAI's config parser reads as a separator" in result["skipped"][0]["reason"]
+    with pytest.raises(InputError, match=r"run#2: OUTPUT holds '#'"):
+        predict(str(lesion_bundle), str(folder), str(tmp_path / "run#2"), device="cpu")

@@ -30,7 +30,7 @@ from vmunet_monai.evaluation.uncertainty import check_rank_by
 from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, check_at_least, check_device, check_flag,
                                      check_output_location, number_list, read_image_upright)
 
-__all__ = ["predict", "VOLUME_BUNDLES", "is_volume_bundle", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
+__all__ = ["predict", "VOLUME_BUNDLES", "is_volume_bundle", "check_no_hash", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
            "read_record", "weights_files", "resume_check", "finished_output", "takes_pass_entropy"]
 
 VOLUME_BUNDLES = ("synapse_multiorgan",)
@@ -291,7 +291,7 @@ def _collect(input: Path) -> tuple[list[dict], list[str]]:
     """Image items under ``input`` (a file, or a folder searched recursively, mask folders and masks beside their
     images left out) and the other files found, which are not images."""
     if input.is_file():
-        return [{"image": str(input.resolve()), "name": input.stem}], []
+        return [{"image": os.path.abspath(input), "name": input.stem}], []
     from vmunet_monai.data.folders import mixed_pairs
 
     items, others = [], []
@@ -305,10 +305,23 @@ def _collect(input: Path) -> tuple[list[dict], list[str]]:
                 continue
             if path.suffix.lower() in IMAGE_EXTENSIONS:
                 if not _SKIP_STEM.search(path.stem) and path not in beside:
-                    items.append({"image": str(path.resolve()), "name": path.stem})
+                    items.append({"image": os.path.abspath(path), "name": path.stem})  # a link by its own name
             else:
                 others.append(str(path))
     return items, others
+
+
+def check_no_hash(path, what: str = "") -> None:
+    """Refuse a path holding ``#``: MONAI's config parser, through which the bundles get their files, reads it as the
+    separator of its ids (``a#b``) and turns it into ``::``, so the run would stop on a file that is not there, or
+    write elsewhere.
+
+    Raises:
+        InputError: naming the path (and ``what`` it is).
+    """
+    if "#" in os.fspath(path):
+        raise InputError(f"{os.fspath(path)}: {what + ' ' if what else ''}holds '#', which MONAI's config parser "
+                         "reads as a separator (a bundle cannot be given such a path: rename the file or folder)")
 
 
 def _common_folder(paths: list[str]) -> str:
@@ -481,6 +494,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     weights = weights_files(root, checkpoint, default_ckpt, train, model, device)
     ckpt = weights[0]
     out = check_output_location([source], output)
+    check_no_hash(out, "OUTPUT")
     candidates, others = _collect(source)
     skipped = []
     for path in others:
@@ -494,6 +508,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     # (as prepare pairs them); the rest in the order found
     for order, item in sorted(enumerate(candidates), key=lambda c: png_first(c[1]["image"])):
         try:
+            check_no_hash(item["image"])
             pixels, orientation = read_image_upright(item["image"])
             if min(pixels.shape[:2]) < MIN_SIZE:
                 raise InputError(f"{item['image']}: is {pixels.shape[0]}x{pixels.shape[1]} pixels (predict needs "

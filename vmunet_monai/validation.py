@@ -285,6 +285,19 @@ def describe_orientation(orientation: int) -> str:
     return f"EXIF orientation {orientation}: shown {_ORIENTATIONS.get(orientation, 'as stored')}"
 
 
+def wide_colour_tiff(image) -> np.ndarray | None:
+    """The samples of a TIFF of several colour channels at more than 8 bits each, read at full depth (through
+    SimpleITK); None for any other image. PIL reads such a file as 8-bit RGB by keeping each sample's high byte, so
+    8-bit values stored in 16 bits come out black and 12-bit data as 16 grey levels."""
+    bits = getattr(image, "tag_v2", {}).get(258) if getattr(image, "format", None) == "TIFF" else None
+    if not isinstance(bits, tuple) or len(bits) < 3 or max(bits) <= 8 or not getattr(image, "filename", None):
+        return None
+    import SimpleITK as sitk
+
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(image.filename)))
+    return array[..., :3] if array.ndim == 3 else None
+
+
 def upright(image):
     """An open PIL image as viewers show it: its EXIF orientation applied (the same image where it has none).
 

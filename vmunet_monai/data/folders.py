@@ -57,7 +57,7 @@ from vmunet_monai.data.common import (
 )
 from vmunet_monai.data.label_maps import LABELS_FOLDER, binarize_nonzero, prepare_label_maps, save_label
 from vmunet_monai.data.preview import announce
-from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError, upright
+from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError
 
 __all__ = ["LayoutNotFound", "IMAGE_DIRS", "MASK_DIRS", "MASK_SUFFIXES", "choose_layout", "find_folders_layout", "prepare_folders",
            "refuse_options", "subfolders", "child_folder"]
@@ -479,12 +479,12 @@ def union_of_masks(masks: list[Path]) -> np.ndarray:
     """
     from PIL import Image
 
-    from vmunet_monai.engine import BinarizeMaskd
+    from vmunet_monai.engine import BinarizeMaskd, gray_converter
 
     arrays = []
     for mask in masks:
         with Image.open(mask) as opened:
-            arrays.append(np.asarray(upright(opened).convert("L")))
+            arrays.append(np.asarray(gray_converter(opened)))  # as training reads one mask
     if len({a.shape for a in arrays}) > 1:
         sizes = ", ".join(f"{m.name} {a.shape[1]}x{a.shape[0]}" for m, a in zip(masks, arrays))
         raise InputError(f"{masks[0].parent}: the masks of one image differ in size ({sizes})")

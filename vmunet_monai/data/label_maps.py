@@ -70,7 +70,8 @@ def parse_mask_values(values, num_classes: int, highest: int = 65535, option: st
 
 def read_label(path: str | os.PathLike) -> np.ndarray:
     """A mask's values as one (H, W) integer array: the palette index of a palette image, the grey level
-    of a grey one, the luma of a colour one (as :func:`vmunet_monai.engine.gray_converter` reads it)."""
+    of a grey one, the luma of a colour one (colours that share a luma are refused; ``prepare`` rewrites colour
+    masks as class numbers, which the bundles read)."""
     from PIL import Image
 
     from vmunet_monai.validation import upright

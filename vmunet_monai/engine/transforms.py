@@ -38,21 +38,40 @@ def rgb_converter(image):
     Raises:
         vmunet_monai.validation.InputError: for a float image with NaN or Inf pixels.
     """
-    from vmunet_monai.validation import upright
+    from vmunet_monai.validation import exif_orientation, upright, wide_colour_tiff
 
     name = getattr(image, "filename", None) or "<image>"
+    wide = wide_colour_tiff(image)  # 16-bit RGB: PIL keeps each sample's high byte (8-bit data turns black)
+    if wide is not None:
+        return _turned(_to_8_bits(wide, name), exif_orientation(image))
     image = upright(image)
     if image.mode in _WIDE_MODES:
-        from PIL import Image
-
-        from vmunet_monai.validation import check_finite
-
-        array = np.asarray(image, dtype=np.float64)
-        check_finite(array, name)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
-        image = Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+        image = _to_8_bits(np.asarray(image, dtype=np.float64), name)
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+# how each EXIF orientation is undone (the tag's meaning: vmunet_monai.validation.describe_orientation)
+_UNDO = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+         7: "TRANSVERSE", 8: "ROTATE_90"}
+
+
+def _turned(image, orientation: int):
+    from PIL import Image
+
+    return image.transpose(getattr(Image.Transpose, _UNDO[orientation])) if orientation in _UNDO else image
+
+
+def _to_8_bits(array: np.ndarray, name: str):
+    """``array`` (grey or colour, any depth) rescaled from its own minimum and maximum to an 8-bit PIL image."""
+    from PIL import Image
+
+    from vmunet_monai.validation import check_finite
+
+    array = np.asarray(array, dtype=np.float64)
+    check_finite(array, name)
+    low, high = float(array.min()), float(array.max())
+    scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+    return Image.fromarray(np.round(scaled).astype(np.uint8))
 
 
 def case_name_formatter(metadict: dict, saver) -> dict:
@@ -91,12 +110,22 @@ class SaveSegmentationd(monai.transforms.SaveImaged):
 
 
 def gray_converter(image):
-    """PIL converter for masks: palette, RGB or RGBA masks to one 8-bit channel, upright as its image
-    (:func:`rgb_converter`)."""
+    """PIL converter for masks: one channel, upright as its image (:func:`rgb_converter`), read as ``prepare``'s
+    check and ``score`` read it: a palette mask's indices (VOC's colours stand for 0, 1, ...), a colour mask's
+    brightest channel (a lesion drawn red counts as one drawn white; PIL's grey would make it 76, below half scale),
+    grey, 16-bit and float masks as they are (a 0-1 float mask keeps its 0.9, which 8 bits would make 0)."""
+    from PIL import Image
+
     from vmunet_monai.validation import upright
 
     image = upright(image)
-    return image if image.mode in ("L", "1", "I", "I;16") else image.convert("L")
+    if image.mode in ("L", "1", "I", "I;16", "F"):
+        return image
+    if image.mode in ("I;16B", "I;16L"):
+        return Image.fromarray(np.asarray(image).astype(np.uint16))  # native byte order, as torch takes it
+    if image.mode in ("P", "PA", "LA", "La"):
+        return Image.fromarray(np.asarray(image.getchannel(0)))  # the palette index, or the grey
+    return Image.fromarray(np.asarray(image.convert("RGB")).max(axis=-1))
 
 
 class BinarizeMaskd(MapTransform):

@@ -83,8 +83,10 @@ def read_objects(path: str | os.PathLike, foreground: int | None = None) -> np.n
             image = upright(opened)
             if lossy:
                 values = np.asarray(image.convert("L")).astype(np.int64)
-            elif image.mode in ("P", "L", "I", "I;16", "1"):
+            elif image.mode in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):  # ImageJ saves big-endian 16 bits
                 values = np.asarray(image).astype(np.int64)
+            elif image.mode == "F":  # numbers stored as floats
+                values = np.rint(np.asarray(image, dtype=np.float64)).astype(np.int64)
             else:
                 rgb = np.asarray(image.convert("RGB")).astype(np.int64)
                 values = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]

@@ -230,9 +230,12 @@ def _read_values(path: Path):
 
     try:
         with Image.open(path) as image:
-            return np.asarray(gray_converter(image)).astype(np.int64)
+            values = np.asarray(gray_converter(image))
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"{path}: cannot be read as a mask ({exc})") from None
+    if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
+        return values  # a 0-1 float mask: its half-scale rule needs the fractions
+    return values.astype(np.int64)
 
 
 def _read_photo(path: Path):
