@@ -355,3 +355,17 @@ def test_a_16_bit_colour_tiff_is_read_at_full_depth(tmp_path):
             read = np.asarray(rgb_converter(opened)).astype(np.float64)
         low, high = stored.min(), stored.max()
         assert np.abs(read - (stored - low) * 255.0 / (high - low)).max() <= 0.5 + 1e-9, name
+
+
+def test_a_0_1_mask_saved_as_jpeg_is_named_as_such(tmp_path):
+    from vmunet_monai.validation import InputError, check_binary_mask
+
+    mask = np.zeros((30, 40), np.uint8)
+    mask[5:20, 5:25] = 1
+    Image.fromarray(mask).save(tmp_path / "m.jpg", quality=90)
+    stored = np.asarray(Image.open(tmp_path / "m.jpg"))
+    assert stored.max() > 1  # JPEG's noise around the edge
+    with pytest.raises(InputError, match=r"m.jpg: mask values are 0, 1, 2.*: a 0/1 mask stored lossy"):
+        check_binary_mask(stored, tmp_path / "m.jpg")
+    with pytest.raises(InputError, match="none of them at least 128"):  # the same values in a PNG: a label map?
+        check_binary_mask(stored, tmp_path / "m.png")
