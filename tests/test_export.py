@@ -319,3 +319,25 @@ def test_exported_models_are_read_by_content_and_refused_in_one_line(bundles, tm
     weights.write_bytes((bundles["polyp_seg"] / "models" / "model.pt").read_bytes())
     with pytest.raises(InputError, match=r"weights.ts: cannot be loaded .*trained weights \(a state dict\) go to "):
         load_exported(weights)
+
+
+class _OneAtATime(torch.nn.Module):
+    """An export fixed to a batch of 1, as MONAI's plain onnx_export writes one without dynamic axes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != 1:
+            raise RuntimeError("Got invalid dimensions for input: index 0 Got 2 Expected 1")
+        return torch.zeros(1, 1, x.shape[2], x.shape[3])
+
+
+def test_an_export_is_checked_at_the_batch_predict_will_feed_it(bundles, tmp_path):
+    from vmunet_monai.engine.exported import check_exported
+    from vmunet_monai.validation import InputError
+
+    path = tmp_path / "one.ts"
+    torch.jit.save(torch.jit.script(_OneAtATime()), str(path))
+    meta = bundles["isic_skin_lesion"] / "configs" / "metadata.json"
+    check_exported(path, meta)  # a batch of 1 runs
+    with pytest.raises(InputError, match=r"one.ts: does not run on a \(2, 3, 32, 32\) input.*an export fixed to a "
+                                         r"batch of 1 runs with --batch_size 1"):
+        check_exported(path, meta, batch=2)

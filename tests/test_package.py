@@ -75,6 +75,30 @@ def test_metadata_problems_name_the_file_the_field_and_the_rule(tmp_path):
     ]
 
 
+def test_package_notes_what_the_zip_alone_does_not_settle():
+    from vmunet_monai.package import release_notes
+
+    meta = json.loads((bundle_dir("isic_skin_lesion") / "configs" / "metadata.json").read_text())
+    pinned = meta["required_packages_version"]["vmunet-monai"]
+    notes = release_notes(meta, "")
+    assert "large_files.yml has no url" in notes[0] and f"vmunet-monai=={pinned}" in notes[1]
+    assert [n for n in release_notes(meta, "https://example.org/model.pt") if "url" in n] == []
+
+
+def test_channel_def_must_name_every_label_value(tmp_path):
+    """A bundle retrained for three classes whose channel_def still names two: MONAI Label left class 2 unnamed."""
+    meta = json.loads((bundle_dir("isic_skin_lesion") / "configs" / "metadata.json").read_text())
+    path = tmp_path / "metadata.json"
+    path.write_text(json.dumps(meta))
+    assert validate_metadata(path) == []  # one sigmoid channel: 0 background, 1 lesion
+    meta["network_data_format"]["outputs"]["pred"]["num_channels"] = 3
+    path.write_text(json.dumps(meta))
+    assert validate_metadata(path) == [
+        f"{path}: network_data_format/outputs/pred/channel_def names the values ['0', '1'], but a pred of 3 channel(s) "
+        "writes 0, 1, 2 (one entry per label value, 0 the background: MONAI Label names its labels from it, and leaves "
+        "the others unnamed)"]
+
+
 def test_static_property_check_finds_a_wrong_reference(tmp_path):
     root = make_tiny_bundle("isic_skin_lesion", tmp_path)
     config = json.loads((root / "configs" / "inference.json").read_text())

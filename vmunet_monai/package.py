@@ -80,11 +80,30 @@ class PackageResult:
     version: str
     model_sha256: str
     checks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"{self.zip_path}: {self.name} v{self.version}, models/model.pt sha256 {self.model_sha256}"]
         lines += [f"  passed: {c}" for c in self.checks]
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def release_notes(meta: dict, url: str) -> list[str]:
+    """What the zip alone does not settle for a model-zoo release: where ``models/model.pt`` will be hosted (the zoo
+    keeps the configs and downloads the weights from ``large_files.yml``'s url), and that the package the configs
+    import must be installable at the version ``required_packages_version`` pins."""
+    notes = []
+    if not url:
+        notes.append("large_files.yml has no url: the zip works with models/model.pt inside it, but the model zoo "
+                     "keeps the configs alone and downloads the weights from that url (download_large_files fails "
+                     "on an empty one); give --url where the release hosts model.pt")
+    pinned = (meta.get("required_packages_version") or {}).get("vmunet-monai")
+    if pinned:
+        notes.append(f"the configs import vmunet_monai, and required_packages_version pins vmunet-monai=={pinned}: "
+                     "the zoo CI and every user pip-install it, so that version must be on PyPI (or an index they use) "
+                     "before the bundle is submitted")
+    return notes
 
 
 def _schema() -> dict:
@@ -113,6 +132,16 @@ def validate_metadata(meta_file: str | Path) -> list[str]:
             problems.append(
                 f"{meta_file}: version {version!r} has no changelog entry (the zoo requires one per version)"
             )
+        pred = ((meta.get("network_data_format") or {}).get("outputs") or {}).get("pred") or {}
+        channels, names = pred.get("num_channels"), pred.get("channel_def")
+        if isinstance(channels, int) and isinstance(names, dict):
+            values = [str(v) for v in range(max(channels, 2))]  # one sigmoid channel writes 0 and 1
+            if sorted(names, key=lambda k: (len(k), k)) != values:
+                problems.append(
+                    f"{meta_file}: network_data_format/outputs/pred/channel_def names the values {sorted(names)}, but "
+                    f"a pred of {channels} channel(s) writes {', '.join(values)} (one entry per label value, 0 the "
+                    "background: MONAI Label names its labels from it, and leaves the others unnamed)"
+                )
         numpy_version = str(meta.get("numpy_version", ""))
         parts = re.match(r"^(\d+)\.(\d+)", numpy_version)
         if parts and (int(parts[1]), int(parts[2])) > NUMPY_MAX_FOR_ZOO:
@@ -360,7 +389,7 @@ def package(bundle: str | Path, out: str | Path, checkpoint: str | Path | None =
             os.replace(partial, zip_path)
         finally:
             partial.unlink(missing_ok=True)
-    return PackageResult(zip_path, name, version, digest, checks)
+    return PackageResult(zip_path, name, version, digest, checks, release_notes(meta, url))
 
 
 def safe_extract(zip_path: str | Path, target: str | Path) -> Path:

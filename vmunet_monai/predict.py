@@ -73,7 +73,8 @@ def _channel_names(meta: dict, classes: int) -> dict[int, str]:
     return {c: str(names.get(str(c), f"class_{c}")) for c in range(1, classes)}
 
 
-def weights_files(root: Path, checkpoint, default_ckpt: Path, train: str, model, device) -> list[Path]:
+def weights_files(root: Path, checkpoint, default_ckpt: Path, train: str, model, device,
+                  batch: int = 1) -> list[Path]:
     """The files the network comes from (:func:`vmunet_monai.engine.utils.network_file`): the exported ``model``,
     the default weights, or each of the checkpoints given; several joined by commas (``a.pt,b.pt``) are an
     ensemble, run as one model by averaging their probabilities (the inference config's ``ensemble_checkpoints``,
@@ -92,7 +93,7 @@ def weights_files(root: Path, checkpoint, default_ckpt: Path, train: str, model,
                                                           or os.path.isfile(os.path.expanduser(str(checkpoint))))
     if checkpoint is None or model or one:
         given = os.path.expanduser(str(checkpoint)) if checkpoint is not None and not model else checkpoint
-        return [network_file(root, given, default_ckpt, train, model, device)]
+        return [network_file(root, given, default_ckpt, train, model, device, batch)]
     return [Path(p).resolve() for p in checkpoint_list(checkpoint, option="--checkpoint")]
 
 
@@ -491,7 +492,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     source = Path(os.path.abspath(os.path.expanduser(str(input))))
     if not source.exists():
         raise InputError(f"{input}: no such file or folder (give an image file or a folder of images)")
-    weights = weights_files(root, checkpoint, default_ckpt, train, model, device)
+    weights = weights_files(root, checkpoint, default_ckpt, train, model, device, batch_size)
     ckpt = weights[0]
     out = check_output_location([source], output)
     check_no_hash(out, "OUTPUT")

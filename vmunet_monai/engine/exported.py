@@ -96,9 +96,10 @@ def load_exported(path: str | Path, device=None, format: str | None = None) -> t
 
 
 
-def check_exported(path: str | Path, meta_file: str | Path, device=None) -> None:
-    """Load the exported model at ``path`` and run a zero batch of the network input that the bundle's
-    ``metadata.json`` declares (what its inference feeds the network) through it.
+def check_exported(path: str | Path, meta_file: str | Path, device=None, batch: int = 1) -> None:
+    """Load the exported model at ``path`` and run a zero batch (of ``batch`` inputs, as ``predict --batch_size``
+    will feed it) of the network input that the bundle's ``metadata.json`` declares (what its inference feeds the
+    network) through it.
 
     Raises:
         InputError: it does not take that input, or does not give the declared number of output channels at
@@ -110,14 +111,17 @@ def check_exported(path: str | Path, meta_file: str | Path, device=None) -> None
 
     pred = json.loads(Path(meta_file).read_text())["network_data_format"]["outputs"]["pred"]
     model = load_exported(path, device)
-    x = torch.zeros(network_input_shape(meta_file), device=torch.device(device) if device else None)
+    shape = network_input_shape(meta_file)
+    x = torch.zeros((int(batch), *shape[1:]), device=torch.device(device) if device else None)
     try:
         with torch.no_grad():
             out = model(x)
     except Exception as exc:  # a traced model fixed to another size, a program for other channels, ...
+        fixed = ("; an export fixed to a batch of 1 runs with --batch_size 1, and vmunet_monai export writes one of "
+                 "any batch size" if batch > 1 else "")
         raise InputError(f"{path}: does not run on a {tuple(x.shape)} input, the size this bundle's inference "
-                         f"feeds it ({meta_file}; export it from this bundle): {error_summary(exc)}") from None
-    want = (1, int(pred["num_channels"]), *x.shape[2:])
+                         f"feeds it ({meta_file}; export it from this bundle{fixed}): {error_summary(exc)}") from None
+    want = (int(batch), int(pred["num_channels"]), *x.shape[2:])
     got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if got != want:
         raise InputError(f"{path}: gives {got} for a {tuple(x.shape)} input; this bundle's network gives {want} "

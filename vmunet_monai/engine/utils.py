@@ -204,7 +204,7 @@ def missing_weights(path: str | os.PathLike, bundle_root: str | os.PathLike, oth
                              f"monai.bundle download_large_files --bundle_path {bundle_root}) or give {other}")
 
 
-def network_file(root: Path, checkpoint, default_ckpt: Path, train: str, model, device) -> Path:
+def network_file(root: Path, checkpoint, default_ckpt: Path, train: str, model, device, batch: int = 1) -> Path:
     """The file the network comes from: the exported ``model`` (checked to run on the bundle's input size), or
     the weights (``checkpoint`` or ``default_ckpt`` from :func:`inference_configs`), which must exist.
 
@@ -219,7 +219,7 @@ def network_file(root: Path, checkpoint, default_ckpt: Path, train: str, model, 
         if checkpoint:
             raise InputError(f"--model {model} and --checkpoint {checkpoint}: an exported model carries its weights; "
                              "give one of them")
-        check_exported(model, root / "configs" / "metadata.json", device)
+        check_exported(model, root / "configs" / "metadata.json", device, batch)
         return Path(model).resolve()
     ckpt = Path(checkpoint) if checkpoint else default_ckpt
     if not ckpt.is_file():
