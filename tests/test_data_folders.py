@@ -267,7 +267,7 @@ def test_masks_beside_their_images_in_category_folders_busi(tmp_path):
     second[20:28, 25:38] = 255
     Image.fromarray(second).save(raw / "benign" / "benign (2)_mask_1.png")
     Image.fromarray(rng.integers(0, 255, (30, 40), dtype=np.uint8)).save(raw / "benign" / "notes scan.png")
-    out = tmp_path / "prepared"
+    out = tmp_path.parent / f"{tmp_path.name}_prepared"  # outside the folder above the download, which is RAW
     prepare("isic_skin_lesion", str(tmp_path), str(out))
     doc = _datalist(out)
     meta = doc["meta"]

@@ -66,7 +66,7 @@ def test_ph2_divided_per_diagnosis_and_what_is_refused(raw, tmp_path):
     with pytest.raises(InputError, match=r"--year 2017: only for the ISIC challenge or the folders layout"):
         prepare("isic_skin_lesion", str(raw), str(tmp_path / "x"), year=2017)
     with pytest.raises(DatasetLayoutError, match="no PH2 image folders"):
-        prepare("isic_skin_lesion", str(tmp_path), str(tmp_path / "x"), layout="ph2")
+        prepare("isic_skin_lesion", str(tmp_path), str(tmp_path.parent / f"{tmp_path.name}_x"), layout="ph2")
 
 
 def test_a_case_without_its_mask_is_named_and_the_table_is_optional(raw, tmp_path, capsys):
