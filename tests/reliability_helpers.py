@@ -75,29 +75,42 @@ def write_dicom_series(volume_path: Path, folder: Path) -> Path:
     """Write the NIfTI volume as a CT DICOM series (one file per slice, with position, orientation and UIDs)."""
     import SimpleITK as sitk
 
-    volume = sitk.ReadImage(str(volume_path))
     folder.mkdir(parents=True)
-    d = volume.GetDirection()
-    shared = {
-        "0008|0060": "CT",
-        "0020|000d": "1.2.826.0.1.3680043.2.1125.7.1",
-        "0020|000e": "1.2.826.0.1.3680043.2.1125.7.2",
-        "0020|0037": "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
-        "0018|0050": f"{volume.GetSpacing()[2]:.4f}",
-    }
+    return write_dicom_slices(sitk.ReadImage(str(volume_path)), folder, "1.2.826.0.1.3680043.2.1125.7.2")
+
+
+def write_dicom_slices(image, folder: Path, series_uid: str, study_uid: str = "1.2.826.0.1.3680043.2.1125.7.1",
+                       zs=None, prefix: str = "slice", description: str = "", number: str = "", shift=None) -> Path:
+    """Write the slices ``zs`` (all by default) of the SimpleITK volume ``image`` as CT DICOM files of the series
+    ``series_uid`` into ``folder`` (one file per slice, with position, orientation, SeriesDescription and
+    SeriesNumber where given); ``shift`` moves slice z's position by ``shift[z]`` mm along the slice normal."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    d = image.GetDirection()
+    normal = np.array([d[2], d[5], d[8]])
+    shared = {"0008|0060": "CT", "0020|000d": study_uid, "0020|000e": series_uid,
+              "0020|0037": "\\".join(f"{v:.8f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
+              "0018|0050": f"{image.GetSpacing()[2]:.4f}"}
+    if description:
+        shared["0008|103e"] = description
+    if number:
+        shared["0020|0011"] = number
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     saved = locale.setlocale(locale.LC_ALL)  # GDCM's writer switches the process to the C (ASCII) locale
     try:
-        for z in range(volume.GetDepth()):
-            plane = volume[:, :, z]
+        for z in (range(image.GetDepth()) if zs is None else zs):
+            plane = image[:, :, z]
             for tag, value in shared.items():
                 plane.SetMetaData(tag, value)
-            corner = volume.TransformIndexToPhysicalPoint((0, 0, z))
-            plane.SetMetaData("0020|0032", "\\".join(f"{v:.5f}" for v in corner))
+            corner = np.array(image.TransformIndexToPhysicalPoint((0, 0, z)))
+            if shift is not None:
+                corner = corner + shift[z] * normal
+            plane.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in corner))
             plane.SetMetaData("0020|0013", str(z + 1))
-            plane.SetMetaData("0008|0018", f"1.2.826.0.1.3680043.2.1125.7.3.{z + 1}")
-            writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
+            plane.SetMetaData("0008|0018", f"{series_uid}.{z + 1}")
+            writer.SetFileName(str(folder / f"{prefix}{z:03d}.dcm"))
             writer.Execute(plane)
     finally:
         locale.setlocale(locale.LC_ALL, saved)

@@ -5,7 +5,6 @@ deep, a single slice file given as the input, and MetaImage data files beside th
 from __future__ import annotations
 
 import json
-import locale
 import os
 import tempfile
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from reliability_helpers import tiny_bundle_with_weights
+from reliability_helpers import tiny_bundle_with_weights, write_dicom_slices
 
 UID_ROOT = "1.2.826.0.1.3680043.2.1125.9"
 
@@ -41,40 +40,9 @@ def _oblique(angle=0.3):
     return tuple((rx @ rz).flatten().tolist())
 
 
-def _write_series(image, folder: Path, uid: str, zs=None, prefix="slice", description="", number="", shift=None):
-    """Write ``image``'s slices ``zs`` (all by default) as DICOM files of series ``uid`` into ``folder``; ``shift``
-    moves slice z's position by ``shift[z]`` mm along the slice normal (rounding of the export)."""
-    import SimpleITK as sitk
-
-    folder.mkdir(parents=True, exist_ok=True)
-    d = image.GetDirection()
-    normal = np.array([d[2], d[5], d[8]])
-    tags = {"0008|0060": "CT", "0020|000d": f"{UID_ROOT}.1", "0020|000e": uid,
-            "0020|0037": "\\".join(f"{v:.8f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
-            "0018|0050": f"{image.GetSpacing()[2]:.4f}"}
-    if description:
-        tags["0008|103e"] = description
-    if number:
-        tags["0020|0011"] = number
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    saved = locale.setlocale(locale.LC_ALL)  # GDCM's writer switches the process to the C locale
-    try:
-        for z in (range(image.GetDepth()) if zs is None else zs):
-            plane = image[:, :, z]
-            for tag, value in tags.items():
-                plane.SetMetaData(tag, value)
-            corner = np.array(image.TransformIndexToPhysicalPoint((0, 0, z)))
-            if shift is not None:
-                corner = corner + shift[z] * normal
-            plane.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in corner))
-            plane.SetMetaData("0020|0013", str(z + 1))
-            plane.SetMetaData("0008|0018", f"{uid}.{z + 1}")
-            writer.SetFileName(str(folder / f"{prefix}{z:03d}.dcm"))
-            writer.Execute(plane)
-    finally:
-        locale.setlocale(locale.LC_ALL, saved)
-    return folder
+def _write_series(image, folder: Path, uid: str, **options):
+    """``image`` as DICOM files of series ``uid`` in ``folder``, in this file's study (``write_dicom_slices``)."""
+    return write_dicom_slices(image, folder, uid, study_uid=f"{UID_ROOT}.1", **options)
 
 
 def _ras_affine(image) -> np.ndarray:
