@@ -168,6 +168,7 @@ def test_cut_short_rar_and_unsafe_archives_are_refused_by_name(isic_download, tm
     with pytest.raises(InputError, match=r"escape\.tar: member '\.\./\.\./outside\.txt'"):
         prepare("polyp_seg", str(escape), str(tmp_path / "o3" / "deep"))
     assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "o3" / "outside.txt").exists()
+    assert not list((tmp_path / "o3" / "deep" / UNPACKED).iterdir())  # nor anything else of it
 
     link = tmp_path / "link.tar"
     with tarfile.open(link, "w") as tf:

@@ -187,6 +187,9 @@ def _unpack(archive: Path, root: Path) -> tuple[Path, bool]:
         shutil.rmtree(partial, ignore_errors=True)
         raise InputError(f"{archive}: cannot be unpacked ({exc}; extract it yourself and give the folder as RAW)") \
             from None
+    except InputError:  # a member refused: nothing of the archive stays
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     inside = _visible(partial)
     if len(inside) == 1 and inside[0].is_dir() and inside[0].name.lower() == dest.name.lower():
         wrapper, partial = partial, inside[0]  # TrainDataset.zip holding TrainDataset/: one level, not two
