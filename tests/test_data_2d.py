@@ -369,3 +369,16 @@ def test_a_0_1_mask_saved_as_jpeg_is_named_as_such(tmp_path):
         check_binary_mask(stored, tmp_path / "m.jpg")
     with pytest.raises(InputError, match="none of them at least 128"):  # the same values in a PNG: a label map?
         check_binary_mask(stored, tmp_path / "m.png")
+
+
+def test_masks_of_no_image_are_named(tmp_path, capsys):
+    from vmunet_monai.data.common import pair_images_and_masks
+
+    (tmp_path / "masks").mkdir()
+    images = [tmp_path / f"{s}.jpg" for s in ("a", "b")]
+    for name in ("a_mask.png", "b_mask.png", "c_mask.png", "stray.png"):
+        (tmp_path / "masks" / name).write_bytes(b"")
+    pairs = pair_images_and_masks(images, tmp_path / "masks", "_mask")
+    assert [m.name for _, m in pairs] == ["a_mask.png", "b_mask.png"]
+    assert (f"note: 2 mask(s) in {tmp_path / 'masks'} belong to no image (c_mask.png, stray.png) and are not used"
+            in capsys.readouterr().err)

@@ -113,7 +113,8 @@ def pair_images_and_masks(images: Sequence[Path], mask_folder: str | os.PathLike
     """Match every image with the mask named ``<image stem><mask_suffix>.<ext>`` in ``mask_folder`` (a name that
     differs only in case counts when no other mask has it).
 
-    Pairing is by name, never by sorted position (a missing file would silently shift every pair).
+    Pairing is by name, never by sorted position (a missing file would silently shift every pair). Masks that
+    belong to no image are counted and named on stderr.
 
     Args:
         images: the image files.
@@ -142,11 +143,12 @@ def pair_images_and_masks(images: Sequence[Path], mask_folder: str | os.PathLike
     for stem, p in by_stem.items():
         by_lower.setdefault(stem.lower(), []).append(p)
     kept = image_per_stem(images)
-    pairs, missing = [], []
+    pairs, missing, claimed = [], [], set()
     for img in images:
         mask = by_stem.get(img.stem + mask_suffix)
         if mask is None and len(by_lower.get((img.stem + mask_suffix).lower(), [])) == 1:
             mask = by_lower[(img.stem + mask_suffix).lower()][0]  # the name in another case, when only one fits
+        claimed.add(mask)
         if mask is None:
             missing.append(img.name)
         elif kept[img.stem] != img:
@@ -166,6 +168,13 @@ def pair_images_and_masks(images: Sequence[Path], mask_folder: str | os.PathLike
         skipped.append({"file": str(by_name[name]),
                         "reason": f"no mask {mask_folder / (Path(name).stem + mask_suffix)}.<png|jpg|...> "
                                   "(every image needs its mask)"})
+    unused = sorted(p.name for p in by_stem.values() if p not in claimed)
+    if unused:
+        import sys
+
+        shown = ", ".join(unused[:3]) + (f" and {len(unused) - 3} more" if len(unused) > 3 else "")
+        print(f"note: {len(unused)} mask(s) in {mask_folder} belong to no image ({shown}) and are not used (is an "
+              "image missing, or named otherwise?)", file=sys.stderr)
     return pairs
 
 
