@@ -452,6 +452,13 @@ def test_true_and_false_on_the_command_line_are_booleans():
     from vmunet_monai.data import _check_options
 
     assert _check_options("isic_skin_lesion", "prepare", {"verify": "no", "seed": 3}) == {"verify": False, "seed": 3}
+    # both read on and off with one rule
+    from vmunet_monai.validation import read_flag
+
+    for word, value in [("TRUE", True), ("Yes", True), ("on", True), ("1", True), (True, True),
+                        ("false", False), ("NO", False), ("Off", False), ("0", False), (False, False)]:
+        assert read_flag("--x", word) is value
+        assert _check_arguments(["predict", "b", "i", "o", f"--tta={word}"])[-1] == f"--tta={value}"
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -491,9 +491,6 @@ def _option_errors(command: str, bundle: str):
         raise InputError(f"{command} {bundle}: {exc}") from exc
 
 
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
 def _kind(param) -> str | None:
     """``bool``, ``int`` or ``float`` for a command's option of that type (from its annotation, else its default)."""
     annotation = str(param.annotation).replace(" | None", "")
@@ -503,13 +500,6 @@ def _kind(param) -> str | None:
     if isinstance(default, bool):
         return "bool"
     return type(default).__name__ if isinstance(default, (int, float)) else None
-
-
-def _flag_value(text: str) -> str | None:
-    """``True``/``False`` for the ways people write on and off (true, yes, on, 1 and their opposites), else None."""
-    if text.lower() in _TRUE:
-        return "True"
-    return "False" if text.lower() in _FALSE else None
 
 
 def _check_arguments(argv: list[str]) -> list[str]:
@@ -524,7 +514,7 @@ def _check_arguments(argv: list[str]) -> list[str]:
     import difflib
     import inspect
 
-    from vmunet_monai.validation import InputError
+    from vmunet_monai.validation import InputError, read_flag
 
     if not argv or argv[0].startswith("-") or argv[0].startswith("_") or not hasattr(Commands, argv[0]):
         return argv
@@ -558,11 +548,7 @@ def _check_arguments(argv: list[str]) -> list[str]:
         if not eq and kind is not None and i < len(argv) and not argv[i].startswith("--"):
             value, eq, i = argv[i], "=", i + 1  # fire takes the next word as the value
         if kind == "bool":
-            flag = _flag_value(value) if eq else "True"
-            if flag is None:
-                raise InputError(f"{command} --{key} {value!r}: an on/off option takes true or false (or yes/no, "
-                                 "on/off, 1/0), or nothing for true")
-            out.append(f"--{key}={flag}")
+            out.append(f"--{key}={read_flag(f'{command} --{key}', value) if eq else True}")
         elif kind in ("int", "float") and eq and value != "None":
             try:
                 float(value) if kind == "float" else int(value)

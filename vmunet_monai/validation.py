@@ -544,6 +544,20 @@ def check_flag(option: str, value) -> bool:
     return value
 
 
+FLAG_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def read_flag(option: str, value) -> bool:
+    """``value`` of on/off ``option`` as a boolean: a boolean, or true/false, yes/no, on/off, 1/0 in any case as
+    people type them; anything else is an :class:`InputError` naming the option, the value and the words."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).lower()
+    if word not in FLAG_WORDS:
+        raise InputError(f"{option} {value!r}: an on/off option takes true or false (or yes/no, on/off, 1/0)")
+    return FLAG_WORDS[word]
+
+
 def check_device(device) -> str | None:
     """``device`` as given (``cpu``, ``cuda``, ``cuda:N``), or None for the automatic choice; a device this
     machine cannot run raises :class:`InputError` naming it and what is there."""

@@ -38,7 +38,7 @@ def _check_options(bundle: str, command: str, options: dict) -> dict:
     """``options`` with on/off values as booleans, or an ``InputError`` naming an option ``bundle``'s ``command`` does
     not have, or a value of the wrong kind for its default (an on/off option takes true/false, yes/no, on/off or
     1/0; a whole-number option a whole number; a fraction a number)."""
-    from vmunet_monai.validation import InputError
+    from vmunet_monai.validation import InputError, read_flag
 
     known = options_of(bundle, command)
     unknown = [k for k in options if k not in known]
@@ -50,12 +50,7 @@ def _check_options(bundle: str, command: str, options: dict) -> dict:
     for name, value in options.items():
         default = known[name]
         if isinstance(default, bool):
-            flags = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False,
-                     "0": False}
-            if not isinstance(value, bool) and str(value).lower() not in flags:
-                raise InputError(f"{command} {bundle} --{name} {value!r}: an on/off option takes true or false (or "
-                                 "yes/no, on/off, 1/0)")
-            checked[name] = value if isinstance(value, bool) else flags[str(value).lower()]
+            checked[name] = read_flag(f"{command} {bundle} --{name}", value)
         elif isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
             raise InputError(f"{command} {bundle} --{name} {value!r}: must be a whole number")
         elif isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
