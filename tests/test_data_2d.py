@@ -382,3 +382,19 @@ def test_masks_of_no_image_are_named(tmp_path, capsys):
     assert [m.name for _, m in pairs] == ["a_mask.png", "b_mask.png"]
     assert (f"note: 2 mask(s) in {tmp_path / 'masks'} belong to no image (c_mask.png, stray.png) and are not used"
             in capsys.readouterr().err)
+
+
+def test_a_mask_passed_over_for_its_png_twin_is_named(tmp_path, capsys):
+    """X_mask.jpg beside X_mask.png: the PNG (lossless) is used, and the other is named, not dropped in silence."""
+    from vmunet_monai.data.common import pair_images_and_masks
+
+    (tmp_path / "masks").mkdir()
+    images = [tmp_path / f"{s}.jpg" for s in ("a", "b")]
+    for name in ("a_mask.png", "a_mask.jpg", "b_mask.jpg", "z_mask.png", "z_mask.jpg"):
+        (tmp_path / "masks" / name).write_bytes(b"")
+    pairs = pair_images_and_masks(images, tmp_path / "masks", "_mask")
+    assert [m.name for _, m in pairs] == ["a_mask.png", "b_mask.jpg"]
+    err = capsys.readouterr().err
+    assert (f"note: 1 mask(s) in {tmp_path / 'masks'} share their name with a PNG mask, which is used; not used: "
+            "a_mask.jpg (for a_mask.png)") in err
+    assert "z_mask.jpg (for" not in err  # z belongs to no image: named once, in the other note

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -135,10 +136,12 @@ def pair_images_and_masks(images: Sequence[Path], mask_folder: str | os.PathLike
     if not mask_folder.is_dir():
         raise DatasetLayoutError(f"{mask_folder}: expected a folder of masks, found none")
     by_stem: dict[str, Path] = {}
+    passed_over: list[Path] = []  # X_mask.jpg beside X_mask.png
     exts = {e.lower() for e in mask_extensions}
     for p in sorted(mask_folder.iterdir(), key=lambda p: (png_first(p), p.name)):  # of one stem, the PNG (lossless)
         if p.is_file() and p.suffix.lower() in exts:
-            by_stem.setdefault(p.stem, p)
+            if by_stem.setdefault(p.stem, p) != p:
+                passed_over.append(p)
     by_lower: dict[str, list[Path]] = {}  # ISIC 2016's X_Segmentation.png for the suffix _segmentation
     for stem, p in by_stem.items():
         by_lower.setdefault(stem.lower(), []).append(p)
@@ -170,11 +173,15 @@ def pair_images_and_masks(images: Sequence[Path], mask_folder: str | os.PathLike
                                   "(every image needs its mask)"})
     unused = sorted(p.name for p in by_stem.values() if p not in claimed)
     if unused:
-        import sys
-
         shown = ", ".join(unused[:3]) + (f" and {len(unused) - 3} more" if len(unused) > 3 else "")
         print(f"note: {len(unused)} mask(s) in {mask_folder} belong to no image ({shown}) and are not used (is an "
               "image missing, or named otherwise?)", file=sys.stderr)
+    passed_over = [p for p in passed_over if by_stem[p.stem] in claimed]
+    if passed_over:
+        shown = ", ".join(f"{p.name} (for {by_stem[p.stem].name})" for p in passed_over[:3])
+        more = f" and {len(passed_over) - 3} more" if len(passed_over) > 3 else ""
+        print(f"note: {len(passed_over)} mask(s) in {mask_folder} share their name with a PNG mask, which is used; "
+              f"not used: {shown}{more} (if they differ, keep the one you mean)", file=sys.stderr)
     return pairs
 
 
