@@ -64,7 +64,14 @@ def test_unusable_2d_image_files_are_named_with_the_rule(tmp_path):
     volume = write_ct_volume(tmp_path / "ct.nii.gz")
     huge = tmp_path / "slide.png"  # 196 million pixels (a whole-slide image), 24 KB as a 1-bit PNG
     Image.new("1", (14000, 14000)).save(huge)
+    float_rgb = tmp_path / "float_rgb.tif"  # PIL cannot open it at all
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(6, 7, 3).astype(np.float32), isVector=True),
+                    str(float_rgb))
     cases = [
+        (float_rgb, "is a TIFF of 3 channels of 32-bit float samples, which the image reader (PIL) cannot decode "
+                    "(save it with 8- or 16-bit samples, or as PNG)"),
         (empty, "the file is empty"),
         (huge, "holds 196,000,000 pixels, more than PIL decodes at once (178,956,970) (the network sees an image "
                "whole, resized; cut a whole-slide image into tiles)"),

@@ -345,6 +345,10 @@ def read_image_upright(path) -> tuple[np.ndarray, int]:
         raise input_error(path, f"holds {count}, more than PIL decodes at once ({2 * Image.MAX_IMAGE_PIXELS:,})",
                           "the network sees an image whole, resized; cut a whole-slide image into tiles") from None
     except UnidentifiedImageError:
+        tiff = _undecodable_tiff(path)
+        if tiff:
+            raise input_error(path, f"is a TIFF of {tiff}, which the image reader (PIL) cannot decode",
+                              "save it with 8- or 16-bit samples, or as PNG") from None
         raise input_error(path, "is not an image file that can be read",
                           "png, jpg, bmp, tif or webp images are expected") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -355,6 +359,24 @@ def read_image_upright(path) -> tuple[np.ndarray, int]:
         raise input_error(path, f"has pixel array shape {array.shape}", "a 2D image of height x width [x channels]")
     check_finite(array, path)
     return array, orientation
+
+
+def _undecodable_tiff(path) -> str | None:
+    """What a TIFF that PIL cannot open holds (``"3 channels of 32-bit float samples"``), as SimpleITK reads its
+    header; None for any other file."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return None
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    kind = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    channels = reader.GetNumberOfComponents()
+    return f"{channels} channel{'s' if channels != 1 else ''} of {kind.replace('vector of ', '')} samples"
 
 
 def read_image_2d(path) -> np.ndarray:
