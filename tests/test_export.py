@@ -236,6 +236,10 @@ def test_predict_with_the_exported_model_writes_what_the_checkpoint_writes(name,
         assert plain[key].shape == from_export[key].shape
         assert np.mean(plain[key] != from_export[key]) <= 1e-3, key
         assert len(np.unique(plain[key])) > 1, key  # the masks show something: the comparison means something
+    import json
+
+    record = json.loads((tmp_path / "exported" / "prediction.json").read_text())
+    assert record["exported_model"] and record["environment"]["scan_backend"] == f"the exported model's own ({suffix})"
 
 
 def test_an_exported_model_is_checked_before_anything_is_written(bundles, tmp_path):

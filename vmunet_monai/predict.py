@@ -141,6 +141,8 @@ def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike,
         "skipped": [s["reason"] for s in skipped],
         "environment": environment(),
     }
+    if exported:  # the export runs the scan it was exported with, not this machine's backend
+        record["environment"]["scan_backend"] = f"the exported model's own ({Path(str(weights)).suffix or 'file'})"
     if "mask_values" in parser:  # the 2D bundles: the value each class holds in the written PNGs
         record["mask_values"] = mask_levels(parser.get_parsed_content("mask_values"), classes)
     if not finished:
