@@ -413,3 +413,31 @@ def test_instance_maps_in_big_endian_and_float_tiffs_keep_their_numbers(tmp_path
         objects = read_objects(tmp_path / name)
         assert objects.max() == 3, name
         assert len(np.unique(objects[2:6, 2:14])) == 2, name  # the touching pair stays two objects
+
+
+def test_a_binary_mask_with_grey_edges_is_named_not_scored_in_silence(tmp_path, capsys):
+    """A binary prediction drawn smooth (or resized) holds grey levels along its rim; read as an instance mask, each
+    level would be an object. Such a mask is named; real instance maps, with flat objects, are not."""
+    import warnings
+
+    from vmunet_monai.evaluation.objects import SoftEdgeWarning
+
+    rng = np.random.default_rng(5)
+    truths = _glas_folder(tmp_path / "glas", rng, ["a", "b"])
+    (tmp_path / "pred").mkdir()
+    for name, anno in truths.items():
+        big = Image.fromarray(((anno > 0) * 255).astype(np.uint8)).resize((anno.shape[1] * 4, anno.shape[0] * 4))
+        soft = big.resize((anno.shape[1], anno.shape[0]), Image.BILINEAR)  # smooth edges
+        if name == "a":
+            soft = Image.fromarray(((anno > 0) * 255).astype(np.uint8))  # a plain binary mask: no note
+        soft.save(tmp_path / "pred" / f"{name}_mask.png")
+    assert len(np.unique(np.asarray(Image.open(tmp_path / "pred" / "b_mask.png")))) > 5
+    with pytest.warns(SoftEdgeWarning, match=r"b_mask.png: \d+ of its \d+ values lie only along edges"):
+        read_objects(tmp_path / "pred" / "b_mask.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SoftEdgeWarning)
+        for name in ("a", "b"):  # the GlaS-style instance maps are flat objects
+            read_objects(tmp_path / "glas" / f"{name}_anno.bmp")
+    run_objects(tmp_path / "pred", tmp_path / "glas", pictures=False)
+    printed = capsys.readouterr().out
+    assert "note: 1 mask(s) look like binary masks with grey edges" in printed and "b_mask.png" in printed

@@ -25,6 +25,7 @@ import csv
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import numpy as np
 
 from vmunet_monai.validation import LOSSY_EXTENSIONS, InputError, upright
 
-__all__ = ["LABEL", "read_objects", "label_components", "split_touching", "write_objects", "object_scores",
+__all__ = ["LABEL", "SoftEdgeWarning", "read_objects", "label_components", "split_touching", "write_objects", "object_scores",
            "match_files", "summarize_objects", "format_objects", "run_objects"]
 
 LABEL = {
@@ -104,7 +105,30 @@ def read_objects(path: str | os.PathLike, foreground: int | None = None) -> np.n
     numbered = np.searchsorted(distinct, values).astype(np.int32)  # 0 .. k-1 in value order; 0 is background
     if distinct[0] != 0:
         raise InputError(f"{path}: an instance mask needs background 0, but its smallest value is {distinct[0]}")
+    edge_only = _edge_only_values(numbered)
+    if edge_only >= 3 and 2 * edge_only > distinct.size - 1:
+        import warnings
+
+        warnings.warn(SoftEdgeWarning(
+            f"{path}: {edge_only} of its {distinct.size - 1} values lie only along edges, as the grey rim of a "
+            "binary mask drawn smooth or resized has; each value is scored as an object (an instance mask), so "
+            "save binary masks with two values (0 and 255, as predict writes them)"))
     return numbered
+
+
+class SoftEdgeWarning(UserWarning):
+    """A mask read as numbered objects looks like a binary mask whose edges hold grey levels."""
+
+
+def _edge_only_values(numbered: np.ndarray) -> int:
+    """How many object numbers of ``numbered`` have no pixel whose four neighbours hold the same number: values
+    that only line the edges of others (anti-aliasing, interpolation), not objects of their own."""
+    inner = np.zeros(numbered.shape, bool)
+    inner[1:-1, 1:-1] = True
+    core = numbered[1:-1, 1:-1]
+    for shifted in (numbered[:-2, 1:-1], numbered[2:, 1:-1], numbered[1:-1, :-2], numbered[1:-1, 2:]):
+        inner[1:-1, 1:-1] &= shifted == core
+    return int(np.setdiff1d(np.unique(numbered[numbered > 0]), np.unique(numbered[inner])).size)
 
 
 def _numbered(objects: np.ndarray) -> np.ndarray:
@@ -564,9 +588,15 @@ def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os
     out = Path(out) if out is not None else Path(pred).resolve().parent / "objects"
     out = check_output_location([Path(truth)], out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, soft = [], []
     for name, group, pred_path, truth_path in tqdm(pairs, desc="objects", unit="image", mininterval=1.0):
-        t_objects, p_objects = read_objects(truth_path), read_objects(pred_path, value)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SoftEdgeWarning)
+            t_objects, p_objects = read_objects(truth_path), read_objects(pred_path, value)
+        soft += [str(w.message) for w in caught if issubclass(w.category, SoftEdgeWarning)]
+        for w in caught:
+            if not issubclass(w.category, SoftEdgeWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if t_objects.shape != p_objects.shape:
             raise InputError(f"{pred_path} is {p_objects.shape[0]}x{p_objects.shape[1]} but its ground truth "
                              f"{truth_path} is {t_objects.shape[0]}x{t_objects.shape[1]}: objects are scored at the "
@@ -590,6 +620,9 @@ def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os
     json_path.write_text(json.dumps(summary, indent=4) + "\n")
     _plot(rows, summary, plot_path)
     print(format_objects(summary))
+    if soft:
+        print(f"note: {len(soft)} mask(s) look like binary masks with grey edges, whose scores are not to be trusted "
+              f"(first: {soft[0]})")
     for kind, files in missing.items():
         if files:
             what = "ground truths without a prediction" if kind == "missing_prediction" else \
