@@ -486,8 +486,28 @@ def test_score_reads_2d_masks_on_disk_binary_and_of_several_classes(tmp_path, ca
     assert stored["overall"]["per_image"]["dice_mean"] == 1.0 and stored["missing_prediction"] == [items[0]["name"]]
     assert f"left out: 1 test image(s) without a prediction (first: {items[0]['name']})" in printed
     assert not (tmp_path / "b" / "metrics_test_worst.png").exists()  # every image perfect: nothing to draw
+    # one prediction of another size: left out and named, as a missing one is; the rest scored
+    first = np.asarray(Image.open((tmp_path / "binary" / items[0]["label"]).resolve()))
+    Image.fromarray((first > 127).astype(np.uint8)).save(tmp_path / "other" / f"{items[0]['name']}.png")
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "other" / f"{items[1]['name']}.png")
-    with pytest.raises(InputError, match=r"5x5 against its label .* \(masks are scored at the image's own size"):
+    capsys.readouterr()
+    summary = score(tmp_path / "other", tmp_path / "binary", out=tmp_path / "b2")
+    assert summary["overall"]["n_images"] == len(items) - 1 and len(summary["wrong_size_prediction"]) == 1
+    assert "left out: 1 prediction(s) of another size than their label (first: " in capsys.readouterr().out
+    # a JPEG copy of a 0/255 mask holds grey levels from its compression: still a mask, not a probability map
+    label = np.asarray(Image.open((tmp_path / "binary" / items[1]["label"]).resolve()))
+    (tmp_path / "other" / f"{items[1]['name']}.png").unlink()
+    Image.fromarray(((label > 127) * 255).astype(np.uint8)).save(tmp_path / "other" / f"{items[1]['name']}.jpg",
+                                                                  quality=60)
+    summary = score(tmp_path / "other", tmp_path / "binary", out=tmp_path / "b4")
+    printed = capsys.readouterr().out
+    assert "pranet" not in summary and "note: 1 JPEG prediction(s) hold grey levels, read as masks" in printed
+    assert summary["overall"]["n_images"] == len(items) and summary["overall"]["per_image"]["dice_mean"] > 0.98
+    for item in items:  # every prediction of another size: refused
+        Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "other" / f"{item['name']}.png")
+    (tmp_path / "other" / f"{items[1]['name']}.jpg").unlink()
+    with pytest.raises(InputError, match=r"5x5 against its label .* \(masks are scored at the image's own size.*; "
+                                         r"so are the other"):
         score(tmp_path / "other", tmp_path / "binary", out=tmp_path / "b2")
     with pytest.raises(InputError, match="--transunet: only for volumes"):
         score(tmp_path / "other", tmp_path / "binary", out=tmp_path / "b3", transunet=False)

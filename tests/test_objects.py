@@ -423,9 +423,10 @@ def test_a_binary_mask_with_grey_edges_is_named_not_scored_in_silence(tmp_path, 
     from vmunet_monai.evaluation.objects import SoftEdgeWarning
 
     rng = np.random.default_rng(5)
-    truths = _glas_folder(tmp_path / "glas", rng, ["a", "b"])
+    truths = _glas_folder(tmp_path / "glas", rng, ["a", "b", "c"])
     (tmp_path / "pred").mkdir()
-    for name, anno in truths.items():
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "pred" / "c_mask.png")  # of another size
+    for name, anno in ((n, a) for n, a in truths.items() if n != "c"):
         big = Image.fromarray(((anno > 0) * 255).astype(np.uint8)).resize((anno.shape[1] * 4, anno.shape[0] * 4))
         soft = big.resize((anno.shape[1], anno.shape[0]), Image.BILINEAR)  # smooth edges
         if name == "a":
@@ -438,6 +439,9 @@ def test_a_binary_mask_with_grey_edges_is_named_not_scored_in_silence(tmp_path, 
         warnings.simplefilter("error", SoftEdgeWarning)
         for name in ("a", "b"):  # the GlaS-style instance maps are flat objects
             read_objects(tmp_path / "glas" / f"{name}_anno.bmp")
-    run_objects(tmp_path / "pred", tmp_path / "glas", pictures=False)
+    summary = run_objects(tmp_path / "pred", tmp_path / "glas", pictures=False)
     printed = capsys.readouterr().out
     assert "note: 1 mask(s) look like binary masks with grey edges" in printed and "b_mask.png" in printed
+    # the prediction of another size is left out and named, as a missing one is; the others are scored
+    assert summary["overall"]["n_images"] == 2 and len(summary["wrong_size_prediction"]) == 1
+    assert "left out: 1 prediction(s) of another size than their ground truth (first: " in printed

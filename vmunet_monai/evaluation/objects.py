@@ -569,12 +569,13 @@ def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os
     objects are scored (a value or a class name, :func:`class_value`); the ground truths are read as they are.
 
     Returns:
-        the summary, with ``missing_prediction``/``missing_truth`` (files without a partner, left out) and
+        the summary, with ``missing_prediction``/``missing_truth`` (files without a partner, left out),
+        ``wrong_size_prediction`` (predictions of another size than their ground truth, left out and named) and
         ``paths``.
 
     Raises:
-        InputError: nothing to pair, an unreadable mask, or a prediction and ground truth of different sizes
-            (naming both files).
+        InputError: nothing to pair, an unreadable mask, or every prediction of another size than its ground
+            truth (naming both files).
     """
     from PIL import Image
     from tqdm import tqdm
@@ -588,7 +589,7 @@ def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os
     out = Path(out) if out is not None else Path(pred).resolve().parent / "objects"
     out = check_output_location([Path(truth)], out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, soft = [], []
+    rows, soft, wrong_size = [], [], []
     for name, group, pred_path, truth_path in tqdm(pairs, desc="objects", unit="image", mininterval=1.0):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", SoftEdgeWarning)
@@ -597,10 +598,11 @@ def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os
         for w in caught:
             if not issubclass(w.category, SoftEdgeWarning):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        if t_objects.shape != p_objects.shape:
-            raise InputError(f"{pred_path} is {p_objects.shape[0]}x{p_objects.shape[1]} but its ground truth "
-                             f"{truth_path} is {t_objects.shape[0]}x{t_objects.shape[1]}: objects are scored at the "
-                             f"image's own size (predict writes masks at that size)")
+        if t_objects.shape != p_objects.shape:  # left out and named, as a missing prediction is
+            wrong_size.append(f"{pred_path} is {p_objects.shape[0]}x{p_objects.shape[1]} but its ground truth "
+                              f"{truth_path} is {t_objects.shape[0]}x{t_objects.shape[1]}: objects are scored at the "
+                              f"image's own size (predict writes masks at that size)")
+            continue
         row = {"name": name, "group": group, **object_scores(t_objects, p_objects, hausdorff=hausdorff),
                "prediction": str(pred_path), "ground_truth": str(truth_path)}
         rows.append(row)
@@ -609,8 +611,10 @@ def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os
             target.parent.mkdir(parents=True, exist_ok=True)
             photo = _photo(photos.get(name), t_objects.shape)
             Image.fromarray(with_legend(picture(t_objects, p_objects, photo))).save(target)
+    if not rows:
+        raise InputError(wrong_size[0] + (f"; so are the other {len(wrong_size) - 1}" if len(wrong_size) > 1 else ""))
     summary = summarize_objects(rows, title)
-    summary.update(missing, foreground=value, environment=environment())
+    summary.update(missing, wrong_size_prediction=wrong_size, foreground=value, environment=environment())
     csv_path, json_path, plot_path = out / PER_IMAGE_CSV, out / SUMMARY_JSON, out / "objects.png"
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
@@ -623,6 +627,9 @@ def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os
     if soft:
         print(f"note: {len(soft)} mask(s) look like binary masks with grey edges, whose scores are not to be trusted "
               f"(first: {soft[0]})")
+    if wrong_size:
+        print(f"left out: {len(wrong_size)} prediction(s) of another size than their ground truth (first: "
+              f"{wrong_size[0]})")
     for kind, files in missing.items():
         if files:
             what = "ground truths without a prediction" if kind == "missing_prediction" else \

@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from vmunet_monai.validation import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, InputError
+from vmunet_monai.validation import IMAGE_EXTENSIONS, LOSSY_EXTENSIONS, VOLUME_EXTENSIONS, InputError
 
 __all__ = ["PREDICTION_SUFFIXES", "match_volumes", "score", "score_masks", "score_volumes"]
 
@@ -272,13 +272,16 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     ``metrics_<split>_worst.png`` (:mod:`vmunet_monai.evaluation.gallery`) into ``out`` (default: ``score/`` beside
     ``pred``).
 
+    A prediction of another size than its label is left out and named (``wrong_size_prediction``), as a missing
+    one is; a JPEG's grey levels are taken for its compression's, so JPEG masks are scored as masks, not as maps.
+
     Returns:
-        the report's summary, with ``missing_prediction`` (cases without a prediction, named and left out) and
-        ``paths``.
+        the report's summary, with ``missing_prediction`` (cases without a prediction, named and left out),
+        ``wrong_size_prediction`` and ``paths``.
 
     Raises:
-        InputError: no datalist or split, no pair, a prediction of another size than its label, a value that is no
-            class's (naming the file, the value and the classes).
+        InputError: no datalist or split, no pair, every prediction of another size than its label, a value that
+            is no class's (naming the file, the value and the classes).
     """
     import numpy as np
 
@@ -306,7 +309,8 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     out = Path(out) if out is not None else Path(pred).resolve().parent / "score"
     out = check_output_location([dataset], out)
     gallery = WorstCases(check_at_least("score --worst", worst, 0), max(num_classes, 2))
-    records, missing, binary_pairs, grey, class_pairs, map_pairs, used = [], [], [], False, [], [], set()
+    records, missing, binary_pairs, class_pairs, map_pairs, used = [], [], [], [], [], set()
+    grey_files, lossy_grey, wrong_size = [], [], []
     for item in items:
         image = (dataset / item["image"]).resolve()
         name = str(item.get("name") or image.stem)
@@ -319,17 +323,20 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         used.update(p for p in (hit, beside) if p is not None)
         label_path = (dataset / item["label"]).resolve()
         truth, values = _read_values(label_path), _read_values(hit)
-        if truth.shape != values.shape:
-            raise InputError(f"{hit}: {values.shape[0]}x{values.shape[1]} against its label {label_path} "
-                             f"{truth.shape[0]}x{truth.shape[1]} (masks are scored at the image's own size; "
-                             f"predict writes them so)")
+        if truth.shape != values.shape:  # left out and named, as a missing prediction is
+            wrong_size.append(f"{hit}: {values.shape[0]}x{values.shape[1]} against its label {label_path} "
+                              f"{truth.shape[0]}x{truth.shape[1]} (masks are scored at the image's own size; "
+                              f"predict writes them so)")
+            continue
         group = str(item.get("dataset", "all"))
         if levels is None:
             records.append(make_record(name, foreground(values), foreground(truth), group=group))
             binary_pairs.append((name, hit, label_path, group))  # for the PraNet protocol, if any file is a map
             if beside is not None:
                 map_pairs.append((beside, label_path))
-            grey = grey or np.unique(values).size > 2
+            if np.unique(values).size > 2:  # a probability map; a JPEG's grey levels are its compression's
+                lossy = hit.suffix.lower() in LOSSY_EXTENSIONS and not hit.stem.endswith("_prob")
+                (lossy_grey if lossy else grey_files).append(hit)
             gallery.offer(name, foreground(truth), foreground(values), image=lambda: _read_photo(image), group=group)
             continue
         unknown = sorted(set(np.unique(values).tolist()) - set(levels))
@@ -346,6 +353,8 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         maps = [_tail_match(class_maps.get((image.stem, c), []), image) for c in range(1, num_classes)]
         if all(maps):
             class_pairs.append((maps, label_path))
+    if not records and wrong_size:
+        raise InputError(wrong_size[0] + (f"; so are the other {len(wrong_size) - 1}" if len(wrong_size) > 1 else ""))
     if not records:
         example = next((p[0] for p in (*found.values(), *found_maps.values())), None)
         raise InputError(f"{pred}: no predicted mask is named after a {split!r} image of {datalist} (looked for e.g. "
@@ -353,10 +362,15 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     unused = sorted(str(p) for paths in (*found.values(), *found_maps.values()) for p in paths if p not in used)
     title = f"{Path(pred).name} against {dataset.name}, {split} split, scored from files"
     paths = write_report(records, out, prefix=f"metrics_{split}", title=title, worst=gallery,
-                         extra={"missing_prediction": missing, "unused_predictions": unused,
+                         extra={"missing_prediction": missing, "wrong_size_prediction": wrong_size,
+                                "unused_predictions": unused,
                                 "predictions": record[1] if record else None, "environment": _made_in(record)})
     summary = paths.pop("summary")
     print(format_summary(summary))
+    grey = bool(grey_files)
+    if lossy_grey:
+        print(f"note: {len(lossy_grey)} JPEG prediction(s) hold grey levels, read as masks (a JPEG's grey levels are "
+              f"mostly its compression's), not as probability maps (first: {lossy_grey[0]}; save maps as PNG)")
     if grey:  # probability maps, as the PraNet lineage saves them: its protocol too, labelled as such
         from vmunet_monai.evaluation.pranet import format_summary as format_pranet
         from vmunet_monai.evaluation.pranet import write_report as write_pranet
@@ -394,6 +408,8 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
                            f"image(s) with <stem>_prob_<k>.png)", len(class_pairs))
     if missing:
         print(f"left out: {len(missing)} {split} image(s) without a prediction (first: {missing[0]})")
+    if wrong_size:
+        print(f"left out: {len(wrong_size)} prediction(s) of another size than their label (first: {wrong_size[0]})")
     if unused:
         print(f"not scored: {len(unused)} file(s) named after no {split} image (first: {unused[0]})")
     print(f"{len(records) // max(len(classes), 1)} images scored against {datalist} ({split}); written to {out}")
