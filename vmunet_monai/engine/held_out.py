@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ignite.engine import Engine, Events
 
-__all__ = ["TRAINED_ON", "HeldOutCheck", "check_held_out", "item_images", "record_trained_on"]
+__all__ = ["TRAINED_ON", "HeldOutCheck", "check_held_out", "fingerprint", "item_images", "record_trained_on"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +36,35 @@ def item_images(dataset) -> list[str]:
     return found
 
 
+def fingerprint(path: str | os.PathLike) -> str | None:
+    """A short mark of a file's content: its size and a hash of its first and last 64 KiB, the same wherever the
+    file is copied or moved; None for a file that cannot be read."""
+    import hashlib
+
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            digest = hashlib.sha1(f.read(1 << 16))
+            if size > 1 << 17:
+                f.seek(-(1 << 16), os.SEEK_END)
+            digest.update(f.read(1 << 16))
+    except OSError:
+        return None
+    return f"{size}:{digest.hexdigest()[:20]}"
+
+
+def _fingerprints(paths: Iterable[str]) -> set[str]:
+    return {f for f in map(fingerprint, paths) if f is not None}
+
+
 def record_trained_on(folder: str | os.PathLike, training: Iterable[str], validation: Iterable[str],
                       resumed: bool = False) -> Path:
-    """Write ``folder/trained_on.json``: the training and validation images of the weights in ``folder``. A
+    """Write ``folder/trained_on.json``: the training and validation images of the weights in ``folder``, by path
+    and by :func:`fingerprint` (under ``fingerprints``, so that a copied or moved dataset is still recognised). A
     resumed training adds its images to those of the record it finds (its weights saw both)."""
     path = Path(folder) / TRAINED_ON
     record = {"training": set(training), "validation": set(validation)}
+    marks = {kind: _fingerprints(files) for kind, files in record.items()}
     if resumed and path.is_file():
         try:
             old = json.loads(path.read_text())
@@ -50,9 +73,12 @@ def record_trained_on(folder: str | os.PathLike, training: Iterable[str], valida
             old = {}
         for key in record:
             record[key] |= set(old.get(key, []))
+            marks[key] |= set(old.get("fingerprints", {}).get(key, []))
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({k: sorted(v) for k, v in record.items()}, indent=1) + "\n")
+    written = {k: sorted(v) for k, v in record.items()}
+    written["fingerprints"] = {k: sorted(v) for k, v in marks.items()}
+    partial.write_text(json.dumps(written, indent=1) + "\n")
     os.replace(partial, path)
     return path
 
@@ -72,6 +98,7 @@ def check_held_out(weights: Iterable[str | os.PathLike], images: Iterable[str], 
         return
     kinds = ("training",) if split == "validation" else ("training", "validation")
     evaluated = {os.path.abspath(i) for i in images}
+    marks: dict[str, str] | None = None  # fingerprint -> evaluated image, read once a record has fingerprints
     for weight in weights:
         record_path = Path(weight).parent / TRAINED_ON
         if not record_path.is_file():
@@ -82,14 +109,25 @@ def check_held_out(weights: Iterable[str | os.PathLike], images: Iterable[str], 
             logger.warning("%s cannot be read (%s): not checked", record_path, exc)
             continue
         seen = {kind: evaluated & set(record.get(kind, [])) for kind in kinds}
+        copies = set()  # the same files under another path: the dataset copied or moved since
+        if isinstance(record.get("fingerprints"), dict):
+            if marks is None:
+                marks = {m: image for image in sorted(evaluated) if (m := fingerprint(image)) is not None}
+            for kind in kinds:
+                found = {marks[m] for m in record["fingerprints"].get(kind, []) if m in marks}
+                copies |= found - seen[kind]
+                seen[kind] |= found
         both = set().union(*seen.values())
         if both:
             where = " and ".join(f"{len(found)} in its {kind} data" for kind, found in seen.items() if found)
+            moved = (f"; {len(copies)} of them recognised by content under another path: the dataset copied or "
+                     "moved since, or one file in it twice" if copies else "")
             raise InputError(
                 f"{weight}: {len(both)} of the {len(evaluated)} {split} images were in the data it was trained on "
-                f"({where}; first: {sorted(both)[0]}; {record_path} lists that data): the datalist was written again "
-                f"after this training (prepare with another --seed or more data?), and the scores would count images "
-                f"the model was fitted or selected on. Evaluate with the datalist it was trained with, or train again")
+                f"({where}; first: {sorted(both)[0]}; {record_path} lists that data{moved}): the datalist was written "
+                f"again after this training (prepare with another --seed or more data?), and the scores would count "
+                f"images the model was fitted or selected on. Evaluate with the datalist it was trained with, or train "
+                f"again")
 
 
 class HeldOutCheck:
