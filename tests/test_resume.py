@@ -323,3 +323,102 @@ def test_deterministic_mode_makes_the_cpu_kernel_repeatable(restore_determinism)
         assert all(torch.equal(grads[0], g) for g in grads[1:])
     finally:
         torch.set_num_threads(threads)
+
+
+def _lr_log(root: Path) -> list[float]:
+    from vmunet_monai.engine.curves import read_log
+
+    return [float(row["learning_rate"]) for row in read_log(root / "runs" / "training_log.csv")]
+
+
+def test_a_new_training_sets_an_earlier_one_aside_and_refuses_a_running_one(prepared, tmp_path, capfd):
+    """A run from scratch into a folder holding an earlier run's checkpoint and model.pt moves them into
+    previous_run/ (not overwritten unseen; the new trained_on.json never stands beside the old model.pt); a folder
+    that another running training holds is refused."""
+    from bundle_helpers import run_workflow, workflow
+
+    from vmunet_monai.engine.handlers import PREVIOUS_RUN, TRAINING_LOCK
+    from vmunet_monai.validation import InputError
+
+    root = copy_bundle(BUNDLE, tmp_path)
+    over = dict(tiny_overrides(BUNDLE, epochs=1), batch_size=2)
+    run_workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over)
+    models = root / "models"
+    first = {n: (models / n).read_bytes() for n in ("model.pt", "checkpoint_latest.pt", "trained_on.json")}
+    assert not (models / TRAINING_LOCK).exists()  # released when the run completed
+    capfd.readouterr()
+    run_workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared),
+                 **dict(over, seed=7))
+    printed = "".join(capfd.readouterr())
+    assert {n: (models / PREVIOUS_RUN / n).read_bytes() for n in first} == first
+    # the log starts anew; the earlier one, and the TensorBoard events of other processes, are kept apart
+    runs = root / "runs"
+    assert (runs / PREVIOUS_RUN / "training_log.csv").is_file() and (runs / "training_log.csv").is_file()
+    other = runs / "events.out.tfevents.1700000000.elsewhere.example.12345.0"  # an earlier process's
+    other.write_bytes(b"")
+    mine = sorted(p.name for p in runs.glob("events.out.tfevents.*") if p != other)
+    assert mine  # this process's own, kept in place
+    assert (models / "model.pt").read_bytes() != first["model.pt"]
+    assert "held an earlier training's checkpoint_latest.pt, model.pt, trained_on.json (last written" in printed
+    assert "--resume true goes on with a run instead" in printed
+    run_workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over)
+    assert (runs / PREVIOUS_RUN / other.name).is_file() and not other.exists()
+    assert sorted(p.name for p in runs.glob("events.out.tfevents.*"))[:len(mine)] == mine
+    first = {n: (models / PREVIOUS_RUN / n).read_bytes() for n in first}  # the second run's, set aside by the third
+    # another training, running on this machine, holds the folder
+    sleeper = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        (models / TRAINING_LOCK).write_text(f"{socket.gethostname()} {sleeper.pid}\n")
+        wf = workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over)
+        wf.initialize()
+        with pytest.raises(InputError, match=f"another training \\(process {sleeper.pid}\\) is writing its "
+                                             "checkpoints into this folder"):
+            wf.parser.get_parsed_content("train#trainer").run()
+        assert (models / PREVIOUS_RUN / "model.pt").read_bytes() == first["model.pt"]  # nothing moved
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # its process gone, the mark is taken over
+    run_workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over)
+
+
+def test_a_larger_epochs_continues_down_a_longer_cosine_and_a_new_batch_size_is_followed(prepared, tmp_path):
+    """A finished 2-epoch run continued to 4 epochs has the learning rates of a 4-epoch schedule from epoch 3 on
+    (not a rate rising again from the minimum); resumed with another batch size, its epochs have the new number of
+    batches."""
+    import math
+
+    from bundle_helpers import run_workflow
+
+    root = copy_bundle(BUNDLE, tmp_path)
+    over = dict(tiny_overrides(BUNDLE, epochs=2), batch_size=2)  # 8 images: 4 batches per epoch
+    run_workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over)
+    run_workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared),
+                 **dict(over, epochs=4, batch_size=4, resume=True))
+    state = torch.load(root / "models" / "checkpoint_latest.pt", weights_only=True)
+    assert state["lr_scheduler"]["T_max"] == 4
+    assert state["trainer"]["epoch_length"] == 2 and state["trainer"]["iteration"] == 4 * 2  # epoch 4 of 2 batches
+    config = json.loads((root / "configs" / "train.json").read_text())
+    top, low = config["learning_rate"], config["min_learning_rate"]
+    lrs = _lr_log(root)
+    assert len(lrs) == 4
+    for epoch in (3, 4):  # the rate each of the continued epochs trained with, on the 4-epoch cosine
+        assert lrs[epoch - 1] == pytest.approx(low + (top - low) * (1 + math.cos(math.pi * (epoch - 1) / 4)) / 2)
+
+
+def test_a_run_shorter_than_the_validation_interval_still_chooses_model_pt(prepared, tmp_path):
+    """Validation every val_interval epochs and after the last: a 3-epoch run at interval 2 validates epochs 2 and
+    3, and writes model.pt."""
+    from bundle_helpers import run_workflow
+
+    from vmunet_monai.engine.curves import read_log
+
+    root = copy_bundle(BUNDLE, tmp_path)
+    over = dict(tiny_overrides(BUNDLE, epochs=3), batch_size=4, val_interval=2)
+    run_workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over)
+    assert (root / "models" / "model.pt").is_file()
+    rows = read_log(root / "runs" / "training_log.csv")
+    validated = [int(r["epoch"]) for r in rows if any(k.startswith("val") and r[k] not in ("", None) for k in r)]
+    assert validated == [2, 3]

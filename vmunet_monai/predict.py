@@ -166,15 +166,10 @@ def _take_output(out: Path) -> None:
     Raises:
         InputError: naming the folder, the other process and when its run started.
     """
-    import socket
+    from vmunet_monai.validation import hold, live_holder
 
-    lock, me = out / LOCK, f"{socket.gethostname()} {os.getpid()}"
-    try:
-        host, pid = lock.read_text().split()
-        alive = host == socket.gethostname() and int(pid) != os.getpid() and _process_alive(int(pid))
-    except (OSError, ValueError):
-        alive = False  # no mark, or not one of ours
-    if alive:
+    pid = live_holder(out / LOCK)
+    if pid is not None:
         import json
 
         try:
@@ -183,19 +178,7 @@ def _take_output(out: Path) -> None:
             started = "?"
         raise InputError(f"{out}: another predict (process {pid}, started {started}) is writing into this folder "
                          "(two runs into one folder mix their outputs; wait for it to end, or choose another OUTPUT)")
-    lock.write_text(me + "\n")
-
-
-def _process_alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill there ends the process; the mark is not enforced
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+    hold(out / LOCK)
 
 
 def _one_or_many(weights):

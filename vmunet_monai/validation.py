@@ -566,6 +566,34 @@ def check_flag(option: str, value) -> bool:
     return value
 
 
+def live_holder(mark: str | os.PathLike) -> int | None:
+    """The process id written in ``mark`` (a file of ``host pid``, :func:`hold`) when that process is another one,
+    running on this machine; None for no mark, a mark of this process, another machine's, or a process gone."""
+    import socket
+
+    try:
+        host, pid = Path(mark).read_text().split()
+        pid = int(pid)
+    except (OSError, ValueError):
+        return None
+    if host != socket.gethostname() or pid == os.getpid() or os.name == "nt":  # os.kill ends a Windows process
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # another user's process
+        return pid
+    return pid
+
+
+def hold(mark: str | os.PathLike) -> None:
+    """Write ``mark``: this machine's name and this process's id (:func:`live_holder` reads it)."""
+    import socket
+
+    Path(mark).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+
+
 FLAG_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 

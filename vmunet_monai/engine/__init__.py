@@ -10,6 +10,7 @@ from vmunet_monai.engine.guards import NonFiniteLossError, NonFiniteLossGuard, V
 from vmunet_monai.engine.handlers import (
     BinarySegmentationReport,
     CalibrationReport,
+    EpochValidation,
     OverlayWriter,
     PraNetReport,
     ProbabilityWriter,
@@ -56,6 +57,7 @@ __all__ = [
     "ChannelArgmaxd",
     "ClassValuesd",
     "EnsembleInferer",
+    "EpochValidation",
     "FirstOutputd",
     "FlipTTAInferer",
     "HeldOutCheck",

@@ -6,6 +6,7 @@ resumed run.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import time
@@ -39,6 +40,16 @@ def _cell(value) -> str:
     if value is None:
         return ""
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+logger = logging.getLogger(__name__)
+
+def _this_process(event_file: str) -> bool:
+    """Whether a TensorBoard event file (``events.out.tfevents.<time>.<host>.<pid>.<n>``) is this process's."""
+    import socket
+
+    parts = event_file.split(".")
+    return len(parts) >= 7 and parts[-2] == str(os.getpid()) and ".".join(parts[4:-2]) == socket.gethostname()
 
 
 def read_log(path: str | os.PathLike) -> list[dict]:
@@ -97,13 +108,39 @@ class TrainingCurves:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
 
     def _started(self, engine: Engine) -> None:
+        from vmunet_monai.engine.handlers import _rank
+
         start = int(engine.state.epoch or 0)  # after a resume, the epoch it continues from
         self.rows = []
+        if start == 0 and _rank() == 0:
+            self._set_aside_earlier_run()
         if start > 0 and self.csv_path.is_file():
             try:
                 self.rows = [r for r in read_log(self.csv_path) if r.get("epoch") is not None and r["epoch"] <= start]
             except (OSError, ValueError, csv.Error):
                 self.rows = []  # an unreadable log is started anew rather than stopping training
+
+    def _set_aside_earlier_run(self) -> None:
+        """A run from scratch moves an earlier run's log, curves and TensorBoard event files (those of other
+        processes) into ``previous_run/``, replacing what an older run left there: TensorBoard then
+        shows the two runs apart instead of one mixed curve."""
+        import shutil
+
+        from vmunet_monai.engine.handlers import PREVIOUS_RUN
+
+        if not self.output_dir.is_dir():
+            return
+        found = [p for p in (self.csv_path, self.plot_path) if p.is_file()]
+        found += [p for p in self.output_dir.glob("events.out.tfevents.*") if not _this_process(p.name)]
+        if not found:
+            return
+        target = self.output_dir / PREVIOUS_RUN
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir()
+        for p in found:
+            os.replace(p, target / p.name)
+        logger.warning("%s: the log, curves and TensorBoard events of an earlier training moved to %s", self.output_dir,
+                       target)
 
     def _epoch_started(self, engine: Engine) -> None:
         self._losses, self._skipped, self._t0 = [], 0, time.perf_counter()

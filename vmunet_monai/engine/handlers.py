@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.handlers import CheckpointLoader
+from monai.handlers import CheckpointLoader, ValidationHandler
 
 from vmunet_monai.engine.held_out import item_images, record_trained_on
 from vmunet_monai.engine.transforms import foreground, rgb_converter
@@ -40,6 +40,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+TRAINING_LOCK = ".training.lock"  # in the checkpoint folder while a training writes there
+PREVIOUS_RUN = "previous_run"  # where a training from scratch moves the checkpoints an earlier one left
 
 
 def _rank() -> int:
@@ -317,6 +320,10 @@ class TrainingCheckpoint:
                 source = str(self.path)
             else:
                 logger.info("resume requested but %s does not exist yet: training starts from scratch", self.path)
+        if _rank() == 0:
+            self._hold(engine)
+            if source is None:
+                self._set_aside_earlier_run()
         if source is not None:
             self._resume(engine, Path(source))
         if _rank() == 0:  # what these weights are trained and selected on, for evaluate.json's HeldOutCheck
@@ -328,6 +335,53 @@ class TrainingCheckpoint:
             # after validation and the scheduler step, so nothing changes the state after it is saved
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._save)
             self._save_attached = True
+
+    def _hold(self, engine: Engine) -> None:
+        """Mark the checkpoint folder as this training's (``.training.lock``) until it completes; refuse it while
+        another running training on this machine holds it (two trainings into one folder overwrite each other's
+        ``model.pt``). A mark left by a run that was stopped (its process gone) is taken over."""
+        from vmunet_monai.validation import InputError, hold, live_holder
+
+        mark = Path(self.save_dir) / TRAINING_LOCK
+        pid = live_holder(mark)
+        if pid is not None:
+            raise InputError(f"{self.save_dir}: another training (process {pid}) is writing its checkpoints into this "
+                             "folder (two trainings into one folder overwrite each other's model.pt; wait for it to "
+                             "end, or give this one another --run_name)")
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        hold(mark)
+        if not engine.has_event_handler(self._release, Events.COMPLETED):
+            engine.add_event_handler(Events.COMPLETED, self._release)
+
+    def _release(self, engine: Engine) -> None:
+        (Path(self.save_dir) / TRAINING_LOCK).unlink(missing_ok=True)
+
+    def _set_aside_earlier_run(self) -> None:
+        """A training that starts from scratch where an earlier one left its checkpoint or ``model.pt`` moves the
+        earlier run's files into ``previous_run/`` (replacing what an older run left there) and says so: the
+        earlier weights are not overwritten unseen, and the new run's ``trained_on.json`` never stands beside the
+        old ``model.pt`` (an evaluation would check the old weights against the new run's data)."""
+        import datetime
+        import shutil
+
+        from vmunet_monai.engine.held_out import TRAINED_ON
+
+        folder = Path(self.save_dir)
+        names = [self.filename, *(s._key_metric_checkpoint.save_handler.filename for s in self._savers()
+                                  if getattr(s._key_metric_checkpoint.save_handler, "filename", None)), TRAINED_ON]
+        found = [folder / n for n in dict.fromkeys(names) if (folder / n).is_file()]
+        if not any(p.name != TRAINED_ON for p in found):
+            return
+        target = folder / PREVIOUS_RUN
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        latest = max(p.stat().st_mtime for p in found)
+        for p in found:
+            os.replace(p, target / p.name)
+        when = datetime.datetime.fromtimestamp(latest).isoformat(sep=" ", timespec="minutes")
+        logger.warning("%s held an earlier training's %s (last written %s): moved to %s; this run starts from scratch "
+                       "(--resume true goes on with a run instead)", folder, ", ".join(p.name for p in found), when,
+                       target)
 
     def _data_root(self, engine: Engine):
         loader = getattr(engine, "data_loader", None)
@@ -353,7 +407,9 @@ class TrainingCheckpoint:
             found = sorted(state) if isinstance(state, Mapping) else type(state).__name__
             raise CheckpointError(f"{path}: not a training checkpoint, it lacks {missing} (found {found}) (resume "
                                   "from the checkpoint_latest.pt that training writes; model.pt holds only weights)")
-        max_epochs = engine.state.max_epochs
+        max_epochs, epoch_length = engine.state.max_epochs, engine.state.epoch_length
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR
+        schedules = {k: o.T_max for k, o in objects.items() if isinstance(o, cosine)}
         try:
             Checkpoint.load_objects(objects, state)
         except (RuntimeError, ValueError, KeyError) as exc:
@@ -375,6 +431,14 @@ class TrainingCheckpoint:
             raise CheckpointError(f"{path}: ended at epoch {engine.state.epoch} of {max_epochs} (set --epochs above "
                                   f"{engine.state.epoch} to continue training)")
         engine.state.max_epochs = max_epochs
+        if epoch_length and engine.state.epoch_length != epoch_length:
+            logger.warning("%s: its epochs were %d batches, this run's are %d (another batch size, data or number of "
+                           "processes): the run goes on with %d per epoch, and will not repeat the original exactly",
+                           path, engine.state.epoch_length, epoch_length, epoch_length)
+            engine.state.epoch_length = epoch_length
+            engine.state.iteration = engine.state.epoch * epoch_length
+        for key, t_max in schedules.items():
+            _follow_new_length(objects[key], t_max, path)
         self.resumed_from = str(path)
         logger.info("resumed from %s after epoch %d of %d", path, engine.state.epoch, max_epochs)
 
@@ -433,6 +497,44 @@ class TrainingCheckpoint:
             return
         if per_pass and length % per_pass:
             engine.set_data(loader)  # the next epoch begins a new pass, whether or not the run is resumed
+
+
+class EpochValidation(ValidationHandler):
+    """MONAI's ``ValidationHandler`` every ``interval`` epochs, and after the last epoch too: a run of fewer epochs
+    than ``interval`` (or not a multiple of it) still validates its final weights, and ``model.pt`` is chosen among
+    them as well (with MONAI's, a 2-epoch run at the default interval of 10 wrote no ``model.pt`` at all)."""
+
+    def attach(self, engine: Engine) -> None:
+        if not self.epoch_level:
+            super().attach(engine)
+            return
+        every = max(1, int(self.interval))
+
+        def due(engine: Engine, epoch: int) -> bool:
+            return epoch % every == 0 or epoch >= (engine.state.max_epochs or 0)
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=due), self)
+        if self.exec_at_start:
+            engine.add_event_handler(Events.STARTED, self)
+
+
+def _follow_new_length(schedule, t_max: int, path: Path) -> None:
+    """Give a cosine schedule restored from ``path`` the length this run configures (``T_max``, the bundles'
+    ``--epochs``), with the learning rate it would have had after its epochs on that length: a finished run
+    continued with a larger ``--epochs`` goes on down a longer cosine instead of rising again from its minimum."""
+    import math
+
+    if schedule.T_max == t_max:
+        return
+    old = schedule.T_max
+    schedule.T_max = t_max
+    for group, base in zip(schedule.optimizer.param_groups, schedule.base_lrs):
+        group["lr"] = schedule.eta_min + (base - schedule.eta_min) * (1 + math.cos(math.pi * schedule.last_epoch
+                                                                                    / t_max)) / 2
+    schedule._last_lr = [group["lr"] for group in schedule.optimizer.param_groups]
+    logger.info("%s: its cosine schedule ran over %d epochs, this run's over %d: the learning rate is now %.3g, where "
+                "the longer schedule has it after epoch %d", path, old, t_max, schedule._last_lr[0],
+                schedule.last_epoch)
 
 
 class _EpochReport:
