@@ -582,3 +582,48 @@ def test_score_pairs_shared_image_names_by_their_folders():
     assert _tail_match(masks, Path("/data/TestDataset/CVC-300/images/1.png")) == masks[0]
     assert _tail_match(masks, Path("/data/other/images/1.png")) is None
     assert _tail_match(masks[:1], Path("/data/anything/1.png")) == masks[0]
+
+
+def test_score_finds_each_set_s_prediction_by_its_folder_and_refuses_a_file_two_sets_share(tmp_path):
+    """Polyp test sets share image names (1.png in each). PraNet's results layout (<set>/1.png) is scored set by
+    set; one flat folder, where 1.png answers to both sets, is refused rather than scored twice; predict's output
+    of one set is scored against that set only (its prediction.json names the input)."""
+    from vmunet_monai.evaluation.score import score
+
+    rng = np.random.default_rng(9)
+    items, truths = [], {}
+    for group in ("A", "B"):
+        for folder in ("images", "masks"):
+            (tmp_path / "raw" / group / folder).mkdir(parents=True)
+        truth = np.zeros((20, 24), np.uint8)
+        top = 2 if group == "A" else 11  # the sets' labels differ: a crossed pair would score low
+        truth[top:top + 7, 3:15] = 255
+        truths[group] = truth
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "raw" / group / "images"
+                                                                                / "1.png")
+        Image.fromarray(truth).save(tmp_path / "raw" / group / "masks" / "1.png")
+        items.append({"image": f"../raw/{group}/images/1.png", "label": f"../raw/{group}/masks/1.png", "name": "1",
+                      "dataset": group})
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "datalist.json").write_text(json.dumps({"training": [], "test": items}))
+    for group, truth in truths.items():  # the PraNet lineage's results: <set>/<image>.png
+        (tmp_path / "pranet" / group).mkdir(parents=True)
+        Image.fromarray(truth).save(tmp_path / "pranet" / group / "1.png")
+    summary = score(tmp_path / "pranet", tmp_path / "prepared", out=tmp_path / "s1")
+    assert summary["overall"]["n_images"] == 2 and summary["overall"]["per_image"]["dice_mean"] == 1.0
+    for group in truths:  # the ISIC challenge's naming, <image>_segmentation.png, answers too
+        (tmp_path / "pranet" / group / "1.png").rename(tmp_path / "pranet" / group / "1_segmentation.png")
+    summary = score(tmp_path / "pranet", tmp_path / "prepared", out=tmp_path / "s4")
+    assert summary["overall"]["n_images"] == 2 and summary["overall"]["per_image"]["dice_mean"] == 1.0
+    (tmp_path / "flat").mkdir()
+    Image.fromarray(truths["A"]).save(tmp_path / "flat" / "1_mask.png")
+    with pytest.raises(InputError, match=r"flat/1_mask.png: answers to two images, .*A/images/1.png and "
+                                         r".*B/images/1.png \(their sets share image names\)"):
+        score(tmp_path / "flat", tmp_path / "prepared", out=tmp_path / "s2")
+    # predict's output of set A alone: masks/images/1_mask.png, its record naming raw/A as the input
+    (tmp_path / "onlyA" / "masks" / "images").mkdir(parents=True)
+    Image.fromarray(truths["A"]).save(tmp_path / "onlyA" / "masks" / "images" / "1_mask.png")
+    (tmp_path / "onlyA" / "prediction.json").write_text(json.dumps({"inputs": [str(tmp_path / "raw" / "A")]}))
+    summary = score(tmp_path / "onlyA" / "masks", tmp_path / "prepared", out=tmp_path / "s3")
+    assert summary["overall"]["n_images"] == 1 and summary["overall"]["per_image"]["dice_mean"] == 1.0
+    assert summary["missing_prediction"] == ["1"] and set(summary["groups"]) == {"A"}

@@ -203,16 +203,19 @@ def _items(dataset: Path, split: str) -> tuple[Path, list[dict]]:
 
 
 def _tail_match(candidates: list[Path], image: Path) -> Path | None:
-    """The candidate whose folders agree longest with the image's, counted from the file upwards (predict mirrors
-    the input folders: ``masks/CVC-300/images/1_mask.png`` for ``.../CVC-300/images/1.png``); None if tied or if
+    """The candidate whose folders name most of the image's folders (``CVC-300/1.png``, as the PraNet lineage saves
+    its results, for ``.../CVC-300/images/1.png``), then whose folders agree longest with the image's counted from
+    the file upwards (predict mirrors the input folders: ``masks/CVC-300/images/1_mask.png``); None if tied or if
     there is none."""
-    def agreement(path: Path) -> int:
+    folders = set(image.parent.parts)
+
+    def agreement(path: Path) -> tuple[int, int]:
         n = 0
         for a, b in zip(reversed(path.parent.parts), reversed(image.parent.parts)):
             if a != b:
                 break
             n += 1
-        return n
+        return len(folders.intersection(path.parent.parts)), n
 
     ranked = sorted(candidates, key=agreement, reverse=True)
     if not ranked:
@@ -221,6 +224,18 @@ def _tail_match(candidates: list[Path], image: Path) -> Path | None:
         return None
     return ranked[0]
 
+
+def _check_one_case_each(hits: list[tuple[Path, Path]], pred: Path) -> None:
+    """Refuse a prediction file that answers to two images (``hits``: ``(image, prediction)``): test sets that share
+    image names (``1.png`` in every polyp set) with predictions in one flat folder would score one set's masks
+    against another's labels."""
+    taken: dict[Path, Path] = {}
+    for image, hit in hits:
+        other = taken.setdefault(hit, image)
+        if other != image:
+            raise InputError(f"{hit}: answers to two images, {other} and {image} (their sets share image names): put "
+                             f"each set's predictions in a folder named after it below {pred} (as predict and the "
+                             "PraNet lineage write them), so that each image finds its own")
 
 def _read_values(path: Path):
     import numpy as np
@@ -259,9 +274,10 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     class as its value (``mask_values``: given, or as ``predict``'s ``prediction.json`` records them, else the
     class numbers).
 
-    A case is paired with ``<image>_mask.png`` (predict), ``<image>_prob.png`` (``predict --probabilities``) or
-    ``<image>.png`` below ``pred``; where several test sets share an image name, with the one whose folders match
-    the image's. Binary masks saved as grey-level probability maps (as the PraNet lineage saves its predictions)
+    A case is paired with ``<image>_mask.png`` (predict), ``<image>_segmentation.png`` (ISIC submissions),
+    ``<image>_prob.png`` (``predict --probabilities``) or ``<image>.png`` below ``pred``; where several test sets
+    share an image name, with the one whose folders name the image's set (``<set>/1.png``, or predict's mirrored
+    folders; of predict's output, only the images it was given), and a file that answers to two images is refused. Binary masks saved as grey-level probability maps (as the PraNet lineage saves its predictions)
     are thresholded at half scale like any mask, and also scored by that lineage's protocol
     (:mod:`vmunet_monai.evaluation.pranet`: ``metrics_<split>_pranet_*``) and for their calibration
     (:mod:`vmunet_monai.evaluation.calibration`: ``metrics_<split>_calibration.png`` and ``.json``); for several
@@ -311,11 +327,16 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     gallery = WorstCases(check_at_least("score --worst", worst, 0), max(num_classes, 2))
     records, missing, binary_pairs, class_pairs, map_pairs, used = [], [], [], [], [], set()
     grey_files, lossy_grey, wrong_size = [], [], []
-    for item in items:
-        image = (dataset / item["image"]).resolve()
+    images = [(dataset / item["image"]).resolve() for item in items]
+    # a mask, else a probability map; a map beside a mask is the mask's probabilities
+    hits = [_tail_match(found.get(image.stem) or found_maps.get(image.stem, []), image) for image in images]
+    inputs = [Path(i).resolve() for i in (record[1].get("inputs") or [])] if record is not None else []
+    predicted = [any(image == i or i in image.parents for i in inputs) for image in images]
+    if any(predicted):  # predict's masks: of the images it was given, not of others of the same name
+        hits = [hit if was else None for hit, was in zip(hits, predicted)]
+    _check_one_case_each([(image, hit) for image, hit in zip(images, hits) if hit is not None], Path(pred))
+    for item, image, hit in zip(items, images, hits):
         name = str(item.get("name") or image.stem)
-        # a mask, else a probability map; a map beside a mask is the mask's probabilities
-        hit = _tail_match(found.get(image.stem) or found_maps.get(image.stem, []), image)
         if hit is None:
             missing.append(name)
             continue
@@ -454,11 +475,14 @@ def _prediction_roots(pred: Path, record) -> list[Path]:
     return [pred]
 
 
+MASK_SUFFIXES = ("_mask", "_segmentation")  # predict's; the ISIC challenge's submissions
+
+
 def _mask_files(pred: Path, record) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
-    """The 2D predictions below ``pred`` by the image stem they name: masks (``<stem>_mask.png`` or
-    ``<stem>.png``) and binary probability maps (``<stem>_prob.png``), apart. Of ``predict``'s output folder
-    (``record``: its ``prediction.json``) or its ``masks/``, the files of ``masks/`` and ``probabilities/`` are
-    read; predict's overlays and pictures (:data:`PREDICT_PICTURES`) never are, and the class maps
+    """The 2D predictions below ``pred`` by the image stem they name: masks (``<stem>_mask.png``, the ISIC
+    challenge's ``<stem>_segmentation.png``, or ``<stem>.png``) and binary probability maps (``<stem>_prob.png``),
+    apart. Of ``predict``'s output folder (``record``: its ``prediction.json``) or its ``masks/``, the files of
+    ``masks/`` and ``probabilities/`` are read; predict's overlays and pictures (:data:`PREDICT_PICTURES`) never are, and the class maps
     ``<stem>_prob_<k>.png`` of several classes are :func:`_class_maps`'."""
     import re
 
@@ -473,7 +497,8 @@ def _mask_files(pred: Path, record) -> tuple[dict[str, list[Path]], dict[str, li
             if stem.endswith("_prob"):
                 maps.setdefault(stem[: -len("_prob")], []).append(path)
             else:
-                masks.setdefault(stem[: -len("_mask")] if stem.endswith("_mask") else stem, []).append(path)
+                suffix = next((x for x in MASK_SUFFIXES if stem.lower().endswith(x) and len(stem) > len(x)), "")
+                masks.setdefault(stem[: len(stem) - len(suffix)], []).append(path)
     return masks, maps
 
 
