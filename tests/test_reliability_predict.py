@@ -512,6 +512,13 @@ def test_two_predicts_into_one_folder_do_not_mix(lesion_bundle, tmp_path):
         other.wait()
     predict(str(lesion_bundle), str(image), str(out), device="cpu")  # its process is gone: taken over
     assert (out / "masks" / "a_mask.png").is_file() and not (out / LOCK).exists()
+    # a new run into the finished run's folder would leave the earlier masks under a record of its own
+    second = write_rgb(tmp_path / "in2" / "b.png")
+    with pytest.raises(InputError, match=r"out: holds an earlier predict's results \(prediction.json of .*, 1 file\(s\) "
+                                         r"from .*a.png\); a new run there would mix its files with those"):
+        predict(str(lesion_bundle), str(second), str(out), device="cpu", tta=True)
+    assert not (out / "masks" / "b_mask.png").exists()
+    predict(str(lesion_bundle), str(image), str(out), device="cpu", resume=True)  # --resume: that run, gone on with
 
 
 def test_hash_in_a_path_is_skipped_and_a_link_keeps_its_name(lesion_bundle, tmp_path):

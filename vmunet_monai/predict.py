@@ -31,7 +31,7 @@ from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, che
                                      check_output_location, number_list, read_image_upright)
 
 __all__ = ["predict", "VOLUME_BUNDLES", "is_volume_bundle", "check_no_hash", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
-           "read_record", "weights_files", "resume_check", "finished_output", "takes_pass_entropy"]
+           "read_record", "weights_files", "resume_check", "check_fresh_output", "finished_output", "takes_pass_entropy"]
 
 VOLUME_BUNDLES = ("synapse_multiorgan",)
 
@@ -166,7 +166,15 @@ def _take_output(out: Path) -> None:
     Raises:
         InputError: naming the folder, the other process and when its run started.
     """
-    from vmunet_monai.validation import hold, live_holder
+    from vmunet_monai.validation import hold
+
+    _refuse_running(out)
+    hold(out / LOCK)
+
+
+def _refuse_running(out: Path) -> None:
+    """An ``InputError`` where another running predict on this machine writes into ``out``."""
+    from vmunet_monai.validation import live_holder
 
     pid = live_holder(out / LOCK)
     if pid is not None:
@@ -178,7 +186,33 @@ def _take_output(out: Path) -> None:
             started = "?"
         raise InputError(f"{out}: another predict (process {pid}, started {started}) is writing into this folder "
                          "(two runs into one folder mix their outputs; wait for it to end, or choose another OUTPUT)")
-    hold(out / LOCK)
+
+
+def check_fresh_output(out: str | os.PathLike, resume: bool) -> None:
+    """Refuse, without ``--resume``, an output folder that an earlier ``predict`` wrote (its ``prediction.json``):
+    a new run there would leave the earlier run's files beside its own, under a record that describes only the
+    new run, and ``score`` would read them all. With ``--resume`` :func:`resume_check` decides.
+
+    Raises:
+        InputError: naming the folder, when the earlier run started, what it wrote and from what, and the ways on.
+    """
+    import json
+
+    out = Path(out)
+    _refuse_running(out)
+    path = out / RECORD
+    if resume or not path.is_file():
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        before = {}
+    inputs = ", ".join(str(i) for i in before.get("inputs") or []) or "?"
+    state = "" if before.get("finished", True) else ", stopped before it finished"
+    raise InputError(f"{out}: holds an earlier predict's results ({RECORD} of {before.get('created', '?')}, "
+                     f"{before.get('written', '?')} file(s) from {inputs}{state}); a new run there would mix its files "
+                     "with those, and score would read them all (choose another OUTPUT, delete that one first, or add "
+                     "--resume to go on with that run's weights and options)")
 
 
 def _one_or_many(weights):
@@ -481,6 +515,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     ckpt = weights[0]
     out = check_output_location([source], output)
     check_no_hash(out, "OUTPUT")
+    check_fresh_output(out, resume)
     candidates, others = _collect(source)
     skipped = []
     for path in others:

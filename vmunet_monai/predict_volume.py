@@ -448,8 +448,8 @@ def predict_volumes(
     from vmunet_monai.data.volumes import airless_note, hounsfield_like, intensity_span
     from vmunet_monai.engine.utils import inference_configs
     from vmunet_monai.evaluation.volumetry import write_volumes
-    from vmunet_monai.predict import (NothingToPredictError, bundle_class_names, check_no_hash, finished_output,
-                                      resume_check, takes_pass_entropy, weights_files, write_record)
+    from vmunet_monai.predict import (NothingToPredictError, bundle_class_names, check_fresh_output, check_no_hash,
+                                      finished_output, resume_check, takes_pass_entropy, weights_files, write_record)
     from vmunet_monai.validation import InputError, check_device, check_output_location, read_volume
     from vmunet_monai.weights import check_checkpoint_fits
 
@@ -464,6 +464,7 @@ def predict_volumes(
     source = weights[0]
     output = str(check_output_location([str(p) for p in paths] + volumes, output))
     check_no_hash(output, "OUTPUT")
+    check_fresh_output(output, resume)
     good, reads, taken, airless = [], [], {}, []  # reads: the path the pipeline reads for each of good
     skipped = [{"file": f, "reason": f"{f}: not a volume file (expected {', '.join(VOLUME_EXTENSIONS)} files or "
                 "DICOM series folders; 2D images go to the 2D bundles)"} for f in others] + left_out
