@@ -55,6 +55,22 @@ def test_any_size_and_channels(cls, kw, size, channels):
     assert torch.isfinite(y).all()
 
 
+@pytest.mark.parametrize("cls,kw", [(VMUNet, {}), (MambaUNet, {}), (VMUNetV2, {"mid_channels": 8})])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_network_cast_to_half_precision_runs_on_the_cpu(cls, kw, dtype):
+    """The scan returns float32; a network cast to bf16/fp16 (no autocast) takes it back to its own dtype before
+    the output norm, whose weights are of that dtype (on the CPU torch refuses the mix)."""
+    torch.manual_seed(0)
+    net = cls(in_channels=3, out_channels=2, depths=(1, 1, 1, 1), **TINY, **kw).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        reference = net(x)
+        out = net.to(dtype)(x.to(dtype))
+    assert out.dtype == dtype
+    error = (out.float() - reference).abs().mean() / reference.abs().mean()
+    assert error < 0.05, error
+
+
 def test_padding_does_not_change_interior_for_multiple_of_32():
     net = VMUNet(depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), **TINY).eval()
     x = torch.randn(1, 3, 64, 64)
@@ -68,6 +84,9 @@ def test_wrong_channel_count_is_a_clear_error():
         net(torch.randn(1, 4, 32, 32))
     with pytest.raises(ValueError, match=r"\(batch, channels, H, W\)"):
         net(torch.randn(3, 32, 32))
+    four = VMUNet(in_channels=4, depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), **TINY)  # 4 MRI modalities
+    with pytest.raises(ValueError, match=r"^VMUNet was built for 4-channel input; got 1 channels$"):
+        four(torch.randn(1, 1, 32, 32))  # one modality is not repeated into all four
     with pytest.raises(ValueError, match="dims must double"):
         VMUNet(dims=(8, 16, 24, 64))
     with pytest.raises(ValueError, match="2D network"):

@@ -199,6 +199,9 @@ class SS2D(nn.Module):
             norm = self.out_norm
             gated = norm_gate(y, z, norm.weight, norm.bias, norm.eps, fused=True)
         else:  # the modules themselves: static shapes for tracing and export
+            weight = self.out_norm.weight
+            if weight is not None and y.dtype != weight.dtype and not torch.is_autocast_enabled(y.device.type):
+                y = y.to(weight.dtype)  # the float32 scan output into a network cast to bf16/fp16
             gated = self.out_norm(y) * F.silu(z)
         return self.out_proj(gated)
 

@@ -35,7 +35,8 @@ def check_dims(dims: Sequence[int], depths: Sequence[int], name: str = "depths")
 def prepare_input(x: torch.Tensor, stem_channels: int, multiple: int, name: str,
                   dtype: torch.dtype | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
     """Check the input, cast a floating-point input to ``dtype`` (the weights'), repeat a 1-channel image to
-    the stem's channels, zero-pad H and W to ``multiple``."""
+    a 3-channel stem's channels (a stem of another count takes its own count only), zero-pad H and W to
+    ``multiple``."""
     if x.dim() != 4:
         raise ValueError(f"{name} takes (batch, channels, H, W) input, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -45,10 +46,9 @@ def prepare_input(x: torch.Tensor, stem_channels: int, multiple: int, name: str,
         x = x.to(dtype)
     c = x.shape[1]
     if c != stem_channels:
-        if c != 1:
-            raise ValueError(
-                f"{name} was built for {stem_channels}-channel input (or 1 channel, repeated); got {c} channels"
-            )
+        if c != 1 or stem_channels != 3:  # a grey image into an RGB stem, as the papers fed CT; never one of several
+            also = " (or 1 channel, repeated)" if stem_channels == 3 else ""  # modalities into all of them
+            raise ValueError(f"{name} was built for {stem_channels}-channel input{also}; got {c} channels")
         x = x.expand(-1, stem_channels, -1, -1)
     h, w = int(x.shape[-2]), int(x.shape[-1])
     pad_h, pad_w = (-h) % multiple, (-w) % multiple
