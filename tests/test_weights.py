@@ -165,6 +165,9 @@ def _ours(seed: int = 0) -> dict:
     lambda sd: {"_orig_mod." + k: v for k, v in sd.items()},  # torch.compile
     lambda sd: {"module._orig_mod." + k: v for k, v in sd.items()},  # a compiled network in DataParallel
     lambda sd: {**{"module." + k: v for k, v in sd.items()}, "n_averaged": torch.tensor(7)},  # SWA's AveragedModel
+    # a Lightning module holding its loss's weights beside the network; a config under "model", tensors elsewhere
+    lambda sd: {"state_dict": {**{"model." + k: v for k, v in sd.items()}, "loss_fn.weight": torch.ones(2)}},
+    lambda sd: {"model": {"arch": "vmunet", "dims": [8, 16, 32, 64]}, "state_dict": sd},
 ])
 def test_the_usual_containers_and_prefixes_unwrap_to_the_same_weights(wrap, tmp_path):
     from vmunet_monai.weights import check_checkpoint_fits
@@ -218,6 +221,19 @@ def test_files_that_are_not_weights_say_what_they_are(tmp_path):
 def test_nothing_loaded_is_an_error_and_another_network_a_warning():
     with pytest.raises(CheckpointError, match="not one tensor fits this VMUNet, so nothing was loaded"):
         load_official_checkpoint(VMUNet(**TINY), {"model.conv1.weight": torch.zeros(64, 3, 7, 7)})
+    # two copies of the network (a training module's model and its EMA): nothing is guessed, the prefixes are named
+    sd = _ours(2)
+    both = {**{"model." + k: v for k, v in sd.items()}, **{"ema_model." + k: v for k, v in sd.items()}}
+    with pytest.raises(CheckpointError, match=r"nothing was loaded; its keys start with 'model.' \(222\), "
+                                              r"'ema_model.' \(222\): take the network's tensors out"):
+        load_official_checkpoint(VMUNet(**TINY), both)
+    # the encoder of our own network is no VMamba classifier: loaded by name, the decoder left as it is
+    encoder = {k: v for k, v in sd.items() if k.startswith(("patch_embed.", "layers."))}
+    net = VMUNet(**TINY)
+    decoder = {k: v.clone() for k, v in net.state_dict().items() if k.startswith("layers_up.")}
+    report = load_official_checkpoint(net, encoder)
+    assert report.kind != "vmamba_v0" and sorted(report.loaded) == sorted(encoder)
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in decoder.items())
     mu = {"mamba_unet." + k: v for k, v in MambaUNet(**TINY).state_dict().items()}
     with pytest.warns(UserWarning, match="a Mamba-UNet checkpoint loaded into a VMUNet: only the layers with equal"):
         report = load_official_checkpoint(VMUNet(**TINY), mu)
@@ -226,3 +242,15 @@ def test_nothing_loaded_is_an_error_and_another_network_a_warning():
           "layers.0.blocks.0.op.in_proj.weight": torch.zeros(384, 96)}
     with pytest.raises(CheckpointError, match="VMamba's later releases .*vmamba_small_e238_ema.pth"):
         load_official_checkpoint(VMUNet(**TINY), v2)
+
+
+def test_a_checkpoint_of_the_same_network_with_other_settings_says_so():
+    """A bundle's own model.pt evaluated without the network overrides it was trained with is not 'an official
+    checkpoint to convert': the message says the network's settings differ."""
+    from vmunet_monai.weights import check_checkpoint_fits
+
+    trained = VMUNet(depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), **TINY).state_dict()
+    with pytest.raises(CheckpointError, match=r"it is a VM-UNet of other settings \(depths, dims or d_state\): build "
+                                              r"the network with the settings it was trained with") as err:
+        check_checkpoint_fits(VMUNet(**TINY), trained)
+    assert "official" not in str(err.value)

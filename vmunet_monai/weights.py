@@ -166,9 +166,10 @@ def read_checkpoint(checkpoint) -> dict[str, torch.Tensor]:
                                   f"({_why_unreadable(source, exc)})") from None
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"{source}: holds a {type(checkpoint).__name__}, not a state dict")
-    for key in _NESTED_KEYS:
-        if key in checkpoint and isinstance(checkpoint[key], Mapping):
-            checkpoint = checkpoint[key]
+    for key in _NESTED_KEYS:  # the first that holds tensors ({"model": {"arch": ...}, "state_dict": ...})
+        inner = checkpoint.get(key)
+        if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+            checkpoint = inner
             break
     state = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor) and k not in _BOOKKEEPING}
     if not state:
@@ -177,10 +178,25 @@ def read_checkpoint(checkpoint) -> dict[str, torch.Tensor]:
     while stripped:  # module._orig_mod.x: one wrapper inside another
         stripped = False
         for prefix in _WRAPPER_PREFIXES:
-            if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
-                stripped = True
+            inside = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            # the wrapped network, and at most a few tensors of its wrapper (a Lightning module's loss weights)
+            if inside and len(state) - len(inside) <= max(2, len(inside) // 20):
+                state, stripped = inside, True
     return state
+
+
+def _prefix_hint(keys) -> str:
+    """For a checkpoint of which nothing fits: the first name parts most of its keys share, if any (a wrapper
+    whose prefix is not one of those unwrapped, or two copies such as ``model.`` and ``ema_model.``)."""
+    from collections import Counter
+
+    heads = Counter(k.split(".", 1)[0] + "." for k in keys if "." in k)
+    common = [(head, n) for head, n in heads.most_common(3) if n >= max(2, len(keys) // 4)]
+    if not common:
+        return ""
+    listed = ", ".join(f"{head!r} ({n})" for head, n in common)
+    return (f"; its keys start with {listed}: take the network's tensors out, e.g. "
+            f"{{k[len({common[0][0]!r}):]: v for k, v in state.items() if k.startswith({common[0][0]!r})}}")
 
 
 def detect_checkpoint_kind(state: Mapping[str, torch.Tensor]) -> str:
@@ -195,8 +211,8 @@ def detect_checkpoint_kind(state: Mapping[str, torch.Tensor]) -> str:
         return "mamba_unet"
     if "final_up.expand.weight" in keys or any(k.startswith("layers_up.") for k in keys):
         return "vmunet"
-    if any(k.startswith("layers.0.blocks.0.self_attention.") for k in keys):
-        return "vmamba_v0"
+    if any(k.startswith("layers.0.blocks.0.self_attention.") for k in keys) and keys & {"head.weight", "norm.weight"}:
+        return "vmamba_v0"  # the classifier: its final norm and head (an encoder cut out of a U-Net has neither)
     return "unknown"
 
 
@@ -298,7 +314,7 @@ def load_official_checkpoint(network: nn.Module, checkpoint, *, strict: bool = F
     report.missing = [k for k in target if k not in assigned and k not in mismatched]
     if not assigned:
         raise CheckpointError(f"{source}: not one tensor fits this {type(network).__name__}, so nothing was "
-                              "loaded:\n" + report.summary())
+                              f"loaded{_prefix_hint(list(state))}:\n" + report.summary())
     if strict and not report.ok:
         raise CheckpointError("strict loading failed:\n" + report.summary())
     for note in report.notes:
@@ -342,6 +358,13 @@ def check_checkpoint_fits(network: nn.Module, checkpoint) -> dict[str, torch.Ten
         kind = detect_checkpoint_kind(state)
         hint = (f"; it looks like an official {kind} checkpoint: convert it with "
                 "vmunet_monai.weights.load_official_checkpoint" if kind != "unknown" and missing else "")
+        try:
+            own = _network_kind(module)
+        except TypeError:  # a baseline (MONAI's UNet, SwinUNETR)
+            own = None
+        if kind == own and (missing or unexpected):  # this network's own kind, of another size
+            hint = (f"; it is a {_NAMES.get(kind, kind)} of other settings (depths, dims or d_state): build the "
+                    "network with the settings it was trained with (the same network_def overrides as its training)")
         outputs = {(state[k].shape[0], target[k].shape[0]) for k in target
                    if k in state and tuple(state[k].shape) != tuple(target[k].shape)}
         if shapes and not missing and not unexpected and len(outputs) == 1:
