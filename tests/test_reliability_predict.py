@@ -535,3 +535,22 @@ def test_hash_in_a_path_is_skipped_and_a_link_keeps_its_name(lesion_bundle, tmp_
     assert "'#', which MONAI's config parser reads as a separator" in result["skipped"][0]["reason"]
     with pytest.raises(InputError, match=r"run#2: OUTPUT holds '#'"):
         predict(str(lesion_bundle), str(folder), str(tmp_path / "run#2"), device="cpu")
+
+
+def test_masks_and_earlier_results_in_the_input_are_named_not_segmented(lesion_bundle, tmp_path, capsys):
+    """An input folder that holds a folder of masks, a mask beside its image and an earlier predict's output (run
+    from inside it) segments the images only, and says what it left out."""
+    from vmunet_monai.predict import predict
+
+    folder = tmp_path / "in"
+    write_rgb(folder / "a.png")
+    write_rgb(folder / "masks" / "a.png")
+    write_rgb(folder / "b_segmentation.png")
+    predict(str(lesion_bundle), str(folder / "a.png"), str(folder / "results"), device="cpu")
+    capsys.readouterr()
+    result = predict(str(lesion_bundle), str(folder), str(tmp_path / "out"), device="cpu")
+    assert [Path(m).name for m in result["masks"]] == ["a_mask.png"]  # not results/overlays/a_overlay.png
+    printed = capsys.readouterr().out
+    assert f"note: not segmented, as masks or results: {folder / 'masks'}: a folder of masks, by its name; " in printed
+    assert f"{folder / 'results'}: an earlier predict's output (prediction.json)" in printed
+    assert "1 mask file(s) beside their images" in printed

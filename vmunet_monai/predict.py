@@ -307,16 +307,29 @@ _SKIP_DIR = re.compile(r"^(masks?|labels?|gt)$|groundtruth", re.IGNORECASE)
 _SKIP_STEM = re.compile(r"_(segmentation|superpixels)$")
 
 
-def _collect(input: Path) -> tuple[list[dict], list[str]]:
+def _collect(input: Path, left: list[str] | None = None) -> tuple[list[dict], list[str]]:
     """Image items under ``input`` (a file, or a folder searched recursively, mask folders and masks beside their
-    images left out) and the other files found, which are not images."""
+    images left out) and the other files found, which are not images. Folders of masks (``masks``, ``labels``,
+    ``gt``, ``groundtruth``), folders an earlier ``predict`` wrote (they hold its ``prediction.json``) and masks
+    named as such (``_segmentation``, ``_superpixels``, beside their images) are left out, each said in ``left``."""
     if input.is_file():
         return [{"image": os.path.abspath(input), "name": input.stem}], []
     from vmunet_monai.data.folders import mixed_pairs
 
-    items, others = [], []
+    items, others, mask_files = [], [], 0
+    left = [] if left is None else left
     for dirpath, dirnames, filenames in os.walk(input):
-        dirnames[:] = sorted(d for d in dirnames if not _SKIP_DIR.search(d) and not d.startswith("."))
+        kept = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            if (Path(dirpath) / d / RECORD).is_file():
+                left.append(f"{Path(dirpath) / d}: an earlier predict's output ({RECORD})")
+            elif _SKIP_DIR.search(d):
+                left.append(f"{Path(dirpath) / d}: a folder of masks, by its name")
+            else:
+                kept.append(d)
+        dirnames[:] = kept
         # masks beside their images (BUSI's X_mask.png, GlaS's X_anno.bmp) are not segmented
         beside = {m for masks in mixed_pairs(Path(dirpath))[0].values() for m in masks}
         for f in sorted(filenames):
@@ -326,8 +339,12 @@ def _collect(input: Path) -> tuple[list[dict], list[str]]:
             if path.suffix.lower() in IMAGE_EXTENSIONS:
                 if not _SKIP_STEM.search(path.stem) and path not in beside:
                     items.append({"image": os.path.abspath(path), "name": path.stem})  # a link by its own name
+                else:
+                    mask_files += 1
             else:
                 others.append(str(path))
+    if mask_files:
+        left.append(f"{mask_files} mask file(s) beside their images (X_mask, X_anno, X_segmentation, ...)")
     return items, others
 
 
@@ -516,7 +533,11 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     out = check_output_location([source], output)
     check_no_hash(out, "OUTPUT")
     check_fresh_output(out, resume)
-    candidates, others = _collect(source)
+    left: list[str] = []
+    candidates, others = _collect(source, left)
+    if left:
+        print(f"note: not segmented, as masks or results: {'; '.join(left[:4])}"
+              + (f" and {len(left) - 4} more" if len(left) > 4 else ""), flush=True)
     skipped = []
     for path in others:
         reason = ("is a 3D volume file (2D images are expected; CT volumes go to the synapse_multiorgan bundle)"
