@@ -486,6 +486,16 @@ def test_score_reads_2d_masks_on_disk_binary_and_of_several_classes(tmp_path, ca
     assert stored["overall"]["per_image"]["dice_mean"] == 1.0 and stored["missing_prediction"] == [items[0]["name"]]
     assert f"left out: 1 test image(s) without a prediction (first: {items[0]['name']})" in printed
     assert not (tmp_path / "b" / "metrics_test_worst.png").exists()  # every image perfect: nothing to draw
+    # binary masks written with other grey levels (predict --mask_values 0,127 or 255,0) are read by those levels
+    for values in ((0, 127), (255, 0)):
+        folder = tmp_path / f"levels_{values[1]}"
+        folder.mkdir()
+        for item in items:
+            label = np.asarray(Image.open((tmp_path / "binary" / item["label"]).resolve())) > 127
+            Image.fromarray(np.where(label, values[1], values[0]).astype(np.uint8)).save(folder / f"{item['name']}.png")
+        summary = score(folder, tmp_path / "binary", out=tmp_path / f"l{values[1]}",
+                        mask_values=",".join(map(str, values)))
+        assert summary["overall"]["per_image"]["dice_mean"] == 1.0, values
     # one prediction of another size: left out and named, as a missing one is; the rest scored
     first = np.asarray(Image.open((tmp_path / "binary" / items[0]["label"]).resolve()))
     Image.fromarray((first > 127).astype(np.uint8)).save(tmp_path / "other" / f"{items[0]['name']}.png")

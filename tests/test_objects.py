@@ -328,6 +328,12 @@ def test_predicted_masks_of_glas_images_are_scored(tmp_path):
     assert (record["num_classes"], record["mask_values"], record["written"]) == (2, [0, 255], 2)
     assert record["class_names"] == ["background", "polyp"] and record["settings"]["split_touching"] == 2
     assert record["inputs"] == [str((tmp_path / "glas").resolve())] and done["record"].endswith("prediction.json")
+    # masks written as 0/1 (--mask_values 0,1): the object maps hold the same objects
+    ones = predict(str(bundle), str(tmp_path / "glas"), str(tmp_path / "out01"), device="cpu", split_touching=2,
+                   mask_values="0,1")
+    for mask, objects, before in zip(ones["masks"], ones["instances"], done["instances"]):
+        assert set(np.unique(np.asarray(Image.open(mask)))) <= {0, 1}
+        np.testing.assert_array_equal(np.asarray(Image.open(objects)), np.asarray(Image.open(before)))
     with pytest.raises(InputError, match="--split_touching 0: the depth"):
         predict(str(bundle), str(tmp_path / "glas"), str(tmp_path / "bad"), device="cpu", split_touching=0)
     with pytest.raises(InputError, match="--split_touching 2: only for binary 2D masks"):

@@ -708,9 +708,11 @@ def _write_instances(masks: list[str], out: Path, depth: float) -> list[str]:
 
     from vmunet_monai.evaluation.objects import split_touching, write_objects
 
+    record = read_record(out)  # the grey level the masks hold for the object class (--mask_values)
+    levels = (record[1].get("mask_values") if record is not None else None) or [0, 255]
     written, total = [], 0
     for mask in masks:
-        objects = split_touching(np.asarray(Image.open(mask)) > 127, depth)
+        objects = split_touching(np.asarray(Image.open(mask)) == levels[-1], depth)
         total += int(objects.max())
         written.append(str(write_objects(objects, _beside_mask(out, mask, "instances", "instances"))))
     print(f"{len(written)} object maps under {out / 'instances'} ({total} objects; touching ones split at necks of "

@@ -277,13 +277,13 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     A case is paired with ``<image>_mask.png`` (predict), ``<image>_segmentation.png`` (ISIC submissions),
     ``<image>_prob.png`` (``predict --probabilities``) or ``<image>.png`` below ``pred``; where several test sets
     share an image name, with the one whose folders name the image's set (``<set>/1.png``, or predict's mirrored
-    folders; of predict's output, only the images it was given), and a file that answers to two images is refused. Binary masks saved as grey-level probability maps (as the PraNet lineage saves its predictions)
-    are thresholded at half scale like any mask, and also scored by that lineage's protocol
-    (:mod:`vmunet_monai.evaluation.pranet`: ``metrics_<split>_pranet_*``) and for their calibration
-    (:mod:`vmunet_monai.evaluation.calibration`: ``metrics_<split>_calibration.png`` and ``.json``); for several
-    classes, the ``<image>_prob_<k>.png`` maps of ``predict --probabilities`` (below ``pred``, or in
-    ``probabilities/`` beside predict's ``masks/``) give the top-label calibration of the images that have all
-    of them. Writes ``metrics_<split>_per_image.csv``,
+    folders; of predict's output, only the images it was given), and a file that answers to two images is refused.
+    Binary masks saved as grey-level probability maps (as the PraNet lineage saves its predictions) are thresholded
+    at half scale like any mask, and also scored by that lineage's protocol (:mod:`vmunet_monai.evaluation.pranet`:
+    ``metrics_<split>_pranet_*``) and for their calibration (:mod:`vmunet_monai.evaluation.calibration`:
+    ``metrics_<split>_calibration.png`` and ``.json``); for several classes, the ``<image>_prob_<k>.png`` maps of
+    ``predict --probabilities`` (below ``pred``, or in ``probabilities/`` beside predict's ``masks/``) give the
+    top-label calibration of the images that have all of them. Writes ``metrics_<split>_per_image.csv``,
     ``metrics_<split>_summary.json``, ``metrics_<split>.png`` and, for the ``worst`` images of the lowest Dice,
     ``metrics_<split>_worst.png`` (:mod:`vmunet_monai.evaluation.gallery`) into ``out`` (default: ``score/`` beside
     ``pred``).
@@ -318,6 +318,8 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     if mask_values is None and record is not None:
         mask_values = record[1].get("mask_values")
     levels = mask_levels(mask_values, num_classes) if num_classes > 2 else None
+    # binary masks written with other grey levels (predict --mask_values 255,0 or 0,127): read by those levels
+    binary_levels = mask_levels(mask_values, 2) if num_classes == 2 and mask_values is not None else None
     if not Path(pred).is_dir():
         raise InputError(f"{pred}: no such folder of predicted masks")
     found, found_maps = _mask_files(Path(pred), record)
@@ -351,14 +353,17 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
             continue
         group = str(item.get("dataset", "all"))
         if levels is None:
-            records.append(make_record(name, foreground(values), foreground(truth), group=group))
+            predicted = foreground(values)
+            if binary_levels is not None and set(np.unique(values).tolist()) <= set(binary_levels):
+                predicted = values == binary_levels[1]
+            records.append(make_record(name, predicted, foreground(truth), group=group))
             binary_pairs.append((name, hit, label_path, group))  # for the PraNet protocol, if any file is a map
             if beside is not None:
                 map_pairs.append((beside, label_path))
             if np.unique(values).size > 2:  # a probability map; a JPEG's grey levels are its compression's
                 lossy = hit.suffix.lower() in LOSSY_EXTENSIONS and not hit.stem.endswith("_prob")
                 (lossy_grey if lossy else grey_files).append(hit)
-            gallery.offer(name, foreground(truth), foreground(values), image=lambda: _read_photo(image), group=group)
+            gallery.offer(name, foreground(truth), predicted, image=lambda: _read_photo(image), group=group)
             continue
         unknown = sorted(set(np.unique(values).tolist()) - set(levels))
         if unknown:
@@ -479,11 +484,11 @@ MASK_SUFFIXES = ("_mask", "_segmentation")  # predict's; the ISIC challenge's su
 
 
 def _mask_files(pred: Path, record) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
-    """The 2D predictions below ``pred`` by the image stem they name: masks (``<stem>_mask.png``, the ISIC
-    challenge's ``<stem>_segmentation.png``, or ``<stem>.png``) and binary probability maps (``<stem>_prob.png``),
-    apart. Of ``predict``'s output folder (``record``: its ``prediction.json``) or its ``masks/``, the files of
-    ``masks/`` and ``probabilities/`` are read; predict's overlays and pictures (:data:`PREDICT_PICTURES`) never are, and the class maps
-    ``<stem>_prob_<k>.png`` of several classes are :func:`_class_maps`'."""
+    """The 2D predictions below ``pred`` by the image stem they name: masks (``<stem>_mask.png``, the ISIC challenge's
+    ``<stem>_segmentation.png``, or ``<stem>.png``) and binary probability maps (``<stem>_prob.png``), apart. Of
+    ``predict``'s output folder (``record``: its ``prediction.json``) or its ``masks/``, the files of ``masks/`` and
+    ``probabilities/`` are read; predict's overlays and pictures (:data:`PREDICT_PICTURES`) never are, and the class
+    maps ``<stem>_prob_<k>.png`` of several classes are :func:`_class_maps`'."""
     import re
 
     masks: dict[str, list[Path]] = {}
