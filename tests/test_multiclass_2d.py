@@ -637,3 +637,40 @@ def test_score_finds_each_set_s_prediction_by_its_folder_and_refuses_a_file_two_
     summary = score(tmp_path / "onlyA" / "masks", tmp_path / "prepared", out=tmp_path / "s3")
     assert summary["overall"]["n_images"] == 1 and summary["overall"]["per_image"]["dice_mean"] == 1.0
     assert summary["missing_prediction"] == ["1"] and set(summary["groups"]) == {"A"}
+
+
+def test_probability_maps_of_any_depth_score_alike(tmp_path):
+    """The same probability maps stored as 8-bit PNG, 16-bit PNG and float TIFF give the same Dice and the same
+    calibration (a 16-bit map was thresholded at 127.5 of 65535, a float map's probabilities divided by 255)."""
+    from vmunet_monai.evaluation.score import score
+
+    rng = np.random.default_rng(11)
+    items = []
+    (tmp_path / "raw").mkdir()
+    probabilities = {}
+    for k in range(3):
+        truth = np.zeros((24, 30), bool)
+        truth[4 + k:16 + k, 5:20] = True
+        Image.fromarray(rng.integers(0, 255, (24, 30, 3), dtype=np.uint8)).save(tmp_path / "raw" / f"i{k}.png")
+        Image.fromarray((truth * 255).astype(np.uint8)).save(tmp_path / "raw" / f"i{k}_mask.png")
+        items.append({"image": f"../raw/i{k}.png", "label": f"../raw/i{k}_mask.png", "name": f"i{k}"})
+        probabilities[k] = np.clip(np.where(truth, 0.8, 0.15) + rng.normal(0, 0.15, truth.shape), 0, 1)
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "datalist.json").write_text(json.dumps({"training": [], "test": items}))
+    results = {}
+    for kind in ("png8", "png16", "tif_float"):
+        folder = tmp_path / kind
+        folder.mkdir()
+        for k, p in probabilities.items():
+            if kind == "png8":
+                Image.fromarray(np.round(p * 255).astype(np.uint8)).save(folder / f"i{k}.png")
+            elif kind == "png16":
+                Image.fromarray(np.round(p * 65535).astype(np.uint16)).save(folder / f"i{k}.png")
+            else:
+                Image.fromarray(p.astype(np.float32)).save(folder / f"i{k}.tif")
+        results[kind] = score(folder, tmp_path / "prepared", out=tmp_path / f"s_{kind}")
+    for kind in ("png16", "tif_float"):
+        assert results[kind]["overall"]["per_image"]["dice_mean"] == pytest.approx(
+            results["png8"]["overall"]["per_image"]["dice_mean"], abs=0.01), kind
+        assert results[kind]["calibration"]["ece"] == pytest.approx(results["png8"]["calibration"]["ece"], abs=0.01)
+    assert results["png8"]["overall"]["per_image"]["dice_mean"] > 0.8

@@ -253,6 +253,18 @@ def _read_values(path: Path):
     return values.astype(np.int64)
 
 
+def _read_map(path: Path):
+    """A binary prediction's values on the 0-255 scale of 8-bit masks and maps, whatever the file's depth: a 16-bit
+    map (0-65535) divided by 257, a float map of probabilities (0-1) times 255; so that the half-scale rule and the
+    calibration (grey level / 255) read every map alike."""
+    values = _read_values(path)
+    if values.size and values.dtype.kind in "iu" and values.max() > 255:
+        return values / 257.0
+    if values.size and values.dtype.kind == "f" and values.max() <= 1:
+        return values * 255.0
+    return values
+
+
 def _read_photo(path: Path):
     """The image behind a scored mask, for the gallery of the worst; None where it cannot be read."""
     import numpy as np
@@ -345,7 +357,8 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         beside = _tail_match(found_maps.get(image.stem, []), image) if image.stem in found else None
         used.update(p for p in (hit, beside) if p is not None)
         label_path = (dataset / item["label"]).resolve()
-        truth, values = _read_values(label_path), _read_values(hit)
+        truth = _read_values(label_path)
+        values = _read_map(hit) if levels is None else _read_values(hit)
         if truth.shape != values.shape:  # left out and named, as a missing prediction is
             wrong_size.append(f"{hit}: {values.shape[0]}x{values.shape[1]} against its label {label_path} "
                               f"{truth.shape[0]}x{truth.shape[1]} (masks are scored at the image's own size; "
@@ -401,7 +414,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         from vmunet_monai.evaluation.pranet import format_summary as format_pranet
         from vmunet_monai.evaluation.pranet import write_report as write_pranet
 
-        maps = [image_scores(name, _read_values(hit), _read_values(label), group=group)
+        maps = [image_scores(name, _read_map(hit), _read_values(label), group=group)
                 for name, hit, label, group in binary_pairs]
         pranet = write_pranet(maps, out, prefix=f"metrics_{split}", title=f"{title} (PraNet protocol)")
         print(format_pranet(pranet["summary"]))
@@ -457,7 +470,7 @@ def _calibrate_maps(pairs: list[tuple[Path, Path]]):
 
     calibration = Calibration()
     for hit, label in pairs:
-        values, truth = _read_values(hit), _read_values(label)
+        values, truth = _read_map(hit), _read_values(label)
         if values.shape != truth.shape:
             raise InputError(f"{hit}: a probability map of {values.shape[0]}x{values.shape[1]} pixels against its "
                              f"label {label} of {truth.shape[0]}x{truth.shape[1]} (predict writes them at the "
