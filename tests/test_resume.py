@@ -422,3 +422,27 @@ def test_a_run_shorter_than_the_validation_interval_still_chooses_model_pt(prepa
     rows = read_log(root / "runs" / "training_log.csv")
     validated = [int(r["epoch"]) for r in rows if any(k.startswith("val") and r[k] not in ("", None) for k in r)]
     assert validated == [2, 3]
+
+
+def test_ctrl_c_says_where_the_run_goes_on_from(prepared, tmp_path, capfd):
+    """Ctrl-C in epoch 2 stops the run (the KeyboardInterrupt goes on as it came) and says that the checkpoint
+    holds epoch 1 and that --resume true goes on from there."""
+    from bundle_helpers import workflow
+    from ignite.engine import Events
+
+    root = copy_bundle(BUNDLE, tmp_path)
+    wf = workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared),
+                  **dict(tiny_overrides(BUNDLE, epochs=3), batch_size=2))
+    wf.initialize()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+
+    def interrupt(engine):
+        raise KeyboardInterrupt
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=6), interrupt)  # epoch 2, 4 iterations per epoch
+    capfd.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    printed = "".join(capfd.readouterr())
+    assert (f"stopped (Ctrl-C) in epoch 2: {root / 'models' / 'checkpoint_latest.pt'} holds epoch 1; the same command "
+            "plus --resume true goes on from there") in printed

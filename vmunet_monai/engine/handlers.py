@@ -298,6 +298,7 @@ class TrainingCheckpoint:
         self.evaluator = evaluator
         self.resumed_from: str | None = None
         self._save_attached = False
+        self._saved_epoch = 0  # the epoch the checkpoint holds (this run's, or the one it resumed from)
 
     @property
     def path(self) -> Path:
@@ -312,6 +313,7 @@ class TrainingCheckpoint:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._stopped)  # before the handlers that raise it
 
     def _started(self, engine: Engine) -> None:
         source = self.resume_from
@@ -352,6 +354,19 @@ class TrainingCheckpoint:
         hold(mark)
         if not engine.has_event_handler(self._release, Events.COMPLETED):
             engine.add_event_handler(Events.COMPLETED, self._release)
+
+    def _stopped(self, engine: Engine, exc: BaseException) -> None:
+        """On Ctrl-C, say where the run can go on from. The exception goes on as it came: the handlers after this
+        one (MONAI's StatsHandler logs and raises it) take it, or, where there are none, this one raises it (ignite
+        takes an exception whose handlers all return as dealt with)."""
+        if isinstance(exc, KeyboardInterrupt) and _rank() == 0:
+            saved = (f"{self.path} holds epoch {self._saved_epoch}" if self._saved_epoch else
+                     "no epoch was saved yet")
+            logger.warning("stopped (Ctrl-C) in epoch %d: %s; the same command plus --resume true goes on from there",
+                           engine.state.epoch, saved)
+        others = [h for h, _, _ in engine._event_handlers.get(Events.EXCEPTION_RAISED, []) if h != self._stopped]
+        if not others:
+            raise exc
 
     def _release(self, engine: Engine) -> None:
         (Path(self.save_dir) / TRAINING_LOCK).unlink(missing_ok=True)
@@ -440,6 +455,7 @@ class TrainingCheckpoint:
         for key, t_max in schedules.items():
             _follow_new_length(objects[key], t_max, path)
         self.resumed_from = str(path)
+        self._saved_epoch = engine.state.epoch
         logger.info("resumed from %s after epoch %d of %d", path, engine.state.epoch, max_epochs)
 
     def _savers(self) -> list:
@@ -484,6 +500,7 @@ class TrainingCheckpoint:
             if validation is not None:
                 state["validation"] = validation
             atomic_torch_save(state, self.path)
+            self._saved_epoch = engine.state.epoch
         self._fresh_pass(engine, last)
 
     @staticmethod
