@@ -119,6 +119,17 @@ def test_ss2d_initialisation():
     ]
 
 
+def test_ss2d_names_wrong_input_and_an_even_kernel():
+    layer = SS2D(d_model=8, d_state=4)
+    message = r"SS2D\(d_model=8\) takes floating-point \(B, H, W, 8\) channels-last input, got "
+    with pytest.raises(ValueError, match=message + r"torch.float32 of shape \(1, 8, 6, 6\)"):
+        layer(torch.randn(1, 8, 6, 6))  # channels first
+    with pytest.raises(ValueError, match=message + r"torch.int64"):
+        layer(torch.ones(1, 6, 6, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"SS2D d_conv=4 must be odd"):
+        SS2D(d_model=8, d_conv=4)
+
+
 def test_mixer_factory():
     assert Mixer["ss2d", 2] is SS2D
     assert Mixer.SS2D == "SS2D"

@@ -98,6 +98,8 @@ def test_wrong_channel_count_is_a_clear_error():
     ({"in_channels": 0}, "{name} in_channels=0 must be at least 1"),
     ({"out_channels": 0}, "{name} out_channels=0 must be at least 1"),
     ({"d_state": 0}, "SS2D d_state=0 must be at least 1"),
+    ({"out_channels": 2.5}, "{name} out_channels=2.5 must be a whole number"),
+    ({"dims": (2, 4, 8, 16)}, "dims[0]=2 must be at least 4, got (2, 4, 8, 16)"),
     ({"scan_backend": "cuda"}, "scan_backend='cuda' is not a scan backend; choose one of "
                                "['cpu', 'mamba_ssm', 'reference', 'torch', 'triton'], 'auto' or None"),
 ])

@@ -87,6 +87,8 @@ class SS2D(nn.Module):
         for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)):
             if int(value) < 1:
                 raise ValueError(f"SS2D {name}={value} must be at least 1")
+        if int(d_conv) % 2 == 0:  # padded by (d_conv - 1) // 2 on each side: an even kernel changes the size
+            raise ValueError(f"SS2D d_conv={d_conv} must be odd (the convolution keeps the map's size)")
         if int(expand * d_model) < 1:
             raise ValueError(f"SS2D expand={expand} leaves no inner channels for d_model={d_model}")
         if dt_rank != "auto" and int(dt_rank) < 1:
@@ -207,6 +209,9 @@ class SS2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) channels-last -> (B, H, W, C)."""
+        if x.dim() != 4 or x.shape[-1] != self.d_model or not x.is_floating_point():
+            raise ValueError(f"SS2D(d_model={self.d_model}) takes floating-point (B, H, W, {self.d_model}) "
+                             f"channels-last input, got {x.dtype} of shape {tuple(x.shape)}")
         # in_proj as two products into separate dense tensors: no strided halves of one (B, H, W, 2Di)
         # output to copy later (a channels-last map feeds the convolution as it is, z the gate)
         # torch.split, not two slices: its backward writes the weight's gradient once (each slice's

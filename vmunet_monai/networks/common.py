@@ -16,7 +16,9 @@ __all__ = ["check_channels", "check_dims", "prepare_input", "crop_output", "init
 def check_channels(name: str, in_channels: int, out_channels: int) -> None:
     """Image channels in and classes out: at least 1 each."""
     for what, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-        if isinstance(value, bool) or int(value) < 1:
+        if isinstance(value, bool) or int(value) != value:
+            raise ValueError(f"{name} {what}={value!r} must be a whole number")
+        if int(value) < 1:
             raise ValueError(f"{name} {what}={value} must be at least 1")
 
 
@@ -27,6 +29,8 @@ def check_dims(dims: Sequence[int], depths: Sequence[int], name: str = "depths")
     for a, b in zip(dims, dims[1:]):
         if b != 2 * a:
             raise ValueError(f"dims must double from stage to stage (patch merging does), got {dims}")
+    if dims[0] < 4:  # VM-UNet's last 4x expansion gives each pixel dims[0] // 4 channels
+        raise ValueError(f"dims[0]={dims[0]} must be at least 4, got {dims}")
     if len(depths) != 4 or any(int(d) < 0 for d in depths):
         raise ValueError(f"{name} must list 4 block counts >= 0, got {tuple(depths)}")
     return dims
