@@ -282,6 +282,12 @@ def test_datalist_entries_and_dataset_folder_are_checked(tmp_path):
     with pytest.raises(InputError) as failure:
         load_datalist(tmp_path, "training", ["image", "label"])
     _one_line(failure.value, str(tmp_path / "b.png"), "no such file", "entry 0", "rerun prepare")
+    # a missing validation file is named when the training data is read, before hours of caching
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"image": "a.png", "label": "a.png"}],
+                                                        "validation": [{"image": "c.png", "label": "a.png"}]}))
+    with pytest.raises(InputError) as failure:
+        load_datalist(tmp_path, "training", ["image", "label"])
+    _one_line(failure.value, str(tmp_path / "c.png"), "no such file", "entry 0 of 'validation'")
 
 
 def _meta(array, name):

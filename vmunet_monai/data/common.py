@@ -477,6 +477,8 @@ def load_datalist(dataset_dir: str | os.PathLike, key: str = "training", require
                 raise InputError(f"{item[field]}: no such file, listed as the {field} of entry {index} of {key!r} "
                                  f"in {path} (every file a datalist names must exist; rerun prepare)")
         items.append(item)
+    if key == "training" and require and isinstance(doc.get("validation"), list) and doc["validation"]:
+        load_datalist(dataset_dir, "validation", require)  # its missing file named now, not after the caching
     return items
 
 
