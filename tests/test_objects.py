@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from PIL import Image
 from vmunet_monai.evaluation.objects import (
     OUTCOME_COLORS,
     label_components,
+    match_files,
     object_scores,
     picture,
     read_objects,
@@ -451,3 +453,21 @@ def test_a_binary_mask_with_grey_edges_is_named_not_scored_in_silence(tmp_path, 
     # the prediction of another size is left out and named, as a missing one is; the others are scored
     assert summary["overall"]["n_images"] == 2 and len(summary["wrong_size_prediction"]) == 1
     assert "left out: 1 prediction(s) of another size than their ground truth (first: " in printed
+
+
+def test_ground_truths_in_images_and_masks_folders_are_the_masks_only(tmp_path):
+    """A ground-truth folder laid out as images/ beside masks/ (Kvasir-SEG) gives the masks; its photos are the
+    pictures' backgrounds, not masks of their own ('two masks of one image')."""
+    rng = np.random.default_rng(6)
+    truths = _glas_folder(tmp_path / "glas", rng, ["a", "b"])
+    for folder in ("images", "masks"):
+        (tmp_path / "set" / folder).mkdir(parents=True)
+    (tmp_path / "pred").mkdir()
+    for name, anno in truths.items():
+        Image.fromarray(((anno > 0) * 255).astype(np.uint8)).save(tmp_path / "set" / "masks" / f"{name}.png")
+        Image.fromarray(rng.integers(0, 255, (*anno.shape, 3), dtype=np.uint8)).save(tmp_path / "set" / "images"
+                                                                                      / f"{name}.png")
+        Image.fromarray(((anno > 0) * 255).astype(np.uint8)).save(tmp_path / "pred" / f"{name}_mask.png")
+    pairs, missing = match_files(tmp_path / "pred", tmp_path / "set")
+    assert sorted((p[0], Path(p[3]).parent.name) for p in pairs) == [("a", "masks"), ("b", "masks")]
+    assert sorted(missing["photos"]) == ["a", "b"] and not missing["missing_truth"]

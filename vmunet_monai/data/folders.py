@@ -84,7 +84,7 @@ def child_folder(folder: Path, names) -> Path | None:
     return next((by_name[n] for n in names if n in by_name), None)
 
 
-def _image_mask_dirs(folder: Path) -> tuple[Path, Path] | None:
+def image_mask_dirs(folder: Path) -> tuple[Path, Path] | None:
     images, masks = child_folder(folder, IMAGE_DIRS), child_folder(folder, MASK_DIRS)
     return (images, masks) if images is not None and masks is not None else None
 
@@ -94,25 +94,25 @@ def _layout_at(folder: Path) -> dict | None:
     "test": {set: dirs}}`` (dirs = (images, masks); set "" for images and masks directly in test/);
     None when ``folder`` holds neither."""
     train = child_folder(folder, _SPLITS["train"])
-    if train is not None and _image_mask_dirs(train) is not None:
+    if train is not None and image_mask_dirs(train) is not None:
         val = child_folder(folder, _SPLITS["val"])
         test_dir = child_folder(folder, _SPLITS["test"])
         tests: dict[str, tuple[Path, Path]] = {}
         if test_dir is not None:
-            direct = _image_mask_dirs(test_dir)
+            direct = image_mask_dirs(test_dir)
             if direct is not None:
                 tests[""] = direct  # one test set, named after the dataset
             else:
                 for sub in subfolders(test_dir):
-                    dirs = _image_mask_dirs(sub)
+                    dirs = image_mask_dirs(sub)
                     if dirs is not None:
                         tests[sub.name] = dirs
-        val_dirs = _image_mask_dirs(val) if val is not None else None
+        val_dirs = image_mask_dirs(val) if val is not None else None
         if val is not None and val_dirs is None:
             raise DatasetLayoutError(f"{val}: expected images/ and masks/ inside")
         unlabelled = test_dir if test_dir is not None and not tests else None
-        return {"train": _image_mask_dirs(train), "val": val_dirs, "test": tests, "unlabelled_test": unlabelled}
-    dirs = _image_mask_dirs(folder)
+        return {"train": image_mask_dirs(train), "val": val_dirs, "test": tests, "unlabelled_test": unlabelled}
+    dirs = image_mask_dirs(folder)
     if dirs is not None:
         return {"pool": dirs}
     if mixed_pairs(folder)[0]:

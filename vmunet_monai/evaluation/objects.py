@@ -290,10 +290,11 @@ def _key(path: Path, suffixes: Sequence[str]) -> str:
 
 def _mask_files(folder: Path, photos: dict | None = None) -> dict[str, Path]:
     """Mask files under ``folder`` by image stem: the masks beside their images where a folder holds both (GlaS,
-    BUSI), else every image file; a stem found twice is refused, naming both files. ``photos``, when given, gets
+    BUSI), else every image file, but those of an ``images/`` folder beside a ``masks/`` one (Kvasir-SEG's layout:
+    they are the photos); a stem found twice is refused, naming both files. ``photos``, when given, gets
     the image beside each such mask, by the same stem."""
     from vmunet_monai.data.common import IMAGE_EXTENSIONS
-    from vmunet_monai.data.folders import MIXED_SUFFIXES, mixed_pairs
+    from vmunet_monai.data.folders import MIXED_SUFFIXES, image_mask_dirs, mixed_pairs
 
     suffixes = MIXED_SUFFIXES + PREDICTION_SUFFIXES
     if folder.is_file():
@@ -304,6 +305,12 @@ def _mask_files(folder: Path, photos: dict | None = None) -> dict[str, Path]:
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
         here = Path(dirpath)
+        split = image_mask_dirs(here)  # images/ beside masks/ (Kvasir-SEG): the photos, not masks
+        if split is not None:
+            dirnames[:] = [d for d in dirnames if here / d != split[0]]
+            if photos is not None:
+                photos.update({p.stem: p for p in sorted(split[0].iterdir())
+                               if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")})
         pairs = mixed_pairs(here)[0]
         if pairs:
             files = [masks[0] for masks in pairs.values()]  # X_anno.bmp; BUSI's X_mask_1.png are further masks
