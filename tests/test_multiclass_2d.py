@@ -639,7 +639,7 @@ def test_score_finds_each_set_s_prediction_by_its_folder_and_refuses_a_file_two_
     assert summary["missing_prediction"] == ["1"] and set(summary["groups"]) == {"A"}
 
 
-def test_probability_maps_of_any_depth_score_alike(tmp_path):
+def test_probability_maps_of_any_depth_score_alike(tmp_path, capsys):
     """The same probability maps stored as 8-bit PNG, 16-bit PNG and float TIFF give the same Dice and the same
     calibration (a 16-bit map was thresholded at 127.5 of 65535, a float map's probabilities divided by 255)."""
     from vmunet_monai.evaluation.score import score
@@ -674,3 +674,21 @@ def test_probability_maps_of_any_depth_score_alike(tmp_path):
             results["png8"]["overall"]["per_image"]["dice_mean"], abs=0.01), kind
         assert results[kind]["calibration"]["ece"] == pytest.approx(results["png8"]["calibration"]["ece"], abs=0.01)
     assert results["png8"]["overall"]["per_image"]["dice_mean"] > 0.8
+    assert "smoothed edges" not in capsys.readouterr().out  # real maps: grey nearly everywhere
+    # hard masks drawn with smoothed edges hold grey levels on their rims only: scored as maps, with a note
+    from PIL import ImageFilter
+
+    for folder in ("big", "smooth"):
+        (tmp_path / folder).mkdir()
+    big_items = []
+    for k in range(2):
+        truth = np.zeros((240, 300), np.uint8)
+        truth[60 + k:120 + k, 100:180] = 255
+        Image.fromarray(rng.integers(0, 255, (240, 300, 3), dtype=np.uint8)).save(tmp_path / "big" / f"b{k}.png")
+        Image.fromarray(truth).save(tmp_path / "big" / f"b{k}_mask.png")
+        Image.fromarray(truth).filter(ImageFilter.GaussianBlur(0.6)).save(tmp_path / "smooth" / f"b{k}.png")
+        big_items.append({"image": f"../big/b{k}.png", "label": f"../big/b{k}_mask.png", "name": f"b{k}"})
+    (tmp_path / "big_prepared").mkdir()
+    (tmp_path / "big_prepared" / "datalist.json").write_text(json.dumps({"training": [], "test": big_items}))
+    score(tmp_path / "smooth", tmp_path / "big_prepared", out=tmp_path / "s_smooth")
+    assert "masks with smoothed edges rather than probability maps?" in capsys.readouterr().out

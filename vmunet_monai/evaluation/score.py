@@ -340,7 +340,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     out = check_output_location([dataset], out)
     gallery = WorstCases(check_at_least("score --worst", worst, 0), max(num_classes, 2))
     records, missing, binary_pairs, class_pairs, map_pairs, used = [], [], [], [], [], set()
-    grey_files, lossy_grey, wrong_size = [], [], []
+    grey_files, lossy_grey, wrong_size, between = [], [], [], []
     images = [(dataset / item["image"]).resolve() for item in items]
     # a mask, else a probability map; a map beside a mask is the mask's probabilities
     hits = [_tail_match(found.get(image.stem) or found_maps.get(image.stem, []), image) for image in images]
@@ -376,6 +376,8 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
             if np.unique(values).size > 2:  # a probability map; a JPEG's grey levels are its compression's
                 lossy = hit.suffix.lower() in LOSSY_EXTENSIONS and not hit.stem.endswith("_prob")
                 (lossy_grey if lossy else grey_files).append(hit)
+                if not lossy:  # how much of the map is neither background nor foreground
+                    between.append(float(np.mean((values > 0) & (values < 255))))
             gallery.offer(name, foreground(truth), predicted, image=lambda: _read_photo(image), group=group)
             continue
         unknown = sorted(set(np.unique(values).tolist()) - set(levels))
@@ -407,6 +409,10 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     summary = paths.pop("summary")
     print(format_summary(summary))
     grey = bool(grey_files)
+    if grey and np.mean(between) < 0.02:
+        print(f"note: the grey levels of the {len(grey_files)} map(s) cover {100 * np.mean(between):.1f}% of their "
+              "pixels: masks with smoothed edges rather than probability maps? Their PraNet and calibration numbers "
+              "then say little about probabilities", flush=True)
     if lossy_grey:
         print(f"note: {len(lossy_grey)} JPEG prediction(s) hold grey levels, read as masks (a JPEG's grey levels are "
               f"mostly its compression's), not as probability maps (first: {lossy_grey[0]}; save maps as PNG)")
