@@ -113,6 +113,18 @@ def test_bad_shapes_are_named():
         selective_scan(**dict(inputs, B=torch.randn(2, 3, 4, 37, dtype=torch.float64)), backend="torch")
     with pytest.raises(ValueError, match="delta must have"):
         selective_scan(**dict(inputs, delta=inputs["delta"][..., :3]), backend="torch")
+    for backend in ("cpu", "torch"):  # integers were truncated on one backend and refused deep in another
+        with pytest.raises(ValueError, match="u must be floating-point, got torch.int64"):
+            selective_scan(**dict(inputs, u=inputs["u"].long()), backend=backend)
+    from vmunet_monai.ops import cross_selective_scan
+
+    b, di, h, w, n = 1, 3, 4, 5, 2
+    args = (torch.randn(b, di, h, w), torch.rand(b, 4, di, h, w), -torch.rand(4 * di, n), torch.randn(b, 4, n, h, w),
+            torch.randn(b, 4, n, h, w))
+    assert cross_selective_scan(*args, torch.ones(4 * di), backend="torch").shape == (b, di, h, w)
+    for backend in ("cpu", "torch"):  # a D of the wrong length: named on every backend
+        with pytest.raises(ValueError, match=r"D must be \(12,\), got \(3,\)"):
+            cross_selective_scan(*args, torch.ones(di), backend=backend)
 
 
 def test_backend_selection(monkeypatch):

@@ -158,6 +158,8 @@ def _module(name: str):
 def _check_scan_args(u, delta, A, B, C, D, z, delta_bias):
     if u.dim() != 3:
         raise ValueError(f"u must be (batch, dim, L), got shape {tuple(u.shape)}")
+    if not u.is_floating_point():
+        raise ValueError(f"u must be floating-point, got {u.dtype}")
     batch, dim, length = u.shape
     if delta.shape != u.shape:
         raise ValueError(f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
@@ -326,6 +328,11 @@ def cross_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
             raise ValueError(f"{label} must be {expect[label]}, got {tuple(t.shape)}")
     if tuple(A.shape) != (4 * di, n_state):
         raise ValueError(f"A must be ({4 * di}, N), got {tuple(A.shape)}")
+    if not u.is_floating_point():
+        raise ValueError(f"u must be floating-point, got {u.dtype}")
+    for label, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and tuple(t.shape) != (4 * di,):
+            raise ValueError(f"{label} must be ({4 * di},), got {tuple(t.shape)}")
     if torch.compiler.is_compiling():
         name = _backend_while_compiling(u.device.type, backend)
         if _is_exporting():  # a saved program chooses its backend where it runs
