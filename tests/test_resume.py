@@ -377,6 +377,7 @@ def test_a_new_training_sets_an_earlier_one_aside_and_refuses_a_running_one(prep
                                              "checkpoints into this folder"):
             wf.parser.get_parsed_content("train#trainer").run()
         assert (models / PREVIOUS_RUN / "model.pt").read_bytes() == first["model.pt"]  # nothing moved
+        assert (models / TRAINING_LOCK).read_text().split()[1] == str(sleeper.pid)  # the other's mark stays
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -446,3 +447,4 @@ def test_ctrl_c_says_where_the_run_goes_on_from(prepared, tmp_path, capfd):
     printed = "".join(capfd.readouterr())
     assert (f"stopped (Ctrl-C) in epoch 2: {root / 'models' / 'checkpoint_latest.pt'} holds epoch 1; the same command "
             "plus --resume true goes on from there") in printed
+    assert not (root / "models" / ".training.lock").exists()  # the folder is free again

@@ -350,6 +350,9 @@ class TrainingCheckpoint:
             raise InputError(f"{self.save_dir}: another training (process {pid}) is writing its checkpoints into this "
                              "folder (two trainings into one folder overwrite each other's model.pt; wait for it to "
                              "end, or give this one another --run_name)")
+        if mark.is_file():
+            logger.info("%s: the mark of a training that stopped without finishing (%s) is taken over", mark,
+                        mark.read_text().strip())
         mark.parent.mkdir(parents=True, exist_ok=True)
         hold(mark)
         if not engine.has_event_handler(self._release, Events.COMPLETED):
@@ -359,17 +362,39 @@ class TrainingCheckpoint:
         """On Ctrl-C, say where the run can go on from. The exception goes on as it came: the handlers after this
         one (MONAI's StatsHandler logs and raises it) take it, or, where there are none, this one raises it (ignite
         takes an exception whose handlers all return as dealt with)."""
+        if _rank() == 0:
+            self._release(engine)  # the run ends here: the folder is free
         if isinstance(exc, KeyboardInterrupt) and _rank() == 0:
-            saved = (f"{self.path} holds epoch {self._saved_epoch}" if self._saved_epoch else
-                     "no epoch was saved yet")
+            held = self._checkpoint_epoch()
+            saved = f"{self.path} holds epoch {held}" if held else "no epoch was saved yet"
             logger.warning("stopped (Ctrl-C) in epoch %d: %s; the same command plus --resume true goes on from there",
                            engine.state.epoch, saved)
         others = [h for h, _, _ in engine._event_handlers.get(Events.EXCEPTION_RAISED, []) if h != self._stopped]
         if not others:
             raise exc
 
+    def _checkpoint_epoch(self) -> int:
+        """The epoch the checkpoint file holds (read from it: Ctrl-C may come while it is being replaced), 0 for
+        none."""
+        if not self.path.is_file():
+            return 0
+        try:
+            trainer = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)["trainer"]
+            return int(trainer["iteration"]) // max(1, int(trainer["epoch_length"]))
+        except Exception:  # an unreadable file: the epoch last saved by this run
+            return self._saved_epoch
+
     def _release(self, engine: Engine) -> None:
-        (Path(self.save_dir) / TRAINING_LOCK).unlink(missing_ok=True)
+        """Remove this process's mark (never another's: a run refused because another holds the folder ends here
+        too)."""
+        import socket
+
+        mark = Path(self.save_dir) / TRAINING_LOCK
+        try:
+            if mark.read_text().split() == [socket.gethostname(), str(os.getpid())]:
+                mark.unlink()
+        except OSError:
+            pass
 
     def _set_aside_earlier_run(self) -> None:
         """A training that starts from scratch where an earlier one left its checkpoint or ``model.pt`` moves the

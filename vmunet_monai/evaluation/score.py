@@ -353,6 +353,8 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         name = str(item.get("name") or image.stem)
         if hit is None:
             missing.append(name)
+            if len(missing) == 1:  # named with its set where sets share image names (1.png in each polyp set)
+                first_missing = name + (f" of {item['dataset']}" if item.get("dataset") else "")
             continue
         beside = _tail_match(found_maps.get(image.stem, []), image) if image.stem in found else None
         used.update(p for p in (hit, beside) if p is not None)
@@ -452,7 +454,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
                            f"the class probabilities (top label; {len(class_pairs)} of {len(records) // len(classes)} "
                            f"image(s) with <stem>_prob_<k>.png)", len(class_pairs))
     if missing:
-        print(f"left out: {len(missing)} {split} image(s) without a prediction (first: {missing[0]})")
+        print(f"left out: {len(missing)} {split} image(s) without a prediction (first: {first_missing})")
     if wrong_size:
         print(f"left out: {len(wrong_size)} prediction(s) of another size than their label (first: {wrong_size[0]})")
     if unused:
