@@ -150,7 +150,9 @@ def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike,
     path = Path(out) / RECORD
     path.write_text(json.dumps(record, indent=4) + "\n")
     if finished:
-        (Path(out) / LOCK).unlink(missing_ok=True)
+        from vmunet_monai.validation import release
+
+        release(Path(out) / LOCK)
     return path
 
 

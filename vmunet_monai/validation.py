@@ -589,9 +589,22 @@ def live_holder(mark: str | os.PathLike) -> int | None:
 
 def hold(mark: str | os.PathLike) -> None:
     """Write ``mark``: this machine's name and this process's id (:func:`live_holder` reads it)."""
+    Path(mark).write_text(_me() + "\n")
+
+
+def release(mark: str | os.PathLike) -> None:
+    """Remove ``mark`` if it is this process's (:func:`hold`), never another's."""
+    try:
+        if Path(mark).read_text().strip() == _me():
+            Path(mark).unlink()
+    except OSError:
+        pass
+
+
+def _me() -> str:
     import socket
 
-    Path(mark).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    return f"{socket.gethostname()} {os.getpid()}"
 
 
 FLAG_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}

@@ -387,14 +387,9 @@ class TrainingCheckpoint:
     def _release(self, engine: Engine) -> None:
         """Remove this process's mark (never another's: a run refused because another holds the folder ends here
         too)."""
-        import socket
+        from vmunet_monai.validation import release
 
-        mark = Path(self.save_dir) / TRAINING_LOCK
-        try:
-            if mark.read_text().split() == [socket.gethostname(), str(os.getpid())]:
-                mark.unlink()
-        except OSError:
-            pass
+        release(Path(self.save_dir) / TRAINING_LOCK)
 
     def _set_aside_earlier_run(self) -> None:
         """A training that starts from scratch where an earlier one left its checkpoint or ``model.pt`` moves the
