@@ -281,8 +281,13 @@ def test_demo_repeats_exactly_in_deterministic_mode(tmp_path, monkeypatch):
     # the bundle's default written back by --nodeterminism (only the copy is made here: no training)
     calls = []
     monkeypatch.setattr(demo, "_train_and_evaluate", lambda *a: calls.append(a) or (0.5, 1, runs[0]["test_summary"]))
+    stale = tmp_path / "free" / "predictions"  # what an earlier demo's closing hint wrote, with earlier weights
+    stale.mkdir(parents=True)
+    (stale / "prediction.json").write_text("{}")
+    (tmp_path / "free" / demo.DEMO_MARK).write_text("")
     demo.run_demo(out=str(tmp_path / "free"), epochs=1, num=4, size=32, determinism=False)
     assert calls and json.loads((tmp_path / "free" / BUNDLE / "configs" / "train.json").read_text())["determinism"] is False
+    assert not stale.exists()  # the hint's predict goes into a fresh folder again
 
 
 def test_the_demo_works_only_in_a_folder_of_its_own(tmp_path):

@@ -443,8 +443,8 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int | None =
     bundle_root = make_demo_bundle(out / BUNDLE, size=size, epochs=epochs, batch_size=DEMO_BATCH_SIZE,
                                    classes=names, mask_values=levels, extra=extra)
     shutil.rmtree(bundle_root / "models", ignore_errors=True)
+    shutil.rmtree(out / "predictions", ignore_errors=True)  # the closing hint's output: stale with new weights
     if folds:
-        shutil.rmtree(out / "predictions", ignore_errors=True)
         print(f"{folds}-fold cross-validation of {BUNDLE} ({epochs} epochs, {size}x{size}, network {DEMO_NETWORK}) "
               f"in {bundle_root}", flush=True)
         result = _run_folds(bundle_root, prepared, raw / "ISIC-2017_Test_v2_Data", folds, epochs)
