@@ -124,9 +124,7 @@ class TrainingCurves:
         """A run from scratch moves an earlier run's log, curves and TensorBoard event files (those of other
         processes) into ``previous_run/``, replacing what an older run left there: TensorBoard then
         shows the two runs apart instead of one mixed curve."""
-        import shutil
-
-        from vmunet_monai.engine.handlers import PREVIOUS_RUN
+        from vmunet_monai.engine.handlers import move_aside
 
         if not self.output_dir.is_dir():
             return
@@ -134,11 +132,7 @@ class TrainingCurves:
         found += [p for p in self.output_dir.glob("events.out.tfevents.*") if not _this_process(p.name)]
         if not found:
             return
-        target = self.output_dir / PREVIOUS_RUN
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir()
-        for p in found:
-            os.replace(p, target / p.name)
+        target = move_aside(found, self.output_dir)
         logger.warning("%s: the log, curves and TensorBoard events of an earlier training moved to %s", self.output_dir,
                        target)
 

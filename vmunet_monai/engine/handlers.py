@@ -397,7 +397,6 @@ class TrainingCheckpoint:
         earlier weights are not overwritten unseen, and the new run's ``trained_on.json`` never stands beside the
         old ``model.pt`` (an evaluation would check the old weights against the new run's data)."""
         import datetime
-        import shutil
 
         from vmunet_monai.engine.held_out import TRAINED_ON
 
@@ -407,12 +406,8 @@ class TrainingCheckpoint:
         found = [folder / n for n in dict.fromkeys(names) if (folder / n).is_file()]
         if not any(p.name != TRAINED_ON for p in found):
             return
-        target = folder / PREVIOUS_RUN
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
         latest = max(p.stat().st_mtime for p in found)
-        for p in found:
-            os.replace(p, target / p.name)
+        target = move_aside(found, folder)
         when = datetime.datetime.fromtimestamp(latest).isoformat(sep=" ", timespec="minutes")
         logger.warning("%s held an earlier training's %s (last written %s): moved to %s; this run starts from scratch "
                        "(--resume true goes on with a run instead)", folder, ", ".join(p.name for p in found), when,
@@ -534,6 +529,18 @@ class TrainingCheckpoint:
             return
         if per_pass and length % per_pass:
             engine.set_data(loader)  # the next epoch begins a new pass, whether or not the run is resumed
+
+
+def move_aside(files: Sequence[Path], folder: Path) -> Path:
+    """Move ``files`` into ``folder/previous_run/``, replacing what an earlier run left there; that folder."""
+    import shutil
+
+    target = Path(folder) / PREVIOUS_RUN
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for path in files:
+        os.replace(path, target / Path(path).name)
+    return target
 
 
 class EpochValidation(ValidationHandler):
