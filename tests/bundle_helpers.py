@@ -116,8 +116,14 @@ def bundle_run(bundle: str, configs: list[str], bundle_root: Path, dataset_dir: 
 
 
 def workflow(bundle: str, configs: list[str], workflow_type: str, **overrides):
-    """A ``ConfigWorkflow`` on the bundle's configs (not initialised)."""
+    """A ``ConfigWorkflow`` on the bundle's configs (not initialised). Without ``bundle_root`` it gets a fresh
+    temporary folder: the configs' default ``.`` would put the TensorBoard files and checkpoints of a parsed trainer
+    into the folder the tests run from."""
+    import tempfile
+
     from monai.bundle import ConfigWorkflow
+
+    overrides.setdefault("bundle_root", tempfile.mkdtemp(prefix="vmunet-test-bundle-"))
 
     return ConfigWorkflow(
         config_file=[config_path(bundle, c) for c in configs] if len(configs) > 1 else config_path(bundle, configs[0]),
