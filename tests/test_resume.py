@@ -371,11 +371,15 @@ def test_a_new_training_sets_an_earlier_one_aside_and_refuses_a_running_one(prep
         import socket
 
         (models / TRAINING_LOCK).write_text(f"{socket.gethostname()} {sleeper.pid}\n")
+        events = sorted(runs.glob("events.out.tfevents.*"))
         wf = workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over)
         wf.initialize()
+        trainer = wf.parser.get_parsed_content("train#trainer")
+        assert len(list(runs.glob("events.out.tfevents.*"))) > len(events)  # its TensorBoard writers opened files
         with pytest.raises(InputError, match=f"another training \\(process {sleeper.pid}\\) is writing its "
                                              "checkpoints into this folder"):
-            wf.parser.get_parsed_content("train#trainer").run()
+            trainer.run()
+        assert sorted(runs.glob("events.out.tfevents.*")) == events  # the refused run's empty ones are gone
         assert (models / PREVIOUS_RUN / "model.pt").read_bytes() == first["model.pt"]  # nothing moved
         assert (models / TRAINING_LOCK).read_text().split()[1] == str(sleeper.pid)  # the other's mark stays
     finally:
@@ -448,3 +452,37 @@ def test_ctrl_c_says_where_the_run_goes_on_from(prepared, tmp_path, capfd):
     assert (f"stopped (Ctrl-C) in epoch 2: {root / 'models' / 'checkpoint_latest.pt'} holds epoch 1; the same command "
             "plus --resume true goes on from there") in printed
     assert not (root / "models" / ".training.lock").exists()  # the folder is free again
+
+
+def test_sigterm_stops_like_ctrl_c_with_exit_status_143(prepared, tmp_path, capfd):
+    """SIGTERM (a scheduler's time limit) in epoch 2 ends the run with SystemExit(143) after the same hint as
+    Ctrl-C; the folder is freed and the process's own SIGTERM handler is back."""
+    import os
+    import signal
+
+    from bundle_helpers import workflow
+    from ignite.engine import Events
+
+    from vmunet_monai.engine import TrainingTerminated
+
+    root = copy_bundle(BUNDLE, tmp_path)
+    wf = workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared),
+                  **dict(tiny_overrides(BUNDLE, epochs=3), batch_size=2))
+    wf.initialize()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminate(engine):
+        assert signal.getsignal(signal.SIGTERM) is not before  # caught while training (else the kill ends pytest)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=6), terminate)  # epoch 2, 4 iterations per epoch
+    capfd.readouterr()
+    with pytest.raises(TrainingTerminated) as stopped:
+        trainer.run()
+    assert isinstance(stopped.value, SystemExit) and stopped.value.code == 143
+    printed = "".join(capfd.readouterr())
+    assert (f"stopped (SIGTERM, a time limit or kill) in epoch 2: {root / 'models' / 'checkpoint_latest.pt'} holds "
+            "epoch 1; the same command plus --resume true goes on from there") in printed
+    assert not (root / "models" / ".training.lock").exists()
+    assert signal.getsignal(signal.SIGTERM) is before

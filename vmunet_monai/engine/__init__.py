@@ -16,6 +16,7 @@ from vmunet_monai.engine.handlers import (
     ProbabilityWriter,
     TqdmProgressBar,
     TrainingCheckpoint,
+    TrainingTerminated,
     WeightsLoader,
     item_name,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "TqdmProgressBar",
     "TrackingRun",
     "TrainingCheckpoint",
+    "TrainingTerminated",
     "TrainingCurves",
     "ValidateInputd",
     "WeightsLoader",

@@ -26,6 +26,7 @@ from vmunet_monai.evaluation.gallery import WorstCases, tint
 __all__ = [
     "TqdmProgressBar",
     "TrainingCheckpoint",
+    "TrainingTerminated",
     "WeightsLoader",
     "atomic_torch_save",
     "rng_state",
@@ -43,6 +44,18 @@ logger = logging.getLogger(__name__)
 
 TRAINING_LOCK = ".training.lock"  # in the checkpoint folder while a training writes there
 PREVIOUS_RUN = "previous_run"  # where a training from scratch moves the checkpoints an earlier one left
+
+
+class TrainingTerminated(SystemExit):
+    """A training ended by SIGTERM (a scheduler's time limit, ``kill``): raised in the main thread by
+    :class:`TrainingCheckpoint` so the run stops as on Ctrl-C (the hint, the folder freed) and the process exits
+    with 143, as one killed by the signal does."""
+
+    def __init__(self) -> None:
+        super().__init__(143)
+
+    def __str__(self) -> str:
+        return "stopped by SIGTERM (exit status 143)"
 
 
 def _rank() -> int:
@@ -299,6 +312,7 @@ class TrainingCheckpoint:
         self.resumed_from: str | None = None
         self._save_attached = False
         self._saved_epoch = 0  # the epoch the checkpoint holds (this run's, or the one it resumed from)
+        self._previous_sigterm = None  # the SIGTERM handler this run replaced while it trains
 
     @property
     def path(self) -> Path:
@@ -314,6 +328,29 @@ class TrainingCheckpoint:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._stopped)  # before the handlers that raise it
+        engine.add_event_handler(Events.COMPLETED, self._restore_sigterm)
+
+    def _catch_sigterm(self) -> None:
+        """Turn SIGTERM into :class:`TrainingTerminated` while the training runs (main thread only; the handler it
+        replaces is put back when the run ends, and at the first SIGTERM, so a second one kills at once)."""
+        import signal
+        import threading
+
+        if self._previous_sigterm is not None or threading.current_thread() is not threading.main_thread():
+            return
+
+        def terminated(signum, frame):
+            self._restore_sigterm()
+            raise TrainingTerminated()
+
+        self._previous_sigterm = signal.signal(signal.SIGTERM, terminated)
+
+    def _restore_sigterm(self, engine: Engine | None = None) -> None:
+        import signal
+
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
 
     def _started(self, engine: Engine) -> None:
         source = self.resume_from
@@ -322,6 +359,7 @@ class TrainingCheckpoint:
                 source = str(self.path)
             else:
                 logger.info("resume requested but %s does not exist yet: training starts from scratch", self.path)
+        self._catch_sigterm()
         if _rank() == 0:
             self._hold(engine)
             if source is None:
@@ -347,6 +385,7 @@ class TrainingCheckpoint:
         mark = Path(self.save_dir) / TRAINING_LOCK
         pid = live_holder(mark)
         if pid is not None:
+            self._drop_own_event_files(engine)
             raise InputError(f"{self.save_dir}: another training (process {pid}) is writing its checkpoints into this "
                              "folder (two trainings into one folder overwrite each other's model.pt; wait for it to "
                              "end, or give this one another --run_name)")
@@ -358,17 +397,33 @@ class TrainingCheckpoint:
         if not engine.has_event_handler(self._release, Events.COMPLETED):
             engine.add_event_handler(Events.COMPLETED, self._release)
 
+    def _drop_own_event_files(self, engine: Engine) -> None:
+        """Close this run's TensorBoard writers (of the trainer and the evaluator) and remove the event files they
+        opened, which hold nothing yet: a refused run leaves no empty run beside the one that holds the folder."""
+        for eng in (engine, self.evaluator):
+            for handlers in getattr(eng, "_event_handlers", {}).values():
+                for handler, _, _ in handlers:
+                    writer = getattr(getattr(handler, "__self__", None), "_writer", None)
+                    name = getattr(getattr(getattr(writer, "file_writer", None), "event_writer", None), "_file_name",
+                                   None)
+                    if name is None:
+                        continue
+                    writer.close()
+                    Path(name).unlink(missing_ok=True)
+
     def _stopped(self, engine: Engine, exc: BaseException) -> None:
-        """On Ctrl-C, say where the run can go on from. The exception goes on as it came: the handlers after this
-        one (MONAI's StatsHandler logs and raises it) take it, or, where there are none, this one raises it (ignite
-        takes an exception whose handlers all return as dealt with)."""
+        """On Ctrl-C or SIGTERM, say where the run can go on from. The exception goes on as it came: the handlers
+        after this one (MONAI's StatsHandler logs and raises it) take it, or, where there are none, this one raises
+        it (ignite takes an exception whose handlers all return as dealt with)."""
+        self._restore_sigterm()
         if _rank() == 0:
             self._release(engine)  # the run ends here: the folder is free
-        if isinstance(exc, KeyboardInterrupt) and _rank() == 0:
+        if isinstance(exc, (KeyboardInterrupt, TrainingTerminated)) and _rank() == 0:
             held = self._checkpoint_epoch()
             saved = f"{self.path} holds epoch {held}" if held else "no epoch was saved yet"
-            logger.warning("stopped (Ctrl-C) in epoch %d: %s; the same command plus --resume true goes on from there",
-                           engine.state.epoch, saved)
+            how = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM, a time limit or kill"
+            logger.warning("stopped (%s) in epoch %d: %s; the same command plus --resume true goes on from there",
+                           how, engine.state.epoch, saved)
         others = [h for h, _, _ in engine._event_handlers.get(Events.EXCEPTION_RAISED, []) if h != self._stopped]
         if not others:
             raise exc
