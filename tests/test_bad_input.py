@@ -443,6 +443,41 @@ def test_an_input_error_behind_another_is_repeated_as_the_last_line():
         assert proc.stderr.strip().splitlines()[-1] == last
 
 
+def test_a_file_monai_finds_no_reader_for_is_described_as_the_last_line(tmp_path):
+    """A file that broke after it was prepared (a truncated JPEG, a cut NIfTI): MONAI's LoadImage lists the readers
+    it tried; the last line says what is wrong with the file, as prepare would. Also when the error comes from a
+    DataLoader worker (its traceback carried inside the message), and never for a file that reads."""
+    from PIL import Image
+
+    from vmunet_monai.validation import unreadable_file_error
+
+    rng = np.random.default_rng(0)
+    whole = tmp_path / "whole.jpg"
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(whole)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[:400])
+    code = ("import vmunet_monai\nfrom monai.transforms import LoadImage\n"
+            f"LoadImage(reader='PILReader', image_only=True)({str(cut)!r})\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=run_env())
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: {cut}: cannot be decoded (Truncated File Read) (the file "
+                                                    "must be a complete image; is it truncated?)")
+    volume = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(rng.normal(size=(32, 32, 16)).astype(np.float32), np.eye(4)), volume)
+    volume.write_bytes(volume.read_bytes()[:2000])
+    worker = RuntimeError(f"Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                          f"last):\n  File x\nRuntimeError: LoadImage cannot find a suitable reader for file: {volume}."
+                          f"\n    Please install the reader libraries\n")
+    assert unreadable_file_error(RuntimeError("Failed to evaluate ConfigExpression")) is None
+    try:
+        raise RuntimeError("Failed to evaluate ConfigExpression") from worker
+    except RuntimeError as exc:
+        described = unreadable_file_error(exc)
+    assert described is not None and str(described).startswith(f"{volume}: ") and "truncated" in str(described)
+    readable = RuntimeError(f"LoadImage cannot find a suitable reader for file: {whole}.\n    Please install ...")
+    assert unreadable_file_error(readable) is None  # nothing to add about a file that reads
+
+
 def test_a_bundle_run_without_its_prepared_data_ends_with_what_to_give(tmp_path):
     """``--dataset_dir`` at the raw download instead of prepare's OUT: MONAI's traceback of the config expression,
     then the line that says what --dataset_dir must be (a FileNotFoundError that is also an InputError)."""

@@ -141,12 +141,38 @@ def show_input_errors_last() -> None:
 
     def hook(kind, value, tb):
         previous(kind, value, tb)
-        cause = input_error_in(value)
+        cause = input_error_in(value) or unreadable_file_error(value)
         if cause is not None and cause is not value:
             print(f"error: {cause}", file=sys.stderr)
 
     hook._vmunet_monai = True
     sys.excepthook = hook
+
+
+def unreadable_file_error(exc: BaseException | None) -> InputError | None:
+    """What is wrong with the file MONAI's ``LoadImage`` found no reader for (``exc`` or its causes), as this
+    module's checks of a 2D image or a volume word it (``<file>: cannot be decoded (...; is it truncated?)``); None
+    when no such error is behind ``exc``, or the file reads after all. A file that changed after it was prepared
+    (an interrupted copy, a full disk) otherwise ends a bundle run in a screen of MONAI's reader attempts."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        # the message's own line, or a line of a DataLoader worker's traceback carried in the message
+        found = re.search(r"LoadImage cannot find a suitable reader for file: (.+?)\.?$", str(exc), re.MULTILINE)
+        if isinstance(exc, RuntimeError) and found:
+            path = found.group(1)
+            try:
+                if _is_volume_name(path) or Path(path).is_dir():
+                    read_volume(path)
+                else:
+                    read_image_2d(path)
+            except InputError as described:
+                return described
+            except Exception:  # a check that cannot run is no reason to hide the traceback printed above
+                return None
+            return None
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def input_error(path, problem: str, rule: str) -> InputError:
