@@ -105,6 +105,35 @@ def test_train_resume_and_pretrained_in_process(prepared, tmp_path):
     assert "none.pth: no such file" in str(failure.value.__cause__)
 
 
+def test_weights_trained_with_other_settings_are_predicted_and_exported_as_trained(prepared, tmp_path, capfd):
+    """A training with network_def overrides writes network.json beside its weights; predict and export with the
+    unchanged bundle build the network as it was trained (they refused the weights before), with a note naming
+    the settings; without the file the refusal says which settings to give."""
+    from vmunet_monai.export import export
+    from vmunet_monai.predict import predict
+    from vmunet_monai.weights import CheckpointError
+
+    root = copy_bundle(BUNDLE, tmp_path)
+    over = tiny_overrides(BUNDLE, epochs=1)
+    run_workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over)
+    saved = json.loads((root / "models" / "network.json").read_text())
+    assert saved["_target_"] == "vmunet_monai.networks.VMUNet"
+    assert all(saved[k.split("#")[1]] == v for k, v in over.items() if k.startswith("network_def#"))
+    assert saved["out_channels"] == 1 and "scan_backend" not in saved
+    raw_test = prepared.parent / f"{BUNDLE}_raw" / "ISIC-2017_Test_v2_Data"
+    capfd.readouterr()
+    written = predict(str(root), str(raw_test), str(tmp_path / "pred"), device="cpu")
+    assert len(written["masks"]) == len(list(raw_test.glob("*.jpg")))
+    note = capfd.readouterr().out
+    assert f"note: the network is built as it was trained ({root / 'models' / 'network.json'}): dims [8, 16, 32, 64]" \
+        in note and "depths [1, 1, 1, 1]" in note and "d_state 4" in note and "drop_path_rate" not in note
+    result = export(str(root), "torchscript", output=str(tmp_path / "model.ts"))
+    assert result.max_abs_diff <= result.tolerance
+    (root / "models" / "network.json").unlink()
+    with pytest.raises(CheckpointError, match="of other settings"):
+        predict(str(root), str(raw_test), str(tmp_path / "pred2"), device="cpu")
+
+
 def test_predict_and_demo_bundle(prepared, tmp_path):
     """``make_demo_bundle`` writes a self-consistent bundle; ``predict`` segments a raw folder with it."""
     from monai.bundle import ConfigWorkflow

@@ -344,7 +344,8 @@ def test_a_new_training_sets_an_earlier_one_aside_and_refuses_a_running_one(prep
     over = dict(tiny_overrides(BUNDLE, epochs=1), batch_size=2)
     run_workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over)
     models = root / "models"
-    first = {n: (models / n).read_bytes() for n in ("model.pt", "checkpoint_latest.pt", "trained_on.json")}
+    first = {n: (models / n).read_bytes() for n in ("model.pt", "checkpoint_latest.pt", "trained_on.json",
+                                                    "network.json")}
     assert not (models / TRAINING_LOCK).exists()  # released when the run completed
     capfd.readouterr()
     run_workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared),
@@ -359,7 +360,8 @@ def test_a_new_training_sets_an_earlier_one_aside_and_refuses_a_running_one(prep
     mine = sorted(p.name for p in runs.glob("events.out.tfevents.*") if p != other)
     assert mine  # this process's own, kept in place
     assert (models / "model.pt").read_bytes() != first["model.pt"]
-    assert "held an earlier training's checkpoint_latest.pt, model.pt, trained_on.json (last written" in printed
+    assert ("held an earlier training's checkpoint_latest.pt, model.pt, trained_on.json, network.json (last written"
+            in printed)
     assert "--resume true goes on with a run instead" in printed
     run_workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over)
     assert (runs / PREVIOUS_RUN / other.name).is_file() and not other.exists()

@@ -97,9 +97,10 @@ def _input_shape(meta: Path, input_shape) -> tuple[int, ...]:
     return tuple(int(s) for s in input_shape) if input_shape else network_input_shape(meta)
 
 
-def _eager_network(root: Path, config: Path, ckpt: Path) -> tuple[torch.nn.Module, dict]:
-    """``network_def`` with the checkpoint loaded (strict), and its state dict as read: unwrapped from the usual
-    containers and prefixes, on the CPU wherever it was saved, or a one-line error naming the file
+def _eager_network(root: Path, config: Path, ckpt: Path, overrides: dict) -> tuple[torch.nn.Module, dict]:
+    """``network_def`` (with ``overrides``: the settings of the ``network.json`` beside the checkpoint) with the
+    checkpoint loaded (strict), and its state dict as read: unwrapped from the usual containers and prefixes, on the
+    CPU wherever it was saved, or a one-line error naming the file
     (:func:`vmunet_monai.weights.check_checkpoint_fits`)."""
     from monai.bundle import ConfigParser
 
@@ -108,6 +109,8 @@ def _eager_network(root: Path, config: Path, ckpt: Path) -> tuple[torch.nn.Modul
     parser = ConfigParser()
     parser.read_config(str(config))
     parser["bundle_root"] = str(root)
+    for key, value in overrides.items():
+        parser[key] = value
     net = parser.get_parsed_content("network_def")
     state = check_checkpoint_fits(net, ckpt)
     net.load_state_dict(state)
@@ -173,13 +176,16 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
         raise InputError(f"--tolerance {tolerance!r}: must be a number of at least 0")
     root, config, meta, ckpt, out = _paths(bundle, checkpoint, output, format)
     shape = _input_shape(meta, input_shape)
-    network, state = _eager_network(root, config, ckpt)
+    from vmunet_monai.predict import trained_network
+
+    trained = trained_network([str(config)], ckpt)  # the network as its weights were trained (network.json)
+    network, state = _eager_network(root, config, ckpt, trained)
     with tempfile.TemporaryDirectory() as plain, _quiet_tracing():
         weights = Path(plain) / "model.pt"  # MONAI's exporters get the state dict as read: a plain one, on the CPU
         torch.save(state, weights)
         common = dict(net_id="network_def", filepath=str(out), ckpt_file=str(weights), meta_file=str(meta),
                       config_file=str(config), key_in_ckpt="", use_trace=True, input_shape=list(shape),
-                      bundle_root=str(root))
+                      bundle_root=str(root), **trained)
         if format == "pt2":
             _export_program(network, shape, out, config, meta)
         elif format == "torchscript":

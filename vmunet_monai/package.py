@@ -229,14 +229,20 @@ def _network(root: Path) -> torch.nn.Module:
 def _check_weights(root: Path, state_dict: dict, source: Path) -> list[str]:
     net = _network(root)
     where = f"{source}: does not fit network_def of {root / 'configs' / 'inference.json'} with strict=True"
+    from vmunet_monai.engine.handlers import NETWORK_SETTINGS
+
+    record = Path(source).parent / NETWORK_SETTINGS
+    hint = (f" (the settings they were trained with are in {record}: a zoo bundle builds its network from its "
+            "configs, so write them into network_def of configs/train.json and configs/inference.json)"
+            if record.is_file() else "")
     try:
         result = net.load_state_dict(state_dict, strict=False)
     except RuntimeError as exc:  # shape mismatches raise even without strict
         mismatches = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
-        return [f"{where}: {'; '.join(mismatches[:3]) or exc}"]
+        return [f"{where}: {'; '.join(mismatches[:3]) or exc}{hint}"]
     if result.missing_keys or result.unexpected_keys:
         return [f"{where}: {len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:3]}), "
-                f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]})"]
+                f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]}){hint}"]
     return []
 
 

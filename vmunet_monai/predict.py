@@ -97,6 +97,51 @@ def weights_files(root: Path, checkpoint, default_ckpt: Path, train: str, model,
     return [Path(p).resolve() for p in checkpoint_list(checkpoint, option="--checkpoint")]
 
 
+def trained_network(configs, weights, ids: str = "network_def") -> dict:
+    """Overrides (``network_def#<setting>``) that build the bundle's network with the settings its weights were
+    trained with, read from the ``network.json`` a training writes beside them
+    (:func:`vmunet_monai.engine.handlers.write_network_settings`); prints a note naming the settings that differ
+    from the bundle's. Empty without such a file, or when it holds another network than ``network_def`` (a
+    baseline's). The output layer is left to ``num_classes`` (a mismatch is named when the weights are loaded)."""
+    import inspect
+    import json
+    import pydoc
+
+    from monai.bundle import ConfigParser
+
+    from vmunet_monai.engine.handlers import NETWORK_SETTINGS
+
+    record = Path(weights).parent / NETWORK_SETTINGS
+    if not record.is_file():
+        return {}
+    try:
+        saved = json.loads(record.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"note: {record} cannot be read ({exc}); the network is built with the bundle's settings", flush=True)
+        return {}
+    network_def = ConfigParser.load_config_files(configs).get(ids.split("#")[0], {})
+    if not isinstance(saved, dict) or not isinstance(network_def, dict) or saved.get("_target_") != network_def.get(
+            "_target_"):
+        return {}
+    target = pydoc.locate(str(saved["_target_"]))
+    try:
+        defaults = {k: p.default for k, p in inspect.signature(target).parameters.items()}
+    except (TypeError, ValueError):
+        defaults = {}
+    overrides, changed = {}, []
+    for key, value in saved.items():
+        if key in ("_target_", "out_channels"):
+            continue
+        overrides[f"{ids}#{key}"] = value
+        current = network_def.get(key, defaults.get(key))
+        current = list(current) if isinstance(current, tuple) else current
+        if not (isinstance(current, str) and current[:1] in "$@%") and current != value:
+            changed.append(f"{key} {value}")
+    if changed:
+        print(f"note: the network is built as it was trained ({record}): {', '.join(changed)}", flush=True)
+    return overrides
+
+
 def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike, weights,
                  exported: bool, inputs, written: list[str], skipped: list[dict], settings: dict,
                  finished: bool = True, kept: int = 0) -> Path:
@@ -617,6 +662,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         overrides["exported_model"] = str(ckpt)
     else:
         overrides["checkpoint"] = str(ckpt)
+        overrides.update(trained_network(configs, ckpt))
     if len(weights) > 1:  # the bundle's own ensemble: the first loaded into the network, the rest as members
         overrides["ensemble_checkpoints"] = [str(w) for w in weights]
     if device:

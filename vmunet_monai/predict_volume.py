@@ -449,7 +449,8 @@ def predict_volumes(
     from vmunet_monai.engine.utils import inference_configs
     from vmunet_monai.evaluation.volumetry import write_volumes
     from vmunet_monai.predict import (NothingToPredictError, bundle_class_names, check_fresh_output, check_no_hash,
-                                      finished_output, resume_check, takes_pass_entropy, weights_files, write_record)
+                                      finished_output, resume_check, takes_pass_entropy, trained_network,
+                                      weights_files, write_record)
     from vmunet_monai.validation import InputError, check_device, check_output_location, read_volume
     from vmunet_monai.weights import check_checkpoint_fits
 
@@ -527,6 +528,8 @@ def predict_volumes(
         if spread:
             config["pass_entropy"] = True
         config["exported_model" if model else "checkpoint"] = source
+        if not model and not any(k.split("#")[0] == "network_def" for k in overrides):  # given ones win
+            config.update(trained_network(config_files, source))
         if len(weights) > 1:  # the bundle's own ensemble: the first loaded into the network, the rest as members
             config["ensemble_checkpoints"] = weights
         if device is not None:

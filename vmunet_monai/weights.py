@@ -365,8 +365,9 @@ def check_checkpoint_fits(network: nn.Module, checkpoint) -> dict[str, torch.Ten
         if kind == own and (missing or unexpected):  # this network's own kind, of another size
             hint = (f"; it is a {_NAMES.get(kind, kind)} of other settings (depths, dims or d_state): build the "
                     "network with the settings it was trained with (the network_def overrides of its training: give "
-                    "them to monai.bundle run, or, for predict, write them into network_def in a copy of the "
-                    "bundle's configs/train.json and inference.json and give that copy as BUNDLE)")
+                    "them to monai.bundle run; predict and export take them from the network.json a training "
+                    "writes beside its weights, so copy that file with them, or write them into network_def in a "
+                    "copy of the bundle's configs/train.json and inference.json and give that copy as BUNDLE)")
         outputs = {(state[k].shape[0], target[k].shape[0]) for k in target
                    if k in state and tuple(state[k].shape) != tuple(target[k].shape)}
         if shapes and not missing and not unexpected and len(outputs) == 1:

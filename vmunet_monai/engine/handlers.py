@@ -27,6 +27,7 @@ __all__ = [
     "TqdmProgressBar",
     "TrainingCheckpoint",
     "TrainingTerminated",
+    "write_network_settings",
     "WeightsLoader",
     "atomic_torch_save",
     "rng_state",
@@ -43,6 +44,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TRAINING_LOCK = ".training.lock"  # in the checkpoint folder while a training writes there
+NETWORK_SETTINGS = "network.json"  # beside the weights: the network_def that builds the network they fit
 PREVIOUS_RUN = "previous_run"  # where a training from scratch moves the checkpoints an earlier one left
 
 
@@ -56,6 +58,24 @@ class TrainingTerminated(SystemExit):
 
     def __str__(self) -> str:
         return "stopped by SIGTERM (exit status 143)"
+
+
+def write_network_settings(folder: str | os.PathLike, network) -> Path | None:
+    """Write ``folder/network.json``: the settings ``network`` was built with, as a ``network_def``
+    (:func:`vmunet_monai.networks.common.records_settings`), so the weights trained there can be loaded without
+    repeating the training's ``network_def`` overrides (``predict``, ``export``). None for a network that keeps no
+    record (MONAI's baselines)."""
+    module = getattr(network, "module", network)  # DistributedDataParallel
+    module = getattr(module, "_orig_mod", module)  # torch.compile's wrapper
+    settings = getattr(module, "settings", None)
+    if not isinstance(settings, dict):
+        return None
+    path = Path(folder) / NETWORK_SETTINGS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(settings, indent=4) + "\n")
+    os.replace(partial, path)
+    return path
 
 
 def _rank() -> int:
@@ -370,6 +390,7 @@ class TrainingCheckpoint:
             validation = getattr(getattr(self.evaluator, "data_loader", None), "dataset", None)
             record_trained_on(self.save_dir, item_images(self._data_root(engine)), item_images(validation),
                               resumed=source is not None)
+            write_network_settings(self.save_dir, self.save_dict.get("model"))
         if not self._save_attached:
             # registered now, after every handler attached at construction: the checkpoint is written
             # after validation and the scheduler step, so nothing changes the state after it is saved
@@ -457,9 +478,10 @@ class TrainingCheckpoint:
 
         folder = Path(self.save_dir)
         names = [self.filename, *(s._key_metric_checkpoint.save_handler.filename for s in self._savers()
-                                  if getattr(s._key_metric_checkpoint.save_handler, "filename", None)), TRAINED_ON]
+                                  if getattr(s._key_metric_checkpoint.save_handler, "filename", None)), TRAINED_ON,
+                 NETWORK_SETTINGS]
         found = [folder / n for n in dict.fromkeys(names) if (folder / n).is_file()]
-        if not any(p.name != TRAINED_ON for p in found):
+        if not any(p.name not in (TRAINED_ON, NETWORK_SETTINGS) for p in found):
             return
         latest = max(p.stat().st_mtime for p in found)
         target = move_aside(found, folder)

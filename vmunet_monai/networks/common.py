@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -10,7 +12,37 @@ import torch.nn.functional as F
 from monai.networks.layers import trunc_normal_
 
 __all__ = ["check_channels", "check_dims", "prepare_input", "crop_output", "init_linear_and_norm",
-           "drop_path_rates"]
+           "drop_path_rates", "records_settings", "RUNTIME_OPTIONS"]
+
+# how a network runs on a given machine, not what its weights are: left out of its recorded settings
+RUNTIME_OPTIONS = ("scan_backend", "recompute")
+
+
+def _plain(value):
+    """``value`` as JSON writes it back: tuples as lists, NumPy numbers as Python numbers."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
+
+
+def records_settings(init):
+    """Decorator for a network's ``__init__``: after it ran, ``network.settings`` holds the arguments the network
+    was built with (defaults filled in, :data:`RUNTIME_OPTIONS` left out), with its ``_target_``: a ``network_def``
+    that builds the same network. Training writes it beside the weights (``network.json``), so ``predict`` and
+    ``export`` build a network trained with other settings as it was trained."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        cls = type(self)
+        public = "vmunet_monai.networks" if cls.__module__.startswith("vmunet_monai.networks") else cls.__module__
+        self.settings = {"_target_": f"{public}.{cls.__qualname__}",
+                         **{k: _plain(v) for k, v in list(bound.arguments.items())[1:] if k not in RUNTIME_OPTIONS}}
+
+    return wrapper
 
 
 def check_channels(name: str, in_channels: int, out_channels: int) -> None:

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from vmunet_monai.layers import FinalPatchExpand2D, PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSLayer
 from vmunet_monai.networks.common import (check_channels, check_dims, crop_output, drop_path_rates, mixer_options,
-                                          init_linear_and_norm, prepare_input)
+                                          init_linear_and_norm, prepare_input, records_settings)
 
 __all__ = ["VMUNet"]
 
@@ -51,6 +51,7 @@ class VMUNet(nn.Module):
 
     stride = 32
 
+    @records_settings
     def __init__(
         self,
         in_channels: int = 3,

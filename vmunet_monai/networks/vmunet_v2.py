@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from vmunet_monai.layers import SDI, ChannelAttention, PatchEmbed2D, PatchMerging2D, SpatialAttention, TransLayer, VSSLayer
 from vmunet_monai.networks.common import (check_channels, check_dims, crop_output, drop_path_rates, mixer_options,
-                                          init_linear_and_norm, prepare_input)
+                                          init_linear_and_norm, prepare_input, records_settings)
 
 __all__ = ["VMUNetV2", "VSSEncoder"]
 
@@ -84,6 +84,7 @@ class VMUNetV2(nn.Module):
 
     stride = 32
 
+    @records_settings
     def __init__(
         self,
         in_channels: int = 3,
