@@ -453,6 +453,10 @@ def test_a_binary_mask_with_grey_edges_is_named_not_scored_in_silence(tmp_path, 
     # the prediction of another size is left out and named, as a missing one is; the others are scored
     assert summary["overall"]["n_images"] == 2 and len(summary["wrong_size_prediction"]) == 1
     assert "left out: 1 prediction(s) of another size than their ground truth (first: " in printed
+    for name in ("a", "b"):  # every prediction of another size: refused, the first named
+        Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "pred" / f"{name}_mask.png")
+    with pytest.raises(InputError, match=r"a_mask.png is 5x5 but its ground truth .*; so are the other 2$"):
+        run_objects(tmp_path / "pred", tmp_path / "glas", pictures=False)
 
 
 def test_ground_truths_in_images_and_masks_folders_are_the_masks_only(tmp_path):

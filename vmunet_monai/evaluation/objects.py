@@ -619,7 +619,9 @@ def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os
             photo = _photo(photos.get(name), t_objects.shape)
             Image.fromarray(with_legend(picture(t_objects, p_objects, photo))).save(target)
     if not rows:
-        raise InputError(wrong_size[0] + (f"; so are the other {len(wrong_size) - 1}" if len(wrong_size) > 1 else ""))
+        from vmunet_monai.evaluation.score import all_wrong_size
+
+        raise all_wrong_size(wrong_size)
     summary = summarize_objects(rows, title)
     summary.update(missing, wrong_size_prediction=wrong_size, foreground=value, environment=environment())
     csv_path, json_path, plot_path = out / PER_IMAGE_CSV, out / SUMMARY_JSON, out / "objects.png"

@@ -202,6 +202,12 @@ def _items(dataset: Path, split: str) -> tuple[Path, list[dict]]:
     return path, items
 
 
+def all_wrong_size(wrong_size: list[str]) -> InputError:
+    """The refusal when every prediction found is of the wrong size: the first one named, the count of the rest."""
+    rest = len(wrong_size) - 1
+    return InputError(wrong_size[0] + (f"; so are the other {rest}" if rest else ""))
+
+
 def _tail_match(candidates: list[Path], image: Path) -> Path | None:
     """The candidate whose folders name most of the image's folders (``CVC-300/1.png``, as the PraNet lineage saves
     its results, for ``.../CVC-300/images/1.png``), then whose folders agree longest with the image's counted from
@@ -397,7 +403,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         if all(maps):
             class_pairs.append((maps, label_path))
     if not records and wrong_size:
-        raise InputError(wrong_size[0] + (f"; so are the other {len(wrong_size) - 1}" if len(wrong_size) > 1 else ""))
+        raise all_wrong_size(wrong_size)
     if not records:
         example = next((p[0] for p in (*found.values(), *found_maps.values())), None)
         raise InputError(f"{pred}: no predicted mask is named after a {split!r} image of {datalist} (looked for e.g. "
