@@ -246,6 +246,39 @@ def test_find_volumes_rejects_empty_folders(tmp_path):
         find_volumes(str(tmp_path))
 
 
+def test_label_folders_beside_their_images_are_not_segmented(tmp_path):
+    """An imagesTr/labelsTr folder (a Decathlon task, BTCV) and Synapse's Training/img + label: the label maps are
+    left out and named (segmented, their results replaced the images' own under the same names); the bundle's
+    inference datalist also keeps one volume per output name, naming the other."""
+    import warnings
+
+    from vmunet_monai.predict_volume import find_volumes, inference_volumes
+
+    volume = np.zeros((8, 8, 4), np.int16)
+    for folder in ("task/imagesTr", "task/labelsTr", "task/imagesTs", "raw/Training/img", "raw/Training/label",
+                   "twice/a", "twice/b"):
+        (tmp_path / folder).mkdir(parents=True)
+    for path in ("task/imagesTr/c1.nii.gz", "task/labelsTr/c1.nii.gz", "task/imagesTs/c2.nii.gz",
+                 "raw/Training/img/img0001.nii.gz", "raw/Training/label/label0001.nii.gz", "twice/a/case1.nii.gz",
+                 "twice/b/case1.nii.gz"):
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), str(tmp_path / path))
+    skipped = []
+    assert find_volumes(str(tmp_path / "task"), skipped=skipped) == [str(tmp_path / "task/imagesTr/c1.nii.gz"),
+                                                                      str(tmp_path / "task/imagesTs/c2.nii.gz")]
+    assert [s["file"] for s in skipped] == [str(tmp_path / "task/labelsTr")]
+    assert skipped[0]["reason"].endswith("labelsTr: the labels of imagesTr/ beside it, not segmented (give the folder "
+                                         "itself to segment what it holds)")
+    with pytest.warns(UserWarning, match="label: the labels of img/ beside it"):
+        assert find_volumes(str(tmp_path / "raw")) == [str(tmp_path / "raw/Training/img/img0001.nii.gz")]
+    assert find_volumes(str(tmp_path / "task/labelsTr")) == [str(tmp_path / "task/labelsTr/c1.nii.gz")]  # asked for
+    with pytest.warns(UserWarning, match=r"skipped .*b/case1.nii.gz: its output case1_seg.nii.gz is already the "
+                                         r"output of .*a/case1.nii.gz"):
+        assert inference_volumes(str(tmp_path / "twice")) == [str(tmp_path / "twice/a/case1.nii.gz")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(inference_volumes(str(tmp_path / "task/imagesTr"))) == 1
+
+
 def _cli_args(overrides):
     args = []
     for key, value in overrides.items():

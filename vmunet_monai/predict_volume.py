@@ -250,7 +250,8 @@ def find_volumes(path: str, ignored: list[str] | None = None, skipped: list[dict
                  split_series: bool = False) -> list[str]:
     """Volumes under ``path``: a volume file, a DICOM series folder, or a folder searched recursively for volume
     files and DICOM series (a patient's folder, or a DICOM export ``PATIENT/STUDY/SERIES/``); labels beside their
-    volumes (``X_gt``, ``X_seg``) are left out.
+    volumes (``X_gt``, ``X_seg``) and folders of labels beside their images' folder (``labelsTr`` beside
+    ``imagesTr``, Synapse's ``label`` beside ``img``: :func:`vmunet_monai.data.volumes.label_folders`) are left out.
 
     DICOM series are told apart by their SeriesInstanceUID: a folder holding one series is returned as itself (read
     by ``ITKReader``, the output named after the folder); with ``split_series``, a folder holding several gives a
@@ -262,8 +263,8 @@ def find_volumes(path: str, ignored: list[str] | None = None, skipped: list[dict
         path: file or folder.
         ignored: if given, the files in the folder ``path`` that are neither volumes, nor DICOM files, nor the data
             files of MetaImage headers (``X.raw`` beside ``X.mhd``) are appended to it.
-        skipped: if given, ``{"file", "reason"}`` for each DICOM series left out is appended to it; else each is
-            named in a warning.
+        skipped: if given, ``{"file", "reason"}`` for each DICOM series and folder of labels left out is appended to
+            it; else each is named in a warning.
         split_series: return each series of a folder of several on its own; without it (the bundle's
             ``inference.json``, whose ``ITKReader`` reads a folder as one series) such a folder is returned once, as
             ITK reads it (its first series), with a warning.
@@ -289,8 +290,15 @@ def find_volumes(path: str, ignored: list[str] | None = None, skipped: list[dict
     left_out: list[dict] = []
     found: list[str] = []
     seen = set()
+    from vmunet_monai.data.volumes import label_folders
+
     for folder, subfolders, _ in os.walk(path, followlinks=True):
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        for labels, images in label_folders(folder).items():  # labelsTr/ beside imagesTr/: no CT to segment
+            if labels.name in subfolders:
+                subfolders.remove(labels.name)
+                left_out.append({"file": str(labels), "reason": f"{labels}: the labels of {images.name}/ beside it, "
+                                 "not segmented (give the folder itself to segment what it holds)"})
         real = os.path.realpath(folder)
         if real in seen:  # a link back up the tree
             subfolders[:] = []
@@ -317,6 +325,25 @@ def find_volumes(path: str, ignored: list[str] | None = None, skipped: list[dict
             f"{path}: no volumes ({', '.join(VOLUME_EXTENSIONS)} files or DICOM series folders) found"
         )
     return found
+
+
+def inference_volumes(path: str) -> list[str]:
+    """The volumes under ``path`` that the bundle's ``inference.json`` segments (:func:`find_volumes`), each with
+    an output of its own: of two volumes that would write one ``<case>_seg.nii.gz`` (``a/ct.nii.gz`` and
+    ``b/ct.nii.gz``) the first is kept and the other named in a warning, where the second would silently replace
+    the first's segmentation."""
+    import warnings
+
+    kept, taken = [], {}
+    for volume in find_volumes(path):
+        name = _output_name(volume)
+        if name in taken:
+            warnings.warn(f"skipped {volume}: its output {name} is already the output of {taken[name]} (give volumes "
+                          "distinct names, or segment the folders apart)")
+            continue
+        taken[name] = volume
+        kept.append(volume)
+    return kept
 
 
 def default_bundle_root() -> str:

@@ -50,6 +50,7 @@ from vmunet_monai.data.preview import announce
 from vmunet_monai.validation import InputError, check_label_values, input_error
 
 __all__ = ["VOLUME_FILES", "find_volume_layout", "prepare_volumes", "check_volume_pair", "class_names", "labels_beside",
+           "label_folders",
            "volume_affine", "load_volume", "AIR_HU", "intensity_span", "hounsfield_like", "describe_span",
            "airless_note"]
 
@@ -141,6 +142,21 @@ def _stem(name: str) -> str | None:
         if lower.endswith(ext):
             return name[: -len(ext)]
     return None
+
+
+def label_folders(folder) -> dict[Path, Path]:
+    """The subfolders of ``folder`` that hold the labels of an image folder beside them (``labelsTr`` beside
+    ``imagesTr``, Synapse's ``label`` beside ``img``, ``labels`` beside ``images``...), each with its image
+    folder: label maps that a search for volumes to segment leaves out."""
+    from vmunet_monai.data.folders import child_folder
+
+    found: dict[Path, Path] = {}
+    for images, labels in (*_PAIRS, ("imagesTs", "labelsTs")):
+        image_dir, label_dir = child_folder(Path(folder), (images.lower(),)), child_folder(Path(folder),
+                                                                                            (labels.lower(),))
+        if image_dir is not None and label_dir is not None:
+            found.setdefault(label_dir, image_dir)
+    return found
 
 
 def _layout_at(folder: Path) -> dict | None:
