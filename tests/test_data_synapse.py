@@ -152,3 +152,13 @@ def test_imagestr_labelstr_layout_reads_like_rawdata(tmp_path):
     for a, b in zip(got["test"], expected["test"]):
         assert np.array_equal(np.asarray(nib.load(tmp_path / "out" / a["label"]).dataobj),
                               np.asarray(nib.load(tmp_path / "from_rawdata" / b["label"]).dataobj))
+    # an image gzipped beside its label not (or the reverse) is still its pair
+    first, second = sorted((tutorial / "imagesTr").iterdir())[:2]
+    nib.save(nib.load(first), str(first).replace(".nii.gz", ".nii"))
+    first.unlink()
+    label = tutorial / "labelsTr" / second.name.replace("img", "label")
+    nib.save(nib.load(label), str(label).replace(".nii.gz", ".nii"))
+    label.unlink()
+    mixed = _load_list(synapse.prepare(str(tmp_path / "btcv"), str(tmp_path / "mixed")))
+    assert sorted(e["case"] for s in ("training", "validation", "test") for e in mixed[s]) == sorted(
+        e["case"] for s in ("training", "validation", "test") for e in expected[s])

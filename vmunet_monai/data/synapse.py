@@ -190,6 +190,9 @@ def _prepare_rawdata(root: str, out: str, num_val: int | None, seed: int, verify
     for case, image in tqdm(sorted(cases.items()), desc="labels -> 8 organs"):
         ext = ".nii.gz" if image.endswith(".gz") else ".nii"
         label_in = os.path.join(lab_dir, f"label{case:04d}{ext}")
+        other = os.path.join(lab_dir, f"label{case:04d}{'.nii' if ext == '.nii.gz' else '.nii.gz'}")
+        if not os.path.exists(label_in) and os.path.exists(other):  # one gzipped, the other not
+            label_in = other
         try:
             mapped = _check_rawdata_case(image, label_in, verify)
         except InputError as exc:  # one broken case does not stop the others
