@@ -246,3 +246,34 @@ def test_volumes_by_the_class_picked_and_its_probability_as_argmax_keeps_them(tm
     engine.state.batch = [{}] * 2
     with pytest.raises(KeyError, match="needs 'top' .*'pred' \\(the class picked\\) and 'original_label'"):
         report._collect(engine)
+
+
+def test_score_volumes_draws_the_montage_of_a_volume_of_one_time_point(tmp_path):
+    """A test image stored as X, Y, Z, 1 (a 4D NIfTI of one time point, which prepare takes): its montage is drawn
+    (score stopped with an IndexError after writing the scores)."""
+    import json
+    import warnings
+    from pathlib import Path
+
+    import nibabel as nib
+
+    from vmunet_monai.data import prepare, synapse
+    from vmunet_monai.evaluation.score import score_volumes
+
+    raw = synapse.demo_data(str(tmp_path / "raw"), num=4, seed=1, shape=(32, 32, 8))
+    prepare("synapse_multiorgan", raw, str(tmp_path / "prepared"))
+    tests = json.loads((tmp_path / "prepared" / "datalist.json").read_text())["test"]
+    first = tmp_path / "prepared" / tests[0]["image"]
+    image = nib.load(first)
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[..., None], image.affine), str(first))
+    out = tmp_path / "pred"
+    out.mkdir()
+    for item in tests:
+        label = nib.load(tmp_path / "prepared" / item["label"])
+        nib.save(nib.Nifti1Image(np.asarray(label.dataobj).astype(np.uint8), label.affine),
+                 out / f"{item['case']}_seg.nii.gz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "montage ... not written" would fail the test
+        summary = score_volumes(out, tmp_path / "prepared", out=tmp_path / "scored")
+    assert summary["num_cases"] == len(tests)
+    assert [p.name for p in (tmp_path / "scored").glob("montage_*.png")] == [f"montage_{Path(first).name[:7]}.png"]

@@ -620,7 +620,7 @@ class OrganMetricsHandler:
             try:
                 from monai.transforms import LoadImage
 
-                image = LoadImage(image_only=True)(m["source"])
+                image = _as_3d(LoadImage(image_only=True)(m["source"]))
                 if tuple(image.shape[-3:]) != m["pred"].shape:
                     raise ValueError(f"image shape {tuple(image.shape)} differs from the prediction {m['pred'].shape}")
                 plot_montage(image, m["pred"], m["affine"],
@@ -629,6 +629,14 @@ class OrganMetricsHandler:
                              class_names=self.organs)
             except Exception as exc:  # a montage must never cost the metrics already computed
                 warnings.warn(f"{name} of {m['case']} not written: {exc}")
+
+
+def _as_3d(volume):
+    """A volume stored with trailing axes of size 1 (``X, Y, Z, 1``: a 4D NIfTI of one time point, which prepare
+    and the network accept) as its three spatial axes."""
+    while volume.ndim > 3 and volume.shape[-1] == 1:
+        volume = volume[..., 0]
+    return volume
 
 
 def _check_classes(path, pred: np.ndarray, organs: Mapping[int, str]) -> None:
@@ -716,14 +724,17 @@ def evaluate_files(
                       worst_images[worst]))
     for index, name, title, image_path in drawn:
         img = nib.load(image_path)
-        plot_montage(
-            np.asarray(img.dataobj),
-            np.asarray(nib.load(predictions[index]).dataobj),
-            img.affine,
-            os.path.join(output_dir, f"{name}_{rows[index]['case']}.png"),
-            label=np.asarray(nib.load(labels[index]).dataobj),
-            title=title.format(case=rows[index]["case"]),
-            num_classes=max(organs) + 1,
-            class_names=organs,
-        )
+        try:
+            plot_montage(
+                _as_3d(np.asarray(img.dataobj)),
+                _as_3d(np.asarray(nib.load(predictions[index]).dataobj)),
+                img.affine,
+                os.path.join(output_dir, f"{name}_{rows[index]['case']}.png"),
+                label=_as_3d(np.asarray(nib.load(labels[index]).dataobj)),
+                title=title.format(case=rows[index]["case"]),
+                num_classes=max(organs) + 1,
+                class_names=organs,
+            )
+        except Exception as exc:  # a montage must never cost the scores already written
+            warnings.warn(f"{name} of {rows[index]['case']} not written: {exc}")
     return summary
