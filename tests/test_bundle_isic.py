@@ -62,6 +62,43 @@ def test_check_properties_is_empty(configs, kind, prepared, monkeypatch):
         idist.sync()  # ignite caches the (now destroyed) process group; make it see a serial run again
 
 
+@pytest.mark.parametrize("bundle", ["isic_skin_lesion", "polyp_seg", "synapse_multiorgan"])
+def test_multi_gpu_processes_above_0_open_no_tensorboard_files(bundle, tmp_path, monkeypatch):
+    """Under torchrun only process 0 logs: the others build no TensorBoard handler (whose writer opened an empty
+    event file in runs/ at once, which process 0 then set aside as 'an earlier training's'), and keep the same
+    handlers as before, the console ones dropped."""
+    import torch.distributed as dist
+
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": "29519"}.items():
+        monkeypatch.setenv(key, value)
+    prepared = make_prepared(bundle, tmp_path / "data", num=6)
+    names = {}
+    no_samplers = {"train#dataloader#sampler": None, "validate#dataloader#sampler": None}  # they ask the group
+    for rank in (0, 1):
+        with pytest.MonkeyPatch.context() as as_rank:
+            as_rank.setattr(dist, "get_rank", lambda group=None, r=rank: r)
+            wf = workflow(bundle, ["train.json", "multi_gpu_train.json"], "train",
+                          bundle_root=str(tmp_path / str(rank)), dataset_dir=str(prepared), cache_rate=0.0,
+                          **no_samplers)
+            wf.initialize()
+            try:
+                train = wf.parser.get_parsed_content("train#trainer#train_handlers")
+                val = wf.parser.get_parsed_content("validate#evaluator#val_handlers")
+                names[rank] = [type(h).__name__ for h in train], [type(h).__name__ for h in val or []]
+            finally:
+                wf.finalize()
+                import ignite.distributed as idist
+
+                idist.sync()
+    assert "TensorBoardStatsHandler" in names[0][0] and "TensorBoardStatsHandler" in names[0][1]
+    console = {"TqdmProgressBar", "StatsHandler", "TensorBoardStatsHandler"}
+    if bundle == "synapse_multiorgan":
+        console = {"StatsHandler", "TensorBoardStatsHandler"}
+    assert names[1] == ([n for n in names[0][0] if n not in console], [])
+    assert not list((tmp_path / "1").rglob("events.out.tfevents.*"))
+
+
 def test_verify_net_in_out():
     from monai.bundle import verify_net_in_out
 
