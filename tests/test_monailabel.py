@@ -229,6 +229,21 @@ def test_real_server_serves_the_three_bundles(bundles, studies, tmp_path):
             names = requests.post(f"{base}/infer/{name}", params={"image": IMAGE_ID[name], "output": "json"},
                                   files={"params": (None, json.dumps(params))}, timeout=120).json()["label_names"]
             _check_label(name, path, label_file, names)
+
+        # batch inference runs in a process of its own (as training and scoring do), which needs the stand-in too;
+        # over the studies of its kind only (it reads the datastore afresh)
+        for other in ("polyp_seg", "synapse_multiorgan"):
+            (work / IMAGE[other]).unlink()
+        reply = requests.post(f"{base}/batch/infer/isic_skin_lesion", params={"run_sync": "false"},
+                              json={"device": "cpu", "multi_gpu": False}, timeout=60)
+        assert reply.status_code == 200, f"HTTP {reply.status_code} {reply.text[:2000]}"
+        status, deadline = {}, time.monotonic() + 300
+        while time.monotonic() < deadline and status.get("status") not in ("DONE", "ERROR"):
+            time.sleep(1)
+            status = requests.get(f"{base}/batch/infer", timeout=10).json()
+        assert status.get("status") == "DONE", f"{status}\n{log_path.read_text()[-6000:]}"
+        assert "\nModuleNotFoundError: No module named 'torchvision'" not in log_path.read_text()
+        assert [p.stem for p in (work / "labels" / "original").iterdir()] == [IMAGE_ID["isic_skin_lesion"]]
     finally:
         server.terminate()
         try:

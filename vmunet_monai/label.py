@@ -15,7 +15,8 @@ What needs help is the installation:
   post-processing module (they draw debug images). Where torchvision cannot be imported,
   :func:`install_torchvision_fallback` provides those two functions, written here with torch and
   Pillow, under the name ``torchvision``. ``python -m vmunet_monai.label start_server ...`` does that
-  and then runs ``monailabel``'s own command line (the same arguments as ``monailabel start_server``).
+  and then runs ``monailabel``'s own command line (the same arguments as ``monailabel start_server``); the
+  processes the server starts for training, batch inference and scoring get the stand-in through ``PYTHONPATH``.
   Where torchvision imports (a CUDA machine with matching torch and torchvision), nothing is replaced.
 """
 
@@ -35,6 +36,7 @@ __all__ = [
     "torchvision_problem",
     "install_torchvision_fallback",
     "remove_torchvision_fallback",
+    "share_fallback_with_child_processes",
     "require_monailabel",
     "make_grid",
     "save_image",
@@ -126,6 +128,33 @@ def install_torchvision_fallback() -> bool:
     return True
 
 
+_CHILD_PACKAGE = {
+    "__init__.py": '"""vmunet_monai.label\'s stand-in for torchvision, which cannot be imported here."""\n\n'
+                   '__version__ = "0+vmunet_monai.label"\n_vmunet_monai_fallback = True\n\nfrom . import utils  # noqa\n',
+    "utils.py": "from vmunet_monai.label import make_grid, save_image  # noqa\n\n_vmunet_monai_fallback = True\n",
+}
+
+
+def share_fallback_with_child_processes() -> str:
+    """Write the stand-in as a ``torchvision`` package into a temporary folder (removed at exit) and put that folder
+    first on ``PYTHONPATH``, so the processes MONAI Label starts for training, batch inference and scoring
+    (``python -m monailabel.interfaces.utils.app``, with this environment) import it too, as this process does.
+    Returns the folder."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="vmunet_monai_label_")
+    atexit.register(shutil.rmtree, folder, True)
+    os.makedirs(os.path.join(folder, "torchvision"))
+    for name, text in _CHILD_PACKAGE.items():
+        with open(os.path.join(folder, "torchvision", name), "w") as f:
+            f.write(text)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (folder, os.environ.get("PYTHONPATH")) if p)
+    return folder
+
+
 def remove_torchvision_fallback() -> None:
     """Take the stand-in of :func:`install_torchvision_fallback` out of ``sys.modules`` again."""
     for name in ("torchvision.utils", "torchvision"):
@@ -150,6 +179,8 @@ def require_monailabel():
 def main(argv: list[str] | None = None) -> None:
     """``python -m vmunet_monai.label ARGS``: monailabel's command line (``start_server``, ``apps``, ...)
     with the torchvision fallback in place, e.g. ``start_server --app APP --studies DIR --conf models NAME``."""
+    if install_torchvision_fallback():
+        share_fallback_with_child_processes()  # training, batch inference and scoring run in child processes
     require_monailabel()
     from monailabel.main import Main
 
