@@ -250,9 +250,19 @@ def test_an_exported_model_is_checked_before_anything_is_written(bundles, tmp_pa
     exported = export(str(root), "torchscript", output=str(tmp_path / "net.ts")).path
     image = write_rgb_image(tmp_path / "in" / "a.png")
     ct = export(str(bundles["synapse_multiorgan"]), "torchscript", output=str(tmp_path / "ct.ts")).path
-    with pytest.raises(InputError, match=r"ct.ts: gives \(1, 9, 32, 32\) for a \(1, 3, 32, 32\) input; this bundle's "
-                                         r"network gives \(1, 1, 32, 32\)"):
+    with pytest.raises(InputError, match=r"ct.ts: an export of the bundle 'VM-UNet Synapse multi-organ CT "
+                                         r"segmentation' \(its metadata.json\), whose network or classes differ"):
         predict(str(root), str(image), str(tmp_path / "o1"), model=str(ct))
+    import zipfile
+
+    bare = tmp_path / "bare.ts"  # the same model without the metadata it carries (another tool's export)
+    with zipfile.ZipFile(ct) as zin, zipfile.ZipFile(bare, "w") as zout:
+        for info in zin.infolist():
+            if "/extra/" not in info.filename:
+                zout.writestr(info, zin.read(info.filename))
+    with pytest.raises(InputError, match=r"bare.ts: gives \(1, 9, 32, 32\) for a \(1, 3, 32, 32\) input; this "
+                                         r"bundle's network gives \(1, 1, 32, 32\)"):
+        predict(str(root), str(image), str(tmp_path / "o1"), model=str(bare))
     with pytest.raises(InputError, match="--model .* and --checkpoint .*: an exported model carries its weights; give one of them"):
         predict(str(root), str(image), str(tmp_path / "o2"), model=str(exported), checkpoint=str(exported))
     with pytest.raises(InputError, match="--model .* and --baseline unet: .*give one of them"):
@@ -264,7 +274,16 @@ def test_an_exported_model_is_checked_before_anything_is_written(bundles, tmp_pa
     big = make_tiny_bundle("isic_skin_lesion", tmp_path / "big", size=64)  # metadata: 64x64; the trace: 32x32
     with pytest.raises(InputError, match=r"net.ts: does not run on a \(1, 3, 64, 64\) input, the size this bundle"):
         predict(str(big), str(image), str(tmp_path / "o6"), model=str(exported))
-    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 7))
+    # the polyp network takes and gives the same shapes as the ISIC one: told apart by the metadata it carries
+    polyp = export(str(bundles["polyp_seg"]), "torchscript", output=str(tmp_path / "polyp.ts")).path
+    with pytest.raises(InputError, match=r"polyp.ts: an export of the bundle '.*olyp.*' \(its metadata.json\), whose "
+                                         r"network or classes differ from this bundle's"):
+        predict(str(root), str(image), str(tmp_path / "o7"), model=str(polyp))
+    from vmunet_monai.engine.exported import load_exported
+
+    with pytest.raises(InputError, match="polyp.ts: an export of the bundle"):  # inference_exported.json's way
+        load_exported(polyp, meta_file=root / "configs" / "metadata.json")
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 8))
 
 
 def _saved_on_a_gpu(source, target):

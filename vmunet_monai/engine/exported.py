@@ -15,7 +15,7 @@ import torch
 from vmunet_monai.validation import InputError
 
 __all__ = ["FORMATS", "SUFFIXES", "OnnxModule", "ProgramModule", "load_exported", "check_exported",
-           "network_input_shape"]
+           "embedded_bundle", "network_input_shape"]
 
 FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx", "pt2": "model.pt2"}
 SUFFIXES = {".ts": "torchscript", ".onnx": "onnx", ".pt2": "pt2"}
@@ -56,12 +56,15 @@ class ProgramModule(torch.nn.Module):
         return self.program(x)
 
 
-def load_exported(path: str | Path, device=None, format: str | None = None) -> torch.nn.Module:
+def load_exported(path: str | Path, device=None, format: str | None = None,
+                  meta_file: str | Path | None = None) -> torch.nn.Module:
     """An exported network as a module in eval mode: TorchScript (``.ts``), a ``torch.export`` program
     (``.pt2``; its scans run this machine's fast backend) or ONNX (``.onnx``, run by onnxruntime).
 
     Used by ``configs/inference_exported.json`` as ``"$vmunet_monai.engine.load_exported(@exported_model, @device)"``
-    and by ``predict --model``. ``format`` (torchscript, onnx, pt2) overrides what the suffix says.
+    and by ``predict --model``. ``format`` (torchscript, onnx, pt2) overrides what the suffix says. With
+    ``meta_file`` (the bundle's ``metadata.json``), an export of another bundle whose network or classes differ is
+    refused.
 
     Raises:
         FileNotFoundError: no such file.
@@ -78,6 +81,8 @@ def load_exported(path: str | Path, device=None, format: str | None = None) -> t
     if kind not in FORMATS:
         raise InputError(f"{path}: an exported model ends in {', '.join(SUFFIXES)} (TorchScript, ONNX, torch.export); "
                          f"trained weights (.pt) go to --checkpoint")
+    if meta_file is not None:
+        _check_same_bundle(path, Path(meta_file))
     device = torch.device(device) if device is not None else torch.device("cpu")
     try:
         if kind == "torchscript":
@@ -96,6 +101,45 @@ def load_exported(path: str | Path, device=None, format: str | None = None) -> t
 
 
 
+def embedded_bundle(path: str | Path) -> tuple[dict, dict]:
+    """The ``metadata.json`` and ``inference.json`` a TorchScript or ``torch.export`` file carries (MONAI's
+    ``ckpt_export`` and ``python -m vmunet_monai export`` store them beside the model); empty dicts for a file
+    without them (ONNX, another tool's export)."""
+    import json
+    import zipfile
+
+    found = {"metadata.json": {}, "inference.json": {}}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                parts = name.split("/")
+                if len(parts) >= 2 and parts[-2] == "extra" and parts[-1] in found:
+                    found[parts[-1]] = json.loads(archive.read(name))
+    except (zipfile.BadZipFile, OSError, ValueError):
+        pass
+    return found["metadata.json"], found["inference.json"]
+
+
+def _check_same_bundle(path: Path, meta_file: Path) -> None:
+    """Refuse an export of another bundle: one whose network or classes differ from this bundle's (the shapes alone
+    do not tell the ISIC and polyp networks apart: both take 3x256x256 and give one channel)."""
+    import json
+
+    embedded, config = embedded_bundle(path)
+    meta = json.loads(Path(meta_file).read_text())
+    if not embedded or embedded.get("name") == meta.get("name"):
+        return
+    bundle_dir = Path(meta_file).parent
+    own = json.loads((bundle_dir / "inference.json").read_text()) if (bundle_dir / "inference.json").is_file() else {}
+    target = (config.get("network_def") or {}).get("_target_")
+    channels = ((embedded.get("network_data_format") or {}).get("outputs") or {}).get("pred", {}).get("channel_def")
+    want = meta["network_data_format"]["outputs"]["pred"].get("channel_def")
+    if (target and target != (own.get("network_def") or {}).get("_target_")) or (channels and channels != want):
+        raise InputError(f"{path}: an export of the bundle {embedded.get('name')!r} (its metadata.json), whose "
+                         f"network or classes differ from this bundle's, {meta.get('name')!r} ({meta_file}): give the "
+                         "bundle it was exported from, or export this bundle's weights")
+
+
 def check_exported(path: str | Path, meta_file: str | Path, device=None, batch: int = 1) -> None:
     """Load the exported model at ``path`` and run a zero batch (of ``batch`` inputs, as ``predict --batch_size``
     will feed it) of the network input that the bundle's ``metadata.json`` declares (what its inference feeds the
@@ -103,14 +147,15 @@ def check_exported(path: str | Path, meta_file: str | Path, device=None, batch: 
 
     Raises:
         InputError: it does not take that input, or does not give the declared number of output channels at
-            the input's size (the message names the file, the shapes and the reason).
+            the input's size (the message names the file, the shapes and the reason), or it carries the metadata of
+            another bundle whose network or classes differ.
     """
     import json
 
     from vmunet_monai.validation import error_summary
 
     pred = json.loads(Path(meta_file).read_text())["network_data_format"]["outputs"]["pred"]
-    model = load_exported(path, device)
+    model = load_exported(path, device, meta_file=meta_file)
     shape = network_input_shape(meta_file)
     x = torch.zeros((int(batch), *shape[1:]), device=torch.device(device) if device else None)
     try:
