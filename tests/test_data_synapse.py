@@ -162,3 +162,37 @@ def test_imagestr_labelstr_layout_reads_like_rawdata(tmp_path):
     mixed = _load_list(synapse.prepare(str(tmp_path / "btcv"), str(tmp_path / "mixed")))
     assert sorted(e["case"] for s in ("training", "validation", "test") for e in mixed[s]) == sorted(
         e["case"] for s in ("training", "validation", "test") for e in expected[s])
+
+
+def test_transunet_gaps_and_a_missing_h5py_are_said(tmp_path):
+    """A train_npz case with a slice missing is stacked with a warning naming the slice; no test_vol_h5/ is said
+    (no test split); test volumes without h5py installed end the command line in one line, before anything is
+    written."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(3)
+    root = tmp_path / "raw" / "Synapse"
+    (root / "train_npz").mkdir(parents=True)
+    for case in (5, 6, 7):
+        for z in range(6):
+            if (case, z) != (7, 3):
+                np.savez(root / "train_npz" / f"case{case:04d}_slice{z:03d}.npz",
+                         image=rng.random((16, 16)).astype(np.float32),
+                         label=rng.integers(0, 9, (16, 16)).astype(np.uint8))
+    with pytest.warns(UserWarning) as caught:
+        datalist = _load_list(synapse.prepare(str(tmp_path / "raw"), str(tmp_path / "out"), spacing="1,1,2"))
+    said = [str(w.message) for w in caught]
+    assert any(m.startswith("case0007: train_npz has no slice 3 between 0 and 5; its volume is stacked without them "
+                            "(5 slices)") for m in said)
+    assert any("no caseXXXX.npy.h5 in test_vol_h5/" in m and "no test cases" in m for m in said)
+    assert datalist["test"] == []
+    (root / "test_vol_h5").mkdir()
+    (root / "test_vol_h5" / "case0001.npy.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    args = ["prepare", "synapse_multiorgan", str(tmp_path / "raw"), str(tmp_path / "out2"), "--spacing", "1,1,2"]
+    code = f"import sys; sys.modules['h5py'] = None\nfrom vmunet_monai.cli import main\nmain({args!r})\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: {root / 'test_vol_h5'}: reading .npy.h5 volumes needs "
+                                                    "h5py (pip install h5py)")
+    assert not any((tmp_path / "out2").rglob("*"))  # nothing written into OUT

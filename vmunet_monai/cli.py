@@ -602,6 +602,11 @@ def main(argv=None):
     except (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
         print(f"error: {_os_error_line(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
+    except ImportError as exc:
+        if "pip install" not in str(exc):  # not one of ours, which say what to install: the traceback helps
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         command = argv[0] if argv else "the command"
         print(f"\ninterrupted: {command} stopped before it finished{_RESUME.get(command, '')}", file=sys.stderr)

@@ -234,6 +234,13 @@ def _prepare_transunet(root: str, out: str, num_val: int | None, seed: int, spac
     from tqdm import tqdm
 
     spacing = tuple(float(s) for s in spacing)  # checked by prepare
+    h5_dir = os.path.join(root, "test_vol_h5")
+    h5_files = sorted(f for f in os.listdir(h5_dir) if _H5_VOLUME.match(f)) if os.path.isdir(h5_dir) else []
+    if h5_files:  # before anything is written
+        try:
+            import h5py
+        except ImportError as exc:
+            raise ImportError(f"{h5_dir}: reading .npy.h5 volumes needs h5py (pip install h5py)") from exc
     img_dir, lab_dir = os.path.join(out, "images"), os.path.join(out, "labels")
     os.makedirs(img_dir, exist_ok=True)
     os.makedirs(lab_dir, exist_ok=True)
@@ -249,13 +256,17 @@ def _prepare_transunet(root: str, out: str, num_val: int | None, seed: int, spac
     from vmunet_monai.data.common import report_skipped
     from vmunet_monai.validation import check_label_values, input_error
 
-    skipped = []
+    skipped, gaps = [], []
 
     def npz_case(case, items):
         items.sort()
         index = [i for i, _ in items]
-        if index != list(range(index[0], index[0] + len(index))):
-            warnings.warn(f"case{case:04d}: train_npz slice numbers are not contiguous; stacked in sorted order")
+        missing = sorted(set(range(index[0], index[-1] + 1)) - set(index))
+        if missing:  # said after the progress bar, on a line of its own
+            shown = ", ".join(map(str, missing[:6])) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+            gaps.append(f"case{case:04d}: train_npz has no slice {shown} between {index[0]} and {index[-1]}; its "
+                        f"volume is stacked without them ({len(index)} slices), which slice-wise training does not "
+                        "mind but a 3D view of it does")
         images, labels = [], []
         for _, path in items:
             try:
@@ -282,14 +293,13 @@ def _prepare_transunet(root: str, out: str, num_val: int | None, seed: int, spac
             entries[case] = npz_case(case, items)
         except InputError as exc:  # one broken case does not stop the others
             skipped.append({"file": f"case{case:04d} in {npz_dir}", "reason": str(exc)})
+    for gap in gaps:
+        warnings.warn(gap)
+    if not h5_files:
+        warnings.warn(f"{root}: no caseXXXX.npy.h5 in test_vol_h5/ (the release's 12 test volumes): the datalist has "
+                      "no test cases, which evaluate.json and score need")
 
-    h5_dir = os.path.join(root, "test_vol_h5")
-    h5_files = sorted(f for f in os.listdir(h5_dir) if _H5_VOLUME.match(f)) if os.path.isdir(h5_dir) else []
     if h5_files:
-        try:
-            import h5py
-        except ImportError as exc:
-            raise ImportError(f"{h5_dir}: reading .npy.h5 volumes needs h5py (pip install h5py)") from exc
         for name in tqdm(h5_files, desc="test_vol_h5 -> NIfTI"):
             case, path = int(_H5_VOLUME.match(name).group(1)), os.path.join(h5_dir, name)
             try:
