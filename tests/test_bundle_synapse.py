@@ -174,6 +174,44 @@ def test_prediction_returns_to_the_input_space(tmp_path):
             assert _dice(np.flip(got, axis) == organ, expected == organ) < 0.3
 
 
+def test_a_nifti_without_orientation_codes_gets_a_segmentation_without_them(tmp_path):
+    """A NIfTI whose qform and sform codes are both 0 (no orientation stored): its segmentation is written the same
+    way, so ITK-based viewers (Slicer, ITK-SNAP) and nibabel each place it on its scan (with codes 1 and nibabel's
+    default affine, ITK put it at another origin, mirrored)."""
+    import SimpleITK as sitk
+
+    from vmunet_monai.predict_volume import predict_volumes
+
+    network = IntensityBands()
+    source = nib.load(_asymmetric_volume(str(tmp_path / "blocks.nii.gz")))
+    bare = nib.Nifti1Image(np.asarray(source.dataobj), None)
+    bare.header.set_zooms(source.header.get_zooms())
+    bare.header.set_qform(None, code=0)
+    bare.header.set_sform(None, code=0)
+    image_path = str(tmp_path / "bare.nii.gz")
+    nib.save(bare, image_path)
+    written = predict_volumes(image_path, str(tmp_path / "out"), checkpoint=_checkpoint(tmp_path, network),
+                              device="cpu", network_def=network, roi_size=[32, 32], num_workers=0,
+                              probabilities=True, uncertainty=True)
+    seg = nib.load(written[0])
+    image_itk = sitk.ReadImage(image_path)
+    outputs = sorted((tmp_path / "out").glob("bare_*.nii.gz"))
+    assert [p.name for p in outputs] == ["bare_prob.nii.gz", "bare_seg.nii.gz", "bare_uncertainty.nii.gz"]
+    for path in outputs:  # the segmentation, its probabilities and its uncertainty
+        header = nib.load(path).header
+        assert (int(header["qform_code"]), int(header["sform_code"])) == (0, 0), path.name
+        assert np.allclose(nib.load(path).affine, nib.load(image_path).affine), path.name
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        for geometry in ("GetOrigin", "GetSpacing"):
+            assert np.allclose(getattr(reader, geometry)()[:3], getattr(image_itk, geometry)(), atol=1e-4), path.name
+        assert np.allclose(np.reshape(reader.GetDirection(), (reader.GetDimension(),) * 2)[:3, :3],
+                           np.reshape(image_itk.GetDirection(), (3, 3)), atol=1e-4), path.name
+    expected = _bands(np.asarray(source.dataobj))
+    assert _dice(np.asarray(seg.dataobj) == 5, expected == 5) > 0.85
+
+
 def test_dicom_series_through_itk(tmp_path):
     from monai.transforms import LoadImage
 

@@ -85,14 +85,42 @@ def case_name_formatter(metadict: dict, saver) -> dict:
     return {"subject": f"{_case_name(source)}.nii.gz", "idx": (metadict or {}).get("patch_index")}
 
 
+def without_orientation(meta) -> bool:
+    """Whether a NIfTI scan's header, as MONAI's reader gives it (``meta``), holds no orientation: qform and sform
+    codes both 0. Its outputs are written likewise (:class:`SaveSegmentationd`, :func:`save_unit_nifti`)."""
+    codes = [(meta or {}).get(k) for k in ("qform_code", "sform_code")]
+    return all(c is not None and int(np.asarray(c).reshape(-1)[0]) == 0 for c in codes)
+
+
 class _LabelNiftiWriter(monai.data.NibabelWriter):
     """MONAI's NIfTI writer that takes off a label volume's one channel and nothing else: its own squeezing drops
     every trailing dimension of size one, so a volume of one slice, ``(X, Y, 1)``, was written as ``(X, Y)``."""
+
+    _unoriented = False  # the scan's header held no orientation (qform and sform codes 0)
 
     def set_data_array(self, data_array, channel_dim: int | None = 0, squeeze_end_dims: bool = True, **kwargs):
         super().set_data_array(data_array, channel_dim=channel_dim, squeeze_end_dims=False, **kwargs)
         if self.data_obj.ndim == 4 and self.data_obj.shape[-1] == 1:  # (X, Y, Z, 1): the channel, moved last
             self.data_obj = self.data_obj[..., 0]
+
+    def set_metadata(self, meta_dict=None, resample: bool = True, **options):
+        super().set_metadata(meta_dict, resample=resample, **options)
+        self._unoriented = without_orientation(meta_dict)
+
+    def write(self, filename, verbose: bool = False, **obj_kwargs):
+        """MONAI's writing (qform and sform codes 1); for a scan whose header held no orientation, the segmentation's
+        codes are set back to 0: ITK then reads both with its default geometry, and nibabel both with its default
+        affine, so every viewer places the segmentation on its scan (with codes 1, ITK read nibabel's default
+        affine as the segmentation's geometry: another origin, mirrored)."""
+        import nibabel as nib
+
+        super().write(filename, verbose=verbose, **obj_kwargs)
+        if self._unoriented:
+            written = nib.load(filename)
+            header = written.header.copy()
+            header.set_qform(None, code=0)
+            header.set_sform(None, code=0)
+            nib.save(nib.Nifti1Image(np.asanyarray(written.dataobj), None, header), filename)
 
 
 class SaveSegmentationd(monai.transforms.SaveImaged):
@@ -312,11 +340,12 @@ class ChannelArgmaxd(MapTransform):
         return d
 
 
-def save_unit_nifti(values, affine, path: str | os.PathLike) -> str:
+def save_unit_nifti(values, affine, path: str | os.PathLike, oriented: bool = True) -> str:
     """Write numbers from 0 to 1 (probabilities, uncertainties; any shape, clipped) as an 8-bit NIfTI with the scale
     factor 1/255 (``scl_slope``): readers that apply it (nibabel's ``get_fdata``, ITK, 3D Slicer) get them back to
     within 1/255, at a quarter of the size of floats. Written under another name first and renamed, so a crash
-    never leaves a half-written file under ``path``.
+    never leaves a half-written file under ``path``. ``oriented=False`` writes no orientation (qform and sform
+    codes 0), for a scan whose header held none (:func:`without_orientation`).
 
     Returns:
         ``path``.
@@ -324,7 +353,14 @@ def save_unit_nifti(values, affine, path: str | os.PathLike) -> str:
     import nibabel as nib
 
     levels = np.rint(np.clip(np.asarray(values, np.float32), 0.0, 1.0) * 255).astype(np.uint8)
-    image = nib.Nifti1Image(levels, np.asarray(affine, dtype=np.float64))
+    affine = np.asarray(affine, dtype=np.float64)
+    if oriented:
+        image = nib.Nifti1Image(levels, affine)
+    else:  # voxel sizes only: readers place it by their defaults, as they place its scan
+        image = nib.Nifti1Image(levels, None)
+        image.header.set_zooms((*np.linalg.norm(affine[:3, :3], axis=0), *(1.0,) * (levels.ndim - 3)))
+        image.header.set_qform(None, code=0)
+        image.header.set_sform(None, code=0)
     image.header.set_slope_inter(1.0 / 255.0, 0.0)
     image.header.set_xyzt_units("mm")
     path = str(path)
@@ -394,7 +430,7 @@ class SaveProbabilityVolumed(MapTransform):
                 values = values[..., 0]
             affine = prob.affine if hasattr(prob, "affine") else np.eye(4)
             target = os.path.join(self.output_dir, f"{_case_name(source)}_{self.postfix}.nii.gz")
-            save_unit_nifti(values, affine, target)
+            save_unit_nifti(values, affine, target, oriented=not without_orientation(meta))
         return d
 
 

@@ -285,11 +285,12 @@ def write_uncertainty_volumes(items: Sequence[tuple], slab: int = 16) -> list[di
     """
     import nibabel as nib
 
-    from vmunet_monai.engine.transforms import probability_slabs, save_unit_nifti
+    from vmunet_monai.engine.transforms import probability_slabs, save_unit_nifti, without_orientation
 
     rows = []
     for source, prob_path, *rest in items:
         grid = nib.load(prob_path)
+        oriented = not without_orientation(grid.header)  # as the scan and the probabilities were written
         case = str(prob_path)[: -len("_prob.nii.gz")]
         uncertainty = np.zeros(grid.shape[:3], np.float32)
         foreground = np.zeros(grid.shape[:3], bool)
@@ -304,9 +305,9 @@ def write_uncertainty_volumes(items: Sequence[tuple], slab: int = 16) -> list[di
                 raise ValueError(f"{rest[0]}: of shape {own.shape}, not the {grid.shape[:3]} of {prob_path} (both "
                                  f"come from one predict run)")
             spread = disagreement(uncertainty, np.asarray(own.dataobj, np.float32))
-            save_unit_nifti(spread, grid.affine, f"{case}_disagreement.nii.gz")
+            save_unit_nifti(spread, grid.affine, f"{case}_disagreement.nii.gz", oriented)
         target = f"{case}_uncertainty.nii.gz"
-        save_unit_nifti(uncertainty, grid.affine, target)
+        save_unit_nifti(uncertainty, grid.affine, target, oriented)
         row = {"file": str(source), "picture": target, **summarize_uncertainty(uncertainty, foreground, spread)}
         if spread is not None:
             row["disagreement_picture"] = f"{case}_disagreement.nii.gz"
