@@ -602,3 +602,53 @@ def test_channel_chooses_the_volume_read_of_a_case_with_several(tmp_path):
         assert all("_0000.nii.gz" in s["file"] and "the _0001 file" in s["reason"] for s in doc["meta"]["skipped"])
     with pytest.raises(InputError, match=r"--channel 'flair': no dataset.json beside .* names a channel so"):
         prepare("synapse_multiorgan", str(nnunet), str(tmp_path / "bad"), channel="flair")
+
+
+def test_a_label_storing_its_images_grid_in_another_axis_order_is_taken_on_the_images_grid(tmp_path, capsys):
+    """A label that covers its image's voxels with the axes stored in another order or direction (flipped left to
+    right, or x and y swapped) is written onto the image's grid into OUT/labels and used (it was refused as
+    'another affine'); one shifted by a voxel is still refused; RawData's mapped labels come out on the image grid."""
+    raw = _own_dataset(tmp_path, cases=6, naming="plain")
+    originals = {}
+    for case, turn in (("abd_001", "flip"), ("abd_002", "swap")):
+        path = raw / "labelsTr" / f"{case}.nii.gz"
+        label = nib.load(path)
+        voxels, affine = np.asarray(label.dataobj), label.affine.copy()
+        originals[case] = voxels.copy()
+        if turn == "flip":  # the same voxels, the x axis stored from the other end
+            stored = voxels[::-1]
+            affine[:3, 3] += affine[:3, 0] * (voxels.shape[0] - 1)
+            affine[:3, 0] *= -1
+        else:
+            stored = np.transpose(voxels, (1, 0, 2))
+            affine = affine[:, [1, 0, 2, 3]]
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(stored), affine), path)
+    shifted = nib.load(raw / "labelsTr" / "abd_003.nii.gz")
+    moved = shifted.affine.copy()
+    moved[:3, 3] += moved[:3, 0]  # one voxel along x: not the image's grid
+    nib.save(nib.Nifti1Image(np.asarray(shifted.dataobj), moved), raw / "labelsTr" / "abd_003.nii.gz")
+    out = tmp_path / "out"
+    prepare("synapse_multiorgan", str(raw), str(out), num_val=1)
+    doc = _datalist(out)
+    entries = {c["case"]: c for k in ("training", "validation", "test") for c in doc[k]}
+    assert "abd_003" not in entries
+    assert "its affine differs from the image" in doc["meta"]["skipped"][0]["reason"]
+    for case, voxels in originals.items():
+        written = nib.load(out / entries[case]["label"])  # paths relative to OUT
+        assert (out / entries[case]["label"]).resolve() == (out / "labels" / f"{case}_label.nii.gz").resolve()
+        assert np.array_equal(np.asarray(written.dataobj), voxels)
+        assert np.allclose(written.affine, nib.load(out / entries[case]["image"]).affine)
+    assert "note: 2 label(s) store their image's grid with the voxel axes in another order" in capsys.readouterr().out
+    # the Synapse RawData layout: the label, stored flipped, comes out mapped on the image's grid
+    demo = Path(synapse.demo_data(str(tmp_path / "rawdata"), num=4, seed=1, shape=(24, 24, 8)))
+    path = demo / "Training" / "label" / "label0001.nii.gz"
+    label = nib.load(path)
+    voxels, affine = np.asarray(label.dataobj), label.affine.copy()
+    affine[:3, 3] += affine[:3, 1] * (voxels.shape[1] - 1)
+    affine[:3, 1] *= -1
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(voxels[:, ::-1]), affine), path)
+    raw_doc = json.loads(Path(synapse.prepare(str(demo), str(tmp_path / "rawout"))).read_text())
+    entry = [c for k in ("training", "validation", "test") for c in raw_doc[k] if c["case"] == "0001"][0]
+    mapped = nib.load(tmp_path / "rawout" / entry["label"])
+    assert np.array_equal(np.asarray(mapped.dataobj), synapse.map_btcv_labels(voxels))
+    assert np.allclose(mapped.affine, nib.load(demo / "Training" / "img" / "img0001.nii.gz").affine)

@@ -176,6 +176,7 @@ def _prepare_rawdata(root: str, out: str, num_val: int | None, seed: int, verify
     from tqdm import tqdm
 
     from vmunet_monai.data.common import report_skipped
+    from vmunet_monai.data.volumes import volume_affine
 
     img_dir, lab_dir = _volume_dirs(layout, root)
     cases = {}
@@ -200,7 +201,8 @@ def _prepare_rawdata(root: str, out: str, num_val: int | None, seed: int, verify
             continue
         lab = nib.load(label_in)
         label_out = os.path.join(out, "labels", f"label{case:04d}.nii.gz")
-        mapped_img = nib.Nifti1Image(mapped, lab.affine, lab.header)
+        # on the image's grid: a label stored with its axes in another order comes back in the image's
+        mapped_img = nib.Nifti1Image(mapped, volume_affine(image), lab.header)
         mapped_img.set_data_dtype(np.uint8)
         nib.save(mapped_img, label_out)
         entries[case] = {"case": f"{case:04d}", "image": _relative(image, out), "label": _relative(label_out, out)}

@@ -375,10 +375,11 @@ def _pair(images: Path, labels: Path, skipped: list[dict], channel: int = 0) -> 
 
 
 def check_volume_pair(image: str | os.PathLike, label: str | os.PathLike, verify: bool = True) -> np.ndarray:
-    """Read a CT volume's header (all of it with ``verify``) and its whole label, and check they share one grid.
+    """Read a CT volume's header (all of it with ``verify``) and its whole label, and check they share one grid (a
+    NIfTI label may store it with its voxel axes in another order or direction: :func:`onto_image_grid`).
 
     Returns:
-        the label voxels.
+        the label voxels, in the image's voxel order.
 
     Raises:
         InputError: a missing or unreadable file, 2D or several channels, NaN voxels, another size or affine.
@@ -386,9 +387,30 @@ def check_volume_pair(image: str | os.PathLike, label: str | os.PathLike, verify
     return _check_volume_pair(image, label, verify)[0]
 
 
+def onto_image_grid(voxels: np.ndarray, label_affine, image_affine, image_shape) -> np.ndarray | None:
+    """A label's voxels in its image's voxel order, where the label covers the image's grid with its voxel axes
+    stored in another order or direction (a label saved LPS beside an RAS image, or with its axes swapped): each
+    voxel of the one is a voxel of the other. None when the grids differ otherwise."""
+    if voxels.ndim != 3 or len(image_shape) != 3:
+        return None
+    to_label = np.linalg.inv(np.asarray(label_affine, float)) @ np.asarray(image_affine, float)  # image -> label
+    turn = np.rint(to_label[:3, :3])
+    if not np.allclose(to_label[:3, :3], turn, atol=1e-3) or not (np.abs(turn).sum(0) == 1).all() or not (
+            np.abs(turn).sum(1) == 1).all():
+        return None  # not a signed permutation: another spacing or a rotation
+    axes = [int(np.flatnonzero(turn[:, i])[0]) for i in range(3)]  # the label axis of each image axis
+    for i, j in enumerate(axes):  # the image's first voxel is the label's first, or last where the axis is flipped
+        first = voxels.shape[j] - 1 if turn[j, i] < 0 else 0
+        if abs(to_label[j, 3] - first) > 1e-3 or voxels.shape[j] != int(image_shape[i]):
+            return None
+    turned = np.transpose(voxels, axes)
+    flipped = [i for i, j in enumerate(axes) if turn[j, i] < 0]
+    return np.ascontiguousarray(np.flip(turned, axis=flipped) if flipped else turned)
+
+
 def _check_volume_pair(image, label, verify: bool) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """:func:`check_volume_pair`'s label voxels, and the image's :func:`intensity_span` where it was read
-    (``verify``), else None."""
+    """:func:`check_volume_pair`'s label voxels (on the image's voxel grid, :func:`onto_image_grid`), and the image's
+    :func:`intensity_span` where it was read (``verify``), else None."""
     from vmunet_monai.validation import check_same_size, read_volume
 
     if not os.path.exists(label):
@@ -397,8 +419,12 @@ def _check_volume_pair(image, label, verify: bool) -> tuple[np.ndarray, tuple[fl
     span = intensity_span(data) if data is not None else None
     del data
     label_shape, voxels = read_volume(label, read_data=True)
-    check_same_size(image, image_shape, label, label_shape, what="label")
     ours, theirs = volume_affine(image), volume_affine(label)
+    if not np.allclose(ours, theirs, atol=1e-3) and str(label).lower().endswith((".nii", ".nii.gz")):
+        turned = onto_image_grid(voxels, theirs, ours, image_shape)
+        if turned is not None:  # the image's grid, stored with its axes in another order or direction
+            return turned, span
+    check_same_size(image, image_shape, label, label_shape, what="label")
     if not np.allclose(ours, theirs, atol=1e-3):
         shift = float(np.linalg.norm(ours[:3, 3] - theirs[:3, 3]))
         axes = float(np.abs(ours[:3, :3] - theirs[:3, :3]).max())
@@ -527,6 +553,7 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
         InputError: OUT inside the data, bad ``classes`` or dataset.json, bad ``test_fraction``/``num_val``, a
             ``split`` that is unknown or not for this dataset, or draw options beside a listed split.
     """
+    import nibabel as nib
     from tqdm import tqdm
 
     root, layout = find_volume_layout(raw)
@@ -578,6 +605,7 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
         if layout["test"]:
             parts["test"] = [(*found, found[0]) for found in _pair(*layout["test"], skipped, number)]
     checked: dict[str, list[dict]] = {}
+    turned: list[str] = []  # labels stored with their axes in another order than their images: written anew
     spans: list[tuple[str, tuple[float, float]]] = []  # each checked image's 1st and 99th percentile
     largest = 0
     for part, cases in parts.items():
@@ -593,12 +621,21 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
             if span is not None:
                 spans.append((str(image), span))
             largest = max(largest, int(np.max(voxels)))
+            if not np.allclose(volume_affine(image), volume_affine(label), atol=1e-3):  # stored turned
+                turned.append(str(label))
+                label = Path(out) / "labels" / f"{case}_label.nii.gz"
+                label.parent.mkdir(parents=True, exist_ok=True)
+                nib.save(nib.Nifti1Image(voxels.astype(np.int16 if voxels.max() > 255 else np.uint8),
+                                         volume_affine(image)), str(label))
             item = {"case": case, "image": str(image), "label": str(label)}
             if group != case:
                 item["patient"] = group
             if case in phases:
                 item["group"] = phases[case]  # evaluation reports each group apart as well
             checked[part].append(item)
+    if turned:
+        print(f"note: {len(turned)} label(s) store their image's grid with the voxel axes in another order or "
+              f"direction (first: {turned[0]}); written onto their images' voxel grid into {Path(out) / 'labels'}")
     if not any(checked.values()):
         first = f" (first: {skipped[0]['reason']})" if skipped else ""
         raise DatasetLayoutError(f"{root}: no usable case; {len(skipped)} skipped{first}")
