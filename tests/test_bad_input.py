@@ -478,6 +478,20 @@ def test_a_file_monai_finds_no_reader_for_is_described_as_the_last_line(tmp_path
     assert unreadable_file_error(readable) is None  # nothing to add about a file that reads
 
 
+def test_training_on_a_batch_of_one_at_a_tiny_image_size_ends_with_what_to_change():
+    """At --image_size 32 the deepest stage of the polyp network is 1x1: a batch of one image (the last of an
+    epoch) stops in a BatchNorm layer; the last line says which options avoid it."""
+    code = ("import torch, vmunet_monai\n"
+            "net = vmunet_monai.networks.VMUNetV2(spatial_dims=2, in_channels=3, out_channels=1, dims=[8, 16, 32, 64], "
+            "depths=[1, 1, 1, 1], d_state=4, mid_channels=8)\n"
+            "net.train()(torch.rand(1, 3, 32, 32))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=run_env())
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: a training batch of one image reached a BatchNorm layer on a 1x1 feature map")
+    assert "--image_size 64" in last and "--batch_size" in last
+
+
 def test_a_bundle_run_without_its_prepared_data_ends_with_what_to_give(tmp_path):
     """``--dataset_dir`` at the raw download instead of prepare's OUT: MONAI's traceback of the config expression,
     then the line that says what --dataset_dir must be (a FileNotFoundError that is also an InputError)."""

@@ -141,7 +141,7 @@ def show_input_errors_last() -> None:
 
     def hook(kind, value, tb):
         previous(kind, value, tb)
-        cause = input_error_in(value) or unreadable_file_error(value)
+        cause = input_error_in(value) or unreadable_file_error(value) or batch_of_one_error(value)
         if cause is not None and cause is not value:
             print(f"error: {cause}", file=sys.stderr)
 
@@ -171,6 +171,25 @@ def unreadable_file_error(exc: BaseException | None) -> InputError | None:
             except Exception:  # a check that cannot run is no reason to hide the traceback printed above
                 return None
             return None
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def batch_of_one_error(exc: BaseException | None) -> InputError | None:
+    """What to change when training stopped in a BatchNorm layer given one value per channel (``exc`` or its
+    causes): a batch of one image (``--batch_size 1``, or the last batch of an epoch) reaching a 1x1 feature map,
+    which the deepest stage is at ``--image_size 32``. None when no such error is behind ``exc``."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        found = re.search(r"Expected more than 1 value per channel when training, got input size (.+)$", str(exc),
+                          re.MULTILINE)
+        if isinstance(exc, ValueError) and found:
+            return InputError(
+                f"a training batch of one image reached a BatchNorm layer on a 1x1 feature map (input size "
+                f"{found.group(1)}), which cannot be normalised: train at --image_size 64 or more (the deepest "
+                f"stage is image_size / 32 across), or with a --batch_size that leaves no batch of one image (the "
+                f"last batch of an epoch holds what is left of the training images)")
         exc = exc.__cause__ or exc.__context__
     return None
 
