@@ -545,12 +545,14 @@ def test_masks_and_earlier_results_in_the_input_are_named_not_segmented(lesion_b
     folder = tmp_path / "in"
     write_rgb(folder / "a.png")
     write_rgb(folder / "masks" / "a.png")
+    write_rgb(folder / "Ground Truth" / "a.png")  # CVC-ClinicDB's name
     write_rgb(folder / "b_segmentation.png")
     predict(str(lesion_bundle), str(folder / "a.png"), str(folder / "results"), device="cpu")
     capsys.readouterr()
     result = predict(str(lesion_bundle), str(folder), str(tmp_path / "out"), device="cpu")
     assert [Path(m).name for m in result["masks"]] == ["a_mask.png"]  # not results/overlays/a_overlay.png
     printed = capsys.readouterr().out
-    assert f"note: not segmented, as masks or results: {folder / 'masks'}: a folder of masks, by its name; " in printed
+    assert f"note: not segmented, as masks or results: {folder / 'Ground Truth'}: a folder of masks, by its name; " in printed
+    assert f"{folder / 'masks'}: a folder of masks, by its name; " in printed
     assert f"{folder / 'results'}: an earlier predict's output (prediction.json)" in printed
     assert "1 mask file(s) beside their images" in printed

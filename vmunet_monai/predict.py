@@ -350,14 +350,14 @@ def read_record(folder: str | os.PathLike) -> tuple[Path, dict] | None:
     return None
 
 
-_SKIP_DIR = re.compile(r"^(masks?|labels?|gt)$|groundtruth", re.IGNORECASE)
+_SKIP_DIR = re.compile(r"^(masks?|labels?|gt|ground[ _]?truth|annotations)$|groundtruth", re.IGNORECASE)
 _SKIP_STEM = re.compile(r"_(segmentation|superpixels)$")
 
 
 def _collect(input: Path, left: list[str] | None = None) -> tuple[list[dict], list[str]]:
     """Image items under ``input`` (a file, or a folder searched recursively, mask folders and masks beside their
     images left out) and the other files found, which are not images. Folders of masks (``masks``, ``labels``,
-    ``gt``, ``groundtruth``), folders an earlier ``predict`` wrote (they hold its ``prediction.json``) and masks
+    ``gt``, ``groundtruth``, ``Ground Truth`` as CVC-ClinicDB has it, ``annotations``), folders an earlier ``predict`` wrote (they hold its ``prediction.json``) and masks
     named as such (``_segmentation``, ``_superpixels``, beside their images) are left out, each said in ``left``."""
     if input.is_file():
         return [{"image": os.path.abspath(input), "name": input.stem}], []
