@@ -376,12 +376,48 @@ def test_masks_of_no_image_are_named(tmp_path, capsys):
 
     (tmp_path / "masks").mkdir()
     images = [tmp_path / f"{s}.jpg" for s in ("a", "b")]
-    for name in ("a_mask.png", "b_mask.png", "c_mask.png", "stray.png"):
+    for name in ("a_mask.png", "b_mask.png", "c_mask.png", "stray.png", "._a_mask.png"):  # macOS's companion: no mask
         (tmp_path / "masks" / name).write_bytes(b"")
     pairs = pair_images_and_masks(images, tmp_path / "masks", "_mask")
     assert [m.name for _, m in pairs] == ["a_mask.png", "b_mask.png"]
     assert (f"note: 2 mask(s) in {tmp_path / 'masks'} belong to no image (c_mask.png, stray.png) and are not used"
             in capsys.readouterr().err)
+
+
+def test_masks_in_a_format_that_is_not_read_are_named_with_the_fix(tmp_path):
+    """DRIVE-style GIF masks: the image has no mask that is read, and the error says which file is there and what
+    to save it as, for the one image and for every image."""
+    from vmunet_monai.data.common import pair_images_and_masks
+
+    (tmp_path / "masks").mkdir()
+    images = [tmp_path / f"{s}.jpg" for s in ("a", "b")]
+    for name in ("a_mask.gif", "b_mask.png"):
+        (tmp_path / "masks" / name).write_bytes(b"")
+    skipped = []
+    assert [m.name for _, m in pair_images_and_masks(images, tmp_path / "masks", "_mask", skipped=skipped)] == [
+        "b_mask.png"]
+    assert skipped[0]["reason"].endswith("(every image needs its mask; a_mask.gif is there, but .gif files are not "
+                                         "read as masks: save the masks as PNG)")
+    (tmp_path / "masks" / "b_mask.png").unlink()
+    with pytest.raises(DatasetLayoutError, match=r"for 2 image\(s\): a.jpg, b.jpg; a_mask.gif is there, but .gif files "
+                                                 r"are not read as masks: save the masks as PNG$"):
+        pair_images_and_masks(images, tmp_path / "masks", "_mask", skipped=[])
+
+
+def test_an_isic_download_unzipped_on_macos_is_read_without_its_macosx_folder(isic_2017, tmp_path):
+    """A zip extracted on macOS also holds __MACOSX/ with a "._X" companion of every folder and file: the challenge
+    folders are the real ones, never their empty companions (which held no image to read)."""
+    raw = tmp_path / "raw"
+    shutil.copytree(isic_2017, raw)
+    for folder in list(raw.iterdir()):
+        if folder.is_dir():
+            companion = raw / "__MACOSX" / folder.name
+            companion.mkdir(parents=True)
+            for f in folder.iterdir():
+                (companion / f"._{f.name}").write_bytes(b"\x00\x05\x16\x07")
+    prepare("isic_skin_lesion", str(raw), str(tmp_path / "out"))
+    assert json.loads((tmp_path / "out" / "datalist.json").read_text())["meta"]["counts"] == {
+        "training": 12, "validation": 3, "test": 3}
 
 
 def test_a_mask_passed_over_for_its_png_twin_is_named(tmp_path, capsys):

@@ -410,3 +410,22 @@ def test_a_folder_whose_masks_are_all_empty_is_noted(tmp_path, capsys):
     Image.fromarray(lesion).save(raw / "masks" / "c3.png")
     prepare("isic_skin_lesion", str(raw), str(tmp_path / "out2"))
     assert "is empty (no foreground)" not in capsys.readouterr().err
+
+
+def test_images_in_subfolders_of_the_image_folder_are_named(tmp_path, capsys):
+    """Images sorted into subfolders of images/ are not read: a note names the subfolders beside images that are,
+    and an image folder holding images only in subfolders is refused, naming them."""
+    rng = np.random.default_rng(21)
+    raw = tmp_path / "raw"
+    _write_pairs(raw / "images", raw / "masks", ["a", "b", "c", "d"], rng)
+    _write_pairs(raw / "images" / "extra", raw / "masks", ["e", "f"], rng)
+    prepare("polyp_seg", str(raw), str(tmp_path / "out"), val_fraction=0.25, test_fraction=0.25)
+    assert sum(_datalist(tmp_path / "out")["meta"]["counts"].values()) == 4
+    assert (f"note: {raw / 'images'}: the images in its subfolders extra/ (2) are not imported (only the images "
+            "directly in it are)") in capsys.readouterr().err
+    nested = tmp_path / "nested"
+    _write_pairs(nested / "images" / "part1", nested / "masks", ["a", "b", "c"], rng)
+    _write_pairs(nested / "images" / "part2", nested / "masks", ["d"], rng)
+    with pytest.raises(DatasetLayoutError, match=r"images: no images \(PNG, JPEG, BMP, TIFF or WebP\); its subfolders "
+                                                 r"part1/ \(3\), part2/ \(1\) hold images, which must lie directly in it"):
+        prepare("polyp_seg", str(nested), str(tmp_path / "out2"))

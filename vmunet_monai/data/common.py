@@ -30,6 +30,8 @@ __all__ = [
     "png_first",
     "list_images",
     "pair_images_and_masks",
+    "paired_images",
+    "images_in_subfolders",
     "same_stem_reason",
     "verify_pairs",
     "report_turned",
@@ -138,10 +140,15 @@ def pair_images_and_masks(images: Sequence[Path], mask_folder: str | os.PathLike
     by_stem: dict[str, Path] = {}
     passed_over: list[Path] = []  # X_mask.jpg beside X_mask.png
     exts = {e.lower() for e in mask_extensions}
+    unread: dict[str, Path] = {}  # X_mask.gif: a format that is not read
     for p in sorted(mask_folder.iterdir(), key=lambda p: (png_first(p), p.name)):  # of one stem, the PNG (lossless)
-        if p.is_file() and p.suffix.lower() in exts:
+        if not p.is_file() or p.name.startswith("."):  # macOS's "._X.png" companions are not masks
+            continue
+        if p.suffix.lower() in exts:
             if by_stem.setdefault(p.stem, p) != p:
                 passed_over.append(p)
+        else:
+            unread.setdefault(p.stem.lower(), p)
     by_lower: dict[str, list[Path]] = {}  # ISIC 2016's X_Segmentation.png for the suffix _segmentation
     for stem, p in by_stem.items():
         by_lower.setdefault(stem.lower(), []).append(p)
@@ -161,16 +168,24 @@ def pair_images_and_masks(images: Sequence[Path], mask_folder: str | os.PathLike
             skipped.append({"file": str(img), "reason": reason})
         else:
             pairs.append((img, mask))
+    def in_other_format(name: str) -> str:
+        found = unread.get((Path(name).stem + mask_suffix).lower())
+        if found is None:
+            return ""
+        kind = f"{found.suffix} files are" if found.suffix else "a file without an extension is"
+        return f"; {found.name} is there, but {kind} not read as masks: save the masks as PNG"
+
     if missing and (skipped is None or not pairs):
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise DatasetLayoutError(
             f"{mask_folder}: no mask named '<image stem>{mask_suffix}.<png|jpg|...>' for {len(missing)} image(s): {shown}"
+            f"{in_other_format(missing[0])}"
         )
     by_name = {img.name: img for img in images}
     for name in missing:
         skipped.append({"file": str(by_name[name]),
                         "reason": f"no mask {mask_folder / (Path(name).stem + mask_suffix)}.<png|jpg|...> "
-                                  "(every image needs its mask)"})
+                                  f"(every image needs its mask{in_other_format(name)})"})
     unused = sorted(p.name for p in by_stem.values() if p not in claimed)
     if unused:
         shown = ", ".join(unused[:3]) + (f" and {len(unused) - 3} more" if len(unused) > 3 else "")
@@ -227,6 +242,57 @@ def verify_pairs(pairs: Sequence[tuple[Path, Path]], skipped: list[dict], worker
               f"nothing from them (are these the masks, or was the mask suffix another?)", file=sys.stderr)
     report_turned(turned, "their masks must be drawn on the upright image")
     return kept
+
+
+def images_in_subfolders(folder: str | os.PathLike, leave_out: Iterable[str] = ()) -> dict[str, int]:
+    """The subfolders of ``folder`` (hidden ones, ``__MACOSX`` and those named in ``leave_out`` left out, case
+    ignored) that hold images directly, with their counts: images an importer reading ``folder`` does not see."""
+    left = {n.lower() for n in leave_out} | {"__macosx"}
+    held = {}
+    for sub in sorted(Path(folder).iterdir(), key=lambda p: p.name):
+        if sub.is_dir() and not sub.name.startswith(".") and sub.name.lower() not in left:
+            count = len(list_images(sub))
+            if count:
+                held[sub.name] = count
+    return held
+
+
+def _shown_subfolders(held: dict[str, int]) -> str:
+    names = [f"{name}/ ({count})" for name, count in held.items()]
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def paired_images(image_folder: str | os.PathLike, mask_folder: str | os.PathLike, skipped: list[dict], *,
+                  mask_suffix: str = "", verify: bool = True, binary: bool = True, exclude: Iterable[str] = (),
+                  leave_out: Iterable[str] = ()) -> list[tuple[Path, Path]]:
+    """The (image, mask) pairs of the images directly in ``image_folder`` (:func:`list_images`, ``exclude`` as
+    there), paired by name with ``mask_folder`` (:func:`pair_images_and_masks`) and, with ``verify``, checked
+    (:func:`verify_pairs`); what is left out is appended to ``skipped``. Images in subfolders of ``image_folder``
+    (except those named in ``leave_out``) are not read: a note names them.
+
+    Raises:
+        DatasetLayoutError: if ``image_folder`` holds no image (naming subfolders that do), or, with ``verify``, no
+            pair is usable (with the last reason one of its pairs was skipped for).
+    """
+    image_folder = Path(image_folder)
+    images = list_images(image_folder, exclude=exclude)
+    held = images_in_subfolders(image_folder, leave_out)
+    if not images:
+        inside = (f"; its subfolders {_shown_subfolders(held)} hold images, which must lie directly in it (give "
+                  f"each as a folder of its own, or move them up)") if held else ""
+        raise DatasetLayoutError(f"{image_folder}: no images (PNG, JPEG, BMP, TIFF or WebP){inside}")
+    if held:
+        print(f"note: {image_folder}: the images in its subfolders {_shown_subfolders(held)} are not imported (only "
+              f"the images directly in it are)", file=sys.stderr)
+    before = len(skipped)
+    pairs = pair_images_and_masks(images, mask_folder, mask_suffix=mask_suffix, skipped=skipped)
+    if verify:
+        pairs = verify_pairs(pairs, skipped, binary=binary)
+        if not pairs:
+            own = skipped[before:]
+            why = f" (every pair was skipped: {own[-1]['reason']})" if own else ""
+            raise DatasetLayoutError(f"{image_folder}: no usable image/mask pair{why}")
+    return pairs
 
 
 def report_turned(turned: Sequence[tuple[Path, int]], consequence: str) -> None:

@@ -46,9 +46,9 @@ import numpy as np
 from vmunet_monai.data.common import (
     DatasetLayoutError,
     check_prepare_output,
+    paired_images,
     image_per_stem,
     list_images,
-    pair_images_and_masks,
     report_skipped,
     same_stem_reason,
     split_items,
@@ -281,15 +281,9 @@ def _items(dirs: tuple[Path, Path], dataset: str, mask_suffix: str | None, skipp
            verify: bool, binary: bool = True) -> tuple[list[dict], str]:
     image_dir, mask_dir = dirs
     images = list_images(image_dir)
-    if not images:
-        raise DatasetLayoutError(f"{image_dir}: no images (PNG, JPEG, BMP, TIFF or WebP)")
-    suffix = _suffix_for(images, mask_dir) if mask_suffix is None else mask_suffix
-    pairs = pair_images_and_masks(images, mask_dir, mask_suffix=suffix, skipped=skipped)
-    if verify:
-        pairs = verify_pairs(pairs, skipped, binary=binary)
-        if not pairs:
-            raise DatasetLayoutError(f"{image_dir}: no usable image/mask pair (every pair was skipped: "
-                                     f"{skipped[-1]['reason']})")
+    suffix = _suffix_for(images, mask_dir) if mask_suffix is None and images else (mask_suffix or "")
+    pairs = paired_images(image_dir, mask_dir, skipped, mask_suffix=suffix, verify=verify, binary=binary,
+                          leave_out=MASK_DIRS)
     return _entries(pairs, dataset), suffix
 
 

@@ -41,8 +41,7 @@ from PIL import Image
 from vmunet_monai.data.common import (
     DatasetLayoutError,
     check_prepare_output,
-    list_images,
-    pair_images_and_masks,
+    paired_images,
     random_blob_mask,
     report_skipped,
     save_mask,
@@ -50,7 +49,6 @@ from vmunet_monai.data.common import (
     smooth_noise,
     soft_edges,
     split_items,
-    verify_pairs,
     write_datalist,
 )
 from vmunet_monai.data.folders import choose_layout, prepare_folders, refuse_options
@@ -101,8 +99,8 @@ def find_isic_folders(raw: str | os.PathLike, max_depth: int = 3) -> dict[int, d
     found: dict[int, dict[tuple[str, str], Path]] = {}
     for dirpath, dirnames, _ in os.walk(raw):
         depth = len(Path(dirpath).relative_to(raw).parts)
-        if depth >= max_depth:
-            dirnames[:] = []
+        # a zip extracted on macOS holds __MACOSX/ with "._X" companions of every folder: not the downloads
+        dirnames[:] = [] if depth >= max_depth else [d for d in dirnames if not d.startswith(".") and d != "__MACOSX"]
         for d in sorted(dirnames):
             info = _classify(d)
             if info is None:
@@ -119,14 +117,7 @@ def _pairs(folders: dict[tuple[str, str], Path], role: str, skipped: list[dict],
     images, masks = folders.get((role, "image")), folders.get((role, "mask"))
     if images is None or masks is None:
         return None
-    pairs = pair_images_and_masks(list_images(images, exclude=_EXCLUDE), masks, mask_suffix="_segmentation",
-                                  skipped=skipped)
-    if verify:
-        pairs = verify_pairs(pairs, skipped)
-        if not pairs:
-            raise DatasetLayoutError(f"{images}: no usable image/mask pair (every pair was skipped: "
-                                     f"{skipped[-1]['reason']})")
-    return pairs
+    return paired_images(images, masks, skipped, mask_suffix="_segmentation", verify=verify, exclude=_EXCLUDE)
 
 
 _PART3 = re.compile(r"ISIC-2017_.*Part3_GroundTruth\.csv$", re.IGNORECASE)

@@ -23,8 +23,7 @@ import numpy as np
 from vmunet_monai.data.common import (
     DatasetLayoutError,
     check_prepare_output,
-    list_images,
-    pair_images_and_masks,
+    paired_images,
     random_blob_mask,
     report_skipped,
     save_mask,
@@ -32,7 +31,6 @@ from vmunet_monai.data.common import (
     smooth_noise,
     soft_edges,
     split_items,
-    verify_pairs,
     write_datalist,
 )
 from vmunet_monai.data.folders import choose_layout, prepare_folders, refuse_options
@@ -73,15 +71,7 @@ def _sub(folder: Path, names) -> Path:
 
 
 def _pairs(folder: Path, dataset: str, skipped: list[dict], verify: bool) -> list[dict]:
-    images = list_images(_sub(folder, _IMAGE_DIRS))
-    if not images:
-        raise DatasetLayoutError(f"{folder}: the image folder is empty")
-    pairs = pair_images_and_masks(images, _sub(folder, _MASK_DIRS), skipped=skipped)
-    if verify:
-        pairs = verify_pairs(pairs, skipped)
-        if not pairs:
-            raise DatasetLayoutError(f"{folder}: no usable image/mask pair (every pair was skipped: "
-                                     f"{skipped[-1]['reason']})")
+    pairs = paired_images(_sub(folder, _IMAGE_DIRS), _sub(folder, _MASK_DIRS), skipped, verify=verify)
     return [{"image": str(i), "label": str(m), "name": i.stem, "dataset": dataset} for i, m in pairs]
 
 
