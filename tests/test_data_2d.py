@@ -17,6 +17,7 @@ from vmunet_monai.data import common, demo_data, isic, polyp, prepare
 from vmunet_monai.data.common import DatasetLayoutError, load_datalist
 from vmunet_monai.engine import BinarizeMaskd, FirstOutputd, insert_before
 from vmunet_monai.evaluation import binary
+from vmunet_monai.validation import InputError
 
 
 def _names(items):
@@ -72,6 +73,15 @@ def test_isic_official_split(isic_2017, tmp_path):
         assert "superpixels" not in item["image"]
     assert {i["image"].split("/")[-2] for i in test} == {"ISIC-2017_Test_v2_Data"}
     assert {i["image"].split("/")[-2] for i in val} == {"ISIC-2017_Validation_Data"}
+    # options the official split leaves unused are refused, saying which option uses them
+    with pytest.raises(InputError, match=r"--test_fraction 0.2: not used, since the official split tests on the "
+                                         r"challenge test set \(.*ISIC-2017_Test_v2_Data\); give --split paper"):
+        prepare("isic_skin_lesion", str(isic_2017), str(tmp_path / "x"), test_fraction=0.2)
+    with pytest.raises(InputError, match=r"--val_fraction 0.25: not used, since the challenge validation set "
+                                         r"\(.*ISIC-2017_Validation_Data\) is the validation split; give --validation "
+                                         r"carve"):
+        prepare("isic_skin_lesion", str(isic_2017), str(tmp_path / "x"), val_fraction=0.25)
+    assert not (tmp_path / "x").exists()
     # carving instead of the challenge validation set
     prepare("isic_skin_lesion", str(isic_2017), str(tmp_path / "carve"), validation="carve", val_fraction=0.25)
     carved = load_datalist(tmp_path / "carve", "validation")

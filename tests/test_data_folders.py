@@ -72,6 +72,13 @@ def test_train_val_and_test_sets(tmp_path):
         _write_pairs(raw / "Test" / name / "images", raw / "Test" / name / "labels", [f"{name}_{i}" for i in range(n)],
                      rng, image_ext=".png")
     out = tmp_path / "out"
+    # a fraction the folders make unused is refused, not ignored (the test and validation folders are the splits)
+    with pytest.raises(InputError, match=rf"--test_fraction 0.3: not used, since the test folder {raw / 'Test'} is "
+                                         r"the test split; leave it out"):
+        prepare("polyp_seg", str(raw), str(out), test_fraction=0.3)
+    with pytest.raises(InputError, match=rf"--val_fraction 0.2: not used, since the validation folder "
+                                         rf"{raw / 'valid'} is the validation split"):
+        prepare("polyp_seg", str(raw), str(out), val_fraction=0.2)
     prepare("polyp_seg", str(raw), str(out))
     doc = _datalist(out)
     assert _stems(doc["validation"]) == ["v1", "v2"]  # the validation folder, not carved
@@ -340,6 +347,9 @@ def test_glands_in_one_folder_keep_the_split_their_names_state(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "prepared"
     demo_data("polyp_seg", str(raw), num=8, seed=1, layout="glands")
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(raw / "train_99.bmp")  # a tile without its mask
+    with pytest.raises(InputError, match=r"--test_fraction 0.5: not used, since the file names .* make the split "
+                                         r"\(train_\*; testA_\*, testB_\* for testing\)"):
+        prepare("polyp_seg", str(raw), str(out), foreground="nonzero", test_fraction=0.5)
     prepare("polyp_seg", str(raw), str(out), foreground="nonzero")
     doc = _datalist(out)
     assert [s["file"] for s in doc["meta"]["skipped"]] == [str(raw / "train_99.bmp")]  # named once

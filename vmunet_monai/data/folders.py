@@ -59,8 +59,9 @@ from vmunet_monai.data.label_maps import LABELS_FOLDER, binarize_nonzero, prepar
 from vmunet_monai.data.preview import announce
 from vmunet_monai.validation import IMAGE_EXTENSIONS, InputError
 
-__all__ = ["LayoutNotFound", "IMAGE_DIRS", "MASK_DIRS", "MASK_SUFFIXES", "choose_layout", "find_folders_layout", "prepare_folders",
-           "refuse_options", "subfolders", "child_folder"]
+__all__ = ["LayoutNotFound", "IMAGE_DIRS", "MASK_DIRS", "MASK_SUFFIXES", "choose_layout", "chosen_fractions",
+           "find_folders_layout", "prepare_folders", "refuse_options", "refuse_unused_fraction", "subfolders",
+           "child_folder"]
 
 IMAGE_DIRS = ("images", "image", "imgs", "img", "inputs", "original")  # "Original": CVC-ClinicDB
 MASK_DIRS = ("masks", "mask", "labels", "label", "gt", "groundtruth", "ground_truth", "ground truth", "annotations")
@@ -258,6 +259,23 @@ def refuse_options(layout: str, options: dict, applies_to: str) -> None:
                          f"(--layout chooses)")
 
 
+def chosen_fractions(val_fraction: float, test_fraction: float, val_default: float, test_default: float) -> dict:
+    """The split fractions set to other than the importer's defaults, by option name (what the user chose)."""
+    given = {"val_fraction": (val_fraction, val_default), "test_fraction": (test_fraction, test_default)}
+    return {name: value for name, (value, default) in given.items() if value != default}
+
+
+def refuse_unused_fraction(option: str, chosen: dict[str, float], why: str, instead: str) -> None:
+    """A split fraction given on the command line (in ``chosen``, option name -> value) that the dataset's own split
+    leaves unused is an error, not silently ignored.
+
+    Raises:
+        InputError: ``--<option> <value>: not used, since <why>; <instead>``.
+    """
+    if option in chosen:
+        raise InputError(f"--{option} {chosen[option]:g}: not used, since {why}; {instead}")
+
+
 def _suffix_for(images: list[Path], mask_dir: Path) -> str:
     """The mask-name suffix (of :data:`MASK_SUFFIXES`) that pairs the most of ``images`` with a file in ``mask_dir``."""
     exts = {e.lower() for e in IMAGE_EXTENSIONS}
@@ -289,7 +307,7 @@ def _items(dirs: tuple[Path, Path], dataset: str, mask_suffix: str | None, skipp
 
 def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, test_fraction: float,
                     seed: int = 0, verify: bool = True, mask_suffix: str | None = None, classes=None,
-                    mask_values=None, foreground: str = "half") -> str:
+                    mask_values=None, foreground: str = "half", chosen: dict[str, float] | None = None) -> str:
     """Write ``out/datalist.json`` (training / validation / test) from a folders layout in ``raw``.
 
     Args:
@@ -309,6 +327,8 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
         foreground: binary masks: ``"half"`` (a pixel is foreground from half the mask's scale up: 0/1, 0/255 and
             JPEG grey levels) or ``"nonzero"`` (every value above 0: instance masks that number each object, as
             GlaS's; such masks are written as 0/255 under ``OUT/labels/``).
+        chosen: the fractions the user gave (``{"test_fraction": 0.25}``): one that the layout's own test or
+            validation folder (or GlaS's file names) leaves unused is refused, where it would be ignored.
 
     Returns:
         the path of the datalist (skipped files are listed under ``meta.skipped``).
@@ -320,6 +340,15 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
     from vmunet_monai.data.volumes import class_names
 
     root, layout = find_folders_layout(raw)
+    chosen = chosen or {}
+    if layout.get("test"):
+        refuse_unused_fraction("test_fraction", chosen, f"the test folder {child_folder(root, _SPLITS['test'])} is "
+                               "the test split", "leave it out (it carves a test part where a dataset has no test "
+                               "folder)")
+    if layout.get("val") is not None:
+        refuse_unused_fraction("val_fraction", chosen, f"the validation folder {layout['val'][0].parent} is the "
+                               "validation split", "leave it out (it carves a validation part where a dataset has "
+                               "no validation folder)")
     folders = [d for dirs in _all_dirs(layout) for d in dirs]
     check_prepare_output(folders, out)
     names = class_names(classes, root)
@@ -385,6 +414,9 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
         named = named_splits(read_by_category[""]) if list(read_by_category) == [""] else None
         if named is not None:  # GlaS: train_*, testA_*, testB_* in one folder; the names are the official split
             part_train, tests = named
+            refuse_unused_fraction("test_fraction", chosen, f"the file names in {layout['mixed']['']} make the "
+                                   f"split (train_*; {', '.join(f'{k}_*' for k in tests)} for testing)",
+                                   "leave it out")
             val, train = split_items(part_train, [val_fraction], seed + 1)
             test = []
             for set_name, items in tests.items():

@@ -51,7 +51,8 @@ from vmunet_monai.data.common import (
     split_items,
     write_datalist,
 )
-from vmunet_monai.data.folders import choose_layout, prepare_folders, refuse_options
+from vmunet_monai.data.folders import (chosen_fractions, choose_layout, prepare_folders, refuse_options,
+                                       refuse_unused_fraction)
 from vmunet_monai.data.ph2 import find_ph2, prepare_ph2, write_demo_ph2
 from vmunet_monai.data.preview import announce
 from vmunet_monai.validation import InputError
@@ -235,7 +236,8 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
         refuse_options("folders", not_here, "the ISIC challenge")
         return prepare_folders(raw, out, importer="vmunet_monai.data.isic", val_fraction=val_fraction,
                                test_fraction=test_fraction, seed=seed, verify=verify, mask_suffix=mask_suffix,
-                               classes=classes, mask_values=mask_values, foreground=foreground)
+                               classes=classes, mask_values=mask_values, foreground=foreground,
+                               chosen=chosen_fractions(val_fraction, test_fraction, 0.2, 0.3))
     refuse_options("challenge", {"mask_suffix": (mask_suffix, None), "classes": (classes, None),
                                  "mask_values": (mask_values, None), "foreground": (foreground, "half")}, "the folders")
     check_prepare_output([folder for folders in found.values() for folder in folders.values()], out)
@@ -255,6 +257,16 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
         raise DatasetLayoutError(f"{raw}: no ISIC {year} training folders (found years {sorted(usable)})")
     year = int(year)
     folders = usable[year]
+    chosen = chosen_fractions(val_fraction, test_fraction, 0.2, 0.3)
+    has_test = ("test", "image") in folders and ("test", "mask") in folders
+    if split == "official" or (split == "auto" and has_test):  # refused before minutes of checking every pair
+        refuse_unused_fraction("test_fraction", chosen, f"the official split tests on the challenge test set "
+                               f"({folders.get(('test', 'image'), 'its test folders')})", "give --split paper to "
+                               "hold out a share of the labelled images for testing instead")
+        if ("val", "image") in folders and ("val", "mask") in folders and validation == "auto":
+            refuse_unused_fraction("val_fraction", chosen, f"the challenge validation set ({folders[('val', 'image')]}) "
+                                   "is the validation split", "give --validation carve to carve validation from the "
+                                   "training set instead")
     skipped: list[dict] = []
     diagnoses = read_isic2017_diagnoses(raw) if year == 2017 else {}
     train = _items(_pairs(folders, "train", skipped, verify), year, diagnoses)

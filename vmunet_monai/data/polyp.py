@@ -33,7 +33,7 @@ from vmunet_monai.data.common import (
     split_items,
     write_datalist,
 )
-from vmunet_monai.data.folders import choose_layout, prepare_folders, refuse_options
+from vmunet_monai.data.folders import chosen_fractions, choose_layout, prepare_folders, refuse_options
 from vmunet_monai.data.preview import announce
 
 __all__ = ["TEST_SETS", "prepare", "demo_data", "find_pranet_root"]
@@ -118,7 +118,8 @@ def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0, verify
                      "the PraNet layout (TrainDataset/ and TestDataset/<set>/)"):
         return prepare_folders(raw, out, importer="vmunet_monai.data.polyp", val_fraction=val_fraction,
                                test_fraction=test_fraction, seed=seed, verify=verify, mask_suffix=mask_suffix,
-                               classes=classes, mask_values=mask_values, foreground=foreground)
+                               classes=classes, mask_values=mask_values, foreground=foreground,
+                               chosen=chosen_fractions(val_fraction, test_fraction, 0.1, 0.2))
     given = {"test_fraction": (test_fraction, 0.2), "mask_suffix": (mask_suffix, None), "classes": (classes, None),
              "mask_values": (mask_values, None), "foreground": (foreground, "half")}
     refuse_options("pranet", given, "the folders")
