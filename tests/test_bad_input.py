@@ -133,11 +133,13 @@ def test_mask_and_label_value_rules(tmp_path):
     for values, problem in (([0, 1, 2], "mask values are 0, 1, 2, none of them at least 128"),
                             ([-1, 0, 1], "mask values range from -1 to 1"),
                             ([0, 300, 40000], "mask values range from 0 to 40000"),  # 16-bit values
+                            ([0, 1, 2, 300], "takes prepare's --foreground nonzero"),  # 16-bit instance masks
                             ([200, 65535], "mask values range from 200 to 65535"),
                             ([0.0, np.nan], "1 NaN")):
         with pytest.raises(InputError) as failure:
             check_binary_mask(np.array(values), "masks/a.png")
         _one_line(failure.value, "masks/a.png", problem, "binary mask" if "NaN" not in problem else "finite")
+        assert ("--foreground nonzero" in str(failure.value)) == (values[0] == 0 and "NaN" not in problem)
     check_label_values(np.arange(9), "label.nii.gz", num_classes=9)
     for values, bad in (([0, 3, 9, 12], "9, 12"), ([0, 2.5], "2.5"), ([-1, 0], "-1")):
         with pytest.raises(InputError) as failure:

@@ -468,8 +468,10 @@ def test_score_reads_2d_masks_on_disk_binary_and_of_several_classes(tmp_path, ca
     assert expected[tests[0]["name"]][1] == 0.0 and summary["missing_prediction"] == []
     assert set(summary["classes"]) == {"polyp", "instrument"}
     assert summary["paths"]["worst"] == str(tmp_path / "s" / "metrics_test_worst.png")  # the one imperfect image
-    with pytest.raises(InputError, match=r"_mask.png: holds the value 100, which is no class's \(the masks hold 0 0, "
-                                         r"1 1, 2 2"):
+    with pytest.raises(InputError, match=r"_mask.png: holds the value 100, which is no class's \(the masks are read "
+                                         r"with each class stored as one value, the class numbers, as predict writes "
+                                         r"them without --mask_values: background as 0, polyp as 1, instrument as 2; "
+                                         r"give --mask_values .* meta.mask_values from datalist.json\)"):
         score(tmp_path / "pred" / "masks", tmp_path / "classes", out=tmp_path / "s2")
     # binary: foreground at half scale, named as another tool names its masks; one image left without a prediction
     demo_data("isic_skin_lesion", str(tmp_path / "isic"), num=8)

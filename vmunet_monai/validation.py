@@ -260,16 +260,18 @@ def check_binary_mask(mask, path) -> None:
     check_finite(mask, path, "mask")
     lo, hi = float(mask.min()), float(mask.max())
     rule = "a binary mask holds 0/1 or 0/255, or 0 and one other value in a 16-bit file"
+    numbered = ("; a mask that numbers each object 1, 2, 3, ... (instance masks) takes prepare's --foreground "
+                "nonzero, and a label map of several classes --classes")
     if lo < 0 or (hi > 255 and (lo != 0 or np.count_nonzero((mask != 0) & (mask != hi)))):
-        raise input_error(path, f"mask values range from {lo:g} to {hi:g}", rule)
+        whole = lo == 0 and bool(np.all(np.mod(mask, 1) == 0))
+        raise input_error(path, f"mask values range from {lo:g} to {hi:g}", rule + (numbered if whole else ""))
     if 1 < hi < 128:
         if os.fspath(path).lower().endswith(LOSSY_EXTENSIONS) and hi <= 8:
             raise input_error(path, f"mask values are {describe_values(mask)}: a 0/1 mask stored lossy, whose "
                               "compression noise cannot be told from the mask", "save 0/1 masks as PNG, or 0/255 if "
                               "they must be JPEG")
         raise input_error(path, f"mask values are {describe_values(mask)}, none of them at least 128", rule
-                          + "; foreground is at least half the scale, so this mask would read as empty (a label map "
-                          "with several classes?)")
+                          + "; foreground is at least half the scale, so this mask would read as empty" + numbered)
 
 
 def mask_foreground(mask):

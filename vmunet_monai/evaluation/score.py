@@ -333,8 +333,11 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     num_classes = len(classes) + 1 if classes else 2
     record = read_record(pred)
     _check_held_out(record, [str((dataset / item["image"]).resolve()) for item in items], split)
+    source = "as --mask_values gives them" if mask_values is not None else None
     if mask_values is None and record is not None:
         mask_values = record[1].get("mask_values")
+        source = "as prediction.json records them" if mask_values is not None else None
+    source = source or "the class numbers, as predict writes them without --mask_values"
     levels = mask_levels(mask_values, num_classes) if num_classes > 2 else None
     # binary masks written with other grey levels (predict --mask_values 255,0 or 0,127): read by those levels
     binary_levels = mask_levels(mask_values, 2) if num_classes == 2 and mask_values is not None else None
@@ -390,9 +393,14 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
             continue
         unknown = sorted(set(np.unique(values).tolist()) - set(levels))
         if unknown:
-            raise InputError(f"{hit}: holds the value {unknown[0]}, which is no class's (the masks hold "
-                             f"{', '.join(f'{c} {v}' for c, v in enumerate(levels))}; give --mask_values as they "
-                             f"were written)")
+            from vmunet_monai.data.common import DATALIST_NAME
+
+            stored = ", ".join(f"{classes.get(c, 'background') if c else 'background'} as {v}"
+                               for c, v in enumerate(levels))
+            raise InputError(f"{hit}: holds the value {unknown[0]}, which is no class's (the masks are read with "
+                             f"each class stored as one value, {source}: {stored}; give --mask_values with the "
+                             f"values the masks were written with, background first, e.g. the dataset's own "
+                             f"meta.mask_values from {DATALIST_NAME})")
         lookup = np.zeros(max(levels) + 1, np.int64)
         lookup[levels] = np.arange(len(levels))
         numbers = lookup[values]
