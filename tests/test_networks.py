@@ -179,6 +179,30 @@ def test_trace_on_torch_backend_equals_eager(cls, kw):
         assert torch.allclose(traced(x2), net(x2), atol=1e-5)
 
 
+def test_tracing_runs_the_torch_backend_whatever_was_chosen(monkeypatch):
+    """A network built with another backend, or $VMUNET_SCAN_BACKEND set, still traces through the pure-PyTorch
+    scan: the reference loop would be unrolled step by step into the graph, and a compiled kernel is no graph."""
+    from vmunet_monai.ops import resolve_backend
+
+    seen = []
+    monkeypatch.setenv("VMUNET_SCAN_BACKEND", "reference")
+    assert resolve_backend("cpu") == "reference"
+    net = VMUNet(out_channels=2, depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), scan_backend="reference",
+                 **TINY).eval()
+
+    def probe(module, args):
+        seen.append(resolve_backend("cpu", "reference"))
+
+    net.register_forward_pre_hook(probe)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        traced = torch.jit.trace(net, x, check_trace=False)
+        x2 = torch.randn(1, 3, 64, 64)
+        assert torch.allclose(traced(x2), net(x2), atol=1e-5)
+    assert seen[0] == "torch" and seen[-1] == "reference"  # traced on torch; eager again on the choice
+    assert len(traced.graph.findAllNodes("prim::Loop")) == 0
+
+
 def test_registration_and_dotted_targets():
     assert Mixer["ss2d", 2] is SS2D
     parser = ConfigParser({

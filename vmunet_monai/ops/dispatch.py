@@ -93,7 +93,9 @@ def check_backend_name(name: str | None, source: str = "scan_backend") -> None:
 
 def resolve_backend(device: torch.device | str, backend: str | None = None) -> str:
     """The backend that will run for tensors on ``device``: argument > $VMUNET_SCAN_BACKEND > automatic
-    (limited to :data:`DETERMINISTIC_BACKENDS` while ``torch.use_deterministic_algorithms(True)`` is on)."""
+    (limited to :data:`DETERMINISTIC_BACKENDS` while ``torch.use_deterministic_algorithms(True)`` is on); always
+    ``torch`` while torch.jit or ONNX export traces the model, whatever was chosen (a compiled kernel cannot be
+    traced, and the reference loop would be unrolled step by step into the graph)."""
     if backend == "triton" and _compiling_for_gpu():
         return backend
     device_type = torch.device(device).type
@@ -101,6 +103,8 @@ def resolve_backend(device: torch.device | str, backend: str | None = None) -> s
     if requested is None and os.environ.get(ENV_VAR):
         requested, source = os.environ[ENV_VAR].strip(), f"${ENV_VAR}"
     check_backend_name(requested, source)
+    if _exporting():
+        return "torch"
     if requested is not None and requested != "auto":
         _, st = _load(requested)
         if device_type not in st.devices:
@@ -111,8 +115,6 @@ def resolve_backend(device: torch.device | str, backend: str | None = None) -> s
         if not st.available:
             raise RuntimeError(f"scan backend {requested!r} ({source}) is not available: {st.detail}. Fix: {st.fix}")
         return requested
-    if _exporting():
-        return "torch"
     order = AUTO_ORDER.get(device_type, ("torch",))
     if torch.are_deterministic_algorithms_enabled():
         order = tuple(n for n in order if n in DETERMINISTIC_BACKENDS)
