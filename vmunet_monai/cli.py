@@ -348,7 +348,9 @@ class Commands:
         Args:
             bundle: isic_skin_lesion, polyp_seg or synapse_multiorgan.
             out: output folder (the RAW argument of prepare).
-            num: training images or volumes (default 48 images, 8 volumes); the other splits scale with it.
+            num: how many images or volumes (default 48 images, 8 volumes): the training images (ISIC's
+                challenge layout, PraNet's, polyp folders and glands; the test sets scale with it), every
+                image (ISIC folders, PH2) or every case (Synapse, training and test; ACDC).
             seed: random seed (the same seed writes the same files).
         """
         from vmunet_monai.data import demo_data
