@@ -364,3 +364,26 @@ def test_an_export_is_checked_at_the_batch_predict_will_feed_it(bundles, tmp_pat
     with pytest.raises(InputError, match=r"one.ts: does not run on a \(2, 3, 32, 32\) input.*an export fixed to a "
                                          r"batch of 1 runs with --batch_size 1"):
         check_exported(path, meta, batch=2)
+
+
+def test_weights_trained_for_more_classes_export_with_num_classes(bundles, tmp_path):
+    """Weights of a training run with --num_classes 3 are refused with the option to give, and export with it."""
+    from monai.bundle import ConfigParser
+
+    from vmunet_monai.weights import CheckpointError
+
+    root = bundles["isic_skin_lesion"]
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser["num_classes"] = 3
+    torch.manual_seed(3)
+    net = parser.get_parsed_content("network_def").eval()
+    weights = tmp_path / "three" / "model.pt"
+    weights.parent.mkdir()
+    torch.save(net.state_dict(), weights)
+    with pytest.raises(CheckpointError, match=r"its output layer has 3 classes against 2 here: it was trained with "
+                                              r"--num_classes 3, so give the same --num_classes"):
+        export(str(root), checkpoint=str(weights), output=str(tmp_path / "refused.ts"))
+    result = export(str(root), checkpoint=str(weights), output=str(tmp_path / "three.ts"), num_classes=3)
+    assert result.max_abs_diff <= DEFAULT_TOLERANCE
+    assert torch.jit.load(str(tmp_path / "three.ts"))(torch.rand(1, 3, SIZE, SIZE)).shape[1] == 3

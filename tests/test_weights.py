@@ -254,3 +254,106 @@ def test_a_checkpoint_of_the_same_network_with_other_settings_says_so():
                                               r"the network with the settings it was trained with") as err:
         check_checkpoint_fits(VMUNet(**TINY), trained)
     assert "official" not in str(err.value)
+
+
+def _official_v2(net: VMUNetV2) -> dict:
+    """``net``'s weights under the official VM-UNetV2's names (its encoder under ``vmunet.``), with the tensors the
+    official network builds but never uses."""
+    sd = {("vmunet." + k[len("encoder."):] if k.startswith("encoder.") else k): torch.randn_like(v.float()).to(v.dtype)
+          for k, v in net.state_dict().items()}
+    sd["vmunet.layers.3.blocks.0.ln_1.weight"] = torch.ones(64)
+    sd["deconv5.weight"] = torch.zeros(8, 8, 4, 4)
+    return sd
+
+
+def test_the_strict_check_of_predict_and_export_takes_an_official_v2_checkpoint(tmp_path):
+    """predict, bundle inference, export and package check weights with check_checkpoint_fits: an official VM-UNetV2
+    best.pth is read under its own names, whole, as load_official_checkpoint reads it."""
+    from vmunet_monai.weights import check_checkpoint_fits
+
+    official = _official_v2(VMUNetV2(mid_channels=8, **TINY))
+    path = tmp_path / "best.pth"
+    torch.save({"model": official}, path)
+    net = VMUNetV2(mid_channels=8, **TINY)
+    state = check_checkpoint_fits(net, path)
+    net.load_state_dict(state)
+    assert torch.equal(net.encoder.patch_embed.proj.weight, official["vmunet.patch_embed.proj.weight"])
+    assert "deconv5.weight" not in state and sorted(state) == sorted(net.state_dict())
+
+
+def test_another_network_or_a_vmamba_classifier_is_named_with_where_it_belongs():
+    from vmunet_monai.weights import check_checkpoint_fits
+
+    v2 = VMUNetV2(mid_channels=8, **TINY).state_dict()
+    with pytest.raises(CheckpointError, match=r"it is a VM-UNetV2 checkpoint: give it to a bundle whose network_def is "
+                                              r"VMUNetV2 \(polyp_seg builds it\)") as err:
+        check_checkpoint_fits(VMUNet(**TINY), v2)
+    assert "convert" not in str(err.value)
+    with pytest.raises(CheckpointError, match=r"it is a VM-UNet checkpoint: give it to a bundle whose network_def is "
+                                              r"VMUNet \(isic_skin_lesion and synapse_multiorgan build it\)"):
+        check_checkpoint_fits(VMUNetV2(mid_channels=8, **TINY), VMUNet(**TINY).state_dict())
+    with pytest.raises(CheckpointError, match=r"a VMamba v0 ImageNet encoder, the papers' initialisation for training "
+                                              r"\(--pretrained_checkpoint"):
+        check_checkpoint_fits(VMUNet(**TINY), vmamba_v0_checkpoint(depths=(2, 2, 9, 2)))
+
+
+def test_a_partial_load_of_the_same_network_is_said():
+    """Official weights of another class count, or with tensors missing, load what fits; the rest keeps its random
+    start, and a warning says how much (the report alone went unread)."""
+    with pytest.warns(UserWarning, match=r"220 of the network's 222 tensors loaded; 2 keep their random "
+                                         r"initialisation \(of another shape, e.g. final_conv.weight \(1, 24, 1, 1\) in "
+                                         r"the file, \(9, 24, 1, 1\) here\)"):
+        load_official_checkpoint(VMUNet(out_channels=9), official_vmunet_checkpoint())
+    sd = official_vmunet_checkpoint()["model"]
+    sd = dict(list(sd.items())[:100])
+    with pytest.warns(UserWarning, match=r"100 of the network's 222 tensors loaded; 122 keep their random "
+                                         r"initialisation \(missing, e.g. "):
+        load_official_checkpoint(VMUNet(), sd)
+
+
+class ExperimentConfig(dict):
+    """A training script's config object, pickled beside the weights (as VMamba's releases keep their yacs config)."""
+
+
+def test_a_checkpoint_that_pickles_its_config_beside_the_weights_is_read(tmp_path, capsys):
+    import argparse
+
+    weights = _ours(3)
+    config = ExperimentConfig(MODEL={"TYPE": "vssm"}, DATA="imagenet")
+    path = tmp_path / "vmamba_like.pth"
+    torch.save({"model": weights, "config": config, "args": argparse.Namespace(lr=1e-3), "epoch": 238}, path)
+    net = VMUNet(**TINY)
+    report = load_official_checkpoint(net, path, strict=True)
+    assert report.ok and all(torch.equal(net.state_dict()[k], v) for k, v in weights.items())
+    err = capsys.readouterr().err
+    assert f"note: {path}: also pickles argparse.Namespace, test_weights.ExperimentConfig (a config or training " \
+           f"object), read as an empty placeholder; only its tensors are used" in err
+
+
+def test_an_exported_network_given_as_weights_is_named(tmp_path):
+    from vmunet_monai.weights import read_checkpoint
+
+    program = torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),))
+    torch.export.save(program, str(tmp_path / "model.pt2"))
+    with pytest.raises(CheckpointError, match=r"model.pt2: a torch.export program \(an exported network\), not a state "
+                                              r"dict: give it to predict as --model"):
+        read_checkpoint(tmp_path / "model.pt2")
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")
+    with pytest.raises(CheckpointError, match=r"model.onnx: an ONNX model \(an exported network\)"):
+        read_checkpoint(tmp_path / "model.onnx")
+
+
+def test_vm_unet_and_vm_unet_v2_encoders_load_into_each_other():
+    """The two networks share the VSS encoder under other names: a checkpoint of one starts the other's encoder, with
+    the warning that only the layers with equal names and shapes were taken."""
+    v1 = VMUNet(depths=(2, 2, 9, 2), **TINY)
+    v2 = VMUNetV2(mid_channels=8, **TINY)
+    with pytest.warns(UserWarning, match="a VM-UNet checkpoint loaded into a VMUNetV2"):
+        report = load_official_checkpoint(v2, v1.state_dict())
+    encoder = {k for k in v1.state_dict() if k.startswith(("patch_embed.", "layers."))}
+    assert set(report.loaded) == {"encoder." + k for k in encoder if "encoder." + k in v2.state_dict()}
+    assert torch.equal(v2.encoder.patch_embed.proj.weight, v1.patch_embed.proj.weight)
+    back = VMUNet(depths=(2, 2, 9, 2), **TINY)
+    with pytest.warns(UserWarning, match="a VM-UNetV2 checkpoint loaded into a VMUNet"):
+        report = load_official_checkpoint(back, _official_v2(v2))
+    assert report.loaded and all(k.startswith(("patch_embed.", "layers.")) for k in report.loaded)

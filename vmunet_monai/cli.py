@@ -429,7 +429,7 @@ class Commands:
                 uncertainty=uncertainty, rank_by=rank_by)
 
     def export(self, bundle: str, format: str = "torchscript", checkpoint: str | None = None,
-               output: str | None = None, tolerance: float = 1e-4):
+               output: str | None = None, tolerance: float = 1e-4, num_classes: int | None = None):
         """Export BUNDLE's network to TorchScript, ONNX or torch.export and check it against eager PyTorch.
 
         TorchScript and ONNX are traced on the torch scan backend (via monai.bundle ckpt_export /
@@ -446,11 +446,14 @@ class Commands:
             checkpoint: weights to export (default <bundle>/models/model.pt).
             output: file to write instead of the default (a folder gets the format's usual file name in it).
             tolerance: largest max abs difference accepted.
+            num_classes: classes, background included, of weights trained with --num_classes N (default the
+                bundle's).
         """
         from vmunet_monai.export import ExportVerificationError, export
 
         try:
-            result = export(bundle, format=format, checkpoint=checkpoint, output=output, tolerance=tolerance)
+            result = export(bundle, format=format, checkpoint=checkpoint, output=output, tolerance=tolerance,
+                            num_classes=num_classes)
         except ExportVerificationError as exc:
             raise SystemExit(f"export check failed: {exc}") from exc
         print(result.summary())

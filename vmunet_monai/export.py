@@ -147,7 +147,7 @@ def verify_export(path: str | Path, format: str, network: torch.nn.Module, input
 
 
 def export(bundle: str, format: str = "torchscript", checkpoint: str | None = None, output: str | None = None,
-           tolerance: float = DEFAULT_TOLERANCE, input_shape=None) -> ExportResult:
+           tolerance: float = DEFAULT_TOLERANCE, input_shape=None, num_classes: int | None = None) -> ExportResult:
     """Export ``bundle``'s ``network_def`` with its trained weights and check the result.
 
     Args:
@@ -161,6 +161,8 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
             ``<bundle>/models/model.ts``, ``model.onnx`` or ``model.pt2``.
         tolerance: largest max-abs difference from the eager network accepted.
         input_shape: ``[1, C, H, W]`` to trace with; default from ``metadata.json`` (the network input size).
+        num_classes: the classes (background included) of weights trained with ``--num_classes N``; default the
+            bundle's.
 
     Returns:
         :class:`ExportResult` (path, input shape checked, max abs difference).
@@ -179,6 +181,10 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
     from vmunet_monai.predict import trained_network
 
     trained = trained_network([str(config)], ckpt)  # the network as its weights were trained (network.json)
+    if num_classes is not None:
+        from vmunet_monai.validation import check_at_least
+
+        trained["num_classes"] = check_at_least("export --num_classes", num_classes, 2)
     network, state = _eager_network(root, config, ckpt, trained)
     with tempfile.TemporaryDirectory() as plain, _quiet_tracing():
         weights = Path(plain) / "model.pt"  # MONAI's exporters get the state dict as read: a plain one, on the CPU

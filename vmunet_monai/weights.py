@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -108,6 +109,74 @@ def _load_weights_only(source: str):
         return torch.load(source, map_location="cpu", weights_only=True)
 
 
+class _Placeholder:
+    """Stands in for an object of a class a checkpoint pickles beside its tensors (a yacs ``CfgNode``, an argparse
+    ``Namespace``): built from anything, holding nothing, running no code of the file's."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+
+#: modules whose names in a checkpoint mean code would run on loading (a crafted file): such a file is refused
+_CODE_MODULES = {"builtins", "__builtin__", "os", "posix", "nt", "sys", "subprocess", "importlib", "runpy", "shutil", "socket",
+                 "pickle", "marshal", "types", "code", "codeop", "pty", "ctypes", "webbrowser", "eval", "exec", "io",
+                 "operator", "functools", "pathlib", "tempfile", "threading", "multiprocessing", "signal", "torch"}
+
+
+def _holds_tensors(loaded) -> bool:
+    """A mapping with tensors in it or in one of its mappings (a state dict, or a training file holding one)."""
+    if not isinstance(loaded, Mapping):
+        return False
+    return any(isinstance(v, torch.Tensor) or (isinstance(v, Mapping) and any(
+        isinstance(w, torch.Tensor) for w in v.values())) for v in loaded.values())
+
+
+def _load_with_placeholders(source: str) -> tuple[object, list[str]]:
+    """``torch.load`` of a checkpoint that pickles objects of other classes beside its tensors (VMamba's releases
+    keep their yacs config, many training scripts their argparse arguments), as safely as ``weights_only=True``:
+    only the globals that loader allows (tensors, storages, dtypes, containers) and the numpy scalars of
+    :func:`_numpy_globals` are looked up; every other class is an inert :class:`_Placeholder`. Returns the loaded
+    object and the classes that were replaced."""
+    import pickle
+    import types
+
+    from torch import _weights_only_unpickler
+
+    allowed = dict(_weights_only_unpickler._get_allowed_globals())
+    allowed.update({f"{g.__module__}.{g.__qualname__}": g for g in _numpy_globals()})
+    replaced: list[str] = []
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            found = allowed.get(f"{module}.{name}")
+            if found is not None:
+                return found
+            replaced.append(f"{module}.{name}")
+            return type(name, (_Placeholder,), {})
+
+    def load(file, **kwargs):
+        return Unpickler(file, **kwargs).load()
+
+    loader = types.SimpleNamespace(Unpickler=Unpickler, load=load, __name__="vmunet_monai_placeholders")
+    loaded = torch.load(source, map_location="cpu", weights_only=False, pickle_module=loader)
+    return loaded, sorted(set(replaced))
+
+
 def is_torchscript_archive(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a TorchScript archive (an exported network), whatever its name: ``torch.jit.save(m,
     "model.pt")`` writes one under the weights' usual suffix."""
@@ -117,6 +186,20 @@ def is_torchscript_archive(path: str | os.PathLike) -> bool:
         return False
     with zipfile.ZipFile(path) as zf:
         return any(n.endswith("/constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+def _exported_network_kind(source: str) -> str:
+    """``"an ONNX model"`` or ``"a torch.export program"`` for such a file, else ``""``."""
+    import zipfile
+
+    if zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as zf:
+            if any(n.endswith("archive_format") or "/serialized_exported_program" in n for n in zf.namelist()):
+                return "a torch.export program"
+        return ""
+    if source.lower().endswith(".onnx"):
+        return "an ONNX model"
+    return ""
 
 
 def _why_unreadable(source: str, exc: Exception) -> str:
@@ -159,11 +242,30 @@ def read_checkpoint(checkpoint) -> dict[str, torch.Tensor]:
         if is_torchscript_archive(source):  # torch.load would hand it to torch.jit.load
             raise CheckpointError(f"{source}: a TorchScript archive (an exported network), not a state dict: give it "
                                   "to predict as --model, or load it with torch.jit.load")
+        exported = _exported_network_kind(source)
+        if exported:
+            raise CheckpointError(f"{source}: {exported} (an exported network), not a state dict: give it to "
+                                  "predict as --model (the checkpoint it was exported from is what --checkpoint "
+                                  "takes)")
         try:
             checkpoint = _load_weights_only(source)
         except Exception as exc:
-            raise CheckpointError(f"{source}: cannot be read as a PyTorch checkpoint of tensors "
-                                  f"({_why_unreadable(source, exc)})") from None
+            why = _why_unreadable(source, exc)
+            checkpoint = None
+            if "pickles Python objects" in why:  # a config or arguments object beside the tensors: read them still
+                try:
+                    checkpoint, replaced = _load_with_placeholders(source)
+                except Exception:
+                    checkpoint = None
+                if checkpoint is not None and (not _holds_tensors(checkpoint) or any(
+                        n.split(".")[0] in _CODE_MODULES for n in replaced)):
+                    checkpoint = None  # a pickled network or a file naming code: refused as it was
+                if checkpoint is not None:
+                    print(f"note: {source}: also pickles {', '.join(replaced[:3])}"
+                          f"{' and more' if len(replaced) > 3 else ''} (a config or training object), read as an "
+                          "empty placeholder; only its tensors are used", file=sys.stderr)
+            if checkpoint is None:
+                raise CheckpointError(f"{source}: cannot be read as a PyTorch checkpoint of tensors ({why})") from None
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"{source}: holds a {type(checkpoint).__name__}, not a state dict")
     for key in _NESTED_KEYS:  # the first that holds tensors ({"model": {"arch": ...}, "state_dict": ...})
@@ -248,6 +350,14 @@ def _candidates(net_kind: str, ckpt_kind: str, key: str) -> list[str]:
         return out
     if net_kind == "vmunet_v2" and key.startswith("vmunet."):
         return ["encoder." + key[len("vmunet.") :]]
+    # the same VSS encoder, named apart: VM-UNet's (and Mamba-UNet's) at the top, VM-UNetV2's under encoder.
+    if net_kind == "vmunet_v2" and ckpt_kind in ("vmunet", "mamba_unet") and key.startswith(("patch_embed.",
+                                                                                              "layers.")):
+        return ["encoder." + key]
+    if net_kind != "vmunet_v2" and ckpt_kind == "vmunet_v2":
+        for prefix in ("encoder.", "vmunet."):
+            if key.startswith(prefix):
+                return [key[len(prefix):]]
     return [key]
 
 
@@ -286,6 +396,11 @@ def load_official_checkpoint(network: nn.Module, checkpoint, *, strict: bool = F
     if ckpt_kind in _NAMES and ckpt_kind != net_kind:
         report.notes.append(f"a {_NAMES[ckpt_kind]} checkpoint loaded into a {type(network).__name__}: only the "
                             "layers with equal names and shapes were taken")
+    elif ckpt_kind == "unknown" and any(k.startswith("layers.0.blocks.0.self_attention.") for k in state):
+        report.notes.append("an encoder of VMamba v0's names without its classifier's norm and head (cut out of a "
+                            "VM-UNet, or a detection or segmentation backbone): loaded by name into the encoder, the "
+                            "decoder left as initialised (the papers' start, VMamba's ImageNet classifier file, also "
+                            "initialises the decoder from it)")
     elif ckpt_kind == "unknown":
         report.notes.append("key names of no known release (VM-UNet, VM-UNetV2, Mamba-UNet, VMamba v0): only "
                             "tensors with this network's names and shapes were taken")
@@ -317,6 +432,13 @@ def load_official_checkpoint(network: nn.Module, checkpoint, *, strict: bool = F
                               f"loaded{_prefix_hint(list(state))}:\n" + report.summary())
     if strict and not report.ok:
         raise CheckpointError("strict loading failed:\n" + report.summary())
+    if ckpt_kind != "vmamba_v0" and (report.missing or report.mismatched):  # a VMamba start is partial by design
+        left = len(report.missing) + len(report.mismatched)
+        report.notes.append(f"{len(report.loaded)} of the network's {len(target)} tensors loaded; {left} keep their "
+                            f"random initialisation (" + "; ".join(
+                                ([f"missing, e.g. {report.missing[0]}"] if report.missing else [])
+                                + ([f"of another shape, e.g. {report.mismatched[0][0]} {report.mismatched[0][1]} in "
+                                    f"the file, {report.mismatched[0][2]} here"] if report.mismatched else [])) + ")")
     for note in report.notes:
         warnings.warn(f"{source}: {note}", stacklevel=2)
     return report
@@ -343,6 +465,15 @@ def check_checkpoint_fits(network: nn.Module, checkpoint) -> dict[str, torch.Ten
     state = read_checkpoint(checkpoint)
     module = getattr(network, "module", network)
     target = module.state_dict()
+    try:
+        own = _network_kind(module)
+    except TypeError:  # a baseline (MONAI's UNet, SwinUNETR)
+        own = None
+    kind = detect_checkpoint_kind(state)
+    if own == kind == "vmunet_v2" and any(k.startswith("vmunet.") for k in state):
+        # the official VM-UNetV2's names: its encoder under vmunet., and tensors it builds but never uses
+        state = {("encoder." + k[len("vmunet."):] if k.startswith("vmunet.") else k): v for k, v in state.items()
+                 if not _V2_DEAD.match(k)}
     missing = [k for k in target if k not in state]
     unexpected = [k for k in state if k not in target]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in target
@@ -355,13 +486,15 @@ def check_checkpoint_fits(network: nn.Module, checkpoint) -> dict[str, torch.Ten
             parts.append(f"{len(unexpected)} unknown keys (e.g. {unexpected[0]})")
         if shapes:
             parts.append(f"{len(shapes)} shapes differ (e.g. {shapes[0]}: checkpoint vs network)")
-        kind = detect_checkpoint_kind(state)
-        hint = (f"; it looks like an official {kind} checkpoint: convert it with "
-                "vmunet_monai.weights.load_official_checkpoint" if kind != "unknown" and missing else "")
-        try:
-            own = _network_kind(module)
-        except TypeError:  # a baseline (MONAI's UNet, SwinUNETR)
-            own = None
+        hint = ""
+        if kind == "vmamba_v0":
+            hint = ("; it is a VMamba v0 ImageNet encoder, the papers' initialisation for training "
+                    "(--pretrained_checkpoint of a training), not segmentation weights")
+        elif kind in _NAMES and kind != own:
+            builds = {"vmunet": "VMUNet (isic_skin_lesion and synapse_multiorgan build it)",
+                      "vmunet_v2": "VMUNetV2 (polyp_seg builds it)", "mamba_unet": "MambaUNet"}[kind]
+            hint = (f"; it is a {_NAMES[kind]} checkpoint: give it to a bundle whose network_def is {builds}, or "
+                    f"start a training from what fits with --pretrained_checkpoint")
         if kind == own and (missing or unexpected):  # this network's own kind, of another size
             hint = (f"; it is a {_NAMES.get(kind, kind)} of other settings (depths, dims or d_state): build the "
                     "network with the settings it was trained with (the network_def overrides of its training: give "
