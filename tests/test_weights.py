@@ -253,7 +253,23 @@ def test_a_checkpoint_of_the_same_network_with_other_settings_says_so():
     with pytest.raises(CheckpointError, match=r"it is a VM-UNet of other settings \(depths, dims or d_state\): build "
                                               r"the network with the settings it was trained with") as err:
         check_checkpoint_fits(VMUNet(**TINY), trained)
-    assert "official" not in str(err.value)
+    assert "official" not in str(err.value) and "so copy that file with them" in str(err.value)
+
+
+def test_weights_beside_another_trainings_network_json_say_so(tmp_path):
+    """predict and export build the network from the network.json beside the weights: weights that do not fit it
+    (another file copied into a training's models/) name that file as the likely cause."""
+    from vmunet_monai.weights import check_checkpoint_fits
+
+    (tmp_path / "network.json").write_text('{"_target_": "vmunet_monai.networks.VMUNet", "depths": [1, 1, 1, 1]}')
+    torch.save(VMUNet(**TINY).state_dict(), tmp_path / "best.pth")
+    with pytest.raises(CheckpointError) as err:
+        check_checkpoint_fits(VMUNet(depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), **TINY), tmp_path / "best.pth")
+    message = str(err.value)
+    assert message.endswith(f"the network was built with the settings of {tmp_path / 'network.json'} beside the "
+                            "weights, so if another training left that file there, these weights are not of it: move "
+                            "it away)")
+    assert "copy that file with them" not in message
 
 
 def _official_v2(net: VMUNetV2) -> dict:

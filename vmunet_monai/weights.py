@@ -22,6 +22,7 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -495,12 +496,18 @@ def check_checkpoint_fits(network: nn.Module, checkpoint) -> dict[str, torch.Ten
                       "vmunet_v2": "VMUNetV2 (polyp_seg builds it)", "mamba_unet": "MambaUNet"}[kind]
             hint = (f"; it is a {_NAMES[kind]} checkpoint: give it to a bundle whose network_def is {builds}, or "
                     f"start a training from what fits with --pretrained_checkpoint")
+        record = (Path(checkpoint).parent / "network.json") if isinstance(checkpoint, (str, os.PathLike)) else None
+        beside_record = record is not None and record.is_file()
         if kind == own and (missing or unexpected):  # this network's own kind, of another size
             hint = (f"; it is a {_NAMES.get(kind, kind)} of other settings (depths, dims or d_state): build the "
                     "network with the settings it was trained with (the network_def overrides of its training: give "
                     "them to monai.bundle run; predict and export take them from the network.json a training "
-                    "writes beside its weights, so copy that file with them, or write them into network_def in a "
-                    "copy of the bundle's configs/train.json and inference.json and give that copy as BUNDLE)")
+                    "writes beside its weights" + ("" if beside_record else ", so copy that file with them") +
+                    ", or write them into network_def in a copy of the bundle's configs/train.json and "
+                    "inference.json and give that copy as BUNDLE)")
+        if beside_record:  # the settings predict and export built the network with
+            hint += (f"; the network was built with the settings of {record} beside the weights, so if another "
+                     f"training left that file there, these weights are not of it: move it away")
         outputs = {(state[k].shape[0], target[k].shape[0]) for k in target
                    if k in state and tuple(state[k].shape) != tuple(target[k].shape)}
         if shapes and not missing and not unexpected and len(outputs) == 1:
