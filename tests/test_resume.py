@@ -187,8 +187,21 @@ def test_resume_refuses_corrupt_and_foreign_checkpoints(prepared, tmp_path):
     torch.save({"model": {"w": torch.zeros(1000)}}, truncated)
     truncated.write_bytes(truncated.read_bytes()[:300])
     weights_only = tmp_path / "weights_only.pt"
-    torch.save({"final_conv.weight": torch.zeros(1)}, weights_only)
-    for path, message in ((truncated, "cannot be read as a checkpoint"), (weights_only, "not a training checkpoint"),
+    torch.save({f"layers.{i}.weight": torch.zeros(1) for i in range(40)}, weights_only)
+    # a training checkpoint of a run with --num_classes 3: its network is named as predict names it
+    from vmunet_monai.networks import VMUNet
+    from bundle_helpers import TINY_NETWORKS
+
+    three = tmp_path / "three_classes.pt"
+    net = VMUNet(out_channels=3, **TINY_NETWORKS["vmunet_monai.networks.VMUNet"])
+    torch.save({"model": net.state_dict(), "optimizer": {}, "lr_scheduler": {}, "trainer": {}}, three)
+    for path, message in ((truncated, "cannot be read as a checkpoint"),
+                          (weights_only, r"not a training checkpoint, it lacks \['model', 'optimizer', "
+                                         r"'lr_scheduler', 'trainer'\] \(found layers.0.weight, layers.1.weight, "
+                                         r"layers.10.weight, layers.11.weight, layers.12.weight, layers.13.weight and "
+                                         r"34 more\) .*give them as --pretrained_checkpoint"),
+                          (three, r"three_classes.pt: its network does not fit this VMUNet .*it was trained with "
+                                  r"--num_classes 3"),
                           (tmp_path / "missing.pt", "no such checkpoint")):
         wf = workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared),
                       resume_checkpoint=str(path), **over)

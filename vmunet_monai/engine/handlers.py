@@ -511,9 +511,24 @@ class TrainingCheckpoint:
         objects = self._objects(engine)
         missing = [k for k in objects if not isinstance(state, Mapping) or k not in state]
         if missing:
-            found = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            if isinstance(state, Mapping):
+                names = sorted(map(str, state))
+                found = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+                weights = all(isinstance(v, torch.Tensor) for v in state.values())
+            else:
+                found, weights = type(state).__name__, False
             raise CheckpointError(f"{path}: not a training checkpoint, it lacks {missing} (found {found}) (resume "
-                                  "from the checkpoint_latest.pt that training writes; model.pt holds only weights)")
+                                  "from the checkpoint_latest.pt that training writes; model.pt holds only weights"
+                                  + ("; to start a new training from these weights, give them as "
+                                     "--pretrained_checkpoint" if weights else "") + ")")
+        model = objects.get("model")
+        if isinstance(model, torch.nn.Module) and isinstance(state.get("model"), Mapping):
+            from vmunet_monai.weights import check_checkpoint_fits
+
+            try:  # the network's misfit in the words predict uses (another --num_classes, other settings)
+                check_checkpoint_fits(model, state["model"])
+            except CheckpointError as exc:
+                raise CheckpointError(f"{path}: its network" + str(exc).split(":", 1)[1]) from None
         max_epochs, epoch_length = engine.state.max_epochs, engine.state.epoch_length
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR
         schedules = {k: o.T_max for k, o in objects.items() if isinstance(o, cosine)}
