@@ -213,6 +213,30 @@ def test_package_refuses_weights_of_another_network(tmp_path):
         package(str(src), tmp_path / "zips", checkpoint=str(empty), export=False)
 
 
+def test_package_names_what_to_change_for_weights_of_more_classes(tmp_path):
+    """Weights of a --num_classes 3 training: the refusal names num_classes and metadata.json's output; a bundle whose
+    configs say 3 classes but whose metadata.json still says 1 channel is told that metadata must follow."""
+    from monai.bundle import ConfigParser
+
+    src = make_tiny_bundle("isic_skin_lesion", tmp_path / "a")
+    parser = ConfigParser()
+    parser.read_config(str(src / "configs" / "inference.json"))
+    parser["num_classes"] = 3
+    three = tmp_path / "three.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), three)
+    with pytest.raises(BundleCheckError, match=r"its output layer has 3 classes against 2 in the configs: set "
+                                               r"num_classes 3 in configs/train.json and configs/inference.json, and "
+                                               r"the output's num_channels and channel_def in configs/metadata.json"):
+        package(str(src), tmp_path / "zips", checkpoint=str(three), export=False)
+    for name in ("train.json", "inference.json"):
+        config = json.loads((src / "configs" / name).read_text())
+        config["num_classes"] = 3
+        (src / "configs" / name).write_text(json.dumps(config, indent=4) + "\n")
+    with pytest.raises(BundleCheckError, match=r"verify_net_in_out on network_def: .* \(configs/metadata.json's "
+                                               r"network_data_format must match the configs"):
+        package(str(src), tmp_path / "zips", checkpoint=str(three), export=False)
+
+
 def test_package_writes_wrapped_weights_as_a_plain_state_dict(tmp_path):
     src = make_tiny_bundle("polyp_seg", tmp_path)
     state = torch.load(save_weights(src), weights_only=True)

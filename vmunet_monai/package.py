@@ -235,6 +235,16 @@ def _check_weights(root: Path, state_dict: dict, source: Path) -> list[str]:
     hint = (f" (the settings they were trained with are in {record}: a zoo bundle builds its network from its "
             "configs, so write them into network_def of configs/train.json and configs/inference.json)"
             if record.is_file() else "")
+    from vmunet_monai.weights import CheckpointError, check_checkpoint_fits
+
+    try:
+        check_checkpoint_fits(net, state_dict)
+    except CheckpointError as exc:
+        classes = re.search(r"its output layer has (\d+) classes against (\d+) here", str(exc))
+        if classes:
+            hint = (f" (its output layer has {classes[1]} classes against {classes[2]} in the configs: set num_classes "
+                    f"{classes[1]} in configs/train.json and configs/inference.json, and the output's num_channels "
+                    f"and channel_def in configs/metadata.json, as the model card's section on your own classes says)")
     try:
         result = net.load_state_dict(state_dict, strict=False)
     except RuntimeError as exc:  # shape mismatches raise even without strict
@@ -335,7 +345,10 @@ def check_bundle(bundle: str | Path, checkpoint: str | Path | None = None, expor
         verify_net_in_out(net_id="network_def", meta_file=str(root / "configs" / "metadata.json"),
                           config_file=str(root / "configs" / "inference.json"), device="cpu", bundle_root=str(root))
     except Exception as exc:
-        raise BundleCheckError(root, [f"verify_net_in_out on network_def: {exc}"]) from exc
+        more = (" (configs/metadata.json's network_data_format must match the configs: the output's num_channels "
+                "and channel_def follow num_classes, the input's num_channels the network's in_channels)"
+                if "doesn't match" in str(exc) else "")
+        raise BundleCheckError(root, [f"verify_net_in_out on network_def: {exc}{more}"]) from exc
     passed.append("verify_net_in_out")
     if export:
         from vmunet_monai.export import ExportVerificationError
