@@ -253,6 +253,10 @@ def test_cli_train_evaluate_infer(prepared, tmp_path):
 
     bundle_run(BUNDLE, ["train.json", "evaluate.json"], root, prepared, over)
     summary = json.loads((root / "eval" / "metrics_test_summary.json").read_text())
+    from vmunet_monai.package import sha256
+
+    weights = root / "models" / "model.pt"  # which weights made these numbers
+    assert summary["weights"] == [{"path": str(weights.resolve()), "sha256": sha256(weights)}]
     with open(root / "eval" / "metrics_test_per_image.csv") as f:
         rows = list(csv.DictReader(f))
     test_items = json.loads((prepared / "datalist.json").read_text())["test"]

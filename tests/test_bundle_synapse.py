@@ -357,6 +357,8 @@ def test_train_evaluate_infer_through_monai_bundle(data, tmp_path):
     )
     summary = json.load(open(os.path.join(root, "eval", "summary.json")))
     assert summary["num_cases"] == 2 and "hd95_mm" in summary and "transunet_hd95_voxel" in summary
+    assert [w["path"] for w in summary["weights"]] == [os.path.abspath(os.path.join(root, "models", "model.pt"))]
+    assert len(summary["weights"][0]["sha256"]) == 64
     with open(os.path.join(root, "eval", "per_case.csv")) as f:
         cases = [line.split(",")[0] for line in f.read().splitlines()[1:]]
     test_cases = json.load(open(os.path.join(data["prepared"], "datalist.json")))["split"]["test"]

@@ -791,8 +791,9 @@ class BinarySegmentationReport(_EpochReport):
     def _write(self, engine: Engine) -> None:
         if _rank() != 0 or not self.records:
             return
+        weights = getattr(engine.state, "evaluated_weights", None)  # recorded by HeldOutCheck
         self.paths = write_report(self.records, self.output_dir, prefix=self.prefix, title=self.title,
-                                  worst=self.worst_cases)
+                                  worst=self.worst_cases, extra={"weights": weights} if weights else None)
         summary = self.paths["summary"]
         engine.state.metrics.update(summary_metrics(summary))
         if self.print_summary:

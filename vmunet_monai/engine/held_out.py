@@ -148,3 +148,12 @@ class HeldOutCheck:
     def __call__(self, engine: Engine) -> None:
         check_held_out(self.weights, item_images(getattr(getattr(engine, "data_loader", None), "dataset", None)),
                        self.split)
+        engine.state.evaluated_weights = evaluated_weights(self.weights)
+
+
+def evaluated_weights(weights: Iterable[str | os.PathLike]) -> list[dict]:
+    """Each weights file an evaluation scores, as its summary records it: ``{"path": absolute, "sha256": ...}``
+    (the reports of ``evaluate.json`` write it beside their numbers, so a summary says which weights made them)."""
+    from vmunet_monai.package import sha256
+
+    return [{"path": os.path.abspath(w), "sha256": sha256(w) if os.path.isfile(w) else None} for w in weights]

@@ -609,7 +609,9 @@ class OrganMetricsHandler:
         if not self.rows:
             return
         os.makedirs(self.output_dir, exist_ok=True)
-        self.summary = _write_outputs(self.rows, self.output_dir, self.prefix, self.groups, self.patients)
+        weights = getattr(engine.state, "evaluated_weights", None)  # recorded by HeldOutCheck
+        self.summary = _write_outputs(self.rows, self.output_dir, self.prefix, self.groups, self.patients,
+                                      {"weights": weights} if weights else None)
         engine.state.metrics.update(summary_metrics(self.summary))
         _log_summary(self.summary)
         first = self._montage["case"] if self._montage is not None else None
