@@ -441,14 +441,14 @@ def test_true_and_false_on_the_command_line_are_booleans():
     """fire reads only True/False as booleans; ``--tta no`` must not arrive as the (truthy) string "no"."""
     from vmunet_monai.cli import _check_arguments
 
+    paths = ["'b'", "'i'", "'o'"]  # paths as Python string literals, which fire reads back verbatim
     assert _check_arguments(["predict", "b", "i", "o", "--tta", "no", "--probabilities=ON", "--resume"]) == \
-        ["predict", "b", "i", "o", "--tta=False", "--probabilities=True", "--resume=True"]
-    assert _check_arguments(["predict", "false", "true"]) == ["predict", "false", "true"]  # positional values stay text
-    assert _check_arguments(["package", "b", "o", "--noexport"]) == ["package", "b", "o", "--noexport"]
-    assert _check_arguments(["predict", "b", "i", "o", "--batch-size", "4"]) == ["predict", "b", "i", "o",
-                                                                               "--batch_size=4"]
+        ["predict", *paths, "--tta=False", "--probabilities=True", "--resume=True"]
+    assert _check_arguments(["predict", "false", "true"]) == ["predict", "'false'", "'true'"]  # text, not booleans
+    assert _check_arguments(["package", "b", "o", "--noexport"]) == ["package", "'b'", "'o'", "--noexport"]
+    assert _check_arguments(["predict", "b", "i", "o", "--batch-size", "4"]) == ["predict", *paths, "--batch_size=4"]
     # the options of prepare are each bundle's, checked and turned into booleans by vmunet_monai.data
-    assert _check_arguments(["prepare", "a", "b", "--verify", "no"]) == ["prepare", "a", "b", "--verify", "no"]
+    assert _check_arguments(["prepare", "a", "b", "--verify", "no"]) == ["prepare", "'a'", "'b'", "--verify=no"]
     from vmunet_monai.data import _check_options
 
     assert _check_options("isic_skin_lesion", "prepare", {"verify": "no", "seed": 3}) == {"verify": False, "seed": 3}
@@ -554,3 +554,28 @@ def test_a_bundle_run_refuses_an_override_that_names_no_setting(tmp_path):
     check_overrides(root, ["pytest", "run", "--num_epoch", "1"])  # predict, MONAI Label, tests: settings in Python
     train = json.loads((root / "configs" / "train.json").read_text())
     assert train["initialize"][0] == "$vmunet_monai.engine.check_overrides(@bundle_root)"
+
+
+def test_paths_reach_the_commands_verbatim(tmp_path, monkeypatch):
+    """fire would read a folder named 2024 as a number, a,b as a tuple and cut prep#1 at its '#': every path argument
+    reaches the command as typed, with a leading ~ expanded as a shell would."""
+    from vmunet_monai.cli import _check_arguments
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    import fire
+
+    seen = {}
+
+    class Fake:
+        def prepare(self, bundle, raw, out, **options):
+            seen.update(bundle=bundle, raw=raw, out=out, **options)
+
+        def score(self, pred, dataset, out=None, split="test"):
+            seen.update(pred=pred, dataset=dataset, out=out, split=split)
+
+    argv = _check_arguments(["prepare", "isic_skin_lesion", "2024", "prep#1", "--seed", "3"])
+    fire.Fire(Fake, command=argv)
+    assert seen == {"bundle": "isic_skin_lesion", "raw": "2024", "out": "prep#1", "seed": 3}
+    seen.clear()
+    fire.Fire(Fake, command=_check_arguments(["score", "a,b", "[1,2]", "--out", "~/sc#2"]))
+    assert seen == {"pred": "a,b", "dataset": "[1,2]", "out": str(tmp_path / "sc#2"), "split": "test"}

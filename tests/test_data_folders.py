@@ -439,3 +439,19 @@ def test_images_in_subfolders_of_the_image_folder_are_named(tmp_path, capsys):
     with pytest.raises(DatasetLayoutError, match=r"images: no images \(PNG, JPEG, BMP, TIFF or WebP\); its subfolders "
                                                  r"part1/ \(3\), part2/ \(1\) hold images, which must lie directly in it"):
         prepare("polyp_seg", str(nested), str(tmp_path / "out2"))
+
+
+def test_an_out_that_bundles_cannot_read_or_that_reaches_into_the_data_is_refused(tmp_path):
+    """OUT holding '#' would be read as two ids by MONAI's config parser in every bundle run; an OUT reached through a
+    link into the dataset would write inside it."""
+    import os
+
+    rng = np.random.default_rng(5)
+    raw = tmp_path / "raw"
+    _write_pairs(raw / "images", raw / "masks", ["a", "b", "c", "d"], rng)
+    with pytest.raises(InputError, match=r"prep#1: OUT holds '#'"):
+        prepare("polyp_seg", str(raw), str(tmp_path / "prep#1"))
+    os.symlink(raw, tmp_path / "link")
+    with pytest.raises(InputError, match="the prepared folder \\(OUT\\) is inside the input folder"):
+        prepare("polyp_seg", str(raw), str(tmp_path / "link" / "masks" / "out"))
+    assert not (raw / "masks" / "out").exists()

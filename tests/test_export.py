@@ -387,3 +387,21 @@ def test_weights_trained_for_more_classes_export_with_num_classes(bundles, tmp_p
     result = export(str(root), checkpoint=str(weights), output=str(tmp_path / "three.ts"), num_classes=3)
     assert result.max_abs_diff <= DEFAULT_TOLERANCE
     assert torch.jit.load(str(tmp_path / "three.ts"))(torch.rand(1, 3, SIZE, SIZE)).shape[1] == 3
+
+
+def test_export_output_rules_are_checked_before_tracing(bundles, tmp_path):
+    """--output never replaces the weights it exports, a folder given with a trailing slash is made and gets the usual
+    file name, and a file without the format's suffix is refused (MONAI would write another name)."""
+    from vmunet_monai.validation import InputError
+
+    root = bundles["isic_skin_lesion"]
+    weights = root / "models" / "model.pt"
+    before = weights.read_bytes()
+    with pytest.raises(InputError, match=r"model.pt: the export is the input file itself"):
+        export(str(root), output=str(weights))
+    assert weights.read_bytes() == before
+    for output, format in (("mymodel", "torchscript"), ("net.ts", "onnx"), ("net.onnx", "pt2")):
+        with pytest.raises(InputError, match=rf"--output .*{output}: a {format} export is a file ending in"):
+            export(str(root), format, output=str(tmp_path / output))
+    made = export(str(root), output=str(tmp_path / "new") + "/").path
+    assert made == tmp_path / "new" / "model.ts" and made.is_file()

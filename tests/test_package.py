@@ -237,6 +237,19 @@ def test_package_names_what_to_change_for_weights_of_more_classes(tmp_path):
         package(str(src), tmp_path / "zips", checkpoint=str(three), export=False)
 
 
+def test_package_writes_outside_the_bundle_and_takes_an_upper_case_zip_name(tmp_path):
+    """A zip written inside the bundle would be packed into every later release."""
+    from vmunet_monai.validation import InputError
+
+    src = make_tiny_bundle("isic_skin_lesion", tmp_path / "a")
+    save_weights(src)
+    for out in (src / "dist", src, src / "dist" / "release.zip"):
+        with pytest.raises(InputError, match=r"is (inside )?the input folder"):
+            package(str(src), out, export=False)
+    result = package(str(src), tmp_path / "REL.ZIP", export=False)
+    assert result.zip_path == tmp_path / "REL.ZIP" and zipfile.is_zipfile(result.zip_path)
+
+
 def test_package_writes_wrapped_weights_as_a_plain_state_dict(tmp_path):
     src = make_tiny_bundle("polyp_seg", tmp_path)
     state = torch.load(save_weights(src), weights_only=True)

@@ -528,11 +528,21 @@ def test_hash_in_a_path_is_skipped_and_a_link_keeps_its_name(lesion_bundle, tmp_
 
     folder = tmp_path / "in"
     write_rgb(folder / "a#b c.png")
+    write_rgb(folder / "@2x.png")  # '@', '$' and '%' start a reference, an expression and a macro
     target = write_rgb(tmp_path / "elsewhere" / "scan_0042.png")
     os.symlink(target, folder / "case_001.png")
     result = predict(str(lesion_bundle), str(folder), str(tmp_path / "out"), device="cpu")
     assert [Path(m).name for m in result["masks"]] == ["case_001_mask.png"]
-    assert "'#', which MONAI's config parser reads as a separator" in result["skipped"][0]["reason"]
+    reasons = sorted(s["reason"] for s in result["skipped"])
+    linked = tmp_path / "linked"  # a linked folder is read (once, however many links lead to it)
+    write_rgb(tmp_path / "more" / "d.png")
+    write_rgb(linked / "c.png")
+    os.symlink(tmp_path / "more", linked / "more")
+    os.symlink(linked, linked / "loop")
+    found = predict(str(lesion_bundle), str(linked), str(tmp_path / "out_linked"), device="cpu")
+    assert sorted(Path(m).name for m in found["masks"]) == ["c_mask.png", "d_mask.png"]
+    assert "its name starts with '@', which MONAI's config parser reads as a reference" in reasons[0]
+    assert "'#', which MONAI's config parser reads as a separator" in reasons[1]
     with pytest.raises(InputError, match=r"run#2: OUTPUT holds '#'"):
         predict(str(lesion_bundle), str(folder), str(tmp_path / "run#2"), device="cpu")
 

@@ -6,6 +6,7 @@ Every command is a thin wrapper over a library function; ``--help`` after a comm
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -527,11 +528,19 @@ def _check_arguments(argv: list[str]) -> list[str]:
     params = list(inspect.signature(getattr(Commands, command)).parameters.values())[1:]
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
     named = {p.name: p for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    out, i, seen = [command], 1, set()
+    # the paths given in order: the required arguments, then compare's RUNS
+    positional = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty]
+    positional += [p.name for p in params if p.kind is p.VAR_POSITIONAL]
+    out, i, seen, place = [command], 1, set(), 0
     while i < len(argv):
         arg, i = argv[i], i + 1
-        if not arg.startswith("--") or arg in ("--", "--help"):
+        if arg in ("--", "--help"):
             out.append(arg)
+            continue
+        if not arg.startswith("--"):
+            name = positional[place] if place < len(positional) else ("runs" if "runs" in positional else "")
+            place += 1
+            out.append(_verbatim(arg) if name in PATH_ARGUMENTS and arg not in ("-h",) else arg)
             continue
         name, eq, value = arg[2:].partition("=")
         key = name.replace("-", "_")
@@ -543,8 +552,10 @@ def _check_arguments(argv: list[str]) -> list[str]:
             out.append(f"--{key}")  # fire's --noflag: the option off
             continue
         if key not in named:
-            if takes_any:
-                out.append(arg.replace(name, key, 1))
+            if takes_any:  # a bundle's own option of prepare or demo_data, with its value
+                if not eq and i < len(argv) and not argv[i].startswith("--"):
+                    value, eq, i = argv[i], "=", i + 1
+                out.append(f"--{key}={value}" if eq else f"--{key}")
                 continue
             close = difflib.get_close_matches(key, list(named), n=1)
             raise InputError(f"{command} --{name}: no such option" + (f"; did you mean --{close[0]}?" if close else "")
@@ -561,9 +572,24 @@ def _check_arguments(argv: list[str]) -> list[str]:
                 rule = "a number" if kind == "float" else "a whole number"
                 raise InputError(f"{command} --{key} {value!r}: must be {rule}") from None
             out.append(f"--{key}={value}")
+        elif key in PATH_ARGUMENTS:
+            if not eq and i < len(argv) and not argv[i].startswith("--"):
+                value, eq, i = argv[i], "=", i + 1
+            out.append(f"--{key}={_verbatim(value)}" if eq else f"--{key}")
         else:
             out.append(f"--{key}={value}" if eq else f"--{key}")
     return out
+
+
+#: arguments that name files or folders: fire would read ``2024`` as a number, ``a,b`` as a tuple and cut ``prep#1``
+#: at its ``#`` (a Python comment), so they reach the commands verbatim, a leading ``~`` expanded as a shell would
+PATH_ARGUMENTS = {"bundle", "raw", "out", "output", "input", "checkpoint", "model", "pred", "truth", "dataset",
+                  "runs", "reference"}
+
+
+def _verbatim(value: str) -> str:
+    """``value`` as a Python string literal, which fire reads back as exactly that text."""
+    return repr(os.path.expanduser(value) if value.startswith("~") else value)
 
 
 def _os_error_line(exc: OSError) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import torch
 
 from vmunet_monai.engine.exported import FORMATS, load_exported, network_input_shape
 from vmunet_monai.engine.utils import find_bundle
-from vmunet_monai.validation import InputError
+from vmunet_monai.validation import InputError, check_output_location
 
 __all__ = ["FORMATS", "DEFAULT_TOLERANCE", "ExportResult", "ExportVerificationError", "export", "verify_export"]
 
@@ -87,9 +88,19 @@ def _paths(bundle: str, checkpoint: str | None, output: str | None, format: str)
         raise missing_weights(ckpt, root, train=f"python -m monai.bundle run training --config_file "
                               f"{root}/configs/train.json --bundle_root {root} --dataset_dir PREPARED")
     out = Path(output) if output else root / "models" / FORMATS[format]
-    if out.is_dir():  # a folder: the format's usual file name in it
+    suffix = Path(FORMATS[format]).suffix
+    if out.is_dir() or (output and str(output).endswith(("/", os.sep))):  # a folder: the format's usual name in it
         out = out / FORMATS[format]
+    elif out.suffix.lower() != suffix and (format != "torchscript" or out.suffix.lower() in (
+            "", *(Path(name).suffix for name in FORMATS.values()))):
+        # MONAI's exporters would add a suffix of their own, and predict --model tells ONNX and pt2 by theirs (a
+        # TorchScript file by its content, whatever its name: model.pt is one)
+        raise InputError(f"--output {output}: a {format} export is a file ending in {suffix} (or give a folder, "
+                         f"ending in /, for {FORMATS[format]} in it)")
+    check_output_location([ckpt], out, what="export")  # never written over the weights it is made from
     out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK):  # found before minutes of tracing
+        raise PermissionError(13, "Permission denied", str(out.parent))
     return root, config, meta, ckpt, out
 
 

@@ -384,14 +384,18 @@ def package(bundle: str | Path, out: str | Path, checkpoint: str | Path | None =
         FileNotFoundError: for a missing bundle or checkpoint.
         BundleCheckError: listing every check that failed; nothing is written then.
     """
+    from vmunet_monai.validation import check_output_location
+
     root = find_bundle(bundle)
     ckpt = Path(checkpoint) if checkpoint else root / MODEL_FILE
+    out = Path(out)
+    # outside the bundle: a zip written inside it would be packed into every later release
+    check_output_location([root], out, what="zip" if out.suffix.lower() == ".zip" else "output folder")
     checks = check_bundle(root, ckpt, export=export)
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     name, version = root.name, meta["version"]
     files = _bundle_files(root)
-    out = Path(out)
-    zip_path = out if out.suffix == ".zip" else out / f"{name}_v{version}.zip"
+    zip_path = out if out.suffix.lower() == ".zip" else out / f"{name}_v{version}.zip"
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "model.pt"

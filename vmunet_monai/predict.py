@@ -28,7 +28,7 @@ import numpy as np
 from vmunet_monai.engine.utils import find_bundle, inference_configs, network_file
 from vmunet_monai.evaluation.uncertainty import check_rank_by
 from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, check_at_least, check_device, check_flag,
-                                     check_output_location, number_list, read_image_upright)
+                                     check_no_hash, check_output_location, number_list, read_image_upright)
 
 __all__ = ["predict", "VOLUME_BUNDLES", "is_volume_bundle", "check_no_hash", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
            "read_record", "weights_files", "resume_check", "check_fresh_output", "finished_output", "takes_pass_entropy"]
@@ -365,11 +365,17 @@ def _collect(input: Path, left: list[str] | None = None) -> tuple[list[dict], li
 
     items, others, mask_files = [], [], 0
     left = [] if left is None else left
-    for dirpath, dirnames, filenames in os.walk(input):
+    visited = {os.path.realpath(input)}
+    for dirpath, dirnames, filenames in os.walk(input, followlinks=True):  # a linked folder is read as one
         kept = []
         for d in sorted(dirnames):
             if d.startswith("."):
                 continue
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in visited:  # a link back up the tree, or to a folder already read
+                left.append(f"{Path(dirpath) / d}: a link to a folder already read ({real})")
+                continue
+            visited.add(real)
             if (Path(dirpath) / d / RECORD).is_file():
                 left.append(f"{Path(dirpath) / d}: an earlier predict's output ({RECORD})")
             elif _SKIP_DIR.search(d):
@@ -393,19 +399,6 @@ def _collect(input: Path, left: list[str] | None = None) -> tuple[list[dict], li
     if mask_files:
         left.append(f"{mask_files} mask file(s) beside their images (X_mask, X_anno, X_segmentation, ...)")
     return items, others
-
-
-def check_no_hash(path, what: str = "") -> None:
-    """Refuse a path holding ``#``: MONAI's config parser, through which the bundles get their files, reads it as the
-    separator of its ids (``a#b``) and turns it into ``::``, so the run would stop on a file that is not there, or
-    write elsewhere.
-
-    Raises:
-        InputError: naming the path (and ``what`` it is).
-    """
-    if "#" in os.fspath(path):
-        raise InputError(f"{os.fspath(path)}: {what + ' ' if what else ''}holds '#', which MONAI's config parser "
-                         "reads as a separator (a bundle cannot be given such a path: rename the file or folder)")
 
 
 def _common_folder(paths: list[str]) -> str:

@@ -175,6 +175,26 @@ def unreadable_file_error(exc: BaseException | None) -> InputError | None:
     return None
 
 
+def check_no_hash(path, what: str = "") -> None:
+    """Refuse a path that MONAI's config parser, through which the bundles get their files, would read as
+    something else: one holding ``#``, the separator of its ids (``a#b``, turned into ``::``: the run would stop on
+    a file that is not there, or write elsewhere), or a file or folder whose name starts with ``@``, ``$`` or ``%``
+    (a reference, an expression, a macro: the run would stop on the whole input).
+
+    Raises:
+        InputError: naming the path (and ``what`` it is).
+    """
+    text = os.fspath(path)
+    if "#" in text:
+        raise InputError(f"{text}: {what + ' ' if what else ''}holds '#', which MONAI's config parser "
+                         "reads as a separator (a bundle cannot be given such a path: rename the file or folder)")
+    name = os.path.basename(text.rstrip("/" + os.sep))
+    if name[:1] in ("@", "$", "%"):
+        raise InputError(f"{text}: {what + ' ' if what else ''}its name starts with {name[0]!r}, which MONAI's "
+                         "config parser reads as a reference, an expression or a macro (a bundle cannot be given such "
+                         "a name: rename the file or folder)")
+
+
 def batch_of_one_error(exc: BaseException | None) -> InputError | None:
     """What to change when training stopped in a BatchNorm layer given one value per channel (``exc`` or its
     causes): a batch of one image (``--batch_size 1``, or the last batch of an epoch) reaching a 1x1 feature map,
@@ -693,7 +713,7 @@ def check_device(device) -> str | None:
 
 
 def _resolved(path) -> Path:
-    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    return Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
 
 
 def _inside(child: Path, parent: Path) -> bool:

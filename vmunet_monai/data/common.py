@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, MissingInputError, check_image_pair_2d,
-                                     check_output_location)
+                                     check_no_hash, check_output_location)
 
 __all__ = [
     "DATALIST_NAME",
@@ -317,6 +317,7 @@ def check_prepare_output(read_from: Iterable[str | os.PathLike], out: str | os.P
     Raises:
         InputError: naming OUT and the folder it collides with.
     """
+    check_no_hash(out, "OUT")  # the bundles read the prepared folder through MONAI's config parser
     check_output_location([p for p in read_from if os.path.exists(p)], out, what="prepared folder (OUT)")
 
 
