@@ -157,12 +157,14 @@ def test_weights_trained_with_other_settings_are_predicted_and_exported_as_train
     assert saved["_target_"] == "vmunet_monai.networks.VMUNet"
     assert all(saved[k.split("#")[1]] == v for k, v in over.items() if k.startswith("network_def#"))
     assert saved["out_channels"] == 1 and "scan_backend" not in saved
+    assert saved["_desc_"] == {"trained_input_size": [32, 32]}  # predict resizes to it, not to the bundle's 256
     raw_test = prepared.parent / f"{BUNDLE}_raw" / "ISIC-2017_Test_v2_Data"
     capfd.readouterr()
     written = predict(str(root), str(raw_test), str(tmp_path / "pred"), device="cpu")
     assert len(written["masks"]) == len(list(raw_test.glob("*.jpg")))
     note = capfd.readouterr().out
-    assert f"note: the network is built as it was trained ({root / 'models' / 'network.json'}): dims [8, 16, 32, 64]" \
+    assert f"note: the network is built as it was trained ({root / 'models' / 'network.json'}): image_size [32, 32], " \
+        f"dims [8, 16, 32, 64]" \
         in note and "depths [1, 1, 1, 1]" in note and "d_state 4" in note and "drop_path_rate" not in note
     result = export(str(root), "torchscript", output=str(tmp_path / "model.ts"))
     assert result.max_abs_diff <= result.tolerance

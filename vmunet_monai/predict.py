@@ -129,8 +129,15 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
     except (TypeError, ValueError):
         defaults = {}
     overrides, changed = {}, []
+    trained_size = (saved.get("_desc_") or {}).get("trained_input_size") if isinstance(saved.get("_desc_"),
+                                                                                      dict) else None
+    size = ConfigParser.load_config_files(configs).get("image_size")
+    if trained_size and isinstance(size, list) and len(size) == len(trained_size):  # a 2D bundle's input size
+        overrides["image_size"] = list(trained_size)
+        if list(size) != list(trained_size):
+            changed.append(f"image_size {list(trained_size)}")
     for key, value in saved.items():
-        if key in ("_target_", "out_channels"):
+        if key.startswith("_") or key == "out_channels":
             continue
         overrides[f"{ids}#{key}"] = value
         current = network_def.get(key, defaults.get(key))

@@ -60,16 +60,19 @@ class TrainingTerminated(SystemExit):
         return "stopped by SIGTERM (exit status 143)"
 
 
-def write_network_settings(folder: str | os.PathLike, network) -> Path | None:
+def write_network_settings(folder: str | os.PathLike, network, input_size=None) -> Path | None:
     """Write ``folder/network.json``: the settings ``network`` was built with, as a ``network_def``
     (:func:`vmunet_monai.networks.common.records_settings`), so the weights trained there can be loaded without
-    repeating the training's ``network_def`` overrides (``predict``, ``export``). None for a network that keeps no
-    record (MONAI's baselines)."""
+    repeating the training's ``network_def`` overrides (``predict``, ``export``), and, once known, the height and
+    width of the training's inputs (``input_size``) under ``_desc_``, the key MONAI leaves to descriptions. None for
+    a network that keeps no record (MONAI's baselines)."""
     module = getattr(network, "module", network)  # DistributedDataParallel
     module = getattr(module, "_orig_mod", module)  # torch.compile's wrapper
     settings = getattr(module, "settings", None)
     if not isinstance(settings, dict):
         return None
+    if input_size is not None:
+        settings = dict(settings, _desc_={"trained_input_size": [int(v) for v in input_size]})
     path = Path(folder) / NETWORK_SETTINGS
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
@@ -391,11 +394,23 @@ class TrainingCheckpoint:
             record_trained_on(self.save_dir, item_images(self._data_root(engine)), item_images(validation),
                               resumed=source is not None)
             write_network_settings(self.save_dir, self.save_dict.get("model"))
+            engine.add_event_handler(Events.ITERATION_COMPLETED(once=1), self._record_input_size)
         if not self._save_attached:
             # registered now, after every handler attached at construction: the checkpoint is written
             # after validation and the scheduler step, so nothing changes the state after it is saved
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._save)
             self._save_attached = True
+
+    def _record_input_size(self, engine: Engine) -> None:
+        """The first batch's height and width into network.json: what predict resizes 2D images to."""
+        batch, size = engine.state.batch, None
+        if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor) and batch["image"].ndim == 4:
+            size = batch["image"].shape[2:]  # a collated batch (B, C, H, W)
+        elif isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], dict):
+            image = batch[0].get("image")  # decollated after the iteration: one (C, H, W) item each
+            size = image.shape[1:] if isinstance(image, torch.Tensor) and image.ndim == 3 else None
+        if size is not None:
+            write_network_settings(self.save_dir, self.save_dict.get("model"), tuple(size))
 
     def _hold(self, engine: Engine) -> None:
         """Mark the checkpoint folder as this training's (``.training.lock``) until it completes; refuse it while
