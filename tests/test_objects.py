@@ -322,6 +322,9 @@ def test_predicted_masks_of_glas_images_are_scored(tmp_path):
         np.testing.assert_array_equal(np.asarray(Image.open(objects)) > 0, np.asarray(Image.open(mask)) > 127)
     split = run_objects(tmp_path / "out" / "instances", tmp_path / "glas", out=tmp_path / "split", pictures=False)
     assert split["overall"]["n_images"] == 2
+    with pytest.raises(InputError, match=r"masks: TRUTH is predict's output .*prediction.json says so\), and PRED is "
+                                         r"not: the arguments are objects PRED TRUTH, predictions first \(swapped\?\)"):
+        run_objects(tmp_path / "glas", tmp_path / "out" / "masks", out=tmp_path / "swapped", pictures=False)
     # prediction.json: what made the masks
     record = json.loads((tmp_path / "out" / "prediction.json").read_text())
     weights = bundle / "models" / "model.pt"

@@ -262,3 +262,19 @@ def test_failing_compile_reports_compiler_message(tmp_path, monkeypatch):
     assert "this compiler refuses to work" in detail and "fakecc" in detail
     assert fix
     assert not list((tmp_path / "cache").glob("*.so*"))
+
+
+def test_an_unwritable_kernel_cache_gets_its_own_fix(tmp_path, monkeypatch):
+    """A cache path that cannot be a folder (a file stands there): the fix names the cache, not a missing compiler."""
+    import shutil
+
+    from vmunet_monai.ops import cpu_kernel
+
+    if cpu_kernel._compiler() is None or shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler here: the compiler fix is the right one")
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    monkeypatch.setenv(cpu_kernel.CACHE_ENV, str(blocked / "cache"))
+    available, detail, fix = cpu_kernel.status()
+    assert not available and detail.startswith("cannot create the kernel cache directory")
+    assert fix.startswith(f"set ${cpu_kernel.CACHE_ENV} to a folder you can write") and "compiler" not in fix

@@ -590,6 +590,14 @@ def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os
     from vmunet_monai.doctor import environment
     from vmunet_monai.validation import check_output_location
 
+    from vmunet_monai.predict import RECORD
+    from vmunet_monai.validation import InputError
+
+    truth_dir = Path(truth) if Path(truth).is_dir() else Path(truth).parent
+    made = next((d / RECORD for d in (truth_dir, truth_dir.parent) if (d / RECORD).is_file()), None)
+    if made is not None and not any((p / RECORD).is_file() for p in (Path(pred), Path(pred).parent)):
+        raise InputError(f"{truth}: TRUTH is predict's output ({made} says so), and PRED is not: the arguments are "
+                         f"objects PRED TRUTH, predictions first (swapped?)")
     value = class_value(pred, foreground)
     pairs, missing = match_files(pred, truth, group_by)
     photos = missing.pop("photos")

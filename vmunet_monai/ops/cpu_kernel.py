@@ -264,6 +264,9 @@ def status() -> tuple[bool, str, str]:
     except Exception as exc:
         return False, f"CPU kernel check failed: {exc!r}", FIX
     if lib is None:
+        if detail.startswith("cannot create the kernel cache directory"):  # a compiler is there: the folder is not
+            return False, detail, (f"set ${CACHE_ENV} to a folder you can write; meanwhile the 'torch' backend is "
+                                   "used")
         return False, detail, FIX
     return True, f"C kernel ({detail}); threads follow torch.get_num_threads()", ""
 
