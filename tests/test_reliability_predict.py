@@ -529,11 +529,14 @@ def test_hash_in_a_path_is_skipped_and_a_link_keeps_its_name(lesion_bundle, tmp_
     folder = tmp_path / "in"
     write_rgb(folder / "a#b c.png")
     write_rgb(folder / "@2x.png")  # '@', '$' and '%' start a reference, an expression and a macro
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(folder / "clip.gif")
     target = write_rgb(tmp_path / "elsewhere" / "scan_0042.png")
     os.symlink(target, folder / "case_001.png")
     result = predict(str(lesion_bundle), str(folder), str(tmp_path / "out"), device="cpu")
     assert [Path(m).name for m in result["masks"]] == ["case_001_mask.png"]
     reasons = sorted(s["reason"] for s in result["skipped"])
+    assert f"{folder / 'clip.gif'}: a GIF, which is not read (save it as PNG)" in reasons
+    reasons.remove(f"{folder / 'clip.gif'}: a GIF, which is not read (save it as PNG)")
     linked = tmp_path / "linked"  # a linked folder is read (once, however many links lead to it)
     write_rgb(tmp_path / "more" / "d.png")
     write_rgb(linked / "c.png")

@@ -589,6 +589,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     for path in others:
         reason = ("is a 3D volume file (2D images are expected; CT volumes go to the synapse_multiorgan bundle)"
                   if path.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".dcm"))
+                  else "a GIF, which is not read (save it as PNG)" if path.lower().endswith(".gif")
                   else f"not an image file ({', '.join(IMAGE_EXTENSIONS)})")
         skipped.append({"file": path, "reason": f"{path}: {reason}"})
     data_root = _common_folder([c["image"] for c in candidates])
