@@ -343,7 +343,7 @@ def test_a_checkpoint_that_pickles_its_config_beside_the_weights_is_read(tmp_pat
     assert report.ok and all(torch.equal(net.state_dict()[k], v) for k, v in weights.items())
     err = capsys.readouterr().err
     assert f"note: {path}: also pickles argparse.Namespace, test_weights.ExperimentConfig (a config or training " \
-           f"object), read as an empty placeholder; only its tensors are used" in err
+           f"object), read as plain data with weights_only=True; only its tensors are used" in err
 
 
 def test_an_exported_network_given_as_weights_is_named(tmp_path):

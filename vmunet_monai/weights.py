@@ -111,26 +111,14 @@ def _load_weights_only(source: str):
 
 
 class _Placeholder:
-    """Stands in for an object of a class a checkpoint pickles beside its tensors (a yacs ``CfgNode``, an argparse
-    ``Namespace``): built from anything, holding nothing, running no code of the file's."""
+    """Stands in for a class a checkpoint pickles beside its tensors (a yacs ``CfgNode``, an argparse
+    ``Namespace``): whatever the file builds of it is an ``OrderedDict`` (one of the few types ``weights_only``
+    loading fills in), holding the object's items and attributes as data, running no code of the file's."""
 
     def __new__(cls, *args, **kwargs):
-        return object.__new__(cls)
+        from collections import OrderedDict
 
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        pass
-
-    def __setitem__(self, key, value):
-        pass
-
-    def append(self, value):
-        pass
-
-    def extend(self, values):
-        pass
+        return OrderedDict()
 
 
 #: modules whose names in a checkpoint mean code would run on loading (a crafted file): such a file is refused
@@ -148,34 +136,21 @@ def _holds_tensors(loaded) -> bool:
 
 
 def _load_with_placeholders(source: str) -> tuple[object, list[str]]:
-    """``torch.load`` of a checkpoint that pickles objects of other classes beside its tensors (VMamba's releases
-    keep their yacs config, many training scripts their argparse arguments), as safely as ``weights_only=True``:
-    only the globals that loader allows (tensors, storages, dtypes, containers) and the numpy scalars of
-    :func:`_numpy_globals` are looked up; every other class is an inert :class:`_Placeholder`. Returns the loaded
-    object and the classes that were replaced."""
-    import pickle
-    import types
+    """``torch.load(weights_only=True)`` of a checkpoint that pickles objects of other classes beside its tensors
+    (VMamba's releases keep their yacs config, many training scripts their argparse arguments): each such class is
+    allowed under its name as an inert :class:`_Placeholder`, so nothing of the file's runs. Returns the loaded
+    object and the replaced names; raises where the file names a module that runs code (:data:`_CODE_MODULES`: a
+    crafted file, or a pickled network), or where torch cannot list the names (the pre-1.6 file format)."""
+    from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
 
-    from torch import _weights_only_unpickler
-
-    allowed = dict(_weights_only_unpickler._get_allowed_globals())
-    allowed.update({f"{g.__module__}.{g.__qualname__}": g for g in _numpy_globals()})
-    replaced: list[str] = []
-
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module, name):
-            found = allowed.get(f"{module}.{name}")
-            if found is not None:
-                return found
-            replaced.append(f"{module}.{name}")
-            return type(name, (_Placeholder,), {})
-
-    def load(file, **kwargs):
-        return Unpickler(file, **kwargs).load()
-
-    loader = types.SimpleNamespace(Unpickler=Unpickler, load=load, __name__="vmunet_monai_placeholders")
-    loaded = torch.load(source, map_location="cpu", weights_only=False, pickle_module=loader)
-    return loaded, sorted(set(replaced))
+    known = {f"{g.__module__}.{g.__qualname__}" for g in _numpy_globals()}
+    names = sorted(set(get_unsafe_globals_in_checkpoint(source)) - known)
+    code = [n for n in names if n.split(".")[0] in _CODE_MODULES]
+    if code:
+        raise CheckpointError(f"{source}: names {code[0]}")
+    stand_ins = [(type(n.rsplit(".", 1)[-1], (_Placeholder,), {}), n) for n in names]
+    with safe_globals(_numpy_globals() + stand_ins):
+        return torch.load(source, map_location="cpu", weights_only=True), names
 
 
 def is_torchscript_archive(path: str | os.PathLike) -> bool:
@@ -263,8 +238,8 @@ def read_checkpoint(checkpoint) -> dict[str, torch.Tensor]:
                     checkpoint = None  # a pickled network or a file naming code: refused as it was
                 if checkpoint is not None:
                     print(f"note: {source}: also pickles {', '.join(replaced[:3])}"
-                          f"{' and more' if len(replaced) > 3 else ''} (a config or training object), read as an "
-                          "empty placeholder; only its tensors are used", file=sys.stderr)
+                          f"{' and more' if len(replaced) > 3 else ''} (a config or training object), read as "
+                          "plain data with weights_only=True; only its tensors are used", file=sys.stderr)
             if checkpoint is None:
                 raise CheckpointError(f"{source}: cannot be read as a PyTorch checkpoint of tensors ({why})") from None
     if not isinstance(checkpoint, Mapping):
