@@ -73,6 +73,12 @@ def test_isic_official_split(isic_2017, tmp_path):
         assert "superpixels" not in item["image"]
     assert {i["image"].split("/")[-2] for i in test} == {"ISIC-2017_Test_v2_Data"}
     assert {i["image"].split("/")[-2] for i in val} == {"ISIC-2017_Validation_Data"}
+    from vmunet_monai.evaluation.score import score
+
+    one_mask = tmp_path / "a_mask.png"  # score takes predict's folder of masks, and says so when given one
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(one_mask)
+    with pytest.raises(InputError, match=r"a_mask.png: a file; PRED is the folder of predicted masks"):
+        score(one_mask, tmp_path / "out")
     # options the official split leaves unused are refused, saying which option uses them
     with pytest.raises(InputError, match=r"--test_fraction 0.2: not used, since the official split tests on the "
                                          r"challenge test set \(.*ISIC-2017_Test_v2_Data\); give --split paper"):

@@ -569,3 +569,23 @@ def test_masks_and_earlier_results_in_the_input_are_named_not_segmented(lesion_b
     assert f"{folder / 'masks'}: a folder of masks, by its name; " in printed
     assert f"{folder / 'results'}: an earlier predict's output (prediction.json)" in printed
     assert "1 mask file(s) beside their images" in printed
+
+
+def test_ctrl_c_in_predict_leaves_no_log_tracebacks(lesion_bundle, tmp_path, monkeypatch, capfd):
+    """Ctrl-C while the network runs: ignite's and MONAI's exception logs (a screen of traceback) are left out, so
+    the command ends with its one line; the interrupt goes on as it came."""
+    from vmunet_monai.networks import VMUNet
+    from vmunet_monai.predict import predict
+
+    def interrupted(self, x):
+        raise KeyboardInterrupt
+
+    write_rgb(tmp_path / "in" / "a.png")
+    monkeypatch.setattr(VMUNet, "forward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict(str(lesion_bundle), str(tmp_path / "in"), str(tmp_path / "out"), device="cpu")
+    printed = "".join(capfd.readouterr())
+    assert "Traceback" not in printed and "terminating due to exception" not in printed, printed
+    import logging
+
+    assert logging.Handler.handle.__qualname__ == "Handler.handle"  # logging as it was, after the run

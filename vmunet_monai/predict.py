@@ -97,6 +97,30 @@ def weights_files(root: Path, checkpoint, default_ckpt: Path, train: str, model,
     return [Path(p).resolve() for p in checkpoint_list(checkpoint, option="--checkpoint")]
 
 
+class quiet_interrupt:
+    """While a workflow runs, log records made while a KeyboardInterrupt is handled (ignite's "terminating due to
+    exception", MONAI's "Exception:" with a screen of traceback) are dropped, by every logging handler, also those
+    the workflow creates as it starts: Ctrl-C ends a run with the command's one line."""
+
+    def __enter__(self):
+        import logging
+
+        self.original = original = logging.Handler.handle
+
+        def handle(handler, record):
+            exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+            return False if isinstance(exc, KeyboardInterrupt) else original(handler, record)
+
+        logging.Handler.handle = handle
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        import logging
+
+        logging.Handler.handle = self.original
+        return False
+
+
 def trained_network(configs, weights, ids: str = "network_def") -> dict:
     """Overrides (``network_def#<setting>``) that build the bundle's network with the settings its weights were
     trained with, read from the ``network.json`` a training writes beside them
@@ -682,7 +706,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     out.mkdir(parents=True, exist_ok=True)  # the record of a run under way: what --resume checks against
     write_record(out, workflow.parser, root, weights, bool(model), [source], [], skipped, settings, finished=False)
     if todo:
-        workflow.run()
+        with quiet_interrupt():
+            workflow.run()
     workflow.finalize()
     masks = [str(m) for m, _ in planned]
     overlays = [str(o) for _, o in planned]

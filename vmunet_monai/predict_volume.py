@@ -476,7 +476,7 @@ def predict_volumes(
     from vmunet_monai.engine.utils import inference_configs
     from vmunet_monai.evaluation.volumetry import write_volumes
     from vmunet_monai.predict import (NothingToPredictError, bundle_class_names, check_fresh_output, check_no_hash,
-                                      finished_output, resume_check, takes_pass_entropy, trained_network,
+                                      finished_output, quiet_interrupt, resume_check, takes_pass_entropy, trained_network,
                                       weights_files, write_record)
     from vmunet_monai.validation import InputError, check_device, check_output_location, read_volume
     from vmunet_monai.weights import check_checkpoint_fits
@@ -582,7 +582,8 @@ def predict_volumes(
                      finished=False)
         _record_series(output, good, written)
         if todo:
-            workflow.run()
+            with quiet_interrupt():
+                workflow.run()
         workflow.finalize()
         missing = [w for w in written + maps + spreads if not os.path.isfile(w)]
         if missing:

@@ -342,7 +342,9 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     # binary masks written with other grey levels (predict --mask_values 255,0 or 0,127): read by those levels
     binary_levels = mask_levels(mask_values, 2) if num_classes == 2 and mask_values is not None else None
     if not Path(pred).is_dir():
-        raise InputError(f"{pred}: no such folder of predicted masks")
+        raise InputError(f"{pred}: " + ("a file; PRED is the folder of predicted masks (predict's OUTPUT/masks), "
+                                        "scored image by image against DATASET's split" if Path(pred).is_file()
+                                        else "no such folder of predicted masks"))
     found, found_maps = _mask_files(Path(pred), record)
     class_maps = _class_maps(Path(pred), record) if levels is not None else {}
     out = Path(out) if out is not None else Path(pred).resolve().parent / "score"
