@@ -143,7 +143,8 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
     except (OSError, ValueError) as exc:
         print(f"note: {record} cannot be read ({exc}); the network is built with the bundle's settings", flush=True)
         return {}
-    network_def = ConfigParser.load_config_files(configs).get(ids.split("#")[0], {})
+    config = ConfigParser.load_config_files(configs)
+    network_def = config.get(ids.split("#")[0], {})
     if not isinstance(saved, dict) or not isinstance(network_def, dict) or saved.get("_target_") != network_def.get(
             "_target_"):
         return {}
@@ -155,7 +156,7 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
     overrides, changed = {}, []
     trained_size = (saved.get("_desc_") or {}).get("trained_input_size") if isinstance(saved.get("_desc_"),
                                                                                       dict) else None
-    size = ConfigParser.load_config_files(configs).get("image_size")
+    size = config.get("image_size")
     if trained_size and isinstance(size, list) and len(size) == len(trained_size):  # a 2D bundle's input size
         overrides["image_size"] = list(trained_size)
         if list(size) != list(trained_size):

@@ -140,7 +140,8 @@ def _load_with_placeholders(source: str) -> tuple[object, list[str]]:
     (VMamba's releases keep their yacs config, many training scripts their argparse arguments): each such class is
     allowed under its name as an inert :class:`_Placeholder`, so nothing of the file's runs. Returns the loaded
     object and the replaced names; raises where the file names a module that runs code (:data:`_CODE_MODULES`: a
-    crafted file, or a pickled network), or where torch cannot list the names (the pre-1.6 file format)."""
+    crafted file, or a pickled network), holds no tensors, or where torch cannot list the names (the pre-1.6 file
+    format)."""
     from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
 
     known = {f"{g.__module__}.{g.__qualname__}" for g in _numpy_globals()}
@@ -150,7 +151,10 @@ def _load_with_placeholders(source: str) -> tuple[object, list[str]]:
         raise CheckpointError(f"{source}: names {code[0]}")
     stand_ins = [(type(n.rsplit(".", 1)[-1], (_Placeholder,), {}), n) for n in names]
     with safe_globals(_numpy_globals() + stand_ins):
-        return torch.load(source, map_location="cpu", weights_only=True), names
+        loaded = torch.load(source, map_location="cpu", weights_only=True)
+    if not _holds_tensors(loaded):
+        raise CheckpointError(f"{source}: holds no tensors beside its objects")
+    return loaded, names
 
 
 def is_torchscript_archive(path: str | os.PathLike) -> bool:
@@ -229,14 +233,11 @@ def read_checkpoint(checkpoint) -> dict[str, torch.Tensor]:
             why = _why_unreadable(source, exc)
             checkpoint = None
             if "pickles Python objects" in why:  # a config or arguments object beside the tensors: read them still
-                try:
+                try:  # refused as it was where the file names code or holds no tensors (a pickled network)
                     checkpoint, replaced = _load_with_placeholders(source)
                 except Exception:
                     checkpoint = None
-                if checkpoint is not None and (not _holds_tensors(checkpoint) or any(
-                        n.split(".")[0] in _CODE_MODULES for n in replaced)):
-                    checkpoint = None  # a pickled network or a file naming code: refused as it was
-                if checkpoint is not None:
+                else:
                     print(f"note: {source}: also pickles {', '.join(replaced[:3])}"
                           f"{' and more' if len(replaced) > 3 else ''} (a config or training object), read as "
                           "plain data with weights_only=True; only its tensors are used", file=sys.stderr)
