@@ -579,3 +579,6 @@ def test_paths_reach_the_commands_verbatim(tmp_path, monkeypatch):
     seen.clear()
     fire.Fire(Fake, command=_check_arguments(["score", "a,b", "[1,2]", "--out", "~/sc#2"]))
     assert seen == {"pred": "a,b", "dataset": "[1,2]", "out": str(tmp_path / "sc#2"), "split": "test"}
+    seen.clear()  # an option's value given before the paths is not counted as one of them
+    fire.Fire(Fake, command=_check_arguments(["score", "--split", "val", "a,b", "2024"]))
+    assert seen == {"pred": "a,b", "dataset": "2024", "out": None, "split": "val"}

@@ -551,18 +551,13 @@ def _check_arguments(argv: list[str]) -> list[str]:
                 "x", inspect.Parameter.KEYWORD_ONLY))) == "bool":
             out.append(f"--{key}")  # fire's --noflag: the option off
             continue
-        if key not in named:
-            if takes_any:  # a bundle's own option of prepare or demo_data, with its value
-                if not eq and i < len(argv) and not argv[i].startswith("--"):
-                    value, eq, i = argv[i], "=", i + 1
-                out.append(f"--{key}={value}" if eq else f"--{key}")
-                continue
+        if key not in named and not takes_any:
             close = difflib.get_close_matches(key, list(named), n=1)
             raise InputError(f"{command} --{name}: no such option" + (f"; did you mean --{close[0]}?" if close else "")
                              + f" (options of {command}: {', '.join('--' + n for n in named)})")
-        kind = _kind(named[key])
-        if not eq and kind is not None and i < len(argv) and not argv[i].startswith("--"):
-            value, eq, i = argv[i], "=", i + 1  # fire takes the next word as the value
+        if not eq and i < len(argv) and not argv[i].startswith("--"):
+            value, eq, i = argv[i], "=", i + 1  # fire takes the next word as the value (not a positional path)
+        kind = _kind(named[key]) if key in named else None  # (else a bundle's own option of prepare or demo_data)
         if kind == "bool":
             out.append(f"--{key}={read_flag(f'{command} --{key}', value) if eq else True}")
         elif kind in ("int", "float") and eq and value != "None":
@@ -572,9 +567,7 @@ def _check_arguments(argv: list[str]) -> list[str]:
                 rule = "a number" if kind == "float" else "a whole number"
                 raise InputError(f"{command} --{key} {value!r}: must be {rule}") from None
             out.append(f"--{key}={value}")
-        elif key in PATH_ARGUMENTS:
-            if not eq and i < len(argv) and not argv[i].startswith("--"):
-                value, eq, i = argv[i], "=", i + 1
+        elif key in PATH_ARGUMENTS and key in named:
             out.append(f"--{key}={_verbatim(value)}" if eq else f"--{key}")
         else:
             out.append(f"--{key}={value}" if eq else f"--{key}")
