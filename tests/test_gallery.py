@@ -86,3 +86,23 @@ def test_evaluation_report_draws_its_worst_images_upright(tmp_path):
     none._collect(engine)
     none._write(engine)
     assert "worst" not in none.paths and not list((tmp_path / "eval0").glob("*_worst.png"))
+
+
+def test_a_name_no_font_draws_is_written_as_its_code_without_a_warning(tmp_path, recwarn):
+    """A title naming a file in a script the installed fonts lack (CJK on a machine with DejaVu only) shows the
+    characters' codes, not boxes, and matplotlib warns of no missing glyph; what a font draws stays as it is."""
+    from matplotlib import font_manager
+
+    from vmunet_monai.figures import pyplot, save
+
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    ax.set_title("病例01.png, Müller")
+    save(fig, tmp_path / "t.png")
+    title = ax.title.get_text()
+    fonts = [font_manager.get_font(p) for p in
+             font_manager.fontManager._find_fonts_by_props(ax.title.get_fontproperties())]
+    drawn = any(f.get_char_index(ord("病")) for f in fonts)
+    assert title == ("病例01.png, Müller" if drawn else "\\u75c5\\u4f8b01.png, Müller")
+    assert not [w for w in recwarn if "missing from font" in str(w.message)]
+    assert Image.open(tmp_path / "t.png").size[0] > 100
