@@ -278,3 +278,25 @@ def test_an_unwritable_kernel_cache_gets_its_own_fix(tmp_path, monkeypatch):
     available, detail, fix = cpu_kernel.status()
     assert not available and detail.startswith("cannot create the kernel cache directory")
     assert fix.startswith(f"set ${cpu_kernel.CACHE_ENV} to a folder you can write") and "compiler" not in fix
+
+
+def test_a_second_derivative_through_the_kernel_is_refused_by_name():
+    """The kernel's backward runs outside autograd: a gradient penalty through it (create_graph=True, then
+    backward) raises naming the backend, where it would otherwise return gradients missing part of the second
+    derivative; first-order gradients taken with create_graph=True still equal the reference."""
+    from vmunet_monai.layers import SS2D
+
+    _need_kernel()
+    layer = SS2D(4, d_state=2).double()
+    x = torch.randn(1, 3, 3, 4, dtype=torch.float64, requires_grad=True)
+    layer.scan_backend = "cpu"
+    g, = torch.autograd.grad((layer(x) ** 2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="scan backend 'cpu' computes gradients outside autograd.*backend='torch'"):
+        g.pow(2).sum().backward()
+    layer.scan_backend = "reference"
+    want, = torch.autograd.grad((layer(x) ** 2).sum(), x)
+    assert torch.allclose(g, want, rtol=1e-9, atol=1e-12)
+    layer.zero_grad()
+    g, = torch.autograd.grad((layer(x) ** 2).sum(), x, create_graph=True)
+    g.pow(2).sum().backward()  # the reference has a second derivative
+    assert layer.in_proj.weight.grad.abs().sum() > 0

@@ -206,6 +206,18 @@ def test_cross_scan_bf16_inputs_interpreted(interpreted):
         assert rel_err(g[k], g_ref[k]) <= 2e-2, k
 
 
+def test_a_second_derivative_through_the_kernels_is_refused_by_name_interpreted(interpreted):
+    """Gradients taken with create_graph=True are the kernels' own; differentiating them again raises naming the
+    backend (the kernels' backward is not differentiable, and the result would otherwise be silently wrong)."""
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16))
+    x = leaf(cross_inputs(1, 4, 3, 3, 2, dtype=torch.float32))
+    gu, = torch.autograd.grad((fused(x) ** 2).sum(), [x["u"]], create_graph=True)
+    with pytest.raises(RuntimeError, match="scan backend 'triton' computes gradients outside autograd"):
+        gu.pow(2).sum().backward()
+    want, = torch.autograd.grad((composed_reference(x) ** 2).sum(), [x["u"]])
+    assert rel_err(gu, want) <= 1e-5
+
+
 @pytest.mark.parametrize("bc,keep,segments,det,step", [
     ("grouped", True, 1, False, False), ("variable", True, 1, False, False), ("constant", True, 1, False, False),
     ("grouped", False, 1, False, False), ("variable", True, 3, False, False), ("grouped", False, 2, False, False),

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from vmunet_monai.ops.first_order import first_order_only
 from vmunet_monai.ops.recompute import RecomputeSaved
 
 __all__ = ["selective_scan", "cross_selective_scan", "status", "build_library", "cache_dir", "CACHE_ENV", "CFLAGS_ENV"]
@@ -345,6 +346,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         return y
 
     @staticmethod
+    @first_order_only("scan backend 'cpu'")
     def backward(ctx, dy, dlast=None):
         grads = _backward(ctx, dy, dlast)
         out = [
@@ -438,6 +440,7 @@ class _CrossSelectiveScanCPU(torch.autograd.Function):
         return y.reshape(b, di, h, w)
 
     @staticmethod
+    @first_order_only("scan backend 'cpu'")
     def backward(ctx, dy):
         b, di, h, w, n = ctx.map
         grads = _backward(ctx, dy.reshape(b, di, h * w), None, map_size=(h, w))

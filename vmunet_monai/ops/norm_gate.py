@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vmunet_monai.ops import triton_scan
+from vmunet_monai.ops.first_order import first_order_only
 
 __all__ = ["norm_gate", "norm_gate_reference", "fused_available"]
 
@@ -59,6 +60,7 @@ class _NormGate(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only("the fused norm-gate kernel", "SS2D(fused_norm_gate=False)")
     def backward(ctx, dout):
         y, z, weight, bias = ctx.saved_tensors
         R, C = y.shape

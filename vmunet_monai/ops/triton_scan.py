@@ -26,6 +26,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from vmunet_monai.ops.first_order import first_order_only
+
 __all__ = ["status", "selective_scan", "cross_selective_scan", "KernelConfig", "kernel_config"]
 
 # the last state comes back detached from the graph, as in mamba-ssm (dispatch guards it)
@@ -411,6 +413,7 @@ class _ScanFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @first_order_only("scan backend 'triton'")
     def backward(ctx, dy, *_unused_last):
         u, delta, A, Bv, Cv, D, bias, w, hs = ctx.saved_tensors
         geo, cfg, det = ctx.geo, ctx.cfg, ctx.det
