@@ -480,18 +480,50 @@ def test_a_file_monai_finds_no_reader_for_is_described_as_the_last_line(tmp_path
     assert unreadable_file_error(readable) is None  # nothing to add about a file that reads
 
 
-def test_training_on_a_batch_of_one_at_a_tiny_image_size_ends_with_what_to_change():
+def test_training_on_a_batch_of_one_at_a_tiny_image_size_ends_with_what_to_change(monkeypatch):
     """At --image_size 32 the deepest stage of the polyp network is 1x1: a batch of one image (the last of an
-    epoch) stops in a BatchNorm layer; the last line says which options avoid it."""
-    code = ("import torch, vmunet_monai\n"
-            "net = vmunet_monai.networks.VMUNetV2(spatial_dims=2, in_channels=3, out_channels=1, dims=[8, 16, 32, 64], "
-            "depths=[1, 1, 1, 1], d_state=4, mid_channels=8)\n"
-            "net.train()(torch.rand(1, 3, 32, 32))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=run_env())
-    assert proc.returncode == 1
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: a training batch of one image reached a BatchNorm layer on a 1x1 feature map")
+    epoch) would stop in a BatchNorm layer. The network says so in its own terms; a bundle run or a command ends
+    with the options that avoid it, and a user's own script gets no word about options it does not have."""
+    from vmunet_monai import validation
+    from vmunet_monai.networks import VMUNetV2
+
+    net = VMUNetV2(spatial_dims=2, in_channels=3, out_channels=1, dims=[8, 16, 32, 64],
+                                         depths=[1, 1, 1, 1], d_state=4, mid_channels=8)
+    with pytest.raises(ValueError, match=r"^VMUNetV2: a training batch of one image of 30x20 .* batches of 2 or "
+                                         r"more, or on images larger than 32x32") as raised:
+        net.train()(torch.rand(1, 3, 30, 20))
+    net(torch.rand(2, 3, 30, 20))  # two images, or a larger one, or eval mode: no error
+    net(torch.rand(1, 3, 40, 20))
+    net.eval()(torch.rand(1, 3, 30, 20))
+    try:  # as a bundle run sees it: MONAI's wrapping of the error
+        raise RuntimeError("Failed to evaluate ConfigExpression") from raised.value
+    except RuntimeError as exc:
+        wrapped = exc
+    monkeypatch.setattr(validation, "_command_run", lambda: True)
+    last = str(validation.last_line_for(wrapped))
+    assert last.startswith("a training batch of one image reached a BatchNorm layer on a 1x1 feature map")
     assert "--image_size 64" in last and "--batch_size" in last
+    torch_says = ValueError("Expected more than 1 value per channel when training, got input size [1, 8, 1, 1]")
+    assert "(input size [1, 8, 1, 1])" in str(validation.last_line_for(torch_says))
+    monkeypatch.setattr(validation, "_command_run", lambda: False)
+    assert validation.last_line_for(wrapped) is None and validation.last_line_for(torch_says) is None
+
+
+def test_a_users_own_script_gets_no_line_about_options(monkeypatch):
+    """Importing the package leaves a plain script's BatchNorm error alone (no --image_size advice), and a
+    process run as ``python -m vmunet_monai`` or ``python -m monai.bundle`` is told apart from it."""
+    code = "import torch, vmunet_monai\ntorch.nn.BatchNorm1d(4).train()(torch.randn(1, 4))\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=run_env())
+    assert proc.returncode == 1 and "Expected more than 1 value per channel" in proc.stderr
+    assert "--image_size" not in proc.stderr
+    from types import SimpleNamespace
+
+    from vmunet_monai.validation import _command_run
+
+    assert _command_run() is False  # (pytest's __main__)
+    for main, expected in (("monai.bundle.__main__", True), ("vmunet_monai.__main__", True), ("train_mine", False)):
+        monkeypatch.setitem(sys.modules, "__main__", SimpleNamespace(__spec__=SimpleNamespace(name=main)))
+        assert _command_run() is expected, main
 
 
 def test_a_bundle_run_without_its_prepared_data_ends_with_what_to_give(tmp_path):

@@ -85,7 +85,7 @@ def test_wrong_channel_count_is_a_clear_error():
     with pytest.raises(ValueError, match=r"\(batch, channels, H, W\)"):
         net(torch.randn(3, 32, 32))
     four = VMUNet(in_channels=4, depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), **TINY)  # 4 MRI modalities
-    with pytest.raises(ValueError, match=r"^VMUNet was built for 4-channel input; got 1 channels$"):
+    with pytest.raises(ValueError, match=r"^VMUNet was built for 4-channel input; got 1 channel$"):
         four(torch.randn(1, 1, 32, 32))  # one modality is not repeated into all four
     with pytest.raises(ValueError, match="dims must double"):
         VMUNet(dims=(8, 16, 24, 64))

@@ -141,12 +141,32 @@ def show_input_errors_last() -> None:
 
     def hook(kind, value, tb):
         previous(kind, value, tb)
-        cause = input_error_in(value) or unreadable_file_error(value) or batch_of_one_error(value)
-        if cause is not None and cause is not value:
+        cause = last_line_for(value)
+        if cause is not None:
             print(f"error: {cause}", file=sys.stderr)
 
     hook._vmunet_monai = True
     sys.excepthook = hook
+
+
+def last_line_for(exc: BaseException) -> InputError | None:
+    """The line :func:`show_input_errors_last` adds after ``exc``'s traceback: an :class:`InputError` behind it, what
+    is wrong with a file MONAI found no reader for, or, in a bundle run or a ``vmunet_monai`` command only (its
+    words are their options), what to change when a batch of one image reached a BatchNorm layer at 1x1. None when
+    there is nothing to add (``exc`` itself the InputError: its message is the traceback's last line already)."""
+    cause = input_error_in(exc) or unreadable_file_error(exc)
+    if cause is None and _command_run():
+        cause = batch_of_one_error(exc)
+    return None if cause is exc else cause
+
+
+def _command_run() -> bool:
+    """Whether this process runs ``python -m monai.bundle ...`` (torchrun's workers too) or ``python -m
+    vmunet_monai ...``, rather than a user's own script."""
+    import sys
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return (getattr(spec, "name", None) or "").split(".")[0] in ("monai", "vmunet_monai")
 
 
 def unreadable_file_error(exc: BaseException | None) -> InputError | None:
@@ -204,10 +224,12 @@ def batch_of_one_error(exc: BaseException | None) -> InputError | None:
         seen.add(id(exc))
         found = re.search(r"Expected more than 1 value per channel when training, got input size (.+)$", str(exc),
                           re.MULTILINE)
-        if isinstance(exc, ValueError) and found:
+        ours = "a training batch of one image of" in str(exc)  # VMUNetV2's own check
+        if isinstance(exc, ValueError) and (found or ours):
+            size = f" (input size {found.group(1)})" if found else ""
             return InputError(
-                f"a training batch of one image reached a BatchNorm layer on a 1x1 feature map (input size "
-                f"{found.group(1)}), which cannot be normalised: train at --image_size 64 or more (the deepest "
+                f"a training batch of one image reached a BatchNorm layer on a 1x1 feature map{size}, which "
+                f"cannot be normalised: train at --image_size 64 or more (the deepest "
                 f"stage is image_size / 32 across), or with a --batch_size that leaves no batch of one image (the "
                 f"last batch of an epoch holds what is left of the training images)")
         exc = exc.__cause__ or exc.__context__

@@ -84,7 +84,8 @@ def prepare_input(x: torch.Tensor, stem_channels: int, multiple: int, name: str,
     if c != stem_channels:
         if c != 1 or stem_channels != 3:  # a grey image into an RGB stem, as the papers fed CT; never one of several
             also = " (or 1 channel, repeated)" if stem_channels == 3 else ""  # modalities into all of them
-            raise ValueError(f"{name} was built for {stem_channels}-channel input{also}; got {c} channels")
+            raise ValueError(f"{name} was built for {stem_channels}-channel input{also}; "
+                             f"got {c} channel{'s' if c != 1 else ''}")
         x = x.expand(-1, stem_channels, -1, -1)
     h, w = int(x.shape[-2]), int(x.shape[-1])
     pad_h, pad_w = (-h) % multiple, (-w) % multiple

@@ -130,6 +130,12 @@ class VMUNetV2(nn.Module):
         (and gradients on)."""
         x, size = prepare_input(x, self.stem_channels, self.stride, type(self).__name__,
                                 dtype=next(self.parameters()).dtype)
+        if self.training and x.shape[0] == 1 and x.shape[-2] * x.shape[-1] == self.stride ** 2:
+            raise ValueError(
+                f"VMUNetV2: a training batch of one image of {size[0]}x{size[1]} reaches the BatchNorm of "
+                f"Translayer_4 as a 1x1 map (the deepest level is H/32 x W/32, after padding to a multiple of 32), "
+                f"which cannot be normalised: train on batches of 2 or more, or on images larger than 32x32 "
+                f"(eval() runs any size)")
         feats = []
         for i, f in enumerate(self.encoder(x), start=1):
             f = getattr(self, f"ca_{i}")(f) * f
