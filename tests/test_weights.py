@@ -316,15 +316,26 @@ def test_another_network_or_a_vmamba_classifier_is_named_with_where_it_belongs()
 def test_a_partial_load_of_the_same_network_is_said():
     """Official weights of another class count, or with tensors missing, load what fits; the rest keeps its random
     start, and a warning says how much (the report alone went unread)."""
-    with pytest.warns(UserWarning, match=r"220 of the network's 222 tensors loaded; 2 keep their random "
+    with pytest.warns(UserWarning, match=r"220 of the network's 222 tensors loaded \(\d+% of its values\); 2 keep their random "
                                          r"initialisation \(of another shape, e.g. final_conv.weight \(1, 24, 1, 1\) in "
                                          r"the file, \(9, 24, 1, 1\) here\)"):
         load_official_checkpoint(VMUNet(out_channels=9), official_vmunet_checkpoint())
     sd = official_vmunet_checkpoint()["model"]
     sd = dict(list(sd.items())[:100])
-    with pytest.warns(UserWarning, match=r"100 of the network's 222 tensors loaded; 122 keep their random "
+    with pytest.warns(UserWarning, match=r"100 of the network's 222 tensors loaded \(\d+% of its values\); 122 keep their "
+                                         r"random "
                                          r"initialisation \(missing, e.g. "):
         load_official_checkpoint(VMUNet(), sd)
+    small = VMUNet(out_channels=2, dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1))
+    big = VMUNet(out_channels=2)
+    before = big.patch_embed.proj.weight.clone()
+    with pytest.raises(CheckpointError, match=r"only 1 of this VMUNet's 222 tensors fit \(final_conv.bias\), 0.00% of "
+                                              r"its values, so the network would stay as initialised"):
+        load_official_checkpoint(big, small.state_dict())  # a bias that happens to match is not a load
+    assert torch.equal(big.patch_embed.proj.weight, before)
+    with pytest.raises(CheckpointError, match="strict loading failed"):
+        load_official_checkpoint(big, dict(list(official_vmunet_checkpoint()["model"].items())[:100]), strict=True)
+    assert torch.equal(big.patch_embed.proj.weight, before)  # a strict load that fails loads nothing
 
 
 class ExperimentConfig(dict):

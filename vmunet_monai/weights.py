@@ -338,6 +338,10 @@ def _candidates(net_kind: str, ckpt_kind: str, key: str) -> list[str]:
     return [key]
 
 
+#: the least share of a network's values a checkpoint must fill: below it the load is refused, not reported as partial
+MIN_LOADED_SHARE = 0.01
+
+
 def load_official_checkpoint(network: nn.Module, checkpoint, *, strict: bool = False) -> LoadReport:
     """Load an official VM-UNet / VM-UNetV2 / Mamba-UNet or VMamba v0 checkpoint into ``network``.
 
@@ -353,8 +357,9 @@ def load_official_checkpoint(network: nn.Module, checkpoint, *, strict: bool = F
         given as warnings) when the checkpoint is of another network or of no known release.
 
     Raises:
-        CheckpointError: an unreadable file, a VMamba v2 (or later) checkpoint, one of which not a tensor fits, or
-            under ``strict`` one that does not fit whole.
+        CheckpointError: an unreadable file, a VMamba v2 (or later) checkpoint, one of which not a tensor fits or
+            whose tensors that fit hold under 1% of the network's values (:data:`MIN_LOADED_SHARE`), or under
+            ``strict`` one that does not fit whole.
     """
     import warnings
 
@@ -398,20 +403,28 @@ def load_official_checkpoint(network: nn.Module, checkpoint, *, strict: bool = F
             assigned[cand] = value
         if not used:
             report.unexpected.append(key)
-    with torch.no_grad():
-        for key, value in assigned.items():
-            target[key].copy_(value.to(target[key].dtype))
     report.loaded = sorted(assigned)
     mismatched = {k for k, _, _ in report.mismatched}
     report.missing = [k for k in target if k not in assigned and k not in mismatched]
     if not assigned:
         raise CheckpointError(f"{source}: not one tensor fits this {type(network).__name__}, so nothing was "
                               f"loaded{_prefix_hint(list(state))}:\n" + report.summary())
+    share = sum(v.numel() for v in assigned.values()) / max(1, sum(v.numel() for v in target.values()))
+    if share < MIN_LOADED_SHARE:  # a bias or a norm that happens to match: the network stays as initialised
+        raise CheckpointError(
+            f"{source}: only {len(assigned)} of this {type(network).__name__}'s {len(target)} tensors fit "
+            f"({', '.join(report.loaded[:3])}{', ...' if len(assigned) > 3 else ''}), {share:.2%} of its values, "
+            f"so the network would stay as initialised: the file holds another network or another size"
+            f"{_prefix_hint(list(state))}:\n" + report.summary())
     if strict and not report.ok:
         raise CheckpointError("strict loading failed:\n" + report.summary())
+    with torch.no_grad():  # (nothing is written into the network before the checks above pass)
+        for key, value in assigned.items():
+            target[key].copy_(value.to(target[key].dtype))
     if ckpt_kind != "vmamba_v0" and (report.missing or report.mismatched):  # a VMamba start is partial by design
         left = len(report.missing) + len(report.mismatched)
-        report.notes.append(f"{len(report.loaded)} of the network's {len(target)} tensors loaded; {left} keep their "
+        report.notes.append(f"{len(report.loaded)} of the network's {len(target)} tensors loaded ({share:.0%} of "
+                            f"its values); {left} keep their "
                             f"random initialisation (" + "; ".join(
                                 ([f"missing, e.g. {report.missing[0]}"] if report.missing else [])
                                 + ([f"of another shape, e.g. {report.mismatched[0][0]} {report.mismatched[0][1]} in "
