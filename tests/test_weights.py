@@ -264,12 +264,33 @@ def test_weights_beside_another_trainings_network_json_say_so(tmp_path):
     (tmp_path / "network.json").write_text('{"_target_": "vmunet_monai.networks.VMUNet", "depths": [1, 1, 1, 1]}')
     torch.save(VMUNet(**TINY).state_dict(), tmp_path / "best.pth")
     with pytest.raises(CheckpointError) as err:
-        check_checkpoint_fits(VMUNet(depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), **TINY), tmp_path / "best.pth")
+        check_checkpoint_fits(VMUNet(depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), **TINY), tmp_path / "best.pth",
+                              built_from_record=True)
     message = str(err.value)
     assert message.endswith(f"the network was built with the settings of {tmp_path / 'network.json'} beside the "
                             "weights, so if another training left that file there, these weights are not of it: move "
                             "it away)")
     assert "copy that file with them" not in message
+
+
+def test_a_bundle_run_given_weights_of_other_settings_is_told_the_recorded_ones(tmp_path):
+    """monai.bundle run builds network_def from the configs alone: weights trained with other dims (only shapes
+    differ) are named with the overrides their network.json records, not told to move that file away."""
+    import json
+
+    from vmunet_monai.weights import check_checkpoint_fits
+
+    small = dict(TINY, dims=[16, 32, 64, 128])
+    torch.save(VMUNet(**small).state_dict(), tmp_path / "model.pt")
+    (tmp_path / "network.json").write_text(json.dumps({"_target_": "vmunet_monai.networks.VMUNet", **small,
+                                                       "_desc_": {"trained_input_size": [64, 64]}}))
+    with pytest.raises(CheckpointError) as err:
+        check_checkpoint_fits(VMUNet(**TINY), tmp_path / "model.pt")
+    message = str(err.value)
+    assert "shapes differ" in message and "move it away" not in message
+    assert (f"{tmp_path / 'network.json'} beside the weights records the settings they were trained with: give them "
+            f"to monai.bundle run as overrides (") in message
+    assert "--network_def#dims '[16, 32, 64, 128]'" in message and "--image_size '[64, 64]'" in message
 
 
 def _official_v2(net: VMUNetV2) -> dict:

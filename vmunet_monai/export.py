@@ -123,7 +123,7 @@ def _eager_network(root: Path, config: Path, ckpt: Path, overrides: dict) -> tup
     for key, value in overrides.items():
         parser[key] = value
     net = parser.get_parsed_content("network_def")
-    state = check_checkpoint_fits(net, ckpt)
+    state = check_checkpoint_fits(net, ckpt, built_from_record=bool(overrides))
     net.load_state_dict(state)
     return net.eval(), state
 

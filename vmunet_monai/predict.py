@@ -703,7 +703,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     workflow.initialize()
     if not model:
         for path in weights:  # an ensemble's too, each named if it is not of this network
-            check_checkpoint_fits(workflow.parser.get_parsed_content("network"), path)
+            check_checkpoint_fits(workflow.parser.get_parsed_content("network"), path, built_from_record=True)
     out.mkdir(parents=True, exist_ok=True)  # the record of a run under way: what --resume checks against
     write_record(out, workflow.parser, root, weights, bool(model), [source], [], skipped, settings, finished=False)
     if todo:

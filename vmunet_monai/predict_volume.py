@@ -576,7 +576,7 @@ def predict_volumes(
                   f"empty or wrong; a bundle trained on MRI or scaled CT takes --intensity mri", flush=True)
         if not model:
             for path in weights:  # an ensemble's too, each named if it is not of this network
-                check_checkpoint_fits(workflow.parser.get_parsed_content("network"), path)
+                check_checkpoint_fits(workflow.parser.get_parsed_content("network"), path, built_from_record=True)
         # the record of a run under way: what --resume checks against
         write_record(output, workflow.parser, bundle_root, weights, bool(model), paths, [], skipped, settings,
                      finished=False)

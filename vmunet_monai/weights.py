@@ -434,7 +434,27 @@ def load_official_checkpoint(network: nn.Module, checkpoint, *, strict: bool = F
     return report
 
 
-def check_checkpoint_fits(network: nn.Module, checkpoint) -> dict[str, torch.Tensor]:
+def _recorded_overrides(record: Path) -> str:
+    """The network settings in a training's ``network.json`` as ``monai.bundle run`` overrides
+    (``--network_def#dims "[8, 16, 32, 64]" ...``); empty if the file cannot be read."""
+    import json
+
+    try:
+        saved = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(saved, dict):
+        return ""
+    parts = [f"--network_def#{key} {json.dumps(value)!r}" if isinstance(value, (list, dict, str)) else
+             f"--network_def#{key} {json.dumps(value)}" for key, value in saved.items()
+             if not key.startswith("_") and key not in ("in_channels", "out_channels", "spatial_dims")]
+    size = (saved.get("_desc_") or {}).get("trained_input_size") if isinstance(saved.get("_desc_"), dict) else None
+    if size:
+        parts.append(f"--image_size {json.dumps(size)!r}")
+    return " ".join(parts)
+
+
+def check_checkpoint_fits(network: nn.Module, checkpoint, built_from_record: bool = False) -> dict[str, torch.Tensor]:
     """Check that ``checkpoint`` is a state dict of exactly this network (same keys, same shapes).
 
     Used before inference, so that a checkpoint of another bundle, another network size or an
@@ -444,6 +464,9 @@ def check_checkpoint_fits(network: nn.Module, checkpoint) -> dict[str, torch.Ten
     Args:
         network: the network the checkpoint must fit (a ``DistributedDataParallel`` wrapper is looked through).
         checkpoint: a path or a mapping, as :func:`read_checkpoint` accepts (``{"model": ...}`` is unwrapped).
+        built_from_record: the network was built with the settings of the ``network.json`` beside the weights (as
+            ``predict`` and ``export`` build it); else (a ``monai.bundle run``) a mismatch names the settings that
+            file records, to give as overrides.
 
     Returns:
         the flat state dict.
@@ -487,16 +510,21 @@ def check_checkpoint_fits(network: nn.Module, checkpoint) -> dict[str, torch.Ten
                     f"start a training from what fits with --pretrained_checkpoint")
         record = (Path(checkpoint).parent / "network.json") if isinstance(checkpoint, (str, os.PathLike)) else None
         beside_record = record is not None and record.is_file()
-        if kind == own and (missing or unexpected):  # this network's own kind, of another size
+        if kind == own and (missing or unexpected or shapes):  # this network's own kind, of another size
             hint = (f"; it is a {_NAMES.get(kind, kind)} of other settings (depths, dims or d_state): build the "
                     "network with the settings it was trained with (the network_def overrides of its training: give "
                     "them to monai.bundle run; predict and export take them from the network.json a training "
                     "writes beside its weights" + ("" if beside_record else ", so copy that file with them") +
                     ", or write them into network_def in a copy of the bundle's configs/train.json and "
                     "inference.json and give that copy as BUNDLE)")
-        if beside_record:  # the settings predict and export built the network with
+        if beside_record and built_from_record:  # the settings predict and export built the network with
             hint += (f"; the network was built with the settings of {record} beside the weights, so if another "
                      f"training left that file there, these weights are not of it: move it away")
+        elif beside_record and kind == own:
+            recorded = _recorded_overrides(record)
+            if recorded:
+                hint = (f"; {record} beside the weights records the settings they were trained with: give them to "
+                        f"monai.bundle run as overrides ({recorded}); predict and export read that file themselves")
         outputs = {(state[k].shape[0], target[k].shape[0]) for k in target
                    if k in state and tuple(state[k].shape) != tuple(target[k].shape)}
         if shapes and not missing and not unexpected and len(outputs) == 1:
