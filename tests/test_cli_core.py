@@ -148,7 +148,23 @@ def test_benchmark_kernel_config_holds_for_the_run_only(monkeypatch):
     assert triton_scan.kernel_config() is before
 
 
-def test_benchmark_variants_time_more_configurations_in_the_same_run(capsys):
+@pytest.fixture
+def small_benchmark(monkeypatch):
+    """run_benchmark on a VM-UNet of the smallest widths and a stage-1 scan of 16 channels by 64 steps: what the
+    tests check is which rows are timed with which options in force, not the times (the full sizes take a minute
+    on two CPU cores)."""
+    import functools
+
+    from vmunet_monai import benchmark
+    from vmunet_monai.networks import VMUNet
+
+    monkeypatch.setattr(benchmark, "_stage1_inputs", functools.partial(benchmark._stage1_inputs, dim=16, length=64))
+    monkeypatch.setattr(benchmark, "_build", lambda name, backend, device, out_channels=1: VMUNet(
+        out_channels=out_channels, scan_backend=backend, dims=(8, 16, 32, 64), depths=(1, 1, 1, 1),
+        depths_decoder=(1, 1, 1, 1), d_state=4).to(device))
+
+
+def test_benchmark_variants_time_more_configurations_in_the_same_run(capsys, small_benchmark):
     """``benchmark --variants "..."``: each variant's rows come beside the plain ones, with its SS2D options
     and kernel fields in force while they are timed and the run's own afterwards; a variant that changes
     nothing on a backend (kernel fields off triton), or what an earlier one did, is left out there; bad
@@ -405,7 +421,7 @@ def test_a_device_this_machine_lacks_is_named_before_any_work(monkeypatch):
         check_device("cuda:2")
 
 
-def test_benchmark_goes_on_past_a_variant_that_fails(capsys, monkeypatch):
+def test_benchmark_goes_on_past_a_variant_that_fails(capsys, monkeypatch, small_benchmark):
     """A variant that fails (an option that does not compile or run on this machine, memory) is recorded with its
     error and printed; the rows after it are still timed in the same run."""
     from vmunet_monai import benchmark
