@@ -312,7 +312,11 @@ def main():
     for batch in sorted({1, a.batch}):
         xs_ = make_inputs(batch, a.dim, a.size, a.state, torch.float32)
         choices = ((1, False), (1, True), (4, True), (8, True), (16, True), (32, True), (0, True))
-        for segs, one in ((1, True), (0, True)) if a.quick else choices:  # 0: auto
+        if a.quick:
+            choices = ((1, True), (0, True))
+        elif a.dry_run:  # each kind of choice once: the interpreter takes seconds per run
+            choices = ((1, False), (4, True), (0, True))
+        for segs, one in choices:  # 0: auto
             ts.kernel_config(best[0].replace(segments=segs, one_launch=one))
             try:
                 ms = bench(lambda: fused(xs_))
@@ -477,7 +481,10 @@ def _bwd_steps(a, res, lines, fused, best):
         scratch = step_scratch_bytes(a.batch, a.dim, a.size, a.state)
         lines.append((f"triton fwd+bwd float32 {layout}, associative-scan backward", ms_chunks,
                       f"backward about {ms_chunks - ms_fwd:.3f} ms (forward without autograd {ms_fwd:.3f} ms)"))
-        for bd, det in ((32, False),) if a.quick else ((32, False), (16, False), (8, False), (32, True)):
+        steps = ((32, False), (16, False), (8, False), (32, True))
+        if a.quick or a.dry_run:  # (the dry run: one width and the deterministic mode)
+            steps = ((32, False),) if a.quick else ((16, False), (32, True))
+        for bd, det in steps:
             ts.kernel_config(best[0].replace(bwd_stepwise=True, bwd_step_block_d=bd, deterministic=det))
             try:
                 got, ms = timed(grads, warmup=3, rep=20)
