@@ -374,8 +374,14 @@ def test_an_evaluation_without_its_weights_names_the_weights_the_bundle_has(bund
         infer.parser.get_parsed_content("handlers")[0](None)
     _one_line(failure.value, "seed01/model.pt: no trained weights", "seed1/model.pt", "give --checkpoint PATH")
     assert trained_weights(tmp_path / "models" / "seed1" / "model.pt", tmp_path).endswith("seed1/model.pt")
-    with pytest.raises(InputError, match="holds no model.pt yet"):
+    with pytest.raises(InputError, match="holds no model.pt yet") as failure:
         trained_weights(tmp_path / "elsewhere" / "model.pt", tmp_path / "elsewhere")
+    assert "download_large_files" not in str(failure.value)  # large_files.yml names no url: nothing to download
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "large_files.yml").write_text(
+        'large_files:\n  - path: "models/model.pt"\n    url: "https://example.org/model.pt"\n')
+    with pytest.raises(InputError, match=r"download them \(python -m monai.bundle download_large_files --bundle_path "):
+        trained_weights(tmp_path / "elsewhere" / "model.pt", tmp_path / "elsewhere")  # a packaged release's
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -200,8 +200,24 @@ def missing_weights(path: str | os.PathLike, bundle_root: str | os.PathLike, oth
     held = (f"{models} holds {', '.join(found[:6])}{' ...' if len(found) > 6 else ''} (--run_name, --folds/--fold "
             f"and a baseline overlay choose among them)" if found else f"{models} holds no model.pt yet")
     train = train or "the same configs and options (python -m monai.bundle run training ...)"
-    return MissingInputError(f"{path}: no trained weights; {held}. Train with {train}, download them (python -m "
-                             f"monai.bundle download_large_files --bundle_path {bundle_root}) or give {other}")
+    download = (f", download them (python -m monai.bundle download_large_files --bundle_path {bundle_root})"
+                if _weights_url(bundle_root) else "")
+    return MissingInputError(f"{path}: no trained weights; {held}. Train with {train}{download} or give {other}")
+
+
+def _weights_url(bundle_root: str | os.PathLike) -> str:
+    """The url ``large_files.yml`` gives ``models/model.pt`` (a packaged release's); empty where it gives none, as
+    in the bundles of this repository, whose weights are trained, not published."""
+    import yaml
+
+    try:
+        listed = yaml.safe_load((Path(bundle_root) / "large_files.yml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return ""
+    for entry in listed.get("large_files", []) if isinstance(listed, dict) else []:
+        if isinstance(entry, dict) and str(entry.get("path", "")).lstrip("./") == "models/model.pt":
+            return str(entry.get("url") or "")
+    return ""
 
 
 def network_file(root: Path, checkpoint, default_ckpt: Path, train: str, model, device, batch: int = 1) -> Path:
