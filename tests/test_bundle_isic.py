@@ -62,6 +62,36 @@ def test_check_properties_is_empty(configs, kind, prepared, monkeypatch):
         idist.sync()  # ignite caches the (now destroyed) process group; make it see a serial run again
 
 
+def test_multi_gpu_validation_with_fewer_cases_than_processes_names_both(prepared, monkeypatch):
+    """Each process validates cases of its own: a validation split smaller than the process count is named with
+    what to change, where MONAI's sampler said only "the dataset length is less than the number of participating
+    ranks"."""
+    import torch.distributed as dist
+
+    from vmunet_monai.validation import input_error_in
+
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": "29523"}.items():
+        monkeypatch.setenv(key, value)
+    wf = workflow(BUNDLE, ["train.json", "multi_gpu_train.json"], "train", dataset_dir=str(prepared), cache_rate=0.0)
+    wf.initialize()
+    try:
+        cases = len(wf.parser.get_parsed_content("validate#dataset"))
+        assert len(wf.parser.get_parsed_content("validate#sampler")) >= 1  # one process: every case its own
+        monkeypatch.setattr(dist, "get_world_size", lambda group=None: cases + 1)
+        with pytest.raises(Exception) as raised:
+            wf.parser.get_parsed_content("validate#sampler", lazy=False)
+        error = input_error_in(raised.value)
+        assert error is not None and str(error).startswith(
+            f"the validation split holds {cases} case{'s' if cases != 1 else ''} for {cases + 1} processes")
+        assert "--nproc_per_node" in str(error) and "--val_fraction" in str(error)
+    finally:
+        wf.finalize()
+        import ignite.distributed as idist
+
+        idist.sync()
+
+
 @pytest.mark.parametrize("bundle", ["isic_skin_lesion", "polyp_seg", "synapse_multiorgan"])
 def test_multi_gpu_processes_above_0_open_no_tensorboard_files(bundle, tmp_path, monkeypatch):
     """Under torchrun only process 0 logs: the others build no TensorBoard handler (whose writer opened an empty
@@ -385,3 +415,23 @@ def test_the_demo_works_only_in_a_folder_of_its_own(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="is a file"):
         demo.claim_folder(tmp_path / "file")
+
+
+def test_a_bundle_name_is_found_in_the_working_folders_bundles_first(tmp_path, monkeypatch):
+    """A copy of the repository one works in (./bundles) wins over the installed checkout's bundles, and
+    $VMUNET_BUNDLES_DIR over both; a folder is taken as given; a name found nowhere lists every place searched."""
+    from vmunet_monai.engine import find_bundle
+    from vmunet_monai.engine.utils import BUNDLES_ENV
+
+    monkeypatch.delenv(BUNDLES_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    installed = find_bundle(BUNDLE)
+    assert installed == Path(config_path(BUNDLE, "train.json")).resolve().parents[1]
+    (tmp_path / "bundles" / BUNDLE / "configs").mkdir(parents=True)
+    assert find_bundle(BUNDLE) == (tmp_path / "bundles" / BUNDLE).resolve()
+    (tmp_path / "mine" / BUNDLE / "configs").mkdir(parents=True)
+    monkeypatch.setenv(BUNDLES_ENV, str(tmp_path / "mine"))
+    assert find_bundle(BUNDLE) == (tmp_path / "mine" / BUNDLE).resolve()
+    assert find_bundle(installed) == installed
+    with pytest.raises(FileNotFoundError, match=r"bundle 'nope' not found \(searched .*mine/nope, .*bundles/nope, "):
+        find_bundle("nope")

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["load_pretrained", "amp_enabled", "amp_dtype", "find_bundle", "inference_configs", "network_file",
-           "output_channels", "trained_weights", "missing_weights", "BUNDLES_ENV"]
+           "output_channels", "trained_weights", "missing_weights", "BUNDLES_ENV", "check_split_for_processes"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +111,8 @@ def amp_dtype(name: str = "bfloat16") -> torch.dtype:
 def find_bundle(bundle: str | os.PathLike) -> Path:
     """The folder of a bundle given by path or by name.
 
-    A name is looked up in ``$VMUNET_BUNDLES_DIR``, then in ``bundles/`` beside the installed
-    package (a source checkout), then in ``./bundles``.
+    A name is looked up in ``$VMUNET_BUNDLES_DIR``, then in ``./bundles`` (a copy of the repository one works
+    in), then in ``bundles/`` beside the installed package (a source checkout).
 
     Raises:
         FileNotFoundError: naming every place searched.
@@ -123,7 +123,7 @@ def find_bundle(bundle: str | os.PathLike) -> Path:
     roots = []
     if os.environ.get(BUNDLES_ENV):
         roots.append(Path(os.environ[BUNDLES_ENV]))
-    roots += [Path(__file__).resolve().parents[2] / "bundles", Path.cwd() / "bundles"]
+    roots += [Path.cwd() / "bundles", Path(__file__).resolve().parents[2] / "bundles"]
     for root in roots:
         if (root / str(bundle) / "configs").is_dir():
             return (root / str(bundle)).resolve()
@@ -131,6 +131,25 @@ def find_bundle(bundle: str | os.PathLike) -> Path:
     raise FileNotFoundError(
         f"bundle {bundle!r} not found (searched {searched}); pass a bundle folder or set ${BUNDLES_ENV}"
     )
+
+
+def check_split_for_processes(dataset, split: str, processes: int):
+    """``dataset`` (a split's), if it holds at least one item for each of ``processes`` processes; a multi-GPU run's
+    validation gives each process its own cases, and MONAI's ``DistributedSampler`` stops with "the dataset length
+    is less than the number of participating ranks" otherwise.
+
+    Raises:
+        vmunet_monai.validation.InputError: naming the split, its size, the process count and what to change.
+    """
+    from vmunet_monai.validation import InputError
+
+    size, processes = len(dataset), int(processes)
+    if size < processes:
+        raise InputError(
+            f"the {split} split holds {size} case{'s' if size != 1 else ''} for {processes} processes, and each "
+            f"process validates cases of its own: prepare the dataset with a {split} split of at least {processes} "
+            f"(prepare's --num_val or --val_fraction) or start at most {max(size, 1)} (torchrun --nproc_per_node)")
+    return dataset
 
 
 def inference_configs(bundle_root: str | os.PathLike, baseline: str = "",
