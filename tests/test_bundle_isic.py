@@ -435,3 +435,29 @@ def test_a_bundle_name_is_found_in_the_working_folders_bundles_first(tmp_path, m
     assert find_bundle(installed) == installed
     with pytest.raises(FileNotFoundError, match=r"bundle 'nope' not found \(searched .*mine/nope, .*bundles/nope, "):
         find_bundle("nope")
+
+
+def test_weights_run_at_another_size_than_trained_are_warned_of(tmp_path, caplog):
+    """evaluate.json and inference.json resize to their image_size; weights whose network.json records another
+    training size are loaded with a warning naming both sizes and the option (results at another size are worse)."""
+    import logging
+
+    from vmunet_monai.engine import WeightsLoader
+    from vmunet_monai.networks import VMUNet
+
+    net = VMUNet(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), d_state=4)
+    (tmp_path / "models").mkdir()
+    torch.save(net.state_dict(), tmp_path / "models" / "model.pt")
+    (tmp_path / "models" / "network.json").write_text(json.dumps({"_desc_": {"trained_input_size": [64, 48]}}))
+    with caplog.at_level(logging.WARNING):
+        for size in ([64, 48], None, [256, 256]):
+            WeightsLoader(str(tmp_path / "models" / "model.pt"), {"model": net}, bundle_root=str(tmp_path),
+                          image_size=size)(None)
+    warned = [r.getMessage() for r in caplog.records if "was trained on" in r.getMessage()]
+    assert warned == [f"{tmp_path / 'models' / 'model.pt'} was trained on 64x48 images "
+                      f"({tmp_path / 'models' / 'network.json'}) and this run resizes to 256x256: results differ from "
+                      f"the trained size's; give --image_size \"[64, 48]\" (predict uses the trained size itself)"]
+    for bundle in ("isic_skin_lesion", "polyp_seg"):
+        for config, key in (("evaluate.json", "validate#handlers"), ("inference.json", "handlers")):
+            loader = json.loads(open(config_path(bundle, config)).read())[key][0]
+            assert loader["image_size"] == "@image_size", (bundle, config)

@@ -107,6 +107,19 @@ def item_name(item: dict, name_key: str = "name", image_key: str = "image") -> s
     return Path(path).stem if path else "unknown"
 
 
+def trained_input_size(weights: str | os.PathLike) -> list[int] | None:
+    """The input height and width a training recorded in the ``network.json`` beside ``weights``; None without
+    one (weights of an older training, or from elsewhere)."""
+    import json
+
+    try:
+        saved = json.loads((Path(weights).parent / NETWORK_SETTINGS).read_text())
+        size = saved["_desc_"]["trained_input_size"]
+        return [int(v) for v in size]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 class WeightsLoader(CheckpointLoader):
     """MONAI's ``CheckpointLoader`` that, when the engine starts, stops with
     :func:`vmunet_monai.engine.utils.trained_weights`'s message where there are no weights at ``load_path``
@@ -114,18 +127,28 @@ class WeightsLoader(CheckpointLoader):
     The config still parses without weights, as the model zoo's checks and MONAI's ``check_properties`` need.
     ``other``: how the config takes other weights, for the message. A network alone (``load_dict`` of one module)
     is loaded from what :func:`vmunet_monai.weights.check_checkpoint_fits` reads: the state dict unwrapped from the
-    usual containers and prefixes, strictly, or a one-line error naming the file."""
+    usual containers and prefixes, strictly, or a one-line error naming the file. ``image_size``: the height and
+    width the config resizes images to; a warning names the size the weights were trained at (the ``network.json``
+    beside them) where it differs, as results at another size are worse without a word otherwise."""
 
     def __init__(self, load_path: str, load_dict: dict, bundle_root: str | os.PathLike = ".",
-                 other: str = "--ensemble_checkpoints PATH", **kwargs) -> None:
+                 other: str = "--ensemble_checkpoints PATH", image_size=None, **kwargs) -> None:
         super().__init__(load_path, load_dict, **kwargs)
         self.bundle_root, self.other = bundle_root, str(other)
+        self.image_size = None if image_size is None else [int(v) for v in image_size]
 
     def __call__(self, engine: Engine) -> None:
         from vmunet_monai.engine.utils import trained_weights
         from vmunet_monai.weights import check_checkpoint_fits
 
         trained_weights(self.load_path, self.bundle_root, self.other)
+        trained = trained_input_size(self.load_path)
+        if self.image_size and trained and len(trained) == len(self.image_size) and trained != self.image_size:
+            size = " ".join(map(str, trained))
+            logger.warning("%s was trained on %s images (%s) and this run resizes to %s: results differ from the "
+                           "trained size's; give --image_size \"[%s]\" (predict uses the trained size itself)",
+                           self.load_path, "x".join(map(str, trained)), Path(self.load_path).parent / NETWORK_SETTINGS,
+                           "x".join(map(str, self.image_size)), size.replace(" ", ", "))
         objects = list(self.load_dict.values())
         if len(objects) != 1 or not isinstance(objects[0], torch.nn.Module):
             super().__call__(engine)
