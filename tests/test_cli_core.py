@@ -477,6 +477,14 @@ def test_true_and_false_on_the_command_line_are_booleans():
         assert _check_arguments(["predict", "b", "i", "o", f"--tta={word}"])[-1] == f"--tta={value}"
 
 
+def test_version(capsys):
+    from vmunet_monai import __version__
+    from vmunet_monai.cli import main
+
+    main(["--version"])
+    assert capsys.readouterr().out == f"vmunet_monai {__version__}\n"
+
+
 @pytest.mark.parametrize("argv,message", [
     (["predict", "B", "IN", "OUT", "--checkpiont", "x.pt"],
      "predict --checkpiont: no such option; did you mean --checkpoint? (options of predict: --bundle, --input"),
@@ -489,6 +497,8 @@ def test_true_and_false_on_the_command_line_are_booleans():
      "prepare isic_skin_lesion --seed 'abc': must be a whole number"),
     (["prepare", "isic_skin_lesion", "RAW", "OUT", "--verify", "nah"],
      "prepare isic_skin_lesion --verify 'nah': an on/off option takes true or false"),
+    (["doctr"], "'doctr': no such command; did you mean doctor? (commands: doctor, benchmark, "),
+    (["doctor", "--bogus"], "doctor --bogus: no such option (doctor takes no options)"),
 ])
 def test_bad_options_are_refused_before_anything_runs(argv, message, tmp_path, monkeypatch, capsys):
     """fire reports an option a command does not have only after running the command (a whole predict with the

@@ -522,9 +522,14 @@ def _check_arguments(argv: list[str]) -> list[str]:
 
     from vmunet_monai.validation import InputError, read_flag
 
-    if not argv or argv[0].startswith("-") or argv[0].startswith("_") or not hasattr(Commands, argv[0]):
+    if not argv or argv[0].startswith("-"):
         return argv
     command = argv[0]
+    commands = [name for name in vars(Commands) if not name.startswith("_") and callable(getattr(Commands, name))]
+    if command not in commands:  # fire: "Could not consume arg" and its usage screen
+        close = difflib.get_close_matches(command, commands, n=1)
+        raise InputError(f"{command!r}: no such command" + (f"; did you mean {close[0]}?" if close else "")
+                         + f" (commands: {', '.join(commands)})")
     params = list(inspect.signature(getattr(Commands, command)).parameters.values())[1:]
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
     named = {p.name: p for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
@@ -554,7 +559,8 @@ def _check_arguments(argv: list[str]) -> list[str]:
         if key not in named and not takes_any:
             close = difflib.get_close_matches(key, list(named), n=1)
             raise InputError(f"{command} --{name}: no such option" + (f"; did you mean --{close[0]}?" if close else "")
-                             + f" (options of {command}: {', '.join('--' + n for n in named)})")
+                             + (f" (options of {command}: {', '.join('--' + n for n in named)})" if named else
+                                f" ({command} takes no options)"))
         if not eq and i < len(argv) and not argv[i].startswith("--"):
             value, eq, i = argv[i], "=", i + 1  # fire takes the next word as the value (not a positional path)
         kind = _kind(named[key]) if key in named else None  # (else a bundle's own option of prepare or demo_data)
@@ -616,6 +622,11 @@ def main(argv=None):
     argv = list(argv if argv is not None else sys.argv[1:])
     if argv in (["--help"], ["-h"]):  # fire would describe the class itself; the command list is what helps
         argv = []
+    if argv == ["--version"]:
+        from vmunet_monai import __version__
+
+        print(f"vmunet_monai {__version__}")
+        return
     try:
         fire.Fire(Commands, command=_check_arguments(argv), name="vmunet_monai")
     except (InputError, FileNotFoundError, FloatingPointError) as exc:
