@@ -225,10 +225,18 @@ def test_load_datalist_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="vmunet_monai prepare"):
         load_datalist(tmp_path)
     (tmp_path / "datalist.json").write_text(json.dumps({"training": [], "test": [{"image": "a.png"}]}))
-    with pytest.raises(KeyError, match="validation"):
+    with pytest.raises(KeyError, match="validation") as missing:
         load_datalist(tmp_path, "validation")
-    with pytest.raises(ValueError, match="empty"):
+    # also an InputError, so a bundle run (--eval_split valid) ends with this line; the message as written
+    assert isinstance(missing.value, InputError)
+    assert str(missing.value) == f"{tmp_path / 'datalist.json'}: no split 'validation'; the datalist has ['training', " \
+                                 "'test']"
+    with pytest.raises(InputError, match="empty"):
         load_datalist(tmp_path, "training")
+    from vmunet_monai.data.common import inference_items
+
+    with pytest.raises(InputError, match=r"nope: no such file or folder \(--input_dir names the images"):
+        inference_items(input_path=tmp_path / "nope")  # (a FileNotFoundError too)
     assert load_datalist(tmp_path, "test")[0]["image"] == str((tmp_path / "a.png").resolve())
 
 

@@ -433,6 +433,25 @@ def _collect(input: Path, left: list[str] | None = None) -> tuple[list[dict], li
     return items, others
 
 
+def _prepared_images(input: Path) -> list[dict] | None:
+    """The images of the ``test`` split of a prepared dataset folder (one holding ``datalist.json``), as the 2D
+    bundles' inference with ``--dataset_dir`` segments them (not its ``preview.png`` or masks), with a printed note;
+    None for any other input.
+
+    Raises:
+        InputError: for a datalist without a ``test`` split (its splits named), or an entry without an image.
+    """
+    from vmunet_monai.data.common import DATALIST_NAME, _datalist_items
+
+    if not (input / DATALIST_NAME).is_file():
+        return None
+    images = [item["image"] for item in _datalist_items(input, "test")]
+    print(f"note: {input} holds {DATALIST_NAME} (a prepared dataset): segmenting the {len(images)} image(s) of its "
+          f"'test' split, as the bundle's inference with --dataset_dir does (give a folder of images to segment all "
+          f"it holds)", flush=True)
+    return [{"image": image, "name": Path(image).stem} for image in images]
+
+
 def _common_folder(paths: list[str]) -> str:
     return os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
 
@@ -606,7 +625,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     check_no_hash(out, "OUTPUT")
     check_fresh_output(out, resume)
     left: list[str] = []
-    candidates, others = _collect(source, left)
+    listed = _prepared_images(source)  # a prepared dataset: its test split, as the bundle's inference
+    candidates, others = (listed, []) if listed is not None else _collect(source, left)
     if left:
         print(f"note: not segmented, as masks or results: {'; '.join(left[:4])}"
               + (f" and {len(left) - 4} more" if len(left) > 4 else ""), flush=True)

@@ -276,17 +276,19 @@ def find_volumes(path: str, ignored: list[str] | None = None, skipped: list[dict
         FileNotFoundError: if ``path`` does not exist, is a single DICOM file (its series' folder is the input) or
             holds no volume.
     """
+    from vmunet_monai.validation import MissingInputError
+
     path = os.path.abspath(os.path.expanduser(str(path)))
     if os.path.isfile(path):
         if path.lower().endswith(VOLUME_EXTENSIONS):
             return [path]
         if _is_dicom_file(path):
-            raise FileNotFoundError(f"{path}: a single DICOM file, one slice of a series (give the folder of the "
+            raise MissingInputError(f"{path}: a single DICOM file, one slice of a series (give the folder of the "
                                     f"series, {os.path.dirname(path)}, to segment the series as one volume)")
-        raise FileNotFoundError(f"{path}: not a volume file (expected one of {', '.join(VOLUME_EXTENSIONS)}, or a "
+        raise MissingInputError(f"{path}: not a volume file (expected one of {', '.join(VOLUME_EXTENSIONS)}, or a "
                                 "DICOM series folder)")
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no such file or folder")
+        raise MissingInputError(f"{path}: no such file or folder")
     left_out: list[dict] = []
     found: list[str] = []
     seen = set()
@@ -321,28 +323,78 @@ def find_volumes(path: str, ignored: list[str] | None = None, skipped: list[dict
         for item in left_out:
             warnings.warn(f"skipped {item['reason']}")
     if not found and not left_out:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path}: no volumes ({', '.join(VOLUME_EXTENSIONS)} files or DICOM series folders) found"
         )
     return found
 
 
+def _prepared_volumes(path, note: bool = False) -> list[str] | None:
+    """The volumes of the ``test`` split of a prepared dataset folder (one holding ``datalist.json``: the OUT of
+    ``prepare``), as the bundles' inference with ``--dataset_dir`` segments them, never the label maps it lists; None
+    for any other input. With ``note``, a printed note says so (``predict`` given such a folder).
+
+    Raises:
+        InputError: for a datalist without a ``test`` split (its splits named), or an entry without an image.
+    """
+    from vmunet_monai.data.common import DATALIST_NAME, _datalist_items
+
+    folder = os.path.abspath(os.path.expanduser(str(path)))
+    if not os.path.isfile(os.path.join(folder, DATALIST_NAME)):
+        return None
+    volumes = [item["image"] for item in _datalist_items(folder, "test")]
+    if note:
+        print(f"note: {folder} holds {DATALIST_NAME} (a prepared dataset): segmenting the {len(volumes)} volume(s) "
+              f"of its 'test' split, as the bundle's inference with --dataset_dir does, not its labels (give a "
+              f"folder of volumes to segment all it holds)", flush=True)
+    return volumes
+
+
+def _volume_problem(volume: str) -> str | None:
+    """Why ``volume`` cannot be segmented (``predict_volumes``' check: its path, then the whole volume read once by
+    :func:`vmunet_monai.validation.read_volume`), or None."""
+    from vmunet_monai.validation import InputError, check_no_hash, read_volume
+
+    try:
+        check_no_hash(volume)
+        read_volume(volume, read_data=True)
+    except InputError as exc:
+        return str(exc)
+    return None
+
+
 def inference_volumes(path: str) -> list[str]:
-    """The volumes under ``path`` that the bundle's ``inference.json`` segments (:func:`find_volumes`), each with
-    an output of its own: of two volumes that would write one ``<case>_seg.nii.gz`` (``a/ct.nii.gz`` and
-    ``b/ct.nii.gz``) the first is kept and the other named in a warning, where the second would silently replace
-    the first's segmentation."""
+    """The volumes under ``path`` that the bundle's ``inference.json`` segments: for a prepared dataset folder (one
+    holding ``datalist.json``) its ``test`` split's images, else :func:`find_volumes`'. Each is read once and checked
+    as ``predict`` checks it (:func:`_volume_problem`: empty, truncated, unreadable, 2D, several channels or time
+    points, NaN voxels) and each needs an output of its own: of two volumes that would write one
+    ``<case>_seg.nii.gz`` (``a/ct.nii.gz`` and ``b/ct.nii.gz``) the first is kept, where the second would silently
+    replace the first's segmentation. Each volume left out is named in a warning, with the reason.
+
+    Raises:
+        FileNotFoundError: for a missing ``path`` or one without volumes.
+        InputError: for a datalist without a ``test`` split;
+            :class:`vmunet_monai.predict.NothingToPredictError` when every volume was skipped.
+    """
     import warnings
 
-    kept, taken = [], {}
-    for volume in find_volumes(path):
+    from vmunet_monai.predict import NothingToPredictError
+
+    volumes = _prepared_volumes(path)
+    kept, taken, skipped = [], {}, []
+    for volume in find_volumes(path) if volumes is None else volumes:
         name = _output_name(volume)
-        if name in taken:
-            warnings.warn(f"skipped {volume}: its output {name} is already the output of {taken[name]} (give volumes "
-                          "distinct names, or segment the folders apart)")
+        problem = (f"{volume}: its output {name} is already the output of {taken[name]} (give volumes distinct "
+                   "names, or segment the folders apart)") if name in taken else _volume_problem(volume)
+        if problem:
+            warnings.warn(f"skipped {problem}")
+            skipped.append(problem)
             continue
         taken[name] = volume
         kept.append(volume)
+    if not kept:
+        first = f"; first: {skipped[0]}" if skipped else "; the folders found hold labels, each named in a warning"
+        raise NothingToPredictError(f"{path}: no volume could be segmented ({len(skipped)} skipped{first})")
     return kept
 
 
@@ -487,7 +539,12 @@ def predict_volumes(
     paths = [input] if isinstance(input, (str, os.PathLike)) else list(input)
     others: list[str] = []
     left_out: list[dict] = []  # DICOM series left out: 1-slice series beside others, uneven slices
-    volumes = [v for p in paths for v in find_volumes(str(p), others, left_out, split_series=True)]
+    volumes = []
+    for p in paths:
+        listed = _prepared_volumes(p, note=True)  # a prepared dataset: its test split, not its labels
+        volumes += (find_volumes(str(p), others, left_out, split_series=True) if listed is None else
+                    [v for one in listed for v in (find_volumes(one, others, left_out, split_series=True)
+                                                   if os.path.isdir(one) else [one])])
     weights = [str(w) for w in weights_files(Path(bundle_root), checkpoint, default_ckpt, train, model, device)]
     source = weights[0]
     output = str(check_output_location([str(p) for p in paths] + volumes, output))

@@ -525,9 +525,9 @@ def load_datalist(dataset_dir: str | os.PathLike, key: str = "training", require
         raise InputError(f"{path}: not valid JSON ({exc}) (write it with `python -m vmunet_monai prepare`)") from None
     if not isinstance(doc, dict) or key not in doc or not isinstance(doc[key], list):
         present = [k for k, v in doc.items() if isinstance(v, list)] if isinstance(doc, dict) else []
-        raise KeyError(f"{path}: no split {key!r}; the datalist has {present}")
+        raise MissingSplitError(f"{path}: no split {key!r}; the datalist has {present}")
     if not doc[key]:
-        raise ValueError(f"{path}: split {key!r} is empty")
+        raise InputError(f"{path}: split {key!r} is empty (prepare writes each split with at least one entry)")
     base = path.parent
     items = []
     for index, item in enumerate(doc[key]):
@@ -547,6 +547,13 @@ def load_datalist(dataset_dir: str | os.PathLike, key: str = "training", require
     if key == "training" and require and isinstance(doc.get("validation"), list) and doc["validation"]:
         load_datalist(dataset_dir, "validation", require)  # its missing file named now, not after the caching
     return items
+
+
+class MissingSplitError(InputError, KeyError):
+    """A split (``--eval_split valid``) the datalist does not have: a ``KeyError`` that is also an
+    :class:`~vmunet_monai.validation.InputError`, so a bundle run stopped by it ends with its message."""
+
+    __str__ = BaseException.__str__  # the message as it is, not quoted as a KeyError's key
 
 
 def datalist_meta(dataset_dir: str | os.PathLike) -> dict:
@@ -632,6 +639,91 @@ def check_num_classes(dataset_dir: str | os.PathLike, num_classes: int) -> None:
             f"{num_classes} (the network's outputs): add --num_classes {len(classes) + 1} to the bundle command")
 
 
+def _datalist_items(dataset_dir: str | os.PathLike, key: str = "test") -> list[dict]:
+    """The ``key`` split of ``dataset_dir/datalist.json`` as inputs to segment: each entry without its label, the
+    image made absolute (a listed file that is not there is left to the check that names it).
+
+    Raises:
+        InputError: for a missing datalist, a split it does not have (its splits named), an empty split or an
+            entry without an image.
+    """
+    path = Path(dataset_dir) / DATALIST_NAME
+    rule = f"inference segments a prepared folder's {key!r} split; give a folder of images to segment them all"
+    try:
+        items = load_datalist(dataset_dir, key)
+    except KeyError as exc:
+        raise InputError(f"{exc.args[0]} ({rule})") from None
+    except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"{exc} ({rule})") from None
+    for index, item in enumerate(items):
+        if not isinstance(item.get("image"), str):
+            raise InputError(f"{path}: entry {index} of {key!r} has no 'image' path (each entry names the file "
+                             f"to segment)")
+    return [{k: v for k, v in item.items() if k != "label"} for item in items]
+
+
+def _file_stamp(path: str) -> tuple:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return (path,)
+    return path, found.st_ino, found.st_size, found.st_mtime_ns
+
+
+# inference_items' last answer: a 2D bundle's inference.json asks for its items twice (datalist, data_root_dir),
+# which then decodes each file once and names each skipped file once
+_LAST_CHECKED: dict = {}
+
+
+def _usable_images(items: list[dict], where) -> list[dict]:
+    """The ``items`` that ``predict``'s check of a 2D input passes (each file decoded once:
+    :func:`vmunet_monai.validation.read_image_upright`, :func:`vmunet_monai.validation.check_no_hash`, at least
+    :data:`vmunet_monai.predict.MIN_SIZE` pixels across), one per mask: of two images of one folder that would
+    write one ``<stem>_mask.png`` the PNG is kept, else the first in name order, as ``predict`` keeps it. Each
+    file left out is named in a warning, with the reason.
+
+    Raises:
+        NothingToPredictError: no item is left (``where``, the folder or datalist, named with the first reason).
+    """
+    import warnings
+
+    from vmunet_monai.predict import MIN_SIZE, NothingToPredictError
+    from vmunet_monai.validation import read_image_upright
+
+    stamp = tuple(_file_stamp(item["image"]) for item in items)
+    if _LAST_CHECKED.get("stamp") == stamp:
+        return [dict(item) for item in _LAST_CHECKED["usable"]]
+    good, taken, skipped = [], {}, []
+    for order, item in sorted(enumerate(items), key=lambda c: png_first(c[1]["image"])):
+        image = item["image"]
+        try:
+            check_no_hash(image)
+            pixels = read_image_upright(image)[0]
+            if min(pixels.shape[:2]) < MIN_SIZE:
+                raise InputError(f"{image}: is {pixels.shape[0]}x{pixels.shape[1]} pixels (the bundle's inference "
+                                 f"needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels)")
+        except InputError as exc:
+            skipped.append(str(exc))
+            continue
+        mask = (os.path.dirname(image), Path(image).stem)  # the writers name a mask by its image's folder and stem
+        if mask in taken:
+            skipped.append(f"{image}: its mask {mask[1]}_mask.png is already the output of {taken[mask]} (give "
+                           f"images distinct names)")
+            continue
+        taken[mask] = image
+        good.append((order, item))
+    for reason in skipped:
+        warnings.warn(f"skipped {reason}")
+    if not good:
+        first = f"; first: {skipped[0]}" if skipped else ""
+        raise NothingToPredictError(f"{where}: no image could be segmented ({len(skipped)} file(s) skipped{first})")
+    usable = [item for _, item in sorted(good, key=lambda g: g[0])]
+    _LAST_CHECKED.update(stamp=stamp, usable=[dict(item) for item in usable])
+    return usable
+
+
 def inference_items(dataset_dir: str | os.PathLike | None = None, input_path: str | os.PathLike | None = None,
                     key: str = "test") -> list[dict]:
     """Images to segment: every image under ``input_path`` (a file or a folder, searched recursively),
@@ -639,20 +731,24 @@ def inference_items(dataset_dir: str | os.PathLike | None = None, input_path: st
 
     Files inside folders named like masks (``mask``, ``masks``, ``*GroundTruth*``) and files whose
     stem ends in ``_segmentation`` or ``_superpixels`` are skipped, so a raw dataset folder can be
-    given as it is.
+    given as it is. Each image is then checked as ``predict`` checks it (:func:`_usable_images`): a file that is
+    not a readable 2D image (empty, truncated, not an image, several frames, NaN pixels, under 2 pixels across) or
+    whose mask another image already writes (``X.jpg`` beside ``X.png``) is skipped, named in a warning.
 
     Raises:
         FileNotFoundError: if ``input_path`` does not exist or holds no image.
+        InputError: for a datalist without the ``key`` split (its splits named);
+            :class:`vmunet_monai.predict.NothingToPredictError` when every image was skipped.
     """
     if input_path is None or str(input_path) in ("", "None"):
         if dataset_dir is None:
             raise ValueError("give an input file or folder, or a dataset_dir holding datalist.json")
-        return [{k: v for k, v in item.items() if k != "label"} for item in load_datalist(dataset_dir, key)]
+        return _usable_images(_datalist_items(dataset_dir, key), Path(dataset_dir) / DATALIST_NAME)
     root = Path(input_path)
     if root.is_file():
-        return [{"image": str(root.resolve()), "name": root.stem}]
+        return _usable_images([{"image": str(root.resolve()), "name": root.stem}], root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such file or folder")
+        raise MissingInputError(f"{root}: no such file or folder (--input_dir names the images to segment)")
     skip_dir = re.compile(r"^(masks?|labels?|gt)$|groundtruth", re.IGNORECASE)
     skip_stem = re.compile(r"_(segmentation|superpixels)$")
     found = []
@@ -663,8 +759,8 @@ def inference_items(dataset_dir: str | os.PathLike | None = None, input_path: st
             if p.suffix.lower() in IMAGE_EXTENSIONS and not skip_stem.search(p.stem):
                 found.append({"image": str(p.resolve()), "name": p.stem})
     if not found:
-        raise FileNotFoundError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
-    return found
+        raise MissingInputError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+    return _usable_images(found, root)
 
 
 def common_folder(items: Sequence[dict], key: str = "image") -> str:
