@@ -150,3 +150,69 @@ def test_attention_and_sdi():
     torch.nn.init.zeros_(sdi.convs[2].weight)
     torch.nn.init.zeros_(sdi.convs[2].bias)
     assert torch.count_nonzero(sdi(feats, feats[1])) == 0
+
+
+@pytest.mark.parametrize("args,kw,message", [
+    ((8.5,), {}, "SS2D d_model=8.5 must be a whole number"),
+    ((0,), {}, "SS2D d_model=0 must be at least 1"),
+    ((8,), {"d_state": 2.5}, "SS2D d_state=2.5 must be a whole number"),
+    ((8,), {"d_conv": "3"}, "SS2D d_conv='3' must be a whole number"),
+    ((8,), {"expand": 0}, "SS2D expand=0 must be a number above 0"),
+    ((8,), {"expand": "2"}, "SS2D expand='2' must be a number above 0"),
+    ((8,), {"dt_rank": 0}, "SS2D dt_rank=0 must be at least 1"),
+    ((8,), {"dropout": 1.5}, "SS2D dropout=1.5: a rate from 0 up to but not including 1"),
+    ((8,), {"dropout": -0.1}, "SS2D dropout=-0.1: a rate from 0 up to but not including 1"),
+    ((8,), {"dt_min": 0.5, "dt_max": 0.1},
+     "SS2D dt_min=0.5 and dt_max=0.1: the initial step sizes need 0 < dt_min <= dt_max"),
+    ((8,), {"dt_min": 0.0}, "SS2D dt_min=0.0 must be a number above 0"),
+    ((8,), {"recompute": "no"}, "SS2D recompute='no' must be True or False"),
+])
+def test_ss2d_arguments_are_refused_by_name(args, kw, message):
+    with pytest.raises(ValueError) as exc:
+        SS2D(*args, **kw)
+    assert str(exc.value) == message
+
+
+def test_ss2d_takes_whole_floats_and_numpy_sizes():
+    import numpy as np
+
+    layer = SS2D(8.0, d_state=np.int64(4), dt_min=0.01, dt_max=0.01, dropout=np.float64(0.1), recompute=np.bool_(False))
+    assert type(layer.d_model) is int and layer.d_model == 8 and layer.d_state == 4 and layer.d_inner == 16
+    assert layer.recompute is False and layer.dropout.p == pytest.approx(0.1)
+    assert torch.allclose(F.softplus(layer.dt_projs_bias), torch.full_like(layer.dt_projs_bias, 0.01), rtol=1e-4)
+
+
+def test_ss2d_refuses_input_of_another_dtype_outside_autocast():
+    layer = SS2D(8, d_state=4)
+    x = torch.randn(1, 4, 4, 8, dtype=torch.float64)
+    with pytest.raises(ValueError) as exc:
+        layer(x)
+    assert str(exc.value) == ("SS2D(d_model=8) got torch.float64 input but its weights are torch.float32: convert the "
+                              "input (x.to(torch.float32)) or the layer (layer.to(torch.float64)), or run it under "
+                              "torch.autocast")
+    assert torch.allclose(layer.double()(x).float(), layer.float()(x.float()), atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts the operands itself
+        half = layer(x.to(torch.bfloat16))
+        full = layer(x.float())
+    assert half.shape == full.shape == (1, 4, 4, 8) and torch.isfinite(half).all()
+    assert (half.float() - full.float()).abs().mean() < 0.05 * full.float().abs().mean()
+
+
+@pytest.mark.parametrize("block", [False, True])
+def test_torch_func_transforms_over_ss2d_with_recompute_on(block):
+    """vmap and jacrev go through SS2D (and a VSS block) built with the default recompute=True: inside a
+    torch.func transform it stores everything (its saved-tensor hooks are not supported there) and scans on
+    the torch backend (the compiled kernels have no batching rule); the results are those of plain calls."""
+    from vmunet_monai.layers import VSSBlock
+
+    torch.manual_seed(0)
+    layer = (VSSBlock(4, 0.0, 2) if block else SS2D(4, d_state=2)).double().train()
+    assert getattr(layer, "self_attention", layer).recompute is True
+    x = torch.randn(1, 3, 3, 4, dtype=torch.float64)
+    batch = torch.stack([x, 2 * x])
+    mapped = torch.func.vmap(layer)(batch)
+    looped = torch.stack([layer(b) for b in batch])
+    assert torch.allclose(mapped, looped, rtol=1e-10, atol=1e-12)
+    jac = torch.func.jacrev(layer)(x)
+    want = torch.autograd.functional.jacobian(layer, x)  # plain autograd, with recomputation, on the automatic backend
+    assert jac.shape == (1, 3, 3, 4, 1, 3, 3, 4) and torch.allclose(jac, want, rtol=1e-9, atol=1e-12)

@@ -1,7 +1,9 @@
 """Networks: official sizes and key names, any input size, gradients everywhere, tracing, registration."""
 
+import json
 import pathlib
 
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
@@ -227,3 +229,92 @@ def test_custom_mixer_through_the_factory():
     net = VMUNet(depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), mixer="test_identity_mixer", **TINY)
     assert not any(isinstance(m, SS2D) for m in net.modules())
     assert net(torch.randn(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+
+
+@pytest.mark.parametrize("cls", [VMUNet, VMUNetV2, MambaUNet])
+@pytest.mark.parametrize("array", [np.array, torch.tensor])
+def test_array_and_tensor_arguments_are_recorded_as_plain_json(cls, array):
+    """dims and depths given as a NumPy array or a tensor build the network, and its recorded settings hold
+    plain lists of Python ints (a NumPy number becomes a Python number), so they go through JSON and rebuild
+    the same network."""
+    net = cls(dims=array([8, 16, 32, 64]), depths=array([1, 1, 1, 1]), d_state=np.int64(4))
+    settings = net.settings
+    assert settings["dims"] == [8, 16, 32, 64] and settings["depths"] == [1, 1, 1, 1]
+    assert all(type(v) is int for v in settings["dims"] + settings["depths"]) and type(settings["d_state"]) is int
+    assert json.loads(json.dumps(settings)) == settings
+    rebuilt = cls(**{k: v for k, v in settings.items() if k != "_target_"})
+    assert rebuilt.state_dict().keys() == net.state_dict().keys()
+
+
+@pytest.mark.parametrize("cls", [VMUNet, VMUNetV2, MambaUNet])
+@pytest.mark.parametrize("kw,message", [
+    ({"drop_path_rate": -0.1}, "{name} drop_path_rate=-0.1: a rate from 0 up to but not including 1"),
+    ({"drop_path_rate": 1.5}, "{name} drop_path_rate=1.5: a rate from 0 up to but not including 1"),
+    ({"drop_path_rate": "0.2"}, "{name} drop_path_rate='0.2': a rate from 0 up to but not including 1"),
+    ({"mixer": "foo"}, "{name}: mixer 'foo' is not a registered token mixer (registered: 'ss2d'"),
+    ({"recompute": "no"}, "{name} recompute='no' must be True or False"),
+    ({"recompute": 1}, "{name} recompute=1 must be True or False"),
+])
+def test_network_arguments_are_refused_by_name(cls, kw, message):
+    """Out-of-range rates, an unregistered mixer and a recompute that is not a bool are refused by the
+    constructor with one ValueError naming the class, the argument, its value and the rule."""
+    with pytest.raises(ValueError) as exc:
+        cls(depths=(1, 1, 1, 1), **TINY, **kw)
+    assert str(exc.value).startswith(message.format(name=cls.__name__))
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"mid_channels": 0}, "VMUNetV2 mid_channels=0 must be at least 1"),
+    ({"mid_channels": 2.5}, "VMUNetV2 mid_channels=2.5 must be a whole number"),
+    ({"deep_supervision": "no"}, "VMUNetV2 deep_supervision='no' must be True or False"),
+    ({"deep_supervision": None}, "VMUNetV2 deep_supervision=None must be True or False"),
+])
+def test_vmunet_v2_neck_arguments_are_refused_by_name(kw, message):
+    with pytest.raises(ValueError) as exc:
+        VMUNetV2(depths=(1, 1, 1, 1), **TINY, **kw)
+    assert str(exc.value) == message
+
+
+def test_numpy_bools_are_taken_as_bools():
+    net = VMUNetV2(depths=(1, 1, 1, 1), mid_channels=8, deep_supervision=np.bool_(False), recompute=np.bool_(False),
+                   **TINY)
+    assert net.deep_supervision is False and not hasattr(net, "deconv6")
+    assert all(m.recompute is False for m in net.modules() if isinstance(m, SS2D))
+    assert net.settings["deep_supervision"] is False and json.dumps(net.settings)
+
+
+def test_custom_mixer_gets_only_the_arguments_it_takes():
+    """A registered mixer whose constructor takes (d_model, d_state) only is built without scan_backend and
+    recompute; one with **kwargs gets them."""
+    seen = {}
+
+    class LinMix(torch.nn.Module):
+        def __init__(self, d_model, d_state=16):
+            super().__init__()
+            self.proj = torch.nn.Linear(d_model, d_model)
+            seen.setdefault("linmix", []).append(d_state)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    class AnyMix(LinMix):
+        def __init__(self, d_model, **kwargs):
+            super().__init__(d_model)
+            seen["anymix"] = kwargs
+
+    Mixer.add_factory_callable("test_linmix", lambda spatial_dims=2: LinMix)
+    Mixer.add_factory_callable("test_anymix", lambda spatial_dims=2: AnyMix)
+    try:
+        net = VMUNet(depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), mixer="test_linmix", **TINY).eval()
+        assert not any(isinstance(m, SS2D) for m in net.modules())
+        assert seen["linmix"] == [4] * 8  # d_state reaches it; 4 encoder and 4 decoder blocks
+        with torch.no_grad():
+            y = net(torch.randn(1, 3, 32, 32))
+        assert y.shape == (1, 1, 32, 32) and torch.isfinite(y).all()
+        MambaUNet(depths=(1, 1, 1, 1), mixer="test_anymix", scan_backend="torch", recompute=False, **TINY)
+        assert seen["anymix"] == {"d_state": 4, "scan_backend": "torch", "recompute": False}
+    finally:
+        Mixer.components.pop("TEST_LINMIX", None)
+        Mixer.components.pop("TEST_ANYMIX", None)
+    with pytest.raises(ValueError, match="^VMUNet: mixer 'test_linmix' is not a registered token mixer"):
+        VMUNet(depths=(1, 1, 1, 1), mixer="test_linmix", **TINY)

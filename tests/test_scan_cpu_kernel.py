@@ -300,3 +300,59 @@ def test_a_second_derivative_through_the_kernel_is_refused_by_name():
     g, = torch.autograd.grad((layer(x) ** 2).sum(), x, create_graph=True)
     g.pow(2).sum().backward()  # the reference has a second derivative
     assert layer.in_proj.weight.grad.abs().sum() > 0
+
+
+def test_the_self_check_passes_inside_torch_func_transforms():
+    """The kernel's self-check may run at the first scan of a process, whatever transform is active then: it
+    draws no random numbers (vmap refuses them by default) and no transform or autocast applies to it."""
+    lib, detail = cpu_kernel._library()
+    assert lib is not None, detail
+
+    def checked(t):
+        assert cpu_kernel._self_check(lib) == ""
+        return t * 2
+
+    ones = torch.ones(2, 3)
+    assert torch.equal(torch.func.vmap(checked)(ones), 2 * ones)
+    assert torch.equal(torch.func.grad(lambda t: checked(t).sum())(ones), torch.full_like(ones, 2))
+    assert torch.equal(torch.func.jvp(checked, (ones,), (ones,))[1], 2 * ones)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert cpu_kernel._self_check(lib) == ""
+
+
+FIRST_SCAN_IN_VMAP = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+from vmunet_monai import ops
+from vmunet_monai.layers import SS2D
+torch.manual_seed(0)
+x = torch.randn(1, 3, 3, 4)
+batch = torch.stack([x, 2 * x])
+if sys.argv[1] == "status":  # the kernel is loaded and checked inside vmap
+    torch.func.vmap(lambda t: t * ops.backend_status("cpu").available)(batch)
+layer = SS2D(4, recompute=False).eval()
+with torch.no_grad():
+    mapped = torch.func.vmap(layer)(batch)
+    looped = torch.stack([layer(b) for b in batch])
+status = ops.backend_status("cpu")
+print(json.dumps({"available": status.available, "detail": status.detail, "fix": status.fix,
+                  "error": (mapped - looped).abs().max().item()}))
+"""
+
+
+@pytest.mark.parametrize("first", ["ss2d", "status"])
+def test_a_first_scan_inside_vmap_keeps_the_kernel_available(first):
+    """In a fresh process whose first scan (or first kernel check) runs inside torch.func.vmap, the kernel stays
+    available for the rest of the process, and vmap over SS2D gives what a loop over the batch gives."""
+    import json
+
+    ok, detail, _ = cpu_kernel.status()  # built here first: the child finds it in the same cache
+    assert ok, detail
+    env = dict(os.environ, VMUNET_CPU_KERNEL_CACHE=str(cpu_kernel.cache_dir()), PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", FIRST_SCAN_IN_VMAP, first], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["available"] is True and result["fix"] == "", result
+    assert result["error"] < 1e-6, result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 
 import torch
 import torch.nn as nn
@@ -14,9 +15,18 @@ from vmunet_monai import ops
 from vmunet_monai.ops.norm_gate import fused_available, norm_gate
 from vmunet_monai.ops.recompute import RecomputeSaved, exporting, recomputing
 
-__all__ = ["SS2D"]
+__all__ = ["SS2D", "in_functorch_transform"]
 
 K_DIRECTIONS = 4
+# the scan backends made of PyTorch operations only, which torch.func transforms go through
+_COMPOSABLE_BACKENDS = ("torch", "reference")
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
+def in_functorch_transform() -> bool:
+    """True inside a ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``, ``jvp``...) run eagerly (under
+    ``torch.compile`` the compiler handles the transform and this is False). One C call."""
+    return _functorch_active is not None and not torch.compiler.is_compiling() and _functorch_active()
 
 
 class SS2D(nn.Module):
@@ -45,7 +55,17 @@ class SS2D(nn.Module):
             LayerNorm, gate and out_proj input; in a VSS block also the input LayerNorm): about half
             the activation memory for a few elementwise ops and two small matrix products per block.
             Results and gradients are unchanged; False stores everything. Also settable later as the
-            ``recompute`` attribute.
+            ``recompute`` attribute. Not used inside ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``...),
+            which do not support the saved-tensor hooks it works with: there everything is stored.
+
+    Inside a ``torch.func`` transform the scan runs on the ``torch`` backend (``reference`` if chosen): the
+    compiled kernels (``cpu``, ``triton``, ``mamba_ssm``) have no batching or forward-mode rules.
+
+    Raises:
+        ValueError: for an argument out of its range (a size that is not a whole number of at least 1, a
+            ``dropout`` outside [0, 1), ``dt_min``/``dt_max`` not 0 < dt_min <= dt_max, a ``recompute`` that is
+            not True or False, an unknown ``scan_backend``), and in ``forward`` for input of the wrong shape, or
+            of another floating-point dtype than the weights outside ``torch.autocast``.
 
     Attributes:
         channels_last_scan: run the convolution, projections and scan on channels-last maps (class
@@ -84,15 +104,26 @@ class SS2D(nn.Module):
         recompute: bool = True,
     ) -> None:
         super().__init__()
-        for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)):
-            if int(value) < 1:
-                raise ValueError(f"SS2D {name}={value} must be at least 1")
-        if int(d_conv) % 2 == 0:  # padded by (d_conv - 1) // 2 on each side: an even kernel changes the size
+        from vmunet_monai.networks.common import check_flag, check_rate, check_whole
+
+        d_model, d_state, d_conv = (check_whole("SS2D", k, v) for k, v in
+                                    (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)))
+        if d_conv % 2 == 0:  # padded by (d_conv - 1) // 2 on each side: an even kernel changes the size
             raise ValueError(f"SS2D d_conv={d_conv} must be odd (the convolution keeps the map's size)")
+        if isinstance(expand, bool) or not isinstance(expand, numbers.Real) or not expand > 0:
+            raise ValueError(f"SS2D expand={expand!r} must be a number above 0")
         if int(expand * d_model) < 1:
             raise ValueError(f"SS2D expand={expand} leaves no inner channels for d_model={d_model}")
-        if dt_rank != "auto" and int(dt_rank) < 1:
-            raise ValueError(f"SS2D dt_rank={dt_rank} must be at least 1, or 'auto'")
+        if dt_rank != "auto":
+            dt_rank = check_whole("SS2D", "dt_rank", dt_rank)
+        for name, value in (("dt_min", dt_min), ("dt_max", dt_max)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+                raise ValueError(f"SS2D {name}={value!r} must be a number above 0")
+        if dt_min > dt_max:
+            raise ValueError(f"SS2D dt_min={dt_min} and dt_max={dt_max}: the initial step sizes need "
+                             "0 < dt_min <= dt_max")
+        dropout = check_rate("SS2D", "dropout", dropout)
+        recompute = check_flag("SS2D", "recompute", recompute)
         from vmunet_monai.ops.dispatch import check_backend_name
 
         check_backend_name(scan_backend)
@@ -101,7 +132,7 @@ class SS2D(nn.Module):
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.scan_backend = scan_backend
-        self.recompute = bool(recompute)
+        self.recompute = recompute
         di, n, r = self.d_inner, d_state, self.dt_rank
 
         # the official code registers these raw parameters first; kept in that order
@@ -181,7 +212,10 @@ class SS2D(nn.Module):
         too); otherwise row-major. The full-rank step sizes are rebuilt in the backward, not kept,
         under recomputation; with ``fused_dt_proj`` the scan gets their rank-R factors and the dt
         projection instead (the triton kernels project as they scan)."""
-        dts, Bs, Cs = self._project(x, ops.reads_pixel_major(x.device, self.scan_backend))
+        backend = self.scan_backend
+        if backend not in _COMPOSABLE_BACKENDS and in_functorch_transform():
+            backend = "torch"  # the compiled kernels read raw memory: no batched or dual tensors
+        dts, Bs, Cs = self._project(x, ops.reads_pixel_major(x.device, backend))
         # the factors and the projection go to the scan (under torch.compile always: the scan operator
         # projects inside, so the full-rank step sizes are not kept for the backward)
         if self.fused_dt_proj or torch.compiler.is_compiling():
@@ -190,7 +224,7 @@ class SS2D(nn.Module):
             delta, dt_weight = ops.full_rank_delta(dts, self.dt_projs_weight), None
         return ops.cross_selective_scan(
             x, delta, -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds.float(),
-            self.dt_projs_bias.float().reshape(-1), delta_softplus=True, backend=self.scan_backend,
+            self.dt_projs_bias.float().reshape(-1), delta_softplus=True, backend=backend,
             dt_weight=dt_weight,
         )
 
@@ -212,6 +246,11 @@ class SS2D(nn.Module):
         if x.dim() != 4 or x.shape[-1] != self.d_model or not x.is_floating_point():
             raise ValueError(f"SS2D(d_model={self.d_model}) takes floating-point (B, H, W, {self.d_model}) "
                              f"channels-last input, got {x.dtype} of shape {tuple(x.shape)}")
+        weight = self.in_proj.weight
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"SS2D(d_model={self.d_model}) got {x.dtype} input but its weights are {weight.dtype}: "
+                             f"convert the input (x.to({weight.dtype})) or the layer (layer.to({x.dtype})), "
+                             "or run it under torch.autocast")
         # in_proj as two products into separate dense tensors: no strided halves of one (B, H, W, 2Di)
         # output to copy later (a channels-last map feeds the convolution as it is, z the gate)
         # torch.split, not two slices: its backward writes the weight's gradient once (each slice's
@@ -223,7 +262,7 @@ class SS2D(nn.Module):
         x = F.linear(x, w_x, b_x)
         layout = torch.channels_last if self.channels_last_scan else torch.contiguous_format
         conv = self.conv2d(x.permute(0, 3, 1, 2).contiguous(memory_format=layout))
-        lean = recomputing(self.recompute)
+        lean = recomputing(self.recompute) and not in_functorch_transform()
         with RecomputeSaved() if lean else contextlib.nullcontext() as rc:
             u = F.silu(conv)
             if rc is not None:

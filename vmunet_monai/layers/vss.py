@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 from monai.networks.layers import DropPath
 
-from vmunet_monai.layers.factory import Mixer
+from vmunet_monai.layers.factory import accepted_options, mixer_class
+from vmunet_monai.layers.ss2d import in_functorch_transform
 from vmunet_monai.ops.recompute import RecomputeSaved, recomputing
 
 __all__ = ["VSSBlock", "VSSLayer"]
@@ -23,7 +24,11 @@ class VSSBlock(nn.Module):
         d_state: SS2D state size.
         mixer: token mixer name in the :data:`vmunet_monai.layers.Mixer` factory.
         norm_eps: LayerNorm epsilon (the official networks use PyTorch's default 1e-5).
-        mixer_kwargs: extra arguments for the mixer (e.g. ``scan_backend``).
+        mixer_kwargs: extra arguments for the mixer (e.g. ``scan_backend``). ``d_state``, ``scan_backend`` and
+            ``recompute`` reach a mixer only if its constructor takes them (see :mod:`vmunet_monai.layers.factory`).
+
+    Raises:
+        ValueError: ``mixer`` is not a registered token mixer.
     """
 
     def __init__(
@@ -32,11 +37,12 @@ class VSSBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(hidden_dim, eps=norm_eps)
-        self.self_attention = Mixer[mixer, 2](d_model=hidden_dim, d_state=d_state, **mixer_kwargs)
+        cls = mixer_class(mixer, "VSSBlock")
+        self.self_attention = cls(d_model=hidden_dim, **accepted_options(cls, {"d_state": d_state, **mixer_kwargs}))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if recomputing(getattr(self.self_attention, "recompute", False)):
+        if recomputing(getattr(self.self_attention, "recompute", False)) and not in_functorch_transform():
             # the normalised input is rebuilt from x (which LayerNorm keeps) instead of being stored
             with RecomputeSaved() as rc:
                 h = self.ln_1(x)

@@ -4,25 +4,34 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers import trunc_normal_
 
-__all__ = ["check_channels", "check_dims", "prepare_input", "crop_output", "init_linear_and_norm",
-           "drop_path_rates", "records_settings", "RUNTIME_OPTIONS"]
+from vmunet_monai.layers.factory import mixer_class
+
+__all__ = ["check_channels", "check_dims", "check_whole", "check_rate", "check_flag", "prepare_input", "crop_output",
+           "init_linear_and_norm", "mixer_options", "drop_path_rates", "records_settings", "RUNTIME_OPTIONS"]
 
 # how a network runs on a given machine, not what its weights are: left out of its recorded settings
 RUNTIME_OPTIONS = ("scan_backend", "recompute")
 
 
 def _plain(value):
-    """``value`` as JSON writes it back: tuples as lists, NumPy numbers as Python numbers."""
+    """``value`` as JSON writes it back: tuples as lists, NumPy arrays and tensors as (nested) lists of Python
+    numbers, NumPy numbers and one-element tensors of no dimensions as Python numbers."""
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
+    if isinstance(value, (str, bytes)):
+        return value
+    if hasattr(value, "tolist"):  # an array or tensor of any rank; a NumPy number gives its Python number
+        return value.tolist()
+    return value.item() if hasattr(value, "item") else value
 
 
 def records_settings(init):
@@ -45,13 +54,37 @@ def records_settings(init):
     return wrapper
 
 
+def check_whole(name: str, what: str, value, least: int = 1) -> int:
+    """``value`` as an int: a whole number (an int, a NumPy integer or a float such as 8.0) of at least ``least``.
+    ``ValueError`` naming ``name`` (the class), ``what`` (the parameter) and the value otherwise."""
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
+    if isinstance(value, (bool, np.bool_)) or not whole:
+        raise ValueError(f"{name} {what}={value!r} must be a whole number")
+    if int(value) < least:
+        raise ValueError(f"{name} {what}={value} must be at least {least}")
+    return int(value)
+
+
+def check_rate(name: str, what: str, value) -> float:
+    """``value`` as a float: a rate (dropout, stochastic depth) from 0 up to but not including 1.
+    ``ValueError`` naming ``name`` (the class), ``what`` (the parameter) and the value otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} {what}={value!r}: a rate from 0 up to but not including 1")
+    return float(value)
+
+
+def check_flag(name: str, what: str, value) -> bool:
+    """``value`` as a bool: True or False (a NumPy bool too). Anything else, such as the string "no" (which
+    ``bool()`` would take as True), is a ``ValueError`` naming ``name`` (the class), ``what`` and the value."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} {what}={value!r} must be True or False")
+    return bool(value)
+
+
 def check_channels(name: str, in_channels: int, out_channels: int) -> None:
     """Image channels in and classes out: at least 1 each."""
-    for what, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-        if isinstance(value, bool) or int(value) != value:
-            raise ValueError(f"{name} {what}={value!r} must be a whole number")
-        if int(value) < 1:
-            raise ValueError(f"{name} {what}={value} must be at least 1")
+    check_whole(name, "in_channels", in_channels)
+    check_whole(name, "out_channels", out_channels)
 
 
 def check_dims(dims: Sequence[int], depths: Sequence[int], name: str = "depths") -> tuple[int, ...]:
@@ -113,10 +146,16 @@ def init_linear_and_norm(module: nn.Module) -> None:
 
 def mixer_options(name: str, dropout: float = 0.0, **options) -> dict:
     """The keyword arguments every VSS block passes to its token mixer: ``options`` and, above 0, ``dropout`` on
-    the SS2D output (a rate from 0 up to but not including 1; 0 adds no module, so the state dict is the same)."""
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"{name} dropout={dropout!r}: a rate from 0 up to but not including 1")
-    return {**options, **({"dropout": float(dropout)} if dropout else {})}
+    the SS2D output (a rate from 0 up to but not including 1; 0 adds no module, so the state dict is the same).
+
+    Checked here for the network ``name``: ``dropout``, ``options["mixer"]`` (a name registered in
+    :data:`vmunet_monai.layers.Mixer`) and ``options["recompute"]`` (True or False)."""
+    dropout = check_rate(name, "dropout", dropout)
+    if "mixer" in options:
+        mixer_class(options["mixer"], name)
+    if "recompute" in options:
+        options["recompute"] = check_flag(name, "recompute", options["recompute"])
+    return {**options, **({"dropout": dropout} if dropout else {})}
 
 
 def drop_path_rates(rate: float, depths: Sequence[int]) -> list[list[float]]:

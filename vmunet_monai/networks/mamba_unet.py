@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from vmunet_monai.layers import FinalPatchExpand2D, PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSLayer
-from vmunet_monai.networks.common import (check_channels, check_dims, crop_output, drop_path_rates, mixer_options,
-                                          init_linear_and_norm, prepare_input, records_settings)
+from vmunet_monai.networks.common import (check_channels, check_dims, check_rate, crop_output, drop_path_rates,
+                                          init_linear_and_norm, mixer_options, prepare_input, records_settings)
 
 __all__ = ["MambaUNet"]
 
@@ -39,6 +39,10 @@ class MambaUNet(nn.Module):
         scan_backend: selective-scan backend (None: automatic).
         recompute: rebuild cheap SS2D activations in the backward instead of storing them (about half
             the training activation memory, same results; see :class:`~vmunet_monai.layers.SS2D`).
+
+    Raises:
+        ValueError: for unsupported arguments (the message names the argument, its value and the rule), and in
+            ``forward`` for input of the wrong rank or channel count.
     """
 
     stride = 32
@@ -66,6 +70,7 @@ class MambaUNet(nn.Module):
         dims = check_dims(dims, depths)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stem_channels = 3 if in_channels in (1, 3) else in_channels
+        drop_path_rate = check_rate("MambaUNet", "drop_path_rate", drop_path_rate)
         kw = mixer_options("MambaUNet", dropout, d_state=d_state, mixer=mixer, scan_backend=scan_backend,
                            recompute=recompute)
         rates = drop_path_rates(drop_path_rate, depths)

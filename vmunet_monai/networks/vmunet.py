@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from vmunet_monai.layers import FinalPatchExpand2D, PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSLayer
-from vmunet_monai.networks.common import (check_channels, check_dims, crop_output, drop_path_rates, mixer_options,
-                                          init_linear_and_norm, prepare_input, records_settings)
+from vmunet_monai.networks.common import (check_channels, check_dims, check_rate, crop_output, drop_path_rates,
+                                          init_linear_and_norm, mixer_options, prepare_input, records_settings)
 
 __all__ = ["VMUNet"]
 
@@ -44,7 +44,9 @@ class VMUNet(nn.Module):
             the training activation memory, same results; see :class:`~vmunet_monai.layers.SS2D`).
 
     Raises:
-        ValueError: for unsupported arguments, and in ``forward`` for input of the wrong rank or channel count.
+        ValueError: for unsupported arguments (the message names the argument, its value and the rule: for
+            example ``drop_path_rate`` outside [0, 1), a ``mixer`` that is not registered, a ``recompute`` that is
+            not True or False), and in ``forward`` for input of the wrong rank or channel count.
 
     Any input height and width work: the input is zero-padded to a multiple of 32 and the output cropped back.
     """
@@ -76,6 +78,7 @@ class VMUNet(nn.Module):
         check_dims(dims, depths_decoder, "depths_decoder")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stem_channels = 3 if in_channels in (1, 3) else in_channels
+        drop_path_rate = check_rate("VMUNet", "drop_path_rate", drop_path_rate)
         kw = mixer_options("VMUNet", dropout, d_state=d_state, mixer=mixer, scan_backend=scan_backend,
                            recompute=recompute)
 

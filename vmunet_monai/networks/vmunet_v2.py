@@ -9,8 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vmunet_monai.layers import SDI, ChannelAttention, PatchEmbed2D, PatchMerging2D, SpatialAttention, TransLayer, VSSLayer
-from vmunet_monai.networks.common import (check_channels, check_dims, crop_output, drop_path_rates, mixer_options,
-                                          init_linear_and_norm, prepare_input, records_settings)
+from vmunet_monai.networks.common import (check_channels, check_dims, check_flag, check_rate, check_whole, crop_output,
+                                          drop_path_rates, init_linear_and_norm, mixer_options, prepare_input,
+                                          records_settings)
 
 __all__ = ["VMUNetV2", "VSSEncoder"]
 
@@ -80,6 +81,11 @@ class VMUNetV2(nn.Module):
         dropout: dropout on every SS2D's output in the encoder (the official ``attn_drop_rate``; 0, the default,
             adds no module and the state dict is unchanged). MONAI Label's epistemic scoring sets it
             (``epistemic_dropout``) to sample predictions with dropout on.
+
+    Raises:
+        ValueError: for unsupported arguments (the message names the argument, its value and the rule: for
+            example ``mid_channels`` below 1, a ``deep_supervision`` or ``recompute`` that is not True or False),
+            and in ``forward`` for input of the wrong rank or channel count.
     """
 
     stride = 32
@@ -109,8 +115,10 @@ class VMUNetV2(nn.Module):
         dims = check_dims(dims, depths)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stem_channels = 3 if in_channels in (1, 3) else in_channels
-        self.deep_supervision = deep_supervision
-        m = mid_channels
+        drop_path_rate = check_rate("VMUNetV2", "drop_path_rate", drop_path_rate)
+        m = check_whole("VMUNetV2", "mid_channels", mid_channels)
+        self.deep_supervision = check_flag("VMUNetV2", "deep_supervision", deep_supervision)
+        mixer_options("VMUNetV2", dropout, mixer=mixer, recompute=recompute)  # refused before anything is built
         for i, c in enumerate(dims, start=1):
             setattr(self, f"ca_{i}", ChannelAttention(c, 16))
             setattr(self, f"sa_{i}", SpatialAttention())
@@ -120,7 +128,7 @@ class VMUNetV2(nn.Module):
         self.deconv2 = nn.ConvTranspose2d(m, m, 4, stride=2, padding=1, bias=False)
         self.deconv3 = nn.ConvTranspose2d(m, m, 4, stride=2, padding=1, bias=False)
         self.deconv4 = nn.ConvTranspose2d(m, m, 4, stride=2, padding=1, bias=False)
-        if deep_supervision:
+        if self.deep_supervision:
             self.deconv6 = nn.ConvTranspose2d(out_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
         self.encoder = VSSEncoder(self.stem_channels, dims, depths, d_state, drop_path_rate, mixer, scan_backend,
                                   recompute, dropout)

@@ -23,8 +23,10 @@ the fix) and the dispatcher falls back to the ``torch`` backend. Neither importi
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shlex
@@ -236,25 +238,47 @@ def _load(cc) -> tuple[ctypes.CDLL | None, str]:
         return None, f"loading the CPU kernel failed: {exc!r}"
 
 
+def _pattern(shape: tuple[int, ...], scale: float, phase: float) -> torch.Tensor:
+    """Fixed float64 values in [-scale, scale] (a sine of the element index), made without torch's random generator."""
+    count = math.prod(shape)
+    return torch.tensor([scale * math.sin(1.3 * i + phase) for i in range(count)], dtype=torch.float64).reshape(shape)
+
+
+def _untransformed():
+    """A context in which the self-check runs the same whatever called the first scan: no torch.func transform
+    (vmap, grad, jacrev...) applies to its operations, nor autocast, nor autograd."""
+    stack = contextlib.ExitStack()
+    disable_functorch = getattr(torch._C, "_DisableFuncTorch", None)
+    if disable_functorch is not None:
+        stack.enter_context(disable_functorch())
+    stack.enter_context(torch.no_grad())
+    stack.enter_context(torch.autocast("cpu", enabled=False))
+    return stack
+
+
 def _self_check(lib) -> str:
-    """A tiny scan against the reference, so a miscompiled library is reported instead of used."""
+    """A tiny scan against the reference, so a miscompiled library is reported instead of used.
+
+    Its inputs are fixed values, not random draws, and it runs outside any torch.func transform: the first
+    scan of a process may run inside ``torch.func.vmap``, where a random draw is refused, and a failed check
+    marks the kernel unavailable for the rest of the process."""
     from vmunet_monai.ops.reference import selective_scan_reference
 
-    g = torch.Generator().manual_seed(0)
     dim, n, length = 3, 2, 5
-    args = (
-        torch.randn(1, dim, length, generator=g, dtype=torch.float64),
-        torch.randn(1, dim, length, generator=g, dtype=torch.float64),
-        -torch.rand(dim, n, generator=g, dtype=torch.float64) - 0.5,
-        torch.randn(1, 1, n, length, generator=g, dtype=torch.float64),
-        torch.randn(1, 1, n, length, generator=g, dtype=torch.float64),
-        torch.randn(dim, generator=g, dtype=torch.float64),
-        torch.randn(1, dim, length, generator=g, dtype=torch.float64),
-        torch.randn(dim, generator=g, dtype=torch.float64),
-    )
-    want = selective_scan_reference(*args, delta_softplus=True)
-    got = _forward(lib, *args, True, False, False)[0]
-    err = ((got - want).norm() / want.norm()).item()
+    with _untransformed():
+        args = (
+            _pattern((1, dim, length), 1.0, 0.1),  # u
+            _pattern((1, dim, length), 1.0, 0.7),  # delta
+            _pattern((dim, n), 0.4, 1.3) - 0.9,  # A, negative
+            _pattern((1, 1, n, length), 1.0, 1.9),  # B
+            _pattern((1, 1, n, length), 1.0, 2.5),  # C
+            _pattern((dim,), 1.0, 3.1),  # D
+            _pattern((1, dim, length), 1.0, 3.7),  # z
+            _pattern((dim,), 0.5, 4.3),  # delta_bias
+        )
+        want = selective_scan_reference(*args, delta_softplus=True)
+        got = _forward(lib, *args, True, False, False)[0]
+        err = ((got - want).norm() / want.norm()).item()
     return "" if err < 1e-12 else f"the built kernel disagrees with the reference (relative error {err:.3g})"
 
 
