@@ -331,6 +331,12 @@ def test_bundle_trains_evaluates_and_segments_several_classes(bundle, tmp_path):
         clear = ordered[-1] - ordered[-2] > 3  # not a tie within the rounding of the grey levels
         assert maps[0].shape == mask.shape and clear.mean() > 0.5
         assert np.array_equal(scores.argmax(0)[clear], mask[clear])
+    # predict reads the class count from the network.json beside the weights: no --num_classes to repeat
+    from vmunet_monai.predict import predict
+
+    done = predict(str(root), str(raw / "images"), str(tmp_path / "predicted"), device="cpu")
+    assert json.loads((tmp_path / "predicted" / "prediction.json").read_text())["num_classes"] == 3
+    assert len(done["masks"]) == 10
 
 
 def _classes_eval(folder, noise, seed, n=8):

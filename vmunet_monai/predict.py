@@ -174,6 +174,37 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
     return overrides
 
 
+def recorded_num_classes(checkpoint, default_ckpt, configs) -> int | None:
+    """The class count the ``network.json`` beside the weights (``checkpoint``, the first of an ensemble, else
+    ``default_ckpt``) records through its output layer, where it differs from the bundle's ``num_classes``; None
+    without such a file, for another network than ``network_def`` (a baseline's) or when they agree. 2D bundles
+    have one output for two classes (``vmunet_monai.engine.output_channels``), the CT bundle one per class."""
+    import json
+
+    from monai.bundle import ConfigParser
+
+    from vmunet_monai.engine.handlers import NETWORK_SETTINGS
+
+    if isinstance(checkpoint, (list, tuple)):
+        checkpoint = checkpoint[0] if checkpoint else None
+    first = default_ckpt if checkpoint is None else os.path.expanduser(str(checkpoint))
+    if not os.path.isfile(first) and "," in str(first):
+        first = str(first).split(",")[0].strip()
+    try:
+        saved = json.loads((Path(first).parent / NETWORK_SETTINGS).read_text())
+    except (OSError, ValueError):
+        return None
+    config = ConfigParser.load_config_files(configs)
+    network_def = config.get("network_def", {})
+    outputs = saved.get("out_channels") if isinstance(saved, dict) else None
+    if outputs is None or not isinstance(network_def, dict) or saved.get("_target_") != network_def.get(
+            "_target_") or isinstance(outputs, bool) or not isinstance(outputs, int):
+        return None
+    two_d = "output_channels(" in str(network_def.get("out_channels"))  # one sigmoid output for two classes
+    classes = (2 if outputs == 1 else outputs) if two_d else outputs
+    return classes if classes >= 2 and classes != config.get("num_classes") else None
+
+
 def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike, weights,
                  exported: bool, inputs, written: list[str], skipped: list[dict], settings: dict,
                  finished: bool = True, kept: int = 0) -> Path:
@@ -499,7 +530,8 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             instead of ``network_def`` and its weights (the bundle's ``configs/inference_exported.json``); it is
             first run once on the input size in ``metadata.json``.
         num_classes: a bundle trained on your own classes: the ``--num_classes`` it was trained with (default:
-            the bundle's, 9 for ``synapse_multiorgan`` and 2 for the 2D bundles). Above 2 the 2D masks hold the
+            for 2D bundles the count the ``network.json`` beside the weights records, else the bundle's, 9 for
+            ``synapse_multiorgan`` and 2 for the 2D bundles). Above 2 the 2D masks hold the
             class numbers 0 .. ``num_classes - 1`` and the overlays give each class a colour.
         window: ``synapse_multiorgan`` trained with another ``--hu_window``: that ``(low, high)`` in HU (the
             bundle's ``hu_window``).
@@ -604,6 +636,11 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
 
     root = find_bundle(bundle)
     configs, default_ckpt, train = inference_configs(root, baseline, model)
+    if num_classes is None and not model:  # weights trained with --num_classes N: N, from their network.json
+        num_classes = recorded_num_classes(checkpoint, default_ckpt, configs)
+        if num_classes is not None:
+            print(f"note: --num_classes {num_classes}, the classes the weights were trained for (the network.json "
+                  f"beside them)", flush=True)
     classes = int(num_classes if num_classes is not None
                   else ConfigParser.load_config_files(configs).get("num_classes", 2))
     if mask_values is not None:
