@@ -8,6 +8,11 @@ if not torch.cuda.is_available():
     # Triton's own library functions are decorated when triton is first imported, so the interpreter
     # (which runs the kernels on CPU tensors) must be chosen before any test imports it.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread in each test process (and in the commands the tests start): under -n 2 on two cores, two
+    # workers of two threads each, and their subprocesses, spend their time waiting on each other
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
