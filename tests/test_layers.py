@@ -216,3 +216,30 @@ def test_torch_func_transforms_over_ss2d_with_recompute_on(block):
     jac = torch.func.jacrev(layer)(x)
     want = torch.autograd.functional.jacobian(layer, x)  # plain autograd, with recomputation, on the automatic backend
     assert jac.shape == (1, 3, 3, 4, 1, 3, 3, 4) and torch.allclose(jac, want, rtol=1e-9, atol=1e-12)
+
+
+def test_the_scan_op_itself_runs_on_torch_inside_torch_func_transforms():
+    """ops.cross_selective_scan called directly under vmap (the automatic choice, or an explicit compiled backend)
+    scans on the torch backend, whose operations the transform batches; the result is that of a plain loop."""
+    from vmunet_monai import ops
+    from vmunet_monai.ops.dispatch import in_functorch_transform, resolve_backend
+
+    g = torch.Generator().manual_seed(3)
+    b, d, h, w, n = 2, 3, 2, 3, 2
+    u, delta = torch.randn(b, d, h, w, generator=g), torch.randn(b, 4, d, h, w, generator=g) * 0.5
+    A = -torch.rand(4 * d, n, generator=g) - 0.1
+    B, C = torch.randn(b, 4, n, h, w, generator=g), torch.randn(b, 4, n, h, w, generator=g)
+    seen = []
+
+    def scan(u1, delta1, B1, C1, backend=None):
+        seen.append((in_functorch_transform(), resolve_backend("cpu", backend)))
+        return ops.cross_selective_scan(u1[None], delta1[None], A, B1[None], C1[None], backend=backend)[0]
+
+    looped = torch.stack([scan(u[i], delta[i], B[i], C[i], "reference") for i in range(b)])
+    for backend in (None, "cpu"):
+        if backend == "cpu" and not ops.backend_status("cpu").available:
+            continue
+        mapped = torch.func.vmap(lambda *t: scan(*t, backend=backend))(u, delta, B, C)
+        assert torch.allclose(mapped, looped, rtol=1e-5, atol=1e-6), backend
+    assert all(b == "torch" for inside, b in seen if inside) and any(inside for inside, _ in seen)
+    assert not in_functorch_transform()

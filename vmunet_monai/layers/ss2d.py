@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from vmunet_monai import ops
+from vmunet_monai.ops.dispatch import in_functorch_transform
 from vmunet_monai.ops.norm_gate import fused_available, norm_gate
 from vmunet_monai.ops.recompute import RecomputeSaved, exporting, recomputing
 
@@ -20,13 +21,6 @@ __all__ = ["SS2D", "in_functorch_transform"]
 K_DIRECTIONS = 4
 # the scan backends made of PyTorch operations only, which torch.func transforms go through
 _COMPOSABLE_BACKENDS = ("torch", "reference")
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
-
-
-def in_functorch_transform() -> bool:
-    """True inside a ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``, ``jvp``...) run eagerly (under
-    ``torch.compile`` the compiler handles the transform and this is False). One C call."""
-    return _functorch_active is not None and not torch.compiler.is_compiling() and _functorch_active()
 
 
 class SS2D(nn.Module):

@@ -91,11 +91,21 @@ def check_backend_name(name: str | None, source: str = "scan_backend") -> None:
         raise ValueError(f"{source}={name!r} is not a scan backend; choose one of {sorted(BACKENDS)}, 'auto' or None")
 
 
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
+def in_functorch_transform() -> bool:
+    """True inside a ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``, ``jvp``...) run eagerly (under
+    ``torch.compile`` the compiler handles the transform and this is False). One C call."""
+    return _functorch_active is not None and not torch.compiler.is_compiling() and _functorch_active()
+
+
 def resolve_backend(device: torch.device | str, backend: str | None = None) -> str:
     """The backend that will run for tensors on ``device``: argument > $VMUNET_SCAN_BACKEND > automatic
     (limited to :data:`DETERMINISTIC_BACKENDS` while ``torch.use_deterministic_algorithms(True)`` is on); always
     ``torch`` while torch.jit or ONNX export traces the model, whatever was chosen (a compiled kernel cannot be
-    traced, and the reference loop would be unrolled step by step into the graph)."""
+    traced, and the reference loop would be unrolled step by step into the graph), and inside a ``torch.func``
+    transform unless ``reference`` was chosen."""
     if backend == "triton" and _compiling_for_gpu():
         return backend
     device_type = torch.device(device).type
@@ -105,6 +115,8 @@ def resolve_backend(device: torch.device | str, backend: str | None = None) -> s
     check_backend_name(requested, source)
     if _exporting():
         return "torch"
+    if requested not in ("torch", "reference") and in_functorch_transform():
+        return "torch"  # the compiled kernels read raw memory: no batched (vmap) or dual (jvp) tensors
     if requested is not None and requested != "auto":
         _, st = _load(requested)
         if device_type not in st.devices:
