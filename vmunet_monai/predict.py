@@ -97,6 +97,22 @@ def weights_files(root: Path, checkpoint, default_ckpt: Path, train: str, model,
     return [Path(p).resolve() for p in checkpoint_list(checkpoint, option="--checkpoint")]
 
 
+def check_input_image(path, who: str = "predict") -> int:
+    """The check of one 2D image to segment, decoding it once: its name (:func:`vmunet_monai.validation.check_no_hash`),
+    a readable 2D image (:func:`vmunet_monai.validation.read_image_upright`: not empty, truncated, of several
+    frames or NaN pixels) of at least :data:`MIN_SIZE` pixels across. Returns its EXIF orientation (1: upright).
+
+    Raises:
+        InputError: naming the file and the rule; ``who`` (the command or config) is named with the size rule.
+    """
+    check_no_hash(path)
+    pixels, orientation = read_image_upright(path)
+    if min(pixels.shape[:2]) < MIN_SIZE:
+        raise InputError(f"{path}: is {pixels.shape[0]}x{pixels.shape[1]} pixels ({who} needs images of at least "
+                         f"{MIN_SIZE}x{MIN_SIZE} pixels)")
+    return orientation
+
+
 class quiet_interrupt:
     """While a workflow runs, log records made while a KeyboardInterrupt is handled (ignite's "terminating due to
     exception", MONAI's "Exception:" with a screen of traceback) are dropped, by every logging handler, also those
@@ -680,11 +696,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     # (as prepare pairs them); the rest in the order found
     for order, item in sorted(enumerate(candidates), key=lambda c: png_first(c[1]["image"])):
         try:
-            check_no_hash(item["image"])
-            pixels, orientation = read_image_upright(item["image"])
-            if min(pixels.shape[:2]) < MIN_SIZE:
-                raise InputError(f"{item['image']}: is {pixels.shape[0]}x{pixels.shape[1]} pixels (predict needs "
-                                 f"images of at least {MIN_SIZE}x{MIN_SIZE} pixels)")
+            orientation = check_input_image(item["image"], "predict")
         except InputError as exc:
             skipped.append({"file": item["image"], "reason": str(exc)})
             continue

@@ -678,19 +678,17 @@ _LAST_CHECKED: dict = {}
 
 
 def _usable_images(items: list[dict], where) -> list[dict]:
-    """The ``items`` that ``predict``'s check of a 2D input passes (each file decoded once:
-    :func:`vmunet_monai.validation.read_image_upright`, :func:`vmunet_monai.validation.check_no_hash`, at least
-    :data:`vmunet_monai.predict.MIN_SIZE` pixels across), one per mask: of two images of one folder that would
-    write one ``<stem>_mask.png`` the PNG is kept, else the first in name order, as ``predict`` keeps it. Each
-    file left out is named in a warning, with the reason.
+    """The ``items`` that ``predict``'s check of a 2D input passes (:func:`vmunet_monai.predict.check_input_image`,
+    each file decoded once), one per mask: of two images of one folder that would write one ``<stem>_mask.png``
+    the PNG is kept, else the first in name order, as ``predict`` keeps it. Each file left out is named in a
+    warning, with the reason.
 
     Raises:
         NothingToPredictError: no item is left (``where``, the folder or datalist, named with the first reason).
     """
     import warnings
 
-    from vmunet_monai.predict import MIN_SIZE, NothingToPredictError
-    from vmunet_monai.validation import read_image_upright
+    from vmunet_monai.predict import NothingToPredictError, check_input_image
 
     stamp = tuple(_file_stamp(item["image"]) for item in items)
     if _LAST_CHECKED.get("stamp") == stamp:
@@ -699,11 +697,7 @@ def _usable_images(items: list[dict], where) -> list[dict]:
     for order, item in sorted(enumerate(items), key=lambda c: png_first(c[1]["image"])):
         image = item["image"]
         try:
-            check_no_hash(image)
-            pixels = read_image_upright(image)[0]
-            if min(pixels.shape[:2]) < MIN_SIZE:
-                raise InputError(f"{image}: is {pixels.shape[0]}x{pixels.shape[1]} pixels (the bundle's inference "
-                                 f"needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels)")
+            check_input_image(image, "the bundle's inference")
         except InputError as exc:
             skipped.append(str(exc))
             continue
