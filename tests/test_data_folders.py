@@ -218,6 +218,16 @@ def test_several_datasets_are_not_guessed_and_a_macos_copy_is_not_a_dataset(tmp_
         prepare("polyp_seg", str(raw), str(tmp_path / "two"))
     prepare("polyp_seg", str(raw / "CVC-ClinicDB"), str(tmp_path / "cvc"), val_fraction=0.4, test_fraction=0.34)
     assert len(_datalist(tmp_path / "cvc")["training"]) == 1
+    # one dataset beside others one level deeper (PraNet's TrainDataset/ beside TestDataset/<set>/ given to the
+    # ISIC bundle): the deeper ones were left out without a word
+    deeper = tmp_path / "pranet_like"
+    _write_pairs(deeper / "TrainDataset" / "images", deeper / "TrainDataset" / "masks", ["t0", "t1", "t2"], rng)
+    _write_pairs(deeper / "TestDataset" / "Kvasir" / "images", deeper / "TestDataset" / "Kvasir" / "masks",
+                 ["v0", "v1"], rng)
+    with pytest.raises(DatasetLayoutError, match=r"several datasets of images and masks \(.*TrainDataset, "
+                                                 r".*TestDataset/Kvasir\), at different depths; give one of them"):
+        prepare("isic_skin_lesion", str(deeper), str(tmp_path / "deeper"))
+    assert not (tmp_path / "deeper").exists()
 
 
 def test_command_line_options_of_the_folders_layout(tmp_path, capsys):

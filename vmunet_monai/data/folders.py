@@ -194,16 +194,30 @@ def find_folders_layout(raw: str | os.PathLike, max_depth: int = 2) -> tuple[Pat
     if not raw.is_dir():
         raise LayoutNotFound(f"{raw}: not a folder (expected a folder of images and masks: {EXPECTED})")
     level = [raw]
-    for _ in range(max_depth + 1):
+    for depth in range(max_depth + 1):
         found = [(folder, layout) for folder in level if (layout := _layout_at(folder)) is not None]
         if len(found) > 1:
             raise DatasetLayoutError(
                 f"{raw}: several datasets of images and masks ({', '.join(str(f) for f, _ in found)}); "
                 f"give one of them as RAW")
         if found:
+            _refuse_datasets_beside(raw, found[0][0], level, max_depth - depth)
             return found[0]
         level = [sub for folder in level for sub in subfolders(folder)]
     raise LayoutNotFound(f"{raw}: no folders of images and masks found; expected {EXPECTED}")
+
+
+def _refuse_datasets_beside(raw: Path, chosen: Path, level: list[Path], depth_left: int) -> None:
+    """A dataset deeper in ``raw`` beside ``chosen`` (PraNet's TestDataset/<set>/ beside TrainDataset/) would be
+    left out without a word: refused like several datasets at one depth."""
+    others = []
+    for _ in range(depth_left):
+        level = [sub for folder in level if folder != chosen for sub in subfolders(folder)]
+        others += [folder for folder in level if _layout_at(folder) is not None]
+    if others:
+        named = ", ".join(str(f) for f in [chosen, *others][:6]) + (" ..." if len(others) > 5 else "")
+        raise DatasetLayoutError(f"{raw}: several datasets of images and masks ({named}), at different depths; give "
+                                 f"one of them as RAW")
 
 
 def choose_layout(layout: str, native: str, native_found: bool, raw: str | os.PathLike, native_layout: str,
