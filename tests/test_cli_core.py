@@ -578,6 +578,11 @@ def test_a_bundle_run_refuses_an_override_that_names_no_setting(tmp_path):
     with pytest.raises(InputError, match=r"--num_epoch: no setting of this bundle; did you mean --epochs\?"):
         check_overrides(root, argv + ["--num_epoch", "1"])
     check_overrides(root, ["pytest", "run", "--num_epoch", "1"])  # predict, MONAI Label, tests: settings in Python
+    # an argument of the network the configs build, by name (MONAI's error came after the data was loaded)
+    with pytest.raises(InputError, match=r"--network_def#dim: vmunet_monai.networks.VMUNet has no argument 'dim'; did "
+                                         r"you mean --network_def#dims\? \(its arguments: in_channels, "):
+        check_overrides(root, argv + ["--network_def#dim", "[8,16,32,64]"])
+    check_overrides(root, argv + ["--network_def#dims", "[8,16,32,64]", "--network_def#_requires_", "x"])
     train = json.loads((root / "configs" / "train.json").read_text())
     assert train["initialize"][0] == "$vmunet_monai.engine.check_overrides(@bundle_root)"
 

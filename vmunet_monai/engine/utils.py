@@ -306,15 +306,17 @@ def check_overrides(bundle_root: str | os.PathLike, argv: list[str] | None = Non
         if arg.startswith("--"):
             name, eq, value = arg[2:].partition("=")
             given[name] = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
-    files = sorted(Path(bundle_root, "configs").glob("*.json"))
-    files += [Path(f) for f in _listed_files(given.get("config_file", ""))]
-    known = set()
-    for file in files:
+    run = [Path(f) for f in _listed_files(given.get("config_file", ""))]
+    files = sorted(Path(bundle_root, "configs").glob("*.json")) + run
+    known, network = set(), None
+    for i, file in enumerate(files):
         try:
             doc = json.loads(Path(file).read_text())
         except (OSError, ValueError):
             continue  # MONAI names a config it cannot read
         known |= set(doc) if isinstance(doc, dict) else set()
+        if i >= len(files) - len(run) and isinstance(doc, dict) and isinstance(doc.get("network_def"), dict):
+            network = doc["network_def"].get("_target_", network)  # the run's configs, the last one's wins
     unknown = [name for name in given if name not in _RUN_OPTIONS and name.split("#")[0] not in known]
     if unknown:
         name = unknown[0]
@@ -322,3 +324,29 @@ def check_overrides(bundle_root: str | os.PathLike, argv: list[str] | None = Non
         raise InputError(f"--{name}: no setting of this bundle" + (f"; did you mean --{close[0]}?" if close else "")
                          + f" (an override must name a key of the configs in {Path(bundle_root, 'configs')} or of "
                          "--config_file; MONAI would add it unread and run with the default)")
+    _check_network_overrides(network, [name for name in given if name.startswith("network_def#")])
+
+
+def _check_network_overrides(target: str | None, names: list[str]) -> None:
+    """``--network_def#X`` must name an argument of the network the configs build (``--network_def#dim`` failed
+    after the data was loaded, in MONAI's "Failed to instantiate component" with the keywords listed)."""
+    import difflib
+    import inspect
+    import pydoc
+
+    from vmunet_monai.validation import InputError
+
+    cls = pydoc.locate(str(target)) if target else None
+    try:
+        params = inspect.signature(cls).parameters if cls is not None else None
+    except (TypeError, ValueError):
+        params = None
+    if not params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for name in names:
+        key = name.split("#")[1]
+        if len(name.split("#")) == 2 and not key.startswith("_") and key not in params:
+            close = difflib.get_close_matches(key, list(params), n=1)
+            raise InputError(f"--{name}: {target} has no argument {key!r}" + (
+                f"; did you mean --network_def#{close[0]}?" if close else "") + f" (its arguments: "
+                f"{', '.join(params)})")
