@@ -356,3 +356,25 @@ def test_a_first_scan_inside_vmap_keeps_the_kernel_available(first):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["available"] is True and result["fix"] == "", result
     assert result["error"] < 1e-6, result
+
+
+def test_a_program_exported_with_the_first_scan_of_the_process_loads(tmp_path, monkeypatch):
+    """When torch.export traces the process's first scan, the kernel's self-check runs inside the trace: nothing
+    of it may enter the program (a no_grad region did, and the saved program failed its check when loaded)."""
+    from vmunet_monai.networks import VMUNet
+    from vmunet_monai.ops import dispatch
+
+    _need_kernel()
+    monkeypatch.setattr(cpu_kernel, "_LIBRARIES", {})  # as in a fresh process: loaded and checked at first use
+    dispatch._load.cache_clear()
+    try:
+        net = VMUNet(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), d_state=4).eval()
+        x = torch.rand(1, 3, 32, 32)
+        program = torch.export.export(net, (x,))
+        torch.export.save(program, tmp_path / "net.pt2")
+        loaded = torch.export.load(tmp_path / "net.pt2")
+        assert cpu_kernel._LIBRARIES  # the kernel was loaded (and checked) during the trace
+        with torch.no_grad():
+            assert torch.allclose(loaded.module()(x), net(x), atol=1e-5)
+    finally:
+        dispatch._load.cache_clear()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -183,8 +184,6 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
         vmunet_monai.weights.CheckpointError: weights that cannot be read or do not fit the bundle's network.
         ExportVerificationError: if the export's output differs from eager by more than ``tolerance``.
     """
-    from monai.bundle import ckpt_export, onnx_export
-
     if not float(tolerance) >= 0:
         raise InputError(f"--tolerance {tolerance!r}: must be a number of at least 0")
     root, config, meta, ckpt, out = _paths(bundle, checkpoint, output, format)
@@ -197,8 +196,31 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
 
         trained["num_classes"] = check_at_least("export --num_classes", num_classes, 2)
     network, state = _eager_network(root, config, ckpt, trained)
-    with tempfile.TemporaryDirectory() as plain, _quiet_tracing():
-        weights = Path(plain) / "model.pt"  # MONAI's exporters get the state dict as read: a plain one, on the CPU
+    with tempfile.TemporaryDirectory() as plain:
+        written = Path(plain) / out.name  # moved to ``out`` once it passes the check: a failed export writes nothing
+        _export_to(written, format, network, state, shape, root, config, meta, trained, Path(plain))
+        try:
+            diff = verify_export(written, format, network, shape)
+        except Exception as exc:  # noqa: BLE001 - named as the output path, with nothing written there
+            message = str(exc).replace(str(written), str(out))
+            raise ExportVerificationError(f"{message} (the export was not written to {out})") from exc
+        result = ExportResult(out, format, (2, *shape[1:]), diff, tolerance)
+        if not diff <= tolerance:
+            raise ExportVerificationError(
+                f"{out}: the {format} export differs from eager PyTorch by {diff:.3e} (max abs) on a random "
+                f"{result.input_shape} input; the limit is {tolerance:.0e} (nothing written)"
+            )
+        shutil.move(str(written), str(out))
+    return result
+
+
+def _export_to(out: Path, format: str, network, state: dict, shape, root: Path, config: Path, meta: Path,
+               trained: dict, scratch: Path) -> None:
+    """Write the ``format`` export of ``network`` (with the weights ``state``) to ``out``."""
+    from monai.bundle import ckpt_export, onnx_export
+
+    with _quiet_tracing():
+        weights = scratch / "weights_as_read.pt"  # MONAI's exporters get the state dict as read: plain, on the CPU
         torch.save(state, weights)
         common = dict(net_id="network_def", filepath=str(out), ckpt_file=str(weights), meta_file=str(meta),
                       config_file=str(config), key_in_ckpt="", use_trace=True, input_shape=list(shape),
@@ -218,11 +240,3 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
                 "output_names": [OUTPUT_NAME],
                 "dynamic_axes": {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             })
-    diff = verify_export(out, format, network, shape)
-    result = ExportResult(out, format, (2, *shape[1:]), diff, tolerance)
-    if not diff <= tolerance:
-        raise ExportVerificationError(
-            f"{out}: the {format} export differs from eager PyTorch by {diff:.3e} (max abs) on a random "
-            f"{result.input_shape} input; the limit is {tolerance:.0e}"
-        )
-    return result

@@ -246,13 +246,13 @@ def _pattern(shape: tuple[int, ...], scale: float, phase: float) -> torch.Tensor
 
 def _untransformed():
     """A context in which the self-check runs the same whatever called the first scan: no torch.func transform
-    (vmap, grad, jacrev...) applies to its operations, nor autocast, nor autograd."""
+    (vmap, grad, jacrev...) applies to its operations. (Autograd records nothing of its float64 constants, and
+    autocast leaves float64 alone; a no_grad or autocast region would be recorded by torch.export when the first
+    scan of a process is the one it traces, and the program would fail its check when loaded.)"""
     stack = contextlib.ExitStack()
     disable_functorch = getattr(torch._C, "_DisableFuncTorch", None)
     if disable_functorch is not None:
         stack.enter_context(disable_functorch())
-    stack.enter_context(torch.no_grad())
-    stack.enter_context(torch.autocast("cpu", enabled=False))
     return stack
 
 
