@@ -198,6 +198,10 @@ def test_weights_trained_with_other_settings_are_predicted_and_exported_as_train
         in note and "depths [1, 1, 1, 1]" in note and "d_state 4" in note and "drop_path_rate" not in note
     result = export(str(root), "torchscript", output=str(tmp_path / "model.ts"))
     assert result.max_abs_diff <= result.tolerance
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    size = meta["network_data_format"]["inputs"]["image"]["spatial_shape"]
+    assert "note: the weights were trained on 32x32 images and the export is made for metadata.json's " \
+        f"{size[0]}x{size[1]}" in capfd.readouterr().out  # what the bundle's inference feeds it; predict resizes
     (root / "models" / "network.json").unlink()
     with pytest.raises(CheckpointError, match="of other settings"):
         predict(str(root), str(raw_test), str(tmp_path / "pred2"), device="cpu")

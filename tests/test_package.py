@@ -248,6 +248,13 @@ def test_package_writes_outside_the_bundle_and_takes_an_upper_case_zip_name(tmp_
             package(str(src), out, export=False)
     result = package(str(src), tmp_path / "REL.ZIP", export=False)
     assert result.zip_path == tmp_path / "REL.ZIP" and zipfile.is_zipfile(result.zip_path)
+    assert not any("replaced" in n for n in result.notes)
+    again = package(str(src), tmp_path / "REL.ZIP", export=False, url="https://example.org/v1/model.pt")
+    assert again.notes[0] == f"{tmp_path / 'REL.ZIP'} held an earlier package, now replaced"
+    for url in ("not a url", "ftp://example.org/model.pt", "https://"):
+        with pytest.raises(InputError, match=r"--url .*: not an http\(s\):// or file:// address of the weights"):
+            package(str(src), tmp_path / "bad.zip", export=False, url=url)
+    assert not (tmp_path / "bad.zip").exists()
 
 
 def test_package_writes_wrapped_weights_as_a_plain_state_dict(tmp_path):

@@ -191,6 +191,13 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
     from vmunet_monai.predict import trained_network
 
     trained = trained_network([str(config)], ckpt)  # the network as its weights were trained (network.json)
+    size = trained.get("image_size")
+    if size and input_shape is None and list(size) != list(shape[2:]):
+        print(f"note: the weights were trained on {'x'.join(map(str, size))} images and the export is made for "
+              f"metadata.json's {'x'.join(map(str, shape[2:]))}, the size the bundle's inference feeds it: its masks "
+              f"differ from predict's with the weights (which resizes to the trained size); for the same masks, copy "
+              f"the bundle and set image_size in its configs and spatial_shape in its metadata.json to "
+              f"{list(size)}", flush=True)
     if num_classes is not None:
         from vmunet_monai.validation import check_at_least
 

@@ -386,6 +386,7 @@ def package(bundle: str | Path, out: str | Path, checkpoint: str | Path | None =
     """
     from vmunet_monai.validation import check_output_location
 
+    check_url(url)
     root = find_bundle(bundle)
     ckpt = Path(checkpoint) if checkpoint else root / MODEL_FILE
     out = Path(out)
@@ -409,10 +410,34 @@ def package(bundle: str | Path, out: str | Path, checkpoint: str | Path | None =
                         archive.write(source, f"{name}/{rel}")
                 archive.writestr(f"{name}/large_files.yml", _large_files_yml(digest, url))
                 archive.write(weights, f"{name}/{MODEL_FILE}")
+            replaced = zip_path.exists()
             os.replace(partial, zip_path)
         finally:
             partial.unlink(missing_ok=True)
-    return PackageResult(zip_path, name, version, digest, checks, release_notes(meta, url))
+    notes = release_notes(meta, url)
+    if replaced:
+        notes.insert(0, f"{zip_path} held an earlier package, now replaced")
+    return PackageResult(zip_path, name, version, digest, checks, notes)
+
+
+def check_url(url: str) -> str:
+    """``url`` if it is empty (no hosted weights) or an ``http(s)://`` or ``file://`` address with a host or path;
+    MONAI's ``download_large_files`` reads nothing else, and would fail on it only when a user downloads.
+
+    Raises:
+        InputError: naming the value and the rule.
+    """
+    from urllib.parse import urlparse
+
+    from vmunet_monai.validation import InputError
+
+    if not url:
+        return ""
+    parts = urlparse(str(url))
+    if parts.scheme not in ("http", "https", "file") or not (parts.netloc or parts.path.strip("/")):
+        raise InputError(f"--url {url!r}: not an http(s):// or file:// address of the weights (where the release "
+                         f"hosts models/model.pt; download_large_files fetches it from there)")
+    return str(url)
 
 
 def safe_extract(zip_path: str | Path, target: str | Path) -> Path:
