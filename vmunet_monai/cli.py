@@ -472,7 +472,8 @@ class Commands:
             bundle: bundle name or bundle folder.
             out: zip file to write (*.zip), or a folder for <name>_v<version>.zip.
             checkpoint: weights (default <bundle>/models/model.pt); a CheckpointSaver file is reduced to its model.
-            url: where the release will host models/model.pt (written to large_files.yml).
+            url: where the release will host models/model.pt, an http(s):// or file:// address (written to
+                large_files.yml).
             export: run the TorchScript export check (--noexport skips it).
         """
         from vmunet_monai.package import BundleCheckError, package
