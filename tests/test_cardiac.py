@@ -197,6 +197,15 @@ def test_score_reads_predictions_on_disk_against_a_prepared_acdc_dataset(tmp_pat
         score_volumes(tmp_path / "perfect", tmp_path / "prepared", split="tset")
     with pytest.raises(InputError, match="no prediction is named after a 'test' case"):
         score_volumes(tmp_path / "s_perfect", tmp_path / "prepared", out=tmp_path / "s_none")
+    # the same shape on another grid: what differs, with the numbers
+    nib.save(nib.Nifti1Image(np.zeros((48, 48, 4), np.uint8), np.diag([2.0, 2.0, 2.0, 1.0])), first)
+    label_affine = nib.load(tmp_path / "prepared" / tests[0]["label"]).affine
+    if not np.allclose(np.abs(np.diag(label_affine))[:3], 2.0):
+        with pytest.raises(InputError, match=r"_seg.nii.gz: the same shape but another grid \(spacing \(2, 2, 2\) mm "
+                                             r"against \("):
+            score_volumes(tmp_path / "perfect", tmp_path / "prepared", out=tmp_path / "s_bad")
+    with pytest.raises(InputError, match=r"_seg.nii.gz: a file; PRED is the folder of predicted volumes"):
+        score_volumes(first, tmp_path / "prepared", out=tmp_path / "s_bad")
 
 
 def test_demo_with_acdc_runs_the_cardiac_route(tmp_path, capsys, monkeypatch):

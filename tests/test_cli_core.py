@@ -610,6 +610,14 @@ def test_paths_reach_the_commands_verbatim(tmp_path, monkeypatch):
     seen.clear()
     fire.Fire(Fake, command=_check_arguments(["score", "a,b", "[1,2]", "--out", "~/sc#2"]))
     assert seen == {"pred": "a,b", "dataset": "[1,2]", "out": str(tmp_path / "sc#2"), "split": "test"}
-    seen.clear()  # an option's value given before the paths is not counted as one of them
+    seen.clear()  # compare's short options, as its help lists them (-o/--out, -l/--labels, -m/--metric)
+
+    class Runs:
+        def compare(self, *runs, labels="", metric="dice", out=None, seed=0):
+            seen.update(runs=list(runs), labels=labels, metric=metric, out=out)
+
+    fire.Fire(Runs, command=_check_arguments(["compare", "r1", "2024", "-o", "cmp", "-l", "a,b", "-m=iou"]))
+    assert seen == {"runs": ["r1", "2024"], "labels": ("a", "b"), "metric": "iou", "out": "cmp"}  # (fire: a tuple)
+    seen.clear()
     fire.Fire(Fake, command=_check_arguments(["score", "--split", "val", "a,b", "2024"]))
     assert seen == {"pred": "a,b", "dataset": "2024", "out": None, "split": "val"}

@@ -701,3 +701,36 @@ def test_probability_maps_of_any_depth_score_alike(tmp_path, capsys):
     (tmp_path / "big_prepared" / "datalist.json").write_text(json.dumps({"training": [], "test": big_items}))
     score(tmp_path / "smooth", tmp_path / "big_prepared", out=tmp_path / "s_smooth")
     assert "masks with smoothed edges rather than probability maps?" in capsys.readouterr().out
+
+
+def test_score_names_two_predictions_of_one_image_and_replaces_an_earlier_scores_files(tmp_path, capsys):
+    """X_mask.png beside X_segmentation.png: one image, two predictions, named as such (it was said to have none,
+    and both files to answer to no image); an earlier score's files in OUT (its calibration, which a score of masks
+    alone does not write) are replaced, not left to be read as this score's."""
+    from vmunet_monai.evaluation.score import score
+
+    demo_data("isic_skin_lesion", str(tmp_path / "isic"), num=8)
+    prepare("isic_skin_lesion", str(tmp_path / "isic"), str(tmp_path / "binary"))
+    items = json.loads((tmp_path / "binary" / "datalist.json").read_text())["test"]
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for item in items:
+        label = np.asarray(Image.open((tmp_path / "binary" / item["label"]).resolve()))
+        Image.fromarray(((label > 127) * 255).astype(np.uint8)).save(pred / f"{item['name']}_mask.png")
+    twin = pred / f"{items[0]['name']}_segmentation.png"
+    twin.write_bytes((pred / f"{items[0]['name']}_mask.png").read_bytes())
+    with pytest.raises(InputError, match=rf"_mask.png and .*{twin.name}: two predictions of the image .*"
+                                         rf"{items[0]['name']}.* \(give one mask per image\)"):
+        score(pred, tmp_path / "binary", out=tmp_path / "s")
+    twin.unlink()
+    (tmp_path / "s").mkdir()
+    stale = tmp_path / "s" / "metrics_test_calibration.json"
+    stale.write_text("{}")
+    (tmp_path / "s" / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    summary = score(pred, tmp_path / "binary", out=tmp_path / "s")
+    printed = capsys.readouterr().out
+    assert summary["overall"]["per_image"]["dice_mean"] == 1.0
+    assert not stale.exists() and (tmp_path / "s" / "notes.txt").read_text() == "mine"
+    assert f"note: {tmp_path / 's'} held an earlier score of the test split (1 files): replaced" in printed
+    assert f"{len(items)} images scored against" in printed

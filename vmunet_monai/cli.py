@@ -544,6 +544,11 @@ def _check_arguments(argv: list[str]) -> list[str]:
         if arg in ("--", "--help"):
             out.append(arg)
             continue
+        if arg.startswith("-") and not arg.startswith("--") and arg not in ("-h", "-"):
+            short = arg[1:].partition("=")[0]
+            matches = [n for n in named if n.startswith(short)] if short.isalpha() else []
+            if len(matches) == 1:  # fire's short option: -o for --out, the one option starting with that letter
+                arg = "--" + matches[0] + arg[1 + len(short):]
         if not arg.startswith("--"):
             name = positional[place] if place < len(positional) else ("runs" if "runs" in positional else "")
             place += 1

@@ -641,6 +641,26 @@ def _as_3d(volume):
     return volume
 
 
+def _grid_difference(pred_affine, label_affine) -> str:
+    """What differs between two voxel grids: spacing, origin or orientation, with the numbers."""
+    import nibabel as nib
+
+    def rounded(values):
+        return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+    parts = []
+    spacing = [spacing_from_affine(a) for a in (pred_affine, label_affine)]
+    if not np.allclose(*spacing, atol=1e-3):
+        parts.append(f"spacing {rounded(spacing[0])} mm against {rounded(spacing[1])}")
+    axes = [nib.aff2axcodes(a) for a in (pred_affine, label_affine)]
+    if axes[0] != axes[1]:
+        parts.append(f"orientation {''.join(axes[0])} against {''.join(axes[1])}")
+    if not np.allclose(pred_affine[:3, 3], label_affine[:3, 3], atol=1e-3):
+        parts.append(f"origin {rounded(pred_affine[:3, 3])} mm against {rounded(label_affine[:3, 3])}")
+    whole = [np.round(np.asarray(a, float), 4).tolist() for a in (pred_affine, label_affine)]
+    return "; ".join(parts) or f"affine {whole[0]} against {whole[1]}"
+
+
 def _check_classes(path, pred: np.ndarray, organs: Mapping[int, str]) -> None:
     """Refuse a prediction holding label values that are no class: scored anyway, each would count as background
     (another tool's 13 BTCV labels, not mapped to the 8 organs, would score as missed organs without a word)."""
@@ -707,7 +727,7 @@ def evaluate_files(
         pred, truth = volume_voxels(p), volume_voxels(g)  # (X, Y, Z, 1) as (X, Y, Z), as the importer reads it
         if pred.shape != truth.shape or not np.allclose(p.affine, g.affine, atol=1e-3):
             what = (f"shape {pred.shape} against {truth.shape}" if pred.shape != truth.shape else
-                    "the same shape but another affine")
+                    f"the same shape but another grid ({_grid_difference(p.affine, g.affine)})")
             raise InputError(f"{pred_path}: {what} of its label {label_path} (a prediction is scored on its label's "
                              f"grid; predict writes each volume's own grid)")
         _check_classes(pred_path, pred, organs)

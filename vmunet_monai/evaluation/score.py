@@ -37,7 +37,9 @@ def _prediction_files(folder: Path) -> dict[str, Path]:
     from vmunet_monai.evaluation.ct import _case_name
 
     if not folder.is_dir():
-        raise InputError(f"{folder}: no such folder of predictions")
+        raise InputError(f"{folder}: " + ("a file; PRED is the folder of predicted volumes (predict's OUTPUT), scored "
+                                          "case by case against DATASET's split" if folder.is_file()
+                                          else "no such folder of predictions"))
     names: dict[str, Path] = {}
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or not path.name.lower().endswith(VOLUME_EXTENSIONS):
@@ -213,22 +215,32 @@ def _tail_match(candidates: list[Path], image: Path) -> Path | None:
     its results, for ``.../CVC-300/images/1.png``), then whose folders agree longest with the image's counted from
     the file upwards (predict mirrors the input folders: ``masks/CVC-300/images/1_mask.png``); None if tied or if
     there is none."""
-    folders = set(image.parent.parts)
-
-    def agreement(path: Path) -> tuple[int, int]:
-        n = 0
-        for a, b in zip(reversed(path.parent.parts), reversed(image.parent.parts)):
-            if a != b:
-                break
-            n += 1
-        return len(folders.intersection(path.parent.parts)), n
-
-    ranked = sorted(candidates, key=agreement, reverse=True)
+    ranked = sorted(candidates, key=lambda path: _agreement(path, image), reverse=True)
     if not ranked:
         return None
-    if len(ranked) > 1 and agreement(ranked[0]) == agreement(ranked[1]):
+    if len(ranked) > 1 and _agreement(ranked[0], image) == _agreement(ranked[1], image):
         return None
     return ranked[0]
+
+
+def _agreement(path: Path, image: Path) -> tuple[int, int]:
+    """How well ``path``'s folders answer to ``image``'s (see :func:`_tail_match`)."""
+    n = 0
+    for a, b in zip(reversed(path.parent.parts), reversed(image.parent.parts)):
+        if a != b:
+            break
+        n += 1
+    return len(set(image.parent.parts).intersection(path.parent.parts)), n
+
+
+def _twins(candidates: list[Path], image: Path) -> list[Path] | None:
+    """Two predictions of one folder that answer to ``image`` equally well (``X_mask.png`` beside
+    ``X_segmentation.png``), where :func:`_tail_match` finds none; None otherwise."""
+    ranked = sorted(candidates, key=lambda path: _agreement(path, image), reverse=True)
+    if len(ranked) > 1 and ranked[0].parent == ranked[1].parent and \
+            _agreement(ranked[0], image) == _agreement(ranked[1], image):
+        return ranked[:2]
+    return None
 
 
 def _check_one_case_each(hits: list[tuple[Path, Path]], pred: Path) -> None:
@@ -359,6 +371,11 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     predicted = [any(image == i or i in image.parents for i in inputs) for image in images]
     if any(predicted):  # predict's masks: of the images it was given, not of others of the same name
         hits = [hit if was else None for hit, was in zip(hits, predicted)]
+    for image, hit, was in zip(images, hits, predicted):
+        twins = _twins(found.get(image.stem) or [], image) if hit is None and (was or not any(predicted)) else None
+        if twins:  # (else the image was said to have no prediction, and both files to answer to no image)
+            raise InputError(f"{twins[0]} and {twins[1]}: two predictions of the image {image} (give one mask per "
+                             f"image)")
     _check_one_case_each([(image, hit) for image, hit in zip(images, hits) if hit is not None], Path(pred))
     for item, image, hit in zip(items, images, hits):
         name = str(item.get("name") or image.stem)
@@ -420,6 +437,11 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
                          f"{missing[0]}_mask.png; found {example.name if example else 'no image file'})")
     unused = sorted(str(p) for paths in (*found.values(), *found_maps.values()) for p in paths if p not in used)
     title = f"{Path(pred).name} against {dataset.name}, {split} split, scored from files"
+    stale = sorted(p for p in out.glob(f"metrics_{split}[_.]*") if p.is_file()) if out.is_dir() else []
+    for path in stale:  # an earlier score's (its calibration, say, which this one may not write again)
+        path.unlink()
+    if stale:
+        print(f"note: {out} held an earlier score of the {split} split ({len(stale)} files): replaced", flush=True)
     paths = write_report(records, out, prefix=f"metrics_{split}", title=title, worst=gallery,
                          extra={"missing_prediction": missing, "wrong_size_prediction": wrong_size,
                                 "unused_predictions": unused,
@@ -475,7 +497,8 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         print(f"left out: {len(wrong_size)} prediction(s) of another size than their label (first: {wrong_size[0]})")
     if unused:
         print(f"not scored: {len(unused)} file(s) named after no {split} image (first: {unused[0]})")
-    print(f"{len(records) // max(len(classes), 1)} images scored against {datalist} ({split}); written to {out}")
+    scored = len(records) // max(len(classes), 1)
+    print(f"{scored} image{'s' if scored != 1 else ''} scored against {datalist} ({split}); written to {out}")
     summary["paths"] = paths
     return summary
 
