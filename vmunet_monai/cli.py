@@ -231,7 +231,7 @@ class Commands:
             pred: a folder of predictions, searched recursively; predict's OUTPUT (or its masks/): its masks are
                 scored and the probability maps beside them calibrated, its overlays and pictures left alone.
             dataset: the folder prepare wrote (its datalist.json names the cases, labels, classes and groups).
-            out: output folder (default: score/ beside PRED); the files of an earlier score of the same split
+            out: output folder (default: score/ beside PRED); the files of an earlier 2D score of the same split
                 there are replaced.
             split: the datalist split to score against: test, validation or training.
             mask_values: 2D masks of several classes: the value each class holds in them, background first;
