@@ -12,11 +12,10 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from vmunet_monai import ops
-from vmunet_monai.ops.dispatch import in_functorch_transform
 from vmunet_monai.ops.norm_gate import fused_available, norm_gate
-from vmunet_monai.ops.recompute import RecomputeSaved, exporting, recomputing
+from vmunet_monai.ops.recompute import RecomputeSaved, exporting, in_functorch_transform, recomputing
 
-__all__ = ["SS2D", "in_functorch_transform"]
+__all__ = ["SS2D"]
 
 K_DIRECTIONS = 4
 # the scan backends made of PyTorch operations only, which torch.func transforms go through
@@ -256,7 +255,7 @@ class SS2D(nn.Module):
         x = F.linear(x, w_x, b_x)
         layout = torch.channels_last if self.channels_last_scan else torch.contiguous_format
         conv = self.conv2d(x.permute(0, 3, 1, 2).contiguous(memory_format=layout))
-        lean = recomputing(self.recompute) and not in_functorch_transform()
+        lean = recomputing(self.recompute)
         with RecomputeSaved() if lean else contextlib.nullcontext() as rc:
             u = F.silu(conv)
             if rc is not None:

@@ -9,7 +9,6 @@ import torch.nn as nn
 from monai.networks.layers import DropPath
 
 from vmunet_monai.layers.factory import accepted_options, mixer_class
-from vmunet_monai.layers.ss2d import in_functorch_transform
 from vmunet_monai.ops.recompute import RecomputeSaved, recomputing
 
 __all__ = ["VSSBlock", "VSSLayer"]
@@ -42,7 +41,7 @@ class VSSBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if recomputing(getattr(self.self_attention, "recompute", False)) and not in_functorch_transform():
+        if recomputing(getattr(self.self_attention, "recompute", False)):
             # the normalised input is rebuilt from x (which LayerNorm keeps) instead of being stored
             with RecomputeSaved() as rc:
                 h = self.ln_1(x)

@@ -13,7 +13,8 @@ import torch
 
 from vmunet_monai.ops import compiled
 from vmunet_monai.ops.cross_scan import cross_merge, cross_scan, to_scan_order
-from vmunet_monai.ops.recompute import RecomputeSaved, exporting as _exporting
+from vmunet_monai.ops.recompute import RecomputeSaved, in_functorch_transform
+from vmunet_monai.ops.recompute import exporting as _exporting
 
 __all__ = ["BACKENDS", "BackendStatus", "backend_status", "resolve_backend", "selective_scan", "cross_selective_scan",
            "full_rank_delta", "reads_pixel_major"]
@@ -89,15 +90,6 @@ def check_backend_name(name: str | None, source: str = "scan_backend") -> None:
     """``ValueError`` naming ``source`` unless ``name`` is a scan backend, ``'auto'`` or None."""
     if name is not None and name != "auto" and name not in BACKENDS:
         raise ValueError(f"{source}={name!r} is not a scan backend; choose one of {sorted(BACKENDS)}, 'auto' or None")
-
-
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
-
-
-def in_functorch_transform() -> bool:
-    """True inside a ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``, ``jvp``...) run eagerly (under
-    ``torch.compile`` the compiler handles the transform and this is False). One C call."""
-    return _functorch_active is not None and not torch.compiler.is_compiling() and _functorch_active()
 
 
 def resolve_backend(device: torch.device | str, backend: str | None = None) -> str:

@@ -32,9 +32,20 @@ def exporting() -> bool:
 
 def recomputing(enabled: bool) -> bool:
     """Whether a module with recomputation ``enabled`` should use it now: only while autograd
-    records a graph, never while the model is being exported, and not under ``torch.compile``
-    (whose partitioner chooses what to recompute)."""
-    return bool(enabled) and torch.is_grad_enabled() and not exporting() and not torch.compiler.is_compiling()
+    records a graph, never while the model is being exported, not under ``torch.compile``
+    (whose partitioner chooses what to recompute), and not inside a ``torch.func`` transform (which does not
+    support the saved-tensor hooks it works with)."""
+    return (bool(enabled) and torch.is_grad_enabled() and not exporting() and not torch.compiler.is_compiling()
+            and not in_functorch_transform())
+
+
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
+def in_functorch_transform() -> bool:
+    """True inside a ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``, ``jvp``...) run eagerly (under
+    ``torch.compile`` the compiler handles the transform and this is False). One C call."""
+    return _functorch_active is not None and not torch.compiler.is_compiling() and _functorch_active()
 
 
 class _Lazy:
