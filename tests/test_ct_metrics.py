@@ -244,3 +244,19 @@ def test_the_worst_case_is_drawn_beside_the_first(tmp_path):
 def test_spacing_from_affine():
     affine = np.array([[0, -0.7, 0, 1], [0.8, 0, 0, 2], [0, 0, 3.0, 3], [0, 0, 0, 1]])
     assert ct.spacing_from_affine(affine) == pytest.approx((0.8, 0.7, 3.0))
+
+
+def test_the_printed_summary_says_how_many_organs_were_missed(capsys):
+    """A missed organ has no HD95: the mean over the organs found may read 0.00 mm while an organ is gone, so the
+    line says how many were missed."""
+    label = np.zeros((12, 12, 6), np.uint8)
+    label[1:4, 1:4, 1:3] = 1
+    label[6:9, 6:9, 2:4] = 5
+    pred = np.where(label == 5, 0, label).astype(np.uint8)  # the liver missed, the aorta exact
+    rows = [dict(ct.case_scores(pred[None], label, SPACING), case="c1")]
+    ct._log_summary(ct.summarize(rows))
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("1 cases: mean Dice ") and "mean HD95 0.00 mm" in line
+    assert "mean HD95 0.00 mm (of the organs found: 1 missed, which have no HD95, count 0 in Dice) |" in line
+    ct._log_summary(ct.summarize([dict(ct.case_scores(label[None], label, SPACING), case="c2")]))
+    assert "missed" not in capsys.readouterr().out

@@ -489,9 +489,11 @@ def summary_metrics(summary: dict) -> dict[str, float]:
 
 
 def _log_summary(summary: dict, name: str = "") -> None:
+    missed = sum((summary.get("counts") or {}).get("missed", {}).values())
     line = (
         f"{name + ': ' if name else ''}{summary['num_cases']} cases: mean Dice "
         f"{summary['dice']['mean_over_organs']:.4f}, mean HD95 {summary['hd95_mm']['mean_over_organs']:.2f} mm"
+        + (f" (of the organs found: {missed} missed, which have no HD95, count 0 in Dice)" if missed else "")
     )
     if "transunet_dice" in summary:
         line += (
