@@ -149,7 +149,7 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
 
     from monai.bundle import ConfigParser
 
-    from vmunet_monai.engine.handlers import NETWORK_SETTINGS
+    from vmunet_monai.engine.handlers import NETWORK_SETTINGS, trained_input_size
 
     record = Path(weights).parent / NETWORK_SETTINGS
     if not record.is_file():
@@ -170,8 +170,7 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
     except (TypeError, ValueError):
         defaults = {}
     overrides, changed = {}, []
-    trained_size = (saved.get("_desc_") or {}).get("trained_input_size") if isinstance(saved.get("_desc_"),
-                                                                                      dict) else None
+    trained_size = trained_input_size(weights)
     size = config.get("image_size")
     if trained_size and isinstance(size, list) and len(size) == len(trained_size):  # a 2D bundle's input size
         overrides["image_size"] = list(trained_size)
