@@ -149,6 +149,17 @@ def test_score_volumes_calibrates_the_class_probabilities_beside_them(tmp_path, 
     assert (tmp_path / "scored" / "calibration.png").is_file()
     assert json.loads((tmp_path / "scored" / "calibration.json").read_text())["ece"] == calibration["ece"]
     assert "top-label ECE 0.30" in capsys.readouterr().out
+    # scored again without the probabilities: the earlier calibration is not left to be read as this score's
+    (tmp_path / "scored" / "mine.txt").write_text("kept")
+    for item in tests:
+        (out / f"{item['case']}_prob.nii.gz").rename(tmp_path / f"{item['case']}_prob.nii.gz")
+    again = score_volumes(out, tmp_path / "prepared", out=tmp_path / "scored", montage=False)
+    assert "calibration" not in again and not (tmp_path / "scored" / "calibration.json").exists()
+    assert not (tmp_path / "scored" / "calibration.png").exists()
+    assert (tmp_path / "scored" / "mine.txt").read_text() == "kept" and (tmp_path / "scored" / "summary.json").is_file()
+    assert f"note: {tmp_path / 'scored'} held an earlier score (7 files): replaced" in capsys.readouterr().out
+    for item in tests:
+        (tmp_path / f"{item['case']}_prob.nii.gz").rename(out / f"{item['case']}_prob.nii.gz")
     # read a few slices at a time or all at once: the same counts; a volume on another grid is named
     pairs = [(out / f"{item['case']}_prob.nii.gz", tmp_path / "prepared" / item["label"]) for item in tests]
     assert _same(calibrate_volumes(pairs, slab=1).summary(), calibrate_volumes(pairs, slab=64).summary())

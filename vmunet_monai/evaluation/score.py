@@ -133,6 +133,7 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
     named = {case: name for name, _, _, _, case in pairs}  # datalist case -> the name the tables use
     record = read_record(pred)
     _check_held_out(record, [p[3] for p in pairs if p[3]], split)
+    _clear_earlier_score(out, VOLUME_SCORE_FILES)
     summary = evaluate_files([p[1] for p in pairs], [p[2] for p in pairs], str(out), organs=organs,
                              transunet=transunet, montage_image=pairs[0][3] if montage and pairs[0][3] else None,
                              worst_images=[p[3] for p in pairs] if montage else None,
@@ -167,6 +168,21 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
         summary["paths"].update(calibration_json=str(out / "calibration.json"), calibration_plot=plot)
     print(f"{len(pairs)} cases scored against {matched['datalist']} ({split}); written to {out}")
     return summary
+
+
+# what score_volumes writes into OUT, some files only for some runs (calibration, ACDC's indices, the montages)
+VOLUME_SCORE_FILES = ["per_case.csv", "summary.json", "organ_boxplot.png", "montage_*.png", "clinical_indices.csv",
+                      "clinical_indices.png", "calibration.json", "calibration.png"]
+
+
+def _clear_earlier_score(out: Path, patterns: list[str], what: str = "") -> None:
+    """Remove the files an earlier score left in ``out`` (``patterns``: the names a score writes), saying so: one that
+    this score does not write again (a calibration, a montage of another worst case) would be read as its own."""
+    stale = sorted({p for pattern in patterns for p in out.glob(pattern) if p.is_file()}) if out.is_dir() else []
+    for path in stale:
+        path.unlink()
+    if stale:
+        print(f"note: {out} held an earlier score {what}({len(stale)} files): replaced", flush=True)
 
 
 def _made_in(record) -> dict | None:
@@ -437,11 +453,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
                          f"{missing[0]}_mask.png; found {example.name if example else 'no image file'})")
     unused = sorted(str(p) for paths in (*found.values(), *found_maps.values()) for p in paths if p not in used)
     title = f"{Path(pred).name} against {dataset.name}, {split} split, scored from files"
-    stale = sorted(p for p in out.glob(f"metrics_{split}[_.]*") if p.is_file()) if out.is_dir() else []
-    for path in stale:  # an earlier score's (its calibration, say, which this one may not write again)
-        path.unlink()
-    if stale:
-        print(f"note: {out} held an earlier score of the {split} split ({len(stale)} files): replaced", flush=True)
+    _clear_earlier_score(out, [f"metrics_{split}[_.]*"], f"of the {split} split ")
     paths = write_report(records, out, prefix=f"metrics_{split}", title=title, worst=gallery,
                          extra={"missing_prediction": missing, "wrong_size_prediction": wrong_size,
                                 "unused_predictions": unused,
