@@ -405,3 +405,28 @@ def test_vm_unet_and_vm_unet_v2_encoders_load_into_each_other():
     with pytest.warns(UserWarning, match="a VM-UNetV2 checkpoint loaded into a VMUNet"):
         report = load_official_checkpoint(back, _official_v2(v2))
     assert report.loaded and all(k.startswith(("patch_embed.", "layers.")) for k in report.loaded)
+
+
+def test_network_json_is_read_in_one_place_and_a_bad_one_is_named(tmp_path, capsys):
+    """The trained size, the class count and the overrides all come from one reader of ``network.json``: a file
+    holding no mapping is named once (predict and export build the bundle's network), never a crash."""
+    import json
+
+    from vmunet_monai.engine.handlers import read_network_settings, trained_input_size, write_network_settings
+    from vmunet_monai.weights import _recorded_overrides
+
+    weights = tmp_path / "model.pt"
+    assert read_network_settings(weights) is None and trained_input_size(weights) is None
+    net = VMUNet(in_channels=3, out_channels=1, depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
+    write_network_settings(tmp_path, net, input_size=(64, 48))
+    assert read_network_settings(weights)["dims"] == [8, 16, 32, 64] and trained_input_size(weights) == [64, 48]
+    assert "--network_def#dims '[8, 16, 32, 64]'" in _recorded_overrides(weights)
+    assert "--image_size '[64, 48]'" in _recorded_overrides(weights)
+    (tmp_path / "network.json").write_text(json.dumps([1, 2]))
+    capsys.readouterr()
+    assert read_network_settings(weights, quiet=False) is None and _recorded_overrides(weights) == ""
+    assert capsys.readouterr().out == (f"note: {tmp_path / 'network.json'} cannot be read (it holds a list, not the "
+                                       f"settings of a network); the network is built with the bundle's settings\n")
+    (tmp_path / "network.json").write_text("{")
+    assert trained_input_size(weights) is None and read_network_settings(weights) is None
+    assert capsys.readouterr().out == ""

@@ -144,25 +144,19 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
     from the bundle's. Empty without such a file, or when it holds another network than ``network_def`` (a
     baseline's). The output layer is left to ``num_classes`` (a mismatch is named when the weights are loaded)."""
     import inspect
-    import json
     import pydoc
 
     from monai.bundle import ConfigParser
 
-    from vmunet_monai.engine.handlers import NETWORK_SETTINGS, trained_input_size
+    from vmunet_monai.engine.handlers import NETWORK_SETTINGS, read_network_settings, trained_input_size
 
     record = Path(weights).parent / NETWORK_SETTINGS
-    if not record.is_file():
-        return {}
-    try:
-        saved = json.loads(record.read_text())
-    except (OSError, ValueError) as exc:
-        print(f"note: {record} cannot be read ({exc}); the network is built with the bundle's settings", flush=True)
+    saved = read_network_settings(weights, quiet=False)
+    if saved is None:
         return {}
     config = ConfigParser.load_config_files(configs)
     network_def = config.get(ids.split("#")[0], {})
-    if not isinstance(saved, dict) or not isinstance(network_def, dict) or saved.get("_target_") != network_def.get(
-            "_target_"):
+    if not isinstance(network_def, dict) or saved.get("_target_") != network_def.get("_target_"):
         return {}
     target = pydoc.locate(str(saved["_target_"]))
     try:
@@ -194,24 +188,21 @@ def recorded_num_classes(checkpoint, default_ckpt, configs) -> int | None:
     ``default_ckpt``) records through its output layer, where it differs from the bundle's ``num_classes``; None
     without such a file, for another network than ``network_def`` (a baseline's) or when they agree. 2D bundles
     have one output for two classes (``vmunet_monai.engine.output_channels``), the CT bundle one per class."""
-    import json
-
     from monai.bundle import ConfigParser
 
-    from vmunet_monai.engine.handlers import NETWORK_SETTINGS
+    from vmunet_monai.engine.handlers import read_network_settings
 
     if isinstance(checkpoint, (list, tuple)):
         checkpoint = checkpoint[0] if checkpoint else None
     first = default_ckpt if checkpoint is None else os.path.expanduser(str(checkpoint))
     if not os.path.isfile(first) and "," in str(first):
         first = str(first).split(",")[0].strip()
-    try:
-        saved = json.loads((Path(first).parent / NETWORK_SETTINGS).read_text())
-    except (OSError, ValueError):
+    saved = read_network_settings(first)
+    if saved is None:
         return None
     config = ConfigParser.load_config_files(configs)
     network_def = config.get("network_def", {})
-    outputs = saved.get("out_channels") if isinstance(saved, dict) else None
+    outputs = saved.get("out_channels")
     if outputs is None or not isinstance(network_def, dict) or saved.get("_target_") != network_def.get(
             "_target_") or isinstance(outputs, bool) or not isinstance(outputs, int):
         return None

@@ -434,16 +434,15 @@ def load_official_checkpoint(network: nn.Module, checkpoint, *, strict: bool = F
     return report
 
 
-def _recorded_overrides(record: Path) -> str:
-    """The network settings in a training's ``network.json`` as ``monai.bundle run`` overrides
+def _recorded_overrides(weights) -> str:
+    """The network settings in the ``network.json`` beside ``weights`` as ``monai.bundle run`` overrides
     (``--network_def#dims "[8, 16, 32, 64]" ...``); empty if the file cannot be read."""
     import json
 
-    try:
-        saved = json.loads(record.read_text())
-    except (OSError, ValueError):
-        return ""
-    if not isinstance(saved, dict):
+    from vmunet_monai.engine.handlers import read_network_settings
+
+    saved = read_network_settings(weights)
+    if saved is None:
         return ""
     parts = [f"--network_def#{key} {json.dumps(value)!r}" if isinstance(value, (list, dict, str)) else
              f"--network_def#{key} {json.dumps(value)}" for key, value in saved.items()
@@ -521,7 +520,7 @@ def check_checkpoint_fits(network: nn.Module, checkpoint, built_from_record: boo
             hint += (f"; the network was built with the settings of {record} beside the weights, so if another "
                      f"training left that file there, these weights are not of it: move it away")
         elif beside_record and kind == own:
-            recorded = _recorded_overrides(record)
+            recorded = _recorded_overrides(checkpoint)
             if recorded:
                 hint = (f"; {record} beside the weights records the settings they were trained with: give them to "
                         f"monai.bundle run as overrides ({recorded}); predict and export read that file themselves")

@@ -107,16 +107,34 @@ def item_name(item: dict, name_key: str = "name", image_key: str = "image") -> s
     return Path(path).stem if path else "unknown"
 
 
+def read_network_settings(weights: str | os.PathLike, quiet: bool = True) -> dict | None:
+    """The settings in the ``network.json`` a training wrote beside ``weights`` (:func:`write_network_settings`);
+    None without one, or where it cannot be read or holds no mapping (saying so on stdout unless ``quiet``). The
+    one reader of that file: the trained size, the class count and the ``network_def`` overrides come from it."""
+    record = Path(weights).parent / NETWORK_SETTINGS
+    if not record.is_file():
+        return None
+    try:
+        saved = json.loads(record.read_text())
+    except (OSError, ValueError) as exc:
+        problem = str(exc)
+    else:
+        if isinstance(saved, dict):
+            return saved
+        problem = f"it holds a {type(saved).__name__}, not the settings of a network"
+    if not quiet:
+        print(f"note: {record} cannot be read ({problem}); the network is built with the bundle's settings",
+              flush=True)
+    return None
+
+
 def trained_input_size(weights: str | os.PathLike) -> list[int] | None:
     """The input height and width a training recorded in the ``network.json`` beside ``weights``; None without
     one (weights of an older training, or from elsewhere)."""
-    import json
-
     try:
-        saved = json.loads((Path(weights).parent / NETWORK_SETTINGS).read_text())
-        size = saved["_desc_"]["trained_input_size"]
+        size = (read_network_settings(weights) or {})["_desc_"]["trained_input_size"]
         return [int(v) for v in size]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return None
 
 
