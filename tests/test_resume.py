@@ -146,6 +146,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(prepared, unint
     latest = torch.load(root / "models" / "checkpoint_latest.pt", weights_only=True)
     assert latest["trainer"]["iteration"] == 4  # the end of epoch 1: the kill came mid-epoch 2
     assert {"model", "optimizer", "lr_scheduler", "trainer", "rng", "validation"} <= set(latest)
+    recorded = json.loads((root / "models" / "network.json").read_text())
+    assert recorded["_desc_"]["trained_input_size"]  # what predict resizes to
 
     resumed = _train(root, prepared, {"resume": True})
     log = resumed.stdout + resumed.stderr
@@ -154,6 +156,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(prepared, unint
     assert "Trainer - INFO - Epoch[1] Complete" not in log and "Trainer - INFO - Epoch[3] Complete" in log
     final = _final(root)
     assert final["latest"]["trainer"]["iteration"] == 12
+    assert json.loads((root / "models" / "network.json").read_text()) == recorded  # the resumed run kept the size
     for key in ("model", "optimizer", "lr_scheduler"):
         _assert_same_state(uninterrupted["latest"][key], final["latest"][key], key)
     _assert_same_state(uninterrupted["latest"]["validation"], final["latest"]["validation"], "validation")

@@ -434,8 +434,11 @@ class TrainingCheckpoint:
             validation = getattr(getattr(self.evaluator, "data_loader", None), "dataset", None)
             record_trained_on(self.save_dir, item_images(self._data_root(engine)), item_images(validation),
                               resumed=source is not None)
-            write_network_settings(self.save_dir, self.save_dict.get("model"))
-            engine.add_event_handler(Events.ITERATION_COMPLETED(once=1), self._record_input_size)
+            # a resumed run keeps the size recorded before until its own first batch says it (once=1 would never
+            # fire: a resumed engine starts past iteration 1)
+            write_network_settings(self.save_dir, self.save_dict.get("model"), trained_input_size(
+                Path(self.save_dir) / "model.pt") if source is not None else None)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._record_input_size)
         if not self._save_attached:
             # registered now, after every handler attached at construction: the checkpoint is written
             # after validation and the scheduler step, so nothing changes the state after it is saved
@@ -443,7 +446,9 @@ class TrainingCheckpoint:
             self._save_attached = True
 
     def _record_input_size(self, engine: Engine) -> None:
-        """The first batch's height and width into network.json: what predict resizes 2D images to."""
+        """The first batch's height and width into network.json (at this run's first iteration, then no more):
+        what predict resizes 2D images to."""
+        engine.remove_event_handler(self._record_input_size, Events.ITERATION_COMPLETED)
         batch, size = engine.state.batch, None
         if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor) and batch["image"].ndim == 4:
             size = batch["image"].shape[2:]  # a collated batch (B, C, H, W)
