@@ -727,9 +727,13 @@ def test_score_names_two_predictions_of_one_image_and_replaces_an_earlier_scores
     stale = tmp_path / "s" / "metrics_test_calibration.json"
     stale.write_text("{}")
     (tmp_path / "s" / "notes.txt").write_text("mine")
+    (pred / "prediction.json").write_text(json.dumps({"finished": False, "written": 0}))  # predict was stopped
     capsys.readouterr()
     summary = score(pred, tmp_path / "binary", out=tmp_path / "s")
     printed = capsys.readouterr().out
+    assert (f"warning: {pred / 'prediction.json'} says the predict run that wrote these predictions stopped before "
+            "it finished: what it had not reached is left out of this score; finish it with the same predict command "
+            "plus --resume") in printed
     assert summary["overall"]["per_image"]["dice_mean"] == 1.0
     assert not stale.exists() and (tmp_path / "s" / "notes.txt").read_text() == "mine"
     assert f"note: {tmp_path / 's'} held an earlier score of the test split (1 files): replaced" in printed

@@ -371,6 +371,14 @@ def test_predict_resumes_a_run_that_stopped(lesion_bundle, tmp_path, monkeypatch
     masks["a_mask.png"].unlink()  # never written
     overlay = out / "overlays" / "b_overlay.png"
     overlay.write_bytes(overlay.read_bytes()[:60])  # cut short while it was written
+    finished = (out / "prediction.json").read_text()
+    stopped = dict(json.loads(finished), finished=False, written=0)  # as a run stopped after its start leaves it
+    (out / "prediction.json").write_text(json.dumps(stopped))
+    left = len([p for p in out.rglob("*.png")])
+    with pytest.raises(InputError, match=rf"out: holds an earlier predict's results \(prediction.json of .*, {left} "
+                                         r"file\(s\) from .*in, stopped before it finished\)"):
+        predict(str(lesion_bundle), str(tmp_path / "in"), str(out), device="cpu", probabilities=True)
+    (out / "prediction.json").write_text(finished)
     again = predict(str(lesion_bundle), str(tmp_path / "in"), str(out), device="cpu", probabilities=True, resume=True)
     assert "1 of 3 image(s) already segmented" in capsys.readouterr().out  # only c was finished whole
     assert sorted(Path(m).name for m in again["masks"]) == ["a_mask.png", "b_mask.png", "c_mask.png"]

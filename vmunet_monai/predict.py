@@ -262,7 +262,9 @@ def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike,
     if not finished:
         _take_output(Path(out))
     path = Path(out) / RECORD
-    path.write_text(json.dumps(record, indent=4) + "\n")
+    partial = path.with_name(path.name + ".partial")  # a stop while writing leaves the record before it whole
+    partial.write_text(json.dumps(record, indent=4) + "\n")
+    os.replace(partial, path)
     if finished:
         from vmunet_monai.validation import release
 
@@ -324,9 +326,13 @@ def check_fresh_output(out: str | os.PathLike, resume: bool) -> None:
     except (OSError, ValueError):
         before = {}
     inputs = ", ".join(str(i) for i in before.get("inputs") or []) or "?"
-    state = "" if before.get("finished", True) else ", stopped before it finished"
+    finished = before.get("finished", True)
+    # a run that stopped recorded only what it kept at its start: count what it left instead
+    written = before.get("written", "?") if finished else sum(1 for p in out.rglob("*") if p.is_file() and
+                                                             not p.name.startswith(".") and p.name != RECORD)
+    state = "" if finished else ", stopped before it finished"
     raise InputError(f"{out}: holds an earlier predict's results ({RECORD} of {before.get('created', '?')}, "
-                     f"{before.get('written', '?')} file(s) from {inputs}{state}); a new run there would mix its files "
+                     f"{written} file(s) from {inputs}{state}); a new run there would mix its files "
                      "with those, and score would read them all (choose another OUTPUT, delete that one first, or add "
                      "--resume to go on with that run's weights and options)")
 

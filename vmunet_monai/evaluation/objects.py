@@ -536,9 +536,11 @@ def class_value(pred: str | os.PathLike, foreground=None) -> int | None:
         InputError: class maps without ``foreground``, an unknown class name, or a value that is not a mask value
             (naming the record, the classes and their values).
     """
+    from vmunet_monai.evaluation.score import warn_unfinished
     from vmunet_monai.predict import read_record
 
     found = read_record(pred)
+    warn_unfinished(found)
     path, record = found if found is not None else (None, {})
     classes = int(record.get("num_classes") or 2)
     names = record.get("class_names") or [f"class {c}" for c in range(classes)]

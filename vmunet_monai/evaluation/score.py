@@ -132,6 +132,7 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
     groups, patients = datalist_groups(dataset, split), datalist_patients(dataset, split)
     named = {case: name for name, _, _, _, case in pairs}  # datalist case -> the name the tables use
     record = read_record(pred)
+    warn_unfinished(record)
     _check_held_out(record, [p[3] for p in pairs if p[3]], split)
     _clear_earlier_score(out, VOLUME_SCORE_FILES)
     summary = evaluate_files([p[1] for p in pairs], [p[2] for p in pairs], str(out), organs=organs,
@@ -190,6 +191,15 @@ def _made_in(record) -> dict | None:
     ``prediction.json``), else None (another tool's), not the scoring's own, which changes no number."""
     environment = record[1].get("environment") if record is not None else None
     return environment if isinstance(environment, dict) else None
+
+
+def warn_unfinished(record) -> None:
+    """Say so where ``predict`` stopped before it finished the folder being scored (``record``: its
+    ``prediction.json``): the images it had not reached are then left out, and the score is of part of the set."""
+    if record is not None and record[1].get("finished") is False:
+        print(f"warning: {record[0]} says the predict run that wrote these predictions stopped before it finished: "
+              "what it had not reached is left out of this score; finish it with the same predict command plus "
+              "--resume", flush=True)
 
 
 def _check_held_out(record, images: list[str], split: str) -> None:
@@ -360,6 +370,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     classes = datalist_classes(dataset) or {}
     num_classes = len(classes) + 1 if classes else 2
     record = read_record(pred)
+    warn_unfinished(record)
     _check_held_out(record, [str((dataset / item["image"]).resolve()) for item in items], split)
     source = "as --mask_values gives them" if mask_values is not None else None
     if mask_values is None and record is not None:
