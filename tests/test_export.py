@@ -163,6 +163,30 @@ def test_clear_errors(bundles, tmp_path):
     assert not (tmp_path / "x.ts").exists()  # an export that fails its check is not left where predict would take it
 
 
+def test_an_export_onto_a_full_disk_keeps_the_earlier_file(bundles, tmp_path, monkeypatch, capsys):
+    """The checked export is copied beside OUTPUT and renamed over it: a disk that fills while it is copied leaves
+    the earlier export whole (a move across disks truncated it first) and the command names the file."""
+    import shutil
+    from pathlib import Path
+
+    from vmunet_monai.cli import main
+
+    out = tmp_path / "model.ts"
+    out.write_bytes(b"the earlier export")
+
+    def full(source, target, *args, **kwargs):
+        Path(target).write_bytes(Path(source).read_bytes()[:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    with pytest.raises(SystemExit) as stop:
+        main(["export", str(bundles["polyp_seg"]), "--format", "torchscript", "--output", str(out)])
+    assert stop.value.code == 1
+    assert out.read_bytes() == b"the earlier export" and [p.name for p in tmp_path.iterdir()] == ["model.ts"]
+    assert re.match(rf"error: {re.escape(str(out))}: could not be written \(No space left on device; [0-9.]+ MiB free "
+                    r"on its disk\); what stood there before is kept$", capsys.readouterr().err.strip())
+
+
 def _monai_bundle(args, cwd):
     proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=str(cwd), env=run_env(),
                           capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)

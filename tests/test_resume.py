@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -470,6 +471,42 @@ def test_ctrl_c_says_where_the_run_goes_on_from(prepared, tmp_path, capfd):
     assert (f"stopped (Ctrl-C) in epoch 2: {root / 'models' / 'checkpoint_latest.pt'} holds epoch 1; the same command "
             "plus --resume true goes on from there") in printed
     assert not (root / "models" / ".training.lock").exists()  # the folder is free again
+
+
+def test_a_full_disk_stops_training_with_the_folder_and_the_way_on(prepared, tmp_path, capfd, monkeypatch):
+    """A disk that fills in epoch 2 (``torch.save`` then fails with ``unexpected pos``, naming no file): the run stops
+    naming the checkpoint folder and the space left there, says that the checkpoint still holds epoch 1, and the
+    bundle run's last line names the file."""
+    from bundle_helpers import workflow
+    from ignite.engine import Events
+
+    from vmunet_monai.validation import NotWrittenError, last_line_for
+
+    root = copy_bundle(BUNDLE, tmp_path)
+    wf = workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared),
+                  **dict(tiny_overrides(BUNDLE, epochs=3), batch_size=2))
+    wf.initialize()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3187840 vs 3187732")
+
+    trainer.add_event_handler(Events.EPOCH_STARTED(once=2), lambda e: monkeypatch.setattr(torch, "save", full))
+    capfd.readouterr()
+    with pytest.raises(Exception) as stopped:
+        trainer.run()
+    monkeypatch.undo()
+    printed = "".join(capfd.readouterr())
+    assert re.search(r"stopped \(.*: could not be written \(\[enforce fail at inline_container.cc:672\] . unexpected "
+                     r"pos 3187840 vs 3187732; [0-9.]+ MiB free on its disk\); what stood there before is kept\) in "
+                     r"epoch 2: .*checkpoint_latest.pt holds epoch 1; the same command plus --resume true", printed)
+    assert last_line_for(RuntimeError("Failed to evaluate ConfigExpression")) is None
+    wrapped = RuntimeError("Failed to evaluate ConfigExpression")
+    wrapped.__cause__ = stopped.value
+    assert isinstance(last_line_for(wrapped), NotWrittenError)
+    held = torch.load(root / "models" / "checkpoint_latest.pt", weights_only=True)["trainer"]
+    assert int(held["iteration"]) == int(held["epoch_length"])  # epoch 1, whole
+    assert not (root / "models" / ".training.lock").exists() and not list((root / "models").glob(".*.tmp"))
 
 
 def test_sigterm_stops_like_ctrl_c_with_exit_status_143(prepared, tmp_path, capfd):

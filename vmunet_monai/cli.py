@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from pathlib import Path
 
 __all__ = ["Commands", "main"]
 
@@ -599,33 +598,13 @@ def _verbatim(value: str) -> str:
     return repr(os.path.expanduser(value) if value.startswith("~") else value)
 
 
-def _os_error_line(exc: OSError) -> str:
-    """One line for a file-system refusal: the path, and what stood in the way (for a folder that could not be
-    made, the file standing where it or a folder above it was to be)."""
-    if exc.filename is None:
-        return str(exc)
-    where = Path(exc.filename)
-    if isinstance(exc, (FileExistsError, NotADirectoryError)):
-        blocking = where
-        while not blocking.exists() and blocking != blocking.parent:
-            blocking = blocking.parent
-        if blocking.is_file():
-            to_write = "" if blocking == where else f" (to write {where})"
-            return f"{blocking}: a file stands where a folder is needed{to_write}; choose another path"
-    if isinstance(exc, PermissionError):
-        return f"{where}: permission denied (the folders written to must be writable, the files read readable)"
-    if isinstance(exc, IsADirectoryError):
-        return f"{where}: a folder, where a file was expected"
-    return f"{where}: {exc.strerror or exc}"
-
-
 _RESUME = {"predict": "; what it wrote is kept, and the same command with --resume keeps it and does the rest"}
 
 
 def main(argv=None):
     import fire
 
-    from vmunet_monai.validation import InputError
+    from vmunet_monai.validation import InputError, NotWrittenError, os_error_line
 
     argv = list(argv if argv is not None else sys.argv[1:])
     if argv in (["--help"], ["-h"]):  # fire would describe the class itself; the command list is what helps
@@ -642,8 +621,8 @@ def main(argv=None):
         # a traceback would only point into our own checks
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    except (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
-        print(f"error: {_os_error_line(exc)}", file=sys.stderr)
+    except (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError, NotWrittenError) as exc:
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
     except ImportError as exc:
         if "pip install" not in str(exc):  # not one of ours, which say what to install: the traceback helps

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import torch
 
 from vmunet_monai.engine.exported import FORMATS, load_exported, network_input_shape
 from vmunet_monai.engine.utils import find_bundle
-from vmunet_monai.validation import InputError, check_output_location
+from vmunet_monai.validation import InputError, check_output_location, move_whole
 
 __all__ = ["FORMATS", "DEFAULT_TOLERANCE", "ExportResult", "ExportVerificationError", "export", "verify_export"]
 
@@ -217,7 +216,7 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
                 f"{out}: the {format} export differs from eager PyTorch by {diff:.3e} (max abs) on a random "
                 f"{result.input_shape} input; the limit is {tolerance:.0e} (nothing written)"
             )
-        shutil.move(str(written), str(out))
+        move_whole(written, out)
     return result
 
 

@@ -28,7 +28,8 @@ import numpy as np
 from vmunet_monai.engine.utils import find_bundle, inference_configs, network_file
 from vmunet_monai.evaluation.uncertainty import check_rank_by
 from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, check_at_least, check_device, check_flag,
-                                     check_no_hash, check_output_location, number_list, read_image_upright)
+                                     check_no_hash, check_output_location, number_list, read_image_upright,
+                                     write_whole)
 
 __all__ = ["predict", "VOLUME_BUNDLES", "is_volume_bundle", "check_no_hash", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
            "read_record", "weights_files", "resume_check", "check_fresh_output", "finished_output", "takes_pass_entropy"]
@@ -262,9 +263,7 @@ def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike,
     if not finished:
         _take_output(Path(out))
     path = Path(out) / RECORD
-    partial = path.with_name(path.name + ".partial")  # a stop while writing leaves the record before it whole
-    partial.write_text(json.dumps(record, indent=4) + "\n")
-    os.replace(partial, path)
+    write_whole(path, json.dumps(record, indent=4) + "\n")  # a stop while writing leaves the record before it whole
     if finished:
         from vmunet_monai.validation import release
 

@@ -116,6 +116,92 @@ class MissingInputError(InputError, FileNotFoundError):
     bundle run stopped by it ends with its message too (:func:`show_input_errors_last`)."""
 
 
+class NotWrittenError(OSError):
+    """A file that could not be written (a full disk, a quota, a read-only file system), named; what stood at its
+    path before is kept (:func:`write_whole`, :func:`move_whole`)."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+def not_written(exc: BaseException, path: str | os.PathLike) -> NotWrittenError:
+    """``exc``, raised while writing ``path``, as a :class:`NotWrittenError` naming the file and the space left on
+    its disk (``torch.save`` reports a full disk as ``unexpected pos ...``, ``write_text`` names no file)."""
+    import errno
+    import shutil
+
+    try:
+        free = f"{shutil.disk_usage(Path(path).parent).free / 2 ** 20:.1f} MiB free on its disk"
+    except OSError:
+        free = "the space left on its disk unknown"
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip()
+    return NotWrittenError(getattr(exc, "errno", None) or errno.EIO,
+                           f"could not be written ({reason}; {free}); what stood there before is kept", str(path))
+
+
+def write_whole(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` into ``path`` through ``<path>.partial`` and an atomic rename, so that a stop or a full disk
+    while writing leaves the earlier file whole (and no partial file), never half of the new one.
+
+    Raises:
+        NotWrittenError: naming ``path`` where it could not be written.
+    """
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        if isinstance(exc, (FileNotFoundError, NotADirectoryError, PermissionError)):  # named as they are
+            raise
+        raise not_written(exc, path) from exc
+    return path
+
+
+def move_whole(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the file ``source`` to ``target``, maybe on another disk: copied beside ``target`` first, then renamed
+    over it, so that a full disk leaves an earlier ``target`` whole (``shutil.move`` across disks truncates it
+    first).
+
+    Raises:
+        NotWrittenError: naming ``target`` where it could not be written.
+    """
+    import shutil
+
+    target = Path(target)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        if isinstance(exc, (FileNotFoundError, NotADirectoryError, PermissionError)):
+            raise
+        raise not_written(exc, target) from exc
+    Path(source).unlink(missing_ok=True)
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for a file-system refusal: the path, and what stood in the way (for a folder that could not be
+    made, the file standing where it or a folder above it was to be)."""
+    if exc.filename is None or isinstance(exc, NotWrittenError):
+        return str(exc)
+    where = Path(exc.filename)
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        blocking = where
+        while not blocking.exists() and blocking != blocking.parent:
+            blocking = blocking.parent
+        if blocking.is_file():
+            to_write = "" if blocking == where else f" (to write {where})"
+            return f"{blocking}: a file stands where a folder is needed{to_write}; choose another path"
+    if isinstance(exc, PermissionError):
+        return f"{where}: permission denied (the folders written to must be writable, the files read readable)"
+    if isinstance(exc, IsADirectoryError):
+        return f"{where}: a folder, where a file was expected"
+    return f"{where}: {exc.strerror or exc}"
+
+
 def input_error_in(exc: BaseException | None) -> InputError | None:
     """The :class:`InputError` that ``exc`` is, or that caused it (MONAI re-raises errors of config expressions as
     ``RuntimeError: Failed to evaluate ...``); None if there is none."""
@@ -154,10 +240,25 @@ def last_line_for(exc: BaseException) -> InputError | None:
     is wrong with a file MONAI found no reader for, or, in a bundle run or a ``vmunet_monai`` command only (its
     words are their options), what to change when a batch of one image reached a BatchNorm layer at 1x1. None when
     there is nothing to add (``exc`` itself the InputError: its message is the traceback's last line already)."""
-    cause = input_error_in(exc) or unreadable_file_error(exc)
+    cause = input_error_in(exc) or unreadable_file_error(exc) or _write_error_in(exc)
     if cause is None and _command_run():
         cause = batch_of_one_error(exc)
     return None if cause is exc else cause
+
+
+def _write_error_in(exc: BaseException | None) -> Exception | None:
+    """A file behind ``exc`` that could not be written (:class:`NotWrittenError`) or opened (a ``PermissionError``),
+    as one line naming it: a bundle run stopped by a full disk or a read-only folder ends in MONAI's "Failed to
+    evaluate" otherwise."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, NotWrittenError):
+            return exc
+        if isinstance(exc, PermissionError) and exc.filename is not None:
+            return InputError(os_error_line(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _command_run() -> bool:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, MissingInputError, check_image_pair_2d,
-                                     check_no_hash, check_output_location)
+                                     check_no_hash, check_output_location, write_whole)
 
 __all__ = [
     "DATALIST_NAME",
@@ -391,7 +391,7 @@ def write_datalist(out: str | os.PathLike, splits: dict[str, list[dict]], meta: 
             {k: relative_to(v, out) if k in ("image", "label") else v for k, v in item.items()} for item in items
         ]
     path = out / DATALIST_NAME
-    path.write_text(json.dumps(doc, indent=4) + "\n")
+    write_whole(path, json.dumps(doc, indent=4) + "\n")  # a full disk keeps an earlier import's datalist whole
     return str(path)
 
 
@@ -401,7 +401,7 @@ def record_archives(out: str | os.PathLike, archives: Sequence[Path]) -> None:
     path = Path(out) / DATALIST_NAME
     doc = json.loads(path.read_text())
     (doc["meta"] if "meta" in doc else doc)["archives"] = [str(Path(a).resolve()) for a in archives]  # Synapse: top
-    path.write_text(json.dumps(doc, indent=4) + "\n")
+    write_whole(path, json.dumps(doc, indent=4) + "\n")
 
 
 def fold_folder(folds: int, fold: int) -> str:

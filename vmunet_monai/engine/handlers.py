@@ -22,6 +22,7 @@ from vmunet_monai.engine.transforms import foreground, rgb_converter
 from vmunet_monai.evaluation.binary import format_summary, make_record, summary_metrics, write_report
 from vmunet_monai.evaluation.calibration import Calibration, errors_line
 from vmunet_monai.evaluation.gallery import WorstCases, tint
+from vmunet_monai.validation import NotWrittenError, not_written, write_whole
 
 __all__ = [
     "TqdmProgressBar",
@@ -75,9 +76,7 @@ def write_network_settings(folder: str | os.PathLike, network, input_size=None) 
         settings = dict(settings, _desc_={"trained_input_size": [int(v) for v in input_size]})
     path = Path(folder) / NETWORK_SETTINGS
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(settings, indent=4) + "\n")
-    os.replace(partial, path)
+    write_whole(path, json.dumps(settings, indent=4) + "\n")
     return path
 
 
@@ -302,11 +301,35 @@ def set_rng_state(state: dict, data_root=None) -> None:
         transform.R.set_state(_numpy_state_from_torch(saved))
 
 
+def _unwritten(exc: BaseException, folder) -> str | None:
+    """What could not be written, where ``exc`` is a failed write (:class:`NotWrittenError`, a full disk or quota,
+    or ``torch.save``'s ``unexpected pos`` of MONAI's checkpoint saver, which names no file): the file, or the folder
+    the checkpoints go to, with the space left there; else None."""
+    import errno
+    import re
+    import shutil
+
+    if isinstance(exc, NotWrittenError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) or isinstance(
+            exc, RuntimeError) and re.search(r"unexpected pos|failed writing|file write failed", str(exc)):
+        try:
+            free = f"{shutil.disk_usage(folder).free / 2 ** 20:.1f} MiB free there"
+        except OSError:
+            free = "the space left there unknown"
+        return f"a file could not be written into {folder} ({free})"
+    return None
+
+
 def atomic_torch_save(obj, target: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file beside ``target``, flushed to disk, then renamed over ``target``.
 
     A process killed at any moment leaves either the old complete file or the new complete one
     (``os.replace`` is atomic on POSIX and Windows), never a truncated checkpoint.
+
+    Raises:
+        NotWrittenError: naming ``target`` and the space left on its disk where it could not be written (a full
+            disk stops ``torch.save`` with ``unexpected pos ...``).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -317,6 +340,10 @@ def atomic_torch_save(obj, target: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except (RuntimeError, OSError) as exc:
+        if isinstance(exc, (PermissionError, FileNotFoundError, NotADirectoryError)):
+            raise
+        raise not_written(exc, target) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -500,10 +527,12 @@ class TrainingCheckpoint:
         self._restore_sigterm()
         if _rank() == 0:
             self._release(engine)  # the run ends here: the folder is free
-        if isinstance(exc, (KeyboardInterrupt, TrainingTerminated)) and _rank() == 0:
+        unwritten = _unwritten(exc, self.save_dir)
+        if (isinstance(exc, (KeyboardInterrupt, TrainingTerminated)) or unwritten) and _rank() == 0:
             held = self._checkpoint_epoch()
             saved = f"{self.path} holds epoch {held}" if held else "no epoch was saved yet"
-            how = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM, a time limit or kill"
+            how = ("Ctrl-C" if isinstance(exc, KeyboardInterrupt) else unwritten if unwritten
+                   else "SIGTERM, a time limit or kill")
             logger.warning("stopped (%s) in epoch %d: %s; the same command plus --resume true goes on from there",
                            how, engine.state.epoch, saved)
         others = [h for h, _, _ in engine._event_handlers.get(Events.EXCEPTION_RAISED, []) if h != self._stopped]

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from ignite.engine import Engine, Events
 
+from vmunet_monai.validation import write_whole
+
 __all__ = ["TRAINED_ON", "HeldOutCheck", "check_held_out", "fingerprint", "item_images", "record_trained_on"]
 
 logger = logging.getLogger(__name__)
@@ -75,11 +77,9 @@ def record_trained_on(folder: str | os.PathLike, training: Iterable[str], valida
             record[key] |= set(old.get(key, []))
             marks[key] |= set(old.get("fingerprints", {}).get(key, []))
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     written = {k: sorted(v) for k, v in record.items()}
     written["fingerprints"] = {k: sorted(v) for k, v in marks.items()}
-    partial.write_text(json.dumps(written, indent=1) + "\n")
-    os.replace(partial, path)
+    write_whole(path, json.dumps(written, indent=1) + "\n")
     return path
 
 
