@@ -149,3 +149,29 @@ def test_verify_net_in_out_full_size_network():
 
     verify_net_in_out(net_id="network_def", meta_file=config_path(BUNDLE, "metadata.json"),
                       config_file=config_path(BUNDLE, "inference.json"), device="cpu")
+
+
+@pytest.mark.parametrize("bundle", ["polyp_seg", "isic_skin_lesion"])
+def test_image_size_of_one_number_is_a_square_and_a_bad_one_is_named(bundle):
+    """``--image_size 64`` (as the README writes it) resizes to 64x64 in training and inference: it reached MONAI's
+    ``Resized`` as a size of one axis and stopped the run inside the transforms. A size of three numbers is refused
+    naming the option."""
+    from monai.bundle import ConfigParser
+
+    from vmunet_monai.validation import InputError
+
+    def resized(config: str, key: str, size):
+        parser = ConfigParser()
+        parser.read_config(config_path(bundle, config))
+        parser["image_size"], parser["bundle_root"] = size, "."
+        found = parser.get_parsed_content(key)
+        return [t.resizer.spatial_size for t in getattr(found, "transforms", found) if type(t).__name__ == "Resized"]
+
+    assert resized("train.json", "train#deterministic_transforms", 64) == [[64, 64]]
+    assert resized("inference.json", "preprocessing", 64) == [[64, 64]]
+    assert resized("inference.json", "preprocessing", [64, 48]) == [[64, 48]]
+    with pytest.raises(RuntimeError) as refused:  # MONAI wraps the error of a config expression
+        resized("train.json", "train#deterministic_transforms", [64, 64, 3])
+    assert isinstance(refused.value.__cause__, InputError)
+    assert "--image_size [64, 64, 3]: give one whole number (a square) or two, height and width" in str(
+        refused.value.__cause__)

@@ -152,7 +152,9 @@ class WeightsLoader(CheckpointLoader):
                  other: str = "--ensemble_checkpoints PATH", image_size=None, **kwargs) -> None:
         super().__init__(load_path, load_dict, **kwargs)
         self.bundle_root, self.other = bundle_root, str(other)
-        self.image_size = None if image_size is None else [int(v) for v in image_size]
+        from vmunet_monai.engine.utils import input_size
+
+        self.image_size = None if image_size is None else input_size(image_size)
 
     def __call__(self, engine: Engine) -> None:
         from vmunet_monai.engine.utils import trained_weights

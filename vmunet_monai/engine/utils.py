@@ -133,6 +133,24 @@ def find_bundle(bundle: str | os.PathLike) -> Path:
     )
 
 
+def input_size(value, option: str = "--image_size") -> list[int]:
+    """The height and width the 2D bundles resize images to, from their ``image_size``: ``[height, width]``, or one
+    number for a square (``--image_size 64`` reached MONAI's ``Resized`` as a size of one axis and stopped the run
+    inside the transforms).
+
+    Raises:
+        vmunet_monai.validation.InputError: naming the option, the value and the rule.
+    """
+    from vmunet_monai.validation import InputError, number_list
+
+    example = '"[256, 256]" or 256'
+    sizes = number_list(option, value, int, least=1, example=example)
+    if len(sizes) > 2:
+        raise InputError(f"{option} {value!r}: give one whole number (a square) or two, height and width, e.g. "
+                         f"{example}")
+    return sizes * 2 if len(sizes) == 1 else sizes
+
+
 def check_split_for_processes(dataset, split: str, processes: int):
     """``dataset`` (a split's), if it holds at least one item for each of ``processes`` processes; a multi-GPU run's
     validation gives each process its own cases, and MONAI's ``DistributedSampler`` stops with "the dataset length
