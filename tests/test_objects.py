@@ -284,6 +284,13 @@ def test_objects_command_writes_a_table_compare_reads(tmp_path, capsys):
     pair = result["overall"]["against_first"][0]
     assert pair["n_paired"] == 3 and pair["worse"] == 3
     assert run_compare([str(out), str(tmp_path / "poor" / "objects")], metric="object_hausdorff")["lower_is_better"]
+    # without distances: said so, not blamed on images without objects
+    capsys.readouterr()
+    main(["objects", str(poor), str(tmp_path / "glas"), "--out", str(tmp_path / "fast"), "--pictures", "false",
+          "--distances", "false"])
+    printed = capsys.readouterr().out
+    assert "object Hausdorff distances not computed (--distances false)" in printed
+    assert "have no Hausdorff distance" not in printed
 
 
 def test_objects_refuses_what_it_cannot_score(tmp_path, capsys):

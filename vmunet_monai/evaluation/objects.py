@@ -393,12 +393,13 @@ def _summary_one(rows: Sequence[dict]) -> dict:
     }
 
 
-def summarize_objects(rows: Sequence[dict], title: str = "") -> dict:
-    """Pooled and per-image object scores over all rows and per ``group``."""
+def summarize_objects(rows: Sequence[dict], title: str = "", distances: bool = True) -> dict:
+    """Pooled and per-image object scores over all rows and per ``group``; ``distances``: whether the rows hold the
+    object Hausdorff distance (``objects --distances false`` leaves it out)."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r["group"], []).append(r)
-    return {"title": title, "labels": LABEL, "overall": _summary_one(rows),
+    return {"title": title, "labels": LABEL, "distances": bool(distances), "overall": _summary_one(rows),
             "groups": {g: _summary_one(v) for g, v in groups.items()}}
 
 
@@ -419,7 +420,9 @@ def format_objects(summary: dict) -> str:
     undefined = summary["overall"]["hausdorff_undefined"]
     for name in ("f1", "object_dice", "object_hausdorff"):
         rows.append(f"{name} = {LABEL[name]}")
-    if undefined:
+    if not summary.get("distances", True):
+        rows.append("object Hausdorff distances not computed (--distances false)")
+    elif undefined:
         rows.append(f"{undefined} image(s) with no object on one side have no Hausdorff distance and are left out "
                     f"of its mean")
     return "\n".join(rows)
@@ -632,7 +635,7 @@ def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os
         from vmunet_monai.evaluation.score import all_wrong_size
 
         raise all_wrong_size(wrong_size)
-    summary = summarize_objects(rows, title)
+    summary = summarize_objects(rows, title, distances=hausdorff)
     summary.update(missing, wrong_size_prediction=wrong_size, foreground=value, environment=environment())
     csv_path, json_path, plot_path = out / PER_IMAGE_CSV, out / SUMMARY_JSON, out / "objects.png"
     with open(csv_path, "w", newline="") as f:
