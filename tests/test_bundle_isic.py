@@ -353,6 +353,17 @@ def test_demo_runs_and_prints_dice(tmp_path, capsys, monkeypatch):
     images = tmp_path / "demo" / "raw"
     done = predict(str(root), str(images), str(tmp_path / "unet_masks"), baseline="unet", device="cpu")
     assert done["masks"] and all(Path(m).is_file() for m in done["masks"])
+    # the baseline's network.json holds its input size alone, which predict resizes to at another bundle size
+    from vmunet_monai.predict import trained_network
+
+    record = root / "models" / "baseline_unet" / "network.json"
+    assert json.loads(record.read_text()) == {"_desc_": {"trained_input_size": [32, 32]}}
+    larger = tmp_path / "larger.json"
+    larger.write_text(json.dumps({"image_size": [64, 64]}))
+    capsys.readouterr()
+    configs = [str(root / "configs" / "train.json"), str(root / "configs" / "baseline_unet.json"), str(larger)]
+    assert trained_network(configs, record.parent / "model.pt") == {"image_size": [32, 32]}
+    assert f"note: the network is built as it was trained ({record}): image_size [32, 32]" in capsys.readouterr().out
 
 
 @pytest.mark.slow

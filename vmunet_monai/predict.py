@@ -142,8 +142,9 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
     """Overrides (``network_def#<setting>``) that build the bundle's network with the settings its weights were
     trained with, read from the ``network.json`` a training writes beside them
     (:func:`vmunet_monai.engine.handlers.write_network_settings`); prints a note naming the settings that differ
-    from the bundle's. Empty without such a file, or when it holds another network than ``network_def`` (a
-    baseline's). The output layer is left to ``num_classes`` (a mismatch is named when the weights are loaded)."""
+    from the bundle's. Empty without such a file; of a record of another network than ``network_def``, or of one
+    that holds the input size alone (a baseline's), only ``image_size`` is taken. The output layer is left to
+    ``num_classes`` (a mismatch is named when the weights are loaded)."""
     import inspect
     import pydoc
 
@@ -157,21 +158,20 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
         return {}
     config = ConfigParser.load_config_files(configs)
     network_def = config.get(ids.split("#")[0], {})
-    if not isinstance(network_def, dict) or saved.get("_target_") != network_def.get("_target_"):
-        return {}
-    target = pydoc.locate(str(saved["_target_"]))
-    try:
-        defaults = {k: p.default for k, p in inspect.signature(target).parameters.items()}
-    except (TypeError, ValueError):
-        defaults = {}
     overrides, changed = {}, []
-    trained_size = trained_input_size(weights)
+    trained_size = trained_input_size(weights)  # a baseline's record holds this alone
     size = config.get("image_size")
     if trained_size and isinstance(size, list) and len(size) == len(trained_size):  # a 2D bundle's input size
         overrides["image_size"] = list(trained_size)
         if list(size) != list(trained_size):
             changed.append(f"image_size {list(trained_size)}")
-    for key, value in saved.items():
+    same = isinstance(network_def, dict) and saved.get("_target_") == network_def.get("_target_")
+    target = pydoc.locate(str(saved["_target_"])) if same else None
+    try:
+        defaults = {k: p.default for k, p in inspect.signature(target).parameters.items()} if same else {}
+    except (TypeError, ValueError):
+        defaults = {}
+    for key, value in saved.items() if same else ():
         if key.startswith("_") or key == "out_channels":
             continue
         overrides[f"{ids}#{key}"] = value

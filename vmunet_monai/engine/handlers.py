@@ -65,13 +65,15 @@ def write_network_settings(folder: str | os.PathLike, network, input_size=None) 
     """Write ``folder/network.json``: the settings ``network`` was built with, as a ``network_def``
     (:func:`vmunet_monai.networks.common.records_settings`), so the weights trained there can be loaded without
     repeating the training's ``network_def`` overrides (``predict``, ``export``), and, once known, the height and
-    width of the training's inputs (``input_size``) under ``_desc_``, the key MONAI leaves to descriptions. None for
-    a network that keeps no record (MONAI's baselines)."""
+    width of the training's inputs (``input_size``) under ``_desc_``, the key MONAI leaves to descriptions. A network
+    that keeps no record of its settings (MONAI's baselines) gets the input size alone, once known (else None)."""
     module = getattr(network, "module", network)  # DistributedDataParallel
     module = getattr(module, "_orig_mod", module)  # torch.compile's wrapper
     settings = getattr(module, "settings", None)
     if not isinstance(settings, dict):
-        return None
+        if input_size is None:
+            return None
+        settings = {}
     if input_size is not None:
         settings = dict(settings, _desc_={"trained_input_size": [int(v) for v in input_size]})
     path = Path(folder) / NETWORK_SETTINGS
