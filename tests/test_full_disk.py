@@ -88,3 +88,32 @@ def test_what_could_not_be_written_is_the_last_line_of_a_bundle_run(tmp_path):
                         _unwritten(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3 vs 2"),
                                    tmp_path))
     assert _unwritten(RuntimeError("shapes differ"), tmp_path) is None
+
+
+def test_a_full_disk_under_predict_ends_in_one_line_with_the_way_on(tmp_path, monkeypatch, capsys):
+    """MONAI's writers fail with ``[Errno 28]`` inside "Failed to evaluate ...": the command ends with the file, the
+    space left and how ``--resume`` goes on, not a traceback; other errors keep their traceback."""
+    from vmunet_monai.cli import Commands, main
+
+    target = tmp_path / "out" / "masks" / "a_mask.png"
+
+    def full(self, *args, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        except OSError as exc:
+            raise RuntimeError("Failed to evaluate ConfigExpression: \"$__local_refs['evaluator'].run()\"") from exc
+
+    monkeypatch.setattr(Commands, "predict", full)
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", "B", "IN", "OUT"])
+    assert stop.value.code == 1
+    assert re.fullmatch(rf"error: {re.escape(str(target))}: could not be written \(No space left on device; [0-9.]+ "
+                        r"MiB free on its disk\); what it wrote is kept, and the same command with --resume keeps it "
+                        r"and does the rest", capsys.readouterr().err.strip())
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(Commands, "predict", broken)
+    with pytest.raises(RuntimeError, match="a bug of ours"):
+        main(["predict", "B", "IN", "OUT"])

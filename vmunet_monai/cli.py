@@ -604,7 +604,7 @@ _RESUME = {"predict": "; what it wrote is kept, and the same command with --resu
 def main(argv=None):
     import fire
 
-    from vmunet_monai.validation import InputError, NotWrittenError, os_error_line
+    from vmunet_monai.validation import InputError, NotWrittenError, os_error_line, write_error_in
 
     argv = list(argv if argv is not None else sys.argv[1:])
     if argv in (["--help"], ["-h"]):  # fire would describe the class itself; the command list is what helps
@@ -628,6 +628,13 @@ def main(argv=None):
         if "pip install" not in str(exc):  # not one of ours, which say what to install: the traceback helps
             raise
         print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception as exc:  # noqa: BLE001 - only a full disk or a refused file is answered here
+        unwritten = write_error_in(exc)
+        if unwritten is None:
+            raise
+        kept = _RESUME.get(argv[0], "") if argv else ""
+        print(f"error: {unwritten}{kept}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         command = argv[0] if argv else "the command"

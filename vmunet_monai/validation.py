@@ -124,19 +124,24 @@ class NotWrittenError(OSError):
         return f"{self.filename}: {self.strerror}"
 
 
-def not_written(exc: BaseException, path: str | os.PathLike) -> NotWrittenError:
+def not_written(exc: BaseException, path: str | os.PathLike, kept: bool = True) -> NotWrittenError:
     """``exc``, raised while writing ``path``, as a :class:`NotWrittenError` naming the file and the space left on
-    its disk (``torch.save`` reports a full disk as ``unexpected pos ...``, ``write_text`` names no file)."""
+    its disk (``torch.save`` reports a full disk as ``unexpected pos ...``, ``write_text`` names no file); ``kept``:
+    the file was written beside ``path`` and renamed, so what stood there before is kept (and the message says so)."""
     import errno
     import shutil
 
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     try:
-        free = f"{shutil.disk_usage(Path(path).parent).free / 2 ** 20:.1f} MiB free on its disk"
+        free = f"{shutil.disk_usage(folder).free / 2 ** 20:.1f} MiB free on its disk"
     except OSError:
         free = "the space left on its disk unknown"
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip()
     return NotWrittenError(getattr(exc, "errno", None) or errno.EIO,
-                           f"could not be written ({reason}; {free}); what stood there before is kept", str(path))
+                           f"could not be written ({reason}; {free})" + ("; what stood there before is kept" if kept
+                                                                          else ""), str(path))
 
 
 def write_whole(path: str | os.PathLike, text: str) -> Path:
@@ -240,16 +245,18 @@ def last_line_for(exc: BaseException) -> InputError | None:
     is wrong with a file MONAI found no reader for, or, in a bundle run or a ``vmunet_monai`` command only (its
     words are their options), what to change when a batch of one image reached a BatchNorm layer at 1x1. None when
     there is nothing to add (``exc`` itself the InputError: its message is the traceback's last line already)."""
-    cause = input_error_in(exc) or unreadable_file_error(exc) or _write_error_in(exc)
+    cause = input_error_in(exc) or unreadable_file_error(exc) or write_error_in(exc)
     if cause is None and _command_run():
         cause = batch_of_one_error(exc)
     return None if cause is exc else cause
 
 
-def _write_error_in(exc: BaseException | None) -> Exception | None:
-    """A file behind ``exc`` that could not be written (:class:`NotWrittenError`) or opened (a ``PermissionError``),
-    as one line naming it: a bundle run stopped by a full disk or a read-only folder ends in MONAI's "Failed to
-    evaluate" otherwise."""
+def write_error_in(exc: BaseException | None) -> Exception | None:
+    """A file behind ``exc`` that could not be written (:class:`NotWrittenError`, a full disk or quota) or opened (a
+    ``PermissionError``), as one line naming it: a bundle run or a ``predict`` stopped by a full disk or a read-only
+    folder ends in MONAI's "Failed to evaluate" otherwise."""
+    import errno
+
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -257,6 +264,9 @@ def _write_error_in(exc: BaseException | None) -> Exception | None:
             return exc
         if isinstance(exc, PermissionError) and exc.filename is not None:
             return InputError(os_error_line(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return not_written(exc, exc.filename, kept=False) if exc.filename is not None else InputError(
+                f"{exc.strerror or exc}: a file could not be written (free space on the disk written to)")
         exc = exc.__cause__ or exc.__context__
     return None
 
