@@ -117,8 +117,8 @@ class MissingInputError(InputError, FileNotFoundError):
 
 
 class NotWrittenError(OSError):
-    """A file that could not be written (a full disk, a quota, a read-only file system), named; what stood at its
-    path before is kept (:func:`write_whole`, :func:`move_whole`)."""
+    """A file that could not be written (a full disk, a quota), named with the space left on its disk; the message
+    says where what stood at its path before is kept (:func:`write_whole`, :func:`move_whole`)."""
 
     def __str__(self) -> str:
         return f"{self.filename}: {self.strerror}"
@@ -240,11 +240,12 @@ def show_input_errors_last() -> None:
     sys.excepthook = hook
 
 
-def last_line_for(exc: BaseException) -> InputError | None:
+def last_line_for(exc: BaseException) -> Exception | None:
     """The line :func:`show_input_errors_last` adds after ``exc``'s traceback: an :class:`InputError` behind it, what
-    is wrong with a file MONAI found no reader for, or, in a bundle run or a ``vmunet_monai`` command only (its
-    words are their options), what to change when a batch of one image reached a BatchNorm layer at 1x1. None when
-    there is nothing to add (``exc`` itself the InputError: its message is the traceback's last line already)."""
+    is wrong with a file MONAI found no reader for, a file that could not be written (:func:`write_error_in`), or,
+    in a bundle run or a ``vmunet_monai`` command only (its words are their options), what to change when a batch
+    of one image reached a BatchNorm layer at 1x1. None when there is nothing to add (``exc`` itself the
+    InputError: its message is the traceback's last line already)."""
     cause = input_error_in(exc) or unreadable_file_error(exc) or write_error_in(exc)
     if cause is None and _command_run():
         cause = batch_of_one_error(exc)
