@@ -129,19 +129,24 @@ def not_written(exc: BaseException, path: str | os.PathLike, kept: bool = True) 
     its disk (``torch.save`` reports a full disk as ``unexpected pos ...``, ``write_text`` names no file); ``kept``:
     the file was written beside ``path`` and renamed, so what stood there before is kept (and the message says so)."""
     import errno
+
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip()
+    return NotWrittenError(getattr(exc, "errno", None) or errno.EIO,
+                           f"could not be written ({reason}; {space_left(Path(path).parent)} on its disk)"
+                           + ("; what stood there before is kept" if kept else ""), str(path))
+
+
+def space_left(folder: str | os.PathLike) -> str:
+    """``"12.3 MiB free"`` on the disk of ``folder`` (or of the nearest folder above it that exists)."""
     import shutil
 
-    folder = Path(path).parent
+    folder = Path(folder)
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     try:
-        free = f"{shutil.disk_usage(folder).free / 2 ** 20:.1f} MiB free on its disk"
+        return f"{shutil.disk_usage(folder).free / 2 ** 20:.1f} MiB free"
     except OSError:
-        free = "the space left on its disk unknown"
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip()
-    return NotWrittenError(getattr(exc, "errno", None) or errno.EIO,
-                           f"could not be written ({reason}; {free})" + ("; what stood there before is kept" if kept
-                                                                          else ""), str(path))
+        return "the space left unknown"
 
 
 def write_whole(path: str | os.PathLike, text: str) -> Path:

@@ -22,7 +22,7 @@ from vmunet_monai.engine.transforms import foreground, rgb_converter
 from vmunet_monai.evaluation.binary import format_summary, make_record, summary_metrics, write_report
 from vmunet_monai.evaluation.calibration import Calibration, errors_line
 from vmunet_monai.evaluation.gallery import WorstCases, tint
-from vmunet_monai.validation import NotWrittenError, not_written, write_whole
+from vmunet_monai.validation import not_written, space_left, write_error_in, write_whole
 
 __all__ = [
     "TqdmProgressBar",
@@ -306,22 +306,16 @@ def set_rng_state(state: dict, data_root=None) -> None:
 
 
 def _unwritten(exc: BaseException, folder) -> str | None:
-    """What could not be written, where ``exc`` is a failed write (:class:`NotWrittenError`, a full disk or quota,
-    or ``torch.save``'s ``unexpected pos`` of MONAI's checkpoint saver, which names no file): the file, or the folder
-    the checkpoints go to, with the space left there; else None."""
-    import errno
+    """What could not be written, where ``exc`` is a failed write (:func:`vmunet_monai.validation.write_error_in`:
+    a file not written or refused), or ``torch.save``'s ``unexpected pos`` of MONAI's checkpoint saver, which names
+    no file: then the folder the checkpoints go to, with the space left there; else None."""
     import re
-    import shutil
 
-    if isinstance(exc, NotWrittenError):
-        return str(exc)
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) or isinstance(
-            exc, RuntimeError) and re.search(r"unexpected pos|failed writing|file write failed", str(exc)):
-        try:
-            free = f"{shutil.disk_usage(folder).free / 2 ** 20:.1f} MiB free there"
-        except OSError:
-            free = "the space left there unknown"
-        return f"a file could not be written into {folder} ({free})"
+    found = write_error_in(exc)
+    if found is not None:
+        return str(found)
+    if isinstance(exc, RuntimeError) and re.search(r"unexpected pos|failed writing|file write failed", str(exc)):
+        return f"a file could not be written into {folder} ({space_left(folder)} there)"
     return None
 
 
