@@ -117,3 +117,52 @@ def test_a_full_disk_under_predict_ends_in_one_line_with_the_way_on(tmp_path, mo
     monkeypatch.setattr(Commands, "predict", broken)
     with pytest.raises(RuntimeError, match="a bug of ours"):
         main(["predict", "B", "IN", "OUT"])
+
+
+@pytest.mark.parametrize("codes, failing_save", [(1, 1), (0, 1), (0, 2)])
+def test_a_ct_segmentation_stopped_while_written_leaves_the_earlier_one_whole(tmp_path, monkeypatch, codes,
+                                                                              failing_save):
+    """CT predict's writer writes ``<case>_seg.nii.gz`` through a partial file and a rename: a run stopped while it
+    writes (Ctrl-C, a full disk), in MONAI's save or in the second save that takes the orientation off a scan whose
+    header held none, leaves the earlier segmentation whole and nothing half-written, where ``score`` and
+    ``--resume`` would read it."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+    from monai.data import MetaTensor
+
+    from vmunet_monai.engine import SaveSegmentationd, case_name_formatter
+
+    save = SaveSegmentationd("pred", output_dir=str(tmp_path), output_postfix="seg", output_ext=".nii.gz",
+                             output_dtype=np.uint8, resample=False, separate_folder=False,
+                             output_name_formatter=case_name_formatter, print_log=False)
+    affine = torch.diag(torch.tensor([0.8, 0.8, 3.0, 1.0], dtype=torch.float64))
+
+    def segmentation(value, codes):
+        meta = {"filename_or_obj": str(tmp_path / "case7.nii.gz"), "qform_code": codes, "sform_code": codes}
+        return {"pred": MetaTensor(torch.full((1, 6, 5, 4), value), affine=affine, meta=meta)}
+
+    target = tmp_path / "case7_seg.nii.gz"
+    save(segmentation(3, codes))
+    assert [p.name for p in tmp_path.iterdir()] == [target.name] and np.all(np.asarray(nib.load(target).dataobj) == 3)
+    real, calls = nib.save, []
+
+    def stopped(image, filename):
+        calls.append(filename)
+        if len(calls) < failing_save:
+            return real(image, filename)
+        pathlib.Path(filename).write_bytes(b"\x1f\x8b half a file")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(nib, "save", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            save(segmentation(5, codes))
+    assert len(calls) == failing_save and all(str(c).endswith(".partial.nii.gz") for c in calls)
+    assert [p.name for p in tmp_path.iterdir()] == [target.name] and np.all(np.asarray(nib.load(target).dataobj) == 3)
+    save(segmentation(5, codes))
+    written = nib.load(target)
+    assert np.all(np.asarray(written.dataobj) == 5) and written.shape == (6, 5, 4)
+    orientation = (int(written.header["qform_code"]), int(written.header["sform_code"]))
+    assert (orientation == (0, 0)) == (codes == 0), orientation
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]

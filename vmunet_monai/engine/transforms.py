@@ -111,16 +111,26 @@ class _LabelNiftiWriter(monai.data.NibabelWriter):
         """MONAI's writing (qform and sform codes 1); for a scan whose header held no orientation, the segmentation's
         codes are set back to 0: ITK then reads both with its default geometry, and nibabel both with its default
         affine, so every viewer places the segmentation on its scan (with codes 1, ITK read nibabel's default
-        affine as the segmentation's geometry: another origin, mirrored)."""
+        affine as the segmentation's geometry: another origin, mirrored). Written as ``<filename>.partial.nii.gz``
+        and renamed (as :func:`save_unit_nifti` writes): a run stopped while it writes leaves no half-written
+        segmentation under the name ``score`` and ``--resume`` read."""
         import nibabel as nib
 
-        super().write(filename, verbose=verbose, **obj_kwargs)
-        if self._unoriented:
-            written = nib.load(filename)
-            header = written.header.copy()
-            header.set_qform(None, code=0)
-            header.set_sform(None, code=0)
-            nib.save(nib.Nifti1Image(np.asanyarray(written.dataobj), None, header), filename)
+        filename = str(filename)
+        partial = f"{filename}.partial.nii.gz"
+        try:
+            super().write(partial, verbose=verbose, **obj_kwargs)
+            if self._unoriented:
+                written = nib.load(partial)
+                header = written.header.copy()
+                header.set_qform(None, code=0)
+                header.set_sform(None, code=0)
+                nib.save(nib.Nifti1Image(np.asanyarray(written.dataobj), None, header), partial)
+            os.replace(partial, filename)
+        except BaseException:
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise
 
 
 class SaveSegmentationd(monai.transforms.SaveImaged):
