@@ -228,7 +228,8 @@ def show_input_errors_last() -> None:
     """After an uncaught exception's traceback, repeat the message of an :class:`InputError` behind it as the last
     line (``error: ...``): a bundle run that stops in a check of ours ends in MONAI's "Failed to evaluate
     ConfigExpression" otherwise, with the line that says what to do half a screen up. Installed once, on import of
-    :mod:`vmunet_monai`; the previous hook still prints the traceback."""
+    :mod:`vmunet_monai`; the previous hook still prints the traceback, but for a Ctrl-C that a training has
+    answered with where it goes on from (the exception's ``stop_said``)."""
     import sys
 
     previous = sys.excepthook
@@ -236,6 +237,8 @@ def show_input_errors_last() -> None:
         return
 
     def hook(kind, value, tb):
+        if isinstance(value, KeyboardInterrupt) and getattr(value, "stop_said", False):
+            return  # a training stopped by Ctrl-C said where it goes on from: that line stays the last
         previous(kind, value, tb)
         cause = last_line_for(value)
         if cause is not None:

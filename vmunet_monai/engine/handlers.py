@@ -129,11 +129,13 @@ def read_network_settings(weights: str | os.PathLike, quiet: bool = True) -> dic
     return None
 
 
-def trained_input_size(weights: str | os.PathLike) -> list[int] | None:
+def trained_input_size(weights: str | os.PathLike, settings: dict | None = None) -> list[int] | None:
     """The input height and width a training recorded in the ``network.json`` beside ``weights``; None without
-    one (weights of an older training, or from elsewhere)."""
+    one (weights of an older training, or from elsewhere). ``settings``: that file's content where the caller has
+    read it already (:func:`read_network_settings`)."""
     try:
-        size = (read_network_settings(weights) or {})["_desc_"]["trained_input_size"]
+        size = (settings if settings is not None else read_network_settings(weights) or {})["_desc_"][
+            "trained_input_size"]
         return [int(v) for v in size]
     except (ValueError, KeyError, TypeError):
         return None
@@ -355,6 +357,37 @@ def atomic_torch_save(obj, target: str | os.PathLike) -> None:
         pass
 
 
+class _DropInterrupt(logging.Filter):
+    """Drops a logger's records made while a KeyboardInterrupt or a SIGTERM (:class:`TrainingTerminated`) is
+    handled: ignite's "terminating due to exception" and MONAI's ``StatsHandler`` "Exception:" with a screen of
+    traceback, around the line that says where a stopped training goes on from
+    (:meth:`TrainingCheckpoint._stopped`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import sys
+
+        exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return not isinstance(exc, (KeyboardInterrupt, TrainingTerminated))
+
+
+_DROP_INTERRUPT = _DropInterrupt()
+
+
+def _quiet_interrupt(engines) -> None:
+    """Ctrl-C or SIGTERM ends a training with one line: the loggers of ``engines`` (the trainer and its evaluator,
+    whose Ctrl-C during validation reaches the trainer after its own handlers) and of their exception handlers
+    drop what they log about the stop; every other record passes."""
+    for engine in engines:
+        if engine is None:
+            continue
+        loggers = [getattr(engine, "logger", None)]
+        for handler, _, _ in getattr(engine, "_event_handlers", {}).get(Events.EXCEPTION_RAISED, []):
+            loggers.append(getattr(getattr(handler, "__self__", None), "logger", None))
+        for each in loggers:
+            if isinstance(each, logging.Logger) and _DROP_INTERRUPT not in each.filters:
+                each.addFilter(_DROP_INTERRUPT)
+
+
 class TrainingCheckpoint:
     """Keep one ``checkpoint_latest.pt`` with everything needed to resume exactly, and resume from it.
 
@@ -449,6 +482,7 @@ class TrainingCheckpoint:
             else:
                 logger.info("resume requested but %s does not exist yet: training starts from scratch", self.path)
         self._catch_sigterm()
+        _quiet_interrupt([engine, self.evaluator])
         if _rank() == 0:
             self._hold(engine)
             if source is None:
@@ -533,6 +567,8 @@ class TrainingCheckpoint:
                    else "SIGTERM, a time limit or kill")
             logger.warning("stopped (%s) in epoch %d: %s; the same command plus --resume true goes on from there",
                            how, engine.state.epoch, saved)
+            if isinstance(exc, KeyboardInterrupt):
+                exc.stop_said = True  # the last line: no traceback after it (validation.show_input_errors_last)
         others = [h for h, _, _ in engine._event_handlers.get(Events.EXCEPTION_RAISED, []) if h != self._stopped]
         if not others:
             raise exc
