@@ -407,12 +407,15 @@ def test_vm_unet_and_vm_unet_v2_encoders_load_into_each_other():
     assert report.loaded and all(k.startswith(("patch_embed.", "layers.")) for k in report.loaded)
 
 
-def test_network_json_is_read_in_one_place_and_a_bad_one_is_named(tmp_path, capsys):
-    """The trained size, the class count and the overrides all come from one reader of ``network.json``: a file
-    holding no mapping is named once (predict and export build the bundle's network), never a crash."""
+def test_network_json_is_read_in_one_place_and_a_bad_one_is_named(tmp_path, capsys, monkeypatch):
+    """The trained size, the class count and the overrides all come from one reader of ``network.json``, which
+    ``predict`` calls once: a file holding no mapping is named once (predict and export build the bundle's
+    network), never a crash."""
     import json
 
+    from vmunet_monai.engine import handlers
     from vmunet_monai.engine.handlers import read_network_settings, trained_input_size, write_network_settings
+    from vmunet_monai.predict import trained_network
     from vmunet_monai.weights import _recorded_overrides
 
     weights = tmp_path / "model.pt"
@@ -422,6 +425,14 @@ def test_network_json_is_read_in_one_place_and_a_bad_one_is_named(tmp_path, caps
     assert read_network_settings(weights)["dims"] == [8, 16, 32, 64] and trained_input_size(weights) == [64, 48]
     assert "--network_def#dims '[8, 16, 32, 64]'" in _recorded_overrides(weights)
     assert "--image_size '[64, 48]'" in _recorded_overrides(weights)
+    assert trained_input_size(tmp_path / "none.pt", {"_desc_": {"trained_input_size": [32, 16]}}) == [32, 16]
+    reads, real = [], handlers.read_network_settings
+    monkeypatch.setattr(handlers, "read_network_settings", lambda *a, **k: reads.append(a) or real(*a, **k))
+    config = pathlib.Path(__file__).parents[1] / "bundles" / "isic_skin_lesion" / "configs" / "train.json"
+    overrides = trained_network([str(config)], weights)
+    assert overrides["image_size"] == [64, 48] and overrides["network_def#dims"] == [8, 16, 32, 64]
+    assert len(reads) == 1, reads
+    monkeypatch.undo()
     (tmp_path / "network.json").write_text(json.dumps([1, 2]))
     capsys.readouterr()
     assert read_network_settings(weights, quiet=False) is None and _recorded_overrides(weights) == ""

@@ -159,7 +159,7 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
     config = ConfigParser.load_config_files(configs)
     network_def = config.get(ids.split("#")[0], {})
     overrides, changed = {}, []
-    trained_size = trained_input_size(weights)  # a baseline's record holds this alone
+    trained_size = trained_input_size(weights, saved)  # a baseline's record holds this alone
     size = config.get("image_size")
     if trained_size and isinstance(size, list) and len(size) == len(trained_size):  # a 2D bundle's input size
         overrides["image_size"] = list(trained_size)
