@@ -318,3 +318,20 @@ def test_epistemic_scoring_samples_the_2d_bundles_with_dropout(name, tmp_path):
     for image_id in datastore.get_unlabeled_images():
         entropy = datastore.get_image_info(image_id)["epistemic_entropy"]
         assert np.isfinite(entropy) and entropy >= 0.0
+
+
+def test_another_networks_model_pt_is_refused_not_served_at_random(tmp_path, studies):
+    """MONAI Label loads a bundle's model.pt with strict=False: the weights of another bundle's network (a VM-UNetV2's
+    in the VMUNet bundle) loaded nothing and served masks of a network at its random start, the one sign a warning in
+    the server's log. The network refuses the load, naming whose weights they are."""
+    from monailabel.tasks.infer.bundle import BundleInferTask
+
+    bundle = make_tiny_bundle("isic_skin_lesion", tmp_path / "a")
+    other = save_weights(make_tiny_bundle("polyp_seg", tmp_path / "b"))
+    (bundle / "models").mkdir(exist_ok=True)
+    shutil.copyfile(other, bundle / "models" / "model.pt")
+    task = BundleInferTask(str(bundle), {"preload": "false"})
+    with pytest.raises(Exception) as refused:
+        task({"image": str(studies / IMAGE["isic_skin_lesion"]), "device": "cpu", "result_extension": ".png"})
+    assert "so a load with strict=False (as MONAI Label loads a bundle's model.pt) would leave the network at its " \
+           "random start; it is a VM-UNetV2 checkpoint" in str(refused.value)

@@ -114,6 +114,55 @@ def test_impossible_sizes_and_backends_are_refused_when_built(cls, kw, message):
     assert isinstance(cls(scan_backend="auto", depths=(1, 1, 1, 1), **TINY), torch.nn.Module)  # 'auto' is a choice
 
 
+@pytest.mark.parametrize("kw,message", [
+    ({"dims": (8, 16, 32, 64.5)}, "dims must list 4 stage widths, whole numbers, got (8, 16, 32, 64.5)"),
+    ({"dims": 7}, "dims must list 4 stage widths, whole numbers, got 7"),
+    ({"dims": "8,16,32,64"}, "dims must list 4 stage widths, whole numbers, got '8,16,32,64'"),
+    ({"depths": (1, 1, 1.5, 1)}, "depths must list 4 block counts, whole numbers >= 0, got (1, 1, 1.5, 1)"),
+    ({"depths": (1, 1, True, 1)}, "depths must list 4 block counts, whole numbers >= 0, got (1, 1, True, 1)"),
+])
+def test_widths_and_depths_are_whole_numbers(kw, message):
+    """A width of 64.5 was built as 64 without a word, and dims=7 failed in a bare TypeError."""
+    with pytest.raises(ValueError) as exc:
+        VMUNet(**{"dims": (8, 16, 32, 64), **kw})
+    assert str(exc.value) == message
+    assert VMUNet(dims=(8.0, 16, 32, 64), depths=(1, 1, 1, 1)).layers[0].blocks[0].ln_1.normalized_shape == (8,)
+
+
+@pytest.mark.parametrize("cls", [VMUNet, VMUNetV2, MambaUNet])
+def test_a_non_strict_load_of_another_networks_weights_is_refused(cls):
+    """MONAI Label loads a bundle's model.pt with strict=False: weights of which no tensor is the network's (another
+    network's, or under a wrapper's prefix) would leave it at its random start, serving masks of noise. They are
+    refused, naming whose they are; a load that fits in part goes on as torch does it."""
+    from vmunet_monai.weights import CheckpointError
+
+    net = cls(depths=(1, 1, 1, 1), **TINY)
+    others = [c for c in (VMUNet, VMUNetV2, MambaUNet) if c is not cls]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    for other in others:
+        state = other(depths=(1, 1, 1, 1), **TINY).state_dict()
+        if set(state) & set(before):  # VM-UNet and Mamba-UNet share names: torch's shape check refuses them
+            with pytest.raises(RuntimeError, match="size mismatch"):
+                cls(depths=(1, 1, 1, 1), **TINY).load_state_dict(state, strict=False)
+            continue
+        with pytest.raises(CheckpointError, match=rf"^none of the {len(state)} tensors given \(e.g. '.*'\) is one of "
+                                                  rf"this {cls.__name__}'s \(e.g. '.*'\), so a load with strict=False "
+                                                  rf"\(as MONAI Label loads a bundle's model.pt\) would leave the "
+                                                  rf"network at its random start; it is a .* checkpoint: give it to"):
+            net.load_state_dict(state, strict=False)
+    wrapped = {"module." + k: v for k, v in before.items()}
+    with pytest.raises(CheckpointError, match=r"its keys carry the prefix 'module.' \(of a wrapper"):
+        net.load_state_dict(wrapped, strict=False)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # nothing was loaded
+    part = {k: torch.zeros_like(v) for k, v in before.items() if "patch_embed." in k}
+    assert part
+    result = net.load_state_dict(part, strict=False)
+    assert result.unexpected_keys == [] and set(result.missing_keys) == {
+        k for k in before if k not in part and not k.endswith("num_batches_tracked")}
+    assert all(torch.equal(net.state_dict()[k], part[k]) for k in part)
+    assert net.load_state_dict({}, strict=False).missing_keys  # nothing given, nothing refused
+
+
 @pytest.mark.parametrize("cls,kw", [(VMUNet, {"depths_decoder": (1, 1, 1, 1)}), (MambaUNet, {}),
                                     (VMUNetV2, {"mid_channels": 8})])
 def test_every_parameter_gets_a_gradient(cls, kw):

@@ -307,6 +307,32 @@ def _network_kind(network: nn.Module) -> str:
     raise TypeError(f"load_official_checkpoint supports VMUNet, VMUNetV2 and MambaUNet, not {type(network).__name__}")
 
 
+def _other_network_hint(kind: str, own: str | None) -> str:
+    """``"; it is a ... checkpoint: ..."`` for weights of the ``kind`` (:func:`detect_checkpoint_kind`) where a
+    network of the kind ``own`` was to take them and they are another network's; ``""`` otherwise."""
+    if kind == "vmamba_v0":
+        return ("; it is a VMamba v0 ImageNet encoder, the papers' initialisation for training "
+                "(--pretrained_checkpoint of a training), not segmentation weights")
+    if kind in _NAMES and kind != own:
+        builds = {"vmunet": "VMUNet (isic_skin_lesion and synapse_multiorgan build it)",
+                  "vmunet_v2": "VMUNetV2 (polyp_seg builds it)", "mamba_unet": "MambaUNet"}[kind]
+        return (f"; it is a {_NAMES[kind]} checkpoint: give it to a bundle whose network_def is {builds}, or "
+                f"start a training from what fits with --pretrained_checkpoint")
+    return ""
+
+
+def other_network_hint(state: Mapping[str, torch.Tensor], network: nn.Module) -> str:
+    """What ``state``, a flat state dict that does not fit ``network``, is, where it is recognisably another
+    network's of the family (or a VMamba v0 ImageNet encoder): ``"; it is a VM-UNetV2 checkpoint: give it to a
+    bundle whose network_def is VMUNetV2 ..."``; ``""`` where it is not."""
+    module = getattr(network, "module", network)
+    try:
+        own = _network_kind(module)
+    except TypeError:  # a baseline (MONAI's UNet, SwinUNETR)
+        own = None
+    return _other_network_hint(detect_checkpoint_kind(state), own)
+
+
 def _mirror_stage(key: str) -> str | None:
     """``layers.k.rest`` -> ``layers_up.(3-k).rest`` (the papers' decoder initialisation)."""
     m = re.match(r"^layers\.(\d+)\.(.*)$", key)
@@ -498,15 +524,7 @@ def check_checkpoint_fits(network: nn.Module, checkpoint, built_from_record: boo
             parts.append(f"{len(unexpected)} unknown keys (e.g. {unexpected[0]})")
         if shapes:
             parts.append(f"{len(shapes)} shapes differ (e.g. {shapes[0]}: checkpoint vs network)")
-        hint = ""
-        if kind == "vmamba_v0":
-            hint = ("; it is a VMamba v0 ImageNet encoder, the papers' initialisation for training "
-                    "(--pretrained_checkpoint of a training), not segmentation weights")
-        elif kind in _NAMES and kind != own:
-            builds = {"vmunet": "VMUNet (isic_skin_lesion and synapse_multiorgan build it)",
-                      "vmunet_v2": "VMUNetV2 (polyp_seg builds it)", "mamba_unet": "MambaUNet"}[kind]
-            hint = (f"; it is a {_NAMES[kind]} checkpoint: give it to a bundle whose network_def is {builds}, or "
-                    f"start a training from what fits with --pretrained_checkpoint")
+        hint = _other_network_hint(kind, own)
         record = (Path(checkpoint).parent / "network.json") if isinstance(checkpoint, (str, os.PathLike)) else None
         beside_record = record is not None and record.is_file()
         if kind == own and (missing or unexpected or shapes):  # this network's own kind, of another size

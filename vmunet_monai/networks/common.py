@@ -16,7 +16,8 @@ from monai.networks.layers import trunc_normal_
 from vmunet_monai.layers.factory import mixer_class
 
 __all__ = ["check_channels", "check_dims", "check_whole", "check_rate", "check_flag", "prepare_input", "crop_output",
-           "init_linear_and_norm", "mixer_options", "drop_path_rates", "records_settings", "RUNTIME_OPTIONS"]
+           "init_linear_and_norm", "mixer_options", "drop_path_rates", "records_settings", "RUNTIME_OPTIONS",
+           "RefusesForeignWeights"]
 
 # how a network runs on a given machine, not what its weights are: left out of its recorded settings
 RUNTIME_OPTIONS = ("scan_backend", "recompute")
@@ -87,18 +88,58 @@ def check_channels(name: str, in_channels: int, out_channels: int) -> None:
     check_whole(name, "out_channels", out_channels)
 
 
+def _whole_numbers(value) -> tuple[int, ...] | None:
+    """``value`` as a tuple of ints where it is a sequence of whole numbers (8 and 8.0, not 8.5 or True), else
+    None."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return None
+    items = list(value)
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and float(v).is_integer()
+               for v in items):
+        return None
+    return tuple(int(v) for v in items)
+
+
 def check_dims(dims: Sequence[int], depths: Sequence[int], name: str = "depths") -> tuple[int, ...]:
-    dims = tuple(int(d) for d in dims)
-    if len(dims) != 4:
-        raise ValueError(f"dims must list 4 stage widths, got {dims}")
+    whole = _whole_numbers(dims)
+    if whole is None or len(whole) != 4:
+        raise ValueError(f"dims must list 4 stage widths, whole numbers, got {dims!r}")
+    dims = whole
     for a, b in zip(dims, dims[1:]):
         if b != 2 * a:
             raise ValueError(f"dims must double from stage to stage (patch merging does), got {dims}")
     if dims[0] < 4:  # VM-UNet's last 4x expansion gives each pixel dims[0] // 4 channels
         raise ValueError(f"dims[0]={dims[0]} must be at least 4, got {dims}")
-    if len(depths) != 4 or any(int(d) < 0 for d in depths):
-        raise ValueError(f"{name} must list 4 block counts >= 0, got {tuple(depths)}")
+    counts = _whole_numbers(depths)
+    if counts is None or len(counts) != 4 or any(d < 0 for d in counts):
+        raise ValueError(f"{name} must list 4 block counts, whole numbers >= 0, got {depths!r}")
     return dims
+
+
+class RefusesForeignWeights(nn.Module):
+    """Base of the networks: ``load_state_dict(strict=False)`` of a state dict none of whose tensors is one of the
+    network's (another network's weights, another bundle's ``model.pt``) raises, naming what it holds, instead of
+    loading nothing and leaving the network at its random start without a word. MONAI Label loads a bundle's
+    ``model.pt`` so (strict=False), and would serve masks of a random network. A load that fits in part (a
+    pretrained encoder, another output layer) goes on as torch does it."""
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if not strict and len(state_dict):
+            own = self.state_dict()
+            if not any(key in own for key in state_dict):
+                from vmunet_monai.weights import CheckpointError, other_network_hint
+
+                given, mine = next(iter(state_dict)), next(iter(own), None)
+                prefix = next((p for p in ("module.", "_orig_mod.", "model.", "network.")
+                               if any(k[len(p):] in own for k in state_dict if k.startswith(p))), None)
+                hint = (f"; its keys carry the prefix {prefix!r} (of a wrapper: DataParallel, torch.compile): save "
+                        f"the network's own state dict, as `python -m vmunet_monai package` writes the weights"
+                        if prefix else other_network_hint(state_dict, self))
+                raise CheckpointError(
+                    f"none of the {len(state_dict)} tensors given (e.g. {given!r}) is one of this "
+                    f"{type(self).__name__}'s (e.g. {mine!r}), so a load with strict=False (as MONAI Label loads a "
+                    f"bundle's model.pt) would leave the network at its random start{hint}")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def prepare_input(x: torch.Tensor, stem_channels: int, multiple: int, name: str,

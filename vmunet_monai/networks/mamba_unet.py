@@ -8,13 +8,14 @@ import torch
 import torch.nn as nn
 
 from vmunet_monai.layers import FinalPatchExpand2D, PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSLayer
-from vmunet_monai.networks.common import (check_channels, check_dims, check_rate, crop_output, drop_path_rates,
-                                          init_linear_and_norm, mixer_options, prepare_input, records_settings)
+from vmunet_monai.networks.common import (RefusesForeignWeights, check_channels, check_dims, check_rate, crop_output,
+                                          drop_path_rates, init_linear_and_norm, mixer_options, prepare_input,
+                                          records_settings)
 
 __all__ = ["MambaUNet"]
 
 
-class MambaUNet(nn.Module):
+class MambaUNet(RefusesForeignWeights):
     """Mamba-UNet with the official layer names and defaults, returning logits.
 
     Encoder: as VM-UNet's plus a final LayerNorm (``norm``). Decoder: a bare x2 patch expansion at

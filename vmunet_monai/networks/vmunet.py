@@ -8,13 +8,14 @@ import torch
 import torch.nn as nn
 
 from vmunet_monai.layers import FinalPatchExpand2D, PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSLayer
-from vmunet_monai.networks.common import (check_channels, check_dims, check_rate, crop_output, drop_path_rates,
-                                          init_linear_and_norm, mixer_options, prepare_input, records_settings)
+from vmunet_monai.networks.common import (RefusesForeignWeights, check_channels, check_dims, check_rate, crop_output,
+                                          drop_path_rates, init_linear_and_norm, mixer_options, prepare_input,
+                                          records_settings)
 
 __all__ = ["VMUNet"]
 
 
-class VMUNet(nn.Module):
+class VMUNet(RefusesForeignWeights):
     """VM-UNet with the official layer names, initialisation and defaults.
 
     Encoder: patch embedding (4x4) and four VSS stages (patch merging after the first three).

@@ -9,9 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vmunet_monai.layers import SDI, ChannelAttention, PatchEmbed2D, PatchMerging2D, SpatialAttention, TransLayer, VSSLayer
-from vmunet_monai.networks.common import (check_channels, check_dims, check_flag, check_rate, check_whole, crop_output,
-                                          drop_path_rates, init_linear_and_norm, mixer_options, prepare_input,
-                                          records_settings)
+from vmunet_monai.networks.common import (RefusesForeignWeights, check_channels, check_dims, check_flag, check_rate,
+                                          check_whole, crop_output, drop_path_rates, init_linear_and_norm,
+                                          mixer_options, prepare_input, records_settings)
 
 __all__ = ["VMUNetV2", "VSSEncoder"]
 
@@ -47,7 +47,7 @@ class VSSEncoder(nn.Module):
         return [f.permute(0, 3, 1, 2) for f in feats]
 
 
-class VMUNetV2(nn.Module):
+class VMUNetV2(RefusesForeignWeights):
     """VM-UNetV2 with the official layer names and defaults, returning logits.
 
     Neck: per level channel attention, spatial attention, a 1x1 conv + BN to ``mid_channels``, and
