@@ -202,6 +202,14 @@ def test_package_refuses_weights_of_another_network(tmp_path):
     with pytest.raises(BundleCheckError, match="does not fit network_def .* with strict=True"):
         package(str(src), tmp_path / "zips", checkpoint=str(other), export=False)
     assert not (tmp_path / "zips").exists() or not any((tmp_path / "zips").iterdir())
+    # a VM-UNetV2's weights for a VMUNet: none of its tensors is one of the network's, and the refusal says whose
+    # they are, as export's does
+    v2 = save_weights(make_tiny_bundle("polyp_seg", tmp_path / "c"))
+    with pytest.raises(BundleCheckError, match=r"polyp_seg/models/model.pt: does not fit network_def .* with "
+                                               r"strict=True: none of its \d+ tensors is one of the network's \(e.g. "
+                                               r".*\) \(it is a VM-UNetV2 checkpoint: give it to a bundle whose "
+                                               r"network_def is VMUNetV2"):
+        package(str(src), tmp_path / "zips", checkpoint=str(v2), export=False)
     not_weights = tmp_path / "list.pt"
     torch.save([1, 2, 3], not_weights)
     with pytest.raises(BundleCheckError, match="not a state dict"):
@@ -255,6 +263,34 @@ def test_package_writes_outside_the_bundle_and_takes_an_upper_case_zip_name(tmp_
         with pytest.raises(InputError, match=r"--url .*: not an http\(s\):// or file:// address of the weights"):
             package(str(src), tmp_path / "bad.zip", export=False, url=url)
     assert not (tmp_path / "bad.zip").exists()
+
+
+def test_package_refuses_an_output_under_a_file_before_its_checks(tmp_path, monkeypatch):
+    """OUT under a file is refused at once, not after the checks' minute; a bundle path that is not there is named
+    once; weights trained at another size than metadata.json's spatial_shape get a note."""
+    import vmunet_monai.package as packaging
+    from vmunet_monai.engine.handlers import write_network_settings
+    from vmunet_monai.engine.utils import find_bundle
+
+    src = make_tiny_bundle("isic_skin_lesion", tmp_path / "a")
+    weights = save_weights(src)
+    (tmp_path / "afile.txt").write_text("x")
+    with monkeypatch.context() as patch:
+        patch.setattr(packaging, "check_bundle", lambda *a, **k: pytest.fail("checked before the output"))
+        for out in (tmp_path / "afile.txt", tmp_path / "afile.txt" / "sub" / "r.zip"):
+            with pytest.raises(NotADirectoryError) as refused:
+                package(str(src), out, export=False)
+            assert refused.value.filename == str(out if out.suffix != ".zip" else out.parent)
+    assert (tmp_path / "afile.txt").read_text() == "x"
+    with pytest.raises(FileNotFoundError) as missing:
+        find_bundle(str(tmp_path / "nope"))
+    assert f"(searched {tmp_path / 'nope'}); pass a bundle folder" in str(missing.value)
+    size = list(json.loads((src / "configs" / "metadata.json").read_text())["network_data_format"]["inputs"]["image"][
+        "spatial_shape"])
+    write_network_settings(weights.parent, None, input_size=(size[0] // 2, size[1] // 2))
+    notes = package(str(src), tmp_path / "r.zip", export=False).notes
+    assert any(n.startswith(f"the weights were trained on {size[0] // 2}x{size[1] // 2} images") and
+               n.endswith(f"spatial_shape in configs/metadata.json, to {[size[0] // 2, size[1] // 2]}") for n in notes)
 
 
 def test_package_writes_wrapped_weights_as_a_plain_state_dict(tmp_path):

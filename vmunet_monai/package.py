@@ -24,6 +24,7 @@ an archive and refuses members that would land outside the target folder.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -104,6 +105,22 @@ def release_notes(meta: dict, url: str) -> list[str]:
                      "the zoo CI and every user pip-install it, so that version must be on PyPI (or an index they use) "
                      "before the bundle is submitted")
     return notes
+
+
+def _size_notes(root: Path, ckpt: Path) -> list[str]:
+    """A note where the weights were trained at another input size (the ``network.json`` beside them) than the
+    ``spatial_shape`` of the bundle's ``metadata.json``: the zoo's checks and a user's export take that size."""
+    from vmunet_monai.engine.exported import network_input_shape
+    from vmunet_monai.engine.handlers import trained_input_size
+
+    trained = trained_input_size(ckpt)
+    shape = list(network_input_shape(root / "configs" / "metadata.json"))[2:]
+    if not trained or list(trained) == shape:
+        return []
+    return [f"the weights were trained on {'x'.join(map(str, trained))} images ({ckpt.parent / 'network.json'}) and "
+            f"metadata.json's spatial_shape is {'x'.join(map(str, shape))}: for a release, set image_size in "
+            f"configs/train.json and configs/inference.json, and spatial_shape in configs/metadata.json, to "
+            f"{list(trained)}"]
 
 
 def _schema() -> dict:
@@ -235,18 +252,24 @@ def _check_weights(root: Path, state_dict: dict, source: Path) -> list[str]:
     hint = (f" (the settings they were trained with are in {record}: a zoo bundle builds its network from its "
             "configs, so write them into network_def of configs/train.json and configs/inference.json)"
             if record.is_file() else "")
-    from vmunet_monai.weights import CheckpointError, check_checkpoint_fits
+    from vmunet_monai.weights import CheckpointError, check_checkpoint_fits, other_network_hint
 
     try:
         check_checkpoint_fits(net, state_dict)
     except CheckpointError as exc:
         classes = re.search(r"its output layer has (\d+) classes against (\d+) here", str(exc))
+        family = other_network_hint(state_dict, net)
         if classes:
             hint = (f" (its output layer has {classes[1]} classes against {classes[2]} in the configs: set num_classes "
                     f"{classes[1]} in configs/train.json and configs/inference.json, and the output's num_channels "
                     f"and channel_def in configs/metadata.json, as the model card's section on your own classes says)")
+        elif family:  # another network's weights: its settings are beside the point
+            hint = f" ({family.removeprefix('; ')})"
     try:
         result = net.load_state_dict(state_dict, strict=False)
+    except CheckpointError:  # none of its tensors is one of the network's (our networks refuse such a load)
+        return [f"{where}: none of its {len(state_dict)} tensors is one of the network's (e.g. "
+                f"{next(iter(state_dict))!r}){hint}"]
     except RuntimeError as exc:  # shape mismatches raise even without strict
         mismatches = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
         return [f"{where}: {'; '.join(mismatches[:3]) or exc}{hint}"]
@@ -392,6 +415,10 @@ def package(bundle: str | Path, out: str | Path, checkpoint: str | Path | None =
     out = Path(out)
     # outside the bundle: a zip written inside it would be packed into every later release
     check_output_location([root], out, what="zip" if out.suffix.lower() == ".zip" else "output folder")
+    folder = out.parent if out.suffix.lower() == ".zip" else out
+    standing = next((f for f in (folder, *folder.parents) if f.exists()), None)
+    if standing is not None and not standing.is_dir():  # found before the checks' minute, not after
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
     checks = check_bundle(root, ckpt, export=export)
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     name, version = root.name, meta["version"]
@@ -414,7 +441,7 @@ def package(bundle: str | Path, out: str | Path, checkpoint: str | Path | None =
             os.replace(partial, zip_path)
         finally:
             partial.unlink(missing_ok=True)
-    notes = release_notes(meta, url)
+    notes = release_notes(meta, url) + _size_notes(root, ckpt)
     if replaced:
         notes.insert(0, f"{zip_path} held an earlier package, now replaced")
     return PackageResult(zip_path, name, version, digest, checks, notes)

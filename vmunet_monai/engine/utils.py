@@ -127,7 +127,7 @@ def find_bundle(bundle: str | os.PathLike) -> Path:
     for root in roots:
         if (root / str(bundle) / "configs").is_dir():
             return (root / str(bundle)).resolve()
-    searched = ", ".join(str(r / str(bundle)) for r in roots)
+    searched = ", ".join(dict.fromkeys(str(r / str(bundle)) for r in roots))  # a path given is one place
     raise FileNotFoundError(
         f"bundle {bundle!r} not found (searched {searched}); pass a bundle folder or set ${BUNDLES_ENV}"
     )
