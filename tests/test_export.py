@@ -420,8 +420,9 @@ def test_weights_trained_for_more_classes_export_with_num_classes(bundles, tmp_p
 
 
 def test_export_output_rules_are_checked_before_tracing(bundles, tmp_path):
-    """--output never replaces the weights it exports, a folder given with a trailing slash is made and gets the usual
-    file name, and a file without the format's suffix is refused (MONAI would write another name)."""
+    """--output never replaces the weights it exports or a file that is no export, a folder given with a trailing
+    slash is made and gets the usual file name, and a file without the format's suffix is refused (MONAI would write
+    another name)."""
     from vmunet_monai.validation import InputError
 
     root = bundles["isic_skin_lesion"]
@@ -430,8 +431,16 @@ def test_export_output_rules_are_checked_before_tracing(bundles, tmp_path):
     with pytest.raises(InputError, match=r"model.pt: the export is the input file itself"):
         export(str(root), output=str(weights))
     assert weights.read_bytes() == before
-    for output, format in (("mymodel", "torchscript"), ("net.ts", "onnx"), ("net.onnx", "pt2")):
+    for output, format in (("net.ts", "onnx"), ("net.onnx", "pt2")):
         with pytest.raises(InputError, match=rf"--output .*{output}: a {format} export is a file ending in"):
             export(str(root), format, output=str(tmp_path / output))
+    with pytest.raises(InputError, match=r"--output .*mymodel: a torchscript export is a file with a suffix of its "
+                                         r"own, such as .ts or .pt \(not none: MONAI's exporter would add one\)"):
+        export(str(root), output=str(tmp_path / "mymodel"))
+    # any suffix may name a TorchScript file, so a file there that is none is kept, not written over
+    (tmp_path / "notes.txt").write_text("my notes")
+    with pytest.raises(InputError, match=r"notes.txt: a file that is not a TorchScript export stands there"):
+        export(str(root), output=str(tmp_path / "notes.txt"))
+    assert (tmp_path / "notes.txt").read_text() == "my notes"
     made = export(str(root), output=str(tmp_path / "new") + "/").path
     assert made == tmp_path / "new" / "model.ts" and made.is_file()

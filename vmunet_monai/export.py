@@ -24,6 +24,7 @@ import importlib.util
 import os
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,9 +96,16 @@ def _paths(bundle: str, checkpoint: str | None, output: str | None, format: str)
             "", *(Path(name).suffix for name in FORMATS.values()))):
         # MONAI's exporters would add a suffix of their own, and predict --model tells ONNX and pt2 by theirs (a
         # TorchScript file by its content, whatever its name: model.pt is one)
-        raise InputError(f"--output {output}: a {format} export is a file ending in {suffix} (or give a folder, "
-                         f"ending in /, for {FORMATS[format]} in it)")
+        ending = (f"ending in {suffix}" if format != "torchscript" else
+                  f"with a suffix of its own, such as {suffix} or .pt (not {out.suffix or 'none'}: MONAI's exporter "
+                  "would add one)")
+        raise InputError(f"--output {output}: a {format} export is a file {ending} (or give a folder, ending in /, "
+                         f"for {FORMATS[format]} in it)")
     check_output_location([ckpt], out, what="export")  # never written over the weights it is made from
+    if format == "torchscript" and out.is_file() and not zipfile.is_zipfile(out):
+        # any suffix names a TorchScript file, so notes.txt could be one: an earlier export is replaced, nothing else
+        raise InputError(f"{out}: a file that is not a TorchScript export stands there (an earlier export is "
+                         f"replaced, any other file is kept); choose another --output")
     out.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(out.parent, os.W_OK):  # found before minutes of tracing
         raise PermissionError(13, "Permission denied", str(out.parent))
