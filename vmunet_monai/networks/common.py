@@ -93,7 +93,8 @@ def _whole_numbers(value) -> tuple[int, ...] | None:
     None."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         return None
-    items = list(value)
+    # a tensor's or array's elements are numbers of no dimensions
+    items = [v.item() if getattr(v, "ndim", None) == 0 and hasattr(v, "item") else v for v in value]
     if not all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and float(v).is_integer()
                for v in items):
         return None
