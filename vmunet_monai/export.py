@@ -102,10 +102,11 @@ def _paths(bundle: str, checkpoint: str | None, output: str | None, format: str)
         raise InputError(f"--output {output}: a {format} export is a file {ending} (or give a folder, ending in /, "
                          f"for {FORMATS[format]} in it)")
     check_output_location([ckpt], out, what="export")  # never written over the weights it is made from
-    if format == "torchscript" and out.is_file() and not zipfile.is_zipfile(out):
-        # any suffix names a TorchScript file, so notes.txt could be one: an earlier export is replaced, nothing else
-        raise InputError(f"{out}: a file that is not a TorchScript export stands there (an earlier export is "
-                         f"replaced, any other file is kept); choose another --output")
+    if format == "torchscript" and out.is_file() and out.suffix.lower() != suffix and not zipfile.is_zipfile(out):
+        # any suffix names a TorchScript file, so notes.txt could be one: an earlier export (or a .ts file) is
+        # replaced, nothing else
+        raise InputError(f"{out}: a file that is not a TorchScript export stands there (an earlier export or a "
+                         f"{suffix} file is replaced, any other file is kept); choose another --output")
     out.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(out.parent, os.W_OK):  # found before minutes of tracing
         raise PermissionError(13, "Permission denied", str(out.parent))
