@@ -85,29 +85,29 @@ def interpreted():
 
 @pytest.mark.parametrize(
     "shape,config,with_d,softplus",
-    [
-        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16), True, True),  # 3 chunks, 2 channel blocks
+    [  # (the interpreter's time grows with programs x steps: maps of 20 steps in chunks of 8 keep 3 chunks)
+        ((2, 8, 4, 5, 4), dict(block_d=4, chunk=8), True, True),  # 3 chunks (8 + 8 + 4 steps), 2 channel blocks, 2 maps
         ((1, 5, 3, 9, 3), dict(block_d=8, chunk=16), False, False),  # masked channels and states
         ((1, 3, 6, 4, 4), dict(block_d=2, chunk=32), True, True),  # one chunk longer than the map
-        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, stepwise=False), True, True),  # chunked forward
-        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, keep_states=False), True, True),  # states rebuilt in backward
-        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, segments=3), True, True),  # two-pass split into 3 segments
+        ((1, 8, 4, 5, 4), dict(block_d=4, chunk=8, stepwise=False), True, True),  # chunked forward
+        ((1, 8, 4, 5, 4), dict(block_d=4, chunk=8, keep_states=False), True, True),  # states rebuilt in backward
+        ((1, 8, 4, 5, 4), dict(block_d=4, chunk=8, segments=3), True, True),  # two-pass split into 3 segments
         ((1, 5, 3, 9, 3), dict(block_d=8, chunk=16, segments=4), False, False),  # 27 steps: 2 segments of 16
-        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, one_launch=False), True, True),  # a forward launch per direction
-        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, segments=3, one_launch=False), True, True),
+        ((1, 8, 4, 5, 4), dict(block_d=4, chunk=8, one_launch=False), True, True),  # a forward launch per direction
+        ((1, 8, 4, 5, 4), dict(block_d=4, chunk=8, segments=3, one_launch=False), True, True),
         # deterministic: no atomics, per-direction outputs and per-block partial gradients
-        ((2, 8, 5, 7, 4), dict(block_d=4, chunk=16, deterministic=True), True, True),
+        ((1, 8, 4, 5, 4), dict(block_d=4, chunk=8, deterministic=True), True, True),
         ((1, 5, 3, 9, 3), dict(block_d=2, chunk=16, deterministic=True, segments=2, keep_states=False), False, False),
         # the step-loop backward: 2 channel blocks over 3 chunks; one chunk longer than the map with 3 of
         # 32 channels; after the chunked forward's checkpoints, without atomics and with the checkpoints
         # rebuilt; split into segments (KernelConfig.segments: both passes), 2 of 2 chunks and 1 with
         # masked channels and states, and one per chunk without atomics
-        ((1, 8, 5, 7, 4), dict(block_d=4, chunk=16, bwd_stepwise=True, bwd_step_block_d=4), True, True),
+        ((1, 8, 4, 5, 4), dict(block_d=4, chunk=8, bwd_stepwise=True, bwd_step_block_d=4), True, True),
         ((1, 3, 6, 4, 4), dict(block_d=2, chunk=32, bwd_stepwise=True), True, True),
-        ((1, 8, 5, 7, 4), dict(block_d=4, chunk=16, stepwise=False, bwd_stepwise=True, bwd_step_block_d=4,
+        ((1, 8, 4, 5, 4), dict(block_d=4, chunk=8, stepwise=False, bwd_stepwise=True, bwd_step_block_d=4,
                                deterministic=True, keep_states=False), True, True),
         ((1, 5, 3, 9, 3), dict(block_d=8, chunk=8, bwd_stepwise=True, bwd_step_block_d=4, segments=2), False, False),
-        ((1, 8, 5, 7, 4), dict(block_d=4, chunk=16, bwd_stepwise=True, bwd_step_block_d=4, segments=3,
+        ((1, 8, 4, 5, 4), dict(block_d=4, chunk=8, bwd_stepwise=True, bwd_step_block_d=4, segments=3,
                                deterministic=True), True, True),
     ],
 )
@@ -127,9 +127,9 @@ def test_cross_scan_matches_reference_interpreted(interpreted, shape, config, wi
 @pytest.mark.parametrize("segments,det,step", [(1, False, False), (2, False, False), (1, True, False)])
 def test_cross_scan_channels_last_inputs_interpreted(interpreted, segments, det, step):
     """Channels-last maps (and direction-last delta, B, C) are read in place; the output keeps u's layout."""
-    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, segments=segments, deterministic=det,
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=8, segments=segments, deterministic=det,
                                                        bwd_stepwise=step, bwd_step_block_d=4))
-    x = cross_inputs(2, 8, 5, 7, 4)
+    x = cross_inputs(2, 8, 4, 5, 4)
     y_ref, g_ref = fwd_and_grads(composed_reference, leaf(x))
 
     def channels_last(v):  # same values, memory order (batch, H, W, [direction,] channel)
@@ -148,19 +148,19 @@ def test_cross_scan_channels_last_inputs_interpreted(interpreted, segments, det,
 
 
 @pytest.mark.parametrize("config,channels_last", [
-    (dict(block_d=4, chunk=16), False),
-    (dict(block_d=4, chunk=16, segments=2), False),
-    (dict(block_d=4, chunk=16, keep_states=False), True),
-    (dict(block_d=4, chunk=16, stepwise=False), False),  # chunked forward: full rank formed first
-    (dict(block_d=4, chunk=16, deterministic=True), True),  # per-block partials of the factors' gradient
+    (dict(block_d=4, chunk=8), False),
+    (dict(block_d=4, chunk=8, segments=2), False),
+    (dict(block_d=4, chunk=8, keep_states=False), True),
+    (dict(block_d=4, chunk=8, stepwise=False), False),  # chunked forward: full rank formed first
+    (dict(block_d=4, chunk=8, deterministic=True), True),  # per-block partials of the factors' gradient
     # the step-loop backward (here in segments and without atomics, on channels-last maps)
-    (dict(block_d=4, chunk=16, bwd_stepwise=True, bwd_step_block_d=8, segments=3, deterministic=True), True),
+    (dict(block_d=4, chunk=8, bwd_stepwise=True, bwd_step_block_d=8, segments=3, deterministic=True), True),
 ])
 def test_cross_scan_low_rank_delta_interpreted(interpreted, config, channels_last):
     """delta given as rank-R factors and the dt projection: same result and gradients (also of the
     factors and the projection) as the composed reference on the full-rank step sizes."""
     interpreted.kernel_config(triton_scan.KernelConfig(**config))
-    b, di, h, w, n, rank = 2, 8, 5, 7, 4, 3
+    b, di, h, w, n, rank = 2, 8, 4, 5, 4, 3
     x = cross_inputs(b, di, h, w, n)
     g = torch.Generator().manual_seed(11)
     factors = torch.randn(b, 4, rank, h, w, generator=g, dtype=torch.float64) * 0.5
@@ -194,8 +194,8 @@ def test_cross_scan_low_rank_delta_interpreted(interpreted, config, channels_las
 
 
 def test_cross_scan_bf16_inputs_interpreted(interpreted):
-    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16))
-    x = cross_inputs(2, 8, 5, 7, 4, dtype=torch.bfloat16)
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=8))
+    x = cross_inputs(2, 8, 4, 5, 4, dtype=torch.bfloat16)
     # same bf16 values, upcast: the kernel computes in float32, so only the gradients' rounding differs
     y_ref, g_ref = fwd_and_grads(composed_reference, leaf({k: None if v is None else v.double() for k, v in x.items()}))
     y, g = fwd_and_grads(fused, leaf(x))
@@ -223,9 +223,9 @@ def test_a_second_derivative_through_the_kernels_is_refused_by_name_interpreted(
     ("grouped", False, 1, False, False), ("variable", True, 3, False, False), ("grouped", False, 2, False, False),
     ("grouped", True, 1, True, False), ("variable", False, 3, True, True)])
 def test_generic_scan_matches_reference_interpreted(interpreted, bc, keep, segments, det, step):
-    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, keep_states=keep, segments=segments,
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=8, keep_states=keep, segments=segments,
                                                        deterministic=det, bwd_stepwise=step, bwd_step_block_d=4))
-    batch, dim, length, n = 2, 8, 37, 4
+    batch, dim, length, n = 2, 8, 21, 4  # 3 chunks of 8
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
 
     def r(*shape, scale=1.0):
@@ -257,7 +257,7 @@ def test_deterministic_mode_adds_nothing_atomically_interpreted(interpreted, mon
     several groups to bound the partials' memory; results equal the reference and repeat exactly."""
     from triton.runtime.interpreter import InterpreterBuilder
 
-    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16))
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=8))
     real_rmw, calls = InterpreterBuilder.create_atomic_rmw, []
 
     def counting(self, *args, **kwargs):  # every atomic read-modify-write the interpreter executes
@@ -265,7 +265,7 @@ def test_deterministic_mode_adds_nothing_atomically_interpreted(interpreted, mon
         return real_rmw(self, *args, **kwargs)
 
     monkeypatch.setattr(InterpreterBuilder, "create_atomic_rmw", counting)
-    x = cross_inputs(2, 8, 5, 7, 4, seed=5)
+    x = cross_inputs(2, 8, 4, 5, 4, seed=5)
     y_ref, g_ref = fwd_and_grads(composed_reference, leaf(x))
     fused(leaf(x, torch.float32))
     assert calls, "the default forward merges the four directions with atomic adds"
@@ -289,13 +289,13 @@ def test_deterministic_mode_adds_nothing_atomically_interpreted(interpreted, mon
     # the partials hold one direction at a time (SS2D's backward launches once per direction), so a
     # budget of two batches' partials for one direction takes both batches in one launch per
     # direction; sized for four directions, it would take one batch per launch
-    per_batch = 4 * 2 * (2 * 4 * 35)  # float32 x 2 channel blocks x (dB and dC: N = 4, L = 35)
+    per_batch = 4 * 2 * (2 * 4 * 20)  # float32 x 2 channel blocks x (dB and dC: N = 4, L = 20)
     monkeypatch.setattr(triton_scan, "DET_PARTIAL_BYTES", 2 * per_batch)
     grids, real_launch = [], triton_scan.launch
     monkeypatch.setattr(triton_scan, "launch", lambda kernel, grid, *a, **kw: (
         grids.append(grid) if kernel is triton_scan._kernels().scan_bwd_kernel else None,
         real_launch(kernel, grid, *a, **kw))[1])
-    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, deterministic=True))
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=8, deterministic=True))
     _, g3 = fwd_and_grads(fused, leaf(x, torch.float32))
     assert grids == [(2, 1, 2)] * 4, grids
     for k in g_ref:
@@ -311,11 +311,11 @@ def test_auto_segments_interpreted(interpreted, monkeypatch):
     assert auto(200, 132, 256) == 3 and auto(12, 132, 4) == 4 and auto(1, 1, 16) == 4
     with pytest.raises(ValueError, match=r"segments=-1 must be at least 1, or 0 to choose per call"):
         triton_scan.KernelConfig(segments=-1)
-    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, segments=0))
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=8, segments=0))
     chosen = []
     real = triton_scan._run_forward_split
     monkeypatch.setattr(triton_scan, "_run_forward_split", lambda *a: chosen.append(a[5]) or real(*a))
-    x = cross_inputs(2, 8, 5, 7, 4)  # 35 steps = 3 chunks; 2 channel blocks x 4 directions x 2 maps
+    x = cross_inputs(2, 8, 4, 5, 4)  # 20 steps = 3 chunks of 8; 2 channel blocks x 4 directions x 2 maps
     y_ref, g_ref = fwd_and_grads(composed_reference, leaf(x))
     y, g = fwd_and_grads(fused, leaf(x, torch.float32))
     assert chosen == [3]  # 16 programs on 132 x 4 slots: one segment per chunk
@@ -497,16 +497,16 @@ def test_step_backward_runs_the_four_directions_in_one_launch_interpreted(interp
         return real_launch(kernel, grid, *args, **kwargs)
 
     monkeypatch.setattr(triton_scan, "launch", record)
-    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=16, bwd_stepwise=True, bwd_step_block_d=4,
+    interpreted.kernel_config(triton_scan.KernelConfig(block_d=4, chunk=8, bwd_stepwise=True, bwd_step_block_d=4,
                                                        deterministic=det))
-    x = cross_inputs(1, 8, 5, 7, 4, seed=9)
+    x = cross_inputs(1, 8, 4, 5, 4, seed=9)
     y_ref, g_ref = fwd_and_grads(composed_reference, leaf(x))
     runs = []
     for _ in range(2):
         atomics.clear()
         runs.append(fwd_and_grads(fused, leaf(x, torch.float32)))
-    # 2 channel blocks x 4 directions; scratch: 8 programs x 16 steps x (2 x 4 + 2) x 4 channels
-    assert launches[-1] == ((2, 4, 1), 8 * 16 * 10 * 4, True, True, 0) and len(launches) == 2, launches
+    # 2 channel blocks x 4 directions; scratch: 8 programs x 8 steps x (2 x 4 + 2) x 4 channels
+    assert launches[-1] == ((2, 4, 1), 8 * 8 * 10 * 4, True, True, 0) and len(launches) == 2, launches
     assert bool(atomics) != det
     (y, g), (_, g2) = runs
     assert rel_err(y, y_ref) <= 1e-4
