@@ -293,6 +293,36 @@ def test_a_bundle_run_given_weights_of_other_settings_is_told_the_recorded_ones(
     assert "--network_def#dims '[16, 32, 64, 128]'" in message and "--image_size '[64, 64]'" in message
 
 
+def test_the_ct_bundles_trained_window_is_its_roi_size(tmp_path, capsys):
+    """The CT bundle has no image_size: the size its training's slices had is its sliding window, roi_size. predict
+    slides a window of that size (the bundle's evaluation with the training's --roi_size scores the same), and
+    evaluation and inference name --roi_size where the weights do not fit or the window differs."""
+    import json
+
+    from vmunet_monai.engine import WeightsLoader
+    from vmunet_monai.predict import trained_network
+    from vmunet_monai.weights import check_checkpoint_fits
+
+    configs = pathlib.Path(__file__).parents[1] / "bundles" / "synapse_multiorgan" / "configs"
+    small = dict(TINY, dims=[16, 32, 64, 128])
+    torch.save(VMUNet(**small).state_dict(), tmp_path / "model.pt")
+    (tmp_path / "network.json").write_text(json.dumps({"_target_": "vmunet_monai.networks.VMUNet", **small,
+                                                       "_desc_": {"trained_input_size": [64, 64]}}))
+    overrides = trained_network([str(configs / "inference.json")], tmp_path / "model.pt")
+    assert overrides["roi_size"] == [64, 64] and "image_size" not in overrides
+    assert "roi_size [64, 64]" in capsys.readouterr().out  # the note: the bundle's window is 224 x 224
+    with pytest.raises(CheckpointError) as err:
+        check_checkpoint_fits(VMUNet(**TINY), tmp_path / "model.pt", size_setting="roi_size")
+    assert "--roi_size '[64, 64]'" in str(err.value) and "--image_size" not in str(err.value)
+    for name in ("evaluate.json", "inference.json"):  # the bundle's loaders say which setting the window is
+        text = (configs / name).read_text()
+        assert '"image_size": "@roi_size",\n            "size_setting": "roi_size"' in text, name
+    loader = WeightsLoader(str(tmp_path / "model.pt"), {"model": VMUNet(**TINY)}, image_size=[224, 224],
+                           size_setting="roi_size")
+    with pytest.raises(CheckpointError, match=r"--roi_size '\[64, 64\]'"):
+        loader(None)
+
+
 def _official_v2(net: VMUNetV2) -> dict:
     """``net``'s weights under the official VM-UNetV2's names (its encoder under ``vmunet.``), with the tensors the
     official network builds but never uses."""

@@ -143,7 +143,8 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
     trained with, read from the ``network.json`` a training writes beside them
     (:func:`vmunet_monai.engine.handlers.write_network_settings`); prints a note naming the settings that differ
     from the bundle's. Empty without such a file; of a record of another network than ``network_def``, or of one
-    that holds the input size alone (a baseline's), only ``image_size`` is taken. The output layer is left to
+    that holds the input size alone (a baseline's), only the input size is taken: a 2D bundle's ``image_size``,
+    the CT bundle's sliding window ``roi_size`` (the size of its training's slices). The output layer is left to
     ``num_classes`` (a mismatch is named when the weights are loaded)."""
     import inspect
     import pydoc
@@ -160,11 +161,13 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
     network_def = config.get(ids.split("#")[0], {})
     overrides, changed = {}, []
     trained_size = trained_input_size(weights, saved)  # a baseline's record holds this alone
-    size = config.get("image_size")
-    if trained_size and isinstance(size, list) and len(size) == len(trained_size):  # a 2D bundle's input size
-        overrides["image_size"] = list(trained_size)
+    # a 2D bundle's input size, or the CT bundle's sliding window (its training's slices)
+    setting = "image_size" if isinstance(config.get("image_size"), list) else "roi_size"
+    size = config.get(setting)
+    if trained_size and isinstance(size, list) and len(size) == len(trained_size):
+        overrides[setting] = list(trained_size)
         if list(size) != list(trained_size):
-            changed.append(f"image_size {list(trained_size)}")
+            changed.append(f"{setting} {list(trained_size)}")
     same = isinstance(network_def, dict) and saved.get("_target_") == network_def.get("_target_")
     target = pydoc.locate(str(saved["_target_"])) if same else None
     try:

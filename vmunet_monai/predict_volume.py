@@ -613,7 +613,7 @@ def predict_volumes(
             config["pass_entropy"] = True
         config["exported_model" if model else "checkpoint"] = source
         if not model and not any(k.split("#")[0] == "network_def" for k in overrides):  # given ones win
-            config.update(trained_network(config_files, source))
+            config.update({k: v for k, v in trained_network(config_files, source).items() if k not in overrides})
         if len(weights) > 1:  # the bundle's own ensemble: the first loaded into the network, the rest as members
             config["ensemble_checkpoints"] = weights
         if device is not None:

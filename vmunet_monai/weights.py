@@ -460,9 +460,10 @@ def load_official_checkpoint(network: nn.Module, checkpoint, *, strict: bool = F
     return report
 
 
-def _recorded_overrides(weights) -> str:
+def _recorded_overrides(weights, size_setting: str = "image_size") -> str:
     """The network settings in the ``network.json`` beside ``weights`` as ``monai.bundle run`` overrides
-    (``--network_def#dims "[8, 16, 32, 64]" ...``); empty if the file cannot be read."""
+    (``--network_def#dims "[8, 16, 32, 64]" ...``), the trained input size as ``--<size_setting>`` (the 2D bundles'
+    ``image_size``, the CT bundle's window ``roi_size``); empty if the file cannot be read."""
     import json
 
     from vmunet_monai.engine.handlers import read_network_settings
@@ -475,11 +476,12 @@ def _recorded_overrides(weights) -> str:
              if not key.startswith("_") and key not in ("in_channels", "out_channels", "spatial_dims")]
     size = (saved.get("_desc_") or {}).get("trained_input_size") if isinstance(saved.get("_desc_"), dict) else None
     if size:
-        parts.append(f"--image_size {json.dumps(size)!r}")
+        parts.append(f"--{size_setting} {json.dumps(size)!r}")
     return " ".join(parts)
 
 
-def check_checkpoint_fits(network: nn.Module, checkpoint, built_from_record: bool = False) -> dict[str, torch.Tensor]:
+def check_checkpoint_fits(network: nn.Module, checkpoint, built_from_record: bool = False,
+                          size_setting: str = "image_size") -> dict[str, torch.Tensor]:
     """Check that ``checkpoint`` is a state dict of exactly this network (same keys, same shapes).
 
     Used before inference, so that a checkpoint of another bundle, another network size or an
@@ -492,6 +494,7 @@ def check_checkpoint_fits(network: nn.Module, checkpoint, built_from_record: boo
         built_from_record: the network was built with the settings of the ``network.json`` beside the weights (as
             ``predict`` and ``export`` build it); else (a ``monai.bundle run``) a mismatch names the settings that
             file records, to give as overrides.
+        size_setting: the bundle's setting of the trained input size, named among those overrides.
 
     Returns:
         the flat state dict.
@@ -538,7 +541,7 @@ def check_checkpoint_fits(network: nn.Module, checkpoint, built_from_record: boo
             hint += (f"; the network was built with the settings of {record} beside the weights, so if another "
                      f"training left that file there, these weights are not of it: move it away")
         elif beside_record and kind == own:
-            recorded = _recorded_overrides(checkpoint)
+            recorded = _recorded_overrides(checkpoint, size_setting)
             if recorded:
                 hint = (f"; {record} beside the weights records the settings they were trained with: give them to "
                         f"monai.bundle run as overrides ({recorded}); predict and export read that file themselves")

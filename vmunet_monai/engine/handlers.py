@@ -149,13 +149,16 @@ class WeightsLoader(CheckpointLoader):
     ``other``: how the config takes other weights, for the message. A network alone (``load_dict`` of one module)
     is loaded from what :func:`vmunet_monai.weights.check_checkpoint_fits` reads: the state dict unwrapped from the
     usual containers and prefixes, strictly, or a one-line error naming the file. ``image_size``: the height and
-    width the config resizes images to; a warning names the size the weights were trained at (the ``network.json``
-    beside them) where it differs, as results at another size are worse without a word otherwise."""
+    width the config resizes images to (the CT bundle: its sliding window); a warning names the size the weights
+    were trained at (the ``network.json`` beside them) where it differs, as results at another size are worse
+    without a word otherwise. ``size_setting``: the config's name of that size (``image_size``, ``roi_size``), the
+    override the warning and a mismatch's message name."""
 
     def __init__(self, load_path: str, load_dict: dict, bundle_root: str | os.PathLike = ".",
-                 other: str = "--ensemble_checkpoints PATH", image_size=None, **kwargs) -> None:
+                 other: str = "--ensemble_checkpoints PATH", image_size=None, size_setting: str = "image_size",
+                 **kwargs) -> None:
         super().__init__(load_path, load_dict, **kwargs)
-        self.bundle_root, self.other = bundle_root, str(other)
+        self.bundle_root, self.other, self.size_setting = bundle_root, str(other), str(size_setting)
         from vmunet_monai.engine.utils import input_size
 
         self.image_size = None if image_size is None else input_size(image_size)
@@ -168,10 +171,11 @@ class WeightsLoader(CheckpointLoader):
         trained = trained_input_size(self.load_path)
         if self.image_size and trained and len(trained) == len(self.image_size) and trained != self.image_size:
             size = " ".join(map(str, trained))
-            logger.warning("%s was trained on %s images (%s) and this run resizes to %s: results differ from the "
-                           "trained size's; give --image_size \"[%s]\" (predict uses the trained size itself)",
+            logger.warning("%s was trained on %s images (%s) and this run %s %s: results differ from the "
+                           "trained size's; give --%s \"[%s]\" (predict uses the trained size itself)",
                            self.load_path, "x".join(map(str, trained)), Path(self.load_path).parent / NETWORK_SETTINGS,
-                           "x".join(map(str, self.image_size)), size.replace(" ", ", "))
+                           "resizes to" if self.size_setting == "image_size" else "slides a window of",
+                           "x".join(map(str, self.image_size)), self.size_setting, size.replace(" ", ", "))
         objects = list(self.load_dict.values())
         if len(objects) != 1 or not isinstance(objects[0], torch.nn.Module):
             super().__call__(engine)
@@ -179,7 +183,7 @@ class WeightsLoader(CheckpointLoader):
         # the network alone: read as predict's check reads it, so what passes the check loads (DataParallel's
         # module., a {"state_dict": ...} wrapper, weights saved on a GPU) and what does not is named in one line
         module = getattr(objects[0], "module", objects[0])
-        module.load_state_dict(check_checkpoint_fits(module, self.load_path))
+        module.load_state_dict(check_checkpoint_fits(module, self.load_path, size_setting=self.size_setting))
         self.logger.info(f"Restored all variables from {self.load_path}")
 
 
