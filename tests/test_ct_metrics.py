@@ -173,6 +173,31 @@ def test_predictions_of_other_labels_are_refused_and_one_time_point_is_a_volume(
     summary = ct.evaluate_files([str(tmp_path / "pred4d.nii.gz")], [str(tmp_path / "label.nii.gz")],
                                 str(tmp_path / "e2"))
     assert summary["dice"]["per_organ"]["liver"]["mean"] == 1.0
+    # a float map of whole numbers is a label map; one of fractions (probabilities, a label resampled with
+    # interpolation) is refused instead of rounded: 5.4 scored as a perfect liver, 5.6 as a stray class 6
+    nib.save(nib.Nifti1Image(label.astype(np.float32), affine), str(tmp_path / "float.nii.gz"))
+    summary = ct.evaluate_files([str(tmp_path / "float.nii.gz")], [str(tmp_path / "label.nii.gz")],
+                                str(tmp_path / "e3"))
+    assert summary["dice"]["per_organ"]["liver"]["mean"] == 1.0
+    nib.save(nib.Nifti1Image(np.where(label == 5, 5.4, 0).astype(np.float32), affine), str(tmp_path / "frac.nii.gz"))
+    with pytest.raises(InputError, match=r"frac.nii.gz: values 5.4 are no whole class numbers \(a label map holds"):
+        ct.evaluate_files([str(tmp_path / "frac.nii.gz")], [str(tmp_path / "label.nii.gz")], str(tmp_path / "e4"))
+
+
+def test_a_truncated_volume_is_named_in_one_line(tmp_path):
+    """A prediction or label cut short (a copy that stopped) is named with the reader's reason, not a traceback of
+    gzip's EOFError."""
+    affine = np.diag([-0.7, -0.7, 3.0, 1.0])
+    label = np.zeros((20, 20, 6), np.uint8)
+    label[3:9, 3:9, 1:5] = 5
+    nib.save(nib.Nifti1Image(label, affine), str(tmp_path / "label.nii.gz"))
+    whole = (tmp_path / "label.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(whole[: len(whole) // 2])
+    for pred, truth in (("cut", "label"), ("label", "cut")):
+        with pytest.raises(InputError, match=r"cut.nii.gz: cannot be read as NIfTI \(.*\) \(the file must be a "
+                                             r"complete NIfTI volume; is it truncated\?\)"):
+            ct.evaluate_files([str(tmp_path / f"{pred}.nii.gz")], [str(tmp_path / f"{truth}.nii.gz")],
+                              str(tmp_path / "e"))
 
 
 def _three_cases(tmp_path):

@@ -668,7 +668,14 @@ def _check_classes(path, pred: np.ndarray, organs: Mapping[int, str]) -> None:
     (another tool's 13 BTCV labels, not mapped to the 8 organs, would score as missed organs without a word)."""
     from vmunet_monai.validation import InputError, describe_values
 
-    values = np.unique(np.rint(np.unique(pred)))
+    present = np.unique(pred)
+    fractional = present[np.abs(present - np.rint(present)) > 1e-3] if present.dtype.kind == "f" else present[:0]
+    if fractional.size:
+        raise InputError(f"{path}: values {describe_values(fractional)} are no whole class numbers (a label map "
+                         "holds 0 for background and one whole number per organ; a probability map or a label "
+                         "resampled with interpolation is no label map: take its argmax, resample with nearest "
+                         "neighbour)")
+    values = np.unique(np.rint(present))
     stray = values[~np.isin(values, [0, *organs])]
     if stray.size:
         raise InputError(f"{path}: label values {describe_values(stray)} are no class of this dataset (0 background, "
@@ -716,7 +723,16 @@ def evaluate_files(
     from tqdm import tqdm
 
     from vmunet_monai.data.volumes import volume_voxels
-    from vmunet_monai.validation import InputError
+    from vmunet_monai.validation import InputError, input_error
+
+    def read(path):
+        try:
+            image = nib.load(path)
+            return image, volume_voxels(image)  # (X, Y, Z, 1) as (X, Y, Z), as the importer reads it
+        except Exception as exc:  # nibabel raises several types for broken files (EOFError for a cut gzip)
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise input_error(path, f"cannot be read as NIfTI ({reason})", "the file must be a complete NIfTI "
+                              "volume; is it truncated?") from None
 
     if len(predictions) != len(labels):
         raise InputError(f"{len(predictions)} predictions but {len(labels)} labels: give one label per prediction")
@@ -725,8 +741,7 @@ def evaluate_files(
     rows = []
     for pred_path, label_path, case in tqdm(list(zip(predictions, labels, names)), desc="scoring cases",
                                             unit="case"):
-        p, g = nib.load(pred_path), nib.load(label_path)
-        pred, truth = volume_voxels(p), volume_voxels(g)  # (X, Y, Z, 1) as (X, Y, Z), as the importer reads it
+        (p, pred), (g, truth) = read(pred_path), read(label_path)
         if pred.shape != truth.shape or not np.allclose(p.affine, g.affine, atol=1e-3):
             what = (f"shape {pred.shape} against {truth.shape}" if pred.shape != truth.shape else
                     f"the same shape but another grid ({_grid_difference(p.affine, g.affine)})")
