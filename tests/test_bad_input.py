@@ -25,6 +25,7 @@ from vmunet_monai.validation import (
     check_image_pair_2d,
     check_label_values,
     check_output_location,
+    os_error_line,
     read_image_2d,
     read_volume,
 )
@@ -170,6 +171,17 @@ def test_outputs_never_overwrite_or_mix_with_inputs(tmp_path):
         _one_line(failure.value, problem, "outputs")
     with pytest.raises(InputError, match="would be written over an input file"):
         check_output_location([image], tmp_path / "out", outputs=[image])
+    # a file where the output folder (or one above it) is to be: refused before any work, as making the folder at
+    # the end would be (score scored every case first); the folder of an output file is checked alike
+    (tmp_path / "afile").write_text("x")
+    for output, is_file, folder_named in ((tmp_path / "afile", False, tmp_path / "afile"),
+                                          (tmp_path / "afile" / "sub" / "out", False, tmp_path / "afile/sub/out"),
+                                          (tmp_path / "afile" / "model.ts", True, tmp_path / "afile")):
+        with pytest.raises(NotADirectoryError) as refused:
+            check_output_location([folder], output, output_is_file=is_file)
+        assert refused.value.filename == str(folder_named)
+        assert os_error_line(refused.value).startswith(f"{tmp_path / 'afile'}: a file stands where a folder is needed")
+    assert check_output_location([folder], tmp_path / "new" / "model.ts", output_is_file=True).name == "model.ts"
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ an archive and refuses members that would land outside the target folder.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -414,11 +413,9 @@ def package(bundle: str | Path, out: str | Path, checkpoint: str | Path | None =
     ckpt = Path(checkpoint) if checkpoint else root / MODEL_FILE
     out = Path(out)
     # outside the bundle: a zip written inside it would be packed into every later release
-    check_output_location([root], out, what="zip" if out.suffix.lower() == ".zip" else "output folder")
-    folder = out.parent if out.suffix.lower() == ".zip" else out
-    standing = next((f for f in (folder, *folder.parents) if f.exists()), None)
-    if standing is not None and not standing.is_dir():  # found before the checks' minute, not after
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+    # (a file where the folder is to be: refused here, before the checks' minute, not after)
+    check_output_location([root], out, what="zip" if out.suffix.lower() == ".zip" else "output folder",
+                          output_is_file=out.suffix.lower() == ".zip")
     checks = check_bundle(root, ckpt, export=export)
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     name, version = root.name, meta["version"]

@@ -192,6 +192,11 @@ def move_whole(source: str | os.PathLike, target: str | os.PathLike) -> None:
     Path(source).unlink(missing_ok=True)
 
 
+def nearest_existing(path: Path) -> Path | None:
+    """``path`` itself if it exists, else the nearest folder above it that does."""
+    return next((p for p in (path, *path.parents) if p.exists()), None)
+
+
 def os_error_line(exc: OSError) -> str:
     """One line for a file-system refusal: the path, and what stood in the way (for a folder that could not be
     made, the file standing where it or a folder above it was to be)."""
@@ -199,10 +204,8 @@ def os_error_line(exc: OSError) -> str:
         return str(exc)
     where = Path(exc.filename)
     if isinstance(exc, (FileExistsError, NotADirectoryError)):
-        blocking = where
-        while not blocking.exists() and blocking != blocking.parent:
-            blocking = blocking.parent
-        if blocking.is_file():
+        blocking = nearest_existing(where)
+        if blocking is not None and blocking.is_file():
             to_write = "" if blocking == where else f" (to write {where})"
             return f"{blocking}: a file stands where a folder is needed{to_write}; choose another path"
     if isinstance(exc, PermissionError):
@@ -862,17 +865,21 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def check_output_location(inputs: Iterable, output, outputs: Iterable = (), what: str = "output folder") -> Path:
-    """Refuse an output location that would overwrite or mix with the inputs.
+def check_output_location(inputs: Iterable, output, outputs: Iterable = (), what: str = "output folder",
+                          output_is_file: bool = False) -> Path:
+    """Refuse an output location that would overwrite or mix with the inputs, or that no folder can be made at.
 
     Rules: the output folder is not an input file, not an input folder and not inside one (files
-    written there would be read as inputs by the next run); no planned output file is an input file.
+    written there would be read as inputs by the next run); no planned output file is an input file;
+    no file stands where the output folder (the folder of an output file) or a folder above it is to be
+    (``NotADirectoryError``, as making it would raise after the work: raised before).
 
     Args:
         inputs: input files and folders.
         output: the output folder.
         outputs: the files that will be written (optional, checked one by one).
         what: how to call ``output`` in the message.
+        output_is_file: ``output`` is a file to write (an export, a zip), not a folder.
 
     Returns:
         the resolved output folder.
@@ -896,4 +903,10 @@ def check_output_location(inputs: Iterable, output, outputs: Iterable = (), what
         planned = _resolved(planned)
         if planned in input_files:
             raise input_error(planned, "would be written over an input file", "outputs never overwrite inputs")
+    folder = out.parent if output_is_file else out
+    standing = nearest_existing(folder)
+    if standing is not None and not standing.is_dir():
+        import errno
+
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
     return out
