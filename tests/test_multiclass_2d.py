@@ -701,6 +701,19 @@ def test_probability_maps_of_any_depth_score_alike(tmp_path, capsys):
     (tmp_path / "big_prepared" / "datalist.json").write_text(json.dumps({"training": [], "test": big_items}))
     score(tmp_path / "smooth", tmp_path / "big_prepared", out=tmp_path / "s_smooth")
     assert "masks with smoothed edges rather than probability maps?" in capsys.readouterr().out
+    # a class map (0, 1, 2) against a binary dataset: read as a grey-level map it predicts nothing, which is said
+    (tmp_path / "classes").mkdir()
+    for k in range(2):
+        numbers = (np.asarray(Image.open(tmp_path / "big" / f"b{k}_mask.png")) > 0).astype(np.uint8)
+        numbers[:5, :5] = 2
+        Image.fromarray(numbers).save(tmp_path / "classes" / f"b{k}.png")
+    summary = score(tmp_path / "classes", tmp_path / "big_prepared", out=tmp_path / "s_classes")
+    assert summary["overall"]["per_image"]["dice_mean"] == 0.0
+    out = capsys.readouterr().out
+    assert (f"note: 2 prediction(s) hold whole numbers above 1 and none from half the scale up (first: "
+            f"{tmp_path / 'classes' / 'b0.png'}, values 0, 1, 2): read as grey-level maps") in out
+    score(tmp_path / "smooth", tmp_path / "big_prepared", out=tmp_path / "s_smooth")
+    assert "whole numbers above 1" not in capsys.readouterr().out  # maps reaching the half scale: no such note
 
 
 def test_score_names_two_predictions_of_one_image_and_replaces_an_earlier_scores_files(tmp_path, capsys):

@@ -390,7 +390,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     out = check_output_location([dataset], out)
     gallery = WorstCases(check_at_least("score --worst", worst, 0), max(num_classes, 2))
     records, missing, binary_pairs, class_pairs, map_pairs, used = [], [], [], [], [], set()
-    grey_files, lossy_grey, wrong_size, between = [], [], [], []
+    grey_files, lossy_grey, wrong_size, between, numbered = [], [], [], [], []
     images = [(dataset / item["image"]).resolve() for item in items]
     # a mask, else a probability map; a map beside a mask is the mask's probabilities
     hits = [_tail_match(found.get(image.stem) or found_maps.get(image.stem, []), image) for image in images]
@@ -430,6 +430,8 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
             binary_pairs.append((name, hit, label_path, group))  # for the PraNet protocol, if any file is a map
             if beside is not None:
                 map_pairs.append((beside, label_path))
+            if values.size and 1 < float(values.max()) < 128 and np.all(values == np.rint(values)):
+                numbered.append((hit, np.unique(values)))  # whole numbers, all under half the scale: a class map?
             if np.unique(values).size > 2:  # a probability map; a JPEG's grey levels are its compression's
                 lossy = hit.suffix.lower() in LOSSY_EXTENSIONS and not hit.stem.endswith("_prob")
                 (lossy_grey if lossy else grey_files).append(hit)
@@ -472,6 +474,13 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     summary = paths.pop("summary")
     print(format_summary(summary))
     grey = bool(grey_files)
+    if numbered:
+        from vmunet_monai.validation import describe_values
+
+        print(f"note: {len(numbered)} prediction(s) hold whole numbers above 1 and none from half the scale up (first: "
+              f"{numbered[0][0]}, values {describe_values(numbered[0][1])}): read as grey-level maps (foreground "
+              "from 128 of 255), they predict no foreground. This dataset's masks are binary (0 and 1, or 0 and 255); "
+              "a label map of several classes is scored against a dataset prepared with those classes", flush=True)
     if grey and np.mean(between) < 0.02:
         print(f"note: the grey levels of the {len(grey_files)} map(s) cover {100 * np.mean(between):.1f}% of their "
               "pixels: masks with smoothed edges rather than probability maps? Their PraNet and calibration numbers "
