@@ -173,7 +173,7 @@ class Commands:
         run_compare(runs, labels=labels, metric=metric, out=out, seed=seed)
 
     def objects(self, pred: str, truth: str, out: str | None = None, group_by: str = "folder",
-                pictures: bool = True, distances: bool = True, title: str = "", foreground=None):
+                pictures: bool = True, distances: bool = True, title: str = "", foreground: str | int | None = None):
         """Score predicted 2D masks object by object against ground truths that number each object (GlaS glands,
         cells): object F1, object Dice and object Hausdorff as the GlaS challenge defines them, beside pixel Dice.
 
@@ -205,7 +205,8 @@ class Commands:
         run_objects(pred, truth, out=out, group_by=group_by, pictures=pictures, hausdorff=distances, title=title,
                     foreground=foreground)
 
-    def score(self, pred: str, dataset: str, out: str | None = None, split: str = "test", mask_values=None,
+    def score(self, pred: str, dataset: str, out: str | None = None, split: str = "test",
+              mask_values: tuple | None = None,
               transunet: bool | None = None, montage: bool | None = None, worst: int | None = None):
         """Score segmentations already on disk (predict's, or another tool's) against the labels of a prepared
         dataset, by the protocol of its bundle's own evaluation; the per-case table compare reads beside it.
@@ -224,7 +225,9 @@ class Commands:
         among as many least-sure pixels as there are errors); for several classes by the top label.
         Cases without a prediction are left out and files named after no case are not scored; both are named.
         Predictions that predict wrote are refused where their weights' trained_on.json lists images of the
-        split (trained or selected on: the datalist was drawn again after the training).
+        split (trained or selected on: the datalist was drawn again after the training): a test split's among
+        the training and validation images, the validation split's among the training images; the training
+        split is scored as asked.
 
         Args:
             pred: a folder of predictions, searched recursively; predict's OUTPUT (or its masks/): its masks are
@@ -307,7 +310,8 @@ class Commands:
           test/), --mask_suffix (folders; default: found), --classes, --mask_values, --foreground (folders, as
           for ISIC)
         - synapse_multiorgan: --num_val [one in six training cases: 3 of Synapse's 18; patients in patient
-          folders], --seed [0], --spacing "[x,y,z]" (mm, for the TransUNet release, which carries none),
+          folders], --seed [0], --spacing x,y,z (mm, for the TransUNet release, which carries none;
+          default 0.76,0.76,3.0),
           --verify [true], --layout btcv|folders|auto [auto: BTCV when present], --classes liver,tumour
           (folders; default: dataset.json), --test_fraction [0.2] (folders without labelsTs/ or testing/),
           --split auto|mamba_unet [auto] (ACDC: Mamba-UNet's 70/10/20 split of the training patients),
@@ -361,7 +365,7 @@ class Commands:
 
     def predict(self, bundle: str, input: str, output: str, checkpoint: str | None = None, device: str | None = None,
                 baseline: str = "", tta: bool = False, model: str | None = None, num_classes: int | None = None,
-                window: tuple | None = None, intensity: str | None = None, mask_values=None,
+                window: tuple | None = None, intensity: str | None = None, mask_values: tuple | None = None,
                 split_touching: float | None = None, probabilities: bool = False, resume: bool = False,
                 batch_size: int = 1, uncertainty: bool = False, rank_by: str = "share"):
         """Segment a file or a folder with BUNDLE's network and write masks (and overlays) to OUTPUT.
