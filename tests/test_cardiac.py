@@ -248,3 +248,30 @@ def test_datalist_groups_answer_to_the_case_and_to_its_image_name(tmp_path):
     assert datalist_groups(tmp_path) == {"abd_004": "ED", "abd_004_0000": "ED", "abd_005": "ES"}
     assert datalist_patients(tmp_path) == {"abd_004": "p4", "abd_004_0000": "p4", "abd_005": "p4"}
     assert datalist_groups(tmp_path, "training") == {} and datalist_groups(tmp_path / "none") == {}
+
+
+def test_two_predictions_of_one_case_are_named_as_such(tmp_path):
+    """A case found both by its name (0001.nii.gz) and by its image's (img0001_seg.nii.gz): one was scored and the
+    other called a prediction of no case; both are named as two predictions of that case."""
+    import json
+
+    import nibabel as nib
+
+    from vmunet_monai.evaluation.score import score_volumes
+    from vmunet_monai.validation import InputError
+
+    for folder in ("data/imagesTr", "data/labelsTr", "pred"):
+        (tmp_path / folder).mkdir(parents=True)
+    volume = np.zeros((8, 8, 3), np.uint8)
+    volume[2:5, 2:5, 1] = 1
+    for name in ("data/imagesTr/img0001.nii.gz", "data/labelsTr/label0001.nii.gz", "pred/img0001_seg.nii.gz",
+                 "pred/0001.nii.gz"):
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / name)
+    (tmp_path / "data" / "datalist.json").write_text(json.dumps({"training": [], "test": [
+        {"image": "imagesTr/img0001.nii.gz", "label": "labelsTr/label0001.nii.gz", "case": "0001"}]}))
+    with pytest.raises(InputError, match=r"0001.nii.gz and .*img0001_seg.nii.gz: two predictions of the case 0001 "
+                                         r"\(one by its name, one by its image's; give one prediction per case\)"):
+        score_volumes(tmp_path / "pred", tmp_path / "data", out=tmp_path / "s")
+    (tmp_path / "pred" / "0001.nii.gz").unlink()
+    summary = score_volumes(tmp_path / "pred", tmp_path / "data", out=tmp_path / "s", montage=False)
+    assert summary["num_cases"] == 1 and summary["unused_predictions"] == []

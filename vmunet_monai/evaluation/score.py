@@ -83,7 +83,11 @@ def match_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, split: st
         keys = [case] + ([_case_name(image)] if image is not None else [])
         if keys[-1].endswith("_0000"):  # nnU-Net names a prediction without the image's channel number
             keys.append(keys[-1][:-5])
-        hit = next((found[k] for k in keys if k in found), None)
+        hits = list(dict.fromkeys(found[k] for k in keys if k in found))
+        if len(hits) > 1:  # (else one would be scored and the other called a prediction of no case)
+            raise InputError(f"{hits[0]} and {hits[1]}: two predictions of the case {case} (one by its name, one by "
+                             f"its image's; give one prediction per case)")
+        hit = hits[0] if hits else None
         if hit is None:
             missing.append(case)
             continue
