@@ -198,7 +198,9 @@ class Commands:
             distances: also the object Hausdorff distance (in pixels; one distance map per object, the slow part).
             title: a title for the table and plot.
             foreground: class maps (predict with several classes): the class whose objects are scored, as its
-                value in the masks or its name in predict's prediction.json; class maps are refused without it.
+                value in the masks or its name in predict's prediction.json. Class maps that prediction.json
+                records as such are refused without it; other masks of several values are read as instance masks
+                (each value one object).
         """
         from vmunet_monai.evaluation.objects import run_objects
 
