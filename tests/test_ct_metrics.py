@@ -285,3 +285,22 @@ def test_the_printed_summary_says_how_many_organs_were_missed(capsys):
     assert "mean HD95 0.00 mm (of the organs found: 1 missed, which have no HD95, count 0 in Dice) |" in line
     ct._log_summary(ct.summarize([dict(ct.case_scores(label[None], label, SPACING), case="c2")]))
     assert "missed" not in capsys.readouterr().out
+
+
+def test_volumes_csv_names_classes_without_spaces(tmp_path):
+    """predict's volumes.csv: a class named "left kidney" (the bundle's name) has the column left_kidney_ml, as
+    per_case.csv and compare name it, so the tables join."""
+    import csv
+
+    from vmunet_monai.evaluation.volumetry import write_volumes
+
+    seg = np.zeros((4, 4, 2), np.uint8)
+    seg[0, :2, 0] = 1
+    seg[1:, :, :] = 2
+    nib.save(nib.Nifti1Image(seg, np.diag([2.0, 2.0, 5.0, 1.0])), str(tmp_path / "img0001_seg.nii.gz"))
+    write_volumes([str(tmp_path / "img0001.nii.gz")], [str(tmp_path / "img0001_seg.nii.gz")],
+                  {1: "left kidney", 2: "liver"}, tmp_path)
+    (row,) = list(csv.DictReader(open(tmp_path / "volumes.csv")))
+    assert list(row) == ["case", "segmentation", "voxel_ml", "left_kidney_ml", "liver_ml"]
+    assert float(row["left_kidney_ml"]) == pytest.approx(2 * 0.02)
+    assert float(row["liver_ml"]) == pytest.approx(24 * 0.02)

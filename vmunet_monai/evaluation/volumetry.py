@@ -78,7 +78,9 @@ def write_volumes(sources: Sequence[str], segmentations: Sequence[str], classes:
     path = output / "volumes.csv"
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["case", "segmentation", "voxel_ml"] + [f"{name}_ml" for name in classes.values()])
+        # column names without spaces ("left kidney" as left_kidney_ml), as per_case.csv and compare name classes
+        writer.writerow(["case", "segmentation", "voxel_ml"]
+                        + [f"{'_'.join(str(name).split())}_ml" for name in classes.values()])
         for r in rows:
             writer.writerow([r["case"], r["segmentation"], f"{r['voxel_ml']:.6g}"]
                             + [round(r[name], 3) for name in classes.values()])
