@@ -193,8 +193,10 @@ def test_score_reads_predictions_on_disk_against_a_prepared_acdc_dataset(tmp_pat
         score(tmp_path / "perfect", tmp_path / "prepared", worst=3)
     with pytest.raises(InputError, match="no datalist.json"):
         score_volumes(tmp_path / "perfect", tmp_path / "acdc")
-    with pytest.raises(InputError, match=r"--split 'tset': .* has the splits"):
+    with pytest.raises(InputError, match=r"--split 'tset': .* has the splits") as refused:
         score_volumes(tmp_path / "perfect", tmp_path / "prepared", split="tset")
+    splits = str(refused.value).split("has the splits ")[1].split(", ")
+    assert "test" in splits and "skipped" not in splits  # (the importer's list of skipped files is no split)
     with pytest.raises(InputError, match="no prediction is named after a 'test' case"):
         score_volumes(tmp_path / "s_perfect", tmp_path / "prepared", out=tmp_path / "s_none")
     # the same shape on another grid: what differs, with the numbers

@@ -299,7 +299,12 @@ def test_objects_refuses_what_it_cannot_score(tmp_path, capsys):
     rng = np.random.default_rng(4)
     _glas_folder(tmp_path / "glas", rng, ["a"])
     (tmp_path / "pred").mkdir()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty: holds no mask files \(looked for predicted masks"):
+        run_objects(tmp_path / "empty", tmp_path / "glas")
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "pred" / "b_mask.png")
+    with pytest.raises(InputError, match=r"empty: holds no mask files \(looked for ground truths"):
+        run_objects(tmp_path / "pred", tmp_path / "empty")
     with pytest.raises(InputError, match="no predicted mask has a ground truth of the same image name"):
         run_objects(tmp_path / "pred", tmp_path / "glas")
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "pred" / "a_mask.png")

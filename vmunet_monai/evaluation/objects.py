@@ -364,6 +364,10 @@ def match_files(pred: str | os.PathLike, truth: str | os.PathLike, group_by: str
     missing = {"missing_prediction": [str(truths[k]) for k in sorted(set(truths) - set(preds))],
                "missing_truth": [str(preds[k]) for k in sorted(set(preds) - set(truths))],
                "photos": photos}
+    for folder, found, what in ((pred, preds, "predicted masks (<image>_mask.png, or any image file)"),
+                                (truth, truths, "ground truths (<image>.png or <image>_anno.bmp)")):
+        if not found:
+            raise InputError(f"{folder}: holds no mask files (looked for {what}, in its sub-folders too)")
     if not pairs:
         raise InputError(f"{pred} and {truth}: no predicted mask has a ground truth of the same image name (e.g. "
                          f"{next(iter(preds.values()), 'none')} against {next(iter(truths.values()), 'none')}); "

@@ -225,7 +225,9 @@ def _items(dataset: Path, split: str) -> tuple[Path, list[dict]]:
         raise InputError(f"{dataset}: no {DATALIST_NAME} (give the folder that `prepare BUNDLE RAW OUT` wrote; it "
                          f"names the cases, their labels and classes)")
     doc = json.loads(path.read_text())
-    splits = [k for k, v in doc.items() if isinstance(v, list)]
+    # (a datalist's other lists, such as the files an importer skipped, are no splits)
+    splits = [k for k, v in doc.items() if isinstance(v, list) and k != "skipped"
+              and all(isinstance(i, dict) and "label" in i for i in v)]
     if split not in splits:
         raise InputError(f"--split {split!r}: {path} has the splits {', '.join(splits)}")
     items = [item for item in doc[split] if isinstance(item, dict) and "label" in item]
