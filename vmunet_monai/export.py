@@ -101,7 +101,8 @@ def _paths(bundle: str, checkpoint: str | None, output: str | None, format: str)
                   "would add one)")
         raise InputError(f"--output {output}: a {format} export is a file {ending} (or give a folder, ending in /, "
                          f"for {FORMATS[format]} in it)")
-    check_output_location([ckpt], out, what="export", output_is_file=True)  # never written over the weights it is made from
+    # never written over the weights it is made from
+    check_output_location([ckpt], out, what="export", output_is_file=True)
     if format == "torchscript" and out.is_file() and out.suffix.lower() != suffix and not zipfile.is_zipfile(out):
         # any suffix names a TorchScript file, so notes.txt could be one: an earlier export (or a .ts file) is
         # replaced, nothing else
