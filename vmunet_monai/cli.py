@@ -357,7 +357,7 @@ class Commands:
             out: output folder (the RAW argument of prepare).
             num: how many images or volumes (default 48 images, 8 volumes): the training images (ISIC's
                 challenge layout, PraNet's, polyp folders and glands; the test sets scale with it), every
-                image (ISIC folders, PH2) or every case (Synapse, training and test; ACDC): 4 to 30 cases.
+                image (ISIC folders, PH2) or every case (Synapse, training and test; ACDC; 4 to 30 cases).
             seed: random seed (the same seed writes the same files).
         """
         from vmunet_monai.data import demo_data
