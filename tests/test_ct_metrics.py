@@ -218,7 +218,7 @@ def _three_cases(tmp_path):
     return paths, affine
 
 
-def test_the_worst_case_is_drawn_beside_the_first(tmp_path):
+def test_the_worst_case_is_drawn_beside_the_first(tmp_path, capsys, caplog):
     from types import SimpleNamespace
 
     from monai.data import MetaTensor
@@ -227,6 +227,8 @@ def test_the_worst_case_is_drawn_beside_the_first(tmp_path):
     cases = ["first", "middle", "worst"]
     ct.evaluate_files(paths["pred"], paths["label"], str(tmp_path / "files"), montage_image=paths["img"][0],
                       cases=cases, worst_images=paths["img"])
+    # score's console gets the summary line once
+    assert capsys.readouterr().out.count("3 cases: mean Dice") == 1
     assert sorted(p.name for p in (tmp_path / "files").glob("montage*.png")) == ["montage_first.png",
                                                                                  "montage_worst_worst.png"]
     ct.evaluate_files(paths["pred"][:1], paths["label"][:1], str(tmp_path / "perfect"), cases=cases[:1],
@@ -246,7 +248,12 @@ def test_the_worst_case_is_drawn_beside_the_first(tmp_path):
         handler._score(engine)
     assert handler._worst["source"] == paths["img"][2] and handler._worst["dice"] == pytest.approx(
         ct.case_mean_dice(handler.rows[1]))
-    handler._write(engine)
+    capsys.readouterr()
+    with caplog.at_level("INFO", logger=ct.logger.name):
+        handler._write(engine)
+    # in a bundle run the logger shows the line (the bundle's logging config): once, not printed beside it
+    assert [r.getMessage()[:20] for r in caplog.records].count("3 cases: mean Dice 0") == 1
+    assert "mean Dice" not in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "handler").glob("montage*.png")) == ["montage_img1.png",
                                                                                    "montage_worst_img2.png"]
     # the means as the evaluator's metrics (what StatsHandler and --tracking mlflow log), undefined ones left out

@@ -488,7 +488,9 @@ def summary_metrics(summary: dict) -> dict[str, float]:
     return scalar_metrics(values)
 
 
-def _log_summary(summary: dict, name: str = "") -> None:
+def _log_summary(summary: dict, name: str = "", emit=print) -> None:
+    """The summary's lines through ``emit``: the evaluation handler logs them (a bundle run's logging config
+    shows them once), ``score`` prints them."""
     missed = sum((summary.get("counts") or {}).get("missed", {}).values())
     line = (
         f"{name + ': ' if name else ''}{summary['num_cases']} cases: mean Dice "
@@ -500,17 +502,15 @@ def _log_summary(summary: dict, name: str = "") -> None:
             f" | TransUNet rule: Dice {summary['transunet_dice']['mean_over_organs']:.4f}, "
             f"HD95 {summary['transunet_hd95_voxel']['mean_over_organs']:.2f} voxels"
         )
-    logger.info(line)
-    print(line)
+    emit(line)
     for group, part in summary.get("groups", {}).items():
-        _log_summary(part, group)
+        _log_summary(part, group, emit)
     if "clinical" in summary:
         from vmunet_monai.evaluation.cardiac import format_indices
 
         for index_line in [f"clinical indices of {summary['clinical']['num_patients']} patients (predicted "
                            f"against true):"] + format_indices(summary["clinical"]["indices"]):
-            logger.info(index_line)
-            print(index_line)
+            emit(index_line)
 
 
 class OrganMetricsHandler:
@@ -615,7 +615,7 @@ class OrganMetricsHandler:
         self.summary = _write_outputs(self.rows, self.output_dir, self.prefix, self.groups, self.patients,
                                       {"weights": weights} if weights else None)
         engine.state.metrics.update(summary_metrics(self.summary))
-        _log_summary(self.summary)
+        _log_summary(self.summary, emit=logger.info)
         first = self._montage["case"] if self._montage is not None else None
         for m, name, title in ((self._montage, "montage", "{case}"),
                                (self._worst, "montage_worst", "{case}: the lowest mean Dice, {dice:.3f}")):
