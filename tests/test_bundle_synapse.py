@@ -212,6 +212,26 @@ def test_a_nifti_without_orientation_codes_gets_a_segmentation_without_them(tmp_
     assert _dice(np.asarray(seg.dataobj) == 5, expected == 5) > 0.85
 
 
+def test_probability_and_uncertainty_maps_carry_the_segmentation_s_orientation_codes(tmp_path):
+    """An oriented scan: ``<case>_prob.nii.gz`` and ``<case>_uncertainty.nii.gz`` are written with the qform and sform
+    codes of the ``_seg.nii.gz`` beside them (1 and 1), so a viewer that reads one code and not the other places all
+    three alike."""
+    from vmunet_monai.predict_volume import predict_volumes
+
+    network = IntensityBands()
+    image_path = _asymmetric_volume(str(tmp_path / "blocks.nii.gz"))
+    predict_volumes(image_path, str(tmp_path / "out"), checkpoint=_checkpoint(tmp_path, network), device="cpu",
+                    network_def=network, roi_size=[32, 32], num_workers=0, probabilities=True, uncertainty=True)
+    outputs = sorted((tmp_path / "out").glob("blocks_*.nii.gz"))
+    assert [p.name for p in outputs] == ["blocks_prob.nii.gz", "blocks_seg.nii.gz", "blocks_uncertainty.nii.gz"]
+    codes = {p.name: (int(nib.load(p).header["qform_code"]), int(nib.load(p).header["sform_code"])) for p in outputs}
+    assert set(codes.values()) == {(1, 1)}, codes
+    seg = nib.load(tmp_path / "out" / "blocks_seg.nii.gz")
+    for path in outputs:
+        image = nib.load(path)
+        assert np.allclose(image.get_qform(), seg.affine, atol=1e-4) and np.allclose(image.affine, seg.affine)
+
+
 def test_dicom_series_through_itk(tmp_path):
     from monai.transforms import LoadImage
 

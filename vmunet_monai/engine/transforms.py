@@ -364,8 +364,10 @@ def save_unit_nifti(values, affine, path: str | os.PathLike, oriented: bool = Tr
 
     levels = np.rint(np.clip(np.asarray(values, np.float32), 0.0, 1.0) * 255).astype(np.uint8)
     affine = np.asarray(affine, dtype=np.float64)
-    if oriented:
+    if oriented:  # qform and sform codes 1, as MONAI writes the segmentation beside it (nibabel's default: 0 and 2)
         image = nib.Nifti1Image(levels, affine)
+        image.set_qform(affine, code=1)
+        image.set_sform(affine, code=1)
     else:  # voxel sizes only: readers place it by their defaults, as they place its scan
         image = nib.Nifti1Image(levels, None)
         image.header.set_zooms((*np.linalg.norm(affine[:3, :3], axis=0), *(1.0,) * (levels.ndim - 3)))
