@@ -414,13 +414,13 @@ def package(bundle: str | Path, out: str | Path, checkpoint: str | Path | None =
     out = Path(out)
     # outside the bundle: a zip written inside it would be packed into every later release
     # (a file where the folder is to be: refused here, before the checks' minute, not after)
-    check_output_location([root], out, what="zip" if out.suffix.lower() == ".zip" else "output folder",
-                          output_is_file=out.suffix.lower() == ".zip")
+    is_zip = out.suffix.lower() == ".zip"  # a zip's name, or the folder one is written into
+    check_output_location([root], out, what="zip" if is_zip else "output folder", output_is_file=is_zip)
     checks = check_bundle(root, ckpt, export=export)
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     name, version = root.name, meta["version"]
     files = _bundle_files(root)
-    zip_path = out if out.suffix.lower() == ".zip" else out / f"{name}_v{version}.zip"
+    zip_path = out if is_zip else out / f"{name}_v{version}.zip"
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "model.pt"
