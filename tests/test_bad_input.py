@@ -406,15 +406,26 @@ def _cli(*args, cwd):
                           text=True, encoding="utf-8", errors="replace", timeout=300)
 
 
-def test_cli_prints_one_line_and_exits_non_zero(tmp_path):
+def test_cli_prints_one_line_and_exits_non_zero(tmp_path, capsys, monkeypatch):
+    """A real ``python -m vmunet_monai`` process once (its exit status, no traceback); the other messages through
+    the same entry point in this process."""
+    from vmunet_monai.cli import main
+
     missing = _cli("prepare", "polyp_seg", str(tmp_path / "no_download"), str(tmp_path / "out"), cwd=tmp_path)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'no_download'}: not a folder")
-    wrong = _cli("prepare", "synapse_multiorgan", str(REPO / "bundles"), str(tmp_path / "x"), cwd=tmp_path)
-    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
-    assert wrong.stderr.strip().splitlines()[-1].startswith("error: ") and "neither BTCV" in wrong.stderr
-    inside = _cli("prepare", "synapse_multiorgan", str(REPO / "bundles"), str(REPO / "bundles" / "x"), cwd=tmp_path)
-    assert inside.returncode == 1 and inside.stderr.strip().splitlines()[-1] == (
+
+    def last_line(*argv):
+        with pytest.raises(SystemExit) as exc:
+            main(list(argv))
+        assert exc.value.code == 1
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    monkeypatch.chdir(tmp_path)
+    wrong = last_line("prepare", "synapse_multiorgan", str(REPO / "bundles"), str(tmp_path / "x"))
+    assert wrong.startswith("error: ") and "neither BTCV" in wrong
+    inside = last_line("prepare", "synapse_multiorgan", str(REPO / "bundles"), str(REPO / "bundles" / "x"))
+    assert inside == (
         f"error: {REPO / 'bundles' / 'x'}: the prepared folder (OUT) is inside the input folder {REPO / 'bundles'} "
         "(outputs are written outside the inputs, so they never overwrite an input or get read as one; choose "
         "another folder)")
