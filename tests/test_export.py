@@ -88,7 +88,8 @@ def test_torchscript_export_equals_eager(name, bundles):
 @pytest.mark.parametrize("name", TWO_NETWORKS)
 def test_torch_export_program_equals_eager(name, bundles, tmp_path):
     """pt2: a torch.export program with the scan as the vmunet_monai operator, any batch size, the
-    bundle's configs embedded; loaded in a fresh process that only imports vmunet_monai."""
+    bundle's configs embedded; loaded in a fresh process that only imports vmunet_monai (VM-UNetV2's: the
+    process's check is of the operator's registration on import, the same for both networks)."""
     root = bundles[name]
     out = tmp_path / f"{name}.pt2"
     result = export(str(root), "pt2", output=str(out))
@@ -105,6 +106,9 @@ def test_torch_export_program_equals_eager(name, bundles, tmp_path):
     with torch.no_grad():
         torch.save(eager(x), tmp_path / "expected.pt")
         _assert_image_dependent(program.module(), _channels(root))
+        if name != "polyp_seg":
+            assert (program.module()(x) - torch.load(tmp_path / "expected.pt")).abs().max() <= 1e-4
+            return
     code = ("import torch, vmunet_monai, sys; d = sys.argv[1]; "
             "m = torch.export.load(d + '/" + out.name + "').module(); "
             "y = m(torch.load(d + '/x.pt')); print(float((y - torch.load(d + '/expected.pt')).abs().max()))")
