@@ -173,8 +173,10 @@ def test_operator_passes_torch_library_checks():
 
 
 def test_keep_states_operator_passes_torch_library_checks(triton_device):
-    """The triton training operator with its second output, the chunk states (fake shape included)."""
-    u, delta, A, B, C, D, bias = (t.detach().float().to(triton_device).requires_grad_() for t in _scan_inputs())
+    """The triton training operator with its second output, the chunk states (fake shape included); one image of
+    a 3x4 map (opcheck runs the interpreted kernels many times over)."""
+    u, delta, A, B, C, D, bias = (t.detach().float().to(triton_device).requires_grad_()
+                                  for t in _scan_inputs(b=1, h=3, w=4))
     torch.library.opcheck(torch.ops.vmunet_monai.cross_selective_scan_keep_states.default,
                           (u, delta, A, B, C, D, bias, None, True, "triton", compiled.CODE))
 
