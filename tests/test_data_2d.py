@@ -393,6 +393,13 @@ def test_a_0_1_mask_saved_as_jpeg_is_named_as_such(tmp_path):
         check_binary_mask(stored, tmp_path / "m.jpg")
     with pytest.raises(InputError, match="none of them at least 128"):  # the same values in a PNG: a label map?
         check_binary_mask(stored, tmp_path / "m.png")
+    # noise that stays within 0 and 1 (edge pixels flipped) is refused alike, not let through by chance
+    within = np.clip(stored, 0, 1)
+    with pytest.raises(InputError, match=r"m.jpg: mask values are 0, 1: a 0/1 mask stored lossy"):
+        check_binary_mask(within, tmp_path / "m.jpg")
+    check_binary_mask(within, tmp_path / "m.png")  # 0/1 in a PNG: a binary mask
+    check_binary_mask(np.where(within > 0, 255, 0).astype(np.uint8), tmp_path / "m.jpg")  # 0/255 JPEG: allowed
+    check_binary_mask(np.zeros_like(within), tmp_path / "m.jpg")  # an empty mask
 
 
 def test_masks_of_no_image_are_named(tmp_path, capsys):

@@ -430,11 +430,15 @@ def check_binary_mask(mask, path) -> None:
     if lo < 0 or (hi > 255 and (lo != 0 or np.count_nonzero((mask != 0) & (mask != hi)))):
         whole = lo == 0 and bool(np.all(np.mod(mask, 1) == 0))
         raise input_error(path, f"mask values range from {lo:g} to {hi:g}", rule + (numbered if whole else ""))
-    if 1 < hi < 128:
+    if 0 < hi < 128:
+        # a 0/1 mask stored lossy: refused whether or not its noise happens to reach 2 (where it stays within 0
+        # and 1, pixels of the edge have still flipped)
         if os.fspath(path).lower().endswith(LOSSY_EXTENSIONS) and hi <= 8:
             raise input_error(path, f"mask values are {describe_values(mask)}: a 0/1 mask stored lossy, whose "
                               "compression noise cannot be told from the mask", "save 0/1 masks as PNG, or 0/255 if "
                               "they must be JPEG")
+        if hi <= 1:
+            return
         raise input_error(path, f"mask values are {describe_values(mask)}, none of them at least 128", rule
                           + "; foreground is at least half the scale, so this mask would read as empty" + numbered)
 
