@@ -283,6 +283,8 @@ def test_prepare_and_demo_data_refuse_bad_options_in_one_line(tmp_path, capsys):
          "error: demo_data polyp_seg: unknown option --year (options of polyp_seg: --num, --seed, --layout)"),
         (["prepare", "polyp_seg", str(raw), str(tmp_path / "out"), "--split", "paper"],
          "error: prepare polyp_seg: unknown option --split (options of polyp_seg: --val_fraction, --seed, --verify, --layout, --test_fraction, --mask_suffix, --classes, --mask_values, --foreground)"),
+        (["prepare", "polyp_seg", str(raw), str(tmp_path / "out"), "--clases", "a,b"],
+         "error: prepare polyp_seg: unknown option --clases; did you mean --classes? (options of polyp_seg: --val_fraction, --seed, --verify, --layout, --test_fraction, --mask_suffix, --classes, --mask_values, --foreground)"),
     ):
         with pytest.raises(SystemExit) as exc:
             main(argv)

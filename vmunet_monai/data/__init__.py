@@ -43,9 +43,13 @@ def _check_options(bundle: str, command: str, options: dict) -> dict:
     known = options_of(bundle, command)
     unknown = [k for k in options if k not in known]
     if unknown:
+        import difflib
+
         listed = ", ".join(f"--{k}" for k in known)
+        close = difflib.get_close_matches(unknown[0], list(known), n=1)
+        hint = f"; did you mean --{close[0]}?" if len(unknown) == 1 and close else ""  # as predict's options
         raise InputError(f"{command} {bundle}: unknown option{'s' if len(unknown) > 1 else ''} "
-                         f"{', '.join('--' + k for k in unknown)} (options of {bundle}: {listed})")
+                         f"{', '.join('--' + k for k in unknown)}{hint} (options of {bundle}: {listed})")
     checked = dict(options)
     for name, value in options.items():
         default = known[name]
