@@ -316,6 +316,31 @@ def test_masks_beside_their_images_in_one_folder(tmp_path):
     assert all(Path(it["label"]).name == f"{it['name']}_anno.png" for it in doc["training"])
     with pytest.raises(DatasetLayoutError, match="no image has its mask beside it"):
         prepare("polyp_seg", str(raw), str(tmp_path / "other"), mask_suffix="_gt", layout="folders")
+    # a suffix of the user's own (none of those found without it), with or without --layout folders
+    own = tmp_path / "own"
+    _side_by_side(own, [f"x{i}" for i in range(6)], rng, suffix="_annotation")
+    for layout in ("auto", "folders"):
+        prepare("isic_skin_lesion", str(own), str(tmp_path / f"own_{layout}"), mask_suffix="_annotation",
+                test_fraction=0.34, layout=layout)
+        doc = _datalist(tmp_path / f"own_{layout}")
+        assert doc["meta"]["mask_suffixes"] == {str(own): "_annotation"}
+        assert len(doc["training"]) + len(doc["validation"]) + len(doc["test"]) == 6
+
+
+def test_when_every_pair_beside_its_image_is_refused_the_reason_is_said(tmp_path):
+    """Instance masks (0, 1, 2) beside their images, all refused by the half-scale rule: the error gives the last
+    pair's reason, which names --foreground nonzero (it said only that no pair was usable)."""
+    raw = tmp_path / "glands"
+    raw.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(raw / f"g{i}.png")
+        mask = np.zeros((20, 24), np.uint8)
+        mask[2:8, 2:8], mask[10:16, 10:16] = 1, 2
+        Image.fromarray(mask).save(raw / f"g{i}_mask.png")
+    with pytest.raises(DatasetLayoutError, match=r"glands: no usable image/mask pair \(every pair was skipped: .*"
+                       r"g\d_mask.png: mask values are 0, 1, 2.*--foreground nonzero"):
+        prepare("polyp_seg", str(raw), str(tmp_path / "out"))
 
 
 def test_instance_masks_read_with_foreground_nonzero(tmp_path):

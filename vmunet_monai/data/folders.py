@@ -90,10 +90,11 @@ def image_mask_dirs(folder: Path) -> tuple[Path, Path] | None:
     return (images, masks) if images is not None and masks is not None else None
 
 
-def _layout_at(folder: Path) -> dict | None:
+def _layout_at(folder: Path, mask_suffix: str | None = None) -> dict | None:
     """The layout rooted at ``folder``: ``{"pool": dirs}`` or ``{"train": dirs, "val": dirs|None,
-    "test": {set: dirs}}`` (dirs = (images, masks); set "" for images and masks directly in test/);
-    None when ``folder`` holds neither."""
+    "test": {set: dirs}}`` (dirs = (images, masks); set "" for images and masks directly in test/), or images with
+    their masks beside them (named with ``mask_suffix``, else one of :data:`MIXED_SUFFIXES`); None when ``folder``
+    holds none of them."""
     train = child_folder(folder, _SPLITS["train"])
     if train is not None and image_mask_dirs(train) is not None:
         val = child_folder(folder, _SPLITS["val"])
@@ -116,9 +117,13 @@ def _layout_at(folder: Path) -> dict | None:
     dirs = image_mask_dirs(folder)
     if dirs is not None:
         return {"pool": dirs}
-    if mixed_pairs(folder)[0]:
+    def beside(where: Path) -> bool:  # masks named with the given suffix, or one of ours (then the importer says
+        # that none is named with the given one)
+        return bool(mixed_pairs(where, mask_suffix)[0] or (mask_suffix and mixed_pairs(where)[0]))
+
+    if beside(folder):
         return {"mixed": {"": folder}}
-    categories = {sub.name: sub for sub in subfolders(folder) if mixed_pairs(sub)[0]}
+    categories = {sub.name: sub for sub in subfolders(folder) if beside(sub)}
     return {"mixed": categories} if categories and not list_images_quiet(folder) else None
 
 
@@ -182,9 +187,11 @@ def subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX")
 
 
-def find_folders_layout(raw: str | os.PathLike, max_depth: int = 2) -> tuple[Path, dict]:
+def find_folders_layout(raw: str | os.PathLike, max_depth: int = 2, mask_suffix: str | None = None
+                        ) -> tuple[Path, dict]:
     """The folder in ``raw`` (or up to ``max_depth`` levels below, the shallowest first) holding one of the
-    layouts of the module docstring, and that layout.
+    layouts of the module docstring, and that layout; ``mask_suffix``: how masks beside their images are named
+    (``--mask_suffix``), where not one of :data:`MIXED_SUFFIXES`.
 
     Raises:
         DatasetLayoutError: if ``raw`` is not a folder, holds none of the layouts, or holds several at the
@@ -195,25 +202,26 @@ def find_folders_layout(raw: str | os.PathLike, max_depth: int = 2) -> tuple[Pat
         raise LayoutNotFound(f"{raw}: not a folder (expected a folder of images and masks: {EXPECTED})")
     level = [raw]
     for depth in range(max_depth + 1):
-        found = [(folder, layout) for folder in level if (layout := _layout_at(folder)) is not None]
+        found = [(folder, layout) for folder in level if (layout := _layout_at(folder, mask_suffix)) is not None]
         if len(found) > 1:
             raise DatasetLayoutError(
                 f"{raw}: several datasets of images and masks ({', '.join(str(f) for f, _ in found)}); "
                 f"give one of them as RAW")
         if found:
-            _refuse_datasets_beside(raw, found[0][0], level, max_depth - depth)
+            _refuse_datasets_beside(raw, found[0][0], level, max_depth - depth, mask_suffix)
             return found[0]
         level = [sub for folder in level for sub in subfolders(folder)]
     raise LayoutNotFound(f"{raw}: no folders of images and masks found; expected {EXPECTED}")
 
 
-def _refuse_datasets_beside(raw: Path, chosen: Path, level: list[Path], depth_left: int) -> None:
+def _refuse_datasets_beside(raw: Path, chosen: Path, level: list[Path], depth_left: int,
+                            mask_suffix: str | None = None) -> None:
     """A dataset deeper in ``raw`` beside ``chosen`` (PraNet's TestDataset/<set>/ beside TrainDataset/) would be
     left out without a word: refused like several datasets at one depth."""
     others = []
     for _ in range(depth_left):
         level = [sub for folder in level if folder != chosen for sub in subfolders(folder)]
-        others += [folder for folder in level if _layout_at(folder) is not None]
+        others += [folder for folder in level if _layout_at(folder, mask_suffix) is not None]
     if others:
         named = ", ".join(str(f) for f in [chosen, *others][:6]) + (" ..." if len(others) > 5 else "")
         raise DatasetLayoutError(f"{raw}: several datasets of images and masks ({named}), at different depths; give "
@@ -221,7 +229,7 @@ def _refuse_datasets_beside(raw: Path, chosen: Path, level: list[Path], depth_le
 
 
 def choose_layout(layout: str, native: str, native_found: bool, raw: str | os.PathLike, native_layout: str,
-                  find=None, own_layout: str = EXPECTED) -> bool:
+                  find=None, own_layout: str = EXPECTED, mask_suffix: str | None = None) -> bool:
     """Whether an importer reads ``raw`` as folders of images and masks (True) or as its own download.
 
     Args:
@@ -234,6 +242,7 @@ def choose_layout(layout: str, native: str, native_found: bool, raw: str | os.Pa
             (default :func:`find_folders_layout`, images and masks); its other errors (several datasets, a
             broken folder) are raised as they are.
         own_layout: what that layout looks like, for the error message.
+        mask_suffix: how masks beside their images are named (``--mask_suffix``), for the default ``find``.
 
     Raises:
         InputError: for another ``layout`` value.
@@ -248,7 +257,7 @@ def choose_layout(layout: str, native: str, native_found: bool, raw: str | os.Pa
     if not Path(raw).is_dir():
         raise DatasetLayoutError(f"{raw}: not a folder (expected {native_layout}, or your own folders: {own_layout})")
     try:
-        (find or find_folders_layout)(raw)
+        find(raw) if find else find_folders_layout(raw, mask_suffix=mask_suffix)
     except LayoutNotFound:
         raise DatasetLayoutError(f"{raw}: neither {native_layout} nor your own folders ({own_layout})") from None
     return True
@@ -353,7 +362,7 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
     """
     from vmunet_monai.data.volumes import class_names
 
-    root, layout = find_folders_layout(raw)
+    root, layout = find_folders_layout(raw, mask_suffix=mask_suffix)
     chosen = chosen or {}
     if layout.get("test"):
         refuse_unused_fraction("test_fraction", chosen, f"the test folder {child_folder(root, _SPLITS['test'])} is "
@@ -414,10 +423,13 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
                     skipped.append({"file": str(image), "reason": str(exc)})
                     continue
             found.append((image, mask))
+        before = len(skipped)
         if verify:
             found = verify_pairs(found, skipped, binary=binary_check)
-        if not found:
-            raise DatasetLayoutError(f"{folder}: no usable image/mask pair")
+        if not found:  # with the last reason a pair was skipped for, as the folders of images and masks say it
+            own = skipped[before:]
+            why = f" (every pair was skipped: {own[-1]['reason']})" if own else ""
+            raise DatasetLayoutError(f"{folder}: no usable image/mask pair{why}")
         return _entries(found, dataset)
 
     test_sets: dict[str, int] = {}

@@ -230,7 +230,7 @@ def prepare(raw: str, out: str, split: str = "auto", year: int | None = None, va
     # any challenge folder means the challenge layout (whose message then says what is missing)
     use_folders = choose_layout(layout, "challenge", bool(found), raw,
                                 "the ISIC challenge folders (e.g. ISIC-2017_Training_Data/ with "
-                                "ISIC-2017_Training_Part1_GroundTruth/)")
+                                "ISIC-2017_Training_Part1_GroundTruth/)", mask_suffix=mask_suffix)
     if use_folders:
         not_here = {"split": (split, "auto"), "year": (year, None), "validation": (validation, "auto")}
         refuse_options("folders", not_here, "the ISIC challenge")

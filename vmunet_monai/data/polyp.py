@@ -115,7 +115,7 @@ def prepare(raw: str, out: str, val_fraction: float = 0.1, seed: int = 0, verify
             raise
         root = None
     if choose_layout(layout, "pranet", root is not None, raw,
-                     "the PraNet layout (TrainDataset/ and TestDataset/<set>/)"):
+                     "the PraNet layout (TrainDataset/ and TestDataset/<set>/)", mask_suffix=mask_suffix):
         return prepare_folders(raw, out, importer="vmunet_monai.data.polyp", val_fraction=val_fraction,
                                test_fraction=test_fraction, seed=seed, verify=verify, mask_suffix=mask_suffix,
                                classes=classes, mask_values=mask_values, foreground=foreground,
