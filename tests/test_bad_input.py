@@ -156,7 +156,7 @@ def test_image_and_mask_of_different_sizes(tmp_path):
         check_image_pair_2d(image, mask)
     _one_line(failure.value, str(mask), str(image), "mask is 40x50", "image", "is 40x52", "same size")
     Image.fromarray(np.zeros((40, 52, 3), np.uint8)).save(mask)  # an RGB mask of the right size is fine
-    assert check_image_pair_2d(image, mask) == (40, 52, 1, False)  # height, width, no EXIF orientation, empty
+    assert check_image_pair_2d(image, mask)[:4] == (40, 52, 1, False)  # height, width, no EXIF orientation, empty
 
 
 def test_outputs_never_overwrite_or_mix_with_inputs(tmp_path):

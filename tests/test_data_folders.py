@@ -490,3 +490,35 @@ def test_an_out_that_bundles_cannot_read_or_that_reaches_into_the_data_is_refuse
     with pytest.raises(InputError, match="the prepared folder \\(OUT\\) is inside the input folder"):
         prepare("polyp_seg", str(raw), str(tmp_path / "link" / "masks" / "out"))
     assert not (raw / "masks" / "out").exists()
+
+
+@pytest.mark.parametrize("levels,said", [((0, 100, 200), "pixels of 100 are background"),
+                                         ((0, 128, 255), "pixels of 128, 255 are all one foreground"),
+                                         ((0, 255), None)])
+def test_masks_of_several_grey_levels_read_as_binary_get_a_note(levels, said, tmp_path, capsys):
+    """Masks holding a value besides 0 and their top one over a large area (a label map of classes 1 and 2 stored
+    as grey levels) are read as binary, foreground from 128 up, without --classes: a note says what became of each
+    value. Smoothed edges (a sliver of each grey level) get none."""
+    rng = np.random.default_rng(4)
+    raw = tmp_path / "raw"
+    (raw / "images").mkdir(parents=True)
+    (raw / "masks").mkdir()
+    yy, xx = np.mgrid[:48, :40]
+    radius = np.hypot(yy - 24, xx - 20)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(raw / "images" / f"c{i}.png")
+        mask = np.zeros((48, 40), np.float64)
+        mask[radius < 14] = levels[1]
+        mask[radius < 7] = levels[-1]
+        if len(levels) == 2:  # smoothed edges: every grey level on a one-pixel rim
+            mask = np.clip((14.5 - radius) * 255, 0, 255)
+        Image.fromarray(mask.round().astype(np.uint8)).save(raw / "masks" / f"c{i}.png")
+    capsys.readouterr()
+    prepare("isic_skin_lesion", str(raw), str(tmp_path / "out"), test_fraction=0.34)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "besides 0 and their top one" in line]
+    if said is None:
+        assert not notes, notes
+        return
+    (note,) = notes
+    assert note.startswith(f"note: 6 mask(s) hold values besides 0 and their top one over large areas (first: {raw}")
+    assert said in note and "--classes" in note

@@ -607,13 +607,28 @@ def read_image_2d(path) -> np.ndarray:
 
 
 class ImagePair(NamedTuple):
-    """What :func:`check_image_pair_2d` found: the image's size as displayed, its EXIF orientation (1 for none), and
-    whether its mask holds any foreground."""
+    """What :func:`check_image_pair_2d` found: the image's size as displayed, its EXIF orientation (1 for none),
+    whether its mask holds any foreground, and, for a binary mask stored losslessly that holds values besides 0 and
+    its top one over large areas (a label map of several classes?), its values (else None)."""
 
     height: int
     width: int
     orientation: int
     foreground: bool
+    levels: tuple | None = None
+
+
+def class_like_levels(mask, path) -> tuple | None:
+    """The values of a lossless binary ``mask`` where one besides 0 and its top value covers at least 1% of it (a
+    label map's class, where smoothed edges give each grey level a sliver); None otherwise, and for lossy files,
+    whose grey levels are their compression's."""
+    if os.fspath(path).lower().endswith(LOSSY_EXTENSIONS):
+        return None
+    values, counts = np.unique(np.asarray(mask), return_counts=True)
+    top = values[-1]
+    if np.any((values > 0) & (values < top) & (counts >= 0.01 * np.asarray(mask).size)):
+        return tuple(v.item() for v in values)
+    return None
 
 
 def check_image_pair_2d(image_path, mask_path, binary: bool = True) -> ImagePair:
@@ -641,12 +656,14 @@ def check_image_pair_2d(image_path, mask_path, binary: bool = True) -> ImagePair
                           f"{describe_orientation(orientation)}", "images are read as they are displayed, so the "
                           "mask must be drawn on the upright image (or the tag removed from the image)")
     check_same_size(image_path, image.shape[:2], mask_path, mask.shape[:2])
+    levels = None
     if binary:
         check_binary_mask(mask, mask_path)
         foreground = bool(np.any(mask_foreground(mask)))
+        levels = class_like_levels(mask, mask_path)
     else:
         foreground = bool(np.any(mask))
-    return ImagePair(int(image.shape[0]), int(image.shape[1]), orientation, foreground)
+    return ImagePair(int(image.shape[0]), int(image.shape[1]), orientation, foreground, levels)
 
 
 def read_volume(path, read_data: bool = True) -> tuple[tuple[int, ...], np.ndarray | None]:

@@ -225,21 +225,31 @@ def verify_pairs(pairs: Sequence[tuple[Path, Path]], skipped: list[dict], worker
     with ThreadPoolExecutor(max_workers=workers) as pool:  # ISIC 2018's 2,594 pairs take minutes: show how far
         results = list(tqdm(pool.map(check, pairs), total=len(pairs), desc="checking image/mask pairs", unit="pair",
                             mininterval=1.0))
-    kept, turned, empty = [], [], 0
+    kept, turned, empty, graded = [], [], 0, []
     for pair, (error, found) in zip(pairs, results):
         if error is None:
             kept.append(pair)
             if found.orientation != 1:
                 turned.append((pair[0], found.orientation))
             empty += not found.foreground
+            if found.levels is not None:
+                graded.append((pair[1], found.levels))
         else:
             skipped.append({"file": str(pair[0]), "reason": error})
     if kept and empty == len(kept):
-        import sys
-
         folder = os.path.commonpath([os.path.dirname(os.path.abspath(m)) for _, m in kept])
         print(f"note: every mask of the {len(kept)} pairs in {folder} is empty (no foreground): a model learns "
               f"nothing from them (are these the masks, or was the mask suffix another?)", file=sys.stderr)
+    if graded:
+        from vmunet_monai.validation import describe_values
+
+        path, levels = graded[0]
+        below = [v for v in levels if 0 < v < 128]
+        merged = (f"pixels of {describe_values(below)} are background" if below else
+                  f"pixels of {describe_values([v for v in levels if v > 0])} are all one foreground")
+        print(f"note: {len(graded)} mask(s) hold values besides 0 and their top one over large areas (first: {path}, "
+              f"values {describe_values(levels)}): read as binary masks (foreground from half the scale, 128, up), "
+              f"{merged}; a label map of several classes takes --classes (and --mask_values)", file=sys.stderr)
     report_turned(turned, "their masks must be drawn on the upright image")
     return kept
 
