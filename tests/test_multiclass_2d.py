@@ -479,6 +479,16 @@ def test_score_reads_2d_masks_on_disk_binary_and_of_several_classes(tmp_path, ca
                                          r"them without --mask_values: background as 0, polyp as 1, instrument as 2; "
                                          r"give --mask_values .* meta.mask_values from datalist.json\)"):
         score(tmp_path / "pred" / "masks", tmp_path / "classes", out=tmp_path / "s2")
+    # predict's record says a binary model wrote them: named as such (it said "mask_values [0, 255]: 2 values for 3
+    # classes", of an option never given)
+    (tmp_path / "pred" / "prediction.json").write_text(json.dumps(
+        {"num_classes": 2, "class_names": ["background", "lesion"], "mask_values": [0, 255]}))
+    with pytest.raises(InputError, match=r"masks: written by a model of 2 classes \(background, lesion\), as .*"
+                                         r"prediction.json records, and .*datalist.json has 3 classes \(background, "
+                                         r"polyp, instrument\): predictions are scored against a dataset of the "
+                                         r"classes their model was trained on"):
+        score(tmp_path / "pred" / "masks", tmp_path / "classes", out=tmp_path / "s3", mask_values="0,100,200")
+    (tmp_path / "pred" / "prediction.json").unlink()
     # binary: foreground at half scale, named as another tool names its masks; one image left without a prediction
     demo_data("isic_skin_lesion", str(tmp_path / "isic"), num=8)
     prepare("isic_skin_lesion", str(tmp_path / "isic"), str(tmp_path / "binary"))

@@ -378,6 +378,15 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     record = read_record(pred)
     warn_unfinished(record)
     _check_held_out(record, [str((dataset / item["image"]).resolve()) for item in items], split)
+    made_for = record[1].get("num_classes") if record is not None else None
+    if isinstance(made_for, int) and made_for != num_classes:
+        def named(count, names):
+            return f"{count} classes" + (f" ({', '.join(str(n) for n in names)})" if names else "")
+
+        ours = ["background", *classes.values()] if classes else None
+        raise InputError(f"{pred}: written by a model of {named(made_for, record[1].get('class_names'))}, as "
+                         f"{record[0]} records, and {datalist} has {named(num_classes, ours)}: predictions are "
+                         "scored against a dataset of the classes their model was trained on")
     source = "as --mask_values gives them" if mask_values is not None else None
     if mask_values is None and record is not None:
         mask_values = record[1].get("mask_values")
