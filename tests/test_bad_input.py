@@ -154,7 +154,7 @@ def test_image_and_mask_of_different_sizes(tmp_path):
     Image.fromarray(np.zeros((40, 50), np.uint8)).save(mask)
     with pytest.raises(InputError) as failure:
         check_image_pair_2d(image, mask)
-    _one_line(failure.value, str(mask), str(image), "mask is 40x50", "image", "is 40x52", "same size")
+    _one_line(failure.value, str(mask), str(image), "mask is 40x50 (height x width)", "image", "is 40x52", "same size")
     Image.fromarray(np.zeros((40, 52, 3), np.uint8)).save(mask)  # an RGB mask of the right size is fine
     assert check_image_pair_2d(image, mask)[:4] == (40, 52, 1, False)  # height, width, no EXIF orientation, empty
 

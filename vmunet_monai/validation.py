@@ -465,8 +465,9 @@ def check_label_values(label, path, num_classes: int) -> None:
 
 
 def check_same_size(image_path, image_shape: Sequence[int], label_path, label_shape: Sequence[int],
-                    what: str = "mask") -> None:
-    """Refuse an image and its mask/label of different sizes.
+                    what: str = "mask", axes: str = "") -> None:
+    """Refuse an image and its mask/label of different sizes; ``axes`` names the shapes' axes in the message
+    (``"height x width"`` for arrays as NumPy reads pictures; MONAI's readers give width first).
 
     Raises:
         InputError: naming both files and both sizes.
@@ -474,8 +475,9 @@ def check_same_size(image_path, image_shape: Sequence[int], label_path, label_sh
     image_shape, label_shape = tuple(int(s) for s in image_shape), tuple(int(s) for s in label_shape)
     if image_shape != label_shape:
         size = lambda s: "x".join(str(v) for v in s)  # noqa: E731
-        raise input_error(label_path, f"{what} is {size(label_shape)} but its image {os.fspath(image_path)} is "
-                          f"{size(image_shape)}", f"an image and its {what} must have the same size")
+        named = f" ({axes})" if axes else ""
+        raise input_error(label_path, f"{what} is {size(label_shape)}{named} but its image {os.fspath(image_path)} "
+                          f"is {size(image_shape)}", f"an image and its {what} must have the same size")
 
 
 _FLOAT_MODES = ("F",)
@@ -655,7 +657,7 @@ def check_image_pair_2d(image_path, mask_path, binary: bool = True) -> ImagePair
         raise input_error(mask_path, f"fits the stored pixels of its image {os.fspath(image_path)}, which carries "
                           f"{describe_orientation(orientation)}", "images are read as they are displayed, so the "
                           "mask must be drawn on the upright image (or the tag removed from the image)")
-    check_same_size(image_path, image.shape[:2], mask_path, mask.shape[:2])
+    check_same_size(image_path, image.shape[:2], mask_path, mask.shape[:2], axes="height x width")
     levels = None
     if binary:
         check_binary_mask(mask, mask_path)
