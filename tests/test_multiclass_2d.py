@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -505,6 +506,13 @@ def test_score_reads_2d_masks_on_disk_binary_and_of_several_classes(tmp_path, ca
     assert (f"left out: 1 test image(s) without a prediction (first: {items[0]['name']} of "
             f"{items[0]['dataset']})") in printed  # with its set: sets may share image names
     assert not (tmp_path / "b" / "metrics_test_worst.png").exists()  # every image perfect: nothing to draw
+    # without --out: beside PRED under its own name, so a second folder of predictions beside it keeps its own
+    shutil.copytree(tmp_path / "other", tmp_path / "second")
+    for name in ("other", "second"):
+        main(["score", str(tmp_path / name), str(tmp_path / "binary")])
+        assert "replaced" not in capsys.readouterr().out
+        assert (tmp_path / f"{name}_score" / "metrics_test_summary.json").is_file()
+    assert not (tmp_path / "score").exists()
     # binary masks written with other grey levels (predict --mask_values 0,127 or 255,0) are read by those levels
     for values in ((0, 127), (255, 0)):
         folder = tmp_path / f"levels_{values[1]}"

@@ -191,7 +191,8 @@ class Commands:
                 with --foreground).
             truth: ground-truth masks by image name (<image>.png, <image>_anno.bmp, <image>_mask.png), or a
                 folder of images with their masks beside them (GlaS).
-            out: output folder (default: objects/ beside PRED).
+            out: output folder (default: objects/ beside PRED where PRED is predict's masks/ or instances/, else
+                PRED_objects/ beside PRED).
             group_by: how cases form sets: folder (the ground truth's folder) or prefix (the name up to its first
                 _, GlaS's testA and testB).
             pictures: write one picture per image.
@@ -235,8 +236,8 @@ class Commands:
             pred: a folder of predictions, searched recursively; predict's OUTPUT (or its masks/): its masks are
                 scored and the probability maps beside them calibrated, its overlays and pictures left alone.
             dataset: the folder prepare wrote (its datalist.json names the cases, labels, classes and groups).
-            out: output folder (default: score/ beside PRED); the files of an earlier 2D score of the same split
-                there are replaced.
+            out: output folder (default: score/ beside PRED where PRED is predict's masks/, else PRED_score/ beside
+                PRED); the files of an earlier 2D score of the same split there are replaced.
             split: the datalist split to score against: test, validation or training.
             mask_values: 2D masks of several classes: the value each class holds in them, background first;
                 without it, the values predict's prediction.json records, else the class numbers.
@@ -265,7 +266,8 @@ class Commands:
             pred: predict's binary masks (OUTPUT/masks) or one file.
             truth: the numbered ground-truth masks by image name, or images with their masks beside them (GlaS).
             depths: the neck depths to try, in pixels, separated by commas (each at least 0.5).
-            out: output folder (default: split_depths/ beside PRED).
+            out: output folder (default: split_depths/ beside PRED where PRED is predict's masks/ or instances/,
+                else PRED_split_depths/ beside PRED).
             group_by: folder or prefix (as objects; the table pools every image).
             sets: only these sets, separated by commas (e.g. --group_by prefix --sets train: GlaS's train_* tiles).
         """

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vmunet_monai.evaluation.score import default_out
 from vmunet_monai.validation import LOSSY_EXTENSIONS, InputError, upright
 
 __all__ = ["LABEL", "SoftEdgeWarning", "read_objects", "label_components", "split_touching", "write_objects", "object_scores",
@@ -579,8 +580,9 @@ def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os
     """Score predicted masks against ground truths of numbered objects; write the per-image table, the summary, a
     plot and (``pictures``) one picture per image.
 
-    Writes into ``out`` (default: beside ``pred``, ``objects/``): ``objects_per_image.csv`` (``compare`` reads it:
-    ``--metric object_dice``, ``f1``, ``object_hausdorff``), ``objects_summary.json``, ``objects.png`` and
+    Writes into ``out`` (default: :func:`~vmunet_monai.evaluation.score.default_out`): ``objects_per_image.csv``
+    (``compare`` reads it: ``--metric object_dice``, ``f1``, ``object_hausdorff``), ``objects_summary.json``,
+    ``objects.png`` and
     ``pictures/<set>/<image>.png`` (see :func:`picture`). ``foreground``: for class maps, the class whose
     objects are scored (a value or a class name, :func:`class_value`); the ground truths are read as they are.
 
@@ -610,7 +612,7 @@ def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os
     value = class_value(pred, foreground)
     pairs, missing = match_files(pred, truth, group_by)
     photos = missing.pop("photos")
-    out = Path(out) if out is not None else Path(pred).resolve().parent / "objects"
+    out = Path(out) if out is not None else default_out(pred, "objects")
     out = check_output_location([Path(truth)], out)
     out.mkdir(parents=True, exist_ok=True)
     rows, soft, wrong_size = [], [], []
@@ -736,7 +738,7 @@ def tune_split(pred: str | os.PathLike, truth: str | os.PathLike, depths=SPLIT_D
     e.g. ``train`` of GlaS's ``train_*`` tiles with ``group_by="prefix"``).
 
     Writes ``split_depths.csv`` (one line per depth, ``none`` the unsplit masks) and ``split_depths.png`` into
-    ``out`` (default: ``split_depths/`` beside ``pred``).
+    ``out`` (default: :func:`~vmunet_monai.evaluation.score.default_out`).
 
     Returns:
         ``{"depths": [{"depth", "f1", "object_dice", "objects"}, ...], "unsplit": {...}, "best": depth,
@@ -761,7 +763,7 @@ def tune_split(pred: str | os.PathLike, truth: str | os.PathLike, depths=SPLIT_D
             raise InputError(f"--sets {sets!r}: no set {unknown[0]!r} among the pairs found (sets with --group_by "
                              f"{group_by}: {', '.join(found)})")
         pairs = [p for p in pairs if p[1] in wanted]
-    out = Path(out) if out is not None else Path(pred).resolve().parent / "split_depths"
+    out = Path(out) if out is not None else default_out(pred, "split_depths")
     out = check_output_location([Path(truth)], out)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict]] = {"none": [], **{f"{d:g}": [] for d in values}}

@@ -104,12 +104,21 @@ def match_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, split: st
     return {"pairs": pairs, "missing": missing, "unused": unused, "datalist": str(path)}
 
 
+def default_out(pred: str | os.PathLike, what: str = "score") -> Path:
+    """Where ``score`` (``objects``, ``tune_split``: ``what``) writes without ``--out``: ``<what>/`` beside predict's
+    ``masks/`` or ``instances/`` (in that predict run's OUTPUT), else ``<PRED>_<what>/`` beside PRED, so the results
+    of two folders of predictions side by side do not replace each other (never inside PRED, whose files are all
+    read as predictions)."""
+    pred = Path(pred).resolve()
+    return pred.parent / (what if pred.name in ("masks", "instances") else f"{pred.name}_{what}")
+
+
 def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | os.PathLike | None = None,
                   split: str = "test", transunet: bool = True, montage: bool = True) -> dict:
     """Score the predicted label maps in ``pred`` against the labels of ``dataset``'s ``split`` (see
     :func:`match_volumes`), with the classes, groups and patients its datalist records.
 
-    Writes into ``out`` (default: ``score/`` beside ``pred``): ``per_case.csv``, ``summary.json``,
+    Writes into ``out`` (default: :func:`default_out`): ``per_case.csv``, ``summary.json``,
     ``organ_boxplot.png``, ``montage_<case>.png`` and ``montage_worst_<case>.png`` of the first case and of the
     case of the lowest mean Dice (``montage``), for ACDC's patients ``clinical_indices.csv`` and
     ``clinical_indices.png``, and where ``predict --probabilities`` left ``<case>_prob.nii.gz`` beside a
@@ -130,8 +139,7 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
 
     matched = match_volumes(pred, dataset, split)
     pairs = matched["pairs"]
-    out = Path(out) if out is not None else Path(pred).resolve().parent / "score"
-    out = check_output_location([Path(dataset)], out)
+    out = check_output_location([Path(dataset)], default_out(pred) if out is None else Path(out))
     organs = datalist_classes(dataset) or DEFAULT_ORGANS
     groups, patients = datalist_groups(dataset, split), datalist_patients(dataset, split)
     named = {case: name for name, _, _, _, case in pairs}  # datalist case -> the name the tables use
@@ -347,8 +355,8 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
     ``predict --probabilities`` (below ``pred``, or in ``probabilities/`` beside predict's ``masks/``) give the
     top-label calibration of the images that have all of them. Writes ``metrics_<split>_per_image.csv``,
     ``metrics_<split>_summary.json``, ``metrics_<split>.png`` and, for the ``worst`` images of the lowest Dice,
-    ``metrics_<split>_worst.png`` (:mod:`vmunet_monai.evaluation.gallery`) into ``out`` (default: ``score/`` beside
-    ``pred``).
+    ``metrics_<split>_worst.png`` (:mod:`vmunet_monai.evaluation.gallery`) into ``out`` (default:
+    :func:`default_out`).
 
     A prediction of another size than its label is left out and named (``wrong_size_prediction``), as a missing
     one is; a JPEG's grey levels are taken for its compression's, so JPEG masks are scored as masks, not as maps.
@@ -401,7 +409,7 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
                                         else "no such folder of predicted masks"))
     found, found_maps = _mask_files(Path(pred), record)
     class_maps = _class_maps(Path(pred), record) if levels is not None else {}
-    out = Path(out) if out is not None else Path(pred).resolve().parent / "score"
+    out = default_out(pred) if out is None else Path(out)
     out = check_output_location([dataset], out)
     gallery = WorstCases(check_at_least("score --worst", worst, 0), max(num_classes, 2))
     records, missing, binary_pairs, class_pairs, map_pairs, used = [], [], [], [], [], set()
