@@ -298,11 +298,14 @@ def test_predict_writes_probability_maps_that_score_reads(lesion_bundle, tmp_pat
     assert by_maps["overall"] == by_masks["overall"] and "pranet" in by_maps and "pranet" not in by_masks
     # predict's whole output folder: its masks scored (not the maps beside them, nor its overlays), the maps
     # calibrated; a stray file is named as not scored
+    # (its probability map counted with it, once; a map without a mask is a prediction of its own)
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "out" / "masks" / "notes_mask.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "out" / "probabilities" / "notes_prob.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "out" / "probabilities" / "draft_prob.png")
     by_folder = score(tmp_path / "out", tmp_path / "prepared", out=tmp_path / "s_folder")
     assert by_folder["overall"] == by_masks["overall"] and "pranet" not in by_folder
     assert by_folder["missing_prediction"] == [] and by_folder["unused_predictions"] == [
-        str(tmp_path / "out" / "masks" / "notes_mask.png")]
+        str(tmp_path / "out" / "masks" / "notes_mask.png"), str(tmp_path / "out" / "probabilities" / "draft_prob.png")]
     assert (tmp_path / "out" / "overlays").is_dir()
     # the environment behind the scores is predict's, which compare sets beside an evaluation's
     assert by_folder["environment"] == record["environment"] and by_folder["environment"]["torch"]

@@ -487,7 +487,9 @@ def score_masks(pred: str | os.PathLike, dataset: str | os.PathLike, out: str | 
         example = next((p[0] for p in (*found.values(), *found_maps.values())), None)
         raise InputError(f"{pred}: no predicted mask is named after a {split!r} image of {datalist} (looked for e.g. "
                          f"{missing[0]}_mask.png; found {example.name if example else 'no image file'})")
-    unused = sorted(str(p) for paths in (*found.values(), *found_maps.values()) for p in paths if p not in used)
+    # a probability map beside a mask goes with it (counted once, as the mask); one of its own is a prediction
+    alone = [paths for stem, paths in found_maps.items() if stem not in found]
+    unused = sorted(str(p) for paths in (*found.values(), *alone) for p in paths if p not in used)
     title = f"{Path(pred).name} against {dataset.name}, {split} split, scored from files"
     _clear_earlier_score(out, [f"metrics_{split}[_.]*"], f"of the {split} split ")
     paths = write_report(records, out, prefix=f"metrics_{split}", title=title, worst=gallery,
