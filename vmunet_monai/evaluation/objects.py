@@ -582,9 +582,9 @@ def run_objects(pred: str | os.PathLike, truth: str | os.PathLike, out: str | os
 
     Writes into ``out`` (default: :func:`~vmunet_monai.evaluation.score.default_out`): ``objects_per_image.csv``
     (``compare`` reads it: ``--metric object_dice``, ``f1``, ``object_hausdorff``), ``objects_summary.json``,
-    ``objects.png`` and
-    ``pictures/<set>/<image>.png`` (see :func:`picture`). ``foreground``: for class maps, the class whose
-    objects are scored (a value or a class name, :func:`class_value`); the ground truths are read as they are.
+    ``objects.png`` and ``pictures/<set>/<image>.png`` (see :func:`picture`). ``foreground``: for class maps, the
+    class whose objects are scored (a value or a class name, :func:`class_value`); the ground truths are read as
+    they are.
 
     Returns:
         the summary, with ``missing_prediction``/``missing_truth`` (files without a partner, left out),
