@@ -336,7 +336,9 @@ def test_bundle_trains_evaluates_and_segments_several_classes(bundle, tmp_path):
     from vmunet_monai.predict import predict
 
     done = predict(str(root), str(raw / "images"), str(tmp_path / "predicted"), device="cpu")
-    assert json.loads((tmp_path / "predicted" / "prediction.json").read_text())["num_classes"] == 3
+    record = json.loads((tmp_path / "predicted" / "prediction.json").read_text())
+    # and the classes' names from it too, as the training's datalist named them (the bundle's metadata names two)
+    assert (record["num_classes"], record["class_names"]) == (3, ["background", "red", "blue"])
     assert len(done["masks"]) == 10
 
 

@@ -471,3 +471,36 @@ def test_network_json_is_read_in_one_place_and_a_bad_one_is_named(tmp_path, caps
     (tmp_path / "network.json").write_text("{")
     assert trained_input_size(weights) is None and read_network_settings(weights) is None
     assert capsys.readouterr().out == ""
+
+
+def test_network_json_names_the_classes_of_the_training_s_datalist(tmp_path):
+    """A training on classes of its own (``--num_classes 3`` on a datalist of red and blue) records their names
+    beside the weights; predict names the classes from there where the bundle's metadata names another count,
+    and from the metadata where it names as many (an ensemble: its first weights)."""
+    import json
+
+    from vmunet_monai.engine.handlers import (datalist_class_names, trained_class_names, trained_input_size,
+                                              write_network_settings)
+    from vmunet_monai.predict import bundle_class_names
+
+    data = tmp_path / "data"
+    data.mkdir()
+    assert datalist_class_names(None) is None and datalist_class_names(data) is None  # no datalist
+    (data / "datalist.json").write_text(json.dumps({"training": [], "meta": {"labels": {"0": "bg", "2": "blue"}}}))
+    assert datalist_class_names(data) is None  # class 1 unnamed: no list to index by class number
+    (data / "datalist.json").write_text(json.dumps({"training": [], "meta": {"labels": {"2": "blue", "1": "red"}}}))
+    names = datalist_class_names(data)
+    assert names == ["background", "red", "blue"]
+    net = VMUNet(in_channels=3, out_channels=3, depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
+    write_network_settings(tmp_path / "run", net, input_size=(32, 48), class_names=names)
+    weights = tmp_path / "run" / "model.pt"
+    assert trained_class_names(weights, 3) == {1: "red", 2: "blue"} and trained_input_size(weights) == [32, 48]
+    assert trained_class_names(weights, 2) == {} and trained_class_names(tmp_path / "none.pt", 3) == {}
+    bundle = pathlib.Path(__file__).parents[1] / "bundles" / "polyp_seg"
+    assert bundle_class_names(bundle, 3) == {}  # the metadata names two classes; no weights to ask
+    assert bundle_class_names(bundle, 3, weights) == {1: "red", 2: "blue"}
+    assert bundle_class_names(bundle, 3, [str(weights), "other.pt"]) == {1: "red", 2: "blue"}
+    assert bundle_class_names(bundle, 2, weights) == {1: "polyp"}  # the bundle's own count: its metadata's names
+    write_network_settings(tmp_path / "baseline", None, class_names=names)  # a network without settings
+    assert json.loads((tmp_path / "baseline" / "network.json").read_text()) == {"_desc_": {"class_names": names}}
+    assert write_network_settings(tmp_path / "nothing", None) is None

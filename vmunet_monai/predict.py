@@ -58,20 +58,29 @@ class NothingToPredictError(InputError):
 RECORD = "prediction.json"  # what made the masks of an output folder, written beside them
 
 
-def bundle_class_names(bundle_root: str | os.PathLike, classes: int) -> dict[int, str]:
+def bundle_class_names(bundle_root: str | os.PathLike, classes: int, weights=None) -> dict[int, str]:
     """Class number -> name (background left out) as the bundle's ``metadata.json`` names its output channels;
-    empty when it names another number of classes (a bundle trained on your own classes, metadata unchanged)."""
+    where it names another number of classes (a bundle trained on your own classes, metadata unchanged), as the
+    training of ``weights`` (the first of an ensemble) named them in the ``network.json`` beside them
+    (:func:`vmunet_monai.engine.handlers.trained_class_names`); else empty."""
     import json
 
-    return _channel_names(json.loads((Path(bundle_root) / "configs" / "metadata.json").read_text()), classes)
+    return _channel_names(json.loads((Path(bundle_root) / "configs" / "metadata.json").read_text()), classes,
+                          weights)
 
 
-def _channel_names(meta: dict, classes: int) -> dict[int, str]:
+def _channel_names(meta: dict, classes: int, weights=None) -> dict[int, str]:
     """:func:`bundle_class_names` of metadata already read."""
     names = meta.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def", {})
-    if len(names) != classes:
+    if len(names) == classes:
+        return {c: str(names.get(str(c), f"class_{c}")) for c in range(1, classes)}
+    if isinstance(weights, (list, tuple)):
+        weights = weights[0] if weights else None
+    if weights is None:
         return {}
-    return {c: str(names.get(str(c), f"class_{c}")) for c in range(1, classes)}
+    from vmunet_monai.engine.handlers import trained_class_names
+
+    return trained_class_names(weights, classes)
 
 
 def weights_files(root: Path, checkpoint, default_ckpt: Path, train: str, model, device,
@@ -241,7 +250,7 @@ def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike,
     many = isinstance(weights, list)
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     classes = int(parser.get_parsed_content("num_classes"))
-    names = _channel_names(meta, classes)
+    names = _channel_names(meta, classes, weights)
     record = {
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "bundle": str(root),

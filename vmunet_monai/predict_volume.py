@@ -658,7 +658,7 @@ def predict_volumes(
                      kept=len(good) - len(todo))
         _record_series(output, good, written)
         classes = int(workflow.parser.get_parsed_content("num_classes"))
-        names = bundle_class_names(bundle_root, classes) or {c: f"class_{c}" for c in range(1, classes)}
+        names = bundle_class_names(bundle_root, classes, weights) or {c: f"class_{c}" for c in range(1, classes)}
         write_volumes(reads, written, names, output)  # volumes.csv; ACDC: clinical_indices.csv
         if montage:
             ct = workflow.parser.get_parsed_content("intensity") == "ct"  # else MRI: each volume's own percentiles

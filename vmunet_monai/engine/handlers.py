@@ -29,6 +29,7 @@ __all__ = [
     "TrainingCheckpoint",
     "TrainingTerminated",
     "write_network_settings",
+    "trained_class_names",
     "WeightsLoader",
     "atomic_torch_save",
     "rng_state",
@@ -61,21 +62,29 @@ class TrainingTerminated(SystemExit):
         return "stopped by SIGTERM (exit status 143)"
 
 
-def write_network_settings(folder: str | os.PathLike, network, input_size=None) -> Path | None:
+def write_network_settings(folder: str | os.PathLike, network, input_size=None,
+                           class_names: Sequence[str] | None = None) -> Path | None:
     """Write ``folder/network.json``: the settings ``network`` was built with, as a ``network_def``
     (:func:`vmunet_monai.networks.common.records_settings`), so the weights trained there can be loaded without
-    repeating the training's ``network_def`` overrides (``predict``, ``export``), and, once known, the height and
-    width of the training's inputs (``input_size``) under ``_desc_``, the key MONAI leaves to descriptions. A network
-    that keeps no record of its settings (MONAI's baselines) gets the input size alone, once known (else None)."""
+    repeating the training's ``network_def`` overrides (``predict``, ``export``), and under ``_desc_``, the key MONAI
+    leaves to descriptions, what else is known of the training: the height and width of its inputs
+    (``input_size``, once known) and the names of its classes, background first (``class_names``, as the
+    training's datalist names them). A network that keeps no record of its settings (MONAI's baselines) gets
+    those alone (None where neither is known)."""
     module = getattr(network, "module", network)  # DistributedDataParallel
     module = getattr(module, "_orig_mod", module)  # torch.compile's wrapper
     settings = getattr(module, "settings", None)
+    desc = {}
+    if input_size is not None:
+        desc["trained_input_size"] = [int(v) for v in input_size]
+    if class_names:
+        desc["class_names"] = [str(n) for n in class_names]
     if not isinstance(settings, dict):
-        if input_size is None:
+        if not desc:
             return None
         settings = {}
-    if input_size is not None:
-        settings = dict(settings, _desc_={"trained_input_size": [int(v) for v in input_size]})
+    if desc:
+        settings = dict(settings, _desc_=desc)
     path = Path(folder) / NETWORK_SETTINGS
     path.parent.mkdir(parents=True, exist_ok=True)
     write_whole(path, json.dumps(settings, indent=4) + "\n")
@@ -139,6 +148,35 @@ def trained_input_size(weights: str | os.PathLike, settings: dict | None = None)
         return [int(v) for v in size]
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def trained_class_names(weights: str | os.PathLike, classes: int, settings: dict | None = None) -> dict[int, str]:
+    """Class number -> name (background left out) as the training of ``weights`` named its ``classes`` classes
+    (the ``class_names`` of the ``network.json`` beside them); empty without that record, or where it names
+    another number of classes. ``settings``: as for :func:`trained_input_size`."""
+    try:
+        names = (settings if settings is not None else read_network_settings(weights) or {})["_desc_"]["class_names"]
+    except (KeyError, TypeError):
+        return {}
+    if not isinstance(names, list) or len(names) != int(classes):
+        return {}
+    return {c: str(names[c]) for c in range(1, int(classes))}
+
+
+def datalist_class_names(dataset_dir: str | os.PathLike | None) -> list[str] | None:
+    """The names of the classes of the datalist in ``dataset_dir``, background first, where it names every class
+    from 1 up (:func:`vmunet_monai.data.common.datalist_classes`); else None."""
+    if dataset_dir in (None, ""):
+        return None
+    from vmunet_monai.data.common import datalist_classes
+
+    try:
+        named = datalist_classes(dataset_dir)
+    except (OSError, ValueError, TypeError):
+        return None  # an unreadable datalist stops the training's own loading, with its message
+    if not named or sorted(named) != list(range(1, len(named) + 1)):
+        return None
+    return ["background"] + [str(named[c]) for c in range(1, len(named) + 1)]
 
 
 class WeightsLoader(CheckpointLoader):
@@ -425,16 +463,21 @@ class TrainingCheckpoint:
         map_location: device for the loaded tensors.
         save_interval: save every this many epochs (the last epoch is always saved).
         evaluator: the validation evaluator, whose best metric (and best-model saver) is saved and restored.
+        dataset_dir: the folder of the training's datalist, whose class names go into the ``network.json`` beside
+            the weights (:func:`write_network_settings`), for ``predict`` to name the classes of a network
+            trained on other classes than the bundle's.
     """
 
     def __init__(self, save_dir: str, save_dict: dict, filename: str = "checkpoint_latest.pt",
                  resume_from: str | None = None, map_location=None, save_interval: int = 1,
-                 resume_latest: bool = False, evaluator: Engine | None = None) -> None:
+                 resume_latest: bool = False, evaluator: Engine | None = None,
+                 dataset_dir: str | None = None) -> None:
         self.save_dir, self.save_dict, self.filename = save_dir, dict(save_dict), filename
         self.resume_from = None if resume_from in (None, "", "None") else resume_from
         self.resume_latest = bool(resume_latest)
         self.map_location, self.save_interval = map_location, max(1, int(save_interval))
         self.evaluator = evaluator
+        self.class_names = datalist_class_names(dataset_dir)
         self.resumed_from: str | None = None
         self._save_attached = False
         self._saved_epoch = 0  # the epoch the checkpoint holds (this run's, or the one it resumed from)
@@ -500,7 +543,7 @@ class TrainingCheckpoint:
             # a resumed run keeps the size recorded before until its own first batch says it (once=1 would never
             # fire: a resumed engine starts past iteration 1)
             write_network_settings(self.save_dir, self.save_dict.get("model"), trained_input_size(
-                Path(self.save_dir) / "model.pt") if source is not None else None)
+                Path(self.save_dir) / "model.pt") if source is not None else None, self.class_names)
             engine.add_event_handler(Events.ITERATION_COMPLETED, self._record_input_size)
         if not self._save_attached:
             # registered now, after every handler attached at construction: the checkpoint is written
@@ -519,7 +562,7 @@ class TrainingCheckpoint:
             image = batch[0].get("image")  # decollated after the iteration: one (C, H, W) item each
             size = image.shape[1:] if isinstance(image, torch.Tensor) and image.ndim == 3 else None
         if size is not None:
-            write_network_settings(self.save_dir, self.save_dict.get("model"), tuple(size))
+            write_network_settings(self.save_dir, self.save_dict.get("model"), tuple(size), self.class_names)
 
     def _hold(self, engine: Engine) -> None:
         """Mark the checkpoint folder as this training's (``.training.lock``) until it completes; refuse it while
