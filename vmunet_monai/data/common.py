@@ -241,10 +241,12 @@ def verify_pairs(pairs: Sequence[tuple[Path, Path]], skipped: list[dict], worker
         print(f"note: every mask of the {len(kept)} pairs in {folder} is empty (no foreground): a model learns "
               f"nothing from them (are these the masks, or was the mask suffix another?)", file=sys.stderr)
     if graded:
-        from vmunet_monai.validation import describe_values
+        import numpy as np
+
+        from vmunet_monai.validation import describe_values, mask_foreground
 
         path, levels = graded[0]
-        below = [v for v in levels if 0 < v < 128]
+        below = [v for v, kept_as in zip(levels, mask_foreground(np.asarray(levels))) if v > 0 and not kept_as]
         merged = (f"pixels of {describe_values(below)} are background" if below else
                   f"pixels of {describe_values([v for v in levels if v > 0])} are all one foreground")
         print(f"note: {len(graded)} mask(s) hold values besides 0 and their top one over large areas (first: {path}, "
