@@ -575,7 +575,7 @@ def test_a_bundle_run_refuses_an_override_that_names_no_setting(tmp_path):
     root = bundle_dir("isic_skin_lesion")
     entry = str(Path(monai.__file__).parent / "bundle" / "__main__.py")
     own = tmp_path / "mine.json"
-    own.write_text(json.dumps({"my_setting": 1}))
+    own.write_text(json.dumps({"my_setting": 1, "my_use": "@my_setting"}))
     argv = [entry, "run", "training", "--meta_file", f"{root}/configs/metadata.json", "--config_file",
             f"['{root}/configs/train.json', '{own}']", "--bundle_root", str(root), "--epochs", "1",
             "--network_def#in_channels=3", "--my_setting", "2"]
@@ -590,6 +590,20 @@ def test_a_bundle_run_refuses_an_override_that_names_no_setting(tmp_path):
     check_overrides(root, argv + ["--network_def#dims", "[8,16,32,64]", "--network_def#_requires_", "x"])
     train = json.loads((root / "configs" / "train.json").read_text())
     assert train["initialize"][0] == "$vmunet_monai.engine.check_overrides(@bundle_root)"
+    # a setting of another config than the run's: named with the config that reads it (inference.json's
+    # --checkpoint on a training trained from random weights, without a word)
+    with pytest.raises(InputError, match=r"--input_dir: no setting of this run's configs; inference.json reads it"):
+        check_overrides(root, argv + ["--input_dir", "x"])
+    # a setting the run's configs define but do not read: evaluate.json replaces the training's network, which
+    # alone reads --pretrained_checkpoint (the evaluation scored models/model.pt, not the file given)
+    evaluate = [entry, "run", "evaluating", "--config_file", f"['{root}/configs/train.json', "
+                f"'{root}/configs/evaluate.json']", "--bundle_root", str(root)]
+    check_overrides(root, evaluate + ["--checkpoint", "w.pt", "--tta", "true", "--experiment_name", "x"])
+    for name, rule in (("pretrained_checkpoint", "an evaluation takes the weights to score as --checkpoint PATH"),
+                       ("compile", "an evaluation runs the network eagerly")):
+        with pytest.raises(InputError, match=rf"--{name}: a setting this run's configs define but never read .*{rule}"):
+            check_overrides(root, evaluate + [f"--{name}", "x"])
+    check_overrides(root, argv + ["--pretrained_checkpoint", "w.pt", "--compile", "true"])  # a training reads them
 
 
 def test_paths_reach_the_commands_verbatim(tmp_path, monkeypatch):
@@ -626,3 +640,31 @@ def test_paths_reach_the_commands_verbatim(tmp_path, monkeypatch):
     seen.clear()
     fire.Fire(Fake, command=_check_arguments(["score", "--split", "val", "a,b", "2024"]))
     assert seen == {"pred": "a,b", "dataset": "2024", "out": None, "split": "val"}
+
+
+@pytest.mark.parametrize("bundle", ["isic_skin_lesion", "polyp_seg", "synapse_multiorgan"])
+def test_an_evaluation_scores_the_weights_of_its_checkpoint_setting(bundle, tmp_path):
+    """``--checkpoint PATH`` on evaluate.json is the file its weights loader reads, its held-out check judges and its
+    tracking names (an evaluation given it scored models/model.pt); models/model.pt by default; an ensemble wins."""
+    from bundle_helpers import bundle_dir
+    from monai.bundle import ConfigParser
+
+    root = bundle_dir(bundle)
+    configs = [str(root / "configs" / f) for f in ("train.json", "evaluate.json")]
+
+    def parsed(**overrides):
+        parser = ConfigParser()
+        parser.read_config(configs)
+        parser.update({"bundle_root": str(tmp_path), **overrides})
+        loader, held_out = (next(h for h in parser.get("validate#handlers") if h["_target_"].endswith(name))
+                            for name in ("WeightsLoader", "HeldOutCheck"))
+        at = {id(h): i for i, h in enumerate(parser.get("validate#handlers"))}
+        return (parser.get_parsed_content(f"validate#handlers#{at[id(loader)]}#load_path"),
+                parser.get_parsed_content(f"validate#handlers#{at[id(held_out)]}#weights"))
+
+    assert parsed() == (f"{tmp_path}/models/model.pt", [f"{tmp_path}/models/model.pt"])
+    assert parsed(checkpoint="/w/best.pth") == ("/w/best.pth", ["/w/best.pth"])
+    members = [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]
+    for member in members:
+        Path(member).write_bytes(b"")  # listed members must exist
+    assert parsed(checkpoint="/w/best.pth", ensemble_checkpoints=members) == (members[0], members)

@@ -299,10 +299,12 @@ def _listed_files(value: str) -> list[str]:
 
 
 def check_overrides(bundle_root: str | os.PathLike, argv: list[str] | None = None) -> None:
-    """Refuse a ``python -m monai.bundle run`` override that names no setting of the bundle (``--num_epoch 1`` for
-    ``--num_epochs``): MONAI adds it as a new key that nothing reads, and the run goes on with the default, echoing
-    the override as if it were taken. Known settings are the top-level keys of the bundle's configs and of the config
-    files the run was given; ``a#b`` is checked by its ``a``. Other programs that run the configs (``predict``, MONAI
+    """Refuse a ``python -m monai.bundle run`` override that names no setting of the run's configs
+    (``--num_epoch 1`` for ``--num_epochs``, or ``--checkpoint`` on an evaluation: only ``inference.json`` reads
+    it): MONAI adds it as a new key that nothing reads, and the run goes on with the default, echoing the override
+    as if it were taken. Known settings are the top-level keys of the config files the run was given (all the
+    bundle's configs where it names none it can read); ``a#b`` is checked by its ``a``. An override another
+    config of the bundle reads is named with that config. Other programs that run the configs (``predict``, MONAI
     Label, tests) pass their settings in Python and are not checked.
 
     Used in the bundles' ``initialize`` as ``"$vmunet_monai.engine.check_overrides(@bundle_root)"``.
@@ -324,25 +326,73 @@ def check_overrides(bundle_root: str | os.PathLike, argv: list[str] | None = Non
         if arg.startswith("--"):
             name, eq, value = arg[2:].partition("=")
             given[name] = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+
+    def keys(files):
+        found, target = {}, None
+        for file in files:
+            try:
+                doc = json.loads(Path(file).read_text())
+            except (OSError, ValueError):
+                continue  # MONAI names a config it cannot read
+            if isinstance(doc, dict):
+                found.update((key, file) for key in doc if key not in found)
+                if isinstance(doc.get("network_def"), dict):
+                    target = doc["network_def"].get("_target_", target)  # the last config's wins
+        return found, target
+
+    bundle_configs = sorted(Path(bundle_root, "configs").glob("*.json"))
     run = [Path(f) for f in _listed_files(given.get("config_file", ""))]
-    files = sorted(Path(bundle_root, "configs").glob("*.json")) + run
-    known, network = set(), None
-    for i, file in enumerate(files):
-        try:
-            doc = json.loads(Path(file).read_text())
-        except (OSError, ValueError):
-            continue  # MONAI names a config it cannot read
-        known |= set(doc) if isinstance(doc, dict) else set()
-        if i >= len(files) - len(run) and isinstance(doc, dict) and isinstance(doc.get("network_def"), dict):
-            network = doc["network_def"].get("_target_", network)  # the run's configs, the last one's wins
+    known, network = keys(run)
+    if not known:
+        run = bundle_configs
+        known, network = keys(run)
     unknown = [name for name in given if name not in _RUN_OPTIONS and name.split("#")[0] not in known]
     if unknown:
         name = unknown[0]
+        elsewhere = keys(bundle_configs)[0].get(name.split("#")[0])
+        if elsewhere is not None:
+            raise InputError(f"--{name}: no setting of this run's configs; {elsewhere.name} reads it (MONAI would add "
+                             "it unread and run with the default: give it to a run of that config)")
         close = difflib.get_close_matches(name.split("#")[0], sorted(known), n=1)
         raise InputError(f"--{name}: no setting of this bundle" + (f"; did you mean --{close[0]}?" if close else "")
                          + f" (an override must name a key of the configs in {Path(bundle_root, 'configs')} or of "
                          "--config_file; MONAI would add it unread and run with the default)")
+    unread = _unread_settings(run, {name.split("#")[0] for name in given if name not in _RUN_OPTIONS})
+    if unread:
+        name = next(n for n in given if n.split("#")[0] == unread[0])
+        hint = _UNREAD_HINTS.get(unread[0], "")
+        raise InputError(f"--{name}: a setting this run's configs define but never read (another config replaces "
+                         f"what reads it), so it would change nothing{hint}")
     _check_network_overrides(network, [name for name in given if name.startswith("network_def#")])
+
+
+# what to give instead of a setting a run does not read (check_overrides)
+_UNREAD_HINTS = {
+    "pretrained_checkpoint": "; an evaluation takes the weights to score as --checkpoint PATH (an official "
+                             "checkpoint too), a training starts from them with --pretrained_checkpoint",
+    "compile": "; an evaluation runs the network eagerly",
+}
+
+
+def _unread_settings(files: list[Path], names: set[str]) -> list[str]:
+    """Those of ``names``, top-level settings of the configs ``files`` merged as ``monai.bundle run`` merges them,
+    that no reference (``@name``, ``%name``) in the merged config reads: an override of one changes nothing (an
+    evaluation's ``--pretrained_checkpoint``, which only the training's network definition reads). The settings
+    MONAI's experiment tracking reads (``--tracking``) are not counted."""
+    import json
+    import re
+
+    from monai.bundle import ConfigParser
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+
+    try:
+        merged = ConfigParser.load_config_files([str(f) for f in files])
+    except Exception:  # noqa: BLE001 - MONAI reports a config it cannot read or merge
+        return []
+    text = json.dumps(merged, default=str)
+    tracked = set(DEFAULT_MLFLOW_SETTINGS.get("configs", {}))
+    return [name for name in sorted(names) if name in merged and name not in tracked and name != "imports"
+            and not re.search(r"[@%]" + re.escape(name) + r"(?![A-Za-z0-9_])", text)]
 
 
 def _check_network_overrides(target: str | None, names: list[str]) -> None:
