@@ -62,6 +62,22 @@ def test_check_properties_is_empty(configs, kind, prepared, monkeypatch):
         idist.sync()  # ignite caches the (now destroyed) process group; make it see a serial run again
 
 
+def test_multi_gpu_config_without_torchrun_says_how_to_start_it(prepared, monkeypatch):
+    """multi_gpu_train.json run as one plain process (no torchrun): one line with the command, where torch said
+    only that the environment variable RANK was not set."""
+    from vmunet_monai.validation import input_error_in
+
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    wf = workflow(BUNDLE, ["train.json", "multi_gpu_train.json"], "train", dataset_dir=str(prepared))
+    with pytest.raises(Exception) as raised:
+        wf.initialize()
+    error = input_error_in(raised.value)
+    assert error is not None and str(error).startswith(
+        "multi_gpu_train.json: runs one process per GPU and this process was not started as one of them (RANK, "
+        "WORLD_SIZE, MASTER_ADDR, MASTER_PORT not set): start it with torchrun --standalone"), raised.value
+
+
 def test_multi_gpu_validation_with_fewer_cases_than_processes_names_both(prepared, monkeypatch):
     """Each process validates cases of its own: a validation split smaller than the process count is named with
     what to change, where MONAI's sampler said only "the dataset length is less than the number of participating
@@ -187,7 +203,8 @@ def test_weights_trained_with_other_settings_are_predicted_and_exported_as_train
     assert saved["_target_"] == "vmunet_monai.networks.VMUNet"
     assert all(saved[k.split("#")[1]] == v for k, v in over.items() if k.startswith("network_def#"))
     assert saved["out_channels"] == 1 and "scan_backend" not in saved
-    assert saved["_desc_"] == {"trained_input_size": [32, 32]}  # predict resizes to it, not to the bundle's 256
+    # predict resizes to the size, not to the bundle's 256, and scales images as the training did
+    assert saved["_desc_"] == {"trained_input_size": [32, 32], "intensity_max": 255.0}
     raw_test = prepared.parent / f"{BUNDLE}_raw" / "ISIC-2017_Test_v2_Data"
     capfd.readouterr()
     written = predict(str(root), str(raw_test), str(tmp_path / "pred"), device="cpu")
@@ -357,7 +374,7 @@ def test_demo_runs_and_prints_dice(tmp_path, capsys, monkeypatch):
     from vmunet_monai.predict import trained_network
 
     record = root / "models" / "baseline_unet" / "network.json"
-    assert json.loads(record.read_text()) == {"_desc_": {"trained_input_size": [32, 32]}}
+    assert json.loads(record.read_text()) == {"_desc_": {"trained_input_size": [32, 32], "intensity_max": 255.0}}
     larger = tmp_path / "larger.json"
     larger.write_text(json.dumps({"image_size": [64, 64]}))
     capsys.readouterr()

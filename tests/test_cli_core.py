@@ -316,6 +316,9 @@ def test_prepare_and_demo_data_refuse_bad_options_in_one_line(tmp_path, capsys):
     (["benchmark", "--batch", "0"], "error: benchmark --batch 0: must be an integer of at least 1"),
     (["benchmark", "--device", "tpu"], "error: --device 'tpu': not a device; choose cpu, cuda or cuda:N"),
     (["kernels", "--sms", "0"], "error: sms=0 must be at least 1 (or left out: the card's own)"),
+    (["kernels", "--out", "."], "error: --out .: a folder; give the JSON file's path"),
+    (["kernels", "--out", "no/such/k.json"],
+     "error: --out no/such/k.json: no folder {tmp}/no/such to write it into"),
     (["export", "isic_skin_lesion", "--tolerance", "-1"], "error: --tolerance -1: must be a number of at least 0"),
     (["predict", "isic_skin_lesion", "in", "out", "--device", "foo"],
      "error: --device 'foo': not a device; choose cpu, cuda or cuda:N"),
@@ -338,8 +341,40 @@ def test_bad_arguments_end_in_one_error_line(argv, message, capsys, tmp_path, mo
         main(argv)
     code = exc.value.code
     said = code if isinstance(code, str) else capsys.readouterr().err.strip()
-    assert code not in (0, None) and said == message
+    assert code not in (0, None) and said == message.replace("{tmp}", str(tmp_path))
     assert not any(tmp_path.iterdir())
+
+
+def test_kernels_refuses_a_file_where_its_dump_folder_goes_before_compiling(tmp_path, capsys):
+    from vmunet_monai.cli import main
+
+    (tmp_path / "ir").write_text("")
+    with pytest.raises(SystemExit) as exc:
+        main(["kernels", "--dump", str(tmp_path / "ir")])
+    assert exc.value.code == (f"error: --dump {tmp_path / 'ir'}: a file stands there; the kernels' code goes into a "
+                              "folder")
+
+
+def test_benchmark_of_backends_none_of_which_runs_here_is_an_error(tmp_path, monkeypatch, capsys):
+    """--backends naming only backends this machine lacks stops before any timing (it timed the reference scan,
+    printed an empty table and exited 0); one of several missing is skipped with its reason."""
+    from vmunet_monai import benchmark
+    from vmunet_monai.ops.dispatch import backend_status
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        benchmark.run_benchmark(device="cpu", backends="mamba_ssm", scan_only=True, repeats=1)
+    assert str(exc.value.code) == (f"error: benchmark --backends mamba_ssm: none of them runs on cpu (mamba_ssm: "
+                                   f"{backend_status('mamba_ssm').detail})")
+    timed = []
+    monkeypatch.setattr(benchmark, "time_scan", lambda b, *a, **k: timed.append(b) or 0.002)
+    monkeypatch.setattr(benchmark, "_median_time", lambda *a, **k: 0.004)
+    res = benchmark.run_benchmark(device="cpu", backends="mamba_ssm,torch", scan_only=True, repeats=1)
+    assert timed == ["torch", "reference"] and set(res["scan"]) == {"torch", "reference",
+                                                                    "mamba_ssm_reference_algorithm"}
+    printed = capsys.readouterr().out
+    assert "skipping backend mamba_ssm: " in printed and "(median of the runs)" in printed
+    assert "2.0x slower than reference" in printed  # (a slower row read "0.5x faster")
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])
@@ -604,6 +639,11 @@ def test_a_bundle_run_refuses_an_override_that_names_no_setting(tmp_path):
         with pytest.raises(InputError, match=rf"--{name}: a setting this run's configs define but never read .*{rule}"):
             check_overrides(root, evaluate + [f"--{name}", "x"])
     check_overrides(root, argv + ["--pretrained_checkpoint", "w.pt", "--compile", "true"])  # a training reads them
+    ct = bundle_dir("synapse_multiorgan")
+    with pytest.raises(InputError, match=r"--input_dir: no setting of this bundle; it reads its volumes from "
+                                         r"--dataset_dir"):  # (it said: did you mean --output_dir?)
+        check_overrides(ct, [entry, "run", "inferring", "--config_file", f"{ct}/configs/inference.json",
+                             "--input_dir", "scans"])
 
 
 def test_paths_reach_the_commands_verbatim(tmp_path, monkeypatch):

@@ -199,7 +199,20 @@ def test_resume_refuses_corrupt_and_foreign_checkpoints(prepared, tmp_path):
     three = tmp_path / "three_classes.pt"
     net = VMUNet(out_channels=3, **TINY_NETWORKS["vmunet_monai.networks.VMUNet"])
     torch.save({"model": net.state_dict(), "optimizer": {}, "lr_scheduler": {}, "trainer": {}}, three)
+    # the official code's latest.pth: its weights in model_state_dict, with numpy scalars beside them
+    import numpy as np
+
+    official = tmp_path / "latest.pth"
+    torch.save({"epoch": 5, "min_loss": np.float64(0.3), "model_state_dict": net.state_dict(),
+                "optimizer_state_dict": {"state": {}, "param_groups": []}}, official)
+    picture = tmp_path / "picture.pth"  # a file of another kind under a checkpoint's name
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
     for path, message in ((truncated, "cannot be read as a checkpoint"),
+                          (official, r"latest.pth: not a training checkpoint, it lacks .* \(found epoch, min_loss, "
+                                     r"model_state_dict, optimizer_state_dict\) .*give them as "
+                                     r"--pretrained_checkpoint"),
+                          (picture, r"picture.pth: cannot be read as a checkpoint \(a PNG image file, not a "
+                                    r"checkpoint\)"),
                           (weights_only, r"not a training checkpoint, it lacks \['model', 'optimizer', "
                                          r"'lr_scheduler', 'trainer'\] \(found layers.0.weight, layers.1.weight, "
                                          r"layers.10.weight, layers.11.weight, layers.12.weight, layers.13.weight and "

@@ -227,6 +227,11 @@ def test_nothing_loaded_is_an_error_and_another_network_a_warning():
     with pytest.raises(CheckpointError, match=r"nothing was loaded; its keys start with 'model.' \(222\), "
                                               r"'ema_model.' \(222\): take the network's tensors out"):
         load_official_checkpoint(VMUNet(**TINY), both)
+    # the network's names at other shapes (another dims): the settings are named, not a prefix to take out
+    wider = VMUNet(**{**TINY, "dims": tuple(2 * d for d in TINY["dims"])}).state_dict()
+    with pytest.raises(CheckpointError, match=r"another size; 221 of its tensors have the network's names but "
+                                              r"other shapes \(e.g. .*\): it is of a network with other settings"):
+        load_official_checkpoint(VMUNet(**TINY), wider)
     # the encoder of our own network is no VMamba classifier: loaded by name, the decoder left as it is
     encoder = {k: v for k, v in sd.items() if k.startswith(("patch_embed.", "layers."))}
     net = VMUNet(**TINY)
@@ -504,3 +509,96 @@ def test_network_json_names_the_classes_of_the_training_s_datalist(tmp_path):
     write_network_settings(tmp_path / "baseline", None, class_names=names)  # a network without settings
     assert json.loads((tmp_path / "baseline" / "network.json").read_text()) == {"_desc_": {"class_names": names}}
     assert write_network_settings(tmp_path / "nothing", None) is None
+
+
+def test_images_are_scaled_as_the_weights_were_trained(tmp_path, caplog):
+    """The 2D bundles scale each image from 0 to 255 as the official VM-UNet code does (its checkpoints see their
+    own scale); a training records the scale beside its weights, and weights of a training that recorded none
+    (before 0.1.17, on 0..1) are predicted on 0..1 and warned about in a bundle run at 255."""
+    import json
+    import logging
+
+    from monai.bundle import ConfigParser
+
+    from vmunet_monai.engine.handlers import WeightsLoader, trained_intensity_max, write_network_settings
+    from vmunet_monai.predict import trained_network
+
+    bundle = pathlib.Path(__file__).parents[1] / "bundles" / "polyp_seg"
+    for name in ("train.json", "inference.json"):
+        parser = ConfigParser()
+        parser.read_config(str(bundle / "configs" / name))
+        parser.update({"bundle_root": str(bundle)})
+        place = ("train#deterministic_transforms" if name == "train.json" else "preprocessing#transforms")
+        at = next(i for i, t in enumerate(parser.get(place)) if t.get("_target_") == "ScaleIntensityd")
+        scale = parser.get_parsed_content(f"{place}#{at}")
+        image = scale({"image": torch.tensor([[[3.0, 5.0], [7.0, 11.0]]])})["image"]
+        assert (float(image.min()), float(image.max())) == (0.0, 255.0), name
+    weights = tmp_path / "model.pt"
+    net = VMUNet(in_channels=3, out_channels=1, depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
+    torch.save(net.state_dict(), weights)
+    assert trained_intensity_max(weights) is None  # no record: weights from elsewhere, the bundle's own scale
+    configs = [str(bundle / "configs" / "inference.json")]
+    assert "intensity_max" not in trained_network(configs, weights)
+    write_network_settings(tmp_path, net, input_size=(32, 32), intensity_max=255)
+    assert trained_intensity_max(weights) == 255.0 and trained_network(configs, weights)["intensity_max"] == 255.0
+    (tmp_path / "network.json").write_text(json.dumps({"_target_": "vmunet_monai.networks.VMUNet",
+                                                       "_desc_": {"trained_input_size": [32, 32]}}))
+    assert trained_intensity_max(weights) == 1.0  # an older training's record: it scaled to 0..1
+    assert trained_network(configs, weights)["intensity_max"] == 1.0
+    loader = WeightsLoader(str(weights), {"model": net}, bundle_root=str(bundle), intensity_max=255)
+    with caplog.at_level(logging.WARNING):
+        loader(None)
+    assert "scales them from 0 to 255: its results are wrong; give --intensity_max 1" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        WeightsLoader(str(weights), {"model": net}, bundle_root=str(bundle), intensity_max=1)(None)
+    assert "intensity_max" not in caplog.text
+
+
+def test_a_partial_initialisation_is_a_warning_in_the_training_log(tmp_path, caplog):
+    """--pretrained_checkpoint with another network's checkpoint loads what fits; what was left at its random start
+    is a warning of the training's log, not a line among the INFO ones."""
+    import logging
+
+    from vmunet_monai.engine import load_pretrained
+
+    small = dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
+    path = tmp_path / "v2.pth"
+    torch.save(VMUNetV2(in_channels=3, out_channels=1, **small).state_dict(), path)
+    with caplog.at_level(logging.INFO):
+        load_pretrained(VMUNet(in_channels=3, out_channels=1, depths_decoder=(1, 1, 1, 1), **small), path)
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned and all(r.getMessage().startswith(f"pretrained_checkpoint {path}: ") for r in warned), caplog.text
+    assert any("random initialisation" in r.getMessage() for r in warned), caplog.text
+    caplog.clear()
+    own = tmp_path / "own.pth"
+    net = VMUNet(in_channels=3, out_channels=1, depths_decoder=(1, 1, 1, 1), **small)
+    torch.save(net.state_dict(), own)
+    with caplog.at_level(logging.INFO):
+        load_pretrained(VMUNet(in_channels=3, out_channels=1, depths_decoder=(1, 1, 1, 1), **small), own)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text  # all of it fits
+
+
+def test_weights_of_another_network_of_the_family_are_predicted_with_it(tmp_path, capsys):
+    """A training with --network_def#_target_ vmunet_monai.networks.MambaUNet records that network beside its
+    weights; predict and export build it from there (they built the bundle's VM-UNet, which the weights do not
+    fit), the output layer still from num_classes."""
+    import json
+
+    from monai.bundle import ConfigParser
+
+    from vmunet_monai.engine.handlers import write_network_settings
+    from vmunet_monai.predict import trained_network
+
+    net = MambaUNet(in_channels=1, out_channels=4, dims=(8, 16, 32, 64), d_state=4)
+    write_network_settings(tmp_path, net, input_size=(32, 32))
+    assert json.loads((tmp_path / "network.json").read_text())["_target_"] == "vmunet_monai.networks.MambaUNet"
+    configs = [str(pathlib.Path(__file__).parents[1] / "bundles" / "synapse_multiorgan" / "configs" / "inference.json")]
+    overrides = trained_network(configs, tmp_path / "model.pt")
+    assert "note: the network is built as it was trained" in capsys.readouterr().out
+    parser = ConfigParser()
+    parser.read_config(configs)
+    parser.update({**overrides, "num_classes": 4})
+    built = parser.get_parsed_content("network_def")
+    assert type(built).__name__ == "MambaUNet"
+    built.load_state_dict(net.state_dict())  # the trained weights fit it

@@ -313,7 +313,10 @@ def _run_benchmark(device, networks, size, batch, repeats, backends, reference, 
         except (OSError, ImportError) as exc:
             raise SystemExit(f"error: benchmark --reference {reference}: {exc}") from exc
     usable = [b for b in names if backend_status(b).available and dev_type in backend_status(b).devices]
-    for b in set(names) - set(usable):
+    if not usable:  # nothing asked for can run: an error, not a table of the reference alone
+        why = "; ".join(f"{b}: {backend_status(b).detail}" for b in names)
+        raise SystemExit(f"error: benchmark --backends {','.join(names)}: none of them runs on {device} ({why})")
+    for b in [b for b in names if b not in usable]:
         print(f"skipping backend {b}: {backend_status(b).detail}")
     results = {"machine": _machine(device), "device": device, "scan": {}, "networks": []}
     print(f"machine: {results['machine']}")
@@ -340,10 +343,11 @@ def _run_benchmark(device, networks, size, batch, repeats, backends, reference, 
         with torch.no_grad():
             results["scan"]["mamba_ssm_reference_algorithm"] = _median_time(
                 lambda: mamba_style_reference_scan(**inputs, delta_softplus=True), 1, device, warmup=0)
-    print(f"\nstage-1 selective scan, forward, batch {scan_batch} x 768 x 4096, N=16 (median seconds)")
+    print(f"\nstage-1 selective scan, forward, batch {scan_batch} x 768 x 4096, N=16 (median of the runs)")
     ref_t = results["scan"].get("reference")
     for b, t in results["scan"].items():
-        ratio = f"  {ref_t / t:6.1f}x faster than reference" if ref_t and b != "reference" else ""
+        ratio = "" if not ref_t or b == "reference" else (f"  {ref_t / t:6.1f}x faster than reference" if t <= ref_t
+                                                            else f"  {t / ref_t:6.1f}x slower than reference")
         print(f"  {b:<30} {t * 1e3:10.2f} ms{ratio}")
     if scan_only:
         return _finish(results, out)

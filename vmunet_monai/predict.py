@@ -151,16 +151,20 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
     """Overrides (``network_def#<setting>``) that build the bundle's network with the settings its weights were
     trained with, read from the ``network.json`` a training writes beside them
     (:func:`vmunet_monai.engine.handlers.write_network_settings`); prints a note naming the settings that differ
-    from the bundle's. Empty without such a file; of a record of another network than ``network_def``, or of one
+    from the bundle's. Empty without such a file; of a record of a network from elsewhere (MONAI's), or of one
     that holds the input size alone (a baseline's), only the input size is taken: a 2D bundle's ``image_size``,
-    the CT bundle's sliding window ``roi_size`` (the size of its training's slices). The output layer is left to
-    ``num_classes`` (a mismatch is named when the weights are loaded)."""
+    the CT bundle's sliding window ``roi_size`` (the size of its training's slices), and the 2D bundles' image
+    scale (``intensity_max``, :func:`vmunet_monai.engine.handlers.trained_intensity_max`). A record of another
+    network of this package (a training with ``--network_def#_target_ vmunet_monai.networks.MambaUNet``) replaces
+    ``network_def`` with it. The output layer is left to ``num_classes`` (a mismatch is named when the weights are
+    loaded)."""
     import inspect
     import pydoc
 
     from monai.bundle import ConfigParser
 
-    from vmunet_monai.engine.handlers import NETWORK_SETTINGS, read_network_settings, trained_input_size
+    from vmunet_monai.engine.handlers import (NETWORK_SETTINGS, read_network_settings, trained_input_size,
+                                              trained_intensity_max)
 
     record = Path(weights).parent / NETWORK_SETTINGS
     saved = read_network_settings(weights, quiet=False)
@@ -177,7 +181,20 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
         overrides[setting] = list(trained_size)
         if list(size) != list(trained_size):
             changed.append(f"{setting} {list(trained_size)}")
+    scale = trained_intensity_max(weights, saved)  # the 2D bundles' image scale (older records: 0..1)
+    if scale is not None and isinstance(config.get("intensity_max"), (int, float)):
+        overrides["intensity_max"] = scale
+        if float(config["intensity_max"]) != scale:
+            changed.append(f"intensity_max {scale:g}")
     same = isinstance(network_def, dict) and saved.get("_target_") == network_def.get("_target_")
+    other = str(saved.get("_target_", ""))
+    if (not same and isinstance(network_def, dict) and other.startswith("vmunet_monai.networks.")
+            and pydoc.locate(other) is not None):  # another network of the family (Mamba-UNet in the CT bundle)
+        rebuilt = {k: v for k, v in saved.items() if k == "_target_" or not k.startswith("_")}
+        if "out_channels" in network_def:  # the output layer is left to num_classes
+            rebuilt["out_channels"] = network_def["out_channels"]
+        overrides[ids] = rebuilt
+        changed.append(f"network {other.rsplit('.', 1)[-1]}")
     target = pydoc.locate(str(saved["_target_"])) if same else None
     try:
         defaults = {k: p.default for k, p in inspect.signature(target).parameters.items()} if same else {}

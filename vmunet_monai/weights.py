@@ -196,14 +196,26 @@ def _why_unreadable(source: str, exc: Exception) -> str:
             pass
         else:
             return f"a text file, not a checkpoint (it starts: {text.strip()[:60]!r})"
+    for magic, kind in _NOT_CHECKPOINTS:
+        if head.startswith(magic):
+            return f"a {kind} file, not a checkpoint"
     message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     found = re.search(r"GLOBAL ([\w.]+)", message)
     if found:
         return (f"it pickles Python objects beside the tensors ({found.group(1)}), such as a whole network or a "
                 "training object; only tensors are read from a file, so no code in it runs: save the weights alone, "
                 "torch.save(model.state_dict(), path)")
+    if "Weights only load failed" in message:  # torch's advice to load it unsafely is no answer
+        return ("no tensors torch can read without running the file's code (a plain pickle, or another program's "
+                "format): save the weights with torch.save(model.state_dict(), path)")
     return (f"{type(exc).__name__}: {message.splitlines()[0] if message else ''}; it may be cut short or not a "
             "checkpoint")
+
+
+#: first bytes of files that are often given where weights go, and what they are
+_NOT_CHECKPOINTS = ((b"\x89PNG", "PNG image"), (b"\xff\xd8\xff", "JPEG image"), (b"GIF8", "GIF image"),
+                    (b"II*\x00", "TIFF image"), (b"MM\x00*", "TIFF image"), (b"%PDF", "PDF"),
+                    (b"\x1f\x8b", "gzip (a .nii.gz volume, or a compressed archive)"), (b"\x89HDF", "HDF5"))
 
 
 def read_checkpoint(checkpoint) -> dict[str, torch.Tensor]:
@@ -278,6 +290,17 @@ def _prefix_hint(keys) -> str:
             f"{{k[len({common[0][0]!r}):]: v for k, v in state.items() if k.startswith({common[0][0]!r})}}")
 
 
+def _fit_hint(state, report: "LoadReport") -> str:
+    """Why little or nothing of a checkpoint fits: tensors named as the network's but of other shapes (a network
+    of other settings: ``dims``, ``depths``, ``d_state``), else :func:`_prefix_hint`."""
+    if report.mismatched and len(report.mismatched) >= len(report.unexpected):
+        key, theirs, ours = report.mismatched[0]
+        return (f"; {len(report.mismatched)} of its tensors have the network's names but other shapes (e.g. {key} "
+                f"{theirs} in the file, {ours} here): it is of a network with other settings (dims, depths or "
+                f"d_state), so build the network with the settings it was trained with")
+    return _prefix_hint(list(state))
+
+
 def detect_checkpoint_kind(state: Mapping[str, torch.Tensor]) -> str:
     """'vmunet', 'vmunet_v2', 'mamba_unet', 'vmamba_v0' (ImageNet classifier), 'vmamba_v2' (VMamba's later
     releases, another architecture) or 'unknown'."""
@@ -315,7 +338,9 @@ def _other_network_hint(kind: str, own: str | None) -> str:
                 "(--pretrained_checkpoint of a training), not segmentation weights")
     if kind in _NAMES and kind != own:
         builds = {"vmunet": "VMUNet (isic_skin_lesion and synapse_multiorgan build it)",
-                  "vmunet_v2": "VMUNetV2 (polyp_seg builds it)", "mamba_unet": "MambaUNet"}[kind]
+                  "vmunet_v2": "VMUNetV2 (polyp_seg builds it)",
+                  "mamba_unet": "MambaUNet (synapse_multiorgan's configs build it with the override "
+                                "--network_def#_target_ vmunet_monai.networks.MambaUNet, under monai.bundle run)"}[kind]
         return (f"; it is a {_NAMES[kind]} checkpoint: give it to a bundle whose network_def is {builds}, or "
                 f"start a training from what fits with --pretrained_checkpoint")
     return ""
@@ -434,14 +459,14 @@ def load_official_checkpoint(network: nn.Module, checkpoint, *, strict: bool = F
     report.missing = [k for k in target if k not in assigned and k not in mismatched]
     if not assigned:
         raise CheckpointError(f"{source}: not one tensor fits this {type(network).__name__}, so nothing was "
-                              f"loaded{_prefix_hint(list(state))}:\n" + report.summary())
+                              f"loaded{_fit_hint(state, report)}:\n" + report.summary())
     share = sum(v.numel() for v in assigned.values()) / max(1, sum(v.numel() for v in target.values()))
     if share < MIN_LOADED_SHARE:  # a bias or a norm that happens to match: the network stays as initialised
         raise CheckpointError(
             f"{source}: only {len(assigned)} of this {type(network).__name__}'s {len(target)} tensors fit "
             f"({', '.join(report.loaded[:3])}{', ...' if len(assigned) > 3 else ''}), {share:.2%} of its values, "
             f"so the network would stay as initialised: the file holds another network or another size"
-            f"{_prefix_hint(list(state))}:\n" + report.summary())
+            f"{_fit_hint(state, report)}:\n" + report.summary())
     if strict and not report.ok:
         raise CheckpointError("strict loading failed:\n" + report.summary())
     with torch.no_grad():  # (nothing is written into the network before the checks above pass)

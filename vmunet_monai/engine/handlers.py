@@ -63,14 +63,15 @@ class TrainingTerminated(SystemExit):
 
 
 def write_network_settings(folder: str | os.PathLike, network, input_size=None,
-                           class_names: Sequence[str] | None = None) -> Path | None:
+                           class_names: Sequence[str] | None = None, intensity_max=None) -> Path | None:
     """Write ``folder/network.json``: the settings ``network`` was built with, as a ``network_def``
     (:func:`vmunet_monai.networks.common.records_settings`), so the weights trained there can be loaded without
     repeating the training's ``network_def`` overrides (``predict``, ``export``), and under ``_desc_``, the key MONAI
     leaves to descriptions, what else is known of the training: the height and width of its inputs
-    (``input_size``, once known) and the names of its classes, background first (``class_names``, as the
-    training's datalist names them). A network that keeps no record of its settings (MONAI's baselines) gets
-    those alone (None where neither is known)."""
+    (``input_size``, once known), the names of its classes, background first (``class_names``, as the
+    training's datalist names them) and the top of the scale its images were brought to (``intensity_max``: the 2D
+    bundles scale each image from 0 to it, :func:`trained_intensity_max`). A network that keeps no record of its
+    settings (MONAI's baselines) gets those alone (None where none is known)."""
     module = getattr(network, "module", network)  # DistributedDataParallel
     module = getattr(module, "_orig_mod", module)  # torch.compile's wrapper
     settings = getattr(module, "settings", None)
@@ -79,6 +80,8 @@ def write_network_settings(folder: str | os.PathLike, network, input_size=None,
         desc["trained_input_size"] = [int(v) for v in input_size]
     if class_names:
         desc["class_names"] = [str(n) for n in class_names]
+    if intensity_max is not None:
+        desc["intensity_max"] = float(intensity_max)
     if not isinstance(settings, dict):
         if not desc:
             return None
@@ -150,6 +153,25 @@ def trained_input_size(weights: str | os.PathLike, settings: dict | None = None)
         return None
 
 
+OLD_INTENSITY_MAX = 1.0  # what the 2D bundles scaled images to before their network.json recorded it (0.1.16)
+
+
+def trained_intensity_max(weights: str | os.PathLike, settings: dict | None = None) -> float | None:
+    """The top of the scale the training of ``weights`` brought each image to (the 2D bundles' ``intensity_max``,
+    255 as the official VM-UNet code feeds its networks) as the ``network.json`` beside them records it; 1 for a
+    record written before it held the scale (the bundles scaled to 0..1 then); None without a record (weights
+    from elsewhere: an official checkpoint) or where the record holds no mapping. ``settings``: as for
+    :func:`trained_input_size`."""
+    saved = settings if settings is not None else read_network_settings(weights)
+    if not isinstance(saved, dict):
+        return None
+    desc = saved.get("_desc_") if isinstance(saved.get("_desc_"), dict) else {}
+    try:
+        return float(desc.get("intensity_max", OLD_INTENSITY_MAX))
+    except (TypeError, ValueError):
+        return None
+
+
 def trained_class_names(weights: str | os.PathLike, classes: int, settings: dict | None = None) -> dict[int, str]:
     """Class number -> name (background left out) as the training of ``weights`` named its ``classes`` classes
     (the ``class_names`` of the ``network.json`` beside them); empty without that record, or where it names
@@ -190,16 +212,19 @@ class WeightsLoader(CheckpointLoader):
     width the config resizes images to (the CT bundle: its sliding window); a warning names the size the weights
     were trained at (the ``network.json`` beside them) where it differs, as results at another size are worse
     without a word otherwise. ``size_setting``: the config's name of that size (``image_size``, ``roi_size``), the
-    override the warning and a mismatch's message name."""
+    override the warning and a mismatch's message name. ``intensity_max``: the top of the scale the config brings
+    images to (the 2D bundles); a warning names the scale the weights were trained on where it differs
+    (:func:`trained_intensity_max`: weights of a training before 0.1.17, on 0..1)."""
 
     def __init__(self, load_path: str, load_dict: dict, bundle_root: str | os.PathLike = ".",
                  other: str = "--ensemble_checkpoints PATH", image_size=None, size_setting: str = "image_size",
-                 **kwargs) -> None:
+                 intensity_max=None, **kwargs) -> None:
         super().__init__(load_path, load_dict, **kwargs)
         self.bundle_root, self.other, self.size_setting = bundle_root, str(other), str(size_setting)
         from vmunet_monai.engine.utils import input_size
 
         self.image_size = None if image_size is None else input_size(image_size)
+        self.intensity_max = None if intensity_max is None else float(intensity_max)
 
     def __call__(self, engine: Engine) -> None:
         from vmunet_monai.engine.utils import trained_weights
@@ -214,6 +239,12 @@ class WeightsLoader(CheckpointLoader):
                            self.load_path, "x".join(map(str, trained)), Path(self.load_path).parent / NETWORK_SETTINGS,
                            "resizes to" if self.size_setting == "image_size" else "slides a window of",
                            "x".join(map(str, self.image_size)), self.size_setting, size.replace(" ", ", "))
+        scale = trained_intensity_max(self.load_path) if self.intensity_max is not None else None
+        if scale is not None and scale != self.intensity_max:
+            logger.warning("%s was trained on images scaled from 0 to %g (%s) and this run scales them from 0 to %g: "
+                           "its results are wrong; give --intensity_max %g (predict uses the trained scale itself)",
+                           self.load_path, scale, Path(self.load_path).parent / NETWORK_SETTINGS,
+                           self.intensity_max, scale)
         objects = list(self.load_dict.values())
         if len(objects) != 1 or not isinstance(objects[0], torch.nn.Module):
             super().__call__(engine)
@@ -466,18 +497,21 @@ class TrainingCheckpoint:
         dataset_dir: the folder of the training's datalist, whose class names go into the ``network.json`` beside
             the weights (:func:`write_network_settings`), for ``predict`` to name the classes of a network
             trained on other classes than the bundle's.
+        intensity_max: the top of the scale the training brings each image to (the 2D bundles' setting), recorded
+            in the same file, for ``predict`` and evaluations to feed the weights images on their scale.
     """
 
     def __init__(self, save_dir: str, save_dict: dict, filename: str = "checkpoint_latest.pt",
                  resume_from: str | None = None, map_location=None, save_interval: int = 1,
                  resume_latest: bool = False, evaluator: Engine | None = None,
-                 dataset_dir: str | None = None) -> None:
+                 dataset_dir: str | None = None, intensity_max=None) -> None:
         self.save_dir, self.save_dict, self.filename = save_dir, dict(save_dict), filename
         self.resume_from = None if resume_from in (None, "", "None") else resume_from
         self.resume_latest = bool(resume_latest)
         self.map_location, self.save_interval = map_location, max(1, int(save_interval))
         self.evaluator = evaluator
         self.class_names = datalist_class_names(dataset_dir)
+        self.intensity_max = None if intensity_max is None else float(intensity_max)
         self.resumed_from: str | None = None
         self._save_attached = False
         self._saved_epoch = 0  # the epoch the checkpoint holds (this run's, or the one it resumed from)
@@ -543,7 +577,8 @@ class TrainingCheckpoint:
             # a resumed run keeps the size recorded before until its own first batch says it (once=1 would never
             # fire: a resumed engine starts past iteration 1)
             write_network_settings(self.save_dir, self.save_dict.get("model"), trained_input_size(
-                Path(self.save_dir) / "model.pt") if source is not None else None, self.class_names)
+                Path(self.save_dir) / "model.pt") if source is not None else None, self.class_names,
+                self.intensity_max)
             engine.add_event_handler(Events.ITERATION_COMPLETED, self._record_input_size)
         if not self._save_attached:
             # registered now, after every handler attached at construction: the checkpoint is written
@@ -562,7 +597,8 @@ class TrainingCheckpoint:
             image = batch[0].get("image")  # decollated after the iteration: one (C, H, W) item each
             size = image.shape[1:] if isinstance(image, torch.Tensor) and image.ndim == 3 else None
         if size is not None:
-            write_network_settings(self.save_dir, self.save_dict.get("model"), tuple(size), self.class_names)
+            write_network_settings(self.save_dir, self.save_dict.get("model"), tuple(size), self.class_names,
+                                   self.intensity_max)
 
     def _hold(self, engine: Engine) -> None:
         """Mark the checkpoint folder as this training's (``.training.lock``) until it completes; refuse it while
@@ -668,16 +704,15 @@ class TrainingCheckpoint:
     def _resume(self, engine: Engine, path: Path) -> None:
         from ignite.handlers import Checkpoint
 
-        from vmunet_monai.weights import CheckpointError
+        from vmunet_monai.weights import CheckpointError, _load_weights_only, _why_unreadable, read_checkpoint
 
         if not path.is_file():
             raise CheckpointError(f"{path}: no such checkpoint (resume_checkpoint must name a checkpoint_latest.pt "
                                   "written by training)")
-        try:
-            state = torch.load(path, map_location=self.map_location, weights_only=True)
+        try:  # (numpy scalars beside the tensors read too, as an official latest.pth holds them)
+            state = _load_weights_only(str(path))
         except Exception as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {reason}) (a "
+            raise CheckpointError(f"{path}: cannot be read as a checkpoint ({_why_unreadable(str(path), exc)}) (a "
                                   "resume checkpoint is a checkpoint_latest.pt written by training)") from None
         objects = self._objects(engine)
         missing = [k for k in objects if not isinstance(state, Mapping) or k not in state]
@@ -685,7 +720,10 @@ class TrainingCheckpoint:
             if isinstance(state, Mapping):
                 names = sorted(map(str, state))
                 found = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-                weights = all(isinstance(v, torch.Tensor) for v in state.values())
+                try:  # weights in a container of their own (an official latest.pth's model_state_dict)
+                    weights = bool(read_checkpoint(state))
+                except (CheckpointError, TypeError, ValueError):
+                    weights = False
             else:
                 found, weights = type(state).__name__, False
             raise CheckpointError(f"{path}: not a training checkpoint, it lacks {missing} (found {found}) (resume "

@@ -55,9 +55,12 @@ def load_pretrained(network: nn.Module, checkpoint: str | os.PathLike | None) ->
 
     from vmunet_monai.weights import load_official_checkpoint
 
-    with warnings.catch_warnings():  # its notes are in the summary logged below
-        warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings(record=True) as notes:  # into the training's log, as warnings
+        warnings.simplefilter("always", UserWarning)
         report = load_official_checkpoint(network, path, strict=False)
+    for note in notes:  # a partial load (another network's checkpoint, another class count) is no detail
+        if issubclass(note.category, UserWarning):
+            logger.warning("pretrained_checkpoint %s", note.message)
     logger.info("initialised %s from %s: %d tensors loaded\n%s", type(network).__name__, path, len(report.loaded),
                 report.summary())
     return network
@@ -151,6 +154,28 @@ def input_size(value, option: str = "--image_size") -> list[int]:
     return sizes * 2 if len(sizes) == 1 else sizes
 
 
+def check_launched(config: str = "multi_gpu_train.json") -> None:
+    """Refuse a run of ``config`` that no launcher started: it runs one process per GPU, each told its rank by
+    ``torchrun`` (torch's own error, "environment variable RANK expected, but not set", came from inside the
+    process group's set-up). Used first in the bundles' multi-GPU initialize.
+
+    Raises:
+        vmunet_monai.validation.InputError: naming the launcher and the single-process config.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return
+    lacking = [name for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if lacking:
+        from vmunet_monai.validation import InputError
+
+        raise InputError(f"{config}: runs one process per GPU and this process was not started as one of them "
+                         f"({', '.join(lacking)} not set): start it with torchrun --standalone --nnodes 1 "
+                         f"--nproc_per_node <GPUs> -m monai.bundle run ... (or train in one process with train.json "
+                         f"alone)")
+
+
 def check_split_for_processes(dataset, split: str, processes: int):
     """``dataset`` (a split's), if it holds at least one item for each of ``processes`` processes; a multi-GPU run's
     validation gives each process its own cases, and MONAI's ``DistributedSampler`` stops with "the dataset length
@@ -166,7 +191,8 @@ def check_split_for_processes(dataset, split: str, processes: int):
         raise InputError(
             f"the {split} split holds {size} case{'s' if size != 1 else ''} for {processes} processes, and each "
             f"process validates cases of its own: prepare the dataset with a {split} split of at least {processes} "
-            f"(prepare's --num_val or --val_fraction) or start at most {max(size, 1)} (torchrun --nproc_per_node)")
+            f"(prepare's --val_fraction for the 2D bundles, --num_val for synapse_multiorgan) or start at most "
+            f"{max(size, 1)} (torchrun --nproc_per_node)")
     return dataset
 
 
@@ -353,6 +379,9 @@ def check_overrides(bundle_root: str | os.PathLike, argv: list[str] | None = Non
         if elsewhere is not None:
             raise InputError(f"--{name}: no setting of this run's configs; {elsewhere.name} reads it (MONAI would add "
                              "it unread and run with the default: give it to a run of that config)")
+        if name == "input_dir" and "dataset_dir" in known:  # the 2D bundles' inference setting, on the CT bundle
+            raise InputError("--input_dir: no setting of this bundle; it reads its volumes from --dataset_dir (a "
+                             "folder of volumes, or a prepared dataset, whose test split it segments)")
         close = difflib.get_close_matches(name.split("#")[0], sorted(known), n=1)
         raise InputError(f"--{name}: no setting of this bundle" + (f"; did you mean --{close[0]}?" if close else "")
                          + f" (an override must name a key of the configs in {Path(bundle_root, 'configs')} or of "

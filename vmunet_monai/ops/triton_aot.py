@@ -513,6 +513,13 @@ def run(arch="sm_90", cases="all", batch: int = 32, sms: int | None = None, out:
 
     names = None if cases in (None, "all") else [c for c in comma_list(cases) if c]
     fields = parse_config(config or {})
+    # the outputs' places, checked before minutes of compiling
+    if dump and os.path.exists(dump) and not os.path.isdir(dump):
+        raise ValueError(f"--dump {dump}: a file stands there; the kernels' code goes into a folder")
+    if out and os.path.isdir(out):
+        raise ValueError(f"--out {out}: a folder; give the JSON file's path")
+    if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise ValueError(f"--out {out}: no folder {os.path.dirname(os.path.abspath(out))} to write it into")
     rows = compile_report(arch, names, batch=batch, sms=sms, progress=True, config=fields, dump=dump)
     print(format_report(rows, arch, sms))
     if dump:
