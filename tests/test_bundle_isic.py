@@ -379,7 +379,7 @@ def test_demo_runs_and_prints_dice(tmp_path, capsys, monkeypatch):
     larger.write_text(json.dumps({"image_size": [64, 64]}))
     capsys.readouterr()
     configs = [str(root / "configs" / "train.json"), str(root / "configs" / "baseline_unet.json"), str(larger)]
-    assert trained_network(configs, record.parent / "model.pt") == {"image_size": [32, 32]}
+    assert trained_network(configs, record.parent / "model.pt") == {"image_size": [32, 32], "intensity_max": 255.0}
     assert f"note: the network is built as it was trained ({record}): image_size [32, 32]" in capsys.readouterr().out
 
 
