@@ -491,7 +491,7 @@ def _recorded_overrides(weights, size_setting: str = "image_size") -> str:
     ``image_size``, the CT bundle's window ``roi_size``); empty if the file cannot be read."""
     import json
 
-    from vmunet_monai.engine.handlers import read_network_settings
+    from vmunet_monai.engine.handlers import read_network_settings, trained_input_size
 
     saved = read_network_settings(weights)
     if saved is None:
@@ -499,7 +499,7 @@ def _recorded_overrides(weights, size_setting: str = "image_size") -> str:
     parts = [f"--network_def#{key} {json.dumps(value)!r}" if isinstance(value, (list, dict, str)) else
              f"--network_def#{key} {json.dumps(value)}" for key, value in saved.items()
              if not key.startswith("_") and key not in ("in_channels", "out_channels", "spatial_dims")]
-    size = (saved.get("_desc_") or {}).get("trained_input_size") if isinstance(saved.get("_desc_"), dict) else None
+    size = trained_input_size(weights, saved)
     if size:
         parts.append(f"--{size_setting} {json.dumps(size)!r}")
     return " ".join(parts)

@@ -141,14 +141,23 @@ def read_network_settings(weights: str | os.PathLike, quiet: bool = True) -> dic
     return None
 
 
+def _training_record(weights, settings: dict | None = None) -> tuple[dict | None, dict]:
+    """The ``network.json`` beside ``weights`` (``settings``: its content where the caller has read it already,
+    :func:`read_network_settings`) and the ``_desc_`` mapping in it: ``(None, {})`` without a record, ``{}`` for a
+    record without descriptions. The one place the ``trained_*`` readers take the training's facts from."""
+    saved = settings if settings is not None else read_network_settings(weights)
+    if not isinstance(saved, dict):
+        return None, {}
+    desc = saved.get("_desc_")
+    return saved, desc if isinstance(desc, dict) else {}
+
+
 def trained_input_size(weights: str | os.PathLike, settings: dict | None = None) -> list[int] | None:
     """The input height and width a training recorded in the ``network.json`` beside ``weights``; None without
     one (weights of an older training, or from elsewhere). ``settings``: that file's content where the caller has
     read it already (:func:`read_network_settings`)."""
     try:
-        size = (settings if settings is not None else read_network_settings(weights) or {})["_desc_"][
-            "trained_input_size"]
-        return [int(v) for v in size]
+        return [int(v) for v in _training_record(weights, settings)[1]["trained_input_size"]]
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -162,10 +171,9 @@ def trained_intensity_max(weights: str | os.PathLike, settings: dict | None = No
     record written before it held the scale (the bundles scaled to 0..1 then); None without a record (weights
     from elsewhere: an official checkpoint) or where the record holds no mapping. ``settings``: as for
     :func:`trained_input_size`."""
-    saved = settings if settings is not None else read_network_settings(weights)
-    if not isinstance(saved, dict):
+    saved, desc = _training_record(weights, settings)
+    if saved is None:
         return None
-    desc = saved.get("_desc_") if isinstance(saved.get("_desc_"), dict) else {}
     try:
         return float(desc.get("intensity_max", OLD_INTENSITY_MAX))
     except (TypeError, ValueError):
@@ -176,10 +184,7 @@ def trained_class_names(weights: str | os.PathLike, classes: int, settings: dict
     """Class number -> name (background left out) as the training of ``weights`` named its ``classes`` classes
     (the ``class_names`` of the ``network.json`` beside them); empty without that record, or where it names
     another number of classes. ``settings``: as for :func:`trained_input_size`."""
-    try:
-        names = (settings if settings is not None else read_network_settings(weights) or {})["_desc_"]["class_names"]
-    except (KeyError, TypeError):
-        return {}
+    names = _training_record(weights, settings)[1].get("class_names")
     if not isinstance(names, list) or len(names) != int(classes):
         return {}
     return {c: str(names[c]) for c in range(1, int(classes))}
