@@ -610,7 +610,7 @@ def test_a_bundle_run_refuses_an_override_that_names_no_setting(tmp_path):
     root = bundle_dir("isic_skin_lesion")
     entry = str(Path(monai.__file__).parent / "bundle" / "__main__.py")
     own = tmp_path / "mine.json"
-    own.write_text(json.dumps({"my_setting": 1, "my_use": "@my_setting"}))
+    own.write_text(json.dumps({"my_setting": 1, "my_use": "@my_setting", "epochs": "$@my_setting * 2"}))
     argv = [entry, "run", "training", "--meta_file", f"{root}/configs/metadata.json", "--config_file",
             f"['{root}/configs/train.json', '{own}']", "--bundle_root", str(root), "--epochs", "1",
             "--network_def#in_channels=3", "--my_setting", "2"]
@@ -635,15 +635,43 @@ def test_a_bundle_run_refuses_an_override_that_names_no_setting(tmp_path):
                 f"'{root}/configs/evaluate.json']", "--bundle_root", str(root)]
     check_overrides(root, evaluate + ["--checkpoint", "w.pt", "--tta", "true", "--experiment_name", "x"])
     for name, rule in (("pretrained_checkpoint", "an evaluation takes the weights to score as --checkpoint PATH"),
-                       ("compile", "an evaluation runs the network eagerly")):
+                       ("compile", "an evaluation runs the network eagerly"),
+                       ("resume", "--resume goes on with a training that stopped"),  # read by the trainer alone
+                       ("batch_size", "an evaluation batches --val_batch_size images")):
         with pytest.raises(InputError, match=rf"--{name}: a setting this run's configs define but never read .*{rule}"):
             check_overrides(root, evaluate + [f"--{name}", "x"])
     check_overrides(root, argv + ["--pretrained_checkpoint", "w.pt", "--compile", "true"])  # a training reads them
+    check_overrides(root, argv + ["--resume", "true", "--batch_size", "4"])
+    with pytest.raises(InputError, match=r"--my_use: a setting this run's configs define but never read \(nothing "
+                                         r"that 'training' runs refers to it\)"):
+        check_overrides(root, argv + ["--my_use", "3"])  # only a reference from what the run runs counts
+    check_overrides(root, argv + ["--my_use", "3", "--epochs", "$@my_use"])  # ... or from another override
     ct = bundle_dir("synapse_multiorgan")
     with pytest.raises(InputError, match=r"--input_dir: no setting of this bundle; it reads its volumes from "
                                          r"--dataset_dir"):  # (it said: did you mean --output_dir?)
         check_overrides(ct, [entry, "run", "inferring", "--config_file", f"{ct}/configs/inference.json",
                              "--input_dir", "scans"])
+
+
+@pytest.mark.parametrize("bundle", ["isic_skin_lesion", "polyp_seg", "synapse_multiorgan"])
+def test_every_setting_of_a_config_is_read_by_its_run(bundle):
+    """A setting no reference chain reaches from what its config runs is dead: an override of it is refused, and
+    while nothing refused it, it changed nothing (synapse_multiorgan's train.json had a datalist nothing read)."""
+    import json
+
+    from bundle_helpers import bundle_dir
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+
+    from vmunet_monai.engine.utils import _unread_settings
+
+    configs = bundle_dir(bundle) / "configs"
+    runs = {"train.json": ([], "training"), "evaluate.json": (["train.json"], "evaluating"),
+            "inference.json": ([], "inferring"), "multi_gpu_train.json": (["train.json"], "run")}
+    tracked = set(DEFAULT_MLFLOW_SETTINGS["configs"]) | {"imports", "training", "evaluating", "inferring"}
+    for name, (under, entry) in runs.items():
+        own = set(json.loads((configs / name).read_text())) - tracked
+        files = [configs / f for f in under + [name]]
+        assert own and _unread_settings(files, own, [entry, "initialize", "finalize"]) == [], name
 
 
 def test_paths_reach_the_commands_verbatim(tmp_path, monkeypatch):

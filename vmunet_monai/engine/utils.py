@@ -386,12 +386,16 @@ def check_overrides(bundle_root: str | os.PathLike, argv: list[str] | None = Non
         raise InputError(f"--{name}: no setting of this bundle" + (f"; did you mean --{close[0]}?" if close else "")
                          + f" (an override must name a key of the configs in {Path(bundle_root, 'configs')} or of "
                          "--config_file; MONAI would add it unread and run with the default)")
-    unread = _unread_settings(run, {name.split("#")[0] for name in given if name not in _RUN_OPTIONS})
+    positional = argv[2] if len(argv) > 2 and not argv[2].startswith("--") else None
+    entries = [given.get("run_id") or positional or "run", given.get("init_id") or "initialize",
+               given.get("final_id") or "finalize"]
+    unread = _unread_settings(run, {name.split("#")[0] for name in given if name not in _RUN_OPTIONS}, entries,
+                              [value for name, value in given.items() if name not in _RUN_OPTIONS])
     if unread:
         name = next(n for n in given if n.split("#")[0] == unread[0])
         hint = _UNREAD_HINTS.get(unread[0], "")
-        raise InputError(f"--{name}: a setting this run's configs define but never read (another config replaces "
-                         f"what reads it), so it would change nothing{hint}")
+        raise InputError(f"--{name}: a setting this run's configs define but never read (nothing that "
+                         f"{entries[0]!r} runs refers to it), so it would change nothing{hint}")
     _check_network_overrides(network, [name for name in given if name.startswith("network_def#")])
 
 
@@ -400,14 +404,23 @@ _UNREAD_HINTS = {
     "pretrained_checkpoint": "; an evaluation takes the weights to score as --checkpoint PATH (an official "
                              "checkpoint too), a training starts from them with --pretrained_checkpoint",
     "compile": "; an evaluation runs the network eagerly",
+    "resume": "; --resume goes on with a training that stopped (a run of train.json); an evaluation scores the "
+              "weights of --checkpoint PATH",
+    "batch_size": "; an evaluation batches --val_batch_size images",
 }
+_UNREAD_HINTS["resume_checkpoint"] = _UNREAD_HINTS["resume"]
 
 
-def _unread_settings(files: list[Path], names: set[str]) -> list[str]:
+def _unread_settings(files: list[Path], names: set[str], entries: list[str] = ("run", "initialize", "finalize"),
+                     values: list[str] = ()) -> list[str]:
     """Those of ``names``, top-level settings of the configs ``files`` merged as ``monai.bundle run`` merges them,
-    that no reference (``@name``, ``%name``) in the merged config reads: an override of one changes nothing (an
-    evaluation's ``--pretrained_checkpoint``, which only the training's network definition reads). The settings
-    MONAI's experiment tracking reads (``--tracking``) are not counted."""
+    that the run never reads: no chain of references (``@name``, ``%name``) leads to them from its ``entries``
+    (the ids it runs: ``run`` or the one named, ``initialize``, ``finalize``) or from the override ``values``. An
+    override of one changes nothing: an evaluation's ``--pretrained_checkpoint``, which only the training's network
+    definition reads, or its ``--resume``, which only the trainer it never runs reads. Where the configs use a
+    reference this cannot follow (a relative id, a macro from another file) or name none of the entries, a setting
+    counts as read when any reference to it is left in the merged config. The settings MONAI's experiment tracking
+    reads (``--tracking``) are not counted."""
     import json
     import re
 
@@ -419,9 +432,59 @@ def _unread_settings(files: list[Path], names: set[str]) -> list[str]:
     except Exception:  # noqa: BLE001 - MONAI reports a config it cannot read or merge
         return []
     text = json.dumps(merged, default=str)
+    read = _reached_settings(merged, entries, values) if isinstance(merged, dict) else None
+    if read is None:
+        read = {name for name in names
+                if re.search(r"[@%]" + re.escape(name) + r"(?![A-Za-z0-9_])", text)}
     tracked = set(DEFAULT_MLFLOW_SETTINGS.get("configs", {}))
     return [name for name in sorted(names) if name in merged and name not in tracked and name != "imports"
-            and not re.search(r"[@%]" + re.escape(name) + r"(?![A-Za-z0-9_])", text)]
+            and name not in read]
+
+
+def _reached_settings(merged: dict, entries: list[str], values: list[str]) -> set[str] | None:
+    """The top-level settings of ``merged`` a chain of references reaches from the ids ``entries`` and the strings
+    ``values``; None where that cannot be told (see :func:`_unread_settings`)."""
+    import json
+    import re
+
+    reference = re.compile(r"[@%]([A-Za-z_][A-Za-z0-9_#:]*)")
+    if re.search(r"[@%](#|[^\s\"'@%]*\.(json|ya?ml)\b)", json.dumps(merged, default=str)):
+        return None  # a relative id or a macro from another file
+
+    def strings(node):
+        if isinstance(node, str):
+            yield node
+        elif isinstance(node, dict):
+            for item in node.values():
+                yield from strings(item)
+        elif isinstance(node, list):
+            for item in node:
+                yield from strings(item)
+
+    def at(path):
+        node = merged
+        for part in path.split("#"):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                return None
+        return node
+
+    todo = [entry for entry in entries if entry in merged]
+    if not todo:
+        return None
+    todo += [match.replace("::", "#").strip("#:") for value in values for match in reference.findall(str(value))]
+    seen = set()
+    while todo:
+        path = todo.pop()
+        if path in seen or not path:
+            continue
+        seen.add(path)
+        for string in strings(at(path)):
+            todo += [match.replace("::", "#").strip("#:") for match in reference.findall(string)]
+    return {path.split("#")[0] for path in seen}
 
 
 def _check_network_overrides(target: str | None, names: list[str]) -> None:
