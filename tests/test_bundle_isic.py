@@ -78,6 +78,39 @@ def test_multi_gpu_config_without_torchrun_says_how_to_start_it(prepared, monkey
         "WORLD_SIZE, MASTER_ADDR, MASTER_PORT not set): start it with torchrun --standalone"), raised.value
 
 
+def test_other_ranks_log_warnings_alone():
+    """Every process of a multi-GPU run logged each of ignite's "Got new best metric" and "Epoch[1] Complete"
+    lines; the processes after the first keep warnings and errors."""
+    import io
+    import logging
+
+    from vmunet_monai.engine import quiet_other_ranks
+
+    root = logging.getLogger()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        engine = logging.getLogger("ignite.engine.engine.SupervisedTrainer")
+        quiet_other_ranks(0)
+        engine.info("first rank's information")
+        quiet_other_ranks(1)
+        quiet_other_ranks(1)  # once is enough: a second call adds no second filter
+        engine.info("another rank's information")
+        engine.warning("another rank's warning")
+        assert stream.getvalue().splitlines() == ["first rank's information", "another rank's warning"]
+        assert len(handler.filters) == 1
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    config = json.loads(Path(config_path(BUNDLE, "multi_gpu_train.json")).read_text())
+    init = config["initialize"]
+    assert init.index("$vmunet_monai.engine.quiet_other_ranks()") > next(
+        i for i, step in enumerate(init) if "init_process_group" in step)
+
+
 def test_multi_gpu_validation_with_fewer_cases_than_processes_names_both(prepared, monkeypatch):
     """Each process validates cases of its own: a validation split smaller than the process count is named with
     what to change, where MONAI's sampler said only "the dataset length is less than the number of participating
@@ -336,6 +369,7 @@ def test_torchrun_two_processes_gloo(prepared, tmp_path):
     proc = bundle_run(BUNDLE, ["train.json", "multi_gpu_train.json"], root, prepared, overrides, processes=2)
     assert (root / "models" / "model.pt").is_file(), proc.stdout[-3000:]
     assert "val_mean_dice" in proc.stdout + proc.stderr
+    assert (proc.stdout + proc.stderr).count("Current learning rate") == 1  # once, not once per process
 
 
 def test_demo_runs_and_prints_dice(tmp_path, capsys, monkeypatch):

@@ -51,6 +51,7 @@ from vmunet_monai.engine.utils import (
     input_size,
     load_pretrained,
     output_channels,
+    quiet_other_ranks,
     trained_weights,
 )
 
@@ -101,6 +102,7 @@ __all__ = [
     "load_pretrained",
     "mask_levels",
     "output_channels",
+    "quiet_other_ranks",
     "rgb_converter",
     "set_determinism",
     "store_uri",

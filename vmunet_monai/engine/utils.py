@@ -176,6 +176,30 @@ def check_launched(config: str = "multi_gpu_train.json") -> None:
                          f"alone)")
 
 
+class _WarningsOnly(logging.Filter):
+    """Passes warnings and errors alone (:func:`quiet_other_ranks`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+def quiet_other_ranks(rank: int | None = None) -> None:
+    """Keep the information a multi-GPU run logs to its first process: the others (``rank`` > 0; by default this
+    process's rank in the initialised process group) drop records below WARNING at every handler of the root
+    logger. Each process's trainer and evaluator log through ignite's engine loggers, so every "Got new best
+    metric", "Current learning rate" and "Epoch[1] Complete" line came once per process; warnings and errors still
+    come from every process. Used in the bundles' multi-GPU initialize."""
+    import torch.distributed as dist
+
+    if rank is None:
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", 0))
+    if rank <= 0:
+        return
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _WarningsOnly) for f in handler.filters):
+            handler.addFilter(_WarningsOnly())
+
+
 def check_split_for_processes(dataset, split: str, processes: int):
     """``dataset`` (a split's), if it holds at least one item for each of ``processes`` processes; a multi-GPU run's
     validation gives each process its own cases, and MONAI's ``DistributedSampler`` stops with "the dataset length
