@@ -276,6 +276,66 @@ def test_predict_with_the_exported_model_writes_what_the_checkpoint_writes(name,
     assert record["exported_model"] and record["environment"]["scan_backend"] == f"the exported model's own ({suffix})"
 
 
+def test_an_export_carries_the_scale_its_weights_were_trained_at(tmp_path, capsys):
+    """Weights of a training before 0.1.17 saw images on 0..1 (their network.json records no scale): their export
+    carries that scale in its inference.json, predict --model feeds it so (the masks of the weights themselves), and
+    the bundle's inference_exported.json at 0..255 warns with the setting to give."""
+    import logging
+
+    from vmunet_monai.engine.exported import exported_intensity_max, load_exported
+    from vmunet_monai.engine.handlers import write_network_settings
+
+    root = make_tiny_bundle("isic_skin_lesion", tmp_path / "bundle", size=SIZE)
+    save_weights(root, seed=1)
+    net = _eager(root)
+    images = torch.stack([torch.from_numpy(np.asarray(Image.open(write_rgb_image(tmp_path / "probe.png", seed=s))))
+                          .permute(2, 0, 1).float() / 255 for s in range(2)])
+    with torch.no_grad():  # both classes in the masks of images on 0..1
+        final_layer(net).bias.sub_(net(torch.nn.functional.interpolate(images, size=(SIZE, SIZE))).median())
+    torch.save(net.state_dict(), root / "models" / "model.pt")
+    write_network_settings(root / "models", net, input_size=(SIZE, SIZE))  # an older training's record: no scale
+    bundle_config = json.loads((root / "configs" / "inference.json").read_text())
+    assert bundle_config["intensity_max"] == 255
+    inputs = tmp_path / "in"
+    for i in range(2):
+        write_rgb_image(inputs / f"img_{i}.png", height=40 + 7 * i, width=52, seed=i)
+    plain = _segment("isic_skin_lesion", root, inputs, tmp_path / "plain")
+    assert all(len(np.unique(mask)) > 1 for mask in plain.values())
+    for format, suffix in (("torchscript", ".ts"), ("pt2", ".pt2")):
+        exported = export(str(root), format, output=str(tmp_path / f"old{suffix}")).path
+        assert exported_intensity_max(exported, bundle_config) == 1.0, format
+        capsys.readouterr()
+        masks = _segment("isic_skin_lesion", root, inputs, tmp_path / f"from{suffix}", model=str(exported))
+        assert f"{exported} holds weights trained on images scaled from 0 to 1 " in capsys.readouterr().out
+        assert all(np.mean(plain[k] != masks[k]) <= 1e-3 for k in plain), format
+        # (predict's logging.conf took pytest's capture off the root logger: the module's own logger is watched)
+        warned = []
+        handler = logging.Handler(logging.WARNING)
+        handler.emit = lambda record: warned.append(record.getMessage())
+        logging.getLogger("vmunet_monai.engine.exported").addHandler(handler)
+        try:
+            load_exported(exported, intensity_max=255)
+            assert "this run scales them from 0 to 255: its results are wrong; give --intensity_max 1" in warned[0]
+            load_exported(exported, intensity_max=1)
+            assert len(warned) == 1
+        finally:
+            logging.getLogger("vmunet_monai.engine.exported").removeHandler(handler)
+    assert exported_intensity_max(exported, {}) is None  # a bundle without the setting (the CT bundle)
+    write_network_settings(root / "models", net, input_size=(SIZE, SIZE), intensity_max=255)
+    exported = export(str(root), "pt2", output=str(tmp_path / "new.pt2")).path
+    assert exported_intensity_max(exported, bundle_config) == 255.0
+    exported = export(str(root), "onnx", output=str(tmp_path / "new.onnx")).path if _has_onnx() else None
+    assert exported is None or exported_intensity_max(exported, bundle_config) is None  # carries no config
+    inference_exported = json.loads((root / "configs" / "inference_exported.json").read_text())
+    assert "intensity_max=@intensity_max" in inference_exported["network"]
+
+
+def _has_onnx() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
 def test_an_exported_model_is_checked_before_anything_is_written(bundles, tmp_path):
     from vmunet_monai.predict import predict
     from vmunet_monai.validation import InputError

@@ -230,6 +230,28 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
     return result
 
 
+def _config_as_trained(config: Path, trained: dict, scratch: Path, shape) -> Path:
+    """The bundle's inference config with the ``trained`` settings of the weights' ``network.json`` in it, written
+    into ``scratch``: the inference.json an export carries says how its weights were trained (the scale of their
+    images, :func:`vmunet_monai.engine.exported.exported_intensity_max`), where MONAI's exporters store the file as
+    it is. A trained input size other than the export's (``shape``) is left out: the export takes its own."""
+    import json
+
+    from monai.bundle import ConfigParser
+
+    if not trained:
+        return config
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    for key, value in trained.items():
+        if key not in ("image_size", "roi_size") or list(value) == list(shape[2:]):
+            parser[key] = value
+    written = scratch / "config" / config.name
+    written.parent.mkdir(exist_ok=True)
+    written.write_text(json.dumps(parser.get(), indent=4) + "\n")
+    return written
+
+
 def _export_to(out: Path, format: str, network, state: dict, shape, root: Path, config: Path, meta: Path,
                trained: dict, scratch: Path) -> None:
     """Write the ``format`` export of ``network`` (with the weights ``state``) to ``out``."""
@@ -238,6 +260,7 @@ def _export_to(out: Path, format: str, network, state: dict, shape, root: Path, 
     with _quiet_tracing():
         weights = scratch / "weights_as_read.pt"  # MONAI's exporters get the state dict as read: plain, on the CPU
         torch.save(state, weights)
+        config = _config_as_trained(config, trained, scratch, shape)
         common = dict(net_id="network_def", filepath=str(out), ckpt_file=str(weights), meta_file=str(meta),
                       config_file=str(config), key_in_ckpt="", use_trace=True, input_shape=list(shape),
                       bundle_root=str(root), **trained)

@@ -147,6 +147,24 @@ class quiet_interrupt:
         return False
 
 
+def _exported_scale(configs, model) -> dict:
+    """The ``intensity_max`` override that feeds an exported model images at the scale its weights were trained
+    at (:func:`vmunet_monai.engine.exported.exported_intensity_max`), with a note where it is not the bundle's;
+    empty where the export or the bundle says nothing of a scale."""
+    from monai.bundle import ConfigParser
+
+    from vmunet_monai.engine.exported import exported_intensity_max
+
+    config = ConfigParser.load_config_files(configs)
+    scale = exported_intensity_max(model, config)
+    if scale is None:
+        return {}
+    if scale != float(config["intensity_max"]):
+        print(f"note: {model} holds weights trained on images scaled from 0 to {scale:g} (the inference.json it "
+              f"carries): they are scaled so, not from 0 to {float(config['intensity_max']):g}", flush=True)
+    return {"intensity_max": scale}
+
+
 def trained_network(configs, weights, ids: str = "network_def") -> dict:
     """Overrides (``network_def#<setting>``) that build the bundle's network with the settings its weights were
     trained with, read from the ``network.json`` a training writes beside them
@@ -779,6 +797,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         overrides["pass_entropy"] = True
     if model:
         overrides["exported_model"] = str(ckpt)
+        overrides.update(_exported_scale(configs, ckpt))
     else:
         overrides["checkpoint"] = str(ckpt)
         overrides.update(trained_network(configs, ckpt))

@@ -8,6 +8,7 @@ network with :func:`load_exported` instead of ``network_def`` and its weights; e
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -15,7 +16,9 @@ import torch
 from vmunet_monai.validation import InputError
 
 __all__ = ["FORMATS", "SUFFIXES", "OnnxModule", "ProgramModule", "load_exported", "check_exported",
-           "embedded_bundle", "network_input_shape"]
+           "embedded_bundle", "exported_intensity_max", "network_input_shape"]
+
+logger = logging.getLogger(__name__)
 
 FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx", "pt2": "model.pt2"}
 SUFFIXES = {".ts": "torchscript", ".onnx": "onnx", ".pt2": "pt2"}
@@ -57,14 +60,16 @@ class ProgramModule(torch.nn.Module):
 
 
 def load_exported(path: str | Path, device=None, format: str | None = None,
-                  meta_file: str | Path | None = None) -> torch.nn.Module:
+                  meta_file: str | Path | None = None, intensity_max=None) -> torch.nn.Module:
     """An exported network as a module in eval mode: TorchScript (``.ts``), a ``torch.export`` program
     (``.pt2``; its scans run this machine's fast backend) or ONNX (``.onnx``, run by onnxruntime).
 
     Used by ``configs/inference_exported.json`` as ``"$vmunet_monai.engine.load_exported(@exported_model, @device)"``
     and by ``predict --model``. ``format`` (torchscript, onnx, pt2) overrides what the suffix says. With
     ``meta_file`` (the bundle's ``metadata.json``), an export of another bundle whose network or classes differ is
-    refused.
+    refused. With ``intensity_max`` (the top of the scale the run brings each image to: the 2D bundles' setting), an
+    export whose weights were trained at another scale (:func:`exported_intensity_max`) is warned about with the
+    ``--intensity_max`` to give.
 
     Raises:
         FileNotFoundError: no such file.
@@ -83,6 +88,12 @@ def load_exported(path: str | Path, device=None, format: str | None = None,
                          f"trained weights (.pt) go to --checkpoint")
     if meta_file is not None:
         _check_same_bundle(path, Path(meta_file))
+    if intensity_max is not None:
+        scale = exported_intensity_max(path, {"intensity_max": intensity_max})
+        if scale is not None and scale != float(intensity_max):
+            logger.warning("%s holds weights trained on images scaled from 0 to %g (the inference.json it carries) "
+                           "and this run scales them from 0 to %g: its results are wrong; give --intensity_max %g "
+                           "(predict --model uses the export's scale itself)", path, scale, float(intensity_max), scale)
     device = torch.device(device) if device is not None else torch.device("cpu")
     try:
         if kind == "torchscript":
@@ -118,6 +129,24 @@ def embedded_bundle(path: str | Path) -> tuple[dict, dict]:
     except (zipfile.BadZipFile, OSError, ValueError):
         pass
     return found["metadata.json"], found["inference.json"]
+
+
+def exported_intensity_max(path: str | Path, bundle_config: dict) -> float | None:
+    """The top of the scale the weights of the export at ``path`` were trained to see images at, as the
+    ``inference.json`` it carries says (``export`` writes it with the settings of the weights' ``network.json``):
+    its ``intensity_max``, or 1 where it has none (an export of a 2D bundle from before 0.1.17, which scaled to
+    0..1). None where the file carries no config (ONNX, another tool's export) or ``bundle_config`` (the bundle's
+    inference config) has no such setting (the CT bundle)."""
+    from vmunet_monai.engine.handlers import OLD_INTENSITY_MAX
+
+    if isinstance(bundle_config.get("intensity_max"), bool) or not isinstance(bundle_config.get("intensity_max"),
+                                                                               (int, float)):
+        return None
+    config = embedded_bundle(path)[1]
+    if not config:
+        return None
+    value = config.get("intensity_max", OLD_INTENSITY_MAX)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _check_same_bundle(path: Path, meta_file: Path) -> None:
