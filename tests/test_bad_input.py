@@ -571,3 +571,30 @@ def test_a_bundle_run_without_its_prepared_data_ends_with_what_to_give(tmp_path)
         f"error: {tmp_path / 'raw' / 'datalist.json'} not found: --dataset_dir must be the OUT folder of `python -m "
         f"vmunet_monai prepare <bundle> RAW OUT` (or of `demo_data` followed by `prepare`)")
     assert issubclass(MissingInputError, FileNotFoundError)
+
+
+def test_a_nan_loss_and_an_amp_asked_for_on_the_cpu_are_said_plainly(caplog):
+    """A training stopped by a non-finite loss ended in MONAI's "Failed to evaluate ConfigExpression", the line
+    naming the batch and what to change 38 lines up: it is repeated last. --amp true on the CPU computed in float32
+    without a word."""
+    import logging
+
+    from vmunet_monai import validation
+    from vmunet_monai.engine import amp_enabled
+    from vmunet_monai.engine.guards import NonFiniteLossError
+    from vmunet_monai.engine.utils import _AMP_NOTED
+
+    try:
+        try:
+            raise NonFiniteLossError("non-finite training loss (nan) at epoch 1, iteration 2")
+        except NonFiniteLossError as exc:
+            raise RuntimeError("Failed to evaluate ConfigExpression") from exc
+    except RuntimeError as wrapped:
+        assert str(validation.last_line_for(wrapped)).startswith("non-finite training loss (nan) at epoch 1")
+    assert validation.last_line_for(RuntimeError("something else")) is None
+    _AMP_NOTED.clear()
+    with caplog.at_level(logging.WARNING):
+        assert amp_enabled(True, "cpu") is False and amp_enabled(True, "cpu") is False
+        assert amp_enabled(False, "cpu") is False
+    assert caplog.text.count("--amp true: mixed precision runs on CUDA devices only; this run on cpu computes in "
+                             "float32") == 1

@@ -458,6 +458,25 @@ def test_demo_repeats_exactly_in_deterministic_mode(tmp_path, monkeypatch):
     assert not stale.exists()  # the hint's predict goes into a fresh folder again
 
 
+def test_a_stopped_demo_does_not_offer_a_resume_it_lacks(tmp_path, monkeypatch):
+    """A training stopped by Ctrl-C says "the same command plus --resume true goes on from there"; the demo has no
+    --resume, and says so instead, while it runs alone."""
+    import vmunet_monai.demo as demo
+    from vmunet_monai.engine import handlers
+
+    said = []
+
+    def stopped(*args):
+        said.append(handlers.RESUME_HINT)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "_run_demo", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_demo(out=str(tmp_path / "demo"))
+    assert said == ["the demo has no --resume: run it again to start over (it takes minutes)"]
+    assert handlers.RESUME_HINT == "the same command plus --resume true goes on from there"
+
+
 def test_the_demo_works_only_in_a_folder_of_its_own(tmp_path):
     """The demo deletes and rewrites raw/, prepared/ and its bundle folder in OUT: a folder holding anything else
     (a dataset in raw/) is refused before anything is touched; new, empty and earlier demo folders are taken."""

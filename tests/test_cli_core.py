@@ -651,6 +651,10 @@ def test_a_bundle_run_refuses_an_override_that_names_no_setting(tmp_path):
                                          r"--dataset_dir"):  # (it said: did you mean --output_dir?)
         check_overrides(ct, [entry, "run", "inferring", "--config_file", f"{ct}/configs/inference.json",
                              "--input_dir", "scans"])
+    with pytest.raises(InputError, match=r"--batch_size: no setting of this bundle; a training batch is "
+                                         r"--volumes_per_batch volumes of --slices_per_volume slices each"):
+        check_overrides(ct, [entry, "run", "training", "--config_file", f"{ct}/configs/train.json",
+                             "--batch_size", "1"])  # (it said: did you mean --sw_batch_size?)
 
 
 @pytest.mark.parametrize("bundle", ["isic_skin_lesion", "polyp_seg", "synapse_multiorgan"])

@@ -5,6 +5,7 @@ PyTorch within 1e-4, through ``python -m vmunet_monai export`` and through MONAI
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -153,8 +154,10 @@ def test_cli_export_prints_the_difference_and_fails_above_the_tolerance(bundles,
     assert diff <= 1e-4 and (tmp_path / "ct.ts").is_file()
     # eager runs the selected CPU scan backend, the export the torch backend: float32 rounding differs a little
     assert diff > 0
-    with pytest.raises(SystemExit, match="export check failed: .* differs from eager PyTorch by"):
+    with pytest.raises(SystemExit, match="export check failed: .* differs from eager PyTorch by") as raised:
         Commands().export(str(root), format="torchscript", output=str(tmp_path / "ct2.ts"), tolerance=diff / 10)
+    # the setting that accepts it, the power of ten above the difference
+    assert str(raised.value).endswith(f"accept it with --tolerance {10 ** math.ceil(math.log10(diff)):.0e}")
 
 
 def test_clear_errors(bundles, tmp_path):

@@ -392,8 +392,7 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int | None =
         ``classes``, each class's summary, for two classes), and with a baseline
         ``"baseline"`` (its ``best_val_dice``, ``best_epoch``, ``test_summary``) and ``"comparison"``.
     """
-    from vmunet_monai.data import demo_data, prepare
-    from vmunet_monai.validation import check_at_least, check_flag
+    from vmunet_monai.validation import check_at_least
 
     if classes not in (1, 2) or isinstance(classes, bool):
         raise InputError(f"demo --classes {classes!r}: 1 (lesions, the ISIC challenge layout) or 2 (lesions with a "
@@ -416,6 +415,21 @@ def run_demo(out: str = "demo_run", epochs: int | None = None, num: int | None =
         raise InputError(f"demo --baseline {baseline!r}: choose from {', '.join(DEMO_BASELINES)} (or leave it out)")
     if baseline == "swin_unetr" and size % 32:
         raise InputError(f"demo --size {size}: SwinUNETR needs a multiple of 32 (it halves the map five times)")
+    from vmunet_monai.engine import handlers
+
+    said = handlers.RESUME_HINT
+    handlers.RESUME_HINT = "the demo has no --resume: run it again to start over (it takes minutes)"
+    try:
+        return _run_demo(out, epochs, num, size, baseline, classes, glands, acdc, folds, determinism)
+    finally:
+        handlers.RESUME_HINT = said
+
+
+def _run_demo(out, epochs, num, size, baseline, classes, glands, acdc, folds, determinism) -> dict:
+    """:func:`run_demo` once its arguments are checked."""
+    from vmunet_monai.data import demo_data, prepare
+    from vmunet_monai.validation import check_flag
+
     start = time.perf_counter()
     out = Path(out)
     if acdc and not 4 <= num <= 30:

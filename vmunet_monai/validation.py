@@ -253,14 +253,29 @@ def show_input_errors_last() -> None:
 
 def last_line_for(exc: BaseException) -> Exception | None:
     """The line :func:`show_input_errors_last` adds after ``exc``'s traceback: an :class:`InputError` behind it, what
-    is wrong with a file MONAI found no reader for, a file that could not be written (:func:`write_error_in`), or,
+    is wrong with a file MONAI found no reader for, a file that could not be written (:func:`write_error_in`), a
+    non-finite training loss (what to change), or,
     in a bundle run or a ``vmunet_monai`` command only (its words are their options), what to change when a batch
     of one image reached a BatchNorm layer at 1x1. None when there is nothing to add (``exc`` itself the
     InputError: its message is the traceback's last line already)."""
-    cause = input_error_in(exc) or unreadable_file_error(exc) or write_error_in(exc)
+    cause = input_error_in(exc) or unreadable_file_error(exc) or write_error_in(exc) or _non_finite_loss_in(exc)
     if cause is None and _command_run():
         cause = batch_of_one_error(exc)
     return None if cause is exc else cause
+
+
+def _non_finite_loss_in(exc: BaseException | None) -> Exception | None:
+    """The :class:`vmunet_monai.engine.NonFiniteLossError` behind ``exc`` (a training stopped by a NaN loss: its
+    message names the epoch, the batch's images and what to change), or None."""
+    from vmunet_monai.engine.guards import NonFiniteLossError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, NonFiniteLossError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def write_error_in(exc: BaseException | None) -> Exception | None:

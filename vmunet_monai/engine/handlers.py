@@ -162,6 +162,9 @@ def trained_input_size(weights: str | os.PathLike, settings: dict | None = None)
         return None
 
 
+# what a stopped training says of going on (the demo, which has no --resume, says its own)
+RESUME_HINT = "the same command plus --resume true goes on from there"
+
 OLD_INTENSITY_MAX = 1.0  # what the 2D bundles scaled images to before their network.json recorded it (0.1.16)
 
 
@@ -653,8 +656,7 @@ class TrainingCheckpoint:
             saved = f"{self.path} holds epoch {held}" if held else "no epoch was saved yet"
             how = ("Ctrl-C" if isinstance(exc, KeyboardInterrupt) else unwritten if unwritten
                    else "SIGTERM, a time limit or kill")
-            logger.warning("stopped (%s) in epoch %d: %s; the same command plus --resume true goes on from there",
-                           how, engine.state.epoch, saved)
+            logger.warning("stopped (%s) in epoch %d: %s; %s", how, engine.state.epoch, saved, RESUME_HINT)
             if isinstance(exc, KeyboardInterrupt):
                 exc.stop_said = True  # the last line: no traceback after it (validation.show_input_errors_last)
         others = [h for h, _, _ in engine._event_handlers.get(Events.EXCEPTION_RAISED, []) if h != self._stopped]

@@ -95,9 +95,18 @@ def compile_network(network: nn.Module, compile: bool | str = False) -> nn.Modul
     return network
 
 
+_AMP_NOTED = set()
+
+
 def amp_enabled(amp: bool, device) -> bool:
-    """MONAI's engines autocast on CUDA only: AMP is on when asked for and the device is a GPU."""
-    return bool(amp) and torch.device(device).type == "cuda"
+    """MONAI's engines autocast on CUDA only: AMP is on when asked for and the device is a GPU. Asked for on
+    another device, it is off, and a warning says so (once per device)."""
+    kind = torch.device(device).type
+    if bool(amp) and kind != "cuda" and kind not in _AMP_NOTED:
+        _AMP_NOTED.add(kind)
+        logger.warning("--amp true: mixed precision runs on CUDA devices only; this run on %s computes in float32",
+                       kind)
+    return bool(amp) and kind == "cuda"
 
 
 def amp_dtype(name: str = "bfloat16") -> torch.dtype:
@@ -403,6 +412,9 @@ def check_overrides(bundle_root: str | os.PathLike, argv: list[str] | None = Non
         if elsewhere is not None:
             raise InputError(f"--{name}: no setting of this run's configs; {elsewhere.name} reads it (MONAI would add "
                              "it unread and run with the default: give it to a run of that config)")
+        if name.split("#")[0] == "batch_size" and "volumes_per_batch" in known:  # the CT bundle's training batch
+            raise InputError(f"--{name}: no setting of this bundle; a training batch is --volumes_per_batch volumes "
+                             "of --slices_per_volume slices each (--sw_batch_size is the sliding window's batch)")
         if name == "input_dir" and "dataset_dir" in known:  # the 2D bundles' inference setting, on the CT bundle
             raise InputError("--input_dir: no setting of this bundle; it reads its volumes from --dataset_dir (a "
                              "folder of volumes, or a prepared dataset, whose test split it segments)")
