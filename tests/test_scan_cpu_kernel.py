@@ -378,3 +378,25 @@ def test_a_program_exported_with_the_first_scan_of_the_process_loads(tmp_path, m
             assert torch.allclose(loaded.module()(x), net(x), atol=1e-5)
     finally:
         dispatch._load.cache_clear()
+
+
+def test_a_fall_back_to_the_slow_scan_is_said_once(tmp_path):
+    """Without a C compiler the automatic choice runs the pure-PyTorch scan, about three times slower: a training
+    said nothing of why; a warning now names the missing kernel and the fix, once."""
+    code = ("import logging, torch; logging.basicConfig(); from vmunet_monai.ops.dispatch import resolve_backend; "
+            "print(resolve_backend('cpu'), resolve_backend('cpu'))")
+    env = dict(os.environ, VMUNET_CPU_KERNEL_CACHE=str(tmp_path / "cache"), CC="/nonexistent/cc",
+               PYTHONPATH=str(REPO))
+    env.pop("VMUNET_SCAN_BACKEND", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["torch", "torch"]
+    assert done.stderr.count("scan backend 'cpu', the fast one for cpu tensors, is not available here (") == 1
+    assert "/nonexistent/cc" in done.stderr and "Fix: " in done.stderr
+    env["CC"] = os.environ.get("CC", "")  # a compiler (and the kernel cache the other tests built): no word
+    env.pop("VMUNET_CPU_KERNEL_CACHE")
+    if "VMUNET_CPU_KERNEL_CACHE" in os.environ:
+        env["VMUNET_CPU_KERNEL_CACHE"] = os.environ["VMUNET_CPU_KERNEL_CACHE"]
+    if cpu_kernel.status()[0]:
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert done.stdout.split() == ["cpu", "cpu"] and "not available here" not in done.stderr

@@ -124,8 +124,29 @@ def resolve_backend(device: torch.device | str, backend: str | None = None) -> s
         order = tuple(n for n in order if n in DETERMINISTIC_BACKENDS)
     for name in order:
         if _load(name)[1].available:
+            if name == "torch" and order[0] != "torch":
+                _say_slow_fallback(device_type, order[0])
             return name
     return "torch"
+
+
+_FALLBACKS_SAID: set = set()
+
+
+def _say_slow_fallback(device_type: str, fastest: str) -> None:
+    """Warn once per device type that the automatic choice fell back to the pure-PyTorch scan, several times
+    slower than the compiled one it would have taken (a CPU without a C compiler, a GPU without Triton): a
+    training that took three times as long otherwise said nothing of why."""
+    if device_type in _FALLBACKS_SAID:
+        return
+    _FALLBACKS_SAID.add(device_type)
+    import logging
+
+    status = _load(fastest)[1]
+    logging.getLogger(__name__).warning(
+        "scan backend %r, the fast one for %s tensors, is not available here (%s): the pure-PyTorch 'torch' backend "
+        "runs instead, several times slower. Fix: %s (python -m vmunet_monai doctor lists the backends)",
+        fastest, device_type, status.detail, status.fix or "see python -m vmunet_monai doctor")
 
 
 def _is_exporting() -> bool:
