@@ -83,7 +83,18 @@ def test_cli_help_and_doctor(tmp_path, capsys):
     tracking = next(line for line in res.stdout.splitlines() if line.strip().startswith("tracking "))
     mlflow = importlib.util.find_spec("mlflow") is not None
     assert ("mlflow not installed" not in tracking) == mlflow and "--tracking mlflow" in tracking, tracking
-    assert "pip install 'vmunet-monai[EXTRA]'" in res.stdout and "onnxruntime" in res.stdout
+    # how to install one: from this checkout (the package is installed from one, not from the package index)
+    from vmunet_monai import install
+
+    repo = Path(install.__file__).resolve().parents[1]
+    assert f"optional extras (pip install -e '{repo}[EXTRA]'):" in res.stdout and "onnxruntime" in res.stdout
+    assert install.extra_install("export") == f"pip install -e '{repo}[export]'" and (repo / "setup.cfg").is_file()
+    original = install.checkout
+    try:
+        install.checkout = lambda: None  # an install from a wheel
+        assert install.extra_install("export") == "pip install 'vmunet-monai[export]'"
+    finally:
+        install.checkout = original
     from vmunet_monai.cli import main
 
     with pytest.raises(SystemExit) as exc:  # fire ends a help page with exit status 0 (on stderr, off a terminal)

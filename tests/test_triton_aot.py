@@ -264,7 +264,9 @@ def test_missing_triton_is_named(monkeypatch):
     real = util.find_spec
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(util, "find_spec", lambda name, *a, **k: None if name == "triton" else real(name, *a, **k))
-    with pytest.raises(RuntimeError, match=r"needs triton: pip install 'vmunet-monai\[triton\]'"):
+    from vmunet_monai.install import extra_install
+
+    with pytest.raises(RuntimeError, match=re.escape(f"needs triton: {extra_install('triton')}")):
         triton_aot.compile_report("sm_90", ["ss2d"])
 
 

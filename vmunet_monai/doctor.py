@@ -9,6 +9,8 @@ import os
 import platform
 import sys
 
+from vmunet_monai.install import extra_install
+
 __all__ = ["report", "environment", "ENVIRONMENT_KEYS"]
 
 # what can change a result between two runs of the same model: compared by ``compare``
@@ -101,7 +103,7 @@ def report() -> str:
 
     out = [f"vmunet_monai {__version__}  python {platform.python_version()} ({sys.executable})", "", "packages:"]
     out += [f"  {name:<15} {_version(name)}" for name in _PACKAGES]
-    out += ["", "optional extras (pip install 'vmunet-monai[EXTRA]'):"] + _extras()
+    out += ["", f"optional extras ({extra_install('EXTRA')}):"] + _extras()
     out += ["", "devices:"] + [f"  {line}" for line in _devices()]
     out += ["", "selective-scan backends:"]
     for st in backend_status():
@@ -180,7 +182,7 @@ def _compile_note() -> str:
     if torch.cuda.is_available():
         has_triton = importlib.util.find_spec("triton") is not None
         lines.append("  CUDA: inductor generates Triton kernels" + ("" if has_triton else
-                     " and triton is not installed (pip install 'vmunet-monai[triton]')"))
+                     f" and triton is not installed ({extra_install('triton')})"))
     return "\n".join(lines)
 
 

@@ -33,6 +33,7 @@ import torch
 
 from vmunet_monai.engine.exported import FORMATS, load_exported, network_input_shape
 from vmunet_monai.engine.utils import find_bundle
+from vmunet_monai.install import extra_install
 from vmunet_monai.validation import InputError, check_output_location, move_whole
 
 __all__ = ["FORMATS", "DEFAULT_TOLERANCE", "ExportResult", "ExportVerificationError", "export", "verify_export"]
@@ -276,7 +277,7 @@ def _export_to(out: Path, format: str, network, state: dict, shape, root: Path, 
             missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
             if missing:  # monai imports onnx optionally and would fail later, less clearly
                 raise ImportError(f"ONNX export and its check need {' and '.join(missing)}: "
-                                  "pip install 'vmunet-monai[export]'")
+                                  f"{extra_install('export')}")
             onnx_export(**common, converter_kwargs={
                 "dynamo": False,  # the torch.export-based exporter takes minutes on the unrolled scan loops
                 "input_names": [INPUT_NAME],

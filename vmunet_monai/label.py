@@ -30,6 +30,8 @@ import types
 
 import torch
 
+from vmunet_monai.install import extra_install
+
 __all__ = [
     "MONAILABEL_VERSION",
     "INSTALL_HINT",
@@ -46,9 +48,7 @@ __all__ = [
 logger = logging.getLogger("vmunet_monai.label")  # also when run as __main__
 
 MONAILABEL_VERSION = "0.8.5"
-INSTALL_HINT = (
-    "pip install 'vmunet-monai[label]' && pip install --no-deps monailabel==0.8.5 pydicom-seg==0.4.1"
-)
+INSTALL_HINT = f"{extra_install('label')} && pip install --no-deps monailabel==0.8.5 pydicom-seg==0.4.1"
 
 
 def torchvision_problem() -> str | None:

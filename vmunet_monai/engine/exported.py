@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from vmunet_monai.install import extra_install
 from vmunet_monai.validation import InputError
 
 __all__ = ["FORMATS", "SUFFIXES", "OnnxModule", "ProgramModule", "load_exported", "check_exported",
@@ -32,7 +33,7 @@ class OnnxModule(torch.nn.Module):
         try:
             import onnxruntime
         except ImportError as exc:
-            raise ImportError(f"running {path} needs onnxruntime ({exc}): pip install 'vmunet-monai[export]'") from exc
+            raise ImportError(f"running {path} needs onnxruntime ({exc}): {extra_install('export')}") from exc
         providers = ["CPUExecutionProvider"]
         if device is not None and torch.device(device).type == "cuda":
             providers.insert(0, "CUDAExecutionProvider")

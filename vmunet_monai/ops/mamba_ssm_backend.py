@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 
+from vmunet_monai.install import extra_install
+
 __all__ = ["selective_scan", "status"]
 
 # the last state comes back detached from the graph, as in mamba-ssm (dispatch guards it)
@@ -30,7 +32,7 @@ def build_command() -> str:
 BUILD_HINT = (
     "install a CUDA build of torch, then build the extension for this GPU only: "
     f"`{build_command()}` (about 3 minutes for one architecture), "
-    "or `pip install 'vmunet-monai[cuda]' --no-build-isolation`"
+    f"or `{extra_install('cuda')} --no-build-isolation`"
 )
 
 

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from vmunet_monai.install import extra_install
 from vmunet_monai.validation import comma_list
 
 __all__ = ["ARCHES", "CASES", "KernelRow", "compile_report", "format_report", "parse_arch", "parse_config", "run",
@@ -156,7 +157,7 @@ def toolchain_problem() -> str | None:
     """Why kernels cannot be compiled for a GPU here (triton missing, or its wheel without ptxas and
     cuobjdump), or None when they can."""
     if importlib.util.find_spec("triton") is None:
-        return "triton is not installed (pip install 'vmunet-monai[triton]'); it brings ptxas and cuobjdump"
+        return f"triton is not installed ({extra_install('triton')}); it brings ptxas and cuobjdump"
     try:
         _tool("ptxas"), _tool("cuobjdump")
     except RuntimeError as exc:
@@ -258,7 +259,7 @@ def target_only(arch: int, on_compiled):
     ``on_compiled(kernel_name, compiled, grid, kwargs, args)`` instead of run; the triton backend takes CPU
     tensors. Nothing is computed: outputs stay as they were allocated."""
     if importlib.util.find_spec("triton") is None:
-        raise RuntimeError("compiling kernels needs triton: pip install 'vmunet-monai[triton]'")
+        raise RuntimeError(f"compiling kernels needs triton: {extra_install('triton')}")
     from triton.runtime.driver import driver
 
     from vmunet_monai.ops import triton_scan
