@@ -726,12 +726,10 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         print(f"note: not segmented, as masks or results: {'; '.join(left[:4])}"
               + (f" and {len(left) - 4} more" if len(left) > 4 else ""), flush=True)
     skipped = []
+    from vmunet_monai.data.common import not_an_image_reason
+
     for path in others:
-        reason = ("is a 3D volume file (2D images are expected; CT volumes go to the synapse_multiorgan bundle)"
-                  if path.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".dcm"))
-                  else "a GIF, which is not read (save it as PNG)" if path.lower().endswith(".gif")
-                  else f"not an image file ({', '.join(IMAGE_EXTENSIONS)})")
-        skipped.append({"file": path, "reason": f"{path}: {reason}"})
+        skipped.append({"file": path, "reason": f"{path}: {not_an_image_reason(path)}"})
     data_root = _common_folder([c["image"] for c in candidates])
     good, taken, turned = [], {}, []
     # PNGs first, so that of X.png and X.jpg in one folder, which would write one X_mask.png, the PNG is segmented

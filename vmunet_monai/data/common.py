@@ -755,6 +755,8 @@ def inference_items(dataset_dir: str | os.PathLike | None = None, input_path: st
         return _usable_images([{"image": str(root.resolve()), "name": root.stem}], root)
     if not root.is_dir():
         raise MissingInputError(f"{root}: no such file or folder (--input_dir names the images to segment)")
+    import warnings
+
     skip_dir = re.compile(r"^(masks?|labels?|gt)$|groundtruth", re.IGNORECASE)
     skip_stem = re.compile(r"_(segmentation|superpixels)$")
     found = []
@@ -764,9 +766,21 @@ def inference_items(dataset_dir: str | os.PathLike | None = None, input_path: st
             p = Path(dirpath) / f
             if p.suffix.lower() in IMAGE_EXTENSIONS and not skip_stem.search(p.stem):
                 found.append({"image": str(p.resolve()), "name": p.stem})
+            elif not f.startswith(".") and not_an_image_reason(p).startswith(("is a 3D", "a GIF")):
+                warnings.warn(f"skipped {p.resolve()}: {not_an_image_reason(p)}")  # as predict names them
     if not found:
         raise MissingInputError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
     return _usable_images(found, root)
+
+
+def not_an_image_reason(path: str | os.PathLike) -> str:
+    """Why a file whose suffix is none of :data:`IMAGE_EXTENSIONS` is not segmented by a 2D bundle."""
+    name = str(path).lower()
+    if name.endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".dcm")):
+        return "is a 3D volume file (2D images are expected; CT volumes go to the synapse_multiorgan bundle)"
+    if name.endswith(".gif"):
+        return "a GIF, which is not read (save it as PNG)"
+    return f"not an image file ({', '.join(IMAGE_EXTENSIONS)})"
 
 
 def common_folder(items: Sequence[dict], key: str = "image") -> str:
