@@ -1,6 +1,7 @@
 """The package without mamba-ssm (absent or broken), and the doctor / benchmark commands."""
 
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -607,7 +608,7 @@ def test_monai_s_gpu_dicom_notice_is_not_printed_for_every_loader(tmp_path):
     assert "nvImageCodec" not in ours.stderr and "another warning of that module" in ours.stderr
 
 
-def test_a_bundle_run_refuses_an_override_that_names_no_setting(tmp_path):
+def test_a_bundle_run_refuses_an_override_that_names_no_setting(tmp_path, caplog):
     """MONAI adds ``--num_epoch 1`` (for ``--epochs``) as a key nothing reads, echoes it, and trains the default 300
     epochs; the bundles' initialize refuses it first, naming the closest setting."""
     import json
@@ -646,13 +647,19 @@ def test_a_bundle_run_refuses_an_override_that_names_no_setting(tmp_path):
                 f"'{root}/configs/evaluate.json']", "--bundle_root", str(root)]
     check_overrides(root, evaluate + ["--checkpoint", "w.pt", "--tta", "true", "--experiment_name", "x"])
     for name, rule in (("pretrained_checkpoint", "an evaluation takes the weights to score as --checkpoint PATH"),
-                       ("compile", "an evaluation runs the network eagerly"),
-                       ("resume", "--resume goes on with a training that stopped"),  # read by the trainer alone
-                       ("batch_size", "an evaluation batches --val_batch_size images")):
+                       ("compile", "an evaluation runs the network eagerly")):
         with pytest.raises(InputError, match=rf"--{name}: a setting this run's configs define but never read .*{rule}"):
             check_overrides(root, evaluate + [f"--{name}", "x"])
     check_overrides(root, argv + ["--pretrained_checkpoint", "w.pt", "--compile", "true"])  # a training reads them
     check_overrides(root, argv + ["--resume", "true", "--batch_size", "4"])
+    # read only by the trainer an evaluation never runs: said, not refused (one set of overrides may serve both)
+    with caplog.at_level(logging.WARNING, logger="vmunet_monai.engine.utils"):
+        check_overrides(root, evaluate + ["--resume", "true", "--batch_size", "4", "--val_batch_size", "2"])
+    for name, rule in (("resume", "--resume goes on with a training that stopped"),
+                       ("batch_size", "an evaluation batches --val_batch_size images")):
+        assert f"--{name}: nothing that 'evaluating' runs reads it (only parts of the configs this run does not run " \
+               f"refer to it), so it changes nothing; {rule}" in caplog.text
+    assert "--val_batch_size" not in caplog.text.replace("batches --val_batch_size", "")
     with pytest.raises(InputError, match=r"--my_use: a setting this run's configs define but never read \(nothing "
                                          r"that 'training' runs refers to it\)"):
         check_overrides(root, argv + ["--my_use", "3"])  # only a reference from what the run runs counts
@@ -686,7 +693,7 @@ def test_every_setting_of_a_config_is_read_by_its_run(bundle):
     for name, (under, entry) in runs.items():
         own = set(json.loads((configs / name).read_text())) - tracked
         files = [configs / f for f in under + [name]]
-        assert own and _unread_settings(files, own, [entry, "initialize", "finalize"]) == [], name
+        assert own and _unread_settings(files, own, [entry, "initialize", "finalize"], referenced=False) == [], name
 
 
 def test_paths_reach_the_commands_verbatim(tmp_path, monkeypatch):

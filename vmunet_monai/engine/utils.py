@@ -425,13 +425,19 @@ def check_overrides(bundle_root: str | os.PathLike, argv: list[str] | None = Non
     positional = argv[2] if len(argv) > 2 and not argv[2].startswith("--") else None
     entries = [given.get("run_id") or positional or "run", given.get("init_id") or "initialize",
                given.get("final_id") or "finalize"]
-    unread = _unread_settings(run, {name.split("#")[0] for name in given if name not in _RUN_OPTIONS}, entries,
-                              [value for name, value in given.items() if name not in _RUN_OPTIONS])
+    names = {name.split("#")[0] for name in given if name not in _RUN_OPTIONS}
+    values = [value for name, value in given.items() if name not in _RUN_OPTIONS]
+    unread = _unread_settings(run, names, entries, values)
+    unreached = [n for n in _unread_settings(run, names, entries, values, referenced=False) if n not in unread]
     if unread:
         name = next(n for n in given if n.split("#")[0] == unread[0])
         hint = _UNREAD_HINTS.get(unread[0], "")
         raise InputError(f"--{name}: a setting this run's configs define but never read (nothing that "
                          f"{entries[0]!r} runs refers to it), so it would change nothing{hint}")
+    for setting in unreached:  # read by a part of the configs this run does not run: said, not refused (one set
+        name = next(n for n in given if n.split("#")[0] == setting)  # of overrides may serve several runs)
+        logger.warning("--%s: nothing that %r runs reads it (only parts of the configs this run does not run "
+                       "refer to it), so it changes nothing%s", name, entries[0], _UNREAD_HINTS.get(setting, ""))
     _check_network_overrides(network, [name for name in given if name.startswith("network_def#")])
 
 
@@ -448,15 +454,15 @@ _UNREAD_HINTS["resume_checkpoint"] = _UNREAD_HINTS["resume"]
 
 
 def _unread_settings(files: list[Path], names: set[str], entries: list[str] = ("run", "initialize", "finalize"),
-                     values: list[str] = ()) -> list[str]:
+                     values: list[str] = (), referenced: bool = True) -> list[str]:
     """Those of ``names``, top-level settings of the configs ``files`` merged as ``monai.bundle run`` merges them,
     that the run never reads: no chain of references (``@name``, ``%name``) leads to them from its ``entries``
     (the ids it runs: ``run`` or the one named, ``initialize``, ``finalize``) or from the override ``values``. An
     override of one changes nothing: an evaluation's ``--pretrained_checkpoint``, which only the training's network
-    definition reads, or its ``--resume``, which only the trainer it never runs reads. Where the configs use a
-    reference this cannot follow (a relative id, a macro from another file) or name none of the entries, a setting
-    counts as read when any reference to it is left in the merged config. The settings MONAI's experiment tracking
-    reads (``--tracking``) are not counted."""
+    definition reads, or its ``--resume``, which only the trainer it never runs reads. With ``referenced`` (the
+    default), a setting counts as read when any reference to it is left in the merged config, as it also does
+    where the configs use a reference the chains cannot follow (a relative id, a macro from another file) or name
+    none of the entries. The settings MONAI's experiment tracking reads (``--tracking``) are not counted."""
     import json
     import re
 
@@ -467,8 +473,8 @@ def _unread_settings(files: list[Path], names: set[str], entries: list[str] = ("
         merged = ConfigParser.load_config_files([str(f) for f in files])
     except Exception:  # noqa: BLE001 - MONAI reports a config it cannot read or merge
         return []
-    text = json.dumps(merged, default=str)
-    read = _reached_settings(merged, entries, values) if isinstance(merged, dict) else None
+    text = json.dumps([merged, list(values)], default=str)  # an override's value may read another setting
+    read = _reached_settings(merged, entries, values) if isinstance(merged, dict) and not referenced else None
     if read is None:
         read = {name for name in names
                 if re.search(r"[@%]" + re.escape(name) + r"(?![A-Za-z0-9_])", text)}
