@@ -218,9 +218,14 @@ def os_error_line(exc: OSError) -> str:
 def input_error_in(exc: BaseException | None) -> InputError | None:
     """The :class:`InputError` that ``exc`` is, or that caused it (MONAI re-raises errors of config expressions as
     ``RuntimeError: Failed to evaluate ...``); None if there is none."""
+    return _in_chain(exc, InputError)
+
+
+def _in_chain(exc: BaseException | None, kind: type) -> BaseException | None:
+    """``exc`` or the first exception of its chain of causes that is a ``kind``; None if there is none."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, InputError):
+        if isinstance(exc, kind):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
@@ -269,13 +274,7 @@ def _non_finite_loss_in(exc: BaseException | None) -> Exception | None:
     message names the epoch, the batch's images and what to change), or None."""
     from vmunet_monai.engine.guards import NonFiniteLossError
 
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, NonFiniteLossError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return _in_chain(exc, NonFiniteLossError)
 
 
 def write_error_in(exc: BaseException | None) -> Exception | None:
