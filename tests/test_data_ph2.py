@@ -61,6 +61,10 @@ def test_ph2_divided_per_diagnosis_and_what_is_refused(raw, tmp_path):
     again = json.loads(Path(prepare("isic_skin_lesion", str(raw), str(tmp_path / "again"), layout="ph2",
                                     split="paper", seed=3)).read_text())
     assert [i["name"] for i in again["test"]] == names["test"]  # seeded
+    for option, value in (("test_fraction", 0.25), ("val_fraction", 0.1)):  # nothing is divided without --split
+        with pytest.raises(InputError, match=rf"--{option} {value}: not used, since PH2 is read as an external test "
+                                             r"set .* give --split paper"):
+            prepare("isic_skin_lesion", str(raw), str(tmp_path / "x"), **{option: value})
     with pytest.raises(InputError, match="PH2 has no official split"):
         prepare("isic_skin_lesion", str(raw), str(tmp_path / "x"), split="official")
     with pytest.raises(InputError, match=r"--year 2017: only for the ISIC challenge or the folders layout"):

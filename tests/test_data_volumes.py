@@ -420,6 +420,9 @@ def test_acdc_patient_folders_split_by_patient_with_their_classes(tmp_path, caps
     assert doc["meta"]["intensity"] == "mri"
     splits = {k: {item["patient"] for item in doc[k]} for k in ("training", "validation", "test")}
     assert splits["test"] == {"patient101", "patient102"}  # the testing folder's patients
+    with pytest.raises(InputError, match=rf"--test_fraction 0.3: not used, since the labelled test folder "
+                                         rf"\({raw / 'testing'}\) is the test split"):
+        prepare("synapse_multiorgan", str(tmp_path / "acdc"), str(tmp_path / "again"), test_fraction=0.3)
     assert not splits["training"] & splits["validation"] and len(splits["training"] | splits["validation"]) == 8
     for key in ("training", "validation", "test"):
         for item in doc[key]:

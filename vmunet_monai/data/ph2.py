@@ -112,6 +112,14 @@ def prepare_ph2(raw: str | os.PathLike, out: str | os.PathLike, split: str = "au
     if split not in ("auto", "paper"):
         raise InputError(f"--split {split!r}: PH2 has no official split; 'auto' puts every image in the test split "
                          f"(an external test set), 'paper' divides it (--test_fraction, --val_fraction)")
+    if split == "auto":  # every image tests: a fraction given would change nothing
+        from vmunet_monai.data.folders import chosen_fractions, refuse_unused_fraction
+
+        chosen = chosen_fractions(val_fraction, test_fraction, 0.2, 0.3)
+        for option in ("test_fraction", "val_fraction"):
+            refuse_unused_fraction(option, chosen, "PH2 is read as an external test set (every image in the test "
+                                   "split)", "give --split paper to divide it per diagnosis into training, validation "
+                                   "and test parts")
     folder = find_ph2(raw)
     if folder is None:
         raise DatasetLayoutError(f"{raw}: no PH2 image folders (expected e.g. '{IMAGES_FOLDER}/IMD002/"

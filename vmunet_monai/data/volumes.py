@@ -499,6 +499,14 @@ def _drawn_split(checked: dict[str, list[dict]], layout: dict, root: Path, skipp
     if checked.get("test"):
         test, how = checked["test"], ("test: the testing folder's patients" if "cases" in layout
                                       else "test: the labelled test folder")
+        if test_fraction != 0.2:  # the importer's default: anything else was asked for, and would change nothing
+            from vmunet_monai.data.folders import refuse_unused_fraction
+
+            folder = layout["test"][0] if "cases" not in layout else ", ".join(
+                sorted({str(Path(f).parent) for f in layout["cases"]["test"]}))  # ACDC's testing/, not each patient
+            refuse_unused_fraction("test_fraction", {"test_fraction": test_fraction}, f"the labelled test folder "
+                                   f"({folder}) is the test split", "leave --test_fraction out, or move that folder "
+                                   "out of RAW to draw the test cases from the others")
     else:
         n_test = max(1, round(test_fraction * len(pool)))
         held, pool = set(pool[:n_test]), pool[n_test:]
