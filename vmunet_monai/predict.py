@@ -478,7 +478,8 @@ _SKIP_STEM = re.compile(r"_(segmentation|superpixels)$")
 def _collect(input: Path, left: list[str] | None = None) -> tuple[list[dict], list[str]]:
     """Image items under ``input`` (a file, or a folder searched recursively, mask folders and masks beside their
     images left out) and the other files found, which are not images. Folders of masks (``masks``, ``labels``,
-    ``gt``, ``groundtruth``, ``Ground Truth`` as CVC-ClinicDB has it, ``annotations``), folders an earlier ``predict`` wrote (they hold its ``prediction.json``) and masks
+    ``gt``, ``groundtruth``, ``Ground Truth`` as CVC-ClinicDB has it, ``annotations``, PH2's ``IMD002_lesion`` and
+    ``IMD002_roi`` in ``IMD002/``), folders an earlier ``predict`` wrote (they hold its ``prediction.json``) and masks
     named as such (``_segmentation``, ``_superpixels``, beside their images) are left out, each said in ``left``."""
     if input.is_file():
         return [{"image": os.path.abspath(input), "name": input.stem}], []
@@ -501,6 +502,8 @@ def _collect(input: Path, left: list[str] | None = None) -> tuple[list[dict], li
                 left.append(f"{Path(dirpath) / d}: an earlier predict's output ({RECORD})")
             elif _SKIP_DIR.search(d):
                 left.append(f"{Path(dirpath) / d}: a folder of masks, by its name")
+            elif d in (f"{Path(dirpath).name}_lesion", f"{Path(dirpath).name}_roi"):  # PH2: IMD002/IMD002_lesion
+                left.append(f"{Path(dirpath) / d}: PH2's masks of {Path(dirpath).name}")
             else:
                 kept.append(d)
         dirnames[:] = kept
