@@ -23,6 +23,7 @@ from vmunet_monai.evaluation.objects import (
     run_objects,
     split_touching,
     with_legend,
+    write_objects,
 )
 from vmunet_monai.validation import InputError
 
@@ -462,6 +463,12 @@ def test_a_binary_mask_with_grey_edges_is_named_not_scored_in_silence(tmp_path, 
         warnings.simplefilter("error", SoftEdgeWarning)
         for name in ("a", "b"):  # the GlaS-style instance maps are flat objects
             read_objects(tmp_path / "glas" / f"{name}_anno.bmp")
+        # predict --split_touching's object map of a noisy prediction: specks of one pixel amid background are
+        # objects of their own, not a rim along others
+        speckled = (truths["a"] > 0) | (rng.random(truths["a"].shape) < 0.02)
+        objects = split_touching(speckled, 2)
+        write_objects(objects, tmp_path / "a_instances.png")
+        assert int(objects.max()) >= 20 and read_objects(tmp_path / "a_instances.png").max() == objects.max()
     summary = run_objects(tmp_path / "pred", tmp_path / "glas", pictures=False)
     printed = capsys.readouterr().out
     assert "note: 1 mask(s) look like binary masks with grey edges" in printed and "b_mask.png" in printed

@@ -122,14 +122,19 @@ class SoftEdgeWarning(UserWarning):
 
 
 def _edge_only_values(numbered: np.ndarray) -> int:
-    """How many object numbers of ``numbered`` have no pixel whose four neighbours hold the same number: values
-    that only line the edges of others (anti-aliasing, interpolation), not objects of their own."""
+    """How many object numbers of ``numbered`` line the edges of others (anti-aliasing, interpolation), not objects
+    of their own: those with no pixel whose four neighbours hold the same number that touch another object. Specks
+    of one or two pixels amid background (a noisy prediction, its objects numbered) are objects, not rims."""
     inner = np.zeros(numbered.shape, bool)
     inner[1:-1, 1:-1] = True
     core = numbered[1:-1, 1:-1]
     for shifted in (numbered[:-2, 1:-1], numbered[2:, 1:-1], numbered[1:-1, :-2], numbered[1:-1, 2:]):
         inner[1:-1, 1:-1] &= shifted == core
-    return int(np.setdiff1d(np.unique(numbered[numbered > 0]), np.unique(numbered[inner])).size)
+    thin = np.setdiff1d(np.unique(numbered[numbered > 0]), np.unique(numbered[inner]))
+    touching = [np.unique(a[(a > 0) & (b > 0) & (a != b)]) for a, b in (
+        (numbered[:, :-1], numbered[:, 1:]), (numbered[:, 1:], numbered[:, :-1]),
+        (numbered[:-1], numbered[1:]), (numbered[1:], numbered[:-1]))]
+    return int(np.intersect1d(thin, np.concatenate(touching)).size)
 
 
 def _numbered(objects: np.ndarray) -> np.ndarray:
