@@ -192,6 +192,15 @@ def test_the_split_depth_is_tuned_on_numbered_masks(tmp_path, capsys):
     rows = list(csv.DictReader(open(tmp_path / "out" / "split_depths" / "split_depths.csv")))
     assert [r["depth"] for r in rows] == ["none", "2", "4", "12"]
     assert (tmp_path / "out" / "split_depths" / "split_depths.png").stat().st_size > 5000
+    # where the two discs are one object, no depth does better than the unsplit masks: none is recommended
+    (tmp_path / "one").mkdir()
+    for name in ("train_1", "test_1"):
+        Image.fromarray((truth > 0).astype(np.uint8)).save(tmp_path / "one" / f"{name}.png")
+    whole = tune_split(tmp_path / "out" / "masks", tmp_path / "one", depths="2,12", out=tmp_path / "whole")
+    assert whole["best"] is None and whole["best_split"] == 12.0 and whole["unsplit"]["f1"] == 1.0
+    printed = capsys.readouterr().out
+    assert "splitting does not help on these images: leave --split_touching out (its best depth, 12, scores" in printed
+    assert [line.split()[0] for line in printed.splitlines() if line.endswith("<- best")] == ["none"]
     # only the named sets: the train_* images, never the test ones
     alone = tune_split(tmp_path / "out" / "masks", tmp_path / "truth", depths="4", group_by="prefix", sets="train",
                        out=tmp_path / "alone")

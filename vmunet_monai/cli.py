@@ -258,7 +258,8 @@ class Commands:
         """Choose the depth for predict --split_touching: split predicted binary masks at each depth and score their
         objects against ground truths that number each object; prints the table and the depth to use.
 
-        The depth with the highest object Dice wins (ties: object F1, then the larger depth). Tune on images that
+        The depth with the highest object Dice wins (ties: object F1, then the larger depth); where the unsplit
+        masks score as well, it says to leave --split_touching out. Tune on images that
         are not your test set (predict the training or validation tiles), so the choice is not fitted to the
         numbers it is judged by. Writes split_depths.csv and split_depths.png.
 

@@ -252,7 +252,7 @@ def _run_glands(out: Path, epochs: int, num: int, size: int, extra: dict) -> dic
     # the split depth is chosen on the training tiles, never on the test tiles it is judged by
     predict(str(bundle_root), str(seen), str(out / "predicted_training"), device="cpu")
     print("")
-    depth = tune_split(out / "predicted_training" / "masks", seen)["best"]
+    depth = tune_split(out / "predicted_training" / "masks", seen)["best_split"]  # shown even where none is better
     print("")
     predicted = out / "predicted"
     predict(str(bundle_root), str(tiles), str(predicted), device="cpu", split_touching=depth)

@@ -736,7 +736,7 @@ def tune_split(pred: str | os.PathLike, truth: str | os.PathLike, depths=SPLIT_D
                out: str | os.PathLike | None = None, group_by: str = "folder", sets=None) -> dict:
     """Choose ``predict --split_touching``'s depth: split the predicted binary masks in ``pred`` at each depth and
     score the objects against the numbered ground truths in ``truth``; the depth with the highest object Dice
-    (ties: F1, then the larger depth) is the one to use.
+    (ties: F1, then the larger depth) is the one to use, unless the unsplit masks score as well (then no splitting).
 
     Run it on images that are not the test set (the validation or training tiles, predicted), so the choice is not
     tuned on the numbers it will be judged by: ``sets`` keeps only those sets (names as ``group_by`` forms them,
@@ -746,8 +746,9 @@ def tune_split(pred: str | os.PathLike, truth: str | os.PathLike, depths=SPLIT_D
     ``out`` (default: :func:`~vmunet_monai.evaluation.score.default_out`).
 
     Returns:
-        ``{"depths": [{"depth", "f1", "object_dice", "objects"}, ...], "unsplit": {...}, "best": depth,
-        "n_images": n, "paths": {...}}``.
+        ``{"depths": [{"depth", "f1", "object_dice", "objects"}, ...], "unsplit": {...}, "best": depth or None
+        (None: splitting scores no better than the unsplit masks), "best_split": the best depth, "n_images": n,
+        "paths": {...}}``.
 
     Raises:
         InputError: as :func:`match_files`, for depths below 0.5, a set not found, or predictions that are not
@@ -793,21 +794,29 @@ def tune_split(pred: str | os.PathLike, truth: str | os.PathLike, depths=SPLIT_D
                       "object_dice": overall["per_image"]["object_dice_mean"],
                       "objects": overall["pooled"]["n_pred"], "truth_objects": overall["pooled"]["n_truth"]})
     unsplit, split = table[0], table[1:]
-    best = max(split, key=lambda r: (round(r["object_dice"], 6), round(r["f1"], 6), float(r["depth"])))
+    rank = lambda r: (round(r["object_dice"], 6), round(r["f1"], 6))  # noqa: E731
+    best_split = max(split, key=lambda r: (*rank(r), float(r["depth"])))
+    best = best_split if rank(best_split) > rank(unsplit) else unsplit  # a split must do better than none
     csv_path, plot_path = out / SPLIT_CSV, out / "split_depths.png"
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
-    _plot_depths(split, unsplit, best, plot_path)
+    _plot_depths(split, unsplit, best_split, plot_path)
     lines = [f"{'depth':>6} {'F1':>7} {'object Dice':>12} {'objects':>8}  (ground truth: {unsplit['truth_objects']} "
              f"objects in {len(pairs)} images)"]
     for r in table:
         mark = "  <- best" if r is best else ""
         lines.append(f"{r['depth']:>6} {r['f1']:7.4f} {r['object_dice']:12.4f} {r['objects']:8d}{mark}")
     print("\n".join(lines))
-    print(f"use predict --split_touching {best['depth']} (written to {out})")
-    return {"depths": split, "unsplit": unsplit, "best": float(best["depth"]), "n_images": len(pairs),
+    if best is unsplit:
+        print(f"splitting does not help on these images: leave --split_touching out (its best depth, "
+              f"{best_split['depth']}, scores object Dice {best_split['object_dice']:.4f} and F1 {best_split['f1']:.4f} "
+              f"against {unsplit['object_dice']:.4f} and {unsplit['f1']:.4f} unsplit; written to {out})")
+    else:
+        print(f"use predict --split_touching {best['depth']} (written to {out})")
+    return {"depths": split, "unsplit": unsplit, "best": None if best is unsplit else float(best["depth"]),
+            "best_split": float(best_split["depth"]), "n_images": len(pairs),
             "paths": {"csv": str(csv_path), "plot": str(plot_path)}}
 
 
