@@ -128,7 +128,7 @@ def test_layout_choice_and_options_of_the_other_layout(tmp_path):
         prepare("synapse_multiorgan", str(raw), str(tmp_path / "o"))
 
 
-def test_bundle_trains_evaluates_and_predicts_your_own_classes(tmp_path):
+def test_bundle_trains_evaluates_and_predicts_your_own_classes(tmp_path, capsys):
     from monai.bundle import ConfigWorkflow
 
     from vmunet_monai.predict import predict
@@ -162,13 +162,19 @@ def test_bundle_trains_evaluates_and_predicts_your_own_classes(tmp_path):
     volume = next((raw / "imagesTr").glob("*.nii.gz"))
     weights = tmp_path / "bundle" / "models" / "model.pt"
     tiny_net = {k: v for k, v in TINY.items() if k.startswith("network_def#")}
-    with pytest.raises(CheckpointError, match="its output layer has 3 classes against 9 here: it was trained with "
-                                              "--num_classes 3"):
-        predict_volumes(str(volume), str(tmp_path / "segs0"), checkpoint=str(weights), device="cpu", **tiny_net)
+    capsys.readouterr()
+    # the class count comes from the network.json the training wrote beside the weights
     written = predict_volumes(str(volume), str(tmp_path / "segs"), checkpoint=str(weights), device="cpu",
-                              num_classes=3, roi_size=[32, 32], **tiny_net)
+                              roi_size=[32, 32], **tiny_net)
+    assert "note: --num_classes 3, the classes the weights were trained for" in capsys.readouterr().out
     seg = np.asarray(nib.load(written[0]).dataobj)
     assert seg.shape == nib.load(volume).shape and set(np.unique(seg)) <= {0, 1, 2}
+    alone = tmp_path / "alone" / "model.pt"  # the weights without their network.json: the mismatch is named
+    alone.parent.mkdir()
+    alone.write_bytes(weights.read_bytes())
+    with pytest.raises(CheckpointError, match="its output layer has 3 classes against 9 here: it was trained with "
+                                              "--num_classes 3"):
+        predict_volumes(str(volume), str(tmp_path / "segs0"), checkpoint=str(alone), device="cpu", **tiny_net)
     # the same through the MRI scaling (as a model trained with --intensity mri would be run)
     mri = predict_volumes(str(volume), str(tmp_path / "segs_mri"), checkpoint=str(weights), device="cpu",
                           num_classes=3, roi_size=[32, 32], intensity="mri", **tiny_net)

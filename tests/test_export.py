@@ -463,7 +463,7 @@ def test_an_export_is_checked_at_the_batch_predict_will_feed_it(bundles, tmp_pat
         check_exported(path, meta, batch=2)
 
 
-def test_weights_trained_for_more_classes_export_with_num_classes(bundles, tmp_path):
+def test_weights_trained_for_more_classes_export_with_num_classes(bundles, tmp_path, capsys):
     """Weights of a training run with --num_classes 3 are refused with the option to give, and export with it."""
     from monai.bundle import ConfigParser
 
@@ -484,6 +484,13 @@ def test_weights_trained_for_more_classes_export_with_num_classes(bundles, tmp_p
     result = export(str(root), checkpoint=str(weights), output=str(tmp_path / "three.ts"), num_classes=3)
     assert result.max_abs_diff <= DEFAULT_TOLERANCE
     assert torch.jit.load(str(tmp_path / "three.ts"))(torch.rand(1, 3, SIZE, SIZE)).shape[1] == 3
+    # with the network.json a training writes beside its weights, the class count is read from it
+    from vmunet_monai.engine.handlers import write_network_settings
+
+    write_network_settings(weights.parent, net)
+    export(str(root), checkpoint=str(weights), output=str(tmp_path / "recorded.ts"))
+    assert "note: --num_classes 3, the classes the weights were trained for" in capsys.readouterr().out
+    assert torch.jit.load(str(tmp_path / "recorded.ts"))(torch.rand(1, 3, SIZE, SIZE)).shape[1] == 3
 
 
 def test_export_output_rules_are_checked_before_tracing(bundles, tmp_path):

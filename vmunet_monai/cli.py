@@ -398,8 +398,8 @@ class Commands:
             model: an exported network (.ts, .onnx or .pt2, as the export command writes) to run instead of the
                 bundle's network and weights; the rest of the bundle's inference stays the same.
             num_classes: a bundle trained on your own classes: the --num_classes it was trained with (prepare
-                prints it; default for 2D bundles the count the network.json beside the weights records, else 9
-                for synapse_multiorgan, 2 for the 2D bundles). 2D masks of several classes
+                prints it; default: the count the network.json beside the weights records, else 9 for
+                synapse_multiorgan, 2 for the 2D bundles). 2D masks of several classes
                 hold the class numbers 0, 1, 2, ... (or --mask_values) and the overlays colour each class.
             mask_values: 2D bundles: the value each class gets in the written masks, background first, e.g.
                 0,127,255 to match the dataset's own masks (prepare records them as meta.mask_values in the
@@ -457,8 +457,8 @@ class Commands:
             checkpoint: weights to export (default <bundle>/models/model.pt).
             output: file to write instead of the default (a folder gets the format's usual file name in it).
             tolerance: largest max abs difference accepted.
-            num_classes: classes, background included, of weights trained with --num_classes N (default the
-                bundle's).
+            num_classes: classes, background included, of weights trained with --num_classes N (default: the
+                count the network.json beside the weights records, else the bundle's).
         """
         from vmunet_monai.export import ExportVerificationError, export
 

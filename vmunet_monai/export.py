@@ -185,7 +185,7 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
         tolerance: largest max-abs difference from the eager network accepted.
         input_shape: ``[1, C, H, W]`` to trace with; default from ``metadata.json`` (the network input size).
         num_classes: the classes (background included) of weights trained with ``--num_classes N``; default the
-            bundle's.
+            count the ``network.json`` beside the weights records, else the bundle's.
 
     Returns:
         :class:`ExportResult` (path, input shape checked, max abs difference).
@@ -209,6 +209,13 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
               f"differ from predict's with the weights (which resizes to the trained size); for the same masks, copy "
               f"the bundle and set image_size in its configs and spatial_shape in its metadata.json to "
               f"{list(size)}", flush=True)
+    if num_classes is None:  # weights trained with --num_classes N: N, from their network.json
+        from vmunet_monai.predict import recorded_num_classes
+
+        num_classes = recorded_num_classes(ckpt, ckpt, [str(config)])
+        if num_classes is not None:
+            print(f"note: --num_classes {num_classes}, the classes the weights were trained for (the network.json "
+                  f"beside them)", flush=True)
     if num_classes is not None:
         from vmunet_monai.validation import check_at_least
 

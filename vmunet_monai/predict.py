@@ -591,7 +591,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             instead of ``network_def`` and its weights (the bundle's ``configs/inference_exported.json``); it is
             first run once on the input size in ``metadata.json``.
         num_classes: a bundle trained on your own classes: the ``--num_classes`` it was trained with (default:
-            for 2D bundles the count the ``network.json`` beside the weights records, else the bundle's, 9 for
+            the count the ``network.json`` beside the weights records, else the bundle's, 9 for
             ``synapse_multiorgan`` and 2 for the 2D bundles). Above 2 the 2D masks hold the
             class numbers 0 .. ``num_classes - 1`` and the overlays give each class a colour.
         window: ``synapse_multiorgan`` trained with another ``--hu_window``: that ``(low, high)`` in HU (the

@@ -528,8 +528,8 @@ def predict_volumes(
     from vmunet_monai.engine.utils import inference_configs
     from vmunet_monai.evaluation.volumetry import write_volumes
     from vmunet_monai.predict import (NothingToPredictError, bundle_class_names, check_fresh_output, check_no_hash,
-                                      finished_output, quiet_interrupt, resume_check, takes_pass_entropy, trained_network,
-                                      weights_files, write_record)
+                                      finished_output, quiet_interrupt, recorded_num_classes, resume_check,
+                                      takes_pass_entropy, trained_network, weights_files, write_record)
     from vmunet_monai.validation import InputError, check_device, check_output_location, read_volume
     from vmunet_monai.weights import check_checkpoint_fits
 
@@ -547,6 +547,12 @@ def predict_volumes(
                                                    if os.path.isdir(one) else [one])])
     weights = [str(w) for w in weights_files(Path(bundle_root), checkpoint, default_ckpt, train, model, device)]
     source = weights[0]
+    if "num_classes" not in overrides and not model:  # weights trained with --num_classes N (ACDC: 4)
+        recorded = recorded_num_classes(weights, default_ckpt, config_files)
+        if recorded is not None:
+            overrides = {**overrides, "num_classes": recorded}
+            print(f"note: --num_classes {recorded}, the classes the weights were trained for (the network.json "
+                  f"beside them)", flush=True)
     output = str(check_output_location([str(p) for p in paths] + volumes, output))
     check_no_hash(output, "OUTPUT")
     check_fresh_output(output, resume)
