@@ -163,8 +163,21 @@ def test_cli_export_prints_the_difference_and_fails_above_the_tolerance(bundles,
 def test_clear_errors(bundles, tmp_path):
     with pytest.raises(ValueError, match="--format 'tflite': choose one of torchscript, onnx, pt2"):
         export(str(bundles["polyp_seg"]), "tflite")
-    with pytest.raises(FileNotFoundError, match=r"missing.pt: no trained weights; .*Train with python -m monai.bundle run training"):
-        export(str(bundles["polyp_seg"]), "torchscript", checkpoint=str(tmp_path / "missing.pt"))
+    # a --checkpoint that is not there: what its folder holds, the closest name first (not the bundle's models/)
+    (tmp_path / "w").mkdir()
+    for name in ("model.pt", "model_best.pt", "notes.txt"):
+        (tmp_path / "w" / name).write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=rf"^--checkpoint {tmp_path}/w/modle.pt: no such file; {tmp_path}/w "
+                                                r"holds model.pt, model_best.pt$"):
+        export(str(bundles["polyp_seg"]), "torchscript", checkpoint=str(tmp_path / "w" / "modle.pt"))
+    with pytest.raises(FileNotFoundError, match=rf"^--checkpoint {tmp_path}/gone/model.pt: no such file; there is no "
+                                                rf"folder {tmp_path}/gone \(the nearest that exists: {tmp_path}\)$"):
+        export(str(bundles["polyp_seg"]), "torchscript", checkpoint=str(tmp_path / "gone" / "model.pt"))
+    from vmunet_monai.predict import predict
+
+    with pytest.raises(FileNotFoundError, match=r"--checkpoint .*missing.pt: no such file; .* holds no weights file"):
+        predict(str(bundles["polyp_seg"]), str(tmp_path / "w"), str(tmp_path / "out"),
+                checkpoint=str(tmp_path / "missing.pt"))
     with pytest.raises(ExportVerificationError, match=r"limit is 1e-30 \(nothing written\)"):
         export(str(bundles["isic_skin_lesion"]), "torchscript", output=str(tmp_path / "x.ts"), tolerance=1e-30)
     assert not (tmp_path / "x.ts").exists()  # an export that fails its check is not left where predict would take it

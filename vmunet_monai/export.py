@@ -89,7 +89,8 @@ def _paths(bundle: str, checkpoint: str | None, output: str | None, format: str)
         from vmunet_monai.engine.utils import missing_weights
 
         raise missing_weights(ckpt, root, train=f"python -m monai.bundle run training --config_file "
-                              f"{root}/configs/train.json --bundle_root {root} --dataset_dir PREPARED")
+                              f"{root}/configs/train.json --bundle_root {root} --dataset_dir PREPARED",
+                              given="--checkpoint" if checkpoint else None)
     out = Path(output) if output else root / "models" / FORMATS[format]
     suffix = Path(FORMATS[format]).suffix
     if out.is_dir() or (output and str(output).endswith(("/", os.sep))):  # a folder: the format's usual name in it

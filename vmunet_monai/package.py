@@ -337,7 +337,8 @@ def check_bundle(bundle: str | Path, checkpoint: str | Path | None = None, expor
         from vmunet_monai.engine.utils import missing_weights
 
         raise missing_weights(ckpt, root, train=f"python -m monai.bundle run training --config_file "
-                              f"{root}/configs/train.json --bundle_root {root} --dataset_dir PREPARED")
+                              f"{root}/configs/train.json --bundle_root {root} --dataset_dir PREPARED",
+                              given="--checkpoint" if checkpoint else None)
     passed, problems = [], []
     layout = [f"{root / f}: missing (the zoo requires it)" for f in REQUIRED_FILES if not (root / f).is_file()]
     layout += check_bundle_name(root.name)

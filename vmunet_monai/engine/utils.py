@@ -278,10 +278,12 @@ def trained_weights(path: str | os.PathLike, bundle_root: str | os.PathLike,
 
 
 def missing_weights(path: str | os.PathLike, bundle_root: str | os.PathLike, other: str = "--checkpoint PATH",
-                    train: str | None = None):
+                    train: str | None = None, given: str | None = None):
     """The error for weights that are not at ``path``: the model.pt files the bundle's ``models/`` does hold
     (another ``--run_name``, fold or baseline), and the ways to weights: ``train`` (a training command; default,
     the same configs and options), the bundle's download, or ``other`` (how the command takes other weights).
+    ``given``: the option that named ``path`` (``--checkpoint``), whose error is a path not found: the weights files
+    its folder holds (the closest name first), or the nearest folder that exists.
 
     Returns:
         a :class:`vmunet_monai.validation.MissingInputError` (a ``FileNotFoundError``) to raise, or an ``InputError``
@@ -291,6 +293,8 @@ def missing_weights(path: str | os.PathLike, bundle_root: str | os.PathLike, oth
 
     if os.path.isdir(path):
         return InputError(f"{path}: a folder, not a weights file (give the file itself, such as {path}/model.pt)")
+    if given:
+        return MissingInputError(f"{given} {path}: no such file; {_near_weights(Path(path))}")
     models = Path(bundle_root) / "models"
     found = sorted(p.relative_to(models).as_posix() for p in models.rglob("model.pt")) if models.is_dir() else []
     held = (f"{models} holds {', '.join(found[:6])}{' ...' if len(found) > 6 else ''} (--run_name, --folds/--fold "
@@ -299,6 +303,25 @@ def missing_weights(path: str | os.PathLike, bundle_root: str | os.PathLike, oth
     download = (f", download them (python -m monai.bundle download_large_files --bundle_path {bundle_root})"
                 if _weights_url(bundle_root) else "")
     return MissingInputError(f"{path}: no trained weights; {held}. Train with {train}{download} or give {other}")
+
+
+def _near_weights(path: Path) -> str:
+    """What is there instead of the weights file ``path``: the weights files of its folder (the name closest to
+    ``path``'s first), or the nearest folder above it that exists."""
+    import difflib
+
+    folder = path.parent
+    if not folder.is_dir():
+        above = next((p for p in Path(os.path.abspath(folder)).parents if p.is_dir()), None)
+        return f"there is no folder {folder}" + (f" (the nearest that exists: {above})" if above else "")
+    held = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in WEIGHTS_SUFFIXES)
+    if not held:
+        return f"{folder} holds no weights file ({', '.join(WEIGHTS_SUFFIXES)})"
+    close = difflib.get_close_matches(path.name, held, n=len(held), cutoff=0.0)[:6]
+    return f"{folder} holds {', '.join(close)}{' ...' if len(held) > len(close) else ''}"
+
+
+WEIGHTS_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 
 
 def _weights_url(bundle_root: str | os.PathLike) -> str:
@@ -336,7 +359,7 @@ def network_file(root: Path, checkpoint, default_ckpt: Path, train: str, model, 
     ckpt = Path(checkpoint) if checkpoint else default_ckpt
     if not ckpt.is_file():
         raise missing_weights(ckpt, root, train=f"python -m monai.bundle run training --config_file {train} "
-                              f"--bundle_root {root} --dataset_dir PREPARED")
+                              f"--bundle_root {root} --dataset_dir PREPARED", given="--checkpoint" if checkpoint else None)
     return ckpt.resolve()
 
 
