@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -51,6 +52,7 @@ def main(argv=None) -> dict:
     work = Path(args.work or tempfile.mkdtemp(prefix=f"bench_{args.bundle}_"))
     raw, prepared = work / "raw", work / "prepared"
     if not (prepared / "datalist.json").is_file():
+        shutil.rmtree(raw, ignore_errors=True)  # what an interrupted run left
         demo_data(args.bundle, str(raw), num=args.num, seed=0)
         prepare(args.bundle, str(raw), str(prepared))
     depths = [int(d) for d in args.depths.split(",")]

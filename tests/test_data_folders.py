@@ -260,6 +260,10 @@ def test_demo_data_in_the_folders_layout_is_read_as_your_own(tmp_path, bundle, g
     assert total == (16 if bundle == "isic_skin_lesion" else 16 + 2 * 2)
     with pytest.raises(ValueError, match="layout must be"):
         demo_data(bundle, str(tmp_path / "x"), layout="other")
+    # written again over the first (fewer images): refused, not mixed with the first one's extra images
+    with pytest.raises(InputError, match=rf"^{raw}: holds \d+ entr(y|ies) already \(first: .*\); demo_data writes a "
+                                         r"whole dataset into a new or empty folder"):
+        demo_data(bundle, str(raw), num=8, seed=2, layout="folders")
 
 
 def _side_by_side(folder: Path, stems, rng, suffix: str = "_mask", size=(30, 40), empty: bool = False) -> None:

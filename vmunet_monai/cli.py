@@ -357,7 +357,7 @@ class Commands:
 
         Args:
             bundle: isic_skin_lesion, polyp_seg or synapse_multiorgan.
-            out: output folder (the RAW argument of prepare).
+            out: output folder, new or empty (the RAW argument of prepare).
             num: how many images or volumes (default 48 images, 8 volumes): the training images (ISIC's
                 challenge layout, PraNet's, polyp folders and glands; the test sets scale with it), every
                 image (ISIC folders, PH2) or every case (Synapse, training and test; ACDC; 4 to 30 cases).

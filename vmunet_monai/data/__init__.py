@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+from pathlib import Path
 
 __all__ = ["DATASET_MODULES", "prepare", "demo_data", "options_of"]
 
@@ -91,10 +92,18 @@ def prepare(bundle: str, raw: str, out: str, **options):
 
 
 def demo_data(bundle: str, out: str, num: int | None = None, seed: int = 0, **options):
-    """Write a synthetic dataset for ``bundle`` in its raw layout under ``out``; ``options`` are those of the
-    bundle's generator (ISIC: ``year``; Synapse: ``shape``, ``spacing``), an unknown one is an ``InputError``."""
+    """Write a synthetic dataset for ``bundle`` in its raw layout under ``out`` (a new or empty folder, else an
+    ``InputError``); ``options`` are those of the bundle's generator (ISIC: ``year``; Synapse: ``shape``,
+    ``spacing``), an unknown one is an ``InputError``."""
     module = _module(bundle)
     options = _check_options(bundle, "demo_data", options)
+    held = sorted(Path(out).iterdir()) if Path(out).is_dir() else []
+    if held:  # a dataset written over another would keep the other's extra images (another --num, --layout)
+        from vmunet_monai.validation import InputError
+
+        raise InputError(f"{out}: holds {len(held)} entr{'y' if len(held) == 1 else 'ies'} already (first: "
+                         f"{held[0].name}); demo_data writes a whole dataset into a new or empty folder, so that no "
+                         f"files of another mix with it: give another folder, or empty this one")
     kwargs = {"seed": seed, **options}
     if num is not None:
         kwargs["num"] = num
