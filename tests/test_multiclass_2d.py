@@ -134,6 +134,16 @@ def test_demo_data_with_two_classes_names_them_for_prepare(tmp_path):
     prepare("isic_skin_lesion", raw, str(tmp_path / "out"), test_fraction=0.34)
     meta = json.loads((tmp_path / "out" / "datalist.json").read_text())["meta"]
     assert meta["labels"] == {"0": "background", "1": "lesion", "2": "dark_core"} and meta["num_classes"] == 3
+    # --classes that disagree with the dataset.json beside the masks: named, not read as binary masks whose 127 is
+    # background; one class over every value above 0 is asked for with --foreground nonzero
+    with pytest.raises(InputError, match=rf"--classes 'lesion': 1 class, but {raw}/dataset.json names 2 \(lesion, "
+                                         r"dark_core\), each a value of the masks: --foreground nonzero reads"):
+        prepare("isic_skin_lesion", raw, str(tmp_path / "one"), classes="lesion")
+    with pytest.raises(InputError, match=r"--classes 'a,b,c': 3 classes, but .* give --classes lesion,dark_core"):
+        prepare("isic_skin_lesion", raw, str(tmp_path / "one"), classes=("a", "b", "c"))
+    prepare("isic_skin_lesion", raw, str(tmp_path / "one"), classes="lesion", foreground="nonzero", test_fraction=0.34)
+    whole = json.loads((tmp_path / "one" / "datalist.json").read_text())
+    assert "num_classes" not in whole["meta"] or whole["meta"]["num_classes"] == 2
     with pytest.raises(ValueError, match="classes must be 1, or 2 with layout 'folders'"):
         demo_data("isic_skin_lesion", str(tmp_path / "c"), num=2, classes=2)
 

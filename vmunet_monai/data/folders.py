@@ -375,6 +375,15 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
     folders = [d for dirs in _all_dirs(layout) for d in dirs]
     check_prepare_output(folders, out)
     names = class_names(classes, root)
+    described = class_names(None, root) if classes else None  # the dataset.json beside the folders, if any
+    if described is not None and len(described) != len(names) and not (len(names) == 1 and foreground == "nonzero"):
+        both = ",".join(described.values())
+        ways = (f"--foreground nonzero reads every value above 0 as the one class ({names[1]}), --classes {both} "
+                f"keeps them apart" if len(names) == 1 else f"give --classes {both}, or one name per class it names")
+        given = classes if isinstance(classes, str) else ",".join(map(str, classes))
+        raise InputError(f"--classes {given!r}: {len(names)} class{'es' if len(names) > 1 else ''}, but "
+                         f"{root / 'dataset.json'} names {len(described)} ({', '.join(described.values())}), each a "
+                         f"value of the masks: {ways}")
     multi = names is not None and len(names) > 1
     if foreground not in ("half", "nonzero"):
         raise InputError(f"--foreground {foreground!r}: choose half (0/1, 0/255 and JPEG masks) or nonzero (every "
