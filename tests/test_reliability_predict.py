@@ -395,6 +395,10 @@ def test_predict_resumes_a_run_that_stopped(lesion_bundle, tmp_path, monkeypatch
     assert record["finished"] is True and record["written"] == 3 and record["kept_from_earlier_run"] == 1
     with pytest.raises(InputError, match=r"was written with settings.tta False and this run has True"):
         predict(str(lesion_bundle), str(tmp_path / "in"), str(out), device="cpu", tta=True, resume=True)
+    # probability maps may not be dropped halfway: the earlier images have them, the rest would not
+    with pytest.raises(InputError, match=r"was written with --probabilities true and this run has it off: .* give "
+                                         r"--probabilities true again"):
+        predict(str(lesion_bundle), str(tmp_path / "in"), str(out), device="cpu", resume=True)
     other = tmp_path / "other.pt"
     state = torch.load(lesion_bundle / "models" / "model.pt", weights_only=True)
     torch.save({k: v + 1 for k, v in state.items()}, other)

@@ -399,13 +399,15 @@ def _weights_hash(weights):
 
 
 def resume_check(out: str | os.PathLike, bundle_root, weights, exported: bool, settings: dict,
-                 compared: Sequence[str]) -> bool:
+                 compared: Sequence[str], kept_on: Sequence[str] = ("probabilities", "uncertainty")) -> bool:
     """``--resume``: whether ``out`` holds an earlier run's outputs that this run may keep.
 
     The earlier run's ``prediction.json`` (written when a run starts, and again when it ends) must name the same
     bundle, the same weights (by sha256), the same kind of model and the same values of the ``compared``
     settings (the options that change what is written): then the outputs it left that read back whole are kept
     and only the rest is segmented. Without a record there is nothing to resume and every input is segmented.
+    The ``kept_on`` settings (extra outputs: probability maps, uncertainty) may be turned on, which segments again
+    every input without them, but not off, which would leave the earlier inputs' beside later ones without.
 
     Raises:
         InputError: a record that cannot be read, or one written with other weights or options (naming the
@@ -432,6 +434,11 @@ def resume_check(out: str | os.PathLike, bundle_root, weights, exported: bool, s
         if now[key] != then[key]:
             raise InputError(f"--resume: {path} was written with {key} {then[key]!r} and this run has {now[key]!r}; "
                              f"resume with the options and weights of that run, or choose another output folder")
+    for key in kept_on:
+        if (before.get("settings") or {}).get(key) and not settings.get(key):
+            raise InputError(f"--resume: {path} was written with --{key} true and this run has it off: the images "
+                             f"segmented before have those outputs and the rest would not; give --{key} true again, "
+                             f"or choose another output folder")
     return True
 
 
