@@ -139,6 +139,34 @@ def test_predict_names_what_is_wrong_with_an_ensemble(lesion_bundle, tmp_path):
     assert not (tmp_path / "out" / "masks").exists()  # refused before any mask was written
 
 
+def test_members_of_other_sizes_are_warned_of_and_of_other_scales_refused(tmp_path, caplog):
+    """The network.json beside each member records the size and the image scale it was trained at: one size feeds
+    every member (a warning names each), and one scale too (refused: a member fed another scale is wrong)."""
+    import logging
+
+    from vmunet_monai.engine import checkpoint_list
+
+    def member(name, size, scale):
+        path = tmp_path / name / "model.pt"
+        path.parent.mkdir()
+        path.write_bytes(b"weights")
+        desc = {"trained_input_size": size} if scale is None else {"trained_input_size": size, "intensity_max": scale}
+        (path.parent / "network.json").write_text(json.dumps({"_desc_": desc}))
+        return str(path)
+
+    small, large, old = member("a", [64, 64], 255.0), member("b", [128, 96], 255.0), member("c", [64, 64], None)
+    caplog.set_level(logging.WARNING, logger="vmunet_monai.engine.inferers")
+    assert checkpoint_list(f"{small},{large}", option="--checkpoint") == [small, large]
+    (warned,) = [r.getMessage() for r in caplog.records]
+    assert warned.startswith(f"--checkpoint: the members were trained at different input sizes ({small}: 64x64, "
+                             f"{large}: 128x96); every member runs at 64x64")
+    caplog.clear()
+    assert checkpoint_list([small, member("d", [64, 64], 255.0)]) and not caplog.records  # one size: no word
+    with pytest.raises(InputError, match=rf"--checkpoint: the members were trained on images of different scales "
+                                         rf"\({small}: 0-255, {old}: 0-1\)"):
+        checkpoint_list(f"{small},{old}", option="--checkpoint")
+
+
 def _constant_weights(bundle: Path, path: Path, biases: dict[int, float]) -> Path:
     """Weights whose logits do not depend on the image: ``biases`` per class, -5 for the others."""
     from tiny_bundles import final_layer, tiny_network

@@ -258,4 +258,37 @@ def checkpoint_list(value, option: str = "--ensemble_checkpoints") -> list[str]:
     twice = next((p for p in paths if paths.count(p) > 1), None)
     if twice:
         raise InputError(f"{option}: {twice} is given twice (an ensemble averages distinct models)")
+    _members_agree(paths, option)
     return paths
+
+
+def _members_agree(paths: Sequence[str], option: str) -> None:
+    """The members of an ensemble were trained on one image scale (else an ``InputError``: one scale feeds them
+    all) and, as far as their ``network.json`` records say, at one input size (else a warning: every member runs at
+    the size the first was trained at)."""
+    import logging
+
+    from vmunet_monai.engine.handlers import read_network_settings, trained_input_size, trained_intensity_max
+    from vmunet_monai.validation import InputError
+
+    sizes, scales = {}, {}
+    for path in paths:
+        saved = read_network_settings(path)
+        if saved is None:
+            continue
+        size, scale = trained_input_size(path, saved), trained_intensity_max(path, saved)
+        if size:
+            sizes[path] = "x".join(map(str, size))
+        if scale is not None:
+            scales[path] = scale
+    if len(set(scales.values())) > 1:
+        listed = ", ".join(f"{p}: 0-{v:g}" for p, v in scales.items())
+        raise InputError(f"{option}: the members were trained on images of different scales ({listed}); one scale "
+                         f"feeds them all, so some would see inputs they never saw: give members of one scale (weights "
+                         f"trained before bundle 0.1.17 saw 0-1)")
+    if len(set(sizes.values())) > 1:
+        first = sizes.get(paths[0], "the bundle's input size")
+        logging.getLogger(__name__).warning(
+            "%s: the members were trained at different input sizes (%s); every member runs at %s, so the others see "
+            "images at a size they were not trained at: train the members at one size", option,
+            ", ".join(f"{p}: {v}" for p, v in sizes.items()), first)
