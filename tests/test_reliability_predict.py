@@ -419,8 +419,11 @@ def test_ct_predict_resumes_and_keeps_the_finished_volumes(tmp_path, capsys):
     os.remove(written[1])
     with open(written[2], "r+b") as f:  # cut short
         f.truncate(200)
+    assert f"3 segmentation volume(s) under {tmp_path / 'segs'}\n" in capsys.readouterr().out
     again = predict_volumes(str(tmp_path / "scans"), str(tmp_path / "segs"), resume=True, **options)
-    assert "1 of 3 volume(s) already segmented" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "1 of 3 volume(s) already segmented" in printed
+    assert f"3 segmentation volume(s) under {tmp_path / 'segs'} (1 kept from the earlier run)" in printed
     assert again == written and os.stat(written[0]).st_mtime_ns == times[written[0]]
     for w in written:
         assert nib.load(w).get_fdata().shape == (24, 20, 3)

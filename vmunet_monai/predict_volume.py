@@ -672,6 +672,9 @@ def predict_volumes(
                            window=workflow.parser.get_parsed_content("hu_window") if ct else None,
                            uncertainties=[r["picture"] for r in doubts] if uncertainty else None,
                            disagreements=[r.get("disagreement_picture") for r in doubts] if spread else None)
+        kept = len(good) - len(todo)
+        print(f"{len(written)} segmentation volume(s) under {output}"
+              + (f" ({kept} kept from the earlier run)" if kept else ""), flush=True)
         return written
     finally:
         if scratch is not None:
