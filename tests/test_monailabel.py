@@ -39,6 +39,7 @@ from tiny_bundles import (  # noqa: E402
 )
 
 from vmunet_monai.label import install_torchvision_fallback, remove_torchvision_fallback  # noqa: E402
+from vmunet_monai.validation import InputError  # noqa: E402
 
 # the class each tiny bundle's weights predict everywhere, by name
 WINNER = {"isic_skin_lesion": "lesion", "polyp_seg": "polyp", "synapse_multiorgan": "liver"}
@@ -289,6 +290,42 @@ def test_a_bundle_copy_of_several_2d_classes_serves_them(tmp_path, studies):
     data, _ = _read_label(Path(label_file))
     assert result["label_names"] == {"lesion": 1, "dark_core": 2}
     assert data.shape == RGB_SHAPE and set(np.unique(data).tolist()) == {2}
+
+
+def test_copy_bundle_writes_a_bundle_monai_label_serves_for_weights_of_own_classes(tmp_path, studies):
+    """Weights trained with --num_classes 3 at another size do not fit the bundle's configs (MONAI Label would
+    stop on a raw size mismatch); copy_bundle writes a copy set up from the network.json beside them, and the copy
+    names and returns the trained classes."""
+    from monailabel.tasks.infer.bundle import BundleInferTask
+
+    from vmunet_monai.engine.handlers import write_network_settings
+    from vmunet_monai.package import copy_for_weights
+
+    bundle = make_tiny_bundle("isic_skin_lesion", tmp_path / "original")
+    trained = make_tiny_bundle("isic_skin_lesion", tmp_path / "training")  # the run: 3 classes at 48 pixels
+    _rewrite(trained / "configs" / "inference.json", lambda c: c.update(num_classes=3, image_size=[48, 48]))
+    weights = save_weights(trained, constant_class=2)
+    write_network_settings(weights.parent, tiny_network(trained), [48, 48], ["background", "lesion", "dark_core"],
+                           255.0)
+    copy, done = copy_for_weights(bundle, tmp_path / "lesion_core", checkpoint=weights)
+    assert done[0].startswith("configs/inference.json: image_size [48, 48]") and "num_classes 3" in done[0]
+    assert "outputs.pred.channel_def {'0': 'background', '1': 'lesion', '2': 'dark_core'}" in done[-2]
+    assert done[-1].startswith("model-zoo checks: bundle folder layout and name;") and "verify_net_in_out" in done[-1]
+    meta = json.loads((copy / "configs" / "metadata.json").read_text())["network_data_format"]
+    assert meta["inputs"]["image"]["spatial_shape"] == meta["outputs"]["pred"]["spatial_shape"] == [48, 48]
+    assert json.loads((copy / "configs" / "baseline_unet.json").read_text()) == json.loads(
+        (bundle / "configs" / "baseline_unet.json").read_text())  # another network's overlay: left as it is
+    task = BundleInferTask(str(copy), {"preload": "false"})
+    assert task.labels == {"lesion": 1, "dark_core": 2}
+    label_file, result = task({"image": str(studies / IMAGE["isic_skin_lesion"]), "device": "cpu",
+                               "result_extension": ".png"})
+    data, _ = _read_label(Path(label_file))
+    assert data.shape == RGB_SHAPE and set(np.unique(data).tolist()) == {2}
+    with pytest.raises(InputError, match=r"lesion_core: holds files already"):
+        copy_for_weights(bundle, copy, checkpoint=weights)
+    (weights.parent / "network.json").unlink()
+    with pytest.raises(InputError, match=r"model.pt: no network.json beside it"):
+        copy_for_weights(bundle, tmp_path / "other", checkpoint=weights)
 
 
 @pytest.mark.parametrize("name", ["isic_skin_lesion", "polyp_seg"])

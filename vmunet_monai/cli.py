@@ -398,7 +398,7 @@ class Commands:
             model: an exported network (.ts, .onnx or .pt2, as the export command writes) to run instead of the
                 bundle's network and weights; the rest of the bundle's inference stays the same.
             num_classes: a bundle trained on your own classes: the --num_classes it was trained with (prepare
-                prints it; default: the count the network.json beside the weights records, else 9 for
+                prints it; by default the count the network.json beside the weights records, else 9 for
                 synapse_multiorgan, 2 for the 2D bundles). 2D masks of several classes
                 hold the class numbers 0, 1, 2, ... (or --mask_values) and the overlays colour each class.
             mask_values: 2D bundles: the value each class gets in the written masks, background first, e.g.
@@ -492,6 +492,36 @@ class Commands:
         except BundleCheckError as exc:
             raise SystemExit(str(exc)) from exc
         print(result.summary())
+
+    def copy_bundle(self, bundle: str, out: str, checkpoint: str | None = None):
+        """Write a copy of BUNDLE set up for trained weights into OUT, from the network.json beside them.
+
+        The class count and names (a training with --num_classes N), the network's settings, the trained input size
+        and the 2D bundles' image scale are written into every config that has them and into metadata.json (the
+        output's num_channels and channel_def, spatial_shape, the input's value_range); the weights become the
+        copy's models/model.pt. export, package, predict and MONAI Label's BundleInferTask then take OUT as the
+        bundle with no option to repeat. The copy is checked as package checks (without the export check).
+
+        Args:
+            bundle: bundle name or bundle folder.
+            out: a new or empty folder, outside the bundle (its name is the copy's bundle name: lowercase
+                snake_case for the model zoo).
+            checkpoint: the trained weights, with the network.json their training wrote beside them (default
+                <bundle>/models/model.pt).
+        """
+        from vmunet_monai.package import BundleCheckError, copy_for_weights
+
+        try:
+            folder, done = copy_for_weights(bundle, out, checkpoint=checkpoint)
+        except BundleCheckError as exc:
+            raise SystemExit(str(exc)) from exc
+        print(f"bundle copy for {checkpoint or 'the bundle weights'} -> {folder}")
+        if not any(not line.startswith("model-zoo checks") for line in done):
+            print("  nothing to change: the weights were trained with the bundle's settings")
+        for line in done:
+            print(f"  {line}")
+        print(f"use it as the bundle: python -m vmunet_monai predict {folder} IMAGES OUT, package {folder} OUT, or "
+              f"MONAI Label's monaibundle app")
 
 
 @contextlib.contextmanager

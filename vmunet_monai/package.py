@@ -492,3 +492,120 @@ def safe_extract(zip_path: str | Path, target: str | Path) -> Path:
         for info in members:
             archive.extract(info, base)
     return folder
+
+
+def copy_for_weights(bundle: str | Path, out: str | Path, checkpoint: str | Path | None = None,
+                     check: bool = True) -> tuple[Path, list[str]]:
+    """Write into ``out`` a copy of ``bundle`` set up for the weights ``checkpoint`` (default the bundle's
+    ``models/model.pt``): the settings the ``network.json`` beside them records (the class count and names, the
+    network's settings, the trained input size and the 2D bundles' image scale) are written into every config
+    that has them and into ``metadata.json`` (the output's ``num_channels`` and ``channel_def``, the
+    ``spatial_shape``, the input's ``value_range``), and the weights become the copy's ``models/model.pt`` (a plain
+    state dict, the record beside it). The copy is what ``export``, ``package``, ``predict`` and MONAI Label's
+    ``BundleInferTask`` take as the bundle, with no option to repeat; the model card's recipe for your own classes,
+    done by hand before.
+
+    Args:
+        check: run :func:`check_bundle` on the copy (without the export check).
+
+    Returns:
+        the copy's folder and what was changed, one line each.
+
+    Raises:
+        FileNotFoundError: no weights there.
+        vmunet_monai.validation.InputError: ``out`` exists and is not empty, or lies inside the bundle; weights
+            without a ``network.json`` (nothing to set).
+        BundleCheckError: the copy fails the model-zoo checks (it is left for a look).
+    """
+    import shutil
+
+    from monai.bundle import ConfigParser
+
+    from vmunet_monai.engine.handlers import (NETWORK_SETTINGS, read_network_settings, trained_class_names,
+                                              trained_input_size, trained_intensity_max)
+    from vmunet_monai.engine.utils import missing_weights, output_channels
+    from vmunet_monai.predict import recorded_num_classes, trained_network
+    from vmunet_monai.validation import InputError, check_output_location
+
+    root = find_bundle(bundle).resolve()
+    ckpt = Path(checkpoint).expanduser() if checkpoint else root / MODEL_FILE
+    if not ckpt.is_file():
+        raise missing_weights(ckpt, root, given="--checkpoint" if checkpoint else None)
+    saved = read_network_settings(ckpt)
+    if saved is None:
+        raise InputError(f"{ckpt}: no {NETWORK_SETTINGS} beside it, so nothing says how these weights were trained; "
+                         f"copy the bundle and set its configs by hand (the model card's section on your own classes)")
+    out = Path(out).expanduser()
+    if out.is_dir() and any(out.iterdir()):
+        raise InputError(f"{out}: holds files already; the copy is written into a new or empty folder")
+    out = check_output_location([root], out, what="bundle copy")
+    inference = root / "configs" / "inference.json"
+    changes = trained_network([str(inference)], ckpt)
+    two_d = "output_channels(" in str(ConfigParser.load_config_file(str(inference)).get("network_def", {}).get(
+        "out_channels", ""))
+    classes = recorded_num_classes(ckpt, ckpt, [str(inference)])
+    if classes is not None:
+        changes["num_classes"] = classes
+    for source, rel in _bundle_files(root):
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+    (out / "models").mkdir(exist_ok=True)
+    torch.save(read_state_dict(ckpt, root), out / MODEL_FILE)
+    shutil.copy2(ckpt.parent / NETWORK_SETTINGS, out / "models" / NETWORK_SETTINGS)
+    import inspect
+    import pydoc
+
+    target = pydoc.locate(str(saved.get("_target_", "")))
+    try:
+        defaults = {k: v.default for k, v in inspect.signature(target).parameters.items()} if target else {}
+    except (TypeError, ValueError):
+        defaults = {}
+    done = []
+    for config in sorted((out / "configs").glob("*.json")):
+        if config.name == "metadata.json":
+            continue
+        data = json.loads(config.read_text())  # as written: an overlay (evaluate.json) does not parse alone
+        written, said = False, []
+        for key, value in changes.items():
+            top, _, inner = key.partition("#")
+            holder, name = (data, top) if not inner else (data.get(top), inner)
+            if not isinstance(holder, dict) or (not inner and name not in holder) or holder.get(name) == value:
+                continue
+            if inner and holder.get("_target_") != saved.get("_target_"):  # a baseline overlay's network
+                continue
+            before = holder.get(name, defaults.get(name)) if inner else holder[name]
+            holder[name], written = value, True
+            if (list(before) if isinstance(before, tuple) else before) != value:
+                said.append(f"{key} {value}")
+        if written:
+            config.write_text(json.dumps(data, indent=4) + "\n")
+            done.append(f"{config.relative_to(out)}: {', '.join(said) or 'the settings written out, as they were'}")
+    meta_path = out / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    fmt = meta.get("network_data_format", {})
+    pred, image = fmt.get("outputs", {}).get("pred", {}), fmt.get("inputs", {}).get("image", {})
+    total = int(classes or ConfigParser.load_config_file(str(inference)).get("num_classes", 2))
+    old = pred.get("channel_def", {})
+    names = trained_class_names(ckpt, total, saved) or (
+        {c: str(old.get(str(c))) for c in range(1, total)} if len(old) == total else {})
+    wanted = {"num_channels": output_channels(total) if two_d else total,
+              "channel_def": {"0": "background", **{str(c): names.get(c, f"class_{c}") for c in range(1, total)}}}
+    size = trained_input_size(ckpt, saved)
+    if size and isinstance(pred.get("spatial_shape"), list) and len(pred["spatial_shape"]) == len(size):
+        wanted["spatial_shape"] = list(size)
+    meta_changes = [f"outputs.pred.{k} {v}" for k, v in wanted.items() if pred.get(k) != v]
+    pred.update(wanted)
+    if "spatial_shape" in wanted and image.get("spatial_shape") != wanted["spatial_shape"]:
+        image["spatial_shape"] = wanted["spatial_shape"]
+        meta_changes.append(f"inputs.image.spatial_shape {wanted['spatial_shape']}")
+    scale = trained_intensity_max(ckpt, saved) if two_d else None
+    if scale is not None and image.get("value_range") != [0, scale]:
+        image["value_range"] = [0, int(scale) if float(scale).is_integer() else scale]
+        meta_changes.append(f"inputs.image.value_range {image['value_range']}")
+    if meta_changes:
+        meta_path.write_text(json.dumps(meta, indent=4) + "\n")
+        done.append(f"configs/metadata.json: {', '.join(meta_changes)}")
+    if check:
+        done.append("model-zoo checks: " + "; ".join(check_bundle(out, export=False)))
+    return out, done
