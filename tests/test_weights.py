@@ -96,6 +96,12 @@ def test_vmamba_init_of_vmunet_follows_the_paper():
         + ["final_up.expand.weight", "final_up.norm.weight", "final_up.norm.bias", "final_conv.weight", "final_conv.bias"]
     )
     assert set(report.unexpected) == {k for k in ckpt["model"] if re.match(r"layers\.2\.blocks\.[234]\.|norm\.|head\.", k)}
+    # the counts of a partial start explained, in groups: what a classifier has that this network lacks, and back
+    (note,) = report.notes
+    assert "unused by this network: layers.2.blocks.2-4 (" in note and "norm (2 tensors), head (2 tensors)" in note
+    assert note.endswith("left as initialised, having no counterpart in a classifier: layers_up.1.upsample (3 "
+                         "tensors), layers_up.2.upsample (3 tensors), layers_up.3.upsample (3 tensors), final_up (3 "
+                         "tensors), final_conv (2 tensors)")
     sd = net.state_dict()
     src = ckpt["model"]
     assert torch.equal(sd["layers_up.0.blocks.1.self_attention.A_logs"], src["layers.3.blocks.1.self_attention.A_logs"])

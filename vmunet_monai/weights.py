@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -480,9 +480,37 @@ def load_official_checkpoint(network: nn.Module, checkpoint, *, strict: bool = F
                                 ([f"missing, e.g. {report.missing[0]}"] if report.missing else [])
                                 + ([f"of another shape, e.g. {report.mismatched[0][0]} {report.mismatched[0][1]} in "
                                     f"the file, {report.mismatched[0][2]} here"] if report.mismatched else [])) + ")")
+    if ckpt_kind == "vmamba_v0" and (report.missing or report.unexpected):  # expected: say what they are
+        report.notes.append(
+            f"as the papers start from VMamba's ImageNet classifier: its encoder loads"
+            + (" (and, mirrored, the decoder's blocks)" if any(k.startswith("layers_up.") for k in assigned) else "")
+            + (f"; unused by this network: {key_groups(report.unexpected)}" if report.unexpected else "")
+            + (f"; left as initialised, having no counterpart in a classifier: {key_groups(report.missing)}"
+               if report.missing else ""))
     for note in report.notes:
         warnings.warn(f"{source}: {note}", stacklevel=2)
     return report
+
+
+def key_groups(keys: Sequence[str], limit: int = 6) -> str:
+    """State-dict keys in groups a reader can take in: ``layers.2.blocks.9-26 (324 tensors), head (2), norm (2)``
+    (the blocks of a stage by their numbers, every other key by the part of its name before its last two)."""
+    groups: dict[str, list] = {}
+    for key in keys:
+        block = re.match(r"(.*\.blocks)\.(\d+)\.", key)
+        if block:
+            groups.setdefault(block[1], []).append(int(block[2]))
+        else:
+            parts = key.split(".")
+            groups.setdefault(".".join(parts[:max(1, len(parts) - 2)]), []).append(None)
+    said = []
+    for name, members in sorted(groups.items(), key=lambda g: -len(g[1])):
+        numbers = sorted({m for m in members if m is not None})
+        span = "" if not numbers else (f".{numbers[0]}" if len(numbers) == 1 else
+                                       f".{numbers[0]}-{numbers[-1]}" if numbers[-1] - numbers[0] + 1 == len(numbers)
+                                       else "." + ",".join(map(str, numbers)))
+        said.append(f"{name}{span} ({len(members)} tensor{'s' if len(members) > 1 else ''})")
+    return ", ".join(said[:limit]) + (f" and {len(said) - limit} more groups" if len(said) > limit else "")
 
 
 def _recorded_overrides(weights, size_setting: str = "image_size") -> str:
