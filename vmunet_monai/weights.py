@@ -482,7 +482,7 @@ def load_official_checkpoint(network: nn.Module, checkpoint, *, strict: bool = F
                                     f"the file, {report.mismatched[0][2]} here"] if report.mismatched else [])) + ")")
     if ckpt_kind == "vmamba_v0" and (report.missing or report.unexpected):  # expected: say what they are
         report.notes.append(
-            f"as the papers start from VMamba's ImageNet classifier: its encoder loads"
+            "as the papers start from VMamba's ImageNet classifier: its encoder loads"
             + (" (and, mirrored, the decoder's blocks)" if any(k.startswith("layers_up.") for k in assigned) else "")
             + (f"; unused by this network: {key_groups(report.unexpected)}" if report.unexpected else "")
             + (f"; left as initialised, having no counterpart in a classifier: {key_groups(report.missing)}"
