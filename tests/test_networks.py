@@ -367,3 +367,12 @@ def test_custom_mixer_gets_only_the_arguments_it_takes():
         Mixer.components.pop("TEST_ANYMIX", None)
     with pytest.raises(ValueError, match="^VMUNet: mixer 'test_linmix' is not a registered token mixer"):
         VMUNet(depths=(1, 1, 1, 1), mixer="test_linmix", **TINY)
+
+
+@pytest.mark.parametrize("cls", [VMUNet, VMUNetV2, MambaUNet])
+def test_scripting_says_the_networks_export_by_tracing(cls):
+    """MONAI's ckpt_export without --use_trace scripts the network; the answer names the option, not a lambda deep
+    inside a block that the compiler cannot read."""
+    with pytest.raises(TypeError, match=rf"^{cls.__name__} exports by tracing, not by torch.jit.script: give MONAI's "
+                                        r"ckpt_export --use_trace True"):
+        torch.jit.script(cls(dims=[8, 16, 32, 64], depths=[1, 1, 1, 1]))

@@ -142,6 +142,14 @@ class RefusesForeignWeights(nn.Module):
                     f"bundle's model.pt) would leave the network at its random start{hint}")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
+    def __prepare_scriptable__(self):
+        """``torch.jit.script`` (MONAI's ``ckpt_export`` without ``--use_trace``) cannot compile these networks (their
+        scan backends and recomputation are Python); they export by tracing. Said here, before the compiler's
+        "Lambda aren't supported" from deep inside a block."""
+        raise TypeError(f"{type(self).__name__} exports by tracing, not by torch.jit.script: give MONAI's ckpt_export "
+                        f"--use_trace True (the input size from metadata.json, or --input_shape \"[1, C, H, W]\"), or "
+                        f"use python -m vmunet_monai export, which traces and checks the export against the network")
+
 
 def prepare_input(x: torch.Tensor, stem_channels: int, multiple: int, name: str,
                   dtype: torch.dtype | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
