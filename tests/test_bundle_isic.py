@@ -453,7 +453,12 @@ def test_demo_repeats_exactly_in_deterministic_mode(tmp_path, monkeypatch):
     stale.mkdir(parents=True)
     (stale / "prediction.json").write_text("{}")
     (tmp_path / "free" / demo.DEMO_MARK).write_text("")
+    earlier = [tmp_path / "free" / BUNDLE / "runs" / "previous_run", tmp_path / "free" / BUNDLE / "eval"]
+    for folder in earlier:  # an earlier demo's curves and evaluation
+        folder.mkdir(parents=True)
+        (folder / "training_log.csv").write_text("epoch\n1\n")
     demo.run_demo(out=str(tmp_path / "free"), epochs=1, num=4, size=32, determinism=False)
+    assert not any(folder.exists() for folder in earlier)  # a demo run again starts from nothing
     assert calls and json.loads((tmp_path / "free" / BUNDLE / "configs" / "train.json").read_text())["determinism"] is False
     assert not stale.exists()  # the hint's predict goes into a fresh folder again
 

@@ -58,6 +58,13 @@ def claim_folder(out: Path) -> None:
 DEMO_BASELINES = {"unet": {"features": [16, 16, 32, 64, 128, 16]}, "swin_unetr": {"feature_size": 12}}
 
 
+def _start_afresh(bundle_root: Path) -> None:
+    """A demo run again starts from nothing: the earlier run's weights, curves and evaluations are removed (a
+    training would set the weights and the curves aside in previous_run/, beside the new ones)."""
+    for folder in ("models", "runs", "eval"):
+        shutil.rmtree(Path(bundle_root) / folder, ignore_errors=True)
+
+
 def make_demo_bundle(target: str | Path, size: int = 64, epochs: int = 30, batch_size: int = 8,
                      network: dict | None = None, bundle: str = BUNDLE, classes: dict | None = None,
                      mask_values: list[int] | None = None, extra: dict | None = None) -> Path:
@@ -242,7 +249,7 @@ def _run_glands(out: Path, epochs: int, num: int, size: int, extra: dict) -> dic
     demo_data("polyp_seg", str(raw), num=num, seed=0, layout="glands")
     prepare(BUNDLE, str(raw), str(prepared), foreground="nonzero")  # names give the split: testA and testB
     bundle_root = make_demo_bundle(out / BUNDLE, size=size, epochs=epochs, batch_size=DEMO_BATCH_SIZE, extra=extra)
-    shutil.rmtree(bundle_root / "models", ignore_errors=True)
+    _start_afresh(bundle_root)
     print(f"training {BUNDLE} on binary gland masks ({epochs} epochs, {size}x{size}) in {bundle_root}", flush=True)
     best_dice, best_epoch, summary = _train_and_evaluate(bundle_root, prepared, [])
     for folder, pattern in ((tiles, "test*"), (seen, "train_*")):  # tiles with their numbered masks beside them
@@ -306,7 +313,7 @@ def _run_acdc(out: Path, epochs: int, num: int, size: int, extra: dict) -> dict:
              "val_interval": max(1, epochs // 3), "sw_batch_size": 8, **extra}
     root = make_demo_bundle(out / volumes, size=size, epochs=epochs, bundle=volumes,
                             classes=datalist_classes(prepared), extra=extra)
-    shutil.rmtree(root / "models", ignore_errors=True)
+    _start_afresh(root)
     print(f"training {volumes} on cine MRI ({epochs} epochs of {ACDC['iterations_per_epoch']} iterations, "
           f"{size}x{size} slices, network {DEMO_NETWORK}) in {root}", flush=True)
     best_dice, best_epoch, handler = _train_then_evaluate(root, prepared, [], "OrganMetricsHandler")
@@ -456,7 +463,7 @@ def _run_demo(out, epochs, num, size, baseline, classes, glands, acdc, folds, de
     levels = datalist_meta(prepared).get("mask_values") if classes == 2 else None
     bundle_root = make_demo_bundle(out / BUNDLE, size=size, epochs=epochs, batch_size=DEMO_BATCH_SIZE,
                                    classes=names, mask_values=levels, extra=extra)
-    shutil.rmtree(bundle_root / "models", ignore_errors=True)
+    _start_afresh(bundle_root)
     shutil.rmtree(out / "predictions", ignore_errors=True)  # the closing hint's output: stale with new weights
     if folds:
         print(f"{folds}-fold cross-validation of {BUNDLE} ({epochs} epochs, {size}x{size}, network {DEMO_NETWORK}) "
