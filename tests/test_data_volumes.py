@@ -661,3 +661,32 @@ def test_a_label_storing_its_images_grid_in_another_axis_order_is_taken_on_the_i
     mapped = nib.load(tmp_path / "rawout" / entry["label"])
     assert np.array_equal(np.asarray(mapped.dataobj), synapse.map_btcv_labels(voxels))
     assert np.allclose(mapped.affine, nib.load(demo / "Training" / "img" / "img0001.nii.gz").affine)
+
+
+def test_the_scaling_a_ct_training_used_travels_with_its_weights(tmp_path, capsys):
+    """train.json hands its intensity (and, under ct, its hu_window) to the checkpoint handler, which records them
+    in the network.json beside the weights; predict then builds its pipeline with them, so an MRI model (ACDC) is
+    run without --intensity mri, and a CT model with its own window."""
+    from monai.bundle import ConfigParser
+
+    from vmunet_monai.engine.handlers import trained_scaling, write_network_settings
+    from vmunet_monai.networks import VMUNet
+    from vmunet_monai.predict import trained_network
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    handler = next(h for h in parser.get("train#handlers") if h["_target_"].endswith("TrainingCheckpoint"))
+    assert (handler["intensity"], handler["hu_window"]) == ("@intensity", "@hu_window")
+    net = VMUNet(in_channels=1, out_channels=4, dims=[8, 16, 32, 64], depths=[1, 1, 1, 1])
+    for scaling, expected in (({"intensity": "mri"}, {"intensity": "mri"}),
+                              ({"intensity": "ct", "hu_window": (-160, 240)},
+                               {"intensity": "ct", "hu_window": [-160.0, 240.0]})):
+        folder = tmp_path / scaling["intensity"]
+        write_network_settings(folder, net, [32, 32], scaling=scaling)
+        weights = folder / "model.pt"
+        assert trained_scaling(weights) == expected
+        overrides = trained_network([str(CONFIGS / "inference.json")], weights)
+        assert {k: overrides[k] for k in expected} == expected
+        said = capsys.readouterr().out  # what differs from the bundle's ct at [-125, 275] is named
+        assert ("intensity mri" in said) if scaling["intensity"] == "mri" else ("hu_window [-160.0, 240.0]" in said)
+    assert trained_scaling(tmp_path / "none" / "model.pt") == {}  # no record: the bundle's own scaling

@@ -171,8 +171,9 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
     (:func:`vmunet_monai.engine.handlers.write_network_settings`); prints a note naming the settings that differ
     from the bundle's. Empty without such a file; of a record of a network from elsewhere (MONAI's), or of one
     that holds the input size alone (a baseline's), only the input size is taken: a 2D bundle's ``image_size``,
-    the CT bundle's sliding window ``roi_size`` (the size of its training's slices), and the 2D bundles' image
-    scale (``intensity_max``, :func:`vmunet_monai.engine.handlers.trained_intensity_max`). A record of another
+    the CT bundle's sliding window ``roi_size`` (the size of its training's slices), the 2D bundles' image
+    scale (``intensity_max``, :func:`vmunet_monai.engine.handlers.trained_intensity_max`) and the CT bundle's
+    scaling (``intensity``, ``hu_window``: :func:`vmunet_monai.engine.handlers.trained_scaling`). A record of another
     network of this package (a training with ``--network_def#_target_ vmunet_monai.networks.MambaUNet``) replaces
     ``network_def`` with it. The output layer is left to ``num_classes`` (a mismatch is named when the weights are
     loaded)."""
@@ -182,7 +183,7 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
     from monai.bundle import ConfigParser
 
     from vmunet_monai.engine.handlers import (NETWORK_SETTINGS, read_network_settings, trained_input_size,
-                                              trained_intensity_max)
+                                              trained_intensity_max, trained_scaling)
 
     record = Path(weights).parent / NETWORK_SETTINGS
     saved = read_network_settings(weights, quiet=False)
@@ -204,6 +205,11 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
         overrides["intensity_max"] = scale
         if float(config["intensity_max"]) != scale:
             changed.append(f"intensity_max {scale:g}")
+    for key, value in trained_scaling(weights, saved).items():  # the CT bundle's: the window, or MRI scaling
+        if key in config:
+            overrides[key] = value
+            if config[key] != value:
+                changed.append(f"{key} {value}")
     same = isinstance(network_def, dict) and saved.get("_target_") == network_def.get("_target_")
     other = str(saved.get("_target_", ""))
     if (not same and isinstance(network_def, dict) and other.startswith("vmunet_monai.networks.")

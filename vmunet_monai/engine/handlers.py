@@ -63,15 +63,17 @@ class TrainingTerminated(SystemExit):
 
 
 def write_network_settings(folder: str | os.PathLike, network, input_size=None,
-                           class_names: Sequence[str] | None = None, intensity_max=None) -> Path | None:
+                           class_names: Sequence[str] | None = None, intensity_max=None,
+                           scaling: dict | None = None) -> Path | None:
     """Write ``folder/network.json``: the settings ``network`` was built with, as a ``network_def``
     (:func:`vmunet_monai.networks.common.records_settings`), so the weights trained there can be loaded without
     repeating the training's ``network_def`` overrides (``predict``, ``export``), and under ``_desc_``, the key MONAI
     leaves to descriptions, what else is known of the training: the height and width of its inputs
     (``input_size``, once known), the names of its classes, background first (``class_names``, as the
     training's datalist names them) and the top of the scale its images were brought to (``intensity_max``: the 2D
-    bundles scale each image from 0 to it, :func:`trained_intensity_max`). A network that keeps no record of its
-    settings (MONAI's baselines) gets those alone (None where none is known)."""
+    bundles scale each image from 0 to it, :func:`trained_intensity_max`), and ``scaling``, how the CT bundle
+    scaled its volumes (``{"intensity": "mri"}``, or ``"ct"`` with its ``hu_window``: :func:`trained_scaling`). A
+    network that keeps no record of its settings (MONAI's baselines) gets those alone (None where none is known)."""
     module = getattr(network, "module", network)  # DistributedDataParallel
     module = getattr(module, "_orig_mod", module)  # torch.compile's wrapper
     settings = getattr(module, "settings", None)
@@ -82,6 +84,8 @@ def write_network_settings(folder: str | os.PathLike, network, input_size=None,
         desc["class_names"] = [str(n) for n in class_names]
     if intensity_max is not None:
         desc["intensity_max"] = float(intensity_max)
+    if scaling:
+        desc.update({k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in scaling.items()})
     if not isinstance(settings, dict):
         if not desc:
             return None
@@ -160,6 +164,21 @@ def trained_input_size(weights: str | os.PathLike, settings: dict | None = None)
         return [int(v) for v in _training_record(weights, settings)[1]["trained_input_size"]]
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def trained_scaling(weights: str | os.PathLike, settings: dict | None = None) -> dict:
+    """How the CT bundle's training of ``weights`` scaled its volumes, as the ``network.json`` beside them records
+    it: ``{"intensity": "ct", "hu_window": [-125.0, 275.0]}``, ``{"intensity": "mri"}``; empty without a record of
+    it (weights of a training before bundle 0.1.19, a 2D bundle's). ``settings``: as for
+    :func:`trained_input_size`."""
+    desc = _training_record(weights, settings)[1]
+    found = {}
+    if isinstance(desc.get("intensity"), str):
+        found["intensity"] = desc["intensity"]
+    window = desc.get("hu_window")
+    if isinstance(window, list) and len(window) == 2 and all(isinstance(v, (int, float)) for v in window):
+        found["hu_window"] = [float(v) for v in window]
+    return found
 
 
 # what a stopped training says of going on (the demo, which has no --resume, says its own)
@@ -507,12 +526,15 @@ class TrainingCheckpoint:
             trained on other classes than the bundle's.
         intensity_max: the top of the scale the training brings each image to (the 2D bundles' setting), recorded
             in the same file, for ``predict`` and evaluations to feed the weights images on their scale.
+        intensity, hu_window: how the CT bundle scales its volumes (``ct`` with that window, ``mri``, ``minmax``),
+            recorded likewise (:func:`trained_scaling`): ``predict`` of an MRI model needs no ``--intensity mri``.
     """
 
     def __init__(self, save_dir: str, save_dict: dict, filename: str = "checkpoint_latest.pt",
                  resume_from: str | None = None, map_location=None, save_interval: int = 1,
                  resume_latest: bool = False, evaluator: Engine | None = None,
-                 dataset_dir: str | None = None, intensity_max=None) -> None:
+                 dataset_dir: str | None = None, intensity_max=None, intensity: str | None = None,
+                 hu_window=None) -> None:
         self.save_dir, self.save_dict, self.filename = save_dir, dict(save_dict), filename
         self.resume_from = None if resume_from in (None, "", "None") else resume_from
         self.resume_latest = bool(resume_latest)
@@ -520,6 +542,8 @@ class TrainingCheckpoint:
         self.evaluator = evaluator
         self.class_names = datalist_class_names(dataset_dir)
         self.intensity_max = None if intensity_max is None else float(intensity_max)
+        self.scaling = ({"intensity": str(intensity)} if intensity is not None else {}) | (
+            {"hu_window": [float(v) for v in hu_window]} if hu_window is not None and intensity == "ct" else {})
         self.resumed_from: str | None = None
         self._save_attached = False
         self._saved_epoch = 0  # the epoch the checkpoint holds (this run's, or the one it resumed from)
@@ -586,7 +610,7 @@ class TrainingCheckpoint:
             # fire: a resumed engine starts past iteration 1)
             write_network_settings(self.save_dir, self.save_dict.get("model"), trained_input_size(
                 Path(self.save_dir) / "model.pt") if source is not None else None, self.class_names,
-                self.intensity_max)
+                self.intensity_max, self.scaling)
             engine.add_event_handler(Events.ITERATION_COMPLETED, self._record_input_size)
         if not self._save_attached:
             # registered now, after every handler attached at construction: the checkpoint is written
@@ -606,7 +630,7 @@ class TrainingCheckpoint:
             size = image.shape[1:] if isinstance(image, torch.Tensor) and image.ndim == 3 else None
         if size is not None:
             write_network_settings(self.save_dir, self.save_dict.get("model"), tuple(size), self.class_names,
-                                   self.intensity_max)
+                                   self.intensity_max, self.scaling)
 
     def _hold(self, engine: Engine) -> None:
         """Mark the checkpoint folder as this training's (``.training.lock``) until it completes; refuse it while
