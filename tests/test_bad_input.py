@@ -109,7 +109,8 @@ def test_unusable_volumes_are_named_with_the_rule(tmp_path):
         extra.unlink()
     cases = [
         (flat, "is 2D with shape (16, 16)"),
-        (two, "has shape (8, 8, 4, 2): 2 channels or time points"),
+        (two, "has shape (8, 8, 4, 2): 2 channels or time points (one 3D volume with one channel is expected: save "
+              "the frame or channel to segment as a file of its own"),
         (nan, "1 NaN and 0 Inf values"),
         (truncate(write_ct_volume(tmp_path / "cut.nii.gz", seed=1)), "cannot be read as NIfTI"),
         (empty, "the file is empty"),

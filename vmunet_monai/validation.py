@@ -719,7 +719,9 @@ def read_volume(path, read_data: bool = True) -> tuple[tuple[int, ...], np.ndarr
     if len(shape) < 3:
         raise input_error(path, f"is {len(shape)}D with shape {shape}", rule_3d)
     if len(shape) > 3:
-        raise input_error(path, f"has shape {shape}: {int(np.prod(shape[3:]))} channels or time points", rule_3d)
+        raise input_error(path, f"has shape {shape}: {int(np.prod(shape[3:]))} channels or time points",
+                          "one 3D volume with one channel is expected: save the frame or channel to segment as a file "
+                          "of its own, as ACDC keeps each labelled frame in a _frameNN file beside its _4d series")
     if data is not None:
         check_finite(data, path, "volume")
     return shape, data
