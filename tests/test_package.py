@@ -234,7 +234,8 @@ def test_package_names_what_to_change_for_weights_of_more_classes(tmp_path):
     torch.save(parser.get_parsed_content("network_def").state_dict(), three)
     with pytest.raises(BundleCheckError, match=r"its output layer has 3 classes against 2 in the configs: set "
                                                r"num_classes 3 in configs/train.json and configs/inference.json, and "
-                                               r"the output's num_channels and channel_def in configs/metadata.json"):
+                                               r"the output's num_channels and channel_def in configs/metadata.json, "
+                                               r"or let python -m vmunet_monai copy_bundle write a copy"):
         package(str(src), tmp_path / "zips", checkpoint=str(three), export=False)
     for name in ("train.json", "inference.json"):
         config = json.loads((src / "configs" / name).read_text())

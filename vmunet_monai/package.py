@@ -251,8 +251,9 @@ def _check_weights(root: Path, state_dict: dict, source: Path) -> list[str]:
     hint = (f" (the settings they were trained with are in {record}: a zoo bundle builds its network from its "
             "configs, so write them into network_def of configs/train.json and configs/inference.json)"
             if record.is_file() else "")
-    from vmunet_monai.weights import CheckpointError, check_checkpoint_fits, other_network_hint
+    from vmunet_monai.weights import CheckpointError, OtherClassesError, check_checkpoint_fits, other_network_hint
 
+    classes = None
     try:
         check_checkpoint_fits(net, state_dict)
     except CheckpointError as exc:
@@ -261,11 +262,14 @@ def _check_weights(root: Path, state_dict: dict, source: Path) -> list[str]:
         if classes:
             hint = (f" (its output layer has {classes[1]} classes against {classes[2]} in the configs: set num_classes "
                     f"{classes[1]} in configs/train.json and configs/inference.json, and the output's num_channels "
-                    f"and channel_def in configs/metadata.json, as the model card's section on your own classes says)")
+                    f"and channel_def in configs/metadata.json, or let python -m vmunet_monai copy_bundle write a copy "
+                    f"of the bundle set up for the weights)")
         elif family:  # another network's weights: its settings are beside the point
             hint = f" ({family.removeprefix('; ')})"
     try:
         result = net.load_state_dict(state_dict, strict=False)
+    except OtherClassesError as exc:  # trained for another number of classes
+        return [f"{where}: {exc}" if not classes else f"{where}{hint}"]
     except CheckpointError:  # none of its tensors is one of the network's (our networks refuse such a load)
         return [f"{where}: none of its {len(state_dict)} tensors is one of the network's (e.g. "
                 f"{next(iter(state_dict))!r}){hint}"]

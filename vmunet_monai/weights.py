@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 __all__ = [
+    "OtherClassesError",
     "CheckpointError",
     "LoadReport",
     "load_official_checkpoint",
@@ -50,6 +51,10 @@ from vmunet_monai.validation import InputError
 
 class CheckpointError(InputError):
     """A checkpoint that cannot be read, is not one we know, or does not fit under ``strict=True``."""
+
+
+class OtherClassesError(CheckpointError):
+    """Weights that fit the network but for their output layer: trained for another number of classes."""
 
 
 @dataclass

@@ -140,7 +140,35 @@ class RefusesForeignWeights(nn.Module):
                     f"none of the {len(state_dict)} tensors given (e.g. {given!r}) is one of this "
                     f"{type(self).__name__}'s (e.g. {mine!r}), so a load with strict=False (as MONAI Label loads a "
                     f"bundle's model.pt) would leave the network at its random start{hint}")
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as exc:
+            classes = self._other_classes(state_dict)
+            if classes is None:
+                raise
+            from vmunet_monai.weights import OtherClassesError
+
+            trained, here = classes
+            raise OtherClassesError(
+                f"the weights' output layer has {trained} classes against {here} in this {type(self).__name__}: they "
+                f"were trained with --num_classes {trained}; give the same num_classes, or write a bundle set up for "
+                f"them with python -m vmunet_monai copy_bundle BUNDLE OUT --checkpoint WEIGHTS (MONAI Label and the "
+                f"model zoo then take OUT as it is)") from exc
+
+    def _other_classes(self, state_dict) -> tuple[int, int] | None:
+        """(trained, here) class counts where the tensors of ``state_dict`` differ from this network's in one pair of
+        sizes throughout (the output layers: another number of classes; VM-UNetV2's upsampling of its coarse output
+        has them as both its channel sizes); one output channel is the 2D networks' binary head, two classes. None
+        for any other difference."""
+        own = self.state_dict()
+        differ = [k for k in state_dict if k in own and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+        if not differ or any(state_dict[k].dim() != own[k].dim() for k in differ):
+            return None
+        counts = {(int(a), int(b)) for k in differ for a, b in zip(state_dict[k].shape, own[k].shape) if a != b}
+        if len(counts) != 1:
+            return None
+        trained, here = counts.pop()
+        return (2 if trained == 1 else trained), (2 if here == 1 else here)
 
     def __prepare_scriptable__(self):
         """``torch.jit.script`` (MONAI's ``ckpt_export`` without ``--use_trace``) cannot compile these networks (their
