@@ -140,7 +140,8 @@ def test_a_non_strict_load_of_another_networks_weights_is_refused(cls):
     # this network's own weights, trained for three classes: named as such (MONAI Label met torch's size mismatch)
     three = cls(depths=(1, 1, 1, 1), out_channels=3, **TINY).state_dict()
     with pytest.raises(CheckpointError, match=rf"^the weights' output layer has 3 classes against 2 in this "
-                                              rf"{cls.__name__}: they were trained with --num_classes 3; .* copy_bundle"):
+                                              rf"{cls.__name__}: they were trained with --num_classes 3; "
+                                              r".* copy_bundle"):
         cls(depths=(1, 1, 1, 1), out_channels=1, **TINY).load_state_dict(three, strict=False)
     others = [c for c in (VMUNet, VMUNetV2, MambaUNet) if c is not cls]
     before = {k: v.clone() for k, v in net.state_dict().items()}

@@ -359,7 +359,8 @@ def network_file(root: Path, checkpoint, default_ckpt: Path, train: str, model, 
     ckpt = Path(checkpoint) if checkpoint else default_ckpt
     if not ckpt.is_file():
         raise missing_weights(ckpt, root, train=f"python -m monai.bundle run training --config_file {train} "
-                              f"--bundle_root {root} --dataset_dir PREPARED", given="--checkpoint" if checkpoint else None)
+                              f"--bundle_root {root} --dataset_dir PREPARED",
+                              given="--checkpoint" if checkpoint else None)
     return ckpt.resolve()
 
 

@@ -811,7 +811,8 @@ def tune_split(pred: str | os.PathLike, truth: str | os.PathLike, depths=SPLIT_D
     print("\n".join(lines))
     if best is unsplit:
         print(f"splitting does not help on these images: leave --split_touching out (its best depth, "
-              f"{best_split['depth']}, scores object Dice {best_split['object_dice']:.4f} and F1 {best_split['f1']:.4f} "
+              f"{best_split['depth']}, scores object Dice {best_split['object_dice']:.4f} and F1 "
+              f"{best_split['f1']:.4f} "
               f"against {unsplit['object_dice']:.4f} and {unsplit['f1']:.4f} unsplit; written to {out})")
     else:
         print(f"use predict --split_touching {best['depth']} (written to {out})")
