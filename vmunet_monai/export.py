@@ -214,9 +214,6 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
         from vmunet_monai.predict import recorded_num_classes
 
         num_classes = recorded_num_classes(ckpt, ckpt, [str(config)])
-        if num_classes is not None:
-            print(f"note: --num_classes {num_classes}, the classes the weights were trained for (the network.json "
-                  f"beside them)", flush=True)
     if num_classes is not None:
         from vmunet_monai.validation import check_at_least
 

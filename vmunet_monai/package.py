@@ -547,7 +547,7 @@ def copy_for_weights(bundle: str | Path, out: str | Path, checkpoint: str | Path
     changes = trained_network([str(inference)], ckpt)
     two_d = "output_channels(" in str(ConfigParser.load_config_file(str(inference)).get("network_def", {}).get(
         "out_channels", ""))
-    classes = recorded_num_classes(ckpt, ckpt, [str(inference)])
+    classes = recorded_num_classes(ckpt, ckpt, [str(inference)], say=False)  # said in the list of changes
     if classes is not None:
         changes["num_classes"] = classes
     for source, rel in _bundle_files(root):

@@ -237,11 +237,12 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
     return overrides
 
 
-def recorded_num_classes(checkpoint, default_ckpt, configs) -> int | None:
+def recorded_num_classes(checkpoint, default_ckpt, configs, say: bool = True) -> int | None:
     """The class count the ``network.json`` beside the weights (``checkpoint``, the first of an ensemble, else
     ``default_ckpt``) records through its output layer, where it differs from the bundle's ``num_classes``; None
     without such a file, for another network than ``network_def`` (a baseline's) or when they agree. 2D bundles
-    have one output for two classes (``vmunet_monai.engine.output_channels``), the CT bundle one per class."""
+    have one output for two classes (``vmunet_monai.engine.output_channels``), the CT bundle one per class. With
+    ``say``, a count found is printed as the ``--num_classes`` taken (predict, export)."""
     from monai.bundle import ConfigParser
 
     from vmunet_monai.engine.handlers import read_network_settings
@@ -262,7 +263,12 @@ def recorded_num_classes(checkpoint, default_ckpt, configs) -> int | None:
         return None
     two_d = "output_channels(" in str(network_def.get("out_channels"))  # one sigmoid output for two classes
     classes = (2 if outputs == 1 else outputs) if two_d else outputs
-    return classes if classes >= 2 and classes != config.get("num_classes") else None
+    if classes < 2 or classes == config.get("num_classes"):
+        return None
+    if say:
+        print(f"note: --num_classes {classes}, the classes the weights were trained for (the network.json beside "
+              f"them)", flush=True)
+    return classes
 
 
 def write_record(out: str | os.PathLike, parser, bundle_root: str | os.PathLike, weights,
@@ -712,9 +718,6 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     configs, default_ckpt, train = inference_configs(root, baseline, model)
     if num_classes is None and not model:  # weights trained with --num_classes N: N, from their network.json
         num_classes = recorded_num_classes(checkpoint, default_ckpt, configs)
-        if num_classes is not None:
-            print(f"note: --num_classes {num_classes}, the classes the weights were trained for (the network.json "
-                  f"beside them)", flush=True)
     classes = int(num_classes if num_classes is not None
                   else ConfigParser.load_config_files(configs).get("num_classes", 2))
     if mask_values is not None:

@@ -551,8 +551,6 @@ def predict_volumes(
         recorded = recorded_num_classes(weights, default_ckpt, config_files)
         if recorded is not None:
             overrides = {**overrides, "num_classes": recorded}
-            print(f"note: --num_classes {recorded}, the classes the weights were trained for (the network.json "
-                  f"beside them)", flush=True)
     output = str(check_output_location([str(p) for p in paths] + volumes, output))
     check_no_hash(output, "OUTPUT")
     check_fresh_output(output, resume)
