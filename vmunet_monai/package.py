@@ -528,7 +528,7 @@ def copy_for_weights(bundle: str | Path, out: str | Path, checkpoint: str | Path
     from vmunet_monai.engine.handlers import (NETWORK_SETTINGS, read_network_settings, trained_class_names,
                                               trained_input_size, trained_intensity_max)
     from vmunet_monai.engine.utils import missing_weights, output_channels
-    from vmunet_monai.predict import recorded_num_classes, trained_network
+    from vmunet_monai.predict import binary_head, recorded_num_classes, signature_defaults, trained_network
     from vmunet_monai.validation import InputError, check_output_location
 
     root = find_bundle(bundle).resolve()
@@ -545,8 +545,7 @@ def copy_for_weights(bundle: str | Path, out: str | Path, checkpoint: str | Path
     out = check_output_location([root], out, what="bundle copy")
     inference = root / "configs" / "inference.json"
     changes = trained_network([str(inference)], ckpt)
-    two_d = "output_channels(" in str(ConfigParser.load_config_file(str(inference)).get("network_def", {}).get(
-        "out_channels", ""))
+    two_d = binary_head(ConfigParser.load_config_file(str(inference)).get("network_def"))
     classes = recorded_num_classes(ckpt, ckpt, [str(inference)], say=False)  # said in the list of changes
     if classes is not None:
         changes["num_classes"] = classes
@@ -557,14 +556,9 @@ def copy_for_weights(bundle: str | Path, out: str | Path, checkpoint: str | Path
     (out / "models").mkdir(exist_ok=True)
     torch.save(read_state_dict(ckpt, root), out / MODEL_FILE)
     shutil.copy2(ckpt.parent / NETWORK_SETTINGS, out / "models" / NETWORK_SETTINGS)
-    import inspect
     import pydoc
 
-    target = pydoc.locate(str(saved.get("_target_", "")))
-    try:
-        defaults = {k: v.default for k, v in inspect.signature(target).parameters.items()} if target else {}
-    except (TypeError, ValueError):
-        defaults = {}
+    defaults = signature_defaults(pydoc.locate(str(saved.get("_target_", ""))))
     done = []
     for config in sorted((out / "configs").glob("*.json")):
         if config.name == "metadata.json":

@@ -165,6 +165,23 @@ def _exported_scale(configs, model) -> dict:
     return {"intensity_max": scale}
 
 
+def binary_head(network_def) -> bool:
+    """Whether a bundle's ``network_def`` has the 2D bundles' output layer, ``output_channels(num_classes)``: one
+    sigmoid output for two classes (:func:`vmunet_monai.engine.output_channels`); the CT bundle has one per class."""
+    return isinstance(network_def, dict) and "output_channels(" in str(network_def.get("out_channels", ""))
+
+
+def signature_defaults(target) -> dict:
+    """The default values of the parameters of ``target`` (a network class), by name; empty for None or where
+    they cannot be read."""
+    import inspect
+
+    try:
+        return {k: p.default for k, p in inspect.signature(target).parameters.items()} if target else {}
+    except (TypeError, ValueError):
+        return {}
+
+
 def trained_network(configs, weights, ids: str = "network_def") -> dict:
     """Overrides (``network_def#<setting>``) that build the bundle's network with the settings its weights were
     trained with, read from the ``network.json`` a training writes beside them
@@ -177,7 +194,6 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
     network of this package (a training with ``--network_def#_target_ vmunet_monai.networks.MambaUNet``) replaces
     ``network_def`` with it. The output layer is left to ``num_classes`` (a mismatch is named when the weights are
     loaded)."""
-    import inspect
     import pydoc
 
     from monai.bundle import ConfigParser
@@ -219,11 +235,7 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
             rebuilt["out_channels"] = network_def["out_channels"]
         overrides[ids] = rebuilt
         changed.append(f"network {other.rsplit('.', 1)[-1]}")
-    target = pydoc.locate(str(saved["_target_"])) if same else None
-    try:
-        defaults = {k: p.default for k, p in inspect.signature(target).parameters.items()} if same else {}
-    except (TypeError, ValueError):
-        defaults = {}
+    defaults = signature_defaults(pydoc.locate(str(saved["_target_"])) if same else None)
     for key, value in saved.items() if same else ():
         if key.startswith("_") or key == "out_channels":
             continue
@@ -246,6 +258,7 @@ def recorded_num_classes(checkpoint, default_ckpt, configs, say: bool = True) ->
     from monai.bundle import ConfigParser
 
     from vmunet_monai.engine.handlers import read_network_settings
+    from vmunet_monai.engine.utils import classes_of_outputs
 
     if isinstance(checkpoint, (list, tuple)):
         checkpoint = checkpoint[0] if checkpoint else None
@@ -261,8 +274,7 @@ def recorded_num_classes(checkpoint, default_ckpt, configs, say: bool = True) ->
     if outputs is None or not isinstance(network_def, dict) or saved.get("_target_") != network_def.get(
             "_target_") or isinstance(outputs, bool) or not isinstance(outputs, int):
         return None
-    two_d = "output_channels(" in str(network_def.get("out_channels"))  # one sigmoid output for two classes
-    classes = (2 if outputs == 1 else outputs) if two_d else outputs
+    classes = classes_of_outputs(outputs) if binary_head(network_def) else outputs
     if classes < 2 or classes == config.get("num_classes"):
         return None
     if say:

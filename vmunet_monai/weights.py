@@ -606,9 +606,9 @@ def check_checkpoint_fits(network: nn.Module, checkpoint, built_from_record: boo
         outputs = {(state[k].shape[0], target[k].shape[0]) for k in target
                    if k in state and tuple(state[k].shape) != tuple(target[k].shape)}
         if shapes and not missing and not unexpected and len(outputs) == 1:
-            (trained, here), = outputs
-            # one output channel is the 2D bundles' binary head: two classes (background and the object)
-            trained, here = (2 if trained == 1 else trained), (2 if here == 1 else here)
+            from vmunet_monai.engine.utils import classes_of_outputs
+
+            trained, here = (classes_of_outputs(n) for n in outputs.pop())
             if all(tuple(state[k].shape[1:]) == tuple(target[k].shape[1:]) for k in target
                    if k in state and tuple(state[k].shape) != tuple(target[k].shape)):
                 hint = (f"; its output layer has {trained} classes against {here} here: it was trained with "

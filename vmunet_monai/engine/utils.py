@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 
 __all__ = ["load_pretrained", "amp_enabled", "amp_dtype", "find_bundle", "inference_configs", "network_file",
-           "output_channels", "trained_weights", "missing_weights", "BUNDLES_ENV", "check_split_for_processes"]
+           "output_channels", "classes_of_outputs", "trained_weights",
+           "missing_weights", "BUNDLES_ENV", "check_split_for_processes"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,12 @@ def output_channels(num_classes) -> int:
                          f"number of at least 2 (2: binary masks; prepare prints the value for masks of several "
                          f"classes)")
     return 1 if num_classes == 2 else num_classes
+
+
+def classes_of_outputs(outputs: int) -> int:
+    """The classes, background included, of a network with ``outputs`` output channels: the inverse of
+    :func:`output_channels` (one channel is the 2D bundles' binary head, two classes)."""
+    return 2 if outputs == 1 else outputs
 
 
 def load_pretrained(network: nn.Module, checkpoint: str | os.PathLike | None) -> nn.Module:
