@@ -322,7 +322,8 @@ def test_an_export_carries_the_scale_its_weights_were_trained_at(tmp_path, capsy
         assert exported_intensity_max(exported, bundle_config) == 1.0, format
         capsys.readouterr()
         masks = _segment("isic_skin_lesion", root, inputs, tmp_path / f"from{suffix}", model=str(exported))
-        assert f"{exported} holds weights trained on images scaled from 0 to 1 " in capsys.readouterr().out
+        assert f"{exported} holds weights trained with intensity_max 1 (the inference.json it carries)" in (
+            capsys.readouterr().out)
         assert all(np.mean(plain[k] != masks[k]) <= 1e-3 for k in plain), format
         # (predict's logging.conf took pytest's capture off the root logger: the module's own logger is watched)
         warned = []
@@ -344,6 +345,44 @@ def test_an_export_carries_the_scale_its_weights_were_trained_at(tmp_path, capsy
     assert exported is None or exported_intensity_max(exported, bundle_config) is None  # carries no config
     inference_exported = json.loads((root / "configs" / "inference_exported.json").read_text())
     assert "intensity_max=@intensity_max" in inference_exported["network"]
+
+
+def test_a_ct_export_carries_its_classes_and_scaling(bundles, tmp_path, capsys):
+    """An export of CT-bundle weights trained on MRI with 4 classes (ACDC's: their network.json records both)
+    segments with the export alone: synapse predict --model takes the class count and the scaling from the
+    inference.json it carries, and options given win."""
+    from vmunet_monai.engine.handlers import write_network_settings
+    from vmunet_monai.predict import predict
+
+    root = bundles["synapse_multiorgan"]
+    parser_config = json.loads((root / "configs" / "inference.json").read_text())
+    assert parser_config["num_classes"] == 9 and parser_config["intensity"] == "ct"
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser["num_classes"] = 4
+    torch.manual_seed(4)
+    net = parser.get_parsed_content("network_def").eval()
+    weights = tmp_path / "acdc" / "model.pt"
+    weights.parent.mkdir()
+    torch.save(net.state_dict(), weights)
+    write_network_settings(weights.parent, net, input_size=(SIZE, SIZE), scaling={"intensity": "mri"})
+    model = export(str(root), checkpoint=str(weights), output=str(tmp_path / "acdc.ts")).path
+    volume = write_ct_volume(tmp_path / "in" / "heart.nii.gz", seed=2)
+    capsys.readouterr()
+    predict(str(root), str(volume), str(tmp_path / "out"), model=str(model), device="cpu")
+    said = capsys.readouterr().out
+    assert "acdc.ts holds weights trained with num_classes 4, intensity mri (the inference.json it carries)" in said
+    record = json.loads((tmp_path / "out" / "prediction.json").read_text())
+    assert record["num_classes"] == 4 and record["settings"]["overrides"]["intensity"] == "mri"
+    import nibabel as nib
+
+    labels = np.asarray(nib.load(next((tmp_path / "out").glob("*.nii.gz"))).dataobj)
+    assert labels.max() <= 3
+    predict(str(root), str(volume), str(tmp_path / "ct"), model=str(model), device="cpu", intensity="ct")
+    record = json.loads((tmp_path / "ct" / "prediction.json").read_text())
+    assert record["settings"]["overrides"]["intensity"] == "ct" and record["num_classes"] == 4
 
 
 def _has_onnx() -> bool:
@@ -504,6 +543,28 @@ def test_weights_trained_for_more_classes_export_with_num_classes(bundles, tmp_p
     export(str(root), checkpoint=str(weights), output=str(tmp_path / "recorded.ts"))
     assert "note: --num_classes 3, the classes the weights were trained for" in capsys.readouterr().out
     assert torch.jit.load(str(tmp_path / "recorded.ts"))(torch.rand(1, 3, SIZE, SIZE)).shape[1] == 3
+    # predict --model reads the class count from the inference.json the export carries, --mask_values checked by it
+    from vmunet_monai.predict import predict
+    from vmunet_monai.validation import InputError
+
+    image = write_rgb_image(tmp_path / "in" / "a.png")
+    model = str(tmp_path / "recorded.ts")
+    with pytest.raises(InputError, match=r"--mask_values \[0, 255\]: 2 values for 3 classes"):
+        predict(str(root), str(image), str(tmp_path / "refused"), model=model, mask_values=[0, 255])
+    assert "holds weights trained with intensity_max 1, num_classes 3 (the inference.json it carries)" in (
+        capsys.readouterr().out)
+    with pytest.raises(InputError, match=r"recorded.ts: gives \(1, 3, 32, 32\) for a \(1, 3, 32, 32\) input; this "
+                                         r"bundle's network gives \(1, 1, 32, 32\) .*a model of another number of "
+                                         r"classes runs with --num_classes"):
+        predict(str(root), str(image), str(tmp_path / "two"), model=model, num_classes=2)
+    with pytest.raises(InputError, match=r"recorded.ts: gives \(1, 3, 32, 32\) for a \(1, 3, 32, 32\) input; the "
+                                         r"classes asked for need \(1, 4, 32, 32\) \(--num_classes, else"):
+        predict(str(root), str(image), str(tmp_path / "four"), model=model, num_classes=4)
+    predict(str(root), str(image), str(tmp_path / "out"), model=model, mask_values=[0, 100, 200])
+    mask = np.asarray(Image.open(tmp_path / "out" / "masks" / "a_mask.png"))
+    assert set(np.unique(mask)) <= {0, 100, 200}
+    record = json.loads((tmp_path / "out" / "prediction.json").read_text())
+    assert record["num_classes"] == 3 and record["mask_values"] == [0, 100, 200]
 
 
 def test_export_output_rules_are_checked_before_tracing(bundles, tmp_path):

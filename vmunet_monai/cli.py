@@ -396,10 +396,11 @@ class Commands:
             tta: average the prediction over the image and its vertical, horizontal and double mirror images
                 (test-time augmentation, four network passes).
             model: an exported network (.ts, .onnx or .pt2, as the export command writes) to run instead of the
-                bundle's network and weights; the rest of the bundle's inference stays the same.
+                bundle's network and weights; the rest of the bundle's inference stays the same. The class count and
+                image scaling its weights were trained with are read from the config a .ts or .pt2 export carries.
             num_classes: a bundle trained on your own classes: the --num_classes it was trained with (prepare
-                prints it; by default the count the network.json beside the weights records, else 9 for
-                synapse_multiorgan, 2 for the 2D bundles). 2D masks of several classes
+                prints it; by default the count the network.json beside the weights records, or the export's
+                with --model, else 9 for synapse_multiorgan, 2 for the 2D bundles). 2D masks of several classes
                 hold the class numbers 0, 1, 2, ... (or --mask_values) and the overlays colour each class.
             mask_values: 2D bundles: the value each class gets in the written masks, background first, e.g.
                 0,127,255 to match the dataset's own masks (prepare records them as meta.mask_values in the

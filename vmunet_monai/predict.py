@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vmunet_monai.engine.utils import find_bundle, inference_configs, network_file
+from vmunet_monai.engine.utils import find_bundle, inference_configs, network_file, output_channels
 from vmunet_monai.evaluation.uncertainty import check_rank_by
 from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, check_at_least, check_device, check_flag,
                                      check_no_hash, check_output_location, number_list, read_image_upright,
@@ -84,7 +84,7 @@ def _channel_names(meta: dict, classes: int, weights=None) -> dict[int, str]:
 
 
 def weights_files(root: Path, checkpoint, default_ckpt: Path, train: str, model, device,
-                  batch: int = 1) -> list[Path]:
+                  batch: int = 1, channels: int | None = None) -> list[Path]:
     """The files the network comes from (:func:`vmunet_monai.engine.utils.network_file`): the exported ``model``,
     the default weights, or each of the checkpoints given; several joined by commas (``a.pt,b.pt``) are an
     ensemble, run as one model by averaging their probabilities (the inference config's ``ensemble_checkpoints``,
@@ -103,7 +103,7 @@ def weights_files(root: Path, checkpoint, default_ckpt: Path, train: str, model,
                                                           or os.path.isfile(os.path.expanduser(str(checkpoint))))
     if checkpoint is None or model or one:
         given = os.path.expanduser(str(checkpoint)) if checkpoint is not None and not model else checkpoint
-        return [network_file(root, given, default_ckpt, train, model, device, batch)]
+        return [network_file(root, given, default_ckpt, train, model, device, batch, channels)]
     return [Path(p).resolve() for p in checkpoint_list(checkpoint, option="--checkpoint")]
 
 
@@ -147,22 +147,23 @@ class quiet_interrupt:
         return False
 
 
-def _exported_scale(configs, model) -> dict:
-    """The ``intensity_max`` override that feeds an exported model images at the scale its weights were trained
-    at (:func:`vmunet_monai.engine.exported.exported_intensity_max`), with a note where it is not the bundle's;
-    empty where the export or the bundle says nothing of a scale."""
+def exported_overrides(configs, model, given: dict) -> dict:
+    """The settings the ``inference.json`` carried by the exported ``model`` says its weights were trained with
+    (:func:`vmunet_monai.engine.exported.exported_settings`: the class count, the 2D bundles' image scale, the CT
+    bundle's scaling), as overrides of the bundle's ``configs``; those in ``given`` (options given, not None) are
+    left out. Prints a note naming the ones that differ from the bundle's. Empty where the export carries no
+    config."""
     from monai.bundle import ConfigParser
 
-    from vmunet_monai.engine.exported import exported_intensity_max
+    from vmunet_monai.engine.exported import exported_settings
 
     config = ConfigParser.load_config_files(configs)
-    scale = exported_intensity_max(model, config)
-    if scale is None:
-        return {}
-    if scale != float(config["intensity_max"]):
-        print(f"note: {model} holds weights trained on images scaled from 0 to {scale:g} (the inference.json it "
-              f"carries): they are scaled so, not from 0 to {float(config['intensity_max']):g}", flush=True)
-    return {"intensity_max": scale}
+    found = {k: v for k, v in exported_settings(model, config).items() if given.get(k) is None}
+    changed = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in found.items() if config.get(k) != v]
+    if changed:
+        print(f"note: {model} holds weights trained with {', '.join(changed)} (the inference.json it carries), not "
+              f"this bundle's settings: they are used", flush=True)
+    return found
 
 
 def binary_head(network_def) -> bool:
@@ -620,9 +621,12 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
             :class:`vmunet_monai.engine.FlipTTAInferer`).
         model: an exported network (``.ts``, ``.onnx``, ``.pt2`` from ``python -m vmunet_monai export``) to run
             instead of ``network_def`` and its weights (the bundle's ``configs/inference_exported.json``); it is
-            first run once on the input size in ``metadata.json``.
+            first run once on the input size in ``metadata.json``. The class count and the image scaling its weights
+            were trained with are read from the ``inference.json`` a TorchScript or ``.pt2`` export carries
+            (:func:`exported_overrides`); options given win.
         num_classes: a bundle trained on your own classes: the ``--num_classes`` it was trained with (default:
-            the count the ``network.json`` beside the weights records, else the bundle's, 9 for
+            the count the ``network.json`` beside the weights records, or the export's with ``model``, else the
+            bundle's, 9 for
             ``synapse_multiorgan`` and 2 for the 2D bundles). Above 2 the 2D masks hold the
             class numbers 0 .. ``num_classes - 1`` and the overlays give each class a colour.
         window: ``synapse_multiorgan`` trained with another ``--hu_window``: that ``(low, high)`` in HU (the
@@ -717,8 +721,6 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         option = f"--window {window}" if window is not None else f"--intensity {intensity}"
         raise InputError(f"{option}: only for synapse_multiorgan (volumes); the 2D bundles read photographs")
     if num_classes is not None:
-        from vmunet_monai.engine.utils import output_channels
-
         output_channels(num_classes)  # a whole number of at least 2, or a clear error
 
     from monai.bundle import ConfigParser, ConfigWorkflow
@@ -728,8 +730,10 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
 
     root = find_bundle(bundle)
     configs, default_ckpt, train = inference_configs(root, baseline, model)
+    carried = exported_overrides(configs, model, {"num_classes": num_classes}) if model else {}
     if num_classes is None and not model:  # weights trained with --num_classes N: N, from their network.json
         num_classes = recorded_num_classes(checkpoint, default_ckpt, configs)
+    num_classes = carried.pop("num_classes", num_classes)  # an export of such weights: N, from what it carries
     classes = int(num_classes if num_classes is not None
                   else ConfigParser.load_config_files(configs).get("num_classes", 2))
     if mask_values is not None:
@@ -745,7 +749,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     source = Path(os.path.abspath(os.path.expanduser(str(input))))
     if not source.exists():
         raise InputError(f"{input}: no such file or folder (give an image file or a folder of images)")
-    weights = weights_files(root, checkpoint, default_ckpt, train, model, device, batch_size)
+    weights = weights_files(root, checkpoint, default_ckpt, train, model, device, batch_size, output_channels(classes))
     ckpt = weights[0]
     out = check_output_location([source], output)
     check_no_hash(out, "OUTPUT")
@@ -826,7 +830,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         overrides["pass_entropy"] = True
     if model:
         overrides["exported_model"] = str(ckpt)
-        overrides.update(_exported_scale(configs, ckpt))
+        overrides.update(carried)
     else:
         overrides["checkpoint"] = str(ckpt)
         overrides.update(trained_network(configs, ckpt))

@@ -485,7 +485,8 @@ def predict_volumes(
         tta: average the class probabilities over each slice and its in-plane mirror images (four passes of
             the sliding window; :class:`vmunet_monai.engine.FlipTTAInferer`).
         model: an exported network (``.ts``, ``.onnx``, ``.pt2``) to run instead of ``network_def`` and its
-            weights (the bundle's ``configs/inference_exported.json``).
+            weights (the bundle's ``configs/inference_exported.json``), with the class count and scaling the config
+            it carries records where ``overrides`` give none.
         montage: also draw ``output/montages/<name>.png`` per volume: axial slices through the segmented
             classes with the prediction filled in, to look at without a NIfTI viewer (:func:`write_montages`); with
             ``uncertainty`` also ``output/montages/<name>_uncertainty.png``, the same slices with the uncertainty
@@ -528,8 +529,8 @@ def predict_volumes(
     from vmunet_monai.engine.utils import inference_configs
     from vmunet_monai.evaluation.volumetry import write_volumes
     from vmunet_monai.predict import (NothingToPredictError, bundle_class_names, check_fresh_output, check_no_hash,
-                                      finished_output, quiet_interrupt, recorded_num_classes, resume_check,
-                                      takes_pass_entropy, trained_network, weights_files, write_record)
+                                      exported_overrides, finished_output, quiet_interrupt, recorded_num_classes,
+                                      resume_check, takes_pass_entropy, trained_network, weights_files, write_record)
     from vmunet_monai.validation import InputError, check_device, check_output_location, read_volume
     from vmunet_monai.weights import check_checkpoint_fits
 
@@ -545,7 +546,11 @@ def predict_volumes(
         volumes += (find_volumes(str(p), others, left_out, split_series=True) if listed is None else
                     [v for one in listed for v in (find_volumes(one, others, left_out, split_series=True)
                                                    if os.path.isdir(one) else [one])])
-    weights = [str(w) for w in weights_files(Path(bundle_root), checkpoint, default_ckpt, train, model, device)]
+    if model:  # an export of weights trained with other classes or scaling: what the config it carries says
+        overrides = {**overrides, **exported_overrides(config_files, model, overrides)}
+    classes = overrides.get("num_classes") if model else None  # the outputs an export must give; else the bundle's
+    weights = [str(w) for w in weights_files(Path(bundle_root), checkpoint, default_ckpt, train, model, device,
+                                             channels=None if classes is None else int(classes))]
     source = weights[0]
     if "num_classes" not in overrides and not model:  # weights trained with --num_classes N (ACDC: 4)
         recorded = recorded_num_classes(weights, default_ckpt, config_files)

@@ -17,7 +17,7 @@ from vmunet_monai.install import extra_install
 from vmunet_monai.validation import InputError
 
 __all__ = ["FORMATS", "SUFFIXES", "OnnxModule", "ProgramModule", "load_exported", "check_exported",
-           "embedded_bundle", "exported_intensity_max", "network_input_shape"]
+           "embedded_bundle", "exported_intensity_max", "exported_settings", "network_input_shape"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +150,31 @@ def exported_intensity_max(path: str | Path, bundle_config: dict) -> float | Non
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def exported_settings(path: str | Path, bundle_config: dict) -> dict:
+    """What the ``inference.json`` carried by the export at ``path`` says its weights were trained with, of the
+    settings ``bundle_config`` (the bundle's inference config) has: the class count (``num_classes``, as ``export``
+    reads it from the weights' ``network.json``), the 2D bundles' image scale (:func:`exported_intensity_max`) and
+    the CT bundle's scaling (``intensity``, ``hu_window``). Empty where the file carries no config (ONNX, another
+    tool's export); a value of another kind than the bundle's is left out."""
+    config = embedded_bundle(path)[1]
+    if not config:
+        return {}
+    found = {}
+    scale = exported_intensity_max(path, bundle_config)
+    if scale is not None:
+        found["intensity_max"] = scale
+    classes = config.get("num_classes")
+    if "num_classes" in bundle_config and isinstance(classes, int) and not isinstance(classes, bool) and classes >= 2:
+        found["num_classes"] = classes
+    if isinstance(bundle_config.get("intensity"), str) and isinstance(config.get("intensity"), str):
+        found["intensity"] = config["intensity"]
+    window = config.get("hu_window")
+    if isinstance(bundle_config.get("hu_window"), list) and isinstance(window, list) and len(window) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in window):
+        found["hu_window"] = list(window)
+    return found
+
+
 def _check_same_bundle(path: Path, meta_file: Path) -> None:
     """Refuse an export of another bundle: one whose network or classes differ from this bundle's (the shapes alone
     do not tell the ISIC and polyp networks apart: both take 3x256x256 and give one channel)."""
@@ -170,10 +195,12 @@ def _check_same_bundle(path: Path, meta_file: Path) -> None:
                          "bundle it was exported from, or export this bundle's weights")
 
 
-def check_exported(path: str | Path, meta_file: str | Path, device=None, batch: int = 1) -> None:
+def check_exported(path: str | Path, meta_file: str | Path, device=None, batch: int = 1,
+                   channels: int | None = None) -> None:
     """Load the exported model at ``path`` and run a zero batch (of ``batch`` inputs, as ``predict --batch_size``
     will feed it) of the network input that the bundle's ``metadata.json`` declares (what its inference feeds the
-    network) through it.
+    network) through it. ``channels``: the outputs it must give (a model of another class count than the bundle's,
+    ``predict --num_classes``); default the ``num_channels`` metadata.json declares.
 
     Raises:
         InputError: it does not take that input, or does not give the declared number of output channels at
@@ -196,11 +223,17 @@ def check_exported(path: str | Path, meta_file: str | Path, device=None, batch: 
                  "any batch size" if batch > 1 else "")
         raise InputError(f"{path}: does not run on a {tuple(x.shape)} input, the size this bundle's inference "
                          f"feeds it ({meta_file}; export it from this bundle{fixed}): {error_summary(exc)}") from None
-    want = (int(batch), int(pred["num_channels"]), *x.shape[2:])
+    own = int(pred["num_channels"])
+    want = (int(batch), own if channels is None else int(channels), *x.shape[2:])
     got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if got != want:
-        raise InputError(f"{path}: gives {got} for a {tuple(x.shape)} input; this bundle's network gives {want} "
-                         f"({meta_file}; export it from this bundle)")
+        whose = (f"this bundle's network gives {want} ({meta_file}" if want[1] == own else
+                 f"the classes asked for need {want} (--num_classes, else the bundle's; an export carries its own "
+                 f"count where its weights were trained for another")
+        more = ("; a model of another number of classes runs with --num_classes" if want[1] == own and isinstance(
+            got, tuple) and len(got) == len(want) and got[0] == want[0] and got[2:] == want[2:] else "")
+        raise InputError(f"{path}: gives {got} for a {tuple(x.shape)} input; {whose}; export it from this bundle"
+                         f"{more})")
 
 
 def network_input_shape(meta_file: str | Path) -> tuple[int, ...]:

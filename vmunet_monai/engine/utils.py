@@ -346,9 +346,11 @@ def _weights_url(bundle_root: str | os.PathLike) -> str:
     return ""
 
 
-def network_file(root: Path, checkpoint, default_ckpt: Path, train: str, model, device, batch: int = 1) -> Path:
-    """The file the network comes from: the exported ``model`` (checked to run on the bundle's input size), or
-    the weights (``checkpoint`` or ``default_ckpt`` from :func:`inference_configs`), which must exist.
+def network_file(root: Path, checkpoint, default_ckpt: Path, train: str, model, device, batch: int = 1,
+                 channels: int | None = None) -> Path:
+    """The file the network comes from: the exported ``model`` (checked to run on the bundle's input size and to
+    give ``channels`` outputs, by default the bundle's), or the weights (``checkpoint`` or ``default_ckpt`` from
+    :func:`inference_configs`), which must exist.
 
     Raises:
         FileNotFoundError: no weights there (the message gives the training command ``train`` and the download).
@@ -361,7 +363,7 @@ def network_file(root: Path, checkpoint, default_ckpt: Path, train: str, model, 
         if checkpoint:
             raise InputError(f"--model {model} and --checkpoint {checkpoint}: an exported model carries its weights; "
                              "give one of them")
-        check_exported(model, root / "configs" / "metadata.json", device, batch)
+        check_exported(model, root / "configs" / "metadata.json", device, batch, channels)
         return Path(model).resolve()
     ckpt = Path(checkpoint) if checkpoint else default_ckpt
     if not ckpt.is_file():
