@@ -332,7 +332,8 @@ def test_an_export_carries_the_scale_its_weights_were_trained_at(tmp_path, capsy
         logging.getLogger("vmunet_monai.engine.exported").addHandler(handler)
         try:
             load_exported(exported, intensity_max=255)
-            assert "this run scales them from 0 to 255: its results are wrong; give --intensity_max 1" in warned[0]
+            assert ("holds weights trained with intensity_max 1 (the inference.json it carries) and this run uses "
+                    "intensity_max 255: its results are wrong; give --intensity_max 1") in warned[0]
             load_exported(exported, intensity_max=1)
             assert len(warned) == 1
         finally:
@@ -383,6 +384,25 @@ def test_a_ct_export_carries_its_classes_and_scaling(bundles, tmp_path, capsys):
     predict(str(root), str(volume), str(tmp_path / "ct"), model=str(model), device="cpu", intensity="ct")
     record = json.loads((tmp_path / "ct" / "prediction.json").read_text())
     assert record["settings"]["overrides"]["intensity"] == "ct" and record["num_classes"] == 4
+    # the bundle's inference_exported.json run by MONAI with the bundle's settings is warned with the options to give
+    import logging
+
+    from vmunet_monai.engine.exported import load_exported
+
+    warned = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warned.append(record.getMessage())
+    logging.getLogger("vmunet_monai.engine.exported").addHandler(handler)
+    try:
+        load_exported(model, num_classes=9, intensity="ct", hu_window=[-125, 275])
+        load_exported(model, num_classes=4, intensity="mri", hu_window=[-125, 275])
+    finally:
+        logging.getLogger("vmunet_monai.engine.exported").removeHandler(handler)
+    assert len(warned) == 1 and ("trained with num_classes 4, intensity mri (the inference.json it carries) and this "
+                                 "run uses num_classes 9, intensity ct: its results are wrong; give --num_classes 4 "
+                                 "--intensity mri") in warned[0]
+    exported_config = json.loads((root / "configs" / "inference_exported.json").read_text())
+    assert "num_classes=@num_classes, intensity=@intensity, hu_window=@hu_window" in exported_config["network"]
 
 
 def _has_onnx() -> bool:

@@ -61,16 +61,17 @@ class ProgramModule(torch.nn.Module):
 
 
 def load_exported(path: str | Path, device=None, format: str | None = None,
-                  meta_file: str | Path | None = None, intensity_max=None) -> torch.nn.Module:
+                  meta_file: str | Path | None = None, intensity_max=None, num_classes=None, intensity=None,
+                  hu_window=None) -> torch.nn.Module:
     """An exported network as a module in eval mode: TorchScript (``.ts``), a ``torch.export`` program
     (``.pt2``; its scans run this machine's fast backend) or ONNX (``.onnx``, run by onnxruntime).
 
     Used by ``configs/inference_exported.json`` as ``"$vmunet_monai.engine.load_exported(@exported_model, @device)"``
     and by ``predict --model``. ``format`` (torchscript, onnx, pt2) overrides what the suffix says. With
     ``meta_file`` (the bundle's ``metadata.json``), an export of another bundle whose network or classes differ is
-    refused. With ``intensity_max`` (the top of the scale the run brings each image to: the 2D bundles' setting), an
-    export whose weights were trained at another scale (:func:`exported_intensity_max`) is warned about with the
-    ``--intensity_max`` to give.
+    refused. With the run's settings (``intensity_max``, the top of the scale the 2D bundles bring each image to;
+    ``num_classes``; the CT bundle's ``intensity`` and ``hu_window``), an export whose weights were trained with
+    other ones (:func:`exported_settings`, from the config it carries) is warned about with the options to give.
 
     Raises:
         FileNotFoundError: no such file.
@@ -89,12 +90,15 @@ def load_exported(path: str | Path, device=None, format: str | None = None,
                          f"trained weights (.pt) go to --checkpoint")
     if meta_file is not None:
         _check_same_bundle(path, Path(meta_file))
-    if intensity_max is not None:
-        scale = exported_intensity_max(path, {"intensity_max": intensity_max})
-        if scale is not None and scale != float(intensity_max):
-            logger.warning("%s holds weights trained on images scaled from 0 to %g (the inference.json it carries) "
-                           "and this run scales them from 0 to %g: its results are wrong; give --intensity_max %g "
-                           "(predict --model uses the export's scale itself)", path, scale, float(intensity_max), scale)
+    run = {k: v for k, v in (("intensity_max", intensity_max), ("num_classes", num_classes), ("intensity", intensity),
+                             ("hu_window", hu_window)) if v is not None}
+    other = {k: v for k, v in exported_settings(path, run).items() if _differs(v, run[k])} if run else {}
+    if other:
+        logger.warning("%s holds weights trained with %s (the inference.json it carries) and this run uses %s: its "
+                       "results are wrong; give %s (predict --model uses the export's settings itself)", path,
+                       ", ".join(f"{k} {_shown(v)}" for k, v in other.items()),
+                       ", ".join(f"{k} {_shown(run[k])}" for k in other),
+                       " ".join(f"--{k} {_shown(v, quoted=True)}" for k, v in other.items()))
     device = torch.device(device) if device is not None else torch.device("cpu")
     try:
         if kind == "torchscript":
@@ -111,6 +115,23 @@ def load_exported(path: str | Path, device=None, format: str | None = None,
                          f"short or another kind of file: python -m vmunet_monai export BUNDLE --format {kind} writes "
                          "one, and trained weights (a state dict) go to --checkpoint") from None
 
+
+
+def _differs(carried, used) -> bool:
+    """Whether a setting an export carries differs from the run's (numbers by value, lists item by item)."""
+    if isinstance(carried, list) and isinstance(used, (list, tuple)):
+        return len(carried) != len(used) or any(_differs(a, b) for a, b in zip(carried, used))
+    if isinstance(carried, (int, float)) and isinstance(used, (int, float)):
+        return float(carried) != float(used)
+    return carried != used
+
+
+def _shown(value, quoted: bool = False) -> str:
+    """A setting as written on a command line: numbers as short as they go, a list as ``"[a, b]"``."""
+    if isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(_shown(v) for v in value) + "]"
+        return f'"{text}"' if quoted else text
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def embedded_bundle(path: str | Path) -> tuple[dict, dict]:
