@@ -296,14 +296,19 @@ def test_predict_and_demo_bundle(prepared, tmp_path):
         wf = ConfigWorkflow(config_file=[str(root / "configs" / c) for c in ("train.json", "evaluate.json",
                                                                              "evaluate_native.json")],
                             workflow_type="eval", meta_file=str(root / "configs" / "metadata.json"),
-                            bundle_root=str(root), dataset_dir=str(prepared), device="cpu", tta=tta)
+                            bundle_root=str(root), dataset_dir=str(prepared), device="cpu", tta=tta,
+                            **({"eval_dir": str(tmp_path / "eval_tta")} if tta else {}))
         wf.initialize()
         ensemble = wf.parser.get_parsed_content("validate#evaluator").inferer  # of one member: the checkpoint
         assert ensemble.inferer.enabled == tta and not ensemble.members
         wf.run()
         wf.finalize()
-        with open(root / "eval" / "native" / "metrics_test_per_image.csv") as f:
+        # with --eval_dir DIR the report goes to DIR/native, as by default to eval/native (it went into DIR itself,
+        # over the report of evaluate.json alone of the same names)
+        report = (tmp_path / "eval_tta" if tta else root / "eval") / "native"
+        with open(report / "metrics_test_per_image.csv") as f:
             rows = {row["name"]: row for row in csv.DictReader(f)}
+        assert not tta or not (tmp_path / "eval_tta" / "metrics_test_per_image.csv").exists()
         assert sorted(rows) == sorted(Path(i["image"]).stem for i in test_items)
         for item in test_items:
             name = Path(item["image"]).stem
@@ -322,7 +327,7 @@ def test_predict_and_demo_bundle(prepared, tmp_path):
         for item in test_items:
             prob = next(m for m in maps if Path(m).name == f"{Path(item['image']).stem}_prob.png")
             again.add(np.asarray(Image.open(prob), np.float64) / 255, np.asarray(Image.open(prepared / item["label"])) > 127)
-        native = json.loads((root / "eval" / "native" / "metrics_test_calibration.json").read_text())
+        native = json.loads((report / "metrics_test_calibration.json").read_text())
         assert native["pixels"] == again.summary()["pixels"]
         assert native["brier"] == pytest.approx(again.summary()["brier"], abs=1e-3)
         assert native["ece"] == pytest.approx(again.summary()["ece"], abs=0.02)

@@ -675,6 +675,44 @@ def test_a_bundle_run_refuses_an_override_that_names_no_setting(tmp_path, caplog
                              "--batch_size", "1"])  # (it said: did you mean --sw_batch_size?)
 
 
+def test_a_bundle_run_refuses_an_off_switch_it_would_read_as_on():
+    """MONAI's command line passes ``--tta false`` on as the text 'false', which the configs read as on: the run
+    used test-time augmentation (``--transunet_rule false``, ``--determinism false`` and ``--resume false`` alike).
+    Such a value is refused with the one to give, as is a count below 1 (MONAI's traceback came later)."""
+    import monai
+    from bundle_helpers import bundle_dir
+
+    from vmunet_monai.engine import check_overrides
+    from vmunet_monai.validation import InputError
+
+    root = bundle_dir("polyp_seg")
+    entry = str(Path(monai.__file__).parent / "bundle" / "__main__.py")
+    infer = [entry, "run", "inferring", "--config_file", f"{root}/configs/inference.json", "--bundle_root", str(root)]
+    for word in ("false", "no", "off", "FALSE", "none"):
+        with pytest.raises(InputError, match=rf"--tta {word}: MONAI's command line passes '{word}' on as text, which "
+                                             r"turns an on/off setting on; give --tta False \(capital F\)"):
+            check_overrides(root, infer + ["--tta", word])
+    with pytest.raises(InputError, match=r"--probabilities maybe: an on/off setting; give --probabilities True or "
+                                         r"--probabilities False"):
+        check_overrides(root, infer + ["--probabilities=maybe"])
+    for word in ("True", "False", "true", "yes", "0", "1", "None"):  # what fire reads, and text meant as on
+        check_overrides(root, infer + ["--tta", word, "--probabilities", word])
+    train = [entry, "run", "training", "--config_file", f"{root}/configs/train.json", "--bundle_root", str(root)]
+    check_overrides(root, train + ["--compile", "inductor", "--epochs", "2", "--batch_size", "$@val_batch_size"])
+    with pytest.raises(InputError, match=r"--determinism false: .*give --determinism False"):
+        check_overrides(root, train + ["--determinism", "false"])
+    for name, value, what in (("epochs", "0", "the epochs to train"), ("batch_size", "-2", "images per training "
+                              "batch"), ("val_interval", "1.5", "epochs between validations")):
+        with pytest.raises(InputError, match=rf"--{name} {value}: {what}, a whole number of at least 1"):
+            check_overrides(root, train + [f"--{name}", value])
+    ct = bundle_dir("synapse_multiorgan")
+    evaluate = [entry, "run", "evaluating", "--config_file", f"['{ct}/configs/train.json', "
+                f"'{ct}/configs/evaluate.json']", "--bundle_root", str(ct)]
+    check_overrides(ct, evaluate + ["--transunet_rule", "False", "--calibration", "0"])
+    with pytest.raises(InputError, match=r"--transunet_rule false: .*give --transunet_rule False"):
+        check_overrides(ct, evaluate + ["--transunet_rule", "false"])
+
+
 @pytest.mark.parametrize("bundle", ["isic_skin_lesion", "polyp_seg", "synapse_multiorgan"])
 def test_every_setting_of_a_config_is_read_by_its_run(bundle):
     """A setting no reference chain reaches from what its config runs is dead: an override of it is refused, and

@@ -472,6 +472,58 @@ def check_overrides(bundle_root: str | os.PathLike, argv: list[str] | None = Non
         logger.warning("--%s: nothing that %r runs reads it (only parts of the configs this run does not run "
                        "refer to it), so it changes nothing%s", name, entries[0], _UNREAD_HINTS.get(setting, ""))
     _check_network_overrides(network, [name for name in given if name.startswith("network_def#")])
+    _check_value_overrides(run, {name: value for name, value in given.items() if name not in _RUN_OPTIONS})
+
+
+_NOT_FLAGS = {"compile"}  # also takes a torch.compile backend's name (compile_network reads "false" itself)
+# settings counted from 1 (MONAI's "max_epochs positive value" or the loader's "batch_size should be a positive
+# integer" came as tracebacks, after the data was read)
+_COUNTS = {"epochs": "the epochs to train", "batch_size": "images per training batch",
+           "val_batch_size": "images per validation batch", "sw_batch_size": "windows per network call",
+           "val_interval": "epochs between validations", "volumes_per_batch": "volumes per training batch",
+           "slices_per_volume": "slices taken from each volume", "iterations_per_epoch": "training steps per epoch"}
+_TRUE_WORDS = ("true", "yes", "on")  # passed on as text, read as on: meant so
+_FALSE_WORDS = ("false", "no", "off", "none", "n", "f")  # passed on as text, read as on: meant otherwise
+
+
+def _check_value_overrides(files: list[Path], given: dict[str, str]) -> None:
+    """Refuse an override of an on/off setting (one the configs set to ``true`` or ``false``) that the run would
+    take the wrong way: MONAI's command line turns only ``True`` and ``False`` into booleans and passes ``false``,
+    ``no`` or ``off`` on as text, which the configs read as on (a non-empty string), so ``--tta false`` ran with
+    test-time augmentation. ``true``, ``yes``, ``on``, ``None`` and the numbers 0 and 1 mean what they say. A
+    count (``--epochs``, ``--batch_size``, ...) of less than 1 is refused too."""
+    import ast
+
+    from monai.bundle import ConfigParser
+
+    from vmunet_monai.validation import InputError
+
+    flags = {}
+    try:
+        merged = ConfigParser.load_config_files([str(f) for f in files])
+    except Exception:  # noqa: BLE001 - MONAI reports a config it cannot read or merge
+        return
+    for name, value in given.items():
+        node = merged
+        for part in name.split("#"):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, bool) and name not in _NOT_FLAGS:
+            flags[name] = value
+        if name in _COUNTS and isinstance(node, int):
+            try:
+                number = ast.literal_eval(str(value).strip())
+            except (ValueError, SyntaxError):
+                continue  # an expression ("$@other * 2"), resolved by MONAI
+            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+                raise InputError(f"--{name} {str(value).strip()}: {_COUNTS[name]}, a whole number of at least 1")
+    for name, value in flags.items():
+        text = str(value).strip()
+        if text in ("True", "False", "None", "0", "1") or text.lower() in _TRUE_WORDS:  # fire reads the first five
+            continue
+        if text.lower() in _FALSE_WORDS:
+            raise InputError(f"--{name} {text}: MONAI's command line passes {text!r} on as text, which turns an "
+                             f"on/off setting on; give --{name} False (capital F) to turn it off")
+        raise InputError(f"--{name} {text}: an on/off setting; give --{name} True or --{name} False")
 
 
 # what to give instead of a setting a run does not read (check_overrides)
