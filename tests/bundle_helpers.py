@@ -47,7 +47,9 @@ def cli_args(overrides: dict) -> list[str]:
     """``--id value`` arguments for ``python -m monai.bundle run`` (values as JSON, which fire parses)."""
     args = []
     for key, value in overrides.items():
-        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        # fire reads True and False as booleans; JSON's false would arrive as the text 'false'
+        args += [f"--{key}", value if isinstance(value, str) else str(value) if isinstance(value, bool) else
+                 json.dumps(value)]
     return args
 
 

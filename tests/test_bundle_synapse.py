@@ -340,7 +340,9 @@ def test_label_folders_beside_their_images_are_not_segmented(tmp_path):
 def _cli_args(overrides):
     args = []
     for key, value in overrides.items():
-        args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+        # fire reads True and False as booleans; JSON's false would arrive as the text 'false'
+        args += [f"--{key}", value if isinstance(value, str) else str(value) if isinstance(value, bool) else
+                 json.dumps(value)]
     return args
 
 

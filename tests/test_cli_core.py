@@ -705,6 +705,11 @@ def test_a_bundle_run_refuses_an_off_switch_it_would_read_as_on():
                               "batch"), ("val_interval", "1.5", "epochs between validations")):
         with pytest.raises(InputError, match=rf"--{name} {value}: {what}, a whole number of at least 1"):
             check_overrides(root, train + [f"--{name}", value])
+    with pytest.raises(InputError, match=rf"--bundle_root {root}x: not a bundle \(no configs folder there\), so the "
+                                         rf"run would write its models and logs into a new folder; the bundle of "
+                                         rf"--config_file is {root}$"):
+        check_overrides(f"{root}x", [entry, "run", "training", "--config_file", f"{root}/configs/train.json",
+                                     "--bundle_root", f"{root}x"])
     ct = bundle_dir("synapse_multiorgan")
     evaluate = [entry, "run", "evaluating", "--config_file", f"['{ct}/configs/train.json', "
                 f"'{ct}/configs/evaluate.json']", "--bundle_root", str(ct)]

@@ -432,8 +432,13 @@ def check_overrides(bundle_root: str | os.PathLike, argv: list[str] | None = Non
                     target = doc["network_def"].get("_target_", target)  # the last config's wins
         return found, target
 
-    bundle_configs = sorted(Path(bundle_root, "configs").glob("*.json"))
     run = [Path(f) for f in _listed_files(given.get("config_file", ""))]
+    if not Path(bundle_root, "configs").is_dir():  # a mistyped --bundle_root: the run trained into a new folder
+        homes = sorted({str(f.resolve().parent.parent) for f in run if f.parent.name == "configs" and f.is_file()})
+        raise InputError(f"--bundle_root {bundle_root}: not a bundle (no configs folder there), so the run would "
+                         f"write its models and logs into a new folder"
+                         + (f"; the bundle of --config_file is {homes[0]}" if len(homes) == 1 else ""))
+    bundle_configs = sorted(Path(bundle_root, "configs").glob("*.json"))
     known, network = keys(run)
     if not known:
         run = bundle_configs
