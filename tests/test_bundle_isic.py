@@ -250,8 +250,10 @@ def test_weights_trained_with_other_settings_are_predicted_and_exported_as_train
     assert result.max_abs_diff <= result.tolerance
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     size = meta["network_data_format"]["inputs"]["image"]["spatial_shape"]
+    said = capfd.readouterr().out
     assert "note: the weights were trained on 32x32 images and the export is made for metadata.json's " \
-        f"{size[0]}x{size[1]}" in capfd.readouterr().out  # what the bundle's inference feeds it; predict resizes
+        f"{size[0]}x{size[1]}" in said  # what the bundle's inference feeds it; predict resizes
+    assert f"export a copy set up for the weights: python -m vmunet_monai copy_bundle {root} OUT --checkpoint " in said
     (root / "models" / "network.json").unlink()
     with pytest.raises(CheckpointError, match="of other settings"):
         predict(str(root), str(raw_test), str(tmp_path / "pred2"), device="cpu")

@@ -173,7 +173,8 @@ def test_bundle_trains_evaluates_and_predicts_your_own_classes(tmp_path, capsys)
     alone.parent.mkdir()
     alone.write_bytes(weights.read_bytes())
     with pytest.raises(CheckpointError, match="its output layer has 3 classes against 9 here: it was trained with "
-                                              "--num_classes 3"):
+                                              "--num_classes 3, so give the same --num_classes, or set num_classes in "
+                                              "a copy of the bundle's configs"):
         predict_volumes(str(volume), str(tmp_path / "segs0"), checkpoint=str(alone), device="cpu", **tiny_net)
     # the same through the MRI scaling (as a model trained with --intensity mri would be run)
     mri = predict_volumes(str(volume), str(tmp_path / "segs_mri"), checkpoint=str(weights), device="cpu",

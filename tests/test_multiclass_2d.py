@@ -431,7 +431,8 @@ def test_demo_with_two_classes_leaves_a_complete_bundle_of_them(tmp_path, capsys
     from vmunet_monai.weights import CheckpointError
 
     with pytest.raises(CheckpointError, match="its output layer has 3 classes against 2 here: it was trained with "
-                                              "--num_classes 3"):
+                                              "--num_classes 3, so give the same --num_classes, or write a bundle set "
+                                              "up for them with python -m vmunet_monai copy_bundle BUNDLE OUT"):
         predict(str(root), str(tmp_path / "demo" / "raw" / "images"), str(tmp_path / "two"), device="cpu",
                 num_classes=2)
     with pytest.raises(InputError, match="demo --classes 3"):

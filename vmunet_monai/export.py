@@ -207,9 +207,9 @@ def export(bundle: str, format: str = "torchscript", checkpoint: str | None = No
     if size and input_shape is None and list(size) != list(shape[2:]):
         print(f"note: the weights were trained on {'x'.join(map(str, size))} images and the export is made for "
               f"metadata.json's {'x'.join(map(str, shape[2:]))}, the size the bundle's inference feeds it: its masks "
-              f"differ from predict's with the weights (which resizes to the trained size); for the same masks, copy "
-              f"the bundle and set image_size in its configs and spatial_shape in its metadata.json to "
-              f"{list(size)}", flush=True)
+              f"differ from predict's with the weights (which resizes to the trained size); for the same masks, "
+              f"export a copy set up for the weights: python -m vmunet_monai copy_bundle {root} OUT --checkpoint "
+              f"{ckpt}, then export OUT", flush=True)
     if num_classes is None:  # weights trained with --num_classes N: N, from their network.json
         from vmunet_monai.predict import recorded_num_classes
 

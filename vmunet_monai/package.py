@@ -249,8 +249,8 @@ def _check_weights(root: Path, state_dict: dict, source: Path) -> list[str]:
 
     record = Path(source).parent / NETWORK_SETTINGS
     hint = (f" (the settings they were trained with are in {record}: a zoo bundle builds its network from its "
-            "configs, so write them into network_def of configs/train.json and configs/inference.json)"
-            if record.is_file() else "")
+            f"configs, so package a copy set up for them: python -m vmunet_monai copy_bundle {root} OUT --checkpoint "
+            f"{source}, then package OUT)" if record.is_file() else "")
     from vmunet_monai.weights import CheckpointError, OtherClassesError, check_checkpoint_fits, other_network_hint
 
     classes = None

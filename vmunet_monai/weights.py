@@ -593,8 +593,10 @@ def check_checkpoint_fits(network: nn.Module, checkpoint, built_from_record: boo
                     "network with the settings it was trained with (the network_def overrides of its training: give "
                     "them to monai.bundle run; predict and export take them from the network.json a training "
                     "writes beside its weights" + ("" if beside_record else ", so copy that file with them") +
-                    ", or write them into network_def in a copy of the bundle's configs/train.json and "
-                    "inference.json and give that copy as BUNDLE)")
+                    (", or python -m vmunet_monai copy_bundle BUNDLE OUT --checkpoint WEIGHTS writes a bundle set up "
+                     "for them, which runs them with no option" if beside_record else
+                     ", or write them into network_def in a copy of the bundle's configs/train.json and "
+                     "inference.json and give that copy as BUNDLE") + ")")
         if beside_record and built_from_record:  # the settings predict and export built the network with
             hint += (f"; the network was built with the settings of {record} beside the weights, so if another "
                      f"training left that file there, these weights are not of it: move it away")
@@ -612,8 +614,10 @@ def check_checkpoint_fits(network: nn.Module, checkpoint, built_from_record: boo
             if all(tuple(state[k].shape[1:]) == tuple(target[k].shape[1:]) for k in target
                    if k in state and tuple(state[k].shape) != tuple(target[k].shape)):
                 hint = (f"; its output layer has {trained} classes against {here} here: it was trained with "
-                        f"--num_classes {trained}, so give the same --num_classes, or set num_classes in a copy "
-                        f"of the bundle's configs")
+                        f"--num_classes {trained}, so give the same --num_classes, or "
+                        + ("write a bundle set up for them with python -m vmunet_monai copy_bundle BUNDLE OUT "
+                           "--checkpoint WEIGHTS" if beside_record else "set num_classes in a copy of the bundle's "
+                           "configs"))
         raise CheckpointError(
             f"{source}: does not fit this {type(module).__name__} ({'; '.join(parts)}) (the checkpoint must be a "
             f"state dict of the bundle's network_def, such as the models/model.pt its training wrote{hint})"
