@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -237,8 +238,15 @@ def test_weights_trained_with_other_settings_are_predicted_and_exported_as_train
     assert all(saved[k.split("#")[1]] == v for k, v in over.items() if k.startswith("network_def#"))
     assert saved["out_channels"] == 1 and "scan_backend" not in saved
     # predict resizes to the size, not to the bundle's 256, and scales images as the training did
-    assert saved["_desc_"] == {"trained_input_size": [32, 32], "intensity_max": 255.0}
+    name = json.loads((root / "configs" / "metadata.json").read_text())["name"]  # the bundle that trained them
+    assert saved["_desc_"] == {"trained_input_size": [32, 32], "intensity_max": 255.0, "bundle": name}
     raw_test = prepared.parent / f"{BUNDLE}_raw" / "ISIC-2017_Test_v2_Data"
+    # in the polyp bundle (VM-UNetV2) these VM-UNet weights were rebuilt as recorded and segmented endoscopy frames
+    polyp = copy_bundle("polyp_seg", tmp_path)
+    with pytest.raises(CheckpointError, match=rf"model.pt: weights of the bundle '{re.escape(name)}' \(.*network.json\), "
+                                              r"whose network \(VMUNet\) is not this bundle's \(VMUNetV2, 'Polyp "):
+        predict(str(polyp), str(raw_test), str(tmp_path / "other"), device="cpu",
+                checkpoint=str(root / "models" / "model.pt"))
     capfd.readouterr()
     written = predict(str(root), str(raw_test), str(tmp_path / "pred"), device="cpu")
     assert len(written["masks"]) == len(list(raw_test.glob("*.jpg")))
@@ -415,7 +423,9 @@ def test_demo_runs_and_prints_dice(tmp_path, capsys, monkeypatch):
     from vmunet_monai.predict import trained_network
 
     record = root / "models" / "baseline_unet" / "network.json"
-    assert json.loads(record.read_text()) == {"_desc_": {"trained_input_size": [32, 32], "intensity_max": 255.0}}
+    assert json.loads(record.read_text()) == {"_desc_": {"trained_input_size": [32, 32], "intensity_max": 255.0,
+                                                         "bundle": json.loads((root / "configs" / "metadata.json")
+                                                                              .read_text())["name"]}}
     larger = tmp_path / "larger.json"
     larger.write_text(json.dumps({"image_size": [64, 64]}))
     capsys.readouterr()

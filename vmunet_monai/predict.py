@@ -229,6 +229,7 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
                 changed.append(f"{key} {value}")
     same = isinstance(network_def, dict) and saved.get("_target_") == network_def.get("_target_")
     other = str(saved.get("_target_", ""))
+    _check_trained_here(configs, weights, record, saved, network_def, same)
     if (not same and isinstance(network_def, dict) and other.startswith("vmunet_monai.networks.")
             and pydoc.locate(other) is not None):  # another network of the family (Mamba-UNet in the CT bundle)
         rebuilt = {k: v for k, v in saved.items() if k == "_target_" or not k.startswith("_")}
@@ -248,6 +249,35 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
     if changed:
         print(f"note: the network is built as it was trained ({record}): {', '.join(changed)}", flush=True)
     return overrides
+
+
+def _check_trained_here(configs, weights, record: Path, saved: dict, network_def, same: bool) -> None:
+    """Refuse weights that another bundle trained with another network (the ISIC bundle's VM-UNet in the polyp
+    bundle, whose network is VM-UNetV2), as their ``network.json`` records them: rebuilt as recorded, they ran in a
+    pipeline made for other images. Another network trained in this bundle (Mamba-UNet through a ``network_def``
+    override), or a record without the bundle's name (before 0.1.19), is taken."""
+    import json
+
+    from vmunet_monai.weights import CheckpointError
+
+    trained_in = (saved.get("_desc_") or {}).get("bundle") if isinstance(saved.get("_desc_"), dict) else None
+    if same or not trained_in or not isinstance(network_def, dict) or "_target_" not in saved:
+        return
+    here = None
+    for config in configs if isinstance(configs, (list, tuple)) else [configs]:
+        meta = Path(str(config)).parent / "metadata.json"
+        if meta.is_file():
+            try:
+                here = json.loads(meta.read_text()).get("name")
+            except (OSError, ValueError, AttributeError):
+                here = None
+            break
+    if here is None or here == trained_in:
+        return
+    theirs, ours = (str(t).rsplit(".", 1)[-1] for t in (saved["_target_"], network_def.get("_target_", "?")))
+    raise CheckpointError(f"{weights}: weights of the bundle {trained_in!r} ({record}), whose network ({theirs}) is "
+                          f"not this bundle's ({ours}, {here!r}): give the bundle they were trained in, or weights "
+                          f"trained in this one")
 
 
 def recorded_num_classes(checkpoint, default_ckpt, configs, say: bool = True) -> int | None:

@@ -64,7 +64,7 @@ class TrainingTerminated(SystemExit):
 
 def write_network_settings(folder: str | os.PathLike, network, input_size=None,
                            class_names: Sequence[str] | None = None, intensity_max=None,
-                           scaling: dict | None = None) -> Path | None:
+                           scaling: dict | None = None, bundle: str | None = None) -> Path | None:
     """Write ``folder/network.json``: the settings ``network`` was built with, as a ``network_def``
     (:func:`vmunet_monai.networks.common.records_settings`), so the weights trained there can be loaded without
     repeating the training's ``network_def`` overrides (``predict``, ``export``), and under ``_desc_``, the key MONAI
@@ -72,8 +72,9 @@ def write_network_settings(folder: str | os.PathLike, network, input_size=None,
     (``input_size``, once known), the names of its classes, background first (``class_names``, as the
     training's datalist names them) and the top of the scale its images were brought to (``intensity_max``: the 2D
     bundles scale each image from 0 to it, :func:`trained_intensity_max`), and ``scaling``, how the CT bundle
-    scaled its volumes (``{"intensity": "mri"}``, or ``"ct"`` with its ``hu_window``: :func:`trained_scaling`). A
-    network that keeps no record of its settings (MONAI's baselines) gets those alone (None where none is known)."""
+    scaled its volumes (``{"intensity": "mri"}``, or ``"ct"`` with its ``hu_window``: :func:`trained_scaling`), and
+    the name of the ``bundle`` (its ``metadata.json``'s) that trained them. A network that keeps no record of its
+    settings (MONAI's baselines) gets those alone (None where none is known)."""
     module = getattr(network, "module", network)  # DistributedDataParallel
     module = getattr(module, "_orig_mod", module)  # torch.compile's wrapper
     settings = getattr(module, "settings", None)
@@ -86,6 +87,8 @@ def write_network_settings(folder: str | os.PathLike, network, input_size=None,
         desc["intensity_max"] = float(intensity_max)
     if scaling:
         desc.update({k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in scaling.items()})
+    if bundle:
+        desc["bundle"] = str(bundle)
     if not isinstance(settings, dict):
         if not desc:
             return None
@@ -96,6 +99,21 @@ def write_network_settings(folder: str | os.PathLike, network, input_size=None,
     path.parent.mkdir(parents=True, exist_ok=True)
     write_whole(path, json.dumps(settings, indent=4) + "\n")
     return path
+
+
+def bundle_name_above(folder: str | os.PathLike) -> str | None:
+    """The ``name`` in the ``configs/metadata.json`` of the bundle that holds ``folder`` (its ``models/`` or a
+    folder up to three levels below it: ``models/baseline_unet/fold0``); None where none of them is a bundle's."""
+    here = Path(folder).resolve()
+    for parent in [here, *here.parents][:4]:
+        meta = parent / "configs" / "metadata.json"
+        if meta.is_file():
+            try:
+                name = json.loads(meta.read_text()).get("name")
+            except (OSError, ValueError, AttributeError):
+                return None
+            return str(name) if name else None
+    return None
 
 
 def _rank() -> int:
@@ -544,6 +562,7 @@ class TrainingCheckpoint:
         self.intensity_max = None if intensity_max is None else float(intensity_max)
         self.scaling = ({"intensity": str(intensity)} if intensity is not None else {}) | (
             {"hu_window": [float(v) for v in hu_window]} if hu_window is not None and intensity == "ct" else {})
+        self.bundle = bundle_name_above(save_dir)
         self.resumed_from: str | None = None
         self._save_attached = False
         self._saved_epoch = 0  # the epoch the checkpoint holds (this run's, or the one it resumed from)
@@ -610,7 +629,7 @@ class TrainingCheckpoint:
             # fire: a resumed engine starts past iteration 1)
             write_network_settings(self.save_dir, self.save_dict.get("model"), trained_input_size(
                 Path(self.save_dir) / "model.pt") if source is not None else None, self.class_names,
-                self.intensity_max, self.scaling)
+                self.intensity_max, self.scaling, self.bundle)
             engine.add_event_handler(Events.ITERATION_COMPLETED, self._record_input_size)
         if not self._save_attached:
             # registered now, after every handler attached at construction: the checkpoint is written
@@ -630,7 +649,7 @@ class TrainingCheckpoint:
             size = image.shape[1:] if isinstance(image, torch.Tensor) and image.ndim == 3 else None
         if size is not None:
             write_network_settings(self.save_dir, self.save_dict.get("model"), tuple(size), self.class_names,
-                                   self.intensity_max, self.scaling)
+                                   self.intensity_max, self.scaling, self.bundle)
 
     def _hold(self, engine: Engine) -> None:
         """Mark the checkpoint folder as this training's (``.training.lock``) until it completes; refuse it while
