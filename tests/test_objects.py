@@ -116,6 +116,11 @@ def test_empty_sides():
     assert missed["fn"] == 2
     both = object_scores(none, none)
     assert both["f1"] == both["object_dice"] == 1.0 and both["object_hausdorff"] == 0.0
+    # a table where no image has a Hausdorff distance says n/a, not nan±nan
+    from vmunet_monai.evaluation.objects import format_objects, summarize_objects
+
+    table = format_objects(summarize_objects([dict(missed, name="a", group="set")]))
+    assert "nan" not in table and "     n/a" in table and "1 image(s) with no object on one side" in table
 
 
 def test_masks_become_objects(tmp_path):

@@ -425,8 +425,9 @@ def format_objects(summary: dict) -> str:
         p, q = s["pooled"], s["per_image"]
         rows.append(f"{name[:18]:<18}{s['n_images']:>5} | pooled: {p['f1']:6.4f} {p['object_dice']:7.4f} | per image: "
                     f"{q['f1_mean']:7.4f}±{q['f1_sd']:.4f} {q['object_dice_mean']:7.4f}±{q['object_dice_sd']:.4f} "
-                    f"{q['object_hausdorff_mean']:8.2f}±{q['object_hausdorff_sd']:<7.2f} "
-                    f"{q['dice_mean']:7.4f}±{q['dice_sd']:.4f}")
+                    + (f"{q['object_hausdorff_mean']:8.2f}±{q['object_hausdorff_sd']:<7.2f} "
+                       if np.isfinite(q["object_hausdorff_mean"]) else f"{'n/a':>8}{'':8} ")  # no image had one
+                    + f"{q['dice_mean']:7.4f}±{q['dice_sd']:.4f}")
     undefined = summary["overall"]["hausdorff_undefined"]
     for name in ("f1", "object_dice", "object_hausdorff"):
         rows.append(f"{name} = {LABEL[name]}")
