@@ -697,6 +697,7 @@ def test_a_bundle_run_refuses_an_off_switch_it_would_read_as_on():
         check_overrides(root, infer + ["--probabilities=maybe"])
     for word in ("True", "False", "true", "yes", "0", "1", "None"):  # what fire reads, and text meant as on
         check_overrides(root, infer + ["--tta", word, "--probabilities", word])
+    check_overrides(root, infer + ["--tta", "--probabilities"])  # bare flags: fire reads them as True
     train = [entry, "run", "training", "--config_file", f"{root}/configs/train.json", "--bundle_root", str(root)]
     check_overrides(root, train + ["--compile", "inductor", "--epochs", "2", "--batch_size", "$@val_batch_size"])
     with pytest.raises(InputError, match=r"--determinism false: .*give --determinism False"):

@@ -417,7 +417,9 @@ def check_overrides(bundle_root: str | os.PathLike, argv: list[str] | None = Non
     for i, arg in enumerate(argv[2:], start=2):
         if arg.startswith("--"):
             name, eq, value = arg[2:].partition("=")
-            given[name] = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+            following = argv[i + 1] if i + 1 < len(argv) else None
+            # fire takes a bare --flag (at the end, or before another --option) as True
+            given[name] = value if eq else ("True" if following is None or following.startswith("--") else following)
 
     def keys(files):
         found, target = {}, None
