@@ -243,8 +243,8 @@ def test_weights_trained_with_other_settings_are_predicted_and_exported_as_train
     raw_test = prepared.parent / f"{BUNDLE}_raw" / "ISIC-2017_Test_v2_Data"
     # in the polyp bundle (VM-UNetV2) these VM-UNet weights were rebuilt as recorded and segmented endoscopy frames
     polyp = copy_bundle("polyp_seg", tmp_path)
-    with pytest.raises(CheckpointError, match=rf"model.pt: weights of the bundle '{re.escape(name)}' \(.*network.json\), "
-                                              r"whose network \(VMUNet\) is not this bundle's \(VMUNetV2, 'Polyp "):
+    refused = rf"model.pt: weights of the bundle '{re.escape(name)}' \(.*network.json\), whose network \(VMUNet\) "
+    with pytest.raises(CheckpointError, match=refused + r"is not this bundle's \(VMUNetV2, 'Polyp "):
         predict(str(polyp), str(raw_test), str(tmp_path / "other"), device="cpu",
                 checkpoint=str(root / "models" / "model.pt"))
     capfd.readouterr()
