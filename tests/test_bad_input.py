@@ -561,7 +561,9 @@ def test_a_bundle_run_without_its_prepared_data_ends_with_what_to_give(tmp_path)
     then the line that says what --dataset_dir must be (a FileNotFoundError that is also an InputError)."""
     from vmunet_monai.validation import MissingInputError
 
-    configs = REPO / "bundles" / "isic_skin_lesion" / "configs"
+    import shutil
+
+    configs = shutil.copytree(REPO / "bundles" / "isic_skin_lesion" / "configs", tmp_path / "bundle" / "configs")
     (tmp_path / "raw").mkdir()
     proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file",
                            str(configs / "metadata.json"), "--config_file", str(configs / "train.json"),

@@ -316,6 +316,10 @@ def test_predict_and_demo_bundle(prepared, tmp_path):
         # with --eval_dir DIR the report goes to DIR/native, as by default to eval/native (it went into DIR itself,
         # over the report of evaluate.json alone of the same names)
         report = (tmp_path / "eval_tta" if tta else root / "eval") / "native"
+        # the metrics are named after the split scored, not after the training's validation
+        scored = wf.parser.get_parsed_content("validate#evaluator").state.metrics
+        assert {"test_mean_dice", "test_mean_iou"} <= set(scored) and not any(n.startswith("val_") for n in scored)
+        assert (report / "test_mean_dice_raw.csv").is_file() and not list(report.glob("val_*"))
         with open(report / "metrics_test_per_image.csv") as f:
             rows = {row["name"]: row for row in csv.DictReader(f)}
         assert not tta or not (tmp_path / "eval_tta" / "metrics_test_per_image.csv").exists()

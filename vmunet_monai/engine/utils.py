@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["load_pretrained", "amp_enabled", "amp_dtype", "find_bundle", "inference_configs", "network_file",
-           "output_channels", "classes_of_outputs", "trained_weights",
+           "output_channels", "classes_of_outputs", "metrics_for_split", "trained_weights",
            "missing_weights", "BUNDLES_ENV", "check_split_for_processes"]
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,15 @@ def output_channels(num_classes) -> int:
                          f"number of at least 2 (2: binary masks; prepare prints the value for masks of several "
                          f"classes)")
     return 1 if num_classes == 2 else num_classes
+
+
+def metrics_for_split(metrics: dict | None, split: str) -> dict | None:
+    """``metrics`` (an evaluator's ``key_val_metric`` or ``additional_metrics``) with each ``val_`` name renamed
+    after the ``split`` an evaluation scores (``test_mean_dice``): the training's names said "val" of the test
+    images, in the log and in MONAI's ``MetricsSaver`` files. Used in the 2D bundles' evaluate.json."""
+    if not metrics:
+        return metrics
+    return {(f"{split}_{name[4:]}" if name.startswith("val_") else name): metric for name, metric in metrics.items()}
 
 
 def classes_of_outputs(outputs: int) -> int:
