@@ -348,6 +348,21 @@ def test_an_export_carries_the_scale_its_weights_were_trained_at(tmp_path, capsy
     assert "intensity_max=@intensity_max" in inference_exported["network"]
 
 
+def _weights_for_classes(root, classes: int, folder):
+    """The bundle's network built for ``classes`` classes (seeded by the count) and its weights in
+    ``folder/model.pt``, as a training with --num_classes leaves them (without the network.json)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser["num_classes"] = classes
+    torch.manual_seed(classes)
+    net = parser.get_parsed_content("network_def").eval()
+    folder.mkdir()
+    torch.save(net.state_dict(), folder / "model.pt")
+    return net, folder / "model.pt"
+
+
 def test_a_ct_export_carries_its_classes_and_scaling(bundles, tmp_path, capsys):
     """An export of CT-bundle weights trained on MRI with 4 classes (ACDC's: their network.json records both)
     segments with the export alone: synapse predict --model takes the class count and the scaling from the
@@ -358,16 +373,7 @@ def test_a_ct_export_carries_its_classes_and_scaling(bundles, tmp_path, capsys):
     root = bundles["synapse_multiorgan"]
     parser_config = json.loads((root / "configs" / "inference.json").read_text())
     assert parser_config["num_classes"] == 9 and parser_config["intensity"] == "ct"
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(root / "configs" / "inference.json"))
-    parser["num_classes"] = 4
-    torch.manual_seed(4)
-    net = parser.get_parsed_content("network_def").eval()
-    weights = tmp_path / "acdc" / "model.pt"
-    weights.parent.mkdir()
-    torch.save(net.state_dict(), weights)
+    net, weights = _weights_for_classes(root, 4, tmp_path / "acdc")
     write_network_settings(weights.parent, net, input_size=(SIZE, SIZE), scaling={"intensity": "mri"})
     model = export(str(root), checkpoint=str(weights), output=str(tmp_path / "acdc.ts")).path
     volume = write_ct_volume(tmp_path / "in" / "heart.nii.gz", seed=2)
@@ -537,19 +543,10 @@ def test_an_export_is_checked_at_the_batch_predict_will_feed_it(bundles, tmp_pat
 
 def test_weights_trained_for_more_classes_export_with_num_classes(bundles, tmp_path, capsys):
     """Weights of a training run with --num_classes 3 are refused with the option to give, and export with it."""
-    from monai.bundle import ConfigParser
-
     from vmunet_monai.weights import CheckpointError
 
     root = bundles["isic_skin_lesion"]
-    parser = ConfigParser()
-    parser.read_config(str(root / "configs" / "inference.json"))
-    parser["num_classes"] = 3
-    torch.manual_seed(3)
-    net = parser.get_parsed_content("network_def").eval()
-    weights = tmp_path / "three" / "model.pt"
-    weights.parent.mkdir()
-    torch.save(net.state_dict(), weights)
+    net, weights = _weights_for_classes(root, 3, tmp_path / "three")
     with pytest.raises(CheckpointError, match=r"its output layer has 3 classes against 2 here: it was trained with "
                                               r"--num_classes 3, so give the same --num_classes"):
         export(str(root), checkpoint=str(weights), output=str(tmp_path / "refused.ts"))
