@@ -706,11 +706,14 @@ def test_a_bundle_run_refuses_an_off_switch_it_would_read_as_on():
                               "batch"), ("val_interval", "1.5", "epochs between validations")):
         with pytest.raises(InputError, match=rf"--{name} {value}: {what}, a whole number of at least 1"):
             check_overrides(root, train + [f"--{name}", value])
-    with pytest.raises(InputError, match=rf"--bundle_root {root}x: not a bundle \(no configs folder there\), so the "
-                                         rf"run would write its models and logs into a new folder; the bundle of "
-                                         rf"--config_file is {root}$"):
-        check_overrides(f"{root}x", [entry, "run", "training", "--config_file", f"{root}/configs/train.json",
-                                     "--bundle_root", f"{root}x"])
+    typo = root.parent / root.name[:-2]  # bundles/polyp for bundles/polyp_seg
+    with pytest.raises(InputError, match=rf"--bundle_root {typo}: no such folder; did you mean {root}\? \(the run "
+                                         r"would write its models and logs into a new folder of that name\)"):
+        check_overrides(typo, [entry, "run", "training", "--config_file", f"{root}/configs/train.json",
+                               "--bundle_root", str(typo)])
+    elsewhere = root.parent / "my_runs_of_it"  # an output root of one's own: the configs stay where they are
+    check_overrides(elsewhere, [entry, "run", "training", "--config_file", f"{root}/configs/train.json",
+                                "--bundle_root", str(elsewhere)])
     ct = bundle_dir("synapse_multiorgan")
     evaluate = [entry, "run", "evaluating", "--config_file", f"['{ct}/configs/train.json', "
                 f"'{ct}/configs/evaluate.json']", "--bundle_root", str(ct)]

@@ -444,11 +444,13 @@ def check_overrides(bundle_root: str | os.PathLike, argv: list[str] | None = Non
         return found, target
 
     run = [Path(f) for f in _listed_files(given.get("config_file", ""))]
-    if not Path(bundle_root, "configs").is_dir():  # a mistyped --bundle_root: the run trained into a new folder
-        homes = sorted({str(f.resolve().parent.parent) for f in run if f.parent.name == "configs" and f.is_file()})
-        raise InputError(f"--bundle_root {bundle_root}: not a bundle (no configs folder there), so the run would "
-                         f"write its models and logs into a new folder"
-                         + (f"; the bundle of --config_file is {homes[0]}" if len(homes) == 1 else ""))
+    root = Path(bundle_root)
+    if not root.exists() and root.parent.is_dir():  # a mistyped --bundle_root: the run trained into a new folder
+        bundles = [p.name for p in root.parent.iterdir() if (p / "configs").is_dir()]
+        close = difflib.get_close_matches(root.name, bundles, n=1, cutoff=0.6)
+        if close:  # (a new folder of another name is a run's output root of one's own choosing)
+            raise InputError(f"--bundle_root {bundle_root}: no such folder; did you mean {root.parent / close[0]}? "
+                             f"(the run would write its models and logs into a new folder of that name)")
     bundle_configs = sorted(Path(bundle_root, "configs").glob("*.json"))
     known, network = keys(run)
     if not known:
