@@ -255,23 +255,15 @@ def _check_trained_here(configs, weights, record: Path, saved: dict, network_def
     """Refuse weights that another bundle trained with another network (the ISIC bundle's VM-UNet in the polyp
     bundle, whose network is VM-UNetV2), as their ``network.json`` records them: rebuilt as recorded, they ran in a
     pipeline made for other images. Another network trained in this bundle (Mamba-UNet through a ``network_def``
-    override), or a record without the bundle's name (before 0.1.19), is taken."""
-    import json
-
+    override), or a record that names no bundle (isic/polyp before 0.1.19, synapse before 0.1.20), is taken."""
+    from vmunet_monai.engine.handlers import bundle_name_above
     from vmunet_monai.weights import CheckpointError
 
     trained_in = (saved.get("_desc_") or {}).get("bundle") if isinstance(saved.get("_desc_"), dict) else None
     if same or not trained_in or not isinstance(network_def, dict) or "_target_" not in saved:
         return
-    here = None
-    for config in configs if isinstance(configs, (list, tuple)) else [configs]:
-        meta = Path(str(config)).parent / "metadata.json"
-        if meta.is_file():
-            try:
-                here = json.loads(meta.read_text()).get("name")
-            except (OSError, ValueError, AttributeError):
-                here = None
-            break
+    first = configs[0] if isinstance(configs, (list, tuple)) and configs else configs
+    here = bundle_name_above(Path(str(first)).parent)  # the bundle whose configs these are
     if here is None or here == trained_in:
         return
     theirs, ours = (str(t).rsplit(".", 1)[-1] for t in (saved["_target_"], network_def.get("_target_", "?")))
