@@ -153,22 +153,24 @@ def embedded_bundle(path: str | Path) -> tuple[dict, dict]:
     return found["metadata.json"], found["inference.json"]
 
 
+def _carried_intensity_max(config: dict, bundle_config: dict) -> float | None:
+    """:func:`exported_intensity_max` of the ``inference.json`` an export carries, read already."""
+    from vmunet_monai.engine.handlers import OLD_INTENSITY_MAX
+
+    wanted = bundle_config.get("intensity_max")
+    if not config or isinstance(wanted, bool) or not isinstance(wanted, (int, float)):
+        return None
+    value = config.get("intensity_max", OLD_INTENSITY_MAX)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def exported_intensity_max(path: str | Path, bundle_config: dict) -> float | None:
     """The top of the scale the weights of the export at ``path`` were trained to see images at, as the
     ``inference.json`` it carries says (``export`` writes it with the settings of the weights' ``network.json``):
     its ``intensity_max``, or 1 where it has none (an export of a 2D bundle from before 0.1.17, which scaled to
     0..1). None where the file carries no config (ONNX, another tool's export) or ``bundle_config`` (the bundle's
     inference config) has no such setting (the CT bundle)."""
-    from vmunet_monai.engine.handlers import OLD_INTENSITY_MAX
-
-    if isinstance(bundle_config.get("intensity_max"), bool) or not isinstance(bundle_config.get("intensity_max"),
-                                                                               (int, float)):
-        return None
-    config = embedded_bundle(path)[1]
-    if not config:
-        return None
-    value = config.get("intensity_max", OLD_INTENSITY_MAX)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return _carried_intensity_max(embedded_bundle(path)[1], bundle_config)
 
 
 def exported_settings(path: str | Path, bundle_config: dict) -> dict:
@@ -181,7 +183,7 @@ def exported_settings(path: str | Path, bundle_config: dict) -> dict:
     if not config:
         return {}
     found = {}
-    scale = exported_intensity_max(path, bundle_config)
+    scale = _carried_intensity_max(config, bundle_config)
     if scale is not None:
         found["intensity_max"] = scale
     classes = config.get("num_classes")
@@ -247,14 +249,16 @@ def check_exported(path: str | Path, meta_file: str | Path, device=None, batch: 
     own = int(pred["num_channels"])
     want = (int(batch), own if channels is None else int(channels), *x.shape[2:])
     got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-    if got != want:
-        whose = (f"this bundle's network gives {want} ({meta_file}" if want[1] == own else
-                 f"the classes asked for need {want} (--num_classes, else the bundle's; an export carries its own "
-                 f"count where its weights were trained for another")
-        more = ("; a model of another number of classes runs with --num_classes" if want[1] == own and isinstance(
-            got, tuple) and len(got) == len(want) and got[0] == want[0] and got[2:] == want[2:] else "")
-        raise InputError(f"{path}: gives {got} for a {tuple(x.shape)} input; {whose}; export it from this bundle"
-                         f"{more})")
+    if got == want:
+        return
+    said = f"{path}: gives {got} for a {tuple(x.shape)} input"
+    if want[1] != own:
+        raise InputError(f"{said}; the classes asked for need {want} (--num_classes, else the bundle's; an export "
+                         f"carries its own count where its weights were trained for another; export it from this "
+                         f"bundle)")
+    other_classes = isinstance(got, tuple) and len(got) == len(want) and got[:1] + got[2:] == want[:1] + want[2:]
+    raise InputError(f"{said}; this bundle's network gives {want} ({meta_file}; export it from this bundle"
+                     + ("; a model of another number of classes runs with --num_classes)" if other_classes else ")"))
 
 
 def network_input_shape(meta_file: str | Path) -> tuple[int, ...]:
