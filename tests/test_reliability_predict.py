@@ -131,12 +131,41 @@ def test_predict_refuses_corrupt_and_foreign_checkpoints(lesion_bundle, tmp_path
     torch.save(state, wider)
     for path, problem in ((corrupt, "cannot be read as a PyTorch checkpoint"),
                           (foreign, "does not fit this VMUNet"),
-                          (wider, "shapes differ (e.g. final_conv.weight (2, 2, 1, 1) vs (1, 2, 1, 1)")):
+                          (wider, "shapes differ (e.g. final_conv.weight (2, 2, 1, 1) vs (1, 2, 1, 1)"),
+                          # not "2 classes against 2 here: give the same --num_classes"
+                          (wider, "its output layer gives 2 channel(s) where this network gives 1, both for 2 "
+                                  "classes: one channel is the 2D bundles' binary head (sigmoid)")):
         with pytest.raises(CheckpointError) as failure:
             predict(str(lesion_bundle), str(tmp_path / "in"), str(tmp_path / "out"), checkpoint=str(path),
                     device="cpu")
         assert str(path) in str(failure.value) and problem in str(failure.value)
         assert "\n" not in str(failure.value)
+    assert not (tmp_path / "out" / "masks").exists()
+
+
+def test_predict_refuses_weights_of_a_bundle_for_other_input_channels(lesion_bundle, tmp_path):
+    """The CT bundle's VM-UNet (one CT channel in, nine organs out) is the ISIC bundle's network class too: rebuilt
+    as its network.json records it, it segmented dermoscopy images into organs. Its record names the bundle that
+    trained it, so predict in the ISIC bundle refuses it and names the channels."""
+    from monai.bundle import ConfigParser
+
+    from vmunet_monai.engine.handlers import bundle_name_above, write_network_settings
+    from vmunet_monai.predict import predict
+    from vmunet_monai.weights import CheckpointError
+
+    ct = tiny_bundle_with_weights("synapse_multiorgan", tmp_path / "ct")
+    parser = ConfigParser()
+    parser.read_config(str(ct / "configs" / "inference.json"))
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(ct / "models" / "model.pt", weights_only=True))
+    name = bundle_name_above(ct / "models")
+    write_network_settings(ct / "models", network, [32, 32], bundle=name)
+    write_rgb(tmp_path / "in" / "a.png")
+    with pytest.raises(CheckpointError) as failure:
+        predict(str(lesion_bundle), str(tmp_path / "in"), str(tmp_path / "out"), device="cpu",
+                checkpoint=str(ct / "models" / "model.pt"))
+    assert f"weights of the bundle {name!r}" in str(failure.value)
+    assert "whose network takes 1 input channel(s) against 3 in this bundle" in str(failure.value)
     assert not (tmp_path / "out" / "masks").exists()
 
 

@@ -229,7 +229,7 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
                 changed.append(f"{key} {value}")
     same = isinstance(network_def, dict) and saved.get("_target_") == network_def.get("_target_")
     other = str(saved.get("_target_", ""))
-    _check_trained_here(configs, weights, record, saved, network_def, same)
+    _check_trained_here(configs, weights, record, saved, network_def)
     if (not same and isinstance(network_def, dict) and other.startswith("vmunet_monai.networks.")
             and pydoc.locate(other) is not None):  # another network of the family (Mamba-UNet in the CT bundle)
         rebuilt = {k: v for k, v in saved.items() if k == "_target_" or not k.startswith("_")}
@@ -251,25 +251,32 @@ def trained_network(configs, weights, ids: str = "network_def") -> dict:
     return overrides
 
 
-def _check_trained_here(configs, weights, record: Path, saved: dict, network_def, same: bool) -> None:
+def _check_trained_here(configs, weights, record: Path, saved: dict, network_def) -> None:
     """Refuse weights that another bundle trained with another network (the ISIC bundle's VM-UNet in the polyp
-    bundle, whose network is VM-UNetV2), as their ``network.json`` records them: rebuilt as recorded, they ran in a
-    pipeline made for other images. Another network trained in this bundle (Mamba-UNet through a ``network_def``
-    override), or a record that names no bundle (isic/polyp before 0.1.19, synapse before 0.1.20), is taken."""
+    bundle, whose network is VM-UNetV2) or for other input channels (the CT bundle's VM-UNet, one CT channel in,
+    in the ISIC bundle), as their ``network.json`` records them: rebuilt as recorded, they ran in a pipeline made
+    for other images. Another network trained in this bundle (Mamba-UNet through a ``network_def`` override), or a
+    record that names no bundle (isic/polyp before 0.1.19, synapse before 0.1.20), is taken."""
     from vmunet_monai.engine.handlers import bundle_name_above
     from vmunet_monai.weights import CheckpointError
 
     trained_in = (saved.get("_desc_") or {}).get("bundle") if isinstance(saved.get("_desc_"), dict) else None
-    if same or not trained_in or not isinstance(network_def, dict) or "_target_" not in saved:
+    if not trained_in or not isinstance(network_def, dict) or "_target_" not in saved:
         return
     first = configs[0] if isinstance(configs, (list, tuple)) and configs else configs
     here = bundle_name_above(Path(str(first)).parent)  # the bundle whose configs these are
     if here is None or here == trained_in:
         return
     theirs, ours = (str(t).rsplit(".", 1)[-1] for t in (saved["_target_"], network_def.get("_target_", "?")))
-    raise CheckpointError(f"{weights}: weights of the bundle {trained_in!r} ({record}), whose network ({theirs}) is "
-                          f"not this bundle's ({ours}, {here!r}): give the bundle they were trained in, or weights "
-                          f"trained in this one")
+    if theirs != ours:
+        raise CheckpointError(f"{weights}: weights of the bundle {trained_in!r} ({record}), whose network ({theirs}) "
+                              f"is not this bundle's ({ours}, {here!r}): give the bundle they were trained in, or "
+                              f"weights trained in this one")
+    mine = network_def.get("in_channels")
+    if isinstance(saved.get("in_channels"), int) and isinstance(mine, int) and saved["in_channels"] != mine:
+        raise CheckpointError(f"{weights}: weights of the bundle {trained_in!r} ({record}), whose network takes "
+                              f"{saved['in_channels']} input channel(s) against {mine} in this bundle ({here!r}): "
+                              f"give the bundle they were trained in, or weights trained in this one")
 
 
 def recorded_num_classes(checkpoint, default_ckpt, configs, say: bool = True) -> int | None:

@@ -610,9 +610,15 @@ def check_checkpoint_fits(network: nn.Module, checkpoint, built_from_record: boo
         if shapes and not missing and not unexpected and len(outputs) == 1:
             from vmunet_monai.engine.utils import classes_of_outputs
 
-            trained, here = (classes_of_outputs(n) for n in outputs.pop())
-            if all(tuple(state[k].shape[1:]) == tuple(target[k].shape[1:]) for k in target
-                   if k in state and tuple(state[k].shape) != tuple(target[k].shape)):
+            trained_outputs, own_outputs = outputs.pop()
+            trained, here = classes_of_outputs(trained_outputs), classes_of_outputs(own_outputs)
+            if trained == here:  # 1 and 2 channels: a 2D bundle's binary head against one channel per class
+                hint = (f"; its output layer gives {trained_outputs} channel(s) where this network gives "
+                        f"{own_outputs}, both for {trained} classes: one channel is the 2D bundles' binary head "
+                        f"(sigmoid), one channel per class the CT bundle's (softmax), so the weights are of another "
+                        f"bundle's network: give the bundle they were trained in")
+            elif all(tuple(state[k].shape[1:]) == tuple(target[k].shape[1:]) for k in target
+                     if k in state and tuple(state[k].shape) != tuple(target[k].shape)):
                 hint = (f"; its output layer has {trained} classes against {here} here: it was trained with "
                         f"--num_classes {trained}, so give the same --num_classes, or "
                         + ("write a bundle set up for them with python -m vmunet_monai copy_bundle BUNDLE OUT "
