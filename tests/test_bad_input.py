@@ -343,6 +343,40 @@ def test_loaded_images_and_labels_are_checked_before_training():
         _one_line(failure.value, *parts)
 
 
+def test_ct_label_on_another_grid_than_its_image_is_refused_before_it_is_scored(tmp_path):
+    """A label of a prepared dataset re-saved in another voxel order (or with the identity affine of an annotation
+    tool that dropped the header): the CT evaluation compared its voxels with the prediction on the image's grid and
+    scored other numbers without a word. The bundle's own transforms now stop at it, naming both files."""
+    from bundle_helpers import tiny_overrides, workflow
+
+    image = write_ct_volume(tmp_path / "ct.nii.gz")
+    source = nib.load(str(image))
+    voxels = np.zeros(source.shape, np.uint8)
+    voxels[4:18, 4:16, 1:4] = 6  # the liver on the soft-tissue block
+    (tmp_path / "datalist.json").write_text(json.dumps({
+        "training": [{"image": str(image), "label": str(tmp_path / "same.nii.gz")}],
+        "validation": [{"image": str(image), "label": str(tmp_path / "same.nii.gz")}],
+        "test": [{"image": str(image), "label": str(tmp_path / "same.nii.gz")}]}))
+    nib.save(nib.Nifti1Image(voxels, source.affine), str(tmp_path / "same.nii.gz"))
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])  # the same voxels stored left-right and front-back mirrored (RAS order)
+    flip[:2, 3] = [source.shape[0] - 1, source.shape[1] - 1]
+    nib.save(nib.Nifti1Image(voxels[::-1, ::-1].copy(), source.affine @ flip), str(tmp_path / "ras.nii.gz"))
+    nib.save(nib.Nifti1Image(voxels, np.eye(4)), str(tmp_path / "bare.nii.gz"))
+    wf = workflow("synapse_multiorgan", ["train.json", "evaluate.json"], "eval", dataset_dir=str(tmp_path),
+                  **tiny_overrides("synapse_multiorgan"))
+    preprocessing = wf.parser.get_parsed_content("validate#preprocessing")
+    same = preprocessing({"image": str(image), "label": str(tmp_path / "same.nii.gz")})
+    assert same["label"].shape == same["image"].shape
+    for label in ("ras.nii.gz", "bare.nii.gz"):
+        with pytest.raises(Exception) as failure:
+            preprocessing({"image": str(image), "label": str(tmp_path / label)})
+        cause = failure.value
+        while not isinstance(cause, InputError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        assert isinstance(cause, InputError), failure.value
+        _one_line(cause, str(tmp_path / label), f"its affine differs from the image {image}", "share one grid")
+
+
 def test_bundle_training_pipeline_names_a_mislabelled_mask(tmp_path):
     """The bundle's own training transforms stop at a label map given as a binary mask, naming the file."""
     from bundle_helpers import tiny_overrides, workflow

@@ -157,6 +157,24 @@ class ValidateInputd(MapTransform):
             raise input_error(path, f"the {what} has {found} spatial dimensions (shape {tuple(array.shape[1:])})",
                               f"this bundle takes a {kind} per file")
 
+    @staticmethod
+    def _check_same_grid(image, image_path: str, label, label_path: str) -> None:
+        """Refuse a label whose voxel-to-world matrix is not its image's: the evaluation scores the label's voxels
+        against the prediction on the image's grid (a label saved in another voxel order, or whose header an
+        annotation tool dropped, scored wrong numbers without a word), and a training read them misplaced."""
+        ours, theirs = (getattr(v, "affine", None) for v in (image, label))
+        if ours is None or theirs is None:
+            return
+        ours, theirs = (np.asarray(_numpy(a), dtype=np.float64) for a in (ours, theirs))
+        if ours.shape != theirs.shape or np.allclose(ours, theirs, atol=1e-3):
+            return
+        shift = float(np.linalg.norm(ours[:3, 3] - theirs[:3, 3]))
+        axes = float(np.abs(ours[:3, :3] - theirs[:3, :3]).max())
+        raise input_error(label_path, f"its affine differs from the image {image_path}: origins {shift:.4g} mm apart, "
+                          f"voxel axes by up to {axes:.4g} mm", "an image and its label must share one grid (their "
+                          "voxel-to-world matrices equal within 0.001 mm); prepare puts a label stored in another "
+                          "voxel order on its image's grid and names the others")
+
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         keys = list(self.key_iterator(d))
@@ -184,6 +202,8 @@ class ValidateInputd(MapTransform):
                 size = lambda s: "x".join(str(int(v)) for v in s)  # noqa: E731
                 raise input_error(label_path, f"the label is {size(label.shape[1:])} but its image {image_path} is "
                                   f"{size(d[image_key].shape[1:])}", "an image and its label must have the same size")
+            if image_path is not None and self.spatial_dims == 3:
+                self._check_same_grid(d[image_key], image_path, label, label_path)
             values = _numpy(label)
             if self.num_classes is None:
                 check_binary_mask(values, label_path)
