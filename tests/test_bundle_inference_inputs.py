@@ -200,26 +200,38 @@ def test_predict_on_a_prepared_ct_folder_segments_its_test_volumes(tmp_path, cap
     assert "segmenting the 2 volume(s) of its 'test' split" in capsys.readouterr().out
 
 
-def test_isic_inference_config_skips_broken_and_duplicate_inputs(tmp_path):
-    """The ISIC bundle's own inference.json, run in-process on a folder with a broken file and two images of one
-    stem: the good images get their masks, the others are named and nothing is overwritten."""
+def _run_inference(bundle: Path, folder: Path, out: Path) -> None:
+    """The bundle's own inference.json, run in-process on ``folder`` into ``out`` on the CPU."""
     from monai.bundle import ConfigWorkflow
 
-    bundle = tiny_bundle_with_weights("isic_skin_lesion", tmp_path / "bundle")
-    folder = tmp_path / "in"
-    good = [write_rgb(folder / "photo.png", 40, 52), write_rgb(folder / "sub" / "lesion.jpg", 36, 30, seed=1)]
-    write_rgb(folder / "photo.JPG", 30, 30, seed=2)
-    (folder / "zz_broken.png").write_text("not an image")
-    out = tmp_path / "out"
     configs = bundle / "configs"
     workflow = ConfigWorkflow(config_file=str(configs / "inference.json"), meta_file=str(configs / "metadata.json"),
                               logging_file=str(configs / "logging.conf"), workflow_type="infer",
                               bundle_root=str(bundle), input_dir=str(folder), output_dir=str(out), num_workers=0,
                               device="$torch.device('cpu')")
-    with pytest.warns(UserWarning) as record:
-        workflow.initialize()
-        workflow.run()
+    workflow.initialize()
+    workflow.run()
     workflow.finalize()
+
+
+def test_isic_inference_config_skips_broken_and_duplicate_inputs(tmp_path, capsys):
+    """The ISIC bundle's own inference.json, run in-process on a folder with a broken file, two images of one
+    stem and a mask beside its image: the good images get their masks, the others are named and nothing is
+    overwritten; the run ends saying how many images it segmented and where their results lie."""
+    bundle = tiny_bundle_with_weights("isic_skin_lesion", tmp_path / "bundle")
+    folder = tmp_path / "in"
+    good = [write_rgb(folder / "photo.png", 40, 52), write_rgb(folder / "sub" / "lesion.jpg", 36, 30, seed=1)]
+    write_rgb(folder / "photo.JPG", 30, 30, seed=2)
+    Image.fromarray(np.zeros((30, 36), np.uint8)).save(folder / "sub" / "lesion_mask.png")  # its ground truth
+    (folder / "zz_broken.png").write_text("not an image")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    with pytest.warns(UserWarning) as record:
+        _run_inference(bundle, folder, out)
+    said = capsys.readouterr().out
+    assert f"2 images segmented: masks in {out}/masks, overlays in {out}/overlays\n" in said
+    assert "earlier run" not in said
+    assert any("not segmented: 1 mask file(s) beside their images" in str(w.message) for w in record)
     masks = {p.relative_to(out / "masks").as_posix(): p for p in (out / "masks").rglob("*.png")}
     assert sorted(masks) == ["photo_mask.png", "sub/lesion_mask.png"]
     for source, mask in zip(good, (masks["photo_mask.png"], masks["sub/lesion_mask.png"])):
@@ -229,3 +241,34 @@ def test_isic_inference_config_skips_broken_and_duplicate_inputs(tmp_path):
     assert set(skipped) == {"photo.JPG", "zz_broken.png"}
     assert "is not an image file" in skipped["zz_broken.png"]
     assert f"already the output of {good[0].resolve()}" in skipped["photo.JPG"]
+
+
+def test_bundle_inference_names_an_earlier_run_and_refuses_an_output_inside_its_input(tmp_path, capsys):
+    """A second run into one folder: the masks of the first that it did not replace are named (a later score of
+    the folder reads them too). An output folder inside the input folder is refused: a second run segmented the
+    first's overlays (and the CT bundle its segmentations) as images."""
+    bundle = tiny_bundle_with_weights("isic_skin_lesion", tmp_path / "bundle")
+    folder = tmp_path / "in"
+    write_rgb(folder / "a.png", 40, 52)
+    write_rgb(folder / "b.png", 36, 30, seed=1)
+    out = tmp_path / "out"
+    _run_inference(bundle, folder, out)
+    (folder / "b.png").unlink()
+    capsys.readouterr()
+    _run_inference(bundle, folder, out)
+    said = capsys.readouterr().out
+    assert f"1 image segmented: masks in {out}/masks, overlays in {out}/overlays\n" in said
+    assert f"note: {out}/masks also holds 1 result(s) of an earlier run that this one did not replace (e.g. " \
+        "b_mask.png)" in said
+    with pytest.raises(Exception) as failure:
+        _run_inference(bundle, folder, folder / "out")
+    cause = failure.value
+    while not isinstance(cause, InputError) and (cause.__cause__ or cause.__context__) is not None:
+        cause = cause.__cause__ or cause.__context__
+    assert f"the output folder (--output_dir) is inside the input folder {folder}" in str(cause)
+    assert not (folder / "out" / "masks").exists()
+    volumes = tmp_path / "volumes"
+    write_ct_volume(volumes / "case1.nii.gz")
+    with pytest.raises(InputError, match="the output folder \\(--output_dir\\) is the input folder"):
+        inference_volumes(str(volumes), str(volumes))
+    assert inference_volumes(str(volumes), str(tmp_path / "ct_out")) == [str(volumes / "case1.nii.gz")]

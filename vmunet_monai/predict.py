@@ -848,6 +848,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         "num_workers": 0,
         "tta": bool(tta),
         "dataloader#batch_size": int(batch_size),
+        "summary": False,  # predict names what it wrote itself
     }
     if num_classes is not None:
         overrides["num_classes"] = int(num_classes)

@@ -363,9 +363,11 @@ def _volume_problem(volume: str) -> str | None:
     return None
 
 
-def inference_volumes(path: str) -> list[str]:
+def inference_volumes(path: str, output_dir: str | None = None) -> list[str]:
     """The volumes under ``path`` that the bundle's ``inference.json`` segments: for a prepared dataset folder (one
-    holding ``datalist.json``) its ``test`` split's images, else :func:`find_volumes`'. Each is read once and checked
+    holding ``datalist.json``) its ``test`` split's images, else :func:`find_volumes`' (``output_dir``, the
+    inference's, may then not be the folder or lie inside it: a later run would segment this run's segmentations
+    as volumes). Each is read once and checked
     as ``predict`` checks it (:func:`_volume_problem`: empty, truncated, unreadable, 2D, several channels or time
     points, NaN voxels) and each needs an output of its own: of two volumes that would write one
     ``<case>_seg.nii.gz`` (``a/ct.nii.gz`` and ``b/ct.nii.gz``) the first is kept, where the second would silently
@@ -373,14 +375,17 @@ def inference_volumes(path: str) -> list[str]:
 
     Raises:
         FileNotFoundError: for a missing ``path`` or one without volumes.
-        InputError: for a datalist without a ``test`` split;
+        InputError: for a datalist without a ``test`` split, or an ``output_dir`` inside ``path``;
             :class:`vmunet_monai.predict.NothingToPredictError` when every volume was skipped.
     """
     import warnings
 
     from vmunet_monai.predict import NothingToPredictError
+    from vmunet_monai.validation import check_output_location
 
     volumes = _prepared_volumes(path)
+    if volumes is None and output_dir not in (None, "", "None") and os.path.isdir(path):
+        check_output_location([path], output_dir, what="output folder (--output_dir)")
     kept, taken, skipped = [], {}, []
     for volume in find_volumes(path) if volumes is None else volumes:
         name = _output_name(volume)
@@ -615,7 +620,8 @@ def predict_volumes(
             print(f"--resume: {len(good) - len(todo)} of {len(good)} volume(s) already segmented in {output}, "
                   f"{len(todo)} to go", flush=True)
         config = dict(overrides)
-        config.update(bundle_root=bundle_root, output_dir=output, datalist=todo, tta=bool(tta))
+        config.update(bundle_root=bundle_root, output_dir=output, datalist=todo, tta=bool(tta),
+                      summary=False)  # predict names what it wrote itself
         if probabilities:
             config["probabilities"] = True
         if spread:

@@ -731,20 +731,23 @@ def _usable_images(items: list[dict], where) -> list[dict]:
 
 
 def inference_items(dataset_dir: str | os.PathLike | None = None, input_path: str | os.PathLike | None = None,
-                    key: str = "test") -> list[dict]:
+                    key: str = "test", output_dir: str | os.PathLike | None = None) -> list[dict]:
     """Images to segment: every image under ``input_path`` (a file or a folder, searched recursively),
     or else the ``key`` split of the datalist in ``dataset_dir``.
 
-    Files inside folders named like masks (``mask``, ``masks``, ``*GroundTruth*``) and files whose
-    stem ends in ``_segmentation`` or ``_superpixels`` are skipped, so a raw dataset folder can be
-    given as it is. Each image is then checked as ``predict`` checks it (:func:`_usable_images`): a file that is
-    not a readable 2D image (empty, truncated, not an image, several frames, NaN pixels, under 2 pixels across) or
-    whose mask another image already writes (``X.jpg`` beside ``X.png``) is skipped, named in a warning.
+    A folder is searched as ``predict`` searches it: folders of masks (``masks``, ``labels``, ``gt``,
+    ``*GroundTruth*``, ...), folders an earlier ``predict`` wrote, masks beside their images (``X_mask.png``
+    beside ``X.png``) and files whose stem ends in ``_segmentation`` or ``_superpixels`` are left out, each said
+    in a warning, so a raw dataset folder can be given as it is. Each image is then checked as ``predict`` checks
+    it (:func:`_usable_images`): a file that is not a readable 2D image (empty, truncated, not an image, several
+    frames, NaN pixels, under 2 pixels across) or whose mask another image already writes (``X.jpg`` beside
+    ``X.png``) is skipped, named in a warning. ``output_dir`` (the inference's) may not be the folder or lie inside
+    it: a later run would segment this run's masks and overlays as images.
 
     Raises:
         FileNotFoundError: if ``input_path`` does not exist or holds no image.
-        InputError: for a datalist without the ``key`` split (its splits named);
-            :class:`vmunet_monai.predict.NothingToPredictError` when every image was skipped.
+        InputError: for a datalist without the ``key`` split (its splits named), or an ``output_dir`` inside
+            ``input_path``; :class:`vmunet_monai.predict.NothingToPredictError` when every image was skipped.
     """
     if input_path is None or str(input_path) in ("", "None"):
         if dataset_dir is None:
@@ -757,17 +760,19 @@ def inference_items(dataset_dir: str | os.PathLike | None = None, input_path: st
         raise MissingInputError(f"{root}: no such file or folder (--input_dir names the images to segment)")
     import warnings
 
-    skip_dir = re.compile(r"^(masks?|labels?|gt)$|groundtruth", re.IGNORECASE)
-    skip_stem = re.compile(r"_(segmentation|superpixels)$")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not skip_dir.search(d))
-        for f in sorted(filenames):
-            p = Path(dirpath) / f
-            if p.suffix.lower() in IMAGE_EXTENSIONS and not skip_stem.search(p.stem):
-                found.append({"image": str(p.resolve()), "name": p.stem})
-            elif not f.startswith(".") and not_an_image_reason(p).startswith(("is a 3D", "a GIF")):
-                warnings.warn(f"skipped {p.resolve()}: {not_an_image_reason(p)}")  # as predict names them
+    from vmunet_monai.predict import _collect
+    from vmunet_monai.validation import check_output_location
+
+    if output_dir not in (None, "", "None"):
+        check_output_location([root], output_dir, what="output folder (--output_dir)")
+    left: list[str] = []
+    found, others = _collect(root, left)
+    for path in others:
+        if not Path(path).name.startswith(".") and not_an_image_reason(path).startswith(("is a 3D", "a GIF")):
+            warnings.warn(f"skipped {Path(path).resolve()}: {not_an_image_reason(path)}")  # as predict names them
+    for note in left:
+        warnings.warn(f"not segmented: {note}")
+    found = [{"image": str(Path(item["image"]).resolve()), "name": item["name"]} for item in found]
     if not found:
         raise MissingInputError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
     return _usable_images(found, root)

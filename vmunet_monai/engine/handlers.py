@@ -1197,6 +1197,64 @@ class CalibrationReport(_EpochReport):
               flush=True)
 
 
+class OutputSummary:
+    """At the end of a bundle's inference, print how many inputs it segmented and where its results lie, and name
+    the results of an earlier run left in the first folder (a later ``score`` of that folder reads them too).
+
+    Args:
+        folders: what -> folder, the first the one whose files ``pattern`` counts (``{"masks": ".../masks",
+            "overlays": ".../overlays"}``); a folder the run wrote nothing into is not named.
+        pattern: the file names of one result in the first folder (``*_mask.png``, ``*_seg.nii.gz``), searched
+            below it.
+        unit: what one input is called (``image``, ``volume``).
+        enabled: False attaches nothing (``predict`` says the same itself).
+    """
+
+    def __init__(self, folders: Mapping[str, str], pattern: str = "*", unit: str = "image",
+                 enabled: bool = True) -> None:
+        self.folders = {str(k): str(v) for k, v in dict(folders).items()}
+        self.pattern, self.unit, self.enabled = str(pattern), str(unit), bool(enabled)
+        self.count, self.before = 0, {}
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled or _rank() != 0:
+            return
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._add)
+        engine.add_event_handler(Events.COMPLETED, self._report)
+
+    def _files(self) -> dict[str, int]:
+        """Every file below the folders, with its modification time."""
+        found = {}
+        for folder in self.folders.values():
+            for path in Path(folder).rglob("*"):
+                try:
+                    found[str(path)] = path.stat().st_mtime_ns
+                except OSError:
+                    continue
+        return found
+
+    def _start(self, engine: Engine) -> None:
+        self.count, self.before = 0, self._files()
+
+    def _add(self, engine: Engine) -> None:
+        output = engine.state.output
+        self.count += len(output) if isinstance(output, (list, tuple)) else 1
+
+    def _report(self, engine: Engine) -> None:
+        now = self._files()
+        written = {path for path, stamp in now.items() if self.before.get(path) != stamp}
+        where = ", ".join(f"{what} in {folder}" for what, folder in self.folders.items()
+                          if any(Path(p).is_relative_to(folder) for p in written))
+        print(f"{self.count} {self.unit}{'' if self.count == 1 else 's'} segmented" + (f": {where}" if where else ""),
+              flush=True)
+        first = Path(next(iter(self.folders.values()), "."))
+        earlier = sorted(p for p in first.rglob(self.pattern) if str(p) in now and str(p) not in written)
+        if earlier:
+            print(f"note: {first} also holds {len(earlier)} result(s) of an earlier run that this one did not "
+                  f"replace (e.g. {earlier[0].name}); give --output_dir a new folder to keep runs apart", flush=True)
+
+
 class OverlayWriter:
     """Write ``<stem>_overlay.png`` for each predicted mask: the input image with the mask tinted and outlined.
 
