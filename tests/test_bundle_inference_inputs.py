@@ -267,6 +267,8 @@ def test_bundle_inference_names_an_earlier_run_and_refuses_an_output_inside_its_
         cause = cause.__cause__ or cause.__context__
     assert f"the output folder (--output_dir) is inside the input folder {folder}" in str(cause)
     assert not (folder / "out" / "masks").exists()
+    with pytest.raises(FileNotFoundError, match="give a folder of images to segment as --input_dir"):
+        inference_items(str(folder), None)  # a folder of images given as --dataset_dir
     volumes = tmp_path / "volumes"
     write_ct_volume(volumes / "case1.nii.gz")
     with pytest.raises(InputError, match="the output folder \\(--output_dir\\) is the input folder"):

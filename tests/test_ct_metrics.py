@@ -253,6 +253,9 @@ def test_the_worst_case_is_drawn_beside_the_first(tmp_path, capsys, caplog):
         handler._write(engine)
     # in a bundle run the logger shows the line (the bundle's logging config): once, not printed beside it
     assert [r.getMessage()[:20] for r in caplog.records].count("3 cases: mean Dice 0") == 1
+    folder = tmp_path / "handler"
+    assert f"report: {folder / 'per_case.csv'}, {folder / 'summary.json'}, {folder / 'organ_boxplot.png'}, " \
+        f"{folder / 'montage_img1.png'}, {folder / 'montage_worst_img2.png'}" in [r.getMessage() for r in caplog.records]
     assert "mean Dice" not in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "handler").glob("montage*.png")) == ["montage_img1.png",
                                                                                    "montage_worst_img2.png"]
@@ -292,6 +295,8 @@ def test_the_printed_summary_says_how_many_organs_were_missed(capsys):
     assert "mean HD95 0.00 mm (of the organs found: 1 missed, which have no HD95, count 0 in Dice) |" in line
     ct._log_summary(ct.summarize([dict(ct.case_scores(label[None], label, SPACING), case="c2")]))
     assert "missed" not in capsys.readouterr().out
+    ct._log_summary(ct.summarize([dict(ct.case_scores(np.zeros_like(label)[None], label, SPACING), case="c3")]))
+    assert "mean HD95 n/a (of the organs found: 2 missed" in capsys.readouterr().out  # not nan
 
 
 def test_volumes_csv_names_classes_without_spaces(tmp_path):

@@ -752,6 +752,11 @@ def inference_items(dataset_dir: str | os.PathLike | None = None, input_path: st
     if input_path is None or str(input_path) in ("", "None"):
         if dataset_dir is None:
             raise ValueError("give an input file or folder, or a dataset_dir holding datalist.json")
+        if Path(dataset_dir).is_dir() and not (Path(dataset_dir) / DATALIST_NAME).is_file():
+            raise MissingInputError(f"{Path(dataset_dir) / DATALIST_NAME} not found: --dataset_dir names a prepared "
+                                    f"dataset (the OUT folder of `python -m vmunet_monai prepare <bundle> RAW OUT`), "
+                                    f"whose {key!r} split is segmented; give a folder of images to segment as "
+                                    f"--input_dir")
         return _usable_images(_datalist_items(dataset_dir, key), Path(dataset_dir) / DATALIST_NAME)
     root = Path(input_path)
     if root.is_file():

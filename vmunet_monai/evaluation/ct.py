@@ -27,6 +27,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -492,9 +493,11 @@ def _log_summary(summary: dict, name: str = "", emit=print) -> None:
     """The summary's lines through ``emit``: the evaluation handler logs them (a bundle run's logging config
     shows them once), ``score`` prints them."""
     missed = sum((summary.get("counts") or {}).get("missed", {}).values())
+    hd95 = summary["hd95_mm"]["mean_over_organs"]
+    hd95 = "n/a" if hd95 is None or not np.isfinite(hd95) else f"{hd95:.2f} mm"
     line = (
         f"{name + ': ' if name else ''}{summary['num_cases']} cases: mean Dice "
-        f"{summary['dice']['mean_over_organs']:.4f}, mean HD95 {summary['hd95_mm']['mean_over_organs']:.2f} mm"
+        f"{summary['dice']['mean_over_organs']:.4f}, mean HD95 {hd95}"
         + (f" (of the organs found: {missed} missed, which have no HD95, count 0 in Dice)" if missed else "")
     )
     if "transunet_dice" in summary:
@@ -633,6 +636,9 @@ class OrganMetricsHandler:
                              class_names=self.organs)
             except Exception as exc:  # a montage must never cost the metrics already computed
                 warnings.warn(f"{name} of {m['case']} not written: {exc}")
+        names = ["per_case.csv", "summary.json", "organ_boxplot.png", "montage_*.png"]
+        shown = [str(p) for name in names for p in sorted(Path(self.output_dir).glob(self.prefix + name))]
+        logger.info("report: %s", ", ".join(shown))
 
 
 def _as_3d(volume):
