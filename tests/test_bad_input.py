@@ -591,22 +591,26 @@ def test_a_users_own_script_gets_no_line_about_options(monkeypatch):
 
 
 def test_a_bundle_run_without_its_prepared_data_ends_with_what_to_give(tmp_path):
-    """``--dataset_dir`` at the raw download instead of prepare's OUT: MONAI's traceback of the config expression,
-    then the line that says what --dataset_dir must be (a FileNotFoundError that is also an InputError)."""
+    """``--dataset_dir`` at the raw download instead of prepare's OUT: the line that says what --dataset_dir must be
+    (a FileNotFoundError that is also an InputError), alone: the screens of MONAI's re-raised config expression
+    behind it are shown with VMUNET_TRACEBACK=1 only."""
     from vmunet_monai.validation import MissingInputError
 
     import shutil
 
     configs = shutil.copytree(REPO / "bundles" / "isic_skin_lesion" / "configs", tmp_path / "bundle" / "configs")
     (tmp_path / "raw").mkdir()
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file",
-                           str(configs / "metadata.json"), "--config_file", str(configs / "train.json"),
-                           "--bundle_root", str(tmp_path / "bundle"), "--dataset_dir", str(tmp_path / "raw")],
-                          capture_output=True, text=True, timeout=300, env=run_env(), cwd=str(tmp_path))
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: {tmp_path / 'raw' / 'datalist.json'} not found: --dataset_dir must be the OUT folder of `python -m "
-        f"vmunet_monai prepare <bundle> RAW OUT` (or of `demo_data` followed by `prepare`)")
+    said = (f"error: {tmp_path / 'raw' / 'datalist.json'} not found: --dataset_dir must be the OUT folder of `python "
+            f"-m vmunet_monai prepare <bundle> RAW OUT` (or of `demo_data` followed by `prepare`)")
+    for shown in ("", "1"):
+        proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file",
+                               str(configs / "metadata.json"), "--config_file", str(configs / "train.json"),
+                               "--bundle_root", str(tmp_path / "bundle"), "--dataset_dir", str(tmp_path / "raw")],
+                              capture_output=True, text=True, timeout=300, env=dict(run_env(), VMUNET_TRACEBACK=shown),
+                              cwd=str(tmp_path))
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines()[-1] == said
+        assert ("Traceback" in proc.stderr) == bool(shown), proc.stderr[-2000:]
     assert issubclass(MissingInputError, FileNotFoundError)
 
 

@@ -237,7 +237,9 @@ def show_input_errors_last() -> None:
     line (``error: ...``): a bundle run that stops in a check of ours ends in MONAI's "Failed to evaluate
     ConfigExpression" otherwise, with the line that says what to do half a screen up. Installed once, on import of
     :mod:`vmunet_monai`; the previous hook still prints the traceback, but for a Ctrl-C that a training has
-    answered with where it goes on from (the exception's ``stop_said``)."""
+    answered with where it goes on from (the exception's ``stop_said``), and in a bundle run or a ``vmunet_monai``
+    command (:func:`_command_run`) for a checked input, where the ``error: ...`` line is printed alone (set
+    ``VMUNET_TRACEBACK=1`` to see the traceback behind it)."""
     import sys
 
     previous = sys.excepthook
@@ -247,8 +249,14 @@ def show_input_errors_last() -> None:
     def hook(kind, value, tb):
         if isinstance(value, KeyboardInterrupt) and getattr(value, "stop_said", False):
             return  # a training stopped by Ctrl-C said where it goes on from: that line stays the last
-        previous(kind, value, tb)
         cause = last_line_for(value)
+        if _command_run() and not os.environ.get("VMUNET_TRACEBACK") and (
+                cause is not None or isinstance(value, InputError)):
+            # a checked input, in a bundle run or a command: the line says what to do; the screens of MONAI's
+            # re-raised config expressions behind it say nothing more (VMUNET_TRACEBACK=1 shows them)
+            print(f"error: {cause if cause is not None else value}", file=sys.stderr)
+            return
+        previous(kind, value, tb)
         if cause is not None:
             print(f"error: {cause}", file=sys.stderr)
 
