@@ -3,6 +3,7 @@
 import importlib.util
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -706,6 +707,13 @@ def test_a_bundle_run_refuses_an_off_switch_it_would_read_as_on():
                               "batch"), ("val_interval", "1.5", "epochs between validations")):
         with pytest.raises(InputError, match=rf"--{name} {value}: {what}, a whole number of at least 1"):
             check_overrides(root, train + [f"--{name}", value])
+    for name, value, default in (("epochs", "abc", "300"), ("learning_rate", "fast", "0.001"),
+                                 ("weight_decay", "[0.1]", "0.01")):  # a traceback from inside ignite or AdamW
+        with pytest.raises(InputError, match=rf"--{re.escape(name)} {re.escape(value)}: a number \(the configs' "
+                                             rf"default is {default}\)"):
+            check_overrides(root, train + [f"--{name}", value])
+    check_overrides(root, train + ["--learning_rate", "1e-4", "--weight_decay", "0", "--seed", "None",
+                                   "--min_learning_rate", "$@learning_rate / 100"])
     typo = root.parent / root.name[:-2]  # bundles/polyp for bundles/polyp_seg
     with pytest.raises(InputError, match=rf"--bundle_root {typo}: no such folder; did you mean {root}\? \(the run "
                                          r"would write its models and logs into a new folder of that name\)"):

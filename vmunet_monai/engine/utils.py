@@ -509,7 +509,8 @@ def _check_value_overrides(files: list[Path], given: dict[str, str]) -> None:
     take the wrong way: MONAI's command line turns only ``True`` and ``False`` into booleans and passes ``false``,
     ``no`` or ``off`` on as text, which the configs read as on (a non-empty string), so ``--tta false`` ran with
     test-time augmentation. ``true``, ``yes``, ``on``, ``None`` and the numbers 0 and 1 mean what they say. A
-    count (``--epochs``, ``--batch_size``, ...) of less than 1 is refused too."""
+    count (``--epochs``, ``--batch_size``, ...) of less than 1 is refused too, and text where a setting is a number
+    (``--learning_rate abc``: a traceback from inside the optimiser otherwise)."""
     import ast
 
     from monai.bundle import ConfigParser
@@ -527,6 +528,14 @@ def _check_value_overrides(files: list[Path], given: dict[str, str]) -> None:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, bool) and name not in _NOT_FLAGS:
             flags[name] = value
+        text = str(value).strip()
+        if isinstance(node, (int, float)) and not isinstance(node, bool) and not text.startswith(("$", "@", "%")):
+            try:
+                number = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                number = text  # a word: MONAI passes it on as text, which fails deep in the run
+            if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))):
+                raise InputError(f"--{name} {text}: a number (the configs' default is {node})")
         if name in _COUNTS and isinstance(node, int):
             try:
                 number = ast.literal_eval(str(value).strip())
