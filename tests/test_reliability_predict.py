@@ -169,6 +169,24 @@ def test_predict_refuses_weights_of_a_bundle_for_other_input_channels(lesion_bun
     assert not (tmp_path / "out" / "masks").exists()
 
 
+def test_predict_refuses_a_scan_backend_that_cannot_run_before_writing(lesion_bundle, tmp_path, monkeypatch):
+    """$VMUNET_SCAN_BACKEND misspelt, or naming a GPU backend on the CPU: predict stopped at the first image in a
+    traceback and left an unfinished prediction.json, so the same command then asked for --resume."""
+    from vmunet_monai.predict import predict
+
+    write_rgb(tmp_path / "in" / "a.png")
+    for value, said in (("fooo", "$VMUNET_SCAN_BACKEND='fooo' is not a scan backend; choose one of "),
+                        ("triton", "$VMUNET_SCAN_BACKEND='triton' runs on cuda tensors, but the input is on cpu")):
+        monkeypatch.setenv("VMUNET_SCAN_BACKEND", value)
+        with pytest.raises(InputError) as failure:
+            predict(str(lesion_bundle), str(tmp_path / "in"), str(tmp_path / "out"), device="cpu")
+        assert said in str(failure.value) and "unset $VMUNET_SCAN_BACKEND" in str(failure.value)
+        assert not (tmp_path / "out").exists()
+    monkeypatch.setenv("VMUNET_SCAN_BACKEND", "torch")
+    predict(str(lesion_bundle), str(tmp_path / "in"), str(tmp_path / "out"), device="cpu")
+    assert (tmp_path / "out" / "masks" / "a_mask.png").is_file()
+
+
 def test_cli_predict_exit_status(lesion_bundle, tmp_path, capsys, monkeypatch):
     """Some images skipped: the command ends normally (exit status 0; through the entry point in this process);
     none segmented: a real process ends with status 1 and the reason as its last line."""

@@ -28,8 +28,8 @@ import numpy as np
 from vmunet_monai.engine.utils import find_bundle, inference_configs, network_file, output_channels
 from vmunet_monai.evaluation.uncertainty import check_rank_by
 from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, check_at_least, check_device, check_flag,
-                                     check_no_hash, check_output_location, number_list, read_image_upright,
-                                     write_whole)
+                                     check_no_hash, check_output_location, check_scan_backend, number_list,
+                                     read_image_upright, write_whole)
 
 __all__ = ["predict", "VOLUME_BUNDLES", "is_volume_bundle", "check_no_hash", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
            "read_record", "weights_files", "resume_check", "check_fresh_output", "finished_output", "takes_pass_entropy"]
@@ -709,6 +709,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
         vmunet_monai.weights.CheckpointError: for a checkpoint that is unreadable or not of this bundle's network.
     """
     device = check_device(device)
+    check_scan_backend(device)
     check_at_least("predict --batch_size", batch_size, 1)
     check_flag("--probabilities", probabilities)
     check_flag("--uncertainty", uncertainty)

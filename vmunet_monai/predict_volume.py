@@ -536,10 +536,12 @@ def predict_volumes(
     from vmunet_monai.predict import (NothingToPredictError, bundle_class_names, check_fresh_output, check_no_hash,
                                       exported_overrides, finished_output, quiet_interrupt, recorded_num_classes,
                                       resume_check, takes_pass_entropy, trained_network, weights_files, write_record)
-    from vmunet_monai.validation import InputError, check_device, check_output_location, read_volume
+    from vmunet_monai.validation import (InputError, check_device, check_output_location, check_scan_backend,
+                                         read_volume)
     from vmunet_monai.weights import check_checkpoint_fits
 
     device = check_device(device)
+    check_scan_backend(device)
     bundle_root = os.path.abspath(bundle_root or default_bundle_root())
     config_files, default_ckpt, train = inference_configs(bundle_root, baseline, model)
     paths = [input] if isinstance(input, (str, os.PathLike)) else list(input)

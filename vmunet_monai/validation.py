@@ -912,6 +912,25 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
+def check_scan_backend(device: str | None) -> None:
+    """Refuse a ``$VMUNET_SCAN_BACKEND`` that cannot run on ``device`` (None: the automatic choice, a GPU where
+    one is visible) before a command writes anything: not a backend's name, one for another device (``triton`` on
+    the CPU), or one not installed here. A run otherwise stopped at the first image in a traceback, leaving an
+    unfinished record in its output folder."""
+    from vmunet_monai.ops.dispatch import ENV_VAR, resolve_backend
+
+    if not os.environ.get(ENV_VAR, "").strip():
+        return
+    import torch
+
+    target = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolve_backend(torch.device(target))
+    except (ValueError, RuntimeError) as exc:
+        raise InputError(f"{exc} (unset ${ENV_VAR} for the automatic choice; python -m vmunet_monai doctor lists "
+                         f"the backends)") from None
+
+
 def check_output_location(inputs: Iterable, output, outputs: Iterable = (), what: str = "output folder",
                           output_is_file: bool = False) -> Path:
     """Refuse an output location that would overwrite or mix with the inputs, or that no folder can be made at.
