@@ -137,6 +137,22 @@ def test_predict_names_what_is_wrong_with_an_ensemble(lesion_bundle, tmp_path):
                     device="cpu")
         assert message in str(failure.value), str(failure.value)
     assert not (tmp_path / "out" / "masks").exists()  # refused before any mask was written
+    # the second member's own network.json was not read (the network is the first's): the message said it was, and
+    # that the file, if of another training, should be moved away
+    from monai.bundle import ConfigParser
+
+    from vmunet_monai.engine.handlers import write_network_settings
+
+    parser = ConfigParser()
+    parser.read_config(str(foreign.parent.parent / "configs" / "inference.json"))
+    write_network_settings(foreign.parent, parser.get_parsed_content("network_def"), [32, 32])
+    with pytest.raises(CheckpointError) as failure:
+        predict(str(lesion_bundle), str(tmp_path / "in"), str(tmp_path / "out"), checkpoint=f"{first},{foreign}",
+                device="cpu")
+    said = str(failure.value)
+    assert said.startswith(str(foreign)) and "move it away" not in said, said
+    assert said.endswith(f"; the network was built for the ensemble's first member, {first}: the members of an "
+                         f"ensemble must be of one network"), said
 
 
 def test_members_of_other_sizes_are_warned_of_and_of_other_scales_refused(tmp_path, caplog):

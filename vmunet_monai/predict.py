@@ -279,6 +279,26 @@ def _check_trained_here(configs, weights, record: Path, saved: dict, network_def
                               f"give the bundle they were trained in, or weights trained in this one")
 
 
+def check_members_fit(network, weights: list) -> None:
+    """Check that each of ``weights`` (one, or an ensemble's members) fits ``network``, which was built with the
+    settings the first one's ``network.json`` records.
+
+    Raises:
+        vmunet_monai.weights.CheckpointError: naming the weights that do not fit; for a later member of an
+            ensemble, that the network is the first member's (its own ``network.json`` was not read).
+    """
+    from vmunet_monai.weights import CheckpointError, check_checkpoint_fits
+
+    for index, path in enumerate(weights):
+        try:
+            check_checkpoint_fits(network, path, built_from_record=index == 0)
+        except CheckpointError as exc:
+            if index == 0:
+                raise
+            raise type(exc)(f"{exc}; the network was built for the ensemble's first member, {weights[0]}: the "
+                            f"members of an ensemble must be of one network") from None
+
+
 def recorded_num_classes(checkpoint, default_ckpt, configs, say: bool = True) -> int | None:
     """The class count the ``network.json`` beside the weights (``checkpoint``, the first of an ensemble, else
     ``default_ckpt``) records through its output layer, where it differs from the bundle's ``num_classes``; None
@@ -756,7 +776,6 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     from monai.bundle import ConfigParser, ConfigWorkflow
 
     from vmunet_monai.data.common import png_first, report_skipped, report_turned
-    from vmunet_monai.weights import check_checkpoint_fits
 
     root = find_bundle(bundle)
     configs, default_ckpt, train = inference_configs(root, baseline, model)
@@ -878,8 +897,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     )
     workflow.initialize()
     if not model:
-        for path in weights:  # an ensemble's too, each named if it is not of this network
-            check_checkpoint_fits(workflow.parser.get_parsed_content("network"), path, built_from_record=True)
+        check_members_fit(workflow.parser.get_parsed_content("network"), weights)
     out.mkdir(parents=True, exist_ok=True)  # the record of a run under way: what --resume checks against
     write_record(out, workflow.parser, root, weights, bool(model), [source], [], skipped, settings, finished=False)
     if todo:

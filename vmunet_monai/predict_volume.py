@@ -533,12 +533,12 @@ def predict_volumes(
     from vmunet_monai.data.volumes import airless_note, hounsfield_like, intensity_span
     from vmunet_monai.engine.utils import inference_configs
     from vmunet_monai.evaluation.volumetry import write_volumes
-    from vmunet_monai.predict import (NothingToPredictError, bundle_class_names, check_fresh_output, check_no_hash,
-                                      exported_overrides, finished_output, quiet_interrupt, recorded_num_classes,
-                                      resume_check, takes_pass_entropy, trained_network, weights_files, write_record)
+    from vmunet_monai.predict import (NothingToPredictError, bundle_class_names, check_fresh_output, check_members_fit,
+                                      check_no_hash, exported_overrides, finished_output, quiet_interrupt,
+                                      recorded_num_classes, resume_check, takes_pass_entropy, trained_network,
+                                      weights_files, write_record)
     from vmunet_monai.validation import (InputError, check_device, check_output_location, check_scan_backend,
                                          read_volume)
-    from vmunet_monai.weights import check_checkpoint_fits
 
     device = check_device(device)
     check_scan_backend(device)
@@ -649,8 +649,7 @@ def predict_volumes(
             print(f"{airless_note(airless, len(good))} this bundle's CT window expects, so their segmentations may be "
                   f"empty or wrong; a bundle trained on MRI or scaled CT takes --intensity mri", flush=True)
         if not model:
-            for path in weights:  # an ensemble's too, each named if it is not of this network
-                check_checkpoint_fits(workflow.parser.get_parsed_content("network"), path, built_from_record=True)
+            check_members_fit(workflow.parser.get_parsed_content("network"), weights)
         # the record of a run under way: what --resume checks against
         write_record(output, workflow.parser, bundle_root, weights, bool(model), paths, [], skipped, settings,
                      finished=False)
