@@ -81,7 +81,7 @@ def test_unusable_2d_image_files_are_named_with_the_rule(tmp_path):
         (text, "is not an image file"),
         (frames, "holds 3 frames"),
         (nan, "1 NaN and 1 Inf values"),
-        (volume, "is a 3D volume file"),
+        (volume, "is a volume file (NIfTI, NRRD, MHA or DICOM)"),
         (tmp_path / "missing.png", "no such file"),
     ]
     _each_refused(read_image_2d, cases)

@@ -61,8 +61,8 @@ def test_inference_items_skips_unusable_images_and_names_each(tmp_path):
     (folder / "ct.nii.gz").write_bytes(b"\x1f\x8b")  # a volume and a GIF among the images: named, as predict does
     (folder / "clip.gif").write_bytes(b"GIF89a")
     (folder / "notes.txt").write_text("a file no one takes for an image: no word")
-    bad.update({"ct.nii.gz": "is a 3D volume file (2D images are expected; CT volumes go to the synapse_multiorgan "
-                             "bundle)", "clip.gif": "a GIF, which is not read (save it as PNG)"})
+    bad.update({"ct.nii.gz": "is a volume file (NIfTI, NRRD, MHA or DICOM, read by the synapse_multiorgan "
+                             "bundle; 2D images are expected)", "clip.gif": "a GIF, which is not read (save it as PNG)"})
     with pytest.warns(UserWarning) as record:
         items = inference_items(None, str(folder))
     assert [item["image"] for item in items] == [str(p.resolve()) for p in good]

@@ -126,6 +126,16 @@ def test_layout_choice_and_options_of_the_other_layout(tmp_path):
         label.write_bytes(b"")  # every label broken
     with pytest.raises(DatasetLayoutError, match=r"no usable case; 4 skipped \(first: .*abd_000"):
         prepare("synapse_multiorgan", str(raw), str(tmp_path / "o"))
+    from PIL import Image
+
+    photos = tmp_path / "photos"  # a 2D dataset given to the volume bundle: said, not "0 skipped" alone
+    for folder in ("imagesTr", "labelsTr"):
+        (photos / folder).mkdir(parents=True)
+        Image.fromarray(np.zeros((20, 20), np.uint8)).save(photos / folder / "a.png")
+    with pytest.raises(DatasetLayoutError, match=r"no usable case; 0 skipped: it holds no NIfTI volumes but 2 2D "
+                                                 r"image file\(s\) \(first: .*a.png\), which the 2D bundles "
+                                                 r"\(isic_skin_lesion, polyp_seg\) take"):
+        prepare("synapse_multiorgan", str(photos), str(tmp_path / "o"))
 
 
 def test_bundle_trains_evaluates_and_predicts_your_own_classes(tmp_path, capsys):

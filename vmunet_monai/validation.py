@@ -567,8 +567,8 @@ def read_image_upright(path) -> tuple[np.ndarray, int]:
 
     path = check_file(path)
     if _is_volume_name(path):
-        raise input_error(path, "is a 3D volume file", "2D images (png, jpg, bmp, tif, webp) are expected here; "
-                          "CT volumes go to the synapse_multiorgan bundle")
+        raise input_error(path, "is a volume file (NIfTI, NRRD, MHA or DICOM)", "2D images (png, jpg, bmp, tif, "
+                          "webp) are expected here; volumes go to the synapse_multiorgan bundle")
     try:
         with Image.open(path) as image:
             frames = int(getattr(image, "n_frames", 1) or 1)

@@ -773,7 +773,7 @@ def inference_items(dataset_dir: str | os.PathLike | None = None, input_path: st
     left: list[str] = []
     found, others = _collect(root, left)
     for path in others:
-        if not Path(path).name.startswith(".") and not_an_image_reason(path).startswith(("is a 3D", "a GIF")):
+        if not Path(path).name.startswith(".") and not_an_image_reason(path).startswith(("is a volume", "a GIF")):
             warnings.warn(f"skipped {Path(path).resolve()}: {not_an_image_reason(path)}")  # as predict names them
     for note in left:
         warnings.warn(f"not segmented: {note}")
@@ -787,7 +787,8 @@ def not_an_image_reason(path: str | os.PathLike) -> str:
     """Why a file whose suffix is none of :data:`IMAGE_EXTENSIONS` is not segmented by a 2D bundle."""
     name = str(path).lower()
     if name.endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".dcm")):
-        return "is a 3D volume file (2D images are expected; CT volumes go to the synapse_multiorgan bundle)"
+        return ("is a volume file (NIfTI, NRRD, MHA or DICOM, read by the synapse_multiorgan bundle; 2D images are "
+                "expected)")
     if name.endswith(".gif"):
         return "a GIF, which is not read (save it as PNG)"
     return f"not an image file ({', '.join(IMAGE_EXTENSIONS)})"

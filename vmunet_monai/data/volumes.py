@@ -646,6 +646,13 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
               f"direction (first: {turned[0]}); written onto their images' voxel grid into {Path(out) / 'labels'}")
     if not any(checked.values()):
         first = f" (first: {skipped[0]['reason']})" if skipped else ""
+        if not skipped:  # no volume at all: a folder of 2D images given to the volume bundle
+            from vmunet_monai.data.common import IMAGE_EXTENSIONS
+
+            flat = [p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+            if flat:
+                first = (f": it holds no NIfTI volumes but {len(flat)} 2D image file(s) (first: {flat[0]}), which "
+                         f"the 2D bundles (isic_skin_lesion, polyp_seg) take")
         raise DatasetLayoutError(f"{root}: no usable case; {len(skipped)} skipped{first}")
     if names is None:
         names = {v: f"class_{v}" for v in range(1, largest + 1)}
