@@ -62,7 +62,8 @@ def test_inference_items_skips_unusable_images_and_names_each(tmp_path):
     (folder / "clip.gif").write_bytes(b"GIF89a")
     (folder / "notes.txt").write_text("a file no one takes for an image: no word")
     bad.update({"ct.nii.gz": "is a volume file (NIfTI, NRRD, MHA or DICOM, read by the synapse_multiorgan "
-                             "bundle; 2D images are expected)", "clip.gif": "a GIF, which is not read (save it as PNG)"})
+                             "bundle; 2D images are expected)",
+                "clip.gif": "a GIF, which is not read (save it as PNG)"})
     with pytest.warns(UserWarning) as record:
         items = inference_items(None, str(folder))
     assert [item["image"] for item in items] == [str(p.resolve()) for p in good]
