@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,9 @@ def test_score_reads_predictions_on_disk_against_a_prepared_acdc_dataset(tmp_pat
         score(tmp_path / "perfect", tmp_path / "prepared", worst=3)
     with pytest.raises(InputError, match="no datalist.json"):
         score_volumes(tmp_path / "perfect", tmp_path / "acdc")
+    with pytest.raises(InputError, match=r"datalist.json: a file; give the folder that holds the datalist.json \(here "
+                                         rf"{re.escape(str(tmp_path / 'prepared'))}\)"):
+        score_volumes(tmp_path / "perfect", tmp_path / "prepared" / "datalist.json")  # (it said: no datalist.json)
     with pytest.raises(InputError, match=r"--split 'tset': .* has the splits") as refused:
         score_volumes(tmp_path / "perfect", tmp_path / "prepared", split="tset")
     splits = str(refused.value).split("has the splits ")[1].split(", ")

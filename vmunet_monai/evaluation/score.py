@@ -229,6 +229,9 @@ def _items(dataset: Path, split: str) -> tuple[Path, list[dict]]:
     from vmunet_monai.data.common import DATALIST_NAME
 
     path = dataset / DATALIST_NAME
+    if dataset.is_file():
+        raise InputError(f"{dataset}: a file; give the folder that holds the {DATALIST_NAME} (here "
+                         f"{dataset.parent}), as `prepare BUNDLE RAW OUT` wrote it")
     if not path.is_file():
         raise InputError(f"{dataset}: no {DATALIST_NAME} (give the folder that `prepare BUNDLE RAW OUT` wrote; it "
                          f"names the cases, their labels and classes)")
