@@ -550,6 +550,8 @@ def test_version(capsys):
      "prepare isic_skin_lesion --seed 'abc': must be a whole number"),
     (["prepare", "isic_skin_lesion", "RAW", "OUT", "--verify", "nah"],
      "prepare isic_skin_lesion --verify 'nah': an on/off option takes true or false"),
+    (["prepare", "isic_skin_lesion", "RAW", "OUT", "--test_fraction", "1.5"],  # (it named no option)
+     "prepare isic_skin_lesion --test_fraction 1.5: a share of the cases, at least 0 and below 1"),
     (["doctr"], "'doctr': no such command; did you mean doctor? (commands: doctor, benchmark, "),
     (["doctor", "--bogus"], "doctor --bogus: no such option (doctor takes no options)"),
 ])

@@ -38,7 +38,7 @@ def options_of(bundle: str, command: str) -> dict:
 def _check_options(bundle: str, command: str, options: dict) -> dict:
     """``options`` with on/off values as booleans, or an ``InputError`` naming an option ``bundle``'s ``command`` does
     not have, or a value of the wrong kind for its default (an on/off option takes true/false, yes/no, on/off or
-    1/0; a whole-number option a whole number; a fraction a number)."""
+    1/0; a whole-number option a whole number; a number a number, and a ``*_fraction`` one from 0 up to below 1)."""
     from vmunet_monai.validation import InputError, read_flag
 
     known = options_of(bundle, command)
@@ -60,6 +60,8 @@ def _check_options(bundle: str, command: str, options: dict) -> dict:
             raise InputError(f"{command} {bundle} --{name} {value!r}: must be a whole number")
         elif isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise InputError(f"{command} {bundle} --{name} {value!r}: must be a number")
+        elif name.endswith("_fraction") and not 0 <= value < 1:
+            raise InputError(f"{command} {bundle} --{name} {value!r}: a share of the cases, at least 0 and below 1")
     return checked
 
 
