@@ -53,6 +53,7 @@ from vmunet_monai.engine.utils import (
     load_pretrained,
     metrics_for_split,
     output_channels,
+    worker_count,
     quiet_other_ranks,
     trained_weights,
 )
@@ -106,6 +107,7 @@ __all__ = [
     "load_pretrained",
     "mask_levels",
     "output_channels",
+    "worker_count",
     "quiet_other_ranks",
     "rgb_converter",
     "set_determinism",

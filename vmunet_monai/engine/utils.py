@@ -18,6 +18,16 @@ logger = logging.getLogger(__name__)
 BUNDLES_ENV = "VMUNET_BUNDLES_DIR"
 
 
+def worker_count(most: int) -> int:
+    """Data-loading processes for a bundle's loaders: ``most``, or fewer where this process may use fewer CPU cores
+    (PyTorch warns of each loader made with more workers than cores, once per loader, on a 2-core machine)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity mask
+        cores = os.cpu_count() or 1
+    return max(1, min(int(most), cores))
+
+
 def output_channels(num_classes) -> int:
     """The network outputs of a 2D bundle for ``num_classes`` classes, background included: one sigmoid
     channel for two (binary masks, as the papers train), else one softmax channel per class.
