@@ -308,7 +308,9 @@ def test_prepare_and_demo_data_refuse_bad_options_in_one_line(tmp_path, capsys):
     main(["demo_data", "polyp_seg", str(raw), "--num", "2", "--seed", "1"])
     with pytest.raises(SystemExit):
         main(["prepare", "polyp_seg", str(raw), str(tmp_path / "out"), "--val_fraction", "2"])
-    assert "error: prepare polyp_seg: split fractions must be >= 0 and sum to < 1, got [2]" in capsys.readouterr().err
+    assert "error: prepare polyp_seg --val_fraction 2: a share of the cases, at least 0 and below 1" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before the import
 
 
 @pytest.mark.parametrize("argv,message", [
