@@ -912,6 +912,19 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
+def check_same_grid(image, image_affine, label, label_affine, more: str = "") -> None:
+    """Refuse a label whose voxel-to-world matrix (``label_affine``) is not its image's within 0.001 mm, naming
+    both files, how far their origins and voxel axes differ, and ``more`` (what to do, after the rule)."""
+    ours, theirs = (np.asarray(a, dtype=np.float64) for a in (image_affine, label_affine))
+    if np.allclose(ours, theirs, atol=1e-3):
+        return
+    shift = float(np.linalg.norm(ours[:3, 3] - theirs[:3, 3]))
+    axes = float(np.abs(ours[:3, :3] - theirs[:3, :3]).max())
+    raise input_error(label, f"its affine differs from the image {image}: origins {shift:.4g} mm apart, voxel axes "
+                      f"by up to {axes:.4g} mm", "an image and its label must share one grid: their voxel-to-world "
+                      f"matrices equal within 0.001 mm{more}")
+
+
 def check_scan_backend(device: str | None) -> None:
     """Refuse a ``$VMUNET_SCAN_BACKEND`` that cannot run on ``device`` (None: the automatic choice, a GPU where
     one is visible) before a command writes anything: not a backend's name, one for another device (``triton`` on

@@ -411,7 +411,7 @@ def onto_image_grid(voxels: np.ndarray, label_affine, image_affine, image_shape)
 def _check_volume_pair(image, label, verify: bool) -> tuple[np.ndarray, tuple[float, float] | None]:
     """:func:`check_volume_pair`'s label voxels (on the image's voxel grid, :func:`onto_image_grid`), and the image's
     :func:`intensity_span` where it was read (``verify``), else None."""
-    from vmunet_monai.validation import check_same_size, read_volume
+    from vmunet_monai.validation import check_same_grid, check_same_size, read_volume
 
     if not os.path.exists(label):
         raise input_error(label, f"no such file (the label of {image})", "every image needs its label")
@@ -425,12 +425,7 @@ def _check_volume_pair(image, label, verify: bool) -> tuple[np.ndarray, tuple[fl
         if turned is not None:  # the image's grid, stored with its axes in another order or direction
             return turned, span
     check_same_size(image, image_shape, label, label_shape, what="label")
-    if not np.allclose(ours, theirs, atol=1e-3):
-        shift = float(np.linalg.norm(ours[:3, 3] - theirs[:3, 3]))
-        axes = float(np.abs(ours[:3, :3] - theirs[:3, :3]).max())
-        raise input_error(label, f"its affine differs from the image {image}: origins {shift:.4g} mm apart, voxel "
-                          f"axes by up to {axes:.4g} mm", "an image and its label must share one grid: their "
-                          "voxel-to-world matrices equal within 0.001 mm")
+    check_same_grid(image, ours, label, theirs)
     return voxels, span
 
 

@@ -22,7 +22,8 @@ from ignite.engine import Engine
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from vmunet_monai.validation import check_binary_mask, check_finite, check_label_values, input_error
+from vmunet_monai.validation import (check_binary_mask, check_finite, check_label_values, check_same_grid,
+                                     input_error)
 
 __all__ = ["NonFiniteLossError", "NonFiniteLossGuard", "ValidateInputd", "set_determinism", "batch_files"]
 
@@ -163,17 +164,10 @@ class ValidateInputd(MapTransform):
         against the prediction on the image's grid (a label saved in another voxel order, or whose header an
         annotation tool dropped, scored wrong numbers without a word), and a training read them misplaced."""
         ours, theirs = (getattr(v, "affine", None) for v in (image, label))
-        if ours is None or theirs is None:
+        if ours is None or theirs is None or tuple(ours.shape) != (4, 4) or tuple(theirs.shape) != (4, 4):
             return
-        ours, theirs = (np.asarray(_numpy(a), dtype=np.float64) for a in (ours, theirs))
-        if ours.shape != theirs.shape or np.allclose(ours, theirs, atol=1e-3):
-            return
-        shift = float(np.linalg.norm(ours[:3, 3] - theirs[:3, 3]))
-        axes = float(np.abs(ours[:3, :3] - theirs[:3, :3]).max())
-        raise input_error(label_path, f"its affine differs from the image {image_path}: origins {shift:.4g} mm apart, "
-                          f"voxel axes by up to {axes:.4g} mm", "an image and its label must share one grid (their "
-                          "voxel-to-world matrices equal within 0.001 mm); prepare puts a label stored in another "
-                          "voxel order on its image's grid and names the others")
+        check_same_grid(image_path, _numpy(ours), label_path, _numpy(theirs), "; prepare puts a label stored in "
+                        "another voxel order on its image's grid and names the others")
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
