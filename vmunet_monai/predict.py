@@ -31,8 +31,9 @@ from vmunet_monai.validation import (IMAGE_EXTENSIONS, InputError, as_typed, che
                                      check_no_hash, check_output_location, check_scan_backend, number_list,
                                      read_image_upright, write_whole)
 
-__all__ = ["predict", "VOLUME_BUNDLES", "is_volume_bundle", "check_no_hash", "NothingToPredictError", "RECORD", "bundle_class_names", "write_record",
-           "read_record", "weights_files", "resume_check", "check_fresh_output", "finished_output", "takes_pass_entropy"]
+__all__ = ["predict", "VOLUME_BUNDLES", "is_volume_bundle", "check_no_hash", "NothingToPredictError", "RECORD",
+           "bundle_class_names", "write_record", "read_record", "weights_files", "resume_check", "check_fresh_output",
+           "finished_output", "takes_pass_entropy", "collect_images", "check_members_fit"]
 
 VOLUME_BUNDLES = ("synapse_multiorgan",)
 
@@ -556,7 +557,7 @@ _SKIP_DIR = re.compile(r"^(masks?|labels?|gt|ground[ _]?truth|annotations)$|grou
 _SKIP_STEM = re.compile(r"_(segmentation|superpixels)$")
 
 
-def _collect(input: Path, left: list[str] | None = None) -> tuple[list[dict], list[str]]:
+def collect_images(input: Path, left: list[str] | None = None) -> tuple[list[dict], list[str]]:
     """Image items under ``input`` (a file, or a folder searched recursively, mask folders and masks beside their
     images left out) and the other files found, which are not images. Folders of masks (``masks``, ``labels``,
     ``gt``, ``groundtruth``, ``Ground Truth`` as CVC-ClinicDB has it, ``annotations``, PH2's ``IMD002_lesion`` and
@@ -805,7 +806,7 @@ def predict(bundle: str, input: str, output: str, checkpoint: str | None = None,
     check_fresh_output(out, resume)
     left: list[str] = []
     listed = _prepared_images(source)  # a prepared dataset: its test split, as the bundle's inference
-    candidates, others = (listed, []) if listed is not None else _collect(source, left)
+    candidates, others = (listed, []) if listed is not None else collect_images(source, left)
     if left:
         print(f"note: not segmented, as masks or results: {'; '.join(left[:4])}"
               + (f" and {len(left) - 4} more" if len(left) > 4 else ""), flush=True)

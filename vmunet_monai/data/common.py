@@ -765,13 +765,13 @@ def inference_items(dataset_dir: str | os.PathLike | None = None, input_path: st
         raise MissingInputError(f"{root}: no such file or folder (--input_dir names the images to segment)")
     import warnings
 
-    from vmunet_monai.predict import _collect
+    from vmunet_monai.predict import collect_images
     from vmunet_monai.validation import check_output_location
 
     if output_dir not in (None, "", "None"):
         check_output_location([root], output_dir, what="output folder (--output_dir)")
     left: list[str] = []
-    found, others = _collect(root, left)
+    found, others = collect_images(root, left)
     for path in others:
         if not Path(path).name.startswith(".") and not_an_image_reason(path).startswith(("is a volume", "a GIF")):
             warnings.warn(f"skipped {Path(path).resolve()}: {not_an_image_reason(path)}")  # as predict names them
