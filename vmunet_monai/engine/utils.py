@@ -539,20 +539,16 @@ def _check_value_overrides(files: list[Path], given: dict[str, str]) -> None:
         if isinstance(node, bool) and name not in _NOT_FLAGS:
             flags[name] = value
         text = str(value).strip()
-        if isinstance(node, (int, float)) and not isinstance(node, bool) and not text.startswith(("$", "@", "%")):
-            try:
-                number = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                number = text  # a word: MONAI passes it on as text, which fails deep in the run
-            if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))):
-                raise InputError(f"--{name} {text}: a number (the configs' default is {node})")
-        if name in _COUNTS and isinstance(node, int):
-            try:
-                number = ast.literal_eval(str(value).strip())
-            except (ValueError, SyntaxError):
-                continue  # an expression ("$@other * 2"), resolved by MONAI
-            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-                raise InputError(f"--{name} {str(value).strip()}: {_COUNTS[name]}, a whole number of at least 1")
+        if not isinstance(node, (int, float)) or isinstance(node, bool) or text.startswith(("$", "@", "%")):
+            continue  # not a number setting, or an expression ("$@other * 2") that MONAI resolves
+        try:
+            number = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            number = text  # a word: MONAI passes it on as text, which fails deep in the run
+        if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))):
+            raise InputError(f"--{name} {text}: a number (the configs' default is {node})")
+        if name in _COUNTS and isinstance(node, int) and (not isinstance(number, int) or number < 1):
+            raise InputError(f"--{name} {text}: {_COUNTS[name]}, a whole number of at least 1")
     for name, value in flags.items():
         text = str(value).strip()
         if text in ("True", "False", "None", "0", "1") or text.lower() in _TRUE_WORDS:  # fire reads the first five
