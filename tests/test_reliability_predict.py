@@ -663,7 +663,7 @@ def test_ctrl_c_in_predict_leaves_no_log_tracebacks(lesion_bundle, tmp_path, mon
 def test_ph2_mask_folders_in_the_input_are_not_segmented(tmp_path):
     """PH2 keeps each image in a folder of its own beside its lesion mask and its ROI masks (IMD002/IMD002_lesion,
     IMD002/IMD002_roi): a PH2 folder given to predict segments the images only, and names the mask folders."""
-    from vmunet_monai.predict import _collect
+    from vmunet_monai.predict import collect_images
 
     case = tmp_path / "PH2 Dataset images" / "IMD002"
     write_rgb(case / "IMD002_Dermoscopic_Image" / "IMD002.bmp")
@@ -671,6 +671,6 @@ def test_ph2_mask_folders_in_the_input_are_not_segmented(tmp_path):
     write_rgb(case / "IMD002_roi" / "IMD002_roi_0.bmp")
     write_rgb(tmp_path / "own_lesion" / "x.png")  # named so, but not inside a folder of that name: images
     left: list[str] = []
-    items, others = _collect(tmp_path, left)
+    items, others = collect_images(tmp_path, left)
     assert sorted(Path(i["image"]).name for i in items) == ["IMD002.bmp", "x.png"] and others == []
     assert left == [f"{case / 'IMD002_lesion'}: PH2's masks of IMD002", f"{case / 'IMD002_roi'}: PH2's masks of IMD002"]
