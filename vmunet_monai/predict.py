@@ -269,15 +269,15 @@ def _check_trained_here(configs, weights, record: Path, saved: dict, network_def
     if here is None or here == trained_in:
         return
     theirs, ours = (str(t).rsplit(".", 1)[-1] for t in (saved["_target_"], network_def.get("_target_", "?")))
-    if theirs != ours:
-        raise CheckpointError(f"{weights}: weights of the bundle {trained_in!r} ({record}), whose network ({theirs}) "
-                              f"is not this bundle's ({ours}, {here!r}): give the bundle they were trained in, or "
-                              f"weights trained in this one")
     mine = network_def.get("in_channels")
-    if isinstance(saved.get("in_channels"), int) and isinstance(mine, int) and saved["in_channels"] != mine:
-        raise CheckpointError(f"{weights}: weights of the bundle {trained_in!r} ({record}), whose network takes "
-                              f"{saved['in_channels']} input channel(s) against {mine} in this bundle ({here!r}): "
-                              f"give the bundle they were trained in, or weights trained in this one")
+    if theirs != ours:
+        differs = f"({theirs}) is not this bundle's ({ours}, {here!r})"
+    elif isinstance(saved.get("in_channels"), int) and isinstance(mine, int) and saved["in_channels"] != mine:
+        differs = f"takes {saved['in_channels']} input channel(s) against {mine} in this bundle ({here!r})"
+    else:
+        return
+    raise CheckpointError(f"{weights}: weights of the bundle {trained_in!r} ({record}), whose network {differs}: give "
+                          f"the bundle they were trained in, or weights trained in this one")
 
 
 def check_members_fit(network, weights: list) -> None:
