@@ -212,24 +212,41 @@ def test_a_nifti_without_orientation_codes_gets_a_segmentation_without_them(tmp_
     assert _dice(np.asarray(seg.dataobj) == 5, expected == 5) > 0.85
 
 
-def test_probability_and_uncertainty_maps_carry_the_segmentation_s_orientation_codes(tmp_path):
-    """An oriented scan: ``<case>_prob.nii.gz`` and ``<case>_uncertainty.nii.gz`` are written with the qform and sform
-    codes of the ``_seg.nii.gz`` beside them (1 and 1), so a viewer that reads one code and not the other places all
-    three alike."""
+def test_outputs_carry_the_scan_s_qform_and_sform(tmp_path):
+    """A scan whose qform (code 1, scanner) and sform (code 2, aligned) place it differently: its segmentation,
+    probabilities and uncertainty are written with both forms and codes of the scan, so ITK (which reads the qform
+    here) places each output where it places the scan, as nibabel does by the sform. MONAI wrote the sform as both,
+    with codes 1: ITK then put the segmentation 15 mm from its scan."""
+    import SimpleITK as sitk
+
     from vmunet_monai.predict_volume import predict_volumes
 
     network = IntensityBands()
-    image_path = _asymmetric_volume(str(tmp_path / "blocks.nii.gz"))
+    source = nib.load(_asymmetric_volume(str(tmp_path / "blocks.nii.gz")))
+    scan = nib.Nifti1Image(np.asarray(source.dataobj), None)
+    shifted = source.affine.copy()
+    shifted[:3, 3] += (15.0, 0.0, 0.0)
+    scan.set_qform(shifted, code=1)
+    scan.set_sform(source.affine, code=2)
+    image_path = str(tmp_path / "two_forms.nii.gz")
+    nib.save(scan, image_path)
     predict_volumes(image_path, str(tmp_path / "out"), checkpoint=_checkpoint(tmp_path, network), device="cpu",
                     network_def=network, roi_size=[32, 32], num_workers=0, probabilities=True, uncertainty=True)
-    outputs = sorted((tmp_path / "out").glob("blocks_*.nii.gz"))
-    assert [p.name for p in outputs] == ["blocks_prob.nii.gz", "blocks_seg.nii.gz", "blocks_uncertainty.nii.gz"]
-    codes = {p.name: (int(nib.load(p).header["qform_code"]), int(nib.load(p).header["sform_code"])) for p in outputs}
-    assert set(codes.values()) == {(1, 1)}, codes
-    seg = nib.load(tmp_path / "out" / "blocks_seg.nii.gz")
+    outputs = sorted((tmp_path / "out").glob("two_forms_*.nii.gz"))
+    assert [p.name for p in outputs] == ["two_forms_prob.nii.gz", "two_forms_seg.nii.gz",
+                                         "two_forms_uncertainty.nii.gz"]
+    scan_itk = sitk.ReadImage(image_path)
     for path in outputs:
-        image = nib.load(path)
-        assert np.allclose(image.get_qform(), seg.affine, atol=1e-4) and np.allclose(image.affine, seg.affine)
+        header = nib.load(path).header
+        assert (int(header["qform_code"]), int(header["sform_code"])) == (1, 2), path.name
+        assert np.allclose(header.get_qform(), shifted, atol=1e-4), path.name
+        assert np.allclose(header.get_sform(), source.affine, atol=1e-4), path.name
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        assert np.allclose(reader.GetOrigin()[:3], scan_itk.GetOrigin(), atol=1e-3), path.name
+    seg = np.asarray(nib.load(tmp_path / "out" / "two_forms_seg.nii.gz").dataobj)
+    assert _dice(seg == 5, _bands(np.asarray(source.dataobj)) == 5) > 0.85  # placed by the sform, as training
 
 
 def test_dicom_series_through_itk(tmp_path):

@@ -92,11 +92,38 @@ def without_orientation(meta) -> bool:
     return all(c is not None and int(np.asarray(c).reshape(-1)[0]) == 0 for c in codes)
 
 
+def scan_forms(source, affine, shape) -> tuple | None:
+    """The qform and sform of the NIfTI scan ``source``, each with its code (nibabel's ``get_qform(coded=True)``,
+    ``get_sform(coded=True)``), where an output of spatial ``shape`` and ``affine`` lies on the scan's own voxels
+    (same first three axes, affine within 0.001 mm): written into that output's header, every reader places the
+    output as it places its scan, whichever of the two forms it prefers. None for anything else (a DICOM series,
+    NRRD, MetaImage, or a file that cannot be read)."""
+    import nibabel as nib
+
+    name = str(source or "")
+    if not name.lower().endswith((".nii", ".nii.gz")) or not os.path.isfile(name):
+        return None
+    try:
+        scan = nib.load(name)
+    except Exception:  # noqa: BLE001 - a scan that cannot be read again keeps MONAI's header
+        return None
+    if tuple(scan.shape[:3]) != tuple(shape[:3]) or not np.allclose(scan.affine, np.asarray(affine), atol=1e-3):
+        return None
+    return scan.get_qform(coded=True), scan.get_sform(coded=True)
+
+
+def _set_forms(header, forms) -> None:
+    (qform, qcode), (sform, scode) = forms
+    header.set_qform(qform, code=int(qcode))
+    header.set_sform(sform, code=int(scode))
+
+
 class _LabelNiftiWriter(monai.data.NibabelWriter):
     """MONAI's NIfTI writer that takes off a label volume's one channel and nothing else: its own squeezing drops
     every trailing dimension of size one, so a volume of one slice, ``(X, Y, 1)``, was written as ``(X, Y)``."""
 
     _unoriented = False  # the scan's header held no orientation (qform and sform codes 0)
+    _source = None  # the scan's file, whose qform and sform the segmentation takes (scan_forms)
 
     def set_data_array(self, data_array, channel_dim: int | None = 0, squeeze_end_dims: bool = True, **kwargs):
         super().set_data_array(data_array, channel_dim=channel_dim, squeeze_end_dims=False, **kwargs)
@@ -106,25 +133,32 @@ class _LabelNiftiWriter(monai.data.NibabelWriter):
     def set_metadata(self, meta_dict=None, resample: bool = True, **options):
         super().set_metadata(meta_dict, resample=resample, **options)
         self._unoriented = without_orientation(meta_dict)
+        self._source = (meta_dict or {}).get("filename_or_obj")
 
     def write(self, filename, verbose: bool = False, **obj_kwargs):
-        """MONAI's writing (qform and sform codes 1); for a scan whose header held no orientation, the segmentation's
+        """MONAI's writing, with the header's qform and sform (and their codes) taken from a NIfTI scan on the same
+        voxels (:func:`scan_forms`): MONAI writes both as the sform with code 1, so where a scan's qform differs
+        from its sform (``sform_code`` 2, aligned), a viewer that reads the qform (ITK's) placed the scan by one
+        and its segmentation by the other. For a scan whose header held no orientation (from any reader), the
         codes are set back to 0: ITK then reads both with its default geometry, and nibabel both with its default
-        affine, so every viewer places the segmentation on its scan (with codes 1, ITK read nibabel's default
-        affine as the segmentation's geometry: another origin, mirrored). Written as ``<filename>.partial.nii.gz``
-        and renamed (as :func:`save_unit_nifti` writes): a run stopped while it writes leaves no half-written
-        segmentation under the name ``score`` and ``--resume`` read."""
+        affine (with codes 1, ITK read nibabel's default affine as the segmentation's geometry: another origin,
+        mirrored). Written as ``<filename>.partial.nii.gz`` and renamed (as :func:`save_unit_nifti` writes): a run
+        stopped while it writes leaves no half-written segmentation under the name ``score`` and ``--resume``
+        read."""
         import nibabel as nib
 
         filename = str(filename)
         partial = f"{filename}.partial.nii.gz"
         try:
             super().write(partial, verbose=verbose, **obj_kwargs)
-            if self._unoriented:
+            forms = ((None, 0), (None, 0)) if self._unoriented else None
+            if forms is None and self._source is not None:
+                written = nib.load(partial)
+                forms = scan_forms(self._source, written.affine, written.shape)
+            if forms is not None:
                 written = nib.load(partial)
                 header = written.header.copy()
-                header.set_qform(None, code=0)
-                header.set_sform(None, code=0)
+                _set_forms(header, forms)
                 nib.save(nib.Nifti1Image(np.asanyarray(written.dataobj), None, header), partial)
             os.replace(partial, filename)
         except BaseException:
@@ -350,12 +384,13 @@ class ChannelArgmaxd(MapTransform):
         return d
 
 
-def save_unit_nifti(values, affine, path: str | os.PathLike, oriented: bool = True) -> str:
+def save_unit_nifti(values, affine, path: str | os.PathLike, oriented: bool = True, forms=None) -> str:
     """Write numbers from 0 to 1 (probabilities, uncertainties; any shape, clipped) as an 8-bit NIfTI with the scale
     factor 1/255 (``scl_slope``): readers that apply it (nibabel's ``get_fdata``, ITK, 3D Slicer) get them back to
     within 1/255, at a quarter of the size of floats. Written under another name first and renamed, so a crash
     never leaves a half-written file under ``path``. ``oriented=False`` writes no orientation (qform and sform
-    codes 0), for a scan whose header held none (:func:`without_orientation`).
+    codes 0), for a scan whose header held none (:func:`without_orientation`). ``forms``, the qform and sform with
+    their codes as :func:`scan_forms` gives them, are written instead of ``affine`` with codes 1.
 
     Returns:
         ``path``.
@@ -373,6 +408,8 @@ def save_unit_nifti(values, affine, path: str | os.PathLike, oriented: bool = Tr
         image.header.set_zooms((*np.linalg.norm(affine[:3, :3], axis=0), *(1.0,) * (levels.ndim - 3)))
         image.header.set_qform(None, code=0)
         image.header.set_sform(None, code=0)
+    if forms is not None:
+        _set_forms(image.header, forms)
     image.header.set_slope_inter(1.0 / 255.0, 0.0)
     image.header.set_xyzt_units("mm")
     path = str(path)
@@ -442,7 +479,8 @@ class SaveProbabilityVolumed(MapTransform):
                 values = values[..., 0]
             affine = prob.affine if hasattr(prob, "affine") else np.eye(4)
             target = os.path.join(self.output_dir, f"{_case_name(source)}_{self.postfix}.nii.gz")
-            save_unit_nifti(values, affine, target, oriented=not without_orientation(meta))
+            save_unit_nifti(values, affine, target, oriented=not without_orientation(meta),
+                            forms=scan_forms(source, affine, values.shape))
         return d
 
 

@@ -291,6 +291,7 @@ def write_uncertainty_volumes(items: Sequence[tuple], slab: int = 16) -> list[di
     for source, prob_path, *rest in items:
         grid = nib.load(prob_path)
         oriented = not without_orientation(grid.header)  # as the scan and the probabilities were written
+        forms = grid.get_qform(coded=True), grid.get_sform(coded=True)  # the scan's, as the probabilities carry
         case = str(prob_path)[: -len("_prob.nii.gz")]
         uncertainty = np.zeros(grid.shape[:3], np.float32)
         foreground = np.zeros(grid.shape[:3], bool)
@@ -305,9 +306,9 @@ def write_uncertainty_volumes(items: Sequence[tuple], slab: int = 16) -> list[di
                 raise ValueError(f"{rest[0]}: of shape {own.shape}, not the {grid.shape[:3]} of {prob_path} (both "
                                  f"come from one predict run)")
             spread = disagreement(uncertainty, np.asarray(own.dataobj, np.float32))
-            save_unit_nifti(spread, grid.affine, f"{case}_disagreement.nii.gz", oriented)
+            save_unit_nifti(spread, grid.affine, f"{case}_disagreement.nii.gz", oriented, forms)
         target = f"{case}_uncertainty.nii.gz"
-        save_unit_nifti(uncertainty, grid.affine, target, oriented)
+        save_unit_nifti(uncertainty, grid.affine, target, oriented, forms)
         row = {"file": str(source), "picture": target, **summarize_uncertainty(uncertainty, foreground, spread)}
         if spread is not None:
             row["disagreement_picture"] = f"{case}_disagreement.nii.gz"
