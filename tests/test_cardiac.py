@@ -185,7 +185,15 @@ def test_score_reads_predictions_on_disk_against_a_prepared_acdc_dataset(tmp_pat
     assert partial["missing_prediction"] == [tests[3]["case"]] and partial["num_cases"] == 3
     stored = json.loads((tmp_path / "s_partial" / "summary.json").read_text())
     assert stored["missing_prediction"] == [tests[3]["case"]] and stored["num_cases"] == 3 and "environment" in stored
-    assert f"left out: 1 test case(s) without a prediction (first: {tests[3]['case']})" in capsys.readouterr().out
+    assert f"left out: 1 test case(s) without a prediction (first: {tests[3]['case']})\n" in capsys.readouterr().out
+    # that case exported as a PNG: still left out, and the file is named
+    (tmp_path / "perfect" / f"{tests[3]['case']}_seg.png").write_bytes(b"not read")
+    score_volumes(tmp_path / "perfect", tmp_path / "prepared", out=tmp_path / "s_partial", montage=False)
+    printed = capsys.readouterr().out
+    assert (f"left out: 1 test case(s) without a prediction (first: {tests[3]['case']}); 1 file(s) named after such a "
+            f"case are not volume files, which is what is scored (.nii.gz, .nii, .nrrd, .mha, .mhd): "
+            f"{tests[3]['case']}_seg.png\n") in printed, printed
+    (tmp_path / "perfect" / f"{tests[3]['case']}_seg.png").unlink()
     first = tmp_path / "perfect" / f"{tests[0]['case']}_seg.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((48, 48, 3), np.uint8), np.eye(4)), first)
     with pytest.raises(InputError, match=r"_seg.nii.gz: shape \(48, 48, 3\) against \(48, 48, 4\) of its label"):

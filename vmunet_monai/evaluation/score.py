@@ -65,7 +65,8 @@ def match_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, split: st
 
     Returns:
         ``{"pairs": [(name, prediction, label, image, case), ...], "missing": [cases without a prediction],
-        "unused": [predictions of no case], "datalist": path}``: ``name`` is the image's file name without its
+        "unused": [predictions of no case], "not_volumes": [other files named after a case without a prediction],
+        "datalist": path}``: ``name`` is the image's file name without its
         extension, as the bundle's evaluation names the case in ``per_case.csv``; ``case`` the datalist's.
 
     Raises:
@@ -96,12 +97,36 @@ def match_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, split: st
         name = _case_name(str(image)) if image is not None else case
         pairs.append((name, str(hit), str((dataset / item["label"]).resolve()), str(image) if image else None, case))
     unused = sorted({str(p) for p in found.values()} - {str(p) for p in used})
+    not_volumes = _not_volume_files(Path(pred), missing)
     if not pairs:
         example = next(iter(sorted(found.values())), None)
         raise InputError(f"{pred}: no prediction is named after a {split!r} case of {path} (looked for e.g. "
                          f"{missing[0]}_seg.nii.gz or {missing[0]}.nii.gz; found "
-                         f"{example.name if example else 'no volume file'})")
-    return {"pairs": pairs, "missing": missing, "unused": unused, "datalist": str(path)}
+                         f"{example.name if example else 'no volume file'}){_not_volumes_note(not_volumes)}")
+    return {"pairs": pairs, "missing": missing, "unused": unused, "not_volumes": not_volumes, "datalist": str(path)}
+
+
+def _not_volume_files(folder: Path, cases: list[str]) -> list[str]:
+    """Files under ``folder`` named after one of ``cases`` (with or without a prediction suffix) that are not
+    volume files: a PNG or NumPy export of a case, which :func:`match_volumes` cannot score."""
+    wanted = set(cases)
+    if not wanted:
+        return []
+    hits = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.name.lower().endswith(VOLUME_EXTENSIONS):
+            continue
+        stem = path.name.split(".")[0]
+        if stem in wanted or any(stem.endswith(s) and stem[: -len(s)] in wanted for s in PREDICTION_SUFFIXES):
+            hits.append(str(path))
+    return hits
+
+
+def _not_volumes_note(paths: list[str]) -> str:
+    if not paths:
+        return ""
+    return (f"; {len(paths)} file(s) named after such a case are not volume files, which is what is scored "
+            f"({', '.join(VOLUME_EXTENSIONS)}): {Path(paths[0]).name}" + (", ..." if len(paths) > 1 else ""))
 
 
 def default_out(pred: str | os.PathLike, what: str = "score") -> Path:
@@ -173,7 +198,7 @@ def score_volumes(pred: str | os.PathLike, dataset: str | os.PathLike, out: str 
               f"{errors_line(summary['calibration']['errors'], '; ')} ({plot})")
     if matched["missing"]:
         print(f"left out: {len(matched['missing'])} {split} case(s) without a prediction (first: "
-              f"{matched['missing'][0]})")
+              f"{matched['missing'][0]}){_not_volumes_note(matched['not_volumes'])}")
     if matched["unused"]:
         print(f"not scored: {len(matched['unused'])} prediction(s) of no {split} case (first: {matched['unused'][0]})")
     summary["paths"] = {"csv": str(out / "per_case.csv"), "json": str(out / "summary.json"), "folder": str(out)}
