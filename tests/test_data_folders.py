@@ -526,3 +526,30 @@ def test_masks_of_several_grey_levels_read_as_binary_get_a_note(levels, said, tm
     (note,) = notes
     assert note.startswith(f"note: 6 mask(s) hold values besides 0 and their top one over large areas (first: {raw}")
     assert said in note and "--classes" in note
+
+
+def test_volume_files_and_gifs_among_the_images_are_named_as_skipped(tmp_path, capsys):
+    """A NIfTI scan or a GIF among the 2D images is not read by a 2D bundle: prepare names each as skipped, with the
+    bundle that reads volumes (before, both were passed over in silence). A text file passes unnamed."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(5)
+    raw = tmp_path / "own"
+    _write_pairs(raw / "images", raw / "masks", [f"c{i}" for i in range(8)], rng, image_ext=".png")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), raw / "images" / "scan01.nii.gz")
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(raw / "images" / "c9.gif")
+    (raw / "images" / "readme.txt").write_text("notes")
+    mixed = tmp_path / "beside"
+    _side_by_side(mixed, [f"m{i}" for i in range(8)], rng)
+    (mixed / "m0.nrrd").write_bytes(b"NRRD0004\n")
+    for bundle, folder, names in (("isic_skin_lesion", raw / "images", ["c9.gif", "scan01.nii.gz"]),
+                                  ("polyp_seg", mixed, ["m0.nrrd"])):
+        prepare(bundle, str(folder.parent if folder.name == "images" else folder), str(tmp_path / f"out_{bundle}"),
+                test_fraction=0.25)
+        reasons = {Path(s["file"]).name: s["reason"] for s in _datalist(tmp_path / f"out_{bundle}")["meta"]["skipped"]}
+        assert sorted(reasons) == names, reasons
+        for name in names:
+            expected = "a GIF, which is not read" if name.endswith(".gif") else "is a volume file (NIfTI, NRRD, MHA"
+            assert f"{folder / name}: {expected}" in reasons[name]
+        printed = capsys.readouterr().err
+        assert f"skipped {folder / names[-1]}: " in printed and f"{len(names)} image(s) skipped" in printed

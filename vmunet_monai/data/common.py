@@ -296,6 +296,7 @@ def paired_images(image_folder: str | os.PathLike, mask_folder: str | os.PathLik
     if held:
         print(f"note: {image_folder}: the images in its subfolders {_shown_subfolders(held)} are not imported (only "
               f"the images directly in it are)", file=sys.stderr)
+    skipped.extend(unread_files(image_folder))
     before = len(skipped)
     pairs = pair_images_and_masks(images, mask_folder, mask_suffix=mask_suffix, skipped=skipped)
     if verify:
@@ -781,6 +782,19 @@ def inference_items(dataset_dir: str | os.PathLike | None = None, input_path: st
     if not found:
         raise MissingInputError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
     return _usable_images(found, root)
+
+
+def unread_files(folder: str | os.PathLike) -> list[dict]:
+    """``skipped`` entries (``{"file", "reason"}``) for the files directly in ``folder`` that a user may take for
+    images but a 2D bundle does not read: volume files (NIfTI, NRRD, MHA, DICOM) and GIFs
+    (:func:`not_an_image_reason`). Other files (notes, tables) pass unnamed."""
+    unread = []
+    for path in sorted(Path(folder).iterdir(), key=lambda p: p.name):
+        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() not in IMAGE_EXTENSIONS:
+            reason = not_an_image_reason(path)
+            if reason.startswith(("is a volume", "a GIF")):
+                unread.append({"file": str(path), "reason": f"{path}: {reason}"})
+    return unread
 
 
 def not_an_image_reason(path: str | os.PathLike) -> str:

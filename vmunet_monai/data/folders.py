@@ -50,6 +50,7 @@ from vmunet_monai.data.common import (
     image_per_stem,
     list_images,
     report_skipped,
+    unread_files,
     same_stem_reason,
     split_items,
     verify_pairs,
@@ -413,6 +414,7 @@ def prepare_folders(raw: str, out: str, *, importer: str, val_fraction: float, t
             raise DatasetLayoutError(f"{folder}: no image has its mask beside it (named {named})")
         masks = {m for ms in pairs.values() for m in ms}
         paired = {image.stem: image for image in pairs}
+        skipped.extend(unread_files(folder))
         for stray in (p for p in list_images_quiet(folder) if p not in pairs and p not in masks):
             reason = (same_stem_reason(stray, pairs[paired[stray.stem]][0], paired[stray.stem])
                       if stray.stem in paired else f"{stray}: no mask beside it (every image needs its mask)")
