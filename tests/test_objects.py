@@ -193,7 +193,10 @@ def test_the_split_depth_is_tuned_on_numbered_masks(tmp_path, capsys):
     assert result["unsplit"]["f1"] == by_depth["12"]["f1"] < 1.0 and result["unsplit"]["objects"] == 2
     assert result["best"] == 4.0 and result["n_images"] == 2
     printed = capsys.readouterr().out
-    assert "use predict --split_touching 4" in printed and "<- best" in printed
+    assert "use predict --split_touching 4 (written to " in printed and "<- best" in printed
+    assert printed.rstrip().endswith("; depths 2 and 4 score alike, and the largest splits an object only at a deeper "
+                                     "neck)")
+    assert [line.split()[0] for line in printed.splitlines() if line.endswith("(as good)")] == ["2"]
     rows = list(csv.DictReader(open(tmp_path / "out" / "split_depths" / "split_depths.csv")))
     assert [r["depth"] for r in rows] == ["none", "2", "4", "12"]
     assert (tmp_path / "out" / "split_depths" / "split_depths.png").stat().st_size > 5000

@@ -806,8 +806,9 @@ def tune_split(pred: str | os.PathLike, truth: str | os.PathLike, depths=SPLIT_D
     _plot_depths(split, unsplit, best_split, plot_path)
     lines = [f"{'depth':>6} {'F1':>7} {'object Dice':>12} {'objects':>8}  (ground truth: {unsplit['truth_objects']} "
              f"objects in {len(pairs)} images)"]
+    tied = [r for r in split if rank(r) == rank(best_split)]  # depths that score alike: the largest is chosen
     for r in table:
-        mark = "  <- best" if r is best else ""
+        mark = "  <- best" if r is best else ("  (as good)" if best is best_split and r in tied else "")
         lines.append(f"{r['depth']:>6} {r['f1']:7.4f} {r['object_dice']:12.4f} {r['objects']:8d}{mark}")
     print("\n".join(lines))
     if best is unsplit:
@@ -816,7 +817,9 @@ def tune_split(pred: str | os.PathLike, truth: str | os.PathLike, depths=SPLIT_D
               f"{best_split['f1']:.4f} "
               f"against {unsplit['object_dice']:.4f} and {unsplit['f1']:.4f} unsplit; written to {out})")
     else:
-        print(f"use predict --split_touching {best['depth']} (written to {out})")
+        alike = (f"; depths {', '.join(r['depth'] for r in tied[:-1])} and {tied[-1]['depth']} score alike, and the "
+                 f"largest splits an object only at a deeper neck" if len(tied) > 1 else "")
+        print(f"use predict --split_touching {best['depth']} (written to {out}{alike})")
     return {"depths": split, "unsplit": unsplit, "best": None if best is unsplit else float(best["depth"]),
             "best_split": float(best_split["depth"]), "n_images": len(pairs),
             "paths": {"csv": str(csv_path), "plot": str(plot_path)}}
