@@ -129,7 +129,7 @@ def _experiment(tmp_path):
     return client, client.create_experiment("exp", artifact_location=(tmp_path / "mlruns").as_uri())
 
 
-def test_an_unnamed_run_never_joins_a_run_left_open(tmp_path, monkeypatch):
+def test_an_unnamed_run_never_joins_a_run_left_open(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     client, experiment = _experiment(tmp_path)
     left_open = client.create_run(experiment, run_name="crashed").info.run_id
@@ -139,13 +139,18 @@ def test_an_unnamed_run_never_joins_a_run_left_open(tmp_path, monkeypatch):
     os.utime(old, (old.stat().st_atime - 60, old.stat().st_mtime - 60))
     engine, tracking, handler = _engine_with_tracking(tmp_path, run_name="")
     assert mlflow_handlers(engine) == [handler]
-    engine.run([1.0], max_epochs=1)
+    config = tmp_path / "config_0.json"  # a file logged by another handler, as MONAI's logs the bundle's config
+    config.write_text("{}")
+    engine.add_event_handler(Events.COMPLETED, lambda e: client.log_artifact(tracking.run_id, str(config)))
+    with caplog.at_level("INFO"):
+        engine.run([1.0], max_epochs=1)
     assert tracking.run_id != left_open and tracking.run_name.startswith("evaluation_")
     run = client.get_run(tracking.run_id)
     assert run.info.status == "FINISHED" and client.get_run(left_open).info.status == "RUNNING"
     assert run.data.tags["split"] == "test" and "none" not in run.data.tags
     assert run.data.metrics["late_metric"] == pytest.approx(0.25)  # logged after MONAI's handler had finished
-    assert _artifacts(store_uri(tmp_path), run) == {"sub/picture.png"}  # not the file from before
+    assert _artifacts(store_uri(tmp_path), run) == {"sub/picture.png", "config_0.json"}  # not the file from before
+    assert f"MLflow run {tracking.run_name!r} ({tracking.run_id}): 2 artifact(s), finished" in caplog.text
 
 
 def test_a_named_run_gets_a_run_of_its_own(tmp_path, monkeypatch):

@@ -216,7 +216,7 @@ class TrackingRun:
             if not closed:
                 client.set_terminated(run_id, "FINISHED")
         self.done = True
-        logger.info("MLflow run %r (%s): %d artifact(s)%s", self.run_name, run_id, len(files),
+        logger.info("MLflow run %r (%s): %d artifact(s)%s", self.run_name, run_id, _count_artifacts(client, run_id),
                     ", finished" if self.close else "")
 
     def _fail_if_open(self) -> None:
@@ -228,3 +228,15 @@ class TrackingRun:
                 self.client.set_terminated(self.run_id, "FAILED")
         except Exception as exc:  # the store may be gone at exit; nothing else to do then
             logger.warning("MLflow run %s could not be marked FAILED: %s", self.run_id, exc)
+
+
+def _count_artifacts(client, run_id: str) -> int:
+    """The files logged to the run ``run_id`` in all (ours, and MONAI's config files), folders searched."""
+    count, folders = 0, [None]
+    while folders:
+        for item in client.list_artifacts(run_id, folders.pop()):
+            if item.is_dir:
+                folders.append(item.path)
+            else:
+                count += 1
+    return count
