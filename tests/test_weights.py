@@ -359,6 +359,31 @@ def test_the_strict_check_of_predict_and_export_takes_an_official_v2_checkpoint(
     assert "deconv5.weight" not in state and sorted(state) == sorted(net.state_dict())
 
 
+def test_an_official_v2_trained_without_deep_supervision_fits_a_network_built_without_it(tmp_path):
+    """The official VM-UNetV2 builds deconv6 with or without deep supervision, so a best.pth trained without it holds
+    deconv6 too: a VMUNetV2(deep_supervision=False) takes the file, whole and strict, leaving deconv6 out with a note
+    saying which setting a file trained with deep supervision needs. Our own weights with a trained deconv6 are
+    still refused by such a network (dropping it would change the output)."""
+    from vmunet_monai.weights import check_checkpoint_fits
+
+    official = _official_v2(VMUNetV2(mid_channels=8, deep_supervision=True, **TINY))
+    assert {"deconv6.weight", "deconv6.bias"} <= set(official)
+    path = tmp_path / "best.pth"
+    torch.save({"model": official}, path)
+    net = VMUNetV2(mid_channels=8, deep_supervision=False, **TINY)
+    state = check_checkpoint_fits(net, path)
+    assert sorted(state) == sorted(net.state_dict()) and not any(k.startswith("deconv6.") for k in state)
+    with pytest.warns(UserWarning, match=r"deconv6 left out: this VMUNetV2 is built with deep_supervision=False, .* "
+                                         r"need deep_supervision=True"):
+        report = load_official_checkpoint(net, path, strict=True)
+    assert {"deconv6.weight", "deconv6.bias"} <= set(report.ignored) and report.ok
+    assert torch.equal(net.encoder.patch_embed.proj.weight, official["vmunet.patch_embed.proj.weight"])
+    ours = VMUNetV2(mid_channels=8, deep_supervision=True, **TINY).state_dict()
+    with pytest.raises(CheckpointError, match=r"2 unknown keys \(e.g. deconv6.weight\).*other settings \(depths, dims, "
+                                              r"d_state or deep_supervision\)"):
+        check_checkpoint_fits(net, ours)
+
+
 def test_another_network_or_a_vmamba_classifier_is_named_with_where_it_belongs():
     from vmunet_monai.weights import check_checkpoint_fits
 

@@ -156,5 +156,4 @@ def load_official_vmunet(path: str, *, num_classes: int = 1, depths=(2, 2, 2, 2)
 def copy_weights_to_official(ours: torch.nn.Module, official: torch.nn.Module) -> None:
     """Give the official VM-UNet our VMUNet's weights (its keys are ours with the ``vmunet.`` prefix)."""
     state = {"vmunet." + k: v for k, v in ours.state_dict().items()}
-    missing, unexpected = official.load_state_dict(state, strict=True), None
-    del missing, unexpected
+    official.load_state_dict(state, strict=True)  # raises on a key of either side without its counterpart

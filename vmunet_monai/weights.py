@@ -44,6 +44,19 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "net.", "vmunet.", "mamb
 _BOOKKEEPING = ("n_averaged",)  # SWA's AveragedModel counts its averages beside the weights
 # parameters the official VM-UNetV2 builds but never uses; ours does not build them
 _V2_DEAD = re.compile(r"^(vmunet\.layers\.3\.|deconv5\.|vmunet\.norm\.|vmunet\.head\.)")
+_V2_DECONV6_NOTE = ("deconv6 left out: this VMUNetV2 is built with deep_supervision=False, whose output does not use "
+                    "it (the official VM-UNetV2 builds it either way); weights trained with deep supervision (the "
+                    "official default) need deep_supervision=True, whose output adds it")
+
+
+def _official_v2_unused(state: dict, target: dict) -> re.Pattern | None:
+    """The keys of an official VM-UNetV2 file (its encoder under ``vmunet.``) that the VMUNetV2 whose state dict is
+    ``target`` does not build: :data:`_V2_DEAD`, and ``deconv6`` where that network was built without deep
+    supervision (the official module builds it either way, so a file trained without holds it too). None for a file
+    of other names (ours, whose deconv6 is there only where it was trained)."""
+    if not any(k.startswith("vmunet.") for k in state):
+        return None
+    return _V2_DEAD if "deconv6.weight" in target else re.compile(_V2_DEAD.pattern + r"|^deconv6\.")
 
 
 from vmunet_monai.validation import InputError
@@ -444,8 +457,9 @@ def load_official_checkpoint(network: nn.Module, checkpoint, *, strict: bool = F
                             "tensors with this network's names and shapes were taken")
     target = network.state_dict()
     assigned: dict[str, torch.Tensor] = {}
+    unused = _official_v2_unused(state, target) if net_kind == ckpt_kind == "vmunet_v2" else None
     for key, value in state.items():
-        if net_kind == "vmunet_v2" and ckpt_kind == "vmunet_v2" and _V2_DEAD.match(key):
+        if unused is not None and unused.match(key):
             report.ignored.append(key)
             continue
         used = False
@@ -485,6 +499,8 @@ def load_official_checkpoint(network: nn.Module, checkpoint, *, strict: bool = F
                                 ([f"missing, e.g. {report.missing[0]}"] if report.missing else [])
                                 + ([f"of another shape, e.g. {report.mismatched[0][0]} {report.mismatched[0][1]} in "
                                     f"the file, {report.mismatched[0][2]} here"] if report.mismatched else [])) + ")")
+    if any(k.startswith("deconv6.") for k in report.ignored):
+        report.notes.append(_V2_DECONV6_NOTE)
     if ckpt_kind == "vmamba_v0" and (report.missing or report.unexpected):  # expected: say what they are
         report.notes.append(
             "as the papers start from VMamba's ImageNet classifier: its encoder loads"
@@ -569,10 +585,11 @@ def check_checkpoint_fits(network: nn.Module, checkpoint, built_from_record: boo
     except TypeError:  # a baseline (MONAI's UNet, SwinUNETR)
         own = None
     kind = detect_checkpoint_kind(state)
-    if own == kind == "vmunet_v2" and any(k.startswith("vmunet.") for k in state):
+    unused = _official_v2_unused(state, target) if own == kind == "vmunet_v2" else None
+    if unused is not None:
         # the official VM-UNetV2's names: its encoder under vmunet., and tensors it builds but never uses
         state = {("encoder." + k[len("vmunet."):] if k.startswith("vmunet.") else k): v for k, v in state.items()
-                 if not _V2_DEAD.match(k)}
+                 if not unused.match(k)}
     missing = [k for k in target if k not in state]
     unexpected = [k for k in state if k not in target]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in target
@@ -589,7 +606,8 @@ def check_checkpoint_fits(network: nn.Module, checkpoint, built_from_record: boo
         record = (Path(checkpoint).parent / "network.json") if isinstance(checkpoint, (str, os.PathLike)) else None
         beside_record = record is not None and record.is_file()
         if kind == own and (missing or unexpected or shapes):  # this network's own kind, of another size
-            hint = (f"; it is a {_NAMES.get(kind, kind)} of other settings (depths, dims or d_state): build the "
+            settings = "depths, dims, d_state or deep_supervision" if kind == "vmunet_v2" else "depths, dims or d_state"
+            hint = (f"; it is a {_NAMES.get(kind, kind)} of other settings ({settings}): build the "
                     "network with the settings it was trained with (the network_def overrides of its training: give "
                     "them to monai.bundle run; predict and export take them from the network.json a training "
                     "writes beside its weights" + ("" if beside_record else ", so copy that file with them") +
