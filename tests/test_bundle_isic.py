@@ -146,7 +146,8 @@ def test_multi_gpu_validation_with_fewer_cases_than_processes_names_both(prepare
 def test_multi_gpu_processes_above_0_open_no_tensorboard_files(bundle, tmp_path, monkeypatch):
     """Under torchrun only process 0 logs: the others build no TensorBoard handler (whose writer opened an empty
     event file in runs/ at once, which process 0 then set aside as 'an earlier training's'), and keep the same
-    handlers as before, the console ones dropped."""
+    handlers as before, the console ones dropped. The same where a handler is put first in train#handlers, as MONAI
+    Label puts its CheckpointLoader (the TensorBoard handler was disabled by its place in the list)."""
     import torch.distributed as dist
 
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
@@ -155,28 +156,35 @@ def test_multi_gpu_processes_above_0_open_no_tensorboard_files(bundle, tmp_path,
     prepared = make_prepared(bundle, tmp_path / "data", num=6)
     names = {}
     no_samplers = {"train#dataloader#sampler": None, "validate#dataloader#sampler": None}  # they ask the group
-    for rank in (0, 1):
+    for rank, first in ((0, False), (1, False), (1, True)):
         with pytest.MonkeyPatch.context() as as_rank:
             as_rank.setattr(dist, "get_rank", lambda group=None, r=rank: r)
-            wf = workflow(bundle, ["train.json", "multi_gpu_train.json"], "train",
-                          bundle_root=str(tmp_path / str(rank)), dataset_dir=str(prepared), cache_rate=0.0,
-                          **no_samplers)
+            configs = ["train.json", "multi_gpu_train.json"]
+            if first:  # MONAI Label's BundleTrainTask puts a CheckpointLoader first into train.json's handlers
+                own = json.loads(Path(config_path(bundle, "train.json")).read_text())
+                own["train"]["handlers"].insert(0, {"_target_": "CheckpointLoader", "load_path": "model.pt",
+                                                    "load_dict": {"model": "@network"}})
+                configs[0] = str(tmp_path / "train_label.json")
+                Path(configs[0]).write_text(json.dumps(own))
+            wf = workflow(bundle, configs, "train", bundle_root=str(tmp_path / f"{rank}{first}"),
+                          dataset_dir=str(prepared), cache_rate=0.0, **no_samplers)
             wf.initialize()
             try:
                 train = wf.parser.get_parsed_content("train#trainer#train_handlers")
                 val = wf.parser.get_parsed_content("validate#evaluator#val_handlers")
-                names[rank] = [type(h).__name__ for h in train], [type(h).__name__ for h in val or []]
+                names[rank, first] = [type(h).__name__ for h in train], [type(h).__name__ for h in val or []]
             finally:
                 wf.finalize()
                 import ignite.distributed as idist
 
                 idist.sync()
-    assert "TensorBoardStatsHandler" in names[0][0] and "TensorBoardStatsHandler" in names[0][1]
+    kept = names[0, False]
+    assert "TensorBoardStatsHandler" in kept[0] and "TensorBoardStatsHandler" in kept[1]
     console = {"TqdmProgressBar", "StatsHandler", "TensorBoardStatsHandler"}
-    if bundle == "synapse_multiorgan":
-        console = {"StatsHandler", "TensorBoardStatsHandler"}
-    assert names[1] == ([n for n in names[0][0] if n not in console], [])
-    assert not list((tmp_path / "1").rglob("events.out.tfevents.*"))
+    assert names[1, False] == ([n for n in kept[0] if n not in console], [])
+    assert names[1, True] == (["CheckpointLoader", *names[1, False][0]], [])
+    for folder in ("1False", "1True"):
+        assert not list((tmp_path / folder).rglob("events.out.tfevents.*")), folder
 
 
 def test_verify_net_in_out():
@@ -220,6 +228,38 @@ def test_train_resume_and_pretrained_in_process(prepared, tmp_path):
         workflow(BUNDLE, ["train.json"], "train", pretrained_checkpoint=str(tmp_path / "none.pth"),
                  **over).parser.get_parsed_content("network")
     assert "none.pth: no such file" in str(failure.value.__cause__)
+
+
+def test_weights_a_checkpoint_loader_starts_from_stay_in_place_until_replaced(prepared, tmp_path, capfd):
+    """MONAI Label's BundleTrainTask puts a CheckpointLoader of models/model.pt first and trains on: that file stays
+    in place (MONAI Label serves it meanwhile; moved away, the server answered with the network at its random
+    start until the first validation), a copy goes to previous_run/, the rest of the earlier run is moved there."""
+    import hashlib
+
+    root = copy_bundle(BUNDLE, tmp_path)
+    over = tiny_overrides(BUNDLE, epochs=1)
+    run_workflow(BUNDLE, ["train.json"], "train", bundle_root=str(root), dataset_dir=str(prepared), **over)
+    models = root / "models"
+    before = hashlib.sha256((models / "model.pt").read_bytes()).hexdigest()
+    own = json.loads((root / "configs" / "train.json").read_text())
+    own["train"]["handlers"].insert(0, {"_target_": "CheckpointLoader", "load_path": str(models / "model.pt"),
+                                        "load_dict": {"model": "@network"}, "strict": True})
+    (tmp_path / "train_label.json").write_text(json.dumps(own))
+    wf = workflow(BUNDLE, [str(tmp_path / "train_label.json")], "train", bundle_root=str(root),
+                  dataset_dir=str(prepared), **over)
+    wf.initialize()
+    at_start = []
+    wf.parser.get_parsed_content("train#trainer").add_event_handler(  # after the handlers' own STARTED steps
+        Events.STARTED, lambda e: at_start.append(sorted(p.name for p in models.iterdir() if p.is_file())))
+    capfd.readouterr()
+    wf.run()
+    wf.finalize()
+    printed = "".join(capfd.readouterr())
+    assert "model.pt" in at_start[0] and "checkpoint_latest.pt" not in at_start[0]
+    previous = models / "previous_run"
+    assert hashlib.sha256((previous / "model.pt").read_bytes()).hexdigest() == before
+    assert (previous / "checkpoint_latest.pt").is_file()
+    assert "except model.pt, copied there and left in place: this run goes on from those weights" in printed
 
 
 def test_weights_trained_with_other_settings_are_predicted_and_exported_as_trained(prepared, tmp_path, capfd):

@@ -24,6 +24,7 @@ from vmunet_monai.engine.handlers import (
 from vmunet_monai.engine.held_out import HeldOutCheck
 from vmunet_monai.engine.inferers import (EnsembleInferer, FlipTTAInferer, PlainTensorInferer, checkpoint_list,
                                          ensemble_members)
+from vmunet_monai.engine.metrics import EmptyAwareDice, EmptyAwareIoU
 from vmunet_monai.engine.tracking import TrackingRun, store_uri
 from vmunet_monai.engine.transforms import (
     BinarizeMaskd,
@@ -64,6 +65,8 @@ __all__ = [
     "CalibrationReport",
     "ChannelArgmaxd",
     "ClassValuesd",
+    "EmptyAwareDice",
+    "EmptyAwareIoU",
     "EnsembleInferer",
     "EpochValidation",
     "FirstOutputd",

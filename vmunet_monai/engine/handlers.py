@@ -618,7 +618,7 @@ class TrainingCheckpoint:
         if _rank() == 0:
             self._hold(engine)
             if source is None:
-                self._set_aside_earlier_run()
+                self._set_aside_earlier_run(engine)
         if source is not None:
             self._resume(engine, Path(source))
         if _rank() == 0:  # what these weights are trained and selected on, for evaluate.json's HeldOutCheck
@@ -724,11 +724,15 @@ class TrainingCheckpoint:
 
         release(Path(self.save_dir) / TRAINING_LOCK)
 
-    def _set_aside_earlier_run(self) -> None:
+    def _set_aside_earlier_run(self, engine: Engine) -> None:
         """A training that starts from scratch where an earlier one left its checkpoint or ``model.pt`` moves the
         earlier run's files into ``previous_run/`` (replacing what an older run left there) and says so: the
         earlier weights are not overwritten unseen, and the new run's ``trained_on.json`` never stands beside the
-        old ``model.pt`` (an evaluation would check the old weights against the new run's data)."""
+        old ``model.pt`` (an evaluation would check the old weights against the new run's data).
+
+        Weights a ``CheckpointLoader`` of the training loaded at its start (MONAI Label's ``BundleTrainTask`` loads
+        ``model.pt`` so) are copied there and stay in place until the run's first validation replaces them: MONAI
+        Label serves that file while it trains, and without it served the network at its random start."""
         import datetime
 
         from vmunet_monai.engine.held_out import TRAINED_ON
@@ -741,8 +745,17 @@ class TrainingCheckpoint:
         if not any(p.name not in (TRAINED_ON, NETWORK_SETTINGS) for p in found):
             return
         latest = max(p.stat().st_mtime for p in found)
-        target = move_aside(found, folder)
+        loaded = {os.path.realpath(p) for p in _loaded_at_start(engine)}
+        keep = [p for p in found if os.path.realpath(p) in loaded]
+        target = move_aside(found, folder, keep)
         when = datetime.datetime.fromtimestamp(latest).isoformat(sep=" ", timespec="minutes")
+        if keep:
+            names = ", ".join(p.name for p in keep)
+            logger.warning("%s held an earlier training's %s (last written %s): moved to %s, except %s, copied there "
+                           "and left in place: this run goes on from those weights (a CheckpointLoader loaded them), "
+                           "and its first validation replaces them", folder, ", ".join(p.name for p in found), when,
+                           target, names)
+            return
         logger.warning("%s held an earlier training's %s (last written %s): moved to %s; this run starts from scratch "
                        "(--resume true goes on with a run instead)", folder, ", ".join(p.name for p in found), when,
                        target)
@@ -882,16 +895,30 @@ class TrainingCheckpoint:
             engine.set_data(loader)  # the next epoch begins a new pass, whether or not the run is resumed
 
 
-def move_aside(files: Sequence[Path], folder: Path) -> Path:
-    """Move ``files`` into ``folder/previous_run/``, replacing what an earlier run left there; that folder."""
+def move_aside(files: Sequence[Path], folder: Path, keep: Sequence[Path] = ()) -> Path:
+    """Move ``files`` into ``folder/previous_run/``, replacing what an earlier run left there; those also in
+    ``keep`` are copied there and stay where they are. Returns that folder."""
     import shutil
 
     target = Path(folder) / PREVIOUS_RUN
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
+    kept = {os.path.realpath(k) for k in keep}
     for path in files:
-        os.replace(path, target / Path(path).name)
+        if os.path.realpath(path) in kept:
+            shutil.copy2(path, target / Path(path).name)
+        else:
+            os.replace(path, target / Path(path).name)
     return target
+
+
+def _loaded_at_start(engine: Engine) -> list[Path]:
+    """The files MONAI ``CheckpointLoader`` handlers of ``engine`` load when it starts: the weights a training
+    continues from where MONAI Label's ``BundleTrainTask`` puts one first (``pretrained``)."""
+    from monai.handlers import CheckpointLoader
+
+    handlers = [h for h, _, _ in getattr(engine, "_event_handlers", {}).get(Events.STARTED, [])]
+    return [Path(h.load_path) for h in handlers if isinstance(h, CheckpointLoader) and h.load_path]
 
 
 class EpochValidation(ValidationHandler):
