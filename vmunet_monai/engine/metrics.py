@@ -24,8 +24,8 @@ __all__ = ["EmptyAwareDice", "EmptyAwareIoU"]
 def _absent_from_both(y_pred: torch.Tensor, y: torch.Tensor, include_background: bool) -> torch.Tensor:
     """(batch, classes) True where a class holds no voxel in the label nor in the prediction (both one-hot)."""
     if y_pred.shape != y.shape:
-        raise ValueError(f"absent_both=nan needs one-hot predictions and labels of one shape, not {tuple(y_pred.shape)} "
-                         f"and {tuple(y.shape)}")
+        raise ValueError(f"absent_both=nan needs one-hot predictions and labels of one shape, not "
+                         f"{tuple(y_pred.shape)} and {tuple(y.shape)}")
     empty = (y.flatten(2).sum(-1) == 0) & (y_pred.flatten(2).sum(-1) == 0)
     return empty if include_background else empty[:, 1:]
 
