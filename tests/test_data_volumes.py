@@ -85,6 +85,63 @@ def test_nnunet_layout_with_dataset_json_names(tmp_path, capsys):
         check_num_classes(out, 9)
 
 
+def test_dataset_json_values_other_than_0_to_k_are_written_as_the_classes_0_to_k(tmp_path, capsys):
+    """dataset.json naming liver 1, spleen 2, tumour 5 (as nnU-Net's may): four classes, not six with a class_3 and
+    class_4 that no voxel holds; the labels are written into OUT/labels with 5 as 3 (header and affine kept), the
+    datalist records the raw values, a case holding 3 (not named) is skipped and named, and a perfect prediction
+    scores a Dice of 1 against the prepared dataset."""
+    from vmunet_monai.evaluation.score import score_volumes
+
+    raw = _own_dataset(tmp_path, cases=7)
+    (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"},
+                                                  "labels": {"background": 0, "liver": 1, "spleen": 2, "tumour": 5}}))
+    originals = {}
+    for path in sorted((raw / "labelsTr").iterdir()):
+        label = nib.load(path)
+        voxels = np.asarray(label.dataobj).copy()
+        liver = np.argwhere(voxels == 1)
+        voxels[tuple(liver[: len(liver) // 3].T)] = 5  # a tumour inside the liver
+        if path.name == "abd_006.nii.gz":
+            voxels[0, 0, 0] = 3  # a value that dataset.json does not name
+        saved = nib.Nifti1Image(voxels, label.affine)
+        saved.set_qform(label.affine, code=1)
+        nib.save(saved, path)
+        originals[path.name[: -len(".nii.gz")]] = voxels
+    out = tmp_path / "out"
+    prepare("synapse_multiorgan", str(raw), str(out), num_val=1)
+    printed = capsys.readouterr().out
+    assert "4 classes (background, liver, spleen, tumour)" in printed
+    assert "train, evaluate and predict with --num_classes 4" in printed
+    assert (f"note: dataset.json names the label values 0, 1, 2, 5, not 0-3: the labels are written into "
+            f"{out / 'labels'} as the classes 0 -> 0 background, 1 -> 1 liver, 2 -> 2 spleen, 5 -> 3 tumour") in printed
+    doc = _datalist(out)
+    assert doc["meta"]["labels"] == {"0": "background", "1": "liver", "2": "spleen", "3": "tumour"}
+    assert doc["meta"]["num_classes"] == 4 and doc["meta"]["label_values"] == [0, 1, 2, 5]
+    check_num_classes(out, 4)
+    reasons = {Path(s["file"]).name: s["reason"] for s in doc["meta"]["skipped"]}
+    assert list(reasons) == ["abd_006_0000.nii.gz"]
+    assert "label values 3 are outside the classes (dataset.json names the values 0, 1, 2, 5)" in reasons[
+        "abd_006_0000.nii.gz"]
+    entries = {c["case"]: c for k in ("training", "validation", "test") for c in doc[k]}
+    assert sorted(entries) == [f"abd_{i:03d}" for i in range(6)]
+    for case, entry in entries.items():
+        assert (out / entry["label"]).resolve() == (out / "labels" / f"{case}_label.nii.gz").resolve()
+        written = nib.load(out / entry["label"])
+        expected = originals[case].copy()
+        expected[expected == 5] = 3
+        assert np.array_equal(np.asarray(written.dataobj), expected) and 3 in expected
+        assert written.get_data_dtype() == np.uint8
+        assert np.allclose(written.affine, nib.load(raw / "labelsTr" / f"{case}.nii.gz").affine)
+        assert int(written.header["qform_code"]) == 1
+    pred = tmp_path / "pred"  # a network trained on the prepared classes predicts 0..3
+    pred.mkdir()
+    for entry in doc["test"]:
+        (pred / f"{entry['case']}.nii.gz").write_bytes((out / entry["label"]).read_bytes())
+    summary = score_volumes(pred, out, out=tmp_path / "scored", montage=False)
+    assert summary["organs"] == ["liver", "spleen", "tumour"]
+    assert summary["transunet_dice"]["mean_over_organs"] == 1.0 and summary["dice"]["mean_over_organs"] == 1.0
+
+
 def test_class_names_from_the_values_or_the_option_and_a_labelled_test_folder(tmp_path):
     raw = _own_dataset(tmp_path, cases=6, naming="plain")
     (raw / "imagesTs").mkdir()

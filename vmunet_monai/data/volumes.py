@@ -22,7 +22,11 @@ named like its image: ``X.nii.gz`` for an image ``X.nii.gz`` or, as nnU-Net name
 (``_0001`` ...) are skipped and named. Label values are integers ``0..K`` (0 background); their
 names come from ``--classes liver,tumour`` (value 1, 2, ...), else from a ``dataset.json`` beside
 the folders (the Decathlon's ``{"1": "liver"}`` or nnU-Net's ``{"liver": 1}``), else ``class_1`` ...
-``class_K`` after the largest value found. The labels are used in place, unmapped.
+``class_K`` after the largest value found. The labels are used in place, unmapped, except where
+``dataset.json`` names other values than ``0..K`` (liver 1, spleen 2, tumour 5): the named values, in
+increasing order, are then the classes ``0..K`` (5 is class 3), each label is written so into
+``OUT/labels/<case>_label.nii.gz``, the datalist records the raw value of each class as ``label_values``
+(``[0, 1, 2, 5]``), and a case holding a value that is not named (3) is skipped and named.
 
 The datalist holds ``training``, ``validation`` and ``test`` lists of ``{"case", "image", "label"}``,
 ``labels`` (value -> name, background included) and ``num_classes``: the bundle is then run with
@@ -41,18 +45,19 @@ import json
 import os
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from vmunet_monai.data.common import DatasetLayoutError, check_prepare_output, report_skipped, write_datalist
 from vmunet_monai.data.preview import announce
-from vmunet_monai.validation import InputError, check_label_values, input_error
+from vmunet_monai.validation import InputError, check_label_values, describe_values, input_error
 
 __all__ = ["VOLUME_FILES", "find_volume_layout", "prepare_volumes", "check_volume_pair", "class_names", "labels_beside",
            "label_folders",
            "volume_affine", "load_volume", "AIR_HU", "intensity_span", "hounsfield_like", "describe_span",
-           "airless_note"]
+           "airless_note", "declared_values", "check_named_values", "save_label_volume"]
 
 _PAIRS = (("imagesTr", "labelsTr"), ("images", "labels"), ("image", "label"), ("images", "masks"),
           ("volumes", "labels"), ("imgs", "labels"), ("img", "label"))
@@ -462,6 +467,52 @@ def class_names(classes: str | list | tuple | None, root: Path) -> dict[int, str
     return {v: n.replace(" ", "_") for v, n in sorted(pairs.items()) if v != 0} or None  # background alone: none
 
 
+def declared_values(names: dict[int, str] | None) -> list[int] | None:
+    """The label values ``names`` gives classes, background's 0 first and the others in increasing order (class
+    ``c`` is stored as ``values[c]``), where they are not ``0..K``; None where they are, or for no names."""
+    if not names or sorted(names) == list(range(1, len(names) + 1)):
+        return None
+    return [0, *sorted(names)]
+
+
+def check_named_values(voxels: np.ndarray, path, values: Sequence[int]) -> None:
+    """A label holds only the ``values`` dataset.json names (:func:`declared_values`).
+
+    Raises:
+        InputError: NaN voxels, or naming the values that are not named.
+    """
+    from vmunet_monai.validation import check_finite
+
+    check_finite(voxels, path, "label")
+    found = np.unique(voxels)
+    bad = found[~np.isin(found, np.asarray(values))]
+    if bad.size:
+        raise input_error(path, f"label values {describe_values(bad)} are outside the classes",
+                          f"dataset.json names the values {', '.join(str(v) for v in values)}")
+
+
+def save_label_volume(voxels: np.ndarray, path: Path, image, source=None) -> None:
+    """Write label voxels on ``image``'s grid as NIfTI ``path``: with the header and affine of ``source``, the
+    NIfTI label they were read from where it is stored on that grid, else with the image's affine (qform and
+    sform codes 1, as MONAI writes a segmentation); 8-bit unless a value is above 255."""
+    import nibabel as nib
+
+    dtype = np.int16 if voxels.max() > 255 else np.uint8
+    voxels = np.asarray(voxels).astype(dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if source is not None and str(source).lower().endswith((".nii", ".nii.gz")):
+        stored = nib.load(source)
+        written = nib.Nifti1Image(voxels, stored.affine, stored.header)
+        written.header.set_slope_inter(1.0, 0.0)
+    else:
+        affine = volume_affine(image)
+        written = nib.Nifti1Image(voxels, affine)
+        written.set_qform(affine, code=1)
+        written.set_sform(affine, code=1)
+    written.set_data_dtype(dtype)
+    nib.save(written, str(path))
+
+
 def _listed_split(checked: dict[str, list[dict]], root: Path) -> tuple[list[dict], list[dict], list[dict], list[str]]:
     """ACDC's training patients as Mamba-UNet splits them (:data:`MAMBA_UNET_ACDC_SPLIT`): (training, validation,
     test, patients of the testing folder left out).
@@ -530,7 +581,8 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
 
     Args:
         raw: the folder holding the image and label folders (or the folder above it).
-        out: output folder for datalist.json.
+        out: output folder for datalist.json, and ``labels/`` for the labels written anew (stored turned, or of
+            values other than 0..K that dataset.json names: the module docstring).
         num_val: validation cases drawn (seeded) from the training cases; default one in six (at least one).
         seed: seed of the test and validation draws.
         verify: decode every image volume too, not only its header; labels are always read.
@@ -556,7 +608,6 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
         InputError: OUT inside the data, bad ``classes`` or dataset.json, bad ``test_fraction``/``num_val``, a
             ``split`` that is unknown or not for this dataset, or draw options beside a listed split.
     """
-    import nibabel as nib
     from tqdm import tqdm
 
     root, layout = find_volume_layout(raw)
@@ -593,6 +644,11 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
             raise InputError(f"{', '.join(drawn)}: --split mamba_unet takes its patients from lists; nothing is drawn")
     if names is None and acdc:
         names = dict(ACDC_CLASSES)
+    values = declared_values(names)  # dataset.json's values where they are not 0..K: the classes they become
+    lookup = None
+    if values is not None:
+        lookup = np.zeros(values[-1] + 1, np.int64)
+        lookup[values] = np.arange(len(values))
     skipped: list[dict] = []
     series: list[str] = []  # 4D cine series beside the labelled frames: left out, counted
     phases: dict[str, str] = {}  # ACDC: case -> ED or ES, from each patient's Info.cfg
@@ -617,6 +673,8 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
                                               "checking cases", disable=not cases):
             try:
                 voxels, span = _check_volume_pair(image, label, verify)
+                if values is not None:  # the named values only: not 3 or 4 where they are 1, 2 and 5
+                    check_named_values(voxels, label, values)
                 check_label_values(voxels, label, num_classes=max(names) + 1 if names else 256)
             except InputError as exc:  # one broken case does not stop the others
                 skipped.append({"file": str(image), "reason": str(exc)})
@@ -624,12 +682,13 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
             if span is not None:
                 spans.append((str(image), span))
             largest = max(largest, int(np.max(voxels)))
-            if not np.allclose(volume_affine(image), volume_affine(label), atol=1e-3):  # stored turned
+            turn = not np.allclose(volume_affine(image), volume_affine(label), atol=1e-3)  # stored turned
+            if turn:
                 turned.append(str(label))
-                label = Path(out) / "labels" / f"{case}_label.nii.gz"
-                label.parent.mkdir(parents=True, exist_ok=True)
-                nib.save(nib.Nifti1Image(voxels.astype(np.int16 if voxels.max() > 255 else np.uint8),
-                                         volume_affine(image)), str(label))
+            if turn or lookup is not None:
+                source, label = label, Path(out) / "labels" / f"{case}_label.nii.gz"
+                mapped = lookup[voxels.astype(np.int64)] if lookup is not None else voxels
+                save_label_volume(mapped, label, image, None if turn else source)
             item = {"case": case, "image": str(image), "label": str(label)}
             if group != case:
                 item["patient"] = group
@@ -639,6 +698,10 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
     if turned:
         print(f"note: {len(turned)} label(s) store their image's grid with the voxel axes in another order or "
               f"direction (first: {turned[0]}); written onto their images' voxel grid into {Path(out) / 'labels'}")
+    if values is not None and any(checked.values()):
+        became = ", ".join(f"{v} -> {c} {names.get(v, 'background')}" for c, v in enumerate(values))
+        print(f"note: dataset.json names the label values {', '.join(str(v) for v in values)}, not "
+              f"0-{len(values) - 1}: the labels are written into {Path(out) / 'labels'} as the classes {became}")
     if not any(checked.values()):
         first = f" (first: {skipped[0]['reason']})" if skipped else ""
         if not skipped:  # no volume at all: a folder of 2D images given to the volume bundle
@@ -649,6 +712,8 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
                 first = (f": it holds no NIfTI volumes but {len(flat)} 2D image file(s) (first: {flat[0]}), which "
                          f"the 2D bundles (isic_skin_lesion, polyp_seg) take")
         raise DatasetLayoutError(f"{root}: no usable case; {len(skipped)} skipped{first}")
+    if values is not None:
+        names = {c: names[v] for c, v in enumerate(values) if c}
     if names is None:
         names = {v: f"class_{v}" for v in range(1, largest + 1)}
     names = {v: names.get(v, f"class_{v}") for v in range(1, max(names) + 1)} if names else {}
@@ -695,6 +760,7 @@ def prepare_volumes(raw: str, out: str, num_val: int | None = None, seed: int = 
          "importer": "vmunet_monai.data.volumes", "layout": "folders", "raw": str(root.resolve()), "labels": labels,
          "num_classes": len(labels), "intensity": intensity,
          "how": how, "split": split, "seed": seed, "skipped": skipped, "series_left_out": series,
+         **({"label_values": values} if values is not None else {}),
          **({"patients_left_out": left_out} if left_out else {})},
     )
     report_skipped(skipped, "case")
