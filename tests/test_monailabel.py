@@ -328,6 +328,26 @@ def test_copy_bundle_writes_a_bundle_monai_label_serves_for_weights_of_own_class
         copy_for_weights(bundle, tmp_path / "other", checkpoint=weights)
 
 
+def test_copy_bundle_keeps_the_bundle_s_spelling_of_a_class_the_training_named_with_underscores(tmp_path):
+    """A datalist names its classes without spaces (prepare's left_kidney); where the bundle names that class
+    already ("left kidney"), its copy keeps the bundle's spelling, which MONAI Label takes as the label's name: a
+    datastore labelled with the shipped bundle matches the copy. A class of the training's own keeps its name."""
+    from vmunet_monai.engine.handlers import write_network_settings
+    from vmunet_monai.package import copy_for_weights
+
+    bundle = make_tiny_bundle("isic_skin_lesion", tmp_path / "original")
+    _rewrite(bundle / "configs" / "metadata.json", lambda m: m["network_data_format"]["outputs"]["pred"].update(
+        channel_def={"0": "background", "1": "skin lesion"}))
+    trained = make_tiny_bundle("isic_skin_lesion", tmp_path / "training")
+    _rewrite(trained / "configs" / "inference.json", lambda c: c.update(num_classes=3))
+    weights = save_weights(trained, constant_class=2)
+    write_network_settings(weights.parent, tiny_network(trained), None, ["background", "skin_lesion", "dark_core"],
+                           255.0)
+    copy, _ = copy_for_weights(bundle, tmp_path / "lesion_core", checkpoint=weights)
+    meta = json.loads((copy / "configs" / "metadata.json").read_text())["network_data_format"]
+    assert meta["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "skin lesion", "2": "dark_core"}
+
+
 @pytest.mark.parametrize("name", ["isic_skin_lesion", "polyp_seg"])
 def test_epistemic_scoring_samples_the_2d_bundles_with_dropout(name, tmp_path):
     """The monaibundle app's active learning (``--conf epistemic_model NAME``): MONAI Label builds the bundle's

@@ -587,6 +587,10 @@ def copy_for_weights(bundle: str | Path, out: str | Path, checkpoint: str | Path
     old = pred.get("channel_def", {})
     names = trained_class_names(ckpt, total, saved) or (
         {c: str(old.get(str(c))) for c in range(1, total)} if len(old) == total else {})
+    # a class the bundle names already keeps its spelling there ("left kidney" for the datalist's left_kidney):
+    # MONAI Label takes these names as its labels, and a datastore labelled with the shipped bundle keeps them
+    names = {c: (str(old[str(c)]) if str(old.get(str(c), "")).replace(" ", "_") == str(n).replace(" ", "_") else n)
+             for c, n in names.items()}
     wanted = {"num_channels": output_channels(total) if two_d else total,
               "channel_def": {"0": "background", **{str(c): names.get(c, f"class_{c}") for c in range(1, total)}}}
     size = trained_input_size(ckpt, saved)
