@@ -88,6 +88,41 @@ def test_a_resumed_run_continues_the_log_and_a_fresh_one_starts_anew(tmp_path):
     assert not math.isnan(rows[0]["learning_rate"])
 
 
+def test_empty_event_files_of_a_parsed_config_are_no_earlier_training(tmp_path, caplog):
+    """MONAI's check_properties parses train.json, which builds the TensorBoard writers: each opens an event file
+    holding its version alone. The first real training then took them for an earlier training's and said so;
+    now only files with logged events (or a log or curves) count, and then all are set aside."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = tmp_path / "runs"
+    parsed = SummaryWriter(str(out), filename_suffix=".elsewhere")  # (another process's name: not this run's)
+    parsed.close()
+    (empty,) = out.glob("events.out.tfevents.*")
+    empty.rename(out / "events.out.tfevents.1700000000.elsewhere.example.12345.0")
+    evaluator = Engine(lambda engine, batch: None)
+    with caplog.at_level("WARNING"):
+        first = _trainer(evaluator)
+        TrainingCurves(str(out), evaluator=evaluator).attach(first)
+        first.run([1.0], max_epochs=1)
+    assert "earlier training" not in caplog.text
+    assert (out / "events.out.tfevents.1700000000.elsewhere.example.12345.0").is_file()
+    logged = SummaryWriter(str(out / "other"))
+    logged.add_scalar("train_loss", 0.5, 1)
+    logged.close()
+    (written,) = (out / "other").glob("events.out.tfevents.*")
+    written.rename(out / "events.out.tfevents.1700000001.elsewhere.example.12346.0")
+    (out / "training_log.csv").unlink()
+    (out / "training_curves.png").unlink(missing_ok=True)
+    with caplog.at_level("WARNING"):
+        second = _trainer(evaluator)
+        TrainingCurves(str(out), evaluator=evaluator).attach(second)
+        second.run([1.0], max_epochs=1)
+    assert "TensorBoard events of an earlier training moved to" in caplog.text
+    assert sorted(p.name for p in (out / "previous_run").iterdir()) == [
+        "events.out.tfevents.1700000000.elsewhere.example.12345.0",
+        "events.out.tfevents.1700000001.elsewhere.example.12346.0"]
+
+
 class _Stream:
     """A stand-in for sys.stderr: a terminal or a file, and what was written to it."""
 

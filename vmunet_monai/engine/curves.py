@@ -130,8 +130,8 @@ class TrainingCurves:
             return
         found = [p for p in (self.csv_path, self.plot_path) if p.is_file()]
         found += [p for p in self.output_dir.glob("events.out.tfevents.*") if not _this_process(p.name)]
-        if not found:
-            return
+        if not any(not p.name.startswith("events.out.tfevents.") or _holds_events(p) for p in found):
+            return  # none, or only the empty event files of writers that logged nothing (a parsed, unrun config)
         target = move_aside(found, self.output_dir)
         logger.warning("%s: the log, curves and TensorBoard events of an earlier training moved to %s", self.output_dir,
                        target)
@@ -233,3 +233,21 @@ class TrainingCurves:
         ax_val.grid(alpha=0.3)
         fig.tight_layout()
         save(fig, self.plot_path, dpi=100)
+
+
+def _holds_events(path: Path) -> bool:
+    """Whether the TensorBoard event file ``path`` holds a logged event: a writer that logged nothing (one built
+    when a config is parsed, as MONAI's ``check_properties`` does, and never run) leaves one record, the file's
+    version. Each record: its length (8 bytes), a checksum (4), the data, a checksum (4)."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            for _ in range(2):  # the version's record, then any other
+                head = f.read(12)
+                if len(head) < 12:
+                    return False
+                f.seek(struct.unpack("<Q", head[:8])[0] + 4, os.SEEK_CUR)
+            return True
+    except OSError:
+        return True  # unreadable: kept as an earlier run's
