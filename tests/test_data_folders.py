@@ -452,8 +452,8 @@ def test_a_folder_whose_masks_are_all_empty_is_noted(tmp_path, capsys):
     for mask in (raw / "masks").iterdir():
         Image.fromarray(np.zeros((40, 48), np.uint8)).save(mask)
     prepare("isic_skin_lesion", str(raw), str(tmp_path / "out"))
-    assert (f"note: every mask of the 8 pairs in {raw / 'masks'} is empty (no foreground): a model learns nothing "
-            "from them") in capsys.readouterr().err
+    assert (f"note: every mask of the 8 pairs in {raw / 'masks'} is empty (no foreground): they teach a model only "
+            "where there is nothing to segment, right for normal scans") in capsys.readouterr().err
     lesion = np.zeros((40, 48), np.uint8)
     lesion[10:20, 10:20] = 255
     Image.fromarray(lesion).save(raw / "masks" / "c3.png")

@@ -238,8 +238,9 @@ def verify_pairs(pairs: Sequence[tuple[Path, Path]], skipped: list[dict], worker
             skipped.append({"file": str(pair[0]), "reason": error})
     if kept and empty == len(kept):
         folder = os.path.commonpath([os.path.dirname(os.path.abspath(m)) for _, m in kept])
-        print(f"note: every mask of the {len(kept)} pairs in {folder} is empty (no foreground): a model learns "
-              f"nothing from them (are these the masks, or was the mask suffix another?)", file=sys.stderr)
+        print(f"note: every mask of the {len(kept)} pairs in {folder} is empty (no foreground): they teach a model "
+              f"only where there is nothing to segment, right for normal scans (BUSI's normal/); if they should show "
+              f"lesions, are these the masks, or was the mask suffix another?", file=sys.stderr)
     if graded:
         import numpy as np
 
