@@ -5,6 +5,7 @@ Importable by any test (``from bundle_helpers import ...``; pytest puts ``tests/
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -117,6 +118,15 @@ def bundle_run(bundle: str, configs: list[str], bundle_root: Path, dataset_dir: 
     return run(cmd, cwd or bundle_root)
 
 
+_TEMPORARY_ROOTS: list[str] = []  # the folders workflow() made, removed when the test process exits
+
+
+@atexit.register
+def _remove_temporary_roots() -> None:
+    for folder in _TEMPORARY_ROOTS:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def workflow(bundle: str, configs: list[str], workflow_type: str, **overrides):
     """A ``ConfigWorkflow`` on the bundle's configs (not initialised). Without ``bundle_root`` it gets a fresh
     temporary folder: the configs' default ``.`` would put the TensorBoard files and checkpoints of a parsed trainer
@@ -125,7 +135,9 @@ def workflow(bundle: str, configs: list[str], workflow_type: str, **overrides):
 
     from monai.bundle import ConfigWorkflow
 
-    overrides.setdefault("bundle_root", tempfile.mkdtemp(prefix="vmunet-test-bundle-"))
+    if "bundle_root" not in overrides:
+        overrides["bundle_root"] = tempfile.mkdtemp(prefix="vmunet-test-bundle-")
+        _TEMPORARY_ROOTS.append(overrides["bundle_root"])
 
     return ConfigWorkflow(
         config_file=[config_path(bundle, c) for c in configs] if len(configs) > 1 else config_path(bundle, configs[0]),
