@@ -110,6 +110,8 @@ def test_synapse_tables_hd95_lower_is_better_and_undefined_cases_are_left_out(tm
     assert liver["means"] == {"a": 10.0, "b": pytest.approx(np.mean([8.0] * 5 + [12.0]))}
     assert (liver["against_first"][0]["better"], liver["against_first"][0]["worse"]) == (5, 1)
     assert mean["organs"]["aorta"]["against_first"][0]["n_paired"] == 5  # the missed aorta has no HD95
+    overall = mean["overall"]["against_first"][0]  # nor has its case a mean HD95 (it was the others' mean, 8 mm)
+    assert (overall["n_paired"], overall["n_undefined"]) == (5, 1)
     assert "note: 1 case(s) left out of the pairing of b" in capsys.readouterr().out
 
 

@@ -13,8 +13,8 @@ A model with several runs is compared through each case's mean over its runs; ru
 read as the folds of one cross-validation (out-of-fold evaluations), each case taken from the fold that held it
 out. Test sets (the polyp bundle's
 five) are reported together and one by one. Cases are matched by name: a case missing from a table is left out
-of the pairing and counted; a case whose value is undefined (an HD95 of a missed organ) is left out of that
-metric's pairing. A 2D table of several classes (one row per image and class) is read as one row per image:
+of the pairing and counted; a case whose value is undefined (an HD95 of a missed organ, and the mean HD95 of a
+case with any organ missed) is left out of that metric's pairing. A 2D table of several classes (one row per image and class) is read as one row per image:
 ``dice`` and ``iou`` the mean over classes, ``dice_present`` / ``iou_present`` the mean over the classes present
 in the image (its ground truth or its prediction), and ``dice_<class>`` / ``iou_<class>`` each class.
 
@@ -166,6 +166,10 @@ def read_table(path: str | os.PathLike) -> CaseTable:
             raise InputError(f"{path} line {line}: case {case!r}" + (f" class {row['class']!r}" if "class" in ids
                                                                        else "") + " appears twice")
         values[key] = {c: _number(row[c], path, line, c) for c in columns}
+        if kind == "volume" and "mean_hd95_mm" in values[key] and any(
+                row[c] == "missed" for c in header if c.startswith("status_")):
+            # the table's mean is over the organs found: a missed organ has no HD95, so the case has no mean to pair
+            values[key]["mean_hd95_mm"] = math.nan
         groups[case] = row["group"] if "group" in ids and row["group"] else "all"
     if not values:
         raise InputError(f"{path}: the table has no cases")
