@@ -307,10 +307,16 @@ def test_binary_metrics_match_direct_computation():
     assert summary["overall"]["per_image"]["dice_mean"] == pytest.approx(np.mean(dice), abs=1e-6)
     assert summary["overall"]["per_image"]["dice_sd"] == pytest.approx(np.std(dice, ddof=1), abs=1e-6)
     assert summary["groups"]["a"]["n_images"] == 3 and summary["groups"]["b"]["n_images"] == 2
-    # the paper's conventions at the edges: empty/empty image scores 1, zero denominators give 0
+    # at the edges: an empty/empty image scores 1 (the papers' rule); a pooled value of zero denominator is
+    # undefined (the official code wrote 0, so a set without foreground segmented exactly printed DSC 0)
     assert binary.image_dice_iou(0, 0, 0) == (1.0, 1.0)
-    assert binary.pooled_metrics(0, 0, 0, 10) == {"miou": 0.0, "dsc": 0.0, "accuracy": 1.0, "sensitivity": 0.0,
+    assert binary.pooled_metrics(0, 0, 0, 10) == {"miou": None, "dsc": None, "accuracy": 1.0, "sensitivity": None,
                                                   "specificity": 1.0}
+    empty = [binary.make_record(f"n{k}", np.zeros((4, 4)), np.zeros((4, 4)), group="normal") for k in range(3)]
+    table = binary.format_summary(binary.summarize(empty))
+    assert "normal" in table.splitlines()[2]
+    assert "pooled:    n/a    n/a 1.0000    n/a 1.0000 | per image:  1.0000" in table
+    assert binary.summary_metrics(binary.summarize(empty)) == {"image_dice_mean": 1.0, "image_iou_mean": 1.0}
     with pytest.raises(ValueError, match="elements"):
         binary.confusion_counts(np.zeros(4), np.zeros(5))
 

@@ -95,13 +95,16 @@ def confusion_counts(pred, target, threshold: float = 0.5) -> tuple[int, int, in
     return tp, fp, fn, int(p.size - tp - fp - fn)
 
 
-def _ratio(num: float, den: float) -> float:
-    return float(num) / float(den) if den else 0.0
+def _ratio(num: float, den: float) -> float | None:
+    return float(num) / float(den) if den else None
 
 
-def pooled_metrics(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
+def pooled_metrics(tp: int, fp: int, fn: int, tn: int) -> dict[str, float | None]:
     """The paper's metrics from one confusion matrix: ``miou`` (foreground IoU), ``dsc``, ``accuracy``,
-    ``sensitivity``, ``specificity``; a zero denominator gives 0."""
+    ``sensitivity``, ``specificity``. One whose denominator is 0 is undefined, None (``null`` in the JSON report,
+    ``n/a`` in the table): ``dsc`` and ``miou`` of a set with no foreground in the ground truth nor the
+    prediction (BUSI's normal scans segmented as empty; it printed DSC 0 for a set segmented exactly),
+    ``sensitivity`` of a set without foreground."""
     return {
         "miou": _ratio(tp, tp + fp + fn),
         "dsc": _ratio(2 * tp, 2 * tp + fp + fn),
@@ -276,9 +279,9 @@ def format_summary(summary: dict) -> str:
     for name, s in entries:
         p, q = s["pooled"], s["per_image"]
         rows.append(
-            f"{name:<{width}}{s['n_images']:>5} | pooled: {p['miou']:6.4f} {p['dsc']:6.4f} {p['accuracy']:6.4f} "
-            f"{p['sensitivity']:6.4f} {p['specificity']:6.4f} | per image: "
-            f"{q['dice_mean']:7.4f}±{q['dice_sd']:.4f} {q['iou_mean']:7.4f}±{q['iou_sd']:.4f}"
+            f"{name:<{width}}{s['n_images']:>5} | pooled: "
+            + " ".join(_cell(p[k]) for k in ("miou", "dsc", "accuracy", "sensitivity", "specificity"))
+            + f" | per image: {q['dice_mean']:7.4f}±{q['dice_sd']:.4f} {q['iou_mean']:7.4f}±{q['iou_sd']:.4f}"
         )
         if "dice_mean_present" in q:
             rows.append(f"{'  classes present only':<{width + 5}} | {'':<42} | per image: {q['dice_mean_present']:7.4f}±"
@@ -290,6 +293,11 @@ def format_summary(summary: dict) -> str:
         rows.append("classes present only = " + labels.get("present", PRESENT_LABEL))
         rows.append("class rows = " + labels["classes"])
     return "\n".join(rows)
+
+
+def _cell(value: float | None) -> str:
+    """A pooled value in the table's 6 characters; ``n/a`` where it is undefined (:func:`pooled_metrics`)."""
+    return f"{'n/a':>6}" if value is None else f"{value:6.4f}"
 
 
 def _plot(summary: dict, records: Sequence[dict], path: Path) -> None:
@@ -305,8 +313,9 @@ def _plot(summary: dict, records: Sequence[dict], path: Path) -> None:
     fig, (ax_bar, ax_box) = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(names) + 4), 4))
     x = np.arange(len(names))
     width = 0.27
-    pooled_dsc = [entries[n]["pooled"]["dsc"] for n in names]
-    pooled_iou = [entries[n]["pooled"]["miou"] for n in names]
+    undefined = lambda v: math.nan if v is None else v  # noqa: E731 - an undefined pooled value: no bar
+    pooled_dsc = [undefined(entries[n]["pooled"]["dsc"]) for n in names]
+    pooled_iou = [undefined(entries[n]["pooled"]["miou"]) for n in names]
     img_dice = [entries[n]["per_image"]["dice_mean"] for n in names]
     img_sd = [entries[n]["per_image"]["dice_sd"] for n in names]
     ax_bar.bar(x - width, pooled_dsc, width, label="pooled DSC")
