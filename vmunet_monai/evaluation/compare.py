@@ -14,7 +14,8 @@ read as the folds of one cross-validation (out-of-fold evaluations), each case t
 out. Test sets (the polyp bundle's
 five) are reported together and one by one. Cases are matched by name: a case missing from a table is left out
 of the pairing and counted; a case whose value is undefined (an HD95 of a missed organ, and the mean HD95 of a
-case with any organ missed) is left out of that metric's pairing. A 2D table of several classes (one row per image and class) is read as one row per image:
+case with any organ missed) is left out of that metric's pairing. A 2D table of several classes (one row per
+image and class) is read as one row per image:
 ``dice`` and ``iou`` the mean over classes, ``dice_present`` / ``iou_present`` the mean over the classes present
 in the image (its ground truth or its prediction), and ``dice_<class>`` / ``iou_<class>`` each class.
 

@@ -211,7 +211,8 @@ def summarize(rows: Sequence[dict]) -> dict:
     labels = {
         "dice": "Dice (mm scoring: missed or false-positive organ = 0, absent from both = not scored)",
         "hd95_mm": "HD95 in mm, MONAI symmetric 95th percentile with voxel spacing; undefined when an organ is missed",
-        "transunet_dice": "Dice, TransUNet rule (predicted but absent = 1, not predicted = 0, absent from both included)",
+        "transunet_dice": "Dice, TransUNet rule (predicted but absent = 1, not predicted = 0, absent from both "
+                          "included)",
         "transunet_hd95_voxel": "HD95 in voxels as medpy without spacing, TransUNet rule (missed organ = 0)",
     }
     for key in _metric_keys(rows):
