@@ -4,6 +4,7 @@ bundle, with the workflow's numbers, files and tags, and no run logging into ano
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -142,8 +143,14 @@ def test_an_unnamed_run_never_joins_a_run_left_open(tmp_path, monkeypatch, caplo
     config = tmp_path / "config_0.json"  # a file logged by another handler, as MONAI's logs the bundle's config
     config.write_text("{}")
     engine.add_event_handler(Events.COMPLETED, lambda e: client.log_artifact(tracking.run_id, str(config)))
-    with caplog.at_level("INFO"):
-        engine.run([1.0], max_epochs=1)
+    tracking_log = logging.getLogger("vmunet_monai.engine.tracking")
+    monkeypatch.setattr(tracking_log, "disabled", False)  # (as a logging set-up of an earlier test may leave it)
+    tracking_log.addHandler(caplog.handler)  # its records directly, whatever the loggers above it were set to
+    try:
+        with caplog.at_level("INFO", logger=tracking_log.name):
+            engine.run([1.0], max_epochs=1)
+    finally:
+        tracking_log.removeHandler(caplog.handler)
     assert tracking.run_id != left_open and tracking.run_name.startswith("evaluation_")
     run = client.get_run(tracking.run_id)
     assert run.info.status == "FINISHED" and client.get_run(left_open).info.status == "RUNNING"
