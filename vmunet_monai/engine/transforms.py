@@ -112,6 +112,17 @@ def scan_forms(source, affine, shape) -> tuple | None:
     return scan.get_qform(coded=True), scan.get_sform(coded=True)
 
 
+def _has_forms(image, forms) -> bool:
+    """Whether the NIfTI ``image`` holds ``forms`` already (codes equal, affines within 1e-6): most scans store
+    both forms alike, as MONAI writes them, and their segmentation is then not written a second time."""
+    for (want, want_code), (have, have_code) in zip(forms, (image.get_qform(coded=True), image.get_sform(coded=True))):
+        if int(want_code) != int(have_code):
+            return False
+        if int(want_code) and not np.allclose(want, have, atol=1e-6):
+            return False
+    return True
+
+
 def _set_forms(header, forms) -> None:
     (qform, qcode), (sform, scode) = forms
     header.set_qform(qform, code=int(qcode))
@@ -151,12 +162,11 @@ class _LabelNiftiWriter(monai.data.NibabelWriter):
         partial = f"{filename}.partial.nii.gz"
         try:
             super().write(partial, verbose=verbose, **obj_kwargs)
+            written = nib.load(partial)  # (its header: the voxels are read only where it is written again)
             forms = ((None, 0), (None, 0)) if self._unoriented else None
             if forms is None and self._source is not None:
-                written = nib.load(partial)
                 forms = scan_forms(self._source, written.affine, written.shape)
-            if forms is not None:
-                written = nib.load(partial)
+            if forms is not None and not _has_forms(written, forms):
                 header = written.header.copy()
                 _set_forms(header, forms)
                 nib.save(nib.Nifti1Image(np.asanyarray(written.dataobj), None, header), partial)
