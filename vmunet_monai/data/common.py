@@ -775,8 +775,9 @@ def inference_items(dataset_dir: str | os.PathLike | None = None, input_path: st
     left: list[str] = []
     found, others = collect_images(root, left)
     for path in others:
-        if not Path(path).name.startswith(".") and not_an_image_reason(path).startswith(("is a volume", "a GIF")):
-            warnings.warn(f"skipped {Path(path).resolve()}: {not_an_image_reason(path)}")  # as predict names them
+        reason = mistaken_for_image(path)
+        if reason:
+            warnings.warn(f"skipped {Path(path).resolve()}: {reason}")  # as predict names them
     for note in left:
         warnings.warn(f"not segmented: {note}")
     found = [{"image": str(Path(item["image"]).resolve()), "name": item["name"]} for item in found]
@@ -791,11 +792,17 @@ def unread_files(folder: str | os.PathLike) -> list[dict]:
     (:func:`not_an_image_reason`). Other files (notes, tables) pass unnamed."""
     unread = []
     for path in sorted(Path(folder).iterdir(), key=lambda p: p.name):
-        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() not in IMAGE_EXTENSIONS:
-            reason = not_an_image_reason(path)
-            if reason.startswith(("is a volume", "a GIF")):
-                unread.append({"file": str(path), "reason": f"{path}: {reason}"})
+        reason = mistaken_for_image(path) if path.is_file() and path.suffix.lower() not in IMAGE_EXTENSIONS else None
+        if reason:
+            unread.append({"file": str(path), "reason": f"{path}: {reason}"})
     return unread
+
+
+def mistaken_for_image(path: str | os.PathLike) -> str | None:
+    """Why a file that is not an image a 2D bundle reads, but may be taken for one (a volume file, a GIF), is
+    left out (:func:`not_an_image_reason`); None for any other file, and for hidden ones (``.*``)."""
+    reason = not_an_image_reason(path)
+    return reason if not Path(path).name.startswith(".") and reason.startswith(("is a volume", "a GIF")) else None
 
 
 def not_an_image_reason(path: str | os.PathLike) -> str:
